@@ -1,0 +1,45 @@
+"""Small helpers for tests that run the command line against the stand-in."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.standin import StandIn
+from tune_archiver.cli import main
+
+
+@dataclass
+class Sleeps:
+    """An injected sleep: records each wait between retries and returns at once."""
+
+    waits: list[float] = field(default_factory=list)
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def run_fetch(
+    standin: StandIn, archive: Path, *args: str, sleep: Sleeps | None = None, key: str | None = None
+) -> int:
+    """`tune-archiver fetch ARGS` against the stand-in, with the stand-in's key."""
+    os.environ["ASTRIA_API_KEY"] = standin.api_key if key is None else key
+    return main(
+        ["fetch", *args, "--archive", str(archive), "--api-url", standin.api_url],
+        sleep=sleep or Sleeps(),
+    )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_file(archive: Path, data: bytes) -> Path:
+    digest = sha256(data)
+    return archive / "objects" / "sha256" / digest[:2] / digest
+
+
+def stored_blobs(archive: Path) -> list[Path]:
+    return sorted(p for p in (archive / "objects" / "sha256").glob("*/*") if p.is_file())

@@ -1,0 +1,267 @@
+"""A stand-in for the Astria API and its asset hosts: real aiohttp servers on 127.0.0.1.
+
+It runs on its own event loop in a background thread, so a test can call
+`main([...])` (which runs its own loop) or start a subprocess against it. Routes
+misbehave on request: a queue of faults per tune or file is consumed one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class Status:
+    """Answer with this status (and headers, and body) instead of the file or tune."""
+
+    code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class Cut:
+    """Announce the whole file, send its first `at` bytes, then drop the connection."""
+
+    at: int
+
+
+@dataclass
+class Stall:
+    """Announce the whole file, send its first `at` bytes, then go silent."""
+
+    at: int = 0
+
+
+@dataclass
+class IgnoreRange:
+    """Answer 200 with the whole file even when a Range was asked for."""
+
+
+@dataclass
+class Body:
+    """Answer 200 with exactly these bytes and this content type."""
+
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+Fault = Status | Cut | Stall | IgnoreRange | Body
+
+
+@dataclass
+class Recorded:
+    """One request as the stand-in saw it."""
+
+    host: str  # "api", "cdn" or "mirror"
+    path: str
+    headers: dict[str, str]
+
+
+class StandIn:
+    """The API on one origin and the same files on two more ("cdn" and "mirror")."""
+
+    def __init__(self, api_key: str = API_KEY, files_dir: Path | None = None) -> None:
+        self.api_key = api_key
+        self.tunes: dict[int, Any] = {}  # a JSON value, or bytes sent as they are
+        self.api_faults: dict[int, list[Fault]] = {}
+        self.files: dict[str, bytes] = {}
+        self.files_dir = files_dir  # large files served from disk under /disk/<name>
+        self.faults: dict[str, list[Fault]] = {}
+        self.redirects: dict[str, str] = {}  # file name -> absolute URL to send it to
+        self.requests: list[Recorded] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.hold_until = 0  # hold file answers until this many requests are in flight
+        self.urls: dict[str, str] = {}
+        self._loop = asyncio.new_event_loop()
+        self._runners: list[web.AppRunner] = []
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._crowd: asyncio.Condition | None = None
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> StandIn:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._crowd = asyncio.Condition()
+        for host, routes in (
+            ("api", [web.get("/tunes/{id}", self._tune)]),
+            ("cdn", self._file_routes()),
+            ("mirror", self._file_routes()),
+        ):
+            app = web.Application(middlewares=[self._recorder(host)])
+            app.add_routes(routes)
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            self.urls[host] = f"http://127.0.0.1:{port}"
+            self._runners.append(runner)
+
+    async def _close(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+    def _file_routes(self) -> list[web.RouteDef]:
+        routes = [web.get("/files/{name}", self._file)]
+        if self.files_dir is not None:
+            routes.append(web.static("/disk", self.files_dir))
+        return routes
+
+    # -- test helpers ----------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return self.urls["api"]
+
+    def file_url(self, name: str, host: str = "cdn", query: str = "") -> str:
+        return f"{self.urls[host]}/files/{name}" + (f"?{query}" if query else "")
+
+    def add_file(self, name: str, data: bytes) -> str:
+        self.files[name] = data
+        return self.file_url(name)
+
+    def add_tune(
+        self, tune_id: int, checkpoints: list[str], images: list[str], **fields: Any
+    ) -> dict[str, Any]:
+        """A tune whose URLs are the given absolute URLs, with Astria's usual fields."""
+        tune: dict[str, Any] = {
+            "id": tune_id,
+            "title": f"Tune {tune_id}",
+            "name": "woman",
+            "token": "ohwx",
+            "branch": "sdxl1",
+            "model_type": "lora",
+            "ckpt_url": checkpoints[0] if checkpoints else None,
+            "ckpt_urls": checkpoints,
+            "orig_images": images,
+            "trained_at": "2026-11-02T14:32:40.363Z",
+            "expires_at": "2026-12-02T14:32:40.363Z",
+            "created_at": "2026-11-02T14:32:05.067Z",
+            "updated_at": "2026-11-02T14:32:40.363Z",
+            "url": f"https://www.astria.ai/tunes/{tune_id}.json",
+        }
+        tune.update(fields)
+        self.tunes[tune_id] = tune
+        return tune
+
+    def seen(self, host: str, path_prefix: str = "") -> list[Recorded]:
+        return [r for r in self.requests if r.host == host and r.path.startswith(path_prefix)]
+
+    # -- handlers ---------------------------------------------------------------
+
+    def _recorder(self, host: str) -> Callable[..., Any]:
+        @web.middleware
+        async def record(request: web.Request, handler: Callable[..., Any]) -> Any:
+            self.requests.append(Recorded(host, request.path_qs, dict(request.headers)))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await handler(request)
+            finally:
+                self.in_flight -= 1
+                assert self._crowd is not None
+                async with self._crowd:
+                    self._crowd.notify_all()
+
+        return record
+
+    async def _tune(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        tune_id = int(request.match_info["id"])
+        faults = self.api_faults.get(tune_id)
+        if faults:
+            fault = faults.pop(0)
+            assert isinstance(fault, Status)
+            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
+        if tune_id not in self.tunes:
+            return web.json_response({"error": "Not found"}, status=404)
+        tune = self.tunes[tune_id]
+        if isinstance(tune, bytes):
+            return web.Response(body=tune, content_type="application/json")
+        return web.json_response(tune)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        await self._hold()
+        if name in self.redirects:
+            raise web.HTTPFound(self.redirects[name])
+        faults = self.faults.get(name)
+        fault = faults.pop(0) if faults else None
+        if isinstance(fault, Status):
+            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
+        if isinstance(fault, Body):
+            return web.Response(body=fault.data, content_type=fault.content_type)
+        if name not in self.files:
+            return web.Response(status=404, text="no such file")
+        return await self._send(request, self.files[name], fault)
+
+    async def _send(
+        self, request: web.Request, data: bytes, fault: Fault | None
+    ) -> web.StreamResponse:
+        """The file, honouring Range and If-Range unless the fault says otherwise."""
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        start, status = 0, 200
+        wanted = request.headers.get("Range", "")
+        if_range = request.headers.get("If-Range")
+        if wanted.startswith("bytes=") and not isinstance(fault, IgnoreRange):
+            if if_range is None or if_range == etag:
+                start = int(wanted[len("bytes=") :].split("-")[0])
+                if start >= len(data):
+                    return web.Response(
+                        status=416, headers={"Content-Range": f"bytes */{len(data)}"}
+                    )
+                status = 206
+        response = web.StreamResponse(status=status)
+        response.content_type = "application/octet-stream"
+        response.headers["ETag"] = etag
+        response.headers["Accept-Ranges"] = "bytes"
+        if status == 206:
+            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        response.content_length = len(data) - start
+        await response.prepare(request)
+        body = data[start:]
+        if isinstance(fault, Cut | Stall):
+            await response.write(body[: fault.at])
+            if isinstance(fault, Stall):
+                await asyncio.sleep(3600)  # silent until the client gives up
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    async def _hold(self) -> None:
+        """Wait (at most a second) until hold_until requests are in flight at once."""
+        assert self._crowd is not None
+        async with self._crowd:
+            self._crowd.notify_all()
+            try:
+                await asyncio.wait_for(
+                    self._crowd.wait_for(lambda: self.in_flight >= self.hold_until), 1.0
+                )
+            except TimeoutError:
+                pass

@@ -1,0 +1,337 @@
+"""End to end: `main(["fetch", ...])` against the stand-in API and asset hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs
+from tests.standin import Body, StandIn, Status
+from tune_archiver import __version__
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def make_tune(standin: StandIn, tune_id: int, images: int = 3, ckpt: bytes | None = None) -> dict:
+    """A tune with one checkpoint (unless ckpt is b"") and `images` training images."""
+    checkpoint = os.urandom(300_000) if ckpt is None else ckpt
+    ckpts = [standin.add_file(f"ckpt-{tune_id}", checkpoint)] if checkpoint else []
+    pics = [standin.add_file(f"img-{tune_id}-{i}", os.urandom(5_000 + i)) for i in range(images)]
+    return standin.add_tune(tune_id, ckpts, pics)
+
+
+def test_blobs_hold_exactly_the_served_bytes(standin: StandIn, archive: Path) -> None:
+    """Each file lands under the sha256 of its bytes and the manifest records it."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is True
+    served = {standin.file_url(name): data for name, data in standin.files.items()}
+    assert len(document["assets"]) == 4
+    for entry in document["assets"]:
+        data = served[entry["url"]]
+        assert entry["status"] == "ok"
+        assert entry["sha256"] == sha256(data)
+        assert entry["size"] == len(data)
+        assert (archive / entry["path"]).read_bytes() == data
+    assert [e["kind"] for e in document["assets"]] == ["checkpoint"] + ["training_image"] * 3
+
+
+def test_nothing_left_in_tmp_after_a_run(standin: StandIn, archive: Path) -> None:
+    """Partial files are gone once their blobs are committed."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    assert list((archive / "tmp").iterdir()) == []
+
+
+def test_tune_still_training_is_complete_without_checkpoints(
+    standin: StandIn, archive: Path
+) -> None:
+    """An empty ckpt_urls and a null ckpt_url are normal: exit 0, images archived."""
+    make_tune(standin, 2, images=2, ckpt=b"")
+    assert run_fetch(standin, archive, "2") == 0
+    document = check_manifest(archive / "manifests" / "2.json")
+    assert document["complete"] is True
+    assert document["tune"]["ckpt_urls"] == []
+    assert [e["kind"] for e in document["assets"]] == ["training_image"] * 2
+
+
+def test_rejected_key_exits_2_and_writes_nothing(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 401 gives "API key rejected", exit 2, no archive directory at all."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1", key="wrong-key") == 2
+    err = capsys.readouterr().err
+    assert "API key rejected" in err
+    assert "Traceback" not in err
+    assert not archive.exists()
+
+
+def test_missing_key_exits_2_before_any_request(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No key: a message naming ASTRIA_API_KEY, exit 2, the API never asked."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1", key="") == 2
+    assert "ASTRIA_API_KEY" in capsys.readouterr().err
+    assert standin.requests == []
+
+
+def test_unknown_tune_fails_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 404 says "tune N not found" and exits 1 while the other tune is archived."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1", "999") == 1
+    assert "tune 999 not found" in capsys.readouterr().err
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+    assert not (archive / "manifests" / "999.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"id": 5, "ckpt_urls": [', "malformed JSON"),
+        (b'{"title": "no id"}', "no valid 'id'"),
+        (b'[1, 2]', "not a JSON object"),
+        (b'{"id": 5, "ckpt_urls": "http://x/y"}', "'ckpt_urls' is not a list"),
+        (b'{"id": 5, "orig_images": [1]}', "not a URL string"),
+    ],
+)
+def test_unusable_tune_json_is_a_clear_error(
+    standin: StandIn,
+    archive: Path,
+    capsys: pytest.CaptureFixture[str],
+    body: bytes,
+    expected: str,
+) -> None:
+    """Broken API data names the tune, exits 1 and shows no traceback."""
+    standin.tunes[5] = body
+    assert run_fetch(standin, archive, "5") == 1
+    err = capsys.readouterr().err
+    assert "tune 5" in err
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_api_503_with_retry_after_is_retried(standin: StandIn, archive: Path) -> None:
+    """The API's 503 is retried after the Retry-After it asked for."""
+    make_tune(standin, 1, images=0)
+    standin.api_faults[1] = [Status(503, {"Retry-After": "7"})]
+    sleeps = Sleeps()
+    assert run_fetch(standin, archive, "1", sleep=sleeps) == 0
+    assert sleeps.waits == [7.0]
+    assert len(standin.seen("api")) == 2
+
+
+def test_asset_503_then_200_is_retried(standin: StandIn, archive: Path) -> None:
+    """An asset host's 503 with Retry-After is waited out, then the file is archived."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Status(503, {"Retry-After": "3"})]
+    sleeps = Sleeps()
+    assert run_fetch(standin, archive, "1", sleep=sleeps) == 0
+    assert sleeps.waits == [3.0]
+    assert blob_file(archive, standin.files["ckpt-1"]).exists()
+
+
+def test_asset_429_then_200_is_retried(standin: StandIn, archive: Path) -> None:
+    """A 429 is retried; the second answer is archived."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Status(429)]
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn", "/files/ckpt-1")) == 2
+
+
+def test_retries_are_bounded(standin: StandIn, archive: Path) -> None:
+    """A file that keeps answering 503 is asked for 1 + --retries times, then failed."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Status(503)] * 10
+    assert run_fetch(standin, archive, "1", "--retries", "2") == 1
+    assert len(standin.seen("cdn", "/files/ckpt-1")) == 3
+
+
+def test_asset_404_fails_that_asset_only(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file is "failed" in a manifest marked incomplete; the rest are archived."""
+    tune = make_tune(standin, 1, images=2)
+    tune["orig_images"].append(standin.file_url("gone"))
+    assert run_fetch(standin, archive, "1") == 1
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is False
+    statuses = [(e["kind"], e["index"], e["status"]) for e in document["assets"]]
+    assert statuses == [
+        ("checkpoint", 0, "ok"),
+        ("training_image", 0, "ok"),
+        ("training_image", 1, "ok"),
+        ("training_image", 2, "failed"),
+    ]
+    assert "HTTP 404" in document["assets"][3]["error"]
+    assert len(standin.seen("cdn", "/files/gone")) == 1  # a 404 is not retried
+    assert "training_image 2: HTTP 404" in capsys.readouterr().err
+
+
+def test_private_headers_never_reach_asset_hosts(standin: StandIn, archive: Path) -> None:
+    """Authorization and X-Workspace-Id go to the API only, also after a cross-origin redirect."""
+    data = os.urandom(10_000)
+    standin.add_file("moved", data)
+    standin.redirects["start"] = standin.file_url("moved", host="mirror")
+    standin.add_tune(1, [standin.file_url("start")], [])
+    assert run_fetch(standin, archive, "1", "--workspace", "ws-42") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    api = standin.seen("api")
+    assert api[0].headers["Authorization"] == f"Bearer {standin.api_key}"
+    assert api[0].headers["X-Workspace-Id"] == "ws-42"
+    assets = standin.seen("cdn") + standin.seen("mirror")
+    assert [r.host for r in assets] == ["cdn", "mirror"]
+    for request in assets:
+        assert "Authorization" not in request.headers
+        assert "X-Workspace-Id" not in request.headers
+
+
+def test_user_agent_names_the_tool(standin: StandIn, archive: Path) -> None:
+    """Every request carries User-Agent: tune-archiver/<version>."""
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, archive, "1") == 0
+    assert {r.headers["User-Agent"] for r in standin.requests} == {f"tune-archiver/{__version__}"}
+
+
+def test_images_shared_by_two_tunes_are_stored_once(standin: StandIn, archive: Path) -> None:
+    """The same URL in two tunes is downloaded once; equal bytes at two URLs stored once."""
+    shared = standin.add_file("shared", b"same picture")
+    standin.add_file("copy", b"same picture")
+    standin.add_tune(1, [], [shared])
+    standin.add_tune(2, [], [shared, standin.file_url("copy")])
+    assert run_fetch(standin, archive, "1", "2") == 0
+    assert stored_blobs(archive) == [blob_file(archive, b"same picture")]
+    assert len(standin.seen("cdn", "/files/shared")) == 1
+    first = check_manifest(archive / "manifests" / "1.json")["assets"]
+    second = check_manifest(archive / "manifests" / "2.json")["assets"]
+    assert {a["sha256"] for a in first + second} == {sha256(b"same picture")}
+
+
+def test_rerun_downloads_nothing_and_rewrites_the_manifest(
+    standin: StandIn, archive: Path
+) -> None:
+    """A second fetch of an archived tune sends no asset request and writes a new manifest."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    manifest = archive / "manifests" / "1.json"
+    before = manifest.stat().st_ino
+    asset_requests = len(standin.seen("cdn"))
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asset_requests
+    assert manifest.stat().st_ino != before
+    assert check_manifest(manifest)["complete"] is True
+
+
+def test_rerun_downloads_a_blob_that_went_missing(standin: StandIn, archive: Path) -> None:
+    """A blob deleted from the archive is fetched again on the next run."""
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, archive, "1") == 0
+    blob_file(archive, standin.files["img-1-0"]).unlink()
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn", "/files/img-1-0")) == 2
+    assert len(standin.seen("cdn", "/files/ckpt-1")) == 1
+
+
+def test_requests_never_exceed_concurrency(standin: StandIn, archive: Path) -> None:
+    """With --concurrency 3 the servers see at most (and here exactly) 3 requests at once."""
+    make_tune(standin, 1, images=11)
+    standin.hold_until = 3
+    assert run_fetch(standin, archive, "1", "--concurrency", "3") == 0
+    assert standin.max_in_flight == 3
+
+
+def test_only_checkpoints(standin: StandIn, archive: Path) -> None:
+    """--only checkpoints fetches no image; the manifest says the tune is incomplete."""
+    make_tune(standin, 1, images=2)
+    assert run_fetch(standin, archive, "1", "--only", "checkpoints") == 0
+    assert standin.seen("cdn", "/files/img") == []
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert [e["kind"] for e in document["assets"]] == ["checkpoint"]
+    assert document["complete"] is False
+
+
+def test_only_images_keeps_archived_checkpoints(standin: StandIn, archive: Path) -> None:
+    """A later --only images run keeps the checkpoint already in the manifest."""
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, archive, "1") == 0
+    assert run_fetch(standin, archive, "1", "--only", "images") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert [e["kind"] for e in document["assets"]] == ["checkpoint", "training_image"]
+    assert document["complete"] is True
+
+
+def test_error_page_with_200_fails_the_asset(standin: StandIn, archive: Path) -> None:
+    """An HTML page served with 200 where a checkpoint should be is not archived."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Body(b"<html>sign in</html>", "text/html")]
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert "error page (text/html)" in entry["error"]
+    assert stored_blobs(archive) == []
+
+
+def test_signatures_are_redacted_in_the_manifest(standin: StandIn, archive: Path) -> None:
+    """Presigned query parameters never reach the manifest, in assets or the tune object."""
+    standin.add_file("signed", b"weights")
+    url = standin.file_url("signed", query="X-Amz-Signature=s3cr3t&X-Amz-Expires=60")
+    standin.add_tune(1, [url], [])
+    assert run_fetch(standin, archive, "1") == 0
+    text = (archive / "manifests" / "1.json").read_text()
+    assert "s3cr3t" not in text
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["assets"][0]["url"].endswith("X-Amz-Signature=REDACTED&X-Amz-Expires=60")
+    assert document["tune"]["ckpt_url"] == document["assets"][0]["url"]
+
+
+def test_key_never_printed_or_stored(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -v and failures, the key is in no output and no archive file."""
+    tune = make_tune(standin, 1, images=1)
+    tune["orig_images"].append(standin.file_url("gone"))
+    assert run_fetch(standin, archive, "1", "999", "-v", "--json") == 1
+    out = capsys.readouterr()
+    assert standin.api_key not in out.out + out.err
+    for path in archive.rglob("*"):
+        if path.is_file():
+            assert standin.api_key.encode() not in path.read_bytes()
+
+
+def test_json_result(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one JSON document with a result per tune and no summary lines."""
+    make_tune(standin, 1, images=2)
+    assert run_fetch(standin, archive, "1", "999", "--json") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is False
+    first, missing = result["tunes"]
+    assert first["tune_id"] == 1
+    assert first["ok"] is True
+    counts = (first["files"], first["new"], first["already_archived"], first["failed"])
+    assert counts == (3, 3, 0, 0)
+    assert first["bytes"] == sum(len(d) for d in standin.files.values())
+    assert first["manifest"] == "manifests/1.json"
+    assert missing["tune_id"] == 999
+    assert missing["error"] == "tune 999 not found"
+
+
+def test_summary_line(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json each tune gets one summary line on stdout: files, new, archived, failed."""
+    make_tune(standin, 1, images=2)
+    assert run_fetch(standin, archive, "1") == 0
+    assert run_fetch(standin, archive, "1") == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("tune 1 (Tune 1): 3 files, ")
+    assert "(3 new, 0 already archived, 0 failed)" in first
+    assert "(0 new, 3 already archived, 0 failed)" in second

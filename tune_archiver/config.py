@@ -1,0 +1,88 @@
+"""Frozen settings for a run: defaults, environment overrides and the API key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tune_archiver import __version__
+from tune_archiver.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.astria.ai"
+DEFAULT_ARCHIVE = "./tune-archive"
+DEFAULT_CONCURRENCY = 8
+DEFAULT_RETRIES = 5
+DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_READ_TIMEOUT = 60.0
+USER_AGENT = f"tune-archiver/{__version__}"
+
+ENV_API_KEY = "ASTRIA_API_KEY"
+ENV_API_URL = "ASTRIA_API_URL"
+ENV_ARCHIVE = "TUNE_ARCHIVE"
+
+Only = Literal["checkpoints", "images"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request: bounded in attempts and in time."""
+
+    retries: int = DEFAULT_RETRIES
+    initial_wait: float = 1.0  # first backoff, doubled each time
+    max_wait: float = 60.0  # cap on one backoff
+    jitter: float = 1.0  # up to this many random seconds added to each wait
+    max_total: float = 30 * 60.0  # no new attempt starts after this long
+    retry_after_cap: float = 300.0  # a longer Retry-After is cut to this
+    # How a wait is spent; tests inject one that records the wait and returns at once.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a fetch needs to know, fixed before it starts."""
+
+    archive: Path
+    api_key: str = field(repr=False)  # never shown: not in repr, logs or errors
+    api_url: str = DEFAULT_API_URL
+    workspace: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    only: Only | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+
+def archive_dir(option: str | None, env: Mapping[str, str]) -> Path:
+    """The archive directory: the option, else $TUNE_ARCHIVE, else ./tune-archive."""
+    return Path(option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE)
+
+
+def api_url(option: str | None, env: Mapping[str, str]) -> str:
+    """The API's base URL without a trailing slash: the option, else $ASTRIA_API_URL."""
+    url = (option or env.get(ENV_API_URL) or DEFAULT_API_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"the API URL must start with http:// or https://, not {url!r}")
+    return url
+
+
+def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
+    """The API key from --api-key-file, else $ASTRIA_API_KEY.
+
+    Raises ConfigError when there is none, or the file cannot be read.
+    """
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
+        if not key:
+            raise ConfigError(f"the API key file {key_file} is empty")
+        return key
+    key = env.get(ENV_API_KEY, "").strip()
+    if not key:
+        raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
+    return key
+

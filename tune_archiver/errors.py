@@ -1,0 +1,83 @@
+"""The exception tree: every failure a user can meet, each with a message fit to read.
+
+    ArchiverError                 base; str() is the one line a user reads
+    ├── ConfigError               bad usage or configuration; nothing is written (exit 2)
+    │   └── AuthError             the API rejected the key (exit 2)
+    ├── NetworkError              could not complete an exchange with a server
+    │   ├── ConnectError          no connection could be made
+    │   ├── ReadTimeout           the server sent nothing for too long
+    │   └── BodyError             the body ended early, broke, or was malformed
+    ├── StatusError               the server answered with an unexpected HTTP status
+    │   └── TuneNotFound          the API does not know this tune (404)
+    ├── RefusedUrl                a URL or redirect we will not follow (scheme, loop)
+    ├── DataError                 the API answered with data we cannot use
+    ├── IntegrityError            the bytes received do not match what was promised
+    └── StorageError              the archive cannot be read or written
+        └── DiskFull              no space left in the archive's filesystem
+
+Whether an error is worth retrying is decided in retry.py, not here.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Base of every error tune-archiver reports; str() is the user's message."""
+
+
+class ConfigError(ArchiverError):
+    """Bad usage or configuration, found before anything is written."""
+
+
+class AuthError(ConfigError):
+    """The API rejected the key (401/403 from the API's origin)."""
+
+
+class NetworkError(ArchiverError):
+    """An exchange with a server could not be completed."""
+
+
+class ConnectError(NetworkError):
+    """No connection could be made to the server."""
+
+
+class ReadTimeout(NetworkError):
+    """The server sent nothing for longer than the read timeout."""
+
+
+class BodyError(NetworkError):
+    """The response body ended early, broke off, or could not be decoded."""
+
+
+class StatusError(ArchiverError):
+    """The server answered with an HTTP status we did not expect."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        # Seconds the server asked us to wait (Retry-After), already parsed and capped.
+        self.retry_after = retry_after
+
+
+class TuneNotFound(StatusError):
+    """The API answered 404 for a tune."""
+
+
+class RefusedUrl(ArchiverError):
+    """A URL or redirect we refuse to follow: bad scheme, too many hops."""
+
+
+class DataError(ArchiverError):
+    """The API answered with data we cannot use (malformed JSON, missing fields)."""
+
+
+class IntegrityError(ArchiverError):
+    """The bytes received do not match what the server promised."""
+
+
+class StorageError(ArchiverError):
+    """The archive cannot be read or written."""
+
+
+class DiskFull(StorageError):
+    """No space left on the archive's filesystem."""

@@ -1,0 +1,35 @@
+"""The archive's layout (a stable contract): where blobs, manifests and partials live.
+
+    objects/sha256/<first 2 hex>/<64 hex>   immutable blobs, named by their sha256
+    manifests/<tune_id>.json                one manifest per tune
+    tmp/                                    partial downloads; never referenced
+"""
+
+from __future__ import annotations
+
+import re
+
+OBJECTS = "objects/sha256"
+MANIFESTS = "manifests"
+TMP = "tmp"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """True for a lower-case hex sha256 digest, the only thing a blob is named by."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def blob_key(sha256: str) -> str:
+    """The blob's path relative to the archive; refuses anything that is not a digest."""
+    if not is_sha256(sha256):
+        raise ValueError(f"not a sha256 digest: {sha256!r}")
+    return f"{OBJECTS}/{sha256[:2]}/{sha256}"
+
+
+def manifest_key(tune_id: int) -> str:
+    """The manifest's path relative to the archive."""
+    if isinstance(tune_id, bool) or not isinstance(tune_id, int) or tune_id <= 0:
+        raise ValueError(f"not a tune id: {tune_id!r}")
+    return f"{MANIFESTS}/{tune_id}.json"

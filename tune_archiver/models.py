@@ -1,0 +1,121 @@
+"""The data tune-archiver works with, and `parse_tune`, which checks the API's JSON.
+
+Pure: nothing here touches the network, the disk or the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tune_archiver.errors import DataError
+
+AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A tune as the API returned it; `raw` keeps every field, known or not."""
+
+    id: int
+    raw: dict[str, Any]
+    checkpoint_urls: tuple[str, ...]  # ckpt_urls plus ckpt_url, deduplicated, in order
+    image_urls: tuple[str, ...]  # orig_images
+
+    @property
+    def title(self) -> str | None:
+        title = self.raw.get("title")
+        return title if isinstance(title, str) else None
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file of a tune: which list it came from, its place there, and its URL."""
+
+    kind: AssetKind
+    index: int
+    url: str
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A verified blob in the archive."""
+
+    sha256: str
+    size: int
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class AssetResult:
+    """What became of one asset: a blob (new or already archived) or an error."""
+
+    asset: Asset
+    blob: Blob | None = None
+    error: str | None = None
+    reused: bool = False  # the blob was archived before this run; nothing was downloaded
+
+    @property
+    def ok(self) -> bool:
+        return self.blob is not None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The outcome for one tune: its assets, or why it could not be archived at all."""
+
+    tune_id: int
+    assets: tuple[AssetResult, ...] = ()
+    title: str | None = None
+    error: str | None = None  # the tune itself failed (not found, bad data, ...)
+    seconds: float = 0.0
+    manifest: str | None = None  # path of the manifest written, relative to the archive
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(result.ok for result in self.assets)
+
+    @property
+    def failed(self) -> list[AssetResult]:
+        return [result for result in self.assets if not result.ok]
+
+
+def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
+    """Check a decoded Tune object and pick out what we download.
+
+    Raises DataError naming the tune when the object is unusable: not an object,
+    no positive integer `id`, a URL list that is not a list of strings.
+    Unknown fields are kept in `raw`.
+    """
+    what = f"tune {requested_id}" if requested_id is not None else "a tune"
+    if not isinstance(data, dict):
+        raise DataError(f"{what}: the API returned {type(data).__name__}, not a JSON object")
+    tune_id = data.get("id")
+    if isinstance(tune_id, bool) or not isinstance(tune_id, int) or tune_id <= 0:
+        raise DataError(f"{what}: the API's tune object has no valid 'id'")
+    if requested_id is not None and tune_id != requested_id:
+        raise DataError(f"{what}: the API returned tune {tune_id} instead")
+    what = f"tune {tune_id}"
+    ckpt_urls = _url_list(data, "ckpt_urls", what)
+    ckpt_url = data.get("ckpt_url")
+    if ckpt_url is not None and not isinstance(ckpt_url, str):
+        raise DataError(f"{what}: 'ckpt_url' is not a string")
+    checkpoints = list(dict.fromkeys([*ckpt_urls, *([ckpt_url] if ckpt_url else [])]))
+    return Tune(
+        id=tune_id,
+        raw=data,
+        checkpoint_urls=tuple(checkpoints),
+        image_urls=tuple(_url_list(data, "orig_images", what)),
+    )
+
+
+def _url_list(data: dict[str, Any], name: str, what: str) -> list[str]:
+    """A list of URL strings; a missing or null field is an empty list (a normal result)."""
+    value = data.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{what}: '{name}' is not a list")
+    if not all(isinstance(item, str) for item in value):
+        raise DataError(f"{what}: '{name}' holds something that is not a URL string")
+    return value

@@ -1,0 +1,98 @@
+"""Retries, and the only importer of tenacity: what is retryable, how long to wait.
+
+Every retry is bounded twice, by attempts and by total time, waits with exponential
+backoff and jitter, and honours a server's Retry-After up to a cap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from tune_archiver.config import RetryPolicy
+from tune_archiver.errors import IntegrityError, NetworkError, StatusError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Network trouble, a short or garbled body, and 408/429/5xx are worth another try."""
+    if isinstance(exc, StatusError):
+        return exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, NetworkError | IntegrityError)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+async def call_with_retries(
+    policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """Await `attempt()` until it succeeds, fails for good, or the policy's bounds are spent.
+
+    The last error is raised as it is. `what` names the request in log lines and
+    must already be redacted.
+    """
+    backoff = wait_exponential_jitter(
+        initial=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
+    )
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, StatusError) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.retry_after_cap)
+        return float(backoff(state))
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait_s = state.next_action.sleep if state.next_action else 0.0
+        log.info("retrying %s in %.1f s (attempt %d failed: %s)", what, wait_s,
+                 state.attempt_number, exc)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.retries + 1) | stop_after_delay(policy.max_total),
+        wait=wait,
+        retry=retry_if_exception(is_retryable),
+        before_sleep=before_sleep,
+        sleep=policy.sleep,
+        reraise=True,
+    )
+
+    async def run() -> T:  # tenacity awaits only what is declared a coroutine function
+        return await attempt()
+
+    return await retrying(run)
+
+
+def retry_after_of(header: str | None) -> float | None:
+    """Retry-After seconds from a header, relative to now."""
+    return parse_retry_after(header, datetime.now(UTC))

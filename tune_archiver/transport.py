@@ -1,0 +1,120 @@
+"""HTTP plumbing shared by api.py and download.py: sessions, redirects, error translation.
+
+aiohttp's exceptions are turned into ours here, in one place; nothing past api.py
+and download.py sees an aiohttp type.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+
+import aiohttp
+from yarl import URL
+
+from tune_archiver.config import USER_AGENT, Settings
+from tune_archiver.errors import (
+    BodyError,
+    ConnectError,
+    NetworkError,
+    ReadTimeout,
+    RefusedUrl,
+)
+from tune_archiver.urls import check_fetchable, origin, redact
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Headers that carry the caller's identity: sent only to the origin they were meant for.
+PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
+
+
+def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSession:
+    """A session with connect and read timeouts but no total one.
+
+    aiohttp's default 300 s total would cut a 2 GB checkpoint on a slow link; a
+    server that stalls is caught by the read timeout instead. Asset sessions do not
+    decompress, so a blob holds exactly the bytes the server sent.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
+    )
+    headers = {"User-Agent": USER_AGENT}
+    if not decompress:
+        headers["Accept-Encoding"] = "identity"
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        headers=headers,
+        auto_decompress=decompress,
+        connector=aiohttp.TCPConnector(limit=0),  # the caller's semaphore is the limit
+        read_bufsize=2**20,
+    )
+
+
+@contextmanager
+def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
+    """Turn aiohttp's and the socket's exceptions into ours, naming the URL redacted."""
+    shown = redact(url)
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        raise ConnectError(f"cannot connect to {exc.host}:{exc.port} ({reason})") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise BodyError(f"the server closed the connection early: {shown}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise BodyError(f"the response body broke off: {shown}") from exc
+    except aiohttp.InvalidURL as exc:
+        raise RefusedUrl(f"refused malformed URL {shown}") from exc
+    except TimeoutError as exc:
+        waited = f" for {read_timeout:g} s" if read_timeout else ""
+        raise ReadTimeout(f"no data{waited} from {shown}") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise BodyError(f"malformed response ({exc.message}) from {shown}") from exc
+    except aiohttp.ClientOSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0) or exc.strerror or "connection error"
+        raise NetworkError(f"connection failed ({reason}): {shown}") from exc
+    except aiohttp.ClientError as exc:
+        raise NetworkError(f"{type(exc).__name__}: {shown}") from exc
+
+
+@asynccontextmanager
+async def get(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    *,
+    read_timeout: float | None = None,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET `url`, following up to MAX_REDIRECTS redirects ourselves.
+
+    Each hop must be http(s); PRIVATE_HEADERS go only to the first URL's origin.
+    Errors raised while the caller reads the body are translated too.
+    """
+    first_origin = origin(url)
+    sent = dict(headers)
+    for _hop in range(MAX_REDIRECTS + 1):
+        check_fetchable(url)
+        with translated(url, read_timeout):
+            response = await session.get(URL(url, encoded=True), headers=sent,
+                                         allow_redirects=False)
+            try:
+                location = response.headers.get("Location")
+                if response.status not in REDIRECT_STATUSES or not location:
+                    yield response
+                    return
+                base = response.url
+            finally:
+                response.release()
+        url = _resolve(base, location)
+        if origin(url) != first_origin:
+            sent = {k: v for k, v in sent.items() if k.lower() not in PRIVATE_HEADERS}
+    raise RefusedUrl(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")
+
+
+def _resolve(base: URL, location: str) -> str:
+    """The absolute URL a Location header points to."""
+    try:
+        return str(base.join(URL(location, encoded=True)))
+    except ValueError as exc:
+        raise RefusedUrl(f"refused malformed redirect from {redact(str(base))}") from exc
