@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tune_archiver import manifest
 from tune_archiver.api import AstriaClient
 from tune_archiver.config import Settings
-from tune_archiver.download import Downloader
+from tune_archiver.download import Downloader, Refresh
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
 from tune_archiver.plan import archived_blobs, assets_of, plan_tune
@@ -49,11 +50,10 @@ async def fetch(
         store = LocalStore(settings.archive)
         await store.prepare()
         downloader = Downloader(asset_session, store, limiter, settings, progress)
+        run = Run(settings, api, store, downloader, progress, clock)
         async with asyncio.TaskGroup() as group:
             tasks = {
-                tune_id: group.create_task(
-                    _archive_tune(item, store, downloader, settings, progress, clock)
-                )
+                tune_id: group.create_task(_archive_tune(run, item))
                 for tune_id, item in found.items()
                 if isinstance(item, Tune)
             }
@@ -82,16 +82,49 @@ async def _get_tunes(api: AstriaClient, tune_ids: Sequence[int]) -> dict[int, Tu
     return {tune_id: task.result() for tune_id, task in tasks.items()}
 
 
-async def _archive_tune(
-    tune: Tune,
-    store: LocalStore,
-    downloader: Downloader,
-    settings: Settings,
-    progress: Progress,
-    clock: Clock,
-) -> TuneResult:
+@dataclass(frozen=True)
+class Run:
+    """What every tune of one fetch shares."""
+
+    settings: Settings
+    api: AstriaClient
+    store: LocalStore
+    downloader: Downloader
+    progress: Progress
+    clock: Clock
+
+
+class FreshUrls:
+    """Renewed URLs for a tune's assets, from at most one more request for the tune."""
+
+    def __init__(self, api: AstriaClient, tune_id: int) -> None:
+        self._api = api
+        self._tune_id = tune_id
+        self._tune: asyncio.Task[Tune] | None = None
+
+    def refresh(self, asset: Asset) -> Refresh:
+        """A callable that returns the asset's fresh URL (same kind and index), or None."""
+
+        async def fresh_url() -> str | None:
+            if self._tune is None:
+                self._tune = asyncio.ensure_future(self._api.get_tune(self._tune_id))
+            try:
+                tune = await self._tune
+            except ArchiverError:
+                return None
+            for candidate in assets_of(tune):
+                if (candidate.kind, candidate.index) == (asset.kind, asset.index):
+                    return candidate.url
+            return None
+
+        return fresh_url
+
+
+async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     """Download what the tune lacks and write its manifest."""
+    store, progress = run.store, run.progress
     started = time.monotonic()
+    fresh = FreshUrls(run.api, tune.id)
     try:
         previous = archived_blobs(manifest.decode(await store.read_manifest(tune.id) or b""))
         present: dict[str, int] = {}
@@ -99,12 +132,13 @@ async def _archive_tune(
             size = await store.blob_size(blob.sha256)
             if size is not None:
                 present[blob.sha256] = size
-        plan = plan_tune(tune, settings.only, previous, present)
+        plan = plan_tune(tune, run.settings.only, previous, present)
         progress.add_files(len(plan.download))
 
         async def download(asset: Asset) -> AssetResult:
             try:
-                return AssetResult(asset, await downloader.fetch(asset.url))
+                blob = await run.downloader.fetch(asset.url, fresh.refresh(asset))
+                return AssetResult(asset, blob)
             except ArchiverError as exc:
                 return AssetResult(asset, error=str(exc))
 
@@ -117,7 +151,9 @@ async def _archive_tune(
             for asset in assets_of(tune)
             if asset in plan.reuse or asset in tasks
         ]
-        document = manifest.build_manifest(tune, results, clock(), complete=not plan.left_out)
+        document = manifest.build_manifest(
+            tune, results, run.clock(), complete=not plan.left_out
+        )
         key = await store.write_manifest(tune.id, manifest.encode(document))
     except ArchiverError as exc:
         return TuneResult(

@@ -1,4 +1,4 @@
-"""Downloads: one URL to one verified blob, resuming after a dropped connection.
+"""Downloads: one URL to one verified blob, resuming whenever the server allows.
 
 Each attempt holds one slot of the shared limiter; a download sleeping in backoff
 holds none. The sha256 is computed from the bytes as they are written.
@@ -8,35 +8,46 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 from tune_archiver.config import Settings
-from tune_archiver.errors import BodyError, DataError, IntegrityError, StatusError
+from tune_archiver.errors import (
+    BodyError,
+    DataError,
+    ExpiredUrl,
+    IntegrityError,
+    StatusError,
+    StorageError,
+)
 from tune_archiver.models import Blob
+from tune_archiver.partial import Partial
 from tune_archiver.progress import Progress
 from tune_archiver.retry import call_with_retries, retry_after_of
-from tune_archiver.store import LocalStore, Partial
+from tune_archiver.store import LocalStore
 from tune_archiver.transport import get
 from tune_archiver.urls import check_fetchable, redact, url_key
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that hashes and writes them
+ERROR_BODY_BYTES = 4096
 # Error pages that some hosts serve with 200; never a checkpoint or an image.
 ERROR_PAGE_TYPES = frozenset({"text/html", "application/xml", "text/xml"})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
+Refresh = Callable[[], Awaitable[str | None]]
+
 
 @dataclass
 class Transfer:
-    """What one download has learnt so far, kept across its attempts."""
+    """One download across its attempts: where from, and the bytes so far."""
 
     url: str
     partial: Partial
-    total: int | None = None  # the file's full size, once a response told us
-    validator: str | None = None  # strong ETag or Last-Modified, for If-Range
     content_type: str | None = None
+    counted: bool = False  # its size has been added to the progress total
 
     @property
     def shown(self) -> str:
@@ -61,36 +72,56 @@ class Downloader:
         self._progress = progress
         self._downloads: dict[str, asyncio.Task[Blob]] = {}
 
-    async def fetch(self, url: str) -> Blob:
+    async def fetch(self, url: str, refresh: Refresh | None = None) -> Blob:
         """The blob holding the URL's bytes, once they are verified and committed.
 
-        Raises an ArchiverError when the download fails for good.
+        When the host refuses the URL as expired, `refresh` is asked once for a fresh
+        one and the download resumes. Raises an ArchiverError when it fails for good.
         """
         key = url_key(url)
         if key not in self._downloads:
-            self._downloads[key] = asyncio.ensure_future(self._download(url))
+            self._downloads[key] = asyncio.ensure_future(self._download(url, refresh))
         return await self._downloads[key]
 
-    async def _download(self, url: str) -> Blob:
+    async def _download(self, url: str, refresh: Refresh | None) -> Blob:
         check_fetchable(url)
-        partial = await self._store.new_partial()
+        partial = await self._store.open_partial(url)
+        transfer = Transfer(url, partial)
+        keep = True  # a partial that may be resumed later is kept, unless the disk failed
         try:
-            transfer = Transfer(url, partial)
-            await call_with_retries(
-                self._settings.retry, transfer.shown, lambda: self._attempt(transfer)
-            )
+            if partial.total is not None:
+                self._count(transfer, partial.total)
+                self._progress.advance(partial.size)
+            try:
+                await self._retried(transfer)
+            except ExpiredUrl:
+                fresh = await refresh() if refresh else None
+                if fresh is None:
+                    raise
+                check_fetchable(fresh)
+                transfer.url = fresh
+                await self._retried(transfer)
             blob = await self._store.commit(partial, transfer.content_type)
+        except StorageError:
+            keep = False
+            raise
         finally:
-            partial.close()
+            partial.close(keep=keep)  # does nothing once committed
         self._progress.file_done()
         return blob
 
+    async def _retried(self, transfer: Transfer) -> None:
+        await call_with_retries(
+            self._settings.retry, transfer.shown, lambda: self._attempt(transfer)
+        )
+
     async def _attempt(self, transfer: Transfer) -> None:
-        """One request: resume from the bytes on disk when the server can, else start over."""
+        """One request: resume from the bytes on disk when we can, else start over."""
+        partial = transfer.partial
         headers = {}
-        if transfer.partial.size and transfer.validator:
-            headers = {"Range": f"bytes={transfer.partial.size}-", "If-Range": transfer.validator}
-        elif transfer.partial.size:
+        if partial.size and partial.validator:
+            headers = {"Range": f"bytes={partial.size}-", "If-Range": partial.validator}
+        elif partial.size:
             await self._restart(transfer)
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
@@ -98,56 +129,55 @@ class Downloader:
             await self._accept(response, transfer)
             pending: list[bytes] = []
             held = 0
-            async for piece in response.content.iter_any():
-                pending.append(piece)
-                held += len(piece)
-                if held >= CHUNK_BYTES:
+            try:
+                async for piece in response.content.iter_any():
+                    pending.append(piece)
+                    held += len(piece)
+                    if held >= CHUNK_BYTES:
+                        data, pending, held = b"".join(pending), [], 0
+                        await self._write(transfer, data)
+            finally:
+                # Bytes that arrived before a break are good: keep them for the resume.
+                if pending:
                     await self._write(transfer, b"".join(pending))
-                    pending, held = [], 0
-            if pending:
-                await self._write(transfer, b"".join(pending))
-        if transfer.total is not None and transfer.partial.size < transfer.total:
+        if partial.total is not None and partial.size < partial.total:
             raise BodyError(
-                f"the body ended after {transfer.partial.size} of {transfer.total} bytes: "
-                f"{transfer.shown}"
+                f"the body ended after {partial.size} of {partial.total} bytes: {transfer.shown}"
             )
 
     async def _accept(self, response: aiohttp.ClientResponse, transfer: Transfer) -> None:
         """Check the status and headers; learn the size and validator; restart if need be."""
-        offset = transfer.partial.size
+        partial = transfer.partial
         if response.status == 416:
             await self._restart(transfer)
             raise BodyError(f"the server refused to resume; starting over: {transfer.shown}")
         if response.status not in (200, 206):
-            retry_after = retry_after_of(response.headers.get("Retry-After"))
-            raise StatusError(
-                f"HTTP {response.status} from {transfer.shown}", response.status, retry_after
-            )
+            raise await _status_error(response, transfer.shown)
         content_type = response.content_type if "Content-Type" in response.headers else None
         if content_type in ERROR_PAGE_TYPES:
             raise DataError(f"the server sent an error page ({content_type}): {transfer.shown}")
         if response.status == 200:
-            if offset:
+            if partial.size:
                 await self._restart(transfer)
             total = response.content_length
         else:
-            total = _resumed_total(response.headers.get("Content-Range"), offset, transfer.total)
+            total = _resumed_total(response.headers.get("Content-Range"), partial)
             if total is None:
                 await self._restart(transfer)
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
-        if transfer.total is None and total is not None:
-            self._progress.add_bytes(total)
-        transfer.total = total
+        if total is not None:
+            self._count(transfer, total)
         transfer.content_type = content_type
-        transfer.validator = _validator(response.headers)
+        await asyncio.to_thread(partial.describe, _validator(response.headers), total)
 
     async def _write(self, transfer: Transfer, data: bytes) -> None:
-        await asyncio.to_thread(transfer.partial.append, data)
+        partial = transfer.partial
+        await asyncio.to_thread(partial.append, data)
         self._progress.advance(len(data))
-        if transfer.total is not None and transfer.partial.size > transfer.total:
+        if partial.total is not None and partial.size > partial.total:
             await self._restart(transfer)
             raise IntegrityError(
-                f"the server sent more than the {transfer.total} bytes it announced: "
+                f"the server sent more than the {partial.total} bytes it announced: "
                 f"{transfer.shown}"
             )
 
@@ -156,14 +186,32 @@ class Downloader:
         self._progress.advance(-transfer.partial.size)
         await asyncio.to_thread(transfer.partial.reset)
 
+    def _count(self, transfer: Transfer, total: int) -> None:
+        if not transfer.counted:
+            transfer.counted = True
+            self._progress.add_bytes(total)
 
-def _resumed_total(content_range: str | None, offset: int, known: int | None) -> int | None:
-    """The file's size from a 206's Content-Range, if it resumes exactly at `offset`."""
+
+async def _status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
+    """The error for an asset answer other than 200/206; an expired URL has its own."""
+    status = response.status
+    body = await response.content.read(ERROR_BODY_BYTES)
+    if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
+        return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
+    return StatusError(
+        f"HTTP {status} from {shown}", status, retry_after_of(response.headers.get("Retry-After"))
+    )
+
+
+def _resumed_total(content_range: str | None, partial: Partial) -> int | None:
+    """The file's size from a 206's Content-Range, if it resumes exactly where we are."""
     match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
     if not match:
         return None
     start, end, total = (int(group) for group in match.groups())
-    if start != offset or end != total - 1 or (known is not None and total != known):
+    if start != partial.size or end != total - 1:
+        return None
+    if partial.total is not None and total != partial.total:
         return None
     return total
 

@@ -8,7 +8,8 @@
     │   ├── ReadTimeout           the server sent nothing for too long
     │   └── BodyError             the body ended early, broke, or was malformed
     ├── StatusError               the server answered with an unexpected HTTP status
-    │   └── TuneNotFound          the API does not know this tune (404)
+    │   ├── TuneNotFound          the API does not know this tune (404)
+    │   └── ExpiredUrl            an asset host refused a URL that has likely expired
     ├── RefusedUrl                a URL or redirect we will not follow (scheme, loop)
     ├── DataError                 the API answered with data we cannot use
     ├── IntegrityError            the bytes received do not match what was promised
@@ -61,6 +62,10 @@ class StatusError(ArchiverError):
 
 class TuneNotFound(StatusError):
     """The API answered 404 for a tune."""
+
+
+class ExpiredUrl(StatusError):
+    """An asset host answered 403 (or 400/410 saying "expired"): the URL needs renewing."""
 
 
 class RefusedUrl(ArchiverError):

@@ -1,16 +1,15 @@
 """The local content-addressed archive: partial files, commit by rename, lookups.
 
-A blob appears under its final name only by an atomic rename of a temp file whose
+A blob appears under its final name only by an atomic rename of a partial file whose
 bytes were fully received, size-checked and hashed, fsynced before the rename and
 its directory after. Two writers of the same blob both rename identical bytes, so
-concurrent fetches never expose a half-written blob.
+concurrent fetches never expose a half-written blob. Manifests are replaced the
+same way, so they are never interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,66 +17,11 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import DiskFull, StorageError
+from tune_archiver.errors import StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, manifest_key
 from tune_archiver.models import Blob
-
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
-    """Our error for a failed filesystem call; a full disk gets a message of its own."""
-    if exc.errno in _FULL:
-        return DiskFull(f"disk full in {archive}")
-    return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")
-
-
-class Partial:
-    """A download in progress: a temp file under tmp/ and the sha256 of its bytes so far.
-
-    `append` and `reset` block; call them from a worker thread.
-    """
-
-    def __init__(self, path: Path, fd: int, archive: Path) -> None:
-        self.path = path
-        self.size = 0
-        self._fd = fd
-        self._archive = archive
-        self._hash = hashlib.sha256()
-
-    def append(self, data: bytes) -> None:
-        """Write the bytes at the end and hash them (hashlib lets go of the GIL)."""
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:
-            raise storage_error(exc, self._archive, "write a download") from exc
-        self._hash.update(data)
-        self.size += len(data)
-
-    def reset(self) -> None:
-        """Forget every byte: the next append starts the file again."""
-        try:
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-        except OSError as exc:
-            raise storage_error(exc, self._archive, "truncate a download") from exc
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Close the file and remove it, unless commit already moved it into place."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.path.unlink(missing_ok=True)
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
+from tune_archiver.partial import Partial, storage_error
+from tune_archiver.urls import url_key
 
 
 class LocalStore:
@@ -114,16 +58,9 @@ class LocalStore:
         except OSError as exc:
             raise storage_error(exc, self.root, "look up a blob") from exc
 
-    async def new_partial(self) -> Partial:
-        """An empty temp file under tmp/ for one download."""
-        return await asyncio.to_thread(self._new_partial)
-
-    def _new_partial(self) -> Partial:
-        try:
-            fd, name = tempfile.mkstemp(dir=self.path(TMP), prefix="download-", suffix=".part")
-        except OSError as exc:
-            raise storage_error(exc, self.root, "start a download") from exc
-        return Partial(Path(name), fd, self.root)
+    async def open_partial(self, url: str) -> Partial:
+        """The partial download of this URL, resumed from an earlier run when possible."""
+        return await asyncio.to_thread(Partial.open, self.path(TMP), url_key(url), self.root)
 
     async def commit(self, partial: Partial, content_type: str | None) -> Blob:
         """Move a finished download to the name its sha256 gives it.
@@ -136,15 +73,16 @@ class LocalStore:
         blob = Blob(partial.sha256(), partial.size, content_type)
         final = self.path(blob_key(blob.sha256))
         try:
-            if _size_of(final) != blob.size:
-                partial.sync()
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(partial.path, final)
-                _sync_dir(final.parent)
+            if _size_of(final) == blob.size:
+                partial.close(keep=False)  # stored already, by an earlier run or another tune
+                return blob
+            partial.finish()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial.path, final)
+            partial.renamed()
+            _sync_dir(final.parent)
         except OSError as exc:
             raise storage_error(exc, self.root, "store a blob") from exc
-        finally:
-            partial.close()
         return blob
 
     async def read_manifest(self, tune_id: int) -> bytes | None:

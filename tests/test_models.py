@@ -1,0 +1,98 @@
+"""models.parse_tune: what it accepts from the API and what it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tune_archiver.errors import DataError
+from tune_archiver.models import Tune, parse_tune
+
+C0 = "https://bucket.example/ckpt-0?X-Amz-Signature=a"
+C1 = "https://bucket.example/ckpt-1?X-Amz-Signature=b"
+I0 = "https://img.example/0.jpg"
+I1 = "https://img.example/1.jpg"
+
+
+def test_valid_tune() -> None:
+    """A well-formed tune gives its id, title, checkpoints and images in order."""
+    data = {"id": 7, "title": "John", "ckpt_urls": [C0, C1], "orig_images": [I0, I1]}
+    tune = parse_tune(data, 7)
+    assert isinstance(tune, Tune)
+    assert tune.id == 7
+    assert tune.title == "John"
+    assert tune.checkpoint_urls == (C0, C1)
+    assert tune.image_urls == (I0, I1)
+
+
+def test_requested_id_is_optional() -> None:
+    """Without a requested id, any valid id is accepted."""
+    assert parse_tune({"id": 3}).id == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "checkpoints"),
+    [
+        ({"ckpt_urls": [C0], "ckpt_url": C0}, (C0,)),
+        ({"ckpt_urls": [C0], "ckpt_url": C1}, (C0, C1)),
+        ({"ckpt_urls": [], "ckpt_url": C1}, (C1,)),
+        ({"ckpt_urls": None, "ckpt_url": C1}, (C1,)),
+        ({"ckpt_urls": [C0, C1], "ckpt_url": None}, (C0, C1)),
+        ({"ckpt_urls": [C0], "ckpt_url": ""}, (C0,)),
+        ({}, ()),
+    ],
+    ids=["same", "different", "empty-list", "null-list", "null-url", "empty-url", "neither"],
+)
+def test_ckpt_url_merged_with_ckpt_urls(fields: dict[str, Any], checkpoints: tuple) -> None:
+    """ckpt_url is appended to ckpt_urls unless it is already there."""
+    assert parse_tune({"id": 1, **fields}, 1).checkpoint_urls == checkpoints
+
+
+def test_null_lists_give_empty_tuples() -> None:
+    """Null ckpt_urls and orig_images (a tune still training) are empty, not an error."""
+    tune = parse_tune({"id": 2, "ckpt_urls": None, "ckpt_url": None, "orig_images": None}, 2)
+    assert tune.checkpoint_urls == ()
+    assert tune.image_urls == ()
+
+
+def test_unknown_fields_kept_in_raw() -> None:
+    """Fields parse_tune does not know are kept as the API sent them."""
+    data = {"id": 4, "branch": "flux1", "prompts": [{"id": 1, "text": "x"}], "title": 5}
+    tune = parse_tune(data, 4)
+    assert tune.raw == data
+    assert tune.title is None  # a non-string title is not a title
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ([{"id": 9}], "list"),
+        ("tune", "str"),
+        (None, "NoneType"),
+        ({"title": "no id"}, "'id'"),
+        ({"id": 0}, "'id'"),
+        ({"id": -9}, "'id'"),
+        ({"id": True}, "'id'"),
+        ({"id": "9"}, "'id'"),
+        ({"id": 9.0}, "'id'"),
+        ({"id": 9, "ckpt_urls": "https://x.example/a"}, "'ckpt_urls' is not a list"),
+        ({"id": 9, "orig_images": {"0": I0}}, "'orig_images' is not a list"),
+        ({"id": 9, "ckpt_urls": [C0, 5]}, "'ckpt_urls'"),
+        ({"id": 9, "orig_images": [None]}, "'orig_images'"),
+        ({"id": 9, "ckpt_url": ["https://x.example/a"]}, "'ckpt_url' is not a string"),
+        ({"id": 8}, "returned tune 8"),
+    ],
+    ids=[
+        "list", "str", "null", "no-id", "id-0", "id-negative", "id-true", "id-str", "id-float",
+        "ckpt_urls-str", "orig_images-dict", "ckpt_urls-int-item", "orig_images-null-item",
+        "ckpt_url-list", "other-id",
+    ],
+)
+def test_invalid_tune_raises_data_error_naming_it(data: Any, words: str) -> None:
+    """Each unusable tune object raises DataError saying which tune and what is wrong."""
+    with pytest.raises(DataError) as info:
+        parse_tune(data, 9)
+    message = str(info.value)
+    assert message.startswith("tune 9: ")
+    assert words in message
