@@ -56,7 +56,26 @@ class Body:
     content_type: str = "application/octet-stream"
 
 
-Fault = Status | Cut | Stall | IgnoreRange | Body
+@dataclass
+class Replace:
+    """Serve these bytes (with their own ETag) in place of the file: it changed."""
+
+    data: bytes
+
+
+@dataclass
+class Chunked:
+    """Send the file with chunked encoding and no Content-Length."""
+
+
+@dataclass
+class Claim:
+    """Announce a Content-Length of `length`, send nothing, close."""
+
+    length: int
+
+
+Fault = Status | Cut | Stall | IgnoreRange | Body | Replace | Chunked | Claim
 
 
 @dataclass
@@ -75,6 +94,7 @@ class StandIn:
         self.api_key = api_key
         self.tunes: dict[int, Any] = {}  # a JSON value, or bytes sent as they are
         self.api_faults: dict[int, list[Fault]] = {}
+        self.api_versions: dict[int, list[Any]] = {}  # served one per request before tunes[id]
         self.files: dict[str, bytes] = {}
         self.files_dir = files_dir  # large files served from disk under /disk/<name>
         self.faults: dict[str, list[Fault]] = {}
@@ -111,7 +131,10 @@ class StandIn:
         ):
             app = web.Application(middlewares=[self._recorder(host)])
             app.add_routes(routes)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            runner = web.AppRunner(
+                app, handle_signals=False, access_log=None, handler_cancellation=True,
+                shutdown_timeout=0.5,
+            )
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -196,6 +219,9 @@ class StandIn:
             fault = faults.pop(0)
             assert isinstance(fault, Status)
             return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
+        versions = self.api_versions.get(tune_id)
+        if versions:
+            return web.json_response(versions.pop(0))
         if tune_id not in self.tunes:
             return web.json_response({"error": "Not found"}, status=404)
         tune = self.tunes[tune_id]
@@ -214,9 +240,17 @@ class StandIn:
             return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         if isinstance(fault, Body):
             return web.Response(body=fault.data, content_type=fault.content_type)
+        if isinstance(fault, Claim):
+            response = web.StreamResponse()
+            response.content_length = fault.length
+            await response.prepare(request)
+            assert request.transport is not None
+            request.transport.close()
+            return response
         if name not in self.files:
             return web.Response(status=404, text="no such file")
-        return await self._send(request, self.files[name], fault)
+        data = fault.data if isinstance(fault, Replace) else self.files[name]
+        return await self._send(request, data, fault)
 
     async def _send(
         self, request: web.Request, data: bytes, fault: Fault | None
@@ -240,7 +274,10 @@ class StandIn:
         response.headers["Accept-Ranges"] = "bytes"
         if status == 206:
             response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        response.content_length = len(data) - start
+        if isinstance(fault, Chunked):
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(data) - start
         await response.prepare(request)
         body = data[start:]
         if isinstance(fault, Cut | Stall):

@@ -35,11 +35,17 @@ async def fetch(
     tune_ids: Sequence[int],
     progress: Progress,
     clock: Clock = utc_now,
+    finished: list[TuneResult] | None = None,
+    store: LocalStore | None = None,
 ) -> list[TuneResult]:
     """Archive each tune; one result per tune, in the order asked.
 
-    Raises ConfigError (a rejected key, say) before anything is written.
+    Each result is also appended to `finished` as soon as it is known, so a caller
+    that cancels the run can still say what was done. Raises ConfigError (a
+    rejected key, say) before anything is written. `store` replaces the archive
+    at settings.archive (tests inject one whose writes fail).
     """
+    finished = [] if finished is None else finished
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
         new_session(settings, decompress=True) as api_session,
@@ -47,10 +53,11 @@ async def fetch(
     ):
         api = AstriaClient(api_session, settings, limiter)
         found = await _get_tunes(api, tune_ids)
-        store = LocalStore(settings.archive)
+        finished.extend(item for item in found.values() if isinstance(item, TuneResult))
+        store = store or LocalStore(settings.archive)
         await store.prepare()
         downloader = Downloader(asset_session, store, limiter, settings, progress)
-        run = Run(settings, api, store, downloader, progress, clock)
+        run = Run(settings, api, store, downloader, progress, clock, finished)
         async with asyncio.TaskGroup() as group:
             tasks = {
                 tune_id: group.create_task(_archive_tune(run, item))
@@ -92,6 +99,7 @@ class Run:
     downloader: Downloader
     progress: Progress
     clock: Clock
+    finished: list[TuneResult]
 
 
 class FreshUrls:
@@ -122,6 +130,12 @@ class FreshUrls:
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     """Download what the tune lacks and write its manifest."""
+    result = await _try_archive_tune(run, tune)
+    run.finished.append(result)
+    return result
+
+
+async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     store, progress = run.store, run.progress
     started = time.monotonic()
     fresh = FreshUrls(run.api, tune.id)

@@ -8,11 +8,12 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tune_archiver import __version__, archive
 from tune_archiver.config import (
@@ -33,10 +34,20 @@ from tune_archiver.models import TuneResult
 from tune_archiver.progress import progress_for
 from tune_archiver.urls import REDACTED, redact
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 log = logging.getLogger("tune_archiver")
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=DEFAULT_READ_TIMEOUT,
                        help="give up on a server silent this long (default "
                        f"{DEFAULT_READ_TIMEOUT:g})")
+    fetch.add_argument("--force", action="store_true",
+                       help="download even when a file is larger than the free space")
     fetch.add_argument("--only", choices=("checkpoints", "images"),
                        help="archive only this kind of file")
     fetch.set_defaults(handler=run_fetch)
@@ -137,9 +150,11 @@ def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> in
     except ArchiverError as exc:
         _error(str(exc), secrets, args.verbose)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        _error("interrupted", secrets, args.verbose)
-        return EXIT_INTERRUPTED
+    except Interrupted as stop:
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # a Ctrl-C outside the event loop
+        _error("interrupted", secrets)
+        return 128 + signal.SIGINT
 
 
 def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -158,10 +173,24 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         retry=retry,
         only=args.only,
         read_timeout=args.read_timeout,
+        force=args.force,
     )
     progress = progress_for(args.quiet)
+    finished: list[TuneResult] = []
     try:
-        results = asyncio.run(archive.fetch(settings, args.tune_ids, progress))
+        results = asyncio.run(
+            until_signal(archive.fetch(settings, args.tune_ids, progress, finished=finished))
+        )
+    except Interrupted as stop:
+        progress.close()
+        undone = [str(i) for i in args.tune_ids if i not in {r.tune_id for r in finished}]
+        _error(
+            f"stopped by {stop}: {len(finished)} of {len(args.tune_ids)} tunes done; "
+            f"not finished: {', '.join(undone) or 'none'}; partial downloads are kept in "
+            f"{settings.archive / 'tmp'} for the next run",
+            secrets,
+        )
+        raise
     finally:
         progress.close()
     if args.json:
@@ -170,6 +199,29 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     for result in results:
         _report(result, args.quiet or args.json, secrets)
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+async def until_signal(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; SIGINT or SIGTERM cancels it (its cleanup runs) and raises Interrupted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 def tune_json(result: TuneResult) -> dict[str, Any]:

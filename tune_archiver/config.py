@@ -53,6 +53,7 @@ class Settings:
     only: Only | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    force: bool = False  # download even when the known sizes exceed the free space
 
 
 def archive_dir(option: str | None, env: Mapping[str, str]) -> Path:

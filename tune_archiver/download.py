@@ -167,6 +167,8 @@ class Downloader:
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
         if total is not None:
             self._count(transfer, total)
+            if not self._settings.force:
+                await self._store.check_room(total - partial.size)
         transfer.content_type = content_type
         await asyncio.to_thread(partial.describe, _validator(response.headers), total)
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from tune_archiver.errors import DiskFull, StorageError
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+Writer = Callable[[int, memoryview], int]  # os.write's shape; tests inject a failing one
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
@@ -50,7 +53,9 @@ class Partial:
     only writes a few bytes).
     """
 
-    def __init__(self, path: Path, fd: int, archive: Path, sidecar: Path | None) -> None:
+    def __init__(
+        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.write
+    ) -> None:
         self.path = path
         self.size = 0
         self.validator: str | None = None  # strong ETag or Last-Modified, for If-Range
@@ -61,11 +66,12 @@ class Partial:
         self._key = ""
         self._synced = 0
         self._hash = hashlib.sha256()
+        self._write = write
 
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, tmp: Path, key: str, archive: Path) -> Partial:
+    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.write) -> Partial:
         """The resumable partial for `key`, or a private one when another process holds it."""
         name = hashlib.sha256(key.encode()).hexdigest()[:40]
         path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
@@ -77,13 +83,13 @@ class Partial:
                 except BlockingIOError:
                     os.close(fd)
                     fd, private = tempfile.mkstemp(dir=tmp, prefix="private-", suffix=".part")
-                    return cls(Path(private), fd, archive, None)
+                    return cls(Path(private), fd, archive, None, write)
                 # The holder before us may have renamed or removed the file by this name
                 # (a commit): then our lock is on an orphan, and we must start again.
                 if _same_file(fd, path):
                     break
                 os.close(fd)
-            partial = cls(path, fd, archive, sidecar)
+            partial = cls(path, fd, archive, sidecar, write)
             partial._key = key
             partial._resume()
             return partial
@@ -118,7 +124,7 @@ class Partial:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                view = view[self._write(self._fd, view) :]
             if self.size + len(data) - self._synced >= SYNC_EVERY:
                 os.fsync(self._fd)
                 self._synced = self.size + len(data)

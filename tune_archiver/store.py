@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import DiskFull, StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial, storage_error
+from tune_archiver.partial import Partial, Writer, storage_error
 from tune_archiver.urls import url_key
 
 
 class LocalStore:
     """An archive in a local directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, write: Writer = os.write) -> None:
         self.root = root
+        self._write = write
 
     def __str__(self) -> str:
         return str(self.root)
@@ -60,7 +62,21 @@ class LocalStore:
 
     async def open_partial(self, url: str) -> Partial:
         """The partial download of this URL, resumed from an earlier run when possible."""
-        return await asyncio.to_thread(Partial.open, self.path(TMP), url_key(url), self.root)
+        return await asyncio.to_thread(
+            Partial.open, self.path(TMP), url_key(url), self.root, self._write
+        )
+
+    async def check_room(self, nbytes: int) -> None:
+        """Raise DiskFull when the archive's filesystem has less than `nbytes` free."""
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, self.path(TMP))).free
+        except OSError as exc:
+            raise storage_error(exc, self.root, "measure free space") from exc
+        if nbytes > free:
+            raise DiskFull(
+                f"disk full in {self.root}: {nbytes} bytes to download, {free} bytes free "
+                "(--force to try anyway)"
+            )
 
     async def commit(self, partial: Partial, content_type: str | None) -> Blob:
         """Move a finished download to the name its sha256 gives it.

@@ -47,7 +47,6 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
         headers=headers,
         auto_decompress=decompress,
         connector=aiohttp.TCPConnector(limit=0),  # the caller's semaphore is the limit
-        read_bufsize=2**20,
     )
 
 

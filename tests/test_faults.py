@@ -1,0 +1,278 @@
+"""Fault handling of fetch: resume, truncation, expiry, full disks, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs
+from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
+from tune_archiver import archive as archive_module
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.progress import NullProgress
+from tune_archiver.store import LocalStore
+
+MiB = 2**20
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def one_file_tune(standin: StandIn, size: int = 3 * MiB, name: str = "model") -> bytes:
+    data = os.urandom(size)
+    standin.add_tune(1, [standin.add_file(name, data)], [])
+    return data
+
+
+def ranges(standin: StandIn, name: str = "model") -> list[str | None]:
+    return [r.headers.get("Range") for r in standin.seen("cdn", f"/files/{name}")]
+
+
+def resumed_at(header: str) -> int:
+    assert header.startswith("bytes=")
+    assert header.endswith("-")
+    return int(header[len("bytes=") : -1])
+
+
+def test_cut_body_resumes_from_the_bytes_on_disk(standin: StandIn, archive: Path) -> None:
+    """A connection dropped mid-body is resumed with Range at the kept offset and If-Range."""
+    data = one_file_tune(standin)
+    standin.faults["model"] = [Cut(2 * MiB)]
+    assert run_fetch(standin, archive, "1") == 0
+    first, retry = standin.seen("cdn", "/files/model")
+    assert "Range" not in first.headers
+    # aiohttp drops what it buffered when the connection breaks, so the offset is what
+    # reached the disk: more than nothing, no more than was sent.
+    assert 0 < resumed_at(retry.headers["Range"]) <= 2 * MiB
+    assert retry.headers["If-Range"].startswith('"')
+    assert blob_file(archive, data).read_bytes() == data
+
+
+def test_server_ignoring_range_restarts_from_zero(standin: StandIn, archive: Path) -> None:
+    """A 200 to a Range request replaces the partial; the blob is still exactly right."""
+    data = one_file_tune(standin)
+    standin.faults["model"] = [Cut(MiB), IgnoreRange()]
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    assert stored_blobs(archive) == [blob_file(archive, data)]
+
+
+def test_changed_file_restarts_from_zero(standin: StandIn, archive: Path) -> None:
+    """When the file changes between attempts (new ETag), If-Range makes it start over."""
+    old = one_file_tune(standin)
+    new = os.urandom(len(old))
+    standin.faults["model"] = [Cut(2 * MiB), Replace(new)]
+    assert run_fetch(standin, archive, "1") == 0
+    first, second = ranges(standin)
+    assert first is None
+    assert second is not None
+    assert resumed_at(second) > 0
+    assert stored_blobs(archive) == [blob_file(archive, new)]
+
+
+def test_truncated_body_fails_when_retries_are_spent(
+    standin: StandIn, archive: Path
+) -> None:
+    """A body that always ends early is never committed; the asset fails with a clear error."""
+    one_file_tune(standin, size=100_000)
+    standin.faults["model"] = [Cut(10)] * 3
+    assert run_fetch(standin, archive, "1", "--retries", "2") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert "broke off" in entry["error"] or "ended after" in entry["error"]
+    assert stored_blobs(archive) == []
+
+
+def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
+    """A download that fails for good leaves its partial; the next run resumes it."""
+    data = one_file_tune(standin)
+    standin.faults["model"] = [Cut(2 * MiB)] + [Status(500)] * 2
+    assert run_fetch(standin, archive, "1", "--retries", "2") == 1
+    [kept] = (archive / "tmp").glob("*.part")
+    assert sorted(p.suffix for p in (archive / "tmp").iterdir()) == [".json", ".part"]
+    size = kept.stat().st_size
+    assert size > 0
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin)[-1] == f"bytes={size}-"
+    assert blob_file(archive, data).read_bytes() == data
+    assert list((archive / "tmp").iterdir()) == []
+
+
+def test_expired_url_is_renewed_once_and_resumed(standin: StandIn, archive: Path) -> None:
+    """A 403 "Request has expired" re-fetches the tune for a fresh URL and resumes there."""
+    data = os.urandom(3 * MiB)
+    standin.add_file("model", data)
+    old = standin.add_tune(1, [standin.file_url("model", query="X-Amz-Signature=old")], [])
+    standin.api_versions[1] = [dict(old)]
+    standin.add_tune(1, [standin.file_url("model", query="X-Amz-Signature=new")], [])
+    expired = Status(403, body=b"<Error><Message>Request has expired</Message></Error>")
+    standin.faults["model"] = [Cut(2 * MiB), expired]
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("api")) == 2  # once more, to renew
+    seen = standin.seen("cdn", "/files/model")
+    assert [r.path.rsplit("=", 1)[1] for r in seen] == ["old", "old", "new"]
+    assert resumed_at(seen[2].headers["Range"]) > 0
+    assert blob_file(archive, data).read_bytes() == data
+
+
+def test_expired_url_without_renewal_fails(standin: StandIn, archive: Path) -> None:
+    """If the renewed tune still gives a refused URL, the asset fails after one renewal."""
+    one_file_tune(standin, size=1000)
+    standin.faults["model"] = [Status(403)] * 5
+    assert run_fetch(standin, archive, "1") == 1
+    assert len(standin.seen("api")) == 2
+    assert len(standin.seen("cdn")) == 2
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert "HTTP 403" in entry["error"]
+
+
+def test_redirect_loop_fails_the_asset(standin: StandIn, archive: Path) -> None:
+    """More than 10 redirects fail the asset with a clear error."""
+    standin.redirects["loop"] = standin.file_url("loop")
+    standin.add_tune(1, [standin.file_url("loop")], [])
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert "more than 10 redirects" in entry["error"]
+    assert len(standin.seen("cdn", "/files/loop")) == 11
+
+
+def test_redirect_to_another_scheme_is_refused(standin: StandIn, archive: Path) -> None:
+    """A redirect to file: is refused, with no request made for it."""
+    standin.redirects["sneaky"] = "file:///etc/passwd"
+    standin.add_tune(1, [standin.file_url("sneaky")], [])
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert "refused file URL" in entry["error"]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x", "data:text/plain,hi"])
+def test_asset_url_with_another_scheme_fails_without_a_request(
+    standin: StandIn, archive: Path, url: str
+) -> None:
+    """Only http and https URLs are fetched; others fail their asset."""
+    standin.add_tune(1, [url], [])
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert "only http and https" in entry["error"]
+    assert standin.seen("cdn") == []
+
+
+def test_hostile_names_change_nothing_outside_the_archive(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """../ in a URL path and in Content-Disposition never become a path."""
+    archive = tmp_path / "deep" / "archive"
+    archive.parent.mkdir()
+    data = b"payload"
+    standin.add_file("../../evil", data)
+    url = f"{standin.urls['cdn']}/files/..%2F..%2Fevil"
+    standin.add_tune(1, [url], [])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert run_fetch(standin, archive, "1") == 0
+    after = sorted(p for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before and not p.is_relative_to(archive)] == []
+    assert blob_file(archive, data).exists()
+
+
+def test_stalled_server_is_retried_then_failed(standin: StandIn, archive: Path) -> None:
+    """A server silent for --read-timeout is retried, then the asset fails; nothing hangs."""
+    one_file_tune(standin, size=10_000)
+    standin.faults["model"] = [Stall(100), Stall(100)]
+    code = run_fetch(standin, archive, "1", "--read-timeout", "0.3", "--retries", "1")
+    assert code == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert "no data for 0.3 s" in entry["error"]
+    assert len(standin.seen("cdn", "/files/model")) == 2
+
+
+def test_body_without_content_length_is_accepted_when_it_ends_cleanly(
+    standin: StandIn, archive: Path
+) -> None:
+    """A chunked body without Content-Length is archived once the stream ends properly."""
+    data = one_file_tune(standin, size=200_000)
+    standin.faults["model"] = [Chunked()]
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+
+
+def failing_write(fd: int, data: memoryview) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_fails_the_asset_and_keeps_the_archive(
+    standin: StandIn, archive: Path
+) -> None:
+    """ENOSPC fails the asset with "disk full in <archive>", removes its partial, keeps blobs."""
+    good = os.urandom(1000)
+    standin.add_tune(1, [], [standin.add_file("old", good)])
+    assert run_fetch(standin, archive, "1") == 0
+    manifest_before = (archive / "manifests" / "1.json").read_bytes()
+    standin.add_tune(2, [standin.add_file("new", os.urandom(5000))], [])
+    settings = Settings(
+        archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+        retry=RetryPolicy(sleep=Sleeps()),
+    )
+    store = LocalStore(archive, write=failing_write)
+    [result] = asyncio.run(archive_module.fetch(settings, [2], NullProgress(), store=store))
+    assert result.failed[0].error == f"disk full in {archive}"
+    assert list((archive / "tmp").iterdir()) == []
+    assert blob_file(archive, good).read_bytes() == good
+    assert (archive / "manifests" / "1.json").read_bytes() == manifest_before
+    assert check_manifest(archive / "manifests" / "2.json")["complete"] is False
+
+
+def test_file_larger_than_free_space_is_refused_unless_forced(
+    standin: StandIn, archive: Path
+) -> None:
+    """A Content-Length beyond the free space fails the asset at once; --force tries anyway."""
+    one_file_tune(standin, size=1000)
+    big = 2**62
+    standin.faults["model"] = [Claim(big), Claim(big)]
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["error"].startswith(f"disk full in {archive}: {big} bytes to download")
+    assert len(standin.seen("cdn")) == 1  # not retried
+    assert run_fetch(standin, archive, "1", "--force", "--retries", "0") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert "disk full" not in entry["error"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MiB tmpfs, where the test may mount one (root on Linux)."""
+    mount = tmp_path / f"full-{uuid.uuid4().hex[:8]}"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True, check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_real_full_disk(standin: StandIn, small_tmpfs: Path) -> None:
+    """On a real 1 MiB filesystem a 3 MiB file fails with "disk full"; a small one is kept."""
+    archive = small_tmpfs / "archive"
+    small = os.urandom(10_000)
+    standin.add_tune(1, [], [standin.add_file("small", small)])
+    assert run_fetch(standin, archive, "1") == 0
+    standin.add_tune(2, [standin.add_file("big", os.urandom(3 * MiB))], [])
+    assert run_fetch(standin, archive, "2", "--force") == 1
+    entry = check_manifest(archive / "manifests" / "2.json")["assets"][0]
+    assert entry["error"] == f"disk full in {archive}"
+    assert blob_file(archive, small).read_bytes() == small
+    assert [p for p in (archive / "tmp").iterdir() if p.suffix == ".part"] == []
