@@ -1,0 +1,109 @@
+"""The real command in a subprocess: killed, interrupted, and run twice at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, stored_blobs
+from tests.standin import Stall, StandIn
+
+MiB = 2**20
+
+
+def start_fetch(standin: StandIn, archive: Path, *ids: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    command = [sys.executable, "-m", "tune_archiver", "fetch", *ids, "--archive", str(archive),
+               "--api-url", standin.api_url, "-q"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(process: subprocess.Popen[str]) -> int:
+    """Wait for the process, closing its pipes; its exit code."""
+    process.communicate(timeout=60)
+    return process.returncode
+
+
+def wait_until(condition: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Poll a condition the test cannot be told about (bytes reaching another process's disk)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def partial_size(archive: Path) -> int:
+    parts = list((archive / "tmp").glob("*.part")) if (archive / "tmp").exists() else []
+    return parts[0].stat().st_size if parts else 0
+
+
+def stalled_tune(standin: StandIn) -> bytes:
+    """A 4 MiB checkpoint whose first answer sends 3 MiB and then goes silent."""
+    data = os.urandom(4 * MiB)
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    standin.faults["model"] = [Stall(3 * MiB)]
+    return data
+
+
+def test_killed_run_is_resumed_by_the_next(standin: StandIn, tmp_path: Path) -> None:
+    """After SIGKILL mid-download, the next fetch asks for Range from the kept offset."""
+    archive = tmp_path / "archive"
+    data = stalled_tune(standin)
+    process = start_fetch(standin, archive, "1")
+    wait_until(lambda: partial_size(archive) > 0, "bytes on disk")
+    process.kill()
+    process.communicate()
+    kept = partial_size(archive)
+    assert kept > 0
+    rerun = start_fetch(standin, archive, "1")
+    assert finish(rerun) == 0
+    last = standin.seen("cdn", "/files/model")[-1]
+    assert last.headers["Range"] == f"bytes={kept}-"
+    assert blob_file(archive, data).read_bytes() == data
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_within_two_seconds_keeping_the_partial(
+    standin: StandIn, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGINT/SIGTERM: exit 130/143 promptly, partial kept, no blob, no manifest, undone named."""
+    archive = tmp_path / "archive"
+    stalled_tune(standin)
+    process = start_fetch(standin, archive, "1")
+    wait_until(lambda: partial_size(archive) > 0, "bytes on disk")
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=2)
+    assert process.returncode == code
+    assert "not finished: 1" in err
+    assert "Traceback" not in err
+    assert stored_blobs(archive) == []
+    assert not (archive / "manifests" / "1.json").exists()
+    assert sorted(p.suffix for p in (archive / "tmp").iterdir()) == [".json", ".part"]
+
+
+def test_two_fetches_at_once_share_an_archive(standin: StandIn, tmp_path: Path) -> None:
+    """Two processes fetching overlapping tunes into one archive both succeed, intact."""
+    archive = tmp_path / "archive"
+    shared = [standin.add_file(f"shared-{i}", os.urandom(300_000)) for i in range(6)]
+    standin.add_tune(1, [standin.add_file("m1", os.urandom(2 * MiB))], shared)
+    standin.add_tune(2, [standin.add_file("m2", os.urandom(2 * MiB))], shared)
+    first = start_fetch(standin, archive, "1", "2")
+    second = start_fetch(standin, archive, "2", "1")
+    assert finish(first) == 0
+    assert finish(second) == 0
+    assert len(stored_blobs(archive)) == len(standin.files)
+    for path in stored_blobs(archive):
+        assert blob_file(archive, path.read_bytes()) == path
+    for tune_id in (1, 2):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+    assert list((archive / "tmp").iterdir()) == []
