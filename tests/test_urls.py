@@ -77,7 +77,6 @@ def test_redact_json_redacts_nested_urls_only() -> None:
     assert data["ckpt_urls"] == [signed]  # the input is not modified
 
 
-@pytest.mark.xfail(strict=True, reason="redact_json matches the scheme case-sensitively")
 def test_redact_json_redacts_upper_case_scheme() -> None:
     """A URL whose scheme is upper case (still a fetchable http URL) is redacted too."""
     out = redact_json({"ckpt_url": f"HTTPS://bucket.example.com/x?X-Amz-Signature={SECRET}"})

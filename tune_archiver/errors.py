@@ -31,7 +31,7 @@ class ConfigError(ArchiverError):
 
 
 class AuthError(ConfigError):
-    """The API rejected the key (401/403 from the API's origin)."""
+    """The API rejected the key (401 from the API's origin)."""
 
 
 class NetworkError(ArchiverError):

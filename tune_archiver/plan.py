@@ -32,9 +32,10 @@ def assets_of(tune: Tune) -> list[Asset]:
 def archived_blobs(manifest: Mapping[str, Any] | None) -> dict[tuple[str, int, str], Blob]:
     """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
     found: dict[tuple[str, int, str], Blob] = {}
-    if manifest is None:
+    entries = manifest.get("assets") if manifest is not None else None
+    if not isinstance(entries, list):
         return found
-    for entry in manifest.get("assets") or ():
+    for entry in entries:
         if not isinstance(entry, dict) or entry.get("status") != "ok":
             continue
         sha, size, url = entry.get("sha256"), entry.get("size"), entry.get("url")

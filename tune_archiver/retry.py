@@ -7,6 +7,7 @@ backoff and jitter, and honours a server's Retry-After up to a cap.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -18,7 +19,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 
 from tune_archiver.config import RetryPolicy
@@ -43,7 +43,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -62,15 +62,12 @@ async def call_with_retries(
     The last error is raised as it is. `what` names the request in log lines and
     must already be redacted.
     """
-    backoff = wait_exponential_jitter(
-        initial=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
-    )
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, StatusError) and exc.retry_after is not None:
             return min(exc.retry_after, policy.retry_after_cap)
-        return float(backoff(state))
+        return backoff(policy, state.attempt_number)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -91,6 +88,12 @@ async def call_with_retries(
         return await attempt()
 
     return await retrying(run)
+
+
+def backoff(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with full jitter added: initial, doubling, capped at max_wait."""
+    exponential = policy.initial_wait * 2.0 ** min(attempt - 1, 30)
+    return min(policy.max_wait, exponential) + random.uniform(0, policy.jitter)
 
 
 def retry_after_of(header: str | None) -> float | None:

@@ -63,6 +63,8 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
         raise BodyError(f"the server closed the connection early: {shown}") from exc
     except aiohttp.ClientPayloadError as exc:
         raise BodyError(f"the response body broke off: {shown}") from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise ConnectError(f"timed out connecting to the server of {shown}") from exc
     except aiohttp.InvalidURL as exc:
         raise RefusedUrl(f"refused malformed URL {shown}") from exc
     except TimeoutError as exc:

@@ -50,7 +50,7 @@ def redact(url: str) -> str:
 def redact_json(value: Any) -> Any:
     """A copy of decoded JSON in which every http(s) URL string is redacted."""
     if isinstance(value, str):
-        return redact(value) if value.startswith(("http://", "https://")) else value
+        return redact(value) if value[:8].lower().startswith(("http://", "https://")) else value
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):

@@ -1,0 +1,244 @@
+"""api.AstriaClient against aioresponses: statuses, retries, limits and request headers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from tests.helpers import Sleeps
+from tune_archiver import __version__, api
+from tune_archiver.api import AstriaClient
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
+from tune_archiver.models import Tune
+from tune_archiver.transport import new_session
+
+API = "http://api.test"
+TUNE_URL = f"{API}/tunes/7"
+KEY = "sd_secret_key"
+TUNE = {"id": 7, "title": "Jane", "ckpt_urls": ["https://b.example/c"], "orig_images": []}
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def settings(sleeps: Sleeps) -> Settings:
+    return Settings(
+        archive=Path("a"), api_key=KEY, api_url=API, retry=RetryPolicy(retries=2, sleep=sleeps)
+    )
+
+
+@pytest.fixture
+async def session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    session = new_session(settings, decompress=True)
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+class CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 omits the stream_writer aiohttp 3.14 requires (aioresponses#289)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(*args, **kwargs)
+
+
+class Mocked(aioresponses):
+    """aioresponses whose canned responses can be built under aiohttp 3.14."""
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", CompatResponse)
+        super().add(*args, **kwargs)
+
+
+@pytest.fixture
+def mocked() -> Iterator[aioresponses]:
+    with Mocked() as m:
+        yield m
+
+
+async def get_tune(session: aiohttp.ClientSession, settings: Settings, tune_id: int = 7) -> Tune:
+    return await AstriaClient(session, settings, asyncio.Semaphore(4)).get_tune(tune_id)
+
+
+def calls(m: aioresponses, url: str = TUNE_URL) -> list:
+    """The requests aioresponses recorded for a GET of `url`."""
+    return m.requests.get(("GET", URL(url)), [])
+
+
+async def test_200_returns_the_tune(mocked: aioresponses, session, settings) -> None:
+    """A 200 with a tune object gives the parsed Tune after one request."""
+    mocked.get(TUNE_URL, payload=TUNE)
+    tune = await get_tune(session, settings)
+    assert tune.id == 7
+    assert tune.title == "Jane"
+    assert tune.checkpoint_urls == ("https://b.example/c",)
+    assert tune.raw == TUNE
+    assert len(calls(mocked)) == 1
+
+
+async def test_401_is_auth_error_after_one_request(mocked, session, settings, sleeps) -> None:
+    """A rejected key raises AuthError at once, without retries, and without the key."""
+    mocked.get(TUNE_URL, status=401, payload={"error": "unauthorized"}, repeat=True)
+    with pytest.raises(AuthError) as info:
+        await get_tune(session, settings)
+    assert "API key rejected" in str(info.value)
+    assert KEY not in str(info.value)
+    assert len(calls(mocked)) == 1
+    assert sleeps.waits == []
+
+
+async def test_404_is_tune_not_found(mocked, session, settings, sleeps) -> None:
+    """A 404 raises TuneNotFound "tune 7 not found" after one request."""
+    mocked.get(TUNE_URL, status=404, payload={"error": "not found"}, repeat=True)
+    with pytest.raises(TuneNotFound) as info:
+        await get_tune(session, settings)
+    assert str(info.value) == "tune 7 not found"
+    assert info.value.status == 404
+    assert len(calls(mocked)) == 1
+    assert sleeps.waits == []
+
+
+async def test_422_is_not_retried_and_shows_api_error(mocked, session, settings, sleeps) -> None:
+    """A 422 raises StatusError with the API's error text, squeezed to one line, unretried."""
+    mocked.get(TUNE_URL, status=422, payload={"error": "tune is\n  being  deleted"}, repeat=True)
+    with pytest.raises(StatusError) as info:
+        await get_tune(session, settings)
+    assert type(info.value) is StatusError
+    assert info.value.status == 422
+    assert str(info.value) == "tune 7: the API answered HTTP 422: tune is being deleted"
+    assert len(calls(mocked)) == 1
+    assert sleeps.waits == []
+
+
+async def test_503_three_times_fails_after_three_requests(
+    mocked, session, settings, sleeps
+) -> None:
+    """With retries=2 a persistent 503 is tried 3 times, then raised as StatusError."""
+    mocked.get(TUNE_URL, status=503, body="busy", repeat=True)
+    with pytest.raises(StatusError) as info:
+        await get_tune(session, settings)
+    assert info.value.status == 503
+    assert "HTTP 503" in str(info.value)
+    assert len(calls(mocked)) == 3
+    assert len(sleeps.waits) == 2
+
+
+async def test_503_then_200_succeeds(mocked, session, settings, sleeps) -> None:
+    """One 503 followed by a 200 gives the tune after two requests and one wait."""
+    mocked.get(TUNE_URL, status=503)
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    assert len(calls(mocked)) == 2
+    assert len(sleeps.waits) == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_honoured(mocked, session, settings, sleeps, status: int) -> None:
+    """The wait before the retry is the Retry-After the API sent, not the backoff."""
+    mocked.get(TUNE_URL, status=status, headers={"Retry-After": "17"})
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    assert sleeps.waits == [17.0]
+
+
+async def test_unreadable_retry_after_is_ignored(mocked, session, settings, sleeps) -> None:
+    """A Retry-After that is not a number of seconds or a date falls back to the backoff."""
+    mocked.get(TUNE_URL, status=503, headers={"Retry-After": "²"})
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    assert len(sleeps.waits) == 1
+
+
+@pytest.mark.parametrize("body", ["{not json", "", "\xff\xfe", '{"id": 7'])
+async def test_malformed_json_is_data_error(mocked, session, settings, body: str) -> None:
+    """A 200 whose body is not JSON raises DataError naming the tune, unretried."""
+    mocked.get(TUNE_URL, body=body.encode("latin-1"), repeat=True)
+    with pytest.raises(DataError) as info:
+        await get_tune(session, settings)
+    assert str(info.value) == "tune 7: the API returned malformed JSON"
+    assert len(calls(mocked)) == 1
+
+
+async def test_invalid_tune_is_data_error(mocked, session, settings) -> None:
+    """Valid JSON that is not a usable tune (here, another tune's id) raises DataError."""
+    mocked.get(TUNE_URL, payload={**TUNE, "id": 8}, repeat=True)
+    with pytest.raises(DataError, match="tune 7"):
+        await get_tune(session, settings)
+    assert len(calls(mocked)) == 1
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["streamed", "content-length"])
+async def test_oversized_body_is_data_error(
+    mocked, session, settings, monkeypatch: pytest.MonkeyPatch, declared: bool
+) -> None:
+    """A body over MAX_JSON_BYTES, declared or not, raises DataError instead of being parsed."""
+    monkeypatch.setattr(api, "MAX_JSON_BYTES", 64)
+    body = ('{"id": 7, "title": "' + "x" * 200 + '"}').encode()
+    headers = {"Content-Length": str(len(body))} if declared else None
+    mocked.get(TUNE_URL, body=body, headers=headers, repeat=True)
+    with pytest.raises(DataError, match="larger than 64 bytes"):
+        await get_tune(session, settings)
+    assert len(calls(mocked)) == 1
+
+
+async def test_body_of_exactly_the_limit_is_accepted(
+    mocked, session, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of exactly MAX_JSON_BYTES is still read and parsed."""
+    body = b'{"id": 7, "title": "abc"}'
+    monkeypatch.setattr(api, "MAX_JSON_BYTES", len(body))
+    mocked.get(TUNE_URL, body=body)
+    assert (await get_tune(session, settings)).title == "abc"
+
+
+async def test_request_headers(mocked, session, settings) -> None:
+    """The request carries the bearer key, our User-Agent, JSON Accept, and no redirects."""
+    mocked.get(TUNE_URL, payload=TUNE)
+    await get_tune(session, settings)
+    (call,) = calls(mocked)
+    headers = call.kwargs["headers"]
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["User-Agent"] == f"tune-archiver/{__version__}"
+    assert headers["Accept"] == "application/json"
+    assert "X-Workspace-Id" not in headers
+    assert call.kwargs["allow_redirects"] is False
+
+
+async def test_workspace_header_when_set(mocked, session, settings) -> None:
+    """With settings.workspace, the request carries X-Workspace-Id."""
+    mocked.get(TUNE_URL, payload=TUNE)
+    settings = Settings(archive=Path("a"), api_key=KEY, api_url=API, workspace="42")
+    await get_tune(session, settings)
+    (call,) = calls(mocked)
+    assert call.kwargs["headers"]["X-Workspace-Id"] == "42"
+
+
+async def test_redirect_to_another_origin_drops_private_headers(
+    mocked, session, settings
+) -> None:
+    """A redirect is followed by the client itself and the key is not sent to a new origin."""
+    other = "http://elsewhere.test/tunes/7.json"
+    mocked.get(TUNE_URL, status=302, headers={"Location": other})
+    mocked.get(other, payload=TUNE)
+    settings = Settings(archive=Path("a"), api_key=KEY, api_url=API, workspace="42")
+    assert (await get_tune(session, settings)).id == 7
+    (first,) = calls(mocked)
+    (second,) = calls(mocked, other)
+    assert first.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert "Authorization" not in second.kwargs["headers"]
+    assert "X-Workspace-Id" not in second.kwargs["headers"]
+    assert second.kwargs["headers"]["User-Agent"] == f"tune-archiver/{__version__}"

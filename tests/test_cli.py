@@ -1,0 +1,188 @@
+"""cli.py: help texts and the usage errors that exit 2 before any request is made."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tune_archiver import __version__, archive
+from tune_archiver.cli import build_parser, main
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The parser's subcommand action (there is exactly one)."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action
+
+
+COMMANDS = sorted(subcommands(build_parser()).choices)
+
+
+@pytest.fixture
+def no_fetch(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace archive.fetch so that any attempt to start a fetch is recorded and fails."""
+    started: list[Any] = []
+
+    async def fetch(*args: Any, **kwargs: Any) -> list[Any]:
+        started.append(args)
+        raise AssertionError("a fetch started")
+
+    monkeypatch.setattr(archive, "fetch", fetch)
+    return started
+
+
+def test_there_are_subcommands() -> None:
+    """The parser has at least the fetch command."""
+    assert "fetch" in COMMANDS
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_subcommand_has_help(name: str) -> None:
+    """Each subcommand has a one-line help in the command list, and every option has help."""
+    action = subcommands(build_parser())
+    helps = {pseudo.dest: pseudo.help for pseudo in action._choices_actions}
+    assert helps.get(name), f"{name} has no help text"
+    for option in action.choices[name]._actions:
+        assert option.help, f"{name}: {option.dest} has no help text"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fetch", "--help"], ["--version"]])
+def test_help_and_version_return_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--help and --version print to stdout and return 0 instead of exiting."""
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tune-archiver" in out
+    if argv == ["--version"]:
+        assert __version__ in out
+
+
+def test_no_command_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Running without a command is a usage error."""
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        *((bad, f"not a tune id (a positive integer): {bad!r}")
+          for bad in ("abc", "0", "-3", "1.5", "00", " 7")),
+        ("²", "invalid tune_id value: '²'"),  # isdigit() but not int(): argparse's message
+    ],
+)
+def test_bad_tune_id_returns_2_before_any_request(
+    bad: str, says: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """A tune id that is not a positive integer is refused by the parser, before the key."""
+    assert main(["fetch", bad]) == 2
+    err = capsys.readouterr().err
+    assert "argument TUNE_ID" in err
+    assert says in err
+    assert "API key" not in err  # refused before the missing key was even noticed
+    assert no_fetch == []
+
+
+def test_bad_tune_id_among_good_ones_returns_2(
+    capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """One bad id among good ones refuses the whole command."""
+    assert main(["fetch", "1", "x", "2"]) == 2
+    assert "not a tune id (a positive integer): 'x'" in capsys.readouterr().err
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize(
+    "option", [["--concurrency", "0"], ["--concurrency", "-1"], ["--retries", "-1"],
+               ["--read-timeout", "0"], ["--read-timeout", "nan"], ["--only", "videos"]],
+)
+def test_bad_option_values_return_2(
+    option: list[str], capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """Out-of-range option values are usage errors."""
+    assert main(["fetch", "1", *option]) == 2
+    assert option[0] in capsys.readouterr().err
+    assert no_fetch == []
+
+
+def test_missing_api_key_returns_2(
+    capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """Without ASTRIA_API_KEY or --api-key-file, fetch says how to give a key and exits 2."""
+    assert main(["fetch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err
+    assert "ASTRIA_API_KEY" in err
+    assert no_fetch == []
+
+
+def test_missing_key_file_returns_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_fetch: list[Any],
+) -> None:
+    """An unreadable --api-key-file is a clear one-line error, even with the env key set."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "from-env")
+    missing = tmp_path / "nope.key"
+    assert main(["fetch", "1", "--api-key-file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read the API key file {missing}" in err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n\t"])
+def test_empty_key_file_returns_2(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """An empty (or blank) key file is reported as empty, not used as a key."""
+    key_file = tmp_path / "empty.key"
+    key_file.write_text(content)
+    assert main(["fetch", "1", "--api-key-file", str(key_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"the API key file {key_file} is empty" in err
+    assert "Traceback" not in err
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "file:///etc", "api.astria.ai"])
+def test_bad_api_url_returns_2(
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_fetch: list[Any],
+) -> None:
+    """An --api-url that is not http(s) is a configuration error, exit 2, no request."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "k")
+    assert main(["fetch", "1", "--api-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "the API URL must start with http:// or https://" in err
+    assert "Traceback" not in err
+    assert no_fetch == []
+
+
+def test_bad_api_url_from_env_returns_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """ASTRIA_API_URL is checked the same way as --api-url."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "k")
+    monkeypatch.setenv("ASTRIA_API_URL", "ftp://x")
+    assert main(["fetch", "1"]) == 2
+    assert "API URL" in capsys.readouterr().err
+    assert no_fetch == []
+
+
+def test_key_never_printed_in_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """A key read from a file is scrubbed from an error message that would contain it."""
+    key_file = tmp_path / "k.key"
+    key_file.write_text("sd_very_secret\n")
+    assert main(["fetch", "1", "--api-key-file", str(key_file), "--api-url", "sd_very_secret"]) == 2
+    err = capsys.readouterr().err
+    assert "sd_very_secret" not in err
+    assert "REDACTED" in err
