@@ -1,0 +1,50 @@
+"""The README's commands stay true: every example parses, and CI runs the test command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from tests.conftest import ROOT
+from tune_archiver.cli import build_parser
+
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
+EXAMPLES = [
+    command
+    for block in BLOCKS
+    for line in block.splitlines()
+    for command in line.split("&&")
+    if command.strip().startswith(("tune-archiver ", "ASTRIA_API_KEY="))
+]
+
+
+def test_readme_opens_with_the_two_fresh_machine_commands() -> None:
+    """The first two shell blocks install and fetch, then install and test."""
+    install_and_fetch, install_and_test = BLOCKS[0], BLOCKS[1]
+    assert "pip install ." in install_and_fetch
+    assert "tune-archiver fetch" in install_and_fetch
+    assert "pip install -e '.[test]'" in install_and_test
+    assert "python -m pytest" in install_and_test
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run installs the test extra and runs the same pytest command as the README."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -e '.[test]'" in ci
+    assert "\npython -m pytest\n" in ci
+
+
+@pytest.mark.parametrize("command", EXAMPLES)
+def test_readme_example_parses(command: str) -> None:
+    """Each tune-archiver command shown in the README is accepted by the parser."""
+    words = [w for w in shlex.split(command) if "=" not in w or w.startswith("-")]
+    assert words[0] == "tune-archiver"
+    build_parser().parse_args(words[1:])
+
+
+def test_readme_has_examples() -> None:
+    """The example list is not empty, so the parse test above cannot pass vacuously."""
+    assert len(EXAMPLES) >= 4
