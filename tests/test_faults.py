@@ -276,3 +276,15 @@ def test_real_full_disk(standin: StandIn, small_tmpfs: Path) -> None:
     assert entry["error"] == f"disk full in {archive}"
     assert blob_file(archive, small).read_bytes() == small
     assert [p for p in (archive / "tmp").iterdir() if p.suffix == ".part"] == []
+
+
+def test_416_drops_the_partial_and_starts_over(standin: StandIn, archive: Path) -> None:
+    """A 416 to a resume drops the partial; the next attempt fetches the file from byte 0."""
+    data = one_file_tune(standin)
+    standin.faults["model"] = [Cut(2 * MiB), Status(416)]
+    assert run_fetch(standin, archive, "1") == 0
+    first, refused, again = ranges(standin)
+    assert first is None
+    assert refused is not None
+    assert again is None
+    assert blob_file(archive, data).read_bytes() == data
