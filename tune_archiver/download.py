@@ -170,11 +170,11 @@ class Downloader:
             if not self._settings.force:
                 await self._store.check_room(total - partial.size)
         transfer.content_type = content_type
-        await asyncio.to_thread(partial.describe, _validator(response.headers), total)
+        await in_thread(partial.describe, _validator(response.headers), total)
 
     async def _write(self, transfer: Transfer, data: bytes) -> None:
         partial = transfer.partial
-        await asyncio.to_thread(partial.append, data)
+        await in_thread(partial.append, data)
         self._progress.advance(len(data))
         if partial.total is not None and partial.size > partial.total:
             await self._restart(transfer)
@@ -186,12 +186,26 @@ class Downloader:
     async def _restart(self, transfer: Transfer) -> None:
         """Drop the bytes on disk: the next attempt starts from the first byte."""
         self._progress.advance(-transfer.partial.size)
-        await asyncio.to_thread(transfer.partial.reset)
+        await in_thread(transfer.partial.reset)
 
     def _count(self, transfer: Transfer, total: int) -> None:
         if not transfer.counted:
             transfer.counted = True
             self._progress.add_bytes(total)
+
+
+async def in_thread(function: Callable[..., None], *args: object) -> None:
+    """Run a blocking partial-file call in a worker thread and see it through.
+
+    If we are cancelled meanwhile, we still wait for the thread before re-raising:
+    a write left running would race the partial's close (its size, even its fd).
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 async def _status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
