@@ -15,7 +15,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Tune, parse_tune
 from tune_archiver.retry import call_with_retries, retry_after_of
-from tune_archiver.transport import get
+from tune_archiver.transport import get, read_capped
 from tune_archiver.urls import redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
@@ -68,18 +68,6 @@ class AstriaClient:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{what}: the API returned malformed JSON") from exc
-
-
-async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The body, or its first `cap` bytes when it is longer."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= cap:
-            break
-    return b"".join(parts)[:cap]
 
 
 def status_error(

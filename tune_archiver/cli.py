@@ -177,19 +177,14 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
+    tune_ids = list(dict.fromkeys(args.tune_ids))
     try:
         results = asyncio.run(
-            until_signal(archive.fetch(settings, args.tune_ids, progress, finished=finished))
+            until_signal(archive.fetch(settings, tune_ids, progress, finished=finished))
         )
     except Interrupted as stop:
-        progress.close()
-        undone = [str(i) for i in args.tune_ids if i not in {r.tune_id for r in finished}]
-        _error(
-            f"stopped by {stop}: {len(finished)} of {len(args.tune_ids)} tunes done; "
-            f"not finished: {', '.join(undone) or 'none'}; partial downloads are kept in "
-            f"{settings.archive / 'tmp'} for the next run",
-            secrets,
-        )
+        progress.close()  # the bar goes before the message
+        _report_undone(stop, tune_ids, finished, settings, secrets)
         raise
     finally:
         progress.close()
@@ -224,6 +219,24 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
             loop.remove_signal_handler(signum)
 
 
+def _report_undone(
+    stop: Interrupted,
+    tune_ids: list[int],
+    finished: list[TuneResult],
+    settings: Settings,
+    secrets: list[str],
+) -> None:
+    """One line saying what an interrupted fetch left undone, and where its partials are."""
+    done = {result.tune_id for result in finished}
+    undone = [str(i) for i in tune_ids if i not in done]
+    _error(
+        f"stopped by {stop}: {len(done)} of {len(tune_ids)} tunes done; "
+        f"not finished: {', '.join(undone) or 'none'}; partial downloads are kept in "
+        f"{settings.archive / 'tmp'} for the next run",
+        secrets,
+    )
+
+
 def tune_json(result: TuneResult) -> dict[str, Any]:
     """The --json shape of one tune's result (documented in the README)."""
     return {
@@ -251,8 +264,8 @@ def _report(result: TuneResult, quiet: bool, secrets: list[str]) -> None:
     """The summary line on stdout (unless quiet) and one error line per failure on stderr."""
     name = f"tune {result.tune_id}" + (f" ({result.title})" if result.title else "")
     if result.error is not None:
-        _error(result.error if str(result.tune_id) in result.error else f"{name}: {result.error}",
-               secrets)
+        named = result.error.startswith(f"tune {result.tune_id}")  # API errors name it already
+        _error(result.error if named else f"{name}: {result.error}", secrets)
     for failure in result.failed:
         _error(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}", secrets)
     if quiet or result.error is not None:

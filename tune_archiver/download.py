@@ -28,7 +28,7 @@ from tune_archiver.partial import Partial
 from tune_archiver.progress import Progress
 from tune_archiver.retry import call_with_retries, retry_after_of
 from tune_archiver.store import LocalStore
-from tune_archiver.transport import get
+from tune_archiver.transport import get, read_capped
 from tune_archiver.urls import check_fetchable, redact, url_key
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that hashes and writes them
@@ -211,7 +211,7 @@ async def in_thread(function: Callable[..., None], *args: object) -> None:
 async def _status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
     """The error for an asset answer other than 200/206; an expired URL has its own."""
     status = response.status
-    body = await response.content.read(ERROR_BODY_BYTES)
+    body = await read_capped(response, ERROR_BODY_BYTES)
     if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
         return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
     return StatusError(

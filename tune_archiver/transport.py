@@ -119,3 +119,15 @@ def _resolve(base: URL, location: str) -> str:
         return str(base.join(URL(location, encoded=True)))
     except ValueError as exc:
         raise RefusedUrl(f"refused malformed redirect from {redact(str(base))}") from exc
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, or its first `cap` bytes when it is longer."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(parts)[:cap]
