@@ -1,4 +1,4 @@
-"""The Astria API client: one tune by id, over a shared session, with retries.
+"""The Astria API client: tunes and prompts, paged, over a shared session, with retries.
 
 The API key and workspace header go only to the API's own origin (see transport.get).
 """
@@ -6,6 +6,7 @@ The API key and workspace header go only to the API's own origin (see transport.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -13,13 +14,14 @@ import aiohttp
 
 from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
-from tune_archiver.models import Tune, parse_tune
+from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.retry import call_with_retries, retry_after_of
 from tune_archiver.transport import get, read_capped
 from tune_archiver.urls import redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
+PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, never offset
 
 
 class AstriaClient:
@@ -49,6 +51,40 @@ class AstriaClient:
             self._settings.retry, what, lambda: self._get_json(f"/tunes/{tune_id}", what)
         )
         return parse_tune(data, tune_id)
+
+    async def list_tunes(self) -> list[dict[str, Any]]:
+        """Every tune of the account, newest first, as the listing gave them."""
+        return await self._pages("/tunes", "the list of tunes")
+
+    async def get_prompts(self, tune_id: int) -> list[Prompt]:
+        """Every prompt of the tune, newest first, with its generated images."""
+        return parse_prompts(
+            await self._pages(f"/tunes/{tune_id}/prompts", f"the prompts of tune {tune_id}"),
+            tune_id,
+        )
+
+    async def _pages(self, path: str, what: str) -> list[dict[str, Any]]:
+        """All items of a listing: pages of PAGE_LIMIT, each before the last id seen.
+
+        Raises DataError when a page is not a list of objects with ids, or when
+        paging does not move on to older ids (a loop we would never leave).
+        """
+        items: list[dict[str, Any]] = []
+        before: int | None = None
+        while True:
+            query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
+            page = await call_with_retries(
+                self._settings.retry, what, functools.partial(self._get_json, path + query, what)
+            )
+            if not isinstance(page, list):
+                raise DataError(f"{what}: the API returned {type(page).__name__}, not a list")
+            if not page:
+                return items
+            last = min(listed_id(item, what) for item in page)
+            if before is not None and last >= before:
+                raise DataError(f"{what}: paging before id {before} did not move on")
+            items.extend(page)
+            before = last
 
     async def _get_json(self, path: str, what: str) -> Any:
         url = self._settings.api_url + path

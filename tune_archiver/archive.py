@@ -9,21 +9,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from tune_archiver import manifest
 from tune_archiver.api import AstriaClient
-from tune_archiver.config import Settings
+from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download import Downloader, Refresh
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
-from tune_archiver.plan import archived_blobs, assets_of, plan_tune
+from tune_archiver.plan import (
+    TunePlan,
+    archived_blobs,
+    assets_of,
+    carried_over,
+    expiring,
+    is_unchanged,
+    plan_tune,
+)
 from tune_archiver.progress import Progress
 from tune_archiver.store import LocalStore
 from tune_archiver.transport import new_session
 
 Clock = Callable[[], datetime]
+Waiting = Callable[[], None]
 
 
 def utc_now() -> datetime:
@@ -32,50 +42,106 @@ def utc_now() -> datetime:
 
 async def fetch(
     settings: Settings,
-    tune_ids: Sequence[int],
+    tunes: Sequence[int] | AllTunes,
     progress: Progress,
     clock: Clock = utc_now,
     finished: list[TuneResult] | None = None,
     store: LocalStore | None = None,
+    waiting: Waiting | None = None,
 ) -> list[TuneResult]:
-    """Archive each tune; one result per tune, in the order asked.
+    """Archive each tune; one result per tune, in the order asked (or listed, for --all).
 
     Each result is also appended to `finished` as soon as it is known, so a caller
     that cancels the run can still say what was done. Raises ConfigError (a
     rejected key, say) before anything is written. `store` replaces the archive
-    at settings.archive (tests inject one whose writes fail).
+    at settings.archive (tests inject one whose writes fail). `waiting` is called
+    if gc holds the archive and the fetch must wait for it.
     """
     finished = [] if finished is None else finished
+    store = store or LocalStore(settings.archive)
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
         new_session(settings, decompress=True) as api_session,
         new_session(settings, decompress=False) as asset_session,
     ):
         api = AstriaClient(api_session, settings, limiter)
-        found = await _get_tunes(api, tune_ids)
-        finished.extend(item for item in found.values() if isinstance(item, TuneResult))
-        store = store or LocalStore(settings.archive)
+        tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
+        progress.add_tunes(len(tune_ids) + len(skipped))
+        for result in skipped:
+            _finish(progress, finished, result)
+        found = await get_tunes(api, tune_ids, settings.prompts)
+        for item in found.values():
+            if isinstance(item, TuneResult):
+                _finish(progress, finished, item)
         await store.prepare()
-        downloader = Downloader(asset_session, store, limiter, settings, progress)
-        run = Run(settings, api, store, downloader, progress, clock, finished)
-        async with asyncio.TaskGroup() as group:
-            tasks = {
-                tune_id: group.create_task(_archive_tune(run, item))
-                for tune_id, item in found.items()
-                if isinstance(item, Tune)
-            }
-    return [
-        item if isinstance(item, TuneResult) else tasks[tune_id].result()
-        for tune_id, item in found.items()
-    ]
+        async with store.locked(exclusive=False, waiting=waiting):
+            downloader = Downloader(asset_session, store, limiter, settings, progress)
+            run = Run(settings, api, store, downloader, progress, clock, finished)
+            async with asyncio.TaskGroup() as group:
+                tasks = {
+                    tune_id: group.create_task(_archive_tune(run, item))
+                    for tune_id, item in found.items()
+                    if isinstance(item, Tune)
+                }
+    done = {result.tune_id: result for result in skipped}
+    for tune_id, item in found.items():
+        done[tune_id] = item if isinstance(item, TuneResult) else tasks[tune_id].result()
+    return [done[tune_id] for tune_id in _in_order(tunes, tune_ids, skipped)]
 
 
-async def _get_tunes(api: AstriaClient, tune_ids: Sequence[int]) -> dict[int, Tune | TuneResult]:
-    """Each tune from the API, or a result saying why it could not be had."""
+def _in_order(
+    tunes: Sequence[int] | AllTunes, tune_ids: list[int], skipped: list[TuneResult]
+) -> list[int]:
+    if not isinstance(tunes, AllTunes):
+        return list(dict.fromkeys(tunes))
+    return sorted([*tune_ids, *(result.tune_id for result in skipped)], reverse=True)
+
+
+async def choose(
+    api: AstriaClient,
+    store: LocalStore,
+    tunes: Sequence[int] | AllTunes,
+    prompts: bool,
+    now: datetime,
+) -> tuple[list[int], list[TuneResult]]:
+    """The tunes to fetch, and (for --all) those skipped as archived and unchanged.
+
+    A listed tune is skipped when its manifest is complete, records the same
+    updated_at and all its blobs are present. With --prompts nothing is skipped:
+    new images can be generated without the tune changing.
+    """
+    if not isinstance(tunes, AllTunes):
+        return list(dict.fromkeys(tunes)), []
+    chosen: dict[int, Any] = {}
+    for item in await api.list_tunes():
+        window = tunes.expiring_within
+        if window is None or expiring(item, now, window):
+            chosen.setdefault(item["id"], item)
+    fetch_ids, skipped = [], []
+    for tune_id, item in chosen.items():
+        if not prompts and await _unchanged(store, tune_id, item.get("updated_at")):
+            title = item.get("title")
+            skipped.append(TuneResult(tune_id, title=title if isinstance(title, str) else None,
+                                      skipped=True))
+        else:
+            fetch_ids.append(tune_id)
+    return fetch_ids, skipped
+
+
+async def _unchanged(store: LocalStore, tune_id: int, updated_at: Any) -> bool:
+    previous = await read_previous(store, tune_id)
+    present = await blobs_present(store, previous)
+    return is_unchanged(previous, updated_at, present)
+
+
+async def get_tunes(
+    api: AstriaClient, tune_ids: Sequence[int], prompts: bool
+) -> dict[int, Tune | TuneResult]:
+    """Each tune from the API (with its prompts when asked), or a result saying why not."""
 
     async def one(tune_id: int) -> Tune | TuneResult:
         try:
-            return await api.get_tune(tune_id)
+            return await load_tune(api, tune_id, prompts)
         except ConfigError:
             raise
         except ArchiverError as exc:
@@ -87,6 +153,38 @@ async def _get_tunes(api: AstriaClient, tune_ids: Sequence[int]) -> dict[int, Tu
     except* ConfigError as errors:
         raise errors.exceptions[0] from None  # one rejected key is enough to say
     return {tune_id: task.result() for tune_id, task in tasks.items()}
+
+
+async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
+    tune = await api.get_tune(tune_id)
+    if prompts:
+        tune = replace(tune, prompts=tuple(await api.get_prompts(tune_id)))
+    return tune
+
+
+async def read_previous(store: LocalStore, tune_id: int) -> dict[str, Any] | None:
+    """The tune's manifest as last written, or None (none yet, or unreadable)."""
+    return manifest.decode(await store.read_manifest(tune_id) or b"")
+
+
+async def blobs_present(store: LocalStore, previous: dict[str, Any] | None) -> dict[str, int]:
+    """sha256 -> size of each blob the manifest names that is in the store."""
+    present: dict[str, int] = {}
+    for blob in archived_blobs(previous).values():
+        size = await store.blob_size(blob.sha256)
+        if size is not None:
+            present[blob.sha256] = size
+    return present
+
+
+async def plan_for(
+    store: LocalStore, tune: Tune, settings: Settings
+) -> tuple[TunePlan, list[AssetResult]]:
+    """What to download for the tune, and the archived files it no longer lists."""
+    previous = await read_previous(store, tune.id)
+    present = await blobs_present(store, previous)
+    plan = plan_tune(tune, settings.only, archived_blobs(previous), present)
+    return plan, carried_over(previous, assets_of(tune), present)
 
 
 @dataclass(frozen=True)
@@ -105,49 +203,54 @@ class Run:
 class FreshUrls:
     """Renewed URLs for a tune's assets, from at most one more request for the tune."""
 
-    def __init__(self, api: AstriaClient, tune_id: int) -> None:
+    def __init__(self, api: AstriaClient, tune_id: int, prompts: bool) -> None:
         self._api = api
         self._tune_id = tune_id
+        self._prompts = prompts
         self._tune: asyncio.Task[Tune] | None = None
 
     def refresh(self, asset: Asset) -> Refresh:
-        """A callable that returns the asset's fresh URL (same kind and index), or None."""
+        """A callable that returns the asset's fresh URL (same place in the tune), or None."""
 
         async def fresh_url() -> str | None:
             if self._tune is None:
-                self._tune = asyncio.ensure_future(self._api.get_tune(self._tune_id))
+                self._tune = asyncio.ensure_future(
+                    load_tune(self._api, self._tune_id, self._prompts)
+                )
             try:
                 tune = await self._tune
             except ArchiverError:
                 return None
             for candidate in assets_of(tune):
-                if (candidate.kind, candidate.index) == (asset.kind, asset.index):
+                if _same_place(candidate, asset):
                     return candidate.url
             return None
 
         return fresh_url
 
 
+def _same_place(one: Asset, other: Asset) -> bool:
+    return (one.kind, one.prompt_id, one.index) == (other.kind, other.prompt_id, other.index)
+
+
+def _finish(progress: Progress, finished: list[TuneResult], result: TuneResult) -> None:
+    finished.append(result)
+    progress.tune_done()
+
+
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     """Download what the tune lacks and write its manifest."""
     result = await _try_archive_tune(run, tune)
-    run.finished.append(result)
+    _finish(run.progress, run.finished, result)
     return result
 
 
 async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
-    store, progress = run.store, run.progress
     started = time.monotonic()
-    fresh = FreshUrls(run.api, tune.id)
+    fresh = FreshUrls(run.api, tune.id, run.settings.prompts)
     try:
-        previous = archived_blobs(manifest.decode(await store.read_manifest(tune.id) or b""))
-        present: dict[str, int] = {}
-        for blob in previous.values():
-            size = await store.blob_size(blob.sha256)
-            if size is not None:
-                present[blob.sha256] = size
-        plan = plan_tune(tune, run.settings.only, previous, present)
-        progress.add_files(len(plan.download))
+        plan, carried = await plan_for(run.store, tune, run.settings)
+        run.progress.add_files(len(plan.download))
 
         async def download(asset: Asset) -> AssetResult:
             try:
@@ -164,11 +267,11 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
             else tasks[asset].result()
             for asset in assets_of(tune)
             if asset in plan.reuse or asset in tasks
-        ]
+        ] + carried
         document = manifest.build_manifest(
             tune, results, run.clock(), complete=not plan.left_out
         )
-        key = await store.write_manifest(tune.id, manifest.encode(document))
+        key = await run.store.write_manifest(tune.id, manifest.encode(document))
     except ArchiverError as exc:
         return TuneResult(
             tune.id, title=tune.title, error=str(exc), seconds=time.monotonic() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,14 @@ class Settings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     force: bool = False  # download even when the known sizes exceed the free space
+    prompts: bool = False  # also archive the images generated from the tune's prompts
+
+
+@dataclass(frozen=True)
+class AllTunes:
+    """fetch --all: every tune of the account, or those expiring within a window."""
+
+    expiring_within: timedelta | None = None
 
 
 def archive_dir(option: str | None, env: Mapping[str, str]) -> Path:

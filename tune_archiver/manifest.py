@@ -39,6 +39,9 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
     """One asset of the manifest: where it came from and its blob, or why it failed."""
     asset, blob = result.asset, result.blob
     entry: dict[str, Any] = {"kind": asset.kind, "index": asset.index, "url": redact(asset.url)}
+    if asset.prompt_id is not None:
+        entry["prompt_id"] = asset.prompt_id
+        entry["prompt_text"] = asset.prompt_text
     if blob is None:
         entry["status"] = "failed"
         entry["error"] = result.error or "unknown error"

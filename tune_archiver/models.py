@@ -14,6 +14,15 @@ AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A prompt of a tune and the images generated from it, which expire with the tune."""
+
+    id: int
+    text: str | None
+    image_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Tune:
     """A tune as the API returned it; `raw` keeps every field, known or not."""
 
@@ -21,6 +30,7 @@ class Tune:
     raw: dict[str, Any]
     checkpoint_urls: tuple[str, ...]  # ckpt_urls plus ckpt_url, deduplicated, in order
     image_urls: tuple[str, ...]  # orig_images
+    prompts: tuple[Prompt, ...] = ()  # only when asked for (fetch --prompts)
 
     @property
     def title(self) -> str | None:
@@ -33,8 +43,10 @@ class Asset:
     """One file of a tune: which list it came from, its place there, and its URL."""
 
     kind: AssetKind
-    index: int
+    index: int  # place in its list: ckpt_urls, orig_images, or the prompt's images
     url: str
+    prompt_id: int | None = None  # prompt images only
+    prompt_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ class TuneResult:
     error: str | None = None  # the tune itself failed (not found, bad data, ...)
     seconds: float = 0.0
     manifest: str | None = None  # path of the manifest written, relative to the archive
+    skipped: bool = False  # archived before, complete and unchanged: nothing was done
 
     @property
     def ok(self) -> bool:
@@ -107,6 +120,31 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
         checkpoint_urls=tuple(checkpoints),
         image_urls=tuple(_url_list(data, "orig_images", what)),
     )
+
+
+def parse_prompts(data: Any, tune_id: int) -> list[Prompt]:
+    """Check one page of a tune's prompts; raises DataError naming the tune."""
+    what = f"the prompts of tune {tune_id}"
+    if not isinstance(data, list):
+        raise DataError(f"{what}: the API returned {type(data).__name__}, not a JSON list")
+    prompts = []
+    for item in data:
+        prompt_id = listed_id(item, what)
+        text = item.get("text")
+        prompts.append(Prompt(
+            id=prompt_id,
+            text=text if isinstance(text, str) else None,
+            image_urls=tuple(_url_list(item, "images", f"{what}: prompt {prompt_id}")),
+        ))
+    return prompts
+
+
+def listed_id(item: Any, what: str) -> int:
+    """The id of one item of a listing page; raises DataError when it has none."""
+    item_id = item.get("id") if isinstance(item, dict) else None
+    if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id <= 0:
+        raise DataError(f"{what}: the API listed an item without a valid 'id'")
+    return item_id
 
 
 def _url_list(data: dict[str, Any], name: str, what: str) -> list[str]:

@@ -6,46 +6,120 @@ nothing here touches the network or the disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
 from tune_archiver.layout import is_sha256
-from tune_archiver.models import Asset, AssetKind, Blob, Tune
+from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import url_key
 
 KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
     "checkpoints": ("checkpoint",),
     "images": ("training_image", "prompt_image"),
 }
+KNOWN_KINDS: tuple[AssetKind, ...] = ("checkpoint", "training_image", "prompt_image")
+
+
+AssetKey = tuple[str, int, str]  # kind, index, URL without its query
 
 
 def assets_of(tune: Tune) -> list[Asset]:
-    """Every file of the tune: its checkpoints, then its training images."""
+    """Every file of the tune: its checkpoints, its training images, its prompts' images."""
     return [
         *(Asset("checkpoint", i, url) for i, url in enumerate(tune.checkpoint_urls)),
         *(Asset("training_image", i, url) for i, url in enumerate(tune.image_urls)),
+        *(
+            Asset("prompt_image", i, url, prompt.id, prompt.text)
+            for prompt in tune.prompts
+            for i, url in enumerate(prompt.image_urls)
+        ),
     ]
 
 
-def archived_blobs(manifest: Mapping[str, Any] | None) -> dict[tuple[str, int, str], Blob]:
-    """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
-    found: dict[tuple[str, int, str], Blob] = {}
+def asset_key(asset: Asset) -> AssetKey:
+    """What identifies an asset across runs, whatever its URL's signature."""
+    return (asset.kind, asset.index, url_key(asset.url))
+
+
+def archived_entries(manifest: Mapping[str, Any] | None) -> Iterator[tuple[Asset, Blob]]:
+    """Each asset a manifest records as archived, with its blob; malformed entries skipped."""
     entries = manifest.get("assets") if manifest is not None else None
     if not isinstance(entries, list):
-        return found
+        return
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("status") != "ok":
             continue
         sha, size, url = entry.get("sha256"), entry.get("size"), entry.get("url")
         kind, index = entry.get("kind"), entry.get("index")
+        prompt_id, text = entry.get("prompt_id"), entry.get("prompt_text")
         if (
             isinstance(sha, str) and is_sha256(sha) and isinstance(size, int)
-            and isinstance(url, str) and isinstance(kind, str) and isinstance(index, int)
+            and isinstance(url, str) and kind in KNOWN_KINDS and isinstance(index, int)
         ):
-            found[(kind, index, url_key(url))] = Blob(sha, size, entry.get("content_type"))
-    return found
+            asset = Asset(
+                kind, index, url,
+                prompt_id if isinstance(prompt_id, int) else None,
+                text if isinstance(text, str) else None,
+            )
+            yield asset, Blob(sha, size, entry.get("content_type"))
+
+
+def archived_blobs(manifest: Mapping[str, Any] | None) -> dict[AssetKey, Blob]:
+    """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
+    return {asset_key(asset): blob for asset, blob in archived_entries(manifest)}
+
+
+def carried_over(
+    manifest: Mapping[str, Any] | None, current: Sequence[Asset], present: Mapping[str, int]
+) -> list[AssetResult]:
+    """Archived files the tune no longer lists (expired, or prompts not asked for this time).
+
+    They stay in the new manifest, so their blobs stay referenced and are never lost;
+    one whose blob has gone missing is recorded as failed, saying so.
+    """
+    listed = {asset_key(asset) for asset in current}
+    kept = []
+    for asset, blob in archived_entries(manifest):
+        if asset_key(asset) in listed:
+            continue
+        if present.get(blob.sha256) == blob.size:
+            kept.append(AssetResult(asset, blob, reused=True))
+        else:
+            kept.append(AssetResult(asset, error="no longer listed by the API, and its blob "
+                                    "is missing from the archive"))
+    return kept
+
+
+def is_unchanged(
+    manifest: Mapping[str, Any] | None, updated_at: Any, present: Mapping[str, int]
+) -> bool:
+    """True when a complete manifest holds the tune as last updated, with every blob present."""
+    if manifest is None or manifest.get("complete") is not True or updated_at is None:
+        return False
+    tune = manifest.get("tune")
+    if not isinstance(tune, dict) or tune.get("updated_at") != updated_at:
+        return False
+    return all(present.get(blob.sha256) == blob.size for _, blob in archived_entries(manifest))
+
+
+def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta) -> bool:
+    """True when the tune's expires_at is still ahead, and no further than `within`."""
+    expires = parse_time(listed.get("expires_at"))
+    return expires is not None and now < expires <= now + within
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An API timestamp (ISO 8601) as an aware datetime; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else None
 
 
 @dataclass
@@ -72,7 +146,7 @@ def plan_tune(
     wanted = KINDS_OF[only] if only else None
     plan = TunePlan()
     for asset in assets_of(tune):
-        blob = previous.get((asset.kind, asset.index, url_key(asset.url)))
+        blob = previous.get(asset_key(asset))
         if blob is not None and present.get(blob.sha256) == blob.size:
             plan.reuse[asset] = blob
         elif wanted is None or asset.kind in wanted:

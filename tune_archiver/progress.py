@@ -11,6 +11,8 @@ from tqdm import tqdm
 class Progress(Protocol):
     """What the downloads report as they go; one display aggregates them all."""
 
+    def add_tunes(self, count: int) -> None: ...
+    def tune_done(self) -> None: ...
     def add_files(self, count: int) -> None: ...
     def add_bytes(self, total: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
@@ -20,6 +22,12 @@ class Progress(Protocol):
 
 class NullProgress:
     """Shows nothing: for -q, for a stderr that is not a terminal, and for tests."""
+
+    def add_tunes(self, count: int) -> None:
+        pass
+
+    def tune_done(self) -> None:
+        pass
 
     def add_files(self, count: int) -> None:
         pass
@@ -38,15 +46,25 @@ class NullProgress:
 
 
 class BarProgress:
-    """One tqdm bar on stderr: bytes with rate and ETA, and files done."""
+    """One tqdm bar on stderr: bytes with rate and ETA, and tunes and files done."""
 
     def __init__(self) -> None:
         self._bar = tqdm(
             total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
             dynamic_ncols=True, leave=False,
         )
+        self._tunes = 0
+        self._tunes_done = 0
         self._files = 0
         self._done = 0
+
+    def add_tunes(self, count: int) -> None:
+        self._tunes += count
+        self._show_files()
+
+    def tune_done(self) -> None:
+        self._tunes_done += 1
+        self._show_files()
 
     def add_files(self, count: int) -> None:
         self._files += count
@@ -67,7 +85,10 @@ class BarProgress:
         self._bar.close()
 
     def _show_files(self) -> None:
-        self._bar.set_postfix_str(f"files {self._done}/{self._files}", refresh=False)
+        self._bar.set_postfix_str(
+            f"tunes {self._tunes_done}/{self._tunes}, files {self._done}/{self._files}",
+            refresh=False,
+        )
 
 
 def progress_for(quiet: bool) -> Progress:

@@ -1,28 +1,53 @@
-"""The local content-addressed archive: partial files, commit by rename, lookups.
+"""The local content-addressed archive: partial files, commit by rename, lookups, lock.
 
 A blob appears under its final name only by an atomic rename of a partial file whose
 bytes were fully received, size-checked and hashed, fsynced before the rename and
 its directory after. Two writers of the same blob both rename identical bytes, so
 concurrent fetches never expose a half-written blob. Manifests are replaced the
-same way, so they are never interleaved.
+same way, so they are never interleaved. Committed blobs are read-only.
+
+The archive lock (<archive>/lock) is held shared by every fetch and exclusively by
+gc, so gc never judges a blob unreferenced while a fetch may be about to reference it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 
 from tune_archiver.errors import DiskFull, StorageError
-from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, manifest_key
+from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial, Writer, storage_error
+from tune_archiver.partial import READ_BLOCK, Partial, Writer, storage_error
 from tune_archiver.urls import url_key
+
+LOCK = "lock"
+LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
+READ_ONLY = 0o444
+# A hard link is impossible across filesystems, or where the filesystem refuses it.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob found in the store."""
+
+    sha256: str
+    size: int
+    modified: datetime
 
 
 class LocalStore:
@@ -93,6 +118,7 @@ class LocalStore:
                 partial.close(keep=False)  # stored already, by an earlier run or another tune
                 return blob
             partial.finish()
+            os.chmod(partial.path, READ_ONLY)  # a hard-linked export cannot edit it in place
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial.path, final)
             partial.renamed()
@@ -132,6 +158,196 @@ class LocalStore:
         finally:
             if name:
                 Path(name).unlink(missing_ok=True)
+
+
+    # -- the archive lock ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def locked(
+        self, exclusive: bool, waiting: Callable[[], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold the archive lock: shared for a fetch, exclusive for gc.
+
+        Calls `waiting` once when another process holds it, then tries again every
+        LOCK_POLL seconds (a poll can be cancelled, a blocked flock cannot). The
+        lock dies with its process, so it is never stale.
+        """
+        try:
+            fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, self.root, "lock the archive") from exc
+        try:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waiting is not None:
+                        waiting()
+                        waiting = None
+                    await asyncio.sleep(LOCK_POLL)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading the whole archive (verify, list, export, gc) ------------------------
+
+    async def manifest_ids(self) -> list[int]:
+        """Every tune with a manifest, in increasing order."""
+        try:
+            names = await aiofiles.os.listdir(self.path(MANIFESTS))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise storage_error(exc, self.root, "list the manifests") from exc
+        ids = (name.removesuffix(".json") for name in names if name.endswith(".json"))
+        return sorted(int(i) for i in ids if i.isdigit() and int(i) > 0)
+
+    async def blobs(self) -> list[StoredBlob]:
+        """Every blob at the path its name gives."""
+        found = await asyncio.to_thread(self._objects)
+        return [blob for blob, key in found if key == blob_key(blob.sha256)]
+
+    async def misplaced(self) -> dict[str, str]:
+        """Files named by a digest but in the wrong fan-out directory: sha256 -> key."""
+        found = await asyncio.to_thread(self._objects)
+        return {blob.sha256: key for blob, key in found if key != blob_key(blob.sha256)}
+
+    def _objects(self) -> list[tuple[StoredBlob, str]]:
+        """Each file under objects/sha256/*/ named by a digest, with its key."""
+        found = []
+        try:
+            for directory in self.path(OBJECTS).iterdir():
+                if not directory.is_dir():
+                    continue
+                for file in directory.iterdir():
+                    if is_sha256(file.name):
+                        stat = file.stat()
+                        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                        key = f"{OBJECTS}/{directory.name}/{file.name}"
+                        found.append((StoredBlob(file.name, stat.st_size, modified), key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.root, "list the blobs") from exc
+        return found
+
+    async def hash_blob(
+        self, sha256: str, advance: Callable[[int], None]
+    ) -> tuple[int, str] | None:
+        """Re-read the blob: its size and the sha256 of its bytes; None when it is missing.
+
+        Runs in a worker thread (hashlib lets go of the GIL) and calls `advance` there.
+        """
+        return await asyncio.to_thread(self._hash_file, sha256, advance)
+
+    def _hash_file(self, sha256: str, advance: Callable[[int], None]) -> tuple[int, str] | None:
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self.path(blob_key(sha256)).open("rb", buffering=0) as file:
+                while chunk := file.read(READ_BLOCK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    advance(len(chunk))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise storage_error(exc, self.root, f"read the blob {sha256}") from exc
+        return size, digest.hexdigest()
+
+    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
+        """Put the blob's bytes at `target`, which must not exist; "linked" or "copied".
+
+        A hard link when asked and the filesystem allows it, else a copy written
+        beside the target and linked into place, so nothing is ever overwritten.
+        """
+        blob = self.path(blob_key(sha256))
+        return await asyncio.to_thread(self._save_as, blob, target, hard_link)
+
+    def _save_as(self, blob: Path, target: Path, hard_link: bool) -> str:
+        try:
+            if hard_link:
+                try:
+                    os.link(blob, target)
+                    return "linked"
+                except OSError as exc:
+                    if exc.errno not in _NO_LINK:
+                        raise
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out, blob.open("rb") as source:
+                    shutil.copyfileobj(source, out, READ_BLOCK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.link(name, target)
+            finally:
+                os.unlink(name)
+            return "copied"
+        except FileExistsError as exc:
+            raise StorageError(f"{target} already exists; nothing was overwritten") from exc
+        except FileNotFoundError as exc:
+            raise StorageError(f"the blob {blob.name} is missing from {self.root}") from exc
+        except OSError as exc:
+            raise storage_error(exc, target.parent, f"write {target.name}") from exc
+
+    async def delete_blob(self, sha256: str) -> None:
+        """Remove a blob (gc only, under the exclusive lock)."""
+        try:
+            await aiofiles.os.remove(self.path(blob_key(sha256)))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.root, "remove a blob") from exc
+
+    # -- leftovers in tmp/ (gc) -----------------------------------------------------
+
+    async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Files in tmp/ last written before `older_than`: (key, bytes)."""
+        stale = await asyncio.to_thread(self._stale, older_than)
+        return [(f"{TMP}/{file.name}", size) for file, size in stale]
+
+    async def remove_stale_uploads(self, older_than: datetime) -> None:
+        """Remove what stale_uploads lists, except a partial that a download has locked."""
+        await asyncio.to_thread(self._remove_stale, older_than)
+
+    def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
+        cutoff = older_than.timestamp()
+        found = []
+        try:
+            for file in sorted(self.path(TMP).iterdir()):
+                stat = file.lstat()
+                if stat.st_mtime < cutoff:
+                    found.append((file, stat.st_size))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.root, "list partial downloads") from exc
+        return found
+
+    def _remove_stale(self, older_than: datetime) -> None:
+        for file, _ in self._stale(older_than):
+            try:
+                if file.suffix == ".part":
+                    _remove_unless_locked(file)
+                elif not file.with_suffix(".part").exists():  # a sidecar goes with its partial
+                    file.unlink(missing_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, self.root, "remove a partial download") from exc
+
+
+def _remove_unless_locked(part: Path) -> None:
+    """Remove a partial and its sidecar, unless a running download holds its lock."""
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        part.with_suffix(".json").unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _size_of(path: Path) -> int | None:
