@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tune_archiver import __version__, archive
-from tune_archiver.cli import build_parser, main
+from tune_archiver.cli import main
+from tune_archiver.parser import build_parser
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:

@@ -86,10 +86,10 @@ async def fetch(
     done = {result.tune_id: result for result in skipped}
     for tune_id, item in found.items():
         done[tune_id] = item if isinstance(item, TuneResult) else tasks[tune_id].result()
-    return [done[tune_id] for tune_id in _in_order(tunes, tune_ids, skipped)]
+    return [done[tune_id] for tune_id in in_order(tunes, tune_ids, skipped)]
 
 
-def _in_order(
+def in_order(
     tunes: Sequence[int] | AllTunes, tune_ids: list[int], skipped: list[TuneResult]
 ) -> list[int]:
     if not isinstance(tunes, AllTunes):

@@ -1,5 +1,5 @@
-"""The command line: parsing, the one place that prints errors, picks exit codes and
-calls asyncio.run."""
+"""The command line's shell: the one place that prints, picks exit codes and calls
+asyncio.run. The grammar is in parser.py; what is printed is shaped in report.py."""
 
 from __future__ import annotations
 
@@ -13,26 +13,23 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
-from tune_archiver import __version__, archive
-from tune_archiver.config import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_READ_TIMEOUT,
-    DEFAULT_RETRIES,
-    ENV_API_KEY,
-    ENV_API_URL,
-    ENV_ARCHIVE,
-    RetryPolicy,
-    Settings,
-    api_url,
-    archive_dir,
-    load_api_key,
-)
+from tune_archiver import archive, report
+from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
 from tune_archiver.errors import ArchiverError, ConfigError
+from tune_archiver.export import export_tune
+from tune_archiver.gc import collect
+from tune_archiver.inventory import archived_tunes
+from tune_archiver.layout import MANIFESTS
 from tune_archiver.models import TuneResult
+from tune_archiver.parser import build_parser, check_fetch
+from tune_archiver.preview import dry_run
 from tune_archiver.progress import progress_for
-from tune_archiver.urls import REDACTED, redact
+from tune_archiver.store import LocalStore
+from tune_archiver.urls import REDACTED
+from tune_archiver.verify import verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -50,84 +47,6 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--archive", metavar="DIR",
-        help=f"the archive directory (env {ENV_ARCHIVE}; default ./tune-archive)",
-    )
-    common.add_argument("--json", action="store_true", help="print one JSON result on stdout")
-    common.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    common.add_argument(
-        "-v", "--verbose", action="store_true", help="log each request and retry; tracebacks"
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="tune-archiver",
-        description="Make a complete, verifiable copy of Astria fine-tunes before they expire.",
-    )
-    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    fetch = commands.add_parser(
-        "fetch", parents=[common], help="archive tunes: checkpoints, images and a manifest",
-        description="Download each tune's checkpoints and training images into the archive "
-        "and write its manifest. The API key comes from " + ENV_API_KEY + " or --api-key-file.",
-    )
-    fetch.add_argument("tune_ids", metavar="TUNE_ID", nargs="+", type=tune_id,
-                       help="id of a tune to archive")
-    fetch.add_argument("--api-url", metavar="URL",
-                       help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
-    fetch.add_argument("--api-key-file", metavar="PATH",
-                       help=f"read the API key from this file instead of {ENV_API_KEY}")
-    fetch.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
-    fetch.add_argument("--concurrency", metavar="N", type=positive_int,
-                       default=DEFAULT_CONCURRENCY,
-                       help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
-    fetch.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
-                       help=f"retries of a failed request (default {DEFAULT_RETRIES})")
-    fetch.add_argument("--read-timeout", metavar="SECONDS", type=positive_float,
-                       default=DEFAULT_READ_TIMEOUT,
-                       help="give up on a server silent this long (default "
-                       f"{DEFAULT_READ_TIMEOUT:g})")
-    fetch.add_argument("--force", action="store_true",
-                       help="download even when a file is larger than the free space")
-    fetch.add_argument("--only", choices=("checkpoints", "images"),
-                       help="archive only this kind of file")
-    fetch.set_defaults(handler=run_fetch)
-    return parser
-
-
-def tune_id(text: str) -> int:
-    """A tune id: a positive integer."""
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"not a tune id (a positive integer): {text!r}")
-    return int(text)
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return int(text)
-
-
-def non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    return int(text)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> int:
     """Run one command and return its exit code.
 
@@ -136,14 +55,15 @@ def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> in
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "fetch":
+            check_fetch(parser, args)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args.verbose, args.quiet)
     args.sleep = sleep
     secrets: list[str] = []
     try:
-        code: int = args.handler(args, secrets)
-        return code
+        return HANDLERS[args.command](args, secrets)
     except ConfigError as exc:
         _error(str(exc), secrets, args.verbose)
         return EXIT_USAGE
@@ -155,6 +75,9 @@ def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> in
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
         _error("interrupted", secrets)
         return 128 + signal.SIGINT
+
+
+# -- fetch ---------------------------------------------------------------------------
 
 
 def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -174,26 +97,147 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         only=args.only,
         read_timeout=args.read_timeout,
         force=args.force,
+        prompts=args.prompts,
     )
+    tunes: list[int] | AllTunes = (
+        AllTunes(args.expiring_within) if args.all else list(dict.fromkeys(args.tune_ids))
+    )
+    if args.dry_run:
+        return _run_dry(args, settings, tunes, secrets)
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
-    tune_ids = list(dict.fromkeys(args.tune_ids))
     try:
-        results = asyncio.run(
-            until_signal(archive.fetch(settings, tune_ids, progress, finished=finished))
-        )
+        results = asyncio.run(until_signal(archive.fetch(
+            settings, tunes, progress, finished=finished,
+            waiting=_waiting_for("gc", settings.archive),
+        )))
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
-        _report_undone(stop, tune_ids, finished, settings, secrets)
+        _report_undone(stop, tunes, finished, settings, secrets)
         raise
     finally:
         progress.close()
     if args.json:
-        _print_json({"ok": all(r.ok for r in results), "tunes": [tune_json(r) for r in results]},
-                    secrets)
+        _print_json({"ok": all(r.ok for r in results),
+                     "tunes": [report.tune_json(r) for r in results]}, secrets)
     for result in results:
-        _report(result, args.quiet or args.json, secrets)
+        for line in report.fetch_errors(result):
+            _error(line, secrets)
+        summary = report.fetch_summary(result)
+        if summary and not (args.quiet or args.json):
+            print(summary)
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _run_dry(
+    args: argparse.Namespace, settings: Settings, tunes: list[int] | AllTunes,
+    secrets: list[str],
+) -> int:
+    previews = asyncio.run(until_signal(dry_run(settings, tunes)))
+    for preview in previews:
+        if preview.error is not None:
+            _error(preview.error, secrets)
+    if args.json:
+        _print_json(report.preview_json(previews), secrets)
+    elif not args.quiet:
+        print(_scrub("\n".join(report.preview_lines(previews)), secrets))
+    return EXIT_OK if all(p.error is None for p in previews) else EXIT_FAILED
+
+
+def _report_undone(
+    stop: Interrupted,
+    tunes: list[int] | AllTunes,
+    finished: list[TuneResult],
+    settings: Settings,
+    secrets: list[str],
+) -> None:
+    """One line saying what an interrupted fetch left undone, and where its partials are."""
+    done = {result.tune_id for result in finished}
+    if isinstance(tunes, AllTunes):
+        undone = f"{len(done)} tunes done"
+    else:
+        left = ", ".join(str(i) for i in tunes if i not in done) or "none"
+        undone = f"{len(done)} of {len(tunes)} tunes done; not finished: {left}"
+    _error(
+        f"stopped by {stop}: {undone}; partial downloads are kept in "
+        f"{settings.archive / 'tmp'} for the next run",
+        secrets,
+    )
+
+
+# -- verify, list, export, gc ----------------------------------------------------------
+
+
+def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
+    store = _existing_archive(args)
+    progress = progress_for(args.quiet or args.json)
+    try:
+        found = asyncio.run(until_signal(verify(store, args.tune_ids, progress)))
+    finally:
+        progress.close()
+    for line in report.verify_problems(found):
+        _error(line, secrets)
+    if args.json:
+        _print_json(report.verify_json(found), secrets)
+    elif not args.quiet:
+        print(report.verify_summary(found))
+    return EXIT_OK if found.ok else EXIT_FAILED
+
+
+def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
+    store = _existing_archive(args)
+    rows = asyncio.run(until_signal(archived_tunes(store, archive.utc_now())))
+    if args.json:
+        _print_json({"tunes": rows}, secrets)
+    elif not args.quiet:
+        print(report.list_table(rows))
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
+    store = _existing_archive(args)
+    result = asyncio.run(until_signal(export_tune(store, args.tune_id, Path(args.dest),
+                                                  args.copy)))
+    for line in result.failed:
+        _error(f"tune {args.tune_id}: {line}", secrets)
+    if args.json:
+        _print_json(report.export_json(result), secrets)
+    elif not args.quiet:
+        print(report.export_summary(result))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
+    store = _existing_archive(args)
+    found = asyncio.run(until_signal(collect(
+        store, archive.utc_now(), args.dry_run, waiting=_waiting_for("fetch", store.root)
+    )))
+    if args.json:
+        _print_json(report.gc_json(found, args.dry_run), secrets)
+    elif not args.quiet:
+        print("\n".join(report.gc_lines(found, args.dry_run)))
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+    "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
+    "gc": run_gc,
+}
+
+
+def _existing_archive(args: argparse.Namespace) -> LocalStore:
+    """The archive the command reads; ConfigError when there is none at that place."""
+    root = archive_dir(args.archive, os.environ)
+    if not (root / MANIFESTS).is_dir():
+        raise ConfigError(f"no archive at {root} (it has no {MANIFESTS}/ folder)")
+    return LocalStore(root)
+
+
+def _waiting_for(other: str, root: Path) -> Callable[[], None]:
+    def waiting() -> None:
+        log.warning("waiting: a %s is running on the archive %s", other, root)
+
+    return waiting
 
 
 async def until_signal(work: Coroutine[Any, Any, T]) -> T:
@@ -219,72 +263,7 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
             loop.remove_signal_handler(signum)
 
 
-def _report_undone(
-    stop: Interrupted,
-    tune_ids: list[int],
-    finished: list[TuneResult],
-    settings: Settings,
-    secrets: list[str],
-) -> None:
-    """One line saying what an interrupted fetch left undone, and where its partials are."""
-    done = {result.tune_id for result in finished}
-    undone = [str(i) for i in tune_ids if i not in done]
-    _error(
-        f"stopped by {stop}: {len(done)} of {len(tune_ids)} tunes done; "
-        f"not finished: {', '.join(undone) or 'none'}; partial downloads are kept in "
-        f"{settings.archive / 'tmp'} for the next run",
-        secrets,
-    )
-
-
-def tune_json(result: TuneResult) -> dict[str, Any]:
-    """The --json shape of one tune's result (documented in the README)."""
-    return {
-        "tune_id": result.tune_id,
-        "title": result.title,
-        "ok": result.ok,
-        "error": result.error,
-        "manifest": result.manifest,
-        "files": len(result.assets),
-        "new": sum(1 for r in result.assets if r.ok and not r.reused),
-        "already_archived": sum(1 for r in result.assets if r.reused),
-        "failed": len(result.failed),
-        "bytes": sum(r.blob.size for r in result.assets if r.blob),
-        "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
-        "seconds": round(result.seconds, 3),
-        "failures": [
-            {"kind": r.asset.kind, "index": r.asset.index, "url": redact(r.asset.url),
-             "error": r.error}
-            for r in result.failed
-        ],
-    }
-
-
-def _report(result: TuneResult, quiet: bool, secrets: list[str]) -> None:
-    """The summary line on stdout (unless quiet) and one error line per failure on stderr."""
-    name = f"tune {result.tune_id}" + (f" ({result.title})" if result.title else "")
-    if result.error is not None:
-        named = result.error.startswith(f"tune {result.tune_id}")  # API errors name it already
-        _error(result.error if named else f"{name}: {result.error}", secrets)
-    for failure in result.failed:
-        _error(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}", secrets)
-    if quiet or result.error is not None:
-        return
-    summary = tune_json(result)
-    print(
-        f"{name}: {summary['files']} files, {human_bytes(summary['bytes'])} "
-        f"({summary['new']} new, {summary['already_archived']} already archived, "
-        f"{summary['failed']} failed) in {result.seconds:.1f} s"
-    )
-
-
-def human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+# -- printing ------------------------------------------------------------------------
 
 
 def _print_json(value: Any, secrets: list[str]) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 OBJECTS = "objects/sha256"
 MANIFESTS = "manifests"
@@ -16,7 +17,7 @@ TMP = "tmp"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def is_sha256(value: object) -> bool:
+def is_sha256(value: object) -> TypeGuard[str]:
     """True for a lower-case hex sha256 digest, the only thing a blob is named by."""
     return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 

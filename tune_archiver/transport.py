@@ -15,6 +15,7 @@ from yarl import URL
 
 from tune_archiver.config import USER_AGENT, Settings
 from tune_archiver.errors import (
+    ArchiverError,
     BodyError,
     ConnectError,
     NetworkError,
@@ -131,3 +132,20 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(parts)[:cap]
+
+
+async def probe_size(
+    session: aiohttp.ClientSession, url: str, read_timeout: float | None = None
+) -> int | None:
+    """The size of the file at `url`, asking for its first byte only; None when unknown.
+
+    A one-byte GET rather than HEAD: presigned URLs are often signed for GET alone.
+    """
+    try:
+        async with get(session, url, {"Range": "bytes=0-0"}, read_timeout=read_timeout) as resp:
+            if resp.status == 206:
+                total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                return int(total) if total.isdigit() else None
+            return resp.content_length if resp.status == 200 else None
+    except ArchiverError:
+        return None

@@ -1,0 +1,73 @@
+"""`gc`: remove blobs no manifest references, and partial downloads left for a day.
+
+gc holds the archive lock exclusively, so no fetch runs while it decides: a blob
+that a running fetch has just stored, or is about to reuse, is never taken.
+A manifest gc cannot read stops it, since it cannot know what that one references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tune_archiver import manifest
+from tune_archiver.errors import ArchiverError
+from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.store import LocalStore
+
+PARTIAL_MAX_AGE = timedelta(days=1)
+
+
+@dataclass
+class GcReport:
+    """What gc removed, or would remove with --dry-run: (key, bytes) each."""
+
+    blobs: list[tuple[str, int]] = field(default_factory=list)
+    partials: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.blobs + self.partials)
+
+
+async def collect(
+    store: LocalStore,
+    now: datetime,
+    dry_run: bool,
+    waiting: Callable[[], None] | None = None,
+) -> GcReport:
+    """Find (and unless dry_run, remove) unreferenced blobs and stale partials."""
+    async with store.locked(exclusive=not dry_run, waiting=waiting):
+        referenced = await referenced_blobs(store)
+        report = GcReport()
+        report.blobs = [
+            (blob_key(blob.sha256), blob.size)
+            for blob in await store.blobs()
+            if blob.sha256 not in referenced
+        ]
+        cutoff = now - PARTIAL_MAX_AGE
+        report.partials = await store.stale_uploads(cutoff)
+        if not dry_run:
+            for key, _ in report.blobs:
+                await store.delete_blob(key.rsplit("/", 1)[-1])
+            await store.remove_stale_uploads(cutoff)
+    return report
+
+
+async def referenced_blobs(store: LocalStore) -> set[str]:
+    """Every sha256 any manifest names, whatever the entry's status."""
+    referenced: set[str] = set()
+    for tune_id in await store.manifest_ids():
+        document = manifest.decode(await store.read_manifest(tune_id) or b"")
+        if document is None:
+            raise ArchiverError(
+                f"the manifest of tune {tune_id} is unreadable; gc removes nothing until it "
+                "is repaired or removed"
+            )
+        entries = document.get("assets")
+        for entry in entries if isinstance(entries, list) else []:
+            sha = entry.get("sha256") if isinstance(entry, dict) else None
+            if is_sha256(sha):
+                referenced.add(sha)
+    return referenced

@@ -1,0 +1,75 @@
+"""Pure naming for `export`: safe folder and file names from titles, URLs and types.
+
+Every name is built from a small alphabet, so none can climb out of the export
+folder, whatever a tune's title or a URL holds.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_SLUG = 60
+# Content types whose extension we know; others come from the URL's path.
+EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/tiff": ".tiff",
+    "image/bmp": ".bmp",
+}
+FOLDERS = {"checkpoint": "checkpoints", "training_image": "training_images",
+           "prompt_image": "prompt_images"}
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
+
+
+def slug(title: Any) -> str:
+    """Lower-case ASCII letters, digits and single dashes; "tune" when nothing is left."""
+    text = unicodedata.normalize("NFKD", title if isinstance(title, str) else "")
+    text = text.encode("ascii", "ignore").decode().lower()
+    text = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    return text[:MAX_SLUG].rstrip("-") or "tune"
+
+
+def folder_name(tune_id: int, title: Any) -> str:
+    """The export folder of a tune: <id>-<slug>."""
+    return f"{tune_id}-{slug(title)}"
+
+
+def extension(content_type: Any, url: Any) -> str:
+    """The file extension: from a known content type, else the URL's path, else .bin."""
+    if isinstance(content_type, str):
+        known = EXTENSIONS.get(content_type.split(";")[0].strip().lower())
+        if known:
+            return known
+    path = urlsplit(url).path if isinstance(url, str) else ""
+    name = path.rsplit("/", 1)[-1].lower()
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    return suffix if _SUFFIX.fullmatch(suffix) else ".bin"
+
+
+def export_path(entry: Mapping[str, Any], taken: set[str]) -> str:
+    """The path of one archived file inside the export folder, unique among `taken`.
+
+    checkpoints/000.safetensors, training_images/003.jpg, prompt_images/<prompt>-001.png.
+    Two files with the same place (one the API no longer lists) get the sha256's
+    first 8 hex digits appended.
+    """
+    kind, index = entry.get("kind"), entry.get("index")
+    folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
+    stem = f"{index:03d}" if isinstance(index, int) and index >= 0 else "file"
+    prompt_id = entry.get("prompt_id")
+    if kind == "prompt_image" and isinstance(prompt_id, int):
+        stem = f"{prompt_id}-{stem}"
+    suffix = extension(entry.get("content_type"), entry.get("url"))
+    path = f"{folder}/{stem}{suffix}"
+    if path in taken:
+        path = f"{folder}/{stem}-{str(entry.get('sha256'))[:8]}{suffix}"
+    taken.add(path)
+    return path

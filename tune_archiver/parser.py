@@ -1,0 +1,164 @@
+"""The command line's grammar: every command, its options and their types."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import timedelta
+
+from tune_archiver import __version__
+from tune_archiver.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRIES,
+    ENV_API_KEY,
+    ENV_API_URL,
+    ENV_ARCHIVE,
+)
+
+_DURATION = re.compile(r"(\d+)([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command; each sets `command` to its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--archive", metavar="DIR",
+        help=f"the archive directory (env {ENV_ARCHIVE}; default ./tune-archive)",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON result on stdout")
+    common.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log each request and retry; tracebacks"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="tune-archiver",
+        description="Make a complete, verifiable copy of Astria fine-tunes before they expire.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_fetch(commands, common)
+
+    verify = commands.add_parser(
+        "verify", parents=[common], help="re-read every archived blob and check its sha256",
+        description="Re-hash every blob the chosen manifests reference (all when no id is "
+        "given) and report each missing or corrupt file. Exit 0 when all is intact, 1 if not.",
+    )
+    verify.add_argument("tune_ids", metavar="TUNE_ID", nargs="*", type=tune_id,
+                        help="a tune to verify (default: every archived tune)")
+
+    commands.add_parser(
+        "list", parents=[common], help="a table of the archived tunes",
+        description="One line per archived tune: id, title, branch, model type, files, size, "
+        "whether it is complete, when it was archived, when it expires and the time left.",
+    )
+
+    export = commands.add_parser(
+        "export", parents=[common], help="copy a tune out of the archive as a plain folder",
+        description="Write DEST/<id>-<title>/ with checkpoints/, training_images/, "
+        "prompt_images/ and manifest.json. Hard links to the archive's read-only blobs "
+        "where possible, else copies. Never overwrites anything.",
+    )
+    export.add_argument("tune_id", metavar="TUNE_ID", type=tune_id, help="the tune to export")
+    export.add_argument("dest", metavar="DEST", help="the folder to export into")
+    export.add_argument("--copy", action="store_true", help="always copy, never hard-link")
+
+    gc = commands.add_parser(
+        "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",
+        description="Remove blobs that no manifest references and partial downloads untouched "
+        "for a day. Waits while a fetch runs on the same archive.",
+    )
+    gc.add_argument("--dry-run", action="store_true",
+                    help="list what would be removed and the bytes freed; remove nothing")
+    return parser
+
+
+def _add_fetch(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    fetch = commands.add_parser(
+        "fetch", parents=[common], help="archive tunes: checkpoints, images and a manifest",
+        description="Download each tune's checkpoints and training images into the archive "
+        "and write its manifest. The API key comes from " + ENV_API_KEY + " or --api-key-file.",
+    )
+    fetch.add_argument("tune_ids", metavar="TUNE_ID", nargs="*", type=tune_id,
+                       help="id of a tune to archive")
+    fetch.add_argument("--all", action="store_true",
+                       help="archive every tune of the account (skipping unchanged ones)")
+    fetch.add_argument("--expiring-within", metavar="DURATION", type=duration,
+                       help="with --all: only tunes that expire within this time, e.g. 7d, "
+                       "36h, 90m")
+    fetch.add_argument("--prompts", action="store_true",
+                       help="also archive the images generated from each tune's prompts")
+    fetch.add_argument("--dry-run", action="store_true",
+                       help="say what would be downloaded, with sizes; write nothing")
+    fetch.add_argument("--api-url", metavar="URL",
+                       help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
+    fetch.add_argument("--api-key-file", metavar="PATH",
+                       help=f"read the API key from this file instead of {ENV_API_KEY}")
+    fetch.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    fetch.add_argument("--concurrency", metavar="N", type=positive_int,
+                       default=DEFAULT_CONCURRENCY,
+                       help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
+    fetch.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
+                       help=f"retries of a failed request (default {DEFAULT_RETRIES})")
+    fetch.add_argument("--read-timeout", metavar="SECONDS", type=positive_float,
+                       default=DEFAULT_READ_TIMEOUT,
+                       help="give up on a server silent this long (default "
+                       f"{DEFAULT_READ_TIMEOUT:g})")
+    fetch.add_argument("--force", action="store_true",
+                       help="download even when a file is larger than the free space")
+    fetch.add_argument("--only", choices=("checkpoints", "images"),
+                       help="archive only this kind of file")
+
+
+def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage rules argparse cannot say: ids or --all, and --expiring-within with --all."""
+    if args.all and args.tune_ids:
+        parser.error("fetch: give tune ids or --all, not both")
+    if not args.all and not args.tune_ids:
+        parser.error("fetch: give at least one TUNE_ID, or --all")
+    if args.expiring_within is not None and not args.all:
+        parser.error("fetch: --expiring-within works with --all")
+
+
+def tune_id(text: str) -> int:
+    """A tune id: a positive integer."""
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a tune id (a positive integer): {text!r}")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
+def duration(text: str) -> timedelta:
+    """A window such as 7d, 36h or 90m."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"not a duration (a whole number of d, h or m, e.g. 7d): {text!r}"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

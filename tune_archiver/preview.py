@@ -1,0 +1,76 @@
+"""`fetch --dry-run`: what a fetch would download, with sizes where the hosts tell them.
+
+It reads the API and the archive and writes nothing, not even the archive's folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tune_archiver.api import AstriaClient
+from tune_archiver.archive import Clock, choose, get_tunes, in_order, plan_for, utc_now
+from tune_archiver.config import AllTunes, Settings
+from tune_archiver.errors import ArchiverError
+from tune_archiver.models import Asset, Tune, TuneResult
+from tune_archiver.store import LocalStore
+from tune_archiver.transport import new_session, probe_size
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a fetch would do for one tune."""
+
+    tune_id: int
+    title: str | None = None
+    error: str | None = None
+    skipped: bool = False  # archived, complete and unchanged
+    download: tuple[tuple[Asset, int | None], ...] = ()  # each file and its size, if known
+    archived: int = 0  # files already in the archive
+    left_out: int = 0  # files --only leaves out
+
+
+async def dry_run(
+    settings: Settings, tunes: Sequence[int] | AllTunes, clock: Clock = utc_now
+) -> list[Preview]:
+    """One preview per tune, in the order a fetch would report them."""
+    store = LocalStore(settings.archive)
+    limiter = asyncio.Semaphore(settings.concurrency)
+    async with (
+        new_session(settings, decompress=True) as api_session,
+        new_session(settings, decompress=False) as asset_session,
+    ):
+        api = AstriaClient(api_session, settings, limiter)
+        tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
+        found = await get_tunes(api, tune_ids, settings.prompts)
+
+        async def size_of(asset: Asset) -> int | None:
+            async with limiter:
+                return await probe_size(asset_session, asset.url, settings.read_timeout)
+
+        async def preview(tune: Tune) -> Preview:
+            try:
+                plan, carried = await plan_for(store, tune, settings)
+            except ArchiverError as exc:
+                return Preview(tune.id, tune.title, error=str(exc))
+            sizes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
+            return Preview(
+                tune.id, tune.title, download=tuple(zip(plan.download, sizes, strict=True)),
+                archived=len(plan.reuse) + sum(1 for r in carried if r.ok),
+                left_out=len(plan.left_out),
+            )
+
+        async with asyncio.TaskGroup() as group:
+            tasks = {i: group.create_task(preview(t)) for i, t in found.items()
+                     if isinstance(t, Tune)}
+    done = {r.tune_id: Preview(r.tune_id, r.title, skipped=True) for r in skipped}
+    for tune_id, item in found.items():
+        done[tune_id] = (
+            _failed(item) if isinstance(item, TuneResult) else tasks[tune_id].result()
+        )
+    return [done[tune_id] for tune_id in in_order(tunes, tune_ids, skipped)]
+
+
+def _failed(result: TuneResult) -> Preview:
+    return Preview(result.tune_id, result.title, error=result.error)

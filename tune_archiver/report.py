@@ -1,0 +1,245 @@
+"""What the commands print: summary lines, tables and the --json shapes (see README).
+
+Pure: each function turns results into text or JSON-ready values; cli.py prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tune_archiver.export import ExportResult
+from tune_archiver.gc import GcReport
+from tune_archiver.models import TuneResult
+from tune_archiver.preview import Preview
+from tune_archiver.urls import redact
+from tune_archiver.verify import VerifyReport
+
+
+def human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def tune_name(tune_id: int, title: str | None) -> str:
+    return f"tune {tune_id}" + (f" ({title})" if title else "")
+
+
+# -- fetch -------------------------------------------------------------------------
+
+
+def tune_json(result: TuneResult) -> dict[str, Any]:
+    """The --json shape of one tune's fetch result."""
+    return {
+        "tune_id": result.tune_id,
+        "title": result.title,
+        "ok": result.ok,
+        "skipped": result.skipped,
+        "error": result.error,
+        "manifest": result.manifest,
+        "files": len(result.assets),
+        "new": sum(1 for r in result.assets if r.ok and not r.reused),
+        "already_archived": sum(1 for r in result.assets if r.reused),
+        "failed": len(result.failed),
+        "bytes": sum(r.blob.size for r in result.assets if r.blob),
+        "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
+        "seconds": round(result.seconds, 3),
+        "failures": [
+            {"kind": r.asset.kind, "index": r.asset.index, "url": redact(r.asset.url),
+             "error": r.error}
+            for r in result.failed
+        ],
+    }
+
+
+def fetch_errors(result: TuneResult) -> list[str]:
+    """One line per failure of the tune: the tune's own, then each file's."""
+    name = tune_name(result.tune_id, result.title)
+    lines = []
+    if result.error is not None:
+        named = result.error.startswith(f"tune {result.tune_id}")  # API errors name it already
+        lines.append(result.error if named else f"{name}: {result.error}")
+    for failure in result.failed:
+        lines.append(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}")
+    return lines
+
+
+def fetch_summary(result: TuneResult) -> str | None:
+    """The summary line of one tune; None for a tune that failed as a whole."""
+    if result.error is not None:
+        return None
+    name = tune_name(result.tune_id, result.title)
+    if result.skipped:
+        return f"{name}: unchanged since archived, skipped"
+    summary = tune_json(result)
+    return (
+        f"{name}: {summary['files']} files, {human_bytes(summary['bytes'])} "
+        f"({summary['new']} new, {summary['already_archived']} already archived, "
+        f"{summary['failed']} failed) in {result.seconds:.1f} s"
+    )
+
+
+# -- fetch --dry-run ---------------------------------------------------------------
+
+
+def preview_json(previews: Sequence[Preview]) -> dict[str, Any]:
+    """The --json shape of `fetch --dry-run`."""
+    tunes = []
+    for p in previews:
+        tunes.append({
+            "tune_id": p.tune_id, "title": p.title, "error": p.error, "skipped": p.skipped,
+            "already_archived": p.archived, "left_out": p.left_out,
+            "download": [
+                {"kind": a.kind, "index": a.index, "url": redact(a.url), "size": size}
+                for a, size in p.download
+            ],
+        })
+    sizes = [size for p in previews for _, size in p.download]
+    return {
+        "dry_run": True,
+        "ok": all(p.error is None for p in previews),
+        "files": len(sizes),
+        "bytes": sum(s for s in sizes if s is not None),
+        "unknown_sizes": sum(1 for s in sizes if s is None),
+        "tunes": tunes,
+    }
+
+
+def preview_lines(previews: Sequence[Preview]) -> list[str]:
+    """One line per tune, then the total."""
+    lines = []
+    for p in previews:
+        name = tune_name(p.tune_id, p.title)
+        if p.error is not None:
+            continue  # reported as an error line
+        if p.skipped:
+            lines.append(f"{name}: unchanged since archived, would skip")
+            continue
+        lines.append(f"{name}: would download {_files_and_size([s for _, s in p.download])}; "
+                     f"{p.archived} already archived"
+                     + (f", {p.left_out} left out" if p.left_out else ""))
+    everything = [size for p in previews for _, size in p.download]
+    lines.append(f"dry run: would download {_files_and_size(everything)}; nothing was written")
+    return lines
+
+
+def _files_and_size(sizes: Sequence[int | None]) -> str:
+    known = sum(s for s in sizes if s is not None)
+    unknown = sum(1 for s in sizes if s is None)
+    text = f"{len(sizes)} files, {human_bytes(known)}"
+    return text + (f" (size of {unknown} unknown)" if unknown else "")
+
+
+# -- verify ------------------------------------------------------------------------
+
+
+def verify_json(report: VerifyReport) -> dict[str, Any]:
+    """The --json shape of `verify`."""
+    return {
+        "ok": report.ok,
+        "tunes": report.tunes,
+        "blobs": report.blobs,
+        "bytes": report.bytes,
+        "problems": [
+            {"tune_id": p.tune_id, "kind": p.kind, "index": p.index, "problem": p.problem,
+             "detail": p.detail}
+            for p in report.problems
+        ],
+    }
+
+
+def verify_problems(report: VerifyReport) -> list[str]:
+    """One line per problem, naming the tune, kind and index."""
+    lines = []
+    for p in report.problems:
+        where = f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
+        lines.append(f"{where}: {p.problem.replace('_', ' ')}: {p.detail}")
+    return lines
+
+
+def verify_summary(report: VerifyReport) -> str:
+    state = "all intact" if report.ok else f"{len(report.problems)} problems"
+    return (f"verified {report.tunes} tunes, {report.blobs} blobs, "
+            f"{human_bytes(report.bytes)}: {state}")
+
+
+# -- list --------------------------------------------------------------------------
+
+COLUMNS = ("id", "title", "branch", "model type", "files", "size", "complete", "archived at",
+           "expires at", "left")
+TITLE_WIDTH = 30
+
+
+def list_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The table `list` prints: one line per tune under a header."""
+    cells = [COLUMNS] + [_list_cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )
+
+
+def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    if "error" in row:
+        return (str(row["tune_id"]), row["error"], *("",) * (len(COLUMNS) - 2))
+    title = row["title"] or ""
+    if len(title) > TITLE_WIDTH:
+        title = title[: TITLE_WIDTH - 1] + "…"
+    files = str(row["files"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
+    return (
+        str(row["tune_id"]), title, row["branch"] or "-", row["model_type"] or "-", files,
+        human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
+        _day(row["archived_at"]), _day(row["expires_at"]), time_left(row["seconds_left"]),
+    )
+
+
+def _day(moment: Any) -> str:
+    return moment[:16].replace("T", " ") if isinstance(moment, str) else "-"
+
+
+def time_left(seconds: int | None) -> str:
+    """"12d 3h", "5h 10m", "expired", or "-" when the tune has no expiry."""
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
+
+
+# -- gc and export -----------------------------------------------------------------
+
+
+def gc_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
+    """The --json shape of `gc`."""
+    return {
+        "dry_run": dry_run,
+        "blobs": [{"path": key, "bytes": size} for key, size in report.blobs],
+        "partials": [{"path": key, "bytes": size} for key, size in report.partials],
+        "bytes": report.bytes,
+    }
+
+
+def gc_lines(report: GcReport, dry_run: bool) -> list[str]:
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {key} ({human_bytes(size)})" for key, size in report.blobs + report.partials]
+    lines.append(f"gc {verb} {len(report.blobs)} unreferenced blobs and "
+                 f"{len(report.partials)} stale partial files: {human_bytes(report.bytes)}")
+    return lines
+
+
+def export_json(result: ExportResult) -> dict[str, Any]:
+    """The --json shape of `export`."""
+    return {"ok": result.ok, "folder": str(result.folder), "linked": result.linked,
+            "copied": result.copied, "failed": result.failed}
+
+
+def export_summary(result: ExportResult) -> str:
+    return (f"exported to {result.folder}: {len(result.linked)} hard links, "
+            f"{len(result.copied)} copies, {len(result.failed)} failed")
