@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.standin import StandIn
@@ -22,13 +24,19 @@ class Sleeps:
 
 
 def run_fetch(
-    standin: StandIn, archive: Path, *args: str, sleep: Sleeps | None = None, key: str | None = None
+    standin: StandIn,
+    archive: Path,
+    *args: str,
+    sleep: Sleeps | None = None,
+    key: str | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> int:
     """`tune-archiver fetch ARGS` against the stand-in, with the stand-in's key."""
     os.environ["ASTRIA_API_KEY"] = standin.api_key if key is None else key
     return main(
         ["fetch", *args, "--archive", str(archive), "--api-url", standin.api_url],
         sleep=sleep or Sleeps(),
+        clock=clock or (lambda: datetime.now(UTC)),
     )
 
 

@@ -103,6 +103,8 @@ class StandIn:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold_until = 0  # hold file answers until this many requests are in flight
+        self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
+        self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         self.urls: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._runners: list[web.AppRunner] = []
@@ -125,7 +127,11 @@ class StandIn:
     async def _start(self) -> None:
         self._crowd = asyncio.Condition()
         for host, routes in (
-            ("api", [web.get("/tunes/{id}", self._tune)]),
+            ("api", [
+                web.get("/tunes", self._list_tunes),
+                web.get("/tunes/{id}", self._tune),
+                web.get("/tunes/{id}/prompts", self._list_prompts),
+            ]),
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
         ):
@@ -189,6 +195,12 @@ class StandIn:
         self.tunes[tune_id] = tune
         return tune
 
+    def add_prompt(self, tune_id: int, prompt_id: int, text: str, images: list[str]) -> None:
+        """A prompt of the tune with these generated image URLs."""
+        self.prompts.setdefault(tune_id, []).append(
+            {"id": prompt_id, "text": text, "tune_id": tune_id, "images": images}
+        )
+
     def seen(self, host: str, path_prefix: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.host == host and r.path.startswith(path_prefix)]
 
@@ -228,6 +240,27 @@ class StandIn:
         if isinstance(tune, bytes):
             return web.Response(body=tune, content_type="application/json")
         return web.json_response(tune)
+
+    async def _list_tunes(self, request: web.Request) -> web.StreamResponse:
+        tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)]
+        return self._page(request, tunes)
+
+    async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
+        return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
+
+    def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
+        """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused."""
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        query = request.query
+        if int(query.get("offset", "0")) > 200:
+            return web.json_response({"error": "offset must be at most 200"}, status=400)
+        limit = min(int(query.get("limit", "20")), 120, self.page_cap)
+        before = int(query.get("before_id", "0")) or None
+        ordered = sorted(items, key=lambda item: item["id"], reverse=True)
+        older = [item for item in ordered if before is None or item["id"] < before]
+        start = int(query.get("offset", "0"))
+        return web.json_response(older[start : start + limit])
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

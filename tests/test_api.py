@@ -242,3 +242,37 @@ async def test_redirect_to_another_origin_drops_private_headers(
     assert "Authorization" not in second.kwargs["headers"]
     assert "X-Workspace-Id" not in second.kwargs["headers"]
     assert second.kwargs["headers"]["User-Agent"] == f"tune-archiver/{__version__}"
+
+
+async def list_tunes(session: aiohttp.ClientSession, settings: Settings) -> list[dict[str, Any]]:
+    return await AstriaClient(session, settings, asyncio.Semaphore(4)).list_tunes()
+
+
+async def test_listing_that_does_not_move_on_is_refused(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """A server that ignores before_id would page forever; the client stops with DataError."""
+    mocked.get(f"{API}/tunes?limit=120", payload=[{"id": 9}, {"id": 8}])
+    mocked.get(f"{API}/tunes?limit=120&before_id=8", payload=[{"id": 9}, {"id": 8}])
+    with pytest.raises(DataError, match="did not move on"):
+        await list_tunes(session, settings)
+
+
+@pytest.mark.parametrize("page", [{"tunes": []}, [{"title": "no id"}], [5]])
+async def test_listing_page_that_is_not_a_list_of_tunes_is_refused(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings, page: Any
+) -> None:
+    """A page must be a JSON list of objects with ids."""
+    mocked.get(f"{API}/tunes?limit=120", payload=page)
+    with pytest.raises(DataError, match="the list of tunes"):
+        await list_tunes(session, settings)
+
+
+async def test_listing_ends_at_the_first_empty_page(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """Pages are read by before_id until one comes back empty."""
+    mocked.get(f"{API}/tunes?limit=120", payload=[{"id": 9}, {"id": 7}])
+    mocked.get(f"{API}/tunes?limit=120&before_id=7", payload=[{"id": 3}])
+    mocked.get(f"{API}/tunes?limit=120&before_id=3", payload=[])
+    assert [t["id"] for t in await list_tunes(session, settings)] == [9, 7, 3]

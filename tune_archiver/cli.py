@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tune_archiver import archive, report
+from tune_archiver.archive import Clock, utc_now
 from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.export import export_tune
@@ -47,10 +48,13 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, sleep: Sleep | None = None, clock: Clock = utc_now
+) -> int:
     """Run one command and return its exit code.
 
-    `sleep` replaces the wait between retries (tests inject one that does not wait).
+    `sleep` replaces the wait between retries (tests inject one that does not wait);
+    `clock` gives "now" for --expiring-within and list (tests inject a fixed one).
     """
     parser = build_parser()
     try:
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None, *, sleep: Sleep | None = None) -> in
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return EXIT_USAGE if exc.code else EXIT_OK
     _configure_logging(args.verbose, args.quiet)
-    args.sleep = sleep
+    args.sleep, args.clock = sleep, clock
     secrets: list[str] = []
     try:
         return HANDLERS[args.command](args, secrets)
@@ -108,7 +112,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     finished: list[TuneResult] = []
     try:
         results = asyncio.run(until_signal(archive.fetch(
-            settings, tunes, progress, finished=finished,
+            settings, tunes, progress, clock=args.clock, finished=finished,
             waiting=_waiting_for("gc", settings.archive),
         )))
     except Interrupted as stop:
@@ -133,7 +137,7 @@ def _run_dry(
     args: argparse.Namespace, settings: Settings, tunes: list[int] | AllTunes,
     secrets: list[str],
 ) -> int:
-    previews = asyncio.run(until_signal(dry_run(settings, tunes)))
+    previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
     for preview in previews:
         if preview.error is not None:
             _error(preview.error, secrets)
@@ -186,7 +190,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
     store = _existing_archive(args)
-    rows = asyncio.run(until_signal(archived_tunes(store, archive.utc_now())))
+    rows = asyncio.run(until_signal(archived_tunes(store, args.clock())))
     if args.json:
         _print_json({"tunes": rows}, secrets)
     elif not args.quiet:
@@ -210,7 +214,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     store = _existing_archive(args)
     found = asyncio.run(until_signal(collect(
-        store, archive.utc_now(), args.dry_run, waiting=_waiting_for("fetch", store.root)
+        store, args.clock(), args.dry_run, waiting=_waiting_for("fetch", store.root)
     )))
     if args.json:
         _print_json(report.gc_json(found, args.dry_run), secrets)

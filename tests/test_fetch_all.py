@@ -1,0 +1,281 @@
+"""fetch --all, --expiring-within, --prompts and --dry-run against the stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch, sha256
+from tests.standin import StandIn, Status
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def fixed_clock() -> datetime:
+    return NOW
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def add_tune(standin: StandIn, tune_id: int, images: int = 2, **fields: Any) -> dict[str, Any]:
+    """A tune with one small checkpoint and `images` training images."""
+    ckpt = standin.add_file(f"ckpt-{tune_id}.safetensors", os.urandom(20_000 + tune_id))
+    pics = [
+        standin.add_file(f"img-{tune_id}-{i}.jpg", os.urandom(3_000 + i)) for i in range(images)
+    ]
+    return standin.add_tune(tune_id, [ckpt], pics, **fields)
+
+
+def listing_requests(standin: StandIn, prefix: str = "/tunes?") -> list[str]:
+    return [r.path for r in standin.seen("api", prefix)]
+
+
+def tune_requests(standin: StandIn) -> list[str]:
+    return [r.path for r in standin.seen("api", "/tunes/")]
+
+
+def manifests(archive: Path) -> set[int]:
+    return {int(p.stem) for p in (archive / "manifests").glob("*.json")}
+
+
+def test_all_pages_through_every_tune_by_before_id(standin: StandIn, archive: Path) -> None:
+    """Twelve tunes in pages of five: all archived, paged by before_id, never by offset."""
+    for tune_id in range(1, 13):
+        add_tune(standin, tune_id, images=1)
+    assert run_fetch(standin, archive, "--all") == 0
+    assert manifests(archive) == set(range(1, 13))
+    assert listing_requests(standin) == [
+        "/tunes?limit=120",
+        "/tunes?limit=120&before_id=8",
+        "/tunes?limit=120&before_id=3",
+        "/tunes?limit=120&before_id=1",
+    ]
+    assert not any("offset" in path for path in listing_requests(standin, "/"))
+
+
+def test_one_failing_tune_does_not_stop_the_others(standin: StandIn, archive: Path) -> None:
+    """A listed tune whose retrieval fails is reported; the rest are archived; exit 1."""
+    for tune_id in (1, 2, 3):
+        add_tune(standin, tune_id, images=1)
+    standin.api_faults[2] = [Status(404, body=b'{"error": "gone"}')]
+    assert run_fetch(standin, archive, "--all") == 1
+    assert manifests(archive) == {1, 3}
+
+
+@pytest.mark.parametrize(
+    ("window", "chosen"),
+    [("3d", {1}), ("7d", {1, 2}), ("36h", {1}), ("90m", set())],
+)
+def test_expiring_within_picks_tunes_by_a_fixed_clock(
+    standin: StandIn, archive: Path, window: str, chosen: set[int]
+) -> None:
+    """Only tunes whose expires_at lies ahead within the window are fetched."""
+    expiries = {
+        1: NOW + timedelta(days=1),
+        2: NOW + timedelta(days=5),
+        3: NOW - timedelta(hours=1),  # expired already: nothing left to save
+        4: NOW + timedelta(days=30),
+    }
+    for tune_id, moment in expiries.items():
+        add_tune(standin, tune_id, images=1, expires_at=moment.isoformat().replace("+00:00", "Z"))
+    add_tune(standin, 5, images=1, expires_at=None)  # paid storage: never expires
+    assert run_fetch(standin, archive, "--all", "--expiring-within", window,
+                     clock=fixed_clock) == 0
+    fetched = {int(path.rsplit("/", 1)[1]) for path in tune_requests(standin)}
+    assert fetched == chosen
+    assert (manifests(archive) if archive.exists() else set()) == chosen
+
+
+def test_second_all_skips_unchanged_tunes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A complete, unchanged tune with its blobs present is skipped without any request."""
+    for tune_id in (1, 2):
+        add_tune(standin, tune_id)
+    assert run_fetch(standin, archive, "--all") == 0
+    capsys.readouterr()
+    before = len(standin.requests)
+    assert run_fetch(standin, archive, "--all") == 0
+    assert [r.path for r in standin.requests[before:]] == [
+        "/tunes?limit=120",
+        "/tunes?limit=120&before_id=1",
+    ]
+    out = capsys.readouterr().out
+    assert "tune 1 (Tune 1): unchanged since archived, skipped" in out
+    assert "tune 2 (Tune 2): unchanged since archived, skipped" in out
+
+
+def test_changed_or_damaged_tunes_are_fetched_again(standin: StandIn, archive: Path) -> None:
+    """A new updated_at, or a blob gone missing, brings the tune back into the run."""
+    for tune_id in (1, 2, 3):
+        add_tune(standin, tune_id)
+    assert run_fetch(standin, archive, "--all") == 0
+    standin.tunes[1]["updated_at"] = "2026-11-20T00:00:00Z"
+    lost = standin.files["img-2-0.jpg"]
+    blob = blob_file(archive, lost)
+    blob.chmod(0o644)
+    blob.unlink()
+    before = len(standin.requests)
+    assert run_fetch(standin, archive, "--all") == 0
+    fetched = [r.path for r in standin.requests[before:] if r.host != "api" or "?" not in r.path]
+    assert sorted(p for p in fetched if p.startswith("/tunes/")) == ["/tunes/1", "/tunes/2"]
+    assert [p for p in fetched if p.startswith("/files/")] == ["/files/img-2-0.jpg"]
+    assert blob_file(archive, lost).read_bytes() == lost
+
+
+def test_all_json_marks_skipped_tunes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json says which tunes were skipped as unchanged."""
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "--all") == 0
+    add_tune(standin, 2)
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(t["tune_id"], t["skipped"]) for t in result["tunes"]] == [(2, False), (1, True)]
+
+
+def add_prompts(standin: StandIn, tune_id: int, count: int) -> dict[str, bytes]:
+    """`count` prompts of the tune, each with two generated images; returns URL -> bytes."""
+    served = {}
+    for prompt_id in range(100, 100 + count):
+        urls = []
+        for i in range(2):
+            data = os.urandom(2_000 + prompt_id + i)
+            url = standin.add_file(f"gen-{prompt_id}-{i}.png", data)
+            served[url] = data
+            urls.append(url)
+        standin.add_prompt(tune_id, prompt_id, f"ohwx woman, style {prompt_id}", urls)
+    return served
+
+
+def test_prompts_are_paged_and_archived_with_their_text(standin: StandIn, archive: Path) -> None:
+    """Seven prompts over two pages: every generated image is archived with prompt id and text."""
+    add_tune(standin, 1)
+    served = add_prompts(standin, 1, 7)
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    assert listing_requests(standin, "/tunes/1/prompts") == [
+        "/tunes/1/prompts?limit=120",
+        "/tunes/1/prompts?limit=120&before_id=102",
+        "/tunes/1/prompts?limit=120&before_id=100",
+    ]
+    document = check_manifest(archive / "manifests" / "1.json")
+    generated = [e for e in document["assets"] if e["kind"] == "prompt_image"]
+    assert len(generated) == 14
+    for entry in generated:
+        assert entry["sha256"] == sha256(served[entry["url"]])
+        assert entry["prompt_text"] == f"ohwx woman, style {entry['prompt_id']}"
+    assert document["complete"] is True
+
+
+def test_fetch_without_prompts_keeps_the_prompt_images(standin: StandIn, archive: Path) -> None:
+    """Images archived by an earlier --prompts run stay in the manifest of a plain fetch."""
+    add_tune(standin, 1)
+    add_prompts(standin, 1, 2)
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    first = check_manifest(archive / "manifests" / "1.json")
+    standin.tunes[1]["updated_at"] = "2026-11-20T00:00:00Z"
+    assert run_fetch(standin, archive, "1") == 0
+    second = check_manifest(archive / "manifests" / "1.json")
+    kept = [e for e in second["assets"] if e["kind"] == "prompt_image"]
+    assert kept == [e for e in first["assets"] if e["kind"] == "prompt_image"]
+
+
+def test_files_the_api_stops_listing_stay_archived(standin: StandIn, archive: Path) -> None:
+    """After expiry the API lists no checkpoint; the archived one stays in the manifest."""
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    standin.tunes[1]["ckpt_urls"], standin.tunes[1]["ckpt_url"] = [], None
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    [checkpoint] = [e for e in document["assets"] if e["kind"] == "checkpoint"]
+    assert checkpoint["status"] == "ok"
+    assert (archive / checkpoint["path"]).is_file()
+
+
+DRY_RUN_SCHEMA = {
+    "type": "object",
+    "required": ["dry_run", "ok", "files", "bytes", "unknown_sizes", "tunes"],
+    "properties": {
+        "dry_run": {"const": True},
+        "tunes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["tune_id", "title", "error", "skipped", "already_archived",
+                             "left_out", "download"],
+                "properties": {
+                    "download": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "index", "url", "size"],
+                            "properties": {
+                                "kind": {"type": "string"},
+                                "index": {"type": "integer"},
+                                "url": {"type": "string"},
+                                "size": {"type": ["integer", "null"]},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_dry_run_says_what_and_how_much_and_writes_nothing(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run reports every file with its size, creates no archive, and downloads no body."""
+    tune = add_tune(standin, 1, images=2)
+    assert run_fetch(standin, archive, "1", "--dry-run", "--json") == 0
+    assert not archive.exists()
+    result = json.loads(capsys.readouterr().out)
+    jsonschema.validate(result, DRY_RUN_SCHEMA)
+    sizes = {standin.file_url(n): len(d) for n, d in standin.files.items()}
+    [preview] = result["tunes"]
+    assert {d["url"]: d["size"] for d in preview["download"]} == {
+        url: sizes[url] for url in [*tune["ckpt_urls"], *tune["orig_images"]]
+    }
+    assert result["bytes"] == sum(sizes.values())
+    assert all(r.headers.get("Range") == "bytes=0-0" for r in standin.seen("cdn"))
+
+
+def test_dry_run_counts_what_is_already_archived(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a fetch of the checkpoint only, a dry run would download just the images."""
+    add_tune(standin, 1, images=3)
+    assert run_fetch(standin, archive, "1", "--only", "checkpoints") == 0
+    listing = sorted(p.name for p in archive.rglob("*"))
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "tune 1 (Tune 1): would download 3 files" in out
+    assert "1 already archived" in out
+    assert sorted(p.name for p in archive.rglob("*")) == listing
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--all", "5"], ["5", "--expiring-within", "3d"], ["--all", "--expiring-within", "3w"],
+     ["--all", "--expiring-within", "0d"]],
+)
+def test_fetch_usage_errors(standin: StandIn, archive: Path, args: list[str]) -> None:
+    """Ids and --all exclude each other, --expiring-within needs --all and a real duration."""
+    assert run_fetch(standin, archive, *args) == 2
+    assert standin.requests == []
