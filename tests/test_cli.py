@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from tune_archiver import __version__, archive
 from tune_archiver.cli import main
-from tune_archiver.parser import build_parser
+from tune_archiver.parser import build_parser, duration
+from tune_archiver.report import time_left
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
@@ -187,3 +189,29 @@ def test_key_never_printed_in_errors(
     err = capsys.readouterr().err
     assert "sd_very_secret" not in err
     assert "REDACTED" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("7d", timedelta(days=7)), ("36h", timedelta(hours=36)), ("90m", timedelta(minutes=90))],
+)
+def test_duration_accepts_days_hours_minutes(text: str, expected: timedelta) -> None:
+    """--expiring-within takes a whole number of d, h or m."""
+    assert duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["7", "7w", "-1d", "1.5d", "0h", "d", ""])
+def test_duration_refuses_anything_else(text: str) -> None:
+    """Other units, fractions, zero and signs are usage errors."""
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(None, "-"), (0, "expired"), (59, "0h 0m"), (3 * 3600 + 600, "3h 10m"),
+     (86400 * 12 + 3 * 3600 + 5, "12d 3h")],
+)
+def test_time_left(seconds: int | None, expected: str) -> None:
+    """The list's time-left column: days and hours, or hours and minutes."""
+    assert time_left(seconds) == expected

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tune_archiver.manifest import build_manifest
 from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
-from tune_archiver.plan import archived_blobs, assets_of, plan_tune
+from tune_archiver.plan import (
+    archived_blobs,
+    assets_of,
+    carried_over,
+    expiring,
+    is_unchanged,
+    plan_tune,
+)
 from tune_archiver.urls import url_key
 
 CKPT = "https://bucket.example/ckpt.safetensors"
@@ -191,3 +198,74 @@ def test_manifest_without_usable_assets_reuses_nothing(assets: Any) -> None:
 def test_manifest_with_scalar_assets_reuses_nothing(assets: Any) -> None:
     """A damaged manifest whose assets field is a number is ignored instead of crashing."""
     assert archived_blobs({"schema_version": 1, "assets": assets}) == {}
+
+
+def test_carried_over_keeps_files_the_tune_no_longer_lists() -> None:
+    """An archived checkpoint the API stopped listing is kept as reused; present ones only."""
+    old = make_tune("")
+    now_listed = parse_tune({"id": 1, "ckpt_urls": [], "orig_images": [IMG0, IMG1]}, 1)
+    kept = carried_over(manifest_of(old), assets_of(now_listed), dict(SIZES))
+    assert kept == [AssetResult(Asset("checkpoint", 0, CKPT), Blob(SHA_C, 1000, "image/jpeg"),
+                                reused=True)]
+
+
+def test_carried_over_file_whose_blob_is_gone_is_failed() -> None:
+    """A file no longer listed whose blob is missing is recorded as failed, saying why."""
+    old = make_tune("")
+    now_listed = parse_tune({"id": 1, "ckpt_urls": [], "orig_images": [IMG0, IMG1]}, 1)
+    [kept] = carried_over(manifest_of(old), assets_of(now_listed), {SHA_0: 10, SHA_1: 11})
+    assert not kept.ok
+    assert "missing" in (kept.error or "")
+
+
+def test_nothing_is_carried_over_when_the_tune_lists_everything() -> None:
+    """Re-signed URLs of the same files are the same files."""
+    tune = make_tune("?X-Amz-Signature=new")
+    assert carried_over(manifest_of(make_tune()), assets_of(tune), dict(SIZES)) == []
+
+
+UPDATED = "2026-11-02T14:32:40.363Z"
+
+
+def unchanged_case(**changes: Any) -> dict[str, Any]:
+    document = manifest_of(parse_tune({"id": 1, "ckpt_urls": [CKPT], "orig_images": [IMG0, IMG1],
+                                       "updated_at": UPDATED}, 1))
+    document.update(changes)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "updated_at", "present", "expected"),
+    [
+        (unchanged_case(), UPDATED, SIZES, True),
+        (unchanged_case(), "2026-11-03T00:00:00Z", SIZES, False),
+        (unchanged_case(), None, SIZES, False),
+        (unchanged_case(complete=False), UPDATED, SIZES, False),
+        (unchanged_case(), UPDATED, {SHA_C: 1000, SHA_0: 10}, False),
+        (unchanged_case(), UPDATED, {**SIZES, SHA_C: 999}, False),
+        (None, UPDATED, SIZES, False),
+    ],
+)
+def test_is_unchanged(
+    document: Any, updated_at: Any, present: dict[str, int], expected: bool
+) -> None:
+    """Skipped only when complete, same updated_at, and every blob present at its size."""
+    assert is_unchanged(document, updated_at, present) is expected
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expected"),
+    [
+        ("2026-01-02T00:00:00Z", True),
+        ("2026-01-08T00:00:00Z", True),
+        ("2026-01-08T00:00:01Z", False),
+        ("2025-12-31T23:59:59Z", False),
+        ("2026-01-01T00:00:00Z", False),
+        (None, False),
+        ("soon", False),
+        ("2026-01-02T00:00:00", False),
+    ],
+)
+def test_expiring_within_a_week(expires_at: Any, expected: bool) -> None:
+    """Ahead of now and at most the window away; absent, naive or unreadable never matches."""
+    assert expiring({"expires_at": expires_at}, WHEN, timedelta(days=7)) is expected
