@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from tests.conftest import ROOT
-from tune_archiver.parser import build_parser
+from tune_archiver.parser import build_parser, check_fetch
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
@@ -37,12 +37,36 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "\npython -m pytest\n" in ci
 
 
+CRONTAB = [
+    line.split(None, 5)[5]  # the command after the five schedule fields
+    for block in re.findall(r"```crontab\n(.*?)```", README, flags=re.DOTALL)
+    for line in block.splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+
+def parses(words: list[str]) -> None:
+    parser = build_parser()
+    args = parser.parse_args(words)
+    if args.command == "fetch":
+        check_fetch(parser, args)
+
+
 @pytest.mark.parametrize("command", EXAMPLES)
 def test_readme_example_parses(command: str) -> None:
     """Each tune-archiver command shown in the README is accepted by the parser."""
     words = [w for w in shlex.split(command) if "=" not in w or w.startswith("-")]
     assert words[0] == "tune-archiver"
-    build_parser().parse_args(words[1:])
+    parses(words[1:])
+
+
+def test_readme_crontab_line_parses() -> None:
+    """The crontab line runs the installed command with arguments the parser accepts."""
+    [command] = CRONTAB
+    words = shlex.split(command)
+    assert words[0].endswith("/bin/tune-archiver")
+    assert words[1:4] == ["fetch", "--all", "--expiring-within"]
+    parses(words[1:])
 
 
 def test_readme_has_examples() -> None:
