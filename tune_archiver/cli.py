@@ -102,6 +102,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         read_timeout=args.read_timeout,
         force=args.force,
         prompts=args.prompts,
+        split=args.split,
+        split_threshold=args.split_threshold,
     )
     tunes: list[int] | AllTunes = (
         AllTunes(args.expiring_within) if args.all else list(dict.fromkeys(args.tune_ids))

@@ -18,6 +18,9 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 5
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_SPLIT = 8
+MAX_SPLIT = 16
+DEFAULT_SPLIT_THRESHOLD = 64 * 2**20
 USER_AGENT = f"tune-archiver/{__version__}"
 
 ENV_API_KEY = "ASTRIA_API_KEY"
@@ -56,6 +59,8 @@ class Settings:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     force: bool = False  # download even when the known sizes exceed the free space
     prompts: bool = False  # also archive the images generated from the tune's prompts
+    split: int = DEFAULT_SPLIT  # ranges fetched at once for one large file (1: never split)
+    split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
 
 
 @dataclass(frozen=True)

@@ -1,43 +1,40 @@
 """Downloads: one URL to one verified blob, resuming whenever the server allows.
 
 Each attempt holds one slot of the shared limiter; a download sleeping in backoff
-holds none. The sha256 is computed from the bytes as they are written.
+holds none. The sha256 is computed from the bytes as they are written. A large file
+from a server that takes ranges is handed to ranged.py once its first answer says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDictProxy
 
 from tune_archiver.config import Settings
-from tune_archiver.errors import (
-    BodyError,
-    DataError,
-    ExpiredUrl,
-    IntegrityError,
-    StatusError,
-    StorageError,
-)
+from tune_archiver.errors import BodyError, DataError, ExpiredUrl, IntegrityError, StorageError
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial
+from tune_archiver.partial import Partial, in_thread
 from tune_archiver.progress import Progress
-from tune_archiver.retry import call_with_retries, retry_after_of
+from tune_archiver.ranged import RangedFetch, RangesRefused, span_count
+from tune_archiver.retry import call_with_retries
 from tune_archiver.store import LocalStore
-from tune_archiver.transport import get, read_capped
+from tune_archiver.transport import asset_status_error, content_range, get, pump, validator_of
 from tune_archiver.urls import check_fetchable, redact, url_key
 
-CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that hashes and writes them
-ERROR_BODY_BYTES = 4096
 # Error pages that some hosts serve with 200; never a checkpoint or an image.
 ERROR_PAGE_TYPES = frozenset({"text/html", "application/xml", "text/xml"})
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 Refresh = Callable[[], Awaitable[str | None]]
+
+
+class SplitHere(Exception):
+    """The first answer shows a large file and a server that takes ranges: split it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
 
 
 @dataclass
@@ -48,6 +45,7 @@ class Transfer:
     partial: Partial
     content_type: str | None = None
     counted: bool = False  # its size has been added to the progress total
+    may_split: bool = True  # False once the server has refused a range
 
     @property
     def shown(self) -> str:
@@ -71,6 +69,7 @@ class Downloader:
         self._settings = settings
         self._progress = progress
         self._downloads: dict[str, asyncio.Task[Blob]] = {}
+        self._ranged = RangedFetch(session, limiter, settings, progress)
 
     async def fetch(self, url: str, refresh: Refresh | None = None) -> Blob:
         """The blob holding the URL's bytes, once they are verified and committed.
@@ -93,14 +92,14 @@ class Downloader:
                 self._count(transfer, partial.total)
                 self._progress.advance(partial.size)
             try:
-                await self._retried(transfer)
+                await self._body(transfer)
             except ExpiredUrl:
                 fresh = await refresh() if refresh else None
                 if fresh is None:
                     raise
                 check_fetchable(fresh)
                 transfer.url = fresh
-                await self._retried(transfer)
+                await self._body(transfer)
             blob = await self._store.commit(partial, transfer.content_type)
         except StorageError:
             keep = False
@@ -109,6 +108,22 @@ class Downloader:
             partial.close(keep=keep)  # does nothing once committed
         self._progress.file_done()
         return blob
+
+    async def _body(self, transfer: Transfer) -> None:
+        """Every byte into the partial: in one stream, or in ranges once the server allows."""
+        partial = transfer.partial
+        if partial.spans is None:
+            try:
+                await self._retried(transfer)
+                return
+            except SplitHere as split:
+                await in_thread(partial.split, split.count)
+        try:
+            await self._ranged.run(transfer.url, partial)
+        except RangesRefused:
+            await self._restart(transfer)
+            transfer.may_split = False
+            await self._retried(transfer)
 
     async def _retried(self, transfer: Transfer) -> None:
         await call_with_retries(
@@ -127,19 +142,7 @@ class Downloader:
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             await self._accept(response, transfer)
-            pending: list[bytes] = []
-            held = 0
-            try:
-                async for piece in response.content.iter_any():
-                    pending.append(piece)
-                    held += len(piece)
-                    if held >= CHUNK_BYTES:
-                        data, pending, held = b"".join(pending), [], 0
-                        await self._write(transfer, data)
-            finally:
-                # Bytes that arrived before a break are good: keep them for the resume.
-                if pending:
-                    await self._write(transfer, b"".join(pending))
+            await pump(response, lambda data: self._write(transfer, data))
         if partial.total is not None and partial.size < partial.total:
             raise BodyError(
                 f"the body ended after {partial.size} of {partial.total} bytes: {transfer.shown}"
@@ -152,7 +155,7 @@ class Downloader:
             await self._restart(transfer)
             raise BodyError(f"the server refused to resume; starting over: {transfer.shown}")
         if response.status not in (200, 206):
-            raise await _status_error(response, transfer.shown)
+            raise await asset_status_error(response, transfer.shown)
         content_type = response.content_type if "Content-Type" in response.headers else None
         if content_type in ERROR_PAGE_TYPES:
             raise DataError(f"the server sent an error page ({content_type}): {transfer.shown}")
@@ -161,7 +164,7 @@ class Downloader:
                 await self._restart(transfer)
             total = response.content_length
         else:
-            total = _resumed_total(response.headers.get("Content-Range"), partial)
+            total = _resumed_total(response, partial)
             if total is None:
                 await self._restart(transfer)
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
@@ -170,7 +173,13 @@ class Downloader:
             if not self._settings.force:
                 await self._store.check_room(total - partial.size)
         transfer.content_type = content_type
-        await in_thread(partial.describe, _validator(response.headers), total)
+        validator = validator_of(response.headers)
+        await in_thread(partial.describe, validator, total)
+        takes_ranges = response.status == 206 or response.headers.get("Accept-Ranges") == "bytes"
+        if total is not None and validator and takes_ranges and transfer.may_split:
+            count = span_count(self._settings, total, partial.size)
+            if count > 1:
+                raise SplitHere(count)  # this answer's body is left unread
 
     async def _write(self, transfer: Transfer, data: bytes) -> None:
         partial = transfer.partial
@@ -194,47 +203,14 @@ class Downloader:
             self._progress.add_bytes(total)
 
 
-async def in_thread(function: Callable[..., None], *args: object) -> None:
-    """Run a blocking partial-file call in a worker thread and see it through.
-
-    If we are cancelled meanwhile, we still wait for the thread before re-raising:
-    a write left running would race the partial's close (its size, even its fd).
-    """
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        raise
-
-
-async def _status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
-    """The error for an asset answer other than 200/206; an expired URL has its own."""
-    status = response.status
-    body = await read_capped(response, ERROR_BODY_BYTES)
-    if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
-        return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
-    return StatusError(
-        f"HTTP {status} from {shown}", status, retry_after_of(response.headers.get("Retry-After"))
-    )
-
-
-def _resumed_total(content_range: str | None, partial: Partial) -> int | None:
+def _resumed_total(response: aiohttp.ClientResponse, partial: Partial) -> int | None:
     """The file's size from a 206's Content-Range, if it resumes exactly where we are."""
-    match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
-    if not match:
+    found = content_range(response)
+    if found is None:
         return None
-    start, end, total = (int(group) for group in match.groups())
+    start, end, total = found
     if start != partial.size or end != total - 1:
         return None
     if partial.total is not None and total != partial.total:
         return None
     return total
-
-
-def _validator(headers: CIMultiDictProxy[str]) -> str | None:
-    """What If-Range can carry: a strong ETag, else Last-Modified."""
-    etag = headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return headers.get("Last-Modified") or None

@@ -11,13 +11,18 @@ from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRIES,
+    DEFAULT_SPLIT,
+    DEFAULT_SPLIT_THRESHOLD,
     ENV_API_KEY,
     ENV_API_URL,
     ENV_ARCHIVE,
+    MAX_SPLIT,
 )
 
 _DURATION = re.compile(r"(\d+)([dhm])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+_SIZE = re.compile(r"(\d+)([KMG]?)i?B?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +114,12 @@ def _add_fetch(
                        default=DEFAULT_READ_TIMEOUT,
                        help="give up on a server silent this long (default "
                        f"{DEFAULT_READ_TIMEOUT:g})")
+    fetch.add_argument("--split", metavar="N", type=split_count, default=DEFAULT_SPLIT,
+                       help=f"ranges fetched at once for one large file, 1 to {MAX_SPLIT} "
+                       f"(default {DEFAULT_SPLIT}; 1 never splits)")
+    fetch.add_argument("--split-threshold", metavar="SIZE", type=size,
+                       default=DEFAULT_SPLIT_THRESHOLD,
+                       help="split files of at least this size, e.g. 64M, 1G (default 64M)")
     fetch.add_argument("--force", action="store_true",
                        help="download even when a file is larger than the free space")
     fetch.add_argument("--only", choices=("checkpoints", "images"),
@@ -152,6 +163,21 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return value
+
+
+def split_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_SPLIT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SPLIT} ranges: {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """A size in bytes, with an optional K, M or G (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"not a size (e.g. 64M, 1G, 1048576): {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
 def duration(text: str) -> timedelta:

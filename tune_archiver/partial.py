@@ -7,10 +7,15 @@ is locked (flock) by the process writing it; another process that finds it locke
 downloads into a private temp file instead. After a crash in the same boot the
 file's length is trusted (the page cache survived); after a reboot only the bytes
 fsynced before the sidecar was last written are.
+
+A large file may be split into spans fetched at once (see ranged.py): each span is
+[start, pos, end), bytes [start, pos) on disk. The sidecar then records every span,
+and the sha256 covers the contiguous prefix, caught up as spans fill.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -18,17 +23,44 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from tune_archiver.errors import DiskFull, StorageError
+from tune_archiver.errors import DiskFull, IntegrityError, StorageError
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-Writer = Callable[[int, memoryview], int]  # os.write's shape; tests inject a failing one
+Writer = Callable[[int, memoryview, int], int]  # os.pwrite's shape; tests inject a failing one
+Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
+# A bench-only switch (bench/run measures what hashing costs): never for real archives.
+SKIP_HASH = os.environ.get("TUNE_ARCHIVER_BENCH_SKIP_HASH") == "1"
+T = TypeVar("T")
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+class _NoHash:
+    """Stands in for sha256 under SKIP_HASH: names blobs by nothing but their size."""
+
+    def __init__(self) -> None:
+        self._size = 0
+
+    def update(self, data: bytes, /) -> None:
+        self._size += len(data)
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(str(self._size).encode()).hexdigest()
+
+
+def new_hash() -> Hasher:
+    return _NoHash() if SKIP_HASH else hashlib.sha256()
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
@@ -54,24 +86,28 @@ class Partial:
     """
 
     def __init__(
-        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.write
+        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.pwrite
     ) -> None:
         self.path = path
-        self.size = 0
+        self.size = 0  # bytes on disk
         self.validator: str | None = None  # strong ETag or Last-Modified, for If-Range
         self.total: int | None = None  # the file's full size, once a server said it
+        self.spans: list[Span] | None = None  # when split into ranges
         self._fd = fd
         self._archive = archive
         self._sidecar = sidecar  # None for a private temp file that no later run resumes
         self._key = ""
         self._synced = 0
-        self._hash = hashlib.sha256()
+        self._synced_spans: list[Span] | None = None
+        self._hash = new_hash()
+        self._hashed = 0  # the sha256 covers bytes [0, _hashed)
         self._write = write
+        self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
 
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.write) -> Partial:
+    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwrite) -> Partial:
         """The resumable partial for `key`, or a private one when another process holds it."""
         name = hashlib.sha256(key.encode()).hexdigest()[:40]
         path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
@@ -101,48 +137,115 @@ class Partial:
         state = _read_json(self._sidecar) if self._sidecar else None
         length = os.fstat(self._fd).st_size
         usable = 0
-        if state is not None and state.get("url") == self._key:
-            synced = state.get("synced", 0)
-            trusted = length if state.get("boot_id") == boot_id() else synced
-            if isinstance(trusted, int) and 0 < trusted <= length:
+        if state is not None and state.get("url") == self._key and state.get("validator"):
+            same_boot = state.get("boot_id") == boot_id()
+            spans = _valid_spans(state.get("spans" if same_boot else "synced_spans"),
+                                 state.get("total"), length)
+            trusted = length if same_boot else state.get("synced", 0)
+            if spans is not None:
+                self.spans, self._synced_spans = spans, [list(s) for s in spans]
+                usable = sum(pos - start for start, pos, _ in spans)
+            elif isinstance(trusted, int) and 0 < trusted <= length:
                 usable = trusted
+            if usable:
                 self.validator = state.get("validator")
                 self.total = state.get("total")
-        if usable == 0 or not self.validator:
-            usable = 0
-            self.validator, self.total = None, None
-        os.ftruncate(self._fd, usable)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        while chunk := os.read(self._fd, READ_BLOCK):
-            self._hash.update(chunk)
+        if not usable:
+            self.spans = self._synced_spans = None
+        if self.spans is None:
+            os.ftruncate(self._fd, usable)
         self.size = self._synced = usable
+        self.catch_up_hash(None)
 
     # -- writing ---------------------------------------------------------------
 
     def append(self, data: bytes) -> None:
         """Write the bytes at the end and hash them (hashlib lets go of the GIL)."""
+        self._write_at(self.size, data)
+        self._hash.update(data)
+        self._hashed += len(data)
+        self.size += len(data)
+        self._maybe_sync()
+
+    def reset(self) -> None:
+        """Forget every byte, and any split: the next append starts the file again."""
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as exc:
+            raise storage_error(exc, self._archive, "truncate a download") from exc
+        self._hash = new_hash()
+        self.size = self._synced = self._hashed = 0
+        self.spans = self._synced_spans = None
+
+    # -- ranges ----------------------------------------------------------------
+
+    def split(self, count: int) -> None:
+        """Cut the bytes still to come into `count` spans; those on disk stay the first's."""
+        assert self.spans is None
+        assert self.total is not None
+        rest = self.total - self.size
+        bounds = [self.size + rest * i // count for i in range(count + 1)]
+        self.spans = [[0, self.size, bounds[1]]]
+        self.spans += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(1, count)]
+        self._save()
+
+    def write_span(self, index: int, data: bytes) -> None:
+        """Write bytes at the span's position; several threads may write different spans."""
+        span = self.spans[index] if self.spans else None
+        if span is None or span[1] + len(data) > span[2]:
+            raise IntegrityError("the server sent more bytes than the range asked for")
+        self._write_at(span[1], data)
+        with self._lock:
+            span[1] += len(data)
+            self.size += len(data)
+            self._maybe_sync()
+
+    def catch_up_hash(self, limit: int | None) -> int:
+        """Hash the bytes on disk that now continue the hashed prefix, up to `limit` bytes.
+
+        Reads them back (from the page cache, as a rule); returns how many it hashed.
+        Only one thread may call this at a time.
+        """
+        with self._lock:
+            end = self.size if self.spans is None else _prefix_end(self.spans)
+        if limit is not None:
+            end = min(end, self._hashed + limit)
+        start = self._hashed
+        try:
+            while self._hashed < end:
+                chunk = os.pread(self._fd, min(READ_BLOCK, end - self._hashed), self._hashed)
+                if not chunk:
+                    raise IntegrityError("a partial download is shorter than its record")
+                self._hash.update(chunk)
+                self._hashed += len(chunk)
+        except OSError as exc:
+            raise storage_error(exc, self._archive, "read a download") from exc
+        return self._hashed - start
+
+    @property
+    def hashed(self) -> int:
+        return self._hashed
+
+    def _write_at(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         try:
             while view:
-                view = view[self._write(self._fd, view) :]
-            if self.size + len(data) - self._synced >= SYNC_EVERY:
-                os.fsync(self._fd)
-                self._synced = self.size + len(data)
-                self._save()
+                written = self._write(self._fd, view, offset)
+                view, offset = view[written:], offset + written
         except OSError as exc:
             raise storage_error(exc, self._archive, "write a download") from exc
-        self._hash.update(data)
-        self.size += len(data)
 
-    def reset(self) -> None:
-        """Forget every byte: the next append starts the file again."""
+    def _maybe_sync(self) -> None:
+        """Every SYNC_EVERY bytes: fsync, then record what is now durable."""
+        if self.size - self._synced < SYNC_EVERY:
+            return
         try:
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.fsync(self._fd)
         except OSError as exc:
-            raise storage_error(exc, self._archive, "truncate a download") from exc
-        self._hash = hashlib.sha256()
-        self.size = self._synced = 0
+            raise storage_error(exc, self._archive, "write a download") from exc
+        self._synced = self.size
+        self._synced_spans = [list(span) for span in self.spans] if self.spans else None
+        self._save()
 
     def describe(self, validator: str | None, total: int | None) -> None:
         """Record what a response said about the file, for resuming it later."""
@@ -151,6 +254,12 @@ class Partial:
             self._save()
 
     def sha256(self) -> str:
+        """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
+        if self._hashed != self.size or (self.total is not None and self.size != self.total):
+            raise IntegrityError(
+                f"internal error: {self._hashed} of {self.size} bytes hashed, "
+                f"{self.total} expected"
+            )
         return self._hash.hexdigest()
 
     # -- ending ----------------------------------------------------------------
@@ -200,9 +309,53 @@ class Partial:
             "synced": self._synced,
             "boot_id": boot_id(),
         }
+        if self.spans is not None:
+            state["spans"] = self.spans
+            state["synced_spans"] = self._synced_spans
         temporary = self._sidecar.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self._sidecar)
+
+
+async def in_thread(function: Callable[..., T], *args: object) -> T:
+    """Run a blocking partial-file call in a worker thread and see it through.
+
+    If we are cancelled meanwhile, we still wait for the thread before re-raising:
+    a write left running would race the partial's close (its size, even its fd).
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
+
+
+def _prefix_end(spans: list[Span]) -> int:
+    """Where the bytes on disk stop being contiguous from the first."""
+    end = 0
+    for _, pos, stop in spans:
+        end = pos
+        if pos < stop:
+            break
+    return end
+
+
+def _valid_spans(value: Any, total: Any, length: int) -> list[Span] | None:
+    """Spans from a sidecar, if they tile [0, total) and claim no byte past the file's end."""
+    if not isinstance(value, list) or not value or not isinstance(total, int):
+        return None
+    spans, expected = [], 0
+    for span in value:
+        if not (isinstance(span, list) and len(span) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in span)):
+            return None
+        start, pos, end = span
+        if start != expected or not start <= pos <= end or pos > length:
+            return None
+        spans.append([start, pos, end])
+        expected = end
+    return spans if expected == total else None
 
 
 def _same_file(fd: int, path: Path) -> bool:

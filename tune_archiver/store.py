@@ -53,7 +53,7 @@ class StoredBlob:
 class LocalStore:
     """An archive in a local directory."""
 
-    def __init__(self, root: Path, write: Writer = os.write) -> None:
+    def __init__(self, root: Path, write: Writer = os.pwrite) -> None:
         self.root = root
         self._write = write
 

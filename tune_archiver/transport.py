@@ -7,10 +7,12 @@ and download.py sees an aiohttp type.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Iterator, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from tune_archiver.config import USER_AGENT, Settings
@@ -18,13 +20,19 @@ from tune_archiver.errors import (
     ArchiverError,
     BodyError,
     ConnectError,
+    ExpiredUrl,
     NetworkError,
     ReadTimeout,
     RefusedUrl,
+    StatusError,
 )
+from tune_archiver.retry import retry_after_of
 from tune_archiver.urls import check_fetchable, origin, redact
 
+CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them
+ERROR_BODY_BYTES = 4096
 MAX_REDIRECTS = 10
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that carry the caller's identity: sent only to the origin they were meant for.
 PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
@@ -149,3 +157,53 @@ async def probe_size(
             return resp.content_length if resp.status == 200 else None
     except ArchiverError:
         return None
+
+
+async def pump(
+    response: aiohttp.ClientResponse, sink: Callable[[bytes], Awaitable[None]]
+) -> None:
+    """Hand the body to `sink` in pieces of about CHUNK_BYTES, as it arrives.
+
+    Bytes that arrived before the body broke are handed over too, before the error
+    goes on: they are good, and a resume starts after them.
+    """
+    pending: list[bytes] = []
+    held = 0
+    try:
+        async for piece in response.content.iter_any():
+            pending.append(piece)
+            held += len(piece)
+            if held >= CHUNK_BYTES:
+                data, pending, held = b"".join(pending), [], 0
+                await sink(data)
+    finally:
+        if pending:
+            await sink(b"".join(pending))
+
+
+async def asset_status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
+    """The error for an asset answer other than 200/206; an expired URL has its own."""
+    status = response.status
+    body = await read_capped(response, ERROR_BODY_BYTES)
+    if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
+        return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
+    return StatusError(
+        f"HTTP {status} from {shown}", status, retry_after_of(response.headers.get("Retry-After"))
+    )
+
+
+def validator_of(headers: CIMultiDictProxy[str]) -> str | None:
+    """What If-Range can carry: a strong ETag, else Last-Modified."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+def content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int] | None:
+    """(first byte, last byte, total) from a 206's Content-Range; None when malformed."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None:
+        return None
+    first, last, total = (int(group) for group in match.groups())
+    return first, last, total
