@@ -105,6 +105,11 @@ class StandIn:
         self.hold_until = 0  # hold file answers until this many requests are in flight
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
+        # Faults for the range requests of a file that start at a given byte: (name, start).
+        self.range_faults: dict[tuple[str, int], list[Fault]] = {}
+        self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
+        self.hold_ranges = 0  # hold range answers until this many are in flight
+        self._ranges_in_flight = 0
         self.urls: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._runners: list[web.AppRunner] = []
@@ -264,11 +269,26 @@ class StandIn:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        await self._hold()
+        ranged = request.headers.get("Range", "").startswith("bytes=")
+        self._ranges_in_flight += ranged
+        try:
+            return await self._file_answer(request, name, ranged)
+        finally:
+            self._ranges_in_flight -= ranged
+
+    async def _file_answer(
+        self, request: web.Request, name: str, ranged: bool
+    ) -> web.StreamResponse:
+        await self._hold(ranged)
         if name in self.redirects:
             raise web.HTTPFound(self.redirects[name])
-        faults = self.faults.get(name)
+        start = request.headers.get("Range", "bytes=")[len("bytes="):].split("-")[0]
+        faults = self.range_faults.get((name, int(start))) if ranged and start else None
+        if not faults:
+            faults = self.faults.get(name)
         fault = faults.pop(0) if faults else None
+        if name in self.ignore_ranges:
+            fault = fault or IgnoreRange()
         if isinstance(fault, Status):
             return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         if isinstance(fault, Body):
@@ -290,12 +310,14 @@ class StandIn:
     ) -> web.StreamResponse:
         """The file, honouring Range and If-Range unless the fault says otherwise."""
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-        start, status = 0, 200
+        start, stop, status = 0, len(data), 200
         wanted = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
         if wanted.startswith("bytes=") and not isinstance(fault, IgnoreRange):
             if if_range is None or if_range == etag:
-                start = int(wanted[len("bytes=") :].split("-")[0])
+                first, _, last = wanted[len("bytes=") :].partition("-")
+                start = int(first)
+                stop = min(int(last) + 1, len(data)) if last else len(data)
                 if start >= len(data):
                     return web.Response(
                         status=416, headers={"Content-Range": f"bytes */{len(data)}"}
@@ -306,13 +328,13 @@ class StandIn:
         response.headers["ETag"] = etag
         response.headers["Accept-Ranges"] = "bytes"
         if status == 206:
-            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         if isinstance(fault, Chunked):
             response.enable_chunked_encoding()
         else:
-            response.content_length = len(data) - start
+            response.content_length = stop - start
         await response.prepare(request)
-        body = data[start:]
+        body = data[start:stop]
         if isinstance(fault, Cut | Stall):
             await response.write(body[: fault.at])
             if isinstance(fault, Stall):
@@ -324,14 +346,19 @@ class StandIn:
         await response.write_eof()
         return response
 
-    async def _hold(self) -> None:
-        """Wait (at most a second) until hold_until requests are in flight at once."""
+    async def _hold(self, ranged: bool) -> None:
+        """Wait (at most a second) until hold_until requests (hold_ranges range requests,
+        for a range request) are in flight at once."""
         assert self._crowd is not None
+
+        def crowded() -> bool:
+            if ranged and self.hold_ranges:
+                return self._ranges_in_flight >= self.hold_ranges
+            return self.in_flight >= self.hold_until
+
         async with self._crowd:
             self._crowd.notify_all()
             try:
-                await asyncio.wait_for(
-                    self._crowd.wait_for(lambda: self.in_flight >= self.hold_until), 1.0
-                )
+                await asyncio.wait_for(self._crowd.wait_for(crowded), 1.0)
             except TimeoutError:
                 pass

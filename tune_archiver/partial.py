@@ -145,6 +145,8 @@ class Partial:
             if spans is not None:
                 self.spans, self._synced_spans = spans, [list(s) for s in spans]
                 usable = sum(pos - start for start, pos, _ in spans)
+            elif "spans" in state:
+                usable = 0  # a split file has holes: its length proves nothing
             elif isinstance(trusted, int) and 0 < trusted <= length:
                 usable = trusted
             if usable:
@@ -187,6 +189,8 @@ class Partial:
         bounds = [self.size + rest * i // count for i in range(count + 1)]
         self.spans = [[0, self.size, bounds[1]]]
         self.spans += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(1, count)]
+        self._synced_spans = [[start, start, end] for start, _, end in self.spans]
+        self._synced_spans[0][1] = self._synced
         self._save()
 
     def write_span(self, index: int, data: bytes) -> None:
@@ -351,7 +355,7 @@ def _valid_spans(value: Any, total: Any, length: int) -> list[Span] | None:
                 isinstance(n, int) and not isinstance(n, bool) for n in span)):
             return None
         start, pos, end = span
-        if start != expected or not start <= pos <= end or pos > length:
+        if start != expected or not start <= pos <= end or (pos > start and pos > length):
             return None
         spans.append([start, pos, end])
         expected = end

@@ -78,13 +78,14 @@ class RangedFetch:
             raise errors.exceptions[0] from None
 
     async def _span(self, url: str, partial: Partial, index: int, filled: asyncio.Event) -> None:
-        shown = f"{redact(url)} (range {index + 1})"
+        shown = f"{redact(url)} (range {index + 1} of {len(partial.spans or [])})"
         await call_with_retries(
-            self._settings.retry, shown, lambda: self._attempt(url, partial, index, filled)
+            self._settings.retry, shown,
+            lambda: self._attempt(url, shown, partial, index, filled),
         )
 
     async def _attempt(
-        self, url: str, partial: Partial, index: int, filled: asyncio.Event
+        self, url: str, shown: str, partial: Partial, index: int, filled: asyncio.Event
     ) -> None:
         """One request for what the span still lacks."""
         assert partial.spans is not None
@@ -103,12 +104,12 @@ class RangedFetch:
             if response.status == 200:
                 raise RangesRefused  # Range ignored, or the file changed under If-Range
             if response.status != 206:
-                raise await asset_status_error(response, redact(url))
+                raise await asset_status_error(response, shown)
             if content_range(response) != (pos, end - 1, partial.total):
                 raise RangesRefused
             await pump(response, write)
         if partial.spans[index][1] < end:
             raise BodyError(
-                f"range {index + 1} ended after {partial.spans[index][1] - pos} of "
-                f"{end - pos} bytes: {redact(url)}"
+                f"the body ended after {partial.spans[index][1] - pos} of {end - pos} bytes: "
+                f"{shown}"
             )

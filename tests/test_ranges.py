@@ -1,0 +1,141 @@
+"""Parallel ranges: a large file in spans, each retried and resumed on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch
+from tests.standin import Cut, Replace, StandIn, Status
+
+MiB = 2**20
+SIZE = 16 * MiB
+SPAN = SIZE // 4
+SPLIT = ("--split", "4", "--split-threshold", "8M")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def model(standin: StandIn) -> bytes:
+    """A 16 MiB checkpoint: split into four 4 MiB spans with SPLIT."""
+    data = os.urandom(SIZE)
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    return data
+
+
+def ranges_asked(standin: StandIn) -> list[str | None]:
+    return [r.headers.get("Range") for r in standin.seen("cdn", "/files/model")]
+
+
+def span_header(index: int, start: int | None = None) -> str:
+    first = index * SPAN if start is None else start
+    return f"bytes={first}-{(index + 1) * SPAN - 1}"
+
+
+def test_large_file_is_fetched_in_ranges_at_once(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """After one look at the file, four ranges are in flight together; the blob is exact."""
+    standin.hold_ranges = 4  # a range is answered only once all four are asked for
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    assert blob_file(archive, model).read_bytes() == model
+    asked = ranges_asked(standin)
+    assert asked[0] is None
+    assert sorted(asked[1:]) == sorted(span_header(i) for i in range(4))
+    assert standin.max_in_flight >= 4
+    assert list((archive / "tmp").iterdir()) == []
+
+
+def test_file_below_the_threshold_is_one_stream(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """A file smaller than --split-threshold is fetched in a single request."""
+    assert run_fetch(standin, archive, "1", "--split", "4", "--split-threshold", "32M") == 0
+    assert ranges_asked(standin) == [None]
+    assert blob_file(archive, model).read_bytes() == model
+
+
+def test_split_one_never_splits(standin: StandIn, archive: Path, model: bytes) -> None:
+    """--split 1 keeps every file to one stream."""
+    assert run_fetch(standin, archive, "1", "--split", "1", "--split-threshold", "1M") == 0
+    assert ranges_asked(standin) == [None]
+
+
+def test_a_cut_range_resumes_on_its_own(standin: StandIn, archive: Path, model: bytes) -> None:
+    """A range cut mid-body asks again for what it lacks; the other ranges are asked once."""
+    cut_at = SPAN // 2 + 12345
+    standin.range_faults[("model", 2 * SPAN)] = [Cut(at=cut_at)]
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    assert blob_file(archive, model).read_bytes() == model
+    whole_spans = {span_header(i) for i in range(4)}
+    asked = ranges_asked(standin)[1:]
+    assert sorted(h for h in asked if h in whole_spans) == sorted(whole_spans)
+    [resumed] = [h for h in asked if h not in whole_spans]
+    start = int(resumed[len("bytes="):].split("-")[0])
+    assert 2 * SPAN < start <= 2 * SPAN + cut_at
+    assert resumed == span_header(2, start)
+
+
+def test_server_ignoring_range_falls_back_to_one_stream(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """Ranges answered with the whole file make the download start over as one stream."""
+    standin.ignore_ranges.add("model")
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    assert blob_file(archive, model).read_bytes() == model
+    asked = ranges_asked(standin)
+    assert asked[0] is None
+    assert asked[-1] is None  # the fallback: one plain request for the whole file
+
+
+def test_a_range_failing_for_good_fails_the_asset_and_is_resumed_next_run(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """A span whose retries are spent fails the file; the next run asks only for what is left."""
+    standin.range_faults[("model", 3 * SPAN)] = [Status(500)] * 6
+    assert run_fetch(standin, archive, "1", *SPLIT) == 1
+    document = check_manifest(archive / "manifests" / "1.json")
+    [entry] = document["assets"]
+    assert entry["status"] == "failed"
+    assert "range 4" in entry["error"]
+    assert not blob_file(archive, model).exists()
+    [sidecar] = (archive / "tmp").glob("*.json")
+    spans = json.loads(sidecar.read_text())["spans"]
+    assert spans[3] == [3 * SPAN, 3 * SPAN, SIZE]  # the failed span has nothing
+    left = sorted(f"bytes={pos}-{end - 1}" for _, pos, end in spans if pos < end)
+    assert len(left) < 4  # some spans were done, and are kept
+
+    before = len(standin.requests)
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    assert blob_file(archive, model).read_bytes() == model
+    again = [r.headers.get("Range") for r in standin.requests[before:] if r.host == "cdn"]
+    assert sorted(h or "" for h in again) == left
+
+
+def test_concurrency_bounds_range_connections(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """--concurrency counts every connection, ranges included."""
+    assert run_fetch(standin, archive, "1", *SPLIT, "--concurrency", "2") == 0
+    assert standin.max_in_flight <= 2
+    assert blob_file(archive, model).read_bytes() == model
+
+
+def test_file_changed_between_ranges_starts_over(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """If-Range on every span: a file that changed mid-download is fetched again from the start."""
+    standin.range_faults[("model", SPAN)] = [Replace(os.urandom(SIZE))]
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert blob_file(archive, model).read_bytes() == model  # never a mix of two versions
+    assert ranges_asked(standin)[-1] is None
+    assert entry["size"] == SIZE
