@@ -46,9 +46,12 @@ class VerifyReport:
 
 @dataclass(frozen=True)
 class _Ref:
+    """One manifest entry that references a blob, and the size it records."""
+
     tune_id: int
     kind: Any
     index: Any
+    size: int
 
 
 async def verify(
@@ -62,8 +65,9 @@ async def verify(
         report.tunes += 1
         document = await _manifest(store, tune_id, report)
         for entry in _entries(document):
-            ref = _Ref(tune_id, entry.get("kind"), entry.get("index"))
             sha, size = entry.get("sha256"), entry.get("size")
+            ref = _Ref(tune_id, entry.get("kind"), entry.get("index"),
+                       size if isinstance(size, int) else -1)
             if entry.get("status") != "ok":
                 report.problems.append(_problem(ref, "failed", str(entry.get("error"))))
             elif not is_sha256(sha) or not isinstance(size, int):
@@ -90,27 +94,36 @@ async def verify(
 
     workers = asyncio.Semaphore(WORKERS)
 
-    async def check(sha: str) -> tuple[str, str] | None:
+    async def check(sha: str) -> tuple[int, str] | None:
         async with workers:
             found = await store.hash_blob(sha, advance)
         progress.file_done()
-        if found is None:
-            if sha in misplaced:
-                return "wrong_path", f"found at {misplaced[sha]}, not at {blob_key(sha)}"
-            return "missing", f"{blob_key(sha)} is missing"
-        size, digest = found
-        if size != sizes[sha]:
-            return "corrupt", f"{blob_key(sha)} holds {size} bytes, not {sizes[sha]}"
-        if digest != sha:
-            return "corrupt", f"the bytes of {blob_key(sha)} hash to {digest}"
-        return None
+        return found
 
     async with asyncio.TaskGroup() as group:
         tasks = {sha: group.create_task(check(sha)) for sha in sizes}
     for sha, task in tasks.items():
-        if (outcome := task.result()) is not None:
-            report.problems.extend(_problem(ref, *outcome) for ref in refs[sha])
+        for ref in refs[sha]:
+            outcome = _judge(sha, ref.size, task.result(), misplaced)
+            if outcome is not None:
+                report.problems.append(_problem(ref, *outcome))
     return report
+
+
+def _judge(
+    sha: str, size: int, found: tuple[int, str] | None, misplaced: dict[str, str]
+) -> tuple[str, str] | None:
+    """What is wrong with a blob, as one manifest entry sees it; None when nothing."""
+    if found is None:
+        if sha in misplaced:
+            return "wrong_path", f"found at {misplaced[sha]}, not at {blob_key(sha)}"
+        return "missing", f"{blob_key(sha)} is missing"
+    actual, digest = found
+    if actual != size:
+        return "corrupt", f"{blob_key(sha)} holds {actual} bytes, not {size}"
+    if digest != sha:
+        return "corrupt", f"the bytes of {blob_key(sha)} hash to {digest}"
+    return None
 
 
 async def _manifest(
