@@ -24,6 +24,8 @@ from tune_archiver.store import LocalStore
 from tune_archiver.transport import asset_status_error, content_range, get, pump, validator_of
 from tune_archiver.urls import check_fetchable, redact, url_key
 
+# Below this, a full disk is left to the write's own ENOSPC: one statvfs per image costs.
+ROOM_CHECK_FROM = 8 * 2**20
 # Error pages that some hosts serve with 200; never a checkpoint or an image.
 ERROR_PAGE_TYPES = frozenset({"text/html", "application/xml", "text/xml"})
 
@@ -170,7 +172,7 @@ class Downloader:
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
         if total is not None:
             self._count(transfer, total)
-            if not self._settings.force:
+            if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
                 await self._store.check_room(total - partial.size)
         transfer.content_type = content_type
         validator = validator_of(response.headers)

@@ -51,7 +51,7 @@ async def collect(
         if not dry_run:
             for key, _ in report.blobs:
                 await store.delete_blob(key.rsplit("/", 1)[-1])
-            await store.remove_stale_uploads(cutoff)
+            report.partials = await store.remove_stale_uploads(cutoff)
     return report
 
 

@@ -32,6 +32,7 @@ from tune_archiver.errors import DiskFull, IntegrityError, StorageError
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
+RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 Writer = Callable[[int, memoryview, int], int]  # os.pwrite's shape; tests inject a failing one
@@ -252,10 +253,15 @@ class Partial:
         self._save()
 
     def describe(self, validator: str | None, total: int | None) -> None:
-        """Record what a response said about the file, for resuming it later."""
+        """Record what a response said about the file, for resuming it later.
+
+        The sidecar is written at once only for a file worth resuming after a kill;
+        a small one's is written only if it is kept after a failure (see close).
+        """
         if (validator, total) != (self.validator, self.total):
             self.validator, self.total = validator, total
-            self._save()
+            if total is None or total >= RESUMABLE_FROM:
+                self._save()
 
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""

@@ -60,8 +60,15 @@ async def call_with_retries(
     """Await `attempt()` until it succeeds, fails for good, or the policy's bounds are spent.
 
     The last error is raised as it is. `what` names the request in log lines and
-    must already be redacted.
+    must already be redacted. The first attempt runs outside tenacity, whose set-up
+    costs more than a small download; only a failure worth retrying enters it.
     """
+    try:
+        return await attempt()
+    except Exception as exc:
+        if not is_retryable(exc) or policy.retries == 0:
+            raise
+        first_failure: list[BaseException] = [exc]
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -85,6 +92,8 @@ async def call_with_retries(
     )
 
     async def run() -> T:  # tenacity awaits only what is declared a coroutine function
+        if first_failure:  # tenacity's attempt 1 is the one already made
+            raise first_failure.pop()
         return await attempt()
 
     return await retrying(run)

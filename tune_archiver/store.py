@@ -56,14 +56,16 @@ class LocalStore:
     def __init__(self, root: Path, write: Writer = os.pwrite) -> None:
         self.root = root
         self._write = write
+        # Lexical, not resolved: the archive may sit behind a symlink.
+        self._absolute = Path(os.path.normpath(root.absolute()))
 
     def __str__(self) -> str:
         return str(self.root)
 
     def path(self, key: str) -> Path:
         """The file for an archive-relative key; refuses any key that would leave the root."""
-        root = Path(os.path.normpath(self.root.absolute()))
-        path = Path(os.path.normpath(root / key))  # lexical: the archive may sit behind a symlink
+        root = self._absolute
+        path = Path(os.path.normpath(root / key))
         if not path.is_relative_to(root) or path == root:
             raise StorageError(f"refused a path outside the archive: {key!r}")
         return path
@@ -307,9 +309,13 @@ class LocalStore:
         stale = await asyncio.to_thread(self._stale, older_than)
         return [(f"{TMP}/{file.name}", size) for file, size in stale]
 
-    async def remove_stale_uploads(self, older_than: datetime) -> None:
-        """Remove what stale_uploads lists, except a partial that a download has locked."""
-        await asyncio.to_thread(self._remove_stale, older_than)
+    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Remove what stale_uploads lists, except a partial a download has locked.
+
+        Returns what was removed: (key, bytes).
+        """
+        removed = await asyncio.to_thread(self._remove_stale, older_than)
+        return [(f"{TMP}/{file.name}", size) for file, size in removed]
 
     def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
         cutoff = older_than.timestamp()
@@ -325,27 +331,39 @@ class LocalStore:
             raise storage_error(exc, self.root, "list partial downloads") from exc
         return found
 
-    def _remove_stale(self, older_than: datetime) -> None:
-        for file, _ in self._stale(older_than):
+    def _remove_stale(self, older_than: datetime) -> list[tuple[Path, int]]:
+        removed = []
+        # Partials first: removing one removes its sidecar, which then counts as removed.
+        stale = sorted(self._stale(older_than), key=lambda found: found[0].suffix != ".part")
+        for file, size in stale:
             try:
                 if file.suffix == ".part":
-                    _remove_unless_locked(file)
-                elif not file.with_suffix(".part").exists():  # a sidecar goes with its partial
-                    file.unlink(missing_ok=True)
+                    gone = _remove_unless_locked(file)
+                else:  # a sidecar goes with its partial, if that one goes
+                    gone = not file.with_suffix(".part").exists()
+                    if gone:
+                        file.unlink(missing_ok=True)
             except OSError as exc:
                 raise storage_error(exc, self.root, "remove a partial download") from exc
+            if gone:
+                removed.append((file, size))
+        return sorted(removed)
 
 
-def _remove_unless_locked(part: Path) -> None:
+def _remove_unless_locked(part: Path) -> bool:
     """Remove a partial and its sidecar, unless a running download holds its lock."""
-    fd = os.open(part, os.O_RDONLY)
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return
+            return False
         part.with_suffix(".json").unlink(missing_ok=True)
         part.unlink(missing_ok=True)
+        return True
     finally:
         os.close(fd)
 
