@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from tune_archiver.config import Settings
-from tune_archiver.errors import BodyError, DataError, ExpiredUrl, IntegrityError, StorageError
+from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
 from tune_archiver.models import Blob
 from tune_archiver.partial import Partial, in_thread
 from tune_archiver.progress import Progress
@@ -88,7 +88,7 @@ class Downloader:
         check_fetchable(url)
         partial = await self._store.open_partial(url)
         transfer = Transfer(url, partial)
-        keep = True  # a partial that may be resumed later is kept, unless the disk failed
+        keep = True  # a partial that may be resumed later is kept, unless the disk is full
         try:
             if partial.total is not None:
                 self._count(transfer, partial.total)
@@ -103,8 +103,8 @@ class Downloader:
                 transfer.url = fresh
                 await self._body(transfer)
             blob = await self._store.commit(partial, transfer.content_type)
-        except StorageError:
-            keep = False
+        except DiskFull:
+            keep = False  # its bytes are what filled the disk
             raise
         finally:
             partial.close(keep=keep)  # does nothing once committed
