@@ -61,7 +61,7 @@ async def verify(
     report = VerifyReport()
     sizes: dict[str, int] = {}  # sha256 -> the size the manifests give it
     refs: dict[str, list[_Ref]] = defaultdict(list)
-    for tune_id in tune_ids or await store.manifest_ids():
+    for tune_id in dict.fromkeys(tune_ids) or await store.manifest_ids():
         report.tunes += 1
         document = await _manifest(store, tune_id, report)
         for entry in _entries(document):

@@ -1,0 +1,278 @@
+"""`export`: a tune as a plain folder under DEST, hard-linked or copied, never escaping DEST."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.archive_helpers import (
+    Served,
+    add_tune,
+    archived,
+    cli,
+    everything_under,
+    manifest_of,
+)
+from tests.helpers import blob_file, run_fetch
+from tests.standin import Body, StandIn
+
+# The documented shape of `export --json`.
+EXPORT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["ok", "folder", "linked", "copied", "failed"],
+    "properties": {
+        "ok": {"type": "boolean", "description": "true when every file was exported"},
+        "folder": {"type": "string", "description": "DEST/<id>-<slug>"},
+        "linked": {"type": "array", "items": {"type": "string"},
+                   "description": "paths inside the folder that are hard links to blobs"},
+        "copied": {"type": "array", "items": {"type": "string"},
+                   "description": "paths inside the folder written as copies"},
+        "failed": {"type": "array", "items": {"type": "string"},
+                   "description": "one line per file not exported, naming kind and index"},
+    },
+}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def tune(standin: StandIn, archive: Path) -> Served:
+    """Tune 1, "Jane Doe": checkpoint ckpt-1.safetensors and three .jpg training images."""
+    served = add_tune(standin, 1, images=3, title="Jane Doe")
+    archived(standin, archive, 1)
+    return served
+
+
+def expected_files(served: Served) -> dict[str, bytes]:
+    """Path inside the export folder -> the bytes it must hold."""
+    files = {f"checkpoints/{i:03d}.safetensors": d for i, d in enumerate(served.checkpoints)}
+    files.update({f"training_images/{i:03d}.jpg": d for i, d in enumerate(served.images)})
+    return files
+
+
+def exported(folder: Path) -> dict[str, bytes]:
+    """Every file in the export folder except manifest.json, by relative path."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*") if path.is_file() and path.name != "manifest.json"
+    }
+
+
+def snapshot(root: Path) -> dict[Path, tuple[int, int, bytes]]:
+    """Each file under root: inode, mtime and bytes."""
+    return {
+        path: (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes())
+        for path in root.rglob("*") if path.is_file()
+    }
+
+
+def test_tree_of_hard_links(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DEST/1-jane-doe: checkpoints/, training_images/ hard-linked to the blobs, manifest.json."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")
+    folder = dest / "1-jane-doe"
+    assert sorted(dest.iterdir()) == [folder]
+    assert ran.out == f"exported to {folder}: {len(tune.all)} hard links, 0 copies, 0 failed\n"
+    assert exported(folder) == expected_files(tune)
+    assert (folder / "manifest.json").read_bytes() == (
+        archive / "manifests" / "1.json"
+    ).read_bytes()
+    for name, data in expected_files(tune).items():
+        copy, blob = (folder / name).stat(), blob_file(archive, data).stat()
+        assert (copy.st_dev, copy.st_ino) == (blob.st_dev, blob.st_ino)
+        assert copy.st_mode & 0o222 == 0  # read-only: editing the export cannot alter the blob
+
+
+def test_copy_makes_independent_files(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--copy writes byte-identical files with their own inodes; the blobs gain no links."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--copy", "--archive", str(archive), "--json")
+    assert ran.code == 0
+    report = json.loads(ran.out)
+    assert report["linked"] == []
+    assert sorted(report["copied"]) == sorted(expected_files(tune))
+    folder = dest / "1-jane-doe"
+    assert exported(folder) == expected_files(tune)
+    for name, data in expected_files(tune).items():
+        assert (folder / name).stat().st_ino != blob_file(archive, data).stat().st_ino
+        assert blob_file(archive, data).stat().st_nlink == 1
+    assert [p.name for p in folder.rglob(".export-*")] == []
+
+
+def test_extension_from_the_content_type(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file served as image/png is exported .png whatever its URL says; others from the URL."""
+    served = add_tune(standin, 1, images=2)
+    standin.faults["img-1-1.jpg"] = [Body(served.images[1], "image/png")]
+    archived(standin, archive, 1)
+    assert cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive)).code == 0
+    names = sorted(exported(tmp_path / "dest" / "1-tune-1"))
+    assert names == ["checkpoints/000.safetensors", "training_images/000.jpg",
+                     "training_images/001.png"]
+
+
+@pytest.mark.parametrize(
+    ("title", "folder"),
+    [
+        ("../../etc/passwd", "1-etc-passwd"),
+        ("..\\x", "1-x"),
+        ("/abs", "1-abs"),
+        ("..", "1-tune"),
+        ("¿¡—…‽«»", "1-tune"),
+        ("a/../../b\x00c", "1-a-b-c"),
+        ("Ünïcödé Tüne", "1-unicode-tune"),
+    ],
+)
+def test_hostile_title_stays_inside_dest(
+    standin: StandIn,
+    archive: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    title: str,
+    folder: str,
+) -> None:
+    """A title made to climb out of DEST gives a safe slug; nothing is created outside DEST."""
+    served = add_tune(standin, 1, title=title)
+    archived(standin, archive, 1)
+    dest = tmp_path / "deep" / "dest"
+    dest.mkdir(parents=True)
+    before = everything_under(tmp_path, dest, archive)
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0
+    assert json.loads(ran.out)["folder"] == str(dest / folder)
+    assert [p.name for p in dest.iterdir()] == [folder]
+    assert exported(dest / folder) == expected_files(served)
+    assert everything_under(tmp_path, dest, archive) == before
+
+
+def test_existing_folder_is_never_overwritten(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second export to the same DEST exits 2 and leaves the first export exactly as it was."""
+    dest = tmp_path / "dest"
+    assert cli(capsys, "export", "1", str(dest), "--copy", "--archive", str(archive)).code == 0
+    first = snapshot(dest)
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 2
+    assert ran.errors == [f"tune-archiver: error: {dest / '1-jane-doe'} already exists; "
+                          "nothing was overwritten"]
+    assert snapshot(dest) == first
+
+
+def test_a_file_in_the_folders_place_is_not_overwritten(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain file named like the tune's folder is kept as it was; the export exits 2."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "1-jane-doe").write_text("mine")
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 2
+    assert (dest / "1-jane-doe").read_text() == "mine"
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_missing_blob_fails_that_file_only(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str], copy: bool
+) -> None:
+    """A file whose blob is gone is named as failed (exit 1); every other file is exported."""
+    blob_file(archive, tune.images[1]).unlink()
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
+              *(["--copy"] if copy else []))
+    assert ran.code == 1
+    report = json.loads(ran.out)
+    assert report["ok"] is False
+    assert len(report["failed"]) == 1
+    assert report["failed"][0].startswith("training_image 1: ")
+    assert "missing" in report["failed"][0]
+    assert ran.errors == [f"tune-archiver: error: tune 1: {report['failed'][0]}"]
+    files = expected_files(tune)
+    del files["training_images/001.jpg"]
+    folder = dest / "1-jane-doe"
+    assert exported(folder) == files
+    assert sorted(report["copied" if copy else "linked"]) == sorted(files)
+    assert [p.name for p in folder.rglob(".export-*")] == []
+    assert (folder / "manifest.json").exists()
+
+
+def test_failed_asset_is_listed_as_not_archived(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file the manifest records as failed is named, with its error, and gives exit 1."""
+    served = add_tune(standin, 1)
+    standin.tunes[1]["orig_images"].append(standin.file_url("gone.jpg"))
+    assert run_fetch(standin, archive, "1") == 1
+    error = manifest_of(archive, 1)["assets"][-1]["error"]
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive), "--json")
+    assert ran.code == 1
+    report = json.loads(ran.out)
+    assert report["failed"] == [f"training_image {len(served.images)}: not archived ({error})"]
+    assert exported(tmp_path / "dest" / "1-tune-1") == expected_files(served)
+
+
+def test_tune_not_archived_exits_1(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exporting a tune the archive lacks exits 1 naming it, and creates no folder."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "5", str(dest), "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors == [f"tune-archiver: error: tune 5 is not in the archive {archive}"]
+    assert not dest.exists()
+
+
+def test_json_output_has_the_documented_shape(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json matches EXPORT_SCHEMA and lists every exported file once."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0
+    report = json.loads(ran.out)
+    jsonschema.Draft202012Validator(EXPORT_SCHEMA).validate(report)
+    assert report == {"ok": True, "folder": str(dest / "1-jane-doe"),
+                      "linked": sorted(expected_files(tune)), "copied": [], "failed": []}
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another filesystem than tmp_path (/dev/shm), or skip."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm) as name:
+        if Path(name).stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("/dev/shm is on the same filesystem as the archive")
+        yield Path(name)
+
+
+def test_copies_when_hard_links_are_impossible(
+    archive: Path, tune: Served, other_filesystem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exporting to another filesystem falls back to copies, byte-identical."""
+    dest = other_filesystem / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0
+    report = json.loads(ran.out)
+    assert report["linked"] == []
+    assert sorted(report["copied"]) == sorted(expected_files(tune))
+    assert exported(dest / "1-jane-doe") == expected_files(tune)

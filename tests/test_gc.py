@@ -1,0 +1,411 @@
+"""`gc`: unreferenced blobs and day-old partials go; a blob a manifest or a fetch needs never."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.archive_helpers import (
+    Gate,
+    Served,
+    add_tune,
+    archived,
+    cli,
+    first_error_line,
+    key_of,
+    start,
+    stop,
+)
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, sha256, stored_blobs
+from tests.standin import StandIn
+from tests.test_process import wait_until
+from tune_archiver import store as store_module
+from tune_archiver.gc import collect
+from tune_archiver.layout import blob_key
+from tune_archiver.store import LocalStore
+
+DAY = 86400
+_REMOVED = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path", "bytes"],
+        "properties": {
+            "path": {"type": "string", "description": "relative to the archive"},
+            "bytes": {"type": "integer", "minimum": 0},
+        },
+    },
+}
+# The documented shape of `gc --json`.
+GC_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["dry_run", "blobs", "partials", "bytes"],
+    "properties": {
+        "dry_run": {"type": "boolean"},
+        "blobs": {**_REMOVED, "description": "unreferenced blobs removed (or that would be)"},
+        "partials": {**_REMOVED, "description": "stale files in tmp/ removed (or would be)"},
+        "bytes": {"type": "integer", "minimum": 0, "description": "the total freed"},
+    },
+}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def orphaned(standin: StandIn, archive: Path) -> tuple[Served, Served]:
+    """Tunes 1 and 2 archived, sharing one image; then tune 2's manifest deleted."""
+    shared = os.urandom(4_000)
+    one = add_tune(standin, 1, shared=(shared,))
+    two = add_tune(standin, 2, shared=(shared,))
+    archived(standin, archive, 1, 2)
+    (archive / "manifests" / "2.json").unlink()
+    return one, two
+
+
+def only_in(served: Served, other: Served) -> dict[str, int]:
+    """Blob key -> size of each file `served` has and `other` does not."""
+    return {key_of(data): len(data) for data in served.all if data not in other.all}
+
+
+def kib(count: int) -> str:
+    assert 1024 <= count < 1024**2
+    return f"{count / 1024:.1f} KiB"
+
+
+def partial(archive: Path, name: str, size: int, age: float = 0.0) -> list[Path]:
+    """A partial download tmp/NAME.part and its sidecar, last written `age` seconds ago."""
+    part, sidecar = archive / "tmp" / f"{name}.part", archive / "tmp" / f"{name}.json"
+    part.write_bytes(os.urandom(size))
+    sidecar.write_text(json.dumps({"url": f"http://example.invalid/{name}"}))
+    when = time.time() - age
+    for path in (part, sidecar):
+        os.utime(path, (when, when))
+    return [part, sidecar]
+
+
+def gc_json(capsys: pytest.CaptureFixture[str], archive: Path, *args: str) -> dict[str, Any]:
+    ran = cli(capsys, "gc", "--archive", str(archive), "--json", *args)
+    assert ran.code == 0, ran.err
+    report: dict[str, Any] = json.loads(ran.out)
+    jsonschema.Draft202012Validator(GC_SCHEMA).validate(report)
+    return report
+
+
+def test_dry_run_lists_unreferenced_blobs_and_removes_nothing(
+    archive: Path, orphaned: tuple[Served, Served], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run names each blob only tune 2 used, with its size and the total; all stay."""
+    one, two = orphaned
+    before = stored_blobs(archive)
+    ran = cli(capsys, "gc", "--dry-run", "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")
+    *lines, summary = ran.out.splitlines()
+    doomed = only_in(two, one)
+    assert sorted(lines) == sorted(f"would remove {key} ({kib(size)})"
+                                   for key, size in doomed.items())
+    assert summary == (f"gc would remove {len(doomed)} unreferenced blobs and 0 stale partial "
+                       f"files: {kib(sum(doomed.values()))}")
+    assert stored_blobs(archive) == before
+
+
+def test_gc_removes_exactly_the_unreferenced_blobs(
+    archive: Path, orphaned: tuple[Served, Served], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc removes the blobs only tune 2 used, keeps all of tune 1's (the shared one too)."""
+    one, two = orphaned
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 0
+    doomed = only_in(two, one)
+    assert sorted(ran.out.splitlines()[:-1]) == sorted(
+        f"removed {key} ({kib(size)})" for key, size in doomed.items()
+    )
+    assert stored_blobs(archive) == sorted(blob_file(archive, data) for data in set(one.all))
+    assert blob_file(archive, two.images[-1]).exists()  # shared with tune 1
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+    assert gc_json(capsys, archive) == {"dry_run": False, "blobs": [], "partials": [],
+                                        "bytes": 0}
+
+
+def test_stale_partials_go_and_fresh_ones_stay(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .part and its sidecar untouched for two days are removed; ones written now are kept."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    stale = partial(archive, "a" * 40, 5_000, age=2 * DAY)
+    fresh = partial(archive, "b" * 40, 6_000)
+    listed: list[dict[str, Any]] = [{"path": f"tmp/{p.name}", "bytes": p.stat().st_size}
+                                    for p in sorted(stale)]
+    would = gc_json(capsys, archive, "--dry-run")
+    assert would == {"dry_run": True, "blobs": [], "partials": listed,
+                     "bytes": sum(p["bytes"] for p in listed)}
+    assert all(p.exists() for p in stale)
+    done = gc_json(capsys, archive)
+    assert done == {**would, "dry_run": False}
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in fresh)
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+@pytest.fixture
+def locked_partial(standin: StandIn, archive: Path) -> Iterator[list[Path]]:
+    """A two-day-old partial that this process holds flock(LOCK_EX) on, as a download would."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    paths = partial(archive, "c" * 40, 7_000, age=2 * DAY)
+    fd = os.open(paths[0], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield paths
+    finally:
+        os.close(fd)
+
+
+def test_locked_stale_partial_is_kept(
+    archive: Path, locked_partial: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stale .part another process holds locked survives gc, and so does its sidecar."""
+    contents = [p.read_bytes() for p in locked_partial]
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert [p.read_bytes() for p in locked_partial] == contents
+
+
+def test_locked_stale_partial_is_not_reported_removed(
+    archive: Path, locked_partial: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc does not say it removed, nor count the bytes of, a partial it had to keep."""
+    report = gc_json(capsys, archive)
+    assert all(p.exists() for p in locked_partial)
+    assert (report["partials"], report["bytes"]) == ([], 0)
+
+
+def test_sidecar_of_a_fresh_partial_is_not_reported_removed(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A day-old sidecar beside a .part written now is kept, and gc does not claim it removed it."""
+    # A resumed download appends to its .part without rewriting the sidecar: this is the
+    # state of any download resumed since yesterday.
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    part, sidecar = partial(archive, "f" * 40, 3_000)
+    old = time.time() - 2 * DAY
+    os.utime(sidecar, (old, old))
+    report = gc_json(capsys, archive)
+    assert part.exists()
+    assert sidecar.exists()
+    assert (report["partials"], report["bytes"]) == ([], 0)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_unreadable_manifest_stops_gc(
+    archive: Path,
+    orphaned: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str],
+    dry_run: bool,
+) -> None:
+    """With a manifest gc cannot read it exits 1 and removes nothing, blobs or partials."""
+    stale = partial(archive, "d" * 40, 1_000, age=2 * DAY)
+    (archive / "manifests" / "1.json").write_text('{"schema_version": 1, "assets": [')
+    before = stored_blobs(archive)
+    ran = cli(capsys, "gc", "--archive", str(archive), *(["--dry-run"] if dry_run else []))
+    assert ran.code == 1
+    assert ran.errors == ["tune-archiver: error: the manifest of tune 1 is unreadable; gc "
+                          "removes nothing until it is repaired or removed"]
+    assert ran.out == ""
+    assert stored_blobs(archive) == before
+    assert all(p.exists() for p in stale)
+
+
+def test_json_output_has_the_documented_shape(
+    archive: Path, orphaned: tuple[Served, Served], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json matches GC_SCHEMA: removed blobs and partials with their bytes, and the total."""
+    one, two = orphaned
+    stale: list[dict[str, Any]] = [
+        {"path": f"tmp/{p.name}", "bytes": p.stat().st_size}
+        for p in sorted(partial(archive, "e" * 40, 2_500, age=2 * DAY))
+    ]
+    report = gc_json(capsys, archive)
+    doomed = only_in(two, one)
+    assert report["dry_run"] is False
+    assert sorted((b["path"], b["bytes"]) for b in report["blobs"]) == sorted(doomed.items())
+    assert report["partials"] == stale
+    assert report["bytes"] == sum(doomed.values()) + sum(p["bytes"] for p in stale)
+
+
+def lock_is_held(archive: Path) -> bool:
+    """True when some other open file holds the archive lock (we cannot take it exclusively)."""
+    fd = os.open(archive / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_gc_waits_for_a_running_fetch(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc started mid-fetch says it waits, takes none of the fetch's blobs, then does its work."""
+    # The fetch will have stored its images but not yet its manifest (the checkpoint is
+    # held at a gate), so a gc that did not wait would take the images as unreferenced.
+    old = add_tune(standin, 2)
+    archived(standin, archive, 2)
+    (archive / "manifests" / "2.json").unlink()
+    checkpoint = os.urandom(50_000)
+    target = standin.add_file("ckpt-1.safetensors", checkpoint)
+    images = [os.urandom(3_000 + i) for i in range(3)]
+    urls = [standin.add_file(f"img-1-{i}.jpg", data) for i, data in enumerate(images)]
+    with Gate(target) as gate:
+        standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
+        fetch = start(archive, "fetch", "1", "--api-url", standin.api_url,
+                      env={"ASTRIA_API_KEY": standin.api_key})
+        gc = None
+        try:
+            assert gate.arrived.wait(20), "the checkpoint's download never began"
+            wait_until(lambda: all(blob_file(archive, d).exists() for d in images),
+                       "the fetch's images committed")
+            assert not (archive / "manifests" / "1.json").exists()
+            gc = start(archive, "gc", "--json")
+            assert "waiting: a fetch is running" in first_error_line(gc)
+            assert lock_is_held(archive)
+            assert gc.poll() is None
+            assert all(blob_file(archive, d).exists() for d in images)
+            gate.open()
+            _, fetch_err = fetch.communicate(timeout=30)
+            assert fetch.returncode == 0, fetch_err
+            gc_out, gc_err = gc.communicate(timeout=30)
+            assert gc.returncode == 0, gc_err
+        finally:
+            stop(fetch)
+            if gc is not None:
+                stop(gc)
+    removed = {blob["path"] for blob in json.loads(gc_out)["blobs"]}
+    assert removed == {key_of(data) for data in old.all}
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is True
+    assert len(document["assets"]) == 1 + len(images)
+    for entry in document["assets"]:
+        assert sha256((archive / entry["path"]).read_bytes()) == entry["sha256"]
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_fetch_waits_for_gc(standin: StandIn, archive: Path) -> None:
+    """A fetch started while gc holds the archive says it waits, downloads nothing, then runs."""
+    served = add_tune(standin, 1)
+    asyncio.run(LocalStore(archive).prepare())
+    fd = os.open(archive / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as gc holds it
+        fetch = start(archive, "fetch", "1", "--api-url", standin.api_url,
+                      env={"ASTRIA_API_KEY": standin.api_key})
+        try:
+            assert "waiting: a gc is running" in first_error_line(fetch)
+            assert standin.seen("cdn") == []
+            os.close(fd)  # gc is done
+            fd = -1
+            _, err = fetch.communicate(timeout=30)
+            assert fetch.returncode == 0, err
+        finally:
+            stop(fetch)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    for data in served.all:
+        assert blob_file(archive, data).read_bytes() == data
+
+
+class FlockSpy:
+    """The fcntl module as the store sees it, counting the lock requests it refuses."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refused = 0
+        self.enough = asyncio.Event()
+        self._wanted = refusals
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(fcntl, name)
+
+    def flock(self, fd: int, operation: int) -> None:
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            self.refused += 1
+            if self.refused >= self._wanted:
+                self.enough.set()
+            raise
+
+
+async def unreferenced_blob(store: LocalStore) -> Path:
+    """A blob no manifest names, in a fresh archive."""
+    await store.prepare()
+    data = os.urandom(1_000)
+    path = store.path(blob_key(sha256(data)))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path
+
+
+async def test_collect_waits_while_a_fetch_holds_the_lock_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """collect calls `waiting`, keeps retrying and removes nothing until the shared lock goes."""
+    spy = FlockSpy(refusals=3)
+    monkeypatch.setattr(store_module, "fcntl", spy)
+    monkeypatch.setattr(store_module, "LOCK_POLL", 0.001)
+    store = LocalStore(tmp_path / "archive")
+    blob = await unreferenced_blob(store)
+    held, release, waited = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def fetch_holding_the_lock() -> None:
+        async with store.locked(exclusive=False):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(fetch_holding_the_lock())
+    await held.wait()
+    gc = asyncio.create_task(collect(store, datetime.now(UTC), dry_run=False,
+                                     waiting=waited.set))
+    await asyncio.wait_for(waited.wait(), 10)
+    await asyncio.wait_for(spy.enough.wait(), 10)  # refused again after saying it waits
+    assert not gc.done()
+    assert blob.exists()
+    release.set()
+    await holder
+    report = await asyncio.wait_for(gc, 10)
+    assert report.blobs == [(str(blob.relative_to(store.root)), 1_000)]
+    assert not blob.exists()
+
+
+async def test_dry_run_does_not_wait_for_a_fetch(tmp_path: Path) -> None:
+    """collect with dry_run shares the lock: it reports while a fetch holds it, removing nothing."""
+    store = LocalStore(tmp_path / "archive")
+    blob = await unreferenced_blob(store)
+    waits: list[None] = []
+    async with store.locked(exclusive=False):
+        report = await asyncio.wait_for(
+            collect(store, datetime.now(UTC), dry_run=True, waiting=lambda: waits.append(None)),
+            10,
+        )
+    assert waits == []
+    assert report.blobs == [(str(blob.relative_to(store.root)), 1_000)]
+    assert blob.exists()

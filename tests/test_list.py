@@ -1,0 +1,242 @@
+"""`list`: one row per archived tune, from the manifests, with the time left before expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.archive_helpers import add_tune, archived, cli, manifest_of
+from tests.helpers import run_fetch
+from tests.standin import StandIn
+from tune_archiver.store import LocalStore
+
+NOW = datetime(2026, 12, 1, 9, 30, 15, tzinfo=UTC)  # the clock `list` is given
+HEADER = ("id", "title", "branch", "model type", "files", "size", "complete", "archived at",
+          "expires at", "left")
+
+_ROW = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["tune_id", "title", "branch", "model_type", "files", "failed", "bytes",
+                 "complete", "archived_at", "expires_at", "seconds_left"],
+    "properties": {
+        "tune_id": {"type": "integer", "minimum": 1},
+        "title": {"type": ["string", "null"]},
+        "branch": {"type": ["string", "null"]},
+        "model_type": {"type": ["string", "null"]},
+        "files": {"type": "integer", "minimum": 0, "description": "files archived"},
+        "failed": {"type": "integer", "minimum": 0, "description": "files recorded as failed"},
+        "bytes": {"type": "integer", "minimum": 0, "description": "bytes of the files archived"},
+        "complete": {"type": "boolean"},
+        "archived_at": {"type": ["string", "null"]},
+        "expires_at": {"type": ["string", "null"], "description": "as the API gave it"},
+        "seconds_left": {"type": ["integer", "null"], "minimum": 0,
+                         "description": "0 once expired; null without a readable expires_at"},
+    },
+}
+# The documented shape of `list --json`: newest id first; a manifest that cannot be read
+# is a row of its own with only the id and an error.
+LIST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["tunes"],
+    "properties": {
+        "tunes": {
+            "type": "array",
+            "items": {
+                "oneOf": [
+                    _ROW,
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["tune_id", "error"],
+                        "properties": {"tune_id": {"type": "integer", "minimum": 1},
+                                       "error": {"type": "string"}},
+                    },
+                ]
+            },
+        }
+    },
+}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def api_time(moment: datetime) -> str:
+    """A timestamp written the way Astria writes them: milliseconds and a Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """The rows of the printed table, cut at the columns the header line shows."""
+    header, *lines = text.splitlines()
+    starts = [header.index(name) for name in HEADER]
+    assert starts == sorted(starts)
+    assert header.split("  ")[0] == "id"
+    ends = [*starts[1:], None]
+    return [
+        {name: line[start:end].strip() for name, start, end in zip(HEADER, starts, ends,
+                                                                     strict=True)}
+        for line in lines
+    ]
+
+
+def kib(count: int) -> str:
+    assert 1024 <= count < 1024**2
+    return f"{count / 1024:.1f} KiB"
+
+
+def day(moment: str) -> str:
+    """A timestamp as the table shows it: to the minute, a space for the T."""
+    return moment[:16].replace("T", " ")
+
+
+def test_table_has_one_row_per_tune(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each tune's id, title, branch, type, files, size, completeness, dates and time left."""
+    three_days = api_time(NOW + timedelta(days=3))
+    hours = api_time(NOW + timedelta(hours=5, minutes=30))
+    one = add_tune(standin, 1, title="Jane Doe", branch="flux1", model_type="lora",
+                   expires_at=three_days)
+    two = add_tune(standin, 2, title="John Doe", branch="sdxl1", model_type="checkpoint",
+                   expires_at=hours)
+    standin.tunes[2]["orig_images"].append(standin.file_url("gone.jpg"))
+    archived(standin, archive, 1)
+    assert run_fetch(standin, archive, "2") == 1
+    ran = cli(capsys, "list", "--archive", str(archive), now=NOW)
+    assert ran.code == 0
+    assert ran.err == ""
+    assert ran.out.splitlines()[0].split() == " ".join(HEADER).split()
+    rows = table(ran.out)
+    assert rows == [
+        {"id": "2", "title": "John Doe", "branch": "sdxl1", "model type": "checkpoint",
+         "files": f"{len(two.all)} (1 failed)", "size": kib(sum(map(len, two.all))),
+         "complete": "no", "archived at": day(manifest_of(archive, 2)["archived_at"]),
+         "expires at": day(hours), "left": "5h 30m"},
+        {"id": "1", "title": "Jane Doe", "branch": "flux1", "model type": "lora",
+         "files": str(len(one.all)), "size": kib(sum(map(len, one.all))),
+         "complete": "yes", "archived at": day(manifest_of(archive, 1)["archived_at"]),
+         "expires at": day(three_days), "left": "3d 0h"},
+    ]
+
+
+# expires_at relative to NOW, and the time left the table shows for it
+LEFT = [
+    (timedelta(days=12, hours=3, minutes=59), "12d 3h"),
+    (timedelta(days=2, hours=23, minutes=59, seconds=59), "2d 23h"),
+    (timedelta(hours=23, minutes=59, seconds=59), "23h 59m"),
+    (timedelta(seconds=59), "0h 0m"),
+    (timedelta(0), "expired"),
+    (timedelta(hours=-1), "expired"),
+    (None, "-"),
+]
+
+
+def test_time_left_counts_down_to_expired(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "left" column: days and hours, then hours and minutes, "expired" once past, else "-"."""
+    for tune_id, (delta, _) in enumerate(LEFT, start=1):
+        add_tune(standin, tune_id, images=0,
+                 expires_at=None if delta is None else api_time(NOW + delta))
+    archived(standin, archive, *range(1, len(LEFT) + 1))
+    rows = table(cli(capsys, "list", "--archive", str(archive), now=NOW).out)
+    assert [(int(r["id"]), r["left"]) for r in reversed(rows)] == [
+        (tune_id, text) for tune_id, (_, text) in enumerate(LEFT, start=1)
+    ]
+    assert rows[0]["expires at"] == "-"
+    document = json.loads(cli(capsys, "list", "--archive", str(archive), "--json", now=NOW).out)
+    assert [row["seconds_left"] for row in reversed(document["tunes"])] == [
+        None if delta is None else max(0, int(delta.total_seconds())) for delta, _ in LEFT
+    ]
+
+
+def test_long_title_is_cut_to_fit(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A title longer than 30 characters shows its first 29 and an ellipsis."""
+    title = "An extremely long title that goes on and on"
+    add_tune(standin, 1, title=title)
+    archived(standin, archive, 1)
+    rows = table(cli(capsys, "list", "--archive", str(archive)).out)
+    assert rows[0]["title"] == title[:29] + "…"
+
+
+def test_json_has_the_documented_shape(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json matches LIST_SCHEMA, newest first, seconds_left counted from expires_at."""
+    soon = NOW + timedelta(days=2, hours=7, seconds=3)
+    one = add_tune(standin, 1, title="One", expires_at=api_time(soon))
+    two = add_tune(standin, 2, title="Two", branch="flux1", model_type="checkpoint",
+                   expires_at=api_time(NOW - timedelta(days=1)))
+    standin.tunes[2]["orig_images"].append(standin.file_url("gone.jpg"))
+    archived(standin, archive, 1)
+    assert run_fetch(standin, archive, "2") == 1
+    add_tune(standin, 3)
+    archived(standin, archive, 3)
+    (archive / "manifests" / "3.json").write_text("{ broken")
+    ran = cli(capsys, "list", "--archive", str(archive), "--json", now=NOW)
+    assert ran.code == 0
+    document = json.loads(ran.out)
+    jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
+    assert document["tunes"] == [
+        {"tune_id": 3, "error": "the manifest is unreadable"},
+        {"tune_id": 2, "title": "Two", "branch": "flux1", "model_type": "checkpoint",
+         "files": len(two.all), "failed": 1, "bytes": sum(map(len, two.all)),
+         "complete": False, "archived_at": manifest_of(archive, 2)["archived_at"],
+         "expires_at": standin.tunes[2]["expires_at"], "seconds_left": 0},
+        {"tune_id": 1, "title": "One", "branch": "sdxl1", "model_type": "lora",
+         "files": len(one.all), "failed": 0, "bytes": sum(map(len, one.all)), "complete": True,
+         "archived_at": manifest_of(archive, 1)["archived_at"],
+         "expires_at": standin.tunes[1]["expires_at"],
+         "seconds_left": int((soon - NOW).total_seconds())},
+    ]
+
+
+def test_unreadable_manifest_is_a_row_of_its_own(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken manifest shows its id and "the manifest is unreadable"; the others still list."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    (archive / "manifests" / "2.json").write_text("[]")
+    lines = cli(capsys, "list", "--archive", str(archive)).out.splitlines()
+    assert lines[1].split("  ")[0] == "2"
+    assert lines[1].split()[1:] == "the manifest is unreadable".split()
+    assert table("\n".join([lines[0], lines[2]]))[0]["id"] == "1"
+
+
+def test_empty_archive_prints_only_the_header(
+    archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive without manifests lists the header line and nothing else; --json no tunes."""
+    asyncio.run(LocalStore(archive).prepare())
+    ran = cli(capsys, "list", "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out == "  ".join(HEADER) + "\n"
+    ran = cli(capsys, "list", "--archive", str(archive), "--json")
+    assert json.loads(ran.out) == {"tunes": []}
+
+
+def test_no_archive_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """list where there is no archive exits 2 with one error line and creates nothing."""
+    ran = cli(capsys, "list", "--archive", str(tmp_path / "none"))
+    assert ran.code == 2
+    assert ran.out == ""
+    assert ran.errors == [f"tune-archiver: error: no archive at {tmp_path / 'none'} "
+                          "(it has no manifests/ folder)"]
+    assert not (tmp_path / "none").exists()
+

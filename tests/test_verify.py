@@ -1,0 +1,345 @@
+"""`verify`: each referenced blob re-hashed; every problem named by tune, kind and index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.archive_helpers import (
+    Served,
+    add_tune,
+    archived,
+    cli,
+    flip_byte,
+    key_of,
+    manifest_of,
+    writable,
+    write_manifest,
+)
+from tests.helpers import blob_file, run_fetch, sha256
+from tests.standin import StandIn
+from tune_archiver.progress import NullProgress
+from tune_archiver.store import LocalStore
+from tune_archiver.verify import verify
+
+# The documented shape of `verify --json`.
+VERIFY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["ok", "tunes", "blobs", "bytes", "problems"],
+    "properties": {
+        "ok": {"type": "boolean", "description": "true when no problem was found"},
+        "tunes": {"type": "integer", "minimum": 0, "description": "manifests checked"},
+        "blobs": {"type": "integer", "minimum": 0, "description": "distinct blobs hashed"},
+        "bytes": {"type": "integer", "minimum": 0, "description": "their size per the manifests"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tune_id", "kind", "index", "problem", "detail"],
+                "properties": {
+                    "tune_id": {"type": "integer", "minimum": 1},
+                    "kind": {
+                        "description": "null for a problem with the manifest itself",
+                        "enum": ["checkpoint", "training_image", "prompt_image", None],
+                    },
+                    "index": {"type": ["integer", "null"], "minimum": 0},
+                    "problem": {"enum": ["missing", "corrupt", "wrong_path", "failed",
+                                         "no_manifest", "unreadable_manifest"]},
+                    "detail": {"type": "string", "minLength": 1},
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def tunes(standin: StandIn, archive: Path) -> tuple[Served, Served]:
+    """Tunes 1 and 2 archived; each has a checkpoint, two images, and one image they share."""
+    shared = os.urandom(4_000)
+    one = add_tune(standin, 1, shared=(shared,))
+    two = add_tune(standin, 2, shared=(shared,))
+    archived(standin, archive, 1, 2)
+    return one, two
+
+
+def error(line: str) -> str:
+    return f"tune-archiver: error: {line}"
+
+
+def verified(
+    capsys: pytest.CaptureFixture[str], archive: Path, *args: str
+) -> tuple[int, list[str], str]:
+    """Exit code, error lines and stdout of `verify ARGS`."""
+    ran = cli(capsys, "verify", "--archive", str(archive), *args)
+    return ran.code, ran.errors, ran.out
+
+
+def test_clean_archive_is_all_intact(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """An untouched archive exits 0 with a summary counting tunes, distinct blobs and bytes."""
+    one, two = tunes
+    distinct = set(one.all + two.all)
+    size = sum(len(data) for data in distinct)
+    assert 1024 <= size < 1024**2  # printed in KiB
+    code, errors, out = verified(capsys, archive)
+    assert (code, errors) == (0, [])
+    assert out == f"verified 2 tunes, {len(distinct)} blobs, {size / 1024:.1f} KiB: all intact\n"
+
+
+def test_flipped_byte_is_corrupt(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """One flipped byte in one blob: exit 1 and one line naming tune, kind, index and the hash."""
+    image = tunes[0].images[1]
+    blob = blob_file(archive, image)
+    flip_byte(blob, len(image) // 2)
+    code, errors, out = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error(f"tune 1: training_image 1: corrupt: the bytes of {key_of(image)} "
+                            f"hash to {sha256(blob.read_bytes())}")]
+    assert out.endswith(": 1 problems\n")
+
+
+def test_truncated_blob_is_corrupt(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A blob one byte short is corrupt, and the line says both sizes."""
+    checkpoint = tunes[1].checkpoints[0]
+    writable(blob_file(archive, checkpoint)).write_bytes(checkpoint[:-1])
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error(f"tune 2: checkpoint 0: corrupt: {key_of(checkpoint)} holds "
+                            f"{len(checkpoint) - 1} bytes, not {len(checkpoint)}")]
+
+
+def test_missing_blob(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A deleted blob is reported missing for the tune, kind and index that reference it."""
+    checkpoint = tunes[0].checkpoints[0]
+    blob_file(archive, checkpoint).unlink()
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error(f"tune 1: checkpoint 0: missing: {key_of(checkpoint)} is missing")]
+
+
+def test_blob_in_the_wrong_fan_out_folder(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A blob moved to objects/sha256/zz/ is "wrong path", naming where it was found."""
+    image = tunes[1].images[0]
+    elsewhere = archive / "objects" / "sha256" / "zz" / sha256(image)
+    elsewhere.parent.mkdir()
+    blob_file(archive, image).rename(elsewhere)
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error(f"tune 2: training_image 0: wrong path: found at "
+                            f"objects/sha256/zz/{sha256(image)}, not at {key_of(image)}")]
+
+
+def test_manifest_path_that_does_not_match_the_sha256(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """An entry whose "path" is not the one its sha256 names is "wrong path", blob intact."""
+    document = manifest_of(archive, 1)
+    entry = document["assets"][1]
+    assert entry["sha256"] == sha256(tunes[0].images[0])
+    wrong = f"objects/sha256/00/{entry['sha256']}"
+    entry["path"] = wrong
+    write_manifest(archive, 1, document)
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error(f"tune 1: training_image 0: wrong path: the manifest says "
+                            f"{wrong!r}; its sha256 names {key_of(tunes[0].images[0])}")]
+
+
+def test_shared_corrupt_blob_is_reported_for_each_tune_and_hashed_once(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A corrupt blob two tunes share gives one problem per tune; the count of blobs is distinct."""
+    one, two = tunes
+    shared = one.images[-1]
+    assert shared == two.images[-1]
+    flip_byte(blob_file(archive, shared))
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    report = json.loads(ran.out)
+    jsonschema.Draft202012Validator(VERIFY_SCHEMA).validate(report)
+    index = len(one.images) - 1
+    assert [(p["tune_id"], p["kind"], p["index"], p["problem"]) for p in report["problems"]] == [
+        (1, "training_image", index, "corrupt"), (2, "training_image", index, "corrupt"),
+    ]
+    assert report["blobs"] == len(set(one.all + two.all))
+    assert report["bytes"] == sum(len(data) for data in set(one.all + two.all))
+
+
+class CountingStore(LocalStore):
+    """The archive, counting which blobs verify re-reads."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.hashed: Counter[str] = Counter()
+
+    async def hash_blob(
+        self, sha256: str, advance: Callable[[int], None]
+    ) -> tuple[int, str] | None:
+        self.hashed[sha256] += 1
+        return await super().hash_blob(sha256, advance)
+
+
+def test_each_distinct_blob_is_read_once(archive: Path, tunes: tuple[Served, Served]) -> None:
+    """verify reads each blob exactly once, the one two tunes share included."""
+    one, two = tunes
+    store = CountingStore(archive)
+    report = asyncio.run(verify(store, [], NullProgress()))
+    assert report.ok
+    assert store.hashed == Counter({sha256(data): 1 for data in one.all + two.all})
+
+
+def test_given_tune_is_checked_alone(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """`verify 2` passes while a blob only tune 1 uses is corrupt; `verify 1` fails."""
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]))
+    code, errors, out = verified(capsys, archive, "2")
+    assert (code, errors) == (0, [])
+    assert out.startswith(f"verified 1 tunes, {len(tunes[1].all)} blobs, ")
+    code, errors, _ = verified(capsys, archive, "1")
+    assert code == 1
+    assert [line.split(": corrupt: ")[0] for line in errors] == [error("tune 1: checkpoint 0")]
+
+
+def test_unknown_tune_is_not_in_the_archive(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A tune id with no manifest exits 1, saying it is not in the archive."""
+    code, errors, _ = verified(capsys, archive, "1", "99")
+    assert code == 1
+    assert errors == [error("tune 99: no manifest: tune 99 is not in the archive")]
+
+
+def test_failed_asset_in_the_manifest(
+    standin: StandIn, capsys: pytest.CaptureFixture[str], archive: Path
+) -> None:
+    """A file the fetch could not archive is a "failed" problem carrying the recorded error."""
+    served = add_tune(standin, 1)
+    standin.tunes[1]["orig_images"].append(standin.file_url("gone.jpg"))
+    assert run_fetch(standin, archive, "1") == 1
+    recorded = manifest_of(archive, 1)["assets"][-1]
+    assert recorded["status"] == "failed"
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    index = len(served.images)
+    assert errors == [error(f"tune 1: training_image {index}: failed: {recorded['error']}")]
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"schema_version": 1, "assets": [', b"[]", b'{"schema_version": 99}']
+)
+def test_unreadable_manifest_is_a_problem(
+    capsys: pytest.CaptureFixture[str],
+    archive: Path,
+    tunes: tuple[Served, Served],
+    content: bytes,
+) -> None:
+    """Invalid JSON or an unknown format in one manifest is a problem of that tune only."""
+    (archive / "manifests" / "1.json").write_bytes(content)
+    code, errors, out = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error("tune 1: unreadable manifest: the manifest of tune 1 is not valid "
+                            "JSON of a known schema version")]
+    assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
+
+
+def test_json_output_has_the_documented_shape(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """--json, clean then with three kinds of problem, matches VERIFY_SCHEMA and the facts."""
+    one, two = tunes
+    clean = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert clean.code == 0
+    report = json.loads(clean.out)
+    jsonschema.Draft202012Validator(VERIFY_SCHEMA).validate(report)
+    assert report == {"ok": True, "tunes": 2, "blobs": len(set(one.all + two.all)),
+                      "bytes": sum(len(d) for d in set(one.all + two.all)), "problems": []}
+
+    blob_file(archive, one.images[0]).unlink()
+    flip_byte(blob_file(archive, two.checkpoints[0]))
+    broken = cli(capsys, "verify", "--archive", str(archive), "--json", "1", "2", "7")
+    assert broken.code == 1
+    report = json.loads(broken.out)
+    jsonschema.Draft202012Validator(VERIFY_SCHEMA).validate(report)
+    assert report["ok"] is False
+    assert report["tunes"] == 3
+    found = {(p["tune_id"], p["kind"], p["index"], p["problem"]) for p in report["problems"]}
+    assert found == {
+        (1, "training_image", 0, "missing"),
+        (2, "checkpoint", 0, "corrupt"),
+        (7, None, None, "no_manifest"),
+    }
+    assert len(broken.errors) == 3
+
+
+@pytest.mark.parametrize("make", ["absent", "empty folder", "file"])
+def test_not_an_archive_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: str
+) -> None:
+    """verify on a place with no manifests/ folder exits 2, creating nothing there."""
+    place = tmp_path / "place"
+    if make == "empty folder":
+        place.mkdir()
+    elif make == "file":
+        place.write_text("not an archive")
+    ran = cli(capsys, "verify", "--archive", str(place))
+    assert ran.code == 2
+    assert ran.errors == [error(f"no archive at {place} (it has no manifests/ folder)")]
+    assert not (place / "manifests").exists()
+    assert (sorted(place.iterdir()) if place.is_dir() else []) == []
+
+
+def test_wrong_size_in_a_second_manifest_is_reported(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """A manifest whose size for a shared blob is wrong fails `verify`, as it fails `verify 2`."""
+    shared = tunes[1].images[-1]
+    document = manifest_of(archive, 2)
+    entry = document["assets"][-1]
+    assert entry["sha256"] == sha256(shared)
+    entry["size"] = len(shared) + 1
+    write_manifest(archive, 2, document)
+    alone, _, _ = verified(capsys, archive, "2")
+    assert alone == 1
+    code, errors, _ = verified(capsys, archive)
+    assert code == 1
+    assert [line.split(": corrupt: ")[0] for line in errors] == [
+        error(f"tune 2: training_image {len(tunes[1].images) - 1}")
+    ]
+
+
+def test_a_tune_named_twice_is_verified_once(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """`verify 1 1` checks tune 1 once: one tune counted, one line per problem."""
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]))
+    code, errors, out = verified(capsys, archive, "1", "1")
+    assert code == 1
+    assert out.startswith(f"verified 1 tunes, {len(tunes[0].all)} blobs, ")
+    assert len(errors) == 1
