@@ -205,7 +205,7 @@ def test_body_without_content_length_is_accepted_when_it_ends_cleanly(
     assert blob_file(archive, data).read_bytes() == data
 
 
-def failing_write(fd: int, data: memoryview, offset: int) -> int:
+def failing_write(fd: int, pieces: list[memoryview], offset: int) -> int:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 

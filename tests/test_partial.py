@@ -30,22 +30,22 @@ def reopen(tmp_path: Path) -> Partial:
 def test_split_keeps_the_bytes_on_disk_as_the_first_span(tmp_path: Path) -> None:
     """Spans tile the file; what a single stream had written is the first span's progress."""
     partial = new_partial(tmp_path)
-    partial.append(DATA[:100])
-    partial.split(3)
+    partial.append([DATA[:100]])
+    partial.split(300)
     assert partial.spans == [[0, 100, 400], [400, 400, 700], [700, 700, 1000]]
 
 
 def test_spans_written_out_of_order_hash_to_the_whole(tmp_path: Path) -> None:
     """The hash waits for the prefix to be contiguous, then covers every byte once."""
     partial = new_partial(tmp_path)
-    partial.split(2)
-    partial.write_span(1, DATA[500:])
+    partial.split(500)
+    partial.write_span(1, [DATA[500:]])
     assert partial.catch_up_hash(None) == 0  # nothing continues the prefix yet
     with pytest.raises(IntegrityError):
         partial.sha256()
-    partial.write_span(0, DATA[:250])
+    partial.write_span(0, [DATA[:250]])
     assert partial.catch_up_hash(None) == 250
-    partial.write_span(0, DATA[250:500])
+    partial.write_span(0, [DATA[250:500]])
     assert partial.catch_up_hash(None) == 750
     assert partial.sha256() == hashlib.sha256(DATA).hexdigest()
     partial.close(keep=False)
@@ -54,9 +54,9 @@ def test_spans_written_out_of_order_hash_to_the_whole(tmp_path: Path) -> None:
 def test_a_span_refuses_bytes_past_its_end(tmp_path: Path) -> None:
     """A server that sends more than the range asked for is caught before the write."""
     partial = new_partial(tmp_path)
-    partial.split(2)
+    partial.split(500)
     with pytest.raises(IntegrityError):
-        partial.write_span(0, DATA[:501])
+        partial.write_span(0, [DATA[:501]])
     assert partial.spans is not None
     assert partial.spans[0][1] == 0
 
@@ -64,15 +64,15 @@ def test_a_span_refuses_bytes_past_its_end(tmp_path: Path) -> None:
 def test_spans_are_resumed_from_the_sidecar(tmp_path: Path) -> None:
     """A later run in the same boot takes over every span's progress and the prefix hash."""
     partial = new_partial(tmp_path)
-    partial.split(2)
-    partial.write_span(0, DATA[:300])
-    partial.write_span(1, DATA[500:600])
+    partial.split(500)
+    partial.write_span(0, [DATA[:300]])
+    partial.write_span(1, [DATA[500:600]])
     partial.close(keep=True)
     again = reopen(tmp_path)
     assert again.spans == [[0, 300, 500], [500, 600, 1000]]
     assert again.hashed == 300
-    again.write_span(0, DATA[300:500])
-    again.write_span(1, DATA[600:])
+    again.write_span(0, [DATA[300:500]])
+    again.write_span(1, [DATA[600:]])
     again.catch_up_hash(None)
     assert again.sha256() == hashlib.sha256(DATA).hexdigest()
     again.close(keep=False)
@@ -81,9 +81,9 @@ def test_spans_are_resumed_from_the_sidecar(tmp_path: Path) -> None:
 def test_after_a_reboot_only_synced_spans_count(tmp_path: Path) -> None:
     """In another boot, the spans recorded at the last fsync are trusted, not the latest."""
     partial = new_partial(tmp_path)
-    partial.append(DATA[:100])
-    partial.split(2)
-    partial.write_span(0, DATA[100:300])
+    partial.append([DATA[:100]])
+    partial.split(500)
+    partial.write_span(0, [DATA[100:300]])
     partial.close(keep=True)
     [sidecar] = tmp_path.glob("*.json")
     state = json.loads(sidecar.read_text())
@@ -101,9 +101,9 @@ def test_after_a_reboot_synced_spans_are_resumed(
     """Progress recorded at an fsync survives a reboot; later, unsynced progress does not."""
     monkeypatch.setattr(partial_module, "SYNC_EVERY", 250)
     partial = new_partial(tmp_path)
-    partial.split(2)
-    partial.write_span(0, DATA[:300])  # 300 bytes: an fsync, and its record
-    partial.write_span(1, DATA[500:600])  # 100 more: not yet synced
+    partial.split(500)
+    partial.write_span(0, [DATA[:300]])  # 300 bytes: an fsync, and its record
+    partial.write_span(1, [DATA[500:600]])  # 100 more: not yet synced
     partial.close(keep=True)
     [sidecar] = tmp_path.glob("*.json")
     state = json.loads(sidecar.read_text())
@@ -127,8 +127,8 @@ def test_after_a_reboot_synced_spans_are_resumed(
 def test_spans_that_do_not_add_up_start_the_file_over(tmp_path: Path, spans: object) -> None:
     """Damaged span records are never trusted, nor is the holed file's length."""
     partial = new_partial(tmp_path)
-    partial.split(2)
-    partial.write_span(0, DATA[:300])
+    partial.split(500)
+    partial.write_span(0, [DATA[:300]])
     partial.close(keep=True)
     [sidecar] = tmp_path.glob("*.json")
     state = json.loads(sidecar.read_text())
@@ -138,3 +138,10 @@ def test_spans_that_do_not_add_up_start_the_file_over(tmp_path: Path, spans: obj
     assert again.spans is None
     assert again.size == 0
     again.close(keep=False)
+
+
+def test_split_leaves_no_runt_piece_at_the_end(tmp_path: Path) -> None:
+    """A last piece under half the size joins the one before it."""
+    partial = new_partial(tmp_path)
+    partial.split(450)
+    assert partial.spans == [[0, 0, 450], [450, 450, 1000]]

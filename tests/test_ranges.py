@@ -1,4 +1,5 @@
-"""Parallel ranges: a large file in spans, each retried and resumed on its own."""
+"""Parallel ranges: a large file in pieces over several connections, each piece retried
+and resumed on its own."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.standin import Cut, Replace, StandIn, Status
 
 MiB = 2**20
 SIZE = 16 * MiB
-SPAN = SIZE // 4
+SPAN = MiB  # with --split 4, a 16 MiB file comes in 16 pieces of 1 MiB
+PIECES = SIZE // SPAN
 SPLIT = ("--split", "4", "--split-threshold", "8M")
 
 
@@ -25,7 +27,7 @@ def archive(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def model(standin: StandIn) -> bytes:
-    """A 16 MiB checkpoint: split into four 4 MiB spans with SPLIT."""
+    """A 16 MiB checkpoint: sixteen 1 MiB pieces over four connections with SPLIT."""
     data = os.urandom(SIZE)
     standin.add_tune(1, [standin.add_file("model", data)], [])
     return data
@@ -43,13 +45,13 @@ def span_header(index: int, start: int | None = None) -> str:
 def test_large_file_is_fetched_in_ranges_at_once(
     standin: StandIn, archive: Path, model: bytes
 ) -> None:
-    """After one look at the file, four ranges are in flight together; the blob is exact."""
-    standin.hold_ranges = 4  # a range is answered only once all four are asked for
+    """After one look at the file, four pieces are in flight together; the blob is exact."""
+    standin.hold_ranges = 4  # a range is answered only once four are asked for
     assert run_fetch(standin, archive, "1", *SPLIT) == 0
     assert blob_file(archive, model).read_bytes() == model
     asked = ranges_asked(standin)
     assert asked[0] is None
-    assert sorted(asked[1:]) == sorted(span_header(i) for i in range(4))
+    assert asked[1:] == [span_header(i) for i in range(PIECES)]  # taken in order
     assert standin.max_in_flight >= 4
     assert list((archive / "tmp").iterdir()) == []
 
@@ -75,7 +77,7 @@ def test_a_cut_range_resumes_on_its_own(standin: StandIn, archive: Path, model: 
     standin.range_faults[("model", 2 * SPAN)] = [Cut(at=cut_at)]
     assert run_fetch(standin, archive, "1", *SPLIT) == 0
     assert blob_file(archive, model).read_bytes() == model
-    whole_spans = {span_header(i) for i in range(4)}
+    whole_spans = {span_header(i) for i in range(PIECES)}
     asked = ranges_asked(standin)[1:]
     assert sorted(h for h in asked if h in whole_spans) == sorted(whole_spans)
     [resumed] = [h for h in asked if h not in whole_spans]
@@ -99,19 +101,19 @@ def test_server_ignoring_range_falls_back_to_one_stream(
 def test_a_range_failing_for_good_fails_the_asset_and_is_resumed_next_run(
     standin: StandIn, archive: Path, model: bytes
 ) -> None:
-    """A span whose retries are spent fails the file; the next run asks only for what is left."""
+    """A piece whose retries are spent fails the file; the next run asks only for what is left."""
     standin.range_faults[("model", 3 * SPAN)] = [Status(500)] * 6
     assert run_fetch(standin, archive, "1", *SPLIT) == 1
     document = check_manifest(archive / "manifests" / "1.json")
     [entry] = document["assets"]
     assert entry["status"] == "failed"
-    assert "range 4" in entry["error"]
+    assert f"piece 4 of {PIECES}" in entry["error"]
     assert not blob_file(archive, model).exists()
     [sidecar] = (archive / "tmp").glob("*.json")
     spans = json.loads(sidecar.read_text())["spans"]
-    assert spans[3] == [3 * SPAN, 3 * SPAN, SIZE]  # the failed span has nothing
+    assert spans[3] == [3 * SPAN, 3 * SPAN, 4 * SPAN]  # the failed piece has nothing
     left = sorted(f"bytes={pos}-{end - 1}" for _, pos, end in spans if pos < end)
-    assert len(left) < 4  # some spans were done, and are kept
+    assert len(left) < PIECES  # some pieces were done, and are kept
 
     before = len(standin.requests)
     assert run_fetch(standin, archive, "1", *SPLIT) == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -18,7 +18,7 @@ from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, Int
 from tune_archiver.models import Blob
 from tune_archiver.partial import Partial, in_thread
 from tune_archiver.progress import Progress
-from tune_archiver.ranged import RangedFetch, RangesRefused, span_count
+from tune_archiver.ranged import RangedFetch, RangesRefused, piece_size
 from tune_archiver.retry import call_with_retries
 from tune_archiver.store import LocalStore
 from tune_archiver.transport import asset_status_error, content_range, get, pump, validator_of
@@ -35,8 +35,8 @@ Refresh = Callable[[], Awaitable[str | None]]
 class SplitHere(Exception):
     """The first answer shows a large file and a server that takes ranges: split it."""
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, piece: int) -> None:
+        self.piece = piece
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Transfer:
     content_type: str | None = None
     counted: bool = False  # its size has been added to the progress total
     may_split: bool = True  # False once the server has refused a range
+    tail: list[bytes] = field(default_factory=list)  # the body's last bytes, not yet written
 
     @property
     def shown(self) -> str:
@@ -102,7 +103,7 @@ class Downloader:
                 check_fetchable(fresh)
                 transfer.url = fresh
                 await self._body(transfer)
-            blob = await self._store.commit(partial, transfer.content_type)
+            blob = await self._store.commit(partial, transfer.content_type, transfer.tail)
         except DiskFull:
             keep = False  # its bytes are what filled the disk
             raise
@@ -119,7 +120,7 @@ class Downloader:
                 await self._retried(transfer)
                 return
             except SplitHere as split:
-                await in_thread(partial.split, split.count)
+                await in_thread(partial.split, split.piece)
         try:
             await self._ranged.run(transfer.url, partial)
         except RangesRefused:
@@ -140,15 +141,20 @@ class Downloader:
             headers = {"Range": f"bytes={partial.size}-", "If-Range": partial.validator}
         elif partial.size:
             await self._restart(transfer)
+        transfer.tail = []
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             await self._accept(response, transfer)
-            await pump(response, lambda data: self._write(transfer, data))
-        if partial.total is not None and partial.size < partial.total:
+            tail = await pump(response, lambda pieces: self._write(transfer, pieces))
+        received = partial.size + sum(len(piece) for piece in tail)
+        if partial.total is not None and received != partial.total:
+            await self._write(transfer, tail)  # good bytes for the resume; or too many
             raise BodyError(
                 f"the body ended after {partial.size} of {partial.total} bytes: {transfer.shown}"
             )
+        transfer.tail = tail  # written by the commit, in the same thread hop
+        self._progress.advance(received - partial.size)
 
     async def _accept(self, response: aiohttp.ClientResponse, transfer: Transfer) -> None:
         """Check the status and headers; learn the size and validator; restart if need be."""
@@ -176,17 +182,19 @@ class Downloader:
                 await self._store.check_room(total - partial.size)
         transfer.content_type = content_type
         validator = validator_of(response.headers)
-        await in_thread(partial.describe, validator, total)
+        if partial.describe(validator, total):
+            await in_thread(partial.save)
         takes_ranges = response.status == 206 or response.headers.get("Accept-Ranges") == "bytes"
         if total is not None and validator and takes_ranges and transfer.may_split:
-            count = span_count(self._settings, total, partial.size)
-            if count > 1:
-                raise SplitHere(count)  # this answer's body is left unread
+            piece = piece_size(self._settings, total, partial.size)
+            if piece is not None:
+                raise SplitHere(piece)  # this answer's body is left unread
 
-    async def _write(self, transfer: Transfer, data: bytes) -> None:
+    async def _write(self, transfer: Transfer, pieces: list[bytes]) -> None:
         partial = transfer.partial
-        await in_thread(partial.append, data)
-        self._progress.advance(len(data))
+        before = partial.size
+        await in_thread(partial.append, pieces)
+        self._progress.advance(partial.size - before)
         if partial.total is not None and partial.size > partial.total:
             await self._restart(transfer)
             raise IntegrityError(

@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -32,10 +32,12 @@ from tune_archiver.errors import DiskFull, IntegrityError, StorageError
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
+IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-Writer = Callable[[int, memoryview, int], int]  # os.pwrite's shape; tests inject a failing one
+# os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
+Writer = Callable[[int, list[memoryview], int], int]
 Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
 # A bench-only switch (bench/run measures what hashing costs): never for real archives.
 SKIP_HASH = os.environ.get("TUNE_ARCHIVER_BENCH_SKIP_HASH") == "1"
@@ -87,7 +89,7 @@ class Partial:
     """
 
     def __init__(
-        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.pwrite
+        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.pwritev
     ) -> None:
         self.path = path
         self.size = 0  # bytes on disk
@@ -104,11 +106,12 @@ class Partial:
         self._hashed = 0  # the sha256 covers bytes [0, _hashed)
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
+        self._syncing = False
 
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwrite) -> Partial:
+    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev) -> Partial:
         """The resumable partial for `key`, or a private one when another process holds it."""
         name = hashlib.sha256(key.encode()).hexdigest()[:40]
         path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
@@ -162,12 +165,13 @@ class Partial:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, data: bytes) -> None:
+    def append(self, pieces: Sequence[bytes]) -> None:
         """Write the bytes at the end and hash them (hashlib lets go of the GIL)."""
-        self._write_at(self.size, data)
-        self._hash.update(data)
-        self._hashed += len(data)
-        self.size += len(data)
+        written = self._write_at(self.size, pieces)
+        for piece in pieces:
+            self._hash.update(piece)
+        self._hashed += written
+        self.size += written
         self._maybe_sync()
 
     def reset(self) -> None:
@@ -182,28 +186,33 @@ class Partial:
 
     # -- ranges ----------------------------------------------------------------
 
-    def split(self, count: int) -> None:
-        """Cut the bytes still to come into `count` spans; those on disk stay the first's."""
+    def split(self, piece: int) -> None:
+        """Cut the bytes still to come into spans of `piece` bytes, in order.
+
+        Those on disk already stay the first span's. Small spans taken in order by a
+        few connections keep the contiguous prefix, and so the hash, close behind.
+        """
         assert self.spans is None
         assert self.total is not None
-        rest = self.total - self.size
-        bounds = [self.size + rest * i // count for i in range(count + 1)]
+        bounds = [*range(self.size, self.total, piece), self.total]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < piece // 2:
+            del bounds[-2]  # no runt at the end
         self.spans = [[0, self.size, bounds[1]]]
-        self.spans += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(1, count)]
+        self.spans += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(1, len(bounds) - 1)]
         self._synced_spans = [[start, start, end] for start, _, end in self.spans]
         self._synced_spans[0][1] = self._synced
         self._save()
 
-    def write_span(self, index: int, data: bytes) -> None:
+    def write_span(self, index: int, pieces: Sequence[bytes]) -> None:
         """Write bytes at the span's position; several threads may write different spans."""
         span = self.spans[index] if self.spans else None
-        if span is None or span[1] + len(data) > span[2]:
+        if span is None or span[1] + sum(len(piece) for piece in pieces) > span[2]:
             raise IntegrityError("the server sent more bytes than the range asked for")
-        self._write_at(span[1], data)
+        written = self._write_at(span[1], pieces)
         with self._lock:
-            span[1] += len(data)
-            self.size += len(data)
-            self._maybe_sync()
+            span[1] += written
+            self.size += written
+        self._maybe_sync()
 
     def catch_up_hash(self, limit: int | None) -> int:
         """Hash the bytes on disk that now continue the hashed prefix, up to `limit` bytes.
@@ -231,37 +240,61 @@ class Partial:
     def hashed(self) -> int:
         return self._hashed
 
-    def _write_at(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
+    def _write_at(self, offset: int, pieces: Sequence[bytes]) -> int:
+        """Write every piece, in order, from `offset`; returns the bytes written."""
+        views = [memoryview(piece) for piece in pieces if piece]
+        total = 0
         try:
-            while view:
-                written = self._write(self._fd, view, offset)
-                view, offset = view[written:], offset + written
+            while views:
+                written = self._write(self._fd, views[:IOV_MAX], offset)
+                offset += written
+                total += written
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views and written:
+                    views[0] = views[0][written:]
         except OSError as exc:
             raise storage_error(exc, self._archive, "write a download") from exc
+        return total
 
     def _maybe_sync(self) -> None:
-        """Every SYNC_EVERY bytes: fsync, then record what is now durable."""
-        if self.size - self._synced < SYNC_EVERY:
-            return
+        """Every SYNC_EVERY bytes: fsync, then record what is now durable.
+
+        The fsync runs outside the lock, so other spans keep writing meanwhile; what
+        it makes durable is what had been written when the sync was claimed.
+        """
+        with self._lock:
+            if self._syncing or self.size - self._synced < SYNC_EVERY:
+                return
+            self._syncing = True
+            size = self.size
+            spans = [list(span) for span in self.spans] if self.spans else None
         try:
             os.fsync(self._fd)
         except OSError as exc:
             raise storage_error(exc, self._archive, "write a download") from exc
-        self._synced = self.size
-        self._synced_spans = [list(span) for span in self.spans] if self.spans else None
-        self._save()
+        finally:
+            with self._lock:
+                self._syncing = False
+        with self._lock:
+            self._synced, self._synced_spans = size, spans
+            self._save()
 
-    def describe(self, validator: str | None, total: int | None) -> None:
-        """Record what a response said about the file, for resuming it later.
+    def describe(self, validator: str | None, total: int | None) -> bool:
+        """Note what a response said about the file; True when the sidecar should be saved.
 
-        The sidecar is written at once only for a file worth resuming after a kill;
-        a small one's is written only if it is kept after a failure (see close).
+        Only a file worth resuming after a kill needs its sidecar at once (call save
+        in a worker thread); a small one's is written only if it is kept after a
+        failure (see close).
         """
-        if (validator, total) != (self.validator, self.total):
-            self.validator, self.total = validator, total
-            if total is None or total >= RESUMABLE_FROM:
-                self._save()
+        if (validator, total) == (self.validator, self.total):
+            return False
+        self.validator, self.total = validator, total
+        return total is None or total >= RESUMABLE_FROM
+
+    def save(self) -> None:
+        """Write the sidecar now."""
+        self._save()
 
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""

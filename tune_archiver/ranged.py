@@ -1,11 +1,12 @@
 """Parallel ranges: one large file fetched over several connections at once.
 
-The partial is split into spans (partial.Partial.split); each span is its own
-request with `Range: bytes=pos-end` and `If-Range`, retried and resumed on its own,
-and written at its offset. A hasher follows behind, hashing the contiguous prefix
-as spans fill, so the commit needs no second pass over the file. A server that
-answers a range with the whole file (it ignores Range, or the file changed) makes
-the caller fall back to one stream.
+The partial is split into pieces of at most 16 MiB (partial.Partial.split), and
+--split connections take them in order, each piece its own request with
+`Range: bytes=pos-end` and `If-Range`, retried and resumed on its own, written at
+its offset. Taken in order, pieces fill the file from the front, so a hasher close
+behind hashes the contiguous prefix as it grows and the commit reads nothing again.
+A server that answers a range with the whole file (it ignores Range, or the file
+changed) makes the caller fall back to one stream.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tune_archiver.retry import call_with_retries
 from tune_archiver.transport import asset_status_error, content_range, get, pump
 from tune_archiver.urls import redact
 
-MIN_SPAN = 4 * 2**20  # smaller spans cost more in requests than they win
+MIN_PIECE = 2**20  # smaller pieces cost more in requests than they win
+MAX_PIECE = 16 * 2**20  # larger ones let the hash fall further behind the download
 HASH_STEP = 64 * 2**20  # the most one thread hop hashes, so a cancel is never kept waiting
 
 
@@ -30,11 +32,13 @@ class RangesRefused(Exception):
     """The server answered a range with something else: fetch the file in one stream."""
 
 
-def span_count(settings: Settings, total: int, on_disk: int) -> int:
-    """How many spans a file should be fetched in; 1 means one stream."""
+def piece_size(settings: Settings, total: int, on_disk: int) -> int | None:
+    """The size of the pieces to fetch a file in, or None to fetch it in one stream."""
     if settings.split < 2 or total < settings.split_threshold:
-        return 1
-    return max(1, min(settings.split, (total - on_disk) // MIN_SPAN))
+        return None
+    rest = total - on_disk
+    piece = min(MAX_PIECE, max(MIN_PIECE, rest // (settings.split * 4)))
+    return piece if rest > piece else None
 
 
 class RangedFetch:
@@ -53,7 +57,10 @@ class RangedFetch:
         self._progress = progress
 
     async def run(self, url: str, partial: Partial) -> None:
-        """Fetch the spans still open; raises RangesRefused, or the first span's error."""
+        """Fetch the pieces still open over --split connections.
+
+        Raises RangesRefused, or the error of the first piece that failed for good.
+        """
         filled = asyncio.Event()
         filled.set()  # the hasher looks once at what is on disk already
 
@@ -66,11 +73,17 @@ class RangedFetch:
                     pass
 
         assert partial.spans is not None
+        todo = [index for index, (_, pos, end) in enumerate(partial.spans) if pos < end]
+        todo.reverse()  # popped from the end: the first piece first
+
+        async def connection() -> None:
+            while todo:
+                await self._span(url, partial, todo.pop(), filled)
+
         try:
             async with asyncio.TaskGroup() as group:
-                for index, (_, pos, end) in enumerate(partial.spans):
-                    if pos < end:
-                        group.create_task(self._span(url, partial, index, filled))
+                for _ in range(min(self._settings.split, len(todo))):
+                    group.create_task(connection())
                 group.create_task(hash_along())
         except* RangesRefused:
             raise RangesRefused from None
@@ -78,7 +91,7 @@ class RangedFetch:
             raise errors.exceptions[0] from None
 
     async def _span(self, url: str, partial: Partial, index: int, filled: asyncio.Event) -> None:
-        shown = f"{redact(url)} (range {index + 1} of {len(partial.spans or [])})"
+        shown = f"{redact(url)} (piece {index + 1} of {len(partial.spans or [])})"
         await call_with_retries(
             self._settings.retry, shown,
             lambda: self._attempt(url, shown, partial, index, filled),
@@ -93,9 +106,9 @@ class RangedFetch:
         _, pos, end = partial.spans[index]
         headers = {"Range": f"bytes={pos}-{end - 1}", "If-Range": partial.validator}
 
-        async def write(data: bytes) -> None:
-            await in_thread(partial.write_span, index, data)
-            self._progress.advance(len(data))
+        async def write(pieces: list[bytes]) -> None:
+            await in_thread(partial.write_span, index, pieces)
+            self._progress.advance(sum(len(piece) for piece in pieces))
             filled.set()
 
         async with self._limiter, get(
@@ -107,7 +120,9 @@ class RangedFetch:
                 raise await asset_status_error(response, shown)
             if content_range(response) != (pos, end - 1, partial.total):
                 raise RangesRefused
-            await pump(response, write)
+            rest = await pump(response, write)
+            if rest:
+                await write(rest)
         if partial.spans[index][1] < end:
             raise BodyError(
                 f"the body ended after {partial.spans[index][1] - pos} of {end - pos} bytes: "

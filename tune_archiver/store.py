@@ -20,7 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,7 @@ class StoredBlob:
 class LocalStore:
     """An archive in a local directory."""
 
-    def __init__(self, root: Path, write: Writer = os.pwrite) -> None:
+    def __init__(self, root: Path, write: Writer = os.pwritev) -> None:
         self.root = root
         self._write = write
         # Lexical, not resolved: the archive may sit behind a symlink.
@@ -105,14 +105,18 @@ class LocalStore:
                 "(--force to try anyway)"
             )
 
-    async def commit(self, partial: Partial, content_type: str | None) -> Blob:
-        """Move a finished download to the name its sha256 gives it.
+    async def commit(
+        self, partial: Partial, content_type: str | None, tail: Sequence[bytes] = ()
+    ) -> Blob:
+        """Write the body's last pieces, then move the download to the name its sha256 gives.
 
         A blob already present with the same size is kept and the partial dropped.
         """
-        return await asyncio.to_thread(self._commit, partial, content_type)
+        return await asyncio.to_thread(self._commit, partial, content_type, tail)
 
-    def _commit(self, partial: Partial, content_type: str | None) -> Blob:
+    def _commit(self, partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
+        if tail:
+            partial.append(tail)
         blob = Blob(partial.sha256(), partial.size, content_type)
         final = self.path(blob_key(blob.sha256))
         try:
