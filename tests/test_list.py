@@ -188,7 +188,7 @@ def test_json_has_the_documented_shape(
     archived(standin, archive, 3)
     (archive / "manifests" / "3.json").write_text("{ broken")
     ran = cli(capsys, "list", "--archive", str(archive), "--json", now=NOW)
-    assert ran.code == 0
+    assert ran.code == 1  # an unreadable manifest is a failure, named on stderr
     document = json.loads(ran.out)
     jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
     assert document["tunes"] == [
@@ -208,12 +208,16 @@ def test_json_has_the_documented_shape(
 def test_unreadable_manifest_is_a_row_of_its_own(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A broken manifest shows its id and "the manifest is unreadable"; the others still list."""
+    """A broken manifest shows its id and "the manifest is unreadable", exits 1; the others
+    still list."""
     add_tune(standin, 1)
     add_tune(standin, 2)
     archived(standin, archive, 1, 2)
     (archive / "manifests" / "2.json").write_text("[]")
-    lines = cli(capsys, "list", "--archive", str(archive)).out.splitlines()
+    ran = cli(capsys, "list", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors == ["tune-archiver: error: tune 2: the manifest is unreadable"]
+    lines = ran.out.splitlines()
     assert lines[1].split("  ")[0] == "2"
     assert lines[1].split()[1:] == "the manifest is unreadable".split()
     assert table("\n".join([lines[0], lines[2]]))[0]["id"] == "1"

@@ -15,6 +15,7 @@ from typing import Any
 
 from tune_archiver import manifest
 from tune_archiver.api import AstriaClient
+from tune_archiver.backend import Store, open_store
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download import Downloader, Refresh
 from tune_archiver.errors import ArchiverError, ConfigError
@@ -25,11 +26,11 @@ from tune_archiver.plan import (
     assets_of,
     carried_over,
     expiring,
+    in_shard,
     is_unchanged,
     plan_tune,
 )
 from tune_archiver.progress import Progress
-from tune_archiver.store import LocalStore
 from tune_archiver.transport import new_session
 
 Clock = Callable[[], datetime]
@@ -46,7 +47,7 @@ async def fetch(
     progress: Progress,
     clock: Clock = utc_now,
     finished: list[TuneResult] | None = None,
-    store: LocalStore | None = None,
+    store: Store | None = None,
     waiting: Waiting | None = None,
 ) -> list[TuneResult]:
     """Archive each tune; one result per tune, in the order asked (or listed, for --all).
@@ -54,11 +55,13 @@ async def fetch(
     Each result is also appended to `finished` as soon as it is known, so a caller
     that cancels the run can still say what was done. Raises ConfigError (a
     rejected key, say) before anything is written. `store` replaces the archive
-    at settings.archive (tests inject one whose writes fail). `waiting` is called
+    settings.archive names (tests inject one whose writes fail). `waiting` is called
     if gc holds the archive and the fetch must wait for it.
     """
     finished = [] if finished is None else finished
-    store = store or LocalStore(settings.archive)
+    if store is None:
+        async with open_store(settings.archive, settings.s3_endpoint_url) as opened:
+            return await fetch(settings, tunes, progress, clock, finished, opened, waiting)
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
         new_session(settings, decompress=True) as api_session,
@@ -99,7 +102,7 @@ def in_order(
 
 async def choose(
     api: AstriaClient,
-    store: LocalStore,
+    store: Store,
     tunes: Sequence[int] | AllTunes,
     prompts: bool,
     now: datetime,
@@ -115,7 +118,7 @@ async def choose(
     chosen: dict[int, Any] = {}
     for item in await api.list_tunes():
         window = tunes.expiring_within
-        if window is None or expiring(item, now, window):
+        if (window is None or expiring(item, now, window)) and in_shard(item["id"], tunes.shard):
             chosen.setdefault(item["id"], item)
     fetch_ids, skipped = [], []
     for tune_id, item in chosen.items():
@@ -128,7 +131,7 @@ async def choose(
     return fetch_ids, skipped
 
 
-async def _unchanged(store: LocalStore, tune_id: int, updated_at: Any) -> bool:
+async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
     previous = await read_previous(store, tune_id)
     present = await blobs_present(store, previous)
     return is_unchanged(previous, updated_at, present)
@@ -162,12 +165,12 @@ async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
     return tune
 
 
-async def read_previous(store: LocalStore, tune_id: int) -> dict[str, Any] | None:
+async def read_previous(store: Store, tune_id: int) -> dict[str, Any] | None:
     """The tune's manifest as last written, or None (none yet, or unreadable)."""
     return manifest.decode(await store.read_manifest(tune_id) or b"")
 
 
-async def blobs_present(store: LocalStore, previous: dict[str, Any] | None) -> dict[str, int]:
+async def blobs_present(store: Store, previous: dict[str, Any] | None) -> dict[str, int]:
     """sha256 -> size of each blob the manifest names that is in the store."""
     present: dict[str, int] = {}
     for blob in archived_blobs(previous).values():
@@ -178,7 +181,7 @@ async def blobs_present(store: LocalStore, previous: dict[str, Any] | None) -> d
 
 
 async def plan_for(
-    store: LocalStore, tune: Tune, settings: Settings
+    store: Store, tune: Tune, settings: Settings
 ) -> tuple[TunePlan, list[AssetResult]]:
     """What to download for the tune, and the archived files it no longer lists."""
     previous = await read_previous(store, tune.id)
@@ -193,7 +196,7 @@ class Run:
 
     settings: Settings
     api: AstriaClient
-    store: LocalStore
+    store: Store
     downloader: Downloader
     progress: Progress
     clock: Clock

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from tune_archiver import archive, report
 from tune_archiver.archive import Clock, utc_now
+from tune_archiver.backend import Store, is_remote, open_store, partials_dir
 from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.export import export_tune
@@ -28,7 +29,6 @@ from tune_archiver.models import TuneResult
 from tune_archiver.parser import build_parser, check_fetch
 from tune_archiver.preview import dry_run
 from tune_archiver.progress import progress_for
-from tune_archiver.store import LocalStore
 from tune_archiver.urls import REDACTED
 from tune_archiver.verify import verify
 
@@ -102,11 +102,13 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         read_timeout=args.read_timeout,
         force=args.force,
         prompts=args.prompts,
+        s3_endpoint_url=args.s3_endpoint_url,
         split=args.split,
         split_threshold=args.split_threshold,
     )
     tunes: list[int] | AllTunes = (
-        AllTunes(args.expiring_within) if args.all else list(dict.fromkeys(args.tune_ids))
+        AllTunes(args.expiring_within, args.shard) if args.all
+        else list(dict.fromkeys(args.tune_ids))
     )
     if args.dry_run:
         return _run_dry(args, settings, tunes, secrets)
@@ -115,7 +117,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     try:
         results = asyncio.run(until_signal(archive.fetch(
             settings, tunes, progress, clock=args.clock, finished=finished,
-            waiting=_waiting_for("gc", settings.archive),
+            waiting=_waiting_for("gc", str(settings.archive)),
         )))
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
@@ -166,7 +168,7 @@ def _report_undone(
         undone = f"{len(done)} of {len(tunes)} tunes done; not finished: {left}"
     _error(
         f"stopped by {stop}: {undone}; partial downloads are kept in "
-        f"{settings.archive / 'tmp'} for the next run",
+        f"{partials_dir(settings.archive)} for the next run",
         secrets,
     )
 
@@ -175,10 +177,9 @@ def _report_undone(
 
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
-    store = _existing_archive(args)
     progress = progress_for(args.quiet or args.json)
     try:
-        found = asyncio.run(until_signal(verify(store, args.tune_ids, progress)))
+        found = _in_archive(args, lambda store: verify(store, args.tune_ids, progress))
     finally:
         progress.close()
     for line in report.verify_problems(found):
@@ -191,19 +192,21 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
-    store = _existing_archive(args)
-    rows = asyncio.run(until_signal(archived_tunes(store, args.clock())))
+    rows = _in_archive(args, lambda store: archived_tunes(store, args.clock()))
+    for row in rows:
+        if "error" in row:
+            _error(f"tune {row['tune_id']}: {row['error']}", secrets)
     if args.json:
         _print_json({"tunes": rows}, secrets)
     elif not args.quiet:
         print(report.list_table(rows))
-    return EXIT_OK
+    return EXIT_FAILED if any("error" in row for row in rows) else EXIT_OK
 
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
-    store = _existing_archive(args)
-    result = asyncio.run(until_signal(export_tune(store, args.tune_id, Path(args.dest),
-                                                  args.copy)))
+    result = _in_archive(
+        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.copy)
+    )
     for line in result.failed:
         _error(f"tune {args.tune_id}: {line}", secrets)
     if args.json:
@@ -214,10 +217,10 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
-    store = _existing_archive(args)
-    found = asyncio.run(until_signal(collect(
-        store, args.clock(), args.dry_run, waiting=_waiting_for("fetch", store.root)
-    )))
+    location = archive_dir(args.archive, os.environ)
+    found = _in_archive(args, lambda store: collect(
+        store, args.clock(), args.dry_run, waiting=_waiting_for("fetch", location)
+    ))
     if args.json:
         _print_json(report.gc_json(found, args.dry_run), secrets)
     elif not args.quiet:
@@ -231,17 +234,24 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 }
 
 
-def _existing_archive(args: argparse.Namespace) -> LocalStore:
-    """The archive the command reads; ConfigError when there is none at that place."""
-    root = archive_dir(args.archive, os.environ)
-    if not (root / MANIFESTS).is_dir():
-        raise ConfigError(f"no archive at {root} (it has no {MANIFESTS}/ folder)")
-    return LocalStore(root)
+def _in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` on the archive the command names, which must exist (else ConfigError)."""
+    location = archive_dir(args.archive, os.environ)
+
+    async def run() -> T:
+        async with open_store(location, args.s3_endpoint_url) as store:
+            if not await store.exists():
+                what = "nothing under manifests/ or objects/" if is_remote(location) else (
+                    f"it has no {MANIFESTS}/ folder")
+                raise ConfigError(f"no archive at {location} ({what})")
+            return await work(store)
+
+    return asyncio.run(until_signal(run()))
 
 
-def _waiting_for(other: str, root: Path) -> Callable[[], None]:
+def _waiting_for(other: str, location: str) -> Callable[[], None]:
     def waiting() -> None:
-        log.warning("waiting: a %s is running on the archive %s", other, root)
+        log.warning("waiting: a %s is running on the archive %s", other, location)
 
     return waiting
 

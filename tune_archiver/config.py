@@ -48,7 +48,7 @@ class RetryPolicy:
 class Settings:
     """Everything a fetch needs to know, fixed before it starts."""
 
-    archive: Path
+    archive: str | Path  # a directory, or s3://bucket/prefix
     api_key: str = field(repr=False)  # never shown: not in repr, logs or errors
     api_url: str = DEFAULT_API_URL
     workspace: str | None = None
@@ -61,6 +61,7 @@ class Settings:
     prompts: bool = False  # also archive the images generated from the tune's prompts
     split: int = DEFAULT_SPLIT  # ranges fetched at once for one large file (1: never split)
     split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
+    s3_endpoint_url: str | None = None  # an S3-compatible store other than AWS
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,13 @@ class AllTunes:
     """fetch --all: every tune of the account, or those expiring within a window."""
 
     expiring_within: timedelta | None = None
+    shard: tuple[int, int] | None = None  # (K, N): only tunes whose id % N == K - 1
 
 
-def archive_dir(option: str | None, env: Mapping[str, str]) -> Path:
-    """The archive directory: the option, else $TUNE_ARCHIVE, else ./tune-archive."""
-    return Path(option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE)
+def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
+    """The archive (a directory or s3://bucket/prefix): the option, else $TUNE_ARCHIVE,
+    else ./tune-archive."""
+    return option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
 
 
 def api_url(option: str | None, env: Mapping[str, str]) -> str:

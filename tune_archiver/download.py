@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tune_archiver.backend import Store
 from tune_archiver.config import Settings
 from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
 from tune_archiver.models import Blob
@@ -20,7 +21,6 @@ from tune_archiver.partial import Partial, in_thread
 from tune_archiver.progress import Progress
 from tune_archiver.ranged import RangedFetch, RangesRefused, piece_size
 from tune_archiver.retry import call_with_retries
-from tune_archiver.store import LocalStore
 from tune_archiver.transport import asset_status_error, content_range, get, pump, validator_of
 from tune_archiver.urls import check_fetchable, redact, url_key
 
@@ -61,7 +61,7 @@ class Downloader:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        store: LocalStore,
+        store: Store,
         limiter: asyncio.Semaphore,
         settings: Settings,
         progress: Progress,

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_archiver import manifest
+from tune_archiver.backend import Store
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.layout import is_sha256
 from tune_archiver.names import export_path, folder_name
-from tune_archiver.store import LocalStore
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ExportResult:
         return not self.failed
 
 
-async def export_tune(store: LocalStore, tune_id: int, dest: Path, copy: bool) -> ExportResult:
+async def export_tune(store: Store, tune_id: int, dest: Path, copy: bool) -> ExportResult:
     """Write the tune's folder under `dest`.
 
     Raises ArchiverError when the tune is not archived, ConfigError when its folder

@@ -1,7 +1,9 @@
 """`gc`: remove blobs no manifest references, and partial downloads left for a day.
 
-gc holds the archive lock exclusively, so no fetch runs while it decides: a blob
-that a running fetch has just stored, or is about to reuse, is never taken.
+On a local archive gc holds the archive lock exclusively, so no fetch runs while it
+decides: a blob that a running fetch has just stored, or is about to reuse, is never
+taken. An S3 archive has no lock across machines; there gc leaves alone any blob
+younger than the store's gc_grace (a day), which a running fetch keeps refreshed.
 A manifest gc cannot read stops it, since it cannot know what that one references.
 """
 
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
+from tune_archiver.backend import Store
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import blob_key, is_sha256
-from tune_archiver.store import LocalStore
 
 PARTIAL_MAX_AGE = timedelta(days=1)
 
@@ -32,7 +34,7 @@ class GcReport:
 
 
 async def collect(
-    store: LocalStore,
+    store: Store,
     now: datetime,
     dry_run: bool,
     waiting: Callable[[], None] | None = None,
@@ -41,10 +43,11 @@ async def collect(
     async with store.locked(exclusive=not dry_run, waiting=waiting):
         referenced = await referenced_blobs(store)
         report = GcReport()
+        young = now - store.gc_grace  # see Store.gc_grace: a fetch may be about to refer to it
         report.blobs = [
             (blob_key(blob.sha256), blob.size)
             for blob in await store.blobs()
-            if blob.sha256 not in referenced
+            if blob.sha256 not in referenced and blob.modified <= young
         ]
         cutoff = now - PARTIAL_MAX_AGE
         report.partials = await store.stale_uploads(cutoff)
@@ -55,7 +58,7 @@ async def collect(
     return report
 
 
-async def referenced_blobs(store: LocalStore) -> set[str]:
+async def referenced_blobs(store: Store) -> set[str]:
     """Every sha256 any manifest names, whatever the entry's status."""
     referenced: set[str] = set()
     for tune_id in await store.manifest_ids():

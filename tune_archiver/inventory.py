@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
+from tune_archiver.backend import Store
 from tune_archiver.plan import parse_time
-from tune_archiver.store import LocalStore
 
 
-async def archived_tunes(store: LocalStore, now: datetime) -> list[dict[str, Any]]:
+async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:
     """Rows of archived tunes, newest id first (the --json shape of `list`)."""
     rows = []
     for tune_id in sorted(await store.manifest_ids(), reverse=True):

@@ -30,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--archive", metavar="DIR",
-        help=f"the archive directory (env {ENV_ARCHIVE}; default ./tune-archive)",
+        help=f"the archive: a directory or s3://bucket/prefix (env {ENV_ARCHIVE}; "
+        "default ./tune-archive)",
+    )
+    common.add_argument(
+        "--s3-endpoint-url", metavar="URL",
+        help="the endpoint of an S3-compatible store other than AWS: MinIO, R2, B2 "
+        "(or env AWS_ENDPOINT_URL)",
     )
     common.add_argument("--json", action="store_true", help="print one JSON result on stdout")
     common.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -96,6 +102,9 @@ def _add_fetch(
     fetch.add_argument("--expiring-within", metavar="DURATION", type=duration,
                        help="with --all: only tunes that expire within this time, e.g. 7d, "
                        "36h, 90m")
+    fetch.add_argument("--shard", metavar="K/N", type=shard,
+                       help="with --all: only tunes whose id modulo N is K-1, so N machines "
+                       "can share an account")
     fetch.add_argument("--prompts", action="store_true",
                        help="also archive the images generated from each tune's prompts")
     fetch.add_argument("--dry-run", action="store_true",
@@ -134,6 +143,8 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("fetch: give at least one TUNE_ID, or --all")
     if args.expiring_within is not None and not args.all:
         parser.error("fetch: --expiring-within works with --all")
+    if args.shard is not None and not args.all:
+        parser.error("fetch: --shard works with --all")
 
 
 def tune_id(text: str) -> int:
@@ -178,6 +189,14 @@ def size(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"not a size (e.g. 64M, 1G, 1048576): {text!r}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def shard(text: str) -> tuple[int, int]:
+    """K/N with 1 <= K <= N."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"not a shard K/N with 1 <= K <= N: {text!r}")
+    return int(k), int(n)
 
 
 def duration(text: str) -> timedelta:

@@ -154,3 +154,8 @@ def plan_tune(
         else:
             plan.left_out.append(asset)
     return plan
+
+
+def in_shard(tune_id: int, shard: tuple[int, int] | None) -> bool:
+    """True when the tune falls in shard K of N (K from 1): its id modulo N is K - 1."""
+    return shard is None or tune_id % shard[1] == shard[0] - 1

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from tune_archiver.api import AstriaClient
 from tune_archiver.archive import Clock, choose, get_tunes, in_order, plan_for, utc_now
+from tune_archiver.backend import open_store
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
-from tune_archiver.store import LocalStore
 from tune_archiver.transport import new_session, probe_size
 
 
@@ -35,9 +35,9 @@ async def dry_run(
     settings: Settings, tunes: Sequence[int] | AllTunes, clock: Clock = utc_now
 ) -> list[Preview]:
     """One preview per tune, in the order a fetch would report them."""
-    store = LocalStore(settings.archive)
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
+        open_store(settings.archive, settings.s3_endpoint_url) as store,
         new_session(settings, decompress=True) as api_session,
         new_session(settings, decompress=False) as asset_session,
     ):

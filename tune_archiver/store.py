@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiofiles
@@ -53,6 +53,8 @@ class StoredBlob:
 class LocalStore:
     """An archive in a local directory."""
 
+    gc_grace = timedelta(0)  # the archive lock keeps gc and fetches apart
+
     def __init__(self, root: Path, write: Writer = os.pwritev) -> None:
         self.root = root
         self._write = write
@@ -69,6 +71,14 @@ class LocalStore:
         if not path.is_relative_to(root) or path == root:
             raise StorageError(f"refused a path outside the archive: {key!r}")
         return path
+
+    @property
+    def partials(self) -> str:
+        return str(self.root / TMP)
+
+    async def exists(self) -> bool:
+        """True when there is an archive here (it has its manifests folder)."""
+        return await aiofiles.os.path.isdir(self.path(MANIFESTS))
 
     async def prepare(self) -> None:
         """Create the archive's directories if they are missing."""

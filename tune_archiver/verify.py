@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tune_archiver import manifest
+from tune_archiver.backend import Store
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.progress import Progress
-from tune_archiver.store import LocalStore
 
 WORKERS = max(2, min(8, os.cpu_count() or 2))
 
@@ -55,7 +55,7 @@ class _Ref:
 
 
 async def verify(
-    store: LocalStore, tune_ids: Sequence[int], progress: Progress
+    store: Store, tune_ids: Sequence[int], progress: Progress
 ) -> VerifyReport:
     """Check the tunes' manifests (all of them when `tune_ids` is empty) and their blobs."""
     report = VerifyReport()
@@ -127,7 +127,7 @@ def _judge(
 
 
 async def _manifest(
-    store: LocalStore, tune_id: int, report: VerifyReport
+    store: Store, tune_id: int, report: VerifyReport
 ) -> dict[str, Any] | None:
     data = await store.read_manifest(tune_id)
     document = manifest.decode(data or b"")

@@ -1,0 +1,226 @@
+"""The whole command on an s3:// archive, against moto's S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jsonschema
+import pytest
+
+from tests.conftest import SCHEMA
+from tests.helpers import Sleeps, sha256
+from tests.s3server import (  # noqa: F401  (fixtures)
+    REGION,
+    SECRET_KEY,
+    MotoS3,
+    aws_env_fixture,
+    moto_s3_fixture,
+)
+from tests.standin import StandIn
+from tune_archiver.cli import main
+
+MiB = 2**20
+
+
+@dataclass
+class S3Archive:
+    """A fresh bucket, the archive URL under it, and a plain client to look inside."""
+
+    url: str
+    endpoint: str
+    bucket: str
+    prefix: str
+    client: Any
+
+    def keys(self, under: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/{under}"
+        )
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")[
+            "Body"
+        ].read()
+        return body
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}", Body=data)
+
+    def manifest(self, tune_id: int) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.get(f"manifests/{tune_id}.json"))
+        jsonschema.Draft202012Validator(SCHEMA).validate(document)
+        return document
+
+
+@pytest.fixture
+def s3(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
+       monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Archive]:
+    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    bucket = f"archive-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    yield S3Archive(f"s3://{bucket}/backups", moto_s3.endpoint, bucket, "backups", client)
+    client.close()
+
+
+def tune_archiver(s3: S3Archive, *args: str, **kwargs: Any) -> int:
+    return main([*args, "--archive", s3.url, "--s3-endpoint-url", s3.endpoint], **kwargs)
+
+
+def fetch(standin: StandIn, s3: S3Archive, *args: str, **kwargs: Any) -> int:
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    return tune_archiver(s3, "fetch", *args, "--api-url", standin.api_url, sleep=Sleeps(),
+                         **kwargs)
+
+
+def add_tune(standin: StandIn, tune_id: int, ckpt_size: int = 200_000, images: int = 2,
+             shared: list[str] | None = None) -> dict[str, bytes]:
+    """A tune with a checkpoint and images; returns URL -> bytes of its files."""
+    files = {standin.add_file(f"ckpt-{tune_id}.safetensors", os.urandom(ckpt_size)): b""}
+    files.update({standin.add_file(f"img-{tune_id}-{i}.jpg", os.urandom(5000 + i)): b""
+                  for i in range(images)})
+    served = {url: standin.files[url.rsplit("/", 1)[1]] for url in files}
+    urls = list(served)
+    standin.add_tune(tune_id, urls[:1], urls[1:] + (shared or []))
+    return served
+
+
+def test_fetch_into_a_bucket_then_verify_list_and_export(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Blobs (a 20 MiB one by multipart upload) and the manifest land under the prefix in the
+    archive's layout; verify, list and export read them back."""
+    served = add_tune(standin, 1, ckpt_size=20 * MiB)
+    assert fetch(standin, s3, "1", "-v") == 0
+    document = s3.manifest(1)
+    assert document["complete"] is True
+    for entry in document["assets"]:
+        assert s3.get(entry["path"]) == served[entry["url"]]
+        assert entry["sha256"] == sha256(served[entry["url"]])
+    assert s3.keys("tmp/") == []
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert tune_archiver(s3, "verify") == 0
+    assert tune_archiver(s3, "list", "--json") == 0
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 0
+    exported = sorted(p.name for p in (tmp_path / "out" / "1-tune-1").rglob("*") if p.is_file())
+    assert exported == ["000.jpg", "000.safetensors", "001.jpg", "manifest.json"]
+    printed = capsys.readouterr()
+    assert SECRET_KEY not in printed.out + printed.err
+    assert '"tune_id": 1' in printed.out
+
+
+def test_a_second_fetch_uploads_nothing(standin: StandIn, s3: S3Archive) -> None:
+    """Blobs already in the bucket are neither downloaded nor uploaded again."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    keys = {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in s3.keys("objects/")}
+    files_asked = len(standin.seen("cdn"))
+    assert fetch(standin, s3, "1") == 0
+    assert len(standin.seen("cdn")) == files_asked
+    again = {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in s3.keys("objects/")}
+    assert again == keys
+
+
+def test_verify_catches_a_corrupted_object(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object whose bytes no longer match its name fails verify, naming the tune's file."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    damaged = bytearray(s3.get(checkpoint["path"]))
+    damaged[1000] ^= 0xFF
+    s3.put(checkpoint["path"], bytes(damaged))
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    assert "tune 1: checkpoint 0: corrupt" in capsys.readouterr().err
+
+
+def test_gc_on_a_bucket_waits_out_the_grace_period(standin: StandIn, s3: S3Archive) -> None:
+    """Unreferenced blobs stay while young (a fetch may be about to use them), go after a day;
+    referenced ones always stay."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    only_2 = {e["path"] for e in s3.manifest(2)["assets"]}
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/manifests/2.json")
+    before = s3.keys("objects/")
+    assert tune_archiver(s3, "gc") == 0
+    assert s3.keys("objects/") == before
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert s3.keys("objects/") == sorted(set(before) - {f"{s3.prefix}/{p}" for p in only_2})
+    assert tune_archiver(s3, "verify") == 0
+
+
+def test_shards_split_an_account_between_machines(standin: StandIn, s3: S3Archive) -> None:
+    """--shard 1/2 and 2/2 take disjoint halves of the tunes by id; together, all of them."""
+    for tune_id in range(1, 7):
+        add_tune(standin, tune_id, images=1)
+    assert fetch(standin, s3, "--all", "--shard", "1/2") == 0
+    first = {k.rsplit("/", 1)[1] for k in s3.keys("manifests/")}
+    assert first == {"2.json", "4.json", "6.json"}
+    assert fetch(standin, s3, "--all", "--shard", "2/2") == 0
+    assert len(s3.keys("manifests/")) == 6
+
+
+def test_two_writers_at_once_leave_the_bucket_consistent(standin: StandIn, s3: S3Archive) -> None:
+    """Two processes archiving tunes that share images into one bucket both succeed, and the
+    bucket verifies: every blob once, whole, and no temporary key or upload left."""
+    shared = [standin.add_file(f"shared-{i}.jpg", os.urandom(300_000)) for i in range(6)]
+    add_tune(standin, 1, ckpt_size=2 * MiB, shared=shared)
+    add_tune(standin, 2, ckpt_size=2 * MiB, shared=shared)
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    command = [sys.executable, "-m", "tune_archiver", "fetch", "--archive", s3.url,
+               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+    runs = [subprocess.Popen([*command, *ids], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for ids in (["1", "2"], ["2", "1"])]
+    for run in runs:
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+    assert tune_archiver(s3, "verify") == 0
+    blobs = s3.keys("objects/")
+    assert len(blobs) == len({k.rsplit("/", 1)[1] for k in blobs}) == 2 + 2 * 2 + 6
+    assert s3.keys("tmp/") == []
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+
+
+def test_a_missing_bucket_is_a_configuration_error(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch into a bucket that does not exist exits 2 with one line, before any download."""
+    add_tune(standin, 1)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    code = main(["fetch", "1", "--archive", "s3://no-such-bucket-here/x", "--s3-endpoint-url",
+                 s3.endpoint, "--api-url", standin.api_url], sleep=Sleeps())
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("tune-archiver: error:") == 1
+    assert "no-such-bucket-here" in err
+    assert standin.seen("cdn") == []
+
+
+def test_verify_on_an_empty_prefix_says_there_is_no_archive(s3: S3Archive) -> None:
+    """Reading commands refuse a prefix that holds no archive, with exit 2."""
+    assert tune_archiver(s3, "verify") == 2
+
+
+def test_sha256_of_the_manifest_blob_paths(standin: StandIn, s3: S3Archive) -> None:
+    """Every blob key ends in the sha256 of the object's bytes (content addressing holds)."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    for key in s3.keys("objects/"):
+        data = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        assert key.endswith(hashlib.sha256(data).hexdigest())

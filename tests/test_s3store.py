@@ -1,0 +1,564 @@
+"""The S3 store against moto's real S3 API on 127.0.0.1 (tests/s3server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import hashlib
+import os
+import socket
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from tests.s3server import (  # noqa: F401  (fixtures)
+    SECRET_KEY,
+    Bucket,
+    aio_session_fixture,
+    aws_env_fixture,
+    bucket_fixture,
+    moto_s3_fixture,
+)
+from tune_archiver.errors import (
+    ArchiverError,
+    ConfigError,
+    DiskFull,
+    IntegrityError,
+    StorageError,
+)
+from tune_archiver.layout import blob_key
+from tune_archiver.models import Blob
+from tune_archiver.partial import Partial
+from tune_archiver.s3store import INSTALL_HINT, MIN_PART, S3Store
+
+PREFIX = "arch"
+BIG = 2 * MIN_PART + 12345  # three parts of the smallest size S3 accepts
+URL = "https://cdn.example/ckpt.safetensors"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@asynccontextmanager
+async def opened(bucket: Bucket, tmp_path: Path, **options: Any) -> AsyncIterator[S3Store]:
+    """A prepared store under s3://<bucket>/arch; no retries, parts of 5 MiB."""
+    options = {"part_size": MIN_PART, "attempts": 1, "session": bucket.session, **options}
+    url = options.pop("url", f"s3://{bucket.name}/{PREFIX}")
+    store = S3Store(url, tmp_path / "staging", bucket.endpoint, **options)
+    async with store:
+        await store.prepare()
+        yield store
+
+
+async def downloaded(store: S3Store, data: bytes, url: str = URL) -> Partial:
+    """A finished partial download holding `data`."""
+    partial = await store.open_partial(url)
+    await asyncio.to_thread(partial.append, [data])
+    return partial
+
+
+def count_requests(store: S3Store) -> Counter[str]:
+    """A live count of the store's requests, by S3 operation name."""
+    counts: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        counts[event_name.rsplit(".", 1)[-1]] += 1
+
+    store.client.meta.events.register("before-send.s3", count)
+    return counts
+
+
+def key_of(request: Any, bucket: Bucket) -> str:
+    return unquote(urlsplit(request.url).path).removeprefix(f"/{bucket.name}/")
+
+
+async def left_over(bucket: Bucket) -> tuple[list[str], list[str]]:
+    """(temp keys, open multipart uploads): both must be empty after any commit."""
+    return await bucket.keys(f"{PREFIX}/tmp/"), await bucket.uploads()
+
+
+# -- commit ---------------------------------------------------------------------
+
+
+async def test_commit_uploads_a_blob_whose_bytes_match_its_name(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A small blob is PUT once, at its sha256 key with its content type; the partial goes."""
+    data = os.urandom(100_000)
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, data)
+        requests = count_requests(store)
+        blob = await store.commit(partial, "image/png")
+        assert blob == Blob(sha(data), len(data), "image/png")
+        assert await store.blob_size(sha(data)) == len(data)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    assert sha(await bucket.get(key)) == sha(data)
+    head = await bucket.head(key)
+    assert head is not None
+    assert head["ContentType"] == "image/png"
+    assert requests["PutObject"] == 1
+    assert requests["CreateMultipartUpload"] == 0
+    assert not partial.path.exists()
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_commit_of_a_blob_already_stored_uploads_nothing(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A blob present with its size is found by HEAD; the second commit sends no bytes."""
+    data = os.urandom(50_000)
+    async with opened(bucket, tmp_path) as store:
+        assert await store.blob_size(sha(data)) is None
+        await store.commit(await downloaded(store, data), None)
+        assert await store.blob_size(sha(data)) == len(data)
+        again = await downloaded(store, data, "https://other.example/same.bin")
+        requests = count_requests(store)
+        assert await store.commit(again, None) == Blob(sha(data), len(data))
+    assert dict(requests) == {"HeadObject": 1}
+    assert not again.path.exists()
+
+
+async def test_file_larger_than_a_part_goes_up_in_parts_and_is_hashed_whole_by_s3(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A file over the part size is sent as three parts; S3 recomputes its full SHA-256 on copy."""
+    data = os.urandom(BIG)
+    async with opened(bucket, tmp_path) as store:
+        requests = count_requests(store)
+        await store.commit(await downloaded(store, data), None)
+    assert requests["UploadPart"] == 3
+    assert requests["PutObject"] == 0
+    assert requests["CopyObject"] == 1
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    assert sha(await bucket.get(key)) == sha(data)
+    head = await bucket.head(key)
+    assert head is not None
+    assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(sha(data))).decode()
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_blob_over_the_copy_limit_is_copied_part_by_part(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Above CopyObject's limit the blob key is built with UploadPartCopy, bytes intact."""
+    data = os.urandom(BIG)
+    async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
+        requests = count_requests(store)
+        await store.commit(await downloaded(store, data), "application/octet-stream")
+    assert requests["UploadPartCopy"] == 3
+    assert requests["CopyObject"] == 0
+    assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("replacement", "message"),
+    [
+        (lambda data: {"data": data[:-1]}, "bytes, not"),
+        (
+            lambda data: {"data": bytes(len(data)), "ChecksumAlgorithm": "SHA256"},
+            "another SHA-256",
+        ),
+    ],
+    ids=["size", "sha256"],
+)
+async def test_an_upload_that_is_wrong_in_the_bucket_never_reaches_its_blob_key(
+    bucket: Bucket, tmp_path: Path, replacement: Any, message: str
+) -> None:
+    """A temp object of another size or SHA-256 is refused; the blob key never appears."""
+    data = os.urandom(60_000)
+
+    async def corrupt(request: Any, **_: Any) -> None:
+        key = key_of(request, bucket)
+        if "/tmp/" in key:  # the check of the upload, not a lookup of the blob key
+            change = replacement(data)
+            await bucket.put(key, change.pop("data"), **change)
+
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, data)
+        store.client.meta.events.register("before-send.s3.HeadObject", corrupt)
+        with pytest.raises(IntegrityError, match=message):
+            await store.commit(partial, None)
+        assert await store.blob_size(sha(data)) is None
+        assert partial.path.exists()  # the caller decides; a later run may resume it
+        partial.close(keep=False)
+    assert await bucket.keys(f"{PREFIX}/objects/") == []
+    assert await left_over(bucket) == ([], [])
+
+
+@pytest.mark.parametrize("size", [60_000, BIG], ids=["put", "multipart"])
+async def test_a_file_changed_on_disk_after_download_is_not_stored(
+    bucket: Bucket, tmp_path: Path, size: int
+) -> None:
+    """Bytes re-read for upload must hash to the name; if not, nothing is stored or left open."""
+    data = os.urandom(size)
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, data)
+        with partial.path.open("r+b") as file:
+            file.seek(size - 1)
+            file.write(bytes([data[-1] ^ 1]))
+        with pytest.raises(IntegrityError, match="changed on disk"):
+            await store.commit(partial, None)
+        partial.close(keep=False)
+    assert await bucket.keys() == []
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_cancelled_multipart_upload_is_aborted_and_leaves_the_partial(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Cancelling a commit mid-upload aborts the multipart upload and stores nothing."""
+    data = os.urandom(BIG)
+    reached = asyncio.Event()
+
+    async def hang(request: Any, **_: Any) -> None:
+        if "partNumber=2" in request.url:
+            reached.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, data)
+        store.client.meta.events.register("before-send.s3.UploadPart", hang)
+        commit = asyncio.create_task(store.commit(partial, None))
+        await reached.wait()
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+        assert partial.path.exists()
+        assert partial.size == len(data)
+        partial.close(keep=False)
+    assert await bucket.keys() == []
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_failed_part_upload_is_aborted_and_reported_in_one_line(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A part that cannot be sent fails the commit with a StorageError; the upload is aborted."""
+    data = os.urandom(BIG)
+
+    def fail(request: Any, **_: Any) -> None:
+        if "partNumber=3" in request.url:
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, data)
+        store.client.meta.events.register("before-send.s3.UploadPart", fail)
+        with pytest.raises(StorageError) as caught:
+            await store.commit(partial, None)
+        assert partial.path.exists()
+        partial.close(keep=False)
+    assert str(caught.value).startswith(f"cannot upload a blob in s3://{bucket.name}/{PREFIX}: ")
+    assert "\n" not in str(caught.value)
+    assert SECRET_KEY not in str(caught.value)
+    assert await bucket.keys() == []
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_two_concurrent_commits_of_one_blob_leave_one_correct_object(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Two writers that both find the blob absent both copy it: one correct object, no debris."""
+    data = os.urandom(200_000)
+    arrived: list[str] = []
+    both, first_done = asyncio.Event(), asyncio.Event()
+
+    async def meet(request: Any, **_: Any) -> None:
+        arrived.append(request.url)
+        if len(arrived) == 1:
+            await both.wait()  # the first copies only once the other has decided to copy too
+        else:
+            both.set()
+            # moto (not S3) fails a copy that overlaps another to the same key: take turns.
+            await first_done.wait()
+
+    def done(**_: Any) -> None:
+        first_done.set()
+
+    async with opened(bucket, tmp_path) as store:
+        first = await downloaded(store, data, "https://a.example/x")
+        second = await downloaded(store, data, "https://b.example/y")
+        store.client.meta.events.register("before-send.s3.CopyObject", meet)
+        store.client.meta.events.register("after-call.s3.CopyObject", done)
+        blobs = await asyncio.gather(store.commit(first, None), store.commit(second, None))
+    assert blobs[0] == blobs[1] == Blob(sha(data), len(data))
+    assert len(arrived) == 2
+    assert await bucket.keys(f"{PREFIX}/objects/") == [f"{PREFIX}/{blob_key(sha(data))}"]
+    assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_an_archive_at_the_bucket_root_uses_the_same_layout(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Without a prefix the layout starts at the bucket's root; an empty file is a blob too."""
+    async with opened(bucket, tmp_path, url=f"s3://{bucket.name}") as store:
+        assert str(store) == f"s3://{bucket.name}"
+        blob = await store.commit(await downloaded(store, b""), None)
+        assert await store.write_manifest(5, b"{}") == "manifests/5.json"
+        assert [(found.sha256, found.size) for found in await store.blobs()] == [(sha(b""), 0)]
+        assert await store.manifest_ids() == [5]
+        assert await store.hash_blob(blob.sha256, lambda n: None) == (0, sha(b""))
+    assert sorted(await bucket.keys()) == ["manifests/5.json", blob_key(sha(b""))]
+
+
+# -- manifests ------------------------------------------------------------------
+
+
+async def test_manifests_are_written_read_back_and_listed(bucket: Bucket, tmp_path: Path) -> None:
+    """Manifests live at <prefix>/manifests/<id>.json; only such keys count as tunes."""
+    async with opened(bucket, tmp_path) as store:
+        assert await store.read_manifest(12) is None
+        assert await store.write_manifest(12, b'{"tune_id": 12}') == "manifests/12.json"
+        await store.write_manifest(3, b"{}")
+        await store.write_manifest(12, b'{"tune_id": 12, "v": 2}')
+        for junk in ("notes.txt", "0.json", "07.json", "x.json", "sub/5.json"):
+            await bucket.put(f"{PREFIX}/manifests/{junk}", b"{}")
+        await bucket.put("elsewhere/manifests/4.json", b"{}")
+        assert await store.read_manifest(12) == b'{"tune_id": 12, "v": 2}'
+        assert await store.manifest_ids() == [3, 12]
+    assert await bucket.get(f"{PREFIX}/manifests/3.json") == b"{}"
+
+
+# -- verify, export, gc -----------------------------------------------------------
+
+
+async def test_listing_and_hashing_find_corrupted_and_misplaced_blobs(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """blobs() lists blobs in place, misplaced() the rest, and hash_blob exposes corruption."""
+    good, named, actual, stray = (os.urandom(n) for n in (3 * 2**20, 10, 20, 30))
+    async with opened(bucket, tmp_path) as store:
+        await store.commit(await downloaded(store, good), None)
+        await bucket.put(f"{PREFIX}/{blob_key(sha(named))}", actual)  # corrupted
+        await bucket.put(f"{PREFIX}/objects/sha256/zz/{sha(stray)}", stray)
+        await bucket.put(f"{PREFIX}/objects/sha256/ab/not-a-digest", b"x")
+        listed = await store.blobs()
+        assert {(blob.sha256, blob.size) for blob in listed} == {
+            (sha(good), len(good)),
+            (sha(named), len(actual)),
+        }
+        assert all(blob.modified.tzinfo == UTC for blob in listed)
+        assert await store.misplaced() == {sha(stray): f"objects/sha256/zz/{sha(stray)}"}
+        advanced: list[int] = []
+        assert await store.hash_blob(sha(good), advanced.append) == (len(good), sha(good))
+        assert sum(advanced) == len(good)
+        assert len(advanced) > 1
+        assert await store.hash_blob(sha(named), lambda n: None) == (len(actual), sha(actual))
+        assert await store.hash_blob(sha(b"absent"), lambda n: None) is None
+
+
+async def test_save_blob_as_writes_a_checked_copy_and_never_overwrites(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """export gets the blob's exact bytes; an existing file or a corrupted blob stops it."""
+    data, named = os.urandom(70_000), os.urandom(10)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.bin").write_bytes(b"mine")
+    async with opened(bucket, tmp_path) as store:
+        await store.commit(await downloaded(store, data), None)
+        await bucket.put(f"{PREFIX}/{blob_key(sha(named))}", b"not those bytes")
+        assert await store.save_blob_as(sha(data), out / "ckpt.bin", hard_link=True) == "copied"
+        with pytest.raises(StorageError, match="already exists"):
+            await store.save_blob_as(sha(data), out / "mine.bin", hard_link=False)
+        with pytest.raises(IntegrityError, match="corrupt"):
+            await store.save_blob_as(sha(named), out / "bad.bin", hard_link=False)
+        with pytest.raises(StorageError, match="is missing from"):
+            await store.save_blob_as(sha(b"absent"), out / "absent.bin", hard_link=False)
+    assert (out / "ckpt.bin").read_bytes() == data
+    assert (out / "mine.bin").read_bytes() == b"mine"
+    assert sorted(path.name for path in out.iterdir()) == ["ckpt.bin", "mine.bin"]
+
+
+async def test_delete_blob_removes_it_and_tolerates_absence(bucket: Bucket, tmp_path: Path) -> None:
+    """A deleted blob is gone; deleting it again is not an error."""
+    data = os.urandom(1000)
+    async with opened(bucket, tmp_path) as store:
+        await store.commit(await downloaded(store, data), None)
+        await store.delete_blob(sha(data))
+        assert await store.blob_size(sha(data)) is None
+        await store.delete_blob(sha(data))
+    assert await bucket.keys() == []
+
+
+async def test_stale_uploads_are_listed_with_sizes_and_removed(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Old temp keys and open multipart uploads under the prefix are found, sized and removed."""
+    upload = await bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key=f"{PREFIX}/tmp/upload-b"
+    )
+    await bucket.client.upload_part(
+        Bucket=bucket.name,
+        Key=f"{PREFIX}/tmp/upload-b",
+        UploadId=upload["UploadId"],
+        PartNumber=1,
+        Body=b"12345",
+    )
+    await bucket.put(f"{PREFIX}/tmp/upload-a", b"0123456789")
+    await bucket.put("elsewhere/tmp/upload-c", b"not ours")
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    async with opened(bucket, tmp_path) as store:
+        blob = await store.commit(await downloaded(store, b"kept"), None)
+        assert sorted(await store.stale_uploads(soon)) == [
+            (f"s3://{bucket.name}/{PREFIX}/tmp/upload-a", 10),
+            (f"unfinished multipart upload to s3://{bucket.name}/{PREFIX}/tmp/upload-b", 5),
+        ]
+        # moto dates every multipart upload 2010-11-10; a fresh temp key is not stale yet.
+        assert [size for _, size in await store.stale_uploads(soon - timedelta(hours=1))] == [5]
+        assert await store.stale_uploads(datetime(2001, 1, 1, tzinfo=UTC)) == []
+        await store.remove_stale_uploads(soon)
+        assert await store.stale_uploads(soon) == []
+        assert await store.blob_size(blob.sha256) == 4
+    assert await left_over(bucket) == ([], [])
+    assert await bucket.keys("elsewhere/") == ["elsewhere/tmp/upload-c"]
+
+
+# -- setup and errors -------------------------------------------------------------
+
+
+async def test_prepare_on_a_missing_bucket_is_a_config_error(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A bucket that does not exist is reported in one line, before anything is written."""
+    with pytest.raises(ConfigError, match="bucket 'no-such-bucket' does not exist") as caught:
+        async with opened(bucket, tmp_path, url="s3://no-such-bucket/x"):
+            pass
+    assert "\n" not in str(caught.value)
+
+
+async def test_prepare_without_credentials_is_a_config_error(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No AWS credentials at all is a ConfigError naming the variables to set."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match=r"no AWS credentials .* AWS_ACCESS_KEY_ID"):
+        async with opened(bucket, tmp_path, session=None):  # a session caches credentials
+            pass
+
+
+async def test_prepare_on_an_unreachable_endpoint_is_a_config_error(
+    aws_env: None, tmp_path: Path
+) -> None:
+    """An endpoint nobody listens on is a ConfigError, without credentials in the message."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        store = S3Store("s3://bkt/p", tmp_path / "staging", endpoint, attempts=1)
+        with pytest.raises(
+            ConfigError, match=r"^cannot reach the bucket in s3://bkt/p: "
+        ) as caught:
+            async with store:
+                await store.prepare()
+    assert SECRET_KEY not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+async def test_endpoint_is_read_from_aws_endpoint_url(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without endpoint_url, AWS_ENDPOINT_URL points the store at the S3 service."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    store = S3Store(f"s3://{bucket.name}/a/b/", tmp_path / "staging", session=bucket.session)
+    async with store:
+        await store.prepare()
+        await store.write_manifest(1, b"{}")
+    assert str(store) == f"s3://{bucket.name}/a/b"
+    assert await bucket.keys() == ["a/b/manifests/1.json"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://bkt/x", "s3://", "s3://Bkt/x", "s3://bkt/../x", "s3://bkt/x?versionId=1"]
+)
+def test_a_url_that_is_not_s3_bucket_prefix_is_a_config_error(url: str, tmp_path: Path) -> None:
+    """Only s3://bucket[/prefix] names an S3 archive."""
+    with pytest.raises(ConfigError, match="not an S3 archive URL"):
+        S3Store(url, tmp_path)
+
+
+def test_without_aiobotocore_the_store_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Creating an S3Store without the [s3] extra is a ConfigError with the pip command."""
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)
+    monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
+    with pytest.raises(ConfigError, match=r"pip install 'tune-archiver\[s3\]'"):
+        S3Store("s3://bkt/x", tmp_path)
+    assert "tune-archiver[s3]" in INSTALL_HINT
+
+
+async def test_check_room_measures_the_local_staging_directory(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Free space is that of the staging directory, reported like the local store does."""
+    async with opened(bucket, tmp_path) as store:
+        await store.check_room(1)
+        with pytest.raises(DiskFull, match=f"^disk full in {tmp_path / 'staging'}: "):
+            await store.check_room(2**62)
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "msg"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "AnyOperation",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "ours"),
+    [
+        (client_error("NoSuchKey", 404), StorageError),
+        (client_error("404", 404), StorageError),
+        (client_error("SlowDown", 503), StorageError),
+        (client_error("InternalError", 500), StorageError),
+        (client_error("AccessDenied", 403), ConfigError),
+        (client_error("InvalidAccessKeyId", 403), ConfigError),
+        (client_error("SignatureDoesNotMatch", 403), ConfigError),
+        (client_error("NoSuchBucket", 404), ConfigError),
+        (NoCredentialsError(), ConfigError),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bkt"), StorageError),
+        (ConnectionClosedError(endpoint_url="http://127.0.0.1:1/bkt"), StorageError),
+        (ReadTimeoutError(endpoint_url="http://127.0.0.1:1/bkt"), StorageError),
+        (aiohttp.ClientPayloadError("cut short"), StorageError),
+        (TimeoutError(), StorageError),
+        (OSError(errno.ENOSPC, "No space left on device"), DiskFull),
+        (OSError(errno.EACCES, "Permission denied"), StorageError),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else type(value).__name__,
+)
+def test_every_client_library_error_becomes_one_of_ours(
+    source: Exception, ours: type[ArchiverError], tmp_path: Path
+) -> None:
+    """botocore's, aiohttp's and the OS's errors are translated, in one line, chained."""
+    store = S3Store("s3://bkt/p", tmp_path)
+    with pytest.raises(ours) as caught, store._translated("do a thing"):
+        raise source
+    assert type(caught.value) is ours or ours is StorageError
+    assert caught.value.__cause__ is source
+    assert "\n" not in str(caught.value)
+    assert str(caught.value)
+
+
+def test_a_bug_is_not_translated(tmp_path: Path) -> None:
+    """Exceptions that are not the client library's (bugs) pass through untouched."""
+    with pytest.raises(KeyError), S3Store("s3://bkt/p", tmp_path)._translated("do a thing"):
+        raise KeyError("bug")

@@ -1,0 +1,243 @@
+"""Uploads into S3: a finished download streamed to a temporary key, checked, then
+copied to its blob key (part by part above 5 GiB). Never the whole file in memory:
+at most PARTS_IN_FLIGHT parts are read at once. Used by s3store.S3Store.commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tune_archiver.errors import ArchiverError, IntegrityError, StorageError
+from tune_archiver.models import Blob
+from tune_archiver.partial import SKIP_HASH, Hasher, Partial, in_thread, new_hash, storage_error
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+
+    from tune_archiver.s3store import S3Store
+
+PARTS_IN_FLIGHT = 2  # parts held in memory at once, read or being sent
+MAX_PARTS = 10_000
+COPY_PART = 2**30
+COPIES_IN_FLIGHT = 4  # part copies hold no memory here: the server moves the bytes
+CLEANUP_SECONDS = 30.0  # how long an abort or delete may hold up a failure or Ctrl-C
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+
+async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
+    """Send the partial's bytes to `key`; returns the checksum S3 should report for it.
+
+    The bytes are re-read from disk and re-hashed: what is sent must be what the
+    name promises, even if the file changed after the download hashed it.
+    """
+    content_type = blob.content_type or DEFAULT_CONTENT_TYPE
+    part_size = max(store.part_size, -(-blob.size // MAX_PARTS))
+    try:
+        fd = os.open(partial.path, os.O_RDONLY)
+    except OSError as exc:
+        raise storage_error(exc, store.staging, "read a finished download") from exc
+    try:
+        if blob.size <= part_size:
+            data, checksum = await in_thread(_read_part, fd, 0, blob.size, None)
+            _check_digest(new_hash(), data, blob)
+            await store.client.put_object(
+                Bucket=store.bucket,
+                Key=key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+                ContentType=content_type,
+            )
+            return checksum
+        created = await store.client.create_multipart_upload(
+            Bucket=store.bucket, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
+        )
+        upload_id = created["UploadId"]
+        try:
+            whole = new_hash()
+            parts = await _bounded(
+                _parts(store, key, upload_id, fd, blob.size, part_size, whole), PARTS_IN_FLIGHT
+            )
+            _check_digest(whole, b"", blob)
+            parts.sort(key=lambda part: part["PartNumber"])
+            await store.client.complete_multipart_upload(
+                Bucket=store.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            await settle(store.abort(key, upload_id), f"abort the upload to {key}")
+            raise
+        digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
+        return b64(hashlib.sha256(digests).digest())
+    finally:
+        os.close(fd)
+
+async def _parts(
+    store: S3Store, key: str, upload_id: str, fd: int, size: int, part_size: int, whole: Hasher
+) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
+    """The part uploads, each made only when it may start: its bytes are read then."""
+    for number, offset in enumerate(range(0, size, part_size), start=1):
+        length = min(part_size, size - offset)
+        data, checksum = await in_thread(_read_part, fd, offset, length, whole)
+        yield _send_part(store, key, upload_id, number, data, checksum)
+
+async def _send_part(
+    store: S3Store, key: str, upload_id: str, number: int, data: bytes, checksum: str
+) -> CompletedPartTypeDef:
+    sent = await store.client.upload_part(
+        Bucket=store.bucket,
+        Key=key,
+        UploadId=upload_id,
+        PartNumber=number,
+        Body=data,
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=checksum,
+    )
+    return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
+
+async def check_upload(store: S3Store, key: str, blob: Blob, checksum: str) -> None:
+    """The uploaded object must have the blob's size and, where S3 reports one, SHA-256."""
+    head = await store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
+    if head["ContentLength"] != blob.size:
+        raise IntegrityError(
+            f"the upload of blob {blob.sha256} to {store} holds {head['ContentLength']} "
+            f"bytes, not {blob.size}; not stored"
+        )
+    reported = head.get("ChecksumSHA256")
+    if reported and reported.split("-")[0] != checksum:  # "-N" ends a multipart's
+        raise IntegrityError(
+            f"the upload of blob {blob.sha256} to {store} has another SHA-256; not stored"
+        )
+
+async def copy(store: S3Store, source: str, final: str, blob: Blob) -> None:
+    """Server-side copy of a checked upload to its blob key."""
+    copy_source: CopySourceTypeDef = {"Bucket": store.bucket, "Key": source}
+    if blob.size <= store.copy_limit:
+        # Asking for SHA256 makes S3 hash the whole copy: one more check, for free.
+        result = await store.client.copy_object(
+            Bucket=store.bucket, Key=final, CopySource=copy_source, ChecksumAlgorithm="SHA256"
+        )
+        copied = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        if copied and not SKIP_HASH and copied != b64(bytes.fromhex(blob.sha256)):
+            await store.delete(final)
+            raise IntegrityError(f"the copy of blob {blob.sha256} in {store} is corrupt")
+        return
+    created = await store.client.create_multipart_upload(
+        Bucket=store.bucket, Key=final, ContentType=blob.content_type or DEFAULT_CONTENT_TYPE
+    )
+    upload_id = created["UploadId"]
+    try:
+        parts = await _bounded(
+            _part_copies(store, source, final, upload_id, blob.size), COPIES_IN_FLIGHT
+        )
+        parts.sort(key=lambda part: part["PartNumber"])
+        await store.client.complete_multipart_upload(
+            Bucket=store.bucket, Key=final, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        await settle(store.abort(final, upload_id), f"abort the copy to {final}")
+        raise
+
+async def _part_copies(
+    store: S3Store, source: str, final: str, upload_id: str, size: int
+) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
+    step = max(min(COPY_PART, store.copy_limit), -(-size // MAX_PARTS))
+    for number, start in enumerate(range(0, size, step), start=1):
+        end = min(start + step, size) - 1
+        yield _copy_part(store, source, final, upload_id, number, f"bytes={start}-{end}")
+
+async def _copy_part(
+    store: S3Store, source: str, final: str, upload_id: str, number: int, byte_range: str
+) -> CompletedPartTypeDef:
+    copied = await store.client.upload_part_copy(
+        Bucket=store.bucket,
+        Key=final,
+        UploadId=upload_id,
+        PartNumber=number,
+        CopySource={"Bucket": store.bucket, "Key": source},
+        CopySourceRange=byte_range,
+    )
+    return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[bytes, str]:
+    """Exactly `length` bytes at `offset`, and their base64 SHA-256; also fed to `whole`."""
+    chunks, got = [], 0
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            raise StorageError("a finished download is shorter than it was; not stored")
+        chunks.append(chunk)
+        got += len(chunk)
+    data = b"".join(chunks)
+    if whole is not None:
+        whole.update(data)
+    return data, b64(hashlib.sha256(data).digest())
+
+
+def _check_digest(digest: Hasher, data: bytes, blob: Blob) -> None:
+    """The bytes re-read for upload must be those the download hashed."""
+    digest.update(data)
+    if digest.hexdigest() != blob.sha256:
+        raise IntegrityError(
+            f"a finished download changed on disk before upload (blob {blob.sha256}); not stored"
+        )
+
+
+async def _bounded(jobs: AsyncGenerator[Coroutine[Any, Any, _T], None], limit: int) -> list[_T]:
+    """Run the jobs, at most `limit` at once; the next job is asked for only when a slot is
+    free, so at most `limit` parts' bytes are in memory. The first failure cancels the rest.
+    """
+    running: set[asyncio.Task[_T]] = set()
+    started: list[asyncio.Task[_T]] = []
+    results: list[_T] = []
+    try:
+        async with contextlib.aclosing(jobs):
+            async for job in jobs:
+                task = asyncio.ensure_future(job)
+                running.add(task)
+                started.append(task)
+                while len(running) >= limit:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    results.extend(finished.result() for finished in done)
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            results.extend(finished.result() for finished in done)
+        return results
+    finally:
+        for task in running:
+            task.cancel()
+        # Wait for the cancelled ones and collect every outcome, so none is left unretrieved.
+        await asyncio.gather(*started, return_exceptions=True)
+
+
+async def settle(work: Awaitable[None], what: str) -> None:
+    """Run a clean-up to its end even while being cancelled; a failure is only logged.
+
+    Whatever is left (a temp key, an open multipart upload) is found by `gc` later.
+    """
+    task = asyncio.ensure_future(asyncio.wait_for(work, CLEANUP_SECONDS))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not %s: %s", what, task.exception())
+        raise
+    except (ArchiverError, TimeoutError) as exc:
+        log.warning("could not %s: %s", what, exc)
