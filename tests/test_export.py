@@ -173,7 +173,7 @@ def test_existing_folder_is_never_overwritten(
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
     assert ran.code == 2
     assert ran.errors == [f"tune-archiver: error: {dest / '1-jane-doe'} already exists; "
-                          "nothing was overwritten"]
+                          "nothing was overwritten (remove it, or export to another DEST)"]
     assert snapshot(dest) == first
 
 

@@ -115,7 +115,7 @@ def test_flipped_byte_is_corrupt(
     assert code == 1
     assert errors == [error(f"tune 1: training_image 1: corrupt: the bytes of {key_of(image)} "
                             f"hash to {sha256(blob.read_bytes())}")]
-    assert out.endswith(": 1 problems\n")
+    assert out.endswith(": 1 problem\n")
 
 
 def test_truncated_blob_is_corrupt(
@@ -221,7 +221,7 @@ def test_given_tune_is_checked_alone(
     flip_byte(blob_file(archive, tunes[0].checkpoints[0]))
     code, errors, out = verified(capsys, archive, "2")
     assert (code, errors) == (0, [])
-    assert out.startswith(f"verified 1 tunes, {len(tunes[1].all)} blobs, ")
+    assert out.startswith(f"verified 1 tune, {len(tunes[1].all)} blobs, ")
     code, errors, _ = verified(capsys, archive, "1")
     assert code == 1
     assert [line.split(": corrupt: ")[0] for line in errors] == [error("tune 1: checkpoint 0")]
@@ -341,5 +341,5 @@ def test_a_tune_named_twice_is_verified_once(
     flip_byte(blob_file(archive, tunes[0].checkpoints[0]))
     code, errors, out = verified(capsys, archive, "1", "1")
     assert code == 1
-    assert out.startswith(f"verified 1 tunes, {len(tunes[0].all)} blobs, ")
+    assert out.startswith(f"verified 1 tune, {len(tunes[0].all)} blobs, ")
     assert len(errors) == 1

@@ -76,7 +76,10 @@ def _new_folder(dest: Path, folder: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         folder.mkdir()
     except FileExistsError as exc:
-        raise ConfigError(f"{folder} already exists; nothing was overwritten") from exc
+        raise ConfigError(
+            f"{folder} already exists; nothing was overwritten (remove it, or export to "
+            "another DEST)"
+        ) from exc
     except OSError as exc:
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
 

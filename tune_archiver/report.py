@@ -6,11 +6,13 @@ Pure: each function turns results into text or JSON-ready values; cli.py prints 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 from tune_archiver.export import ExportResult
 from tune_archiver.gc import GcReport
 from tune_archiver.models import TuneResult
+from tune_archiver.plan import parse_time
 from tune_archiver.preview import Preview
 from tune_archiver.urls import redact
 from tune_archiver.verify import VerifyReport
@@ -162,9 +164,14 @@ def verify_problems(report: VerifyReport) -> list[str]:
 
 
 def verify_summary(report: VerifyReport) -> str:
-    state = "all intact" if report.ok else f"{len(report.problems)} problems"
-    return (f"verified {report.tunes} tunes, {report.blobs} blobs, "
+    state = "all intact" if report.ok else counted(len(report.problems), "problem")
+    return (f"verified {counted(report.tunes, 'tune')}, {counted(report.blobs, 'blob')}, "
             f"{human_bytes(report.bytes)}: {state}")
+
+
+def counted(count: int, noun: str) -> str:
+    """"1 tune", "2 tunes"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 # -- list --------------------------------------------------------------------------
@@ -199,7 +206,9 @@ def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _day(moment: Any) -> str:
-    return moment[:16].replace("T", " ") if isinstance(moment, str) else "-"
+    """A timestamp as "YYYY-MM-DD HH:MM" in UTC; "-" when absent or unreadable."""
+    parsed = parse_time(moment)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if parsed else "-"
 
 
 def time_left(seconds: int | None) -> str:
@@ -229,8 +238,9 @@ def gc_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
 def gc_lines(report: GcReport, dry_run: bool) -> list[str]:
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {key} ({human_bytes(size)})" for key, size in report.blobs + report.partials]
-    lines.append(f"gc {verb} {len(report.blobs)} unreferenced blobs and "
-                 f"{len(report.partials)} stale partial files: {human_bytes(report.bytes)}")
+    lines.append(f"gc {verb} {counted(len(report.blobs), 'unreferenced blob')} and "
+                 f"{counted(len(report.partials), 'stale partial file')}: "
+                 f"{human_bytes(report.bytes)}")
     return lines
 
 
