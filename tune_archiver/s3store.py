@@ -12,27 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from tune_archiver import __version__
-from tune_archiver.errors import ArchiverError, ConfigError, DiskFull, IntegrityError, StorageError
+from tune_archiver.errors import ConfigError, DiskFull, StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
 from tune_archiver.partial import Partial, Writer, in_thread, storage_error
-from tune_archiver.s3upload import b64, check_upload, copy, settle, upload
+from tune_archiver.s3errors import Absent, translated
+from tune_archiver.s3transfer import b64, check_upload, copy, save_as, settle, stream, upload
 from tune_archiver.store import StoredBlob
 from tune_archiver.urls import redact, url_key
 
@@ -44,24 +41,10 @@ MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 16 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
-READ_BLOCK = 2**20  # bytes gathered from a response before one thread hop
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 # Error codes that mean the credentials (or the policy) refuse us: a configuration problem.
-_CREDENTIALS_REFUSED = frozenset(
-    "AccessDenied 403 InvalidAccessKeyId SignatureDoesNotMatch ExpiredToken InvalidToken "
-    "TokenRefreshRequired AuthorizationHeaderMalformed".split()
-)
-_ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
-_T = TypeVar("_T")
-log = logging.getLogger(__name__)
-
-
-class _Absent(StorageError):
-    """The key (or upload) asked for is not there; callers that expect this catch it."""
-
-
 class S3Store:
     """An archive under s3://bucket/prefix, with partial downloads in a local directory.
 
@@ -187,7 +170,7 @@ class S3Store:
         try:
             with self._translated("reach the bucket"):
                 await self.client.head_bucket(Bucket=self.bucket)
-        except _Absent as exc:
+        except Absent as exc:
             raise ConfigError(
                 f"bucket {self.bucket!r} does not exist at {self._endpoint()}"
             ) from exc
@@ -216,7 +199,7 @@ class S3Store:
 
     async def blob_size(self, sha256: str) -> int | None:
         """The size of the blob, or None when it is not in the bucket."""
-        return await self._size_at(self._key(blob_key(sha256)), "look up a blob")
+        return await self._size_at(self.key(blob_key(sha256)), "look up a blob")
 
     async def commit(
         self, partial: Partial, content_type: str | None, tail: Sequence[bytes] = ()
@@ -236,12 +219,12 @@ class S3Store:
         if tail:
             await in_thread(partial.append, tail)
         blob = Blob(partial.sha256(), partial.size, content_type)
-        final = self._key(blob_key(blob.sha256))
+        final = self.key(blob_key(blob.sha256))
         found = await self._head(final, "look up a blob")
         if found is not None and found[0] == blob.size:
             await self._keep_young(final, found[1], blob)
         else:
-            temp = self._key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
+            temp = self.key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
             try:
                 with self._translated("upload a blob"):
                     checksum = await upload(self, temp, partial, blob)
@@ -292,57 +275,20 @@ class S3Store:
         """
         digest = hashlib.sha256()
         try:
-            size = await self._stream(sha256, "read a blob", digest.update, advance)
-        except _Absent:
+            size = await stream(self, sha256, "read a blob", digest.update, advance)
+        except Absent:
             return None
         return size, digest.hexdigest()
 
     async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
-        """Write the blob's bytes to the local file `target`, which must not exist yet.
-
-        The bytes are checked against the name before the file appears (by a hard link
-        from a temp file, so an existing file is never replaced). Returns "copied":
-        `hard_link` cannot apply to an object in a bucket. Raises StorageError ("already
-        exists", a failed write, a missing blob) or IntegrityError (a corrupted blob).
-        """
-        try:
-            # mkstemp only creates an empty file: quick enough for the event loop.
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise storage_error(exc, target.parent, "export a blob") from exc
-        digest = hashlib.sha256()
-
-        def write(data: bytes) -> None:
-            digest.update(data)
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(fd, view) :]
-            except OSError as exc:
-                raise storage_error(exc, target.parent, "export a blob") from exc
-
-        try:
-            try:
-                await self._stream(sha256, "export a blob", write, lambda n: None)
-            except _Absent as exc:
-                raise StorageError(f"the blob {sha256} is missing from {self}") from exc
-            await in_thread(os.fsync, fd)
-            if digest.hexdigest() != sha256:
-                raise IntegrityError(f"blob {sha256} in {self} is corrupt; {target} not written")
-            await in_thread(os.link, name, target)
-        except FileExistsError as exc:
-            raise StorageError(f"{target} already exists; nothing was overwritten") from exc
-        except OSError as exc:
-            raise storage_error(exc, target.parent, "export a blob") from exc
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+        """Write the blob's bytes to the local file `target`, which must not exist yet;
+        checked against the name first. "copied": a bucket's object cannot be hard-linked."""
+        await save_as(self, sha256, target)
         return "copied"
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove the blob; removing one that is not there is not an error."""
-        await self.delete(self._key(blob_key(sha256)))
+        await self.delete(self.key(blob_key(sha256)))
 
     # -- manifests -------------------------------------------------------------
 
@@ -351,11 +297,11 @@ class S3Store:
         try:
             with self._translated(f"read the manifest of tune {tune_id}"):
                 response = await self.client.get_object(
-                    Bucket=self.bucket, Key=self._key(manifest_key(tune_id))
+                    Bucket=self.bucket, Key=self.key(manifest_key(tune_id))
                 )
                 async with response["Body"] as body:
                     return await body.read()
-        except _Absent:
+        except Absent:
             return None
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
@@ -364,7 +310,7 @@ class S3Store:
         with self._translated("write a manifest"):
             await self.client.put_object(
                 Bucket=self.bucket,
-                Key=self._key(key),
+                Key=self.key(key),
                 Body=data,
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
@@ -408,14 +354,14 @@ class S3Store:
         self, older_than: datetime
     ) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
         objects = [
-            (self._key(key), item["Size"])
+            (self.key(key), item["Size"])
             async for key, item in self._list(TMP)
             if item["LastModified"] < older_than
         ]
         uploads = []
         with self._translated("list unfinished uploads"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self._key("")
+                Bucket=self.bucket, Prefix=self.key("")
             )
             async for page in pages:
                 for upload in page.get("Uploads", []):
@@ -432,7 +378,7 @@ class S3Store:
                     Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
                 return sum([part["Size"] async for page in pages for part in page.get("Parts", [])])
-        except _Absent:
+        except Absent:
             return 0  # finished or aborted since it was listed
 
     # -- small requests ----------------------------------------------------------
@@ -446,7 +392,7 @@ class S3Store:
         try:
             with self._translated(doing):
                 head = await self.client.head_object(Bucket=self.bucket, Key=key)
-        except _Absent:
+        except Absent:
             return None
         return head["ContentLength"], head["LastModified"].astimezone(UTC)
 
@@ -455,52 +401,23 @@ class S3Store:
             await self.client.delete_object(Bucket=self.bucket, Key=key)
 
     async def abort(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(_Absent), self._translated("abort an upload"):
+        with contextlib.suppress(Absent), self._translated("abort an upload"):
             await self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id
             )
 
-    async def _stream(
-        self,
-        sha256: str,
-        doing: str,
-        consume: Callable[[bytes], None],
-        advance: Callable[[int], None],
-    ) -> int:
-        """Feed the blob's bytes to `consume` (in a worker thread), a chunk at a time."""
-        size = 0
-        with self._translated(doing):
-            response = await self.client.get_object(
-                Bucket=self.bucket, Key=self._key(blob_key(sha256))
-            )
-            async with response["Body"] as body:
-                pending: list[bytes] = []
-                held = 0
-                async for piece in body.iter_chunks(READ_BLOCK):
-                    pending.append(piece)
-                    held += len(piece)
-                    if held >= READ_BLOCK:
-                        await in_thread(consume, b"".join(pending))
-                        advance(held)
-                        size, pending, held = size + held, [], 0
-                if pending:
-                    await in_thread(consume, b"".join(pending))
-                    advance(held)
-                    size += held
-        return size
-
     async def _list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
         """(key relative to the prefix, listing entry) of every object under `directory`."""
-        start = len(self._key(""))
+        start = len(self.key(""))
         with self._translated("list the bucket"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key(f"{directory}/")
+                Bucket=self.bucket, Prefix=self.key(f"{directory}/")
             )
             async for page in pages:
                 for item in page.get("Contents", []):
                     yield item["Key"][start:], item
 
-    def _key(self, relative: str) -> str:
+    def key(self, relative: str) -> str:
         """The bucket key of an archive-relative key ("" gives the prefix with its slash)."""
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
@@ -509,45 +426,9 @@ class S3Store:
 
     # -- errors ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translated(self, doing: str) -> Iterator[None]:
+    def _translated(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Turn botocore's and aiohttp's exceptions into ours: one line, no credentials."""
-        try:
-            yield
-        except ArchiverError:
-            raise
-        except Exception as exc:
-            error = self._error(exc, doing)
-            if error is None:
-                raise
-            raise error from exc
-
-    def _error(self, exc: Exception, doing: str) -> ArchiverError | None:
-        """Our error for a client library's exception; None for anything else (a bug)."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        where = f"cannot {doing} in {self}"
-        if isinstance(exc, NoCredentialsError):
-            return ConfigError(
-                f"no AWS credentials for {self}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-            )
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code") or exc.response["ResponseMetadata"]["HTTPStatusCode"])
-            message = (str(error.get("Message") or "").splitlines() or [""])[0][:200]
-            if code == "NoSuchBucket":
-                return ConfigError(f"bucket {self.bucket!r} does not exist at {self._endpoint()}")
-            if code in _CREDENTIALS_REFUSED:
-                return ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
-            if code in _ABSENT:
-                return _Absent(f"{where}: not found")
-            return StorageError(f"{where}: {code} {message}".rstrip())
-        if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError):
-            return StorageError(f"{where}: {str(exc) or type(exc).__name__}")
-        if isinstance(exc, OSError):
-            return storage_error(exc, self.staging, doing)
-        return None
+        return translated(doing, str(self), self.bucket, self._endpoint, self.staging)
 
 
 def _parse_url(url: str) -> tuple[str, str]:

@@ -1,6 +1,7 @@
-"""Uploads into S3: a finished download streamed to a temporary key, checked, then
-copied to its blob key (part by part above 5 GiB). Never the whole file in memory:
-at most PARTS_IN_FLIGHT parts are read at once. Used by s3store.S3Store.commit.
+"""Bytes into and out of S3, for s3store.S3Store. In: a finished download streamed to
+a temporary key, checked, then copied to its blob key (part by part above 5 GiB),
+never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once).
+Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Coroutine
+import tempfile
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tune_archiver.errors import ArchiverError, IntegrityError, StorageError
+from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.partial import SKIP_HASH, Hasher, Partial, in_thread, new_hash, storage_error
+from tune_archiver.s3errors import Absent
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
@@ -29,6 +34,7 @@ COPY_PART = 2**30
 COPIES_IN_FLIGHT = 4  # part copies hold no memory here: the server moves the bytes
 CLEANUP_SECONDS = 30.0  # how long an abort or delete may hold up a failure or Ctrl-C
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+READ_BLOCK = 2**20  # bytes gathered from a response before one thread hop
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
@@ -241,3 +247,76 @@ async def settle(work: Awaitable[None], what: str) -> None:
         raise
     except (ArchiverError, TimeoutError) as exc:
         log.warning("could not %s: %s", what, exc)
+
+
+async def stream(
+    store: S3Store,
+    sha256: str,
+    doing: str,
+    consume: Callable[[bytes], None],
+    advance: Callable[[int], None],
+) -> int:
+    """Feed the blob's bytes to `consume` (in a worker thread), a chunk at a time;
+    returns how many there were. Raises s3errors.Absent when the blob is missing."""
+    size = 0
+    with store._translated(doing):
+        response = await store.client.get_object(
+            Bucket=store.bucket, Key=store.key(blob_key(sha256))
+        )
+        async with response["Body"] as body:
+            pending: list[bytes] = []
+            held = 0
+            async for piece in body.iter_chunks(READ_BLOCK):
+                pending.append(piece)
+                held += len(piece)
+                if held >= READ_BLOCK:
+                    await in_thread(consume, b"".join(pending))
+                    advance(held)
+                    size, pending, held = size + held, [], 0
+            if pending:
+                await in_thread(consume, b"".join(pending))
+                advance(held)
+                size += held
+    return size
+
+
+async def save_as(store: S3Store, sha256: str, target: Path) -> None:
+    """Write the blob's bytes to the local file `target`, which must not exist yet.
+
+    The bytes are checked against the name before the file appears (by a hard link
+    from a temp file, so an existing file is never replaced). Raises StorageError
+    ("already exists", a failed write, a missing blob) or IntegrityError (corrupt).
+    """
+    try:
+        # mkstemp only creates an empty file: quick enough for the event loop.
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise storage_error(exc, target.parent, "export a blob") from exc
+    digest = hashlib.sha256()
+
+    def write(data: bytes) -> None:
+        digest.update(data)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise storage_error(exc, target.parent, "export a blob") from exc
+
+    try:
+        try:
+            await stream(store, sha256, "export a blob", write, lambda n: None)
+        except Absent as exc:
+            raise StorageError(f"the blob {sha256} is missing from {store}") from exc
+        await in_thread(os.fsync, fd)
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"blob {sha256} in {store} is corrupt; {target} not written")
+        await in_thread(os.link, name, target)
+    except FileExistsError as exc:
+        raise StorageError(f"{target} already exists; nothing was overwritten") from exc
+    except OSError as exc:
+        raise storage_error(exc, target.parent, "export a blob") from exc
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

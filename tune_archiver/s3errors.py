@@ -1,0 +1,71 @@
+"""S3 errors as ours: botocore's and aiohttp's exceptions become one clear line, in one
+place, never with credentials in it (as transport.py does for HTTP)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+
+from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.partial import storage_error
+
+# Error codes that mean the credentials (or the policy) refuse us: a configuration problem.
+CREDENTIALS_REFUSED = frozenset(
+    "AccessDenied 403 InvalidAccessKeyId SignatureDoesNotMatch ExpiredToken InvalidToken "
+    "TokenRefreshRequired AuthorizationHeaderMalformed".split()
+)
+ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
+
+
+class Absent(StorageError):
+    """The key (or upload) asked for is not there; callers that expect this catch it."""
+
+
+@contextlib.contextmanager
+def translated(
+    doing: str, store: str, bucket: str, endpoint: Callable[[], str], staging: Path
+) -> Iterator[None]:
+    """Raise ours for a client library's exception met while `doing` something in `store`."""
+    try:
+        yield
+    except ArchiverError:
+        raise
+    except Exception as exc:
+        error = translate(exc, doing, store, bucket, endpoint, staging)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def translate(
+    exc: Exception, doing: str, store: str, bucket: str, endpoint: Callable[[], str],
+    staging: Path,
+) -> ArchiverError | None:
+    """Our error for a client library's exception; None for anything else (a bug)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    where = f"cannot {doing} in {store}"
+    if isinstance(exc, NoCredentialsError):
+        return ConfigError(
+            f"no AWS credentials for {store}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        )
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or exc.response["ResponseMetadata"]["HTTPStatusCode"])
+        message = (str(error.get("Message") or "").splitlines() or [""])[0][:200]
+        if code == "NoSuchBucket":
+            return ConfigError(f"bucket {bucket!r} does not exist at {endpoint()}")
+        if code in CREDENTIALS_REFUSED:
+            return ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
+        if code in ABSENT:
+            return Absent(f"{where}: not found")
+        return StorageError(f"{where}: {code} {message}".rstrip())
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError):
+        return StorageError(f"{where}: {str(exc) or type(exc).__name__}")
+    if isinstance(exc, OSError):
+        return storage_error(exc, staging, doing)
+    return None
