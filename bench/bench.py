@@ -3,6 +3,7 @@
 Run from the repository root, after `pip install -e .`, as root on Debian:
 
     bench/run [--runs 3] [--only W1,W1-nohash,W2,W3] [--ta-args "--concurrency 16"] [--keep]
+              [--snapshot]
 
 (`--ta-args=--opt` for a single option without a space.) Installs nginx, aria2 and
 curl with apt-get when missing, generates a 1 GiB checkpoint and 1,000 images in a
@@ -45,6 +46,7 @@ NGINX, API_KEY = "/usr/sbin/nginx", "bench-key"
 CKPT_BYTES, IMAGE_TUNES, IMAGES_PER_TUNE, SEED = 2**30, range(101, 151), 20, 20240601
 TA = [sys.executable, "-m", "tune_archiver"]
 RUN_TIMEOUT = 900  # seconds; a hung run is killed and fails the benchmark
+WORKLOADS = ("W1", "W1-nohash", "W2", "W3")
 MEASURE = Path(__file__).resolve().parent / "measure.py"  # times one run: see there
 
 
@@ -66,13 +68,8 @@ def ensure_tools() -> None:
                if shutil.which(exe) is None]
     if missing:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
+            subprocess.run(argv, check=True, env=env, stdout=sys.stderr)
 
 
 def generate(served: Path) -> dict[str, tuple[int, str]]:
@@ -133,19 +130,25 @@ http {{
     scratch.chmod(0o755)  # workers may run as nobody
     proc = subprocess.Popen([NGINX, "-p", str(scratch), "-e", f"{scratch}/nginx-error.log",
                              "-c", str(conf)])
-    wait_for_port(fast, proc)
-    wait_for_port(slow, proc)
+    for port in (fast, slow):
+        for _ in range(100):
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with {proc.returncode}; see its error log")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"nginx does not listen on 127.0.0.1:{port}")
     return proc, fast, slow
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    for _ in range(100):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Api:
@@ -203,13 +206,18 @@ def make_tunes(fast: str, slow: str) -> dict[int, dict[str, object]]:
 def check_file(path: Path, size: int, sha: str, hash_it: bool) -> None:
     if not path.is_file() or path.stat().st_size != size:
         raise AssertionError(f"{path}: missing or not {size} bytes")
-    if hash_it and sha256_file(path) != sha:
-        raise AssertionError(f"{path}: wrong sha256")
+    if hash_it:
+        with path.open("rb") as file:
+            if hashlib.file_digest(file, "sha256").hexdigest() != sha:
+                raise AssertionError(f"{path}: wrong sha256")
 
 
 def verify_archive(tunes: dict[int, dict[str, object]], files: dict[str, tuple[int, str]],
-                   ids: list[int]) -> Callable[[Path, bool], None]:
-    """Each manifest complete, each asset's sha256 the served file's, each blob present."""
+                   ids: list[int], hashed: bool = True) -> Callable[[Path, bool], None]:
+    """Each manifest complete, each asset's sha256 the served file's, each blob present.
+
+    With hashed=False (the bench-only switch that skips hashing) only sizes are checked.
+    """
 
     def verify(out: Path, first: bool) -> None:
         for tid in ids:
@@ -220,10 +228,12 @@ def verify_archive(tunes: dict[int, dict[str, object]], files: dict[str, tuple[i
             urls = [*tune["ckpt_urls"], *tune["orig_images"]]
             wanted = [files[u.split("/", 3)[3]] for u in urls]
             got = [(a["size"], a["sha256"]) for a in manifest["assets"] if a["status"] == "ok"]
+            if not hashed:
+                got, wanted = [size for size, _ in got], [size for size, _ in wanted]
             if sorted(got) != sorted(wanted):
                 raise AssertionError(f"manifest {tid}: sha256s differ from the served files")
             for asset in manifest["assets"]:
-                big = asset["size"] == CKPT_BYTES
+                big = hashed and asset["size"] == CKPT_BYTES
                 check_file(out / asset["path"], asset["size"], asset["sha256"], first and big)
 
     return verify
@@ -273,20 +283,24 @@ def build_cases(scratch: Path, api: str, fast: str, slow: str, ta_args: list[str
                Case("curl", curl(f"{fast}/model.safetensors"), verify_files(ckpt)),
                Case("aria2c -x16 -s16", aria(f"{fast}/model.safetensors", 16), verify_files(ckpt)),
                Case("aria2c -x1 -s1", aria(f"{fast}/model.safetensors", 1), verify_files(ckpt))],
-        "W1-nohash": [Case("tune-archiver (NO_HASH=1)", ta(1), verify_archive(tunes, files, [1]),
-                           {**key, "TUNE_ARCHIVER_BENCH_NO_HASH": "1"})],
+        "W1-nohash": [Case("tune-archiver (SKIP_HASH=1)", ta(1),
+                           verify_archive(tunes, files, [1], hashed=False),
+                           {**key, "TUNE_ARCHIVER_BENCH_SKIP_HASH": "1"})],
         "W2": [Case("tune-archiver", ta(*ids), verify_archive(tunes, files, ids), key),
                Case("aria2c -j8", lambda out: ["aria2c", "-j8", "-q", "--allow-overwrite=true",
                                                "--file-allocation=none", "-d", str(out),
                                                "-i", str(aria_list)], verify_files(images)),
                Case("curl -Z --parallel-max 8", curl_many, verify_files(images))],
         "W3": [Case("tune-archiver", ta(2), verify_archive(tunes, files, [2]), key),
+               Case("tune-archiver --split 16 --concurrency 16",
+                    lambda out: [*ta(2)(out), "--split", "16", "--concurrency", "16"],
+                    verify_archive(tunes, files, [2]), key),
                Case("curl", curl(f"{slow}/model.safetensors"), verify_files(ckpt)),
                Case("aria2c -x16 -s16", aria(f"{slow}/model.safetensors", 16), verify_files(ckpt))],
     }
 
 
-def run_once(case: Case, out: Path, first: bool) -> None:
+def run_once(case: Case, out: Path, first: bool, cwd: Path) -> None:
     """Run one case into a fresh `out`, record wall, CPU and peak RSS, and check it."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -296,7 +310,7 @@ def run_once(case: Case, out: Path, first: bool) -> None:
     result.unlink(missing_ok=True)
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-S", "-I", str(MEASURE), str(result), *argv],
-                                cwd=ROOT, env={**os.environ, **case.env}, stdout=sink,
+                                cwd=cwd, env={**os.environ, **case.env}, stdout=sink,
                                 stderr=sink, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             proc.wait(RUN_TIMEOUT)
@@ -313,96 +327,109 @@ def run_once(case: Case, out: Path, first: bool) -> None:
     case.cpus.append(run["cpu"])
     case.rss_kib.append(run["maxrss_kib"])
     print(f"  {case.tool:28} run {len(case.walls)}: wall {run['wall']:6.2f} s, "
-          f"cpu {run['cpu']:6.2f} s, rss {run['maxrss_kib'] / 1024:7.1f} MiB", flush=True)
+          f"cpu {run['cpu']:6.2f} s, rss {run['maxrss_kib'] / 1024:7.1f} MiB", file=sys.stderr)
 
 
-def versions() -> str:
+def versions(cwd: Path) -> str:
     def first_line(argv: list[str]) -> str:
-        run = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=ROOT)
+        run = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd)
         return (run.stdout or run.stderr).strip().splitlines()[0]
 
-    return "; ".join([first_line([*TA, "--version"]), f"Python {sys.version.split()[0]}",
+    digest = hashlib.sha256()  # which tune_archiver/*.py was measured (no git here)
+    for path in sorted((cwd / "tune_archiver").rglob("*.py")):
+        digest.update(path.relative_to(cwd).as_posix().encode() + b"\0" + path.read_bytes())
+    return "; ".join([first_line([*TA, "--version"]) + f" (sources {digest.hexdigest()[:12]})",
+                      f"Python {sys.version.split()[0]}",
                       f"aiohttp {aiohttp.__version__}", first_line([NGINX, "-v"]),
                       first_line(["curl", "--version"]), first_line(["aria2c", "--version"])])
 
 
-def report(workloads: dict[str, list[Case]], runs: int, ta_args: list[str]) -> str:
+def report(workloads: dict[str, list[Case]], runs: int, ta_args: list[str], cwd: Path) -> str:
+    """The Markdown table of medians, with tune-archiver's wall over the best peer's."""
     peers = {"W1": ("curl", "aria2c -x16 -s16", "aria2c -x1 -s1"), "W2": ("aria2c -j8",),
              "W3": ("aria2c -x16 -s16",)}
-    best = {w: min(statistics.median(c.walls) for c in cases if c.tool in peers[w])
-            for w, cases in workloads.items() if w in peers}
-    best["W1-nohash"] = best.get("W1", 0.0)
+    best = {w: min(statistics.median(c.walls) for c in workloads[w] if c.tool in tools)
+            for w, tools in peers.items() if w in workloads}
+    if "W1" in best:
+        best["W1-nohash"] = best["W1"]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# tune-archiver benchmark, {now}", "",
-             f"nproc {os.cpu_count()}; {runs} runs each, medians; tune-archiver args: "
-             f"`{shlex.join(ta_args) or '(none)'}`", "", f"Versions: {versions()}", "",
+             f"nproc {len(os.sched_getaffinity(0))}; load average at the end "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews the walls); "
+             f"medians of {runs} runs; extra tune-archiver args: "
+             f"`{shlex.join(ta_args) or '(none)'}`", "", f"Versions: {versions(cwd)}", "",
              "| workload | tool | wall s | CPU s | peak RSS MiB | walls of the runs | "
              "vs best peer |", "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for name, cases in workloads.items():
         for c in cases:
             wall = statistics.median(c.walls)
-            ratio = f"{wall / best[name]:.2f}x" if c.tool.startswith("tune") and best.get(
-                name) else ""
+            is_ta = c.tool.startswith("tune-archiver")
+            ratio = f"{wall / best[name]:.2f}x" if is_ta and name in best else ""
             lines.append(f"| {name} | {c.tool} | {wall:.2f} | {statistics.median(c.cpus):.2f} | "
                          f"{statistics.median(c.rss_kib) / 1024:.1f} | "
                          f"{', '.join(f'{w:.2f}' for w in c.walls)} | {ratio} |")
-    lines += ["", "Peers: W1 the best of curl and both aria2c; W2 aria2c -j8; W3 aria2c -x16."]
+    lines += ["", "Best peer: W1 (and W1-nohash) the fastest of curl and both aria2c; "
+              "W2 aria2c -j8; W3 aria2c -x16 -s16."]
     if "W1" in workloads and "W1-nohash" in workloads:
         hashed = statistics.median(workloads["W1"][0].walls)
         bare = statistics.median(workloads["W1-nohash"][0].walls)
         lines.append(f"W1 hashing overhead: {(hashed - bare) / bare:+.1%} "
-                     f"({hashed:.2f} s vs {bare:.2f} s with TUNE_ARCHIVER_BENCH_NO_HASH=1).")
+                     f"({hashed:.2f} s vs {bare:.2f} s with TUNE_ARCHIVER_BENCH_SKIP_HASH=1).")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="W1,W1-nohash,W2,W3", help="comma-separated workloads")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     parser.add_argument("--ta-args", default="", help="appended to every tune-archiver fetch")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="run a copy of tune_archiver/ taken at the start (others may edit it)")
     args = parser.parse_args()
     only, ta_args = args.only.split(","), shlex.split(args.ta_args)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally runs
+    if args.runs < 1 or not set(only) <= set(WORKLOADS):
+        parser.error(f"--runs must be >= 1 and --only a subset of {','.join(WORKLOADS)}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the cleanup runs
     ensure_tools()
-    scratch = Path(tempfile.mkdtemp(prefix="tune-archiver-bench-"))
-    nginx: subprocess.Popen[bytes] | None = None
-    api: Api | None = None
-    try:
+    with contextlib.ExitStack() as cleanup:  # undone in reverse, each even if another fails
+        scratch = Path(tempfile.mkdtemp(prefix="tune-archiver-bench-"))
+        if args.keep:
+            cleanup.callback(print, f"kept {scratch}", file=sys.stderr)
+        else:
+            cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         served = scratch / "served"
         served.mkdir()
-        print(f"generating files in {scratch} ...", flush=True)
+        print(f"generating files in {scratch} ...", file=sys.stderr)
         files = generate(served)
-        nginx, fast, slow = start_nginx(scratch, served)
-        tunes = make_tunes(f"http://127.0.0.1:{fast}", f"http://127.0.0.1:{slow}")
+        cwd = ROOT  # `python -m tune_archiver` imports the package from here
+        if args.snapshot:
+            cwd = scratch / "snapshot"
+            shutil.copytree(ROOT / "tune_archiver", cwd / "tune_archiver",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        nginx, fast_port, slow_port = start_nginx(scratch, served)
+        cleanup.callback(stop, nginx)
+        fast, slow = f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{slow_port}"
+        tunes = make_tunes(fast, slow)
         api = Api(tunes).start()
-        cases = build_cases(scratch, api.url, f"http://127.0.0.1:{fast}",
-                            f"http://127.0.0.1:{slow}", ta_args, tunes, files)
-        workloads = {name: cases[name] for name in cases if name in only}
+        cleanup.callback(api.stop)
+        cases = build_cases(scratch, api.url, fast, slow, ta_args, tunes, files)
+        workloads = {name: cases[name] for name in WORKLOADS if name in only}
         for name, wl_cases in workloads.items():
-            print(f"{name}:", flush=True)
+            print(f"{name}:", file=sys.stderr)
             for run in range(args.runs):  # interleaved, so drift hits every tool alike
                 for case in wl_cases:
-                    run_once(case, scratch / "out", first=run == 0)
-        table = report(workloads, args.runs, ta_args)
-        print("\n" + table)
+                    run_once(case, scratch / "out", run == 0, cwd)
+        table = report(workloads, args.runs, ta_args, cwd)
+        print(table)
         (ROOT / "bench" / "results.md").write_text(table)
-        return 0
-    finally:
-        if api is not None:
-            api.stop()
-        if nginx is not None:
-            nginx.terminate()
-            try:
-                nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
-                nginx.wait()
-        if args.keep:
-            print(f"kept {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
