@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -47,6 +48,7 @@ def main() -> int:
         served = work / "served"
         served.mkdir()
         expected = write_file(served / "model.safetensors")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()
         standin = StandIn(files_dir=served).start()

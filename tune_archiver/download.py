@@ -108,7 +108,7 @@ class Downloader:
             keep = False  # its bytes are what filled the disk
             raise
         finally:
-            partial.close(keep=keep)  # does nothing once committed
+            await self._store.release(partial, keep)  # does nothing once committed
         self._progress.file_done()
         return blob
 

@@ -107,6 +107,9 @@ class Partial:
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._syncing = False
+        # Called (in the writing thread) when the hashed prefix grows: an S3 store
+        # uploads parts while the download goes on.
+        self.on_hashed: Callable[[], None] | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -173,6 +176,8 @@ class Partial:
         self._hashed += written
         self.size += written
         self._maybe_sync()
+        if self.on_hashed is not None:
+            self.on_hashed()
 
     def reset(self) -> None:
         """Forget every byte, and any split: the next append starts the file again."""
@@ -234,6 +239,8 @@ class Partial:
                 self._hashed += len(chunk)
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
+        if self._hashed > start and self.on_hashed is not None:
+            self.on_hashed()
         return self._hashed - start
 
     @property

@@ -27,9 +27,19 @@ from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, DiskFull, StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial, Writer, in_thread, storage_error
+from tune_archiver.partial import SKIP_HASH, Partial, Writer, in_thread, storage_error
 from tune_archiver.s3errors import Absent, translated
-from tune_archiver.s3transfer import b64, check_upload, copy, save_as, settle, stream, upload
+from tune_archiver.s3live import LiveUpload
+from tune_archiver.s3transfer import (
+    b64,
+    check_upload,
+    complete,
+    copy,
+    save_as,
+    settle,
+    stream,
+    upload,
+)
 from tune_archiver.store import StoredBlob
 from tune_archiver.urls import redact, url_key
 
@@ -38,7 +48,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 MIN_PART = 5 * 2**20  # S3's smallest part but the last
-PART_SIZE = 16 * 2**20  # bytes per uploaded part; also the largest single PUT
+PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
@@ -91,6 +101,7 @@ class S3Store:
         self._write = write
         self._session = session
         self._client: S3Client | None = None
+        self._live: dict[int, LiveUpload] = {}  # by id() of the partial they follow
         self._stack = contextlib.AsyncExitStack()
 
     def __str__(self) -> str:
@@ -126,6 +137,10 @@ class S3Store:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        for live in self._live.values():  # partials never committed nor released
+            await live.stop()
+            await settle(live.abort(), f"abort the upload to {live.key}")
+        self._live.clear()
         self._client = None
         await self._stack.aclose()
 
@@ -190,10 +205,28 @@ class S3Store:
             )
 
     async def open_partial(self, url: str) -> Partial:
-        """The local partial download of this URL, resumed from an earlier run when possible."""
-        return await asyncio.to_thread(
+        """The local partial download of this URL, resumed from an earlier run when possible;
+        its whole parts go to the bucket while it downloads (see s3live)."""
+        partial = await asyncio.to_thread(
             Partial.open, self.staging, url_key(url), self.staging, self._write
         )
+        live = LiveUpload(self, partial)
+        self._live[id(partial)] = live
+        live.start()
+        return partial
+
+    def live_upload(self, partial: Partial) -> LiveUpload | None:
+        """The upload following a partial's download, if it is not yet committed."""
+        return self._live.get(id(partial))
+
+    async def release(self, partial: Partial, keep: bool) -> None:
+        """Take back a partial that was not committed: its live upload is aborted, and the
+        file kept for a later run or removed."""
+        live = self._live.pop(id(partial), None)
+        if live is not None:
+            await live.stop()
+            await settle(live.abort(), f"abort the upload to {live.key}")
+        await in_thread(partial.close, keep)
 
     # -- blobs -----------------------------------------------------------------
 
@@ -216,26 +249,47 @@ class S3Store:
         IntegrityError when the bytes do not match their name, StorageError (or
         ConfigError for refused credentials) when the store fails.
         """
-        if tail:
-            await in_thread(partial.append, tail)
-        blob = Blob(partial.sha256(), partial.size, content_type)
-        final = self.key(blob_key(blob.sha256))
-        found = await self._head(final, "look up a blob")
-        if found is not None and found[0] == blob.size:
-            await self._keep_young(final, found[1], blob)
-        else:
-            temp = self.key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
-            try:
-                with self._translated("upload a blob"):
-                    checksum = await upload(self, temp, partial, blob)
-                    await check_upload(self, temp, blob, checksum)
-                    # Another writer may have stored it meanwhile: identical bytes.
-                    if await self._size_at(final, "look up a blob") != blob.size:
-                        await copy(self, temp, final, blob)
-            finally:
-                await settle(self.delete(temp), f"delete {temp}")
+        live = self._live.pop(id(partial), None)
+        try:
+            if tail:
+                await in_thread(partial.append, tail)
+            if live is not None:
+                await live.stop()
+            blob = Blob(partial.sha256(), partial.size, content_type)
+            final = self.key(blob_key(blob.sha256))
+            found = await self._head(final, "look up a blob")
+            if found is not None and found[0] == blob.size:
+                await self._keep_young(final, found[1], blob)
+            else:
+                await self._store_new(partial, blob, final, live)
+        finally:
+            if live is not None:
+                await settle(live.abort(), f"abort the upload to {live.key}")
         await in_thread(partial.close, False)
         return blob
+
+    async def _store_new(
+        self, partial: Partial, blob: Blob, final: str, live: LiveUpload | None
+    ) -> None:
+        """Finish the live upload (or send the whole file), check it, copy it into place."""
+        temp = self.key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
+        try:
+            with self._translated("upload a blob"):
+                if live is not None and await live.send_rest() and (
+                    SKIP_HASH or live.whole.hexdigest() == blob.sha256
+                ):
+                    temp = live.key
+                    await complete(self, live.key, live.upload_id or "", live.parts)
+                    live.upload_id = None  # completed: nothing to abort
+                    checksum = live.checksum()
+                else:
+                    checksum = await upload(self, temp, partial, blob)
+                await check_upload(self, temp, blob, checksum)
+                # Another writer may have stored it meanwhile: identical bytes.
+                if await self._size_at(final, "look up a blob") != blob.size:
+                    await copy(self, temp, final, blob)
+        finally:
+            await settle(self.delete(temp), f"delete {temp}")
 
     async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> None:
         """Refresh an old blob's date (a copy onto itself), so gc sees it as in use."""

@@ -112,6 +112,16 @@ async def _send_part(
     )
     return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
 
+async def complete(
+    store: S3Store, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
+) -> None:
+    """Complete a multipart upload from its parts, in order."""
+    await store.client.complete_multipart_upload(
+        Bucket=store.bucket, Key=key, UploadId=upload_id,
+        MultipartUpload={"Parts": sorted(parts, key=lambda part: part["PartNumber"])},
+    )
+
+
 async def check_upload(store: S3Store, key: str, blob: Blob, checksum: str) -> None:
     """The uploaded object must have the blob's size and, where S3 reports one, SHA-256."""
     head = await store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")

@@ -103,6 +103,10 @@ class LocalStore:
             Partial.open, self.path(TMP), url_key(url), self.root, self._write
         )
 
+    async def release(self, partial: Partial, keep: bool) -> None:
+        """Take back a partial that was not committed: kept for a later run, or removed."""
+        partial.close(keep=keep)
+
     async def check_room(self, nbytes: int) -> None:
         """Raise DiskFull when the archive's filesystem has less than `nbytes` free."""
         try:

@@ -1,0 +1,149 @@
+"""Parts of a download sent to S3 while it is still downloading.
+
+A LiveUpload watches its partial's hashed prefix (the bytes on disk from the first,
+hashed): each time a whole part is there, the part is read back (from the page
+cache, as a rule) and sent to a multipart upload at a temporary key. The commit
+then sends only what is left and completes the upload. If the download starts over,
+the upload does too; if anything fails, the upload is aborted and the commit sends
+the whole file itself (s3transfer.upload), so this is only ever a head start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+from tune_archiver.errors import ArchiverError
+from tune_archiver.layout import TMP
+from tune_archiver.partial import Hasher, Partial, in_thread, new_hash
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+    from tune_archiver.s3store import S3Store
+
+log = logging.getLogger(__name__)
+
+
+class LiveUpload:
+    """A multipart upload that follows one partial download."""
+
+    def __init__(self, store: S3Store, partial: Partial) -> None:
+        self._store = store
+        self._partial = partial
+        self.key = store.key(f"{TMP}/upload-live-{uuid.uuid4().hex}")
+        self.upload_id: str | None = None
+        self.parts: list[CompletedPartTypeDef] = []
+        self.sent = 0  # bytes of the file sent, all in whole parts
+        self.whole: Hasher = new_hash()  # of the bytes sent, to check against the blob's name
+        self.failed = False
+        self._loop = asyncio.get_running_loop()
+        self._more = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Follow the partial from now on (it may already hold bytes from an earlier run)."""
+        self._partial.on_hashed = self._notify
+        self._more.set()
+        self._task = asyncio.create_task(self._follow())
+
+    async def idle(self) -> None:
+        """Wait until every whole part on disk so far is sent (or the upload gave up)."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Stop following: the commit (or an abort) takes over."""
+        self._partial.on_hashed = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def send_rest(self) -> bool:
+        """Send what the background has not (the last part may be short); False when this
+        upload cannot be finished and the file must be sent whole."""
+        if self.failed or self.upload_id is None:
+            return False
+        try:
+            await self._send_ready(final=True)
+        except ArchiverError as exc:
+            log.info("live upload of %s failed, sending it whole: %s", self.key, exc)
+            return False
+        return self.sent == self._partial.size
+
+    def checksum(self) -> str:
+        """The composite SHA-256 S3 reports for the completed upload."""
+        digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in self.parts)
+        return base64.b64encode(hashlib.sha256(digests).digest()).decode()
+
+    def _notify(self) -> None:  # called from a writer thread
+        self._loop.call_soon_threadsafe(self._more.set)
+
+    async def _follow(self) -> None:
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            self._idle.clear()
+            try:
+                await self._send_ready(final=False)
+            except ArchiverError as exc:
+                log.info("live upload of %s failed, the commit will send it whole: %s",
+                         self.key, exc)
+                self.failed = True
+                self._idle.set()
+                return
+            self._idle.set()
+
+    async def _send_ready(self, final: bool) -> None:
+        """Send each whole part now on disk; with `final`, the short last one too."""
+        size = self._store.part_size
+        while True:
+            ready = self._partial.hashed
+            if ready < self.sent:  # the download started over: so does the upload
+                await self.abort()
+                self.upload_id, self.parts, self.sent, self.whole = None, [], 0, new_hash()
+            length = min(size, ready - self.sent)
+            if length <= 0 or (length < size and not final):
+                return
+            await self._send_part(self.sent, length)
+
+    async def _send_part(self, offset: int, length: int) -> None:
+        store = self._store
+        with store._translated("upload a blob"):
+            if self.upload_id is None:
+                created = await store.client.create_multipart_upload(
+                    Bucket=store.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
+                )
+                self.upload_id = created["UploadId"]
+            data = await in_thread(_read, self._partial.path, offset, length)
+            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            number = len(self.parts) + 1
+            answer = await store.client.upload_part(
+                Bucket=store.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+            )
+        self.whole.update(data)
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"],
+                           "ChecksumSHA256": checksum})
+        self.sent = offset + length
+
+    async def abort(self) -> None:
+        """Abort the multipart upload, if one was started."""
+        if self.upload_id is not None:
+            await self._store.abort(self.key, self.upload_id)
+            self.upload_id = None
+
+
+def _read(path: os.PathLike[str], offset: int, length: int) -> bytes:
+    with open(path, "rb", buffering=0) as file:
+        data = os.pread(file.fileno(), length, offset)
+    if len(data) != length:
+        raise ArchiverError("a download is shorter than its hashed bytes")
+    return data
