@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
+ABORT_ATTEMPTS = 3
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
@@ -455,10 +456,20 @@ class S3Store:
             await self.client.delete_object(Bucket=self.bucket, Key=key)
 
     async def abort(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(Absent), self._translated("abort an upload"):
-            await self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id
-            )
+        """Abort a multipart upload. A part still in flight can make the store refuse or
+        undo an abort, so (as S3's documentation advises) it is tried again."""
+        for attempt in range(ABORT_ATTEMPTS):
+            try:
+                with self._translated("abort an upload"):
+                    await self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+                return
+            except Absent:
+                return
+            except StorageError:
+                if attempt == ABORT_ATTEMPTS - 1:
+                    raise
 
     async def _list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
         """(key relative to the prefix, listing entry) of every object under `directory`."""
