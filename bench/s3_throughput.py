@@ -9,7 +9,6 @@ by moto, not by S3. Run from the repository root: python bench/s3_throughput.py
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,20 +25,10 @@ from moto.server import ThreadedMotoServer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory_check import write_checkpoint  # noqa: E402
 from tests.standin import StandIn  # noqa: E402
 
-SIZE = 2**30
-
-
-def write_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    block = 16 * 2**20
-    with path.open("wb") as file:
-        for _ in range(SIZE // block):
-            data = os.urandom(block)
-            digest.update(data)
-            file.write(data)
-    return digest.hexdigest()
+SIZE = 2**30  # bench/memory_check.write_checkpoint writes this much
 
 
 def main() -> int:
@@ -47,7 +36,7 @@ def main() -> int:
         work = Path(scratch)
         served = work / "served"
         served.mkdir()
-        expected = write_file(served / "model.safetensors")
+        expected = write_checkpoint(served / "model.safetensors")
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         moto.start()

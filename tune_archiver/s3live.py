@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
 from tune_archiver.partial import Hasher, Partial, in_thread, new_hash
+from tune_archiver.s3transfer import read_part, send_part
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -122,16 +123,16 @@ class LiveUpload:
                     Bucket=store.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
                 )
                 self.upload_id = created["UploadId"]
-            data = await in_thread(_read, self._partial.path, offset, length)
-            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            number = len(self.parts) + 1
-            answer = await store.client.upload_part(
-                Bucket=store.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
-                Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+            fd = os.open(self._partial.path, os.O_RDONLY)
+            try:
+                data, checksum = await in_thread(read_part, fd, offset, length, None)
+            finally:
+                os.close(fd)
+            part = await send_part(
+                store, self.key, self.upload_id, len(self.parts) + 1, data, checksum
             )
         self.whole.update(data)
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"],
-                           "ChecksumSHA256": checksum})
+        self.parts.append(part)
         self.sent = offset + length
 
     async def abort(self) -> None:
@@ -139,11 +140,3 @@ class LiveUpload:
         if self.upload_id is not None:
             await self._store.abort(self.key, self.upload_id)
             self.upload_id = None
-
-
-def _read(path: os.PathLike[str], offset: int, length: int) -> bytes:
-    with open(path, "rb", buffering=0) as file:
-        data = os.pread(file.fileno(), length, offset)
-    if len(data) != length:
-        raise ArchiverError("a download is shorter than its hashed bytes")
-    return data

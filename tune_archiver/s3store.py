@@ -55,7 +55,8 @@ ATTEMPTS = 5  # tries of each request, the first included (botocore's standard r
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
-# Error codes that mean the credentials (or the policy) refuse us: a configuration problem.
+
+
 class S3Store:
     """An archive under s3://bucket/prefix, with partial downloads in a local directory.
 
@@ -509,8 +510,6 @@ def _parse_url(url: str) -> tuple[str, str]:
     ):
         raise ConfigError(f"not an S3 archive URL (s3://bucket or s3://bucket/prefix): {url!r}")
     return parts.netloc, "/".join(segments)
-
-
 
 
 def staging_dir(url: str) -> Path:

@@ -53,7 +53,7 @@ async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
         raise storage_error(exc, store.staging, "read a finished download") from exc
     try:
         if blob.size <= part_size:
-            data, checksum = await in_thread(_read_part, fd, 0, blob.size, None)
+            data, checksum = await in_thread(read_part, fd, 0, blob.size, None)
             _check_digest(new_hash(), data, blob)
             await store.client.put_object(
                 Bucket=store.bucket,
@@ -89,16 +89,18 @@ async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
     finally:
         os.close(fd)
 
+
 async def _parts(
     store: S3Store, key: str, upload_id: str, fd: int, size: int, part_size: int, whole: Hasher
 ) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
     """The part uploads, each made only when it may start: its bytes are read then."""
     for number, offset in enumerate(range(0, size, part_size), start=1):
         length = min(part_size, size - offset)
-        data, checksum = await in_thread(_read_part, fd, offset, length, whole)
-        yield _send_part(store, key, upload_id, number, data, checksum)
+        data, checksum = await in_thread(read_part, fd, offset, length, whole)
+        yield send_part(store, key, upload_id, number, data, checksum)
 
-async def _send_part(
+
+async def send_part(
     store: S3Store, key: str, upload_id: str, number: int, data: bytes, checksum: str
 ) -> CompletedPartTypeDef:
     sent = await store.client.upload_part(
@@ -111,6 +113,7 @@ async def _send_part(
         ChecksumSHA256=checksum,
     )
     return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
+
 
 async def complete(
     store: S3Store, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
@@ -135,6 +138,7 @@ async def check_upload(store: S3Store, key: str, blob: Blob, checksum: str) -> N
         raise IntegrityError(
             f"the upload of blob {blob.sha256} to {store} has another SHA-256; not stored"
         )
+
 
 async def copy(store: S3Store, source: str, final: str, blob: Blob) -> None:
     """Server-side copy of a checked upload to its blob key."""
@@ -165,6 +169,7 @@ async def copy(store: S3Store, source: str, final: str, blob: Blob) -> None:
         await settle(store.abort(final, upload_id), f"abort the copy to {final}")
         raise
 
+
 async def _part_copies(
     store: S3Store, source: str, final: str, upload_id: str, size: int
 ) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
@@ -172,6 +177,7 @@ async def _part_copies(
     for number, start in enumerate(range(0, size, step), start=1):
         end = min(start + step, size) - 1
         yield _copy_part(store, source, final, upload_id, number, f"bytes={start}-{end}")
+
 
 async def _copy_part(
     store: S3Store, source: str, final: str, upload_id: str, number: int, byte_range: str
@@ -191,7 +197,7 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[bytes, str]:
+def read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[bytes, str]:
     """Exactly `length` bytes at `offset`, and their base64 SHA-256; also fed to `whole`."""
     chunks, got = [], 0
     while got < length:
