@@ -15,7 +15,6 @@ and the sha256 covers the contiguous prefix, caught up as spans fill.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -26,7 +25,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from tune_archiver.errors import DiskFull, IntegrityError, StorageError
 
@@ -41,7 +40,6 @@ Writer = Callable[[int, list[memoryview], int], int]
 Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
 # A bench-only switch (bench/run measures what hashing costs): never for real archives.
 SKIP_HASH = os.environ.get("TUNE_ARCHIVER_BENCH_SKIP_HASH") == "1"
-T = TypeVar("T")
 
 
 class Hasher(Protocol):
@@ -365,20 +363,6 @@ class Partial:
         temporary = self._sidecar.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self._sidecar)
-
-
-async def in_thread(function: Callable[..., T], *args: object) -> T:
-    """Run a blocking partial-file call in a worker thread and see it through.
-
-    If we are cancelled meanwhile, we still wait for the thread before re-raising:
-    a write left running would race the partial's close (its size, even its fd).
-    """
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        raise
 
 
 def _prefix_end(spans: list[Span]) -> int:

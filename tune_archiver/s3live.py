@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
-from tune_archiver.partial import Hasher, Partial, in_thread, new_hash
+from tune_archiver.partial import Hasher, Partial, new_hash
 from tune_archiver.s3transfer import read_part, send_part
+from tune_archiver.workers import in_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef

@@ -27,7 +27,7 @@ from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, DiskFull, StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import SKIP_HASH, Partial, Writer, in_thread, storage_error
+from tune_archiver.partial import SKIP_HASH, Partial, Writer, storage_error
 from tune_archiver.s3errors import Absent, translated
 from tune_archiver.s3live import LiveUpload
 from tune_archiver.s3transfer import (
@@ -42,6 +42,7 @@ from tune_archiver.s3transfer import (
 )
 from tune_archiver.store import StoredBlob
 from tune_archiver.urls import redact, url_key
+from tune_archiver.workers import in_thread
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tune_archiver.errors import ArchiverError, IntegrityError, StorageError
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import SKIP_HASH, Hasher, Partial, in_thread, new_hash, storage_error
+from tune_archiver.partial import SKIP_HASH, Hasher, Partial, new_hash, storage_error
 from tune_archiver.s3errors import Absent
+from tune_archiver.workers import in_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
