@@ -27,6 +27,7 @@ from tune_archiver.inventory import archived_tunes
 from tune_archiver.layout import MANIFESTS
 from tune_archiver.models import TuneResult
 from tune_archiver.parser import build_parser, check_fetch
+from tune_archiver.partial import SKIP_HASH
 from tune_archiver.preview import dry_run
 from tune_archiver.progress import progress_for
 from tune_archiver.urls import REDACTED
@@ -112,6 +113,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     if args.dry_run:
         return _run_dry(args, settings, tunes, secrets)
+    if SKIP_HASH:
+        log.warning("TUNE_ARCHIVER_BENCH_SKIP_HASH is set: blobs are not named by their "
+                    "sha256; this is for benchmarks only")
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
     try:

@@ -16,7 +16,7 @@ import asyncio
 import aiohttp
 
 from tune_archiver.config import Settings
-from tune_archiver.errors import ArchiverError, BodyError
+from tune_archiver.errors import ArchiverError, BodyError, IntegrityError
 from tune_archiver.partial import Partial
 from tune_archiver.progress import Progress
 from tune_archiver.retry import call_with_retries
@@ -72,9 +72,17 @@ class RangedFetch:
                 filled.clear()
                 while await in_thread(partial.catch_up_hash, HASH_STEP):
                     pass
+                if all(pos == end for _, pos, end in partial.spans or []):
+                    # Every piece is in: one last catch-up must reach the end, or we would
+                    # wait here forever.
+                    while await in_thread(partial.catch_up_hash, HASH_STEP):
+                        pass
+                    if partial.hashed < partial.total:
+                        raise IntegrityError("internal error: every piece is in, not hashed")
 
-        assert partial.spans is not None
-        todo = [index for index, (_, pos, end) in enumerate(partial.spans) if pos < end]
+        spans = partial.spans
+        assert spans is not None
+        todo = [index for index, (_, pos, end) in enumerate(spans) if pos < end]
         todo.reverse()  # popped from the end: the first piece first
 
         async def connection() -> None:
