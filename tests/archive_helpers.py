@@ -60,6 +60,15 @@ def archived(standin: StandIn, archive: Path, *tune_ids: int) -> None:
     assert run_fetch(standin, archive, *(str(i) for i in tune_ids)) == 0
 
 
+def two_tunes_sharing_an_image(standin: StandIn, archive: Path) -> tuple[Served, Served]:
+    """Tunes 1 and 2 archived; each has a checkpoint, two images, and one image they share."""
+    shared = os.urandom(4_000)
+    one = add_tune(standin, 1, shared=(shared,))
+    two = add_tune(standin, 2, shared=(shared,))
+    archived(standin, archive, 1, 2)
+    return one, two
+
+
 @dataclass
 class Ran:
     """What one command printed, and its exit code."""

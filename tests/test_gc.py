@@ -25,6 +25,7 @@ from tests.archive_helpers import (
     key_of,
     start,
     stop,
+    two_tunes_sharing_an_image,
 )
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, sha256, stored_blobs
@@ -71,10 +72,7 @@ def archive(tmp_path: Path) -> Path:
 @pytest.fixture
 def orphaned(standin: StandIn, archive: Path) -> tuple[Served, Served]:
     """Tunes 1 and 2 archived, sharing one image; then tune 2's manifest deleted."""
-    shared = os.urandom(4_000)
-    one = add_tune(standin, 1, shared=(shared,))
-    two = add_tune(standin, 2, shared=(shared,))
-    archived(standin, archive, 1, 2)
+    one, two = two_tunes_sharing_an_image(standin, archive)
     (archive / "manifests" / "2.json").unlink()
     return one, two
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,11 @@ import pytest
 from tests.archive_helpers import (
     Served,
     add_tune,
-    archived,
     cli,
     flip_byte,
     key_of,
     manifest_of,
+    two_tunes_sharing_an_image,
     writable,
     write_manifest,
 )
@@ -72,11 +71,7 @@ def archive(tmp_path: Path) -> Path:
 @pytest.fixture
 def tunes(standin: StandIn, archive: Path) -> tuple[Served, Served]:
     """Tunes 1 and 2 archived; each has a checkpoint, two images, and one image they share."""
-    shared = os.urandom(4_000)
-    one = add_tune(standin, 1, shared=(shared,))
-    two = add_tune(standin, 2, shared=(shared,))
-    archived(standin, archive, 1, 2)
-    return one, two
+    return two_tunes_sharing_an_image(standin, archive)
 
 
 def error(line: str) -> str:

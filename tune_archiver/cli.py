@@ -186,37 +186,24 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         found = _in_archive(args, lambda store: verify(store, args.tune_ids, progress))
     finally:
         progress.close()
-    for line in report.verify_problems(found):
-        _error(line, secrets)
-    if args.json:
-        _print_json(report.verify_json(found), secrets)
-    elif not args.quiet:
-        print(report.verify_summary(found))
+    _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
+          report.verify_summary(found))
     return EXIT_OK if found.ok else EXIT_FAILED
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
     rows = _in_archive(args, lambda store: archived_tunes(store, args.clock()))
-    for row in rows:
-        if "error" in row:
-            _error(f"tune {row['tune_id']}: {row['error']}", secrets)
-    if args.json:
-        _print_json({"tunes": rows}, secrets)
-    elif not args.quiet:
-        print(report.list_table(rows))
-    return EXIT_FAILED if any("error" in row for row in rows) else EXIT_OK
+    errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
+    _emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     result = _in_archive(
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.copy)
     )
-    for line in result.failed:
-        _error(f"tune {args.tune_id}: {line}", secrets)
-    if args.json:
-        _print_json(report.export_json(result), secrets)
-    elif not args.quiet:
-        print(report.export_summary(result))
+    errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
+    _emit(args, secrets, errors, report.export_json(result), report.export_summary(result))
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -225,11 +212,21 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     found = _in_archive(args, lambda store: collect(
         store, args.clock(), args.dry_run, waiting=_waiting_for("fetch", location)
     ))
-    if args.json:
-        _print_json(report.gc_json(found, args.dry_run), secrets)
-    elif not args.quiet:
-        print("\n".join(report.gc_lines(found, args.dry_run)))
+    _emit(args, secrets, [], report.gc_json(found, args.dry_run),
+          "\n".join(report.gc_lines(found, args.dry_run)))
     return EXIT_OK
+
+
+def _emit(
+    args: argparse.Namespace, secrets: list[str], errors: list[str], as_json: Any, text: str
+) -> None:
+    """A command's output: error lines on stderr, then --json or the text (unless -q)."""
+    for line in errors:
+        _error(line, secrets)
+    if args.json:
+        _print_json(as_json, secrets)
+    elif not args.quiet:
+        print(_scrub(text, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
