@@ -27,6 +27,15 @@ def reopen(tmp_path: Path) -> Partial:
     return Partial.open(tmp_path, KEY, tmp_path)
 
 
+def reopen_after_a_reboot(tmp_path: Path) -> Partial:
+    """Reopen the partial as a run in another boot would: its sidecar names another boot."""
+    [sidecar] = tmp_path.glob("*.json")
+    state = json.loads(sidecar.read_text())
+    state["boot_id"] = "another boot"
+    sidecar.write_text(json.dumps(state))
+    return reopen(tmp_path)
+
+
 def test_split_keeps_the_bytes_on_disk_as_the_first_span(tmp_path: Path) -> None:
     """Spans tile the file; what a single stream had written is the first span's progress."""
     partial = new_partial(tmp_path)
@@ -85,11 +94,7 @@ def test_after_a_reboot_only_synced_spans_count(tmp_path: Path) -> None:
     partial.split(500)
     partial.write_span(0, [DATA[100:300]])
     partial.close(keep=True)
-    [sidecar] = tmp_path.glob("*.json")
-    state = json.loads(sidecar.read_text())
-    state["boot_id"] = "another boot"
-    sidecar.write_text(json.dumps(state))
-    again = reopen(tmp_path)
+    again = reopen_after_a_reboot(tmp_path)
     assert again.size == 0  # nothing had been fsynced: the file starts over
     assert again.spans is None
     again.close(keep=False)
@@ -105,11 +110,7 @@ def test_after_a_reboot_synced_spans_are_resumed(
     partial.write_span(0, [DATA[:300]])  # 300 bytes: an fsync, and its record
     partial.write_span(1, [DATA[500:600]])  # 100 more: not yet synced
     partial.close(keep=True)
-    [sidecar] = tmp_path.glob("*.json")
-    state = json.loads(sidecar.read_text())
-    state["boot_id"] = "another boot"
-    sidecar.write_text(json.dumps(state))
-    again = reopen(tmp_path)
+    again = reopen_after_a_reboot(tmp_path)
     assert again.spans == [[0, 300, 500], [500, 500, 1000]]
     again.close(keep=False)
 
