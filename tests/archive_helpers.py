@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import run_fetch, sha256
 from tests.standin import StandIn
-from tune_archiver.cli import main
+from tune_archiver.cli.main import main
 
 
 @dataclass

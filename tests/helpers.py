@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.standin import StandIn
-from tune_archiver.cli import main
+from tune_archiver.cli.main import main
 
 
 @dataclass

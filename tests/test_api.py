@@ -14,12 +14,13 @@ from aioresponses import aioresponses
 from yarl import URL
 
 from tests.helpers import Sleeps
-from tune_archiver import __version__, api
-from tune_archiver.api import AstriaClient
+from tune_archiver import __version__
+from tune_archiver.astria import client as api
+from tune_archiver.astria.client import AstriaClient
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Tune
-from tune_archiver.transport import new_session
+from tune_archiver.net.transport import new_session
 
 API = "http://api.test"
 TUNE_URL = f"{API}/tunes/7"

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from tune_archiver import __version__, archive
-from tune_archiver.cli import main
-from tune_archiver.parser import build_parser, duration
-from tune_archiver.report import time_left
+from tune_archiver import __version__
+from tune_archiver.cli.main import main
+from tune_archiver.cli.parser import build_parser, duration
+from tune_archiver.cli.report import time_left
+from tune_archiver.commands import fetch as archive
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:

@@ -14,10 +14,10 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
-from tune_archiver import archive as archive_module
+from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.progress import NullProgress
-from tune_archiver.store import LocalStore
+from tune_archiver.store.local import LocalStore
 
 MiB = 2**20
 

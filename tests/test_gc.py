@@ -31,10 +31,10 @@ from tests.conftest import check_manifest
 from tests.helpers import blob_file, sha256, stored_blobs
 from tests.standin import StandIn
 from tests.test_process import wait_until
-from tune_archiver import store as store_module
-from tune_archiver.gc import collect
+from tune_archiver.commands.gc import collect
 from tune_archiver.layout import blob_key
-from tune_archiver.store import LocalStore
+from tune_archiver.store import local as store_module
+from tune_archiver.store.local import LocalStore
 
 DAY = 86400
 _REMOVED = {

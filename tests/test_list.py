@@ -14,7 +14,7 @@ import pytest
 from tests.archive_helpers import add_tune, archived, cli, manifest_of
 from tests.helpers import run_fetch
 from tests.standin import StandIn
-from tune_archiver.store import LocalStore
+from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 1, 9, 30, 15, tzinfo=UTC)  # the clock `list` is given
 HEADER = ("id", "title", "branch", "model type", "files", "size", "complete", "archived at",

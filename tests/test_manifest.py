@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 
 from tests.conftest import SCHEMA
+from tune_archiver.commands.plan import assets_of
 from tune_archiver.manifest import SCHEMA_VERSION, build_manifest, decode, encode, format_time
 from tune_archiver.models import AssetResult, Blob, Tune, parse_tune
-from tune_archiver.plan import assets_of
 
 SECRET = "s3cr3tsig"
 WHEN = datetime(2026, 11, 29, 10, 0, 0, 999_999, tzinfo=UTC)

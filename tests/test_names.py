@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tune_archiver.names import export_path, extension, folder_name, slug
+from tune_archiver.commands.names import export_path, extension, folder_name, slug
 
 SHA = "ab" * 32
 

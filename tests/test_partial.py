@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_archiver import partial as partial_module
+from tune_archiver.download import partial as partial_module
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import IntegrityError
-from tune_archiver.partial import Partial
 
 KEY = "https://cdn.example/model.safetensors"
 DATA = os.urandom(1000)

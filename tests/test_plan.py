@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from tune_archiver.manifest import build_manifest
-from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
-from tune_archiver.plan import (
+from tune_archiver.commands.plan import (
     archived_blobs,
     assets_of,
     carried_over,
@@ -18,6 +16,8 @@ from tune_archiver.plan import (
     is_unchanged,
     plan_tune,
 )
+from tune_archiver.manifest import build_manifest
+from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
 from tune_archiver.urls import url_key
 
 CKPT = "https://bucket.example/ckpt.safetensors"

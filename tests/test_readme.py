@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from tests.conftest import ROOT
-from tune_archiver.parser import build_parser, check_fetch
+from tune_archiver.cli.parser import build_parser, check_fetch
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)

@@ -23,7 +23,7 @@ from tune_archiver.errors import (
     StorageError,
     TuneNotFound,
 )
-from tune_archiver.retry import call_with_retries, is_retryable, parse_retry_after
+from tune_archiver.net.retry import call_with_retries, is_retryable, parse_retry_after
 
 NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
 

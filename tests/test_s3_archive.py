@@ -28,7 +28,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     moto_s3_fixture,
 )
 from tests.standin import StandIn
-from tune_archiver.cli import main
+from tune_archiver.cli.main import main
 
 MiB = 2**20
 

@@ -19,7 +19,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 )
 from tests.test_s3store import PREFIX, URL, count_requests, left_over, opened
 from tune_archiver.layout import blob_key
-from tune_archiver.s3store import MIN_PART, S3Store
+from tune_archiver.store.s3.store import MIN_PART, S3Store
 
 PART = MIN_PART
 

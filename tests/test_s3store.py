@@ -35,6 +35,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     bucket_fixture,
     moto_s3_fixture,
 )
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -44,8 +45,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial
-from tune_archiver.s3store import INSTALL_HINT, MIN_PART, S3Store
+from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store
 
 PREFIX = "arch"
 BIG = 2 * MIN_PART + 12345  # three parts of the smallest size S3 accepts

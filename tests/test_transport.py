@@ -20,7 +20,7 @@ from tune_archiver.errors import (
     ReadTimeout,
     RefusedUrl,
 )
-from tune_archiver.transport import translated
+from tune_archiver.net.transport import translated
 
 SIG = "s3cr3tSIGvalue"
 CRED = "AKIAcredential"

@@ -25,9 +25,9 @@ from tests.archive_helpers import (
 )
 from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn
+from tune_archiver.commands.verify import verify
 from tune_archiver.progress import NullProgress
-from tune_archiver.store import LocalStore
-from tune_archiver.verify import verify
+from tune_archiver.store.local import LocalStore
 
 # The documented shape of `verify --json`.
 VERIFY_SCHEMA: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """`python -m tune_archiver`."""
 
-from tune_archiver.cli import main
+from tune_archiver.cli.main import main
 
 raise SystemExit(main())

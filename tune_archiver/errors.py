@@ -21,6 +21,11 @@ Whether an error is worth retrying is decided in retry.py, not here.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class ArchiverError(Exception):
     """Base of every error tune-archiver reports; str() is the user's message."""
@@ -86,3 +91,10 @@ class StorageError(ArchiverError):
 
 class DiskFull(StorageError):
     """No space left on the archive's filesystem."""
+
+
+def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
+    """Our error for a failed filesystem call; a full disk gets a message of its own."""
+    if exc.errno in _FULL:
+        return DiskFull(f"disk full in {archive}")
+    return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError
-from tune_archiver.partial import storage_error
+from tune_archiver.errors import ArchiverError, ConfigError, StorageError, storage_error
 
 # Error codes that mean the credentials (or the policy) refuse us: a configuration problem.
 CREDENTIALS_REFUSED = frozenset(

@@ -16,22 +16,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tune_archiver import archive, report
-from tune_archiver.archive import Clock, utc_now
-from tune_archiver.backend import Store, is_remote, open_store, partials_dir
+from tune_archiver.cli import report
+from tune_archiver.cli.parser import build_parser, check_fetch
+from tune_archiver.commands import fetch as archive
+from tune_archiver.commands.dry_run import dry_run
+from tune_archiver.commands.export import export_tune
+from tune_archiver.commands.fetch import Clock, utc_now
+from tune_archiver.commands.gc import collect
+from tune_archiver.commands.listing import archived_tunes
+from tune_archiver.commands.verify import verify
 from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
+from tune_archiver.digest import SKIP_HASH
 from tune_archiver.errors import ArchiverError, ConfigError
-from tune_archiver.export import export_tune
-from tune_archiver.gc import collect
-from tune_archiver.inventory import archived_tunes
 from tune_archiver.layout import MANIFESTS
 from tune_archiver.models import TuneResult
-from tune_archiver.parser import build_parser, check_fetch
-from tune_archiver.partial import SKIP_HASH
-from tune_archiver.preview import dry_run
 from tune_archiver.progress import progress_for
+from tune_archiver.store import Store, is_remote, open_store, partials_dir
 from tune_archiver.urls import REDACTED
-from tune_archiver.verify import verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

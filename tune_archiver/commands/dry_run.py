@@ -9,13 +9,13 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tune_archiver.api import AstriaClient
-from tune_archiver.archive import Clock, choose, get_tunes, in_order, plan_for, utc_now
-from tune_archiver.backend import open_store
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.fetch import Clock, choose, get_tunes, in_order, plan_for, utc_now
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
-from tune_archiver.transport import new_session, probe_size
+from tune_archiver.net.transport import new_session, probe_size
+from tune_archiver.store import open_store
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tune_archiver.errors import (
     RefusedUrl,
     StatusError,
 )
-from tune_archiver.retry import retry_after_of
+from tune_archiver.net.retry import retry_after_of
 from tune_archiver.urls import check_fetchable, origin, redact
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them

@@ -15,8 +15,8 @@ import aiohttp
 from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
-from tune_archiver.retry import call_with_retries, retry_after_of
-from tune_archiver.transport import get, read_capped
+from tune_archiver.net.retry import call_with_retries, retry_after_of
+from tune_archiver.net.transport import get, read_capped
 from tune_archiver.urls import redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server

@@ -14,13 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.api import AstriaClient
-from tune_archiver.backend import Store, open_store
-from tune_archiver.config import AllTunes, Settings
-from tune_archiver.download import Downloader, Refresh
-from tune_archiver.errors import ArchiverError, ConfigError
-from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
-from tune_archiver.plan import (
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.plan import (
     TunePlan,
     archived_blobs,
     assets_of,
@@ -30,8 +25,13 @@ from tune_archiver.plan import (
     is_unchanged,
     plan_tune,
 )
+from tune_archiver.config import AllTunes, Settings
+from tune_archiver.download.engine import Downloader, Refresh
+from tune_archiver.errors import ArchiverError, ConfigError
+from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
+from tune_archiver.net.transport import new_session
 from tune_archiver.progress import Progress
-from tune_archiver.transport import new_session
+from tune_archiver.store import Store, open_store
 
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]

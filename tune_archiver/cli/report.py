@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
-from tune_archiver.export import ExportResult
-from tune_archiver.gc import GcReport
+from tune_archiver.commands.dry_run import Preview
+from tune_archiver.commands.export import ExportResult
+from tune_archiver.commands.gc import GcReport
+from tune_archiver.commands.plan import parse_time
+from tune_archiver.commands.verify import VerifyReport
 from tune_archiver.models import TuneResult
-from tune_archiver.plan import parse_time
-from tune_archiver.preview import Preview
 from tune_archiver.urls import redact
-from tune_archiver.verify import VerifyReport
 
 
 def human_bytes(count: int) -> str:

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ConfigError
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial
-from tune_archiver.store import LocalStore, StoredBlob
+from tune_archiver.store.local import LocalStore, StoredBlob
 
 
 class Store(Protocol):
@@ -74,7 +74,7 @@ async def open_store(
             raise ConfigError("--s3-endpoint-url applies only to an s3:// archive")
         yield LocalStore(Path(location))
         return
-    from tune_archiver.s3store import S3Store, staging_dir
+    from tune_archiver.store.s3.store import S3Store, staging_dir
 
     async with S3Store(str(location), staging_dir(str(location)), endpoint_url) as store:
         yield store
@@ -84,6 +84,6 @@ def partials_dir(location: str | Path) -> str:
     """Where the archive at `location` keeps partial downloads, for messages."""
     if not is_remote(location):
         return str(Path(location) / TMP)
-    from tune_archiver.s3store import staging_dir
+    from tune_archiver.store.s3.store import staging_dir
 
     return str(staging_dir(str(location)))

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.backend import Store
-from tune_archiver.plan import parse_time
+from tune_archiver.commands.plan import parse_time
+from tune_archiver.store import Store
 
 
 async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.backend import Store
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.progress import Progress
+from tune_archiver.store import Store
 
 WORKERS = max(2, min(8, os.cpu_count() or 2))
 

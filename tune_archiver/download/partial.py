@@ -16,7 +16,6 @@ and the sha256 covers the contiguous prefix, caught up as spans fill.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -25,52 +24,19 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from tune_archiver.errors import DiskFull, IntegrityError, StorageError
+from tune_archiver.digest import new_hash
+from tune_archiver.errors import IntegrityError, storage_error
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
 Writer = Callable[[int, list[memoryview], int], int]
 Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
-# A bench-only switch (bench/run measures what hashing costs): never for real archives.
-SKIP_HASH = os.environ.get("TUNE_ARCHIVER_BENCH_SKIP_HASH") == "1"
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-    def hexdigest(self) -> str: ...
-
-
-class _NoHash:
-    """Stands in for sha256 under SKIP_HASH: names blobs by nothing but their size."""
-
-    def __init__(self) -> None:
-        self._size = 0
-
-    def update(self, data: bytes, /) -> None:
-        self._size += len(data)
-
-    def hexdigest(self) -> str:
-        return hashlib.sha256(str(self._size).encode()).hexdigest()
-
-
-def new_hash() -> Hasher:
-    return _NoHash() if SKIP_HASH else hashlib.sha256()
-
-
-def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
-    """Our error for a failed filesystem call; a full disk gets a message of its own."""
-    if exc.errno in _FULL:
-        return DiskFull(f"disk full in {archive}")
-    return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")
-
-
 def boot_id() -> str:
     """This boot's id: a partial written in another boot may have lost unsynced bytes."""
     try:

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tune_archiver.backend import Store
 from tune_archiver.config import Settings
+from tune_archiver.download.partial import Partial
+from tune_archiver.download.ranges import RangedFetch, RangesRefused, piece_size
 from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
 from tune_archiver.models import Blob
-from tune_archiver.partial import Partial
+from tune_archiver.net.retry import call_with_retries
+from tune_archiver.net.transport import asset_status_error, content_range, get, pump, validator_of
 from tune_archiver.progress import Progress
-from tune_archiver.ranged import RangedFetch, RangesRefused, piece_size
-from tune_archiver.retry import call_with_retries
-from tune_archiver.transport import asset_status_error, content_range, get, pump, validator_of
+from tune_archiver.store import Store
+from tune_archiver.threads import in_thread
 from tune_archiver.urls import check_fetchable, redact, url_key
-from tune_archiver.workers import in_thread
 
 # Below this, a full disk is left to the write's own ENOSPC: one statvfs per image costs.
 ROOM_CHECK_FROM = 8 * 2**20

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
-from tune_archiver.backend import Store
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.store import Store
 
 PARTIAL_MAX_AGE = timedelta(days=1)
 

@@ -19,16 +19,17 @@ import os
 import uuid
 from typing import TYPE_CHECKING
 
+from tune_archiver.digest import Hasher, new_hash
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
-from tune_archiver.partial import Hasher, Partial, new_hash
-from tune_archiver.s3transfer import read_part, send_part
-from tune_archiver.workers import in_thread
+from tune_archiver.store.s3.transfer import read_part, send_part
+from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from tune_archiver.s3store import S3Store
+    from tune_archiver.store.s3.store import S3Store
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import asyncio
 import aiohttp
 
 from tune_archiver.config import Settings
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError, BodyError, IntegrityError
-from tune_archiver.partial import Partial
+from tune_archiver.net.retry import call_with_retries
+from tune_archiver.net.transport import asset_status_error, content_range, get, pump
 from tune_archiver.progress import Progress
-from tune_archiver.retry import call_with_retries
-from tune_archiver.transport import asset_status_error, content_range, get, pump
+from tune_archiver.threads import in_thread
 from tune_archiver.urls import redact
-from tune_archiver.workers import in_thread
 
 MIN_PIECE = 2**20  # smaller pieces cost more in requests than they win
 MAX_PIECE = 16 * 2**20  # larger ones let the hash fall further behind the download

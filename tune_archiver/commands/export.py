@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_archiver import manifest
-from tune_archiver.backend import Store
+from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.layout import is_sha256
-from tune_archiver.names import export_path, folder_name
+from tune_archiver.store import Store
 
 
 @dataclass

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
-from tune_archiver.errors import ConfigError, DiskFull, StorageError
+from tune_archiver.digest import SKIP_HASH
+from tune_archiver.download.partial import Partial, Writer
+from tune_archiver.errors import ConfigError, DiskFull, StorageError, storage_error
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import SKIP_HASH, Partial, Writer, storage_error
-from tune_archiver.s3errors import Absent, translated
-from tune_archiver.s3live import LiveUpload
-from tune_archiver.s3transfer import (
+from tune_archiver.store.local import StoredBlob
+from tune_archiver.store.s3.errors import Absent, translated
+from tune_archiver.store.s3.live import LiveUpload
+from tune_archiver.store.s3.transfer import (
     b64,
     check_upload,
     complete,
@@ -40,9 +42,8 @@ from tune_archiver.s3transfer import (
     stream,
     upload,
 )
-from tune_archiver.store import StoredBlob
+from tune_archiver.threads import in_thread
 from tune_archiver.urls import redact, url_key
-from tune_archiver.workers import in_thread
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession

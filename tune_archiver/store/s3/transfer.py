@@ -17,17 +17,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tune_archiver.errors import ArchiverError, IntegrityError, StorageError
+from tune_archiver.digest import SKIP_HASH, Hasher, new_hash
+from tune_archiver.download.partial import Partial
+from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, storage_error
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import SKIP_HASH, Hasher, Partial, new_hash, storage_error
-from tune_archiver.s3errors import Absent
-from tune_archiver.workers import in_thread
+from tune_archiver.store.s3.errors import Absent
+from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
 
-    from tune_archiver.s3store import S3Store
+    from tune_archiver.store.s3.store import S3Store
 
 PARTS_IN_FLIGHT = 2  # parts held in memory at once, read or being sent
 MAX_PARTS = 10_000

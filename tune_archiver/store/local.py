@@ -28,10 +28,10 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import DiskFull, StorageError
+from tune_archiver.download.partial import READ_BLOCK, Partial, Writer
+from tune_archiver.errors import DiskFull, StorageError, storage_error
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob
-from tune_archiver.partial import READ_BLOCK, Partial, Writer, storage_error
 from tune_archiver.urls import url_key
 
 LOCK = "lock"

@@ -1,0 +1,1 @@
+"""The command line: main(argv), its grammar, and what it prints."""

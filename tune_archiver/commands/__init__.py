@@ -1,0 +1,1 @@
+"""What each command does, apart from printing: fetch, dry run, verify, list, export, gc."""

@@ -1,0 +1,1 @@
+"""The fetch engine: one URL to one verified blob."""
