@@ -20,7 +20,7 @@ from tune_archiver.astria.client import AstriaClient
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Tune
-from tune_archiver.net.transport import new_session
+from tune_archiver.net.session import new_session
 
 API = "http://api.test"
 TUNE_URL = f"{API}/tunes/7"

@@ -16,8 +16,8 @@ from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.staging import staging_for
 from tune_archiver.progress import NullProgress
-from tune_archiver.store.local import LocalStore
 
 MiB = 2**20
 
@@ -222,8 +222,8 @@ def test_disk_full_fails_the_asset_and_keeps_the_archive(
         archive=archive, api_key=standin.api_key, api_url=standin.api_url,
         retry=RetryPolicy(sleep=Sleeps()),
     )
-    store = LocalStore(archive, write=failing_write)
-    [result] = asyncio.run(archive_module.fetch(settings, [2], NullProgress(), store=store))
+    staging = staging_for(archive, write=failing_write)
+    [result] = asyncio.run(archive_module.fetch(settings, [2], NullProgress(), staging=staging))
     assert result.failed[0].error == f"disk full in {archive}"
     assert list((archive / "tmp").iterdir()) == []
     assert blob_file(archive, good).read_bytes() == good

@@ -32,6 +32,7 @@ from tests.helpers import blob_file, sha256, stored_blobs
 from tests.standin import StandIn
 from tests.test_process import wait_until
 from tune_archiver.commands.gc import collect
+from tune_archiver.download.staging import staging_for
 from tune_archiver.layout import blob_key
 from tune_archiver.store import local as store_module
 from tune_archiver.store.local import LocalStore
@@ -382,7 +383,7 @@ async def test_collect_waits_while_a_fetch_holds_the_lock_shared(
     holder = asyncio.create_task(fetch_holding_the_lock())
     await held.wait()
     gc = asyncio.create_task(collect(store, datetime.now(UTC), dry_run=False,
-                                     waiting=waited.set))
+                                     staging=staging_for(store.root), waiting=waited.set))
     await asyncio.wait_for(waited.wait(), 10)
     await asyncio.wait_for(spy.enough.wait(), 10)  # refused again after saying it waits
     assert not gc.done()
@@ -401,7 +402,8 @@ async def test_dry_run_does_not_wait_for_a_fetch(tmp_path: Path) -> None:
     waits: list[None] = []
     async with store.locked(exclusive=False):
         report = await asyncio.wait_for(
-            collect(store, datetime.now(UTC), dry_run=True, waiting=lambda: waits.append(None)),
+            collect(store, datetime.now(UTC), dry_run=True, staging=staging_for(store.root),
+                    waiting=lambda: waits.append(None)),
             10,
         )
     assert waits == []

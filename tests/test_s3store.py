@@ -11,7 +11,7 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     bucket_fixture,
     moto_s3_fixture,
 )
-from tune_archiver.download.partial import Partial
+from tune_archiver.download.staging import Incoming, Staging
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -45,6 +45,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
+from tune_archiver.store.s3.errors import translated
 from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store
 
 PREFIX = "arch"
@@ -61,17 +62,19 @@ async def opened(bucket: Bucket, tmp_path: Path, **options: Any) -> AsyncIterato
     """A prepared store under s3://<bucket>/arch; no retries, parts of 5 MiB."""
     options = {"part_size": MIN_PART, "attempts": 1, "session": bucket.session, **options}
     url = options.pop("url", f"s3://{bucket.name}/{PREFIX}")
-    store = S3Store(url, tmp_path / "staging", bucket.endpoint, **options)
+    store = S3Store(url, bucket.endpoint, **options)
     async with store:
         await store.prepare()
         yield store
 
 
-async def downloaded(store: S3Store, data: bytes, url: str = URL) -> Partial:
-    """A finished partial download holding `data`."""
-    partial = await store.open_partial(url)
-    await asyncio.to_thread(partial.append, [data])
-    return partial
+async def downloaded(store: S3Store, tmp_path: Path, data: bytes, url: str = URL) -> Incoming:
+    """A finished download holding `data`, staged in tmp_path/staging, followed by the store."""
+    staging = Staging(tmp_path / "staging")
+    await staging.prepare()
+    incoming = await staging.open(url, store)
+    await asyncio.to_thread(incoming.partial.append, [data])
+    return incoming
 
 
 def count_requests(store: S3Store) -> Counter[str]:
@@ -81,7 +84,7 @@ def count_requests(store: S3Store) -> Counter[str]:
     def count(event_name: str, **_: Any) -> None:
         counts[event_name.rsplit(".", 1)[-1]] += 1
 
-    store.client.meta.events.register("before-send.s3", count)
+    store.bucket.client.meta.events.register("before-send.s3", count)
     return counts
 
 
@@ -103,9 +106,9 @@ async def test_commit_uploads_a_blob_whose_bytes_match_its_name(
     """A small blob is PUT once, at its sha256 key with its content type; the partial goes."""
     data = os.urandom(100_000)
     async with opened(bucket, tmp_path) as store:
-        partial = await downloaded(store, data)
+        partial = await downloaded(store, tmp_path, data)
         requests = count_requests(store)
-        blob = await store.commit(partial, "image/png")
+        blob = await partial.commit("image/png")
         assert blob == Blob(sha(data), len(data), "image/png")
         assert await store.blob_size(sha(data)) == len(data)
     key = f"{PREFIX}/{blob_key(sha(data))}"
@@ -115,7 +118,7 @@ async def test_commit_uploads_a_blob_whose_bytes_match_its_name(
     assert head["ContentType"] == "image/png"
     assert requests["PutObject"] == 1
     assert requests["CreateMultipartUpload"] == 0
-    assert not partial.path.exists()
+    assert not partial.partial.path.exists()
     assert await left_over(bucket) == ([], [])
 
 
@@ -126,13 +129,13 @@ async def test_commit_of_a_blob_already_stored_uploads_nothing(
     data = os.urandom(50_000)
     async with opened(bucket, tmp_path) as store:
         assert await store.blob_size(sha(data)) is None
-        await store.commit(await downloaded(store, data), None)
+        await (await downloaded(store, tmp_path, data)).commit(None)
         assert await store.blob_size(sha(data)) == len(data)
-        again = await downloaded(store, data, "https://other.example/same.bin")
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
         requests = count_requests(store)
-        assert await store.commit(again, None) == Blob(sha(data), len(data))
+        assert await again.commit(None) == Blob(sha(data), len(data))
     assert dict(requests) == {"HeadObject": 1}
-    assert not again.path.exists()
+    assert not again.partial.path.exists()
 
 
 async def test_file_larger_than_a_part_goes_up_in_parts_and_is_hashed_whole_by_s3(
@@ -142,7 +145,7 @@ async def test_file_larger_than_a_part_goes_up_in_parts_and_is_hashed_whole_by_s
     data = os.urandom(BIG)
     async with opened(bucket, tmp_path) as store:
         requests = count_requests(store)
-        await store.commit(await downloaded(store, data), None)
+        await (await downloaded(store, tmp_path, data)).commit(None)
     assert requests["UploadPart"] == 3
     assert requests["PutObject"] == 0
     assert requests["CopyObject"] == 1
@@ -161,7 +164,7 @@ async def test_blob_over_the_copy_limit_is_copied_part_by_part(
     data = os.urandom(BIG)
     async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
         requests = count_requests(store)
-        await store.commit(await downloaded(store, data), "application/octet-stream")
+        await (await downloaded(store, tmp_path, data)).commit("application/octet-stream")
     assert requests["UploadPartCopy"] == 3
     assert requests["CopyObject"] == 0
     assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)
@@ -192,13 +195,13 @@ async def test_an_upload_that_is_wrong_in_the_bucket_never_reaches_its_blob_key(
             await bucket.put(key, change.pop("data"), **change)
 
     async with opened(bucket, tmp_path) as store:
-        partial = await downloaded(store, data)
-        store.client.meta.events.register("before-send.s3.HeadObject", corrupt)
+        partial = await downloaded(store, tmp_path, data)
+        store.bucket.client.meta.events.register("before-send.s3.HeadObject", corrupt)
         with pytest.raises(IntegrityError, match=message):
-            await store.commit(partial, None)
+            await partial.commit(None)
         assert await store.blob_size(sha(data)) is None
-        assert partial.path.exists()  # the caller decides; a later run may resume it
-        partial.close(keep=False)
+        assert partial.partial.path.exists()  # the caller decides; a later run may resume it
+        await partial.release(keep=False)
     assert await bucket.keys(f"{PREFIX}/objects/") == []
     assert await left_over(bucket) == ([], [])
 
@@ -210,13 +213,13 @@ async def test_a_file_changed_on_disk_after_download_is_not_stored(
     """Bytes re-read for upload must hash to the name; if not, nothing is stored or left open."""
     data = os.urandom(size)
     async with opened(bucket, tmp_path) as store:
-        partial = await downloaded(store, data)
-        with partial.path.open("r+b") as file:
+        partial = await downloaded(store, tmp_path, data)
+        with partial.partial.path.open("r+b") as file:
             file.seek(size - 1)
             file.write(bytes([data[-1] ^ 1]))
         with pytest.raises(IntegrityError, match="changed on disk"):
-            await store.commit(partial, None)
-        partial.close(keep=False)
+            await partial.commit(None)
+        await partial.release(keep=False)
     assert await bucket.keys() == []
     assert await left_over(bucket) == ([], [])
 
@@ -234,16 +237,16 @@ async def test_cancelled_multipart_upload_is_aborted_and_leaves_the_partial(
             await asyncio.Event().wait()  # until cancelled
 
     async with opened(bucket, tmp_path) as store:
-        partial = await downloaded(store, data)
-        store.client.meta.events.register("before-send.s3.UploadPart", hang)
-        commit = asyncio.create_task(store.commit(partial, None))
+        partial = await downloaded(store, tmp_path, data)
+        store.bucket.client.meta.events.register("before-send.s3.UploadPart", hang)
+        commit = asyncio.create_task(partial.commit(None))
         await reached.wait()
         commit.cancel()
         with pytest.raises(asyncio.CancelledError):
             await commit
-        assert partial.path.exists()
-        assert partial.size == len(data)
-        partial.close(keep=False)
+        assert partial.partial.path.exists()
+        assert partial.partial.size == len(data)
+        await partial.release(keep=False)
     assert await bucket.keys() == []
     assert await left_over(bucket) == ([], [])
 
@@ -259,12 +262,12 @@ async def test_failed_part_upload_is_aborted_and_reported_in_one_line(
             raise ConnectionClosedError(endpoint_url=request.url)
 
     async with opened(bucket, tmp_path) as store:
-        partial = await downloaded(store, data)
-        store.client.meta.events.register("before-send.s3.UploadPart", fail)
+        partial = await downloaded(store, tmp_path, data)
+        store.bucket.client.meta.events.register("before-send.s3.UploadPart", fail)
         with pytest.raises(StorageError) as caught:
-            await store.commit(partial, None)
-        assert partial.path.exists()
-        partial.close(keep=False)
+            await partial.commit(None)
+        assert partial.partial.path.exists()
+        await partial.release(keep=False)
     assert str(caught.value).startswith(f"cannot upload a blob in s3://{bucket.name}/{PREFIX}: ")
     assert "\n" not in str(caught.value)
     assert SECRET_KEY not in str(caught.value)
@@ -293,11 +296,11 @@ async def test_two_concurrent_commits_of_one_blob_leave_one_correct_object(
         first_done.set()
 
     async with opened(bucket, tmp_path) as store:
-        first = await downloaded(store, data, "https://a.example/x")
-        second = await downloaded(store, data, "https://b.example/y")
-        store.client.meta.events.register("before-send.s3.CopyObject", meet)
-        store.client.meta.events.register("after-call.s3.CopyObject", done)
-        blobs = await asyncio.gather(store.commit(first, None), store.commit(second, None))
+        first = await downloaded(store, tmp_path, data, "https://a.example/x")
+        second = await downloaded(store, tmp_path, data, "https://b.example/y")
+        store.bucket.client.meta.events.register("before-send.s3.CopyObject", meet)
+        store.bucket.client.meta.events.register("after-call.s3.CopyObject", done)
+        blobs = await asyncio.gather(first.commit(None), second.commit(None))
     assert blobs[0] == blobs[1] == Blob(sha(data), len(data))
     assert len(arrived) == 2
     assert await bucket.keys(f"{PREFIX}/objects/") == [f"{PREFIX}/{blob_key(sha(data))}"]
@@ -311,7 +314,7 @@ async def test_an_archive_at_the_bucket_root_uses_the_same_layout(
     """Without a prefix the layout starts at the bucket's root; an empty file is a blob too."""
     async with opened(bucket, tmp_path, url=f"s3://{bucket.name}") as store:
         assert str(store) == f"s3://{bucket.name}"
-        blob = await store.commit(await downloaded(store, b""), None)
+        blob = await (await downloaded(store, tmp_path, b"")).commit(None)
         assert await store.write_manifest(5, b"{}") == "manifests/5.json"
         assert [(found.sha256, found.size) for found in await store.blobs()] == [(sha(b""), 0)]
         assert await store.manifest_ids() == [5]
@@ -346,7 +349,7 @@ async def test_listing_and_hashing_find_corrupted_and_misplaced_blobs(
     """blobs() lists blobs in place, misplaced() the rest, and hash_blob exposes corruption."""
     good, named, actual, stray = (os.urandom(n) for n in (3 * 2**20, 10, 20, 30))
     async with opened(bucket, tmp_path) as store:
-        await store.commit(await downloaded(store, good), None)
+        await (await downloaded(store, tmp_path, good)).commit(None)
         await bucket.put(f"{PREFIX}/{blob_key(sha(named))}", actual)  # corrupted
         await bucket.put(f"{PREFIX}/objects/sha256/zz/{sha(stray)}", stray)
         await bucket.put(f"{PREFIX}/objects/sha256/ab/not-a-digest", b"x")
@@ -374,7 +377,7 @@ async def test_save_blob_as_writes_a_checked_copy_and_never_overwrites(
     out.mkdir()
     (out / "mine.bin").write_bytes(b"mine")
     async with opened(bucket, tmp_path) as store:
-        await store.commit(await downloaded(store, data), None)
+        await (await downloaded(store, tmp_path, data)).commit(None)
         await bucket.put(f"{PREFIX}/{blob_key(sha(named))}", b"not those bytes")
         assert await store.save_blob_as(sha(data), out / "ckpt.bin", hard_link=True) == "copied"
         with pytest.raises(StorageError, match="already exists"):
@@ -392,7 +395,7 @@ async def test_delete_blob_removes_it_and_tolerates_absence(bucket: Bucket, tmp_
     """A deleted blob is gone; deleting it again is not an error."""
     data = os.urandom(1000)
     async with opened(bucket, tmp_path) as store:
-        await store.commit(await downloaded(store, data), None)
+        await (await downloaded(store, tmp_path, data)).commit(None)
         await store.delete_blob(sha(data))
         assert await store.blob_size(sha(data)) is None
         await store.delete_blob(sha(data))
@@ -417,7 +420,7 @@ async def test_stale_uploads_are_listed_with_sizes_and_removed(
     await bucket.put("elsewhere/tmp/upload-c", b"not ours")
     soon = datetime.now(UTC) + timedelta(minutes=1)
     async with opened(bucket, tmp_path) as store:
-        blob = await store.commit(await downloaded(store, b"kept"), None)
+        blob = await (await downloaded(store, tmp_path, b"kept")).commit(None)
         assert sorted(await store.stale_uploads(soon)) == [
             (f"s3://{bucket.name}/{PREFIX}/tmp/upload-a", 10),
             (f"unfinished multipart upload to s3://{bucket.name}/{PREFIX}/tmp/upload-b", 5),
@@ -463,7 +466,7 @@ async def test_prepare_on_an_unreachable_endpoint_is_a_config_error(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        store = S3Store("s3://bkt/p", tmp_path / "staging", endpoint, attempts=1)
+        store = S3Store("s3://bkt/p", endpoint, attempts=1)
         with pytest.raises(
             ConfigError, match=r"^cannot reach the bucket in s3://bkt/p: "
         ) as caught:
@@ -478,7 +481,7 @@ async def test_endpoint_is_read_from_aws_endpoint_url(
 ) -> None:
     """Without endpoint_url, AWS_ENDPOINT_URL points the store at the S3 service."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
-    store = S3Store(f"s3://{bucket.name}/a/b/", tmp_path / "staging", session=bucket.session)
+    store = S3Store(f"s3://{bucket.name}/a/b/", session=bucket.session)
     async with store:
         await store.prepare()
         await store.write_manifest(1, b"{}")
@@ -492,7 +495,7 @@ async def test_endpoint_is_read_from_aws_endpoint_url(
 def test_a_url_that_is_not_s3_bucket_prefix_is_a_config_error(url: str, tmp_path: Path) -> None:
     """Only s3://bucket[/prefix] names an S3 archive."""
     with pytest.raises(ConfigError, match="not an S3 archive URL"):
-        S3Store(url, tmp_path)
+        S3Store(url)
 
 
 def test_without_aiobotocore_the_store_says_what_to_install(
@@ -502,18 +505,22 @@ def test_without_aiobotocore_the_store_says_what_to_install(
     monkeypatch.setitem(sys.modules, "aiobotocore", None)
     monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
     with pytest.raises(ConfigError, match=r"pip install 'tune-archiver\[s3\]'"):
-        S3Store("s3://bkt/x", tmp_path)
+        S3Store("s3://bkt/x")
     assert "tune-archiver[s3]" in INSTALL_HINT
 
 
-async def test_check_room_measures_the_local_staging_directory(
-    bucket: Bucket, tmp_path: Path
-) -> None:
-    """Free space is that of the staging directory, reported like the local store does."""
-    async with opened(bucket, tmp_path) as store:
-        await store.check_room(1)
-        with pytest.raises(DiskFull, match=f"^disk full in {tmp_path / 'staging'}: "):
-            await store.check_room(2**62)
+async def test_check_room_measures_the_local_staging_directory(tmp_path: Path) -> None:
+    """Free space is that of the staging folder, which the message names."""
+    staging = Staging(tmp_path / "staging")
+    await staging.prepare()
+    await staging.check_room(1)
+    with pytest.raises(DiskFull, match=f"^disk full in {tmp_path / 'staging'}: "):
+        await staging.check_room(2**62)
+
+
+def in_our_terms(tmp_path: Path) -> AbstractContextManager[None]:
+    """The one translation of client library errors, as the bucket uses it."""
+    return translated("do a thing", "s3://bkt/p", "bkt", lambda: "http://127.0.0.1:1", tmp_path)
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -549,8 +556,7 @@ def test_every_client_library_error_becomes_one_of_ours(
     source: Exception, ours: type[ArchiverError], tmp_path: Path
 ) -> None:
     """botocore's, aiohttp's and the OS's errors are translated, in one line, chained."""
-    store = S3Store("s3://bkt/p", tmp_path)
-    with pytest.raises(ours) as caught, store._translated("do a thing"):
+    with pytest.raises(ours) as caught, in_our_terms(tmp_path):
         raise source
     assert type(caught.value) is ours or ours is StorageError
     assert caught.value.__cause__ is source
@@ -560,5 +566,5 @@ def test_every_client_library_error_becomes_one_of_ours(
 
 def test_a_bug_is_not_translated(tmp_path: Path) -> None:
     """Exceptions that are not the client library's (bugs) pass through untouched."""
-    with pytest.raises(KeyError), S3Store("s3://bkt/p", tmp_path)._translated("do a thing"):
+    with pytest.raises(KeyError), in_our_terms(tmp_path):
         raise KeyError("bug")

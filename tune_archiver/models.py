@@ -6,6 +6,7 @@ Pure: nothing here touches the network, the disk or the clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from tune_archiver.errors import DataError
@@ -56,6 +57,15 @@ class Blob:
     sha256: str
     size: int
     content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob found in the store by a walk (gc, verify)."""
+
+    sha256: str
+    size: int
+    modified: datetime
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,13 @@ from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import verify
 from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
 from tune_archiver.digest import SKIP_HASH
+from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.layout import MANIFESTS
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import progress_for
-from tune_archiver.store import Store, is_remote, open_store, partials_dir
+from tune_archiver.store import Store
+from tune_archiver.store.location import is_remote, open_store
 from tune_archiver.urls import REDACTED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -173,7 +175,7 @@ def _report_undone(
         undone = f"{len(done)} of {len(tunes)} tunes done; not finished: {left}"
     _error(
         f"stopped by {stop}: {undone}; partial downloads are kept in "
-        f"{partials_dir(settings.archive)} for the next run",
+        f"{staging_for(settings.archive)} for the next run",
         secrets,
     )
 
@@ -211,7 +213,8 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = _in_archive(args, lambda store: collect(
-        store, args.clock(), args.dry_run, waiting=_waiting_for("fetch", location)
+        store, args.clock(), args.dry_run, staging_for(location),
+        waiting=_waiting_for("fetch", location),
     ))
     _emit(args, secrets, [], report.gc_json(found, args.dry_run),
           "\n".join(report.gc_lines(found, args.dry_run)))

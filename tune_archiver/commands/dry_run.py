@@ -14,8 +14,9 @@ from tune_archiver.commands.fetch import Clock, choose, get_tunes, in_order, pla
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
-from tune_archiver.net.transport import new_session, probe_size
-from tune_archiver.store import open_store
+from tune_archiver.net.session import new_session
+from tune_archiver.net.transport import probe_size
+from tune_archiver.store.location import open_store
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,13 @@ from tune_archiver.commands.plan import (
 )
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader, Refresh
+from tune_archiver.download.staging import Staging, staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
-from tune_archiver.net.transport import new_session
+from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
-from tune_archiver.store import Store, open_store
+from tune_archiver.store import Store
+from tune_archiver.store.location import open_store
 
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
@@ -49,19 +51,22 @@ async def fetch(
     finished: list[TuneResult] | None = None,
     store: Store | None = None,
     waiting: Waiting | None = None,
+    staging: Staging | None = None,
 ) -> list[TuneResult]:
     """Archive each tune; one result per tune, in the order asked (or listed, for --all).
 
     Each result is also appended to `finished` as soon as it is known, so a caller
     that cancels the run can still say what was done. Raises ConfigError (a
-    rejected key, say) before anything is written. `store` replaces the archive
-    settings.archive names (tests inject one whose writes fail). `waiting` is called
-    if gc holds the archive and the fetch must wait for it.
+    rejected key, say) before anything is written. `store` and `staging` replace
+    those settings.archive names (tests inject a staging whose writes fail).
+    `waiting` is called if gc holds the archive and the fetch must wait for it.
     """
     finished = [] if finished is None else finished
     if store is None:
         async with open_store(settings.archive, settings.s3_endpoint_url) as opened:
-            return await fetch(settings, tunes, progress, clock, finished, opened, waiting)
+            return await fetch(settings, tunes, progress, clock, finished, opened, waiting,
+                               staging)
+    staging = staging or staging_for(settings.archive)
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
         new_session(settings, decompress=True) as api_session,
@@ -77,8 +82,9 @@ async def fetch(
             if isinstance(item, TuneResult):
                 _finish(progress, finished, item)
         await store.prepare()
+        await staging.prepare()
         async with store.locked(exclusive=False, waiting=waiting):
-            downloader = Downloader(asset_session, store, limiter, settings, progress)
+            downloader = Downloader(asset_session, store, staging, limiter, settings, progress)
             run = Run(settings, api, store, downloader, progress, clock, finished)
             async with asyncio.TaskGroup() as group:
                 tasks = {

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
+from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.store import Store
@@ -37,9 +38,11 @@ async def collect(
     store: Store,
     now: datetime,
     dry_run: bool,
+    staging: Staging,
     waiting: Callable[[], None] | None = None,
 ) -> GcReport:
-    """Find (and unless dry_run, remove) unreferenced blobs and stale partials."""
+    """Find (and unless dry_run, remove) unreferenced blobs, and the partial downloads
+    in `staging` and the store's own uploads left for a day."""
     async with store.locked(exclusive=not dry_run, waiting=waiting):
         referenced = await referenced_blobs(store)
         report = GcReport()
@@ -50,11 +53,13 @@ async def collect(
             if blob.sha256 not in referenced and blob.modified <= young
         ]
         cutoff = now - PARTIAL_MAX_AGE
-        report.partials = await store.stale_uploads(cutoff)
+        report.partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
         if not dry_run:
             for key, _ in report.blobs:
                 await store.delete_blob(key.rsplit("/", 1)[-1])
-            report.partials = await store.remove_stale_uploads(cutoff)
+            report.partials = [
+                *await staging.remove_stale(cutoff), *await store.remove_stale_uploads(cutoff)
+            ]
     return report
 
 

@@ -16,6 +16,7 @@ import aiohttp
 from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.download.ranges import RangedFetch, RangesRefused, piece_size
+from tune_archiver.download.staging import Staging
 from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
 from tune_archiver.models import Blob
 from tune_archiver.net.retry import call_with_retries
@@ -63,12 +64,14 @@ class Downloader:
         self,
         session: aiohttp.ClientSession,
         store: Store,
+        staging: Staging,
         limiter: asyncio.Semaphore,
         settings: Settings,
         progress: Progress,
     ) -> None:
         self._session = session
         self._store = store
+        self._staging = staging
         self._limiter = limiter
         self._settings = settings
         self._progress = progress
@@ -88,7 +91,8 @@ class Downloader:
 
     async def _download(self, url: str, refresh: Refresh | None) -> Blob:
         check_fetchable(url)
-        partial = await self._store.open_partial(url)
+        incoming = await self._staging.open(url, self._store)
+        partial = incoming.partial
         transfer = Transfer(url, partial)
         keep = True  # a partial that may be resumed later is kept, unless the disk is full
         try:
@@ -104,12 +108,12 @@ class Downloader:
                 check_fetchable(fresh)
                 transfer.url = fresh
                 await self._body(transfer)
-            blob = await self._store.commit(partial, transfer.content_type, transfer.tail)
+            blob = await incoming.commit(transfer.content_type, transfer.tail)
         except DiskFull:
             keep = False  # its bytes are what filled the disk
             raise
         finally:
-            await self._store.release(partial, keep)  # does nothing once committed
+            await incoming.release(keep)  # does nothing once committed
         self._progress.file_done()
         return blob
 
@@ -180,7 +184,7 @@ class Downloader:
         if total is not None:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
-                await self._store.check_room(total - partial.size)
+                await self._staging.check_room(total - partial.size)
         transfer.content_type = content_type
         validator = validator_of(response.headers)
         if partial.describe(validator, total):

@@ -304,8 +304,8 @@ class Partial:
                 self.path.unlink(missing_ok=True)
         self._release()
 
-    def renamed(self) -> None:
-        """The file now lives under its blob name: release it without touching either name."""
+    def detach(self) -> None:
+        """The file's name is the store's now (renamed or removed): close it, touching no name."""
         self._release()
 
     def _release(self) -> None:

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by api.py and download.py: sessions, redirects, error translation.
+"""HTTP exchanges shared by the API client and the downloads: redirects, error translation.
 
 aiohttp's exceptions are turned into ours here, in one place; nothing past api.py
 and download.py sees an aiohttp type.
@@ -15,7 +15,6 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from tune_archiver.config import USER_AGENT, Settings
 from tune_archiver.errors import (
     ArchiverError,
     BodyError,
@@ -36,27 +35,6 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that carry the caller's identity: sent only to the origin they were meant for.
 PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
-
-
-def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSession:
-    """A session with connect and read timeouts but no total one.
-
-    aiohttp's default 300 s total would cut a 2 GB checkpoint on a slow link; a
-    server that stalls is caught by the read timeout instead. Asset sessions do not
-    decompress, so a blob holds exactly the bytes the server sent.
-    """
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
-    )
-    headers = {"User-Agent": USER_AGENT}
-    if not decompress:
-        headers["Accept-Encoding"] = "identity"
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        headers=headers,
-        auto_decompress=decompress,
-        connector=aiohttp.TCPConnector(limit=0),  # the caller's semaphore is the limit
-    )
 
 
 @contextmanager

@@ -1,89 +1,119 @@
-"""The storage seam: what every archive backend offers, and which one a location names.
-
-A plain path is a local directory (store.LocalStore); s3://bucket/prefix is object
-storage (s3store.S3Store, the optional `[s3]` extra). Planning, downloads, manifests
-and the archive commands talk to a Store and never know which.
+"""The storage seam: what every archive backend offers (location.py says which one a
+location names: a plain path is a local directory, local.LocalStore; s3://bucket/prefix
+is object storage, s3.store.S3Store, the optional `[s3]` extra). A Store holds blobs by sha256
+and manifests by tune, and walks them for the archive commands. How a download grows
+before it becomes a blob is the download side's business (download/staging.py): it
+hands the store a growing local file, and the store takes it in through an Intake.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from tune_archiver.download.partial import Partial
-from tune_archiver.errors import ConfigError
-from tune_archiver.layout import TMP
-from tune_archiver.models import Blob
-from tune_archiver.store.local import LocalStore, StoredBlob
+from tune_archiver.models import Blob, StoredBlob
+
+
+class Growing(Protocol):
+    """A local file being downloaded, as a store sees it while taking it in."""
+
+    @property
+    def path(self) -> Path:
+        """Where the file is."""
+        ...
+
+    @property
+    def hashed(self) -> int:
+        """How many bytes from the first are on disk and hashed (it drops on a restart)."""
+        ...
+
+    on_hashed: Callable[[], None] | None  # called (from a writer thread) as `hashed` grows
+
+
+class Intake(Protocol):
+    """A blob on its way into the store, from a file that may still be growing."""
+
+    async def commit(self, blob: Blob) -> None:
+        """Make the whole, fsynced file (its bytes hash to blob.sha256) that blob.
+
+        The file's name is the store's afterwards (renamed away or removed); the
+        caller only closes its descriptor. A blob already stored is kept as it is.
+        """
+        ...
+
+    async def abandon(self) -> None:
+        """The download failed or stopped: drop whatever was sent ahead (the file stays)."""
+        ...
 
 
 class Store(Protocol):
-    """An archive: blobs by sha256, manifests by tune, partial downloads on local disk."""
+    """An archive: blobs named by their sha256, one manifest per tune."""
 
     gc_grace: timedelta  # gc leaves unreferenced blobs younger than this alone
 
-    @property
-    def partials(self) -> str:
-        """Where partial downloads are kept, for messages."""
-        ...
-
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
-    ) -> AbstractAsyncContextManager[None]: ...
-    async def exists(self) -> bool: ...
-    async def prepare(self) -> None: ...
-    async def blob_size(self, sha256: str) -> int | None: ...
-    async def open_partial(self, url: str) -> Partial: ...
-    async def release(self, partial: Partial, keep: bool) -> None: ...
-    async def check_room(self, nbytes: int) -> None: ...
-    async def commit(
-        self, partial: Partial, content_type: str | None, tail: Sequence[bytes] = ()
-    ) -> Blob: ...
-    async def read_manifest(self, tune_id: int) -> bytes | None: ...
-    async def write_manifest(self, tune_id: int, data: bytes) -> str: ...
-    async def manifest_ids(self) -> list[int]: ...
-    async def blobs(self) -> list[StoredBlob]: ...
-    async def misplaced(self) -> dict[str, str]: ...
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the archive lock: shared by fetches, exclusive for gc (`waiting` if held)."""
+        ...
+
+    async def exists(self) -> bool:
+        """True when there is an archive at this location."""
+        ...
+
+    async def prepare(self) -> None:
+        """Create the archive if it is missing, and check that it can be used."""
+        ...
+
+    async def blob_size(self, sha256: str) -> int | None:
+        """The stored blob's size, or None when it is not there."""
+        ...
+
+    def intake(self, file: Growing) -> Intake:
+        """Start taking in a file as it downloads (an S3 store sends whole parts early)."""
+        ...
+
+    async def read_manifest(self, tune_id: int) -> bytes | None:
+        """The manifest's bytes, or None when the tune has none."""
+        ...
+
+    async def write_manifest(self, tune_id: int, data: bytes) -> str:
+        """Replace the tune's manifest atomically; returns its archive-relative key."""
+        ...
+
+    async def manifest_ids(self) -> list[int]:
+        """Every tune with a manifest, in increasing order."""
+        ...
+
+    async def blobs(self) -> list[StoredBlob]:
+        """Every blob stored at the place its name gives."""
+        ...
+
+    async def misplaced(self) -> dict[str, str]:
+        """Digest-named files at a wrong place: sha256 -> archive-relative key."""
+        ...
+
     async def hash_blob(
         self, sha256: str, advance: Callable[[int], None]
-    ) -> tuple[int, str] | None: ...
-    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str: ...
-    async def delete_blob(self, sha256: str) -> None: ...
-    async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]: ...
-    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]: ...
+    ) -> tuple[int, str] | None:
+        """Re-read a blob: (size, sha256 of its bytes), or None when it is missing."""
+        ...
 
+    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
+        """Put the blob's bytes at the new local file `target`: "linked" or "copied"."""
+        ...
 
-def is_remote(location: str | Path) -> bool:
-    return str(location).lower().startswith("s3://")
+    async def delete_blob(self, sha256: str) -> None:
+        """Remove a blob (gc only); one already gone is not an error."""
+        ...
 
+    async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Leftovers of the store's own uploads older than that: (description, bytes)."""
+        ...
 
-@asynccontextmanager
-async def open_store(
-    location: str | Path, endpoint_url: str | None = None
-) -> AsyncIterator[Store]:
-    """The store at `location`, open for the length of the block.
-
-    Raises ConfigError for an S3 location without the `[s3]` extra, or an endpoint
-    given for a local archive.
-    """
-    if not is_remote(location):
-        if endpoint_url:
-            raise ConfigError("--s3-endpoint-url applies only to an s3:// archive")
-        yield LocalStore(Path(location))
-        return
-    from tune_archiver.store.s3.store import S3Store, staging_dir
-
-    async with S3Store(str(location), staging_dir(str(location)), endpoint_url) as store:
-        yield store
-
-
-def partials_dir(location: str | Path) -> str:
-    """Where the archive at `location` keeps partial downloads, for messages."""
-    if not is_remote(location):
-        return str(Path(location) / TMP)
-    from tune_archiver.store.s3.store import staging_dir
-
-    return str(staging_dir(str(location)))
+    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Remove what stale_uploads lists; returns what was removed."""
+        ...

@@ -1,10 +1,12 @@
-"""The local content-addressed archive: partial files, commit by rename, lookups, lock.
+"""The local content-addressed archive: commit by rename, lookups, walks, the lock.
 
-A blob appears under its final name only by an atomic rename of a partial file whose
-bytes were fully received, size-checked and hashed, fsynced before the rename and
-its directory after. Two writers of the same blob both rename identical bytes, so
-concurrent fetches never expose a half-written blob. Manifests are replaced the
-same way, so they are never interleaved. Committed blobs are read-only.
+A blob appears under its final name only by an atomic rename of a downloaded file
+(staged in tmp/, see download/staging.py) whose bytes were fully received,
+size-checked, hashed and fsynced; its directory is fsynced after. Two writers of the
+same blob both rename identical bytes, so concurrent fetches never expose a
+half-written blob. Manifests are replaced the same way, so they are never
+interleaved. Committed blobs are read-only. Every blocking call runs through
+threads.in_thread, which sees it through even when the caller is cancelled.
 
 The archive lock (<archive>/lock) is held shared by every fetch and exclusively by
 gc, so gc never judges a blob unreferenced while a fetch may be about to reference it.
@@ -20,34 +22,25 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.download.partial import READ_BLOCK, Partial, Writer
-from tune_archiver.errors import DiskFull, StorageError, storage_error
+from tune_archiver.errors import StorageError, storage_error
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
-from tune_archiver.models import Blob
-from tune_archiver.urls import url_key
+from tune_archiver.models import Blob, StoredBlob
+from tune_archiver.store import Growing
+from tune_archiver.threads import in_thread
 
 LOCK = "lock"
+READ_BLOCK = 4 * 2**20
 LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
 READ_ONLY = 0o444
 # A hard link is impossible across filesystems, or where the filesystem refuses it.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
-
-
-@dataclass(frozen=True)
-class StoredBlob:
-    """A blob found in the store."""
-
-    sha256: str
-    size: int
-    modified: datetime
 
 
 class LocalStore:
@@ -55,9 +48,8 @@ class LocalStore:
 
     gc_grace = timedelta(0)  # the archive lock keeps gc and fetches apart
 
-    def __init__(self, root: Path, write: Writer = os.pwritev) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self._write = write
         # Lexical, not resolved: the archive may sit behind a symlink.
         self._absolute = Path(os.path.normpath(root.absolute()))
 
@@ -71,10 +63,6 @@ class LocalStore:
         if not path.is_relative_to(root) or path == root:
             raise StorageError(f"refused a path outside the archive: {key!r}")
         return path
-
-    @property
-    def partials(self) -> str:
-        return str(self.root / TMP)
 
     async def exists(self) -> bool:
         """True when there is an archive here (it has its manifests folder)."""
@@ -97,55 +85,9 @@ class LocalStore:
         except OSError as exc:
             raise storage_error(exc, self.root, "look up a blob") from exc
 
-    async def open_partial(self, url: str) -> Partial:
-        """The partial download of this URL, resumed from an earlier run when possible."""
-        return await asyncio.to_thread(
-            Partial.open, self.path(TMP), url_key(url), self.root, self._write
-        )
-
-    async def release(self, partial: Partial, keep: bool) -> None:
-        """Take back a partial that was not committed: kept for a later run, or removed."""
-        partial.close(keep=keep)
-
-    async def check_room(self, nbytes: int) -> None:
-        """Raise DiskFull when the archive's filesystem has less than `nbytes` free."""
-        try:
-            free = (await asyncio.to_thread(shutil.disk_usage, self.path(TMP))).free
-        except OSError as exc:
-            raise storage_error(exc, self.root, "measure free space") from exc
-        if nbytes > free:
-            raise DiskFull(
-                f"disk full in {self.root}: {nbytes} bytes to download, {free} bytes free "
-                "(--force to try anyway)"
-            )
-
-    async def commit(
-        self, partial: Partial, content_type: str | None, tail: Sequence[bytes] = ()
-    ) -> Blob:
-        """Write the body's last pieces, then move the download to the name its sha256 gives.
-
-        A blob already present with the same size is kept and the partial dropped.
-        """
-        return await asyncio.to_thread(self._commit, partial, content_type, tail)
-
-    def _commit(self, partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
-        if tail:
-            partial.append(tail)
-        blob = Blob(partial.sha256(), partial.size, content_type)
-        final = self.path(blob_key(blob.sha256))
-        try:
-            if _size_of(final) == blob.size:
-                partial.close(keep=False)  # stored already, by an earlier run or another tune
-                return blob
-            partial.finish()
-            os.chmod(partial.path, READ_ONLY)  # a hard-linked export cannot edit it in place
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(partial.path, final)
-            partial.renamed()
-            _sync_dir(final.parent)
-        except OSError as exc:
-            raise storage_error(exc, self.root, "store a blob") from exc
-        return blob
+    def intake(self, file: Growing) -> _Intake:
+        """Take in a file staged in tmp/: at its commit, a rename to the blob's name."""
+        return _Intake(self, file.path)
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
@@ -160,7 +102,7 @@ class LocalStore:
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest atomically; returns its archive-relative key."""
         key = manifest_key(tune_id)
-        await asyncio.to_thread(self._write_atomic, self.path(key), data)
+        await in_thread(self._write_atomic, self.path(key), data)
         return key
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
@@ -226,12 +168,12 @@ class LocalStore:
 
     async def blobs(self) -> list[StoredBlob]:
         """Every blob at the path its name gives."""
-        found = await asyncio.to_thread(self._objects)
+        found = await in_thread(self._objects)
         return [blob for blob, key in found if key == blob_key(blob.sha256)]
 
     async def misplaced(self) -> dict[str, str]:
         """Files named by a digest but in the wrong fan-out directory: sha256 -> key."""
-        found = await asyncio.to_thread(self._objects)
+        found = await in_thread(self._objects)
         return {blob.sha256: key for blob, key in found if key != blob_key(blob.sha256)}
 
     def _objects(self) -> list[tuple[StoredBlob, str]]:
@@ -260,7 +202,7 @@ class LocalStore:
 
         Runs in a worker thread (hashlib lets go of the GIL) and calls `advance` there.
         """
-        return await asyncio.to_thread(self._hash_file, sha256, advance)
+        return await in_thread(self._hash_file, sha256, advance)
 
     def _hash_file(self, sha256: str, advance: Callable[[int], None]) -> tuple[int, str] | None:
         digest, size = hashlib.sha256(), 0
@@ -283,7 +225,7 @@ class LocalStore:
         beside the target and linked into place, so nothing is ever overwritten.
         """
         blob = self.path(blob_key(sha256))
-        return await asyncio.to_thread(self._save_as, blob, target, hard_link)
+        return await in_thread(self._save_as, blob, target, hard_link)
 
     def _save_as(self, blob: Path, target: Path, hard_link: bool) -> str:
         try:
@@ -320,70 +262,43 @@ class LocalStore:
         except OSError as exc:
             raise storage_error(exc, self.root, "remove a blob") from exc
 
-    # -- leftovers in tmp/ (gc) -----------------------------------------------------
-
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Files in tmp/ last written before `older_than`: (key, bytes)."""
-        stale = await asyncio.to_thread(self._stale, older_than)
-        return [(f"{TMP}/{file.name}", size) for file, size in stale]
+        """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
+        return []
 
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Remove what stale_uploads lists, except a partial a download has locked.
+        """Nothing, as stale_uploads."""
+        return []
 
-        Returns what was removed: (key, bytes).
-        """
-        removed = await asyncio.to_thread(self._remove_stale, older_than)
-        return [(f"{TMP}/{file.name}", size) for file, size in removed]
 
-    def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
-        cutoff = older_than.timestamp()
-        found = []
+class _Intake:
+    """A file in tmp/ that becomes a blob by a rename; nothing is sent ahead."""
+
+    def __init__(self, store: LocalStore, path: Path) -> None:
+        self._store = store
+        self._path = path
+
+    async def commit(self, blob: Blob) -> None:
+        """Rename the file to the blob's name, read-only; a blob already there is kept."""
+        await in_thread(self._commit, blob)
+
+    def _commit(self, blob: Blob) -> None:
+        final = self._store.path(blob_key(blob.sha256))
         try:
-            for file in sorted(self.path(TMP).iterdir()):
-                stat = file.lstat()
-                if stat.st_mtime < cutoff:
-                    found.append((file, stat.st_size))
-        except FileNotFoundError:
-            pass
+            if _size_of(final) == blob.size:
+                # Stored already, by an earlier run or another tune. The caller still
+                # holds the file's lock, so the name is ours to remove.
+                self._path.unlink()
+                return
+            os.chmod(self._path, READ_ONLY)  # a hard-linked export cannot edit it in place
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._path, final)
+            _sync_dir(final.parent)
         except OSError as exc:
-            raise storage_error(exc, self.root, "list partial downloads") from exc
-        return found
+            raise storage_error(exc, self._store.root, "store a blob") from exc
 
-    def _remove_stale(self, older_than: datetime) -> list[tuple[Path, int]]:
-        removed = []
-        # Partials first: removing one removes its sidecar, which then counts as removed.
-        stale = sorted(self._stale(older_than), key=lambda found: found[0].suffix != ".part")
-        for file, size in stale:
-            try:
-                if file.suffix == ".part":
-                    gone = _remove_unless_locked(file)
-                else:  # a sidecar goes with its partial, if that one goes
-                    gone = not file.with_suffix(".part").exists()
-                    if gone:
-                        file.unlink(missing_ok=True)
-            except OSError as exc:
-                raise storage_error(exc, self.root, "remove a partial download") from exc
-            if gone:
-                removed.append((file, size))
-        return sorted(removed)
-
-
-def _remove_unless_locked(part: Path) -> bool:
-    """Remove a partial and its sidecar, unless a running download holds its lock."""
-    try:
-        fd = os.open(part, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        part.with_suffix(".json").unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
-        return True
-    finally:
-        os.close(fd)
+    async def abandon(self) -> None:
+        """Nothing was sent ahead."""
 
 
 def _size_of(path: Path) -> int | None:

@@ -1,6 +1,6 @@
 """Parts of a download sent to S3 while it is still downloading.
 
-A LiveUpload watches its partial's hashed prefix (the bytes on disk from the first,
+A LiveUpload watches a growing file's hashed prefix (the bytes on disk from the first,
 hashed): each time a whole part is there, the part is read back (from the page
 cache, as a rule) and sent to a multipart upload at a temporary key. The commit
 then sends only what is left and completes the upload. If the download starts over,
@@ -20,7 +20,6 @@ import uuid
 from typing import TYPE_CHECKING
 
 from tune_archiver.digest import Hasher, new_hash
-from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
 from tune_archiver.store.s3.transfer import read_part, send_part
@@ -29,18 +28,19 @@ from tune_archiver.threads import in_thread
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from tune_archiver.store.s3.store import S3Store
+    from tune_archiver.store import Growing
+    from tune_archiver.store.s3.bucket import Bucket
 
 log = logging.getLogger(__name__)
 
 
 class LiveUpload:
-    """A multipart upload that follows one partial download."""
+    """A multipart upload that follows one download as it grows."""
 
-    def __init__(self, store: S3Store, partial: Partial) -> None:
-        self._store = store
-        self._partial = partial
-        self.key = store.key(f"{TMP}/upload-live-{uuid.uuid4().hex}")
+    def __init__(self, bucket: Bucket, file: Growing) -> None:
+        self._bucket = bucket
+        self._file = file
+        self.key = bucket.key(f"{TMP}/upload-live-{uuid.uuid4().hex}")
         self.upload_id: str | None = None
         self.parts: list[CompletedPartTypeDef] = []
         self.sent = 0  # bytes of the file sent, all in whole parts
@@ -50,10 +50,11 @@ class LiveUpload:
         self._more = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._draining = False
 
     def start(self) -> None:
-        """Follow the partial from now on (it may already hold bytes from an earlier run)."""
-        self._partial.on_hashed = self._notify
+        """Follow the file from now on (it may already hold bytes from an earlier run)."""
+        self._file.on_hashed = self._notify
         self._more.set()
         self._task = asyncio.create_task(self._follow())
 
@@ -61,17 +62,34 @@ class LiveUpload:
         """Wait until every whole part on disk so far is sent (or the upload gave up)."""
         await self._idle.wait()
 
-    async def stop(self) -> None:
-        """Stop following: the commit (or an abort) takes over."""
-        self._partial.on_hashed = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, drain: bool = False) -> None:
+        """Stop following: the commit (or an abort) takes over.
 
-    async def send_rest(self) -> bool:
-        """Send what the background has not (the last part may be short); False when this
-        upload cannot be finished and the file must be sent whole."""
+        With `drain` (a commit), the whole parts on disk are sent first rather than cut
+        off mid-request, which would only send them again.
+        """
+        self._file.on_hashed = None
+        task = self._task
+        if task is None:
+            return
+        if drain and not task.done():
+            self._draining = True
+            self._more.set()
+            try:
+                await asyncio.shield(task)
+                return
+            except asyncio.CancelledError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def send_rest(self, size: int) -> bool:
+        """Send what the background has not (the last part may be short) of the file of
+        `size` bytes; False when this upload cannot be finished and it must be sent whole."""
         if self.failed or self.upload_id is None:
             return False
         try:
@@ -79,7 +97,7 @@ class LiveUpload:
         except ArchiverError as exc:
             log.info("live upload of %s failed, sending it whole: %s", self.key, exc)
             return False
-        return self.sent == self._partial.size
+        return self.sent == size
 
     def checksum(self) -> str:
         """The composite SHA-256 S3 reports for the completed upload."""
@@ -103,12 +121,14 @@ class LiveUpload:
                 self._idle.set()
                 return
             self._idle.set()
+            if self._draining:
+                return
 
     async def _send_ready(self, final: bool) -> None:
         """Send each whole part now on disk; with `final`, the short last one too."""
-        size = self._store.part_size
+        size = self._bucket.part_size
         while True:
-            ready = self._partial.hashed
+            ready = self._file.hashed
             if ready < self.sent:  # the download started over: so does the upload
                 await self.abort()
                 self.upload_id, self.parts, self.sent, self.whole = None, [], 0, new_hash()
@@ -118,20 +138,20 @@ class LiveUpload:
             await self._send_part(self.sent, length)
 
     async def _send_part(self, offset: int, length: int) -> None:
-        store = self._store
-        with store._translated("upload a blob"):
+        bucket = self._bucket
+        with bucket.translated("upload a blob", self._file.path.parent):
             if self.upload_id is None:
-                created = await store.client.create_multipart_upload(
-                    Bucket=store.bucket, Key=self.key, ChecksumAlgorithm="SHA256"
+                created = await bucket.client.create_multipart_upload(
+                    Bucket=bucket.name, Key=self.key, ChecksumAlgorithm="SHA256"
                 )
                 self.upload_id = created["UploadId"]
-            fd = os.open(self._partial.path, os.O_RDONLY)
+            fd = os.open(self._file.path, os.O_RDONLY)
             try:
                 data, checksum = await in_thread(read_part, fd, offset, length, None)
             finally:
                 os.close(fd)
             part = await send_part(
-                store, self.key, self.upload_id, len(self.parts) + 1, data, checksum
+                bucket, self.key, self.upload_id, len(self.parts) + 1, data, checksum
             )
         self.whole.update(data)
         self.parts.append(part)
@@ -140,5 +160,5 @@ class LiveUpload:
     async def abort(self) -> None:
         """Abort the multipart upload, if one was started."""
         if self.upload_id is not None:
-            await self._store.abort(self.key, self.upload_id)
+            await self._bucket.abort(self.key, self.upload_id)
             self.upload_id = None

@@ -1,58 +1,46 @@
 """The archive in S3-compatible object storage: the local layout under a bucket prefix.
 
-Downloads land in a local staging directory (resumable, exactly as for a local
-archive); a commit streams the finished file to a temporary key under tmp/, checks
-its size and SHA-256 there, and only then copies it to its blob key. Credentials and
-the endpoint come from the standard AWS chain (env, ~/.aws, AWS_ENDPOINT_URL).
-aiobotocore is imported here and nowhere else: it is the optional `[s3]` extra.
+Downloads grow in a local staging folder (download/staging.py); while one grows, its
+whole parts go to a multipart upload at a temporary key (live.py), and its commit
+sends the rest, checks size and SHA-256 there, and only then copies it to its blob
+key (transfer.py). Credentials and the endpoint come from the standard AWS chain
+(env, ~/.aws, AWS_ENDPOINT_URL). aiobotocore is imported under store/s3/ only: it is
+the optional `[s3]` extra.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import re
-import shutil
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
-from tune_archiver.digest import SKIP_HASH
-from tune_archiver.download.partial import Partial, Writer
-from tune_archiver.errors import ConfigError, DiskFull, StorageError, storage_error
+from tune_archiver.errors import ConfigError, StorageError
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
-from tune_archiver.models import Blob
-from tune_archiver.store.local import StoredBlob
-from tune_archiver.store.s3.errors import Absent, translated
-from tune_archiver.store.s3.live import LiveUpload
+from tune_archiver.models import StoredBlob
+from tune_archiver.store import Growing
+from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.transfer import (
     b64,
-    check_upload,
-    complete,
-    copy,
     save_as,
-    settle,
     stream,
-    upload,
 )
-from tune_archiver.threads import in_thread
-from tune_archiver.urls import redact, url_key
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
-    from types_aiobotocore_s3 import S3Client
 
 MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
-ABORT_ATTEMPTS = 3
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
@@ -60,7 +48,7 @@ _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 
 
 class S3Store:
-    """An archive under s3://bucket/prefix, with partial downloads in a local directory.
+    """An archive under s3://bucket/prefix.
 
     Use it as an async context manager: it owns one aiobotocore client, which must be
     used and closed on the event loop that opened it.
@@ -76,13 +64,11 @@ class S3Store:
     def __init__(
         self,
         url: str,
-        staging: Path,
         endpoint_url: str | None = None,
         *,
         part_size: int = PART_SIZE,
         copy_limit: int = COPY_LIMIT,
         attempts: int = ATTEMPTS,
-        write: Writer = os.pwritev,
         session: AioSession | None = None,
     ) -> None:
         """Raises ConfigError for a URL that is not s3://bucket[/prefix] or without aiobotocore.
@@ -94,22 +80,20 @@ class S3Store:
             import aiobotocore.session  # noqa: F401  (only checking that the extra is there)
         except ImportError as exc:
             raise ConfigError(f"an s3:// archive needs aiobotocore: {INSTALL_HINT}") from exc
-        self.bucket, self.prefix = _parse_url(url)
+        self.name, self.prefix = _parse_url(url)
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
             raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GiB")
-        self.staging = staging
         self._endpoint_url = endpoint_url
-        self.part_size = part_size
-        self.copy_limit = copy_limit
+        self._part_size = part_size
+        self._copy_limit = copy_limit
         self._attempts = attempts
-        self._write = write
         self._session = session
-        self._client: S3Client | None = None
-        self._live: dict[int, LiveUpload] = {}  # by id() of the partial they follow
+        self._bucket: Bucket | None = None
+        self._intakes: set[S3Intake] = set()  # neither committed nor abandoned yet
         self._stack = contextlib.AsyncExitStack()
 
     def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"s3://{self.name}/{self.prefix}" if self.prefix else f"s3://{self.name}"
 
     async def __aenter__(self) -> S3Store:
         from aiobotocore.config import AioConfig
@@ -132,7 +116,10 @@ class S3Store:
         )
         session = self._session or get_session()
         client = session.create_client("s3", endpoint_url=self._endpoint_url, config=config)
-        self._client = await self._stack.enter_async_context(client)
+        self._bucket = Bucket(
+            await self._stack.enter_async_context(client), self.name, self.prefix,
+            self._part_size, self._copy_limit,
+        )
         return self
 
     async def __aexit__(
@@ -141,23 +128,17 @@ class S3Store:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for live in self._live.values():  # partials never committed nor released
-            await live.stop()
-            await settle(live.abort(), f"abort the upload to {live.key}")
-        self._live.clear()
-        self._client = None
+        for intake in list(self._intakes):  # downloads never committed nor released
+            await intake.abandon()
+        self._bucket = None
         await self._stack.aclose()
 
     @property
-    def client(self) -> S3Client:
-        """The open aiobotocore client (tests hook its events to count or break requests)."""
-        if self._client is None:
+    def bucket(self) -> Bucket:
+        """The open bucket (tests hook its client's events to count or break requests)."""
+        if self._bucket is None:
             raise RuntimeError("S3Store used outside `async with`")
-        return self._client
-
-    @property
-    def partials(self) -> str:
-        return str(self.staging)
+        return self._bucket
 
     @contextlib.asynccontextmanager
     async def locked(
@@ -170,146 +151,43 @@ class S3Store:
         """True when the bucket is reachable and holds an archive under the prefix."""
         await self.prepare()
         for directory in (MANIFESTS, OBJECTS):
-            async for _ in self._list(directory):
+            async for _ in self.bucket.list(directory):
                 return True
         return False
 
-    # -- setup -----------------------------------------------------------------
-
     async def prepare(self) -> None:
-        """Create the staging directory and check the bucket is there and ours to use.
+        """Check the bucket is there and ours to use.
 
         Raises ConfigError with one line for a missing bucket, refused credentials or an
-        unreachable endpoint; StorageError when the staging directory cannot be made.
+        unreachable endpoint.
         """
+        bucket = self.bucket
         try:
-            await asyncio.to_thread(self.staging.mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise storage_error(exc, self.staging, "create the staging directory") from exc
-        try:
-            with self._translated("reach the bucket"):
-                await self.client.head_bucket(Bucket=self.bucket)
+            with bucket.translated("reach the bucket"):
+                await bucket.client.head_bucket(Bucket=bucket.name)
         except Absent as exc:
             raise ConfigError(
-                f"bucket {self.bucket!r} does not exist at {self._endpoint()}"
+                f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
             ) from exc
         except StorageError as exc:
             raise ConfigError(str(exc)) from exc
-
-    async def check_room(self, nbytes: int) -> None:
-        """Raise DiskFull when the local staging filesystem has less than `nbytes` free."""
-        try:
-            free = (await asyncio.to_thread(shutil.disk_usage, self.staging)).free
-        except OSError as exc:
-            raise storage_error(exc, self.staging, "measure free space") from exc
-        if nbytes > free:
-            raise DiskFull(
-                f"disk full in {self.staging}: {nbytes} bytes to download, {free} bytes free "
-                "(--force to try anyway)"
-            )
-
-    async def open_partial(self, url: str) -> Partial:
-        """The local partial download of this URL, resumed from an earlier run when possible;
-        its whole parts go to the bucket while it downloads (see s3live)."""
-        partial = await asyncio.to_thread(
-            Partial.open, self.staging, url_key(url), self.staging, self._write
-        )
-        live = LiveUpload(self, partial)
-        self._live[id(partial)] = live
-        live.start()
-        return partial
-
-    def live_upload(self, partial: Partial) -> LiveUpload | None:
-        """The upload following a partial's download, if it is not yet committed."""
-        return self._live.get(id(partial))
-
-    async def release(self, partial: Partial, keep: bool) -> None:
-        """Take back a partial that was not committed: its live upload is aborted, and the
-        file kept for a later run or removed."""
-        live = self._live.pop(id(partial), None)
-        if live is not None:
-            await live.stop()
-            await settle(live.abort(), f"abort the upload to {live.key}")
-        await in_thread(partial.close, keep)
 
     # -- blobs -----------------------------------------------------------------
 
     async def blob_size(self, sha256: str) -> int | None:
         """The size of the blob, or None when it is not in the bucket."""
-        return await self._size_at(self.key(blob_key(sha256)), "look up a blob")
+        return await self.bucket.size_at(self.bucket.key(blob_key(sha256)), "look up a blob")
 
-    async def commit(
-        self, partial: Partial, content_type: str | None, tail: Sequence[bytes] = ()
-    ) -> Blob:
-        """Upload a finished download (its last pieces `tail` written to it first) and make
-        it visible under its blob key.
-
-        The bytes go to a temporary key first; the blob key is written (by a server-side
-        copy) only once the temporary object has the right size and SHA-256. A blob
-        already present with the same size is kept and nothing is uploaded; its date is
-        refreshed if gc might soon take it for an old one. On success the partial is
-        closed and removed; on failure or cancellation any multipart upload is aborted,
-        the temporary key deleted, and the partial left to the caller. Raises
-        IntegrityError when the bytes do not match their name, StorageError (or
-        ConfigError for refused credentials) when the store fails.
-        """
-        live = self._live.pop(id(partial), None)
-        try:
-            if tail:
-                await in_thread(partial.append, tail)
-            if live is not None:
-                await live.stop()
-            blob = Blob(partial.sha256(), partial.size, content_type)
-            final = self.key(blob_key(blob.sha256))
-            found = await self._head(final, "look up a blob")
-            if found is not None and found[0] == blob.size:
-                await self._keep_young(final, found[1], blob)
-            else:
-                await self._store_new(partial, blob, final, live)
-        finally:
-            if live is not None:
-                await settle(live.abort(), f"abort the upload to {live.key}")
-        await in_thread(partial.close, False)
-        return blob
-
-    async def _store_new(
-        self, partial: Partial, blob: Blob, final: str, live: LiveUpload | None
-    ) -> None:
-        """Finish the live upload (or send the whole file), check it, copy it into place."""
-        temp = self.key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
-        try:
-            with self._translated("upload a blob"):
-                if live is not None and await live.send_rest() and (
-                    SKIP_HASH or live.whole.hexdigest() == blob.sha256
-                ):
-                    temp = live.key
-                    await complete(self, live.key, live.upload_id or "", live.parts)
-                    live.upload_id = None  # completed: nothing to abort
-                    checksum = live.checksum()
-                else:
-                    checksum = await upload(self, temp, partial, blob)
-                await check_upload(self, temp, blob, checksum)
-                # Another writer may have stored it meanwhile: identical bytes.
-                if await self._size_at(final, "look up a blob") != blob.size:
-                    await copy(self, temp, final, blob)
-        finally:
-            await settle(self.delete(temp), f"delete {temp}")
-
-    async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> None:
-        """Refresh an old blob's date (a copy onto itself), so gc sees it as in use."""
-        if datetime.now(UTC) - modified < self.gc_grace / 2 or blob.size > self.copy_limit:
-            return
-        with self._translated("refresh a blob"):
-            await self.client.copy_object(
-                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-                MetadataDirective="REPLACE",
-                ContentType=blob.content_type or "application/octet-stream",
-            )
+    def intake(self, file: Growing) -> S3Intake:
+        """Follow a download, sending its whole parts as they are hashed (see live.py)."""
+        intake = S3Intake(self.bucket, file, self.gc_grace, settled=self._intakes.discard)
+        self._intakes.add(intake)
+        return intake
 
     async def blobs(self) -> list[StoredBlob]:
         """Every object named by a sha256 at its right place under objects/sha256/."""
         found = []
-        async for key, item in self._list(OBJECTS):
+        async for key, item in self.bucket.list(OBJECTS):
             name = key.rsplit("/", 1)[-1]
             if is_sha256(name) and key == blob_key(name):
                 found.append(StoredBlob(name, item["Size"], item["LastModified"].astimezone(UTC)))
@@ -318,7 +196,7 @@ class S3Store:
     async def misplaced(self) -> dict[str, str]:
         """sha256 -> key (relative to the prefix) of digest-named objects at a wrong place."""
         found = {}
-        async for key, _ in self._list(OBJECTS):
+        async for key, _ in self.bucket.list(OBJECTS):
             name = key.rsplit("/", 1)[-1]
             if is_sha256(name) and key != blob_key(name):
                 found[name] = key
@@ -333,7 +211,7 @@ class S3Store:
         """
         digest = hashlib.sha256()
         try:
-            size = await stream(self, sha256, "read a blob", digest.update, advance)
+            size = await stream(self.bucket, sha256, "read a blob", digest.update, advance)
         except Absent:
             return None
         return size, digest.hexdigest()
@@ -341,21 +219,22 @@ class S3Store:
     async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;
         checked against the name first. "copied": a bucket's object cannot be hard-linked."""
-        await save_as(self, sha256, target)
+        await save_as(self.bucket, sha256, target)
         return "copied"
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove the blob; removing one that is not there is not an error."""
-        await self.delete(self.key(blob_key(sha256)))
+        await self.bucket.delete(self.bucket.key(blob_key(sha256)))
 
     # -- manifests -------------------------------------------------------------
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
+        bucket = self.bucket
         try:
-            with self._translated(f"read the manifest of tune {tune_id}"):
-                response = await self.client.get_object(
-                    Bucket=self.bucket, Key=self.key(manifest_key(tune_id))
+            with bucket.translated(f"read the manifest of tune {tune_id}"):
+                response = await bucket.client.get_object(
+                    Bucket=bucket.name, Key=bucket.key(manifest_key(tune_id))
                 )
                 async with response["Body"] as body:
                     return await body.read()
@@ -364,11 +243,12 @@ class S3Store:
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest (a PUT is atomic); returns its key under the prefix."""
+        bucket = self.bucket
         key = manifest_key(tune_id)
-        with self._translated("write a manifest"):
-            await self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.key(key),
+        with bucket.translated("write a manifest"):
+            await bucket.client.put_object(
+                Bucket=bucket.name,
+                Key=bucket.key(key),
                 Body=data,
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
@@ -379,7 +259,7 @@ class S3Store:
     async def manifest_ids(self) -> list[int]:
         """Every tune with a manifest, in ascending order; other keys are ignored."""
         ids = set()
-        async for key, _ in self._list(MANIFESTS):
+        async for key, _ in self.bucket.list(MANIFESTS):
             if match := _MANIFEST.fullmatch(key):
                 ids.add(int(match[1]))
         return sorted(ids)
@@ -390,9 +270,9 @@ class S3Store:
         """(description, bytes) of temp objects and unfinished multipart uploads under the
         prefix that were started before `older_than` (an aware datetime)."""
         objects, uploads = await self._stale(older_than)
-        found = [(f"s3://{self.bucket}/{key}", size) for key, size in objects]
+        found = [(f"s3://{self.name}/{key}", size) for key, size in objects]
         for key, _, size in uploads:
-            found.append((f"unfinished multipart upload to s3://{self.bucket}/{key}", size))
+            found.append((f"unfinished multipart upload to s3://{self.name}/{key}", size))
         return found
 
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
@@ -401,25 +281,26 @@ class S3Store:
         objects, uploads = await self._stale(older_than)
         removed = []
         for key, size in objects:
-            await self.delete(key)
-            removed.append((f"s3://{self.bucket}/{key}", size))
+            await self.bucket.delete(key)
+            removed.append((f"s3://{self.name}/{key}", size))
         for key, upload_id, size in uploads:
-            await self.abort(key, upload_id)
-            removed.append((f"unfinished multipart upload to s3://{self.bucket}/{key}", size))
+            await self.bucket.abort(key, upload_id)
+            removed.append((f"unfinished multipart upload to s3://{self.name}/{key}", size))
         return removed
 
     async def _stale(
         self, older_than: datetime
     ) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
+        bucket = self.bucket
         objects = [
-            (self.key(key), item["Size"])
-            async for key, item in self._list(TMP)
+            (bucket.key(key), item["Size"])
+            async for key, item in bucket.list(TMP)
             if item["LastModified"] < older_than
         ]
         uploads = []
-        with self._translated("list unfinished uploads"):
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.key("")
+        with bucket.translated("list unfinished uploads"):
+            pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket.name, Prefix=bucket.key("")
             )
             async for page in pages:
                 for upload in page.get("Uploads", []):
@@ -430,73 +311,15 @@ class S3Store:
 
     async def _uploaded(self, key: str, upload_id: str) -> int:
         """Bytes already sent to an unfinished multipart upload."""
+        bucket = self.bucket
         try:
-            with self._translated("list the parts of an upload"):
-                pages = self.client.get_paginator("list_parts").paginate(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id
+            with bucket.translated("list the parts of an upload"):
+                pages = bucket.client.get_paginator("list_parts").paginate(
+                    Bucket=bucket.name, Key=key, UploadId=upload_id
                 )
                 return sum([part["Size"] async for page in pages for part in page.get("Parts", [])])
         except Absent:
             return 0  # finished or aborted since it was listed
-
-    # -- small requests ----------------------------------------------------------
-
-    async def _size_at(self, key: str, doing: str) -> int | None:
-        found = await self._head(key, doing)
-        return found[0] if found else None
-
-    async def _head(self, key: str, doing: str) -> tuple[int, datetime] | None:
-        """(size, last modified) of the object, or None when it is not there."""
-        try:
-            with self._translated(doing):
-                head = await self.client.head_object(Bucket=self.bucket, Key=key)
-        except Absent:
-            return None
-        return head["ContentLength"], head["LastModified"].astimezone(UTC)
-
-    async def delete(self, key: str) -> None:
-        with self._translated("delete an object"):
-            await self.client.delete_object(Bucket=self.bucket, Key=key)
-
-    async def abort(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload. A part still in flight can make the store refuse or
-        undo an abort, so (as S3's documentation advises) it is tried again."""
-        for attempt in range(ABORT_ATTEMPTS):
-            try:
-                with self._translated("abort an upload"):
-                    await self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id
-                    )
-                return
-            except Absent:
-                return
-            except StorageError:
-                if attempt == ABORT_ATTEMPTS - 1:
-                    raise
-
-    async def _list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
-        """(key relative to the prefix, listing entry) of every object under `directory`."""
-        start = len(self.key(""))
-        with self._translated("list the bucket"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.key(f"{directory}/")
-            )
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    yield item["Key"][start:], item
-
-    def key(self, relative: str) -> str:
-        """The bucket key of an archive-relative key ("" gives the prefix with its slash)."""
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def _endpoint(self) -> str:
-        return redact(self._client.meta.endpoint_url) if self._client else "the default endpoint"
-
-    # -- errors ----------------------------------------------------------------
-
-    def _translated(self, doing: str) -> contextlib.AbstractContextManager[None]:
-        """Turn botocore's and aiohttp's exceptions into ours: one line, no credentials."""
-        return translated(doing, str(self), self.bucket, self._endpoint, self.staging)
 
 
 def _parse_url(url: str) -> tuple[str, str]:
@@ -512,15 +335,3 @@ def _parse_url(url: str) -> tuple[str, str]:
     ):
         raise ConfigError(f"not an S3 archive URL (s3://bucket or s3://bucket/prefix): {url!r}")
     return parts.netloc, "/".join(segments)
-
-
-def staging_dir(url: str) -> Path:
-    """Where partial downloads for an S3 archive wait: $TUNE_ARCHIVER_STAGING, else the
-    user's cache directory, one folder per archive."""
-    chosen = os.environ.get("TUNE_ARCHIVER_STAGING")
-    if chosen:
-        return Path(chosen)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    bucket, _ = _parse_url(url)
-    tag = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return cache / "tune-archiver" / "staging" / f"{bucket}-{tag}"

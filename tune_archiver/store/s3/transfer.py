@@ -1,4 +1,4 @@
-"""Bytes into and out of S3, for s3store.S3Store. In: a finished download streamed to
+"""Bytes into and out of a Bucket, for the S3 store. In: a finished download streamed to
 a temporary key, checked, then copied to its blob key (part by part above 5 GiB),
 never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once).
 Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file.
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tune_archiver.digest import SKIP_HASH, Hasher, new_hash
-from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, storage_error
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
@@ -28,7 +27,7 @@ from tune_archiver.threads import in_thread
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
 
-    from tune_archiver.store.s3.store import S3Store
+    from tune_archiver.store.s3.bucket import Bucket
 
 PARTS_IN_FLIGHT = 2  # parts held in memory at once, read or being sent
 MAX_PARTS = 10_000
@@ -41,24 +40,24 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
-async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
-    """Send the partial's bytes to `key`; returns the checksum S3 should report for it.
+async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
+    """Send the bytes of the file at `path` to `key`; returns the checksum S3 should report for it.
 
     The bytes are re-read from disk and re-hashed: what is sent must be what the
     name promises, even if the file changed after the download hashed it.
     """
     content_type = blob.content_type or DEFAULT_CONTENT_TYPE
-    part_size = max(store.part_size, -(-blob.size // MAX_PARTS))
+    part_size = max(bucket.part_size, -(-blob.size // MAX_PARTS))
     try:
-        fd = os.open(partial.path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise storage_error(exc, store.staging, "read a finished download") from exc
+        raise storage_error(exc, path.parent, "read a finished download") from exc
     try:
         if blob.size <= part_size:
             data, checksum = await in_thread(read_part, fd, 0, blob.size, None)
             _check_digest(new_hash(), data, blob)
-            await store.client.put_object(
-                Bucket=store.bucket,
+            await bucket.client.put_object(
+                Bucket=bucket.name,
                 Key=key,
                 Body=data,
                 ChecksumAlgorithm="SHA256",
@@ -66,25 +65,25 @@ async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
                 ContentType=content_type,
             )
             return checksum
-        created = await store.client.create_multipart_upload(
-            Bucket=store.bucket, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
+        created = await bucket.client.create_multipart_upload(
+            Bucket=bucket.name, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
         )
         upload_id = created["UploadId"]
         try:
             whole = new_hash()
             parts = await _bounded(
-                _parts(store, key, upload_id, fd, blob.size, part_size, whole), PARTS_IN_FLIGHT
+                _parts(bucket, key, upload_id, fd, blob.size, part_size, whole), PARTS_IN_FLIGHT
             )
             _check_digest(whole, b"", blob)
             parts.sort(key=lambda part: part["PartNumber"])
-            await store.client.complete_multipart_upload(
-                Bucket=store.bucket,
+            await bucket.client.complete_multipart_upload(
+                Bucket=bucket.name,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
         except BaseException:
-            await settle(store.abort(key, upload_id), f"abort the upload to {key}")
+            await settle(bucket.abort(key, upload_id), f"abort the upload to {key}")
             raise
         digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
         return b64(hashlib.sha256(digests).digest())
@@ -93,20 +92,20 @@ async def upload(store: S3Store, key: str, partial: Partial, blob: Blob) -> str:
 
 
 async def _parts(
-    store: S3Store, key: str, upload_id: str, fd: int, size: int, part_size: int, whole: Hasher
+    bucket: Bucket, key: str, upload_id: str, fd: int, size: int, part_size: int, whole: Hasher
 ) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
     """The part uploads, each made only when it may start: its bytes are read then."""
     for number, offset in enumerate(range(0, size, part_size), start=1):
         length = min(part_size, size - offset)
         data, checksum = await in_thread(read_part, fd, offset, length, whole)
-        yield send_part(store, key, upload_id, number, data, checksum)
+        yield send_part(bucket, key, upload_id, number, data, checksum)
 
 
 async def send_part(
-    store: S3Store, key: str, upload_id: str, number: int, data: bytes, checksum: str
+    bucket: Bucket, key: str, upload_id: str, number: int, data: bytes, checksum: str
 ) -> CompletedPartTypeDef:
-    sent = await store.client.upload_part(
-        Bucket=store.bucket,
+    sent = await bucket.client.upload_part(
+        Bucket=bucket.name,
         Key=key,
         UploadId=upload_id,
         PartNumber=number,
@@ -118,78 +117,78 @@ async def send_part(
 
 
 async def complete(
-    store: S3Store, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
+    bucket: Bucket, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
 ) -> None:
     """Complete a multipart upload from its parts, in order."""
-    await store.client.complete_multipart_upload(
-        Bucket=store.bucket, Key=key, UploadId=upload_id,
+    await bucket.client.complete_multipart_upload(
+        Bucket=bucket.name, Key=key, UploadId=upload_id,
         MultipartUpload={"Parts": sorted(parts, key=lambda part: part["PartNumber"])},
     )
 
 
-async def check_upload(store: S3Store, key: str, blob: Blob, checksum: str) -> None:
+async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> None:
     """The uploaded object must have the blob's size and, where S3 reports one, SHA-256."""
-    head = await store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
+    head = await bucket.client.head_object(Bucket=bucket.name, Key=key, ChecksumMode="ENABLED")
     if head["ContentLength"] != blob.size:
         raise IntegrityError(
-            f"the upload of blob {blob.sha256} to {store} holds {head['ContentLength']} "
+            f"the upload of blob {blob.sha256} to {bucket} holds {head['ContentLength']} "
             f"bytes, not {blob.size}; not stored"
         )
     reported = head.get("ChecksumSHA256")
     if reported and reported.split("-")[0] != checksum:  # "-N" ends a multipart's
         raise IntegrityError(
-            f"the upload of blob {blob.sha256} to {store} has another SHA-256; not stored"
+            f"the upload of blob {blob.sha256} to {bucket} has another SHA-256; not stored"
         )
 
 
-async def copy(store: S3Store, source: str, final: str, blob: Blob) -> None:
+async def copy(bucket: Bucket, source: str, final: str, blob: Blob) -> None:
     """Server-side copy of a checked upload to its blob key."""
-    copy_source: CopySourceTypeDef = {"Bucket": store.bucket, "Key": source}
-    if blob.size <= store.copy_limit:
+    copy_source: CopySourceTypeDef = {"Bucket": bucket.name, "Key": source}
+    if blob.size <= bucket.copy_limit:
         # Asking for SHA256 makes S3 hash the whole copy: one more check, for free.
-        result = await store.client.copy_object(
-            Bucket=store.bucket, Key=final, CopySource=copy_source, ChecksumAlgorithm="SHA256"
+        result = await bucket.client.copy_object(
+            Bucket=bucket.name, Key=final, CopySource=copy_source, ChecksumAlgorithm="SHA256"
         )
         copied = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
         if copied and not SKIP_HASH and copied != b64(bytes.fromhex(blob.sha256)):
-            await store.delete(final)
-            raise IntegrityError(f"the copy of blob {blob.sha256} in {store} is corrupt")
+            await bucket.delete(final)
+            raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is corrupt")
         return
-    created = await store.client.create_multipart_upload(
-        Bucket=store.bucket, Key=final, ContentType=blob.content_type or DEFAULT_CONTENT_TYPE
+    created = await bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key=final, ContentType=blob.content_type or DEFAULT_CONTENT_TYPE
     )
     upload_id = created["UploadId"]
     try:
         parts = await _bounded(
-            _part_copies(store, source, final, upload_id, blob.size), COPIES_IN_FLIGHT
+            _part_copies(bucket, source, final, upload_id, blob.size), COPIES_IN_FLIGHT
         )
         parts.sort(key=lambda part: part["PartNumber"])
-        await store.client.complete_multipart_upload(
-            Bucket=store.bucket, Key=final, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        await bucket.client.complete_multipart_upload(
+            Bucket=bucket.name, Key=final, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
     except BaseException:
-        await settle(store.abort(final, upload_id), f"abort the copy to {final}")
+        await settle(bucket.abort(final, upload_id), f"abort the copy to {final}")
         raise
 
 
 async def _part_copies(
-    store: S3Store, source: str, final: str, upload_id: str, size: int
+    bucket: Bucket, source: str, final: str, upload_id: str, size: int
 ) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
-    step = max(min(COPY_PART, store.copy_limit), -(-size // MAX_PARTS))
+    step = max(min(COPY_PART, bucket.copy_limit), -(-size // MAX_PARTS))
     for number, start in enumerate(range(0, size, step), start=1):
         end = min(start + step, size) - 1
-        yield _copy_part(store, source, final, upload_id, number, f"bytes={start}-{end}")
+        yield _copy_part(bucket, source, final, upload_id, number, f"bytes={start}-{end}")
 
 
 async def _copy_part(
-    store: S3Store, source: str, final: str, upload_id: str, number: int, byte_range: str
+    bucket: Bucket, source: str, final: str, upload_id: str, number: int, byte_range: str
 ) -> CompletedPartTypeDef:
-    copied = await store.client.upload_part_copy(
-        Bucket=store.bucket,
+    copied = await bucket.client.upload_part_copy(
+        Bucket=bucket.name,
         Key=final,
         UploadId=upload_id,
         PartNumber=number,
-        CopySource={"Bucket": store.bucket, "Key": source},
+        CopySource={"Bucket": bucket.name, "Key": source},
         CopySourceRange=byte_range,
     )
     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
@@ -268,7 +267,7 @@ async def settle(work: Awaitable[None], what: str) -> None:
 
 
 async def stream(
-    store: S3Store,
+    bucket: Bucket,
     sha256: str,
     doing: str,
     consume: Callable[[bytes], None],
@@ -277,9 +276,9 @@ async def stream(
     """Feed the blob's bytes to `consume` (in a worker thread), a chunk at a time;
     returns how many there were. Raises s3errors.Absent when the blob is missing."""
     size = 0
-    with store._translated(doing):
-        response = await store.client.get_object(
-            Bucket=store.bucket, Key=store.key(blob_key(sha256))
+    with bucket.translated(doing):
+        response = await bucket.client.get_object(
+            Bucket=bucket.name, Key=bucket.key(blob_key(sha256))
         )
         async with response["Body"] as body:
             pending: list[bytes] = []
@@ -298,7 +297,7 @@ async def stream(
     return size
 
 
-async def save_as(store: S3Store, sha256: str, target: Path) -> None:
+async def save_as(bucket: Bucket, sha256: str, target: Path) -> None:
     """Write the blob's bytes to the local file `target`, which must not exist yet.
 
     The bytes are checked against the name before the file appears (by a hard link
@@ -323,12 +322,12 @@ async def save_as(store: S3Store, sha256: str, target: Path) -> None:
 
     try:
         try:
-            await stream(store, sha256, "export a blob", write, lambda n: None)
+            await stream(bucket, sha256, "export a blob", write, lambda n: None)
         except Absent as exc:
-            raise StorageError(f"the blob {sha256} is missing from {store}") from exc
+            raise StorageError(f"the blob {sha256} is missing from {bucket}") from exc
         await in_thread(os.fsync, fd)
         if digest.hexdigest() != sha256:
-            raise IntegrityError(f"blob {sha256} in {store} is corrupt; {target} not written")
+            raise IntegrityError(f"blob {sha256} in {bucket} is corrupt; {target} not written")
         await in_thread(os.link, name, target)
     except FileExistsError as exc:
         raise StorageError(f"{target} already exists; nothing was overwritten") from exc

@@ -1,0 +1,103 @@
+"""One bucket under a prefix, through one aiobotocore client: the object the S3 store,
+its transfers and its live uploads share. Keys, small requests, and botocore's
+errors as ours (errors.translated), in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune_archiver.errors import StorageError
+from tune_archiver.store.s3.errors import Absent, translated
+from tune_archiver.urls import redact
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+ABORT_ATTEMPTS = 3
+
+
+class Bucket:
+    """s3://name/prefix with its open client, and how blobs are written into it."""
+
+    def __init__(
+        self, client: S3Client, name: str, prefix: str, part_size: int, copy_limit: int
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.prefix = prefix
+        self.part_size = part_size  # bytes per uploaded part; also the largest single PUT
+        self.copy_limit = copy_limit  # larger objects are copied part by part
+
+    def __str__(self) -> str:
+        return f"s3://{self.name}/{self.prefix}" if self.prefix else f"s3://{self.name}"
+
+    def key(self, relative: str) -> str:
+        """The bucket key of an archive-relative key ("" gives the prefix with its slash)."""
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def endpoint(self) -> str:
+        """The endpoint, for messages."""
+        return redact(self.client.meta.endpoint_url)
+
+    def translated(
+        self, doing: str, local: Path | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Turn botocore's and aiohttp's exceptions into ours: one line, no credentials.
+
+        `local` names the local folder an OSError met meanwhile is about.
+        """
+        return translated(doing, str(self), self.name, self.endpoint, local or Path("."))
+
+    # -- small requests ----------------------------------------------------------------
+
+    async def head(self, key: str, doing: str) -> tuple[int, datetime] | None:
+        """(size, last modified) of the object, or None when it is not there."""
+        try:
+            with self.translated(doing):
+                head = await self.client.head_object(Bucket=self.name, Key=key)
+        except Absent:
+            return None
+        return head["ContentLength"], head["LastModified"].astimezone(UTC)
+
+    async def size_at(self, key: str, doing: str) -> int | None:
+        """The object's size, or None when it is not there."""
+        found = await self.head(key, doing)
+        return found[0] if found else None
+
+    async def delete(self, key: str) -> None:
+        """Delete an object; one that is not there is not an error."""
+        with self.translated("delete an object"):
+            await self.client.delete_object(Bucket=self.name, Key=key)
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload. A part still in flight can make the store refuse or
+        undo an abort, so (as S3's documentation advises) it is tried again."""
+        for attempt in range(ABORT_ATTEMPTS):
+            try:
+                with self.translated("abort an upload"):
+                    await self.client.abort_multipart_upload(
+                        Bucket=self.name, Key=key, UploadId=upload_id
+                    )
+                return
+            except Absent:
+                return
+            except StorageError:
+                if attempt == ABORT_ATTEMPTS - 1:
+                    raise
+
+    async def list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
+        """(key relative to the prefix, listing entry) of every object under `directory`."""
+        start = len(self.key(""))
+        with self.translated("list the bucket"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.name, Prefix=self.key(f"{directory}/")
+            )
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][start:], item
+

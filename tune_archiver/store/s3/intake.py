@@ -1,0 +1,101 @@
+"""A download's way into the bucket: whole parts sent while it grows (live.py), then a
+commit that finishes the upload, checks it, and copies it to its blob key."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from tune_archiver.digest import SKIP_HASH
+from tune_archiver.layout import TMP, blob_key
+from tune_archiver.models import Blob
+from tune_archiver.store import Growing
+from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.live import LiveUpload
+from tune_archiver.store.s3.transfer import check_upload, complete, copy, settle, upload
+from tune_archiver.threads import in_thread
+
+
+class S3Intake:
+    """One download on its way into the bucket: a live upload, then a checked commit."""
+
+    def __init__(
+        self, bucket: Bucket, file: Growing, gc_grace: timedelta,
+        settled: Callable[[S3Intake], None],
+    ) -> None:
+        self._bucket = bucket
+        self._file = file
+        self._gc_grace = gc_grace
+        self._settled = settled  # tells the store this intake needs no abort at its close
+        self.live = LiveUpload(bucket, file)
+        self.live.start()
+
+    async def commit(self, blob: Blob) -> None:
+        """Finish the upload and make it visible under the blob's key; remove the file.
+
+        The bytes go to a temporary key first; the blob key is written (by a
+        server-side copy) only once the temporary object has the right size and
+        SHA-256. A blob already present with the same size is kept and nothing is
+        uploaded; its date is refreshed if gc might soon take it for an old one. On
+        failure or cancellation any multipart upload is aborted and the temporary key
+        deleted; the file is left to the caller. Raises IntegrityError when the bytes
+        do not match their name, StorageError (or ConfigError for refused credentials)
+        when the store fails.
+        """
+        bucket, live = self._bucket, self.live
+        try:
+            await live.stop(drain=True)
+            final = bucket.key(blob_key(blob.sha256))
+            found = await bucket.head(final, "look up a blob")
+            if found is not None and found[0] == blob.size:
+                await self._keep_young(final, found[1], blob)
+            else:
+                await self._store_new(blob, final)
+        finally:
+            self._settled(self)
+            await settle(live.abort(), f"abort the upload to {live.key}")
+        # The caller still holds the file's lock, so its name is ours to remove.
+        await in_thread(os.unlink, self._file.path)
+
+    async def _store_new(self, blob: Blob, final: str) -> None:
+        """Finish the live upload (or send the whole file), check it, copy it into place."""
+        bucket, live = self._bucket, self.live
+        temp = bucket.key(f"{TMP}/upload-{blob.sha256[:16]}-{uuid.uuid4().hex}")
+        local = self._file.path.parent
+        try:
+            with bucket.translated("upload a blob", local):
+                if await live.send_rest(blob.size) and (
+                    SKIP_HASH or live.whole.hexdigest() == blob.sha256
+                ):
+                    temp = live.key
+                    await complete(bucket, live.key, live.upload_id or "", live.parts)
+                    live.upload_id = None  # completed: nothing to abort
+                    checksum = live.checksum()
+                else:
+                    checksum = await upload(bucket, temp, self._file.path, blob)
+                await check_upload(bucket, temp, blob, checksum)
+                # Another writer may have stored it meanwhile: identical bytes.
+                if await bucket.size_at(final, "look up a blob") != blob.size:
+                    await copy(bucket, temp, final, blob)
+        finally:
+            await settle(bucket.delete(temp), f"delete {temp}")
+
+    async def abandon(self) -> None:
+        """Stop following the download and abort what was sent ahead."""
+        self._settled(self)
+        await self.live.stop()
+        await settle(self.live.abort(), f"abort the upload to {self.live.key}")
+
+    async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> None:
+        """Refresh an old blob's date (a copy onto itself), so gc sees it as in use."""
+        bucket = self._bucket
+        if datetime.now(UTC) - modified < self._gc_grace / 2 or blob.size > bucket.copy_limit:
+            return
+        with bucket.translated("refresh a blob"):
+            await bucket.client.copy_object(
+                Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
+                MetadataDirective="REPLACE",
+                ContentType=blob.content_type or "application/octet-stream",
+            )
