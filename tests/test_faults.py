@@ -173,7 +173,7 @@ def test_hostile_names_change_nothing_outside_the_archive(
     """../ in a URL path and in Content-Disposition never become a path."""
     archive = tmp_path / "deep" / "archive"
     archive.parent.mkdir()
-    data = b"payload"
+    data = b"payload" * 200  # a checkpoint is at least 1 KiB
     standin.add_file("../../evil", data)
     url = f"{standin.urls['cdn']}/files/..%2F..%2Fevil"
     standin.add_tune(1, [url], [])

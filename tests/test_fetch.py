@@ -284,7 +284,7 @@ def test_error_page_with_200_fails_the_asset(standin: StandIn, archive: Path) ->
 
 def test_signatures_are_redacted_in_the_manifest(standin: StandIn, archive: Path) -> None:
     """Presigned query parameters never reach the manifest, in assets or the tune object."""
-    standin.add_file("signed", b"weights")
+    standin.add_file("signed", b"weights" * 200)
     url = standin.file_url("signed", query="X-Amz-Signature=s3cr3t&X-Amz-Expires=60")
     standin.add_tune(1, [url], [])
     assert run_fetch(standin, archive, "1") == 0

@@ -91,11 +91,25 @@ def test_redact_json_redacts_upper_case_scheme() -> None:
         ("https://user:pw@bucket.example.com/ckpt/model.safetensors", BASE),
         ("HTTPS://Bucket.Example.COM/ckpt/model.safetensors", BASE),
         ("https://h.example:8443/Path/Case", "https://h.example:8443/Path/Case"),
+        (f"{BASE}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=c&X-Amz-Date=20261129T"
+         "000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=s", BASE),
+        (f"{BASE}?Expires=1&Signature=s&Key-Pair-Id=k", BASE),
+        (f"{BASE}?sv=2024&se=2026&sr=b&sp=r&sig=s", BASE),
+        (f"{BASE}?id=1&X-Amz-Signature=s", f"{BASE}?id=1"),
+        (f"{BASE}?v=2&size=large", f"{BASE}?v=2&size=large"),
     ],
 )
-def test_url_key_drops_query_fragment_and_userinfo(url: str, expected: str) -> None:
-    """The key keeps scheme, host, port and path; a renewed signature gives the same key."""
+def test_url_key_drops_signing_fragment_and_userinfo(url: str, expected: str) -> None:
+    """The key keeps scheme, host, port, path and query less what signing sets anew."""
     assert url_key(url) == expected
+
+
+def test_urls_that_differ_only_in_their_query_have_different_keys() -> None:
+    """`?id=1` and `?id=2` name two files, however they are signed."""
+    one = url_key("https://cdn.example/img?id=1&X-Amz-Signature=a&X-Amz-Date=1")
+    two = url_key("https://cdn.example/img?id=2&X-Amz-Signature=a&X-Amz-Date=1")
+    assert one != two
+    assert one == url_key("https://cdn.example/img?id=1&X-Amz-Signature=b&X-Amz-Date=2")
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_SPLIT = 8
 MAX_SPLIT = 16
 DEFAULT_SPLIT_THRESHOLD = 64 * 2**20
+DEFAULT_MIN_RATE = 1024.0  # bytes per second, averaged over DEFAULT_STALL_WINDOW
+DEFAULT_STALL_WINDOW = 300.0
 USER_AGENT = f"tune-archiver/{__version__}"
 
 ENV_API_KEY = "ASTRIA_API_KEY"
@@ -45,6 +47,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class StallRule:
+    """A download slower than min_rate bytes/s over `window` seconds is cut and retried,
+    so a host that drips a byte now and then cannot hold a run forever."""
+
+    min_rate: float = DEFAULT_MIN_RATE
+    window: float = DEFAULT_STALL_WINDOW
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a fetch needs to know, fixed before it starts."""
 
@@ -62,6 +73,7 @@ class Settings:
     split: int = DEFAULT_SPLIT  # ranges fetched at once for one large file (1: never split)
     split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
     s3_endpoint_url: str | None = None  # an S3-compatible store other than AWS
+    stall: StallRule | None = field(default_factory=StallRule)  # None: no rate rule
 
 
 @dataclass(frozen=True)

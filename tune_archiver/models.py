@@ -12,6 +12,8 @@ from typing import Any, Literal
 from tune_archiver.errors import DataError
 
 AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
+# Fewer bytes than this is an error page or a glitch, never the file: retried, not archived.
+SMALLEST: dict[str, int] = {"checkpoint": 1024}
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,17 @@ a URL (manifest, log line, error message) goes through `redact` first.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tune_archiver.errors import RefusedUrl
+from tune_archiver.text import visible
 
 REDACTED = "REDACTED"
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+# A URL inside free text (an error message, a traceback): absolute or protocol-relative.
+_URL_IN_TEXT = re.compile(r"(?i)(?:\bhttps?:|(?<![\w/:]))//[^\s'\"<>]+")
 FETCHABLE_SCHEMES = ("http", "https")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
@@ -47,6 +52,11 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def redact_text(text: str) -> str:
+    """Free text with every URL in it redacted, protocol-relative ones included."""
+    return _URL_IN_TEXT.sub(lambda found: redact(found.group(0)), text)
+
+
 def redact_json(value: Any) -> Any:
     """A copy of decoded JSON in which every http(s) URL string is redacted."""
     if isinstance(value, str):
@@ -58,14 +68,38 @@ def redact_json(value: Any) -> Any:
     return value
 
 
+# Parameters a signer sets anew each time it signs a URL: not secret, but not part of
+# what the URL names either (AWS SigV2/SigV4, Google, Azure SAS, CloudFront).
+SIGNING_PARAMS = frozenset({
+    "x-amz-algorithm", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
+    "x-goog-algorithm", "x-goog-date", "x-goog-expires", "x-goog-signedheaders",
+    "awsaccesskeyid", "expires", "se", "st", "sv", "sp", "sr", "spr", "skoid", "sktid",
+    "skt", "ske", "sks", "skv",
+})
+
+
 def url_key(url: str) -> str:
-    """The URL without credentials, query or fragment: stable when a presigned URL is renewed."""
+    """What a URL names, whatever its signature: the identity of a download.
+
+    The whole URL (scheme and host in lower case, path, query) less userinfo, the
+    fragment, and the query parameters that carry credentials or are set by signing
+    (SIGNING_PARAMS), so a renewed presigned URL keeps its key while `?id=1` and
+    `?id=2` stay two files. The remaining parameters keep their order.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path, "", ""))
+    query = ""
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode(
+            [(name, value) for name, value in pairs
+             if not is_secret_param(name) and name.lower() not in SIGNING_PARAMS],
+            safe="/:",
+        )
+    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path, query, ""))
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -76,12 +110,19 @@ def origin(url: str) -> tuple[str, str, int | None]:
 
 
 def check_fetchable(url: str) -> None:
-    """Raise RefusedUrl unless the URL is absolute http(s) with a host."""
+    """Raise RefusedUrl unless the URL is absolute http(s) with a host, a port of digits,
+    and no whitespace or control character anywhere."""
+    if _UNSAFE.search(url):
+        shown = visible(redact(url)).replace(" ", "\\x20")
+        raise RefusedUrl(f"refused a URL with whitespace or control characters: {shown}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError as exc:
         raise RefusedUrl(f"refused malformed URL {redact(url)}") from exc
+    port = parts.netloc.rsplit("@", 1)[-1].rpartition("]")[2].partition(":")[2]
+    if port and not port.isdigit():
+        raise RefusedUrl(f"refused malformed URL {redact(url)}")
     if parts.scheme.lower() not in FETCHABLE_SCHEMES:
         scheme = parts.scheme or "no scheme"
         raise RefusedUrl(f"refused {scheme} URL (only http and https): {redact(url)}")

@@ -25,7 +25,15 @@ from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import verify
-from tune_archiver.config import AllTunes, RetryPolicy, Settings, api_url, archive_dir, load_api_key
+from tune_archiver.config import (
+    AllTunes,
+    RetryPolicy,
+    Settings,
+    StallRule,
+    api_url,
+    archive_dir,
+    load_api_key,
+)
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
@@ -109,6 +117,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         s3_endpoint_url=args.s3_endpoint_url,
         split=args.split,
         split_threshold=args.split_threshold,
+        stall=StallRule(args.min_rate, args.stall_window) if args.min_rate else None,
     )
     tunes: list[int] | AllTunes = (
         AllTunes(args.expiring_within, args.shard) if args.all

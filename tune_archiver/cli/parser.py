@@ -9,10 +9,12 @@ from datetime import timedelta
 from tune_archiver import __version__
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_MIN_RATE,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_SPLIT,
     DEFAULT_SPLIT_THRESHOLD,
+    DEFAULT_STALL_WINDOW,
     ENV_API_KEY,
     ENV_API_URL,
     ENV_ARCHIVE,
@@ -129,6 +131,13 @@ def _add_fetch(
     fetch.add_argument("--split-threshold", metavar="SIZE", type=size,
                        default=DEFAULT_SPLIT_THRESHOLD,
                        help="split files of at least this size, e.g. 64M, 1G (default 64M)")
+    fetch.add_argument("--min-rate", metavar="RATE", type=rate, default=DEFAULT_MIN_RATE,
+                       help="a download slower than this (bytes/s, e.g. 1K, 50K) over "
+                       "--stall-window is cut and retried; 0 never cuts (default 1K)")
+    fetch.add_argument("--stall-window", metavar="SECONDS", type=positive_float,
+                       default=DEFAULT_STALL_WINDOW,
+                       help=f"the window --min-rate is averaged over (default "
+                       f"{DEFAULT_STALL_WINDOW:g})")
     fetch.add_argument("--force", action="store_true",
                        help="download even when a file is larger than the free space")
     fetch.add_argument("--only", choices=("checkpoints", "images"),
@@ -189,6 +198,16 @@ def size(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"not a size (e.g. 64M, 1G, 1048576): {text!r}")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def rate(text: str) -> float:
+    """Bytes per second, with an optional K, M or G; 0 turns the rule off."""
+    if text.strip() == "0":
+        return 0.0
+    try:
+        return float(size(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a rate (e.g. 1K, 50K, 0): {text!r}") from None
 
 
 def shard(text: str) -> tuple[int, int]:

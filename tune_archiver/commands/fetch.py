@@ -7,6 +7,7 @@ and Ctrl-C) stop the whole run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,12 +30,14 @@ from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader, Refresh
 from tune_archiver.download.staging import Staging, staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
-from tune_archiver.models import Asset, AssetResult, Tune, TuneResult
+from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 from tune_archiver.store.location import open_store
+from tune_archiver.urls import redact, redact_text
 
+log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
 
@@ -155,6 +158,8 @@ async def get_tunes(
             raise
         except ArchiverError as exc:
             return TuneResult(tune_id, error=str(exc))
+        except Exception as exc:  # a bug met on one tune must not stop the others
+            return TuneResult(tune_id, error=unexpected(exc, f"reading tune {tune_id}"))
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -242,6 +247,12 @@ def _same_place(one: Asset, other: Asset) -> bool:
     return (one.kind, one.prompt_id, one.index) == (other.kind, other.prompt_id, other.index)
 
 
+def unexpected(exc: Exception, doing: str) -> str:
+    """The one line for a bug met while `doing` something; its traceback goes to -v."""
+    log.debug("unexpected error while %s", doing, exc_info=exc)
+    return f"internal error while {doing}: {type(exc).__name__}: {redact_text(str(exc))}"
+
+
 def _finish(progress: Progress, finished: list[TuneResult], result: TuneResult) -> None:
     finished.append(result)
     progress.tune_done()
@@ -263,10 +274,14 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
 
         async def download(asset: Asset) -> AssetResult:
             try:
-                blob = await run.downloader.fetch(asset.url, fresh.refresh(asset))
+                blob = await run.downloader.fetch(
+                    asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
+                )
                 return AssetResult(asset, blob)
             except ArchiverError as exc:
                 return AssetResult(asset, error=str(exc))
+            except Exception as exc:  # a bug met on one file must not stop the others
+                return AssetResult(asset, error=unexpected(exc, f"downloading {redact(asset.url)}"))
 
         async with asyncio.TaskGroup() as group:
             tasks = {asset: group.create_task(download(asset)) for asset in plan.download}
@@ -284,6 +299,11 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     except ArchiverError as exc:
         return TuneResult(
             tune.id, title=tune.title, error=str(exc), seconds=time.monotonic() - started
+        )
+    except Exception as exc:  # a bug met on one tune must not stop the others
+        return TuneResult(
+            tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
+            seconds=time.monotonic() - started,
         )
     return TuneResult(
         tune.id, tuple(results), title=tune.title, seconds=time.monotonic() - started,

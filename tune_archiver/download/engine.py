@@ -26,6 +26,7 @@ from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 from tune_archiver.urls import check_fetchable, redact, url_key
 
+OPEN_PER_SLOT = 4  # partials open at once per --concurrency slot (some wait in backoff)
 # Below this, a full disk is left to the write's own ENOSPC: one statvfs per image costs.
 ROOM_CHECK_FROM = 8 * 2**20
 # Error pages that some hosts serve with 200; never a checkpoint or an image.
@@ -50,6 +51,7 @@ class Transfer:
     content_type: str | None = None
     counted: bool = False  # its size has been added to the progress total
     may_split: bool = True  # False once the server has refused a range
+    min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
     tail: list[bytes] = field(default_factory=list)  # the body's last bytes, not yet written
 
     @property
@@ -76,24 +78,37 @@ class Downloader:
         self._settings = settings
         self._progress = progress
         self._downloads: dict[str, asyncio.Task[Blob]] = {}
+        # Partials open at once: each holds a descriptor, so thousands of queued files
+        # must not open theirs before they can be fetched (ulimit -n).
+        self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
         self._ranged = RangedFetch(session, limiter, settings, progress)
 
-    async def fetch(self, url: str, refresh: Refresh | None = None) -> Blob:
+    async def fetch(
+        self, url: str, refresh: Refresh | None = None, min_size: int = 1
+    ) -> Blob:
         """The blob holding the URL's bytes, once they are verified and committed.
 
         When the host refuses the URL as expired, `refresh` is asked once for a fresh
-        one and the download resumes. Raises an ArchiverError when it fails for good.
+        one and the download resumes. A body of fewer than `min_size` bytes (an empty
+        200, say) is retried, never archived. Raises an ArchiverError when it fails
+        for good.
         """
         key = url_key(url)
         if key not in self._downloads:
-            self._downloads[key] = asyncio.ensure_future(self._download(url, refresh))
+            self._downloads[key] = asyncio.ensure_future(
+                self._download(url, refresh, min_size)
+            )
         return await self._downloads[key]
 
-    async def _download(self, url: str, refresh: Refresh | None) -> Blob:
+    async def _download(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
         check_fetchable(url)
+        async with self._open:
+            return await self._download_open(url, refresh, min_size)
+
+    async def _download_open(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
         incoming = await self._staging.open(url, self._store)
         partial = incoming.partial
-        transfer = Transfer(url, partial)
+        transfer = Transfer(url, partial, min_size=min_size)
         keep = True  # a partial that may be resumed later is kept, unless the disk is full
         try:
             if partial.total is not None:
@@ -151,12 +166,18 @@ class Downloader:
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             await self._accept(response, transfer)
-            tail = await pump(response, lambda pieces: self._write(transfer, pieces))
+            tail = await pump(response, lambda pieces: self._write(transfer, pieces),
+                              self._settings.stall)
         received = partial.size + sum(len(piece) for piece in tail)
         if partial.total is not None and received != partial.total:
             await self._write(transfer, tail)  # good bytes for the resume; or too many
             raise BodyError(
                 f"the body ended after {partial.size} of {partial.total} bytes: {transfer.shown}"
+            )
+        if received < transfer.min_size:
+            await self._restart(transfer)
+            raise IntegrityError(
+                f"the server sent {received} bytes, too few for this file: {transfer.shown}"
             )
         transfer.tail = tail  # written by the commit, in the same thread hop
         self._progress.advance(received - partial.size)
@@ -181,6 +202,11 @@ class Downloader:
             if total is None:
                 await self._restart(transfer)
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
+            if validator_of(response.headers) != partial.validator:
+                # A host that ignores If-Range sends a range of the file as it is now:
+                # spliced onto the bytes we have, it would make a blob of two versions.
+                await self._restart(transfer)
+                raise BodyError(f"the file changed on the server; starting over: {transfer.shown}")
         if total is not None:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from tune_archiver.digest import new_hash
-from tune_archiver.errors import IntegrityError, storage_error
+from tune_archiver.errors import IntegrityError, StorageError, storage_error
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
+MAX_VALIDATOR = 1024  # an ETag or Last-Modified longer than this is no header we sent
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 
 # os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
@@ -108,7 +109,7 @@ class Partial:
         state = _read_json(self._sidecar) if self._sidecar else None
         length = os.fstat(self._fd).st_size
         usable = 0
-        if state is not None and state.get("url") == self._key and state.get("validator"):
+        if state is not None and _usable(state, self._key):
             same_boot = state.get("boot_id") == boot_id()
             spans = _valid_spans(state.get("spans" if same_boot else "synced_spans"),
                                  state.get("total"), length)
@@ -295,7 +296,7 @@ class Partial:
         """
         if self._fd < 0:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._sidecar and self.size and self.validator:
                 self._save()
             else:
@@ -327,8 +328,30 @@ class Partial:
             state["spans"] = self.spans
             state["synced_spans"] = self._synced_spans
         temporary = self._sidecar.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, self._sidecar)
+        try:
+            temporary.write_text(json.dumps(state))
+            os.replace(temporary, self._sidecar)
+        except OSError as exc:
+            raise storage_error(exc, self._archive, "record a download's progress") from exc
+
+
+def _usable(state: dict[str, Any], key: str) -> bool:
+    """True when a sidecar is one this code wrote for `key`: a damaged one (wrong types,
+    a validator that could not be sent as a header) is ignored and the file starts over."""
+    validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
+    return (
+        state.get("url") == key
+        and isinstance(validator, str)
+        and 0 < len(validator) <= MAX_VALIDATOR
+        and validator.isascii()
+        and validator.isprintable()
+        and (total is None or _count(total))
+        and _count(synced)
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _prefix_end(spans: list[Span]) -> int:

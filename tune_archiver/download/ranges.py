@@ -6,7 +6,8 @@ The partial is split into pieces of at most 16 MiB (partial.Partial.split), and
 its offset. Taken in order, pieces fill the file from the front, so a hasher close
 behind hashes the contiguous prefix as it grows and the commit reads nothing again.
 A server that answers a range with the whole file (it ignores Range, or the file
-changed) makes the caller fall back to one stream.
+changed), or with a range of another version (another validator: it ignores
+If-Range), makes the caller start the file over in one stream.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError, BodyError, IntegrityError
 from tune_archiver.net.retry import call_with_retries
-from tune_archiver.net.transport import asset_status_error, content_range, get, pump
+from tune_archiver.net.transport import (
+    asset_status_error,
+    content_range,
+    get,
+    pump,
+    validator_of,
+)
 from tune_archiver.progress import Progress
 from tune_archiver.threads import in_thread
 from tune_archiver.urls import redact
@@ -129,7 +136,9 @@ class RangedFetch:
                 raise await asset_status_error(response, shown)
             if content_range(response) != (pos, end - 1, partial.total):
                 raise RangesRefused
-            rest = await pump(response, write)
+            if validator_of(response.headers) != partial.validator:
+                raise RangesRefused  # a host that ignored If-Range: the file changed
+            rest = await pump(response, write, self._settings.stall)
             if rest:
                 await write(rest)
         if partial.spans[index][1] < end:

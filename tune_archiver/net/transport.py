@@ -6,6 +6,7 @@ and download.py sees an aiohttp type.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from tune_archiver.config import StallRule
 from tune_archiver.errors import (
     ArchiverError,
     BodyError,
@@ -138,7 +140,9 @@ async def probe_size(
 
 
 async def pump(
-    response: aiohttp.ClientResponse, sink: Callable[[list[bytes]], Awaitable[None]]
+    response: aiohttp.ClientResponse,
+    sink: Callable[[list[bytes]], Awaitable[None]],
+    stall: StallRule | None = None,
 ) -> list[bytes]:
     """Hand the body to `sink` as lists of pieces of about CHUNK_BYTES in all.
 
@@ -147,10 +151,13 @@ async def pump(
     body ends, the last pieces (less than CHUNK_BYTES) are returned unwritten, so a
     small file costs one thread hop in all. Bytes that arrived before the body broke
     are handed to `sink` before the error goes on: they are good, and a resume
-    starts after them.
+    starts after them. A body slower than `stall` allows raises ReadTimeout: a host
+    that drips a byte now and then is never silent long enough for the read timeout.
     """
     pending: list[bytes] = []
     held = 0
+    clock = asyncio.get_running_loop().time
+    window_start, window_bytes = clock(), 0
     try:
         async for piece, _ in response.content.iter_chunks():
             pending.append(piece)
@@ -158,6 +165,16 @@ async def pump(
             if held >= CHUNK_BYTES:
                 pieces, pending, held = pending, [], 0
                 await sink(pieces)
+            if stall is not None:
+                window_bytes += len(piece)
+                elapsed = clock() - window_start
+                if elapsed >= stall.window:
+                    if window_bytes < stall.min_rate * elapsed:
+                        raise ReadTimeout(
+                            f"slower than {stall.min_rate:g} bytes/s for {elapsed:.0f} s: "
+                            f"{redact(str(response.url))}"
+                        )
+                    window_start, window_bytes = clock(), 0
     except BaseException:
         if held:
             await sink(pending)

@@ -1,0 +1,15 @@
+"""Untrusted text made safe to show: control characters become visible escapes."""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls, DEL and C1 controls: ESC and CSI start terminal sequences, CR and LF
+# can forge a line, and OSC 52 writes the clipboard.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """The text with every control character shown as \\xNN, so it cannot act on a
+    terminal or start a line of its own."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
