@@ -64,6 +64,21 @@ class Replace:
 
 
 @dataclass
+class Splice:
+    """The file changed to these bytes, and the host ignores If-Range: a Range is answered
+    206 from the new bytes, with their own ETag, whatever validator was sent."""
+
+    data: bytes
+
+
+@dataclass
+class Drip:
+    """Announce the whole file, then send one byte every `every` seconds, forever."""
+
+    every: float = 0.02
+
+
+@dataclass
 class Chunked:
     """Send the file with chunked encoding and no Content-Length."""
 
@@ -75,7 +90,7 @@ class Claim:
     length: int
 
 
-Fault = Status | Cut | Stall | IgnoreRange | Body | Replace | Chunked | Claim
+Fault = Status | Cut | Stall | IgnoreRange | Body | Replace | Splice | Drip | Chunked | Claim
 
 
 @dataclass
@@ -269,6 +284,8 @@ class StandIn:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        if f"{name}?id={request.query.get('id')}" in self.files:
+            name = f"{name}?id={request.query['id']}"  # files told apart by their query
         ranged = request.headers.get("Range", "").startswith("bytes=")
         self._ranges_in_flight += ranged
         try:
@@ -302,7 +319,7 @@ class StandIn:
             return response
         if name not in self.files:
             return web.Response(status=404, text="no such file")
-        data = fault.data if isinstance(fault, Replace) else self.files[name]
+        data = fault.data if isinstance(fault, Replace | Splice) else self.files[name]
         return await self._send(request, data, fault)
 
     async def _send(
@@ -314,7 +331,7 @@ class StandIn:
         wanted = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
         if wanted.startswith("bytes=") and not isinstance(fault, IgnoreRange):
-            if if_range is None or if_range == etag:
+            if if_range is None or if_range == etag or isinstance(fault, Splice):
                 first, _, last = wanted[len("bytes=") :].partition("-")
                 start = int(first)
                 stop = min(int(last) + 1, len(data)) if last else len(data)
@@ -335,6 +352,12 @@ class StandIn:
             response.content_length = stop - start
         await response.prepare(request)
         body = data[start:stop]
+        if isinstance(fault, Drip):
+            for byte in body:
+                await response.write(bytes([byte]))
+                await asyncio.sleep(fault.every)  # the host's pace, not a test waiting
+            await response.write_eof()
+            return response
         if isinstance(fault, Cut | Stall):
             await response.write(body[: fault.at])
             if isinstance(fault, Stall):

@@ -11,6 +11,7 @@ import errno
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -103,8 +104,11 @@ async def get(
 
 
 def _resolve(base: URL, location: str) -> str:
-    """The absolute URL a Location header points to."""
+    """The absolute URL a Location header points to; refused if malformed as sent (the
+    join would tidy a port such as "+1" into one that looks fine)."""
     try:
+        if urlsplit(location).netloc:
+            check_fetchable(location if "://" in location else f"{base.scheme}:{location}")
         return str(base.join(URL(location, encoded=True)))
     except ValueError as exc:
         raise RefusedUrl(f"refused malformed redirect from {redact(str(base))}") from exc
@@ -171,7 +175,7 @@ async def pump(
                 if elapsed >= stall.window:
                     if window_bytes < stall.min_rate * elapsed:
                         raise ReadTimeout(
-                            f"slower than {stall.min_rate:g} bytes/s for {elapsed:.0f} s: "
+                            f"slower than {stall.min_rate:.0f} bytes/s for {elapsed:.1f} s: "
                             f"{redact(str(response.url))}"
                         )
                     window_start, window_bytes = clock(), 0
