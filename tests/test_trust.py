@@ -222,3 +222,23 @@ def test_thousands_of_files_fit_under_a_small_open_files_limit(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(stored_blobs(archive)) == 600
+
+
+def test_a_renewed_tune_in_another_order_never_swaps_two_images(
+    standin: StandIn, archive: Path
+) -> None:
+    """After a 403 the tune comes back with its images swapped: image 0 is not stored with
+    image 1's bytes; it fails, saying why, and image 1 is archived from its own URL."""
+    first, second = os.urandom(3000), os.urandom(3000)
+    urls = [standin.add_file("a", first), standin.add_file("b", second)]
+    old = standin.add_tune(1, [], urls)
+    standin.api_versions[1] = [dict(old)]
+    standin.add_tune(1, [], list(reversed(urls)))  # what the renewal sees
+    standin.faults["a"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 1
+    image0, image1 = entries(archive, 1)
+    assert image0["status"] == "failed"
+    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
+    assert image1["sha256"] == sha256(second)
+    assert blob_file(archive, second).exists()
+    assert not blob_file(archive, first).exists()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
@@ -29,7 +30,7 @@ from tune_archiver.commands.plan import (
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader, Refresh
 from tune_archiver.download.staging import Staging, staging_for
-from tune_archiver.errors import ArchiverError, ConfigError
+from tune_archiver.errors import ArchiverError, ConfigError, DataError
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
@@ -224,7 +225,9 @@ class FreshUrls:
         self._tune: asyncio.Task[Tune] | None = None
 
     def refresh(self, asset: Asset) -> Refresh:
-        """A callable that returns the asset's fresh URL (same place in the tune), or None."""
+        """A callable that returns the asset's fresh URL, or None when the tune cannot be
+        had again. The fresh URL must name the same file: same kind, index and URL path
+        (a renewed listing may come in another order); else it raises DataError."""
 
         async def fresh_url() -> str | None:
             if self._tune is None:
@@ -235,16 +238,25 @@ class FreshUrls:
                 tune = await self._tune
             except ArchiverError:
                 return None
+            place = (asset.kind, asset.prompt_id, asset.index)
             for candidate in assets_of(tune):
-                if _same_place(candidate, asset):
-                    return candidate.url
-            return None
+                if (candidate.kind, candidate.prompt_id, candidate.index) == place:
+                    if _path(candidate.url) == _path(asset.url):
+                        return candidate.url
+                    raise DataError(
+                        f"the renewed tune lists another file as {asset.kind} {asset.index} "
+                        f"({redact(candidate.url)}); not renewed"
+                    )
+            raise DataError(f"the renewed tune no longer lists {asset.kind} {asset.index}")
 
         return fresh_url
 
 
-def _same_place(one: Asset, other: Asset) -> bool:
-    return (one.kind, one.prompt_id, one.index) == (other.kind, other.prompt_id, other.index)
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return url
 
 
 def unexpected(exc: Exception, doing: str) -> str:
