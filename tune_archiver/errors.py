@@ -14,7 +14,8 @@
     ├── DataError                 the API answered with data we cannot use
     ├── IntegrityError            the bytes received do not match what was promised
     └── StorageError              the archive cannot be read or written
-        └── DiskFull              no space left in the archive's filesystem
+        ├── DiskFull              no space left in the archive's filesystem
+        └── NotAFile              a blob's place holds a link, a folder or a FIFO
 
 Whether an error is worth retrying is decided in retry.py, not here.
 """
@@ -91,6 +92,10 @@ class StorageError(ArchiverError):
 
 class DiskFull(StorageError):
     """No space left on the archive's filesystem."""
+
+
+class NotAFile(StorageError):
+    """A blob's place holds something other than a regular file; never followed or read."""
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

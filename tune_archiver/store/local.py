@@ -25,11 +25,13 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
+from typing import BinaryIO
 
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import StorageError, storage_error
+from tune_archiver.errors import NotAFile, StorageError, storage_error
 from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store import Growing
@@ -77,11 +79,10 @@ class LocalStore:
             raise storage_error(exc, self.root, "create the archive") from exc
 
     async def blob_size(self, sha256: str) -> int | None:
-        """The size of the blob, or None when it is not in the archive."""
+        """The size of the blob, or None when it is not in the archive as a regular file
+        (a link or a FIFO at its place is never followed: the blob is fetched again)."""
         try:
-            return (await aiofiles.os.stat(self.path(blob_key(sha256)))).st_size
-        except FileNotFoundError:
-            return None
+            return _size_of(self.path(blob_key(sha256)))
         except OSError as exc:
             raise storage_error(exc, self.root, "look up a blob") from exc
 
@@ -181,11 +182,11 @@ class LocalStore:
         found = []
         try:
             for directory in self.path(OBJECTS).iterdir():
-                if not directory.is_dir():
-                    continue
+                if not S_ISDIR(directory.lstat().st_mode):
+                    continue  # a link planted here could lead gc out of the archive
                 for file in directory.iterdir():
-                    if is_sha256(file.name):
-                        stat = file.stat()
+                    stat = file.lstat()
+                    if is_sha256(file.name) and S_ISREG(stat.st_mode):
                         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
                         key = f"{OBJECTS}/{directory.name}/{file.name}"
                         found.append((StoredBlob(file.name, stat.st_size, modified), key))
@@ -207,7 +208,7 @@ class LocalStore:
     def _hash_file(self, sha256: str, advance: Callable[[int], None]) -> tuple[int, str] | None:
         digest, size = hashlib.sha256(), 0
         try:
-            with self.path(blob_key(sha256)).open("rb", buffering=0) as file:
+            with open_regular(self.path(blob_key(sha256))) as file:
                 while chunk := file.read(READ_BLOCK):
                     digest.update(chunk)
                     size += len(chunk)
@@ -229,22 +230,15 @@ class LocalStore:
 
     def _save_as(self, blob: Path, target: Path, hard_link: bool) -> str:
         try:
-            if hard_link:
-                try:
-                    os.link(blob, target)
-                    return "linked"
-                except OSError as exc:
-                    if exc.errno not in _NO_LINK:
-                        raise
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, blob.open("rb") as source:
-                    shutil.copyfileobj(source, out, READ_BLOCK)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.link(name, target)
-            finally:
-                os.unlink(name)
+            with open_regular(blob) as source:  # a link planted at the blob is never exported
+                if hard_link:
+                    try:
+                        os.link(blob, target, follow_symlinks=False)
+                        return "linked"
+                    except OSError as exc:
+                        if exc.errno not in _NO_LINK:
+                            raise
+                self._copy(source, target)
             return "copied"
         except FileExistsError as exc:
             raise StorageError(f"{target} already exists; nothing was overwritten") from exc
@@ -252,6 +246,18 @@ class LocalStore:
             raise StorageError(f"the blob {blob.name} is missing from {self.root}") from exc
         except OSError as exc:
             raise storage_error(exc, target.parent, f"write {target.name}") from exc
+
+    def _copy(self, source: BinaryIO, target: Path) -> None:
+        """Copy beside the target, then link it into place: nothing is ever overwritten."""
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, READ_BLOCK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(name, target)
+        finally:
+            os.unlink(name)
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock)."""
@@ -302,10 +308,29 @@ class _Intake:
 
 
 def _size_of(path: Path) -> int | None:
+    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO."""
     try:
-        return path.stat().st_size
+        stat = path.lstat()
     except FileNotFoundError:
         return None
+    return stat.st_size if S_ISREG(stat.st_mode) else None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file to read, never following a link nor blocking on a FIFO.
+
+    Raises FileNotFoundError when nothing is there, NotAFile for anything else.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAFile(f"{path.name} is a symbolic link, not a blob") from exc
+        raise
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotAFile(f"{path.name} is not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -1,0 +1,92 @@
+"""Things planted in the archive by someone else (a link, a FIFO) are never followed,
+reused, exported or removed through."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, archived
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch, sha256
+from tests.standin import StandIn
+from tune_archiver.cli.main import main
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def replace_with_link(blob: Path, outside: Path) -> None:
+    """Put a symlink to `outside` (same size, other bytes) where the blob was."""
+    outside.write_bytes(os.urandom(blob.stat().st_size))
+    blob.chmod(0o600)
+    blob.unlink()
+    blob.symlink_to(outside)
+
+
+def test_a_link_at_a_blobs_place_is_not_reused_and_is_replaced(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """A symlink with the right size is not the blob: fetch downloads the file again and
+    puts it in the link's place; the link's target is untouched."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.checkpoints[0])
+    outside = tmp_path / "outside.bin"
+    replace_with_link(blob, outside)
+    before = outside.read_bytes()
+    assert run_fetch(standin, archive, "1") == 0
+    assert not blob.is_symlink()
+    assert blob.read_bytes() == served.checkpoints[0]
+    assert outside.read_bytes() == before
+    assert len(standin.seen("cdn", "/files/ckpt-1")) == 2
+
+
+def test_a_fifo_at_a_blobs_place_neither_blocks_nor_is_reused(
+    standin: StandIn, archive: Path
+) -> None:
+    """A FIFO where an image's blob was is never opened: the image is fetched again."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.images[0])
+    blob.chmod(0o600)
+    blob.unlink()
+    os.mkfifo(blob)
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob.read_bytes() == served.images[0]
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+
+
+def test_gc_never_removes_through_a_linked_fan_out_folder(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """A fan-out folder that is a link to a folder outside holds nothing gc may remove."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / sha256(b"precious")
+    victim.write_bytes(b"precious")
+    (archive / "objects" / "sha256" / "zz").symlink_to(elsewhere)
+    assert main(["gc", "--archive", str(archive), "-q"]) == 0
+    assert victim.read_bytes() == b"precious"
+
+
+def test_export_never_links_or_copies_through_a_planted_link(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob replaced by a link to an outside file fails to export; the file is not exported."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    outside = tmp_path / "secret.txt"
+    replace_with_link(blob_file(archive, served.checkpoints[0]), outside)
+    dest = tmp_path / "out"
+    assert main(["export", "1", str(dest), "--archive", str(archive)]) == 1
+    assert "symbolic link" in capsys.readouterr().err
+    exported = [p for p in dest.rglob("*") if p.is_file()]
+    assert all(p.read_bytes() != outside.read_bytes() for p in exported)
+    assert not any(p.samefile(outside) for p in exported)
