@@ -4,11 +4,14 @@ bad file never stops a run."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import gc
 import json
 import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Body, Cut, Drip, Splice, StandIn, Status
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import RetryPolicy, Settings
-from tune_archiver.download.staging import Incoming, Staging
+from tune_archiver.download.staging import Incoming, Staging, staging_for
 from tune_archiver.progress import NullProgress
 from tune_archiver.store import Store
 
@@ -242,3 +245,35 @@ def test_a_renewed_tune_in_another_order_never_swaps_two_images(
     assert image1["sha256"] == sha256(second)
     assert blob_file(archive, second).exists()
     assert not blob_file(archive, first).exists()
+
+
+def full_disk_after(limit: int) -> Callable[[int, list[memoryview], int], int]:
+    """A pwritev that writes `limit` bytes in all, then meets ENOSPC, as a filling disk does."""
+    written = [0]
+
+    def write(fd: int, pieces: list[memoryview], offset: int) -> int:
+        size = sum(len(piece) for piece in pieces)
+        if written[0] + size > limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written[0] += size
+        return os.pwritev(fd, pieces, offset)
+
+    return write
+
+
+def test_forced_ranges_into_a_full_disk_end_cleanly(
+    standin: StandIn, archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--force into a disk that fills mid-way fails the file with "disk full", leaves no
+    partial, and no task's exception goes unretrieved (asyncio would log it)."""
+    data = os.urandom(16 * MiB)
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()), force=True, split=4,
+                        split_threshold=8 * MiB)
+    staging = staging_for(archive, write=full_disk_after(5 * MiB))
+    [result] = asyncio.run(fetch(settings, [1], NullProgress(), staging=staging))
+    gc.collect()  # an unretrieved task exception is logged when its task is collected
+    assert [failure.error for failure in result.failed] == [f"disk full in {archive}"]
+    assert list((archive / "tmp").iterdir()) == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
