@@ -34,7 +34,7 @@ from tests.test_process import wait_until
 from tune_archiver.commands.gc import collect
 from tune_archiver.download.staging import staging_for
 from tune_archiver.layout import blob_key
-from tune_archiver.store import local as store_module
+from tune_archiver.store import locks as store_module
 from tune_archiver.store.local import LocalStore
 
 DAY = 86400

@@ -2,6 +2,8 @@
 
     objects/sha256/<first 2 hex>/<64 hex>   immutable blobs, named by their sha256
     manifests/<tune_id>.json                one manifest per tune
+    manifests/<tune_id>.lock                held by the one run writing it (local archive)
+    manifests/damaged/<tune_id>-<time>.json manifests that could not be read, set aside
     tmp/                                    partial downloads; never referenced
 """
 
@@ -12,6 +14,7 @@ from typing import TypeGuard
 
 OBJECTS = "objects/sha256"
 MANIFESTS = "manifests"
+DAMAGED = f"{MANIFESTS}/damaged"
 TMP = "tmp"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

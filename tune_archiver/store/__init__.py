@@ -8,13 +8,16 @@ hands the store a growing local file, and the store takes it in through an Intak
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from tune_archiver.models import Blob, StoredBlob
+
+# Given a manifest's bytes (None when there is none), the bytes to write in their place.
+Change = Callable[[bytes | None], Awaitable[bytes]]
 
 
 class Growing(Protocol):
@@ -82,6 +85,20 @@ class Store(Protocol):
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest atomically; returns its archive-relative key."""
+        ...
+
+    async def update_manifest(self, tune_id: int, change: Change) -> str:
+        """Write change(the manifest's bytes, or None) in its place, as one step: no
+        other writer's update between the read and the write is lost. `change` may
+        raise to write nothing. Returns the manifest's archive-relative key."""
+        ...
+
+    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
+        """Move an unreadable manifest to manifests/damaged/, never over another."""
+        ...
+
+    async def damaged_manifests(self) -> list[str]:
+        """The manifests set aside as damaged."""
         ...
 
     async def manifest_ids(self) -> list[int]:

@@ -14,15 +14,13 @@ gc, so gc never judges a blob unreferenced while a fetch may be about to referen
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -32,14 +30,15 @@ import aiofiles
 import aiofiles.os
 
 from tune_archiver.errors import NotAFile, StorageError, storage_error
-from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
+from tune_archiver.layout import DAMAGED, MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob, StoredBlob
-from tune_archiver.store import Growing
+from tune_archiver.store import Change, Growing
+from tune_archiver.store.locks import flocked
 from tune_archiver.threads import in_thread
 
 LOCK = "lock"
 READ_BLOCK = 4 * 2**20
-LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
+MANIFEST_LOCK_POLL = 0.02  # a manifest is held for milliseconds
 READ_ONLY = 0o444
 # A hard link is impossible across filesystems, or where the filesystem refuses it.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
@@ -106,6 +105,44 @@ class LocalStore:
         await in_thread(self._write_atomic, self.path(key), data)
         return key
 
+    async def update_manifest(self, tune_id: int, change: Change) -> str:
+        """Read, change and write the tune's manifest under its own lock
+        (manifests/<id>.lock), so a second fetch of the tune waits and then builds on
+        what this one wrote. Returns the manifest's archive-relative key."""
+        key = manifest_key(tune_id)
+        lock = self.path(f"{MANIFESTS}/{tune_id}.lock")
+        async with flocked(lock, True, self.root, poll=MANIFEST_LOCK_POLL):
+            data = await change(await self.read_manifest(tune_id))
+            await in_thread(self._write_atomic, self.path(key), data)
+        return key
+
+    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
+        """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
+        another one; returns where it went."""
+        key = f"{DAMAGED}/{tune_id}-{stamp}.json"
+        await in_thread(self._set_aside, self.path(manifest_key(tune_id)), self.path(key))
+        return key
+
+    def _set_aside(self, source: Path, target: Path) -> None:
+        try:
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            os.link(source, target, follow_symlinks=False)  # fails rather than overwrite
+            os.unlink(source)
+            _sync_dir(target.parent)
+            _sync_dir(source.parent)
+        except OSError as exc:
+            raise storage_error(exc, self.root, "set a damaged manifest aside") from exc
+
+    async def damaged_manifests(self) -> list[str]:
+        """The manifests set aside as damaged, by archive-relative key."""
+        try:
+            names = await aiofiles.os.listdir(self.path(DAMAGED))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise storage_error(exc, self.root, "list the damaged manifests") from exc
+        return sorted(f"{DAMAGED}/{name}" for name in names)
+
     def _write_atomic(self, final: Path, data: bytes) -> None:
         fd, name = -1, ""
         try:
@@ -125,34 +162,11 @@ class LocalStore:
 
     # -- the archive lock ----------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def locked(
+    def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
-    ) -> AsyncIterator[None]:
-        """Hold the archive lock: shared for a fetch, exclusive for gc.
-
-        Calls `waiting` once when another process holds it, then tries again every
-        LOCK_POLL seconds (a poll can be cancelled, a blocked flock cannot). The
-        lock dies with its process, so it is never stale.
-        """
-        try:
-            fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise storage_error(exc, self.root, "lock the archive") from exc
-        try:
-            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if waiting is not None:
-                        waiting()
-                        waiting = None
-                    await asyncio.sleep(LOCK_POLL)
-            yield
-        finally:
-            os.close(fd)
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py)."""
+        return flocked(self.path(LOCK), exclusive, self.root, waiting)
 
     # -- reading the whole archive (verify, list, export, gc) ------------------------
 

@@ -17,10 +17,15 @@ CREDENTIALS_REFUSED = frozenset(
     "TokenRefreshRequired AuthorizationHeaderMalformed".split()
 )
 ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
+CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 class Absent(StorageError):
     """The key (or upload) asked for is not there; callers that expect this catch it."""
+
+
+class Conflict(StorageError):
+    """A conditional write lost to another writer (412 or 409); callers read and retry."""
 
 
 @contextlib.contextmanager
@@ -62,6 +67,8 @@ def translate(
             return ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
         if code in ABSENT:
             return Absent(f"{where}: not found")
+        if code in CONFLICT:
+            return Conflict(f"{where}: changed meanwhile by another writer ({code})")
         return StorageError(f"{where}: {code} {message}".rstrip())
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError):
         return StorageError(f"{where}: {str(exc) or type(exc).__name__}")

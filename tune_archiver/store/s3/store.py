@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, StorageError
-from tune_archiver.layout import MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
+from tune_archiver.layout import DAMAGED, MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import StoredBlob
-from tune_archiver.store import Growing
+from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.errors import Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.transfer import (
     b64,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
+MANIFEST_ATTEMPTS = 10  # conditional writes of one manifest lost to other writers
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
@@ -230,22 +231,48 @@ class S3Store:
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
+        found = await self._read(manifest_key(tune_id), f"read the manifest of tune {tune_id}")
+        return found[0] if found else None
+
+    async def _read(self, key: str, doing: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of the object at the archive-relative key, or None."""
         bucket = self.bucket
         try:
-            with bucket.translated(f"read the manifest of tune {tune_id}"):
-                response = await bucket.client.get_object(
-                    Bucket=bucket.name, Key=bucket.key(manifest_key(tune_id))
-                )
+            with bucket.translated(doing):
+                response = await bucket.client.get_object(Bucket=bucket.name, Key=bucket.key(key))
                 async with response["Body"] as body:
-                    return await body.read()
+                    return await body.read(), response["ETag"]
         except Absent:
             return None
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest (a PUT is atomic); returns its key under the prefix."""
-        bucket = self.bucket
         key = manifest_key(tune_id)
-        with bucket.translated("write a manifest"):
+        await self._put(key, data, "write a manifest")
+        return key
+
+    async def update_manifest(self, tune_id: int, change: Change) -> str:
+        """Read, change and write the tune's manifest with a conditional PUT (If-Match its
+        ETag, or If-None-Match when there was none): when another machine wrote it in
+        between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
+        key = manifest_key(tune_id)
+        for _ in range(MANIFEST_ATTEMPTS):
+            found = await self._read(key, f"read the manifest of tune {tune_id}")
+            data = await change(found[0] if found else None)
+            condition = {"IfMatch": found[1]} if found else {"IfNoneMatch": "*"}
+            try:
+                await self._put(key, data, "write a manifest", **condition)
+                return key
+            except Conflict:
+                continue
+        raise StorageError(
+            f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
+            f"it each of {MANIFEST_ATTEMPTS} times"
+        )
+
+    async def _put(self, key: str, data: bytes, doing: str, **condition: str) -> None:
+        bucket = self.bucket
+        with bucket.translated(doing):
             await bucket.client.put_object(
                 Bucket=bucket.name,
                 Key=bucket.key(key),
@@ -253,8 +280,25 @@ class S3Store:
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=b64(hashlib.sha256(data).digest()),
+                **condition,  # type: ignore[arg-type]
             )
+
+    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
+        """Copy the manifest to manifests/damaged/<id>-<stamp>.json (never over another),
+        then delete it; returns where it went."""
+        key = f"{DAMAGED}/{tune_id}-{stamp}.json"
+        found = await self._read(manifest_key(tune_id), "set a damaged manifest aside")
+        if found is not None:
+            try:
+                await self._put(key, found[0], "set a damaged manifest aside", IfNoneMatch="*")
+            except Conflict as exc:
+                raise StorageError(f"{key} exists already in {self}; nothing moved") from exc
+            await self.bucket.delete(self.bucket.key(manifest_key(tune_id)))
         return key
+
+    async def damaged_manifests(self) -> list[str]:
+        """The manifests set aside as damaged, by key under the prefix."""
+        return sorted([key async for key, _ in self.bucket.list(DAMAGED)])
 
     async def manifest_ids(self) -> list[int]:
         """Every tune with a manifest, in ascending order; other keys are ignored."""

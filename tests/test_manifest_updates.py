@@ -1,0 +1,132 @@
+"""update_manifest: read, change and write one tune's manifest as one step, so a second
+writer never loses the first one's entries; set_aside_manifest keeps a damaged one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.s3server import (  # noqa: F401  (fixtures)
+    Bucket,
+    aio_session_fixture,
+    aws_env_fixture,
+    bucket_fixture,
+    moto_s3_fixture,
+)
+from tests.test_s3store import PREFIX, opened
+from tune_archiver.errors import StorageError
+from tune_archiver.store import Change
+from tune_archiver.store.local import LocalStore
+
+
+def appending(entry: bytes, seen: list[bytes | None]) -> Change:
+    """A change that records what it was given and appends one line to it."""
+
+    async def change(current: bytes | None) -> bytes:
+        seen.append(current)
+        return (current or b"") + entry + b"\n"
+
+    return change
+
+
+async def test_local_updates_of_one_tune_wait_for_each_other(tmp_path: Path) -> None:
+    """While one update holds the tune's lock, the other waits, then builds on its write."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+    inside, release = asyncio.Event(), asyncio.Event()
+    seen: list[bytes | None] = []
+
+    async def slow(current: bytes | None) -> bytes:
+        inside.set()
+        await release.wait()
+        seen.append(current)
+        return b"first\n"
+
+    first = asyncio.create_task(store.update_manifest(7, slow))
+    await inside.wait()
+    second = asyncio.create_task(store.update_manifest(7, appending(b"second", seen)))
+    release.set()
+    assert await first == "manifests/7.json"
+    assert await second == "manifests/7.json"
+    assert seen == [None, b"first\n"]
+    assert (tmp_path / "archive" / "manifests" / "7.json").read_bytes() == b"first\nsecond\n"
+
+
+async def test_a_failed_change_writes_nothing(tmp_path: Path) -> None:
+    """A change that raises leaves the manifest as it was, and the lock free for the next."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+    await store.write_manifest(3, b"kept\n")
+
+    async def broken(current: bytes | None) -> bytes:
+        raise StorageError("no")
+
+    with pytest.raises(StorageError):
+        await store.update_manifest(3, broken)
+    assert await store.read_manifest(3) == b"kept\n"
+    await store.update_manifest(3, appending(b"more", []))
+    assert await store.read_manifest(3) == b"kept\nmore\n"
+
+
+async def test_local_set_aside_moves_and_never_overwrites(tmp_path: Path) -> None:
+    """A damaged manifest moves to manifests/damaged/; a second one of the same name fails."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+    await store.write_manifest(4, b"{broken")
+    key = await store.set_aside_manifest(4, "20261129T000000Z")
+    assert key == "manifests/damaged/4-20261129T000000Z.json"
+    assert await store.read_manifest(4) is None
+    assert await store.damaged_manifests() == [key]
+    assert await store.manifest_ids() == []
+    await store.write_manifest(4, b"{again")
+    with pytest.raises(StorageError):
+        await store.set_aside_manifest(4, "20261129T000000Z")
+    assert (tmp_path / "archive" / key).read_bytes() == b"{broken"
+    assert await store.read_manifest(4) == b"{again"
+
+
+async def test_s3_update_retries_when_another_machine_wrote_in_between(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A conditional PUT that loses (412) reads again and changes what the other wrote."""
+    seen: list[bytes | None] = []
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(9, b"base\n")
+
+        async def racing(current: bytes | None) -> bytes:
+            seen.append(current)
+            if len(seen) == 1:  # another machine writes between our read and our write
+                await bucket.put(f"{PREFIX}/manifests/9.json", b"base\nother\n")
+            return (current or b"") + b"ours\n"
+
+        assert await store.update_manifest(9, racing) == "manifests/9.json"
+        assert await store.read_manifest(9) == b"base\nother\nours\n"
+    assert seen == [b"base\n", b"base\nother\n"]
+
+
+async def test_s3_update_creates_only_when_there_is_none(bucket: Bucket, tmp_path: Path) -> None:
+    """With no manifest yet the PUT is If-None-Match: one created meanwhile is not replaced."""
+    seen: list[bytes | None] = []
+    async with opened(bucket, tmp_path) as store:
+
+        async def racing(current: bytes | None) -> bytes:
+            seen.append(current)
+            if len(seen) == 1:
+                await bucket.put(f"{PREFIX}/manifests/5.json", b"theirs\n")
+            return (current or b"") + b"ours\n"
+
+        await store.update_manifest(5, racing)
+        assert await store.read_manifest(5) == b"theirs\nours\n"
+
+
+async def test_s3_set_aside_keeps_the_damaged_manifest(bucket: Bucket, tmp_path: Path) -> None:
+    """The damaged bytes go to manifests/damaged/ and the manifest's key is freed."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(6, b"{broken")
+        key = await store.set_aside_manifest(6, "20261129T000000Z")
+        assert await store.read_manifest(6) is None
+        assert await store.damaged_manifests() == [key]
+        assert await store.manifest_ids() == []
+    assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"
