@@ -63,6 +63,49 @@ def test_all_pages_through_every_tune_by_before_id(standin: StandIn, archive: Pa
     assert not any("offset" in path for path in listing_requests(standin, "/"))
 
 
+@pytest.mark.parametrize(
+    ("misbehaviour", "message", "pages"),
+    [
+        ("ignore_before_id", "asked for ids before 8, the API listed 12 again or out of order",
+         2),
+        ("oldest_first", "the API listed ids oldest first (1, then 2)", 1),
+    ],
+)
+def test_all_stops_a_listing_that_would_never_end(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    misbehaviour: str, message: str, pages: int,
+) -> None:
+    """A listing that repeats its first page or runs oldest first: one error line, exit 1."""
+    for tune_id in range(1, 13):
+        add_tune(standin, tune_id, images=1)
+    setattr(standin, misbehaviour, True)
+    assert run_fetch(standin, archive, "--all") == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"tune-archiver: error: the list of tunes: {message}; stopped paging")
+    assert captured.out == ""
+    assert len(listing_requests(standin)) == pages
+    assert tune_requests(standin) == []
+    assert not archive.exists()
+
+
+def test_prompt_listing_that_never_ends_fails_only_its_tune(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt listing that repeats itself fails that tune by name; the other is archived."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    add_prompts(standin, 1, 7)
+    standin.ignore_before_id = True
+    assert run_fetch(standin, archive, "1", "2", "--prompts") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "tune-archiver: error: tune 1: the prompts of tune 1: asked for ids before 102, "
+        "the API listed 106 again or out of order; stopped paging"
+    ]
+    assert len(listing_requests(standin, "/tunes/1/prompts")) == 2
+    assert manifests(archive) == {2}
+
+
 def test_one_failing_tune_does_not_stop_the_others(standin: StandIn, archive: Path) -> None:
     """A listed tune whose retrieval fails is reported; the rest are archived; exit 1."""
     for tune_id in (1, 2, 3):
