@@ -139,6 +139,35 @@ def test_expiring_within_picks_tunes_by_a_fixed_clock(
     assert (manifests(archive) if archive.exists() else set()) == chosen
 
 
+def test_expiring_within_keeps_tunes_whose_expiry_cannot_be_read(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bare dates, offsets and naive times are read; an unreadable one is kept and warned once."""
+    expiries: dict[int, Any] = {
+        1: "2026-12-01",  # midnight UTC, within 3 days
+        2: "2026-11-30T10:00:00",  # naive: UTC
+        3: "2026-12-02T13:00:00+02:00",  # 11:00 UTC, within 3 days
+        4: "2026-12-02T13:00:01Z",  # just past the window
+        5: None,  # never expires: left out
+        6: "next week\x1b[2J\u202e",  # unreadable: kept, and its escapes never printed raw
+        7: 1764547200,  # a number, not ISO 8601: kept
+    }
+    for tune_id, value in expiries.items():
+        add_tune(standin, tune_id, images=1, expires_at=value)
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "3d",
+                     clock=fixed_clock) == 0
+    assert manifests(archive) == {1, 2, 3, 6, 7}
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "tune-archiver: tune 7: cannot read its expires_at 1764547200; backing it up in case "
+        "it expires soon",
+        "tune-archiver: tune 6: cannot read its expires_at 'next week\\x1b[2J\\u202e'; backing "
+        "it up in case it expires soon",
+    ]
+    assert "\x1b" not in err
+    assert "\u202e" not in err
+
+
 def test_second_all_skips_unchanged_tunes(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
