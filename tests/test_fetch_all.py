@@ -278,16 +278,32 @@ def test_files_the_api_stops_listing_stay_archived(standin: StandIn, archive: Pa
 
 DRY_RUN_SCHEMA = {
     "type": "object",
-    "required": ["dry_run", "ok", "files", "bytes", "unknown_sizes", "tunes"],
+    "required": ["dry_run", "ok", "files", "bytes", "unknown_sizes", "not_downloadable",
+                 "tunes"],
     "properties": {
         "dry_run": {"const": True},
+        "not_downloadable": {"type": "integer"},
         "tunes": {
             "type": "array",
             "items": {
                 "type": "object",
                 "required": ["tune_id", "title", "error", "skipped", "already_archived",
-                             "left_out", "download"],
+                             "left_out", "download", "not_downloadable"],
                 "properties": {
+                    "not_downloadable": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "index", "url", "status"],
+                            "properties": {
+                                "kind": {"type": "string"},
+                                "index": {"type": "integer"},
+                                "url": {"type": "string"},
+                                "status": {"enum": [401, 403, 404, 410]},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
                     "download": {
                         "type": "array",
                         "items": {
