@@ -120,6 +120,10 @@ class StandIn:
         self.hold_until = 0  # hold file answers until this many requests are in flight
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
+        # Listings that misbehave: one that ignores before_id (its first page, forever),
+        # and one that lists oldest first (ascending ids).
+        self.ignore_before_id = False
+        self.oldest_first = False
         # Faults for the range requests of a file that start at a given byte: (name, start).
         self.range_faults: dict[tuple[str, int], list[Fault]] = {}
         self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
@@ -269,7 +273,10 @@ class StandIn:
         return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
 
     def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
-        """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused."""
+        """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused.
+
+        Unless told to misbehave: ignore_before_id, oldest_first.
+        """
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
         query = request.query
@@ -277,7 +284,9 @@ class StandIn:
             return web.json_response({"error": "offset must be at most 200"}, status=400)
         limit = min(int(query.get("limit", "20")), 120, self.page_cap)
         before = int(query.get("before_id", "0")) or None
-        ordered = sorted(items, key=lambda item: item["id"], reverse=True)
+        if self.ignore_before_id:
+            before = None
+        ordered = sorted(items, key=lambda item: item["id"], reverse=not self.oldest_first)
         older = [item for item in ordered if before is None or item["id"] < before]
         start = int(query.get("offset", "0"))
         return web.json_response(older[start : start + limit])

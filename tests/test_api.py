@@ -249,14 +249,99 @@ async def list_tunes(session: aiohttp.ClientSession, settings: Settings) -> list
     return await AstriaClient(session, settings, asyncio.Semaphore(4)).list_tunes()
 
 
-async def test_listing_that_does_not_move_on_is_refused(
+def pages_at(mocked: aioresponses, path: str, pages: list[list[int]]) -> None:
+    """Serve `pages` (lists of ids) in turn, each at the URL a well-behaved client asks next."""
+    before: int | None = None
+    for ids in pages:
+        query = "?limit=120" + (f"&before_id={before}" if before else "")
+        mocked.get(f"{API}{path}{query}", payload=[{"id": i} for i in ids])
+        before = min(ids) if ids else before
+
+
+@pytest.mark.parametrize(
+    ("pages", "message"),
+    [
+        ([[9, 8], [9, 8]], "asked for ids before 8, the API listed 9 again or out of order"),
+        ([[9, 8], [8, 7]], "asked for ids before 8, the API listed 8 again or out of order"),
+        ([[9, 8], [10, 2]], "asked for ids before 8, the API listed 10 again or out of order"),
+        ([[9, 8], [7, 9, 1]], "the API listed id 9 after 7, not newest first"),
+        ([[9, 6, 7]], "the API listed id 7 after 6, not newest first"),
+        ([[9, 9]], "the API listed id 9 twice"),
+        ([[1, 2, 3]], r"the API listed ids oldest first \(1, then 2\)"),
+        ([[9, 8], [3, 4, 5]], r"the API listed ids oldest first \(3, then 4\)"),
+    ],
+    ids=["same-page-again", "id-already-seen", "not-moving-down", "rising-between-pages",
+         "rising-within-a-page", "repeated-within-a-page", "oldest-first",
+         "oldest-first-later"],
+)
+async def test_listing_out_of_order_is_refused_at_once(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    sleeps: Sleeps, pages: list[list[int]], message: str,
+) -> None:
+    """A page that repeats an id, rises, or does not move below before_id stops paging there."""
+    pages_at(mocked, "/tunes", [*pages, []])
+    with pytest.raises(DataError, match=f"^the list of tunes: {message}; stopped"):
+        await list_tunes(session, settings)
+    asked = [key for key, requests in mocked.requests.items() for _ in requests]
+    assert len(asked) == len(pages)  # no page requested after the bad one
+    assert sleeps.waits == []
+
+
+async def test_prompt_listing_that_repeats_names_the_tune(
     mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings
 ) -> None:
-    """A server that ignores before_id would page forever; the client stops with DataError."""
-    mocked.get(f"{API}/tunes?limit=120", payload=[{"id": 9}, {"id": 8}])
-    mocked.get(f"{API}/tunes?limit=120&before_id=8", payload=[{"id": 9}, {"id": 8}])
-    with pytest.raises(DataError, match="did not move on"):
+    """The prompts of a tune are paged under the same checks, and the error names the tune."""
+    pages_at(mocked, "/tunes/7/prompts", [[30, 20], [30, 20]])
+    client = AstriaClient(session, settings, asyncio.Semaphore(4))
+    with pytest.raises(DataError, match=r"^the prompts of tune 7: asked for ids before 20"):
+        await client.get_prompts(7)
+
+
+async def test_listing_longer_than_max_listed_is_stopped(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing past MAX_LISTED items fails before the page that would cross it is kept."""
+    monkeypatch.setattr(api, "MAX_LISTED", 4)
+    pages_at(mocked, "/tunes", [[9, 8, 7], [6, 5], [4], []])
+    with pytest.raises(DataError, match=r"^the list of tunes: more than 4 items listed"):
         await list_tunes(session, settings)
+    assert len(mocked.requests) == 2
+
+
+async def test_listing_larger_than_max_listed_bytes_is_stopped(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages whose JSON adds up to more than MAX_LISTED_BYTES stop the listing."""
+    monkeypatch.setattr(api, "MAX_LISTED_BYTES", 30)
+    pages_at(mocked, "/tunes", [[9], [8], [7], []])  # [{"id": 9}] is 11 bytes
+    with pytest.raises(DataError, match=r"^the list of tunes: more than 30 bytes listed"):
+        await list_tunes(session, settings)
+    assert len(mocked.requests) == 3
+
+
+async def test_listing_of_more_than_max_pages_is_stopped(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing that keeps giving new, older ids stops after MAX_PAGES pages."""
+    monkeypatch.setattr(api, "MAX_PAGES", 3)
+    pages_at(mocked, "/tunes", [[9], [8], [7], [6], []])
+    with pytest.raises(DataError, match=r"^the list of tunes: more than 3 pages listed"):
+        await list_tunes(session, settings)
+    assert len(mocked.requests) == 4
+
+
+async def test_listing_of_exactly_max_pages_is_read_whole(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAX_PAGES full pages and MAX_LISTED items, then the empty page, are all accepted."""
+    monkeypatch.setattr(api, "MAX_PAGES", 3)
+    monkeypatch.setattr(api, "MAX_LISTED", 3)
+    pages_at(mocked, "/tunes", [[9], [8], [7], []])
+    assert [t["id"] for t in await list_tunes(session, settings)] == [9, 8, 7]
 
 
 @pytest.mark.parametrize("page", [{"tunes": []}, [{"title": "no id"}], [5]])

@@ -63,6 +63,49 @@ def test_all_pages_through_every_tune_by_before_id(standin: StandIn, archive: Pa
     assert not any("offset" in path for path in listing_requests(standin, "/"))
 
 
+@pytest.mark.parametrize(
+    ("misbehaviour", "message", "pages"),
+    [
+        ("ignore_before_id", "asked for ids before 8, the API listed 12 again or out of order",
+         2),
+        ("oldest_first", "the API listed ids oldest first (1, then 2)", 1),
+    ],
+)
+def test_all_stops_a_listing_that_would_never_end(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    misbehaviour: str, message: str, pages: int,
+) -> None:
+    """A listing that repeats its first page or runs oldest first: one error line, exit 1."""
+    for tune_id in range(1, 13):
+        add_tune(standin, tune_id, images=1)
+    setattr(standin, misbehaviour, True)
+    assert run_fetch(standin, archive, "--all") == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"tune-archiver: error: the list of tunes: {message}; stopped paging")
+    assert captured.out == ""
+    assert len(listing_requests(standin)) == pages
+    assert tune_requests(standin) == []
+    assert not archive.exists()
+
+
+def test_prompt_listing_that_never_ends_fails_only_its_tune(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt listing that repeats itself fails that tune by name; the other is archived."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    add_prompts(standin, 1, 7)
+    standin.ignore_before_id = True
+    assert run_fetch(standin, archive, "1", "2", "--prompts") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "tune-archiver: error: tune 1: the prompts of tune 1: asked for ids before 102, "
+        "the API listed 106 again or out of order; stopped paging"
+    ]
+    assert len(listing_requests(standin, "/tunes/1/prompts")) == 2
+    assert manifests(archive) == {2}
+
+
 def test_one_failing_tune_does_not_stop_the_others(standin: StandIn, archive: Path) -> None:
     """A listed tune whose retrieval fails is reported; the rest are archived; exit 1."""
     for tune_id in (1, 2, 3):
@@ -94,6 +137,35 @@ def test_expiring_within_picks_tunes_by_a_fixed_clock(
     fetched = {int(path.rsplit("/", 1)[1]) for path in tune_requests(standin)}
     assert fetched == chosen
     assert (manifests(archive) if archive.exists() else set()) == chosen
+
+
+def test_expiring_within_keeps_tunes_whose_expiry_cannot_be_read(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bare dates, offsets and naive times are read; an unreadable one is kept and warned once."""
+    expiries: dict[int, Any] = {
+        1: "2026-12-01",  # midnight UTC, within 3 days
+        2: "2026-11-30T10:00:00",  # naive: UTC
+        3: "2026-12-02T13:00:00+02:00",  # 11:00 UTC, within 3 days
+        4: "2026-12-02T13:00:01Z",  # just past the window
+        5: None,  # never expires: left out
+        6: "next week\x1b[2J\u202e",  # unreadable: kept, and its escapes never printed raw
+        7: 1764547200,  # a number, not ISO 8601: kept
+    }
+    for tune_id, value in expiries.items():
+        add_tune(standin, tune_id, images=1, expires_at=value)
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "3d",
+                     clock=fixed_clock) == 0
+    assert manifests(archive) == {1, 2, 3, 6, 7}
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "tune-archiver: tune 7: cannot read its expires_at 1764547200; backing it up in case "
+        "it expires soon",
+        "tune-archiver: tune 6: cannot read its expires_at 'next week\\x1b[2J\\u202e'; backing "
+        "it up in case it expires soon",
+    ]
+    assert "\x1b" not in err
+    assert "\u202e" not in err
 
 
 def test_second_all_skips_unchanged_tunes(
@@ -206,16 +278,32 @@ def test_files_the_api_stops_listing_stay_archived(standin: StandIn, archive: Pa
 
 DRY_RUN_SCHEMA = {
     "type": "object",
-    "required": ["dry_run", "ok", "files", "bytes", "unknown_sizes", "tunes"],
+    "required": ["dry_run", "ok", "files", "bytes", "unknown_sizes", "not_downloadable",
+                 "tunes"],
     "properties": {
         "dry_run": {"const": True},
+        "not_downloadable": {"type": "integer"},
         "tunes": {
             "type": "array",
             "items": {
                 "type": "object",
                 "required": ["tune_id", "title", "error", "skipped", "already_archived",
-                             "left_out", "download"],
+                             "left_out", "download", "not_downloadable"],
                 "properties": {
+                    "not_downloadable": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "index", "url", "status"],
+                            "properties": {
+                                "kind": {"type": "string"},
+                                "index": {"type": "integer"},
+                                "url": {"type": "string"},
+                                "status": {"enum": [401, 403, 404, 410]},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
                     "download": {
                         "type": "array",
                         "items": {

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from tune_archiver.commands.plan import (
+    Expiry,
     archived_blobs,
     assets_of,
     carried_over,
     expiring,
     is_unchanged,
+    parse_time,
     plan_tune,
 )
 from tune_archiver.manifest import build_manifest
@@ -254,18 +256,55 @@ def test_is_unchanged(
 
 
 @pytest.mark.parametrize(
-    ("expires_at", "expected"),
+    ("value", "expected"),
     [
-        ("2026-01-02T00:00:00Z", True),
-        ("2026-01-08T00:00:00Z", True),
-        ("2026-01-08T00:00:01Z", False),
-        ("2025-12-31T23:59:59Z", False),
-        ("2026-01-01T00:00:00Z", False),
-        (None, False),
-        ("soon", False),
-        ("2026-01-02T00:00:00", False),
+        ("2026-11-02T14:32:40.363Z", datetime(2026, 11, 2, 14, 32, 40, 363000, tzinfo=UTC)),
+        ("2026-11-02T14:32:40Z", datetime(2026, 11, 2, 14, 32, 40, tzinfo=UTC)),
+        ("2026-11-02T14:32:40.123456789Z", datetime(2026, 11, 2, 14, 32, 40, 123456, tzinfo=UTC)),
+        ("2026-11-02T16:32:40+02:00", datetime(2026, 11, 2, 14, 32, 40, tzinfo=UTC)),
+        ("2026-11-02T09:32:40.5-05:00", datetime(2026, 11, 2, 14, 32, 40, 500000, tzinfo=UTC)),
+        ("2026-11-02T14:32:40", datetime(2026, 11, 2, 14, 32, 40, tzinfo=UTC)),
+        ("2026-11-02 14:32:40Z", datetime(2026, 11, 2, 14, 32, 40, tzinfo=UTC)),
+        ("2026-12-01", datetime(2026, 12, 1, tzinfo=UTC)),
+        ("0001-01-01T00:00:00+01:00", None),  # a year 0 in UTC: out of range
+        ("2026-13-01", None),
+        ("2026-12-01T25:00:00Z", None),
+        ("soon", None),
+        ("", None),
+        (" 2026-12-01", None),
+        ("2026-12-01T00:00:00Z\x1b[2J", None),
+        (1764547200, None),
+        (None, None),
     ],
 )
-def test_expiring_within_a_week(expires_at: Any, expected: bool) -> None:
-    """Ahead of now and at most the window away; absent, naive or unreadable never matches."""
-    assert expiring({"expires_at": expires_at}, WHEN, timedelta(days=7)) is expected
+def test_parse_time(value: Any, expected: datetime | None) -> None:
+    """ISO 8601 with or without fraction, Z or offset, naive or a bare date, always in UTC."""
+    parsed = parse_time(value)
+    assert parsed == expected
+    if parsed is not None:
+        assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("listed", "keep", "unreadable"),
+    [
+        ({"expires_at": "2026-01-02T00:00:00Z"}, True, False),
+        ({"expires_at": "2026-01-08T00:00:00Z"}, True, False),
+        ({"expires_at": "2026-01-08T00:00:01Z"}, False, False),
+        ({"expires_at": "2025-12-31T23:59:59Z"}, False, False),
+        ({"expires_at": "2026-01-01T00:00:00Z"}, False, False),
+        ({"expires_at": "2026-01-02T00:00:00"}, True, False),  # naive: UTC
+        ({"expires_at": "2026-01-08"}, True, False),  # midnight UTC, the window's last moment
+        ({"expires_at": "2026-01-09"}, False, False),
+        ({"expires_at": "2026-01-07T23:00:00-02:00"}, False, False),  # 01:00 on the 8th in UTC
+        ({"expires_at": None}, False, False),  # paid storage: never expires
+        ({}, False, False),
+        ({"expires_at": "soon"}, True, True),
+        ({"expires_at": ""}, True, True),
+        ({"expires_at": 1767225600}, True, True),
+        ({"expires_at": {"at": "2026-01-02"}}, True, True),
+    ],
+)
+def test_expiring_within_a_week(listed: dict[str, Any], keep: bool, unreadable: bool) -> None:
+    """Kept when ahead and within the window, or unreadable (said); absent never expires."""
+    assert expiring(listed, WHEN, timedelta(days=7)) == Expiry(keep, unreadable)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 from typing import Any
 
@@ -22,6 +23,11 @@ from tune_archiver.urls import redact
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
 PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, never offset
+# A listing longer than this is a server that never stops, not an account: an account
+# holds thousands of tunes, a tune thousands of prompts. Both caps bound memory and time.
+MAX_LISTED = 100_000
+MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
+MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
 
 
 class AstriaClient:
@@ -64,29 +70,46 @@ class AstriaClient:
         )
 
     async def _pages(self, path: str, what: str) -> list[dict[str, Any]]:
-        """All items of a listing: pages of PAGE_LIMIT, each before the last id seen.
+        """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
-        Raises DataError when a page is not a list of objects with ids, or when
-        paging does not move on to older ids (a loop we would never leave).
+        Raises DataError when a page is not a list of objects with ids, when a page
+        breaks newest-first order (see checked_ids), or past MAX_LISTED items,
+        MAX_PAGES pages or MAX_LISTED_BYTES: a listing that never ends is stopped,
+        not followed.
         """
         items: list[dict[str, Any]] = []
         before: int | None = None
+        pages = received = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
-            page = await call_with_retries(
-                self._settings.retry, what, functools.partial(self._get_json, path + query, what)
+            body = await call_with_retries(
+                self._settings.retry, what, functools.partial(self._get_body, path + query, what)
             )
+            received += len(body)
+            if received > MAX_LISTED_BYTES:
+                raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
+                                "paging (a listing that never ends?)")
+            page = parse_json(body, what)
             if not isinstance(page, list):
                 raise DataError(f"{what}: the API returned {type(page).__name__}, not a list")
             if not page:
                 return items
-            last = min(listed_id(item, what) for item in page)
-            if before is not None and last >= before:
-                raise DataError(f"{what}: paging before id {before} did not move on")
+            pages += 1
+            if pages > MAX_PAGES:
+                raise DataError(f"{what}: more than {MAX_PAGES} pages listed; stopped paging "
+                                "(a listing that never ends?)")
+            if len(items) + len(page) > MAX_LISTED:
+                raise DataError(f"{what}: more than {MAX_LISTED} items listed; stopped paging "
+                                "(a listing that never ends?)")
+            ids = checked_ids(page, before, what)
             items.extend(page)
-            before = last
+            before = ids[-1]
 
     async def _get_json(self, path: str, what: str) -> Any:
+        return parse_json(await self._get_body(path, what), what)
+
+    async def _get_body(self, path: str, what: str) -> bytes:
+        """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises."""
         url = self._settings.api_url + path
         async with self._limiter, get(
             self._session, url, self._headers, read_timeout=self._settings.read_timeout
@@ -100,10 +123,15 @@ class AstriaClient:
             body = await read_capped(response, MAX_JSON_BYTES + 1)
             if len(body) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{what}: the API returned malformed JSON") from exc
+        return body
+
+
+def parse_json(body: bytes, what: str) -> Any:
+    """The JSON value of an API answer; DataError when it is not JSON."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what}: the API returned malformed JSON") from exc
 
 
 def status_error(
@@ -133,3 +161,30 @@ def api_error_text(body: bytes) -> str:
         return ""
     text = " ".join(str(error).split())
     return text[:200]
+
+
+def checked_ids(page: list[Any], before: int | None, what: str) -> list[int]:
+    """The ids of one page: strictly decreasing, all below `before` (the last page's least).
+
+    So no id is ever listed twice, across pages or within one, and every page moves
+    before_id down: a page served again, or an id seen before, fails the check.
+    Raises DataError naming the listing. A listing served oldest first (ids rising
+    within a page) cannot be paged by before_id at all: every page would start again
+    at the oldest ids below it, and the newest would never be reached.
+    """
+    ids = [listed_id(item, what) for item in page]
+    if len(ids) > 1 and all(a < b for a, b in itertools.pairwise(ids)):
+        raise DataError(f"{what}: the API listed ids oldest first ({ids[0]}, then {ids[1]}); "
+                        "stopped paging, since before_id would never reach the newest")
+    previous: int | None = None
+    for item_id in ids:
+        if item_id == previous:
+            raise DataError(f"{what}: the API listed id {item_id} twice; stopped paging")
+        if previous is None and before is not None and item_id >= before:
+            raise DataError(f"{what}: asked for ids before {before}, the API listed {item_id} "
+                            "again or out of order; stopped paging")
+        if previous is not None and item_id > previous:
+            raise DataError(f"{what}: the API listed id {item_id} after {previous}, "
+                            "not newest first; stopped paging")
+        previous = item_id
+    return ids

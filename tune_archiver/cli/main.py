@@ -158,14 +158,9 @@ def _run_dry(
     secrets: list[str],
 ) -> int:
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
-    for preview in previews:
-        if preview.error is not None:
-            _error(preview.error, secrets)
-    if args.json:
-        _print_json(report.preview_json(previews), secrets)
-    elif not args.quiet:
-        print(_scrub("\n".join(report.preview_lines(previews)), secrets))
-    return EXIT_OK if all(p.error is None for p in previews) else EXIT_FAILED
+    _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
+          "\n".join(report.preview_lines(previews)))
+    return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 
 def _report_undone(

@@ -99,14 +99,19 @@ def preview_json(previews: Sequence[Preview]) -> dict[str, Any]:
                 {"kind": a.kind, "index": a.index, "url": redact(a.url), "size": size}
                 for a, size in p.download
             ],
+            "not_downloadable": [
+                {"kind": a.kind, "index": a.index, "url": redact(a.url), "status": status}
+                for a, status in p.not_downloadable
+            ],
         })
     sizes = [size for p in previews for _, size in p.download]
     return {
         "dry_run": True,
-        "ok": all(p.error is None for p in previews),
+        "ok": all(p.ok for p in previews),
         "files": len(sizes),
         "bytes": sum(s for s in sizes if s is not None),
         "unknown_sizes": sum(1 for s in sizes if s is None),
+        "not_downloadable": sum(len(p.not_downloadable) for p in previews),
         "tunes": tunes,
     }
 
@@ -121,11 +126,32 @@ def preview_lines(previews: Sequence[Preview]) -> list[str]:
         if p.skipped:
             lines.append(f"{name}: unchanged since archived, would skip")
             continue
-        lines.append(f"{name}: would download {_files_and_size([s for _, s in p.download])}; "
-                     f"{p.archived} already archived"
+        refused = ""
+        if p.not_downloadable:
+            which = ", ".join(f"{a.kind} {a.index}: HTTP {status}"
+                              for a, status in p.not_downloadable)
+            refused = f"; {len(p.not_downloadable)} not downloadable ({which})"
+        lines.append(f"{name}: would download {_files_and_size([s for _, s in p.download])}"
+                     f"{refused}; {p.archived} already archived"
                      + (f", {p.left_out} left out" if p.left_out else ""))
     everything = [size for p in previews for _, size in p.download]
-    lines.append(f"dry run: would download {_files_and_size(everything)}; nothing was written")
+    refused_total = sum(len(p.not_downloadable) for p in previews)
+    lines.append(f"dry run: would download {_files_and_size(everything)}; "
+                 + (f"{refused_total} not downloadable; " if refused_total else "")
+                 + "nothing was written")
+    return lines
+
+
+def preview_errors(previews: Sequence[Preview]) -> list[str]:
+    """One line per tune that could not be had, and per file no fetch could download."""
+    lines = []
+    for p in previews:
+        if p.error is not None:
+            lines.append(p.error)
+        name = tune_name(p.tune_id, p.title)
+        for asset, status in p.not_downloadable:
+            lines.append(f"{name}: {asset.kind} {asset.index}: not downloadable: "
+                         f"HTTP {status} from {redact(asset.url)}")
     return lines
 
 

@@ -15,7 +15,7 @@ from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
 from tune_archiver.net.session import new_session
-from tune_archiver.net.transport import probe_size
+from tune_archiver.net.transport import Probe, probe_size
 from tune_archiver.store.location import open_store
 
 
@@ -28,8 +28,15 @@ class Preview:
     error: str | None = None
     skipped: bool = False  # archived, complete and unchanged
     download: tuple[tuple[Asset, int | None], ...] = ()  # each file and its size, if known
+    # Files whose host refused them (401, 403, 404, 410), each with that HTTP status.
+    not_downloadable: tuple[tuple[Asset, int], ...] = ()
     archived: int = 0  # files already in the archive
     left_out: int = 0  # files --only leaves out
+
+    @property
+    def ok(self) -> bool:
+        """True when a fetch could archive everything: the tune was had, every file can be."""
+        return self.error is None and not self.not_downloadable
 
 
 async def dry_run(
@@ -46,7 +53,7 @@ async def dry_run(
         tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
         found = await get_tunes(api, tune_ids, settings.prompts)
 
-        async def size_of(asset: Asset) -> int | None:
+        async def size_of(asset: Asset) -> Probe:
             async with limiter:
                 return await probe_size(asset_session, asset.url, settings.read_timeout)
 
@@ -55,9 +62,14 @@ async def dry_run(
                 plan, carried = await plan_for(store, tune, settings)
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))
-            sizes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
+            probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
+            probed = list(zip(plan.download, probes, strict=True))
             return Preview(
-                tune.id, tune.title, download=tuple(zip(plan.download, sizes, strict=True)),
+                tune.id, tune.title,
+                download=tuple((a, p.size) for a, p in probed if p.refused is None),
+                not_downloadable=tuple(
+                    (a, p.refused) for a, p in probed if p.refused is not None
+                ),
                 archived=len(plan.reuse) + sum(1 for r in carried if r.ok),
                 left_out=len(plan.left_out),
             )

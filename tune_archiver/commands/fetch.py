@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -121,15 +122,24 @@ async def choose(
 
     A listed tune is skipped when its manifest is complete, records the same
     updated_at and all its blobs are present. With --prompts nothing is skipped:
-    new images can be generated without the tune changing.
+    new images can be generated without the tune changing. A tune whose expires_at
+    cannot be read is kept by --expiring-within, with one warning.
     """
     if not isinstance(tunes, AllTunes):
         return list(dict.fromkeys(tunes)), []
     chosen: dict[int, Any] = {}
+    window = tunes.expiring_within
     for item in await api.list_tunes():
-        window = tunes.expiring_within
-        if (window is None or expiring(item, now, window)) and in_shard(item["id"], tunes.shard):
-            chosen.setdefault(item["id"], item)
+        if item["id"] in chosen or not in_shard(item["id"], tunes.shard):
+            continue
+        if window is not None:
+            expiry = expiring(item, now, window)
+            if expiry.unreadable:  # repr, shortened: the server's text may hold escapes
+                log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
+                            "it expires soon", item["id"], reprlib.repr(item["expires_at"]))
+            if not expiry.keep:
+                continue
+        chosen[item["id"]] = item
     fetch_ids, skipped = [], []
     for tune_id, item in chosen.items():
         if not prompts and await _unchanged(store, tune_id, item.get("updated_at")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
@@ -105,21 +105,48 @@ def is_unchanged(
     return all(present.get(blob.sha256) == blob.size for _, blob in archived_entries(manifest))
 
 
-def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta) -> bool:
-    """True when the tune's expires_at is still ahead, and no further than `within`."""
-    expires = parse_time(listed.get("expires_at"))
-    return expires is not None and now < expires <= now + within
+@dataclass(frozen=True)
+class Expiry:
+    """What --expiring-within decides for one listed tune."""
+
+    keep: bool
+    unreadable: bool = False  # expires_at is there but unreadable: kept, for the caller to say
+
+
+def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta) -> Expiry:
+    """Keep the tune when its expires_at is still ahead, and no further than `within`.
+
+    An absent or null expires_at never expires (not kept). One that is present but
+    unreadable is kept, with `unreadable` set: backing up a tune that was not about
+    to expire costs a download, leaving out one that was costs the tune.
+    """
+    value = listed.get("expires_at")
+    if value is None:
+        return Expiry(keep=False)
+    expires = parse_time(value)
+    if expires is None:
+        return Expiry(keep=True, unreadable=True)
+    return Expiry(keep=now < expires <= now + within)
 
 
 def parse_time(value: Any) -> datetime | None:
-    """An API timestamp (ISO 8601) as an aware datetime; None when absent or unreadable."""
+    """An API timestamp as an aware datetime in UTC; None when absent or unreadable.
+
+    ISO 8601, with or without a fraction of a second, with Z or an offset; a time
+    without an offset is taken as UTC, and a bare date as midnight UTC.
+    """
     if not isinstance(value, str):
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo else None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # an offset that moves year 1 or 9999 out of range
+        return None
 
 
 @dataclass

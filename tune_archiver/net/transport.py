@@ -11,6 +11,7 @@ import errno
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +39,9 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that carry the caller's identity: sent only to the origin they were meant for.
 PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
+# Asset answers that refuse the file, not the moment: a dry run, whose URLs are fresh
+# from the API, calls such a file not downloadable.
+NOT_DOWNLOADABLE = frozenset({401, 403, 404, 410})
 
 
 @contextmanager
@@ -126,21 +130,34 @@ async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return b"".join(parts)[:cap]
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What one one-byte request says of a file: its size, or that it cannot be had."""
+
+    size: int | None = None  # None when the host will not say
+    refused: int | None = None  # the HTTP status, when one of NOT_DOWNLOADABLE
+
+
 async def probe_size(
     session: aiohttp.ClientSession, url: str, read_timeout: float | None = None
-) -> int | None:
-    """The size of the file at `url`, asking for its first byte only; None when unknown.
+) -> Probe:
+    """The size of the file at `url`, asking for its first byte only.
 
     A one-byte GET rather than HEAD: presigned URLs are often signed for GET alone.
+    A status of NOT_DOWNLOADABLE says the file cannot be had (`refused`); anything
+    else that gives no size (a connection error, a 5xx, which a fetch would retry)
+    leaves the size unknown. Never raises ArchiverError.
     """
     try:
         async with get(session, url, {"Range": "bytes=0-0"}, read_timeout=read_timeout) as resp:
-            if resp.status == 206:
+            if resp.status in NOT_DOWNLOADABLE:
+                return Probe(refused=resp.status)
+            if resp.status in (206, 416):  # 416: an empty file has no byte 0, but a size
                 total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-                return int(total) if total.isdigit() else None
-            return resp.content_length if resp.status == 200 else None
+                return Probe(int(total) if total.isdigit() else None)
+            return Probe(resp.content_length if resp.status == 200 else None)
     except ArchiverError:
-        return None
+        return Probe()
 
 
 async def pump(

@@ -1,0 +1,132 @@
+"""fetch --dry-run against the stand-in: files a host refuses, sizes it will not say."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tests.test_fetch_all import DRY_RUN_SCHEMA
+
+# Three files of 1 MiB in all, and a fourth the host may refuse.
+SIZES = {"ckpt-5": 1_000_000, "img-5-0": 40_000, "img-5-1": 8_576, "img-5-2": 5_000}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def add_tune_5(standin: StandIn) -> None:
+    """Tune 5 ("T"): one checkpoint and three training images, 1 MiB without the last."""
+    urls = {name: standin.add_file(name, bytes(size)) for name, size in SIZES.items()}
+    images = [urls["img-5-0"], urls["img-5-1"], urls["img-5-2"]]
+    standin.add_tune(5, [urls["ckpt-5"]], images, title="T")
+
+
+def refuse(standin: StandIn, how: str) -> int:
+    """Make the host refuse training image 2 in the way named; the HTTP status it answers."""
+    if how == "missing":
+        del standin.files["img-5-2"]
+        return 404
+    if how == "redirect-to-missing":
+        standin.redirects["img-5-2"] = standin.file_url("gone", host="mirror")
+        return 404
+    status = int(how)
+    body = b"<Error><Code>AccessDenied</Code></Error>" if status == 403 else b""
+    standin.faults["img-5-2"] = [Status(status, body=body)]
+    return status
+
+
+@pytest.mark.parametrize("how", ["403", "missing", "401", "410", "redirect-to-missing"])
+def test_dry_run_names_a_file_the_host_refuses_and_exits_1(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A 401/403/404/410 answer is "not downloadable" with its status, in text and on stderr."""
+    add_tune_5(standin)
+    status = refuse(standin, how)
+    assert run_fetch(standin, archive, "5", "--dry-run") == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"tune 5 (T): would download 3 files, 1.0 MiB; 1 not downloadable "
+        f"(training_image 2: HTTP {status}); 0 already archived",
+        "dry run: would download 3 files, 1.0 MiB; 1 not downloadable; nothing was written",
+    ]
+    assert captured.err.splitlines() == [
+        f"tune-archiver: error: tune 5 (T): training_image 2: not downloadable: "
+        f"HTTP {status} from {standin.file_url('img-5-2')}"
+    ]
+    assert not archive.exists()
+
+
+@pytest.mark.parametrize("how", ["403", "missing"])
+def test_dry_run_json_lists_files_not_downloadable(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """--json: a not_downloadable list per tune with each status, a total, and ok false."""
+    add_tune_5(standin)
+    standin.add_tune(6, [standin.add_file("ckpt-6", bytes(100))], [])
+    status = refuse(standin, how)
+    assert run_fetch(standin, archive, "5", "6", "--dry-run", "--json") == 1
+    result = json.loads(capsys.readouterr().out)
+    jsonschema.validate(result, DRY_RUN_SCHEMA)
+    assert (result["ok"], result["files"], result["bytes"], result["unknown_sizes"],
+            result["not_downloadable"]) == (False, 4, 1_048_676, 0, 1)
+    five, six = result["tunes"]
+    assert five["not_downloadable"] == [{
+        "kind": "training_image", "index": 2, "url": standin.file_url("img-5-2"),
+        "status": status,
+    }]
+    assert [d["index"] for d in five["download"] if d["kind"] == "training_image"] == [0, 1]
+    assert (six["tune_id"], six["not_downloadable"], six["error"]) == (6, [], None)
+
+
+def test_dry_run_quiet_still_says_why_it_exits_1(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -q the summary goes, but the file no fetch could download is still named."""
+    add_tune_5(standin)
+    refuse(standin, "404")
+    assert run_fetch(standin, archive, "5", "--dry-run", "-q") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "training_image 2: not downloadable: HTTP 404" in captured.err
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("fault", [Status(503, {"Retry-After": "1"}), Status(500), Status(400)])
+def test_dry_run_other_failures_leave_the_size_unknown(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], fault: Status
+) -> None:
+    """A 5xx, a 400 or a host that cannot be reached: size unknown, not refused; exit 0."""
+    add_tune_5(standin)
+    standin.faults["img-5-2"] = [fault]
+    standin.tunes[5]["orig_images"].append(f"http://127.0.0.1:{closed_port()}/files/img")
+    assert run_fetch(standin, archive, "5", "--dry-run") == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == (
+        "tune 5 (T): would download 5 files, 1.0 MiB (size of 2 unknown); 0 already archived"
+    )
+    assert captured.err == ""
+
+
+def test_dry_run_knows_an_empty_file_is_empty(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty file has no byte 0 (416), but its Content-Range gives its size: 0, not unknown."""
+    standin.add_tune(7, [standin.add_file("empty", b"")], [])
+    assert run_fetch(standin, archive, "7", "--dry-run", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["ok"], result["unknown_sizes"], result["not_downloadable"]) == (True, 0, 0)
+    assert [d["size"] for d in result["tunes"][0]["download"]] == [0]
