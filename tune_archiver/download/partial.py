@@ -27,25 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from tune_archiver.digest import new_hash
+from tune_archiver.download.sidecar import Span, boot_id, is_usable, read_record, valid_spans
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
+from tune_archiver.safefs import BLOB_MODE, Planted, open_own, write_private
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
-MAX_VALIDATOR = 1024  # an ETag or Last-Modified longer than this is no header we sent
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 
 # os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
 Writer = Callable[[int, list[memoryview], int], int]
-Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
-def boot_id() -> str:
-    """This boot's id: a partial written in another boot may have lost unsynced bytes."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 class Partial:
     """The bytes of one download received so far, their sha256, and what resuming needs.
 
@@ -85,11 +77,14 @@ class Partial:
         path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
         try:
             while True:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
                 try:
+                    fd = open_own(path, os.O_RDWR | os.O_CREAT)
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
+                except (BlockingIOError, Planted) as exc:
+                    # Held by another process, or a name someone else planted (a link):
+                    # download into a private file of our own, never through theirs.
+                    if isinstance(exc, BlockingIOError):
+                        os.close(fd)
                     fd, private = tempfile.mkstemp(dir=tmp, prefix="private-", suffix=".part")
                     return cls(Path(private), fd, archive, None, write)
                 # The holder before us may have renamed or removed the file by this name
@@ -106,12 +101,12 @@ class Partial:
 
     def _resume(self) -> None:
         """Take over what an earlier run left, if its sidecar vouches for it; else start empty."""
-        state = _read_json(self._sidecar) if self._sidecar else None
+        state = read_record(self._sidecar) if self._sidecar else None
         length = os.fstat(self._fd).st_size
         usable = 0
-        if state is not None and _usable(state, self._key):
+        if state is not None and is_usable(state, self._key):
             same_boot = state.get("boot_id") == boot_id()
-            spans = _valid_spans(state.get("spans" if same_boot else "synced_spans"),
+            spans = valid_spans(state.get("spans" if same_boot else "synced_spans"),
                                  state.get("total"), length)
             trusted = length if same_boot else state.get("synced", 0)
             if spans is not None:
@@ -280,9 +275,11 @@ class Partial:
     # -- ending ----------------------------------------------------------------
 
     def finish(self) -> None:
-        """Make the bytes durable and forget the sidecar, before the file is renamed."""
+        """Make the bytes durable and read-only, and forget the sidecar, before the file
+        becomes a blob."""
         try:
             os.fsync(self._fd)
+            os.fchmod(self._fd, BLOB_MODE)
         except OSError as exc:
             raise storage_error(exc, self._archive, "store a blob") from exc
         if self._sidecar:
@@ -327,31 +324,10 @@ class Partial:
         if self.spans is not None:
             state["spans"] = self.spans
             state["synced_spans"] = self._synced_spans
-        temporary = self._sidecar.with_suffix(".json.tmp")
         try:
-            temporary.write_text(json.dumps(state))
-            os.replace(temporary, self._sidecar)
+            write_private(self._sidecar, json.dumps(state).encode(), sync=False)
         except OSError as exc:
             raise storage_error(exc, self._archive, "record a download's progress") from exc
-
-
-def _usable(state: dict[str, Any], key: str) -> bool:
-    """True when a sidecar is one this code wrote for `key`: a damaged one (wrong types,
-    a validator that could not be sent as a header) is ignored and the file starts over."""
-    validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
-    return (
-        state.get("url") == key
-        and isinstance(validator, str)
-        and 0 < len(validator) <= MAX_VALIDATOR
-        and validator.isascii()
-        and validator.isprintable()
-        and (total is None or _count(total))
-        and _count(synced)
-    )
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _prefix_end(spans: list[Span]) -> int:
@@ -364,23 +340,6 @@ def _prefix_end(spans: list[Span]) -> int:
     return end
 
 
-def _valid_spans(value: Any, total: Any, length: int) -> list[Span] | None:
-    """Spans from a sidecar, if they tile [0, total) and claim no byte past the file's end."""
-    if not isinstance(value, list) or not value or not isinstance(total, int):
-        return None
-    spans, expected = [], 0
-    for span in value:
-        if not (isinstance(span, list) and len(span) == 3 and all(
-                isinstance(n, int) and not isinstance(n, bool) for n in span)):
-            return None
-        start, pos, end = span
-        if start != expected or not start <= pos <= end or (pos > start and pos > length):
-            return None
-        spans.append([start, pos, end])
-        expected = end
-    return spans if expected == total else None
-
-
 def _same_file(fd: int, path: Path) -> bool:
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))
@@ -388,11 +347,3 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,12 +23,14 @@ from tune_archiver.download.partial import Partial, Writer
 from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
+from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
 from tune_archiver.urls import url_key
 
 ENV_STAGING = "TUNE_ARCHIVER_STAGING"
+log = logging.getLogger(__name__)
 
 
 class Incoming:
@@ -84,9 +87,16 @@ class Staging:
         return str(self.directory)
 
     async def prepare(self) -> None:
-        """Create the folder if it is missing."""
+        """Create the folder (0700) if it is missing.
+
+        Raises ConfigError for a folder another user owns or may write in: files
+        planted there would be taken for our downloads.
+        """
+        warning = check_folder(self.directory, "the staging folder")
+        if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
+            log.warning(warning)
         try:
-            await in_thread(os.makedirs, self.directory, 0o700, True)
+            await in_thread(make_private_dir, self.directory)
         except OSError as exc:
             raise storage_error(exc, self.shown, "create the staging folder") from exc
 

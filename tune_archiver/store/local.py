@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -32,14 +33,15 @@ import aiofiles.os
 from tune_archiver.errors import NotAFile, StorageError, storage_error
 from tune_archiver.layout import DAMAGED, MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
 from tune_archiver.models import Blob, StoredBlob
+from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.locks import flocked
 from tune_archiver.threads import in_thread
 
 LOCK = "lock"
+log = logging.getLogger(__name__)
 READ_BLOCK = 4 * 2**20
 MANIFEST_LOCK_POLL = 0.02  # a manifest is held for milliseconds
-READ_ONLY = 0o444
 # A hard link is impossible across filesystems, or where the filesystem refuses it.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
@@ -70,10 +72,17 @@ class LocalStore:
         return await aiofiles.os.path.isdir(self.path(MANIFESTS))
 
     async def prepare(self) -> None:
-        """Create the archive's directories if they are missing."""
+        """Create the archive's folders (0700) if they are missing.
+
+        Raises ConfigError for an archive of another user or one others may write in;
+        warns once when others may read it.
+        """
+        warning = check_folder(self.root, "the archive")
+        if warning:
+            log.warning(warning)
         try:
             for name in (OBJECTS, MANIFESTS, TMP):
-                await aiofiles.os.makedirs(self.root / name, exist_ok=True)
+                await in_thread(make_private_dir, self.root / name)
         except OSError as exc:
             raise storage_error(exc, self.root, "create the archive") from exc
 
@@ -310,8 +319,7 @@ class _Intake:
                 # holds the file's lock, so the name is ours to remove.
                 self._path.unlink()
                 return
-            os.chmod(self._path, READ_ONLY)  # a hard-linked export cannot edit it in place
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(final.parent)  # the file is read-only already (Partial.finish)
             os.replace(self._path, final)
             _sync_dir(final.parent)
         except OSError as exc:

@@ -10,12 +10,11 @@ import fcntl
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from stat import S_ISREG
 
 from tune_archiver.errors import StorageError, storage_error
+from tune_archiver.safefs import Planted, open_own
 
 LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
-LOCK_MODE = 0o600
 
 
 @contextlib.asynccontextmanager
@@ -53,14 +52,11 @@ async def flocked(
 def open_lock(path: Path, shown: Path) -> int:
     """A descriptor of the lock file, created if need be; refuses a planted one."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
-    except OSError as exc:
-        raise storage_error(exc, shown, f"open the lock {path.name}") from exc
-    stat = os.fstat(fd)
-    if not S_ISREG(stat.st_mode) or stat.st_uid != os.geteuid() or stat.st_nlink != 1:
-        os.close(fd)
+        return open_own(path, os.O_RDWR | os.O_CREAT)
+    except Planted as exc:
         raise StorageError(
             f"refused the lock {path} in {shown}: not a regular file of this user "
             "with one name (planted by someone else?)"
-        )
-    return fd
+        ) from exc
+    except OSError as exc:
+        raise storage_error(exc, shown, f"open the lock {path.name}") from exc

@@ -1,0 +1,165 @@
+"""Privacy at rest: the archive's folders are 0700 and its files 0600 (blobs 0400) under
+the usual umask, and links planted by another local user are never written through."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import blob_file, run_fetch, stored_blobs
+from tests.standin import Cut, StandIn
+from tune_archiver.download.staging import Staging
+from tune_archiver.errors import ConfigError
+from tune_archiver.urls import url_key
+
+MiB = 2**20
+NOBODY = 65534
+
+
+@pytest.fixture(autouse=True)
+def usual_umask() -> Iterator[None]:
+    """Run under umask 022, which leaves new files readable by everyone by default."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def partial_name(url: str) -> str:
+    return hashlib.sha256(url_key(url).encode()).hexdigest()[:40]
+
+
+def test_a_new_archive_is_private(standin: StandIn, archive: Path) -> None:
+    """Folders 0700, blobs 0400, manifests and the lock 0600, whatever the umask says."""
+    data = os.urandom(3000)
+    standin.add_tune(1, [], [standin.add_file("img", data)])
+    assert run_fetch(standin, archive, "1") == 0
+    folders = [archive, *(p for p in archive.rglob("*") if p.is_dir())]
+    assert {str(p.relative_to(archive.parent)): mode(p) for p in folders} == {
+        str(p.relative_to(archive.parent)): 0o700 for p in folders
+    }
+    assert mode(blob_file(archive, data)) == 0o400
+    assert mode(archive / "manifests" / "1.json") == 0o600
+    assert mode(archive / "lock") == 0o600
+
+
+def test_a_kept_partial_and_its_sidecar_are_private(standin: StandIn, archive: Path) -> None:
+    """A download cut short leaves its .part and .json readable by this user alone."""
+    standin.add_tune(1, [standin.add_file("model", os.urandom(2 * MiB))], [])
+    standin.faults["model"] = [Cut(at=MiB + 10)]
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    kept = sorted((archive / "tmp").iterdir())
+    assert [p.suffix for p in kept] == [".json", ".part"]
+    assert [mode(p) for p in kept] == [0o600, 0o600]
+
+
+def test_an_archive_others_can_read_gets_one_warning(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing 0755 archive is used, with one line saying how to make it private."""
+    archive.mkdir(mode=0o755)
+    archive.chmod(0o755)
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "readable" in line]
+    assert warnings == [f"tune-archiver: the archive {archive} is readable by other users "
+                        f"(chmod 700 {archive} to keep it private)"]
+
+
+@pytest.mark.parametrize("how", ["group-writable", "another user's"])
+def test_an_archive_others_may_write_in_is_refused(
+    standin: StandIn, archive: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive another user owns or may write in is refused (exit 2), nothing written."""
+    archive.mkdir()
+    if how == "group-writable":
+        archive.chmod(0o770)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a folder to another user")
+        os.chown(archive, NOBODY, NOBODY)
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 2
+    assert "refused the archive" in capsys.readouterr().err
+    assert list(archive.iterdir()) == []
+
+
+def test_a_staging_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    """An S3 archive's staging folder made beforehand by someone else is not used."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    folder = tmp_path / "staging"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, NOBODY, NOBODY)
+    staging = Staging(folder)
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        asyncio.run(staging.prepare())
+
+
+def test_a_link_planted_at_a_partial_is_never_written_through(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """tmp/<name>.part pointing at another file: that file is untouched, the download is
+    made in a private file of our own and archived."""
+    data = os.urandom(2 * MiB)
+    url = standin.add_file("model", data)
+    standin.add_tune(1, [url], [])
+    (archive / "tmp").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    (archive / "tmp" / f"{partial_name(url)}.part").symlink_to(victim)
+    (archive / "tmp" / f".{partial_name(url)}.json.tmp").symlink_to(victim)
+    assert run_fetch(standin, archive, "1") == 0
+    assert victim.read_bytes() == b"do not touch"
+    assert mode(victim) != 0o400
+    assert stored_blobs(archive) == [blob_file(archive, data)]
+    assert not blob_file(archive, data).is_symlink()
+
+
+def test_a_link_planted_at_the_sidecars_temporary_name_is_not_followed(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """The sidecar is written by a new file and a rename: a link at its temporary name is
+    removed, never written through."""
+    data = os.urandom(2 * MiB)
+    url = standin.add_file("model", data)
+    standin.add_tune(1, [url], [])
+    standin.faults["model"] = [Cut(at=MiB + 10)]
+    (archive / "tmp").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    (archive / "tmp" / f".{partial_name(url)}.json.tmp").symlink_to(victim)
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    assert victim.read_bytes() == b"do not touch"
+    assert (archive / "tmp" / f"{partial_name(url)}.json").is_file()
+
+
+def test_a_link_planted_at_the_lock_is_refused(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """<archive>/lock pointing elsewhere stops the fetch with one line; the target is intact."""
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    archive.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    (archive / "lock").symlink_to(victim)
+    assert run_fetch(standin, archive, "1") == 1
+    assert "refused the lock" in capsys.readouterr().err
+    assert victim.read_bytes() == b"do not touch"
+    assert mode(victim) == 0o644

@@ -1,0 +1,67 @@
+"""The resume record beside a partial download (its sidecar .json): read back and
+checked, so a damaged or planted one is ignored and the file simply starts over."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tune_archiver.safefs import open_own
+
+MAX_SIDECAR = 2**20  # a sidecar is a few hundred bytes; more is not one we wrote
+MAX_VALIDATOR = 1024  # an ETag or Last-Modified longer than this is no header we sent
+Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
+
+
+def boot_id() -> str:
+    """This boot's id: a partial written in another boot may have lost unsynced bytes."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+def is_usable(state: dict[str, Any], key: str) -> bool:
+    """True when a sidecar is one this code wrote for `key`: a damaged one (wrong types,
+    a validator that could not be sent as a header) is ignored and the file starts over."""
+    validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
+    return (
+        state.get("url") == key
+        and isinstance(validator, str)
+        and 0 < len(validator) <= MAX_VALIDATOR
+        and validator.isascii()
+        and validator.isprintable()
+        and (total is None or _count(total))
+        and _count(synced)
+    )
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+def valid_spans(value: Any, total: Any, length: int) -> list[Span] | None:
+    """Spans from a sidecar, if they tile [0, total) and claim no byte past the file's end."""
+    if not isinstance(value, list) or not value or not isinstance(total, int):
+        return None
+    spans, expected = [], 0
+    for span in value:
+        if not (isinstance(span, list) and len(span) == 3 and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in span)):
+            return None
+        start, pos, end = span
+        if start != expected or not start <= pos <= end or (pos > start and pos > length):
+            return None
+        spans.append([start, pos, end])
+        expected = end
+    return spans if expected == total else None
+
+def read_record(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks us
+        with os.fdopen(fd, "rb") as file:
+            value = json.loads(file.read(MAX_SIDECAR))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

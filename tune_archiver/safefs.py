@@ -1,0 +1,113 @@
+"""Files and folders the tool creates: private modes set explicitly, never through a link.
+
+The archive holds photos of people's faces and often runs as root from cron on a shared
+machine. So every folder it makes is 0700 and every file 0600 (blobs 0400), set with
+fchmod on what was opened (umask and makedirs only govern the leaf); every file it
+opens to write is opened with O_NOFOLLOW and must be a regular file of this user with
+one name, so a link planted by another local user is never written through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from tune_archiver.errors import ConfigError
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+BLOB_MODE = 0o400  # read-only: a hard-linked export cannot edit a blob in place
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Planted(OSError):
+    """A name the tool writes holds something it did not make: a link, another user's file."""
+
+
+def open_own(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
+    """os.open without following a link; the result must be a regular file of this user
+    with one name (else Planted, and nothing was written)."""
+    try:
+        fd = os.open(path, flags | NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Planted(f"{path} is a symbolic link") from exc
+        raise
+    try:
+        check_own(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_own(fd: int, path: Path) -> None:
+    """Raise Planted unless the open file is a regular file of this user with one name."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
+        raise Planted(f"{path} is not a regular file of this user with one name")
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the folder (and missing parents) if need be; one this call creates is 0700,
+    set by fchmod, since the umask may have widened it."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR)
+        except FileExistsError:
+            continue  # made by another process meanwhile
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+        try:
+            os.fchmod(fd, PRIVATE_DIR)
+        finally:
+            os.close(fd)
+
+
+def check_folder(path: Path, what: str) -> str | None:
+    """Refuse (ConfigError) a folder not owned by this user or writable by group or
+    others: someone else could plant files in it. Returns a warning when group or
+    others can read it, else None."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(found.st_mode):
+        raise ConfigError(f"{what} {path} is not a folder")
+    if found.st_uid != os.geteuid():
+        raise ConfigError(f"refused {what} {path}: it belongs to another user")
+    if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"refused {what} {path}: group or others may write in it (chmod go-w {path})"
+        )
+    if found.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH):
+        return f"{what} {path} is readable by other users (chmod 700 {path} to keep it private)"
+    return None
+
+
+def write_private(path: Path, data: bytes, sync: bool = True) -> None:
+    """Replace `path` with `data` by a new 0600 file beside it and a rename, so neither
+    a reader nor a link planted at either name ever sees half of it."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        os.unlink(temporary)  # a leftover, or a planted link: removed, never followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
