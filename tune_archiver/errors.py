@@ -14,7 +14,8 @@
     ├── DataError                 the API answered with data we cannot use
     ├── IntegrityError            the bytes received do not match what was promised
     └── StorageError              the archive cannot be read or written
-        └── DiskFull              no space left in the archive's filesystem
+        ├── DiskFull              no space left in the archive's filesystem
+        └── UnreadableManifest    a manifest in the archive is damaged, or not one we read
 
 Whether an error is worth retrying is decided in retry.py, not here.
 """
@@ -91,6 +92,19 @@ class StorageError(ArchiverError):
 
 class DiskFull(StorageError):
     """No space left on the archive's filesystem."""
+
+
+class UnreadableManifest(StorageError):
+    """A manifest in the archive is damaged or of another format; str() names tune and fault.
+
+    A StorageError, not a DataError: the bytes come from our own archive, not from
+    the API, and what is needed is a repair of the archive, not another request.
+    """
+
+    def __init__(self, tune_id: int, reason: str) -> None:
+        super().__init__(f"the manifest of tune {tune_id} is unreadable: {reason}")
+        self.tune_id = tune_id
+        self.reason = reason  # what is wrong, without the tune: verify and list show it alone
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

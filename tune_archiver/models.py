@@ -6,11 +6,12 @@ Pure: nothing here touches the network, the disk or the clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tune_archiver.errors import DataError
 
 AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
+ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)
 
 
 @dataclass(frozen=True)
