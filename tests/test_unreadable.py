@@ -1,4 +1,4 @@
-"""A manifest the reader refuses, through verify and list: one line, exit 1."""
+"""A manifest the reader refuses, through verify, list, gc and export: one line, exit 1."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.archive_helpers import (
     two_tunes_sharing_an_image,
     write_manifest,
 )
-from tests.helpers import blob_file, sha256
+from tests.helpers import blob_file, sha256, stored_blobs
 from tests.standin import StandIn
 
 
@@ -45,6 +45,7 @@ class Broken:
 
     one: Served
     two: Served
+    original: bytes  # tune 1's manifest before the damage
     reason: str  # what the reader says is wrong with it
 
 
@@ -55,10 +56,11 @@ def broken(
 ) -> Broken:
     damage: Callable[[dict[str, Any]], str] = request.param
     one, two = two_tunes_sharing_an_image(standin, archive)
+    original = (archive / "manifests" / "1.json").read_bytes()
     document = manifest_of(archive, 1)
     reason = damage(document)
     write_manifest(archive, 1, document)
-    return Broken(one, two, reason)
+    return Broken(one, two, original, reason)
 
 
 @pytest.fixture
@@ -98,3 +100,38 @@ def test_list_prints_one_error_line_and_lists_the_other_tune(
     assert header.split()[:2] == ["id", "title"]
     assert two.split()[:6] == ["2", "Tune", "2", "sdxl1", "lora", str(len(broken.two.all))]
     assert one.split() == ["1", *why.split()]
+
+
+def test_gc_stops_before_removing_anything(
+    capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """gc exits 1 naming the manifest and keeps a blob no manifest references, until repaired."""
+    (archive / "manifests" / "2.json").unlink()  # tune 2's own blobs are now unreferenced
+    orphan = blob_file(archive, broken.two.checkpoints[0])
+    before = stored_blobs(archive)
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [error(
+        f"the manifest of tune 1 is unreadable: {broken.reason}; gc removes nothing until it "
+        "is repaired or removed"
+    )]
+    assert ran.out == ""
+    assert stored_blobs(archive) == before
+    (archive / "manifests" / "1.json").write_bytes(broken.original)
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert not orphan.exists()  # what the damaged manifest alone had kept
+
+
+def test_export_fails_with_one_error_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], archive: Path, tmp_path: Path, broken: Broken
+) -> None:
+    """export of tune 1 exits 1 with one line naming it and creates no folder; tune 2 exports."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [
+        error(f"the manifest of tune 1 is unreadable: {broken.reason}")
+    ]
+    assert ran.out == ""
+    assert not dest.exists()
+    assert cli(capsys, "export", "2", str(dest), "--archive", str(archive)).code == 0
