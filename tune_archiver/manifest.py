@@ -163,20 +163,6 @@ def encode(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def decode(data: bytes) -> dict[str, Any] | None:
-    """A manifest read back, or None when it is not one (damaged, or another format).
-
-    Superseded by `parse`; goes once every command reads through it.
-    """
-    try:
-        manifest = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        return None
-    return manifest
-
-
 # -- reading -------------------------------------------------------------------------
 
 
