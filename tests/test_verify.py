@@ -157,7 +157,7 @@ def test_manifest_path_that_does_not_match_the_sha256(
     document = manifest_of(archive, 1)
     entry = document["assets"][1]
     assert entry["sha256"] == sha256(tunes[0].images[0])
-    wrong = f"objects/sha256/00/{entry['sha256']}"
+    wrong = f"objects/sha256/zz/{entry['sha256']}"  # 00 would be right 1 time in 256
     entry["path"] = wrong
     write_manifest(archive, 1, document)
     code, errors, _ = verified(capsys, archive)
