@@ -225,8 +225,9 @@ def test_unreadable_manifest_stops_gc(
     before = stored_blobs(archive)
     ran = cli(capsys, "gc", "--archive", str(archive), *(["--dry-run"] if dry_run else []))
     assert ran.code == 1
-    assert ran.errors == ["tune-archiver: error: the manifest of tune 1 is unreadable; gc "
-                          "removes nothing until it is repaired or removed"]
+    assert ran.errors == ["tune-archiver: error: the manifest of tune 1 is unreadable: it is "
+                          "not JSON (Expecting value: line 1 column 34 (char 33)); gc removes "
+                          "nothing until it is repaired or removed"]
     assert ran.out == ""
     assert stored_blobs(archive) == before
     assert all(p.exists() for p in stale)

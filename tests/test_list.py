@@ -192,7 +192,9 @@ def test_json_has_the_documented_shape(
     document = json.loads(ran.out)
     jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
     assert document["tunes"] == [
-        {"tune_id": 3, "error": "the manifest is unreadable"},
+        {"tune_id": 3, "error": "the manifest is unreadable: it is not JSON (Expecting "
+                                "property name enclosed in double quotes: line 1 column 3 "
+                                "(char 2))"},
         {"tune_id": 2, "title": "Two", "branch": "flux1", "model_type": "checkpoint",
          "files": len(two.all), "failed": 1, "bytes": sum(map(len, two.all)),
          "complete": False, "archived_at": manifest_of(archive, 2)["archived_at"],
@@ -208,7 +210,7 @@ def test_json_has_the_documented_shape(
 def test_unreadable_manifest_is_a_row_of_its_own(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A broken manifest shows its id and "the manifest is unreadable", exits 1; the others
+    """A broken manifest shows its id and why it is unreadable, exits 1; the others
     still list."""
     add_tune(standin, 1)
     add_tune(standin, 2)
@@ -216,10 +218,11 @@ def test_unreadable_manifest_is_a_row_of_its_own(
     (archive / "manifests" / "2.json").write_text("[]")
     ran = cli(capsys, "list", "--archive", str(archive))
     assert ran.code == 1
-    assert ran.errors == ["tune-archiver: error: tune 2: the manifest is unreadable"]
+    why = "the manifest is unreadable: it holds a list, not a JSON object"
+    assert ran.errors == [f"tune-archiver: error: tune 2: {why}"]
     lines = ran.out.splitlines()
     assert lines[1].split("  ")[0] == "2"
-    assert lines[1].split()[1:] == "the manifest is unreadable".split()
+    assert lines[1].split()[1:] == why.split()
     assert table("\n".join([lines[0], lines[2]]))[0]["id"] == "1"
 
 

@@ -1,7 +1,8 @@
-"""manifest.py: the document built for a tune, its schema, and reading it back."""
+"""manifest.py: the document built for a tune, its schema, and the one reader of it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Collection
@@ -13,8 +14,19 @@ import pytest
 
 from tests.conftest import SCHEMA
 from tune_archiver.commands.plan import assets_of
-from tune_archiver.manifest import SCHEMA_VERSION, build_manifest, decode, encode, format_time
-from tune_archiver.models import AssetResult, Blob, Tune, parse_tune
+from tune_archiver.errors import StorageError, UnreadableManifest
+from tune_archiver.manifest import (
+    SCHEMA_VERSION,
+    Entry,
+    Manifest,
+    build_manifest,
+    encode,
+    entry_dict,
+    format_time,
+    parse,
+    read,
+)
+from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
 
 SECRET = "s3cr3tsig"
 WHEN = datetime(2026, 11, 29, 10, 0, 0, 999_999, tzinfo=UTC)
@@ -116,42 +128,6 @@ def test_complete_only_when_nothing_failed_or_left_out(
     assert document["complete"] is expected
 
 
-def test_encode_decode_round_trip() -> None:
-    """decode(encode(m)) gives m back, and encode ends with a newline."""
-    tune = make_tune()
-    document = build_manifest(tune, results_for(tune, {2}), WHEN, complete=True)
-    data = encode(document)
-    assert data.endswith(b"\n")
-    assert decode(data) == document
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"not json",
-        b"\xff\xfe\x00",
-        b'{"schema_version": 1',
-        b"[1, 2]",
-        b'"a string"',
-        b"null",
-        b"{}",
-        b'{"schema_version": 2, "assets": []}',
-        b'{"schema_version": "1", "assets": []}',
-        b'{"schema_version": 0}',
-    ],
-)
-def test_decode_returns_none_for_anything_else(data: bytes) -> None:
-    """Damaged bytes, other JSON values and other schema versions decode to None."""
-    assert decode(data) is None
-
-
-def test_decode_accepts_minimal_version_1() -> None:
-    """A JSON object with schema_version 1 is taken as a manifest."""
-    decoded: Any = decode(b'{"schema_version": 1, "assets": []}')
-    assert decoded == {"schema_version": 1, "assets": []}
-
-
 @pytest.mark.parametrize(
     ("moment", "expected"),
     [
@@ -164,3 +140,222 @@ def test_decode_accepts_minimal_version_1() -> None:
 def test_format_time_is_utc_with_z(moment: datetime, expected: str) -> None:
     """Times are converted to UTC and written to the second with a trailing Z."""
     assert format_time(moment) == expected
+
+
+# -- reading back: parse and read ----------------------------------------------------
+
+PROMPT_SHA = hashlib.sha256(b"prompt image").hexdigest()
+PROMPT = Asset("prompt_image", 0, "https://p.example/0.png", 900, "a cat")
+DROP = object()  # a field to remove
+
+
+def good() -> dict[str, Any]:
+    """Tune 42's manifest: checkpoint 0 and image 0 ok, image 1 failed, one prompt image ok."""
+    tune = make_tune()
+    results = [*results_for(tune, failed={2}),
+               AssetResult(PROMPT, Blob(PROMPT_SHA, 7, "image/png"))]
+    return build_manifest(tune, results, WHEN, complete=False)
+
+
+def changed(**fields: Any) -> bytes:
+    """The good manifest with top-level fields replaced (or removed, given DROP)."""
+    document = good()
+    for name, value in fields.items():
+        del document[name]
+        if value is not DROP:
+            document[name] = value
+    return encode(document)
+
+
+def entry_changed(position: int, **fields: Any) -> bytes:
+    """The good manifest with fields of assets[position] replaced (or removed, given DROP)."""
+    document = good()
+    entry = document["assets"][position]
+    for name, value in fields.items():
+        entry.pop(name, None)
+        if value is not DROP:
+            entry[name] = value
+    return encode(document)
+
+
+UPPER = SHA.upper()
+KINDS = "one of checkpoint, training_image, prompt_image"
+
+NOT_A_MANIFEST = [
+    pytest.param(b"", "it is not JSON (", id="empty"),
+    pytest.param(b"not json", "it is not JSON (", id="not JSON"),
+    pytest.param(b'{"schema_version": 1', "it is not JSON (", id="cut short"),
+    pytest.param(b"\xff\xfe\x00", "it is not UTF-8 text", id="not UTF-8"),
+    pytest.param(b"[" * 100_000, "its JSON is nested too deeply", id="nested too deep"),
+]
+
+MALFORMED = [
+    pytest.param(b"[1, 2]", "it holds a list, not a JSON object", id="a list"),
+    pytest.param(b'"text"', 'it holds "text", not a JSON object', id="a string"),
+    pytest.param(b"null", "it holds null, not a JSON object", id="null"),
+    pytest.param(changed(schema_version=2), "schema_version is 2, not 1", id="version 2"),
+    pytest.param(changed(schema_version="1"), 'schema_version is "1", not 1', id="version '1'"),
+    pytest.param(changed(schema_version=True), "schema_version is true, not 1", id="version true"),
+    pytest.param(changed(schema_version=DROP), "schema_version is missing, not 1",
+                 id="no version"),
+    pytest.param(changed(tune_id=DROP), "tune_id is missing, not an integer", id="no tune_id"),
+    pytest.param(changed(tune_id="42"), 'tune_id is "42", not an integer', id="tune_id '42'"),
+    pytest.param(changed(tune_id=43), "it is the manifest of tune 43", id="another tune"),
+    pytest.param(changed(archived_at=5), "archived_at is 5, not a string", id="archived_at"),
+    pytest.param(changed(complete="yes"), 'complete is "yes", not true or false', id="complete"),
+    pytest.param(changed(tune=[]), "tune is a list, not a JSON object", id="tune a list"),
+    pytest.param(changed(tune=DROP), "tune is missing, not a JSON object", id="no tune"),
+    pytest.param(changed(assets=5), "assets is 5, not a list", id="assets 5"),
+    pytest.param(changed(assets=DROP), "assets is missing, not a list", id="no assets"),
+    pytest.param(changed(assets={"a": 1}), "assets is a JSON object, not a list",
+                 id="assets an object"),
+    pytest.param(changed(assets=[5]), "assets[0] is 5, not a JSON object", id="assets [5]"),
+    pytest.param(changed(assets=[None]), "assets[0] is null, not a JSON object",
+                 id="assets [null]"),
+    pytest.param(changed(assets=[[]]), "assets[0] is a list, not a JSON object",
+                 id="assets [[]]"),
+    pytest.param(entry_changed(1, kind="lora"), f'assets[1]: kind is "lora", not {KINDS}',
+                 id="kind lora"),
+    pytest.param(entry_changed(1, kind=DROP), f"assets[1]: kind is missing, not {KINDS}",
+                 id="no kind"),
+    pytest.param(entry_changed(1, index="0"),
+                 'assets[1] (training_image): index is "0", not a non-negative integer',
+                 id="index '0'"),
+    pytest.param(entry_changed(1, index=-1),
+                 "assets[1] (training_image): index is -1, not a non-negative integer",
+                 id="index -1"),
+    pytest.param(entry_changed(1, index=True),
+                 "assets[1] (training_image): index is true, not a non-negative integer",
+                 id="index true"),
+    pytest.param(entry_changed(1, index=1.0),
+                 "assets[1] (training_image): index is 1.0, not a non-negative integer",
+                 id="index 1.0"),
+    pytest.param(entry_changed(1, url=None), "assets[1] (training_image 0): url is null, "
+                 "not a string", id="url null"),
+    pytest.param(entry_changed(1, status="OK"), 'assets[1] (training_image 0): status is "OK", '
+                 "not ok or failed", id="status OK"),
+    pytest.param(entry_changed(1, status=DROP), "assets[1] (training_image 0): status is "
+                 "missing, not ok or failed", id="no status"),
+    pytest.param(entry_changed(0, sha256=UPPER), f'assets[0] (checkpoint 0): sha256 is "{UPPER}",'
+                 " not 64 lower-case hex digits", id="sha256 upper-case"),
+    pytest.param(entry_changed(0, sha256=SHA[:-1]), f'assets[0] (checkpoint 0): sha256 is '
+                 f'"{SHA[:-1]}", not 64 lower-case hex digits', id="sha256 short"),
+    pytest.param(entry_changed(0, sha256="../../etc/passwd"), "assets[0] (checkpoint 0): sha256 "
+                 'is "../../etc/passwd", not 64 lower-case hex digits', id="sha256 a path"),
+    pytest.param(entry_changed(0, sha256=DROP), "assets[0] (checkpoint 0): sha256 is missing, "
+                 "not 64 lower-case hex digits", id="ok without sha256"),
+    pytest.param(entry_changed(0, size="5"), 'assets[0] (checkpoint 0): size is "5", not a '
+                 "non-negative integer", id="size '5'"),
+    pytest.param(entry_changed(0, size=-1), "assets[0] (checkpoint 0): size is -1, not a "
+                 "non-negative integer", id="size -1"),
+    pytest.param(entry_changed(0, size=None), "assets[0] (checkpoint 0): size is null, not a "
+                 "non-negative integer", id="size null"),
+    pytest.param(entry_changed(0, size=False), "assets[0] (checkpoint 0): size is false, not a "
+                 "non-negative integer", id="size false"),
+    pytest.param(entry_changed(0, path=5), "assets[0] (checkpoint 0): path is 5, not a string",
+                 id="path 5"),
+    pytest.param(entry_changed(0, content_type=5), "assets[0] (checkpoint 0): content_type is 5, "
+                 "not a string or null", id="content_type 5"),
+    pytest.param(entry_changed(2, error=5), "assets[2] (training_image 1): error is 5, not a "
+                 "string", id="error 5"),
+    pytest.param(entry_changed(2, sha256="no"), 'assets[2] (training_image 1): sha256 is "no", '
+                 "not 64 lower-case hex digits", id="failed with a bad sha256"),
+    pytest.param(entry_changed(3, prompt_id=0), "assets[3] (prompt_image 0): prompt_id is 0, not "
+                 "a positive integer", id="prompt_id 0"),
+    pytest.param(entry_changed(3, prompt_text=5), "assets[3] (prompt_image 0): prompt_text is 5, "
+                 "not a string or null", id="prompt_text 5"),
+    pytest.param(entry_changed(0, kind={"a": [1] * 100}), f"assets[0]: kind is a JSON object, "
+                 f"not {KINDS}", id="kind a big object"),
+]
+
+
+def refused(data: bytes) -> UnreadableManifest:
+    """The error parse raises for tune 42's manifest; fails the test if it raises none."""
+    with pytest.raises(UnreadableManifest) as caught:
+        parse(data, 42)
+    return caught.value
+
+
+@pytest.mark.parametrize(("data", "start"), NOT_A_MANIFEST)
+def test_parse_refuses_what_is_not_json(data: bytes, start: str) -> None:
+    """Bytes that are not UTF-8 JSON are unreadable, and the one line says which."""
+    error = refused(data)
+    assert error.reason.startswith(start)
+    assert str(error) == f"the manifest of tune 42 is unreadable: {error.reason}"
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(("data", "reason"), MALFORMED)
+def test_parse_refuses_a_malformed_manifest(data: bytes, reason: str) -> None:
+    """Each way a manifest can break the schema is one error naming the tune and the field."""
+    error = refused(data)
+    assert isinstance(error, StorageError)
+    assert (error.tune_id, error.reason) == (42, reason)
+    assert str(error) == f"the manifest of tune 42 is unreadable: {reason}"
+
+
+def test_parse_reads_every_field_and_keeps_extra_ones() -> None:
+    """A good manifest reads back typed; rewriting its entries gives the same dicts, extras kept."""
+    document = good()
+    document["assets"][0]["note"] = {"from": "a later version"}
+    document["assets"][2]["attempts"] = 3
+    found = parse(encode(document), 42)
+    assert (found.tune_id, found.archived_at, found.complete) == (42, "2026-11-29T10:00:00Z",
+                                                                   False)
+    assert found.tune == document["tune"]
+    assert found.title == "Jane"
+    assert found.entries[0] == Entry(
+        "checkpoint", 0, "https://b.example/c?X-Amz-Signature=REDACTED", "ok", SHA, 5,
+        f"objects/sha256/{SHA[:2]}/{SHA}", None, extra={"note": {"from": "a later version"}},
+    )
+    assert found.entries[2].blob is None
+    assert (found.entries[2].error, found.entries[2].extra) == (
+        "HTTP 404 from https://i.example/0.jpg", {"attempts": 3})
+    assert found.entries[3].asset == PROMPT
+    assert found.entries[3].blob == Blob(PROMPT_SHA, 7, "image/png")
+    assert [entry_dict(entry) for entry in found.entries] == document["assets"]
+
+
+def test_encode_ends_with_a_newline_and_parses_back() -> None:
+    """encode ends its JSON with a newline, and parse gives back the same document's values."""
+    tune = make_tune()
+    document = build_manifest(tune, results_for(tune, {2}), WHEN, complete=True)
+    data = encode(document)
+    assert data.endswith(b"}\n")
+    found = parse(data, 42)
+    assert (found.complete, found.tune) == (document["complete"], document["tune"])
+    assert [entry_dict(entry) for entry in found.entries] == document["assets"]
+
+
+def test_path_that_does_not_match_the_sha256_is_readable() -> None:
+    """A wrong path is read as recorded (verify reports it); a rewrite writes the right one."""
+    wrong = f"objects/sha256/00/{SHA}"
+    found = parse(entry_changed(0, path=wrong), 42)
+    assert found.entries[0].path == wrong
+    assert entry_dict(found.entries[0])["path"] == f"objects/sha256/{SHA[:2]}/{SHA}"
+
+
+def test_manifest_with_no_assets_is_readable() -> None:
+    """An empty assets list is a manifest of no files, not an error."""
+    assert parse(changed(assets=[]), 42).entries == ()
+
+
+class Shelf:
+    """A store as far as `read` needs one: manifests by tune id."""
+
+    def __init__(self, manifests: dict[int, bytes]) -> None:
+        self.manifests = manifests
+
+    async def read_manifest(self, tune_id: int) -> bytes | None:
+        return self.manifests.get(tune_id)
+
+
+def test_read_gives_the_manifest_none_or_the_error() -> None:
+    """read parses what the store holds, says None when it holds nothing, raises when damaged."""
+    found = asyncio.run(read(Shelf({42: encode(good())}), 42))
+    assert isinstance(found, Manifest)
+    assert found == parse(encode(good()), 42)
+    assert asyncio.run(read(Shelf({42: encode(good())}), 8)) is None
+    with pytest.raises(UnreadableManifest) as caught:
+        asyncio.run(read(Shelf({42: changed(assets=5)}), 42))
+    assert str(caught.value) == "the manifest of tune 42 is unreadable: assets is 5, not a list"

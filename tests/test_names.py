@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tune_archiver.commands.names import export_path, extension, folder_name, slug
+from tune_archiver.manifest import Entry
 
 SHA = "ab" * 32
 
@@ -55,9 +56,11 @@ def test_extension_from_type_else_url(content_type: Any, url: str, expected: str
     assert extension(content_type, url) == expected
 
 
-def entry(kind: str, index: int, **more: Any) -> dict[str, Any]:
-    return {"kind": kind, "index": index, "url": "https://x/f.jpg", "sha256": SHA,
-            "content_type": "image/jpeg", **more}
+def entry(kind: Any, index: Any, **more: Any) -> Entry:
+    """An ok entry; built by hand, so it may hold what the reader would refuse."""
+    fields: dict[str, Any] = {"url": "https://x/f.jpg", "sha256": SHA, "size": 1,
+                              "content_type": "image/jpeg", **more}
+    return Entry(kind, index, status="ok", **fields)
 
 
 def test_export_paths_by_kind() -> None:
@@ -77,11 +80,10 @@ def test_export_path_clash_gets_the_hash() -> None:
     assert export_path(entry("training_image", 0), taken) == f"training_images/000-{SHA[:8]}.jpg"
 
 
-@pytest.mark.parametrize("bad", [{"kind": "../x", "index": 0}, {"kind": 5, "index": -1},
-                                 {"kind": "checkpoint", "index": "../../x"}])
-def test_export_path_of_a_hostile_entry_stays_inside(bad: dict[str, Any]) -> None:
-    """Whatever a damaged manifest holds, the path is two plain names."""
-    path = export_path({**bad, "url": "https://x/y", "sha256": SHA}, set())
+@pytest.mark.parametrize(("kind", "index"), [("../x", 0), (5, -1), ("checkpoint", "../../x")])
+def test_export_path_of_a_hostile_entry_stays_inside(kind: Any, index: Any) -> None:
+    """Even for an entry the reader would refuse, the path is two plain names."""
+    path = export_path(entry(kind, index, url="https://x/y"), set())
     assert ".." not in path
     assert not path.startswith("/")
     assert path.count("/") == 1

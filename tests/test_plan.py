@@ -18,9 +18,8 @@ from tune_archiver.commands.plan import (
     parse_time,
     plan_tune,
 )
-from tune_archiver.manifest import build_manifest
+from tune_archiver.manifest import Manifest, asset_entry, build_manifest, encode, parse
 from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
-from tune_archiver.urls import url_key
 
 CKPT = "https://bucket.example/ckpt.safetensors"
 IMG0 = "https://img.example/0.jpg"
@@ -39,13 +38,23 @@ def make_tune(query: str = "?X-Amz-Signature=old&X-Amz-Expires=60") -> Tune:
     )
 
 
-def manifest_of(tune: Tune, shas: tuple[str, ...] = (SHA_C, SHA_0, SHA_1)) -> dict[str, Any]:
-    """The manifest an earlier run wrote after archiving every asset of `tune`."""
+def document_of(tune: Tune, shas: tuple[str, ...] = (SHA_C, SHA_0, SHA_1)) -> dict[str, Any]:
+    """The manifest an earlier run wrote after archiving every asset of `tune`, as JSON."""
     results = [
         AssetResult(asset, Blob(sha, SIZES[sha], "image/jpeg"))
         for asset, sha in zip(assets_of(tune), shas, strict=True)
     ]
     return build_manifest(tune, results, WHEN, complete=True)
+
+
+def read_back(document: dict[str, Any]) -> Manifest:
+    """The document as the next run reads it."""
+    return parse(encode(document), document["tune_id"])
+
+
+def manifest_of(tune: Tune) -> Manifest:
+    """The manifest an earlier run wrote after archiving every asset of `tune`, read back."""
+    return read_back(document_of(tune))
 
 
 def test_assets_of_lists_checkpoints_then_images() -> None:
@@ -110,7 +119,7 @@ def test_missing_or_wrong_size_blob_is_downloaded(
 @pytest.mark.parametrize("change", ["kind", "index", "path", "host"])
 def test_reuse_needs_kind_index_and_url_to_match(change: str) -> None:
     """A manifest entry that differs in kind, index, path or host is not this asset's."""
-    document = manifest_of(make_tune(""))
+    document = document_of(make_tune(""))
     entry = document["assets"][1]  # training image 0
     if change == "kind":
         entry["kind"] = "prompt_image"
@@ -121,7 +130,7 @@ def test_reuse_needs_kind_index_and_url_to_match(change: str) -> None:
     else:
         entry["url"] = "https://other-host.example/0.jpg"
     tune = make_tune()
-    plan = plan_tune(tune, None, archived_blobs(document), dict(SIZES))
+    plan = plan_tune(tune, None, archived_blobs(read_back(document)), dict(SIZES))
     assert plan.download == [assets_of(tune)[1]]
     assert set(plan.reuse) == {assets_of(tune)[0], assets_of(tune)[2]}
 
@@ -132,7 +141,7 @@ def test_failed_entry_is_not_reused() -> None:
     results = [AssetResult(a, Blob(SHA_C, 1000)) for a in assets_of(tune)[:1]]
     results += [AssetResult(a, error="HTTP 404") for a in assets_of(tune)[1:]]
     document = build_manifest(tune, results, WHEN, complete=True)
-    plan = plan_tune(tune, None, archived_blobs(document), dict(SIZES))
+    plan = plan_tune(tune, None, archived_blobs(read_back(document)), dict(SIZES))
     assert plan.download == assets_of(tune)[1:]
     assert list(plan.reuse) == assets_of(tune)[:1]
 
@@ -163,52 +172,28 @@ def test_only_still_reuses_the_other_kind(only: Any) -> None:
     assert set(plan.reuse) == set(assets_of(tune))
 
 
-GOOD = {"kind": "checkpoint", "index": 0, "url": CKPT, "status": "ok", "sha256": SHA_C,
-        "size": 1000, "content_type": None}
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        5, "entry", None, [GOOD],
-        {**GOOD, "status": "failed"},
-        {k: v for k, v in GOOD.items() if k != "sha256"},
-        {**GOOD, "sha256": SHA_C.upper()},
-        {**GOOD, "sha256": SHA_C[:-1]},
-        {**GOOD, "sha256": "../../etc/passwd"},
-        {**GOOD, "size": "1000"},
-        {**GOOD, "size": None},
-        {**GOOD, "index": "0"},
-        {**GOOD, "url": None},
-        {**GOOD, "kind": 1},
-    ],
-)
-def test_malformed_entries_are_ignored(bad: Any) -> None:
-    """An entry that is not a well-formed ok entry is skipped; the good ones still count."""
-    good_image = {**GOOD, "kind": "training_image", "url": IMG0, "sha256": SHA_0, "size": 10}
-    found = archived_blobs({"schema_version": 1, "assets": [bad, good_image]})
-    assert found == {("training_image", 0, url_key(IMG0)): Blob(SHA_0, 10, None)}
-
-
-@pytest.mark.parametrize("assets", [None, [], "not a list", {"a": GOOD}])
-def test_manifest_without_usable_assets_reuses_nothing(assets: Any) -> None:
-    """A manifest whose assets are missing, empty or not a list yields no blobs."""
-    assert archived_blobs({"schema_version": 1, "assets": assets}) == {}
-
-
-@pytest.mark.parametrize("assets", [5, True])
-def test_manifest_with_scalar_assets_reuses_nothing(assets: Any) -> None:
-    """A damaged manifest whose assets field is a number is ignored instead of crashing."""
-    assert archived_blobs({"schema_version": 1, "assets": assets}) == {}
-
-
 def test_carried_over_keeps_files_the_tune_no_longer_lists() -> None:
     """An archived checkpoint the API stopped listing is kept as reused; present ones only."""
     old = make_tune("")
     now_listed = parse_tune({"id": 1, "ckpt_urls": [], "orig_images": [IMG0, IMG1]}, 1)
     kept = carried_over(manifest_of(old), assets_of(now_listed), dict(SIZES))
-    assert kept == [AssetResult(Asset("checkpoint", 0, CKPT), Blob(SHA_C, 1000, "image/jpeg"),
-                                reused=True)]
+    assert [(k.asset, k.blob, k.error, k.reused) for k in kept] == [
+        (Asset("checkpoint", 0, CKPT), Blob(SHA_C, 1000, "image/jpeg"), None, True)
+    ]
+
+
+def test_carried_over_entries_keep_every_field_when_rewritten() -> None:
+    """A carried-over entry is written back with its unknown fields; a failed one keeps them too."""
+    document = document_of(make_tune(""))
+    document["assets"][0]["note"] = {"kept": True}  # the checkpoint, no longer listed
+    document["assets"][1]["origin"] = "upload"  # image 0, no longer listed, its blob lost
+    now_listed = parse_tune({"id": 1, "orig_images": ["https://img.example/new.jpg", IMG1]}, 1)
+    kept = carried_over(read_back(document), assets_of(now_listed), {SHA_C: 1000})
+    checkpoint, image = (asset_entry(result) for result in kept)
+    assert checkpoint == document["assets"][0]
+    assert image == {"kind": "training_image", "index": 0, "url": IMG0, "status": "failed",
+                     "error": "no longer listed by the API, and its blob is missing from the "
+                     "archive", "origin": "upload"}
 
 
 def test_carried_over_file_whose_blob_is_gone_is_failed() -> None:
@@ -229,11 +214,11 @@ def test_nothing_is_carried_over_when_the_tune_lists_everything() -> None:
 UPDATED = "2026-11-02T14:32:40.363Z"
 
 
-def unchanged_case(**changes: Any) -> dict[str, Any]:
-    document = manifest_of(parse_tune({"id": 1, "ckpt_urls": [CKPT], "orig_images": [IMG0, IMG1],
-                                       "updated_at": UPDATED}, 1))
+def unchanged_case(**changes: Any) -> Manifest:
+    document = document_of(parse_tune({"id": 1, "ckpt_urls": [CKPT],
+                                       "orig_images": [IMG0, IMG1], "updated_at": UPDATED}, 1))
     document.update(changes)
-    return document
+    return read_back(document)
 
 
 @pytest.mark.parametrize(

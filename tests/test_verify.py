@@ -157,7 +157,7 @@ def test_manifest_path_that_does_not_match_the_sha256(
     document = manifest_of(archive, 1)
     entry = document["assets"][1]
     assert entry["sha256"] == sha256(tunes[0].images[0])
-    wrong = f"objects/sha256/00/{entry['sha256']}"
+    wrong = f"objects/sha256/zz/{entry['sha256']}"  # 00 would be right 1 time in 256
     entry["path"] = wrong
     write_manifest(archive, 1, document)
     code, errors, _ = verified(capsys, archive)
@@ -247,20 +247,26 @@ def test_failed_asset_in_the_manifest(
 
 
 @pytest.mark.parametrize(
-    "content", [b'{"schema_version": 1, "assets": [', b"[]", b'{"schema_version": 99}']
+    ("content", "reason"),
+    [
+        (b'{"schema_version": 1, "assets": [',
+         "it is not JSON (Expecting value: line 1 column 34 (char 33))"),
+        (b"[]", "it holds a list, not a JSON object"),
+        (b'{"schema_version": 99}', "schema_version is 99, not 1"),
+    ],
 )
 def test_unreadable_manifest_is_a_problem(
     capsys: pytest.CaptureFixture[str],
     archive: Path,
     tunes: tuple[Served, Served],
     content: bytes,
+    reason: str,
 ) -> None:
     """Invalid JSON or an unknown format in one manifest is a problem of that tune only."""
     (archive / "manifests" / "1.json").write_bytes(content)
     code, errors, out = verified(capsys, archive)
     assert code == 1
-    assert errors == [error("tune 1: unreadable manifest: the manifest of tune 1 is not valid "
-                            "JSON of a known schema version")]
+    assert errors == [error(f"tune 1: unreadable manifest: {reason}")]
     assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
 
 

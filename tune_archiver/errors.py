@@ -15,7 +15,8 @@
     ├── IntegrityError            the bytes received do not match what was promised
     └── StorageError              the archive cannot be read or written
         ├── DiskFull              no space left in the archive's filesystem
-        └── NotAFile              a blob's place holds a link, a folder or a FIFO
+        ├── NotAFile              a blob's place holds a link, a folder or a FIFO
+        └── UnreadableManifest    a manifest in the archive is damaged, or not one we read
 
 Whether an error is worth retrying is decided in retry.py, not here.
 """
@@ -96,6 +97,19 @@ class DiskFull(StorageError):
 
 class NotAFile(StorageError):
     """A blob's place holds something other than a regular file; never followed or read."""
+
+
+class UnreadableManifest(StorageError):
+    """A manifest in the archive is damaged or of another format; str() names tune and fault.
+
+    A StorageError, not a DataError: the bytes come from our own archive, not from
+    the API, and what is needed is a repair of the archive, not another request.
+    """
+
+    def __init__(self, tune_id: int, reason: str) -> None:
+        super().__init__(f"the manifest of tune {tune_id} is unreadable: {reason}")
+        self.tune_id = tune_id
+        self.reason = reason  # what is wrong, without the tune: verify and list show it alone
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

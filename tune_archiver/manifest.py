@@ -1,20 +1,93 @@
-"""The manifest: built (pure) from a tune and its results, encoded, and decoded again.
+"""The manifest: built (pure) from a tune and its results, encoded, and read back typed.
 
-Writing it atomically is the store's job; this module never touches the disk.
+`parse` is the one reader of a manifest: bytes in, a Manifest out, or
+UnreadableManifest saying what is wrong. Moving the bytes is the store's job;
+this module never touches the disk or the network itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
-from tune_archiver.layout import blob_key
-from tune_archiver.models import AssetResult, Tune
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import redact, redact_json
 
 SCHEMA_VERSION = 1
+
+Status = Literal["ok", "failed"]
+STATUSES: tuple[Status, ...] = ("ok", "failed")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a manifest: where it came from, and its blob or why it failed.
+
+    An ok entry always has `sha256` and `size`; `path` is as recorded (verify checks
+    it against the sha256). `extra` holds the fields this version does not know, so
+    rewriting the entry drops nothing.
+    """
+
+    kind: AssetKind
+    index: int
+    url: str
+    status: Status
+    sha256: str | None = None
+    size: int | None = None
+    path: str | None = None
+    content_type: str | None = None
+    error: str | None = None
+    prompt_id: int | None = None
+    prompt_text: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict cannot be hashed
+
+    @property
+    def asset(self) -> Asset:
+        return Asset(self.kind, self.index, self.url, self.prompt_id, self.prompt_text)
+
+    @property
+    def blob(self) -> Blob | None:
+        """The archived blob of an ok entry; None for a failed one."""
+        if self.status != "ok" or self.sha256 is None or self.size is None:
+            return None
+        return Blob(self.sha256, self.size, self.content_type)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One tune's manifest as read back: the tune object as archived, and every file."""
+
+    tune_id: int
+    archived_at: str
+    complete: bool
+    tune: dict[str, Any] = field(hash=False)  # as the API returned it, URLs redacted
+    entries: tuple[Entry, ...]
+
+    @property
+    def title(self) -> str | None:
+        title = self.tune.get("title")
+        return title if isinstance(title, str) else None
+
+
+@dataclass(frozen=True)
+class CarriedOver(AssetResult):
+    """An archived file the tune no longer lists, with its entry, so a rewrite keeps it all."""
+
+    entry: Entry = field(kw_only=True, hash=False)
+
+
+class ManifestSource(Protocol):
+    """What `read` needs of a store."""
+
+    async def read_manifest(self, tune_id: int) -> bytes | None: ...
+
+
+# -- building ------------------------------------------------------------------------
 
 
 def build_manifest(
@@ -36,22 +109,48 @@ def build_manifest(
 
 
 def asset_entry(result: AssetResult) -> dict[str, Any]:
-    """One asset of the manifest: where it came from and its blob, or why it failed."""
+    """One asset of the manifest: where it came from and its blob, or why it failed.
+
+    A file carried over from the previous manifest keeps its entry's extra fields
+    (their URLs redacted, as everywhere in a manifest).
+    """
     asset, blob = result.asset, result.blob
-    entry: dict[str, Any] = {"kind": asset.kind, "index": asset.index, "url": redact(asset.url)}
-    if asset.prompt_id is not None:
-        entry["prompt_id"] = asset.prompt_id
-        entry["prompt_text"] = asset.prompt_text
-    if blob is None:
-        entry["status"] = "failed"
-        entry["error"] = result.error or "unknown error"
+    entry = Entry(
+        asset.kind, asset.index, redact(asset.url), "failed",
+        error=result.error or "unknown error",
+        prompt_id=asset.prompt_id, prompt_text=asset.prompt_text,
+        extra=redact_json(result.entry.extra) if isinstance(result, CarriedOver) else {},
+    )
+    if blob is not None:
+        entry = replace(entry, status="ok", sha256=blob.sha256, size=blob.size,
+                        content_type=blob.content_type, error=None)
+    return entry_dict(entry)
+
+
+def entry_dict(entry: Entry) -> dict[str, Any]:
+    """The entry as a manifest holds it: every known field, then every extra one.
+
+    An ok entry's path is written as its sha256 names it, whatever was recorded.
+    Raises ValueError for an ok entry without a valid sha256 and size.
+    """
+    written: dict[str, Any] = {"kind": entry.kind, "index": entry.index, "url": entry.url}
+    if entry.prompt_id is not None:
+        written["prompt_id"] = entry.prompt_id
+        written["prompt_text"] = entry.prompt_text
+    written["status"] = entry.status
+    blob = entry.blob
+    if entry.status != "ok":
+        written["error"] = entry.error or "unknown error"
+    elif blob is None:
+        raise ValueError(f"{entry.kind} {entry.index}: an ok entry needs a sha256 and a size")
     else:
-        entry["status"] = "ok"
-        entry["sha256"] = blob.sha256
-        entry["size"] = blob.size
-        entry["path"] = blob_key(blob.sha256)
-        entry["content_type"] = blob.content_type
-    return entry
+        written["sha256"] = blob.sha256
+        written["size"] = blob.size
+        written["path"] = blob_key(blob.sha256)
+        written["content_type"] = blob.content_type
+    for name, value in entry.extra.items():
+        written.setdefault(name, value)  # a known field is never overridden by an extra one
+    return written
 
 
 def format_time(moment: datetime) -> str:
@@ -64,12 +163,161 @@ def encode(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def decode(data: bytes) -> dict[str, Any] | None:
-    """A manifest read back, or None when it is not one (damaged, or another format)."""
+# -- reading -------------------------------------------------------------------------
+
+
+async def read(store: ManifestSource, tune_id: int) -> Manifest | None:
+    """The tune's manifest from the store; None when the store has none.
+
+    Raises UnreadableManifest as `parse` does (and whatever the store raises).
+    """
+    data = await store.read_manifest(tune_id)
+    return None if data is None else parse(data, tune_id)
+
+
+def parse(data: bytes, tune_id: int) -> Manifest:
+    """The manifest of `tune_id`, from the bytes of its file.
+
+    Raises UnreadableManifest naming the tune and the first thing wrong when the
+    bytes are not UTF-8 JSON of a version 1 manifest of this tune, as
+    manifests/tune-manifest.schema.json has it: a known field with the wrong type,
+    a required one missing. Unknown fields are allowed (an entry keeps them in
+    `extra`), and so is an ok entry whose path does not match its sha256: verify
+    reports that one as wrong_path.
+    """
+
+    def bad(reason: str) -> UnreadableManifest:
+        return UnreadableManifest(tune_id, reason)
+
     try:
-        manifest = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise bad("it is not UTF-8 text") from exc
+    except ValueError as exc:
+        raise bad(f"it is not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise bad("its JSON is nested too deeply") from exc
+    if not isinstance(document, dict):
+        raise bad(f"it holds {_shown(document)}, not a JSON object")
+    _field(document, "schema_version", _is_version, str(SCHEMA_VERSION), bad)
+    found = _field(document, "tune_id", _is_int, "an integer", bad)
+    if found != tune_id:
+        raise bad(f"it is the manifest of tune {found}")
+    archived_at = _field(document, "archived_at", _is_str, "a string", bad)
+    complete = _field(document, "complete", _is_bool, "true or false", bad)
+    tune = _field(document, "tune", _is_dict, "a JSON object", bad)
+    assets = _field(document, "assets", _is_list, "a list", bad)
+    entries = tuple(_entry(item, f"assets[{i}]", bad) for i, item in enumerate(assets))
+    return Manifest(tune_id, archived_at, complete, tune, entries)
+
+
+_KNOWN = frozenset(
+    {"kind", "index", "url", "status", "sha256", "size", "path", "content_type", "error",
+     "prompt_id", "prompt_text"}
+)
+Bad = Callable[[str], UnreadableManifest]
+
+
+def _entry(item: Any, where: str, bad: Bad) -> Entry:
+    """One entry of "assets", checked; `where` names it in the message."""
+    if not isinstance(item, dict):
+        raise bad(f"{where} is {_shown(item)}, not a JSON object")
+    kind = _field(item, "kind", _is_kind, f"one of {', '.join(ASSET_KINDS)}", bad, where)
+    index = _field(item, "index", _is_index, "a non-negative integer", bad, f"{where} ({kind})")
+    where = f"{where} ({kind} {index})"
+    url = _field(item, "url", _is_str, "a string", bad, where)
+    ok = _field(item, "status", _is_status, "ok or failed", bad, where) == "ok"
+    return Entry(
+        kind=kind,
+        index=index,
+        url=url,
+        status="ok" if ok else "failed",
+        sha256=_field(item, "sha256", is_sha256, "64 lower-case hex digits", bad, where,
+                      required=ok),
+        size=_field(item, "size", _is_index, "a non-negative integer", bad, where,
+                    required=ok),
+        path=_field(item, "path", _is_str, "a string", bad, where, required=False),
+        content_type=_field(item, "content_type", _is_str, "a string or null", bad, where,
+                            required=False),
+        error=_field(item, "error", _is_str, "a string", bad, where, required=False),
+        prompt_id=_field(item, "prompt_id", _is_id, "a positive integer", bad, where,
+                         required=False),
+        prompt_text=_field(item, "prompt_text", _is_str, "a string or null", bad, where,
+                           required=False),
+        extra={name: value for name, value in item.items() if name not in _KNOWN},
+    )
+
+
+def _field(
+    found: dict[str, Any],
+    name: str,
+    check: Callable[[Any], bool],
+    should_be: str,
+    bad: Bad,
+    where: str | None = None,
+    required: bool = True,
+) -> Any:
+    """found[name] if it passes `check`; an optional field may also be absent or null."""
+    value = found.get(name)
+    if value is None and not required:
         return None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        return None
-    return manifest
+    if not check(value):
+        shown = "missing" if name not in found else _shown(value)
+        raise bad(f"{where + ': ' if where else ''}{name} is {shown}, not {should_be}")
+    return value
+
+
+def _is_kind(value: Any) -> bool:
+    return isinstance(value, str) and value in ASSET_KINDS
+
+
+def _is_status(value: Any) -> bool:
+    return isinstance(value, str) and value in STATUSES
+
+
+def _is_version(value: Any) -> bool:
+    return _is_int(value) and value == SCHEMA_VERSION
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python
+
+
+def _is_index(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _is_id(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: short scalars as they are, anything else by its type."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value, ensure_ascii=False) if _is_scalar(value) else ""
+    if text and len(text) <= 70:  # room for a sha256
+        return text  # null, true, 5, "a string" (quoted, newlines escaped: one line)
+    return "a long string" if isinstance(value, str) else "a long number"
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)

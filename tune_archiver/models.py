@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tune_archiver.errors import DataError
 
 AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
 # Fewer bytes than this is an error page or a glitch, never the file: retried, not archived.
 SMALLEST: dict[str, int] = {"checkpoint": 1024}
+ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 from tune_archiver import manifest
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
-from tune_archiver.layout import is_sha256
 from tune_archiver.store import Store
 
 
@@ -35,33 +34,28 @@ class ExportResult:
 async def export_tune(store: Store, tune_id: int, dest: Path, copy: bool) -> ExportResult:
     """Write the tune's folder under `dest`.
 
-    Raises ArchiverError when the tune is not archived, ConfigError when its folder
-    exists already.
+    Raises ArchiverError when the tune is not archived, UnreadableManifest (before
+    anything is written) when its manifest cannot be read, ConfigError when its
+    folder exists already.
     """
     data = await store.read_manifest(tune_id)
-    document = manifest.decode(data or b"")
-    if data is None or document is None:
-        state = "not in" if data is None else "unreadable in"
-        raise ArchiverError(f"tune {tune_id} is {state} the archive {store}")
-    tune = document.get("tune")
-    folder = dest / folder_name(tune_id, tune.get("title") if isinstance(tune, dict) else None)
+    if data is None:
+        raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
+    found = manifest.parse(data, tune_id)
+    folder = dest / folder_name(tune_id, found.title)
     await asyncio.to_thread(_new_folder, dest, folder)
     result = ExportResult(folder)
     taken: set[str] = set()
-    entries = document.get("assets")
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        where = f"{entry.get('kind')} {entry.get('index')}"
-        sha = entry.get("sha256")
-        if entry.get("status") != "ok" or not is_sha256(sha):
-            result.failed.append(f"{where}: not archived ({entry.get('error', 'no blob')})")
+    for entry in found.entries:
+        where, blob = f"{entry.kind} {entry.index}", entry.blob
+        if blob is None:
+            result.failed.append(f"{where}: not archived ({entry.error or 'no error recorded'})")
             continue
         name = export_path(entry, taken)
         target = folder / name
         try:
             await asyncio.to_thread(_make_dir, target.parent)
-            how = await store.save_blob_as(sha, target, hard_link=not copy)
+            how = await store.save_blob_as(blob.sha256, target, hard_link=not copy)
         except StorageError as exc:
             result.failed.append(f"{where}: {exc}")
             continue

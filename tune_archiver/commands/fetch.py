@@ -31,7 +31,8 @@ from tune_archiver.commands.plan import (
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader, Refresh
 from tune_archiver.download.staging import Staging, staging_for
-from tune_archiver.errors import ArchiverError, ConfigError, DataError
+from tune_archiver.errors import ArchiverError, ConfigError, DataError, UnreadableManifest
+from tune_archiver.manifest import Manifest
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
@@ -187,12 +188,15 @@ async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
     return tune
 
 
-async def read_previous(store: Store, tune_id: int) -> dict[str, Any] | None:
+async def read_previous(store: Store, tune_id: int) -> Manifest | None:
     """The tune's manifest as last written, or None (none yet, or unreadable)."""
-    return manifest.decode(await store.read_manifest(tune_id) or b"")
+    try:
+        return await manifest.read(store, tune_id)
+    except UnreadableManifest:  # issue 11: taken as no manifest for now, the one place
+        return None
 
 
-async def blobs_present(store: Store, previous: dict[str, Any] | None) -> dict[str, int]:
+async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, int]:
     """sha256 -> size of each blob the manifest names that is in the store."""
     present: dict[str, int] = {}
     for blob in archived_blobs(previous).values():

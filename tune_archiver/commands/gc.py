@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 from tune_archiver import manifest
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError
-from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.errors import ArchiverError, UnreadableManifest
+from tune_archiver.layout import blob_key
 from tune_archiver.store import Store
 
 PARTIAL_MAX_AGE = timedelta(days=1)
@@ -64,18 +64,20 @@ async def collect(
 
 
 async def referenced_blobs(store: Store) -> set[str]:
-    """Every sha256 any manifest names, whatever the entry's status."""
+    """Every sha256 any manifest names, whatever the entry's status.
+
+    Raises ArchiverError, naming the tune and what is wrong, for a manifest that
+    cannot be read: gc cannot know what that one references.
+    """
     referenced: set[str] = set()
     for tune_id in await store.manifest_ids():
-        document = manifest.decode(await store.read_manifest(tune_id) or b"")
-        if document is None:
+        try:
+            found = await manifest.read(store, tune_id)
+        except UnreadableManifest as exc:
             raise ArchiverError(
-                f"the manifest of tune {tune_id} is unreadable; gc removes nothing until it "
-                "is repaired or removed"
-            )
-        entries = document.get("assets")
-        for entry in entries if isinstance(entries, list) else []:
-            sha = entry.get("sha256") if isinstance(entry, dict) else None
-            if is_sha256(sha):
-                referenced.add(sha)
+                f"{exc}; gc removes nothing until it is repaired or removed"
+            ) from exc
+        for entry in found.entries if found is not None else ():
+            if entry.sha256 is not None:
+                referenced.add(entry.sha256)
     return referenced

@@ -7,37 +7,43 @@ from typing import Any
 
 from tune_archiver import manifest
 from tune_archiver.commands.plan import parse_time
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.manifest import Manifest
 from tune_archiver.store import Store
 
 
 async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:
-    """Rows of archived tunes, newest id first (the --json shape of `list`)."""
+    """Rows of archived tunes, newest id first (the --json shape of `list`).
+
+    A manifest that cannot be read is a row with an "error" saying why.
+    """
     rows = []
     for tune_id in sorted(await store.manifest_ids(), reverse=True):
-        document = manifest.decode(await store.read_manifest(tune_id) or b"")
-        rows.append(tune_row(tune_id, document, now))
+        try:
+            found = await manifest.read(store, tune_id)
+        except UnreadableManifest as exc:
+            rows.append({"tune_id": tune_id, "error": f"the manifest is unreadable: {exc.reason}"})
+            continue
+        if found is not None:  # None: removed since it was listed, so no longer archived
+            rows.append(tune_row(found, now))
     return rows
 
 
-def tune_row(tune_id: int, document: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
     """What `list` says of one tune; pure."""
-    if document is None:
-        return {"tune_id": tune_id, "error": "the manifest is unreadable"}
-    found = document.get("tune")
-    tune: dict[str, Any] = found if isinstance(found, dict) else {}
-    entries = [e for e in document.get("assets") or [] if isinstance(e, dict)]
-    archived = [e for e in entries if e.get("status") == "ok"]
+    tune = found.tune
+    archived = [blob for blob in (entry.blob for entry in found.entries) if blob is not None]
     expires = parse_time(tune.get("expires_at"))
     return {
-        "tune_id": tune_id,
-        "title": _text(tune.get("title")),
+        "tune_id": found.tune_id,
+        "title": found.title,
         "branch": _text(tune.get("branch")),
         "model_type": _text(tune.get("model_type")),
         "files": len(archived),
-        "failed": len(entries) - len(archived),
-        "bytes": sum(e["size"] for e in archived if isinstance(e.get("size"), int)),
-        "complete": document.get("complete") is True,
-        "archived_at": document.get("archived_at"),
+        "failed": len(found.entries) - len(archived),
+        "bytes": sum(blob.size for blob in archived),
+        "complete": found.complete,
+        "archived_at": found.archived_at,
         "expires_at": tune.get("expires_at") if expires else None,
         "seconds_left": max(0, int((expires - now).total_seconds())) if expires else None,
     }

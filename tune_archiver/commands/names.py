@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
+
+from tune_archiver.manifest import Entry
 
 MAX_SLUG = 60
 # Content types whose extension we know; others come from the URL's path.
@@ -54,22 +55,23 @@ def extension(content_type: Any, url: Any) -> str:
     return suffix if _SUFFIX.fullmatch(suffix) else ".bin"
 
 
-def export_path(entry: Mapping[str, Any], taken: set[str]) -> str:
+def export_path(entry: Entry, taken: set[str]) -> str:
     """The path of one archived file inside the export folder, unique among `taken`.
 
     checkpoints/000.safetensors, training_images/003.jpg, prompt_images/<prompt>-001.png.
     Two files with the same place (one the API no longer lists) get the sha256's
-    first 8 hex digits appended.
+    first 8 hex digits appended. The entry's fields are checked again here, so even
+    one the reader would refuse cannot name a path outside the folder.
     """
-    kind, index = entry.get("kind"), entry.get("index")
+    kind, index = entry.kind, entry.index
     folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
     stem = f"{index:03d}" if isinstance(index, int) and index >= 0 else "file"
-    prompt_id = entry.get("prompt_id")
+    prompt_id = entry.prompt_id
     if kind == "prompt_image" and isinstance(prompt_id, int):
         stem = f"{prompt_id}-{stem}"
-    suffix = extension(entry.get("content_type"), entry.get("url"))
+    suffix = extension(entry.content_type, entry.url)
     path = f"{folder}/{stem}{suffix}"
     if path in taken:
-        path = f"{folder}/{stem}-{str(entry.get('sha256'))[:8]}{suffix}"
+        path = f"{folder}/{stem}-{str(entry.sha256)[:8]}{suffix}"
     taken.add(path)
     return path

@@ -1,7 +1,7 @@
 """Pure planning: which assets a tune has, and which of them are already archived.
 
-The caller passes in what it observed (the previous manifest, which blobs exist);
-nothing here touches the network or the disk.
+The caller passes in what it observed (the previous manifest as manifest.read gave
+it, which blobs exist); nothing here touches the network or the disk.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
-from tune_archiver.layout import is_sha256
+from tune_archiver.manifest import CarriedOver, Entry, Manifest
 from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import url_key
 
@@ -20,7 +20,6 @@ KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
     "checkpoints": ("checkpoint",),
     "images": ("training_image", "prompt_image"),
 }
-KNOWN_KINDS: tuple[AssetKind, ...] = ("checkpoint", "training_image", "prompt_image")
 
 
 AssetKey = tuple[str, int, str]  # kind, index, URL without its query
@@ -44,63 +43,49 @@ def asset_key(asset: Asset) -> AssetKey:
     return (asset.kind, asset.index, url_key(asset.url))
 
 
-def archived_entries(manifest: Mapping[str, Any] | None) -> Iterator[tuple[Asset, Blob]]:
-    """Each asset a manifest records as archived, with its blob; malformed entries skipped."""
-    entries = manifest.get("assets") if manifest is not None else None
-    if not isinstance(entries, list):
-        return
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("status") != "ok":
-            continue
-        sha, size, url = entry.get("sha256"), entry.get("size"), entry.get("url")
-        kind, index = entry.get("kind"), entry.get("index")
-        prompt_id, text = entry.get("prompt_id"), entry.get("prompt_text")
-        if (
-            isinstance(sha, str) and is_sha256(sha) and isinstance(size, int)
-            and isinstance(url, str) and kind in KNOWN_KINDS and isinstance(index, int)
-        ):
-            asset = Asset(
-                kind, index, url,
-                prompt_id if isinstance(prompt_id, int) else None,
-                text if isinstance(text, str) else None,
-            )
-            yield asset, Blob(sha, size, entry.get("content_type"))
+def archived_entries(manifest: Manifest | None) -> Iterator[tuple[Entry, Blob]]:
+    """Each entry a manifest records as archived, with its blob."""
+    for entry in manifest.entries if manifest is not None else ():
+        blob = entry.blob
+        if blob is not None:
+            yield entry, blob
 
 
-def archived_blobs(manifest: Mapping[str, Any] | None) -> dict[AssetKey, Blob]:
+def archived_blobs(manifest: Manifest | None) -> dict[AssetKey, Blob]:
     """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
-    return {asset_key(asset): blob for asset, blob in archived_entries(manifest)}
+    return {asset_key(entry.asset): blob for entry, blob in archived_entries(manifest)}
 
 
 def carried_over(
-    manifest: Mapping[str, Any] | None, current: Sequence[Asset], present: Mapping[str, int]
+    manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int]
 ) -> list[AssetResult]:
     """Archived files the tune no longer lists (expired, or prompts not asked for this time).
 
-    They stay in the new manifest, so their blobs stay referenced and are never lost;
-    one whose blob has gone missing is recorded as failed, saying so.
+    They stay in the new manifest, every field of their entries kept, so their blobs
+    stay referenced and are never lost; one whose blob has gone missing is recorded
+    as failed, saying so.
     """
     listed = {asset_key(asset) for asset in current}
-    kept = []
-    for asset, blob in archived_entries(manifest):
+    kept: list[AssetResult] = []
+    for entry, blob in archived_entries(manifest):
+        asset = entry.asset
         if asset_key(asset) in listed:
             continue
         if present.get(blob.sha256) == blob.size:
-            kept.append(AssetResult(asset, blob, reused=True))
+            kept.append(CarriedOver(asset, blob, reused=True, entry=entry))
         else:
-            kept.append(AssetResult(asset, error="no longer listed by the API, and its blob "
-                                    "is missing from the archive"))
+            kept.append(CarriedOver(asset, error="no longer listed by the API, and its blob "
+                                    "is missing from the archive", entry=entry))
     return kept
 
 
 def is_unchanged(
-    manifest: Mapping[str, Any] | None, updated_at: Any, present: Mapping[str, int]
+    manifest: Manifest | None, updated_at: Any, present: Mapping[str, int]
 ) -> bool:
     """True when a complete manifest holds the tune as last updated, with every blob present."""
-    if manifest is None or manifest.get("complete") is not True or updated_at is None:
+    if manifest is None or not manifest.complete or updated_at is None:
         return False
-    tune = manifest.get("tune")
-    if not isinstance(tune, dict) or tune.get("updated_at") != updated_at:
+    if manifest.tune.get("updated_at") != updated_at:
         return False
     return all(present.get(blob.sha256) == blob.size for _, blob in archived_entries(manifest))
 

@@ -11,10 +11,11 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.layout import blob_key
+from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 
@@ -49,39 +50,40 @@ class _Ref:
     """One manifest entry that references a blob, and the size it records."""
 
     tune_id: int
-    kind: Any
-    index: Any
+    kind: str
+    index: int
     size: int
 
 
 async def verify(
     store: Store, tune_ids: Sequence[int], progress: Progress
 ) -> VerifyReport:
-    """Check the tunes' manifests (all of them when `tune_ids` is empty) and their blobs."""
+    """Check the tunes' manifests (all of them when `tune_ids` is empty) and their blobs.
+
+    A manifest that is missing or unreadable is a problem of its tune; the others are
+    still checked.
+    """
     report = VerifyReport()
     sizes: dict[str, int] = {}  # sha256 -> the size the manifests give it
     refs: dict[str, list[_Ref]] = defaultdict(list)
     for tune_id in dict.fromkeys(tune_ids) or await store.manifest_ids():
         report.tunes += 1
-        document = await _manifest(store, tune_id, report)
-        for entry in _entries(document):
-            sha, size = entry.get("sha256"), entry.get("size")
-            ref = _Ref(tune_id, entry.get("kind"), entry.get("index"),
-                       size if isinstance(size, int) else -1)
-            if entry.get("status") != "ok":
-                report.problems.append(_problem(ref, "failed", str(entry.get("error"))))
-            elif not is_sha256(sha) or not isinstance(size, int):
-                report.problems.append(_problem(ref, "unreadable_manifest",
-                                                "the entry has no valid sha256 and size"))
-            else:
-                if entry.get("path") != blob_key(sha):
-                    report.problems.append(_problem(
-                        ref, "wrong_path",
-                        f"the manifest says {entry.get('path')!r}; its sha256 names "
-                        f"{blob_key(sha)}",
-                    ))
-                sizes.setdefault(sha, size)
-                refs[sha].append(ref)
+        found = await _manifest(store, tune_id, report)
+        for entry in found.entries if found is not None else ():
+            blob = entry.blob
+            if blob is None:
+                report.problems.append(Problem(tune_id, entry.kind, entry.index, "failed",
+                                               entry.error or "no error was recorded"))
+                continue
+            ref = _Ref(tune_id, entry.kind, entry.index, blob.size)
+            if entry.path != blob_key(blob.sha256):
+                said = "has no path" if entry.path is None else f"says {entry.path!r}"
+                report.problems.append(_problem(
+                    ref, "wrong_path",
+                    f"the manifest {said}; its sha256 names {blob_key(blob.sha256)}",
+                ))
+            sizes.setdefault(blob.sha256, blob.size)
+            refs[blob.sha256].append(ref)
     report.blobs = len(sizes)
     report.bytes = sum(sizes.values())
     progress.add_bytes(report.bytes)
@@ -126,27 +128,18 @@ def _judge(
     return None
 
 
-async def _manifest(
-    store: Store, tune_id: int, report: VerifyReport
-) -> dict[str, Any] | None:
-    data = await store.read_manifest(tune_id)
-    document = manifest.decode(data or b"")
-    if data is None:
+async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifest | None:
+    """The tune's manifest; None, with the problem reported, when it is missing or unreadable."""
+    try:
+        found = await manifest.read(store, tune_id)
+    except UnreadableManifest as exc:
+        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", exc.reason))
+        return None
+    if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
                                        f"tune {tune_id} is not in the archive"))
-    elif document is None:
-        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest",
-                                       f"the manifest of tune {tune_id} is not valid JSON "
-                                       "of a known schema version"))
-    return document
-
-
-def _entries(document: dict[str, Any] | None) -> list[dict[str, Any]]:
-    entries = document.get("assets") if document is not None else None
-    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    return found
 
 
 def _problem(ref: _Ref, problem: str, detail: str) -> Problem:
-    kind = ref.kind if isinstance(ref.kind, str) else None
-    index = ref.index if isinstance(ref.index, int) else None
-    return Problem(ref.tune_id, kind, index, problem, detail)
+    return Problem(ref.tune_id, ref.kind, ref.index, problem, detail)

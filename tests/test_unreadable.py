@@ -1,0 +1,137 @@
+"""A manifest the reader refuses, through verify, list, gc and export: one line, exit 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.archive_helpers import (
+    Served,
+    cli,
+    flip_byte,
+    key_of,
+    manifest_of,
+    two_tunes_sharing_an_image,
+    write_manifest,
+)
+from tests.helpers import blob_file, sha256, stored_blobs
+from tests.standin import StandIn
+
+
+def assets_five(document: dict[str, Any]) -> str:
+    document["assets"] = 5
+    return "assets is 5, not a list"
+
+
+def assets_list_of_five(document: dict[str, Any]) -> str:
+    document["assets"] = [5]
+    return "assets[0] is 5, not a JSON object"
+
+
+def upper_case_sha256(document: dict[str, Any]) -> str:
+    checkpoint = document["assets"][0]
+    checkpoint["sha256"] = checkpoint["sha256"].upper()
+    return (f'assets[0] (checkpoint 0): sha256 is "{checkpoint["sha256"]}", not 64 lower-case '
+            "hex digits")
+
+
+@dataclass
+class Broken:
+    """Tunes 1 and 2 archived (sharing an image); tune 1's manifest damaged."""
+
+    one: Served
+    two: Served
+    original: bytes  # tune 1's manifest before the damage
+    reason: str  # what the reader says is wrong with it
+
+
+@pytest.fixture(params=[assets_five, assets_list_of_five, upper_case_sha256],
+                ids=["assets 5", "assets [5]", "bad sha256"])
+def broken(
+    request: pytest.FixtureRequest, standin: StandIn, archive: Path
+) -> Broken:
+    damage: Callable[[dict[str, Any]], str] = request.param
+    one, two = two_tunes_sharing_an_image(standin, archive)
+    original = (archive / "manifests" / "1.json").read_bytes()
+    document = manifest_of(archive, 1)
+    reason = damage(document)
+    write_manifest(archive, 1, document)
+    return Broken(one, two, original, reason)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def error(line: str) -> str:
+    return f"tune-archiver: error: {line}"
+
+
+def test_verify_names_it_and_still_verifies_the_other_tune(
+    capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """verify says unreadable_manifest for tune 1 and exits 1, and still finds tune 2's damage."""
+    checkpoint = broken.two.checkpoints[0]
+    flip_byte(blob_file(archive, checkpoint))
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [
+        error(f"tune 1: unreadable manifest: {broken.reason}"),
+        error(f"tune 2: checkpoint 0: corrupt: the bytes of {key_of(checkpoint)} hash to "
+              f"{sha256(blob_file(archive, checkpoint).read_bytes())}"),
+    ]
+    assert ran.out.startswith(f"verified 2 tunes, {len(broken.two.all)} blobs, ")
+
+
+def test_list_prints_one_error_line_and_lists_the_other_tune(
+    capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """list names tune 1 on one error line, no traceback, lists tune 2 in full, and exits 1."""
+    ran = cli(capsys, "list", "--archive", str(archive))
+    assert ran.code == 1
+    why = f"the manifest is unreadable: {broken.reason}"
+    assert ran.err.splitlines() == ran.errors == [error(f"tune 1: {why}")]
+    header, two, one = ran.out.splitlines()
+    assert header.split()[:2] == ["id", "title"]
+    assert two.split()[:6] == ["2", "Tune", "2", "sdxl1", "lora", str(len(broken.two.all))]
+    assert one.split() == ["1", *why.split()]
+
+
+def test_gc_stops_before_removing_anything(
+    capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """gc exits 1 naming the manifest and keeps a blob no manifest references, until repaired."""
+    (archive / "manifests" / "2.json").unlink()  # tune 2's own blobs are now unreferenced
+    orphan = blob_file(archive, broken.two.checkpoints[0])
+    before = stored_blobs(archive)
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [error(
+        f"the manifest of tune 1 is unreadable: {broken.reason}; gc removes nothing until it "
+        "is repaired or removed"
+    )]
+    assert ran.out == ""
+    assert stored_blobs(archive) == before
+    (archive / "manifests" / "1.json").write_bytes(broken.original)
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert not orphan.exists()  # what the damaged manifest alone had kept
+
+
+def test_export_fails_with_one_error_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], archive: Path, tmp_path: Path, broken: Broken
+) -> None:
+    """export of tune 1 exits 1 with one line naming it and creates no folder; tune 2 exports."""
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [
+        error(f"the manifest of tune 1 is unreadable: {broken.reason}")
+    ]
+    assert ran.out == ""
+    assert not dest.exists()
+    assert cli(capsys, "export", "2", str(dest), "--archive", str(archive)).code == 0
