@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tune_archiver.astria.client import AstriaClient
-from tune_archiver.commands.fetch import Clock, choose, get_tunes, in_order, plan_for, utc_now
+from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for
+from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult

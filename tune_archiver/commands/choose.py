@@ -1,0 +1,151 @@
+"""Which tunes a run fetches, and what each one lacks: reads the API and the archive,
+writes nothing (fetch and its dry run share it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import reprlib
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from tune_archiver import manifest
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.plan import (
+    TunePlan,
+    archived_blobs,
+    assets_of,
+    carried_over,
+    expiring,
+    in_shard,
+    is_unchanged,
+    plan_tune,
+)
+from tune_archiver.config import AllTunes, Settings
+from tune_archiver.errors import ArchiverError, ConfigError, UnreadableManifest
+from tune_archiver.manifest import Manifest
+from tune_archiver.models import AssetResult, Tune, TuneResult
+from tune_archiver.store import Store
+from tune_archiver.urls import redact_text
+
+log = logging.getLogger(__name__)
+
+
+def in_order(
+    tunes: Sequence[int] | AllTunes, tune_ids: list[int], skipped: list[TuneResult]
+) -> list[int]:
+    if not isinstance(tunes, AllTunes):
+        return list(dict.fromkeys(tunes))
+    return sorted([*tune_ids, *(result.tune_id for result in skipped)], reverse=True)
+
+
+async def choose(
+    api: AstriaClient,
+    store: Store,
+    tunes: Sequence[int] | AllTunes,
+    prompts: bool,
+    now: datetime,
+) -> tuple[list[int], list[TuneResult]]:
+    """The tunes to fetch, and (for --all) those skipped as archived and unchanged.
+
+    A listed tune is skipped when its manifest is complete, records the same
+    updated_at and all its blobs are present. With --prompts nothing is skipped:
+    new images can be generated without the tune changing. A tune whose expires_at
+    cannot be read is kept by --expiring-within, with one warning.
+    """
+    if not isinstance(tunes, AllTunes):
+        return list(dict.fromkeys(tunes)), []
+    chosen: dict[int, Any] = {}
+    window = tunes.expiring_within
+    for item in await api.list_tunes():
+        if item["id"] in chosen or not in_shard(item["id"], tunes.shard):
+            continue
+        if window is not None:
+            expiry = expiring(item, now, window)
+            if expiry.unreadable:  # repr, shortened: the server's text may hold escapes
+                log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
+                            "it expires soon", item["id"], reprlib.repr(item["expires_at"]))
+            if not expiry.keep:
+                continue
+        chosen[item["id"]] = item
+    fetch_ids, skipped = [], []
+    for tune_id, item in chosen.items():
+        if not prompts and await _unchanged(store, tune_id, item.get("updated_at")):
+            title = item.get("title")
+            skipped.append(TuneResult(tune_id, title=title if isinstance(title, str) else None,
+                                      skipped=True))
+        else:
+            fetch_ids.append(tune_id)
+    return fetch_ids, skipped
+
+
+async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
+    previous = await read_previous(store, tune_id)
+    present = await blobs_present(store, previous)
+    return is_unchanged(previous, updated_at, present)
+
+
+async def get_tunes(
+    api: AstriaClient, tune_ids: Sequence[int], prompts: bool
+) -> dict[int, Tune | TuneResult]:
+    """Each tune from the API (with its prompts when asked), or a result saying why not."""
+
+    async def one(tune_id: int) -> Tune | TuneResult:
+        try:
+            return await load_tune(api, tune_id, prompts)
+        except ConfigError:
+            raise
+        except ArchiverError as exc:
+            return TuneResult(tune_id, error=str(exc))
+        except Exception as exc:  # a bug met on one tune must not stop the others
+            return TuneResult(tune_id, error=unexpected(exc, f"reading tune {tune_id}"))
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = {i: group.create_task(one(i)) for i in dict.fromkeys(tune_ids)}
+    except* ConfigError as errors:
+        raise errors.exceptions[0] from None  # one rejected key is enough to say
+    return {tune_id: task.result() for tune_id, task in tasks.items()}
+
+
+async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
+    tune = await api.get_tune(tune_id)
+    if prompts:
+        tune = replace(tune, prompts=tuple(await api.get_prompts(tune_id)))
+    return tune
+
+
+async def read_previous(store: Store, tune_id: int) -> Manifest | None:
+    """The tune's manifest as last written, or None (none yet, or unreadable)."""
+    try:
+        return await manifest.read(store, tune_id)
+    except UnreadableManifest:  # issue 11: taken as no manifest for now, the one place
+        return None
+
+
+async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, int]:
+    """sha256 -> size of each blob the manifest names that is in the store."""
+    present: dict[str, int] = {}
+    for blob in archived_blobs(previous).values():
+        size = await store.blob_size(blob.sha256)
+        if size is not None:
+            present[blob.sha256] = size
+    return present
+
+
+async def plan_for(
+    store: Store, tune: Tune, settings: Settings
+) -> tuple[TunePlan, list[AssetResult]]:
+    """What to download for the tune, and the archived files it no longer lists."""
+    previous = await read_previous(store, tune.id)
+    present = await blobs_present(store, previous)
+    plan = plan_tune(tune, settings.only, archived_blobs(previous), present)
+    return plan, carried_over(previous, assets_of(tune), present)
+
+
+def unexpected(exc: Exception, doing: str) -> str:
+    """The one line for a bug met while `doing` something; its traceback goes to -v."""
+    log.debug("unexpected error while %s", doing, exc_info=exc)
+    return f"internal error while {doing}: {type(exc).__name__}: {redact_text(str(exc))}"

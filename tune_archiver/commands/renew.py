@@ -1,0 +1,59 @@
+"""Fresh URLs for a tune's files when a host refuses one as expired: the tune is asked
+for once more, and a fresh URL is taken only if it names the same file."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.choose import load_tune
+from tune_archiver.commands.plan import assets_of
+from tune_archiver.download.engine import Refresh
+from tune_archiver.errors import ArchiverError, DataError
+from tune_archiver.models import Asset, Tune
+from tune_archiver.urls import redact
+
+
+class FreshUrls:
+    """Renewed URLs for a tune's assets, from at most one more request for the tune."""
+
+    def __init__(self, api: AstriaClient, tune_id: int, prompts: bool) -> None:
+        self._api = api
+        self._tune_id = tune_id
+        self._prompts = prompts
+        self._tune: asyncio.Task[Tune] | None = None
+
+    def refresh(self, asset: Asset) -> Refresh:
+        """A callable that returns the asset's fresh URL, or None when the tune cannot be
+        had again. The fresh URL must name the same file: same kind, index and URL path
+        (a renewed listing may come in another order); else it raises DataError."""
+
+        async def fresh_url() -> str | None:
+            if self._tune is None:
+                self._tune = asyncio.ensure_future(
+                    load_tune(self._api, self._tune_id, self._prompts)
+                )
+            try:
+                tune = await self._tune
+            except ArchiverError:
+                return None
+            place = (asset.kind, asset.prompt_id, asset.index)
+            for candidate in assets_of(tune):
+                if (candidate.kind, candidate.prompt_id, candidate.index) == place:
+                    if _path(candidate.url) == _path(asset.url):
+                        return candidate.url
+                    raise DataError(
+                        f"the renewed tune lists another file as {asset.kind} {asset.index} "
+                        f"({redact(candidate.url)}); not renewed"
+                    )
+            raise DataError(f"the renewed tune no longer lists {asset.kind} {asset.index}")
+
+        return fresh_url
+
+
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return url
