@@ -396,17 +396,34 @@ async def test_collect_waits_while_a_fetch_holds_the_lock_shared(
     assert not blob.exists()
 
 
-async def test_dry_run_does_not_wait_for_a_fetch(tmp_path: Path) -> None:
-    """collect with dry_run shares the lock: it reports while a fetch holds it, removing nothing."""
+async def test_dry_run_waits_for_a_fetch_and_lists_exactly_what_gc_would_remove(
+    tmp_path: Path,
+) -> None:
+    """A dry run waits like gc: a blob a running fetch references by the time it ends is
+    not listed as removable, so the listing is what gc would remove now."""
     store = LocalStore(tmp_path / "archive")
     blob = await unreferenced_blob(store)
-    waits: list[None] = []
-    async with store.locked(exclusive=False):
-        report = await asyncio.wait_for(
-            collect(store, datetime.now(UTC), dry_run=True, staging=staging_for(store.root),
-                    waiting=lambda: waits.append(None)),
-            10,
-        )
-    assert waits == []
-    assert report.blobs == [(str(blob.relative_to(store.root)), 1_000)]
+    held, waited = asyncio.Event(), asyncio.Event()
+
+    async def fetch_that_references_it() -> None:
+        async with store.locked(exclusive=False):
+            held.set()
+            await waited.wait()  # the dry run has said it waits for us
+            entry = {"kind": "checkpoint", "index": 0, "url": "https://h/x", "status": "ok",
+                     "sha256": blob.name, "size": 1_000, "content_type": None,
+                     "path": str(blob.relative_to(store.root))}
+            document = {"schema_version": 1, "tune_id": 1, "tune": {"id": 1}, "complete": True,
+                        "archived_at": "2026-11-29T00:00:00Z", "assets": [entry]}
+            await store.write_manifest(1, json.dumps(document).encode())
+
+    fetcher = asyncio.create_task(fetch_that_references_it())
+    await held.wait()
+    report = await asyncio.wait_for(
+        collect(store, datetime.now(UTC), dry_run=True, staging=staging_for(store.root),
+                waiting=waited.set),
+        10,
+    )
+    await fetcher
+    assert waited.is_set()
+    assert report.blobs == []
     assert blob.exists()

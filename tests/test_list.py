@@ -17,14 +17,15 @@ from tests.standin import StandIn
 from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 1, 9, 30, 15, tzinfo=UTC)  # the clock `list` is given
-HEADER = ("id", "title", "branch", "model type", "files", "size", "complete", "archived at",
-          "expires at", "left")
+HEADER = ("id", "title", "branch", "model type", "checkpoint", "files", "size", "complete",
+          "archived at", "expires at", "left")
 
 _ROW = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["tune_id", "title", "branch", "model_type", "files", "failed", "bytes",
-                 "complete", "archived_at", "expires_at", "seconds_left"],
+    "required": ["tune_id", "title", "branch", "model_type", "files", "failed", "gone",
+                 "checkpoint", "state", "bytes", "complete", "archived_at", "expires_at",
+                 "seconds_left"],
     "properties": {
         "tune_id": {"type": "integer", "minimum": 1},
         "title": {"type": ["string", "null"]},
@@ -32,6 +33,9 @@ _ROW = {
         "model_type": {"type": ["string", "null"]},
         "files": {"type": "integer", "minimum": 0, "description": "files archived"},
         "failed": {"type": "integer", "minimum": 0, "description": "files recorded as failed"},
+        "gone": {"type": "integer", "minimum": 0, "description": "files lost upstream"},
+        "checkpoint": {"enum": ["yes", "none", "failed"]},
+        "state": {"enum": ["files_listed", "training", "no_files_listed", None]},
         "bytes": {"type": "integer", "minimum": 0, "description": "bytes of the files archived"},
         "complete": {"type": "boolean"},
         "archived_at": {"type": ["string", "null"]},
@@ -121,11 +125,12 @@ def test_table_has_one_row_per_tune(
     rows = table(ran.out)
     assert rows == [
         {"id": "2", "title": "John Doe", "branch": "sdxl1", "model type": "checkpoint",
-         "files": f"{len(two.all)} (1 failed)", "size": kib(sum(map(len, two.all))),
+         "checkpoint": "yes", "files": f"{len(two.all)} (1 failed)",
+         "size": kib(sum(map(len, two.all))),
          "complete": "no", "archived at": day(manifest_of(archive, 2)["archived_at"]),
          "expires at": day(hours), "left": "5h 30m"},
         {"id": "1", "title": "Jane Doe", "branch": "flux1", "model type": "lora",
-         "files": str(len(one.all)), "size": kib(sum(map(len, one.all))),
+         "checkpoint": "yes", "files": str(len(one.all)), "size": kib(sum(map(len, one.all))),
          "complete": "yes", "archived at": day(manifest_of(archive, 1)["archived_at"]),
          "expires at": day(three_days), "left": "3d 0h"},
     ]
@@ -196,11 +201,13 @@ def test_json_has_the_documented_shape(
                                 "property name enclosed in double quotes: line 1 column 3 "
                                 "(char 2))"},
         {"tune_id": 2, "title": "Two", "branch": "flux1", "model_type": "checkpoint",
-         "files": len(two.all), "failed": 1, "bytes": sum(map(len, two.all)),
+         "files": len(two.all), "failed": 1, "gone": 0, "checkpoint": "yes",
+             "state": "files_listed", "bytes": sum(map(len, two.all)),
          "complete": False, "archived_at": manifest_of(archive, 2)["archived_at"],
          "expires_at": standin.tunes[2]["expires_at"], "seconds_left": 0},
         {"tune_id": 1, "title": "One", "branch": "sdxl1", "model_type": "lora",
-         "files": len(one.all), "failed": 0, "bytes": sum(map(len, one.all)), "complete": True,
+         "files": len(one.all), "failed": 0, "gone": 0, "checkpoint": "yes",
+             "state": "files_listed", "bytes": sum(map(len, one.all)), "complete": True,
          "archived_at": manifest_of(archive, 1)["archived_at"],
          "expires_at": standin.tunes[1]["expires_at"],
          "seconds_left": int((soon - NOW).total_seconds())},

@@ -15,6 +15,7 @@ from tune_archiver.commands.plan import (
     carried_over,
     expiring,
     is_unchanged,
+    known_entries,
     parse_time,
     plan_tune,
 )
@@ -80,7 +81,7 @@ def test_archived_blobs_reads_back_a_built_manifest() -> None:
 def test_no_previous_manifest_downloads_everything() -> None:
     """Without a manifest nothing is reused and nothing is left out."""
     tune = make_tune()
-    plan = plan_tune(tune, None, archived_blobs(None), {})
+    plan = plan_tune(tune, None, known_entries(None), {})
     assert plan.download == assets_of(tune)
     assert plan.reuse == {}
     assert plan.left_out == []
@@ -88,12 +89,12 @@ def test_no_previous_manifest_downloads_everything() -> None:
 
 def test_renewed_signature_still_reuses() -> None:
     """A presigned URL renewed since the last run (new query) maps to the same blob."""
-    previous = archived_blobs(manifest_of(make_tune("?X-Amz-Signature=old")))
+    previous = known_entries(manifest_of(make_tune("?X-Amz-Signature=old")))
     tune = make_tune("?X-Amz-Signature=new&X-Amz-Date=20260202")
     plan = plan_tune(tune, None, previous, dict(SIZES))
     assert plan.download == []
     assert plan.left_out == []
-    assert [plan.reuse[a].sha256 for a in assets_of(tune)] == [SHA_C, SHA_0, SHA_1]
+    assert [plan.reuse[a].blob.sha256 for a in assets_of(tune)] == [SHA_C, SHA_0, SHA_1]
 
 
 @pytest.mark.parametrize(
@@ -110,7 +111,7 @@ def test_missing_or_wrong_size_blob_is_downloaded(
 ) -> None:
     """An asset is reused only when its blob is present with the recorded size."""
     tune = make_tune()
-    plan = plan_tune(tune, None, archived_blobs(manifest_of(tune)), present)
+    plan = plan_tune(tune, None, known_entries(manifest_of(tune)), present)
     assets = assets_of(tune)
     assert plan.download == [assets[i] for i in downloaded]
     assert set(plan.reuse) == {a for i, a in enumerate(assets) if i not in downloaded}
@@ -130,7 +131,7 @@ def test_reuse_needs_kind_index_and_url_to_match(change: str) -> None:
     else:
         entry["url"] = "https://other-host.example/0.jpg"
     tune = make_tune()
-    plan = plan_tune(tune, None, archived_blobs(read_back(document)), dict(SIZES))
+    plan = plan_tune(tune, None, known_entries(read_back(document)), dict(SIZES))
     assert plan.download == [assets_of(tune)[1]]
     assert set(plan.reuse) == {assets_of(tune)[0], assets_of(tune)[2]}
 
@@ -141,7 +142,7 @@ def test_failed_entry_is_not_reused() -> None:
     results = [AssetResult(a, Blob(SHA_C, 1000)) for a in assets_of(tune)[:1]]
     results += [AssetResult(a, error="HTTP 404") for a in assets_of(tune)[1:]]
     document = build_manifest(tune, results, WHEN, complete=True)
-    plan = plan_tune(tune, None, archived_blobs(read_back(document)), dict(SIZES))
+    plan = plan_tune(tune, None, known_entries(read_back(document)), dict(SIZES))
     assert plan.download == assets_of(tune)[1:]
     assert list(plan.reuse) == assets_of(tune)[:1]
 
@@ -166,7 +167,7 @@ def test_only_leaves_out_the_other_kind(
 def test_only_still_reuses_the_other_kind(only: Any) -> None:
     """An asset of the excluded kind that is already archived is reused, not left out."""
     tune = make_tune()
-    plan = plan_tune(tune, only, archived_blobs(manifest_of(tune)), dict(SIZES))
+    plan = plan_tune(tune, only, known_entries(manifest_of(tune)), dict(SIZES))
     assert plan.left_out == []
     assert plan.download == []
     assert set(plan.reuse) == set(assets_of(tune))

@@ -81,9 +81,11 @@ def test_verify_names_it_and_still_verifies_the_other_tune(
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [
-        error(f"tune 1: unreadable manifest: {broken.reason}"),
+        error(f"tune 1: unreadable manifest: {broken.reason} (check the manifest, then "
+              "remove it)"),
         error(f"tune 2: checkpoint 0: corrupt: the bytes of {key_of(checkpoint)} hash to "
-              f"{sha256(blob_file(archive, checkpoint).read_bytes())}"),
+              f"{sha256(blob_file(archive, checkpoint).read_bytes())} "
+              "(repair: tune-archiver verify --repair 2)"),
     ]
     assert ran.out.startswith(f"verified 2 tunes, {len(broken.two.all)} blobs, ")
 
@@ -98,7 +100,8 @@ def test_list_prints_one_error_line_and_lists_the_other_tune(
     assert ran.err.splitlines() == ran.errors == [error(f"tune 1: {why}")]
     header, two, one = ran.out.splitlines()
     assert header.split()[:2] == ["id", "title"]
-    assert two.split()[:6] == ["2", "Tune", "2", "sdxl1", "lora", str(len(broken.two.all))]
+    assert two.split()[:7] == ["2", "Tune", "2", "sdxl1", "lora", "yes",
+                               str(len(broken.two.all))]
     assert one.split() == ["1", *why.split()]
 
 

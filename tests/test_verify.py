@@ -34,7 +34,7 @@ VERIFY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
-    "required": ["ok", "tunes", "blobs", "bytes", "problems"],
+    "required": ["ok", "tunes", "blobs", "bytes", "problems", "gone"],
     "properties": {
         "ok": {"type": "boolean", "description": "true when no problem was found"},
         "tunes": {"type": "integer", "minimum": 0, "description": "manifests checked"},
@@ -53,11 +53,17 @@ VERIFY_SCHEMA: dict[str, Any] = {
                         "enum": ["checkpoint", "training_image", "prompt_image", None],
                     },
                     "index": {"type": ["integer", "null"], "minimum": 0},
-                    "problem": {"enum": ["missing", "corrupt", "wrong_path", "failed",
-                                         "no_manifest", "unreadable_manifest"]},
+                    "problem": {"enum": ["missing", "corrupt", "wrong_path", "not_a_file",
+                                         "unreadable", "failed", "no_manifest",
+                                         "unreadable_manifest"]},
                     "detail": {"type": "string", "minLength": 1},
                 },
             },
+        },
+        "gone": {
+            "description": "files lost upstream, never archived: not problems unless --strict",
+            "type": "array",
+            "items": {"type": "object", "required": ["tune_id", "kind", "index", "problem"]},
         },
     },
 }
@@ -76,6 +82,16 @@ def tunes(standin: StandIn, archive: Path) -> tuple[Served, Served]:
 
 def error(line: str) -> str:
     return f"tune-archiver: error: {line}"
+
+
+def repair(tune_id: int) -> str:
+    """The end of a line about a damaged blob: the command that mends it."""
+    return f" (repair: tune-archiver verify --repair {tune_id})"
+
+
+def retry(tune_id: int) -> str:
+    """The end of a line about a file that failed: the command that tries it again."""
+    return f" (retry: tune-archiver fetch {tune_id})"
 
 
 def verified(
@@ -109,7 +125,7 @@ def test_flipped_byte_is_corrupt(
     code, errors, out = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: training_image 1: corrupt: the bytes of {key_of(image)} "
-                            f"hash to {sha256(blob.read_bytes())}")]
+                            f"hash to {sha256(blob.read_bytes())}{repair(1)}")]
     assert out.endswith(": 1 problem\n")
 
 
@@ -122,7 +138,7 @@ def test_truncated_blob_is_corrupt(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 2: checkpoint 0: corrupt: {key_of(checkpoint)} holds "
-                            f"{len(checkpoint) - 1} bytes, not {len(checkpoint)}")]
+                            f"{len(checkpoint) - 1} bytes, not {len(checkpoint)}{repair(2)}")]
 
 
 def test_missing_blob(
@@ -133,7 +149,8 @@ def test_missing_blob(
     blob_file(archive, checkpoint).unlink()
     code, errors, _ = verified(capsys, archive)
     assert code == 1
-    assert errors == [error(f"tune 1: checkpoint 0: missing: {key_of(checkpoint)} is missing")]
+    assert errors == [error(f"tune 1: checkpoint 0: missing: {key_of(checkpoint)} is missing"
+                            f"{repair(1)}")]
 
 
 def test_blob_in_the_wrong_fan_out_folder(
@@ -147,7 +164,8 @@ def test_blob_in_the_wrong_fan_out_folder(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 2: training_image 0: wrong path: found at "
-                            f"objects/sha256/zz/{sha256(image)}, not at {key_of(image)}")]
+                            f"objects/sha256/zz/{sha256(image)}, not at {key_of(image)}"
+                            f"{repair(2)}")]
 
 
 def test_manifest_path_that_does_not_match_the_sha256(
@@ -163,7 +181,7 @@ def test_manifest_path_that_does_not_match_the_sha256(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: training_image 0: wrong path: the manifest says "
-                            f"{wrong!r}; its sha256 names {key_of(tunes[0].images[0])}")]
+                            f"{wrong!r}; its sha256 names {key_of(tunes[0].images[0])}{repair(1)}")]
 
 
 def test_shared_corrupt_blob_is_reported_for_each_tune_and_hashed_once(
@@ -228,7 +246,7 @@ def test_unknown_tune_is_not_in_the_archive(
     """A tune id with no manifest exits 1, saying it is not in the archive."""
     code, errors, _ = verified(capsys, archive, "1", "99")
     assert code == 1
-    assert errors == [error("tune 99: no manifest: tune 99 is not in the archive")]
+    assert errors == [error(f"tune 99: no manifest: tune 99 is not in the archive{retry(99)}")]
 
 
 def test_failed_asset_in_the_manifest(
@@ -243,7 +261,9 @@ def test_failed_asset_in_the_manifest(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     index = len(served.images)
-    assert errors == [error(f"tune 1: training_image {index}: failed: {recorded['error']}")]
+    assert errors == [
+        error(f"tune 1: training_image {index}: failed: {recorded['error']}{retry(1)}")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -266,7 +286,8 @@ def test_unreadable_manifest_is_a_problem(
     (archive / "manifests" / "1.json").write_bytes(content)
     code, errors, out = verified(capsys, archive)
     assert code == 1
-    assert errors == [error(f"tune 1: unreadable manifest: {reason}")]
+    assert errors == [error(f"tune 1: unreadable manifest: {reason} "
+                            "(check the manifest, then remove it)")]
     assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
 
 
@@ -280,7 +301,8 @@ def test_json_output_has_the_documented_shape(
     report = json.loads(clean.out)
     jsonschema.Draft202012Validator(VERIFY_SCHEMA).validate(report)
     assert report == {"ok": True, "tunes": 2, "blobs": len(set(one.all + two.all)),
-                      "bytes": sum(len(d) for d in set(one.all + two.all)), "problems": []}
+                      "bytes": sum(len(d) for d in set(one.all + two.all)), "problems": [],
+                      "gone": []}
 
     blob_file(archive, one.images[0]).unlink()
     flip_byte(blob_file(archive, two.checkpoints[0]))

@@ -5,6 +5,7 @@
     manifests/<tune_id>.lock                held by the one run writing it (local archive)
     manifests/damaged/<tune_id>-<time>.json manifests that could not be read, set aside
     tmp/                                    partial downloads; never referenced
+    tmp/damaged/<sha256>-<time>             blobs verify --repair moved aside; never removed
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ OBJECTS = "objects/sha256"
 MANIFESTS = "manifests"
 DAMAGED = f"{MANIFESTS}/damaged"
 TMP = "tmp"
+DAMAGED_BLOBS = f"{TMP}/damaged"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

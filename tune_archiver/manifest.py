@@ -20,8 +20,11 @@ from tune_archiver.urls import redact, redact_json
 
 SCHEMA_VERSION = 1
 
-Status = Literal["ok", "failed"]
-STATUSES: tuple[Status, ...] = ("ok", "failed")
+Status = Literal["ok", "failed", "gone"]
+STATUSES: tuple[Status, ...] = ("ok", "failed", "gone")
+# What the API listed for the tune when the manifest was written.
+State = Literal["files_listed", "training", "no_files_listed"]
+STATES: tuple[State, ...] = ("files_listed", "training", "no_files_listed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Manifest:
     complete: bool
     tune: dict[str, Any] = field(hash=False)  # as the API returned it, URLs redacted
     entries: tuple[Entry, ...]
+    state: State | None = None  # absent in manifests of earlier versions
 
     @property
     def title(self) -> str | None:
@@ -91,18 +95,24 @@ class ManifestSource(Protocol):
 
 
 def build_manifest(
-    tune: Tune, results: Sequence[AssetResult], archived_at: datetime, complete: bool
+    tune: Tune,
+    results: Sequence[AssetResult],
+    archived_at: datetime,
+    complete: bool,
+    state: State = "files_listed",
 ) -> dict[str, Any]:
     """The manifest for one tune, with every URL redacted.
 
     `complete` is true only when every file of the tune is archived; the caller
-    decides it, since only it knows what was left out.
+    decides it, since only it knows what was left out. A manifest of no file at all
+    is never complete: nothing is backed up.
     """
     return {
         "schema_version": SCHEMA_VERSION,
         "tune_id": tune.id,
         "archived_at": format_time(archived_at),
-        "complete": complete and all(result.ok for result in results),
+        "complete": complete and bool(results) and all(result.ok for result in results),
+        "state": state,
         "tune": redact_json(tune.raw),
         "assets": [asset_entry(result) for result in results],
     }
@@ -116,7 +126,7 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
     """
     asset, blob = result.asset, result.blob
     entry = Entry(
-        asset.kind, asset.index, redact(asset.url), "failed",
+        asset.kind, asset.index, redact(asset.url), "gone" if result.gone else "failed",
         error=result.error or "unknown error",
         prompt_id=asset.prompt_id, prompt_text=asset.prompt_text,
         extra=redact_json(result.entry.extra) if isinstance(result, CarriedOver) else {},
@@ -208,7 +218,10 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     tune = _field(document, "tune", _is_dict, "a JSON object", bad)
     assets = _field(document, "assets", _is_list, "a list", bad)
     entries = tuple(_entry(item, f"assets[{i}]", bad) for i, item in enumerate(assets))
-    return Manifest(tune_id, archived_at, complete, tune, entries)
+    state = document.get("state")
+    if state is not None and state not in STATES:
+        raise bad(f"its state is {_shown(state)}, not one of {', '.join(STATES)}")
+    return Manifest(tune_id, archived_at, complete, tune, entries, state)
 
 
 _KNOWN = frozenset(

@@ -78,11 +78,23 @@ class AssetResult:
     asset: Asset
     blob: Blob | None = None
     error: str | None = None
-    reused: bool = False  # the blob was archived before this run; nothing was downloaded
+    reused: bool = False  # known from the last manifest: nothing was downloaded
+    # Refused upstream (403/404/410) after the tune expired: lost for good, not failed.
+    gone: bool = False
 
     @property
     def ok(self) -> bool:
         return self.blob is not None
+
+    @property
+    def failed(self) -> bool:
+        """Not archived, and worth trying again."""
+        return self.blob is None and not self.gone
+
+    @property
+    def newly_gone(self) -> bool:
+        """Found gone upstream by this run: said once, then never asked for again."""
+        return self.gone and not self.reused
 
 
 @dataclass(frozen=True)
@@ -96,14 +108,21 @@ class TuneResult:
     seconds: float = 0.0
     manifest: str | None = None  # path of the manifest written, relative to the archive
     skipped: bool = False  # archived before, complete and unchanged: nothing was done
+    state: str | None = None  # what the API listed: files_listed, training, no_files_listed
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(result.ok for result in self.assets)
+        """True when nothing failed and nothing was first found gone by this run."""
+        return self.error is None and not self.failed and not self.gone
 
     @property
     def failed(self) -> list[AssetResult]:
-        return [result for result in self.assets if not result.ok]
+        return [result for result in self.assets if result.failed]
+
+    @property
+    def gone(self) -> list[AssetResult]:
+        """Files this run found gone upstream (those known gone before are not listed)."""
+        return [result for result in self.assets if result.newly_gone]
 
 
 def parse_tune(data: Any, requested_id: int | None = None) -> Tune:

@@ -24,8 +24,11 @@ from tune_archiver.commands.export import export_tune
 from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
-from tune_archiver.commands.verify import verify
+from tune_archiver.commands.repair import RepairReport, repair
+from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.config import (
+    DEFAULT_MIN_RATE,
+    DEFAULT_STALL_WINDOW,
     AllTunes,
     RetryPolicy,
     Settings,
@@ -96,29 +99,38 @@ def main(
 # -- fetch ---------------------------------------------------------------------------
 
 
-def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
+def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
+    """The settings of a command that talks to the API (fetch, verify --repair); options
+    a command does not have keep their defaults."""
     env = os.environ
     key = load_api_key(args.api_key_file, env)
     secrets.append(key)
     retry = RetryPolicy(retries=args.retries)
     if args.sleep is not None:
         retry = replace(retry, sleep=args.sleep)
-    settings = Settings(
+    fetch_only = {
+        name: getattr(args, name) for name in (
+            "only", "force", "prompts", "split", "split_threshold"
+        ) if hasattr(args, name)
+    }
+    min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
+    window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
+    return Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api_url(args.api_url, env),
         workspace=args.workspace,
         concurrency=args.concurrency,
         retry=retry,
-        only=args.only,
         read_timeout=args.read_timeout,
-        force=args.force,
-        prompts=args.prompts,
         s3_endpoint_url=args.s3_endpoint_url,
-        split=args.split,
-        split_threshold=args.split_threshold,
-        stall=StallRule(args.min_rate, args.stall_window) if args.min_rate else None,
+        stall=StallRule(min_rate, window) if min_rate else None,
+        **fetch_only,
     )
+
+
+def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
+    settings = settings_of(args, secrets)
     tunes: list[int] | AllTunes = (
         AllTunes(args.expiring_within, args.shard) if args.all
         else list(dict.fromkeys(args.tune_ids))
@@ -147,6 +159,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     for result in results:
         for line in report.fetch_errors(result):
             _error(line, secrets)
+        for line in report.fetch_warnings(result):
+            log.warning("warning: %s", line)
         summary = report.fetch_summary(result)
         if summary and not (args.quiet or args.json):
             print(summary)
@@ -188,14 +202,29 @@ def _report_undone(
 
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
+    settings = settings_of(args, secrets) if args.repair else None
     progress = progress_for(args.quiet or args.json)
+
+    async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
+        found = await verify(store, args.tune_ids, progress)
+        if settings is None:
+            return found, None
+        staging = staging_for(settings.archive)
+        return found, await repair(store, found, settings, staging, progress, args.clock)
+
     try:
-        found = _in_archive(args, lambda store: verify(store, args.tune_ids, progress))
+        found, mended = _in_archive(args, work)
     finally:
         progress.close()
-    _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
-          report.verify_summary(found))
-    return EXIT_OK if found.ok else EXIT_FAILED
+    if mended is None:
+        _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
+              report.verify_summary(found))
+        whole = found.ok and not (args.strict and found.gone)
+        return EXIT_OK if whole else EXIT_FAILED
+    _emit(args, secrets, report.repair_errors(mended), report.repair_json(found, mended),
+          "\n".join(report.repair_lines(found, mended)))
+    whole = mended.ok and not (args.strict and mended.after.gone)
+    return EXIT_OK if whole else EXIT_FAILED
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:

@@ -46,19 +46,43 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log each request and retry; tracebacks"
     )
 
+    # What a command that talks to the API needs: fetch, and verify --repair.
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--api-url", metavar="URL",
+                     help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
+    api.add_argument("--api-key-file", metavar="PATH",
+                     help=f"read the API key from this file instead of {ENV_API_KEY}")
+    api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    api.add_argument("--concurrency", metavar="N", type=positive_int,
+                     default=DEFAULT_CONCURRENCY,
+                     help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
+    api.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
+                     help=f"retries of a failed request (default {DEFAULT_RETRIES})")
+    api.add_argument("--read-timeout", metavar="SECONDS", type=positive_float,
+                     default=DEFAULT_READ_TIMEOUT,
+                     help="give up on a server silent this long (default "
+                     f"{DEFAULT_READ_TIMEOUT:g})")
+
     parser = argparse.ArgumentParser(
         prog="tune-archiver",
         description="Make a complete, verifiable copy of Astria fine-tunes before they expire.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_fetch(commands, common)
+    _add_fetch(commands, common, api)
 
     verify = commands.add_parser(
-        "verify", parents=[common], help="re-read every archived blob and check its sha256",
+        "verify", parents=[common, api],
+        help="re-read every archived blob and check its sha256; --repair mends what it finds",
         description="Re-hash every blob the chosen manifests reference (all when no id is "
-        "given) and report each missing or corrupt file. Exit 0 when all is intact, 1 if not.",
+        "given) and report each missing or corrupt file. Exit 0 when all is intact, 1 if not. "
+        "With --repair, damaged blobs are moved to tmp/damaged/ and their tunes fetched again "
+        "(the API key is needed then).",
     )
+    verify.add_argument("--repair", action="store_true",
+                        help="move damaged blobs aside and fetch their tunes again")
+    verify.add_argument("--strict", action="store_true",
+                        help="files gone upstream (never archived) make the exit code 1 too")
     verify.add_argument("tune_ids", metavar="TUNE_ID", nargs="*", type=tune_id,
                         help="a tune to verify (default: every archived tune)")
 
@@ -91,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_fetch(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
+    api: argparse.ArgumentParser,
 ) -> None:
     fetch = commands.add_parser(
-        "fetch", parents=[common], help="archive tunes: checkpoints, images and a manifest",
+        "fetch", parents=[common, api], help="archive tunes: checkpoints, images and a manifest",
         description="Download each tune's checkpoints and training images into the archive "
         "and write its manifest. The API key comes from " + ENV_API_KEY + " or --api-key-file.",
     )
@@ -111,20 +136,6 @@ def _add_fetch(
                        help="also archive the images generated from each tune's prompts")
     fetch.add_argument("--dry-run", action="store_true",
                        help="say what would be downloaded, with sizes; write nothing")
-    fetch.add_argument("--api-url", metavar="URL",
-                       help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
-    fetch.add_argument("--api-key-file", metavar="PATH",
-                       help=f"read the API key from this file instead of {ENV_API_KEY}")
-    fetch.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
-    fetch.add_argument("--concurrency", metavar="N", type=positive_int,
-                       default=DEFAULT_CONCURRENCY,
-                       help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
-    fetch.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
-                       help=f"retries of a failed request (default {DEFAULT_RETRIES})")
-    fetch.add_argument("--read-timeout", metavar="SECONDS", type=positive_float,
-                       default=DEFAULT_READ_TIMEOUT,
-                       help="give up on a server silent this long (default "
-                       f"{DEFAULT_READ_TIMEOUT:g})")
     fetch.add_argument("--split", metavar="N", type=split_count, default=DEFAULT_SPLIT,
                        help=f"ranges fetched at once for one large file, 1 to {MAX_SPLIT} "
                        f"(default {DEFAULT_SPLIT}; 1 never splits)")

@@ -13,7 +13,8 @@ from tune_archiver.commands.dry_run import Preview
 from tune_archiver.commands.export import ExportResult
 from tune_archiver.commands.gc import GcReport
 from tune_archiver.commands.plan import parse_time
-from tune_archiver.commands.verify import VerifyReport
+from tune_archiver.commands.repair import RepairReport
+from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.models import TuneResult
 from tune_archiver.urls import redact
 
@@ -47,13 +48,15 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         "new": sum(1 for r in result.assets if r.ok and not r.reused),
         "already_archived": sum(1 for r in result.assets if r.reused),
         "failed": len(result.failed),
+        "gone": len(result.gone),
+        "state": result.state,
         "bytes": sum(r.blob.size for r in result.assets if r.blob),
         "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
         "seconds": round(result.seconds, 3),
         "failures": [
             {"kind": r.asset.kind, "index": r.asset.index, "url": redact(r.asset.url),
              "error": r.error}
-            for r in result.failed
+            for r in [*result.failed, *result.gone]
         ],
     }
 
@@ -67,7 +70,21 @@ def fetch_errors(result: TuneResult) -> list[str]:
         lines.append(result.error if named else f"{name}: {result.error}")
     for failure in result.failed:
         lines.append(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}")
+    for lost in result.gone:
+        lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream (the tune "
+                     f"has expired; it will not be asked for again): {lost.error}")
     return lines
+
+
+def fetch_warnings(result: TuneResult) -> list[str]:
+    """What a tune's result says plainly without being a failure: nothing listed."""
+    name = tune_name(result.tune_id, result.title)
+    if result.state == "training":
+        return [f"{name}: the API lists no files yet (still training): nothing to archive"]
+    if result.state == "no_files_listed":
+        return [f"{name}: the API lists no files (expired and deleted upstream?): "
+                "nothing new to archive"]
+    return []
 
 
 def fetch_summary(result: TuneResult) -> str | None:
@@ -78,10 +95,12 @@ def fetch_summary(result: TuneResult) -> str | None:
     if result.skipped:
         return f"{name}: unchanged since archived, skipped"
     summary = tune_json(result)
+    gone = sum(1 for r in result.assets if r.gone)
     return (
         f"{name}: {summary['files']} files, {human_bytes(summary['bytes'])} "
         f"({summary['new']} new, {summary['already_archived']} already archived, "
-        f"{summary['failed']} failed) in {result.seconds:.1f} s"
+        f"{summary['failed']} failed" + (f", {gone} gone upstream" if gone else "")
+        + f") in {result.seconds:.1f} s"
     )
 
 
@@ -172,27 +191,76 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
         "tunes": report.tunes,
         "blobs": report.blobs,
         "bytes": report.bytes,
-        "problems": [
-            {"tune_id": p.tune_id, "kind": p.kind, "index": p.index, "problem": p.problem,
-             "detail": p.detail}
-            for p in report.problems
-        ],
+        "problems": [_problem_json(p) for p in report.problems],
+        "gone": [_problem_json(p) for p in report.gone],
     }
 
 
+def _problem_json(p: Problem) -> dict[str, Any]:
+    return {"tune_id": p.tune_id, "kind": p.kind, "index": p.index, "problem": p.problem,
+            "detail": p.detail}
+
+
 def verify_problems(report: VerifyReport) -> list[str]:
-    """One line per problem, naming the tune, kind and index."""
-    lines = []
-    for p in report.problems:
-        where = f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
-        lines.append(f"{where}: {p.problem.replace('_', ' ')}: {p.detail}")
-    return lines
+    """One line per problem, naming the tune, kind and index, and ending with the command
+    that mends it."""
+    return [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p)})"
+            for p in report.problems]
+
+
+def _where(p: Problem) -> str:
+    return f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
+
+
+def _mend(p: Problem) -> str:
+    if p.problem in BLOB_PROBLEMS:
+        return f"repair: tune-archiver verify --repair {p.tune_id}"
+    if p.problem in ("failed", "no_manifest"):
+        return f"retry: tune-archiver fetch {p.tune_id}"
+    return "check the manifest, then remove it"
 
 
 def verify_summary(report: VerifyReport) -> str:
     state = "all intact" if report.ok else counted(len(report.problems), "problem")
+    gone = (f"; {counted(len(report.gone), 'file')} gone upstream, never archived"
+            if report.gone else "")
     return (f"verified {counted(report.tunes, 'tune')}, {counted(report.blobs, 'blob')}, "
-            f"{human_bytes(report.bytes)}: {state}")
+            f"{human_bytes(report.bytes)}: {state}{gone}")
+
+
+# -- verify --repair -----------------------------------------------------------------
+
+
+def repair_errors(mended: RepairReport) -> list[str]:
+    """What a repair could not mend: the problems left, and the files it could not fetch."""
+    lines = [f"not repaired: {line}" for line in verify_problems(mended.after)]
+    for result in mended.fetched:
+        lines += [f"not repaired: {line}" for line in fetch_errors(result)]
+    return lines
+
+
+def repair_lines(found: VerifyReport, mended: RepairReport) -> list[str]:
+    """What was found, moved aside and fetched again, and the verdict."""
+    lines = [verify_summary(found)]
+    lines += [f"moved aside {key}" for key in mended.moved]
+    lines += [summary for result in mended.fetched if (summary := fetch_summary(result))]
+    verdict = "the archive is whole" if mended.ok else "the archive is NOT whole"
+    lines.append(f"repair: {counted(len(mended.fetched), 'tune')} fetched again, "
+                 f"{counted(len(mended.moved), 'damaged file')} moved aside: {verdict}")
+    return lines
+
+
+def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
+    """The --json shape of `verify --repair`: what verify found, what the repair did."""
+    return {
+        **verify_json(found),
+        "ok": mended.ok,
+        "repair": {
+            "moved": mended.moved,
+            "fetched": [tune_json(result) for result in mended.fetched],
+            "after": verify_json(mended.after),
+        },
+    }
 
 
 def counted(count: int, noun: str) -> str:
@@ -202,8 +270,8 @@ def counted(count: int, noun: str) -> str:
 
 # -- list --------------------------------------------------------------------------
 
-COLUMNS = ("id", "title", "branch", "model type", "files", "size", "complete", "archived at",
-           "expires at", "left")
+COLUMNS = ("id", "title", "branch", "model type", "checkpoint", "files", "size", "complete",
+           "archived at", "expires at", "left")
 TITLE_WIDTH = 30
 
 
@@ -223,10 +291,14 @@ def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
     title = row["title"] or ""
     if len(title) > TITLE_WIDTH:
         title = title[: TITLE_WIDTH - 1] + "…"
-    files = str(row["files"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
+    notes = [f"{row['failed']} failed"] if row["failed"] else []
+    notes += [f"{row['gone']} gone upstream"] if row["gone"] else []
+    notes += ["still training"] if row["state"] == "training" else []
+    notes += ["none listed"] if row["state"] == "no_files_listed" else []
+    files = str(row["files"]) + (f" ({', '.join(notes)})" if notes else "")
     return (
-        str(row["tune_id"]), title, row["branch"] or "-", row["model_type"] or "-", files,
-        human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
+        str(row["tune_id"]), title, row["branch"] or "-", row["model_type"] or "-",
+        row["checkpoint"], files, human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
         _day(row["archived_at"]), _day(row["expires_at"]), time_left(row["seconds_left"]),
     )
 

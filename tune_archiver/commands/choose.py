@@ -21,6 +21,7 @@ from tune_archiver.commands.plan import (
     expiring,
     in_shard,
     is_unchanged,
+    known_entries,
     plan_tune,
 )
 from tune_archiver.config import AllTunes, Settings
@@ -82,7 +83,10 @@ async def choose(
 
 
 async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
-    previous = await read_previous(store, tune_id)
+    try:
+        previous = await read_previous(store, tune_id)
+    except UnreadableManifest:
+        return False  # the fetch of the tune says so, and sets it aside
     present = await blobs_present(store, previous)
     return is_unchanged(previous, updated_at, present)
 
@@ -118,11 +122,12 @@ async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
 
 
 async def read_previous(store: Store, tune_id: int) -> Manifest | None:
-    """The tune's manifest as last written, or None (none yet, or unreadable)."""
-    try:
-        return await manifest.read(store, tune_id)
-    except UnreadableManifest:  # issue 11: taken as no manifest for now, the one place
-        return None
+    """The tune's manifest as last written, or None when it has none.
+
+    Raises UnreadableManifest for a damaged one: nothing it references may be
+    forgotten, so the caller never takes it for "no manifest".
+    """
+    return await manifest.read(store, tune_id)
 
 
 async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, int]:
@@ -141,7 +146,7 @@ async def plan_for(
     """What to download for the tune, and the archived files it no longer lists."""
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, previous)
-    plan = plan_tune(tune, settings.only, archived_blobs(previous), present)
+    plan = plan_tune(tune, settings.only, known_entries(previous), present)
     return plan, carried_over(previous, assets_of(tune), present)
 
 

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for, unexpected
-from tune_archiver.commands.plan import assets_of
+from tune_archiver.commands.plan import assets_of, has_expired, listing_state, merged
 from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
 from tune_archiver.download.staging import Staging, staging_for
-from tune_archiver.errors import ArchiverError
+from tune_archiver.errors import ArchiverError, StatusError, UnreadableManifest
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
@@ -30,6 +30,7 @@ from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact
 
 log = logging.getLogger(__name__)
+GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
 
@@ -120,35 +121,11 @@ async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
 
 async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     started = time.monotonic()
-    fresh = FreshUrls(run.api, tune.id, run.settings.prompts)
     try:
-        plan, carried = await plan_for(run.store, tune, run.settings)
-        run.progress.add_files(len(plan.download))
-
-        async def download(asset: Asset) -> AssetResult:
-            try:
-                blob = await run.downloader.fetch(
-                    asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
-                )
-                return AssetResult(asset, blob)
-            except ArchiverError as exc:
-                return AssetResult(asset, error=str(exc))
-            except Exception as exc:  # a bug met on one file must not stop the others
-                return AssetResult(asset, error=unexpected(exc, f"downloading {redact(asset.url)}"))
-
-        async with asyncio.TaskGroup() as group:
-            tasks = {asset: group.create_task(download(asset)) for asset in plan.download}
-        results = [
-            AssetResult(asset, plan.reuse[asset], reused=True)
-            if asset in plan.reuse
-            else tasks[asset].result()
-            for asset in assets_of(tune)
-            if asset in plan.reuse or asset in tasks
-        ] + carried
-        document = manifest.build_manifest(
-            tune, results, run.clock(), complete=not plan.left_out
-        )
-        key = await run.store.write_manifest(tune.id, manifest.encode(document))
+        results = await _download_and_record(run, tune)
+    except UnreadableManifest as exc:
+        return TuneResult(tune.id, title=tune.title, error=await _set_aside(run, tune.id, exc),
+                          seconds=time.monotonic() - started)
     except ArchiverError as exc:
         return TuneResult(
             tune.id, title=tune.title, error=str(exc), seconds=time.monotonic() - started
@@ -158,7 +135,64 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
             tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
             seconds=time.monotonic() - started,
         )
+    key, assets = results
     return TuneResult(
-        tune.id, tuple(results), title=tune.title, seconds=time.monotonic() - started,
-        manifest=key,
+        tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
+        manifest=key, state=listing_state(tune),
     )
+
+
+async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetResult]]:
+    """Download what the tune lacks, then merge the results into its manifest.
+
+    The manifest is written by Store.update_manifest: if another run wrote it since
+    we planned, what that run archived is kept (plan.merged). Raises
+    UnreadableManifest when the manifest is damaged, before anything is written.
+    """
+    plan, carried = await plan_for(run.store, tune, run.settings)
+    run.progress.add_files(len(plan.download))
+    fresh = FreshUrls(run.api, tune.id, run.settings.prompts)
+
+    async def download(asset: Asset) -> AssetResult:
+        try:
+            blob = await run.downloader.fetch(
+                asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
+            )
+            return AssetResult(asset, blob)
+        except StatusError as exc:  # refused after the tune expired: gone, not failed
+            gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
+            return AssetResult(asset, error=str(exc), gone=gone)
+        except ArchiverError as exc:
+            return AssetResult(asset, error=str(exc))
+        except Exception as exc:  # a bug met on one file must not stop the others
+            return AssetResult(asset, error=unexpected(exc, f"downloading {redact(asset.url)}"))
+
+    async with asyncio.TaskGroup() as group:
+        tasks = {asset: group.create_task(download(asset)) for asset in plan.download}
+    ours = [
+        plan.reuse[asset] if asset in plan.reuse else tasks[asset].result()
+        for asset in assets_of(tune)
+        if asset in plan.reuse or asset in tasks
+    ] + carried
+    written: list[AssetResult] = []
+
+    async def change(current: bytes | None) -> bytes:
+        now = manifest.parse(current, tune.id) if current is not None else None
+        written[:] = merged(ours, now)
+        return manifest.encode(manifest.build_manifest(
+            tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune)
+        ))
+
+    key = await run.store.update_manifest(tune.id, change)
+    return key, written
+
+
+async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str:
+    """Move a damaged manifest out of the way, never over another; the tune's error."""
+    stamp = run.clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        where = await run.store.set_aside_manifest(tune_id, stamp)
+    except ArchiverError as exc:
+        return f"{damaged}; it could not be set aside ({exc}); the tune was not fetched"
+    return (f"{damaged}; set aside as {where}; the tune was not fetched: run fetch again "
+            "to archive it anew, and check the damaged manifest before removing it")

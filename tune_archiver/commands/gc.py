@@ -42,8 +42,21 @@ async def collect(
     waiting: Callable[[], None] | None = None,
 ) -> GcReport:
     """Find (and unless dry_run, remove) unreferenced blobs, and the partial downloads
-    in `staging` and the store's own uploads left for a day."""
-    async with store.locked(exclusive=not dry_run, waiting=waiting):
+    in `staging` and the store's own uploads left for a day.
+
+    A dry run holds the lock as gc does, so what it lists is exactly what gc would
+    remove now (it too waits for a running fetch). Raises ArchiverError, removing
+    nothing, while a manifest is unreadable or one set aside as damaged is kept.
+    """
+    async with store.locked(exclusive=True, waiting=waiting):
+        damaged = await store.damaged_manifests()
+        if damaged:
+            raise ArchiverError(
+                f"{len(damaged)} damaged manifest(s) set aside in manifests/damaged/ "
+                f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}); gc "
+                "removes nothing while they are kept, since it cannot know what they "
+                "reference: check them (verify names them), then remove them"
+            )
         referenced = await referenced_blobs(store)
         report = GcReport()
         young = now - store.gc_grace  # see Store.gc_grace: a fetch may be about to refer to it

@@ -33,6 +33,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
     """What `list` says of one tune; pure."""
     tune = found.tune
     archived = [blob for blob in (entry.blob for entry in found.entries) if blob is not None]
+    gone = sum(1 for entry in found.entries if entry.status == "gone")
     expires = parse_time(tune.get("expires_at"))
     return {
         "tune_id": found.tune_id,
@@ -40,13 +41,25 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "branch": _text(tune.get("branch")),
         "model_type": _text(tune.get("model_type")),
         "files": len(archived),
-        "failed": len(found.entries) - len(archived),
+        "failed": len(found.entries) - len(archived) - gone,
+        "gone": gone,
+        "checkpoint": checkpoint_state(found),
+        "state": found.state,
         "bytes": sum(blob.size for blob in archived),
         "complete": found.complete,
         "archived_at": found.archived_at,
         "expires_at": tune.get("expires_at") if expires else None,
         "seconds_left": max(0, int((expires - now).total_seconds())) if expires else None,
     }
+
+
+def checkpoint_state(found: Manifest) -> str:
+    """yes: a checkpoint is archived; none: the API listed none (LoRA, FaceID, training);
+    failed: it listed one and none is archived (failed, or gone upstream)."""
+    entries = [entry for entry in found.entries if entry.kind == "checkpoint"]
+    if any(entry.status == "ok" for entry in entries):
+        return "yes"
+    return "failed" if entries else "none"
 
 
 def _text(value: Any) -> str | None:

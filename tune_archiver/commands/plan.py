@@ -7,12 +7,12 @@ it, which blobs exist); nothing here touches the network or the disk.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
-from tune_archiver.manifest import CarriedOver, Entry, Manifest
+from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
 from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import url_key
 
@@ -56,27 +56,62 @@ def archived_blobs(manifest: Manifest | None) -> dict[AssetKey, Blob]:
     return {asset_key(entry.asset): blob for entry, blob in archived_entries(manifest)}
 
 
+def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
+    """The entries worth knowing next time, by key: archived ones and ones gone upstream
+    (a failed one is simply tried again)."""
+    return {
+        asset_key(entry.asset): entry
+        for entry in (manifest.entries if manifest is not None else ())
+        if entry.status in ("ok", "gone")
+    }
+
+
 def carried_over(
     manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int]
 ) -> list[AssetResult]:
-    """Archived files the tune no longer lists (expired, or prompts not asked for this time).
+    """Files the last manifest knows that the tune no longer lists (expired, or prompts
+    not asked for this time).
 
     They stay in the new manifest, every field of their entries kept, so their blobs
     stay referenced and are never lost; one whose blob has gone missing is recorded
-    as failed, saying so.
+    as failed, saying so; one gone upstream stays gone.
     """
     listed = {asset_key(asset) for asset in current}
     kept: list[AssetResult] = []
-    for entry, blob in archived_entries(manifest):
-        asset = entry.asset
-        if asset_key(asset) in listed:
-            continue
-        if present.get(blob.sha256) == blob.size:
-            kept.append(CarriedOver(asset, blob, reused=True, entry=entry))
-        else:
-            kept.append(CarriedOver(asset, error="no longer listed by the API, and its blob "
-                                    "is missing from the archive", entry=entry))
+    for key, entry in known_entries(manifest).items():
+        if key not in listed:
+            kept.append(_known(entry, present))
     return kept
+
+
+def _known(entry: Entry, present: Mapping[str, int]) -> AssetResult:
+    """What an entry of the last manifest stands for now, nothing downloaded."""
+    blob = entry.blob
+    if entry.status == "gone":
+        return CarriedOver(entry.asset, error=entry.error, reused=True, gone=True, entry=entry)
+    if blob is not None and present.get(blob.sha256) == blob.size:
+        return CarriedOver(entry.asset, blob, reused=True, entry=entry)
+    return CarriedOver(entry.asset, error="no longer listed by the API, and its blob is "
+                       "missing from the archive", entry=entry)
+
+
+def merged(ours: Sequence[AssetResult], current: Manifest | None) -> list[AssetResult]:
+    """Our results, with what another run archived meanwhile (the manifest as it is now):
+    an entry it archived that we did not replaces our failure or joins the list, so no
+    file either run archived is dropped from the manifest."""
+    results = list(ours)
+    place = {asset_key(result.asset): i for i, result in enumerate(results)}
+    for entry, blob in archived_entries(current):
+        key = asset_key(entry.asset)
+        if key in place and results[place[key]].ok:
+            continue
+        theirs = CarriedOver(entry.asset, blob, reused=True, entry=entry)
+        if key in place:
+            results[place[key]] = theirs
+        else:
+            place[key] = len(results)
+            results.append(theirs)
+    return results
 
 
 def is_unchanged(
@@ -138,7 +173,7 @@ def parse_time(value: Any) -> datetime | None:
 class TunePlan:
     """What to do for one tune."""
 
-    reuse: dict[Asset, Blob] = field(default_factory=dict)  # archived and intact: no download
+    reuse: dict[Asset, AssetResult] = field(default_factory=dict)  # known: no download
     download: list[Asset] = field(default_factory=list)
     left_out: list[Asset] = field(default_factory=list)  # not archived, excluded by --only
 
@@ -146,26 +181,41 @@ class TunePlan:
 def plan_tune(
     tune: Tune,
     only: Only | None,
-    previous: Mapping[tuple[str, int, str], Blob],
+    previous: Mapping[AssetKey, Entry],
     present: Mapping[str, int],
 ) -> TunePlan:
     """Sort the tune's assets into reuse, download and left out.
 
     An asset is reused when the previous manifest has it (same kind, index and URL
-    without its query) and its blob is present with the recorded size. `present`
-    maps the sha256 of each blob found in the store to its size.
+    key) and its blob is present with the recorded size, or has it as gone upstream
+    (never asked for again). `present` maps the sha256 of each blob found in the
+    store to its size.
     """
     wanted = KINDS_OF[only] if only else None
     plan = TunePlan()
     for asset in assets_of(tune):
-        blob = previous.get(asset_key(asset))
-        if blob is not None and present.get(blob.sha256) == blob.size:
-            plan.reuse[asset] = blob
+        entry = previous.get(asset_key(asset))
+        known = _known(entry, present) if entry is not None else None
+        if known is not None and (known.ok or known.gone):
+            plan.reuse[asset] = replace(known, asset=asset)
         elif wanted is None or asset.kind in wanted:
             plan.download.append(asset)
         else:
             plan.left_out.append(asset)
     return plan
+
+
+def listing_state(tune: Tune) -> State:
+    """What the API listed for the tune: files, none yet (training), or none at all."""
+    if assets_of(tune):
+        return "files_listed"
+    return "training" if tune.raw.get("trained_at") is None else "no_files_listed"
+
+
+def has_expired(tune: Tune, now: datetime) -> bool:
+    """True when the tune's expires_at is readable and has passed: its files may be gone."""
+    expires = parse_time(tune.raw.get("expires_at"))
+    return expires is not None and expires <= now
 
 
 def in_shard(tune_id: int, shard: tuple[int, int] | None) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tune_archiver import manifest
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import NotAFile, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
@@ -29,8 +29,15 @@ class Problem:
     tune_id: int
     kind: str | None  # None for a problem with the manifest itself
     index: int | None
-    problem: str  # missing, corrupt, wrong_path, failed, no_manifest, unreadable_manifest
+    # missing, corrupt, wrong_path, not_a_file, unreadable, failed, no_manifest,
+    # unreadable_manifest; and gone (lost upstream), which is counted apart
+    problem: str
     detail: str
+    sha256: str | None = None  # the blob the problem is with, if any
+
+
+# Problems of a blob that a repair can mend by moving it aside and fetching it again.
+BLOB_PROBLEMS = frozenset({"missing", "corrupt", "wrong_path", "not_a_file", "unreadable"})
 
 
 @dataclass
@@ -39,6 +46,7 @@ class VerifyReport:
     blobs: int = 0
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    gone: list[Problem] = field(default_factory=list)  # lost upstream, never archived
 
     @property
     def ok(self) -> bool:
@@ -53,6 +61,7 @@ class _Ref:
     kind: str
     index: int
     size: int
+    sha256: str
 
 
 async def verify(
@@ -66,16 +75,27 @@ async def verify(
     report = VerifyReport()
     sizes: dict[str, int] = {}  # sha256 -> the size the manifests give it
     refs: dict[str, list[_Ref]] = defaultdict(list)
-    for tune_id in dict.fromkeys(tune_ids) or await store.manifest_ids():
+    chosen = list(dict.fromkeys(tune_ids)) or await store.manifest_ids()
+    for key in await store.damaged_manifests():
+        damaged = _damaged_tune(key)
+        if damaged is not None and (not tune_ids or damaged in chosen):
+            report.problems.append(Problem(
+                damaged, None, None, "unreadable_manifest",
+                f"a fetch set it aside as {key}: check it, then remove it",
+            ))
+    for tune_id in chosen:
         report.tunes += 1
         found = await _manifest(store, tune_id, report)
         for entry in found.entries if found is not None else ():
             blob = entry.blob
             if blob is None:
-                report.problems.append(Problem(tune_id, entry.kind, entry.index, "failed",
-                                               entry.error or "no error was recorded"))
+                gone = entry.status == "gone"
+                (report.gone if gone else report.problems).append(Problem(
+                    tune_id, entry.kind, entry.index, "gone" if gone else "failed",
+                    entry.error or "no error was recorded",
+                ))
                 continue
-            ref = _Ref(tune_id, entry.kind, entry.index, blob.size)
+            ref = _Ref(tune_id, entry.kind, entry.index, blob.size, blob.sha256)
             if entry.path != blob_key(blob.sha256):
                 said = "has no path" if entry.path is None else f"says {entry.path!r}"
                 report.problems.append(_problem(
@@ -96,11 +116,14 @@ async def verify(
 
     workers = asyncio.Semaphore(WORKERS)
 
-    async def check(sha: str) -> tuple[int, str] | None:
-        async with workers:
-            found = await store.hash_blob(sha, advance)
-        progress.file_done()
-        return found
+    async def check(sha: str) -> tuple[int, str] | StorageError | None:
+        try:
+            async with workers:
+                return await store.hash_blob(sha, advance)
+        except StorageError as exc:  # a link, a FIFO, EIO: this blob's problem alone
+            return exc
+        finally:
+            progress.file_done()
 
     async with asyncio.TaskGroup() as group:
         tasks = {sha: group.create_task(check(sha)) for sha in sizes}
@@ -113,9 +136,14 @@ async def verify(
 
 
 def _judge(
-    sha: str, size: int, found: tuple[int, str] | None, misplaced: dict[str, str]
+    sha: str, size: int, found: tuple[int, str] | StorageError | None,
+    misplaced: dict[str, str],
 ) -> tuple[str, str] | None:
     """What is wrong with a blob, as one manifest entry sees it; None when nothing."""
+    if isinstance(found, NotAFile):
+        return "not_a_file", f"{blob_key(sha)}: {found}"
+    if isinstance(found, StorageError):
+        return "unreadable", str(found)
     if found is None:
         if sha in misplaced:
             return "wrong_path", f"found at {misplaced[sha]}, not at {blob_key(sha)}"
@@ -141,5 +169,11 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     return found
 
 
+def _damaged_tune(key: str) -> int | None:
+    """The tune a set-aside manifest (manifests/damaged/<id>-<time>.json) belonged to."""
+    head = key.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(head) if head.isdigit() and int(head) > 0 else None
+
+
 def _problem(ref: _Ref, problem: str, detail: str) -> Problem:
-    return Problem(ref.tune_id, ref.kind, ref.index, problem, detail)
+    return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256)

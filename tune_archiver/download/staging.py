@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from stat import S_ISREG
 from urllib.parse import urlsplit
 
 from tune_archiver.download.partial import Partial, Writer
@@ -143,7 +144,7 @@ class Staging:
         try:
             for file in sorted(self.directory.iterdir()):
                 stat = file.lstat()
-                if stat.st_mtime < cutoff:
+                if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:  # damaged/ is kept
                     found.append((file, stat.st_size))
         except FileNotFoundError:
             pass

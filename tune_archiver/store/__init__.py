@@ -123,6 +123,11 @@ class Store(Protocol):
         """Put the blob's bytes at the new local file `target`: "linked" or "copied"."""
         ...
 
+    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
+        """Move what sits at the blob's place, and any copy at a wrong place, to
+        tmp/damaged/ (never deleted, never over another); returns where each went."""
+        ...
+
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only); one already gone is not an error."""
         ...

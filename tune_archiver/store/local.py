@@ -16,25 +16,36 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
-from typing import BinaryIO
 
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import NotAFile, StorageError, storage_error
-from tune_archiver.layout import DAMAGED, MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
+from tune_archiver.errors import StorageError, storage_error
+from tune_archiver.layout import (
+    DAMAGED,
+    DAMAGED_BLOBS,
+    MANIFESTS,
+    OBJECTS,
+    TMP,
+    blob_key,
+    manifest_key,
+)
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Change, Growing
+from tune_archiver.store.files import (
+    hash_file,
+    save_as,
+    size_of,
+    sync_dir,
+    walk_objects,
+)
 from tune_archiver.store.locks import flocked
 from tune_archiver.threads import in_thread
 
@@ -90,7 +101,7 @@ class LocalStore:
         """The size of the blob, or None when it is not in the archive as a regular file
         (a link or a FIFO at its place is never followed: the blob is fetched again)."""
         try:
-            return _size_of(self.path(blob_key(sha256)))
+            return size_of(self.path(blob_key(sha256)))
         except OSError as exc:
             raise storage_error(exc, self.root, "look up a blob") from exc
 
@@ -137,8 +148,8 @@ class LocalStore:
             target.parent.mkdir(mode=0o700, exist_ok=True)
             os.link(source, target, follow_symlinks=False)  # fails rather than overwrite
             os.unlink(source)
-            _sync_dir(target.parent)
-            _sync_dir(source.parent)
+            sync_dir(target.parent)
+            sync_dir(source.parent)
         except OSError as exc:
             raise storage_error(exc, self.root, "set a damaged manifest aside") from exc
 
@@ -161,7 +172,7 @@ class LocalStore:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(name, final)
-            _sync_dir(final.parent)
+            sync_dir(final.parent)
         except OSError as exc:
             raise storage_error(exc, self.root, "write a manifest") from exc
         finally:
@@ -192,32 +203,13 @@ class LocalStore:
 
     async def blobs(self) -> list[StoredBlob]:
         """Every blob at the path its name gives."""
-        found = await in_thread(self._objects)
+        found = await in_thread(walk_objects, self.path(OBJECTS), self.root)
         return [blob for blob, key in found if key == blob_key(blob.sha256)]
 
     async def misplaced(self) -> dict[str, str]:
         """Files named by a digest but in the wrong fan-out directory: sha256 -> key."""
-        found = await in_thread(self._objects)
+        found = await in_thread(walk_objects, self.path(OBJECTS), self.root)
         return {blob.sha256: key for blob, key in found if key != blob_key(blob.sha256)}
-
-    def _objects(self) -> list[tuple[StoredBlob, str]]:
-        """Each file under objects/sha256/*/ named by a digest, with its key."""
-        found = []
-        try:
-            for directory in self.path(OBJECTS).iterdir():
-                if not S_ISDIR(directory.lstat().st_mode):
-                    continue  # a link planted here could lead gc out of the archive
-                for file in directory.iterdir():
-                    stat = file.lstat()
-                    if is_sha256(file.name) and S_ISREG(stat.st_mode):
-                        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-                        key = f"{OBJECTS}/{directory.name}/{file.name}"
-                        found.append((StoredBlob(file.name, stat.st_size, modified), key))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, self.root, "list the blobs") from exc
-        return found
 
     async def hash_blob(
         self, sha256: str, advance: Callable[[int], None]
@@ -226,21 +218,7 @@ class LocalStore:
 
         Runs in a worker thread (hashlib lets go of the GIL) and calls `advance` there.
         """
-        return await in_thread(self._hash_file, sha256, advance)
-
-    def _hash_file(self, sha256: str, advance: Callable[[int], None]) -> tuple[int, str] | None:
-        digest, size = hashlib.sha256(), 0
-        try:
-            with open_regular(self.path(blob_key(sha256))) as file:
-                while chunk := file.read(READ_BLOCK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    advance(len(chunk))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise storage_error(exc, self.root, f"read the blob {sha256}") from exc
-        return size, digest.hexdigest()
+        return await in_thread(hash_file, self.path(blob_key(sha256)), advance, self.root)
 
     async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
         """Put the blob's bytes at `target`, which must not exist; "linked" or "copied".
@@ -249,38 +227,34 @@ class LocalStore:
         beside the target and linked into place, so nothing is ever overwritten.
         """
         blob = self.path(blob_key(sha256))
-        return await in_thread(self._save_as, blob, target, hard_link)
+        return await in_thread(save_as, blob, target, hard_link, self.root)
 
-    def _save_as(self, blob: Path, target: Path, hard_link: bool) -> str:
+    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
+        """Move the blob's file (a link or FIFO as it is, never followed), and any copy
+        at a wrong place, to tmp/damaged/<sha256>-<stamp>; returns the new keys."""
+        misplaced = (await self.misplaced()).get(sha256)
+        keys = [blob_key(sha256), *([misplaced] if misplaced else [])]
+        return await in_thread(self._set_aside_blob, keys, f"{sha256}-{stamp}")
+
+    def _set_aside_blob(self, keys: list[str], name: str) -> list[str]:
+        moved = []
         try:
-            with open_regular(blob) as source:  # a link planted at the blob is never exported
-                if hard_link:
-                    try:
-                        os.link(blob, target, follow_symlinks=False)
-                        return "linked"
-                    except OSError as exc:
-                        if exc.errno not in _NO_LINK:
-                            raise
-                self._copy(source, target)
-            return "copied"
-        except FileExistsError as exc:
-            raise StorageError(f"{target} already exists; nothing was overwritten") from exc
-        except FileNotFoundError as exc:
-            raise StorageError(f"the blob {blob.name} is missing from {self.root}") from exc
+            make_private_dir(self.path(DAMAGED_BLOBS))
+            for key in keys:
+                source = self.path(key)
+                if not os.path.lexists(source):
+                    continue
+                target = f"{DAMAGED_BLOBS}/{name}"
+                for n in range(1, 1000):
+                    if not os.path.lexists(self.path(target)):
+                        break
+                    target = f"{DAMAGED_BLOBS}/{name}-{n}"
+                os.rename(source, self.path(target))  # a link is moved, not followed
+                moved.append(target)
+            sync_dir(self.path(DAMAGED_BLOBS))
         except OSError as exc:
-            raise storage_error(exc, target.parent, f"write {target.name}") from exc
-
-    def _copy(self, source: BinaryIO, target: Path) -> None:
-        """Copy beside the target, then link it into place: nothing is ever overwritten."""
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(source, out, READ_BLOCK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.link(name, target)
-        finally:
-            os.unlink(name)
+            raise storage_error(exc, self.root, "set a damaged blob aside") from exc
+        return moved
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock)."""
@@ -314,51 +288,16 @@ class _Intake:
     def _commit(self, blob: Blob) -> None:
         final = self._store.path(blob_key(blob.sha256))
         try:
-            if _size_of(final) == blob.size:
+            if size_of(final) == blob.size:
                 # Stored already, by an earlier run or another tune. The caller still
                 # holds the file's lock, so the name is ours to remove.
                 self._path.unlink()
                 return
             make_private_dir(final.parent)  # the file is read-only already (Partial.finish)
             os.replace(self._path, final)
-            _sync_dir(final.parent)
+            sync_dir(final.parent)
         except OSError as exc:
             raise storage_error(exc, self._store.root, "store a blob") from exc
 
     async def abandon(self) -> None:
         """Nothing was sent ahead."""
-
-
-def _size_of(path: Path) -> int | None:
-    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO."""
-    try:
-        stat = path.lstat()
-    except FileNotFoundError:
-        return None
-    return stat.st_size if S_ISREG(stat.st_mode) else None
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """Open a regular file to read, never following a link nor blocking on a FIFO.
-
-    Raises FileNotFoundError when nothing is there, NotAFile for anything else.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotAFile(f"{path.name} is a symbolic link, not a blob") from exc
-        raise
-    if not S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotAFile(f"{path.name} is not a regular file")
-    return os.fdopen(fd, "rb", buffering=0)
-
-
-def _sync_dir(directory: Path) -> None:
-    """fsync a directory so a rename in it survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

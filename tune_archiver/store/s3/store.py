@@ -23,14 +23,24 @@ from urllib.parse import urlsplit
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, StorageError
-from tune_archiver.layout import DAMAGED, MANIFESTS, OBJECTS, TMP, blob_key, is_sha256, manifest_key
-from tune_archiver.models import StoredBlob
+from tune_archiver.layout import (
+    DAMAGED,
+    DAMAGED_BLOBS,
+    MANIFESTS,
+    OBJECTS,
+    blob_key,
+    is_sha256,
+    manifest_key,
+)
+from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store import Change, Growing
+from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.transfer import (
     b64,
+    copy,
     save_as,
     stream,
 )
@@ -223,6 +233,22 @@ class S3Store:
         await save_as(self.bucket, sha256, target)
         return "copied"
 
+    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
+        """Copy the blob's object, and any copy at a wrong place, to
+        tmp/damaged/<sha256>-<stamp> (kept by gc), then delete it; returns the new keys."""
+        bucket = self.bucket
+        misplaced = (await self.misplaced()).get(sha256)
+        moved = []
+        for n, key in enumerate([blob_key(sha256), *([misplaced] if misplaced else [])]):
+            found = await bucket.head(bucket.key(key), "set a damaged blob aside")
+            if found is None:
+                continue
+            target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
+            await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]))
+            await bucket.delete(bucket.key(key))
+            moved.append(target)
+        return moved
+
     async def delete_blob(self, sha256: str) -> None:
         """Remove the blob; removing one that is not there is not an error."""
         await self.bucket.delete(self.bucket.key(blob_key(sha256)))
@@ -313,57 +339,12 @@ class S3Store:
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """(description, bytes) of temp objects and unfinished multipart uploads under the
         prefix that were started before `older_than` (an aware datetime)."""
-        objects, uploads = await self._stale(older_than)
-        found = [(f"s3://{self.name}/{key}", size) for key, size in objects]
-        for key, _, size in uploads:
-            found.append((f"unfinished multipart upload to s3://{self.name}/{key}", size))
-        return found
+        return await leftovers.stale(self.bucket, older_than, remove=False)
 
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Delete the temp objects and abort the multipart uploads `stale_uploads` lists;
         returns what was removed, as stale_uploads describes it."""
-        objects, uploads = await self._stale(older_than)
-        removed = []
-        for key, size in objects:
-            await self.bucket.delete(key)
-            removed.append((f"s3://{self.name}/{key}", size))
-        for key, upload_id, size in uploads:
-            await self.bucket.abort(key, upload_id)
-            removed.append((f"unfinished multipart upload to s3://{self.name}/{key}", size))
-        return removed
-
-    async def _stale(
-        self, older_than: datetime
-    ) -> tuple[list[tuple[str, int]], list[tuple[str, str, int]]]:
-        bucket = self.bucket
-        objects = [
-            (bucket.key(key), item["Size"])
-            async for key, item in bucket.list(TMP)
-            if item["LastModified"] < older_than
-        ]
-        uploads = []
-        with bucket.translated("list unfinished uploads"):
-            pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=bucket.name, Prefix=bucket.key("")
-            )
-            async for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < older_than:
-                        key, upload_id = upload["Key"], upload["UploadId"]
-                        uploads.append((key, upload_id, await self._uploaded(key, upload_id)))
-        return objects, uploads
-
-    async def _uploaded(self, key: str, upload_id: str) -> int:
-        """Bytes already sent to an unfinished multipart upload."""
-        bucket = self.bucket
-        try:
-            with bucket.translated("list the parts of an upload"):
-                pages = bucket.client.get_paginator("list_parts").paginate(
-                    Bucket=bucket.name, Key=key, UploadId=upload_id
-                )
-                return sum([part["Size"] async for page in pages for part in page.get("Parts", [])])
-        except Absent:
-            return 0  # finished or aborted since it was listed
+        return await leftovers.stale(self.bucket, older_than, remove=True)
 
 
 def _parse_url(url: str) -> tuple[str, str]:

@@ -1,0 +1,128 @@
+"""Blocking file work of a local archive, never through a link: a blob's size, reading
+it back, copying it out, and walking objects/. Run in worker threads (in_thread)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from stat import S_ISDIR, S_ISREG
+from typing import BinaryIO
+
+from tune_archiver.errors import NotAFile, StorageError, storage_error
+from tune_archiver.layout import OBJECTS, is_sha256
+from tune_archiver.models import StoredBlob
+
+READ_BLOCK = 4 * 2**20
+# A hard link is impossible across filesystems, or where the filesystem refuses it.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
+
+
+def size_of(path: Path) -> int | None:
+    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO."""
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size if S_ISREG(stat.st_mode) else None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file to read, never following a link nor blocking on a FIFO.
+
+    Raises FileNotFoundError when nothing is there, NotAFile for anything else.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAFile(f"{path.name} is a symbolic link, not a blob") from exc
+        raise
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotAFile(f"{path.name} is not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it survives a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:
+    """Each file under objects/sha256/*/ named by a digest, with its key."""
+    found = []
+    try:
+        for directory in objects.iterdir():
+            if not S_ISDIR(directory.lstat().st_mode):
+                continue  # a link planted here could lead gc out of the archive
+            for file in directory.iterdir():
+                stat = file.lstat()
+                if is_sha256(file.name) and S_ISREG(stat.st_mode):
+                    modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                    key = f"{OBJECTS}/{directory.name}/{file.name}"
+                    found.append((StoredBlob(file.name, stat.st_size, modified), key))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise storage_error(exc, root, "list the blobs") from exc
+    return found
+
+
+def hash_file(
+    path: Path, advance: Callable[[int], None], root: Path
+) -> tuple[int, str] | None:
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open_regular(path) as file:
+            while chunk := file.read(READ_BLOCK):
+                digest.update(chunk)
+                size += len(chunk)
+                advance(len(chunk))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, root, f"read the blob {path.name}") from exc
+    return size, digest.hexdigest()
+
+
+def save_as(blob: Path, target: Path, hard_link: bool, root: Path) -> str:
+    try:
+        with open_regular(blob) as source:  # a link planted at the blob is never exported
+            if hard_link:
+                try:
+                    os.link(blob, target, follow_symlinks=False)
+                    return "linked"
+                except OSError as exc:
+                    if exc.errno not in _NO_LINK:
+                        raise
+            copy_to(source, target)
+        return "copied"
+    except FileExistsError as exc:
+        raise StorageError(f"{target} already exists; nothing was overwritten") from exc
+    except FileNotFoundError as exc:
+        raise StorageError(f"the blob {blob.name} is missing from {root}") from exc
+    except OSError as exc:
+        raise storage_error(exc, target.parent, f"write {target.name}") from exc
+
+
+def copy_to(source: BinaryIO, target: Path) -> None:
+    """Copy beside the target, then link it into place: nothing is ever overwritten."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, READ_BLOCK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(name, target)
+    finally:
+        os.unlink(name)

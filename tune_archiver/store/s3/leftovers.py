@@ -1,0 +1,54 @@
+"""What runs leave behind in a bucket: temporary keys and unfinished multipart uploads
+(gc removes them after a day), and blobs verify --repair sets aside (kept)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tune_archiver.layout import DAMAGED_BLOBS, TMP
+from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.errors import Absent
+
+
+async def stale(bucket: Bucket, older_than: datetime, remove: bool) -> list[tuple[str, int]]:
+    """(description, bytes) of each temporary object and unfinished multipart upload
+    under the prefix started before `older_than`; with `remove`, each is removed
+    (deleted, or aborted) as it is listed. tmp/damaged/ is never touched."""
+    found = []
+    async for key, item in bucket.list(TMP):
+        if item["LastModified"] < older_than and not key.startswith(f"{DAMAGED_BLOBS}/"):
+            if remove:
+                await bucket.delete(bucket.key(key))
+            found.append((f"s3://{bucket.name}/{bucket.key(key)}", item["Size"]))
+    for key, upload_id in await _old_uploads(bucket, older_than):
+        size = await _uploaded(bucket, key, upload_id)
+        if remove:
+            await bucket.abort(key, upload_id)
+        found.append((f"unfinished multipart upload to s3://{bucket.name}/{key}", size))
+    return found
+
+
+async def _old_uploads(bucket: Bucket, older_than: datetime) -> list[tuple[str, str]]:
+    """(key, upload id) of the multipart uploads under the prefix started before then."""
+    uploads = []
+    with bucket.translated("list unfinished uploads"):
+        pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket.name, Prefix=bucket.key("")
+        )
+        async for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    uploads.append((upload["Key"], upload["UploadId"]))
+    return uploads
+
+
+async def _uploaded(bucket: Bucket, key: str, upload_id: str) -> int:
+    """Bytes already sent to an unfinished multipart upload."""
+    try:
+        with bucket.translated("list the parts of an upload"):
+            pages = bucket.client.get_paginator("list_parts").paginate(
+                Bucket=bucket.name, Key=key, UploadId=upload_id
+            )
+            return sum([part["Size"] async for page in pages for part in page.get("Parts", [])])
+    except Absent:
+        return 0  # finished or aborted since it was listed
