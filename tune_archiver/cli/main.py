@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tune_archiver.cli import report
+from tune_archiver.cli import report, terminal
 from tune_archiver.cli.parser import build_parser, check_fetch
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.dry_run import dry_run
@@ -42,7 +41,6 @@ from tune_archiver.models import TuneResult
 from tune_archiver.progress import progress_for
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
-from tune_archiver.urls import REDACTED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -75,9 +73,9 @@ def main(
             check_fetch(parser, args)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return EXIT_USAGE if exc.code else EXIT_OK
-    _configure_logging(args.verbose, args.quiet)
-    args.sleep, args.clock = sleep, clock
     secrets: list[str] = []
+    _configure_logging(args.verbose, args.quiet, secrets)
+    args.sleep, args.clock = sleep, clock
     try:
         return HANDLERS[args.command](args, secrets)
     except ConfigError as exc:
@@ -149,7 +147,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
             _error(line, secrets)
         summary = report.fetch_summary(result)
         if summary and not (args.quiet or args.json):
-            print(summary)
+            print(terminal.shown(summary, secrets))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
@@ -159,7 +157,7 @@ def _run_dry(
 ) -> int:
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
     _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
-          "\n".join(report.preview_lines(previews)))
+          report.preview_lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 
@@ -194,7 +192,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
-          report.verify_summary(found))
+          [report.verify_summary(found)])
     return EXIT_OK if found.ok else EXIT_FAILED
 
 
@@ -210,7 +208,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.copy)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
-    _emit(args, secrets, errors, report.export_json(result), report.export_summary(result))
+    _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -221,20 +219,24 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
         waiting=_waiting_for("fetch", location),
     ))
     _emit(args, secrets, [], report.gc_json(found, args.dry_run),
-          "\n".join(report.gc_lines(found, args.dry_run)))
+          report.gc_lines(found, args.dry_run))
     return EXIT_OK
 
 
 def _emit(
-    args: argparse.Namespace, secrets: list[str], errors: list[str], as_json: Any, text: str
+    args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
+    lines: Sequence[str],
 ) -> None:
-    """A command's output: error lines on stderr, then --json or the text (unless -q)."""
+    """A command's output: error lines on stderr, then --json or the lines (unless -q).
+
+    Each line is escaped on its own: a CR or LF inside one is shown, never obeyed."""
     for line in errors:
         _error(line, secrets)
     if args.json:
         _print_json(as_json, secrets)
     elif not args.quiet:
-        print(_scrub(text, secrets))
+        for line in lines:
+            print(terminal.shown(line, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
@@ -292,28 +294,23 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _print_json(value: Any, secrets: list[str]) -> None:
-    print(_scrub(json.dumps(value, indent=2, ensure_ascii=False), secrets))
+    print(terminal.json_text(value, secrets))
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
     """One error line on stderr; with -v, the traceback of the error being handled."""
     if verbose and sys.exc_info()[0] is not None:
         traceback.print_exc(file=sys.stderr)
-    print(f"tune-archiver: error: {_scrub(message, secrets)}", file=sys.stderr)
+    print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    """A last guard: no secret survives into what we print, whatever produced the text."""
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
+def _configure_logging(verbose: bool, quiet: bool, secrets: list[str]) -> None:
+    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q.
 
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q."""
+    They are scrubbed of `secrets` (which grows once the key is read) and escaped."""
     log.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tune-archiver: %(message)s"))
+    handler.setFormatter(terminal.SafeFormatter("tune-archiver: %(message)s", secrets))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     log.propagate = False

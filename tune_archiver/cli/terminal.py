@@ -1,0 +1,71 @@
+"""What reaches the terminal: every line made safe to show, whoever wrote its text.
+
+Titles, URLs and error texts come from servers. Printed raw, an escape sequence
+could clear the screen or write the clipboard (OSC 52), and a CR or LF could forge
+a line of its own ("0 failed"). So every line is scrubbed of secrets and its control
+characters are shown as escapes; main.py prints nothing that has not come through here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from tune_archiver.text import visible
+from tune_archiver.urls import REDACTED
+
+# JSON leaves DEL and C1 controls raw (ensure_ascii=False); C1 CSI (U+009B) and OSC
+# (U+009D) start terminal sequences as ESC [ and ESC ] do.
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """The text with every secret replaced by REDACTED, whatever produced it."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def shown(text: str, secrets: Sequence[str]) -> str:
+    """One printable line: secrets scrubbed, control characters (CR and LF included)
+    shown as \\xNN, so it can neither act on a terminal nor start a line of its own."""
+    return visible(scrub(text, secrets))
+
+
+def scrubbed_json(value: Any, secrets: Sequence[str]) -> Any:
+    """A copy of a JSON value with every secret scrubbed from its strings and keys."""
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, list | tuple):
+        return [scrubbed_json(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {scrub(str(key), secrets): scrubbed_json(item, secrets)
+                for key, item in value.items()}
+    return value
+
+
+def json_text(value: Any, secrets: Sequence[str]) -> str:
+    """The --json document: secrets scrubbed, and DEL and C1 controls written as \\u00XX
+    (json.dumps escapes C0 itself), so the document holds no raw control character."""
+    text = json.dumps(scrubbed_json(value, secrets), indent=2, ensure_ascii=False)
+    return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines as every other line: scrubbed of the secrets known so far (the list is
+    shared with main and grows once the key is read) and escaped."""
+
+    def __init__(self, fmt: str, secrets: Sequence[str]) -> None:
+        super().__init__(fmt)
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        text = shown(self.formatMessage(record), self._secrets)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
