@@ -298,9 +298,10 @@ def _print_json(value: Any, secrets: list[str]) -> None:
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
-    """One error line on stderr; with -v, the traceback of the error being handled."""
+    """One error line on stderr; with -v, the traceback of the error being handled,
+    redacted, scrubbed and escaped as every other line."""
     if verbose and sys.exc_info()[0] is not None:
-        traceback.print_exc(file=sys.stderr)
+        print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
     print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tune_archiver.text import visible
-from tune_archiver.urls import REDACTED
+from tune_archiver.urls import REDACTED, redact_text
 
 # JSON leaves DEL and C1 controls raw (ensure_ascii=False); C1 CSI (U+009B) and OSC
 # (U+009D) start terminal sequences as ESC [ and ESC ] do.
@@ -34,6 +34,15 @@ def shown(text: str, secrets: Sequence[str]) -> str:
     """One printable line: secrets scrubbed, control characters (CR and LF included)
     shown as \\xNN, so it can neither act on a terminal nor start a line of its own."""
     return visible(scrub(text, secrets))
+
+
+def traceback_text(text: str, secrets: Sequence[str]) -> str:
+    """A traceback (-v) made as safe as any line: URLs in it redacted (chained aiohttp
+    errors name presigned URLs whole), secrets scrubbed, each of its lines escaped.
+    The newlines between its lines are kept; any other control character is shown."""
+    return "\n".join(
+        visible(redact_text(scrub(line, secrets))) for line in text.rstrip("\n").split("\n")
+    )
 
 
 def scrubbed_json(value: Any, secrets: Sequence[str]) -> Any:
@@ -57,7 +66,8 @@ def json_text(value: Any, secrets: Sequence[str]) -> str:
 
 class SafeFormatter(logging.Formatter):
     """Log lines as every other line: scrubbed of the secrets known so far (the list is
-    shared with main and grows once the key is read) and escaped."""
+    shared with main and grows once the key is read) and escaped; tracebacks as
+    traceback_text makes them."""
 
     def __init__(self, fmt: str, secrets: Sequence[str]) -> None:
         super().__init__(fmt)
@@ -67,5 +77,7 @@ class SafeFormatter(logging.Formatter):
         record.message = record.getMessage()
         text = shown(self.formatMessage(record), self._secrets)
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + traceback_text(self.formatException(record.exc_info), self._secrets)
+        if record.stack_info:
+            text += "\n" + traceback_text(self.formatStack(record.stack_info), self._secrets)
         return text
