@@ -25,6 +25,7 @@ from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import verify
 from tune_archiver.config import (
+    ENV_API_KEY,
     AllTunes,
     RetryPolicy,
     Settings,
@@ -73,7 +74,9 @@ def main(
             check_fetch(parser, args)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return EXIT_USAGE if exc.code else EXIT_OK
-    secrets: list[str] = []
+    # Every command scrubs a key it can see from what it prints: verify, list, export
+    # and gc need none, but an archive written by an older version may hold it.
+    secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
     _configure_logging(args.verbose, args.quiet, secrets)
     args.sleep, args.clock = sleep, clock
     try:

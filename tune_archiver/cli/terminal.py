@@ -14,20 +14,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tune_archiver.scrub import scrub, scrub_json
 from tune_archiver.text import visible
-from tune_archiver.urls import REDACTED, redact_text
+from tune_archiver.urls import redact_text
 
 # JSON leaves DEL and C1 controls raw (ensure_ascii=False); C1 CSI (U+009B) and OSC
 # (U+009D) start terminal sequences as ESC [ and ESC ] do.
 _RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """The text with every secret replaced by REDACTED, whatever produced it."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def shown(text: str, secrets: Sequence[str]) -> str:
@@ -45,22 +38,10 @@ def traceback_text(text: str, secrets: Sequence[str]) -> str:
     )
 
 
-def scrubbed_json(value: Any, secrets: Sequence[str]) -> Any:
-    """A copy of a JSON value with every secret scrubbed from its strings and keys."""
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, list | tuple):
-        return [scrubbed_json(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {scrub(str(key), secrets): scrubbed_json(item, secrets)
-                for key, item in value.items()}
-    return value
-
-
 def json_text(value: Any, secrets: Sequence[str]) -> str:
     """The --json document: secrets scrubbed, and DEL and C1 controls written as \\u00XX
     (json.dumps escapes C0 itself), so the document holds no raw control character."""
-    text = json.dumps(scrubbed_json(value, secrets), indent=2, ensure_ascii=False)
+    text = json.dumps(scrub_json(value, secrets), indent=2, ensure_ascii=False)
     return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 

@@ -35,6 +35,7 @@ from tune_archiver.errors import ArchiverError, ConfigError, DataError
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
+from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.store import Store
 from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact, redact_text
@@ -100,7 +101,8 @@ async def fetch(
     done = {result.tune_id: result for result in skipped}
     for tune_id, item in found.items():
         done[tune_id] = item if isinstance(item, TuneResult) else tasks[tune_id].result()
-    return [done[tune_id] for tune_id in in_order(tunes, tune_ids, skipped)]
+    return [scrub_result(done[tune_id], [settings.api_key])
+            for tune_id in in_order(tunes, tune_ids, skipped)]
 
 
 def in_order(
@@ -314,8 +316,9 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
             for asset in assets_of(tune)
             if asset in plan.reuse or asset in tasks
         ] + carried
-        document = manifest.build_manifest(
-            tune, results, run.clock(), complete=not plan.left_out
+        document = scrub_json(  # the API may echo the key in any text or URL
+            manifest.build_manifest(tune, results, run.clock(), complete=not plan.left_out),
+            [run.settings.api_key],
         )
         key = await run.store.write_manifest(tune.id, manifest.encode(document))
     except ArchiverError as exc:
