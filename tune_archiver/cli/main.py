@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from tune_archiver.addresses import is_private_host
 from tune_archiver.cli import report, terminal
 from tune_archiver.cli.parser import build_parser, check_fetch
 from tune_archiver.commands import fetch as archive
@@ -104,10 +106,11 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     retry = RetryPolicy(retries=args.retries)
     if args.sleep is not None:
         retry = replace(retry, sleep=args.sleep)
+    api = api_url(args.api_url, env)
     settings = Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
-        api_url=api_url(args.api_url, env),
+        api_url=api,
         workspace=args.workspace,
         concurrency=args.concurrency,
         retry=retry,
@@ -119,6 +122,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         split=args.split,
         split_threshold=args.split_threshold,
         stall=StallRule(args.min_rate, args.stall_window) if args.min_rate else None,
+        # An API on a private network serves files from one: its redirects may go there.
+        private_redirects=args.allow_private_redirects
+        or is_private_host(urlsplit(api).hostname or ""),
     )
     tunes: list[int] | AllTunes = (
         AllTunes(args.expiring_within, args.shard) if args.all

@@ -116,6 +116,9 @@ def _add_fetch(
     fetch.add_argument("--api-key-file", metavar="PATH",
                        help=f"read the API key from this file instead of {ENV_API_KEY}")
     fetch.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    fetch.add_argument("--allow-private-redirects", action="store_true",
+                       help="follow an asset host's redirect into a private address (loopback, "
+                       "link-local, the local network); refused unless the API is on one")
     fetch.add_argument("--concurrency", metavar="N", type=positive_int,
                        default=DEFAULT_CONCURRENCY,
                        help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
