@@ -24,6 +24,9 @@ BASE = "https://bucket.example.com/ckpt/model.safetensors"
         "token",
         "x-amz-signature",
         "SIG",
+        "api_key",
+        "API-Key",
+        "x-api-key",
     ],
 )
 def test_redact_replaces_secret_query_values(param: str) -> None:

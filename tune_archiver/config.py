@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,6 +14,7 @@ from typing import Literal
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError
+from tune_archiver.text import has_control
 
 DEFAULT_API_URL = "https://api.astria.ai"
 DEFAULT_ARCHIVE = "./tune-archive"
@@ -24,6 +28,7 @@ DEFAULT_SPLIT_THRESHOLD = 64 * 2**20
 DEFAULT_MIN_RATE = 1024.0  # bytes per second, averaged over DEFAULT_STALL_WINDOW
 DEFAULT_STALL_WINDOW = 300.0
 USER_AGENT = f"tune-archiver/{__version__}"
+log = logging.getLogger(__name__)
 
 ENV_API_KEY = "ASTRIA_API_KEY"
 ENV_API_URL = "ASTRIA_API_URL"
@@ -74,6 +79,9 @@ class Settings:
     split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
     s3_endpoint_url: str | None = None  # an S3-compatible store other than AWS
     stall: StallRule | None = field(default_factory=StallRule)  # None: no rate rule
+    # Follow redirects into private addresses (loopback, link-local, private networks):
+    # when the API itself is on one, or --allow-private-redirects. Else they are refused.
+    private_redirects: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,20 +107,54 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
 
 
 def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
-    """The API key from --api-key-file, else $ASTRIA_API_KEY.
+    """The API key from --api-key-file, else $ASTRIA_API_KEY, without surrounding
+    whitespace.
 
-    Raises ConfigError when there is none, or the file cannot be read.
+    Raises ConfigError when there is none, the file cannot be read, or the key holds
+    a newline or another control character (never a valid key, and a header
+    injected). A key file that others may read, or that another user owns, is
+    used, with one warning, as ssh does.
     """
     if key_file is not None:
         try:
-            key = Path(key_file).read_text(encoding="utf-8").strip()
+            with open(key_file, "rb") as file:
+                info = os.fstat(file.fileno())
+                key = file.read().decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
         if not key:
             raise ConfigError(f"the API key file {key_file} is empty")
+        _check_key(key, f"the API key file {key_file}")
+        for warning in key_file_warnings(key_file, info, os.geteuid()):
+            log.warning("%s", warning)
         return key
     key = env.get(ENV_API_KEY, "").strip()
     if not key:
         raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
+    _check_key(key, ENV_API_KEY)
     return key
 
+
+def _check_key(key: str, source: str) -> None:
+    """ConfigError when the key holds a line break or a control character; the message
+    never shows the key."""
+    if "\n" in key or "\r" in key:
+        raise ConfigError(f"{source} holds more than one line; it must hold the API key alone")
+    if has_control(key):
+        raise ConfigError(f"{source} holds a control character; it must hold the API key alone")
+
+
+def key_file_warnings(key_file: str, info: os.stat_result, uid: int) -> list[str]:
+    """What is unsafe about a regular key file, one line each: open to group or others,
+    or owned by another user than `uid` (pure: the caller gives the file's stat)."""
+    if not stat.S_ISREG(info.st_mode):
+        return []  # a pipe from a secret manager (/dev/fd/N), a terminal: not a file to fix
+    warnings = []
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        warnings.append(f"warning: the API key file {key_file} can be read or changed by "
+                        f"group or others (mode {mode:04o}); chmod 600 it")
+    if info.st_uid != uid:
+        warnings.append(f"warning: the API key file {key_file} is owned by uid "
+                        f"{info.st_uid}, not by you (uid {uid})")
+    return warnings

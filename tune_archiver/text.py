@@ -13,3 +13,8 @@ def visible(text: str) -> str:
     """The text with every control character shown as \\xNN, so it cannot act on a
     terminal or start a line of its own."""
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def has_control(text: str) -> bool:
+    """True when the text holds a control character (a newline, an escape, ...)."""
+    return _CONTROL.search(text) is not None

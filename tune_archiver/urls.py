@@ -21,9 +21,10 @@ FETCHABLE_SCHEMES = ("http", "https")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
 # merely contains one of SECRET_PARTS is treated as secret too.
-SECRET_PARAMS = frozenset(
-    {"sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey"}
-)
+SECRET_PARAMS = frozenset({
+    "sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey",
+    "api_key", "api-key", "x-api-key",
+})
 SECRET_PARTS = ("signature", "credential", "token", "secret", "password", "auth")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -15,8 +14,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from tune_archiver.cli import report
+from tune_archiver.addresses import is_private_host
+from tune_archiver.cli import report, terminal
 from tune_archiver.cli.parser import build_parser, check_fetch
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.dry_run import dry_run
@@ -29,6 +30,7 @@ from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
+    ENV_API_KEY,
     AllTunes,
     RetryPolicy,
     Settings,
@@ -45,7 +47,6 @@ from tune_archiver.models import TuneResult
 from tune_archiver.progress import progress_for
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
-from tune_archiver.urls import REDACTED
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -78,9 +79,11 @@ def main(
             check_fetch(parser, args)
     except SystemExit as exc:  # argparse has printed the usage error or the help
         return EXIT_USAGE if exc.code else EXIT_OK
-    _configure_logging(args.verbose, args.quiet)
+    # Every command scrubs a key it can see from what it prints: verify, list, export
+    # and gc need none, but an archive written by an older version may hold it.
+    secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
+    _configure_logging(args.verbose, args.quiet, secrets)
     args.sleep, args.clock = sleep, clock
-    secrets: list[str] = []
     try:
         return HANDLERS[args.command](args, secrets)
     except ConfigError as exc:
@@ -115,10 +118,11 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     }
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
     window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
+    api = api_url(args.api_url, env)
     return Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
-        api_url=api_url(args.api_url, env),
+        api_url=api,
         workspace=args.workspace,
         concurrency=args.concurrency,
         retry=retry,
@@ -126,6 +130,9 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         s3_endpoint_url=args.s3_endpoint_url,
         stall=StallRule(min_rate, window) if min_rate else None,
         **fetch_only,
+        # An API on a private network serves files from one: its redirects may go there.
+        private_redirects=getattr(args, "allow_private_redirects", False)
+        or is_private_host(urlsplit(api).hostname or ""),
     )
 
 
@@ -163,7 +170,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
             log.warning("warning: %s", line)
         summary = report.fetch_summary(result)
         if summary and not (args.quiet or args.json):
-            print(summary)
+            print(terminal.shown(summary, secrets))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
 
 
@@ -173,7 +180,7 @@ def _run_dry(
 ) -> int:
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
     _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
-          "\n".join(report.preview_lines(previews)))
+          report.preview_lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 
@@ -218,11 +225,11 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         progress.close()
     if mended is None:
         _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
-              report.verify_summary(found))
+              [report.verify_summary(found)])
         whole = found.ok and not (args.strict and found.gone)
         return EXIT_OK if whole else EXIT_FAILED
     _emit(args, secrets, report.repair_errors(mended), report.repair_json(found, mended),
-          "\n".join(report.repair_lines(found, mended)))
+          report.repair_lines(found, mended))
     whole = mended.ok and not (args.strict and mended.after.gone)
     return EXIT_OK if whole else EXIT_FAILED
 
@@ -239,7 +246,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.copy)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
-    _emit(args, secrets, errors, report.export_json(result), report.export_summary(result))
+    _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -250,20 +257,24 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
         waiting=_waiting_for("fetch", location),
     ))
     _emit(args, secrets, [], report.gc_json(found, args.dry_run),
-          "\n".join(report.gc_lines(found, args.dry_run)))
+          report.gc_lines(found, args.dry_run))
     return EXIT_OK
 
 
 def _emit(
-    args: argparse.Namespace, secrets: list[str], errors: list[str], as_json: Any, text: str
+    args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
+    lines: Sequence[str],
 ) -> None:
-    """A command's output: error lines on stderr, then --json or the text (unless -q)."""
+    """A command's output: error lines on stderr, then --json or the lines (unless -q).
+
+    Each line is escaped on its own: a CR or LF inside one is shown, never obeyed."""
     for line in errors:
         _error(line, secrets)
     if args.json:
         _print_json(as_json, secrets)
     elif not args.quiet:
-        print(_scrub(text, secrets))
+        for line in lines:
+            print(terminal.shown(line, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
@@ -321,28 +332,24 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _print_json(value: Any, secrets: list[str]) -> None:
-    print(_scrub(json.dumps(value, indent=2, ensure_ascii=False), secrets))
+    print(terminal.json_text(value, secrets))
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
-    """One error line on stderr; with -v, the traceback of the error being handled."""
+    """One error line on stderr; with -v, the traceback of the error being handled,
+    redacted, scrubbed and escaped as every other line."""
     if verbose and sys.exc_info()[0] is not None:
-        traceback.print_exc(file=sys.stderr)
-    print(f"tune-archiver: error: {_scrub(message, secrets)}", file=sys.stderr)
+        print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
+    print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    """A last guard: no secret survives into what we print, whatever produced the text."""
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
+def _configure_logging(verbose: bool, quiet: bool, secrets: list[str]) -> None:
+    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q.
 
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q."""
+    They are scrubbed of `secrets` (which grows once the key is read) and escaped."""
     log.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tune-archiver: %(message)s"))
+    handler.setFormatter(terminal.SafeFormatter("tune-archiver: %(message)s", secrets))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     log.propagate = False

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
     api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    api.add_argument("--allow-private-redirects", action="store_true",
+                     help="follow an asset host's redirect into a private address (loopback, "
+                     "link-local, the local network); refused unless the API is on one")
     api.add_argument("--concurrency", metavar="N", type=positive_int,
                      default=DEFAULT_CONCURRENCY,
                      help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")

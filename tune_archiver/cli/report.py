@@ -16,6 +16,7 @@ from tune_archiver.commands.plan import parse_time
 from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.models import TuneResult
+from tune_archiver.text import visible
 from tune_archiver.urls import redact
 
 
@@ -275,20 +276,24 @@ COLUMNS = ("id", "title", "branch", "model type", "checkpoint", "files", "size",
 TITLE_WIDTH = 30
 
 
-def list_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The table `list` prints: one line per tune under a header."""
+def list_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The table `list` prints: one line per tune under a header.
+
+    Text from the manifests is escaped before the columns are measured, so an escape
+    neither acts on the terminal nor breaks the alignment.
+    """
     cells = [COLUMNS] + [_list_cells(row) for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join(
+    return [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells
-    )
+    ]
 
 
 def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
     if "error" in row:
-        return (str(row["tune_id"]), row["error"], *("",) * (len(COLUMNS) - 2))
-    title = row["title"] or ""
+        return (str(row["tune_id"]), visible(row["error"]), *("",) * (len(COLUMNS) - 2))
+    title = visible(row["title"] or "")
     if len(title) > TITLE_WIDTH:
         title = title[: TITLE_WIDTH - 1] + "…"
     notes = [f"{row['failed']} failed"] if row["failed"] else []
@@ -297,8 +302,9 @@ def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
     notes += ["none listed"] if row["state"] == "no_files_listed" else []
     files = str(row["files"]) + (f" ({', '.join(notes)})" if notes else "")
     return (
-        str(row["tune_id"]), title, row["branch"] or "-", row["model_type"] or "-",
-        row["checkpoint"], files, human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
+        str(row["tune_id"]), title, visible(row["branch"] or "-"),
+        visible(row["model_type"] or "-"), row["checkpoint"], files,
+        human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
         _day(row["archived_at"]), _day(row["expires_at"]), time_left(row["seconds_left"]),
     )
 

@@ -25,6 +25,7 @@ from tune_archiver.errors import ArchiverError, StatusError, UnreadableManifest
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
+from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.store import Store
 from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact
@@ -91,7 +92,8 @@ async def fetch(
     done = {result.tune_id: result for result in skipped}
     for tune_id, item in found.items():
         done[tune_id] = item if isinstance(item, TuneResult) else tasks[tune_id].result()
-    return [done[tune_id] for tune_id in in_order(tunes, tune_ids, skipped)]
+    return [scrub_result(done[tune_id], [settings.api_key])
+            for tune_id in in_order(tunes, tune_ids, skipped)]
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,11 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
         written[:] = merged(ours, now)
-        return manifest.encode(manifest.build_manifest(
+        document = manifest.build_manifest(
             tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune)
-        ))
+        )
+        # The API may echo the key in any text or URL: it never reaches the archive.
+        return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
     key = await run.store.update_manifest(tune.id, change)
     return key, written

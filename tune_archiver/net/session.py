@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from tune_archiver.config import USER_AGENT, Settings
+from tune_archiver.net.guard import guard_trace, guarded_connector
 
 
 def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSession:
@@ -12,7 +13,8 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
 
     aiohttp's default 300 s total would cut a 2 GB checkpoint on a slow link; a
     server that stalls is caught by the read timeout instead. Asset sessions do not
-    decompress, so a blob holds exactly the bytes the server sent.
+    decompress, so a blob holds exactly the bytes the server sent. Unless
+    settings.private_redirects, a redirect into a private address is refused.
     """
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
@@ -20,9 +22,15 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
     headers = {"User-Agent": USER_AGENT}
     if not decompress:
         headers["Accept-Encoding"] = "identity"
+    # limit=0: the caller's semaphore is the limit.
+    if settings.private_redirects:
+        connector, traces = aiohttp.TCPConnector(limit=0), []
+    else:  # the usual case: a redirect into a private address is refused (see guard.py)
+        connector, traces = guarded_connector(limit=0), [guard_trace()]
     return aiohttp.ClientSession(
         timeout=timeout,
         headers=headers,
         auto_decompress=decompress,
-        connector=aiohttp.TCPConnector(limit=0),  # the caller's semaphore is the limit
+        connector=connector,
+        trace_configs=traces,
     )

@@ -29,6 +29,7 @@ from tune_archiver.errors import (
     RefusedUrl,
     StatusError,
 )
+from tune_archiver.net.guard import redirected_from
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.urls import check_fetchable, origin, redact
 
@@ -84,15 +85,19 @@ async def get(
     """GET `url`, following up to MAX_REDIRECTS redirects ourselves.
 
     Each hop must be http(s); PRIVATE_HEADERS go only to the first URL's origin.
+    Each request after a redirect is marked as one (guard.redirected_from), so a
+    guarded session refuses it, with RefusedUrl, if it goes to a private address.
     Errors raised while the caller reads the body are translated too.
     """
     first_origin = origin(url)
     sent = dict(headers)
+    source: str | None = None  # the URL that redirected to `url`
     for _hop in range(MAX_REDIRECTS + 1):
         check_fetchable(url)
         with translated(url, read_timeout):
-            response = await session.get(URL(url, encoded=True), headers=sent,
-                                         allow_redirects=False)
+            with redirected_from(source):  # the session's guard may refuse a private target
+                response = await session.get(URL(url, encoded=True), headers=sent,
+                                             allow_redirects=False)
             try:
                 location = response.headers.get("Location")
                 if response.status not in REDIRECT_STATUSES or not location:
@@ -101,7 +106,7 @@ async def get(
                 base = response.url
             finally:
                 response.release()
-        url = _resolve(base, location)
+        source, url = url, _resolve(base, location)
         if origin(url) != first_origin:
             sent = {k: v for k, v in sent.items() if k.lower() not in PRIVATE_HEADERS}
     raise RefusedUrl(f"more than {MAX_REDIRECTS} redirects from {redact(url)}")

@@ -1,0 +1,106 @@
+"""The API key, echoed back by the API, is in no file written and no line printed."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli, manifest_of, write_manifest
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tune_archiver.scrub import scrub, scrub_json
+
+KEY = "sd_echoed_key_0123456789abcdef"
+
+
+@pytest.fixture
+def echoing() -> Iterator[StandIn]:
+    """A stand-in whose key is KEY."""
+    server = StandIn(api_key=KEY).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def files_holding(root: Path, secret: str) -> list[Path]:
+    """Every file under root whose bytes hold the secret."""
+    return [path for path in root.rglob("*")
+            if path.is_file() and secret.encode() in path.read_bytes()]
+
+
+def echo_the_key(standin: StandIn) -> None:
+    """Tune 1 echoes the key in a text field, a prompt, an image's query and a failed
+    image's path; tune 2 is refused by an error body that quotes it."""
+    images = [standin.add_file("img-a", os.urandom(3000)) + f"?api_key={KEY}",
+              standin.file_url(f"gone-{KEY}")]
+    ckpt = standin.add_file("ckpt", os.urandom(5000))
+    standin.add_tune(1, [ckpt], images, description=f"your key is {KEY}",
+                     args={"note": [f"Bearer {KEY}"]})
+    standin.files["prompt-img"] = os.urandom(2000)
+    standin.add_prompt(1, 11, f"a photo <lora:1:1> {KEY}",
+                       [standin.file_url("prompt-img", query=f"api_key={KEY}")])
+    body = json.dumps({"error": f"key {KEY} may not see tune 2"}).encode()
+    standin.api_faults[2] = [Status(422, {"Content-Type": "application/json"}, body)]
+
+
+def test_an_echoed_key_is_in_no_file_and_no_line(
+    echoing: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch -v (text and --json), verify, list, export and gc: the key appears in no file
+    under the archive or the export, and in nothing printed; REDACTED stands in its place."""
+    echo_the_key(echoing)
+    assert run_fetch(echoing, archive, "1", "2", "--prompts", "-v", "--retries", "0") == 1
+    fetched = capsys.readouterr()
+    assert run_fetch(echoing, archive, "1", "--prompts", "--json") == 1
+    as_json = capsys.readouterr()
+    assert "REDACTED" in fetched.err  # tune 2's error line, and image 1's
+    printed = [fetched.out, fetched.err, as_json.out, as_json.err]
+    document = manifest_of(archive, 1)
+    assert document["tune"]["description"] == "your key is REDACTED"
+    assert document["assets"][1]["url"].endswith("?api_key=REDACTED")
+    assert "REDACTED" in document["assets"][2]["error"]
+    assert document["assets"][3]["prompt_text"] == "a photo <lora:1:1> REDACTED"
+    for argv in (["verify"], ["list"], ["list", "--json"], ["export", "1", str(tmp_path / "x")],
+                 ["gc", "--dry-run"]):
+        ran = cli(capsys, *argv, "--archive", str(archive))
+        printed += [ran.out, ran.err]
+    assert [text for text in printed if KEY in text] == []
+    assert files_holding(archive, KEY) == []
+    assert files_holding(tmp_path / "x", KEY) == []
+    assert (tmp_path / "x" / "1-tune-1" / "manifest.json").exists()
+
+
+def test_verify_scrubs_a_key_from_an_older_manifest(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest that holds the key (written before it was scrubbed) is printed by verify
+    with the key of the environment replaced by REDACTED."""
+    standin.add_tune(1, [], [standin.add_file("a", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    entry = document["assets"][0]
+    for field in ("sha256", "size", "path", "content_type"):
+        del entry[field]
+    entry.update(status="failed", error=f"refused for {standin.api_key}")
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.errors == ["tune-archiver: error: tune 1: training_image 0: failed: "
+                          "refused for REDACTED (retry: tune-archiver fetch 1)"]
+
+
+def test_scrub_replaces_every_occurrence_longest_first() -> None:
+    """Each secret is replaced wherever it is; a secret inside a longer one leaves no part
+    of the longer one behind."""
+    assert scrub("abc-abcdef abc", ["abc", "abcdef"]) == "REDACTED-REDACTED REDACTED"
+    assert scrub_json({"k abc": ["abc", 1, None, {"x": "abc"}]}, ["abc"]) == {
+        "k REDACTED": ["REDACTED", 1, None, {"x": "REDACTED"}]}

@@ -1,0 +1,64 @@
+"""What reaches the terminal: every line made safe to show, whoever wrote its text.
+
+Titles, URLs and error texts come from servers. Printed raw, an escape sequence
+could clear the screen or write the clipboard (OSC 52), and a CR or LF could forge
+a line of its own ("0 failed"). So every line is scrubbed of secrets and its control
+characters are shown as escapes; main.py prints nothing that has not come through here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from tune_archiver.scrub import scrub, scrub_json
+from tune_archiver.text import visible
+from tune_archiver.urls import redact_text
+
+# JSON leaves DEL and C1 controls raw (ensure_ascii=False); C1 CSI (U+009B) and OSC
+# (U+009D) start terminal sequences as ESC [ and ESC ] do.
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
+def shown(text: str, secrets: Sequence[str]) -> str:
+    """One printable line: secrets scrubbed, control characters (CR and LF included)
+    shown as \\xNN, so it can neither act on a terminal nor start a line of its own."""
+    return visible(scrub(text, secrets))
+
+
+def traceback_text(text: str, secrets: Sequence[str]) -> str:
+    """A traceback (-v) made as safe as any line: URLs in it redacted (chained aiohttp
+    errors name presigned URLs whole), secrets scrubbed, each of its lines escaped.
+    The newlines between its lines are kept; any other control character is shown."""
+    return "\n".join(
+        visible(redact_text(scrub(line, secrets))) for line in text.rstrip("\n").split("\n")
+    )
+
+
+def json_text(value: Any, secrets: Sequence[str]) -> str:
+    """The --json document: secrets scrubbed, and DEL and C1 controls written as \\u00XX
+    (json.dumps escapes C0 itself), so the document holds no raw control character."""
+    text = json.dumps(scrub_json(value, secrets), indent=2, ensure_ascii=False)
+    return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines as every other line: scrubbed of the secrets known so far (the list is
+    shared with main and grows once the key is read) and escaped; tracebacks as
+    traceback_text makes them."""
+
+    def __init__(self, fmt: str, secrets: Sequence[str]) -> None:
+        super().__init__(fmt)
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        text = shown(self.formatMessage(record), self._secrets)
+        if record.exc_info:
+            text += "\n" + traceback_text(self.formatException(record.exc_info), self._secrets)
+        if record.stack_info:
+            text += "\n" + traceback_text(self.formatStack(record.stack_info), self._secrets)
+        return text

@@ -1,0 +1,105 @@
+"""The redirect guard: a redirect into a private address is refused before any connection.
+
+An asset host that redirects to 169.254.169.254 (a cloud's metadata service), to
+the machine itself or to the local network would have tune-archiver fetch what it
+may reach and the host may not, and archive it. transport.get marks each request
+that follows a redirect (`redirected_from`); a session built with the guard then
+refuses it when its host is a private address literally (checked as the request
+starts) or by name (checked by the resolver, whose answer is the very address the
+connection goes to: a name cannot resolve to a public address for the check and a
+private one for the connection). A host the API names itself is trusted: only
+redirects are checked, and a connection kept open to such a host may be reused.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import SimpleNamespace
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from tune_archiver.addresses import literal, private_kind
+from tune_archiver.errors import RefusedUrl
+from tune_archiver.urls import redact
+
+# The URL a request was redirected from (redacted), while that request is being made;
+# None for a URL as the caller gave it.
+_REDIRECTED_FROM: ContextVar[str | None] = ContextVar("redirected_from", default=None)
+
+
+@contextmanager
+def redirected_from(source: str | None) -> Iterator[None]:
+    """Requests made inside follow a redirect from `source` (None: they do not)."""
+    token = _REDIRECTED_FROM.set(None if source is None else redact(source))
+    try:
+        yield
+    finally:
+        _REDIRECTED_FROM.reset(token)
+
+
+def _refuse(host: str, address: str, kind: str, source: str) -> RefusedUrl:
+    via = "" if literal(host) is not None else f", which resolves to {address}"
+    return RefusedUrl(
+        f"refused a redirect to {host}{via}, a {kind} address, from {source} "
+        "(--allow-private-redirects follows it)"
+    )
+
+
+def _check(host: str, addresses: list[str]) -> None:
+    """Raise RefusedUrl if this request follows a redirect and any address is private."""
+    source = _REDIRECTED_FROM.get()
+    if source is None:
+        return
+    for text in addresses:
+        address = literal(text)
+        kind = private_kind(address) if address is not None else None
+        if kind is not None:
+            raise _refuse(host, text, kind, source)
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's threaded resolver, refusing a redirect's host if any of its addresses is
+    private. The connector connects only to the addresses returned, which were checked."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        _check(host, [item["host"] for item in found])
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def _on_request_start(
+    session: aiohttp.ClientSession, context: SimpleNamespace,
+    params: aiohttp.TraceRequestStartParams,
+) -> None:
+    """A redirect to a private address given literally (the resolver never sees those)."""
+    host = params.url.raw_host or ""
+    if literal(host) is not None:
+        _check(host, [host])
+
+
+def guarded_connector(limit: int) -> aiohttp.TCPConnector:
+    """A connector whose resolver refuses a redirect's host that resolves privately.
+
+    DNS caching is off: a cached answer would reach the connection without passing
+    the resolver's check.
+    """
+    return aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(), use_dns_cache=False)
+
+
+def guard_trace() -> aiohttp.TraceConfig:
+    """The trace config that refuses a redirect to a private address given literally."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(_on_request_start)
+    return trace
