@@ -233,9 +233,9 @@ MALFORMED = [
     pytest.param(entry_changed(1, url=None), "assets[1] (training_image 0): url is null, "
                  "not a string", id="url null"),
     pytest.param(entry_changed(1, status="OK"), 'assets[1] (training_image 0): status is "OK", '
-                 "not ok or failed", id="status OK"),
+                 "not ok, failed or gone", id="status OK"),
     pytest.param(entry_changed(1, status=DROP), "assets[1] (training_image 0): status is "
-                 "missing, not ok or failed", id="no status"),
+                 "missing, not ok, failed or gone", id="no status"),
     pytest.param(entry_changed(0, sha256=UPPER), f'assets[0] (checkpoint 0): sha256 is "{UPPER}",'
                  " not 64 lower-case hex digits", id="sha256 upper-case"),
     pytest.param(entry_changed(0, sha256=SHA[:-1]), f'assets[0] (checkpoint 0): sha256 is '
@@ -359,3 +359,26 @@ def test_read_gives_the_manifest_none_or_the_error() -> None:
     with pytest.raises(UnreadableManifest) as caught:
         asyncio.run(read(Shelf({42: changed(assets=5)}), 42))
     assert str(caught.value) == "the manifest of tune 42 is unreadable: assets is 5, not a list"
+
+
+def test_a_gone_entry_and_the_state_read_back() -> None:
+    """An entry gone upstream keeps its status and error, and the listing state is read."""
+    document = {
+        "schema_version": 1, "tune_id": 3, "archived_at": "2026-11-29T10:00:00Z",
+        "complete": False, "state": "files_listed", "tune": {"id": 3},
+        "assets": [{"kind": "checkpoint", "index": 0, "url": "https://h/c", "status": "gone",
+                    "error": "HTTP 404 from https://h/c"}],
+    }
+    found = parse(json.dumps(document).encode(), 3)
+    assert found.state == "files_listed"
+    [entry] = found.entries
+    assert (entry.status, entry.error, entry.blob) == ("gone", "HTTP 404 from https://h/c", None)
+    assert entry_dict(entry) == document["assets"][0]
+
+
+def test_an_unknown_state_is_unreadable() -> None:
+    """A state this version does not know is refused, not guessed at."""
+    document = {"schema_version": 1, "tune_id": 3, "archived_at": "2026-11-29T10:00:00Z",
+                "complete": False, "state": "sleeping", "tune": {"id": 3}, "assets": []}
+    with pytest.raises(UnreadableManifest, match="its state is"):
+        parse(json.dumps(document).encode(), 3)

@@ -239,12 +239,13 @@ def _entry(item: Any, where: str, bad: Bad) -> Entry:
     index = _field(item, "index", _is_index, "a non-negative integer", bad, f"{where} ({kind})")
     where = f"{where} ({kind} {index})"
     url = _field(item, "url", _is_str, "a string", bad, where)
-    ok = _field(item, "status", _is_status, "ok or failed", bad, where) == "ok"
+    status = _field(item, "status", _is_status, "ok, failed or gone", bad, where)
+    ok = status == "ok"
     return Entry(
         kind=kind,
         index=index,
         url=url,
-        status="ok" if ok else "failed",
+        status=status,
         sha256=_field(item, "sha256", is_sha256, "64 lower-case hex digits", bad, where,
                       required=ok),
         size=_field(item, "size", _is_index, "a non-negative integer", bad, where,

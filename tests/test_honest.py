@@ -1,0 +1,241 @@
+"""Nothing archived is lost, and "ok" means ok: two fetches of one tune at once, damaged
+manifests, files gone upstream, tunes with nothing listed, and verify --repair."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, archived, cli, flip_byte, manifest_of
+from tests.conftest import check_manifest
+from tests.helpers import Sleeps, blob_file, run_fetch, sha256
+from tests.standin import StandIn, Status
+from tune_archiver.commands.fetch import fetch
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.progress import NullProgress
+
+NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+EXPIRED = "2026-12-02T14:32:40.363Z"  # before NOW
+AHEAD = "2027-01-02T14:32:40.363Z"  # after NOW
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def statuses(archive: Path, tune_id: int) -> list[tuple[str, int, str]]:
+    return [(e["kind"], e["index"], e["status"]) for e in manifest_of(archive, tune_id)["assets"]]
+
+
+# -- two fetches of one tune at once ------------------------------------------------------
+
+
+def test_two_fetches_of_one_tune_at_once_keep_both_runs_entries(
+    standin: StandIn, archive: Path
+) -> None:
+    """Both runs read the manifest before either writes; the second merges the first's
+    entries instead of dropping them, and gc then removes none of their blobs."""
+    served = add_tune(standin, 1)
+    standin.hold_until = 2  # no file is answered until both runs are downloading
+    base = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                    retry=RetryPolicy(sleep=Sleeps()))
+
+    async def both() -> None:
+        await asyncio.gather(
+            fetch(replace(base, only="checkpoints"), [1], NullProgress()),
+            fetch(replace(base, only="images"), [1], NullProgress()),
+        )
+
+    asyncio.run(both())
+    assert sorted(statuses(archive, 1)) == sorted(
+        [("checkpoint", 0, "ok")] + [("training_image", i, "ok") for i in range(2)]
+    )
+    check_manifest(archive / "manifests" / "1.json")
+    assert main_gc(archive) == 0
+    assert all(blob_file(archive, data).exists() for data in served.all)
+
+
+def main_gc(archive: Path) -> int:
+    from tune_archiver.cli.main import main
+
+    return main(["gc", "--archive", str(archive), "-q"])
+
+
+# -- a damaged manifest ---------------------------------------------------------------------
+
+
+def test_an_unreadable_manifest_is_set_aside_never_overwritten_and_stops_gc(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged manifest is moved to manifests/damaged/ byte for byte, the tune's fetch
+    fails saying so, gc removes nothing while it is kept (not even the checkpoint the API
+    no longer lists), and verify names it."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    standin.tunes[1]["ckpt_urls"], standin.tunes[1]["ckpt_url"] = [], None  # expired
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    err = capsys.readouterr().err
+    assert "set aside as manifests/damaged/1-20261210T120000Z.json" in err
+    assert (archive / "manifests" / "damaged" / "1-20261210T120000Z.json").read_bytes() == damaged
+    assert not (archive / "manifests" / "1.json").exists()
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert "damaged manifest(s) set aside" in ran.err
+    assert blob_file(archive, served.checkpoints[0]).exists()
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    problems = json.loads(ran.out)["problems"]
+    assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "unreadable_manifest")]
+
+
+# -- gone upstream ------------------------------------------------------------------------
+
+
+def expired_tune_with_a_missing_image(standin: StandIn) -> None:
+    add_tune(standin, 1, expires_at=EXPIRED)
+    standin.tunes[1]["orig_images"].append(standin.file_url("deleted.jpg"))
+
+
+def test_a_file_refused_after_expiry_is_gone_said_once_and_never_asked_again(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 404 after expires_at: "gone upstream", exit 1 once; the next fetch does not ask
+    for it and exits 0; verify counts it apart and exits 0, or 1 with --strict."""
+    expired_tune_with_a_missing_image(standin)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert "training_image 2: gone upstream" in capsys.readouterr().err
+    assert statuses(archive, 1)[-1] == ("training_image", 2, "gone")
+    check_manifest(archive / "manifests" / "1.json")
+    asked = len(standin.seen("cdn", "/files/deleted.jpg"))
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert len(standin.seen("cdn", "/files/deleted.jpg")) == asked
+    assert statuses(archive, 1)[-1] == ("training_image", 2, "gone")
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 0
+    assert ran.out.strip().endswith("all intact; 1 file gone upstream, never archived")
+    assert cli(capsys, "verify", "--archive", str(archive), "--strict").code == 1
+
+
+def test_a_file_refused_before_expiry_fails_and_is_tried_again(
+    standin: StandIn, archive: Path
+) -> None:
+    """The same 404 while the tune has not expired is a failure, asked for again next time."""
+    add_tune(standin, 1, expires_at=AHEAD)
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert statuses(archive, 1)[-1] == ("training_image", 2, "failed")
+    standin.add_file("flaky.jpg", os.urandom(3000))
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert statuses(archive, 1)[-1] == ("training_image", 2, "ok")
+
+
+def test_all_does_not_fail_forever_on_a_file_gone_upstream(
+    standin: StandIn, archive: Path
+) -> None:
+    """fetch --all says the loss once, then exits 0 on every later day."""
+    expired_tune_with_a_missing_image(standin)
+    assert run_fetch(standin, archive, "--all", clock=lambda: NOW) == 1
+    later = NOW + timedelta(days=1)
+    assert run_fetch(standin, archive, "--all", clock=lambda: later) == 0
+
+
+# -- nothing listed -----------------------------------------------------------------------
+
+
+def test_a_tune_still_training_says_so_and_is_not_complete(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No file listed yet: a warning, state "training", never "complete", and list says
+    checkpoint "none" and "still training"."""
+    standin.add_tune(1, [], [], trained_at=None)
+    assert run_fetch(standin, archive, "1") == 0
+    assert "the API lists no files yet (still training)" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("training", False)
+    ran = cli(capsys, "list", "--archive", str(archive))
+    row = ran.out.splitlines()[1]
+    assert " none " in row
+    assert "still training" in row
+
+
+def test_a_trained_tune_listing_nothing_says_so(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trained tune with no file at all (purged) is "no_files_listed", with a warning."""
+    standin.add_tune(1, [], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert "the API lists no files (expired and deleted upstream?)" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("no_files_listed", False)
+
+
+# -- verify --repair ------------------------------------------------------------------------
+
+
+def test_repair_moves_a_corrupt_blob_aside_and_fetches_it_again(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair: the corrupt blob goes to tmp/damaged/ (kept even by a later gc),
+    the tune is fetched again, and the archive is whole: exit 0."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.images[0])
+    flip_byte(blob, 10)
+    damaged_bytes = blob.read_bytes()
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors[0].endswith("(repair: tune-archiver verify --repair 1)")
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert "the archive is whole" in ran.out
+    assert blob.read_bytes() == served.images[0]
+    [kept] = (archive / "tmp" / "damaged").iterdir()
+    assert kept.name.startswith(f"{sha256(served.images[0])}-")
+    assert kept.read_bytes() == damaged_bytes
+    assert cli(capsys, "gc", "--archive", str(archive), now=NOW + timedelta(days=30)).code == 0
+    assert kept.read_bytes() == damaged_bytes
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_says_what_it_could_not_mend_and_exits_1(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob lost from the archive whose file is gone upstream cannot be repaired: the
+    repair says so and exits 1."""
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    blob_file(archive, served.checkpoints[0]).unlink()
+    standin.faults["ckpt-1.safetensors"] = [Status(404)]
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 1
+    assert "the archive is NOT whole" in ran.out
+    assert any("not repaired" in line and "checkpoint 0" in line for line in ran.errors)
+
+
+def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A symlink where a blob should be is never read through: problem not_a_file."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.images[1])
+    outside = tmp_path / "outside"
+    outside.write_bytes(served.images[1])  # even the right bytes: a link is no blob
+    blob.unlink()
+    blob.symlink_to(outside)
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    problems = json.loads(ran.out)["problems"]
+    assert [(p["index"], p["problem"]) for p in problems] == [(1, "not_a_file")]
