@@ -4,8 +4,10 @@ manifests, files gone upstream, tunes with nothing listed, and verify --repair."
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +19,11 @@ from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
 from tune_archiver.commands.fetch import fetch
+from tune_archiver.commands.verify import verify
 from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.errors import storage_error
 from tune_archiver.progress import NullProgress
+from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
 EXPIRED = "2026-12-02T14:32:40.363Z"  # before NOW
@@ -239,3 +244,34 @@ def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(
     assert ran.code == 1
     problems = json.loads(ran.out)["problems"]
     assert [(p["index"], p["problem"]) for p in problems] == [(1, "not_a_file")]
+
+
+class FailingDisk(LocalStore):
+    """A local archive whose disk fails (EIO) reading one blob."""
+
+    def __init__(self, root: Path, bad: str) -> None:
+        super().__init__(root)
+        self.bad = bad
+
+    async def hash_blob(
+        self, sha256: str, advance: Callable[[int], None]
+    ) -> tuple[int, str] | None:
+        if sha256 == self.bad:
+            raise storage_error(OSError(errno.EIO, "Input/output error"), self.root,
+                                f"read the blob {sha256}")
+        return await super().hash_blob(sha256, advance)
+
+
+def test_a_blob_the_disk_cannot_read_is_its_own_problem(
+    standin: StandIn, archive: Path
+) -> None:
+    """EIO on one blob is an "unreadable" problem for it; every other blob is still checked."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    store = FailingDisk(archive, sha256(served.images[0]))
+    found = asyncio.run(verify(store, [], NullProgress()))
+    assert [(p.kind, p.index, p.problem) for p in found.problems] == [
+        ("training_image", 0, "unreadable")
+    ]
+    assert "Input/output error" in found.problems[0].detail
+    assert found.blobs == len(served.all)
