@@ -81,9 +81,9 @@ def snapshot(root: Path) -> dict[Path, tuple[int, int, bytes]]:
 def test_tree_of_hard_links(
     archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """DEST/1-jane-doe: checkpoints/, training_images/ hard-linked to the blobs, manifest.json."""
+    """--link: checkpoints/, training_images/ hard-linked to the blobs, and manifest.json."""
     dest = tmp_path / "dest"
-    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    ran = cli(capsys, "export", "1", str(dest), "--link", "--archive", str(archive))
     assert (ran.code, ran.err) == (0, "")
     folder = dest / "1-jane-doe"
     assert sorted(dest.iterdir()) == [folder]
@@ -98,12 +98,20 @@ def test_tree_of_hard_links(
         assert copy.st_mode & 0o222 == 0  # read-only: editing the export cannot alter the blob
 
 
-def test_copy_makes_independent_files(
-    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("flags", [(), ("--copy",)], ids=["default", "--copy"])
+def test_copy_makes_independent_private_files(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
 ) -> None:
-    """--copy writes byte-identical files with their own inodes; the blobs gain no links."""
+    """By default (and with --copy) an export is byte-identical files with their own inodes,
+    0600 in 0700 folders; editing one cannot touch the archive, whose blobs gain no links."""
     dest = tmp_path / "dest"
-    ran = cli(capsys, "export", "1", str(dest), "--copy", "--archive", str(archive), "--json")
+    old_umask = os.umask(0o022)
+    try:
+        ran = cli(capsys, "export", "1", str(dest), *flags, "--archive", str(archive),
+                  "--json")
+    finally:
+        os.umask(old_umask)
     assert ran.code == 0
     report = json.loads(ran.out)
     assert report["linked"] == []
@@ -113,7 +121,12 @@ def test_copy_makes_independent_files(
     for name, data in expected_files(tune).items():
         assert (folder / name).stat().st_ino != blob_file(archive, data).stat().st_ino
         assert blob_file(archive, data).stat().st_nlink == 1
+        assert (folder / name).stat().st_mode & 0o777 == 0o600
     assert [p.name for p in folder.rglob(".export-*")] == []
+    assert (folder / "manifest.json").stat().st_mode & 0o777 == 0o600
+    assert {p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")] if p.is_dir()} == {
+        0o700
+    }
 
 
 def test_extension_from_the_content_type(
@@ -197,7 +210,7 @@ def test_missing_blob_fails_that_file_only(
     blob_file(archive, tune.images[1]).unlink()
     dest = tmp_path / "dest"
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
-              *(["--copy"] if copy else []))
+              *([] if copy else ["--link"]))
     assert ran.code == 1
     report = json.loads(ran.out)
     assert report["ok"] is False
@@ -250,7 +263,7 @@ def test_json_output_has_the_documented_shape(
     report = json.loads(ran.out)
     jsonschema.Draft202012Validator(EXPORT_SCHEMA).validate(report)
     assert report == {"ok": True, "folder": str(dest / "1-jane-doe"),
-                      "linked": sorted(expected_files(tune)), "copied": [], "failed": []}
+                      "linked": [], "copied": sorted(expected_files(tune)), "failed": []}
 
 
 @pytest.fixture

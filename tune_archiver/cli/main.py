@@ -243,7 +243,7 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     result = _in_archive(
-        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.copy)
+        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])

@@ -98,12 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", parents=[common], help="copy a tune out of the archive as a plain folder",
         description="Write DEST/<id>-<title>/ with checkpoints/, training_images/, "
-        "prompt_images/ and manifest.json. Hard links to the archive's read-only blobs "
-        "where possible, else copies. Never overwrites anything.",
+        "prompt_images/ and manifest.json, private to you (0700, files 0600). Copies of "
+        "the blobs (a reflink where the filesystem can), or hard links with --link. Never "
+        "overwrites anything.",
     )
     export.add_argument("tune_id", metavar="TUNE_ID", type=tune_id, help="the tune to export")
     export.add_argument("dest", metavar="DEST", help="the folder to export into")
-    export.add_argument("--copy", action="store_true", help="always copy, never hard-link")
+    export.add_argument("--link", action="store_true",
+                        help="hard-link the archive's blobs instead of copying them (no space "
+                        "used; the files are the archive's own, read-only)")
+    export.add_argument("--copy", action="store_true",
+                        help="copy the blobs (the default; kept for older scripts)")
 
     gc = commands.add_parser(
         "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",

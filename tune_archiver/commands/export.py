@@ -7,14 +7,16 @@ Nothing that exists is ever overwritten: the tune's folder must be new.
 
 from __future__ import annotations
 
-import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_archiver import manifest
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.safefs import NOFOLLOW, PRIVATE_DIR, PRIVATE_FILE, make_private_dir
 from tune_archiver.store import Store
+from tune_archiver.threads import in_thread
 
 
 @dataclass
@@ -31,8 +33,9 @@ class ExportResult:
         return not self.failed
 
 
-async def export_tune(store: Store, tune_id: int, dest: Path, copy: bool) -> ExportResult:
-    """Write the tune's folder under `dest`.
+async def export_tune(store: Store, tune_id: int, dest: Path, link: bool) -> ExportResult:
+    """Write the tune's folder under `dest` (0700): copies of the blobs (0600), or with
+    `link` hard links to them (read-only, the archive's own files).
 
     Raises ArchiverError when the tune is not archived, UnreadableManifest (before
     anything is written) when its manifest cannot be read, ConfigError when its
@@ -43,7 +46,7 @@ async def export_tune(store: Store, tune_id: int, dest: Path, copy: bool) -> Exp
         raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
     found = manifest.parse(data, tune_id)
     folder = dest / folder_name(tune_id, found.title)
-    await asyncio.to_thread(_new_folder, dest, folder)
+    await in_thread(_new_folder, dest, folder)
     result = ExportResult(folder)
     taken: set[str] = set()
     for entry in found.entries:
@@ -54,21 +57,22 @@ async def export_tune(store: Store, tune_id: int, dest: Path, copy: bool) -> Exp
         name = export_path(entry, taken)
         target = folder / name
         try:
-            await asyncio.to_thread(_make_dir, target.parent)
-            how = await store.save_blob_as(blob.sha256, target, hard_link=not copy)
+            await in_thread(_make_dir, target.parent)
+            how = await store.save_blob_as(blob.sha256, target, hard_link=link)
         except StorageError as exc:
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
-    await asyncio.to_thread(_write_new, folder / "manifest.json", data)
+    await in_thread(_write_new, folder / "manifest.json", data)
     return result
 
 
 def _new_folder(dest: Path, folder: Path) -> None:
     """Create the tune's folder, which must not exist yet."""
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-        folder.mkdir()
+        make_private_dir(dest)
+        folder.mkdir(mode=PRIVATE_DIR)
+        os.chmod(folder, PRIVATE_DIR, follow_symlinks=False)  # the umask may have narrowed
     except FileExistsError as exc:
         raise ConfigError(
             f"{folder} already exists; nothing was overwritten (remove it, or export to "
@@ -80,14 +84,16 @@ def _new_folder(dest: Path, folder: Path) -> None:
 
 def _make_dir(path: Path) -> None:
     try:
-        path.mkdir(exist_ok=True)
+        make_private_dir(path)
     except OSError as exc:
         raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def _write_new(path: Path, data: bytes) -> None:
+    """A new private file (0600) holding `data`; fails rather than replace anything."""
     try:
-        with path.open("xb") as file:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE)
+        with os.fdopen(fd, "wb") as file:
             file.write(data)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
