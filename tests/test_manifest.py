@@ -27,6 +27,7 @@ from tune_archiver.manifest import (
     read,
 )
 from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
+from tune_archiver.urls import identity
 
 SECRET = "s3cr3tsig"
 WHEN = datetime(2026, 11, 29, 10, 0, 0, 999_999, tzinfo=UTC)
@@ -84,7 +85,8 @@ def test_manifest_fields() -> None:
     first = document["assets"][0]
     assert first == {
         "kind": "checkpoint", "index": 0, "url": "https://b.example/c?X-Amz-Signature=REDACTED",
-        "status": "ok", "sha256": SHA, "size": 5, "path": f"objects/sha256/{SHA[:2]}/{SHA}",
+        "source": identity(tune.checkpoint_urls[0]), "status": "ok", "sha256": SHA,
+        "size": 5, "path": f"objects/sha256/{SHA[:2]}/{SHA}",
         "content_type": None,
     }
 
@@ -306,7 +308,8 @@ def test_parse_reads_every_field_and_keeps_extra_ones() -> None:
     assert found.title == "Jane"
     assert found.entries[0] == Entry(
         "checkpoint", 0, "https://b.example/c?X-Amz-Signature=REDACTED", "ok", SHA, 5,
-        f"objects/sha256/{SHA[:2]}/{SHA}", None, extra={"note": {"from": "a later version"}},
+        f"objects/sha256/{SHA[:2]}/{SHA}", None, source=document["assets"][0]["source"],
+        extra={"note": {"from": "a later version"}},
     )
     assert found.entries[2].blob is None
     assert (found.entries[2].error, found.entries[2].extra) == (

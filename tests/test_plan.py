@@ -21,6 +21,7 @@ from tune_archiver.commands.plan import (
 )
 from tune_archiver.manifest import Manifest, asset_entry, build_manifest, encode, parse
 from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
+from tune_archiver.urls import identity
 
 CKPT = "https://bucket.example/ckpt.safetensors"
 IMG0 = "https://img.example/0.jpg"
@@ -69,12 +70,12 @@ def test_assets_of_lists_checkpoints_then_images() -> None:
 
 
 def test_archived_blobs_reads_back_a_built_manifest() -> None:
-    """Every ok entry is keyed by kind, index and URL without its (redacted) query."""
+    """Every ok entry is keyed by kind, index and the identity of the URL it came from."""
     found = archived_blobs(manifest_of(make_tune()))
     assert found == {
-        ("checkpoint", 0, CKPT): Blob(SHA_C, 1000, "image/jpeg"),
-        ("training_image", 0, IMG0): Blob(SHA_0, 10, "image/jpeg"),
-        ("training_image", 1, IMG1): Blob(SHA_1, 11, "image/jpeg"),
+        ("checkpoint", 0, identity(CKPT)): Blob(SHA_C, 1000, "image/jpeg"),
+        ("training_image", 0, identity(IMG0)): Blob(SHA_0, 10, "image/jpeg"),
+        ("training_image", 1, identity(IMG1)): Blob(SHA_1, 11, "image/jpeg"),
     }
 
 
@@ -130,6 +131,7 @@ def test_reuse_needs_kind_index_and_url_to_match(change: str) -> None:
         entry["url"] = "https://img.example/other.jpg"
     else:
         entry["url"] = "https://other-host.example/0.jpg"
+    entry["source"] = identity(entry["url"])  # what the entry records of where it came from
     tune = make_tune()
     plan = plan_tune(tune, None, known_entries(read_back(document)), dict(SIZES))
     assert plan.download == [assets_of(tune)[1]]
@@ -192,7 +194,8 @@ def test_carried_over_entries_keep_every_field_when_rewritten() -> None:
     kept = carried_over(read_back(document), assets_of(now_listed), {SHA_C: 1000})
     checkpoint, image = (asset_entry(result) for result in kept)
     assert checkpoint == document["assets"][0]
-    assert image == {"kind": "training_image", "index": 0, "url": IMG0, "status": "failed",
+    assert image == {"kind": "training_image", "index": 0, "url": IMG0,
+                     "source": identity(IMG0), "status": "failed",
                      "error": "no longer listed by the API, and its blob is missing from the "
                      "archive", "origin": "upload"}
 

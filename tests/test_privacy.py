@@ -16,7 +16,7 @@ from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Cut, StandIn
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ConfigError
-from tune_archiver.urls import url_key
+from tune_archiver.urls import identity
 
 MiB = 2**20
 NOBODY = 65534
@@ -42,7 +42,7 @@ def mode(path: Path) -> int:
 
 
 def partial_name(url: str) -> str:
-    return hashlib.sha256(url_key(url).encode()).hexdigest()[:40]
+    return hashlib.sha256(identity(url).encode()).hexdigest()[:40]
 
 
 def test_a_new_archive_is_private(standin: StandIn, archive: Path) -> None:

@@ -277,3 +277,24 @@ def test_forced_ranges_into_a_full_disk_end_cleanly(
     assert [failure.error for failure in result.failed] == [f"disk full in {archive}"]
     assert list((archive / "tmp").iterdir()) == []
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+def test_a_redacted_url_is_still_known_again_by_its_source(
+    standin: StandIn, archive: Path
+) -> None:
+    """`?id=1&hdnts=...` is stored as `?id=REDACTED&hdnts=REDACTED`, yet the next fetch
+    knows the file again (by the entry's source) and downloads nothing."""
+    images = [os.urandom(2000 + i) for i in range(2)]
+    urls = []
+    for i, data in enumerate(images, start=1):
+        standin.files[f"img?id={i}"] = data
+        urls.append(standin.file_url("img", query=f"id={i}&hdnts=exp=1~hmac=SECRET{i}"))
+    standin.add_tune(1, [], urls)
+    assert run_fetch(standin, archive, "1") == 0
+    text = (archive / "manifests" / "1.json").read_text()
+    assert "SECRET" not in text
+    assert "id=REDACTED" in text
+    asked = len(standin.seen("cdn", "/files/img"))
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn", "/files/img")) == asked
+    assert [e["status"] for e in entries(archive, 1)] == ["ok", "ok"]

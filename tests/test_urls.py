@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tune_archiver.errors import RefusedUrl
@@ -53,7 +55,7 @@ def test_redact_keeps_harmless_params(harmless: str) -> None:
     [
         ("https://user:password@host.example/a", f"https://{REDACTED}@host.example/a"),
         ("https://token@host.example/a", f"https://{REDACTED}@host.example/a"),
-        ("https://host.example/a?x=1#frag-" + SECRET, "https://host.example/a?x=1"),
+        ("https://host.example/a?w=1#frag-" + SECRET, "https://host.example/a?w=1"),
         ("https://host.example/a", "https://host.example/a"),
     ],
 )
@@ -170,3 +172,19 @@ def test_check_fetchable_refusal_is_redacted() -> None:
 def test_check_fetchable_accepts_http_and_https(url: str) -> None:
     """Absolute http and https URLs with a host pass."""
     check_fetchable(url)
+
+
+@pytest.mark.parametrize("name", ["s", "hmac", "verify", "hdnts", "api_key", "id", "Policy"])
+def test_every_query_value_but_harmless_ones_is_redacted(name: str) -> None:
+    """A parameter in no list of secrets is still redacted; signing dates and sizes stay."""
+    shown = redact(f"https://cdn.example/a?{name}={SECRET}&X-Amz-Date=20261129T000000Z&w=64")
+    assert SECRET not in shown
+    assert shown.endswith(f"{name}=REDACTED&X-Amz-Date=20261129T000000Z&w=64")
+
+
+def test_urls_inside_text_and_protocol_relative_ones_are_redacted() -> None:
+    """A tune's free text holding URLs, absolute or //host/..., is stored redacted."""
+    text = f"see https://a.example/x?k={SECRET} or //b.example/y?hdnts={SECRET} now"
+    out = redact_json({"notes": text, "list": [f"//c.example/z?s={SECRET}"]})
+    assert SECRET not in json.dumps(out)
+    assert out["notes"].startswith("see https://a.example/x?k=REDACTED or //b.example/y")

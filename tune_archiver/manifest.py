@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from tune_archiver.errors import UnreadableManifest
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
-from tune_archiver.urls import redact, redact_json
+from tune_archiver.urls import identity, redact, redact_json, redact_text
 
 SCHEMA_VERSION = 1
 
@@ -47,7 +47,15 @@ class Entry:
     error: str | None = None
     prompt_id: int | None = None
     prompt_text: str | None = None
+    # urls.identity of the URL it was fetched from: the stored URL is redacted
+    source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict cannot be hashed
+
+    @property
+    def identity(self) -> str:
+        """What knows this file again next run (older manifests have no `source`: their
+        stored URL kept every value that names the file)."""
+        return self.source or identity(self.url)
 
     @property
     def asset(self) -> Asset:
@@ -125,11 +133,14 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
     (their URLs redacted, as everywhere in a manifest).
     """
     asset, blob = result.asset, result.blob
+    known = result.entry if isinstance(result, CarriedOver) else None
     entry = Entry(
         asset.kind, asset.index, redact(asset.url), "gone" if result.gone else "failed",
         error=result.error or "unknown error",
-        prompt_id=asset.prompt_id, prompt_text=asset.prompt_text,
-        extra=redact_json(result.entry.extra) if isinstance(result, CarriedOver) else {},
+        prompt_id=asset.prompt_id,
+        prompt_text=redact_text(asset.prompt_text) if asset.prompt_text else asset.prompt_text,
+        source=known.identity if known else identity(asset.url),
+        extra=redact_json(known.extra) if known else {},
     )
     if blob is not None:
         entry = replace(entry, status="ok", sha256=blob.sha256, size=blob.size,
@@ -144,6 +155,8 @@ def entry_dict(entry: Entry) -> dict[str, Any]:
     Raises ValueError for an ok entry without a valid sha256 and size.
     """
     written: dict[str, Any] = {"kind": entry.kind, "index": entry.index, "url": entry.url}
+    if entry.source is not None:
+        written["source"] = entry.source
     if entry.prompt_id is not None:
         written["prompt_id"] = entry.prompt_id
         written["prompt_text"] = entry.prompt_text
@@ -225,8 +238,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
 
 
 _KNOWN = frozenset(
-    {"kind", "index", "url", "status", "sha256", "size", "path", "content_type", "error",
-     "prompt_id", "prompt_text"}
+    {"kind", "index", "url", "source", "status", "sha256", "size", "path", "content_type",
+     "error", "prompt_id", "prompt_text"}
 )
 Bad = Callable[[str], UnreadableManifest]
 
@@ -258,6 +271,8 @@ def _entry(item: Any, where: str, bad: Bad) -> Entry:
                          required=False),
         prompt_text=_field(item, "prompt_text", _is_str, "a string or null", bad, where,
                            required=False),
+        source=_field(item, "source", _is_source, "32 lower-case hex digits", bad, where,
+                      required=False),
         extra={name: value for name, value in item.items() if name not in _KNOWN},
     )
 
@@ -279,6 +294,10 @@ def _field(
         shown = "missing" if name not in found else _shown(value)
         raise bad(f"{where + ': ' if where else ''}{name} is {shown}, not {should_be}")
     return value
+
+
+def _is_source(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 32 and is_sha256(value * 2)
 
 
 def _is_kind(value: Any) -> bool:

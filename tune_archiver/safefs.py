@@ -50,6 +50,16 @@ def check_own(fd: int, path: Path) -> None:
         raise Planted(f"{path} is not a regular file of this user with one name")
 
 
+def new_private_dir(path: Path) -> None:
+    """Create the folder, which must not exist yet (FileExistsError), 0700 by fchmod."""
+    os.mkdir(path, PRIVATE_DIR)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+    try:
+        os.fchmod(fd, PRIVATE_DIR)
+    finally:
+        os.close(fd)
+
+
 def make_private_dir(path: Path) -> None:
     """Create the folder (and missing parents) if need be; one this call creates is 0700,
     set by fchmod, since the umask may have widened it."""
@@ -60,14 +70,9 @@ def make_private_dir(path: Path) -> None:
         probe = probe.parent
     for folder in reversed(missing):
         try:
-            os.mkdir(folder, PRIVATE_DIR)
+            new_private_dir(folder)
         except FileExistsError:
             continue  # made by another process meanwhile
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
-        try:
-            os.fchmod(fd, PRIVATE_DIR)
-        finally:
-            os.close(fd)
 
 
 def check_folder(path: Path, what: str) -> str | None:

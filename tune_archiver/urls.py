@@ -6,6 +6,7 @@ a URL (manifest, log line, error message) goes through `redact` first.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,8 +35,20 @@ def is_secret_param(name: str) -> bool:
     return lowered in SECRET_PARAMS or any(part in lowered for part in SECRET_PARTS)
 
 
+# Query parameters whose value is shown and stored as it is: the dates and algorithm of
+# a signature, and a media file's shape. Every other value is replaced by REDACTED.
+HARMLESS_PARAMS = frozenset({
+    "x-amz-algorithm", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
+    "x-goog-algorithm", "x-goog-date", "x-goog-expires", "x-goog-signedheaders",
+    "expires", "se", "st", "sv", "sr", "sp", "spr", "versionid", "response-content-type",
+    "w", "h", "width", "height", "format", "fm", "q", "quality", "size",
+})
+
+
 def redact(url: str) -> str:
-    """The URL with secret query values and any user:password replaced by REDACTED."""
+    """The URL with every query value but the harmless ones (HARMLESS_PARAMS), and any
+    user:password, replaced by REDACTED: a secret named in no list (`s`, `hmac`,
+    `hdnts`, `verify`, ...) is never shown or stored."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -47,7 +60,8 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(name, REDACTED if is_secret_param(name) else value) for name, value in pairs],
+            [(name, value if name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
+              else REDACTED) for name, value in pairs],
             safe="/:",
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
@@ -59,9 +73,10 @@ def redact_text(text: str) -> str:
 
 
 def redact_json(value: Any) -> Any:
-    """A copy of decoded JSON in which every http(s) URL string is redacted."""
+    """A copy of decoded JSON in which every URL is redacted, in a string of its own or
+    inside text, protocol-relative ones included."""
     if isinstance(value, str):
-        return redact(value) if value[:8].lower().startswith(("http://", "https://")) else value
+        return redact_text(value)
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):
@@ -77,6 +92,12 @@ SIGNING_PARAMS = frozenset({
     "awsaccesskeyid", "expires", "se", "st", "sv", "sp", "sr", "spr", "skoid", "sktid",
     "skt", "ske", "sks", "skv",
 })
+
+
+def identity(url: str) -> str:
+    """A short hash of url_key: what a manifest records to know a file again, since its
+    URL is stored redacted (and `?id=1` may read `?id=REDACTED` there)."""
+    return hashlib.sha256(url_key(url).encode()).hexdigest()[:32]
 
 
 def url_key(url: str) -> str:

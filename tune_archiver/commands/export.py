@@ -14,7 +14,7 @@ from pathlib import Path
 from tune_archiver import manifest
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
-from tune_archiver.safefs import NOFOLLOW, PRIVATE_DIR, PRIVATE_FILE, make_private_dir
+from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 
@@ -71,8 +71,7 @@ def _new_folder(dest: Path, folder: Path) -> None:
     """Create the tune's folder, which must not exist yet."""
     try:
         make_private_dir(dest)
-        folder.mkdir(mode=PRIVATE_DIR)
-        os.chmod(folder, PRIVATE_DIR, follow_symlinks=False)  # the umask may have narrowed
+        new_private_dir(folder)
     except FileExistsError as exc:
         raise ConfigError(
             f"{folder} already exists; nothing was overwritten (remove it, or export to "

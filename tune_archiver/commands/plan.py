@@ -14,7 +14,7 @@ from typing import Any
 from tune_archiver.config import Only
 from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
 from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Tune
-from tune_archiver.urls import url_key
+from tune_archiver.urls import identity
 
 KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
     "checkpoints": ("checkpoint",),
@@ -22,7 +22,7 @@ KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
 }
 
 
-AssetKey = tuple[str, int, str]  # kind, index, URL without its query
+AssetKey = tuple[str, int, str]  # kind, index, urls.identity of the URL
 
 
 def assets_of(tune: Tune) -> list[Asset]:
@@ -40,7 +40,17 @@ def assets_of(tune: Tune) -> list[Asset]:
 
 def asset_key(asset: Asset) -> AssetKey:
     """What identifies an asset across runs, whatever its URL's signature."""
-    return (asset.kind, asset.index, url_key(asset.url))
+    return (asset.kind, asset.index, identity(asset.url))
+
+
+def result_key(result: AssetResult) -> AssetKey:
+    """The key of a result: its entry's, for a file known from the last manifest."""
+    return entry_key(result.entry) if isinstance(result, CarriedOver) else asset_key(result.asset)
+
+
+def entry_key(entry: Entry) -> AssetKey:
+    """The key of a manifest's entry: its recorded source, its URL being redacted."""
+    return (entry.kind, entry.index, entry.identity)
 
 
 def archived_entries(manifest: Manifest | None) -> Iterator[tuple[Entry, Blob]]:
@@ -53,14 +63,14 @@ def archived_entries(manifest: Manifest | None) -> Iterator[tuple[Entry, Blob]]:
 
 def archived_blobs(manifest: Manifest | None) -> dict[AssetKey, Blob]:
     """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
-    return {asset_key(entry.asset): blob for entry, blob in archived_entries(manifest)}
+    return {entry_key(entry): blob for entry, blob in archived_entries(manifest)}
 
 
 def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
     """The entries worth knowing next time, by key: archived ones and ones gone upstream
     (a failed one is simply tried again)."""
     return {
-        asset_key(entry.asset): entry
+        entry_key(entry): entry
         for entry in (manifest.entries if manifest is not None else ())
         if entry.status in ("ok", "gone")
     }
@@ -100,9 +110,9 @@ def merged(ours: Sequence[AssetResult], current: Manifest | None) -> list[AssetR
     an entry it archived that we did not replaces our failure or joins the list, so no
     file either run archived is dropped from the manifest."""
     results = list(ours)
-    place = {asset_key(result.asset): i for i, result in enumerate(results)}
+    place = {result_key(result): i for i, result in enumerate(results)}
     for entry, blob in archived_entries(current):
-        key = asset_key(entry.asset)
+        key = entry_key(entry)
         if key in place and results[place[key]].ok:
             continue
         theirs = CarriedOver(entry.asset, blob, reused=True, entry=entry)

@@ -28,7 +28,7 @@ from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
-from tune_archiver.urls import url_key
+from tune_archiver.urls import identity
 
 ENV_STAGING = "TUNE_ARCHIVER_STAGING"
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Staging:
     async def open(self, url: str, store: Store) -> Incoming:
         """The download of `url`, resumed from an earlier run when possible."""
         partial = await in_thread(
-            Partial.open, self.directory, url_key(url), self.shown, self._write
+            Partial.open, self.directory, identity(url), self.shown, self._write
         )
         return Incoming(partial, store.intake(partial))
 
