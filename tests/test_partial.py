@@ -11,7 +11,7 @@ import pytest
 
 from tune_archiver.download import partial as partial_module
 from tune_archiver.download.partial import Partial
-from tune_archiver.errors import IntegrityError
+from tune_archiver.errors import IntegrityError, StorageError
 
 KEY = "https://cdn.example/model.safetensors"
 DATA = os.urandom(1000)
@@ -146,3 +146,16 @@ def test_split_leaves_no_runt_piece_at_the_end(tmp_path: Path) -> None:
     partial = new_partial(tmp_path)
     partial.split(450)
     assert partial.spans == [[0, 0, 450], [450, 450, 1000]]
+
+
+def test_a_sidecar_that_cannot_be_written_is_a_storage_error(tmp_path: Path) -> None:
+    """When the sidecar cannot be written (here its temporary name is taken by a folder;
+    a full disk fails the same way) the error is ours, one line, never a raw OSError; and
+    closing the partial afterwards does not raise."""
+    partial = new_partial(tmp_path)
+    partial.append([DATA[:100]])
+    [taken] = [tmp_path / f".{partial.path.with_suffix('.json').name}.tmp"]
+    taken.mkdir()
+    with pytest.raises(StorageError, match="cannot record a download's progress"):
+        partial.save()
+    partial.close(keep=True)
