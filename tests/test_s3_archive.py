@@ -148,6 +148,28 @@ def test_verify_catches_a_corrupted_object(
     assert "tune 1: checkpoint 0: corrupt" in capsys.readouterr().err
 
 
+def test_verify_repair_on_a_bucket_sets_the_corrupt_object_aside_and_mends_it(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair on S3: the corrupt object is copied to tmp/damaged/ (which gc keeps),
+    the tune fetched again, and the archive verifies whole."""
+    served = add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    damaged = bytearray(s3.get(checkpoint["path"]))
+    damaged[1000] ^= 0xFF
+    s3.put(checkpoint["path"], bytes(damaged))
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 0
+    assert s3.get(checkpoint["path"]) == served[standin.tunes[1]["ckpt_urls"][0]]
+    [kept] = s3.keys("tmp/damaged/")
+    assert s3.get(kept.removeprefix(f"{s3.prefix}/")) == bytes(damaged)
+    later = datetime.now(UTC) + timedelta(days=30)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert s3.keys("tmp/damaged/") == [kept]
+    assert tune_archiver(s3, "verify") == 0
+
+
 def test_gc_on_a_bucket_waits_out_the_grace_period(standin: StandIn, s3: S3Archive) -> None:
     """Unreferenced blobs stay while young (a fetch may be about to use them), go after a day;
     referenced ones always stay."""

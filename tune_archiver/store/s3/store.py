@@ -244,7 +244,8 @@ class S3Store:
             if found is None:
                 continue
             target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
-            await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]))
+            await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
+                       check=False)
             await bucket.delete(bucket.key(key))
             moved.append(target)
         return moved
