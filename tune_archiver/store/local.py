@@ -155,13 +155,17 @@ class LocalStore:
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by archive-relative key."""
+        names = await self._names(DAMAGED, "list the damaged manifests")
+        return sorted(f"{DAMAGED}/{name}" for name in names)
+
+    async def _names(self, key: str, doing: str) -> list[str]:
+        """The names in an archive folder; none when it does not exist."""
         try:
-            names = await aiofiles.os.listdir(self.path(DAMAGED))
+            return await aiofiles.os.listdir(self.path(key))
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise storage_error(exc, self.root, "list the damaged manifests") from exc
-        return sorted(f"{DAMAGED}/{name}" for name in names)
+            raise storage_error(exc, self.root, doing) from exc
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
         fd, name = -1, ""
@@ -179,7 +183,6 @@ class LocalStore:
             if name:
                 Path(name).unlink(missing_ok=True)
 
-
     # -- the archive lock ----------------------------------------------------------
 
     def locked(
@@ -192,12 +195,7 @@ class LocalStore:
 
     async def manifest_ids(self) -> list[int]:
         """Every tune with a manifest, in increasing order."""
-        try:
-            names = await aiofiles.os.listdir(self.path(MANIFESTS))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise storage_error(exc, self.root, "list the manifests") from exc
+        names = await self._names(MANIFESTS, "list the manifests")
         ids = (name.removesuffix(".json") for name in names if name.endswith(".json"))
         return sorted(int(i) for i in ids if i.isdigit() and int(i) > 0)
 
