@@ -49,8 +49,7 @@ class Incoming:
         store fails (the partial is then still ours, for release).
         """
         partial = self.partial
-        blob = await in_thread(_finish, partial, content_type, tail)
-        await self.intake.commit(blob)
+        blob = await self.intake.commit(lambda: _finish(partial, content_type, tail))
         self._settled = True
         partial.detach()  # the file's name is the store's now
         return blob

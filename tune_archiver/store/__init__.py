@@ -39,8 +39,9 @@ class Growing(Protocol):
 class Intake(Protocol):
     """A blob on its way into the store, from a file that may still be growing."""
 
-    async def commit(self, blob: Blob) -> None:
-        """Make the whole, fsynced file (its bytes hash to blob.sha256) that blob.
+    async def commit(self, finish: Callable[[], Blob]) -> Blob:
+        """Call `finish` (blocking: it completes, fsyncs and hashes the file, and returns
+        its blob) in a worker thread, then make the file that blob; returns it.
 
         The file's name is the store's afterwards (renamed away or removed); the
         caller only closes its descriptor. A blob already stored is kept as it is.

@@ -279,23 +279,26 @@ class _Intake:
         self._store = store
         self._path = path
 
-    async def commit(self, blob: Blob) -> None:
-        """Rename the file to the blob's name, read-only; a blob already there is kept."""
-        await in_thread(self._commit, blob)
+    async def commit(self, finish: Callable[[], Blob]) -> Blob:
+        """Finish the file and rename it to the blob's name, read-only, in one thread hop
+        (a small file costs one in all); a blob already there is kept."""
+        return await in_thread(self._commit, finish)
 
-    def _commit(self, blob: Blob) -> None:
+    def _commit(self, finish: Callable[[], Blob]) -> Blob:
+        blob = finish()
         final = self._store.path(blob_key(blob.sha256))
         try:
             if size_of(final) == blob.size:
                 # Stored already, by an earlier run or another tune. The caller still
                 # holds the file's lock, so the name is ours to remove.
                 self._path.unlink()
-                return
+                return blob
             make_private_dir(final.parent)  # the file is read-only already (Partial.finish)
             os.replace(self._path, final)
             sync_dir(final.parent)
         except OSError as exc:
             raise storage_error(exc, self._store.root, "store a blob") from exc
+        return blob
 
     async def abandon(self) -> None:
         """Nothing was sent ahead."""

@@ -32,8 +32,9 @@ class S3Intake:
         self.live = LiveUpload(bucket, file)
         self.live.start()
 
-    async def commit(self, blob: Blob) -> None:
-        """Finish the upload and make it visible under the blob's key; remove the file.
+    async def commit(self, finish: Callable[[], Blob]) -> Blob:
+        """Finish the file (`finish`, in a worker thread), then its upload; make it
+        visible under the blob's key and remove the file.
 
         The bytes go to a temporary key first; the blob key is written (by a
         server-side copy) only once the temporary object has the right size and
@@ -46,6 +47,7 @@ class S3Intake:
         """
         bucket, live = self._bucket, self.live
         try:
+            blob = await in_thread(finish)
             await live.stop(drain=True)
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")
@@ -58,6 +60,7 @@ class S3Intake:
             await settle(live.abort(), f"abort the upload to {live.key}")
         # The caller still holds the file's lock, so its name is ours to remove.
         await in_thread(os.unlink, self._file.path)
+        return blob
 
     async def _store_new(self, blob: Blob, final: str) -> None:
         """Finish the live upload (or send the whole file), check it, copy it into place."""
