@@ -124,6 +124,7 @@ class StandIn:
         # and one that lists oldest first (ascending ids).
         self.ignore_before_id = False
         self.oldest_first = False
+        self.misbehaving_paths: tuple[str, ...] | None = None  # those two on these only
         # Faults for the range requests of a file that start at a given byte: (name, start).
         self.range_faults: dict[tuple[str, int], list[Fault]] = {}
         self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
@@ -155,6 +156,7 @@ class StandIn:
                 web.get("/tunes", self._list_tunes),
                 web.get("/tunes/{id}", self._tune),
                 web.get("/tunes/{id}/prompts", self._list_prompts),
+                web.get("/prompts", self._list_account_prompts),
             ]),
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
@@ -219,11 +221,14 @@ class StandIn:
         self.tunes[tune_id] = tune
         return tune
 
-    def add_prompt(self, tune_id: int, prompt_id: int, text: str, images: list[str]) -> None:
-        """A prompt of the tune with these generated image URLs."""
-        self.prompts.setdefault(tune_id, []).append(
-            {"id": prompt_id, "text": text, "tune_id": tune_id, "images": images}
-        )
+    def add_prompt(
+        self, tune_id: int, prompt_id: int, text: str, images: list[str], **fields: Any
+    ) -> dict[str, Any]:
+        """A prompt created on the tune with these generated image URLs (and `fields`,
+        say input_image): listed by /tunes/ID/prompts and by the account's /prompts."""
+        prompt = {"id": prompt_id, "text": text, "tune_id": tune_id, "images": images, **fields}
+        self.prompts.setdefault(tune_id, []).append(prompt)
+        return prompt
 
     def seen(self, host: str, path_prefix: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.host == host and r.path.startswith(path_prefix)]
@@ -272,6 +277,9 @@ class StandIn:
     async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
         return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
 
+    async def _list_account_prompts(self, request: web.Request) -> web.StreamResponse:
+        return self._page(request, [p for prompts in self.prompts.values() for p in prompts])
+
     def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
         """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused.
 
@@ -284,9 +292,11 @@ class StandIn:
             return web.json_response({"error": "offset must be at most 200"}, status=400)
         limit = min(int(query.get("limit", "20")), 120, self.page_cap)
         before = int(query.get("before_id", "0")) or None
-        if self.ignore_before_id:
+        bad = self.misbehaving_paths is None or request.path in self.misbehaving_paths
+        if self.ignore_before_id and bad:
             before = None
-        ordered = sorted(items, key=lambda item: item["id"], reverse=not self.oldest_first)
+        oldest_first = self.oldest_first and bad
+        ordered = sorted(items, key=lambda item: item["id"], reverse=not oldest_first)
         older = [item for item in ordered if before is None or item["id"] < before]
         start = int(query.get("offset", "0"))
         return web.json_response(older[start : start + limit])

@@ -179,7 +179,7 @@ def entry_changed(position: int, **fields: Any) -> bytes:
 
 
 UPPER = SHA.upper()
-KINDS = "one of checkpoint, training_image, prompt_image"
+KINDS = "one of checkpoint, training_image, prompt_image, prompt_input, face_swap_image"
 
 NOT_A_MANIFEST = [
     pytest.param(b"", "it is not JSON (", id="empty"),

@@ -47,11 +47,13 @@ class Entry:
     error: str | None = None
     prompt_id: int | None = None
     prompt_text: str | None = None
+    prompt_tune_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict cannot be hashed
 
     @property
     def asset(self) -> Asset:
-        return Asset(self.kind, self.index, self.url, self.prompt_id, self.prompt_text)
+        return Asset(self.kind, self.index, self.url, self.prompt_id, self.prompt_text,
+                     self.prompt_tune_id)
 
     @property
     def blob(self) -> Blob | None:
@@ -129,6 +131,7 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
         asset.kind, asset.index, redact(asset.url), "gone" if result.gone else "failed",
         error=result.error or "unknown error",
         prompt_id=asset.prompt_id, prompt_text=asset.prompt_text,
+        prompt_tune_id=asset.prompt_tune_id,
         extra=redact_json(result.entry.extra) if isinstance(result, CarriedOver) else {},
     )
     if blob is not None:
@@ -147,6 +150,8 @@ def entry_dict(entry: Entry) -> dict[str, Any]:
     if entry.prompt_id is not None:
         written["prompt_id"] = entry.prompt_id
         written["prompt_text"] = entry.prompt_text
+        if entry.prompt_tune_id is not None:
+            written["prompt_tune_id"] = entry.prompt_tune_id
     written["status"] = entry.status
     blob = entry.blob
     if entry.status != "ok":
@@ -226,7 +231,7 @@ def parse(data: bytes, tune_id: int) -> Manifest:
 
 _KNOWN = frozenset(
     {"kind", "index", "url", "status", "sha256", "size", "path", "content_type", "error",
-     "prompt_id", "prompt_text"}
+     "prompt_id", "prompt_text", "prompt_tune_id"}
 )
 Bad = Callable[[str], UnreadableManifest]
 
@@ -258,6 +263,8 @@ def _entry(item: Any, where: str, bad: Bad) -> Entry:
                          required=False),
         prompt_text=_field(item, "prompt_text", _is_str, "a string or null", bad, where,
                            required=False),
+        prompt_tune_id=_field(item, "prompt_tune_id", _is_id, "a positive integer", bad,
+                              where, required=False),
         extra={name: value for name, value in item.items() if name not in _KNOWN},
     )
 

@@ -64,10 +64,14 @@ class AstriaClient:
 
     async def get_prompts(self, tune_id: int) -> list[Prompt]:
         """Every prompt of the tune, newest first, with its generated images."""
-        return parse_prompts(
-            await self._pages(f"/tunes/{tune_id}/prompts", f"the prompts of tune {tune_id}"),
-            tune_id,
-        )
+        what = f"the prompts of tune {tune_id}"
+        return parse_prompts(await self._pages(f"/tunes/{tune_id}/prompts", what), what, tune_id)
+
+    async def list_prompts(self) -> list[Prompt]:
+        """Every prompt of the account (GET /prompts), newest first: those made on a base
+        tune with a LoRA or FaceID tune named in the text are listed only here."""
+        what = "the account's prompts"
+        return parse_prompts(await self._pages("/prompts", what), what)
 
     async def _pages(self, path: str, what: str) -> list[dict[str, Any]]:
         """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
