@@ -9,7 +9,8 @@ import asyncio
 import functools
 import itertools
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -28,6 +29,8 @@ PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, nev
 MAX_LISTED = 100_000
 MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
 MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
+FIRST_WAIT_AFTER_500 = 30.0  # Astria asks for backoff starting at 30 s after its 500s
+T = TypeVar("T")
 
 
 class AstriaClient:
@@ -53,9 +56,7 @@ class AstriaClient:
         StatusError or NetworkError once retries are spent.
         """
         what = f"tune {tune_id}"
-        data = await call_with_retries(
-            self._settings.retry, what, lambda: self._get_json(f"/tunes/{tune_id}", what)
-        )
+        data = await self._retried(what, lambda: self._get_json(f"/tunes/{tune_id}", what))
         return parse_tune(data, tune_id)
 
     async def list_tunes(self) -> list[dict[str, Any]]:
@@ -86,9 +87,7 @@ class AstriaClient:
         pages = received = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
-            body = await call_with_retries(
-                self._settings.retry, what, functools.partial(self._get_body, path + query, what)
-            )
+            body = await self._retried(what, functools.partial(self._get_body, path + query, what))
             received += len(body)
             if received > MAX_LISTED_BYTES:
                 raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
@@ -108,6 +107,25 @@ class AstriaClient:
             ids = checked_ids(page, before, what)
             items.extend(page)
             before = ids[-1]
+
+    async def _retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` under the retry policy, waiting as Astria asks after its own 500s:
+        30 s before the first retry, doubling after each further 500 (a longer
+        Retry-After wins; the policy still caps attempts, total time and each wait)."""
+        server_errors = 0
+
+        async def once() -> T:
+            nonlocal server_errors
+            try:
+                return await attempt()
+            except StatusError as exc:
+                if exc.status == 500:
+                    server_errors += 1
+                    wait = FIRST_WAIT_AFTER_500 * 2.0 ** min(server_errors - 1, 30)
+                    exc.retry_after = max(exc.retry_after or 0.0, wait)
+                raise
+
+        return await call_with_retries(self._settings.retry, what, once)
 
     async def _get_json(self, path: str, what: str) -> Any:
         return parse_json(await self._get_body(path, what), what)
