@@ -25,6 +25,9 @@ EXTENSIONS = {
     "image/tiff": ".tiff",
     "image/bmp": ".bmp",
     "video/mp4": ".mp4",
+    "application/x-safetensors": ".safetensors",
+    "application/x-pytorch": ".ckpt",
+    "application/zip": ".zip",
 }
 FOLDERS = {"checkpoint": "checkpoints", "training_image": "training_images",
            "prompt_image": "prompt_images", "prompt_input": "prompt_inputs",
