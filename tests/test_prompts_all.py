@@ -86,16 +86,17 @@ def test_a_prompt_naming_two_tunes_is_in_both_manifests_and_stored_once(
 def test_prompt_inputs_and_videos_are_archived_with_their_kind_and_type(
     standin: StandIn, archive: Path
 ) -> None:
-    """input_image, image_references[] and input_video become prompt_input entries in that
-    order; a generated video is a prompt_image with its content type."""
+    """input_image, image_references[], input_video, then mask_image become prompt_input
+    entries in that order; a generated video is a prompt_image with its content type."""
     add_tune(standin, 10)
-    inputs = [os.urandom(800 + i) for i in range(4)]
+    inputs = [os.urandom(800 + i) for i in range(5)]
     urls = [standin.add_file(f"in{i}", data) for i, data in enumerate(inputs)]
     video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3_000)
     standin.add_file("video", video)
     standin.faults["video"] = [Body(video, "video/mp4")]
     standin.add_prompt(10, 800, "ohwx dancing", [standin.file_url("video")],
-                       input_image=urls[0], image_references=urls[1:3], input_video=urls[3])
+                       mask_image=urls[4], input_image=urls[0], image_references=urls[1:3],
+                       input_video=urls[3], seed=42)
     assert run_fetch(standin, archive, "10", "--prompts") == 0
     got = [(e["index"], e["prompt_id"], e["sha256"]) for e in entries(archive, 10, "prompt_input")]
     assert got == [(i, 800, sha256(data)) for i, data in enumerate(inputs)]

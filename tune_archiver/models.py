@@ -21,6 +21,11 @@ SMALLEST: dict[str, int] = {"checkpoint": 1024}
 ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)
 
 
+# The other inputs a prompt may name (the API documents them as request fields): after
+# input_image, image_references[] and input_video, so the indices of those never move.
+MORE_INPUTS = ("mask_image", "video_first_frame", "video_last_frame", "audio_reference")
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A prompt of a tune and the images generated from it, which expire with the tune."""
@@ -180,6 +185,7 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
             *_url_field(item, "input_image", where),
             *_url_list(item, "image_references", where),
             *_url_field(item, "input_video", where),
+            *(url for name in MORE_INPUTS for url in _url_field(item, name, where)),
         ]
         prompts.append(Prompt(
             id=prompt_id,
