@@ -119,6 +119,9 @@ class StandIn:
         self.max_in_flight = 0
         self.hold_until = 0  # hold file answers until this many requests are in flight
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
+        # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
+        # /tunes lists by X-Workspace-Id: none, one id, or "all".
+        self.tune_workspaces: dict[int, str] = {}
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
@@ -157,6 +160,7 @@ class StandIn:
                 web.get("/tunes/{id}", self._tune),
                 web.get("/tunes/{id}/prompts", self._list_prompts),
                 web.get("/prompts", self._list_account_prompts),
+                web.get("/workspaces.json", self._list_workspaces),
             ]),
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
@@ -271,8 +275,16 @@ class StandIn:
         return web.json_response(tune)
 
     async def _list_tunes(self, request: web.Request) -> web.StreamResponse:
-        tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)]
+        scope = request.headers.get("X-Workspace-Id")
+        tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)
+                 and scope in ("all", self.tune_workspaces.get(tune["id"]))]
         return self._page(request, tunes)
+
+    async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        ids = sorted({int(w) for w in self.tune_workspaces.values()}, reverse=True)
+        return web.json_response([{"id": i, "name": f"Workspace {i}"} for i in ids])
 
     async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
         return self._page(request, self.prompts.get(int(request.match_info["id"]), []))

@@ -73,6 +73,7 @@ class Manifest:
     tune: dict[str, Any] = field(hash=False)  # as the API returned it, URLs redacted
     entries: tuple[Entry, ...]
     state: State | None = None  # absent in manifests of earlier versions
+    workspace: str | None = None  # the tune's workspace, when it could be told
 
     @property
     def title(self) -> str | None:
@@ -102,6 +103,7 @@ def build_manifest(
     archived_at: datetime,
     complete: bool,
     state: State = "files_listed",
+    workspace: str | None = None,
 ) -> dict[str, Any]:
     """The manifest for one tune, with every URL redacted.
 
@@ -109,15 +111,18 @@ def build_manifest(
     decides it, since only it knows what was left out. A manifest of no file at all
     is never complete: nothing is backed up.
     """
-    return {
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tune_id": tune.id,
         "archived_at": format_time(archived_at),
         "complete": complete and bool(results) and all(result.ok for result in results),
         "state": state,
-        "tune": redact_json(tune.raw),
-        "assets": [asset_entry(result) for result in results],
     }
+    if workspace is not None:
+        document["workspace"] = workspace
+    document["tune"] = redact_json(tune.raw)
+    document["assets"] = [asset_entry(result) for result in results]
+    return document
 
 
 def asset_entry(result: AssetResult) -> dict[str, Any]:
@@ -226,7 +231,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     state = document.get("state")
     if state is not None and state not in STATES:
         raise bad(f"its state is {_shown(state)}, not one of {', '.join(STATES)}")
-    return Manifest(tune_id, archived_at, complete, tune, entries, state)
+    workspace = _field(document, "workspace", _is_str, "a string", bad, required=False)
+    return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace)
 
 
 _KNOWN = frozenset(

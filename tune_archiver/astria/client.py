@@ -59,9 +59,22 @@ class AstriaClient:
         data = await self._retried(what, lambda: self._get_json(f"/tunes/{tune_id}", what))
         return parse_tune(data, tune_id)
 
-    async def list_tunes(self) -> list[dict[str, Any]]:
-        """Every tune of the account, newest first, as the listing gave them."""
-        return await self._pages("/tunes", "the list of tunes")
+    async def list_tunes(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        """Every tune of the account, newest first, as the listing gave them; of
+        `workspace` when given (X-Workspace-Id), else of the workspace configured."""
+        what = "the list of tunes" + (f" of workspace {workspace}" if workspace else "")
+        return await self._pages("/tunes", what, workspace)
+
+    async def list_workspaces(self) -> list[str]:
+        """The ids of the workspaces the key can reach (GET /workspaces.json).
+
+        Raises DataError when the answer is not a list of objects with ids.
+        """
+        what = "the list of workspaces"
+        data = await self._retried(what, lambda: self._get_json("/workspaces.json", what))
+        if not isinstance(data, list):
+            raise DataError(f"{what}: the API returned {type(data).__name__}, not a list")
+        return [str(listed_id(item, what)) for item in data]
 
     async def get_prompts(self, tune_id: int) -> list[Prompt]:
         """Every prompt of the tune, newest first, with its generated images."""
@@ -74,7 +87,9 @@ class AstriaClient:
         what = "the account's prompts"
         return parse_prompts(await self._pages("/prompts", what), what)
 
-    async def _pages(self, path: str, what: str) -> list[dict[str, Any]]:
+    async def _pages(
+        self, path: str, what: str, workspace: str | None = None
+    ) -> list[dict[str, Any]]:
         """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
         Raises DataError when a page is not a list of objects with ids, when a page
@@ -87,7 +102,9 @@ class AstriaClient:
         pages = received = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
-            body = await self._retried(what, functools.partial(self._get_body, path + query, what))
+            body = await self._retried(
+                what, functools.partial(self._get_body, path + query, what, workspace)
+            )
             received += len(body)
             if received > MAX_LISTED_BYTES:
                 raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
@@ -130,11 +147,14 @@ class AstriaClient:
     async def _get_json(self, path: str, what: str) -> Any:
         return parse_json(await self._get_body(path, what), what)
 
-    async def _get_body(self, path: str, what: str) -> bytes:
-        """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises."""
+    async def _get_body(self, path: str, what: str, workspace: str | None = None) -> bytes:
+        """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises.
+
+        `workspace` replaces the configured X-Workspace-Id for this request."""
         url = self._settings.api_url + path
+        headers = self._headers | ({"X-Workspace-Id": workspace} if workspace else {})
         async with self._limiter, get(
-            self._session, url, self._headers, read_timeout=self._settings.read_timeout
+            self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             if response.status != 200:
                 body = await read_capped(response, MAX_ERROR_BYTES)

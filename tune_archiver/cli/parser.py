@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
-    api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    api.add_argument("--workspace", metavar="ID|all",
+                     help="send X-Workspace-Id: ID to the API; all spans every workspace")
     api.add_argument("--allow-private-redirects", action="store_true",
                      help="follow an asset host's redirect into a private address (loopback, "
                      "link-local, the local network); refused unless the API is on one")
