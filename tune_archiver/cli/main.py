@@ -243,7 +243,8 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     result = _in_archive(
-        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link)
+        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
+                                        args.layout)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from tune_archiver import __version__
+from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MIN_RATE,
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "used; the files are the archive's own, read-only)")
     export.add_argument("--copy", action="store_true",
                         help="copy the blobs (the default; kept for older scripts)")
+    export.add_argument("--layout", choices=LAYOUTS,
+                        help="put the checkpoint where ComfyUI (models/loras, "
+                        "models/checkpoints), AUTOMATIC1111 (models/Lora, "
+                        "models/Stable-diffusion) or diffusers (pytorch_lora_weights."
+                        "safetensors, or one file for from_single_file) looks for it")
 
     gc = commands.add_parser(
         "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",
