@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 API_KEY = "test-key-0123456789"
 
@@ -122,6 +122,8 @@ class StandIn:
         # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
         self.tune_workspaces: dict[int, str] = {}
+        # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
+        self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
@@ -161,6 +163,7 @@ class StandIn:
                 web.get("/tunes/{id}/prompts", self._list_prompts),
                 web.get("/prompts", self._list_account_prompts),
                 web.get("/workspaces.json", self._list_workspaces),
+                web.post("/tunes", self._create_tune),
             ]),
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
@@ -279,6 +282,30 @@ class StandIn:
         tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)
                  and scope in ("all", self.tune_workspaces.get(tune["id"]))]
         return self._page(request, tunes)
+
+    async def _create_tune(self, request: web.Request) -> web.StreamResponse:
+        """POST /tunes, multipart: recorded, and answered as Astria does (a new tune, or
+        the existing one for a title already used)."""
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        fields: dict[str, str] = {}
+        images: list[tuple[str, bytes]] = []
+        async for part in await request.multipart():
+            assert isinstance(part, BodyPartReader)
+            if part.name == "tune[images][]":
+                images.append((part.filename or "", bytes(await part.read())))
+            elif part.name:
+                fields[part.name] = await part.text()
+        self.created.append((fields, images))
+        for tune in self.tunes.values():
+            if isinstance(tune, dict) and tune.get("title") == fields.get("tune[title]"):
+                return web.json_response(tune)
+        if not images:
+            return web.json_response({"error": "images are required"}, status=422)
+        tune_id = max([0, *self.tunes]) + 1
+        self.tunes[tune_id] = {"id": tune_id, "title": fields.get("tune[title]"),
+                               "ckpt_urls": [], "orig_images": []}
+        return web.json_response(self.tunes[tune_id], status=201)
 
     async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":

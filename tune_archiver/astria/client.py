@@ -9,7 +9,7 @@ import asyncio
 import functools
 import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -18,7 +18,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
-from tune_archiver.net.transport import get, read_capped
+from tune_archiver.net.transport import get, read_capped, translated
 from tune_archiver.urls import redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
@@ -124,6 +124,37 @@ class AstriaClient:
             ids = checked_ids(page, before, what)
             items.extend(page)
             before = ids[-1]
+
+    async def create_tune(
+        self, fields: Sequence[tuple[str, str]], images: Sequence[tuple[str, bytes]]
+    ) -> dict[str, Any]:
+        """POST /tunes, multipart: the tune[...] fields, each image as tune[images][].
+
+        Sent once, never retried: a failure after the API received it may have
+        created the tune. Raises AuthError, StatusError (422: the API's reason),
+        NetworkError, or DataError when the answer is not a JSON object.
+        """
+        what = "creating the tune"
+        url = self._settings.api_url + "/tunes"
+        form = aiohttp.FormData()
+        for name, value in fields:
+            form.add_field(name, value)
+        for filename, data in images:
+            form.add_field("tune[images][]", data, filename=filename,
+                           content_type="application/octet-stream")
+        async with self._limiter:
+            with translated(url, self._settings.read_timeout):
+                async with self._session.post(
+                    url, data=form, headers=self._headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    body = await read_capped(response, MAX_JSON_BYTES + 1)
+        if status not in (200, 201):
+            raise status_error(status, body, what, url, None)
+        created = parse_json(body, what)
+        if not isinstance(created, dict):
+            raise DataError(f"{what}: the API returned {type(created).__name__}, not an object")
+        return created
 
     async def _retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()` under the retry policy, waiting as Astria asks after its own 500s:

@@ -26,6 +26,7 @@ from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.repair import RepairReport, repair
+from tune_archiver.commands.retrain import retrain
 from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
@@ -251,6 +252,13 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
+    settings = settings_of(args, secrets)
+    result = _in_archive(args, lambda store: retrain(settings, store, args.tune_id, args.yes))
+    _emit(args, secrets, [], result.as_json(), result.lines())
+    return EXIT_OK
+
+
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = _in_archive(args, lambda store: collect(
@@ -280,6 +288,7 @@ def _emit(
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
+    "retrain": run_retrain,
     "gc": run_gc,
 }
 

@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "models/Stable-diffusion) or diffusers (pytorch_lora_weights."
                         "safetensors, or one file for from_single_file) looks for it")
 
+    retrain = commands.add_parser(
+        "retrain", parents=[common, api],
+        help="create a new tune from an archived tune's training images",
+        description="Show the POST /tunes that would re-train the tune from its archived "
+        "training images (title '<title> (retrain of ID)'); with --yes, send it, each image "
+        "checked against its sha256 first.",
+    )
+    retrain.add_argument("tune_id", metavar="TUNE_ID", type=tune_id,
+                         help="the archived tune to re-train")
+    retrain.add_argument("--yes", action="store_true",
+                         help="send it: this creates (and bills) a new tune")
+
     gc = commands.add_parser(
         "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",
         description="Remove blobs that no manifest references and partial downloads untouched "
