@@ -122,6 +122,7 @@ class StandIn:
         # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
         self.tune_workspaces: dict[int, str] = {}
+        self.before_prompt: Callable[[int], None] | None = None  # called as a prompt is asked
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
         self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
@@ -162,6 +163,7 @@ class StandIn:
                 web.get("/tunes/{id}", self._tune),
                 web.get("/tunes/{id}/prompts", self._list_prompts),
                 web.get("/prompts", self._list_account_prompts),
+                web.get("/tunes/{id}/prompts/{prompt}", self._prompt),
                 web.get("/workspaces.json", self._list_workspaces),
                 web.post("/tunes", self._create_tune),
             ]),
@@ -315,6 +317,17 @@ class StandIn:
 
     async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
         return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
+
+    async def _prompt(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        wanted = int(request.match_info["prompt"])
+        if self.before_prompt is not None:
+            self.before_prompt(wanted)
+        for prompt in self.prompts.get(int(request.match_info["id"]), []):
+            if prompt["id"] == wanted:
+                return web.json_response(prompt)
+        return web.json_response({"error": "Not found"}, status=404)
 
     async def _list_account_prompts(self, request: web.Request) -> web.StreamResponse:
         return self._page(request, [p for prompts in self.prompts.values() for p in prompts])

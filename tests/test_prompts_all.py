@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
-from tests.standin import Body, StandIn
+from tests.standin import Body, StandIn, Status
 
 FLUX = 1504944  # the base tune LoRA prompts are created on
 
@@ -115,3 +115,29 @@ def test_face_swap_images_are_archived_as_their_own_kind(
     got = [(e["index"], e["sha256"], e["status"])
            for e in entries(archive, 10, "face_swap_image")]
     assert got == [(i, sha256(data), "ok") for i, data in enumerate(swaps)]
+
+
+def test_an_expired_file_of_a_base_tune_prompt_is_renewed_from_that_prompt(
+    standin: StandIn, archive: Path
+) -> None:
+    """A LoRA prompt's image refused as expired is renewed by asking for that prompt on
+    the base tune (GET /tunes/BASE/prompts/ID), not the LoRA tune's own prompts."""
+    add_tune(standin, 10)
+    image = os.urandom(1_500)
+    standin.add_file("lora-image", image)
+    prompt = standin.add_prompt(
+        FLUX, 900, "<lora:10:1>", [standin.file_url("lora-image", query="X-Amz-Signature=old")])
+    expired = Status(403, body=b"<Error><Message>Request has expired</Message></Error>")
+    standin.faults["lora-image"] = [expired]
+
+    def renew(_: object) -> None:  # the next answer for the prompt carries a new signature
+        prompt["images"] = [standin.file_url("lora-image", query="X-Amz-Signature=new")]
+
+    standin.before_prompt = renew
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
+    assert [r.path for r in standin.seen("api", f"/tunes/{FLUX}/prompts/900")] == [
+        f"/tunes/{FLUX}/prompts/900"]
+    signatures = [r.path.rsplit("=", 1)[1] for r in standin.seen("cdn", "/files/lora-image")]
+    assert signatures == ["old", "new"]

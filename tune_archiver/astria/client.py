@@ -81,6 +81,16 @@ class AstriaClient:
         what = f"the prompts of tune {tune_id}"
         return parse_prompts(await self._pages(f"/tunes/{tune_id}/prompts", what), what, tune_id)
 
+    async def get_prompt(self, tune_id: int, prompt_id: int) -> Prompt:
+        """One prompt (GET /tunes/:tune_id/prompts/:id), for fresh URLs of its files."""
+        what = f"prompt {prompt_id} of tune {tune_id}"
+        path = f"/tunes/{tune_id}/prompts/{prompt_id}"
+        data = await self._retried(what, lambda: self._get_json(path, what))
+        [prompt] = parse_prompts([data], what, tune_id)
+        if prompt.id != prompt_id:
+            raise DataError(f"{what}: the API returned prompt {prompt.id} instead")
+        return prompt
+
     async def list_prompts(self) -> list[Prompt]:
         """Every prompt of the account (GET /prompts), newest first: those made on a base
         tune with a LoRA or FaceID tune named in the text are listed only here."""
