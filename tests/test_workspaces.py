@@ -71,6 +71,17 @@ def test_without_all_only_the_personal_scope_is_listed(standin: StandIn, archive
     assert workspace_in(archive, 1) is None
 
 
+def test_a_later_run_that_cannot_tell_keeps_the_workspace(
+    standin: StandIn, archive: Path
+) -> None:
+    """A fetch by id without --workspace keeps the workspace an earlier --workspace all
+    run recorded, rather than drop it."""
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert run_fetch(standin, archive, "2") == 0
+    assert workspace_in(archive, 2) == "41"
+
+
 def test_list_shows_the_workspace(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -188,7 +188,8 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         written[:] = merged(ours, now)
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
-            workspace=run.workspaces.get(tune.id),
+            # A run that cannot tell the workspace keeps what an earlier one recorded.
+            workspace=run.workspaces.get(tune.id, now.workspace if now else None),
         )
         # The API may echo the key in any text or URL: it never reaches the archive.
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
