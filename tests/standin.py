@@ -123,6 +123,7 @@ class StandIn:
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
         self.tune_workspaces: dict[int, str] = {}
         self.before_prompt: Callable[[int], None] | None = None  # called as a prompt is asked
+        self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
         self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
@@ -312,6 +313,9 @@ class StandIn:
     async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
+        fault = self.workspaces_fault
+        if fault is not None:
+            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         ids = sorted({int(w) for w in self.tune_workspaces.values()}, reverse=True)
         return web.json_response([{"id": i, "name": f"Workspace {i}"} for i in ids])
 

@@ -12,7 +12,7 @@ import pytest
 from tests.archive_helpers import cli
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch
-from tests.standin import StandIn
+from tests.standin import StandIn, Status
 from tune_archiver.commands.workspaces import workspace_of
 
 
@@ -80,6 +80,21 @@ def test_a_later_run_that_cannot_tell_keeps_the_workspace(
     assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
     assert run_fetch(standin, archive, "2") == 0
     assert workspace_in(archive, 2) == "41"
+
+
+def test_workspaces_that_cannot_be_listed_are_a_warning_not_a_failure(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When /workspaces.json fails, the tunes are archived all the same, without a
+    workspace they do not say themselves, and one warning says why."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41", workspace_id=41)
+    standin.workspaces_fault = Status(422, body=b'{"error": "no workspaces for this key"}')
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert (workspace_in(archive, 1), workspace_in(archive, 2)) == (None, "41")
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if "workspace" in line]
+    assert "cannot tell the workspaces of the tunes" in warning
+    assert "no workspaces for this key" in warning
 
 
 def test_list_shows_the_workspace(
