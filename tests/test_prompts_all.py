@@ -141,3 +141,21 @@ def test_an_expired_file_of_a_base_tune_prompt_is_renewed_from_that_prompt(
         f"/tunes/{FLUX}/prompts/900"]
     signatures = [r.path.rsplit("=", 1)[1] for r in standin.seen("cdn", "/files/lora-image")]
     assert signatures == ["old", "new"]
+
+
+def test_account_prompts_that_cannot_be_listed_fail_every_tune_of_the_run(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """If GET /prompts cannot be paged, each tune fails saying so, none archived without
+    its LoRA prompts."""
+    add_tune(standin, 10)
+    add_tune(standin, 11)
+    for prompt_id in range(600, 607):
+        standin.add_prompt(FLUX, prompt_id, "<lora:10:1>", [])
+    standin.ignore_before_id = True
+    standin.misbehaving_paths = ("/prompts",)
+    assert run_fetch(standin, archive, "10", "11", "--prompts") == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[2] for line in errors] == [" tune 10", " tune 11"]
+    assert all("the account's prompts: asked for ids before 602" in line for line in errors)
+    assert not (archive / "manifests" / "10.json").exists()
