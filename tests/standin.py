@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 API_KEY = "test-key-0123456789"
 
@@ -119,11 +119,19 @@ class StandIn:
         self.max_in_flight = 0
         self.hold_until = 0  # hold file answers until this many requests are in flight
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
+        # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
+        # /tunes lists by X-Workspace-Id: none, one id, or "all".
+        self.tune_workspaces: dict[int, str] = {}
+        self.before_prompt: Callable[[int], None] | None = None  # called as a prompt is asked
+        self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
+        # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
+        self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
         self.ignore_before_id = False
         self.oldest_first = False
+        self.misbehaving_paths: tuple[str, ...] | None = None  # those two on these only
         # Faults for the range requests of a file that start at a given byte: (name, start).
         self.range_faults: dict[tuple[str, int], list[Fault]] = {}
         self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
@@ -155,6 +163,10 @@ class StandIn:
                 web.get("/tunes", self._list_tunes),
                 web.get("/tunes/{id}", self._tune),
                 web.get("/tunes/{id}/prompts", self._list_prompts),
+                web.get("/prompts", self._list_account_prompts),
+                web.get("/tunes/{id}/prompts/{prompt}", self._prompt),
+                web.get("/workspaces.json", self._list_workspaces),
+                web.post("/tunes", self._create_tune),
             ]),
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
@@ -219,11 +231,14 @@ class StandIn:
         self.tunes[tune_id] = tune
         return tune
 
-    def add_prompt(self, tune_id: int, prompt_id: int, text: str, images: list[str]) -> None:
-        """A prompt of the tune with these generated image URLs."""
-        self.prompts.setdefault(tune_id, []).append(
-            {"id": prompt_id, "text": text, "tune_id": tune_id, "images": images}
-        )
+    def add_prompt(
+        self, tune_id: int, prompt_id: int, text: str, images: list[str], **fields: Any
+    ) -> dict[str, Any]:
+        """A prompt created on the tune with these generated image URLs (and `fields`,
+        say input_image): listed by /tunes/ID/prompts and by the account's /prompts."""
+        prompt = {"id": prompt_id, "text": text, "tune_id": tune_id, "images": images, **fields}
+        self.prompts.setdefault(tune_id, []).append(prompt)
+        return prompt
 
     def seen(self, host: str, path_prefix: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.host == host and r.path.startswith(path_prefix)]
@@ -266,11 +281,60 @@ class StandIn:
         return web.json_response(tune)
 
     async def _list_tunes(self, request: web.Request) -> web.StreamResponse:
-        tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)]
+        scope = request.headers.get("X-Workspace-Id")
+        tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)
+                 and scope in ("all", self.tune_workspaces.get(tune["id"]))]
         return self._page(request, tunes)
+
+    async def _create_tune(self, request: web.Request) -> web.StreamResponse:
+        """POST /tunes, multipart: recorded, and answered as Astria does (a new tune, or
+        the existing one for a title already used)."""
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        fields: dict[str, str] = {}
+        images: list[tuple[str, bytes]] = []
+        async for part in await request.multipart():
+            assert isinstance(part, BodyPartReader)
+            if part.name == "tune[images][]":
+                images.append((part.filename or "", bytes(await part.read())))
+            elif part.name:
+                fields[part.name] = await part.text()
+        self.created.append((fields, images))
+        for tune in self.tunes.values():
+            if isinstance(tune, dict) and tune.get("title") == fields.get("tune[title]"):
+                return web.json_response(tune)
+        if not images:
+            return web.json_response({"error": "images are required"}, status=422)
+        tune_id = max([0, *self.tunes]) + 1
+        self.tunes[tune_id] = {"id": tune_id, "title": fields.get("tune[title]"),
+                               "ckpt_urls": [], "orig_images": []}
+        return web.json_response(self.tunes[tune_id], status=201)
+
+    async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        fault = self.workspaces_fault
+        if fault is not None:
+            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
+        ids = sorted({int(w) for w in self.tune_workspaces.values()}, reverse=True)
+        return web.json_response([{"id": i, "name": f"Workspace {i}"} for i in ids])
 
     async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
         return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
+
+    async def _prompt(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        wanted = int(request.match_info["prompt"])
+        if self.before_prompt is not None:
+            self.before_prompt(wanted)
+        for prompt in self.prompts.get(int(request.match_info["id"]), []):
+            if prompt["id"] == wanted:
+                return web.json_response(prompt)
+        return web.json_response({"error": "Not found"}, status=404)
+
+    async def _list_account_prompts(self, request: web.Request) -> web.StreamResponse:
+        return self._page(request, [p for prompts in self.prompts.values() for p in prompts])
 
     def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
         """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused.
@@ -284,9 +348,11 @@ class StandIn:
             return web.json_response({"error": "offset must be at most 200"}, status=400)
         limit = min(int(query.get("limit", "20")), 120, self.page_cap)
         before = int(query.get("before_id", "0")) or None
-        if self.ignore_before_id:
+        bad = self.misbehaving_paths is None or request.path in self.misbehaving_paths
+        if self.ignore_before_id and bad:
             before = None
-        ordered = sorted(items, key=lambda item: item["id"], reverse=not self.oldest_first)
+        oldest_first = self.oldest_first and bad
+        ordered = sorted(items, key=lambda item: item["id"], reverse=not oldest_first)
         older = [item for item in ordered if before is None or item["id"] < before]
         start = int(query.get("offset", "0"))
         return web.json_response(older[start : start + limit])

@@ -156,6 +156,44 @@ async def test_retry_after_is_honoured(mocked, session, settings, sleeps, status
     assert sleeps.waits == [17.0]
 
 
+async def test_500_waits_30_s_then_doubles(mocked, session, settings, sleeps) -> None:
+    """After the API's 500s the waits are 30 s, then 60 s, as Astria asks; then the tune."""
+    mocked.get(TUNE_URL, status=500, payload={"error": "internal"})
+    mocked.get(TUNE_URL, status=500, payload={"error": "internal"})
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    assert sleeps.waits == [30.0, 60.0]
+
+
+async def test_500_is_still_capped_by_retries(mocked, session, settings, sleeps) -> None:
+    """A 500 that persists is tried retries + 1 times, however long the waits."""
+    mocked.get(TUNE_URL, status=500, repeat=True)
+    with pytest.raises(StatusError) as info:
+        await get_tune(session, settings)
+    assert info.value.status == 500
+    assert len(calls(mocked)) == 3
+    assert sleeps.waits == [30.0, 60.0]
+
+
+async def test_500_wait_gives_way_to_a_longer_retry_after(
+    mocked, session, settings, sleeps
+) -> None:
+    """A 500 with a Retry-After longer than 30 s waits that long."""
+    mocked.get(TUNE_URL, status=500, headers={"Retry-After": "45"})
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    assert sleeps.waits == [45.0]
+
+
+async def test_504_is_retried_with_the_usual_backoff(mocked, session, settings, sleeps) -> None:
+    """A 504 (Astria's 30 s request timeout) is retried, with the ordinary short backoff."""
+    mocked.get(TUNE_URL, status=504)
+    mocked.get(TUNE_URL, payload=TUNE)
+    assert (await get_tune(session, settings)).id == 7
+    [wait] = sleeps.waits
+    assert wait < 30.0
+
+
 async def test_unreadable_retry_after_is_ignored(mocked, session, settings, sleeps) -> None:
     """A Retry-After that is not a number of seconds or a date falls back to the backoff."""
     mocked.get(TUNE_URL, status=503, headers={"Retry-After": "²"})

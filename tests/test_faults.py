@@ -288,3 +288,15 @@ def test_416_drops_the_partial_and_starts_over(standin: StandIn, archive: Path) 
     assert refused is not None
     assert again is None
     assert blob_file(archive, data).read_bytes() == data
+
+
+def test_api_500_waits_30_s_and_a_file_500_does_not(standin: StandIn, archive: Path) -> None:
+    """A 500 from the API waits 30 s before its retry; a 500 from an asset host, the backoff."""
+    one_file_tune(standin, size=5_000)
+    standin.api_faults[1] = [Status(500, body=b'{"error": "internal"}')]
+    standin.faults["model"] = [Status(500)]
+    sleeps = Sleeps()
+    assert run_fetch(standin, archive, "1", sleep=sleeps) == 0
+    api_wait, file_wait = sleeps.waits
+    assert api_wait == 30.0
+    assert file_wait < 30.0

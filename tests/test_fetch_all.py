@@ -97,6 +97,7 @@ def test_prompt_listing_that_never_ends_fails_only_its_tune(
     add_tune(standin, 2)
     add_prompts(standin, 1, 7)
     standin.ignore_before_id = True
+    standin.misbehaving_paths = ("/tunes/1/prompts",)
     assert run_fetch(standin, archive, "1", "2", "--prompts") == 1
     assert capsys.readouterr().err.splitlines() == [
         "tune-archiver: error: tune 1: the prompts of tune 1: asked for ids before 102, "

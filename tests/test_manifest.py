@@ -163,7 +163,7 @@ def changed(**fields: Any) -> bytes:
     """The good manifest with top-level fields replaced (or removed, given DROP)."""
     document = good()
     for name, value in fields.items():
-        del document[name]
+        document.pop(name, None)
         if value is not DROP:
             document[name] = value
     return encode(document)
@@ -181,7 +181,7 @@ def entry_changed(position: int, **fields: Any) -> bytes:
 
 
 UPPER = SHA.upper()
-KINDS = "one of checkpoint, training_image, prompt_image"
+KINDS = "one of checkpoint, training_image, prompt_image, prompt_input, face_swap_image"
 
 NOT_A_MANIFEST = [
     pytest.param(b"", "it is not JSON (", id="empty"),
@@ -264,6 +264,9 @@ MALFORMED = [
                  "not 64 lower-case hex digits", id="failed with a bad sha256"),
     pytest.param(entry_changed(3, prompt_id=0), "assets[3] (prompt_image 0): prompt_id is 0, not "
                  "a positive integer", id="prompt_id 0"),
+    pytest.param(entry_changed(3, prompt_tune_id="1"), "assets[3] (prompt_image 0): "
+                 'prompt_tune_id is "1", not a positive integer', id="prompt_tune_id string"),
+    pytest.param(changed(workspace=41), "workspace is 41, not a string", id="workspace 41"),
     pytest.param(entry_changed(3, prompt_text=5), "assets[3] (prompt_image 0): prompt_text is 5, "
                  "not a string or null", id="prompt_text 5"),
     pytest.param(entry_changed(0, kind={"a": [1] * 100}), f"assets[0]: kind is a JSON object, "

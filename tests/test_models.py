@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tune_archiver.errors import DataError
-from tune_archiver.models import Tune, parse_tune
+from tune_archiver.models import Tune, named_tunes, parse_tune
 
 C0 = "https://bucket.example/ckpt-0?X-Amz-Signature=a"
 C1 = "https://bucket.example/ckpt-1?X-Amz-Signature=b"
@@ -96,3 +96,17 @@ def test_invalid_tune_raises_data_error_naming_it(data: Any, words: str) -> None
     message = str(info.value)
     assert message.startswith("tune 9: ")
     assert words in message
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("<lora:10:1> ohwx woman", {10}),
+        ("<faceid:10:0.8> and <LoRA:11:0.5>", {10, 11}),
+        ("<lora:10> no weight, <lora:x:1>, lora:12:1", set()),
+        (None, set()),
+    ],
+)
+def test_named_tunes_reads_lora_and_faceid_tags(text: str | None, named: set[int]) -> None:
+    """Only <lora:ID:...> and <faceid:ID:...> name a tune; anything else names none."""
+    assert named_tunes(text) == named

@@ -73,6 +73,16 @@ def test_export_paths_by_kind() -> None:
         "prompt_images/900-001.jpg"
 
 
+def test_export_paths_of_the_new_kinds() -> None:
+    """Prompt inputs and face-swap images get their folders; a video its .mp4."""
+    taken: set[str] = set()
+    assert export_path(entry("prompt_input", 2, prompt_id=900), taken) == \
+        "prompt_inputs/900-002.jpg"
+    assert export_path(entry("face_swap_image", 0), taken) == "face_swap_images/000.jpg"
+    assert export_path(entry("prompt_image", 0, prompt_id=901, url="https://x/v",
+                             content_type="video/mp4"), taken) == "prompt_images/901-000.mp4"
+
+
 def test_export_path_clash_gets_the_hash() -> None:
     """A second file at the same place (one the API no longer lists) is told apart by its hash."""
     taken: set[str] = set()

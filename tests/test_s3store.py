@@ -133,7 +133,7 @@ async def test_commit_of_a_blob_already_stored_uploads_nothing(
         assert await store.blob_size(sha(data)) == len(data)
         again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
         requests = count_requests(store)
-        assert await again.commit(None) == Blob(sha(data), len(data))
+        assert await again.commit(None) == Blob(sha(data), len(data), "application/octet-stream")
     assert dict(requests) == {"HeadObject": 1}
     assert not again.partial.path.exists()
 
@@ -301,7 +301,7 @@ async def test_two_concurrent_commits_of_one_blob_leave_one_correct_object(
         store.bucket.client.meta.events.register("before-send.s3.CopyObject", meet)
         store.bucket.client.meta.events.register("after-call.s3.CopyObject", done)
         blobs = await asyncio.gather(first.commit(None), second.commit(None))
-    assert blobs[0] == blobs[1] == Blob(sha(data), len(data))
+    assert blobs[0] == blobs[1] == Blob(sha(data), len(data), "application/octet-stream")
     assert len(arrived) == 2
     assert await bucket.keys(f"{PREFIX}/objects/") == [f"{PREFIX}/{blob_key(sha(data))}"]
     assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)

@@ -49,6 +49,7 @@ class Entry:
     prompt_text: str | None = None
     # urls.identity of the URL it was fetched from: the stored URL is redacted
     source: str | None = None
+    prompt_tune_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict cannot be hashed
 
     @property
@@ -59,7 +60,8 @@ class Entry:
 
     @property
     def asset(self) -> Asset:
-        return Asset(self.kind, self.index, self.url, self.prompt_id, self.prompt_text)
+        return Asset(self.kind, self.index, self.url, self.prompt_id, self.prompt_text,
+                     self.prompt_tune_id)
 
     @property
     def blob(self) -> Blob | None:
@@ -79,6 +81,7 @@ class Manifest:
     tune: dict[str, Any] = field(hash=False)  # as the API returned it, URLs redacted
     entries: tuple[Entry, ...]
     state: State | None = None  # absent in manifests of earlier versions
+    workspace: str | None = None  # the tune's workspace, when it could be told
 
     @property
     def title(self) -> str | None:
@@ -108,6 +111,7 @@ def build_manifest(
     archived_at: datetime,
     complete: bool,
     state: State = "files_listed",
+    workspace: str | None = None,
 ) -> dict[str, Any]:
     """The manifest for one tune, with every URL redacted.
 
@@ -115,15 +119,18 @@ def build_manifest(
     decides it, since only it knows what was left out. A manifest of no file at all
     is never complete: nothing is backed up.
     """
-    return {
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tune_id": tune.id,
         "archived_at": format_time(archived_at),
         "complete": complete and bool(results) and all(result.ok for result in results),
         "state": state,
-        "tune": redact_json(tune.raw),
-        "assets": [asset_entry(result) for result in results],
     }
+    if workspace is not None:
+        document["workspace"] = workspace
+    document["tune"] = redact_json(tune.raw)
+    document["assets"] = [asset_entry(result) for result in results]
+    return document
 
 
 def asset_entry(result: AssetResult) -> dict[str, Any]:
@@ -139,6 +146,7 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
         error=result.error or "unknown error",
         prompt_id=asset.prompt_id,
         prompt_text=redact_text(asset.prompt_text) if asset.prompt_text else asset.prompt_text,
+        prompt_tune_id=asset.prompt_tune_id,
         source=known.identity if known else identity(asset.url),
         extra=redact_json(known.extra) if known else {},
     )
@@ -160,6 +168,8 @@ def entry_dict(entry: Entry) -> dict[str, Any]:
     if entry.prompt_id is not None:
         written["prompt_id"] = entry.prompt_id
         written["prompt_text"] = entry.prompt_text
+        if entry.prompt_tune_id is not None:
+            written["prompt_tune_id"] = entry.prompt_tune_id
     written["status"] = entry.status
     blob = entry.blob
     if entry.status != "ok":
@@ -234,12 +244,13 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     state = document.get("state")
     if state is not None and state not in STATES:
         raise bad(f"its state is {_shown(state)}, not one of {', '.join(STATES)}")
-    return Manifest(tune_id, archived_at, complete, tune, entries, state)
+    workspace = _field(document, "workspace", _is_str, "a string", bad, required=False)
+    return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace)
 
 
 _KNOWN = frozenset(
     {"kind", "index", "url", "source", "status", "sha256", "size", "path", "content_type",
-     "error", "prompt_id", "prompt_text"}
+     "error", "prompt_id", "prompt_text", "prompt_tune_id"}
 )
 Bad = Callable[[str], UnreadableManifest]
 
@@ -273,6 +284,8 @@ def _entry(item: Any, where: str, bad: Bad) -> Entry:
                            required=False),
         source=_field(item, "source", _is_source, "32 lower-case hex digits", bad, where,
                       required=False),
+        prompt_tune_id=_field(item, "prompt_tune_id", _is_id, "a positive integer", bad,
+                              where, required=False),
         extra={name: value for name, value in item.items() if name not in _KNOWN},
     )
 

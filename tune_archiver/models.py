@@ -5,16 +5,25 @@ Pure: nothing here touches the network, the disk or the clock.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
 from tune_archiver.errors import DataError
 
-AssetKind = Literal["checkpoint", "training_image", "prompt_image"]
+AssetKind = Literal[
+    "checkpoint", "training_image", "prompt_image", "prompt_input", "face_swap_image"
+]
 # Fewer bytes than this is an error page or a glitch, never the file: retried, not archived.
 SMALLEST: dict[str, int] = {"checkpoint": 1024}
 ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)
+
+
+# The other inputs a prompt may name (the API documents them as request fields): after
+# input_image, image_references[] and input_video, so the indices of those never move.
+MORE_INPUTS = ("mask_image", "video_first_frame", "video_last_frame", "audio_reference")
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,9 @@ class Prompt:
 
     id: int
     text: str | None
-    image_urls: tuple[str, ...]
+    image_urls: tuple[str, ...]  # what it generated: images, and videos
+    tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
+    input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Tune:
     raw: dict[str, Any]
     checkpoint_urls: tuple[str, ...]  # ckpt_urls plus ckpt_url, deduplicated, in order
     image_urls: tuple[str, ...]  # orig_images
+    face_swap_urls: tuple[str, ...] = ()  # face_swap_images (LoRA and FaceID tunes)
     prompts: tuple[Prompt, ...] = ()  # only when asked for (fetch --prompts)
 
     @property
@@ -49,8 +61,9 @@ class Asset:
     kind: AssetKind
     index: int  # place in its list: ckpt_urls, orig_images, or the prompt's images
     url: str
-    prompt_id: int | None = None  # prompt images only
+    prompt_id: int | None = None  # prompt images and inputs only
     prompt_text: str | None = None
+    prompt_tune_id: int | None = None  # the tune the prompt was created on, when known
 
 
 @dataclass(frozen=True)
@@ -151,24 +164,55 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
         raw=data,
         checkpoint_urls=tuple(checkpoints),
         image_urls=tuple(_url_list(data, "orig_images", what)),
+        face_swap_urls=tuple(_url_list(data, "face_swap_images", what)),
     )
 
 
-def parse_prompts(data: Any, tune_id: int) -> list[Prompt]:
-    """Check one page of a tune's prompts; raises DataError naming the tune."""
-    what = f"the prompts of tune {tune_id}"
+def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prompt]:
+    """Check one listing of prompts; raises DataError naming the listing (`what`).
+
+    A prompt's tune is its own `tune_id` field, else `tune_id` (the tune listed).
+    """
     if not isinstance(data, list):
         raise DataError(f"{what}: the API returned {type(data).__name__}, not a JSON list")
     prompts = []
     for item in data:
         prompt_id = listed_id(item, what)
+        where = f"{what}: prompt {prompt_id}"
         text = item.get("text")
+        created_on = item.get("tune_id")
+        inputs = [
+            *_url_field(item, "input_image", where),
+            *_url_list(item, "image_references", where),
+            *_url_field(item, "input_video", where),
+            *(url for name in MORE_INPUTS for url in _url_field(item, name, where)),
+        ]
         prompts.append(Prompt(
             id=prompt_id,
             text=text if isinstance(text, str) else None,
-            image_urls=tuple(_url_list(item, "images", f"{what}: prompt {prompt_id}")),
+            image_urls=tuple(_url_list(item, "images", where)),
+            tune_id=created_on if _is_id(created_on) else tune_id,
+            input_urls=tuple(dict.fromkeys(inputs)),
         ))
     return prompts
+
+
+# <lora:ID:weight> and <faceid:ID:weight>: a prompt on a base tune that uses tune ID.
+_NAMED = re.compile(r"<(?:lora|faceid):([0-9]{1,18}):[^<>]*>", re.IGNORECASE)
+
+
+def named_tunes(text: str | None) -> set[int]:
+    """The tunes a prompt's text names with <lora:ID:...> or <faceid:ID:...>."""
+    return {int(found) for found in _NAMED.findall(text or "")}
+
+
+def prompts_of(
+    tune_id: int, own: Sequence[Prompt], account: Sequence[Prompt]
+) -> tuple[Prompt, ...]:
+    """The tune's prompts: its own, then every account prompt that names it (once each)."""
+    seen = {prompt.id for prompt in own}
+    return (*own, *(prompt for prompt in account
+                    if prompt.id not in seen and tune_id in named_tunes(prompt.text)))
 
 
 def listed_id(item: Any, what: str) -> int:
@@ -177,6 +221,20 @@ def listed_id(item: Any, what: str) -> int:
     if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id <= 0:
         raise DataError(f"{what}: the API listed an item without a valid 'id'")
     return item_id
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _url_field(data: dict[str, Any], name: str, what: str) -> list[str]:
+    """A single URL string as a list of none or one; raises DataError when not a string."""
+    value = data.get(name)
+    if value is None or value == "":
+        return []
+    if not isinstance(value, str):
+        raise DataError(f"{what}: '{name}' is not a URL string")
+    return [value]
 
 
 def _url_list(data: dict[str, Any], name: str, what: str) -> list[str]:

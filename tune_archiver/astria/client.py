@@ -9,7 +9,8 @@ import asyncio
 import functools
 import itertools
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -17,7 +18,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
-from tune_archiver.net.transport import get, read_capped
+from tune_archiver.net.transport import get, read_capped, translated
 from tune_archiver.urls import redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
@@ -28,6 +29,8 @@ PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, nev
 MAX_LISTED = 100_000
 MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
 MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
+FIRST_WAIT_AFTER_500 = 30.0  # Astria asks for backoff starting at 30 s after its 500s
+T = TypeVar("T")
 
 
 class AstriaClient:
@@ -53,23 +56,50 @@ class AstriaClient:
         StatusError or NetworkError once retries are spent.
         """
         what = f"tune {tune_id}"
-        data = await call_with_retries(
-            self._settings.retry, what, lambda: self._get_json(f"/tunes/{tune_id}", what)
-        )
+        data = await self._retried(what, lambda: self._get_json(f"/tunes/{tune_id}", what))
         return parse_tune(data, tune_id)
 
-    async def list_tunes(self) -> list[dict[str, Any]]:
-        """Every tune of the account, newest first, as the listing gave them."""
-        return await self._pages("/tunes", "the list of tunes")
+    async def list_tunes(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        """Every tune of the account, newest first, as the listing gave them; of
+        `workspace` when given (X-Workspace-Id), else of the workspace configured."""
+        what = "the list of tunes" + (f" of workspace {workspace}" if workspace else "")
+        return await self._pages("/tunes", what, workspace)
+
+    async def list_workspaces(self) -> list[str]:
+        """The ids of the workspaces the key can reach (GET /workspaces.json).
+
+        Raises DataError when the answer is not a list of objects with ids.
+        """
+        what = "the list of workspaces"
+        data = await self._retried(what, lambda: self._get_json("/workspaces.json", what))
+        if not isinstance(data, list):
+            raise DataError(f"{what}: the API returned {type(data).__name__}, not a list")
+        return [str(listed_id(item, what)) for item in data]
 
     async def get_prompts(self, tune_id: int) -> list[Prompt]:
         """Every prompt of the tune, newest first, with its generated images."""
-        return parse_prompts(
-            await self._pages(f"/tunes/{tune_id}/prompts", f"the prompts of tune {tune_id}"),
-            tune_id,
-        )
+        what = f"the prompts of tune {tune_id}"
+        return parse_prompts(await self._pages(f"/tunes/{tune_id}/prompts", what), what, tune_id)
 
-    async def _pages(self, path: str, what: str) -> list[dict[str, Any]]:
+    async def get_prompt(self, tune_id: int, prompt_id: int) -> Prompt:
+        """One prompt (GET /tunes/:tune_id/prompts/:id), for fresh URLs of its files."""
+        what = f"prompt {prompt_id} of tune {tune_id}"
+        path = f"/tunes/{tune_id}/prompts/{prompt_id}"
+        data = await self._retried(what, lambda: self._get_json(path, what))
+        [prompt] = parse_prompts([data], what, tune_id)
+        if prompt.id != prompt_id:
+            raise DataError(f"{what}: the API returned prompt {prompt.id} instead")
+        return prompt
+
+    async def list_prompts(self) -> list[Prompt]:
+        """Every prompt of the account (GET /prompts), newest first: those made on a base
+        tune with a LoRA or FaceID tune named in the text are listed only here."""
+        what = "the account's prompts"
+        return parse_prompts(await self._pages("/prompts", what), what)
+
+    async def _pages(
+        self, path: str, what: str, workspace: str | None = None
+    ) -> list[dict[str, Any]]:
         """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
         Raises DataError when a page is not a list of objects with ids, when a page
@@ -82,8 +112,8 @@ class AstriaClient:
         pages = received = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
-            body = await call_with_retries(
-                self._settings.retry, what, functools.partial(self._get_body, path + query, what)
+            body = await self._retried(
+                what, functools.partial(self._get_body, path + query, what, workspace)
             )
             received += len(body)
             if received > MAX_LISTED_BYTES:
@@ -105,14 +135,67 @@ class AstriaClient:
             items.extend(page)
             before = ids[-1]
 
+    async def create_tune(
+        self, fields: Sequence[tuple[str, str]], images: Sequence[tuple[str, bytes]]
+    ) -> dict[str, Any]:
+        """POST /tunes, multipart: the tune[...] fields, each image as tune[images][].
+
+        Sent once, never retried: a failure after the API received it may have
+        created the tune. Raises AuthError, StatusError (422: the API's reason),
+        NetworkError, or DataError when the answer is not a JSON object.
+        """
+        what = "creating the tune"
+        url = self._settings.api_url + "/tunes"
+        form = aiohttp.FormData()
+        for name, value in fields:
+            form.add_field(name, value)
+        for filename, data in images:
+            form.add_field("tune[images][]", data, filename=filename,
+                           content_type="application/octet-stream")
+        async with self._limiter:
+            with translated(url, self._settings.read_timeout):
+                async with self._session.post(
+                    url, data=form, headers=self._headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    body = await read_capped(response, MAX_JSON_BYTES + 1)
+        if status not in (200, 201):
+            raise status_error(status, body, what, url, None)
+        created = parse_json(body, what)
+        if not isinstance(created, dict):
+            raise DataError(f"{what}: the API returned {type(created).__name__}, not an object")
+        return created
+
+    async def _retried(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` under the retry policy, waiting as Astria asks after its own 500s:
+        30 s before the first retry, doubling after each further 500 (a longer
+        Retry-After wins; the policy still caps attempts, total time and each wait)."""
+        server_errors = 0
+
+        async def once() -> T:
+            nonlocal server_errors
+            try:
+                return await attempt()
+            except StatusError as exc:
+                if exc.status == 500:
+                    server_errors += 1
+                    wait = FIRST_WAIT_AFTER_500 * 2.0 ** min(server_errors - 1, 30)
+                    exc.retry_after = max(exc.retry_after or 0.0, wait)
+                raise
+
+        return await call_with_retries(self._settings.retry, what, once)
+
     async def _get_json(self, path: str, what: str) -> Any:
         return parse_json(await self._get_body(path, what), what)
 
-    async def _get_body(self, path: str, what: str) -> bytes:
-        """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises."""
+    async def _get_body(self, path: str, what: str, workspace: str | None = None) -> bytes:
+        """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises.
+
+        `workspace` replaces the configured X-Workspace-Id for this request."""
         url = self._settings.api_url + path
+        headers = self._headers | ({"X-Workspace-Id": workspace} if workspace else {})
         async with self._limiter, get(
-            self._session, url, self._headers, read_timeout=self._settings.read_timeout
+            self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             if response.status != 200:
                 body = await read_capped(response, MAX_ERROR_BYTES)

@@ -26,6 +26,7 @@ from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.repair import RepairReport, repair
+from tune_archiver.commands.retrain import retrain
 from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
@@ -243,11 +244,19 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     result = _in_archive(
-        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link)
+        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
+                                        args.layout)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
+    settings = settings_of(args, secrets)
+    result = _in_archive(args, lambda store: retrain(settings, store, args.tune_id, args.yes))
+    _emit(args, secrets, [], result.as_json(), result.lines())
+    return EXIT_OK
 
 
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -279,6 +288,7 @@ def _emit(
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
+    "retrain": run_retrain,
     "gc": run_gc,
 }
 

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from tune_archiver import __version__
+from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MIN_RATE,
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
-    api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    api.add_argument("--workspace", metavar="ID|all",
+                     help="send X-Workspace-Id: ID to the API; all spans every workspace")
     api.add_argument("--allow-private-redirects", action="store_true",
                      help="follow an asset host's redirect into a private address (loopback, "
                      "link-local, the local network); refused unless the API is on one")
@@ -109,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "used; the files are the archive's own, read-only)")
     export.add_argument("--copy", action="store_true",
                         help="copy the blobs (the default; kept for older scripts)")
+    export.add_argument("--layout", choices=LAYOUTS,
+                        help="put the checkpoint where ComfyUI (models/loras, "
+                        "models/checkpoints), AUTOMATIC1111 (models/Lora, "
+                        "models/Stable-diffusion) or diffusers (pytorch_lora_weights."
+                        "safetensors, or one file for from_single_file) looks for it")
+
+    retrain = commands.add_parser(
+        "retrain", parents=[common, api],
+        help="create a new tune from an archived tune's training images",
+        description="Show the POST /tunes that would re-train the tune from its archived "
+        "training images (title '<title> (retrain of ID)'); with --yes, send it, each image "
+        "checked against its sha256 first.",
+    )
+    retrain.add_argument("tune_id", metavar="TUNE_ID", type=tune_id,
+                         help="the archived tune to re-train")
+    retrain.add_argument("--yes", action="store_true",
+                         help="send it: this creates (and bills) a new tune")
 
     gc = commands.add_parser(
         "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",

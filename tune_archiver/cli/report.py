@@ -283,7 +283,11 @@ def list_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     neither acts on the terminal nor breaks the alignment.
     """
     cells = [COLUMNS] + [_list_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    if any(row.get("workspace") for row in rows):  # a column only for workspace archives
+        cells = [(*cells[0], "workspace")] + [
+            (*line, visible(row.get("workspace") or "-")) for line, row in zip(
+                cells[1:], rows, strict=True)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells

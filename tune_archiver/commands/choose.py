@@ -27,7 +27,7 @@ from tune_archiver.commands.plan import (
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError, ConfigError, UnreadableManifest
 from tune_archiver.manifest import Manifest
-from tune_archiver.models import AssetResult, Tune, TuneResult
+from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store
 from tune_archiver.urls import redact_text
 
@@ -94,11 +94,25 @@ async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
 async def get_tunes(
     api: AstriaClient, tune_ids: Sequence[int], prompts: bool
 ) -> dict[int, Tune | TuneResult]:
-    """Each tune from the API (with its prompts when asked), or a result saying why not."""
+    """Each tune from the API (with its prompts when asked), or a result saying why not.
+
+    With prompts, the account's prompts (GET /prompts) are listed once for the whole
+    run and shared: each tune takes those that name it. If they cannot be listed,
+    every tune fails saying so, rather than be archived without them.
+    """
+    account: Sequence[Prompt] = ()
+    if prompts and tune_ids:
+        try:
+            account = await api.list_prompts()
+        except ConfigError:
+            raise
+        except ArchiverError as exc:
+            return {tune_id: TuneResult(tune_id, error=str(exc))
+                    for tune_id in dict.fromkeys(tune_ids)}
 
     async def one(tune_id: int) -> Tune | TuneResult:
         try:
-            return await load_tune(api, tune_id, prompts)
+            return await load_tune(api, tune_id, prompts, account)
         except ConfigError:
             raise
         except ArchiverError as exc:
@@ -114,10 +128,14 @@ async def get_tunes(
     return {tune_id: task.result() for tune_id, task in tasks.items()}
 
 
-async def load_tune(api: AstriaClient, tune_id: int, prompts: bool) -> Tune:
+async def load_tune(
+    api: AstriaClient, tune_id: int, prompts: bool, account: Sequence[Prompt] = ()
+) -> Tune:
+    """The tune; with `prompts`, its own prompts plus those of `account` naming it."""
     tune = await api.get_tune(tune_id)
     if prompts:
-        tune = replace(tune, prompts=tuple(await api.get_prompts(tune_id)))
+        own = await api.get_prompts(tune_id)
+        tune = replace(tune, prompts=prompts_of(tune_id, own, account))
     return tune
 
 

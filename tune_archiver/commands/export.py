@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_archiver import manifest
+from tune_archiver.commands.layouts import Layout, layout_path
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
@@ -33,9 +34,12 @@ class ExportResult:
         return not self.failed
 
 
-async def export_tune(store: Store, tune_id: int, dest: Path, link: bool) -> ExportResult:
+async def export_tune(
+    store: Store, tune_id: int, dest: Path, link: bool, layout: Layout | None = None
+) -> ExportResult:
     """Write the tune's folder under `dest` (0700): copies of the blobs (0600), or with
-    `link` hard links to them (read-only, the archive's own files).
+    `link` hard links to them (read-only, the archive's own files). With `layout`, the
+    checkpoints go where that tool looks for them (layouts.py).
 
     Raises ArchiverError when the tune is not archived, UnreadableManifest (before
     anything is written) when its manifest cannot be read, ConfigError when its
@@ -54,7 +58,9 @@ async def export_tune(store: Store, tune_id: int, dest: Path, link: bool) -> Exp
         if blob is None:
             result.failed.append(f"{where}: not archived ({entry.error or 'no error recorded'})")
             continue
-        name = export_path(entry, taken)
+        placed = layout_path(layout, entry, tune_id, found.tune) if layout else None
+        name = placed if placed is not None and placed not in taken else export_path(entry, taken)
+        taken.add(name)
         target = folder / name
         try:
             await in_thread(_make_dir, target.parent)

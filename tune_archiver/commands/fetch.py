@@ -18,6 +18,7 @@ from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for, unexpected
 from tune_archiver.commands.plan import assets_of, has_expired, listing_state, merged
 from tune_archiver.commands.renew import FreshUrls
+from tune_archiver.commands.workspaces import workspaces_of
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
 from tune_archiver.download.staging import Staging, staging_for
@@ -75,6 +76,9 @@ async def fetch(
         for result in skipped:
             _finish(progress, finished, result)
         found = await get_tunes(api, tune_ids, settings.prompts)
+        workspaces = await workspaces_of(
+            api, settings.workspace, [t.raw for t in found.values() if isinstance(t, Tune)]
+        )
         for item in found.values():
             if isinstance(item, TuneResult):
                 _finish(progress, finished, item)
@@ -82,7 +86,7 @@ async def fetch(
         await staging.prepare()
         async with store.locked(exclusive=False, waiting=waiting):
             downloader = Downloader(asset_session, store, staging, limiter, settings, progress)
-            run = Run(settings, api, store, downloader, progress, clock, finished)
+            run = Run(settings, api, store, downloader, progress, clock, finished, workspaces)
             async with asyncio.TaskGroup() as group:
                 tasks = {
                     tune_id: group.create_task(_archive_tune(run, item))
@@ -107,6 +111,7 @@ class Run:
     progress: Progress
     clock: Clock
     finished: list[TuneResult]
+    workspaces: dict[int, str]  # tune id -> its workspace, when it could be told
 
 
 def _finish(progress: Progress, finished: list[TuneResult], result: TuneResult) -> None:
@@ -182,7 +187,9 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         now = manifest.parse(current, tune.id) if current is not None else None
         written[:] = merged(ours, now)
         document = manifest.build_manifest(
-            tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune)
+            tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
+            # A run that cannot tell the workspace keeps what an earlier one recorded.
+            workspace=run.workspaces.get(tune.id, now.workspace if now else None),
         )
         # The API may echo the key in any text or URL: it never reaches the archive.
         return manifest.encode(scrub_json(document, [run.settings.api_key]))

@@ -45,6 +45,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "gone": gone,
         "checkpoint": checkpoint_state(found),
         "state": found.state,
+        "workspace": found.workspace,
         "bytes": sum(blob.size for blob in archived),
         "complete": found.complete,
         "archived_at": found.archived_at,

@@ -24,9 +24,14 @@ EXTENSIONS = {
     "image/heic": ".heic",
     "image/tiff": ".tiff",
     "image/bmp": ".bmp",
+    "video/mp4": ".mp4",
+    "application/x-safetensors": ".safetensors",
+    "application/x-pytorch": ".ckpt",
+    "application/zip": ".zip",
 }
 FOLDERS = {"checkpoint": "checkpoints", "training_image": "training_images",
-           "prompt_image": "prompt_images"}
+           "prompt_image": "prompt_images", "prompt_input": "prompt_inputs",
+           "face_swap_image": "face_swap_images"}
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
 
 
@@ -67,7 +72,7 @@ def export_path(entry: Entry, taken: set[str]) -> str:
     folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
     stem = f"{index:03d}" if isinstance(index, int) and index >= 0 else "file"
     prompt_id = entry.prompt_id
-    if kind == "prompt_image" and isinstance(prompt_id, int):
+    if kind in ("prompt_image", "prompt_input") and isinstance(prompt_id, int):
         stem = f"{prompt_id}-{stem}"
     suffix = extension(entry.content_type, entry.url)
     path = f"{folder}/{stem}{suffix}"

@@ -13,12 +13,12 @@ from typing import Any
 
 from tune_archiver.config import Only
 from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
-from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Tune
+from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Prompt, Tune
 from tune_archiver.urls import identity
 
 KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
     "checkpoints": ("checkpoint",),
-    "images": ("training_image", "prompt_image"),
+    "images": ("training_image", "prompt_image", "prompt_input", "face_swap_image"),
 }
 
 
@@ -26,16 +26,23 @@ AssetKey = tuple[str, int, str]  # kind, index, urls.identity of the URL
 
 
 def assets_of(tune: Tune) -> list[Asset]:
-    """Every file of the tune: its checkpoints, its training images, its prompts' images."""
+    """Every file of the tune: its checkpoints, training images, face-swap images, and
+    its prompts' outputs (images and videos) and inputs."""
     return [
         *(Asset("checkpoint", i, url) for i, url in enumerate(tune.checkpoint_urls)),
         *(Asset("training_image", i, url) for i, url in enumerate(tune.image_urls)),
+        *(Asset("face_swap_image", i, url) for i, url in enumerate(tune.face_swap_urls)),
         *(
-            Asset("prompt_image", i, url, prompt.id, prompt.text)
+            Asset(kind, i, url, prompt.id, prompt.text, prompt.tune_id)
             for prompt in tune.prompts
-            for i, url in enumerate(prompt.image_urls)
+            for kind, urls in _prompt_files(prompt)
+            for i, url in enumerate(urls)
         ),
     ]
+
+
+def _prompt_files(prompt: Prompt) -> tuple[tuple[AssetKind, tuple[str, ...]], ...]:
+    return (("prompt_image", prompt.image_urls), ("prompt_input", prompt.input_urls))
 
 
 def asset_key(asset: Asset) -> AssetKey:

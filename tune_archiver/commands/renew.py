@@ -23,6 +23,9 @@ class FreshUrls:
         self._tune_id = tune_id
         self._prompts = prompts
         self._tune: asyncio.Task[Tune] | None = None
+        # Prompts made on another (base) tune are not listed with this one: each is
+        # asked for again on its own, once (prompt id -> the request).
+        self._prompts_elsewhere: dict[int, asyncio.Task[Tune]] = {}
 
     def refresh(self, asset: Asset) -> Refresh:
         """A callable that returns the asset's fresh URL, or None when the tune cannot be
@@ -30,12 +33,8 @@ class FreshUrls:
         (a renewed listing may come in another order); else it raises DataError."""
 
         async def fresh_url() -> str | None:
-            if self._tune is None:
-                self._tune = asyncio.ensure_future(
-                    load_tune(self._api, self._tune_id, self._prompts)
-                )
             try:
-                tune = await self._tune
+                tune = await self._renewed(asset)
             except ArchiverError:
                 return None
             place = (asset.kind, asset.prompt_id, asset.index)
@@ -50,6 +49,24 @@ class FreshUrls:
             raise DataError(f"the renewed tune no longer lists {asset.kind} {asset.index}")
 
         return fresh_url
+
+    def _renewed(self, asset: Asset) -> asyncio.Future[Tune]:
+        """The tune asked for again; for a file of a prompt made on another tune, that
+        prompt alone, asked for again on the tune it was made on."""
+        made_on, prompt_id = asset.prompt_tune_id, asset.prompt_id
+        if made_on is not None and prompt_id is not None and made_on != self._tune_id:
+            if prompt_id not in self._prompts_elsewhere:
+                self._prompts_elsewhere[prompt_id] = asyncio.ensure_future(
+                    self._prompt_alone(made_on, prompt_id))
+            return self._prompts_elsewhere[prompt_id]
+        if self._tune is None:
+            self._tune = asyncio.ensure_future(load_tune(self._api, self._tune_id, self._prompts))
+        return self._tune
+
+    async def _prompt_alone(self, made_on: int, prompt_id: int) -> Tune:
+        """A tune holding only the prompt, fresh: enough for assets_of to find its files."""
+        prompt = await self._api.get_prompt(made_on, prompt_id)
+        return Tune(self._tune_id, {"id": self._tune_id}, (), (), prompts=(prompt,))
 
 
 def _path(url: str) -> str:

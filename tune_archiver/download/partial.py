@@ -263,6 +263,10 @@ class Partial:
         """Write the sidecar now."""
         self._save()
 
+    def head(self, nbytes: int) -> bytes:
+        """The file's first bytes (fewer when it is shorter), for telling its type."""
+        return os.pread(self._fd, nbytes, 0)
+
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
         if self._hashed != self.size or (self.total is not None and self.size != self.total):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from tune_archiver.download.partial import Partial, Writer
 from tune_archiver.errors import DiskFull, storage_error
+from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
 from tune_archiver.safefs import check_folder, make_private_dir
@@ -69,7 +70,9 @@ class Incoming:
 def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
     if tail:
         partial.append(tail)
-    blob = Blob(partial.sha256(), partial.size, content_type)
+    # The server's type is kept unless it says nothing; then the first bytes tell.
+    blob = Blob(partial.sha256(), partial.size,
+                content_type_of(content_type, partial.head(HEAD_BYTES)))
     partial.finish()
     return blob
 

@@ -1,0 +1,90 @@
+"""File types from the bytes: the pure sniffing table, and fetch plus export using it."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli
+from tests.conftest import check_manifest
+from tests.helpers import run_fetch
+from tests.standin import Body, StandIn
+from tune_archiver.filetypes import content_type_of, sniff
+
+HEADER = b'{"__metadata__":{"format":"pt"}}'
+SAFETENSORS = struct.pack("<Q", len(HEADER)) + HEADER + os.urandom(2_000)
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(1_000)
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(1_000)
+WEBP = b"RIFF\x10\x27\x00\x00WEBPVP8 " + os.urandom(1_000)
+MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00" + os.urandom(1_000)
+TORCH_ZIP = b"PK\x03\x04\x00\x00\x08\x00\x00\x00archive/data.pkl" + os.urandom(1_000)
+PICKLE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + os.urandom(1_000)
+UNKNOWN = b"\x01\x02not a known format at all" + os.urandom(2_000)
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (SAFETENSORS, "application/x-safetensors"),
+        (JPEG, "image/jpeg"),
+        (PNG, "image/png"),
+        (WEBP, "image/webp"),
+        (MP4, "video/mp4"),
+        (TORCH_ZIP, "application/x-pytorch"),
+        (PICKLE, "application/x-pytorch"),
+        (b"PK\x03\x04plain zip", "application/zip"),
+        (UNKNOWN, None),
+        (b"", None),
+        (struct.pack("<Q", 2**40) + b"{", None),  # a header length no file has
+        (b"RIFF\x00\x00\x00\x00WAVE", None),
+    ],
+)
+def test_sniff_reads_the_signature(head: bytes, expected: str | None) -> None:
+    """Each known signature gives its type; anything else gives None."""
+    assert sniff(head[:64]) == expected
+
+
+@pytest.mark.parametrize(
+    ("served", "head", "expected"),
+    [
+        ("image/png", JPEG, "image/png"),  # the server said something: kept
+        ("application/octet-stream", JPEG, "image/jpeg"),
+        ("binary/octet-stream; charset=x", SAFETENSORS, "application/x-safetensors"),
+        (None, PNG, "image/png"),
+        (None, UNKNOWN, "application/octet-stream"),
+    ],
+)
+def test_content_type_of_keeps_a_telling_type(
+    served: str | None, head: bytes, expected: str
+) -> None:
+    """The server's type wins unless it is generic; octet-stream only when nothing matches."""
+    assert content_type_of(served, head[:64]) == expected
+
+
+def test_files_without_extension_are_typed_and_named_from_their_bytes(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Extensionless octet-stream files get their type from the bytes in the manifest and
+    in export names: a checkpoint exports as 000.safetensors, not 000.bin."""
+    archive = tmp_path / "archive"
+    images = [JPEG, PNG, WEBP, UNKNOWN]
+    standin.add_tune(1, [standin.add_file("ckpt", SAFETENSORS + os.urandom(2_000))],
+                     [standin.add_file(f"img{i}", data) for i, data in enumerate(images)])
+    standin.add_prompt(1, 9, "ohwx", [standin.add_file("video", MP4)])
+    standin.faults["img0"] = [Body(JPEG, "application/octet-stream")]
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert [entry["content_type"] for entry in document["assets"]] == [
+        "application/x-safetensors", "image/jpeg", "image/png", "image/webp",
+        "application/octet-stream", "video/mp4"]
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive),
+              "--json")
+    assert ran.code == 0
+    names = sorted(json.loads(ran.out)["copied"])
+    assert names == ["checkpoints/000.safetensors", "prompt_images/9-000.mp4",
+                     "training_images/000.jpg", "training_images/001.png",
+                     "training_images/002.webp", "training_images/003.bin"]

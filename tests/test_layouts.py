@@ -1,0 +1,63 @@
+"""`export --layout comfyui|a1111|diffusers`: the checkpoint where each tool looks for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli
+from tests.helpers import run_fetch
+from tests.standin import StandIn
+
+HEADER = b'{"__metadata__":{}}'
+WEIGHTS = struct.pack("<Q", len(HEADER)) + HEADER + os.urandom(3_000)
+
+
+def exported(standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+             model_type: str, layout: str) -> list[str]:
+    """Fetch tune 1 of this model type (an extensionless checkpoint) and export it."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("weights", WEIGHTS)],
+                     [standin.add_file("face", b"\xff\xd8\xff" + os.urandom(900))],
+                     model_type=model_type, title="Jane Doe")
+    assert run_fetch(standin, archive, "1") == 0
+    capsys.readouterr()
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive),
+              "--layout", layout, "--json")
+    assert ran.code == 0
+    return sorted(json.loads(ran.out)["copied"])
+
+
+@pytest.mark.parametrize(
+    ("model_type", "layout", "checkpoint"),
+    [
+        ("lora", "comfyui", "models/loras/1-jane-doe.safetensors"),
+        ("checkpoint", "comfyui", "models/checkpoints/1-jane-doe.safetensors"),
+        ("lora", "a1111", "models/Lora/1-jane-doe.safetensors"),
+        ("checkpoint", "a1111", "models/Stable-diffusion/1-jane-doe.safetensors"),
+        ("lora", "diffusers", "pytorch_lora_weights.safetensors"),
+        ("checkpoint", "diffusers", "1-jane-doe.safetensors"),
+    ],
+)
+def test_layout_places_the_checkpoint_for_the_tool(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    model_type: str, layout: str, checkpoint: str,
+) -> None:
+    """The checkpoint goes where the tool looks for a LoRA or a full model; the rest stays."""
+    names = exported(standin, tmp_path, capsys, model_type, layout)
+    assert names == sorted([checkpoint, "training_images/000.jpg"])
+    assert (tmp_path / "dest" / "1-jane-doe" / checkpoint).read_bytes() == WEIGHTS
+
+
+def test_unknown_layout_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A layout the command does not know is refused before anything is read."""
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive",
+              str(tmp_path / "archive"), "--layout", "invokeai")
+    assert ran.code == 2
+    assert not (tmp_path / "dest").exists()

@@ -1,0 +1,161 @@
+"""Everything of a tune: LoRA and FaceID prompts made on a base tune, prompt inputs,
+videos and face-swap images, against the stand-in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
+from tests.standin import Body, StandIn, Status
+
+FLUX = 1504944  # the base tune LoRA prompts are created on
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def add_tune(standin: StandIn, tune_id: int, **fields: Any) -> None:
+    ckpt = standin.add_file(f"ckpt-{tune_id}", os.urandom(4_000 + tune_id))
+    standin.add_tune(tune_id, [ckpt], [standin.add_file(f"img-{tune_id}", os.urandom(900))],
+                     **fields)
+
+
+def entries(archive: Path, tune_id: int, kind: str) -> list[dict[str, Any]]:
+    document = check_manifest(archive / "manifests" / f"{tune_id}.json")
+    return [entry for entry in document["assets"] if entry["kind"] == kind]
+
+
+def test_prompts_naming_the_tune_on_its_base_tune_are_archived_with_it(
+    standin: StandIn, archive: Path
+) -> None:
+    """<lora:ID:..> and <faceid:ID:..> prompts on the base tune join the tune's own prompts,
+    each with its text and the tune it was created on; a prompt naming another tune does not."""
+    add_tune(standin, 10)
+    standin.add_prompt(10, 500, "ohwx woman", [standin.add_file("own", b"own" * 300)])
+    standin.add_prompt(FLUX, 501, "<lora:10:1> ohwx at sea", [standin.add_file("a", b"a" * 900)])
+    standin.add_prompt(FLUX, 502, "x <faceid:10:0.8>", [standin.add_file("b", b"b" * 900)])
+    standin.add_prompt(FLUX, 503, "<lora:100:1> other", [standin.add_file("c", b"c" * 900)])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    found = {(e["prompt_id"], e["prompt_tune_id"], e["prompt_text"], e["status"])
+             for e in entries(archive, 10, "prompt_image")}
+    assert found == {(500, 10, "ohwx woman", "ok"), (501, FLUX, "<lora:10:1> ohwx at sea", "ok"),
+                     (502, FLUX, "x <faceid:10:0.8>", "ok")}
+    assert not blob_file(archive, b"c" * 900).exists()
+
+
+def test_account_prompts_are_listed_once_for_every_tune_of_the_run(
+    standin: StandIn, archive: Path
+) -> None:
+    """Three tunes fetched with --prompts page through GET /prompts once, not thrice."""
+    for tune_id in (10, 11, 12):
+        add_tune(standin, tune_id)
+    for prompt_id in range(600, 607):  # two pages of five
+        standin.add_prompt(FLUX, prompt_id, f"<lora:{10 + prompt_id % 3}:1>",
+                           [standin.add_file(f"p{prompt_id}", os.urandom(700))])
+    assert run_fetch(standin, archive, "10", "11", "12", "--prompts") == 0
+    assert [r.path for r in standin.seen("api", "/prompts")] == [
+        "/prompts?limit=120", "/prompts?limit=120&before_id=602",
+        "/prompts?limit=120&before_id=600"]
+    assert sum(len(entries(archive, t, "prompt_image")) for t in (10, 11, 12)) == 7
+
+
+def test_a_prompt_naming_two_tunes_is_in_both_manifests_and_stored_once(
+    standin: StandIn, archive: Path
+) -> None:
+    """A prompt using two LoRAs is archived in both tunes' manifests; its image is one blob."""
+    add_tune(standin, 10)
+    add_tune(standin, 11)
+    image = os.urandom(2_000)
+    standin.add_prompt(FLUX, 700, "<lora:10:0.6> and <lora:11:0.4>",
+                       [standin.add_file("both", image)])
+    assert run_fetch(standin, archive, "10", "11", "--prompts") == 0
+    for tune_id in (10, 11):
+        [entry] = entries(archive, tune_id, "prompt_image")
+        assert (entry["prompt_id"], entry["sha256"]) == (700, sha256(image))
+    assert len(stored_blobs(archive)) == 5  # two checkpoints, two training images, one image
+    assert len(standin.seen("cdn", "/files/both")) == 1
+
+
+def test_prompt_inputs_and_videos_are_archived_with_their_kind_and_type(
+    standin: StandIn, archive: Path
+) -> None:
+    """input_image, image_references[], input_video, then mask_image become prompt_input
+    entries in that order; a generated video is a prompt_image with its content type."""
+    add_tune(standin, 10)
+    inputs = [os.urandom(800 + i) for i in range(5)]
+    urls = [standin.add_file(f"in{i}", data) for i, data in enumerate(inputs)]
+    video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3_000)
+    standin.add_file("video", video)
+    standin.faults["video"] = [Body(video, "video/mp4")]
+    standin.add_prompt(10, 800, "ohwx dancing", [standin.file_url("video")],
+                       mask_image=urls[4], input_image=urls[0], image_references=urls[1:3],
+                       input_video=urls[3], seed=42)
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    got = [(e["index"], e["prompt_id"], e["sha256"]) for e in entries(archive, 10, "prompt_input")]
+    assert got == [(i, 800, sha256(data)) for i, data in enumerate(inputs)]
+    [output] = entries(archive, 10, "prompt_image")
+    assert (output["sha256"], output["content_type"]) == (sha256(video), "video/mp4")
+
+
+def test_face_swap_images_are_archived_as_their_own_kind(
+    standin: StandIn, archive: Path
+) -> None:
+    """A LoRA tune's face_swap_images[] are archived as face_swap_image, without --prompts."""
+    swaps = [os.urandom(1_000 + i) for i in range(2)]
+    add_tune(standin, 10, face_swap_images=[
+        standin.add_file(f"swap{i}", data) for i, data in enumerate(swaps)])
+    assert run_fetch(standin, archive, "10") == 0
+    got = [(e["index"], e["sha256"], e["status"])
+           for e in entries(archive, 10, "face_swap_image")]
+    assert got == [(i, sha256(data), "ok") for i, data in enumerate(swaps)]
+
+
+def test_an_expired_file_of_a_base_tune_prompt_is_renewed_from_that_prompt(
+    standin: StandIn, archive: Path
+) -> None:
+    """A LoRA prompt's image refused as expired is renewed by asking for that prompt on
+    the base tune (GET /tunes/BASE/prompts/ID), not the LoRA tune's own prompts."""
+    add_tune(standin, 10)
+    image = os.urandom(1_500)
+    standin.add_file("lora-image", image)
+    prompt = standin.add_prompt(
+        FLUX, 900, "<lora:10:1>", [standin.file_url("lora-image", query="X-Amz-Signature=old")])
+    expired = Status(403, body=b"<Error><Message>Request has expired</Message></Error>")
+    standin.faults["lora-image"] = [expired]
+
+    def renew(_: object) -> None:  # the next answer for the prompt carries a new signature
+        prompt["images"] = [standin.file_url("lora-image", query="X-Amz-Signature=new")]
+
+    standin.before_prompt = renew
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
+    assert [r.path for r in standin.seen("api", f"/tunes/{FLUX}/prompts/900")] == [
+        f"/tunes/{FLUX}/prompts/900"]
+    signatures = [r.path.rsplit("=", 1)[1] for r in standin.seen("cdn", "/files/lora-image")]
+    assert signatures == ["old", "new"]
+
+
+def test_account_prompts_that_cannot_be_listed_fail_every_tune_of_the_run(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """If GET /prompts cannot be paged, each tune fails saying so, none archived without
+    its LoRA prompts."""
+    add_tune(standin, 10)
+    add_tune(standin, 11)
+    for prompt_id in range(600, 607):
+        standin.add_prompt(FLUX, prompt_id, "<lora:10:1>", [])
+    standin.ignore_before_id = True
+    standin.misbehaving_paths = ("/prompts",)
+    assert run_fetch(standin, archive, "10", "11", "--prompts") == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[2] for line in errors] == [" tune 10", " tune 11"]
+    assert all("the account's prompts: asked for ids before 602" in line for line in errors)
+    assert not (archive / "manifests" / "10.json").exists()

@@ -1,0 +1,82 @@
+"""`retrain`: a dry run by default; --yes sends a multipart POST /tunes built from the
+archived training images, each checked against its sha256."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli
+from tests.helpers import blob_file, run_fetch
+from tests.standin import StandIn
+
+
+@pytest.fixture
+def archived(standin: StandIn, tmp_path: Path) -> tuple[Path, list[bytes]]:
+    """A FaceID tune (no checkpoint) with three training images, archived."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(1_000 + i) for i in range(3)]
+    standin.add_tune(5, [], [standin.add_file(f"img{i}", data) for i, data in enumerate(images)],
+                     model_type="faceid", title="Jane", base_tune_id=1504944)
+    assert run_fetch(standin, archive, "5") == 0
+    return archive, images
+
+
+def retrain(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], *flags: str
+            ) -> tuple[int, dict[str, object]]:
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    capsys.readouterr()
+    ran = cli(capsys, "retrain", "5", "--archive", str(archive), "--api-url", standin.api_url,
+              "--json", *flags)
+    return ran.code, json.loads(ran.out)
+
+
+def test_retrain_is_dry_by_default(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --yes nothing is sent: the plan names the fields and counts the images."""
+    code, result = retrain(standin, archived[0], capsys)
+    assert code == 0
+    assert standin.created == []
+    assert result["sent"] is False
+    assert result["images"] == 3
+    assert result["fields"] == {"tune[title]": "Jane (retrain of 5)", "tune[name]": "woman",
+                                "tune[token]": "ohwx", "tune[branch]": "sdxl1",
+                                "tune[base_tune_id]": "1504944", "tune[model_type]": "faceid"}
+
+
+def test_retrain_yes_posts_the_verified_images(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--yes sends one multipart POST /tunes with every training image, byte for byte."""
+    archive, images = archived
+    code, result = retrain(standin, archive, capsys, "--yes")
+    assert code == 0
+    [(fields, sent)] = standin.created
+    assert fields["tune[title]"] == "Jane (retrain of 5)"
+    assert [data for _, data in sent] == images
+    assert [name for name, _ in sent] == ["000.jpg", "001.jpg", "002.jpg"]
+    assert result["sent"] is True
+    assert result["created"] == {"id": 6, "title": "Jane (retrain of 5)", "ckpt_urls": [],
+                                 "orig_images": []}
+    assert standin.seen("api", "/tunes")[-1].headers["Authorization"].endswith(standin.api_key)
+
+
+def test_retrain_refuses_a_damaged_blob(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A training image whose blob no longer matches its sha256 stops the retrain unsent."""
+    archive, images = archived
+    damaged = blob_file(archive, images[1])
+    damaged.chmod(0o600)
+    damaged.write_bytes(b"\xff\xd8\xff" + os.urandom(1_001))
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    capsys.readouterr()
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert "does not match its sha256; nothing was sent" in ran.err
+    assert standin.created == []

@@ -1,0 +1,131 @@
+"""--workspace ID|all: fetch --all across every workspace, each manifest naming the
+tune's workspace, and `list` showing it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli
+from tests.conftest import check_manifest
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tune_archiver.commands.workspaces import workspace_of
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def add_tune(standin: StandIn, tune_id: int, workspace: str | None = None, **fields: object
+             ) -> None:
+    ckpt = standin.add_file(f"ckpt-{tune_id}", os.urandom(3_000 + tune_id))
+    standin.add_tune(tune_id, [ckpt], [], **fields)
+    if workspace is not None:
+        standin.tune_workspaces[tune_id] = workspace
+
+
+def workspace_in(archive: Path, tune_id: int) -> str | None:
+    document = check_manifest(archive / "manifests" / f"{tune_id}.json")
+    return document.get("workspace")
+
+
+def test_all_workspaces_are_fetched_and_each_manifest_names_its_own(
+    standin: StandIn, archive: Path
+) -> None:
+    """--all --workspace all archives the tunes of every workspace and the personal scope;
+    tunes without workspace_id are placed by listing each workspace of /workspaces.json."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41")
+    add_tune(standin, 3, "42")
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert {t: workspace_in(archive, t) for t in (1, 2, 3)} == {
+        1: "personal", 2: "41", 3: "42"}
+    scoped = [r.headers.get("X-Workspace-Id") for r in standin.seen("api", "/tunes?")]
+    assert scoped[0] == "all"
+    assert set(scoped) == {"all", "41", "42"}
+    assert len(standin.seen("api", "/workspaces.json")) == 1
+
+
+def test_a_tune_naming_its_workspace_needs_no_workspace_listing(
+    standin: StandIn, archive: Path
+) -> None:
+    """When every tune carries workspace_id, that is recorded and no workspace is listed."""
+    add_tune(standin, 1, workspace_id=None)
+    add_tune(standin, 2, "41", workspace_id=41)
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert (workspace_in(archive, 1), workspace_in(archive, 2)) == ("personal", "41")
+    assert standin.seen("api", "/workspaces.json") == []
+
+
+def test_without_all_only_the_personal_scope_is_listed(standin: StandIn, archive: Path) -> None:
+    """Without --workspace, --all covers the personal scope only and records no workspace."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all") == 0
+    assert sorted(p.stem for p in (archive / "manifests").glob("*.json")) == ["1"]
+    assert workspace_in(archive, 1) is None
+
+
+def test_a_later_run_that_cannot_tell_keeps_the_workspace(
+    standin: StandIn, archive: Path
+) -> None:
+    """A fetch by id without --workspace keeps the workspace an earlier --workspace all
+    run recorded, rather than drop it."""
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert run_fetch(standin, archive, "2") == 0
+    assert workspace_in(archive, 2) == "41"
+
+
+def test_workspaces_that_cannot_be_listed_are_a_warning_not_a_failure(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When /workspaces.json fails, the tunes are archived all the same, without a
+    workspace they do not say themselves, and one warning says why."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41", workspace_id=41)
+    standin.workspaces_fault = Status(422, body=b'{"error": "no workspaces for this key"}')
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert (workspace_in(archive, 1), workspace_in(archive, 2)) == (None, "41")
+    [warning] = [line for line in capsys.readouterr().err.splitlines() if "workspace" in line]
+    assert "cannot tell the workspaces of the tunes" in warning
+    assert "no workspaces for this key" in warning
+
+
+def test_list_shows_the_workspace(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list` has a workspace column (and --json a workspace field) for workspace archives."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    capsys.readouterr()
+    table = cli(capsys, "list", "--archive", str(archive)).out.splitlines()
+    assert table[0].split()[-1] == "workspace"
+    assert [line.split()[-1] for line in table[1:]] == ["41", "personal"]
+    rows = json.loads(cli(capsys, "list", "--archive", str(archive), "--json").out)["tunes"]
+    assert [row["workspace"] for row in rows] == ["41", "personal"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "asked", "listed", "expected"),
+    [
+        ({"id": 1, "workspace_id": 7}, "all", None, "7"),
+        ({"id": 1, "workspace_id": None}, "all", None, "personal"),
+        ({"id": 1}, "9", None, "9"),
+        ({"id": 1}, "all", {1: "8"}, "8"),
+        ({"id": 1}, "all", {}, "personal"),
+        ({"id": 1}, "all", None, None),  # the workspaces could not be listed
+        ({"id": 1}, None, None, None),
+        ({"id": 1, "workspace_id": True}, None, None, None),
+    ],
+)
+def test_workspace_of(raw: dict[str, object], asked: str | None,
+                      listed: dict[int, str] | None, expected: str | None) -> None:
+    """The tune's own field first, then the workspace asked for, then the listings."""
+    assert workspace_of(raw, asked, listed) == expected

@@ -1,0 +1,49 @@
+"""Pure naming for `export --layout`: where a tune's checkpoint goes so that ComfyUI,
+AUTOMATIC1111 or diffusers finds it; every other file keeps the plain layout.
+
+Names are built from names.py's safe pieces only, so none leaves the export folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from tune_archiver.commands.names import extension, folder_name
+from tune_archiver.manifest import Entry
+
+Layout = Literal["comfyui", "a1111", "diffusers"]
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+# The folders each tool reads, for a LoRA and for a full checkpoint, under its root.
+FOLDERS: dict[Layout, tuple[str, str]] = {
+    "comfyui": ("models/loras", "models/checkpoints"),
+    "a1111": ("models/Lora", "models/Stable-diffusion"),
+}
+DIFFUSERS_LORA = "pytorch_lora_weights"  # the weight name load_lora_weights looks for
+
+
+def is_lora(tune: dict[str, Any]) -> bool:
+    """True for a LoRA tune (model_type lora); anything else is a full checkpoint."""
+    model_type = tune.get("model_type")
+    return isinstance(model_type, str) and model_type.lower() == "lora"
+
+
+def layout_path(layout: Layout, entry: Entry, tune_id: int, tune: dict[str, Any]) -> str | None:
+    """Where the checkpoint `entry` goes in `layout`; None for any other file (it keeps
+    the plain layout).
+
+    comfyui and a1111: models/<their folder>/<id>-<slug>.safetensors, the folder
+    copied into the tool's root. diffusers: a LoRA as pytorch_lora_weights.safetensors
+    at the top (load_lora_weights(folder)); a full checkpoint as one file for
+    from_single_file (a multi-folder pipeline would need a conversion). A second
+    checkpoint of the tune gets its index appended.
+    """
+    if entry.kind != "checkpoint":
+        return None
+    suffix = extension(entry.content_type, entry.url)
+    more = f"-{entry.index:03d}" if entry.index > 0 else ""
+    if layout == "diffusers":
+        stem = DIFFUSERS_LORA if is_lora(tune) else folder_name(tune_id, tune.get("title"))
+        return f"{stem}{more}{suffix}"
+    lora_folder, checkpoint_folder = FOLDERS[layout]
+    folder = lora_folder if is_lora(tune) else checkpoint_folder
+    return f"{folder}/{folder_name(tune_id, tune.get('title'))}{more}{suffix}"

@@ -1,0 +1,126 @@
+"""`retrain`: a new tune from an archived tune's training images (POST /tunes).
+
+FaceID and Flux LoRA weights are never downloadable: for them the training images
+are the only way back. A dry run by default; `--yes` sends the images, each read
+from its blob and checked against its sha256 first, so nothing damaged is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune_archiver import manifest
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.names import extension
+from tune_archiver.config import Settings
+from tune_archiver.errors import ArchiverError, IntegrityError
+from tune_archiver.manifest import Entry, Manifest
+from tune_archiver.net.session import new_session
+from tune_archiver.store import Store
+from tune_archiver.threads import in_thread
+
+# The tune's own fields sent again (when the archived tune has them as plain values).
+KEPT_FIELDS = ("name", "token", "branch", "base_tune_id", "model_type", "face_crop", "preset")
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """What a retrain sends: the tune[...] fields and the training images' entries."""
+
+    tune_id: int
+    fields: tuple[tuple[str, str], ...]
+    images: tuple[Entry, ...]
+    missing: tuple[str, ...]  # training images not archived: they cannot be sent
+
+
+@dataclass
+class RetrainResult:
+    """A plan, and whether it was sent, with the tune the API created (or returned)."""
+
+    plan: RetrainPlan
+    sent: bool = False
+    created: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """What `retrain` prints (without --json)."""
+        plan = self.plan
+        lines = [f"tune {plan.tune_id}: {len(plan.images)} training images, fields "
+                 + ", ".join(f"{name}={value}" for name, value in plan.fields)]
+        lines += [f"tune {plan.tune_id}: {gap}" for gap in plan.missing]
+        if self.sent:
+            lines.append(f"created tune {self.created.get('id')} (POST /tunes)")
+        else:
+            lines.append("dry run: nothing sent; add --yes to create the tune")
+        return lines
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tune_id": self.plan.tune_id, "sent": self.sent,
+            "fields": dict(self.plan.fields), "images": len(self.plan.images),
+            "missing": list(self.plan.missing), "created": self.created or None,
+        }
+
+
+def retrain_plan(found: Manifest) -> RetrainPlan:
+    """The POST /tunes for an archived tune; pure.
+
+    Its title is "<title> (retrain of ID)": with Astria's idempotency a second
+    --yes returns the tune the first created instead of training (and billing) again.
+    """
+    fields = [("tune[title]", f"{found.title or 'tune'} (retrain of {found.tune_id})")]
+    for name in KEPT_FIELDS:
+        value = found.tune.get(name)
+        if isinstance(value, bool):
+            fields.append((f"tune[{name}]", "true" if value else "false"))
+        elif isinstance(value, int | float | str) and value != "":
+            fields.append((f"tune[{name}]", str(value)))
+    training = [entry for entry in found.entries if entry.kind == "training_image"]
+    return RetrainPlan(
+        found.tune_id, tuple(fields),
+        tuple(entry for entry in training if entry.blob is not None),
+        tuple(f"training_image {entry.index}: not archived ({entry.error or entry.status})"
+              for entry in training if entry.blob is None),
+    )
+
+
+async def retrain(settings: Settings, store: Store, tune_id: int, yes: bool) -> RetrainResult:
+    """Plan the retrain of an archived tune; with `yes`, send it.
+
+    Raises ArchiverError when the tune is not archived or has no training image,
+    IntegrityError when a blob does not match its sha256 (nothing is sent), and
+    what the client raises for the POST (sent once, never retried).
+    """
+    found = await manifest.read(store, tune_id)
+    if found is None:
+        raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
+    plan = retrain_plan(found)
+    if not plan.images:
+        raise ArchiverError(f"tune {tune_id}: no training image is archived; nothing to "
+                            "retrain from")
+    if not yes:
+        return RetrainResult(plan)
+    images = [(f"{entry.index:03d}{extension(entry.content_type, entry.url)}",
+               await _verified(store, entry)) for entry in plan.images]
+    async with new_session(settings, decompress=True) as session:
+        api = AstriaClient(session, settings, asyncio.Semaphore(1))
+        created = await api.create_tune(plan.fields, images)
+    return RetrainResult(plan, sent=True, created=created)
+
+
+async def _verified(store: Store, entry: Entry) -> bytes:
+    """The bytes of the entry's blob, checked against its sha256."""
+    blob = entry.blob
+    assert blob is not None  # the plan holds archived entries only
+    with tempfile.TemporaryDirectory(prefix="tune-archiver-") as folder:  # 0700
+        target = Path(folder) / "blob"
+        await store.save_blob_as(blob.sha256, target, hard_link=False)
+        data = await in_thread(target.read_bytes)
+    if hashlib.sha256(data).hexdigest() != blob.sha256:
+        raise IntegrityError(f"training_image {entry.index}: its blob "
+                             "does not match its sha256; nothing was sent (run verify)")
+    return data

@@ -1,0 +1,69 @@
+"""Which workspace each tune of a run belongs to, for its manifest (`--workspace`).
+
+The tune's own `workspace_id` field says it when the API sends one; else the
+workspace asked for; with `--workspace all`, the workspaces of GET /workspaces.json
+are listed one by one, and a tune in none of them is in the personal scope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.errors import ArchiverError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ALL = "all"  # X-Workspace-Id: all spans every workspace
+PERSONAL = "personal"  # the scope the API answers for without X-Workspace-Id
+
+
+def workspace_of(raw: Mapping[str, Any], asked: str | None,
+                 listed: Mapping[int, str] | None) -> str | None:
+    """The tune's workspace as a manifest records it; None when it cannot be told. Pure."""
+    if "workspace_id" in raw:
+        value = raw["workspace_id"]
+        if value is None:
+            return PERSONAL
+        if isinstance(value, int | str) and not isinstance(value, bool) and str(value):
+            return str(value)
+    if asked and asked != ALL:
+        return asked
+    if asked == ALL and listed is not None:
+        tune_id = raw.get("id")
+        return listed.get(tune_id, PERSONAL) if isinstance(tune_id, int) else None
+    return None
+
+
+async def workspaces_of(
+    api: AstriaClient, asked: str | None, tunes: Iterable[Mapping[str, Any]]
+) -> dict[int, str]:
+    """tune id -> workspace for each tune that can be told. Only with `all`, and only
+    when some tune does not say it itself, are the workspaces listed (one listing
+    each). Raises what the client raises."""
+    tunes = list(tunes)
+    listed: dict[int, str] | None = None
+    if asked == ALL and any("workspace_id" not in tune for tune in tunes):
+        try:
+            listed = await _listed(api)
+        except ConfigError:
+            raise
+        except ArchiverError as exc:  # the files matter more than the label: carry on
+            log.warning("cannot tell the workspaces of the tunes: %s", exc)
+    found = {}
+    for tune in tunes:
+        told = workspace_of(tune, asked, listed)
+        if told is not None and isinstance(tune.get("id"), int):
+            found[tune["id"]] = told
+    return found
+
+
+async def _listed(api: AstriaClient) -> dict[int, str]:
+    """tune id -> the first workspace whose listing holds it."""
+    listed: dict[int, str] = {}
+    for workspace in await api.list_workspaces():
+        for item in await api.list_tunes(workspace):
+            listed.setdefault(item["id"], workspace)
+    return listed

@@ -1,0 +1,66 @@
+"""File types from a file's first bytes, for when the server's Content-Type says nothing.
+
+Pure: the caller reads the bytes (HEAD_BYTES of them are enough) and passes them in.
+Asset URLs are usually plain keys without an extension, served as
+application/octet-stream, so the bytes are the only witness of what a file is.
+"""
+
+from __future__ import annotations
+
+HEAD_BYTES = 64  # enough for every signature below
+OCTET_STREAM = "application/octet-stream"
+SAFETENSORS = "application/x-safetensors"  # no registered type; the format's own name
+PYTORCH = "application/x-pytorch"  # a torch .ckpt/.pt: a zip holding data.pkl, or a pickle
+# Types that say nothing about the bytes: the server did not know either.
+GENERIC = frozenset({
+    OCTET_STREAM, "binary/octet-stream", "application/binary", "application/x-binary",
+    "application/unknown", "application/x-download", "application/download",
+})
+# A safetensors header is JSON of this many bytes at most (the format's own limit).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def sniff(head: bytes) -> str | None:
+    """The type the first bytes show, or None when no known signature matches."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp":
+        return "video/mp4"
+    if head.startswith(b"PK\x03\x04"):
+        return PYTORCH if b"data.pkl" in head or b"/data/" in head else "application/zip"
+    if _is_pickle(head):
+        return PYTORCH
+    if len(head) >= 9 and head[8:9] == b"{":
+        length = int.from_bytes(head[:8], "little")
+        if 2 <= length <= MAX_SAFETENSORS_HEADER:
+            return SAFETENSORS
+    return None
+
+
+# What follows PROTO in a torch pickle: FRAME (protocol 4+), the legacy magic number
+# (LONG1), or the start of the saved object (dict, list, mark, global).
+_PICKLE_STARTS = frozenset(b"\x95\x8a}](c")
+
+
+def _is_pickle(head: bytes) -> bool:
+    """A pickle of protocol 2 to 5 (torch.save's legacy format), by its first opcodes."""
+    return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] in _PICKLE_STARTS
+
+
+def is_generic(content_type: str | None) -> bool:
+    """True when a Content-Type tells nothing of the bytes (absent, or octet-stream-like)."""
+    if not content_type:
+        return True
+    return content_type.split(";")[0].strip().lower() in GENERIC
+
+
+def content_type_of(served: str | None, head: bytes) -> str:
+    """The type to record: the server's unless it is generic, then what the bytes show,
+    and application/octet-stream only when nothing matches."""
+    if served and not is_generic(served):
+        return served
+    return sniff(head) or OCTET_STREAM
