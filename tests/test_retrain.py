@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.archive_helpers import cli
+from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def retrain(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     capsys.readouterr()
     ran = cli(capsys, "retrain", "5", "--archive", str(archive), "--api-url", standin.api_url,
-              "--json", *flags)
+              "--json", *flags, now=NOW)
     return ran.code, json.loads(ran.out)
 
 
@@ -43,7 +47,7 @@ def test_retrain_is_dry_by_default(
     assert standin.created == []
     assert result["sent"] is False
     assert result["images"] == 3
-    assert result["fields"] == {"tune[title]": "Jane (retrain of 5)", "tune[name]": "woman",
+    assert result["fields"] == {"tune[title]": "Jane (restored 2026-12-01)", "tune[name]": "woman",
                                 "tune[token]": "ohwx", "tune[branch]": "sdxl1",
                                 "tune[base_tune_id]": "1504944", "tune[model_type]": "faceid"}
 
@@ -56,13 +60,27 @@ def test_retrain_yes_posts_the_verified_images(
     code, result = retrain(standin, archive, capsys, "--yes")
     assert code == 0
     [(fields, sent)] = standin.created
-    assert fields["tune[title]"] == "Jane (retrain of 5)"
+    assert fields["tune[title]"] == "Jane (restored 2026-12-01)"
     assert [data for _, data in sent] == images
     assert [name for name, _ in sent] == ["000.jpg", "001.jpg", "002.jpg"]
     assert result["sent"] is True
-    assert result["created"] == {"id": 6, "title": "Jane (retrain of 5)", "ckpt_urls": [],
-                                 "orig_images": []}
+    assert result["created"] == {"id": 6, "title": "Jane (restored 2026-12-01)",
+                                 "ckpt_urls": [], "orig_images": []}
     assert standin.seen("api", "/tunes")[-1].headers["Authorization"].endswith(standin.api_key)
+    document = check_manifest(archive / "manifests" / "5.json")
+    assert document["retrained"] == [{"tune_id": 6, "title": "Jane (restored 2026-12-01)",
+                                      "at": "2026-12-01T09:00:00Z"}]
+    assert run_fetch(standin, archive, "5") == 0  # a later fetch keeps the record
+    assert check_manifest(archive / "manifests" / "5.json")["retrained"] == document["retrained"]
+
+
+def test_retrain_takes_the_title_asked_for(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--title replaces the default title in what is sent."""
+    code, result = retrain(standin, archived[0], capsys, "--title", "Jane again")
+    assert code == 0
+    assert result["fields"]["tune[title]"] == "Jane again"
 
 
 def test_retrain_refuses_a_damaged_blob(

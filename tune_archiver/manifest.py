@@ -82,6 +82,8 @@ class Manifest:
     entries: tuple[Entry, ...]
     state: State | None = None  # absent in manifests of earlier versions
     workspace: str | None = None  # the tune's workspace, when it could be told
+    # The tunes `retrain --yes` created from this one: {"tune_id", "title", "at"} each.
+    retrained: tuple[dict[str, Any], ...] = field(default=(), hash=False)
 
     @property
     def title(self) -> str | None:
@@ -112,6 +114,7 @@ def build_manifest(
     complete: bool,
     state: State = "files_listed",
     workspace: str | None = None,
+    retrained: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The manifest for one tune, with every URL redacted.
 
@@ -128,6 +131,8 @@ def build_manifest(
     }
     if workspace is not None:
         document["workspace"] = workspace
+    if retrained:
+        document["retrained"] = list(retrained)
     document["tune"] = redact_json(tune.raw)
     document["assets"] = [asset_entry(result) for result in results]
     return document
@@ -245,7 +250,10 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     if state is not None and state not in STATES:
         raise bad(f"its state is {_shown(state)}, not one of {', '.join(STATES)}")
     workspace = _field(document, "workspace", _is_str, "a string", bad, required=False)
-    return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace)
+    retrained = _field(document, "retrained", _is_retrained, "a list of tunes", bad,
+                       required=False)
+    return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace,
+                    tuple(retrained or ()))
 
 
 _KNOWN = frozenset(
@@ -307,6 +315,12 @@ def _field(
         shown = "missing" if name not in found else _shown(value)
         raise bad(f"{where + ': ' if where else ''}{name} is {shown}, not {should_be}")
     return value
+
+
+def _is_retrained(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and _is_id(item.get("tune_id")) for item in value
+    )
 
 
 def _is_source(value: Any) -> bool:

@@ -254,7 +254,8 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets)
-    result = _in_archive(args, lambda store: retrain(settings, store, args.tune_id, args.yes))
+    result = _in_archive(args, lambda store: retrain(
+        settings, store, args.tune_id, args.yes, args.clock(), args.title))
     _emit(args, secrets, [], result.as_json(), result.lines())
     return EXIT_OK
 

@@ -121,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain", parents=[common, api],
         help="create a new tune from an archived tune's training images",
         description="Show the POST /tunes that would re-train the tune from its archived "
-        "training images (title '<title> (retrain of ID)'); with --yes, send it, each image "
+        "training images (title '<title> (restored YYYY-MM-DD)'); with --yes, send it, each image "
         "checked against its sha256 first.",
     )
     retrain.add_argument("tune_id", metavar="TUNE_ID", type=tune_id,
                          help="the archived tune to re-train")
+    retrain.add_argument("--title", metavar="TITLE",
+                         help="the new tune's title (default: '<title> (restored YYYY-MM-DD)')")
     retrain.add_argument("--yes", action="store_true",
                          help="send it: this creates (and bills) a new tune")
 

@@ -190,6 +190,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
             # A run that cannot tell the workspace keeps what an earlier one recorded.
             workspace=run.workspaces.get(tune.id, now.workspace if now else None),
+            retrained=now.retrained if now else (),
         )
         # The API may echo the key in any text or URL: it never reaches the archive.
         return manifest.encode(scrub_json(document, [run.settings.api_key]))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import ArchiverError, IntegrityError
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.net.session import new_session
-from tune_archiver.store import Store
+from tune_archiver.store import Change, Store
 from tune_archiver.threads import in_thread
 
 # The tune's own fields sent again (when the archived tune has them as plain values).
@@ -66,13 +68,16 @@ class RetrainResult:
         }
 
 
-def retrain_plan(found: Manifest) -> RetrainPlan:
-    """The POST /tunes for an archived tune; pure.
+def default_title(found: Manifest, today: date) -> str:
+    """"<title> (restored YYYY-MM-DD)": with Astria's idempotency on, a second --yes
+    the same day returns the tune the first created instead of training (and billing)
+    again."""
+    return f"{found.title or f'tune {found.tune_id}'} (restored {today.isoformat()})"
 
-    Its title is "<title> (retrain of ID)": with Astria's idempotency a second
-    --yes returns the tune the first created instead of training (and billing) again.
-    """
-    fields = [("tune[title]", f"{found.title or 'tune'} (retrain of {found.tune_id})")]
+
+def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
+    """The POST /tunes for an archived tune, under `title`; pure."""
+    fields = [("tune[title]", title)]
     for name in KEPT_FIELDS:
         value = found.tune.get(name)
         if isinstance(value, bool):
@@ -88,8 +93,12 @@ def retrain_plan(found: Manifest) -> RetrainPlan:
     )
 
 
-async def retrain(settings: Settings, store: Store, tune_id: int, yes: bool) -> RetrainResult:
-    """Plan the retrain of an archived tune; with `yes`, send it.
+async def retrain(
+    settings: Settings, store: Store, tune_id: int, yes: bool, now: datetime,
+    title: str | None = None,
+) -> RetrainResult:
+    """Plan the retrain of an archived tune (titled `title`, else default_title); with
+    `yes`, send it and record the new tune in the archived tune's manifest.
 
     Raises ArchiverError when the tune is not archived or has no training image,
     IntegrityError when a blob does not match its sha256 (nothing is sent), and
@@ -98,7 +107,7 @@ async def retrain(settings: Settings, store: Store, tune_id: int, yes: bool) -> 
     found = await manifest.read(store, tune_id)
     if found is None:
         raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
-    plan = retrain_plan(found)
+    plan = retrain_plan(found, title or default_title(found, now.astimezone(UTC).date()))
     if not plan.images:
         raise ArchiverError(f"tune {tune_id}: no training image is archived; nothing to "
                             "retrain from")
@@ -109,7 +118,30 @@ async def retrain(settings: Settings, store: Store, tune_id: int, yes: bool) -> 
     async with new_session(settings, decompress=True) as session:
         api = AstriaClient(session, settings, asyncio.Semaphore(1))
         created = await api.create_tune(plan.fields, images)
+    if isinstance(created.get("id"), int):
+        await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields),
+                                                        now))
     return RetrainResult(plan, sent=True, created=created)
+
+
+def _recording(
+    tune_id: int, created: dict[str, Any], fields: dict[str, str], now: datetime
+) -> Change:
+    """The manifest change that records the tune a retrain created."""
+
+    async def change(current: bytes | None) -> bytes:
+        if current is None:
+            raise ArchiverError(f"tune {tune_id} left the archive while it was retrained "
+                                f"(as tune {created['id']})")
+        manifest.parse(current, tune_id)  # a damaged one is never rewritten
+        document = json.loads(current)
+        document.setdefault("retrained", []).append({
+            "tune_id": created["id"], "title": fields.get("tune[title]", ""),
+            "at": manifest.format_time(now),
+        })
+        return manifest.encode(document)
+
+    return change
 
 
 async def _verified(store: Store, entry: Entry) -> bytes:
