@@ -42,6 +42,7 @@ from tune_archiver.errors import (
     DiskFull,
     IntegrityError,
     StorageError,
+    Unreachable,
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
@@ -459,16 +460,16 @@ async def test_prepare_without_credentials_is_a_config_error(
             pass
 
 
-async def test_prepare_on_an_unreachable_endpoint_is_a_config_error(
+async def test_prepare_on_an_unreachable_endpoint_is_unreachable(
     aws_env: None, tmp_path: Path
 ) -> None:
-    """An endpoint nobody listens on is a ConfigError, without credentials in the message."""
+    """An endpoint nobody listens on is Unreachable (exit 4), without credentials in it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
         store = S3Store("s3://bkt/p", endpoint, attempts=1)
         with pytest.raises(
-            ConfigError, match=r"^cannot reach the bucket in s3://bkt/p: "
+            Unreachable, match=r"^cannot reach the bucket in s3://bkt/p: "
         ) as caught:
             async with store:
                 await store.prepare()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,10 +93,24 @@ class AllTunes:
     shard: tuple[int, int] | None = None  # (K, N): only tunes whose id % N == K - 1
 
 
+_S3_LIKE = re.compile(r"s3[:/]", re.IGNORECASE)
+_S3_URL = re.compile(r"s3://[^/]", re.IGNORECASE)
+
+
 def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
     """The archive (a directory or s3://bucket/prefix): the option, else $TUNE_ARCHIVE,
-    else ./tune-archive."""
-    return option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
+    else ./tune-archive.
+
+    Raises ConfigError for what looks like a mistyped S3 URL (s3:/bucket, s3:bucket,
+    s3///bucket): taken as a folder, it would quietly become one named "s3:".
+    """
+    location = option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
+    if _S3_LIKE.match(location) and not _S3_URL.match(location):
+        raise ConfigError(
+            f"not an archive location: {location!r} looks like a mistyped S3 URL; "
+            "write s3://bucket/prefix (or ./s3... for a local folder)"
+        )
+    return location
 
 
 def api_url(option: str | None, env: Mapping[str, str]) -> str:

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
 from tune_archiver.cli import report, terminal
-from tune_archiver.cli.parser import build_parser, check_fetch
+from tune_archiver.cli.exits import Exit, for_error, for_signal
+from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.dry_run import dry_run
 from tune_archiver.commands.export import export_tune
@@ -48,7 +49,7 @@ from tune_archiver.progress import progress_for
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.USAGE
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -62,6 +63,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.done: dict[str, Any] = {}  # what --json says was done before the stop
 
 
 def main(
@@ -73,12 +75,20 @@ def main(
     `clock` gives "now" for --expiring-within and list (tests inject a fixed one).
     """
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
         if args.command == "fetch":
             check_fetch(parser, args)
-    except SystemExit as exc:  # argparse has printed the usage error or the help
-        return EXIT_USAGE if exc.code else EXIT_OK
+    except UsageError as exc:
+        _error(str(exc), [])
+        named = next((word for word in words if word in HANDLERS), None)
+        print(f"see tune-archiver {named + ' ' if named else ''}--help", file=sys.stderr)
+        if "--json" in words:
+            _print_json({"ok": False, "error": str(exc)}, [])
+        return Exit.USAGE
+    except SystemExit as exc:  # argparse has printed the help or the version
+        return Exit.USAGE if exc.code else Exit.OK
     # Every command scrubs a key it can see from what it prints: verify, list, export
     # and gc need none, but an archive written by an older version may hold it.
     secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
@@ -86,17 +96,21 @@ def main(
     args.sleep, args.clock = sleep, clock
     try:
         return HANDLERS[args.command](args, secrets)
-    except ConfigError as exc:
-        _error(str(exc), secrets, args.verbose)
-        return EXIT_USAGE
     except ArchiverError as exc:
         _error(str(exc), secrets, args.verbose)
-        return EXIT_FAILED
+        if args.json:
+            _print_json({"ok": False, "error": str(exc)}, secrets)
+        return for_error(exc)
     except Interrupted as stop:
-        return 128 + stop.signum
+        if args.json:
+            _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
+                        secrets)
+        return for_signal(stop.signum)
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
         _error("interrupted", secrets)
-        return 128 + signal.SIGINT
+        if args.json:
+            _print_json({"ok": False, "interrupted": True, "signal": "SIGINT"}, secrets)
+        return for_signal(signal.SIGINT)
 
 
 # -- fetch ---------------------------------------------------------------------------
@@ -149,29 +163,40 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
                     "sha256; this is for benchmarks only")
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
+
+    def announce(result: TuneResult) -> None:
+        """Say how a tune went the moment it is done, so a stopped run has said it."""
+        _tune_lines(args, result, secrets)
+
     try:
         results = asyncio.run(until_signal(archive.fetch(
             settings, tunes, progress, clock=args.clock, finished=finished,
-            waiting=_waiting_for("gc", str(settings.archive)),
+            waiting=_waiting_for("gc", str(settings.archive)), announce=announce,
         )))
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         _report_undone(stop, tunes, finished, settings, secrets)
+        stop.done = {"tunes": [report.tune_json(r) for r in finished]}
         raise
     finally:
         progress.close()
     if args.json:
         _print_json({"ok": all(r.ok for r in results),
                      "tunes": [report.tune_json(r) for r in results]}, secrets)
-    for result in results:
-        for line in report.fetch_errors(result):
-            _error(line, secrets)
-        for line in report.fetch_warnings(result):
-            log.warning("warning: %s", line)
-        summary = report.fetch_summary(result)
-        if summary and not (args.quiet or args.json):
-            print(terminal.shown(summary, secrets))
+    if isinstance(tunes, AllTunes) and not results:
+        log.warning("%s", report.nothing_selected(tunes))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
+    """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
+    for line in report.fetch_errors(result):
+        _error(line, secrets)
+    for line in report.fetch_warnings(result):
+        log.warning("warning: %s", line)
+    summary = report.fetch_summary(result)
+    if summary and not (args.quiet or args.json):
+        print(terminal.shown(summary, secrets), flush=True)
 
 
 def _run_dry(

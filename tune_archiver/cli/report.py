@@ -15,6 +15,7 @@ from tune_archiver.commands.gc import GcReport
 from tune_archiver.commands.plan import parse_time
 from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
+from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
 from tune_archiver.text import visible
 from tune_archiver.urls import redact
@@ -86,6 +87,15 @@ def fetch_warnings(result: TuneResult) -> list[str]:
         return [f"{name}: the API lists no files (expired and deleted upstream?): "
                 "nothing new to archive"]
     return []
+
+
+def nothing_selected(tunes: AllTunes) -> str:
+    """The line for a fetch --all that found no tune to archive."""
+    where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"
+    if tunes.expiring_within is None:
+        return f"--all selected no tunes{where}: the account lists none"
+    hours = tunes.expiring_within.total_seconds() / 3600
+    return f"--all selected no tunes{where}: none expires within {hours:g} h"
 
 
 def fetch_summary(result: TuneResult) -> str | None:

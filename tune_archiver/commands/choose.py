@@ -25,7 +25,14 @@ from tune_archiver.commands.plan import (
     plan_tune,
 )
 from tune_archiver.config import AllTunes, Settings
-from tune_archiver.errors import ArchiverError, ConfigError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
+    ConnectError,
+    ReadTimeout,
+    UnreadableManifest,
+)
 from tune_archiver.manifest import Manifest
 from tune_archiver.models import AssetResult, Tune, TuneResult
 from tune_archiver.store import Store
@@ -94,13 +101,21 @@ async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
 async def get_tunes(
     api: AstriaClient, tune_ids: Sequence[int], prompts: bool
 ) -> dict[int, Tune | TuneResult]:
-    """Each tune from the API (with its prompts when asked), or a result saying why not."""
+    """Each tune from the API (with its prompts when asked), or a result saying why not.
+
+    Raises AuthError for a rejected key, and the first ConnectError or ReadTimeout when
+    the API could be reached for none of the tunes (nothing can be done: exit 4).
+    """
+    unreachable: list[ConnectError | ReadTimeout] = []
 
     async def one(tune_id: int) -> Tune | TuneResult:
         try:
             return await load_tune(api, tune_id, prompts)
-        except ConfigError:
+        except (ConfigError, AuthError):
             raise
+        except (ConnectError, ReadTimeout) as exc:
+            unreachable.append(exc)
+            return TuneResult(tune_id, error=str(exc))
         except ArchiverError as exc:
             return TuneResult(tune_id, error=str(exc))
         except Exception as exc:  # a bug met on one tune must not stop the others
@@ -109,8 +124,10 @@ async def get_tunes(
     try:
         async with asyncio.TaskGroup() as group:
             tasks = {i: group.create_task(one(i)) for i in dict.fromkeys(tune_ids)}
-    except* ConfigError as errors:
+    except* (ConfigError, AuthError) as errors:
         raise errors.exceptions[0] from None  # one rejected key is enough to say
+    if tasks and len(unreachable) == len(tasks):
+        raise unreachable[0]
     return {tune_id: task.result() for tune_id, task in tasks.items()}
 
 

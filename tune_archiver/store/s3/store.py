@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
-from tune_archiver.errors import ConfigError, StorageError
+from tune_archiver.errors import ConfigError, StorageError, Unreachable
 from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
@@ -36,7 +36,7 @@ from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Absent, Conflict
+from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.transfer import (
     b64,
@@ -169,17 +169,19 @@ class S3Store:
     async def prepare(self) -> None:
         """Check the bucket is there and ours to use.
 
-        Raises ConfigError with one line for a missing bucket, refused credentials or an
-        unreachable endpoint.
+        Raises ConfigError with one line for a missing bucket or refused credentials,
+        Unreachable for an endpoint that cannot be reached.
         """
         bucket = self.bucket
         try:
-            with bucket.translated("reach the bucket"):
+            with bucket.translated(REACH):
                 await bucket.client.head_bucket(Bucket=bucket.name)
         except Absent as exc:
             raise ConfigError(
                 f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
             ) from exc
+        except Unreachable:
+            raise
         except StorageError as exc:
             raise ConfigError(str(exc)) from exc
 
