@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 ENV_API_KEY = "ASTRIA_API_KEY"
 ENV_API_URL = "ASTRIA_API_URL"
 ENV_ARCHIVE = "TUNE_ARCHIVE"
+ENV_PING_URL = "TUNE_ARCHIVER_PING_URL"
 
 Only = Literal["checkpoints", "images"]
 

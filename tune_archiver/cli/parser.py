@@ -20,6 +20,7 @@ from tune_archiver.config import (
     ENV_API_KEY,
     ENV_API_URL,
     ENV_ARCHIVE,
+    ENV_PING_URL,
     MAX_SPLIT,
 )
 
@@ -98,6 +99,11 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
         help="the endpoint of an S3-compatible store other than AWS: MinIO, R2, B2 "
         "(or env AWS_ENDPOINT_URL)", default=default,
     )
+    common.add_argument(
+        "--log-file", metavar="PATH", default=default,
+        help="append what the run does to PATH as JSON lines (UTC times, no secrets); "
+        "- writes them to stderr in place of the usual lines",
+    )
     flag: Any = default or False
     common.add_argument("--json", action="store_true", default=flag,
                         help="print one JSON result on stdout")
@@ -111,6 +117,10 @@ def _add_api(api: argparse.ArgumentParser) -> None:
     """What a command that talks to the API needs: fetch, and verify --repair."""
     api.add_argument("--api-url", metavar="URL",
                      help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
+    api.add_argument("--ping-url", metavar="URL",
+                     help=f"a health-check URL: GET URL/start when the run begins, URL on "
+                     f"success, POST URL/fail with a short summary otherwise (env "
+                     f"{ENV_PING_URL})")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
     api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")

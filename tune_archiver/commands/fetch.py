@@ -132,7 +132,8 @@ class Finisher:
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     """Download what the tune lacks and write its manifest."""
-    log.debug("tune %d: started", tune.id, extra={"event": "tune_start", "tune_id": tune.id})
+    log.debug("tune %d: started", tune.id,
+              extra={"event": "tune_start", "machine_only": True, "tune_id": tune.id})
     result = await _try_archive_tune(run, tune)
     run.finish(result)
     return result
@@ -177,6 +178,9 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             blob = await run.downloader.fetch(
                 asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
             )
+            log.debug("tune %d: %s done", tune.id, redact(asset.url), extra={
+                "event": "file_done", "machine_only": True, "tune_id": tune.id,
+                "url": redact(asset.url), "sha256": blob.sha256, "size": blob.size})
             return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
