@@ -22,6 +22,8 @@ from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
     in_archive,
+    ping_url_of,
+    send_ping,
     settings_of,
     until_signal,
     waiting_for,
@@ -77,11 +79,21 @@ def main(
     args.sleep, args.clock = sleep, clock
     try:
         configure_logging(args, secrets)
+        ping_url = ping_url_of(args)
     except ConfigError as exc:
         _error(str(exc), secrets)
+        if args.json:
+            _print_json({"ok": False, "error": str(exc)}, secrets)
         return Exit.USAGE
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
+    if ping_url:
+        send_ping(ping_url, "start")
+    args.summary = None  # what a fail ping says: set by the command, counts and ids only
     code = _run(args, secrets)
+    if ping_url and code == Exit.OK:
+        send_ping(ping_url, "success")
+    elif ping_url:
+        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
     log.debug("%s ended: exit %d", args.command, code,
               extra=event("run_end", command=args.command, exit=int(code)))
     for handler in log.handlers:
@@ -144,12 +156,14 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         progress.close()  # the bar goes before the message
         _report_undone(stop, tunes, finished, settings, secrets)
         stop.done = {"tunes": [report.tune_json(r) for r in finished]}
+        args.summary = report.tune_counts(finished, f"stopped by {stop}")
         raise
     finally:
         progress.close()
     if args.json:
         _print_json({"ok": all(r.ok for r in results),
                      "tunes": [report.tune_json(r) for r in results]}, secrets)
+    args.summary = report.tune_counts(results)
     if isinstance(tunes, AllTunes) and not results:
         log.warning("%s", report.nothing_selected(tunes))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED

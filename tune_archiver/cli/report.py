@@ -89,6 +89,20 @@ def fetch_warnings(result: TuneResult) -> list[str]:
     return []
 
 
+def tune_counts(results: Sequence[TuneResult], stopped: str | None = None) -> str:
+    """Counts and failed tune ids for a fail ping: no error text (it may name URLs)."""
+    failed = [str(result.tune_id) for result in results if not result.ok]
+    text = f"{counted(len(results), 'tune')} done, {len(failed)} failed"
+    if failed:
+        text += ": " + " ".join(failed)
+    return f"{stopped}; {text}" if stopped else text
+
+
+def ping_summary(command: str, code: int, summary: str | None) -> str:
+    """The body of a fail ping: the command, its exit code, and the counts if known."""
+    return f"tune-archiver {command}: exit {int(code)}" + (f"; {summary}" if summary else "") + "\n"
+
+
 def nothing_selected(tunes: AllTunes) -> str:
     """The line for a fetch --all that found no tune to archive."""
     where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"

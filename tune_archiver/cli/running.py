@@ -19,6 +19,7 @@ from tune_archiver.cli import eventlog, terminal
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
+    ENV_PING_URL,
     RetryPolicy,
     Settings,
     StallRule,
@@ -28,6 +29,7 @@ from tune_archiver.config import (
 )
 from tune_archiver.errors import ConfigError
 from tune_archiver.layout import MANIFESTS
+from tune_archiver.net.ping import check_ping_url, ping
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
 
@@ -144,3 +146,22 @@ def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
         logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     )
     log.addHandler(handler)
+
+
+def ping_url_of(args: argparse.Namespace) -> str | None:
+    """--ping-url, else $TUNE_ARCHIVER_PING_URL, for the commands that take it; None
+    when there is none. Raises ConfigError for a URL that is not http(s)."""
+    if not hasattr(args, "ping_url"):
+        return None
+    url = args.ping_url or os.environ.get(ENV_PING_URL, "").strip()
+    return check_ping_url(url) if url else None
+
+
+def send_ping(url: str, what: str, summary: str | None = None) -> None:
+    """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
+    never the run's failure. The URL is not shown: it may hold the monitor's token."""
+    suffix = "" if what == "success" else f"/{what}"
+    reason = asyncio.run(ping(url, suffix, summary))
+    if reason is not None:
+        log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
+                    "affected", what, reason, extra={"event": "ping_failed", "ping": what})
