@@ -55,6 +55,19 @@ MANIFEST_ATTEMPTS = 10  # conditional writes of one manifest lost to other write
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
 
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # tune_archiver/
+
+
+def install_hint(package_dir: Path = PACKAGE_DIR) -> str:
+    """How to add the [s3] extra to this install: from a checkout (an editable install,
+    pyproject.toml beside the package) the checkout's own path; else the package's name,
+    with the checkout form for an install made from one."""
+    root = package_dir.parent
+    if (root / "pyproject.toml").is_file():
+        return f"pip install '{root}[s3]'"
+    return f"{INSTALL_HINT} (or, in the folder of a checkout: pip install '.[s3]')"
+
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 
 
@@ -90,7 +103,7 @@ class S3Store:
         try:
             import aiobotocore.session  # noqa: F401  (only checking that the extra is there)
         except ImportError as exc:
-            raise ConfigError(f"an s3:// archive needs aiobotocore: {INSTALL_HINT}") from exc
+            raise ConfigError(f"an s3:// archive needs aiobotocore: {install_hint()}") from exc
         self.name, self.prefix = _parse_url(url)
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
             raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GiB")
