@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_archiver.cli import eventlog, report, terminal
+from tune_archiver.cli.envopts import apply_env
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
@@ -61,6 +62,7 @@ def main(
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     try:
+        apply_env(parser, os.environ, next((w for w in words if w in HANDLERS), None))
         args = parser.parse_args(words)
         if args.command == "fetch":
             check_fetch(parser, args)
@@ -300,7 +302,8 @@ def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
     """One error line on stderr; with -v, the traceback of the error being handled,
     redacted, scrubbed and escaped as every other line. --log-file records it too;
     --log-file - records it in place of the line."""
-    log.error("%s", message, extra=event("failure"))
+    if log.handlers:  # configured: before, Python's last-resort handler would print it
+        log.error("%s", message, extra=event("failure"))
     if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
         return
     if verbose and sys.exc_info()[0] is not None:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from tune_archiver import __version__
+from tune_archiver.cli.envopts import name_in_help
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MIN_RATE,
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=Parser)
     _add_fetch(commands, common, api)
     _add_others(commands, common, api)
+    name_in_help(parser)
     return parser
 
 
