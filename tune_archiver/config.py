@@ -122,7 +122,9 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
     return url
 
 
-def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
+def load_api_key(
+    key_file: str | None, env: Mapping[str, str], fallback: tuple[str, str] | None = None
+) -> str:
     """The API key from --api-key-file, else $ASTRIA_API_KEY, without surrounding
     whitespace.
 
@@ -143,11 +145,16 @@ def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
         _check_key(key, f"the API key file {key_file}")
         for warning in key_file_warnings(key_file, info, os.geteuid()):
             log.warning("%s", warning)
+        log.debug("the API key comes from --api-key-file %s", key_file)
         return key
     key = env.get(ENV_API_KEY, "").strip()
+    source = ENV_API_KEY
+    if not key and fallback is not None:  # (key, where it came from): the Astria CLI's
+        key, source = fallback
     if not key:
         raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
-    _check_key(key, ENV_API_KEY)
+    _check_key(key, source)
+    log.debug("the API key comes from %s", source)
     return key
 
 

@@ -125,7 +125,12 @@ def _add_api(api: argparse.ArgumentParser) -> None:
                      f"{ENV_PING_URL})")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
-    api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API")
+    api.add_argument("--workspace", metavar="ID", help="send X-Workspace-Id: ID to the API "
+                     "(else ASTRIA_WORKSPACE_ID, or the Astria CLI's config)")
+    api.add_argument("--profile", metavar="NAME",
+                     help="read the Astria CLI's ~/.astria/config.NAME.json (else "
+                     "ASTRIA_PROFILE; without one, config.json) for a key, base URL and "
+                     "workspace when ours are not set")
     api.add_argument("--allow-private-redirects", action="store_true",
                      help="follow an asset host's redirect into a private address (loopback, "
                      "link-local, the local network); refused unless the API is on one")

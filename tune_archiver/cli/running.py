@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
+from tune_archiver.astria.cli_config import read_astria_cli
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
+    ENV_API_URL,
     ENV_PING_URL,
     RetryPolicy,
     Settings,
@@ -51,7 +53,9 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     """The settings of a command that talks to the API (fetch, verify --repair); options
     a command does not have keep their defaults."""
     env = os.environ
-    key = load_api_key(args.api_key_file, env)
+    astria = read_astria_cli(args.profile, env)
+    fallback = (astria.api_key, astria.key_source) if astria.api_key else None
+    key = load_api_key(args.api_key_file, env, fallback)
     secrets.append(key)
     retry = RetryPolicy(retries=args.retries)
     if args.sleep is not None:
@@ -63,12 +67,12 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     }
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
     window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
-    api = api_url(args.api_url, env)
+    api = api_url(args.api_url or (None if env.get(ENV_API_URL) else astria.base_url), env)
     return Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api,
-        workspace=args.workspace,
+        workspace=args.workspace or astria.workspace,
         concurrency=args.concurrency,
         retry=retry,
         read_timeout=args.read_timeout,
