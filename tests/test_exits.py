@@ -227,3 +227,19 @@ def test_all_that_selects_nothing_says_so(
     standin.tunes[1]["expires_at"] = "2099-01-01T00:00:00Z"
     assert run_fetch(standin, archive, "--all", "--expiring-within", "1.5d") == Exit.OK
     assert "--all selected no tunes: none expires within 36 h" in capsys.readouterr().err
+
+
+def test_a_bucket_that_cannot_be_reached_exits_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list on an s3:// archive whose endpoint refuses connections exits 4, one line."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-test-value")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = main(["list", "--archive", "s3://bkt/p", "--s3-endpoint-url", closed_port_url()])
+    assert code == Exit.UNREACHABLE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot reach the bucket in s3://bkt/p")
