@@ -42,7 +42,7 @@ from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import TuneResult
-from tune_archiver.progress import progress_for
+from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
 
 __all__ = ["Interrupted", "main", "settings_of", "until_signal"]
@@ -147,7 +147,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         log.debug("tune %d: done", result.tune_id, extra=event(
             "tune_end", tune_id=result.tune_id, ok=result.ok, error=result.error,
             files=len(result.assets), failed=len(result.failed), skipped=result.skipped))
-        _tune_lines(args, result, secrets)
+        with above_bar():
+            _tune_lines(args, result, secrets)
 
     try:
         results = asyncio.run(until_signal(archive.fetch(

@@ -32,6 +32,7 @@ from tune_archiver.config import (
 from tune_archiver.errors import ConfigError
 from tune_archiver.layout import MANIFESTS
 from tune_archiver.net.ping import check_ping_url, ping
+from tune_archiver.progress import above_bar
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
 
@@ -130,6 +131,14 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
             loop.remove_signal_handler(signum)
 
 
+class _AboveBar(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines printed above the progress bar, never into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with above_bar():
+            super().emit(record)
+
+
 def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
     """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q;
     and --log-file's JSON lines, to a file or (with -) to stderr in their place.
@@ -143,7 +152,7 @@ def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
         log.addHandler(eventlog.open_log(args.log_file, secrets))
     if args.log_file == "-":
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AboveBar(sys.stderr)
     handler.setFormatter(terminal.SafeFormatter("tune-archiver: %(message)s", secrets))
     handler.addFilter(eventlog.HumanOnly())
     handler.setLevel(
