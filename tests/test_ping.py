@@ -3,7 +3,6 @@ fails being one warning, never a failed backup."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -71,16 +70,13 @@ def test_a_run_that_succeeds_pings_start_then_the_url(
 
 
 def test_a_run_that_fails_posts_a_summary_to_fail(
-    standin: StandIn, tmp_path: Path, monitor: Monitor
+    standin: StandIn, tmp_path: Path, monitor: Monitor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed tune: POST URL/fail with the counts and the failed ids, no URL or key;
     the URL may come from TUNE_ARCHIVER_PING_URL."""
     make_tune(standin, 1, images=1)
-    os.environ["TUNE_ARCHIVER_PING_URL"] = monitor.url
-    try:
-        assert run_fetch(standin, tmp_path / "a", "1", "404") == 1
-    finally:
-        del os.environ["TUNE_ARCHIVER_PING_URL"]
+    monkeypatch.setenv("TUNE_ARCHIVER_PING_URL", monitor.url)
+    assert run_fetch(standin, tmp_path / "a", "1", "404") == 1
     [start, (method, path, body)] = monitor.pings
     assert start[1] == "/ping/abc-uuid/start"
     assert (method, path) == ("POST", "/ping/abc-uuid/fail")
