@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,14 @@ SCHEMA = json.loads((ROOT / "manifests" / "tune-manifest.schema.json").read_text
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the user's key, API URL or archive, and each runs in its own folder."""
-    for name in ("ASTRIA_API_KEY", "ASTRIA_API_URL", "TUNE_ARCHIVE"):
+    """No test sees the user's key, API URL or archive, the Astria CLI's settings or a
+    TUNE_ARCHIVER_<OPTION>, and each runs in its own folder."""
+    for name in ("ASTRIA_API_KEY", "ASTRIA_API_URL", "TUNE_ARCHIVE", "ASTRIA_AUTH_TOKEN",
+                 "ASTRIA_BASE_URL", "ASTRIA_WORKSPACE_ID", "ASTRIA_PROFILE"):
         monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("TUNE_ARCHIVER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "no-astria-config"))
     monkeypatch.chdir(tmp_path)
 
 

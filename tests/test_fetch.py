@@ -63,14 +63,14 @@ def test_tune_still_training_is_complete_without_checkpoints(
     assert [e["kind"] for e in document["assets"]] == ["training_image"] * 2
 
 
-def test_rejected_key_exits_2_and_writes_nothing(
+def test_rejected_key_exits_3_and_writes_nothing(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A 401 gives "API key rejected", exit 2, no archive directory at all."""
+    """A 401 gives "API key rejected" with what to check, exit 3, no archive at all."""
     make_tune(standin, 1)
-    assert run_fetch(standin, archive, "1", key="wrong-key") == 2
+    assert run_fetch(standin, archive, "1", key="wrong-key") == 3
     err = capsys.readouterr().err
-    assert "API key rejected" in err
+    assert "API key rejected: check ASTRIA_API_KEY (or --api-key-file) and --workspace" in err
     assert "Traceback" not in err
     assert not archive.exists()
 

@@ -361,7 +361,7 @@ def test_dry_run_counts_what_is_already_archived(
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--all", "5"], ["5", "--expiring-within", "3d"], ["--all", "--expiring-within", "3w"],
+    [[], ["--all", "5"], ["5", "--expiring-within", "3d"], ["--all", "--expiring-within", "3y"],
      ["--all", "--expiring-within", "0d"]],
 )
 def test_fetch_usage_errors(standin: StandIn, archive: Path, args: list[str]) -> None:

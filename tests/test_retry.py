@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import Sleeps
+from tests.helpers import Sleeps, run_fetch
+from tests.standin import StandIn, Status
 from tune_archiver.config import RetryPolicy
 from tune_archiver.errors import (
     ArchiverError,
@@ -181,3 +184,22 @@ async def test_max_total_stops_retrying() -> None:
     assert attempt.count == 1
     assert sleeps.waits == []
     assert info.value is attempt.raised[0]
+
+
+def test_each_retry_is_one_warning_line_at_the_default_verbosity(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 503 then success: one stderr line "retrying URL in N s (attempt 2/6): HTTP 503",
+    the URL redacted; -q hides it."""
+    data = b"x" * 1000
+    url = standin.add_file("m", data) + "?X-Amz-Signature=SECRETSIG"
+    standin.add_tune(1, [], [url])
+    standin.faults["m"] = [Status(503)]
+    assert run_fetch(standin, tmp_path / "a", "1", "--retries", "5") == 0
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "retrying" in x]
+    assert re.fullmatch(
+        r"tune-archiver: retrying http://127\.0\.0\.1:\d+/files/m\?X-Amz-Signature=REDACTED "
+        r"in [\d.]+ s \(attempt 2/6\): HTTP 503", line), line
+    standin.faults["m"] = [Status(503)]
+    assert run_fetch(standin, tmp_path / "b", "1", "-q") == 0
+    assert "retrying" not in capsys.readouterr().err

@@ -42,11 +42,12 @@ from tune_archiver.errors import (
     DiskFull,
     IntegrityError,
     StorageError,
+    Unreachable,
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import translated
-from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store
+from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store, install_hint
 
 PREFIX = "arch"
 BIG = 2 * MIN_PART + 12345  # three parts of the smallest size S3 accepts
@@ -459,16 +460,16 @@ async def test_prepare_without_credentials_is_a_config_error(
             pass
 
 
-async def test_prepare_on_an_unreachable_endpoint_is_a_config_error(
+async def test_prepare_on_an_unreachable_endpoint_is_unreachable(
     aws_env: None, tmp_path: Path
 ) -> None:
-    """An endpoint nobody listens on is a ConfigError, without credentials in the message."""
+    """An endpoint nobody listens on is Unreachable (exit 4), without credentials in it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
         store = S3Store("s3://bkt/p", endpoint, attempts=1)
         with pytest.raises(
-            ConfigError, match=r"^cannot reach the bucket in s3://bkt/p: "
+            Unreachable, match=r"^cannot reach the bucket in s3://bkt/p: "
         ) as caught:
             async with store:
                 await store.prepare()
@@ -504,9 +505,23 @@ def test_without_aiobotocore_the_store_says_what_to_install(
     """Creating an S3Store without the [s3] extra is a ConfigError with the pip command."""
     monkeypatch.setitem(sys.modules, "aiobotocore", None)
     monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
-    with pytest.raises(ConfigError, match=r"pip install 'tune-archiver\[s3\]'"):
+    with pytest.raises(ConfigError, match=r"needs aiobotocore: pip install '.*\[s3\]'"):
         S3Store("s3://bkt/x")
     assert "tune-archiver[s3]" in INSTALL_HINT
+
+
+def test_the_install_hint_fits_a_checkout_and_an_installed_package(tmp_path: Path) -> None:
+    """From a checkout the hint names the checkout's path; else the package name, and
+    the '.[s3]' form for an install made from a checkout."""
+    checkout = tmp_path / "src"
+    (checkout / "tune_archiver").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    assert install_hint(checkout / "tune_archiver") == f"pip install '{checkout}[s3]'"
+    installed = tmp_path / "site-packages" / "tune_archiver"
+    installed.mkdir(parents=True)
+    hint = install_hint(installed)
+    assert hint.startswith("pip install 'tune-archiver[s3]'")
+    assert "pip install '.[s3]'" in hint
 
 
 async def test_check_room_measures_the_local_staging_directory(tmp_path: Path) -> None:

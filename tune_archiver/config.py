@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 ENV_API_KEY = "ASTRIA_API_KEY"
 ENV_API_URL = "ASTRIA_API_URL"
 ENV_ARCHIVE = "TUNE_ARCHIVE"
+ENV_PING_URL = "TUNE_ARCHIVER_PING_URL"
 
 Only = Literal["checkpoints", "images"]
 
@@ -92,10 +94,24 @@ class AllTunes:
     shard: tuple[int, int] | None = None  # (K, N): only tunes whose id % N == K - 1
 
 
+_S3_LIKE = re.compile(r"s3[:/]", re.IGNORECASE)
+_S3_URL = re.compile(r"s3://[^/]", re.IGNORECASE)
+
+
 def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
     """The archive (a directory or s3://bucket/prefix): the option, else $TUNE_ARCHIVE,
-    else ./tune-archive."""
-    return option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
+    else ./tune-archive.
+
+    Raises ConfigError for what looks like a mistyped S3 URL (s3:/bucket, s3:bucket,
+    s3///bucket): taken as a folder, it would quietly become one named "s3:".
+    """
+    location = option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
+    if _S3_LIKE.match(location) and not _S3_URL.match(location):
+        raise ConfigError(
+            f"not an archive location: {location!r} looks like a mistyped S3 URL; "
+            "write s3://bucket/prefix (or ./s3... for a local folder)"
+        )
+    return location
 
 
 def api_url(option: str | None, env: Mapping[str, str]) -> str:
@@ -106,7 +122,9 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
     return url
 
 
-def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
+def load_api_key(
+    key_file: str | None, env: Mapping[str, str], fallback: tuple[str, str] | None = None
+) -> str:
     """The API key from --api-key-file, else $ASTRIA_API_KEY, without surrounding
     whitespace.
 
@@ -127,11 +145,16 @@ def load_api_key(key_file: str | None, env: Mapping[str, str]) -> str:
         _check_key(key, f"the API key file {key_file}")
         for warning in key_file_warnings(key_file, info, os.geteuid()):
             log.warning("%s", warning)
+        log.debug("the API key comes from --api-key-file %s", key_file)
         return key
     key = env.get(ENV_API_KEY, "").strip()
+    source = ENV_API_KEY
+    if not key and fallback is not None:  # (key, where it came from): the Astria CLI's
+        key, source = fallback
     if not key:
         raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
-    _check_key(key, ENV_API_KEY)
+    _check_key(key, source)
+    log.debug("the API key comes from %s", source)
     return key
 
 

@@ -2,10 +2,11 @@
 
     ArchiverError                 base; str() is the one line a user reads
     ├── ConfigError               bad usage or configuration; nothing is written (exit 2)
-    │   └── AuthError             the API rejected the key (exit 2)
+    ├── AuthError                 the API rejected the key (exit 3)
+    ├── Unreachable               the API or the storage never answered: nothing done (exit 4)
     ├── NetworkError              could not complete an exchange with a server
-    │   ├── ConnectError          no connection could be made
-    │   ├── ReadTimeout           the server sent nothing for too long
+    │   ├── ConnectError          no connection could be made (exit 4 if it stops the run)
+    │   ├── ReadTimeout           the server sent nothing for too long (exit 4, likewise)
     │   └── BodyError             the body ended early, broke, or was malformed
     ├── StatusError               the server answered with an unexpected HTTP status
     │   ├── TuneNotFound          the API does not know this tune (404)
@@ -18,7 +19,8 @@
         ├── NotAFile              a blob's place holds a link, a folder or a FIFO
         └── UnreadableManifest    a manifest in the archive is damaged, or not one we read
 
-Whether an error is worth retrying is decided in retry.py, not here.
+Whether an error is worth retrying is decided in retry.py, not here; which exit code
+an error gives, in cli/exits.py.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ class ConfigError(ArchiverError):
     """Bad usage or configuration, found before anything is written."""
 
 
-class AuthError(ConfigError):
-    """The API rejected the key (401 from the API's origin)."""
+class AuthError(ArchiverError):
+    """The API rejected the key (401 or 403 from the API's origin)."""
+
+
+class Unreachable(ArchiverError):
+    """The API or the storage could not be reached for anything the run asked for."""
 
 
 class NetworkError(ArchiverError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Protocol
 
@@ -89,6 +90,12 @@ class BarProgress:
             f"tunes {self._tunes_done}/{self._tunes}, files {self._done}/{self._files}",
             refresh=False,
         )
+
+
+def above_bar() -> contextlib.AbstractContextManager[None]:
+    """Clear any bar while a line is printed, and draw it again after: a line printed
+    while the bar shows would otherwise be cut into it."""
+    return tqdm.external_write_mode(file=sys.stderr)
 
 
 def progress_for(quiet: bool) -> Progress:

@@ -52,7 +52,7 @@ class AstriaClient:
     async def get_tune(self, tune_id: int) -> Tune:
         """The tune, checked by parse_tune.
 
-        Raises AuthError (401), TuneNotFound (404), DataError (bad JSON or tune),
+        Raises AuthError (401, 403), TuneNotFound (404), DataError (bad JSON or tune),
         StatusError or NetworkError once retries are spent.
         """
         what = f"tune {tune_id}"
@@ -221,8 +221,11 @@ def status_error(
     status: int, body: bytes, what: str, url: str, retry_after: float | None
 ) -> StatusError | AuthError:
     """The error for an API answer other than 200, with the API's own `error` text."""
-    if status == 401:
-        return AuthError(f"API key rejected (HTTP 401 from {redact(url)})")
+    if status in (401, 403):
+        return AuthError(
+            "API key rejected: check ASTRIA_API_KEY (or --api-key-file) and --workspace "
+            f"(HTTP {status} from {redact(url)})"
+        )
     if status == 404:
         return TuneNotFound(f"{what} not found", status)
     reason = api_error_text(body)

@@ -10,15 +10,25 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
-from tune_archiver.addresses import is_private_host
-from tune_archiver.cli import report, terminal
-from tune_archiver.cli.parser import build_parser, check_fetch
+from tune_archiver.cli import eventlog, report, terminal
+from tune_archiver.cli.envopts import apply_env
+from tune_archiver.cli.eventlog import event
+from tune_archiver.cli.exits import Exit, for_error, for_signal
+from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
+from tune_archiver.cli.running import (
+    Interrupted,
+    configure_logging,
+    in_archive,
+    ping_url_of,
+    send_ping,
+    settings_of,
+    until_signal,
+    waiting_for,
+)
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.dry_run import dry_run
 from tune_archiver.commands.export import export_tune
@@ -28,41 +38,18 @@ from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.repair import RepairReport, repair
 from tune_archiver.commands.retrain import retrain
 from tune_archiver.commands.verify import VerifyReport, verify
-from tune_archiver.config import (
-    DEFAULT_MIN_RATE,
-    DEFAULT_STALL_WINDOW,
-    ENV_API_KEY,
-    AllTunes,
-    RetryPolicy,
-    Settings,
-    StallRule,
-    api_url,
-    archive_dir,
-    load_api_key,
-)
+from tune_archiver.config import ENV_API_KEY, AllTunes, Settings, archive_dir
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError
-from tune_archiver.layout import MANIFESTS
 from tune_archiver.models import TuneResult
-from tune_archiver.progress import progress_for
+from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
-from tune_archiver.store.location import is_remote, open_store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
+__all__ = ["Interrupted", "main", "settings_of", "until_signal"]
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.USAGE
 Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 log = logging.getLogger("tune_archiver")
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def main(
@@ -74,67 +61,72 @@ def main(
     `clock` gives "now" for --expiring-within and list (tests inject a fixed one).
     """
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        apply_env(parser, os.environ, next((w for w in words if w in HANDLERS), None))
+        args = parser.parse_args(words)
         if args.command == "fetch":
             check_fetch(parser, args)
-    except SystemExit as exc:  # argparse has printed the usage error or the help
-        return EXIT_USAGE if exc.code else EXIT_OK
+    except UsageError as exc:
+        _error(str(exc), [])
+        named = next((word for word in words if word in HANDLERS), None)
+        print(f"see tune-archiver {named + ' ' if named else ''}--help", file=sys.stderr)
+        if "--json" in words:
+            _print_json({"ok": False, "error": str(exc)}, [])
+        return Exit.USAGE
+    except SystemExit as exc:  # argparse has printed the help or the version
+        return Exit.USAGE if exc.code else Exit.OK
     # Every command scrubs a key it can see from what it prints: verify, list, export
     # and gc need none, but an archive written by an older version may hold it.
     secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
-    _configure_logging(args.verbose, args.quiet, secrets)
     args.sleep, args.clock = sleep, clock
     try:
-        return HANDLERS[args.command](args, secrets)
+        configure_logging(args, secrets)
+        ping_url = ping_url_of(args)
     except ConfigError as exc:
-        _error(str(exc), secrets, args.verbose)
-        return EXIT_USAGE
+        _error(str(exc), secrets)
+        if args.json:
+            _print_json({"ok": False, "error": str(exc)}, secrets)
+        return Exit.USAGE
+    log.debug("%s started", args.command, extra=event("run_start", command=args.command))
+    if ping_url:
+        send_ping(ping_url, "start")
+    args.summary = None  # what a fail ping says: set by the command, counts and ids only
+    code = _run(args, secrets)
+    if ping_url and code == Exit.OK:
+        send_ping(ping_url, "success")
+    elif ping_url:
+        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    log.debug("%s ended: exit %d", args.command, code,
+              extra=event("run_end", command=args.command, exit=int(code)))
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
+    return code
+
+
+def _run(args: argparse.Namespace, secrets: list[str]) -> int:
+    """The command, its errors turned into one line (and --json's one document)."""
+    try:
+        return HANDLERS[args.command](args, secrets)
     except ArchiverError as exc:
         _error(str(exc), secrets, args.verbose)
-        return EXIT_FAILED
+        if args.json:
+            _print_json({"ok": False, "error": str(exc)}, secrets)
+        return for_error(exc)
     except Interrupted as stop:
-        return 128 + stop.signum
+        if args.json:
+            _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
+                        secrets)
+        return for_signal(stop.signum)
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
         _error("interrupted", secrets)
-        return 128 + signal.SIGINT
+        if args.json:
+            _print_json({"ok": False, "interrupted": True, "signal": "SIGINT"}, secrets)
+        return for_signal(signal.SIGINT)
 
 
 # -- fetch ---------------------------------------------------------------------------
-
-
-def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
-    """The settings of a command that talks to the API (fetch, verify --repair); options
-    a command does not have keep their defaults."""
-    env = os.environ
-    key = load_api_key(args.api_key_file, env)
-    secrets.append(key)
-    retry = RetryPolicy(retries=args.retries)
-    if args.sleep is not None:
-        retry = replace(retry, sleep=args.sleep)
-    fetch_only = {
-        name: getattr(args, name) for name in (
-            "only", "force", "prompts", "split", "split_threshold"
-        ) if hasattr(args, name)
-    }
-    min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
-    window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
-    api = api_url(args.api_url, env)
-    return Settings(
-        archive=archive_dir(args.archive, env),
-        api_key=key,
-        api_url=api,
-        workspace=args.workspace,
-        concurrency=args.concurrency,
-        retry=retry,
-        read_timeout=args.read_timeout,
-        s3_endpoint_url=args.s3_endpoint_url,
-        stall=StallRule(min_rate, window) if min_rate else None,
-        **fetch_only,
-        # An API on a private network serves files from one: its redirects may go there.
-        private_redirects=getattr(args, "allow_private_redirects", False)
-        or is_private_host(urlsplit(api).hostname or ""),
-    )
 
 
 def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -150,29 +142,46 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
                     "sha256; this is for benchmarks only")
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
+
+    def announce(result: TuneResult) -> None:
+        """Say how a tune went the moment it is done, so a stopped run has said it."""
+        log.debug("tune %d: done", result.tune_id, extra=event(
+            "tune_end", tune_id=result.tune_id, ok=result.ok, error=result.error,
+            files=len(result.assets), failed=len(result.failed), skipped=result.skipped))
+        with above_bar():
+            _tune_lines(args, result, secrets)
+
     try:
         results = asyncio.run(until_signal(archive.fetch(
             settings, tunes, progress, clock=args.clock, finished=finished,
-            waiting=_waiting_for("gc", str(settings.archive)),
+            waiting=waiting_for("gc", str(settings.archive)), announce=announce,
         )))
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         _report_undone(stop, tunes, finished, settings, secrets)
+        stop.done = {"tunes": [report.tune_json(r) for r in finished]}
+        args.summary = report.tune_counts(finished, f"stopped by {stop}")
         raise
     finally:
         progress.close()
     if args.json:
         _print_json({"ok": all(r.ok for r in results),
                      "tunes": [report.tune_json(r) for r in results]}, secrets)
-    for result in results:
-        for line in report.fetch_errors(result):
-            _error(line, secrets)
-        for line in report.fetch_warnings(result):
-            log.warning("warning: %s", line)
-        summary = report.fetch_summary(result)
-        if summary and not (args.quiet or args.json):
-            print(terminal.shown(summary, secrets))
+    args.summary = report.tune_counts(results)
+    if isinstance(tunes, AllTunes) and not results:
+        log.warning("%s", report.nothing_selected(tunes))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
+    """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
+    for line in report.fetch_errors(result):
+        _error(line, secrets)
+    for line in report.fetch_warnings(result):
+        log.warning("warning: %s", line)
+    summary = report.fetch_summary(result)
+    if summary and not (args.quiet or args.json):
+        print(terminal.shown(summary, secrets), flush=True)
 
 
 def _run_dry(
@@ -221,7 +230,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         return found, await repair(store, found, settings, staging, progress, args.clock)
 
     try:
-        found, mended = _in_archive(args, work)
+        found, mended = in_archive(args, work)
     finally:
         progress.close()
     if mended is None:
@@ -236,14 +245,14 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
-    rows = _in_archive(args, lambda store: archived_tunes(store, args.clock()))
+    rows = in_archive(args, lambda store: archived_tunes(store, args.clock()))
     errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
     _emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
     return EXIT_FAILED if errors else EXIT_OK
 
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
-    result = _in_archive(
+    result = in_archive(
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
                                         args.layout)
     )
@@ -254,7 +263,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets)
-    result = _in_archive(args, lambda store: retrain(
+    result = in_archive(args, lambda store: retrain(
         settings, store, args.tune_id, args.yes, args.clock(), args.title))
     _emit(args, secrets, [], result.as_json(), result.lines())
     return EXIT_OK
@@ -262,9 +271,9 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
-    found = _in_archive(args, lambda store: collect(
+    found = in_archive(args, lambda store: collect(
         store, args.clock(), args.dry_run, staging_for(location),
-        waiting=_waiting_for("fetch", location),
+        waiting=waiting_for("fetch", location),
     ))
     _emit(args, secrets, [], report.gc_json(found, args.dry_run),
           report.gc_lines(found, args.dry_run))
@@ -294,51 +303,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 }
 
 
-def _in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `work` on the archive the command names, which must exist (else ConfigError)."""
-    location = archive_dir(args.archive, os.environ)
-
-    async def run() -> T:
-        async with open_store(location, args.s3_endpoint_url) as store:
-            if not await store.exists():
-                what = "nothing under manifests/ or objects/" if is_remote(location) else (
-                    f"it has no {MANIFESTS}/ folder")
-                raise ConfigError(f"no archive at {location} ({what})")
-            return await work(store)
-
-    return asyncio.run(until_signal(run()))
-
-
-def _waiting_for(other: str, location: str) -> Callable[[], None]:
-    def waiting() -> None:
-        log.warning("waiting: a %s is running on the archive %s", other, location)
-
-    return waiting
-
-
-async def until_signal(work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`; SIGINT or SIGTERM cancels it (its cleanup runs) and raises Interrupted."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop, signum)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if received:
-            raise Interrupted(received[0]) from None
-        raise
-    finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
-
-
 # -- printing ------------------------------------------------------------------------
 
 
@@ -348,19 +312,12 @@ def _print_json(value: Any, secrets: list[str]) -> None:
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
     """One error line on stderr; with -v, the traceback of the error being handled,
-    redacted, scrubbed and escaped as every other line."""
+    redacted, scrubbed and escaped as every other line. --log-file records it too;
+    --log-file - records it in place of the line."""
+    if log.handlers:  # configured: before, Python's last-resort handler would print it
+        log.error("%s", message, extra=event("failure"))
+    if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
+        return
     if verbose and sys.exc_info()[0] is not None:
         print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
     print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
-
-
-def _configure_logging(verbose: bool, quiet: bool, secrets: list[str]) -> None:
-    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q.
-
-    They are scrubbed of `secrets` (which grows once the key is read) and escaped."""
-    log.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(terminal.SafeFormatter("tune-archiver: %(message)s", secrets))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
-    log.propagate = False

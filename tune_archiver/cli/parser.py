@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any, NoReturn
 
 from tune_archiver import __version__
+from tune_archiver.cli.envopts import name_in_help
 from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
@@ -19,42 +22,117 @@ from tune_archiver.config import (
     ENV_API_KEY,
     ENV_API_URL,
     ENV_ARCHIVE,
+    ENV_PING_URL,
     MAX_SPLIT,
 )
 
-_DURATION = re.compile(r"(\d+)([dhm])")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])")
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
+# Options that would put the key on the command line, where ps and shell history see it.
+KEY_OPTIONS = ("--api-key", "--token", "--key")
+KEY_REFUSED = "the key is never an argument: pass the key in ASTRIA_API_KEY or --api-key-file"
+
+
+class UsageError(Exception):
+    """A command line the grammar refuses; str() is one line, naming no argument's value."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog  # "tune-archiver fetch": where --help explains
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors raised as one UsageError line, never exiting or printing,
+    and with no abbreviated options (--arch is not --archive)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        for word in args or ():
+            if word.split("=", 1)[0] in KEY_OPTIONS:
+                self.error(KEY_REFUSED)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(_without_values(message), self.prog)
 _SIZE = re.compile(r"(\d+)([KMG]?)i?B?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command; each sets `command` to its name."""
-    common = argparse.ArgumentParser(add_help=False)
+    """The argument parser for every command; each sets `command` to its name.
+
+    The options every command has are accepted before the command too
+    (`tune-archiver -q list` as `tune-archiver list -q`).
+    """
+    parser = Parser(
+        prog="tune-archiver",
+        description="Make a complete, verifiable copy of Astria fine-tunes before they expire.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common(parser, None)
+    common = Parser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)
+    api = Parser(add_help=False)
+    _add_api(api)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=Parser)
+    _add_fetch(commands, common, api)
+    _add_others(commands, common, api)
+    name_in_help(parser)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--archive, --json, -q, -v ...; `default` is SUPPRESS for the commands, so that a
+    command's default never overwrites what was given before the command (argparse
+    copies every value the command's parser holds over the top parser's)."""
+    common = parser
     common.add_argument(
         "--archive", metavar="DIR",
         help=f"the archive: a directory or s3://bucket/prefix (env {ENV_ARCHIVE}; "
-        "default ./tune-archive)",
+        "default ./tune-archive)", default=default,
     )
     common.add_argument(
         "--s3-endpoint-url", metavar="URL",
         help="the endpoint of an S3-compatible store other than AWS: MinIO, R2, B2 "
-        "(or env AWS_ENDPOINT_URL)",
+        "(or env AWS_ENDPOINT_URL)", default=default,
     )
-    common.add_argument("--json", action="store_true", help="print one JSON result on stdout")
-    common.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     common.add_argument(
-        "-v", "--verbose", action="store_true", help="log each request and retry; tracebacks"
+        "--log-file", metavar="PATH", default=default,
+        help="append what the run does to PATH as JSON lines (UTC times, no secrets); "
+        "- writes them to stderr in place of the usual lines",
     )
+    flag: Any = default or False
+    common.add_argument("--json", action="store_true", default=flag,
+                        help="print one JSON result on stdout")
+    common.add_argument("-q", "--quiet", action="store_true", default=flag,
+                        help="print only errors")
+    common.add_argument("-v", "--verbose", action="store_true", default=flag,
+                        help="log each request and retry; tracebacks")
 
-    # What a command that talks to the API needs: fetch, and verify --repair.
-    api = argparse.ArgumentParser(add_help=False)
+
+def _add_api(api: argparse.ArgumentParser) -> None:
+    """What a command that talks to the API needs: fetch, and verify --repair."""
     api.add_argument("--api-url", metavar="URL",
                      help=f"the API's base URL (env {ENV_API_URL}; default https://api.astria.ai)")
+    api.add_argument("--ping-url", metavar="URL",
+                     help=f"a health-check URL: GET URL/start when the run begins, URL on "
+                     f"success, POST URL/fail with a short summary otherwise (env "
+                     f"{ENV_PING_URL})")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
     api.add_argument("--workspace", metavar="ID|all",
-                     help="send X-Workspace-Id: ID to the API; all spans every workspace")
+                     help="send X-Workspace-Id: ID to the API; all spans every workspace "
+                     "(else ASTRIA_WORKSPACE_ID, or the Astria CLI's config)")
+    api.add_argument("--profile", metavar="NAME",
+                     help="read the Astria CLI's ~/.astria/config.NAME.json (else "
+                     "ASTRIA_PROFILE; without one, config.json) for a key, base URL and "
+                     "workspace when ours are not set")
     api.add_argument("--allow-private-redirects", action="store_true",
                      help="follow an asset host's redirect into a private address (loopback, "
                      "link-local, the local network); refused unless the API is on one")
@@ -68,14 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="give up on a server silent this long (default "
                      f"{DEFAULT_READ_TIMEOUT:g})")
 
-    parser = argparse.ArgumentParser(
-        prog="tune-archiver",
-        description="Make a complete, verifiable copy of Astria fine-tunes before they expire.",
-    )
-    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_fetch(commands, common, api)
 
+def _add_others(
+    commands: argparse._SubParsersAction[Parser],
+    common: Parser,
+    api: Parser,
+) -> None:
     verify = commands.add_parser(
         "verify", parents=[common, api],
         help="re-read every archived blob and check its sha256; --repair mends what it finds",
@@ -138,13 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--dry-run", action="store_true",
                     help="list what would be removed and the bytes freed; remove nothing")
-    return parser
 
 
 def _add_fetch(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    api: argparse.ArgumentParser,
+    commands: argparse._SubParsersAction[Parser],
+    common: Parser,
+    api: Parser,
 ) -> None:
     fetch = commands.add_parser(
         "fetch", parents=[common, api], help="archive tunes: checkpoints, images and a manifest",
@@ -156,8 +231,8 @@ def _add_fetch(
     fetch.add_argument("--all", action="store_true",
                        help="archive every tune of the account (skipping unchanged ones)")
     fetch.add_argument("--expiring-within", metavar="DURATION", type=duration,
-                       help="with --all: only tunes that expire within this time, e.g. 7d, "
-                       "36h, 90m")
+                       help="with --all: only tunes that expire within this time, e.g. 1w, "
+                       "7d, 1.5d, 36h, 90m")
     fetch.add_argument("--shard", metavar="K/N", type=shard,
                        help="with --all: only tunes whose id modulo N is K-1, so N machines "
                        "can share an account")
@@ -199,19 +274,19 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def tune_id(text: str) -> int:
     """A tune id: a positive integer."""
     if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"not a tune id (a positive integer): {text!r}")
+        raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
     return int(text)
 
 
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+        raise argparse.ArgumentTypeError("not a positive integer")
     return int(text)
 
 
 def non_negative_int(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise argparse.ArgumentTypeError("not a whole number")
     return int(text)
 
 
@@ -221,14 +296,14 @@ def positive_float(text: str) -> float:
     except ValueError:
         value = 0.0
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+        raise argparse.ArgumentTypeError("not a positive number")
     return value
 
 
 def split_count(text: str) -> int:
     value = positive_int(text)
     if value > MAX_SPLIT:
-        raise argparse.ArgumentTypeError(f"at most {MAX_SPLIT} ranges: {text!r}")
+        raise argparse.ArgumentTypeError(f"at most {MAX_SPLIT} ranges")
     return value
 
 
@@ -236,7 +311,7 @@ def size(text: str) -> int:
     """A size in bytes, with an optional K, M or G (powers of 1024)."""
     match = _SIZE.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"not a size (e.g. 64M, 1G, 1048576): {text!r}")
+        raise argparse.ArgumentTypeError("not a size (e.g. 64M, 1G, 1048576)")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
@@ -247,22 +322,32 @@ def rate(text: str) -> float:
     try:
         return float(size(text))
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a rate (e.g. 1K, 50K, 0): {text!r}") from None
+        raise argparse.ArgumentTypeError("not a rate (e.g. 1K, 50K, 0)") from None
 
 
 def shard(text: str) -> tuple[int, int]:
     """K/N with 1 <= K <= N."""
     k, _, n = text.partition("/")
     if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise argparse.ArgumentTypeError(f"not a shard K/N with 1 <= K <= N: {text!r}")
+        raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N")
     return int(k), int(n)
 
 
 def duration(text: str) -> timedelta:
-    """A window such as 7d, 36h or 90m."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(
-            f"not a duration (a whole number of d, h or m, e.g. 7d): {text!r}"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    """A window such as 1w, 7d, 1.5d, 36h or 90m."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or float(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError("not a duration (a number of w, d, h or m, e.g. 7d)")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def _without_values(message: str) -> str:
+    """argparse's message with the arguments it quotes left out: a key pasted in the
+    wrong place must not be printed back (nor land in a log)."""
+    message = re.sub(r"(invalid \S+ value): '.*'$", r"\1", message)
+    message = re.sub(r"(invalid choice): '.*?'", r"\1", message)
+    if message.startswith("unrecognized arguments: "):
+        words = message.removeprefix("unrecognized arguments: ").split(" ")
+        named = sorted({w.split("=", 1)[0] for w in words if w.startswith("-")})
+        return "unrecognized arguments" + (": " + " ".join(named) if named else "")
+    return message

@@ -15,6 +15,7 @@ from tune_archiver.commands.gc import GcReport
 from tune_archiver.commands.plan import parse_time
 from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
+from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
 from tune_archiver.text import visible
 from tune_archiver.urls import redact
@@ -86,6 +87,29 @@ def fetch_warnings(result: TuneResult) -> list[str]:
         return [f"{name}: the API lists no files (expired and deleted upstream?): "
                 "nothing new to archive"]
     return []
+
+
+def tune_counts(results: Sequence[TuneResult], stopped: str | None = None) -> str:
+    """Counts and failed tune ids for a fail ping: no error text (it may name URLs)."""
+    failed = [str(result.tune_id) for result in results if not result.ok]
+    text = f"{counted(len(results), 'tune')} done, {len(failed)} failed"
+    if failed:
+        text += ": " + " ".join(failed)
+    return f"{stopped}; {text}" if stopped else text
+
+
+def ping_summary(command: str, code: int, summary: str | None) -> str:
+    """The body of a fail ping: the command, its exit code, and the counts if known."""
+    return f"tune-archiver {command}: exit {int(code)}" + (f"; {summary}" if summary else "") + "\n"
+
+
+def nothing_selected(tunes: AllTunes) -> str:
+    """The line for a fetch --all that found no tune to archive."""
+    where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"
+    if tunes.expiring_within is None:
+        return f"--all selected no tunes{where}: the account lists none"
+    hours = tunes.expiring_within.total_seconds() / 3600
+    return f"--all selected no tunes{where}: none expires within {hours:g} h"
 
 
 def fetch_summary(result: TuneResult) -> str | None:

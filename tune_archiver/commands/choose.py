@@ -25,7 +25,14 @@ from tune_archiver.commands.plan import (
     plan_tune,
 )
 from tune_archiver.config import AllTunes, Settings
-from tune_archiver.errors import ArchiverError, ConfigError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
+    ConnectError,
+    ReadTimeout,
+    UnreadableManifest,
+)
 from tune_archiver.manifest import Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store
@@ -98,13 +105,16 @@ async def get_tunes(
 
     With prompts, the account's prompts (GET /prompts) are listed once for the whole
     run and shared: each tune takes those that name it. If they cannot be listed,
-    every tune fails saying so, rather than be archived without them.
+    every tune fails saying so, rather than be archived without them. Raises
+    AuthError for a rejected key, and the first ConnectError or ReadTimeout when the
+    API could be reached for none of the tunes (nothing can be done: exit 4).
     """
+    unreachable: list[ConnectError | ReadTimeout] = []
     account: Sequence[Prompt] = ()
     if prompts and tune_ids:
         try:
             account = await api.list_prompts()
-        except ConfigError:
+        except (ConfigError, AuthError, ConnectError, ReadTimeout):
             raise
         except ArchiverError as exc:
             return {tune_id: TuneResult(tune_id, error=str(exc))
@@ -113,8 +123,11 @@ async def get_tunes(
     async def one(tune_id: int) -> Tune | TuneResult:
         try:
             return await load_tune(api, tune_id, prompts, account)
-        except ConfigError:
+        except (ConfigError, AuthError):
             raise
+        except (ConnectError, ReadTimeout) as exc:
+            unreachable.append(exc)
+            return TuneResult(tune_id, error=str(exc))
         except ArchiverError as exc:
             return TuneResult(tune_id, error=str(exc))
         except Exception as exc:  # a bug met on one tune must not stop the others
@@ -123,8 +136,10 @@ async def get_tunes(
     try:
         async with asyncio.TaskGroup() as group:
             tasks = {i: group.create_task(one(i)) for i in dict.fromkeys(tune_ids)}
-    except* ConfigError as errors:
+    except* (ConfigError, AuthError) as errors:
         raise errors.exceptions[0] from None  # one rejected key is enough to say
+    if tasks and len(unreachable) == len(tasks):
+        raise unreachable[0]
     return {tune_id: task.result() for tune_id, task in tasks.items()}
 
 

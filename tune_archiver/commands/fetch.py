@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
+Announce = Callable[[TuneResult], None]
 
 
 def utc_now() -> datetime:
@@ -50,6 +51,7 @@ async def fetch(
     store: Store | None = None,
     waiting: Waiting | None = None,
     staging: Staging | None = None,
+    announce: Announce | None = None,
 ) -> list[TuneResult]:
     """Archive each tune; one result per tune, in the order asked (or listed, for --all).
 
@@ -58,13 +60,16 @@ async def fetch(
     rejected key, say) before anything is written. `store` and `staging` replace
     those settings.archive names (tests inject a staging whose writes fail).
     `waiting` is called if gc holds the archive and the fetch must wait for it.
+    `announce` is called with each result (the key scrubbed) as soon as it is known,
+    so the command line can print it then, not at the end.
     """
     finished = [] if finished is None else finished
     if store is None:
         async with open_store(settings.archive, settings.s3_endpoint_url) as opened:
             return await fetch(settings, tunes, progress, clock, finished, opened, waiting,
-                               staging)
+                               staging, announce)
     staging = staging or staging_for(settings.archive)
+    done_with = Finisher(progress, finished, announce, settings.api_key)
     limiter = asyncio.Semaphore(settings.concurrency)
     async with (
         new_session(settings, decompress=True) as api_session,
@@ -74,19 +79,19 @@ async def fetch(
         tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
         progress.add_tunes(len(tune_ids) + len(skipped))
         for result in skipped:
-            _finish(progress, finished, result)
+            done_with(result)
         found = await get_tunes(api, tune_ids, settings.prompts)
         workspaces = await workspaces_of(
             api, settings.workspace, [t.raw for t in found.values() if isinstance(t, Tune)]
         )
         for item in found.values():
             if isinstance(item, TuneResult):
-                _finish(progress, finished, item)
+                done_with(item)
         await store.prepare()
         await staging.prepare()
         async with store.locked(exclusive=False, waiting=waiting):
             downloader = Downloader(asset_session, store, staging, limiter, settings, progress)
-            run = Run(settings, api, store, downloader, progress, clock, finished, workspaces)
+            run = Run(settings, api, store, downloader, progress, clock, done_with, workspaces)
             async with asyncio.TaskGroup() as group:
                 tasks = {
                     tune_id: group.create_task(_archive_tune(run, item))
@@ -110,19 +115,32 @@ class Run:
     downloader: Downloader
     progress: Progress
     clock: Clock
-    finished: list[TuneResult]
+    finish: Finisher
     workspaces: dict[int, str]  # tune id -> its workspace, when it could be told
 
 
-def _finish(progress: Progress, finished: list[TuneResult], result: TuneResult) -> None:
-    finished.append(result)
-    progress.tune_done()
+@dataclass(frozen=True)
+class Finisher:
+    """What is done with each tune's result as soon as it is known."""
+
+    progress: Progress
+    finished: list[TuneResult]
+    announce: Announce | None
+    api_key: str
+
+    def __call__(self, result: TuneResult) -> None:
+        self.finished.append(result)
+        self.progress.tune_done()
+        if self.announce is not None:
+            self.announce(scrub_result(result, [self.api_key]))
 
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     """Download what the tune lacks and write its manifest."""
+    log.debug("tune %d: started", tune.id,
+              extra={"event": "tune_start", "machine_only": True, "tune_id": tune.id})
     result = await _try_archive_tune(run, tune)
-    _finish(run.progress, run.finished, result)
+    run.finish(result)
     return result
 
 
@@ -165,6 +183,9 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             blob = await run.downloader.fetch(
                 asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
             )
+            log.debug("tune %d: %s done", tune.id, redact(asset.url), extra={
+                "event": "file_done", "machine_only": True, "tune_id": tune.id,
+                "url": redact(asset.url), "sha256": blob.sha256, "size": blob.size})
             return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())

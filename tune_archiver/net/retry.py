@@ -79,8 +79,12 @@ async def call_with_retries(
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait_s = state.next_action.sleep if state.next_action else 0.0
-        log.info("retrying %s in %.1f s (attempt %d failed: %s)", what, wait_s,
-                 state.attempt_number, exc)
+        # Shown at the default verbosity (not with -q): an operator sees a slow run's cause.
+        log.warning(
+            "retrying %s in %s s (attempt %d/%d): %s", what, f"{wait_s:.0f}" if wait_s >= 1
+            else f"{wait_s:.1f}", state.attempt_number + 1, policy.retries + 1, why(exc),
+            extra={"event": "retry", "attempt": state.attempt_number + 1, "wait": wait_s},
+        )
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.retries + 1) | stop_after_delay(policy.max_total),
@@ -97,6 +101,16 @@ async def call_with_retries(
         return await attempt()
 
     return await retrying(run)
+
+
+def why(exc: BaseException | None) -> str:
+    """What failed, short: "HTTP 503" for a status (with the API's own reason, if it
+    gave one), else the error's own line."""
+    if isinstance(exc, StatusError):
+        said = f"HTTP {exc.status}"
+        reason = str(exc).partition(said)[2]
+        return said + reason if reason.startswith(": ") else said
+    return str(exc) or type(exc).__name__
 
 
 def backoff(policy: RetryPolicy, attempt: int) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import StorageError, storage_error
+from tune_archiver.errors import ConfigError, StorageError, storage_error
 from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
@@ -51,6 +51,7 @@ from tune_archiver.threads import in_thread
 
 LOCK = "lock"
 log = logging.getLogger(__name__)
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 READ_BLOCK = 4 * 2**20
 MANIFEST_LOCK_POLL = 0.02  # a manifest is held for milliseconds
 # A hard link is impossible across filesystems, or where the filesystem refuses it.
@@ -85,8 +86,9 @@ class LocalStore:
     async def prepare(self) -> None:
         """Create the archive's folders (0700) if they are missing.
 
-        Raises ConfigError for an archive of another user or one others may write in;
-        warns once when others may read it.
+        Raises ConfigError for an archive of another user or one others may write in, or
+        one we may not create (permission denied, a read-only filesystem); warns once
+        when others may read it.
         """
         warning = check_folder(self.root, "the archive")
         if warning:
@@ -95,6 +97,10 @@ class LocalStore:
             for name in (OBJECTS, MANIFESTS, TMP):
                 await in_thread(make_private_dir, self.root / name)
         except OSError as exc:
+            if exc.errno in NOT_WRITABLE:  # the operator's to fix, before anything is done
+                raise ConfigError(
+                    f"cannot create the archive in {self.root}: {exc.strerror or exc}"
+                ) from exc
             raise storage_error(exc, self.root, "create the archive") from exc
 
     async def blob_size(self, sha256: str) -> int | None:

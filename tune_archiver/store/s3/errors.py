@@ -9,7 +9,13 @@ from pathlib import Path
 
 import aiohttp
 
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError, storage_error
+from tune_archiver.errors import (
+    ArchiverError,
+    ConfigError,
+    StorageError,
+    Unreachable,
+    storage_error,
+)
 
 # Error codes that mean the credentials (or the policy) refuse us: a configuration problem.
 CREDENTIALS_REFUSED = frozenset(
@@ -17,6 +23,7 @@ CREDENTIALS_REFUSED = frozenset(
     "TokenRefreshRequired AuthorizationHeaderMalformed".split()
 )
 ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
+REACH = "reach the bucket"  # the first request of a run: failing it, nothing was done
 CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
@@ -70,6 +77,12 @@ def translate(
         if code in CONFLICT:
             return Conflict(f"{where}: changed meanwhile by another writer ({code})")
         return StorageError(f"{where}: {code} {message}".rstrip())
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    if doing == REACH and isinstance(
+        exc, EndpointConnectionError | ConnectTimeoutError | aiohttp.ClientConnectionError
+    ):
+        return Unreachable(f"{where}: {str(exc) or type(exc).__name__}")
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError):
         return StorageError(f"{where}: {str(exc) or type(exc).__name__}")
     if isinstance(exc, OSError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
-from tune_archiver.errors import ConfigError, StorageError
+from tune_archiver.errors import ConfigError, StorageError, Unreachable
 from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
@@ -36,7 +36,7 @@ from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Absent, Conflict
+from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.transfer import (
     b64,
@@ -54,6 +54,19 @@ COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by pa
 MANIFEST_ATTEMPTS = 10  # conditional writes of one manifest lost to other writers
 ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
 INSTALL_HINT = "pip install 'tune-archiver[s3]'"
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # tune_archiver/
+
+
+def install_hint(package_dir: Path = PACKAGE_DIR) -> str:
+    """How to add the [s3] extra to this install: from a checkout (an editable install,
+    pyproject.toml beside the package) the checkout's own path; else the package's name,
+    with the checkout form for an install made from one."""
+    root = package_dir.parent
+    if (root / "pyproject.toml").is_file():
+        return f"pip install '{root}[s3]'"
+    return f"{INSTALL_HINT} (or, in the folder of a checkout: pip install '.[s3]')"
 
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 
@@ -90,7 +103,7 @@ class S3Store:
         try:
             import aiobotocore.session  # noqa: F401  (only checking that the extra is there)
         except ImportError as exc:
-            raise ConfigError(f"an s3:// archive needs aiobotocore: {INSTALL_HINT}") from exc
+            raise ConfigError(f"an s3:// archive needs aiobotocore: {install_hint()}") from exc
         self.name, self.prefix = _parse_url(url)
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
             raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GiB")
@@ -169,17 +182,19 @@ class S3Store:
     async def prepare(self) -> None:
         """Check the bucket is there and ours to use.
 
-        Raises ConfigError with one line for a missing bucket, refused credentials or an
-        unreachable endpoint.
+        Raises ConfigError with one line for a missing bucket or refused credentials,
+        Unreachable for an endpoint that cannot be reached.
         """
         bucket = self.bucket
         try:
-            with bucket.translated("reach the bucket"):
+            with bucket.translated(REACH):
                 await bucket.client.head_bucket(Bucket=bucket.name)
         except Absent as exc:
             raise ConfigError(
                 f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
             ) from exc
+        except Unreachable:
+            raise
         except StorageError as exc:
             raise ConfigError(str(exc)) from exc
 

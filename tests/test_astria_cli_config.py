@@ -1,0 +1,113 @@
+"""The Astria CLI's settings: ASTRIA_AUTH_TOKEN, ASTRIA_BASE_URL, ASTRIA_WORKSPACE_ID and
+~/.astria/config[.<profile>].json serve when ours are not set; -v says where the key
+came from, never the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.standin import StandIn
+from tests.test_fetch import make_tune
+from tune_archiver.cli.main import main
+
+
+def fetch(archive: Path, *args: str) -> int:
+    return main(["fetch", "1", "--archive", str(archive), *args])
+
+
+def write_config(folder: Path, name: str, values: dict[str, object], mode: int = 0o600) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(values))
+    path.chmod(mode)
+    return path
+
+
+def test_astria_auth_token_and_base_url_serve_when_ours_are_unset(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ASTRIA_AUTH_TOKEN is the key and ASTRIA_BASE_URL the API; -v names the variable."""
+    make_tune(standin, 1, images=1)
+    monkeypatch.setenv("ASTRIA_AUTH_TOKEN", standin.api_key)
+    monkeypatch.setenv("ASTRIA_BASE_URL", standin.api_url)
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "77")
+    assert fetch(tmp_path / "a", "-v") == 0
+    err = capsys.readouterr().err
+    assert "the API key comes from ASTRIA_AUTH_TOKEN" in err
+    assert standin.api_key not in err
+    assert standin.seen("api")[0].headers["X-Workspace-Id"] == "77"
+
+
+def test_the_astria_config_file_serves_and_ours_win(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """config.json's api_key, base_url and workspace_id are used; ASTRIA_API_KEY and
+    --workspace win over them."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    path = write_config(folder, "config.json", {
+        "api_key": standin.api_key, "base_url": standin.api_url, "workspace_id": 5})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert fetch(tmp_path / "a", "-v") == 0
+    assert f"the API key comes from the Astria CLI's config {path}" in capsys.readouterr().err
+    assert standin.seen("api")[0].headers["X-Workspace-Id"] == "5"
+    write_config(folder, "config.json", {"api_key": "wrong-key-000", "base_url": standin.api_url})
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    assert fetch(tmp_path / "b", "-v", "--workspace", "9") == 0
+    assert "the API key comes from ASTRIA_API_KEY" in capsys.readouterr().err
+    assert standin.seen("api")[-1].headers["X-Workspace-Id"] == "9"
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_a_profile_picks_its_own_file(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """--profile work (or ASTRIA_PROFILE=work) reads config.work.json, not config.json."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json", {"api_key": "wrong-key-000", "base_url": standin.api_url})
+    write_config(folder, "config.work.json",
+                 {"api_key": standin.api_key, "base_url": standin.api_url})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    if how == "env":
+        monkeypatch.setenv("ASTRIA_PROFILE", "work")
+    assert fetch(tmp_path / "a", *(["--profile", "work"] if how == "option" else [])) == 0
+
+
+def test_a_missing_profile_or_a_damaged_file_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A profile without its file, or a config that is not JSON, exits 2 without its text."""
+    folder = tmp_path / "astria"
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert fetch(tmp_path / "a", "--profile", "nope") == 2
+    assert "config.nope.json does not exist" in capsys.readouterr().err
+    folder.mkdir()
+    (folder / "config.json").write_text('{"api_key": "sk-SECRET"')
+    (folder / "config.json").chmod(0o600)
+    assert fetch(tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "cannot read the Astria CLI's config" in err
+    assert "sk-SECRET" not in err
+
+
+def test_a_config_others_can_read_is_used_with_a_warning(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A 0644 config file works, with one warning to chmod 600 it (as a key file)."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json",
+                 {"api_key": standin.api_key, "base_url": standin.api_url}, mode=0o644)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert fetch(tmp_path / "a") == 0
+    [warning] = [x for x in capsys.readouterr().err.splitlines() if "chmod 600" in x]
+    assert "the Astria CLI's config" in warning
+    assert os.stat(folder / "config.json").st_mode & 0o777 == 0o644

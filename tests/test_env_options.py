@@ -1,0 +1,95 @@
+"""TUNE_ARCHIVER_<OPTION>: every option from the environment, named in --help; the
+command line wins; a bad value is a usage error naming the variable, not the value."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tune_archiver.cli.envopts import env_name
+from tune_archiver.cli.main import main
+from tune_archiver.cli.parser import build_parser
+
+
+def every_option() -> list[tuple[str, str, str]]:
+    """(command, option, help) of every long option of every command."""
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
+    assert isinstance(commands.choices, dict)
+    return [
+        (command, action.option_strings[-1], action.help or "")
+        for command, sub in commands.choices.items()
+        for action in sub._actions
+        if env_name(action)
+    ]
+
+
+def test_help_names_the_variable_of_every_option() -> None:
+    """Each option's help ends with "(env TUNE_ARCHIVER_<OPTION>)"."""
+    options = every_option()
+    assert len(options) > 30
+    for command, option, help_text in options:
+        name = "TUNE_ARCHIVER_" + option.lstrip("-").replace("-", "_").upper()
+        assert f"(env {name})" in help_text, (command, option)
+
+
+def test_options_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TUNE_ARCHIVER_ARCHIVE, _JSON and _QUIET act as --archive, --json and -q."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    monkeypatch.setenv("TUNE_ARCHIVER_ARCHIVE", str(tmp_path / "a"))
+    monkeypatch.setenv("TUNE_ARCHIVER_JSON", "yes")
+    monkeypatch.setenv("TUNE_ARCHIVER_QUIET", "1")
+    assert main(["list"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tunes": []}
+
+
+def test_the_command_line_wins_over_the_environment(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TUNE_ARCHIVER_RETRIES=0 fails a file a 503 once refused; --retries 1 wins over it."""
+    image = standin.add_file("img", os.urandom(5000))
+    standin.add_tune(1, [], [image])
+    monkeypatch.setenv("TUNE_ARCHIVER_RETRIES", "0")
+    standin.faults["img"] = [Status(503)]
+    assert run_fetch(standin, tmp_path / "a", "1") == 1
+    standin.faults["img"] = [Status(503)]
+    assert run_fetch(standin, tmp_path / "b", "1", "--retries", "1") == 0
+
+
+def test_a_bad_value_names_the_variable_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TUNE_ARCHIVER_CONCURRENCY=sk-SECRET: exit 2, the variable named, the value not."""
+    monkeypatch.setenv("TUNE_ARCHIVER_CONCURRENCY", "sk-SECRET")
+    assert main(["fetch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "TUNE_ARCHIVER_CONCURRENCY: not a positive integer" in err
+    assert "sk-SECRET" not in err
+
+
+def test_a_variable_of_another_command_is_not_this_ones_concern(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad TUNE_ARCHIVER_RETRIES does not stop list, which has no --retries."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    monkeypatch.setenv("TUNE_ARCHIVER_RETRIES", "many")
+    assert main(["list", "--archive", str(tmp_path / "a")]) == 0
+
+
+def test_a_usage_error_is_two_lines_in_a_real_process(tmp_path: Path) -> None:
+    """In a process of its own (no test's log handlers), a usage error is exactly the
+    error line and the pointer to --help."""
+    done = subprocess.run([sys.executable, "-m", "tune_archiver", "fetch", "1", "--bad"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["tune-archiver: error: unrecognized arguments: --bad",
+                                        "see tune-archiver fetch --help"]

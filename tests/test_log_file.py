@@ -1,0 +1,77 @@
+"""--log-file: JSON lines of what a run did, UTC-stamped, appended, with no secret."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tests.test_fetch import make_tune
+
+
+def events(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_log_file_records_the_run_tunes_files_retries_and_failures(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fetch with a retry and a failed tune writes each event with a UTC timestamp."""
+    make_tune(standin, 1, images=1)
+    signed = standin.add_file("signed", b"s" * 100) + "?X-Amz-Signature=SECRETSIG"
+    standin.tunes[1]["orig_images"].append(signed)
+    standin.faults["signed"] = [Status(503)]
+    log = tmp_path / "run.log"
+    assert run_fetch(standin, tmp_path / "a", "1", "2", "--log-file", str(log)) == 1
+    found = events(log)
+    names = [e["event"] for e in found]
+    assert names[0] == "run_start"
+    assert names[-1] == "run_end"
+    assert found[-1]["exit"] == 1
+    for name in ("tune_start", "tune_end", "file_done", "retry", "failure"):
+        assert name in names, name
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(e["time"]))
+               for e in found)
+    assert sum(1 for e in found if e["event"] == "file_done") == 3
+    text = log.read_text()
+    assert "SECRETSIG" not in text
+    assert standin.api_key not in text
+    assert "X-Amz-Signature=REDACTED" in text
+    assert "retrying" in capsys.readouterr().err  # the human lines are still there
+
+
+def test_log_file_is_appended_to(standin: StandIn, tmp_path: Path) -> None:
+    """Two runs with one --log-file leave both runs' lines, in order."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.log"
+    for _ in range(2):
+        assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
+    names = [e["event"] for e in events(log)]
+    assert names.count("run_start") == 2
+    assert names.count("run_end") == 2
+
+
+def test_log_file_dash_replaces_the_human_lines_on_stderr(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-file - writes JSON lines to stderr and no "tune-archiver: error:" line."""
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, tmp_path / "a", "1", "7", "--log-file", "-") == 1
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert "tune-archiver:" not in err
+    assert any(e["event"] == "failure" and "tune 7" in str(e["message"]) for e in lines)
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-file in a folder that does not exist: one error line, exit 2."""
+    from tune_archiver.cli.main import main
+
+    assert main(["list", "--log-file", str(tmp_path / "no" / "log")]) == 2
+    assert "cannot open the log file" in capsys.readouterr().err

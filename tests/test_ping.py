@@ -1,0 +1,136 @@
+"""--ping-url: start, success and fail pings to a monitor on 127.0.0.1, and a ping that
+fails being one warning, never a failed backup."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_fetch
+from tests.standin import StandIn
+from tests.test_exits import closed_port_url
+from tests.test_fetch import make_tune
+from tests.test_live import one_done_one_stalled, start
+
+
+@dataclass
+class Monitor:
+    """A health-check server recording each ping: (method, path, body)."""
+
+    url: str
+    pings: list[tuple[str, str, str]] = field(default_factory=list)
+    status: int = 200
+
+
+@pytest.fixture
+def monitor() -> Iterator[Monitor]:
+    found = Monitor("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer("")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            self._answer(self.rfile.read(length).decode())
+
+        def _answer(self, body: str) -> None:
+            found.pings.append((self.command, self.path, body))
+            self.send_response(found.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    found.url = f"http://127.0.0.1:{server.server_address[1]}/ping/abc-uuid"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_run_that_succeeds_pings_start_then_the_url(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """A whole fetch sends GET URL/start, then GET URL."""
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", monitor.url) == 0
+    assert monitor.pings == [("GET", "/ping/abc-uuid/start", ""), ("GET", "/ping/abc-uuid", "")]
+
+
+def test_a_run_that_fails_posts_a_summary_to_fail(
+    standin: StandIn, tmp_path: Path, monitor: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed tune: POST URL/fail with the counts and the failed ids, no URL or key;
+    the URL may come from TUNE_ARCHIVER_PING_URL."""
+    make_tune(standin, 1, images=1)
+    monkeypatch.setenv("TUNE_ARCHIVER_PING_URL", monitor.url)
+    assert run_fetch(standin, tmp_path / "a", "1", "404") == 1
+    [start, (method, path, body)] = monitor.pings
+    assert start[1] == "/ping/abc-uuid/start"
+    assert (method, path) == ("POST", "/ping/abc-uuid/fail")
+    assert body == "tune-archiver fetch: exit 1; 2 tunes done, 1 failed: 404\n"
+    assert "http" not in body
+    assert standin.api_key not in body
+
+
+def test_a_rejected_key_pings_fail_with_the_exit_code(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """A run stopped by a rejected key still sends its fail ping, saying exit 3."""
+    make_tune(standin, 1)
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", monitor.url, key="bad") == 3
+    assert monitor.pings[-1] == ("POST", "/ping/abc-uuid/fail", "tune-archiver fetch: exit 3\n")
+
+
+@pytest.mark.parametrize("status", [500, None])
+def test_a_ping_that_fails_is_one_warning_never_a_failed_backup(
+    standin: StandIn, tmp_path: Path, monitor: Monitor, status: int | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A monitor answering 500, or not listening, costs one warning a ping; exit stays 0."""
+    make_tune(standin, 1, images=1)
+    monitor.status = status or 200
+    url = monitor.url if status else closed_port_url() + "/secret-token"
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", url) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "ping" in line]
+    assert len(warnings) == 2  # start and success
+    assert all("the run is not affected" in line for line in warnings)
+    assert not any("secret-token" in line or "abc-uuid" in line for line in warnings)
+
+
+def test_a_ping_url_that_is_not_http_is_a_usage_error(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--ping-url ftp://... is refused before the run, exit 2."""
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", "ftp://x") == 2
+    assert standin.requests == []
+
+
+def test_an_interrupted_run_pings_fail_with_what_was_done(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """SIGINT after one tune of two: exit 130 and POST URL/fail saying so (a subprocess)."""
+    one_done_one_stalled(standin)
+    process = start(standin, tmp_path / "a", "--ping-url", monitor.url)
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("tune 1 ")
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert monitor.pings[0] == ("GET", "/ping/abc-uuid/start", "")
+    assert monitor.pings[-1] == (
+        "POST", "/ping/abc-uuid/fail",
+        "tune-archiver fetch: exit 130; stopped by SIGINT; 1 tune done, 0 failed\n",
+    )

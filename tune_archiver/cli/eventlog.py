@@ -1,0 +1,100 @@
+"""--log-file: what a run did as JSON lines (run, tune and file events, retries,
+failures), each with a UTC timestamp, the key scrubbed and every URL redacted.
+
+Events are log records carrying an `event` attribute (`extra={"event": ...}`); this
+handler writes those and nothing else. Records meant for the log alone also carry
+`machine_only`, which keeps them off the human lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from tune_archiver.errors import ConfigError
+from tune_archiver.scrub import scrub, scrub_json
+from tune_archiver.urls import redact_text
+
+# LogRecord's own attributes: everything else on a record came from `extra`.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+QUIET = {"machine_only": True}  # extra for an event the human lines never show
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """The `extra` of a log call that is an event for --log-file only."""
+    return {"event": name, **QUIET, **fields}
+
+
+class HumanOnly(logging.Filter):
+    """Keeps records meant for the log file alone off the human lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "machine_only", False)
+
+
+class JsonLines(logging.Handler):
+    """Writes each event record as one JSON object on one line, flushed at once."""
+
+    def __init__(self, stream: IO[str], secrets: Sequence[str], owned: bool) -> None:
+        super().__init__(logging.DEBUG)
+        self.stream = stream
+        self._secrets = secrets  # shared with main: grows once the key is read
+        self._owned = owned
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = getattr(record, "event", None)
+        if name is None:
+            return
+        try:
+            fields = {k: v for k, v in vars(record).items()
+                      if k not in _STANDARD and k not in ("event", "machine_only")}
+            line = {
+                "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                    timespec="milliseconds").replace("+00:00", "Z"),
+                "event": name,
+                "level": record.levelname.lower(),
+                "message": redact_text(scrub(record.getMessage(), self._secrets)),
+                **{k: _redacted(scrub_json(v, self._secrets)) for k, v in fields.items()},
+            }
+            self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
+            self.stream.flush()
+        except Exception:  # a log that cannot be written must not stop a backup
+            self.handleError(record)
+
+    def close(self) -> None:
+        if self._owned:
+            self.stream.close()
+        super().close()
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    return value
+
+
+def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
+    """The handler for --log-file PATH (appended to, private to its owner) or - (stderr).
+
+    Raises ConfigError when the file cannot be opened.
+    """
+    if path == "-":
+        return JsonLines(sys.stderr, secrets, owned=False)
+    try:
+        stream = open(path, "a", encoding="utf-8", opener=_private)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
+    return JsonLines(stream, secrets, owned=True)
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)

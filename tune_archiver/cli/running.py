@@ -1,0 +1,180 @@
+"""What the command line's shell runs on: settings from options, the archive opened,
+signals turned into Interrupted, and where log lines go. Nothing here prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from tune_archiver.addresses import is_private_host
+from tune_archiver.astria.cli_config import read_astria_cli
+from tune_archiver.cli import eventlog, terminal
+from tune_archiver.config import (
+    DEFAULT_MIN_RATE,
+    DEFAULT_STALL_WINDOW,
+    ENV_API_URL,
+    ENV_PING_URL,
+    RetryPolicy,
+    Settings,
+    StallRule,
+    api_url,
+    archive_dir,
+    load_api_key,
+)
+from tune_archiver.errors import ConfigError
+from tune_archiver.layout import MANIFESTS
+from tune_archiver.net.ping import check_ping_url, ping
+from tune_archiver.progress import above_bar
+from tune_archiver.store import Store
+from tune_archiver.store.location import is_remote, open_store
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
+log = logging.getLogger("tune_archiver")
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.done: dict[str, Any] = {}  # what --json says was done before the stop
+
+
+def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
+    """The settings of a command that talks to the API (fetch, verify --repair); options
+    a command does not have keep their defaults."""
+    env = os.environ
+    astria = read_astria_cli(args.profile, env)
+    fallback = (astria.api_key, astria.key_source) if astria.api_key else None
+    key = load_api_key(args.api_key_file, env, fallback)
+    secrets.append(key)
+    retry = RetryPolicy(retries=args.retries)
+    if args.sleep is not None:
+        retry = replace(retry, sleep=args.sleep)
+    fetch_only = {
+        name: getattr(args, name) for name in (
+            "only", "force", "prompts", "split", "split_threshold"
+        ) if hasattr(args, name)
+    }
+    min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
+    window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
+    api = api_url(args.api_url or (None if env.get(ENV_API_URL) else astria.base_url), env)
+    return Settings(
+        archive=archive_dir(args.archive, env),
+        api_key=key,
+        api_url=api,
+        workspace=args.workspace or astria.workspace,
+        concurrency=args.concurrency,
+        retry=retry,
+        read_timeout=args.read_timeout,
+        s3_endpoint_url=args.s3_endpoint_url,
+        stall=StallRule(min_rate, window) if min_rate else None,
+        **fetch_only,
+        # An API on a private network serves files from one: its redirects may go there.
+        private_redirects=getattr(args, "allow_private_redirects", False)
+        or is_private_host(urlsplit(api).hostname or ""),
+    )
+
+
+def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` on the archive the command names, which must exist (else ConfigError)."""
+    location = archive_dir(args.archive, os.environ)
+
+    async def run() -> T:
+        async with open_store(location, args.s3_endpoint_url) as store:
+            if not await store.exists():
+                what = "nothing under manifests/ or objects/" if is_remote(location) else (
+                    f"it has no {MANIFESTS}/ folder")
+                raise ConfigError(f"no archive at {location} ({what})")
+            return await work(store)
+
+    return asyncio.run(until_signal(run()))
+
+
+def waiting_for(other: str, location: str) -> Callable[[], None]:
+    def waiting() -> None:
+        log.warning("waiting: a %s is running on the archive %s", other, location)
+
+    return waiting
+
+
+async def until_signal(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; SIGINT or SIGTERM cancels it (its cleanup runs) and raises Interrupted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+class _AboveBar(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines printed above the progress bar, never into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with above_bar():
+            super().emit(record)
+
+
+def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
+    """Our log lines on stderr: retries with -v, warnings otherwise, errors only with -q;
+    and --log-file's JSON lines, to a file or (with -) to stderr in their place.
+
+    They are scrubbed of `secrets` (which grows once the key is read) and escaped.
+    Raises ConfigError when the log file cannot be opened."""
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    if args.log_file is not None:
+        log.addHandler(eventlog.open_log(args.log_file, secrets))
+    if args.log_file == "-":
+        return
+    handler = _AboveBar(sys.stderr)
+    handler.setFormatter(terminal.SafeFormatter("tune-archiver: %(message)s", secrets))
+    handler.addFilter(eventlog.HumanOnly())
+    handler.setLevel(
+        logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    )
+    log.addHandler(handler)
+
+
+def ping_url_of(args: argparse.Namespace) -> str | None:
+    """--ping-url, else $TUNE_ARCHIVER_PING_URL, for the commands that take it; None
+    when there is none. Raises ConfigError for a URL that is not http(s)."""
+    if not hasattr(args, "ping_url"):
+        return None
+    url = args.ping_url or os.environ.get(ENV_PING_URL, "").strip()
+    return check_ping_url(url) if url else None
+
+
+def send_ping(url: str, what: str, summary: str | None = None) -> None:
+    """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
+    never the run's failure. The URL is not shown: it may hold the monitor's token."""
+    suffix = "" if what == "success" else f"/{what}"
+    reason = asyncio.run(ping(url, suffix, summary))
+    if reason is not None:
+        log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
+                    "affected", what, reason, extra={"event": "ping_failed", "ping": what})

@@ -1,0 +1,45 @@
+"""Health-check pings (--ping-url): URL/start when a run begins, URL on success,
+URL/fail with a short plain-text summary otherwise, as healthchecks.io and its kin take.
+
+A ping is a courtesy to the operator's monitoring: one that fails is reported as a
+reason, never raised, and never fails the backup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tune_archiver.config import USER_AGENT
+from tune_archiver.errors import ConfigError
+
+PING_TIMEOUT = 10.0  # seconds for the whole exchange: a slow monitor must not hold a run
+
+
+def check_ping_url(url: str) -> str:
+    """The ping URL without a trailing slash; ConfigError unless it is http(s)."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("the ping URL must start with http:// or https://")
+    return url.rstrip("/")
+
+
+async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | None:
+    """GET url+suffix, or POST `summary` as text/plain when given; None when the monitor
+    answered 2xx, else one line saying why not (no URL in it: it may hold a token)."""
+    timeout = aiohttp.ClientTimeout(total=PING_TIMEOUT)
+    try:
+        async with aiohttp.ClientSession(
+            timeout=timeout, headers={"User-Agent": USER_AGENT}
+        ) as session:
+            if summary is None:
+                request = session.get(url + suffix)
+            else:
+                request = session.post(url + suffix, data=summary.encode(),
+                                       headers={"Content-Type": "text/plain; charset=utf-8"})
+            async with request as response:
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status}"
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:  # noqa: UP041
+        return type(exc).__name__
