@@ -50,7 +50,11 @@ def test_layout_places_the_checkpoint_for_the_tool(
     """The checkpoint goes where the tool looks for a LoRA or a full model; the rest stays."""
     names = exported(standin, tmp_path, capsys, model_type, layout)
     assert names == sorted([checkpoint, "training_images/000.jpg"])
-    assert (tmp_path / "dest" / "1-jane-doe" / checkpoint).read_bytes() == WEIGHTS
+    placed = tmp_path / "dest" / "1-jane-doe" / checkpoint
+    assert placed.read_bytes() == WEIGHTS
+    sidecar = placed.with_suffix(".txt").read_text().splitlines()
+    assert sidecar[0] == "trigger words: ohwx woman"  # the stand-in tune's token and name
+    assert ("astria tag: <lora:1:1>" in sidecar) == (model_type == "lora")
 
 
 def test_unknown_layout_is_a_usage_error(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_archiver import manifest
-from tune_archiver.commands.layouts import Layout, layout_path
+from tune_archiver.commands.layouts import Layout, layout_path, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
@@ -69,6 +69,9 @@ async def export_tune(
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
+        if placed is not None and name == placed:  # its trigger words beside it
+            sidecar = target.with_suffix(".txt")
+            await in_thread(_write_new, sidecar, trigger_words(tune_id, found.tune).encode())
     await in_thread(_write_new, folder / "manifest.json", data)
     return result
 

@@ -47,3 +47,19 @@ def layout_path(layout: Layout, entry: Entry, tune_id: int, tune: dict[str, Any]
     lora_folder, checkpoint_folder = FOLDERS[layout]
     folder = lora_folder if is_lora(tune) else checkpoint_folder
     return f"{folder}/{folder_name(tune_id, tune.get('title'))}{more}{suffix}"
+
+
+def trigger_words(tune_id: int, tune: dict[str, Any]) -> str:
+    """The sidecar text beside a placed checkpoint: how to call up the tune in a prompt.
+
+    The tune's token and class name ("ohwx woman"), and for a LoRA the tag Astria's
+    own prompts use (<lora:ID:1>). Pure; the title and fields are the archived ones.
+    """
+    words = " ".join(str(tune[name]) for name in ("token", "name")
+                     if isinstance(tune.get(name), str) and tune[name])
+    lines = [f"trigger words: {words}" if words else "trigger words: (none recorded)"]
+    if is_lora(tune):
+        lines.append(f"astria tag: <lora:{tune_id}:1>")
+    title = tune.get("title")
+    lines.append(f"tune: {tune_id}" + (f" ({title})" if isinstance(title, str) else ""))
+    return "\n".join(lines) + "\n"
