@@ -38,7 +38,7 @@ def test_a_finished_tune_is_printed_while_another_stalls(
     process = start(standin, tmp_path / "archive")
     assert process.stdout is not None
     first = process.stdout.readline()  # blocks until the line is flushed, not the run's end
-    assert first.startswith("tune 1 (Tune 1): 1 files")
+    assert first.startswith("tune 1 (Tune 1): 1 file,")
     assert process.poll() is None  # the run is still going: tune 2 stalls
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)

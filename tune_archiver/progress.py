@@ -1,12 +1,28 @@
-"""Progress display: a small protocol, a tqdm bar on stderr, and a silent stand-in."""
+"""Progress display: a small protocol, a tqdm bar on stderr, and a silent stand-in.
+
+The bar shows sizes in binary units (KiB, MiB, GiB, as every summary does), and its
+rate and time left come from the last RATE_WINDOW seconds only: bytes a resumed file
+had on disk already never count as speed, and a stalled host makes the rate fall and
+the clock tick (a ticker redraws the bar every TICK seconds).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Protocol
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from tqdm import tqdm
+
+from tune_archiver.text import human_bytes
+
+RATE_WINDOW = 5.0  # seconds the shown rate is averaged over
+TICK = 0.5  # seconds between redraws when nothing arrives
+BAR_FORMAT = "{done} / {size} {bar} {percentage:3.0f}% {speed} {left}{postfix}"
 
 
 class Progress(Protocol):
@@ -17,6 +33,10 @@ class Progress(Protocol):
     def add_files(self, count: int) -> None: ...
     def add_bytes(self, total: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
+    def resumed(self, nbytes: int) -> None:
+        """Bytes a download found on disk already: done, but never counted as speed."""
+        ...
+
     def file_done(self) -> None: ...
     def close(self) -> None: ...
 
@@ -39,6 +59,9 @@ class NullProgress:
     def advance(self, nbytes: int) -> None:
         pass
 
+    def resumed(self, nbytes: int) -> None:
+        pass
+
     def file_done(self) -> None:
         pass
 
@@ -46,18 +69,59 @@ class NullProgress:
         pass
 
 
-class BarProgress:
-    """One tqdm bar on stderr: bytes with rate and ETA, and tunes and files done."""
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm, with sizes in binary units and a rate over the last RATE_WINDOW seconds."""
 
-    def __init__(self) -> None:
-        self._bar = tqdm(
-            total=0, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-            dynamic_ncols=True, leave=False,
+    def __init__(self, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
+        self.samples: deque[tuple[float, int]] = deque()  # (time, bytes counted as speed)
+        self.counted = 0
+        self.clock = clock
+        super().__init__(**options)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = dict(super().format_dict)
+        rate = self.rate()
+        left = (found["total"] or 0) - found["n"]
+        found.update(
+            done=human_bytes(found["n"]), size=human_bytes(found["total"] or 0),
+            speed=f"{human_bytes(rate)}/s",
+            left=f"{_clock(left / rate)} left" if rate > 0 and left > 0 else "--:-- left",
         )
+        return found
+
+    def rate(self) -> float:
+        """Bytes per second over the last RATE_WINDOW seconds; 0 when nothing came."""
+        now = self.clock()
+        self.samples.append((now, self.counted))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
+            self.samples.popleft()
+        start, first = self.samples[0]
+        return (self.counted - first) / (now - start) if now > start else 0.0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class BarProgress:
+    """One tqdm bar on stderr: bytes with rate and time left, and tunes and files done
+    (or, for verify, blobs checked)."""
+
+    def __init__(self, items: str = "files") -> None:
+        self._bar = _Bar(
+            total=0, file=sys.stderr, dynamic_ncols=True, leave=False, bar_format=BAR_FORMAT,
+        )
+        self._items = items
         self._tunes = 0
         self._tunes_done = 0
         self._files = 0
         self._done = 0
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
 
     def add_tunes(self, count: int) -> None:
         self._tunes += count
@@ -76,6 +140,10 @@ class BarProgress:
         self._bar.refresh()
 
     def advance(self, nbytes: int) -> None:
+        self._bar.counted += max(nbytes, 0)
+        self._bar.update(nbytes)
+
+    def resumed(self, nbytes: int) -> None:
         self._bar.update(nbytes)
 
     def file_done(self) -> None:
@@ -83,13 +151,18 @@ class BarProgress:
         self._show_files()
 
     def close(self) -> None:
+        self._stop.set()
+        self._ticker.join()
         self._bar.close()
 
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK):
+            self._bar.refresh()  # the clock ticks and the rate falls while nothing comes
+
     def _show_files(self) -> None:
-        self._bar.set_postfix_str(
-            f"tunes {self._tunes_done}/{self._tunes}, files {self._done}/{self._files}",
-            refresh=False,
-        )
+        items = f"{self._items} {self._done}/{self._files}"
+        text = f"tunes {self._tunes_done}/{self._tunes}, {items}" if self._tunes else items
+        self._bar.set_postfix_str(text, refresh=False)
 
 
 def above_bar() -> contextlib.AbstractContextManager[None]:
@@ -98,8 +171,9 @@ def above_bar() -> contextlib.AbstractContextManager[None]:
     return tqdm.external_write_mode(file=sys.stderr)
 
 
-def progress_for(quiet: bool) -> Progress:
-    """A bar when stderr is a terminal and -q was not given; otherwise nothing."""
+def progress_for(quiet: bool, items: str = "files") -> Progress:
+    """A bar when stderr is a terminal and -q was not given; otherwise nothing. `items`
+    names what its count counts (files fetched, blobs verified)."""
     if quiet or not sys.stderr.isatty():
         return NullProgress()
-    return BarProgress()
+    return BarProgress(items)

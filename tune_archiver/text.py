@@ -18,3 +18,18 @@ def visible(text: str) -> str:
 def has_control(text: str) -> bool:
     """True when the text holds a control character (a newline, an escape, ...)."""
     return _CONTROL.search(text) is not None
+
+
+def human_bytes(count: float) -> str:
+    """A size in binary units, as the bar and every summary show it: "512 B", "2.0 GiB"."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def counted(count: int, noun: str) -> str:
+    """"1 file", "2 files"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -220,7 +220,7 @@ def _report_undone(
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets) if args.repair else None
-    progress = progress_for(args.quiet or args.json)
+    progress = progress_for(args.quiet or args.json, items="blobs")
 
     async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
         found = await verify(store, args.tune_ids, progress)

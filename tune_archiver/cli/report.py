@@ -17,17 +17,8 @@ from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
-from tune_archiver.text import visible
+from tune_archiver.text import counted, human_bytes, visible
 from tune_archiver.urls import redact
-
-
-def human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def tune_name(tune_id: int, title: str | None) -> str:
@@ -122,7 +113,7 @@ def fetch_summary(result: TuneResult) -> str | None:
     summary = tune_json(result)
     gone = sum(1 for r in result.assets if r.gone)
     return (
-        f"{name}: {summary['files']} files, {human_bytes(summary['bytes'])} "
+        f"{name}: {counted(summary['files'], 'file')}, {human_bytes(summary['bytes'])} "
         f"({summary['new']} new, {summary['already_archived']} already archived, "
         f"{summary['failed']} failed" + (f", {gone} gone upstream" if gone else "")
         + f") in {result.seconds:.1f} s"
@@ -202,7 +193,7 @@ def preview_errors(previews: Sequence[Preview]) -> list[str]:
 def _files_and_size(sizes: Sequence[int | None]) -> str:
     known = sum(s for s in sizes if s is not None)
     unknown = sum(1 for s in sizes if s is None)
-    text = f"{len(sizes)} files, {human_bytes(known)}"
+    text = f"{counted(len(sizes), 'file')}, {human_bytes(known)}"
     return text + (f" (size of {unknown} unknown)" if unknown else "")
 
 
@@ -286,11 +277,6 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
             "after": verify_json(mended.after),
         },
     }
-
-
-def counted(count: int, noun: str) -> str:
-    """"1 tune", "2 tunes"."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 # -- list --------------------------------------------------------------------------

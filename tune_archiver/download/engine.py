@@ -113,7 +113,7 @@ class Downloader:
         try:
             if partial.total is not None:
                 self._count(transfer, partial.total)
-                self._progress.advance(partial.size)
+                self._progress.resumed(partial.size)  # not speed: it was on disk
             try:
                 await self._body(transfer)
             except ExpiredUrl:

@@ -1,0 +1,97 @@
+"""The progress bar: binary units, a rate that resumed bytes cannot inflate and a stall
+lets fall, and counts named for what they count."""
+
+from __future__ import annotations
+
+import io
+
+from tune_archiver.cli.report import fetch_summary
+from tune_archiver.models import Asset, AssetResult, Blob, TuneResult
+from tune_archiver.progress import BAR_FORMAT, BarProgress, _Bar
+
+MiB = 2**20
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bar(clock: Clock, total: int) -> tuple[_Bar, io.StringIO]:
+    out = io.StringIO()
+    shown = _Bar(clock=clock, total=total, file=out, bar_format=BAR_FORMAT, ncols=120,
+                 leave=True)
+    return shown, out
+
+
+def last_line(shown: _Bar, out: io.StringIO) -> str:
+    shown.refresh()
+    return out.getvalue().split("\r")[-1]
+
+
+def test_sizes_are_in_binary_units() -> None:
+    """Done and total read MiB, as every summary line does, never MB."""
+    clock = Clock()
+    shown, out = bar(clock, 10 * MiB)
+    shown.counted += 5 * MiB
+    shown.update(5 * MiB)
+    line = last_line(shown, out)
+    assert line.startswith("5.0 MiB / 10.0 MiB ")
+    assert " MB" not in line
+    shown.close()
+
+
+def test_bytes_found_on_disk_are_not_speed() -> None:
+    """A resumed file's 9 MiB on disk, then 1 MiB in a second: 1.0 MiB/s and 10 s left,
+    not a 10 MiB/s burst with 00:01 left."""
+    clock = Clock()
+    shown, out = bar(clock, 20 * MiB)
+    shown.rate()  # the first sample, at the start
+    shown.update(9 * MiB)  # resumed: what BarProgress.resumed does
+    clock.now += 1
+    shown.counted += MiB
+    shown.update(MiB)
+    line = last_line(shown, out)
+    assert "1.0 MiB/s 00:10 left" in line
+
+
+def test_a_stalled_host_makes_the_rate_fall() -> None:
+    """Once nothing has come for longer than the rate window, the rate shows 0 and no
+    time left is promised."""
+    clock = Clock()
+    shown, out = bar(clock, 20 * MiB)
+    shown.rate()
+    clock.now += 1
+    shown.counted += MiB
+    shown.update(MiB)
+    assert "1.0 MiB/s" in last_line(shown, out)
+    clock.now += 7
+    line = last_line(shown, out)
+    assert "0 B/s --:-- left" in line
+
+
+def test_verify_counts_blobs_and_no_tunes() -> None:
+    """verify's bar counts the blobs it checks; a fetch's counts tunes and files."""
+    checking = BarProgress("blobs")
+    checking.add_files(3)
+    checking.file_done()
+    assert checking._bar.postfix == "blobs 1/3"
+    checking.close()
+    fetching = BarProgress()
+    fetching.add_tunes(2)
+    fetching.add_files(5)
+    assert fetching._bar.postfix == "tunes 0/2, files 0/5"
+    fetching.close()
+
+
+def test_one_file_is_one_file() -> None:
+    """A tune of one file says "1 file", not "1 files"."""
+    result = TuneResult(7, (AssetResult(Asset("checkpoint", 0, "https://h/c"),
+                                        Blob("a" * 64, 2048)),), title="T", seconds=1.0)
+    assert fetch_summary(result) == ("tune 7 (T): 1 file, 2.0 KiB (1 new, 0 already "
+                                     "archived, 0 failed) in 1.0 s")
