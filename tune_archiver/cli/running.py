@@ -174,7 +174,10 @@ def send_ping(url: str, what: str, summary: str | None = None) -> None:
     """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
     never the run's failure. The URL is not shown: it may hold the monitor's token."""
     suffix = "" if what == "success" else f"/{what}"
-    reason = asyncio.run(ping(url, suffix, summary))
+    try:
+        reason = asyncio.run(ping(url, suffix, summary))
+    except KeyboardInterrupt:  # Ctrl-C while the monitor is slow: give up on the ping
+        reason = "interrupted"
     if reason is not None:
         log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
                     "affected", what, reason, extra={"event": "ping_failed", "ping": what})
