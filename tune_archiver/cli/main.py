@@ -89,8 +89,8 @@ def main(
             _print_json({"ok": False, "error": str(exc)}, secrets)
         return Exit.USAGE
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
-    if ping_url:
-        send_ping(ping_url, "start")
+    if ping_url and not send_ping(ping_url, "start"):
+        return Exit.INTERRUPTED
     args.summary = None  # what a fail ping says: set by the command, counts and ids only
     code = _run(args, secrets)
     if ping_url and code == Exit.OK:

@@ -170,14 +170,16 @@ def ping_url_of(args: argparse.Namespace) -> str | None:
     return check_ping_url(url) if url else None
 
 
-def send_ping(url: str, what: str, summary: str | None = None) -> None:
+def send_ping(url: str, what: str, summary: str | None = None) -> bool:
     """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
-    never the run's failure. The URL is not shown: it may hold the monitor's token."""
+    never the run's failure. The URL is not shown: it may hold the monitor's token.
+    Returns False when Ctrl-C stopped it (the caller stops too)."""
     suffix = "" if what == "success" else f"/{what}"
     try:
         reason = asyncio.run(ping(url, suffix, summary))
-    except KeyboardInterrupt:  # Ctrl-C while the monitor is slow: give up on the ping
+    except KeyboardInterrupt:  # Ctrl-C while the monitor is slow: no traceback
         reason = "interrupted"
     if reason is not None:
         log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
                     "affected", what, reason, extra={"event": "ping_failed", "ping": what})
+    return reason != "interrupted"
