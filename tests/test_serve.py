@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import signal
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,7 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.archive_helpers import cli
+from tests.archive_helpers import cli, stop
+from tests.archive_helpers import start as start_process
+from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
 from tests.helpers import blob_file, sha256
 from tests.standin import StandIn
@@ -195,3 +200,23 @@ def test_byte_range_past_the_end() -> None:
     with pytest.raises(web.HTTPRequestRangeNotSatisfiable) as caught:
         byte_range("bytes=100-", 100)
     assert caught.value.headers["Content-Range"] == "bytes */100"
+
+
+def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -> None:
+    """`tune-archiver serve --bind 127.0.0.1:0` says its URL, serves the tunes, and
+    SIGINT stops it with exit 130."""
+    process = start_process(archive, "serve", "--bind", "127.0.0.1:0",
+                            env={"PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "serve said nothing"
+        line = process.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:")
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
+            assert b'href="/tunes/5"' in response.read()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        stop(process)
