@@ -220,3 +220,18 @@ def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -
         assert process.wait(30) == 130
     finally:
         stop(process)
+
+
+async def test_a_blob_replaced_by_a_link_is_not_served(
+    site: Site, gallery: Gallery, archive: Path, tmp_path: Path
+) -> None:
+    """A blob swapped for a symlink (to a file outside the archive) is 404, never followed."""
+    url, session = site
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the archive's")
+    path = blob_file(archive, gallery.training[3])
+    path.unlink()
+    path.symlink_to(secret)
+    async with session.get(f"{url}blobs/{sha256(gallery.training[3])}") as response:
+        assert response.status == 404
+        assert "not the archive's" not in await response.text()

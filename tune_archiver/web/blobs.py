@@ -6,7 +6,9 @@ sendfile included); a bucket's blob is streamed from get_object with the asked r
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
@@ -15,6 +17,7 @@ from aiohttp import web
 from tune_archiver.errors import StorageError
 from tune_archiver.filetypes import content_type_of
 from tune_archiver.layout import blob_key
+from tune_archiver.safefs import NOFOLLOW
 from tune_archiver.store import Store
 from tune_archiver.store.local import LocalStore
 from tune_archiver.threads import in_thread
@@ -77,8 +80,16 @@ async def blob_response(store: Store, sha256: str, request: web.Request) -> web.
 
 
 def _head(path: str) -> bytes:
+    """The blob's first bytes; refused (404) when it is a link, a FIFO or anything but a
+    regular file, as export refuses to read through one."""
     try:
-        with open(path, "rb") as file:
-            return file.read(HEAD_BYTES)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
     except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise web.HTTPNotFound(text="the blob is not a regular file") from exc
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise web.HTTPNotFound(text="the blob is not a regular file")
+        try:
+            return file.read(HEAD_BYTES)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
