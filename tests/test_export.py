@@ -63,10 +63,11 @@ def expected_files(served: Served) -> dict[str, bytes]:
 
 
 def exported(folder: Path) -> dict[str, bytes]:
-    """Every file in the export folder except manifest.json, by relative path."""
+    """Every file in the export folder except manifest.json and index.html, by relative path."""
     return {
         str(path.relative_to(folder)): path.read_bytes()
-        for path in folder.rglob("*") if path.is_file() and path.name != "manifest.json"
+        for path in folder.rglob("*")
+        if path.is_file() and path.name not in ("manifest.json", "index.html")
     }
 
 

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tune_archiver"
 MAX_LINES = 400
 # Third-party libraries and the rooms that may import them (their types stay inside).
 CONFINED = {
-    "aiohttp": ("astria", "net", "download", "store.s3"),
+    "aiohttp": ("astria", "net", "download", "store.s3", "web"),
     "aiobotocore": ("store.s3",),
     "botocore": ("store.s3",),
     "tenacity": ("net.retry",),

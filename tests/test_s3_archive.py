@@ -115,7 +115,7 @@ def test_fetch_into_a_bucket_then_verify_list_and_export(
     assert tune_archiver(s3, "list", "--json") == 0
     assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 0
     exported = sorted(p.name for p in (tmp_path / "out" / "1-tune-1").rglob("*") if p.is_file())
-    assert exported == ["000.jpg", "000.safetensors", "001.jpg", "manifest.json"]
+    assert exported == ["000.jpg", "000.safetensors", "001.jpg", "index.html", "manifest.json"]
     printed = capsys.readouterr()
     assert SECRET_KEY not in printed.out + printed.err
     assert '"tune_id": 1' in printed.out

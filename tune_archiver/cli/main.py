@@ -45,6 +45,8 @@ from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
+from tune_archiver.web.access import parse_bind, token_for
+from tune_archiver.web.server import serve
 
 __all__ = ["Interrupted", "main", "settings_of", "until_signal"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.USAGE
@@ -269,6 +271,19 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     return EXIT_OK
 
 
+def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
+    host, port = parse_bind(args.bind)
+    token = token_for(host, args.token_file)
+
+    def started(url: str) -> None:
+        if not args.quiet:
+            print(f"serving {terminal.shown(url, secrets)} (read-only; Ctrl-C stops)",
+                  flush=True)
+
+    in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
+    return EXIT_OK
+
+
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: collect(
@@ -299,7 +314,7 @@ def _emit(
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
     "retrain": run_retrain,
-    "gc": run_gc,
+    "gc": run_gc, "serve": run_serve,
 }
 
 

@@ -207,6 +207,19 @@ def _add_others(
     retrain.add_argument("--yes", action="store_true",
                          help="send it: this creates (and bills) a new tune")
 
+    serve = commands.add_parser(
+        "serve", parents=[common], help="a read-only web view of the archive",
+        description="Serve the archive's tunes as web pages: the tunes (newest first), one "
+        "page per tune with its checkpoints, images and prompts, the files themselves (Range "
+        "supported) and a 'verify this tune' button. Never writes to the archive. Only "
+        "loopback unless --bind says otherwise, and then --token-file is required.",
+    )
+    serve.add_argument("--bind", metavar="HOST:PORT", default="127.0.0.1:8765",
+                       help="where to listen (default 127.0.0.1:8765)")
+    serve.add_argument("--token-file", metavar="PATH",
+                       help="a file holding a token every request must carry (?token= or "
+                       "Authorization: Bearer); required off loopback")
+
     gc = commands.add_parser(
         "gc", parents=[common], help="remove unreferenced blobs and stale partial downloads",
         description="Remove blobs that no manifest references and partial downloads untouched "

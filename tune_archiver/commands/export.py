@@ -1,6 +1,7 @@
 """`export`: a tune's archived files as a plain folder a person can browse.
 
-DEST/<id>-<slug>/checkpoints/, training_images/, prompt_images/ and manifest.json.
+DEST/<id>-<slug>/checkpoints/, training_images/, prompt_images/, manifest.json and
+index.html (gallery.py: the tune as a page, relative links only, opened from a USB stick).
 Files are hard links to the blobs when possible (blobs are read-only), else copies.
 Nothing that exists is ever overwritten: the tune's folder must be new.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
-from tune_archiver import manifest
+from tune_archiver import gallery, manifest
 from tune_archiver.commands.layouts import Layout, layout_path, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
 from tune_archiver.errors import ArchiverError, ConfigError, StorageError
@@ -53,6 +55,7 @@ async def export_tune(
     await in_thread(_new_folder, dest, folder)
     result = ExportResult(folder)
     taken: set[str] = set()
+    placed_at: dict[tuple[str, int, int | None], str] = {}  # entry -> its path in the folder
     for entry in found.entries:
         where, blob = f"{entry.kind} {entry.index}", entry.blob
         if blob is None:
@@ -69,11 +72,20 @@ async def export_tune(
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
+        placed_at[(entry.kind, entry.index, entry.prompt_id)] = name
         if placed is not None and name == placed:  # its trigger words beside it
             sidecar = target.with_suffix(".txt")
             await in_thread(_write_new, sidecar, trigger_words(tune_id, found.tune).encode())
     await in_thread(_write_new, folder / "manifest.json", data)
+    page = gallery.tune_page(
+        found, lambda entry: _relative(placed_at.get((entry.kind, entry.index, entry.prompt_id))))
+    await in_thread(_write_new, folder / "index.html", page.encode())
     return result
+
+
+def _relative(name: str | None) -> str | None:
+    """A path inside the folder as a relative URL: each segment percent-encoded."""
+    return None if name is None else "/".join(quote(part) for part in name.split("/"))
 
 
 def _new_folder(dest: Path, folder: Path) -> None:

@@ -38,6 +38,7 @@ from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
+from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import (
     b64,
     copy,
@@ -241,6 +242,10 @@ class S3Store:
         except Absent:
             return None
         return size, digest.hexdigest()
+
+    def read_blob(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes `start` to `end` (inclusive) of the blob, streamed (serve's Range)."""
+        return read_range(self.bucket, sha256, start, end)
 
     async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;

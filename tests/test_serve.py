@@ -1,0 +1,237 @@
+"""`serve`: the archive's pages, its blobs with Range, verify, the token, and no writes."""
+
+from __future__ import annotations
+
+import select
+import signal
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.archive_helpers import cli, stop
+from tests.archive_helpers import start as start_process
+from tests.conftest import ROOT
+from tests.gallery_helpers import NOW, Gallery, archived_gallery
+from tests.helpers import blob_file, sha256
+from tests.standin import StandIn
+from tune_archiver.store.local import LocalStore
+from tune_archiver.web.access import is_loopback, parse_bind
+from tune_archiver.web.blobs import byte_range
+from tune_archiver.web.server import start
+
+TOKEN = "s3cret-token-0123456789"
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+@pytest.fixture
+def gallery(standin: StandIn, archive: Path) -> Gallery:
+    return archived_gallery(standin, archive)
+
+
+Site = tuple[str, aiohttp.ClientSession]
+
+
+async def running(archive: Path, token: str | None = None) -> AsyncIterator[Site]:
+    """`serve`'s app on 127.0.0.1 (a free port) and a client session."""
+    runner, url = await start(LocalStore(archive), "127.0.0.1", 0, token, lambda: NOW)
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield url, session
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def site(gallery: Gallery, archive: Path) -> AsyncIterator[Site]:
+    async for pair in running(archive):
+        yield pair
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in root.rglob("*") if p.is_file()}
+
+
+async def test_tunes_page_lists_newest_first(site: Site) -> None:
+    """The tunes page lists 5 before 4, complete, with its checkpoint and the time left."""
+    url, session = site
+    async with session.get(url) as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        assert "script-src" not in response.headers["Content-Security-Policy"]
+        text = await response.text()
+    assert text.index('href="/tunes/5"') < text.index('href="/tunes/4"')
+    assert "20 d 12 h" in text
+    assert "complete" in text
+    assert "&lt;script&gt;" in text
+    assert "<script>" not in text
+
+
+async def test_tune_page_links_every_blob(
+    site: Site, gallery: Gallery
+) -> None:
+    """A tune's page shows its prompts and links each file by its sha256 under /blobs/."""
+    url, session = site
+    async with session.get(f"{url}tunes/5") as response:
+        text = await response.text()
+    for data in [gallery.checkpoint, *gallery.training, *gallery.generated[11]]:
+        assert f'/blobs/{sha256(data)}"' in text
+    assert "a photo of ohwx woman in Paris" in text
+    assert "&quot;cinematic&quot; &lt;lighting&gt;" in text
+    assert 'action="/tunes/5/verify"' in text
+
+
+async def test_blob_has_its_type_and_ranges(
+    site: Site, gallery: Gallery
+) -> None:
+    """A blob is sent with the type its bytes show; a Range gets 206 and those bytes."""
+    url, session = site
+    async with session.get(f"{url}blobs/{sha256(gallery.training[0])}") as response:
+        assert response.headers["Content-Type"] == "image/png"
+        assert await response.read() == gallery.training[0]
+    blob = f"{url}blobs/{sha256(gallery.checkpoint)}"
+    async with session.get(blob, headers={"Range": "bytes=100-1099"}) as response:
+        assert response.status == 206
+        assert response.headers["Content-Type"] == "application/x-safetensors"
+        assert await response.read() == gallery.checkpoint[100:1100]
+    async with session.get(f"{url}blobs/{'0' * 64}") as response:
+        assert response.status == 404
+
+
+async def test_verify_button_says_intact_then_corrupt(
+    site: Site, gallery: Gallery, archive: Path
+) -> None:
+    """POST verify re-hashes the tune: intact, then the corrupted training image named."""
+    url, session = site
+    async with session.post(f"{url}tunes/5/verify") as response:
+        assert "intact: 8 blobs" in await response.text()
+    path = blob_file(archive, gallery.training[1])
+    path.chmod(0o600)
+    path.write_bytes(b"rot" + gallery.training[1][3:])
+    async with session.post(f"{url}tunes/5/verify") as response:
+        text = await response.text()
+    assert "problems found" in text
+    assert "training_image 1: corrupt" in text
+
+
+async def test_serving_writes_nothing(
+    site: Site, archive: Path
+) -> None:
+    """Pages, blobs and verify change no file of the archive; PUT and DELETE are refused."""
+    url, session = site
+    before = snapshot(archive)
+    for path in ("", "tunes/5", "tunes/4"):
+        async with session.get(url + path) as response:
+            assert response.status == 200
+    async with session.post(f"{url}tunes/5/verify") as response:
+        assert response.status == 200
+    for method in ("PUT", "DELETE"):
+        async with session.request(method, f"{url}tunes/5") as response:
+            assert response.status == 405
+    assert snapshot(archive) == before
+
+
+async def test_token_is_required_when_set(gallery: Gallery, archive: Path) -> None:
+    """With a token, a request without it (or with a wrong one) is 401; ?token= and Bearer pass,
+    and the page's links carry the query's token on."""
+    async for url, session in running(archive, TOKEN):
+        for headers, query in (({}, ""), ({"Authorization": "Bearer nope"}, "?token=nope")):
+            async with session.get(f"{url}tunes/5{query}", headers=headers) as response:
+                assert response.status == 401
+        async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status == 200
+        async with session.get(f"{url}tunes/5?token={TOKEN}") as response:
+            text = await response.text()
+        assert f'action="/tunes/5/verify?token={TOKEN}"' in text
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--bind", "0.0.0.0:8765"], "needs --token-file"),
+    (["--bind", "nowhere"], "--bind takes HOST:PORT"),
+    (["--bind", "127.0.0.1:1", "--token-file", "missing"], "cannot read the token file"),
+])
+def test_serve_refuses_bad_settings(
+    capsys: pytest.CaptureFixture[str], gallery: Gallery, archive: Path, words: list[str],
+    message: str,
+) -> None:
+    """Off loopback without a token file, a bad --bind, or an unreadable token: exit 2."""
+    ran = cli(capsys, "serve", "--archive", str(archive), *words)
+    assert ran.code == 2
+    assert message in ran.err
+
+
+def test_serve_needs_an_archive(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """serve on a folder that is no archive is a usage error, as for list."""
+    ran = cli(capsys, "serve", "--archive", str(tmp_path / "none"))
+    assert ran.code == 2
+    assert "no archive at" in ran.err
+
+
+@pytest.mark.parametrize(("text", "bound", "loopback"), [
+    ("127.0.0.1:8765", ("127.0.0.1", 8765), True), ("[::1]:80", ("::1", 80), True),
+    ("localhost:0", ("localhost", 0), True), ("0.0.0.0:8080", ("0.0.0.0", 8080), False),
+    ("192.168.1.5:1", ("192.168.1.5", 1), False),
+])
+def test_bind_and_loopback(text: str, bound: tuple[str, int], loopback: bool) -> None:
+    """--bind's HOST:PORT is parsed, and only loopback hosts count as loopback."""
+    assert parse_bind(text) == bound
+    assert is_loopback(bound[0]) is loopback
+
+
+@pytest.mark.parametrize(("header", "span"), [
+    (None, None), ("bytes=0-9", (0, 9)), ("bytes=5-", (5, 99)), ("bytes=-10", (90, 99)),
+    ("bytes=90-500", (90, 99)), ("bytes=0-1,5-6", None), ("items=0-1", None),
+])
+def test_byte_range(header: str | None, span: tuple[int, int] | None) -> None:
+    """One bytes= range of a 100-byte blob as (start, end); several or others: the whole."""
+    assert byte_range(header, 100) == span
+
+
+def test_byte_range_past_the_end() -> None:
+    """A range starting past the end is 416 with the blob's size."""
+    with pytest.raises(web.HTTPRequestRangeNotSatisfiable) as caught:
+        byte_range("bytes=100-", 100)
+    assert caught.value.headers["Content-Range"] == "bytes */100"
+
+
+def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -> None:
+    """`tune-archiver serve --bind 127.0.0.1:0` says its URL, serves the tunes, and
+    SIGINT stops it with exit 130."""
+    process = start_process(archive, "serve", "--bind", "127.0.0.1:0",
+                            env={"PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "serve said nothing"
+        line = process.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:")
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
+            assert b'href="/tunes/5"' in response.read()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        stop(process)
+
+
+async def test_a_blob_replaced_by_a_link_is_not_served(
+    site: Site, gallery: Gallery, archive: Path, tmp_path: Path
+) -> None:
+    """A blob swapped for a symlink (to a file outside the archive) is 404, never followed."""
+    url, session = site
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the archive's")
+    path = blob_file(archive, gallery.training[3])
+    path.unlink()
+    path.symlink_to(secret)
+    async with session.get(f"{url}blobs/{sha256(gallery.training[3])}") as response:
+        assert response.status == 404
+        assert "not the archive's" not in await response.text()

@@ -1,0 +1,70 @@
+"""`serve` on a bucket: pages from its manifests, blobs streamed with their type and Range."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import aiohttp
+import boto3
+import pytest
+
+from tests.gallery_helpers import NOW, PROMPTS, Gallery, archived_gallery
+from tests.helpers import sha256
+from tests.s3server import (  # noqa: F401  (fixtures)
+    REGION,
+    MotoS3,
+    aws_env_fixture,
+    moto_s3_fixture,
+)
+from tests.standin import StandIn
+from tune_archiver.store.location import open_store
+from tune_archiver.web.server import start
+
+
+@pytest.fixture
+def bucket_url(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty bucket of this test's own, as s3://bucket/backups."""
+    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    name = f"serve-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    client.close()
+    return f"s3://{name}/backups"
+
+
+@pytest.fixture
+def gallery(standin: StandIn, bucket_url: str) -> Gallery:
+    return archived_gallery(standin, bucket_url)  # type: ignore[arg-type]
+
+
+async def test_bucket_blobs_stream_with_range(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3
+) -> None:
+    """A bucket's tune page lists its prompts; a PNG blob is image/png; a Range is 206
+    with those bytes, a HEAD carries the length and no body."""
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}tunes/5") as response:
+                    text = await response.text()
+                assert PROMPTS[11] in text
+                async with session.get(f"{url}blobs/{sha256(gallery.training[2])}") as response:
+                    assert response.headers["Content-Type"] == "image/png"
+                    assert await response.read() == gallery.training[2]
+                blob = f"{url}blobs/{sha256(gallery.checkpoint)}"
+                async with session.get(blob, headers={"Range": "bytes=-300"}) as response:
+                    assert response.status == 206
+                    assert response.headers["Content-Range"] == (
+                        f"bytes {len(gallery.checkpoint) - 300}-"
+                        f"{len(gallery.checkpoint) - 1}/{len(gallery.checkpoint)}")
+                    assert await response.read() == gallery.checkpoint[-300:]
+                async with session.head(blob) as response:
+                    assert response.headers["Content-Length"] == str(len(gallery.checkpoint))
+                    assert await response.read() == b""
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,148 @@
+"""HTML pages of an archived tune and of the archive (pure): no I/O, no JavaScript.
+
+The export's index.html and `serve` render the same page; the caller says where each
+file is (a relative path in an export, a blob URL in `serve`). Every text from the
+tune, a prompt or a URL is escaped with html.escape(quote=True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from html import escape
+from typing import Any
+
+from tune_archiver.manifest import Entry, Manifest
+from tune_archiver.text import human_bytes
+
+Href = Callable[[Entry], "str | None"]
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:72rem;padding:1rem;
+color:#222;background:#fafafa}
+h1{font-size:1.4rem;word-break:break-word}h2{font-size:1.1rem;margin-top:2rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dt{font-weight:600}
+dd{margin:0;word-break:break-word}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(9rem,1fr));gap:.5rem}
+.grid img,.grid video{width:100%;height:auto;border-radius:4px;background:#ddd}
+.prompt{margin:1.5rem 0}.prompt p{white-space:pre-wrap;word-break:break-word}
+table{border-collapse:collapse;width:100%}td,th{padding:.3rem;border-bottom:1px solid #ccc;
+text-align:left;word-break:break-all}code{font-size:.8rem}
+.failed{color:#a00}.ok{color:#070}
+"""
+
+
+def e(value: Any) -> str:
+    """Any value as escaped HTML text (None as an empty string)."""
+    return "" if value is None else escape(str(value), quote=True)
+
+
+def page(title: str, body: str) -> str:
+    """A whole document: viewport meta, the inline style, no script and nothing remote."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{e(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+        "</body></html>\n"
+    )
+
+
+def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
+    """One tune: its facts, checkpoints, training images, prompts' outputs and inputs.
+
+    `href` gives each archived entry's link (None: no link); `extra` is trusted HTML
+    placed after the facts (serve's verify form)."""
+    tune = found.tune
+    title = found.title or f"tune {found.tune_id}"
+    facts = [("id", found.tune_id), ("branch", tune.get("branch")),
+             ("model type", tune.get("model_type")), ("created", tune.get("created_at")),
+             ("trained", tune.get("trained_at")), ("expires", tune.get("expires_at")),
+             ("archived", found.archived_at), ("workspace", found.workspace),
+             ("complete", "yes" if found.complete else "no")]
+    parts = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(
+        f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in facts if value is not None
+    ) + "</dl>", extra]
+    parts.append(_checkpoints([x for x in found.entries if x.kind == "checkpoint"], href))
+    for kind, heading in (("training_image", "Training images"),
+                          ("face_swap_image", "Face-swap images")):
+        chosen = [x for x in found.entries if x.kind == kind]
+        if chosen:
+            parts.append(f"<h2>{heading} ({len(chosen)})</h2>{_grid(chosen, href)}")
+    parts.append(_prompts(found.entries, href))
+    return page(title, "\n".join(part for part in parts if part))
+
+
+def _checkpoints(entries: Sequence[Entry], href: Href) -> str:
+    if not entries:
+        return "<h2>Checkpoints</h2><p>none listed</p>"
+    rows = []
+    for entry in entries:
+        link = href(entry) if entry.blob else None
+        name = f"<a href=\"{e(link)}\" download>download</a>" if link else (
+            f"<span class=\"failed\">{e(entry.status)}: {e(entry.error)}</span>")
+        size = human_bytes(entry.size) if entry.size is not None else ""
+        rows.append(f"<tr><td>{entry.index}</td><td>{e(size)}</td>"
+                    f"<td><code>{e(entry.sha256)}</code></td><td>{name}</td></tr>")
+    return ("<h2>Checkpoints</h2><table><tr><th>#</th><th>size</th><th>sha256</th>"
+            "<th></th></tr>" + "".join(rows) + "</table>")
+
+
+def _grid(entries: Iterable[Entry], href: Href) -> str:
+    cells = []
+    for entry in entries:
+        link = href(entry) if entry.blob else None
+        if link is None:
+            cells.append(f"<div class=\"failed\">{e(entry.kind)} {entry.index}: "
+                         f"{e(entry.status)}</div>")
+        elif (entry.content_type or "").startswith("video/"):
+            cells.append(f"<video controls preload=\"metadata\" src=\"{e(link)}\"></video>")
+        else:
+            cells.append(f"<a href=\"{e(link)}\"><img src=\"{e(link)}\" loading=\"lazy\" "
+                         f"alt=\"{e(entry.kind)} {entry.index}\"></a>")
+    return "<div class=\"grid\">" + "".join(cells) + "</div>"
+
+
+def _prompts(entries: Sequence[Entry], href: Href) -> str:
+    groups: dict[int | None, list[Entry]] = {}
+    for entry in entries:
+        if entry.kind in ("prompt_image", "prompt_input"):
+            groups.setdefault(entry.prompt_id, []).append(entry)
+    if not groups:
+        return ""
+    parts = [f"<h2>Prompts ({len(groups)})</h2>"]
+    for prompt_id, chosen in groups.items():
+        text = next((x.prompt_text for x in chosen if x.prompt_text), "")
+        parts.append(f"<section class=\"prompt\"><h3>prompt {e(prompt_id)}</h3>"
+                     f"<p>{e(text)}</p>{_grid(chosen, href)}</section>")
+    return "\n".join(parts)
+
+
+def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> str:
+    """The archive's tunes (rows as `list` makes them), newest first, each linked."""
+    body = ["<h1>Archived tunes</h1><table><tr><th>id</th><th>title</th><th>status</th>"
+            "<th>checkpoint</th><th>expires in</th><th>workspace</th></tr>"]
+    for row in rows:
+        tune_id = row["tune_id"]
+        if "error" in row:
+            body.append(f"<tr><td>{e(tune_id)}</td><td class=\"failed\" colspan=\"5\">"
+                        f"{e(row['error'])}</td></tr>")
+            continue
+        status = ("<span class=\"ok\">complete</span>" if row.get("complete")
+                  else "<span class=\"failed\">failed</span>")
+        body.append(
+            f"<tr><td>{e(tune_id)}</td><td><a href=\"{e(link(tune_id))}\">"
+            f"{e(row.get('title') or f'tune {tune_id}')}</a></td><td>{status}</td>"
+            f"<td>{e(row.get('checkpoint'))}</td><td>{e(countdown(row.get('seconds_left')))}"
+            f"</td><td>{e(row.get('workspace'))}</td></tr>")
+    body.append("</table>")
+    return page("Archived tunes", "".join(body))
+
+
+def countdown(seconds: int | None) -> str:
+    """Time left before expiry: '12 d 3 h', '5 h 2 m', 'expired', or '' when unknown."""
+    if seconds is None:
+        return ""
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} m"

@@ -1,0 +1,80 @@
+"""Who may use `serve`: loopback binds need nothing; any other bind needs a token, and
+every request carries it (?token= or Authorization: Bearer), compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from tune_archiver.errors import ConfigError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) as (host, port); raises ConfigError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("--bind takes HOST:PORT, e.g. 127.0.0.1:8765")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str) -> str:
+    """The token in the file (stripped); raises ConfigError when unreadable, empty or short."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"the token file {path} holds fewer than 16 characters")
+    return token
+
+
+def token_for(host: str, token_file: str | None) -> str | None:
+    """The token requests must carry: required (ConfigError without one) off loopback."""
+    if token_file is not None:
+        return read_token(token_file)
+    if not is_loopback(host):
+        raise ConfigError(f"serving on {host}, not loopback, needs --token-file PATH: every "
+                          "request must then carry that token")
+    return None
+
+
+def given_token(request: web.Request) -> str | None:
+    """The token a request carries, from its Authorization header or its ?token=."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query.get("token")
+
+
+def guard(token: str | None) -> Middleware:
+    """A middleware refusing (401) every request without the token, when there is one."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None:
+            given = given_token(request) or ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.Response(status=401, text="a token is needed: ?token= or "
+                                    "Authorization: Bearer", headers={
+                                        "WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check

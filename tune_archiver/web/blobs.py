@@ -1,0 +1,95 @@
+"""A blob as an HTTP response: its type from its first bytes, and Range honoured.
+
+A local archive's blob is a file, so aiohttp's FileResponse sends it (Range, HEAD and
+sendfile included); a bucket's blob is streamed from get_object with the asked range.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from aiohttp import web
+
+from tune_archiver.errors import StorageError
+from tune_archiver.filetypes import content_type_of
+from tune_archiver.layout import blob_key
+from tune_archiver.safefs import NOFOLLOW
+from tune_archiver.store import Store
+from tune_archiver.store.local import LocalStore
+from tune_archiver.threads import in_thread
+
+HEAD_BYTES = 64
+CACHED = "private, max-age=31536000, immutable"  # a blob's name is its content's hash
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+@runtime_checkable
+class RangeReader(Protocol):
+    """A store that streams part of a blob (the S3 store)."""
+
+    def read_blob(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end) inclusive of one `bytes=` range; None for the whole blob (no header, or
+    several ranges). Raises web.HTTPRequestRangeNotSatisfiable when it is past the end."""
+    match = _RANGE.fullmatch((header or "").strip())
+    if match is None or match.group(0) == "bytes=-":
+        return None
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    else:
+        start, end = max(0, size - int(last)), size - 1
+    if start > end or start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def blob_response(store: Store, sha256: str, request: web.Request) -> web.StreamResponse:
+    """The blob, whole or the asked range; 404 when the archive does not hold it."""
+    size = await store.blob_size(sha256)
+    if size is None:
+        raise web.HTTPNotFound(text="no such blob in the archive")
+    if isinstance(store, LocalStore):
+        path = store.path(blob_key(sha256))
+        head = await in_thread(_head, str(path))
+        return web.FileResponse(path, headers={
+            "Content-Type": content_type_of(None, head), "Cache-Control": CACHED})
+    if not isinstance(store, RangeReader):
+        raise web.HTTPNotImplemented(text="this store cannot stream a blob")
+    head = b"".join([piece async for piece in store.read_blob(sha256, 0, HEAD_BYTES - 1)])
+    span = byte_range(request.headers.get("Range"), size) if size else None
+    start, end = span or (0, size - 1)
+    response = web.StreamResponse(status=206 if span else 200, headers={
+        "Content-Type": content_type_of(None, head), "Cache-Control": CACHED,
+        "Accept-Ranges": "bytes"})
+    response.content_length = end - start + 1 if size else 0
+    if span:
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    await response.prepare(request)
+    if size and request.method != "HEAD":
+        async for piece in store.read_blob(sha256, start, end):
+            await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def _head(path: str) -> bytes:
+    """The blob's first bytes; refused (404) when it is a link, a FIFO or anything but a
+    regular file, as export refuses to read through one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    except OSError as exc:
+        raise web.HTTPNotFound(text="the blob is not a regular file") from exc
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise web.HTTPNotFound(text="the blob is not a regular file")
+        try:
+            return file.read(HEAD_BYTES)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc

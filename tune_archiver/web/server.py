@@ -1,0 +1,137 @@
+"""`serve`'s routes: the tunes, one page per tune, its blobs, and "verify this tune".
+
+Read-only: nothing here writes to the archive (no fetch, no gc, no repair). Pages come
+from gallery.py; a Content-Security-Policy forbids scripts as a second wall behind the
+escaping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from urllib.parse import quote
+
+from aiohttp import web
+
+from tune_archiver import gallery, manifest
+from tune_archiver.commands.listing import archived_tunes
+from tune_archiver.commands.verify import VerifyReport, verify
+from tune_archiver.errors import ConfigError, UnreadableManifest
+from tune_archiver.gallery import e
+from tune_archiver.manifest import Entry
+from tune_archiver.progress import NullProgress
+from tune_archiver.store import Store
+from tune_archiver.text import human_bytes
+from tune_archiver.web.access import guard
+from tune_archiver.web.blobs import blob_response
+
+Clock = Callable[[], datetime]
+POLICY = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+          "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class Views:
+    """The handlers, over one store."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+
+    async def tunes(self, request: web.Request) -> web.Response:
+        rows = await archived_tunes(self.store, self.clock())
+        return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
+
+    async def tune(self, request: web.Request) -> web.Response:
+        return _html(await self._tune_page(request, ""))
+
+    async def verify(self, request: web.Request) -> web.Response:
+        tune_id = int(request.match_info["tune_id"])
+        found = await verify(self.store, [tune_id], NullProgress())
+        return _html(await self._tune_page(request, verdict(found)))
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        return await blob_response(self.store, request.match_info["sha256"], request)
+
+    async def _tune_page(self, request: web.Request, result: str) -> str:
+        tune_id = int(request.match_info["tune_id"])
+        try:
+            found = await manifest.read(self.store, tune_id)
+        except UnreadableManifest as exc:
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
+        if found is None:
+            raise web.HTTPNotFound(text=f"tune {tune_id} is not in the archive")
+
+        def href(entry: Entry) -> str | None:
+            return _link(request, f"/blobs/{entry.sha256}") if entry.sha256 else None
+
+        form = (f"<p><a href=\"{e(_link(request, '/'))}\">all tunes</a></p>"
+                f"<form method=\"post\" action=\"{e(_link(request, f'/tunes/{tune_id}/verify'))}\">"
+                f"<button type=\"submit\">verify this tune</button></form>{result}")
+        return gallery.tune_page(found, href, form)
+
+
+def verdict(found: VerifyReport) -> str:
+    """What verify found, as HTML: intact, or one line per problem."""
+    if found.ok:
+        return (f"<p class=\"ok\" id=\"verdict\">intact: {found.blobs} blobs, "
+                f"{e(human_bytes(found.bytes))} re-hashed</p>")
+    lines = "".join(f"<li>{e(p.kind or 'manifest')} {e(p.index)}: {e(p.problem)} "
+                    f"({e(p.detail)})</li>" for p in found.problems)
+    return f"<div class=\"failed\" id=\"verdict\"><p>problems found:</p><ul>{lines}</ul></div>"
+
+
+def _link(request: web.Request, path: str) -> str:
+    """A link within the site, carrying the request's ?token= on when it came with one."""
+    token = request.query.get("token")
+    return f"{path}?token={quote(token, safe='')}" if token else path
+
+
+def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html", charset="utf-8")
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+
+
+def build_app(store: Store, clock: Clock, token: str | None) -> web.Application:
+    """The read-only application: GET pages and blobs, POST verify; the token when given."""
+    views = Views(store, clock)
+    app = web.Application(middlewares=[guard(token)])
+    app.on_response_prepare.append(_headers)
+    app.router.add_get("/", views.tunes)
+    app.router.add_get(r"/tunes/{tune_id:\d{1,18}}", views.tune)
+    app.router.add_post(r"/tunes/{tune_id:\d{1,18}}/verify", views.verify)
+    app.router.add_get(r"/blobs/{sha256:[0-9a-f]{64}}", views.blob)
+    return app
+
+
+async def start(
+    store: Store, host: str, port: int, token: str | None, clock: Clock
+) -> tuple[web.AppRunner, str]:
+    """The app listening on host:port (0: any free port); returns its runner and base URL."""
+    runner = web.AppRunner(build_app(store, clock, token), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return runner, f"http://{shown}:{bound_port}/"
+
+
+async def serve(
+    store: Store, host: str, port: int, token: str | None, clock: Clock,
+    started: Callable[[str], None],
+) -> None:
+    """Serve until cancelled (Ctrl-C); `started(url)` is told where, once listening."""
+    runner, url = await start(store, host, port, token, clock)
+    try:
+        started(url)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
