@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import signal
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,8 +204,9 @@ def test_byte_range_past_the_end() -> None:
 
 
 def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -> None:
-    """`tune-archiver serve --bind 127.0.0.1:0` says its URL, serves the tunes, and
-    SIGINT stops it with exit 130."""
+    """`tune-archiver serve --bind 127.0.0.1:0` says its URL (with a fresh token: other
+    local users must not read the archive through it), serves the tunes to that URL and
+    to nothing without the token, and SIGINT stops it with exit 130."""
     process = start_process(archive, "serve", "--bind", "127.0.0.1:0",
                             env={"PYTHONPATH": str(ROOT)})
     try:
@@ -214,8 +216,14 @@ def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -
         line = process.stdout.readline()
         assert line.startswith("serving http://127.0.0.1:")
         url = line.split()[1]
+        base, _, token = url.partition("?token=")
+        assert len(token) >= 24
         with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
-            assert b'href="/tunes/5"' in response.read()
+            assert b'href="/tunes/5?token=' in response.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base, timeout=30)  # no token: refused
+        assert refused.value.code == 401
+        refused.value.close()
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130
     finally:

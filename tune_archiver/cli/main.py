@@ -276,8 +276,9 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     token = token_for(host, args.token_file)
 
     def started(url: str) -> None:
-        if not args.quiet:
-            print(f"serving {terminal.shown(url, secrets)} (read-only; Ctrl-C stops)",
+        if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
+            link = url if args.token_file else f"{url}?token={token}"
+            print(f"serving {terminal.shown(link, secrets)} (read-only; Ctrl-C stops)",
                   flush=True)
 
     in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))

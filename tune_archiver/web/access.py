@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -46,14 +47,17 @@ def read_token(path: str) -> str:
     return token
 
 
-def token_for(host: str, token_file: str | None) -> str | None:
-    """The token requests must carry: required (ConfigError without one) off loopback."""
+def token_for(host: str, token_file: str | None) -> str:
+    """The token requests must carry. Off loopback it comes from --token-file (else
+    ConfigError). On loopback without one, a fresh one for this run: every local user
+    can reach 127.0.0.1, and the archive is private to its owner (as Jupyter does, the
+    URL printed at start carries it)."""
     if token_file is not None:
         return read_token(token_file)
     if not is_loopback(host):
         raise ConfigError(f"serving on {host}, not loopback, needs --token-file PATH: every "
                           "request must then carry that token")
-    return None
+    return secrets.token_urlsafe(24)
 
 
 def given_token(request: web.Request) -> str | None:
