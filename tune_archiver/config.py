@@ -15,6 +15,7 @@ from typing import Literal
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError
+from tune_archiver.selection import TuneFilter
 from tune_archiver.text import has_control
 
 DEFAULT_API_URL = "https://api.astria.ai"
@@ -92,6 +93,7 @@ class AllTunes:
 
     expiring_within: timedelta | None = None
     shard: tuple[int, int] | None = None  # (K, N): only tunes whose id % N == K - 1
+    filters: TuneFilter = field(default_factory=TuneFilter)
 
 
 _S3_LIKE = re.compile(r"s3[:/]", re.IGNORECASE)

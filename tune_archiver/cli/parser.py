@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from tune_archiver import __version__
 from tune_archiver.cli.envopts import name_in_help
+from tune_archiver.cli.scale import add_filters, add_forget, check_scale, shard_or_auto
 from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
@@ -214,6 +215,7 @@ def _add_others(
     )
     gc.add_argument("--dry-run", action="store_true",
                     help="list what would be removed and the bytes freed; remove nothing")
+    add_forget(commands, common, tune_id, duration)
 
 
 def _add_fetch(
@@ -233,9 +235,11 @@ def _add_fetch(
     fetch.add_argument("--expiring-within", metavar="DURATION", type=duration,
                        help="with --all: only tunes that expire within this time, e.g. 1w, "
                        "7d, 1.5d, 36h, 90m")
-    fetch.add_argument("--shard", metavar="K/N", type=shard,
+    fetch.add_argument("--shard", metavar="K/N|auto", type=shard_or_auto,
                        help="with --all: only tunes whose id modulo N is K-1, so N machines "
-                       "can share an account")
+                       "can share an account; auto reads K and N from a Kubernetes "
+                       "Indexed Job or an AWS Batch array job")
+    add_filters(fetch)
     fetch.add_argument("--prompts", action="store_true",
                        help="also archive the images generated from each tune's prompts")
     fetch.add_argument("--dry-run", action="store_true",
@@ -269,6 +273,7 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("fetch: --expiring-within works with --all")
     if args.shard is not None and not args.all:
         parser.error("fetch: --shard works with --all")
+    check_scale(parser, args)
 
 
 def tune_id(text: str) -> int:
