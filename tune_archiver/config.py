@@ -82,6 +82,7 @@ class Settings:
     split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
     s3_endpoint_url: str | None = None  # an S3-compatible store other than AWS
     stall: StallRule | None = field(default_factory=StallRule)  # None: no rate rule
+    limit_rate: float | None = None  # --limit-rate: bytes a second for the whole run
     # Follow redirects into private addresses (loopback, link-local, private networks):
     # when the API itself is on one, or --allow-private-redirects. Else they are refused.
     private_redirects: bool = False

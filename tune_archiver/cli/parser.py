@@ -10,7 +10,13 @@ from typing import Any, NoReturn
 
 from tune_archiver import __version__
 from tune_archiver.cli.envopts import name_in_help
-from tune_archiver.cli.scale import add_filters, add_forget, check_scale, shard_or_auto
+from tune_archiver.cli.scale import (
+    add_filters,
+    add_forget,
+    add_limit_rate,
+    check_scale,
+    shard_or_auto,
+)
 from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
@@ -240,6 +246,7 @@ def _add_fetch(
                        "can share an account; auto reads K and N from a Kubernetes "
                        "Indexed Job or an AWS Batch array job")
     add_filters(fetch)
+    add_limit_rate(fetch)
     fetch.add_argument("--prompts", action="store_true",
                        help="also archive the images generated from each tune's prompts")
     fetch.add_argument("--dry-run", action="store_true",

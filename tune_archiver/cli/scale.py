@@ -4,6 +4,7 @@ and the forget command; and turning those options into what the commands take.""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -34,6 +35,22 @@ def add_filters(fetch: argparse.ArgumentParser) -> None:
                        "(- reads stdin; blank lines and # comments ignored)")
 
 
+def add_limit_rate(fetch: argparse.ArgumentParser) -> None:
+    """--limit-rate: one budget for every download of the run."""
+    fetch.add_argument("--limit-rate", metavar="RATE", type=byte_rate,
+                       help="download at most RATE bytes a second in all, every connection "
+                       "and range together, e.g. 500K, 20M (powers of 1024)")
+
+
+def byte_rate(text: str) -> float:
+    """Bytes a second: a positive number with an optional K, M or G (powers of 1024)."""
+    match = _RATE.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError("not a rate (e.g. 500K, 20M)")
+    return float(match.group(1)) * float(1024 ** "_KMG".index((match.group(2) or "_").upper()))
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?B)?(?:/s)?")
 FILTER_OPTIONS = ("title", "model_type", "branch", "created_after", "created_before",
                   "ids_from")
 
