@@ -180,3 +180,27 @@ def test_ids_from_lines_refuses_zero_and_signs() -> None:
     for bad in ("0", "-1", "+1", "1.0"):
         with pytest.raises(ConfigError, match="line 2 is not a tune id"):
             ids_from_lines(["5", bad], "file")
+
+
+def test_filters_that_select_nothing_say_so(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No tune passing the filters: one warning line saying so, exit 0, nothing fetched."""
+    several(standin)
+    assert run_fetch(standin, archive, "--all", "--title", "nobody*") == 0
+    assert "--all selected no tunes passing the filters" in capsys.readouterr().err
+    assert not manifests(archive)
+
+
+def test_filters_combine_with_expiring_within(standin: StandIn, archive: Path) -> None:
+    """--branch flux1 with --expiring-within 7d keeps only flux1 tunes expiring within 7 days."""
+    several(standin)
+    standin.tunes[1]["expires_at"] = "2026-12-03T00:00:00Z"
+    standin.tunes[3]["expires_at"] = "2026-12-03T00:00:00Z"  # sdxl1: filtered by branch
+    standin.tunes[5]["expires_at"] = "2027-03-01T00:00:00Z"  # flux1, but not soon
+    for tune_id in (2, 4, 6, 7, 8):
+        standin.tunes[tune_id]["expires_at"] = None
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    assert run_fetch(standin, archive, "--all", "--branch", "flux1", "--expiring-within", "7d",
+                     clock=lambda: now) == 0
+    assert manifests(archive) == {1}

@@ -337,14 +337,6 @@ def rate(text: str) -> float:
         raise argparse.ArgumentTypeError("not a rate (e.g. 1K, 50K, 0)") from None
 
 
-def shard(text: str) -> tuple[int, int]:
-    """K/N with 1 <= K <= N."""
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N")
-    return int(k), int(n)
-
-
 def duration(text: str) -> timedelta:
     """A window such as 1w, 7d, 1.5d, 36h or 90m."""
     match = _DURATION.fullmatch(text.strip().lower())
