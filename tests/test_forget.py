@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from tests.archive_helpers import (
     add_tune,
     archived,
     cli,
+    first_error_line,
+    start,
+    stop,
     two_tunes_sharing_an_image,
 )
 from tests.helpers import blob_file
@@ -99,3 +104,29 @@ def test_ids_or_keep_within_one_of_them(
 ) -> None:
     """forget needs ids or --keep-within, not neither nor both: exit 2."""
     assert cli(capsys, *argv, "--archive", str(archive)).code == 2
+
+
+def test_forget_waits_while_a_fetch_holds_the_archive(
+    standin: StandIn, archive: Path
+) -> None:
+    """With the archive lock held shared (as a running fetch holds it), forget says it
+    waits and removes nothing until the lock is let go; then it removes the manifest."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    fd = os.open(archive / "lock", os.O_RDWR)
+    forget = None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        forget = start(archive, "forget", "1")
+        assert "waiting: a fetch or gc is running" in first_error_line(forget)
+        assert forget.poll() is None
+        assert (archive / "manifests" / "1.json").exists()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = forget.communicate(timeout=30)
+        assert forget.returncode == 0, err
+        assert "removed the manifest of tune 1" in out
+        assert not (archive / "manifests" / "1.json").exists()
+    finally:
+        os.close(fd)
+        if forget is not None:
+            stop(forget)
