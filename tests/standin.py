@@ -126,6 +126,7 @@ class StandIn:
         self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
         self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
+        self.ignore_list_filters = False  # /tunes ignores title, model_type and branch
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
@@ -284,6 +285,13 @@ class StandIn:
         scope = request.headers.get("X-Workspace-Id")
         tunes = [tune for tune in self.tunes.values() if isinstance(tune, dict)
                  and scope in ("all", self.tune_workspaces.get(tune["id"]))]
+        if not self.ignore_list_filters:  # as Astria: title searched, the others exact
+            query = request.query
+            if "title" in query:
+                tunes = [t for t in tunes if query["title"].lower() in str(t["title"]).lower()]
+            for name in ("model_type", "branch"):
+                if name in query:
+                    tunes = [t for t in tunes if t.get(name) == query[name]]
         return self._page(request, tunes)
 
     async def _create_tune(self, request: web.Request) -> web.StreamResponse:

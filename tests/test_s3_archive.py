@@ -246,3 +246,23 @@ def test_sha256_of_the_manifest_blob_paths(standin: StandIn, s3: S3Archive) -> N
     for key in s3.keys("objects/"):
         data = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
         assert key.endswith(hashlib.sha256(data).hexdigest())
+
+
+def test_forget_then_gc_on_a_bucket(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """forget 2 deletes its manifest object; gc (past the grace) then removes the objects
+    only tune 2 used and keeps the image both tunes share."""
+    shared = standin.add_file("shared.jpg", os.urandom(6000))
+    one = add_tune(standin, 1, shared=[shared])
+    two = add_tune(standin, 2, shared=[shared])
+    assert fetch(standin, s3, "1", "2") == 0
+    assert tune_archiver(s3, "forget", "2") == 0
+    assert "removed the manifest of tune 2" in capsys.readouterr().out
+    assert s3.keys("manifests/") == [f"{s3.prefix}/manifests/1.json"]
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    left = {key.rsplit("/", 1)[1] for key in s3.keys("objects/")}
+    kept = {sha256(data) for data in one.values()} | {sha256(standin.files["shared.jpg"])}
+    assert left == kept
+    assert not {sha256(data) for data in two.values()} & left

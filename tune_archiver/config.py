@@ -15,6 +15,7 @@ from typing import Literal
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError
+from tune_archiver.selection import TuneFilter
 from tune_archiver.text import has_control
 
 DEFAULT_API_URL = "https://api.astria.ai"
@@ -81,6 +82,7 @@ class Settings:
     split_threshold: int = DEFAULT_SPLIT_THRESHOLD  # the smallest file worth splitting
     s3_endpoint_url: str | None = None  # an S3-compatible store other than AWS
     stall: StallRule | None = field(default_factory=StallRule)  # None: no rate rule
+    limit_rate: float | None = None  # --limit-rate: bytes a second for the whole run
     # Follow redirects into private addresses (loopback, link-local, private networks):
     # when the API itself is on one, or --allow-private-redirects. Else they are refused.
     private_redirects: bool = False
@@ -92,6 +94,7 @@ class AllTunes:
 
     expiring_within: timedelta | None = None
     shard: tuple[int, int] | None = None  # (K, N): only tunes whose id % N == K - 1
+    filters: TuneFilter = field(default_factory=TuneFilter)
 
 
 _S3_LIKE = re.compile(r"s3[:/]", re.IGNORECASE)

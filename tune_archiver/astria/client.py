@@ -9,8 +9,9 @@ import asyncio
 import functools
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -59,11 +60,14 @@ class AstriaClient:
         data = await self._retried(what, lambda: self._get_json(f"/tunes/{tune_id}", what))
         return parse_tune(data, tune_id)
 
-    async def list_tunes(self, workspace: str | None = None) -> list[dict[str, Any]]:
+    async def list_tunes(
+        self, workspace: str | None = None, query: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """Every tune of the account, newest first, as the listing gave them; of
-        `workspace` when given (X-Workspace-Id), else of the workspace configured."""
+        `workspace` when given (X-Workspace-Id), else of the workspace configured;
+        `query` adds the API's own filters (title, model_type, branch) to every page."""
         what = "the list of tunes" + (f" of workspace {workspace}" if workspace else "")
-        return await self._pages("/tunes", what, workspace)
+        return await self._pages("/tunes", what, workspace, query)
 
     async def list_workspaces(self) -> list[str]:
         """The ids of the workspaces the key can reach (GET /workspaces.json).
@@ -98,7 +102,8 @@ class AstriaClient:
         return parse_prompts(await self._pages("/prompts", what), what)
 
     async def _pages(
-        self, path: str, what: str, workspace: str | None = None
+        self, path: str, what: str, workspace: str | None = None,
+        filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
@@ -112,6 +117,8 @@ class AstriaClient:
         pages = received = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
+            query += "".join(f"&{urlencode({name: value})}"
+                             for name, value in (filters or {}).items())
             body = await self._retried(
                 what, functools.partial(self._get_body, path + query, what, workspace)
             )

@@ -29,10 +29,12 @@ from tune_archiver.cli.running import (
     until_signal,
     waiting_for,
 )
+from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.dry_run import dry_run
 from tune_archiver.commands.export import export_tune
 from tune_archiver.commands.fetch import Clock, utc_now
+from tune_archiver.commands.forget import forget
 from tune_archiver.commands.gc import collect
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.repair import RepairReport, repair
@@ -69,6 +71,8 @@ def main(
         args = parser.parse_args(words)
         if args.command == "fetch":
             check_fetch(parser, args)
+        if args.command == "forget":
+            check_forget(parser, args)
     except UsageError as exc:
         _error(str(exc), [])
         named = next((word for word in words if word in HANDLERS), None)
@@ -133,8 +137,9 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets)
+    shard = shard_from_env(os.environ) if args.shard == AUTO else args.shard
     tunes: list[int] | AllTunes = (
-        AllTunes(args.expiring_within, args.shard) if args.all
+        AllTunes(args.expiring_within, shard, filters_of(args)) if args.all
         else list(dict.fromkeys(args.tune_ids))
     )
     if args.dry_run:
@@ -296,6 +301,24 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     return EXIT_OK
 
 
+def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
+    location = archive_dir(args.archive, os.environ)
+    found = in_archive(args, lambda store: forget(
+        store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
+        waiting=waiting_for("fetch or gc", location),
+    ))
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} the manifest of tune {tune_id}" + (f" ({title})" if title else "")
+             for tune_id, title in found.removed]
+    lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
+                 "no other tune uses")
+    errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
+    as_json = {"ok": found.ok, "dry_run": args.dry_run, "unknown": found.unknown,
+               "removed": [{"tune_id": i, "title": t} for i, t in found.removed]}
+    _emit(args, secrets, errors, as_json, lines)
+    return EXIT_OK if found.ok else EXIT_FAILED
+
+
 def _emit(
     args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
     lines: Sequence[str],
@@ -315,7 +338,7 @@ def _emit(
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
     "retrain": run_retrain,
-    "gc": run_gc, "serve": run_serve,
+    "gc": run_gc, "serve": run_serve, "forget": run_forget,
 }
 
 

@@ -10,6 +10,13 @@ from typing import Any, NoReturn
 
 from tune_archiver import __version__
 from tune_archiver.cli.envopts import name_in_help
+from tune_archiver.cli.scale import (
+    add_filters,
+    add_forget,
+    add_limit_rate,
+    check_scale,
+    shard_or_auto,
+)
 from tune_archiver.commands.layouts import LAYOUTS
 from tune_archiver.config import (
     DEFAULT_CONCURRENCY,
@@ -227,6 +234,7 @@ def _add_others(
     )
     gc.add_argument("--dry-run", action="store_true",
                     help="list what would be removed and the bytes freed; remove nothing")
+    add_forget(commands, common, tune_id, duration)
 
 
 def _add_fetch(
@@ -246,9 +254,12 @@ def _add_fetch(
     fetch.add_argument("--expiring-within", metavar="DURATION", type=duration,
                        help="with --all: only tunes that expire within this time, e.g. 1w, "
                        "7d, 1.5d, 36h, 90m")
-    fetch.add_argument("--shard", metavar="K/N", type=shard,
+    fetch.add_argument("--shard", metavar="K/N|auto", type=shard_or_auto,
                        help="with --all: only tunes whose id modulo N is K-1, so N machines "
-                       "can share an account")
+                       "can share an account; auto reads K and N from a Kubernetes "
+                       "Indexed Job or an AWS Batch array job")
+    add_filters(fetch)
+    add_limit_rate(fetch)
     fetch.add_argument("--prompts", action="store_true",
                        help="also archive the images generated from each tune's prompts")
     fetch.add_argument("--dry-run", action="store_true",
@@ -282,6 +293,7 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("fetch: --expiring-within works with --all")
     if args.shard is not None and not args.all:
         parser.error("fetch: --shard works with --all")
+    check_scale(parser, args)
 
 
 def tune_id(text: str) -> int:
@@ -336,14 +348,6 @@ def rate(text: str) -> float:
         return float(size(text))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError("not a rate (e.g. 1K, 50K, 0)") from None
-
-
-def shard(text: str) -> tuple[int, int]:
-    """K/N with 1 <= K <= N."""
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N")
-    return int(k), int(n)
 
 
 def duration(text: str) -> timedelta:

@@ -17,6 +17,7 @@ from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
+from tune_archiver.selection import TuneFilter
 from tune_archiver.text import counted, human_bytes, visible
 from tune_archiver.urls import redact
 
@@ -97,6 +98,10 @@ def ping_summary(command: str, code: int, summary: str | None) -> str:
 def nothing_selected(tunes: AllTunes) -> str:
     """The line for a fetch --all that found no tune to archive."""
     where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"
+    if tunes.filters != TuneFilter():
+        where += " passing the filters"
+    if tunes.expiring_within is None and tunes.filters != TuneFilter():
+        return f"--all selected no tunes{where}"
     if tunes.expiring_within is None:
         return f"--all selected no tunes{where}: the account lists none"
     hours = tunes.expiring_within.total_seconds() / 3600

@@ -63,7 +63,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         retry = replace(retry, sleep=args.sleep)
     fetch_only = {
         name: getattr(args, name) for name in (
-            "only", "force", "prompts", "split", "split_threshold"
+            "only", "force", "prompts", "split", "split_threshold", "limit_rate"
         ) if hasattr(args, name)
     }
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)

@@ -67,8 +67,12 @@ async def choose(
         return list(dict.fromkeys(tunes)), []
     chosen: dict[int, Any] = {}
     window = tunes.expiring_within
-    for item in await api.list_tunes():
+    filters = tunes.filters
+    for item in await api.list_tunes(query=filters.api_query()):
+        # The API may ignore a filter it was sent: each is applied here too.
         if item["id"] in chosen or not in_shard(item["id"], tunes.shard):
+            continue
+        if not filters.keeps(item):
             continue
         if window is not None:
             expiry = expiring(item, now, window)

@@ -20,6 +20,7 @@ from tune_archiver.download.staging import Staging
 from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
 from tune_archiver.models import Blob
 from tune_archiver.net.retry import call_with_retries
+from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.net.transport import asset_status_error, content_range, get, pump, validator_of
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
@@ -81,7 +82,9 @@ class Downloader:
         # Partials open at once: each holds a descriptor, so thousands of queued files
         # must not open theirs before they can be fetched (ulimit -n).
         self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
-        self._ranged = RangedFetch(session, limiter, settings, progress)
+        # --limit-rate: one bucket for every connection of the run, ranges included.
+        self._throttle = TokenBucket(settings.limit_rate) if settings.limit_rate else None
+        self._ranged = RangedFetch(session, limiter, settings, progress, self._throttle)
 
     async def fetch(
         self, url: str, refresh: Refresh | None = None, min_size: int = 1
@@ -167,7 +170,7 @@ class Downloader:
         ) as response:
             await self._accept(response, transfer)
             tail = await pump(response, lambda pieces: self._write(transfer, pieces),
-                              self._settings.stall)
+                              self._settings.stall, self._throttle)
         received = partial.size + sum(len(piece) for piece in tail)
         if partial.total is not None and received != partial.total:
             await self._write(transfer, tail)  # good bytes for the resume; or too many

@@ -20,6 +20,7 @@ from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.errors import ArchiverError, BodyError, IntegrityError
 from tune_archiver.net.retry import call_with_retries
+from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.net.transport import (
     asset_status_error,
     content_range,
@@ -58,7 +59,9 @@ class RangedFetch:
         limiter: asyncio.Semaphore,
         settings: Settings,
         progress: Progress,
+        throttle: TokenBucket | None = None,
     ) -> None:
+        self._throttle = throttle
         self._session = session
         self._limiter = limiter
         self._settings = settings
@@ -138,7 +141,7 @@ class RangedFetch:
                 raise RangesRefused
             if validator_of(response.headers) != partial.validator:
                 raise RangesRefused  # a host that ignored If-Range: the file changed
-            rest = await pump(response, write, self._settings.stall)
+            rest = await pump(response, write, self._settings.stall, self._throttle)
             if rest:
                 await write(rest)
         if partial.spans[index][1] < end:

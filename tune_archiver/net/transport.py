@@ -31,6 +31,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.net.guard import redirected_from
 from tune_archiver.net.retry import retry_after_of
+from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.urls import check_fetchable, origin, redact
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them
@@ -169,6 +170,7 @@ async def pump(
     response: aiohttp.ClientResponse,
     sink: Callable[[list[bytes]], Awaitable[None]],
     stall: StallRule | None = None,
+    throttle: TokenBucket | None = None,
 ) -> list[bytes]:
     """Hand the body to `sink` as lists of pieces of about CHUNK_BYTES in all.
 
@@ -179,6 +181,8 @@ async def pump(
     are handed to `sink` before the error goes on: they are good, and a resume
     starts after them. A body slower than `stall` allows raises ReadTimeout: a host
     that drips a byte now and then is never silent long enough for the read timeout.
+    With `throttle` (--limit-rate), each piece's bytes are taken from it before the
+    piece is handed on; the time spent waiting there is not the host's slowness.
     """
     pending: list[bytes] = []
     held = 0
@@ -186,6 +190,8 @@ async def pump(
     window_start, window_bytes = clock(), 0
     try:
         async for piece, _ in response.content.iter_chunks():
+            if throttle is not None:
+                window_start += await throttle.take(len(piece))
             pending.append(piece)
             held += len(piece)
             if held >= CHUNK_BYTES:

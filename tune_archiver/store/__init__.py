@@ -133,6 +133,10 @@ class Store(Protocol):
         """Remove a blob (gc only); one already gone is not an error."""
         ...
 
+    async def delete_manifest(self, tune_id: int) -> None:
+        """Remove the tune's manifest (forget); one already gone is not an error."""
+        ...
+
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Leftovers of the store's own uploads older than that: (description, bytes)."""
         ...

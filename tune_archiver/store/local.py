@@ -269,6 +269,15 @@ class LocalStore:
         except OSError as exc:
             raise storage_error(exc, self.root, "remove a blob") from exc
 
+    async def delete_manifest(self, tune_id: int) -> None:
+        """Remove the tune's manifest (forget, under the exclusive lock)."""
+        try:
+            await aiofiles.os.remove(self.path(manifest_key(tune_id)))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.root, f"remove the manifest of tune {tune_id}") from exc
+
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
         return []

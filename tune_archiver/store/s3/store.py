@@ -276,6 +276,10 @@ class S3Store:
 
     # -- manifests -------------------------------------------------------------
 
+    async def delete_manifest(self, tune_id: int) -> None:
+        """Remove the tune's manifest; removing one that is not there is not an error."""
+        await self.bucket.delete(self.bucket.key(manifest_key(tune_id)))
+
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
         found = await self._read(manifest_key(tune_id), f"read the manifest of tune {tune_id}")

@@ -1,0 +1,206 @@
+"""fetch --all's filters: the API's own sent on every page, and each applied locally too."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import run_fetch
+from tests.standin import StandIn
+from tune_archiver.errors import ConfigError
+from tune_archiver.selection import TuneFilter, ids_from_lines
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def add_tune(standin: StandIn, tune_id: int, **fields: Any) -> None:
+    ckpt = standin.add_file(f"ckpt-{tune_id}.safetensors", os.urandom(2_000 + tune_id))
+    standin.add_tune(tune_id, [ckpt], [], **fields)
+
+
+def manifests(archive: Path) -> set[int]:
+    return {int(p.stem) for p in (archive / "manifests").glob("*.json")}
+
+
+def several(standin: StandIn) -> None:
+    """Eight tunes of mixed titles, types, branches and creation dates."""
+    add_tune(standin, 1, title="client-Anna", model_type="lora", branch="flux1",
+             created_at="2026-01-10T00:00:00Z")
+    add_tune(standin, 2, title="client-bob", model_type="faceid", branch="flux1",
+             created_at="2026-03-10T00:00:00Z")
+    add_tune(standin, 3, title="Client-Carl", model_type="lora", branch="sdxl1",
+             created_at="2026-05-10T00:00:00Z")
+    add_tune(standin, 4, title="house style", model_type="lora", branch="flux1",
+             created_at="2026-07-10T00:00:00Z")
+    add_tune(standin, 5, title="client-dora", model_type="lora", branch="flux1",
+             created_at="2026-09-10T00:00:00Z")
+    add_tune(standin, 6, title="client-eve", model_type="pti", branch="flux1",
+             created_at="2026-10-10T00:00:00Z")
+    add_tune(standin, 7, title="client-fay", model_type="lora", branch="flux1")
+    add_tune(standin, 8, title="client-gus", model_type="checkpoint", branch="sd15",
+             created_at="2026-11-10T00:00:00Z")
+
+
+def listing_paths(standin: StandIn) -> list[str]:
+    return [r.path for r in standin.seen("api", "/tunes?")]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--title", "CLIENT-*"], {1, 2, 3, 5, 6, 7, 8}),
+        (["--title", "client-?o*"], {2, 5}),
+        (["--model-type", "lora"], {1, 3, 4, 5, 7}),
+        (["--branch", "flux1"], {1, 2, 4, 5, 6, 7}),
+        (["--created-after", "2026-05-01", "--created-before", "2026-10-01"], {3, 4, 5}),
+        (["--title", "client-*", "--model-type", "lora", "--branch", "flux1"], {1, 5, 7}),
+        (["--model-type", "lora", "--shard", "1/2"], {4}),
+    ],
+)
+@pytest.mark.parametrize("api_filters", [True, False])
+def test_filters_combine_with_and_whether_or_not_the_api_filters(
+    standin: StandIn, archive: Path, options: list[str], expected: set[int], api_filters: bool,
+) -> None:
+    """Each filter and their AND choose the same tunes when the API honours its filters
+    and when it ignores them (the local filter still applies)."""
+    several(standin)
+    standin.ignore_list_filters = not api_filters
+    assert run_fetch(standin, archive, "--all", *options) == 0
+    assert manifests(archive) == expected
+
+
+def test_the_apis_own_filters_are_sent_on_every_page(standin: StandIn, archive: Path) -> None:
+    """model_type, branch and a plain title go in the query of each page, paged by before_id."""
+    several(standin)
+    for tune_id in range(9, 15):
+        add_tune(standin, tune_id, title="client-x", model_type="lora", branch="flux1")
+    standin.ignore_list_filters = True  # so that there is more than one page
+    assert run_fetch(standin, archive, "--all", "--model-type", "lora", "--branch", "flux1",
+                     "--title", "client-x") == 0
+    paths = listing_paths(standin)
+    assert len(paths) > 1
+    assert paths[1].startswith("/tunes?limit=120&before_id=")
+    for path in paths:
+        assert path.endswith("&model_type=lora&branch=flux1&title=client-x")
+    assert manifests(archive) == set(range(9, 15))
+
+
+def test_a_glob_title_is_not_sent_to_the_api(standin: StandIn, archive: Path) -> None:
+    """The API searches titles as text: a wildcard title stays a local filter only."""
+    several(standin)
+    assert run_fetch(standin, archive, "--all", "--title", "client-*") == 0
+    assert not any("title=" in path for path in listing_paths(standin))
+
+
+def test_ids_from_a_file_with_comments_and_blank_lines(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """--ids-from keeps only the listed ids, and combines with the other filters."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# the ones to keep\n1\n\n  3  # carl\n4\n99\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids),
+                     "--model-type", "lora") == 0
+    assert manifests(archive) == {1, 3, 4}
+
+
+def test_ids_from_stdin(
+    standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ids-from - reads the ids from standard input."""
+    several(standin)
+    monkeypatch.setattr("sys.stdin", io.StringIO("2\n6\n"))
+    assert run_fetch(standin, archive, "--all", "--ids-from", "-") == 0
+    assert manifests(archive) == {2, 6}
+
+
+def test_a_bad_ids_line_is_a_usage_error_naming_only_its_number(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A line that is not an id: exit 2, its line number named and its text never printed."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n# fine\nsk-secret-pasted-here\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err
+    assert "sk-secret" not in err
+    assert not manifests(archive)
+
+
+def test_filters_work_with_all_only(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--title with tune ids is a usage error (exit 2)."""
+    several(standin)
+    assert run_fetch(standin, archive, "1", "--title", "x*") == 2
+    assert "--title works with --all" in capsys.readouterr().err
+
+
+def test_dry_run_applies_the_filters(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --all --dry-run --branch names only the tunes of that branch."""
+    several(standin)
+    standin.ignore_list_filters = True
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--dry-run", "--branch", "sd15") == 0
+    out = capsys.readouterr().out
+    assert [line.split(" (")[0] for line in out.splitlines() if line.startswith("tune ")] == [
+        "tune 8"]
+
+
+@pytest.mark.parametrize(
+    ("listed", "keeps"),
+    [
+        ({"id": 1, "created_at": "not a date"}, False),
+        ({"id": 1}, False),
+        ({"id": 1, "created_at": "2026-06-01T00:00:00+02:00"}, True),
+        ({"id": 1, "created_at": "2026-05-31T21:00:00Z"}, False),
+    ],
+)
+def test_an_unreadable_or_missing_created_at_fails_a_date_filter(
+    listed: dict[str, Any], keeps: bool
+) -> None:
+    """A date filter keeps only tunes whose created_at is readable and inside the bounds."""
+    bound = datetime(2026, 5, 31, 21, 30, tzinfo=UTC)
+    assert TuneFilter(created_after=bound).keeps(listed) is keeps
+
+
+def test_ids_from_lines_refuses_zero_and_signs() -> None:
+    """0, -1 and +1 are not tune ids: the line number is named."""
+    for bad in ("0", "-1", "+1", "1.0"):
+        with pytest.raises(ConfigError, match="line 2 is not a tune id"):
+            ids_from_lines(["5", bad], "file")
+
+
+def test_filters_that_select_nothing_say_so(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No tune passing the filters: one warning line saying so, exit 0, nothing fetched."""
+    several(standin)
+    assert run_fetch(standin, archive, "--all", "--title", "nobody*") == 0
+    assert "--all selected no tunes passing the filters" in capsys.readouterr().err
+    assert not manifests(archive)
+
+
+def test_filters_combine_with_expiring_within(standin: StandIn, archive: Path) -> None:
+    """--branch flux1 with --expiring-within 7d keeps only flux1 tunes expiring within 7 days."""
+    several(standin)
+    standin.tunes[1]["expires_at"] = "2026-12-03T00:00:00Z"
+    standin.tunes[3]["expires_at"] = "2026-12-03T00:00:00Z"  # sdxl1: filtered by branch
+    standin.tunes[5]["expires_at"] = "2027-03-01T00:00:00Z"  # flux1, but not soon
+    for tune_id in (2, 4, 6, 7, 8):
+        standin.tunes[tune_id]["expires_at"] = None
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    assert run_fetch(standin, archive, "--all", "--branch", "flux1", "--expiring-within", "7d",
+                     clock=lambda: now) == 0
+    assert manifests(archive) == {1}

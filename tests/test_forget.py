@@ -1,0 +1,132 @@
+"""forget: manifests removed (by id, or expired longer ago than --keep-within), then gc."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import (
+    add_tune,
+    archived,
+    cli,
+    first_error_line,
+    start,
+    stop,
+    two_tunes_sharing_an_image,
+)
+from tests.helpers import blob_file
+from tests.standin import StandIn
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def test_forget_then_gc_frees_only_the_blobs_no_other_tune_uses(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After forget 2 and gc, tune 2's own blobs are gone; the image it shared with 1 stays."""
+    one, two = two_tunes_sharing_an_image(standin, archive)
+    ran = cli(capsys, "forget", "2", "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    assert "removed the manifest of tune 2 (Tune 2)" in ran.out
+    assert not (archive / "manifests" / "2.json").exists()
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    shared = two.images[-1]
+    assert blob_file(archive, shared).exists()
+    for data in one.all:
+        assert blob_file(archive, data).exists()
+    for data in two.checkpoints + two.images[:-1]:
+        assert not blob_file(archive, data).exists()
+
+
+def test_dry_run_removes_nothing(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """forget --dry-run says what it would remove and leaves the manifest in place."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    ran = cli(capsys, "forget", "1", "--dry-run", "--archive", str(archive))
+    assert ran.code == 0
+    assert "would remove the manifest of tune 1" in ran.out
+    assert (archive / "manifests" / "1.json").exists()
+
+
+def test_an_unknown_tune_is_named_and_exit_1(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """forget 1 42 with only tune 1 archived: 42 named on stderr, 1 still forgotten, exit 1."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    ran = cli(capsys, "forget", "1", "42", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    assert "tune 42: not in the archive" in ran.err
+    assert json.loads(ran.out)["unknown"] == [42]
+    assert not (archive / "manifests" / "1.json").exists()
+
+
+def test_keep_within_forgets_tunes_expired_longer_ago(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the clock at 2027-06-01, --keep-within 90d forgets the tune that expired in
+    January, keeps the one expired in April and the one still alive."""
+    for tune_id, expires in ((1, "2027-01-10T00:00:00Z"), (2, "2027-04-10T00:00:00Z"),
+                             (3, "2027-12-01T00:00:00Z")):
+        add_tune(standin, tune_id, expires_at=expires)
+    archived(standin, archive, 1, 2, 3)
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    ran = cli(capsys, "forget", "--keep-within", "90d", "--archive", str(archive), now=now)
+    assert ran.code == 0, ran.err
+    assert sorted(int(p.stem) for p in (archive / "manifests").glob("*.json")) == [2, 3]
+
+
+def test_keep_within_leaves_an_unreadable_expiry_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest whose expires_at cannot be read is never forgotten by --keep-within."""
+    add_tune(standin, 1, expires_at="soon")
+    archived(standin, archive, 1)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert cli(capsys, "forget", "--keep-within", "1d", "--archive", str(archive),
+               now=now).code == 0
+    assert (archive / "manifests" / "1.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["forget"], ["forget", "1", "--keep-within", "9d"]])
+def test_ids_or_keep_within_one_of_them(
+    archive: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """forget needs ids or --keep-within, not neither nor both: exit 2."""
+    assert cli(capsys, *argv, "--archive", str(archive)).code == 2
+
+
+def test_forget_waits_while_a_fetch_holds_the_archive(
+    standin: StandIn, archive: Path
+) -> None:
+    """With the archive lock held shared (as a running fetch holds it), forget says it
+    waits and removes nothing until the lock is let go; then it removes the manifest."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    fd = os.open(archive / "lock", os.O_RDWR)
+    forget = None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        forget = start(archive, "forget", "1")
+        assert "waiting: a fetch or gc is running" in first_error_line(forget)
+        assert forget.poll() is None
+        assert (archive / "manifests" / "1.json").exists()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = forget.communicate(timeout=30)
+        assert forget.returncode == 0, err
+        assert "removed the manifest of tune 1" in out
+        assert not (archive / "manifests" / "1.json").exists()
+    finally:
+        os.close(fd)
+        if forget is not None:
+            stop(forget)

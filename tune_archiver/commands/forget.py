@@ -1,0 +1,74 @@
+"""`forget`: remove tunes' manifests, so that the next gc frees the blobs only they used.
+
+It holds the archive lock exclusively, as gc does (a local archive): no fetch is
+writing a manifest while one is removed. With --keep-within, a tune is forgotten
+once its expires_at passed longer ago than the window (by the injected clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tune_archiver import manifest
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.selection import parse_moment
+from tune_archiver.store import Store
+
+
+@dataclass
+class ForgetReport:
+    """The tunes whose manifests were removed (or would be, with --dry-run), and the
+    ids asked for that the archive does not hold."""
+
+    removed: list[tuple[int, str | None]] = field(default_factory=list)  # (id, title)
+    unknown: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unknown
+
+
+async def forget(
+    store: Store,
+    tune_ids: Sequence[int],
+    keep_within: timedelta | None,
+    now: datetime,
+    dry_run: bool,
+    waiting: Callable[[], None] | None = None,
+) -> ForgetReport:
+    """Remove the manifests of `tune_ids`, or with `keep_within` of every tune expired
+    longer ago than that; nothing is removed on a dry run. A manifest that cannot be
+    read is never forgotten by --keep-within (its expiry is unknown)."""
+    report = ForgetReport()
+    async with store.locked(exclusive=True, waiting=waiting):
+        archived = set(await store.manifest_ids())
+        if keep_within is None:
+            chosen = list(dict.fromkeys(tune_ids))
+            report.unknown = [i for i in chosen if i not in archived]
+            chosen = [i for i in chosen if i in archived]
+        else:
+            chosen = [i for i in sorted(archived) if await _expired(store, i, now - keep_within)]
+        for tune_id in chosen:
+            report.removed.append((tune_id, await _title(store, tune_id)))
+            if not dry_run:
+                await store.delete_manifest(tune_id)
+    return report
+
+
+async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
+    try:
+        found = await manifest.read(store, tune_id)
+    except UnreadableManifest:
+        return False
+    expires = parse_moment(found.tune.get("expires_at")) if found is not None else None
+    return expires is not None and expires < before
+
+
+async def _title(store: Store, tune_id: int) -> str | None:
+    try:
+        found = await manifest.read(store, tune_id)
+    except UnreadableManifest:
+        return None
+    return found.title if found is not None else None

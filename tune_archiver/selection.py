@@ -1,0 +1,90 @@
+"""Which listed tunes fetch --all keeps (pure): --title, --model-type, --branch,
+--created-after/--created-before and --ids-from, combined with AND."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tune_archiver.errors import ConfigError
+
+MODEL_TYPES = ("lora", "pti", "faceid", "checkpoint")
+
+
+@dataclass(frozen=True)
+class TuneFilter:
+    """The filters of fetch --all; a field left None does not filter."""
+
+    title: str | None = None  # a glob, matched case-insensitively
+    model_type: str | None = None
+    branch: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    ids: frozenset[int] | None = None
+
+    def api_query(self) -> dict[str, str]:
+        """The filters the API's GET /tunes takes itself; the local ones apply anyway."""
+        query = {"model_type": self.model_type, "branch": self.branch}
+        # A glob is not the API's title search: only a title without wildcards is sent.
+        if self.title is not None and not any(c in self.title for c in "*?["):
+            query["title"] = self.title
+        return {name: value for name, value in query.items() if value is not None}
+
+    def keeps(self, listed: Mapping[str, Any]) -> bool:
+        """True when the listed tune passes every filter; a field the listing lacks
+        (or cannot be read) fails the filter that needs it."""
+        if self.ids is not None and listed.get("id") not in self.ids:
+            return False
+        if self.title is not None and not _text_matches(listed.get("title"), self.title):
+            return False
+        if self.model_type is not None and not _equal(listed.get("model_type"), self.model_type):
+            return False
+        if self.branch is not None and not _equal(listed.get("branch"), self.branch):
+            return False
+        if self.created_after is None and self.created_before is None:
+            return True
+        created = parse_moment(listed.get("created_at"))
+        if created is None:
+            return False
+        after_ok = self.created_after is None or created > self.created_after
+        return after_ok and (self.created_before is None or created < self.created_before)
+
+
+def _text_matches(value: Any, glob: str) -> bool:
+    return isinstance(value, str) and fnmatch.fnmatchcase(value.casefold(), glob.casefold())
+
+
+def _equal(value: Any, wanted: str) -> bool:
+    return isinstance(value, str) and value.casefold() == wanted.casefold()
+
+
+def parse_moment(value: Any) -> datetime | None:
+    """An ISO 8601 date or time as an aware UTC datetime (naive means UTC); None if not."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:
+    """The tune ids of --ids-from: one a line, blank lines and # comments ignored.
+
+    Raises ConfigError naming the first bad line's number, never its text (a key
+    pasted into the file must not be printed back).
+    """
+    ids: set[int] = set()
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+            raise ConfigError(f"--ids-from {source}: line {number} is not a tune id "
+                              "(a positive integer)")
+        ids.add(int(text))
+    return frozenset(ids)
