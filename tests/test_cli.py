@@ -12,8 +12,8 @@ import pytest
 from tune_archiver import __version__
 from tune_archiver.cli.main import main
 from tune_archiver.cli.parser import build_parser, duration
-from tune_archiver.cli.report import time_left
 from tune_archiver.commands import fetch as archive
+from tune_archiver.text import time_left
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:

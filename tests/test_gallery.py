@@ -91,15 +91,15 @@ def test_tunes_page_links_each_tune_with_its_status() -> None:
     html = tunes_page(rows, lambda tune_id: f"/tunes/{tune_id}")
     assert ("a", {"href": "/tunes/2"}) in tags_of(html)
     assert "complete" in html
-    assert "1 d 1 h" in html
+    assert "1d 1h" in html
     assert "personal" in html
     assert "&lt;bad&gt;" in html
     assert "script" not in [t for t, _ in tags_of(html)]
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [
-    (None, ""), (0, "expired"), (59, "0 h 0 m"), (3_660, "1 h 1 m"),
-    (86_400 * 3 + 7_200, "3 d 2 h"),
+    (None, ""), (0, "expired"), (59, "0h 0m"), (3_660, "1h 1m"),
+    (86_400 * 3 + 7_200, "3d 2h"),
 ])
 def test_countdown(seconds: int | None, shown: str) -> None:
     """The expiry countdown in days and hours, or hours and minutes, or 'expired'."""

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 from tune_archiver.manifest import Entry, Manifest
-from tune_archiver.text import human_bytes
+from tune_archiver.text import human_bytes, time_left
 
 Href = Callable[[Entry], "str | None"]
 
@@ -138,11 +138,5 @@ def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> st
 
 
 def countdown(seconds: int | None) -> str:
-    """Time left before expiry: '12 d 3 h', '5 h 2 m', 'expired', or '' when unknown."""
-    if seconds is None:
-        return ""
-    if seconds <= 0:
-        return "expired"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days} d {hours} h" if days else f"{hours} h {rest // 60} m"
+    """Time left before expiry, as `list` says it ('12d 3h', 'expired'); '' when unknown."""
+    return "" if seconds is None else time_left(seconds)

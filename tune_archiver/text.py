@@ -33,3 +33,14 @@ def human_bytes(count: float) -> str:
 def counted(count: int, noun: str) -> str:
     """"1 file", "2 files"."""
     return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def time_left(seconds: int | None) -> str:
+    """"12d 3h", "5h 10m", "expired", or "-" when the tune has no expiry."""
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"

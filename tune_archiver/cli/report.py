@@ -18,7 +18,7 @@ from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter
-from tune_archiver.text import counted, human_bytes, visible
+from tune_archiver.text import counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
 
 
@@ -332,17 +332,6 @@ def _day(moment: Any) -> str:
     """A timestamp as "YYYY-MM-DD HH:MM" in UTC; "-" when absent or unreadable."""
     parsed = parse_time(moment)
     return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if parsed else "-"
-
-
-def time_left(seconds: int | None) -> str:
-    """"12d 3h", "5h 10m", "expired", or "-" when the tune has no expiry."""
-    if seconds is None:
-        return "-"
-    if seconds <= 0:
-        return "expired"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
 
 
 # -- gc and export -----------------------------------------------------------------
