@@ -9,7 +9,7 @@ import asyncio
 import functools
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -30,6 +30,9 @@ PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, nev
 MAX_LISTED = 100_000
 MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
 MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
+# Requests to the API at once, apart from the downloads' --concurrency: small JSON
+# answers, a few at a time keep ahead of the downloads without pressing the API.
+API_CONCURRENCY = 4
 FIRST_WAIT_AFTER_500 = 30.0  # Astria asks for backoff starting at 30 s after its 500s
 T = TypeVar("T")
 
@@ -101,20 +104,37 @@ class AstriaClient:
         what = "the account's prompts"
         return parse_prompts(await self._pages("/prompts", what), what)
 
+    def tune_pages(
+        self, workspace: str | None = None, query: Mapping[str, str] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of list_tunes as they arrive, each checked as _pages checks them:
+        a run can work on the first tunes while the next page is on its way."""
+        what = "the list of tunes" + (f" of workspace {workspace}" if workspace else "")
+        return self._each_page("/tunes", what, workspace, query)
+
     async def _pages(
         self, path: str, what: str, workspace: str | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """All items of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
+        """All items of a listing (see _each_page), together."""
+        items: list[dict[str, Any]] = []
+        async for page in self._each_page(path, what, workspace, filters):
+            items.extend(page)
+        return items
+
+    async def _each_page(
+        self, path: str, what: str, workspace: str | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each page of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
         Raises DataError when a page is not a list of objects with ids, when a page
         breaks newest-first order (see checked_ids), or past MAX_LISTED items,
         MAX_PAGES pages or MAX_LISTED_BYTES: a listing that never ends is stopped,
-        not followed.
+        not followed. A page is given only once it passed every check.
         """
-        items: list[dict[str, Any]] = []
         before: int | None = None
-        pages = received = 0
+        pages = received = listed = 0
         while True:
             query = f"?limit={PAGE_LIMIT}" + (f"&before_id={before}" if before else "")
             query += "".join(f"&{urlencode({name: value})}"
@@ -127,20 +147,22 @@ class AstriaClient:
                 raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
                                 "paging (a listing that never ends?)")
             page = parse_json(body, what)
+            del body
             if not isinstance(page, list):
                 raise DataError(f"{what}: the API returned {type(page).__name__}, not a list")
             if not page:
-                return items
+                return
             pages += 1
             if pages > MAX_PAGES:
                 raise DataError(f"{what}: more than {MAX_PAGES} pages listed; stopped paging "
                                 "(a listing that never ends?)")
-            if len(items) + len(page) > MAX_LISTED:
+            if listed + len(page) > MAX_LISTED:
                 raise DataError(f"{what}: more than {MAX_LISTED} items listed; stopped paging "
                                 "(a listing that never ends?)")
             ids = checked_ids(page, before, what)
-            items.extend(page)
+            listed += len(page)
             before = ids[-1]
+            yield page
 
     async def create_tune(
         self, fields: Sequence[tuple[str, str]], images: Sequence[tuple[str, bytes]]
