@@ -8,11 +8,12 @@ hands the store a growing local file, and the store takes it in through an Intak
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tune_archiver.models import Blob, StoredBlob
 
@@ -144,3 +145,34 @@ class Store(Protocol):
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Remove what stale_uploads lists; returns what was removed."""
         ...
+
+
+@runtime_checkable
+class ReadsInBulk(Protocol):
+    """A store that reads many manifests, or looks up many blobs, in one step (a local
+    one: one trip to a worker thread, not one per file). Optional: read_manifests and
+    blob_sizes below do it one by one, concurrently, for any other store."""
+
+    async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
+        """Each tune's manifest bytes, or None when it has none, in the order asked."""
+        ...
+
+    async def blob_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        """sha256 -> size of each of those blobs that is stored."""
+        ...
+
+
+async def read_manifests(store: Store, tune_ids: Sequence[int]) -> list[bytes | None]:
+    """Each tune's manifest bytes, or None when it has none, in the order asked."""
+    if isinstance(store, ReadsInBulk):
+        return await store.read_manifests(tune_ids)
+    return list(await asyncio.gather(*(store.read_manifest(i) for i in tune_ids)))
+
+
+async def blob_sizes(store: Store, sha256s: Collection[str]) -> dict[str, int]:
+    """sha256 -> size of each of those blobs that is stored."""
+    if isinstance(store, ReadsInBulk):
+        return await store.blob_sizes(sha256s)
+    found = await asyncio.gather(*(store.blob_size(sha256) for sha256 in sha256s))
+    return {sha256: size for sha256, size in zip(sha256s, found, strict=True)
+            if size is not None}

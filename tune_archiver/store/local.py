@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -111,6 +111,22 @@ class LocalStore:
         except OSError as exc:
             raise storage_error(exc, self.root, "look up a blob") from exc
 
+    async def blob_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        """sha256 -> size of each of those blobs stored as a regular file, looked up
+        in one worker thread."""
+        return await in_thread(self._blob_sizes, list(sha256s))
+
+    def _blob_sizes(self, sha256s: list[str]) -> dict[str, int]:
+        found = {}
+        try:
+            for sha256 in sha256s:  # blob_key refuses anything that is not a digest
+                size = size_of(Path(self._absolute, blob_key(sha256)))
+                if size is not None:
+                    found[sha256] = size
+        except OSError as exc:
+            raise storage_error(exc, self.root, "look up a blob") from exc
+        return found
+
     def intake(self, file: Growing) -> _Intake:
         """Take in a file staged in tmp/: at its commit, a rename to the blob's name."""
         return _Intake(self, file.path)
@@ -124,6 +140,26 @@ class LocalStore:
             return None
         except OSError as exc:
             raise storage_error(exc, self.root, f"read the manifest of tune {tune_id}") from exc
+
+    async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
+        """Each tune's manifest bytes (None when it has none), read in one worker
+        thread: a page of the listing costs one trip, not three per tune."""
+        return await in_thread(self._read_manifests, list(tune_ids))
+
+    def _read_manifests(self, tune_ids: list[int]) -> list[bytes | None]:
+        folder = str(self.path(MANIFESTS))
+        found: list[bytes | None] = []
+        for tune_id in tune_ids:
+            name = os.path.join(folder, os.path.basename(manifest_key(tune_id)))
+            try:
+                with open(name, "rb") as file:
+                    found.append(file.read())
+            except FileNotFoundError:
+                found.append(None)
+            except OSError as exc:
+                raise storage_error(exc, self.root,
+                                    f"read the manifest of tune {tune_id}") from exc
+        return found
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest atomically; returns its archive-relative key."""
