@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import reprlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.plan import (
     TunePlan,
     archived_blobs,
+    archived_entries,
     assets_of,
     carried_over,
     expiring,
@@ -35,7 +36,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.manifest import Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
-from tune_archiver.store import Store
+from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
 
 log = logging.getLogger(__name__)
@@ -56,50 +57,91 @@ async def choose(
     prompts: bool,
     now: datetime,
 ) -> tuple[list[int], list[TuneResult]]:
-    """The tunes to fetch, and (for --all) those skipped as archived and unchanged.
+    """The tunes to fetch, and (for --all) those skipped as archived and unchanged:
+    all of chosen(), together."""
+    fetch_ids: list[int] = []
+    skipped: list[TuneResult] = []
+    async for batch in chosen(api, store, tunes, prompts, now):
+        for item in batch:
+            if isinstance(item, TuneResult):
+                skipped.append(item)
+            else:
+                fetch_ids.append(item)
+    return fetch_ids, skipped
+
+
+async def chosen(
+    api: AstriaClient,
+    store: Store,
+    tunes: Sequence[int] | AllTunes,
+    prompts: bool,
+    now: datetime,
+) -> AsyncIterator[list[int | TuneResult]]:
+    """The tunes a run takes up, a batch (a page of the listing, for --all) at a time
+    as the listing arrives: the id of each to fetch, a skipped result for each archived
+    and unchanged, in the order of in_order (the listing's, newest first).
 
     A listed tune is skipped when its manifest is complete, records the same
     updated_at and all its blobs are present. With --prompts nothing is skipped:
     new images can be generated without the tune changing. A tune whose expires_at
-    cannot be read is kept by --expiring-within, with one warning.
+    cannot be read is kept by --expiring-within, with one warning. The listing's ids
+    are strictly decreasing (client.checked_ids), so none is taken up twice.
     """
     if not isinstance(tunes, AllTunes):
-        return list(dict.fromkeys(tunes)), []
-    chosen: dict[int, Any] = {}
+        yield list(dict.fromkeys(tunes))
+        return
+    unchanged = UnchangedCheck(store)
+    async for page in api.tune_pages(query=tunes.filters.api_query()):
+        kept = [item for item in page if _keeps(item, tunes, now)]
+        same = [False] * len(kept) if prompts else await unchanged.of_page(kept)
+        yield [_skipped(item) if skip else item["id"]
+               for item, skip in zip(kept, same, strict=True)]
+
+
+def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
+    """True when --all's shard, filters and --expiring-within keep the listed tune."""
+    # The API may ignore a filter it was sent: each is applied here too.
+    if not in_shard(item["id"], tunes.shard) or not tunes.filters.keeps(item):
+        return False
     window = tunes.expiring_within
-    filters = tunes.filters
-    for item in await api.list_tunes(query=filters.api_query()):
-        # The API may ignore a filter it was sent: each is applied here too.
-        if item["id"] in chosen or not in_shard(item["id"], tunes.shard):
-            continue
-        if not filters.keeps(item):
-            continue
-        if window is not None:
-            expiry = expiring(item, now, window)
-            if expiry.unreadable:  # repr, shortened: the server's text may hold escapes
-                log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
-                            "it expires soon", item["id"], reprlib.repr(item["expires_at"]))
-            if not expiry.keep:
-                continue
-        chosen[item["id"]] = item
-    fetch_ids, skipped = [], []
-    for tune_id, item in chosen.items():
-        if not prompts and await _unchanged(store, tune_id, item.get("updated_at")):
-            title = item.get("title")
-            skipped.append(TuneResult(tune_id, title=title if isinstance(title, str) else None,
-                                      skipped=True))
-        else:
-            fetch_ids.append(tune_id)
-    return fetch_ids, skipped
+    if window is None:
+        return True
+    expiry = expiring(item, now, window)
+    if expiry.unreadable:  # repr, shortened: the server's text may hold escapes
+        log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
+                    "it expires soon", item["id"], reprlib.repr(item["expires_at"]))
+    return expiry.keep
 
 
-async def _unchanged(store: Store, tune_id: int, updated_at: Any) -> bool:
-    try:
-        previous = await read_previous(store, tune_id)
-    except UnreadableManifest:
-        return False  # the fetch of the tune says so, and sets it aside
-    present = await blobs_present(store, previous)
-    return is_unchanged(previous, updated_at, present)
+def _skipped(item: dict[str, Any]) -> TuneResult:
+    title = item.get("title")
+    return TuneResult(item["id"], title=title if isinstance(title, str) else None, skipped=True)
+
+
+class UnchangedCheck:
+    """Which listed tunes are archived and unchanged, a page at a time: the page's
+    manifests read together, and each blob looked up once per run (the same images
+    are named by thousands of tunes). A blob once found stays: the fetch's shared
+    archive lock keeps gc, the only remover, away."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sizes: dict[str, int] = {}  # sha256 -> size of blobs found present
+
+    async def of_page(self, items: Sequence[dict[str, Any]]) -> list[bool]:
+        ids = [item["id"] for item in items]
+        previous: list[Manifest | None] = []
+        for tune_id, data in zip(ids, await read_manifests(self._store, ids), strict=True):
+            try:
+                previous.append(None if data is None else manifest.parse(data, tune_id))
+            except UnreadableManifest:
+                previous.append(None)  # the fetch of the tune says so, and sets it aside
+        wanted = {blob.sha256 for found in previous for _, blob in archived_entries(found)}
+        wanted.difference_update(self._sizes)
+        if wanted:
+            self._sizes.update(await blob_sizes(self._store, wanted))
+        return [is_unchanged(found, item.get("updated_at"), self._sizes)
+                for found, item in zip(previous, items, strict=True)]
 
 
 async def get_tunes(

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tune_archiver.astria.client import AstriaClient
+from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for
 from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import AllTunes, Settings
@@ -50,7 +50,7 @@ async def dry_run(
         new_session(settings, decompress=True) as api_session,
         new_session(settings, decompress=False) as asset_session,
     ):
-        api = AstriaClient(api_session, settings, limiter)
+        api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
         tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
         found = await get_tunes(api, tune_ids, settings.prompts)
 

@@ -7,6 +7,7 @@ and Ctrl-C) stop the whole run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tune_archiver import manifest
-from tune_archiver.astria.client import AstriaClient
-from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for, unexpected
+from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
+from tune_archiver.commands.choose import chosen, plan_for, unexpected
+from tune_archiver.commands.flow import Loader, run_flow
 from tune_archiver.commands.plan import assets_of, has_expired, listing_state, merged
 from tune_archiver.commands.renew import FreshUrls
-from tune_archiver.commands.workspaces import workspaces_of
+from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
 from tune_archiver.download.staging import Staging, staging_for
@@ -36,6 +38,11 @@ GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitc
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
 Announce = Callable[[TuneResult], None]
+# Per --concurrency slot: tunes in flight (loaded, planned, downloading, recorded), so
+# the downloads never wait for a tune to be loaded; and files of those tunes whose
+# download tasks exist at once (each waits for a download slot).
+TUNES_PER_SLOT = 2
+FILES_PER_SLOT = 4
 
 
 def utc_now() -> datetime:
@@ -55,54 +62,75 @@ async def fetch(
 ) -> list[TuneResult]:
     """Archive each tune; one result per tune, in the order asked (or listed, for --all).
 
+    Tunes flow through a fixed number of workers as the listing arrives (flow.py):
+    each is loaded, planned, downloaded and recorded while the next pages are read.
     Each result is also appended to `finished` as soon as it is known, so a caller
     that cancels the run can still say what was done. Raises ConfigError (a
-    rejected key, say) before anything is written. `store` and `staging` replace
-    those settings.archive names (tests inject a staging whose writes fail).
-    `waiting` is called if gc holds the archive and the fetch must wait for it.
-    `announce` is called with each result (the key scrubbed) as soon as it is known,
-    so the command line can print it then, not at the end.
+    rejected key, say); the archive is created only when the first tune is loaded.
+    `store` and `staging` replace those settings.archive names (tests inject a
+    staging whose writes fail). `waiting` is called if gc holds the archive and the
+    fetch must wait for it. `announce` is called with each result (the key scrubbed)
+    as soon as it is known, so the command line can print it then, not at the end.
     """
     finished = [] if finished is None else finished
     if store is None:
         async with open_store(settings.archive, settings.s3_endpoint_url) as opened:
             return await fetch(settings, tunes, progress, clock, finished, opened, waiting,
                                staging, announce)
-    staging = staging or staging_for(settings.archive)
-    done_with = Finisher(progress, finished, announce, settings.api_key)
-    limiter = asyncio.Semaphore(settings.concurrency)
+    done_with = Finisher(progress, finished, announce, settings.api_key, {})
     async with (
         new_session(settings, decompress=True) as api_session,
         new_session(settings, decompress=False) as asset_session,
+        contextlib.AsyncExitStack() as held,
     ):
-        api = AstriaClient(api_session, settings, limiter)
-        tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
-        progress.add_tunes(len(tune_ids) + len(skipped))
-        for result in skipped:
-            done_with(result)
-        found = await get_tunes(api, tune_ids, settings.prompts)
-        workspaces = await workspaces_of(
-            api, settings.workspace, [t.raw for t in found.values() if isinstance(t, Tune)]
-        )
-        for item in found.values():
-            if isinstance(item, TuneResult):
-                done_with(item)
-        await store.prepare()
-        await staging.prepare()
-        async with store.locked(exclusive=False, waiting=waiting):
-            downloader = Downloader(asset_session, store, staging, limiter, settings, progress)
-            run = Run(settings, api, store, downloader, progress, clock, done_with, workspaces)
-            async with asyncio.TaskGroup() as group:
-                tasks = {
-                    tune_id: group.create_task(_archive_tune(run, item))
-                    for tune_id, item in found.items()
-                    if isinstance(item, Tune)
-                }
-    done = {result.tune_id: result for result in skipped}
-    for tune_id, item in found.items():
-        done[tune_id] = item if isinstance(item, TuneResult) else tasks[tune_id].result()
-    return [scrub_result(done[tune_id], [settings.api_key])
-            for tune_id in in_order(tunes, tune_ids, skipped)]
+        # The API has slots of its own: a tune's JSON never waits behind downloads.
+        api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
+        downloads = asyncio.Semaphore(settings.concurrency)
+        staging = staging or staging_for(settings.archive)
+        opening = Opening(store, staging, held, waiting)
+        downloader = Downloader(asset_session, store, staging, downloads, settings, progress)
+        run = Run(settings, api, store, downloader, progress, clock, done_with,
+                  Workspaces(api, settings.workspace),
+                  asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT))
+        loader = Loader(api, settings.prompts, done_with)
+
+        async def work(tune_id: int) -> None:
+            tune = await loader.load(tune_id)
+            if tune is not None:
+                await opening()
+                await _archive_tune(run, tune)
+
+        order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()), work,
+                               settings.concurrency * TUNES_PER_SLOT + API_CONCURRENCY,
+                               done_with, progress)
+        loader.close()
+    return [done_with.results[tune_id] for tune_id in order]
+
+
+class Opening:
+    """Creates the archive and takes its shared lock (held to the end of the run), once,
+    when the first tune is ready to be archived: a run that loads no tune (a rejected
+    key, an API out of reach) leaves no archive behind."""
+
+    def __init__(self, store: Store, staging: Staging, held: contextlib.AsyncExitStack,
+                 waiting: Waiting | None) -> None:
+        self._store = store
+        self._staging = staging
+        self._held = held
+        self._waiting = waiting
+        self._lock = asyncio.Lock()
+        self._open = False
+
+    async def __call__(self) -> None:
+        if self._open:
+            return
+        async with self._lock:
+            if not self._open:
+                await self._store.prepare()
+                await self._staging.prepare()
+                await self._held.enter_async_context(
+                    self._store.locked(exclusive=False, waiting=self._waiting))
+                self._open = True
 
 
 @dataclass(frozen=True)
@@ -116,7 +144,8 @@ class Run:
     progress: Progress
     clock: Clock
     finish: Finisher
-    workspaces: dict[int, str]  # tune id -> its workspace, when it could be told
+    workspaces: Workspaces
+    files: asyncio.Semaphore  # files of all tunes in flight at once: their tasks exist
 
 
 @dataclass(frozen=True)
@@ -127,12 +156,15 @@ class Finisher:
     finished: list[TuneResult]
     announce: Announce | None
     api_key: str
+    results: dict[int, TuneResult]  # tune id -> its result, the key scrubbed
 
     def __call__(self, result: TuneResult) -> None:
         self.finished.append(result)
         self.progress.tune_done()
+        scrubbed = scrub_result(result, [self.api_key])
+        self.results[result.tune_id] = scrubbed
         if self.announce is not None:
-            self.announce(scrub_result(result, [self.api_key]))
+            self.announce(scrubbed)
 
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
@@ -195,13 +227,21 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         except Exception as exc:  # a bug met on one file must not stop the others
             return AssetResult(asset, error=unexpected(exc, f"downloading {redact(asset.url)}"))
 
+    done: dict[Asset, AssetResult] = dict(plan.reuse)
+
+    async def one(asset: Asset) -> None:
+        try:
+            done[asset] = await download(asset)
+        finally:
+            run.files.release()
+
     async with asyncio.TaskGroup() as group:
-        tasks = {asset: group.create_task(download(asset)) for asset in plan.download}
-    ours = [
-        plan.reuse[asset] if asset in plan.reuse else tasks[asset].result()
-        for asset in assets_of(tune)
-        if asset in plan.reuse or asset in tasks
-    ] + carried
+        for asset in plan.download:
+            await run.files.acquire()  # a tune of 10,000 files has a few tasks at a time
+            group.create_task(one(asset))
+    ours = [done[asset] for asset in assets_of(tune) if asset in done] + carried
+    # A run that cannot tell the workspace keeps what an earlier one recorded.
+    told = await run.workspaces.of(tune.raw)
     written: list[AssetResult] = []
 
     async def change(current: bytes | None) -> bytes:
@@ -209,8 +249,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         written[:] = merged(ours, now)
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
-            # A run that cannot tell the workspace keeps what an earlier one recorded.
-            workspace=run.workspaces.get(tune.id, now.workspace if now else None),
+            workspace=told if told is not None else now.workspace if now else None,
             retrained=now.retrained if now else (),
         )
         # The API may echo the key in any text or URL: it never reaches the archive.

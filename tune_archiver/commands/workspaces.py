@@ -7,6 +7,7 @@ are listed one by one, and a tune in none of them is in the personal scope.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -58,6 +59,33 @@ async def workspaces_of(
         if told is not None and isinstance(tune.get("id"), int):
             found[tune["id"]] = told
     return found
+
+
+class Workspaces:
+    """tune -> workspace for the tunes of one run, one at a time as they come: the
+    workspaces are listed at most once, by the first tune that needs them (only with
+    `all`, for a tune that does not say it itself)."""
+
+    def __init__(self, api: AstriaClient, asked: str | None) -> None:
+        self._api = api
+        self._asked = asked
+        self._lock = asyncio.Lock()
+        self._tried = False
+        self._listed: dict[int, str] | None = None
+
+    async def of(self, tune: Mapping[str, Any]) -> str | None:
+        """The tune's workspace; None when it cannot be told. Raises ConfigError."""
+        if self._asked == ALL and "workspace_id" not in tune:
+            async with self._lock:
+                if not self._tried:
+                    self._tried = True
+                    try:
+                        self._listed = await _listed(self._api)
+                    except ConfigError:
+                        raise
+                    except ArchiverError as exc:  # the files matter more than the label
+                        log.warning("cannot tell the workspaces of the tunes: %s", exc)
+        return workspace_of(tune, self._asked, self._listed)
 
 
 async def _listed(api: AstriaClient) -> dict[int, str]:
