@@ -118,6 +118,10 @@ class StandIn:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold_until = 0  # hold file answers until this many requests are in flight
+        # Hold the answer to this API request (its path and query) until some file is
+        # asked for, at most 10 s (then hold_timed_out).
+        self.hold_until_a_file: str | None = None
+        self.hold_timed_out = False
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
         # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
@@ -252,6 +256,8 @@ class StandIn:
             self.requests.append(Recorded(host, request.path_qs, dict(request.headers)))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.hold_until_a_file is not None:
+                await self._hold_until_a_file(host, request.path_qs)
             try:
                 return await handler(request)
             finally:
@@ -451,6 +457,18 @@ class StandIn:
         await response.write(body)
         await response.write_eof()
         return response
+
+    async def _hold_until_a_file(self, host: str, path: str) -> None:
+        """Say a file was asked for; hold the API request hold_until_a_file until one is."""
+        assert self._crowd is not None
+        async with self._crowd:
+            self._crowd.notify_all()
+            if host == "api" and path == self.hold_until_a_file:
+                try:
+                    await asyncio.wait_for(self._crowd.wait_for(
+                        lambda: any(r.host != "api" for r in self.requests)), 10.0)
+                except TimeoutError:
+                    self.hold_timed_out = True
 
     async def _hold(self, ranged: bool) -> None:
         """Wait (at most a second) until hold_until requests (hold_ranges range requests,
