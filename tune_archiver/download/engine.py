@@ -8,6 +8,8 @@ from a server that takes ranges is handed to ranged.py once its first answer say
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +29,10 @@ from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 from tune_archiver.urls import check_fetchable, redact, url_key
 
+# Downloads remembered once done, for tunes of the run that ask for the same URL (the
+# images many tunes share): the least recently asked for is forgotten past this many,
+# so a run of 20,000 tunes does not keep 20,000 finished tasks.
+DONE_KEPT = 1024
 OPEN_PER_SLOT = 4  # partials open at once per --concurrency slot (some wait in backoff)
 # Below this, a full disk is left to the write's own ENOSPC: one statvfs per image costs.
 ROOM_CHECK_FROM = 8 * 2**20
@@ -78,7 +84,8 @@ class Downloader:
         self._limiter = limiter
         self._settings = settings
         self._progress = progress
-        self._downloads: dict[str, asyncio.Task[Blob]] = {}
+        self._downloads: dict[str, asyncio.Future[Blob]] = {}  # in flight
+        self._done: OrderedDict[str, asyncio.Future[Blob]] = OrderedDict()
         # Partials open at once: each holds a descriptor, so thousands of queued files
         # must not open theirs before they can be fetched (ulimit -n).
         self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
@@ -97,11 +104,21 @@ class Downloader:
         for good.
         """
         key = url_key(url)
-        if key not in self._downloads:
-            self._downloads[key] = asyncio.ensure_future(
-                self._download(url, refresh, min_size)
-            )
-        return await self._downloads[key]
+        download = self._done.get(key) or self._downloads.get(key)
+        if download is None:
+            download = asyncio.ensure_future(self._download(url, refresh, min_size))
+            self._downloads[key] = download
+            download.add_done_callback(functools.partial(self._finished, key))
+        elif key in self._done:
+            self._done.move_to_end(key)
+        return await download
+
+    def _finished(self, key: str, download: asyncio.Future[Blob]) -> None:
+        """Remember a finished download (its blob, or how it failed), a bounded few."""
+        del self._downloads[key]
+        self._done[key] = download
+        if len(self._done) > DONE_KEPT:
+            self._done.popitem(last=False)
 
     async def _download(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
         check_fetchable(url)
