@@ -159,9 +159,9 @@ class Finisher:
     results: dict[int, TuneResult]  # tune id -> its result, the key scrubbed
 
     def __call__(self, result: TuneResult) -> None:
-        self.finished.append(result)
+        scrubbed = scrub_result(result, [self.api_key])  # one copy kept, the key never in it
+        self.finished.append(scrubbed)
         self.progress.tune_done()
-        scrubbed = scrub_result(result, [self.api_key])
         self.results[result.tune_id] = scrubbed
         if self.announce is not None:
             self.announce(scrubbed)
