@@ -1,5 +1,6 @@
 """W5: `fetch --all` of an account of many tiny tunes (bench/account.py), then again
-unchanged, against curl paging the same listing. Run from the repository root:
+unchanged, against curl paging the same listing (one curl for every page, and one curl per
+page in a shell loop). Run from the repository root:
 
     python bench/w5.py [--tunes 20000] [--runs 1] [--keep]
 
@@ -69,16 +70,29 @@ def check_archive(archive: Path, tunes: int) -> None:
             raise AssertionError(f"{path} is not complete")
 
 
+def page_urls(url: str, tunes: int) -> list[str]:
+    """Every page of the listing as the tool asks for it, newest first, and the last,
+    empty page that ends the listing for the tool too."""
+    befores = [None, *range(tunes - account.PAGE + 1, 0, -account.PAGE), 1]
+    return [f"{url}/tunes?limit={account.PAGE}" + (f"&before_id={b}" if b else "")
+            for b in befores]
+
+
 def curl_config(scratch: Path, url: str, tunes: int) -> Path:
-    """One curl, every page of the listing, newest first, over one connection."""
+    """One curl, every page of the listing, over one connection."""
     conf = scratch / "curl-pages.txt"
-    befores = [None, *range(tunes - account.PAGE + 1, 0, -account.PAGE)]
     lines = [f'header = "Authorization: Bearer {account.API_KEY}"\n']
-    for before in [*befores, 1]:  # the last, empty page ends the listing for the tool too
-        query = f"limit={account.PAGE}" + (f"&before_id={before}" if before else "")
-        lines.append(f'url = "{url}/tunes?{query}"\noutput = "/dev/null"\n')
+    lines += [f'url = "{page}"\noutput = "/dev/null"\n' for page in page_urls(url, tunes)]
     conf.write_text("".join(lines))
     return conf
+
+
+def curl_loop(url: str, tunes: int) -> list[str]:
+    """One curl per page, one after the other, as a shell script pages (which must read
+    each page for the next before_id; told them here, it is spared that)."""
+    pages = " ".join(f"'{page}'" for page in page_urls(url, tunes))
+    return ["sh", "-c", f"for u in {pages}; do curl -sS -o /dev/null -H "
+            f"'Authorization: Bearer {account.API_KEY}' \"$u\" || exit 1; done"]
 
 
 def row(name: str, runs: list[dict[str, float]], extra: str = "") -> str:
@@ -102,6 +116,7 @@ def main() -> int:
     firsts: list[dict[str, float]] = []
     reruns: list[dict[str, float]] = []
     curls: list[dict[str, float]] = []
+    loops: list[dict[str, float]] = []
     notes: list[str] = []
     try:
         conf = curl_config(scratch, url, args.tunes)
@@ -124,7 +139,12 @@ def main() -> int:
             if curl["code"] != 0:
                 raise RuntimeError("curl failed: " + (scratch / "curl.err").read_text())
             curls.append(curl)
-            for name, run in (("first", first), ("rerun", rerun), ("curl", curl)):
+            loop = measure(curl_loop(url, args.tunes), scratch, {}, "loop")
+            if loop["code"] != 0:
+                raise RuntimeError("curl loop failed: " + (scratch / "loop.err").read_text())
+            loops.append(loop)
+            for name, run in (("first", first), ("rerun", rerun), ("curl", curl),
+                              ("loop", loop)):
                 print(f"  run {n + 1} {name:5}: wall {run['wall']:6.2f} s, cpu "
                       f"{run['cpu']:6.2f} s, rss {run['maxrss_kib'] / 1024:6.1f} MiB",
                       file=sys.stderr)
@@ -133,15 +153,18 @@ def main() -> int:
         server.wait()
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    ratio = statistics.median(r["wall"] for r in reruns) / statistics.median(
-        c["wall"] for c in curls)
+    rerun_wall = statistics.median(r["wall"] for r in reruns)
+    ratio = rerun_wall / statistics.median(c["wall"] for c in curls)
+    loop_ratio = rerun_wall / statistics.median(c["wall"] for c in loops)
     print(f"W5: {args.tunes} tunes, 1 checkpoint of 2 KiB each + 2 shared images; "
           f"median of {args.runs} run(s)\n")
     print("| case | wall s | CPU s | peak RSS MiB | walls | |")
     print("| --- | ---: | ---: | ---: | --- | --- |")
     print(row("fetch --all, fresh archive", firsts))
-    print(row("fetch --all, unchanged rerun", reruns, f"{ratio:.2f}x curl paging"))
-    print(row("curl paging the listing", curls))
+    print(row("fetch --all, unchanged rerun", reruns,
+              f"{ratio:.2f}x one curl, {loop_ratio:.2f}x a curl per page"))
+    print(row("one curl paging the listing", curls))
+    print(row("a curl per page, in a loop", loops))
     print("\n" + "\n".join(f"- {note}" for note in notes))
     return 0 if all(r["code"] == 0 for r in firsts + reruns) else 1
 
