@@ -69,11 +69,12 @@ def test_tunes_are_fetched_while_the_listing_is_still_paged(
     standin: StandIn, archive: Path
 ) -> None:
     """With pages of 120, tunes of the first page are loaded before the third page is
-    asked for: the listing is not read whole before anything is done."""
+    asked for: the listing is not read whole before anything is done (a page is
+    handed on once the next one has passed the checks)."""
     account(standin, 300)
     assert run_fetch(standin, archive, "--all", "-q") == 0
     paths = [r.path for r in standin.seen("api")]
-    third = paths.index("/tunes?limit=120&before_id=181")
+    third = paths.index("/tunes?limit=120&before_id=61")
     assert any(path.startswith("/tunes/") for path in paths[:third])
     assert manifests(archive) == set(range(1, 301))
 
@@ -81,11 +82,11 @@ def test_tunes_are_fetched_while_the_listing_is_still_paged(
 def test_downloads_go_on_while_a_listing_request_is_held(
     standin: StandIn, archive: Path
 ) -> None:
-    """--concurrency 1, and the listing's second page held until a file is asked for:
-    the API's requests have slots of their own, so the tunes of the first page are
-    loaded and downloaded meanwhile (sharing the one slot, nothing could move)."""
+    """--concurrency 1, and the listing's last (empty) page held until a file is asked
+    for: the API's requests have slots of their own, so the tunes of the first page
+    are loaded and downloaded meanwhile (sharing the one slot, nothing could move)."""
     account(standin, 10, page=5)
-    standin.hold_until_a_file = "/tunes?limit=120&before_id=6"
+    standin.hold_until_a_file = "/tunes?limit=120&before_id=1"
     assert run_fetch(standin, archive, "--all", "-q", "--concurrency", "1") == 0
     assert not standin.hold_timed_out
     assert manifests(archive) == set(range(1, 11))

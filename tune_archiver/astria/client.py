@@ -104,13 +104,24 @@ class AstriaClient:
         what = "the account's prompts"
         return parse_prompts(await self._pages("/prompts", what), what)
 
-    def tune_pages(
+    async def tune_pages(
         self, workspace: str | None = None, query: Mapping[str, str] | None = None
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """The pages of list_tunes as they arrive, each checked as _pages checks them:
-        a run can work on the first tunes while the next page is on its way."""
+        """The pages of list_tunes as they arrive, checked as _pages checks them, so a
+        run can work on the first tunes while later pages are on their way.
+
+        Each page is given only once the next one has passed the checks (the last, at
+        the listing's end): a listing that goes wrong at once, on its second page (one
+        that ignores before_id repeats its first), has had nothing done with it.
+        """
         what = "the list of tunes" + (f" of workspace {workspace}" if workspace else "")
-        return self._each_page("/tunes", what, workspace, query)
+        held: list[dict[str, Any]] | None = None
+        async for page in self._each_page("/tunes", what, workspace, query):
+            if held is not None:
+                yield held
+            held = page
+        if held is not None:
+            yield held
 
     async def _pages(
         self, path: str, what: str, workspace: str | None = None,
