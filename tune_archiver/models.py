@@ -54,7 +54,7 @@ class Tune:
         return title if isinstance(title, str) else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # thousands are kept: results
 class Asset:
     """One file of a tune: which list it came from, its place there, and its URL."""
 
@@ -66,7 +66,7 @@ class Asset:
     prompt_tune_id: int | None = None  # the tune the prompt was created on, when known
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # thousands are kept: results
 class Blob:
     """A verified blob in the archive."""
 
@@ -84,7 +84,7 @@ class StoredBlob:
     modified: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # thousands are kept: results
 class AssetResult:
     """What became of one asset: a blob (new or already archived) or an error."""
 
@@ -110,7 +110,7 @@ class AssetResult:
         return self.gone and not self.reused
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # thousands are kept: results
 class TuneResult:
     """The outcome for one tune: its assets, or why it could not be archived at all."""
 
