@@ -145,7 +145,8 @@ def _add_api(api: argparse.ArgumentParser) -> None:
                      "link-local, the local network); refused unless the API is on one")
     api.add_argument("--concurrency", metavar="N", type=positive_int,
                      default=DEFAULT_CONCURRENCY,
-                     help=f"requests at once, at most (default {DEFAULT_CONCURRENCY})")
+                     help=f"downloads at once, at most (default {DEFAULT_CONCURRENCY}); "
+                     "the API has 4 requests of its own")
     api.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
                      help=f"retries of a failed request (default {DEFAULT_RETRIES})")
     api.add_argument("--read-timeout", metavar="SECONDS", type=positive_float,
