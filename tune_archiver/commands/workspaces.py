@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tune_archiver.astria.client import AstriaClient
@@ -36,29 +36,6 @@ def workspace_of(raw: Mapping[str, Any], asked: str | None,
         tune_id = raw.get("id")
         return listed.get(tune_id, PERSONAL) if isinstance(tune_id, int) else None
     return None
-
-
-async def workspaces_of(
-    api: AstriaClient, asked: str | None, tunes: Iterable[Mapping[str, Any]]
-) -> dict[int, str]:
-    """tune id -> workspace for each tune that can be told. Only with `all`, and only
-    when some tune does not say it itself, are the workspaces listed (one listing
-    each). Raises what the client raises."""
-    tunes = list(tunes)
-    listed: dict[int, str] | None = None
-    if asked == ALL and any("workspace_id" not in tune for tune in tunes):
-        try:
-            listed = await _listed(api)
-        except ConfigError:
-            raise
-        except ArchiverError as exc:  # the files matter more than the label: carry on
-            log.warning("cannot tell the workspaces of the tunes: %s", exc)
-    found = {}
-    for tune in tunes:
-        told = workspace_of(tune, asked, listed)
-        if told is not None and isinstance(tune.get("id"), int):
-            found[tune["id"]] = told
-    return found
 
 
 class Workspaces:
