@@ -56,19 +56,20 @@ class RangedFetch:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        limiter: asyncio.Semaphore,
         settings: Settings,
         progress: Progress,
         throttle: TokenBucket | None = None,
     ) -> None:
         self._throttle = throttle
         self._session = session
-        self._limiter = limiter
         self._settings = settings
         self._progress = progress
 
     async def run(self, url: str, partial: Partial) -> None:
         """Fetch the pieces still open over --split connections.
+
+        The caller holds the file's one --concurrency slot: --split counts this file's
+        connections, whatever --concurrency says (as aria2c's -x and -j do).
 
         Raises RangesRefused, or the error of the first piece that failed for good.
         """
@@ -130,7 +131,7 @@ class RangedFetch:
             self._progress.advance(sum(len(piece) for piece in pieces))
             filled.set()
 
-        async with self._limiter, get(
+        async with get(
             self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             if response.status == 200:
