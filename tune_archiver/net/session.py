@@ -7,6 +7,8 @@ import aiohttp
 from tune_archiver.config import USER_AGENT, Settings
 from tune_archiver.net.guard import guard_trace, guarded_connector
 
+ASSET_READ_AHEAD = 2**18  # per connection; aiohttp buffers up to twice this
+
 
 def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSession:
     """A session with connect and read timeouts but no total one.
@@ -28,6 +30,9 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
     else:  # the usual case: a redirect into a private address is refused (see guard.py)
         connector, traces = guarded_connector(limit=0), [guard_trace()]
     return aiohttp.ClientSession(
+        # A body is read ahead this far while the last batch is written: aiohttp's
+        # 64 KiB stops and restarts the socket many times per MiB of a large file.
+        read_bufsize=ASSET_READ_AHEAD if not decompress else 2**16,
         timeout=timeout,
         headers=headers,
         auto_decompress=decompress,
