@@ -24,11 +24,13 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
     headers = {"User-Agent": USER_AGENT}
     if not decompress:
         headers["Accept-Encoding"] = "identity"
-    # limit=0: the caller's semaphore is the limit.
+    # limit=0: the caller's semaphores are the limit (files x --split connections);
+    # one host never gets more connections than one of them allows.
+    per_host = 0 if decompress else max(settings.concurrency, settings.split)
     if settings.private_redirects:
-        connector, traces = aiohttp.TCPConnector(limit=0), []
+        connector, traces = aiohttp.TCPConnector(limit=0, limit_per_host=per_host), []
     else:  # the usual case: a redirect into a private address is refused (see guard.py)
-        connector, traces = guarded_connector(limit=0), [guard_trace()]
+        connector, traces = guarded_connector(0, per_host), [guard_trace()]
     return aiohttp.ClientSession(
         # A body is read ahead this far while the last batch is written: aiohttp's
         # 64 KiB stops and restarts the socket many times per MiB of a large file.
