@@ -34,6 +34,9 @@ from tune_archiver.urls import redact
 
 MIN_PIECE = 2**20  # smaller pieces cost more in requests than they win
 MAX_PIECE = 16 * 2**20  # larger ones let the hash fall further behind the download
+# Bytes one connection gathers before a write: half a single stream's, since up to
+# 16 connections each hold one batch gathering and one being written.
+RANGE_BATCH = 2**19
 HASH_STEP = 64 * 2**20  # the most one thread hop hashes, so a cancel is never kept waiting
 
 
@@ -142,7 +145,7 @@ class RangedFetch:
                 raise RangesRefused
             if validator_of(response.headers) != partial.validator:
                 raise RangesRefused  # a host that ignored If-Range: the file changed
-            rest = await pump(response, write, self._settings.stall, self._throttle)
+            rest = await pump(response, write, self._settings.stall, self._throttle, RANGE_BATCH)
             if rest:
                 await write(rest)
         if partial.spans[index][1] < end:

@@ -171,14 +171,15 @@ async def pump(
     sink: Callable[[list[bytes]], Awaitable[None]],
     stall: StallRule | None = None,
     throttle: TokenBucket | None = None,
+    batch: int = CHUNK_BYTES,
 ) -> list[bytes]:
-    """Hand the body to `sink` as lists of pieces of about CHUNK_BYTES in all.
+    """Hand the body to `sink` as lists of pieces of about `batch` bytes in all.
 
     The pieces are the buffers as they were received, never joined: the event loop
     copies nothing, and the writer thread hands them to pwritev as they are. One
     batch is written (and hashed) while the next is received: the sink's calls never
     overlap one another, so bytes reach it in order. When the body ends, the last
-    pieces (less than CHUNK_BYTES) are returned unwritten, so a small file costs one
+    pieces (less than `batch`) are returned unwritten, so a small file costs one
     thread hop in all. Bytes that arrived before the body broke are handed to `sink`
     before the error goes on: they are good, and a resume starts after them. A body
     slower than `stall` allows raises ReadTimeout: a host that drips a byte now and
@@ -197,7 +198,7 @@ async def pump(
                 window_start += await throttle.take(len(piece))
             pending.append(piece)
             held += len(piece)
-            if held >= CHUNK_BYTES:
+            if held >= batch:
                 pieces, pending, held = pending, [], 0
                 if writing is not None:
                     await writing
