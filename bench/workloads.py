@@ -1,0 +1,194 @@
+"""The workloads: each builds its files, its tunes and its Cases (one per tool).
+
+WORKLOADS maps a workload's name to its builder, in the report's order; a builder
+takes the shared Setup, which generates files and starts hosts on first use, so
+`--only W2` does not write the 1 GiB checkpoint. To add a workload,
+write a builder and add it to WORKLOADS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from bench import servers
+from bench.checks import (
+    Files,
+    Verify,
+    verify_archive,
+    verify_files,
+)
+
+CKPT, CKPT_BYTES, SEED = "model.safetensors", 2**30, 20240601
+TA = [sys.executable, "-m", "tune_archiver"]
+STAMPS = {"updated_at": "2026-11-01T10:00:00.000Z", "expires_at": "2026-12-01T10:00:00.000Z"}
+Argv = Callable[[Path], list[str]]
+
+
+@dataclass
+class Case:
+    """One tool on one workload: the command for an output dir, and its check.
+
+    `prepare(out)` runs before each run, untimed.
+    """
+
+    tool: str
+    argv: Argv
+    verify: Verify
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[Path], None] | None = None
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def is_ta(self) -> bool:
+        return self.tool.startswith("tune-archiver")
+
+
+class Setup:
+    """What the builders share: the served files, the API's tunes and hosts, made once."""
+
+    def __init__(self, scratch: Path, api: servers.Api, cleanup: contextlib.ExitStack,
+                 ta_args: list[str]) -> None:
+        self.scratch, self.api, self.cleanup, self.ta_args = scratch, api, cleanup, ta_args
+        self.served = scratch / "served"  # the root of nginx and of the latency host
+        self.served.mkdir()
+        self.files: Files = {}
+        self.key = {"ASTRIA_API_KEY": servers.API_KEY}
+
+    def write(self, name: str, data: bytes) -> None:
+        (self.served / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.served / name).write_bytes(data)
+        self.files[name] = (len(data), hashlib.sha256(data).hexdigest())
+
+    def random_files(self, folder: str, names: list[str], low: int, high: int) -> list[str]:
+        """Files of random bytes with seeded random sizes in [low, high]: their served names."""
+        sizes = random.Random(f"{SEED}-{folder}")
+        for name in names:
+            self.write(f"{folder}/{name}", os.urandom(sizes.randint(low, high)))
+        return [f"{folder}/{name}" for name in names]
+
+    @cached_property
+    def checkpoint(self) -> str:
+        """The 1 GiB checkpoint, written once: its served name."""
+        digest, block = hashlib.sha256(), 16 * 2**20
+        with (self.served / CKPT).open("wb") as file:
+            for _ in range(CKPT_BYTES // block):
+                data = os.urandom(block)
+                digest.update(data)
+                file.write(data)
+        self.files[CKPT] = (CKPT_BYTES, digest.hexdigest())
+        return CKPT
+
+    @cached_property
+    def nginx(self) -> tuple[str, str]:
+        """The base URLs of nginx's unlimited and 40 MiB/s-per-connection ports."""
+        proc, fast, slow = servers.start_nginx(self.scratch, self.served)
+        self.cleanup.callback(servers.stop, proc)
+        return fast, slow
+
+    def tune(self, tid: int, ckpts: Sequence[str] = (), images: Sequence[str] = ()) -> int:
+        """Add a tune to the stand-in API: its id."""
+        self.api.tunes[tid] = {"id": tid, "title": f"bench {tid}", "ckpt_urls": list(ckpts),
+                               "ckpt_url": ckpts[0] if ckpts else None,
+                               "orig_images": list(images), **STAMPS}
+        return tid
+
+    def ta(self, *ids: int, extra: tuple[str, ...] = ()) -> Argv:
+        """tune-archiver fetch of these tunes into a local archive at `out`."""
+        return lambda out: [*TA, "fetch", *map(str, ids), "-q", "--archive", str(out),
+                            "--api-url", self.api.url, *extra, *self.ta_args]
+
+    def ta_case(self, tool: str, ids: list[int], extra: tuple[str, ...] = (),
+                hashed: bool = True, env: dict[str, str] | None = None) -> Case:
+        return Case(tool, self.ta(*ids, extra=extra),
+                    verify_archive(self.api.tunes, self.files, ids, hashed), env or self.key)
+
+
+def aria_one(url: str, x: int) -> Argv:
+    return lambda out: ["aria2c", f"-x{x}", f"-s{x}", "-k1M", "-q", "--allow-overwrite=true",
+                        "--file-allocation=none", "-d", str(out), "-o", CKPT, url]
+
+
+def curl_one(url: str) -> Argv:
+    return lambda out: ["curl", "-sS", "-o", str(out / CKPT), url]
+
+
+def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
+    """aria2c -j<j> (an input list) and curl -Z --parallel-max <j> (a config file): each
+    file at out/<its name without folders>."""
+    expected = {Path(n).name: s.files[n] for n in names}
+    tag = Path(names[0]).parent.name
+    aria_list, curl_conf = s.scratch / f"aria2-{tag}.txt", s.scratch / f"curl-{tag}.txt"
+    aria_list.write_text("".join(f"{base}/{n}\n  out={Path(n).name}\n" for n in names))
+    curl_conf.write_text("".join(f'url = "{base}/{n}"\noutput = "{{out}}/{Path(n).name}"\n'
+                                 for n in names))
+
+    def aria(out: Path) -> list[str]:
+        return ["aria2c", f"-j{j}", "-q", "--allow-overwrite=true", "--file-allocation=none",
+                "-d", str(out), "-i", str(aria_list)]
+
+    def curl(out: Path) -> list[str]:
+        conf = out.parent / "curl-config-run.txt"
+        conf.write_text(curl_conf.read_text().replace("{out}", str(out)))
+        return ["curl", "-sS", "-Z", "--parallel-max", str(j), "-K", str(conf)]
+
+    return [Case(f"aria2c -j{j}", aria, verify_files(expected)),
+            Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected))]
+
+
+def w1(s: Setup) -> list[Case]:
+    """A 1 GiB checkpoint from nginx's unlimited port."""
+    fast, _ = s.nginx
+    ckpt = {CKPT: s.files[s.checkpoint]}
+    url = f"{fast}/{CKPT}"
+    return [s.ta_case("tune-archiver", [s.tune(1, [url])]),
+            Case("curl", curl_one(url), verify_files(ckpt)),
+            Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt)),
+            Case("aria2c -x1 -s1", aria_one(url, 1), verify_files(ckpt))]
+
+
+def w1_nohash(s: Setup) -> list[Case]:
+    """W1 with hashing off (a bench-only switch): what hashing costs. Compared with W1's peers."""
+    fast, _ = s.nginx
+    tid = s.tune(1, [f"{fast}/{s.checkpoint}"])
+    return [s.ta_case("tune-archiver (SKIP_HASH=1)", [tid], hashed=False,
+                      env={**s.key, "TUNE_ARCHIVER_BENCH_SKIP_HASH": "1"})]
+
+
+def w2(s: Setup) -> list[Case]:
+    """1,000 images of 50-500 KB (50 tunes x 20) from nginx's unlimited port."""
+    fast, _ = s.nginx
+    ids = list(range(101, 151))
+    names = s.random_files("img", [f"{t}-{i:02d}.jpg" for t in ids for i in range(20)],
+                           50_000, 500_000)
+    for k, tid in enumerate(ids):
+        s.tune(tid, images=[f"{fast}/{n}" for n in names[20 * k:20 * k + 20]])
+    return [s.ta_case("tune-archiver", ids), *many_files(s, fast, names, 8)]
+
+
+def w3(s: Setup) -> list[Case]:
+    """The 1 GiB checkpoint from nginx's port that allows 40 MiB/s per connection."""
+    _, slow = s.nginx
+    ckpt = {CKPT: s.files[s.checkpoint]}
+    url = f"{slow}/{CKPT}"
+    tid = s.tune(2, [url])
+    return [s.ta_case("tune-archiver", [tid]),
+            s.ta_case("tune-archiver --split 16 --concurrency 16", [tid],
+                      extra=("--split", "16", "--concurrency", "16")),
+            Case("curl", curl_one(url), verify_files(ckpt)),
+            Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt))]
+
+
+# name -> builder, in the report's order
+WORKLOADS: dict[str, Callable[[Setup], list[Case]]] = {
+    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3,
+}
