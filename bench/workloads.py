@@ -182,8 +182,7 @@ def w3(s: Setup) -> list[Case]:
     url = f"{slow}/{CKPT}"
     tid = s.tune(2, [url])
     return [s.ta_case("tune-archiver", [tid]),
-            s.ta_case("tune-archiver --split 16 --concurrency 16", [tid],
-                      extra=("--split", "16", "--concurrency", "16")),
+            s.ta_case("tune-archiver --split 16", [tid], extra=("--split", "16")),
             Case("curl", curl_one(url), verify_files(ckpt)),
             Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt))]
 
