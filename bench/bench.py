@@ -39,9 +39,10 @@ import tempfile  # noqa: E402
 import aiohttp  # noqa: E402
 
 from bench import servers  # noqa: E402
-from bench.workloads import TA, WORKLOADS, Case, Setup  # noqa: E402
+from bench.workloads import PEERS_OF, TA, WORKLOADS, Case, Setup  # noqa: E402
 
 RUN_TIMEOUT = 900  # seconds; a hung run is killed and fails the benchmark
+RSS_LIMIT_MIB = 100  # tune-archiver rows above this are flagged
 MEASURE = Path(__file__).resolve().parent / "measure.py"  # times one run: see there
 
 
@@ -93,34 +94,55 @@ def versions(cwd: Path) -> str:
     return "; ".join(found)
 
 
+def median_wall(case: Case) -> float:
+    return statistics.median(case.walls)
+
+
+def best_peers(workloads: dict[str, list[Case]]) -> dict[str, Case]:
+    """Each workload's fastest peer (any tool but tune-archiver) by median wall."""
+    best: dict[str, Case] = {}
+    for name, cases in workloads.items():
+        peers = [c for c in cases if not c.is_ta] or [
+            c for c in workloads.get(PEERS_OF.get(name, ""), []) if not c.is_ta]
+        if peers:
+            best[name] = min(peers, key=median_wall)
+    return best
+
+
 def report(workloads: dict[str, list[Case]], runs: int, ta_args: list[str], cwd: Path) -> str:
     """The Markdown table of medians, with tune-archiver's wall over the best peer's."""
-    peers = {"W1": ("curl", "aria2c -x16 -s16", "aria2c -x1 -s1"), "W2": ("aria2c -j8",),
-             "W3": ("aria2c -x16 -s16",)}
-    best = {w: min(statistics.median(c.walls) for c in workloads[w] if c.tool in tools)
-            for w, tools in peers.items() if w in workloads}
-    if "W1" in best:
-        best["W1-nohash"] = best["W1"]
+    best = best_peers(workloads)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# tune-archiver benchmark, {now}", "",
              f"nproc {len(os.sched_getaffinity(0))}; load average at the end "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews the walls); "
              f"medians of {runs} runs; extra tune-archiver args: "
-             f"`{shlex.join(ta_args) or '(none)'}`", "", f"Versions: {versions(cwd)}", "",
+             f"`{shlex.join(ta_args) or '(none)'}`", "",
+             f"Versions: {versions(cwd)}", "",
              "| workload | tool | wall s | CPU s | peak RSS MiB | walls of the runs | "
              "vs best peer |", "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    heavy: list[str] = []
     for name, cases in workloads.items():
         for c in cases:
-            wall = statistics.median(c.walls)
-            ratio = f"{wall / best[name]:.2f}x" if c.is_ta and name in best else ""
+            wall, rss = median_wall(c), statistics.median(c.rss_kib) / 1024
+            ratio = f"{wall / median_wall(best[name]):.2f}x" if c.is_ta and name in best else ""
+            flag = ""
+            if c.is_ta and rss > RSS_LIMIT_MIB:
+                flag = " (!)"
+                heavy.append(f"{name} {c.tool}")
             lines.append(f"| {name} | {c.tool} | {wall:.2f} | {statistics.median(c.cpus):.2f} | "
-                         f"{statistics.median(c.rss_kib) / 1024:.1f} | "
-                         f"{', '.join(f'{w:.2f}' for w in c.walls)} | {ratio} |")
-    lines += ["", "Best peer: W1 (and W1-nohash) the fastest of curl and both aria2c; "
-              "W2 aria2c -j8; W3 aria2c -x16 -s16."]
+                         f"{rss:.1f}{flag} | {', '.join(f'{w:.2f}' for w in c.walls)} | "
+                         f"{ratio} |")
+    named = [f"{name} {case.tool}" + (f" ({PEERS_OF[name]}'s)" if name in PEERS_OF else "")
+             for name, case in best.items()]
+    lines += ["", "Best peer (the fastest tool other than tune-archiver, by median wall): "
+              f"{'; '.join(named)}."]
+    if heavy:
+        lines.append(f"(!) tune-archiver's peak RSS over {RSS_LIMIT_MIB} MiB: "
+                     f"{', '.join(heavy)}.")
     if "W1" in workloads and "W1-nohash" in workloads:
-        hashed = statistics.median(workloads["W1"][0].walls)
-        bare = statistics.median(workloads["W1-nohash"][0].walls)
+        hashed = median_wall(workloads["W1"][0])
+        bare = median_wall(workloads["W1-nohash"][0])
         lines.append(f"W1 hashing overhead: {(hashed - bare) / bare:+.1%} "
                      f"({hashed:.2f} s vs {bare:.2f} s with TUNE_ARCHIVER_BENCH_SKIP_HASH=1).")
     return "\n".join(lines) + "\n"

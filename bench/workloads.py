@@ -191,3 +191,5 @@ def w3(s: Setup) -> list[Case]:
 WORKLOADS: dict[str, Callable[[Setup], list[Case]]] = {
     "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3,
 }
+# workloads without peers of their own, compared with another's best peer
+PEERS_OF = {"W1-nohash": "W1"}
