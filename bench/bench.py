@@ -1,8 +1,8 @@
-"""Throughput benchmark: tune-archiver against curl and aria2c on local nginx.
+"""Throughput benchmark: tune-archiver against curl and aria2c on local hosts.
 
 Run from the repository root, after `pip install -e .`, as root on Debian:
 
-    bench/run [--runs 3] [--only W1,W1-nohash,W2,W3] [--ta-args "--concurrency 16"]
+    bench/run [--runs 3] [--only W1,W1-nohash,W2,W3,W4] [--ta-args "--concurrency 16"]
               [--keep] [--snapshot]
 
 (`--ta-args=--opt` for a single option without a space.) Installs nginx, aria2 and

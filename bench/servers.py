@@ -1,8 +1,10 @@
 """The hosts the benchmark downloads from and writes to, all on 127.0.0.1.
 
-nginx (two ports: unlimited, and 40 MiB/s per connection) and the stand-in Astria
-API (aiohttp in a thread of the bench process: it answers a few hundred small JSON
-requests). start_nginx returns its process; stop() ends a process started here.
+nginx (two ports: unlimited, and 40 MiB/s per connection), the stand-in Astria API
+(aiohttp in a thread of the bench process: it answers a few hundred small JSON
+requests), the latency host (bench/latency_host.py in a process of its own, so its
+event loop and GIL are not the API's). Every start_* returns the process and the
+base URL; stop() ends a process started here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 NGINX, API_KEY = "/usr/sbin/nginx", "bench-key"
+LATENCY_HOST = Path(__file__).resolve().parent / "latency_host.py"
 
 
 def ensure_tools() -> None:
@@ -98,6 +101,23 @@ http {{
         stop(proc)
         raise
     return proc, f"http://127.0.0.1:{fast}", f"http://127.0.0.1:{slow}"
+
+
+def start_latency_host(root: Path, folder: str,
+                       delay: float) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/latency_host.py serving root/folder, `delay` s before each response: its URL.
+
+    Started after the files are written: it reads them all into memory first.
+    """
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(LATENCY_HOST), str(root), folder, str(port),
+                             str(delay)], stdin=subprocess.DEVNULL)
+    try:
+        wait_listening(proc, port, "the latency host")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
 
 
 class Api:
