@@ -1,8 +1,9 @@
-"""Throughput benchmark: tune-archiver against curl and aria2c on local hosts.
+"""Throughput benchmark: tune-archiver against curl, aria2c and boto3 on local hosts.
 
-Run from the repository root, after `pip install -e .`, as root on Debian:
+Run from the repository root, after `pip install -e .` (W6 needs the [s3] extra and
+moto[server]), as root on Debian:
 
-    bench/run [--runs 3] [--only W1,W1-nohash,W2,W3,W4] [--ta-args "--concurrency 16"]
+    bench/run [--runs 3] [--only W1,W1-nohash,W2,W3,W4,W6] [--ta-args "--concurrency 16"]
               [--keep] [--snapshot]
 
 (`--ta-args=--opt` for a single option without a space.) Installs nginx, aria2 and
@@ -27,6 +28,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
+import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
@@ -78,7 +80,7 @@ def run_once(case: Case, out: Path, first: bool, cwd: Path) -> None:
           f"cpu {run['cpu']:6.2f} s, rss {run['maxrss_kib'] / 1024:7.1f} MiB", file=sys.stderr)
 
 
-def versions(cwd: Path) -> str:
+def versions(cwd: Path, names: list[str]) -> str:
     def first_line(argv: list[str]) -> str:
         run = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd)
         return (run.stdout or run.stderr).strip().splitlines()[0]
@@ -91,6 +93,8 @@ def versions(cwd: Path) -> str:
     tools = {"nginx": [servers.NGINX, "-v"], "curl": ["curl", "--version"],
              "aria2c": ["aria2c", "--version"]}
     found += [first_line(argv) for argv in tools.values()]
+    if "W6" in names:
+        found += [f"{p} {importlib.metadata.version(p)}" for p in ("moto", "boto3")]
     return "; ".join(found)
 
 
@@ -118,7 +122,7 @@ def report(workloads: dict[str, list[Case]], runs: int, ta_args: list[str], cwd:
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews the walls); "
              f"medians of {runs} runs; extra tune-archiver args: "
              f"`{shlex.join(ta_args) or '(none)'}`", "",
-             f"Versions: {versions(cwd)}", "",
+             f"Versions: {versions(cwd, list(workloads))}", "",
              "| workload | tool | wall s | CPU s | peak RSS MiB | walls of the runs | "
              "vs best peer |", "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     heavy: list[str] = []

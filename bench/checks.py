@@ -72,3 +72,19 @@ def verify_files(expected: Files) -> Verify:
             check_file(out / name, size, sha, first and size >= BIG)
 
     return verify
+
+
+def check_s3_archive(client: Any, bucket: str, prefix: str, tune: dict[str, Any],
+                     files: Files) -> None:
+    """The tune's manifest in the bucket names the served sha256s; each blob has its size."""
+    body = client.get_object(Bucket=bucket, Key=f"{prefix}/manifests/{tune['id']}.json")["Body"]
+    manifest = json.loads(body.read())
+    check_manifest(manifest, tune, files, hashed=True)
+    for asset in manifest["assets"]:
+        check_s3_object(client, bucket, f"{prefix}/{asset['path']}", asset["size"])
+
+
+def check_s3_object(client: Any, bucket: str, key: str, size: int) -> None:
+    length = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    if length != size:
+        raise AssertionError(f"s3://{bucket}/{key}: {length} bytes, not {size}")

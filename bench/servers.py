@@ -3,8 +3,8 @@
 nginx (two ports: unlimited, and 40 MiB/s per connection), the stand-in Astria API
 (aiohttp in a thread of the bench process: it answers a few hundred small JSON
 requests), the latency host (bench/latency_host.py in a process of its own, so its
-event loop and GIL are not the API's). Every start_* returns the process and the
-base URL; stop() ends a process started here.
+event loop and GIL are not the API's) and moto's S3 server (a process of its own).
+Every start_* returns a handle; stop() ends a process started here.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from aiohttp import web
 
 NGINX, API_KEY = "/usr/sbin/nginx", "bench-key"
 LATENCY_HOST = Path(__file__).resolve().parent / "latency_host.py"
+# moto's dummy credentials, for tune-archiver, the boto3 peer and the bench's own client
+S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+          "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def ensure_tools() -> None:
@@ -114,6 +117,23 @@ def start_latency_host(root: Path, folder: str,
                              str(delay)], stdin=subprocess.DEVNULL)
     try:
         wait_listening(proc, port, "the latency host")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_moto(scratch: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server (python -m moto.server) in a process of its own: its endpoint."""
+    port = free_port()
+    log = (scratch / "moto.log").open("wb")  # werkzeug logs a line per request
+    env = {**os.environ, "TMPDIR": str(scratch)}  # large objects spill to temp files
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=log, env=env)
+    log.close()
+    try:
+        wait_listening(proc, port, f"moto's server (see {scratch / 'moto.log'})", 60)
     except BaseException:
         stop(proc)
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import random
 import sys
@@ -17,17 +18,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from bench import servers
 from bench.checks import (
     Files,
     Verify,
+    check_s3_archive,
+    check_s3_object,
     verify_archive,
     verify_files,
 )
 
 CKPT, CKPT_BYTES, SEED = "model.safetensors", 2**30, 20240601
 TA = [sys.executable, "-m", "tune_archiver"]
+S3_UPLOAD = Path(__file__).resolve().parent / "s3_upload.py"
 STAMPS = {"updated_at": "2026-11-01T10:00:00.000Z", "expires_at": "2026-12-01T10:00:00.000Z"}
 Argv = Callable[[Path], list[str]]
 
@@ -36,7 +41,7 @@ Argv = Callable[[Path], list[str]]
 class Case:
     """One tool on one workload: the command for an output dir, and its check.
 
-    `prepare(out)` runs before each run, untimed.
+    `prepare(out)` runs before each run, untimed (W6 makes a fresh bucket there).
     """
 
     tool: str
@@ -100,6 +105,12 @@ class Setup:
         proc, url = servers.start_latency_host(self.served, folder, 0.04)
         self.cleanup.callback(servers.stop, proc)
         return url
+
+    @cached_property
+    def moto(self) -> str:
+        proc, endpoint = servers.start_moto(self.scratch)
+        self.cleanup.callback(servers.stop, proc)
+        return endpoint
 
     def tune(self, tid: int, ckpts: Sequence[str] = (), images: Sequence[str] = ()) -> int:
         """Add a tune to the stand-in API: its id."""
@@ -207,9 +218,60 @@ def w4(s: Setup) -> list[Case]:
     return [s.ta_case("tune-archiver", ids), *many_files(s, base, names, 16)]
 
 
+def w6(s: Setup) -> list[Case]:
+    """The 1 GiB checkpoint from nginx into an S3 archive on moto (a fresh bucket per run)."""
+    import boto3  # only W6 needs the [s3] extra
+
+    fast, _ = s.nginx
+    endpoint, local = s.moto, s.served / s.checkpoint
+    tune = s.api.tunes[s.tune(3, [f"{fast}/{CKPT}"])]
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=servers.S3_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=servers.S3_ENV["AWS_SECRET_ACCESS_KEY"])
+    buckets = (f"w6-{n}" for n in itertools.count())
+    bucket = ""
+
+    def fresh(out: Path) -> None:
+        nonlocal bucket
+        bucket = next(buckets)
+        client.create_bucket(Bucket=bucket)
+
+    def ta(out: Path) -> list[str]:  # env(1) execs the tool: nothing more is measured
+        return ["env", f"TUNE_ARCHIVER_STAGING={out / 'staging'}", *TA, "fetch", "3", "-q",
+                "--archive", f"s3://{bucket}/archive", "--s3-endpoint-url", endpoint,
+                "--api-url", s.api.url, *s.ta_args]
+
+    def upload(out: Path) -> list[str]:
+        return [sys.executable, str(S3_UPLOAD), endpoint, bucket, CKPT, str(local)]
+
+    def verify_ta(out: Path, first: bool) -> None:
+        check_s3_archive(client, bucket, "archive", tune, s.files)
+        empty(client, bucket)
+
+    def verify_upload(out: Path, first: bool) -> None:
+        check_s3_object(client, bucket, CKPT, CKPT_BYTES)
+        empty(client, bucket)
+
+    env = {**s.key, **servers.S3_ENV}
+    return [Case("tune-archiver", ta, verify_ta, env, fresh),
+            Case("boto3 upload_file", upload, verify_upload, servers.S3_ENV, fresh)]
+
+
+def empty(client: Any, bucket: str) -> None:
+    """Delete the bucket and all in it: moto holds every object in a temp file until then."""
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    client.delete_bucket(Bucket=bucket)
+
+
 # name -> builder, in the report's order. W5 (an account of 20,000 tunes) goes after W4.
 WORKLOADS: dict[str, Callable[[Setup], list[Case]]] = {
-    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3, "W4": w4,
+    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3, "W4": w4, "W6": w6,
 }
 # workloads without peers of their own, compared with another's best peer
 PEERS_OF = {"W1-nohash": "W1"}
