@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
     from tune_archiver.store.s3.bucket import Bucket
 
-PARTS_IN_FLIGHT = 2  # parts held in memory at once, read or being sent
+# Parts held in memory at once, read or being sent: on a fast link one part at a time
+# waits on each round trip; a few at once keep it busy (boto3's manager sends 10).
+PARTS_IN_FLIGHT = 4
 MAX_PARTS = 10_000
 COPY_PART = 2**30
 COPIES_IN_FLIGHT = 4  # part copies hold no memory here: the server moves the bytes
