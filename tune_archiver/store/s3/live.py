@@ -13,9 +13,8 @@ this is only ever a head start.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
+import io
 import logging
 import os
 import uuid
@@ -24,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from tune_archiver.digest import Hasher, new_hash
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
-from tune_archiver.store.s3.transfer import PARTS_IN_FLIGHT, read_part, send_part
+from tune_archiver.store.s3.parts import composite, read_part, send_part
+from tune_archiver.store.s3.transfer import PARTS_IN_FLIGHT
 from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
@@ -109,9 +109,7 @@ class LiveUpload:
 
     def checksum(self) -> str:
         """The composite SHA-256 S3 reports for the completed upload."""
-        parts = sorted(self.parts, key=lambda part: part["PartNumber"])
-        digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
-        return base64.b64encode(hashlib.sha256(digests).digest()).decode()
+        return composite(self.parts)
 
     def _notify(self) -> None:  # called from a writer thread
         self._loop.call_soon_threadsafe(self._more.set)
@@ -165,17 +163,17 @@ class LiveUpload:
             fd = os.open(self._file.path, os.O_RDONLY)
             try:
                 # Parts are read one after another, so `whole` sees the bytes in order.
-                data, checksum = await in_thread(read_part, fd, offset, length, self.whole)
+                body, checksum = await in_thread(read_part, fd, offset, length, self.whole)
             finally:
                 os.close(fd)
         number = offset // bucket.part_size + 1
-        self._sending.add(asyncio.create_task(self._send(number, data, checksum)))
+        self._sending.add(asyncio.create_task(self._send(number, body, checksum)))
         self.sent = offset + length
 
-    async def _send(self, number: int, data: bytes, checksum: str) -> CompletedPartTypeDef:
+    async def _send(self, number: int, body: io.BytesIO, checksum: str) -> CompletedPartTypeDef:
         bucket = self._bucket
         with bucket.translated("upload a blob", self._file.path.parent):
-            return await send_part(bucket, self.key, self.upload_id or "", number, data,
+            return await send_part(bucket, self.key, self.upload_id or "", number, body,
                                    checksum)
 
     async def _wait(self, everything: bool, more: bool = True) -> None:

@@ -38,13 +38,9 @@ from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
+from tune_archiver.store.s3.parts import b64
 from tune_archiver.store.s3.reading import read_range
-from tune_archiver.store.s3.transfer import (
-    b64,
-    copy,
-    save_as,
-    stream,
-)
+from tune_archiver.store.s3.transfer import copy, save_as, stream
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession

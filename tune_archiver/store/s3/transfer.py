@@ -1,13 +1,13 @@
 """Bytes into and out of a Bucket, for the S3 store. In: a finished download streamed to
 a temporary key, checked, then copied to its blob key (part by part above 5 GiB),
-never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once).
+never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once, each
+read only when its upload may start; parts.py reads, hashes and sends one).
 Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -22,6 +22,7 @@ from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, st
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.parts import b64, composite, read_part, send_part
 from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
@@ -56,12 +57,13 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         raise storage_error(exc, path.parent, "read a finished download") from exc
     try:
         if blob.size <= part_size:
-            data, checksum = await in_thread(read_part, fd, 0, blob.size, None)
-            _check_digest(new_hash(), data, blob)
+            whole = new_hash()
+            body, checksum = await in_thread(read_part, fd, 0, blob.size, whole)
+            _check_digest(whole, blob)
             await bucket.client.put_object(
                 Bucket=bucket.name,
                 Key=key,
-                Body=data,
+                Body=body,
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=checksum,
                 ContentType=content_type,
@@ -76,7 +78,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             parts = await _bounded(
                 _parts(bucket, key, upload_id, fd, blob.size, part_size, whole), PARTS_IN_FLIGHT
             )
-            _check_digest(whole, b"", blob)
+            _check_digest(whole, blob)
             parts.sort(key=lambda part: part["PartNumber"])
             await bucket.client.complete_multipart_upload(
                 Bucket=bucket.name,
@@ -87,8 +89,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         except BaseException:
             await settle(bucket.abort(key, upload_id), f"abort the upload to {key}")
             raise
-        digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
-        return b64(hashlib.sha256(digests).digest())
+        return composite(parts)
     finally:
         os.close(fd)
 
@@ -99,23 +100,8 @@ async def _parts(
     """The part uploads, each made only when it may start: its bytes are read then."""
     for number, offset in enumerate(range(0, size, part_size), start=1):
         length = min(part_size, size - offset)
-        data, checksum = await in_thread(read_part, fd, offset, length, whole)
-        yield send_part(bucket, key, upload_id, number, data, checksum)
-
-
-async def send_part(
-    bucket: Bucket, key: str, upload_id: str, number: int, data: bytes, checksum: str
-) -> CompletedPartTypeDef:
-    sent = await bucket.client.upload_part(
-        Bucket=bucket.name,
-        Key=key,
-        UploadId=upload_id,
-        PartNumber=number,
-        Body=data,
-        ChecksumAlgorithm="SHA256",
-        ChecksumSHA256=checksum,
-    )
-    return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
+        body, checksum = await in_thread(read_part, fd, offset, length, whole)
+        yield send_part(bucket, key, upload_id, number, body, checksum)
 
 
 async def complete(
@@ -203,28 +189,8 @@ async def _copy_part(
     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
 
 
-def b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
-
-
-def read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[bytes, str]:
-    """Exactly `length` bytes at `offset`, and their base64 SHA-256; also fed to `whole`."""
-    chunks, got = [], 0
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            raise StorageError("a finished download is shorter than it was; not stored")
-        chunks.append(chunk)
-        got += len(chunk)
-    data = b"".join(chunks)
-    if whole is not None:
-        whole.update(data)
-    return data, b64(hashlib.sha256(data).digest())
-
-
-def _check_digest(digest: Hasher, data: bytes, blob: Blob) -> None:
+def _check_digest(digest: Hasher, blob: Blob) -> None:
     """The bytes re-read for upload must be those the download hashed."""
-    digest.update(data)
     if digest.hexdigest() != blob.sha256:
         raise IntegrityError(
             f"a finished download changed on disk before upload (blob {blob.sha256}); not stored"
