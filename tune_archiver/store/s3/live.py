@@ -107,6 +107,13 @@ class LiveUpload:
             return False
         return self.sent == size
 
+    @property
+    def done(self) -> int:
+        """Bytes of the file the store has taken (answered parts)."""
+        size = self._bucket.part_size
+        return sum(min(size, self._file.hashed - (part["PartNumber"] - 1) * size)
+                   for part in self.parts)
+
     def checksum(self) -> str:
         """The composite SHA-256 S3 reports for the completed upload."""
         return composite(self.parts)

@@ -80,6 +80,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             )
             _check_digest(whole, blob)
             parts.sort(key=lambda part: part["PartNumber"])
+            await _check_parts(bucket, key, upload_id, parts, blob, part_size)
             await bucket.client.complete_multipart_upload(
                 Bucket=bucket.name,
                 Key=key,
@@ -92,6 +93,30 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         return composite(parts)
     finally:
         os.close(fd)
+
+
+async def _check_parts(
+    bucket: Bucket, key: str, upload_id: str, parts: list[CompletedPartTypeDef], blob: Blob,
+    part_size: int,
+) -> None:
+    """Before the upload completes (and its key shows anything), the parts the store holds
+    must be ours: their number, sizes and, where the store reports them, SHA-256s. This
+    is what check_upload looks at afterwards, asked while the key may still be the blob's."""
+    held = []
+    pages = bucket.client.get_paginator("list_parts").paginate(
+        Bucket=bucket.name, Key=key, UploadId=upload_id
+    )
+    async for page in pages:
+        held.extend(page.get("Parts", []))
+    expected = [min(part_size, blob.size - offset) for offset in range(0, blob.size, part_size)]
+    sizes = [part.get("Size") for part in sorted(held, key=lambda part: part["PartNumber"])]
+    sums = {part["PartNumber"]: part.get("ChecksumSHA256") for part in held}
+    if sizes != expected or any(
+        sums.get(part["PartNumber"]) not in (None, part["ChecksumSHA256"]) for part in parts
+    ):
+        raise IntegrityError(
+            f"the parts of blob {blob.sha256} in {bucket} are not those sent; not stored"
+        )
 
 
 async def _parts(
