@@ -221,3 +221,46 @@ def test_a_part_is_handed_to_aiohttp_without_a_copy() -> None:
 
     assert cost(lambda: aiohttp.payload.BytesIOPayload(body)) < PART // 8
     assert cost(lambda: aiohttp.payload.BytesIOPayload(io.BytesIO(data))) >= PART
+
+
+async def test_a_live_upload_that_cannot_keep_up_gives_up_before_the_commit(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts it would send only to throw away are not sent: it aborts as soon as it is
+    judged behind, and the commit sends the file straight to its blob key."""
+    monkeypatch.setattr(live_module, "JUDGED_FROM", 2)
+    data = os.urandom(4 * PART)
+    async with opened(bucket, tmp_path) as store:
+        holding_live_parts(store)
+        requests = count_requests(store)
+        incoming = await downloaded(store, tmp_path, data)
+        assert isinstance(incoming.intake, S3Intake)
+        await incoming.intake.live.idle()
+        assert incoming.intake.live.failed
+        assert await bucket.uploads() == []  # aborted already
+        blob = await incoming.commit(None)
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
+    assert requests["CopyObject"] == 0
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_a_live_upload_that_keeps_up_is_not_judged_behind(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole parts sent as they come: it goes on, and the commit finishes it (a copy)."""
+    monkeypatch.setattr(live_module, "JUDGED_FROM", 2)
+    data = os.urandom(4 * PART + 1)
+    async with opened(bucket, tmp_path) as store:
+        requests = count_requests(store)
+        incoming = await downloaded(store, tmp_path, b"")
+        assert isinstance(incoming.intake, S3Intake)
+        for n in range(4):  # a part at a time, each sent before the next is written
+            await asyncio.to_thread(incoming.partial.append, [data[n * PART : (n + 1) * PART]])
+            await incoming.intake.live.idle()
+        assert not incoming.intake.live.failed
+        await asyncio.to_thread(incoming.partial.append, [data[4 * PART :]])
+        blob = await incoming.commit(None)
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
+    assert requests["UploadPart"] == 5
+    assert requests["CopyObject"] == 1
+    assert await left_over(bucket) == ([], [])

@@ -19,12 +19,6 @@ from tune_archiver.store.s3.live import LiveUpload
 from tune_archiver.store.s3.transfer import check_upload, complete, copy, settle, upload
 from tune_archiver.threads import in_thread
 
-# A live upload at a temporary key costs a server-side copy of the whole blob at the
-# end; sending the blob to its own key instead costs sending what the live upload
-# already has. The live one is finished only when it has at least this share of the
-# file: a copy seldom runs much faster than an upload (on moto, about as fast).
-LIVE_KEPT_FROM = 0.5
-
 
 class S3Intake:
     """One download on its way into the bucket: a live upload, then a checked commit."""
@@ -59,7 +53,7 @@ class S3Intake:
         try:
             blob = await in_thread(finish)
             # Decided before draining: sending what is on disk only to abort it is waste.
-            direct = blob.size > bucket.part_size and live.done < blob.size * LIVE_KEPT_FROM
+            direct = blob.size > bucket.part_size and (live.failed or live.behind(blob.size))
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")

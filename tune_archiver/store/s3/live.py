@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A live upload at a temporary key costs a server-side copy of the whole blob at the
+# end; sending the blob to its own key instead costs sending again what the live
+# upload already has. So the live upload goes on only while the store has taken at
+# least this share of the bytes on disk: a copy seldom runs much faster than an upload
+# (on moto, about as fast), and parts sent by one that cannot keep up are thrown away.
+KEEPS_UP = 0.5
+JUDGED_FROM = 16  # parts on disk before it is judged (the first answers take a while)
+
 
 class LiveUpload:
     """A multipart upload that follows one download as it grows."""
@@ -48,7 +56,7 @@ class LiveUpload:
         self.parts: list[CompletedPartTypeDef] = []  # sent, in the order they were answered
         self.sent = 0  # bytes of the file read and handed to a part upload, in whole parts
         self.whole: Hasher = new_hash()  # of the bytes sent, to check against the blob's name
-        self.failed = False
+        self.failed = False  # or gave up: the commit sends the file itself
         self._sending: set[asyncio.Task[CompletedPartTypeDef]] = set()
         self._loop = asyncio.get_running_loop()
         self._more = asyncio.Event()
@@ -114,6 +122,15 @@ class LiveUpload:
         return sum(min(size, self._file.hashed - (part["PartNumber"] - 1) * size)
                    for part in self.parts)
 
+    def behind(self, size: int | None = None) -> bool:
+        """True when the store has taken less than KEEPS_UP of the `size` bytes (of the
+        bytes on disk, by default): the commit had better send the file to its own key."""
+        if size is None:
+            size = self._file.hashed
+            if size < JUDGED_FROM * self._bucket.part_size:
+                return False
+        return self.done < size * KEEPS_UP
+
     def checksum(self) -> str:
         """The composite SHA-256 S3 reports for the completed upload."""
         return composite(self.parts)
@@ -125,6 +142,11 @@ class LiveUpload:
         try:
             while True:
                 self._more.clear()  # before looking at the file: no growth goes unseen
+                if self.behind():
+                    log.info("live upload of %s cannot keep up with the download; the "
+                             "commit will send it to its blob key", self.key)
+                    await self._give_up()
+                    return
                 await self._send_ready(final=False)
                 if not self._sending:
                     self._idle.set()
@@ -201,6 +223,15 @@ class LiveUpload:
                 self.parts.append(task.result())
             if not everything:
                 return
+
+    async def _give_up(self) -> None:
+        """Stop for good: the parts in flight are cancelled, the upload aborted."""
+        self.failed = True
+        try:
+            await self._cancel_sending()
+            await self.abort()
+        finally:
+            self._idle.set()
 
     async def _cancel_sending(self) -> None:
         """Cancel the part uploads under way and wait until they are gone."""
