@@ -5,11 +5,17 @@ hash), and sent. Shared by the commit's upload (transfer.py) and the live one (l
 A part is read into an io.BytesIO that owns its buffer: botocore would wrap plain
 bytes in a BytesIO sharing them, and aiohttp's getbuffer() on that copies the whole
 part, so each part in flight would cost twice its size.
+
+Those buffers must go back to the system once their part is answered: glibc raises its
+mmap threshold each time a large block is freed, so from the second part on they come
+from the heap, which keeps what they used (about 200 MiB of peak RSS for a 1 GiB
+fetch where 125 do). keep_big_blocks_apart() pins the threshold.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import io
 import os
@@ -22,6 +28,20 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
     from tune_archiver.store.s3.bucket import Bucket
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+MMAP_THRESHOLD = 2**20  # blocks from this size on are mapped on their own
+
+
+def keep_big_blocks_apart() -> None:
+    """Have malloc map each block of MMAP_THRESHOLD bytes or more on its own (and unmap
+    it when freed), for the whole process; nothing happens without glibc's mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def b64(digest: bytes) -> str:
