@@ -5,9 +5,10 @@ hashed): each time a whole part is there, the part is read back (from the page
 cache, as a rule) and sent to a multipart upload at a temporary key. Up to
 PARTS_IN_FLIGHT parts go up at once, each read only when it may start, so at most that
 many parts' bytes are held. The commit then sends only what is left and completes the
-upload. If the download starts over, the upload does too; if anything fails, the
-upload is aborted and the commit sends the whole file itself (transfer.upload), so
-this is only ever a head start.
+upload. If the download starts over, the upload does too; if anything fails, or it
+cannot keep up with the download (KEEPS_UP), the upload is aborted and the commit sends
+the whole file itself (transfer.upload, straight to its blob key when it is larger than
+a part), so this is only ever a head start.
 """
 
 from __future__ import annotations
