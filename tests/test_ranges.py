@@ -56,6 +56,17 @@ def test_large_file_is_fetched_in_ranges_at_once(
     assert list((archive / "tmp").iterdir()) == []
 
 
+def test_split_gives_its_connections_whatever_concurrency_says(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """--split counts one file's connections, --concurrency files at once: with
+    --concurrency 1, --split 4 still has four pieces in flight together."""
+    standin.hold_ranges = 4
+    assert run_fetch(standin, archive, "1", *SPLIT, "--concurrency", "1") == 0
+    assert blob_file(archive, model).read_bytes() == model
+    assert standin.max_in_flight == 4
+
+
 def test_file_below_the_threshold_is_one_stream(
     standin: StandIn, archive: Path, model: bytes
 ) -> None:
@@ -122,13 +133,18 @@ def test_a_range_failing_for_good_fails_the_asset_and_is_resumed_next_run(
     assert sorted(h or "" for h in again) == left
 
 
-def test_concurrency_bounds_range_connections(
+def test_concurrency_times_split_bounds_the_connections(
     standin: StandIn, archive: Path, model: bytes
 ) -> None:
-    """--concurrency counts every connection, ranges included."""
-    assert run_fetch(standin, archive, "1", *SPLIT, "--concurrency", "2") == 0
+    """Two large files with --concurrency 1 --split 2: one file at a time, two
+    connections for it, so never more than two requests at once."""
+    other = os.urandom(SIZE)
+    standin.add_tune(2, [standin.add_file("other", other)], [])
+    split_two = ("--split", "2", "--split-threshold", "8M", "--concurrency", "1")
+    assert run_fetch(standin, archive, "1", "2", *split_two) == 0
     assert standin.max_in_flight <= 2
     assert blob_file(archive, model).read_bytes() == model
+    assert blob_file(archive, other).read_bytes() == other
 
 
 def test_file_changed_between_ranges_starts_over(

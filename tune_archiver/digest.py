@@ -13,7 +13,7 @@ SKIP_HASH = os.environ.get("TUNE_ARCHIVER_BENCH_SKIP_HASH") == "1"
 class Hasher(Protocol):
     """What hashlib.sha256() offers, and the bench-only stand-in too."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
@@ -23,7 +23,7 @@ class _NoHash:
     def __init__(self) -> None:
         self._size = 0
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         self._size += len(data)
 
     def hexdigest(self) -> str:

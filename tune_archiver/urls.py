@@ -6,6 +6,7 @@ a URL (manifest, log line, error message) goes through `redact` first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -94,12 +95,14 @@ SIGNING_PARAMS = frozenset({
 })
 
 
+@functools.lru_cache(maxsize=4096)  # asked of each file's URL several times a run
 def identity(url: str) -> str:
     """A short hash of url_key: what a manifest records to know a file again, since its
     URL is stored redacted (and `?id=1` may read `?id=REDACTED` there)."""
     return hashlib.sha256(url_key(url).encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)
 def url_key(url: str) -> str:
     """What a URL names, whatever its signature: the identity of a download.
 

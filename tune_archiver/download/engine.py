@@ -1,7 +1,8 @@
 """Downloads: one URL to one verified blob, resuming whenever the server allows.
 
-Each attempt holds one slot of the shared limiter; a download sleeping in backoff
-holds none. The sha256 is computed from the bytes as they are written. A large file
+Each attempt holds one slot of the shared limiter (--concurrency counts files at
+once); a download sleeping in backoff holds none. A split file holds one slot for all
+its --split connections. The sha256 is computed from the bytes as they are written. A large file
 from a server that takes ranges is handed to ranged.py once its first answer says so.
 """
 
@@ -91,7 +92,7 @@ class Downloader:
         self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
         # --limit-rate: one bucket for every connection of the run, ranges included.
         self._throttle = TokenBucket(settings.limit_rate) if settings.limit_rate else None
-        self._ranged = RangedFetch(session, limiter, settings, progress, self._throttle)
+        self._ranged = RangedFetch(session, settings, progress, self._throttle)
 
     async def fetch(
         self, url: str, refresh: Refresh | None = None, min_size: int = 1
@@ -162,7 +163,8 @@ class Downloader:
             except SplitHere as split:
                 await in_thread(partial.split, split.piece)
         try:
-            await self._ranged.run(transfer.url, partial)
+            async with self._limiter:
+                await self._ranged.run(transfer.url, partial)
         except RangesRefused:
             await self._restart(transfer)
             transfer.may_split = False

@@ -64,6 +64,8 @@ class Partial:
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._syncing = False
+        self._syncer: threading.Thread | None = None  # the fsync running, if any
+        self._read_buffer: memoryview | None = None  # catch_up_hash's, made on first use
         # Called (in the writing thread) when the hashed prefix grows: an S3 store
         # uploads parts while the download goes on.
         self.on_hashed: Callable[[], None] | None = None
@@ -141,6 +143,7 @@ class Partial:
 
     def reset(self) -> None:
         """Forget every byte, and any split: the next append starts the file again."""
+        self._wait_for_sync()
         try:
             os.ftruncate(self._fd, 0)
         except OSError as exc:
@@ -159,6 +162,7 @@ class Partial:
         """
         assert self.spans is None
         assert self.total is not None
+        self._wait_for_sync()
         bounds = [*range(self.size, self.total, piece), self.total]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < piece // 2:
             del bounds[-2]  # no runt at the end
@@ -190,13 +194,19 @@ class Partial:
         if limit is not None:
             end = min(end, self._hashed + limit)
         start = self._hashed
+        if self._hashed < end and self._read_buffer is None:
+            # One buffer, read into again and again: a fresh 4 MiB per read would be
+            # freed in this thread's own malloc arena, and each arena keeps its peak.
+            self._read_buffer = memoryview(bytearray(READ_BLOCK))
         try:
             while self._hashed < end:
-                chunk = os.pread(self._fd, min(READ_BLOCK, end - self._hashed), self._hashed)
-                if not chunk:
+                assert self._read_buffer is not None
+                view = self._read_buffer[:min(READ_BLOCK, end - self._hashed)]
+                got = os.preadv(self._fd, [view], self._hashed)
+                if not got:
                     raise IntegrityError("a partial download is shorter than its record")
-                self._hash.update(chunk)
-                self._hashed += len(chunk)
+                self._hash.update(view[:got])
+                self._hashed += got
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
         if self._hashed > start and self.on_hashed is not None:
@@ -227,25 +237,37 @@ class Partial:
     def _maybe_sync(self) -> None:
         """Every SYNC_EVERY bytes: fsync, then record what is now durable.
 
-        The fsync runs outside the lock, so other spans keep writing meanwhile; what
-        it makes durable is what had been written when the sync was claimed.
+        The fsync runs in a thread of its own, so the writers go on meanwhile (the
+        disk is often slower than the network); what it makes durable is what had
+        been written when the sync was claimed. Whatever else records or
+        drops bytes (split, reset, finish, close) waits for it first.
         """
         with self._lock:
             if self._syncing or self.size - self._synced < SYNC_EVERY:
                 return
             self._syncing = True
-            size = self.size
-            spans = [list(span) for span in self.spans] if self.spans else None
+            claim = (self.size, [list(span) for span in self.spans] if self.spans else None)
+        self._syncer = threading.Thread(target=self._sync, args=claim, daemon=True)
+        self._syncer.start()
+
+    def _sync(self, size: int, spans: list[Span] | None) -> None:
         try:
             os.fsync(self._fd)
-        except OSError as exc:
-            raise storage_error(exc, self._archive, "write a download") from exc
-        finally:
-            with self._lock:
-                self._syncing = False
+        except OSError:
+            synced = False  # nothing more is recorded; the commit's own fsync will say why
+        else:
+            synced = True
         with self._lock:
-            self._synced, self._synced_spans = size, spans
-            self._save()
+            self._syncing = False
+            if synced:
+                self._synced, self._synced_spans = size, spans
+                with contextlib.suppress(StorageError):  # resume starts a little earlier
+                    self._save()
+
+    def _wait_for_sync(self) -> None:
+        if self._syncer is not None:
+            self._syncer.join()
+            self._syncer = None
 
     def describe(self, validator: str | None, total: int | None) -> bool:
         """Note what a response said about the file; True when the sidecar should be saved.
@@ -281,6 +303,7 @@ class Partial:
     def finish(self) -> None:
         """Make the bytes durable and read-only, and forget the sidecar, before the file
         becomes a blob."""
+        self._wait_for_sync()
         try:
             os.fsync(self._fd)
             os.fchmod(self._fd, BLOB_MODE)
@@ -297,6 +320,7 @@ class Partial:
         """
         if self._fd < 0:
             return
+        self._wait_for_sync()
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._sidecar and self.size and self.validator:
                 self._save()
@@ -311,6 +335,7 @@ class Partial:
         self._release()
 
     def _release(self) -> None:
+        self._wait_for_sync()
         if self._fd >= 0:
             os.close(self._fd)  # releases the lock last: nobody takes the name before we are done
             self._fd = -1

@@ -34,6 +34,9 @@ from tune_archiver.urls import redact
 
 MIN_PIECE = 2**20  # smaller pieces cost more in requests than they win
 MAX_PIECE = 16 * 2**20  # larger ones let the hash fall further behind the download
+# Bytes one connection gathers before a write: half a single stream's, since up to
+# 16 connections each hold one batch gathering and one being written.
+RANGE_BATCH = 2**19
 HASH_STEP = 64 * 2**20  # the most one thread hop hashes, so a cancel is never kept waiting
 
 
@@ -56,19 +59,20 @@ class RangedFetch:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        limiter: asyncio.Semaphore,
         settings: Settings,
         progress: Progress,
         throttle: TokenBucket | None = None,
     ) -> None:
         self._throttle = throttle
         self._session = session
-        self._limiter = limiter
         self._settings = settings
         self._progress = progress
 
     async def run(self, url: str, partial: Partial) -> None:
         """Fetch the pieces still open over --split connections.
+
+        The caller holds the file's one --concurrency slot: --split counts this file's
+        connections, whatever --concurrency says (as aria2c's -x and -j do).
 
         Raises RangesRefused, or the error of the first piece that failed for good.
         """
@@ -130,7 +134,7 @@ class RangedFetch:
             self._progress.advance(sum(len(piece) for piece in pieces))
             filled.set()
 
-        async with self._limiter, get(
+        async with get(
             self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
             if response.status == 200:
@@ -141,7 +145,7 @@ class RangedFetch:
                 raise RangesRefused
             if validator_of(response.headers) != partial.validator:
                 raise RangesRefused  # a host that ignored If-Range: the file changed
-            rest = await pump(response, write, self._settings.stall, self._throttle)
+            rest = await pump(response, write, self._settings.stall, self._throttle, RANGE_BATCH)
             if rest:
                 await write(rest)
         if partial.spans[index][1] < end:

@@ -89,13 +89,14 @@ async def _on_request_start(
         _check(host, [host])
 
 
-def guarded_connector(limit: int) -> aiohttp.TCPConnector:
+def guarded_connector(limit: int, limit_per_host: int = 0) -> aiohttp.TCPConnector:
     """A connector whose resolver refuses a redirect's host that resolves privately.
 
     DNS caching is off: a cached answer would reach the connection without passing
     the resolver's check.
     """
-    return aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(), use_dns_cache=False)
+    return aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host,
+                                resolver=GuardedResolver(), use_dns_cache=False)
 
 
 def guard_trace() -> aiohttp.TraceConfig:

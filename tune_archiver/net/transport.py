@@ -171,21 +171,25 @@ async def pump(
     sink: Callable[[list[bytes]], Awaitable[None]],
     stall: StallRule | None = None,
     throttle: TokenBucket | None = None,
+    batch: int = CHUNK_BYTES,
 ) -> list[bytes]:
-    """Hand the body to `sink` as lists of pieces of about CHUNK_BYTES in all.
+    """Hand the body to `sink` as lists of pieces of about `batch` bytes in all.
 
     The pieces are the buffers as they were received, never joined: the event loop
-    copies nothing, and the writer thread hands them to pwritev as they are. When the
-    body ends, the last pieces (less than CHUNK_BYTES) are returned unwritten, so a
-    small file costs one thread hop in all. Bytes that arrived before the body broke
-    are handed to `sink` before the error goes on: they are good, and a resume
-    starts after them. A body slower than `stall` allows raises ReadTimeout: a host
-    that drips a byte now and then is never silent long enough for the read timeout.
-    With `throttle` (--limit-rate), each piece's bytes are taken from it before the
-    piece is handed on; the time spent waiting there is not the host's slowness.
+    copies nothing, and the writer thread hands them to pwritev as they are. One
+    batch is written (and hashed) while the next is received: the sink's calls never
+    overlap one another, so bytes reach it in order. When the body ends, the last
+    pieces (less than `batch`) are returned unwritten, so a small file costs one
+    thread hop in all. Bytes that arrived before the body broke are handed to `sink`
+    before the error goes on: they are good, and a resume starts after them. A body
+    slower than `stall` allows raises ReadTimeout: a host that drips a byte now and
+    then is never silent long enough for the read timeout. With `throttle`
+    (--limit-rate), each piece's bytes are taken from it before the piece is handed
+    on; the time spent waiting there is not the host's slowness.
     """
     pending: list[bytes] = []
     held = 0
+    writing: asyncio.Future[None] | None = None  # the batch being written meanwhile
     clock = asyncio.get_running_loop().time
     window_start, window_bytes = clock(), 0
     try:
@@ -194,9 +198,11 @@ async def pump(
                 window_start += await throttle.take(len(piece))
             pending.append(piece)
             held += len(piece)
-            if held >= CHUNK_BYTES:
+            if held >= batch:
                 pieces, pending, held = pending, [], 0
-                await sink(pieces)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(sink(pieces))
             if stall is not None:
                 window_bytes += len(piece)
                 elapsed = clock() - window_start
@@ -207,8 +213,14 @@ async def pump(
                             f"{redact(str(response.url))}"
                         )
                     window_start, window_bytes = clock(), 0
+        if writing is not None:
+            await writing
     except BaseException:
-        if held:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])  # a write left running would race the next
+        # The rest follows only a batch that went in: never after a failed one.
+        wrote = writing is None or (not writing.cancelled() and writing.exception() is None)
+        if held and wrote:
             await sink(pending)
         raise
     return pending

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,33 @@ def sync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirSyncs:
+    """Folders that took a rename not yet made durable.
+
+    A blob's rename needs its folder fsynced only before something names the blob
+    (a manifest): a thousand images into 256 folders then cost a few hundred
+    fsyncs at their tunes' manifests, not one per image. A blob whose rename a
+    power cut undid is simply fetched again; one a manifest names is there.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def add(self, directory: Path) -> None:
+        with self._lock:
+            self._dirs.add(directory)
+
+    def sync(self) -> None:
+        """fsync every folder added so far; blocks. Held while it runs, so a caller
+        never returns before the renames added by others are durable too."""
+        with self._lock:
+            while self._dirs:
+                directory = min(self._dirs)
+                sync_dir(directory)  # on failure the rest stay, for the next caller
+                self._dirs.discard(directory)
 
 
 def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:

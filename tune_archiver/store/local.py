@@ -40,6 +40,7 @@ from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.files import (
+    DirSyncs,
     hash_file,
     save_as,
     size_of,
@@ -67,6 +68,7 @@ class LocalStore:
         self.root = root
         # Lexical, not resolved: the archive may sit behind a symlink.
         self._absolute = Path(os.path.normpath(root.absolute()))
+        self.dir_syncs = DirSyncs()  # blob folders to fsync before the next manifest
 
     def __str__(self) -> str:
         return str(self.root)
@@ -212,6 +214,7 @@ class LocalStore:
     def _write_atomic(self, final: Path, data: bytes) -> None:
         fd, name = -1, ""
         try:
+            self.dir_syncs.sync()  # every blob it may name is durably there first
             fd, name = tempfile.mkstemp(dir=self.path(TMP), prefix="manifest-", suffix=".tmp")
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
@@ -343,10 +346,12 @@ class _Intake:
                 # Stored already, by an earlier run or another tune. The caller still
                 # holds the file's lock, so the name is ours to remove.
                 self._path.unlink()
-                return blob
-            make_private_dir(final.parent)  # the file is read-only already (Partial.finish)
-            os.replace(self._path, final)
-            sync_dir(final.parent)
+            else:
+                make_private_dir(final.parent)  # read-only already (Partial.finish)
+                os.replace(self._path, final)
+            # Either way (another tune's rename may not be durable yet), the folder is
+            # fsynced before a manifest names the blob.
+            self._store.dir_syncs.add(final.parent)
         except OSError as exc:
             raise storage_error(exc, self._store.root, "store a blob") from exc
         return blob

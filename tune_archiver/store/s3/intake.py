@@ -1,5 +1,6 @@
 """A download's way into the bucket: whole parts sent while it grows (live.py), then a
-commit that finishes the upload, checks it, and copies it to its blob key."""
+commit that finishes the upload, checks it, and copies it to its blob key; or, when the
+live upload fell behind the download, sends the file straight to its blob key."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from tune_archiver.digest import SKIP_HASH
+from tune_archiver.errors import IntegrityError
 from tune_archiver.layout import TMP, blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store import Growing
@@ -38,21 +40,28 @@ class S3Intake:
 
         The bytes go to a temporary key first; the blob key is written (by a
         server-side copy) only once the temporary object has the right size and
-        SHA-256. A blob already present with the same size is kept and nothing is
-        uploaded; its date is refreshed if gc might soon take it for an old one. On
-        failure or cancellation any multipart upload is aborted and the temporary key
-        deleted; the file is left to the caller. Raises IntegrityError when the bytes
-        do not match their name, StorageError (or ConfigError for refused credentials)
-        when the store fails.
+        SHA-256. A file larger than a part whose live upload fell behind goes straight
+        to the blob key instead, as a multipart upload completed only once the parts
+        the store holds are checked. A blob already present with the same size is
+        kept and nothing is uploaded; its date is refreshed if gc might soon take it
+        for an old one. On failure or cancellation any multipart upload is aborted and
+        the temporary key deleted; the file is left to the caller. Raises
+        IntegrityError when the bytes do not match their name, StorageError (or
+        ConfigError for refused credentials) when the store fails.
         """
         bucket, live = self._bucket, self.live
         try:
             blob = await in_thread(finish)
-            await live.stop(drain=True)
+            # Decided before draining: sending what is on disk only to abort it is waste.
+            direct = blob.size > bucket.part_size and (live.failed or live.behind(blob.size))
+            await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")
             if found is not None and found[0] == blob.size:
                 await self._keep_young(final, found[1], blob)
+            elif direct:
+                await settle(live.abort(), f"abort the upload to {live.key}")
+                await self._send_to(blob, final)
             else:
                 await self._store_new(blob, final)
         finally:
@@ -84,6 +93,19 @@ class S3Intake:
                     await copy(bucket, temp, final, blob)
         finally:
             await settle(bucket.delete(temp), f"delete {temp}")
+
+    async def _send_to(self, blob: Blob, final: str) -> None:
+        """Send the file to its blob key as one multipart upload, which shows nothing there
+        until it completes, and completes only once its parts are checked (see upload)."""
+        bucket = self._bucket
+        with bucket.translated("upload a blob", self._file.path.parent):
+            checksum = await upload(bucket, final, self._file.path, blob)
+            try:
+                await check_upload(bucket, final, blob, checksum)
+            except IntegrityError:
+                # The store put together other bytes than the parts it holds: take them away.
+                await settle(bucket.delete(final), f"delete {final}")
+                raise
 
     async def abandon(self) -> None:
         """Stop following the download and abort what was sent ahead."""

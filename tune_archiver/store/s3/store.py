@@ -38,13 +38,9 @@ from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
+from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
-from tune_archiver.store.s3.transfer import (
-    b64,
-    copy,
-    save_as,
-    stream,
-)
+from tune_archiver.store.s3.transfer import copy, save_as, stream
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -139,6 +135,7 @@ class S3Store:
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"} if custom else None,
         )
+        keep_big_blocks_apart()  # a part's buffer is freed to the system once sent
         session = self._session or get_session()
         client = session.create_client("s3", endpoint_url=self._endpoint_url, config=config)
         self._bucket = Bucket(

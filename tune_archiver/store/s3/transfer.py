@@ -1,13 +1,13 @@
 """Bytes into and out of a Bucket, for the S3 store. In: a finished download streamed to
 a temporary key, checked, then copied to its blob key (part by part above 5 GiB),
-never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once).
+never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once, each
+read only when its upload may start; parts.py reads, hashes and sends one).
 Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -22,6 +22,7 @@ from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, st
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.parts import b64, composite, read_part, send_part
 from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 
     from tune_archiver.store.s3.bucket import Bucket
 
-PARTS_IN_FLIGHT = 2  # parts held in memory at once, read or being sent
+# Parts held in memory at once, read or being sent: on a fast link one part at a time
+# waits on each round trip; a few at once keep it busy (boto3's manager sends 10).
+PARTS_IN_FLIGHT = 4
 MAX_PARTS = 10_000
 COPY_PART = 2**30
 COPIES_IN_FLIGHT = 4  # part copies hold no memory here: the server moves the bytes
@@ -54,12 +57,13 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         raise storage_error(exc, path.parent, "read a finished download") from exc
     try:
         if blob.size <= part_size:
-            data, checksum = await in_thread(read_part, fd, 0, blob.size, None)
-            _check_digest(new_hash(), data, blob)
+            whole = new_hash()
+            body, checksum = await in_thread(read_part, fd, 0, blob.size, whole)
+            _check_digest(whole, blob)
             await bucket.client.put_object(
                 Bucket=bucket.name,
                 Key=key,
-                Body=data,
+                Body=body,
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=checksum,
                 ContentType=content_type,
@@ -74,8 +78,9 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             parts = await _bounded(
                 _parts(bucket, key, upload_id, fd, blob.size, part_size, whole), PARTS_IN_FLIGHT
             )
-            _check_digest(whole, b"", blob)
+            _check_digest(whole, blob)
             parts.sort(key=lambda part: part["PartNumber"])
+            await _check_parts(bucket, key, upload_id, parts, blob, part_size)
             await bucket.client.complete_multipart_upload(
                 Bucket=bucket.name,
                 Key=key,
@@ -85,10 +90,33 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         except BaseException:
             await settle(bucket.abort(key, upload_id), f"abort the upload to {key}")
             raise
-        digests = b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
-        return b64(hashlib.sha256(digests).digest())
+        return composite(parts)
     finally:
         os.close(fd)
+
+
+async def _check_parts(
+    bucket: Bucket, key: str, upload_id: str, parts: list[CompletedPartTypeDef], blob: Blob,
+    part_size: int,
+) -> None:
+    """Before the upload completes (and its key shows anything), the parts the store holds
+    must be ours: their number, sizes and, where the store reports them, SHA-256s. This
+    is what check_upload looks at afterwards, asked while the key may still be the blob's."""
+    held = []
+    pages = bucket.client.get_paginator("list_parts").paginate(
+        Bucket=bucket.name, Key=key, UploadId=upload_id
+    )
+    async for page in pages:
+        held.extend(page.get("Parts", []))
+    expected = [min(part_size, blob.size - offset) for offset in range(0, blob.size, part_size)]
+    sizes = [part.get("Size") for part in sorted(held, key=lambda part: part["PartNumber"])]
+    sums = {part["PartNumber"]: part.get("ChecksumSHA256") for part in held}
+    if sizes != expected or any(
+        sums.get(part["PartNumber"]) not in (None, part["ChecksumSHA256"]) for part in parts
+    ):
+        raise IntegrityError(
+            f"the parts of blob {blob.sha256} in {bucket} are not those sent; not stored"
+        )
 
 
 async def _parts(
@@ -97,23 +125,8 @@ async def _parts(
     """The part uploads, each made only when it may start: its bytes are read then."""
     for number, offset in enumerate(range(0, size, part_size), start=1):
         length = min(part_size, size - offset)
-        data, checksum = await in_thread(read_part, fd, offset, length, whole)
-        yield send_part(bucket, key, upload_id, number, data, checksum)
-
-
-async def send_part(
-    bucket: Bucket, key: str, upload_id: str, number: int, data: bytes, checksum: str
-) -> CompletedPartTypeDef:
-    sent = await bucket.client.upload_part(
-        Bucket=bucket.name,
-        Key=key,
-        UploadId=upload_id,
-        PartNumber=number,
-        Body=data,
-        ChecksumAlgorithm="SHA256",
-        ChecksumSHA256=checksum,
-    )
-    return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
+        body, checksum = await in_thread(read_part, fd, offset, length, whole)
+        yield send_part(bucket, key, upload_id, number, body, checksum)
 
 
 async def complete(
@@ -201,28 +214,8 @@ async def _copy_part(
     return {"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]}
 
 
-def b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
-
-
-def read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[bytes, str]:
-    """Exactly `length` bytes at `offset`, and their base64 SHA-256; also fed to `whole`."""
-    chunks, got = [], 0
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            raise StorageError("a finished download is shorter than it was; not stored")
-        chunks.append(chunk)
-        got += len(chunk)
-    data = b"".join(chunks)
-    if whole is not None:
-        whole.update(data)
-    return data, b64(hashlib.sha256(data).digest())
-
-
-def _check_digest(digest: Hasher, data: bytes, blob: Blob) -> None:
+def _check_digest(digest: Hasher, blob: Blob) -> None:
     """The bytes re-read for upload must be those the download hashed."""
-    digest.update(data)
     if digest.hexdigest() != blob.sha256:
         raise IntegrityError(
             f"a finished download changed on disk before upload (blob {blob.sha256}); not stored"

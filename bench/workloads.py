@@ -1,0 +1,277 @@
+"""The workloads: each builds its files, its tunes and its Cases (one per tool).
+
+WORKLOADS maps a workload's name to its builder, in the report's order; a builder
+takes the shared Setup, which generates files and starts hosts on first use, so
+`--only W4` neither writes the 1 GiB checkpoint nor starts nginx. To add a workload,
+write a builder and add it to WORKLOADS (W5, an account of 20,000 tunes, goes there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from bench import servers
+from bench.checks import (
+    Files,
+    Verify,
+    check_s3_archive,
+    check_s3_object,
+    verify_archive,
+    verify_files,
+)
+
+CKPT, CKPT_BYTES, SEED = "model.safetensors", 2**30, 20240601
+TA = [sys.executable, "-m", "tune_archiver"]
+S3_UPLOAD = Path(__file__).resolve().parent / "s3_upload.py"
+STAMPS = {"updated_at": "2026-11-01T10:00:00.000Z", "expires_at": "2026-12-01T10:00:00.000Z"}
+Argv = Callable[[Path], list[str]]
+
+
+@dataclass
+class Case:
+    """One tool on one workload: the command for an output dir, and its check.
+
+    `prepare(out)` runs before each run, untimed (W6 makes a fresh bucket there).
+    """
+
+    tool: str
+    argv: Argv
+    verify: Verify
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: Callable[[Path], None] | None = None
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def is_ta(self) -> bool:
+        return self.tool.startswith("tune-archiver")
+
+
+class Setup:
+    """What the builders share: the served files, the API's tunes and hosts, made once."""
+
+    def __init__(self, scratch: Path, api: servers.Api, cleanup: contextlib.ExitStack,
+                 ta_args: list[str]) -> None:
+        self.scratch, self.api, self.cleanup, self.ta_args = scratch, api, cleanup, ta_args
+        self.served = scratch / "served"  # the root of nginx and of the latency host
+        self.served.mkdir()
+        self.files: Files = {}
+        self.key = {"ASTRIA_API_KEY": servers.API_KEY}
+
+    def write(self, name: str, data: bytes) -> None:
+        (self.served / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.served / name).write_bytes(data)
+        self.files[name] = (len(data), hashlib.sha256(data).hexdigest())
+
+    def random_files(self, folder: str, names: list[str], low: int, high: int) -> list[str]:
+        """Files of random bytes with seeded random sizes in [low, high]: their served names."""
+        sizes = random.Random(f"{SEED}-{folder}")
+        for name in names:
+            self.write(f"{folder}/{name}", os.urandom(sizes.randint(low, high)))
+        return [f"{folder}/{name}" for name in names]
+
+    @cached_property
+    def checkpoint(self) -> str:
+        """The 1 GiB checkpoint, written once: its served name."""
+        digest, block = hashlib.sha256(), 16 * 2**20
+        with (self.served / CKPT).open("wb") as file:
+            for _ in range(CKPT_BYTES // block):
+                data = os.urandom(block)
+                digest.update(data)
+                file.write(data)
+        self.files[CKPT] = (CKPT_BYTES, digest.hexdigest())
+        return CKPT
+
+    @cached_property
+    def nginx(self) -> tuple[str, str]:
+        """The base URLs of nginx's unlimited and 40 MiB/s-per-connection ports."""
+        proc, fast, slow = servers.start_nginx(self.scratch, self.served)
+        self.cleanup.callback(servers.stop, proc)
+        return fast, slow
+
+    def latency_host(self, folder: str) -> str:
+        """The base URL of a host serving served/<folder> (written by now) 40 ms late."""
+        proc, url = servers.start_latency_host(self.served, folder, 0.04)
+        self.cleanup.callback(servers.stop, proc)
+        return url
+
+    @cached_property
+    def moto(self) -> str:
+        proc, endpoint = servers.start_moto(self.scratch)
+        self.cleanup.callback(servers.stop, proc)
+        return endpoint
+
+    def tune(self, tid: int, ckpts: Sequence[str] = (), images: Sequence[str] = ()) -> int:
+        """Add a tune to the stand-in API: its id."""
+        self.api.tunes[tid] = {"id": tid, "title": f"bench {tid}", "ckpt_urls": list(ckpts),
+                               "ckpt_url": ckpts[0] if ckpts else None,
+                               "orig_images": list(images), **STAMPS}
+        return tid
+
+    def ta(self, *ids: int, extra: tuple[str, ...] = ()) -> Argv:
+        """tune-archiver fetch of these tunes into a local archive at `out`."""
+        return lambda out: [*TA, "fetch", *map(str, ids), "-q", "--archive", str(out),
+                            "--api-url", self.api.url, *extra, *self.ta_args]
+
+    def ta_case(self, tool: str, ids: list[int], extra: tuple[str, ...] = (),
+                hashed: bool = True, env: dict[str, str] | None = None) -> Case:
+        return Case(tool, self.ta(*ids, extra=extra),
+                    verify_archive(self.api.tunes, self.files, ids, hashed), env or self.key)
+
+
+def aria_one(url: str, x: int) -> Argv:
+    return lambda out: ["aria2c", f"-x{x}", f"-s{x}", "-k1M", "-q", "--allow-overwrite=true",
+                        "--file-allocation=none", "-d", str(out), "-o", CKPT, url]
+
+
+def curl_one(url: str) -> Argv:
+    return lambda out: ["curl", "-sS", "-o", str(out / CKPT), url]
+
+
+def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
+    """aria2c -j<j> (an input list) and curl -Z --parallel-max <j> (a config file): each
+    file at out/<its name without folders>."""
+    expected = {Path(n).name: s.files[n] for n in names}
+    tag = Path(names[0]).parent.name
+    aria_list, curl_conf = s.scratch / f"aria2-{tag}.txt", s.scratch / f"curl-{tag}.txt"
+    aria_list.write_text("".join(f"{base}/{n}\n  out={Path(n).name}\n" for n in names))
+    curl_conf.write_text("".join(f'url = "{base}/{n}"\noutput = "{{out}}/{Path(n).name}"\n'
+                                 for n in names))
+
+    def aria(out: Path) -> list[str]:
+        return ["aria2c", f"-j{j}", "-q", "--allow-overwrite=true", "--file-allocation=none",
+                "-d", str(out), "-i", str(aria_list)]
+
+    def curl(out: Path) -> list[str]:
+        conf = out.parent / "curl-config-run.txt"
+        conf.write_text(curl_conf.read_text().replace("{out}", str(out)))
+        return ["curl", "-sS", "-Z", "--parallel-max", str(j), "-K", str(conf)]
+
+    return [Case(f"aria2c -j{j}", aria, verify_files(expected)),
+            Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected))]
+
+
+def w1(s: Setup) -> list[Case]:
+    """A 1 GiB checkpoint from nginx's unlimited port."""
+    fast, _ = s.nginx
+    ckpt = {CKPT: s.files[s.checkpoint]}
+    url = f"{fast}/{CKPT}"
+    return [s.ta_case("tune-archiver", [s.tune(1, [url])]),
+            Case("curl", curl_one(url), verify_files(ckpt)),
+            Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt)),
+            Case("aria2c -x1 -s1", aria_one(url, 1), verify_files(ckpt))]
+
+
+def w1_nohash(s: Setup) -> list[Case]:
+    """W1 with hashing off (a bench-only switch): what hashing costs. Compared with W1's peers."""
+    fast, _ = s.nginx
+    tid = s.tune(1, [f"{fast}/{s.checkpoint}"])
+    return [s.ta_case("tune-archiver (SKIP_HASH=1)", [tid], hashed=False,
+                      env={**s.key, "TUNE_ARCHIVER_BENCH_SKIP_HASH": "1"})]
+
+
+def w2(s: Setup) -> list[Case]:
+    """1,000 images of 50-500 KB (50 tunes x 20) from nginx's unlimited port."""
+    fast, _ = s.nginx
+    ids = list(range(101, 151))
+    names = s.random_files("img", [f"{t}-{i:02d}.jpg" for t in ids for i in range(20)],
+                           50_000, 500_000)
+    for k, tid in enumerate(ids):
+        s.tune(tid, images=[f"{fast}/{n}" for n in names[20 * k:20 * k + 20]])
+    return [s.ta_case("tune-archiver", ids), *many_files(s, fast, names, 8)]
+
+
+def w3(s: Setup) -> list[Case]:
+    """The 1 GiB checkpoint from nginx's port that allows 40 MiB/s per connection."""
+    _, slow = s.nginx
+    ckpt = {CKPT: s.files[s.checkpoint]}
+    url = f"{slow}/{CKPT}"
+    tid = s.tune(2, [url])
+    return [s.ta_case("tune-archiver", [tid]),
+            s.ta_case("tune-archiver --split 16", [tid], extra=("--split", "16")),
+            Case("curl", curl_one(url), verify_files(ckpt)),
+            Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt))]
+
+
+def w4(s: Setup) -> list[Case]:
+    """2,000 files of 20-200 KB (100 tunes x 20) from a host that waits 40 ms per response.
+
+    Latency, not bandwidth, bounds it: with 16 connections at least 2,000 x 40 ms / 16 = 5 s.
+    """
+    ids = list(range(1001, 1101))
+    names = s.random_files("lat", [f"{t}-{i:02d}.jpg" for t in ids for i in range(20)],
+                           20_000, 200_000)
+    base = s.latency_host("lat")
+    for k, tid in enumerate(ids):
+        s.tune(tid, images=[f"{base}/{n}" for n in names[20 * k:20 * k + 20]])
+    return [s.ta_case("tune-archiver", ids), *many_files(s, base, names, 16)]
+
+
+def w6(s: Setup) -> list[Case]:
+    """The 1 GiB checkpoint from nginx into an S3 archive on moto (a fresh bucket per run)."""
+    import boto3  # only W6 needs the [s3] extra
+
+    fast, _ = s.nginx
+    endpoint, local = s.moto, s.served / s.checkpoint
+    tune = s.api.tunes[s.tune(3, [f"{fast}/{CKPT}"])]
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=servers.S3_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=servers.S3_ENV["AWS_SECRET_ACCESS_KEY"])
+    buckets = (f"w6-{n}" for n in itertools.count())
+    bucket = ""
+
+    def fresh(out: Path) -> None:
+        nonlocal bucket
+        bucket = next(buckets)
+        client.create_bucket(Bucket=bucket)
+
+    def ta(out: Path) -> list[str]:  # env(1) execs the tool: nothing more is measured
+        return ["env", f"TUNE_ARCHIVER_STAGING={out / 'staging'}", *TA, "fetch", "3", "-q",
+                "--archive", f"s3://{bucket}/archive", "--s3-endpoint-url", endpoint,
+                "--api-url", s.api.url, *s.ta_args]
+
+    def upload(out: Path) -> list[str]:
+        return [sys.executable, str(S3_UPLOAD), endpoint, bucket, CKPT, str(local)]
+
+    def verify_ta(out: Path, first: bool) -> None:
+        check_s3_archive(client, bucket, "archive", tune, s.files)
+        empty(client, bucket)
+
+    def verify_upload(out: Path, first: bool) -> None:
+        check_s3_object(client, bucket, CKPT, CKPT_BYTES)
+        empty(client, bucket)
+
+    env = {**s.key, **servers.S3_ENV}
+    return [Case("tune-archiver", ta, verify_ta, env, fresh),
+            Case("boto3 upload_file", upload, verify_upload, servers.S3_ENV, fresh)]
+
+
+def empty(client: Any, bucket: str) -> None:
+    """Delete the bucket and all in it: moto holds every object in a temp file until then."""
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    client.delete_bucket(Bucket=bucket)
+
+
+# name -> builder, in the report's order. W5 (an account of 20,000 tunes) goes after W4.
+WORKLOADS: dict[str, Callable[[Setup], list[Case]]] = {
+    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3, "W4": w4, "W6": w6,
+}
+# workloads without peers of their own, compared with another's best peer
+PEERS_OF = {"W1-nohash": "W1"}

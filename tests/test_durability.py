@@ -1,0 +1,46 @@
+"""What a power cut may cost: a blob folder's rename is fsynced before any manifest
+names the blob, once per folder rather than once per file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch
+from tests.standin import StandIn
+from tune_archiver.store import files, local
+
+
+def test_blob_folders_are_synced_once_each_before_the_manifest(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every folder a blob was renamed into is fsynced before the manifest is written;
+    120 images into a handful of folders cost one fsync per folder, not per image."""
+    archive = tmp_path / "archive"
+    images = [os.urandom(2000 + i) for i in range(120)]
+    standin.add_tune(1, [], [standin.add_file(f"img{i}.jpg", d) for i, d in enumerate(images)])
+    events: list[tuple[str, str]] = []
+    real_sync, real_replace = files.sync_dir, os.replace
+
+    def sync_dir(directory: Path) -> None:
+        events.append(("sync", directory.name))
+        real_sync(directory)
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        kind = "manifest" if Path(target).parent.name == "manifests" else "blob"
+        events.append((kind, Path(target).parent.name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(files, "sync_dir", sync_dir)
+    monkeypatch.setattr(local.os, "replace", replace)
+    assert run_fetch(standin, archive, "1") == 0
+    folders = {blob_file(archive, d).parent.name for d in images}
+    manifest_at = events.index(("manifest", "manifests"))
+    synced_before = [name for kind, name in events[:manifest_at] if kind == "sync"]
+    assert set(synced_before) >= folders  # each blob's rename is durable first
+    assert len([n for n in synced_before if n in folders]) == len(folders)  # once each
+    assert len(folders) < len(images)  # 120 digests share some of 256 folders
+    check_manifest(archive / "manifests" / "1.json")
