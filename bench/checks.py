@@ -88,3 +88,21 @@ def check_s3_object(client: Any, bucket: str, key: str, size: int) -> None:
     length = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
     if length != size:
         raise AssertionError(f"s3://{bucket}/{key}: {length} bytes, not {size}")
+
+
+def check_account(archive: Path, tunes: int, shared: int) -> None:
+    """W5: a manifest for every tune, complete, and each checkpoint and the shared
+    images stored once (a failed tune has a manifest that is not complete)."""
+    manifests = list((archive / "manifests").glob("*.json"))
+    if len(manifests) != tunes:
+        raise AssertionError(f"{len(manifests)} manifests for {tunes} tunes")
+    incomplete = [p.name for p in manifests if not json.loads(p.read_text()).get("complete")]
+    if incomplete:
+        raise AssertionError(f"{len(incomplete)} tunes not complete, e.g. {incomplete[0]}")
+    blobs = sum(1 for p in (archive / "objects").rglob("*") if p.is_file())
+    if blobs != tunes + shared:
+        raise AssertionError(f"{blobs} blobs, not {tunes + shared}")
+
+
+def nothing(out: Path, first: bool) -> None:
+    """For a peer whose output is thrown away (curl paging a listing to /dev/null)."""

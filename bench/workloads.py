@@ -3,7 +3,7 @@
 WORKLOADS maps a workload's name to its builder, in the report's order; a builder
 takes the shared Setup, which generates files and starts hosts on first use, so
 `--only W4` neither writes the 1 GiB checkpoint nor starts nginx. To add a workload,
-write a builder and add it to WORKLOADS (W5, an account of 20,000 tunes, goes there).
+write a builder and add it to WORKLOADS.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import hashlib
 import itertools
 import os
 import random
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +22,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from bench import servers
+from bench import account, servers
 from bench.checks import (
     Files,
     Verify,
+    check_account,
     check_s3_archive,
     check_s3_object,
+    nothing,
     verify_archive,
     verify_files,
 )
@@ -49,6 +53,7 @@ class Case:
     verify: Verify
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[Path], None] | None = None
+    compare: bool = True  # False: no "vs best peer" (W5's first run has no peer)
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
@@ -218,6 +223,53 @@ def w4(s: Setup) -> list[Case]:
     return [s.ta_case("tune-archiver", ids), *many_files(s, base, names, 16)]
 
 
+W5_TUNES = 20_000
+
+
+def w5(s: Setup) -> list[Case]:
+    """An account of 20,000 tunes (bench/account.py), each 1 tiny checkpoint + 2 images
+    shared by all: `fetch --all` into a fresh archive, then again unchanged, against
+    curl paging the same listing (told every before_id up front, which only favours it)."""
+    proc, url = account.start(W5_TUNES)
+    s.cleanup.callback(servers.stop, proc)
+    seed = s.scratch / "w5-seed"  # the first run's archive, which the rerun starts from
+    befores = [None, *range(W5_TUNES - account.PAGE + 1, 0, -account.PAGE), 1]
+    pages = [f"{url}/tunes?limit={account.PAGE}" + (f"&before_id={b}" if b else "")
+             for b in befores]  # as the tool asks, with the empty page that ends it
+    auth = f"Authorization: Bearer {account.API_KEY}"
+    conf = s.scratch / "w5-curl.txt"
+    conf.write_text(f'header = "{auth}"\n' + "".join(
+        f'url = "{page}"\noutput = "/dev/null"\n' for page in pages))
+    loop = (f"for u in {' '.join(repr(p) for p in pages)}; "
+            f"do curl -sS -o /dev/null -H '{auth}' \"$u\" || exit 1; done")
+
+    def fetch_all(out: Path) -> list[str]:
+        return [*TA, "fetch", "--all", "-q", "--archive", str(out), "--api-url", url,
+                *s.ta_args]
+
+    def first_checked(out: Path, first: bool) -> None:
+        check_account(out, W5_TUNES, len(account.IMAGES))
+        shutil.rmtree(seed, ignore_errors=True)
+        out.rename(seed)  # untimed, and the rerun's starting point
+
+    def from_seed(out: Path) -> None:
+        if not seed.exists():
+            subprocess.run(fetch_all(seed), check=True, env={**os.environ, **s.key})
+        out.rmdir()
+        seed.rename(out)
+
+    def rerun_checked(out: Path, first: bool) -> None:
+        check_account(out, W5_TUNES, len(account.IMAGES))
+
+    return [Case("tune-archiver --all (first run)", fetch_all, first_checked, s.key,
+                 compare=False),
+            Case("tune-archiver --all (unchanged rerun)", fetch_all, rerun_checked, s.key,
+                 from_seed),
+            Case("curl -K (every page, one process)", lambda out: ["curl", "-sS", "-K",
+                                                                    str(conf)], nothing),
+            Case("curl per page (a shell loop)", lambda out: ["sh", "-c", loop], nothing)]
+
+
 def w6(s: Setup) -> list[Case]:
     """The 1 GiB checkpoint from nginx into an S3 archive on moto (a fresh bucket per run)."""
     import boto3  # only W6 needs the [s3] extra
@@ -269,9 +321,9 @@ def empty(client: Any, bucket: str) -> None:
     client.delete_bucket(Bucket=bucket)
 
 
-# name -> builder, in the report's order. W5 (an account of 20,000 tunes) goes after W4.
+# name -> builder, in the report's order
 WORKLOADS: dict[str, Callable[[Setup], list[Case]]] = {
-    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3, "W4": w4, "W6": w6,
+    "W1": w1, "W1-nohash": w1_nohash, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6,
 }
 # workloads without peers of their own, compared with another's best peer
 PEERS_OF = {"W1-nohash": "W1"}
