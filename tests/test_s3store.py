@@ -593,3 +593,25 @@ def test_a_bug_is_not_translated(tmp_path: Path) -> None:
     """Exceptions that are not the client library's (bugs) pass through untouched."""
     with pytest.raises(KeyError), in_our_terms(tmp_path):
         raise KeyError("bug")
+
+
+async def test_parts_are_signed_without_hashing_their_bodies_again(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Over plain http botocore would sha256 every part on the event loop to sign it;
+    each part carries its own signed x-amz-checksum-sha256 instead, which the store
+    checks, so the body is sent as UNSIGNED-PAYLOAD."""
+    data = os.urandom(BIG)
+    seen: list[tuple[bytes, bytes]] = []
+
+    def note(request: Any, **_: Any) -> None:
+        headers = request.headers
+        seen.append((headers.get("x-amz-content-sha256", b""),
+                     headers.get("x-amz-checksum-sha256", b"")))
+
+    async with opened(bucket, tmp_path) as store:
+        store.bucket.client.meta.events.register("before-send.s3.UploadPart", note)
+        await (await sent_ahead(store, tmp_path, data)).commit(None)
+    assert len(seen) == 3
+    assert all(payload == b"UNSIGNED-PAYLOAD" and checksum for payload, checksum in seen)
+    assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)

@@ -133,7 +133,11 @@ class S3Store:
             # request trips up some S3-compatible stores.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if custom else None,
+            # Every body we send carries its x-amz-checksum-sha256, a signed header the
+            # store checks; botocore would hash each 8 MiB part again, on the event
+            # loop, to sign it, whenever the endpoint is plain http.
+            s3={"payload_signing_enabled": False,
+                **({"addressing_style": "path"} if custom else {})},
         )
         keep_big_blocks_apart()  # a part's buffer is freed to the system once sent
         session = self._session or get_session()
