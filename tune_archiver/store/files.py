@@ -72,20 +72,27 @@ class DirSyncs:
 
     def __init__(self) -> None:
         self._dirs: set[Path] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the set only: a commit never waits for an fsync
+        self._syncing = threading.Lock()  # one sync at a time
 
     def add(self, directory: Path) -> None:
         with self._lock:
             self._dirs.add(directory)
 
     def sync(self) -> None:
-        """fsync every folder added so far; blocks. Held while it runs, so a caller
-        never returns before the renames added by others are durable too."""
-        with self._lock:
-            while self._dirs:
-                directory = min(self._dirs)
-                sync_dir(directory)  # on failure the rest stay, for the next caller
-                self._dirs.discard(directory)
+        """fsync every folder added so far; blocks. A caller that finds another sync
+        running waits for it, so it never returns before the renames added by others
+        are durable too."""
+        with self._syncing:
+            with self._lock:
+                dirs, self._dirs = sorted(self._dirs), set()
+            for done, directory in enumerate(dirs):
+                try:
+                    sync_dir(directory)
+                except OSError:
+                    with self._lock:  # the rest stay, for the next caller
+                        self._dirs.update(dirs[done:])
+                    raise
 
 
 def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:
