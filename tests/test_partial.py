@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tune_archiver.errors import IntegrityError, StorageError
 
 KEY = "https://cdn.example/model.safetensors"
 DATA = os.urandom(1000)
+ENOUGH = 30.0  # a guard against hanging, never a wait for something to happen
 
 
 def new_partial(tmp_path: Path, total: int = len(DATA)) -> Partial:
@@ -159,3 +161,43 @@ def test_a_sidecar_that_cannot_be_written_is_a_storage_error(tmp_path: Path) -> 
     with pytest.raises(StorageError, match="cannot record a download's progress"):
         partial.save()
     partial.close(keep=True)
+
+
+def test_the_sidecar_has_one_writer_while_a_sync_records_in_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic fsync records progress from a thread of its own; a save asked for
+    meanwhile (a retry's new validator) waits its turn: the sidecar's one temp name is
+    never written by two at once (that failed the download with a StorageError)."""
+    monkeypatch.setattr(partial_module, "SYNC_EVERY", 250)
+    inside, most = 0, 0
+    lock = threading.Lock()
+    entered = threading.Event()
+    release = threading.Event()
+    real = partial_module.write_private
+
+    def write_private(path: Path, data: bytes, sync: bool = True) -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        if threading.current_thread() is not threading.main_thread():
+            entered.set()  # the sync's record: hold it until the main thread has tried
+            assert release.wait(ENOUGH)
+        real(path, data, sync)
+        with lock:
+            inside -= 1
+
+    monkeypatch.setattr(partial_module, "write_private", write_private)
+    partial = new_partial(tmp_path)
+    partial.append([DATA[:300]])  # past SYNC_EVERY: the sync starts in its own thread
+    assert entered.wait(ENOUGH)
+    saver = threading.Thread(target=partial.save)
+    saver.start()
+    saver.join(0.2)  # a bound, not a wait for an event: it must still be queued behind
+    assert saver.is_alive()
+    release.set()
+    saver.join(ENOUGH)
+    assert most == 1
+    partial.close(keep=True)
+    assert json.loads(partial.path.with_suffix(".json").read_text())["synced"] == 300

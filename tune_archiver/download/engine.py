@@ -2,8 +2,9 @@
 
 Each attempt holds one slot of the shared limiter (--concurrency counts files at
 once); a download sleeping in backoff holds none. A split file holds one slot for all
-its --split connections. The sha256 is computed from the bytes as they are written. A large file
-from a server that takes ranges is handed to ranged.py once its first answer says so.
+its --split connections. The sha256 is computed from the bytes as they are written.
+A large file from a server that takes ranges is handed to ranges.py once its first
+answer says so.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ class Partial:
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._syncing = False
         self._syncer: threading.Thread | None = None  # the fsync running, if any
+        self._saving = threading.Lock()  # the sidecar has one temp name: one writer
         self._read_buffer: memoryview | None = None  # catch_up_hash's, made on first use
         # Called (in the writing thread) when the hashed prefix grows: an S3 store
         # uploads parts while the download goes on.
@@ -341,6 +342,10 @@ class Partial:
             self._fd = -1
 
     def _save(self) -> None:
+        with self._saving:  # the periodic sync's thread saves too: one writer at a time
+            self._save_now()
+
+    def _save_now(self) -> None:
         if self._sidecar is None:
             return
         state: dict[str, Any] = {
