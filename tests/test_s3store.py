@@ -225,6 +225,7 @@ async def test_a_file_changed_on_disk_after_download_is_not_stored(
     data = os.urandom(size)
     async with opened(bucket, tmp_path) as store:
         partial = await downloaded(store, tmp_path, data)
+        await asyncio.to_thread(partial.partial.spill)  # a small file is held until then
         with partial.partial.path.open("r+b") as file:
             file.seek(size - 1)
             file.write(bytes([data[-1] ^ 1]))

@@ -10,6 +10,7 @@ answer says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,14 @@ from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.download.ranges import RangedFetch, RangesRefused, piece_size
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import BodyError, DataError, DiskFull, ExpiredUrl, IntegrityError
+from tune_archiver.errors import (
+    ArchiverError,
+    BodyError,
+    DataError,
+    DiskFull,
+    ExpiredUrl,
+    IntegrityError,
+)
 from tune_archiver.models import Blob
 from tune_archiver.net.retry import call_with_retries
 from tune_archiver.net.throttle import TokenBucket
@@ -177,7 +185,19 @@ class Downloader:
         )
 
     async def _attempt(self, transfer: Transfer) -> None:
-        """One request: resume from the bytes on disk when we can, else start over."""
+        try:
+            await self._request(transfer)
+        except Exception:
+            partial = transfer.partial
+            if partial.is_held and partial.size:
+                # Bytes a retry resumes from wait on disk, not in memory (they stay
+                # held if that fails).
+                with contextlib.suppress(ArchiverError):
+                    await in_thread(partial.spill)
+            raise
+
+    async def _request(self, transfer: Transfer) -> None:
+        """One request: resume from the bytes we have when we can, else start over."""
         partial = transfer.partial
         headers = {}
         if partial.size and partial.validator:
@@ -247,7 +267,8 @@ class Downloader:
     async def _write(self, transfer: Transfer, pieces: list[bytes]) -> None:
         partial = transfer.partial
         before = partial.size
-        await in_thread(partial.append, pieces)
+        if not partial.hold(pieces):  # a small file's bytes wait in memory for its commit
+            await in_thread(partial.append, pieces)
         self._progress.advance(partial.size - before)
         if partial.total is not None and partial.size > partial.total:
             await self._restart(transfer)

@@ -4,9 +4,14 @@ A partial for a URL lives at tmp/<hash of the URL without its query>.part, besid
 sidecar .json that records what resuming needs: the URL key, the validator for
 If-Range, the expected size, and how many bytes are known to be on disk. The .part
 is locked (flock) by the process writing it; another process that finds it locked
-downloads into a private temp file instead. After a crash in the same boot the
-file's length is trusted (the page cache survived); after a reboot only the bytes
-fsynced before the sidecar was last written are.
+downloads into a private temp file instead. A download that no earlier run left a
+partial for starts with no file at all: while it stays under RESUMABLE_FROM its bytes
+are held in memory and written once, at its commit, into a private file (one thread
+hop and a handful of system calls for a small image); a larger one, or one kept after
+a failure, takes its named file as soon as it needs one.
+
+After a crash in the same boot the file's length is trusted (the page cache survived);
+after a reboot only the bytes fsynced before the sidecar was last written are.
 
 A large file may be split into spans fetched at once (see ranged.py): each span is
 [start, pos, end), bytes [start, pos) on disk. The sidecar then records every span,
@@ -16,28 +21,22 @@ and the sha256 covers the contiguous prefix, caught up as spans fill.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from tune_archiver.digest import new_hash
-from tune_archiver.download.sidecar import Span, boot_id, is_usable, read_record, valid_spans
+from tune_archiver.download.partfile import Writer, claim, partial_name, private_file, write_pieces
+from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
-from tune_archiver.safefs import BLOB_MODE, Planted, open_own, write_private
+from tune_archiver.safefs import BLOB_MODE, write_private
 
 SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
-IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 
-# os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
-Writer = Callable[[int, list[memoryview], int], int]
+
 class Partial:
     """The bytes of one download received so far, their sha256, and what resuming needs.
 
@@ -46,7 +45,8 @@ class Partial:
     """
 
     def __init__(
-        self, path: Path, fd: int, archive: Path, sidecar: Path | None, write: Writer = os.pwritev
+        self, path: Path, fd: int, archive: Path, sidecar: Path | None,
+        write: Writer = os.pwritev, key: str = "",
     ) -> None:
         self.path = path
         self.size = 0  # bytes on disk
@@ -56,7 +56,8 @@ class Partial:
         self._fd = fd
         self._archive = archive
         self._sidecar = sidecar  # None for a private temp file that no later run resumes
-        self._key = ""
+        self._key = key
+        self._held: list[bytes] | None = None  # the bytes, while there is no file yet
         self._synced = 0
         self._synced_spans: list[Span] | None = None
         self._hash = new_hash()
@@ -76,54 +77,80 @@ class Partial:
     @classmethod
     def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev) -> Partial:
         """The resumable partial for `key`, or a private one when another process holds it."""
-        name = hashlib.sha256(key.encode()).hexdigest()[:40]
-        path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
         try:
-            while True:
-                try:
-                    fd = open_own(path, os.O_RDWR | os.O_CREAT)
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except (BlockingIOError, Planted) as exc:
-                    # Held by another process, or a name someone else planted (a link):
-                    # download into a private file of our own, never through theirs.
-                    if isinstance(exc, BlockingIOError):
-                        os.close(fd)
-                    fd, private = tempfile.mkstemp(dir=tmp, prefix="private-", suffix=".part")
-                    return cls(Path(private), fd, archive, None, write)
-                # The holder before us may have renamed or removed the file by this name
-                # (a commit): then our lock is on an orphan, and we must start again.
-                if _same_file(fd, path):
-                    break
-                os.close(fd)
-            partial = cls(path, fd, archive, sidecar, write)
-            partial._key = key
-            partial._resume()
+            fd, path, sidecar = claim(tmp, key)
+            partial = cls(path, fd, archive, sidecar, write, key)
+            if sidecar is not None:
+                partial._resume(sidecar)
             return partial
         except OSError as exc:
             raise storage_error(exc, archive, "start a download") from exc
 
-    def _resume(self) -> None:
+    @classmethod
+    def held(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev) -> Partial:
+        """A partial for `key` with no file yet (no earlier run left one); never blocks.
+        Its bytes stay in memory until they need a file (see hold)."""
+        partial = cls(tmp / f"{partial_name(key)}.part", -1, archive, None, write, key)
+        partial._held = []
+        return partial
+
+    @property
+    def is_held(self) -> bool:
+        """True while the bytes are in memory and there is no file."""
+        return self._held is not None
+
+    def hold(self, pieces: Sequence[bytes]) -> bool:
+        """Keep the pieces in memory if this partial has no file and stays under
+        RESUMABLE_FROM; True when kept. Never blocks, so the event loop may call it."""
+        if self._held is None:
+            return False
+        added = sum(len(piece) for piece in pieces)
+        if self.size + added >= RESUMABLE_FROM:
+            return False
+        self._held.extend(piece for piece in pieces if piece)
+        self.size += added
+        return True
+
+    def spill(self) -> None:
+        """Put held bytes into the named file (locked, resumable), e.g. to wait for a retry."""
+        if self._held is not None:
+            self._take_file(named=True)
+
+    def _take_file(self, named: bool) -> None:
+        """Give a held partial its file, and write and hash the held bytes: the named
+        file (a large file's, or one to resume), locked as open's is, or a private one
+        (a small file's commit: no lock to hold until the rename)."""
+        tmp = self.path.parent
+        try:
+            if named:
+                fd, path, sidecar = claim(tmp, self._key)
+                if sidecar is not None:
+                    # A run's leftover by this name, come since the staging was listed:
+                    # its bytes and record are not these.
+                    try:
+                        sidecar.unlink(missing_ok=True)
+                        os.ftruncate(fd, 0)
+                    except OSError:
+                        os.close(fd)
+                        raise
+            else:
+                (fd, path), sidecar = private_file(tmp), None
+        except OSError as exc:
+            raise storage_error(exc, self._archive, "start a download") from exc
+        self._fd, self.path, self._sidecar = fd, path, sidecar
+        held, self._held = self._held or [], None
+        self.size = self._hashed = self._synced = 0
+        self._hash = new_hash()
+        if held:
+            self.append(held)
+
+    def _resume(self, sidecar: Path) -> None:
         """Take over what an earlier run left, if its sidecar vouches for it; else start empty."""
-        state = read_record(self._sidecar) if self._sidecar else None
-        length = os.fstat(self._fd).st_size
-        usable = 0
-        if state is not None and is_usable(state, self._key):
-            same_boot = state.get("boot_id") == boot_id()
-            spans = valid_spans(state.get("spans" if same_boot else "synced_spans"),
-                                 state.get("total"), length)
-            trusted = length if same_boot else state.get("synced", 0)
-            if spans is not None:
-                self.spans, self._synced_spans = spans, [list(s) for s in spans]
-                usable = sum(pos - start for start, pos, _ in spans)
-            elif "spans" in state:
-                usable = 0  # a split file has holes: its length proves nothing
-            elif isinstance(trusted, int) and 0 < trusted <= length:
-                usable = trusted
-            if usable:
-                self.validator = state.get("validator")
-                self.total = state.get("total")
-        if not usable:
-            self.spans = self._synced_spans = None
+        found = resumable(sidecar, self._key, os.fstat(self._fd).st_size)
+        usable = found.size if found else 0
+        if found is not None:
+            self.validator, self.total, self.spans = found.validator, found.total, found.spans
+            self._synced_spans = [list(span) for span in found.spans] if found.spans else None
         if self.spans is None:
             os.ftruncate(self._fd, usable)
         self.size = self._synced = usable
@@ -132,7 +159,12 @@ class Partial:
     # -- writing ---------------------------------------------------------------
 
     def append(self, pieces: Sequence[bytes]) -> None:
-        """Write the bytes at the end and hash them (hashlib lets go of the GIL)."""
+        """Write the bytes at the end and hash them (hashlib lets go of the GIL); held
+        in memory instead while they may be (see hold)."""
+        if self._held is not None:
+            if self.hold(pieces):
+                return
+            self._take_file(named=True)  # large now: worth resuming
         written = self._write_at(self.size, pieces)
         for piece in pieces:
             self._hash.update(piece)
@@ -145,10 +177,13 @@ class Partial:
     def reset(self) -> None:
         """Forget every byte, and any split: the next append starts the file again."""
         self._wait_for_sync()
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError as exc:
-            raise storage_error(exc, self._archive, "truncate a download") from exc
+        if self._held is not None:
+            self._held = []
+        else:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError as exc:
+                raise storage_error(exc, self._archive, "truncate a download") from exc
         self._hash = new_hash()
         self.size = self._synced = self._hashed = 0
         self.spans = self._synced_spans = None
@@ -163,6 +198,7 @@ class Partial:
         """
         assert self.spans is None
         assert self.total is not None
+        self.spill()
         self._wait_for_sync()
         bounds = [*range(self.size, self.total, piece), self.total]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < piece // 2:
@@ -191,7 +227,7 @@ class Partial:
         Only one thread may call this at a time.
         """
         with self._lock:
-            end = self.size if self.spans is None else _prefix_end(self.spans)
+            end = self.size if self.spans is None else prefix_end(self.spans)
         if limit is not None:
             end = min(end, self._hashed + limit)
         start = self._hashed
@@ -220,20 +256,10 @@ class Partial:
 
     def _write_at(self, offset: int, pieces: Sequence[bytes]) -> int:
         """Write every piece, in order, from `offset`; returns the bytes written."""
-        views = [memoryview(piece) for piece in pieces if piece]
-        total = 0
         try:
-            while views:
-                written = self._write(self._fd, views[:IOV_MAX], offset)
-                offset += written
-                total += written
-                while views and written >= len(views[0]):
-                    written -= len(views.pop(0))
-                if views and written:
-                    views[0] = views[0][written:]
+            return write_pieces(self._write, self._fd, offset, pieces)
         except OSError as exc:
             raise storage_error(exc, self._archive, "write a download") from exc
-        return total
 
     def _maybe_sync(self) -> None:
         """Every SYNC_EVERY bytes: fsync, then record what is now durable.
@@ -247,8 +273,8 @@ class Partial:
             if self._syncing or self.size - self._synced < SYNC_EVERY:
                 return
             self._syncing = True
-            claim = (self.size, [list(span) for span in self.spans] if self.spans else None)
-        self._syncer = threading.Thread(target=self._sync, args=claim, daemon=True)
+            claimed = (self.size, [list(span) for span in self.spans] if self.spans else None)
+        self._syncer = threading.Thread(target=self._sync, args=claimed, daemon=True)
         self._syncer.start()
 
     def _sync(self, size: int, spans: list[Span] | None) -> None:
@@ -283,12 +309,20 @@ class Partial:
         return total is None or total >= RESUMABLE_FROM
 
     def save(self) -> None:
-        """Write the sidecar now."""
+        """Write the sidecar now (and so take the named file, if the bytes are held)."""
+        self.spill()
         self._save()
 
     def head(self, nbytes: int) -> bytes:
         """The file's first bytes (fewer when it is shorter), for telling its type."""
-        return os.pread(self._fd, nbytes, 0)
+        if self._held is None:
+            return os.pread(self._fd, nbytes, 0)
+        head = bytearray()
+        for piece in self._held:
+            if len(head) >= nbytes:
+                break
+            head += piece[:nbytes - len(head)]
+        return bytes(head)
 
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
@@ -303,22 +337,31 @@ class Partial:
 
     def finish(self) -> None:
         """Make the bytes durable and read-only, and forget the sidecar, before the file
-        becomes a blob."""
+        becomes a blob. Held bytes are written now, once, into a private file."""
         self._wait_for_sync()
+        if self._held is not None:
+            self._take_file(named=False)
         try:
+            os.fchmod(self._fd, BLOB_MODE)  # before the fsync, which then records it too
             os.fsync(self._fd)
-            os.fchmod(self._fd, BLOB_MODE)
         except OSError as exc:
             raise storage_error(exc, self._archive, "store a blob") from exc
         if self._sidecar:
             self._sidecar.unlink(missing_ok=True)
-        self._sidecar = None
+            self._sidecar = None
+        else:
+            self._release()  # a private file has no lock to keep until the rename
 
     def close(self, keep: bool) -> None:
         """Release the file: kept for a later run to resume, or removed.
 
-        Only a partial with bytes, a validator and a sidecar is worth keeping.
+        Only a partial with bytes, a validator and a sidecar is worth keeping; held
+        bytes worth keeping take their named file now.
         """
+        if self._held is not None and keep and self.size and self.validator:
+            with contextlib.suppress(StorageError):  # then they are lost, as a full disk's are
+                self._take_file(named=True)
+        self._held = None
         if self._fd < 0:
             return
         self._wait_for_sync()
@@ -348,36 +391,9 @@ class Partial:
     def _save_now(self) -> None:
         if self._sidecar is None:
             return
-        state: dict[str, Any] = {
-            "url": self._key,
-            "validator": self.validator,
-            "total": self.total,
-            "synced": self._synced,
-            "boot_id": boot_id(),
-        }
-        if self.spans is not None:
-            state["spans"] = self.spans
-            state["synced_spans"] = self._synced_spans
         try:
-            write_private(self._sidecar, json.dumps(state).encode(), sync=False)
+            write_private(self._sidecar, record(
+                self._key, self.validator, self.total, self._synced, self.spans,
+                self._synced_spans), sync=False)
         except OSError as exc:
             raise storage_error(exc, self._archive, "record a download's progress") from exc
-
-
-def _prefix_end(spans: list[Span]) -> int:
-    """Where the bytes on disk stop being contiguous from the first."""
-    end = 0
-    for _, pos, stop in spans:
-        end = pos
-        if pos < stop:
-            break
-    return end
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-

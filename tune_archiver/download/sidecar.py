@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,57 @@ def read_record(path: Path | None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """What an earlier run's record vouches for: the bytes on disk, how to ask for the rest."""
+
+    size: int  # bytes usable, from the first (or in the spans)
+    validator: str
+    total: int | None
+    spans: list[Span] | None
+
+
+def resumable(path: Path, key: str, length: int) -> Resumable | None:
+    """What the sidecar at `path` vouches for in a partial of `length` bytes; None when
+    nothing (the file starts over). After a reboot only fsynced bytes count."""
+    state = read_record(path)
+    if state is None or not is_usable(state, key):
+        return None
+    same_boot = state.get("boot_id") == boot_id()
+    spans = valid_spans(state.get("spans" if same_boot else "synced_spans"),
+                        state.get("total"), length)
+    if spans is not None:
+        usable = sum(pos - start for start, pos, _ in spans)
+    elif "spans" in state:
+        return None  # a split file has holes: its length proves nothing
+    else:
+        trusted = length if same_boot else state.get("synced", 0)
+        usable = trusted if isinstance(trusted, int) and 0 < trusted <= length else 0
+    if not usable:
+        return None
+    return Resumable(usable, state["validator"], state.get("total"), spans)
+
+
+def record(key: str, validator: str | None, total: int | None, synced: int,
+           spans: list[Span] | None, synced_spans: list[Span] | None) -> bytes:
+    """A sidecar's bytes: what resuming needs, as resumable reads it back."""
+    state: dict[str, Any] = {
+        "url": key, "validator": validator, "total": total, "synced": synced,
+        "boot_id": boot_id(),
+    }
+    if spans is not None:
+        state["spans"] = spans
+        state["synced_spans"] = synced_spans
+    return json.dumps(state).encode()
+
+
+def prefix_end(spans: list[Span]) -> int:
+    """Where the bytes on disk stop being contiguous from the first."""
+    end = 0
+    for _, pos, stop in spans:
+        end = pos
+        if pos < stop:
+            break
+    return end

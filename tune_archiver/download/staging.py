@@ -20,7 +20,8 @@ from pathlib import Path
 from stat import S_ISREG
 from urllib.parse import urlsplit
 
-from tune_archiver.download.partial import Partial, Writer
+from tune_archiver.download.partfile import Writer, partial_name
+from tune_archiver.download.partial import Partial
 from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
@@ -70,11 +71,10 @@ class Incoming:
 def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
     if tail:
         partial.append(tail)
+    head = partial.head(HEAD_BYTES)
+    partial.finish()  # held bytes are written and hashed here
     # The server's type is kept unless it says nothing; then the first bytes tell.
-    blob = Blob(partial.sha256(), partial.size,
-                content_type_of(content_type, partial.head(HEAD_BYTES)))
-    partial.finish()
-    return blob
+    return Blob(partial.sha256(), partial.size, content_type_of(content_type, head))
 
 
 class Staging:
@@ -85,6 +85,9 @@ class Staging:
         self.directory = directory
         self.shown = shown or directory  # what messages name: the archive, for a local one
         self._write = write
+        # Names of the partials here when prepared: a URL with none starts held in
+        # memory, with no file and no thread hop (None: not listed, so look each time).
+        self._leftovers: set[str] | None = None
 
     def __str__(self) -> str:
         return str(self.directory)
@@ -99,15 +102,17 @@ class Staging:
         if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
             log.warning(warning)
         try:
-            await in_thread(make_private_dir, self.directory)
+            self._leftovers = await in_thread(_prepare, self.directory)
         except OSError as exc:
             raise storage_error(exc, self.shown, "create the staging folder") from exc
 
     async def open(self, url: str, store: Store) -> Incoming:
         """The download of `url`, resumed from an earlier run when possible."""
-        partial = await in_thread(
-            Partial.open, self.directory, identity(url), self.shown, self._write
-        )
+        key = identity(url)
+        if self._leftovers is not None and partial_name(key) not in self._leftovers:
+            partial = Partial.held(self.directory, key, self.shown, self._write)
+        else:
+            partial = await in_thread(Partial.open, self.directory, key, self.shown, self._write)
         return Incoming(partial, store.intake(partial))
 
     async def check_room(self, nbytes: int) -> None:
@@ -184,6 +189,14 @@ def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
     bucket = urlsplit(str(location)).netloc
     tag = hashlib.sha256(str(location).encode()).hexdigest()[:12]
     return Staging(cache / "tune-archiver" / "staging" / f"{bucket}-{tag}", write=write)
+
+
+def _prepare(directory: Path) -> set[str]:
+    """Create the folder if need be; the names of the partials in it."""
+    make_private_dir(directory)
+    with os.scandir(directory) as found:
+        return {entry.name.removesuffix(".part") for entry in found
+                if entry.name.endswith(".part")}
 
 
 def _remove_unless_locked(part: Path) -> bool:

@@ -131,7 +131,7 @@ class LocalStore:
 
     def intake(self, file: Growing) -> _Intake:
         """Take in a file staged in tmp/: at its commit, a rename to the blob's name."""
-        return _Intake(self, file.path)
+        return _Intake(self, file)
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
@@ -329,9 +329,9 @@ class LocalStore:
 class _Intake:
     """A file in tmp/ that becomes a blob by a rename; nothing is sent ahead."""
 
-    def __init__(self, store: LocalStore, path: Path) -> None:
+    def __init__(self, store: LocalStore, file: Growing) -> None:
         self._store = store
-        self._path = path
+        self._file = file  # its path is read at the commit: a held file gets one then
 
     async def commit(self, finish: Callable[[], Blob]) -> Blob:
         """Finish the file and rename it to the blob's name, read-only, in one thread hop
@@ -345,10 +345,10 @@ class _Intake:
             if size_of(final) == blob.size:
                 # Stored already, by an earlier run or another tune. The caller still
                 # holds the file's lock, so the name is ours to remove.
-                self._path.unlink()
+                self._file.path.unlink()
             else:
                 make_private_dir(final.parent)  # read-only already (Partial.finish)
-                os.replace(self._path, final)
+                os.replace(self._file.path, final)
             # Either way (another tune's rename may not be durable yet), the folder is
             # fsynced before a manifest names the blob.
             self._store.dir_syncs.add(final.parent)

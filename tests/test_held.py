@@ -1,0 +1,178 @@
+"""A small file's lean path: its bytes are held in memory and written once, at its
+commit, in that commit's one thread hop; they go to disk early only when a retry or a
+later run needs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import blob_file, run_fetch, sha256
+from tests.standin import Cut, StandIn, Status
+from tune_archiver.download.partfile import partial_name
+from tune_archiver.download.partial import RESUMABLE_FROM, Partial
+from tune_archiver.download.sidecar import record
+from tune_archiver.urls import identity
+
+KEY = "https://cdn.example/img.jpg"
+IMAGE = os.urandom(300_000)  # well under RESUMABLE_FROM, as generated images are
+
+
+def tmp_files(archive: Path) -> list[str]:
+    return sorted(path.name for path in (archive / "tmp").iterdir())
+
+
+@dataclass
+class Hops:
+    """asyncio.to_thread, recording the name of each function sent to a worker thread
+    and what the archive's tmp/ held at that moment."""
+
+    archive: Path
+    seen: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = asyncio.to_thread
+
+        async def to_thread(function: Callable[..., Any], *args: Any) -> Any:
+            tmp = self.archive / "tmp"
+            self.seen.append((function.__qualname__, tmp_files(self.archive)
+                              if tmp.exists() else []))
+            return await real(function, *args)
+
+        monkeypatch.setattr(asyncio, "to_thread", to_thread)
+
+    def named(self, *prefixes: str) -> list[tuple[str, list[str]]]:
+        return [hop for hop in self.seen if hop[0].startswith(prefixes)]
+
+
+def test_a_small_file_costs_one_thread_hop_and_no_file_before_its_commit(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three images: no partial is opened nor written from a worker thread, each costs
+    exactly its commit's hop, and tmp/ never holds more than the commits' own files."""
+    archive = tmp_path / "archive"
+    images = [os.urandom(200_000 + i) for i in range(3)]
+    standin.add_tune(1, [], [standin.add_file(f"img{i}.jpg", d) for i, d in enumerate(images)])
+    hops = Hops(archive)
+    hops.install(monkeypatch)
+    assert run_fetch(standin, archive, "1") == 0
+    assert hops.named("Partial.") == []
+    assert len(hops.named("_Intake._commit")) == len(images)
+    # What tmp/ held at any hop: only files that commits write and rename at once.
+    assert all(name.startswith("private-") for _, files in hops.seen for name in files)
+    for data in images:
+        assert blob_file(archive, data).read_bytes() == data
+    check_manifest(archive / "manifests" / "1.json")
+
+
+def test_bytes_held_when_a_connection_drops_wait_on_disk_for_the_retry(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes before the drop are in the named (resumable) partial before the retry
+    is sent, and the retry asks only for the rest."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [], [standin.add_file("img.jpg", IMAGE)])
+    standin.faults["img.jpg"] = [Cut(at=100_000)]
+    hops = Hops(archive)
+    hops.install(monkeypatch)
+    assert run_fetch(standin, archive, "1") == 0
+    spills = hops.named("Partial.spill")
+    assert len(spills) == 1
+    assert hops.seen.index(spills[0]) < hops.seen.index(hops.named("_Intake._commit")[0])
+    ranges = [r.headers.get("Range") for r in standin.seen("cdn", "/files/img.jpg")]
+    assert ranges == [None, "bytes=100000-"]
+    assert blob_file(archive, IMAGE).read_bytes() == IMAGE
+
+
+def test_a_small_file_that_fails_for_good_is_resumed_by_the_next_run(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Held bytes are kept, with their record, when the download gives up; the next run
+    resumes them with If-Range."""
+    archive = tmp_path / "archive"
+    url = standin.add_file("img.jpg", IMAGE)
+    standin.add_tune(1, [], [url])
+    standin.faults["img.jpg"] = [Cut(at=100_000), Status(503)]
+    assert run_fetch(standin, archive, "1", "--retries", "1") != 0
+    name = partial_name(identity(url))
+    assert (archive / "tmp" / f"{name}.part").stat().st_size == 100_000
+    assert (archive / "tmp" / f"{name}.json").exists()
+    assert run_fetch(standin, archive, "1") == 0
+    last = standin.seen("cdn", "/files/img.jpg")[-1]
+    assert last.headers.get("Range") == "bytes=100000-"
+    assert last.headers.get("If-Range")
+    assert blob_file(archive, IMAGE).read_bytes() == IMAGE
+    assert tmp_files(archive) == []
+
+
+# -- the partial itself ----------------------------------------------------------------
+
+
+def held(tmp_path: Path) -> Partial:
+    partial = Partial.held(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(IMAGE))
+    return partial
+
+
+def test_a_held_partial_touches_no_file_until_its_commit(tmp_path: Path) -> None:
+    """hold keeps the bytes in memory; finish writes them once into a private, read-only
+    file whose bytes and sha256 are the download's."""
+    partial = held(tmp_path)
+    assert partial.hold([IMAGE[:1000], IMAGE[1000:]])
+    assert list(tmp_path.iterdir()) == []
+    assert partial.head(4) == IMAGE[:4]
+    partial.finish()
+    assert partial.path.name.startswith("private-")
+    assert partial.path.read_bytes() == IMAGE
+    assert stat.S_IMODE(partial.path.stat().st_mode) == 0o400
+    assert partial.sha256() == sha256(IMAGE)
+    assert not partial.path.with_suffix(".json").exists()
+
+
+def test_a_held_partial_that_grows_large_takes_its_named_file(tmp_path: Path) -> None:
+    """Past RESUMABLE_FROM the bytes go to the named, resumable file, held ones first."""
+    partial = held(tmp_path)
+    first, rest = os.urandom(1000), os.urandom(RESUMABLE_FROM)
+    assert partial.hold([first])
+    assert not partial.hold([rest])
+    partial.append([rest])
+    assert not partial.is_held
+    assert partial.path.name == f"{partial_name(KEY)}.part"
+    assert partial.path.read_bytes() == first + rest
+    assert partial.hashed == len(first + rest)
+
+
+def test_taking_the_named_file_never_keeps_a_leftover_that_came_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """A leftover by the same name, come after the staging was listed, is neither
+    spliced onto the held bytes nor left with a record that would vouch for them."""
+    name = partial_name(KEY)
+    (tmp_path / f"{name}.part").write_bytes(os.urandom(500_000))
+    (tmp_path / f"{name}.json").write_bytes(record(KEY, '"other"', 500_000, 0, None, None))
+    partial = held(tmp_path)
+    assert partial.hold([IMAGE[:1000]])
+    partial.spill()
+    assert partial.path.read_bytes() == IMAGE[:1000]
+    assert not (tmp_path / f"{name}.json").exists()
+    partial.close(keep=True)
+    reopened = Partial.open(tmp_path, KEY, tmp_path)
+    assert (reopened.size, reopened.validator) == (1000, '"etag-1"')
+
+
+def test_a_held_partial_let_go_leaves_nothing(tmp_path: Path) -> None:
+    """close without keeping, or with nothing worth keeping, writes no file."""
+    partial = held(tmp_path)
+    assert partial.hold([IMAGE[:1000]])
+    partial.close(keep=False)
+    empty = Partial.held(tmp_path, KEY, tmp_path)
+    empty.close(keep=True)  # no bytes, no validator
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,76 @@
+"""A partial's file on disk: its name in the staging folder, the lock that makes it one
+process's, and gathered writes into it. A process that finds the name locked, or
+holding a planted link, writes a private temp file of its own instead, never through
+theirs."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tune_archiver.safefs import Planted, open_own
+
+IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
+
+# os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
+Writer = Callable[[int, list[memoryview], int], int]
+
+
+def partial_name(key: str) -> str:
+    """The partial's file name, without suffix, for a URL key (a URL without its query)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
+    """Open and lock the named partial for `key`: (descriptor, path, sidecar path).
+
+    A private file (see private_file) when another process holds it or the name is
+    planted. Raises OSError.
+    """
+    name = partial_name(key)
+    path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
+    while True:
+        try:
+            fd = open_own(path, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, Planted) as exc:
+            if isinstance(exc, BlockingIOError):
+                os.close(fd)
+            return (*private_file(tmp), None)
+        # The holder before us may have renamed or removed the file by this name (a
+        # commit): then our lock is on an orphan, and we must start again.
+        if _same_file(fd, path):
+            return fd, path, sidecar
+        os.close(fd)
+
+
+def private_file(tmp: Path) -> tuple[int, Path]:
+    """A new empty 0600 file of a unique name in `tmp`, no later run's to resume."""
+    fd, path = tempfile.mkstemp(dir=tmp, prefix="private-", suffix=".part")
+    return fd, Path(path)
+
+
+def write_pieces(write: Writer, fd: int, offset: int, pieces: Sequence[bytes]) -> int:
+    """Write every piece, in order, from `offset`; returns the bytes written. Raises OSError."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    total = 0
+    while views:
+        written = write(fd, views[:IOV_MAX], offset)
+        offset += written
+        total += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views and written:
+            views[0] = views[0][written:]
+    return total
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
