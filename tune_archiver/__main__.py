@@ -1,5 +1,5 @@
 """`python -m tune_archiver`."""
 
-from tune_archiver.cli.main import main
+from tune_archiver.cli.main import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

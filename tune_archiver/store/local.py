@@ -346,9 +346,12 @@ class _Intake:
                 # Stored already, by an earlier run or another tune. The caller still
                 # holds the file's lock, so the name is ours to remove.
                 self._file.path.unlink()
-            else:
-                make_private_dir(final.parent)  # read-only already (Partial.finish)
-                os.replace(self._file.path, final)
+            else:  # read-only already (Partial.finish)
+                try:
+                    os.replace(self._file.path, final)
+                except FileNotFoundError:  # the blob's folder is new: made, then again
+                    make_private_dir(final.parent)
+                    os.replace(self._file.path, final)
             # Either way (another tune's rename may not be durable yet), the folder is
             # fsynced before a manifest names the blob.
             self._store.dir_syncs.add(final.parent)
