@@ -103,11 +103,12 @@ def median_wall(case: Case) -> float:
 
 
 def best_peers(workloads: dict[str, list[Case]]) -> dict[str, Case]:
-    """Each workload's fastest peer (any tool but tune-archiver) by median wall."""
+    """Each workload's fastest peer (any tool but tune-archiver, and no row shown only
+    for context) by median wall."""
     best: dict[str, Case] = {}
     for name, cases in workloads.items():
-        peers = [c for c in cases if not c.is_ta] or [
-            c for c in workloads.get(PEERS_OF.get(name, ""), []) if not c.is_ta]
+        peers = [c for c in cases if c.peer and not c.is_ta] or [
+            c for c in workloads.get(PEERS_OF.get(name, ""), []) if c.peer and not c.is_ta]
         if peers:
             best[name] = min(peers, key=median_wall)
     return best

@@ -30,8 +30,8 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
 
 
 def ensure_tools() -> None:
-    missing = [pkg for pkg, exe in (("nginx", NGINX), ("aria2", "aria2c"), ("curl", "curl"))
-               if shutil.which(exe) is None]
+    missing = [pkg for pkg, exe in (("nginx", NGINX), ("aria2", "aria2c"), ("curl", "curl"),
+                                    ("openssl", "openssl")) if shutil.which(exe) is None]
     if missing:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):

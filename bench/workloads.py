@@ -54,6 +54,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[Path], None] | None = None
     compare: bool = True  # False: no "vs best peer" (W5's first run has no peer)
+    peer: bool = True  # False: a row for context (a peer doing ta's work), never the best
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
@@ -144,6 +145,20 @@ def curl_one(url: str) -> Argv:
     return lambda out: ["curl", "-sS", "-o", str(out / CKPT), url]
 
 
+SAME_WORK = "then openssl sha256 and sync (ta's work, one step after another)"
+
+
+def then_hash_and_sync(download: Argv) -> Argv:
+    """The download, then what tune-archiver also does to each file: hash it (with the
+    OpenSSL that Python's hashlib uses; coreutils' sha256sum is 5x slower), and make it
+    and its folder durable (coreutils' `sync FILE...` fsyncs each one named)."""
+    def argv(out: Path) -> list[str]:
+        script = ('"$@" && cd "$0" && find . -type f -exec openssl dgst -sha256 {} + '
+                  '> /dev/null && find . -exec sync {} +')
+        return ["sh", "-c", script, str(out), *download(out)]
+    return argv
+
+
 def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
     """aria2c -j<j> (an input list) and curl -Z --parallel-max <j> (a config file): each
     file at out/<its name without folders>."""
@@ -164,7 +179,9 @@ def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
         return ["curl", "-sS", "-Z", "--parallel-max", str(j), "-K", str(conf)]
 
     return [Case(f"aria2c -j{j}", aria, verify_files(expected)),
-            Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected))]
+            Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected)),
+            Case(f"curl -Z --parallel-max {j}, {SAME_WORK}", then_hash_and_sync(curl),
+                 verify_files(expected), peer=False)]
 
 
 def w1(s: Setup) -> list[Case]:
@@ -174,6 +191,8 @@ def w1(s: Setup) -> list[Case]:
     url = f"{fast}/{CKPT}"
     return [s.ta_case("tune-archiver", [s.tune(1, [url])]),
             Case("curl", curl_one(url), verify_files(ckpt)),
+            Case(f"curl, {SAME_WORK}", then_hash_and_sync(curl_one(url)), verify_files(ckpt),
+                 peer=False),
             Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt)),
             Case("aria2c -x1 -s1", aria_one(url, 1), verify_files(ckpt))]
 
