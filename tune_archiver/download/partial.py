@@ -142,7 +142,7 @@ class Partial:
         self.size = self._hashed = self._synced = 0
         self._hash = new_hash()
         if held:
-            self.append(held)
+            self.append([b"".join(held)])  # one write, one hash: each a GIL hand-off
 
     def _resume(self, sidecar: Path) -> None:
         """Take over what an earlier run left, if its sidecar vouches for it; else start empty."""
