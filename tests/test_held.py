@@ -20,6 +20,7 @@ from tests.standin import Cut, StandIn, Status
 from tune_archiver.download.partfile import partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.sidecar import record
+from tune_archiver.store import local
 from tune_archiver.urls import identity
 
 KEY = "https://cdn.example/img.jpg"
@@ -176,3 +177,23 @@ def test_a_held_partial_let_go_leaves_nothing(tmp_path: Path) -> None:
     empty = Partial.held(tmp_path, KEY, tmp_path)
     empty.close(keep=True)  # no bytes, no validator
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_commit_that_fails_after_writing_leaves_no_file(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The private file a held partial's commit wrote is removed when the rename to its
+    blob fails; nothing is left in tmp/ for gc to find."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [], [standin.add_file("img.jpg", IMAGE)])
+    real_replace = local.os.replace
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        if Path(target).parent.parent.name == "sha256":
+            raise PermissionError(13, "Permission denied", str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(local.os, "replace", replace)
+    assert run_fetch(standin, archive, "1") != 0
+    assert tmp_files(archive) == []
+    assert not blob_file(archive, IMAGE).exists()

@@ -58,6 +58,7 @@ class Partial:
         self._sidecar = sidecar  # None for a private temp file that no later run resumes
         self._key = key
         self._held: list[bytes] | None = None  # the bytes, while there is no file yet
+        self._closed_early = False  # finish closed a private file before its commit
         self._synced = 0
         self._synced_spans: list[Span] | None = None
         self._hash = new_hash()
@@ -297,12 +298,9 @@ class Partial:
             self._syncer = None
 
     def describe(self, validator: str | None, total: int | None) -> bool:
-        """Note what a response said about the file; True when the sidecar should be saved.
-
-        Only a file worth resuming after a kill needs its sidecar at once (call save
-        in a worker thread); a small one's is written only if it is kept after a
-        failure (see close).
-        """
+        """Note what a response said about the file; True when the sidecar should be
+        saved at once (save, in a worker thread): only for a file worth resuming after a
+        kill. A small one's is written only if it is kept after a failure (see close)."""
         if (validator, total) == (self.validator, self.total):
             return False
         self.validator, self.total = validator, total
@@ -349,20 +347,19 @@ class Partial:
         if self._sidecar:
             self._sidecar.unlink(missing_ok=True)
             self._sidecar = None
-        else:
-            self._release()  # a private file has no lock to keep until the rename
+        else:  # a private file has no lock to keep until the rename
+            self._release()
+            self._closed_early = True  # its file is still close's to remove
 
     def close(self, keep: bool) -> None:
-        """Release the file: kept for a later run to resume, or removed.
-
-        Only a partial with bytes, a validator and a sidecar is worth keeping; held
-        bytes worth keeping take their named file now.
-        """
+        """Release the file: kept for a later run to resume, or removed. Only a partial
+        with bytes, a validator and a sidecar is worth keeping; held bytes worth keeping
+        take their named file now."""
         if self._held is not None and keep and self.size and self.validator:
             with contextlib.suppress(StorageError):  # then they are lost, as a full disk's are
                 self._take_file(named=True)
         self._held = None
-        if self._fd < 0:
+        if self._fd < 0 and not self._closed_early:
             return
         self._wait_for_sync()
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
