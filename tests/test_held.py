@@ -5,6 +5,7 @@ later run needs them."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import blob_file, run_fetch, sha256
+from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import Cut, StandIn, Status
+from tune_archiver.download import partial as partial_module
 from tune_archiver.download.partfile import partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.sidecar import record
+from tune_archiver.errors import StorageError
 from tune_archiver.store import local
 from tune_archiver.urls import identity
 
@@ -69,25 +72,31 @@ def test_a_small_file_costs_one_thread_hop_and_no_file_before_its_commit(
     assert len(hops.named("_Intake._commit")) == len(images)
     # What tmp/ held at any hop: only files that commits write and rename at once.
     assert all(name.startswith("private-") for _, files in hops.seen for name in files)
+    assert tmp_files(archive) == []
     for data in images:
         assert blob_file(archive, data).read_bytes() == data
     check_manifest(archive / "manifests" / "1.json")
 
 
 def test_bytes_held_when_a_connection_drops_wait_on_disk_for_the_retry(
-    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    standin: StandIn, tmp_path: Path
 ) -> None:
-    """The bytes before the drop are in the named (resumable) partial before the retry
-    is sent, and the retry asks only for the rest."""
+    """The bytes before the drop are in the named (resumable) partial while the retry
+    waits, and the retry asks only for the rest."""
     archive = tmp_path / "archive"
-    standin.add_tune(1, [], [standin.add_file("img.jpg", IMAGE)])
+    url = standin.add_file("img.jpg", IMAGE)
+    standin.add_tune(1, [], [url])
     standin.faults["img.jpg"] = [Cut(at=100_000)]
-    hops = Hops(archive)
-    hops.install(monkeypatch)
-    assert run_fetch(standin, archive, "1") == 0
-    spills = hops.named("Partial.spill")
-    assert len(spills) == 1
-    assert hops.seen.index(spills[0]) < hops.seen.index(hops.named("_Intake._commit")[0])
+    named = archive / "tmp" / f"{partial_name(identity(url))}.part"
+    on_disk: list[int] = []
+
+    class Backoff(Sleeps):
+        async def __call__(self, seconds: float) -> None:
+            on_disk.append(named.stat().st_size)  # between the attempts
+            await super().__call__(seconds)
+
+    assert run_fetch(standin, archive, "1", sleep=Backoff()) == 0
+    assert on_disk == [100_000]
     ranges = [r.headers.get("Range") for r in standin.seen("cdn", "/files/img.jpg")]
     assert ranges == [None, "bytes=100000-"]
     assert blob_file(archive, IMAGE).read_bytes() == IMAGE
@@ -151,22 +160,94 @@ def test_a_held_partial_that_grows_large_takes_its_named_file(tmp_path: Path) ->
     assert partial.hashed == len(first + rest)
 
 
-def test_taking_the_named_file_never_keeps_a_leftover_that_came_meanwhile(
-    tmp_path: Path,
-) -> None:
-    """A leftover by the same name, come after the staging was listed, is neither
-    spliced onto the held bytes nor left with a record that would vouch for them."""
+def test_a_resumable_leftover_that_came_meanwhile_is_left_alone(tmp_path: Path) -> None:
+    """Another run's leftover by the same name, come after the staging was listed and
+    still resumable by its record, is neither spliced onto the held bytes nor thrown
+    away: they go to a private file, and the leftover resumes later as it was."""
     name = partial_name(KEY)
-    (tmp_path / f"{name}.part").write_bytes(os.urandom(500_000))
-    (tmp_path / f"{name}.json").write_bytes(record(KEY, '"other"', 500_000, 0, None, None))
+    theirs = os.urandom(500_000)
+    (tmp_path / f"{name}.part").write_bytes(theirs)
+    (tmp_path / f"{name}.json").write_bytes(record(KEY, '"other"', 900_000, 0, None, None))
     partial = held(tmp_path)
     assert partial.hold([IMAGE[:1000]])
     partial.spill()
+    assert partial.path.name.startswith("private-")
+    assert partial.path.read_bytes() == IMAGE[:1000]
+    partial.close(keep=False)
+    reopened = Partial.open(tmp_path, KEY, tmp_path)
+    assert (reopened.size, reopened.validator) == (len(theirs), '"other"')
+    assert reopened.path.read_bytes() == theirs
+
+
+def test_a_leftover_its_record_does_not_vouch_for_is_taken_over(tmp_path: Path) -> None:
+    """A leftover with no usable record holds nothing to resume: the held bytes take its
+    name, none of its bytes stay, and its stale record is gone."""
+    name = partial_name(KEY)
+    (tmp_path / f"{name}.part").write_bytes(os.urandom(500_000))
+    (tmp_path / f"{name}.json").write_bytes(b"{damaged")
+    partial = held(tmp_path)
+    assert partial.hold([IMAGE[:1000]])
+    partial.spill()
+    assert partial.path.name == f"{name}.part"
     assert partial.path.read_bytes() == IMAGE[:1000]
     assert not (tmp_path / f"{name}.json").exists()
     partial.close(keep=True)
     reopened = Partial.open(tmp_path, KEY, tmp_path)
     assert (reopened.size, reopened.validator) == (1000, '"etag-1"')
+
+
+def test_a_held_partial_kept_when_stopped_is_resumable(tmp_path: Path) -> None:
+    """close(keep) of a partial still held (Ctrl-C mid-download) writes its named file
+    and record, which the next run resumes."""
+    partial = held(tmp_path)
+    assert partial.hold([IMAGE[:1000]])
+    partial.close(keep=True)
+    reopened = Partial.open(tmp_path, KEY, tmp_path)
+    assert (reopened.size, reopened.validator) == (1000, '"etag-1"')
+    assert reopened.path.read_bytes() == IMAGE[:1000]
+
+
+def test_a_spill_that_fails_keeps_the_bytes_held_and_leaves_no_file(tmp_path: Path) -> None:
+    """A write that fails part-way (a full disk) removes the file it started; the bytes
+    stay held, counted once, for the retry."""
+    calls = 0
+
+    def half_then_full(fd: int, views: list[memoryview], offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return os.pwritev(fd, [views[0][:400]], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    partial = Partial.held(tmp_path, KEY, tmp_path, half_then_full)
+    partial.describe('"etag-1"', len(IMAGE))
+    assert partial.hold([IMAGE[:1000]])
+    with pytest.raises(StorageError):
+        partial.spill()
+    assert partial.is_held
+    assert partial.size == 1000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_fsync_keeps_the_partial_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob's read-only mode comes only after its fsync: a partial kept after a
+    failed one is still 0600, and a later run can open it to resume."""
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(IMAGE))
+    partial.append([IMAGE[:100_000]])
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(partial_module.os, "fsync", failing)
+    with pytest.raises(StorageError):
+        partial.finish()
+    monkeypatch.undo()
+    partial.close(keep=True)
+    assert stat.S_IMODE(partial.path.stat().st_mode) == 0o600
+    assert Partial.open(tmp_path, KEY, tmp_path).size == 100_000
 
 
 def test_a_held_partial_let_go_leaves_nothing(tmp_path: Path) -> None:
@@ -197,3 +278,20 @@ def test_a_commit_that_fails_after_writing_leaves_no_file(
     assert run_fetch(standin, archive, "1") != 0
     assert tmp_files(archive) == []
     assert not blob_file(archive, IMAGE).exists()
+
+
+def test_closing_a_partial_renamed_away_never_removes_a_file_now_by_its_name(
+    tmp_path: Path,
+) -> None:
+    """A commit cancelled just after its rename leaves the partial to close: the name
+    may hold another process's new partial by then, which close must not remove."""
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(IMAGE))
+    partial.append([IMAGE])
+    partial.finish()
+    name = partial.path
+    os.replace(name, tmp_path / "blob")  # the store's rename, done before the cancel
+    name.write_bytes(b"another run's bytes")
+    partial.close(keep=True)
+    assert name.read_bytes() == b"another run's bytes"
+    assert (tmp_path / "blob").read_bytes() == IMAGE

@@ -189,7 +189,7 @@ class Downloader:
             await self._request(transfer)
         except Exception:
             partial = transfer.partial
-            if partial.is_held and partial.size:
+            if partial.is_held and partial.size and partial.validator:
                 # Bytes a retry resumes from wait on disk, not in memory (they stay
                 # held if that fails).
                 with contextlib.suppress(ArchiverError):

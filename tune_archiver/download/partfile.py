@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tune_archiver.download.sidecar import resumable
 from tune_archiver.safefs import Planted, open_own
 
 IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
@@ -43,9 +44,32 @@ def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
             return (*private_file(tmp), None)
         # The holder before us may have renamed or removed the file by this name (a
         # commit): then our lock is on an orphan, and we must start again.
-        if _same_file(fd, path):
+        if same_file(fd, path):
             return fd, path, sidecar
         os.close(fd)
+
+
+def fresh(tmp: Path, key: str, named: bool) -> tuple[int, Path, Path | None]:
+    """A new, empty file for a download that had none: the named partial for `key`
+    (locked, as claim gives it), or with `named` False a private one. A leftover by that
+    name that its record could still resume (another run's, come since the staging was
+    listed, or kept earlier in this run) is left alone: a private file then. Raises OSError.
+    """
+    if not named:
+        return (*private_file(tmp), None)
+    fd, path, sidecar = claim(tmp, key)
+    if sidecar is None:
+        return fd, path, None
+    try:
+        if resumable(sidecar, key, os.fstat(fd).st_size) is not None:
+            os.close(fd)
+            return (*private_file(tmp), None)
+        sidecar.unlink(missing_ok=True)  # a record of other bytes, never of these
+        os.ftruncate(fd, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, path, sidecar
 
 
 def private_file(tmp: Path) -> tuple[int, Path]:
@@ -69,7 +93,8 @@ def write_pieces(write: Writer, fd: int, offset: int, pieces: Sequence[bytes]) -
     return total
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: Path) -> bool:
+    """True when `path` names the file open at `fd`."""
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:

@@ -27,7 +27,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tune_archiver.digest import new_hash
-from tune_archiver.download.partfile import Writer, claim, partial_name, private_file, write_pieces
+from tune_archiver.download.partfile import (
+    Writer,
+    claim,
+    fresh,
+    partial_name,
+    same_file,
+    write_pieces,
+)
 from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
 from tune_archiver.safefs import BLOB_MODE, write_private
@@ -118,32 +125,27 @@ class Partial:
             self._take_file(named=True)
 
     def _take_file(self, named: bool) -> None:
-        """Give a held partial its file, and write and hash the held bytes: the named
-        file (a large file's, or one to resume), locked as open's is, or a private one
-        (a small file's commit: no lock to hold until the rename)."""
-        tmp = self.path.parent
+        """Give a held partial its file (see partfile.fresh), and write and hash the held
+        bytes into it; if that fails, the file is removed and the bytes stay held."""
+        held = b"".join(self._held or [])  # one write, one hash: each a GIL hand-off
         try:
-            if named:
-                fd, path, sidecar = claim(tmp, self._key)
-                if sidecar is not None:
-                    # A run's leftover by this name, come since the staging was listed:
-                    # its bytes and record are not these.
-                    try:
-                        sidecar.unlink(missing_ok=True)
-                        os.ftruncate(fd, 0)
-                    except OSError:
-                        os.close(fd)
-                        raise
-            else:
-                (fd, path), sidecar = private_file(tmp), None
+            fd, path, sidecar = fresh(self.path.parent, self._key, named)
         except OSError as exc:
             raise storage_error(exc, self._archive, "start a download") from exc
-        self._fd, self.path, self._sidecar = fd, path, sidecar
-        held, self._held = self._held or [], None
-        self.size = self._hashed = self._synced = 0
+        try:
+            write_pieces(self._write, fd, 0, [held])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()  # ours: locked, or private
+            os.close(fd)
+            raise storage_error(exc, self._archive, "write a download") from exc
+        self._fd, self.path, self._sidecar, self._held = fd, path, sidecar, None
         self._hash = new_hash()
-        if held:
-            self.append([b"".join(held)])  # one write, one hash: each a GIL hand-off
+        self._hash.update(held)
+        self.size = self._hashed = len(held)
+        self._synced = 0
+        if self.on_hashed is not None:
+            self.on_hashed()
 
     def _resume(self, sidecar: Path) -> None:
         """Take over what an earlier run left, if its sidecar vouches for it; else start empty."""
@@ -340,8 +342,8 @@ class Partial:
         if self._held is not None:
             self._take_file(named=False)
         try:
-            os.fchmod(self._fd, BLOB_MODE)  # before the fsync, which then records it too
             os.fsync(self._fd)
+            os.fchmod(self._fd, BLOB_MODE)  # only once durable: a failed fsync keeps it 0600
         except OSError as exc:
             raise storage_error(exc, self._archive, "store a blob") from exc
         if self._sidecar:
@@ -368,7 +370,9 @@ class Partial:
             else:
                 if self._sidecar:
                     self._sidecar.unlink(missing_ok=True)
-                self.path.unlink(missing_ok=True)
+                # Unless committed just before a cancel: the name may be another's now.
+                if self._fd < 0 or same_file(self._fd, self.path):
+                    self.path.unlink(missing_ok=True)
         self._release()
 
     def detach(self) -> None:
