@@ -264,3 +264,26 @@ async def test_a_live_upload_that_keeps_up_is_not_judged_behind(
     assert requests["UploadPart"] == 5
     assert requests["CopyObject"] == 1
     assert await left_over(bucket) == ([], [])
+
+
+async def test_a_live_upload_is_judged_by_the_bytes_received_not_the_hashed_prefix(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split download fills out of order: with three of four parts on disk but only a
+    byte of the first, the upload has taken nothing of them, and gives up at once."""
+    monkeypatch.setattr(live_module, "JUDGED_FROM", 2)
+    data = os.urandom(4 * PART)
+    async with opened(bucket, tmp_path) as store:
+        incoming = await downloaded(store, tmp_path, b"")
+        assert isinstance(incoming.intake, S3Intake)
+        partial = incoming.partial
+        partial.describe('"v1"', len(data))
+        await asyncio.to_thread(partial.split, PART)
+        for n in (1, 2, 3):
+            await asyncio.to_thread(partial.write_span, n, [data[n * PART : (n + 1) * PART]])
+        await asyncio.to_thread(partial.write_span, 0, [data[:1]])
+        await asyncio.to_thread(partial.catch_up_hash, None)  # the prefix: one byte
+        await incoming.intake.live.idle()
+        assert incoming.intake.live.failed
+        await incoming.release(keep=False)
+    assert await left_over(bucket) == ([], [])

@@ -34,6 +34,8 @@ class Growing(Protocol):
         """How many bytes from the first are on disk and hashed (it drops on a restart)."""
         ...
 
+    size: int  # bytes received so far, hashed or not: a split file fills out of order
+
     on_hashed: Callable[[], None] | None  # called (from a writer thread) as `hashed` grows
 
 

@@ -125,9 +125,11 @@ class LiveUpload:
 
     def behind(self, size: int | None = None) -> bool:
         """True when the store has taken less than KEEPS_UP of the `size` bytes (of the
-        bytes on disk, by default): the commit had better send the file to its own key."""
+        bytes received so far, by default: a split download runs ahead of its hashed
+        prefix, which alone would hide how far behind the upload is): the commit had
+        better send the file to its own key."""
         if size is None:
-            size = self._file.hashed
+            size = self._file.size
             if size < JUDGED_FROM * self._bucket.part_size:
                 return False
         return self.done < size * KEEPS_UP
