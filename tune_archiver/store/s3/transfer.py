@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 # Parts held in memory at once, read or being sent: one at a time waits on each round
 # trip, two keep a link busy. More cost memory and, on two cores, time: W6 (1 GiB into
-# moto on loopback) took 25-28 s at 100-116 MiB with 3 or 4, 17-20 s at 100 MiB with 2.
-# A live upload need only keep pace with its download, which two connections do.
+# moto on loopback) took 25-28 s at 116 MiB with 4, 19-25 s at 110 MiB with 3, and
+# 17-20 s at 100 MiB with 2. A live upload need only keep pace with its download.
 PARTS_IN_FLIGHT = 2
 MAX_PARTS = 10_000
 COPY_PART = 2**30
