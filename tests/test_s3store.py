@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -35,6 +36,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     bucket_fixture,
     moto_s3_fixture,
 )
+from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.staging import Incoming, Staging
 from tune_archiver.errors import (
     ArchiverError,
@@ -147,6 +149,29 @@ async def test_commit_of_a_blob_already_stored_uploads_nothing(
         assert await again.commit(None) == Blob(sha(data), len(data), "application/octet-stream")
     assert dict(requests) == {"HeadObject": 1}
     assert not again.partial.path.exists()
+
+
+async def test_a_large_file_the_store_removed_is_closed_off_the_event_loop(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the last descriptor of a removed file frees its blocks (near a second per
+    GiB with online discard): a large one is closed in a worker thread, a small one
+    (cheap, and many) on the event loop."""
+    on_the_loop: list[bool] = []
+    detach = Partial.detach
+
+    def recorded(partial: Partial) -> None:
+        on_the_loop.append(threading.current_thread() is threading.main_thread())
+        detach(partial)
+
+    monkeypatch.setattr(Partial, "detach", recorded)
+    async with opened(bucket, tmp_path) as store:
+        large = await downloaded(store, tmp_path, os.urandom(RESUMABLE_FROM))
+        await large.commit(None)
+        small = await downloaded(store, tmp_path, os.urandom(1000), "https://other.example/s")
+        await small.commit(None)
+    assert on_the_loop == [False, True]
+    assert not large.partial.path.exists()
 
 
 async def test_file_larger_than_a_part_goes_up_in_parts_and_is_hashed_whole_by_s3(
