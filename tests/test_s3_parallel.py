@@ -98,6 +98,31 @@ async def test_an_upload_sends_parts_several_at_once_and_holds_no_more(
     assert await bucket.get(f"{PREFIX}/x") == data
 
 
+async def test_an_upload_in_parts_gives_back_free_memory_before_it_reads_one(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the download freed goes back to the system before the part buffers are made;
+    a file sent in one request makes none, and costs no trim."""
+    events: list[str] = []
+    real_read = transfer.read_part
+
+    def read(*args: Any) -> tuple[io.BytesIO, str]:
+        events.append("read")
+        result: tuple[io.BytesIO, str] = real_read(*args)
+        return result
+
+    monkeypatch.setattr(transfer, "read_part", read)
+    monkeypatch.setattr(transfer, "give_back_free_memory", lambda: events.append("trim"))
+    async with opened(bucket, tmp_path) as store:
+        for name, size in (("large", 2 * PART + 1), ("small", 1000)):
+            data = os.urandom(size)
+            path = tmp_path / name
+            path.write_bytes(data)
+            blob = Blob(hashlib.sha256(data).hexdigest(), len(data))
+            await transfer.upload(store.bucket, f"{PREFIX}/{name}", path, blob)
+    assert events == ["trim", "read", "read", "read", "read"]
+
+
 async def test_a_live_upload_sends_parts_several_at_once_and_holds_no_more(
     bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,8 @@ part, so each part in flight would cost twice its size.
 Those buffers must go back to the system once their part is answered: glibc raises its
 mmap threshold each time a large block is freed, so from the second part on they come
 from the heap, which keeps what they used (about 200 MiB of peak RSS for a 1 GiB
-fetch where 125 do). keep_big_blocks_apart() pins the threshold.
+fetch where 125 do). keep_big_blocks_apart() pins the threshold, and
+give_back_free_memory() returns what a download freed before a large upload begins.
 
 A part's pages are let go from the page cache once it is read: the staged file is not
 read again (but on a retry, from disk), and a checkpoint's gigabytes kept there only
@@ -25,6 +26,7 @@ import ctypes
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tune_archiver.digest import Hasher
@@ -43,11 +45,27 @@ MMAP_THRESHOLD = 2**20  # blocks from this size on are mapped on their own
 def keep_big_blocks_apart() -> None:
     """Have malloc map each block of MMAP_THRESHOLD bytes or more on its own (and unmap
     it when freed), for the whole process; nothing happens without glibc's mallopt."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def give_back_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim), before a
+    large upload makes its part buffers: what the download freed would otherwise stay
+    in the process (about 10 MiB of W6's peak RSS); nothing happens without glibc."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _glibc(name: str) -> Callable[..., int] | None:
+    """The C library's function `name`, or None where it has none (not glibc)."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        return None
+    return function
 
 
 def b64(digest: bytes) -> str:

@@ -22,7 +22,13 @@ from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, st
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import Absent
-from tune_archiver.store.s3.parts import b64, composite, read_part, send_part
+from tune_archiver.store.s3.parts import (
+    b64,
+    composite,
+    give_back_free_memory,
+    read_part,
+    send_part,
+)
 from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
@@ -71,6 +77,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
                 ContentType=content_type,
             )
             return checksum
+        give_back_free_memory()
         created = await bucket.client.create_multipart_upload(
             Bucket=bucket.name, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
         )
