@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -220,3 +222,16 @@ def test_duration_refuses_anything_else(text: str) -> None:
 def test_time_left(seconds: int | None, expected: str) -> None:
     """The list's time-left column: days and hours, or hours and minutes."""
     assert time_left(seconds) == expected
+
+
+def test_the_program_loads_no_other_command_until_it_runs() -> None:
+    """Startup is much of a small fetch: the web server and the archive walkers are
+    imported only by their own commands (here in a fresh interpreter)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, tune_archiver.cli.main; print(*sys.modules)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    others = ["dry_run", "export", "forget", "gc", "listing", "repair", "retrain"]
+    assert "tune_archiver.commands.fetch" in loaded
+    assert [name for name in loaded if name.startswith(("aiohttp.web", "tune_archiver.web"))
+            or name in {f"tune_archiver.commands.{other}" for other in others}] == []

@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune_archiver.cli import eventlog, report, terminal
 from tune_archiver.cli.envopts import apply_env
@@ -32,15 +32,7 @@ from tune_archiver.cli.running import (
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
 from tune_archiver.commands import fetch as archive
-from tune_archiver.commands.dry_run import dry_run
-from tune_archiver.commands.export import export_tune
 from tune_archiver.commands.fetch import Clock, utc_now
-from tune_archiver.commands.forget import forget
-from tune_archiver.commands.gc import collect
-from tune_archiver.commands.listing import archived_tunes
-from tune_archiver.commands.repair import RepairReport, repair
-from tune_archiver.commands.retrain import retrain
-from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.config import ENV_API_KEY, AllTunes, Settings, archive_dir
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
@@ -48,8 +40,13 @@ from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
-from tune_archiver.web.access import parse_bind, token_for
-from tune_archiver.web.server import serve
+
+if TYPE_CHECKING:
+    from tune_archiver.commands.repair import RepairReport
+    from tune_archiver.commands.verify import VerifyReport
+
+# The other commands' modules (and aiohttp's server) are imported when their command
+# runs: a fetch from cron need not load them, and startup is much of a small run.
 
 __all__ = ["Interrupted", "main", "settings_of", "until_signal"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.USAGE
@@ -206,6 +203,8 @@ def _run_dry(
     args: argparse.Namespace, settings: Settings, tunes: list[int] | AllTunes,
     secrets: list[str],
 ) -> int:
+    from tune_archiver.commands.dry_run import dry_run
+
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
     _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
           report.preview_lines(previews))
@@ -237,6 +236,9 @@ def _report_undone(
 
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.repair import repair
+    from tune_archiver.commands.verify import verify
+
     settings = settings_of(args, secrets) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
 
@@ -263,6 +265,8 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.listing import archived_tunes
+
     rows = in_archive(args, lambda store: archived_tunes(store, args.clock()))
     errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
     _emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
@@ -270,6 +274,8 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.export import export_tune
+
     result = in_archive(
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
                                         args.layout)
@@ -280,6 +286,8 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.retrain import retrain
+
     settings = settings_of(args, secrets)
     result = in_archive(args, lambda store: retrain(
         settings, store, args.tune_id, args.yes, args.clock(), args.title))
@@ -288,6 +296,9 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.web.access import parse_bind, token_for
+    from tune_archiver.web.server import serve
+
     host, port = parse_bind(args.bind)
     token = token_for(host, args.token_file)
 
@@ -302,6 +313,8 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.gc import collect
+
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: collect(
         store, args.clock(), args.dry_run, staging_for(location),
@@ -313,6 +326,8 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
+    from tune_archiver.commands.forget import forget
+
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: forget(
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,

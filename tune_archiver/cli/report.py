@@ -7,19 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tune_archiver.commands.dry_run import Preview
-from tune_archiver.commands.export import ExportResult
-from tune_archiver.commands.gc import GcReport
 from tune_archiver.commands.plan import parse_time
-from tune_archiver.commands.repair import RepairReport
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter
 from tune_archiver.text import counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
+
+if TYPE_CHECKING:  # their commands' modules are imported when those commands run
+    from tune_archiver.commands.dry_run import Preview
+    from tune_archiver.commands.export import ExportResult
+    from tune_archiver.commands.gc import GcReport
+    from tune_archiver.commands.repair import RepairReport
 
 
 def tune_name(tune_id: int, title: str | None) -> str:
