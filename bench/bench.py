@@ -25,6 +25,7 @@ if __name__ == "__main__":  # python bench/bench.py: `bench` is the package, not
     sys.path[0] = str(ROOT)
 
 import argparse  # noqa: E402
+import compileall  # noqa: E402
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
@@ -184,6 +185,10 @@ def main() -> int:
             cwd = scratch / "snapshot"
             shutil.copytree(ROOT / "tune_archiver", cwd / "tune_archiver",
                             ignore=shutil.ignore_patterns("__pycache__"))
+        # Byte-compiled first, as pip leaves an installed package: a checkout run with
+        # PYTHONDONTWRITEBYTECODE=1 (this machine sets it) would compile every module
+        # at every start, about 0.13 s that no installed copy spends.
+        compileall.compile_dir(cwd / "tune_archiver", quiet=1)
         api = servers.Api().start()
         cleanup.callback(api.stop)
         setup = Setup(scratch, api, cleanup, ta_args)
