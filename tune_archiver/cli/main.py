@@ -41,12 +41,11 @@ from tune_archiver.models import TuneResult
 from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
 
+# The other commands' modules (and aiohttp's server) are imported when their command
+# runs: a fetch from cron need not load them, and startup is much of a small run.
 if TYPE_CHECKING:
     from tune_archiver.commands.repair import RepairReport
     from tune_archiver.commands.verify import VerifyReport
-
-# The other commands' modules (and aiohttp's server) are imported when their command
-# runs: a fetch from cron need not load them, and startup is much of a small run.
 
 __all__ = ["Interrupted", "main", "settings_of", "until_signal"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.USAGE
