@@ -3,11 +3,16 @@ lets fall, and counts named for what they count."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
+
+import pytest
+from tqdm import tqdm
 
 from tune_archiver.cli.report import fetch_summary
 from tune_archiver.models import Asset, AssetResult, Blob, TuneResult
-from tune_archiver.progress import BAR_FORMAT, BarProgress, _Bar
+from tune_archiver.progress import BAR_FORMAT, BarProgress, _Bar, above_bar
 
 MiB = 2**20
 
@@ -95,3 +100,31 @@ def test_one_file_is_one_file() -> None:
                                         Blob("a" * 64, 2048)),), title="T", seconds=1.0)
     assert fetch_summary(result) == ("tune 7 (T): 1 file, 2.0 KiB (1 new, 0 already "
                                      "archived, 0 failed) in 1.0 s")
+
+
+def test_a_line_takes_the_bars_lock_only_while_a_bar_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no bar on screen (-q, no terminal) there is nothing to clear: tqdm's locks,
+    once per tune of a quiet --all, are not taken. While a bar shows, they are."""
+    cleared: list[bool] = []
+
+    @contextlib.contextmanager
+    def clearing(**_: object) -> Iterator[None]:
+        cleared.append(True)
+        yield
+
+    monkeypatch.setattr(tqdm, "external_write_mode", clearing)
+    with above_bar():
+        pass
+    assert cleared == []
+    bar = BarProgress()
+    try:
+        with above_bar():
+            pass
+    finally:
+        bar.close()
+    assert cleared == [True]
+    with above_bar():
+        pass
+    assert cleared == [True]
