@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tune_archiver.download import partial as partial_module
+from tune_archiver.download import syncing as syncing_module
 from tune_archiver.download.partial import Partial
 from tune_archiver.errors import IntegrityError, StorageError
 
@@ -106,7 +107,7 @@ def test_after_a_reboot_synced_spans_are_resumed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Progress recorded at an fsync survives a reboot; later, unsynced progress does not."""
-    monkeypatch.setattr(partial_module, "SYNC_EVERY", 250)
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", 250)
     partial = new_partial(tmp_path)
     partial.split(500)
     partial.write_span(0, [DATA[:300]])  # 300 bytes: an fsync, and its record
@@ -115,6 +116,65 @@ def test_after_a_reboot_synced_spans_are_resumed(
     again = reopen_after_a_reboot(tmp_path)
     assert again.spans == [[0, 300, 500], [500, 500, 1000]]
     again.close(keep=False)
+
+
+def test_a_partial_that_is_not_durable_is_never_fsynced_and_a_reboot_starts_it_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 archive's partial: no periodic fsync, none at finish, and no byte recorded
+    as durable; a kill in the same boot still resumes from the file's length."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", 250)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    partial = Partial.open(tmp_path, KEY, tmp_path, durable=False)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA[:300]])
+    partial.append([DATA[300:600]])
+    partial.close(keep=True)
+    again = Partial.open(tmp_path, KEY, tmp_path, durable=False)
+    assert again.size == 600  # the same boot: its length is trusted
+    again.close(keep=True)
+    assert synced == []
+    assert reopen_after_a_reboot(tmp_path).size == 0
+
+
+def test_a_partial_that_is_not_durable_finishes_without_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    partial = Partial.open(tmp_path, KEY, tmp_path, durable=False)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA])
+    partial.finish()
+    assert synced == []
+    assert partial.sha256() == hashlib.sha256(DATA).hexdigest()
+    partial.detach()
+
+
+def test_a_resume_in_the_same_boot_fsyncs_before_it_records_bytes_as_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the same boot the file's length is trusted, not fsynced: the resume fsyncs it
+    before any record says those bytes would survive a reboot."""
+    partial = new_partial(tmp_path)
+    partial.append([DATA[:300]])  # under SYNC_EVERY: never fsynced
+    partial.close(keep=True)
+    assert json.loads(partial.path.with_suffix(".json").read_text())["synced"] == 0
+    fsync = os.fsync
+    synced: list[int] = []
+
+    def recorded(fd: int) -> None:
+        synced.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    again = reopen(tmp_path)
+    assert again.size == 300
+    assert len(synced) == 1
+    again.close(keep=True)
+    assert json.loads(partial.path.with_suffix(".json").read_text())["synced"] == 300
+    assert reopen_after_a_reboot(tmp_path).size == 300
 
 
 @pytest.mark.parametrize(
@@ -169,7 +229,7 @@ def test_the_sidecar_has_one_writer_while_a_sync_records_in_its_own_thread(
     """The periodic fsync records progress from a thread of its own; a save asked for
     meanwhile (a retry's new validator) waits its turn: the sidecar's one temp name is
     never written by two at once (that failed the download with a StorageError)."""
-    monkeypatch.setattr(partial_module, "SYNC_EVERY", 250)
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", 250)
     inside, most = 0, 0
     lock = threading.Lock()
     entered = threading.Event()

@@ -249,30 +249,6 @@ def test_a_part_is_handed_to_aiohttp_without_a_copy() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
-def test_a_part_read_for_upload_lets_its_pages_go_from_the_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The staged file is not read again: each part's pages are let go once it is read,
-    and advice the system refuses does not stop the part."""
-    data = os.urandom(3 * 4096)
-    staged = tmp_path / "staged"
-    staged.write_bytes(data)
-    advised: list[tuple[int, int, int]] = []
-
-    def advise(fd: int, offset: int, length: int, advice: int) -> None:
-        advised.append((offset, length, advice))
-        raise OSError(22, "refused")
-
-    monkeypatch.setattr(os, "posix_fadvise", advise)
-    fd = os.open(staged, os.O_RDONLY)
-    try:
-        body, _ = parts_module.read_part(fd, 4096, 2 * 4096, None)
-    finally:
-        os.close(fd)
-    assert body.getvalue() == data[4096:]
-    assert advised == [(4096, 2 * 4096, os.POSIX_FADV_DONTNEED)]
-
-
 async def test_a_live_upload_that_cannot_keep_up_gives_up_before_the_commit(
     bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

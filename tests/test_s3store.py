@@ -36,8 +36,9 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     bucket_fixture,
     moto_s3_fixture,
 )
+from tune_archiver.download import syncing as syncing_module
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
-from tune_archiver.download.staging import Incoming, Staging
+from tune_archiver.download.staging import ENV_STAGING, Incoming, Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -49,8 +50,9 @@ from tune_archiver.errors import (
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import translated
-from tune_archiver.store.s3.intake import S3Intake
+from tune_archiver.store.s3.intake import S3Intake, drop_file
 from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store, install_hint
+from tune_archiver.store.s3.transfer import start_upload
 
 PREFIX = "arch"
 BIG = 2 * MIN_PART + 12345  # three parts of the smallest size S3 accepts
@@ -74,7 +76,7 @@ async def opened(bucket: Bucket, tmp_path: Path, **options: Any) -> AsyncIterato
 
 async def downloaded(store: S3Store, tmp_path: Path, data: bytes, url: str = URL) -> Incoming:
     """A finished download holding `data`, staged in tmp_path/staging, followed by the store."""
-    staging = Staging(tmp_path / "staging")
+    staging = Staging(tmp_path / "staging", durable=False)  # as staging_for stages for S3
     await staging.prepare()
     incoming = await staging.open(url, store)
     await asyncio.to_thread(incoming.partial.append, [data])
@@ -172,6 +174,63 @@ async def test_a_large_file_the_store_removed_is_closed_off_the_event_loop(
         await small.commit(None)
     assert on_the_loop == [False, True]
     assert not large.partial.path.exists()
+
+
+async def test_an_s3_archives_download_is_never_fsynced_and_is_gone_once_stored(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket makes a blob durable: its staged file is fsynced neither as it grows nor
+    at its commit (so the disk need not write bytes removed moments later), and it is
+    gone once the blob is stored."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", 2**16)
+    monkeypatch.setenv(ENV_STAGING, str(tmp_path / "staging"))
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    data = os.urandom(2 * RESUMABLE_FROM)
+    async with opened(bucket, tmp_path) as store:
+        staging = staging_for(f"s3://{bucket.name}/{PREFIX}")
+        await staging.prepare()
+        incoming = await staging.open(URL, store)
+        await asyncio.to_thread(incoming.partial.append, [data[:RESUMABLE_FROM]])
+        await asyncio.to_thread(incoming.partial.append, [data[RESUMABLE_FROM:]])
+        await incoming.commit(None)
+        assert await store.blob_size(sha(data)) == len(data)
+    assert [name for name in synced if name.startswith(str(tmp_path / "staging"))] == []
+    assert not incoming.partial.path.exists()
+
+
+def test_a_staged_file_is_emptied_through_its_open_descriptor_before_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    """Its download still holds it open: emptied, the bytes the disk has not yet written
+    are never written, and its blocks are freed at once rather than at the close."""
+    staged = tmp_path / "staged.part"
+    staged.write_bytes(os.urandom(10_000))
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        drop_file(staged)
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+    assert not staged.exists()
+    drop_file(staged)  # gone already: nothing to do
+
+
+def test_a_link_planted_at_a_staged_files_name_is_not_followed(tmp_path: Path) -> None:
+    """Only the staged file itself is emptied: a symlink in its place leaves its target whole."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    staged = tmp_path / "staged.part"
+    staged.symlink_to(target)
+    with pytest.raises(OSError, match="symbolic links"):  # ELOOP, from O_NOFOLLOW
+        drop_file(staged)
+    assert target.read_bytes() == b"keep me"
 
 
 async def test_file_larger_than_a_part_goes_up_in_parts_and_is_hashed_whole_by_s3(
@@ -285,6 +344,28 @@ async def test_cancelled_multipart_upload_is_aborted_and_leaves_the_partial(
         assert partial.partial.size == len(data)
         await partial.release(keep=False)
     assert await bucket.keys() == []
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_an_upload_cancelled_while_s3_starts_it_is_aborted_once_started(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A stop that comes after S3 started a multipart upload, but before its answer is
+    read, still learns the upload's id and aborts it: none is left open."""
+    answered, go_on = asyncio.Event(), asyncio.Event()
+
+    async def hold(**_: Any) -> None:  # the server has answered; the client has not read it
+        answered.set()
+        await go_on.wait()
+
+    async with opened(bucket, tmp_path) as store:
+        store.bucket.client.meta.events.register("needs-retry.s3.CreateMultipartUpload", hold)
+        starting = asyncio.create_task(start_upload(store.bucket, f"{PREFIX}/tmp/x", None))
+        await answered.wait()
+        starting.cancel()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
     assert await left_over(bucket) == ([], [])
 
 

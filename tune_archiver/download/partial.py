@@ -11,7 +11,8 @@ hop and a handful of system calls for a small image); a larger one, or one kept 
 a failure, takes its named file as soon as it needs one.
 
 After a crash in the same boot the file's length is trusted (the page cache survived);
-after a reboot only the bytes fsynced before the sidecar was last written are.
+after a reboot only the bytes fsynced before the sidecar was last written are (see
+syncing.py; a partial that is not `durable` is never fsynced).
 
 A large file may be split into spans fetched at once (see ranged.py): each span is
 [start, pos, end), bytes [start, pos) on disk. The sidecar then records every span,
@@ -36,10 +37,10 @@ from tune_archiver.download.partfile import (
     write_pieces,
 )
 from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
+from tune_archiver.download.syncing import PeriodicSync
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
 from tune_archiver.safefs import BLOB_MODE, write_private
 
-SYNC_EVERY = 128 * 2**20  # fsync and record progress this often, for resume after a power cut
 READ_BLOCK = 4 * 2**20
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 
@@ -53,7 +54,7 @@ class Partial:
 
     def __init__(
         self, path: Path, fd: int, archive: Path, sidecar: Path | None,
-        write: Writer = os.pwritev, key: str = "",
+        write: Writer = os.pwritev, key: str = "", durable: bool = True,
     ) -> None:
         self.path = path
         self.size = 0  # bytes on disk
@@ -66,14 +67,11 @@ class Partial:
         self._key = key
         self._held: list[bytes] | None = None  # the bytes, while there is no file yet
         self._closed_early = False  # finish closed a private file before its commit
-        self._synced = 0
-        self._synced_spans: list[Span] | None = None
         self._hash = new_hash()
         self._hashed = 0  # the sha256 covers bytes [0, _hashed)
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
-        self._syncing = False
-        self._syncer: threading.Thread | None = None  # the fsync running, if any
+        self._synced = PeriodicSync(durable, self._lock, self._save_quietly)
         self._saving = threading.Lock()  # the sidecar has one temp name: one writer
         self._read_buffer: memoryview | None = None  # catch_up_hash's, made on first use
         # Called (in the writing thread) when the hashed prefix grows: an S3 store
@@ -83,11 +81,12 @@ class Partial:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev) -> Partial:
+    def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev,
+             durable: bool = True) -> Partial:
         """The resumable partial for `key`, or a private one when another process holds it."""
         try:
             fd, path, sidecar = claim(tmp, key)
-            partial = cls(path, fd, archive, sidecar, write, key)
+            partial = cls(path, fd, archive, sidecar, write, key, durable)
             if sidecar is not None:
                 partial._resume(sidecar)
             return partial
@@ -95,10 +94,11 @@ class Partial:
             raise storage_error(exc, archive, "start a download") from exc
 
     @classmethod
-    def held(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev) -> Partial:
+    def held(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev,
+             durable: bool = True) -> Partial:
         """A partial for `key` with no file yet (no earlier run left one); never blocks.
         Its bytes stay in memory until they need a file (see hold)."""
-        partial = cls(tmp / f"{partial_name(key)}.part", -1, archive, None, write, key)
+        partial = cls(tmp / f"{partial_name(key)}.part", -1, archive, None, write, key, durable)
         partial._held = []
         return partial
 
@@ -143,7 +143,7 @@ class Partial:
         self._hash = new_hash()
         self._hash.update(held)
         self.size = self._hashed = len(held)
-        self._synced = 0
+        self._synced.size = 0
         if self.on_hashed is not None:
             self.on_hashed()
 
@@ -153,10 +153,13 @@ class Partial:
         usable = found.size if found else 0
         if found is not None:
             self.validator, self.total, self.spans = found.validator, found.total, found.spans
-            self._synced_spans = [list(span) for span in found.spans] if found.spans else None
         if self.spans is None:
             os.ftruncate(self._fd, usable)
-        self.size = self._synced = usable
+        self.size = usable
+        if usable and self._synced.durable:  # else none are synced: a reboot starts over
+            os.fsync(self._fd)  # in the same boot its length was trusted, not fsynced
+            self._synced.size = usable
+            self._synced.spans = [list(span) for span in self.spans] if self.spans else None
         self.catch_up_hash(None)
 
     # -- writing ---------------------------------------------------------------
@@ -179,7 +182,7 @@ class Partial:
 
     def reset(self) -> None:
         """Forget every byte, and any split: the next append starts the file again."""
-        self._wait_for_sync()
+        self._synced.wait()
         if self._held is not None:
             self._held = []
         else:
@@ -188,8 +191,8 @@ class Partial:
             except OSError as exc:
                 raise storage_error(exc, self._archive, "truncate a download") from exc
         self._hash = new_hash()
-        self.size = self._synced = self._hashed = 0
-        self.spans = self._synced_spans = None
+        self.size = self._synced.size = self._hashed = 0
+        self.spans = self._synced.spans = None
 
     # -- ranges ----------------------------------------------------------------
 
@@ -202,14 +205,15 @@ class Partial:
         assert self.spans is None
         assert self.total is not None
         self.spill()
-        self._wait_for_sync()
+        self._synced.wait()
         bounds = [*range(self.size, self.total, piece), self.total]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < piece // 2:
             del bounds[-2]  # no runt at the end
         self.spans = [[0, self.size, bounds[1]]]
         self.spans += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(1, len(bounds) - 1)]
-        self._synced_spans = [[start, start, end] for start, _, end in self.spans]
-        self._synced_spans[0][1] = self._synced
+        synced = [[start, start, end] for start, _, end in self.spans]
+        synced[0][1] = self._synced.size
+        self._synced.spans = synced
         self._save()
 
     def write_span(self, index: int, pieces: Sequence[bytes]) -> None:
@@ -265,39 +269,12 @@ class Partial:
             raise storage_error(exc, self._archive, "write a download") from exc
 
     def _maybe_sync(self) -> None:
-        """Every SYNC_EVERY bytes: fsync, then record what is now durable.
-
-        The fsync runs in a thread of its own, so the writers go on meanwhile (the
-        disk is often slower than the network); what it makes durable is what had
-        been written when the sync was claimed. Whatever else records or
-        drops bytes (split, reset, finish, close) waits for it first.
-        """
         with self._lock:
-            if self._syncing or self.size - self._synced < SYNC_EVERY:
-                return
-            self._syncing = True
-            claimed = (self.size, [list(span) for span in self.spans] if self.spans else None)
-        self._syncer = threading.Thread(target=self._sync, args=claimed, daemon=True)
-        self._syncer.start()
+            self._synced.maybe(self._fd, self.size, self.spans)
 
-    def _sync(self, size: int, spans: list[Span] | None) -> None:
-        try:
-            os.fsync(self._fd)
-        except OSError:
-            synced = False  # nothing more is recorded; the commit's own fsync will say why
-        else:
-            synced = True
-        with self._lock:
-            self._syncing = False
-            if synced:
-                self._synced, self._synced_spans = size, spans
-                with contextlib.suppress(StorageError):  # resume starts a little earlier
-                    self._save()
-
-    def _wait_for_sync(self) -> None:
-        if self._syncer is not None:
-            self._syncer.join()
-            self._syncer = None
+    def _save_quietly(self) -> None:
+        with contextlib.suppress(StorageError):  # then a resume starts a little earlier
+            self._save()
 
     def describe(self, validator: str | None, total: int | None) -> bool:
         """Note what a response said about the file; True when the sidecar should be
@@ -336,14 +313,16 @@ class Partial:
     # -- ending ----------------------------------------------------------------
 
     def finish(self) -> None:
-        """Make the bytes durable and read-only, and forget the sidecar, before the file
-        becomes a blob. Held bytes are written now, once, into a private file."""
-        self._wait_for_sync()
+        """Make the bytes durable and read-only (unless the partial is not `durable`), and
+        forget the sidecar, before the file becomes a blob. Held bytes are written now,
+        once, into a private file."""
+        self._synced.wait()
         if self._held is not None:
             self._take_file(named=False)
         try:
-            os.fsync(self._fd)
-            os.fchmod(self._fd, BLOB_MODE)  # only once durable: a failed fsync keeps it 0600
+            if self._synced.durable:  # else it is uploaded, then removed: its mode is no one's
+                os.fsync(self._fd)
+                os.fchmod(self._fd, BLOB_MODE)  # only once durable: a failed fsync keeps it 0600
         except OSError as exc:
             raise storage_error(exc, self._archive, "store a blob") from exc
         if self._sidecar:
@@ -363,7 +342,7 @@ class Partial:
         self._held = None
         if self._fd < 0 and not self._closed_early:
             return
-        self._wait_for_sync()
+        self._synced.wait()
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._sidecar and self.size and self.validator:
                 self._save()
@@ -380,7 +359,7 @@ class Partial:
         self._release()
 
     def _release(self) -> None:
-        self._wait_for_sync()
+        self._synced.wait()
         if self._fd >= 0:
             os.close(self._fd)  # releases the lock last: nobody takes the name before we are done
             self._fd = -1
@@ -394,7 +373,7 @@ class Partial:
             return
         try:
             write_private(self._sidecar, record(
-                self._key, self.validator, self.total, self._synced, self.spans,
-                self._synced_spans), sync=False)
+                self._key, self.validator, self.total, self._synced.size, self.spans,
+                self._synced.spans), sync=False)
         except OSError as exc:
             raise storage_error(exc, self._archive, "record a download's progress") from exc

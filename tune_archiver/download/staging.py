@@ -45,7 +45,8 @@ class Incoming:
         self._settled = False
 
     async def commit(self, content_type: str | None, tail: Sequence[bytes] = ()) -> Blob:
-        """Write the body's last pieces, fsync, and hand the file to the store as its blob.
+        """Write the body's last pieces, fsync (when the staging is durable), and hand the
+        file to the store as its blob.
 
         Raises IntegrityError if bytes are unhashed or missing, StorageError if the
         store fails (the partial is then still ours, for release).
@@ -53,9 +54,9 @@ class Incoming:
         partial = self.partial
         blob = await self.intake.commit(lambda: _finish(partial, content_type, tail))
         self._settled = True
-        # The file's name is the store's now. When the store removed it (S3), closing
-        # its last descriptor frees its blocks: near a second per GiB on a disk mounted
-        # with online discard, too long to hold up the event loop.
+        # The file's name is the store's now. When the store removed it (a blob stored
+        # already), closing its last descriptor frees its blocks: near a second per GiB
+        # on a disk mounted with online discard, too long to hold up the event loop.
         if partial.size >= RESUMABLE_FROM:
             await in_thread(partial.detach)
         else:
@@ -87,10 +88,13 @@ class Staging:
     """A local folder of partial downloads, resumable across runs (see partial.py)."""
 
     def __init__(self, directory: Path, shown: Path | None = None,
-                 write: Writer = os.pwritev) -> None:
+                 write: Writer = os.pwritev, durable: bool = True) -> None:
         self.directory = directory
         self.shown = shown or directory  # what messages name: the archive, for a local one
         self._write = write
+        # A local archive's partials become its blobs, so they are fsynced; an S3
+        # archive's are uploaded and removed, and the bucket keeps them (see partial.py).
+        self._durable = durable
         # Names of the partials here when prepared: a URL with none starts held in
         # memory, with no file and no thread hop (None: not listed, so look each time).
         self._leftovers: set[str] | None = None
@@ -116,9 +120,10 @@ class Staging:
         """The download of `url`, resumed from an earlier run when possible."""
         key = identity(url)
         if self._leftovers is not None and partial_name(key) not in self._leftovers:
-            partial = Partial.held(self.directory, key, self.shown, self._write)
+            partial = Partial.held(self.directory, key, self.shown, self._write, self._durable)
         else:
-            partial = await in_thread(Partial.open, self.directory, key, self.shown, self._write)
+            partial = await in_thread(
+                Partial.open, self.directory, key, self.shown, self._write, self._durable)
         return Incoming(partial, store.intake(partial))
 
     async def check_room(self, nbytes: int) -> None:
@@ -190,11 +195,12 @@ def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
         return Staging(Path(location) / TMP, Path(location), write)
     chosen = os.environ.get(ENV_STAGING)
     if chosen:
-        return Staging(Path(chosen), write=write)
+        return Staging(Path(chosen), write=write, durable=False)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     bucket = urlsplit(str(location)).netloc
     tag = hashlib.sha256(str(location).encode()).hexdigest()[:12]
-    return Staging(cache / "tune-archiver" / "staging" / f"{bucket}-{tag}", write=write)
+    return Staging(cache / "tune-archiver" / "staging" / f"{bucket}-{tag}", write=write,
+                   durable=False)
 
 
 def _prepare(directory: Path) -> set[str]:

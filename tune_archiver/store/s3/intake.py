@@ -4,10 +4,12 @@ live upload fell behind the download, sends the file straight to its blob key.""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.errors import IntegrityError
@@ -18,6 +20,8 @@ from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.live import LiveUpload
 from tune_archiver.store.s3.transfer import check_upload, complete, copy, settle, upload
 from tune_archiver.threads import in_thread
+
+log = logging.getLogger(__name__)
 
 
 class S3Intake:
@@ -67,9 +71,16 @@ class S3Intake:
         finally:
             self._settled(self)
             await settle(live.abort(), f"abort the upload to {live.key}")
-        # The caller still holds the file's lock, so its name is ours to remove.
-        await in_thread(os.unlink, self._file.path)
+        await self._drop_file()
         return blob
+
+    async def _drop_file(self) -> None:
+        """Remove the file, once the upload has read all of it (see drop_file). A file
+        that will not go is only left over: the next gc sweeps it."""
+        try:
+            await in_thread(drop_file, self._file.path)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self._file.path, exc.strerror or exc)
 
     async def _store_new(self, blob: Blob, final: str) -> None:
         """Finish the live upload (or send the whole file), check it, copy it into place."""
@@ -124,3 +135,22 @@ class S3Intake:
                 MetadataDirective="REPLACE",
                 ContentType=blob.content_type or "application/octet-stream",
             )
+
+
+def drop_file(path: Path) -> None:
+    """Empty, then remove, the staged file at `path` (gone already: nothing to do).
+
+    Emptied first because its descriptor stays open until the commit returns: the bytes
+    the disk has not written yet (none are fsynced, see staging.py) are then never
+    written, and the blocks it has are freed now, off the event loop.
+    The caller still holds the file's lock, so its name is ours to remove.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+    os.unlink(path)

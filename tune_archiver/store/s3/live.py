@@ -25,7 +25,7 @@ from tune_archiver.digest import Hasher, new_hash
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import TMP
 from tune_archiver.store.s3.parts import composite, read_part, send_part
-from tune_archiver.store.s3.transfer import PARTS_IN_FLIGHT
+from tune_archiver.store.s3.transfer import PARTS_IN_FLIGHT, start_upload
 from tune_archiver.threads import in_thread
 
 if TYPE_CHECKING:
@@ -188,10 +188,7 @@ class LiveUpload:
         bucket = self._bucket
         with bucket.translated("upload a blob", self._file.path.parent):
             if self.upload_id is None:
-                created = await bucket.client.create_multipart_upload(
-                    Bucket=bucket.name, Key=self.key, ChecksumAlgorithm="SHA256"
-                )
-                self.upload_id = created["UploadId"]
+                self.upload_id = await start_upload(bucket, self.key, None, checksum=True)
             fd = os.open(self._file.path, os.O_RDONLY)
             try:
                 # Parts are read one after another, so `whole` sees the bytes in order.

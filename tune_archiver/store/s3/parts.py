@@ -11,17 +11,11 @@ mmap threshold each time a large block is freed, so from the second part on they
 from the heap, which keeps what they used (about 200 MiB of peak RSS for a 1 GiB
 fetch where 125 do). keep_big_blocks_apart() pins the threshold, and
 give_back_free_memory() returns what a download freed before a large upload begins.
-
-A part's pages are let go from the page cache once it is read: the staged file is not
-read again (but on a retry, from disk), and a checkpoint's gigabytes kept there only
-crowd out what the machine uses; it also made moto's completion of a 1 GiB upload
-(W6) a second or so quicker on the bench machine.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import ctypes
 import hashlib
 import io
@@ -92,9 +86,6 @@ def read_part(fd: int, offset: int, length: int, whole: Hasher | None) -> tuple[
         if whole is not None:
             whole.update(view)
         checksum = b64(hashlib.sha256(view).digest())
-    if hasattr(os, "posix_fadvise"):  # not on macOS; there the cache keeps them
-        with contextlib.suppress(OSError):  # only advice: the part is read either way
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     return body, checksum
 
 

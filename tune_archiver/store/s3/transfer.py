@@ -78,10 +78,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             )
             return checksum
         give_back_free_memory()
-        created = await bucket.client.create_multipart_upload(
-            Bucket=bucket.name, Key=key, ChecksumAlgorithm="SHA256", ContentType=content_type
-        )
-        upload_id = created["UploadId"]
+        upload_id = await start_upload(bucket, key, content_type, checksum=True)
         try:
             whole = new_hash()
             parts = await _bounded(
@@ -102,6 +99,35 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
         return composite(parts)
     finally:
         os.close(fd)
+
+
+async def start_upload(
+    bucket: Bucket, key: str, content_type: str | None, checksum: bool = False
+) -> str:
+    """Start a multipart upload at `key` (parts with SHA-256s, with `checksum`); its id.
+
+    Cancelled meanwhile (a stop, Ctrl-C), it still waits for the answer and aborts
+    the upload: one started but never known here would stay open until gc found it.
+    """
+    options: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+    if checksum:
+        options["ChecksumAlgorithm"] = "SHA256"
+    created = asyncio.ensure_future(
+        bucket.client.create_multipart_upload(Bucket=bucket.name, Key=key, **options)
+    )
+    try:
+        return (await asyncio.shield(created))["UploadId"]
+    except asyncio.CancelledError:
+        await settle(_abort_once_started(bucket, key, created), f"abort the upload to {key}")
+        raise
+
+
+async def _abort_once_started(bucket: Bucket, key: str, created: Awaitable[Any]) -> None:
+    try:
+        upload_id = (await created)["UploadId"]
+    except Exception:  # refused or failed: nothing was started
+        return
+    await bucket.abort(key, upload_id)
 
 
 async def _check_parts(
@@ -183,10 +209,7 @@ async def copy(
             await bucket.delete(final)
             raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is corrupt")
         return
-    created = await bucket.client.create_multipart_upload(
-        Bucket=bucket.name, Key=final, ContentType=blob.content_type or DEFAULT_CONTENT_TYPE
-    )
-    upload_id = created["UploadId"]
+    upload_id = await start_upload(bucket, final, blob.content_type or DEFAULT_CONTENT_TYPE)
     try:
         parts = await _bounded(
             _part_copies(bucket, source, final, upload_id, blob.size), COPIES_IN_FLIGHT
