@@ -177,6 +177,34 @@ def test_a_resume_in_the_same_boot_fsyncs_before_it_records_bytes_as_durable(
     assert reopen_after_a_reboot(tmp_path).size == 300
 
 
+def test_a_finished_partial_whose_commit_failed_is_kept_whole_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """finish removes the resume record (no later run may resume a blob); a commit that
+    then fails puts it back, with every byte durable and the file writable again."""
+    partial = new_partial(tmp_path)
+    partial.append([DATA])
+    partial.finish()
+    assert not partial.path.with_suffix(".json").exists()
+    partial.close(keep=True)
+    assert partial.path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(partial.path.with_suffix(".json").read_text())["synced"] == len(DATA)
+    again = reopen_after_a_reboot(tmp_path)
+    assert again.complete
+    assert again.sha256() == hashlib.sha256(DATA).hexdigest()
+    again.close(keep=False)
+
+
+def test_a_partial_committed_just_before_a_cancel_gets_no_record_back(tmp_path: Path) -> None:
+    """Its name went with the commit (a rename): nothing is recorded for what is there now."""
+    partial = new_partial(tmp_path)
+    partial.append([DATA])
+    partial.finish()
+    partial.path.rename(tmp_path / "blob")
+    partial.close(keep=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["blob"]
+
+
 @pytest.mark.parametrize(
     "spans",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
+from moto.s3.exceptions import EntityTooSmall
+from moto.s3.models import S3Backend
 
 from tests.conftest import SCHEMA
 from tests.helpers import Sleeps, sha256
@@ -29,6 +32,10 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 )
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
+from tune_archiver.commands import fetch as archive_module
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.staging import staging_for
+from tune_archiver.progress import NullProgress
 
 MiB = 2**20
 
@@ -131,6 +138,53 @@ def test_a_second_fetch_uploads_nothing(standin: StandIn, s3: S3Archive) -> None
     assert len(standin.seen("cdn")) == files_asked
     again = {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in s3.keys("objects/")}
     assert again == keys
+
+
+def test_a_download_whose_upload_failed_is_kept_and_stored_later_without_the_host(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte was in when the bucket refused it: the next run uploads the kept file
+    and asks the host nothing, so a file the host deleted meanwhile is not lost."""
+    served = add_tune(standin, 1, ckpt_size=2 * MiB, images=0)
+    [url] = served
+    put_object = S3Backend.put_object
+
+    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.startswith((f"{s3.prefix}/tmp/", f"{s3.prefix}/objects/")):
+            raise EntityTooSmall()  # any refusal that no retry mends
+        return put_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "put_object", refused)
+    assert fetch(standin, s3, "1") == 1
+    assert s3.manifest(1)["assets"][0]["status"] == "failed"
+    monkeypatch.setattr(S3Backend, "put_object", put_object)
+    del standin.files[url.rsplit("/", 1)[1]]  # the host deleted it: a 404 from now on
+    asked = len(standin.seen("cdn"))
+    assert fetch(standin, s3, "1") == 0
+    assert len(standin.seen("cdn")) == asked
+    [entry] = s3.manifest(1)["assets"]
+    assert entry["status"] == "ok"
+    assert s3.get(entry["path"]) == served[url]
+
+
+def test_a_download_whose_bytes_changed_on_disk_is_not_kept(
+    standin: StandIn, s3: S3Archive, tmp_path: Path
+) -> None:
+    """Bytes on disk that are not those received (the upload re-reads and re-hashes
+    them) fail the file, and nothing is kept for a later run to take as it is."""
+    add_tune(standin, 1, ckpt_size=2 * MiB, images=0)
+
+    def flipping(fd: int, pieces: list[memoryview], offset: int) -> int:
+        written = os.pwritev(fd, pieces, offset)
+        os.pwrite(fd, b"\x00" if os.pread(fd, 1, 0) != b"\x00" else b"\x01", 0)
+        return written
+
+    settings = Settings(archive=s3.url, api_key=standin.api_key, api_url=standin.api_url,
+                        s3_endpoint_url=s3.endpoint, retry=RetryPolicy(sleep=Sleeps()))
+    [result] = asyncio.run(archive_module.fetch(
+        settings, [1], NullProgress(), staging=staging_for(s3.url, write=flipping)))
+    assert "changed on disk" in result.failed[0].error
+    assert list((tmp_path / "staging").iterdir()) == []
 
 
 def test_verify_catches_a_corrupted_object(

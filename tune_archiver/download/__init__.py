@@ -25,7 +25,9 @@ The states of one download (Downloader._download and _body):
     committed   every byte is in and hashed: Incoming.commit fsyncs the file and the
                 store's Intake makes it the blob (a rename, or a checked upload)
     released    it failed for good or was cancelled: the partial is kept for the next
-                run (removed if its bytes filled the disk) and the intake abandoned
+                run (removed if its bytes filled the disk, or if they are not what was
+                received) and the intake abandoned; a partial kept whole (its commit
+                failed) is committed by the next run without asking the host again
 
 Every blocking file call goes through threads.in_thread, which sees it through even
 when the download is cancelled, so no write races the partial's close.

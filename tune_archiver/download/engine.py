@@ -144,23 +144,33 @@ class Downloader:
             if partial.total is not None:
                 self._count(transfer, partial.total)
                 self._progress.resumed(partial.size)  # not speed: it was on disk
-            try:
-                await self._body(transfer)
-            except ExpiredUrl:
-                fresh = await refresh() if refresh else None
-                if fresh is None:
-                    raise
-                check_fetchable(fresh)
-                transfer.url = fresh
-                await self._body(transfer)
+            if not (partial.complete and partial.size >= min_size):
+                await self._body_renewed(transfer, refresh)
+            # else an earlier run received every byte, and its commit failed: the host,
+            # which may have deleted the file meanwhile, is not asked again
             blob = await incoming.commit(transfer.content_type, transfer.tail)
         except DiskFull:
             keep = False  # its bytes are what filled the disk
+            raise
+        except IntegrityError:
+            keep = False  # bytes that are not what was received are never resumed
             raise
         finally:
             await incoming.release(keep)  # does nothing once committed
         self._progress.file_done()
         return blob
+
+    async def _body_renewed(self, transfer: Transfer, refresh: Refresh | None) -> None:
+        """The body, from a fresh URL of the same asset if the host says the first expired."""
+        try:
+            await self._body(transfer)
+        except ExpiredUrl:
+            fresh = await refresh() if refresh else None
+            if fresh is None:
+                raise
+            check_fetchable(fresh)
+            transfer.url = fresh
+            await self._body(transfer)
 
     async def _body(self, transfer: Transfer) -> None:
         """Every byte into the partial: in one stream, or in ranges once the server allows."""

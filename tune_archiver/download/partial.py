@@ -39,7 +39,7 @@ from tune_archiver.download.partfile import (
 from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
 from tune_archiver.download.syncing import PeriodicSync
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
-from tune_archiver.safefs import BLOB_MODE, write_private
+from tune_archiver.safefs import BLOB_MODE, PRIVATE_FILE, write_private
 
 READ_BLOCK = 4 * 2**20
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
@@ -67,6 +67,7 @@ class Partial:
         self._key = key
         self._held: list[bytes] | None = None  # the bytes, while there is no file yet
         self._closed_early = False  # finish closed a private file before its commit
+        self._finished_record: Path | None = None  # the sidecar finish removed, until the commit
         self._hash = new_hash()
         self._hashed = 0  # the sha256 covers bytes [0, _hashed)
         self._write = write
@@ -258,6 +259,11 @@ class Partial:
         return self._hashed - start
 
     @property
+    def complete(self) -> bool:
+        """True when every byte of the file's known size is on disk and hashed."""
+        return self.total is not None and self._hashed == self.size == self.total
+
+    @property
     def hashed(self) -> int:
         return self._hashed
 
@@ -325,9 +331,9 @@ class Partial:
                 os.fchmod(self._fd, BLOB_MODE)  # only once durable: a failed fsync keeps it 0600
         except OSError as exc:
             raise storage_error(exc, self._archive, "store a blob") from exc
-        if self._sidecar:
+        if self._sidecar:  # no later run may resume a blob; close restores it if the commit fails
             self._sidecar.unlink(missing_ok=True)
-            self._sidecar = None
+            self._finished_record, self._sidecar = self._sidecar, None
         else:  # a private file has no lock to keep until the rename
             self._release()
             self._closed_early = True  # its file is still close's to remove
@@ -344,6 +350,8 @@ class Partial:
             return
         self._synced.wait()
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
+            if keep and self._finished_record and same_file(self._fd, self.path):
+                self._unfinish()
             if keep and self._sidecar and self.size and self.validator:
                 self._save()
             else:
@@ -353,6 +361,16 @@ class Partial:
                 if self._fd < 0 or same_file(self._fd, self.path):
                     self.path.unlink(missing_ok=True)
         self._release()
+
+    def _unfinish(self) -> None:
+        """After a failed commit: every byte is in (and fsynced, if durable); the next run
+        takes the file as it is, asking the host nothing (a blob is worth the most when
+        the host has deleted it meanwhile)."""
+        os.fchmod(self._fd, PRIVATE_FILE)  # writable again, as a partial is
+        if self._synced.durable:
+            self._synced.size = self.size
+            self._synced.spans = [list(span) for span in self.spans] if self.spans else None
+        self._sidecar, self._finished_record = self._finished_record, None
 
     def detach(self) -> None:
         """The file's name is the store's now (renamed or removed): close it, touching no name."""
