@@ -140,6 +140,7 @@ class StandIn:
         # Faults for the range requests of a file that start at a given byte: (name, start).
         self.range_faults: dict[tuple[str, int], list[Fault]] = {}
         self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
+        self.content_types: dict[str, str] = {}  # else application/octet-stream
         self.hold_ranges = 0  # hold range answers until this many are in flight
         self._ranges_in_flight = 0
         self.urls: dict[str, str] = {}
@@ -409,10 +410,11 @@ class StandIn:
         if name not in self.files:
             return web.Response(status=404, text="no such file")
         data = fault.data if isinstance(fault, Replace | Splice) else self.files[name]
-        return await self._send(request, data, fault)
+        return await self._send(request, data, fault, self.content_types.get(name))
 
     async def _send(
-        self, request: web.Request, data: bytes, fault: Fault | None
+        self, request: web.Request, data: bytes, fault: Fault | None,
+        content_type: str | None = None,
     ) -> web.StreamResponse:
         """The file, honouring Range and If-Range unless the fault says otherwise."""
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
@@ -430,7 +432,7 @@ class StandIn:
                     )
                 status = 206
         response = web.StreamResponse(status=status)
-        response.content_type = "application/octet-stream"
+        response.content_type = content_type or "application/octet-stream"
         response.headers["ETag"] = etag
         response.headers["Accept-Ranges"] = "bytes"
         if status == 206:

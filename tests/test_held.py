@@ -18,7 +18,6 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import Cut, StandIn, Status
-from tune_archiver.download import partial as partial_module
 from tune_archiver.download.partfile import partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.sidecar import record
@@ -227,27 +226,6 @@ def test_a_spill_that_fails_keeps_the_bytes_held_and_leaves_no_file(tmp_path: Pa
     assert partial.is_held
     assert partial.size == 1000
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_failed_fsync_keeps_the_partial_writable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The blob's read-only mode comes only after its fsync: a partial kept after a
-    failed one is still 0600, and a later run can open it to resume."""
-    partial = Partial.open(tmp_path, KEY, tmp_path)
-    partial.describe('"etag-1"', len(IMAGE))
-    partial.append([IMAGE[:100_000]])
-
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(partial_module.os, "fsync", failing)
-    with pytest.raises(StorageError):
-        partial.finish()
-    monkeypatch.undo()
-    partial.close(keep=True)
-    assert stat.S_IMODE(partial.path.stat().st_mode) == 0o600
-    assert Partial.open(tmp_path, KEY, tmp_path).size == 100_000
 
 
 def test_a_held_partial_let_go_leaves_nothing(tmp_path: Path) -> None:

@@ -144,16 +144,19 @@ class Downloader:
             if partial.total is not None:
                 self._count(transfer, partial.total)
                 self._progress.resumed(partial.size)  # not speed: it was on disk
-            if not (partial.complete and partial.size >= min_size):
+            if partial.complete and partial.size >= min_size:
+                # An earlier run received every byte, and its commit failed: the host,
+                # which may have deleted the file meanwhile, is not asked again.
+                transfer.content_type = partial.content_type
+            else:
                 await self._body_renewed(transfer, refresh)
-            # else an earlier run received every byte, and its commit failed: the host,
-            # which may have deleted the file meanwhile, is not asked again
-            blob = await incoming.commit(transfer.content_type, transfer.tail)
+            try:
+                blob = await incoming.commit(transfer.content_type, transfer.tail)
+            except IntegrityError:
+                keep = False  # bytes on disk that are not those received are never resumed
+                raise
         except DiskFull:
             keep = False  # its bytes are what filled the disk
-            raise
-        except IntegrityError:
-            keep = False  # bytes that are not what was received are never resumed
             raise
         finally:
             await incoming.release(keep)  # does nothing once committed

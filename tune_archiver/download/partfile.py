@@ -9,13 +9,15 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tune_archiver.download.sidecar import resumable
+from tune_archiver.errors import IntegrityError
 from tune_archiver.safefs import Planted, open_own
 
 IOV_MAX = 1024  # the most pieces one pwritev takes on Linux
+READ_BLOCK = 4 * 2**20
 
 # os.pwritev's shape: pieces are written as they came, never joined; tests inject a failing one
 Writer = Callable[[int, list[memoryview], int], int]
@@ -29,8 +31,9 @@ def partial_name(key: str) -> str:
 def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
     """Open and lock the named partial for `key`: (descriptor, path, sidecar path).
 
-    A private file (see private_file) when another process holds it or the name is
-    planted. Raises OSError.
+    A private file (see private_file) when another process holds it, the name is
+    planted, or the file there may not be written (a run killed between its finish,
+    which makes it read-only, and its rename). Raises OSError.
     """
     name = partial_name(key)
     path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
@@ -38,7 +41,7 @@ def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
         try:
             fd = open_own(path, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, Planted) as exc:
+        except (BlockingIOError, Planted, PermissionError) as exc:
             if isinstance(exc, BlockingIOError):
                 os.close(fd)
             return (*private_file(tmp), None)
@@ -99,3 +102,25 @@ def same_file(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+class ReadBack:
+    """A partial's bytes read back from its file (from the page cache, as a rule) into
+    one buffer, read into again and again: a fresh 4 MiB per read would be freed in the
+    reading thread's own malloc arena, and each arena keeps its peak."""
+
+    def __init__(self) -> None:
+        self._buffer: memoryview | None = None  # made on first use
+
+    def blocks(self, fd: int, start: int, end: int) -> Iterator[memoryview]:
+        """Bytes [start, end) of the file, a block at a time; each block is valid only
+        until the next is asked for. Raises OSError, or IntegrityError for a short file."""
+        while start < end:
+            if self._buffer is None:
+                self._buffer = memoryview(bytearray(READ_BLOCK))
+            view = self._buffer[:min(READ_BLOCK, end - start)]
+            got = os.preadv(fd, [view], start)
+            if not got:
+                raise IntegrityError("a partial download is shorter than its record")
+            yield view[:got]
+            start += got

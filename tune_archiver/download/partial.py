@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tune_archiver.digest import new_hash
 from tune_archiver.download.partfile import (
+    ReadBack,
     Writer,
     claim,
     fresh,
@@ -41,7 +42,6 @@ from tune_archiver.download.syncing import PeriodicSync
 from tune_archiver.errors import IntegrityError, StorageError, storage_error
 from tune_archiver.safefs import BLOB_MODE, PRIVATE_FILE, write_private
 
-READ_BLOCK = 4 * 2**20
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
 
 
@@ -60,6 +60,7 @@ class Partial:
         self.size = 0  # bytes on disk
         self.validator: str | None = None  # strong ETag or Last-Modified, for If-Range
         self.total: int | None = None  # the file's full size, once a server said it
+        self.content_type: str | None = None  # as served: recorded for a file kept whole
         self.spans: list[Span] | None = None  # when split into ranges
         self._fd = fd
         self._archive = archive
@@ -74,7 +75,7 @@ class Partial:
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._synced = PeriodicSync(durable, self._lock, self._save_quietly)
         self._saving = threading.Lock()  # the sidecar has one temp name: one writer
-        self._read_buffer: memoryview | None = None  # catch_up_hash's, made on first use
+        self._read_back = ReadBack()  # catch_up_hash's buffer
         # Called (in the writing thread) when the hashed prefix grows: an S3 store
         # uploads parts while the download goes on.
         self.on_hashed: Callable[[], None] | None = None
@@ -88,8 +89,12 @@ class Partial:
         try:
             fd, path, sidecar = claim(tmp, key)
             partial = cls(path, fd, archive, sidecar, write, key, durable)
-            if sidecar is not None:
-                partial._resume(sidecar)
+            try:
+                if sidecar is not None:
+                    partial._resume(sidecar)
+            except BaseException:
+                partial._release()  # and its lock, which would turn this URL away all run long
+                raise
             return partial
         except OSError as exc:
             raise storage_error(exc, archive, "start a download") from exc
@@ -154,6 +159,7 @@ class Partial:
         usable = found.size if found else 0
         if found is not None:
             self.validator, self.total, self.spans = found.validator, found.total, found.spans
+            self.content_type = found.content_type
         if self.spans is None:
             os.ftruncate(self._fd, usable)
         self.size = usable
@@ -239,19 +245,10 @@ class Partial:
         if limit is not None:
             end = min(end, self._hashed + limit)
         start = self._hashed
-        if self._hashed < end and self._read_buffer is None:
-            # One buffer, read into again and again: a fresh 4 MiB per read would be
-            # freed in this thread's own malloc arena, and each arena keeps its peak.
-            self._read_buffer = memoryview(bytearray(READ_BLOCK))
         try:
-            while self._hashed < end:
-                assert self._read_buffer is not None
-                view = self._read_buffer[:min(READ_BLOCK, end - self._hashed)]
-                got = os.preadv(self._fd, [view], self._hashed)
-                if not got:
-                    raise IntegrityError("a partial download is shorter than its record")
-                self._hash.update(view[:got])
-                self._hashed += got
+            for block in self._read_back.blocks(self._fd, start, end):
+                self._hash.update(block)
+                self._hashed += len(block)
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
         if self._hashed > start and self.on_hashed is not None:
@@ -327,14 +324,17 @@ class Partial:
             self._take_file(named=False)
         try:
             if self._synced.durable:  # else it is uploaded, then removed: its mode is no one's
+                if self._synced.failed is not None:
+                    raise self._synced.failed
                 os.fsync(self._fd)
                 os.fchmod(self._fd, BLOB_MODE)  # only once durable: a failed fsync keeps it 0600
+            if self._sidecar:  # no later run may resume a blob (close restores it on failure)
+                self._sidecar.unlink(missing_ok=True)
+                self._finished_record, self._sidecar = self._sidecar, None
         except OSError as exc:
+            self.validator = None  # bytes that may not be on disk: close keeps nothing
             raise storage_error(exc, self._archive, "store a blob") from exc
-        if self._sidecar:  # no later run may resume a blob; close restores it if the commit fails
-            self._sidecar.unlink(missing_ok=True)
-            self._finished_record, self._sidecar = self._sidecar, None
-        else:  # a private file has no lock to keep until the rename
+        if self._finished_record is None:  # a private file has no lock to keep until the rename
             self._release()
             self._closed_early = True  # its file is still close's to remove
 
@@ -392,6 +392,6 @@ class Partial:
         try:
             write_private(self._sidecar, record(
                 self._key, self.validator, self.total, self._synced.size, self.spans,
-                self._synced.spans), sync=False)
+                self._synced.spans, self.content_type), sync=False)
         except OSError as exc:
             raise storage_error(exc, self._archive, "record a download's progress") from exc

@@ -29,13 +29,15 @@ def is_usable(state: dict[str, Any], key: str) -> bool:
     validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
     return (
         state.get("url") == key
-        and isinstance(validator, str)
-        and 0 < len(validator) <= MAX_VALIDATOR
-        and validator.isascii()
-        and validator.isprintable()
+        and _header_value(validator)
         and (total is None or _count(total))
         and _count(synced)
     )
+
+def _header_value(value: Any) -> bool:
+    """True for a string that could have come in a response header."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_VALIDATOR and value.isascii()
+            and value.isprintable())
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -76,6 +78,7 @@ class Resumable:
     validator: str
     total: int | None
     spans: list[Span] | None
+    content_type: str | None = None  # as served, recorded for a file kept whole
 
 
 def resumable(path: Path, key: str, length: int) -> Resumable | None:
@@ -84,7 +87,8 @@ def resumable(path: Path, key: str, length: int) -> Resumable | None:
     state = read_record(path)
     if state is None or not is_usable(state, key):
         return None
-    same_boot = state.get("boot_id") == boot_id()
+    this_boot = boot_id()  # unknown (no /proc): as if another boot, only fsynced bytes count
+    same_boot = bool(this_boot) and state.get("boot_id") == this_boot
     spans = valid_spans(state.get("spans" if same_boot else "synced_spans"),
                         state.get("total"), length)
     if spans is not None:
@@ -96,16 +100,21 @@ def resumable(path: Path, key: str, length: int) -> Resumable | None:
         usable = trusted if isinstance(trusted, int) and 0 < trusted <= length else 0
     if not usable:
         return None
-    return Resumable(usable, state["validator"], state.get("total"), spans)
+    served = state.get("content_type")
+    content_type = served if _header_value(served) else None  # else sniffed at the commit
+    return Resumable(usable, state["validator"], state.get("total"), spans, content_type)
 
 
 def record(key: str, validator: str | None, total: int | None, synced: int,
-           spans: list[Span] | None, synced_spans: list[Span] | None) -> bytes:
+           spans: list[Span] | None, synced_spans: list[Span] | None,
+           content_type: str | None = None) -> bytes:
     """A sidecar's bytes: what resuming needs, as resumable reads it back."""
     state: dict[str, Any] = {
         "url": key, "validator": validator, "total": total, "synced": synced,
         "boot_id": boot_id(),
     }
+    if content_type is not None:
+        state["content_type"] = content_type
     if spans is not None:
         state["spans"] = spans
         state["synced_spans"] = synced_spans

@@ -71,14 +71,17 @@ class Incoming:
         if self._settled:
             return
         self._settled = True
-        await self.intake.abandon()
-        await in_thread(self.partial.close, keep)
+        try:
+            await self.intake.abandon()
+        finally:
+            await in_thread(self.partial.close, keep)
 
 
 def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
     if tail:
         partial.append(tail)
     head = partial.head(HEAD_BYTES)
+    partial.content_type = content_type  # recorded, should the commit fail (see close)
     partial.finish()  # held bytes are written and hashed here
     # The server's type is kept unless it says nothing; then the first bytes tell.
     return Blob(partial.sha256(), partial.size, content_type_of(content_type, head))

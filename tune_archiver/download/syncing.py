@@ -33,6 +33,9 @@ class PeriodicSync:
         self._record = record
         self._running = False
         self._thread: threading.Thread | None = None
+        # The kernel reports a lost write once, to the first fsync that comes after: a
+        # later one may succeed although those bytes never reached the disk.
+        self.failed: OSError | None = None
 
     def maybe(self, fd: int, size: int, spans: list[Span] | None) -> None:
         """Start an fsync if SYNC_EVERY bytes were written since the last one; what it
@@ -47,8 +50,9 @@ class PeriodicSync:
     def _sync(self, fd: int, size: int, spans: list[Span] | None) -> None:
         try:
             os.fsync(fd)
-        except OSError:
-            synced = False  # nothing more is recorded; the commit's own fsync will say why
+        except OSError as exc:
+            self.failed = exc  # nothing more is recorded, and the commit fails
+            synced = False
         else:
             synced = True
         with self._lock:

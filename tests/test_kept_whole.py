@@ -1,0 +1,225 @@
+"""Files received whole whose commit failed, and the partials around them: what is kept
+for the next run, what is not, and that no kept file turns a later run away."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import blob_file, run_fetch
+from tests.standin import StandIn
+from tune_archiver.download import sidecar as sidecar_module
+from tune_archiver.download import syncing as syncing_module
+from tune_archiver.download.partial import Partial
+from tune_archiver.download.staging import Incoming
+from tune_archiver.errors import IntegrityError, StorageError
+from tune_archiver.store import local as local_module
+
+MiB = 2**20
+KEY = "https://cdn.example/model.safetensors"
+DATA = os.urandom(2 * MiB)
+
+
+def finished(tmp_path: Path) -> Partial:
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA])
+    partial.finish()
+    return partial
+
+
+def as_another_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """We run as root: have os.open refuse to write a file without u+w, as it does for
+    every other user."""
+    real = os.open
+
+    def checked(path: str | Path, flags: int, mode: int = 0o777, *,
+                dir_fd: int | None = None) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            with_mode = os.stat(path, follow_symlinks=False) if os.path.lexists(path) else None
+            if with_mode and stat.S_ISREG(with_mode.st_mode) and not with_mode.st_mode & 0o200:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", checked)
+
+
+def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local archive: the next run stores the kept file without asking the host, with
+    the type the host served it as (recorded with it, since no response is read)."""
+    archive = tmp_path / "archive"
+    url = standin.add_file("photo", DATA)
+    standin.content_types["photo"] = "image/heic"
+    standin.add_tune(1, [], [url])
+    replace = os.replace
+
+    def refused(source: str | Path, target: str | Path) -> None:
+        if "objects" in str(target):
+            raise OSError(errno.EIO, "Input/output error")
+        replace(source, target)
+
+    monkeypatch.setattr(local_module.os, "replace", refused)
+    assert run_fetch(standin, archive, "1") == 1
+    monkeypatch.setattr(local_module.os, "replace", replace)
+    asked = len(standin.seen("cdn"))
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asked
+    [entry] = json.loads((archive / "manifests" / "1.json").read_text())["assets"]
+    assert entry["content_type"] == "image/heic"
+    assert blob_file(archive, DATA).read_bytes() == DATA
+    assert list((archive / "tmp").iterdir()) == []
+
+
+def test_a_span_the_server_overfilled_costs_only_that_span(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An IntegrityError while downloading (not at the commit) fails the file but keeps
+    the good spans for the next run."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("model", os.urandom(16 * MiB))], [])
+    write_span = Partial.write_span
+
+    def overfilled(partial: Partial, index: int, pieces: list[bytes]) -> None:
+        if index == 3:
+            raise IntegrityError("the server sent more bytes than the range asked for")
+        write_span(partial, index, pieces)
+
+    monkeypatch.setattr(Partial, "write_span", overfilled)
+    assert run_fetch(standin, archive, "1", "--split", "4", "--split-threshold", "8M",
+                     "--retries", "1") == 1
+    [kept] = (archive / "tmp").glob("*.part")
+    spans = json.loads(kept.with_suffix(".json").read_text())["spans"]
+    assert sum(pos - start for start, pos, _ in spans) >= 4 * MiB
+
+
+def test_a_finish_whose_fsync_failed_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes the disk may not hold are never taken as they are by a later run."""
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA])
+
+    def failed(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failed)
+    with pytest.raises(StorageError, match="Input/output error"):
+        partial.finish()
+    partial.close(keep=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_periodic_fsync_that_failed_fails_the_finish_that_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reports a lost write to one fsync only: a later one that succeeds does
+    not make those bytes durable, so the partial is neither committed nor kept."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
+    fsync = os.fsync
+    calls: list[int] = []
+
+    def once_failed(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", once_failed)
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA[:MiB]])  # the periodic fsync, in its own thread
+    partial.append([DATA[MiB:]])
+    with pytest.raises(StorageError, match="Input/output error"):
+        partial.finish()
+    partial.close(keep=True)
+    assert calls
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_that_fails_lets_go_of_the_file_and_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else every later try of that URL in the run would find it locked."""
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA[:MiB]])
+    partial.close(keep=True)
+
+    def failed(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failed)  # the resume's fsync
+    with pytest.raises(StorageError, match="Input/output error"):
+        Partial.open(tmp_path, KEY, tmp_path)
+    fd = os.open(partial.path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+    finally:
+        os.close(fd)
+
+
+def test_a_read_only_partial_left_by_a_killed_run_turns_no_later_run_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between its finish (the file is 0400) and its rename: another user's run
+    (or one racing that rename) downloads into a private file instead of failing."""
+    partial = finished(tmp_path)
+    assert partial.path.stat().st_mode & 0o777 == 0o400
+    as_another_user(monkeypatch)
+    other = Partial.open(tmp_path, KEY, tmp_path)
+    assert other.path != partial.path
+    other.close(keep=False)
+    partial.detach()
+
+
+def test_with_no_boot_id_only_fsynced_bytes_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the boot cannot be told (no /proc), a resume is taken as after a reboot: a
+    file's length alone vouches for nothing."""
+    monkeypatch.setattr(sidecar_module, "boot_id", lambda: "")
+    partial = Partial.open(tmp_path, KEY, tmp_path, durable=False)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA])
+    partial.close(keep=True)
+    again = Partial.open(tmp_path, KEY, tmp_path, durable=False)
+    assert again.size == 0
+    assert not again.complete
+    again.close(keep=False)
+
+
+class FailingIntake:
+    """An intake whose abandon fails, as a second Ctrl-C during its clean-up makes it."""
+
+    async def commit(self, finish: object) -> object:
+        raise AssertionError("not committed in this test")
+
+    async def abandon(self) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_a_release_closes_the_partial_even_when_the_intake_fails_to_let_go(
+    tmp_path: Path,
+) -> None:
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.append([DATA])
+    incoming = Incoming(partial, FailingIntake())  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await incoming.release(keep=True)
+    assert partial.path.with_suffix(".json").exists()  # kept, and its lock let go
+    fd = os.open(partial.path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
