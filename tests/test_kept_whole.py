@@ -146,10 +146,36 @@ def test_a_periodic_fsync_that_failed_fails_the_finish_that_follows(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_resume_that_fails_lets_go_of_the_file_and_its_lock(
+def test_after_a_failed_periodic_fsync_no_later_one_vouches_and_nothing_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Else every later try of that URL in the run would find it locked."""
+    """A download that fails after its periodic fsync failed: no later fsync records
+    bytes as durable (it would vouch for the lost ones), and close keeps nothing."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
+    calls: list[int] = []
+
+    def failed(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failed)
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.save()
+    partial.append([DATA[:MiB]])  # the periodic fsync fails, in its own thread
+    partial.reset()  # waits for it; then a restart would clear the failure, so...
+    partial.append([DATA[:MiB]])  # ...this one fails again
+    partial.append([DATA[MiB:]])  # no fsync is tried after a failure
+    partial.close(keep=True)  # the connection dropped, say
+    assert len(calls) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_that_fails_removes_the_partial_and_lets_go_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its resume's fsync failed: the bytes it cannot vouch for go, and so does its lock,
+    which would turn every later try of that URL in the run away."""
     partial = Partial.open(tmp_path, KEY, tmp_path)
     partial.describe('"etag-1"', len(DATA))
     partial.append([DATA[:MiB]])
@@ -161,11 +187,11 @@ def test_a_resume_that_fails_lets_go_of_the_file_and_its_lock(
     monkeypatch.setattr(os, "fsync", failed)  # the resume's fsync
     with pytest.raises(StorageError, match="Input/output error"):
         Partial.open(tmp_path, KEY, tmp_path)
-    fd = os.open(partial.path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
-    finally:
-        os.close(fd)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    again = Partial.open(tmp_path, KEY, tmp_path)
+    assert again.path == partial.path  # not locked: the named partial, not a private one
+    again.close(keep=False)
 
 
 def test_a_read_only_partial_left_by_a_killed_run_turns_no_later_run_away(

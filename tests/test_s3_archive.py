@@ -35,7 +35,9 @@ from tune_archiver.cli.main import main
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download.staging import staging_for
+from tune_archiver.errors import IntegrityError
 from tune_archiver.progress import NullProgress
+from tune_archiver.store.s3 import intake as intake_module
 
 MiB = 2**20
 
@@ -164,6 +166,29 @@ def test_a_download_whose_upload_failed_is_kept_and_stored_later_without_the_hos
     assert len(standin.seen("cdn")) == asked
     [entry] = s3.manifest(1)["assets"]
     assert entry["status"] == "ok"
+    assert s3.get(entry["path"]) == served[url]
+
+
+def test_a_download_the_bucket_stored_wrong_is_kept_and_stored_later_without_the_host(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket's copy failed its check, not the file received: the file is kept whole,
+    and the next run stores it without the host."""
+    served = add_tune(standin, 1, ckpt_size=2 * MiB, images=0)
+    [url] = served
+    check_upload = intake_module.check_upload
+
+    async def wrong(*args: Any) -> None:
+        raise IntegrityError("the bucket reports other bytes")
+
+    monkeypatch.setattr(intake_module, "check_upload", wrong)
+    assert fetch(standin, s3, "1") == 1
+    monkeypatch.setattr(intake_module, "check_upload", check_upload)
+    del standin.files[url.rsplit("/", 1)[1]]
+    asked = len(standin.seen("cdn"))
+    assert fetch(standin, s3, "1") == 0
+    assert len(standin.seen("cdn")) == asked
+    [entry] = s3.manifest(1)["assets"]
     assert s3.get(entry["path"]) == served[url]
 
 

@@ -93,6 +93,10 @@ class IntegrityError(ArchiverError):
     """The bytes received do not match what the server promised."""
 
 
+class ChangedOnDisk(IntegrityError):
+    """A download's bytes on disk are not those it received and hashed: never kept."""
+
+
 class StorageError(ArchiverError):
     """The archive cannot be read or written."""
 

@@ -25,6 +25,7 @@ from tune_archiver.download.staging import Staging
 from tune_archiver.errors import (
     ArchiverError,
     BodyError,
+    ChangedOnDisk,
     DataError,
     DiskFull,
     ExpiredUrl,
@@ -152,7 +153,7 @@ class Downloader:
                 await self._body_renewed(transfer, refresh)
             try:
                 blob = await incoming.commit(transfer.content_type, transfer.tail)
-            except IntegrityError:
+            except ChangedOnDisk:
                 keep = False  # bytes on disk that are not those received are never resumed
                 raise
         except DiskFull:

@@ -39,7 +39,7 @@ from tune_archiver.download.partfile import (
 )
 from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
 from tune_archiver.download.syncing import PeriodicSync
-from tune_archiver.errors import IntegrityError, StorageError, storage_error
+from tune_archiver.errors import ChangedOnDisk, IntegrityError, StorageError, storage_error
 from tune_archiver.safefs import BLOB_MODE, PRIVATE_FILE, write_private
 
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
@@ -93,7 +93,7 @@ class Partial:
                 if sidecar is not None:
                     partial._resume(sidecar)
             except BaseException:
-                partial._release()  # and its lock, which would turn this URL away all run long
+                partial.close(keep=False)  # bytes it cannot vouch for go, and its lock
                 raise
             return partial
         except OSError as exc:
@@ -199,7 +199,7 @@ class Partial:
                 raise storage_error(exc, self._archive, "truncate a download") from exc
         self._hash = new_hash()
         self.size = self._synced.size = self._hashed = 0
-        self.spans = self._synced.spans = None
+        self.spans = self._synced.spans = self._synced.failed = None  # lost bytes are gone
 
     # -- ranges ----------------------------------------------------------------
 
@@ -307,7 +307,7 @@ class Partial:
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
         if self._hashed != self.size or (self.total is not None and self.size != self.total):
-            raise IntegrityError(
+            raise ChangedOnDisk(
                 f"internal error: {self._hashed} of {self.size} bytes hashed, "
                 f"{self.total} expected"
             )
@@ -349,6 +349,7 @@ class Partial:
         if self._fd < 0 and not self._closed_early:
             return
         self._synced.wait()
+        keep = keep and self._synced.failed is None  # the disk may have lost its bytes
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._finished_record and same_file(self._fd, self.path):
                 self._unfinish()

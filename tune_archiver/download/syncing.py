@@ -40,8 +40,8 @@ class PeriodicSync:
     def maybe(self, fd: int, size: int, spans: list[Span] | None) -> None:
         """Start an fsync if SYNC_EVERY bytes were written since the last one; what it
         makes durable is what had been written by now (call it under the lock)."""
-        if not self.durable or self._running or size - self.size < SYNC_EVERY:
-            return
+        if not self.durable or self.failed or self._running or size - self.size < SYNC_EVERY:
+            return  # after a failure, a later fsync that succeeds would vouch for lost bytes
         self._running = True
         claimed = (size, [list(span) for span in spans] if spans else None)
         self._thread = threading.Thread(target=self._sync, args=(fd, *claimed), daemon=True)

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tune_archiver.digest import SKIP_HASH, Hasher, new_hash
-from tune_archiver.errors import ArchiverError, IntegrityError, StorageError, storage_error
+from tune_archiver.errors import (
+    ArchiverError,
+    ChangedOnDisk,
+    IntegrityError,
+    StorageError,
+    storage_error,
+)
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.errors import Absent
@@ -249,7 +255,7 @@ async def _copy_part(
 def _check_digest(digest: Hasher, blob: Blob) -> None:
     """The bytes re-read for upload must be those the download hashed."""
     if digest.hexdigest() != blob.sha256:
-        raise IntegrityError(
+        raise ChangedOnDisk(
             f"a finished download changed on disk before upload (blob {blob.sha256}); not stored"
         )
 
