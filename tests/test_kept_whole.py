@@ -171,6 +171,34 @@ def test_after_a_failed_periodic_fsync_no_later_one_vouches_and_nothing_is_kept(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_periodic_fsync_takes_the_record_away_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill may come before any close: the record that would vouch for the lost bytes
+    goes as soon as the fsync fails, and the next run starts the file over."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
+    fsync = os.fsync
+    calls: list[int] = []
+
+    def once_failed(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", once_failed)
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.describe('"etag-1"', len(DATA))
+    partial.save()  # a large file's record, written at its first response
+    partial.append([DATA])  # the periodic fsync fails, in its own thread
+    partial._synced.wait()  # that thread ends; no close follows, as after a kill
+    assert not partial.path.with_suffix(".json").exists()
+    partial.detach()  # killed: the file stays, and its lock goes
+    again = Partial.open(tmp_path, KEY, tmp_path)
+    assert again.size == 0
+    again.close(keep=False)
+
+
 def test_a_resume_that_fails_removes_the_partial_and_lets_go_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

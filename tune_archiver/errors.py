@@ -14,6 +14,7 @@
     ├── RefusedUrl                a URL or redirect we will not follow (scheme, loop)
     ├── DataError                 the API answered with data we cannot use
     ├── IntegrityError            the bytes received do not match what was promised
+    │   └── ChangedOnDisk         a download's bytes on disk are not those received
     └── StorageError              the archive cannot be read or written
         ├── DiskFull              no space left in the archive's filesystem
         ├── NotAFile              a blob's place holds a link, a folder or a FIFO

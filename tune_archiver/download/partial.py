@@ -76,8 +76,7 @@ class Partial:
         self._synced = PeriodicSync(durable, self._lock, self._save_quietly)
         self._saving = threading.Lock()  # the sidecar has one temp name: one writer
         self._read_back = ReadBack()  # catch_up_hash's buffer
-        # Called (in the writing thread) when the hashed prefix grows: an S3 store
-        # uploads parts while the download goes on.
+        # Called (in the writing thread) as the hashed prefix grows: an S3 live upload.
         self.on_hashed: Callable[[], None] | None = None
 
     # -- opening ---------------------------------------------------------------
@@ -199,7 +198,8 @@ class Partial:
                 raise storage_error(exc, self._archive, "truncate a download") from exc
         self._hash = new_hash()
         self.size = self._synced.size = self._hashed = 0
-        self.spans = self._synced.spans = self._synced.failed = None  # lost bytes are gone
+        # A restart drops the lost bytes, and what the last response said of the file.
+        self.spans = self._synced.spans = self._synced.failed = self.content_type = None
 
     # -- ranges ----------------------------------------------------------------
 
@@ -365,8 +365,7 @@ class Partial:
 
     def _unfinish(self) -> None:
         """After a failed commit: every byte is in (and fsynced, if durable); the next run
-        takes the file as it is, asking the host nothing (a blob is worth the most when
-        the host has deleted it meanwhile)."""
+        takes the file as it is, asking the host nothing (it may have deleted it)."""
         os.fchmod(self._fd, PRIVATE_FILE)  # writable again, as a partial is
         if self._synced.durable:
             self._synced.size = self.size
@@ -391,6 +390,9 @@ class Partial:
         if self._sidecar is None:
             return
         try:
+            if self._synced.failed is not None:  # a lost write: no record may vouch for it
+                self._sidecar.unlink(missing_ok=True)
+                return
             write_private(self._sidecar, record(
                 self._key, self.validator, self.total, self._synced.size, self.spans,
                 self._synced.spans, self.content_type), sync=False)

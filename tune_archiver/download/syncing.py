@@ -22,7 +22,8 @@ class PeriodicSync:
     """The bytes of one growing file known to be on disk, and the fsync running, if any.
 
     `lock` is the partial's own (its size and spans change under it); `record` is
-    called under it once an fsync made more durable.
+    called under it once an fsync ends: to record what it made durable, or once one
+    failed to remove the record, which would vouch for bytes the disk may have lost.
     """
 
     def __init__(self, durable: bool, lock: threading.Lock, record: Callable[[], None]) -> None:
@@ -51,15 +52,12 @@ class PeriodicSync:
         try:
             os.fsync(fd)
         except OSError as exc:
-            self.failed = exc  # nothing more is recorded, and the commit fails
-            synced = False
-        else:
-            synced = True
+            self.failed = exc  # the commit fails, and the record goes (see `record`)
         with self._lock:
             self._running = False
-            if synced:
+            if self.failed is None:
                 self.size, self.spans = size, spans
-                self._record()
+            self._record()
 
     def wait(self) -> None:
         """Wait for the fsync running, if any: whatever else records or drops bytes
