@@ -51,6 +51,22 @@ def as_another_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "open", checked)
 
 
+def first_periodic_fsync_fails(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """An fsync every MiB; the first fails (EIO), later ones succeed. Every call is listed."""
+    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
+    fsync = os.fsync
+    calls: list[int] = []
+
+    def once_failed(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", once_failed)
+    return calls
+
+
 def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,17 +140,7 @@ def test_a_periodic_fsync_that_failed_fails_the_finish_that_follows(
 ) -> None:
     """The kernel reports a lost write to one fsync only: a later one that succeeds does
     not make those bytes durable, so the partial is neither committed nor kept."""
-    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
-    fsync = os.fsync
-    calls: list[int] = []
-
-    def once_failed(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", once_failed)
+    calls = first_periodic_fsync_fails(monkeypatch)
     partial = Partial.open(tmp_path, KEY, tmp_path)
     partial.describe('"etag-1"', len(DATA))
     partial.append([DATA[:MiB]])  # the periodic fsync, in its own thread
@@ -176,17 +182,7 @@ def test_a_failed_periodic_fsync_takes_the_record_away_at_once(
 ) -> None:
     """A kill may come before any close: the record that would vouch for the lost bytes
     goes as soon as the fsync fails, and the next run starts the file over."""
-    monkeypatch.setattr(syncing_module, "SYNC_EVERY", MiB)
-    fsync = os.fsync
-    calls: list[int] = []
-
-    def once_failed(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(errno.EIO, "Input/output error")
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", once_failed)
+    first_periodic_fsync_fails(monkeypatch)
     partial = Partial.open(tmp_path, KEY, tmp_path)
     partial.describe('"etag-1"', len(DATA))
     partial.save()  # a large file's record, written at its first response
