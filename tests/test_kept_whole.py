@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import blob_file, run_fetch
-from tests.standin import StandIn
+from tests.standin import Cut, StandIn
 from tune_archiver.download import sidecar as sidecar_module
 from tune_archiver.download import syncing as syncing_module
 from tune_archiver.download.partial import Partial
@@ -93,6 +93,20 @@ def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     assert entry["content_type"] == "image/heic"
     assert blob_file(archive, DATA).read_bytes() == DATA
     assert list((archive / "tmp").iterdir()) == []
+
+
+def test_the_type_a_file_is_served_as_is_recorded_with_its_partial_from_the_first_answer(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Not only at its commit: a file whose every byte came in before a kill is later
+    committed unasked, with the type it was served as."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("model", DATA)], [])
+    standin.content_types["model"] = "image/heic"
+    standin.faults["model"] = [Cut(MiB // 2)] * 2  # each attempt breaks off
+    assert run_fetch(standin, archive, "1", "--retries", "1") == 1
+    [record] = (archive / "tmp").glob("*.json")
+    assert json.loads(record.read_text())["content_type"] == "image/heic"
 
 
 def test_a_span_the_server_overfilled_costs_only_that_span(

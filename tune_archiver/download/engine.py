@@ -268,7 +268,8 @@ class Downloader:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
                 await self._staging.check_room(total - partial.size)
-        transfer.content_type = content_type
+        # Recorded with the partial too: a file left whole is later committed unasked.
+        transfer.content_type = partial.content_type = content_type
         validator = validator_of(response.headers)
         if partial.describe(validator, total):
             await in_thread(partial.save)
