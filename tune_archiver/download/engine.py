@@ -66,7 +66,6 @@ class Transfer:
 
     url: str
     partial: Partial
-    content_type: str | None = None
     counted: bool = False  # its size has been added to the progress total
     may_split: bool = True  # False once the server has refused a range
     min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
@@ -145,14 +144,13 @@ class Downloader:
             if partial.total is not None:
                 self._count(transfer, partial.total)
                 self._progress.resumed(partial.size)  # not speed: it was on disk
-            if partial.complete and partial.size >= min_size:
-                # An earlier run received every byte, and its commit failed: the host,
-                # which may have deleted the file meanwhile, is not asked again.
-                transfer.content_type = partial.content_type
-            else:
+            # A partial holding every byte was received by an earlier run whose commit
+            # failed: the host, which may have deleted the file meanwhile, is not asked.
+            if not (partial.complete and partial.size >= min_size):
                 await self._body_renewed(transfer, refresh)
             try:
-                blob = await incoming.commit(transfer.content_type, transfer.tail)
+                # The type the host served it as, recorded with the partial (see _accept).
+                blob = await incoming.commit(partial.content_type, transfer.tail)
             except ChangedOnDisk:
                 keep = False  # bytes on disk that are not those received are never resumed
                 raise
@@ -268,8 +266,8 @@ class Downloader:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
                 await self._staging.check_room(total - partial.size)
-        # Recorded with the partial too: a file left whole is later committed unasked.
-        transfer.content_type = partial.content_type = content_type
+        # Kept in the partial's record: a file left whole is later committed unasked.
+        partial.content_type = content_type
         validator = validator_of(response.headers)
         if partial.describe(validator, total):
             await in_thread(partial.save)

@@ -81,7 +81,6 @@ def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes]) -
     if tail:
         partial.append(tail)
     head = partial.head(HEAD_BYTES)
-    partial.content_type = content_type  # recorded, should the commit fail (see close)
     partial.finish()  # held bytes are written and hashed here
     # The server's type is kept unless it says nothing; then the first bytes tell.
     return Blob(partial.sha256(), partial.size, content_type_of(content_type, head))
