@@ -42,7 +42,7 @@ import tempfile  # noqa: E402
 import aiohttp  # noqa: E402
 
 from bench import servers  # noqa: E402
-from bench.workloads import PEERS_OF, TA, WORKLOADS, Case, Setup  # noqa: E402
+from bench.workloads import PEERS_OF, TA, WORKLOADS, Case, Setup, discard  # noqa: E402
 
 RUN_TIMEOUT = 900  # seconds; a hung run is killed and fails the benchmark
 RSS_LIMIT_MIB = 100  # tune-archiver rows above this are flagged
@@ -51,7 +51,7 @@ MEASURE = Path(__file__).resolve().parent / "measure.py"  # times one run: see t
 
 def run_once(case: Case, out: Path, first: bool, cwd: Path) -> None:
     """Run one case into a fresh `out`, record wall, CPU and peak RSS, and check it."""
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     out.mkdir()
     if case.prepare is not None:
         case.prepare(out)
