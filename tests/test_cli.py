@@ -207,9 +207,11 @@ def test_duration_accepts_weeks_days_hours_minutes(text: str, expected: timedelt
     assert duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["7", "7y", "-1d", "1.5.2d", "0h", "0.0d", "d", "", "1e3d"])
+@pytest.mark.parametrize("text", ["7", "7y", "-1d", "1.5.2d", "0h", "0.0d", "d", "", "1e3d",
+                                  "36501d", "3000000d", "99999999999w"])
 def test_duration_refuses_anything_else(text: str) -> None:
-    """Other units, malformed numbers, zero and signs are usage errors."""
+    """Other units, malformed numbers, zero, signs, and windows past a century (now plus
+    one leaves the calendar) are usage errors."""
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)
 

@@ -204,3 +204,14 @@ def test_filters_combine_with_expiring_within(standin: StandIn, archive: Path) -
     assert run_fetch(standin, archive, "--all", "--branch", "flux1", "--expiring-within", "7d",
                      clock=lambda: now) == 0
     assert manifests(archive) == {1}
+
+
+def test_a_listed_creation_time_that_leaves_the_calendar_stops_no_run(
+    standin: StandIn, archive: Path
+) -> None:
+    """A created_at that is ISO 8601 but falls before year 1 once in UTC is unreadable,
+    like any other: no traceback, and the listing's other tunes are archived."""
+    add_tune(standin, 1, created_at="0001-01-01T00:00:00+01:00")
+    add_tune(standin, 2, created_at="2026-11-02T14:32:05.067Z")
+    assert run_fetch(standin, archive, "--all", "--created-after", "2020-01-01") == 0
+    assert manifests(archive) == {2}

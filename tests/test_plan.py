@@ -16,11 +16,11 @@ from tune_archiver.commands.plan import (
     expiring,
     is_unchanged,
     known_entries,
-    parse_time,
     plan_tune,
 )
 from tune_archiver.manifest import Manifest, asset_entry, build_manifest, encode, parse
 from tune_archiver.models import Asset, AssetResult, Blob, Tune, parse_tune
+from tune_archiver.selection import parse_moment
 from tune_archiver.urls import identity
 
 CKPT = "https://bucket.example/ckpt.safetensors"
@@ -266,9 +266,9 @@ def test_is_unchanged(
         (None, None),
     ],
 )
-def test_parse_time(value: Any, expected: datetime | None) -> None:
+def test_parse_moment(value: Any, expected: datetime | None) -> None:
     """ISO 8601 with or without fraction, Z or offset, naive or a bare date, always in UTC."""
-    parsed = parse_time(value)
+    parsed = parse_moment(value)
     assert parsed == expected
     if parsed is not None:
         assert parsed.utcoffset() == timedelta(0)

@@ -62,14 +62,24 @@ def _equal(value: Any, wanted: str) -> bool:
 
 
 def parse_moment(value: Any) -> datetime | None:
-    """An ISO 8601 date or time as an aware UTC datetime (naive means UTC); None if not."""
+    """An ISO 8601 date or time (an API timestamp, or one given on the command line) as
+    an aware datetime in UTC; None when absent or unreadable.
+
+    With or without a fraction of a second, with Z or an offset; a time without an
+    offset is taken as UTC, and a bare date as midnight UTC.
+    """
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value.strip())
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # an offset that moves year 1 or 9999 out of range
+        return None
 
 
 def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:

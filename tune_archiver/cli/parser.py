@@ -35,6 +35,7 @@ from tune_archiver.config import (
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
+LONGEST_WINDOW = timedelta(days=36500)
 # Options that would put the key on the command line, where ps and shell history see it.
 KEY_OPTIONS = ("--api-key", "--token", "--key")
 KEY_REFUSED = "the key is never an argument: pass the key in ASTRIA_API_KEY or --api-key-file"
@@ -356,7 +357,10 @@ def duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip().lower())
     if not match or float(match.group(1)) == 0:
         raise argparse.ArgumentTypeError("not a duration (a number of w, d, h or m, e.g. 7d)")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    window = timedelta(**{_UNITS[match.group(2)]: min(float(match.group(1)), 1e7)})
+    if window > LONGEST_WINDOW:  # now + a longer one leaves the calendar (year 9999)
+        raise argparse.ArgumentTypeError("too long a duration (at most 36500d)")
+    return window
 
 
 def _without_values(message: str) -> str:

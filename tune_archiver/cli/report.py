@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from tune_archiver.commands.plan import parse_time
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
-from tune_archiver.selection import TuneFilter
+from tune_archiver.selection import TuneFilter, parse_moment
 from tune_archiver.text import counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
 
@@ -332,7 +331,7 @@ def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
 
 def _day(moment: Any) -> str:
     """A timestamp as "YYYY-MM-DD HH:MM" in UTC; "-" when absent or unreadable."""
-    parsed = parse_time(moment)
+    parsed = parse_moment(moment)
     return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if parsed else "-"
 
 

@@ -57,7 +57,7 @@ FILTER_OPTIONS = ("title", "model_type", "branch", "created_after", "created_bef
 
 def moment(text: str) -> Any:
     """A date or time, ISO 8601 (2026-11-01, 2026-11-01T12:00Z)."""
-    value = parse_moment(text)
+    value = parse_moment(text.strip())
     if value is None:
         raise argparse.ArgumentTypeError("not a date (ISO 8601, e.g. 2026-11-01)")
     return value

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.commands.plan import parse_time
 from tune_archiver.errors import UnreadableManifest
 from tune_archiver.manifest import Manifest
+from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
 
@@ -34,7 +34,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
     tune = found.tune
     archived = [blob for blob in (entry.blob for entry in found.entries) if blob is not None]
     gone = sum(1 for entry in found.entries if entry.status == "gone")
-    expires = parse_time(tune.get("expires_at"))
+    expires = parse_moment(tune.get("expires_at"))
     return {
         "tune_id": found.tune_id,
         "title": found.title,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
 from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
 from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Prompt, Tune
+from tune_archiver.selection import parse_moment
 from tune_archiver.urls import identity
 
 KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
@@ -160,30 +161,10 @@ def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta) -> Exp
     value = listed.get("expires_at")
     if value is None:
         return Expiry(keep=False)
-    expires = parse_time(value)
+    expires = parse_moment(value)
     if expires is None:
         return Expiry(keep=True, unreadable=True)
     return Expiry(keep=now < expires <= now + within)
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An API timestamp as an aware datetime in UTC; None when absent or unreadable.
-
-    ISO 8601, with or without a fraction of a second, with Z or an offset; a time
-    without an offset is taken as UTC, and a bare date as midnight UTC.
-    """
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # an offset that moves year 1 or 9999 out of range
-        return None
 
 
 @dataclass
@@ -231,7 +212,7 @@ def listing_state(tune: Tune) -> State:
 
 def has_expired(tune: Tune, now: datetime) -> bool:
     """True when the tune's expires_at is readable and has passed: its files may be gone."""
-    expires = parse_time(tune.raw.get("expires_at"))
+    expires = parse_moment(tune.raw.get("expires_at"))
     return expires is not None and expires <= now
 
 
