@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,7 @@ class StandIn:
             "ckpt_urls": checkpoints,
             "orig_images": images,
             "trained_at": "2026-11-02T14:32:40.363Z",
-            "expires_at": "2026-12-02T14:32:40.363Z",
+            "expires_at": _thirty_days_on(),  # never expired while a test runs, whatever the date
             "created_at": "2026-11-02T14:32:05.067Z",
             "updated_at": "2026-11-02T14:32:40.363Z",
             "url": f"https://www.astria.ai/tunes/{tune_id}.json",
@@ -488,3 +489,9 @@ class StandIn:
                 await asyncio.wait_for(self._crowd.wait_for(crowded), 1.0)
             except TimeoutError:
                 pass
+
+
+def _thirty_days_on() -> str:
+    """An expires_at 30 days from now, as Astria writes one (a fixed date would turn
+    every tune of every test expired once the real clock passed it)."""
+    return (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")

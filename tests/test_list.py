@@ -183,17 +183,20 @@ def test_json_has_the_documented_shape(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json matches LIST_SCHEMA, newest first, seconds_left counted from expires_at."""
-    soon = NOW + timedelta(days=2, hours=7, seconds=3)
+    # Tune 2 is fetched (by the real clock) before it expires, so its missing file is a
+    # failure, not gone; `list` is then told a time a day on, when it has expired.
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    soon = later + timedelta(days=2, hours=7, seconds=3)
     one = add_tune(standin, 1, title="One", expires_at=api_time(soon))
     two = add_tune(standin, 2, title="Two", branch="flux1", model_type="checkpoint",
-                   expires_at=api_time(NOW - timedelta(days=1)))
+                   expires_at=api_time(later - timedelta(hours=23)))
     standin.tunes[2]["orig_images"].append(standin.file_url("gone.jpg"))
     archived(standin, archive, 1)
     assert run_fetch(standin, archive, "2") == 1
     add_tune(standin, 3)
     archived(standin, archive, 3)
     (archive / "manifests" / "3.json").write_text("{ broken")
-    ran = cli(capsys, "list", "--archive", str(archive), "--json", now=NOW)
+    ran = cli(capsys, "list", "--archive", str(archive), "--json", now=later)
     assert ran.code == 1  # an unreadable manifest is a failure, named on stderr
     document = json.loads(ran.out)
     jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
@@ -212,7 +215,7 @@ def test_json_has_the_documented_shape(
          "complete": True,
          "archived_at": manifest_of(archive, 1)["archived_at"],
          "expires_at": standin.tunes[1]["expires_at"],
-         "seconds_left": int((soon - NOW).total_seconds())},
+         "seconds_left": int((soon - later).total_seconds())},
     ]
 
 
