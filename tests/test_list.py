@@ -106,12 +106,19 @@ def day(moment: str) -> str:
     return moment[:16].replace("T", " ")
 
 
+def a_day_on() -> datetime:
+    """The clock `list` is told when a tune must not have expired at its fetch, which
+    runs by the real clock: its file that fails is then failed, not gone upstream."""
+    return datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=1)
+
+
 def test_table_has_one_row_per_tune(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each tune's id, title, branch, type, files, size, completeness, dates and time left."""
-    three_days = api_time(NOW + timedelta(days=3))
-    hours = api_time(NOW + timedelta(hours=5, minutes=30))
+    later = a_day_on()
+    three_days = api_time(later + timedelta(days=3))
+    hours = api_time(later + timedelta(hours=5, minutes=30))
     one = add_tune(standin, 1, title="Jane Doe", branch="flux1", model_type="lora",
                    expires_at=three_days)
     two = add_tune(standin, 2, title="John Doe", branch="sdxl1", model_type="checkpoint",
@@ -119,7 +126,7 @@ def test_table_has_one_row_per_tune(
     standin.tunes[2]["orig_images"].append(standin.file_url("gone.jpg"))
     archived(standin, archive, 1)
     assert run_fetch(standin, archive, "2") == 1
-    ran = cli(capsys, "list", "--archive", str(archive), now=NOW)
+    ran = cli(capsys, "list", "--archive", str(archive), now=later)
     assert ran.code == 0
     assert ran.err == ""
     assert ran.out.splitlines()[0].split() == " ".join(HEADER).split()
@@ -183,9 +190,7 @@ def test_json_has_the_documented_shape(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json matches LIST_SCHEMA, newest first, seconds_left counted from expires_at."""
-    # Tune 2 is fetched (by the real clock) before it expires, so its missing file is a
-    # failure, not gone; `list` is then told a time a day on, when it has expired.
-    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    later = a_day_on()  # tune 2 has expired by then, not when it is fetched
     soon = later + timedelta(days=2, hours=7, seconds=3)
     one = add_tune(standin, 1, title="One", expires_at=api_time(soon))
     two = add_tune(standin, 2, title="Two", branch="flux1", model_type="checkpoint",
