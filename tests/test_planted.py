@@ -1,14 +1,16 @@
-"""Things planted in the archive by someone else (a link, a FIFO) are never followed,
-reused, exported or removed through."""
+"""Things planted in the archive by someone else (a link, a FIFO, a stray name) are never
+followed, reused, exported or removed through, and never stop the rest."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import add_tune, archived
+from tests.archive_helpers import add_tune, archived, cli
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn
@@ -90,3 +92,32 @@ def test_export_never_links_or_copies_through_a_planted_link(
     exported = [p for p in dest.rglob("*") if p.is_file()]
     assert all(p.read_bytes() != outside.read_bytes() for p in exported)
     assert not any(p.samefile(outside) for p in exported)
+
+
+@pytest.mark.parametrize("command", ["list", "verify", "gc"])
+def test_a_manifest_named_with_a_unicode_digit_is_no_traceback(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """manifests/\u00b2.json ("\u00b2".isdigit() is True, int() refuses it) is no manifest:
+    list, verify and gc pass it by, without a traceback, and go on with tune 1."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "\u00b2.json").write_text("{}")
+    ran = cli(capsys, command, "--archive", str(archive))
+    assert "Traceback" not in ran.err
+    assert ran.code == 0, ran.err
+    if command != "gc":
+        assert "1" in ran.out
+
+
+def test_a_manifest_name_with_a_leading_zero_or_another_scripts_digit_is_not_the_tunes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copies of tune 1's manifest at manifests/01.json and manifests/\u0661.json (an
+    Arabic-Indic one) are not read as tune 1 again: only <id>.json as ASCII digits is."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    for name in ("01.json", "\u0661.json"):
+        shutil.copy(archive / "manifests" / "1.json", archive / "manifests" / name)
+    ran = cli(capsys, "list", "--archive", str(archive), "--json")
+    assert [row["tune_id"] for row in json.loads(ran.out)["tunes"]] == [1]

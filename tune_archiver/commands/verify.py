@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tune_archiver import manifest
 from tune_archiver.errors import NotAFile, StorageError, UnreadableManifest
-from tune_archiver.layout import blob_key
+from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
@@ -171,8 +171,7 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
 
 def _damaged_tune(key: str) -> int | None:
     """The tune a set-aside manifest (manifests/damaged/<id>-<time>.json) belonged to."""
-    head = key.rsplit("/", 1)[-1].split("-", 1)[0]
-    return int(head) if head.isdigit() and int(head) > 0 else None
+    return tune_id_of(key.rsplit("/", 1)[-1].split("-", 1)[0])
 
 
 def _problem(ref: _Ref, problem: str, detail: str) -> Problem:

@@ -34,6 +34,7 @@ from tune_archiver.layout import (
     OBJECTS,
     TMP,
     blob_key,
+    manifest_id,
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
@@ -239,10 +240,9 @@ class LocalStore:
     # -- reading the whole archive (verify, list, export, gc) ------------------------
 
     async def manifest_ids(self) -> list[int]:
-        """Every tune with a manifest, in increasing order."""
+        """Every tune with a manifest, in increasing order; other names are ignored."""
         names = await self._names(MANIFESTS, "list the manifests")
-        ids = (name.removesuffix(".json") for name in names if name.endswith(".json"))
-        return sorted(int(i) for i in ids if i.isdigit() and int(i) > 0)
+        return sorted(i for i in map(manifest_id, names) if i is not None)
 
     async def blobs(self) -> list[StoredBlob]:
         """Every blob at the path its name gives."""
