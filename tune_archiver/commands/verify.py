@@ -157,11 +157,15 @@ def _judge(
 
 
 async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifest | None:
-    """The tune's manifest; None, with the problem reported, when it is missing or unreadable."""
+    """The tune's manifest; None, with the problem reported, when it is missing, damaged
+    or the disk cannot read it."""
     try:
         found = await manifest.read(store, tune_id)
     except UnreadableManifest as exc:
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", exc.reason))
+        return None
+    except StorageError as exc:  # a folder or a FIFO in its place, EIO: this tune's alone
+        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc)))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
