@@ -17,6 +17,9 @@ OBJECTS = "objects/sha256"
 MANIFESTS = "manifests"
 DAMAGED = f"{MANIFESTS}/damaged"
 TMP = "tmp"
+# The largest manifest read back. One of a tune with every generated image of a busy
+# account is a few MiB (about 1 KiB a file); past this it is not one of ours.
+MAX_MANIFEST_BYTES = 256 * 2**20
 DAMAGED_BLOBS = f"{TMP}/damaged"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

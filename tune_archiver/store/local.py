@@ -31,6 +31,7 @@ from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     OBJECTS,
     TMP,
     blob_key,
@@ -43,6 +44,7 @@ from tune_archiver.store import Change, Growing
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
+    read_capped,
     save_as,
     size_of,
     sync_dir,
@@ -136,13 +138,7 @@ class LocalStore:
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
-        try:
-            async with aiofiles.open(self.path(manifest_key(tune_id)), "rb") as file:
-                return await file.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise storage_error(exc, self.root, f"read the manifest of tune {tune_id}") from exc
+        return await in_thread(self._read_manifest, self.path(manifest_key(tune_id)), tune_id)
 
     async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
         """Each tune's manifest bytes (None when it has none), read in one worker
@@ -150,19 +146,19 @@ class LocalStore:
         return await in_thread(self._read_manifests, list(tune_ids))
 
     def _read_manifests(self, tune_ids: list[int]) -> list[bytes | None]:
-        folder = str(self.path(MANIFESTS))
-        found: list[bytes | None] = []
-        for tune_id in tune_ids:
-            name = os.path.join(folder, os.path.basename(manifest_key(tune_id)))
-            try:
-                with open(name, "rb") as file:
-                    found.append(file.read())
-            except FileNotFoundError:
-                found.append(None)
-            except OSError as exc:
-                raise storage_error(exc, self.root,
-                                    f"read the manifest of tune {tune_id}") from exc
-        return found
+        folder = self.path(MANIFESTS)
+        return [self._read_manifest(folder / os.path.basename(manifest_key(tune_id)), tune_id)
+                for tune_id in tune_ids]
+
+    def _read_manifest(self, path: Path, tune_id: int) -> bytes | None:
+        """A FIFO, a link or a device planted at a manifest's place is never read."""
+        doing = f"read the manifest of tune {tune_id}"
+        try:
+            return read_capped(path, MAX_MANIFEST_BYTES, "a manifest")
+        except StorageError as exc:
+            raise StorageError(f"cannot {doing} in {self.root}: {exc}") from exc
+        except OSError as exc:
+            raise storage_error(exc, self.root, doing) from exc
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest atomically; returns its archive-relative key."""
