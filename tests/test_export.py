@@ -290,3 +290,26 @@ def test_copies_when_hard_links_are_impossible(
     assert report["linked"] == []
     assert sorted(report["copied"]) == sorted(expected_files(tune))
     assert exported(dest / "1-jane-doe") == expected_files(tune)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_blob_cut_short_by_the_disk_fails_that_file_and_is_not_exported(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str], copy: bool
+) -> None:
+    """A checkpoint's blob truncated to half its size (one fstat shows it) is named as
+    failed (exit 1), not exported, linked or copied; every other file is."""
+    blob = blob_file(archive, tune.checkpoints[0])
+    blob.chmod(0o600)
+    with blob.open("r+b") as file:
+        file.truncate(len(tune.checkpoints[0]) // 2)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
+              *([] if copy else ["--link"]))
+    assert ran.code == 1, ran.out
+    report = json.loads(ran.out)
+    assert [line.split(": ")[0] for line in report["failed"]] == ["checkpoint 0"]
+    assert "damaged" in report["failed"][0]
+    files = expected_files(tune)
+    del files["checkpoints/000.safetensors"]
+    assert exported(dest / "1-jane-doe") == files
+

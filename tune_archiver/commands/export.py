@@ -16,7 +16,7 @@ from urllib.parse import quote
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.layouts import Layout, layout_path, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.errors import ArchiverError, ConfigError, IntegrityError, StorageError
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
@@ -67,8 +67,8 @@ async def export_tune(
         target = folder / name
         try:
             await in_thread(_make_dir, target.parent)
-            how = await store.save_blob_as(blob.sha256, target, hard_link=link)
-        except StorageError as exc:
+            how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
+        except (StorageError, IntegrityError) as exc:  # this file's alone: the others go on
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)

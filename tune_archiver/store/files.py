@@ -155,9 +155,14 @@ def hash_file(
     return size, digest.hexdigest()
 
 
-def save_as(blob: Path, target: Path, hard_link: bool, root: Path) -> str:
+def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | None) -> str:
     try:
         with open_regular(blob) as source:  # a link planted at the blob is never exported
+            found = os.fstat(source.fileno()).st_size
+            if size is not None and found != size:
+                raise StorageError(
+                    f"the blob {blob.name} holds {found} bytes, not the {size} its manifest "
+                    "records: it is damaged (verify --repair mends it); nothing was written")
             if hard_link:
                 try:
                     os.link(blob, target, follow_symlinks=False)

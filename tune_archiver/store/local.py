@@ -259,14 +259,18 @@ class LocalStore:
         """
         return await in_thread(hash_file, self.path(blob_key(sha256)), advance, self.root)
 
-    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
+    async def save_blob_as(
+        self, sha256: str, target: Path, hard_link: bool, size: int | None = None
+    ) -> str:
         """Put the blob's bytes at `target`, which must not exist; "linked" or "copied".
 
         A hard link when asked and the filesystem allows it, else a copy written
-        beside the target and linked into place, so nothing is ever overwritten.
+        beside the target and linked into place, so nothing is ever overwritten. With
+        `size`, a blob of another size (cut short by the disk) is refused, nothing
+        written: one fstat, where hashing it would read it all.
         """
         blob = self.path(blob_key(sha256))
-        return await in_thread(save_as, blob, target, hard_link, self.root)
+        return await in_thread(save_as, blob, target, hard_link, self.root, size)
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
         """Move the blob's file (a link or FIFO as it is, never followed), and any copy
