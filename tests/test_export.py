@@ -19,6 +19,7 @@ from tests.archive_helpers import (
     cli,
     everything_under,
     manifest_of,
+    write_manifest,
 )
 from tests.helpers import blob_file, run_fetch
 from tests.standin import Body, StandIn
@@ -313,3 +314,20 @@ def test_a_blob_cut_short_by_the_disk_fails_that_file_and_is_not_exported(
     del files["checkpoints/000.safetensors"]
     assert exported(dest / "1-jane-doe") == files
 
+
+def test_export_of_an_entry_whose_url_urlsplit_refuses_is_no_traceback(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry whose url is "http://[x/ckpt" (urlsplit raises ValueError) and whose
+    content type says nothing is exported as .bin; the other files too, exit 0."""
+    document = manifest_of(archive, 1)
+    document["assets"][0]["url"] = "http://[x/ckpt"
+    document["assets"][0]["content_type"] = None
+    write_manifest(archive, 1, document)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    files = expected_files(tune)
+    files["checkpoints/000.bin"] = files.pop("checkpoints/000.safetensors")
+    assert exported(dest / "1-jane-doe") == files
+    assert (dest / "1-jane-doe" / "manifest.json").exists()
