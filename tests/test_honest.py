@@ -109,6 +109,26 @@ def test_an_unreadable_manifest_is_set_aside_never_overwritten_and_stops_gc(
     assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "unreadable_manifest")]
 
 
+def test_an_unreadable_manifest_is_never_set_aside_through_a_link_at_manifests_damaged(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """manifests/damaged is a link to a folder outside the archive: the damaged manifest
+    is not linked out through it; it stays in place and the tune's fetch fails saying so."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    outside = tmp_path / "public"
+    outside.mkdir()
+    (archive / "manifests" / "damaged").symlink_to(outside)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    err = capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+    assert (archive / "manifests" / "1.json").read_bytes() == damaged
+    assert "manifests/damaged is a symbolic link or not a folder" in err
+    assert "Traceback" not in err
+
+
 # -- gone upstream ------------------------------------------------------------------------
 
 
@@ -292,6 +312,31 @@ def test_repair_never_takes_away_a_blob_another_tune_holds_intact(
             if e["sha256"] == sha256(shared)] == [len(shared)]
     assert cli(capsys, "verify", "1", "--archive", str(archive)).code == 0
     assert cli(capsys, "verify", "2", "--archive", str(archive)).code == 0
+
+
+def test_repair_never_moves_a_blob_through_a_link_planted_at_tmp_damaged(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tmp/damaged is a link to a folder outside the archive: verify --repair moves no
+    damaged blob (a person's photo) out through it, and refuses on one line, exit 1."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.images[0])
+    flip_byte(blob, 10)
+    damaged_bytes = blob.read_bytes()
+    outside = tmp_path / "public"
+    outside.mkdir()
+    (archive / "tmp" / "damaged").symlink_to(outside)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert list(outside.iterdir()) == [], ran.out
+    assert blob.read_bytes() == damaged_bytes
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [
+        f"tune-archiver: error: refused to set a damaged blob aside in {archive}: "
+        "tmp/damaged is a symbolic link or not a folder, never followed; nothing was moved "
+        "(remove it, then try again)"]
 
 
 def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(

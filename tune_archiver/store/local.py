@@ -26,7 +26,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import ConfigError, StorageError, storage_error
+from tune_archiver.errors import ConfigError, NotAFile, StorageError, storage_error
 from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
@@ -41,6 +41,7 @@ from tune_archiver.layout import (
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Change, Growing
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
@@ -181,18 +182,17 @@ class LocalStore:
         """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
         another one; returns where it went."""
         key = f"{DAMAGED}/{tune_id}-{stamp}.json"
-        await in_thread(self._set_aside, self.path(manifest_key(tune_id)), self.path(key))
+        await in_thread(self._set_aside, manifest_key(tune_id), key)
         return key
 
-    def _set_aside(self, source: Path, target: Path) -> None:
+    def _set_aside(self, source: str, target: str) -> None:
+        doing = "set a damaged manifest aside"
         try:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            os.link(source, target, follow_symlinks=False)  # fails rather than overwrite
-            os.unlink(source)
-            sync_dir(target.parent)
-            sync_dir(source.parent)
+            move_manifest_aside(self._absolute, source, target)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "set a damaged manifest aside") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by archive-relative key."""
@@ -280,24 +280,13 @@ class LocalStore:
         return await in_thread(self._set_aside_blob, keys, f"{sha256}-{stamp}")
 
     def _set_aside_blob(self, keys: list[str], name: str) -> list[str]:
-        moved = []
+        doing = "set a damaged blob aside"
         try:
-            make_private_dir(self.path(DAMAGED_BLOBS))
-            for key in keys:
-                source = self.path(key)
-                if not os.path.lexists(source):
-                    continue
-                target = f"{DAMAGED_BLOBS}/{name}"
-                for n in range(1, 1000):
-                    if not os.path.lexists(self.path(target)):
-                        break
-                    target = f"{DAMAGED_BLOBS}/{name}-{n}"
-                os.rename(source, self.path(target))  # a link is moved, not followed
-                moved.append(target)
-            sync_dir(self.path(DAMAGED_BLOBS))
+            return move_blobs_aside(self._absolute, keys, DAMAGED_BLOBS, name)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "set a damaged blob aside") from exc
-        return moved
+            raise storage_error(exc, self.root, doing) from exc
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock)."""
@@ -324,6 +313,11 @@ class LocalStore:
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing, as stale_uploads."""
         return []
+
+
+def _refused(root: Path, doing: str, exc: NotAFile) -> StorageError:
+    return StorageError(f"refused to {doing} in {root}: {exc}, never followed; nothing "
+                        "was moved (remove it, then try again)")
 
 
 class _Intake:
