@@ -19,6 +19,7 @@ from tests.archive_helpers import (
     cli,
     everything_under,
     manifest_of,
+    write_manifest,
 )
 from tests.helpers import blob_file, run_fetch
 from tests.standin import Body, StandIn
@@ -290,3 +291,43 @@ def test_copies_when_hard_links_are_impossible(
     assert report["linked"] == []
     assert sorted(report["copied"]) == sorted(expected_files(tune))
     assert exported(dest / "1-jane-doe") == expected_files(tune)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_blob_cut_short_by_the_disk_fails_that_file_and_is_not_exported(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str], copy: bool
+) -> None:
+    """A checkpoint's blob truncated to half its size (one fstat shows it) is named as
+    failed (exit 1), not exported, linked or copied; every other file is."""
+    blob = blob_file(archive, tune.checkpoints[0])
+    blob.chmod(0o600)
+    with blob.open("r+b") as file:
+        file.truncate(len(tune.checkpoints[0]) // 2)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
+              *([] if copy else ["--link"]))
+    assert ran.code == 1, ran.out
+    report = json.loads(ran.out)
+    assert [line.split(": ")[0] for line in report["failed"]] == ["checkpoint 0"]
+    assert "damaged" in report["failed"][0]
+    files = expected_files(tune)
+    del files["checkpoints/000.safetensors"]
+    assert exported(dest / "1-jane-doe") == files
+
+
+def test_export_of_an_entry_whose_url_urlsplit_refuses_is_no_traceback(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry whose url is "http://[x/ckpt" (urlsplit raises ValueError) and whose
+    content type says nothing is exported as .bin; the other files too, exit 0."""
+    document = manifest_of(archive, 1)
+    document["assets"][0]["url"] = "http://[x/ckpt"
+    document["assets"][0]["content_type"] = None
+    write_manifest(archive, 1, document)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    files = expected_files(tune)
+    files["checkpoints/000.bin"] = files.pop("checkpoints/000.safetensors")
+    assert exported(dest / "1-jane-doe") == files
+    assert (dest / "1-jane-doe" / "manifest.json").exists()

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import add_tune, archived, cli, flip_byte, manifest_of
+from tests.archive_helpers import (
+    add_tune,
+    archived,
+    cli,
+    flip_byte,
+    key_of,
+    manifest_of,
+    write_manifest,
+)
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
@@ -99,6 +107,26 @@ def test_an_unreadable_manifest_is_set_aside_never_overwritten_and_stops_gc(
     ran = cli(capsys, "verify", "--archive", str(archive), "--json")
     problems = json.loads(ran.out)["problems"]
     assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "unreadable_manifest")]
+
+
+def test_an_unreadable_manifest_is_never_set_aside_through_a_link_at_manifests_damaged(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """manifests/damaged is a link to a folder outside the archive: the damaged manifest
+    is not linked out through it; it stays in place and the tune's fetch fails saying so."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    outside = tmp_path / "public"
+    outside.mkdir()
+    (archive / "manifests" / "damaged").symlink_to(outside)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    err = capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+    assert (archive / "manifests" / "1.json").read_bytes() == damaged
+    assert "manifests/damaged is a symbolic link or not a folder" in err
+    assert "Traceback" not in err
 
 
 # -- gone upstream ------------------------------------------------------------------------
@@ -227,6 +255,88 @@ def test_repair_says_what_it_could_not_mend_and_exits_1(
     assert ran.code == 1
     assert "the archive is NOT whole" in ran.out
     assert any("not repaired" in line and "checkpoint 0" in line for line in ran.errors)
+
+
+def gone_upstream(standin: StandIn) -> None:
+    """The tunes have expired: Astria deleted every file, so nothing can be fetched again."""
+    for name in list(standin.files):
+        standin.faults[name] = [Status(404)] * 10
+
+
+def test_repair_keeps_an_intact_blob_whose_manifest_path_is_wrong(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only an entry's "path" is off; the blob hashes right. verify --repair mends the
+    path in the manifest and never takes the blob out of objects/ (for a tune gone
+    upstream it could not be fetched again): exit 0, and verify finds it whole."""
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    image = served.images[0]
+    document = manifest_of(archive, 1)
+    entry = next(e for e in document["assets"] if e["sha256"] == sha256(image))
+    entry["path"] = f"objects/sha256/zz/{entry['sha256']}"
+    write_manifest(archive, 1, document)
+    gone_upstream(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert blob_file(archive, image).read_bytes() == image, ran.out
+    assert not (archive / "tmp" / "damaged").exists()
+    assert ran.code == 0, ran.err
+    assert [e["path"] for e in manifest_of(archive, 1)["assets"]
+            if e["sha256"] == sha256(image)] == [key_of(image)]
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_never_takes_away_a_blob_another_tune_holds_intact(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tunes 1 and 2 share an image; only tune 2's manifest records a wrong size for it
+    (the blob hashes right). verify --repair sets tune 2's size to the blob's and keeps
+    the blob: once both tunes are gone upstream, tune 1 still verifies whole."""
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
+    add_tune(standin, 2, shared=(shared,), expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
+    document = manifest_of(archive, 2)
+    entry = next(e for e in document["assets"] if e["sha256"] == sha256(shared))
+    entry["size"] += 1
+    write_manifest(archive, 2, document)
+    gone_upstream(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert blob_file(archive, shared).read_bytes() == shared, "the intact shared blob left"
+    assert ran.code == 0, ran.err
+    assert [e["size"] for e in manifest_of(archive, 2)["assets"]
+            if e["sha256"] == sha256(shared)] == [len(shared)]
+    assert cli(capsys, "verify", "1", "--archive", str(archive)).code == 0
+    assert cli(capsys, "verify", "2", "--archive", str(archive)).code == 0
+
+
+def test_repair_never_moves_a_blob_through_a_link_planted_at_tmp_damaged(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tmp/damaged is a link to a folder outside the archive: verify --repair moves no
+    damaged blob (a person's photo) out through it, and refuses on one line, exit 1."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blob = blob_file(archive, served.images[0])
+    flip_byte(blob, 10)
+    damaged_bytes = blob.read_bytes()
+    outside = tmp_path / "public"
+    outside.mkdir()
+    (archive / "tmp" / "damaged").symlink_to(outside)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert list(outside.iterdir()) == [], ran.out
+    assert blob.read_bytes() == damaged_bytes
+    assert ran.code == 1
+    assert ran.err.splitlines() == ran.errors == [
+        f"tune-archiver: error: refused to set a damaged blob aside in {archive}: "
+        "tmp/damaged is a symbolic link or not a folder, never followed; nothing was moved "
+        "(remove it, then try again)"]
 
 
 def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(

@@ -65,3 +65,29 @@ def test_unknown_layout_is_a_usage_error(
               str(tmp_path / "archive"), "--layout", "invokeai")
     assert ran.code == 2
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_placed_checkpoint_that_is_itself_a_txt_keeps_its_trigger_words_apart(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint served as text/plain from weights.txt is placed at
+    models/Lora/1-tune-1.txt, its own sidecar's name: the trigger words go to
+    1-tune-1.trigger-words.txt, and the images, manifest.json and index.html are exported."""
+    archive, dest = tmp_path / "archive", tmp_path / "dest"
+    checkpoint = os.urandom(20_000)
+    ckpt_url = standin.add_file("weights.txt", checkpoint)
+    standin.content_types["weights.txt"] = "text/plain"
+    images = [os.urandom(3_000 + i) for i in range(2)]
+    urls = [standin.add_file(f"img-{i}.jpg", data) for i, data in enumerate(images)]
+    standin.add_tune(1, [ckpt_url], urls)
+    assert run_fetch(standin, archive, "1") == 0
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--layout", "a1111")
+    assert ran.code == 0, ran.err
+    folder = dest / "1-tune-1"
+    placed = folder / "models" / "Lora"
+    assert (placed / "1-tune-1.txt").read_bytes() == checkpoint
+    words = (placed / "1-tune-1.trigger-words.txt").read_text()
+    assert words.startswith("trigger words: ")
+    assert [(folder / "training_images" / f"00{i}.jpg").read_bytes() for i in range(2)] == images
+    assert (folder / "manifest.json").exists()
+    assert (folder / "index.html").exists()

@@ -49,6 +49,7 @@ def test_folder_name_starts_with_the_id() -> None:
         (None, "https://x/a.b/c", ".bin"),
         ("text/plain", "https://x/a.tar.gz", ".gz"),
         (None, "https://x/a.%2F..%2Fx", ".bin"),
+        (None, "http://[x/ckpt", ".bin"),  # urlsplit raises ValueError
     ],
 )
 def test_extension_from_type_else_url(content_type: Any, url: str, expected: str) -> None:

@@ -1,18 +1,24 @@
-"""Things planted in the archive by someone else (a link, a FIFO) are never followed,
-reused, exported or removed through."""
+"""Things planted in the archive by someone else (a link, a FIFO, a stray name) are never
+followed, reused, exported or removed through, and never stop the rest."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import add_tune, archived
+from tests.archive_helpers import add_tune, archived, cli
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
+from tune_archiver.errors import StorageError
+from tune_archiver.store.files import read_capped
 
 
 @pytest.fixture
@@ -90,3 +96,83 @@ def test_export_never_links_or_copies_through_a_planted_link(
     exported = [p for p in dest.rglob("*") if p.is_file()]
     assert all(p.read_bytes() != outside.read_bytes() for p in exported)
     assert not any(p.samefile(outside) for p in exported)
+
+
+@pytest.mark.parametrize("command", ["list", "verify", "gc"])
+def test_a_manifest_named_with_a_unicode_digit_is_no_traceback(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """manifests/\u00b2.json ("\u00b2".isdigit() is True, int() refuses it) is no manifest:
+    list, verify and gc pass it by, without a traceback, and go on with tune 1."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "\u00b2.json").write_text("{}")
+    ran = cli(capsys, command, "--archive", str(archive))
+    assert "Traceback" not in ran.err
+    assert ran.code == 0, ran.err
+    if command != "gc":
+        assert "1" in ran.out
+
+
+def test_a_manifest_name_with_a_leading_zero_or_another_scripts_digit_is_not_the_tunes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copies of tune 1's manifest at manifests/01.json and manifests/\u0661.json (an
+    Arabic-Indic one) are not read as tune 1 again: only <id>.json as ASCII digits is."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    for name in ("01.json", "\u0661.json"):
+        shutil.copy(archive / "manifests" / "1.json", archive / "manifests" / name)
+    ran = cli(capsys, "list", "--archive", str(archive), "--json")
+    assert [row["tune_id"] for row in json.loads(ran.out)["tunes"]] == [1]
+
+
+def test_list_does_not_hang_on_a_fifo_planted_as_a_manifest(
+    standin: StandIn, archive: Path
+) -> None:
+    """A FIFO at manifests/2.json is never opened to block on: list gives tune 2 an
+    error row and lists tune 1. (A child process, so that a hang cannot hang the tests.)"""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    os.mkfifo(archive / "manifests" / "2.json")
+    command = [sys.executable, "-m", "tune_archiver", "list", "--archive", str(archive)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("list blocked for 20 s on the FIFO at manifests/2.json")
+    assert "Traceback" not in err
+    assert process.returncode == 1
+    assert "2.json is not a regular file" in err
+    assert any(line.startswith("1 ") for line in out.splitlines())
+
+
+def test_a_link_planted_at_a_manifests_place_is_not_followed(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """manifests/2.json as a link to a manifest outside the archive is not read as tune
+    2's (a link to /dev/zero would be read without end): an error row, and tune 1."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    outside = tmp_path / "2.json"
+    (archive / "manifests" / "2.json").rename(outside)
+    (archive / "manifests" / "2.json").symlink_to(outside)
+    ran = cli(capsys, "list", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    rows = json.loads(ran.out)["tunes"]
+    assert [row["tune_id"] for row in rows] == [2, 1]
+    assert "symbolic link" in rows[0]["error"]
+
+
+def test_a_manifest_past_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    """A file at a manifest's place larger than the limit is refused, not read whole."""
+    path = tmp_path / "2.json"
+    path.write_bytes(b" " * 11)
+    assert read_capped(path, 11, "a manifest") == b" " * 11
+    with pytest.raises(StorageError, match="larger than 10 bytes"):
+        read_capped(path, 10, "a manifest")

@@ -1,7 +1,9 @@
-"""A manifest the reader refuses, through verify, list, gc and export: one line, exit 1."""
+"""A manifest the reader refuses, or the disk cannot read as a file, through verify, list,
+gc and export: one line, exit 1."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 from tests.archive_helpers import (
     Served,
+    add_tune,
+    archived,
     cli,
     flip_byte,
     key_of,
@@ -138,3 +142,26 @@ def test_export_fails_with_one_error_line_and_writes_nothing(
     assert ran.out == ""
     assert not dest.exists()
     assert cli(capsys, "export", "2", str(dest), "--archive", str(archive)).code == 0
+
+
+@pytest.mark.parametrize("command", ["list", "verify"])
+def test_a_folder_at_a_manifests_place_stops_nothing_else(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A folder at manifests/2.json (as a manifest the disk cannot read: EIO, EACCES) is
+    tune 2's problem alone: list or verify give it its own row, go on with tune 1, and
+    exit 1."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "2.json").mkdir()
+    ran = cli(capsys, command, "--archive", str(archive), "--json")
+    assert ran.code == 1
+    document = json.loads(ran.out)
+    assert "error" not in document, f"the whole {command} stopped: {document['error']}"
+    if command == "list":
+        assert [row["tune_id"] for row in document["tunes"]] == [2, 1]
+        assert "error" in document["tunes"][0]
+    else:
+        assert document["tunes"] == 2
+        assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [
+            (2, "unreadable_manifest")]

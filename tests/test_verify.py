@@ -366,3 +366,15 @@ def test_a_tune_named_twice_is_verified_once(
     assert code == 1
     assert out.startswith(f"verified 1 tune, {len(tunes[0].all)} blobs, ")
     assert len(errors) == 1
+
+
+def test_a_damaged_manifest_named_with_a_unicode_digit_is_no_traceback(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served]
+) -> None:
+    """manifests/damaged/\u00b2-<time>.json names no tune ("\u00b2".isdigit() is True,
+    int() refuses it): verify passes it by and verifies the tunes, no traceback."""
+    (archive / "manifests" / "damaged").mkdir()
+    (archive / "manifests" / "damaged" / "\u00b2-20261201T000000Z.json").write_text("{}")
+    code, errors, out = verified(capsys, archive)
+    assert (code, errors) == (0, [])
+    assert out.startswith("verified 2 tunes")

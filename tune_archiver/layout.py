@@ -17,9 +17,16 @@ OBJECTS = "objects/sha256"
 MANIFESTS = "manifests"
 DAMAGED = f"{MANIFESTS}/damaged"
 TMP = "tmp"
+# The largest manifest read back. One of a tune with every generated image of a busy
+# account is a few MiB (about 1 KiB a file); past this it is not one of ours.
+MAX_MANIFEST_BYTES = 256 * 2**20
 DAMAGED_BLOBS = f"{TMP}/damaged"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# A tune id as it names a file: ASCII digits, no leading zero. str.isdigit() would take
+# a superscript two (which int() refuses), and int() reads "01", or an Arabic-Indic
+# digit one, as 1: another tune's id.
+_TUNE_ID = re.compile(r"[1-9][0-9]*")
 
 
 def is_sha256(value: object) -> TypeGuard[str]:
@@ -32,6 +39,17 @@ def blob_key(sha256: str) -> str:
     if not is_sha256(sha256):
         raise ValueError(f"not a sha256 digest: {sha256!r}")
     return f"{OBJECTS}/{sha256[:2]}/{sha256}"
+
+
+def tune_id_of(text: str) -> int | None:
+    """The tune id `text` spells exactly as manifest_key writes it; None for anything else."""
+    return int(text) if _TUNE_ID.fullmatch(text) else None
+
+
+def manifest_id(name: str) -> int | None:
+    """The tune whose manifest a file in manifests/ named `name` is (<id>.json); None
+    for any other name, which is no manifest."""
+    return tune_id_of(name.removesuffix(".json")) if name.endswith(".json") else None
 
 
 def manifest_key(tune_id: int) -> str:

@@ -264,10 +264,12 @@ def repair_errors(mended: RepairReport) -> list[str]:
 def repair_lines(found: VerifyReport, mended: RepairReport) -> list[str]:
     """What was found, moved aside and fetched again, and the verdict."""
     lines = [verify_summary(found)]
+    lines += [f"mended the manifest of {line}" for line in mended.mended]
     lines += [f"moved aside {key}" for key in mended.moved]
     lines += [summary for result in mended.fetched if (summary := fetch_summary(result))]
     verdict = "the archive is whole" if mended.ok else "the archive is NOT whole"
-    lines.append(f"repair: {counted(len(mended.fetched), 'tune')} fetched again, "
+    entries = f"{counted(len(mended.mended), 'manifest field')} mended, " if mended.mended else ""
+    lines.append(f"repair: {entries}{counted(len(mended.fetched), 'tune')} fetched again, "
                  f"{counted(len(mended.moved), 'damaged file')} moved aside: {verdict}")
     return lines
 
@@ -278,6 +280,7 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
         **verify_json(found),
         "ok": mended.ok,
         "repair": {
+            "mended": mended.mended,
             "moved": mended.moved,
             "fetched": [tune_json(result) for result in mended.fetched],
             "after": verify_json(mended.after),

@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from tune_archiver import gallery, manifest
-from tune_archiver.commands.layouts import Layout, layout_path, trigger_words
+from tune_archiver.commands.layouts import Layout, layout_path, sidecar_name, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.errors import ArchiverError, ConfigError, IntegrityError, StorageError
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
@@ -67,15 +67,18 @@ async def export_tune(
         target = folder / name
         try:
             await in_thread(_make_dir, target.parent)
-            how = await store.save_blob_as(blob.sha256, target, hard_link=link)
-        except StorageError as exc:
+            how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
+        except (StorageError, IntegrityError) as exc:  # this file's alone: the others go on
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
         placed_at[(entry.kind, entry.index, entry.prompt_id)] = name
         if placed is not None and name == placed:  # its trigger words beside it
-            sidecar = target.with_suffix(".txt")
-            await in_thread(_write_new, sidecar, trigger_words(tune_id, found.tune).encode())
+            words = trigger_words(tune_id, found.tune).encode()
+            try:
+                await in_thread(_write_new, folder / sidecar_name(name, taken), words)
+            except StorageError as exc:
+                result.failed.append(f"{where}: its trigger words: {exc}")
     await in_thread(_write_new, folder / "manifest.json", data)
     page = gallery.tune_page(
         found, lambda entry: _relative(placed_at.get((entry.kind, entry.index, entry.prompt_id))))

@@ -6,6 +6,7 @@ Names are built from names.py's safe pieces only, so none leaves the export fold
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Literal, get_args
 
 from tune_archiver.commands.names import extension, folder_name
@@ -47,6 +48,18 @@ def layout_path(layout: Layout, entry: Entry, tune_id: int, tune: dict[str, Any]
     lora_folder, checkpoint_folder = FOLDERS[layout]
     folder = lora_folder if is_lora(tune) else checkpoint_folder
     return f"{folder}/{folder_name(tune_id, tune.get('title'))}{more}{suffix}"
+
+
+def sidecar_name(placed: str, taken: set[str]) -> str:
+    """The trigger words' file beside the checkpoint placed at `placed`: the same name
+    with .txt, else (a checkpoint that is itself a .txt, served as text/plain) the
+    name with .trigger-words.txt; added to `taken`."""
+    path = PurePosixPath(placed)
+    name = str(path.with_suffix(".txt"))
+    if name in taken:
+        name = str(path.with_suffix(".trigger-words.txt"))
+    taken.add(name)
+    return name
 
 
 def trigger_words(tune_id: int, tune: dict[str, Any]) -> str:

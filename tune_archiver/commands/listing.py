@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import StorageError, UnreadableManifest
 from tune_archiver.manifest import Manifest
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
@@ -15,7 +15,8 @@ from tune_archiver.store import Store
 async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:
     """Rows of archived tunes, newest id first (the --json shape of `list`).
 
-    A manifest that cannot be read is a row with an "error" saying why.
+    A manifest that cannot be read (damaged, or the disk cannot read it) is a row with
+    an "error" saying why; the other tunes are still listed.
     """
     rows = []
     for tune_id in sorted(await store.manifest_ids(), reverse=True):
@@ -23,6 +24,9 @@ async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:
             found = await manifest.read(store, tune_id)
         except UnreadableManifest as exc:
             rows.append({"tune_id": tune_id, "error": f"the manifest is unreadable: {exc.reason}"})
+            continue
+        except StorageError as exc:  # a folder or a FIFO in its place, EIO: this tune's alone
+            rows.append({"tune_id": tune_id, "error": str(exc)})
             continue
         if found is not None:  # None: removed since it was listed, so no longer archived
             rows.append(tune_row(found, now))

@@ -54,7 +54,10 @@ def extension(content_type: Any, url: Any) -> str:
         known = EXTENSIONS.get(content_type.split(";")[0].strip().lower())
         if known:
             return known
-    path = urlsplit(url).path if isinstance(url, str) else ""
+    try:
+        path = urlsplit(url).path if isinstance(url, str) else ""
+    except ValueError:  # "http://[x/a": any string passes the manifest's reader
+        path = ""
     name = path.rsplit("/", 1)[-1].lower()
     suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
     return suffix if _SUFFIX.fullmatch(suffix) else ".bin"

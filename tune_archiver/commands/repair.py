@@ -1,20 +1,27 @@
-"""`verify --repair`: what verify found broken is moved aside and fetched again.
+"""`verify --repair`: what verify found broken is mended, moved aside or fetched again.
 
-Each damaged blob (corrupt, missing, at a wrong place, not a file, unreadable) is moved
-to tmp/damaged/ (never deleted), and every tune that references one, or has a file that
-failed, is fetched again with fresh URLs; then those tunes are verified again. The
+A manifest entry that is wrong about a whole blob (its path, or its size where the
+blob hashes to its name) is mended in the manifest: the blob stays, since other tunes
+may hold it and a tune gone upstream can never fetch it again. Each damaged blob
+(corrupt, missing, at a wrong place, not a file, unreadable) is moved to tmp/damaged/
+(never deleted), and every tune that references one, or has a file that failed, is
+fetched again with fresh URLs; then the tunes touched are verified again. The
 archive is whole afterwards only if that verify finds nothing and no file was found
 gone upstream meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
+from tune_archiver import manifest
 from tune_archiver.commands.fetch import Clock, fetch
-from tune_archiver.commands.verify import BLOB_PROBLEMS, VerifyReport, verify
+from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.layout import blob_key
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
@@ -22,8 +29,9 @@ from tune_archiver.store import Store
 
 @dataclass
 class RepairReport:
-    """What a repair moved aside, fetched again, and found afterwards."""
+    """What a repair mended, moved aside, fetched again, and found afterwards."""
 
+    mended: list[str] = field(default_factory=list)  # one line per manifest field mended
     moved: list[str] = field(default_factory=list)  # keys under tmp/damaged/
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
@@ -41,19 +49,68 @@ async def repair(
     progress: Progress,
     clock: Clock,
 ) -> RepairReport:
-    """Mend what `found` reports: move its damaged blobs aside, fetch the tunes again
-    and verify them again. Raises ConfigError for a rejected key (what was moved
-    aside stays in tmp/damaged/, and the next repair fetches it as missing)."""
+    """Mend what `found` reports: mend the manifest entries wrong about a whole blob,
+    move the damaged blobs aside, fetch their tunes again and verify the tunes touched
+    again. Raises ConfigError for a rejected key (what was moved aside stays in
+    tmp/damaged/, and the next repair fetches it as missing)."""
     report = RepairReport()
-    broken = [p for p in found.problems if p.problem in BLOB_PROBLEMS | {"failed"}]
-    tunes = sorted({p.tune_id for p in broken})
-    if not tunes:
+    entries = [p for p in found.problems if p.entry_only]
+    damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
+    failed = [p for p in found.problems if p.problem == "failed"]
+    tunes = sorted({p.tune_id for p in damaged + failed})
+    mended_tunes = sorted({p.tune_id for p in entries})
+    if not tunes and not mended_tunes:
         report.after = found
         return report
+    for tune_id in mended_tunes:
+        report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
-    for sha in sorted({p.sha256 for p in broken if p.sha256 and p.problem in BLOB_PROBLEMS}):
+    for sha in sorted({p.sha256 for p in damaged if p.sha256}):
         report.moved += await store.set_aside_blob(sha, stamp)
-    report.fetched = await fetch(settings, tunes, NullProgress(), clock=clock, store=store,
-                                 staging=staging)
-    report.after = await verify(store, tunes, progress)
+    if tunes:
+        report.fetched = await fetch(settings, tunes, NullProgress(), clock=clock,
+                                     store=store, staging=staging)
+    report.after = await verify(store, sorted({*tunes, *mended_tunes}), progress)
     return report
+
+
+class _Unchanged(Exception):
+    """Nothing to mend in the manifest as it is now: nothing is written."""
+
+
+async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> list[str]:
+    """Give each archived entry of the tune's manifest the path its sha256 names and,
+    where verify found the blob whole with another size, that size; returns one line
+    per field mended. The manifest is read again under its lock: what changed since
+    verify is kept, and a manifest now unreadable or gone is left to the verify after."""
+    sizes = {p.sha256: p.true_size for p in problems
+             if p.tune_id == tune_id and p.sha256 and p.true_size is not None}
+    lines: list[str] = []
+
+    async def change(data: bytes | None) -> bytes:
+        lines.clear()  # a store may call it again after another writer's update
+        if data is None:
+            raise _Unchanged
+        entries = manifest.parse(data, tune_id).entries  # UnreadableManifest: left alone
+        document = json.loads(data)
+        for item, entry in zip(document["assets"], entries, strict=True):
+            blob = entry.blob
+            if blob is None:
+                continue
+            where = f"tune {tune_id}: {entry.kind} {entry.index}"
+            if entry.path != blob_key(blob.sha256):
+                item["path"] = blob_key(blob.sha256)
+                lines.append(f"{where}: its path set to {item['path']}")
+            size = sizes.get(blob.sha256)
+            if size is not None and size != blob.size:
+                item["size"] = size
+                lines.append(f"{where}: its size set to {size}, the whole blob's")
+        if not lines:
+            raise _Unchanged
+        return manifest.encode(document)
+
+    try:
+        await store.update_manifest(tune_id, change)
+    except (_Unchanged, UnreadableManifest):
+        return []
+    return lines

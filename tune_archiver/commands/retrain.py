@@ -150,7 +150,7 @@ async def _verified(store: Store, entry: Entry) -> bytes:
     assert blob is not None  # the plan holds archived entries only
     with tempfile.TemporaryDirectory(prefix="tune-archiver-") as folder:  # 0700
         target = Path(folder) / "blob"
-        await store.save_blob_as(blob.sha256, target, hard_link=False)
+        await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
         data = await in_thread(target.read_bytes)
     if hashlib.sha256(data).hexdigest() != blob.sha256:
         raise IntegrityError(f"training_image {entry.index}: its blob "

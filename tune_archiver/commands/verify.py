@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tune_archiver import manifest
 from tune_archiver.errors import NotAFile, StorageError, UnreadableManifest
-from tune_archiver.layout import blob_key
+from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
@@ -34,9 +34,15 @@ class Problem:
     problem: str
     detail: str
     sha256: str | None = None  # the blob the problem is with, if any
+    # True when the blob is not at fault, only this manifest entry: its path, or its size
+    # where the blob's bytes hash to its name. A repair mends the entry and keeps the
+    # blob, which other tunes may hold and which may no longer be fetched again.
+    entry_only: bool = False
+    true_size: int | None = None  # the whole blob's size, when the entry records another
 
 
-# Problems of a blob that a repair can mend by moving it aside and fetching it again.
+# Problems that a repair can mend: by mending the manifest entry (entry_only), else by
+# moving the blob aside and fetching it again.
 BLOB_PROBLEMS = frozenset({"missing", "corrupt", "wrong_path", "not_a_file", "unreadable"})
 
 
@@ -96,11 +102,12 @@ async def verify(
                 ))
                 continue
             ref = _Ref(tune_id, entry.kind, entry.index, blob.size, blob.sha256)
-            if entry.path != blob_key(blob.sha256):
+            if entry.path != blob_key(blob.sha256):  # the sha256 alone names the path
                 said = "has no path" if entry.path is None else f"says {entry.path!r}"
                 report.problems.append(_problem(
                     ref, "wrong_path",
                     f"the manifest {said}; its sha256 names {blob_key(blob.sha256)}",
+                    entry_only=True,
                 ))
             sizes.setdefault(blob.sha256, blob.size)
             refs[blob.sha256].append(ref)
@@ -131,37 +138,48 @@ async def verify(
         for ref in refs[sha]:
             outcome = _judge(sha, ref.size, task.result(), misplaced)
             if outcome is not None:
-                report.problems.append(_problem(ref, *outcome))
+                problem, detail, true_size = outcome
+                report.problems.append(_problem(ref, problem, detail,
+                                                entry_only=true_size is not None,
+                                                true_size=true_size))
     return report
 
 
 def _judge(
     sha: str, size: int, found: tuple[int, str] | StorageError | None,
     misplaced: dict[str, str],
-) -> tuple[str, str] | None:
-    """What is wrong with a blob, as one manifest entry sees it; None when nothing."""
+) -> tuple[str, str, int | None] | None:
+    """What is wrong with a blob, as one manifest entry sees it: (problem, detail, the
+    blob's true size when only the entry's size is wrong); None when nothing."""
     if isinstance(found, NotAFile):
-        return "not_a_file", f"{blob_key(sha)}: {found}"
+        return "not_a_file", f"{blob_key(sha)}: {found}", None
     if isinstance(found, StorageError):
-        return "unreadable", str(found)
+        return "unreadable", str(found), None
     if found is None:
         if sha in misplaced:
-            return "wrong_path", f"found at {misplaced[sha]}, not at {blob_key(sha)}"
-        return "missing", f"{blob_key(sha)} is missing"
+            return "wrong_path", f"found at {misplaced[sha]}, not at {blob_key(sha)}", None
+        return "missing", f"{blob_key(sha)} is missing", None
     actual, digest = found
+    if digest == sha:  # the bytes are those the name says: only the entry can be wrong
+        if actual == size:
+            return None
+        return "corrupt", (f"the manifest records {size} bytes; {blob_key(sha)} holds "
+                           f"{actual}, whose sha256 is its name"), actual
     if actual != size:
-        return "corrupt", f"{blob_key(sha)} holds {actual} bytes, not {size}"
-    if digest != sha:
-        return "corrupt", f"the bytes of {blob_key(sha)} hash to {digest}"
-    return None
+        return "corrupt", f"{blob_key(sha)} holds {actual} bytes, not {size}", None
+    return "corrupt", f"the bytes of {blob_key(sha)} hash to {digest}", None
 
 
 async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifest | None:
-    """The tune's manifest; None, with the problem reported, when it is missing or unreadable."""
+    """The tune's manifest; None, with the problem reported, when it is missing, damaged
+    or the disk cannot read it."""
     try:
         found = await manifest.read(store, tune_id)
     except UnreadableManifest as exc:
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", exc.reason))
+        return None
+    except StorageError as exc:  # a folder or a FIFO in its place, EIO: this tune's alone
+        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc)))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
@@ -171,9 +189,12 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
 
 def _damaged_tune(key: str) -> int | None:
     """The tune a set-aside manifest (manifests/damaged/<id>-<time>.json) belonged to."""
-    head = key.rsplit("/", 1)[-1].split("-", 1)[0]
-    return int(head) if head.isdigit() and int(head) > 0 else None
+    return tune_id_of(key.rsplit("/", 1)[-1].split("-", 1)[0])
 
 
-def _problem(ref: _Ref, problem: str, detail: str) -> Problem:
-    return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256)
+def _problem(
+    ref: _Ref, problem: str, detail: str, entry_only: bool = False,
+    true_size: int | None = None,
+) -> Problem:
+    return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256, entry_only,
+                   true_size)

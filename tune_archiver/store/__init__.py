@@ -123,8 +123,12 @@ class Store(Protocol):
         """Re-read a blob: (size, sha256 of its bytes), or None when it is missing."""
         ...
 
-    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
-        """Put the blob's bytes at the new local file `target`: "linked" or "copied"."""
+    async def save_blob_as(
+        self, sha256: str, target: Path, hard_link: bool, size: int | None = None
+    ) -> str:
+        """Put the blob's bytes at the new local file `target`: "linked" or "copied".
+        With `size` (what the manifest records), a blob of another size is refused
+        (StorageError) before anything is written."""
         ...
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:

@@ -35,7 +35,7 @@ def size_of(path: Path) -> int | None:
     return stat.st_size if S_ISREG(stat.st_mode) else None
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path, what: str = "a blob") -> BinaryIO:
     """Open a regular file to read, never following a link nor blocking on a FIFO.
 
     Raises FileNotFoundError when nothing is there, NotAFile for anything else.
@@ -44,12 +44,35 @@ def open_regular(path: Path) -> BinaryIO:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NotAFile(f"{path.name} is a symbolic link, not a blob") from exc
+            raise NotAFile(f"{path.name} is a symbolic link, not {what}") from exc
         raise
     if not S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise NotAFile(f"{path.name} is not a regular file")
     return os.fdopen(fd, "rb", buffering=0)
+
+
+def read_capped(path: Path, limit: int, what: str) -> bytes | None:
+    """The bytes of the regular file at `path`, at most `limit` of them; None when nothing
+    is there. Never follows a link, blocks on a FIFO or reads a device without end.
+
+    Raises NotAFile for anything but a regular file, StorageError for one larger than
+    `limit`, and OSError as reading does.
+    """
+    try:
+        file = open_regular(path, what)
+    except FileNotFoundError:
+        return None
+    with file:
+        size = os.fstat(file.fileno()).st_size
+        parts, total, step = [], 0, size + 1  # the first read takes it all, and sees EOF
+        while total <= limit and (chunk := file.read(min(step, limit + 1 - total))):
+            parts.append(chunk)
+            total += len(chunk)
+            step = READ_BLOCK
+    if total > limit:
+        raise StorageError(f"{path.name} is larger than {limit} bytes: not {what}")
+    return b"".join(parts)
 
 
 def sync_dir(directory: Path) -> None:
@@ -132,9 +155,14 @@ def hash_file(
     return size, digest.hexdigest()
 
 
-def save_as(blob: Path, target: Path, hard_link: bool, root: Path) -> str:
+def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | None) -> str:
     try:
         with open_regular(blob) as source:  # a link planted at the blob is never exported
+            found = os.fstat(source.fileno()).st_size
+            if size is not None and found != size:
+                raise StorageError(
+                    f"the blob {blob.name} holds {found} bytes, not the {size} its manifest "
+                    "records: it is damaged (verify --repair mends it); nothing was written")
             if hard_link:
                 try:
                     os.link(blob, target, follow_symlinks=False)

@@ -26,22 +26,26 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from tune_archiver.errors import ConfigError, StorageError, storage_error
+from tune_archiver.errors import ConfigError, NotAFile, StorageError, storage_error
 from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     OBJECTS,
     TMP,
     blob_key,
+    manifest_id,
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir
 from tune_archiver.store import Change, Growing
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
+    read_capped,
     save_as,
     size_of,
     sync_dir,
@@ -135,13 +139,7 @@ class LocalStore:
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
         """The manifest's bytes, or None when the tune has none yet."""
-        try:
-            async with aiofiles.open(self.path(manifest_key(tune_id)), "rb") as file:
-                return await file.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise storage_error(exc, self.root, f"read the manifest of tune {tune_id}") from exc
+        return await in_thread(self._read_manifest, self.path(manifest_key(tune_id)), tune_id)
 
     async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
         """Each tune's manifest bytes (None when it has none), read in one worker
@@ -149,19 +147,19 @@ class LocalStore:
         return await in_thread(self._read_manifests, list(tune_ids))
 
     def _read_manifests(self, tune_ids: list[int]) -> list[bytes | None]:
-        folder = str(self.path(MANIFESTS))
-        found: list[bytes | None] = []
-        for tune_id in tune_ids:
-            name = os.path.join(folder, os.path.basename(manifest_key(tune_id)))
-            try:
-                with open(name, "rb") as file:
-                    found.append(file.read())
-            except FileNotFoundError:
-                found.append(None)
-            except OSError as exc:
-                raise storage_error(exc, self.root,
-                                    f"read the manifest of tune {tune_id}") from exc
-        return found
+        folder = self.path(MANIFESTS)
+        return [self._read_manifest(folder / os.path.basename(manifest_key(tune_id)), tune_id)
+                for tune_id in tune_ids]
+
+    def _read_manifest(self, path: Path, tune_id: int) -> bytes | None:
+        """A FIFO, a link or a device planted at a manifest's place is never read."""
+        doing = f"read the manifest of tune {tune_id}"
+        try:
+            return read_capped(path, MAX_MANIFEST_BYTES, "a manifest")
+        except StorageError as exc:
+            raise StorageError(f"cannot {doing} in {self.root}: {exc}") from exc
+        except OSError as exc:
+            raise storage_error(exc, self.root, doing) from exc
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest atomically; returns its archive-relative key."""
@@ -184,18 +182,17 @@ class LocalStore:
         """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
         another one; returns where it went."""
         key = f"{DAMAGED}/{tune_id}-{stamp}.json"
-        await in_thread(self._set_aside, self.path(manifest_key(tune_id)), self.path(key))
+        await in_thread(self._set_aside, manifest_key(tune_id), key)
         return key
 
-    def _set_aside(self, source: Path, target: Path) -> None:
+    def _set_aside(self, source: str, target: str) -> None:
+        doing = "set a damaged manifest aside"
         try:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            os.link(source, target, follow_symlinks=False)  # fails rather than overwrite
-            os.unlink(source)
-            sync_dir(target.parent)
-            sync_dir(source.parent)
+            move_manifest_aside(self._absolute, source, target)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "set a damaged manifest aside") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by archive-relative key."""
@@ -239,10 +236,9 @@ class LocalStore:
     # -- reading the whole archive (verify, list, export, gc) ------------------------
 
     async def manifest_ids(self) -> list[int]:
-        """Every tune with a manifest, in increasing order."""
+        """Every tune with a manifest, in increasing order; other names are ignored."""
         names = await self._names(MANIFESTS, "list the manifests")
-        ids = (name.removesuffix(".json") for name in names if name.endswith(".json"))
-        return sorted(int(i) for i in ids if i.isdigit() and int(i) > 0)
+        return sorted(i for i in map(manifest_id, names) if i is not None)
 
     async def blobs(self) -> list[StoredBlob]:
         """Every blob at the path its name gives."""
@@ -263,14 +259,18 @@ class LocalStore:
         """
         return await in_thread(hash_file, self.path(blob_key(sha256)), advance, self.root)
 
-    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
+    async def save_blob_as(
+        self, sha256: str, target: Path, hard_link: bool, size: int | None = None
+    ) -> str:
         """Put the blob's bytes at `target`, which must not exist; "linked" or "copied".
 
         A hard link when asked and the filesystem allows it, else a copy written
-        beside the target and linked into place, so nothing is ever overwritten.
+        beside the target and linked into place, so nothing is ever overwritten. With
+        `size`, a blob of another size (cut short by the disk) is refused, nothing
+        written: one fstat, where hashing it would read it all.
         """
         blob = self.path(blob_key(sha256))
-        return await in_thread(save_as, blob, target, hard_link, self.root)
+        return await in_thread(save_as, blob, target, hard_link, self.root, size)
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
         """Move the blob's file (a link or FIFO as it is, never followed), and any copy
@@ -280,24 +280,13 @@ class LocalStore:
         return await in_thread(self._set_aside_blob, keys, f"{sha256}-{stamp}")
 
     def _set_aside_blob(self, keys: list[str], name: str) -> list[str]:
-        moved = []
+        doing = "set a damaged blob aside"
         try:
-            make_private_dir(self.path(DAMAGED_BLOBS))
-            for key in keys:
-                source = self.path(key)
-                if not os.path.lexists(source):
-                    continue
-                target = f"{DAMAGED_BLOBS}/{name}"
-                for n in range(1, 1000):
-                    if not os.path.lexists(self.path(target)):
-                        break
-                    target = f"{DAMAGED_BLOBS}/{name}-{n}"
-                os.rename(source, self.path(target))  # a link is moved, not followed
-                moved.append(target)
-            sync_dir(self.path(DAMAGED_BLOBS))
+            return move_blobs_aside(self._absolute, keys, DAMAGED_BLOBS, name)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "set a damaged blob aside") from exc
-        return moved
+            raise storage_error(exc, self.root, doing) from exc
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock)."""
@@ -324,6 +313,11 @@ class LocalStore:
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing, as stale_uploads."""
         return []
+
+
+def _refused(root: Path, doing: str, exc: NotAFile) -> StorageError:
+    return StorageError(f"refused to {doing} in {root}: {exc}, never followed; nothing "
+                        "was moved (remove it, then try again)")
 
 
 class _Intake:

@@ -248,9 +248,12 @@ class S3Store:
         """Bytes `start` to `end` (inclusive) of the blob, streamed (serve's Range)."""
         return read_range(self.bucket, sha256, start, end)
 
-    async def save_blob_as(self, sha256: str, target: Path, hard_link: bool) -> str:
+    async def save_blob_as(
+        self, sha256: str, target: Path, hard_link: bool, size: int | None = None
+    ) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;
-        checked against the name first. "copied": a bucket's object cannot be hard-linked."""
+        checked against the name first (every byte hashed, which says more than `size`).
+        "copied": a bucket's object cannot be hard-linked."""
         await save_as(self.bucket, sha256, target)
         return "copied"
 

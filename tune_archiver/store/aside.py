@@ -1,0 +1,124 @@
+"""Setting damaged things aside in a local archive, never through a planted link.
+
+verify --repair moves a damaged blob to tmp/damaged/, and a fetch moves an unreadable
+manifest to manifests/damaged/. A link planted at either folder (or on the way to it)
+would carry a person's photo out of the archive, so every folder on the way is opened
+with O_NOFOLLOW and the rename or link is made relative to those descriptors: what is
+checked is what is used. Blocking; run in worker threads (in_thread).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from tune_archiver.errors import NotAFile
+from tune_archiver.safefs import PRIVATE_DIR
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
+MAX_NAMES = 1000  # <name>-1 ... : never over another file set aside
+
+
+def open_folder(root: Path, key: str, create: bool) -> int | None:
+    """A descriptor of the folder at the archive-relative `key`, each part of it opened
+    without following a link (the root itself may be one); a missing part is made 0700
+    when `create`, else None is returned. Raises NotAFile naming the first part that
+    is a link or not a folder, OSError as the calls do."""
+    fd = os.open(root, _FOLDER)
+    try:
+        for depth, part in enumerate(parts := key.split("/")):
+            child = _open_part(fd, part, "/".join(parts[: depth + 1]), create)
+            if child is None:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_part(parent: int, name: str, shown: str, create: bool) -> int | None:
+    made = False
+    try:
+        try:
+            fd = os.open(name, _FOLDER | os.O_NOFOLLOW, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(name, PRIVATE_DIR, dir_fd=parent)
+                made = True
+            except FileExistsError:
+                pass  # made meanwhile by another process (or planted: opened below)
+            fd = os.open(name, _FOLDER | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in _NOT_A_FOLDER:
+            raise NotAFile(f"{shown} is a symbolic link or not a folder") from exc
+        raise
+    if made:
+        os.fchmod(fd, PRIVATE_DIR)  # the umask may have widened it
+    return fd
+
+
+def move_blobs_aside(root: Path, keys: list[str], folder: str, name: str) -> list[str]:
+    """Rename each file at `keys` (a link or a FIFO as it is, never followed) to
+    `folder`/`name` (`name`-1, ... when taken); returns the new keys."""
+    moved = []
+    target = open_folder(root, folder, create=True)
+    assert target is not None  # made when missing
+    try:
+        for key in keys:
+            where, _, file = key.rpartition("/")
+            source = open_folder(root, where, create=False)
+            if source is None:
+                continue
+            try:
+                if not _exists(file, source):
+                    continue
+                new = name
+                for n in range(1, MAX_NAMES):
+                    if not _exists(new, target):
+                        break
+                    new = f"{name}-{n}"
+                os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
+            finally:
+                os.close(source)
+            moved.append(f"{folder}/{new}")
+        os.fsync(target)
+    finally:
+        os.close(target)
+    return moved
+
+
+def move_manifest_aside(root: Path, key: str, aside: str) -> None:
+    """Move the manifest at `key` to `aside` by a hard link (failing rather than
+    overwrite one) and an unlink; both folders fsynced."""
+    where, _, file = key.rpartition("/")
+    into, _, new = aside.rpartition("/")
+    source = open_folder(root, where, create=False)
+    if source is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), where)
+    try:
+        target = open_folder(root, into, create=True)
+        assert target is not None  # made when missing
+        try:
+            os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
+            os.unlink(file, dir_fd=source)
+            os.fsync(target)
+            os.fsync(source)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
+def _exists(name: str, folder: int) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
