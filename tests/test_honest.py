@@ -170,6 +170,24 @@ def test_a_file_refused_before_expiry_fails_and_is_tried_again(
     assert statuses(archive, 1)[-1] == ("training_image", 2, "ok")
 
 
+def test_a_lost_blob_that_cannot_be_fetched_again_is_a_failure_and_keeps_its_entry(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob the disk lost is fetched again; when that fails, the run says the file
+    failed (exit 1, not "already archived"), and the manifest still names the blob, so
+    nothing archived is dropped and verify says what is missing."""
+    served = add_tune(standin, 1, images=2, expires_at=AHEAD)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    before = manifest_of(archive, 1)
+    blob_file(archive, served.images[0]).unlink()
+    standin.faults["img-1-0.jpg"] = [Status(404)] * 10
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 1
+    [tune] = json.loads(capsys.readouterr().out)["tunes"]
+    assert tune["ok"] is False
+    assert manifest_of(archive, 1)["assets"] == before["assets"]
+
+
 def test_all_does_not_fail_forever_on_a_file_gone_upstream(
     standin: StandIn, archive: Path
 ) -> None:

@@ -242,11 +242,11 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     ours = [done[asset] for asset in assets_of(tune) if asset in done] + carried
     # A run that cannot tell the workspace keeps what an earlier one recorded.
     told = await run.workspaces.of(tune.raw)
-    written: list[AssetResult] = []
+    reported: list[AssetResult] = []
 
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
-        written[:] = merged(ours, now)
+        written, reported[:] = merged(ours, now, plan.missing)
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
             workspace=told if told is not None else now.workspace if now else None,
@@ -256,7 +256,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
     key = await run.store.update_manifest(tune.id, change)
-    return key, written
+    return key, reported
 
 
 async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str:

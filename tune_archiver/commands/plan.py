@@ -6,7 +6,7 @@ it, which blobs exist); nothing here touches the network or the disk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,23 +113,34 @@ def _known(entry: Entry, present: Mapping[str, int]) -> AssetResult:
                        "missing from the archive", entry=entry)
 
 
-def merged(ours: Sequence[AssetResult], current: Manifest | None) -> list[AssetResult]:
-    """Our results, with what another run archived meanwhile (the manifest as it is now):
-    an entry it archived that we did not replaces our failure or joins the list, so no
-    file either run archived is dropped from the manifest."""
-    results = list(ours)
-    place = {result_key(result): i for i, result in enumerate(results)}
+def merged(
+    ours: Sequence[AssetResult], current: Manifest | None, missing: Collection[str] = ()
+) -> tuple[list[AssetResult], list[AssetResult]]:
+    """What the manifest records, and what the run reports: our results, with what
+    another run archived meanwhile (the manifest as it is now). An entry it archived
+    that we did not replaces our failure or joins the list, so no file either run
+    archived is dropped from the manifest.
+
+    The two differ only where we failed to fetch again a file whose blob we found
+    `missing` (by its sha256) and the manifest still names that blob: the entry stays
+    (what was archived; verify names its blob missing), and the run reports the failure.
+    """
+    recorded, reported = list(ours), list(ours)
+    place = {result_key(result): i for i, result in enumerate(recorded)}
     for entry, blob in archived_entries(current):
         key = entry_key(entry)
-        if key in place and results[place[key]].ok:
+        if key in place and recorded[place[key]].ok:
             continue
         theirs = CarriedOver(entry.asset, blob, reused=True, entry=entry)
-        if key in place:
-            results[place[key]] = theirs
-        else:
-            place[key] = len(results)
-            results.append(theirs)
-    return results
+        if key not in place:
+            place[key] = len(recorded)
+            recorded.append(theirs)
+            reported.append(theirs)
+            continue
+        recorded[place[key]] = theirs
+        if blob.sha256 not in missing:  # another run archived it meanwhile
+            reported[place[key]] = theirs
+    return recorded, reported
 
 
 def is_unchanged(
@@ -174,6 +185,8 @@ class TunePlan:
     reuse: dict[Asset, AssetResult] = field(default_factory=dict)  # known: no download
     download: list[Asset] = field(default_factory=list)
     left_out: list[Asset] = field(default_factory=list)  # not archived, excluded by --only
+    # The blobs of archived entries found missing, their assets to download again.
+    missing: set[str] = field(default_factory=set)
 
 
 def plan_tune(
@@ -198,6 +211,8 @@ def plan_tune(
             plan.reuse[asset] = replace(known, asset=asset)
         elif wanted is None or asset.kind in wanted:
             plan.download.append(asset)
+            if entry is not None and entry.blob is not None:
+                plan.missing.add(entry.blob.sha256)
         else:
             plan.left_out.append(asset)
     return plan
