@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -279,6 +280,21 @@ def test_error_page_with_200_fails_the_asset(standin: StandIn, archive: Path) ->
     entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
     assert entry["status"] == "failed"
     assert "error page (text/html)" in entry["error"]
+    assert stored_blobs(archive) == []
+
+
+def test_a_body_sent_compressed_is_not_archived_as_the_file(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that gzips the file though asked for it as it is (Accept-Encoding:
+    identity) sends other bytes than the file's: the file fails, nothing is stored."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Status(200, {"Content-Encoding": "gzip"},
+                                       gzip.compress(standin.files["ckpt-1"]))] * 5
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert "encoded (gzip)" in entry["error"]
     assert stored_blobs(archive) == []
 
 

@@ -34,7 +34,14 @@ from tune_archiver.errors import (
 from tune_archiver.models import Blob
 from tune_archiver.net.retry import call_with_retries
 from tune_archiver.net.throttle import TokenBucket
-from tune_archiver.net.transport import asset_status_error, content_range, get, pump, validator_of
+from tune_archiver.net.transport import (
+    asset_status_error,
+    content_range,
+    get,
+    pump,
+    refuse_encoded,
+    validator_of,
+)
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
@@ -248,6 +255,7 @@ class Downloader:
         content_type = response.content_type if "Content-Type" in response.headers else None
         if content_type in ERROR_PAGE_TYPES:
             raise DataError(f"the server sent an error page ({content_type}): {transfer.shown}")
+        refuse_encoded(response, transfer.shown)
         if response.status == 200:
             if partial.size:
                 await self._restart(transfer)

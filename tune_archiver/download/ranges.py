@@ -26,6 +26,7 @@ from tune_archiver.net.transport import (
     content_range,
     get,
     pump,
+    refuse_encoded,
     validator_of,
 )
 from tune_archiver.progress import Progress
@@ -145,6 +146,7 @@ class RangedFetch:
                 raise RangesRefused
             if validator_of(response.headers) != partial.validator:
                 raise RangesRefused  # a host that ignored If-Range: the file changed
+            refuse_encoded(response, shown)
             rest = await pump(response, write, self._settings.stall, self._throttle, RANGE_BATCH)
             if rest:
                 await write(rest)

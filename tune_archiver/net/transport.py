@@ -23,6 +23,7 @@ from tune_archiver.errors import (
     ArchiverError,
     BodyError,
     ConnectError,
+    DataError,
     ExpiredUrl,
     NetworkError,
     ReadTimeout,
@@ -32,6 +33,7 @@ from tune_archiver.errors import (
 from tune_archiver.net.guard import redirected_from
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.net.throttle import TokenBucket
+from tune_archiver.text import visible
 from tune_archiver.urls import check_fetchable, origin, redact
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them
@@ -235,6 +237,15 @@ async def asset_status_error(response: aiohttp.ClientResponse, shown: str) -> St
     return StatusError(
         f"HTTP {status} from {shown}", status, retry_after_of(response.headers.get("Retry-After"))
     )
+
+
+def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:
+    """Raise DataError for a body sent encoded (gzip, br...) though asked for as it is
+    (Accept-Encoding: identity): its bytes are not the file's, nor its ranges the file's."""
+    coding = response.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise DataError(f"the server sent the file encoded ({visible(coding[:20])}), not as "
+                        f"it is: {shown}")
 
 
 def validator_of(headers: CIMultiDictProxy[str]) -> str | None:
