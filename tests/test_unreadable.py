@@ -22,7 +22,7 @@ from tests.archive_helpers import (
     two_tunes_sharing_an_image,
     write_manifest,
 )
-from tests.helpers import blob_file, sha256, stored_blobs
+from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import StandIn
 
 
@@ -165,3 +165,24 @@ def test_a_folder_at_a_manifests_place_stops_nothing_else(
         assert document["tunes"] == 2
         assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [
             (2, "unreadable_manifest")]
+
+
+def test_a_manifest_the_disk_cannot_read_stops_no_other_tune_of_fetch_all(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--all reads a listing page's manifests together to skip unchanged tunes; one the
+    disk will not read (a folder in its place, as EIO) fails its own tune, and the
+    page's other tunes are fetched as `fetch 1 2 3` would."""
+    for tune_id in (1, 2, 3):
+        add_tune(standin, tune_id)
+    assert run_fetch(standin, archive, "--all") == 0
+    for tune_id in (1, 3):  # changed upstream: to be fetched again, not skipped
+        standin.tunes[tune_id]["updated_at"] = "2026-11-20T00:00:00Z"
+    (archive / "manifests" / "2.json").unlink()
+    (archive / "manifests" / "2.json").mkdir()
+    before = len(standin.seen("api", "/tunes/"))
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all") == 1
+    asked = {r.path for r in standin.seen("api", "/tunes/")[before:]}
+    assert {"/tunes/1", "/tunes/3"} <= asked
+    assert "manifest of tune 2" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from tune_archiver.errors import (
     ConfigError,
     ConnectError,
     ReadTimeout,
+    StorageError,
     UnreadableManifest,
 )
 from tune_archiver.manifest import Manifest
@@ -130,8 +131,12 @@ class UnchangedCheck:
 
     async def of_page(self, items: Sequence[dict[str, Any]]) -> list[bool]:
         ids = [item["id"] for item in items]
+        try:
+            found = await read_manifests(self._store, ids)
+        except StorageError:  # one the disk will not read: that tune is fetched, and fails
+            found = [await self._readable(tune_id) for tune_id in ids]
         previous: list[Manifest | None] = []
-        for tune_id, data in zip(ids, await read_manifests(self._store, ids), strict=True):
+        for tune_id, data in zip(ids, found, strict=True):
             try:
                 previous.append(None if data is None else manifest.parse(data, tune_id))
             except UnreadableManifest:
@@ -142,6 +147,13 @@ class UnchangedCheck:
             self._sizes.update(await blob_sizes(self._store, wanted))
         return [is_unchanged(found, item.get("updated_at"), self._sizes)
                 for found, item in zip(previous, items, strict=True)]
+
+    async def _readable(self, tune_id: int) -> bytes | None:
+        """The tune's manifest, or None (not known unchanged) when it cannot be read."""
+        try:
+            return await self._store.read_manifest(tune_id)
+        except StorageError:
+            return None
 
 
 async def get_tunes(
