@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from tune_archiver.errors import ConfigError
@@ -73,6 +74,20 @@ def make_private_dir(path: Path) -> None:
             new_private_dir(folder)
         except FileExistsError:
             continue  # made by another process meanwhile
+
+
+def refuse_links(paths: Sequence[Path], what: str) -> None:
+    """Raise ConfigError when any of these names is a symbolic link (the folders the tool
+    makes itself: a link at one was planted, and would lead it out of them)."""
+    for path in paths:
+        try:
+            is_link = stat.S_ISLNK(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+        if is_link:
+            raise ConfigError(f"refused {what} {path}: it is a symbolic link")
 
 
 def check_folder(path: Path, what: str) -> str | None:

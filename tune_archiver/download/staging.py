@@ -9,12 +9,14 @@ opens, measures room for, commits and releases them, and sweeps what is left ove
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
@@ -26,7 +28,7 @@ from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
-from tune_archiver.safefs import check_folder, make_private_dir
+from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
@@ -90,9 +92,14 @@ class Staging:
     """A local folder of partial downloads, resumable across runs (see partial.py)."""
 
     def __init__(self, directory: Path, shown: Path | None = None,
-                 write: Writer = os.pwritev, durable: bool = True) -> None:
+                 write: Writer = os.pwritev, durable: bool = True,
+                 made: Sequence[Path] | None = None) -> None:
         self.directory = directory
         self.shown = shown or directory  # what messages name: the archive, for a local one
+        # The folders this tool makes on the way (tmp/, ~/.cache/tune-archiver/...): a
+        # link at one was planted, and would lead downloads and gc out of them. One the
+        # user chose ($TUNE_ARCHIVER_STAGING) is theirs to make a link.
+        self._made = (directory,) if made is None else tuple(made)
         self._write = write
         # A local archive's partials become its blobs, so they are fsynced; an S3
         # archive's are uploaded and removed, and the bucket keeps them (see partial.py).
@@ -110,6 +117,7 @@ class Staging:
         Raises ConfigError for a folder another user owns or may write in: files
         planted there would be taken for our downloads.
         """
+        refuse_links(self._made, "the staging folder")
         warning = check_folder(self.directory, "the staging folder")
         if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
             log.warning(warning)
@@ -159,36 +167,83 @@ class Staging:
         return str(file)
 
     def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
-        cutoff = older_than.timestamp()
-        found = []
-        try:
-            for file in sorted(self.directory.iterdir()):
-                stat = file.lstat()
-                if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:  # damaged/ is kept
-                    found.append((file, stat.st_size))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, self.shown, "list partial downloads") from exc
-        return found
+        with self._folder() as folder:
+            return [(self.directory / name, size) for name, size in _stale_in(folder, older_than)]
 
     def _remove_stale(self, older_than: datetime) -> list[tuple[Path, int]]:
         removed = []
-        # Partials first: removing one removes its sidecar, which then counts as removed.
-        stale = sorted(self._stale(older_than), key=lambda found: found[0].suffix != ".part")
-        for file, size in stale:
-            try:
-                if file.suffix == ".part":
-                    gone = _remove_unless_locked(file)
-                else:  # a sidecar goes with its partial, if that one goes
-                    gone = not file.with_suffix(".part").exists()
-                    if gone:
-                        file.unlink(missing_ok=True)
-            except OSError as exc:
-                raise storage_error(exc, self.shown, "remove a partial download") from exc
-            if gone:
-                removed.append((file, size))
+        with self._folder() as folder:
+            # Partials first: removing one removes its sidecar, which then counts as removed.
+            stale = sorted(_stale_in(folder, older_than),
+                           key=lambda found: not found[0].endswith(".part"))
+            for name, size in stale:
+                try:
+                    if name.endswith(".part"):
+                        gone = _remove_unless_locked(folder, name)
+                    else:  # a sidecar goes with its partial, if that one goes
+                        gone = not _exists(folder, f"{name.removesuffix('.json')}.part")
+                        if gone:
+                            _unlink(folder, name)
+                except OSError as exc:
+                    raise storage_error(exc, self.shown, "remove a partial download") from exc
+                if gone:
+                    removed.append((self.directory / name, size))
         return sorted(removed)
+
+    @contextlib.contextmanager
+    def _folder(self) -> Iterator[int]:
+        """The folder, opened without following a link (none at all at the folders this
+        tool makes); -1 when it does not exist."""
+        refuse_links(self._made, "the staging folder")
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            yield -1
+            return
+        except OSError as exc:
+            raise storage_error(exc, self.shown, "list partial downloads") from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+
+# What this tool leaves in a staging folder: partials and their sidecars (and their
+# temp names), private partials, a local archive's manifest temp files. gc removes
+# nothing else: $TUNE_ARCHIVER_STAGING may name a folder that holds the user's files.
+_OURS = re.compile(r"[0-9a-f]{40}\.(part|json)|\.[0-9a-f]{40}\.json\.tmp"
+                   r"|(private-[a-z0-9_]{8}\.part)|(manifest-[a-z0-9_]{8}\.tmp)")
+
+
+def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
+    """Our regular files in the open folder last written before `older_than`: (name, bytes)."""
+    if folder < 0:
+        return []
+    cutoff = older_than.timestamp()
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not _OURS.fullmatch(entry.name):
+                continue  # damaged/ is kept, and whatever the user put here
+            stat = entry.stat(follow_symlinks=False)
+            if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:
+                found.append((entry.name, stat.st_size))
+    return sorted(found)
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _unlink(folder: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
 
 
 def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
@@ -197,12 +252,13 @@ def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
         return Staging(Path(location) / TMP, Path(location), write)
     chosen = os.environ.get(ENV_STAGING)
     if chosen:
-        return Staging(Path(chosen), write=write, durable=False)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return Staging(Path(chosen), write=write, durable=False, made=())
+    ours = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tune-archiver"
     bucket = urlsplit(str(location)).netloc
     tag = hashlib.sha256(str(location).encode()).hexdigest()[:12]
-    return Staging(cache / "tune-archiver" / "staging" / f"{bucket}-{tag}", write=write,
-                   durable=False)
+    directory = ours / "staging" / f"{bucket}-{tag}"
+    return Staging(directory, write=write, durable=False,
+                   made=(ours, ours / "staging", directory))
 
 
 def _prepare(directory: Path) -> set[str]:
@@ -213,10 +269,10 @@ def _prepare(directory: Path) -> set[str]:
                 if entry.name.endswith(".part")}
 
 
-def _remove_unless_locked(part: Path) -> bool:
+def _remove_unless_locked(folder: int, part: str) -> bool:
     """Remove a partial and its sidecar, unless a running download holds its lock."""
     try:
-        fd = os.open(part, os.O_RDONLY)
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
     except FileNotFoundError:
         return False
     try:
@@ -224,8 +280,8 @@ def _remove_unless_locked(part: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        part.with_suffix(".json").unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
+        _unlink(folder, f"{part.removesuffix('.part')}.json")
+        _unlink(folder, part)
         return True
     finally:
         os.close(fd)
