@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from aiohttp import web
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256
@@ -368,3 +369,37 @@ def test_fetch_usage_errors(standin: StandIn, archive: Path, args: list[str]) ->
     """Ids and --all exclude each other, --expiring-within needs --all and a real duration."""
     assert run_fetch(standin, archive, *args) == 2
     assert standin.requests == []
+
+
+class ListingBreaks(StandIn):
+    """A stand-in whose listing answers one page (before_id=3) with a broken body."""
+
+    async def _list_tunes(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("before_id") == "3":
+            return web.Response(text="{ not json", content_type="application/json")
+        return await super()._list_tunes(request)
+
+
+def test_a_listing_that_breaks_off_says_what_it_archived_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The third page of the listing is broken after tunes of the first were taken up:
+    they are archived, the run says the listing broke off, names them in --json, and
+    exits 1 (not 4, "nothing was done", nor a run that names none of them)."""
+    server = ListingBreaks().start()
+    try:
+        for tune_id in range(1, 13):
+            add_tune(server, tune_id, images=1)
+        archive = tmp_path / "archive"
+        capsys.readouterr()
+        assert run_fetch(server, archive, "--all", "--json", "--retries", "0") == 1
+    finally:
+        server.close()
+    out, err = capsys.readouterr()
+    archived = manifests(archive)
+    assert archived >= set(range(8, 13))  # the first page's, at least
+    document = json.loads(out)
+    assert document["ok"] is False
+    assert f"broke off after {len(archived)} tune(s)" in document["error"]
+    assert {t["tune_id"] for t in document["tunes"]} == archived
+    assert "broke off" in err

@@ -27,13 +27,24 @@ an error gives, in cli/exits.py.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ArchiverError(Exception):
     """Base of every error tune-archiver reports; str() is the user's message."""
+
+
+class ListingBrokeOff(ArchiverError):
+    """fetch --all: the account's listing failed after some tunes were taken up; those
+    were archived, and `results` (TuneResults) says how each went."""
+
+    def __init__(self, message: str, results: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.results = list(results)
 
 
 class ConfigError(ArchiverError):

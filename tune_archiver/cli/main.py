@@ -36,7 +36,7 @@ from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import ENV_API_KEY, AllTunes, Settings, archive_dir
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
-from tune_archiver.errors import ArchiverError, ConfigError
+from tune_archiver.errors import ArchiverError, ConfigError, ListingBrokeOff
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import above_bar, progress_for
 from tune_archiver.store import Store
@@ -165,11 +165,16 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         with above_bar():
             _tune_lines(args, result, secrets)
 
+    broke: ListingBrokeOff | None = None
     try:
         results = asyncio.run(until_signal(archive.fetch(
             settings, tunes, progress, clock=args.clock, finished=finished,
             waiting=waiting_for("gc", str(settings.archive)), announce=announce,
         )))
+    except ListingBrokeOff as exc:  # the tunes taken up were archived: said, and exit 1
+        broke, results = exc, exc.results
+        progress.close()
+        _error(str(exc), secrets, args.verbose)
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         _report_undone(stop, tunes, finished, settings, secrets)
@@ -179,12 +184,13 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     if args.json:
-        _print_json({"ok": all(r.ok for r in results),
+        _print_json({"ok": broke is None and all(r.ok for r in results),
+                     **({"error": str(broke)} if broke else {}),
                      "tunes": [report.tune_json(r) for r in results]}, secrets)
-    args.summary = report.tune_counts(results)
+    args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
         log.warning("%s", report.nothing_selected(tunes))
-    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+    return EXIT_OK if broke is None and all(r.ok for r in results) else EXIT_FAILED
 
 
 def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:

@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for, unexpected
-from tune_archiver.commands.flow import Loader, run_flow
+from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
 from tune_archiver.commands.plan import assets_of, has_expired, listing_state, merged
 from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
 from tune_archiver.download.staging import Staging, staging_for
-from tune_archiver.errors import ArchiverError, StatusError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, ListingBrokeOff, StatusError, UnreadableManifest
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
@@ -100,9 +100,15 @@ async def fetch(
                 await opening()
                 await _archive_tune(run, tune)
 
-        order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()), work,
-                               settings.concurrency * TUNES_PER_SLOT + API_CONCURRENCY,
-                               done_with, progress)
+        try:
+            order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()),
+                                   work, settings.concurrency * TUNES_PER_SLOT
+                                   + API_CONCURRENCY, done_with, progress)
+        except BrokeOff as broke:
+            raise ListingBrokeOff(
+                f"the listing of tunes broke off after {len(broke.order)} tune(s), which "
+                f"were seen through: {broke.error}",
+                [done_with.results[tune_id] for tune_id in broke.order]) from broke.error
         loader.close()
     return [done_with.results[tune_id] for tune_id in order]
 

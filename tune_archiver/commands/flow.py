@@ -30,11 +30,14 @@ async def run_flow(
     at most; finish each result `source` gives (a skipped tune) at once. Returns every
     tune id taken up, in the order `source` gave them.
 
-    The first error of `source` or of a worker stops the flow (the others are
-    cancelled) and is raised as it is, a rejected key before any other.
+    The first error of a worker, or of `source` before it gave any tune, stops the
+    flow (the others are cancelled) and is raised as it is, a rejected key before any
+    other. One of `source` after it gave tunes (a listing that breaks off on a later
+    page) lets the tunes taken up finish, then is raised as BrokeOff with them.
     """
     order: list[int] = []
     queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=workers)
+    broke: ArchiverError | None = None
 
     async def worker() -> None:
         while (tune_id := await queue.get()) is not None:
@@ -45,22 +48,40 @@ async def run_flow(
         async with asyncio.TaskGroup() as group:
             for _ in range(workers):
                 group.create_task(worker())
-            async for batch in source:
-                progress.add_tunes(len(batch))
-                for item in batch:
-                    if isinstance(item, TuneResult):
-                        order.append(item.tune_id)
-                        finish(item)
-                    else:
-                        order.append(item)
-                        await queue.put(item)
+            try:
+                async for batch in source:
+                    progress.add_tunes(len(batch))
+                    for item in batch:
+                        if isinstance(item, TuneResult):
+                            order.append(item.tune_id)
+                            finish(item)
+                        else:
+                            order.append(item)
+                            await queue.put(item)
+            except (ConfigError, AuthError):
+                raise
+            except ArchiverError as exc:
+                if not order:
+                    raise
+                broke = exc  # what was taken up is archived still, and said
             for _ in range(workers):
                 await queue.put(None)
     except BaseExceptionGroup as errors:
         failed = first_error(errors)
     if failed is not None:
         raise failed  # out here: its own cause and context kept, not the group's
+    if broke is not None:
+        raise BrokeOff(broke, order) from broke
     return order
+
+
+class BrokeOff(Exception):
+    """The source failed after giving tunes, which were all seen through: `order`."""
+
+    def __init__(self, error: ArchiverError, order: list[int]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.order = order
 
 
 def first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
