@@ -82,6 +82,42 @@ def test_gc_never_removes_through_a_linked_fan_out_folder(
     assert victim.read_bytes() == b"precious"
 
 
+def test_gc_refuses_a_link_planted_at_the_objects_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """objects/sha256 itself a link to a folder outside: gc refuses it on one line
+    (exit 2) and removes nothing there, not even a file named as a blob."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ab").mkdir(parents=True)
+    victim = elsewhere / "ab" / ("ab" + "0" * 62)
+    victim.write_bytes(b"precious")
+    (archive / "objects" / "sha256").rename(tmp_path / "moved")
+    (archive / "objects" / "sha256").symlink_to(elsewhere)
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 2
+    assert any("symbolic link" in line for line in ran.errors)
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("folder", ["objects", "objects/sha256", "manifests", "tmp"])
+def test_fetch_refuses_a_link_planted_at_a_folder_of_the_archive(
+    standin: StandIn, archive: Path, tmp_path: Path, folder: str
+) -> None:
+    """A link at a folder fetch makes itself would take blobs, manifests or partials
+    out of the archive: the run refuses it (exit 2) and writes nothing there."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.move(archive / folder, tmp_path / "moved")
+    (archive / folder).symlink_to(elsewhere)
+    standin.tunes[1]["updated_at"] = "2026-11-20T00:00:00Z"
+    assert run_fetch(standin, archive, "1") == 2
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_export_never_links_or_copies_through_a_planted_link(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

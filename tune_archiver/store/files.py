@@ -19,6 +19,7 @@ from typing import BinaryIO
 from tune_archiver.errors import NotAFile, StorageError, storage_error
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
+from tune_archiver.safefs import refuse_links
 
 READ_BLOCK = 4 * 2**20
 FICLONE = 0x40049409  # linux/fs.h: share the source's extents (a reflink)
@@ -119,7 +120,9 @@ class DirSyncs:
 
 
 def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:
-    """Each file under objects/sha256/*/ named by a digest, with its key."""
+    """Each file under objects/sha256/*/ named by a digest, with its key. Raises
+    ConfigError when objects/ or objects/sha256 is a link: gc would remove through it."""
+    refuse_links([objects.parent, objects], "the archive's folder")
     found = []
     try:
         for directory in objects.iterdir():

@@ -39,7 +39,7 @@ from tune_archiver.layout import (
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
-from tune_archiver.safefs import check_folder, make_private_dir
+from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
 from tune_archiver.store.files import (
@@ -55,6 +55,7 @@ from tune_archiver.store.locks import flocked
 from tune_archiver.threads import in_thread
 
 LOCK = "lock"
+FOLDERS = (OBJECTS, MANIFESTS, TMP)  # made by prepare
 log = logging.getLogger(__name__)
 NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 READ_BLOCK = 4 * 2**20
@@ -99,8 +100,12 @@ class LocalStore:
         warning = check_folder(self.root, "the archive")
         if warning:
             log.warning(warning)
+        # Folders this tool makes: a link at one was planted, and would take blobs,
+        # manifests or partials out of the archive.
+        refuse_links([self.root / "objects", *(self.root / name for name in FOLDERS)],
+                     "the archive's folder")
         try:
-            for name in (OBJECTS, MANIFESTS, TMP):
+            for name in FOLDERS:
                 await in_thread(make_private_dir, self.root / name)
         except OSError as exc:
             if exc.errno in NOT_WRITABLE:  # the operator's to fix, before anything is done
