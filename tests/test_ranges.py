@@ -3,6 +3,8 @@ and resumed on its own."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -157,3 +159,20 @@ def test_file_changed_between_ranges_starts_over(
     assert blob_file(archive, model).read_bytes() == model  # never a mix of two versions
     assert ranges_asked(standin)[-1] is None
     assert entry["size"] == SIZE
+
+
+def test_a_range_sent_compressed_fails_the_asset(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """A piece answered 206 with the right range and validator but gzipped (asked for
+    as it is): its bytes are not the file's, so the file fails and no blob is made."""
+    start, end = 3 * SPAN, 4 * SPAN
+    headers = {"ETag": '"' + hashlib.sha256(model).hexdigest()[:32] + '"',
+               "Content-Range": f"bytes {start}-{end - 1}/{SIZE}", "Content-Encoding": "gzip"}
+    standin.range_faults[("model", start)] = [
+        Status(206, headers, gzip.compress(model[start:end]))] * 6
+    assert run_fetch(standin, archive, "1", *SPLIT) == 1
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert entry["status"] == "failed"
+    assert "encoded (gzip)" in entry["error"]
+    assert not blob_file(archive, model).exists()
