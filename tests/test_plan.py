@@ -16,6 +16,7 @@ from tune_archiver.commands.plan import (
     expiring,
     is_unchanged,
     known_entries,
+    merged,
     plan_tune,
 )
 from tune_archiver.manifest import Manifest, asset_entry, build_manifest, encode, parse
@@ -297,3 +298,45 @@ def test_parse_moment(value: Any, expected: datetime | None) -> None:
 def test_expiring_within_a_week(listed: dict[str, Any], keep: bool, unreadable: bool) -> None:
     """Kept when ahead and within the window, or unreadable (said); absent never expires."""
     assert expiring(listed, WHEN, timedelta(days=7)) == Expiry(keep, unreadable)
+
+
+CHANGED = Blob(hashlib.sha256(b"image 0, changed").hexdigest(), 12, "image/jpeg")
+
+
+def results_with(tune: Tune, first_image: Blob | str) -> list[AssetResult]:
+    """A run's results for `tune`: its first training image as given (a blob, or an
+    error), the other files as document_of archived them."""
+    return [
+        (AssetResult(asset, first_image) if isinstance(first_image, Blob)
+         else AssetResult(asset, error=first_image))
+        if (asset.kind, asset.index) == ("training_image", 0)
+        else AssetResult(asset, Blob(sha, SIZES[sha], "image/jpeg"))
+        for asset, sha in zip(assets_of(tune), (SHA_C, SHA_0, SHA_1), strict=True)
+    ]
+
+
+def test_merged_keeps_the_version_another_run_archived_first() -> None:
+    """Two runs at once downloaded two versions of a file that changed upstream: the
+    manifest keeps the one recorded first, as runs one after the other would."""
+    tune = make_tune()
+    recorded, reported = merged(results_with(tune, CHANGED), manifest_of(tune))
+    assert [r.blob.sha256 for r in recorded if r.blob] == [SHA_C, SHA_0, SHA_1]
+    assert reported == recorded
+
+
+def test_merged_takes_our_download_over_a_blob_we_found_missing() -> None:
+    """A file whose blob was missing, downloaded again as another version: ours is
+    recorded, not the entry naming the lost blob."""
+    tune = make_tune()
+    recorded, reported = merged(results_with(tune, CHANGED), manifest_of(tune), {SHA_0})
+    assert [r.blob.sha256 for r in recorded if r.blob] == [SHA_C, CHANGED.sha256, SHA_1]
+    assert reported == recorded
+
+
+def test_merged_reports_a_failed_restore_and_records_the_entry() -> None:
+    """A file whose blob was missing and whose download failed again: the entry stays
+    in the manifest, and the run reports the failure."""
+    tune = make_tune()
+    recorded, reported = merged(results_with(tune, "404"), manifest_of(tune), {SHA_0})
+    assert [r.ok for r in recorded] == [True, True, True]
+    assert [r.ok for r in reported] == [True, False, True]

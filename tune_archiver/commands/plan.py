@@ -121,6 +121,10 @@ def merged(
     that we did not replaces our failure or joins the list, so no file either run
     archived is dropped from the manifest.
 
+    An entry another run archived also stays over the other version of that file we
+    downloaded meanwhile (it changed upstream): as when runs follow each other, the
+    version archived first is the one kept.
+
     The two differ only where we failed to fetch again a file whose blob we found
     `missing` (by its sha256) and the manifest still names that blob: the entry stays
     (what was archived; verify names its blob missing), and the run reports the failure.
@@ -129,8 +133,10 @@ def merged(
     place = {result_key(result): i for i, result in enumerate(recorded)}
     for entry, blob in archived_entries(current):
         key = entry_key(entry)
-        if key in place and recorded[place[key]].ok:
-            continue
+        if key in place and recorded[place[key]].ok and (
+            blob.sha256 in missing or recorded[place[key]].blob == blob
+        ):
+            continue  # ours replaces what we found missing; or it is the same blob
         theirs = CarriedOver(entry.asset, blob, reused=True, entry=entry)
         if key not in place:
             place[key] = len(recorded)
