@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from tune_archiver.errors import ConfigError
-from tune_archiver.scrub import scrub, scrub_json
-from tune_archiver.urls import redact_text
+from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -58,8 +57,8 @@ class JsonLines(logging.Handler):
                     timespec="milliseconds").replace("+00:00", "Z"),
                 "event": name,
                 "level": record.levelname.lower(),
-                "message": redact_text(scrub(record.getMessage(), self._secrets)),
-                **{k: _redacted(scrub_json(v, self._secrets)) for k, v in fields.items()},
+                "message": cleaned(record.getMessage(), self._secrets),
+                **{k: cleaned_json(v, self._secrets) for k, v in fields.items()},
             }
             self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
             self.stream.flush()
@@ -70,16 +69,6 @@ class JsonLines(logging.Handler):
         if self._owned:
             self.stream.close()
         super().close()
-
-
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, list | tuple):
-        return [_redacted(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
-    return value
 
 
 def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
