@@ -41,13 +41,32 @@ def test_redact_replaces_secret_query_values(param: str) -> None:
 
 @pytest.mark.parametrize(
     "harmless",
-    ["X-Amz-Expires=3600", "X-Amz-Date=20260101T000000Z", "X-Amz-SignedHeaders=host", "w=512"],
+    ["X-Amz-Expires=3600", "X-Amz-Date=20260101T000000Z", "X-Amz-SignedHeaders=host", "w=512",
+     "X-Amz-Algorithm=AWS4-HMAC-SHA256", "se=2026-11-29T10:00:00Z",
+     "response-content-type=image/jpeg", "versionId=3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"],
 )
 def test_redact_keeps_harmless_params(harmless: str) -> None:
     """Parameters that are not credentials survive redaction unchanged."""
     shown = redact(f"{BASE}?{harmless}&X-Amz-Signature={SECRET}")
     assert harmless in shown
     assert SECRET not in shown
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"w=512;X-Amz-Signature={SECRET}",
+        f"w=512%3BX-Amz-Signature%3D{SECRET}",
+        f"X-Amz-Date=20261129T000000Z;sig={SECRET}&h=64",
+        f"format=webp;{SECRET}",
+    ],
+)
+def test_redact_hides_a_signature_after_a_semicolon_in_a_harmless_value(query: str) -> None:
+    """Query strings split on ';' too (older servers, some CDNs): a harmless parameter
+    whose value holds one (or an '=') is not shown, so a signature cannot hide there."""
+    shown = redact(f"{BASE}?{query}")
+    assert SECRET not in shown
+    assert shown.startswith(f"{BASE}?")
 
 
 @pytest.mark.parametrize(

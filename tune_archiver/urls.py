@@ -44,12 +44,16 @@ HARMLESS_PARAMS = frozenset({
     "expires", "se", "st", "sv", "sr", "sp", "spr", "versionid", "response-content-type",
     "w", "h", "width", "height", "format", "fm", "q", "quality", "size",
 })
+# What a harmless value is kept as: a date, a number, a word, a MIME type. A value
+# holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
+# parameters to servers that split on `;`, one to parse_qsl) is replaced as well.
+_PLAIN_VALUE = re.compile(r"[\w.:/+, ~-]*")
 
 
 def redact(url: str) -> str:
-    """The URL with every query value but the harmless ones (HARMLESS_PARAMS), and any
-    user:password, replaced by REDACTED: a secret named in no list (`s`, `hmac`,
-    `hdnts`, `verify`, ...) is never shown or stored."""
+    """The URL with every query value but the harmless ones (HARMLESS_PARAMS, with a
+    plain value), and any user:password, replaced by REDACTED: a secret named in no
+    list (`s`, `hmac`, `hdnts`, `verify`, ...) is never shown or stored."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -61,11 +65,16 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(name, value if name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
-              else REDACTED) for name, value in pairs],
+            [(name, value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _kept(name: str, value: str) -> bool:
+    """True when a query parameter's (decoded) value may be shown as it is."""
+    return (name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
+            and _PLAIN_VALUE.fullmatch(value) is not None)
 
 
 def redact_text(text: str) -> str:
