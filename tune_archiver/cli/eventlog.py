@@ -14,9 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from tune_archiver.errors import ConfigError
+from tune_archiver.safefs import Planted, open_own
 from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
@@ -74,16 +76,21 @@ class JsonLines(logging.Handler):
 def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
     """The handler for --log-file PATH (appended to, private to its owner) or - (stderr).
 
-    Raises ConfigError when the file cannot be opened.
+    Raises ConfigError when the file cannot be opened, or when PATH is a link or
+    anything but a regular file of this user with one name (safefs.open_own).
     """
     if path == "-":
         return JsonLines(sys.stderr, secrets, owned=False)
     try:
-        stream = open(path, "a", encoding="utf-8", opener=_private)
+        stream = open(path, "a", encoding="utf-8", opener=_own)
+    except Planted as exc:
+        raise ConfigError(f"refused the log file: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
     return JsonLines(stream, secrets, owned=True)
 
 
-def _private(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
+def _own(path: str, flags: int) -> int:
+    # As every file we write: never through a link planted at its name (a shared log
+    # folder), and never blocked on a FIFO planted there.
+    return open_own(Path(path), flags | os.O_NONBLOCK)
