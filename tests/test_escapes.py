@@ -12,6 +12,7 @@ from tests.archive_helpers import add_tune, cli, manifest_of, write_manifest
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
 from tune_archiver.cli.terminal import json_text
+from tune_archiver.text import visible
 
 # An OSC 52 clipboard write, a CR LF that starts a forged summary line, a screen clear,
 # and the same sequences started by C1 controls (CSI U+009B, OSC U+009D).
@@ -163,3 +164,56 @@ def test_json_text_escapes_del_and_c1_but_keeps_text() -> None:
     text = json_text({"t": "é\x7f\x85\u009b"}, [])
     assert text == '{\n  "t": "é\\u007f\\u0085\\u009b"\n}'
     assert json.loads(text) == {"t": "é\x7f\x85\u009b"}
+
+
+def test_bidi_controls_in_a_title_are_shown_as_escapes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unicode's bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE, the U+2066-U+2069
+    isolates) reorder what a terminal shows ("Trojan Source"): a title holding them could
+    make a summary line read "0 failed" where it says otherwise. Like the C0 and C1
+    controls they are shown as escapes, not printed raw."""
+    add_tune(standin, 9, title="Jane\u202e deliaf 0 \u2066x\u2069")
+    assert run_fetch(standin, archive, "9") == 0
+    printed = capsys.readouterr()
+    for control in ("\u202e", "\u2066", "\u2069"):
+        assert control not in printed.out + printed.err
+    assert printed.out.startswith("tune 9 (Jane\\u202e deliaf 0 \\u2066x\\u2069): ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a\u202ab\u202bc\u202cd\u202de\u202e", "a\\u202ab\\u202bc\\u202cd\\u202de\\u202e"),
+        ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),
+        ("\u200e\u200f\u061c", "\\u200e\\u200f\\u061c"),
+        ("zero\u200bwidth\ufeff soft\u00adhyphen", "zero\\u200bwidth\\ufeff soft\\xadhyphen"),
+        ("line\u2028para\u2029", "line\\u2028para\\u2029"),
+        ("lone \ud800", "lone \\ud800"),
+        ("\U000e0001en", "\\U000e0001en"),
+        ("Zoë, 東京, Ελένη, \U0001f469\u200d\U0001f4bb, \u0645\u06cc\u200c\u0634\u0648\u062f",
+         "Zoë, 東京, Ελένη, \U0001f469\u200d\U0001f4bb, \u0645\u06cc\u200c\u0634\u0648\u062f"),
+    ],
+    ids=["embeddings-overrides", "isolates", "marks", "invisible", "separators", "surrogate",
+         "language-tag", "ordinary-text"],
+)
+def test_visible_escapes_format_characters_and_keeps_ordinary_text(
+    text: str, expected: str
+) -> None:
+    """Format characters (Unicode Cf), line and paragraph separators and lone surrogates
+    are shown as escapes; accented letters, CJK, Greek, emoji joined by ZWJ and Persian
+    joined by ZWNJ are kept as they are. (Compared as ascii(): a failure that quotes a
+    lone surrogate could not be reported.)"""
+    assert ascii(visible(text)) == ascii(expected)
+
+
+def test_json_text_escapes_bidi_controls_and_reads_back_the_same() -> None:
+    """--json writes bidirectional and other format characters as \\u escapes (a pair
+    beyond U+FFFF); a parser gets the same text back."""
+    value = {"t": "a\u202eb\u2066c\U000e0001d \U0001f469\u200d\U0001f4bb"}
+    text = json_text(value, [])
+    assert [char for char in "\u202e\u2066\U000e0001" if char in text] == []
+    assert "\\u202e" in text
+    assert "\\udb40\\udc01" in text
+    assert "\U0001f469\u200d\U0001f4bb" in text
+    assert json.loads(text) == value

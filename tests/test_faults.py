@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socketserver
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -182,6 +184,57 @@ def test_hostile_names_change_nothing_outside_the_archive(
     after = sorted(p for p in tmp_path.rglob("*"))
     assert [p for p in after if p not in before and not p.is_relative_to(archive)] == []
     assert blob_file(archive, data).exists()
+
+
+class RawHost:
+    """An asset host that answers every request with these raw bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.request.sendall(answer)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_malformed_answer_quoting_a_presigned_url_is_redacted_in_the_manifest_and_lines(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An asset host's redirect that aiohttp cannot parse (a space before the colon of
+    Location): aiohttp's error quotes the header line, presigned Location and all. The
+    file's error, in the manifest and on stderr, names it redacted."""
+    signed = ("https://sdbooth2-production.s3.amazonaws.com/x/model?X-Amz-Algorithm=AWS4-HMAC"
+              "-SHA256&X-Amz-Credential=AKIASECRETCRED&X-Amz-Signature=deadbeefSECRETSIG")
+    host = RawHost(b"HTTP/1.1 302 Found\r\nLocation : " + signed.encode()
+                   + b"\r\nContent-Length: 0\r\n\r\n")
+    try:
+        image = standin.add_file("img.jpg", b"\xff\xd8\xff" + b"j" * 3000)
+        standin.add_tune(8, [], [host.url("/files/model"), image])
+        assert run_fetch(standin, archive, "8", "--retries", "0") == 1
+    finally:
+        host.close()
+    printed = capsys.readouterr()
+    manifest = (archive / "manifests" / "8.json").read_text()
+    assert "malformed response" in manifest
+    assert "SECRETSIG" not in manifest
+    assert "AKIASECRETCRED" not in manifest
+    assert "SECRETSIG" not in printed.err + printed.out
 
 
 def test_stalled_server_is_retried_then_failed(standin: StandIn, archive: Path) -> None:

@@ -311,6 +311,25 @@ def test_signatures_are_redacted_in_the_manifest(standin: StandIn, archive: Path
     assert document["tune"]["ckpt_url"] == document["assets"][0]["url"]
 
 
+def test_a_presigned_url_with_an_apostrophe_is_redacted_in_the_manifests_tune(
+    standin: StandIn, archive: Path
+) -> None:
+    """An image URL whose path holds an apostrophe (legal in a URL, and in a file name
+    people upload: "jane's photo.jpg"): the manifest's copy of the tune holds it
+    redacted, as the asset entry does."""
+    url = standin.file_url("jane's.jpg", query="X-Amz-Date=20261129T000000Z"
+                           "&X-Amz-Credential=AKIASECRETCRED&X-Amz-Signature=deadbeefSECRETSIG")
+    standin.files["jane's.jpg"] = b"\xff\xd8\xff" + os.urandom(3000)
+    standin.add_tune(8, [], [url])
+    assert run_fetch(standin, archive, "8") == 0
+    document = json.loads((archive / "manifests" / "8.json").read_text())
+    assert document["assets"][0]["status"] == "ok"
+    assert "SECRETSIG" not in document["assets"][0]["url"]
+    text = json.dumps(document)
+    assert "SECRETSIG" not in text, document["tune"]["orig_images"]
+    assert "AKIASECRETCRED" not in text
+
+
 def test_key_never_printed_or_stored(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

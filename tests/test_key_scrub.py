@@ -1,4 +1,5 @@
-"""The API key, echoed back by the API, is in no file written and no line printed."""
+"""Secrets from a server (the API key echoed back, a presigned URL in an error text) are
+in no file written and no line printed."""
 
 from __future__ import annotations
 
@@ -104,3 +105,53 @@ def test_scrub_replaces_every_occurrence_longest_first() -> None:
     assert scrub("abc-abcdef abc", ["abc", "abcdef"]) == "REDACTED-REDACTED REDACTED"
     assert scrub_json({"k abc": ["abc", 1, None, {"x": "abc"}]}, ["abc"]) == {
         "k REDACTED": ["REDACTED", 1, None, {"x": "REDACTED"}]}
+
+
+# A presigned URL, as the API's error text may quote one.
+SIGNED = ("https://sdbooth2-production.s3.amazonaws.com/x/model?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=AKIASECRETCRED&X-Amz-Signature=deadbeefSECRETSIG")
+
+
+def refused_quoting(standin: StandIn, status: int, text: str) -> None:
+    """Tune 8's first request answers `status` with an `error` text naming SIGNED."""
+    body = json.dumps({"error": text.format(SIGNED)}).encode()
+    standin.api_faults[8] = [Status(status, {"Content-Type": "application/json"}, body)]
+
+
+def test_an_api_error_naming_a_presigned_url_shows_it_redacted_on_the_error_line(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's `error` text in a tune's error line names a presigned URL: the line
+    shows it redacted, as every URL that is shown."""
+    refused_quoting(standin, 422, "could not read {}")
+    assert run_fetch(standin, archive, "8", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "HTTP 422: could not read https://sdbooth2-production" in printed.err
+    assert "X-Amz-Signature=REDACTED" in printed.err
+    assert "SECRETSIG" not in printed.err + printed.out
+    assert "AKIASECRETCRED" not in printed.err + printed.out
+
+
+def test_an_api_error_naming_a_presigned_url_is_redacted_in_json(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json's `error` of the failed tune holds the same text, redacted too."""
+    refused_quoting(standin, 422, "could not read {}")
+    assert run_fetch(standin, archive, "8", "--retries", "0", "--json") == 1
+    printed = capsys.readouterr()
+    [tune] = json.loads(printed.out)["tunes"]
+    assert "X-Amz-Signature=REDACTED" in tune["error"]
+    assert "SECRETSIG" not in printed.out + printed.err
+
+
+def test_a_retry_line_quoting_a_presigned_url_shows_it_redacted(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retried API 503 whose `error` names a presigned URL: the retry line (stderr, at
+    the default verbosity) shows it redacted."""
+    standin.add_tune(8, [], [])
+    refused_quoting(standin, 503, "upstream {} unavailable")
+    assert run_fetch(standin, archive, "8", "--retries", "1") == 0
+    printed = capsys.readouterr()
+    assert "retrying" in printed.err
+    assert "SECRETSIG" not in printed.err

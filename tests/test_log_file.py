@@ -75,3 +75,20 @@ def test_a_log_file_that_cannot_be_opened_is_a_usage_error(
 
     assert main(["list", "--log-file", str(tmp_path / "no" / "log")]) == 2
     assert "cannot open the log file" in capsys.readouterr().err
+
+
+def test_a_link_planted_at_the_log_file_is_refused_and_never_written_through(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: "Every file tune-archiver writes is opened with O_NOFOLLOW". A link planted
+    at --log-file's name (a shared log folder) is refused with one error line and exit 2;
+    the file it points to is left as it was."""
+    target = tmp_path / "bashrc"
+    target.write_text("# mine\n")
+    log = tmp_path / "run.jsonl"
+    log.symlink_to(target)
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 2
+    assert target.read_text() == "# mine\n"
+    assert capsys.readouterr().err.splitlines() == [
+        f"tune-archiver: error: refused the log file: {log} is a symbolic link"]

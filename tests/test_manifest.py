@@ -108,6 +108,18 @@ def test_failed_entry_has_error_and_no_blob() -> None:
     assert not {"sha256", "size", "path"} & entry.keys()
 
 
+def test_a_failed_entrys_error_quoting_a_signed_url_is_stored_redacted() -> None:
+    """An error whose text quotes a presigned URL (a server's message, a library's) is
+    stored with that URL redacted."""
+    tune = make_tune()
+    results = results_for(tune)
+    results[1] = AssetResult(results[1].asset,
+                             error=f"malformed response (b'Location: {tune.checkpoint_urls[0]}')")
+    entry = build_manifest(tune, results, WHEN, complete=True)["assets"][1]
+    assert SECRET not in entry["error"]
+    assert "X-Amz-Signature=REDACTED" in entry["error"]
+
+
 def test_failed_entry_without_message_still_has_error() -> None:
     """A failure with no message gets a non-empty error, as the schema requires."""
     tune = make_tune()

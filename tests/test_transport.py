@@ -51,6 +51,13 @@ CASES: list[tuple[str, Callable[[], BaseException], type[Exception]]] = [
         lambda: aiohttp.ClientResponseError(INFO, (), status=400, message="Invalid header"),
         BodyError,
     ),
+    (
+        "response-quoting-a-url",
+        lambda: aiohttp.ClientResponseError(
+            INFO, (), status=400, message=f"Invalid header: b'Location : {SIGNED}'"
+        ),
+        BodyError,
+    ),
     ("content-type", lambda: aiohttp.ContentTypeError(INFO, (), message="bad type"), BodyError),
     ("os", lambda: aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset"), NetworkError),
     ("os-no-errno", lambda: aiohttp.ClientOSError(), NetworkError),

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from tune_archiver.errors import RefusedUrl
-from tune_archiver.urls import REDACTED, check_fetchable, origin, redact, redact_json, url_key
+from tune_archiver.urls import (
+    REDACTED,
+    check_fetchable,
+    origin,
+    redact,
+    redact_json,
+    redact_text,
+    url_key,
+)
 
 SECRET = "s3cr3tvalue"
 BASE = "https://bucket.example.com/ckpt/model.safetensors"
@@ -41,13 +49,32 @@ def test_redact_replaces_secret_query_values(param: str) -> None:
 
 @pytest.mark.parametrize(
     "harmless",
-    ["X-Amz-Expires=3600", "X-Amz-Date=20260101T000000Z", "X-Amz-SignedHeaders=host", "w=512"],
+    ["X-Amz-Expires=3600", "X-Amz-Date=20260101T000000Z", "X-Amz-SignedHeaders=host", "w=512",
+     "X-Amz-Algorithm=AWS4-HMAC-SHA256", "se=2026-11-29T10:00:00Z",
+     "response-content-type=image/jpeg", "versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"],
 )
 def test_redact_keeps_harmless_params(harmless: str) -> None:
     """Parameters that are not credentials survive redaction unchanged."""
     shown = redact(f"{BASE}?{harmless}&X-Amz-Signature={SECRET}")
     assert harmless in shown
     assert SECRET not in shown
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"w=512;X-Amz-Signature={SECRET}",
+        f"w=512%3BX-Amz-Signature%3D{SECRET}",
+        f"X-Amz-Date=20261129T000000Z;sig={SECRET}&h=64",
+        f"format=webp;{SECRET}",
+    ],
+)
+def test_redact_hides_a_signature_after_a_semicolon_in_a_harmless_value(query: str) -> None:
+    """Query strings split on ';' too (older servers, some CDNs): a harmless parameter
+    whose value holds one (or an '=') is not shown, so a signature cannot hide there."""
+    shown = redact(f"{BASE}?{query}")
+    assert SECRET not in shown
+    assert shown.startswith(f"{BASE}?")
 
 
 @pytest.mark.parametrize(
@@ -188,3 +215,43 @@ def test_urls_inside_text_and_protocol_relative_ones_are_redacted() -> None:
     out = redact_json({"notes": text, "list": [f"//c.example/z?s={SECRET}"]})
     assert SECRET not in json.dumps(out)
     assert out["notes"].startswith("see https://a.example/x?k=REDACTED or //b.example/y")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"could not read https://h.example/jane's.jpg?X-Amz-Signature={SECRET}",
+        f"'https://h.example/jane's.jpg?X-Amz-Signature={SECRET}' expired",
+        f'<a href="https://h.example/a">x</a><img src="https://h.example/b?sig={SECRET}">',
+        f'{{"a":"https://h.example/a","b":"https://h.example/b?sig={SECRET}"}}',
+        f"https://h.example/a<b>?sig={SECRET}",
+        f"https://h.example/a`b?sig={SECRET}",
+        f"Location:https://h.example/a?sig={SECRET}",
+        f"s3://bucket/key?X-Amz-Signature={SECRET}",
+    ],
+)
+def test_a_url_in_text_is_redacted_to_the_next_whitespace(text: str) -> None:
+    """Quotes, brackets and backquotes may sit inside a URL as a server sent it
+    ("jane's.jpg"): a URL in free text runs to the next whitespace, so no part of its
+    query is left unredacted."""
+    assert SECRET not in redact_text(text)
+
+
+def test_closing_punctuation_after_a_url_in_text_is_kept() -> None:
+    """The quote, bracket or full stop that closes a URL in text stays in the text."""
+    text = f"'https://h.example/jane's.jpg?sig={SECRET}' (see https://h.example/x?w=1)."
+    assert redact_text(text) == ("'https://h.example/jane's.jpg?sig=REDACTED' "
+                                 "(see https://h.example/x?w=1).")
+
+
+def test_a_url_run_into_another_url_has_its_password_redacted() -> None:
+    """A URL inside another's path (JSON without spaces) loses its user:password too."""
+    text = f'{{"a":"https://h.example/a","b":"https://me:{SECRET}@o.example/b"}}'
+    assert SECRET not in redact_text(text)
+
+
+def test_a_json_string_that_is_a_url_with_a_space_is_redacted_whole() -> None:
+    """A URL string holding a space ("my photo.jpg", never fetched) is still one URL: its
+    query is redacted, not shown as the text after a URL."""
+    out = redact_json({"orig_images": [f"https://h.example/my photo.jpg?sig={SECRET}"]})
+    assert SECRET not in json.dumps(out)

@@ -142,13 +142,13 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
     """One asset of the manifest: where it came from and its blob, or why it failed.
 
     A file carried over from the previous manifest keeps its entry's extra fields
-    (their URLs redacted, as everywhere in a manifest).
+    (their URLs redacted, as everywhere in a manifest: in an error's text too).
     """
     asset, blob = result.asset, result.blob
     known = result.entry if isinstance(result, CarriedOver) else None
     entry = Entry(
         asset.kind, asset.index, redact(asset.url), "gone" if result.gone else "failed",
-        error=result.error or "unknown error",
+        error=redact_text(result.error) if result.error else "unknown error",
         prompt_id=asset.prompt_id,
         prompt_text=redact_text(asset.prompt_text) if asset.prompt_text else asset.prompt_text,
         prompt_tune_id=asset.prompt_tune_id,

@@ -2,6 +2,8 @@
 
 The API may echo the key back, in a tune's text, a URL (`?api_key=...`) or an error
 body; every string on its way to a manifest, a result or a terminal passes here.
+`cleaned` and `cleaned_json` also redact every URL in the text: what every line shown
+(terminal, --json) and every log line (--log-file) is made of.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from tune_archiver.models import AssetResult, TuneResult
-from tune_archiver.urls import REDACTED
+from tune_archiver.urls import REDACTED, redact_json, redact_text
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
@@ -33,6 +35,17 @@ def scrub_json(value: Any, secrets: Sequence[str]) -> Any:
         return {scrub(str(key), secrets): scrub_json(item, secrets)
                 for key, item in value.items()}
     return value
+
+
+def cleaned(text: str, secrets: Sequence[str]) -> str:
+    """Free text fit to show or log: secrets scrubbed, then every URL in it redacted
+    (a server's error text may quote a presigned URL whole)."""
+    return redact_text(scrub(text, secrets))
+
+
+def cleaned_json(value: Any, secrets: Sequence[str]) -> Any:
+    """A copy of a JSON value fit to show or log: `cleaned` applied to every string."""
+    return redact_json(scrub_json(value, secrets))
 
 
 def scrub_result(result: TuneResult, secrets: Sequence[str]) -> TuneResult:

@@ -1,18 +1,52 @@
-"""Untrusted text made safe to show: control characters become visible escapes."""
+"""Untrusted text made safe to show: control and format characters become visible escapes."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # C0 controls, DEL and C1 controls: ESC and CSI start terminal sequences, CR and LF
 # can forge a line, and OSC 52 writes the clipboard.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What may be hidden (see `hidden`): every character but those known not to be, the
+# printable ASCII and U+00A0 to U+05FF less the soft hyphen (U+00AD), checked one by one.
+MAYBE_HIDDEN = re.compile(r"[^\x20-\x7e\xa0-\xac\xae-\u05ff]")
+# Format characters that ordinary text needs: the joiners of emoji sequences (ZWJ) and
+# of Persian and Indic words (ZWNJ), and the tags of subdivision flags.
+_JOINERS = frozenset("\u200c\u200d")
+_TAGS = range(0xE0020, 0xE0080)
+
+
+def hidden(char: str) -> bool:
+    """True for a character that acts on a terminal or on how a line reads, instead of
+    showing itself: C0, DEL and C1 controls; format characters (Unicode category Cf:
+    the bidirectional controls U+202A-U+202E and U+2066-U+2069 that reorder a line,
+    the marks U+200E, U+200F and U+061C, zero-width spaces, U+FEFF) but those ordinary
+    text needs; line and paragraph separators; and lone surrogates, which no terminal
+    encoding can print."""
+    if _CONTROL.match(char):
+        return True
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return char not in _JOINERS and ord(char) not in _TAGS
+    return category in ("Zl", "Zp", "Cs")
+
+
+def escape(char: str) -> str:
+    """A character as a visible escape: \\xNN, \\uNNNN or \\UNNNNNNNN."""
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
-    """The text with every control character shown as \\xNN, so it cannot act on a
-    terminal or start a line of its own."""
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    """The text with every hidden character (see `hidden`) shown as an escape (\\x1b,
+    \\u202e), so it can neither act on a terminal, start a line of its own, nor
+    reorder what a line shows. Accented letters, CJK and emoji are kept as they are."""
+    return MAYBE_HIDDEN.sub(
+        lambda found: escape(found.group()) if hidden(found.group()) else found.group(), text
+    )
 
 
 def has_control(text: str) -> bool:

@@ -17,8 +17,16 @@ from tune_archiver.text import visible
 
 REDACTED = "REDACTED"
 _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
-# A URL inside free text (an error message, a traceback): absolute or protocol-relative.
-_URL_IN_TEXT = re.compile(r"(?i)(?:\bhttps?:|(?<![\w/:]))//[^\s'\"<>]+")
+# A URL inside free text (an error message, a traceback): after a scheme (any: s3://
+# and hxxps:// hide secrets as well) or, protocol-relative, at a `//` that follows no
+# word; the look-behind keeps the search linear in a long run of letters. It runs to
+# the next whitespace: quotes, <, > and the like may sit inside a URL as a server sent
+# it (jane's.jpg), and a URL cut there would show the rest of its query as plain text.
+_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]*:|(?<![\w/:]))//\S*")
+# Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
+_CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
+# A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
+_USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
 FETCHABLE_SCHEMES = ("http", "https")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
@@ -44,12 +52,17 @@ HARMLESS_PARAMS = frozenset({
     "expires", "se", "st", "sv", "sr", "sp", "spr", "versionid", "response-content-type",
     "w", "h", "width", "height", "format", "fm", "q", "quality", "size",
 })
+# What a harmless value is kept as: a date, a number, a word, a MIME type. A value
+# holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
+# parameters to servers that split on `;`, one to parse_qsl) is replaced as well.
+_PLAIN_VALUE = re.compile(r"[\w.:/+,~-]*")
 
 
 def redact(url: str) -> str:
-    """The URL with every query value but the harmless ones (HARMLESS_PARAMS), and any
-    user:password, replaced by REDACTED: a secret named in no list (`s`, `hmac`,
-    `hdnts`, `verify`, ...) is never shown or stored."""
+    """The URL with every query value but the harmless ones (HARMLESS_PARAMS, with a
+    plain value), and any user:password (in its path too), replaced by REDACTED: a
+    secret named in no list (`s`, `hmac`, `hdnts`, `verify`, ...) is never shown or
+    stored."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -61,23 +74,38 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(name, value if name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
-              else REDACTED) for name, value in pairs],
+            [(name, value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    path = _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path)
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def _kept(name: str, value: str) -> bool:
+    """True when a query parameter's (decoded) value may be shown as it is."""
+    return (name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
+            and _PLAIN_VALUE.fullmatch(value) is not None)
 
 
 def redact_text(text: str) -> str:
-    """Free text with every URL in it redacted, protocol-relative ones included."""
-    return _URL_IN_TEXT.sub(lambda found: redact(found.group(0)), text)
+    """Free text with every URL in it redacted, protocol-relative ones included.
+
+    A URL runs to the next whitespace, less the closing punctuation at its end; a URL
+    run into it lies in its query (redacted) or its path (user:password redacted).
+    """
+    def redacted(found: re.Match[str]) -> str:
+        url = found.group(0).rstrip(_CLOSING)
+        return redact(url) + found.group(0)[len(url):]
+
+    return _URL_IN_TEXT.sub(redacted, text)
 
 
 def redact_json(value: Any) -> Any:
     """A copy of decoded JSON in which every URL is redacted, in a string of its own or
-    inside text, protocol-relative ones included."""
+    inside text, protocol-relative ones included. A string that starts as a URL is
+    redacted whole, as one URL, a space in it or not ("https://h/my photo.jpg?sig=...")."""
     if isinstance(value, str):
-        return redact_text(value)
+        return redact(value) if _URL_IN_TEXT.match(value) else redact_text(value)
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):

@@ -14,11 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from tune_archiver.errors import ConfigError
-from tune_archiver.scrub import scrub, scrub_json
-from tune_archiver.urls import redact_text
+from tune_archiver.safefs import Planted, open_own
+from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -58,8 +59,8 @@ class JsonLines(logging.Handler):
                     timespec="milliseconds").replace("+00:00", "Z"),
                 "event": name,
                 "level": record.levelname.lower(),
-                "message": redact_text(scrub(record.getMessage(), self._secrets)),
-                **{k: _redacted(scrub_json(v, self._secrets)) for k, v in fields.items()},
+                "message": cleaned(record.getMessage(), self._secrets),
+                **{k: cleaned_json(v, self._secrets) for k, v in fields.items()},
             }
             self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
             self.stream.flush()
@@ -72,29 +73,24 @@ class JsonLines(logging.Handler):
         super().close()
 
 
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, list | tuple):
-        return [_redacted(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
-    return value
-
-
 def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
     """The handler for --log-file PATH (appended to, private to its owner) or - (stderr).
 
-    Raises ConfigError when the file cannot be opened.
+    Raises ConfigError when the file cannot be opened, or when PATH is a link or
+    anything but a regular file of this user with one name (safefs.open_own).
     """
     if path == "-":
         return JsonLines(sys.stderr, secrets, owned=False)
     try:
-        stream = open(path, "a", encoding="utf-8", opener=_private)
+        stream = open(path, "a", encoding="utf-8", opener=_own)
+    except Planted as exc:
+        raise ConfigError(f"refused the log file: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
     return JsonLines(stream, secrets, owned=True)
 
 
-def _private(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
+def _own(path: str, flags: int) -> int:
+    # As every file we write: never through a link planted at its name (a shared log
+    # folder), and never blocked on a FIFO planted there.
+    return open_own(Path(path), flags | os.O_NONBLOCK)

@@ -310,7 +310,7 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     def started(url: str) -> None:
         if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
             link = url if args.token_file else f"{url}?token={token}"
-            print(f"serving {terminal.shown(link, secrets)} (read-only; Ctrl-C stops)",
+            print(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
                   flush=True)
 
     in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))

@@ -2,31 +2,35 @@
 
 Titles, URLs and error texts come from servers. Printed raw, an escape sequence
 could clear the screen or write the clipboard (OSC 52), and a CR or LF could forge
-a line of its own ("0 failed"). So every line is scrubbed of secrets and its control
-characters are shown as escapes; main.py prints nothing that has not come through here.
+a line of its own ("0 failed"), a bidirectional control could reorder one to read
+so; an error text may quote a presigned URL. So every line is scrubbed of secrets,
+every URL in it is redacted (as --log-file's lines are), and its control and format
+characters are shown as escapes (text.visible); main.py prints nothing that has not
+come through here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
-from tune_archiver.scrub import scrub, scrub_json
-from tune_archiver.text import visible
-from tune_archiver.urls import redact_text
-
-# JSON leaves DEL and C1 controls raw (ensure_ascii=False); C1 CSI (U+009B) and OSC
-# (U+009D) start terminal sequences as ESC [ and ESC ] do.
-_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+from tune_archiver.scrub import cleaned, cleaned_json, scrub
+from tune_archiver.text import MAYBE_HIDDEN, hidden, visible
 
 
 def shown(text: str, secrets: Sequence[str]) -> str:
-    """One printable line: secrets scrubbed, control characters (CR and LF included)
-    shown as \\xNN, so it can neither act on a terminal nor start a line of its own."""
-    return visible(scrub(text, secrets))
+    """One printable line: secrets scrubbed, every URL in it redacted, control and
+    format characters (CR, LF, U+202E included) shown as escapes, so it can neither act
+    on a terminal, start a line of its own, nor be reordered."""
+    return visible(cleaned(text, secrets))
+
+
+def own_link(link: str, secrets: Sequence[str]) -> str:
+    """A link of our own making that is meant to be used whole (serve's `?token=`, said
+    only to whoever ran us): escaped and scrubbed as any line, but not redacted."""
+    return visible(scrub(link, secrets))
 
 
 def traceback_text(text: str, secrets: Sequence[str]) -> str:
@@ -34,15 +38,30 @@ def traceback_text(text: str, secrets: Sequence[str]) -> str:
     errors name presigned URLs whole), secrets scrubbed, each of its lines escaped.
     The newlines between its lines are kept; any other control character is shown."""
     return "\n".join(
-        visible(redact_text(scrub(line, secrets))) for line in text.rstrip("\n").split("\n")
+        visible(cleaned(line, secrets)) for line in text.rstrip("\n").split("\n")
     )
 
 
 def json_text(value: Any, secrets: Sequence[str]) -> str:
-    """The --json document: secrets scrubbed, and DEL and C1 controls written as \\u00XX
-    (json.dumps escapes C0 itself), so the document holds no raw control character."""
-    text = json.dumps(scrub_json(value, secrets), indent=2, ensure_ascii=False)
-    return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    """The --json document: secrets scrubbed and URLs redacted in every string, and every
+    hidden character json.dumps leaves raw (ensure_ascii=False) written as a \\uXXXX
+    escape: DEL and C1 controls (CSI U+009B starts a terminal sequence as ESC [ does),
+    bidirectional and other format characters. A parser reads the same text back."""
+    text = json.dumps(cleaned_json(value, secrets), indent=2, ensure_ascii=False)
+    return MAYBE_HIDDEN.sub(lambda found: _json_escape(found.group()), text)
+
+
+def _json_escape(char: str) -> str:
+    """A hidden character as \\uXXXX (beyond U+FFFF, the two escapes of its UTF-16
+    pair); any other as it is. C0 is left alone: in the document's strings json.dumps
+    escaped it already, and the newlines between its lines are its own."""
+    if char < " " or not hidden(char):
+        return char
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 class SafeFormatter(logging.Formatter):

@@ -34,7 +34,7 @@ from tune_archiver.net.guard import redirected_from
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.text import visible
-from tune_archiver.urls import check_fetchable, origin, redact
+from tune_archiver.urls import check_fetchable, origin, redact, redact_text
 
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them
 ERROR_BODY_BYTES = 4096
@@ -69,7 +69,8 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
         waited = f" for {read_timeout:g} s" if read_timeout else ""
         raise ReadTimeout(f"no data{waited} from {shown}") from exc
     except aiohttp.ClientResponseError as exc:
-        raise BodyError(f"malformed response ({exc.message}) from {shown}") from exc
+        # aiohttp's parse error quotes the raw line, a presigned Location and all.
+        raise BodyError(f"malformed response ({redact_text(exc.message)}) from {shown}") from exc
     except aiohttp.ClientOSError as exc:
         reason = errno.errorcode.get(exc.errno or 0) or exc.strerror or "connection error"
         raise NetworkError(f"connection failed ({reason}): {shown}") from exc
