@@ -10,7 +10,7 @@ import functools
 import hashlib
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.text import visible
@@ -72,9 +72,12 @@ def redact(url: str) -> str:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = parts.query
     if query:
+        # An item with no "=" is all name: a bare token (?eyJhbGciOi...) is a secret too.
+        bare = {unquote_plus(item) for item in query.split("&") if "=" not in item}
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(name, value if _kept(name, value) else REDACTED) for name, value in pairs],
+            [(REDACTED, "") if name in bare and not value
+             else (name, value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
     path = _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path)
