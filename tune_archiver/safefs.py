@@ -131,3 +131,12 @@ def write_private(path: Path, data: bytes, sync: bool = True) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
+
+
+def exists_at(folder: int, name: str) -> bool:
+    """True when `name` exists in the open folder (a link counts; it is not followed)."""
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

@@ -28,7 +28,7 @@ from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
-from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
+from tune_archiver.safefs import check_folder, exists_at, make_private_dir, refuse_links
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
@@ -181,7 +181,7 @@ class Staging:
                     if name.endswith(".part"):
                         gone = _remove_unless_locked(folder, name)
                     else:  # a sidecar goes with its partial, if that one goes
-                        gone = not _exists(folder, f"{name.removesuffix('.json')}.part")
+                        gone = not exists_at(folder, f"{name.removesuffix('.json')}.part")
                         if gone:
                             _unlink(folder, name)
                 except OSError as exc:
@@ -229,14 +229,6 @@ def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
             if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:
                 found.append((entry.name, stat.st_size))
     return sorted(found)
-
-
-def _exists(folder: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _unlink(folder: int, name: str) -> None:

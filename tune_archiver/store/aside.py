@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from tune_archiver.errors import NotAFile
-from tune_archiver.safefs import PRIVATE_DIR
+from tune_archiver.safefs import PRIVATE_DIR, exists_at
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
@@ -77,11 +77,11 @@ def move_blobs_aside(root: Path, keys: list[str], folder: str, name: str) -> lis
             if source is None:
                 continue
             try:
-                if not _exists(file, source):
+                if not exists_at(source, file):
                     continue
                 new = name
                 for n in range(1, MAX_NAMES):
-                    if not _exists(new, target):
+                    if not exists_at(target, new):
                         break
                     new = f"{name}-{n}"
                 os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
@@ -114,11 +114,3 @@ def move_manifest_aside(root: Path, key: str, aside: str) -> None:
             os.close(target)
     finally:
         os.close(source)
-
-
-def _exists(name: str, folder: int) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
