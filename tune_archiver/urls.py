@@ -22,7 +22,8 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 # word; the look-behind keeps the search linear in a long run of letters. It runs to
 # the next whitespace: quotes, <, > and the like may sit inside a URL as a server sent
 # it (jane's.jpg), and a URL cut there would show the rest of its query as plain text.
-_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]*:|(?<![\w/:]))//\S*")
+_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]*:|(?<![\w/:]))//\S*")
+_NO_HOST = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]*:)?//")  # a lone "//" in text: no URL
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
 _CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
@@ -98,6 +99,8 @@ def redact_text(text: str) -> str:
     """
     def redacted(found: re.Match[str]) -> str:
         url = found.group(0).rstrip(_CLOSING)
+        if _NO_HOST.fullmatch(url):
+            return found.group(0)  # "Portrait // studio", "a (//) b": nothing to redact
         return redact(url) + found.group(0)[len(url):]
 
     return _URL_IN_TEXT.sub(redacted, text)

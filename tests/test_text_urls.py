@@ -1,0 +1,84 @@
+"""URLs in free text (a server's error, a title, a prompt): redacted wherever they
+start, and text holding no URL left exactly as it is, on disk and on every line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, cli, manifest_of
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tune_archiver.urls import redact_json, redact_text
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+# Ordinary text holding a "//" that starts no URL: a separator in a title or a prompt.
+TITLE = "Portrait // studio light"
+PROMPT = "photo of sks man, 35mm // cinematic"
+
+
+@pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //"])
+def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
+    """A "//" with no host after it starts no URL: it stays (it was once taken for an
+    empty URL, and redacted away)."""
+    assert redact_text(text) == text
+    assert redact_json({"title": text}) == {"title": text}
+
+
+def test_a_title_and_a_prompt_with_a_double_slash_are_archived_and_listed_as_they_are(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The manifest keeps the tune as the API returned it (URL signatures redacted) and
+    the prompt's text: a " // " in them stays, on disk and in `list`."""
+    add_tune(standin, 1, title=TITLE)
+    image = standin.add_file("gen-1.jpg", b"\xff\xd8generated")
+    standin.add_prompt(1, 101, PROMPT, [image])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = manifest_of(archive, 1)
+    assert document["tune"]["title"] == TITLE
+    [generated] = [e for e in document["assets"] if e["kind"] == "prompt_image"]
+    assert generated["prompt_text"] == PROMPT
+    listed = cli(capsys, "list", "--archive", str(archive))
+    assert TITLE in listed.out
+
+
+SECRET = "deadbeefSECRETSIG"
+SIGNED = ("https://sdbooth2-production.s3.amazonaws.com/x/model?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          f"&X-Amz-Signature={SECRET}")
+
+
+@pytest.mark.parametrize("text", [
+    f"access denied ...{SIGNED}",  # a server's text cut with "..."
+    f"try these:\n1.{SIGNED}",  # a numbered list
+    f"retrying --{SIGNED}",
+    f"at 10:00:00.{SIGNED}",
+    f"(.{SIGNED})",
+])
+def test_a_url_right_after_punctuation_is_still_redacted(text: str) -> None:
+    """A URL glued to punctuation (" ...https://", "1.https://", "--https://") is a URL
+    still: its signature is redacted."""
+    assert SECRET not in redact_text(text)
+
+
+def test_an_api_error_with_a_presigned_url_after_an_ellipsis_is_redacted_on_every_line(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's error text "image rejected ...https://...?X-Amz-Signature=..." reaches the
+    tune's error line and --json with the signature redacted."""
+    body = json.dumps({"error": f"image rejected ...{SIGNED}"}).encode()
+    standin.api_faults[8] = [Status(422, {"Content-Type": "application/json"}, body)]
+    assert run_fetch(standin, archive, "8", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "HTTP 422" in printed.err
+    assert SECRET not in printed.out + printed.err
+    standin.api_faults[8] = [Status(422, {"Content-Type": "application/json"}, body)]
+    assert run_fetch(standin, archive, "8", "--retries", "0", "--json") == 1
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err
