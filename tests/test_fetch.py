@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs
@@ -295,6 +296,20 @@ def test_a_body_sent_compressed_is_not_archived_as_the_file(
     entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
     assert entry["status"] == "failed"
     assert "encoded (gzip)" in entry["error"]
+    assert stored_blobs(archive) == []
+
+
+def test_a_second_content_encoding_field_is_not_missed(
+    standin: StandIn, archive: Path
+) -> None:
+    """Content-Encoding: identity, then Content-Encoding: gzip is a gzipped body (the
+    fields combine): refused like one field saying gzip."""
+    make_tune(standin, 1, images=0)
+    headers = CIMultiDict([("Content-Encoding", "identity"), ("Content-Encoding", "gzip")])
+    standin.faults["ckpt-1"] = [Status(200, headers, gzip.compress(standin.files["ckpt-1"]))] * 5
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
     assert stored_blobs(archive) == []
 
 

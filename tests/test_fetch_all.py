@@ -15,6 +15,8 @@ from aiohttp import web
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
+from tune_archiver.commands import flow
+from tune_archiver.errors import ConnectError
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -403,3 +405,25 @@ def test_a_listing_that_breaks_off_says_what_it_archived_first(
     assert f"broke off after {len(archived)} tune(s)" in document["error"]
     assert {t["tune_id"] for t in document["tunes"]} == archived
     assert "broke off" in err
+
+
+def test_a_listing_that_breaks_off_when_no_tune_could_be_reached_did_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API out of reach for every tune taken up, then the listing breaks off: nothing
+    was done, exit 4 and one line (not a traceback)."""
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectError("cannot connect to api.astria.ai:443 (Connection refused)")
+
+    monkeypatch.setattr(flow, "load_tune", unreachable)
+    server = ListingBreaks().start()
+    try:
+        for tune_id in range(1, 13):
+            add_tune(server, tune_id, images=1)
+        capsys.readouterr()
+        code = run_fetch(server, tmp_path / "archive", "--all", "--retries", "0")
+    finally:
+        server.close()
+    assert code == 4
+    [line] = capsys.readouterr().err.splitlines()
+    assert "cannot connect" in line

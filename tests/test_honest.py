@@ -188,6 +188,23 @@ def test_a_lost_blob_that_cannot_be_fetched_again_is_a_failure_and_keeps_its_ent
     assert manifest_of(archive, 1)["assets"] == before["assets"]
 
 
+def test_a_lost_blob_of_a_file_no_longer_listed_is_a_failure_and_keeps_its_entry(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file the tune no longer lists, whose blob the disk lost, cannot be fetched
+    again: the run says it failed (not "already archived"), and the manifest still
+    names it."""
+    served = add_tune(standin, 1, images=2, expires_at=AHEAD)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    standin.tunes[1]["orig_images"] = standin.tunes[1]["orig_images"][:1]
+    blob_file(archive, served.images[1]).unlink()
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 1
+    [tune] = json.loads(capsys.readouterr().out)["tunes"]
+    assert (tune["ok"], tune["failed"]) == (False, 1)
+    assert ("training_image", 1, "ok") in statuses(archive, 1)
+
+
 def test_all_does_not_fail_forever_on_a_file_gone_upstream(
     standin: StandIn, archive: Path
 ) -> None:

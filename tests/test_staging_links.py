@@ -4,6 +4,7 @@ tool makes, and gc removes only what the tool left there."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 from tests.standin import StandIn
 from tests.test_s3_archive import S3Archive, tune_archiver
 from tests.test_s3_archive import fetch as s3_fetch
-from tune_archiver.download.staging import staging_for
+from tune_archiver.download.staging import Staging, staging_for
 
 LATER = datetime.now(UTC) + timedelta(days=3)  # the clock gc is told: every partial is stale
 A_PARTIAL = "a" * 40 + ".part"  # named as this tool names one
@@ -128,3 +129,57 @@ def test_gc_removes_from_a_chosen_staging_folder_only_what_the_tool_left(
     assert tune_archiver(s3, "gc", clock=lambda: LATER) == 0
     assert untouched(chosen) == ["notes.txt"]
     s3.client.close()
+
+
+def test_gc_takes_a_chosen_staging_folder_that_is_a_link(
+    standin: StandIn, moto_s3: MotoS3, aws_env: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$TUNE_ARCHIVER_STAGING is the user's to make a link (to a bigger disk, say): fetch
+    stages through it, and gc sweeps it."""
+    real = tmp_path / "big-disk" / "staging"
+    real.mkdir(parents=True, mode=0o700)
+    (tmp_path / "staging").symlink_to(real)
+    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
+    s3 = bucket(moto_s3)
+    standin.add_tune(1, [], [standin.add_file("img.jpg", b"\xff\xd8\xff" + os.urandom(3000))])
+    assert s3_fetch(standin, s3, "1") == 0
+    (real / A_PARTIAL).write_bytes(b"left by a killed run")
+    old = (datetime.now(UTC) - timedelta(days=30)).timestamp()
+    os.utime(real / A_PARTIAL, (old, old))
+    assert tune_archiver(s3, "gc", clock=lambda: LATER) == 0
+    assert untouched(real) == []
+    s3.client.close()
+
+
+def test_a_partial_committed_while_gc_lists_the_folder_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 archive has no lock: a fetch may commit (and remove) a partial while gc
+    lists the shared staging folder. The vanished file is passed over, no error."""
+    folder = tmp_path / "staging"
+    folder.mkdir(mode=0o700)
+    (folder / A_PARTIAL).write_bytes(b"x" * 100)
+    real_scandir = os.scandir
+
+    class Racing:
+        """os.scandir of a folder whose partial is committed as the listing reaches it."""
+
+        def __init__(self, fd: int) -> None:
+            self._inner, self._fd = real_scandir(fd), fd
+
+        def __enter__(self) -> Racing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._inner.close()
+
+        def __iter__(self) -> Iterator[os.DirEntry[str]]:
+            for entry in self._inner:
+                if entry.name == A_PARTIAL:
+                    os.unlink(entry.name, dir_fd=self._fd)
+                yield entry
+
+    monkeypatch.setattr(os, "scandir", lambda fd: Racing(fd))
+    staging = Staging(folder, made=())
+    assert asyncio.run(staging.remove_stale(LATER)) == []

@@ -60,11 +60,14 @@ def test_redact_keeps_harmless_params(harmless: str) -> None:
     assert SECRET not in shown
 
 
-@pytest.mark.parametrize("query", [SECRET, f"w=512&{SECRET}", f"{SECRET}&h=64", f"{SECRET}%3D"])
+@pytest.mark.parametrize("query", [SECRET, f"w=512&{SECRET}", f"{SECRET}&h=64", f"{SECRET}%3D",
+                                   "c2VjcmV0LXRva2VuLTEyMw==", "c2VjcmV0LXRva2VuLTEyMw="])
 def test_redact_hides_a_bare_token_in_the_query(query: str) -> None:
-    """A query item with no '=' (?eyJhbGciOi...) is all name: a bare token, never shown."""
+    """A query item that is no name=value (?eyJhbGciOi..., a base64 token and its '='
+    padding) is a bare token: never shown, as a name no more than as a value."""
     shown = redact(f"{BASE}?{query}")
     assert SECRET not in shown
+    assert "c2VjcmV0LXRva2VuLTEy" not in shown
     assert "REDACTED" in shown
 
 

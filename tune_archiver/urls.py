@@ -10,7 +10,7 @@ import functools
 import hashlib
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.text import visible
@@ -57,6 +57,11 @@ HARMLESS_PARAMS = frozenset({
 # holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
 # parameters to servers that split on `;`, one to parse_qsl) is replaced as well.
 _PLAIN_VALUE = re.compile(r"[\w.:/+,~-]*")
+# What a parameter's name is shown as: a word (letters, '-' and '_'); any other, as a
+# bare token is (?eyJhbGciOi..., ?c2VjcmV0==), is REDACTED like a value. Those with
+# digits that servers use are named above.
+_NAME = re.compile(r"[A-Za-z][A-Za-z_-]{0,39}|" + "|".join(
+    re.escape(name) for name in sorted(SECRET_PARAMS | HARMLESS_PARAMS)), re.IGNORECASE)
 
 
 def redact(url: str) -> str:
@@ -73,12 +78,10 @@ def redact(url: str) -> str:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = parts.query
     if query:
-        # An item with no "=" is all name: a bare token (?eyJhbGciOi...) is a secret too.
-        bare = {unquote_plus(item) for item in query.split("&") if "=" not in item}
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(REDACTED, "") if name in bare and not value
-             else (name, value if _kept(name, value) else REDACTED) for name, value in pairs],
+            [(name if _NAME.fullmatch(name) else REDACTED, value if _kept(name, value)
+              else REDACTED) for name, value in pairs],
             safe="/:",
         )
     path = _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path)

@@ -105,6 +105,7 @@ async def fetch(
                                    work, settings.concurrency * TUNES_PER_SLOT
                                    + API_CONCURRENCY, done_with, progress)
         except BrokeOff as broke:
+            loader.close()  # no tune reached at all: the API is out of reach, nothing done
             raise ListingBrokeOff(
                 f"the listing of tunes broke off after {len(broke.order)} tune(s), which "
                 f"were seen through: {broke.error}",

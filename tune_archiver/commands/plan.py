@@ -125,9 +125,10 @@ def merged(
     downloaded meanwhile (it changed upstream): as when runs follow each other, the
     version archived first is the one kept.
 
-    The two differ only where we failed to fetch again a file whose blob we found
-    `missing` (by its sha256) and the manifest still names that blob: the entry stays
-    (what was archived; verify names its blob missing), and the run reports the failure.
+    The two differ only where the manifest names a blob we found `missing` (by its
+    sha256) and we did not fetch that file again (it failed, it is no longer listed, or
+    --only left it out): the entry stays (what was archived; verify names its blob
+    missing), and the run reports the failure, or nothing for a file left out.
     """
     recorded, reported = list(ours), list(ours)
     place = {result_key(result): i for i, result in enumerate(recorded)}
@@ -141,7 +142,8 @@ def merged(
         if key not in place:
             place[key] = len(recorded)
             recorded.append(theirs)
-            reported.append(theirs)
+            if blob.sha256 not in missing:  # one left out by --only: ok only if there
+                reported.append(theirs)
             continue
         recorded[place[key]] = theirs
         if blob.sha256 not in missing:  # another run archived it meanwhile
@@ -191,7 +193,8 @@ class TunePlan:
     reuse: dict[Asset, AssetResult] = field(default_factory=dict)  # known: no download
     download: list[Asset] = field(default_factory=list)
     left_out: list[Asset] = field(default_factory=list)  # not archived, excluded by --only
-    # The blobs of archived entries found missing, their assets to download again.
+    # The blobs of archived entries found missing (listed files among them are
+    # downloaded again): see merged.
     missing: set[str] = field(default_factory=set)
 
 
@@ -210,6 +213,8 @@ def plan_tune(
     """
     wanted = KINDS_OF[only] if only else None
     plan = TunePlan()
+    plan.missing = {entry.blob.sha256 for entry in previous.values() if entry.blob is not None
+                    and present.get(entry.blob.sha256) != entry.blob.size}
     for asset in assets_of(tune):
         entry = previous.get(asset_key(asset))
         known = _known(entry, present) if entry is not None else None
@@ -217,8 +222,6 @@ def plan_tune(
             plan.reuse[asset] = replace(known, asset=asset)
         elif wanted is None or asset.kind in wanted:
             plan.download.append(asset)
-            if entry is not None and entry.blob is not None:
-                plan.missing.add(entry.blob.sha256)
         else:
             plan.left_out.append(asset)
     return plan

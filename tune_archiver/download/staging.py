@@ -193,10 +193,11 @@ class Staging:
     @contextlib.contextmanager
     def _folder(self) -> Iterator[int]:
         """The folder, opened without following a link (none at all at the folders this
-        tool makes); -1 when it does not exist."""
+        tool makes; one the user chose may be a link of theirs); -1 when it does not exist."""
         refuse_links(self._made, "the staging folder")
+        unfollowed = os.O_NOFOLLOW if self.directory in self._made else 0
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | unfollowed)
         except FileNotFoundError:
             yield -1
             return
@@ -225,7 +226,10 @@ def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
         for entry in entries:
             if not _OURS.fullmatch(entry.name):
                 continue  # damaged/ is kept, and whatever the user put here
-            stat = entry.stat(follow_symlinks=False)
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # committed (or swept) meanwhile: a fetch may be running
             if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:
                 found.append((entry.name, stat.st_size))
     return sorted(found)

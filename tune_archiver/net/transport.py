@@ -243,8 +243,10 @@ async def asset_status_error(response: aiohttp.ClientResponse, shown: str) -> St
 def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:
     """Raise DataError for a body sent encoded (gzip, br...) though asked for as it is
     (Accept-Encoding: identity): its bytes are not the file's, nor its ranges the file's."""
-    coding = response.headers.get("Content-Encoding", "").strip().lower()
-    if coding not in ("", "identity"):
+    codings = [coding.strip().lower() for header in response.headers.getall(
+        "Content-Encoding", ()) for coding in header.split(",")]
+    coding = next((coding for coding in codings if coding not in ("", "identity")), None)
+    if coding is not None:
         raise DataError(f"the server sent the file encoded ({visible(coding[:20])}), not as "
                         f"it is: {shown}")
 
