@@ -235,6 +235,24 @@ def test_rerun_downloads_nothing_and_rewrites_the_manifest(
     assert check_manifest(manifest)["complete"] is True
 
 
+def test_a_reordered_listing_downloads_nothing_and_lists_each_file_once(
+    standin: StandIn, archive: Path
+) -> None:
+    """The same files listed in another order are archived already: nothing is asked for
+    again, and the manifest holds each once, at its new place, with its blob."""
+    make_tune(standin, 1, images=3)
+    assert run_fetch(standin, archive, "1") == 0
+    asset_requests = len(standin.seen("cdn"))
+    images = standin.tunes[1]["orig_images"]
+    standin.tunes[1]["orig_images"] = [images[2], images[0], images[1]]
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asset_requests
+    entries = [e for e in check_manifest(archive / "manifests" / "1.json")["assets"]
+               if e["kind"] == "training_image"]
+    assert [(e["index"], e["sha256"]) for e in entries] == [
+        (i, sha256(standin.files[f"img-1-{n}"])) for i, n in enumerate((2, 0, 1))]
+
+
 def test_rerun_downloads_a_blob_that_went_missing(standin: StandIn, archive: Path) -> None:
     """A blob deleted from the archive is fetched again on the next run."""
     make_tune(standin, 1, images=1)

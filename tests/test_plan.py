@@ -13,10 +13,12 @@ from tune_archiver.commands.plan import (
     archived_blobs,
     assets_of,
     carried_over,
+    entry_key,
     expiring,
     is_unchanged,
     known_entries,
     merged,
+    paired,
     plan_tune,
 )
 from tune_archiver.manifest import Manifest, asset_entry, build_manifest, encode, parse
@@ -119,15 +121,14 @@ def test_missing_or_wrong_size_blob_is_downloaded(
     assert set(plan.reuse) == {a for i, a in enumerate(assets) if i not in downloaded}
 
 
-@pytest.mark.parametrize("change", ["kind", "index", "path", "host"])
-def test_reuse_needs_kind_index_and_url_to_match(change: str) -> None:
-    """A manifest entry that differs in kind, index, path or host is not this asset's."""
+@pytest.mark.parametrize("change", ["kind", "path", "host"])
+def test_reuse_needs_kind_and_url_to_match(change: str) -> None:
+    """A manifest entry that differs in kind, path or host is not this asset's (one at
+    another place of the list is, when no asset is at its own: see paired)."""
     document = document_of(make_tune(""))
     entry = document["assets"][1]  # training image 0
     if change == "kind":
         entry["kind"] = "prompt_image"
-    elif change == "index":
-        entry["index"] = 5
     elif change == "path":
         entry["url"] = "https://img.example/other.jpg"
     else:
@@ -340,3 +341,17 @@ def test_merged_reports_a_failed_restore_and_records_the_entry() -> None:
     recorded, reported = merged(results_with(tune, "404"), manifest_of(tune), {SHA_0})
     assert [r.ok for r in recorded] == [True, True, True]
     assert [r.ok for r in reported] == [True, False, True]
+
+
+def test_paired_takes_an_entry_of_the_same_url_from_another_place_once() -> None:
+    """The list reordered: each key takes the entry of its own key, else one of the same
+    kind and URL whose own key no asset wants, lower index first, never one twice."""
+    tune = make_tune("")
+    entries = list(manifest_of(tune).entries)
+    keys = [entry_key(entry) for entry in entries]
+    ckpt, img0, img1 = keys
+    swapped = [ckpt, (img0[0], 0, img1[2]), (img1[0], 1, img0[2])]
+    found = paired(swapped, entries)
+    assert [entry_key(found[key]) for key in swapped] == [ckpt, img1, img0]
+    twice = [ckpt, (img0[0], 3, img0[2]), (img0[0], 4, img0[2])]  # one entry, two keys
+    assert [key in paired(twice, entries) for key in twice] == [True, True, False]

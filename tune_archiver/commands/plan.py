@@ -6,7 +6,7 @@ it, which blobs exist); nothing here touches the network or the disk.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,6 +84,23 @@ def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
     }
 
 
+def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKey, Entry]:
+    """The entry each wanted key stands for: the one of that key; else, the list having
+    been reordered, one of the same kind and URL whose own key is wanted by none. An
+    entry is paired once, the lower index first."""
+    by_key = {entry_key(entry): entry for entry in entries}
+    found = {key: by_key[key] for key in wanted if key in by_key}
+    spare: dict[tuple[str, str], list[Entry]] = {}
+    for key, entry in sorted(by_key.items(), key=lambda item: item[0][1]):
+        if key not in found:
+            spare.setdefault((key[0], key[2]), []).append(entry)
+    for key in wanted:
+        moved = spare.get((key[0], key[2]))
+        if key not in found and moved:
+            found[key] = moved.pop(0)
+    return found
+
+
 def carried_over(
     manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int]
 ) -> list[AssetResult]:
@@ -94,12 +111,11 @@ def carried_over(
     stay referenced and are never lost; one whose blob has gone missing is recorded
     as failed, saying so; one gone upstream stays gone.
     """
-    listed = {asset_key(asset) for asset in current}
-    kept: list[AssetResult] = []
-    for key, entry in known_entries(manifest).items():
-        if key not in listed:
-            kept.append(_known(entry, present))
-    return kept
+    known = known_entries(manifest)
+    listed = {entry_key(entry)
+              for entry in paired([asset_key(asset) for asset in current], known.values())
+              .values()}
+    return [_known(entry, present) for key, entry in known.items() if key not in listed]
 
 
 def _known(entry: Entry, present: Mapping[str, int]) -> AssetResult:
@@ -132,8 +148,10 @@ def merged(
     """
     recorded, reported = list(ours), list(ours)
     place = {result_key(result): i for i, result in enumerate(recorded)}
+    ours_of = {entry_key(entry): key for key, entry in
+               paired(list(place), (entry for entry, _ in archived_entries(current))).items()}
     for entry, blob in archived_entries(current):
-        key = entry_key(entry)
+        key = ours_of.get(entry_key(entry), entry_key(entry))
         if key in place and recorded[place[key]].ok and (
             blob.sha256 in missing or recorded[place[key]].blob == blob
         ):
@@ -215,8 +233,10 @@ def plan_tune(
     plan = TunePlan()
     plan.missing = {entry.blob.sha256 for entry in previous.values() if entry.blob is not None
                     and present.get(entry.blob.sha256) != entry.blob.size}
-    for asset in assets_of(tune):
-        entry = previous.get(asset_key(asset))
+    assets = assets_of(tune)
+    entries = paired([asset_key(asset) for asset in assets], previous.values())
+    for asset in assets:
+        entry = entries.get(asset_key(asset))
         known = _known(entry, present) if entry is not None else None
         if known is not None and (known.ok or known.gone):
             plan.reuse[asset] = replace(known, asset=asset)
