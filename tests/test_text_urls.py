@@ -4,6 +4,8 @@ start, and text holding no URL left exactly as it is, on disk and on every line.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,8 @@ TITLE = "Portrait // studio light"
 PROMPT = "photo of sks man, 35mm // cinematic"
 
 
-@pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //"])
+@pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //", "//",
+                                  "Portrait /// studio", "moody //#noir look"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an
     empty URL, and redacted away)."""
@@ -82,3 +85,29 @@ def test_an_api_error_with_a_presigned_url_after_an_ellipsis_is_redacted_on_ever
     assert run_fetch(standin, archive, "8", "--retries", "0", "--json") == 1
     printed = capsys.readouterr()
     assert SECRET not in printed.out + printed.err
+
+
+@pytest.mark.parametrize("unit", ["a.", "a-", "a+", " //"])
+def test_a_megabyte_of_hostile_text_is_redacted_without_hanging(unit: str) -> None:
+    """1 MB of "a.a.a..." (a title, a prompt, an error body: the API may send 16 MB) is
+    gone through once, not scanned again from every letter: it comes back whole, in
+    a second or so, where a scan from each place would take hours."""
+    code = ("from tune_archiver.urls import redact_json, redact_text\n"
+            f"text = {unit!r} * 500_000\n"
+            "assert redact_text(text) == text and redact_json([text]) == [text]\n")
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], cwd=repo, timeout=60, check=True)
+
+
+BARE = "QxTrVbNmKjHgFdSaPoIuYtRe"  # a token of letters alone: as much a word as a name is
+
+
+def test_a_bare_token_of_letters_never_reaches_the_manifest(
+    standin: StandIn, archive: Path
+) -> None:
+    """An asset URL ending in a bare token (?QxTrVb..., no '=') is stored redacted, in the
+    asset's entry and in the manifest's copy of the tune."""
+    url = standin.add_file("model.safetensors", b"weights" * 500) + f"?{BARE}"
+    standin.add_tune(1, [url], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert BARE not in (archive / "manifests" / "1.json").read_text()

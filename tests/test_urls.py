@@ -71,6 +71,14 @@ def test_redact_hides_a_bare_token_in_the_query(query: str) -> None:
     assert "REDACTED" in shown
 
 
+@pytest.mark.parametrize("token", ["QxTrVbNmKjHgFdSaPoIuYtRe", "Zk-Qw_Er-TyUi_OpAs-DfGh"])
+def test_redact_hides_a_bare_token_of_letters(token: str) -> None:
+    """A bare token of letters alone reads as a word, as a name does: with no value it
+    is a token still, never shown."""
+    for query in (token, f"w=512&{token}", f"{token}="):
+        assert token not in redact(f"{BASE}?{query}")
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -22,8 +22,9 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 # word; the look-behind keeps the search linear in a long run of letters. It runs to
 # the next whitespace: quotes, <, > and the like may sit inside a URL as a server sent
 # it (jane's.jpg), and a URL cut there would show the rest of its query as plain text.
-_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]*:|(?<![\w/:]))//\S*")
-_NO_HOST = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]*:)?//")  # a lone "//" in text: no URL
+# A scheme may start after punctuation ("...https://", "1.https://"); it is at most 32
+# characters, so each place is tried in bounded time: linear on hostile text (a.a.a...).
+_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:|(?<![\w/:]))//\S*")
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
 _CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
@@ -57,9 +58,10 @@ HARMLESS_PARAMS = frozenset({
 # holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
 # parameters to servers that split on `;`, one to parse_qsl) is replaced as well.
 _PLAIN_VALUE = re.compile(r"[\w.:/+,~-]*")
-# What a parameter's name is shown as: a word (letters, '-' and '_'); any other, as a
-# bare token is (?eyJhbGciOi..., ?c2VjcmV0==), is REDACTED like a value. Those with
-# digits that servers use are named above.
+# What a parameter's name is shown as: a word (letters, '-' and '_'), with a value; any
+# other, and one with no value or only '=' (a bare token: ?eyJhbGciOi..., ?QxTrVb...,
+# ?c2VjcmV0==), is REDACTED like a value. Those with digits that servers use are
+# named above.
 _NAME = re.compile(r"[A-Za-z][A-Za-z_-]{0,39}|" + "|".join(
     re.escape(name) for name in sorted(SECRET_PARAMS | HARMLESS_PARAMS)), re.IGNORECASE)
 
@@ -80,8 +82,8 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(name if _NAME.fullmatch(name) else REDACTED, value if _kept(name, value)
-              else REDACTED) for name, value in pairs],
+            [(name if _NAME.fullmatch(name) and value.strip("=") else REDACTED,
+              value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
     path = _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path)
@@ -102,11 +104,21 @@ def redact_text(text: str) -> str:
     """
     def redacted(found: re.Match[str]) -> str:
         url = found.group(0).rstrip(_CLOSING)
-        if _NO_HOST.fullmatch(url):
+        if _hostless(url):
             return found.group(0)  # "Portrait // studio", "a (//) b": nothing to redact
         return redact(url) + found.group(0)[len(url):]
 
     return _URL_IN_TEXT.sub(redacted, text)
+
+
+def _hostless(url: str) -> bool:
+    """True for what only looks like a URL in text ("//", "///", "//#noir"): no host and
+    no query, so nothing to redact, and the text stays as it is."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return not parts.netloc and not parts.query
 
 
 def redact_json(value: Any) -> Any:
@@ -114,7 +126,8 @@ def redact_json(value: Any) -> Any:
     inside text, protocol-relative ones included. A string that starts as a URL is
     redacted whole, as one URL, a space in it or not ("https://h/my photo.jpg?sig=...")."""
     if isinstance(value, str):
-        return redact(value) if _URL_IN_TEXT.match(value) else redact_text(value)
+        whole = _URL_IN_TEXT.match(value) and not _hostless(value.rstrip(_CLOSING))
+        return redact(value) if whole else redact_text(value)
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):
