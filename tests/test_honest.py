@@ -420,3 +420,42 @@ def test_a_blob_the_disk_cannot_read_is_its_own_problem(
     ]
     assert "Input/output error" in found.problems[0].detail
     assert found.blobs == len(served.all)
+
+
+def prompt_entries(archive: Path, tune_id: int) -> set[tuple[int, str, int, str]]:
+    return {(e["prompt_id"], e["kind"], e["index"], e["status"])
+            for e in manifest_of(archive, tune_id)["assets"] if e.get("prompt_id")}
+
+
+def test_an_input_of_a_deleted_prompt_stays_when_another_prompt_uses_the_same_url(
+    standin: StandIn, archive: Path
+) -> None:
+    """Prompt 500 used a reference image; it is deleted upstream, and prompt 501 uses the
+    same image as its second input. Prompt 500's entry stays (no longer listed), and
+    501 has its own: a file of one prompt is never taken for another's."""
+    standin.add_tune(10, [standin.add_file("ckpt", os.urandom(4_000))], [])
+    ref = standin.add_file("ref", os.urandom(900))
+    standin.add_prompt(10, 500, "ohwx in paris", [], input_image=ref)
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert prompt_entries(archive, 10) == {(500, "prompt_input", 0, "ok")}
+    standin.prompts[10] = []
+    standin.add_prompt(10, 501, "ohwx in rome", [], input_image=standin.add_file(
+        "other", os.urandom(901)), image_references=[ref])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert prompt_entries(archive, 10) == {(500, "prompt_input", 0, "ok"),
+                                          (501, "prompt_input", 0, "ok"),
+                                          (501, "prompt_input", 1, "ok")}
+
+
+def test_an_image_of_a_deleted_prompt_stays_when_another_prompt_lists_its_url(
+    standin: StandIn, archive: Path
+) -> None:
+    """The same with generated images, listed by two prompts at different places."""
+    standin.add_tune(10, [standin.add_file("ckpt", os.urandom(4_000))], [])
+    shared = standin.add_file("shared", os.urandom(900))
+    standin.add_prompt(10, 500, "first", [shared])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    standin.prompts[10] = []
+    standin.add_prompt(10, 501, "second", [standin.add_file("own", os.urandom(902)), shared])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert (500, "prompt_image", 0, "ok") in prompt_entries(archive, 10)

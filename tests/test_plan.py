@@ -73,12 +73,13 @@ def test_assets_of_lists_checkpoints_then_images() -> None:
 
 
 def test_archived_blobs_reads_back_a_built_manifest() -> None:
-    """Every ok entry is keyed by kind, index and the identity of the URL it came from."""
+    """Every ok entry is keyed by kind, prompt (none here), index and the identity of the
+    URL it came from."""
     found = archived_blobs(manifest_of(make_tune()))
     assert found == {
-        ("checkpoint", 0, identity(CKPT)): Blob(SHA_C, 1000, "image/jpeg"),
-        ("training_image", 0, identity(IMG0)): Blob(SHA_0, 10, "image/jpeg"),
-        ("training_image", 1, identity(IMG1)): Blob(SHA_1, 11, "image/jpeg"),
+        ("checkpoint", None, 0, identity(CKPT)): Blob(SHA_C, 1000, "image/jpeg"),
+        ("training_image", None, 0, identity(IMG0)): Blob(SHA_0, 10, "image/jpeg"),
+        ("training_image", None, 1, identity(IMG1)): Blob(SHA_1, 11, "image/jpeg"),
     }
 
 
@@ -350,8 +351,26 @@ def test_paired_takes_an_entry_of_the_same_url_from_another_place_once() -> None
     entries = list(manifest_of(tune).entries)
     keys = [entry_key(entry) for entry in entries]
     ckpt, img0, img1 = keys
-    swapped = [ckpt, (img0[0], 0, img1[2]), (img1[0], 1, img0[2])]
+    swapped = [ckpt, (img0[0], None, 0, img1[3]), (img1[0], None, 1, img0[3])]
     found = paired(swapped, entries)
     assert [entry_key(found[key]) for key in swapped] == [ckpt, img1, img0]
-    twice = [ckpt, (img0[0], 3, img0[2]), (img0[0], 4, img0[2])]  # one entry, two keys
+    twice = [ckpt, (img0[0], None, 3, img0[3]), (img0[0], None, 4, img0[3])]  # one entry
     assert [key in paired(twice, entries) for key in twice] == [True, True, False]
+
+
+def test_merged_puts_another_runs_entry_at_the_place_the_list_gives_it_now() -> None:
+    """Another run archived [a, b]; this one sees [b, a], fetches b and fails on a. The
+    other run's a is kept at its place in the list now (index 1), each index once."""
+    a, b = "https://img.example/a.jpg", "https://img.example/b.jpg"
+    old = parse_tune({"id": 1, "ckpt_urls": [], "orig_images": [a, b]}, 1)
+    new = parse_tune({"id": 1, "ckpt_urls": [], "orig_images": [b, a]}, 1)
+    blobs = {data: Blob(hashlib.sha256(data).hexdigest(), 1, "image/jpeg")
+             for data in (b"a", b"b")}
+    theirs = [AssetResult(asset, blobs[data])
+              for asset, data in zip(assets_of(old), [b"a", b"b"], strict=True)]
+    current = read_back(build_manifest(old, theirs, WHEN, complete=True))
+    b_ours, a_ours = assets_of(new)
+    ours = [AssetResult(b_ours, blobs[b"b"]), AssetResult(a_ours, error="HTTP 503")]
+    recorded, _ = merged(ours, current)
+    assert sorted((r.asset.index, r.asset.url, r.blob) for r in recorded) == [
+        (0, b, blobs[b"b"]), (1, a, blobs[b"a"])]

@@ -111,3 +111,31 @@ def test_a_bare_token_of_letters_never_reaches_the_manifest(
     standin.add_tune(1, [url], [])
     assert run_fetch(standin, archive, "1") == 0
     assert BARE not in (archive / "manifests" / "1.json").read_text()
+
+
+SIG = "SECRETSIGNATURE0123"
+
+
+@pytest.mark.parametrize("text", [
+    "a" * 40 + f"https://host/x?X-Amz-Signature={SIG}",  # glued to a long run of letters
+    "ID1234567890123456789012345678901234" + f"https://host/x?X-Amz-Signature={SIG}",
+    f"comexampleapplongdeeplinkschemename://host/cb?token={SIG}",  # a scheme over 32
+    "a" * 40 + f".https://host/?X-Amz-Signature={SIG}",
+    f"see //#https://host/x?X-Amz-Signature={SIG}",  # a URL inside a hostless one
+    f"see ///https://user:{SIG}@host/x",
+])
+def test_a_secret_glued_or_nested_in_text_is_never_shown(text: str) -> None:
+    """A URL glued to a run too long to be a scheme, with a scheme over 32 characters,
+    or inside what looks like a hostless URL: its secret is redacted still."""
+    assert SIG not in redact_text(text)
+    assert SIG not in str(redact_json({"title": text}))
+
+
+def test_a_title_glued_to_a_presigned_url_is_stored_redacted(
+    standin: StandIn, archive: Path
+) -> None:
+    """The same end to end: the manifest's copy of the title holds no signature."""
+    title = "Backupofmyportraitsessionfromlastweek" + f"https://s3.example/k?X-Amz-Signature={SIG}"
+    add_tune(standin, 1, title=title)
+    assert run_fetch(standin, archive, "1") == 0
+    assert SIG not in (archive / "manifests" / "1.json").read_text()

@@ -22,10 +22,13 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 # word; the look-behind keeps the search linear in a long run of letters. It runs to
 # the next whitespace: quotes, <, > and the like may sit inside a URL as a server sent
 # it (jane's.jpg), and a URL cut there would show the rest of its query as plain text.
-# A scheme may start after punctuation ("...https://", "1.https://"); it is at most 32
-# characters, so each place is tried in bounded time: linear on hostile text (a.a.a...).
-_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:|(?<![\w/:]))//\S*")
+# A URL is its "//" and what follows, with the scheme before it when there is one: a
+# scheme may start after punctuation ("...https://", "1.https://") and is at most 32
+# characters, so each place is tried in bounded time (linear on a.a.a...). One glued
+# to a longer run, or a longer scheme, is still caught at its "//".
+_URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:)?(?<!/)//\S*")
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
+_INSIDE = re.compile(r"//|[?@]")  # a URL, a query or a user:password inside a hostless one
 _CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
@@ -112,13 +115,14 @@ def redact_text(text: str) -> str:
 
 
 def _hostless(url: str) -> bool:
-    """True for what only looks like a URL in text ("//", "///", "//#noir"): no host and
-    no query, so nothing to redact, and the text stays as it is."""
+    """True for what only looks like a URL in text ("//", "///", "//#noir"): no host, no
+    query, and no URL inside it, so nothing to redact, and the text stays as it is."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return False
-    return not parts.netloc and not parts.query
+    rest = url[url.index("//"):].lstrip("/")
+    return not parts.netloc and not parts.query and not _INSIDE.search(rest)
 
 
 def redact_json(value: Any) -> Any:

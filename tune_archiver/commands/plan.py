@@ -23,7 +23,9 @@ KINDS_OF: dict[Only, tuple[AssetKind, ...]] = {
 }
 
 
-AssetKey = tuple[str, int, str]  # kind, index, urls.identity of the URL
+# kind, prompt id (None but for a prompt's files), index, urls.identity of the URL: two
+# prompts may list one URL (a reference image), each its own file of the manifest.
+AssetKey = tuple[str, int | None, int, str]
 
 
 def assets_of(tune: Tune) -> list[Asset]:
@@ -48,7 +50,7 @@ def _prompt_files(prompt: Prompt) -> tuple[tuple[AssetKind, tuple[str, ...]], ..
 
 def asset_key(asset: Asset) -> AssetKey:
     """What identifies an asset across runs, whatever its URL's signature."""
-    return (asset.kind, asset.index, identity(asset.url))
+    return (asset.kind, asset.prompt_id, asset.index, identity(asset.url))
 
 
 def result_key(result: AssetResult) -> AssetKey:
@@ -58,7 +60,7 @@ def result_key(result: AssetResult) -> AssetKey:
 
 def entry_key(entry: Entry) -> AssetKey:
     """The key of a manifest's entry: its recorded source, its URL being redacted."""
-    return (entry.kind, entry.index, entry.identity)
+    return (entry.kind, entry.prompt_id, entry.index, entry.identity)
 
 
 def archived_entries(manifest: Manifest | None) -> Iterator[tuple[Entry, Blob]]:
@@ -70,7 +72,7 @@ def archived_entries(manifest: Manifest | None) -> Iterator[tuple[Entry, Blob]]:
 
 
 def archived_blobs(manifest: Manifest | None) -> dict[AssetKey, Blob]:
-    """The blobs a previous manifest recorded as archived, by (kind, index, URL key)."""
+    """The blobs a previous manifest recorded as archived, by their AssetKey."""
     return {entry_key(entry): blob for entry, blob in archived_entries(manifest)}
 
 
@@ -86,19 +88,25 @@ def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
 
 def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKey, Entry]:
     """The entry each wanted key stands for: the one of that key; else, the list having
-    been reordered, one of the same kind and URL whose own key is wanted by none. An
-    entry is paired once, the lower index first."""
+    been reordered, one of the same kind, prompt and URL whose own key is wanted by
+    none. An entry is paired once, the lower index first."""
     by_key = {entry_key(entry): entry for entry in entries}
     found = {key: by_key[key] for key in wanted if key in by_key}
-    spare: dict[tuple[str, str], list[Entry]] = {}
-    for key, entry in sorted(by_key.items(), key=lambda item: item[0][1]):
+    spare: dict[tuple[str, int | None, str], list[Entry]] = {}
+    for key, entry in sorted(by_key.items(), key=lambda item: item[0][2]):
         if key not in found:
-            spare.setdefault((key[0], key[2]), []).append(entry)
+            spare.setdefault(_moved(key), []).append(entry)
     for key in wanted:
-        moved = spare.get((key[0], key[2]))
+        moved = spare.get(_moved(key))
         if key not in found and moved:
             found[key] = moved.pop(0)
     return found
+
+
+def _moved(key: AssetKey) -> tuple[str, int | None, str]:
+    """What a file keeps when its list is reordered: all of its key but its index."""
+    kind, prompt_id, _, source = key
+    return kind, prompt_id, source
 
 
 def carried_over(
@@ -156,7 +164,9 @@ def merged(
             blob.sha256 in missing or recorded[place[key]].blob == blob
         ):
             continue  # ours replaces what we found missing; or it is the same blob
-        theirs = CarriedOver(entry.asset, blob, reused=True, entry=entry)
+        # In our place, theirs takes our asset: the index the list gives it now.
+        asset = recorded[place[key]].asset if key in place else entry.asset
+        theirs = CarriedOver(asset, blob, reused=True, entry=entry)
         if key not in place:
             place[key] = len(recorded)
             recorded.append(theirs)
@@ -224,8 +234,9 @@ def plan_tune(
 ) -> TunePlan:
     """Sort the tune's assets into reuse, download and left out.
 
-    An asset is reused when the previous manifest has it (same kind, index and URL
-    key) and its blob is present with the recorded size, or has it as gone upstream
+    An asset is reused when the previous manifest has it (same kind, prompt, index and
+    URL key, or the same but its index: see paired) and its blob is present with the
+    recorded size, or has it as gone upstream
     (never asked for again). `present` maps the sha256 of each blob found in the
     store to its size.
     """
