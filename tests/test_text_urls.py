@@ -27,7 +27,8 @@ PROMPT = "photo of sks man, 35mm // cinematic"
 
 
 @pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //", "//",
-                                  "Portrait /// studio", "moody //#noir look"])
+                                  "Portrait /// studio", "moody //#noir look",
+                                  "cannot open C://Users/jane", "and//or"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an
     empty URL, and redacted away)."""

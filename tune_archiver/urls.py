@@ -109,7 +109,10 @@ def redact_text(text: str) -> str:
         url = found.group(0).rstrip(_CLOSING)
         if _hostless(url):
             return found.group(0)  # "Portrait // studio", "a (//) b": nothing to redact
-        return redact(url) + found.group(0)[len(url):]
+        shown = redact(url)
+        if shown.lower() == url.lower():  # nothing redacted: the text keeps its own case
+            shown = url  # ("C://Users", not "c://Users")
+        return shown + found.group(0)[len(url):]
 
     return _URL_IN_TEXT.sub(redacted, text)
 
