@@ -28,7 +28,8 @@ PROMPT = "photo of sks man, 35mm // cinematic"
 
 @pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //", "//",
                                   "Portrait /// studio", "moody //#noir look",
-                                  "cannot open C://Users/jane", "and//or"])
+                                  "cannot open C://Users/jane", "and//or", "Skills: Java//C#, Go",
+                                  "red//blue#2 edit", "tags //#noir?yes", "a (//#x@y) b"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an
     empty URL, and redacted away)."""
@@ -124,6 +125,8 @@ SIG = "SECRETSIGNATURE0123"
     "a" * 40 + f".https://host/?X-Amz-Signature={SIG}",
     f"see //#https://host/x?X-Amz-Signature={SIG}",  # a URL inside a hostless one
     f"see ///https://user:{SIG}@host/x",
+    f"see //#access_token={SIG}",  # a token in a fragment
+    f"https://host/app#access_token={SIG}&state=x",
 ])
 def test_a_secret_glued_or_nested_in_text_is_never_shown(text: str) -> None:
     """A URL glued to a run too long to be a scheme, with a scheme over 32 characters,

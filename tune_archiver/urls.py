@@ -28,7 +28,8 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 # to a longer run, or a longer scheme, is still caught at its "//".
 _URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:)?(?<!/)//\S*")
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
-_INSIDE = re.compile(r"//|[?@]")  # a URL, a query or a user:password inside a hostless one
+_INSIDE = re.compile(r"[?@]")  # a query or a user:password before a hostless one's '#'
+_PLAIN_FRAGMENT = re.compile(r"[^=&]{0,32}")  # "#2", "#noir": no key=value, no token
 _CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
@@ -110,8 +111,10 @@ def redact_text(text: str) -> str:
         if _hostless(url):
             return found.group(0)  # "Portrait // studio", "a (//) b": nothing to redact
         shown = redact(url)
-        if shown.lower() == url.lower():  # nothing redacted: the text keeps its own case
-            shown = url  # ("C://Users", not "c://Users")
+        base, _, fragment = url.partition("#")
+        if shown.lower() in (url.lower(), base.lower()) and _PLAIN_FRAGMENT.fullmatch(fragment):
+            shown = url  # nothing redacted but a plain "#..." or the scheme's case: the text
+            # keeps its own ("Java//C#", "C://Users")
         return shown + found.group(0)[len(url):]
 
     return _URL_IN_TEXT.sub(redacted, text)
@@ -125,7 +128,9 @@ def _hostless(url: str) -> bool:
     except ValueError:
         return False
     rest = url[url.index("//"):].lstrip("/")
-    return not parts.netloc and not parts.query and not _INSIDE.search(rest)
+    before, _, fragment = rest.partition("#")
+    return (not parts.netloc and not parts.query and "//" not in rest
+            and not _INSIDE.search(before) and _PLAIN_FRAGMENT.fullmatch(fragment) is not None)
 
 
 def redact_json(value: Any) -> Any:
