@@ -29,7 +29,9 @@ PROMPT = "photo of sks man, 35mm // cinematic"
 @pytest.mark.parametrize("text", [TITLE, PROMPT, "A/B test // v2", "a (//) b", "note: //", "//",
                                   "Portrait /// studio", "moody //#noir look",
                                   "cannot open C://Users/jane", "and//or", "Skills: Java//C#, Go",
-                                  "red//blue#2 edit", "tags //#noir?yes", "a (//#x@y) b"])
+                                  "red//blue#2 edit", "tags //#noir?yes", "a (//#x@y) b",
+                                  "Portrait //#blackandwhitephotographyinspiration look",
+                                  "see the FAQ //#Q&A here"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an
     empty URL, and redacted away)."""
@@ -127,6 +129,9 @@ SIG = "SECRETSIGNATURE0123"
     f"see ///https://user:{SIG}@host/x",
     f"see //#access_token={SIG}",  # a token in a fragment
     f"https://host/app#access_token={SIG}&state=x",
+    f"see https://a.example/#https://u:{SIG}@b.io",  # a URL in a fragment
+    f"see https://a.example/#//u:{SIG}@b",
+    f"see https://a.example/#//x/?{SIG}",
 ])
 def test_a_secret_glued_or_nested_in_text_is_never_shown(text: str) -> None:
     """A URL glued to a run too long to be a scheme, with a scheme over 32 characters,

@@ -29,7 +29,9 @@ _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 _URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:)?(?<!/)//\S*")
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
 _INSIDE = re.compile(r"[?@]")  # a query or a user:password before a hostless one's '#'
-_PLAIN_FRAGMENT = re.compile(r"[^=&]{0,32}")  # "#2", "#noir": no key=value, no token
+# What a URL-like run in text may keep after its '#' when nothing else is redacted:
+# "#2", "#noir"; no key=value, no URL, no user:password, nothing a token's length.
+_PLAIN_FRAGMENT = re.compile(r"[^=&/?@]{0,32}")
 _CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
@@ -130,7 +132,7 @@ def _hostless(url: str) -> bool:
     rest = url[url.index("//"):].lstrip("/")
     before, _, fragment = rest.partition("#")
     return (not parts.netloc and not parts.query and "//" not in rest
-            and not _INSIDE.search(before) and _PLAIN_FRAGMENT.fullmatch(fragment) is not None)
+            and not _INSIDE.search(before) and "=" not in fragment)  # #access_token=...
 
 
 def redact_json(value: Any) -> Any:
