@@ -17,22 +17,20 @@ from tune_archiver.text import visible
 
 REDACTED = "REDACTED"
 _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
-# A URL inside free text (an error message, a traceback): after a scheme (any: s3://
-# and hxxps:// hide secrets as well) or, protocol-relative, at a `//` that follows no
-# word; the look-behind keeps the search linear in a long run of letters. It runs to
-# the next whitespace: quotes, <, > and the like may sit inside a URL as a server sent
-# it (jane's.jpg), and a URL cut there would show the rest of its query as plain text.
-# A URL is its "//" and what follows, with the scheme before it when there is one: a
-# scheme may start after punctuation ("...https://", "1.https://") and is at most 32
-# characters, so each place is tried in bounded time (linear on a.a.a...). One glued
-# to a longer run, or a longer scheme, is still caught at its "//".
+# A URL inside free text (an error message, a traceback, a title): its "//" and what
+# follows, to the next whitespace (quotes and <> may sit inside a URL as a server sent
+# it: jane's.jpg; cut there, the rest of its query would show as plain text), with the
+# scheme before it when there is one (any: s3:// and hxxps:// hide secrets as well).
+# A scheme may start after punctuation ("...https://", "1.https://") and is at most 32
+# characters, so each place is tried in bounded time (linear on a.a.a...); a URL glued
+# to a longer run, or with a longer scheme, is still caught at its "//".
 _URL_IN_TEXT = re.compile(r"(?i)(?:(?<![a-z0-9])[a-z][a-z0-9+.\-]{0,31}:)?(?<!/)//\S*")
 # Closing punctuation at the end of a URL in text, given back to the text: it tells nothing.
+_CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 _INSIDE = re.compile(r"[?@]")  # a query or a user:password before a hostless one's '#'
 # What a URL-like run in text may keep after its '#' when nothing else is redacted:
 # "#2", "#noir"; no key=value, no URL, no user:password, nothing a token's length.
 _PLAIN_FRAGMENT = re.compile(r"[^=&/?@]{0,32}")
-_CLOSING = ".,;:!?'\"`)]}>\u2019\u201d\u00bb"
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
 FETCHABLE_SCHEMES = ("http", "https")
@@ -114,9 +112,10 @@ def redact_text(text: str) -> str:
             return found.group(0)  # "Portrait // studio", "a (//) b": nothing to redact
         shown = redact(url)
         base, _, fragment = url.partition("#")
+        # Nothing redacted but a plain "#..." or the scheme's case: the text keeps its
+        # own ("Java//C#", "C://Users").
         if shown.lower() in (url.lower(), base.lower()) and _PLAIN_FRAGMENT.fullmatch(fragment):
-            shown = url  # nothing redacted but a plain "#..." or the scheme's case: the text
-            # keeps its own ("Java//C#", "C://Users")
+            shown = url
         return shown + found.group(0)[len(url):]
 
     return _URL_IN_TEXT.sub(redacted, text)
