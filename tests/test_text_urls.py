@@ -13,7 +13,7 @@ import pytest
 from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
-from tune_archiver.urls import redact_json, redact_text
+from tune_archiver.urls import redact, redact_json, redact_text
 
 
 @pytest.fixture
@@ -31,7 +31,8 @@ PROMPT = "photo of sks man, 35mm // cinematic"
                                   "cannot open C://Users/jane", "and//or", "Skills: Java//C#, Go",
                                   "red//blue#2 edit", "tags //#noir?yes", "a (//#x@y) b",
                                   "Portrait //#blackandwhitephotographyinspiration look",
-                                  "see the FAQ //#Q&A here"])
+                                  "see the FAQ //#Q&A here", "portrait, width=512 height=768",
+                                  "a=b, c%3Dd"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an
     empty URL, and redacted away)."""
@@ -91,12 +92,12 @@ def test_an_api_error_with_a_presigned_url_after_an_ellipsis_is_redacted_on_ever
     assert SECRET not in printed.out + printed.err
 
 
-@pytest.mark.parametrize("unit", ["a.", "a-", "a+", " //"])
+@pytest.mark.parametrize("unit", ["a.", "a-", "a+", " //", "a=", "%3D"])
 def test_a_megabyte_of_hostile_text_is_redacted_without_hanging(unit: str) -> None:
     """1 MB of "a.a.a..." (a title, a prompt, an error body: the API may send 16 MB) is
     gone through once, not scanned again from every letter: it comes back whole, in
     a second or so, where a scan from each place would take hours."""
-    code = ("from tune_archiver.urls import redact_json, redact_text\n"
+    code = ("from tune_archiver.urls import redact, redact_json, redact_text\n"
             f"text = {unit!r} * 500_000\n"
             "assert redact_text(text) == text and redact_json([text]) == [text]\n")
     repo = Path(__file__).resolve().parents[1]
@@ -132,12 +133,40 @@ SIG = "SECRETSIGNATURE0123"
     f"see https://a.example/#https://u:{SIG}@b.io",  # a URL in a fragment
     f"see https://a.example/#//u:{SIG}@b",
     f"see https://a.example/#//x/?{SIG}",
+    f"see https:/host/x?X-Amz-Signature={SIG}",  # one slash: no URL seen, a secret's name
+    f"{{\"url\": \"https:\\/\\/host\\/x?X-Amz-Credential=AK\\/{SIG}\"}}",  # JSON's \/
+    f"see https://host/x%3FX-Amz-Signature%3D{SIG}%26a%3D1",  # a query encoded in the path
+    "a" * 80 + f"token={SIG}",
 ])
 def test_a_secret_glued_or_nested_in_text_is_never_shown(text: str) -> None:
     """A URL glued to a run too long to be a scheme, with a scheme over 32 characters,
     or inside what looks like a hostless URL: its secret is redacted still."""
     assert SIG not in redact_text(text)
     assert SIG not in str(redact_json({"title": text}))
+
+
+def test_a_query_encoded_in_a_urls_path_is_redacted() -> None:
+    """A URL whose path holds another's query (`/x%3FX-Amz-Signature%3D...`): the value
+    of a secret's name is redacted in the URL itself, as stored in a manifest."""
+    shown = redact(f"https://host/x%3FX-Amz-Signature%3D{SIG}%26w%3D512?w=512")
+    assert SIG not in shown
+    assert shown.startswith("https://host/x%3FX-Amz-Signature%3DREDACTED%26w%3D512")
+
+
+def test_an_api_error_quoting_a_json_escaped_presigned_url_is_redacted_on_every_line(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's error quoting an upstream JSON body, each '/' escaped as '\\/',
+    is no URL to find: the signature's name gives it away, on the lines and in --json."""
+    upstream = json.dumps({"url": f"https://s3.example/x?X-Amz-Signature={SIG}"})
+    body = json.dumps({"error": f"upstream said {upstream.replace('/', chr(92) + '/')}"})
+    for extra in ((), ("--json",)):
+        standin.api_faults[8] = [Status(422, {"Content-Type": "application/json"},
+                                        body.encode())]
+        assert run_fetch(standin, archive, "8", "--retries", "0", *extra) == 1
+        printed = capsys.readouterr()
+        assert "upstream said" in printed.out + printed.err
+        assert SIG not in printed.out + printed.err
 
 
 def test_a_title_glued_to_a_presigned_url_is_stored_redacted(

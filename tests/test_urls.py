@@ -111,11 +111,12 @@ def test_redact_userinfo_and_fragment(url: str, expected: str) -> None:
 
 
 def test_redact_json_redacts_nested_urls_only() -> None:
-    """URL strings at any depth are redacted; other strings, numbers and keys are untouched."""
+    """URL strings at any depth are redacted; other strings, numbers and keys are untouched
+    (but for the value of a secret's name=value, test_text_urls)."""
     signed = f"{BASE}?X-Amz-Signature={SECRET}"
     data = {
         "id": 5,
-        "title": "sig=not-a-url " + SECRET,
+        "title": "size=not-a-url " + SECRET,
         "ckpt_urls": [signed],
         "nested": {"deep": [{"url": "http://h.example/x?token=" + SECRET}], "n": None},
     }

@@ -34,6 +34,12 @@ _PLAIN_FRAGMENT = re.compile(r"[^=&/?@]{0,32}")
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
 FETCHABLE_SCHEMES = ("http", "https")
+# A name=value in text or in a URL's path, its '=' maybe percent-encoded: the last net
+# for a secret no URL was seen around (`https:/h/?sig=...`, `https:\/\/h\/...` as JSON
+# may escape it, `/a%3FX-Amz-Signature%3D...`); replaced when its name is a secret's.
+# A name is the whole run of name characters before the '=' (glued to other text, it
+# is still seen), taken from its start only, so the text is gone through once.
+_PAIR = re.compile(r"(?<![\w.\-])([\w.\-]+)(=|%3[dD])((?:[^\s&;,\"'<>\\%]|\\/|%(?!26))+)")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
 # merely contains one of SECRET_PARTS is treated as secret too.
@@ -90,7 +96,7 @@ def redact(url: str) -> str:
               value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
-    path = _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path)
+    path = _secret_pairs(_USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path))
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
@@ -118,7 +124,16 @@ def redact_text(text: str) -> str:
             shown = url
         return shown + found.group(0)[len(url):]
 
-    return _URL_IN_TEXT.sub(redacted, text)
+    return _secret_pairs(_URL_IN_TEXT.sub(redacted, text))
+
+
+def _secret_pairs(text: str) -> str:
+    """The text with the value of every name=value whose name is a secret's REDACTED."""
+    def replaced(found: re.Match[str]) -> str:
+        name, equals, _ = found.groups()
+        return f"{name}{equals}{REDACTED}" if is_secret_param(name) else found.group(0)
+
+    return _PAIR.sub(replaced, text) if "=" in text or "%3" in text else text
 
 
 def _hostless(url: str) -> bool:
