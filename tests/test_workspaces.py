@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -13,7 +16,8 @@ from tests.archive_helpers import cli
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
-from tune_archiver.commands.workspaces import workspace_of
+from tune_archiver.astria.client import AstriaClient
+from tune_archiver.commands.workspaces import Workspaces, workspace_of
 
 
 @pytest.fixture
@@ -129,3 +133,35 @@ def test_workspace_of(raw: dict[str, object], asked: str | None,
                       listed: dict[int, str] | None, expected: str | None) -> None:
     """The tune's own field first, then the workspace asked for, then the listings."""
     assert workspace_of(raw, asked, listed) == expected
+
+
+class _ManyTunes:
+    """An API of one workspace listing PAGES pages of 1,000 tunes, each with a 1 KB title,
+    made as each page is asked for (as they arrive from the API)."""
+
+    PAGES = 30
+
+    async def list_workspaces(self) -> list[str]:
+        return ["41"]
+
+    async def tune_pages(self, workspace: str | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+        for page in range(self.PAGES):
+            yield [{"id": page * 1000 + n, "title": f"{n:04d}" * 256} for n in range(1000)]
+
+    async def list_tunes(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        return [item async for page in self.tune_pages(workspace) for item in page]
+
+
+async def test_placing_tunes_in_workspaces_never_holds_a_whole_listing() -> None:
+    """--workspace all lists each workspace's tunes to place those that do not say their
+    own: only the ids are kept, a page at a time, so 30,000 tunes with 1 KB of JSON
+    each (some 40 MB together) cost the run a page and the ids, not the listing."""
+    workspaces = Workspaces(cast(AstriaClient, _ManyTunes()), "all")
+    tracemalloc.start()
+    try:
+        placed = await workspaces.of({"id": 29_999})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert placed == "41"
+    assert peak < 10 * 2**20

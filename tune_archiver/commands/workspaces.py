@@ -66,9 +66,11 @@ class Workspaces:
 
 
 async def _listed(api: AstriaClient) -> dict[int, str]:
-    """tune id -> the first workspace whose listing holds it."""
+    """tune id -> the first workspace whose listing holds it. Only the ids are kept, a
+    page at a time: a workspace's whole listing (every tune's JSON) is never held."""
     listed: dict[int, str] = {}
     for workspace in await api.list_workspaces():
-        for item in await api.list_tunes(workspace):
-            listed.setdefault(item["id"], workspace)
+        async for page in api.tune_pages(workspace):
+            for item in page:
+                listed.setdefault(item["id"], workspace)
     return listed
