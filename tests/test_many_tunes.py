@@ -93,6 +93,17 @@ def test_downloads_go_on_while_a_listing_request_is_held(
     assert manifests(archive) == set(range(1, 11))
 
 
+def test_a_dry_run_flows_as_a_fetch_does(standin: StandIn, archive: Path) -> None:
+    """fetch --all --dry-run takes tunes up as the listing's pages arrive, as a fetch does
+    (it once listed every tune, then loaded them all at once): with the listing's last
+    page held until a file is asked for, the first tunes' files are probed meanwhile."""
+    account(standin, 300)
+    standin.hold_until_a_file = "/tunes?limit=120&before_id=1"
+    assert run_fetch(standin, archive, "--all", "--dry-run", "-q") == 0
+    assert not standin.hold_timed_out
+    assert not archive.exists()
+
+
 class CountingStore(LocalStore):
     """A local store that says which blobs it was asked about, one by one or in bulk."""
 

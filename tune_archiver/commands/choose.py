@@ -3,7 +3,6 @@ writes nothing (fetch and its dry run share it)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import reprlib
 from collections.abc import AsyncIterator, Sequence
@@ -27,11 +26,6 @@ from tune_archiver.commands.plan import (
 )
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import (
-    ArchiverError,
-    AuthError,
-    ConfigError,
-    ConnectError,
-    ReadTimeout,
     StorageError,
     UnreadableManifest,
 )
@@ -43,34 +37,6 @@ from tune_archiver.urls import redact_text
 log = logging.getLogger(__name__)
 
 
-def in_order(
-    tunes: Sequence[int] | AllTunes, tune_ids: list[int], skipped: list[TuneResult]
-) -> list[int]:
-    if not isinstance(tunes, AllTunes):
-        return list(dict.fromkeys(tunes))
-    return sorted([*tune_ids, *(result.tune_id for result in skipped)], reverse=True)
-
-
-async def choose(
-    api: AstriaClient,
-    store: Store,
-    tunes: Sequence[int] | AllTunes,
-    prompts: bool,
-    now: datetime,
-) -> tuple[list[int], list[TuneResult]]:
-    """The tunes to fetch, and (for --all) those skipped as archived and unchanged:
-    all of chosen(), together."""
-    fetch_ids: list[int] = []
-    skipped: list[TuneResult] = []
-    async for batch in chosen(api, store, tunes, prompts, now):
-        for item in batch:
-            if isinstance(item, TuneResult):
-                skipped.append(item)
-            else:
-                fetch_ids.append(item)
-    return fetch_ids, skipped
-
-
 async def chosen(
     api: AstriaClient,
     store: Store,
@@ -80,7 +46,7 @@ async def chosen(
 ) -> AsyncIterator[list[int | TuneResult]]:
     """The tunes a run takes up, a batch (a page of the listing, for --all) at a time
     as the listing arrives: the id of each to fetch, a skipped result for each archived
-    and unchanged, in the order of in_order (the listing's, newest first).
+    and unchanged, in the order asked (each id once), or the listing's (newest first).
 
     A listed tune is skipped when its manifest is complete, records the same
     updated_at and all its blobs are present. With --prompts nothing is skipped:
@@ -154,51 +120,6 @@ class UnchangedCheck:
             return await self._store.read_manifest(tune_id)
         except StorageError:
             return None
-
-
-async def get_tunes(
-    api: AstriaClient, tune_ids: Sequence[int], prompts: bool
-) -> dict[int, Tune | TuneResult]:
-    """Each tune from the API (with its prompts when asked), or a result saying why not.
-
-    With prompts, the account's prompts (GET /prompts) are listed once for the whole
-    run and shared: each tune takes those that name it. If they cannot be listed,
-    every tune fails saying so, rather than be archived without them. Raises
-    AuthError for a rejected key, and the first ConnectError or ReadTimeout when the
-    API could be reached for none of the tunes (nothing can be done: exit 4).
-    """
-    unreachable: list[ConnectError | ReadTimeout] = []
-    account: Sequence[Prompt] = ()
-    if prompts and tune_ids:
-        try:
-            account = await api.list_prompts()
-        except (ConfigError, AuthError, ConnectError, ReadTimeout):
-            raise
-        except ArchiverError as exc:
-            return {tune_id: TuneResult(tune_id, error=str(exc))
-                    for tune_id in dict.fromkeys(tune_ids)}
-
-    async def one(tune_id: int) -> Tune | TuneResult:
-        try:
-            return await load_tune(api, tune_id, prompts, account)
-        except (ConfigError, AuthError):
-            raise
-        except (ConnectError, ReadTimeout) as exc:
-            unreachable.append(exc)
-            return TuneResult(tune_id, error=str(exc))
-        except ArchiverError as exc:
-            return TuneResult(tune_id, error=str(exc))
-        except Exception as exc:  # a bug met on one tune must not stop the others
-            return TuneResult(tune_id, error=unexpected(exc, f"reading tune {tune_id}"))
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = {i: group.create_task(one(i)) for i in dict.fromkeys(tune_ids)}
-    except* (ConfigError, AuthError) as errors:
-        raise errors.exceptions[0] from None  # one rejected key is enough to say
-    if tasks and len(unreachable) == len(tasks):
-        raise unreachable[0]
-    return {tune_id: task.result() for tune_id, task in tasks.items()}
 
 
 async def load_tune(

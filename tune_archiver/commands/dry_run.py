@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
-from tune_archiver.commands.choose import choose, get_tunes, in_order, plan_for
-from tune_archiver.commands.fetch import Clock, utc_now
+from tune_archiver.commands.choose import chosen, plan_for
+from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, utc_now
+from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.net.transport import Probe, probe_size
+from tune_archiver.progress import NullProgress
 from tune_archiver.store.location import open_store
 
 
@@ -43,16 +45,22 @@ class Preview:
 async def dry_run(
     settings: Settings, tunes: Sequence[int] | AllTunes, clock: Clock = utc_now
 ) -> list[Preview]:
-    """One preview per tune, in the order a fetch would report them."""
+    """One preview per tune, in the order a fetch would report them. The tunes flow as a
+    fetch's do (flow.py): loaded and previewed as the listing arrives, a few at a time."""
     limiter = asyncio.Semaphore(settings.concurrency)
+    done: dict[int, Preview] = {}
+
+    def finish(result: TuneResult) -> None:  # skipped as unchanged, or not had from the API
+        done[result.tune_id] = Preview(result.tune_id, result.title, error=result.error,
+                                       skipped=result.skipped)
+
     async with (
         open_store(settings.archive, settings.s3_endpoint_url) as store,
         new_session(settings, decompress=True) as api_session,
         new_session(settings, decompress=False) as asset_session,
     ):
         api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
-        tune_ids, skipped = await choose(api, store, tunes, settings.prompts, clock())
-        found = await get_tunes(api, tune_ids, settings.prompts)
+        loader = Loader(api, settings.prompts, finish)
 
         async def size_of(asset: Asset) -> Probe:
             async with limiter:
@@ -75,16 +83,16 @@ async def dry_run(
                 left_out=len(plan.left_out),
             )
 
-        async with asyncio.TaskGroup() as group:
-            tasks = {i: group.create_task(preview(t)) for i, t in found.items()
-                     if isinstance(t, Tune)}
-    done = {r.tune_id: Preview(r.tune_id, r.title, skipped=True) for r in skipped}
-    for tune_id, item in found.items():
-        done[tune_id] = (
-            _failed(item) if isinstance(item, TuneResult) else tasks[tune_id].result()
-        )
-    return [done[tune_id] for tune_id in in_order(tunes, tune_ids, skipped)]
+        async def work(tune_id: int) -> None:
+            tune = await loader.load(tune_id)
+            if tune is not None:
+                done[tune_id] = await preview(tune)
 
-
-def _failed(result: TuneResult) -> Preview:
-    return Preview(result.tune_id, result.title, error=result.error)
+        try:
+            order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()), work,
+                                   settings.concurrency * TUNES_PER_SLOT + API_CONCURRENCY,
+                                   finish, NullProgress())
+        except BrokeOff as broke:  # a preview of part of a listing would mislead: said as
+            raise broke.error from None  # the listing's failure, as before anything is done
+        loader.close()
+    return [done[tune_id] for tune_id in order]
