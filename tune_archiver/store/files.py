@@ -165,7 +165,8 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
             if size is not None and found != size:
                 raise StorageError(
                     f"the blob {blob.name} holds {found} bytes, not the {size} its manifest "
-                    "records: it is damaged (verify --repair mends it); nothing was written")
+                    "records: one of them is damaged (verify --repair finds which, and mends it); "
+                    "nothing was written")
             if hard_link:
                 try:
                     os.link(blob, target, follow_symlinks=False)
