@@ -153,6 +153,19 @@ def test_a_query_encoded_in_a_urls_path_is_redacted() -> None:
     assert shown.startswith("https://host/x%3FX-Amz-Signature%3DREDACTED%26w%3D512")
 
 
+@pytest.mark.parametrize("url", [
+    f"https://host/x%3Fsig%3D{SIG}?w=512",  # the name just after an encoded '?'
+    f"https://host/x%3Fw%3D512%26sig%3D{SIG}",  # after an encoded '&'
+    f"https://host/x%3fkey%3d{SIG}%26w%3d512",  # in lower case
+])
+def test_a_short_secret_name_after_an_encoded_delimiter_is_redacted(url: str) -> None:
+    """`sig` or `key` right after `%3F` or `%26` is a secret's name still: its escape's
+    hex digits glued to it ("3Fsig", "26sig") once hid it, in a URL and in text."""
+    assert SIG not in redact(url)
+    assert SIG not in redact_text(f"see {url} now")
+    assert SIG not in str(redact_json({"title": url}))
+
+
 def test_an_api_error_quoting_a_json_escaped_presigned_url_is_redacted_on_every_line(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
