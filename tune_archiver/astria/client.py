@@ -253,7 +253,8 @@ def parse_json(body: bytes, what: str) -> Any:
     """The JSON value of an API answer; DataError when it is not JSON."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
 
 
@@ -280,7 +281,7 @@ def api_error_text(body: bytes) -> str:
     """The `error` field of an API error body, on one short line; '' when there is none."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     error = data.get("error") if isinstance(data, dict) else None
     if error is None:
