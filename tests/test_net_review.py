@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_fetch
+from tests.conftest import check_manifest
+from tests.helpers import run_fetch, sha256
 from tests.standin import StandIn, Status
 
 DEEP = b"[" * 100_000  # well-formed JSON's nesting, deeper than Python's recursion limit
@@ -47,3 +49,23 @@ def test_a_deeply_nested_listing_is_one_line_not_a_traceback(
     assert run_fetch(standin, archive, "--all", "--retries", "0", *extra) == 1
     printed = capsys.readouterr()
     assert "the list of tunes: the API returned malformed JSON" in printed.err
+
+
+def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
+    standin: StandIn, archive: Path
+) -> None:
+    """/img?id=1 and /img?id=2 are two images (same path): renewed in another order after
+    a 403, image 0's fresh URL is image 1's. It fails, saying why; image 1's bytes are
+    never recorded as image 0 (a later run would have trusted them for good)."""
+    first, second = os.urandom(3000), os.urandom(3000)
+    standin.files["img?id=1"], standin.files["img?id=2"] = first, second
+    urls = [standin.file_url("img", query=f"id={i}&X-Amz-Signature=old{i}") for i in (1, 2)]
+    renewed = [standin.file_url("img", query=f"id={i}&X-Amz-Signature=new{i}") for i in (2, 1)]
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
+    standin.add_tune(1, [], renewed)  # what the renewal sees
+    standin.faults["img?id=1"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 1
+    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert image0["status"] == "failed"
+    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
+    assert image1["sha256"] == sha256(second)
