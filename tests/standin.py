@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,6 +279,9 @@ class StandIn:
         faults = self.api_faults.get(tune_id)
         if faults:
             fault = faults.pop(0)
+            if isinstance(fault, Drip):  # the tune's JSON, a byte at a time
+                return await self._send(request, json.dumps(self.tunes[tune_id]).encode(),
+                                        fault, "application/json")
             assert isinstance(fault, Status)
             return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         versions = self.api_versions.get(tune_id)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch, sha256
-from tests.standin import StandIn, Status
+from tests.standin import Drip, StandIn, Status
 
 DEEP = b"[" * 100_000  # well-formed JSON's nesting, deeper than Python's recursion limit
 JSON = {"Content-Type": "application/json"}
@@ -69,3 +69,19 @@ def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     assert image0["status"] == "failed"
     assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
     assert image1["sha256"] == sha256(second)
+
+
+def test_an_api_answer_dripped_a_byte_at_a_time_is_cut_by_the_stall_rule(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune's JSON sent a byte every 20 ms is never silent for --read-timeout: --min-rate
+    cuts it as it cuts a file (the API's answers had no stall rule, so an API dripping
+    16 MB held a cron run for days); the other tune is archived."""
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000)], notes="n" * 2000)
+    standin.add_tune(2, [], [standin.add_file("b", b"b" * 2000)])
+    standin.api_faults[1] = [Drip(0.02)]
+    assert run_fetch(standin, archive, "1", "2", "--retries", "0", "--min-rate", "1M",
+                     "--stall-window", "0.3") == 1
+    printed = capsys.readouterr()
+    assert "tune 1: slower than 1048576 bytes/s" in printed.err
+    assert "tune 2 (Tune 2): 1 file" in printed.out

@@ -198,7 +198,8 @@ class AstriaClient:
                     url, data=form, headers=self._headers, allow_redirects=False
                 ) as response:
                     status = response.status
-                    body = await read_capped(response, MAX_JSON_BYTES + 1)
+                    body = await read_capped(response, MAX_JSON_BYTES + 1,
+                                             self._settings.stall)
         if status not in (200, 201):
             raise status_error(status, body, what, url, None)
         created = parse_json(body, what)
@@ -237,13 +238,16 @@ class AstriaClient:
         async with self._limiter, get(
             self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
+            # The stall rule as for files: an answer dripped slower than --min-rate is cut
+            # (a byte now and then is never silent long enough for --read-timeout).
+            stall = self._settings.stall
             if response.status != 200:
-                body = await read_capped(response, MAX_ERROR_BYTES)
+                body = await read_capped(response, MAX_ERROR_BYTES, stall)
                 retry_after = retry_after_of(response.headers.get("Retry-After"))
                 raise status_error(response.status, body, what, url, retry_after)
             if (response.content_length or 0) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
-            body = await read_capped(response, MAX_JSON_BYTES + 1)
+            body = await read_capped(response, MAX_JSON_BYTES + 1, stall)
             if len(body) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
         return body
