@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch, sha256
 from tests.standin import Drip, StandIn, Status
+from tune_archiver.errors import ReadTimeout
+from tune_archiver.net.transport import get
 
 DEEP = b"[" * 100_000  # well-formed JSON's nesting, deeper than Python's recursion limit
 JSON = {"Content-Type": "application/json"}
@@ -85,3 +90,55 @@ def test_an_api_answer_dripped_a_byte_at_a_time_is_cut_by_the_stall_rule(
     printed = capsys.readouterr()
     assert "tune 1: slower than 1048576 bytes/s" in printed.err
     assert "tune 2 (Tune 2): 1 file" in printed.out
+
+
+class HeaderDrip:
+    """A host that sends a header a byte every 50 ms: never silent for a read timeout of
+    0.5 s, done only after 20 s (one line of 400 bytes: no header limit of aiohttp's ends
+    it either). It stops, and closes its connections, when told to."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.handlers: list[asyncio.Task[None]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.append(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+            for _ in range(400):
+                if self.stop.is_set():
+                    return
+                await asyncio.sleep(0.05)  # the host's pace, not a test waiting
+                writer.write(b"a")
+                await writer.drain()
+            writer.write(b"\r\nContent-Length: 0\r\n\r\n")
+        except ConnectionError:
+            return  # the client hung up
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut() -> None:
+    """Status and headers must come within the connect and read timeouts together: a host
+    dripping its headers is cut with ReadTimeout (the read timeout never fired on it, and
+    the stall rule sees bodies only: a run waited on it for as long as it dripped)."""
+    host = HeaderDrip()
+    server = await asyncio.start_server(host.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    timeout = aiohttp.ClientTimeout(total=None, connect=0.2, sock_read=0.5)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            with pytest.raises(ReadTimeout, match=r"no whole status and headers within 0\.7 s"):
+                async with get(session, f"http://127.0.0.1:{port}/x?sig=s", {},
+                               read_timeout=0.5):
+                    pass
+    finally:
+        host.stop.set()
+        server.close()
+        await asyncio.gather(*host.handlers)
+        await server.wait_closed()

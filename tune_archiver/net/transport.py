@@ -96,12 +96,24 @@ async def get(
     first_origin = origin(url)
     sent = dict(headers)
     source: str | None = None  # the URL that redirected to `url`
+    # The status and headers come within connecting plus one read timeout: the read
+    # timeout alone never ends headers sent a line now and then (the stall rule sees
+    # bodies only), and a run would wait on them for ever.
+    within = None if read_timeout is None else (session.timeout.connect or 0) + read_timeout
     for _hop in range(MAX_REDIRECTS + 1):
         check_fetchable(url)
         with translated(url, read_timeout):
-            with redirected_from(source):  # the session's guard may refuse a private target
-                response = await session.get(URL(url, encoded=True), headers=sent,
-                                             allow_redirects=False)
+            deadline = asyncio.timeout(within)
+            try:
+                async with deadline:
+                    with redirected_from(source):  # the guard may refuse a private target
+                        response = await session.get(URL(url, encoded=True), headers=sent,
+                                                     allow_redirects=False)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise ReadTimeout(f"no whole status and headers within {within:g} s from "
+                                      f"{redact(url)}") from exc
+                raise
             try:
                 location = response.headers.get("Location")
                 if response.status not in REDIRECT_STATUSES or not location:
