@@ -142,3 +142,21 @@ async def test_headers_sent_a_byte_at_a_time_are_cut() -> None:
         server.close()
         await asyncio.gather(*host.handlers)
         await server.wait_closed()
+
+
+def test_a_refusal_where_the_api_redirected_is_no_rejected_key(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API redirects one tune to another host, which answers 403: the key was never
+    sent there, so that tune fails, saying where, and the run goes on (it stopped the run
+    with exit 3, "API key rejected")."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)])
+    standin.add_tune(6, [], [standin.add_file("b", b"b" * 2000)])
+    standin.faults["elsewhere"] = [Status(403, body=b"<Error>AccessDenied</Error>")]
+    standin.api_faults[5] = [Status(302, {"Location": standin.file_url("elsewhere")})]
+    assert run_fetch(standin, archive, "5", "6", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "tune 5: HTTP 403 from " in printed.err
+    assert "API key rejected" not in printed.err
+    assert "tune 6 (Tune 6): 1 file" in printed.out
+    assert [r.headers.get("Authorization") for r in standin.seen("cdn")] == [None, None]

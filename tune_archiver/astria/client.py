@@ -20,7 +20,7 @@ from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
-from tune_archiver.urls import redact
+from tune_archiver.urls import origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
@@ -244,6 +244,12 @@ class AstriaClient:
             if response.status != 200:
                 body = await read_capped(response, MAX_ERROR_BYTES, stall)
                 retry_after = retry_after_of(response.headers.get("Retry-After"))
+                answered = str(response.url)
+                if response.status in (401, 403) and origin(answered) != origin(url):
+                    # Only the API's own origin can reject the key (never sent elsewhere):
+                    # a refusal where it redirected fails this request, not the whole run.
+                    raise StatusError(f"{what}: HTTP {response.status} from {redact(answered)}, "
+                                      "where the API redirected", response.status, retry_after)
                 raise status_error(response.status, body, what, url, retry_after)
             if (response.content_length or 0) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
