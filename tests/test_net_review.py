@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch, sha256
 from tests.standin import Drip, StandIn, Status
-from tune_archiver.errors import ReadTimeout
+from tune_archiver.errors import ReadTimeout, RefusedUrl
 from tune_archiver.net.transport import get
 
 DEEP = b"[" * 100_000  # well-formed JSON's nesting, deeper than Python's recursion limit
@@ -160,3 +160,23 @@ def test_a_refusal_where_the_api_redirected_is_no_rejected_key(
     assert "API key rejected" not in printed.err
     assert "tune 6 (Tune 6): 1 file" in printed.out
     assert [r.headers.get("Authorization") for r in standin.seen("cdn")] == [None, None]
+
+
+@pytest.mark.parametrize("url", ["https://h:+1/x", "https://h:port/x", "http://h:99999/x"])
+async def test_a_malformed_port_is_a_refused_url_before_any_request(url: str) -> None:
+    """get() checks the URL before it reads its origin, which raised ValueError on such a
+    port: a dry run probing that file ended with a traceback."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(RefusedUrl):
+            async with get(session, url, {}):
+                pass
+
+
+def test_a_dry_run_over_a_url_with_a_malformed_port_ends_with_its_lines(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --dry-run of a tune listing a URL with a malformed port says what it would
+    do, as a fetch says what it did, with no traceback."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000), "https://h:+1/x"])
+    run_fetch(standin, archive, "5", "--retries", "0", "--dry-run")
+    assert "tune 5 (Tune 5): would download" in capsys.readouterr().out

@@ -93,6 +93,7 @@ async def get(
     guarded session refuses it, with RefusedUrl, if it goes to a private address.
     Errors raised while the caller reads the body are translated too.
     """
+    check_fetchable(url)  # first: origin() raises ValueError on a malformed port
     first_origin = origin(url)
     sent = dict(headers)
     source: str | None = None  # the URL that redirected to `url`
