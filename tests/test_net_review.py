@@ -180,3 +180,22 @@ def test_a_dry_run_over_a_url_with_a_malformed_port_ends_with_its_lines(
     standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000), "https://h:+1/x"])
     run_fetch(standin, archive, "5", "--retries", "0", "--dry-run")
     assert "tune 5 (Tune 5): would download" in capsys.readouterr().out
+
+
+def test_an_api_redirect_to_a_url_with_a_password_is_refused(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A redirect to the API's own origin with a user:password in it is refused, one line
+    for the tune (aiohttp raised ValueError on it beside our Authorization: an "internal
+    error"), and for the listing (a traceback)."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)])
+    standin.add_tune(6, [], [standin.add_file("b", b"b" * 2000)])
+    with_password = standin.api_url.replace("http://", "http://u:pw@")
+    standin.api_faults[5] = [Status(302, {"Location": with_password + "/tunes/5"})]
+    assert run_fetch(standin, archive, "5", "6", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "tune 5: refused a redirect to a URL with a user name or password" in printed.err
+    assert "tune 6 (Tune 6): 1 file" in printed.out
+    standin.page_faults = [Status(302, {"Location": with_password + "/tunes"})]
+    assert run_fetch(standin, archive, "--all", "--retries", "0") == 1
+    assert "refused a redirect to a URL with a user name or password" in capsys.readouterr().err

@@ -131,13 +131,21 @@ async def get(
 
 def _resolve(base: URL, location: str) -> str:
     """The absolute URL a Location header points to; refused if malformed as sent (the
-    join would tidy a port such as "+1" into one that looks fine)."""
+    join would tidy a port such as "+1" into one that looks fine), or if it carries a
+    user name or password."""
     try:
         if urlsplit(location).netloc:
             check_fetchable(location if "://" in location else f"{base.scheme}:{location}")
-        return str(base.join(URL(location, encoded=True)))
+        resolved = str(base.join(URL(location, encoded=True)))
+        userinfo = "@" in urlsplit(resolved).netloc
     except ValueError as exc:
         raise RefusedUrl(f"refused malformed redirect from {redact(str(base))}") from exc
+    # Credentials a host slips into a redirect are none of ours to send; with the API's
+    # Authorization, aiohttp would raise ValueError (a traceback) rather than send both.
+    if userinfo:
+        raise RefusedUrl(f"refused a redirect to a URL with a user name or password, from "
+                         f"{redact(str(base))}")
+    return resolved
 
 
 class Pace:
