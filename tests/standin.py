@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ class StandIn:
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
+        self.page_faults: list[Status] = []  # answers to listing requests, one per request
         self.ignore_before_id = False
         self.oldest_first = False
         self.misbehaving_paths: tuple[str, ...] | None = None  # those two on these only
@@ -277,6 +279,9 @@ class StandIn:
         faults = self.api_faults.get(tune_id)
         if faults:
             fault = faults.pop(0)
+            if isinstance(fault, Drip):  # the tune's JSON, a byte at a time
+                return await self._send(request, json.dumps(self.tunes[tune_id]).encode(),
+                                        fault, "application/json")
             assert isinstance(fault, Status)
             return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         versions = self.api_versions.get(tune_id)
@@ -359,6 +364,9 @@ class StandIn:
         """
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
+        if self.page_faults:
+            fault = self.page_faults.pop(0)
+            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         query = request.query
         if int(query.get("offset", "0")) > 200:
             return web.json_response({"error": "offset must be at most 200"}, status=400)

@@ -92,7 +92,7 @@ def test_an_api_error_with_a_presigned_url_after_an_ellipsis_is_redacted_on_ever
     assert SECRET not in printed.out + printed.err
 
 
-@pytest.mark.parametrize("unit", ["a.", "a-", "a+", " //", "a=", "%3D"])
+@pytest.mark.parametrize("unit", ["a.", "a-", "a+", " //", "a=", "%3D", 'a="'])
 def test_a_megabyte_of_hostile_text_is_redacted_without_hanging(unit: str) -> None:
     """1 MB of "a.a.a..." (a title, a prompt, an error body: the API may send 16 MB) is
     gone through once, not scanned again from every letter: it comes back whole, in
@@ -151,6 +151,32 @@ def test_a_query_encoded_in_a_urls_path_is_redacted() -> None:
     shown = redact(f"https://host/x%3FX-Amz-Signature%3D{SIG}%26w%3D512?w=512")
     assert SIG not in shown
     assert shown.startswith("https://host/x%3FX-Amz-Signature%3DREDACTED%26w%3D512")
+
+
+@pytest.mark.parametrize("url", [
+    f"https://host/x%3Fsig%3D{SIG}?w=512",  # the name just after an encoded '?'
+    f"https://host/x%3Fw%3D512%26sig%3D{SIG}",  # after an encoded '&'
+    f"https://host/x%3fkey%3d{SIG}%26w%3d512",  # in lower case
+])
+def test_a_short_secret_name_after_an_encoded_delimiter_is_redacted(url: str) -> None:
+    """`sig` or `key` right after `%3F` or `%26` is a secret's name still: its escape's
+    hex digits glued to it ("3Fsig", "26sig") once hid it, in a URL and in text."""
+    assert SIG not in redact(url)
+    assert SIG not in redact_text(f"see {url} now")
+    assert SIG not in str(redact_json({"title": url}))
+
+
+@pytest.mark.parametrize("text", [
+    f'OAuth oauth_consumer_key="ck", oauth_signature="{SIG}%3D"',  # an OAuth 1 header
+    f"upstream refused X-Amz-Signature='{SIG}'",
+    f'sig="{SIG}" expired',
+])
+def test_a_quoted_secret_value_is_redacted(text: str) -> None:
+    """name="value" is a name=value: a secret's value in quotes is redacted (only an
+    unquoted one was), and its quotes stay."""
+    assert SIG not in redact_text(text)
+    assert SIG not in str(redact_json({"error": text}))
+    assert '="REDACTED"' in redact_text(text) or "='REDACTED'" in redact_text(text)
 
 
 def test_an_api_error_quoting_a_json_escaped_presigned_url_is_redacted_on_every_line(

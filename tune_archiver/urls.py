@@ -38,8 +38,13 @@ FETCHABLE_SCHEMES = ("http", "https")
 # for a secret no URL was seen around (`https:/h/?sig=...`, `https:\/\/h\/...` as JSON
 # may escape it, `/a%3FX-Amz-Signature%3D...`); replaced when its name is a secret's.
 # A name is the whole run of name characters before the '=' (glued to other text, it
-# is still seen), taken from its start only, so the text is gone through once.
-_PAIR = re.compile(r"(?<![\w.\-])([\w.\-]+)(=|%3[dD])((?:[^\s&;,\"'<>\\%]|\\/|%(?!26))+)")
+# is still seen), taken from its start only, so the text is gone through once. After a
+# percent-escape (`%3Fsig%3D...`, `%26sig%3D...`) the name starts past its two hex
+# digits: glued to them ("3Fsig"), no secret's name would be seen. A value may be
+# quoted (`oauth_signature="..."`, as an OAuth or Digest header writes it).
+_PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![\w.\-])(?!(?<=%)[0-9A-Fa-f]{2}))"
+                   r"([\w.\-]+)(=|%3[dD])([\"']?)"
+                   r"((?:[^\s&;,\"'<>\\%]|\\/|%(?!26))+)")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
 # merely contains one of SECRET_PARTS is treated as secret too.
@@ -130,8 +135,8 @@ def redact_text(text: str) -> str:
 def _secret_pairs(text: str) -> str:
     """The text with the value of every name=value whose name is a secret's REDACTED."""
     def replaced(found: re.Match[str]) -> str:
-        name, equals, _ = found.groups()
-        return f"{name}{equals}{REDACTED}" if is_secret_param(name) else found.group(0)
+        name, equals, quote, _ = found.groups()
+        return f"{name}{equals}{quote}{REDACTED}" if is_secret_param(name) else found.group(0)
 
     return _PAIR.sub(replaced, text) if "=" in text or "%3" in text else text
 

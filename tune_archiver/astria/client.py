@@ -20,7 +20,7 @@ from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
-from tune_archiver.urls import redact
+from tune_archiver.urls import origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
@@ -198,7 +198,8 @@ class AstriaClient:
                     url, data=form, headers=self._headers, allow_redirects=False
                 ) as response:
                     status = response.status
-                    body = await read_capped(response, MAX_JSON_BYTES + 1)
+                    body = await read_capped(response, MAX_JSON_BYTES + 1,
+                                             self._settings.stall)
         if status not in (200, 201):
             raise status_error(status, body, what, url, None)
         created = parse_json(body, what)
@@ -237,13 +238,22 @@ class AstriaClient:
         async with self._limiter, get(
             self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
+            # The stall rule as for files: an answer dripped slower than --min-rate is cut
+            # (a byte now and then is never silent long enough for --read-timeout).
+            stall = self._settings.stall
             if response.status != 200:
-                body = await read_capped(response, MAX_ERROR_BYTES)
+                body = await read_capped(response, MAX_ERROR_BYTES, stall)
                 retry_after = retry_after_of(response.headers.get("Retry-After"))
+                answered = str(response.url)
+                if response.status in (401, 403) and origin(answered) != origin(url):
+                    # Only the API's own origin can reject the key (never sent elsewhere):
+                    # a refusal where it redirected fails this request, not the whole run.
+                    raise StatusError(f"{what}: HTTP {response.status} from {redact(answered)}, "
+                                      "where the API redirected", response.status, retry_after)
                 raise status_error(response.status, body, what, url, retry_after)
             if (response.content_length or 0) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
-            body = await read_capped(response, MAX_JSON_BYTES + 1)
+            body = await read_capped(response, MAX_JSON_BYTES + 1, stall)
             if len(body) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
         return body
@@ -253,7 +263,8 @@ def parse_json(body: bytes, what: str) -> Any:
     """The JSON value of an API answer; DataError when it is not JSON."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
 
 
@@ -280,7 +291,7 @@ def api_error_text(body: bytes) -> str:
     """The `error` field of an API error body, on one short line; '' when there is none."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     error = data.get("error") if isinstance(data, dict) else None
     if error is None:

@@ -12,7 +12,7 @@ from tune_archiver.commands.plan import assets_of
 from tune_archiver.download.engine import Refresh
 from tune_archiver.errors import ArchiverError, DataError
 from tune_archiver.models import Asset, Tune
-from tune_archiver.urls import redact
+from tune_archiver.urls import redact, url_key
 
 
 class FreshUrls:
@@ -29,8 +29,9 @@ class FreshUrls:
 
     def refresh(self, asset: Asset) -> Refresh:
         """A callable that returns the asset's fresh URL, or None when the tune cannot be
-        had again. The fresh URL must name the same file: same kind, index and URL path
-        (a renewed listing may come in another order); else it raises DataError."""
+        had again. The fresh URL must name the same file: same kind, index, URL path and
+        query less its signature (a renewed listing may come in another order); else it
+        raises DataError."""
 
         async def fresh_url() -> str | None:
             try:
@@ -40,7 +41,7 @@ class FreshUrls:
             place = (asset.kind, asset.prompt_id, asset.index)
             for candidate in assets_of(tune):
                 if (candidate.kind, candidate.prompt_id, candidate.index) == place:
-                    if _path(candidate.url) == _path(asset.url):
+                    if _named(candidate.url) == _named(asset.url):
                         return candidate.url
                     raise DataError(
                         f"the renewed tune lists another file as {asset.kind} {asset.index} "
@@ -69,8 +70,11 @@ class FreshUrls:
         return Tune(self._tune_id, {"id": self._tune_id}, (), (), prompts=(prompt,))
 
 
-def _path(url: str) -> str:
+def _named(url: str) -> tuple[str, str]:
+    """What in a URL names its file: the path, and the query less what signing sets
+    (url_key): /img?id=1 and /img?id=2 are two files, their path alone one."""
     try:
-        return urlsplit(url).path
+        parts = urlsplit(url_key(url))
     except ValueError:
-        return url
+        return url, ""
+    return parts.path, parts.query

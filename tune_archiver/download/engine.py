@@ -251,7 +251,7 @@ class Downloader:
             await self._restart(transfer)
             raise BodyError(f"the server refused to resume; starting over: {transfer.shown}")
         if response.status not in (200, 206):
-            raise await asset_status_error(response, transfer.shown)
+            raise await asset_status_error(response, transfer.shown, self._settings.stall)
         content_type = response.content_type if "Content-Type" in response.headers else None
         if content_type in ERROR_PAGE_TYPES:
             raise DataError(f"the server sent an error page ({content_type}): {transfer.shown}")

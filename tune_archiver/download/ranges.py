@@ -141,7 +141,7 @@ class RangedFetch:
             if response.status == 200:
                 raise RangesRefused  # Range ignored, or the file changed under If-Range
             if response.status != 206:
-                raise await asset_status_error(response, shown)
+                raise await asset_status_error(response, shown, self._settings.stall)
             if content_range(response) != (pos, end - 1, partial.total):
                 raise RangesRefused
             if validator_of(response.headers) != partial.validator:

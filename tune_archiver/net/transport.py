@@ -93,15 +93,28 @@ async def get(
     guarded session refuses it, with RefusedUrl, if it goes to a private address.
     Errors raised while the caller reads the body are translated too.
     """
+    check_fetchable(url)  # first: origin() raises ValueError on a malformed port
     first_origin = origin(url)
     sent = dict(headers)
     source: str | None = None  # the URL that redirected to `url`
+    # The status and headers come within connecting plus one read timeout: the read
+    # timeout alone never ends headers sent a line now and then (the stall rule sees
+    # bodies only), and a run would wait on them for ever.
+    within = None if read_timeout is None else (session.timeout.connect or 0) + read_timeout
     for _hop in range(MAX_REDIRECTS + 1):
         check_fetchable(url)
         with translated(url, read_timeout):
-            with redirected_from(source):  # the session's guard may refuse a private target
-                response = await session.get(URL(url, encoded=True), headers=sent,
-                                             allow_redirects=False)
+            deadline = asyncio.timeout(within)
+            try:
+                async with deadline:
+                    with redirected_from(source):  # the guard may refuse a private target
+                        response = await session.get(URL(url, encoded=True), headers=sent,
+                                                     allow_redirects=False)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise ReadTimeout(f"no whole status and headers within {within:g} s from "
+                                      f"{redact(url)}") from exc
+                raise
             try:
                 location = response.headers.get("Location")
                 if response.status not in REDIRECT_STATUSES or not location:
@@ -118,24 +131,68 @@ async def get(
 
 def _resolve(base: URL, location: str) -> str:
     """The absolute URL a Location header points to; refused if malformed as sent (the
-    join would tidy a port such as "+1" into one that looks fine)."""
+    join would tidy a port such as "+1" into one that looks fine), or if it carries a
+    user name or password."""
     try:
         if urlsplit(location).netloc:
             check_fetchable(location if "://" in location else f"{base.scheme}:{location}")
-        return str(base.join(URL(location, encoded=True)))
+        resolved = str(base.join(URL(location, encoded=True)))
+        userinfo = "@" in urlsplit(resolved).netloc
     except ValueError as exc:
         raise RefusedUrl(f"refused malformed redirect from {redact(str(base))}") from exc
+    # Credentials a host slips into a redirect are none of ours to send; with the API's
+    # Authorization, aiohttp would raise ValueError (a traceback) rather than send both.
+    if userinfo:
+        raise RefusedUrl(f"refused a redirect to a URL with a user name or password, from "
+                         f"{redact(str(base))}")
+    return resolved
 
 
-async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The body, or its first `cap` bytes when it is longer."""
+class Pace:
+    """A body's pace against a StallRule: ReadTimeout when it comes slower than the rule
+    allows over its window (a host that drips a byte now and then is never silent long
+    enough for the read timeout)."""
+
+    def __init__(self, stall: StallRule | None, response: aiohttp.ClientResponse) -> None:
+        self._stall = stall
+        self._response = response
+        self._clock = asyncio.get_running_loop().time
+        self._start, self._bytes = self._clock(), 0
+
+    def waited(self, seconds: float) -> None:
+        """Time spent waiting on our side (--limit-rate), not the host's slowness."""
+        self._start += seconds
+
+    def received(self, count: int) -> None:
+        """Count bytes received; raises ReadTimeout when the window is too slow."""
+        stall = self._stall
+        if stall is None:
+            return
+        self._bytes += count
+        elapsed = self._clock() - self._start
+        if elapsed >= stall.window:
+            if self._bytes < stall.min_rate * elapsed:
+                raise ReadTimeout(
+                    f"slower than {stall.min_rate:.0f} bytes/s for {elapsed:.1f} s: "
+                    f"{redact(str(self._response.url))}"
+                )
+            self._start, self._bytes = self._clock(), 0
+
+
+async def read_capped(
+    response: aiohttp.ClientResponse, cap: int, stall: StallRule | None = None
+) -> bytes:
+    """The body, or its first `cap` bytes when it is longer; ReadTimeout when it comes
+    slower than `stall` allows (an API answer dripped for hours would hold a run)."""
     parts: list[bytes] = []
     size = 0
+    pace = Pace(stall, response)
     async for chunk in response.content.iter_any():
         parts.append(chunk)
         size += len(chunk)
         if size >= cap:
             break
+        pace.received(len(chunk))
     return b"".join(parts)[:cap]
 
 
@@ -193,12 +250,11 @@ async def pump(
     pending: list[bytes] = []
     held = 0
     writing: asyncio.Future[None] | None = None  # the batch being written meanwhile
-    clock = asyncio.get_running_loop().time
-    window_start, window_bytes = clock(), 0
+    pace = Pace(stall, response)
     try:
         async for piece, _ in response.content.iter_chunks():
             if throttle is not None:
-                window_start += await throttle.take(len(piece))
+                pace.waited(await throttle.take(len(piece)))
             pending.append(piece)
             held += len(piece)
             if held >= batch:
@@ -206,16 +262,7 @@ async def pump(
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(sink(pieces))
-            if stall is not None:
-                window_bytes += len(piece)
-                elapsed = clock() - window_start
-                if elapsed >= stall.window:
-                    if window_bytes < stall.min_rate * elapsed:
-                        raise ReadTimeout(
-                            f"slower than {stall.min_rate:.0f} bytes/s for {elapsed:.1f} s: "
-                            f"{redact(str(response.url))}"
-                        )
-                    window_start, window_bytes = clock(), 0
+            pace.received(len(piece))
         if writing is not None:
             await writing
     except BaseException:
@@ -229,10 +276,12 @@ async def pump(
     return pending
 
 
-async def asset_status_error(response: aiohttp.ClientResponse, shown: str) -> StatusError:
+async def asset_status_error(
+    response: aiohttp.ClientResponse, shown: str, stall: StallRule | None = None
+) -> StatusError:
     """The error for an asset answer other than 200/206; an expired URL has its own."""
     status = response.status
-    body = await read_capped(response, ERROR_BODY_BYTES)
+    body = await read_capped(response, ERROR_BODY_BYTES, stall)
     if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
         return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
     return StatusError(
