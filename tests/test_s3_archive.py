@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from moto.s3.exceptions import EntityTooSmall
+from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError
 from moto.s3.models import S3Backend
 
 from tests.conftest import SCHEMA
@@ -345,3 +345,32 @@ def test_forget_then_gc_on_a_bucket(
     kept = {sha256(data) for data in one.values()} | {sha256(standin.files["shared.jpg"])}
     assert left == kept
     assert not {sha256(data) for data in two.values()} & left
+
+
+def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One object the bucket will not let us read (AccessDenied on its GET alone) is that
+    blob's problem, said in one line: verify checks every other blob and exits 1, with
+    no traceback."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    get_object = S3Backend.get_object
+
+    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(checkpoint["sha256"]):
+            raise S3AccessDeniedError()
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", refused)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: unreadable: ")
+    assert "access denied" in line
+    assert tune_archiver(s3, "verify", "2") == 0
