@@ -374,3 +374,25 @@ def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(
     assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: unreadable: ")
     assert "access denied" in line
     assert tune_archiver(s3, "verify", "2") == 0
+
+
+def test_a_folder_marker_under_manifests_damaged_does_not_stop_gc(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The empty key manifests/damaged/ that a console's "Create folder" (or s3fs, rclone)
+    leaves is no damaged manifest: gc still removes what no manifest references, and
+    verify and gc agree that nothing is set aside."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    only_2 = {f"{s3.prefix}/{e['path']}" for e in s3.manifest(2)["assets"]}
+    assert tune_archiver(s3, "forget", "2") == 0
+    for marker in ("manifests/damaged/", "manifests/", "objects/", "tmp/damaged/"):
+        s3.put(marker, b"")
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 0
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert capsys.readouterr().err == ""
+    assert not only_2 & set(s3.keys("objects/"))
+    assert tune_archiver(s3, "verify") == 0

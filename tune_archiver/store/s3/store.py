@@ -352,8 +352,11 @@ class S3Store:
         return key
 
     async def damaged_manifests(self) -> list[str]:
-        """The manifests set aside as damaged, by key under the prefix."""
-        return sorted([key async for key, _ in self.bucket.list(DAMAGED)])
+        """The manifests set aside as damaged, by key under the prefix. A key ending in
+        "/" is a folder marker (a console's "Create folder", s3fs, rclone), no manifest:
+        counted, it would stop gc for good, as no local folder can."""
+        return sorted([key async for key, _ in self.bucket.list(DAMAGED)
+                       if not key.endswith("/")])
 
     async def manifest_ids(self) -> list[int]:
         """Every tune with a manifest, in ascending order; other keys are ignored."""
