@@ -38,6 +38,7 @@ from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import IntegrityError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.s3 import intake as intake_module
+from tune_archiver.store.s3 import store as s3store_module
 
 MiB = 2**20
 
@@ -396,3 +397,28 @@ def test_a_folder_marker_under_manifests_damaged_does_not_stop_gc(
     assert capsys.readouterr().err == ""
     assert not only_2 & set(s3.keys("objects/"))
     assert tune_archiver(s3, "verify") == 0
+
+
+def test_an_object_at_a_manifests_key_past_the_size_limit_is_refused_unread(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An object at manifests/<id>.json larger than MAX_MANIFEST_BYTES is refused by its
+    size, as a local archive refuses such a file, not read whole into memory: verify and
+    list name that tune and go on with the others."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    padded = s3.get("manifests/2.json").rstrip() + b" " * 4096 + b"\n"  # still a manifest
+    s3.put("manifests/2.json", padded)
+    monkeypatch.setattr(s3store_module, "MAX_MANIFEST_BYTES", 4096)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 2: unreadable manifest: ")
+    assert "larger than 4096 bytes" in line
+    assert tune_archiver(s3, "list", "--json") == 1
+    rows = json.loads(capsys.readouterr().out)["tunes"]
+    assert [row["tune_id"] for row in rows] == [2, 1]
+    assert "larger than 4096 bytes" in rows[0]["error"]
+    assert tune_archiver(s3, "verify", "1") == 0

@@ -27,6 +27,7 @@ from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     OBJECTS,
     blob_key,
     is_sha256,
@@ -290,12 +291,16 @@ class S3Store:
         return found[0] if found else None
 
     async def _read(self, key: str, doing: str) -> tuple[bytes, str] | None:
-        """(bytes, ETag) of the object at the archive-relative key, or None."""
+        """(bytes, ETag) of the object at the archive-relative key, or None; StorageError,
+        its body unread, when it is larger than MAX_MANIFEST_BYTES (a planted one may be)."""
         bucket = self.bucket
         try:
             with bucket.translated(doing):
                 response = await bucket.client.get_object(Bucket=bucket.name, Key=bucket.key(key))
                 async with response["Body"] as body:
+                    if response["ContentLength"] > MAX_MANIFEST_BYTES:
+                        raise StorageError(f"cannot {doing} in {self}: {key} is larger "
+                                           f"than {MAX_MANIFEST_BYTES} bytes: not a manifest")
                     return await body.read(), response["ETag"]
         except Absent:
             return None
