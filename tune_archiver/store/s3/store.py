@@ -374,8 +374,8 @@ class S3Store:
     # -- leftovers -------------------------------------------------------------
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """(description, bytes) of temp objects and unfinished multipart uploads under the
-        prefix that were started before `older_than` (an aware datetime)."""
+        """(description, bytes) of temp objects and unfinished multipart uploads to the
+        store's own keys that were started before `older_than` (an aware datetime)."""
         return await leftovers.stale(self.bucket, older_than, remove=False)
 
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
