@@ -422,3 +422,22 @@ def test_an_object_at_a_manifests_key_past_the_size_limit_is_refused_unread(
     assert [row["tune_id"] for row in rows] == [2, 1]
     assert "larger than 4096 bytes" in rows[0]["error"]
     assert tune_archiver(s3, "verify", "1") == 0
+
+
+def test_export_refuses_a_blob_of_another_size_before_writing_it(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object at a blob's key that is not the size its manifest records (replaced by a
+    far larger one, say) is refused by that size, as a local archive does, before a byte
+    of it reaches DEST; the tune's other files are exported."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    s3.put(checkpoint["path"], os.urandom(3 * MiB))
+    capsys.readouterr()
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"holds {3 * MiB} bytes, not the {checkpoint['size']} its manifest records" in err
+    folder = tmp_path / "out" / "1-tune-1"
+    written = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]

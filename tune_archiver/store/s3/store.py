@@ -253,9 +253,9 @@ class S3Store:
         self, sha256: str, target: Path, hard_link: bool, size: int | None = None
     ) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;
-        checked against the name first (every byte hashed, which says more than `size`).
-        "copied": a bucket's object cannot be hard-linked."""
-        await save_as(self.bucket, sha256, target)
+        one not of `size` bytes is refused unread, and every byte is hashed against the
+        name. "copied": a bucket's object cannot be hard-linked."""
+        await save_as(self.bucket, sha256, target, size)
         return "copied"
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
