@@ -313,8 +313,8 @@ class S3Store:
 
     async def update_manifest(self, tune_id: int, change: Change) -> str:
         """Read, change and write the tune's manifest with a conditional PUT (If-Match its
-        ETag, or If-None-Match when there was none): when another machine wrote it in
-        between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
+        ETag, or If-None-Match when there was none): when another machine wrote or removed
+        it in between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
         key = manifest_key(tune_id)
         for _ in range(MANIFEST_ATTEMPTS):
             found = await self._read(key, f"read the manifest of tune {tune_id}")
@@ -323,7 +323,7 @@ class S3Store:
             try:
                 await self._put(key, data, "write a manifest", **condition)
                 return key
-            except Conflict:
+            except (Conflict, Absent):  # Absent: removed meanwhile (If-Match answers 404)
                 continue
         raise StorageError(
             f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
