@@ -441,3 +441,23 @@ def test_export_refuses_a_blob_of_another_size_before_writing_it(
     folder = tmp_path / "out" / "1-tune-1"
     written = sorted(p.name for p in folder.rglob("*") if p.is_file())
     assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]
+
+
+def test_forget_removes_a_manifest_the_store_refuses_to_read(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`forget ID` of a tune whose manifest object the store refuses to read (past the
+    size limit) removes it all the same, its title unknown, and the other ids asked for
+    too: reading the manifest is only for its title."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    s3.put("manifests/2.json", s3.get("manifests/2.json").rstrip() + b" " * 4096 + b"\n")
+    monkeypatch.setattr(s3store_module, "MAX_MANIFEST_BYTES", 4096)
+    capsys.readouterr()
+    assert tune_archiver(s3, "forget", "2", "1") == 0
+    out = capsys.readouterr().out
+    assert "removed the manifest of tune 2\n" in out
+    assert "removed the manifest of tune 1 (Tune 1)\n" in out
+    assert s3.keys("manifests/") == []
