@@ -121,6 +121,28 @@ async def test_s3_update_creates_only_when_there_is_none(bucket: Bucket, tmp_pat
         assert await store.read_manifest(5) == b"theirs\nours\n"
 
 
+async def test_s3_update_writes_anew_when_the_manifest_was_removed_in_between(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A manifest removed between our read and our If-Match PUT (forget, or a set-aside,
+    on another machine; S3 answers 404) is a lost race like a 412: read again, and write
+    what the change makes of no manifest, rather than fail the tune with "not found"."""
+    seen: list[bytes | None] = []
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(8, b"base\n")
+
+        async def racing(current: bytes | None) -> bytes:
+            seen.append(current)
+            if len(seen) == 1:
+                await bucket.client.delete_object(
+                    Bucket=bucket.name, Key=f"{PREFIX}/manifests/8.json")
+            return (current or b"") + b"ours\n"
+
+        assert await store.update_manifest(8, racing) == "manifests/8.json"
+        assert await store.read_manifest(8) == b"ours\n"
+    assert seen == [b"base\n", None]
+
+
 async def test_s3_set_aside_keeps_the_damaged_manifest(bucket: Bucket, tmp_path: Path) -> None:
     """The damaged bytes go to manifests/damaged/ and the manifest's key is freed."""
     async with opened(bucket, tmp_path) as store:

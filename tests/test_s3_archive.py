@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from moto.s3.exceptions import EntityTooSmall
+from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError
 from moto.s3.models import S3Backend
 
 from tests.conftest import SCHEMA
@@ -38,6 +38,7 @@ from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import IntegrityError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.s3 import intake as intake_module
+from tune_archiver.store.s3 import store as s3store_module
 
 MiB = 2**20
 
@@ -345,3 +346,118 @@ def test_forget_then_gc_on_a_bucket(
     kept = {sha256(data) for data in one.values()} | {sha256(standin.files["shared.jpg"])}
     assert left == kept
     assert not {sha256(data) for data in two.values()} & left
+
+
+def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One object the bucket will not let us read (AccessDenied on its GET alone) is that
+    blob's problem, said in one line: verify checks every other blob and exits 1, with
+    no traceback."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    get_object = S3Backend.get_object
+
+    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(checkpoint["sha256"]):
+            raise S3AccessDeniedError()
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", refused)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: unreadable: ")
+    assert "access denied" in line
+    assert tune_archiver(s3, "verify", "2") == 0
+
+
+def test_a_folder_marker_under_manifests_damaged_does_not_stop_gc(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The empty key manifests/damaged/ that a console's "Create folder" (or s3fs, rclone)
+    leaves is no damaged manifest: gc still removes what no manifest references, and
+    verify and gc agree that nothing is set aside."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    only_2 = {f"{s3.prefix}/{e['path']}" for e in s3.manifest(2)["assets"]}
+    assert tune_archiver(s3, "forget", "2") == 0
+    for marker in ("manifests/damaged/", "manifests/", "objects/", "tmp/damaged/"):
+        s3.put(marker, b"")
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 0
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert capsys.readouterr().err == ""
+    assert not only_2 & set(s3.keys("objects/"))
+    assert tune_archiver(s3, "verify") == 0
+
+
+def test_an_object_at_a_manifests_key_past_the_size_limit_is_refused_unread(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An object at manifests/<id>.json larger than MAX_MANIFEST_BYTES is refused by its
+    size, as a local archive refuses such a file, not read whole into memory: verify and
+    list name that tune and go on with the others."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    padded = s3.get("manifests/2.json").rstrip() + b" " * 4096 + b"\n"  # still a manifest
+    s3.put("manifests/2.json", padded)
+    monkeypatch.setattr(s3store_module, "MAX_MANIFEST_BYTES", 4096)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 2: unreadable manifest: ")
+    assert "larger than 4096 bytes" in line
+    assert tune_archiver(s3, "list", "--json") == 1
+    rows = json.loads(capsys.readouterr().out)["tunes"]
+    assert [row["tune_id"] for row in rows] == [2, 1]
+    assert "larger than 4096 bytes" in rows[0]["error"]
+    assert tune_archiver(s3, "verify", "1") == 0
+
+
+def test_export_refuses_a_blob_of_another_size_before_writing_it(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object at a blob's key that is not the size its manifest records (replaced by a
+    far larger one, say) is refused by that size, as a local archive does, before a byte
+    of it reaches DEST; the tune's other files are exported."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    s3.put(checkpoint["path"], os.urandom(3 * MiB))
+    capsys.readouterr()
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert f"holds {3 * MiB} bytes, not the {checkpoint['size']} its manifest records" in err
+    folder = tmp_path / "out" / "1-tune-1"
+    written = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]
+
+
+def test_forget_removes_a_manifest_the_store_refuses_to_read(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`forget ID` of a tune whose manifest object the store refuses to read (past the
+    size limit) removes it all the same, its title unknown, and the other ids asked for
+    too: reading the manifest is only for its title."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    s3.put("manifests/2.json", s3.get("manifests/2.json").rstrip() + b" " * 4096 + b"\n")
+    monkeypatch.setattr(s3store_module, "MAX_MANIFEST_BYTES", 4096)
+    capsys.readouterr()
+    assert tune_archiver(s3, "forget", "2", "1") == 0
+    out = capsys.readouterr().out
+    assert "removed the manifest of tune 2\n" in out
+    assert "removed the manifest of tune 1 (Tune 1)\n" in out
+    assert s3.keys("manifests/") == []

@@ -553,6 +553,23 @@ async def test_stale_uploads_are_listed_with_sizes_and_removed(
     assert await bucket.keys("elsewhere/") == ["elsewhere/tmp/upload-c"]
 
 
+async def test_gc_leaves_alone_multipart_uploads_it_did_not_start(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Only uploads to keys the store writes (tmp/, objects/) are its leftovers: another
+    tool's upload under the prefix, or a nested archive's, is never listed nor aborted."""
+    theirs = [f"{PREFIX}/notes/video.mp4", f"{PREFIX}/old/tmp/upload-x", f"{PREFIX}/tmpfile"]
+    for key in [*theirs, f"{PREFIX}/tmp/upload-ours", f"{PREFIX}/{blob_key(sha(b'x'))}"]:
+        await bucket.client.create_multipart_upload(Bucket=bucket.name, Key=key)
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    async with opened(bucket, tmp_path) as store:
+        assert sorted(what for what, _ in await store.remove_stale_uploads(soon)) == [
+            f"unfinished multipart upload to s3://{bucket.name}/{PREFIX}/{blob_key(sha(b'x'))}",
+            f"unfinished multipart upload to s3://{bucket.name}/{PREFIX}/tmp/upload-ours",
+        ]
+    assert sorted(await bucket.uploads()) == sorted(theirs)
+
+
 # -- setup and errors -------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import StorageError, UnreadableManifest
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
@@ -69,6 +69,8 @@ async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
 async def _title(store: Store, tune_id: int) -> str | None:
     try:
         found = await manifest.read(store, tune_id)
-    except UnreadableManifest:
+    # Damaged, or refused by the store (past the size limit, a FIFO in its place): a
+    # manifest asked for by id is forgotten all the same, untitled.
+    except StorageError:
         return None
     return found.title if found is not None else None

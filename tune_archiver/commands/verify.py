@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tune_archiver import manifest
-from tune_archiver.errors import NotAFile, StorageError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, NotAFile, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
@@ -123,11 +123,13 @@ async def verify(
 
     workers = asyncio.Semaphore(WORKERS)
 
-    async def check(sha: str) -> tuple[int, str] | StorageError | None:
+    async def check(sha: str) -> tuple[int, str] | ArchiverError | None:
         try:
             async with workers:
                 return await store.hash_blob(sha, advance)
-        except StorageError as exc:  # a link, a FIFO, EIO: this blob's problem alone
+        # A link, a FIFO, EIO, or a bucket that refuses this one object (AccessDenied is
+        # a ConfigError; the bucket itself was reached): this blob's problem alone.
+        except ArchiverError as exc:
             return exc
         finally:
             progress.file_done()
@@ -146,14 +148,14 @@ async def verify(
 
 
 def _judge(
-    sha: str, size: int, found: tuple[int, str] | StorageError | None,
+    sha: str, size: int, found: tuple[int, str] | ArchiverError | None,
     misplaced: dict[str, str],
 ) -> tuple[str, str, int | None] | None:
     """What is wrong with a blob, as one manifest entry sees it: (problem, detail, the
     blob's true size when only the entry's size is wrong); None when nothing."""
     if isinstance(found, NotAFile):
         return "not_a_file", f"{blob_key(sha)}: {found}", None
-    if isinstance(found, StorageError):
+    if isinstance(found, ArchiverError):
         return "unreadable", str(found), None
     if found is None:
         if sha in misplaced:

@@ -1,18 +1,19 @@
 """What runs leave behind in a bucket: temporary keys and unfinished multipart uploads
-(gc removes them after a day), and blobs verify --repair sets aside (kept)."""
+to the store's own keys (gc removes them after a day), and blobs verify --repair sets
+aside (kept)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from tune_archiver.layout import DAMAGED_BLOBS, TMP
+from tune_archiver.layout import DAMAGED_BLOBS, OBJECTS, TMP
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import Absent
 
 
 async def stale(bucket: Bucket, older_than: datetime, remove: bool) -> list[tuple[str, int]]:
-    """(description, bytes) of each temporary object and unfinished multipart upload
-    under the prefix started before `older_than`; with `remove`, each is removed
+    """(description, bytes) of each temporary object, and unfinished multipart upload to
+    a key of the store's, started before `older_than`; with `remove`, each is removed
     (deleted, or aborted) as it is listed. tmp/damaged/ is never touched."""
     found = []
     async for key, item in bucket.list(TMP):
@@ -29,16 +30,20 @@ async def stale(bucket: Bucket, older_than: datetime, remove: bool) -> list[tupl
 
 
 async def _old_uploads(bucket: Bucket, older_than: datetime) -> list[tuple[str, str]]:
-    """(key, upload id) of the multipart uploads under the prefix started before then."""
+    """(key, upload id) of the multipart uploads to the store's own keys (tmp/, blobs)
+    started before then. Another tool's upload under the prefix (or, for an archive at
+    the bucket's root, anywhere in the bucket), or a nested archive's, is not ours."""
+    ours = (bucket.key(f"{TMP}/"), bucket.key(f"{OBJECTS}/"))
     uploads = []
     with bucket.translated("list unfinished uploads"):
-        pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=bucket.name, Prefix=bucket.key("")
-        )
-        async for page in pages:
-            for upload in page.get("Uploads", []):
-                if upload["Initiated"] < older_than:
-                    uploads.append((upload["Key"], upload["UploadId"]))
+        for prefix in ours:
+            pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket.name, Prefix=prefix
+            )
+            async for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < older_than:
+                        uploads.append((upload["Key"], upload["UploadId"]))
     return uploads
 
 

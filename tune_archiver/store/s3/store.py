@@ -27,6 +27,7 @@ from tune_archiver.layout import (
     DAMAGED,
     DAMAGED_BLOBS,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     OBJECTS,
     blob_key,
     is_sha256,
@@ -252,9 +253,9 @@ class S3Store:
         self, sha256: str, target: Path, hard_link: bool, size: int | None = None
     ) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;
-        checked against the name first (every byte hashed, which says more than `size`).
-        "copied": a bucket's object cannot be hard-linked."""
-        await save_as(self.bucket, sha256, target)
+        one not of `size` bytes is refused unread, and every byte is hashed against the
+        name. "copied": a bucket's object cannot be hard-linked."""
+        await save_as(self.bucket, sha256, target, size)
         return "copied"
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
@@ -290,12 +291,16 @@ class S3Store:
         return found[0] if found else None
 
     async def _read(self, key: str, doing: str) -> tuple[bytes, str] | None:
-        """(bytes, ETag) of the object at the archive-relative key, or None."""
+        """(bytes, ETag) of the object at the archive-relative key, or None; StorageError,
+        its body unread, when it is larger than MAX_MANIFEST_BYTES (a planted one may be)."""
         bucket = self.bucket
         try:
             with bucket.translated(doing):
                 response = await bucket.client.get_object(Bucket=bucket.name, Key=bucket.key(key))
                 async with response["Body"] as body:
+                    if response["ContentLength"] > MAX_MANIFEST_BYTES:
+                        raise StorageError(f"cannot {doing} in {self}: {key} is larger "
+                                           f"than {MAX_MANIFEST_BYTES} bytes: not a manifest")
                     return await body.read(), response["ETag"]
         except Absent:
             return None
@@ -308,8 +313,8 @@ class S3Store:
 
     async def update_manifest(self, tune_id: int, change: Change) -> str:
         """Read, change and write the tune's manifest with a conditional PUT (If-Match its
-        ETag, or If-None-Match when there was none): when another machine wrote it in
-        between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
+        ETag, or If-None-Match when there was none): when another machine wrote or removed
+        it in between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
         key = manifest_key(tune_id)
         for _ in range(MANIFEST_ATTEMPTS):
             found = await self._read(key, f"read the manifest of tune {tune_id}")
@@ -318,7 +323,7 @@ class S3Store:
             try:
                 await self._put(key, data, "write a manifest", **condition)
                 return key
-            except Conflict:
+            except (Conflict, Absent):  # Absent: removed meanwhile (If-Match answers 404)
                 continue
         raise StorageError(
             f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
@@ -352,8 +357,11 @@ class S3Store:
         return key
 
     async def damaged_manifests(self) -> list[str]:
-        """The manifests set aside as damaged, by key under the prefix."""
-        return sorted([key async for key, _ in self.bucket.list(DAMAGED)])
+        """The manifests set aside as damaged, by key under the prefix. A key ending in
+        "/" is a folder marker (a console's "Create folder", s3fs, rclone), no manifest:
+        counted, it would stop gc for good, as no local folder can."""
+        return sorted([key async for key, _ in self.bucket.list(DAMAGED)
+                       if not key.endswith("/")])
 
     async def manifest_ids(self) -> list[int]:
         """Every tune with a manifest, in ascending order; other keys are ignored."""
@@ -366,8 +374,8 @@ class S3Store:
     # -- leftovers -------------------------------------------------------------
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """(description, bytes) of temp objects and unfinished multipart uploads under the
-        prefix that were started before `older_than` (an aware datetime)."""
+        """(description, bytes) of temp objects and unfinished multipart uploads to the
+        store's own keys that were started before `older_than` (an aware datetime)."""
         return await leftovers.stale(self.bucket, older_than, remove=False)
 
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:

@@ -310,15 +310,22 @@ async def stream(
     doing: str,
     consume: Callable[[bytes], None],
     advance: Callable[[int], None],
+    expected: int | None = None,
 ) -> int:
     """Feed the blob's bytes to `consume` (in a worker thread), a chunk at a time;
-    returns how many there were. Raises s3errors.Absent when the blob is missing."""
+    returns how many there were. Raises s3errors.Absent when the blob is missing, and
+    StorageError, before a byte is fed, when it is not of the size `expected`."""
     size = 0
     with bucket.translated(doing):
         response = await bucket.client.get_object(
             Bucket=bucket.name, Key=bucket.key(blob_key(sha256))
         )
         async with response["Body"] as body:
+            if expected is not None and response["ContentLength"] != expected:
+                raise StorageError(
+                    f"the blob {sha256} holds {response['ContentLength']} bytes, not the "
+                    f"{expected} its manifest records: it is damaged (verify --repair "
+                    "mends it); nothing was written")
             pending: list[bytes] = []
             held = 0
             async for piece in body.iter_chunks(READ_BLOCK):
@@ -335,12 +342,15 @@ async def stream(
     return size
 
 
-async def save_as(bucket: Bucket, sha256: str, target: Path) -> None:
+async def save_as(bucket: Bucket, sha256: str, target: Path, size: int | None = None) -> None:
     """Write the blob's bytes to the local file `target`, which must not exist yet.
 
-    The bytes are checked against the name before the file appears (by a hard link
+    A blob not of `size` bytes (what the manifest records) is refused before its bytes
+    are written: one replaced by a far larger object would fill the disk first. The
+    bytes are checked against the name before the file appears (by a hard link
     from a temp file, so an existing file is never replaced). Raises StorageError
-    ("already exists", a failed write, a missing blob) or IntegrityError (corrupt).
+    ("already exists", another size, a failed write, a missing blob) or IntegrityError
+    (corrupt).
     """
     try:
         # mkstemp only creates an empty file: quick enough for the event loop.
@@ -360,7 +370,7 @@ async def save_as(bucket: Bucket, sha256: str, target: Path) -> None:
 
     try:
         try:
-            await stream(bucket, sha256, "export a blob", write, lambda n: None)
+            await stream(bucket, sha256, "export a blob", write, lambda n: None, size)
         except Absent as exc:
             raise StorageError(f"the blob {sha256} is missing from {bucket}") from exc
         await in_thread(os.fsync, fd)
