@@ -139,3 +139,11 @@ def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
     if exc.errno in _FULL:
         return DiskFull(f"disk full in {archive}")
     return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")
+
+
+def not_its_size(sha256: str, found: int, size: int) -> StorageError:
+    """A blob to copy out whose size is not the one its manifest records: refused before
+    a byte is written. Either may be the damaged one; verify --repair tells which."""
+    return StorageError(
+        f"the blob {sha256} holds {found} bytes, not the {size} its manifest records: one "
+        "of them is damaged (verify --repair finds which, and mends it); nothing was written")

@@ -16,7 +16,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
-from tune_archiver.errors import NotAFile, StorageError, storage_error
+from tune_archiver.errors import NotAFile, StorageError, not_its_size, storage_error
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
 from tune_archiver.safefs import refuse_links
@@ -163,10 +163,7 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
         with open_regular(blob) as source:  # a link planted at the blob is never exported
             found = os.fstat(source.fileno()).st_size
             if size is not None and found != size:
-                raise StorageError(
-                    f"the blob {blob.name} holds {found} bytes, not the {size} its manifest "
-                    "records: one of them is damaged (verify --repair finds which, and mends it); "
-                    "nothing was written")
+                raise not_its_size(blob.name, found, size)
             if hard_link:
                 try:
                     os.link(blob, target, follow_symlinks=False)

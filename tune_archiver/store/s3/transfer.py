@@ -23,6 +23,7 @@ from tune_archiver.errors import (
     ChangedOnDisk,
     IntegrityError,
     StorageError,
+    not_its_size,
     storage_error,
 )
 from tune_archiver.layout import blob_key
@@ -322,10 +323,7 @@ async def stream(
         )
         async with response["Body"] as body:
             if expected is not None and response["ContentLength"] != expected:
-                raise StorageError(
-                    f"the blob {sha256} holds {response['ContentLength']} bytes, not the "
-                    f"{expected} its manifest records: it is damaged (verify --repair "
-                    "mends it); nothing was written")
+                raise not_its_size(sha256, response["ContentLength"], expected)
             pending: list[bytes] = []
             held = 0
             async for piece in body.iter_chunks(READ_BLOCK):
