@@ -94,6 +94,22 @@ def test_truncated_body_fails_when_retries_are_spent(
     assert stored_blobs(archive) == []
 
 
+def test_retries_count_only_the_attempts_that_got_nowhere(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that drops every connection after 2 MiB: each attempt moves the download on,
+    so --retries 1 (two attempts) still archives a 12 MiB file that takes six or more,
+    each resumed where the last one broke off."""
+    data = one_file_tune(standin, size=12 * MiB)
+    standin.faults["model"] = [Cut(2 * MiB)] * 12
+    assert run_fetch(standin, archive, "1", "--retries", "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    requests = standin.seen("cdn", "/files/model")
+    assert len(requests) >= 6
+    offsets = [resumed_at(r.headers["Range"]) for r in requests[1:]]
+    assert offsets == sorted(offsets) and offsets[0] > 0
+
+
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
     """A download that fails for good leaves its partial; the next run resumes it."""
     data = one_file_tune(standin)

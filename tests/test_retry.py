@@ -26,7 +26,12 @@ from tune_archiver.errors import (
     StorageError,
     TuneNotFound,
 )
-from tune_archiver.net.retry import call_with_retries, is_retryable, parse_retry_after
+from tune_archiver.net.retry import (
+    MOVED_ON,
+    call_with_retries,
+    is_retryable,
+    parse_retry_after,
+)
 
 NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
 
@@ -122,6 +127,32 @@ async def test_retryable_error_makes_retries_plus_one_attempts(retries: int) -> 
     assert attempt.count == retries + 1
     assert len(sleeps.waits) == retries
     assert info.value is attempt.raised[-1]  # the last error itself, not tenacity's RetryError
+
+
+async def test_attempts_that_move_a_download_on_start_the_retries_over() -> None:
+    """With progress, a round of retries that added MOVED_ON bytes to resume from is
+    followed by another; one that added less ends it: six attempts here where
+    --retries 1 alone allows two."""
+    sleeps = Sleeps()
+    attempt = Attempts(*(ConnectError(f"cut {i}") for i in range(10)))
+    moved = [MOVED_ON, MOVED_ON, MOVED_ON, MOVED_ON, 1, 1]  # each attempt's new bytes
+
+    def progress() -> int:
+        return sum(moved[:attempt.count])
+
+    with pytest.raises(ConnectError):
+        await call_with_retries(policy(sleeps, retries=1), "model", attempt, progress)
+    assert attempt.count == 6
+
+
+async def test_the_time_bound_holds_across_rounds_of_retries() -> None:
+    """However far each attempt moves on, no attempt starts past max_total."""
+    sleeps = Sleeps()
+    attempt = Attempts(*(ConnectError(f"cut {i}") for i in range(100_000)))
+    with pytest.raises(ConnectError):
+        await call_with_retries(policy(sleeps, retries=1, max_total=0.05), "model", attempt,
+                                lambda: attempt.count * MOVED_ON)
+    assert attempt.count < 100_000
 
 
 async def test_non_retryable_error_is_raised_after_one_attempt() -> None:

@@ -199,8 +199,12 @@ class Downloader:
             await self._retried(transfer)
 
     async def _retried(self, transfer: Transfer) -> None:
+        def resumable() -> int:  # bytes the next attempt asks for the rest after
+            partial = transfer.partial
+            return partial.size if partial.validator else 0
+
         await call_with_retries(
-            self._settings.retry, transfer.shown, lambda: self._attempt(transfer)
+            self._settings.retry, transfer.shown, lambda: self._attempt(transfer), resumable
         )
 
     async def _attempt(self, transfer: Transfer) -> None:

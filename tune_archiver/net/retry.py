@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MOVED_ON = 2**20  # bytes a round of retries must add to what a retry resumes from
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -55,14 +58,35 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 
 async def call_with_retries(
-    policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]
+    policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]],
+    progress: Callable[[], int] | None = None,
 ) -> T:
     """Await `attempt()` until it succeeds, fails for good, or the policy's bounds are spent.
 
     The last error is raised as it is. `what` names the request in log lines and
-    must already be redacted. The first attempt runs outside tenacity, whose set-up
-    costs more than a small download; only a failure worth retrying enters it.
+    must already be redacted. With `progress` (the bytes a retry resumes from), a
+    round of retries that moved them on by MOVED_ON or more is followed by another:
+    `retries` counts attempts that got nowhere (a CDN that drops a 2 GB checkpoint
+    every 100 MB would fail it at its sixth drop), while `max_total` bounds them all.
     """
+    deadline = time.monotonic() + policy.max_total
+    while True:
+        start = progress() if progress else 0
+        try:
+            return await _round(policy, what, attempt)
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            if (progress is None or not is_retryable(exc) or policy.retries == 0
+                    or left <= 0 or progress() < start + MOVED_ON):
+                raise
+            log.info("%s: %d more bytes to resume from; its retries start over", what,
+                     progress() - start)
+        policy = replace(policy, max_total=left)
+
+
+async def _round(policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """One round: the first attempt runs outside tenacity, whose set-up costs more than
+    a small download; only a failure worth retrying enters it."""
     try:
         return await attempt()
     except Exception as exc:
