@@ -111,9 +111,10 @@ def test_retries_count_only_the_attempts_that_got_nowhere(
 
 
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
-    """A download that fails for good leaves its partial; the next run resumes it."""
+    """A download that fails for good leaves its partial; the next run resumes it. (Its
+    first round of retries moved it on, so a second round is tried, and fails too.)"""
     data = one_file_tune(standin)
-    standin.faults["model"] = [Cut(2 * MiB)] + [Status(500)] * 2
+    standin.faults["model"] = [Cut(2 * MiB)] + [Status(500)] * 5
     assert run_fetch(standin, archive, "1", "--retries", "2") == 1
     [kept] = (archive / "tmp").glob("*.part")
     assert sorted(p.suffix for p in (archive / "tmp").iterdir()) == [".json", ".part"]
