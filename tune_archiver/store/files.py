@@ -28,12 +28,28 @@ _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, err
 
 
 def size_of(path: Path) -> int | None:
-    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO."""
+    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO,
+    or a blob in a fan-out folder that is a link (fetched again, and refused at its
+    commit)."""
     try:
+        check_fan_out(path)
         stat = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotAFile):
         return None
     return stat.st_size if S_ISREG(stat.st_mode) else None
+
+
+def check_fan_out(blob: Path) -> None:
+    """Raise NotAFile when the blob's folder (objects/sha256/<2 hex>) is a link or not a
+    folder: one planted there would pass bytes outside the archive off as a blob, or
+    take a photo out of it. O_NOFOLLOW guards only a path's last part."""
+    try:
+        mode = blob.parent.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not S_ISDIR(mode):
+        raise NotAFile(f"{blob.parent.name}, the folder of {blob.name}, is a symbolic link "
+                       "or not a folder")
 
 
 def open_regular(path: Path, what: str = "a blob") -> BinaryIO:
@@ -146,6 +162,7 @@ def hash_file(
 ) -> tuple[int, str] | None:
     digest, size = hashlib.sha256(), 0
     try:
+        check_fan_out(path)
         with open_regular(path) as file:
             while chunk := file.read(READ_BLOCK):
                 digest.update(chunk)
@@ -160,6 +177,7 @@ def hash_file(
 
 def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | None) -> str:
     try:
+        check_fan_out(blob)
         with open_regular(blob) as source:  # a link planted at the blob is never exported
             found = os.fstat(source.fileno()).st_size
             if size is not None and found != size:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
@@ -41,7 +42,7 @@ from tune_archiver.layout import (
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, open_folder
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
@@ -320,6 +321,15 @@ class LocalStore:
         return []
 
 
+def _regular_size(folder: int, name: str) -> int | None:
+    """The size of the regular file `name` in the open folder; None for anything else."""
+    try:
+        found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return found.st_size if stat.S_ISREG(found.st_mode) else None
+
+
 def _refused(root: Path, doing: str, exc: NotAFile) -> StorageError:
     return StorageError(f"refused to {doing} in {root}: {exc}, never followed; nothing "
                         "was moved (remove it, then try again)")
@@ -339,21 +349,28 @@ class _Intake:
 
     def _commit(self, finish: Callable[[], Blob]) -> Blob:
         blob = finish()
-        final = self._store.path(blob_key(blob.sha256))
+        key = blob_key(blob.sha256)
+        final = self._store.path(key)
+        folder, name = key.rsplit("/", 1)
         try:
-            if size_of(final) == blob.size:
-                # Stored already, by an earlier run or another tune. The caller still
-                # holds the file's lock, so the name is ours to remove.
-                self._file.path.unlink()
-            else:  # read-only already (Partial.finish)
-                try:
-                    os.replace(self._file.path, final)
-                except FileNotFoundError:  # the blob's folder is new: made, then again
-                    make_private_dir(final.parent)
-                    os.replace(self._file.path, final)
+            # The fan-out folder opened without following a link (made 0700 when new),
+            # the rename made into that descriptor: a link planted at it is refused.
+            into = open_folder(self._store._absolute, folder, create=True)
+            assert into is not None  # made when missing
+            try:
+                if _regular_size(into, name) == blob.size:
+                    # Stored already, by an earlier run or another tune. The caller still
+                    # holds the file's lock, so the name is ours to remove.
+                    self._file.path.unlink()
+                else:  # read-only already (Partial.finish)
+                    os.replace(self._file.path, name, dst_dir_fd=into)
+            finally:
+                os.close(into)
             # Either way (another tune's rename may not be durable yet), the folder is
             # fsynced before a manifest names the blob.
             self._store.dir_syncs.add(final.parent)
+        except NotAFile as exc:
+            raise _refused(self._store.root, "store a blob", exc) from exc
         except OSError as exc:
             raise storage_error(exc, self._store.root, "store a blob") from exc
         return blob
