@@ -30,7 +30,9 @@ def test_blob_folders_are_synced_once_each_before_the_manifest(
         real_sync(directory)
 
     def replace(source: str | Path, target: str | Path, **dir_fds: int) -> None:
-        if dir_fds:  # a blob, renamed into its fan-out folder's descriptor
+        if "src_dir_fd" in dir_fds:  # a manifest, from tmp/ into manifests/
+            events.append(("manifest", "manifests"))
+        elif dir_fds:  # a blob, renamed into its fan-out folder's descriptor
             events.append(("blob", str(target)[:2]))
         else:
             kind = "manifest" if Path(target).parent.name == "manifests" else "blob"

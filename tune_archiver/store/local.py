@@ -18,8 +18,8 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,7 +40,13 @@ from tune_archiver.layout import (
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
-from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
+from tune_archiver.safefs import (
+    NOFOLLOW,
+    PRIVATE_FILE,
+    check_folder,
+    make_private_dir,
+    refuse_links,
+)
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, open_folder
 from tune_archiver.store.files import (
@@ -49,7 +55,6 @@ from tune_archiver.store.files import (
     read_capped,
     save_as,
     size_of,
-    sync_dir,
     walk_objects,
 )
 from tune_archiver.store.locks import flocked
@@ -215,21 +220,31 @@ class LocalStore:
             raise storage_error(exc, self.root, doing) from exc
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
-        fd, name = -1, ""
+        # tmp/ and manifests/ are opened without following a link (tmp/ made 0700 when
+        # missing): verify --repair and retrain write manifests with no fetch's prepare
+        # before them, and a link at either would take the manifest out of the archive.
+        doing = "write a manifest"
+        tmp = into = -1
+        name = ""
         try:
             self.dir_syncs.sync()  # every blob it may name is durably there first
-            fd, name = tempfile.mkstemp(dir=self.path(TMP), prefix="manifest-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(name, final)
-            sync_dir(final.parent)
+            tmp = _opened(open_folder(self._absolute, TMP, create=True))
+            into = _opened(open_folder(self._absolute, MANIFESTS, create=True))
+            name = _write_temp(tmp, data)
+            os.replace(name, final.name, src_dir_fd=tmp, dst_dir_fd=into)
+            name = ""
+            os.fsync(into)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "write a manifest") from exc
+            raise storage_error(exc, self.root, doing) from exc
         finally:
             if name:
-                Path(name).unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=tmp)
+            for fd in (tmp, into):
+                if fd >= 0:
+                    os.close(fd)
 
     # -- the archive lock ----------------------------------------------------------
 
@@ -319,6 +334,34 @@ class LocalStore:
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing, as stale_uploads."""
         return []
+
+
+def _opened(fd: int | None) -> int:
+    assert fd is not None  # open_folder makes a missing folder when asked to
+    return fd
+
+
+def _write_temp(folder: int, data: bytes) -> str:
+    """A new 0600 file manifest-<8 random>.tmp in the open folder (a name gc knows as
+    ours), holding `data`, fsynced; returns its name."""
+    while True:
+        name = f"manifest-{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE,
+                         dir_fd=folder)
+        except FileExistsError:
+            continue
+        break
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+        raise
+    return name
 
 
 def _regular_size(folder: int, name: str) -> int | None:
