@@ -319,13 +319,28 @@ class LocalStore:
             raise storage_error(exc, self.root, "remove a blob") from exc
 
     async def delete_manifest(self, tune_id: int) -> None:
-        """Remove the tune's manifest (forget, under the exclusive lock)."""
+        """Remove the tune's manifest (forget, under the exclusive lock), in manifests/
+        opened without following a link: one planted there would have forget remove a
+        file outside the archive."""
+        await in_thread(self._delete_manifest, tune_id)
+
+    def _delete_manifest(self, tune_id: int) -> None:
+        doing = f"remove the manifest of tune {tune_id}"
+        folder, _, name = manifest_key(tune_id).rpartition("/")
         try:
-            await aiofiles.os.remove(self.path(manifest_key(tune_id)))
-        except FileNotFoundError:
-            pass
+            fd = open_folder(self._absolute, folder, create=False)
+            if fd is None:
+                return
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, f"remove the manifest of tune {tune_id}") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
