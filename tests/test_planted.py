@@ -261,3 +261,28 @@ def test_verify_and_export_never_read_a_blob_through_a_linked_fan_out_folder(
     assert ran.code == 1
     assert "symbolic link" in ran.err
     assert not list((tmp_path / "out").rglob("training_images/000.*"))
+
+
+def test_repair_writes_nothing_through_a_link_planted_at_the_manifests_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair mends a manifest with no fetch's checks before it: with manifests/
+    a link to a folder outside, it refuses on one line (exit 2) and makes no file there,
+    not even the manifest's lock."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = json.loads((archive / "manifests" / "1.json").read_text())
+    document["assets"][1]["path"] = "objects/sha256/00/elsewhere"  # an entry-only problem
+    (archive / "manifests" / "1.json").write_text(json.dumps(document))
+    (archive / "manifests" / "1.lock").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    (archive / "manifests").rename(elsewhere)
+    (archive / "manifests").symlink_to(elsewhere)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "symbolic link" in line
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["1.json"]
+    assert json.loads((elsewhere / "1.json").read_text()) == document

@@ -184,6 +184,9 @@ class LocalStore:
         what this one wrote. Returns the manifest's archive-relative key."""
         key = manifest_key(tune_id)
         lock = self.path(f"{MANIFESTS}/{tune_id}.lock")
+        # verify --repair and retrain come here with no fetch's prepare before them: a
+        # link planted at manifests/ would have the lock file made outside the archive.
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
         async with flocked(lock, True, self.root, poll=MANIFEST_LOCK_POLL):
             data = await change(await self.read_manifest(tune_id))
             await in_thread(self._write_atomic, self.path(key), data)
