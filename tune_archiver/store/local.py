@@ -214,10 +214,12 @@ class LocalStore:
         return sorted(f"{DAMAGED}/{name}" for name in names)
 
     async def _names(self, key: str, doing: str) -> list[str]:
-        """The names in an archive folder; none when it does not exist."""
+        """The names in an archive folder; none when it does not exist, or is a file
+        (a stray file at manifests/damaged holds no manifest set aside, and must not
+        stop verify from checking every tune)."""
         try:
             return await aiofiles.os.listdir(self.path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             raise storage_error(exc, self.root, doing) from exc
