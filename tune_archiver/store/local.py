@@ -18,8 +18,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
-import stat
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,21 +38,18 @@ from tune_archiver.layout import (
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
-from tune_archiver.safefs import (
-    NOFOLLOW,
-    PRIVATE_FILE,
-    check_folder,
-    make_private_dir,
-    refuse_links,
-)
+from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, open_folder
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
     read_capped,
+    remove_file,
+    replace_file,
     save_as,
     size_of,
+    store_blob,
     walk_objects,
 )
 from tune_archiver.store.locks import flocked
@@ -225,31 +220,16 @@ class LocalStore:
             raise storage_error(exc, self.root, doing) from exc
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
-        # tmp/ and manifests/ are opened without following a link (tmp/ made 0700 when
-        # missing): verify --repair and retrain write manifests with no fetch's prepare
-        # before them, and a link at either would take the manifest out of the archive.
         doing = "write a manifest"
-        tmp = into = -1
-        name = ""
         try:
             self.dir_syncs.sync()  # every blob it may name is durably there first
-            tmp = _opened(open_folder(self._absolute, TMP, create=True))
-            into = _opened(open_folder(self._absolute, MANIFESTS, create=True))
-            name = _write_temp(tmp, data)
-            os.replace(name, final.name, src_dir_fd=tmp, dst_dir_fd=into)
-            name = ""
-            os.fsync(into)
+            # verify --repair and retrain write manifests with no fetch's prepare before
+            # them: tmp/ and manifests/ are opened without following a link.
+            replace_file(self._absolute, f"{MANIFESTS}/{final.name}", data, TMP)
         except NotAFile as exc:
             raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
             raise storage_error(exc, self.root, doing) from exc
-        finally:
-            if name:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=tmp)
-            for fd in (tmp, into):
-                if fd >= 0:
-                    os.close(fd)
 
     # -- the archive lock ----------------------------------------------------------
 
@@ -331,17 +311,8 @@ class LocalStore:
 
     def _delete_manifest(self, tune_id: int) -> None:
         doing = f"remove the manifest of tune {tune_id}"
-        folder, _, name = manifest_key(tune_id).rpartition("/")
         try:
-            fd = open_folder(self._absolute, folder, create=False)
-            if fd is None:
-                return
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(fd)
+            remove_file(self._absolute, manifest_key(tune_id))
         except NotAFile as exc:
             raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
@@ -354,43 +325,6 @@ class LocalStore:
     async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing, as stale_uploads."""
         return []
-
-
-def _opened(fd: int | None) -> int:
-    assert fd is not None  # open_folder makes a missing folder when asked to
-    return fd
-
-
-def _write_temp(folder: int, data: bytes) -> str:
-    """A new 0600 file manifest-<8 random>.tmp in the open folder (a name gc knows as
-    ours), holding `data`, fsynced; returns its name."""
-    while True:
-        name = f"manifest-{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE,
-                         dir_fd=folder)
-        except FileExistsError:
-            continue
-        break
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=folder)
-        raise
-    return name
-
-
-def _regular_size(folder: int, name: str) -> int | None:
-    """The size of the regular file `name` in the open folder; None for anything else."""
-    try:
-        found = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return found.st_size if stat.S_ISREG(found.st_mode) else None
 
 
 def _refused(root: Path, doing: str, exc: NotAFile) -> StorageError:
@@ -413,25 +347,14 @@ class _Intake:
     def _commit(self, finish: Callable[[], Blob]) -> Blob:
         blob = finish()
         key = blob_key(blob.sha256)
-        final = self._store.path(key)
-        folder, name = key.rsplit("/", 1)
         try:
-            # The fan-out folder opened without following a link (made 0700 when new),
-            # the rename made into that descriptor: a link planted at it is refused.
-            into = open_folder(self._store._absolute, folder, create=True)
-            assert into is not None  # made when missing
-            try:
-                if _regular_size(into, name) == blob.size:
-                    # Stored already, by an earlier run or another tune. The caller still
-                    # holds the file's lock, so the name is ours to remove.
-                    self._file.path.unlink()
-                else:  # read-only already (Partial.finish)
-                    os.replace(self._file.path, name, dst_dir_fd=into)
-            finally:
-                os.close(into)
+            # Stored already (by an earlier run or another tune): this file is removed;
+            # the caller still holds its lock, so the name is ours to remove. Else it is
+            # renamed, read-only already (Partial.finish).
+            store_blob(self._store._absolute, self._file.path, key, blob.size)
             # Either way (another tune's rename may not be durable yet), the folder is
             # fsynced before a manifest names the blob.
-            self._store.dir_syncs.add(final.parent)
+            self._store.dir_syncs.add(self._store.path(key).parent)
         except NotAFile as exc:
             raise _refused(self._store.root, "store a blob", exc) from exc
         except OSError as exc:
