@@ -278,3 +278,17 @@ async def test_a_blob_the_disk_cannot_read_is_one_line_not_a_traceback(
         assert response.status == 500
         assert "Input/output error" in await response.text()
     assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_verify_refusing_a_linked_objects_folder_is_one_line_not_a_traceback(
+    site: Site, archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """objects/sha256 a link to a folder outside: POST verify is a 500 that says why,
+    with no traceback logged."""
+    (archive / "objects" / "sha256").rename(tmp_path / "moved")
+    (archive / "objects" / "sha256").symlink_to(tmp_path / "moved")
+    url, session = site
+    async with session.post(f"{url}tunes/5/verify") as response:
+        assert response.status == 500
+        assert "symbolic link" in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]

@@ -17,7 +17,7 @@ from aiohttp import web
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import VerifyReport, verify
-from tune_archiver.errors import ConfigError, StorageError
+from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
@@ -46,7 +46,10 @@ class Views:
 
     async def verify(self, request: web.Request) -> web.Response:
         tune_id = int(request.match_info["tune_id"])
-        found = await verify(self.store, [tune_id], NullProgress())
+        try:
+            found = await verify(self.store, [tune_id], NullProgress())
+        except ArchiverError as exc:  # objects/ a planted link, EIO listing it: one line
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(await self._tune_page(request, verdict(found)))
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
