@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import select
 import signal
 import urllib.error
@@ -20,6 +21,7 @@ from tests.gallery_helpers import NOW, Gallery, archived_gallery
 from tests.helpers import blob_file, sha256
 from tests.standin import StandIn
 from tune_archiver.errors import StorageError
+from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
 from tune_archiver.web import blobs
 from tune_archiver.web.access import is_loopback, parse_bind
@@ -291,4 +293,19 @@ async def test_verify_refusing_a_linked_objects_folder_is_one_line_not_a_traceba
     async with session.post(f"{url}tunes/5/verify") as response:
         assert response.status == 500
         assert "symbolic link" in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_manifests_folder_the_disk_cannot_list_is_one_line_not_a_traceback(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO listing manifests/: the tunes page is a 500 that says why, no traceback logged."""
+    def failing(path: str) -> list[str]:
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(local_module.aiofiles.os, "listdir", failing)
+    url, session = site
+    async with session.get(url) as response:
+        assert response.status == 500
+        assert "Input/output error" in await response.text()
     assert not [record for record in caplog.records if record.exc_info]

@@ -38,7 +38,10 @@ class Views:
         self.store, self.clock = store, clock
 
     async def tunes(self, request: web.Request) -> web.Response:
-        rows = await archived_tunes(self.store, self.clock())
+        try:
+            rows = await archived_tunes(self.store, self.clock())
+        except StorageError as exc:  # EIO listing manifests/: one line
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
     async def tune(self, request: web.Request) -> web.Response:
