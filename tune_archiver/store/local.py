@@ -295,13 +295,16 @@ class LocalStore:
             raise storage_error(exc, self.root, doing) from exc
 
     async def delete_blob(self, sha256: str) -> None:
-        """Remove a blob (gc only, under the exclusive lock)."""
+        """Remove a blob (gc only, under the exclusive lock), in its fan-out folder opened
+        without following a link: gc listed the folder as one, but a link planted at it
+        since would have it remove a file outside the archive."""
+        doing = "remove a blob"
         try:
-            await aiofiles.os.remove(self.path(blob_key(sha256)))
-        except FileNotFoundError:
-            pass
+            await in_thread(remove_file, self._absolute, blob_key(sha256))
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "remove a blob") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def delete_manifest(self, tune_id: int) -> None:
         """Remove the tune's manifest (forget, under the exclusive lock), in manifests/
