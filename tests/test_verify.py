@@ -399,3 +399,20 @@ def test_repair_mends_a_manifest_when_tmp_was_removed(
     assert manifest_of(archive, 1)["assets"][1]["path"] == key_of(tunes[0].images[0])
     assert (archive / "tmp").stat().st_mode & 0o777 == 0o700
     assert verified(capsys, archive)[0] == 0
+
+
+def test_a_fetch_that_downloads_a_rotted_blobs_bytes_again_stores_them(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 1's image rotted on disk (a byte flipped, same size); tune 2, new, serves the
+    same image: its fetch downloads it and puts the right bytes under the blob's name,
+    rather than keep the rotted file and say "ok". Both tunes then verify intact."""
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,))
+    assert run_fetch(standin, archive, "1") == 0
+    flip_byte(blob_file(archive, shared), 100)
+    add_tune(standin, 2, shared=(shared,))
+    assert run_fetch(standin, archive, "2") == 0
+    assert blob_file(archive, shared).read_bytes() == shared
+    assert blob_file(archive, shared).stat().st_mode & 0o777 == 0o400
+    assert verified(capsys, archive)[0] == 0

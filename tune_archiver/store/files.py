@@ -250,18 +250,16 @@ def _copy_bytes(source: int, out: int) -> None:
 # -- writes inside the archive, each folder opened without following a link --------
 
 
-def store_blob(root: Path, source: Path, key: str, size: int) -> None:
+def store_blob(root: Path, source: Path, key: str) -> None:
     """Rename `source` to the blob at `key`, into its fan-out folder opened without
     following a link (made 0700 when new): a link planted at the folder would take the
-    photo out of the archive. A regular file of `size` bytes there already is kept,
-    and `source` removed. Raises NotAFile, OSError."""
+    photo out of the archive. A file there already is replaced: these bytes were just
+    hashed to its name, and one there may have rotted since (same size, other bytes).
+    Raises NotAFile, OSError."""
     folder, name = key.rsplit("/", 1)
     into = _folder(root, folder, create=True)
     try:
-        if _regular_size(into, name) == size:
-            source.unlink()
-        else:
-            os.replace(source, name, dst_dir_fd=into)
+        os.replace(source, name, dst_dir_fd=into)
     finally:
         os.close(into)
 
@@ -334,12 +332,3 @@ def _write_temp(folder: int, data: bytes) -> str:
             os.unlink(name, dir_fd=folder)
         raise
     return name
-
-
-def _regular_size(folder: int, name: str) -> int | None:
-    """The size of the regular file `name` in the open folder; None for anything else."""
-    try:
-        found = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return found.st_size if S_ISREG(found.st_mode) else None

@@ -344,19 +344,17 @@ class _Intake:
 
     async def commit(self, finish: Callable[[], Blob]) -> Blob:
         """Finish the file and rename it to the blob's name, read-only, in one thread hop
-        (a small file costs one in all); a blob already there is kept."""
+        (a small file costs one in all); over a blob already there."""
         return await in_thread(self._commit, finish)
 
     def _commit(self, finish: Callable[[], Blob]) -> Blob:
         blob = finish()
         key = blob_key(blob.sha256)
         try:
-            # Stored already (by an earlier run or another tune): this file is removed;
-            # the caller still holds its lock, so the name is ours to remove. Else it is
-            # renamed, read-only already (Partial.finish).
-            store_blob(self._store._absolute, self._file.path, key, blob.size)
-            # Either way (another tune's rename may not be durable yet), the folder is
-            # fsynced before a manifest names the blob.
+            # Read-only already (Partial.finish); over a blob stored meanwhile, by another
+            # run or tune, whose bytes may have rotted since: these were just hashed.
+            store_blob(self._store._absolute, self._file.path, key)
+            # The folder is fsynced before a manifest names the blob.
             self._store.dir_syncs.add(self._store.path(key).parent)
         except NotAFile as exc:
             raise _refused(self._store.root, "store a blob", exc) from exc
