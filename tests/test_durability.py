@@ -29,10 +29,15 @@ def test_blob_folders_are_synced_once_each_before_the_manifest(
         events.append(("sync", directory.name))
         real_sync(directory)
 
-    def replace(source: str | Path, target: str | Path) -> None:
-        kind = "manifest" if Path(target).parent.name == "manifests" else "blob"
-        events.append((kind, Path(target).parent.name))
-        real_replace(source, target)
+    def replace(source: str | Path, target: str | Path, **dir_fds: int) -> None:
+        if "src_dir_fd" in dir_fds:  # a manifest, from tmp/ into manifests/
+            events.append(("manifest", "manifests"))
+        elif dir_fds:  # a blob, renamed into its fan-out folder's descriptor
+            events.append(("blob", str(target)[:2]))
+        else:
+            kind = "manifest" if Path(target).parent.name == "manifests" else "blob"
+            events.append((kind, Path(target).parent.name))
+        real_replace(source, target, **dir_fds)
 
     monkeypatch.setattr(files, "sync_dir", sync_dir)
     monkeypatch.setattr(local.os, "replace", replace)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +332,46 @@ def test_export_of_an_entry_whose_url_urlsplit_refuses_is_no_traceback(
     files["checkpoints/000.bin"] = files.pop("checkpoints/000.safetensors")
     assert exported(dest / "1-jane-doe") == files
     assert (dest / "1-jane-doe" / "manifest.json").exists()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, where the test may mount one (root on Linux)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_names_every_file_not_exported_and_leaves_none_cut_short(
+    standin: StandIn, archive: Path, tiny_tmpfs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exporting 30 photos to a 64 KiB filesystem: each file that did not fit is named on
+    its own line (exit 1), manifest.json's failure does not hide them, and no file is
+    left cut short there."""
+    served = add_tune(standin, 1, images=30)
+    assert run_fetch(standin, archive, "1") == 0
+    ran = cli(capsys, "export", "1", str(tiny_tmpfs / "out"), "--archive", str(archive))
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    folder = tiny_tmpfs / "out" / "1-tune-1"
+    written = exported(folder)
+    assert any(line.endswith("disk full in " + str(folder / "training_images"))
+               for line in ran.errors)
+    for index in range(len(served.images)):
+        name = f"training_images/{index:03d}.jpg"
+        assert (name in written) != any(f"training_image {index}:" in line
+                                        for line in ran.errors)
+    whole = expected_files(served)
+    assert all(data == whole[name] for name, data in written.items() if name in whole)
+    manifest = folder / "manifest.json"  # whole, or named as not written; never cut short
+    if manifest.exists():
+        assert manifest.read_bytes() == (archive / "manifests" / "1.json").read_bytes()
+    else:
+        assert any("manifest.json: " in line for line in ran.errors)

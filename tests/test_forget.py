@@ -130,3 +130,22 @@ def test_forget_waits_while_a_fetch_holds_the_archive(
         os.close(fd)
         if forget is not None:
             stop(forget)
+
+
+def test_forget_never_removes_through_a_link_planted_at_the_manifests_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """manifests/ a link to a folder outside that holds a 1.json: forget 1 refuses it on
+    one line and removes nothing there."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    elsewhere = tmp_path / "elsewhere"
+    (archive / "manifests").rename(elsewhere)
+    (archive / "manifests").symlink_to(elsewhere)
+    before = (elsewhere / "1.json").read_bytes()
+    ran = cli(capsys, "forget", "1", "--archive", str(archive))
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    [line] = ran.errors
+    assert "manifests is a symbolic link" in line
+    assert (elsewhere / "1.json").read_bytes() == before

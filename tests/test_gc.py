@@ -427,3 +427,29 @@ async def test_dry_run_waits_for_a_fetch_and_lists_exactly_what_gc_would_remove(
     assert waited.is_set()
     assert report.blobs == []
     assert blob.exists()
+
+
+def test_gc_never_removes_through_a_link_planted_at_a_fan_out_folder_while_it_runs(
+    archive: Path, orphaned: tuple[Served, Served], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fan-out folder swapped for a link to a folder outside between gc's listing and
+    its removal: the file outside named as the blob is not removed through it."""
+    _, two = orphaned
+    doomed = blob_file(archive, two.checkpoints[0])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / doomed.name).write_bytes(b"precious")
+    listed = LocalStore.blobs
+
+    async def then_swapped(store: LocalStore) -> Any:
+        found = await listed(store)
+        doomed.parent.rename(tmp_path / "moved")
+        doomed.parent.symlink_to(elsewhere)
+        return found
+
+    monkeypatch.setattr(LocalStore, "blobs", then_swapped)
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert (elsewhere / doomed.name).read_bytes() == b"precious"
+    assert "Traceback" not in ran.err
+    assert any("symbolic link" in line for line in ran.errors)

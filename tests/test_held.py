@@ -247,10 +247,10 @@ def test_a_commit_that_fails_after_writing_leaves_no_file(
     standin.add_tune(1, [], [standin.add_file("img.jpg", IMAGE)])
     real_replace = local.os.replace
 
-    def replace(source: str | Path, target: str | Path) -> None:
-        if Path(target).parent.parent.name == "sha256":
+    def replace(source: str | Path, target: str | Path, **dir_fds: int) -> None:
+        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
             raise PermissionError(13, "Permission denied", str(target))
-        real_replace(source, target)
+        real_replace(source, target, **dir_fds)
 
     monkeypatch.setattr(local.os, "replace", replace)
     assert run_fetch(standin, archive, "1") != 0

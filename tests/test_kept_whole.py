@@ -78,10 +78,10 @@ def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     standin.add_tune(1, [], [url])
     replace = os.replace
 
-    def refused(source: str | Path, target: str | Path) -> None:
-        if "objects" in str(target):
+    def refused(source: str | Path, target: str | Path, **dir_fds: int) -> None:
+        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
             raise OSError(errno.EIO, "Input/output error")
-        replace(source, target)
+        replace(source, target, **dir_fds)
 
     monkeypatch.setattr(local_module.os, "replace", refused)
     assert run_fetch(standin, archive, "1") == 1

@@ -212,3 +212,77 @@ def test_a_manifest_past_the_size_limit_is_refused_unread(tmp_path: Path) -> Non
     assert read_capped(path, 11, "a manifest") == b" " * 11
     with pytest.raises(StorageError, match="larger than 10 bytes"):
         read_capped(path, 10, "a manifest")
+
+
+def link_fan_out_folder(archive: Path, data: bytes, elsewhere: Path) -> Path:
+    """Move the blob of `data` to `elsewhere` and link its fan-out folder there."""
+    blob = blob_file(archive, data)
+    elsewhere.mkdir()
+    blob.rename(elsewhere / blob.name)
+    blob.parent.rmdir()
+    blob.parent.symlink_to(elsewhere)
+    return elsewhere / blob.name
+
+
+def test_fetch_never_stores_a_blob_through_a_link_planted_at_its_fan_out_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """objects/sha256/<ab> a link to a folder outside: the photo is not renamed out of
+    the archive through it (nor the outside file taken as archived); that file fails on
+    one line, the others are stored."""
+    served = add_tune(standin, 1)
+    (archive / "objects" / "sha256").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (archive / "objects" / "sha256" / sha256(served.images[0])[:2]).symlink_to(elsewhere)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    assert "symbolic link" in ran.err
+    assert list(elsewhere.iterdir()) == []
+    entries = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert [entry["status"] for entry in entries] == ["ok", "failed", "ok"]
+
+
+def test_verify_and_export_never_read_a_blob_through_a_linked_fan_out_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob's fan-out folder replaced by a link to a folder outside that holds the
+    same bytes: verify does not call it intact, export does not copy it from there."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    link_fan_out_folder(archive, served.images[0], tmp_path / "elsewhere")
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    problems = json.loads(ran.out)["problems"]
+    assert [problem["problem"] for problem in problems] == ["not_a_file"]
+    ran = cli(capsys, "export", "1", str(tmp_path / "out"), "--archive", str(archive))
+    assert ran.code == 1
+    assert "symbolic link" in ran.err
+    assert not list((tmp_path / "out").rglob("training_images/000.*"))
+
+
+def test_repair_writes_nothing_through_a_link_planted_at_the_manifests_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair mends a manifest with no fetch's checks before it: with manifests/
+    a link to a folder outside, it refuses on one line (exit 2) and makes no file there,
+    not even the manifest's lock."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = json.loads((archive / "manifests" / "1.json").read_text())
+    document["assets"][1]["path"] = "objects/sha256/00/elsewhere"  # an entry-only problem
+    (archive / "manifests" / "1.json").write_text(json.dumps(document))
+    (archive / "manifests" / "1.lock").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    (archive / "manifests").rename(elsewhere)
+    (archive / "manifests").symlink_to(elsewhere)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "symbolic link" in line
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["1.json"]
+    assert json.loads((elsewhere / "1.json").read_text()) == document

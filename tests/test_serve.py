@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import select
 import signal
 import urllib.error
@@ -19,7 +20,10 @@ from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
 from tests.helpers import blob_file, sha256
 from tests.standin import StandIn
+from tune_archiver.errors import StorageError
+from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
+from tune_archiver.web import blobs
 from tune_archiver.web.access import is_loopback, parse_bind
 from tune_archiver.web.blobs import byte_range
 from tune_archiver.web.server import start
@@ -243,3 +247,65 @@ async def test_a_blob_replaced_by_a_link_is_not_served(
     async with session.get(f"{url}blobs/{sha256(gallery.training[3])}") as response:
         assert response.status == 404
         assert "not the archive's" not in await response.text()
+
+
+async def test_a_manifest_the_disk_cannot_read_is_one_line_not_a_traceback(
+    site: Site, archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder in tune 4's manifest's place: its page is a 500 that says why, with no
+    traceback logged; the tunes page still lists tune 5."""
+    (archive / "manifests" / "4.json").unlink()
+    (archive / "manifests" / "4.json").mkdir()
+    url, session = site
+    async with session.get(f"{url}tunes/4") as response:
+        assert response.status == 500
+        assert "4.json is not a regular file" in await response.text()
+    async with session.get(url) as response:
+        assert response.status == 200
+        assert 'href="/tunes/5"' in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_blob_the_disk_cannot_read_is_one_line_not_a_traceback(
+    site: Site, gallery: Gallery, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """EIO reading a blob's first bytes: a 500 that says why, with no traceback logged."""
+    def failing(path: str) -> bytes:
+        raise StorageError(f"cannot read {path}: Input/output error")
+
+    monkeypatch.setattr(blobs, "_head", failing)
+    url, session = site
+    async with session.get(f"{url}blobs/{sha256(gallery.training[0])}") as response:
+        assert response.status == 500
+        assert "Input/output error" in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_verify_refusing_a_linked_objects_folder_is_one_line_not_a_traceback(
+    site: Site, archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """objects/sha256 a link to a folder outside: POST verify is a 500 that says why,
+    with no traceback logged."""
+    (archive / "objects" / "sha256").rename(tmp_path / "moved")
+    (archive / "objects" / "sha256").symlink_to(tmp_path / "moved")
+    url, session = site
+    async with session.post(f"{url}tunes/5/verify") as response:
+        assert response.status == 500
+        assert "symbolic link" in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_manifests_folder_the_disk_cannot_list_is_one_line_not_a_traceback(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO listing manifests/: the tunes page is a 500 that says why, no traceback logged."""
+    def failing(path: str) -> list[str]:
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(local_module.aiofiles.os, "listdir", failing)
+    url, session = site
+    async with session.get(url) as response:
+        assert response.status == 500
+        assert "Input/output error" in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]

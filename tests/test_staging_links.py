@@ -5,7 +5,9 @@ tool makes, and gc removes only what the tool left there."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -183,3 +185,29 @@ def test_a_partial_committed_while_gc_lists_the_folder_is_passed_over(
     monkeypatch.setattr(os, "scandir", lambda fd: Racing(fd))
     staging = Staging(folder, made=())
     assert asyncio.run(staging.remove_stale(LATER)) == []
+
+
+def test_repair_never_writes_a_manifest_through_a_link_planted_at_tmp(
+    standin: StandIn, archive: Path, tmp_path: Path, victim: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """verify --repair mends a manifest with no fetch's checks before it: with tmp/ a
+    link to a folder outside, the manifest's temp copy is not written there (the
+    folder is not touched); the mend is refused on one line, the manifest kept."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = json.loads((archive / "manifests" / "1.json").read_text())
+    document["assets"][1]["path"] = "objects/sha256/00/elsewhere"  # an entry-only problem
+    (archive / "manifests" / "1.json").write_text(json.dumps(document))
+    shutil.rmtree(archive / "tmp")
+    (archive / "tmp").symlink_to(victim)
+    before = victim.stat().st_mtime_ns
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    assert any("tmp is a symbolic link" in line for line in ran.errors)
+    assert victim.stat().st_mtime_ns == before  # nothing was made, or removed, in it
+    assert untouched(victim) == sorted(["notes.txt", A_PARTIAL])
+    assert json.loads((archive / "manifests" / "1.json").read_text()) == document

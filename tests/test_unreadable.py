@@ -186,3 +186,16 @@ def test_a_manifest_the_disk_cannot_read_stops_no_other_tune_of_fetch_all(
     asked = {r.path for r in standin.seen("api", "/tunes/")[before:]}
     assert {"/tunes/1", "/tunes/3"} <= asked
     assert "manifest of tune 2" in capsys.readouterr().err
+
+
+def test_a_file_at_the_damaged_manifests_folder_stops_no_verify(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stray file named manifests/damaged (no folder, so no manifest was ever set aside
+    in it) does not stop verify: every tune is still checked, and found intact."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "damaged").write_text("stray")
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    assert "verified 1 tune, 3 blobs" in ran.out

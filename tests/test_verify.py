@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -378,3 +380,39 @@ def test_a_damaged_manifest_named_with_a_unicode_digit_is_no_traceback(
     code, errors, out = verified(capsys, archive)
     assert (code, errors) == (0, [])
     assert out.startswith("verified 2 tunes")
+
+
+def test_repair_mends_a_manifest_when_tmp_was_removed(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tmp/ holds only partials, so a user may remove it: verify --repair still mends a
+    manifest entry (its temp copy needs tmp/, made again 0700), and exits 0."""
+    document = manifest_of(archive, 1)
+    document["assets"][1]["path"] = "objects/sha256/00/elsewhere"
+    write_manifest(archive, 1, document)
+    shutil.rmtree(archive / "tmp")
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert manifest_of(archive, 1)["assets"][1]["path"] == key_of(tunes[0].images[0])
+    assert (archive / "tmp").stat().st_mode & 0o777 == 0o700
+    assert verified(capsys, archive)[0] == 0
+
+
+def test_a_fetch_that_downloads_a_rotted_blobs_bytes_again_stores_them(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 1's image rotted on disk (a byte flipped, same size); tune 2, new, serves the
+    same image: its fetch downloads it and puts the right bytes under the blob's name,
+    rather than keep the rotted file and say "ok". Both tunes then verify intact."""
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,))
+    assert run_fetch(standin, archive, "1") == 0
+    flip_byte(blob_file(archive, shared), 100)
+    add_tune(standin, 2, shared=(shared,))
+    assert run_fetch(standin, archive, "2") == 0
+    assert blob_file(archive, shared).read_bytes() == shared
+    assert blob_file(archive, shared).stat().st_mode & 0o777 == 0o400
+    assert verified(capsys, archive)[0] == 0

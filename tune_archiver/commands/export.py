@@ -79,10 +79,14 @@ async def export_tune(
                 await in_thread(_write_new, folder / sidecar_name(name, taken), words)
             except StorageError as exc:
                 result.failed.append(f"{where}: its trigger words: {exc}")
-    await in_thread(_write_new, folder / "manifest.json", data)
     page = gallery.tune_page(
         found, lambda entry: _relative(placed_at.get((entry.kind, entry.index, entry.prompt_id))))
-    await in_thread(_write_new, folder / "index.html", page.encode())
+    # Failed as a file is (a full disk, say): the files that failed before are still named.
+    for name, content in (("manifest.json", data), ("index.html", page.encode())):
+        try:
+            await in_thread(_write_new, folder / name, content)
+        except StorageError as exc:
+            result.failed.append(f"{name}: {exc}")
     return result
 
 
@@ -113,10 +117,15 @@ def _make_dir(path: Path) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """A new private file (0600) holding `data`; fails rather than replace anything."""
+    """A new private file (0600) holding `data`; fails rather than replace anything, and
+    leaves no file cut short (a full disk) behind."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
     except OSError as exc:
+        path.unlink(missing_ok=True)  # ours: made above, O_EXCL
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc

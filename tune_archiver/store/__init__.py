@@ -47,7 +47,8 @@ class Intake(Protocol):
         its blob) in a worker thread, then make the file that blob; returns it.
 
         The file's name is the store's afterwards (renamed away or removed); the
-        caller only closes its descriptor. A blob already stored is kept as it is.
+        caller only closes its descriptor. A blob already stored is kept as it is, or
+        (a local archive, where a file may rot) replaced by these bytes.
         """
         ...
 

@@ -1,12 +1,16 @@
 """Blocking file work of a local archive, never through a link: a blob's size, reading
-it back, copying it out, and walking objects/. Run in worker threads (in_thread)."""
+it back, copying it out, walking objects/, and the writes inside the archive (a blob's
+rename, a manifest's replacement, a removal) made in folders opened without following
+a link. Run in worker threads (in_thread)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -19,7 +23,8 @@ from typing import BinaryIO
 from tune_archiver.errors import NotAFile, StorageError, not_its_size, storage_error
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
-from tune_archiver.safefs import refuse_links
+from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, refuse_links
+from tune_archiver.store.aside import open_folder
 
 READ_BLOCK = 4 * 2**20
 FICLONE = 0x40049409  # linux/fs.h: share the source's extents (a reflink)
@@ -28,12 +33,28 @@ _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, err
 
 
 def size_of(path: Path) -> int | None:
-    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO."""
+    """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO,
+    or a blob in a fan-out folder that is a link (fetched again, and refused at its
+    commit)."""
     try:
+        check_fan_out(path)
         stat = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotAFile):
         return None
     return stat.st_size if S_ISREG(stat.st_mode) else None
+
+
+def check_fan_out(blob: Path) -> None:
+    """Raise NotAFile when the blob's folder (objects/sha256/<2 hex>) is a link or not a
+    folder: one planted there would pass bytes outside the archive off as a blob, or
+    take a photo out of it. O_NOFOLLOW guards only a path's last part."""
+    try:
+        mode = blob.parent.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not S_ISDIR(mode):
+        raise NotAFile(f"{blob.parent.name}, the folder of {blob.name}, is a symbolic link "
+                       "or not a folder")
 
 
 def open_regular(path: Path, what: str = "a blob") -> BinaryIO:
@@ -146,6 +167,7 @@ def hash_file(
 ) -> tuple[int, str] | None:
     digest, size = hashlib.sha256(), 0
     try:
+        check_fan_out(path)
         with open_regular(path) as file:
             while chunk := file.read(READ_BLOCK):
                 digest.update(chunk)
@@ -160,6 +182,7 @@ def hash_file(
 
 def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | None) -> str:
     try:
+        check_fan_out(blob)
         with open_regular(blob) as source:  # a link planted at the blob is never exported
             found = os.fstat(source.fileno()).st_size
             if size is not None and found != size:
@@ -220,3 +243,90 @@ def _copy_bytes(source: int, out: int) -> None:
             open(out, "wb", buffering=0, closefd=False) as writing:
         reading.seek(0)
         shutil.copyfileobj(reading, writing, READ_BLOCK)
+
+
+# -- writes inside the archive, each folder opened without following a link --------
+
+
+def store_blob(root: Path, source: Path, key: str) -> None:
+    """Rename `source` to the blob at `key`, into its fan-out folder opened without
+    following a link (made 0700 when new): a link planted at the folder would take the
+    photo out of the archive. A file there already is replaced: these bytes were just
+    hashed to its name, and one there may have rotted since (same size, other bytes).
+    Raises NotAFile, OSError."""
+    folder, name = key.rsplit("/", 1)
+    into = _folder(root, folder, create=True)
+    try:
+        os.replace(source, name, dst_dir_fd=into)
+    finally:
+        os.close(into)
+
+
+def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:
+    """Replace the file at `key` with `data`: a new 0600 file in the `staging` folder
+    (made 0700 when missing; its name one gc knows as ours), fsynced, renamed into
+    place, the folder fsynced. Both folders are opened without following a link.
+    Raises NotAFile, OSError."""
+    folder, name = key.rsplit("/", 1)
+    tmp = _folder(root, staging, create=True)
+    try:
+        into = _folder(root, folder, create=True)
+        try:
+            temporary = _write_temp(tmp, data)
+            try:
+                os.replace(temporary, name, src_dir_fd=tmp, dst_dir_fd=into)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary, dir_fd=tmp)
+                raise
+            os.fsync(into)
+        finally:
+            os.close(into)
+    finally:
+        os.close(tmp)
+
+
+def remove_file(root: Path, key: str) -> None:
+    """Remove the file at `key`, its folder opened without following a link (one
+    planted there would have a file outside the archive removed); nothing when either
+    is missing. Raises NotAFile, OSError."""
+    folder, name = key.rsplit("/", 1)
+    fd = open_folder(root, folder, create=False)
+    if fd is None:
+        return
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _folder(root: Path, key: str, create: bool) -> int:
+    fd = open_folder(root, key, create)
+    if fd is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), key)
+    return fd
+
+
+def _write_temp(folder: int, data: bytes) -> str:
+    """A new 0600 file manifest-<8 random>.tmp in the open folder holding `data`,
+    fsynced; returns its name."""
+    while True:
+        name = f"manifest-{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE,
+                         dir_fd=folder)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=folder)
+        raise
+    return name

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,9 +45,11 @@ from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
     read_capped,
+    remove_file,
+    replace_file,
     save_as,
     size_of,
-    sync_dir,
+    store_blob,
     walk_objects,
 )
 from tune_archiver.store.locks import flocked
@@ -178,6 +179,9 @@ class LocalStore:
         what this one wrote. Returns the manifest's archive-relative key."""
         key = manifest_key(tune_id)
         lock = self.path(f"{MANIFESTS}/{tune_id}.lock")
+        # verify --repair and retrain come here with no fetch's prepare before them: a
+        # link planted at manifests/ would have the lock file made outside the archive.
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
         async with flocked(lock, True, self.root, poll=MANIFEST_LOCK_POLL):
             data = await change(await self.read_manifest(tune_id))
             await in_thread(self._write_atomic, self.path(key), data)
@@ -205,30 +209,27 @@ class LocalStore:
         return sorted(f"{DAMAGED}/{name}" for name in names)
 
     async def _names(self, key: str, doing: str) -> list[str]:
-        """The names in an archive folder; none when it does not exist."""
+        """The names in an archive folder; none when it does not exist, or is a file
+        (a stray file at manifests/damaged holds no manifest set aside, and must not
+        stop verify from checking every tune)."""
         try:
             return await aiofiles.os.listdir(self.path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             raise storage_error(exc, self.root, doing) from exc
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
-        fd, name = -1, ""
+        doing = "write a manifest"
         try:
             self.dir_syncs.sync()  # every blob it may name is durably there first
-            fd, name = tempfile.mkstemp(dir=self.path(TMP), prefix="manifest-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(name, final)
-            sync_dir(final.parent)
+            # verify --repair and retrain write manifests with no fetch's prepare before
+            # them: tmp/ and manifests/ are opened without following a link.
+            replace_file(self._absolute, f"{MANIFESTS}/{final.name}", data, TMP)
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "write a manifest") from exc
-        finally:
-            if name:
-                Path(name).unlink(missing_ok=True)
+            raise storage_error(exc, self.root, doing) from exc
 
     # -- the archive lock ----------------------------------------------------------
 
@@ -294,22 +295,31 @@ class LocalStore:
             raise storage_error(exc, self.root, doing) from exc
 
     async def delete_blob(self, sha256: str) -> None:
-        """Remove a blob (gc only, under the exclusive lock)."""
+        """Remove a blob (gc only, under the exclusive lock), in its fan-out folder opened
+        without following a link: gc listed the folder as one, but a link planted at it
+        since would have it remove a file outside the archive."""
+        doing = "remove a blob"
         try:
-            await aiofiles.os.remove(self.path(blob_key(sha256)))
-        except FileNotFoundError:
-            pass
+            await in_thread(remove_file, self._absolute, blob_key(sha256))
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, "remove a blob") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def delete_manifest(self, tune_id: int) -> None:
-        """Remove the tune's manifest (forget, under the exclusive lock)."""
+        """Remove the tune's manifest (forget, under the exclusive lock), in manifests/
+        opened without following a link: one planted there would have forget remove a
+        file outside the archive."""
+        await in_thread(self._delete_manifest, tune_id)
+
+    def _delete_manifest(self, tune_id: int) -> None:
+        doing = f"remove the manifest of tune {tune_id}"
         try:
-            await aiofiles.os.remove(self.path(manifest_key(tune_id)))
-        except FileNotFoundError:
-            pass
+            remove_file(self._absolute, manifest_key(tune_id))
+        except NotAFile as exc:
+            raise _refused(self.root, doing, exc) from exc
         except OSError as exc:
-            raise storage_error(exc, self.root, f"remove the manifest of tune {tune_id}") from exc
+            raise storage_error(exc, self.root, doing) from exc
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
@@ -334,26 +344,20 @@ class _Intake:
 
     async def commit(self, finish: Callable[[], Blob]) -> Blob:
         """Finish the file and rename it to the blob's name, read-only, in one thread hop
-        (a small file costs one in all); a blob already there is kept."""
+        (a small file costs one in all); over a blob already there."""
         return await in_thread(self._commit, finish)
 
     def _commit(self, finish: Callable[[], Blob]) -> Blob:
         blob = finish()
-        final = self._store.path(blob_key(blob.sha256))
+        key = blob_key(blob.sha256)
         try:
-            if size_of(final) == blob.size:
-                # Stored already, by an earlier run or another tune. The caller still
-                # holds the file's lock, so the name is ours to remove.
-                self._file.path.unlink()
-            else:  # read-only already (Partial.finish)
-                try:
-                    os.replace(self._file.path, final)
-                except FileNotFoundError:  # the blob's folder is new: made, then again
-                    make_private_dir(final.parent)
-                    os.replace(self._file.path, final)
-            # Either way (another tune's rename may not be durable yet), the folder is
-            # fsynced before a manifest names the blob.
-            self._store.dir_syncs.add(final.parent)
+            # Read-only already (Partial.finish); over a blob stored meanwhile, by another
+            # run or tune, whose bytes may have rotted since: these were just hashed.
+            store_blob(self._store._absolute, self._file.path, key)
+            # The folder is fsynced before a manifest names the blob.
+            self._store.dir_syncs.add(self._store.path(key).parent)
+        except NotAFile as exc:
+            raise _refused(self._store.root, "store a blob", exc) from exc
         except OSError as exc:
             raise storage_error(exc, self._store.root, "store a blob") from exc
         return blob

@@ -17,7 +17,7 @@ from aiohttp import web
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import VerifyReport, verify
-from tune_archiver.errors import ConfigError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, ConfigError, StorageError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
@@ -38,7 +38,10 @@ class Views:
         self.store, self.clock = store, clock
 
     async def tunes(self, request: web.Request) -> web.Response:
-        rows = await archived_tunes(self.store, self.clock())
+        try:
+            rows = await archived_tunes(self.store, self.clock())
+        except StorageError as exc:  # EIO listing manifests/: one line
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
     async def tune(self, request: web.Request) -> web.Response:
@@ -46,17 +49,23 @@ class Views:
 
     async def verify(self, request: web.Request) -> web.Response:
         tune_id = int(request.match_info["tune_id"])
-        found = await verify(self.store, [tune_id], NullProgress())
+        try:
+            found = await verify(self.store, [tune_id], NullProgress())
+        except ArchiverError as exc:  # objects/ a planted link, EIO listing it: one line
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(await self._tune_page(request, verdict(found)))
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        return await blob_response(self.store, request.match_info["sha256"], request)
+        try:
+            return await blob_response(self.store, request.match_info["sha256"], request)
+        except StorageError as exc:  # the disk failed reading it: said, not a traceback
+            raise web.HTTPInternalServerError(text=str(exc)) from exc
 
     async def _tune_page(self, request: web.Request, result: str) -> str:
         tune_id = int(request.match_info["tune_id"])
         try:
             found = await manifest.read(self.store, tune_id)
-        except UnreadableManifest as exc:
+        except StorageError as exc:  # damaged, a folder or FIFO in its place, EIO: one line
             raise web.HTTPInternalServerError(text=str(exc)) from exc
         if found is None:
             raise web.HTTPNotFound(text=f"tune {tune_id} is not in the archive")
