@@ -107,7 +107,8 @@ def test_retries_count_only_the_attempts_that_got_nowhere(
     requests = standin.seen("cdn", "/files/model")
     assert len(requests) >= 6
     offsets = [resumed_at(r.headers["Range"]) for r in requests[1:]]
-    assert offsets == sorted(offsets) and offsets[0] > 0
+    assert offsets == sorted(offsets)
+    assert offsets[0] > 0
 
 
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
