@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
@@ -51,3 +55,18 @@ def blob_file(archive: Path, data: bytes) -> Path:
 
 def stored_blobs(archive: Path) -> list[Path]:
     return sorted(p for p in (archive / "objects" / "sha256").glob("*/*") if p.is_file())
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("64k", "1m") mounted at `mount` for the block: a disk that
+    really fills up. Skips the test where none can be mounted (root on Linux only)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from tests.archive_helpers import (
     manifest_of,
     write_manifest,
 )
-from tests.helpers import blob_file, run_fetch
+from tests.helpers import blob_file, run_fetch, tmpfs
 from tests.standin import Body, StandIn
 
 # The documented shape of `export --json`.
@@ -337,16 +336,8 @@ def test_export_of_an_entry_whose_url_urlsplit_refuses_is_no_traceback(
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs, where the test may mount one (root on Linux)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_full_disk_names_every_file_not_exported_and_leaves_none_cut_short(

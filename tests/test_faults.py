@@ -6,7 +6,6 @@ import asyncio
 import errno
 import os
 import socketserver
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs
+from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs, tmpfs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
@@ -321,18 +320,8 @@ def test_file_larger_than_free_space_is_refused_unless_forced(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 1 MiB tmpfs, where the test may mount one (root on Linux)."""
-    mount = tmp_path / f"full-{uuid.uuid4().hex[:8]}"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True, check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / f"full-{uuid.uuid4().hex[:8]}", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_real_full_disk(standin: StandIn, small_tmpfs: Path) -> None:
