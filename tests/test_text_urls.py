@@ -179,6 +179,15 @@ def test_a_quoted_secret_value_is_redacted(text: str) -> None:
     assert '="REDACTED"' in redact_text(text) or "='REDACTED'" in redact_text(text)
 
 
+def test_a_secret_value_in_json_escaped_quotes_is_redacted() -> None:
+    """An OAuth header inside a JSON body that an error quotes has its quotes escaped
+    (oauth_signature=\\"...\\"): its value is a quoted one all the same."""
+    text = "upstream said " + json.dumps({"authorization": f'OAuth oauth_signature="{SIG}"'})
+    assert SIG not in redact_text(text)
+    assert SIG not in str(redact_json({"error": text}))
+    assert 'oauth_signature=\\"REDACTED\\"' in redact_text(text)
+
+
 def test_an_api_error_quoting_a_json_escaped_presigned_url_is_redacted_on_every_line(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

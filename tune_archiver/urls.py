@@ -41,9 +41,10 @@ FETCHABLE_SCHEMES = ("http", "https")
 # is still seen), taken from its start only, so the text is gone through once. After a
 # percent-escape (`%3Fsig%3D...`, `%26sig%3D...`) the name starts past its two hex
 # digits: glued to them ("3Fsig"), no secret's name would be seen. A value may be
-# quoted (`oauth_signature="..."`, as an OAuth or Digest header writes it).
+# quoted (`oauth_signature="..."`, as an OAuth or Digest header writes it), the quote
+# maybe JSON-escaped (`\"...\"`: that header in a JSON body quoted in an error).
 _PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![\w.\-])(?!(?<=%)[0-9A-Fa-f]{2}))"
-                   r"([\w.\-]+)(=|%3[dD])([\"']?)"
+                   r"([\w.\-]+)(=|%3[dD])((?:\\?[\"'])?)"
                    r"((?:[^\s&;,\"'<>\\%]|\\/|%(?!26))+)")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
