@@ -100,3 +100,23 @@ async def test_an_object_the_bucket_refuses_is_one_line_not_a_traceback(
                     assert await response.read() == gallery.checkpoint
         finally:
             await runner.cleanup()
+
+
+async def test_a_listing_the_bucket_refuses_is_one_line_not_a_traceback(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tunes page when the bucket refuses to list manifests/ (AccessDenied, a
+    ConfigError) is a 500 that says why, as a disk's EIO listing it is."""
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            def denying(*args: Any, **kwargs: Any) -> Any:
+                raise S3AccessDeniedError()
+
+            monkeypatch.setattr(S3Backend, "list_objects_v2", denying)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url) as response:
+                    assert response.status == 500
+                    assert "access denied" in await response.text()
+        finally:
+            await runner.cleanup()

@@ -17,7 +17,7 @@ from aiohttp import web
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import VerifyReport, verify
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
@@ -40,7 +40,7 @@ class Views:
     async def tunes(self, request: web.Request) -> web.Response:
         try:
             rows = await archived_tunes(self.store, self.clock())
-        except StorageError as exc:  # EIO listing manifests/: one line
+        except ArchiverError as exc:  # EIO listing manifests/, a bucket refusing it: one line
             raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
