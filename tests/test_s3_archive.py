@@ -443,6 +443,35 @@ def test_export_refuses_a_blob_of_another_size_before_writing_it(
     assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]
 
 
+def test_export_of_a_blob_the_bucket_refuses_fails_that_file_alone(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One object the bucket will not let us read (AccessDenied on its GET alone, which
+    verify calls that blob's problem) fails that file of the export, named, exit 1: the
+    tune's other files, manifest.json and index.html are still written."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    get_object = S3Backend.get_object
+
+    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(checkpoint["sha256"]):
+            raise S3AccessDeniedError()
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", refused)
+    capsys.readouterr()
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "checkpoint 0: " in err
+    assert "access denied" in err
+    folder = tmp_path / "out" / "1-tune-1"
+    written = sorted(p.name for p in folder.rglob("*") if p.is_file())
+    assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]
+
+
 def test_forget_removes_a_manifest_the_store_refuses_to_read(
     standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import boto3
 import pytest
+from moto.s3.exceptions import S3AccessDeniedError
+from moto.s3.models import S3Backend
 
 from tests.gallery_helpers import NOW, PROMPTS, Gallery, archived_gallery
 from tests.helpers import sha256
@@ -66,5 +69,54 @@ async def test_bucket_blobs_stream_with_range(
                 async with session.head(blob) as response:
                     assert response.headers["Content-Length"] == str(len(gallery.checkpoint))
                     assert await response.read() == b""
+        finally:
+            await runner.cleanup()
+
+
+async def test_an_object_the_bucket_refuses_is_one_line_not_a_traceback(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob or manifest the bucket will not let us read (AccessDenied on that object
+    alone, a ConfigError, as verify takes it) is a 500 that says why, as a disk's EIO
+    is, not a logged traceback and 'Server got itself in trouble'; the rest is served."""
+    refused = (sha256(gallery.training[2]), "manifests/5.json")
+    get_object = S3Backend.get_object
+
+    def denying(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(refused):
+            raise S3AccessDeniedError()
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", denying)
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                for path in (f"blobs/{refused[0]}", "tunes/5"):
+                    async with session.get(f"{url}{path}") as response:
+                        assert response.status == 500
+                        assert "access denied" in await response.text()
+                async with session.get(f"{url}blobs/{sha256(gallery.checkpoint)}") as response:
+                    assert await response.read() == gallery.checkpoint
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_listing_the_bucket_refuses_is_one_line_not_a_traceback(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tunes page when the bucket refuses to list manifests/ (AccessDenied, a
+    ConfigError) is a 500 that says why, as a disk's EIO listing it is."""
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            def denying(*args: Any, **kwargs: Any) -> Any:
+                raise S3AccessDeniedError()
+
+            monkeypatch.setattr(S3Backend, "list_objects_v2", denying)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url) as response:
+                    assert response.status == 500
+                    assert "access denied" in await response.text()
         finally:
             await runner.cleanup()

@@ -166,6 +166,19 @@ def test_a_short_secret_name_after_an_encoded_delimiter_is_redacted(url: str) ->
     assert SIG not in str(redact_json({"title": url}))
 
 
+@pytest.mark.parametrize("url", [
+    f"https://host/go/https%253A%252F%252Fcdn%252Fx%253Fsig%253D{SIG}",  # encoded twice
+    f"https://host/go/x%253Fw%253D512%2526X-Amz-Signature%253D{SIG}%2526a%253D1",
+])
+def test_a_secret_of_a_query_encoded_twice_is_redacted(url: str) -> None:
+    """A URL in the path of a URL in a path has its query encoded twice (`%253F`,
+    `%2526`, `%253D`): its secret is a secret's name=value still, as once encoded."""
+    assert SIG not in redact(url)
+    assert SIG not in redact_text(f"see {url} now")
+    assert SIG not in str(redact_json({"title": url}))
+    assert "%253DREDACTED" in redact(url)
+
+
 @pytest.mark.parametrize("text", [
     f'OAuth oauth_consumer_key="ck", oauth_signature="{SIG}%3D"',  # an OAuth 1 header
     f"upstream refused X-Amz-Signature='{SIG}'",
@@ -177,6 +190,15 @@ def test_a_quoted_secret_value_is_redacted(text: str) -> None:
     assert SIG not in redact_text(text)
     assert SIG not in str(redact_json({"error": text}))
     assert '="REDACTED"' in redact_text(text) or "='REDACTED'" in redact_text(text)
+
+
+def test_a_secret_value_in_json_escaped_quotes_is_redacted() -> None:
+    """An OAuth header inside a JSON body that an error quotes has its quotes escaped
+    (oauth_signature=\\"...\\"): its value is a quoted one all the same."""
+    text = "upstream said " + json.dumps({"authorization": f'OAuth oauth_signature="{SIG}"'})
+    assert SIG not in redact_text(text)
+    assert SIG not in str(redact_json({"error": text}))
+    assert 'oauth_signature=\\"REDACTED\\"' in redact_text(text)
 
 
 def test_an_api_error_quoting_a_json_escaped_presigned_url_is_redacted_on_every_line(

@@ -40,11 +40,15 @@ FETCHABLE_SCHEMES = ("http", "https")
 # A name is the whole run of name characters before the '=' (glued to other text, it
 # is still seen), taken from its start only, so the text is gone through once. After a
 # percent-escape (`%3Fsig%3D...`, `%26sig%3D...`) the name starts past its two hex
-# digits: glued to them ("3Fsig"), no secret's name would be seen. A value may be
-# quoted (`oauth_signature="..."`, as an OAuth or Digest header writes it).
-_PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![\w.\-])(?!(?<=%)[0-9A-Fa-f]{2}))"
-                   r"([\w.\-]+)(=|%3[dD])([\"']?)"
-                   r"((?:[^\s&;,\"'<>\\%]|\\/|%(?!26))+)")
+# digits: glued to them ("3Fsig"), no secret's name would be seen; so for a query
+# encoded twice (`%253Fsig%253D...`, a URL in a URL's path in a URL), past `%25XX`. A
+# value may be quoted (`oauth_signature="..."`, as an OAuth or Digest header writes
+# it), the quote maybe JSON-escaped (`\"...\"`: that header in a JSON body quoted in
+# an error).
+_PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%25)|(?<=%25[0-9A-Fa-f]{2})"
+                   r"|(?<![\w.\-])(?!(?<=%)[0-9A-Fa-f]{2}))"
+                   r"([\w.\-]+)(=|%3[dD]|%253[dD])((?:\\?[\"'])?)"
+                   r"((?:[^\s&;,\"'<>\\%]|\\/|%(?!26|2526))+)")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
 # merely contains one of SECRET_PARTS is treated as secret too.
@@ -138,7 +142,7 @@ def _secret_pairs(text: str) -> str:
         name, equals, quote, _ = found.groups()
         return f"{name}{equals}{quote}{REDACTED}" if is_secret_param(name) else found.group(0)
 
-    return _PAIR.sub(replaced, text) if "=" in text or "%3" in text else text
+    return _PAIR.sub(replaced, text) if "=" in text or "%3" in text or "%25" in text else text
 
 
 def _hostless(url: str) -> bool:

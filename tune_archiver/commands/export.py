@@ -68,7 +68,9 @@ async def export_tune(
         try:
             await in_thread(_make_dir, target.parent)
             how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
-        except (StorageError, IntegrityError) as exc:  # this file's alone: the others go on
+        # This file's alone, the others go on: a bucket refusing this one object
+        # (AccessDenied, a ConfigError) too, as verify takes it.
+        except (StorageError, IntegrityError, ConfigError) as exc:
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)

@@ -17,7 +17,7 @@ from aiohttp import web
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import VerifyReport, verify
-from tune_archiver.errors import ArchiverError, ConfigError, StorageError
+from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
@@ -40,7 +40,7 @@ class Views:
     async def tunes(self, request: web.Request) -> web.Response:
         try:
             rows = await archived_tunes(self.store, self.clock())
-        except StorageError as exc:  # EIO listing manifests/: one line
+        except ArchiverError as exc:  # EIO listing manifests/, a bucket refusing it: one line
             raise web.HTTPInternalServerError(text=str(exc)) from exc
         return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
@@ -58,14 +58,17 @@ class Views:
     async def blob(self, request: web.Request) -> web.StreamResponse:
         try:
             return await blob_response(self.store, request.match_info["sha256"], request)
-        except StorageError as exc:  # the disk failed reading it: said, not a traceback
+        # The disk failed reading it, or the bucket refuses this object (AccessDenied, a
+        # ConfigError, as verify takes it): said, not a traceback.
+        except ArchiverError as exc:
             raise web.HTTPInternalServerError(text=str(exc)) from exc
 
     async def _tune_page(self, request: web.Request, result: str) -> str:
         tune_id = int(request.match_info["tune_id"])
         try:
             found = await manifest.read(self.store, tune_id)
-        except StorageError as exc:  # damaged, a folder or FIFO in its place, EIO: one line
+        # Damaged, a folder or FIFO in its place, EIO, an object the bucket refuses: one line
+        except ArchiverError as exc:
             raise web.HTTPInternalServerError(text=str(exc)) from exc
         if found is None:
             raise web.HTTPNotFound(text=f"tune {tune_id} is not in the archive")
