@@ -145,14 +145,37 @@ async def test_attempts_that_move_a_download_on_start_the_retries_over() -> None
     assert attempt.count == 6
 
 
-async def test_the_time_bound_holds_across_rounds_of_retries() -> None:
-    """However far each attempt moves on, no attempt starts past max_total."""
+async def test_rounds_of_retries_end_when_the_bytes_stop_passing_their_best() -> None:
+    """A host that restarts the file on each attempt (the bytes to resume from go up
+    and down) gets no new round for reaching again what it had: each round must pass
+    the most there ever were by MOVED_ON."""
     sleeps = Sleeps()
-    attempt = Attempts(*(ConnectError(f"cut {i}") for i in range(100_000)))
+    attempt = Attempts(*(ConnectError(f"cut {i}") for i in range(100)))
+    sizes = [0, 3 * MOVED_ON, 3 * MOVED_ON, 1, 3 * MOVED_ON, 2, 3 * MOVED_ON + 5]
+
+    def progress() -> int:
+        return sizes[min(attempt.count, len(sizes) - 1)]
+
     with pytest.raises(ConnectError):
-        await call_with_retries(policy(sleeps, retries=1, max_total=0.05), "model", attempt,
-                                lambda: attempt.count * MOVED_ON)
-    assert attempt.count < 100_000
+        await call_with_retries(policy(sleeps, retries=1), "model", attempt, progress)
+    assert attempt.count == 4  # a round to 3 MiB, then one that got no further
+
+
+async def test_each_round_of_retries_has_its_own_time_bound() -> None:
+    """max_total bounds the time that got nowhere, not the download: with no time for a
+    retry at all, an attempt that moved on still gets another (a slow link's 30
+    minutes are spent downloading, not failing), until one moves nothing."""
+    sleeps = Sleeps()
+    attempt = Attempts(*(ConnectError(f"cut {i}") for i in range(10)))
+    moved = [MOVED_ON, MOVED_ON, MOVED_ON, 0, 0]
+
+    def progress() -> int:
+        return sum(moved[:attempt.count])
+
+    with pytest.raises(ConnectError):
+        await call_with_retries(policy(sleeps, retries=5, max_total=0), "model", attempt,
+                                progress)
+    assert attempt.count == 4
 
 
 async def test_non_retryable_error_is_raised_after_one_attempt() -> None:

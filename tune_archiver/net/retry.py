@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -65,23 +63,24 @@ async def call_with_retries(
 
     The last error is raised as it is. `what` names the request in log lines and
     must already be redacted. With `progress` (the bytes a retry resumes from), a
-    round of retries that moved them on by MOVED_ON or more is followed by another:
-    `retries` counts attempts that got nowhere (a CDN that drops a 2 GB checkpoint
-    every 100 MB would fail it at its sixth drop), while `max_total` bounds them all.
+    round of retries that took them MOVED_ON or more past the most they ever were is
+    followed by another, with its own `retries` and `max_total`: the bounds count
+    attempts and time that got nowhere (a CDN that drops a 2 GB checkpoint every
+    100 MB would fail it at its sixth drop, a slow link once its 30 minutes were
+    spent downloading). Each round moves on by MOVED_ON, so they end.
     """
-    deadline = time.monotonic() + policy.max_total
+    best = progress() if progress else 0
     while True:
-        start = progress() if progress else 0
         try:
             return await _round(policy, what, attempt)
         except Exception as exc:
-            left = deadline - time.monotonic()
+            now = progress() if progress else 0
             if (progress is None or not is_retryable(exc) or policy.retries == 0
-                    or left <= 0 or progress() < start + MOVED_ON):
+                    or now < best + MOVED_ON):
                 raise
             log.info("%s: %d more bytes to resume from; its retries start over", what,
-                     progress() - start)
-        policy = replace(policy, max_total=left)
+                     now - best)
+            best = now
 
 
 async def _round(policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
