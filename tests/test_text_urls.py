@@ -32,6 +32,7 @@ PROMPT = "photo of sks man, 35mm // cinematic"
                                   "red//blue#2 edit", "tags //#noir?yes", "a (//#x@y) b",
                                   "Portrait //#blackandwhitephotographyinspiration look",
                                   "see the FAQ //#Q&A here", "portrait, width=512 height=768",
+                                  "art by author=Greg Rutkowski, authentic=yes",
                                   "a=b, c%3Dd"])
 def test_redact_text_keeps_ordinary_text_with_a_lone_double_slash(text: str) -> None:
     """A "//" with no host after it starts no URL: it stays (it was once taken for an

@@ -136,11 +136,20 @@ def redact_text(text: str) -> str:
     return _secret_pairs(_URL_IN_TEXT.sub(redacted, text))
 
 
+# Words that hold a secret's part ("auth") but name none, as a title or a prompt writes
+# them ("by author=Greg Rutkowski"): the net leaves their values. (In a URL's query
+# every value but a harmless one is redacted anyway.)
+_ORDINARY_NAMES = frozenset({"author", "authors", "authored", "authorship", "authority",
+                             "authentic", "authenticity"})
+
+
 def _secret_pairs(text: str) -> str:
     """The text with the value of every name=value whose name is a secret's REDACTED."""
     def replaced(found: re.Match[str]) -> str:
         name, equals, quote, _ = found.groups()
-        return f"{name}{equals}{quote}{REDACTED}" if is_secret_param(name) else found.group(0)
+        if is_secret_param(name) and name.lower() not in _ORDINARY_NAMES:
+            return f"{name}{equals}{quote}{REDACTED}"
+        return found.group(0)
 
     return _PAIR.sub(replaced, text) if "=" in text or "%3" in text or "%25" in text else text
 
