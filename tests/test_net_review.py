@@ -76,6 +76,23 @@ def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     assert image1["sha256"] == sha256(second)
 
 
+def test_a_renewed_url_signed_with_a_cdns_own_parameters_is_taken(
+    standin: StandIn, archive: Path
+) -> None:
+    """A CDN that signs with parameters of its own (exp, s: kept by url_key): the renewed
+    URL of the only file at its path names that file still, and is taken after a 403."""
+    data = os.urandom(3000)
+    standin.files["img"] = data
+    old = standin.file_url("img", query="exp=1&s=old")
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], [old]))]
+    standin.add_tune(1, [], [standin.file_url("img", query="exp=2&s=new")])
+    standin.faults["img"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 0
+    [image] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert image["sha256"] == sha256(data)
+    assert "s=new" in standin.seen("cdn", "/files/img")[-1].path
+
+
 def test_an_api_answer_dripped_a_byte_at_a_time_is_cut_by_the_stall_rule(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

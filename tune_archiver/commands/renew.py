@@ -4,6 +4,7 @@ for once more, and a fresh URL is taken only if it names the same file."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from tune_archiver.astria.client import AstriaClient
@@ -39,9 +40,10 @@ class FreshUrls:
             except ArchiverError:
                 return None
             place = (asset.kind, asset.prompt_id, asset.index)
-            for candidate in assets_of(tune):
+            listed = assets_of(tune)
+            for candidate in listed:
                 if (candidate.kind, candidate.prompt_id, candidate.index) == place:
-                    if _named(candidate.url) == _named(asset.url):
+                    if _same_file(candidate.url, asset.url, listed):
                         return candidate.url
                     raise DataError(
                         f"the renewed tune lists another file as {asset.kind} {asset.index} "
@@ -68,6 +70,16 @@ class FreshUrls:
         """A tune holding only the prompt, fresh: enough for assets_of to find its files."""
         prompt = await self._api.get_prompt(made_on, prompt_id)
         return Tune(self._tune_id, {"id": self._tune_id}, (), (), prompts=(prompt,))
+
+
+def _same_file(fresh: str, old: str, listed: Sequence[Asset]) -> bool:
+    """True when the fresh URL names the old one's file: the same path and query less
+    what signing sets; or the same path alone, when no other listed file has it (a CDN
+    may sign with parameters of its own, `exp`, `s`, `hdnts`, that url_key keeps)."""
+    path, query = _named(fresh)
+    if (path, query) == _named(old):
+        return True
+    return path == _named(old)[0] and sum(_named(a.url)[0] == path for a in listed) == 1
 
 
 def _named(url: str) -> tuple[str, str]:
