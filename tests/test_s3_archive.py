@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError
+from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError, S3ClientError
 from moto.s3.models import S3Backend
 
 from tests.conftest import SCHEMA
@@ -375,6 +375,31 @@ def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(
     assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: unreadable: ")
     assert "access denied" in line
     assert tune_archiver(s3, "verify", "2") == 0
+
+
+def test_verify_stops_once_on_credentials_refused_outright(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A token that expires mid-verify is no blob's problem: verify stops on one line,
+    exit 2 (as any refused credentials), rather than call every blob unreadable."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+
+    get_object = S3Backend.get_object
+
+    def expired(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if "/objects/" in key:  # the manifests were read: it expires at the blobs
+            raise S3ClientError("ExpiredToken", "The provided token has expired.")
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", expired)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = err.splitlines()
+    assert "ExpiredToken" in line
 
 
 def test_a_folder_marker_under_manifests_damaged_does_not_stop_gc(

@@ -42,6 +42,7 @@ from tune_archiver.download.staging import ENV_STAGING, Incoming, Staging, stagi
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
+    Denied,
     DiskFull,
     IntegrityError,
     StorageError,
@@ -686,7 +687,7 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (client_error("404", 404), StorageError),
         (client_error("SlowDown", 503), StorageError),
         (client_error("InternalError", 500), StorageError),
-        (client_error("AccessDenied", 403), ConfigError),
+        (client_error("AccessDenied", 403), Denied),
         (client_error("InvalidAccessKeyId", 403), ConfigError),
         (client_error("SignatureDoesNotMatch", 403), ConfigError),
         (client_error("NoSuchBucket", 404), ConfigError),

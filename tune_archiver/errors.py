@@ -2,6 +2,7 @@
 
     ArchiverError                 base; str() is the one line a user reads
     ├── ConfigError               bad usage or configuration; nothing is written (exit 2)
+    │   └── Denied                the store refused one object (AccessDenied): its problem
     ├── AuthError                 the API rejected the key (exit 3)
     ├── Unreachable               the API or the storage never answered: nothing done (exit 4)
     ├── NetworkError              could not complete an exchange with a server
@@ -49,6 +50,12 @@ class ListingBrokeOff(ArchiverError):
 
 class ConfigError(ArchiverError):
     """Bad usage or configuration, found before anything is written."""
+
+
+class Denied(ConfigError):
+    """The store refused us an object (AccessDenied): a policy on that key, or on every
+    key. Those going through many objects (verify, export) make it that object's
+    problem; credentials refused outright (an expired token) stay a ConfigError."""
 
 
 class AuthError(ArchiverError):

@@ -16,7 +16,13 @@ from urllib.parse import quote
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.layouts import Layout, layout_path, sidecar_name, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
-from tune_archiver.errors import ArchiverError, ConfigError, IntegrityError, StorageError
+from tune_archiver.errors import (
+    ArchiverError,
+    ConfigError,
+    Denied,
+    IntegrityError,
+    StorageError,
+)
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
@@ -69,8 +75,8 @@ async def export_tune(
             await in_thread(_make_dir, target.parent)
             how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
         # This file's alone, the others go on: a bucket refusing this one object
-        # (AccessDenied, a ConfigError) too, as verify takes it.
-        except (StorageError, IntegrityError, ConfigError) as exc:
+        # (AccessDenied) too, as verify takes it.
+        except (StorageError, IntegrityError, Denied) as exc:
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)

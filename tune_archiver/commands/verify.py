@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tune_archiver import manifest
-from tune_archiver.errors import ArchiverError, NotAFile, StorageError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    Denied,
+    NotAFile,
+    StorageError,
+    UnreadableManifest,
+)
 from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
 from tune_archiver.progress import Progress
@@ -127,15 +133,19 @@ async def verify(
         try:
             async with workers:
                 return await store.hash_blob(sha, advance)
-        # A link, a FIFO, EIO, or a bucket that refuses this one object (AccessDenied is
-        # a ConfigError; the bucket itself was reached): this blob's problem alone.
-        except ArchiverError as exc:
+        # A link, a FIFO, EIO, or a bucket that refuses this one object (AccessDenied;
+        # the bucket itself was reached): this blob's problem alone. Credentials refused
+        # outright (an expired token) stop the run, said once.
+        except (StorageError, Denied) as exc:
             return exc
         finally:
             progress.file_done()
 
-    async with asyncio.TaskGroup() as group:
-        tasks = {sha: group.create_task(check(sha)) for sha in sizes}
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = {sha: group.create_task(check(sha)) for sha in sizes}
+    except* ArchiverError as errors:
+        raise errors.exceptions[0] from None
     for sha, task in tasks.items():
         for ref in refs[sha]:
             outcome = _judge(sha, ref.size, task.result(), misplaced)

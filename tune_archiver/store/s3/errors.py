@@ -12,6 +12,7 @@ import aiohttp
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
+    Denied,
     StorageError,
     Unreachable,
     storage_error,
@@ -22,6 +23,7 @@ CREDENTIALS_REFUSED = frozenset(
     "AccessDenied 403 InvalidAccessKeyId SignatureDoesNotMatch ExpiredToken InvalidToken "
     "TokenRefreshRequired AuthorizationHeaderMalformed".split()
 )
+DENIED = frozenset({"AccessDenied", "403"})  # of those, a policy may refuse one key alone
 ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
 REACH = "reach the bucket"  # the first request of a run: failing it, nothing was done
 CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
@@ -70,6 +72,9 @@ def translate(
         message = (str(error.get("Message") or "").splitlines() or [""])[0][:200]
         if code == "NoSuchBucket":
             return ConfigError(f"bucket {bucket!r} does not exist at {endpoint()}")
+        if code in DENIED:
+            return Denied(f"{where}: access denied ({code}); check the AWS credentials "
+                          "and the bucket's policy")
         if code in CREDENTIALS_REFUSED:
             return ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
         if code in ABSENT:
