@@ -3,14 +3,19 @@ run meets trouble of its own, checked against README's promises."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import check_manifest
+from tests.helpers import run_fetch
 from tests.standin import StandIn
 from tests.test_fetch import make_tune
 
@@ -45,3 +50,33 @@ def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
         "the run goes on without it"]
     assert json.loads(done.stdout)["ok"] is True
     assert check_manifest(tmp_path / "a" / "manifests" / "1.json")["complete"] is True
+
+
+@pytest.mark.parametrize("command", [["gc"], ["forget", "1"], ["gc", "--dry-run"]])
+def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
+    standin: StandIn, tmp_path: Path, command: list[str]
+) -> None:
+    """gc or forget stopped by SIGTERM (cron's timeout, here while it waits for a running
+    fetch's lock) exits 143 with one line saying it was stopped, a `failure` event in
+    --log-file and one --json document: not a silent 143 that looks like a crash."""
+    archive = tmp_path / "archive"
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, archive, "1") == 0
+    log = tmp_path / "run.jsonl"
+    with open(archive / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # a fetch running
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tune_archiver", *command, "--archive", str(archive),
+             "--json", "--log-file", str(log)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        assert "waiting: a fetch" in process.stderr.readline()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert err.splitlines() == ["tune-archiver: error: stopped by SIGTERM"]
+    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": "SIGTERM"}
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
+    assert found[-1]["exit"] == 143
+    assert (archive / "manifests" / "1.json").exists()

@@ -128,6 +128,8 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
             _print_json({"ok": False, "error": str(exc)}, secrets)
         return for_error(exc)
     except Interrupted as stop:
+        if not stop.said:  # a cron timeout's 143 is said, not left to look like a crash
+            _error(f"stopped by {stop}", secrets)
         if args.json:
             _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
                         secrets)
@@ -178,6 +180,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         _report_undone(stop, tunes, finished, settings, secrets)
+        stop.said = True
         stop.done = {"tunes": [report.tune_json(r) for r in finished]}
         args.summary = report.tune_counts(finished, f"stopped by {stop}")
         raise
@@ -313,7 +316,11 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
             print(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
                   flush=True)
 
-    in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
+    try:
+        in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
+    except Interrupted as stop:
+        stop.said = True  # Ctrl-C is how serve ends: no error line for it
+        raise
     return EXIT_OK
 
 

@@ -48,6 +48,7 @@ class Interrupted(Exception):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.done: dict[str, Any] = {}  # what --json says was done before the stop
+        self.said = False  # the command has said what the stop left undone
 
 
 def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
