@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,41 @@ def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
     assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
     assert found[-1]["exit"] == 143
     assert (archive / "manifests" / "1.json").exists()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_slow_start_ping_is_a_stopped_run(
+    standin: StandIn, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM (cron's timeout) or Ctrl-C while the monitor holds the start ping: exit
+    143/130 with the stop said, --json's document and the log's run_end; SIGTERM killed
+    the process silently (no document, no run_end) and Ctrl-C printed nothing on stdout
+    and claimed "the run is not affected"."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.jsonl"
+    with socket.socket() as monitor:  # takes the connection, never answers
+        monitor.bind(("127.0.0.1", 0))
+        monitor.listen()
+        monitor.settimeout(30)
+        url = f"http://127.0.0.1:{monitor.getsockname()[1]}/ping/uuid"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+             str(tmp_path / "a"), "--api-url", standin.api_url, "--json", "--ping-url", url,
+             "--log-file", str(log)],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        connection, _ = monitor.accept()
+        with connection:
+            assert b"GET /ping/uuid/start" in connection.recv(4096)
+            process.send_signal(signum)
+            out, err = process.communicate(timeout=30)
+    name = signal.Signals(signum).name
+    assert process.returncode == code
+    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
+    assert f"tune-archiver: error: stopped by {name}" in err.splitlines()
+    assert "not affected" not in err
+    assert "Traceback" not in err
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert found[-1]["event"] == "run_end"
+    assert found[-1]["exit"] == code
+    assert not standin.seen("api")  # the run never began

@@ -102,13 +102,15 @@ def main(
             _print_json({"ok": False, "error": str(exc)}, secrets)
         return Exit.USAGE
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
-    if ping_url and not send_ping(ping_url, "start"):
-        return Exit.INTERRUPTED
-    args.summary = None  # what a fail ping says: set by the command, counts and ids only
-    code = _run(args, secrets)
+    stopped = send_ping(ping_url, "start") if ping_url else None
+    if stopped:  # the run never began: said, --json's document, the log's run_end
+        code = _interrupted(args, Interrupted(stopped), secrets)
+    else:
+        args.summary = None  # what a fail ping says: set by the command, counts and ids
+        code = _run(args, secrets)
     if ping_url and code == Exit.OK:
         send_ping(ping_url, "success")
-    elif ping_url:
+    elif ping_url and not stopped:
         send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
     log.debug("%s ended: exit %d", args.command, code,
               extra=event("run_end", command=args.command, exit=int(code)))
@@ -128,17 +130,22 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
             _print_json({"ok": False, "error": str(exc)}, secrets)
         return for_error(exc)
     except Interrupted as stop:
-        if not stop.said:  # a cron timeout's 143 is said, not left to look like a crash
-            _error(f"stopped by {stop}", secrets)
-        if args.json:
-            _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
-                        secrets)
-        return for_signal(stop.signum)
+        return _interrupted(args, stop, secrets)
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
         _error("interrupted", secrets)
         if args.json:
             _print_json({"ok": False, "interrupted": True, "signal": "SIGINT"}, secrets)
         return for_signal(signal.SIGINT)
+
+
+def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]) -> int:
+    """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
+    if not stop.said:  # a cron timeout's 143 is said, not left to look like a crash
+        _error(f"stopped by {stop}", secrets)
+    if args.json:
+        _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
+                    secrets)
+    return for_signal(stop.signum)
 
 
 # -- fetch ---------------------------------------------------------------------------

@@ -174,16 +174,20 @@ def ping_url_of(args: argparse.Namespace) -> str | None:
     return check_ping_url(url) if url else None
 
 
-def send_ping(url: str, what: str, summary: str | None = None) -> bool:
+def send_ping(url: str, what: str, summary: str | None = None) -> int | None:
     """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
     never the run's failure. The URL is not shown: it may hold the monitor's token.
-    Returns False when Ctrl-C stopped it (the caller stops too)."""
+    Returns the signal (SIGINT or SIGTERM) that stopped it, else None: the caller stops."""
     suffix = "" if what == "success" else f"/{what}"
+    stopped: int | None = None
     try:
-        reason = asyncio.run(ping(url, suffix, summary))
-    except KeyboardInterrupt:  # Ctrl-C while the monitor is slow: no traceback
-        reason = "interrupted"
+        reason = asyncio.run(until_signal(ping(url, suffix, summary)))
+    except Interrupted as stop:  # cron's timeout while the monitor is slow: no kill
+        reason, stopped = f"stopped by {stop}", stop.signum
+    except KeyboardInterrupt:  # Ctrl-C before the loop took the signal: no traceback
+        reason, stopped = "interrupted", signal.SIGINT
     if reason is not None:
-        log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
-                    "affected", what, reason, extra={"event": "ping_failed", "ping": what})
-    return reason != "interrupted"
+        log.warning("warning: the %s ping to --ping-url failed (%s)%s", what, reason,
+                    "" if stopped else "; the run is not affected",
+                    extra={"event": "ping_failed", "ping": what})
+    return stopped
