@@ -19,6 +19,7 @@ from tests.conftest import check_manifest
 from tests.helpers import run_fetch
 from tests.standin import StandIn
 from tests.test_fetch import make_tune
+from tune_archiver.cli.main import main
 
 MiB = 2**20
 
@@ -119,3 +120,20 @@ def test_a_signal_during_a_slow_start_ping_is_a_stopped_run(
     assert found[-1]["event"] == "run_end"
     assert found[-1]["exit"] == code
     assert not standin.seen("api")  # the run never began
+
+
+def test_a_bad_ping_url_still_writes_run_start_and_run_end_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TUNE_ARCHIVER_PING_URL that is not http(s) (a typo in a systemd unit) is exit 2,
+    and --log-file says so as every run does, run_start then run_end with exit 2: it held
+    a lone failure event, which a log watcher keyed on run_end never sees."""
+    monkeypatch.setenv("TUNE_ARCHIVER_PING_URL", "ftp://hc-ping.example/uuid")
+    log = tmp_path / "run.jsonl"
+    assert main(["verify", "--archive", str(tmp_path / "a"), "--log-file", str(log),
+                 "--json"]) == 2
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
+    assert found[-1]["exit"] == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": False, "error": "the ping URL must start with http:// or https://"}

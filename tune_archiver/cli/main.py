@@ -95,29 +95,42 @@ def main(
     args.sleep, args.clock = sleep, clock
     try:
         configure_logging(args, secrets)
-        ping_url = ping_url_of(args)
-    except ConfigError as exc:
-        _error(str(exc), secrets)
-        if args.json:
-            _print_json({"ok": False, "error": str(exc)}, secrets)
-        return Exit.USAGE
+    except ConfigError as exc:  # no log to record it in
+        return _refused(args, exc, secrets)
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
-    stopped = send_ping(ping_url, "start") if ping_url else None
-    if stopped:  # the run never began: said, --json's document, the log's run_end
-        code = _interrupted(args, Interrupted(stopped), secrets)
-    else:
-        args.summary = None  # what a fail ping says: set by the command, counts and ids
-        code = _run(args, secrets)
-    if ping_url and code == Exit.OK:
-        send_ping(ping_url, "success")
-    elif ping_url and not stopped:
-        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    code = _pinged(args, secrets)
     log.debug("%s ended: exit %d", args.command, code,
               extra=event("run_end", command=args.command, exit=int(code)))
     for handler in log.handlers:
         handler.close()
     log.handlers.clear()
     return code
+
+
+def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
+    """The command, with --ping-url's start, success and fail pings around it."""
+    try:
+        ping_url = ping_url_of(args)
+    except ConfigError as exc:  # after run_start: the log's run_end says exit 2 too
+        return _refused(args, exc, secrets)
+    stopped = send_ping(ping_url, "start") if ping_url else None
+    if stopped:  # the run never began: said, --json's document, the log's run_end
+        return _interrupted(args, Interrupted(stopped), secrets)
+    args.summary = None  # what a fail ping says: set by the command, counts and ids only
+    code = _run(args, secrets)
+    if ping_url and code == Exit.OK:
+        send_ping(ping_url, "success")
+    elif ping_url:
+        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    return code
+
+
+def _refused(args: argparse.Namespace, exc: ConfigError, secrets: list[str]) -> int:
+    """A configuration error before the command ran: one line, --json's document, 2."""
+    _error(str(exc), secrets)
+    if args.json:
+        _print_json({"ok": False, "error": str(exc)}, secrets)
+    return Exit.USAGE
 
 
 def _run(args: argparse.Namespace, secrets: list[str]) -> int:
