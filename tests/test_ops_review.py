@@ -137,3 +137,18 @@ def test_a_bad_ping_url_still_writes_run_start_and_run_end_to_the_log(
     assert found[-1]["exit"] == 2
     assert json.loads(capsys.readouterr().out) == {
         "ok": False, "error": "the ping URL must start with http:// or https://"}
+
+
+@pytest.mark.parametrize("words", [["fetch", "1", "--bogus"], ["fetch", "1", "--concurrency", "0"],
+                                   ["list", "--arch", "x"]])
+def test_a_usage_error_under_tune_archiver_json_prints_its_json_document(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], words: list[str]
+) -> None:
+    """--json set as TUNE_ARCHIVER_JSON=1 (README: any option from the environment) makes
+    a usage error print {"ok": false, "error": ...} as --json on the command line does:
+    stdout was empty, and a script parsing it failed on nothing."""
+    monkeypatch.setenv("TUNE_ARCHIVER_JSON", "1")
+    assert main(words) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is False
+    assert captured.err.startswith("tune-archiver: error: ")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.cli import eventlog, report, terminal
-from tune_archiver.cli.envopts import apply_env
+from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
@@ -84,7 +84,7 @@ def main(
         _error(str(exc), [])
         named = next((word for word in words if word in HANDLERS), None)
         print(f"see tune-archiver {named + ' ' if named else ''}--help", file=sys.stderr)
-        if "--json" in words:
+        if "--json" in words or switched_on(os.environ, "--json"):
             _print_json({"ok": False, "error": str(exc)}, [])
         return Exit.USAGE
     except SystemExit as exc:  # argparse has printed the help or the version
