@@ -152,3 +152,34 @@ def test_a_usage_error_under_tune_archiver_json_prints_its_json_document(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["ok"] is False
     assert captured.err.startswith("tune-archiver: error: ")
+
+
+def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path) -> None:
+    """stdout piped to a reader that has gone (`fetch ... | head`, a log pipe that died):
+    every tune is still archived, exit 0, no traceback, the log ends with run_end; the
+    first tune's summary line raised BrokenPipeError, which stopped the run with exit 1."""
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    archive, log = tmp_path / "a", tmp_path / "run.jsonl"
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        for extra in ([], ["--json"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "tune_archiver", "fetch", "1", "2", "3", "--archive",
+                 str(archive), "--api-url", standin.api_url, "--log-file", str(log), *extra],
+                env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, stdout=writer,
+                stderr=subprocess.PIPE, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert "Traceback" not in done.stderr
+            assert "Exception ignored" not in done.stderr
+        listed = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "list", "--archive", str(archive)],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert (listed.returncode, listed.stderr) == (0, "")
+    finally:
+        os.close(writer)
+    for tune_id in (1, 2, 3):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]

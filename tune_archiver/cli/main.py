@@ -60,7 +60,12 @@ def entry() -> int:
     # 700: a run of small downloads allocates in bursts that refcounting frees.
     gc.freeze()
     gc.set_threshold(10_000)
-    return main()
+    code = main()
+    try:
+        sys.stdout.flush()  # here, not at exit, where it would be "Exception ignored"
+    except BrokenPipeError:
+        _stdout_gone()
+    return code
 
 
 def main(
@@ -224,7 +229,7 @@ def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]
         log.warning("warning: %s", line)
     summary = report.fetch_summary(result)
     if summary and not (args.quiet or args.json):
-        print(terminal.shown(summary, secrets), flush=True)
+        _out(terminal.shown(summary, secrets), flush=True)
 
 
 def _run_dry(
@@ -333,8 +338,8 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     def started(url: str) -> None:
         if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
             link = url if args.token_file else f"{url}?token={token}"
-            print(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
-                  flush=True)
+            _out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
+                 flush=True)
 
     try:
         in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
@@ -390,7 +395,7 @@ def _emit(
         _print_json(as_json, secrets)
     elif not args.quiet:
         for line in lines:
-            print(terminal.shown(line, secrets))
+            _out(terminal.shown(line, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
@@ -404,7 +409,25 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 
 
 def _print_json(value: Any, secrets: list[str]) -> None:
-    print(terminal.json_text(value, secrets))
+    _out(terminal.json_text(value, secrets))
+
+
+def _out(text: str, flush: bool = False) -> None:
+    """One line on stdout. A reader that has gone (`list | head`, a log pipe that died)
+    costs the rest of the output, never the run: a tune's summary line raising
+    BrokenPipeError stopped the backup. stdout then goes to /dev/null."""
+    try:
+        print(text, flush=flush)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    # As Python's documentation advises for SIGPIPE: later writes and the flush at exit
+    # go nowhere, quietly.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
