@@ -23,10 +23,12 @@ from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
+    flush_stdout,
     in_archive,
     ping_url_of,
     send_ping,
     settings_of,
+    stdout_gone,
     until_signal,
     waiting_for,
 )
@@ -61,10 +63,7 @@ def entry() -> int:
     gc.freeze()
     gc.set_threshold(10_000)
     code = main()
-    try:
-        sys.stdout.flush()  # here, not at exit, where it would be "Exception ignored"
-    except BrokenPipeError:
-        _stdout_gone()
+    flush_stdout()  # here, not at exit, where a reader gone is "Exception ignored"
     return code
 
 
@@ -130,12 +129,13 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
     return code
 
 
-def _refused(args: argparse.Namespace, exc: ConfigError, secrets: list[str]) -> int:
-    """A configuration error before the command ran: one line, --json's document, 2."""
-    _error(str(exc), secrets)
+def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
+             code: int = Exit.USAGE, verbose: bool = False) -> int:
+    """An error that ended the run: one line (with -v its traceback), --json's document."""
+    _error(str(exc), secrets, verbose)
     if args.json:
         _print_json({"ok": False, "error": str(exc)}, secrets)
-    return Exit.USAGE
+    return code
 
 
 def _run(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -143,22 +143,16 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
     try:
         return HANDLERS[args.command](args, secrets)
     except ArchiverError as exc:
-        _error(str(exc), secrets, args.verbose)
-        if args.json:
-            _print_json({"ok": False, "error": str(exc)}, secrets)
-        return for_error(exc)
+        return _refused(args, exc, secrets, for_error(exc), args.verbose)
     except Interrupted as stop:
         return _interrupted(args, stop, secrets)
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
-        _error("interrupted", secrets)
-        if args.json:
-            _print_json({"ok": False, "interrupted": True, "signal": "SIGINT"}, secrets)
-        return for_signal(signal.SIGINT)
+        return _interrupted(args, Interrupted(signal.SIGINT), secrets)
 
 
 def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]) -> int:
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
-    if not stop.said:  # a cron timeout's 143 is said, not left to look like a crash
+    if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
         _error(f"stopped by {stop}", secrets)
     if args.json:
         _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
@@ -204,7 +198,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         _error(str(exc), secrets, args.verbose)
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
-        _report_undone(stop, tunes, finished, settings, secrets)
+        asked = None if isinstance(tunes, AllTunes) else tunes
+        _error(report.undone(str(stop), asked, finished, str(staging_for(settings.archive))),
+               secrets)
         stop.said = True
         stop.done = {"tunes": [report.tune_json(r) for r in finished]}
         args.summary = report.tune_counts(finished, f"stopped by {stop}")
@@ -242,27 +238,6 @@ def _run_dry(
     _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
           report.preview_lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
-
-
-def _report_undone(
-    stop: Interrupted,
-    tunes: list[int] | AllTunes,
-    finished: list[TuneResult],
-    settings: Settings,
-    secrets: list[str],
-) -> None:
-    """One line saying what an interrupted fetch left undone, and where its partials are."""
-    done = {result.tune_id for result in finished}
-    if isinstance(tunes, AllTunes):
-        undone = f"{len(done)} tunes done"
-    else:
-        left = ", ".join(str(i) for i in tunes if i not in done) or "none"
-        undone = f"{len(done)} of {len(tunes)} tunes done; not finished: {left}"
-    _error(
-        f"stopped by {stop}: {undone}; partial downloads are kept in "
-        f"{staging_for(settings.archive)} for the next run",
-        secrets,
-    )
 
 
 # -- verify, list, export, gc ----------------------------------------------------------
@@ -341,11 +316,7 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
             _out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
                  flush=True)
 
-    try:
-        in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
-    except Interrupted as stop:
-        stop.said = True  # Ctrl-C is how serve ends: no error line for it
-        raise
+    in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
     return EXIT_OK
 
 
@@ -370,15 +341,9 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
         waiting=waiting_for("fetch or gc", location),
     ))
-    verb = "would remove" if args.dry_run else "removed"
-    lines = [f"{verb} the manifest of tune {tune_id}" + (f" ({title})" if title else "")
-             for tune_id, title in found.removed]
-    lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
-                 "no other tune uses")
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
-    as_json = {"ok": found.ok, "dry_run": args.dry_run, "unknown": found.unknown,
-               "removed": [{"tune_id": i, "title": t} for i, t in found.removed]}
-    _emit(args, secrets, errors, as_json, lines)
+    _emit(args, secrets, errors, report.forget_json(found, args.dry_run),
+          report.forget_lines(found, args.dry_run))
     return EXIT_OK if found.ok else EXIT_FAILED
 
 
@@ -419,15 +384,7 @@ def _out(text: str, flush: bool = False) -> None:
     try:
         print(text, flush=flush)
     except BrokenPipeError:
-        _stdout_gone()
-
-
-def _stdout_gone() -> None:
-    # As Python's documentation advises for SIGPIPE: later writes and the flush at exit
-    # go nowhere, quietly.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+        stdout_gone()
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:

@@ -191,3 +191,19 @@ def send_ping(url: str, what: str, summary: str | None = None) -> int | None:
                     "" if stopped else "; the run is not affected",
                     extra={"event": "ping_failed", "ping": what})
     return stopped
+
+
+def stdout_gone() -> None:
+    """stdout's reader has gone: later writes, and the flush at exit, go to /dev/null
+    quietly, as Python's documentation advises for SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def flush_stdout() -> None:
+    """What is left of stdout written out; nowhere, if its reader has gone."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_gone()
