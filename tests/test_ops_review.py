@@ -183,3 +183,15 @@ def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path
         assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
     found = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]
+
+
+def test_a_closed_stderr_keeps_error_lines_out_of_the_json_on_stdout(tmp_path: Path) -> None:
+    """Run with stderr closed (`2>&-`, as some wrappers start jobs), --json's stdout is the
+    one document: the error line went to stdout ahead of it (print to a None stderr is
+    print to stdout), and a script's json.loads failed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "list", "--json", "--archive",
+         str(tmp_path / "missing")],
+        stdout=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["ok"] is False

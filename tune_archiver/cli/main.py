@@ -23,7 +23,6 @@ from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
-    flush_stdout,
     in_archive,
     ping_url_of,
     send_ping,
@@ -31,6 +30,7 @@ from tune_archiver.cli.running import (
     stdout_gone,
     until_signal,
     waiting_for,
+    with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
 from tune_archiver.commands import fetch as archive
@@ -57,14 +57,12 @@ log = logging.getLogger("tune_archiver")
 
 def entry() -> int:
     """The program: the tune-archiver script and `python -m tune_archiver`."""
-    # What the imports made lives as long as the process: frozen, no collection walks
-    # it again. And the young generation is collected every 10,000 allocations, not
-    # 700: a run of small downloads allocates in bursts that refcounting frees.
+    # What the imports made lives as long as the process: frozen, no collection walks it
+    # again; the young generation collected every 10,000 allocations, not 700: a run of
+    # small downloads allocates in bursts that refcounting frees.
     gc.freeze()
     gc.set_threshold(10_000)
-    code = main()
-    flush_stdout()  # here, not at exit, where a reader gone is "Exception ignored"
-    return code
+    return with_streams(main)
 
 
 def main(

@@ -201,9 +201,18 @@ def stdout_gone() -> None:
     os.close(devnull)
 
 
-def flush_stdout() -> None:
-    """What is left of stdout written out; nowhere, if its reader has gone."""
+def with_streams(program: Callable[[], int]) -> int:
+    """Run `program` with a closed stderr (`2>&-`) as /dev/null: print(file=None) would
+    write the error lines to stdout, into --json's document, and the next file opened
+    would be fd 2. stdout is flushed at its end, not at exit, where a reader gone is
+    "Exception ignored"."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # open till the process ends
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        stdout_gone()
+        return program()
+    finally:
+        try:
+            if sys.stdout is not None:  # None: closed (`>&-`), nothing was printed
+                sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_gone()
