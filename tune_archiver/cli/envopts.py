@@ -37,6 +37,12 @@ def _options(
             yield action
 
 
+def switched_on(env: Mapping[str, str], option: str) -> bool:
+    """Whether TUNE_ARCHIVER_<OPTION> in `env` turns the switch `option` (`--json`) on:
+    for a usage error, which comes before the options are known."""
+    return env.get(PREFIX + option[2:].replace("-", "_").upper(), "").strip().lower() in _TRUE
+
+
 def name_in_help(parser: argparse.ArgumentParser) -> None:
     """Add "(env TUNE_ARCHIVER_X)" to the help of each option."""
     for action in _options(parser):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from tune_archiver.cli import terminal
 from tune_archiver.errors import ConfigError
 from tune_archiver.safefs import Planted, open_own
 from tune_archiver.scrub import cleaned, cleaned_json
@@ -41,15 +42,19 @@ class HumanOnly(logging.Filter):
 class JsonLines(logging.Handler):
     """Writes each event record as one JSON object on one line, flushed at once."""
 
-    def __init__(self, stream: IO[str], secrets: Sequence[str], owned: bool) -> None:
+    def __init__(
+        self, stream: IO[str], secrets: Sequence[str], owned: bool, name: str = "-"
+    ) -> None:
         super().__init__(logging.DEBUG)
         self.stream = stream
         self._secrets = secrets  # shared with main: grows once the key is read
         self._owned = owned
+        self._name = name
+        self._failed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         name = getattr(record, "event", None)
-        if name is None:
+        if name is None or self._failed:
             return
         try:
             fields = {k: v for k, v in vars(record).items()
@@ -67,9 +72,27 @@ class JsonLines(logging.Handler):
         except Exception:  # a log that cannot be written must not stop a backup
             self.handleError(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A log that cannot be written (a full disk) is said once, on one line, and no
+        longer written to: not logging's traceback for every event of the run."""
+        self._failed = True
+        error = sys.exc_info()[1]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        if self.stream is sys.stderr:
+            return  # nowhere left to say it
+        try:
+            sys.stderr.write(terminal.shown(
+                f"tune-archiver: warning: cannot write the log file {self._name}: {reason}; "
+                "the run goes on without it", self._secrets) + "\n")
+        except (OSError, ValueError):
+            pass
+
     def close(self) -> None:
         if self._owned:
-            self.stream.close()
+            try:  # the buffered lines a full disk refused are refused again here
+                self.stream.close()
+            except OSError:
+                pass
         super().close()
 
 
@@ -87,7 +110,7 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
         raise ConfigError(f"refused the log file: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
-    return JsonLines(stream, secrets, owned=True)
+    return JsonLines(stream, secrets, owned=True, name=path)
 
 
 def _own(path: str, flags: int) -> int:

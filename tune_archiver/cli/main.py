@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.cli import eventlog, report, terminal
-from tune_archiver.cli.envopts import apply_env
+from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
@@ -27,8 +27,10 @@ from tune_archiver.cli.running import (
     ping_url_of,
     send_ping,
     settings_of,
+    stdout_gone,
     until_signal,
     waiting_for,
+    with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
 from tune_archiver.commands import fetch as archive
@@ -55,12 +57,12 @@ log = logging.getLogger("tune_archiver")
 
 def entry() -> int:
     """The program: the tune-archiver script and `python -m tune_archiver`."""
-    # What the imports made lives as long as the process: frozen, no collection walks
-    # it again. And the young generation is collected every 10,000 allocations, not
-    # 700: a run of small downloads allocates in bursts that refcounting frees.
+    # What the imports made lives as long as the process: frozen, no collection walks it
+    # again; the young generation collected every 10,000 allocations, not 700: a run of
+    # small downloads allocates in bursts that refcounting frees.
     gc.freeze()
     gc.set_threshold(10_000)
-    return main()
+    return with_streams(main)
 
 
 def main(
@@ -84,7 +86,7 @@ def main(
         _error(str(exc), [])
         named = next((word for word in words if word in HANDLERS), None)
         print(f"see tune-archiver {named + ' ' if named else ''}--help", file=sys.stderr)
-        if "--json" in words:
+        if "--json" in words or switched_on(os.environ, "--json"):
             _print_json({"ok": False, "error": str(exc)}, [])
         return Exit.USAGE
     except SystemExit as exc:  # argparse has printed the help or the version
@@ -95,21 +97,10 @@ def main(
     args.sleep, args.clock = sleep, clock
     try:
         configure_logging(args, secrets)
-        ping_url = ping_url_of(args)
-    except ConfigError as exc:
-        _error(str(exc), secrets)
-        if args.json:
-            _print_json({"ok": False, "error": str(exc)}, secrets)
-        return Exit.USAGE
+    except ConfigError as exc:  # no log to record it in
+        return _refused(args, exc, secrets)
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
-    if ping_url and not send_ping(ping_url, "start"):
-        return Exit.INTERRUPTED
-    args.summary = None  # what a fail ping says: set by the command, counts and ids only
-    code = _run(args, secrets)
-    if ping_url and code == Exit.OK:
-        send_ping(ping_url, "success")
-    elif ping_url:
-        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    code = _pinged(args, secrets)
     log.debug("%s ended: exit %d", args.command, code,
               extra=event("run_end", command=args.command, exit=int(code)))
     for handler in log.handlers:
@@ -118,25 +109,53 @@ def main(
     return code
 
 
+def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
+    """The command, with --ping-url's start, success and fail pings around it."""
+    try:
+        ping_url = ping_url_of(args)
+    except ConfigError as exc:  # after run_start: the log's run_end says exit 2 too
+        return _refused(args, exc, secrets)
+    stopped = send_ping(ping_url, "start") if ping_url else None
+    if stopped:  # the run never began: said, --json's document, the log's run_end
+        return _interrupted(args, Interrupted(stopped), secrets)
+    args.summary = None  # what a fail ping says: set by the command, counts and ids only
+    code = _run(args, secrets)
+    if ping_url and code == Exit.OK:
+        send_ping(ping_url, "success")
+    elif ping_url:
+        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    return code
+
+
+def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
+             code: int = Exit.USAGE, verbose: bool = False) -> int:
+    """An error that ended the run: one line (with -v its traceback), --json's document."""
+    _error(str(exc), secrets, verbose)
+    if args.json:
+        _print_json({"ok": False, "error": str(exc)}, secrets)
+    return code
+
+
 def _run(args: argparse.Namespace, secrets: list[str]) -> int:
     """The command, its errors turned into one line (and --json's one document)."""
     try:
         return HANDLERS[args.command](args, secrets)
     except ArchiverError as exc:
-        _error(str(exc), secrets, args.verbose)
-        if args.json:
-            _print_json({"ok": False, "error": str(exc)}, secrets)
-        return for_error(exc)
+        return _refused(args, exc, secrets, for_error(exc), args.verbose)
     except Interrupted as stop:
-        if args.json:
-            _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
-                        secrets)
-        return for_signal(stop.signum)
+        return _interrupted(args, stop, secrets)
     except KeyboardInterrupt:  # a Ctrl-C outside the event loop
-        _error("interrupted", secrets)
-        if args.json:
-            _print_json({"ok": False, "interrupted": True, "signal": "SIGINT"}, secrets)
-        return for_signal(signal.SIGINT)
+        return _interrupted(args, Interrupted(signal.SIGINT), secrets)
+
+
+def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]) -> int:
+    """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
+    if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
+        _error(f"stopped by {stop}", secrets)
+    if args.json:
+        _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
+                    secrets)
+    return for_signal(stop.signum)
 
 
 # -- fetch ---------------------------------------------------------------------------
@@ -177,7 +196,10 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         _error(str(exc), secrets, args.verbose)
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
-        _report_undone(stop, tunes, finished, settings, secrets)
+        asked = None if isinstance(tunes, AllTunes) else tunes
+        _error(report.undone(str(stop), asked, finished, str(staging_for(settings.archive))),
+               secrets)
+        stop.said = True
         stop.done = {"tunes": [report.tune_json(r) for r in finished]}
         args.summary = report.tune_counts(finished, f"stopped by {stop}")
         raise
@@ -201,7 +223,7 @@ def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]
         log.warning("warning: %s", line)
     summary = report.fetch_summary(result)
     if summary and not (args.quiet or args.json):
-        print(terminal.shown(summary, secrets), flush=True)
+        _out(terminal.shown(summary, secrets), flush=True)
 
 
 def _run_dry(
@@ -214,27 +236,6 @@ def _run_dry(
     _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
           report.preview_lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
-
-
-def _report_undone(
-    stop: Interrupted,
-    tunes: list[int] | AllTunes,
-    finished: list[TuneResult],
-    settings: Settings,
-    secrets: list[str],
-) -> None:
-    """One line saying what an interrupted fetch left undone, and where its partials are."""
-    done = {result.tune_id for result in finished}
-    if isinstance(tunes, AllTunes):
-        undone = f"{len(done)} tunes done"
-    else:
-        left = ", ".join(str(i) for i in tunes if i not in done) or "none"
-        undone = f"{len(done)} of {len(tunes)} tunes done; not finished: {left}"
-    _error(
-        f"stopped by {stop}: {undone}; partial downloads are kept in "
-        f"{staging_for(settings.archive)} for the next run",
-        secrets,
-    )
 
 
 # -- verify, list, export, gc ----------------------------------------------------------
@@ -310,8 +311,8 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     def started(url: str) -> None:
         if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
             link = url if args.token_file else f"{url}?token={token}"
-            print(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
-                  flush=True)
+            _out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
+                 flush=True)
 
     in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
     return EXIT_OK
@@ -338,15 +339,9 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
         waiting=waiting_for("fetch or gc", location),
     ))
-    verb = "would remove" if args.dry_run else "removed"
-    lines = [f"{verb} the manifest of tune {tune_id}" + (f" ({title})" if title else "")
-             for tune_id, title in found.removed]
-    lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
-                 "no other tune uses")
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
-    as_json = {"ok": found.ok, "dry_run": args.dry_run, "unknown": found.unknown,
-               "removed": [{"tune_id": i, "title": t} for i, t in found.removed]}
-    _emit(args, secrets, errors, as_json, lines)
+    _emit(args, secrets, errors, report.forget_json(found, args.dry_run),
+          report.forget_lines(found, args.dry_run))
     return EXIT_OK if found.ok else EXIT_FAILED
 
 
@@ -363,7 +358,7 @@ def _emit(
         _print_json(as_json, secrets)
     elif not args.quiet:
         for line in lines:
-            print(terminal.shown(line, secrets))
+            _out(terminal.shown(line, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
@@ -377,7 +372,17 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 
 
 def _print_json(value: Any, secrets: list[str]) -> None:
-    print(terminal.json_text(value, secrets))
+    _out(terminal.json_text(value, secrets))
+
+
+def _out(text: str, flush: bool = False) -> None:
+    """One line on stdout. A reader that has gone (`list | head`, a log pipe that died)
+    costs the rest of the output, never the run: a tune's summary line raising
+    BrokenPipeError stopped the backup. stdout then goes to /dev/null."""
+    try:
+        print(text, flush=flush)
+    except BrokenPipeError:
+        stdout_gone()
 
 
 def _error(message: str, secrets: list[str], verbose: bool = False) -> None:

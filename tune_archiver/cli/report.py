@@ -19,6 +19,7 @@ from tune_archiver.urls import redact
 if TYPE_CHECKING:  # their commands' modules are imported when those commands run
     from tune_archiver.commands.dry_run import Preview
     from tune_archiver.commands.export import ExportResult
+    from tune_archiver.commands.forget import ForgetReport
     from tune_archiver.commands.gc import GcReport
     from tune_archiver.commands.repair import RepairReport
 
@@ -89,6 +90,20 @@ def tune_counts(results: Sequence[TuneResult], stopped: str | None = None) -> st
     if failed:
         text += ": " + " ".join(failed)
     return f"{stopped}; {text}" if stopped else text
+
+
+def undone(signal: str, asked: Sequence[int] | None, finished: Sequence[TuneResult],
+           staging: str) -> str:
+    """What a fetch stopped by `signal` left undone (`asked`: None for --all), and where
+    its partial downloads wait."""
+    done = {result.tune_id for result in finished}
+    if asked is None:
+        said = f"{len(done)} tunes done"
+    else:
+        left = ", ".join(str(i) for i in asked if i not in done) or "none"
+        said = f"{len(done)} of {len(asked)} tunes done; not finished: {left}"
+    return (f"stopped by {signal}: {said}; partial downloads are kept in {staging} "
+            "for the next run")
 
 
 def ping_summary(command: str, code: int, summary: str | None) -> str:
@@ -369,3 +384,17 @@ def export_json(result: ExportResult) -> dict[str, Any]:
 def export_summary(result: ExportResult) -> str:
     return (f"exported to {result.folder}: {len(result.linked)} hard links, "
             f"{len(result.copied)} copies, {len(result.failed)} failed")
+
+
+def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} the manifest of tune {tune_id}" + (f" ({title})" if title else "")
+             for tune_id, title in found.removed]
+    lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
+                 "no other tune uses")
+    return lines
+
+
+def forget_json(found: ForgetReport, dry_run: bool) -> dict[str, Any]:
+    return {"ok": found.ok, "dry_run": dry_run, "unknown": found.unknown,
+            "removed": [{"tune_id": i, "title": t} for i, t in found.removed]}

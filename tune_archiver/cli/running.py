@@ -48,6 +48,7 @@ class Interrupted(Exception):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.done: dict[str, Any] = {}  # what --json says was done before the stop
+        self.said = False  # the command has said what the stop left undone
 
 
 def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
@@ -173,16 +174,45 @@ def ping_url_of(args: argparse.Namespace) -> str | None:
     return check_ping_url(url) if url else None
 
 
-def send_ping(url: str, what: str, summary: str | None = None) -> bool:
+def send_ping(url: str, what: str, summary: str | None = None) -> int | None:
     """Ping the monitor (`what`: start, success or fail); a failed ping is one warning,
     never the run's failure. The URL is not shown: it may hold the monitor's token.
-    Returns False when Ctrl-C stopped it (the caller stops too)."""
+    Returns the signal (SIGINT or SIGTERM) that stopped it, else None: the caller stops."""
     suffix = "" if what == "success" else f"/{what}"
+    stopped: int | None = None
     try:
-        reason = asyncio.run(ping(url, suffix, summary))
-    except KeyboardInterrupt:  # Ctrl-C while the monitor is slow: no traceback
-        reason = "interrupted"
+        reason = asyncio.run(until_signal(ping(url, suffix, summary)))
+    except Interrupted as stop:  # cron's timeout while the monitor is slow: no kill
+        reason, stopped = f"stopped by {stop}", stop.signum
+    except KeyboardInterrupt:  # Ctrl-C before the loop took the signal: no traceback
+        reason, stopped = "interrupted", signal.SIGINT
     if reason is not None:
-        log.warning("warning: the %s ping to --ping-url failed (%s); the run is not "
-                    "affected", what, reason, extra={"event": "ping_failed", "ping": what})
-    return reason != "interrupted"
+        log.warning("warning: the %s ping to --ping-url failed (%s)%s", what, reason,
+                    "" if stopped else "; the run is not affected",
+                    extra={"event": "ping_failed", "ping": what})
+    return stopped
+
+
+def stdout_gone() -> None:
+    """stdout's reader has gone: later writes, and the flush at exit, go to /dev/null
+    quietly, as Python's documentation advises for SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def with_streams(program: Callable[[], int]) -> int:
+    """Run `program` with a closed stderr (`2>&-`) as /dev/null: print(file=None) would
+    write the error lines to stdout, into --json's document, and the next file opened
+    would be fd 2. stdout is flushed at its end, not at exit, where a reader gone is
+    "Exception ignored"."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # open till the process ends
+    try:
+        return program()
+    finally:
+        try:
+            if sys.stdout is not None:  # None: closed (`>&-`), nothing was printed
+                sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_gone()

@@ -1,0 +1,197 @@
+"""Unattended runs: what the tool says (stderr, --json, --log-file, exit codes) when a
+run meets trouble of its own, checked against README's promises."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import run_fetch
+from tests.standin import StandIn
+from tests.test_fetch import make_tune
+from tune_archiver.cli.main import main
+
+MiB = 2**20
+
+
+def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A --log-file whose disk is full (here: the file-size limit reached, EFBIG) is one
+    warning line on stderr, never a "--- Logging error ---" traceback per event nor a
+    crash at exit: the backup is archived, --json is one document and the exit code 0."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.jsonl"
+    log.write_bytes(b"\n" * MiB)  # every further byte is refused
+    log.chmod(0o600)
+
+    def file_size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    done = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+         str(tmp_path / "a"), "--api-url", standin.api_url, "--log-file", str(log), "--json"],
+        env=env, capture_output=True, text=True, timeout=60, preexec_fn=file_size_limit,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Logging error" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"tune-archiver: warning: cannot write the log file {log}: File too large; "
+        "the run goes on without it"]
+    assert json.loads(done.stdout)["ok"] is True
+    assert check_manifest(tmp_path / "a" / "manifests" / "1.json")["complete"] is True
+
+
+@pytest.mark.parametrize("command", [["gc"], ["forget", "1"], ["gc", "--dry-run"]])
+def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
+    standin: StandIn, tmp_path: Path, command: list[str]
+) -> None:
+    """gc or forget stopped by SIGTERM (cron's timeout, here while it waits for a running
+    fetch's lock) exits 143 with one line saying it was stopped, a `failure` event in
+    --log-file and one --json document: not a silent 143 that looks like a crash."""
+    archive = tmp_path / "archive"
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, archive, "1") == 0
+    log = tmp_path / "run.jsonl"
+    with open(archive / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # a fetch running
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tune_archiver", *command, "--archive", str(archive),
+             "--json", "--log-file", str(log)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        assert "waiting: a fetch" in process.stderr.readline()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert err.splitlines() == ["tune-archiver: error: stopped by SIGTERM"]
+    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": "SIGTERM"}
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
+    assert found[-1]["exit"] == 143
+    assert (archive / "manifests" / "1.json").exists()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_slow_start_ping_is_a_stopped_run(
+    standin: StandIn, tmp_path: Path, signum: int, code: int
+) -> None:
+    """SIGTERM (cron's timeout) or Ctrl-C while the monitor holds the start ping: exit
+    143/130 with the stop said, --json's document and the log's run_end; SIGTERM killed
+    the process silently (no document, no run_end) and Ctrl-C printed nothing on stdout
+    and claimed "the run is not affected"."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.jsonl"
+    with socket.socket() as monitor:  # takes the connection, never answers
+        monitor.bind(("127.0.0.1", 0))
+        monitor.listen()
+        monitor.settimeout(30)
+        url = f"http://127.0.0.1:{monitor.getsockname()[1]}/ping/uuid"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+             str(tmp_path / "a"), "--api-url", standin.api_url, "--json", "--ping-url", url,
+             "--log-file", str(log)],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        connection, _ = monitor.accept()
+        with connection:
+            assert b"GET /ping/uuid/start" in connection.recv(4096)
+            process.send_signal(signum)
+            out, err = process.communicate(timeout=30)
+    name = signal.Signals(signum).name
+    assert process.returncode == code
+    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
+    assert f"tune-archiver: error: stopped by {name}" in err.splitlines()
+    assert "not affected" not in err
+    assert "Traceback" not in err
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert found[-1]["event"] == "run_end"
+    assert found[-1]["exit"] == code
+    assert not standin.seen("api")  # the run never began
+
+
+def test_a_bad_ping_url_still_writes_run_start_and_run_end_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TUNE_ARCHIVER_PING_URL that is not http(s) (a typo in a systemd unit) is exit 2,
+    and --log-file says so as every run does, run_start then run_end with exit 2: it held
+    a lone failure event, which a log watcher keyed on run_end never sees."""
+    monkeypatch.setenv("TUNE_ARCHIVER_PING_URL", "ftp://hc-ping.example/uuid")
+    log = tmp_path / "run.jsonl"
+    assert main(["verify", "--archive", str(tmp_path / "a"), "--log-file", str(log),
+                 "--json"]) == 2
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
+    assert found[-1]["exit"] == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": False, "error": "the ping URL must start with http:// or https://"}
+
+
+@pytest.mark.parametrize("words", [["fetch", "1", "--bogus"], ["fetch", "1", "--concurrency", "0"],
+                                   ["list", "--arch", "x"]])
+def test_a_usage_error_under_tune_archiver_json_prints_its_json_document(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], words: list[str]
+) -> None:
+    """--json set as TUNE_ARCHIVER_JSON=1 (README: any option from the environment) makes
+    a usage error print {"ok": false, "error": ...} as --json on the command line does:
+    stdout was empty, and a script parsing it failed on nothing."""
+    monkeypatch.setenv("TUNE_ARCHIVER_JSON", "1")
+    assert main(words) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is False
+    assert captured.err.startswith("tune-archiver: error: ")
+
+
+def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path) -> None:
+    """stdout piped to a reader that has gone (`fetch ... | head`, a log pipe that died):
+    every tune is still archived, exit 0, no traceback, the log ends with run_end; the
+    first tune's summary line raised BrokenPipeError, which stopped the run with exit 1."""
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    archive, log = tmp_path / "a", tmp_path / "run.jsonl"
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        for extra in ([], ["--json"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "tune_archiver", "fetch", "1", "2", "3", "--archive",
+                 str(archive), "--api-url", standin.api_url, "--log-file", str(log), *extra],
+                env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, stdout=writer,
+                stderr=subprocess.PIPE, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert "Traceback" not in done.stderr
+            assert "Exception ignored" not in done.stderr
+        listed = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "list", "--archive", str(archive)],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert (listed.returncode, listed.stderr) == (0, "")
+    finally:
+        os.close(writer)
+    for tune_id in (1, 2, 3):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]
+
+
+def test_a_closed_stderr_keeps_error_lines_out_of_the_json_on_stdout(tmp_path: Path) -> None:
+    """Run with stderr closed (`2>&-`, as some wrappers start jobs), --json's stdout is the
+    one document: the error line went to stdout ahead of it (print to a None stderr is
+    print to stdout), and a script's json.loads failed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "list", "--json", "--archive",
+         str(tmp_path / "missing")],
+        stdout=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["ok"] is False
