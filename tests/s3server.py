@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,3 +129,19 @@ async def bucket_fixture(
         name = f"test-{uuid.uuid4().hex[:16]}"
         await client.create_bucket(Bucket=name)
         yield Bucket(moto_s3.endpoint, name, client, session)
+
+
+def refuse_gets(monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], bool],
+                error: Callable[[], Exception]) -> None:
+    """moto raises `error()` for a GET of each key `refused` says (an AccessDenied on some
+    objects alone, a token that expires at the blobs), and reads every other as usual."""
+    from moto.s3.models import S3Backend
+
+    get_object = S3Backend.get_object
+
+    def refusing(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if refused(key):
+            raise error()
+        return get_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "get_object", refusing)

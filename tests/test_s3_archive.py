@@ -29,6 +29,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     MotoS3,
     aws_env_fixture,
     moto_s3_fixture,
+    refuse_gets,
 )
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
@@ -359,14 +360,8 @@ def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(
     add_tune(standin, 2)
     assert fetch(standin, s3, "1", "2") == 0
     [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    get_object = S3Backend.get_object
-
-    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if key.endswith(checkpoint["sha256"]):
-            raise S3AccessDeniedError()
-        return get_object(backend, bucket, key, *args, **kwargs)
-
-    monkeypatch.setattr(S3Backend, "get_object", refused)
+    refuse_gets(monkeypatch, lambda key: key.endswith(checkpoint["sha256"]),
+                S3AccessDeniedError)
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 1
     err = capsys.readouterr().err
@@ -386,14 +381,9 @@ def test_verify_stops_once_on_credentials_refused_outright(
     add_tune(standin, 1)
     assert fetch(standin, s3, "1") == 0
 
-    get_object = S3Backend.get_object
-
-    def expired(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if "/objects/" in key:  # the manifests were read: it expires at the blobs
-            raise S3ClientError("ExpiredToken", "The provided token has expired.")
-        return get_object(backend, bucket, key, *args, **kwargs)
-
-    monkeypatch.setattr(S3Backend, "get_object", expired)
+    # The manifests were read: it expires at the blobs.
+    refuse_gets(monkeypatch, lambda key: "/objects/" in key,
+                lambda: S3ClientError("ExpiredToken", "The provided token has expired."))
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 2
     err = capsys.readouterr().err
@@ -478,14 +468,8 @@ def test_export_of_a_blob_the_bucket_refuses_fails_that_file_alone(
     add_tune(standin, 1)
     assert fetch(standin, s3, "1") == 0
     [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    get_object = S3Backend.get_object
-
-    def refused(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if key.endswith(checkpoint["sha256"]):
-            raise S3AccessDeniedError()
-        return get_object(backend, bucket, key, *args, **kwargs)
-
-    monkeypatch.setattr(S3Backend, "get_object", refused)
+    refuse_gets(monkeypatch, lambda key: key.endswith(checkpoint["sha256"]),
+                S3AccessDeniedError)
     capsys.readouterr()
     assert tune_archiver(s3, "export", "1", str(tmp_path / "out")) == 1
     err = capsys.readouterr().err

@@ -20,6 +20,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     MotoS3,
     aws_env_fixture,
     moto_s3_fixture,
+    refuse_gets,
 )
 from tests.standin import StandIn
 from tune_archiver.store.location import open_store
@@ -80,14 +81,7 @@ async def test_an_object_the_bucket_refuses_is_one_line_not_a_traceback(
     alone, a ConfigError, as verify takes it) is a 500 that says why, as a disk's EIO
     is, not a logged traceback and 'Server got itself in trouble'; the rest is served."""
     refused = (sha256(gallery.training[2]), "manifests/5.json")
-    get_object = S3Backend.get_object
-
-    def denying(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if key.endswith(refused):
-            raise S3AccessDeniedError()
-        return get_object(backend, bucket, key, *args, **kwargs)
-
-    monkeypatch.setattr(S3Backend, "get_object", denying)
+    refuse_gets(monkeypatch, lambda key: key.endswith(refused), S3AccessDeniedError)
     async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
         runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
         try:
