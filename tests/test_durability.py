@@ -49,3 +49,35 @@ def test_blob_folders_are_synced_once_each_before_the_manifest(
     assert len([n for n in synced_before if n in folders]) == len(folders)  # once each
     assert len(folders) < len(images)  # 120 digests share some of 256 folders
     check_manifest(archive / "manifests" / "1.json")
+
+
+def test_a_new_blob_folders_own_name_is_synced_before_the_manifest(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob's first fan-out folder is new: objects/sha256, which took its name, is
+    fsynced after it was made and before the manifest names the blob, or a power cut
+    could keep the manifest and lose the folder."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [], [standin.add_file("img.jpg", os.urandom(3000))])
+    events: list[str] = []
+    real_sync, real_mkdir, real_replace_file = files.sync_dir, os.mkdir, local.replace_file
+
+    def sync_dir(directory: Path) -> None:
+        events.append(f"sync {directory.name}")
+        real_sync(directory)
+
+    def mkdir(path: str | Path, *args: object, **kwargs: object) -> None:
+        events.append(f"mkdir {Path(path).name}")
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:
+        events.append("manifest")  # its rename, after the folders' syncs
+        real_replace_file(root, key, data, staging)
+
+    monkeypatch.setattr(files, "sync_dir", sync_dir)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(local, "replace_file", replace_file)
+    assert run_fetch(standin, archive, "1") == 0
+    [fan_out] = [e for e in events if e.startswith("mkdir ") and len(e) == len("mkdir ab")]
+    made, manifest = events.index(fan_out), events.index("manifest")
+    assert "sync sha256" in events[made:manifest]
