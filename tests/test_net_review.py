@@ -76,6 +76,25 @@ def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     assert image1["sha256"] == sha256(second)
 
 
+def test_a_renewed_url_alone_at_a_path_two_files_shared_is_not_taken(
+    standin: StandIn, archive: Path
+) -> None:
+    """/img?id=1 and /img?id=2 were two images; the renewed tune lists /img?id=2 alone,
+    as image 0. That path is listed once now, but it named two files when the run
+    began: image 0's fresh URL is not taken, and image 1's bytes never become image 0's."""
+    first, second = os.urandom(3000), os.urandom(3000)
+    standin.files["img?id=1"], standin.files["img?id=2"] = first, second
+    urls = [standin.file_url("img", query=f"id={i}&X-Amz-Signature=old{i}") for i in (1, 2)]
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
+    standin.add_tune(1, [], [standin.file_url("img", query="id=2&X-Amz-Signature=new2")])
+    standin.faults["img?id=1"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 1
+    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert image0["status"] == "failed"
+    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
+    assert image1["sha256"] == sha256(second)
+
+
 def test_a_renewed_url_signed_with_a_cdns_own_parameters_is_taken(
     standin: StandIn, archive: Path
 ) -> None:

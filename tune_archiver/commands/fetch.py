@@ -215,7 +215,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     """
     plan, carried = await plan_for(run.store, tune, run.settings)
     run.progress.add_files(len(plan.download))
-    fresh = FreshUrls(run.api, tune.id, run.settings.prompts)
+    fresh = FreshUrls(run.api, tune.id, run.settings.prompts, assets_of(tune))
 
     async def download(asset: Asset) -> AssetResult:
         try:

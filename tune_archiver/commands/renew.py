@@ -19,8 +19,10 @@ from tune_archiver.urls import redact, url_key
 class FreshUrls:
     """Renewed URLs for a tune's assets, from at most one more request for the tune."""
 
-    def __init__(self, api: AstriaClient, tune_id: int, prompts: bool) -> None:
+    def __init__(self, api: AstriaClient, tune_id: int, prompts: bool,
+                 listed: Sequence[Asset]) -> None:
         self._api = api
+        self._listed = listed  # the tune's files as the run began: whose paths are shared
         self._tune_id = tune_id
         self._prompts = prompts
         self._tune: asyncio.Task[Tune] | None = None
@@ -43,7 +45,7 @@ class FreshUrls:
             listed = assets_of(tune)
             for candidate in listed:
                 if (candidate.kind, candidate.prompt_id, candidate.index) == place:
-                    if _same_file(candidate.url, asset.url, listed):
+                    if _same_file(candidate.url, asset.url, listed, self._listed):
                         return candidate.url
                     raise DataError(
                         f"the renewed tune lists another file as {asset.kind} {asset.index} "
@@ -72,14 +74,17 @@ class FreshUrls:
         return Tune(self._tune_id, {"id": self._tune_id}, (), (), prompts=(prompt,))
 
 
-def _same_file(fresh: str, old: str, listed: Sequence[Asset]) -> bool:
+def _same_file(fresh: str, old: str, listed: Sequence[Asset], before: Sequence[Asset]) -> bool:
     """True when the fresh URL names the old one's file: the same path and query less
-    what signing sets; or the same path alone, when no other listed file has it (a CDN
-    may sign with parameters of its own, `exp`, `s`, `hdnts`, that url_key keeps)."""
+    what signing sets; or the same path alone, when no other file has it, in the
+    renewed listing nor in the one the run began with (`before`): a CDN may sign with
+    parameters of its own, `exp`, `s`, `hdnts`, that url_key keeps, while /img?id=2
+    listed alone now was another file than /img?id=1 when both were listed."""
     path, query = _named(fresh)
     if (path, query) == _named(old):
         return True
-    return path == _named(old)[0] and sum(_named(a.url)[0] == path for a in listed) == 1
+    return path == _named(old)[0] and all(
+        sum(_named(a.url)[0] == path for a in files) == 1 for files in (listed, before))
 
 
 def _named(url: str) -> tuple[str, str]:
