@@ -33,9 +33,11 @@ class Status:
 
 @dataclass
 class Cut:
-    """Announce the whole file, send its first `at` bytes, then drop the connection."""
+    """Announce the whole file, send its first `at` bytes, then drop the connection;
+    `whole`: a 200 from the first byte, whatever Range asks (a host that never resumes)."""
 
     at: int
+    whole: bool = False
 
 
 @dataclass
@@ -430,7 +432,8 @@ class StandIn:
         start, stop, status = 0, len(data), 200
         wanted = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
-        if wanted.startswith("bytes=") and not isinstance(fault, IgnoreRange):
+        anew = isinstance(fault, IgnoreRange) or (isinstance(fault, Cut) and fault.whole)
+        if wanted.startswith("bytes=") and not anew:
             if if_range is None or if_range == etag or isinstance(fault, Splice):
                 first, _, last = wanted[len("bytes=") :].partition("-")
                 start = int(first)

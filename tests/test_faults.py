@@ -110,6 +110,21 @@ def test_retries_count_only_the_attempts_that_got_nowhere(
     assert offsets[0] > 0
 
 
+def test_a_host_that_starts_every_attempt_over_gets_one_round_of_retries(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host with a validator that answers every Range with the file from its first
+    byte, dropping it at 2 MiB each time: no attempt resumes, so none moves the download
+    on, and --retries 1 means two attempts (a second round of two followed, as the
+    first had taken the bytes on disk from nothing to 2 MiB)."""
+    one_file_tune(standin, size=12 * MiB)
+    standin.faults["model"] = [Cut(2 * MiB, whole=True)] * 12
+    assert run_fetch(standin, archive, "1", "--retries", "1") == 1
+    requests = standin.seen("cdn", "/files/model")
+    assert len(requests) == 2
+    assert resumed_at(requests[1].headers["Range"]) == 2 * MiB  # it was asked to resume
+
+
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
     """A download that fails for good leaves its partial; the next run resumes it. (Its
     first round of retries moved it on, so a second round is tried, and fails too.)"""

@@ -75,6 +75,7 @@ class Transfer:
     partial: Partial
     counted: bool = False  # its size has been added to the progress total
     may_split: bool = True  # False once the server has refused a range
+    starts_over: bool = False  # the host answered a Range with the file from its start
     min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
     tail: list[bytes] = field(default_factory=list)  # the body's last bytes, not yet written
 
@@ -200,8 +201,8 @@ class Downloader:
 
     async def _retried(self, transfer: Transfer) -> None:
         def resumable() -> int:  # bytes the next attempt asks for the rest after
-            partial = transfer.partial
-            return partial.size if partial.validator else 0
+            partial = transfer.partial  # (none from a host that starts each one over)
+            return partial.size if partial.validator and not transfer.starts_over else 0
 
         await call_with_retries(
             self._settings.retry, transfer.shown, lambda: self._attempt(transfer), resumable
@@ -261,7 +262,8 @@ class Downloader:
             raise DataError(f"the server sent an error page ({content_type}): {transfer.shown}")
         refuse_encoded(response, transfer.shown)
         if response.status == 200:
-            if partial.size:
+            if partial.size:  # a Range was asked for
+                transfer.starts_over = True
                 await self._restart(transfer)
             total = response.content_length
         else:
