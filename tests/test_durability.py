@@ -81,3 +81,33 @@ def test_a_new_blob_folders_own_name_is_synced_before_the_manifest(
     [fan_out] = [e for e in events if e.startswith("mkdir ") and len(e) == len("mkdir ab")]
     made, manifest = events.index(fan_out), events.index("manifest")
     assert "sync sha256" in events[made:manifest]
+
+
+def test_a_blob_folder_another_run_made_has_its_name_synced_before_the_manifest(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob's fan-out folder is there already, made by another run that has not yet
+    fsynced objects/sha256 (it may never: stopped, or its file failed): this run's
+    manifest names a blob in it, so objects/sha256 is fsynced first here too."""
+    archive = tmp_path / "archive"
+    data = os.urandom(3000)
+    standin.add_tune(1, [], [standin.add_file("img.jpg", data)])
+    folder = blob_file(archive, data).parent  # the other run's mkdir, not yet synced
+    for made in (archive, archive / "objects", folder.parent, folder):
+        made.mkdir(mode=0o700)
+    events: list[str] = []
+    real_sync, real_replace_file = files.sync_dir, local.replace_file
+
+    def sync_dir(directory: Path) -> None:
+        events.append(f"sync {directory.name}")
+        real_sync(directory)
+
+    def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:
+        events.append("manifest")
+        real_replace_file(root, key, data, staging)
+
+    monkeypatch.setattr(files, "sync_dir", sync_dir)
+    monkeypatch.setattr(local, "replace_file", replace_file)
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    assert "sync sha256" in events[:events.index("manifest")]

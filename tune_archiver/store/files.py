@@ -248,23 +248,18 @@ def _copy_bytes(source: int, out: int) -> None:
 # -- writes inside the archive, each folder opened without following a link --------
 
 
-def store_blob(root: Path, source: Path, key: str) -> bool:
+def store_blob(root: Path, source: Path, key: str) -> None:
     """Rename `source` to the blob at `key`, into its fan-out folder opened without
     following a link (made 0700 when new): a link planted at the folder would take the
     photo out of the archive. A file there already is replaced: these bytes were just
     hashed to its name, and one there may have rotted since (same size, other bytes).
-    True when the folder was made here: its own name is then to be made durable too.
     Raises NotAFile, OSError."""
     folder, name = key.rsplit("/", 1)
-    into = open_folder(root, folder, create=False)
-    made = into is None
-    if into is None:
-        into = _folder(root, folder, create=True)
+    into = _folder(root, folder, create=True)
     try:
         os.replace(source, name, dst_dir_fd=into)
     finally:
         os.close(into)
-    return made
 
 
 def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:

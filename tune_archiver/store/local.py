@@ -353,14 +353,14 @@ class _Intake:
         try:
             # Read-only already (Partial.finish); over a blob stored meanwhile, by another
             # run or tune, whose bytes may have rotted since: these were just hashed.
-            made = store_blob(self._store._absolute, self._file.path, key)
-            # The folder is fsynced before a manifest names the blob, and a folder made
-            # here its parent too (on ext4 without a journal a new folder's name is
-            # durable only then).
+            store_blob(self._store._absolute, self._file.path, key)
+            # The folder is fsynced before a manifest names the blob, and its parent
+            # too (on ext4 without a journal a new folder's name is durable only then):
+            # always, as a folder found there may be another run's, made and not yet
+            # synced (one fsync more per manifest at most).
             folder = self._store.path(key).parent
             self._store.dir_syncs.add(folder)
-            if made:
-                self._store.dir_syncs.add(folder.parent)
+            self._store.dir_syncs.add(folder.parent)
         except NotAFile as exc:
             raise _refused(self._store.root, "store a blob", exc) from exc
         except OSError as exc:
