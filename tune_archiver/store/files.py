@@ -117,12 +117,19 @@ class DirSyncs:
 
     def __init__(self) -> None:
         self._dirs: set[Path] = set()
-        self._lock = threading.Lock()  # the set only: a commit never waits for an fsync
+        # Folders whose own name a sync of their parent made durable: once is enough
+        # (another run's folder, made and never synced, is synced so once too).
+        self._named: set[Path] = set()
+        self._lock = threading.Lock()  # the sets only: a commit never waits for an fsync
         self._syncing = threading.Lock()  # one sync at a time
 
-    def add(self, directory: Path) -> None:
+    def add(self, directory: Path, named: bool = False) -> None:
+        """`directory` took a rename; with `named`, its own name is to be durable too
+        (a blob's folder, which this run or another may have just made)."""
         with self._lock:
             self._dirs.add(directory)
+            if named and directory not in self._named:
+                self._dirs.add(directory.parent)
 
     def sync(self) -> None:
         """fsync every folder added so far; blocks. A caller that finds another sync
@@ -138,6 +145,8 @@ class DirSyncs:
                     with self._lock:  # the rest stay, for the next caller
                         self._dirs.update(dirs[done:])
                     raise
+            with self._lock:  # the folders in the parents synced have durable names
+                self._named.update(d for d in dirs if d.parent in dirs)
 
 
 def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:

@@ -355,12 +355,9 @@ class _Intake:
             # run or tune, whose bytes may have rotted since: these were just hashed.
             store_blob(self._store._absolute, self._file.path, key)
             # The folder is fsynced before a manifest names the blob, and its parent
-            # too (on ext4 without a journal a new folder's name is durable only then):
-            # always, as a folder found there may be another run's, made and not yet
-            # synced (one fsync more per manifest at most).
-            folder = self._store.path(key).parent
-            self._store.dir_syncs.add(folder)
-            self._store.dir_syncs.add(folder.parent)
+            # too, once a run (on ext4 without a journal a new folder's name is durable
+            # only then; one found there may be another run's, made and not yet synced).
+            self._store.dir_syncs.add(self._store.path(key).parent, named=True)
         except NotAFile as exc:
             raise _refused(self._store.root, "store a blob", exc) from exc
         except OSError as exc:
