@@ -23,7 +23,7 @@ from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
 from tune_archiver.store import Store
 from tune_archiver.text import human_bytes
-from tune_archiver.web.access import guard
+from tune_archiver.web.access import Handler, guard
 from tune_archiver.web.blobs import blob_response
 
 Clock = Callable[[], datetime]
@@ -38,10 +38,7 @@ class Views:
         self.store, self.clock = store, clock
 
     async def tunes(self, request: web.Request) -> web.Response:
-        try:
-            rows = await archived_tunes(self.store, self.clock())
-        except ArchiverError as exc:  # EIO listing manifests/, a bucket refusing it: one line
-            raise web.HTTPInternalServerError(text=str(exc)) from exc
+        rows = await archived_tunes(self.store, self.clock())
         return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
     async def tune(self, request: web.Request) -> web.Response:
@@ -49,27 +46,15 @@ class Views:
 
     async def verify(self, request: web.Request) -> web.Response:
         tune_id = int(request.match_info["tune_id"])
-        try:
-            found = await verify(self.store, [tune_id], NullProgress())
-        except ArchiverError as exc:  # objects/ a planted link, EIO listing it: one line
-            raise web.HTTPInternalServerError(text=str(exc)) from exc
+        found = await verify(self.store, [tune_id], NullProgress())
         return _html(await self._tune_page(request, verdict(found)))
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        try:
-            return await blob_response(self.store, request.match_info["sha256"], request)
-        # The disk failed reading it, or the bucket refuses this object (AccessDenied, a
-        # ConfigError, as verify takes it): said, not a traceback.
-        except ArchiverError as exc:
-            raise web.HTTPInternalServerError(text=str(exc)) from exc
+        return await blob_response(self.store, request.match_info["sha256"], request)
 
     async def _tune_page(self, request: web.Request, result: str) -> str:
         tune_id = int(request.match_info["tune_id"])
-        try:
-            found = await manifest.read(self.store, tune_id)
-        # Damaged, a folder or FIFO in its place, EIO, an object the bucket refuses: one line
-        except ArchiverError as exc:
-            raise web.HTTPInternalServerError(text=str(exc)) from exc
+        found = await manifest.read(self.store, tune_id)
         if found is None:
             raise web.HTTPNotFound(text=f"tune {tune_id} is not in the archive")
 
@@ -102,6 +87,16 @@ def _html(text: str) -> web.Response:
     return web.Response(text=text, content_type="text/html", charset="utf-8")
 
 
+@web.middleware
+async def _said(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Our error in any handler (a damaged manifest, EIO, a link planted in objects/, an
+    object the bucket refuses) is a 500 that says why, not a logged traceback."""
+    try:
+        return await handler(request)
+    except ArchiverError as exc:
+        raise web.HTTPInternalServerError(text=str(exc)) from exc
+
+
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("Content-Security-Policy", POLICY)
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -111,7 +106,7 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
 def build_app(store: Store, clock: Clock, token: str | None) -> web.Application:
     """The read-only application: GET pages and blobs, POST verify; the token when given."""
     views = Views(store, clock)
-    app = web.Application(middlewares=[guard(token)])
+    app = web.Application(middlewares=[guard(token), _said])
     app.on_response_prepare.append(_headers)
     app.router.add_get("/", views.tunes)
     app.router.add_get(r"/tunes/{tune_id:\d{1,18}}", views.tune)
