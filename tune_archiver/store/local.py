@@ -18,7 +18,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -191,17 +191,9 @@ class LocalStore:
         """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
         another one; returns where it went."""
         key = f"{DAMAGED}/{tune_id}-{stamp}.json"
-        await in_thread(self._set_aside, manifest_key(tune_id), key)
+        with _inside(self.root, "set a damaged manifest aside"):
+            await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id), key)
         return key
-
-    def _set_aside(self, source: str, target: str) -> None:
-        doing = "set a damaged manifest aside"
-        try:
-            move_manifest_aside(self._absolute, source, target)
-        except NotAFile as exc:
-            raise _refused(self.root, doing, exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self.root, doing) from exc
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by archive-relative key."""
@@ -220,16 +212,11 @@ class LocalStore:
             raise storage_error(exc, self.root, doing) from exc
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
-        doing = "write a manifest"
-        try:
+        with _inside(self.root, "write a manifest"):
             self.dir_syncs.sync()  # every blob it may name is durably there first
             # verify --repair and retrain write manifests with no fetch's prepare before
             # them: tmp/ and manifests/ are opened without following a link.
             replace_file(self._absolute, f"{MANIFESTS}/{final.name}", data, TMP)
-        except NotAFile as exc:
-            raise _refused(self.root, doing, exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self.root, doing) from exc
 
     # -- the archive lock ----------------------------------------------------------
 
@@ -283,43 +270,23 @@ class LocalStore:
         at a wrong place, to tmp/damaged/<sha256>-<stamp>; returns the new keys."""
         misplaced = (await self.misplaced()).get(sha256)
         keys = [blob_key(sha256), *([misplaced] if misplaced else [])]
-        return await in_thread(self._set_aside_blob, keys, f"{sha256}-{stamp}")
-
-    def _set_aside_blob(self, keys: list[str], name: str) -> list[str]:
-        doing = "set a damaged blob aside"
-        try:
-            return move_blobs_aside(self._absolute, keys, DAMAGED_BLOBS, name)
-        except NotAFile as exc:
-            raise _refused(self.root, doing, exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self.root, doing) from exc
+        with _inside(self.root, "set a damaged blob aside"):
+            return await in_thread(move_blobs_aside, self._absolute, keys, DAMAGED_BLOBS,
+                                   f"{sha256}-{stamp}")
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock), in its fan-out folder opened
         without following a link: gc listed the folder as one, but a link planted at it
         since would have it remove a file outside the archive."""
-        doing = "remove a blob"
-        try:
+        with _inside(self.root, "remove a blob"):
             await in_thread(remove_file, self._absolute, blob_key(sha256))
-        except NotAFile as exc:
-            raise _refused(self.root, doing, exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self.root, doing) from exc
 
     async def delete_manifest(self, tune_id: int) -> None:
         """Remove the tune's manifest (forget, under the exclusive lock), in manifests/
         opened without following a link: one planted there would have forget remove a
         file outside the archive."""
-        await in_thread(self._delete_manifest, tune_id)
-
-    def _delete_manifest(self, tune_id: int) -> None:
-        doing = f"remove the manifest of tune {tune_id}"
-        try:
-            remove_file(self._absolute, manifest_key(tune_id))
-        except NotAFile as exc:
-            raise _refused(self.root, doing, exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self.root, doing) from exc
+        with _inside(self.root, f"remove the manifest of tune {tune_id}"):
+            await in_thread(remove_file, self._absolute, manifest_key(tune_id))
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
@@ -330,9 +297,17 @@ class LocalStore:
         return []
 
 
-def _refused(root: Path, doing: str, exc: NotAFile) -> StorageError:
-    return StorageError(f"refused to {doing} in {root}: {exc}, never followed; nothing "
-                        "was moved (remove it, then try again)")
+@contextlib.contextmanager
+def _inside(root: Path, doing: str) -> Iterator[None]:
+    """Our error for a write inside the archive: a link planted on the way refused (never
+    followed), another failure said as the filesystem's."""
+    try:
+        yield
+    except NotAFile as exc:
+        raise StorageError(f"refused to {doing} in {root}: {exc}, never followed; nothing "
+                           "was moved (remove it, then try again)") from exc
+    except OSError as exc:
+        raise storage_error(exc, root, doing) from exc
 
 
 class _Intake:
@@ -350,7 +325,7 @@ class _Intake:
     def _commit(self, finish: Callable[[], Blob]) -> Blob:
         blob = finish()
         key = blob_key(blob.sha256)
-        try:
+        with _inside(self._store.root, "store a blob"):
             # Read-only already (Partial.finish); over a blob stored meanwhile, by another
             # run or tune, whose bytes may have rotted since: these were just hashed.
             store_blob(self._store._absolute, self._file.path, key)
@@ -358,10 +333,6 @@ class _Intake:
             # too, once a run (on ext4 without a journal a new folder's name is durable
             # only then; one found there may be another run's, made and not yet synced).
             self._store.dir_syncs.add(self._store.path(key).parent, named=True)
-        except NotAFile as exc:
-            raise _refused(self._store.root, "store a blob", exc) from exc
-        except OSError as exc:
-            raise storage_error(exc, self._store.root, "store a blob") from exc
         return blob
 
     async def abandon(self) -> None:
