@@ -146,6 +146,9 @@ class StandIn:
         self.range_faults: dict[tuple[str, int], list[Fault]] = {}
         self.ignore_ranges: set[str] = set()  # files served whole whatever Range asks
         self.content_types: dict[str, str] = {}  # else application/octet-stream
+        # Files whose only validator is this Last-Modified (no ETag): the same date for
+        # every version, as a file changed twice within one second shows.
+        self.last_modified: dict[str, str] = {}
         self.hold_ranges = 0  # hold range answers until this many are in flight
         self._ranges_in_flight = 0
         self.urls: dict[str, str] = {}
@@ -421,20 +424,22 @@ class StandIn:
         if name not in self.files:
             return web.Response(status=404, text="no such file")
         data = fault.data if isinstance(fault, Replace | Splice) else self.files[name]
-        return await self._send(request, data, fault, self.content_types.get(name))
+        return await self._send(request, data, fault, self.content_types.get(name),
+                                self.last_modified.get(name))
 
     async def _send(
         self, request: web.Request, data: bytes, fault: Fault | None,
-        content_type: str | None = None,
+        content_type: str | None = None, last_modified: str | None = None,
     ) -> web.StreamResponse:
         """The file, honouring Range and If-Range unless the fault says otherwise."""
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        validator = last_modified or etag
         start, stop, status = 0, len(data), 200
         wanted = request.headers.get("Range", "")
         if_range = request.headers.get("If-Range")
         anew = isinstance(fault, IgnoreRange) or (isinstance(fault, Cut) and fault.whole)
         if wanted.startswith("bytes=") and not anew:
-            if if_range is None or if_range == etag or isinstance(fault, Splice):
+            if if_range is None or if_range == validator or isinstance(fault, Splice):
                 first, _, last = wanted[len("bytes=") :].partition("-")
                 start = int(first)
                 stop = min(int(last) + 1, len(data)) if last else len(data)
@@ -445,7 +450,7 @@ class StandIn:
                 status = 206
         response = web.StreamResponse(status=status)
         response.content_type = content_type or "application/octet-stream"
-        response.headers["ETag"] = etag
+        response.headers["Last-Modified" if last_modified else "ETag"] = validator
         response.headers["Accept-Ranges"] = "bytes"
         if status == 206:
             response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"

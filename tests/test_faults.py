@@ -8,6 +8,8 @@ import os
 import socketserver
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,37 @@ def test_changed_file_restarts_from_zero(standin: StandIn, archive: Path) -> Non
     assert second is not None
     assert resumed_at(second) > 0
     assert stored_blobs(archive) == [blob_file(archive, new)]
+
+
+def test_a_file_changed_within_its_last_modified_second_is_never_spliced(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host whose only validator is a Last-Modified of this very second: the file may
+    change again within it, under the same date, so If-Range could join two versions.
+    The broken-off download starts over (no Range): the blob is the new file whole."""
+    old = one_file_tune(standin)
+    new = os.urandom(len(old))
+    standin.last_modified["model"] = format_datetime(datetime.now(UTC), usegmt=True)
+    standin.faults["model"] = [Cut(2 * MiB), Replace(new)]
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin) == [None, None]
+    assert stored_blobs(archive) == [blob_file(archive, new)]
+
+
+def test_a_last_modified_settled_long_before_the_answer_still_resumes(
+    standin: StandIn, archive: Path
+) -> None:
+    """A Last-Modified an hour before the host's Date is a strong validator: a broken-off
+    download resumes with Range and If-Range carrying that date."""
+    data = one_file_tune(standin)
+    modified = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    standin.last_modified["model"] = modified
+    standin.faults["model"] = [Cut(2 * MiB)]
+    assert run_fetch(standin, archive, "1") == 0
+    _, retry = standin.seen("cdn", "/files/model")
+    assert resumed_at(retry.headers["Range"]) > 0
+    assert retry.headers["If-Range"] == modified
+    assert blob_file(archive, data).read_bytes() == data
 
 
 def test_truncated_body_fails_when_retries_are_spent(

@@ -1,4 +1,5 @@
-"""transport.translated: every aiohttp failure becomes one of ours, chained and redacted."""
+"""transport.translated: every aiohttp failure becomes one of ours, chained and redacted;
+and validator_of: which validators If-Range may carry."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tune_archiver.errors import (
     ReadTimeout,
     RefusedUrl,
 )
-from tune_archiver.net.transport import translated
+from tune_archiver.net.transport import translated, validator_of
 
 SIG = "s3cr3tSIGvalue"
 CRED = "AKIAcredential"
@@ -150,3 +151,24 @@ def test_no_exception_no_translation() -> None:
     with translated(SIGNED):
         done.append(True)
     assert done == [True]
+
+
+HOUR_BEFORE, DATE = "Mon, 30 Nov 2026 13:00:00 GMT", "Mon, 30 Nov 2026 14:00:00 GMT"
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"ETag": '"abc"', "Last-Modified": HOUR_BEFORE, "Date": DATE}, '"abc"'),
+    ({"ETag": 'W/"abc"', "Last-Modified": HOUR_BEFORE, "Date": DATE}, HOUR_BEFORE),
+    ({"Last-Modified": HOUR_BEFORE, "Date": DATE}, HOUR_BEFORE),
+    ({"Last-Modified": "Mon, 30 Nov 2026 13:59:01 GMT", "Date": DATE}, None),  # 59 s
+    ({"Last-Modified": DATE, "Date": DATE}, None),
+    ({"Last-Modified": HOUR_BEFORE}, None),  # no Date: its age is unknown
+    ({"Last-Modified": "yesterday", "Date": DATE}, None),
+    ({"Last-Modified": "Mon, 30 Nov 2026 13:00:00 -0000", "Date": DATE}, None),  # no zone
+    ({"Last-Modified": HOUR_BEFORE, "Date": "Mon, 30 Nov 99999 14:00:00 GMT"}, None),
+    ({"ETag": 'W/"abc"'}, None),
+])
+def test_only_a_strong_validator_is_taken(headers: dict[str, str], expected: str | None) -> None:
+    """A strong ETag; else a Last-Modified at least 60 s before the answer's Date (RFC 9110
+    8.8.2.2); else none: a file changed twice within a second shows one date."""
+    assert validator_of(CIMultiDictProxy(CIMultiDict(headers))) == expected

@@ -12,6 +12,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,6 +41,9 @@ CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and has
 ERROR_BODY_BYTES = 4096
 MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+# A Last-Modified is a strong validator only this long before the answer's Date (RFC 9110
+# 8.8.2.2): a file changed twice within its second would show the same date for both.
+SETTLED_SECONDS = 60
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that carry the caller's identity: sent only to the origin they were meant for.
 PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
@@ -301,11 +305,22 @@ def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:
 
 
 def validator_of(headers: CIMultiDictProxy[str]) -> str | None:
-    """What If-Range can carry: a strong ETag, else Last-Modified."""
+    """What If-Range can carry: a strong ETag, else a Last-Modified that is strong. Without
+    one, bytes are never resumed nor fetched in ranges: two versions could be spliced."""
     etag = headers.get("ETag")
     if etag and not etag.startswith("W/"):
         return etag
-    return headers.get("Last-Modified") or None
+    modified = headers.get("Last-Modified")
+    return modified if modified and _settled(modified, headers.get("Date")) else None
+
+
+def _settled(modified: str, date: str | None) -> bool:
+    """Whether the file had gone unchanged SETTLED_SECONDS when the host sent this Date."""
+    try:
+        age = parsedate_to_datetime(date or "") - parsedate_to_datetime(modified)
+    except (TypeError, ValueError, OverflowError):  # no Date, a malformed or naive one
+        return False
+    return age.total_seconds() >= SETTLED_SECONDS
 
 
 def content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int] | None:
