@@ -80,10 +80,37 @@ def test_dry_run_json_lists_files_not_downloadable(
     five, six = result["tunes"]
     assert five["not_downloadable"] == [{
         "kind": "training_image", "index": 2, "url": standin.file_url("img-5-2"),
-        "status": status,
+        "status": status, "reason": f"HTTP {status}",
     }]
     assert [d["index"] for d in five["download"] if d["kind"] == "training_image"] == [0, 1]
     assert (six["tune_id"], six["not_downloadable"], six["error"]) == (6, [], None)
+
+
+@pytest.mark.parametrize("how", ["ftp", "userinfo-redirect"])
+def test_dry_run_names_a_url_a_fetch_would_refuse_as_not_downloadable(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A URL or redirect a fetch refuses for good (an ftp:// URL, a redirect carrying a user
+    name and password) is not downloadable, with the refusal's reason; never "size
+    unknown", which would let the dry run exit 0 for a file no fetch can archive."""
+    add_tune_5(standin)
+    if how == "ftp":
+        standin.tunes[5]["orig_images"][2] = "ftp://files.example/img-5-2"
+    else:
+        port = standin.file_url("img-5-2").split(":")[2].split("/")[0]
+        standin.redirects["img-5-2"] = f"http://user:pw@127.0.0.1:{port}/files/img-5-2"
+    assert run_fetch(standin, archive, "5", "--dry-run", "--json") == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    jsonschema.validate(result, DRY_RUN_SCHEMA)
+    assert (result["ok"], result["unknown_sizes"], result["not_downloadable"]) == (False, 0, 1)
+    [refused] = result["tunes"][0]["not_downloadable"]
+    assert (refused["index"], refused["status"]) == (2, None)
+    assert refused["reason"].startswith("refused ")
+    assert "pw" not in captured.out + captured.err
+    [line] = captured.err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 5 (T): training_image 2: not "
+                           "downloadable: refused ")
 
 
 def test_dry_run_quiet_still_says_why_it_exits_1(

@@ -298,12 +298,13 @@ DRY_RUN_SCHEMA = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["kind", "index", "url", "status"],
+                            "required": ["kind", "index", "url", "status", "reason"],
                             "properties": {
                                 "kind": {"type": "string"},
                                 "index": {"type": "integer"},
                                 "url": {"type": "string"},
-                                "status": {"enum": [401, 403, 404, 410]},
+                                "status": {"enum": [401, 403, 404, 410, None]},
+                                "reason": {"type": "string"},
                             },
                             "additionalProperties": False,
                         },

@@ -23,6 +23,7 @@ from tests.standin import StandIn
 from tune_archiver.addresses import is_private_host, literal, private_kind
 from tune_archiver.cli.main import main
 from tune_archiver.commands import fetch as archive_module
+from tune_archiver.commands.dry_run import dry_run
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.progress import NullProgress
@@ -87,6 +88,20 @@ def test_a_redirect_to_the_metadata_service_is_refused_before_connecting(
         f"refused a redirect to 169.254.169.254, a link-local address, from "
         f"{standin.file_url('start')} (--allow-private-redirects follows it)"
     ]
+    assert off_machine == []
+
+
+def test_a_dry_run_calls_a_redirect_into_a_private_address_not_downloadable(
+    standin: StandIn, archive: Path, off_machine: list[Any]
+) -> None:
+    """The dry run probes as a fetch downloads: the redirect it would refuse makes the file
+    not downloadable, with the fetch's reason, and no connection is attempted."""
+    redirecting(standin, METADATA)
+    [preview] = asyncio.run(dry_run(strict(standin, archive), [1]))
+    [(asset, probe)] = preview.not_downloadable
+    assert (asset.index, probe.status) == (0, None)
+    assert probe.refused is not None
+    assert probe.refused.startswith("refused a redirect to 169.254.169.254")
     assert off_machine == []
 
 

@@ -156,8 +156,9 @@ def preview_json(previews: Sequence[Preview]) -> dict[str, Any]:
                 for a, size in p.download
             ],
             "not_downloadable": [
-                {"kind": a.kind, "index": a.index, "url": redact(a.url), "status": status}
-                for a, status in p.not_downloadable
+                {"kind": a.kind, "index": a.index, "url": redact(a.url),
+                 "status": probe.status, "reason": probe.refused}
+                for a, probe in p.not_downloadable
             ],
         })
     sizes = [size for p in previews for _, size in p.download]
@@ -184,8 +185,9 @@ def preview_lines(previews: Sequence[Preview]) -> list[str]:
             continue
         refused = ""
         if p.not_downloadable:
-            which = ", ".join(f"{a.kind} {a.index}: HTTP {status}"
-                              for a, status in p.not_downloadable)
+            which = ", ".join(f"{a.kind} {a.index}: "
+                              + (f"HTTP {probe.status}" if probe.status else "URL refused")
+                              for a, probe in p.not_downloadable)
             refused = f"; {len(p.not_downloadable)} not downloadable ({which})"
         lines.append(f"{name}: would download {_files_and_size([s for _, s in p.download])}"
                      f"{refused}; {p.archived} already archived"
@@ -205,9 +207,10 @@ def preview_errors(previews: Sequence[Preview]) -> list[str]:
         if p.error is not None:
             lines.append(p.error)
         name = tune_name(p.tune_id, p.title)
-        for asset, status in p.not_downloadable:
+        for asset, probe in p.not_downloadable:  # a refused URL's reason names it
+            where = f" from {redact(asset.url)}" if probe.status else ""
             lines.append(f"{name}: {asset.kind} {asset.index}: not downloadable: "
-                         f"HTTP {status} from {redact(asset.url)}")
+                         f"{probe.refused}{where}")
     return lines
 
 

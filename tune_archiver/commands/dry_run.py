@@ -31,8 +31,9 @@ class Preview:
     error: str | None = None
     skipped: bool = False  # archived, complete and unchanged
     download: tuple[tuple[Asset, int | None], ...] = ()  # each file and its size, if known
-    # Files whose host refused them (401, 403, 404, 410), each with that HTTP status.
-    not_downloadable: tuple[tuple[Asset, int], ...] = ()
+    # Files no fetch could download, each with its probe: a host's refusal (401, 403,
+    # 404, 410), or a URL or redirect we refuse to follow.
+    not_downloadable: tuple[tuple[Asset, Probe], ...] = ()
     archived: int = 0  # files already in the archive
     left_out: int = 0  # files --only leaves out
 
@@ -76,9 +77,7 @@ async def dry_run(
             return Preview(
                 tune.id, tune.title,
                 download=tuple((a, p.size) for a, p in probed if p.refused is None),
-                not_downloadable=tuple(
-                    (a, p.refused) for a, p in probed if p.refused is not None
-                ),
+                not_downloadable=tuple((a, p) for a, p in probed if p.refused is not None),
                 archived=len(plan.reuse) + sum(1 for r in carried if r.ok),
                 left_out=len(plan.left_out),
             )

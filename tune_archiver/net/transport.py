@@ -205,7 +205,8 @@ class Probe:
     """What one one-byte request says of a file: its size, or that it cannot be had."""
 
     size: int | None = None  # None when the host will not say
-    refused: int | None = None  # the HTTP status, when one of NOT_DOWNLOADABLE
+    refused: str | None = None  # why no fetch could download it: "HTTP 404", a URL refused
+    status: int | None = None  # the HTTP status, when one of NOT_DOWNLOADABLE
 
 
 async def probe_size(
@@ -214,18 +215,21 @@ async def probe_size(
     """The size of the file at `url`, asking for its first byte only.
 
     A one-byte GET rather than HEAD: presigned URLs are often signed for GET alone.
-    A status of NOT_DOWNLOADABLE says the file cannot be had (`refused`); anything
-    else that gives no size (a connection error, a 5xx, which a fetch would retry)
-    leaves the size unknown. Never raises ArchiverError.
+    A status of NOT_DOWNLOADABLE, or a URL or redirect we refuse to follow, says the
+    file cannot be had (`refused`); anything else that gives no size (a connection
+    error, a 5xx, which a fetch would retry) leaves the size unknown. Never raises
+    ArchiverError.
     """
     try:
         async with get(session, url, {"Range": "bytes=0-0"}, read_timeout=read_timeout) as resp:
             if resp.status in NOT_DOWNLOADABLE:
-                return Probe(refused=resp.status)
+                return Probe(refused=f"HTTP {resp.status}", status=resp.status)
             if resp.status in (206, 416):  # 416: an empty file has no byte 0, but a size
                 total = resp.headers.get("Content-Range", "").rpartition("/")[2]
                 return Probe(int(total) if total.isdigit() else None)
             return Probe(resp.content_length if resp.status == 200 else None)
+    except RefusedUrl as exc:  # as a fetch would refuse it, for good
+        return Probe(refused=str(exc))
     except ArchiverError:
         return Probe()
 
