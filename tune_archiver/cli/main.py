@@ -230,11 +230,12 @@ def _run_dry(
     args: argparse.Namespace, settings: Settings, tunes: list[int] | AllTunes,
     secrets: list[str],
 ) -> int:
+    from tune_archiver.cli import preview
     from tune_archiver.commands.dry_run import dry_run
 
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
-    _emit(args, secrets, report.preview_errors(previews), report.preview_json(previews),
-          report.preview_lines(previews))
+    _emit(args, secrets, preview.errors(previews), preview.as_json(previews),
+          preview.lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 

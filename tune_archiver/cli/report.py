@@ -17,7 +17,6 @@ from tune_archiver.text import counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
 
 if TYPE_CHECKING:  # their commands' modules are imported when those commands run
-    from tune_archiver.commands.dry_run import Preview
     from tune_archiver.commands.export import ExportResult
     from tune_archiver.commands.forget import ForgetReport
     from tune_archiver.commands.gc import GcReport
@@ -139,86 +138,6 @@ def fetch_summary(result: TuneResult) -> str | None:
         f"{summary['failed']} failed" + (f", {gone} gone upstream" if gone else "")
         + f") in {result.seconds:.1f} s"
     )
-
-
-# -- fetch --dry-run ---------------------------------------------------------------
-
-
-def preview_json(previews: Sequence[Preview]) -> dict[str, Any]:
-    """The --json shape of `fetch --dry-run`."""
-    tunes = []
-    for p in previews:
-        tunes.append({
-            "tune_id": p.tune_id, "title": p.title, "error": p.error, "skipped": p.skipped,
-            "already_archived": p.archived, "left_out": p.left_out,
-            "download": [
-                {"kind": a.kind, "index": a.index, "url": redact(a.url), "size": size}
-                for a, size in p.download
-            ],
-            "not_downloadable": [
-                {"kind": a.kind, "index": a.index, "url": redact(a.url),
-                 "status": probe.status, "reason": probe.refused}
-                for a, probe in p.not_downloadable
-            ],
-        })
-    sizes = [size for p in previews for _, size in p.download]
-    return {
-        "dry_run": True,
-        "ok": all(p.ok for p in previews),
-        "files": len(sizes),
-        "bytes": sum(s for s in sizes if s is not None),
-        "unknown_sizes": sum(1 for s in sizes if s is None),
-        "not_downloadable": sum(len(p.not_downloadable) for p in previews),
-        "tunes": tunes,
-    }
-
-
-def preview_lines(previews: Sequence[Preview]) -> list[str]:
-    """One line per tune, then the total."""
-    lines = []
-    for p in previews:
-        name = tune_name(p.tune_id, p.title)
-        if p.error is not None:
-            continue  # reported as an error line
-        if p.skipped:
-            lines.append(f"{name}: unchanged since archived, would skip")
-            continue
-        refused = ""
-        if p.not_downloadable:
-            which = ", ".join(f"{a.kind} {a.index}: "
-                              + (f"HTTP {probe.status}" if probe.status else "URL refused")
-                              for a, probe in p.not_downloadable)
-            refused = f"; {len(p.not_downloadable)} not downloadable ({which})"
-        lines.append(f"{name}: would download {_files_and_size([s for _, s in p.download])}"
-                     f"{refused}; {p.archived} already archived"
-                     + (f", {p.left_out} left out" if p.left_out else ""))
-    everything = [size for p in previews for _, size in p.download]
-    refused_total = sum(len(p.not_downloadable) for p in previews)
-    lines.append(f"dry run: would download {_files_and_size(everything)}; "
-                 + (f"{refused_total} not downloadable; " if refused_total else "")
-                 + "nothing was written")
-    return lines
-
-
-def preview_errors(previews: Sequence[Preview]) -> list[str]:
-    """One line per tune that could not be had, and per file no fetch could download."""
-    lines = []
-    for p in previews:
-        if p.error is not None:
-            lines.append(p.error)
-        name = tune_name(p.tune_id, p.title)
-        for asset, probe in p.not_downloadable:  # a refused URL's reason names it
-            where = f" from {redact(asset.url)}" if probe.status else ""
-            lines.append(f"{name}: {asset.kind} {asset.index}: not downloadable: "
-                         f"{probe.refused}{where}")
-    return lines
-
-
-def _files_and_size(sizes: Sequence[int | None]) -> str:
-    known = sum(s for s in sizes if s is not None)
-    unknown = sum(1 for s in sizes if s is None)
-    text = f"{counted(len(sizes), 'file')}, {human_bytes(known)}"
-    return text + (f" (size of {unknown} unknown)" if unknown else "")
 
 
 # -- verify ------------------------------------------------------------------------
