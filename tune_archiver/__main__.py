@@ -1,5 +1,5 @@
 """`python -m tune_archiver`."""
 
-from tune_archiver.cli.main import entry
+from tune_archiver.cli.start import entry
 
 raise SystemExit(entry())

@@ -46,6 +46,9 @@ def for_error(exc: ArchiverError) -> Exit:
     return Exit.FAILED
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each stops a run, said, at any moment
+
+
 def for_signal(signum: int) -> int:
     """128 + the signal's number, as a shell reports a process a signal stopped."""
     return 128 + signum

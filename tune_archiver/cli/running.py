@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from tune_archiver.addresses import is_private_host
 from tune_archiver.astria.cli_config import read_astria_cli
 from tune_archiver.cli import eventlog, terminal
+from tune_archiver.cli.exits import STOP_SIGNALS
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
@@ -36,7 +37,6 @@ from tune_archiver.progress import above_bar
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
 log = logging.getLogger("tune_archiver")
 

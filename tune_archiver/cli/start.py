@@ -1,0 +1,53 @@
+"""The script's first instant: a stop during the imports is said as a later one is.
+
+Importing the program takes about half a second (aiohttp above all). Until now a
+Ctrl-C in that time printed Python's traceback and a SIGTERM (cron's timeout) ended the
+process saying nothing. Here either ends it with one line on stderr, --json's document
+and 128 + the signal's number, as a stop at any later moment does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from types import FrameType
+
+from tune_archiver.cli.envopts import switched_on
+from tune_archiver.cli.exits import STOP_SIGNALS, for_signal
+
+
+class _Stopped(BaseException):
+    """A stop signal came while the program was being imported."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
+def entry() -> int:
+    """The program: the tune-archiver script and `python -m tune_archiver`."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
+    try:
+        from tune_archiver.cli import main
+    except _Stopped as stopped:
+        for signum in STOP_SIGNALS:  # a second stop ends it as the first does
+            signal.signal(signum, signal.SIG_IGN)
+        name = signal.Signals(stopped.signum).name
+        with contextlib.suppress(OSError, ValueError):  # a stream closed or its reader gone
+            print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
+        if "--json" in sys.argv[1:] or switched_on(os.environ, "--json"):
+            with contextlib.suppress(OSError, ValueError):
+                print(json.dumps({"ok": False, "interrupted": True, "signal": name}),
+                      flush=True)
+        return for_signal(stopped.signum)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's own from here
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return main.entry()
