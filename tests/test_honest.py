@@ -323,6 +323,66 @@ def test_repair_keeps_an_intact_blob_whose_manifest_path_is_wrong(
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
 
 
+def misplace(archive: Path, data: bytes) -> Path:
+    """Move the blob of `data` into the wrong fan-out folder objects/sha256/zz/."""
+    elsewhere = archive / "objects" / "sha256" / "zz" / sha256(data)
+    elsewhere.parent.mkdir(exist_ok=True)
+    blob_file(archive, data).rename(elsewhere)
+    return elsewhere
+
+
+@pytest.mark.parametrize("at_its_place", ["nothing", "rotted bytes"])
+def test_repair_puts_a_whole_blob_found_at_a_wrong_place_back(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], at_its_place: str
+) -> None:
+    """The blob of a tune gone upstream sits whole in the wrong fan-out folder (nothing at
+    its place, or a rotted copy there): verify --repair puts it back and fetches nothing,
+    exit 0. It was moved to tmp/damaged/ and fetched again: for a tune gone upstream it
+    could never be, and the archive was NOT whole for good."""
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    image = served.images[0]
+    elsewhere = misplace(archive, image)
+    rotted = bytes(len(image))
+    if at_its_place == "rotted bytes":
+        blob_file(archive, image).write_bytes(rotted)
+    gone_upstream(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 0, ran.err
+    repair = json.loads(ran.out)["repair"]
+    assert repair["put_back"] == [f"{key_of(image)} from objects/sha256/zz/{sha256(image)}"]
+    assert repair["fetched"] == []
+    assert blob_file(archive, image).read_bytes() == image
+    assert blob_file(archive, image).stat().st_mode & 0o777 == 0o400
+    assert not elsewhere.exists()
+    kept = [path.read_bytes() for path in (archive / "tmp" / "damaged").glob("*")]
+    assert kept == ([rotted] if at_its_place == "rotted bytes" else [])
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_never_puts_back_a_misplaced_copy_that_is_not_whole(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy at a wrong place whose bytes do not hash to its name stays out of the
+    blob's place: it is moved aside and the tune fetched again, as before."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    image = served.images[0]
+    elsewhere = misplace(archive, image)
+    flip_byte(elsewhere, 10)
+    damaged = elsewhere.read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 0, ran.err
+    repair = json.loads(ran.out)["repair"]
+    assert (repair["put_back"], [t["tune_id"] for t in repair["fetched"]]) == ([], [1])
+    assert blob_file(archive, image).read_bytes() == image
+    assert [path.read_bytes() for path in (archive / "tmp" / "damaged").glob("*")] == [damaged]
+
+
 def test_repair_never_takes_away_a_blob_another_tune_holds_intact(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

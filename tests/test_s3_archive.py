@@ -31,7 +31,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     moto_s3_fixture,
     refuse_gets,
 )
-from tests.standin import StandIn
+from tests.standin import StandIn, Status
 from tune_archiver.cli.main import main
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
@@ -248,6 +248,30 @@ def test_verify_repair_on_a_bucket_sets_the_corrupt_object_aside_and_mends_it(
     later = datetime.now(UTC) + timedelta(days=30)
     assert tune_archiver(s3, "gc", clock=lambda: later) == 0
     assert s3.keys("tmp/damaged/") == [kept]
+    assert tune_archiver(s3, "verify") == 0
+
+
+def test_verify_repair_on_a_bucket_puts_a_whole_misplaced_object_back(
+    standin: StandIn, s3: S3Archive
+) -> None:
+    """The checkpoint's object sits whole under a wrong fan-out folder, its place empty,
+    and the file is gone upstream: verify --repair copies it back to its place, removes
+    the stray one, fetches nothing and verifies whole."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
+    s3.put(stray, data)
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
+    for name in list(standin.files):
+        standin.faults[name] = [Status(404)] * 10
+    served = len(standin.requests)
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 0
+    assert s3.get(checkpoint["path"]) == data
+    assert s3.keys("objects/sha256/zz/") == []
+    assert s3.keys("tmp/damaged/") == []
+    assert standin.requests[served:] == []
     assert tune_archiver(s3, "verify") == 0
 
 

@@ -202,11 +202,13 @@ def repair_lines(found: VerifyReport, mended: RepairReport) -> list[str]:
     """What was found, moved aside and fetched again, and the verdict."""
     lines = [verify_summary(found)]
     lines += [f"mended the manifest of {line}" for line in mended.mended]
+    lines += [f"put back {line}" for line in mended.put_back]
     lines += [f"moved aside {key}" for key in mended.moved]
     lines += [summary for result in mended.fetched if (summary := fetch_summary(result))]
     verdict = "the archive is whole" if mended.ok else "the archive is NOT whole"
     entries = f"{counted(len(mended.mended), 'manifest field')} mended, " if mended.mended else ""
-    lines.append(f"repair: {entries}{counted(len(mended.fetched), 'tune')} fetched again, "
+    back = f"{counted(len(mended.put_back), 'blob')} put back, " if mended.put_back else ""
+    lines.append(f"repair: {entries}{back}{counted(len(mended.fetched), 'tune')} fetched again, "
                  f"{counted(len(mended.moved), 'damaged file')} moved aside: {verdict}")
     return lines
 
@@ -219,6 +221,7 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
         "repair": {
             "mended": mended.mended,
             "moved": mended.moved,
+            "put_back": mended.put_back,
             "fetched": [tune_json(result) for result in mended.fetched],
             "after": verify_json(mended.after),
         },

@@ -2,7 +2,8 @@
 
 A manifest entry that is wrong about a whole blob (its path, or its size where the
 blob hashes to its name) is mended in the manifest: the blob stays, since other tunes
-may hold it and a tune gone upstream can never fetch it again. Each damaged blob
+may hold it and a tune gone upstream can never fetch it again. A whole copy of a
+blob found at a wrong place is put back in its place. Each other damaged blob
 (corrupt, missing, at a wrong place, not a file, unreadable) is moved to tmp/damaged/
 (never deleted), and every tune that references one, or has a file that failed, is
 fetched again with fresh URLs; then the tunes touched are verified again. The
@@ -33,6 +34,7 @@ class RepairReport:
 
     mended: list[str] = field(default_factory=list)  # one line per manifest field mended
     moved: list[str] = field(default_factory=list)  # keys under tmp/damaged/
+    put_back: list[str] = field(default_factory=list)  # "<blob's key> from <wrong place>"
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
 
@@ -57,20 +59,31 @@ async def repair(
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
     failed = [p for p in found.problems if p.problem == "failed"]
-    tunes = sorted({p.tune_id for p in damaged + failed})
     mended_tunes = sorted({p.tune_id for p in entries})
-    if not tunes and not mended_tunes:
+    if not damaged and not failed and not mended_tunes:
         report.after = found
         return report
     for tune_id in mended_tunes:
         report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
+    misplaced = await store.misplaced() if damaged else {}
+    whole = set()
     for sha in sorted({p.sha256 for p in damaged if p.sha256}):
-        report.moved += await store.set_aside_blob(sha, stamp)
+        # A whole copy at a wrong place goes back: a tune gone upstream has no other.
+        aside = await store.put_back(sha, misplaced[sha], stamp) if sha in misplaced else None
+        if aside is None:
+            report.moved += await store.set_aside_blob(sha, stamp)
+            continue
+        report.moved += aside
+        report.put_back.append(f"{blob_key(sha)} from {misplaced[sha]}")
+        whole.add(sha)
+    tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole}
+                   | {p.tune_id for p in failed})
     if tunes:
         report.fetched = await fetch(settings, tunes, NullProgress(), clock=clock,
                                      store=store, staging=staging)
-    report.after = await verify(store, sorted({*tunes, *mended_tunes}), progress)
+    touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
+    report.after = await verify(store, sorted(touched), progress)  # back is hashed again
     return report
 
 

@@ -137,6 +137,13 @@ class Store(Protocol):
         tmp/damaged/ (never deleted, never over another); returns where each went."""
         ...
 
+    async def put_back(self, sha256: str, key: str, stamp: str) -> list[str] | None:
+        """Move the digest-named file at the wrong place `key` to the blob's place if its
+        bytes hash to its name, whatever sat there first moved to tmp/damaged/ (as
+        set_aside_blob moves it); returns where that went. None, nothing moved, when
+        the file there is not whole."""
+        ...
+
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only); one already gone is not an error."""
         ...

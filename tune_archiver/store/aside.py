@@ -10,11 +10,13 @@ checked is what is used. Blocking; run in worker threads (in_thread).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
+from stat import S_ISREG
 
 from tune_archiver.errors import NotAFile
-from tune_archiver.safefs import PRIVATE_DIR, exists_at
+from tune_archiver.safefs import BLOB_MODE, NOFOLLOW, PRIVATE_DIR, exists_at
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
@@ -91,6 +93,44 @@ def move_blobs_aside(root: Path, keys: list[str], folder: str, name: str) -> lis
         os.fsync(target)
     finally:
         os.close(target)
+    return moved
+
+
+def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
+             name: str) -> list[str] | None:
+    """Rename the file at the wrong place `key` to the blob's place `blob` if its bytes
+    hash to `sha256`, whatever sat there first moved to `folder`/`name` (as
+    move_blobs_aside moves it); returns where that went. None, nothing moved, when the
+    file is gone, not a regular file (never followed) or not whole."""
+    where, _, file = key.rpartition("/")
+    source = open_folder(root, where, create=False)
+    if source is None:
+        return None
+    try:
+        try:
+            fd = os.open(file, os.O_RDONLY | NOFOLLOW, dir_fd=source)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, *_NOT_A_FOLDER):  # gone, or a planted link
+                return None
+            raise
+        with os.fdopen(fd, "rb") as found:
+            if not S_ISREG(os.fstat(fd).st_mode):
+                return None
+            if hashlib.file_digest(found, "sha256").hexdigest() != sha256:
+                return None
+            os.fchmod(fd, BLOB_MODE)
+            os.fsync(fd)
+        moved = move_blobs_aside(root, [blob], folder, name)
+        into = open_folder(root, blob.rpartition("/")[0], create=True)
+        assert into is not None  # made when missing
+        try:
+            os.rename(file, blob.rpartition("/")[2], src_dir_fd=source, dst_dir_fd=into)
+            os.fsync(into)
+        finally:
+            os.close(into)
+        os.fsync(source)
+    finally:
+        os.close(source)
     return moved
 
 

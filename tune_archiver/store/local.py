@@ -40,7 +40,7 @@ from tune_archiver.layout import (
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, put_back
 from tune_archiver.store.files import (
     DirSyncs,
     hash_file,
@@ -273,6 +273,13 @@ class LocalStore:
         with _inside(self.root, "set a damaged blob aside"):
             return await in_thread(move_blobs_aside, self._absolute, keys, DAMAGED_BLOBS,
                                    f"{sha256}-{stamp}")
+
+    async def put_back(self, sha256: str, key: str, stamp: str) -> list[str] | None:
+        """The file at `key` renamed to the blob's place if whole (see Store.put_back),
+        never through a link; hashed in a worker thread."""
+        with _inside(self.root, "put a misplaced blob back"):
+            return await in_thread(put_back, self._absolute, key, blob_key(sha256), sha256,
+                                   DAMAGED_BLOBS, f"{sha256}-{stamp}")
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove a blob (gc only, under the exclusive lock), in its fan-out folder opened

@@ -25,7 +25,6 @@ from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, StorageError, Unreachable
 from tune_archiver.layout import (
     DAMAGED,
-    DAMAGED_BLOBS,
     MANIFESTS,
     MAX_MANIFEST_BYTES,
     OBJECTS,
@@ -33,15 +32,15 @@ from tune_archiver.layout import (
     is_sha256,
     manifest_key,
 )
-from tune_archiver.models import Blob, StoredBlob
+from tune_archiver.models import StoredBlob
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.s3 import leftovers
+from tune_archiver.store.s3 import aside, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
-from tune_archiver.store.s3.transfer import copy, save_as, stream
+from tune_archiver.store.s3.transfer import save_as, stream
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -261,19 +260,13 @@ class S3Store:
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
         """Copy the blob's object, and any copy at a wrong place, to
         tmp/damaged/<sha256>-<stamp> (kept by gc), then delete it; returns the new keys."""
-        bucket = self.bucket
         misplaced = (await self.misplaced()).get(sha256)
-        moved = []
-        for n, key in enumerate([blob_key(sha256), *([misplaced] if misplaced else [])]):
-            found = await bucket.head(bucket.key(key), "set a damaged blob aside")
-            if found is None:
-                continue
-            target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
-            await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
-                       check=False)
-            await bucket.delete(bucket.key(key))
-            moved.append(target)
-        return moved
+        keys = [blob_key(sha256), *([misplaced] if misplaced else [])]
+        return await aside.set_aside(self.bucket, sha256, keys, stamp)
+
+    async def put_back(self, sha256: str, key: str, stamp: str) -> list[str] | None:
+        """The object at `key` copied to the blob's place if whole (see Store.put_back)."""
+        return await aside.put_back(self.bucket, sha256, key, stamp)
 
     async def delete_blob(self, sha256: str) -> None:
         """Remove the blob; removing one that is not there is not an error."""

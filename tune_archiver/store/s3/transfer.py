@@ -312,14 +312,16 @@ async def stream(
     consume: Callable[[bytes], None],
     advance: Callable[[int], None],
     expected: int | None = None,
+    key: str | None = None,
 ) -> int:
-    """Feed the blob's bytes to `consume` (in a worker thread), a chunk at a time;
-    returns how many there were. Raises s3errors.Absent when the blob is missing, and
-    StorageError, before a byte is fed, when it is not of the size `expected`."""
+    """Feed the blob's bytes (those of the object at the archive-relative `key`, if
+    given) to `consume` (in a worker thread), a chunk at a time; returns how many there
+    were. Raises s3errors.Absent when the object is missing, and StorageError, before a
+    byte is fed, when it is not of the size `expected`."""
     size = 0
     with bucket.translated(doing):
         response = await bucket.client.get_object(
-            Bucket=bucket.name, Key=bucket.key(blob_key(sha256))
+            Bucket=bucket.name, Key=bucket.key(key or blob_key(sha256))
         )
         async with response["Body"] as body:
             if expected is not None and response["ContentLength"] != expected:

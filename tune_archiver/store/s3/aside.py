@@ -1,0 +1,48 @@
+"""Damaged blobs set aside in a bucket, and a misplaced whole one put back in its place.
+
+A bucket has no rename: each move is a server-side copy, then a delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from tune_archiver.layout import DAMAGED_BLOBS, blob_key
+from tune_archiver.models import Blob
+from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.transfer import copy, stream
+
+
+async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) -> list[str]:
+    """Copy each object at `keys` (archive-relative) to tmp/damaged/<sha256>-<stamp>[-n]
+    (kept by gc), then delete it; returns the new keys."""
+    moved = []
+    for n, key in enumerate(keys):
+        found = await bucket.head(bucket.key(key), "set a damaged blob aside")
+        if found is None:
+            continue
+        target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
+        await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
+                   check=False)
+        await bucket.delete(bucket.key(key))
+        moved.append(target)
+    return moved
+
+
+async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[str] | None:
+    """Copy the object at the wrong place `key` to the blob's place if its bytes hash to
+    its name, whatever sat there first set aside; then delete it. Returns what was set
+    aside; None, nothing moved, when the object is gone or not whole."""
+    digest = hashlib.sha256()
+    try:
+        size = await stream(bucket, sha256, "put a misplaced blob back", digest.update,
+                            lambda n: None, key=key)
+    except Absent:
+        return None
+    if digest.hexdigest() != sha256:
+        return None
+    moved = await set_aside(bucket, sha256, [blob_key(sha256)], stamp)
+    await copy(bucket, bucket.key(key), bucket.key(blob_key(sha256)), Blob(sha256, size))
+    await bucket.delete(bucket.key(key))
+    return moved
