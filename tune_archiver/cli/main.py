@@ -10,16 +10,16 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tune_archiver.cli import eventlog, report, terminal
+from tune_archiver.cli import report, terminal
 from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
+from tune_archiver.cli.printing import emit, print_error, print_json, print_out
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
@@ -27,7 +27,6 @@ from tune_archiver.cli.running import (
     ping_url_of,
     send_ping,
     settings_of,
-    stdout_gone,
     until_signal,
     waiting_for,
     with_streams,
@@ -83,11 +82,12 @@ def main(
         if args.command == "forget":
             check_forget(parser, args)
     except UsageError as exc:
-        _error(str(exc), [])
+        print_error(str(exc), [])
         named = next((word for word in words if word in HANDLERS), None)
-        print(f"see tune-archiver {named + ' ' if named else ''}--help", file=sys.stderr)
+        hint = f"see tune-archiver {named + ' ' if named else ''}--help"
+        print(hint, file=sys.stderr)  # noqa: T201 (a hint, not an error line)
         if "--json" in words or switched_on(os.environ, "--json"):
-            _print_json({"ok": False, "error": str(exc)}, [])
+            print_json({"ok": False, "error": str(exc)}, [])
         return Exit.USAGE
     except SystemExit as exc:  # argparse has printed the help or the version
         return Exit.USAGE if exc.code else Exit.OK
@@ -130,9 +130,9 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
 def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
              code: int = Exit.USAGE, verbose: bool = False) -> int:
     """An error that ended the run: one line (with -v its traceback), --json's document."""
-    _error(str(exc), secrets, verbose)
+    print_error(str(exc), secrets, verbose)
     if args.json:
-        _print_json({"ok": False, "error": str(exc)}, secrets)
+        print_json({"ok": False, "error": str(exc)}, secrets)
     return code
 
 
@@ -151,10 +151,10 @@ def _run(args: argparse.Namespace, secrets: list[str]) -> int:
 def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]) -> int:
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
     if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
-        _error(f"stopped by {stop}", secrets)
+        print_error(f"stopped by {stop}", secrets)
     if args.json:
-        _print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
-                    secrets)
+        print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
+                   secrets)
     return for_signal(stop.signum)
 
 
@@ -193,12 +193,12 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     except ListingBrokeOff as exc:  # the tunes taken up were archived: said, and exit 1
         broke, results = exc, exc.results
         progress.close()
-        _error(str(exc), secrets, args.verbose)
+        print_error(str(exc), secrets, args.verbose)
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         asked = None if isinstance(tunes, AllTunes) else tunes
-        _error(report.undone(str(stop), asked, finished, str(staging_for(settings.archive))),
-               secrets)
+        print_error(report.undone(str(stop), asked, finished,
+                                  str(staging_for(settings.archive))), secrets)
         stop.said = True
         stop.done = {"tunes": [report.tune_json(r) for r in finished]}
         args.summary = report.tune_counts(finished, f"stopped by {stop}")
@@ -206,9 +206,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     if args.json:
-        _print_json({"ok": broke is None and all(r.ok for r in results),
-                     **({"error": str(broke)} if broke else {}),
-                     "tunes": [report.tune_json(r) for r in results]}, secrets)
+        print_json({"ok": broke is None and all(r.ok for r in results),
+                    **({"error": str(broke)} if broke else {}),
+                    "tunes": [report.tune_json(r) for r in results]}, secrets)
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
         log.warning("%s", report.nothing_selected(tunes))
@@ -218,12 +218,12 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
 def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
     """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
     for line in report.fetch_errors(result):
-        _error(line, secrets)
+        print_error(line, secrets)
     for line in report.fetch_warnings(result):
         log.warning("warning: %s", line)
     summary = report.fetch_summary(result)
     if summary and not (args.quiet or args.json):
-        _out(terminal.shown(summary, secrets), flush=True)
+        print_out(terminal.shown(summary, secrets), flush=True)
 
 
 def _run_dry(
@@ -234,8 +234,8 @@ def _run_dry(
     from tune_archiver.commands.dry_run import dry_run
 
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
-    _emit(args, secrets, preview.errors(previews), preview.as_json(previews),
-          preview.lines(previews))
+    emit(args, secrets, preview.errors(previews), preview.as_json(previews),
+         preview.lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 
@@ -261,12 +261,12 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     if mended is None:
-        _emit(args, secrets, report.verify_problems(found), report.verify_json(found),
-              [report.verify_summary(found)])
+        emit(args, secrets, report.verify_problems(found), report.verify_json(found),
+             [report.verify_summary(found)])
         whole = found.ok and not (args.strict and found.gone)
         return EXIT_OK if whole else EXIT_FAILED
-    _emit(args, secrets, report.repair_errors(mended), report.repair_json(found, mended),
-          report.repair_lines(found, mended))
+    emit(args, secrets, report.repair_errors(mended), report.repair_json(found, mended),
+         report.repair_lines(found, mended))
     whole = mended.ok and not (args.strict and mended.after.gone)
     return EXIT_OK if whole else EXIT_FAILED
 
@@ -276,7 +276,7 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
     rows = in_archive(args, lambda store: archived_tunes(store, args.clock()))
     errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
-    _emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
+    emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -288,7 +288,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
                                         args.layout)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
-    _emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
+    emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -298,7 +298,7 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets)
     result = in_archive(args, lambda store: retrain(
         settings, store, args.tune_id, args.yes, args.clock(), args.title))
-    _emit(args, secrets, [], result.as_json(), result.lines())
+    emit(args, secrets, [], result.as_json(), result.lines())
     return EXIT_OK
 
 
@@ -312,8 +312,8 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     def started(url: str) -> None:
         if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
             link = url if args.token_file else f"{url}?token={token}"
-            _out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
-                 flush=True)
+            print_out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
+                      flush=True)
 
     in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
     return EXIT_OK
@@ -327,8 +327,8 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
         store, args.clock(), args.dry_run, staging_for(location),
         waiting=waiting_for("fetch", location),
     ))
-    _emit(args, secrets, [], report.gc_json(found, args.dry_run),
-          report.gc_lines(found, args.dry_run))
+    emit(args, secrets, [], report.gc_json(found, args.dry_run),
+         report.gc_lines(found, args.dry_run))
     return EXIT_OK
 
 
@@ -341,25 +341,9 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
         waiting=waiting_for("fetch or gc", location),
     ))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
-    _emit(args, secrets, errors, report.forget_json(found, args.dry_run),
-          report.forget_lines(found, args.dry_run))
+    emit(args, secrets, errors, report.forget_json(found, args.dry_run),
+         report.forget_lines(found, args.dry_run))
     return EXIT_OK if found.ok else EXIT_FAILED
-
-
-def _emit(
-    args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
-    lines: Sequence[str],
-) -> None:
-    """A command's output: error lines on stderr, then --json or the lines (unless -q).
-
-    Each line is escaped on its own: a CR or LF inside one is shown, never obeyed."""
-    for line in errors:
-        _error(line, secrets)
-    if args.json:
-        _print_json(as_json, secrets)
-    elif not args.quiet:
-        for line in lines:
-            _out(terminal.shown(line, secrets))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
@@ -367,33 +351,3 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "retrain": run_retrain,
     "gc": run_gc, "serve": run_serve, "forget": run_forget,
 }
-
-
-# -- printing ------------------------------------------------------------------------
-
-
-def _print_json(value: Any, secrets: list[str]) -> None:
-    _out(terminal.json_text(value, secrets))
-
-
-def _out(text: str, flush: bool = False) -> None:
-    """One line on stdout. A reader that has gone (`list | head`, a log pipe that died)
-    costs the rest of the output, never the run: a tune's summary line raising
-    BrokenPipeError stopped the backup. stdout then goes to /dev/null."""
-    try:
-        print(text, flush=flush)
-    except BrokenPipeError:
-        stdout_gone()
-
-
-def _error(message: str, secrets: list[str], verbose: bool = False) -> None:
-    """One error line on stderr; with -v, the traceback of the error being handled,
-    redacted, scrubbed and escaped as every other line. --log-file records it too;
-    --log-file - records it in place of the line."""
-    if log.handlers:  # configured: before, Python's last-resort handler would print it
-        log.error("%s", message, extra=event("failure"))
-    if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
-        return
-    if verbose and sys.exc_info()[0] is not None:
-        print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
-    print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)

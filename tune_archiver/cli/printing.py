@@ -1,0 +1,63 @@
+"""Every line a command prints: stdout's lines and --json's document, stderr's errors.
+
+Each goes through terminal.py (escaped, scrubbed of secrets, its URLs redacted); an
+error line goes to --log-file too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from tune_archiver.cli import eventlog, terminal
+from tune_archiver.cli.eventlog import event
+from tune_archiver.cli.running import stdout_gone
+
+log = logging.getLogger("tune_archiver")
+
+
+def emit(
+    args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
+    lines: Sequence[str],
+) -> None:
+    """A command's output: error lines on stderr, then --json or the lines (unless -q).
+
+    Each line is escaped on its own: a CR or LF inside one is shown, never obeyed."""
+    for line in errors:
+        print_error(line, secrets)
+    if args.json:
+        print_json(as_json, secrets)
+    elif not args.quiet:
+        for line in lines:
+            print_out(terminal.shown(line, secrets))
+
+
+def print_json(value: Any, secrets: list[str]) -> None:
+    print_out(terminal.json_text(value, secrets))
+
+
+def print_out(text: str, flush: bool = False) -> None:
+    """One line on stdout. A reader that has gone (`list | head`, a log pipe that died)
+    costs the rest of the output, never the run: a tune's summary line raising
+    BrokenPipeError stopped the backup. stdout then goes to /dev/null."""
+    try:
+        print(text, flush=flush)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def print_error(message: str, secrets: list[str], verbose: bool = False) -> None:
+    """One error line on stderr; with -v, the traceback of the error being handled,
+    redacted, scrubbed and escaped as every other line. --log-file records it too;
+    --log-file - records it in place of the line."""
+    if log.handlers:  # configured: before, Python's last-resort handler would print it
+        log.error("%s", message, extra=event("failure"))
+    if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
+        return
+    if verbose and sys.exc_info()[0] is not None:
+        print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
+    print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
