@@ -200,6 +200,24 @@ def test_json_after_a_rejected_key_is_one_document(
     assert "wrong" not in json.dumps(document)
 
 
+def test_a_key_rejected_mid_run_still_names_the_tunes_archived_before(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --all: tunes 3 and 2 are archived and unchanged; the API then rejects the key
+    for tune 1 (rotated mid-run). Exit 3 with the error, and --json still lists the tunes
+    done before it: the document held the error alone, as if nothing was archived."""
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    assert run_fetch(standin, archive, "2", "3") == 0
+    standin.api_faults[1] = [Status(401)]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--json") == Exit.AUTH
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False
+    assert document["error"].startswith("API key rejected")
+    assert [(t["tune_id"], t["skipped"]) for t in document["tunes"]] == [(3, True), (2, True)]
+
+
 @pytest.mark.parametrize("command", [["list"], ["gc"], ["verify"], ["export", "1", "out"]])
 def test_json_after_no_archive_is_one_document(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

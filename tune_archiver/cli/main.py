@@ -128,11 +128,14 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
-             code: int = Exit.USAGE, verbose: bool = False) -> int:
-    """An error that ended the run: one line (with -v its traceback), --json's document."""
+             code: int = Exit.USAGE, verbose: bool = False,
+             finished: Sequence[TuneResult] = ()) -> int:
+    """An error that ended the run: one line (with -v its traceback), --json's document
+    (with the tunes `finished` before it, if any)."""
     print_error(str(exc), secrets, verbose)
     if args.json:
-        print_json({"ok": False, "error": str(exc)}, secrets)
+        done = {"tunes": [report.tune_json(r) for r in finished]} if finished else {}
+        print_json({"ok": False, "error": str(exc), **done}, secrets)
     return code
 
 
@@ -194,6 +197,10 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         broke, results = exc, exc.results
         progress.close()
         print_error(str(exc), secrets, args.verbose)
+    except ArchiverError as exc:  # a key rejected, the API out of reach: the run stops, and
+        progress.close()  # the tunes archived before are said, in --json and the ping too
+        args.summary = report.tune_counts(finished, "the run stopped") if finished else None
+        return _refused(args, exc, secrets, for_error(exc), args.verbose, finished)
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         asked = None if isinstance(tunes, AllTunes) else tunes
