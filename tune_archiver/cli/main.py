@@ -155,7 +155,7 @@ def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
     if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
         print_error(f"stopped by {stop}", secrets)
-    if args.json:
+    if args.json and not getattr(args, "served", False):  # serve's document is said
         print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
                    secrets)
     return for_signal(stop.signum)
@@ -317,7 +317,14 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
     token = token_for(host, args.token_file)
 
     def started(url: str) -> None:
-        if not args.quiet:  # the token opens the archive: it is said only to whoever ran us
+        # The token opens the archive: it is said only to whoever ran us. --json's one
+        # document is this (a Ctrl-C, serve's usual end, adds none), the token apart: a
+        # URL in a document is redacted.
+        args.served = True
+        if args.json:
+            print_json({"ok": True, "serving": url,
+                        "token": None if args.token_file else token}, secrets, flush=True)
+        elif not args.quiet:
             link = url if args.token_file else f"{url}?token={token}"
             print_out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
                       flush=True)

@@ -36,8 +36,8 @@ def emit(
             print_out(terminal.shown(line, secrets))
 
 
-def print_json(value: Any, secrets: list[str]) -> None:
-    print_out(terminal.json_text(value, secrets))
+def print_json(value: Any, secrets: list[str], flush: bool = False) -> None:
+    print_out(terminal.json_text(value, secrets), flush)
 
 
 def print_out(text: str, flush: bool = False) -> None:
