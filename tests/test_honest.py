@@ -109,6 +109,42 @@ def test_an_unreadable_manifest_is_set_aside_never_overwritten_and_stops_gc(
     assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "unreadable_manifest")]
 
 
+class Overtaken(LocalStore):
+    """A local archive where another run, as this one goes to set a damaged manifest
+    aside, has just done so itself and written the good manifest it archived."""
+
+    def __init__(self, root: Path, good: bytes) -> None:
+        super().__init__(root)
+        self.good = good
+
+    async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
+        await super().set_aside_manifest(tune_id, "20261210T115959Z", damaged)
+        await self.write_manifest(tune_id, self.good)
+        return await super().set_aside_manifest(tune_id, stamp, damaged)
+
+
+def test_a_manifest_another_run_replaced_since_it_was_read_damaged_stays(
+    standin: StandIn, archive: Path
+) -> None:
+    """Two runs read one damaged manifest; the other sets it aside and writes a good one
+    first. This run then moves nothing: the good manifest stays in place (it was moved
+    to manifests/damaged/, the tune no longer in the archive and gc stopped), and the
+    tune's error says why this run did not fetch it."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    good = (archive / "manifests" / "1.json").read_bytes()
+    (archive / "manifests" / "1.json").write_bytes(b"{damaged")
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    [result] = asyncio.run(fetch(settings, [1], NullProgress(), clock=lambda: NOW,
+                                 store=Overtaken(archive, good)))
+    assert result.error is not None
+    assert "another run has replaced it since" in result.error
+    assert (archive / "manifests" / "1.json").read_bytes() == good
+    [aside] = (archive / "manifests" / "damaged").iterdir()
+    assert (aside.name, aside.read_bytes()) == ("1-20261210T115959Z.json", b"{damaged")
+
+
 def test_an_unreadable_manifest_is_never_set_aside_through_a_link_at_manifests_damaged(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -75,16 +75,28 @@ async def test_local_set_aside_moves_and_never_overwrites(tmp_path: Path) -> Non
     store = LocalStore(tmp_path / "archive")
     await store.prepare()
     await store.write_manifest(4, b"{broken")
-    key = await store.set_aside_manifest(4, "20261129T000000Z")
+    key = await store.set_aside_manifest(4, "20261129T000000Z", b"{broken")
     assert key == "manifests/damaged/4-20261129T000000Z.json"
     assert await store.read_manifest(4) is None
     assert await store.damaged_manifests() == [key]
     assert await store.manifest_ids() == []
     await store.write_manifest(4, b"{again")
     with pytest.raises(StorageError):
-        await store.set_aside_manifest(4, "20261129T000000Z")
+        await store.set_aside_manifest(4, "20261129T000000Z", b"{again")
     assert (tmp_path / "archive" / key).read_bytes() == b"{broken"
     assert await store.read_manifest(4) == b"{again"
+
+
+async def test_local_set_aside_leaves_a_manifest_replaced_since(tmp_path: Path) -> None:
+    """Another run set the damaged manifest aside and wrote a good one since: setting
+    aside the damaged bytes this run read moves nothing, and the good one stays (it was
+    moved aside in their place)."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+    await store.write_manifest(4, b"good\n")
+    assert await store.set_aside_manifest(4, "20261129T000000Z", b"{broken") is None
+    assert await store.read_manifest(4) == b"good\n"
+    assert await store.damaged_manifests() == []
 
 
 async def test_s3_update_retries_when_another_machine_wrote_in_between(
@@ -147,8 +159,42 @@ async def test_s3_set_aside_keeps_the_damaged_manifest(bucket: Bucket, tmp_path:
     """The damaged bytes go to manifests/damaged/ and the manifest's key is freed."""
     async with opened(bucket, tmp_path) as store:
         await store.write_manifest(6, b"{broken")
-        key = await store.set_aside_manifest(6, "20261129T000000Z")
+        key = await store.set_aside_manifest(6, "20261129T000000Z", b"{broken")
         assert await store.read_manifest(6) is None
         assert await store.damaged_manifests() == [key]
         assert await store.manifest_ids() == []
     assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"
+
+
+async def test_s3_set_aside_leaves_a_manifest_replaced_since(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """As for a local archive: a good manifest written by another machine since the
+    damaged bytes were read is neither moved nor deleted (it was deleted, and only the
+    damaged bytes kept)."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(6, b"good\n")
+        assert await store.set_aside_manifest(6, "20261129T000000Z", b"{broken") is None
+        assert await store.read_manifest(6) == b"good\n"
+        assert await store.damaged_manifests() == []
+
+
+async def test_s3_set_aside_leaves_a_manifest_written_while_it_copied(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another machine sets the damaged manifest aside and writes a good one while this
+    one copies the damaged bytes to manifests/damaged/: the manifest's ETag, read again
+    before the delete, has changed, so the good one stays and the copy is withdrawn."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(7, b"{broken")
+        put = store._put
+
+        async def racing(key: str, data: bytes, doing: str, **condition: str) -> None:
+            await put(key, data, doing, **condition)
+            if key.startswith("manifests/damaged/"):
+                await bucket.put(f"{PREFIX}/manifests/7.json", b"good\n")
+
+        monkeypatch.setattr(store, "_put", racing)
+        assert await store.set_aside_manifest(7, "20261129T000000Z", b"{broken") is None
+        assert await store.read_manifest(7) == b"good\n"
+        assert await store.damaged_manifests() == []

@@ -135,10 +135,11 @@ class UnreadableManifest(StorageError):
     the API, and what is needed is a repair of the archive, not another request.
     """
 
-    def __init__(self, tune_id: int, reason: str) -> None:
+    def __init__(self, tune_id: int, reason: str, data: bytes = b"") -> None:
         super().__init__(f"the manifest of tune {tune_id} is unreadable: {reason}")
         self.tune_id = tune_id
         self.reason = reason  # what is wrong, without the tune: verify and list show it alone
+        self.data = data  # the bytes found: only those are ever set aside
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

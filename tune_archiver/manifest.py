@@ -225,7 +225,7 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     """
 
     def bad(reason: str) -> UnreadableManifest:
-        return UnreadableManifest(tune_id, reason)
+        return UnreadableManifest(tune_id, reason, data)
 
     try:
         document = json.loads(data.decode("utf-8"))

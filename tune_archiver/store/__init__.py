@@ -98,8 +98,11 @@ class Store(Protocol):
         raise to write nothing. Returns the manifest's archive-relative key."""
         ...
 
-    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
-        """Move an unreadable manifest to manifests/damaged/, never over another."""
+    async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
+        """Move the tune's manifest to manifests/damaged/, never over another, if it still
+        holds `damaged` (the bytes found unreadable): another run may have set those
+        aside and written a good manifest since. Returns where it went; None, nothing
+        moved, when the manifest holds other bytes now or is gone."""
         ...
 
     async def damaged_manifests(self) -> list[str]:

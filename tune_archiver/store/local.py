@@ -178,21 +178,30 @@ class LocalStore:
         (manifests/<id>.lock), so a second fetch of the tune waits and then builds on
         what this one wrote. Returns the manifest's archive-relative key."""
         key = manifest_key(tune_id)
-        lock = self.path(f"{MANIFESTS}/{tune_id}.lock")
-        # verify --repair and retrain come here with no fetch's prepare before them: a
-        # link planted at manifests/ would have the lock file made outside the archive.
-        refuse_links([self.path(MANIFESTS)], "the archive's folder")
-        async with flocked(lock, True, self.root, poll=MANIFEST_LOCK_POLL):
+        async with self._manifest_lock(tune_id):
             data = await change(await self.read_manifest(tune_id))
             await in_thread(self._write_atomic, self.path(key), data)
         return key
 
-    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
+    def _manifest_lock(self, tune_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """The tune's own lock, held by whoever writes its manifest or sets it aside."""
+        # verify --repair and retrain come here with no fetch's prepare before them: a
+        # link planted at manifests/ would have the lock file made outside the archive.
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
+        return flocked(self.path(f"{MANIFESTS}/{tune_id}.lock"), True, self.root,
+                       poll=MANIFEST_LOCK_POLL)
+
+    async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
         """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
-        another one; returns where it went."""
+        another one, if it still holds `damaged`: checked and moved under the lock its
+        writers hold (see Store.set_aside_manifest)."""
         key = f"{DAMAGED}/{tune_id}-{stamp}.json"
-        with _inside(self.root, "set a damaged manifest aside"):
-            await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id), key)
+        async with self._manifest_lock(tune_id):
+            if await self.read_manifest(tune_id) != damaged:
+                return None
+            with _inside(self.root, "set a damaged manifest aside"):
+                await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id),
+                                key)
         return key
 
     async def damaged_manifests(self) -> list[str]:

@@ -336,17 +336,24 @@ class S3Store:
                 **condition,  # type: ignore[arg-type]
             )
 
-    async def set_aside_manifest(self, tune_id: int, stamp: str) -> str:
+    async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
         """Copy the manifest to manifests/damaged/<id>-<stamp>.json (never over another),
-        then delete it; returns where it went."""
-        key = f"{DAMAGED}/{tune_id}-{stamp}.json"
-        found = await self._read(manifest_key(tune_id), "set a damaged manifest aside")
-        if found is not None:
-            try:
-                await self._put(key, found[0], "set a damaged manifest aside", IfNoneMatch="*")
-            except Conflict as exc:
-                raise StorageError(f"{key} exists already in {self}; nothing moved") from exc
-            await self.bucket.delete(self.bucket.key(manifest_key(tune_id)))
+        then delete it, if it still holds `damaged` (see Store.set_aside_manifest). With
+        no conditional delete, its ETag is read again just before: a good manifest
+        written meanwhile by another machine stays."""
+        key, doing = f"{DAMAGED}/{tune_id}-{stamp}.json", "set a damaged manifest aside"
+        found = await self._read(manifest_key(tune_id), doing)
+        if found is None or found[0] != damaged:
+            return None
+        try:
+            await self._put(key, found[0], doing, IfNoneMatch="*")
+        except Conflict as exc:
+            raise StorageError(f"{key} exists already in {self}; nothing moved") from exc
+        again = await self._read(manifest_key(tune_id), doing)
+        if again is None or again[1] != found[1]:  # set aside and replaced meanwhile
+            await self.bucket.delete(self.bucket.key(key))
+            return None
+        await self.bucket.delete(self.bucket.key(manifest_key(tune_id)))
         return key
 
     async def damaged_manifests(self) -> list[str]:
