@@ -41,8 +41,11 @@ def entry() -> int:
         for signum in STOP_SIGNALS:  # a second stop ends it as the first does
             signal.signal(signum, signal.SIG_IGN)
         name = signal.Signals(stopped.signum).name
+        # stderr closed (2>&-) is None, and print(file=None) would write the line to
+        # stdout, into --json's document (as running.with_streams says).
         with contextlib.suppress(OSError, ValueError):  # a stream closed or its reader gone
-            print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
+            if sys.stderr is not None:
+                print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
         if "--json" in sys.argv[1:] or switched_on(os.environ, "--json"):
             with contextlib.suppress(OSError, ValueError):
                 print(json.dumps({"ok": False, "interrupted": True, "signal": name}),
