@@ -8,9 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import blob_file, run_fetch, stored_blobs
+from tests.standin import Cut, Replace, StandIn
+from tune_archiver.download import engine, ranges
+from tune_archiver.net import transport
+
+MiB = 2**20
 
 # The script's entry with aiohttp's import held until stdin has a line; "importing" is
 # said on fd 3, so stdout and stderr are the program's own.
@@ -67,3 +76,46 @@ def test_a_stop_while_importing_with_stderr_closed_keeps_stdout_one_json_documen
     assert returncode == code
     name = signal.Signals(signum).name
     assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
+
+
+def _old_validator_of(headers: transport.CIMultiDictProxy[str]) -> str | None:
+    """validator_of before 819782a: a Last-Modified whatever the Date."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+def test_a_sidecar_of_an_earlier_version_holding_an_unsettled_last_modified_never_splices(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial left by a version before 819782a records a Last-Modified as its validator
+    whatever the Date said (here: the very second the file changed). The file changes
+    again within that second, under the same date; this version resumes it later, when
+    that date is long settled against the 206's Date: If-Range matches and the old
+    bytes are spliced to the new into one blob, recorded ok. The validator was never
+    vetted: the file must start over."""
+    archive = tmp_path / "archive"
+    old = os.urandom(3 * MiB)
+    new = os.urandom(len(old))
+    standin.add_tune(1, [standin.add_file("model", old)], [])
+    # The earlier run: at the date the file was last modified (its Date that very second).
+    standin.last_modified["model"] = format_datetime(
+        datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    standin.faults["model"] = [Cut(2 * MiB)]
+    with monkeypatch.context() as old_version:
+        old_version.setattr(engine, "validator_of", _old_validator_of)
+        old_version.setattr(ranges, "validator_of", _old_validator_of)
+        assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    # The partial's sidecar, with that date, as the earlier version wrote it.
+    [sidecar] = [p for p in archive.rglob("*.json") if "manifests" not in p.parts]
+    state = json.loads(sidecar.read_text())
+    state.pop("settled", None)
+    sidecar.write_text(json.dumps(state))
+    # Later, with this version: the file was changed again within that second.
+    standin.faults["model"] = [Replace(new)]
+    assert run_fetch(standin, archive, "1") == 0
+    [blob] = stored_blobs(archive)
+    kept = blob.read_bytes()
+    assert kept[:MiB] != old[:MiB] or kept[-MiB:] != new[-MiB:], "old bytes spliced to new"
+    assert blob == blob_file(archive, new)

@@ -13,6 +13,10 @@ from tune_archiver.safefs import open_own
 
 MAX_SIDECAR = 2**20  # a sidecar is a few hundred bytes; more is not one we wrote
 MAX_VALIDATOR = 1024  # an ETag or Last-Modified longer than this is no header we sent
+# Set in every record: its validator passed transport.validator_of, so a Last-Modified
+# in it was settled against its answer's Date. A record without it is an earlier
+# version's, whose Last-Modified may be of the very second the file changed.
+SETTLED = "settled"
 Span = list[int]  # [start, pos, end]: bytes [start, pos) are on disk, [pos, end) are to come
 
 
@@ -25,11 +29,15 @@ def boot_id() -> str:
 
 def is_usable(state: dict[str, Any], key: str) -> bool:
     """True when a sidecar is one this code wrote for `key`: a damaged one (wrong types,
-    a validator that could not be sent as a header) is ignored and the file starts over."""
+    a validator that could not be sent as a header) is ignored and the file starts over.
+    So is one whose validator is not a quoted ETag and was recorded before Last-Modified
+    had to be SETTLED (an earlier version took any date: a file changed twice within
+    its second shows one date for both, and If-Range would splice the two)."""
     validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
     return (
         state.get("url") == key
         and _header_value(validator)
+        and (str(validator).startswith('"') or state.get(SETTLED) is True)
         and (total is None or _count(total))
         and _count(synced)
     )
@@ -111,7 +119,7 @@ def record(key: str, validator: str | None, total: int | None, synced: int,
     """A sidecar's bytes: what resuming needs, as resumable reads it back."""
     state: dict[str, Any] = {
         "url": key, "validator": validator, "total": total, "synced": synced,
-        "boot_id": boot_id(),
+        "boot_id": boot_id(), SETTLED: True,
     }
     if content_type is not None:
         state["content_type"] = content_type
