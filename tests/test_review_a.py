@@ -27,7 +27,8 @@ IMPORTING = """
 import os, sys
 class Hold:
     def find_spec(self, name, path, target=None):
-        if name == "aiohttp":
+        if name == os.environ.get("HELD"):
+            del os.environ["HELD"]  # once
             os.write(int(os.environ["MARKER_FD"]), b"importing\\n")
             sys.stdin.readline()
         return None
@@ -39,10 +40,10 @@ raise SystemExit(entry())
 
 
 def stopped_while_importing(
-    tmp_path: Path, signum: int, close_stderr: bool
-) -> tuple[int, str]:
-    """Run `fetch 1 --json` with stderr closed (2>&-) or not, stop it during the imports;
-    its exit code and stdout."""
+    tmp_path: Path, signum: int, close_stderr: bool, held: str = "aiohttp"
+) -> tuple[int, str, str]:
+    """Run `fetch 1 --json` with stderr closed (2>&-) or not, stop it while `held` is
+    being imported; its exit code, stdout and stderr."""
     marker_r, marker_w = os.pipe()
 
     def fds() -> None:
@@ -52,17 +53,17 @@ def stopped_while_importing(
     with subprocess.Popen(
         [sys.executable, "-c", IMPORTING, "fetch", "1", "--archive", str(tmp_path / "a"),
          "--json"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         pass_fds=(marker_w,), preexec_fn=fds, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
-             "MARKER_FD": str(marker_w)},
+             "MARKER_FD": str(marker_w), "HELD": held},
     ) as process:
         os.close(marker_w)
         with os.fdopen(marker_r) as marker:
             assert marker.readline() == "importing\n"
         process.send_signal(signum)
-        out, _ = process.communicate(timeout=30)
-    return process.returncode, out
+        out, err = process.communicate(timeout=30)
+    return process.returncode, out, err
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -72,9 +73,23 @@ def test_a_stop_while_importing_with_stderr_closed_keeps_stdout_one_json_documen
     """With stderr closed (2>&-) Python's sys.stderr is None and print(file=None) writes
     to stdout: the "stopped by" line went into --json's document, which no longer parsed.
     (cli/running.with_streams guards the rest of the program against exactly this.)"""
-    returncode, out = stopped_while_importing(tmp_path, signum, close_stderr=True)
+    returncode, out, _ = stopped_while_importing(tmp_path, signum, close_stderr=True)
     assert returncode == code
     name = signal.Signals(signum).name
+    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_while_the_entry_module_itself_is_imported_is_a_stopped_run(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """start.py's own imports (envopts: argparse; exits: errors, re) came before its
+    handlers: a Ctrl-C there printed KeyboardInterrupt's traceback and a SIGTERM ended
+    the process saying nothing, as b79a6b6 says they did for every import."""
+    returncode, out, err = stopped_while_importing(
+        tmp_path, signum, close_stderr=False, held="tune_archiver.cli.envopts")
+    name = signal.Signals(signum).name
+    assert (returncode, err.splitlines()) == (code, [f"tune-archiver: error: stopped by {name}"])
     assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
 
 

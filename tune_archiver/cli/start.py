@@ -8,15 +8,14 @@ and 128 + the signal's number, as a stop at any later moment does.
 
 from __future__ import annotations
 
+# Only modules the interpreter has loaded already: whatever this module imports comes
+# before entry() installs its handlers (the program's modules, argparse and re among
+# them, are imported after).
 import contextlib
-import json
 import os
 import signal
 import sys
 from types import FrameType
-
-from tune_archiver.cli.envopts import switched_on
-from tune_archiver.cli.exits import STOP_SIGNALS, for_signal
 
 
 class _Stopped(BaseException):
@@ -31,6 +30,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # as exits.STOP_SIGNALS, not imported yet
+
+
 def entry() -> int:
     """The program: the tune-archiver script and `python -m tune_archiver`."""
     for signum in STOP_SIGNALS:
@@ -40,17 +42,27 @@ def entry() -> int:
     except _Stopped as stopped:
         for signum in STOP_SIGNALS:  # a second stop ends it as the first does
             signal.signal(signum, signal.SIG_IGN)
-        name = signal.Signals(stopped.signum).name
-        # stderr closed (2>&-) is None, and print(file=None) would write the line to
-        # stdout, into --json's document (as running.with_streams says).
-        with contextlib.suppress(OSError, ValueError):  # a stream closed or its reader gone
-            if sys.stderr is not None:
-                print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
-        if "--json" in sys.argv[1:] or switched_on(os.environ, "--json"):
-            with contextlib.suppress(OSError, ValueError):
-                print(json.dumps({"ok": False, "interrupted": True, "signal": name}),
-                      flush=True)
-        return for_signal(stopped.signum)
+        return _stopped(stopped.signum)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's own from here
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return main.entry()
+
+
+def _stopped(signum: int) -> int:
+    """A stop during the imports said: one line, --json's document, 128 + its number."""
+    import json
+
+    from tune_archiver.cli.envopts import switched_on
+    from tune_archiver.cli.exits import for_signal
+
+    name = signal.Signals(signum).name
+    # stderr closed (2>&-) is None, and print(file=None) would write the line to
+    # stdout, into --json's document (as running.with_streams says).
+    with contextlib.suppress(OSError, ValueError):  # a stream closed or its reader gone
+        if sys.stderr is not None:
+            print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
+    if "--json" in sys.argv[1:] or switched_on(os.environ, "--json"):
+        with contextlib.suppress(OSError, ValueError):
+            print(json.dumps({"ok": False, "interrupted": True, "signal": name}),
+                  flush=True)
+    return for_signal(signum)
