@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import socketserver
 import threading
@@ -19,7 +20,10 @@ from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs, tmpfs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download import engine
+from tune_archiver.download import ranges as range_pieces
 from tune_archiver.download.staging import staging_for
+from tune_archiver.net import transport
 from tune_archiver.progress import NullProgress
 
 MiB = 2**20
@@ -111,6 +115,49 @@ def test_a_last_modified_settled_long_before_the_answer_still_resumes(
     assert resumed_at(retry.headers["Range"]) > 0
     assert retry.headers["If-Range"] == modified
     assert blob_file(archive, data).read_bytes() == data
+
+
+def _old_validator_of(headers: transport.CIMultiDictProxy[str]) -> str | None:
+    """validator_of before 819782a: a Last-Modified whatever the Date."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified") or None
+
+
+def test_a_sidecar_of_an_earlier_version_holding_an_unsettled_last_modified_never_splices(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial left by a version before 819782a records a Last-Modified as its validator
+    whatever the Date said (here: the very second the file changed). The file changes
+    again within that second, under the same date; this version resumes it later, when
+    that date is long settled against the 206's Date: If-Range matches and the old
+    bytes are spliced to the new into one blob, recorded ok. The validator was never
+    vetted: the file must start over."""
+    archive = tmp_path / "archive"
+    old = os.urandom(3 * MiB)
+    new = os.urandom(len(old))
+    standin.add_tune(1, [standin.add_file("model", old)], [])
+    # The earlier run: at the date the file was last modified (its Date that very second).
+    standin.last_modified["model"] = format_datetime(
+        datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    standin.faults["model"] = [Cut(2 * MiB)]
+    with monkeypatch.context() as old_version:
+        old_version.setattr(engine, "validator_of", _old_validator_of)
+        old_version.setattr(range_pieces, "validator_of", _old_validator_of)
+        assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    # The partial's sidecar, with that date, as the earlier version wrote it.
+    [sidecar] = [p for p in archive.rglob("*.json") if "manifests" not in p.parts]
+    state = json.loads(sidecar.read_text())
+    state.pop("settled", None)
+    sidecar.write_text(json.dumps(state))
+    # Later, with this version: the file was changed again within that second.
+    standin.faults["model"] = [Replace(new)]
+    assert run_fetch(standin, archive, "1") == 0
+    [blob] = stored_blobs(archive)
+    kept = blob.read_bytes()
+    assert kept[:MiB] != old[:MiB] or kept[-MiB:] != new[-MiB:], "old bytes spliced to new"
+    assert blob == blob_file(archive, new)
 
 
 def test_truncated_body_fails_when_retries_are_spent(

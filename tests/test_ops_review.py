@@ -84,44 +84,6 @@ def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
     assert (archive / "manifests" / "1.json").exists()
 
 
-# The script's entry, with aiohttp's import held until stdin has a line: the program is
-# still being imported when the test sends its signal.
-IMPORTING = """
-import sys
-class Hold:
-    def find_spec(self, name, path, target=None):
-        if name == "aiohttp":
-            print("importing", flush=True)
-            sys.stdin.readline()
-        return None
-sys.meta_path.insert(0, Hold())
-sys.argv[0] = "tune-archiver"
-from tune_archiver.cli.start import entry
-raise SystemExit(entry())
-"""
-
-
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_the_program_is_imported_is_a_stopped_run(
-    tmp_path: Path, signum: int, code: int
-) -> None:
-    """Ctrl-C or SIGTERM in the half second of imports: one line, --json's document and
-    128 + the signal's number; Ctrl-C printed a KeyboardInterrupt traceback and SIGTERM
-    ended the process saying nothing."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", IMPORTING, "fetch", "1", "--archive", str(tmp_path / "a"),
-         "--json"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    assert process.stdout.readline() == "importing\n"
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=30)
-    name = signal.Signals(signum).name
-    assert process.returncode == code
-    assert err.splitlines() == [f"tune-archiver: error: stopped by {name}"]
-    assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_a_slow_start_ping_is_a_stopped_run(
     standin: StandIn, tmp_path: Path, signum: int, code: int

@@ -39,17 +39,30 @@ def entry() -> int:
         signal.signal(signum, _stop)
     try:
         from tune_archiver.cli import main
+        from tune_archiver.cli.running import Interrupted
     except _Stopped as stopped:
-        for signum in STOP_SIGNALS:  # a second stop ends it as the first does
-            signal.signal(signum, signal.SIG_IGN)
         return _stopped(stopped.signum)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the program's own from here
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return main.entry()
+    # From here a stop is the program's: a Ctrl-C raises KeyboardInterrupt and a SIGTERM
+    # Interrupted (each command's event loop takes both while it runs), which main says;
+    # one that comes where main does not look (parsing the options, say) is said here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return main.entry()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        return _stopped(getattr(stop, "signum", signal.SIGINT))
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    from tune_archiver.cli.running import Interrupted
+
+    raise Interrupted(signum)
 
 
 def _stopped(signum: int) -> int:
     """A stop during the imports said: one line, --json's document, 128 + its number."""
+    for stop in STOP_SIGNALS:  # a second stop ends it as the first does
+        signal.signal(stop, signal.SIG_IGN)
     import json
 
     from tune_archiver.cli.envopts import switched_on
