@@ -60,7 +60,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _stopped(signum: int) -> int:
-    """A stop during the imports said: one line, --json's document, 128 + its number."""
+    """A stop main could not say (in the imports, or before main looks) said here: one
+    line, --json's document, 128 + the signal's number."""
     for stop in STOP_SIGNALS:  # a second stop ends it as the first does
         signal.signal(stop, signal.SIG_IGN)
     import json
