@@ -119,6 +119,9 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
         received.append(signum)
         task.cancel()
 
+    # asyncio's remove_signal_handler leaves SIG_DFL (SIGTERM) behind, not the handler
+    # it found: start.py's, which says a SIGTERM between two loops, is put back.
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop, signum)
     try:
@@ -130,6 +133,8 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+            if previous[signum] is not None:
+                signal.signal(signum, previous[signum])
 
 
 class _AboveBar(logging.StreamHandler):  # type: ignore[type-arg]
