@@ -41,8 +41,12 @@ T = TypeVar("T")
 log = logging.getLogger("tune_archiver")
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number.
+
+    A BaseException, as KeyboardInterrupt is: start.py's SIGTERM handler raises it at
+    any line outside an event loop, and an `except Exception` there (a log handler's)
+    must not swallow the stop."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
