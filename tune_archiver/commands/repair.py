@@ -21,7 +21,7 @@ from tune_archiver.commands.fetch import Clock, fetch
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import ArchiverError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import NullProgress, Progress
@@ -71,6 +71,9 @@ async def repair(
     for sha in sorted({p.sha256 for p in damaged if p.sha256}):
         # A whole copy at a wrong place goes back: a tune gone upstream has no other.
         aside = await store.put_back(sha, misplaced[sha], stamp) if sha in misplaced else None
+        if aside is None and await _whole_now(store, sha):
+            whole.add(sha)  # put back, or fetched, by another run since our verify
+            continue
         if aside is None:
             report.moved += await store.set_aside_blob(sha, stamp)
             continue
@@ -85,6 +88,16 @@ async def repair(
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
     report.after = await verify(store, sorted(touched), progress)  # back is hashed again
     return report
+
+
+async def _whole_now(store: Store, sha256: str) -> bool:
+    """Whether the blob's place holds its bytes now: what verify found may be stale, and
+    a whole blob there (another repair's) is never moved aside."""
+    try:
+        found = await store.hash_blob(sha256, lambda n: None)
+    except ArchiverError:  # not a file, unreadable: damaged still
+        return False
+    return found is not None and found[1] == sha256
 
 
 class _Unchanged(Exception):
