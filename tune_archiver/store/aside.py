@@ -9,14 +9,16 @@ checked is what is used. Blocking; run in worker threads (in_thread).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 from pathlib import Path
 from stat import S_ISREG
+from typing import BinaryIO
 
 from tune_archiver.errors import NotAFile
-from tune_archiver.safefs import BLOB_MODE, NOFOLLOW, PRIVATE_DIR, exists_at
+from tune_archiver.safefs import BLOB_MODE, NOFOLLOW, PRIVATE_DIR, PRIVATE_FILE, exists_at
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
@@ -101,37 +103,79 @@ def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
     """Rename the file at the wrong place `key` to the blob's place `blob` if its bytes
     hash to `sha256`, whatever sat there first moved to `folder`/`name` (as
     move_blobs_aside moves it); returns where that went. None, nothing moved, when the
-    file is gone, not a regular file (never followed) or not whole."""
+    file is gone, not a regular file (never followed, a FIFO never waited on) or not
+    whole. A file with another name (a hard link to one outside the archive) or of
+    another user is never renamed nor chmod-ed: its bytes are copied, and its name here
+    removed."""
     where, _, file = key.rpartition("/")
     source = open_folder(root, where, create=False)
     if source is None:
         return None
     try:
         try:
-            fd = os.open(file, os.O_RDONLY | NOFOLLOW, dir_fd=source)
+            fd = os.open(file, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK, dir_fd=source)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, *_NOT_A_FOLDER):  # gone, or a planted link
                 return None
             raise
         with os.fdopen(fd, "rb") as found:
-            if not S_ISREG(os.fstat(fd).st_mode):
+            held = os.fstat(fd)
+            if not S_ISREG(held.st_mode):
                 return None
             if hashlib.file_digest(found, "sha256").hexdigest() != sha256:
                 return None
-            os.fchmod(fd, BLOB_MODE)
-            os.fsync(fd)
-        moved = move_blobs_aside(root, [blob], folder, name)
-        into = open_folder(root, blob.rpartition("/")[0], create=True)
-        assert into is not None  # made when missing
-        try:
-            os.rename(file, blob.rpartition("/")[2], src_dir_fd=source, dst_dir_fd=into)
-            os.fsync(into)
-        finally:
-            os.close(into)
+            own = held.st_nlink == 1 and held.st_uid == os.geteuid()
+            place, _, placed = blob.rpartition("/")
+            into = open_folder(root, place, create=True)
+            assert into is not None  # made when missing
+            try:
+                temporary = None if own else _copied(found, into, sha256)
+                if not own and temporary is None:
+                    return None  # changed since it was hashed
+                if own:
+                    os.fchmod(fd, BLOB_MODE)
+                    os.fsync(fd)
+                moved = move_blobs_aside(root, [blob], folder, name)
+                if temporary is None:
+                    os.rename(file, placed, src_dir_fd=source, dst_dir_fd=into)
+                else:
+                    os.rename(temporary, placed, src_dir_fd=into, dst_dir_fd=into)
+                    os.unlink(file, dir_fd=source)  # a name only: the file outside stays
+                os.fsync(into)
+            finally:
+                os.close(into)
         os.fsync(source)
     finally:
         os.close(source)
     return moved
+
+
+def _copied(found: BinaryIO, into: int, sha256: str) -> str | None:
+    """A new 0400 copy of the open file's bytes in the folder `into`, if they still hash
+    to `sha256`: its name there; else None, nothing left behind."""
+    temporary = f".{sha256}.put-back"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=into)  # a leftover (or a link: removed, not followed)
+    out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE,
+                  dir_fd=into)
+    try:
+        digest = hashlib.sha256()
+        found.seek(0)
+        with os.fdopen(out, "wb", closefd=False) as copy:
+            while chunk := found.read(1 << 20):
+                digest.update(chunk)
+                copy.write(chunk)
+        os.fchmod(out, BLOB_MODE)
+        os.fsync(out)
+        if digest.hexdigest() == sha256:
+            return temporary
+    except BaseException:
+        os.unlink(temporary, dir_fd=into)
+        raise
+    finally:
+        os.close(out)
+    os.unlink(temporary, dir_fd=into)
+    return None
 
 
 def move_manifest_aside(root: Path, key: str, aside: str) -> None:
