@@ -43,6 +43,17 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
     if digest.hexdigest() != sha256:
         return None
     moved = await set_aside(bucket, sha256, [blob_key(sha256)], stamp)
-    await copy(bucket, bucket.key(key), bucket.key(blob_key(sha256)), Blob(sha256, size))
+    try:
+        with bucket.translated("put a misplaced blob back"):  # one line, never botocore's
+            await copy(bucket, bucket.key(key), bucket.key(blob_key(sha256)),
+                       Blob(sha256, size))
+    except Absent:  # gone meanwhile (another repair put it back): nothing copied
+        return None
+    if size > bucket.copy_limit:  # copied part by part, which S3 does not hash for us
+        again = hashlib.sha256()
+        await stream(bucket, sha256, "check a blob put back", again.update, lambda n: None)
+        if again.hexdigest() != sha256:  # the stray object changed since it was hashed:
+            await bucket.delete(bucket.key(blob_key(sha256)))  # a copy of what stays there
+            return None
     await bucket.delete(bucket.key(key))
     return moved
