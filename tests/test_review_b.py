@@ -1,0 +1,262 @@
+"""Review B: what breaks the promises of put_back (verify --repair), the set-aside of a
+damaged manifest, and the SIGTERM handler that start.py installs after the imports."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.archive_helpers import add_tune, cli
+from tests.helpers import Sleeps, blob_file, run_fetch, sha256
+from tests.s3server import (  # noqa: F401  (fixtures)
+    Bucket,
+    MotoS3,
+    aio_session_fixture,
+    aws_env_fixture,
+    bucket_fixture,
+    moto_s3_fixture,
+)
+from tests.standin import StandIn
+from tests.test_honest import EXPIRED, NOW, gone_upstream, misplace
+from tests.test_ping import Monitor, monitor  # noqa: F401  (fixture)
+from tests.test_start import IMPORTING
+from tune_archiver.commands.repair import repair
+from tune_archiver.commands.verify import verify
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.staging import staging_for
+from tune_archiver.errors import ArchiverError
+from tune_archiver.layout import blob_key
+from tune_archiver.progress import NullProgress
+from tune_archiver.store.local import LocalStore
+from tune_archiver.store.s3.store import MIN_PART, S3Store
+
+# -- put_back: two repairs at once ---------------------------------------------------------
+
+
+def test_a_second_repair_at_once_never_moves_aside_the_blob_the_first_put_back(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Two `verify --repair` runs both verify (the blob is whole under objects/sha256/zz/,
+    nothing at its place) before either repairs. The first puts it back; the second
+    finds the stray copy gone, so its put_back says None and it sets aside the blob's
+    place: the whole blob the first just put back, for a tune gone upstream that can
+    never be fetched again. The archive was left NOT whole."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    image = served.images[0]
+    misplace(archive, image)
+    gone_upstream(standin)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+
+    async def twice() -> tuple[bool, bool]:
+        store = LocalStore(archive)
+        found = await verify(store, [], NullProgress())  # both runs' verify, before either
+        staging = staging_for(archive)
+        first = await repair(store, found, settings, staging, NullProgress(), lambda: NOW)
+        second = await repair(store, found, settings, staging, NullProgress(),
+                              lambda: NOW + timedelta(seconds=1))
+        return first.ok, second.ok
+
+    assert asyncio.run(twice()) == (True, True)
+    assert blob_file(archive, image).read_bytes() == image
+    assert not (archive / "tmp" / "damaged").exists() or not any(
+        (archive / "tmp" / "damaged").iterdir())
+
+
+# -- put_back: what it must never touch ----------------------------------------------------
+
+
+def test_put_back_never_changes_a_file_outside_the_archive(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stray copy is a hard link to a file of the user's outside the archive (0644):
+    put_back fchmod-ed that file to 0400 and renamed the link into the blob's place, so
+    the blob shared its inode with a name outside the archive, one chmod from editable."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    image = served.images[0]
+    outside = tmp_path / "holiday.jpg"
+    outside.write_bytes(image)
+    outside.chmod(0o644)
+    stray = archive / "objects" / "sha256" / "zz" / sha256(image)
+    stray.parent.mkdir()
+    os.link(outside, stray)
+    blob_file(archive, image).unlink()
+    gone_upstream(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 0, ran.err
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+    placed = blob_file(archive, image)
+    assert placed.read_bytes() == image
+    assert not os.path.samefile(placed, outside)
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o400
+
+
+def test_put_back_never_waits_on_a_fifo_at_the_stray_place(tmp_path: Path) -> None:
+    """A FIFO put at the stray copy's name (after the walk listed a file there) is opened
+    O_RDONLY without O_NONBLOCK: the repair waited forever for a writer."""
+    archive = tmp_path / "archive"
+    (archive / "manifests").mkdir(parents=True)
+    sha = "ab" * 32
+    stray = archive / "objects" / "sha256" / "zz" / sha
+    stray.parent.mkdir(parents=True)
+    os.mkfifo(stray)
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(LocalStore(archive).put_back(
+                sha, f"objects/sha256/zz/{sha}", "20261210T120000Z")))
+        except BaseException as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=20)  # a bound on a hang, not a wait for something to happen
+    hung = worker.is_alive()
+    if hung:  # let it go: a writer opens and closes the FIFO
+        os.close(os.open(stray, os.O_WRONLY))
+        worker.join()
+    assert not hung
+    assert result == [None]
+    assert not blob_file(archive, b"").exists()
+
+
+async def test_put_back_on_a_bucket_says_a_failed_copy_as_one_storage_error(
+    bucket: Bucket,
+) -> None:
+    """The copy into the blob's place fails (the stray object deleted meanwhile by another
+    repair, or the endpoint refusing): copy(check=True) calls copy_object outside
+    bucket.translated, so botocore's ClientError came out of put_back as it is, not a
+    StorageError: a traceback where the promise is one line."""
+    data = os.urandom(7000)
+    sha = sha256(data)
+    stray = f"arch/objects/sha256/zz/{sha}"
+    store = S3Store(f"s3://{bucket.name}/arch", bucket.endpoint, attempts=1,
+                    session=bucket.session)
+    raised: BaseException | None = None
+    async with store:
+        await store.prepare()
+        await bucket.put(stray, data)
+        client = store.bucket.client
+        real = client.copy_object
+
+        async def gone_first(**kwargs: Any) -> Any:
+            if kwargs["Key"].endswith(blob_key(sha)):
+                await client.delete_object(Bucket=bucket.name, Key=stray)
+            return await real(**kwargs)
+
+        client.copy_object = gone_first  # type: ignore[method-assign]
+        try:
+            await store.put_back(sha, f"objects/sha256/zz/{sha}", "20261210T120000Z")
+        except Exception as exc:
+            raised = exc
+    assert raised is None or isinstance(raised, ArchiverError), repr(raised)
+
+
+async def test_put_back_of_a_large_object_checks_what_the_copy_put_in_place(
+    bucket: Bucket,
+) -> None:
+    """An object past copy_limit is copied part by part, unchecked: when the stray object
+    is replaced between the hash and the copy, other bytes land under the blob's name
+    (and the stray object is deleted)."""
+    data = os.urandom(MIN_PART + 1000)
+    other = os.urandom(len(data))
+    sha = sha256(data)
+    stray = f"arch/objects/sha256/zz/{sha}"
+    store = S3Store(f"s3://{bucket.name}/arch", bucket.endpoint, attempts=1,
+                    session=bucket.session, part_size=MIN_PART, copy_limit=MIN_PART)
+    async with store:
+        await store.prepare()
+        await bucket.put(stray, data)
+        client = store.bucket.client
+        real = client.create_multipart_upload
+
+        async def replaced_first(**kwargs: Any) -> Any:
+            await bucket.put(stray, other)
+            return await real(**kwargs)
+
+        client.create_multipart_upload = replaced_first  # type: ignore[method-assign]
+        try:
+            await store.put_back(sha, f"objects/sha256/zz/{sha}", "20261210T120000Z")
+        except ArchiverError:
+            pass
+        placed = await store.hash_blob(sha, lambda n: None)
+    assert placed is None or placed[1] == sha
+
+
+# -- the SIGTERM handler between event loops -----------------------------------------------
+
+
+def test_a_sigterm_after_the_start_ping_is_said_and_pinged(
+    tmp_path: Path, monitor: Monitor  # noqa: F811
+) -> None:
+    """`verify --ping-url`: the start ping runs its own event loop, whose
+    remove_signal_handler puts SIGTERM back to SIG_DFL (asyncio does so), not start.py's
+    handler. A SIGTERM while the command then imports its modules killed the process
+    silently (-15): no line, no --json document, no fail ping."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    marker_r, marker_w = os.pipe()
+    with subprocess.Popen(
+        [sys.executable, "-c", IMPORTING, "verify", "--archive", str(tmp_path / "a"),
+         "--json", "--ping-url", monitor.url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=(marker_w,), text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+             "MARKER_FD": str(marker_w), "HELD": "tune_archiver.commands.repair"},
+    ) as process:
+        os.close(marker_w)
+        with os.fdopen(marker_r) as marker:
+            assert marker.readline() == "importing\n"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 143, (process.returncode, err)
+    assert err.splitlines() == ["tune-archiver: error: stopped by SIGTERM"]
+    assert json.loads(out)["signal"] == "SIGTERM"
+    assert [path for _, path, _ in monitor.pings] == ["/ping/abc-uuid/start",
+                                                      "/ping/abc-uuid/fail"]
+
+
+def test_a_sigterm_while_the_log_file_is_written_is_not_swallowed() -> None:
+    """Outside an event loop start.py's handler raises Interrupted, an Exception: the
+    --log-file handler's `except Exception` (a log that cannot be written must not stop
+    a backup) caught it, said "cannot write the log file: SIGTERM; the run goes on
+    without it", and the run went on as if no SIGTERM had come."""
+    from tune_archiver.cli import start
+    from tune_archiver.cli.eventlog import JsonLines
+    from tune_archiver.cli.running import Interrupted
+
+    class Signalled(io.StringIO):
+        def write(self, text: str) -> int:
+            os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, mid-write
+            return super().write(text)
+
+    import logging
+
+    record = logging.LogRecord("tune_archiver", logging.DEBUG, __file__, 1, "run started",
+                               None, None)
+    record.event = "run_start"
+    handler = JsonLines(Signalled(), [], owned=False)
+    previous = signal.signal(signal.SIGTERM, start._interrupt)
+    try:
+        with pytest.raises((Interrupted, KeyboardInterrupt)):
+            handler.emit(record)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
