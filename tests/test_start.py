@@ -3,7 +3,9 @@ said as a later one is: one line on stderr, --json's document, 128 + the signal.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_ping import Monitor, monitor  # noqa: F401  (fixture)
+from tune_archiver.cli import start
+from tune_archiver.cli.eventlog import JsonLines
+from tune_archiver.cli.running import Interrupted
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
@@ -89,3 +96,42 @@ def test_a_stop_while_importing_with_stderr_closed_keeps_stdout_one_json_documen
     assert returncode == code
     name = signal.Signals(signum).name
     assert json.loads(out) == {"ok": False, "interrupted": True, "signal": name}
+
+
+def test_a_sigterm_after_the_start_ping_is_said_and_pinged(
+    tmp_path: Path, monitor: Monitor  # noqa: F811
+) -> None:
+    """`verify --ping-url`: the start ping runs its own event loop, whose
+    remove_signal_handler puts SIGTERM back to SIG_DFL (asyncio does so), not start.py's
+    handler. A SIGTERM while the command then imports its modules killed the process
+    silently (-15): no line, no --json document, no fail ping."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    returncode, out, err = stopped_while_importing(
+        tmp_path, signal.SIGTERM, False, "tune_archiver.commands.repair",
+        ("verify", "--ping-url", monitor.url))
+    assert (returncode, err.splitlines()) == (143, ["tune-archiver: error: stopped by SIGTERM"])
+    assert json.loads(out)["signal"] == "SIGTERM"
+    assert [path for _, path, _ in monitor.pings] == ["/ping/abc-uuid/start",
+                                                      "/ping/abc-uuid/fail"]
+
+
+def test_a_sigterm_while_the_log_file_is_written_is_not_swallowed() -> None:
+    """Outside an event loop start.py's handler raises Interrupted, then an Exception:
+    the --log-file handler's `except Exception` (a log that cannot be written must not
+    stop a backup) caught it, said "cannot write the log file: SIGTERM; the run goes on
+    without it", and the run went on as if no SIGTERM had come."""
+    class Signalled(io.StringIO):
+        def write(self, text: str) -> int:
+            os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, mid-write
+            return super().write(text)
+
+    record = logging.LogRecord("tune_archiver", logging.DEBUG, __file__, 1, "run started",
+                               None, None)
+    record.event = "run_start"
+    handler = JsonLines(Signalled(), [], owned=False)
+    previous = signal.signal(signal.SIGTERM, start._interrupt)
+    try:
+        with pytest.raises(Interrupted):
+            handler.emit(record)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
