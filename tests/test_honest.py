@@ -139,7 +139,7 @@ def test_a_manifest_another_run_replaced_since_it_was_read_damaged_stays(
     [result] = asyncio.run(fetch(settings, [1], NullProgress(), clock=lambda: NOW,
                                  store=Overtaken(archive, good)))
     assert result.error is not None
-    assert "another run has replaced it since" in result.error
+    assert "another run has set it aside or replaced it since" in result.error
     assert (archive / "manifests" / "1.json").read_bytes() == good
     [aside] = (archive / "manifests" / "damaged").iterdir()
     assert (aside.name, aside.read_bytes()) == ("1-20261210T115959Z.json", b"{damaged")

@@ -34,6 +34,7 @@ from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError
 from tune_archiver.layout import blob_key
 from tune_archiver.progress import NullProgress
+from tune_archiver.store import aside
 from tune_archiver.store.local import LocalStore
 from tune_archiver.store.s3.store import MIN_PART, S3Store
 
@@ -102,6 +103,37 @@ def test_put_back_never_changes_a_file_outside_the_archive(
     assert placed.read_bytes() == image
     assert not os.path.samefile(placed, outside)
     assert stat.S_IMODE(placed.stat().st_mode) == 0o400
+
+
+def test_put_back_never_renames_a_file_put_at_the_stray_name_after_it_was_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stray copy is hashed through its open descriptor but renamed by its name: a
+    file put at that name meanwhile (other bytes) was renamed into the blob's place.
+    Now the name must still be the file hashed: nothing is moved, and both stay."""
+    archive = tmp_path / "archive"
+    (archive / "manifests").mkdir(parents=True)
+    whole = os.urandom(5_000)
+    sha = sha256(whole)
+    stray = archive / "objects" / "sha256" / "zz" / sha
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(whole)
+    other = os.urandom(5_000)
+    digest = aside.hashlib.file_digest
+
+    def swapped_after(file: Any, name: str) -> Any:
+        found = digest(file, name)
+        (stray.parent / "other").write_bytes(other)
+        (stray.parent / "other").rename(stray)  # another file takes the name
+        return found
+
+    monkeypatch.setattr(aside.hashlib, "file_digest", swapped_after)
+    store = LocalStore(archive)
+    assert asyncio.run(store.put_back(sha, f"objects/sha256/zz/{sha}", "20261210T120000Z")) \
+        is None
+    assert stray.read_bytes() == other
+    assert not (archive / blob_key(sha)).exists()
+    assert sorted(p.name for p in (archive / blob_key(sha)).parent.iterdir()) == []
 
 
 def test_put_back_never_waits_on_a_fifo_at_the_stray_place(tmp_path: Path) -> None:

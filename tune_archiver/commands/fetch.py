@@ -273,8 +273,8 @@ async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str
         where = await run.store.set_aside_manifest(tune_id, stamp, damaged.data)
     except ArchiverError as exc:
         return f"{damaged}; it could not be set aside ({exc}); the tune was not fetched"
-    if where is None:  # another run set it aside and wrote a good one: that one stays
-        return (f"{damaged}; another run has replaced it since; the tune was not fetched "
-                "by this run: run fetch again")
+    if where is None:  # another run set it aside (and wrote a good one: that one stays)
+        return (f"{damaged}; another run has set it aside or replaced it since; the tune "
+                "was not fetched by this run: run fetch again")
     return (f"{damaged}; set aside as {where}; the tune was not fetched: run fetch again "
             "to archive it anew, and check the damaged manifest before removing it")

@@ -135,6 +135,10 @@ def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
                 if own:
                     os.fchmod(fd, BLOB_MODE)
                     os.fsync(fd)
+                if not _still_named(file, source, held):  # another file took the name
+                    if temporary is not None:  # since: renamed or removed, it would go
+                        os.unlink(temporary, dir_fd=into)
+                    return None
                 moved = move_blobs_aside(root, [blob], folder, name)
                 if temporary is None:
                     os.rename(file, placed, src_dir_fd=source, dst_dir_fd=into)
@@ -148,6 +152,15 @@ def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
     finally:
         os.close(source)
     return moved
+
+
+def _still_named(name: str, folder: int, held: os.stat_result) -> bool:
+    """Whether `name` in `folder` is still the file held open, not one renamed in since."""
+    try:
+        now = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _copied(found: BinaryIO, into: int, sha256: str) -> str | None:
