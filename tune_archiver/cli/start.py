@@ -1,9 +1,10 @@
-"""The script's first instant: a stop during the imports is said as a later one is.
+"""The script's first instant: a stop while the program starts is said as a later one is.
 
-Importing the program takes about half a second (aiohttp above all). Until now a
-Ctrl-C in that time printed Python's traceback and a SIGTERM (cron's timeout) ended the
-process saying nothing. Here either ends it with one line on stderr, --json's document
-and 128 + the signal's number, as a stop at any later moment does.
+Importing the program takes about half a second (aiohttp above all). Left to Python, a
+Ctrl-C in that time prints a traceback and a SIGTERM (cron's timeout) ends the process
+saying nothing. Here either ends it with one line on stderr, --json's document and 128
++ the signal's number, as a stop at any later moment does; after the imports a SIGTERM
+raises Interrupted (as a Ctrl-C raises KeyboardInterrupt) until an event loop takes it.
 """
 
 from __future__ import annotations
