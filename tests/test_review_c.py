@@ -1,0 +1,150 @@
+"""Review C's reproductions: serve --json (one document, its token said only there),
+the printing moved to printing.py, and a fetch stopped by an error after some tunes."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli, stop
+from tests.archive_helpers import start as start_process
+from tests.conftest import ROOT
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+from tests.test_fetch import make_tune
+from tests.test_start import stopped_while_importing
+from tune_archiver.cli.exits import Exit
+
+FILE_TOKEN = "file-token-0123456789abcdef"
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """An archive with nothing in it yet: serve needs only its manifests/ folder."""
+    (tmp_path / "archive" / "manifests").mkdir(parents=True)
+    return tmp_path / "archive"
+
+
+def serving(archive: Path, *words: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    """`serve --bind 127.0.0.1:0 --json WORDS` in a subprocess, and its document once it
+    listens (read to its closing brace, as test_serve.py reads it)."""
+    process = start_process(archive, "serve", "--bind", "127.0.0.1:0", "--json", *words,
+                            env={"PYTHONPATH": str(ROOT)})
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    assert ready, "serve said nothing"
+    lines = [process.stdout.readline()]  # the rest may be in the reader's buffer already
+    while lines[-1] not in ("}\n", ""):
+        lines.append(process.stdout.readline())
+    return process, json.loads("".join(lines))
+
+
+def port_of(document: dict[str, object]) -> int:
+    return int(str(document["serving"]).rstrip("/").rsplit(":", 1)[1])
+
+
+def ended(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, err
+
+
+# -- serve --json ------------------------------------------------------------------------
+
+
+def test_serve_bind_error_is_one_document(
+    capsys: pytest.CaptureFixture[str], archive: Path
+) -> None:
+    """A port taken: exit 2, one line on stderr and one document on stdout."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = cli(capsys, "serve", "--archive", str(archive), "--bind", f"127.0.0.1:{port}",
+                  "--json")
+    assert ran.code == Exit.USAGE
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    assert "cannot listen" in document["error"]
+    assert "Traceback" not in ran.err
+
+
+@pytest.mark.parametrize("words", [(), ("-q",)])
+def test_serve_json_quiet_or_not_is_one_document(archive: Path, words: tuple[str, ...]) -> None:
+    """-q changes nothing of --json's document; a Ctrl-C adds none."""
+    process, document = serving(archive, *words)
+    try:
+        assert document["ok"] is True
+        assert isinstance(document["token"], str)
+        code, out, err = ended(process)
+        assert (code, out) == (130, "")
+        assert err == ""
+    finally:
+        stop(process)
+
+
+def test_serve_json_with_a_token_file_says_no_token_and_logs_none(
+    archive: Path, tmp_path: Path
+) -> None:
+    """--token-file: the document's token is null, and the token is in no output nor the
+    --log-file."""
+    token_file = tmp_path / "token"
+    token_file.write_text(FILE_TOKEN + "\n")
+    log_file = tmp_path / "run.jsonl"
+    process, document = serving(archive, "--token-file", str(token_file),
+                                "--log-file", str(log_file))
+    try:
+        assert document["token"] is None
+        assert FILE_TOKEN not in json.dumps(document)
+        code, out, err = ended(process)
+        assert code == 130
+        assert FILE_TOKEN not in out + err
+        assert FILE_TOKEN not in log_file.read_text()
+    finally:
+        stop(process)
+
+
+# -- fetch stopped by an error after some tunes ------------------------------------------
+
+
+def test_a_key_rejected_mid_run_is_one_document_and_the_log_holds_no_key(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tunes 3 and 2 archived, then the key rejected for tune 1: exit 3, one document
+    naming 3 and 2, and the --log-file's lines hold neither the key nor a second run_end."""
+    archive = tmp_path / "fetched"
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    assert run_fetch(standin, archive, "2", "3") == 0
+    standin.api_faults[1] = [Status(401)]
+    log_file = tmp_path / "run.jsonl"
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--json", "--log-file", str(log_file)) == 3
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert [t["tune_id"] for t in document["tunes"]] == [3, 2]
+    assert "Traceback" not in captured.err
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert standin.api_key not in log_file.read_text()
+    assert [line["exit"] for line in lines if line["event"] == "run_end"] == [3]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_serve_stopped_before_it_listens_is_one_document(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """A stop while serve imports its server (before it listens): 128 + the signal and
+    --json's one interrupted document."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    returncode, out, err = stopped_while_importing(
+        tmp_path, signum, False, "tune_archiver.web.server", ("serve", "--bind", "127.0.0.1:0"))
+    assert returncode == code
+    assert json.loads(out) == {"ok": False, "interrupted": True,
+                               "signal": signal.Signals(signum).name}
+    assert "Traceback" not in err
