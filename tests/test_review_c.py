@@ -49,6 +49,16 @@ def port_of(document: dict[str, object]) -> int:
     return int(str(document["serving"]).rstrip("/").rsplit(":", 1)[1])
 
 
+def bad_request(port: int, request: bytes) -> bytes:
+    """Send `request` as it is and read the whole answer (the server closes after a 400)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 def ended(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
@@ -106,6 +116,34 @@ def test_serve_json_with_a_token_file_says_no_token_and_logs_none(
         assert code == 130
         assert FILE_TOKEN not in out + err
         assert FILE_TOKEN not in log_file.read_text()
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("verbose", [(), ("-v",)])
+def test_a_malformed_request_prints_no_traceback_nor_the_token(
+    archive: Path, verbose: tuple[str, ...]
+) -> None:
+    """Any local user may send bytes to serve's port. A request aiohttp cannot parse was
+    logged by aiohttp's own logger, through Python's last-resort handler: a traceback on
+    stderr without -v, and the offending request line quoted raw, with its ?token= (the
+    one that opens the archive) unredacted."""
+    process, document = serving(archive, *verbose)
+    try:
+        token = str(document["token"])
+        for request in (
+            f"GET /?token={token} HTTP/1.1 x\r\nHost: h\r\n\r\n",  # a bad request line
+            f"GET /\x01?token={token} HTTP/1.1\r\nHost: h\r\n\r\n",  # a control char
+            "GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n",  # a bad header
+        ):
+            assert bad_request(port_of(document), request.encode()).startswith(
+                b"HTTP/1.0 400 ")
+        code, out, err = ended(process)
+        assert code == 130
+        assert out == ""
+        assert token not in err
+        if not verbose:
+            assert "Traceback" not in err
     finally:
         stop(process)
 

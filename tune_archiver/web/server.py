@@ -8,11 +8,14 @@ escaping.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
@@ -115,11 +118,36 @@ def build_app(store: Store, clock: Clock, token: str | None) -> web.Application:
     return app
 
 
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log as our lines: one line, its traceback with -v only (in a
+    debug record), scrubbed, redacted and escaped as every line. Left to aiohttp, a
+    request it cannot parse (any local user may send one, no token needed) printed a
+    traceback through Python's last-resort handler, quoting the request line raw, a
+    ?token= in it too. Such a request is the client's fault: a debug line (-v)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("tune_archiver.serve"), {})
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        found = kwargs.get("exc_info")
+        error = found if isinstance(found, BaseException) else (
+            sys.exc_info()[1] if found else None)
+        text = str(msg) % args if args else str(msg)
+        if error is not None:
+            detail = str(getattr(error, "message", "") or error) or type(error).__name__
+            text += f": {next(line for line in detail.splitlines() if line.strip()).strip(' :')}"
+            if isinstance(error, HttpProcessingError):
+                level = logging.DEBUG
+        self.logger.log(level, "serve: %s", text)
+        if error is not None:
+            self.logger.debug("serve: its traceback", exc_info=error)
+
+
 async def start(
     store: Store, host: str, port: int, token: str | None, clock: Clock
 ) -> tuple[web.AppRunner, str]:
     """The app listening on host:port (0: any free port); returns its runner and base URL."""
-    runner = web.AppRunner(build_app(store, clock, token), access_log=None)
+    runner = web.AppRunner(build_app(store, clock, token), access_log=None, logger=ServerLog())
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
