@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import select
 import signal
 import urllib.error
@@ -231,33 +230,6 @@ def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -
         refused.value.close()
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130
-    finally:
-        stop(process)
-
-
-def test_serve_json_is_one_document_with_the_url_and_its_token(
-    gallery: Gallery, archive: Path
-) -> None:
-    """serve --json: one document saying where it serves and the token that opens it
-    (apart: a URL in a document is redacted), and nothing more when Ctrl-C ends it; it
-    printed the plain "serving" line, then a second document at the Ctrl-C."""
-    process = start_process(archive, "serve", "--bind", "127.0.0.1:0", "--json",
-                            env={"PYTHONPATH": str(ROOT)})
-    try:
-        assert process.stdout is not None
-        lines = [process.stdout.readline()]
-        while lines[-1] not in ("}\n", ""):  # the document, indented, ends with its brace
-            lines.append(process.stdout.readline())
-        document = json.loads("".join(lines))
-        assert document == {"ok": True, "serving": document["serving"],
-                            "token": document["token"]}
-        assert document["serving"].startswith("http://127.0.0.1:")
-        url = f"{document['serving']}?token={document['token']}"
-        with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
-            assert b'href="/tunes/5?token=' in response.read()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 130
-        assert process.stdout.read() == ""
     finally:
         stop(process)
 

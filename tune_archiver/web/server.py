@@ -135,7 +135,8 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
         text = str(msg) % args if args else str(msg)
         if error is not None:
             detail = str(getattr(error, "message", "") or error) or type(error).__name__
-            text += f": {next(line for line in detail.splitlines() if line.strip()).strip(' :')}"
+            first = next((line for line in detail.splitlines() if line.strip()), detail)
+            text += f": {first.strip(' :')}"
             if isinstance(error, HttpProcessingError):
                 level = logging.DEBUG
         self.logger.log(level, "serve: %s", text)

@@ -1,5 +1,6 @@
-"""Review C's reproductions: serve --json (one document, its token said only there),
-the printing moved to printing.py, and a fetch stopped by an error after some tunes."""
+"""--json is one document whatever happens: serve's (its URL, and the token said only
+there), a bind error, -q, --token-file, a request aiohttp cannot parse, a stop before it
+listens; and a fetch an error stopped after some tunes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import select
 import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,11 +89,16 @@ def test_serve_bind_error_is_one_document(
 
 @pytest.mark.parametrize("words", [(), ("-q",)])
 def test_serve_json_quiet_or_not_is_one_document(archive: Path, words: tuple[str, ...]) -> None:
-    """-q changes nothing of --json's document; a Ctrl-C adds none."""
+    """serve --json: one document once it listens, saying where and the token that opens
+    it (apart: a URL in a document is redacted); -q changes nothing of it, and a Ctrl-C
+    adds none. It printed the plain "serving" line, then a second document."""
     process, document = serving(archive, *words)
     try:
-        assert document["ok"] is True
-        assert isinstance(document["token"], str)
+        assert document == {"ok": True, "serving": document["serving"],
+                            "token": document["token"]}
+        url = f"{document['serving']}?token={document['token']}"
+        with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
+            assert response.status == 200
         code, out, err = ended(process)
         assert (code, out) == (130, "")
         assert err == ""
