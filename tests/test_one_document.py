@@ -193,3 +193,19 @@ def test_serve_stopped_before_it_listens_is_one_document(
     assert json.loads(out) == {"ok": False, "interrupted": True,
                                "signal": signal.Signals(signum).name}
     assert "Traceback" not in err
+
+
+def test_serve_quiet_still_says_a_fresh_token(archive: Path) -> None:
+    """serve -q without --token-file printed nothing: the token made for the run was known
+    to no one, and the archive could not be opened. Its one line is said even then."""
+    process = start_process(archive, "serve", "--bind", "127.0.0.1:0", "-q",
+                            env={"PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "serve said nothing"
+        url = process.stdout.readline().split()[1]
+        with urllib.request.urlopen(url, timeout=30) as response:  # 127.0.0.1 only
+            assert response.status == 200
+    finally:
+        stop(process)

@@ -324,8 +324,8 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
         if args.json:
             print_json({"ok": True, "serving": url,
                         "token": None if args.token_file else token}, secrets, flush=True)
-        elif not args.quiet:
-            link = url if args.token_file else f"{url}?token={token}"
+        elif not args.quiet or not args.token_file:  # a fresh token is said even with -q:
+            link = url if args.token_file else f"{url}?token={token}"  # else none knows it
             print_out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
                       flush=True)
 
