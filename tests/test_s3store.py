@@ -50,9 +50,10 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
+from tune_archiver.store.s3.config import INSTALL_HINT, client_config, install_hint
 from tune_archiver.store.s3.errors import translated
 from tune_archiver.store.s3.intake import S3Intake, drop_file
-from tune_archiver.store.s3.store import INSTALL_HINT, MIN_PART, S3Store, install_hint
+from tune_archiver.store.s3.store import MIN_PART, S3Store
 from tune_archiver.store.s3.transfer import start_upload
 
 PREFIX = "arch"
@@ -643,6 +644,29 @@ def test_without_aiobotocore_the_store_says_what_to_install(
     with pytest.raises(ConfigError, match=r"needs aiobotocore: pip install '.*\[s3\]'"):
         S3Store("s3://bkt/x")
     assert "tune-archiver[s3]" in INSTALL_HINT
+
+
+@pytest.mark.parametrize(("value", "attempts"), [(None, 5), ("1", 1), (" 12 ", 12)])
+def test_aws_max_attempts_sets_the_tries_of_each_request(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, attempts: int
+) -> None:
+    """botocore's own AWS_MAX_ATTEMPTS is honoured (our config overrode it); unset, five."""
+    if value is not None:
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", value)
+    else:
+        monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert client_config(None, None).retries["total_max_attempts"] == attempts
+    assert client_config(None, 3).retries["total_max_attempts"] == 3  # the caller's wins
+
+
+@pytest.mark.parametrize("value", ["0", "many", "²", "-1"])
+def test_a_malformed_aws_max_attempts_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """One line naming the variable (exit 2), never a ValueError's traceback."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", value)
+    with pytest.raises(ConfigError, match=r"^AWS_MAX_ATTEMPTS must be a whole number"):
+        client_config(None, None)
 
 
 def test_the_install_hint_fits_a_checkout_and_an_installed_package(tmp_path: Path) -> None:

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from tune_archiver import __version__
 from tune_archiver.errors import ConfigError, StorageError, Unreachable
 from tune_archiver.layout import (
     DAMAGED,
@@ -36,6 +33,7 @@ from tune_archiver.models import StoredBlob
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import aside, leftovers
 from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.config import client_config, install_hint, parse_url
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
@@ -49,22 +47,6 @@ MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
 COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
 MANIFEST_ATTEMPTS = 10  # conditional writes of one manifest lost to other writers
-ATTEMPTS = 5  # tries of each request, the first included (botocore's standard retries)
-INSTALL_HINT = "pip install 'tune-archiver[s3]'"
-
-
-PACKAGE_DIR = Path(__file__).resolve().parents[2]  # tune_archiver/
-
-
-def install_hint(package_dir: Path = PACKAGE_DIR) -> str:
-    """How to add the [s3] extra to this install: from a checkout (an editable install,
-    pyproject.toml beside the package) the checkout's own path; else the package's name,
-    with the checkout form for an install made from one."""
-    root = package_dir.parent
-    if (root / "pyproject.toml").is_file():
-        return f"pip install '{root}[s3]'"
-    return f"{INSTALL_HINT} (or, in the folder of a checkout: pip install '.[s3]')"
-
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 
 
@@ -89,19 +71,20 @@ class S3Store:
         *,
         part_size: int = PART_SIZE,
         copy_limit: int = COPY_LIMIT,
-        attempts: int = ATTEMPTS,
+        attempts: int | None = None,
         session: AioSession | None = None,
     ) -> None:
         """Raises ConfigError for a URL that is not s3://bucket[/prefix] or without aiobotocore.
 
         `session` may be shared by several stores (it caches botocore's service data);
-        credentials and the endpoint are read from the environment when the store opens.
+        credentials and the endpoint are read from the environment when the store opens,
+        and so is AWS_MAX_ATTEMPTS (botocore's own) when `attempts` is not given.
         """
         try:
             import aiobotocore.session  # noqa: F401  (only checking that the extra is there)
         except ImportError as exc:
             raise ConfigError(f"an s3:// archive needs aiobotocore: {install_hint()}") from exc
-        self.name, self.prefix = _parse_url(url)
+        self.name, self.prefix = parse_url(url)
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
             raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GiB")
         self._endpoint_url = endpoint_url
@@ -117,28 +100,9 @@ class S3Store:
         return f"s3://{self.name}/{self.prefix}" if self.prefix else f"s3://{self.name}"
 
     async def __aenter__(self) -> S3Store:
-        from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
-        # A custom endpoint (MinIO, R2, B2, moto) is addressed path-style: it may have
-        # no wildcard DNS for bucket.host names.
-        custom = self._endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-        custom = custom or os.environ.get("AWS_ENDPOINT_URL")
-        config = AioConfig(
-            retries={"mode": "standard", "total_max_attempts": self._attempts},
-            connect_timeout=30,
-            read_timeout=60,
-            user_agent_extra=f"tune-archiver/{__version__}",
-            # We send SHA-256 checksums ourselves; botocore's default CRC32 on every
-            # request trips up some S3-compatible stores.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # Every body we send carries its x-amz-checksum-sha256, a signed header the
-            # store checks; botocore would hash each 8 MiB part again, on the event
-            # loop, to sign it, whenever the endpoint is plain http.
-            s3={"payload_signing_enabled": False,
-                **({"addressing_style": "path"} if custom else {})},
-        )
+        config = client_config(self._endpoint_url, self._attempts)
         keep_big_blocks_apart()  # a part's buffer is freed to the system once sent
         session = self._session or get_session()
         client = session.create_client("s3", endpoint_url=self._endpoint_url, config=config)
@@ -382,18 +346,3 @@ class S3Store:
         """Delete the temp objects and abort the multipart uploads `stale_uploads` lists;
         returns what was removed, as stale_uploads describes it."""
         return await leftovers.stale(self.bucket, older_than, remove=True)
-
-
-def _parse_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix without slashes) of s3://bucket[/prefix]; ConfigError otherwise."""
-    parts = urlsplit(url)
-    segments = [segment for segment in parts.path.split("/") if segment]
-    if (
-        parts.scheme != "s3"
-        or not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", parts.netloc)
-        or parts.query
-        or parts.fragment
-        or any(segment in (".", "..") for segment in segments)
-    ):
-        raise ConfigError(f"not an S3 archive URL (s3://bucket or s3://bucket/prefix): {url!r}")
-    return parts.netloc, "/".join(segments)
