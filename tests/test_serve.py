@@ -266,6 +266,17 @@ async def test_a_manifest_the_disk_cannot_read_is_one_line_not_a_traceback(
     assert not [record for record in caplog.records if record.exc_info]
 
 
+async def answers_500_saying(
+    session: aiohttp.ClientSession, method: str, url: str, words: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The answer is a 500 whose text says `words`, and no traceback was logged."""
+    async with session.request(method, url) as response:
+        assert response.status == 500
+        assert words in await response.text()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
 async def test_a_blob_the_disk_cannot_read_is_one_line_not_a_traceback(
     site: Site, gallery: Gallery, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -276,10 +287,8 @@ async def test_a_blob_the_disk_cannot_read_is_one_line_not_a_traceback(
 
     monkeypatch.setattr(blobs, "_head", failing)
     url, session = site
-    async with session.get(f"{url}blobs/{sha256(gallery.training[0])}") as response:
-        assert response.status == 500
-        assert "Input/output error" in await response.text()
-    assert not [record for record in caplog.records if record.exc_info]
+    await answers_500_saying(session, "GET", f"{url}blobs/{sha256(gallery.training[0])}",
+                             "Input/output error", caplog)
 
 
 async def test_verify_refusing_a_linked_objects_folder_is_one_line_not_a_traceback(
@@ -290,10 +299,7 @@ async def test_verify_refusing_a_linked_objects_folder_is_one_line_not_a_traceba
     (archive / "objects" / "sha256").rename(tmp_path / "moved")
     (archive / "objects" / "sha256").symlink_to(tmp_path / "moved")
     url, session = site
-    async with session.post(f"{url}tunes/5/verify") as response:
-        assert response.status == 500
-        assert "symbolic link" in await response.text()
-    assert not [record for record in caplog.records if record.exc_info]
+    await answers_500_saying(session, "POST", f"{url}tunes/5/verify", "symbolic link", caplog)
 
 
 async def test_a_manifests_folder_the_disk_cannot_list_is_one_line_not_a_traceback(
@@ -305,7 +311,4 @@ async def test_a_manifests_folder_the_disk_cannot_list_is_one_line_not_a_traceba
 
     monkeypatch.setattr(local_module.aiofiles.os, "listdir", failing)
     url, session = site
-    async with session.get(url) as response:
-        assert response.status == 500
-        assert "Input/output error" in await response.text()
-    assert not [record for record in caplog.records if record.exc_info]
+    await answers_500_saying(session, "GET", url, "Input/output error", caplog)
