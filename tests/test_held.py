@@ -22,7 +22,6 @@ from tune_archiver.download.partfile import partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.sidecar import record
 from tune_archiver.errors import StorageError
-from tune_archiver.store import local
 from tune_archiver.urls import identity
 
 KEY = "https://cdn.example/img.jpg"
@@ -69,8 +68,9 @@ def test_a_small_file_costs_one_thread_hop_and_no_file_before_its_commit(
     assert run_fetch(standin, archive, "1") == 0
     assert hops.named("Partial.") == []
     assert len(hops.named("_Intake._commit")) == len(images)
-    # What tmp/ held at any hop: only files that commits write and rename at once.
-    assert all(name.startswith("private-") for _, files in hops.seen for name in files)
+    # What tmp/ held at any hop: only files that commits write and rename at once, no
+    # resume record.
+    assert all(name.endswith(".part") for _, files in hops.seen for name in files)
     assert tmp_files(archive) == []
     for data in images:
         assert blob_file(archive, data).read_bytes() == data
@@ -132,14 +132,15 @@ def held(tmp_path: Path) -> Partial:
 
 
 def test_a_held_partial_touches_no_file_until_its_commit(tmp_path: Path) -> None:
-    """hold keeps the bytes in memory; finish writes them once into a private, read-only
-    file whose bytes and sha256 are the download's."""
+    """hold keeps the bytes in memory; finish writes them once into the named, read-only
+    file (the name a failed commit keeps it under), whose bytes and sha256 are the
+    download's, with no record beside it."""
     partial = held(tmp_path)
     assert partial.hold([IMAGE[:1000], IMAGE[1000:]])
     assert list(tmp_path.iterdir()) == []
     assert partial.head(4) == IMAGE[:4]
     partial.finish()
-    assert partial.path.name.startswith("private-")
+    assert partial.path.name == f"{partial_name(KEY)}.part"
     assert partial.path.read_bytes() == IMAGE
     assert stat.S_IMODE(partial.path.stat().st_mode) == 0o400
     assert partial.sha256() == sha256(IMAGE)
@@ -236,26 +237,6 @@ def test_a_held_partial_let_go_leaves_nothing(tmp_path: Path) -> None:
     empty = Partial.held(tmp_path, KEY, tmp_path)
     empty.close(keep=True)  # no bytes, no validator
     assert list(tmp_path.iterdir()) == []
-
-
-def test_a_commit_that_fails_after_writing_leaves_no_file(
-    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The private file a held partial's commit wrote is removed when the rename to its
-    blob fails; nothing is left in tmp/ for gc to find."""
-    archive = tmp_path / "archive"
-    standin.add_tune(1, [], [standin.add_file("img.jpg", IMAGE)])
-    real_replace = local.os.replace
-
-    def replace(source: str | Path, target: str | Path, **dir_fds: int) -> None:
-        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
-            raise PermissionError(13, "Permission denied", str(target))
-        real_replace(source, target, **dir_fds)
-
-    monkeypatch.setattr(local.os, "replace", replace)
-    assert run_fetch(standin, archive, "1") != 0
-    assert tmp_files(archive) == []
-    assert not blob_file(archive, IMAGE).exists()
 
 
 def test_closing_a_partial_renamed_away_never_removes_a_file_now_by_its_name(

@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import stat
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,39 @@ def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     [entry] = json.loads((archive / "manifests" / "1.json").read_text())["assets"]
     assert entry["content_type"] == "image/heic"
     assert blob_file(archive, DATA).read_bytes() == DATA
+    assert list((archive / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("size", "dated"), [(200_000, False), (2 * MiB, True)],
+                         ids=["small", "no-validator"])
+def test_any_file_received_whole_whose_rename_failed_is_stored_later_without_the_host(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, dated: bool
+) -> None:
+    """A file too small to be worth resuming, or one served with no validator (a
+    Last-Modified of this very second is none): once every byte is in, they are as
+    whole as any other. The host deletes them before the next run, which still stores
+    them, asking the host nothing (they were thrown away, and the next run got a 404)."""
+    archive = tmp_path / "archive"
+    data = os.urandom(size)
+    url = standin.add_file("photo", data)
+    if dated:
+        standin.last_modified["photo"] = format_datetime(datetime.now(UTC), usegmt=True)
+    standin.add_tune(1, [], [url])
+    replace = os.replace
+
+    def refused(source: str | Path, target: str | Path, **dir_fds: int) -> None:
+        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
+            raise OSError(errno.EIO, "Input/output error")
+        replace(source, target, **dir_fds)
+
+    monkeypatch.setattr(local_module.os, "replace", refused)
+    assert run_fetch(standin, archive, "1") == 1
+    monkeypatch.setattr(local_module.os, "replace", replace)
+    del standin.files["photo"]  # the host deleted it: a 404 from now on
+    asked = len(standin.seen("cdn"))
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asked
+    assert blob_file(archive, data).read_bytes() == data
     assert list((archive / "tmp").iterdir()) == []
 
 

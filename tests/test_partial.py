@@ -195,6 +195,30 @@ def test_a_finished_partial_whose_commit_failed_is_kept_whole_for_the_next_run(
     again.close(keep=False)
 
 
+def test_a_file_with_no_validator_is_kept_only_whole(tmp_path: Path) -> None:
+    """No validator: the bytes of a broken-off download vouch for nothing (the rest could
+    not be asked for safely), so its record is never taken; received whole, and its
+    commit failed, it is kept, and the next run takes it as it is, after a reboot too."""
+    broken = Partial.open(tmp_path, KEY, tmp_path)
+    broken.describe(None, len(DATA))
+    broken.append([DATA[:600]])
+    broken.save()
+    broken.close(keep=True)
+    started_over = reopen(tmp_path)
+    assert started_over.size == 0
+    started_over.close(keep=False)
+
+    whole = Partial.open(tmp_path, KEY, tmp_path)
+    whole.describe(None, None)  # no length said either: the size is known once all is in
+    whole.append([DATA])
+    whole.finish()
+    whole.close(keep=True)
+    again = reopen_after_a_reboot(tmp_path)
+    assert (again.complete, again.validator) == (True, None)
+    assert again.sha256() == hashlib.sha256(DATA).hexdigest()
+    again.close(keep=False)
+
+
 def test_a_partial_committed_just_before_a_cancel_gets_no_record_back(tmp_path: Path) -> None:
     """Its name went with the commit (a rename): nothing is recorded for what is there now."""
     partial = new_partial(tmp_path)

@@ -5,14 +5,15 @@ sidecar .json that records what resuming needs: the URL key, the validator for
 If-Range, the expected size, and how many bytes are known to be on disk. The .part
 is locked (flock) by the process writing it; another process that finds it locked
 downloads into a private temp file instead. A download that no earlier run left a
-partial for starts with no file at all: while it stays under RESUMABLE_FROM its bytes
-are held in memory and written once, at its commit, into a private file (one thread
-hop and a handful of system calls for a small image); a larger one, or one kept after
-a failure, takes its named file as soon as it needs one.
+partial for starts with no file at all: under RESUMABLE_FROM its bytes are held in
+memory and written once, at its commit (one thread hop and a few system calls for a
+small image); a larger one, or one kept after a failure, takes its file at once. A
+file received whole whose commit failed is kept, validator or not: the next run
+commits it without asking the host, which may have deleted it meanwhile.
 
 After a crash in the same boot the file's length is trusted (the page cache survived);
-after a reboot only the bytes fsynced before the sidecar was last written are (see
-syncing.py; a partial that is not `durable` is never fsynced).
+after a reboot only bytes fsynced before the sidecar's last write (see syncing.py; a
+partial that is not `durable` is never fsynced).
 
 A large file may be split into spans fetched at once (see ranged.py): each span is
 [start, pos, end), bytes [start, pos) on disk. The sidecar then records every span,
@@ -297,12 +298,8 @@ class Partial:
         """The file's first bytes (fewer when it is shorter), for telling its type."""
         if self._held is None:
             return os.pread(self._fd, nbytes, 0)
-        head = bytearray()
-        for piece in self._held:
-            if len(head) >= nbytes:
-                break
-            head += piece[:nbytes - len(head)]
-        return bytes(head)
+        first = self._held[0] if self._held else b""  # one piece, as a rule: not all joined
+        return first[:nbytes] if len(first) >= nbytes else b"".join(self._held)[:nbytes]
 
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
@@ -321,7 +318,9 @@ class Partial:
         once, into a private file."""
         self._synced.wait()
         if self._held is not None:
-            self._take_file(named=False)
+            self._take_file(named=True)  # the name a failed commit keeps it under
+        if self.total is None:
+            self.total = self.size  # every byte is in: a file kept whole has a known size
         try:
             if self._synced.durable:  # else it is uploaded, then removed: its mode is no one's
                 if self._synced.failed is not None:
@@ -332,7 +331,7 @@ class Partial:
                 self._sidecar.unlink(missing_ok=True)
                 self._finished_record, self._sidecar = self._sidecar, None
         except OSError as exc:
-            self.validator = None  # bytes that may not be on disk: close keeps nothing
+            self.validator = self.total = None  # bytes that may not be on disk: none kept
             raise storage_error(exc, self._archive, "store a blob") from exc
         if self._finished_record is None:  # a private file has no lock to keep until the rename
             self._release()
@@ -353,7 +352,7 @@ class Partial:
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._finished_record and same_file(self._fd, self.path):
                 self._unfinish()
-            if keep and self._sidecar and self.size and self.validator:
+            if keep and self._sidecar and self.size and (self.validator or self.complete):
                 self._save()
             else:
                 if self._sidecar:

@@ -32,12 +32,13 @@ def is_usable(state: dict[str, Any], key: str) -> bool:
     a validator that could not be sent as a header) is ignored and the file starts over.
     So is one whose validator is not a quoted ETag and was recorded before Last-Modified
     had to be SETTLED (an earlier version took any date: a file changed twice within
-    its second shows one date for both, and If-Range would splice the two)."""
+    its second shows one date for both, and If-Range would splice the two). A record
+    without a validator is usable only for a file received whole (see resumable)."""
     validator, total, synced = state.get("validator"), state.get("total"), state.get("synced", 0)
     return (
         state.get("url") == key
-        and _header_value(validator)
-        and (str(validator).startswith('"') or state.get(SETTLED) is True)
+        and ((validator is None and _count(total)) or _header_value(validator))
+        and (validator is None or str(validator).startswith('"') or state.get(SETTLED) is True)
         and (total is None or _count(total))
         and _count(synced)
     )
@@ -83,7 +84,7 @@ class Resumable:
     """What an earlier run's record vouches for: the bytes on disk, how to ask for the rest."""
 
     size: int  # bytes usable, from the first (or in the spans)
-    validator: str
+    validator: str | None  # None only for a file received whole: nothing is asked for
     total: int | None
     spans: list[Span] | None
     content_type: str | None = None  # as served, recorded for a file kept whole
@@ -106,8 +107,8 @@ def resumable(path: Path, key: str, length: int) -> Resumable | None:
     else:
         trusted = length if same_boot else state.get("synced", 0)
         usable = trusted if isinstance(trusted, int) and 0 < trusted <= length else 0
-    if not usable:
-        return None
+    if not usable or (state["validator"] is None and usable != state["total"]):
+        return None  # without a validator, nothing may be asked for the rest of a file
     served = state.get("content_type")
     content_type = served if _header_value(served) else None  # else sniffed at the commit
     return Resumable(usable, state["validator"], state.get("total"), spans, content_type)
