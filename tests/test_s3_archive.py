@@ -144,12 +144,14 @@ def test_a_second_fetch_uploads_nothing(standin: StandIn, s3: S3Archive) -> None
     assert again == keys
 
 
+@pytest.mark.parametrize("size", [2 * MiB, 200_000], ids=["large", "small"])
 def test_a_download_whose_upload_failed_is_kept_and_stored_later_without_the_host(
-    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     """Every byte was in when the bucket refused it: the next run uploads the kept file
-    and asks the host nothing, so a file the host deleted meanwhile is not lost."""
-    served = add_tune(standin, 1, ckpt_size=2 * MiB, images=0)
+    and asks the host nothing, so a file the host deleted meanwhile is not lost. A small
+    one too, though its bytes were held in memory until the commit."""
+    served = add_tune(standin, 1, ckpt_size=size, images=0)
     [url] = served
     put_object = S3Backend.put_object
 
