@@ -3,6 +3,7 @@ fails being one warning, never a failed backup."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -134,3 +135,23 @@ def test_an_interrupted_run_pings_fail_with_what_was_done(
         "POST", "/ping/abc-uuid/fail",
         "tune-archiver fetch: exit 130; stopped by SIGINT; 1 tune done, 0 failed\n",
     )
+
+
+@pytest.mark.parametrize("host", ["hc-ping..com", f"{'x' * 64}.example"])
+def test_a_ping_url_whose_host_is_no_name_is_one_warning_never_a_traceback(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    """A host no DNS name can be (a doubled dot, a label over 63 characters): the start
+    and success pings fail with a warning each, and the backup runs, exit 0, --json's one
+    document; before, the IDNA codec's UnicodeError escaped the ping as a traceback,
+    exit 1, and the backup never ran."""
+    make_tune(standin, 1, images=1)
+    url = f"https://{host}/secret-uuid"
+    assert run_fetch(standin, tmp_path / "a", "1", "--json", "--ping-url", url) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ok"] is True
+    assert "Traceback" not in err
+    warnings = [line for line in err.splitlines() if "ping" in line]
+    assert len(warnings) == 2
+    assert all("the run is not affected" in line for line in warnings)
+    assert "secret-uuid" not in err

@@ -41,5 +41,7 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
                 if 200 <= response.status < 300:
                     return None
                 return f"HTTP {response.status}"
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:  # noqa: UP041
+    # ValueError: a host the IDNA codec refuses (a doubled dot, a label over 63
+    # characters) raises UnicodeError from the resolver, past aiohttp's own errors.
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:  # noqa: UP041
         return type(exc).__name__
