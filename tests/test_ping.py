@@ -155,3 +155,16 @@ def test_a_ping_url_whose_host_is_no_name_is_one_warning_never_a_traceback(
     assert len(warnings) == 2
     assert all("the run is not affected" in line for line in warnings)
     assert "secret-uuid" not in err
+
+
+def test_a_ping_url_with_a_query_keeps_it_after_start_and_fail(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """A URL with a query (healthchecks.io's ?create=1 for a slug URL): /start and /fail
+    go on its path and the query stays whole; they were appended to the query
+    ("?create=1/fail"), so the monitor took a start, and a failed backup, for a success."""
+    make_tune(standin, 1, images=1)
+    url = f"{monitor.url}?create=1"
+    assert run_fetch(standin, tmp_path / "a", "1", "404", "--ping-url", url) == 1
+    assert [(method, path) for method, path, _ in monitor.pings] == [
+        ("GET", "/ping/abc-uuid/start?create=1"), ("POST", "/ping/abc-uuid/fail?create=1")]

@@ -8,6 +8,7 @@ reason, never raised, and never fails the backup.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -24,6 +25,13 @@ def check_ping_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def on_path(url: str, suffix: str) -> str:
+    """The URL with `suffix` (/start, /fail) at the end of its path, its query kept:
+    appended to "?create=1", it made a start or fail ping the monitor's success."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+
+
 async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | None:
     """GET url+suffix, or POST `summary` as text/plain when given; None when the monitor
     answered 2xx, else one line saying why not (no URL in it: it may hold a token)."""
@@ -33,9 +41,9 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
             timeout=timeout, headers={"User-Agent": USER_AGENT}
         ) as session:
             if summary is None:
-                request = session.get(url + suffix)
+                request = session.get(on_path(url, suffix))
             else:
-                request = session.post(url + suffix, data=summary.encode(),
+                request = session.post(on_path(url, suffix), data=summary.encode(),
                                        headers={"Content-Type": "text/plain; charset=utf-8"})
             async with request as response:
                 if 200 <= response.status < 300:
