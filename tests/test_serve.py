@@ -312,3 +312,22 @@ async def test_a_manifests_folder_the_disk_cannot_list_is_one_line_not_a_traceba
     monkeypatch.setattr(local_module.aiofiles.os, "listdir", failing)
     url, session = site
     await answers_500_saying(session, "GET", url, "Input/output error", caplog)
+
+
+@pytest.mark.parametrize("linked", ["objects", "objects/sha256"])
+async def test_a_linked_objects_folder_is_never_served_through(
+    site: Site, gallery: Gallery, archive: Path, tmp_path: Path, linked: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """objects/ or objects/sha256 a link to a folder outside the archive, holding other
+    bytes under a blob's name: the blob is a 500 that says why, and those bytes are
+    never sent (verify and gc refuse the link; serve sent what it led to)."""
+    outside = tmp_path / "outside"
+    (archive / linked).rename(outside)
+    (archive / linked).symlink_to(outside)
+    digest = sha256(gallery.training[0])
+    planted = outside / ("sha256" if linked == "objects" else "") / digest[:2] / digest
+    planted.chmod(0o600)
+    planted.write_bytes(b"planted bytes")
+    url, session = site
+    await answers_500_saying(session, "GET", f"{url}blobs/{digest}", "symbolic link", caplog)

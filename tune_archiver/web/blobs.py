@@ -16,8 +16,8 @@ from aiohttp import web
 
 from tune_archiver.errors import StorageError
 from tune_archiver.filetypes import content_type_of
-from tune_archiver.layout import blob_key
-from tune_archiver.safefs import NOFOLLOW
+from tune_archiver.layout import OBJECTS, blob_key
+from tune_archiver.safefs import NOFOLLOW, refuse_links
 from tune_archiver.store import Store
 from tune_archiver.store.local import LocalStore
 from tune_archiver.threads import in_thread
@@ -52,6 +52,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 async def blob_response(store: Store, sha256: str, request: web.Request) -> web.StreamResponse:
     """The blob, whole or the asked range; 404 when the archive does not hold it."""
+    if isinstance(store, LocalStore):  # O_NOFOLLOW and blob_size guard the last two parts
+        # of its path only: a link at objects/ or objects/sha256 would have bytes from
+        # outside the archive sent under a blob's name (verify and gc refuse it too).
+        await in_thread(refuse_links, [store.path(OBJECTS).parent, store.path(OBJECTS)],
+                        "the archive's folder")
     size = await store.blob_size(sha256)
     if size is None:
         raise web.HTTPNotFound(text="no such blob in the archive")
