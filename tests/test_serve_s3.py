@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -114,3 +115,28 @@ async def test_a_listing_the_bucket_refuses_is_one_line_not_a_traceback(
                     assert "access denied" in await response.text()
         finally:
             await runner.cleanup()
+
+
+async def test_a_range_of_thousands_of_digits_is_416_not_a_500(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Range whose number has 5,000 digits (int() refuses over 4,300) is past the end:
+    416 with the blob's size, as for a local archive, and a suffix that long is the whole
+    blob; it was a 500 and an error logged, for any client's one header."""
+    huge = "9" * 5000
+    size = len(gallery.checkpoint)
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            blob = f"{url}blobs/{sha256(gallery.checkpoint)}"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(blob, headers={"Range": f"bytes={huge}-"}) as response:
+                    assert response.status == 416
+                    assert response.headers["Content-Range"] == f"bytes */{size}"
+                async with session.get(blob, headers={"Range": f"bytes=-{huge}"}) as response:
+                    assert response.status == 206
+                    assert response.headers["Content-Range"] == f"bytes 0-{size - 1}/{size}"
+                    assert await response.read() == gallery.checkpoint
+        finally:
+            await runner.cleanup()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
