@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import select
 import signal
 import urllib.error
@@ -282,10 +283,10 @@ async def test_a_blob_the_disk_cannot_read_is_one_line_not_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """EIO reading a blob's first bytes: a 500 that says why, with no traceback logged."""
-    def failing(path: str) -> bytes:
+    def failing(fd: int, offset: int, count: int, path: str) -> bytes:
         raise StorageError(f"cannot read {path}: Input/output error")
 
-    monkeypatch.setattr(blobs, "_head", failing)
+    monkeypatch.setattr(blobs, "_read", failing)
     url, session = site
     await answers_500_saying(session, "GET", f"{url}blobs/{sha256(gallery.training[0])}",
                              "Input/output error", caplog)
@@ -331,3 +332,23 @@ async def test_a_linked_objects_folder_is_never_served_through(
     planted.write_bytes(b"planted bytes")
     url, session = site
     await answers_500_saying(session, "GET", f"{url}blobs/{digest}", "symbolic link", caplog)
+
+
+async def test_a_compressed_file_beside_a_blob_is_never_sent_for_it(
+    site: Site, gallery: Gallery, archive: Path
+) -> None:
+    """A stray <sha256>.gz beside a blob (which verify never reads), asked for by a client
+    that accepts gzip, as every browser does: the blob's own bytes are sent, whole and by
+    range. aiohttp's FileResponse sent the .gz's instead, other bytes under the name."""
+    path = blob_file(archive, gallery.training[2])
+    stray = path.with_name(f"{path.name}.gz")
+    stray.write_bytes(gzip.compress(b"not this blob"))
+    stray.chmod(0o600)
+    url, session = site
+    blob = f"{url}blobs/{path.name}"
+    async with session.get(blob, headers={"Accept-Encoding": "gzip"}) as response:
+        assert await response.read() == gallery.training[2]
+    headers = {"Accept-Encoding": "gzip", "Range": "bytes=0-9"}
+    async with session.get(blob, headers=headers) as response:
+        assert response.status == 206
+        assert await response.read() == gallery.training[2][:10]

@@ -1,7 +1,7 @@
 """A blob as an HTTP response: its type from its first bytes, and Range honoured.
 
-A local archive's blob is a file, so aiohttp's FileResponse sends it (Range, HEAD and
-sendfile included); a bucket's blob is streamed from get_object with the asked range.
+A local archive's blob is read from the descriptor opened without following a link; a
+bucket's blob is streamed from get_object with the asked range.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import os
 import re
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from tune_archiver.store.local import LocalStore
 from tune_archiver.threads import in_thread
 
 HEAD_BYTES = 64
+CHUNK = 1 << 20
 CACHED = "private, max-age=31536000, immutable"  # a blob's name is its content's hash
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -60,22 +62,54 @@ def _number(digits: str) -> int:
 
 async def blob_response(store: Store, sha256: str, request: web.Request) -> web.StreamResponse:
     """The blob, whole or the asked range; 404 when the archive does not hold it."""
-    if isinstance(store, LocalStore):  # O_NOFOLLOW and blob_size guard the last two parts
-        # of its path only: a link at objects/ or objects/sha256 would have bytes from
-        # outside the archive sent under a blob's name (verify and gc refuse it too).
-        await in_thread(refuse_links, [store.path(OBJECTS).parent, store.path(OBJECTS)],
-                        "the archive's folder")
+    if isinstance(store, LocalStore):
+        return await _file_response(store, sha256, request)
+    if not isinstance(store, RangeReader):
+        raise web.HTTPNotImplemented(text="this store cannot stream a blob")
     size = await store.blob_size(sha256)
     if size is None:
         raise web.HTTPNotFound(text="no such blob in the archive")
-    if isinstance(store, LocalStore):
-        path = store.path(blob_key(sha256))
-        head = await in_thread(_head, str(path))
-        return web.FileResponse(path, headers={
-            "Content-Type": content_type_of(None, head), "Cache-Control": CACHED})
-    if not isinstance(store, RangeReader):
-        raise web.HTTPNotImplemented(text="this store cannot stream a blob")
     head = b"".join([piece async for piece in store.read_blob(sha256, 0, HEAD_BYTES - 1)])
+    return await _send(request, size, head, partial(store.read_blob, sha256))
+
+
+async def _file_response(store: LocalStore, sha256: str, request: web.Request
+                         ) -> web.StreamResponse:
+    """A local blob, read from the one descriptor opened without following a link. Not
+    aiohttp's FileResponse: given the path, it opens it again (a link swapped in
+    meanwhile is followed), and sends a <sha256>.gz or .br beside it in its place to a
+    client that accepts gzip or br, as every browser does: bytes verify never reads."""
+    # O_NOFOLLOW and blob_size guard the last two parts of its path only: a link at
+    # objects/ or objects/sha256 would have bytes from outside the archive sent under a
+    # blob's name (verify and gc refuse it too).
+    await in_thread(refuse_links, [store.path(OBJECTS).parent, store.path(OBJECTS)],
+                    "the archive's folder")
+    if await store.blob_size(sha256) is None:
+        raise web.HTTPNotFound(text="no such blob in the archive")
+    path = str(store.path(blob_key(sha256)))
+    fd = await in_thread(_open, path)
+    try:
+        head = await in_thread(_read, fd, 0, HEAD_BYTES, path)
+
+        async def pieces(start: int, end: int) -> AsyncIterator[bytes]:
+            while start <= end:
+                piece = await in_thread(_read, fd, start, min(CHUNK, end - start + 1), path)
+                if not piece:
+                    raise StorageError(f"{path} was cut short while it was sent")
+                yield piece
+                start += len(piece)
+
+        return await _send(request, os.fstat(fd).st_size, head, pieces)
+    finally:
+        os.close(fd)
+
+
+async def _send(
+    request: web.Request, size: int, head: bytes,
+    read: Callable[[int, int], AsyncIterator[bytes]],
+) -> web.StreamResponse:
+    """The blob of `size` bytes whose first are `head`: whole, or the asked range of what
+    `read(start, end)` (inclusive) yields; headers alone for HEAD."""
     span = byte_range(request.headers.get("Range"), size) if size else None
     start, end = span or (0, size - 1)
     response = web.StreamResponse(status=206 if span else 200, headers={
@@ -86,23 +120,28 @@ async def blob_response(store: Store, sha256: str, request: web.Request) -> web.
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     await response.prepare(request)
     if size and request.method != "HEAD":
-        async for piece in store.read_blob(sha256, start, end):
+        async for piece in read(start, end):
             await response.write(piece)
     await response.write_eof()
     return response
 
 
-def _head(path: str) -> bytes:
-    """The blob's first bytes; refused (404) when it is a link, a FIFO or anything but a
+def _open(path: str) -> int:
+    """The blob's descriptor; refused (404) when it is a link, a FIFO or anything but a
     regular file, as export refuses to read through one."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
     except OSError as exc:
         raise web.HTTPNotFound(text="the blob is not a regular file") from exc
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise web.HTTPNotFound(text="the blob is not a regular file")
-        try:
-            return file.read(HEAD_BYTES)
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise web.HTTPNotFound(text="the blob is not a regular file")
+    return fd
+
+
+def _read(fd: int, offset: int, count: int, path: str) -> bytes:
+    """Up to `count` bytes of the blob from `offset`; StorageError when the disk fails."""
+    try:
+        return os.pread(fd, count, offset)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
