@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gzip
+import logging
 import select
 import signal
 import urllib.error
@@ -352,3 +354,21 @@ async def test_a_compressed_file_beside_a_blob_is_never_sent_for_it(
     async with session.get(blob, headers=headers) as response:
         assert response.status == 206
         assert await response.read() == gallery.training[2][:10]
+
+
+async def test_a_token_of_bytes_no_text_can_be_is_401_not_a_500(
+    gallery: Gallery, archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any local user's Authorization header of bytes that are not UTF-8, sent over a raw
+    socket: 401 like any wrong token. Encoding the surrogates aiohttp decodes them to
+    raised in the token check: a 500, and an error line on the owner's terminal."""
+    async for url, _ in running(archive, TOKEN):
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                     b"Connection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 401 ")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -74,8 +74,10 @@ def guard(token: str | None) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is not None:
-            given = given_token(request) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            # surrogatepass: a header's bytes that are not UTF-8 come as surrogates,
+            # which plain encode() refuses (a 500 for anyone, token or not).
+            given = (given_token(request) or "").encode("utf-8", "surrogatepass")
+            if not hmac.compare_digest(given, token.encode()):
                 return web.Response(status=401, text="a token is needed: ?token= or "
                                     "Authorization: Bearer", headers={
                                         "WWW-Authenticate": "Bearer"})
