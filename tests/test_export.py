@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +367,31 @@ def test_a_full_disk_names_every_file_not_exported_and_leaves_none_cut_short(
         assert manifest.read_bytes() == (archive / "manifests" / "1.json").read_bytes()
     else:
         assert any("manifest.json: " in line for line in ran.errors)
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "--link"])
+@pytest.mark.parametrize("folder", ["objects", "objects/sha256"])
+def test_export_never_reads_blobs_through_a_link_planted_at_the_objects_folder(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    folder: str, link: bool,
+) -> None:
+    """objects/ (or objects/sha256) a link to a folder outside holding same-size other
+    bytes at every blob's name: each file fails on its line (exit 1), and nothing from
+    there is copied or hard-linked into the export."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(archive / folder, elsewhere)
+    for path in elsewhere.rglob("*"):
+        if path.is_file():
+            path.chmod(0o600)
+            path.write_bytes(os.urandom(path.stat().st_size))
+    (archive / folder).symlink_to(elsewhere)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
+              *(["--link"] if link else []))
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    report = json.loads(ran.out)
+    assert (report["linked"], report["copied"]) == ([], [])
+    assert len(report["failed"]) == len(tune.all)
+    assert all("symbolic link" in line for line in report["failed"])
+    assert exported(dest / "1-jane-doe") == {}

@@ -45,16 +45,19 @@ def size_of(path: Path) -> int | None:
 
 
 def check_fan_out(blob: Path) -> None:
-    """Raise NotAFile when the blob's folder (objects/sha256/<2 hex>) is a link or not a
-    folder: one planted there would pass bytes outside the archive off as a blob, or
-    take a photo out of it. O_NOFOLLOW guards only a path's last part."""
-    try:
-        mode = blob.parent.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not S_ISDIR(mode):
-        raise NotAFile(f"{blob.parent.name}, the folder of {blob.name}, is a symbolic link "
-                       "or not a folder")
+    """Raise NotAFile when a folder on the way to the blob (objects, objects/sha256,
+    objects/sha256/<2 hex>) is a link or not a folder: one planted there would pass
+    bytes outside the archive off as a blob (export copied or hard-linked them, with
+    exit 0), or take a photo out of it. O_NOFOLLOW guards only a path's last part."""
+    fan_out = blob.parent
+    for folder in (fan_out.parent.parent, fan_out.parent, fan_out):
+        try:
+            mode = folder.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not S_ISDIR(mode):
+            raise NotAFile(f"{folder.name}, a folder on the way to {blob.name}, is a "
+                           "symbolic link or not a folder")
 
 
 def open_regular(path: Path, what: str = "a blob") -> BinaryIO:
