@@ -134,6 +134,9 @@ class StandIn:
         self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
         self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
+        # A POST /tunes that creates the tune, then answers nothing (as a front proxy
+        # that gave up on the API would): the client waits until its read timeout.
+        self.create_stalls = 0
         self.ignore_list_filters = False  # /tunes ignores title, model_type and branch
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
@@ -334,6 +337,9 @@ class StandIn:
         tune_id = max([0, *self.tunes]) + 1
         self.tunes[tune_id] = {"id": tune_id, "title": fields.get("tune[title]"),
                                "ckpt_urls": [], "orig_images": []}
+        if self.create_stalls:
+            self.create_stalls -= 1
+            await asyncio.sleep(3600)  # silent until the client gives up
         return web.json_response(self.tunes[tune_id], status=201)
 
     async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:

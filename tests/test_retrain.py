@@ -98,3 +98,21 @@ def test_retrain_refuses_a_damaged_blob(
     assert ran.code == 1
     assert "does not match its sha256; nothing was sent" in ran.err
     assert standin.created == []
+
+
+def test_retrain_whose_answer_never_comes_says_the_tune_may_exist_and_is_not_exit_4(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API creates the tune, then answers nothing until the read timeout: not exit 4
+    ("unreachable, nothing done", which a cron wrapper may retry, training and billing
+    again) but exit 1, its one line saying the tune may have been created."""
+    archive, _ = archived
+    standin.create_stalls = 1
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, "--read-timeout", "0.2", now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    [line] = ran.errors
+    assert "may have created the tune" in line
+    assert "Traceback" not in ran.err

@@ -20,7 +20,13 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
 from tune_archiver.config import Settings
-from tune_archiver.errors import ArchiverError, IntegrityError
+from tune_archiver.errors import (
+    ArchiverError,
+    ConnectError,
+    IntegrityError,
+    NetworkError,
+    StatusError,
+)
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.net.session import new_session
 from tune_archiver.store import Change, Store
@@ -101,8 +107,9 @@ async def retrain(
     `yes`, send it and record the new tune in the archived tune's manifest.
 
     Raises ArchiverError when the tune is not archived or has no training image,
-    IntegrityError when a blob does not match its sha256 (nothing is sent), and
-    what the client raises for the POST (sent once, never retried).
+    IntegrityError when a blob does not match its sha256 (nothing is sent), what the
+    client raises for a POST that made no tune (sent once, never retried), and
+    ArchiverError saying so for one that may have made it (sent, then no answer).
     """
     found = await manifest.read(store, tune_id)
     if found is None:
@@ -117,7 +124,17 @@ async def retrain(
                await _verified(store, entry)) for entry in plan.images]
     async with new_session(settings, decompress=True) as session:
         api = AstriaClient(session, settings, asyncio.Semaphore(1))
-        created = await api.create_tune(plan.fields, images)
+        try:
+            created = await api.create_tune(plan.fields, images)
+        except (NetworkError, StatusError) as exc:
+            if isinstance(exc, ConnectError) or (
+                    isinstance(exc, StatusError) and exc.status < 500):
+                raise  # never sent, or refused: no tune was made
+            # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy): the
+            # tune may exist and be billed; exit 4 would say "nothing done", and invite
+            # sending it again.
+            raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
+                                "look for it before sending again") from exc
     if isinstance(created.get("id"), int):
         await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields),
                                                         now))
