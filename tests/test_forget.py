@@ -98,6 +98,35 @@ def test_keep_within_leaves_an_unreadable_expiry_alone(
     assert (archive / "manifests" / "1.json").exists()
 
 
+@pytest.mark.parametrize("planted", ["fifo", "link"])
+def test_keep_within_goes_on_past_a_manifest_the_store_refuses(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    planted: str,
+) -> None:
+    """A FIFO, or a link to an expired tune's manifest outside, at manifests/2.json:
+    --keep-within leaves it as it is (its expiry is unknown) and still forgets tune 1,
+    expired long ago, rather than stopping with nothing forgotten."""
+    for tune_id, expires in ((1, "2027-01-10T00:00:00Z"), (2, "2027-01-10T00:00:00Z"),
+                             (3, "2027-12-01T00:00:00Z")):
+        add_tune(standin, tune_id, expires_at=expires)
+    archived(standin, archive, 1, 2, 3)
+    place = archive / "manifests" / "2.json"
+    if planted == "fifo":
+        place.unlink()
+        os.mkfifo(place)
+    else:
+        place.rename(tmp_path / "2.json")
+        place.symlink_to(tmp_path / "2.json")
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    ran = cli(capsys, "forget", "--keep-within", "90d", "--archive", str(archive), "--json",
+              now=now)
+    assert (ran.code, ran.err) == (0, "")
+    assert [row["tune_id"] for row in json.loads(ran.out)["removed"]] == [1]
+    assert sorted(p.name for p in (archive / "manifests").glob("*.json")) == ["2.json",
+                                                                               "3.json"]
+    assert os.path.lexists(place)
+
+
 @pytest.mark.parametrize("argv", [["forget"], ["forget", "1", "--keep-within", "9d"]])
 def test_ids_or_keep_within_one_of_them(
     archive: Path, capsys: pytest.CaptureFixture[str], argv: list[str]

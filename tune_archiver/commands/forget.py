@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
-from tune_archiver.errors import StorageError, UnreadableManifest
+from tune_archiver.errors import StorageError
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
@@ -40,7 +40,8 @@ async def forget(
 ) -> ForgetReport:
     """Remove the manifests of `tune_ids`, or with `keep_within` of every tune expired
     longer ago than that; nothing is removed on a dry run. A manifest that cannot be
-    read is never forgotten by --keep-within (its expiry is unknown)."""
+    read (damaged, or refused by the store) is never forgotten by --keep-within (its
+    expiry is unknown)."""
     report = ForgetReport()
     async with store.locked(exclusive=True, waiting=waiting):
         archived = set(await store.manifest_ids())
@@ -60,7 +61,9 @@ async def forget(
 async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
     try:
         found = await manifest.read(store, tune_id)
-    except UnreadableManifest:
+    # Damaged, or refused by the store (a FIFO or a link in its place, past the size
+    # limit): its expiry is unknown, so it is kept, and the other tunes are still seen to.
+    except StorageError:
         return False
     expires = parse_moment(found.tune.get("expires_at")) if found is not None else None
     return expires is not None and expires < before
