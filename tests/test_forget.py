@@ -127,6 +127,28 @@ def test_keep_within_goes_on_past_a_manifest_the_store_refuses(
     assert os.path.lexists(place)
 
 
+def test_a_manifest_that_cannot_be_removed_stops_no_other_tune(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """forget 1 2 with a folder planted at manifests/1.json: tune 1 is named as failed on
+    one line (exit 1), the folder kept; tune 2 is forgotten all the same."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    (archive / "manifests" / "1.json").unlink()
+    (archive / "manifests" / "1.json").mkdir()
+    ran = cli(capsys, "forget", "1", "2", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    [line] = ran.errors
+    assert "the manifest of tune 1" in line
+    report = json.loads(ran.out)
+    assert [row["tune_id"] for row in report["removed"]] == [2]
+    assert [row["tune_id"] for row in report["failed"]] == [1]
+    assert (archive / "manifests" / "1.json").is_dir()
+    assert not (archive / "manifests" / "2.json").exists()
+
+
 @pytest.mark.parametrize("argv", [["forget"], ["forget", "1", "--keep-within", "9d"]])
 def test_ids_or_keep_within_one_of_them(
     archive: Path, capsys: pytest.CaptureFixture[str], argv: list[str]

@@ -355,6 +355,7 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
         waiting=waiting_for("fetch or gc", location),
     ))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
+    errors += [why for _, why in found.failed]
     emit(args, secrets, errors, report.forget_json(found, args.dry_run),
          report.forget_lines(found, args.dry_run))
     return EXIT_OK if found.ok else EXIT_FAILED

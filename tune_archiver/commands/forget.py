@@ -12,22 +12,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import Denied, StorageError
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
 
 @dataclass
 class ForgetReport:
-    """The tunes whose manifests were removed (or would be, with --dry-run), and the
-    ids asked for that the archive does not hold."""
+    """The tunes whose manifests were removed (or would be, with --dry-run), the ids
+    asked for that the archive does not hold, and the manifests that could not be
+    removed."""
 
     removed: list[tuple[int, str | None]] = field(default_factory=list)  # (id, title)
     unknown: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
 
     @property
     def ok(self) -> bool:
-        return not self.unknown
+        return not self.unknown and not self.failed
 
 
 async def forget(
@@ -52,9 +54,16 @@ async def forget(
         else:
             chosen = [i for i in sorted(archived) if await _expired(store, i, now - keep_within)]
         for tune_id in chosen:
-            report.removed.append((tune_id, await _title(store, tune_id)))
+            title = await _title(store, tune_id)
             if not dry_run:
-                await store.delete_manifest(tune_id)
+                try:
+                    await store.delete_manifest(tune_id)
+                # This tune's alone (a folder planted at its manifest's place, a bucket
+                # refusing that one object): the others are still forgotten.
+                except (StorageError, Denied) as exc:
+                    report.failed.append((tune_id, str(exc)))
+                    continue
+            report.removed.append((tune_id, title))
     return report
 
 
