@@ -116,3 +116,22 @@ def test_retrain_whose_answer_never_comes_says_the_tune_may_exist_and_is_not_exi
     [line] = ran.errors
     assert "may have created the tune" in line
     assert "Traceback" not in ran.err
+
+
+def test_retrain_answered_with_the_archived_tune_itself_says_nothing_was_created(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--title "Jane", the archived tune's own title: Astria's idempotency answers with
+    tune 5 itself. Not "created tune 5" and exit 0, nor a record of tune 5 retrained as
+    itself: exit 1, one line saying nothing was created."""
+    archive, _ = archived
+    before = (archive / "manifests" / "5.json").read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Jane", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    [line] = ran.errors
+    assert "nothing was created" in line
+    assert "created tune" not in ran.out
+    assert (archive / "manifests" / "5.json").read_bytes() == before

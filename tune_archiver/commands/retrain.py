@@ -135,6 +135,12 @@ async def retrain(
             # sending it again.
             raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
                                 "look for it before sending again") from exc
+    if created.get("id") == tune_id:
+        # Astria's idempotency answers a title already used with that tune: here the
+        # archived one itself. Nothing was trained; "created tune 5" would be untrue.
+        raise ArchiverError(
+            f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
+            "the one sent: nothing was created (choose another --title)")
     if isinstance(created.get("id"), int):
         await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields),
                                                         now))
