@@ -137,6 +137,8 @@ class StandIn:
         # A POST /tunes that creates the tune, then answers nothing (as a front proxy
         # that gave up on the API would): the client waits until its read timeout.
         self.create_stalls = 0
+        # A POST /tunes that creates the tune, then answers 201 with these bytes, in turn.
+        self.create_answers: list[bytes] = []
         self.ignore_list_filters = False  # /tunes ignores title, model_type and branch
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
@@ -340,6 +342,9 @@ class StandIn:
         if self.create_stalls:
             self.create_stalls -= 1
             await asyncio.sleep(3600)  # silent until the client gives up
+        if self.create_answers:
+            return web.Response(status=201, body=self.create_answers.pop(0),
+                                content_type="application/json")
         return web.json_response(self.tunes[tune_id], status=201)
 
     async def _list_workspaces(self, request: web.Request) -> web.StreamResponse:

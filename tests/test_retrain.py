@@ -118,6 +118,23 @@ def test_retrain_whose_answer_never_comes_says_the_tune_may_exist_and_is_not_exi
     assert "Traceback" not in ran.err
 
 
+def test_retrain_answered_201_with_no_json_says_the_tune_may_exist(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API creates the tune and answers 201 with a body that is not JSON (a proxy's
+    page): exit 1, its one line saying the tune may have been created, so that it is
+    looked for before being sent (and billed) again."""
+    archive, _ = archived
+    standin.create_answers = [b"<html>created</html>"]
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    [line] = ran.errors
+    assert "may have created the tune" in line
+
+
 def test_retrain_answered_with_the_archived_tune_itself_says_nothing_was_created(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
 ) -> None:

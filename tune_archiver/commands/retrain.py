@@ -23,6 +23,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import (
     ArchiverError,
     ConnectError,
+    DataError,
     IntegrityError,
     NetworkError,
     StatusError,
@@ -126,13 +127,13 @@ async def retrain(
         api = AstriaClient(session, settings, asyncio.Semaphore(1))
         try:
             created = await api.create_tune(plan.fields, images)
-        except (NetworkError, StatusError) as exc:
+        except (NetworkError, StatusError, DataError) as exc:
             if isinstance(exc, ConnectError) or (
                     isinstance(exc, StatusError) and exc.status < 500):
                 raise  # never sent, or refused: no tune was made
-            # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy): the
-            # tune may exist and be billed; exit 4 would say "nothing done", and invite
-            # sending it again.
+            # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
+            # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
+            # "nothing done", and invite sending it again.
             raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
                                 "look for it before sending again") from exc
     if created.get("id") == tune_id:
