@@ -7,6 +7,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.archive_helpers import cli
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -72,6 +74,29 @@ def test_retrain_yes_posts_the_verified_images(
                                       "at": "2026-12-01T09:00:00Z"}]
     assert run_fetch(standin, archive, "5") == 0  # a later fetch keeps the record
     assert check_manifest(archive / "manifests" / "5.json")["retrained"] == document["retrained"]
+
+
+def test_retrain_copies_the_photos_only_inside_the_archive(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each photo is read back through a copy in the archive's own tmp/, never in the
+    system's temp folder (shared, and where a run killed meanwhile would leave them)."""
+    archive, images = archived
+    copied: list[Path] = []
+    save_blob_as = LocalStore.save_blob_as
+
+    async def watched(store: LocalStore, sha256: str, target: Path, *args: Any,
+                      **kwargs: Any) -> str:
+        copied.append(target)
+        return await save_blob_as(store, sha256, target, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "save_blob_as", watched)
+    code, _ = retrain(standin, archive, capsys, "--yes")
+    assert code == 0
+    assert len(copied) == len(images)
+    assert all(path.is_relative_to(archive / "tmp") for path in copied)
+    assert list((archive / "tmp").iterdir()) == []
 
 
 def test_retrain_takes_the_title_asked_for(

@@ -20,6 +20,7 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
 from tune_archiver.config import Settings
+from tune_archiver.download.staging import Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
     ConnectError,
@@ -102,10 +103,12 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
 
 async def retrain(
     settings: Settings, store: Store, tune_id: int, yes: bool, now: datetime,
-    title: str | None = None,
+    title: str | None = None, staging: Staging | None = None,
 ) -> RetrainResult:
     """Plan the retrain of an archived tune (titled `title`, else default_title); with
-    `yes`, send it and record the new tune in the archived tune's manifest.
+    `yes`, send it and record the new tune in the archived tune's manifest. Each photo
+    is read back through a copy in the archive's `staging` (its tmp/, or an S3
+    archive's own folder), never in the system's temp folder.
 
     Raises ArchiverError when the tune is not archived or has no training image,
     IntegrityError when a blob does not match its sha256 (nothing is sent), what the
@@ -121,8 +124,10 @@ async def retrain(
                             "retrain from")
     if not yes:
         return RetrainResult(plan)
+    staging = staging or staging_for(settings.archive)
+    await staging.prepare()
     images = [(f"{entry.index:03d}{extension(entry.content_type, entry.url)}",
-               await _verified(store, entry)) for entry in plan.images]
+               await _verified(store, entry, staging.directory)) for entry in plan.images]
     async with new_session(settings, decompress=True) as session:
         api = AstriaClient(session, settings, asyncio.Semaphore(1))
         try:
@@ -168,11 +173,12 @@ def _recording(
     return change
 
 
-async def _verified(store: Store, entry: Entry) -> bytes:
-    """The bytes of the entry's blob, checked against its sha256."""
+async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
+    """The bytes of the entry's blob, checked against its sha256, copied through a
+    folder of its own in `scratch`."""
     blob = entry.blob
     assert blob is not None  # the plan holds archived entries only
-    with tempfile.TemporaryDirectory(prefix="tune-archiver-") as folder:  # 0700
+    with tempfile.TemporaryDirectory(prefix="retrain-", dir=scratch) as folder:  # 0700
         target = Path(folder) / "blob"
         await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
         data = await in_thread(target.read_bytes)
