@@ -27,7 +27,7 @@ from tune_archiver.errors import StorageError
 from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
 from tune_archiver.web import blobs
-from tune_archiver.web.access import is_loopback, parse_bind
+from tune_archiver.web.access import is_loopback, parse_bind, read_token
 from tune_archiver.web.blobs import byte_range
 from tune_archiver.web.server import start
 
@@ -181,6 +181,23 @@ def test_serve_needs_an_archive(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     ran = cli(capsys, "serve", "--archive", str(tmp_path / "none"))
     assert ran.code == 2
     assert "no archive at" in ran.err
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False)])
+def test_a_token_file_others_may_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    """The token opens the archive: a token file group or others may read is said, as an
+    API key file is (ssh's rule), and used; the warning never shows the token."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        assert read_token(str(path)) == TOKEN
+    said = [r.getMessage() for r in caplog.records]
+    assert bool(said) is warned
+    assert all(f"the token file {path} can be read or changed by group or others" in line
+               and TOKEN not in line for line in said)
 
 
 @pytest.mark.parametrize(("text", "bound", "loopback"), [

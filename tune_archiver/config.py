@@ -146,7 +146,7 @@ def load_api_key(
         if not key:
             raise ConfigError(f"the API key file {key_file} is empty")
         _check_key(key, f"the API key file {key_file}")
-        for warning in key_file_warnings(key_file, info, os.geteuid()):
+        for warning in secret_file_warnings(f"the API key file {key_file}", info, os.geteuid()):
             log.warning("%s", warning)
         log.debug("the API key comes from --api-key-file %s", key_file)
         return key
@@ -170,17 +170,18 @@ def _check_key(key: str, source: str) -> None:
         raise ConfigError(f"{source} holds a control character; it must hold the API key alone")
 
 
-def key_file_warnings(key_file: str, info: os.stat_result, uid: int) -> list[str]:
-    """What is unsafe about a regular key file, one line each: open to group or others,
-    or owned by another user than `uid` (pure: the caller gives the file's stat)."""
+def secret_file_warnings(what: str, info: os.stat_result, uid: int) -> list[str]:
+    """What is unsafe about a regular file holding a secret (`what`: "the API key file
+    PATH"), one line each: open to group or others, or owned by another user than `uid`
+    (pure: the caller gives the file's stat)."""
     if not stat.S_ISREG(info.st_mode):
         return []  # a pipe from a secret manager (/dev/fd/N), a terminal: not a file to fix
     warnings = []
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
-        warnings.append(f"warning: the API key file {key_file} can be read or changed by "
+        warnings.append(f"warning: {what} can be read or changed by "
                         f"group or others (mode {mode:04o}); chmod 600 it")
     if info.st_uid != uid:
-        warnings.append(f"warning: the API key file {key_file} is owned by uid "
+        warnings.append(f"warning: {what} is owned by uid "
                         f"{info.st_uid}, not by you (uid {uid})")
     return warnings

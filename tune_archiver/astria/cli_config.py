@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_archiver.config import key_file_warnings
+from tune_archiver.config import secret_file_warnings
 from tune_archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ def _read(path: Path, required: bool) -> dict[str, str]:
                           f"{getattr(exc, 'strerror', None) or 'not JSON'}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"the Astria CLI's config {path} is not a JSON object")
-    for warning in key_file_warnings(str(path), info, os.geteuid()):
-        log.warning("%s", warning.replace("the API key file", "the Astria CLI's config"))
+    for warning in secret_file_warnings(f"the Astria CLI's config {path}", info, os.geteuid()):
+        log.warning("%s", warning)
     wanted = ("api_key", "base_url", "workspace_id")
     values = {name: data[name] for name in wanted if data.get(name) is not None}
     for name, value in values.items():

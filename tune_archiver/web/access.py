@@ -1,18 +1,23 @@
-"""Who may use `serve`: loopback binds need nothing; any other bind needs a token, and
-every request carries it (?token= or Authorization: Bearer), compared in constant time."""
+"""Who may use `serve`: every request carries the token (?token= or Authorization:
+Bearer), compared in constant time; on loopback a fresh one for each run unless
+--token-file gives one, which any other bind needs."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from tune_archiver.config import secret_file_warnings
 from tune_archiver.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,13 +42,19 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(path: str) -> str:
-    """The token in the file (stripped); raises ConfigError when unreadable, empty or short."""
+    """The token in the file (stripped); raises ConfigError when unreadable, empty or short.
+    A file others may read, or another user owns, is used with a warning, as ssh does
+    (and as an API key file is): the token opens the archive."""
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, "rb") as file:
+            info = os.fstat(file.fileno())
+            token = file.read().decode("utf-8").strip()
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
     if len(token) < 16:
         raise ConfigError(f"the token file {path} holds fewer than 16 characters")
+    for warning in secret_file_warnings(f"the token file {path}", info, os.geteuid()):
+        log.warning("%s", warning)
     return token
 
 
