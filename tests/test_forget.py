@@ -21,6 +21,7 @@ from tests.archive_helpers import (
 )
 from tests.helpers import blob_file
 from tests.standin import StandIn
+from tune_archiver.store import local as local_module
 
 
 @pytest.fixture
@@ -149,6 +150,37 @@ def test_a_manifest_that_cannot_be_removed_stops_no_other_tune(
     assert not (archive / "manifests" / "2.json").exists()
 
 
+def test_forget_removes_a_manifest_only_while_holding_the_tunes_own_lock(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify --repair and retrain write a manifest under the tune's own lock alone (no
+    archive lock): a removal between their read and their write would be undone by the
+    write, after forget said "removed". So forget removes it only holding that lock."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    lock = archive / "manifests" / "1.lock"
+    held: list[bool] = []
+    remove_file = local_module.remove_file
+
+    def watched(root: Path, key: str) -> None:
+        if key == "manifests/1.json":
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+            finally:
+                os.close(fd)  # also lets go of a lock this took
+        remove_file(root, key)
+
+    monkeypatch.setattr(local_module, "remove_file", watched)
+    assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0
+    assert held == [True]
+    assert not (archive / "manifests" / "1.json").exists()
+
+
 @pytest.mark.parametrize("argv", [["forget"], ["forget", "1", "--keep-within", "9d"]])
 def test_ids_or_keep_within_one_of_them(
     archive: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
@@ -186,17 +218,20 @@ def test_forget_waits_while_a_fetch_holds_the_archive(
 def test_forget_never_removes_through_a_link_planted_at_the_manifests_folder(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """manifests/ a link to a folder outside that holds a 1.json: forget 1 refuses it on
-    one line and removes nothing there."""
+    """manifests/ a link to a folder outside that holds a 1.json: forget 1 refuses the
+    archive on one line (exit 2: every tune's manifest is behind it) and removes nothing
+    there, not even the lock it would have taken."""
     add_tune(standin, 1)
     archived(standin, archive, 1)
     elsewhere = tmp_path / "elsewhere"
     (archive / "manifests").rename(elsewhere)
     (archive / "manifests").symlink_to(elsewhere)
     before = (elsewhere / "1.json").read_bytes()
+    files = sorted(elsewhere.iterdir())
     ran = cli(capsys, "forget", "1", "--archive", str(archive))
-    assert ran.code == 1
+    assert ran.code == 2
     assert "Traceback" not in ran.err
     [line] = ran.errors
-    assert "manifests is a symbolic link" in line
+    assert "manifests: it is a symbolic link" in line
     assert (elsewhere / "1.json").read_bytes() == before
+    assert sorted(elsewhere.iterdir()) == files
