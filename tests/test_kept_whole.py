@@ -69,6 +69,21 @@ def first_periodic_fsync_fails(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def failed_at_the_rename(standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch
+                         ) -> None:
+    """Fetch tune 1 with every rename into objects/ refused (EIO): it fails, exit 1."""
+    replace = os.replace
+
+    def refused(source: str | Path, target: str | Path, **dir_fds: int) -> None:
+        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
+            raise OSError(errno.EIO, "Input/output error")
+        replace(source, target, **dir_fds)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(local_module.os, "replace", refused)
+        assert run_fetch(standin, archive, "1") == 1
+
+
 def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,16 +93,7 @@ def test_a_file_whose_rename_failed_is_stored_by_the_next_run_as_it_was_served(
     url = standin.add_file("photo", DATA)
     standin.content_types["photo"] = "image/heic"
     standin.add_tune(1, [], [url])
-    replace = os.replace
-
-    def refused(source: str | Path, target: str | Path, **dir_fds: int) -> None:
-        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
-            raise OSError(errno.EIO, "Input/output error")
-        replace(source, target, **dir_fds)
-
-    monkeypatch.setattr(local_module.os, "replace", refused)
-    assert run_fetch(standin, archive, "1") == 1
-    monkeypatch.setattr(local_module.os, "replace", replace)
+    failed_at_the_rename(standin, archive, monkeypatch)
     asked = len(standin.seen("cdn"))
     assert run_fetch(standin, archive, "1") == 0
     assert len(standin.seen("cdn")) == asked
@@ -112,16 +118,7 @@ def test_any_file_received_whole_whose_rename_failed_is_stored_later_without_the
     if dated:
         standin.last_modified["photo"] = format_datetime(datetime.now(UTC), usegmt=True)
     standin.add_tune(1, [], [url])
-    replace = os.replace
-
-    def refused(source: str | Path, target: str | Path, **dir_fds: int) -> None:
-        if "dst_dir_fd" in dir_fds and "src_dir_fd" not in dir_fds:  # into objects/
-            raise OSError(errno.EIO, "Input/output error")
-        replace(source, target, **dir_fds)
-
-    monkeypatch.setattr(local_module.os, "replace", refused)
-    assert run_fetch(standin, archive, "1") == 1
-    monkeypatch.setattr(local_module.os, "replace", replace)
+    failed_at_the_rename(standin, archive, monkeypatch)
     del standin.files["photo"]  # the host deleted it: a 404 from now on
     asked = len(standin.seen("cdn"))
     assert run_fetch(standin, archive, "1") == 0
