@@ -136,6 +136,19 @@ def test_a_bad_ids_line_is_a_usage_error_naming_only_its_number(
     assert not manifests(archive)
 
 
+def test_an_ids_line_of_thousands_of_digits_is_a_usage_error(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A line of more digits than int() converts (over 4,300) is a line that is not a
+    tune id: exit 2 naming its number, not a ValueError traceback."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n" + "9" * 5000 + "\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 2
+    assert "line 2 is not a tune id" in capsys.readouterr().err
+    assert not manifests(archive)
+
+
 def test_filters_work_with_all_only(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

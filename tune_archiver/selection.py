@@ -12,6 +12,7 @@ from typing import Any
 from tune_archiver.errors import ConfigError
 
 MODEL_TYPES = ("lora", "pti", "faceid", "checkpoint")
+MAX_ID_DIGITS = 18  # as a prompt's <lora:ID:...> tag (models.py): no tune id is longer
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        # int() refuses more than 4,300 digits: such a line is no tune id either.
+        if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS) or (
+                int(text) <= 0):
             raise ConfigError(f"--ids-from {source}: line {number} is not a tune id "
                               "(a positive integer)")
         ids.add(int(text))
