@@ -117,9 +117,27 @@ def test_ids_from_stdin(
 ) -> None:
     """--ids-from - reads the ids from standard input."""
     several(standin)
-    monkeypatch.setattr("sys.stdin", io.StringIO("2\n6\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"2\n6\n")))
     assert run_fetch(standin, archive, "--all", "--ids-from", "-") == 0
     assert manifests(archive) == {2, 6}
+
+
+@pytest.mark.parametrize("data", [b"2\n\xff\xfe\n", None], ids=["not-utf8", "closed"])
+def test_ids_from_a_stdin_of_bytes_or_none_is_a_usage_error(
+    standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], data: bytes | None,
+) -> None:
+    """--ids-from - given bytes that are not UTF-8 (a UTF-8 locale's stdin decodes them
+    strictly) names the bad line, and a closed stdin (`<&-`) says so: exit 2, one line,
+    never a UnicodeDecodeError or AttributeError traceback."""
+    stdin = None if data is None else io.TextIOWrapper(io.BytesIO(data), "utf-8", "strict")
+    several(standin)
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert run_fetch(standin, archive, "--all", "--ids-from", "-") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tune-archiver: error: --ids-from")
+    assert "line 2 is not a tune id" in err if data is not None else "stdin" in err
+    assert not manifests(archive)
 
 
 def test_a_bad_ids_line_is_a_usage_error_naming_only_its_number(

@@ -99,18 +99,28 @@ def filters_of(args: argparse.Namespace) -> TuneFilter:
     """fetch's filters from its options; --ids-from read here (- is stdin).
 
     Raises ConfigError for a file that cannot be read or holds a line that is not an id."""
-    ids = None
-    if args.ids_from == "-":
-        ids = ids_from_lines(sys.stdin.read().splitlines(), "stdin")
-    elif args.ids_from is not None:
-        try:
-            with open(args.ids_from, encoding="utf-8", errors="replace") as file:
-                lines = file.read().splitlines()
-        except OSError as exc:
-            raise ConfigError(f"--ids-from: cannot read the file ({exc.strerror})") from None
-        ids = ids_from_lines(lines, "file")
+    ids = None if args.ids_from is None else ids_in(args.ids_from)
     return TuneFilter(args.title, args.model_type, args.branch, args.created_after,
                       args.created_before, ids)
+
+
+def ids_in(name: str) -> frozenset[int]:
+    """The ids of --ids-from NAME (- is stdin), read as bytes: a stdin that decodes
+    strictly (a UTF-8 locale's) would raise on bytes that are not UTF-8, where a bad
+    line is a usage error naming its number. Raises ConfigError."""
+    source = "stdin" if name == "-" else "file"
+    try:
+        if name == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:  # closed (`<&-`): sys.stdin is None
+                raise ConfigError("--ids-from -: there is no stdin to read (it is closed)")
+            data = stdin.read()
+        else:
+            with open(name, "rb") as file:
+                data = file.read()
+    except OSError as exc:
+        raise ConfigError(f"--ids-from: cannot read the {source} ({exc.strerror})") from None
+    return ids_from_lines(data.decode("utf-8", errors="replace").splitlines(), source)
 
 
 def check_scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
