@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import run_fetch
 from tests.standin import StandIn
+from tune_archiver.cli import scale
 from tune_archiver.errors import ConfigError
 from tune_archiver.selection import TuneFilter, ids_from_lines
 
@@ -164,6 +165,20 @@ def test_an_ids_line_of_thousands_of_digits_is_a_usage_error(
     ids.write_text("1\n" + "9" * 5000 + "\n")
     assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 2
     assert "line 2 is not a tune id" in capsys.readouterr().err
+    assert not manifests(archive)
+
+
+def test_ids_from_a_file_past_the_cap_is_refused_unread(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file larger than any list of tune ids (a checkpoint named by mistake, /dev/zero)
+    is exit 2 saying so, read no further than the cap: it was read whole into memory."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"1\n" * (scale.MAX_IDS_BYTES // 2 + 1))
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 2
+    assert "--ids-from file: larger than" in capsys.readouterr().err
+    assert run_fetch(standin, archive, "--all", "--ids-from", "/dev/zero") == 2
     assert not manifests(archive)
 
 

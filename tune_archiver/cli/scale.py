@@ -14,6 +14,9 @@ from tune_archiver.errors import ConfigError
 from tune_archiver.selection import MODEL_TYPES, TuneFilter, ids_from_lines, parse_moment
 
 AUTO = "auto"
+# --ids-from: a million ids take 8 MiB; a larger file is the wrong one (a checkpoint,
+# /dev/zero), refused once this much is read rather than read whole into memory.
+MAX_IDS_BYTES = 16 * 2**20
 
 
 def add_filters(fetch: argparse.ArgumentParser) -> None:
@@ -114,12 +117,15 @@ def ids_in(name: str) -> frozenset[int]:
             stdin = getattr(sys.stdin, "buffer", None)
             if stdin is None:  # closed (`<&-`): sys.stdin is None
                 raise ConfigError("--ids-from -: there is no stdin to read (it is closed)")
-            data = stdin.read()
+            data = stdin.read(MAX_IDS_BYTES + 1)
         else:
             with open(name, "rb") as file:
-                data = file.read()
+                data = file.read(MAX_IDS_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"--ids-from: cannot read the {source} ({exc.strerror})") from None
+    if len(data) > MAX_IDS_BYTES:
+        raise ConfigError(f"--ids-from {source}: larger than {MAX_IDS_BYTES} bytes, "
+                          "not a list of tune ids")
     return ids_from_lines(data.decode("utf-8", errors="replace").splitlines(), source)
 
 
