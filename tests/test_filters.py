@@ -113,6 +113,18 @@ def test_ids_from_a_file_with_comments_and_blank_lines(
     assert manifests(archive) == {1, 3, 4}
 
 
+def test_ids_from_a_windows_file_with_a_bom_and_crlf(
+    standin: StandIn, archive: Path, tmp_path: Path
+) -> None:
+    """A list saved by Notepad or Excel (a UTF-8 byte order mark, CRLF line ends) is read
+    as its ids: its first line was refused as no tune id, exit 2."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"\xef\xbb\xbf3\r\n5\r\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
+    assert manifests(archive) == {3, 5}
+
+
 def test_ids_from_stdin(
     standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -110,7 +110,8 @@ def filters_of(args: argparse.Namespace) -> TuneFilter:
 def ids_in(name: str) -> frozenset[int]:
     """The ids of --ids-from NAME (- is stdin), read as bytes: a stdin that decodes
     strictly (a UTF-8 locale's) would raise on bytes that are not UTF-8, where a bad
-    line is a usage error naming its number. Raises ConfigError."""
+    line is a usage error naming its number. A UTF-8 byte order mark (Notepad's, Excel's)
+    is skipped. Raises ConfigError."""
     source = "stdin" if name == "-" else "file"
     try:
         if name == "-":
@@ -126,7 +127,7 @@ def ids_in(name: str) -> frozenset[int]:
     if len(data) > MAX_IDS_BYTES:
         raise ConfigError(f"--ids-from {source}: larger than {MAX_IDS_BYTES} bytes, "
                           "not a list of tune ids")
-    return ids_from_lines(data.decode("utf-8", errors="replace").splitlines(), source)
+    return ids_from_lines(data.decode("utf-8-sig", errors="replace").splitlines(), source)
 
 
 def check_scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
