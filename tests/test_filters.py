@@ -194,6 +194,20 @@ def test_ids_from_a_file_past_the_cap_is_refused_unread(
     assert not manifests(archive)
 
 
+@pytest.mark.parametrize("option", ["--title", "--branch"])
+def test_a_filter_of_bytes_that_are_not_utf8_is_a_usage_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], option: str,
+) -> None:
+    """An argument with bytes that are not UTF-8 (a Latin-1 terminal's 'café': Python
+    hands them over as lone surrogates) is exit 2 naming the option: sent to the API
+    as its filter, it raised UnicodeEncodeError, a traceback."""
+    several(standin)
+    assert run_fetch(standin, archive, "--all", option, "caf\udce9") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tune-archiver: error: argument {option}: not text")
+    assert not manifests(archive)
+
+
 def test_filters_work_with_all_only(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

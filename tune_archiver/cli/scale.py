@@ -21,12 +21,12 @@ MAX_IDS_BYTES = 16 * 2**20
 
 def add_filters(fetch: argparse.ArgumentParser) -> None:
     """fetch --all's filters (combined with AND, and with --expiring-within and --shard)."""
-    fetch.add_argument("--title", metavar="GLOB",
+    fetch.add_argument("--title", metavar="GLOB", type=utf8_text,
                        help="with --all: only tunes whose title matches GLOB (fnmatch, "
                        "any case), e.g. 'client-*'")
     fetch.add_argument("--model-type", choices=MODEL_TYPES,
                        help="with --all: only tunes of this model type")
-    fetch.add_argument("--branch", metavar="NAME",
+    fetch.add_argument("--branch", metavar="NAME", type=utf8_text,
                        help="with --all: only tunes of this base model branch, e.g. flux1")
     fetch.add_argument("--created-after", metavar="DATE", type=moment,
                        help="with --all: only tunes created after DATE (ISO 8601, UTC "
@@ -56,6 +56,16 @@ def byte_rate(text: str) -> float:
 _RATE = re.compile(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?B)?(?:/s)?")
 FILTER_OPTIONS = ("title", "model_type", "branch", "created_after", "created_before",
                   "ids_from")
+
+
+def utf8_text(text: str) -> str:
+    """Text that can be sent to the API: bytes that are not UTF-8 in an argument (a
+    Latin-1 terminal's) come as lone surrogates, which no request can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not text (bytes that are not UTF-8)") from None
+    return text
 
 
 def moment(text: str) -> Any:
