@@ -55,6 +55,32 @@ def test_all_workspaces_are_fetched_and_each_manifest_names_its_own(
     assert len(standin.seen("api", "/workspaces.json")) == 1
 
 
+@pytest.mark.parametrize("source", ["option", "env"])
+@pytest.mark.parametrize(("workspace", "listing"), [
+    ("41\r\nX-Other: 1", True),  # a header line of its own: aiohttp's ValueError
+    ("41\x1b[2J", True),  # an escape sequence, sent and then written to each manifest
+    ("w\udcff", False),  # bytes not UTF-8: the manifest could not be encoded
+], ids=["crlf", "escape", "not-utf8"])
+def test_a_workspace_id_that_no_header_can_carry_is_a_usage_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, workspace: str, listing: bool, source: str,
+) -> None:
+    """A workspace id with a control character or bytes that are not UTF-8 (from
+    --workspace or ASTRIA_WORKSPACE_ID) is exit 2, one line that does not print it,
+    before any request: it was a traceback, or the tunes were downloaded and then
+    failed, or the escape went into the manifests."""
+    add_tune(standin, 1)
+    given = ["--workspace", workspace] if source == "option" else []
+    if source == "env":
+        monkeypatch.setenv("ASTRIA_WORKSPACE_ID", workspace)
+    assert run_fetch(standin, archive, *(["--all"] if listing else ["1"]), *given) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tune-archiver: error: the workspace id")
+    assert workspace not in err
+    assert standin.seen("api") == []
+    assert not archive.exists()
+
+
 def test_a_tune_naming_its_workspace_needs_no_workspace_listing(
     standin: StandIn, archive: Path
 ) -> None:

@@ -18,6 +18,7 @@ from tune_archiver.addresses import is_private_host
 from tune_archiver.astria.cli_config import read_astria_cli
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
+from tune_archiver.commands.workspaces import checked_workspace
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
@@ -78,7 +79,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api,
-        workspace=args.workspace or astria.workspace,
+        workspace=checked_workspace(args.workspace or astria.workspace),
         concurrency=args.concurrency,
         retry=retry,
         read_timeout=args.read_timeout,

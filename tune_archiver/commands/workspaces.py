@@ -21,6 +21,17 @@ ALL = "all"  # X-Workspace-Id: all spans every workspace
 PERSONAL = "personal"  # the scope the API answers for without X-Workspace-Id
 
 
+def checked_workspace(value: str | None) -> str | None:
+    """The workspace id to send as X-Workspace-Id, as given. Raises ConfigError, not
+    naming it, for one with a control character (a header line of its own, an escape
+    for the manifests) or bytes that are not UTF-8, which no request can carry."""
+    if value is not None and not value.isprintable():
+        raise ConfigError("the workspace id (--workspace, ASTRIA_WORKSPACE_ID or the Astria "
+                          "CLI's config) holds a control character or bytes that are not "
+                          "UTF-8")
+    return value
+
+
 def workspace_of(raw: Mapping[str, Any], asked: str | None,
                  listed: Mapping[int, str] | None) -> str | None:
     """The tune's workspace as a manifest records it; None when it cannot be told. Pure."""
