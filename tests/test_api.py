@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +15,9 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from tests.helpers import Sleeps
+from tests.conftest import check_manifest
+from tests.helpers import Sleeps, run_fetch
+from tests.standin import StandIn
 from tune_archiver import __version__
 from tune_archiver.astria import client as api
 from tune_archiver.astria.client import AstriaClient
@@ -400,3 +404,23 @@ async def test_listing_ends_at_the_first_empty_page(
     mocked.get(f"{API}/tunes?limit=120&before_id=7", payload=[{"id": 3}])
     mocked.get(f"{API}/tunes?limit=120&before_id=3", payload=[])
     assert [t["id"] for t in await list_tunes(session, settings)] == [9, 7, 3]
+
+
+def test_lone_surrogate_escapes_in_the_apis_json_leave_the_tune_archivable(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """JSON may escape half a surrogate pair ("\\udcff", a title or prompt cut mid-emoji):
+    it is read as U+FFFD, so the tune and its prompts are archived, exit 0; the lone
+    surrogate made the manifest unencodable, and the tune failed after its downloads."""
+    ckpt = standin.add_file("ckpt-1", os.urandom(4_000))
+    image = standin.add_file("prompt-1", os.urandom(3_000))
+    tune = {"id": 1, "title": "Jane \\ud83d", "ckpt_urls": [ckpt], "orig_images": [],
+            "updated_at": "2026-11-02T14:32:40.363Z"}
+    standin.tunes[1] = json.dumps(tune).replace("\\\\ud83d", "\\ud83d").encode()
+    standin.add_prompt(1, 11, "a \udcff portrait", [image])
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["tune"]["title"] == "Jane \ufffd"
+    assert [e["prompt_text"] for e in document["assets"] if e.get("prompt_id")] == [
+        "a \ufffd portrait"]

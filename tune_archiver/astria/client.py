@@ -9,6 +9,7 @@ import asyncio
 import functools
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -260,12 +261,31 @@ class AstriaClient:
 
 
 def parse_json(body: bytes, what: str) -> Any:
-    """The JSON value of an API answer; DataError when it is not JSON."""
+    """The JSON value of an API answer, each lone surrogate in its text as U+FFFD;
+    DataError when it is not JSON."""
     try:
-        return json.loads(body)
+        value = json.loads(body)
+        # JSON may escape half a surrogate pair ("\udcff": text cut mid-emoji), which no
+        # UTF-8 file can hold: the tune's manifest could never be written.
+        return _mended(value) if _SURROGATE_ESCAPE.search(body) else value
     # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _mended(value: Any) -> Any:
+    """`value` with each lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_mended(item) for item in value]
+    if isinstance(value, dict):
+        return {_mended(key): _mended(item) for key, item in value.items()}
+    return value
 
 
 def status_error(
