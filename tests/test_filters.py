@@ -61,6 +61,7 @@ def listing_paths(standin: StandIn) -> list[str]:
         (["--title", "client-?o*"], {2, 5}),
         (["--model-type", "lora"], {1, 3, 4, 5, 7}),
         (["--branch", "flux1"], {1, 2, 4, 5, 6, 7}),
+        (["--branch", "FLUX1"], {1, 2, 4, 5, 6, 7}),  # any case, as the title
         (["--created-after", "2026-05-01", "--created-before", "2026-10-01"], {3, 4, 5}),
         (["--title", "client-*", "--model-type", "lora", "--branch", "flux1"], {1, 5, 7}),
         (["--model-type", "lora", "--shard", "1/2"], {4}),

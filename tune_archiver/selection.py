@@ -28,7 +28,10 @@ class TuneFilter:
 
     def api_query(self) -> dict[str, str]:
         """The filters the API's GET /tunes takes itself; the local ones apply anyway."""
-        query = {"model_type": self.model_type, "branch": self.branch}
+        # The API matches branch exactly, and Astria's branches are lower case: sent as
+        # given, FLUX1 listed none of the flux1 tunes the local filter keeps.
+        branch = self.branch.lower() if self.branch is not None else None
+        query = {"model_type": self.model_type, "branch": branch}
         # A glob is not the API's title search: only a title without wildcards is sent.
         if self.title is not None and not any(c in self.title for c in "*?["):
             query["title"] = self.title
