@@ -65,6 +65,23 @@ def test_the_command_line_wins_over_the_environment(
     assert run_fetch(standin, tmp_path / "b", "1", "--retries", "1") == 0
 
 
+@pytest.mark.parametrize("args", [["--all"], ["1", "2"]], ids=["all", "ids"])
+def test_an_empty_variable_is_an_option_not_given(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
+) -> None:
+    """TUNE_ARCHIVER_TITLE= and TUNE_ARCHIVER_BRANCH= (an .env template's blanks) leave
+    the filters off, as an empty switch is off and an empty ASTRIA_WORKSPACE_ID unset:
+    as filters matching only empty text they made --all select no tune, exit 0, and
+    tune ids a usage error (--title works with --all)."""
+    for tune_id in (1, 2):
+        standin.add_tune(tune_id, [standin.add_file(f"c{tune_id}", os.urandom(2_000))], [])
+    monkeypatch.setenv("TUNE_ARCHIVER_TITLE", "")
+    monkeypatch.setenv("TUNE_ARCHIVER_BRANCH", " ")
+    assert run_fetch(standin, tmp_path / "a", *args) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "manifests").glob("*.json")) == [
+        "1.json", "2.json"]
+
+
 def test_a_bad_value_names_the_variable_not_the_value(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -59,7 +59,8 @@ def apply_env(
     takes is not this one's concern).
 
     Options every command shares default to SUPPRESS on the commands (the top
-    parser holds their defaults), so only a real default is replaced. Raises the
+    parser holds their defaults), so only a real default is replaced. A blank value is
+    an option not given, as a blank switch is off (and ASTRIA_WORKSPACE_ID unset). Raises the
     parser's usage error, naming the variable but not its value, for a value the
     option would refuse.
     """
@@ -67,6 +68,8 @@ def apply_env(
         name = env_name(action)
         if name is None or name not in env or action.default is argparse.SUPPRESS:
             continue
+        if not env[name].strip() and not isinstance(action, argparse._StoreTrueAction):
+            continue  # blank: not given (an empty --title would match only empty titles)
         action.default = _value(parser, action, name, env[name])
 
 
