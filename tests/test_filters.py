@@ -248,6 +248,18 @@ def test_an_unreadable_or_missing_created_at_fails_a_date_filter(
     assert TuneFilter(created_after=bound).keeps(listed) is keeps
 
 
+@pytest.mark.parametrize("created_at", ["2026-06-01T00:00:00Z", "2026-06-01T02:00:00+02:00",
+                                        "2026-05-31T23:59:59Z", "2026-06-01T00:00:01Z"])
+def test_two_runs_split_on_one_date_take_every_tune_once(created_at: str) -> None:
+    """--created-before X and --created-after X split an account in two: a tune created
+    at X itself (to the second) is in exactly one of them, not left out of both."""
+    split = datetime(2026, 6, 1, tzinfo=UTC)
+    listed = {"id": 1, "created_at": created_at}
+    kept = [TuneFilter(created_before=split).keeps(listed),
+            TuneFilter(created_after=split).keeps(listed)]
+    assert kept.count(True) == 1
+
+
 def test_ids_from_lines_refuses_zero_and_signs() -> None:
     """0, -1 and +1 are not tune ids: the line number is named."""
     for bad in ("0", "-1", "+1", "1.0"):

@@ -53,7 +53,8 @@ class TuneFilter:
         created = parse_moment(listed.get("created_at"))
         if created is None:
             return False
-        after_ok = self.created_after is None or created > self.created_after
+        # At or after: --created-before X and --created-after X split an account whole.
+        after_ok = self.created_after is None or created >= self.created_after
         return after_ok and (self.created_before is None or created < self.created_before)
 
 

@@ -68,7 +68,7 @@ def apply_env(
         name = env_name(action)
         if name is None or name not in env or action.default is argparse.SUPPRESS:
             continue
-        if not env[name].strip() and not isinstance(action, argparse._StoreTrueAction):
+        if not env[name].strip() and action.nargs != 0:  # a switch takes no value
             continue  # blank: not given (an empty --title would match only empty titles)
         action.default = _value(parser, action, name, env[name])
 

@@ -29,8 +29,8 @@ def add_filters(fetch: argparse.ArgumentParser) -> None:
     fetch.add_argument("--branch", metavar="NAME", type=utf8_text,
                        help="with --all: only tunes of this base model branch, e.g. flux1")
     fetch.add_argument("--created-after", metavar="DATE", type=moment,
-                       help="with --all: only tunes created after DATE (ISO 8601, UTC "
-                       "unless it says otherwise)")
+                       help="with --all: only tunes created at or after DATE (ISO 8601, "
+                       "UTC unless it says otherwise)")
     fetch.add_argument("--created-before", metavar="DATE", type=moment,
                        help="with --all: only tunes created before DATE")
     fetch.add_argument("--ids-from", metavar="FILE",
