@@ -555,3 +555,48 @@ def test_an_image_of_a_deleted_prompt_stays_when_another_prompt_lists_its_url(
     standin.add_prompt(10, 501, "second", [standin.add_file("own", os.urandom(902)), shared])
     assert run_fetch(standin, archive, "10", "--prompts") == 0
     assert (500, "prompt_image", 0, "ok") in prompt_entries(archive, 10)
+
+
+def test_repair_never_says_whole_while_another_tunes_manifest_is_unreadable(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 1 has a corrupt blob (mended by fetching it again); tune 2's manifest is not
+    JSON, which no repair mends: the archive is not whole, so exit 1 naming tune 2."""
+    served = add_tune(standin, 1)
+    add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    flip_byte(blob_file(archive, served.images[0]), 10)
+    (archive / "manifests" / "2.json").write_text("{not json")
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url)
+    assert blob_file(archive, served.images[0]).read_bytes() == served.images[0]
+    assert ran.code == 1, ran.out
+    after = json.loads(ran.out)["repair"]["after"]
+    assert [(p["tune_id"], p["problem"]) for p in after["problems"]] == [
+        (2, "unreadable_manifest")]
+    assert any("tune 2" in line for line in ran.errors)
+
+
+def test_repair_strict_never_forgets_a_file_gone_upstream_of_a_tune_it_left_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 1 has a corrupt blob; tune 2 has a file gone upstream: verify --repair
+    --strict mends tune 1 and still counts tune 2's lost file, exit 1."""
+    served = add_tune(standin, 1)
+    add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    flip_byte(blob_file(archive, served.images[0]), 10)
+    document = manifest_of(archive, 2)
+    lost = document["assets"][-1]
+    for name in ("sha256", "size", "path", "content_type"):
+        lost.pop(name)
+    lost.update(status="gone", error="HTTP 404 after the tune expired")
+    write_manifest(archive, 2, document)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--strict", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url)
+    assert blob_file(archive, served.images[0]).read_bytes() == served.images[0]
+    assert ran.code == 1, ran.out
+    assert [(p["tune_id"], p["problem"]) for p in
+            json.loads(ran.out)["repair"]["after"]["gone"]] == [(2, "gone")]

@@ -87,6 +87,10 @@ async def repair(
                                      store=store, staging=staging)
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
     report.after = await verify(store, sorted(touched), progress)  # back is hashed again
+    # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
+    # still there: the archive is not whole while it is, nor --strict content without it.
+    report.after.problems += [p for p in found.problems if p.tune_id not in touched]
+    report.after.gone += [p for p in found.gone if p.tune_id not in touched]
     return report
 
 
