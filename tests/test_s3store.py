@@ -155,6 +155,40 @@ async def test_commit_of_a_blob_already_stored_uploads_nothing(
     assert not again.partial.path.exists()
 
 
+def age(bucket: Bucket, key: str, by: timedelta) -> None:
+    """Make moto's object at `key` look `by` older, as if written that long ago."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    found = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket.name, key)
+    assert found is not None
+    found.last_modified -= by
+
+
+@pytest.mark.parametrize("size", [50_000, BIG], ids=["small", "past-the-copy-limit"])
+async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
+    bucket: Bucket, tmp_path: Path, size: int
+) -> None:
+    """A blob stored days ago and referenced by no manifest (its tune forgotten) is
+    committed again by a fetch about to name it: gc on another machine, which has no lock
+    to wait for, must see it as young. A blob past CopyObject's limit was never
+    refreshed, so gc removed it and the manifest written next named a missing blob."""
+    from tune_archiver.commands.gc import collect
+
+    data = os.urandom(size)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        age(bucket, key, timedelta(days=3))
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        await again.commit(None)
+        found = await collect(store, datetime.now(UTC), False,
+                              Staging(tmp_path / "gc-staging", durable=False))
+    assert found.blobs == []
+    assert sha(await bucket.get(key)) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
 async def test_a_large_file_the_store_removed_is_closed_off_the_event_loop(
     bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,9 +127,12 @@ class S3Intake:
     async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> None:
         """Refresh an old blob's date (a copy onto itself), so gc sees it as in use."""
         bucket = self._bucket
-        if datetime.now(UTC) - modified < self._gc_grace / 2 or blob.size > bucket.copy_limit:
+        if datetime.now(UTC) - modified < self._gc_grace / 2:
             return
         with bucket.translated("refresh a blob"):
+            if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
+                await copy(bucket, key, key, blob)  # left old, gc on another machine took it
+                return
             await bucket.client.copy_object(
                 Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
                 MetadataDirective="REPLACE",
