@@ -600,3 +600,17 @@ def test_repair_strict_never_forgets_a_file_gone_upstream_of_a_tune_it_left_alon
     assert ran.code == 1, ran.out
     assert [(p["tune_id"], p["problem"]) for p in
             json.loads(ran.out)["repair"]["after"]["gone"]] == [(2, "gone")]
+    assert json.loads(ran.out)["ok"] is False
+
+
+def test_verify_strict_json_says_not_ok_when_it_exits_1_for_a_file_gone_upstream(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--strict --json: a file gone upstream makes the run exit 1, and the document's
+    "ok" says the same (a script reading it was told the archive passed)."""
+    expired_tune_with_a_missing_image(standin)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    ran = cli(capsys, "verify", "--archive", str(archive), "--strict", "--json")
+    assert (ran.code, json.loads(ran.out)["ok"]) == (1, False)
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert (ran.code, json.loads(ran.out)["ok"]) == (0, True)

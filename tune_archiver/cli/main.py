@@ -267,14 +267,16 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         found, mended = in_archive(args, work)
     finally:
         progress.close()
+    # --json's "ok" is the exit code's verdict: with --strict a file gone upstream fails.
     if mended is None:
-        emit(args, secrets, report.verify_problems(found), report.verify_json(found),
-             [report.verify_summary(found)])
         whole = found.ok and not (args.strict and found.gone)
+        emit(args, secrets, report.verify_problems(found),
+             {**report.verify_json(found), "ok": whole}, [report.verify_summary(found)])
         return EXIT_OK if whole else EXIT_FAILED
-    emit(args, secrets, report.repair_errors(mended), report.repair_json(found, mended),
-         report.repair_lines(found, mended))
     whole = mended.ok and not (args.strict and mended.after.gone)
+    emit(args, secrets, report.repair_errors(mended),
+         {**report.repair_json(found, mended), "ok": whole},
+         report.repair_lines(found, mended))
     return EXIT_OK if whole else EXIT_FAILED
 
 
