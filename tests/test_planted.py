@@ -101,6 +101,27 @@ def test_gc_refuses_a_link_planted_at_the_objects_folder(
     assert victim.read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize("command", ["gc", "verify"])
+def test_gc_and_verify_refuse_a_link_planted_at_the_manifests_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    """manifests/ a link to a folder outside holding none of the archive's manifests: gc
+    read the manifests through it and removed every blob as unreferenced, and verify said
+    "verified 0 tunes: all intact", exit 0. Both refuse it on one line (exit 2), as fetch,
+    forget and verify --repair do, and no blob goes."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests").rename(tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    (archive / "manifests").symlink_to(tmp_path / "elsewhere")
+    ran = cli(capsys, command, "--archive", str(archive))
+    assert [blob_file(archive, data).read_bytes() for data in served.all] == served.all
+    assert ran.code == 2, ran.out
+    [line] = ran.errors
+    assert "symbolic link" in line
+
+
 @pytest.mark.parametrize("folder", ["objects", "objects/sha256", "manifests", "tmp"])
 def test_fetch_refuses_a_link_planted_at_a_folder_of_the_archive(
     standin: StandIn, archive: Path, tmp_path: Path, folder: str

@@ -238,7 +238,10 @@ class LocalStore:
     # -- reading the whole archive (verify, list, export, gc) ------------------------
 
     async def manifest_ids(self) -> list[int]:
-        """Every tune with a manifest, in increasing order; other names are ignored."""
+        """Every tune with a manifest, in increasing order; other names are ignored.
+        Raises ConfigError for a link planted at manifests/: gc would judge every blob
+        by the manifests of a folder outside, and verify find that folder's tunes whole."""
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
         names = await self._names(MANIFESTS, "list the manifests")
         return sorted(i for i in map(manifest_id, names) if i is not None)
 
