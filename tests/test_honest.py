@@ -614,3 +614,23 @@ def test_verify_strict_json_says_not_ok_when_it_exits_1_for_a_file_gone_upstream
     assert (ran.code, json.loads(ran.out)["ok"]) == (1, False)
     ran = cli(capsys, "verify", "--archive", str(archive), "--json")
     assert (ran.code, json.loads(ran.out)["ok"]) == (0, True)
+
+
+def test_repair_fetches_a_damaged_generated_image_again(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune archived with --prompts: the blob of a generated image rots. verify
+    --repair moves it aside and fetches the tune again, its prompts too: it fetched
+    without them, so the image was never downloaded again and every repair said "NOT
+    whole" (exit 1) for a file the API still serves."""
+    add_tune(standin, 1)
+    picture = os.urandom(6_000)
+    standin.add_prompt(1, 500, "a photo of ohwx", [standin.add_file("gen-500-0.png", picture)])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    flip_byte(blob_file(archive, picture), 10)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert blob_file(archive, picture).read_bytes() == picture
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

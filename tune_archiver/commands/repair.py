@@ -14,7 +14,7 @@ gone upstream meanwhile.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tune_archiver import manifest
 from tune_archiver.commands.fetch import Clock, fetch
@@ -26,6 +26,8 @@ from tune_archiver.layout import blob_key
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
+
+PROMPT_KINDS = frozenset({"prompt_image", "prompt_input"})
 
 
 @dataclass
@@ -83,8 +85,10 @@ async def repair(
     tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole}
                    | {p.tune_id for p in failed})
     if tunes:
-        report.fetched = await fetch(settings, tunes, NullProgress(), clock=clock,
-                                     store=store, staging=staging)
+        # A prompt's file (a generated image, an input) comes back only with the prompts.
+        prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
+        report.fetched = await fetch(replace(settings, prompts=prompts), tunes, NullProgress(),
+                                     clock=clock, store=store, staging=staging)
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
     report.after = await verify(store, sorted(touched), progress)  # back is hashed again
     # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
