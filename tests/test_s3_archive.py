@@ -525,3 +525,32 @@ def test_forget_removes_a_manifest_the_store_refuses_to_read(
     assert "removed the manifest of tune 2\n" in out
     assert "removed the manifest of tune 1 (Tune 1)\n" in out
     assert s3.keys("manifests/") == []
+
+
+@pytest.mark.parametrize("command", ["verify", "list"])
+def test_a_manifest_the_bucket_refuses_is_that_tunes_problem_alone(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    """A bucket policy refusing one manifest object (AccessDenied on its GET alone) is
+    that tune's problem, said on one line: verify and list still check and show the
+    other tune, exit 1. It stopped both (exit 2) with no other tune verified or listed."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    refuse_gets(monkeypatch, lambda key: key.endswith("/manifests/1.json"),
+                S3AccessDeniedError)
+    capsys.readouterr()
+    assert tune_archiver(s3, command, "--json") == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: ")
+    assert "access denied" in line
+    document = json.loads(captured.out)
+    if command == "verify":
+        assert (document["tunes"], document["blobs"]) == (2, 3)
+        assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [
+            (1, "unreadable_manifest")]
+    else:
+        assert [row["tune_id"] for row in document["tunes"]] == [2, 1]
+        assert "error" in document["tunes"][1]

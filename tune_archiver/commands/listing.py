@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.errors import StorageError, UnreadableManifest
+from tune_archiver.errors import Denied, StorageError, UnreadableManifest
 from tune_archiver.manifest import Manifest
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
@@ -25,7 +25,9 @@ async def archived_tunes(store: Store, now: datetime) -> list[dict[str, Any]]:
         except UnreadableManifest as exc:
             rows.append({"tune_id": tune_id, "error": f"the manifest is unreadable: {exc.reason}"})
             continue
-        except StorageError as exc:  # a folder or a FIFO in its place, EIO: this tune's alone
+        # A folder or a FIFO in its place, EIO, a bucket refusing that one object: this
+        # tune's alone (credentials refused outright stop the run).
+        except (StorageError, Denied) as exc:
             rows.append({"tune_id": tune_id, "error": str(exc)})
             continue
         if found is not None:  # None: removed since it was listed, so no longer archived

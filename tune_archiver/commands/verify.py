@@ -190,7 +190,9 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     except UnreadableManifest as exc:
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", exc.reason))
         return None
-    except StorageError as exc:  # a folder or a FIFO in its place, EIO: this tune's alone
+    # A folder or a FIFO in its place, EIO, a bucket refusing that one object (AccessDenied;
+    # credentials refused outright stop the run): this tune's alone.
+    except (StorageError, Denied) as exc:
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc)))
         return None
     if found is None:
