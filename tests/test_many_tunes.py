@@ -47,10 +47,10 @@ def manifests(archive: Path) -> set[int]:
 
 
 def test_a_large_account_needs_few_open_files(standin: StandIn, archive: Path) -> None:
-    """300 tunes under a limit of 48 open files (with --concurrency 4: what a run may
+    """120 tunes under a limit of 48 open files (with --concurrency 4: what a run may
     open grows with it): every tune archived, no "Too many open files" (each tune once
     held its manifest's lock file open while it waited to write)."""
-    account(standin, 300)
+    account(standin, 120)
 
     def few_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
@@ -62,8 +62,8 @@ def test_a_large_account_needs_few_open_files(standin: StandIn, archive: Path) -
         capture_output=True, text=True, timeout=120, check=False)
     assert "Too many open files" not in done.stderr
     assert done.returncode == 0, done.stderr[-2000:]
-    assert manifests(archive) == set(range(1, 301))
-    assert len(stored_blobs(archive)) == 302
+    assert manifests(archive) == set(range(1, 121))
+    assert len(stored_blobs(archive)) == 122
 
 
 def test_tunes_are_fetched_while_the_listing_is_still_paged(
@@ -97,7 +97,7 @@ def test_a_dry_run_flows_as_a_fetch_does(standin: StandIn, archive: Path) -> Non
     """fetch --all --dry-run takes tunes up as the listing's pages arrive, as a fetch does
     (it once listed every tune, then loaded them all at once): with the listing's last
     page held until a file is asked for, the first tunes' files are probed meanwhile."""
-    account(standin, 300)
+    account(standin, 10, page=5)
     standin.hold_until_a_file = "/tunes?limit=120&before_id=1"
     assert run_fetch(standin, archive, "--all", "--dry-run", "-q") == 0
     assert not standin.hold_timed_out
