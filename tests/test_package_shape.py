@@ -13,7 +13,7 @@ CONFINED = {
     "aiobotocore": ("store.s3",),
     "botocore": ("store.s3",),
     "tenacity": ("net.retry",),
-    "tqdm": ("progress",),
+    "tqdm": ("progress", "bar"),
 }
 
 

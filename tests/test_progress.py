@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 from tqdm import tqdm
 
+from tune_archiver.bar import BAR_FORMAT, BarProgress, _Bar
 from tune_archiver.cli.report import fetch_summary
 from tune_archiver.models import Asset, AssetResult, Blob, TuneResult
-from tune_archiver.progress import BAR_FORMAT, BarProgress, _Bar, above_bar
+from tune_archiver.progress import SHOWN, above_bar
 
 MiB = 2**20
 
@@ -118,7 +119,7 @@ def test_a_line_takes_the_bars_lock_only_while_a_bar_shows(
     with above_bar():
         pass
     assert cleared == []
-    bar = BarProgress()
+    bar = BarProgress(shown=SHOWN)
     try:
         with above_bar():
             pass

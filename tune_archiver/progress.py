@@ -1,29 +1,16 @@
-"""Progress display: a small protocol, a tqdm bar on stderr, and a silent stand-in.
+"""Progress display: a small protocol, a silent stand-in, and the choice of a bar.
 
-The bar shows sizes in binary units (KiB, MiB, GiB, as every summary does), and its
-rate and time left come from the last RATE_WINDOW seconds only: bytes a resumed file
-had on disk already never count as speed, and a stalled host makes the rate fall and
-the clock tick (a ticker redraws the bar every TICK seconds).
+The bar itself (bar.py) imports tqdm, which only a run with a bar needs: a quiet run
+(cron's) starts without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from tqdm import tqdm
-
-from tune_archiver.text import human_bytes
-
-RATE_WINDOW = 5.0  # seconds the shown rate is averaged over
-TICK = 0.5  # seconds between redraws when nothing arrives
-BAR_FORMAT = "{done} / {size} {bar} {percentage:3.0f}% {speed} {left}{postfix}"
-_SHOWN: set[BarProgress] = set()  # the bars on screen now, for above_bar
+SHOWN: set[object] = set()  # the bars on screen now (bar.BarProgress), for above_bar
 
 
 class Progress(Protocol):
@@ -70,111 +57,15 @@ class NullProgress:
         pass
 
 
-class _Bar(tqdm):  # type: ignore[type-arg]
-    """tqdm, with sizes in binary units and a rate over the last RATE_WINDOW seconds."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
-        self.samples: deque[tuple[float, int]] = deque()  # (time, bytes counted as speed)
-        self.counted = 0
-        self.clock = clock
-        super().__init__(**options)
-
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        found: dict[str, Any] = dict(super().format_dict)
-        rate = self.rate()
-        left = (found["total"] or 0) - found["n"]
-        found.update(
-            done=human_bytes(found["n"]), size=human_bytes(found["total"] or 0),
-            speed=f"{human_bytes(rate)}/s",
-            left=f"{_clock(left / rate)} left" if rate > 0 and left > 0 else "--:-- left",
-        )
-        return found
-
-    def rate(self) -> float:
-        """Bytes per second over the last RATE_WINDOW seconds; 0 when nothing came."""
-        now = self.clock()
-        self.samples.append((now, self.counted))
-        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
-            self.samples.popleft()
-        start, first = self.samples[0]
-        return (self.counted - first) / (now - start) if now > start else 0.0
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-class BarProgress:
-    """One tqdm bar on stderr: bytes with rate and time left, and tunes and files done
-    (or, for verify, blobs checked)."""
-
-    def __init__(self, items: str = "files") -> None:
-        self._bar = _Bar(
-            total=0, file=sys.stderr, dynamic_ncols=True, leave=False, bar_format=BAR_FORMAT,
-        )
-        self._items = items
-        self._tunes = 0
-        self._tunes_done = 0
-        self._files = 0
-        self._done = 0
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, daemon=True)
-        self._ticker.start()
-        _SHOWN.add(self)
-
-    def add_tunes(self, count: int) -> None:
-        self._tunes += count
-        self._show_files()
-
-    def tune_done(self) -> None:
-        self._tunes_done += 1
-        self._show_files()
-
-    def add_files(self, count: int) -> None:
-        self._files += count
-        self._show_files()
-
-    def add_bytes(self, total: int) -> None:
-        self._bar.total = (self._bar.total or 0) + total
-        self._bar.refresh()
-
-    def advance(self, nbytes: int) -> None:
-        self._bar.counted += max(nbytes, 0)
-        self._bar.update(nbytes)
-
-    def resumed(self, nbytes: int) -> None:
-        self._bar.update(nbytes)
-
-    def file_done(self) -> None:
-        self._done += 1
-        self._show_files()
-
-    def close(self) -> None:
-        _SHOWN.discard(self)
-        self._stop.set()
-        self._ticker.join()
-        self._bar.close()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(TICK):
-            self._bar.refresh()  # the clock ticks and the rate falls while nothing comes
-
-    def _show_files(self) -> None:
-        items = f"{self._items} {self._done}/{self._files}"
-        text = f"tunes {self._tunes_done}/{self._tunes}, {items}" if self._tunes else items
-        self._bar.set_postfix_str(text, refresh=False)
-
-
 def above_bar() -> contextlib.AbstractContextManager[None]:
     """Clear any bar while a line is printed, and draw it again after: a line printed
     while the bar shows would otherwise be cut into it. With no bar on screen (-q, or
     stderr no terminal) there is nothing to clear, and tqdm's locks are not taken: a
     quiet --all of 20,000 tunes spent half a second in them."""
-    if not _SHOWN:
+    if not SHOWN:
         return contextlib.nullcontext()
+    from tqdm import tqdm  # loaded with the bar already
+
     return tqdm.external_write_mode(file=sys.stderr)
 
 
@@ -183,4 +74,6 @@ def progress_for(quiet: bool, items: str = "files") -> Progress:
     names what its count counts (files fetched, blobs verified)."""
     if quiet or not sys.stderr.isatty():
         return NullProgress()
-    return BarProgress(items)
+    from tune_archiver.bar import BarProgress
+
+    return BarProgress(items, SHOWN)
