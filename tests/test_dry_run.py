@@ -157,3 +157,19 @@ def test_dry_run_knows_an_empty_file_is_empty(
     result = json.loads(capsys.readouterr().out)
     assert (result["ok"], result["unknown_sizes"], result["not_downloadable"]) == (True, 0, 0)
     assert [d["size"] for d in result["tunes"][0]["download"]] == [0]
+
+
+@pytest.mark.parametrize("total", ["\u00b2", "9" * 5000])
+def test_dry_run_over_a_size_of_no_plain_number_leaves_it_unknown(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], total: str
+) -> None:
+    """A Content-Range total that is no plain number (a superscript digit passes
+    str.isdigit; 5,000 digits pass int()'s limit) is a size the host will not say: the
+    dry run ends with its lines, not a traceback."""
+    add_tune_5(standin)
+    standin.faults["img-5-2"] = [Status(206, {"Content-Range": f"bytes 0-0/{total}"})]
+    assert run_fetch(standin, archive, "5", "--dry-run") == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == (
+        "tune 5 (T): would download 4 files, 1.0 MiB (size of 1 unknown); 0 already archived"
+    )

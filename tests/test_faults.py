@@ -445,6 +445,20 @@ def test_416_drops_the_partial_and_starts_over(standin: StandIn, archive: Path) 
     assert blob_file(archive, data).read_bytes() == data
 
 
+def test_a_resume_answered_with_a_total_past_ints_limit_starts_over(
+    standin: StandIn, archive: Path
+) -> None:
+    """A 206 whose Content-Range total has 5,000 digits (past int()'s limit) is a
+    malformed answer: the file starts over and is archived, never failed as an
+    internal error."""
+    data = one_file_tune(standin)
+    answer = f"bytes {2 * MiB}-{len(data) - 1}/{'9' * 5000}"
+    standin.faults["model"] = [Cut(2 * MiB), Status(206, {"Content-Range": answer})]
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin)[-1] is None
+    assert blob_file(archive, data).read_bytes() == data
+
+
 def test_api_500_waits_30_s_and_a_file_500_does_not(standin: StandIn, archive: Path) -> None:
     """A 500 from the API waits 30 s before its retry; a 500 from an asset host, the backoff."""
     one_file_tune(standin, size=5_000)

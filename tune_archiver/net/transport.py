@@ -40,7 +40,10 @@ from tune_archiver.urls import check_fetchable, origin, redact, redact_text
 CHUNK_BYTES = 2**20  # bytes gathered before one thread hop that writes (and hashes) them
 ERROR_BODY_BYTES = 4096
 MAX_REDIRECTS = 10
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+# A byte position or size: ASCII digits, few enough for int() (\d takes any script's
+# digits, str.isdigit a superscript, and int() refuses more than 4,300 digits).
+_POSITION = r"[0-9]{1,20}"
+_CONTENT_RANGE = re.compile(rf"bytes ({_POSITION})-({_POSITION})/({_POSITION})")
 # A Last-Modified is a strong validator only this long before the answer's Date (RFC 9110
 # 8.8.2.2): a file changed twice within its second would show the same date for both.
 SETTLED_SECONDS = 60
@@ -226,7 +229,7 @@ async def probe_size(
                 return Probe(refused=f"HTTP {resp.status}", status=resp.status)
             if resp.status in (206, 416):  # 416: an empty file has no byte 0, but a size
                 total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-                return Probe(int(total) if total.isdigit() else None)
+                return Probe(int(total) if re.fullmatch(_POSITION, total) else None)
             return Probe(resp.content_length if resp.status == 200 else None)
     except RefusedUrl as exc:  # as a fetch would refuse it, for good
         return Probe(refused=str(exc))
