@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gzip
 import json
 import os
 import socketserver
@@ -323,6 +324,27 @@ class RawHost:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def test_a_body_sent_with_a_gzip_transfer_coding_is_not_archived_as_the_file(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that gzips the file as a transfer coding (Transfer-Encoding: gzip, chunked),
+    which no request of ours offered to take (no TE), sends other bytes than the file's:
+    aiohttp takes off the chunking only, so the file fails and nothing is stored."""
+    packed = gzip.compress(os.urandom(5000))
+    host = RawHost(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
+                   b"Connection: close\r\n\r\n" + f"{len(packed):x}\r\n".encode() + packed
+                   + b"\r\n0\r\n\r\n")
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 1
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert "encoded (gzip)" in entry["error"]
+    assert stored_blobs(archive) == []
 
 
 def test_a_malformed_answer_quoting_a_presigned_url_is_redacted_in_the_manifest_and_lines(

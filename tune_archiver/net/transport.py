@@ -302,10 +302,13 @@ async def asset_status_error(
 
 def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:
     """Raise DataError for a body sent encoded (gzip, br...) though asked for as it is
-    (Accept-Encoding: identity): its bytes are not the file's, nor its ranges the file's."""
-    codings = [coding.strip().lower() for header in response.headers.getall(
-        "Content-Encoding", ()) for coding in header.split(",")]
-    coding = next((coding for coding in codings if coding not in ("", "identity")), None)
+    (Accept-Encoding: identity): its bytes are not the file's, nor its ranges the file's.
+    A transfer coding but chunked is refused as well: we send no TE offering one, and
+    aiohttp takes off the chunking alone (Transfer-Encoding: gzip, chunked)."""
+    codings = [coding.strip().lower() for name in ("Content-Encoding", "Transfer-Encoding")
+               for header in response.headers.getall(name, ()) for coding in header.split(",")]
+    coding = next((coding for coding in codings
+                   if coding not in ("", "identity", "chunked")), None)
     if coding is not None:
         raise DataError(f"the server sent the file encoded ({visible(coding[:20])}), not as "
                         f"it is: {shown}")
