@@ -647,6 +647,30 @@ async def test_prepare_on_an_unreachable_endpoint_is_unreachable(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AWS_PROFILE", "no-such-profile"),
+        ("AWS_DEFAULT_REGION", "us east 1"),
+        ("AWS_ENDPOINT_URL", "minio.local:9000"),
+    ],
+)
+async def test_an_aws_setting_the_client_refuses_is_one_configuration_line(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A profile that is not in ~/.aws, a malformed region or an endpoint without its
+    scheme is refused by botocore as the client is made, before any request: that was
+    a ProfileNotFound, InvalidRegionError or ValueError traceback, not one line (exit 2)."""
+    monkeypatch.setenv(variable, value)
+    store = S3Store("s3://bkt/p", attempts=1)
+    with pytest.raises(ConfigError, match=r"^cannot open s3://bkt/p: ") as caught:
+        async with store:
+            pass
+    assert value in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert SECRET_KEY not in str(caught.value)
+
+
 async def test_endpoint_is_read_from_aws_endpoint_url(
     bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,7 @@ from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import save_as, stream
+from tune_archiver.urls import redact_text
 
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
@@ -101,15 +102,20 @@ class S3Store:
 
     async def __aenter__(self) -> S3Store:
         from aiobotocore.session import get_session
+        from botocore.exceptions import BotoCoreError
 
         config = client_config(self._endpoint_url, self._attempts)
         keep_big_blocks_apart()  # a part's buffer is freed to the system once sent
         session = self._session or get_session()
         client = session.create_client("s3", endpoint_url=self._endpoint_url, config=config)
-        self._bucket = Bucket(
-            await self._stack.enter_async_context(client), self.name, self.prefix,
-            self._part_size, self._copy_limit,
-        )
+        try:
+            opened = await self._stack.enter_async_context(client)
+        except (BotoCoreError, ValueError) as exc:
+            # The AWS settings, read as the client is made: a profile not in ~/.aws, a
+            # malformed region, an endpoint without its scheme (botocore's ValueError).
+            raise ConfigError(f"cannot open {self}: {redact_text(str(exc))}") from exc
+        self._bucket = Bucket(opened, self.name, self.prefix, self._part_size,
+                              self._copy_limit)
         return self
 
     async def __aexit__(
