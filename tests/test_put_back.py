@@ -33,6 +33,7 @@ from tune_archiver.commands.repair import repair
 from tune_archiver.commands.verify import verify
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download.staging import staging_for
+from tune_archiver.errors import StorageError
 from tune_archiver.layout import blob_key
 from tune_archiver.progress import NullProgress
 from tune_archiver.store import aside
@@ -227,3 +228,31 @@ async def test_put_back_of_a_large_object_checks_what_the_copy_put_in_place(
         assert await store.put_back(sha, stray_of(sha), "20261210T120000Z") is None
         assert await store.hash_blob(sha, lambda n: None) is None
     assert await bucket.get(f"arch/{stray_of(sha)}") == other
+
+
+async def test_setting_aside_a_large_object_the_bucket_refuses_is_one_storage_error(
+    bucket: Bucket,
+) -> None:
+    """An object past copy_limit is set aside part by part (UploadPartCopy), outside
+    bucket.translated: when its source is gone meanwhile (another repair set it aside
+    first) botocore's ClientError came out of set_aside_blob as it is, a traceback where
+    the promise is one line; the copy's upload is aborted and the object left alone."""
+    data = os.urandom(MIN_PART + 1000)
+    sha = sha256(data)
+    store = S3Store(f"s3://{bucket.name}/arch", bucket.endpoint, attempts=1,
+                    session=bucket.session, part_size=MIN_PART, copy_limit=MIN_PART)
+    async with store:
+        await bucket.put(f"arch/{blob_key(sha)}", data)
+        client = store.bucket.client
+        real = client.upload_part_copy
+
+        async def gone_first(**kwargs: Any) -> Any:
+            await client.delete_object(Bucket=bucket.name, Key=f"arch/{blob_key(sha)}")
+            return await real(**kwargs)
+
+        client.upload_part_copy = gone_first  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="cannot set a damaged blob aside in ") as caught:
+            await store.set_aside_blob(sha, "20261210T120000Z")
+    assert "\n" not in str(caught.value)
+    assert await bucket.uploads() == []
+    assert await bucket.keys("arch/tmp/") == []

@@ -23,8 +23,9 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
         if found is None:
             continue
         target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
-        await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
-                   check=False)
+        with bucket.translated("set a damaged blob aside"):  # part by part past copy_limit
+            await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
+                       check=False)
         await bucket.delete(bucket.key(key))
         moved.append(target)
     return moved
