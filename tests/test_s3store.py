@@ -49,7 +49,7 @@ from tune_archiver.errors import (
     Unreachable,
 )
 from tune_archiver.layout import blob_key
-from tune_archiver.models import Blob
+from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store.s3.config import INSTALL_HINT, client_config, install_hint
 from tune_archiver.store.s3.errors import translated
 from tune_archiver.store.s3.intake import S3Intake, drop_file
@@ -187,6 +187,35 @@ async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
     assert found.blobs == []
     assert sha(await bucket.get(key)) == sha(data)
     assert await left_over(bucket) == ([], [])
+
+
+async def test_gc_never_removes_a_blob_a_fetch_refreshed_after_gc_listed_it(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """gc lists the blobs with their dates, then removes the old unreferenced ones one
+    request at a time; a fetch on another machine that reuses such a blob meanwhile
+    refreshes its date and names it in a manifest. gc removed it all the same, by the
+    date it had listed, and the manifest named a missing blob."""
+    from tune_archiver.commands.gc import collect
+
+    data = os.urandom(50_000)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        age(bucket, key, timedelta(days=3))
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        listing = store.blobs
+
+        async def refreshed_once_listed() -> list[StoredBlob]:
+            listed = await listing()
+            await again.commit(None)  # the other machine's fetch, between list and delete
+            return listed
+
+        store.blobs = refreshed_once_listed  # type: ignore[method-assign]
+        found = await collect(store, datetime.now(UTC), False,
+                              Staging(tmp_path / "gc-staging", durable=False))
+    assert found.blobs == []
+    assert sha(await bucket.get(key)) == sha(data)
 
 
 async def test_a_large_file_the_store_removed_is_closed_off_the_event_loop(

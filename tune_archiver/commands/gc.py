@@ -68,8 +68,10 @@ async def collect(
         cutoff = now - PARTIAL_MAX_AGE
         report.partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
         if not dry_run:
-            for key, _ in report.blobs:
-                await store.delete_blob(key.rsplit("/", 1)[-1])
+            report.blobs = [
+                (key, size) for key, size in report.blobs
+                if await store.delete_blob(key.rsplit("/", 1)[-1], older_than=young)
+            ]
             report.partials = [
                 *await staging.remove_stale(cutoff), *await store.remove_stale_uploads(cutoff)
             ]

@@ -147,8 +147,10 @@ class Store(Protocol):
         the file there is not whole."""
         ...
 
-    async def delete_blob(self, sha256: str) -> None:
-        """Remove a blob (gc only); one already gone is not an error."""
+    async def delete_blob(self, sha256: str, older_than: datetime | None = None) -> bool:
+        """Remove a blob (gc only); one already gone is not an error. With `older_than`,
+        one whose date is later now (a fetch with no lock to wait for refreshed it since
+        gc listed it) is kept: False."""
         ...
 
     async def delete_manifest(self, tune_id: int) -> None:

@@ -293,12 +293,14 @@ class LocalStore:
             return await in_thread(put_back, self._absolute, key, blob_key(sha256), sha256,
                                    DAMAGED_BLOBS, f"{sha256}-{stamp}")
 
-    async def delete_blob(self, sha256: str) -> None:
-        """Remove a blob (gc only, under the exclusive lock), in its fan-out folder opened
-        without following a link: gc listed the folder as one, but a link planted at it
-        since would have it remove a file outside the archive."""
+    async def delete_blob(self, sha256: str, older_than: datetime | None = None) -> bool:
+        """Remove a blob (gc only, under the exclusive lock, so no fetch refreshed it since:
+        `older_than` is not looked at), in its fan-out folder opened without following a
+        link: gc listed the folder as one, but a link planted at it since would have it
+        remove a file outside the archive."""
         with _inside(self.root, "remove a blob"):
             await in_thread(remove_file, self._absolute, blob_key(sha256))
+        return True
 
     async def delete_manifest(self, tune_id: int) -> None:
         """Remove the tune's manifest (forget, under the exclusive lock), in manifests/

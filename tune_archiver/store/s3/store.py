@@ -238,9 +238,17 @@ class S3Store:
         """The object at `key` copied to the blob's place if whole (see Store.put_back)."""
         return await aside.put_back(self.bucket, sha256, key, stamp)
 
-    async def delete_blob(self, sha256: str) -> None:
-        """Remove the blob; removing one that is not there is not an error."""
-        await self.bucket.delete(self.bucket.key(blob_key(sha256)))
+    async def delete_blob(self, sha256: str, older_than: datetime | None = None) -> bool:
+        """Remove the blob; removing one that is not there is not an error. With
+        `older_than`, its date is read again first: gc listed it old, but a fetch on
+        another machine may have refreshed it since to name it (see the class's note)."""
+        key = self.bucket.key(blob_key(sha256))
+        if older_than is not None:
+            found = await self.bucket.head(key, "look up a blob")
+            if found is not None and found[1] > older_than:
+                return False
+        await self.bucket.delete(key)
+        return True
 
     # -- manifests -------------------------------------------------------------
 
