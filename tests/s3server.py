@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiobotocore.session
 import botocore.loaders
 import pytest
+from aiobotocore.httpsession import AIOHTTPSession
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.moto_server.werkzeug_app import create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -127,6 +128,24 @@ def aws_env_fixture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait for an IMDS
     monkeypatch.setattr(aiobotocore.session, "get_session", _session_with_shared_data)
+    if _build_verify_context is not None:  # aiobotocore's own, as of 2.19-3.x
+        monkeypatch.setattr(AIOHTTPSession, "_build_verify_context", _one_verify_context)
+
+
+_build_verify_context = getattr(AIOHTTPSession, "_build_verify_context", None)
+_VERIFY_CONTEXTS: dict[object, Any] = {}
+
+
+def _one_verify_context(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """The TLS context aiobotocore builds for every client (loading the CA bundle: a
+    tenth of the S3 tests' time), built once per verify setting: moto's endpoint is
+    plain HTTP anyway. Anything unforeseen is passed through as it was."""
+    verify = getattr(self, "_verify", None)
+    if args or kwargs or not isinstance(verify, bool | str):
+        return _build_verify_context(self, *args, **kwargs)
+    if verify not in _VERIFY_CONTEXTS:
+        _VERIFY_CONTEXTS[verify] = _build_verify_context(self)
+    return _VERIFY_CONTEXTS[verify]
 
 
 _DATA_LOADER = botocore.loaders.create_loader()
