@@ -241,6 +241,26 @@ def test_a_lost_blob_of_a_file_no_longer_listed_is_a_failure_and_keeps_its_entry
     assert ("training_image", 1, "ok") in statuses(archive, 1)
 
 
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_lost_blob_that_cannot_be_fetched_again_leaves_the_manifest_not_complete(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], listed: bool
+) -> None:
+    """The run that says a lost blob could not be fetched again (listed, or no longer
+    listed) writes a manifest that says the tune is not complete, as list shows it."""
+    served = add_tune(standin, 1, images=2, expires_at=AHEAD)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    blob_file(archive, served.images[1]).unlink()
+    if listed:
+        standin.faults["img-1-1.jpg"] = [Status(404)] * 10
+    else:
+        standin.tunes[1]["orig_images"] = standin.tunes[1]["orig_images"][:1]
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
+    assert ("training_image", 1, "ok") in statuses(archive, 1)
+    [row] = json.loads(cli(capsys, "list", "--archive", str(archive), "--json").out)["tunes"]
+    assert row["complete"] is False
+
+
 def test_all_does_not_fail_forever_on_a_file_gone_upstream(
     standin: StandIn, archive: Path
 ) -> None:

@@ -254,8 +254,11 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
         written, reported[:] = merged(ours, now, plan.missing)
+        # An entry kept while its blob is missing is ok in `written`, not in `reported`:
+        # the tune is not complete while the run says that file failed.
+        complete = not plan.left_out and all(result.ok for result in reported)
         document = manifest.build_manifest(
-            tune, written, run.clock(), complete=not plan.left_out, state=listing_state(tune),
+            tune, written, run.clock(), complete=complete, state=listing_state(tune),
             workspace=told if told is not None else now.workspace if now else None,
             retrained=now.retrained if now else (),
         )
