@@ -261,6 +261,46 @@ def test_a_lost_blob_that_cannot_be_fetched_again_leaves_the_manifest_not_comple
     assert row["complete"] is False
 
 
+def test_a_failed_file_the_tune_no_longer_lists_is_said_gone_and_kept(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that failed (a 404 on day 1) and that the API no longer lists on day 2 was
+    dropped from the manifest: day 2 exited 0, complete, and verify said all intact, for
+    a file never archived. It is now gone upstream: said once (exit 1), kept as gone
+    (not complete; verify --strict fails), and later runs exit 0 with its error as it was."""
+    add_tune(standin, 1, images=2, expires_at=AHEAD)
+    standin.faults["img-1-1.jpg"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    standin.tunes[1]["orig_images"] = standin.tunes[1]["orig_images"][:1]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert "training_image 1: gone upstream, never archived" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert ("training_image", 1, "gone") in statuses(archive, 1)
+    assert document["complete"] is False
+    errors = [e["error"] for e in document["assets"] if e["status"] == "gone"]
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert [e["error"] for e in manifest_of(archive, 1)["assets"]
+            if e["status"] == "gone"] == errors
+    assert cli(capsys, "verify", "--strict", "--archive", str(archive)).code == 1
+
+
+def test_a_failed_prompt_image_is_not_gone_in_a_run_without_prompts(
+    standin: StandIn, archive: Path
+) -> None:
+    """Without --prompts no prompt is listed: a prompt image that failed is not gone (it
+    was not asked for), nor a failure of that run; a later --prompts run tries it again."""
+    add_tune(standin, 1, images=1, expires_at=AHEAD)
+    standin.add_prompt(1, 500, "ohwx", [standin.add_file("gen", b"g" * 900)])
+    standin.faults["gen"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 1
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert ("prompt_image", 0, "gone") not in statuses(archive, 1)
+    standin.faults["gen"] = []
+    assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 0
+    assert ("prompt_image", 0, "ok") in statuses(archive, 1)
+
+
 def test_all_does_not_fail_forever_on_a_file_gone_upstream(
     standin: StandIn, archive: Path
 ) -> None:

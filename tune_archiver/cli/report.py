@@ -66,8 +66,8 @@ def fetch_errors(result: TuneResult) -> list[str]:
     for failure in result.failed:
         lines.append(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}")
     for lost in result.gone:
-        lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream (the tune "
-                     f"has expired; it will not be asked for again): {lost.error}")
+        lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream, never "
+                     f"archived (it will not be asked for again): {lost.error}")
     return lines
 
 

@@ -159,7 +159,7 @@ async def plan_for(
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, previous)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
-    return plan, carried_over(previous, assets_of(tune), present)
+    return plan, carried_over(previous, assets_of(tune), present, settings.prompts)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -228,7 +228,8 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
-            return AssetResult(asset, error=str(exc), gone=gone)
+            return AssetResult(asset, error=f"{exc} (the tune has expired)" if gone else str(exc),
+                               gone=gone)
         except ArchiverError as exc:
             return AssetResult(asset, error=str(exc))
         except Exception as exc:  # a bug met on one file must not stop the others

@@ -103,6 +103,10 @@ def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKe
     return found
 
 
+PROMPT_KINDS = frozenset({"prompt_image", "prompt_input"})
+NO_LONGER_LISTED = "the API no longer lists it, and it was never archived"
+
+
 def _moved(key: AssetKey) -> tuple[str, int | None, str]:
     """What a file keeps when its list is reordered: all of its key but its index."""
     kind, prompt_id, _, source = key
@@ -110,20 +114,29 @@ def _moved(key: AssetKey) -> tuple[str, int | None, str]:
 
 
 def carried_over(
-    manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int]
+    manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int],
+    prompts_listed: bool = True,
 ) -> list[AssetResult]:
     """Files the last manifest knows that the tune no longer lists (expired, or prompts
     not asked for this time).
 
     They stay in the new manifest, every field of their entries kept, so their blobs
     stay referenced and are never lost; one whose blob has gone missing is recorded
-    as failed, saying so; one gone upstream stays gone.
+    as failed, saying so; one gone upstream stays gone. One that failed, never
+    archived, and that the listing now leaves out (deleted upstream) is gone: said
+    once, then kept as gone (dropped, the tune would look complete). Prompts' files
+    count as left out only when the prompts were listed (`prompts_listed`).
     """
     known = known_entries(manifest)
-    listed = {entry_key(entry)
-              for entry in paired([asset_key(asset) for asset in current], known.values())
-              .values()}
-    return [_known(entry, present) for key, entry in known.items() if key not in listed]
+    keys = [asset_key(asset) for asset in current]
+    listed = {entry_key(entry) for entry in paired(keys, known.values()).values()}
+    sources = {_moved(key) for key in keys}
+    unlisted = [entry for entry in (manifest.entries if manifest is not None else ())
+                if entry.status == "failed" and _moved(entry_key(entry)) not in sources
+                and (prompts_listed or entry.kind not in PROMPT_KINDS)]
+    return [_known(entry, present) for key, entry in known.items() if key not in listed] + [
+        CarriedOver(entry.asset, error=f"{NO_LONGER_LISTED} (its last error: {entry.error})",
+                    gone=True, entry=entry) for entry in unlisted]
 
 
 def _known(entry: Entry, present: Mapping[str, int]) -> AssetResult:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from tune_archiver import manifest
 from tune_archiver.commands.fetch import Clock, fetch
+from tune_archiver.commands.plan import PROMPT_KINDS
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
@@ -26,8 +27,6 @@ from tune_archiver.layout import blob_key
 from tune_archiver.models import TuneResult
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
-
-PROMPT_KINDS = frozenset({"prompt_image", "prompt_input"})
 
 
 @dataclass
