@@ -285,6 +285,25 @@ def test_a_failed_file_the_tune_no_longer_lists_is_said_gone_and_kept(
     assert cli(capsys, "verify", "--strict", "--archive", str(archive)).code == 1
 
 
+def test_a_listing_of_no_file_at_all_turns_no_failed_file_gone(
+    standin: StandIn, archive: Path
+) -> None:
+    """A tune that lists nothing for a while (a glitch) proves no file gone: a failed one
+    is tried again once the files are listed again."""
+    add_tune(standin, 1, images=2, expires_at=AHEAD)
+    standin.faults["img-1-1.jpg"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    names = ("ckpt_urls", "ckpt_url", "orig_images")
+    listed = {name: standin.tunes[1].get(name) for name in names}
+    standin.tunes[1].update(ckpt_urls=[], ckpt_url=None, orig_images=[])
+    run_fetch(standin, archive, "1", clock=lambda: NOW)
+    assert not [s for s in statuses(archive, 1) if s[2] == "gone"]
+    standin.tunes[1].update(listed)
+    standin.faults["img-1-1.jpg"] = []
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert ("training_image", 1, "ok") in statuses(archive, 1)
+
+
 def test_a_failed_prompt_image_is_not_gone_in_a_run_without_prompts(
     standin: StandIn, archive: Path
 ) -> None:
