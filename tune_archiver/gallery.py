@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from tune_archiver.manifest import Entry, Manifest
+from tune_archiver.models import PROMPT_KINDS
 from tune_archiver.text import human_bytes, time_left
 
 Href = Callable[[Entry], "str | None"]
@@ -104,7 +105,7 @@ def _grid(entries: Iterable[Entry], href: Href) -> str:
 def _prompts(entries: Sequence[Entry], href: Href) -> str:
     groups: dict[int | None, list[Entry]] = {}
     for entry in entries:
-        if entry.kind in ("prompt_image", "prompt_input"):
+        if entry.kind in PROMPT_KINDS:
             groups.setdefault(entry.prompt_id, []).append(entry)
     if not groups:
         return ""

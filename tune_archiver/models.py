@@ -16,6 +16,7 @@ from tune_archiver.errors import DataError
 AssetKind = Literal[
     "checkpoint", "training_image", "prompt_image", "prompt_input", "face_swap_image"
 ]
+PROMPT_KINDS: frozenset[str] = frozenset({"prompt_image", "prompt_input"})  # a prompt's files
 # Fewer bytes than this is an error page or a glitch, never the file: retried, not archived.
 SMALLEST: dict[str, int] = {"checkpoint": 1024}
 ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)

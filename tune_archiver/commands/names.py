@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tune_archiver.manifest import Entry
+from tune_archiver.models import PROMPT_KINDS
 
 MAX_SLUG = 60
 # Content types whose extension we know; others come from the URL's path.
@@ -75,7 +76,7 @@ def export_path(entry: Entry, taken: set[str]) -> str:
     folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
     stem = f"{index:03d}" if isinstance(index, int) and index >= 0 else "file"
     prompt_id = entry.prompt_id
-    if kind in ("prompt_image", "prompt_input") and isinstance(prompt_id, int):
+    if kind in PROMPT_KINDS and isinstance(prompt_id, int):
         stem = f"{prompt_id}-{stem}"
     suffix = extension(entry.content_type, entry.url)
     path = f"{folder}/{stem}{suffix}"

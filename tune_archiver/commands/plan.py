@@ -13,7 +13,15 @@ from typing import Any
 
 from tune_archiver.config import Only
 from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
-from tune_archiver.models import Asset, AssetKind, AssetResult, Blob, Prompt, Tune
+from tune_archiver.models import (
+    PROMPT_KINDS,
+    Asset,
+    AssetKind,
+    AssetResult,
+    Blob,
+    Prompt,
+    Tune,
+)
 from tune_archiver.selection import parse_moment
 from tune_archiver.urls import identity
 
@@ -103,7 +111,6 @@ def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKe
     return found
 
 
-PROMPT_KINDS = frozenset({"prompt_image", "prompt_input"})
 NO_LONGER_LISTED = "the API no longer lists it, and it was never archived"
 
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field, replace
 
 from tune_archiver import manifest
 from tune_archiver.commands.fetch import Clock, fetch
-from tune_archiver.commands.plan import PROMPT_KINDS
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError, UnreadableManifest
 from tune_archiver.layout import blob_key
-from tune_archiver.models import TuneResult
+from tune_archiver.models import PROMPT_KINDS, TuneResult
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
 

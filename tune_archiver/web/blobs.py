@@ -79,9 +79,8 @@ async def _file_response(store: LocalStore, sha256: str, request: web.Request
     aiohttp's FileResponse: given the path, it opens it again (a link swapped in
     meanwhile is followed), and sends a <sha256>.gz or .br beside it in its place to a
     client that accepts gzip or br, as every browser does: bytes verify never reads."""
-    # O_NOFOLLOW and blob_size guard the last two parts of its path only: a link at
-    # objects/ or objects/sha256 would have bytes from outside the archive sent under a
-    # blob's name (verify and gc refuse it too).
+    # blob_size would only call the blob missing (404) through a link at objects/ or
+    # objects/sha256: refused first, the answer says why (verify and gc refuse it too).
     await in_thread(refuse_links, [store.path(OBJECTS).parent, store.path(OBJECTS)],
                     "the archive's folder")
     if await store.blob_size(sha256) is None:
