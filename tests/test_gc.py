@@ -163,6 +163,43 @@ def test_stale_partials_go_and_fresh_ones_stay(
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
 
 
+def test_a_photo_copy_a_killed_retrain_left_goes_after_a_day(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retrain killed while it read a photo back leaves tmp/retrain-XXXXXXXX/blob, a
+    private photo: gc removes it once a day old, and never what looks like it but is not
+    ours (a fresh copy, a link to a folder elsewhere, a name of another shape)."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    when = time.time() - 2 * DAY
+
+    def copy_folder(name: str, age_it: bool = True) -> Path:
+        folder = archive / "tmp" / name
+        folder.mkdir(mode=0o700)
+        (folder / "blob").write_bytes(b"a photo" * 100)
+        if age_it:
+            for path in (folder / "blob", folder):
+                os.utime(path, (when, when))
+        return folder
+
+    stale = copy_folder("retrain-k2x_9q0a")
+    fresh = copy_folder("retrain-7bbbbbbb", age_it=False)
+    theirs = copy_folder("retrain-mine")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "blob").write_bytes(b"not ours")
+    link = archive / "tmp" / "retrain-linkxxxx"
+    link.symlink_to(outside)
+    os.utime(link, (when, when), follow_symlinks=False)
+    listed = [{"path": "tmp/retrain-k2x_9q0a", "bytes": 700}]
+    assert gc_json(capsys, archive, "--dry-run")["partials"] == listed
+    assert stale.exists()
+    assert gc_json(capsys, archive)["partials"] == listed
+    assert not stale.exists()
+    assert all((folder / "blob").exists() for folder in (fresh, theirs, outside))
+    assert link.is_symlink()
+
+
 @pytest.fixture
 def locked_partial(standin: StandIn, archive: Path) -> Iterator[list[Path]]:
     """A two-day-old partial that this process holds flock(LOCK_EX) on, as a download would."""

@@ -20,7 +20,7 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
 from tune_archiver.config import Settings
-from tune_archiver.download.staging import Staging, staging_for
+from tune_archiver.download.staging import RETRAIN_COPY_PREFIX, Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
     ConnectError,
@@ -178,7 +178,8 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
     folder of its own in `scratch`."""
     blob = entry.blob
     assert blob is not None  # the plan holds archived entries only
-    with tempfile.TemporaryDirectory(prefix="retrain-", dir=scratch) as folder:  # 0700
+    with tempfile.TemporaryDirectory(prefix=RETRAIN_COPY_PREFIX, dir=scratch) as folder:
+        # 0700; one a killed retrain leaves is swept by gc a day later
         target = Path(folder) / "blob"
         await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
         data = await in_thread(target.read_bytes)

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 from urllib.parse import urlsplit
 
 from tune_archiver.download.partfile import Writer, partial_name
@@ -178,7 +178,10 @@ class Staging:
                            key=lambda found: not found[0].endswith(".part"))
             for name, size in stale:
                 try:
-                    if name.endswith(".part"):
+                    if _RETRAIN_COPY.fullmatch(name):
+                        shutil.rmtree(name, dir_fd=folder)  # never follows a link in it
+                        gone = True
+                    elif name.endswith(".part"):
                         gone = _remove_unless_locked(folder, name)
                     else:  # a sidecar goes with its partial, if that one goes
                         gone = not exists_at(folder, f"{name.removesuffix('.json')}.part")
@@ -210,10 +213,13 @@ class Staging:
 
 
 # What this tool leaves in a staging folder: partials and their sidecars (and their
-# temp names), private partials, a local archive's manifest temp files. gc removes
-# nothing else: $TUNE_ARCHIVER_STAGING may name a folder that holds the user's files.
+# temp names), private partials, a local archive's manifest temp files, and the
+# folder of a photo a killed retrain was copying. gc removes nothing else:
+# $TUNE_ARCHIVER_STAGING may name a folder that holds the user's files.
 _OURS = re.compile(r"[0-9a-f]{40}\.(part|json)|\.[0-9a-f]{40}\.json\.tmp"
                    r"|(private-[a-z0-9_]{8}\.part)|(manifest-[a-z0-9_]{8}\.tmp)")
+RETRAIN_COPY_PREFIX = "retrain-"  # retrain's tempfile folders: the prefix, 8 of its letters
+_RETRAIN_COPY = re.compile(rf"{RETRAIN_COPY_PREFIX}[a-z0-9_]{{8}}")
 
 
 def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
@@ -224,15 +230,28 @@ def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if not _OURS.fullmatch(entry.name):
+            copy = _RETRAIN_COPY.fullmatch(entry.name)
+            if not (copy or _OURS.fullmatch(entry.name)):
                 continue  # damaged/ is kept, and whatever the user put here
             try:
                 stat = entry.stat(follow_symlinks=False)
+                if (S_ISDIR if copy else S_ISREG)(stat.st_mode) and stat.st_mtime < cutoff:
+                    found.append((entry.name, _size_in(folder, entry.name) if copy
+                                  else stat.st_size))
             except FileNotFoundError:
                 continue  # committed (or swept) meanwhile: a fetch may be running
-            if S_ISREG(stat.st_mode) and stat.st_mtime < cutoff:
-                found.append((entry.name, stat.st_size))
     return sorted(found)
+
+
+def _size_in(folder: int, name: str) -> int:
+    """The bytes of the regular files directly in the folder `name` of `folder`."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+    try:
+        with os.scandir(fd) as entries:
+            return sum(entry.stat(follow_symlinks=False).st_size for entry in entries
+                       if entry.is_file(follow_symlinks=False))
+    finally:
+        os.close(fd)
 
 
 def _unlink(folder: int, name: str) -> None:
