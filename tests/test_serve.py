@@ -6,6 +6,7 @@ import asyncio
 import errno
 import gzip
 import logging
+import os
 import select
 import signal
 import urllib.error
@@ -22,10 +23,19 @@ from tests.archive_helpers import start as start_process
 from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
 from tests.helpers import blob_file, sha256
+from tests.s3server import (  # noqa: F401  (fixtures)
+    Bucket,
+    aio_session_fixture,
+    aws_env_fixture,
+    bucket_fixture,
+    moto_s3_fixture,
+)
 from tests.standin import StandIn
 from tune_archiver.errors import StorageError
+from tune_archiver.layout import blob_key
 from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
+from tune_archiver.store.s3.store import S3Store
 from tune_archiver.web import blobs
 from tune_archiver.web.access import is_loopback, parse_bind, read_token
 from tune_archiver.web.blobs import byte_range
@@ -371,6 +381,85 @@ async def test_a_compressed_file_beside_a_blob_is_never_sent_for_it(
     async with session.get(blob, headers=headers) as response:
         assert response.status == 206
         assert await response.read() == gallery.training[2][:10]
+
+
+async def fails_midway(session: aiohttp.ClientSession, url: str) -> None:
+    """The answer starts as a 200, and its body is cut before its end."""
+    async with session.get(url) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def test_a_rotted_blob_is_never_sent_whole(
+    site: Site, gallery: Gallery, archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blob whose bytes rotted on the disk (same size, one byte changed): asked whole, the
+    connection is cut before its last bytes, so the client's download fails rather than
+    completing with other bytes under the blob's name, and serve says why in one line."""
+    path = blob_file(archive, gallery.checkpoint)
+    rotted = bytearray(gallery.checkpoint)
+    rotted[len(rotted) // 2] ^= 0xFF
+    path.chmod(0o600)
+    path.write_bytes(bytes(rotted))
+    url, session = site
+    await fails_midway(session, f"{url}blobs/{path.name}")
+    said = [record.getMessage() for record in caplog.records
+            if "do not match its sha256" in record.getMessage()]
+    assert len(said) == 1
+    assert "\n" not in said[0]
+    assert not [record for record in caplog.records if record.exc_info]
+    async with session.get(f"{url}blobs/{path.name}", headers={"Range": "bytes=0-9"}) as ranged:
+        assert await ranged.read() == bytes(rotted[:10])  # a range is sent unhashed
+
+
+async def test_a_blob_the_disk_fails_to_read_midway_is_a_failed_download(
+    site: Site, gallery: Gallery, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """EIO once the blob's headers are sent: the connection is cut and serve says why in
+    one line. A 500 is no longer possible there; aiohttp wrote its status line into the
+    body, and the client waited for the rest."""
+    read = blobs._read
+
+    def failing_past_the_head(fd: int, offset: int, count: int, path: str) -> bytes:
+        if count > blobs.HEAD_BYTES:
+            raise StorageError(f"cannot read {path}: Input/output error")
+        return read(fd, offset, count, path)
+
+    monkeypatch.setattr(blobs, "_read", failing_past_the_head)
+    url, session = site
+    await fails_midway(session, f"{url}blobs/{sha256(gallery.checkpoint)}")
+    assert [record.getMessage() for record in caplog.records
+            if "Input/output error" in record.getMessage()]
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_bucket_blob_is_served_whole_only_when_it_matches_its_name(
+    bucket: Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bucket's blob is streamed whole and by range; one whose object holds other bytes
+    (replaced in the bucket, or rotted) is cut before its end, as a local one is."""
+    good, bad = os.urandom(3 * blobs.CHUNK // 2), os.urandom(5000)
+    await bucket.put(f"arch/{blob_key(sha256(good))}", good)
+    claimed = sha256(b"the bytes this name promises")
+    await bucket.put(f"arch/{blob_key(claimed)}", bad)
+    store = S3Store(f"s3://{bucket.name}/arch", bucket.endpoint, attempts=1,
+                    session=bucket.session)
+    async with store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}blobs/{sha256(good)}") as response:
+                    assert await response.read() == good
+                ranged = {"Range": "bytes=10-19"}
+                async with session.get(f"{url}blobs/{sha256(good)}", headers=ranged) as part:
+                    assert await part.read() == good[10:20]
+                await fails_midway(session, f"{url}blobs/{claimed}")
+        finally:
+            await runner.cleanup()
+    assert [record for record in caplog.records
+            if "do not match its sha256" in record.getMessage()]
 
 
 async def test_a_token_of_bytes_no_text_can_be_is_401_not_a_500(

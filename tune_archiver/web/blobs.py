@@ -1,11 +1,14 @@
 """A blob as an HTTP response: its type from its first bytes, and Range honoured.
 
 A local archive's blob is read from the descriptor opened without following a link; a
-bucket's blob is streamed from get_object with the asked range.
+bucket's blob is streamed from get_object with the asked range. A whole blob is never
+sent complete unless its bytes hash to its name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import stat
@@ -16,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import ArchiverError, IntegrityError, StorageError
 from tune_archiver.filetypes import content_type_of
 from tune_archiver.layout import OBJECTS, blob_key
 from tune_archiver.safefs import NOFOLLOW, refuse_links
@@ -28,6 +31,7 @@ HEAD_BYTES = 64
 CHUNK = 1 << 20
 CACHED = "private, max-age=31536000, immutable"  # a blob's name is its content's hash
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+log = logging.getLogger("tune_archiver.serve")
 
 
 @runtime_checkable
@@ -70,7 +74,7 @@ async def blob_response(store: Store, sha256: str, request: web.Request) -> web.
     if size is None:
         raise web.HTTPNotFound(text="no such blob in the archive")
     head = b"".join([piece async for piece in store.read_blob(sha256, 0, HEAD_BYTES - 1)])
-    return await _send(request, size, head, partial(store.read_blob, sha256))
+    return await _send(request, sha256, size, head, partial(store.read_blob, sha256))
 
 
 async def _file_response(store: LocalStore, sha256: str, request: web.Request
@@ -98,17 +102,23 @@ async def _file_response(store: LocalStore, sha256: str, request: web.Request
                 yield piece
                 start += len(piece)
 
-        return await _send(request, os.fstat(fd).st_size, head, pieces)
+        return await _send(request, sha256, os.fstat(fd).st_size, head, pieces)
     finally:
         os.close(fd)
 
 
 async def _send(
-    request: web.Request, size: int, head: bytes,
+    request: web.Request, sha256: str, size: int, head: bytes,
     read: Callable[[int, int], AsyncIterator[bytes]],
 ) -> web.StreamResponse:
     """The blob of `size` bytes whose first are `head`: whole, or the asked range of what
-    `read(start, end)` (inclusive) yields; headers alone for HEAD."""
+    `read(start, end)` (inclusive) yields; headers alone for HEAD.
+
+    A whole blob is hashed as it is sent, and its last piece held back until the hash
+    is known: a blob rotted on the disk (or changed in the bucket) is never sent
+    complete. The connection is cut instead, so the client sees a download that
+    failed rather than other bytes under the blob's name. A range is sent unhashed:
+    checking it would mean reading the whole blob for each one."""
     span = byte_range(request.headers.get("Range"), size) if size else None
     start, end = span or (0, size - 1)
     response = web.StreamResponse(status=206 if span else 200, headers={
@@ -119,10 +129,37 @@ async def _send(
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     await response.prepare(request)
     if size and request.method != "HEAD":
-        async for piece in read(start, end):
-            await response.write(piece)
+        try:
+            await _stream(response, read(start, end), None if span else sha256)
+        except ArchiverError as exc:
+            # Past the headers no 500 can be said (aiohttp would write its status line
+            # into the body): the line goes to the log, and the cut connection tells
+            # the client its download failed.
+            log.error("serve: blob %s: %s; the connection was cut", sha256[:12], exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
     await response.write_eof()
     return response
+
+
+async def _stream(response: web.StreamResponse, pieces: AsyncIterator[bytes],
+                  sha256: str | None) -> None:
+    """Send the pieces; given the sha256, hash them and hold the last one back until
+    it is known that they are the blob's (IntegrityError when not)."""
+    if sha256 is None:
+        async for piece in pieces:
+            await response.write(piece)
+        return
+    hashed, held = hashlib.sha256(), b""
+    async for piece in pieces:
+        if held:
+            await response.write(held)
+        hashed.update(piece)
+        held = piece
+    if hashed.hexdigest() != sha256:
+        raise IntegrityError("its bytes do not match its sha256 (run verify)")
+    await response.write(held)
 
 
 def _open(path: str) -> int:
