@@ -713,3 +713,25 @@ def test_repair_fetches_a_damaged_generated_image_again(
     assert ran.code == 0, ran.err
     assert blob_file(archive, picture).read_bytes() == picture
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_verify_strict_never_says_all_intact_when_it_fails_for_a_file_gone_upstream(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--strict with a file gone upstream exits 1: its summary said "all intact; 1 file
+    gone upstream" and stderr said nothing; now the summary says it failed, and an error
+    line names the file."""
+    expired_tune_with_a_missing_image(standin)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    ran = cli(capsys, "verify", "--archive", str(archive), "--strict")
+    assert ran.code == 1
+    assert "all intact" not in ran.out
+    assert "tune 1: training_image 2: gone upstream" in ran.err
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--strict", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert "all intact" not in ran.out
+    assert "the archive is NOT whole" in ran.out
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")

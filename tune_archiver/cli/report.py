@@ -160,11 +160,15 @@ def _problem_json(p: Problem) -> dict[str, Any]:
             "detail": p.detail}
 
 
-def verify_problems(report: VerifyReport) -> list[str]:
+def verify_problems(report: VerifyReport, strict: bool = False) -> list[str]:
     """One line per problem, naming the tune, kind and index, and ending with the command
-    that mends it."""
-    return [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p)})"
-            for p in report.problems]
+    that mends it; with `strict`, one per file gone upstream too (it fails the run)."""
+    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p)})"
+             for p in report.problems]
+    if strict:
+        lines += [f"{_where(p)}: gone upstream, never archived (--strict): {p.detail}"
+                  for p in report.gone]
+    return lines
 
 
 def _where(p: Problem) -> str:
@@ -179,10 +183,13 @@ def _mend(p: Problem) -> str:
     return "check the manifest, then remove it"
 
 
-def verify_summary(report: VerifyReport) -> str:
-    state = "all intact" if report.ok else counted(len(report.problems), "problem")
+def verify_summary(report: VerifyReport, strict: bool = False) -> str:
+    """The verdict line; with `strict` a file gone upstream is a problem, so the line
+    never says "all intact" for a run that exits 1."""
+    failing = len(report.problems) + (len(report.gone) if strict else 0)
+    state = counted(failing, "problem") if failing else "all intact"
     gone = (f"; {counted(len(report.gone), 'file')} gone upstream, never archived"
-            if report.gone else "")
+            + (" (a problem with --strict)" if strict else "") if report.gone else "")
     return (f"verified {counted(report.tunes, 'tune')}, {counted(report.blobs, 'blob')}, "
             f"{human_bytes(report.bytes)}: {state}{gone}")
 
@@ -190,22 +197,25 @@ def verify_summary(report: VerifyReport) -> str:
 # -- verify --repair -----------------------------------------------------------------
 
 
-def repair_errors(mended: RepairReport) -> list[str]:
-    """What a repair could not mend: the problems left, and the files it could not fetch."""
-    lines = [f"not repaired: {line}" for line in verify_problems(mended.after)]
+def repair_errors(mended: RepairReport, strict: bool = False) -> list[str]:
+    """What a repair could not mend: the problems left (with `strict`, files gone
+    upstream too), and the files it could not fetch."""
+    lines = [f"not repaired: {line}" for line in verify_problems(mended.after, strict)]
     for result in mended.fetched:
         lines += [f"not repaired: {line}" for line in fetch_errors(result)]
     return lines
 
 
-def repair_lines(found: VerifyReport, mended: RepairReport) -> list[str]:
-    """What was found, moved aside and fetched again, and the verdict."""
-    lines = [verify_summary(found)]
+def repair_lines(found: VerifyReport, mended: RepairReport, strict: bool = False) -> list[str]:
+    """What was found, moved aside and fetched again, and the verdict (with `strict`, a
+    file gone upstream leaves the archive not whole)."""
+    lines = [verify_summary(found, strict)]
     lines += [f"mended the manifest of {line}" for line in mended.mended]
     lines += [f"put back {line}" for line in mended.put_back]
     lines += [f"moved aside {key}" for key in mended.moved]
     lines += [summary for result in mended.fetched if (summary := fetch_summary(result))]
-    verdict = "the archive is whole" if mended.ok else "the archive is NOT whole"
+    whole = mended.ok and not (strict and mended.after.gone)
+    verdict = "the archive is whole" if whole else "the archive is NOT whole"
     entries = f"{counted(len(mended.mended), 'manifest field')} mended, " if mended.mended else ""
     back = f"{counted(len(mended.put_back), 'blob')} put back, " if mended.put_back else ""
     lines.append(f"repair: {entries}{back}{counted(len(mended.fetched), 'tune')} fetched again, "
