@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,10 +109,35 @@ def test_ids_from_a_file_with_comments_and_blank_lines(
     """--ids-from keeps only the listed ids, and combines with the other filters."""
     several(standin)
     ids = tmp_path / "ids.txt"
-    ids.write_text("# the ones to keep\n1\n\n  3  # carl\n4\n99\n")
+    ids.write_text("# the ones to keep\n1\n\n  2  # bob, a faceid\n3\n4\n")
     assert run_fetch(standin, archive, "--all", "--ids-from", str(ids),
                      "--model-type", "lora") == 0
     assert manifests(archive) == {1, 3, 4}
+
+
+@pytest.mark.parametrize("options", [[], ["--model-type", "lora"], ["--dry-run"]])
+def test_ids_from_names_each_id_the_api_does_not_list(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    options: list[str],
+) -> None:
+    """An id of --ids-from that the listing never shows (a typo, another account's tune)
+    was dropped silently, exit 0, as if backed up; now each is named as a failed tune,
+    in --json too, exit 1. One another filter keeps out is not named (the API's own
+    filters would hide it: they are not sent with --ids-from)."""
+    several(standin)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n2\n99\n")
+    code = run_fetch(standin, archive, "--all", "--ids-from", str(ids), "--json", *options)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "tune 99: not listed by the API" in captured.err
+    assert "tune 2:" not in captured.err
+    document = json.loads(captured.out)
+    assert document["ok"] is False
+    if "--dry-run" not in options:
+        tunes = {t["tune_id"]: t["ok"] for t in document["tunes"]}
+        assert tunes == ({1: True, 99: False} if options else {1: True, 2: True, 99: False})
+        assert manifests(archive) == set(tunes) - {99}
 
 
 def test_ids_from_a_windows_file_with_a_bom_and_crlf(

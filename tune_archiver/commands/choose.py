@@ -58,11 +58,28 @@ async def chosen(
         yield list(dict.fromkeys(tunes))
         return
     unchanged = UnchangedCheck(store)
-    async for page in api.tune_pages(query=tunes.filters.api_query()):
+    # An id of --ids-from that the listing never shows is a tune asked for and not had:
+    # named as failed, not dropped. The API's own filters would hide one the local
+    # filters leave out anyway, so with --ids-from none is sent.
+    wanted = tunes.filters.ids
+    listed: set[int] = set()
+    query = tunes.filters.api_query() if wanted is None else {}
+    async for page in api.tune_pages(query=query):
+        if wanted is not None:
+            listed.update(item["id"] for item in page if item["id"] in wanted)
         kept = [item for item in page if _keeps(item, tunes, now)]
         same = [False] * len(kept) if prompts else await unchanged.of_page(kept)
         yield [_skipped(item) if skip else item["id"]
                for item, skip in zip(kept, same, strict=True)]
+    if wanted is not None:
+        unlisted = sorted((i for i in wanted - listed if in_shard(i, tunes.shard)),
+                          reverse=True)  # newest first, as the listing
+        if unlisted:
+            yield [TuneResult(i, error=f"tune {i}: {NOT_LISTED}") for i in unlisted]
+
+
+NOT_LISTED = ("not listed by the API (no such tune in this account or workspace?), "
+              "though --ids-from names it")
 
 
 def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
