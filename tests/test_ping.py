@@ -168,3 +168,18 @@ def test_a_ping_url_with_a_query_keeps_it_after_start_and_fail(
     assert run_fetch(standin, tmp_path / "a", "1", "404", "--ping-url", url) == 1
     assert [(method, path) for method, path, _ in monitor.pings] == [
         ("GET", "/ping/abc-uuid/start?create=1"), ("POST", "/ping/abc-uuid/fail?create=1")]
+
+
+def test_a_log_file_that_cannot_be_opened_still_pings_fail(
+    standin: StandIn, tmp_path: Path, monitor: Monitor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-file in a folder that is not there (a read-only or unmounted disk): the run
+    is refused, exit 2, and the monitor is told so at once; it was told nothing, so a
+    cron job that never ran looked like one the monitor only had not heard from yet."""
+    make_tune(standin, 1)
+    log_file = tmp_path / "no-such-folder" / "run.jsonl"
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", monitor.url,
+                     "--log-file", str(log_file)) == 2
+    assert monitor.pings == [("POST", "/ping/abc-uuid/fail", "tune-archiver fetch: exit 2\n")]
+    assert "cannot open the log file" in capsys.readouterr().err
+    assert standin.requests == []

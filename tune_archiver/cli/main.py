@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -97,8 +98,12 @@ def main(
     args.sleep, args.clock = sleep, clock
     try:
         configure_logging(args, secrets)
-    except ConfigError as exc:  # no log to record it in
-        return _refused(args, exc, secrets)
+    except ConfigError as exc:  # no log to record it in; the monitor is told all the same
+        code = _refused(args, exc, secrets)
+        with contextlib.suppress(ConfigError):  # a ping URL that is no URL: none to tell
+            if ping_url := ping_url_of(args):
+                send_ping(ping_url, "fail", report.ping_summary(args.command, code, None))
+        return code
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
     code = _pinged(args, secrets)
     log.debug("%s ended: exit %d", args.command, code,
