@@ -155,3 +155,20 @@ def test_a_retry_line_quoting_a_presigned_url_shows_it_redacted(
     printed = capsys.readouterr()
     assert "retrying" in printed.err
     assert "SECRETSIG" not in printed.err
+
+
+@pytest.mark.parametrize("filler", [170, 180, 188])  # the cut at 200 falls in the key
+def test_an_api_error_shortened_in_the_middle_of_an_echoed_key_shows_none_of_it(
+    echoing: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], filler: int
+) -> None:
+    """An API error text is shortened to a line: cut inside an echoed key, its first
+    characters were printed and recorded (the scrubber knows only the whole key); now a
+    text is cut between words, so the key is shown whole (and scrubbed) or not at all."""
+    body = json.dumps({"error": "x" * filler + f" Bearer {KEY} refused"}).encode()
+    echoing.api_faults[2] = [Status(422, {"Content-Type": "application/json"}, body)]
+    assert run_fetch(echoing, archive, "2", "--retries", "0", "--json") == 1
+    printed = capsys.readouterr()
+    [tune] = json.loads(printed.out)["tunes"]
+    assert "HTTP 422: xxx" in tune["error"]
+    for text in (printed.out, printed.err):
+        assert KEY[:4] not in text

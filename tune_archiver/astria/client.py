@@ -317,7 +317,16 @@ def api_error_text(body: bytes) -> str:
     if error is None:
         return ""
     text = " ".join(str(error).split())
-    return text[:200]
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    # Cut between words: the key the API may echo is one word, and the scrubber knows
+    # only the whole key; cut inside it, its first characters were printed.
+    head = text[: MAX_ERROR_TEXT + 1]
+    cut = head.rsplit(" ", 1)[0] if " " in head else ""
+    return f"{cut} ..." if cut else "(an error text too long to show)"
+
+
+MAX_ERROR_TEXT = 200  # characters of the API's `error` text shown: one line
 
 
 def checked_ids(page: list[Any], before: int | None, what: str) -> list[int]:
