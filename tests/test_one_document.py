@@ -209,3 +209,33 @@ def test_serve_quiet_still_says_a_fresh_token(archive: Path) -> None:
             assert response.status == 200
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize("where", ["summary", "ping"])
+def test_a_stop_after_the_document_is_said_adds_no_second_one(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, where: str,
+) -> None:
+    """A SIGTERM (raised as Interrupted outside an event loop, as start.py's handler does)
+    right after fetch --json printed its document, while it counts for the ping or as
+    the success ping begins: stdout held that document and then a second one saying
+    interrupted, which no JSON parser reads; now the first stands alone, exit 143."""
+    from tune_archiver.cli import main as cli_main
+    from tune_archiver.cli import report
+    from tune_archiver.cli.running import Interrupted
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    make_tune(standin, 1)
+    if where == "summary":
+        monkeypatch.setattr(report, "tune_counts", stopped)
+    else:
+        monkeypatch.setattr(cli_main, "send_ping", lambda url, what, *rest: (
+            None if what == "start" else stopped()))
+    extra = ["--ping-url", "http://127.0.0.1:9/x"] if where == "ping" else []
+    code = run_fetch(standin, tmp_path / "a", "1", "--json", *extra)
+    printed = capsys.readouterr()
+    assert code == Exit.TERMINATED
+    assert json.loads(printed.out)["tunes"][0]["ok"] is True
+    assert "stopped by SIGTERM" in printed.err

@@ -96,6 +96,7 @@ def main(
     # and gc need none, but an archive written by an older version may hold it.
     secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
     args.sleep, args.clock = sleep, clock
+    args.said = False  # --json's document is printed: a stop after it prints no second one
     try:
         configure_logging(args, secrets)
     except ConfigError as exc:  # no log to record it in; the monitor is told all the same
@@ -125,10 +126,13 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
         return _interrupted(args, Interrupted(stopped), secrets)
     args.summary = None  # what a fail ping says: set by the command, counts and ids only
     code = _run(args, secrets)
-    if ping_url and code == Exit.OK:
-        send_ping(ping_url, "success")
-    elif ping_url:
-        send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    try:
+        if ping_url and code == Exit.OK:
+            send_ping(ping_url, "success")
+        elif ping_url:
+            send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
+    except Interrupted as stop:  # before the ping's loop took the signal: said, 143
+        return _interrupted(args, stop, secrets)
     return code
 
 
@@ -138,9 +142,10 @@ def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
     """An error that ended the run: one line (with -v its traceback), --json's document
     (with the tunes `finished` before it, if any)."""
     print_error(str(exc), secrets, verbose)
-    if args.json:
+    if args.json and not args.said:
         done = {"tunes": [report.tune_json(r) for r in finished]} if finished else {}
         print_json({"ok": False, "error": str(exc), **done}, secrets)
+        args.said = True
     return code
 
 
@@ -160,7 +165,7 @@ def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
     if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
         print_error(f"stopped by {stop}", secrets)
-    if args.json and not getattr(args, "served", False):  # serve's document is said
+    if args.json and not (args.said or getattr(args, "served", False)):  # serve's is said
         print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
                    secrets)
     return for_signal(stop.signum)
@@ -221,6 +226,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         print_json({"ok": broke is None and all(r.ok for r in results),
                     **({"error": str(broke)} if broke else {}),
                     "tunes": [report.tune_json(r) for r in results]}, secrets)
+        args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
         log.warning("%s", report.nothing_selected(tunes))

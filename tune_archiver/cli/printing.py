@@ -31,6 +31,7 @@ def emit(
         print_error(line, secrets)
     if args.json:
         print_json(as_json, secrets)
+        args.said = True  # a stop from here on prints no second document (main.py)
     elif not args.quiet:
         for line in lines:
             print_out(terminal.shown(line, secrets))
