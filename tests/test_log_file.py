@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -92,3 +93,39 @@ def test_a_link_planted_at_the_log_file_is_refused_and_never_written_through(
     assert target.read_text() == "# mine\n"
     assert capsys.readouterr().err.splitlines() == [
         f"tune-archiver: error: refused the log file: {log} is a symbolic link"]
+
+
+def test_a_log_rotated_under_a_long_run_goes_on_in_the_new_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate moves the log away, then (with `create`) makes a new one, or not: the
+    next lines go to a file at the log's name, not on into the moved one, which a later
+    rotation compresses and deletes. A link planted there meanwhile is never written
+    through: one warning, and the run goes on without its log."""
+    from tune_archiver.cli.eventlog import event, open_log
+
+    log, moved, target = tmp_path / "run.jsonl", tmp_path / "run.jsonl.1", tmp_path / "mine"
+    handler = open_log(str(log), [])
+    logger = logging.getLogger("test.rotation")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.info("one", extra=event("first"))
+        log.rename(moved)
+        logger.info("two", extra=event("second"))
+        log.rename(tmp_path / "run.jsonl.2")
+        log.touch(mode=0o600)  # logrotate's `create`
+        logger.info("three", extra=event("third"))
+        created = [e["event"] for e in events(log)]
+        log.unlink()
+        target.write_text("# mine\n")
+        log.symlink_to(target)
+        logger.info("four", extra=event("fourth"))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert [e["event"] for e in events(moved)] == ["first"]
+    assert [e["event"] for e in events(tmp_path / "run.jsonl.2")] == ["second"]
+    assert created == ["third"]
+    assert target.read_text() == "# mine\n"
+    assert "cannot write the log file" in capsys.readouterr().err

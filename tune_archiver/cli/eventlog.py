@@ -8,6 +8,7 @@ handler writes those and nothing else. Records meant for the log alone also carr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,10 +68,29 @@ class JsonLines(logging.Handler):
                 "message": cleaned(record.getMessage(), self._secrets),
                 **{k: cleaned_json(v, self._secrets) for k, v in fields.items()},
             }
+            if self._owned:
+                self._follow_rotation()
             self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
             self.stream.flush()
         except Exception:  # a log that cannot be written must not stop a backup
             self.handleError(record)
+
+    def _follow_rotation(self) -> None:
+        """Open the path again when it no longer names our file: logrotate moved it away
+        (and may have created a new one), so a long run's lines would go on into the
+        moved file, which a later rotation compresses and deletes, losing them. As
+        logging's WatchedFileHandler, but through open_own: never a planted link."""
+        try:
+            moved = os.stat(self._name, follow_symlinks=False)
+            ours = os.fstat(self.stream.fileno())
+            if (moved.st_dev, moved.st_ino) == (ours.st_dev, ours.st_ino):
+                return
+        except FileNotFoundError:
+            pass  # moved away and not created again: we create it, as logrotate would
+        stream = open(self._name, "a", encoding="utf-8", opener=_own)
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        self.stream = stream
 
     def handleError(self, record: logging.LogRecord) -> None:
         """A log that cannot be written (a full disk) is said once, on one line, and no
