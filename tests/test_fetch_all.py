@@ -92,10 +92,11 @@ def test_all_stops_a_listing_that_would_never_end(
     assert not archive.exists()
 
 
-def test_prompt_listing_that_never_ends_fails_only_its_tune(
+def test_prompt_listing_that_never_ends_fails_only_its_tunes_prompts(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A prompt listing that repeats itself fails that tune by name; the other is archived."""
+    """A prompt listing that repeats itself fails that tune's prompts by name; its other
+    files are archived (not complete), and the other tune whole."""
     add_tune(standin, 1)
     add_tune(standin, 2)
     add_prompts(standin, 1, 7)
@@ -103,11 +104,13 @@ def test_prompt_listing_that_never_ends_fails_only_its_tune(
     standin.misbehaving_paths = ("/tunes/1/prompts",)
     assert run_fetch(standin, archive, "1", "2", "--prompts") == 1
     assert capsys.readouterr().err.splitlines() == [
-        "tune-archiver: error: tune 1: the prompts of tune 1: asked for ids before 102, "
-        "the API listed 106 again or out of order; stopped paging"
+        "tune-archiver: error: tune 1 (Tune 1): prompt files not archived: the prompts of "
+        "tune 1: asked for ids before 102, the API listed 106 again or out of order; "
+        "stopped paging"
     ]
     assert len(listing_requests(standin, "/tunes/1/prompts")) == 2
-    assert manifests(archive) == {2}
+    assert manifests(archive) == {1, 2}
+    assert json.loads((archive / "manifests" / "1.json").read_text())["complete"] is False
 
 
 def test_one_failing_tune_does_not_stop_the_others(standin: StandIn, archive: Path) -> None:

@@ -143,11 +143,11 @@ def test_an_expired_file_of_a_base_tune_prompt_is_renewed_from_that_prompt(
     assert signatures == ["old", "new"]
 
 
-def test_account_prompts_that_cannot_be_listed_fail_every_tune_of_the_run(
+def test_account_prompts_that_cannot_be_listed_leave_every_tune_incomplete(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """If GET /prompts cannot be paged, each tune fails saying so, none archived without
-    its LoRA prompts."""
+    """If GET /prompts cannot be paged, each tune says so and is not complete, yet its
+    checkpoint and photos are archived (not lost for a listing of generated images)."""
     add_tune(standin, 10)
     add_tune(standin, 11)
     for prompt_id in range(600, 607):
@@ -156,6 +156,56 @@ def test_account_prompts_that_cannot_be_listed_fail_every_tune_of_the_run(
     standin.misbehaving_paths = ("/prompts",)
     assert run_fetch(standin, archive, "10", "11", "--prompts") == 1
     errors = capsys.readouterr().err.splitlines()
-    assert [line.split(":")[2] for line in errors] == [" tune 10", " tune 11"]
+    assert sorted(line.split(":")[2] for line in errors) == [" tune 10 (Tune 10)",
+                                                            " tune 11 (Tune 11)"]
     assert all("the account's prompts: asked for ids before 602" in line for line in errors)
-    assert not (archive / "manifests" / "10.json").exists()
+    for tune_id in (10, 11):
+        document = check_manifest(archive / "manifests" / f"{tune_id}.json")
+        assert document["complete"] is False
+        assert {(e["kind"], e["status"]) for e in document["assets"]} == {
+            ("checkpoint", "ok"), ("training_image", "ok")}
+
+
+def test_a_malformed_prompt_fails_its_own_files_only(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One prompt whose images are not a list is that prompt's failure, said on one line:
+    the tune's checkpoint, training image and other prompts are archived, the manifest
+    is written but not complete, and the run exits 1."""
+    add_tune(standin, 10)
+    good = os.urandom(1_200)
+    standin.add_prompt(10, 500, "ohwx", [standin.add_file("good", good)])
+    standin.add_prompt(10, 501, "ohwx bad", [])["images"] = "https://cdn/x.png"
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    document = check_manifest(archive / "manifests" / "10.json")
+    assert document["complete"] is False
+    got = {(e["kind"], e["status"]) for e in document["assets"]}
+    assert got == {("checkpoint", "ok"), ("training_image", "ok"), ("prompt_image", "ok")}
+    assert blob_file(archive, good).exists()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == ("tune-archiver: error: tune 10 (Tune 10): prompt files not archived: "
+                    "the prompts of tune 10: prompt 501: 'images' is not a list")
+
+
+def test_prompts_not_listed_keep_what_their_files_were(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the account's prompts answer an HTML page with 200, a LoRA prompt's image
+    archived before stays ok, and one that failed before is not called gone upstream
+    (never asked for again) for a listing that could not be read: the next run asks."""
+    add_tune(standin, 10)
+    image = os.urandom(1_300)
+    standin.add_prompt(FLUX, 500, "<lora:10:1>", [standin.add_file("kept", image)])
+    standin.add_prompt(FLUX, 501, "<lora:10:1> b", [standin.file_url("missing")])
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    got = {(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")}
+    assert got == {(500, "ok")}
+    assert blob_file(archive, image).exists()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("prompt files not archived: the account's prompts: "
+                         "the API returned malformed JSON")
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    assert len(standin.seen("cdn", "/files/missing")) == 2

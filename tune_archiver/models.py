@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -36,6 +36,7 @@ class Prompt:
     image_urls: tuple[str, ...]  # what it generated: images, and videos
     tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
     input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
+    error: str | None = None  # why its files could not be read (then none are listed)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Tune:
     image_urls: tuple[str, ...]  # orig_images
     face_swap_urls: tuple[str, ...] = ()  # face_swap_images (LoRA and FaceID tunes)
     prompts: tuple[Prompt, ...] = ()  # only when asked for (fetch --prompts)
+    # What of its prompts could not be read (a listing, or one prompt): their files are
+    # not known, so the tune is not complete; its other files are archived still.
+    prompt_errors: tuple[str, ...] = ()
 
     @property
     def title(self) -> str | None:
@@ -170,32 +174,39 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
 
 
 def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prompt]:
-    """Check one listing of prompts; raises DataError naming the listing (`what`).
+    """Check one listing of prompts; raises DataError naming the listing (`what`) when
+    it is not a list of objects with ids.
 
-    A prompt's tune is its own `tune_id` field, else `tune_id` (the tune listed).
+    A prompt's tune is its own `tune_id` field, else `tune_id` (the tune listed). A
+    prompt whose file fields are malformed is kept with its `error` and no files: it
+    fails alone, not every tune whose listing holds it.
     """
     if not isinstance(data, list):
         raise DataError(f"{what}: the API returned {type(data).__name__}, not a JSON list")
     prompts = []
     for item in data:
         prompt_id = listed_id(item, what)
-        where = f"{what}: prompt {prompt_id}"
         text = item.get("text")
         created_on = item.get("tune_id")
-        inputs = [
-            *_url_field(item, "input_image", where),
-            *_url_list(item, "image_references", where),
-            *_url_field(item, "input_video", where),
-            *(url for name in MORE_INPUTS for url in _url_field(item, name, where)),
-        ]
-        prompts.append(Prompt(
-            id=prompt_id,
-            text=text if isinstance(text, str) else None,
-            image_urls=tuple(_url_list(item, "images", where)),
-            tune_id=created_on if _is_id(created_on) else tune_id,
-            input_urls=tuple(dict.fromkeys(inputs)),
-        ))
+        prompt = Prompt(id=prompt_id, text=text if isinstance(text, str) else None,
+                        image_urls=(), tune_id=created_on if _is_id(created_on) else tune_id)
+        try:
+            prompts.append(_with_files(prompt, item, f"{what}: prompt {prompt_id}"))
+        except DataError as exc:
+            prompts.append(replace(prompt, error=str(exc)))
     return prompts
+
+
+def _with_files(prompt: Prompt, item: dict[str, Any], where: str) -> Prompt:
+    """The prompt with its outputs and inputs; raises DataError when a field is malformed."""
+    inputs = [
+        *_url_field(item, "input_image", where),
+        *_url_list(item, "image_references", where),
+        *_url_field(item, "input_video", where),
+        *(url for name in MORE_INPUTS for url in _url_field(item, name, where)),
+    ]
+    return replace(prompt, image_urls=tuple(_url_list(item, "images", where)),
+                   input_urls=tuple(dict.fromkeys(inputs)))
 
 
 # <lora:ID:weight> and <faceid:ID:weight>: a prompt on a base tune that uses tune ID.

@@ -95,6 +95,8 @@ class AstriaClient:
         path = f"/tunes/{tune_id}/prompts/{prompt_id}"
         data = await self._retried(what, lambda: self._get_json(path, what))
         [prompt] = parse_prompts([data], what, tune_id)
+        if prompt.error is not None:
+            raise DataError(prompt.error)
         if prompt.id != prompt_id:
             raise DataError(f"{what}: the API returned prompt {prompt.id} instead")
         return prompt

@@ -124,8 +124,9 @@ def nothing_selected(tunes: AllTunes) -> str:
 
 
 def fetch_summary(result: TuneResult) -> str | None:
-    """The summary line of one tune; None for a tune that failed as a whole."""
-    if result.error is not None:
+    """The summary line of one tune; None for a tune that failed as a whole (no manifest
+    written: one whose prompts could not all be read is archived still)."""
+    if result.error is not None and result.manifest is None:
         return None
     name = tune_name(result.tune_id, result.title)
     if result.skipped:

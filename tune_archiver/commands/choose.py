@@ -26,6 +26,9 @@ from tune_archiver.commands.plan import (
 )
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
     StorageError,
     UnreadableManifest,
 )
@@ -140,14 +143,29 @@ class UnchangedCheck:
 
 
 async def load_tune(
-    api: AstriaClient, tune_id: int, prompts: bool, account: Sequence[Prompt] = ()
+    api: AstriaClient, tune_id: int, prompts: bool, account: Sequence[Prompt] = (),
+    account_error: str | None = None,
 ) -> Tune:
-    """The tune; with `prompts`, its own prompts plus those of `account` naming it."""
+    """The tune; with `prompts`, its own prompts plus those of `account` naming it.
+
+    Prompts that cannot be read (its listing; `account_error`, the account's; one
+    malformed prompt) are the tune's prompt_errors, not its failure: a glitch in
+    the prompts must not cost the checkpoints and photos. Raises as get_tune does,
+    and AuthError or ConfigError from the listing.
+    """
     tune = await api.get_tune(tune_id)
-    if prompts:
+    if not prompts:
+        return tune
+    errors = [] if account_error is None else [account_error]
+    try:
         own = await api.get_prompts(tune_id)
-        tune = replace(tune, prompts=prompts_of(tune_id, own, account))
-    return tune
+    except (AuthError, ConfigError):
+        raise
+    except ArchiverError as exc:
+        own, errors = [], [str(exc), *errors]
+    listed = prompts_of(tune_id, own, account)
+    errors += [prompt.error for prompt in listed if prompt.error is not None]
+    return replace(tune, prompts=listed, prompt_errors=tuple(errors))
 
 
 async def read_previous(store: Store, tune_id: int) -> Manifest | None:
@@ -176,7 +194,9 @@ async def plan_for(
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, previous)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
-    return plan, carried_over(previous, assets_of(tune), present, settings.prompts)
+    # Prompts not all read prove no prompt's file gone upstream.
+    listed = settings.prompts and not tune.prompt_errors
+    return plan, carried_over(previous, assets_of(tune), present, listed)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -202,8 +202,17 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     key, assets = results
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
-        manifest=key, state=listing_state(tune),
+        manifest=key, state=listing_state(tune), error=prompts_failure(tune),
     )
+
+
+def prompts_failure(tune: Tune) -> str | None:
+    """The one line for the tune's prompts that could not be read; None when all were."""
+    errors = tune.prompt_errors
+    if not errors:
+        return None
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"prompt files not archived: {errors[0]}{more}"
 
 
 async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetResult]]:
@@ -257,7 +266,8 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         written, reported[:] = merged(ours, now, plan.missing)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
-        complete = not plan.left_out and all(result.ok for result in reported)
+        complete = (not plan.left_out and not tune.prompt_errors
+                    and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),
             workspace=told if told is not None else now.workspace if now else None,

@@ -100,7 +100,7 @@ class Loader:
 
     With prompts, the account's prompts (GET /prompts) are listed once, by the first
     tune loaded, and shared: each tune takes those that name it. If they cannot be
-    listed, every tune fails saying so, rather than be archived without them.
+    listed, every tune says so and is not complete (its other files are archived).
     A tune the API could not be reached for is held back, unsaid, until some tune
     is reached: when none is, close() raises the first such error (nothing can be
     done: exit 4), as if no tune had been tried.
@@ -123,11 +123,9 @@ class Loader:
         ReadTimeout of listing the account's prompts.
         """
         account = await self._account_prompts()
-        if self._account_error is not None:
-            self._failed(TuneResult(tune_id, error=self._account_error))
-            return None
         try:
-            tune = await load_tune(self._api, tune_id, self._prompts, account)
+            tune = await load_tune(self._api, tune_id, self._prompts, account,
+                                   self._account_error)
         except (ConfigError, AuthError):
             raise
         except (ConnectError, ReadTimeout) as exc:
