@@ -209,3 +209,18 @@ def test_prompts_not_listed_keep_what_their_files_were(
                          "the API returned malformed JSON")
     assert run_fetch(standin, archive, "10", "--prompts") == 1
     assert len(standin.seen("cdn", "/files/missing")) == 2
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_only_checkpoints_lists_no_prompts(
+    standin: StandIn, archive: Path, dry_run: list[str]
+) -> None:
+    """--prompts --only checkpoints asks the API for no prompt (their files are left out),
+    and the checkpoint is archived (or previewed)."""
+    add_tune(standin, 10)
+    standin.add_prompt(10, 500, "ohwx", [standin.add_file("own", b"own" * 300)])
+    standin.add_prompt(FLUX, 501, "<lora:10:1>", [standin.add_file("a", b"a" * 900)])
+    assert run_fetch(standin, archive, "10", "--prompts", "--only", "checkpoints",
+                     *dry_run) == 0
+    assert [r.path for r in standin.seen("api")] == ["/tunes/10"]
+    assert not standin.seen("cdn", "/files/own")

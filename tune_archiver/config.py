@@ -87,6 +87,12 @@ class Settings:
     # when the API itself is on one, or --allow-private-redirects. Else they are refused.
     private_redirects: bool = False
 
+    @property
+    def lists_prompts(self) -> bool:
+        """True when a fetch lists the tunes' prompts: --prompts, unless --only
+        checkpoints leaves all their files out (API calls for nothing)."""
+        return self.prompts and self.only != "checkpoints"
+
 
 @dataclass(frozen=True)
 class AllTunes:

@@ -195,7 +195,7 @@ async def plan_for(
     present = await blobs_present(store, previous)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
     # Prompts not all read prove no prompt's file gone upstream.
-    listed = settings.prompts and not tune.prompt_errors
+    listed = settings.lists_prompts and not tune.prompt_errors
     return plan, carried_over(previous, assets_of(tune), present, listed)
 
 

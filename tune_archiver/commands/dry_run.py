@@ -61,7 +61,7 @@ async def dry_run(
         new_session(settings, decompress=False) as asset_session,
     ):
         api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
-        loader = Loader(api, settings.prompts, finish)
+        loader = Loader(api, settings.lists_prompts, finish)
 
         async def size_of(asset: Asset) -> Probe:
             async with limiter:
@@ -89,9 +89,9 @@ async def dry_run(
                 done[tune_id] = await preview(tune)
 
         try:
-            order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()), work,
-                                   settings.concurrency * TUNES_PER_SLOT + API_CONCURRENCY,
-                                   finish, NullProgress())
+            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock()),
+                                   work, settings.concurrency * TUNES_PER_SLOT
+                                   + API_CONCURRENCY, finish, NullProgress())
         except BrokeOff as broke:  # a preview of part of a listing would mislead: said as
             raise broke.error from None  # the listing's failure, as before anything is done
         loader.close()

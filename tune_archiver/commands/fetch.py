@@ -92,7 +92,7 @@ async def fetch(
         run = Run(settings, api, store, downloader, progress, clock, done_with,
                   Workspaces(api, settings.workspace),
                   asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT))
-        loader = Loader(api, settings.prompts, done_with)
+        loader = Loader(api, settings.lists_prompts, done_with)
 
         async def work(tune_id: int) -> None:
             tune = await loader.load(tune_id)
@@ -101,7 +101,7 @@ async def fetch(
                 await _archive_tune(run, tune)
 
         try:
-            order = await run_flow(chosen(api, store, tunes, settings.prompts, clock()),
+            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock()),
                                    work, settings.concurrency * TUNES_PER_SLOT
                                    + API_CONCURRENCY, done_with, progress)
         except BrokeOff as broke:
@@ -224,7 +224,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     """
     plan, carried = await plan_for(run.store, tune, run.settings)
     run.progress.add_files(len(plan.download))
-    fresh = FreshUrls(run.api, tune.id, run.settings.prompts, assets_of(tune))
+    fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))
 
     async def download(asset: Asset) -> AssetResult:
         try:
