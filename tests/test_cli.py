@@ -184,6 +184,21 @@ def test_bad_api_url_from_env_returns_2(
     assert no_fetch == []
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "https://[api.astria.ai]"])
+def test_malformed_api_url_returns_2(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    no_fetch: list[Any],
+) -> None:
+    """An --api-url that cannot be parsed (an IPv6 bracket left open) is a configuration
+    error, exit 2, not a ValueError traceback."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "k")
+    assert main(["fetch", "1", "--api-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tune-archiver: error: the API URL is malformed: ")
+    assert "Traceback" not in err
+    assert no_fetch == []
+
+
 def test_key_never_printed_in_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
 ) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from tune_archiver import __version__
 from tune_archiver.errors import ConfigError
@@ -128,6 +129,10 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
     url = (option or env.get(ENV_API_URL) or DEFAULT_API_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"the API URL must start with http:// or https://, not {url!r}")
+    try:  # a bracket left open ("http://[::1") raised from deep inside the run
+        urlsplit(url).hostname  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError(f"the API URL is malformed: {exc}") from None
     return url
 
 
