@@ -97,6 +97,22 @@ def test_a_missing_profile_or_a_damaged_file_is_a_usage_error(
     assert "sk-SECRET" not in err
 
 
+def test_a_config_nested_too_deep_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config of arrays nested deeper than the JSON decoder recurses (a damaged or
+    hostile file) exits 2 on one line, not with a RecursionError traceback."""
+    folder = tmp_path / "astria"
+    folder.mkdir()
+    (folder / "config.json").write_text("[" * 100_000)
+    (folder / "config.json").chmod(0o600)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert fetch(tmp_path / "a") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"tune-archiver: error: cannot read the Astria CLI's config "
+                    f"{folder / 'config.json'}: not JSON")
+
+
 def test_a_config_others_can_read_is_used_with_a_warning(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

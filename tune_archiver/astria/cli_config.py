@@ -76,7 +76,9 @@ def _read(path: Path, required: bool) -> dict[str, str]:
         if required:
             raise ConfigError(f"no Astria CLI profile: {path} does not exist") from exc
         return {}
-    except (OSError, ValueError) as exc:  # the message names the file, never its contents
+    # RecursionError: arrays nested deeper than the decoder recurses, not JSON for us.
+    # The message names the file, never its contents.
+    except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"cannot read the Astria CLI's config {path}: "
                           f"{getattr(exc, 'strerror', None) or 'not JSON'}") from None
     if not isinstance(data, dict):
