@@ -15,10 +15,12 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     bucket_fixture,
     moto_s3_fixture,
 )
+from tests.test_gc import FlockSpy
 from tests.test_s3store import PREFIX, opened
 from tune_archiver.errors import StorageError
-from tune_archiver.store import Change
+from tune_archiver.store import Change, locks
 from tune_archiver.store.local import LocalStore
+from tune_archiver.store.locks import flocked
 
 
 def appending(entry: bytes, seen: list[bytes | None]) -> Change:
@@ -198,3 +200,34 @@ async def test_s3_set_aside_leaves_a_manifest_written_while_it_copied(
         assert await store.set_aside_manifest(7, "20261129T000000Z", b"{broken") is None
         assert await store.read_manifest(7) == b"good\n"
         assert await store.damaged_manifests() == []
+
+
+async def test_a_lock_file_removed_by_its_holder_is_never_held_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter that opened manifests/<id>.lock before its holder removed it and let go
+    must not then take the lock on that orphaned file while a newcomer holds the file
+    now at that name: it sees the name names another file, and waits on that one."""
+    spy = FlockSpy(refusals=1)
+    monkeypatch.setattr(locks, "fcntl", spy)
+    lock = tmp_path / "7.lock"
+    entered = asyncio.Event()
+
+    async def waiter() -> None:
+        async with flocked(lock, True, tmp_path, poll=0):
+            entered.set()
+
+    async with flocked(lock, True, tmp_path, poll=0):  # the first holder
+        waiting = asyncio.create_task(waiter())
+        await asyncio.wait_for(spy.enough.wait(), 10)  # it has the old file open
+        lock.unlink()  # the holder cleans up, then lets go
+    async with flocked(lock, True, tmp_path, poll=0):  # a newcomer makes a new file
+        spy.refused, spy.enough = 0, asyncio.Event()
+        watches = [asyncio.create_task(entered.wait()), asyncio.create_task(spy.enough.wait())]
+        await asyncio.wait(watches, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for watch in watches:
+            watch.cancel()
+        assert not entered.is_set(), "two holders of one lock"
+        assert spy.enough.is_set()  # refused on the new file
+    await asyncio.wait_for(waiting, 10)
+    assert entered.is_set()

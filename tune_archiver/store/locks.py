@@ -28,25 +28,45 @@ async def flocked(
     """Hold the lock file at `path`, shared or exclusive, for the length of the block.
 
     Calls `waiting` once when another process holds it, then tries again every `poll`
-    seconds (a poll can be cancelled, a blocked flock cannot). The file is opened
+    seconds (a poll can be cancelled, a blocked flock cannot). A lock taken on a file
+    that no longer has that name (its holder removed it) is let go and taken on the one
+    the name gives now, so a removed lock file never lets two in. The file is opened
     without following a link, and must be a regular file of ours with one name:
     else StorageError, naming `shown`.
     """
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     fd = open_lock(path, shown)
     try:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         while True:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if waiting is not None:
                     waiting()
                     waiting = None
                 await asyncio.sleep(LOCK_POLL if poll is None else poll)
+                continue
+            if names_it(path, fd):
+                break
+            # The file was removed (or replaced) since we opened it: a lock on it keeps
+            # out no one who opens the name now. Take the one the name gives.
+            os.close(fd)
+            fd = -1
+            fd = open_lock(path, shown)
         yield
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+
+
+def names_it(path: Path, fd: int) -> bool:
+    """True when `path` still names the open file (not removed or replaced meanwhile)."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except OSError:  # gone, or its folder too: opening it again says what is wrong
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def open_lock(path: Path, shown: Path) -> int:
