@@ -231,3 +231,31 @@ async def test_a_lock_file_removed_by_its_holder_is_never_held_twice(
         assert spy.enough.is_set()  # refused on the new file
     await asyncio.wait_for(waiting, 10)
     assert entered.is_set()
+
+
+async def test_an_update_whose_lock_file_was_removed_meanwhile_builds_on_the_other(
+    tmp_path: Path,
+) -> None:
+    """manifests/<id>.lock removed (by a user, a clean-up) while one update holds it lets
+    a second update take a new lock file and write: the first one, finding its lock
+    file gone, reads and changes the manifest again rather than write over that one."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+    inside, go = asyncio.Event(), asyncio.Event()
+    seen: list[bytes | None] = []
+
+    async def slow(current: bytes | None) -> bytes:
+        seen.append(current)
+        if not go.is_set():
+            inside.set()
+            await go.wait()
+        return (current or b"") + b"first\n"
+
+    first = asyncio.create_task(store.update_manifest(7, slow))
+    await inside.wait()
+    (tmp_path / "archive" / "manifests" / "7.lock").unlink()
+    await asyncio.wait_for(store.update_manifest(7, appending(b"second", [])), 10)
+    go.set()
+    await asyncio.wait_for(first, 10)
+    assert await store.read_manifest(7) == b"second\nfirst\n"
+    assert seen == [None, b"second\n"]

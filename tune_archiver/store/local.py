@@ -52,7 +52,7 @@ from tune_archiver.store.files import (
     store_blob,
     walk_objects,
 )
-from tune_archiver.store.locks import flocked
+from tune_archiver.store.locks import flocked, holding
 from tune_archiver.threads import in_thread
 
 LOCK = "lock"
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 READ_BLOCK = 4 * 2**20
 MANIFEST_LOCK_POLL = 0.02  # a manifest is held for milliseconds
+MANIFEST_ATTEMPTS = 5  # tries of an update whose lock file is removed while it holds it
 # A hard link is impossible across filesystems, or where the filesystem refuses it.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
@@ -178,17 +179,28 @@ class LocalStore:
         (manifests/<id>.lock), so a second fetch of the tune waits and then builds on
         what this one wrote. Returns the manifest's archive-relative key."""
         key = manifest_key(tune_id)
-        async with self._manifest_lock(tune_id):
-            data = await change(await self.read_manifest(tune_id))
-            await in_thread(self._write_atomic, self.path(key), data)
-        return key
+        for _ in range(MANIFEST_ATTEMPTS):
+            async with self._manifest_lock(tune_id) as held:
+                data = await change(await self.read_manifest(tune_id))
+                # Its lock file removed meanwhile (by hand, a clean-up), another run may
+                # have taken a new one and written: change what is there now instead.
+                if held():
+                    await in_thread(self._write_atomic, self.path(key), data)
+                    return key
+        raise StorageError(
+            f"cannot write the manifest of tune {tune_id} in {self.root}: its lock file "
+            f"was removed while held, each of {MANIFEST_ATTEMPTS} times"
+        )
 
-    def _manifest_lock(self, tune_id: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """The tune's own lock, held by whoever writes its manifest or sets it aside."""
+    def _manifest_lock(
+        self, tune_id: int
+    ) -> contextlib.AbstractAsyncContextManager[Callable[[], bool]]:
+        """The tune's own lock, held by whoever writes its manifest or sets it aside;
+        gives a check that its lock file is still in place (see locks.holding)."""
         # verify --repair and retrain come here with no fetch's prepare before them: a
         # link planted at manifests/ would have the lock file made outside the archive.
         refuse_links([self.path(MANIFESTS)], "the archive's folder")
-        return flocked(self.path(f"{MANIFESTS}/{tune_id}.lock"), True, self.root,
+        return holding(self.path(f"{MANIFESTS}/{tune_id}.lock"), True, self.root,
                        poll=MANIFEST_LOCK_POLL)
 
     async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:

@@ -25,7 +25,22 @@ async def flocked(
     waiting: Callable[[], None] | None = None,
     poll: float | None = None,
 ) -> AsyncIterator[None]:
-    """Hold the lock file at `path`, shared or exclusive, for the length of the block.
+    """Hold the lock file at `path` for the length of the block, as `holding` does."""
+    async with holding(path, exclusive, shown, waiting, poll):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def holding(
+    path: Path,
+    exclusive: bool,
+    shown: Path,
+    waiting: Callable[[], None] | None = None,
+    poll: float | None = None,
+) -> AsyncIterator[Callable[[], bool]]:
+    """Hold the lock file at `path`, shared or exclusive, for the length of the block;
+    gives a check that is False once that file is no longer at `path` (someone removed
+    it meanwhile, so another process may hold a new one: nothing it guards is ours).
 
     Calls `waiting` once when another process holds it, then tries again every `poll`
     seconds (a poll can be cancelled, a blocked flock cannot). A lock taken on a file
@@ -53,7 +68,8 @@ async def flocked(
             os.close(fd)
             fd = -1
             fd = open_lock(path, shown)
-        yield
+        held = fd
+        yield lambda: names_it(path, held)
     finally:
         if fd >= 0:
             os.close(fd)
