@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.archive_helpers import add_tune, archived, cli
 from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Cut, StandIn
 from tune_archiver.download.staging import Staging
@@ -98,6 +100,38 @@ def test_an_archive_others_may_write_in_is_refused(
     assert run_fetch(standin, archive, "1") == 2
     assert "refused the archive" in capsys.readouterr().err
     assert list(archive.iterdir()) == []
+
+
+def test_repair_of_another_users_archive_is_refused_before_it_writes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair run by root (a second operator) on an archive another user owns
+    is refused on one line (exit 2), as fetch is: before, it rewrote a manifest as a
+    0600 file of root's, which the archive's owner could then never read or update,
+    and moved the owner's damaged blob into a folder of root's."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give an archive to another user")
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = json.loads((archive / "manifests" / "1.json").read_text())
+    document["assets"][1]["path"] = "objects/sha256/00/elsewhere"  # an entry-only problem
+    (archive / "manifests" / "1.json").write_text(json.dumps(document))
+    damaged = archive / document["assets"][0]["path"]
+    damaged.chmod(0o600)
+    damaged.write_bytes(b"rotten")
+    (archive / "manifests" / "1.lock").unlink()  # as after a clean-up
+    before = sorted(archive.rglob("*"))
+    for path in [archive, *before]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "belongs to another user" in line
+    assert sorted(archive.rglob("*")) == before
+    assert {path.lstat().st_uid for path in before} == {NOBODY}
+    assert json.loads((archive / "manifests" / "1.json").read_text()) == document
 
 
 def test_a_staging_folder_of_another_user_is_refused(tmp_path: Path) -> None:

@@ -191,9 +191,9 @@ def test_repair_never_writes_a_manifest_through_a_link_planted_at_tmp(
     standin: StandIn, archive: Path, tmp_path: Path, victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """verify --repair mends a manifest with no fetch's checks before it: with tmp/ a
-    link to a folder outside, the manifest's temp copy is not written there (the
-    folder is not touched); the mend is refused on one line, the manifest kept."""
+    """verify --repair mends a manifest: with tmp/ a link to a folder outside, the
+    manifest's temp copy is not written there (the folder is not touched); the repair
+    is refused on one line, the manifest kept."""
     add_tune(standin, 1)
     archived(standin, archive, 1)
     document = json.loads((archive / "manifests" / "1.json").read_text())
@@ -205,9 +205,9 @@ def test_repair_never_writes_a_manifest_through_a_link_planted_at_tmp(
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
               "--api-url", standin.api_url)
-    assert ran.code == 1
+    assert ran.code == 2  # refused before any write, as fetch refuses it
     assert "Traceback" not in ran.err
-    assert any("tmp is a symbolic link" in line for line in ran.errors)
+    assert any("tmp: it is a symbolic link" in line for line in ran.errors)
     assert victim.stat().st_mtime_ns == before  # nothing was made, or removed, in it
     assert untouched(victim) == sorted(["notes.txt", A_PARTIAL])
     assert json.loads((archive / "manifests" / "1.json").read_text()) == document

@@ -63,6 +63,10 @@ async def repair(
     if not damaged and not failed and not mended_tunes:
         report.after = found
         return report
+    # Checked as a fetch checks it, before the first write: an archive of another user
+    # (root's cron on a user's archive) would get manifests and folders its owner
+    # can no longer read or write.
+    await store.prepare()
     for tune_id in mended_tunes:
         report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")

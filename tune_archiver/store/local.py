@@ -76,6 +76,7 @@ class LocalStore:
         # Lexical, not resolved: the archive may sit behind a symlink.
         self._absolute = Path(os.path.normpath(root.absolute()))
         self.dir_syncs = DirSyncs()  # blob folders to fsync before the next manifest
+        self._warned = False  # that others may read the archive: said once
 
     def __str__(self) -> str:
         return str(self.root)
@@ -100,8 +101,9 @@ class LocalStore:
         when others may read it.
         """
         warning = check_folder(self.root, "the archive")
-        if warning:
+        if warning and not self._warned:  # verify --repair prepares, then its fetch
             log.warning(warning)
+            self._warned = True
         # Folders this tool makes: a link at one was planted, and would take blobs,
         # manifests or partials out of the archive.
         refuse_links([self.root / "objects", *(self.root / name for name in FOLDERS)],
