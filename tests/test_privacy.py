@@ -134,6 +134,29 @@ def test_repair_of_another_users_archive_is_refused_before_it_writes(
     assert json.loads((archive / "manifests" / "1.json").read_text()) == document
 
 
+@pytest.mark.parametrize("command", [["gc"], ["forget", "1"]])
+def test_gc_and_forget_of_another_users_archive_are_refused_before_they_write(
+    standin: StandIn, archive: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc or forget run by root on an archive another user owns, its lock file removed
+    (as after a clean-up): refused on one line (exit 2), as fetch is. Before, they made
+    the archive lock a 0600 file of root's, which every later fetch, gc and forget of
+    the archive's owner then refused as planted, and went on to remove its files."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give an archive to another user")
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "lock").unlink()
+    before = sorted(archive.rglob("*"))
+    for path in [archive, *before]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    ran = cli(capsys, *command, "--archive", str(archive))
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "belongs to another user" in line
+    assert sorted(archive.rglob("*")) == before
+
+
 def test_a_staging_folder_of_another_user_is_refused(tmp_path: Path) -> None:
     """An S3 archive's staging folder made beforehand by someone else is not used."""
     if os.geteuid() != 0:

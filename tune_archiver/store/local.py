@@ -246,7 +246,11 @@ class LocalStore:
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py)."""
+        """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py).
+        Raises ConfigError, as prepare does, for an archive of another user or one
+        others may write in: gc and forget come here with no prepare, and a lock file
+        of theirs (root's) would then be refused as planted by every run of its owner."""
+        check_folder(self.root, "the archive")  # its warning is prepare's to give
         return flocked(self.path(LOCK), exclusive, self.root, waiting)
 
     # -- reading the whole archive (verify, list, export, gc) ------------------------
