@@ -6,12 +6,13 @@ import json
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers import run_fetch
+from tests.helpers import run_fetch, tmpfs
 from tests.standin import StandIn, Status
 from tests.test_fetch import make_tune
 from tune_archiver.cli.exits import Exit
@@ -263,3 +264,28 @@ def test_a_bucket_that_cannot_be_reached_exits_4(
     assert code == Exit.UNREACHABLE
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("tune-archiver: error: cannot reach the bucket in s3://bkt/p")
+
+
+@pytest.mark.parametrize("command", ["fetch", "gc", "forget"])
+def test_an_archive_on_a_read_only_disk_is_the_operators_to_fix_exit_2(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A disk remounted read-only (errors=remount-ro after a fault): each command that
+    takes the archive's lock says so on one line, exit 2 as a refused archive is, not
+    exit 1 as if a tune had failed."""
+    make_tune(standin, 1, images=1)
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        archive = disk / "archive"
+        assert run_fetch(standin, archive, "1") == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        capsys.readouterr()
+        if command == "fetch":
+            code = run_fetch(standin, archive, "1")
+        else:
+            code = main([command, *(["1"] if command == "forget" else []),
+                         "--archive", str(archive)])
+        err = capsys.readouterr().err.splitlines()
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    assert code == Exit.USAGE, err
+    assert len(err) == 1
+    assert "Read-only file system" in err[0]

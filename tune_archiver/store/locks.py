@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from tune_archiver.errors import StorageError, storage_error
+from tune_archiver.errors import ConfigError, StorageError, storage_error
 from tune_archiver.safefs import Planted, open_own
 
 LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
@@ -95,4 +96,7 @@ def open_lock(path: Path, shown: Path) -> int:
             "with one name (planted by someone else?)"
         ) from exc
     except OSError as exc:
-        raise storage_error(exc, shown, f"open the lock {path.name}") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the operator's to fix
+            raise ConfigError(f"cannot write in {shown} (its lock file {path.name}): "
+                              f"{exc.strerror or exc}") from exc
+        raise storage_error(exc, shown, f"open the lock file {path.name}") from exc
