@@ -176,3 +176,25 @@ def test_a_range_sent_compressed_fails_the_asset(
     assert entry["status"] == "failed"
     assert "encoded (gzip)" in entry["error"]
     assert not blob_file(archive, model).exists()
+
+
+def test_a_piece_refused_as_past_the_end_starts_the_file_over(
+    standin: StandIn, archive: Path, model: bytes
+) -> None:
+    """A kept split partial whose pieces the host now answers 416 (the file shrank upstream,
+    and the host checks Range before If-Range): the file starts over in one stream, as a
+    416 to a single stream does. It failed for good with HTTP 416, every run after, and
+    the new version was never archived while the host served it."""
+    standin.range_faults[("model", 3 * SPAN)] = [Status(500)] * 6
+    assert run_fetch(standin, archive, "1", *SPLIT) == 1
+    [sidecar] = (archive / "tmp").glob("*.json")
+    left = [pos for _, pos, end in json.loads(sidecar.read_text())["spans"] if pos < end]
+    shorter = os.urandom(SIZE // 2)
+    standin.files["model"] = shorter
+    for pos in left:
+        standin.range_faults[("model", pos)] = [
+            Status(416, {"Content-Range": f"bytes */{len(shorter)}"})]
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert entry["sha256"] == hashlib.sha256(shorter).hexdigest()
+    assert blob_file(archive, shorter).read_bytes() == shorter

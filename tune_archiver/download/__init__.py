@@ -17,7 +17,7 @@ The states of one download (Downloader._download and _body):
     split       the first answer shows a file of at least --split-threshold from a
                 server that takes ranges (SplitHere): the partial is cut into spans
                 and RangedFetch fills them, each retried and resumed on its own; a
-                span answered with the whole file (RangesRefused) resets the partial
+                span answered with the whole file or 416 (RangesRefused) resets the partial
                 and the file goes back to one stream, never split again
     renewed     the host refuses the URL as expired (403, or 400/410 saying so): the
                 tune is fetched once more for a fresh URL of the same asset, and the

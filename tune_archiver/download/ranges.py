@@ -6,8 +6,9 @@ The partial is split into pieces of at most 16 MiB (partial.Partial.split), and
 its offset. Taken in order, pieces fill the file from the front, so a hasher close
 behind hashes the contiguous prefix as it grows and the commit reads nothing again.
 A server that answers a range with the whole file (it ignores Range, or the file
-changed), or with a range of another version (another validator: it ignores
-If-Range), makes the caller start the file over in one stream.
+changed), with a range of another version (another validator: it ignores
+If-Range), or with 416 (the file is shorter now), makes the caller start the file
+over in one stream.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ class RangedFetch:
         async with get(
             self._session, url, headers, read_timeout=self._settings.read_timeout
         ) as response:
-            if response.status == 200:
-                raise RangesRefused  # Range ignored, or the file changed under If-Range
+            # 200: Range ignored, or the file changed under If-Range; 416: the file is
+            # shorter now (a host that checks Range before If-Range): it changed too.
+            if response.status in (200, 416):
+                raise RangesRefused
             if response.status != 206:
                 raise await asset_status_error(response, shown, self._settings.stall)
             if content_range(response) != (pos, end - 1, partial.total):
