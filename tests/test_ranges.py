@@ -3,17 +3,22 @@ and resumed on its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
-from tests.standin import Cut, Replace, StandIn, Status
+from tests.standin import Cut, IgnoreRange, Replace, StandIn, Status
+from tune_archiver.download import ranges as range_pieces
 
 MiB = 2**20
 SIZE = 16 * MiB
@@ -198,3 +203,33 @@ def test_a_piece_refused_as_past_the_end_starts_the_file_over(
     [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
     assert entry["sha256"] == hashlib.sha256(shorter).hexdigest()
     assert blob_file(archive, shorter).read_bytes() == shorter
+
+
+def test_pieces_refused_and_failed_at_once_start_the_file_over(
+    standin: StandIn, archive: Path, model: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four pieces answered in the same moment, two with the whole file (ranges refused)
+    and two with 404: the file starts over in one stream, as when the refusal comes
+    alone. Both errors reached the task group together and left it as an
+    ExceptionGroup: the file failed as an "internal error", its piece never retried."""
+    standin.range_faults[("model", 0)] = [IgnoreRange()]
+    standin.range_faults[("model", SPAN)] = [Status(404)]
+    standin.range_faults[("model", 2 * SPAN)] = [IgnoreRange()]
+    standin.range_faults[("model", 3 * SPAN)] = [Status(404)]
+    real_get = range_pieces.get
+    answered: list[object] = []
+    together = asyncio.Event()  # set once the four answers are in: all go on in one step
+
+    @contextlib.asynccontextmanager
+    async def at_once(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with real_get(*args, **kwargs) as response:
+            answered.append(response)
+            if len(answered) == 4:
+                together.set()
+            await together.wait()
+            yield response
+
+    monkeypatch.setattr(range_pieces, "get", at_once)
+    assert run_fetch(standin, archive, "1", *SPLIT) == 0
+    assert blob_file(archive, model).read_bytes() == model
+    assert ranges_asked(standin)[-1] is None  # the last request: the whole file, at once

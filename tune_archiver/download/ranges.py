@@ -110,10 +110,15 @@ class RangedFetch:
                 for _ in range(min(self._settings.split, len(todo))):
                     group.create_task(connection())
                 group.create_task(hash_along())
-        except* RangesRefused:
-            raise RangesRefused from None
-        except* ArchiverError as errors:
-            raise errors.exceptions[0] from None
+        except ExceptionGroup as group:
+            ours, others = group.split((RangesRefused, ArchiverError))
+            if ours is None or others is not None:
+                raise
+            # Pieces that fail in one moment, each its own way, give one error (except*
+            # would raise a group of both): a refusal first, as when it comes alone.
+            if group.subgroup(RangesRefused) is not None:
+                raise RangesRefused from None
+            raise ours.exceptions[0] from None
 
     async def _span(self, url: str, partial: Partial, index: int, filled: asyncio.Event) -> None:
         shown = f"{redact(url)} (piece {index + 1} of {len(partial.spans or [])})"
