@@ -7,6 +7,7 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import socketserver
 import threading
 import uuid
@@ -432,6 +433,27 @@ def test_file_larger_than_free_space_is_refused_unless_forced(
     assert run_fetch(standin, archive, "1", "--force", "--retries", "0") == 1
     entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
     assert "disk full" not in entry["error"]
+
+
+def test_a_resume_refused_for_want_of_room_keeps_the_bytes_on_disk(
+    standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume whose rest does not fit the free space fails the file before a byte is
+    written, and keeps the bytes on disk: the next run, given room, resumes after them.
+    They were removed as if they had filled the disk, so a 2 GB checkpoint 95% in was
+    fetched again from its first byte for want of a few MB (or lost, if it expired)."""
+    data = one_file_tune(standin, size=20 * MiB)
+    standin.faults["model"] = [Cut(4 * MiB)]
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    usage = shutil.disk_usage(archive)
+    with monkeypatch.context() as short:
+        short.setattr(shutil, "disk_usage", lambda path: usage._replace(free=MiB))
+        assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["error"].startswith(f"disk full in {archive}: {16 * MiB} bytes to download")
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    assert ranges(standin)[-1] == f"bytes={4 * MiB}-"
 
 
 @pytest.fixture

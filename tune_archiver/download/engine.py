@@ -77,6 +77,7 @@ class Transfer:
     may_split: bool = True  # False once the server has refused a range
     starts_over: bool = False  # the host answered a Range with the file from its start
     min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
+    short_of_room: bool = False  # refused before writing the rest: what is on disk is kept
     tail: list[bytes] = field(default_factory=list)  # the body's last bytes, not yet written
 
     @property
@@ -163,7 +164,7 @@ class Downloader:
                 keep = False  # bytes on disk that are not those received are never resumed
                 raise
         except DiskFull:
-            keep = False  # its bytes are what filled the disk
+            keep = transfer.short_of_room  # else its bytes are what filled the disk
             raise
         finally:
             await incoming.release(keep)  # does nothing once committed
@@ -279,7 +280,11 @@ class Downloader:
         if total is not None:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
-                await self._staging.check_room(total - partial.size)
+                try:
+                    await self._staging.check_room(total - partial.size)
+                except DiskFull:
+                    transfer.short_of_room = True  # no byte of the rest was written
+                    raise
         # Kept in the partial's record: a file left whole is later committed unasked.
         partial.content_type = content_type
         validator = validator_of(response.headers)
