@@ -456,6 +456,24 @@ def test_a_resume_refused_for_want_of_room_keeps_the_bytes_on_disk(
     assert ranges(standin)[-1] == f"bytes={4 * MiB}-"
 
 
+def test_a_forced_file_of_an_absurd_size_fails_alone(standin: StandIn, archive: Path) -> None:
+    """--force, and a host that announces 2**62 bytes (a validator, ranges taken): the file
+    fails as a body that broke off, the other tune is archived. Splitting it made one
+    16 MiB piece per 16 MiB announced: a MemoryError ("internal error") at 2**62, and
+    gigabytes of memory and a sidecar too large to read back at sizes below it."""
+    standin.add_tune(2, [], [standin.add_file("image", os.urandom(3000))])
+    host = RawHost(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: \"v1\"\r\n"
+                   b"Accept-Ranges: bytes\r\nConnection: close\r\n\r\n" % 2**62)
+    try:
+        standin.add_tune(1, [host.url("/model")], [])
+        assert run_fetch(standin, archive, "1", "2", "--force", "--retries", "0") == 1
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["error"] == f"the response body broke off: {host.url('/model')}"
+    assert check_manifest(archive / "manifests" / "2.json")["complete"] is True
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 1 MiB tmpfs, where the test may mount one (root on Linux)."""

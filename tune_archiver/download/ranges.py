@@ -36,6 +36,9 @@ from tune_archiver.urls import redact
 
 MIN_PIECE = 2**20  # smaller pieces cost more in requests than they win
 MAX_PIECE = 16 * 2**20  # larger ones let the hash fall further behind the download
+# The most pieces one file is cut into, however large its announced size: each is a
+# list in memory and two in its sidecar, which must stay under sidecar.MAX_SIDECAR.
+MAX_PIECES = 4096
 # Bytes one connection gathers before a write: half a single stream's, since up to
 # 16 connections each hold one batch gathering and one being written.
 RANGE_BATCH = 2**19
@@ -52,6 +55,7 @@ def piece_size(settings: Settings, total: int, on_disk: int) -> int | None:
         return None
     rest = total - on_disk
     piece = min(MAX_PIECE, max(MIN_PIECE, rest // (settings.split * 4)))
+    piece = max(piece, -(-rest // MAX_PIECES))  # larger pieces past MAX_PIECES of them
     return piece if rest > piece else None
 
 
