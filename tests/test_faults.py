@@ -7,10 +7,12 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import socketserver
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -301,9 +303,10 @@ def test_hostile_names_change_nothing_outside_the_archive(
 
 
 class RawHost:
-    """An asset host that answers every request with these raw bytes, then closes."""
+    """An asset host that answers every request with these raw bytes (or those the
+    function makes of the request's head), then closes."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes | Callable[[str], bytes]) -> None:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 received = b""
@@ -312,7 +315,8 @@ class RawHost:
                     if not chunk:
                         return
                     received += chunk
-                self.request.sendall(answer)
+                head = received.decode("latin-1")
+                self.request.sendall(answer if isinstance(answer, bytes) else answer(head))
 
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -325,6 +329,60 @@ class RawHost:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def closing_host(data: bytes, cut_at: int, ranges: bool = True) -> RawHost:
+    """A host that sends the file with no length (its end is the connection's close),
+    closing after `cut_at` bytes, as a dropped connection does; it serves ranges of the
+    file (each with its length) when `ranges`, and says so."""
+    validator = b'ETag: "v1"\r\n' + (b"Accept-Ranges: bytes\r\n" if ranges else b"")
+
+    def answer(head: str) -> bytes:
+        asked = re.search(r"(?im)^range: bytes=(\d+)-", head)
+        if asked is None or not ranges:
+            return b"HTTP/1.1 200 OK\r\n" + validator + b"Connection: close\r\n\r\n" + data[:cut_at]
+        start = int(asked.group(1))
+        if start >= len(data):
+            return (f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len(data)}"
+                    "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").encode()
+        return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{len(data) - 1}/"
+                f"{len(data)}\r\nContent-Length: {len(data) - start}\r\n".encode()
+                + validator + b"Connection: close\r\n\r\n" + data[start:])
+
+    return RawHost(answer)
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_body_of_no_length_cut_by_a_closed_connection_is_never_taken_whole(
+    standin: StandIn, archive: Path, cut: bool
+) -> None:
+    """A file sent with no length ends where the connection closes, and so does one a
+    dropped connection cuts: from a host that serves ranges, what lies past the bytes
+    received is asked for. A cut body is resumed, never archived as the file; a whole
+    one (nothing past it: 416) is archived as it came."""
+    data = os.urandom(300_000)
+    host = closing_host(data, len(data) // 3 if cut else len(data))
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    assert stored_blobs(archive) == [blob_file(archive, data)]
+
+
+def test_a_body_of_no_length_from_a_host_without_ranges_is_taken_as_it_came(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that serves no ranges cannot say where the file ends: its body is taken
+    as the file, as every downloader takes it, and nothing more is asked of it."""
+    data = os.urandom(200_000)
+    host = closing_host(data, len(data), ranges=False)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    assert stored_blobs(archive) == [blob_file(archive, data)]
 
 
 def test_a_body_sent_with_a_gzip_transfer_coding_is_not_archived_as_the_file(

@@ -78,6 +78,8 @@ class Transfer:
     starts_over: bool = False  # the host answered a Range with the file from its start
     min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
     short_of_room: bool = False  # refused before writing the rest: what is on disk is kept
+    ends_at_close: bool = False  # a body of no length: it ends where the connection closes
+    takes_ranges: bool = False  # the host said it serves ranges of this file
     tail: list[bytes] = field(default_factory=list)  # the body's last bytes, not yet written
 
     @property
@@ -247,8 +249,29 @@ class Downloader:
             raise IntegrityError(
                 f"the server sent {received} bytes, too few for this file: {transfer.shown}"
             )
+        if transfer.ends_at_close:
+            await self._confirm_end(transfer, tail, received)
         transfer.tail = tail  # written by the commit, in the same thread hop
         self._progress.advance(received - partial.size)
+
+    async def _confirm_end(self, transfer: Transfer, tail: list[bytes], received: int) -> None:
+        """A body of no length ends where the connection closed, and so does one a
+        dropped connection cut: a host that serves ranges is asked for what lies past
+        it. A range there means the body was cut: its bytes are kept, and the retry
+        resumes. 416 (nothing past it) or any other answer takes the end as the file's,
+        as every downloader must from a host that cannot say."""
+        partial = transfer.partial
+        if not (partial.validator and transfer.takes_ranges):
+            return
+        headers = {"Range": f"bytes={received}-", "If-Range": partial.validator}
+        async with self._limiter, get(
+            self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
+        ) as answer:
+            more = answer.status == 206 and (content_range(answer) or (-1,))[0] == received
+        if more:
+            await self._write(transfer, tail)
+            raise BodyError(f"the connection closed after {received} bytes, before the "
+                            f"file's end: {transfer.shown}")
 
     async def _accept(self, response: aiohttp.ClientResponse, transfer: Transfer) -> None:
         """Check the status and headers; learn the size and validator; restart if need be."""
@@ -291,6 +314,10 @@ class Downloader:
         if partial.describe(validator, total):
             await in_thread(partial.save)
         takes_ranges = response.status == 206 or response.headers.get("Accept-Ranges") == "bytes"
+        transfer.takes_ranges = takes_ranges
+        # No length and not chunked (whose last chunk marks the end): the close is the end.
+        transfer.ends_at_close = total is None and "chunked" not in response.headers.get(
+            "Transfer-Encoding", "").lower()
         if total is not None and validator and takes_ranges and transfer.may_split:
             piece = piece_size(self._settings, total, partial.size)
             if piece is not None:
