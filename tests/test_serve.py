@@ -413,6 +413,39 @@ async def test_a_rotted_blob_is_never_sent_whole(
         assert await ranged.read() == bytes(rotted[:10])  # a range is sent unhashed
 
 
+@pytest.mark.parametrize("asked", ["bytes=0-", "bytes=-999999999", "bytes=0-999999999"])
+async def test_a_rotted_blob_asked_whole_as_a_range_is_never_sent_whole(
+    site: Site, gallery: Gallery, archive: Path, asked: str
+) -> None:
+    """A range that covers the whole blob (a browser's video player asks bytes=0-) is the
+    whole blob: a rotted one is cut before its end, as a plain GET of it is."""
+    path = blob_file(archive, gallery.checkpoint)
+    rotted = bytearray(gallery.checkpoint)
+    rotted[len(rotted) // 2] ^= 0xFF
+    path.chmod(0o600)
+    path.write_bytes(bytes(rotted))
+    url, session = site
+    async with session.get(f"{url}blobs/{path.name}", headers={"Range": asked}) as response:
+        assert response.status == 206
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def test_a_blob_emptied_on_the_disk_is_not_sent_as_an_empty_whole(
+    site: Site, gallery: Gallery, archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blob a crash left empty is not answered 200 with an empty, complete body under
+    its name: it is refused before its headers, and serve says why in one line."""
+    path = blob_file(archive, gallery.checkpoint)
+    path.chmod(0o600)
+    path.write_bytes(b"")
+    url, session = site
+    async with session.get(f"{url}blobs/{path.name}") as response:
+        assert response.status == 500
+    assert [record for record in caplog.records
+            if "do not match its sha256" in record.getMessage()]
+
+
 async def test_a_blob_the_disk_fails_to_read_midway_is_a_failed_download(
     site: Site, gallery: Gallery, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

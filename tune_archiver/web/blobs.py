@@ -32,6 +32,8 @@ CHUNK = 1 << 20
 CACHED = "private, max-age=31536000, immutable"  # a blob's name is its content's hash
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 log = logging.getLogger("tune_archiver.serve")
+EMPTY = hashlib.sha256(b"").hexdigest()
+MISMATCH = "its bytes do not match its sha256 (run verify)"
 
 
 @runtime_checkable
@@ -117,10 +119,14 @@ async def _send(
     A whole blob is hashed as it is sent, and its last piece held back until the hash
     is known: a blob rotted on the disk (or changed in the bucket) is never sent
     complete. The connection is cut instead, so the client sees a download that
-    failed rather than other bytes under the blob's name. A range is sent unhashed:
-    checking it would mean reading the whole blob for each one."""
+    failed rather than other bytes under the blob's name. A range that covers the
+    whole blob (a video player asks bytes=0-) is the whole blob; a smaller one is
+    sent unhashed: checking it would mean reading the whole blob for each one."""
     span = byte_range(request.headers.get("Range"), size) if size else None
     start, end = span or (0, size - 1)
+    if not size and sha256 != EMPTY:  # emptied by a crash: no body to cut, refused here
+        log.error("serve: blob %s: %s", sha256[:12], MISMATCH)
+        raise web.HTTPInternalServerError(text=f"the blob: {MISMATCH}")
     response = web.StreamResponse(status=206 if span else 200, headers={
         "Content-Type": content_type_of(None, head), "Cache-Control": CACHED,
         "Accept-Ranges": "bytes"})
@@ -130,7 +136,8 @@ async def _send(
     await response.prepare(request)
     if size and request.method != "HEAD":
         try:
-            await _stream(response, read(start, end), None if span else sha256)
+            await _stream(response, read(start, end),
+                          sha256 if (start, end) == (0, size - 1) else None)
         except ArchiverError as exc:
             # Past the headers no 500 can be said (aiohttp would write its status line
             # into the body): the line goes to the log, and the cut connection tells
@@ -158,7 +165,7 @@ async def _stream(response: web.StreamResponse, pieces: AsyncIterator[bytes],
         hashed.update(piece)
         held = piece
     if hashed.hexdigest() != sha256:
-        raise IntegrityError("its bytes do not match its sha256 (run verify)")
+        raise IntegrityError(MISMATCH)
     await response.write(held)
 
 
