@@ -184,13 +184,16 @@ def test_bad_api_url_from_env_returns_2(
     assert no_fetch == []
 
 
-@pytest.mark.parametrize("url", ["http://[::1", "https://[api.astria.ai]"])
+@pytest.mark.parametrize("url", ["http://[::1", "https://[api.astria.ai]",
+                                 "http://127.0.0.1:99999", "https://api.astria.ai:4x3",
+                                 "https://api..astria.ai", f"https://{'a' * 64}.ai"])
 def test_malformed_api_url_returns_2(
     url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     no_fetch: list[Any],
 ) -> None:
-    """An --api-url that cannot be parsed (an IPv6 bracket left open) is a configuration
-    error, exit 2, not a ValueError traceback."""
+    """An --api-url that cannot be parsed (an IPv6 bracket left open, a port out of range
+    or not a number, a host with an empty or too long label) is a configuration error,
+    exit 2: not a traceback, nor exit 1 with each tune failing on it."""
     monkeypatch.setenv("ASTRIA_API_KEY", "k")
     assert main(["fetch", "1", "--api-url", url]) == 2
     err = capsys.readouterr().err

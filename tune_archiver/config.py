@@ -129,9 +129,14 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
     url = (option or env.get(ENV_API_URL) or DEFAULT_API_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"the API URL must start with http:// or https://, not {url!r}")
-    try:  # a bracket left open ("http://[::1") raised from deep inside the run
-        urlsplit(url).hostname  # noqa: B018
-    except ValueError as exc:
+    # Each raised from deep inside the run (a traceback, or exit 1 as if a tune failed):
+    # a bracket left open ("http://[::1"), a port out of range or not a number, a host
+    # with an empty or too long label ("api..astria.ai"), which no resolver takes.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018
+        (parts.hostname or "").encode("idna")
+    except ValueError as exc:  # UnicodeError, the IDNA codec's, is one too
         raise ConfigError(f"the API URL is malformed: {exc}") from None
     return url
 
