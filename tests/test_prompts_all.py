@@ -202,11 +202,12 @@ def test_prompts_not_listed_keep_what_their_files_were(
     capsys.readouterr()
     assert run_fetch(standin, archive, "10", "--prompts") == 1
     got = {(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")}
-    assert got == {(500, "ok")}
+    assert got == {(500, "ok"), (501, "failed")}
     assert blob_file(archive, image).exists()
-    [line] = capsys.readouterr().err.splitlines()
+    line, failed = capsys.readouterr().err.splitlines()
     assert line.endswith("prompt files not archived: the account's prompts: "
                          "the API returned malformed JSON")
+    assert "prompt_image 0: not asked for again: its prompt could not be read" in failed
     assert run_fetch(standin, archive, "10", "--prompts") == 1
     assert len(standin.seen("cdn", "/files/missing")) == 2
 
@@ -224,3 +225,32 @@ def test_only_checkpoints_lists_no_prompts(
                      *dry_run) == 0
     assert [r.path for r in standin.seen("api")] == ["/tunes/10"]
     assert not standin.seen("cdn", "/files/own")
+
+
+def test_a_failed_prompt_file_is_kept_while_its_prompts_cannot_be_read(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt image that failed stays in the manifest, failed, through a run whose
+    prompts could not be read: dropped there, a later run that finds its prompt deleted
+    upstream knew nothing of it and called the tune complete, exit 0, though that image
+    was never archived. Now that run says it gone upstream, never archived."""
+    add_tune(standin, 10)
+    standin.add_prompt(FLUX, 500, "<lora:10:1>", [standin.add_file("kept", os.urandom(1_300))])
+    standin.add_prompt(FLUX, 501, "<lora:10:1> b", [standin.file_url("missing")])
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")]
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    assert {(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")} == {
+        (500, "ok"), (501, "failed")}
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")]
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [kept] = [e for e in entries(archive, 10, "prompt_image") if e["prompt_id"] == 501]
+    assert kept["error"].count("its last error") == 1  # said once, however many runs
+    standin.prompts[FLUX] = [p for p in standin.prompts[FLUX] if p["id"] != 501]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    document = check_manifest(archive / "manifests" / "10.json")
+    assert document["complete"] is False
+    assert {(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")} == {
+        (500, "ok"), (501, "gone")}
+    assert "never archived" in capsys.readouterr().err

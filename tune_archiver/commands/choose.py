@@ -194,9 +194,11 @@ async def plan_for(
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, previous)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
-    # Prompts not all read prove no prompt's file gone upstream.
+    # Prompts not all read prove no prompt's file gone upstream, nor that one that
+    # failed need not be asked for again.
+    unread = settings.lists_prompts and bool(tune.prompt_errors)
     listed = settings.lists_prompts and not tune.prompt_errors
-    return plan, carried_over(previous, assets_of(tune), present, listed)
+    return plan, carried_over(previous, assets_of(tune), present, listed, unread)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -122,7 +122,7 @@ def _moved(key: AssetKey) -> tuple[str, int | None, str]:
 
 def carried_over(
     manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int],
-    prompts_listed: bool = True,
+    prompts_listed: bool = True, prompts_unread: bool = False,
 ) -> list[AssetResult]:
     """Files the last manifest knows that the tune no longer lists (expired, or prompts
     not asked for this time).
@@ -132,7 +132,9 @@ def carried_over(
     as failed, saying so; one gone upstream stays gone. One that failed, never
     archived, and that the listing now leaves out (deleted upstream) is gone: said
     once, then kept as gone (dropped, the tune would look complete). Prompts' files
-    count as left out only when the prompts were listed (`prompts_listed`).
+    count as left out only when the prompts were listed (`prompts_listed`); with
+    `prompts_unread` (asked for, not all read) one that failed stays failed, as it was:
+    dropped, a run finding its prompt deleted would know nothing of it.
     """
     known = known_entries(manifest)
     keys = [asset_key(asset) for asset in current]
@@ -143,9 +145,22 @@ def carried_over(
                                     else ())
                 if entry.status == "failed" and _moved(entry_key(entry)) not in sources
                 and (prompts_listed or entry.kind not in PROMPT_KINDS)]
+    unread = [entry for entry in (manifest.entries if manifest is not None else ())
+              if prompts_unread and entry.status == "failed" and entry.kind in PROMPT_KINDS
+              and _moved(entry_key(entry)) not in sources]
     return [_known(entry, present) for key, entry in known.items() if key not in listed] + [
         CarriedOver(entry.asset, error=f"{NO_LONGER_LISTED} (its last error: {entry.error})",
-                    gone=True, entry=entry) for entry in unlisted]
+                    gone=True, entry=entry) for entry in unlisted] + [
+        CarriedOver(entry.asset, error=_unread(entry.error), entry=entry) for entry in unread]
+
+
+NOT_READ = "not asked for again: its prompt could not be read (its last error: "
+
+
+def _unread(error: str | None) -> str:
+    """The error of a failed file whose prompt was not read: its last one, said once."""
+    last = error or "unknown error"
+    return last if last.startswith(NOT_READ) else f"{NOT_READ}{last})"
 
 
 def _known(entry: Entry, present: Mapping[str, int]) -> AssetResult:
