@@ -239,3 +239,26 @@ def test_a_stop_after_the_document_is_said_adds_no_second_one(
     assert code == Exit.TERMINATED
     assert json.loads(printed.out)["tunes"][0]["ok"] is True
     assert "stopped by SIGTERM" in printed.err
+
+
+def test_a_stop_during_the_fail_ping_of_a_refused_log_file_adds_no_second_document(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGTERM as the fail ping of a run refused for its --log-file begins (raised as
+    Interrupted outside an event loop): it escaped main, for start.py to print a second
+    document after the refusal's; now the refusal's stands alone, exit 143."""
+    from tune_archiver.cli import main as cli_main
+    from tune_archiver.cli.running import Interrupted
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(cli_main, "send_ping", stopped)
+    make_tune(standin, 1)
+    code = run_fetch(standin, tmp_path / "a", "1", "--json", "--ping-url",
+                     "http://127.0.0.1:9/x", "--log-file", str(tmp_path / "no" / "run.jsonl"))
+    printed = capsys.readouterr()
+    assert code == Exit.TERMINATED
+    assert "cannot open the log file" in json.loads(printed.out)["error"]
+    assert "stopped by SIGTERM" in printed.err

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -101,9 +100,13 @@ def main(
         configure_logging(args, secrets)
     except ConfigError as exc:  # no log to record it in; the monitor is told all the same
         code = _refused(args, exc, secrets)
-        with contextlib.suppress(ConfigError):  # a ping URL that is no URL: none to tell
+        try:
             if ping_url := ping_url_of(args):
                 send_ping(ping_url, "fail", report.ping_summary(args.command, code, None))
+        except ConfigError:  # a ping URL that is no URL: none to tell
+            pass
+        except Interrupted as stop:  # before the ping's loop took the signal: said, 143
+            return _interrupted(args, stop, secrets)
         return code
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
     code = _pinged(args, secrets)
