@@ -212,6 +212,25 @@ def test_changed_or_damaged_tunes_are_fetched_again(standin: StandIn, archive: P
     assert blob_file(archive, lost).read_bytes() == lost
 
 
+def test_a_file_the_listing_adds_brings_the_tune_back_whatever_its_updated_at(
+    standin: StandIn, archive: Path
+) -> None:
+    """A tune archived while training (photos only) whose listing then names a checkpoint
+    is fetched again, though its updated_at did not move."""
+    add_tune(standin, 1)
+    tune = standin.add_tune(2, [], [standin.add_file("photo-2.jpg", os.urandom(3_000))],
+                            trained_at=None)
+    assert run_fetch(standin, archive, "--all") == 0
+    assert json.loads((archive / "manifests" / "2.json").read_text())["complete"] is True
+    ckpt = os.urandom(30_000)
+    tune["ckpt_urls"] = [standin.add_file("ckpt-2-trained.safetensors", ckpt)]
+    assert run_fetch(standin, archive, "--all") == 0
+    assert blob_file(archive, ckpt).read_bytes() == ckpt
+    kinds = [a["kind"] for a in json.loads((archive / "manifests" / "2.json").read_text())
+             ["assets"]]
+    assert sorted(kinds) == ["checkpoint", "training_image"]
+
+
 def test_all_json_marks_skipped_tunes(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ from tune_archiver.commands.plan import (
     TunePlan,
     archived_blobs,
     archived_entries,
+    archives_listed,
     assets_of,
     carried_over,
     expiring,
@@ -52,8 +53,9 @@ async def chosen(
     and unchanged, in the order asked (each id once), or the listing's (newest first).
 
     A listed tune is skipped when its manifest is complete, records the same
-    updated_at and all its blobs are present. With --prompts nothing is skipped:
-    new images can be generated without the tune changing. A tune whose expires_at
+    updated_at, holds every file the listing names and all its blobs are present.
+    With --prompts nothing is skipped: new images can be generated without the tune
+    changing. A tune whose expires_at
     cannot be read is kept by --expiring-within, with one warning. The listing's ids
     are strictly decreasing (client.checked_ids), so none is taken up twice.
     """
@@ -132,6 +134,7 @@ class UnchangedCheck:
         if wanted:
             self._sizes.update(await blob_sizes(self._store, wanted))
         return [is_unchanged(found, item.get("updated_at"), self._sizes)
+                and found is not None and archives_listed(found, item)
                 for found, item in zip(previous, items, strict=True)]
 
     async def _readable(self, tune_id: int) -> bytes | None:

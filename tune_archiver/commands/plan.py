@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tune_archiver.config import Only
+from tune_archiver.errors import DataError
 from tune_archiver.manifest import CarriedOver, Entry, Manifest, State
 from tune_archiver.models import (
     PROMPT_KINDS,
@@ -21,6 +22,7 @@ from tune_archiver.models import (
     Blob,
     Prompt,
     Tune,
+    parse_tune,
 )
 from tune_archiver.selection import parse_moment
 from tune_archiver.urls import identity
@@ -225,6 +227,17 @@ def is_unchanged(
     if manifest.tune.get("updated_at") != updated_at:
         return False
     return all(present.get(blob.sha256) == blob.size for _, blob in archived_entries(manifest))
+
+
+def archives_listed(manifest: Manifest, listed: Mapping[str, Any]) -> bool:
+    """True when every file the listing names for the tune (checkpoints, training and
+    face-swap images) has an entry archived or gone in the manifest: updated_at alone
+    is not trusted to move when Astria adds a file (a checkpoint once training ends)."""
+    try:
+        keys = [asset_key(asset) for asset in assets_of(parse_tune(listed))]
+    except DataError:  # a listing the GET may read better: not known unchanged
+        return False
+    return len(paired(keys, known_entries(manifest).values())) == len(keys)
 
 
 @dataclass(frozen=True)
