@@ -8,6 +8,7 @@ files stay few (issue 16, workload W5).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import resource
 import subprocess
@@ -22,6 +23,7 @@ from tests.helpers import run_fetch, stored_blobs
 from tests.standin import StandIn
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import AllTunes, Settings
+from tune_archiver.errors import StorageError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.local import LocalStore
 
@@ -168,3 +170,38 @@ def test_the_rerun_skips_unchanged_tunes_with_or_without_bulk_reads(
         (6, True, True), (5, True, True), (4, False, True), (3, True, True),
         (2, True, True), (1, True, True)]
     assert bulk or store.manifests_read >= 6
+
+
+class OneBlobUnreadable(LocalStore):
+    """A local store whose disk will not look up one blob (EIO, a folder another user
+    made 0700): asked about it, one by one or in bulk, it raises StorageError."""
+
+    def __init__(self, root: Path, bad: str) -> None:
+        super().__init__(root)
+        self.bad = bad
+
+    async def blob_size(self, sha256: str) -> int | None:
+        if sha256 == self.bad:
+            raise StorageError(f"cannot look up blob {sha256[:8]}: Input/output error")
+        return await super().blob_size(sha256)
+
+    async def blob_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        if self.bad in sha256s:
+            raise StorageError(f"cannot look up blob {self.bad[:8]}: Input/output error")
+        return await super().blob_sizes(sha256s)
+
+
+def test_a_blob_that_cannot_be_looked_up_fails_its_tune_only(
+    standin: StandIn, archive: Path
+) -> None:
+    """An unchanged rerun where one tune's blob cannot be looked up: that tune fails,
+    saying why, and the tunes listed before and after it are skipped as unchanged."""
+    account(standin, 3, page=1)
+    assert run_fetch(standin, archive, "--all", "-q") == 0
+    bad = hashlib.sha256(standin.files["ckpt-2"]).hexdigest()
+    store = OneBlobUnreadable(archive, bad)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url)
+    results = asyncio.run(fetch(settings, AllTunes(), NullProgress(), store=store))
+    assert [(r.tune_id, r.skipped, r.ok) for r in results] == [
+        (3, True, True), (2, False, False), (1, True, True)]
+    assert "Input/output error" in (results[1].error or "")

@@ -132,10 +132,25 @@ class UnchangedCheck:
         wanted = {blob.sha256 for found in previous for _, blob in archived_entries(found)}
         wanted.difference_update(self._sizes)
         if wanted:
-            self._sizes.update(await blob_sizes(self._store, wanted))
+            try:
+                self._sizes.update(await blob_sizes(self._store, wanted))
+            except StorageError:  # one blob the disk will not look up: its tune is fetched,
+                self._sizes.update(await self._present(wanted))  # and fails, alone
         return [is_unchanged(found, item.get("updated_at"), self._sizes)
                 and found is not None and archives_listed(found, item)
                 for found, item in zip(previous, items, strict=True)]
+
+    async def _present(self, sha256s: set[str]) -> dict[str, int]:
+        """sha256 -> size of those blobs found, one at a time; one not looked up is left out."""
+        found: dict[str, int] = {}
+        for sha256 in sha256s:
+            try:
+                size = await self._store.blob_size(sha256)
+            except StorageError:
+                continue
+            if size is not None:
+                found[sha256] = size
+        return found
 
     async def _readable(self, tune_id: int) -> bytes | None:
         """The tune's manifest, or None (not known unchanged) when it cannot be read."""
