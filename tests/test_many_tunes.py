@@ -13,7 +13,7 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tests.helpers import run_fetch, stored_blobs
 from tests.standin import StandIn
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import AllTunes, Settings
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import Denied, StorageError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.local import LocalStore
 
@@ -205,3 +205,52 @@ def test_a_blob_that_cannot_be_looked_up_fails_its_tune_only(
     assert [(r.tune_id, r.skipped, r.ok) for r in results] == [
         (3, True, True), (2, False, False), (1, True, True)]
     assert "Input/output error" in (results[1].error or "")
+
+
+class OneObjectDenied(LocalStore):
+    """A store whose bucket refuses one object (AccessDenied: a policy on that key, an
+    object another account owns): tune 2's manifest, or its checkpoint's blob."""
+
+    def __init__(self, root: Path, manifest: int | None = None, blob: str | None = None
+                 ) -> None:
+        super().__init__(root)
+        self.manifest, self.blob = manifest, blob
+
+    def _check(self, tune_ids: Collection[int] = (), sha256s: Collection[str] = ()) -> None:
+        if self.manifest in tune_ids or self.blob in sha256s:
+            raise Denied("cannot read an object in s3://b/a: access denied (AccessDenied)")
+
+    async def read_manifest(self, tune_id: int) -> bytes | None:
+        self._check(tune_ids=[tune_id])
+        return await super().read_manifest(tune_id)
+
+    async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
+        self._check(tune_ids=tune_ids)
+        return await super().read_manifests(tune_ids)
+
+    async def blob_size(self, sha256: str) -> int | None:
+        self._check(sha256s=[sha256])
+        return await super().blob_size(sha256)
+
+    async def blob_sizes(self, sha256s: Collection[str]) -> dict[str, int]:
+        self._check(sha256s=sha256s)
+        return await super().blob_sizes(sha256s)
+
+
+@pytest.mark.parametrize("refused", ["manifest", "blob"])
+def test_an_object_the_bucket_refuses_fails_its_tune_only(
+    standin: StandIn, archive: Path, refused: str
+) -> None:
+    """An unchanged rerun where the store refuses tune 2's manifest or one of its blobs
+    (AccessDenied on that key alone): tune 2 fails, saying so, the others are skipped,
+    and the run goes on (it stopped, as if the store refused everything)."""
+    account(standin, 3, page=1)
+    assert run_fetch(standin, archive, "--all", "-q") == 0
+    bad = hashlib.sha256(standin.files["ckpt-2"]).hexdigest()
+    store = (OneObjectDenied(archive, manifest=2) if refused == "manifest"
+             else OneObjectDenied(archive, blob=bad))
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url)
+    results = asyncio.run(fetch(settings, AllTunes(), NullProgress(), store=store))
+    assert [(r.tune_id, r.skipped, r.ok) for r in results] == [
+        (3, True, True), (2, False, False), (1, True, True)]
+    assert "access denied" in (results[1].error or "")

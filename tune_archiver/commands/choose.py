@@ -30,6 +30,7 @@ from tune_archiver.errors import (
     ArchiverError,
     AuthError,
     ConfigError,
+    Denied,
     StorageError,
     UnreadableManifest,
 )
@@ -119,9 +120,11 @@ class UnchangedCheck:
 
     async def of_page(self, items: Sequence[dict[str, Any]]) -> list[bool]:
         ids = [item["id"] for item in items]
+        # A manifest the disk will not read, or the bucket refuses (Denied: a policy on
+        # that key alone): that tune is fetched, and fails.
         try:
             found = await read_manifests(self._store, ids)
-        except StorageError:  # one the disk will not read: that tune is fetched, and fails
+        except (StorageError, Denied):
             found = [await self._readable(tune_id) for tune_id in ids]
         previous: list[Manifest | None] = []
         for tune_id, data in zip(ids, found, strict=True):
@@ -134,7 +137,7 @@ class UnchangedCheck:
         if wanted:
             try:
                 self._sizes.update(await blob_sizes(self._store, wanted))
-            except StorageError:  # one blob the disk will not look up: its tune is fetched,
+            except (StorageError, Denied):  # one blob not looked up: its tune is fetched,
                 self._sizes.update(await self._present(wanted))  # and fails, alone
         return [is_unchanged(found, item.get("updated_at"), self._sizes)
                 and found is not None and archives_listed(found, item)
@@ -146,7 +149,7 @@ class UnchangedCheck:
         for sha256 in sha256s:
             try:
                 size = await self._store.blob_size(sha256)
-            except StorageError:
+            except (StorageError, Denied):
                 continue
             if size is not None:
                 found[sha256] = size
@@ -156,7 +159,7 @@ class UnchangedCheck:
         """The tune's manifest, or None (not known unchanged) when it cannot be read."""
         try:
             return await self._store.read_manifest(tune_id)
-        except StorageError:
+        except (StorageError, Denied):
             return None
 
 
