@@ -253,6 +253,26 @@ def test_expired_url_without_renewal_fails(standin: StandIn, archive: Path) -> N
     assert "HTTP 403" in entry["error"]
 
 
+def test_a_file_another_tune_could_not_renew_is_tried_with_this_tunes_own_url(
+    standin: StandIn, archive: Path
+) -> None:
+    """Two tunes list one file, each signed for it apart: the URL of the tune that asks
+    first refused as expired (its renewal too) does not fail the other's, which is
+    fetched with its own URL (it shared the first one's failure, with no request)."""
+    data = os.urandom(3000)
+    standin.files["img"] = data
+    standin.add_tune(1, [], [standin.file_url("img", query="X-Amz-Signature=one")])
+    standin.add_tune(2, [], [standin.file_url("img", query="X-Amz-Signature=two")])
+    standin.faults["img"] = [Status(403), Status(403)]  # the first URL, then its renewal
+    assert run_fetch(standin, archive, "1", "2") == 1
+    assert {r.path.rsplit("=", 1)[1] for r in standin.seen("cdn", "/files/img")} == {
+        "one", "two"}
+    statuses = [check_manifest(archive / "manifests" / f"{i}.json")["assets"][0]["status"]
+                for i in (1, 2)]
+    assert sorted(statuses) == ["failed", "ok"]
+    assert blob_file(archive, data).read_bytes() == data
+
+
 def test_redirect_loop_fails_the_asset(standin: StandIn, archive: Path) -> None:
     """More than 10 redirects fail the asset with a clear error."""
     standin.redirects["loop"] = standin.file_url("loop")

@@ -87,6 +87,20 @@ class Transfer:
         return redact(self.url)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """One download of the run, and the URL it was started with."""
+
+    url: str
+    future: asyncio.Future[Blob]
+
+
+def _refused_as_expired(exc: BaseException) -> bool:
+    """True when a download failed for its URL: refused as expired, and not renewed (an
+    error met while renewing has the refusal as its context)."""
+    return isinstance(exc, ExpiredUrl) or isinstance(exc.__context__, ExpiredUrl)
+
+
 class Downloader:
     """Fetches URLs into the store; the same URL asked for twice in a run is fetched once."""
 
@@ -105,8 +119,8 @@ class Downloader:
         self._limiter = limiter
         self._settings = settings
         self._progress = progress
-        self._downloads: dict[str, asyncio.Future[Blob]] = {}  # in flight
-        self._done: OrderedDict[str, asyncio.Future[Blob]] = OrderedDict()
+        self._downloads: dict[str, Shared] = {}  # in flight
+        self._done: OrderedDict[str, Shared] = OrderedDict()
         # Partials open at once: each holds a descriptor, so thousands of queued files
         # must not open theirs before they can be fetched (ulimit -n).
         self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
@@ -121,23 +135,40 @@ class Downloader:
 
         When the host refuses the URL as expired, `refresh` is asked once for a fresh
         one and the download resumes. A body of fewer than `min_size` bytes (an empty
-        200, say) is retried, never archived. Raises an ArchiverError when it fails
-        for good.
+        200, say) is retried, never archived. A URL of the same key (another tune's,
+        signed apart) that was refused as expired is no failure of this one's. Raises
+        an ArchiverError when it fails for good.
         """
         key = url_key(url)
-        download = self._done.get(key) or self._downloads.get(key)
-        if download is None:
-            download = asyncio.ensure_future(self._download(url, refresh, min_size))
-            self._downloads[key] = download
-            download.add_done_callback(functools.partial(self._finished, key))
-        elif key in self._done:
+        shared = self._done.get(key) or self._downloads.get(key)
+        if shared is None:
+            return await self._start(key, url, refresh, min_size).future
+        if key in self._done:
             self._done.move_to_end(key)
-        return await download
+        try:
+            return await shared.future
+        except ArchiverError as exc:
+            # Another tune's URL of this file was refused as expired and not renewed:
+            # ours is signed apart and may be good, so it is tried on its own (once:
+            # ours is the one started now, or joined if another asker started it).
+            if shared.url == url or not _refused_as_expired(exc):
+                raise
+        if self._done.get(key) is shared:
+            del self._done[key]
+        again = self._downloads.get(key) or self._start(key, url, refresh, min_size)
+        return await again.future
 
-    def _finished(self, key: str, download: asyncio.Future[Blob]) -> None:
+    def _start(self, key: str, url: str, refresh: Refresh | None, min_size: int) -> Shared:
+        """The download of `url`, begun and shared with whoever asks for its key."""
+        shared = Shared(url, asyncio.ensure_future(self._download(url, refresh, min_size)))
+        self._downloads[key] = shared
+        shared.future.add_done_callback(functools.partial(self._finished, key, shared))
+        return shared
+
+    def _finished(self, key: str, shared: Shared, _: asyncio.Future[Blob]) -> None:
         """Remember a finished download (its blob, or how it failed), a bounded few."""
         del self._downloads[key]
-        self._done[key] = download
+        self._done[key] = shared
         if len(self._done) > DONE_KEPT:
             self._done.popitem(last=False)
 
