@@ -242,6 +242,27 @@ def test_expired_url_is_renewed_once_and_resumed(standin: StandIn, archive: Path
     assert blob_file(archive, data).read_bytes() == data
 
 
+def test_a_download_outlasting_two_urls_is_renewed_each_time_it_moved_on(
+    standin: StandIn, archive: Path
+) -> None:
+    """A checkpoint whose renewed URL expires in turn, after more bytes came through it, is
+    renewed again (a fresh request for the tune) and resumed: it failed at the second
+    expiry, a 2 GB checkpoint whose URLs outlive a few minutes never whole in one run."""
+    data = os.urandom(10 * MiB)
+    standin.add_file("model", data)
+    signed = [standin.add_tune(1, [standin.file_url("model", query=f"X-Amz-Signature=s{i}")],
+                               []) for i in (1, 2, 3)]
+    standin.api_versions[1] = [dict(signed[0]), dict(signed[1])]
+    expired = Status(403, body=b"<Error><Message>Request has expired</Message></Error>")
+    standin.faults["model"] = [Cut(3 * MiB), expired, Cut(3 * MiB), expired]
+    assert run_fetch(standin, archive, "1", "--split", "1") == 0
+    assert len(standin.seen("api")) == 3  # the run's, then one for each fresh URL
+    seen = standin.seen("cdn", "/files/model")
+    assert [r.path.rsplit("=", 1)[1] for r in seen] == ["s1", "s1", "s2", "s2", "s3"]
+    assert resumed_at(seen[-1].headers["Range"]) > resumed_at(seen[2].headers["Range"]) > 0
+    assert blob_file(archive, data).read_bytes() == data
+
+
 def test_expired_url_without_renewal_fails(standin: StandIn, archive: Path) -> None:
     """If the renewed tune still gives a refused URL, the asset fails after one renewal."""
     one_file_tune(standin, size=1000)

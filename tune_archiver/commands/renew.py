@@ -17,7 +17,8 @@ from tune_archiver.urls import redact, url_key
 
 
 class FreshUrls:
-    """Renewed URLs for a tune's assets, from at most one more request for the tune."""
+    """Renewed URLs for a tune's assets, from one more request for the tune (another only
+    for an asset whose renewed URL expired in turn)."""
 
     def __init__(self, api: AstriaClient, tune_id: int, prompts: bool,
                  listed: Sequence[Asset]) -> None:
@@ -36,9 +37,13 @@ class FreshUrls:
         query less its signature (a renewed listing may come in another order); else it
         raises DataError."""
 
+        given: list[asyncio.Future[Tune]] = []  # the renewal this asset's last URL came from
+
         async def fresh_url() -> str | None:
+            renewal = self._renewed(asset, given[0] if given else None)
+            given[:] = [renewal]
             try:
-                tune = await self._renewed(asset)
+                tune = await renewal
             except ArchiverError:
                 return None
             place = (asset.kind, asset.prompt_id, asset.index)
@@ -55,16 +60,17 @@ class FreshUrls:
 
         return fresh_url
 
-    def _renewed(self, asset: Asset) -> asyncio.Future[Tune]:
+    def _renewed(self, asset: Asset, spent: asyncio.Future[Tune] | None) -> asyncio.Future[Tune]:
         """The tune asked for again; for a file of a prompt made on another tune, that
-        prompt alone, asked for again on the tune it was made on."""
+        prompt alone, asked for again on the tune it was made on. Asked for once and
+        shared, but anew for an asset whose URL from it (`spent`) has expired too."""
         made_on, prompt_id = asset.prompt_tune_id, asset.prompt_id
         if made_on is not None and prompt_id is not None and made_on != self._tune_id:
-            if prompt_id not in self._prompts_elsewhere:
+            if self._prompts_elsewhere.get(prompt_id) in (None, spent):
                 self._prompts_elsewhere[prompt_id] = asyncio.ensure_future(
                     self._prompt_alone(made_on, prompt_id))
             return self._prompts_elsewhere[prompt_id]
-        if self._tune is None:
+        if self._tune is None or self._tune is spent:
             self._tune = asyncio.ensure_future(load_tune(self._api, self._tune_id, self._prompts))
         return self._tune
 

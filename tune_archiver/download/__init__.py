@@ -21,7 +21,8 @@ The states of one download (Downloader._download and _body):
                 and the file goes back to one stream, never split again
     renewed     the host refuses the URL as expired (403, or 400/410 saying so): the
                 tune is fetched once more for a fresh URL of the same asset, and the
-                download goes on from the bytes on disk
+                download goes on from the bytes on disk; again each time a fresh URL
+                expires after it took the download MOVED_ON further
     committed   every byte is in and hashed: Incoming.commit fsyncs the file and the
                 store's Intake makes it the blob (a rename, or a checked upload)
     released    it failed for good or was cancelled: the partial is kept for the next

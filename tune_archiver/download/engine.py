@@ -32,7 +32,7 @@ from tune_archiver.errors import (
     IntegrityError,
 )
 from tune_archiver.models import Blob
-from tune_archiver.net.retry import call_with_retries
+from tune_archiver.net.retry import MOVED_ON, call_with_retries
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.net.transport import (
     asset_status_error,
@@ -133,11 +133,11 @@ class Downloader:
     ) -> Blob:
         """The blob holding the URL's bytes, once they are verified and committed.
 
-        When the host refuses the URL as expired, `refresh` is asked once for a fresh
-        one and the download resumes. A body of fewer than `min_size` bytes (an empty
-        200, say) is retried, never archived. A URL of the same key (another tune's,
-        signed apart) that was refused as expired is no failure of this one's. Raises
-        an ArchiverError when it fails for good.
+        When the host refuses the URL as expired, `refresh` is asked for a fresh one
+        and the download resumes (see _body_renewed). A body of fewer than `min_size`
+        bytes (an empty 200, say) is retried, never archived. A URL of the same key
+        (another tune's, signed apart) that was refused as expired is no failure of
+        this one's. Raises an ArchiverError when it fails for good.
         """
         key = url_key(url)
         shared = self._done.get(key) or self._downloads.get(key)
@@ -205,16 +205,23 @@ class Downloader:
         return blob
 
     async def _body_renewed(self, transfer: Transfer, refresh: Refresh | None) -> None:
-        """The body, from a fresh URL of the same asset if the host says the first expired."""
-        try:
-            await self._body(transfer)
-        except ExpiredUrl:
-            fresh = await refresh() if refresh else None
-            if fresh is None:
-                raise
-            check_fetchable(fresh)
-            transfer.url = fresh
-            await self._body(transfer)
+        """The body, from a fresh URL of the same asset if the host says the first expired;
+        and again each time a fresh URL expires after taking the download MOVED_ON
+        further (a 2 GB checkpoint may outlast several), never for one refused at once."""
+        renewed_at: int | None = None  # the bytes on disk when the last fresh URL came
+        while True:
+            try:
+                await self._body(transfer)
+                return
+            except ExpiredUrl:
+                size = transfer.partial.size
+                if renewed_at is not None and size < renewed_at + MOVED_ON:
+                    raise
+                fresh = await refresh() if refresh else None
+                if fresh is None:
+                    raise
+                check_fetchable(fresh)
+                transfer.url, renewed_at = fresh, size
 
     async def _body(self, transfer: Transfer) -> None:
         """Every byte into the partial: in one stream, or in ranges once the server allows."""
