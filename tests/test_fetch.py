@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,22 @@ def test_asset_503_then_200_is_retried(standin: StandIn, archive: Path) -> None:
     assert run_fetch(standin, archive, "1", sleep=sleeps) == 0
     assert sleeps.waits == [3.0]
     assert blob_file(archive, standin.files["ckpt-1"]).exists()
+
+
+def test_a_retry_after_date_is_read_against_the_hosts_own_clock(
+    standin: StandIn, archive: Path
+) -> None:
+    """A Retry-After date 3 s after the answer's Date is waited out (3 s), whatever our
+    clock says: a machine an hour ahead read it as a date in the past and retried at
+    once, each retry of a throttled file spent in the same moment."""
+    make_tune(standin, 1, images=0)
+    sent = datetime.now(UTC) - timedelta(hours=1)  # the host's clock, an hour behind ours
+    standin.faults["ckpt-1"] = [Status(503, {
+        "Date": format_datetime(sent, usegmt=True),
+        "Retry-After": format_datetime(sent + timedelta(seconds=3), usegmt=True)})]
+    sleeps = Sleeps()
+    assert run_fetch(standin, archive, "1", sleep=sleeps) == 0
+    assert sleeps.waits == [3.0]
 
 
 def test_asset_429_then_200_is_retried(standin: StandIn, archive: Path) -> None:

@@ -246,7 +246,8 @@ class AstriaClient:
             stall = self._settings.stall
             if response.status != 200:
                 body = await read_capped(response, MAX_ERROR_BYTES, stall)
-                retry_after = retry_after_of(response.headers.get("Retry-After"))
+                retry_after = retry_after_of(response.headers.get("Retry-After"),
+                                             response.headers.get("Date"))
                 answered = str(response.url)
                 if response.status in (401, 403) and origin(answered) != origin(url):
                     # Only the API's own origin can reject the key (never sent elsewhere):

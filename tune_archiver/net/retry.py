@@ -142,6 +142,12 @@ def backoff(policy: RetryPolicy, attempt: int) -> float:
     return min(policy.max_wait, exponential) + random.uniform(0, policy.jitter)
 
 
-def retry_after_of(header: str | None) -> float | None:
-    """Retry-After seconds from a header, relative to now."""
-    return parse_retry_after(header, datetime.now(UTC))
+def retry_after_of(header: str | None, date: str | None = None) -> float | None:
+    """Retry-After seconds from a header; a date in it is read against the answer's own
+    Date when it has a readable one (the host's clock, not ours, set it), else now."""
+    now = datetime.now(UTC)
+    try:
+        sent = parsedate_to_datetime(date) if date else now
+    except (TypeError, ValueError):
+        sent = now
+    return parse_retry_after(header, sent if sent.tzinfo is not None else now)

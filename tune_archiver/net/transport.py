@@ -296,7 +296,8 @@ async def asset_status_error(
     if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
         return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
     return StatusError(
-        f"HTTP {status} from {shown}", status, retry_after_of(response.headers.get("Retry-After"))
+        f"HTTP {status} from {shown}", status,
+        retry_after_of(response.headers.get("Retry-After"), response.headers.get("Date")),
     )
 
 
