@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ import aiohttp
 from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.download.ranges import RangedFetch, RangesRefused, piece_size
+from tune_archiver.download.sharing import SharedDownloads
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import (
     ArchiverError,
@@ -45,12 +44,8 @@ from tune_archiver.net.transport import (
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
-from tune_archiver.urls import check_fetchable, redact, url_key
+from tune_archiver.urls import check_fetchable, redact
 
-# Downloads remembered once done, for tunes of the run that ask for the same URL (the
-# images many tunes share): the least recently asked for is forgotten past this many,
-# so a run of 20,000 tunes does not keep 20,000 finished tasks.
-DONE_KEPT = 1024
 OPEN_PER_SLOT = 4  # partials open at once per --concurrency slot (some wait in backoff)
 # Below this, a full disk is left to the write's own ENOSPC: one statvfs per image costs.
 ROOM_CHECK_FROM = 8 * 2**20
@@ -87,20 +82,6 @@ class Transfer:
         return redact(self.url)
 
 
-@dataclass(frozen=True)
-class Shared:
-    """One download of the run, and the URL it was started with."""
-
-    url: str
-    future: asyncio.Future[Blob]
-
-
-def _refused_as_expired(exc: BaseException) -> bool:
-    """True when a download failed for its URL: refused as expired, and not renewed (an
-    error met while renewing has the refusal as its context)."""
-    return isinstance(exc, ExpiredUrl) or isinstance(exc.__context__, ExpiredUrl)
-
-
 class Downloader:
     """Fetches URLs into the store; the same URL asked for twice in a run is fetched once."""
 
@@ -119,8 +100,7 @@ class Downloader:
         self._limiter = limiter
         self._settings = settings
         self._progress = progress
-        self._downloads: dict[str, Shared] = {}  # in flight
-        self._done: OrderedDict[str, Shared] = OrderedDict()
+        self._shared = SharedDownloads()
         # Partials open at once: each holds a descriptor, so thousands of queued files
         # must not open theirs before they can be fetched (ulimit -n).
         self._open = asyncio.Semaphore(settings.concurrency * OPEN_PER_SLOT)
@@ -135,42 +115,11 @@ class Downloader:
 
         When the host refuses the URL as expired, `refresh` is asked for a fresh one
         and the download resumes (see _body_renewed). A body of fewer than `min_size`
-        bytes (an empty 200, say) is retried, never archived. A URL of the same key
-        (another tune's, signed apart) that was refused as expired is no failure of
-        this one's. Raises an ArchiverError when it fails for good.
+        bytes (an empty 200, say) is retried, never archived. Tunes that list the same
+        file share one download (see sharing.py). Raises an ArchiverError when it fails
+        for good.
         """
-        key = url_key(url)
-        shared = self._done.get(key) or self._downloads.get(key)
-        if shared is None:
-            return await self._start(key, url, refresh, min_size).future
-        if key in self._done:
-            self._done.move_to_end(key)
-        try:
-            return await shared.future
-        except ArchiverError as exc:
-            # Another tune's URL of this file was refused as expired and not renewed:
-            # ours is signed apart and may be good, so it is tried on its own (once:
-            # ours is the one started now, or joined if another asker started it).
-            if shared.url == url or not _refused_as_expired(exc):
-                raise
-        if self._done.get(key) is shared:
-            del self._done[key]
-        again = self._downloads.get(key) or self._start(key, url, refresh, min_size)
-        return await again.future
-
-    def _start(self, key: str, url: str, refresh: Refresh | None, min_size: int) -> Shared:
-        """The download of `url`, begun and shared with whoever asks for its key."""
-        shared = Shared(url, asyncio.ensure_future(self._download(url, refresh, min_size)))
-        self._downloads[key] = shared
-        shared.future.add_done_callback(functools.partial(self._finished, key, shared))
-        return shared
-
-    def _finished(self, key: str, shared: Shared, _: asyncio.Future[Blob]) -> None:
-        """Remember a finished download (its blob, or how it failed), a bounded few."""
-        del self._downloads[key]
-        self._done[key] = shared
-        if len(self._done) > DONE_KEPT:
-            self._done.popitem(last=False)
+        return await self._shared.blob(url, lambda: self._download(url, refresh, min_size))
 
     async def _download(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
         check_fetchable(url)
