@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError, S3ClientError
 from moto.s3.models import S3Backend
+from moto.s3.responses import S3Response
 
 from tests.conftest import SCHEMA
 from tests.helpers import Sleeps, sha256
@@ -339,6 +340,26 @@ def test_a_missing_bucket_is_a_configuration_error(
     assert err.count("tune-archiver: error:") == 1
     assert "no-such-bucket-here" in err
     assert standin.seen("cdn") == []
+
+
+@pytest.mark.parametrize("command", ["fetch", "verify", "list", "gc"])
+def test_a_bucket_down_or_throttling_at_the_first_request_is_unreachable_not_usage(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    """A bucket answering its first request 503 (SlowDown, a store restarting) after every
+    retry is storage that cannot be reached, nothing done: exit 4 with one line. It was
+    exit 2, 'usage or configuration', which tells cron's caller to fix a setting."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own backoff sleeps for real
+    monkeypatch.setattr(S3Response, "head_bucket", lambda self: (503, {}, ""))
+    capsys.readouterr()
+    code = fetch(standin, s3, "1") if command == "fetch" else tune_archiver(s3, command)
+    assert code == 4
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot reach the bucket in ")
+    assert "503" in line
 
 
 def test_verify_on_an_empty_prefix_says_there_is_no_archive(s3: S3Archive) -> None:

@@ -51,7 +51,7 @@ from tune_archiver.errors import (
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.store.s3.config import INSTALL_HINT, client_config, install_hint
-from tune_archiver.store.s3.errors import translated
+from tune_archiver.store.s3.errors import REACH, translated
 from tune_archiver.store.s3.intake import S3Intake, drop_file
 from tune_archiver.store.s3.store import MIN_PART, S3Store
 from tune_archiver.store.s3.transfer import start_upload
@@ -823,6 +823,31 @@ def test_every_client_library_error_becomes_one_of_ours(
     assert caught.value.__cause__ is source
     assert "\n" not in str(caught.value)
     assert str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        client_error("SlowDown", 503),
+        client_error("500", 500),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1/bkt"),
+        ConnectionClosedError(endpoint_url="http://127.0.0.1:1/bkt"),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bkt"),
+    ],
+    ids=["503", "500", "read-timeout", "connection-closed", "no-connection"],
+)
+def test_the_first_request_unanswered_or_refused_by_a_server_fault_is_unreachable(
+    source: Exception, tmp_path: Path
+) -> None:
+    """The run's first request to the bucket (REACH) met by a 5xx after every retry, a
+    read timeout or a connection closed is Unreachable (exit 4), not a StorageError that
+    prepare turns into a configuration error (exit 2)."""
+    with pytest.raises(Unreachable) as caught, translated(
+        REACH, "s3://bkt/p", "bkt", lambda: "http://127.0.0.1:1", tmp_path
+    ):
+        raise source
+    assert caught.value.__cause__ is source
+    assert "\n" not in str(caught.value)
 
 
 def test_a_bug_is_not_translated(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ DENIED = frozenset({"AccessDenied", "403"})  # of those, a policy may refuse one
 ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
 REACH = "reach the bucket"  # the first request of a run: failing it, nothing was done
 CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+SERVER_TROUBLE = frozenset({500, 502, 503, 504})  # down, overloaded, throttling (SlowDown)
 
 
 class Absent(StorageError):
@@ -81,11 +82,17 @@ def translate(
             return Absent(f"{where}: not found")
         if code in CONFLICT:
             return Conflict(f"{where}: changed meanwhile by another writer ({code})")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if doing == REACH and status in SERVER_TROUBLE:  # not the configuration's fault
+            return Unreachable(f"{where}: {code} {message}".rstrip())
         return StorageError(f"{where}: {code} {message}".rstrip())
-    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+    from botocore.exceptions import ConnectionError as NoConnection
+    from botocore.exceptions import HTTPClientError
 
+    # Connecting, or waiting for the answer (a read timeout, a connection closed):
+    # either way the bucket never answered the run's first request.
     if doing == REACH and isinstance(
-        exc, EndpointConnectionError | ConnectTimeoutError | aiohttp.ClientConnectionError
+        exc, NoConnection | HTTPClientError | aiohttp.ClientError | TimeoutError
     ):
         return Unreachable(f"{where}: {str(exc) or type(exc).__name__}")
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | TimeoutError):
