@@ -331,6 +331,39 @@ async def test_blob_over_the_copy_limit_is_copied_part_by_part(
     assert await left_over(bucket) == ([], [])
 
 
+@pytest.mark.parametrize("stored", [False, True], ids=["new", "refreshed"])
+async def test_a_store_ignoring_copy_source_range_never_damages_a_blob(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stored: bool
+) -> None:
+    """A store that ignores UploadPartCopy's CopySourceRange copies the whole object into
+    each part. The blob key then held three copies of the blob, said ok (a new blob, its
+    upload deleted), or in place of a good old blob (refreshed for gc). Now the parts'
+    sizes are checked before the copy completes: nothing reaches the blob key."""
+    from moto.s3.models import S3Backend
+
+    data = os.urandom(BIG)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    upload_part_copy = S3Backend.upload_part_copy
+
+    def whole(backend: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        return upload_part_copy(backend, *args, **{**kwargs, "start_byte": None})
+
+    async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
+        if stored:
+            await (await downloaded(store, tmp_path, data)).commit(None)
+            age(bucket, key, timedelta(days=3))
+        monkeypatch.setattr(S3Backend, "upload_part_copy", whole)
+        partial = await sent_ahead(store, tmp_path, data)
+        with pytest.raises(IntegrityError, match="not whole"):
+            await partial.commit(None)
+        await partial.release(keep=False)
+    if stored:
+        assert sha(await bucket.get(key)) == sha(data)
+    else:
+        assert await bucket.keys(f"{PREFIX}/objects/") == []
+    assert await left_over(bucket) == ([], [])
+
+
 @pytest.mark.parametrize(
     ("replacement", "message"),
     [

@@ -27,7 +27,7 @@ from tune_archiver.digest import Hasher
 from tune_archiver.errors import StorageError
 
 if TYPE_CHECKING:
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, PartTypeDef
 
     from tune_archiver.store.s3.bucket import Bucket
 
@@ -103,6 +103,22 @@ async def send_part(
         ChecksumSHA256=checksum,
     )
     return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
+
+
+async def held_parts(bucket: Bucket, key: str, upload_id: str) -> list[PartTypeDef]:
+    """The parts the store holds for an unfinished upload, by part number."""
+    held: list[PartTypeDef] = []
+    pages = bucket.client.get_paginator("list_parts").paginate(
+        Bucket=bucket.name, Key=key, UploadId=upload_id
+    )
+    async for page in pages:
+        held.extend(page.get("Parts", []))
+    return sorted(held, key=lambda part: part["PartNumber"])
+
+
+def part_sizes(size: int, part_size: int) -> list[int]:
+    """The sizes of the parts of `size` bytes cut every `part_size`."""
+    return [min(part_size, size - offset) for offset in range(0, size, part_size)]
 
 
 def composite(parts: list[CompletedPartTypeDef]) -> str:

@@ -33,6 +33,8 @@ from tune_archiver.store.s3.parts import (
     b64,
     composite,
     give_back_free_memory,
+    held_parts,
+    part_sizes,
     read_part,
     send_part,
 )
@@ -144,16 +146,10 @@ async def _check_parts(
     """Before the upload completes (and its key shows anything), the parts the store holds
     must be ours: their number, sizes and, where the store reports them, SHA-256s. This
     is what check_upload looks at afterwards, asked while the key may still be the blob's."""
-    held = []
-    pages = bucket.client.get_paginator("list_parts").paginate(
-        Bucket=bucket.name, Key=key, UploadId=upload_id
-    )
-    async for page in pages:
-        held.extend(page.get("Parts", []))
-    expected = [min(part_size, blob.size - offset) for offset in range(0, blob.size, part_size)]
-    sizes = [part.get("Size") for part in sorted(held, key=lambda part: part["PartNumber"])]
+    held = await held_parts(bucket, key, upload_id)
+    sizes = [part.get("Size") for part in held]
     sums = {part["PartNumber"]: part.get("ChecksumSHA256") for part in held}
-    if sizes != expected or any(
+    if sizes != part_sizes(blob.size, part_size) or any(
         sums.get(part["PartNumber"]) not in (None, part["ChecksumSHA256"]) for part in parts
     ):
         raise IntegrityError(
@@ -216,12 +212,19 @@ async def copy(
             await bucket.delete(final)
             raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is corrupt")
         return
+    step = max(min(COPY_PART, bucket.copy_limit), -(-blob.size // MAX_PARTS))
     upload_id = await start_upload(bucket, final, blob.content_type or DEFAULT_CONTENT_TYPE)
     try:
         parts = await _bounded(
-            _part_copies(bucket, source, final, upload_id, blob.size), COPIES_IN_FLIGHT
+            _part_copies(bucket, source, final, upload_id, blob.size, step), COPIES_IN_FLIGHT
         )
         parts.sort(key=lambda part: part["PartNumber"])
+        # Before `final` shows anything (it may be the blob itself, refreshed): a store
+        # that ignores CopySourceRange copies the whole source into each part.
+        held = [part.get("Size") for part in await held_parts(bucket, final, upload_id)]
+        if held != part_sizes(blob.size, step):
+            raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is not whole: "
+                                 "its parts are not the ranges asked for; not stored")
         await bucket.client.complete_multipart_upload(
             Bucket=bucket.name, Key=final, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
@@ -231,9 +234,8 @@ async def copy(
 
 
 async def _part_copies(
-    bucket: Bucket, source: str, final: str, upload_id: str, size: int
+    bucket: Bucket, source: str, final: str, upload_id: str, size: int, step: int
 ) -> AsyncGenerator[Coroutine[Any, Any, CompletedPartTypeDef], None]:
-    step = max(min(COPY_PART, bucket.copy_limit), -(-size // MAX_PARTS))
     for number, start in enumerate(range(0, size, step), start=1):
         end = min(start + step, size) - 1
         yield _copy_part(bucket, source, final, upload_id, number, f"bytes={start}-{end}")
