@@ -140,3 +140,31 @@ async def test_a_range_of_thousands_of_digits_is_416_not_a_500(
         finally:
             await runner.cleanup()
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_bucket_that_ignores_range_still_serves_the_bytes_asked_for(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store (or a proxy before it) that ignores a GET's Range answers 200 with the
+    whole object. serve took that body for the range: a client resuming a checkpoint
+    from byte N got its first bytes again, a corrupt file it had no way to tell. Now
+    the bytes before the range are skipped and those after it never read."""
+    from moto.s3.responses import S3Response
+
+    monkeypatch.setattr(S3Response, "_handle_range_header",
+                        lambda self, request, headers, content: (200, headers, content))
+    data = gallery.checkpoint
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            blob = f"{url}blobs/{sha256(data)}"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(blob, headers={"Range": "bytes=100-"}) as response:
+                    assert response.status == 206
+                    assert await response.read() == data[100:]
+                async with session.get(blob, headers={"Range": "bytes=5-9"}) as response:
+                    assert await response.read() == data[5:10]
+                async with session.get(blob) as response:
+                    assert await response.read() == data
+        finally:
+            await runner.cleanup()
