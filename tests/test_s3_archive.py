@@ -575,3 +575,32 @@ def test_a_manifest_the_bucket_refuses_is_that_tunes_problem_alone(
     else:
         assert [row["tune_id"] for row in document["tunes"]] == [2, 1]
         assert "error" in document["tunes"][1]
+
+
+def test_a_listing_that_goes_round_in_circles_is_one_line_not_a_run_that_never_ends(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store whose ListObjectsV2 answers every page with the first one again, under
+    continuation tokens that take turns (botocore only refuses one token twice in a
+    row), kept list, verify and gc listing forever. Now a token seen before stops the
+    listing: one line, exit 1, after a few pages."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    list_objects_v2 = S3Backend.list_objects_v2
+    pages = []
+
+    def circling(backend: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        pages.append(kwargs.get("continuation_token"))
+        keys, _, _ = list_objects_v2(backend, *args, **{**kwargs, "continuation_token": None})
+        if len(pages) > 50:  # the test's own stop, were the listing never refused
+            return keys, False, None
+        return keys, True, "B" if kwargs.get("continuation_token") == "A" else "A"
+
+    monkeypatch.setattr(S3Backend, "list_objects_v2", circling)
+    capsys.readouterr()
+    assert tune_archiver(s3, "list") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot list the bucket in ")
+    assert "again" in line
+    assert len(pages) < 10

@@ -93,11 +93,20 @@ class Bucket:
     async def list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
         """(key relative to the prefix, listing entry) of every object under `directory`."""
         start = len(self.key(""))
+        tokens: set[str] = set()
         with self.translated("list the bucket"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.name, Prefix=self.key(f"{directory}/")
             )
             async for page in pages:
+                # botocore refuses a token given twice in a row, not one that comes round
+                # again: a store that does that would be listed forever.
+                token = page.get("NextContinuationToken")
+                if token in tokens:
+                    raise StorageError(f"cannot list the bucket in {self}: it gave a "
+                                       "continuation token again; its listing never ends")
+                if token:
+                    tokens.add(token)
                 for item in page.get("Contents", []):
                     yield item["Key"][start:], item
 
