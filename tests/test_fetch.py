@@ -421,3 +421,16 @@ def test_summary_line(standin: StandIn, archive: Path, capsys: pytest.CaptureFix
     assert first.startswith("tune 1 (Tune 1): 3 files, ")
     assert "(3 new, 0 already archived, 0 failed)" in first
     assert "(0 new, 3 already archived, 0 failed)" in second
+
+
+def test_an_unreadable_date_beside_a_retry_after_date_is_no_fault(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 503's Date whose zone no clock has (+99999999999999999999) is unreadable, so
+    its Retry-After date is read against now: the file is retried and archived."""
+    make_tune(standin, 1, images=0)
+    standin.faults["ckpt-1"] = [Status(503, {
+        "Date": "Mon, 01 Jan 2020 00:00:00 +99999999999999999999",
+        "Retry-After": format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)})]
+    assert run_fetch(standin, archive, "1") == 0
+    assert "Traceback" not in capsys.readouterr().err

@@ -48,7 +48,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a zone of 20 digits overflows
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -148,6 +148,6 @@ def retry_after_of(header: str | None, date: str | None = None) -> float | None:
     now = datetime.now(UTC)
     try:
         sent = parsedate_to_datetime(date) if date else now
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a zone of 20 digits overflows
         sent = now
     return parse_retry_after(header, sent if sent.tzinfo is not None else now)
