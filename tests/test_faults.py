@@ -376,6 +376,11 @@ def closing_host(data: bytes, cut_at: int, ranges: bool = True) -> RawHost:
     """A host that sends the file with no length (its end is the connection's close),
     closing after `cut_at` bytes, as a dropped connection does; it serves ranges of the
     file (each with its length) when `ranges`, and says so."""
+    return RawHost(closing_answer(data, cut_at, ranges))
+
+
+def closing_answer(data: bytes, cut_at: int, ranges: bool = True) -> Callable[[str], bytes]:
+    """closing_host's answer to a request's head."""
     validator = b'ETag: "v1"\r\n' + (b"Accept-Ranges: bytes\r\n" if ranges else b"")
 
     def answer(head: str) -> bytes:
@@ -390,7 +395,7 @@ def closing_host(data: bytes, cut_at: int, ranges: bool = True) -> RawHost:
                 f"{len(data)}\r\nContent-Length: {len(data) - start}\r\n".encode()
                 + validator + b"Connection: close\r\n\r\n" + data[start:])
 
-    return RawHost(answer)
+    return answer
 
 
 @pytest.mark.parametrize(("cut", "ranges"), [(True, True), (False, True), (False, False)],
@@ -405,6 +410,32 @@ def test_a_body_of_no_length_cut_by_a_closed_connection_is_never_taken_whole(
     ranges, which cannot say where the file ends (as every downloader takes it)."""
     data = os.urandom(300_000)
     host = closing_host(data, len(data) // 3 if cut else len(data), ranges)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    assert stored_blobs(archive) == [blob_file(archive, data)]
+
+
+def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_is_busy(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that serves ranges and answers the question of what lies past a body of
+    no length with a 503 (busy, a moment) has not said the file ends there: the cut
+    body is resumed once the host answers, never archived as the file."""
+    data = os.urandom(300_000)
+    serves = closing_answer(data, len(data) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 2:  # the question of what lies past the cut body
+            return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        return serves(head)
+
+    host = RawHost(answer)
     try:
         standin.add_tune(1, [host.url("/files/model")], [])
         assert run_fetch(standin, archive, "1") == 0

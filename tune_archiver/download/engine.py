@@ -31,7 +31,7 @@ from tune_archiver.errors import (
     IntegrityError,
 )
 from tune_archiver.models import Blob
-from tune_archiver.net.retry import MOVED_ON, call_with_retries
+from tune_archiver.net.retry import MOVED_ON, RETRYABLE_STATUSES, call_with_retries
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.net.transport import (
     asset_status_error,
@@ -245,20 +245,24 @@ class Downloader:
         """A body of no length ends where the connection closed, and so does one a
         dropped connection cut: a host that serves ranges is asked for what lies past
         it. A range there means the body was cut: its bytes are kept, and the retry
-        resumes. 416 (nothing past it) or any other answer takes the end as the file's,
-        as every downloader must from a host that cannot say."""
+        resumes. A busy host (429, 5xx) has not said yet: its error is retried, the
+        bytes kept. 416 (nothing past it) or any other answer takes the end as the
+        file's, as every downloader must from a host that cannot say."""
         partial = transfer.partial
         if not (partial.validator and transfer.takes_ranges):
             return
         headers = {"Range": f"bytes={received}-", "If-Range": partial.validator}
+        busy: ArchiverError | None = None
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
             more = answer.status == 206 and (content_range(answer) or (-1,))[0] == received
-        if more:
+            if answer.status in RETRYABLE_STATUSES:
+                busy = await asset_status_error(answer, transfer.shown, self._settings.stall)
+        if more or busy:
             await self._write(transfer, tail)
-            raise BodyError(f"the connection closed after {received} bytes, before the "
-                            f"file's end: {transfer.shown}")
+            raise busy or BodyError(f"the connection closed after {received} bytes, before "
+                                    f"the file's end: {transfer.shown}")
 
     async def _accept(self, response: aiohttp.ClientResponse, transfer: Transfer) -> None:
         """Check the status and headers; learn the size and validator; restart if need be."""
