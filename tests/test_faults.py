@@ -444,6 +444,32 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_is_busy(
     assert stored_blobs(archive) == [blob_file(archive, data)]
 
 
+def test_a_cut_body_of_no_length_of_a_file_changed_since_is_never_taken_whole(
+    standin: StandIn, archive: Path
+) -> None:
+    """The file changed between the cut body and the question of what lies past it: the
+    host answers the If-Range with the new version whole (200, another ETag). The cut
+    body of the old one is never archived; the file starts over, and the new one is."""
+    old, new = os.urandom(300_000), os.urandom(250_000)
+    serves = closing_answer(old, len(old) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 1:
+            return serves(head)
+        return (f"HTTP/1.1 200 OK\r\nETag: \"v2\"\r\nContent-Length: {len(new)}\r\n"
+                "Connection: close\r\n\r\n").encode() + new
+
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    assert stored_blobs(archive) == [blob_file(archive, new)]
+
+
 def test_a_body_sent_with_a_gzip_transfer_coding_is_not_archived_as_the_file(
     standin: StandIn, archive: Path
 ) -> None:

@@ -246,8 +246,9 @@ class Downloader:
         dropped connection cut: a host that serves ranges is asked for what lies past
         it. A range there means the body was cut: its bytes are kept, and the retry
         resumes. A busy host (429, 5xx) has not said yet: its error is retried, the
-        bytes kept. 416 (nothing past it) or any other answer takes the end as the
-        file's, as every downloader must from a host that cannot say."""
+        bytes kept. The whole file under another validator: it changed, and starts
+        over. 416 (nothing past it) or any other answer takes the end as the file's,
+        as every downloader must from a host that cannot say."""
         partial = transfer.partial
         if not (partial.validator and transfer.takes_ranges):
             return
@@ -257,8 +258,16 @@ class Downloader:
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
             more = answer.status == 206 and (content_range(answer) or (-1,))[0] == received
+            # 200 under another validator: the file changed since (If-Range), so the body
+            # may be a cut one of a version no longer there. The same validator: the
+            # host ignores Range now, and cannot say.
+            changed = answer.status == 200 and validator_of(answer.headers) not in (
+                None, partial.validator)
             if answer.status in RETRYABLE_STATUSES:
                 busy = await asset_status_error(answer, transfer.shown, self._settings.stall)
+        if changed:
+            await self._restart(transfer)
+            raise BodyError(f"the file changed on the server; starting over: {transfer.shown}")
         if more or busy:
             await self._write(transfer, tail)
             raise busy or BodyError(f"the connection closed after {received} bytes, before "
