@@ -220,3 +220,32 @@ def test_a_link_planted_at_the_lock_is_refused(
     assert "refused the lock" in capsys.readouterr().err
     assert victim.read_bytes() == b"do not touch"
     assert mode(victim) == 0o644
+
+
+def test_retrain_of_another_users_archive_is_refused_before_it_writes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """retrain --yes run by root on an archive another user owns, its tmp/ removed (as
+    after freeing space): refused on one line (exit 2), nothing sent or written. Before,
+    it made tmp/ a folder of root's, which every later fetch of the owner refused, sent
+    the photos, and rewrote the manifest as a 0600 file of root's the owner could no
+    longer read."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give an archive to another user")
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    for name in ("tmp", "lock", "manifests/1.lock"):
+        path = archive / name
+        path.rmdir() if path.is_dir() else path.unlink()
+    before = sorted(archive.rglob("*"))
+    for path in [archive, *before]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "1", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "belongs to another user" in line
+    assert standin.created == []
+    assert sorted(archive.rglob("*")) == before
+    assert {path.lstat().st_uid for path in before} == {NOBODY}

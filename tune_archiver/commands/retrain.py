@@ -124,6 +124,9 @@ async def retrain(
                             "retrain from")
     if not yes:
         return RetrainResult(plan)
+    # Checked as a fetch checks it, before the first write: root's retrain of a user's
+    # archive (its tmp/ removed) would leave a tmp/ and a manifest its owner cannot use.
+    await store.prepare()
     staging = staging or staging_for(settings.archive)
     await staging.prepare()
     images = [(f"{entry.index:03d}{extension(entry.content_type, entry.url)}",
