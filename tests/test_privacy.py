@@ -249,3 +249,29 @@ def test_retrain_of_another_users_archive_is_refused_before_it_writes(
     assert standin.created == []
     assert sorted(archive.rglob("*")) == before
     assert {path.lstat().st_uid for path in before} == {NOBODY}
+
+
+@pytest.mark.parametrize("where", ["dest", "on the way"])
+def test_export_refuses_a_link_another_user_planted_at_dest(
+    standin: StandIn, archive: Path, tmp_path: Path, where: str,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export to a DEST in a shared folder where another user planted a link (to a folder
+    of theirs) at DEST, or at a folder on the way to it: refused on one line (exit 2),
+    nothing written there. Before, the link was followed and the tune's photos were
+    written into the other user's folder, exit 0."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / "exports").symlink_to(theirs)
+    os.lchown(shared / "exports", NOBODY, NOBODY)
+    dest = shared / "exports" if where == "dest" else shared / "exports" / "mine"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 2
+    [line] = ran.errors
+    assert "symbolic link of another user" in line
+    assert list(theirs.iterdir()) == []

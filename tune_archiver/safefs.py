@@ -90,6 +90,26 @@ def refuse_links(paths: Sequence[Path], what: str) -> None:
             raise ConfigError(f"refused {what} {path}: it is a symbolic link")
 
 
+def refuse_others_links(path: Path, what: str) -> None:
+    """Raise ConfigError when a symbolic link of another user (neither this one nor root)
+    is on the way to `path`: planted in a shared folder (/tmp, a sticky /srv/backups),
+    it would lead our writes into a folder of theirs. As the kernel's protected_symlinks,
+    which is often off."""
+    absolute = path.absolute()
+    probe = Path(absolute.anchor)
+    for part in absolute.parts[1:]:
+        probe = probe / part
+        try:
+            found = probe.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(found.st_mode) and found.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(f"refused {what} {path}: {probe} is a symbolic link of another "
+                              f"user (uid {found.st_uid})")
+
+
 def check_folder(path: Path, what: str) -> str | None:
     """Refuse (ConfigError) a folder not owned by this user or writable by group or
     others: someone else could plant files in it. Returns a warning when group or

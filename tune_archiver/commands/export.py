@@ -23,7 +23,13 @@ from tune_archiver.errors import (
     IntegrityError,
     StorageError,
 )
-from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, make_private_dir, new_private_dir
+from tune_archiver.safefs import (
+    NOFOLLOW,
+    PRIVATE_FILE,
+    make_private_dir,
+    new_private_dir,
+    refuse_others_links,
+)
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 
@@ -104,7 +110,9 @@ def _relative(name: str | None) -> str | None:
 
 
 def _new_folder(dest: Path, folder: Path) -> None:
-    """Create the tune's folder, which must not exist yet."""
+    """Create the tune's folder, which must not exist yet, never through a link another
+    user planted on the way (DEST in a shared folder)."""
+    refuse_others_links(dest, "the export folder")
     try:
         make_private_dir(dest)
         new_private_dir(folder)
