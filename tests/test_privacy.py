@@ -19,6 +19,7 @@ from tests.standin import Cut, StandIn
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ConfigError
 from tune_archiver.urls import identity
+from tune_archiver.web.access import read_token
 
 MiB = 2**20
 NOBODY = 65534
@@ -275,3 +276,21 @@ def test_export_refuses_a_link_another_user_planted_at_dest(
     [line] = ran.errors
     assert "symbolic link of another user" in line
     assert list(theirs.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_token_file_of_another_user_is_refused(tmp_path: Path, kind: str) -> None:
+    """serve --token-file naming a file or FIFO another user owns (planted in a shared
+    folder): refused (ConfigError), without waiting on the FIFO. Before, their file was
+    used with a warning and their FIFO waited for them to write: the token they chose
+    then opened every photo of the archive through serve."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    path = tmp_path / "token"
+    if kind == "file":
+        path.write_text("their-token-0123456789\n")
+    else:
+        os.mkfifo(path)
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        read_token(str(path))

@@ -42,12 +42,16 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(path: str) -> str:
-    """The token in the file (stripped); raises ConfigError when unreadable, empty or short.
-    A file others may read, or another user owns, is used with a warning, as ssh does
-    (and as an API key file is): the token opens the archive."""
+    """The token in the file (stripped); raises ConfigError when unreadable, empty or short,
+    or when another user (not root) owns it: they chose the token and may change it, and
+    it opens the archive. A file others may read is used with a warning, as an API key
+    file is."""
     try:
+        # Before opening: a FIFO planted by another user would wait for them to write.
+        _refuse_others(path, os.stat(path))
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
+            _refuse_others(path, info)  # the name may have been swapped meanwhile
             token = file.read().decode("utf-8").strip()
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
@@ -56,6 +60,12 @@ def read_token(path: str) -> str:
     for warning in secret_file_warnings(f"the token file {path}", info, os.geteuid()):
         log.warning("%s", warning)
     return token
+
+
+def _refuse_others(path: str, info: os.stat_result) -> None:
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"refused the token file {path}: it belongs to another user "
+                          f"(uid {info.st_uid}), who may read or change the token")
 
 
 def token_for(host: str, token_file: str | None) -> str:
