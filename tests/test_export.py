@@ -19,6 +19,7 @@ from tests.archive_helpers import (
     archived,
     cli,
     everything_under,
+    flip_byte,
     manifest_of,
     write_manifest,
 )
@@ -313,6 +314,27 @@ def test_a_blob_cut_short_by_the_disk_fails_that_file_and_is_not_exported(
     assert "damaged" in report["failed"][0]
     files = expected_files(tune)
     del files["checkpoints/000.safetensors"]
+    assert exported(dest / "1-jane-doe") == files
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_blob_rotted_on_the_disk_fails_that_file_and_is_not_exported(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str], copy: bool
+) -> None:
+    """A training image's blob with one flipped byte (its size unchanged) is named as
+    failed, corrupt (exit 1), neither linked nor copied: the export never hands over
+    wrong bytes under a file's name; every other file is exported."""
+    image = tune.images[1]
+    flip_byte(blob_file(archive, image), len(image) // 2)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
+              *([] if copy else ["--link"]))
+    assert ran.code == 1, ran.out
+    report = json.loads(ran.out)
+    assert [line.split(": ")[0] for line in report["failed"]] == ["training_image 1"]
+    assert "corrupt" in report["failed"][0]
+    files = expected_files(tune)
+    del files["training_images/001.jpg"]
     assert exported(dest / "1-jane-doe") == files
 
 

@@ -184,9 +184,16 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
     with tempfile.TemporaryDirectory(prefix=RETRAIN_COPY_PREFIX, dir=scratch) as folder:
         # 0700; one a killed retrain leaves is swept by gc a day later
         target = Path(folder) / "blob"
-        await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
+        try:  # the store checks the bytes it copies out too: said as ours
+            await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
+        except IntegrityError as exc:
+            raise _damaged(entry) from exc
         data = await in_thread(target.read_bytes)
     if hashlib.sha256(data).hexdigest() != blob.sha256:
-        raise IntegrityError(f"training_image {entry.index}: its blob "
-                             "does not match its sha256; nothing was sent (run verify)")
+        raise _damaged(entry)
     return data
+
+
+def _damaged(entry: Entry) -> IntegrityError:
+    return IntegrityError(f"training_image {entry.index}: its blob "
+                          "does not match its sha256; nothing was sent (run verify)")

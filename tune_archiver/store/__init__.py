@@ -132,7 +132,8 @@ class Store(Protocol):
     ) -> str:
         """Put the blob's bytes at the new local file `target`: "linked" or "copied".
         With `size` (what the manifest records), a blob of another size is refused
-        (StorageError) before anything is written."""
+        (StorageError), and one whose bytes are not its name's (IntegrityError), before
+        anything is written."""
         ...
 
     async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:

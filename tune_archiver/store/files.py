@@ -20,7 +20,13 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
-from tune_archiver.errors import NotAFile, StorageError, not_its_size, storage_error
+from tune_archiver.errors import (
+    IntegrityError,
+    NotAFile,
+    StorageError,
+    not_its_size,
+    storage_error,
+)
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
 from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, refuse_links
@@ -199,6 +205,15 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
             found = os.fstat(source.fileno()).st_size
             if size is not None and found != size:
                 raise not_its_size(blob.name, found, size)
+            # Rot keeps the size: only the hash tells, before a link or copy hands the
+            # bytes over under the file's name (as an S3 archive's export checks them).
+            hashing = hashlib.sha256()
+            while chunk := source.read(READ_BLOCK):
+                hashing.update(chunk)
+            if (digest := hashing.hexdigest()) != blob.name:
+                raise IntegrityError(f"the blob {blob.name} in {root} is corrupt (its bytes "
+                                     f"hash to {digest}); nothing was written (repair: "
+                                     "verify --repair)")
             if hard_link:
                 try:
                     os.link(blob, target, follow_symlinks=False)

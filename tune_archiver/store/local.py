@@ -289,8 +289,9 @@ class LocalStore:
 
         A hard link when asked and the filesystem allows it, else a copy written
         beside the target and linked into place, so nothing is ever overwritten. With
-        `size`, a blob of another size (cut short by the disk) is refused, nothing
-        written: one fstat, where hashing it would read it all.
+        `size`, a blob of another size (cut short by the disk) is refused by one fstat,
+        nothing written; one whose bytes do not hash to its name (rotted, same size) is
+        refused with IntegrityError, nothing written.
         """
         blob = self.path(blob_key(sha256))
         return await in_thread(save_as, blob, target, hard_link, self.root, size)
