@@ -528,7 +528,8 @@ def test_repair_never_moves_a_blob_through_a_link_planted_at_tmp_damaged(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """tmp/damaged is a link to a folder outside the archive: verify --repair moves no
-    damaged blob (a person's photo) out through it, and refuses on one line, exit 1."""
+    damaged blob (a person's photo) out through it, and says the refusal once, then the
+    blob not repaired, exit 1."""
     served = add_tune(standin, 1)
     archived(standin, archive, 1)
     blob = blob_file(archive, served.images[0])
@@ -543,10 +544,45 @@ def test_repair_never_moves_a_blob_through_a_link_planted_at_tmp_damaged(
     assert list(outside.iterdir()) == [], ran.out
     assert blob.read_bytes() == damaged_bytes
     assert ran.code == 1
-    assert ran.err.splitlines() == ran.errors == [
-        f"tune-archiver: error: refused to set a damaged blob aside in {archive}: "
-        "tmp/damaged is a symbolic link or not a folder, never followed; nothing was moved "
-        "(remove it, then try again)"]
+    assert ran.err.splitlines() == ran.errors
+    assert ran.errors[0] == (
+        f"tune-archiver: error: not repaired: refused to set a damaged blob aside in "
+        f"{archive}: tmp/damaged is a symbolic link or not a folder, never followed; nothing "
+        "was moved (remove it, then try again)")
+    assert [line.split(": ")[3:5] for line in ran.errors[1:]] == [
+        ["tune 1", "training_image 0"]]
+
+
+def test_a_blob_repair_cannot_set_aside_stops_no_other_tunes_repair(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fan-out folder of one tune's blob is a file (a damaged disk): repair cannot set
+    that blob aside and says so, but still moves the other tune's rotted blob aside and
+    fetches it again (that tune verifies whole); exit 1. The refusal stopped the whole
+    repair, and every damaged blob sorted after it was never mended."""
+    one, two = add_tune(standin, 1), add_tune(standin, 2)
+    archived(standin, archive, 1, 2)
+    # The blob refused sorts first: repair takes damaged blobs in sha256 order.
+    first = min(one.all + two.all, key=sha256)
+    stuck, rotting = (1, 2) if first in one.all else (2, 1)
+    rotted = max((two if rotting == 2 else one).all, key=sha256)
+    assert sha256(first)[:2] != sha256(rotted)[:2]
+    folder = blob_file(archive, first).parent
+    for blob in folder.iterdir():
+        blob.unlink()
+    folder.rmdir()
+    folder.write_bytes(b"not a folder")
+    flip_byte(blob_file(archive, rotted), 10)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert blob_file(archive, rotted).read_bytes() == rotted
+    assert cli(capsys, "verify", str(rotting), "--archive", str(archive)).code == 0
+    assert any(f"objects/sha256/{sha256(first)[:2]} is a symbolic link or not a folder"
+               in line for line in ran.errors), ran.err
+    assert any(line.startswith(f"tune-archiver: error: not repaired: tune {stuck}: ")
+               for line in ran.errors), ran.err
 
 
 def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(

@@ -201,7 +201,8 @@ def verify_summary(report: VerifyReport, strict: bool = False) -> str:
 def repair_errors(mended: RepairReport, strict: bool = False) -> list[str]:
     """What a repair could not mend: the problems left (with `strict`, files gone
     upstream too), and the files it could not fetch."""
-    lines = [f"not repaired: {line}" for line in verify_problems(mended.after, strict)]
+    lines = [f"not repaired: {line}" for line in mended.refused]
+    lines += [f"not repaired: {line}" for line in verify_problems(mended.after, strict)]
     for result in mended.fetched:
         lines += [f"not repaired: {line}" for line in fetch_errors(result)]
     return lines
@@ -233,6 +234,7 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
             "mended": mended.mended,
             "moved": mended.moved,
             "put_back": mended.put_back,
+            "refused": mended.refused,
             "fetched": [tune_json(result) for result in mended.fetched],
             "after": verify_json(mended.after),
         },

@@ -21,7 +21,7 @@ from tune_archiver.commands.fetch import Clock, fetch
 from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.models import PROMPT_KINDS, TuneResult
 from tune_archiver.progress import NullProgress, Progress
@@ -35,12 +35,14 @@ class RepairReport:
     mended: list[str] = field(default_factory=list)  # one line per manifest field mended
     moved: list[str] = field(default_factory=list)  # keys under tmp/damaged/
     put_back: list[str] = field(default_factory=list)  # "<blob's key> from <wrong place>"
+    refused: list[str] = field(default_factory=list)  # why a blob could not be set aside
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
 
     @property
     def ok(self) -> bool:
-        return self.after.ok and all(result.ok for result in self.fetched)
+        return (self.after.ok and not self.refused
+                and all(result.ok for result in self.fetched))
 
 
 async def repair(
@@ -71,20 +73,28 @@ async def repair(
         report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
     misplaced = await store.misplaced() if damaged else {}
-    whole = set()
+    whole, stuck = set(), set()
     for sha in sorted({p.sha256 for p in damaged if p.sha256}):
-        # A whole copy at a wrong place goes back: a tune gone upstream has no other.
-        aside = await store.put_back(sha, misplaced[sha], stamp) if sha in misplaced else None
-        if aside is None and await _whole_now(store, sha):
-            whole.add(sha)  # put back, or fetched, by another run since our verify
-            continue
-        if aside is None:
-            report.moved += await store.set_aside_blob(sha, stamp)
+        try:
+            # A whole copy at a wrong place goes back: a tune gone upstream has no other.
+            aside = (await store.put_back(sha, misplaced[sha], stamp) if sha in misplaced
+                     else None)
+            if aside is None and await _whole_now(store, sha):
+                whole.add(sha)  # put back, or fetched, by another run since our verify
+                continue
+            if aside is None:
+                report.moved += await store.set_aside_blob(sha, stamp)
+                continue
+        # A folder on its way that is a link or not a folder, EIO, a bucket refusing that
+        # one object: this blob's alone, said; it is not fetched again over what is there.
+        except (StorageError, Denied) as exc:
+            report.refused = list(dict.fromkeys([*report.refused, str(exc)]))
+            stuck.add(sha)
             continue
         report.moved += aside
         report.put_back.append(f"{blob_key(sha)} from {misplaced[sha]}")
         whole.add(sha)
-    tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole}
+    tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
                    | {p.tune_id for p in failed})
     if tunes:
         # A prompt's file (a generated image, an input) comes back only with the prompts.
