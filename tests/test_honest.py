@@ -27,8 +27,10 @@ from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
 from tune_archiver.commands.fetch import fetch
+from tune_archiver.commands.repair import RepairReport, repair
 from tune_archiver.commands.verify import verify
 from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import storage_error
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.local import LocalStore
@@ -583,6 +585,41 @@ def test_a_blob_repair_cannot_set_aside_stops_no_other_tunes_repair(
                in line for line in ran.errors), ran.err
     assert any(line.startswith(f"tune-archiver: error: not repaired: tune {stuck}: ")
                for line in ran.errors), ran.err
+
+
+class CountedWalks(LocalStore):
+    """A local archive that counts the walks of objects/ looking for misplaced blobs."""
+
+    walks = 0
+
+    async def misplaced(self) -> dict[str, str]:
+        self.walks += 1
+        return await super().misplaced()
+
+
+def test_repair_walks_the_objects_folder_once_however_many_blobs_are_damaged(
+    standin: StandIn, archive: Path
+) -> None:
+    """Every blob of a tune rotted: verify walks objects/ once, and the repair once more
+    to set them all aside. It walked the whole of objects/ again for each damaged blob,
+    so 500 rotted blobs of a 100,000-blob archive took over 15 minutes to set aside."""
+    served = add_tune(standin, 1, images=4)
+    archived(standin, archive, 1)
+    for data in served.all:
+        flip_byte(blob_file(archive, data), 10)
+    store = CountedWalks(archive)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+
+    async def verify_and_repair() -> RepairReport:
+        found = await verify(store, [], NullProgress())
+        return await repair(store, found, settings, staging_for(archive), NullProgress(),
+                            lambda: NOW)
+
+    mended = asyncio.run(verify_and_repair())
+    assert mended.ok
+    assert len(mended.moved) == len(served.all)
+    assert store.walks == 3  # verify, the repair, and the verify after
 
 
 def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(

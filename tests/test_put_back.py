@@ -252,7 +252,7 @@ async def test_setting_aside_a_large_object_the_bucket_refuses_is_one_storage_er
 
         client.upload_part_copy = gone_first  # type: ignore[method-assign]
         with pytest.raises(StorageError, match="cannot set a damaged blob aside in ") as caught:
-            await store.set_aside_blob(sha, "20261210T120000Z")
+            await store.set_aside_blob(sha, "20261210T120000Z", None)
     assert "\n" not in str(caught.value)
     assert await bucket.uploads() == []
     assert await bucket.keys("arch/tmp/") == []

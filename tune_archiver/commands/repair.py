@@ -72,6 +72,8 @@ async def repair(
     for tune_id in mended_tunes:
         report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
+    # Walked once: walking objects/ again for each damaged blob made a repair of many
+    # in a large archive take hours.
     misplaced = await store.misplaced() if damaged else {}
     whole, stuck = set(), set()
     for sha in sorted({p.sha256 for p in damaged if p.sha256}):
@@ -83,7 +85,7 @@ async def repair(
                 whole.add(sha)  # put back, or fetched, by another run since our verify
                 continue
             if aside is None:
-                report.moved += await store.set_aside_blob(sha, stamp)
+                report.moved += await store.set_aside_blob(sha, stamp, misplaced.get(sha))
                 continue
         # A folder on its way that is a link or not a folder, EIO, a bucket refusing that
         # one object: this blob's alone, said; it is not fetched again over what is there.

@@ -136,9 +136,10 @@ class Store(Protocol):
         anything is written."""
         ...
 
-    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
-        """Move what sits at the blob's place, and any copy at a wrong place, to
-        tmp/damaged/ (never deleted, never over another); returns where each went."""
+    async def set_aside_blob(self, sha256: str, stamp: str, misplaced: str | None) -> list[str]:
+        """Move what sits at the blob's place, and the copy at the wrong place
+        `misplaced` (as `misplaced()` found it), to tmp/damaged/ (never deleted, never
+        over another); returns where each went."""
         ...
 
     async def put_back(self, sha256: str, key: str, stamp: str) -> list[str] | None:

@@ -296,10 +296,10 @@ class LocalStore:
         blob = self.path(blob_key(sha256))
         return await in_thread(save_as, blob, target, hard_link, self.root, size)
 
-    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
-        """Move the blob's file (a link or FIFO as it is, never followed), and any copy
-        at a wrong place, to tmp/damaged/<sha256>-<stamp>; returns the new keys."""
-        misplaced = (await self.misplaced()).get(sha256)
+    async def set_aside_blob(self, sha256: str, stamp: str, misplaced: str | None) -> list[str]:
+        """Move the blob's file (a link or FIFO as it is, never followed), and the copy
+        at the wrong place `misplaced`, to tmp/damaged/<sha256>-<stamp>; returns the new
+        keys."""
         keys = [blob_key(sha256), *([misplaced] if misplaced else [])]
         with _inside(self.root, "set a damaged blob aside"):
             return await in_thread(move_blobs_aside, self._absolute, keys, DAMAGED_BLOBS,

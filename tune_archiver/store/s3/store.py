@@ -227,10 +227,9 @@ class S3Store:
         await save_as(self.bucket, sha256, target, size)
         return "copied"
 
-    async def set_aside_blob(self, sha256: str, stamp: str) -> list[str]:
-        """Copy the blob's object, and any copy at a wrong place, to
+    async def set_aside_blob(self, sha256: str, stamp: str, misplaced: str | None) -> list[str]:
+        """Copy the blob's object, and the copy at the wrong place `misplaced`, to
         tmp/damaged/<sha256>-<stamp> (kept by gc), then delete it; returns the new keys."""
-        misplaced = (await self.misplaced()).get(sha256)
         keys = [blob_key(sha256), *([misplaced] if misplaced else [])]
         return await aside.set_aside(self.bucket, sha256, keys, stamp)
 
