@@ -305,16 +305,8 @@ def test_a_blob_cut_short_by_the_disk_fails_that_file_and_is_not_exported(
     blob.chmod(0o600)
     with blob.open("r+b") as file:
         file.truncate(len(tune.checkpoints[0]) // 2)
-    dest = tmp_path / "dest"
-    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
-              *([] if copy else ["--link"]))
-    assert ran.code == 1, ran.out
-    report = json.loads(ran.out)
-    assert [line.split(": ")[0] for line in report["failed"]] == ["checkpoint 0"]
-    assert "damaged" in report["failed"][0]
-    files = expected_files(tune)
-    del files["checkpoints/000.safetensors"]
-    assert exported(dest / "1-jane-doe") == files
+    exported_but(capsys, archive, tmp_path / "dest", tune, copy, "checkpoint 0", "damaged",
+                 "checkpoints/000.safetensors")
 
 
 @pytest.mark.parametrize("copy", [False, True])
@@ -326,15 +318,22 @@ def test_a_blob_rotted_on_the_disk_fails_that_file_and_is_not_exported(
     wrong bytes under a file's name; every other file is exported."""
     image = tune.images[1]
     flip_byte(blob_file(archive, image), len(image) // 2)
-    dest = tmp_path / "dest"
+    exported_but(capsys, archive, tmp_path / "dest", tune, copy, "training_image 1", "corrupt",
+                 "training_images/001.jpg")
+
+
+def exported_but(capsys: pytest.CaptureFixture[str], archive: Path, dest: Path, tune: Served,
+                 copy: bool, asset: str, why: str, name: str) -> None:
+    """`export 1` (copied, or with --link) exits 1 naming `asset` alone as failed, saying
+    `why`, and exports every file of the tune but `name`."""
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json",
               *([] if copy else ["--link"]))
     assert ran.code == 1, ran.out
     report = json.loads(ran.out)
-    assert [line.split(": ")[0] for line in report["failed"]] == ["training_image 1"]
-    assert "corrupt" in report["failed"][0]
+    assert [line.split(": ")[0] for line in report["failed"]] == [asset]
+    assert why in report["failed"][0]
     files = expected_files(tune)
-    del files["training_images/001.jpg"]
+    del files[name]
     assert exported(dest / "1-jane-doe") == files
 
 

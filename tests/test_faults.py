@@ -372,15 +372,11 @@ class RawHost:
         self._server.server_close()
 
 
-def closing_host(data: bytes, cut_at: int, ranges: bool = True) -> RawHost:
-    """A host that sends the file with no length (its end is the connection's close),
-    closing after `cut_at` bytes, as a dropped connection does; it serves ranges of the
-    file (each with its length) when `ranges`, and says so."""
-    return RawHost(closing_answer(data, cut_at, ranges))
-
-
 def closing_answer(data: bytes, cut_at: int, ranges: bool = True) -> Callable[[str], bytes]:
-    """closing_host's answer to a request's head."""
+    """What a host answers (to a request's head) that sends the file with no length
+    (its end is the connection's close), closing after `cut_at` bytes, as a dropped
+    connection does; it serves ranges of the file (each with its length) when
+    `ranges`, and says so."""
     validator = b'ETag: "v1"\r\n' + (b"Accept-Ranges: bytes\r\n" if ranges else b"")
 
     def answer(head: str) -> bytes:
@@ -398,6 +394,16 @@ def closing_answer(data: bytes, cut_at: int, ranges: bool = True) -> Callable[[s
     return answer
 
 
+def archived_from(standin: StandIn, archive: Path, answer: Callable[[str], bytes]) -> None:
+    """Tune 1, one file from a RawHost giving `answer`, fetched with exit 0."""
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+
+
 @pytest.mark.parametrize(("cut", "ranges"), [(True, True), (False, True), (False, False)],
                          ids=["cut", "whole", "no-ranges"])
 def test_a_body_of_no_length_cut_by_a_closed_connection_is_never_taken_whole(
@@ -409,12 +415,8 @@ def test_a_body_of_no_length_cut_by_a_closed_connection_is_never_taken_whole(
     one (nothing past it: 416) is archived as it came; so is one from a host without
     ranges, which cannot say where the file ends (as every downloader takes it)."""
     data = os.urandom(300_000)
-    host = closing_host(data, len(data) // 3 if cut else len(data), ranges)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
+    archived_from(standin, archive, closing_answer(data, len(data) // 3 if cut else len(data),
+                                                   ranges))
     assert stored_blobs(archive) == [blob_file(archive, data)]
 
 
@@ -435,12 +437,7 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_is_busy(
                     b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         return serves(head)
 
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
+    archived_from(standin, archive, answer)
     assert stored_blobs(archive) == [blob_file(archive, data)]
 
 
@@ -461,12 +458,7 @@ def test_a_cut_body_of_no_length_of_a_file_changed_since_is_never_taken_whole(
         return (f"HTTP/1.1 200 OK\r\nETag: \"v2\"\r\nContent-Length: {len(new)}\r\n"
                 "Connection: close\r\n\r\n").encode() + new
 
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
+    archived_from(standin, archive, answer)
     assert stored_blobs(archive) == [blob_file(archive, new)]
 
 
