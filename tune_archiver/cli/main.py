@@ -101,13 +101,10 @@ def main(
     except ConfigError as exc:  # no log to record it in; the monitor is told all the same
         code = _refused(args, exc, secrets)
         try:
-            if ping_url := ping_url_of(args):
-                send_ping(ping_url, "fail", report.ping_summary(args.command, code, None))
+            ping_url = ping_url_of(args)
         except ConfigError:  # a ping URL that is no URL: none to tell
-            pass
-        except Interrupted as stop:  # before the ping's loop took the signal: said, 143
-            return _interrupted(args, stop, secrets)
-        return code
+            return code
+        return _ended(args, secrets, ping_url, code, None) if ping_url else code
     log.debug("%s started", args.command, extra=event("run_start", command=args.command))
     code = _pinged(args, secrets)
     log.debug("%s ended: exit %d", args.command, code,
@@ -129,12 +126,19 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
         return _interrupted(args, Interrupted(stopped), secrets)
     args.summary = None  # what a fail ping says: set by the command, counts and ids only
     code = _run(args, secrets)
+    return _ended(args, secrets, ping_url, code, args.summary) if ping_url else code
+
+
+def _ended(args: argparse.Namespace, secrets: list[str], ping_url: str, code: int,
+           summary: str | None) -> int:
+    """The run's exit code, once --ping-url is told it: success, or fail with `summary`.
+    A stop before the ping's loop took the signal is said as any stop is (143)."""
     try:
-        if ping_url and code == Exit.OK:
+        if code == Exit.OK:
             send_ping(ping_url, "success")
-        elif ping_url:
-            send_ping(ping_url, "fail", report.ping_summary(args.command, code, args.summary))
-    except Interrupted as stop:  # before the ping's loop took the signal: said, 143
+        else:
+            send_ping(ping_url, "fail", report.ping_summary(args.command, code, summary))
+    except Interrupted as stop:
         return _interrupted(args, stop, secrets)
     return code
 
