@@ -336,7 +336,12 @@ def _settled(modified: str, date: str | None) -> bool:
 
 def content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int] | None:
     """(first byte, last byte, total) from a 206's Content-Range; None when malformed."""
-    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return parse_content_range(response.headers.get("Content-Range", ""))
+
+
+def parse_content_range(text: str) -> tuple[int, int, int] | None:
+    """(first byte, last byte, total) of a Content-Range header; None when malformed."""
+    match = _CONTENT_RANGE.fullmatch(text.strip())
     if match is None:
         return None
     first, last, total = (int(group) for group in match.groups())

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 
 from tune_archiver.errors import StorageError
 from tune_archiver.layout import blob_key
+from tune_archiver.net.transport import parse_content_range
 from tune_archiver.store.s3.bucket import Bucket
 
 CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-[0-9]+/(?:[0-9]+|\*)")
 
 
 async def read_range(bucket: Bucket, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -27,8 +26,8 @@ async def read_range(bucket: Bucket, sha256: str, start: int, end: int) -> Async
         )
         async with response["Body"] as body:
             sent = response.get("ContentRange")
-            found = _CONTENT_RANGE.fullmatch(sent) if sent else None
-            first = int(found[1]) if found else 0  # no Content-Range: the whole object
+            found = parse_content_range(sent) if sent else None
+            first = found[0] if found else 0  # no Content-Range: the whole object
             if (sent and not found) or first > start:
                 raise StorageError(f"cannot {doing} in {bucket}: asked for bytes {start}-"
                                    f"{end} of {sha256}, it sent {sent}")
