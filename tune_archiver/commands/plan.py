@@ -142,14 +142,12 @@ def carried_over(
     keys = [asset_key(asset) for asset in current]
     listed = {entry_key(entry) for entry in paired(keys, known.values()).values()}
     sources = {_moved(key) for key in keys}
+    left_out = [entry for entry in (manifest.entries if manifest is not None else ())
+                if entry.status == "failed" and _moved(entry_key(entry)) not in sources]
     # A listing of no file at all proves nothing gone (a tune still training, a glitch).
-    unlisted = [entry for entry in (manifest.entries if manifest is not None and current
-                                    else ())
-                if entry.status == "failed" and _moved(entry_key(entry)) not in sources
-                and (prompts_listed or entry.kind not in PROMPT_KINDS)]
-    unread = [entry for entry in (manifest.entries if manifest is not None else ())
-              if prompts_unread and entry.status == "failed" and entry.kind in PROMPT_KINDS
-              and _moved(entry_key(entry)) not in sources]
+    unlisted = [entry for entry in left_out
+                if current and (prompts_listed or entry.kind not in PROMPT_KINDS)]
+    unread = [entry for entry in left_out if prompts_unread and entry.kind in PROMPT_KINDS]
     return [_known(entry, present) for key, entry in known.items() if key not in listed] + [
         CarriedOver(entry.asset, error=f"{NO_LONGER_LISTED} (its last error: {entry.error})",
                     gone=True, entry=entry) for entry in unlisted] + [
