@@ -7,7 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.gallery_helpers import PROMPTS, Gallery, archived_gallery
+from tests.gallery_helpers import PROMPTS, Gallery, archived_gallery, safetensors
+from tests.helpers import run_fetch
 from tests.standin import StandIn
 from tests.test_gallery import tags_of
 from tune_archiver.cli.main import main
@@ -41,3 +42,29 @@ def test_every_link_is_relative_and_found(
     assert (folder / unquote(download or "")).read_bytes() == gallery.checkpoint
     assert all(text.replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;") in html
                for text in PROMPTS.values())
+
+
+@pytest.mark.parametrize(("name", "content_type"), [
+    ("gen.html", "application/octet-stream"),
+    ("gen.svg", "image/svg+xml"),
+    ("gen.xhtml", "application/xhtml+xml"),
+])
+def test_a_file_a_browser_would_run_is_never_linked_as_a_page(
+    standin: StandIn, tmp_path: Path, name: str, content_type: str
+) -> None:
+    """A generated image that is a page with a script (a URL ending .html or .svg, the
+    type no image's): exported under .bin, so the link index.html gives it opens no page
+    that runs its script or loads from the network; its bytes are kept."""
+    archive = tmp_path / "archive"
+    hostile = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>"
+    url = standin.add_file(name, hostile)
+    standin.content_types[name] = content_type
+    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [])
+    standin.add_prompt(6, 21, "a prompt", [url])
+    assert run_fetch(standin, archive, "6", "--prompts") == 0
+    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
+    assert main(words) == 0
+    folder = next((tmp_path / "out").glob("6-*"))
+    assert [p.name for p in (folder / "prompt_images").iterdir()] == ["21-000.bin"]
+    assert (folder / "prompt_images" / "21-000.bin").read_bytes() == hostile
+    assert 'href="prompt_images/21-000.bin"' in (folder / "index.html").read_text()

@@ -34,6 +34,10 @@ FOLDERS = {"checkpoint": "checkpoints", "training_image": "training_images",
            "prompt_image": "prompt_images", "prompt_input": "prompt_inputs",
            "face_swap_image": "face_swap_images"}
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
+# Suffixes a browser opens as a page that runs scripts and loads from the network: a
+# file the URL named so is one index.html would link as a page, not an image (.bin).
+ACTIVE = frozenset({".html", ".htm", ".shtml", ".xhtml", ".xht", ".xml", ".xsl", ".xslt",
+                    ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta"})
 
 
 def slug(title: Any) -> str:
@@ -50,7 +54,8 @@ def folder_name(tune_id: int, title: Any) -> str:
 
 
 def extension(content_type: Any, url: Any) -> str:
-    """The file extension: from a known content type, else the URL's path, else .bin."""
+    """The file extension: from a known content type, else the URL's path (unless a
+    browser would run it), else .bin."""
     if isinstance(content_type, str):
         known = EXTENSIONS.get(content_type.split(";")[0].strip().lower())
         if known:
@@ -61,7 +66,7 @@ def extension(content_type: Any, url: Any) -> str:
         path = ""
     name = path.rsplit("/", 1)[-1].lower()
     suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-    return suffix if _SUFFIX.fullmatch(suffix) else ".bin"
+    return suffix if _SUFFIX.fullmatch(suffix) and suffix not in ACTIVE else ".bin"
 
 
 def export_path(entry: Entry, taken: set[str]) -> str:
