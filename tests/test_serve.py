@@ -513,3 +513,16 @@ async def test_a_token_of_bytes_no_text_can_be_is_401_not_a_500(
         await writer.wait_closed()
         assert answer.startswith(b"HTTP/1.1 401 ")
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "tunes/0"), ("POST", "tunes/0/verify")])
+async def test_tune_zero_is_404_not_a_500(
+    site: Site, method: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tune 0, which no tune can be: not in the archive (404), not a 500 that logged an
+    error line for a client's question."""
+    url, session = site
+    with caplog.at_level(logging.DEBUG, logger="tune_archiver.serve"):
+        async with session.request(method, url + path) as response:
+            assert response.status == 404
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]

@@ -112,8 +112,9 @@ def build_app(store: Store, clock: Clock, token: str | None) -> web.Application:
     app = web.Application(middlewares=[guard(token), _said])
     app.on_response_prepare.append(_headers)
     app.router.add_get("/", views.tunes)
-    app.router.add_get(r"/tunes/{tune_id:\d{1,18}}", views.tune)
-    app.router.add_post(r"/tunes/{tune_id:\d{1,18}}/verify", views.verify)
+    # A tune id is positive (0 would reach manifest_key's ValueError: a 500, logged).
+    app.router.add_get(r"/tunes/{tune_id:[1-9]\d{0,17}}", views.tune)
+    app.router.add_post(r"/tunes/{tune_id:[1-9]\d{0,17}}/verify", views.verify)
     app.router.add_get(r"/blobs/{sha256:[0-9a-f]{64}}", views.blob)
     return app
 
