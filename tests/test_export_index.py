@@ -48,6 +48,7 @@ def test_every_link_is_relative_and_found(
     ("gen.html", "application/octet-stream"),
     ("gen.svg", "image/svg+xml"),
     ("gen.xhtml", "application/xhtml+xml"),
+    ("gen.url", "application/octet-stream"),  # Explorer fetches its icon on listing
 ])
 def test_a_file_a_browser_would_run_is_never_linked_as_a_page(
     standin: StandIn, tmp_path: Path, name: str, content_type: str

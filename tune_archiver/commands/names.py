@@ -34,10 +34,13 @@ FOLDERS = {"checkpoint": "checkpoints", "training_image": "training_images",
            "prompt_image": "prompt_images", "prompt_input": "prompt_inputs",
            "face_swap_image": "face_swap_images"}
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
-# Suffixes a browser opens as a page that runs scripts and loads from the network: a
-# file the URL named so is one index.html would link as a page, not an image (.bin).
+# Suffixes a browser opens as a page that runs scripts and loads from the network (a
+# file the URL named so is one index.html would link as a page, not an image), and
+# those Windows Explorer acts on when it merely lists the folder (a .url's or .scf's
+# icon fetched from a share, sending the login's credentials): .bin instead.
 ACTIVE = frozenset({".html", ".htm", ".shtml", ".xhtml", ".xht", ".xml", ".xsl", ".xslt",
-                    ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta"})
+                    ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta",
+                    ".url", ".scf", ".lnk", ".desktop"})
 
 
 def slug(title: Any) -> str:
