@@ -43,6 +43,12 @@ def upper_case_sha256(document: dict[str, Any]) -> str:
             "hex digits")
 
 
+def size_no_file_can_have(document: dict[str, Any]) -> str:
+    document["assets"][0]["size"] = 10**400  # as many digits as json reads; no float holds it
+    return ("assets[0] (checkpoint 0): size is a long number, not a non-negative integer "
+            "below 2^63")
+
+
 @dataclass
 class Broken:
     """Tunes 1 and 2 archived (sharing an image); tune 1's manifest damaged."""
@@ -53,8 +59,9 @@ class Broken:
     reason: str  # what the reader says is wrong with it
 
 
-@pytest.fixture(params=[assets_five, assets_list_of_five, upper_case_sha256],
-                ids=["assets 5", "assets [5]", "bad sha256"])
+@pytest.fixture(params=[assets_five, assets_list_of_five, upper_case_sha256,
+                        size_no_file_can_have],
+                ids=["assets 5", "assets [5]", "bad sha256", "size past any file"])
 def broken(
     request: pytest.FixtureRequest, standin: StandIn, archive: Path
 ) -> Broken:

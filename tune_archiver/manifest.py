@@ -280,7 +280,7 @@ def _entry(item: Any, where: str, bad: Bad) -> Entry:
         status=status,
         sha256=_field(item, "sha256", is_sha256, "64 lower-case hex digits", bad, where,
                       required=ok),
-        size=_field(item, "size", _is_index, "a non-negative integer", bad, where,
+        size=_field(item, "size", _is_size, "a non-negative integer below 2^63", bad, where,
                     required=ok),
         path=_field(item, "path", _is_str, "a string", bad, where, required=False),
         content_type=_field(item, "content_type", _is_str, "a string or null", bad, where,
@@ -345,6 +345,15 @@ def _is_int(value: Any) -> bool:
 
 def _is_index(value: Any) -> bool:
     return _is_int(value) and value >= 0
+
+
+# No file is larger (off_t; an S3 object stops at 5 TiB). A size past it, as json reads
+# up to 4,300 digits, would overflow every float the commands show sizes with.
+MAX_SIZE = 2**63 - 1
+
+
+def _is_size(value: Any) -> bool:
+    return _is_index(value) and value <= MAX_SIZE
 
 
 def _is_id(value: Any) -> bool:
