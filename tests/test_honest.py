@@ -167,6 +167,29 @@ def test_an_unreadable_manifest_is_never_set_aside_through_a_link_at_manifests_d
     assert "Traceback" not in err
 
 
+def test_two_archived_entries_of_one_file_are_never_dropped_to_one(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest (merged by hand, or by an older version) that records two archived
+    versions of checkpoint 0 of one URL: the fetch, which keeps one entry a file, sets it
+    aside rather than drop the other, and gc then removes neither version's blob."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    earlier = os.urandom(5_000)  # the version of the file archived before
+    kept = blob_file(archive, earlier)
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_bytes(earlier)
+    document = manifest_of(archive, 1)
+    document["assets"].append({**document["assets"][0], "sha256": sha256(earlier),
+                               "size": len(earlier), "path": key_of(earlier)})
+    write_manifest(archive, 1, document)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert "assets[0] and assets[3] both record checkpoint 0 as archived" in (
+        capsys.readouterr().err)
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 1
+    assert kept.exists()
+
+
 # -- gone upstream ------------------------------------------------------------------------
 
 

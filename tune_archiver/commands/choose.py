@@ -16,6 +16,7 @@ from tune_archiver.commands.plan import (
     TunePlan,
     archived_blobs,
     archived_entries,
+    archived_twice,
     archives_listed,
     assets_of,
     carried_over,
@@ -193,9 +194,17 @@ async def read_previous(store: Store, tune_id: int) -> Manifest | None:
     """The tune's manifest as last written, or None when it has none.
 
     Raises UnreadableManifest for a damaged one: nothing it references may be
-    forgotten, so the caller never takes it for "no manifest".
+    forgotten, so the caller never takes it for "no manifest". So is one recording a
+    file as archived twice: rewritten, it would keep one of the two.
     """
-    return await manifest.read(store, tune_id)
+    data = await store.read_manifest(tune_id)
+    if data is None:
+        return None
+    previous = manifest.parse(data, tune_id)
+    twice = archived_twice(previous)
+    if twice is not None:
+        raise UnreadableManifest(tune_id, twice, data)
+    return previous
 
 
 async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, int]:

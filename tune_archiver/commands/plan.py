@@ -96,6 +96,19 @@ def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
     }
 
 
+def archived_twice(manifest: Manifest) -> str | None:
+    """What is wrong when two entries archived (or gone) record one file; else None.
+    The plan keeps one entry a file (known_entries): the other would be dropped, and gc
+    would then remove its blob."""
+    seen: dict[AssetKey, int] = {}
+    for i, entry in enumerate(manifest.entries):
+        key = entry_key(entry)
+        if entry.status != "failed" and seen.setdefault(key, i) != i:
+            return (f"assets[{seen[key]}] and assets[{i}] both record {entry.kind} "
+                    f"{entry.index} as archived, from one URL")
+    return None
+
+
 def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKey, Entry]:
     """The entry each wanted key stands for: the one of that key; else, the list having
     been reordered, one of the same kind, prompt and URL whose own key is wanted by
