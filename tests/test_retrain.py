@@ -177,3 +177,19 @@ def test_retrain_answered_with_the_archived_tune_itself_says_nothing_was_created
     assert "nothing was created" in line
     assert "created tune" not in ran.out
     assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+def test_retrain_records_the_new_tune_in_a_manifest_whose_retrained_is_null(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """"retrained": null (hand-edited; the reader takes it as none yet): the tune created
+    is recorded as the first, exit 0, not a traceback once it exists (a second run would
+    train, and bill, it again)."""
+    archive, _ = archived
+    document = json.loads((archive / "manifests" / "5.json").read_text())
+    document["retrained"] = None
+    (archive / "manifests" / "5.json").write_text(json.dumps(document))
+    code, _ = retrain(standin, archive, capsys, "--yes")
+    assert code == 0
+    assert check_manifest(archive / "manifests" / "5.json")["retrained"] == [
+        {"tune_id": 6, "title": "Jane (restored 2026-12-01)", "at": "2026-12-01T09:00:00Z"}]

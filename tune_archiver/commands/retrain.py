@@ -167,10 +167,11 @@ def _recording(
                                 f"(as tune {created['id']})")
         manifest.parse(current, tune_id)  # a damaged one is never rewritten
         document = json.loads(current)
-        document.setdefault("retrained", []).append({
+        # A null "retrained" reads as none yet (parse takes an absent field's null).
+        document["retrained"] = [*(document.get("retrained") or []), {
             "tune_id": created["id"], "title": fields.get("tune[title]", ""),
             "at": manifest.format_time(now),
-        })
+        }]
         return manifest.encode(document)
 
     return change
