@@ -138,6 +138,11 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
         (parts.hostname or "").encode("idna")
     except ValueError as exc:  # UnicodeError, the IDNA codec's, is one too
         raise ConfigError(f"the API URL is malformed: {exc}") from None
+    # aiohttp refuses a user:password beside the key's Authorization (a ValueError deep
+    # in the run); the key alone authenticates us.
+    if "@" in parts.netloc:
+        raise ConfigError("the API URL holds a user name or password; the API key goes in "
+                          f"{ENV_API_KEY} or --api-key-file")
     return url
 
 
