@@ -219,6 +219,26 @@ def test_an_api_url_with_a_password_returns_2_without_showing_it(
     assert no_fetch == []
 
 
+@pytest.mark.parametrize(("url", "warned"), [
+    ("http://api.astria.ai", True), ("http://203.0.113.7:8080/v1", True),
+    ("https://api.astria.ai", False), ("http://127.0.0.1:8080", False),
+    ("http://10.1.2.3", False), ("http://localhost:3000", False),
+])
+def test_an_api_url_in_plain_http_off_this_network_is_warned_of(
+    url: str, warned: bool, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], no_fetch: list[Any],
+) -> None:
+    """An http:// API URL whose host is not on this machine or a private network (a
+    mistyped https) sends the key readable to every hop: one warning says so before any
+    request; https, loopback and private addresses are not warned of."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "sd_plain_key")
+    with pytest.raises(AssertionError, match="a fetch started"):
+        main(["fetch", "1", "--api-url", url])
+    err = capsys.readouterr().err
+    assert ("unencrypted" in err) is warned
+    assert "sd_plain_key" not in err
+
+
 def test_key_never_printed_in_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
 ) -> None:

@@ -75,6 +75,10 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
     window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
     api = api_url(args.api_url or (None if env.get(ENV_API_URL) else astria.base_url), env)
+    host = urlsplit(api).hostname or ""
+    if api.startswith("http://") and not is_private_host(host):  # a mistyped https, often
+        log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s; "
+                    "use https://", host)
     return Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
@@ -88,7 +92,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         **fetch_only,
         # An API on a private network serves files from one: its redirects may go there.
         private_redirects=getattr(args, "allow_private_redirects", False)
-        or is_private_host(urlsplit(api).hostname or ""),
+        or is_private_host(host),
     )
 
 
