@@ -120,6 +120,19 @@ def test_a_failed_entrys_error_quoting_a_signed_url_is_stored_redacted() -> None
     assert "X-Amz-Signature=REDACTED" in entry["error"]
 
 
+def test_a_signed_url_as_a_key_of_the_tunes_json_is_stored_redacted() -> None:
+    """A URL the API sends as an object's key (unknown fields are kept as they came: a
+    map from each file's URL to its details) is stored with its signature redacted, as a
+    URL sent as a value is."""
+    tune = parse_tune({"id": 7, "files_by_url": {
+        f"https://b.example/c?X-Amz-Signature={SECRET}": {"size": 1},
+        f"see https://i.example/0.jpg?sig={SECRET}": "a note"}}, 7)
+    document = build_manifest(tune, [], WHEN, complete=True)
+    assert SECRET not in json.dumps(document)
+    assert sorted(document["tune"]["files_by_url"]) == [
+        "https://b.example/c?X-Amz-Signature=REDACTED", "see https://i.example/0.jpg?sig=REDACTED"]
+
+
 def test_failed_entry_without_message_still_has_error() -> None:
     """A failure with no message gets a non-empty error, as the schema requires."""
     tune = make_tune()

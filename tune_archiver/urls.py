@@ -169,16 +169,25 @@ def _hostless(url: str) -> bool:
 
 def redact_json(value: Any) -> Any:
     """A copy of decoded JSON in which every URL is redacted, in a string of its own or
-    inside text, protocol-relative ones included. A string that starts as a URL is
-    redacted whole, as one URL, a space in it or not ("https://h/my photo.jpg?sig=...")."""
+    inside text, protocol-relative ones included, in values and in keys (a map from URL
+    to details). A string that starts as a URL is redacted whole, as one URL, a space in
+    it or not ("https://h/my photo.jpg?sig=...")."""
     if isinstance(value, str):
         whole = _URL_IN_TEXT.match(value) and not _hostless(value.rstrip(_CLOSING))
         return redact(value) if whole else redact_text(value)
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):
-        return {key: redact_json(item) for key, item in value.items()}
+        return {_redacted_key(key): redact_json(item) for key, item in value.items()}
     return value
+
+
+def _redacted_key(key: Any) -> Any:
+    """An object's key as redact_json redacts a string; one without '/', '=' or '%' (a
+    field's name: most keys of a large document) holds no URL nor name=value."""
+    if isinstance(key, str) and ("/" in key or "=" in key or "%" in key):
+        return redact_json(key)
+    return key
 
 
 # Parameters a signer sets anew each time it signs a URL: not secret, but not part of
