@@ -190,6 +190,25 @@ def test_two_archived_entries_of_one_file_are_never_dropped_to_one(
     assert kept.exists()
 
 
+def test_a_manifest_with_a_field_nested_hundreds_deep_is_damaged_not_an_internal_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry's unknown field 600 lists deep reads as JSON, but rewriting the entry
+    (its redaction recurses) failed the tune on every run as "internal error ...
+    RecursionError". It is a damaged manifest: set aside whole, said as such."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    document["assets"][0]["future"] = json.loads("[" * 600 + "]" * 600)
+    write_manifest(archive, 1, document)
+    assert run_fetch(standin, archive, "1") == 1
+    err = capsys.readouterr().err
+    assert "its JSON is nested too deeply" in err
+    assert "internal error" not in err
+    [aside] = (archive / "manifests" / "damaged").iterdir()
+    assert json.loads(aside.read_bytes()) == document  # kept byte for byte, nothing lost
+
+
 # -- gone upstream ------------------------------------------------------------------------
 
 

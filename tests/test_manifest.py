@@ -214,6 +214,9 @@ NOT_A_MANIFEST = [
     pytest.param(b'{"schema_version": 1', "it is not JSON (", id="cut short"),
     pytest.param(b"\xff\xfe\x00", "it is not UTF-8 text", id="not UTF-8"),
     pytest.param(b"[" * 100_000, "its JSON is nested too deeply", id="nested too deep"),
+    # Within what the decoder takes, past what the walks of it (redaction) recurse.
+    pytest.param(entry_changed(1, future=json.loads("[" * 600 + "]" * 600)),
+                 "its JSON is nested too deeply", id="a field nested 600 deep"),
 ]
 
 MALFORMED = [

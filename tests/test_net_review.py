@@ -42,6 +42,30 @@ def test_a_deeply_nested_tune_answer_is_malformed_json_not_an_internal_error(
     assert "Recursion" not in printed.out + printed.err
 
 
+def nested(depth: int) -> object:
+    """A JSON value of lists `depth` deep: within what the decoder takes, past what the
+    walks of decoded JSON (redaction, the surrogates' mending) can recurse."""
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_tune_with_a_field_nested_hundreds_deep_is_said_as_such_not_an_internal_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A field 600 lists deep decodes (the decoder's limit is near 1,000) but would end
+    the redaction of the tune for its manifest in a RecursionError, "internal error":
+    it is the API's bad answer, said as one, for that tune only."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)], odd=nested(600))
+    standin.add_tune(6, [], [standin.add_file("b", b"b" * 2000)])
+    assert run_fetch(standin, archive, "5", "6", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "tune 6 (Tune 6): 1 file" in printed.out
+    assert "tune 5: the API returned JSON nested too deeply" in printed.err
+    assert "internal error" not in printed.err
+
+
 @pytest.mark.parametrize("extra", [(), ("--dry-run",)])
 def test_a_deeply_nested_listing_is_one_line_not_a_traceback(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],

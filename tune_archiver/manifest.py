@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from tune_archiver.errors import UnreadableManifest
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
-from tune_archiver.urls import identity, redact, redact_json, redact_text
+from tune_archiver.urls import identity, nested_too_deeply, redact, redact_json, redact_text
 
 SCHEMA_VERSION = 1
 
@@ -235,6 +235,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
         raise bad(f"it is not JSON ({exc})") from exc
     except RecursionError as exc:
         raise bad("its JSON is nested too deeply") from exc
+    if nested_too_deeply(data, document):
+        raise bad("its JSON is nested too deeply")
     if not isinstance(document, dict):
         raise bad(f"it holds {_shown(document)}, not a JSON object")
     _field(document, "schema_version", _is_version, str(SCHEMA_VERSION), bad)

@@ -167,6 +167,30 @@ def _hostless(url: str) -> bool:
             and not _INSIDE.search(before) and "=" not in fragment)  # #access_token=...
 
 
+# redact_json (and every other walk of decoded JSON here) recurses once a level, and
+# Python stops near 1,000 frames: JSON nested past this is refused where it comes in,
+# the API's answers and manifests, far past any either really holds.
+MAX_JSON_DEPTH = 100
+
+
+def nested_too_deeply(data: bytes, value: Any) -> bool:
+    """Whether `value`, decoded from `data`, nests lists and objects past MAX_JSON_DEPTH
+    (one level at a time, without recursing; a text of fewer brackets is not walked)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    level = [value] if type(value) in _CONTAINERS else []
+    for _ in range(MAX_JSON_DEPTH):
+        inner: list[Any] = []
+        for item in level:
+            inner += [child for child in (item.values() if type(item) is dict else item)
+                      if type(child) in _CONTAINERS]
+        level = inner
+    return bool(level)
+
+
+_CONTAINERS = (dict, list)  # as json.loads makes them: exact types, checked fastest so
+
+
 def redact_json(value: Any) -> Any:
     """A copy of decoded JSON in which every URL is redacted, in a string of its own or
     inside text, protocol-relative ones included, in values and in keys (a map from URL

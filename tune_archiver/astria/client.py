@@ -21,7 +21,7 @@ from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
-from tune_archiver.urls import origin, redact
+from tune_archiver.urls import nested_too_deeply, origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
@@ -265,15 +265,17 @@ class AstriaClient:
 
 def parse_json(body: bytes, what: str) -> Any:
     """The JSON value of an API answer, each lone surrogate in its text as U+FFFD;
-    DataError when it is not JSON."""
+    DataError when it is not JSON, or nests too deeply to be handled."""
     try:
         value = json.loads(body)
-        # JSON may escape half a surrogate pair ("\udcff": text cut mid-emoji), which no
-        # UTF-8 file can hold: the tune's manifest could never be written.
-        return _mended(value) if _SURROGATE_ESCAPE.search(body) else value
     # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
+    if nested_too_deeply(body, value):
+        raise DataError(f"{what}: the API returned JSON nested too deeply")
+    # JSON may escape half a surrogate pair ("\udcff": text cut mid-emoji), which no
+    # UTF-8 file can hold: the tune's manifest could never be written.
+    return _mended(value) if _SURROGATE_ESCAPE.search(body) else value
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
