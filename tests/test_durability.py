@@ -128,3 +128,31 @@ def test_a_blob_folders_name_is_synced_once_a_run(
         syncs.add(folder, named=True)
         syncs.sync()
     assert events == ["sha256", "ab", "ab", "ab"]  # sorted: the parent first
+
+
+def test_a_new_archives_folders_have_their_names_synced_before_the_first_manifest(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch into a new archive makes its folders: the folder above the archive (naming
+    it), the archive (naming objects/ and manifests/) and objects/ (naming sha256) are
+    fsynced before the first manifest names a blob, or a power cut could keep the
+    manifest and its blob's folder but lose the name that leads to them."""
+    archive = tmp_path / "new" / "archive"
+    standin.add_tune(1, [], [standin.add_file("img.jpg", os.urandom(3000))])
+    events: list[Path] = []
+    real_fsync, real_replace_file = os.fsync, local.replace_file
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(where := os.readlink(f"/proc/self/fd/{fd}")):
+            events.append(Path(where))
+        real_fsync(fd)
+
+    def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:
+        events.append(Path("manifest"))  # its rename, after the folders' syncs
+        real_replace_file(root, key, data, staging)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(local, "replace_file", replace_file)
+    assert run_fetch(standin, archive, "1") == 0
+    synced_before = set(events[:events.index(Path("manifest"))])
+    assert {tmp_path, archive.parent, archive, archive / "objects"} <= synced_before

@@ -63,7 +63,9 @@ def new_private_dir(path: Path) -> None:
 
 def make_private_dir(path: Path) -> None:
     """Create the folder (and missing parents) if need be; one this call creates is 0700,
-    set by fchmod, since the umask may have widened it."""
+    set by fchmod, since the umask may have widened it. The folder above each one
+    missing is fsynced: a new archive's objects/ and manifests/ hold what a manifest
+    names, and a power cut must not lose the names leading to them."""
     missing = []
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -73,7 +75,19 @@ def make_private_dir(path: Path) -> None:
         try:
             new_private_dir(folder)
         except FileExistsError:
-            continue  # made by another process meanwhile
+            pass  # made by another process meanwhile, which may not have synced it yet
+        _sync_folder(folder.parent)
+
+
+def _sync_folder(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:  # a folder one may write in but not read (-wx): not ours to sync
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def refuse_links(paths: Sequence[Path], what: str) -> None:
