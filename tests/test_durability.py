@@ -3,6 +3,7 @@ names the blob, once per folder rather than once per file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
-from tune_archiver.store import files, local
+from tune_archiver.store import aside, files, local
 
 
 def test_blob_folders_are_synced_once_each_before_the_manifest(
@@ -156,3 +157,31 @@ def test_a_new_archives_folders_have_their_names_synced_before_the_first_manifes
     assert run_fetch(standin, archive, "1") == 0
     synced_before = set(events[:events.index(Path("manifest"))])
     assert {tmp_path, archive.parent, archive, archive / "objects"} <= synced_before
+
+
+def test_a_blob_put_back_into_a_new_fan_out_folder_has_that_folders_name_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify --repair puts a whole blob found at a wrong place back at its own, whose
+    fan-out folder is gone: the folder is made, and objects/sha256, which took its name,
+    is fsynced. Only the blob's folder and the stray one were: after a power cut the
+    only copy of a tune gone upstream could be named by neither."""
+    data = os.urandom(3000)
+    digest = hashlib.sha256(data).hexdigest()
+    objects = tmp_path / "objects" / "sha256"
+    (objects / "zz").mkdir(parents=True)
+    (objects / "zz" / digest).write_bytes(data)
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(where := os.readlink(f"/proc/self/fd/{fd}")):
+            synced.append(Path(where))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    key = f"objects/sha256/{digest[:2]}/{digest}"
+    assert aside.put_back(tmp_path, f"objects/sha256/zz/{digest}", key, digest,
+                          "tmp/damaged", f"{digest}-stamp") == []
+    assert (tmp_path / key).read_bytes() == data
+    assert objects in synced

@@ -64,7 +64,14 @@ def _open_part(parent: int, name: str, shown: str, create: bool) -> int | None:
             raise NotAFile(f"{shown} is a symbolic link or not a folder") from exc
         raise
     if made:
-        os.fchmod(fd, PRIVATE_DIR)  # the umask may have widened it
+        try:
+            os.fchmod(fd, PRIVATE_DIR)  # the umask may have widened it
+            # Its name made durable: a blob put back or set aside into it may be the only
+            # copy (once per folder: a few hundred fan-out folders in an archive's life).
+            os.fsync(parent)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
