@@ -19,6 +19,7 @@ from tests.standin import StandIn
 from tune_archiver.cli.main import main
 from tune_archiver.errors import StorageError
 from tune_archiver.store.files import read_capped
+from tune_archiver.store.local import LocalStore
 
 
 @pytest.fixture
@@ -282,6 +283,31 @@ def test_verify_and_export_never_read_a_blob_through_a_linked_fan_out_folder(
     assert ran.code == 1
     assert "symbolic link" in ran.err
     assert not list((tmp_path / "out").rglob("training_images/000.*"))
+
+
+async def test_blob_sizes_of_a_batch_never_look_through_a_linked_fan_out_folder(
+    tmp_path: Path,
+) -> None:
+    """One look-up of many blobs (a page of `fetch --all`'s unchanged check) looks at each
+    fan-out folder once: a blob in a linked one is not in the archive, nor is every other
+    blob there, whichever blobs of whole folders the batch met first."""
+    archive = tmp_path / "archive"
+    datas = [os.urandom(100) for _ in range(300)]  # more than 256: two share a folder
+    by_folder: dict[str, list[bytes]] = {}
+    for data in datas:
+        blob = blob_file(archive, data)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        by_folder.setdefault(blob.parent.name, []).append(data)
+    shared = next(group for group in by_folder.values() if len(group) > 1)
+    elsewhere, folder = tmp_path / "elsewhere", blob_file(archive, shared[0]).parent
+    elsewhere.mkdir()
+    for data in shared:  # the same bytes, outside, through a link at their folder
+        blob_file(archive, data).rename(elsewhere / sha256(data))
+    folder.rmdir()
+    folder.symlink_to(elsewhere)
+    sizes = await LocalStore(archive).blob_sizes([sha256(data) for data in datas])
+    assert sizes == {sha256(data): 100 for data in datas if data not in shared}
 
 
 def test_repair_writes_nothing_through_a_link_planted_at_the_manifests_folder(

@@ -38,32 +38,38 @@ FICLONE = 0x40049409  # linux/fs.h: share the source's extents (a reflink)
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
 
-def size_of(path: Path) -> int | None:
+def size_of(path: Path | str, checked: set[str] | None = None) -> int | None:
     """The size of a regular file at `path`; None for nothing, a link, a folder or a FIFO,
     or a blob in a fan-out folder that is a link (fetched again, and refused at its
-    commit)."""
+    commit). `checked` holds the fan-out folders found whole by earlier calls of one
+    batch (a page of 100 tunes' blobs shares a few dozen), so each is looked at once."""
+    fan_out = os.path.dirname(path)
     try:
-        check_fan_out(path)
-        stat = path.lstat()
+        if checked is None or fan_out not in checked:
+            if check_fan_out(Path(path)) and checked is not None:
+                checked.add(fan_out)
+        stat = os.lstat(path)
     except (FileNotFoundError, NotAFile):
         return None
     return stat.st_size if S_ISREG(stat.st_mode) else None
 
 
-def check_fan_out(blob: Path) -> None:
+def check_fan_out(blob: Path) -> bool:
     """Raise NotAFile when a folder on the way to the blob (objects, objects/sha256,
     objects/sha256/<2 hex>) is a link or not a folder: one planted there would pass
     bytes outside the archive off as a blob (export copied or hard-linked them, with
-    exit 0), or take a photo out of it. O_NOFOLLOW guards only a path's last part."""
+    exit 0), or take a photo out of it. O_NOFOLLOW guards only a path's last part.
+    False when one of them is missing (so is the blob), True when all are folders."""
     fan_out = blob.parent
     for folder in (fan_out.parent.parent, fan_out.parent, fan_out):
         try:
             mode = folder.lstat().st_mode
         except FileNotFoundError:
-            return
+            return False
         if not S_ISDIR(mode):
             raise NotAFile(f"{folder.name}, a folder on the way to {blob.name}, is a "
                            "symbolic link or not a folder")
+    return True
 
 
 def open_regular(path: Path, what: str = "a blob") -> BinaryIO:

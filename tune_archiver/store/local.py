@@ -133,9 +133,10 @@ class LocalStore:
 
     def _blob_sizes(self, sha256s: list[str]) -> dict[str, int]:
         found = {}
+        checked: set[str] = set()  # the fan-out folders found whole so far
         try:
             for sha256 in sha256s:  # blob_key refuses anything that is not a digest
-                size = size_of(Path(self._absolute, blob_key(sha256)))
+                size = size_of(os.path.join(self._absolute, blob_key(sha256)), checked)
                 if size is not None:
                     found[sha256] = size
         except OSError as exc:
