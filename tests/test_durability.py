@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+from tune_archiver.cli.main import main
 from tune_archiver.store import aside, files, local
 
 
@@ -185,3 +186,27 @@ def test_a_blob_put_back_into_a_new_fan_out_folder_has_that_folders_name_synced(
                           "tmp/damaged", f"{digest}-stamp") == []
     assert (tmp_path / key).read_bytes() == data
     assert objects in synced
+
+
+def test_a_forgotten_manifests_removal_is_synced_before_forget_ends(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forget removes the manifest and gc then its blobs: manifests/ is fsynced once the
+    manifest is gone, or a power cut could bring back a manifest naming removed blobs
+    (verify would then call a tune the user forgot damaged)."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [], [standin.add_file("img.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    manifest = archive / "manifests" / "1.json"
+    synced_without: list[bool] = []  # at each fsync of manifests/: was the manifest gone?
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")) == archive / "manifests":
+            synced_without.append(not manifest.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["forget", "1", "--archive", str(archive), "-q"]) == 0
+    assert not manifest.exists()
+    assert True in synced_without

@@ -163,7 +163,7 @@ def test_forget_removes_a_manifest_only_while_holding_the_tunes_own_lock(
     held: list[bool] = []
     remove_file = local_module.remove_file
 
-    def watched(root: Path, key: str) -> None:
+    def watched(root: Path, key: str, durable: bool = False) -> None:
         if key == "manifests/1.json":
             fd = os.open(lock, os.O_RDWR)
             try:
@@ -173,7 +173,7 @@ def test_forget_removes_a_manifest_only_while_holding_the_tunes_own_lock(
                 held.append(True)
             finally:
                 os.close(fd)  # also lets go of a lock this took
-        remove_file(root, key)
+        remove_file(root, key, durable)
 
     monkeypatch.setattr(local_module, "remove_file", watched)
     assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0

@@ -319,16 +319,19 @@ def replace_file(root: Path, key: str, data: bytes, staging: str) -> None:
         os.close(tmp)
 
 
-def remove_file(root: Path, key: str) -> None:
+def remove_file(root: Path, key: str, durable: bool = False) -> None:
     """Remove the file at `key`, its folder opened without following a link (one
     planted there would have a file outside the archive removed); nothing when either
-    is missing. Raises NotAFile, OSError."""
+    is missing. `durable`: the folder is fsynced after, so a power cut cannot bring the
+    file back. Raises NotAFile, OSError."""
     folder, name = key.rsplit("/", 1)
     fd = open_folder(root, folder, create=False)
     if fd is None:
         return
     try:
         os.unlink(name, dir_fd=fd)
+        if durable:
+            os.fsync(fd)
     except FileNotFoundError:
         pass
     finally:

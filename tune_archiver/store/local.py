@@ -326,10 +326,12 @@ class LocalStore:
         """Remove the tune's manifest (forget, under the exclusive lock), in manifests/
         opened without following a link: one planted there would have forget remove a
         file outside the archive. Under the tune's own lock too: verify --repair and
-        retrain write under it alone, and a write after their read would undo this."""
+        retrain write under it alone, and a write after their read would undo this.
+        Durable before it returns: a forgotten manifest a power cut brought back after
+        gc removed its blobs would name blobs that are gone."""
         async with self._manifest_lock(tune_id):
             with _inside(self.root, f"remove the manifest of tune {tune_id}"):
-                await in_thread(remove_file, self._absolute, manifest_key(tune_id))
+                await in_thread(remove_file, self._absolute, manifest_key(tune_id), True)
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
