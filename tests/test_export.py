@@ -416,3 +416,36 @@ def test_export_never_reads_blobs_through_a_link_planted_at_the_objects_folder(
     assert len(report["failed"]) == len(tune.all)
     assert all("symbolic link" in line for line in report["failed"])
     assert exported(dest / "1-jane-doe") == {}
+
+
+def test_the_exports_own_files_are_synced_whole_before_they_take_their_names(
+    tune: Served, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """manifest.json and index.html are written beside their names, fsynced, then linked
+    into place: a crash, or a stick pulled out right after export ended, never leaves
+    one cut short, or empty, under its name (they were written in place, unsynced)."""
+    synced: set[tuple[int, int]] = set()  # (device, inode) of each file fsynced
+    named: dict[str, bool] = {}  # each name a file was linked to: was it synced first?
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        found = os.fstat(fd)
+        synced.add((found.st_dev, found.st_ino))
+
+    def link(source: Any, target: Any, **kwargs: Any) -> None:
+        found = os.stat(source)
+        named[Path(target).name] = (found.st_dev, found.st_ino) in synced
+        real_link(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    dest = tmp_path / "out"
+    assert cli(capsys, "export", "1", str(dest), "--archive", str(archive)).code == 0
+    folder = dest / "1-jane-doe"
+    assert named["index.html"]
+    assert named["manifest.json"]
+    assert (folder / "index.html").stat().st_size > 0
+    assert (folder / "manifest.json").read_bytes() == (
+        archive / "manifests" / "1.json").read_bytes()

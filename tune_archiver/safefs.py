@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from tune_archiver.errors import ConfigError
 
@@ -59,6 +61,21 @@ def new_private_dir(path: Path) -> None:
         os.fchmod(fd, PRIVATE_DIR)
     finally:
         os.close(fd)
+
+
+def write_new(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """A new 0600 file at `target`, which must not exist (FileExistsError): written
+    beside it, fsynced, then linked into place. Nothing is ever overwritten, and no
+    crash, full disk or stick pulled out leaves a file cut short under its name."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(name, target)
+    finally:
+        os.unlink(name)
 
 
 def make_private_dir(path: Path) -> None:

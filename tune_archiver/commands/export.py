@@ -8,7 +8,6 @@ Nothing that exists is ever overwritten: the tune's folder must be new.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -24,11 +23,10 @@ from tune_archiver.errors import (
     StorageError,
 )
 from tune_archiver.safefs import (
-    NOFOLLOW,
-    PRIVATE_FILE,
     make_private_dir,
     new_private_dir,
     refuse_others_links,
+    write_new,
 )
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
@@ -133,15 +131,8 @@ def _make_dir(path: Path) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """A new private file (0600) holding `data`; fails rather than replace anything, and
-    leaves no file cut short (a full disk) behind."""
+    """A new private file (0600) holding `data` (see safefs.write_new)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, PRIVATE_FILE)
+        write_new(path, lambda out: out.write(data))
     except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-    except OSError as exc:
-        path.unlink(missing_ok=True)  # ours: made above, O_EXCL
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc

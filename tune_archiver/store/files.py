@@ -12,7 +12,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
-from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, refuse_links
+from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, refuse_links, write_new
 from tune_archiver.store.aside import open_folder
 
 READ_BLOCK = 4 * 2**20
@@ -238,17 +237,10 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
 
 
 def copy_to(source: BinaryIO, target: Path) -> None:
-    """Copy beside the target (0600), then link it into place: nothing is ever
-    overwritten. A reflink where the filesystem offers one (btrfs, XFS), else
-    copy_file_range (the kernel copies), else read and write."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            _copy_bytes(source.fileno(), out.fileno())
-            os.fsync(out.fileno())
-        os.link(name, target)
-    finally:
-        os.unlink(name)
+    """Copy to a new file at `target` (see safefs.write_new). A reflink where the filesystem
+    offers one (btrfs, XFS), else copy_file_range (the kernel copies), else read and
+    write."""
+    write_new(target, lambda out: _copy_bytes(source.fileno(), out.fileno()))
 
 
 def _copy_bytes(source: int, out: int) -> None:
