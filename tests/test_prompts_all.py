@@ -254,3 +254,21 @@ def test_a_failed_prompt_file_is_kept_while_its_prompts_cannot_be_read(
     assert {(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")} == {
         (500, "ok"), (501, "gone")}
     assert "never archived" in capsys.readouterr().err
+
+
+def test_a_video_prompt_naming_the_tune_in_its_video_prompt_is_archived_with_it(
+    standin: StandIn, archive: Path
+) -> None:
+    """Seedance 2 reference-to-video names the tune in `video_prompt`, not `text` (Astria's
+    prompt docs; `astria video --video-prompt "<faceid:ID:1> woman ..."` sends no text):
+    the video made from the tune's photos is the tune's generated file too."""
+    seedance = 3_000_001  # the video model's tune the prompt is created on
+    add_tune(standin, 10, model_type="faceid", ckpt_url=None, ckpt_urls=[])
+    video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(2_000)
+    standin.add_prompt(seedance, 950, None, [standin.add_file("runway", video)],  # type: ignore[arg-type]
+                       video_model="seedance2_fast_720p",
+                       video_prompt="<faceid:10:1> woman walks down a runway")
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["prompt_id"], entry["prompt_tune_id"], entry["sha256"], entry["status"]) == (
+        950, seedance, sha256(video), "ok")

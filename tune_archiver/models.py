@@ -37,6 +37,9 @@ class Prompt:
     tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
     input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
     error: str | None = None  # why its files could not be read (then none are listed)
+    # The tunes its text or video_prompt names with <lora:ID:..> or <faceid:ID:..>: a
+    # Seedance 2 reference video names them in video_prompt alone, often with no text.
+    names: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -187,9 +190,13 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
     for item in data:
         prompt_id = listed_id(item, what)
         text = item.get("text")
+        text = text if isinstance(text, str) else None
+        video_prompt = item.get("video_prompt")
+        names = named_tunes(text) | named_tunes(
+            video_prompt if isinstance(video_prompt, str) else None)
         created_on = item.get("tune_id")
-        prompt = Prompt(id=prompt_id, text=text if isinstance(text, str) else None,
-                        image_urls=(), tune_id=created_on if _is_id(created_on) else tune_id)
+        prompt = Prompt(id=prompt_id, text=text, image_urls=(), names=frozenset(names),
+                        tune_id=created_on if _is_id(created_on) else tune_id)
         try:
             prompts.append(_with_files(prompt, item, f"{what}: prompt {prompt_id}"))
         except DataError as exc:
@@ -214,7 +221,7 @@ _NAMED = re.compile(r"<(?:lora|faceid):([0-9]{1,18}):[^<>]*>", re.IGNORECASE)
 
 
 def named_tunes(text: str | None) -> set[int]:
-    """The tunes a prompt's text names with <lora:ID:...> or <faceid:ID:...>."""
+    """The tunes a prompt's text (or video_prompt) names with <lora:ID:...> or <faceid:ID:...>."""
     return {int(found) for found in _NAMED.findall(text or "")}
 
 
@@ -224,7 +231,7 @@ def prompts_of(
     """The tune's prompts: its own, then every account prompt that names it (once each)."""
     seen = {prompt.id for prompt in own}
     return (*own, *(prompt for prompt in account
-                    if prompt.id not in seen and tune_id in named_tunes(prompt.text)))
+                    if prompt.id not in seen and tune_id in prompt.names))
 
 
 def listed_id(item: Any, what: str) -> int:
