@@ -272,3 +272,33 @@ def test_a_video_prompt_naming_the_tune_in_its_video_prompt_is_archived_with_it(
     [entry] = entries(archive, 10, "prompt_image")
     assert (entry["prompt_id"], entry["prompt_tune_id"], entry["sha256"], entry["status"]) == (
         950, seedance, sha256(video), "ok")
+
+
+def test_face_swap_images_not_read_fail_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """face_swap_images is in no Astria doc (its shape is a guess): sent as anything but a
+    list of URLs, it fails on one line and leaves the tune not complete, while the
+    checkpoint and photos are archived, not lost with it."""
+    add_tune(standin, 10, face_swap_images=[{"url": standin.add_file("swap", b"s" * 900)}])
+    assert run_fetch(standin, archive, "10") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "face-swap images not archived" in line
+    assert "'face_swap_images'" in line
+    document = check_manifest(archive / "manifests" / "10.json")
+    assert document["complete"] is False
+    assert sorted((e["kind"], e["status"]) for e in document["assets"]) == [
+        ("checkpoint", "ok"), ("training_image", "ok")]
+
+
+def test_a_failed_face_swap_image_stays_failed_while_the_field_cannot_be_read(
+    standin: StandIn, archive: Path
+) -> None:
+    """A face-swap image that failed is not taken as deleted upstream ('gone', never
+    asked for again) when face_swap_images is next sent unreadable: it stays failed."""
+    add_tune(standin, 10, face_swap_images=[standin.file_url("missing")])
+    assert run_fetch(standin, archive, "10") == 1
+    standin.tunes[10]["face_swap_images"] = "not a list"
+    assert run_fetch(standin, archive, "10") == 1
+    [entry] = entries(archive, 10, "face_swap_image")
+    assert entry["status"] == "failed"

@@ -51,6 +51,9 @@ class Tune:
     checkpoint_urls: tuple[str, ...]  # ckpt_urls plus ckpt_url, deduplicated, in order
     image_urls: tuple[str, ...]  # orig_images
     face_swap_urls: tuple[str, ...] = ()  # face_swap_images (LoRA and FaceID tunes)
+    # Why face_swap_images could not be read: a field no Astria doc describes must not
+    # cost the checkpoint and photos; the tune is then not complete.
+    face_swap_error: str | None = None
     prompts: tuple[Prompt, ...] = ()  # only when asked for (fetch --prompts)
     # What of its prompts could not be read (a listing, or one prompt): their files are
     # not known, so the tune is not complete; its other files are archived still.
@@ -150,7 +153,8 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
     """Check a decoded Tune object and pick out what we download.
 
     Raises DataError naming the tune when the object is unusable: not an object,
-    no positive integer `id`, a URL list that is not a list of strings.
+    no positive integer `id`, ckpt_urls or orig_images not a list of strings (a
+    malformed face_swap_images is the tune's face_swap_error instead).
     Unknown fields are kept in `raw`.
     """
     what = f"tune {requested_id}" if requested_id is not None else "a tune"
@@ -167,12 +171,18 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
     if ckpt_url is not None and not isinstance(ckpt_url, str):
         raise DataError(f"{what}: 'ckpt_url' is not a string")
     checkpoints = list(dict.fromkeys([*ckpt_urls, *([ckpt_url] if ckpt_url else [])]))
+    image_urls = tuple(_url_list(data, "orig_images", what))
+    try:
+        face_swaps, face_swap_error = tuple(_url_list(data, "face_swap_images", what)), None
+    except DataError as exc:
+        face_swaps, face_swap_error = (), str(exc)
     return Tune(
         id=tune_id,
         raw=data,
         checkpoint_urls=tuple(checkpoints),
-        image_urls=tuple(_url_list(data, "orig_images", what)),
-        face_swap_urls=tuple(_url_list(data, "face_swap_images", what)),
+        image_urls=image_urls,
+        face_swap_urls=face_swaps,
+        face_swap_error=face_swap_error,
     )
 
 

@@ -228,7 +228,8 @@ async def plan_for(
     # failed need not be asked for again.
     unread = settings.lists_prompts and bool(tune.prompt_errors)
     listed = settings.lists_prompts and not tune.prompt_errors
-    return plan, carried_over(previous, assets_of(tune), present, listed, unread)
+    return plan, carried_over(previous, assets_of(tune), present, listed, unread,
+                              tune.face_swap_error is not None)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

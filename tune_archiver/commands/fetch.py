@@ -207,12 +207,15 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
 
 
 def prompts_failure(tune: Tune) -> str | None:
-    """The one line for the tune's prompts that could not be read; None when all were."""
+    """The one line for the tune's face-swap images and prompts that could not be read;
+    None when all were."""
+    said = [] if tune.face_swap_error is None else [
+        f"face-swap images not archived: {tune.face_swap_error}"]
     errors = tune.prompt_errors
-    if not errors:
-        return None
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"prompt files not archived: {errors[0]}{more}"
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        said.append(f"prompt files not archived: {errors[0]}{more}")
+    return "; ".join(said) or None
 
 
 async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetResult]]:
@@ -267,6 +270,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
         complete = (not plan.left_out and not tune.prompt_errors
+                    and tune.face_swap_error is None
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),
