@@ -3,6 +3,8 @@ names the blob, once per folder rather than once per file."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -13,6 +15,7 @@ from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
+from tune_archiver.download.staging import staging_for
 from tune_archiver.store import aside, files, local
 
 
@@ -210,3 +213,23 @@ def test_a_forgotten_manifests_removal_is_synced_before_forget_ends(
     assert main(["forget", "1", "--archive", str(archive), "-q"]) == 0
     assert not manifest.exists()
     assert True in synced_without
+
+
+def test_an_s3_archives_staging_is_made_without_syncing_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 archive's staging in ~/.cache is never durable (its partials are uploaded,
+    never fsynced): its folders are made without an fsync, so a home on a filesystem
+    that refuses fsync of a folder (EINVAL: some FUSE and network ones) can still fetch."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    staging = staging_for("s3://bucket/prefix")
+    asyncio.run(staging.prepare())
+    assert staging.directory.is_dir()

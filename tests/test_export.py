@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -449,3 +450,24 @@ def test_the_exports_own_files_are_synced_whole_before_they_take_their_names(
     assert (folder / "index.html").stat().st_size > 0
     assert (folder / "manifest.json").read_bytes() == (
         archive / "manifests" / "1.json").read_bytes()
+
+
+def test_an_export_to_a_filesystem_that_syncs_no_folder_still_exports(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DEST on a filesystem that refuses fsync of a folder (EINVAL: some FUSE and network
+    ones, a USB stick or a share an export is made for): the export, a copy made again
+    at will, makes its folders without syncing them, and exports every file."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    dest = tmp_path / "usb" / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")
+    assert exported(dest / "1-jane-doe") == expected_files(tune)

@@ -78,11 +78,11 @@ def write_new(target: Path, write: Callable[[BinaryIO], object]) -> None:
         os.unlink(name)
 
 
-def make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path, durable: bool = True) -> None:
     """Create the folder (and missing parents) if need be; one this call creates is 0700,
-    set by fchmod, since the umask may have widened it. The folder above each one
-    missing is fsynced: a new archive's objects/ and manifests/ hold what a manifest
-    names, and a power cut must not lose the names leading to them."""
+    set by fchmod, since the umask may have widened it. With `durable`, the folder above
+    each one missing is fsynced: a new archive's objects/ and manifests/ hold what a
+    manifest names, and a power cut must not lose the names leading to them."""
     missing = []
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -93,7 +93,8 @@ def make_private_dir(path: Path) -> None:
             new_private_dir(folder)
         except FileExistsError:
             pass  # made by another process meanwhile, which may not have synced it yet
-        _sync_folder(folder.parent)
+        if durable:
+            _sync_folder(folder.parent)
 
 
 def _sync_folder(path: Path) -> None:

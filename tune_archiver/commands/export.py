@@ -112,7 +112,9 @@ def _new_folder(dest: Path, folder: Path) -> None:
     user planted on the way (DEST in a shared folder)."""
     refuse_others_links(dest, "the export folder")
     try:
-        make_private_dir(dest)
+        # Its folders' names unsynced (its files are): an export is a copy, made again at
+        # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL).
+        make_private_dir(dest, durable=False)
         new_private_dir(folder)
     except FileExistsError as exc:
         raise ConfigError(
@@ -125,7 +127,7 @@ def _new_folder(dest: Path, folder: Path) -> None:
 
 def _make_dir(path: Path) -> None:
     try:
-        make_private_dir(path)
+        make_private_dir(path, durable=False)
     except OSError as exc:
         raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
 

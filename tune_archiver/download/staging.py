@@ -122,7 +122,7 @@ class Staging:
         if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
             log.warning(warning)
         try:
-            self._leftovers = await in_thread(_prepare, self.directory)
+            self._leftovers = await in_thread(_prepare, self.directory, self._durable)
         except OSError as exc:
             raise storage_error(exc, self.shown, "create the staging folder") from exc
 
@@ -276,9 +276,10 @@ def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
                    made=(ours, ours / "staging", directory))
 
 
-def _prepare(directory: Path) -> set[str]:
-    """Create the folder if need be; the names of the partials in it."""
-    make_private_dir(directory)
+def _prepare(directory: Path, durable: bool) -> set[str]:
+    """Create the folder if need be (its name fsynced when its partials are); the names
+    of the partials in it."""
+    make_private_dir(directory, durable)
     with os.scandir(directory) as found:
         return {entry.name.removesuffix(".part") for entry in found
                 if entry.name.endswith(".part")}
