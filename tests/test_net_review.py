@@ -244,3 +244,17 @@ def test_an_api_redirect_to_a_url_with_a_password_is_refused(
     standin.page_faults = [Status(302, {"Location": with_password + "/tunes"})]
     assert run_fetch(standin, archive, "--all", "--retries", "0") == 1
     assert "refused a redirect to a URL with a user name or password" in capsys.readouterr().err
+
+
+def test_a_tune_the_api_answers_at_the_deepest_nesting_taken_is_archived_again(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune answer nested as deep as the client takes it (its field 99 lists deep) is
+    archived; its manifest, which holds the tune one level down, is read back the next
+    run, not set aside as damaged: the tool never refuses a manifest it wrote itself."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)], odd=nested(99))
+    assert run_fetch(standin, archive, "5") == 0
+    assert run_fetch(standin, archive, "5") == 0
+    printed = capsys.readouterr()
+    assert "nested too deeply" not in printed.err
+    assert not (archive / "manifests" / "damaged").exists()

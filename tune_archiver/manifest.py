@@ -235,7 +235,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
         raise bad(f"it is not JSON ({exc})") from exc
     except RecursionError as exc:
         raise bad("its JSON is nested too deeply") from exc
-    if nested_too_deeply(data, document):
+    # The tune, as deep as the client takes it, is one level down: read back, not refused.
+    if nested_too_deeply(data, document, wrapping=1):
         raise bad("its JSON is nested too deeply")
     if not isinstance(document, dict):
         raise bad(f"it holds {_shown(document)}, not a JSON object")

@@ -173,13 +173,15 @@ def _hostless(url: str) -> bool:
 MAX_JSON_DEPTH = 100
 
 
-def nested_too_deeply(data: bytes, value: Any) -> bool:
+def nested_too_deeply(data: bytes, value: Any, wrapping: int = 0) -> bool:
     """Whether `value`, decoded from `data`, nests lists and objects past MAX_JSON_DEPTH
-    (one level at a time, without recursing; a text of fewer brackets is not walked)."""
-    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+    and the `wrapping` levels it holds the API's JSON in (one level at a time, without
+    recursing; a text of fewer brackets is not walked)."""
+    limit = MAX_JSON_DEPTH + wrapping
+    if data.count(b"[") + data.count(b"{") <= limit:
         return False
     level = [value] if type(value) in _CONTAINERS else []
-    for _ in range(MAX_JSON_DEPTH):
+    for _ in range(limit):
         inner: list[Any] = []
         for item in level:
             inner += [child for child in (item.values() if type(item) is dict else item)
