@@ -133,6 +133,17 @@ def test_a_signed_url_as_a_key_of_the_tunes_json_is_stored_redacted() -> None:
         "https://b.example/c?X-Amz-Signature=REDACTED", "see https://i.example/0.jpg?sig=REDACTED"]
 
 
+def test_two_url_keys_that_redact_alike_are_both_kept() -> None:
+    """Two keys of one object that are two URLs redacted alike (`?id=1` and `?id=2` both
+    read `?id=REDACTED`) are kept as two keys, the second numbered: merged into one, the
+    other's details were lost from the manifest, which keeps every field of the tune."""
+    tune = parse_tune({"id": 7, "files_by_url": {
+        "https://b.example/get?id=1": {"size": 1}, "https://b.example/get?id=2": {"size": 2}}}, 7)
+    files = build_manifest(tune, [], WHEN, complete=True)["tune"]["files_by_url"]
+    assert files == {"https://b.example/get?id=REDACTED": {"size": 1},
+                     "https://b.example/get?id=REDACTED (2)": {"size": 2}}
+
+
 def test_failed_entry_without_message_still_has_error() -> None:
     """A failure with no message gets a non-empty error, as the schema requires."""
     tune = make_tune()

@@ -204,16 +204,25 @@ def redact_json(value: Any) -> Any:
     if isinstance(value, list):
         return [redact_json(item) for item in value]
     if isinstance(value, dict):
-        return {_redacted_key(key): redact_json(item) for key, item in value.items()}
+        redacted: dict[Any, Any] = {}
+        for key, item in value.items():
+            redacted[_redacted_key(key, redacted)] = redact_json(item)
+        return redacted
     return value
 
 
-def _redacted_key(key: Any) -> Any:
+def _redacted_key(key: Any, taken: dict[Any, Any]) -> Any:
     """An object's key as redact_json redacts a string; one without '/', '=' or '%' (a
-    field's name: most keys of a large document) holds no URL nor name=value."""
+    field's name: most keys of a large document) holds no URL nor name=value. One that
+    reads as a key already `taken` (`?id=1` and `?id=2` both read `?id=REDACTED`) is
+    numbered: merged, one of the two values would be lost."""
     if isinstance(key, str) and ("/" in key or "=" in key or "%" in key):
-        return redact_json(key)
-    return key
+        key = redact_json(key)
+    free, n = key, 1
+    while free in taken:
+        n += 1
+        free = f"{key} ({n})"
+    return free
 
 
 # Parameters a signer sets anew each time it signs a URL: not secret, but not part of
