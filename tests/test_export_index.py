@@ -49,6 +49,9 @@ def test_every_link_is_relative_and_found(
     ("gen.svg", "image/svg+xml"),
     ("gen.xhtml", "application/xhtml+xml"),
     ("gen.url", "application/octet-stream"),  # Explorer fetches its icon on listing
+    ("gen.webarchive", "application/octet-stream"),  # Safari opens it as a page
+    ("gen.theme", "application/octet-stream"),  # Explorer fetches its images on listing
+    ("gen.themepack", "application/octet-stream"),
 ])
 def test_a_file_a_browser_would_run_is_never_linked_as_a_page(
     standin: StandIn, tmp_path: Path, name: str, content_type: str

@@ -37,10 +37,11 @@ _SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
 # Suffixes a browser opens as a page that runs scripts and loads from the network (a
 # file the URL named so is one index.html would link as a page, not an image), and
 # those Windows Explorer acts on when it merely lists the folder (a .url's or .scf's
-# icon fetched from a share, sending the login's credentials): .bin instead.
+# icon, a .theme's images, fetched from a share, sending the login's credentials):
+# .bin instead. Safari opens a .webarchive as a page.
 ACTIVE = frozenset({".html", ".htm", ".shtml", ".xhtml", ".xht", ".xml", ".xsl", ".xslt",
-                    ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta",
-                    ".url", ".scf", ".lnk", ".desktop"})
+                    ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta", ".webarchive",
+                    ".url", ".scf", ".lnk", ".desktop", ".theme", ".themepack"})
 
 
 def slug(title: Any) -> str:
