@@ -258,3 +258,34 @@ def test_a_tune_the_api_answers_at_the_deepest_nesting_taken_is_archived_again(
     printed = capsys.readouterr()
     assert "nested too deeply" not in printed.err
     assert not (archive / "manifests" / "damaged").exists()
+
+
+def test_one_listed_tune_nested_too_deeply_never_stops_the_others(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --all: a tune with a field nested past what the client takes, listed on a
+    page beside others, fails alone, said as the API's bad answer; the tunes beside it
+    are archived (the page was refused whole: not one tune of the account was)."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)], odd=nested(150))
+    standin.add_tune(6, [], [standin.add_file("b", b"b" * 2000)])
+    assert run_fetch(standin, archive, "--all", "--retries", "0") == 1
+    printed = capsys.readouterr()
+    assert "tune 6 (Tune 6): 1 file" in printed.out
+    assert "tune 5: the API returned JSON nested too deeply" in printed.err
+
+
+def test_a_prompt_nested_too_deeply_never_stops_the_prompts_of_other_tunes(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt with an unknown field nested past what the client takes, in the listings
+    of prompts (its tune's, the account's): the prompts of every tune are archived, its
+    own images too (its deep field is never kept), not 'nested too deeply' for all."""
+    standin.add_tune(5, [], [standin.add_file("a", b"a" * 2000)])
+    standin.add_tune(6, [], [standin.add_file("b", b"b" * 2000)])
+    standin.add_prompt(5, 51, "deep", [standin.add_file("p5", b"5" * 2000)], odd=nested(150))
+    standin.add_prompt(6, 61, "plain", [standin.add_file("p6", b"6" * 2000)])
+    assert run_fetch(standin, archive, "5", "6", "--prompts", "--retries", "0") == 0
+    for tune_id in (5, 6):
+        kinds = [e["kind"] for e in check_manifest(archive / "manifests" / f"{tune_id}.json")
+                 ["assets"] if e["status"] == "ok"]
+        assert kinds == ["training_image", "prompt_image"]

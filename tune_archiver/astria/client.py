@@ -21,7 +21,7 @@ from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
-from tune_archiver.urls import nested_too_deeply, origin, redact
+from tune_archiver.urls import MAX_JSON_DEPTH, nested_too_deeply, origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
@@ -160,7 +160,7 @@ class AstriaClient:
             if received > MAX_LISTED_BYTES:
                 raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
                                 "paging (a listing that never ends?)")
-            page = parse_json(body, what)
+            page = parse_json(body, what, listing=True)
             del body
             if not isinstance(page, list):
                 raise DataError(f"{what}: the API returned {type(page).__name__}, not a list")
@@ -263,19 +263,35 @@ class AstriaClient:
         return body
 
 
-def parse_json(body: bytes, what: str) -> Any:
+def parse_json(body: bytes, what: str, listing: bool = False) -> Any:
     """The JSON value of an API answer, each lone surrogate in its text as U+FFFD;
-    DataError when it is not JSON, or nests too deeply to be handled."""
+    DataError when it is not JSON, or nests too deeply to be handled. In a `listing`
+    (a list), an item nested too deeply has its deep parts cut to null instead."""
     try:
         value = json.loads(body)
     # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
     if nested_too_deeply(body, value):
-        raise DataError(f"{what}: the API returned JSON nested too deeply")
+        if not (listing and isinstance(value, list)):
+            raise DataError(f"{what}: the API returned JSON nested too deeply")
+        # One tune or prompt so nested fails alone, not every one listed: a tune's GET
+        # refuses it, a prompt's files cut are malformed; its deep fields are never kept.
+        value = [_cut(item, MAX_JSON_DEPTH - 1) for item in value]
     # JSON may escape half a surrogate pair ("\udcff": text cut mid-emoji), which no
     # UTF-8 file can hold: the tune's manifest could never be written.
     return _mended(value) if _SURROGATE_ESCAPE.search(body) else value
+
+
+def _cut(value: Any, levels: int) -> Any:
+    """`value` with each list or object below `levels` more levels of them as null."""
+    if not isinstance(value, (list, dict)):
+        return value
+    if levels == 0:
+        return None
+    if isinstance(value, list):
+        return [_cut(item, levels - 1) for item in value]
+    return {key: _cut(item, levels - 1) for key, item in value.items()}
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
