@@ -202,16 +202,19 @@ def test_malformed_api_url_returns_2(
     assert no_fetch == []
 
 
+@pytest.mark.parametrize("url", ["https://bob:hunter2pw@api.example",
+                                 "bob:hunter2pw@api.example"])  # its scheme forgotten
 @pytest.mark.parametrize("argv", [["fetch", "1"], ["fetch", "--all"], ["retrain", "1"]])
 def test_an_api_url_with_a_password_returns_2_without_showing_it(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch,
+    argv: list[str], url: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], no_fetch: list[Any],
 ) -> None:
     """An --api-url with a user:password (which aiohttp refuses beside the key's
     Authorization: a traceback for --all, 'internal error' and exit 1 for each tune) is
-    a configuration error, exit 2, no request, and its password is never shown."""
+    a configuration error, exit 2, no request, and its password is never shown, not
+    even where the URL is refused for want of http(s)://."""
     monkeypatch.setenv("ASTRIA_API_KEY", "k")
-    assert main([*argv, "--api-url", "https://bob:hunter2pw@api.example"]) == 2
+    assert main([*argv, "--api-url", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tune-archiver: error: the API URL ")
     assert "hunter2pw" not in err

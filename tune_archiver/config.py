@@ -128,7 +128,8 @@ def api_url(option: str | None, env: Mapping[str, str]) -> str:
     """The API's base URL without a trailing slash: the option, else $ASTRIA_API_URL."""
     url = (option or env.get(ENV_API_URL) or DEFAULT_API_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"the API URL must start with http:// or https://, not {url!r}")
+        shown = url if "@" not in url else "...@" + url.rsplit("@", 1)[1]  # a password
+        raise ConfigError(f"the API URL must start with http:// or https://, not {shown!r}")
     # Each raised from deep inside the run (a traceback, or exit 1 as if a tune failed):
     # a bracket left open ("http://[::1"), a port out of range or not a number, a host
     # with an empty or too long label ("api..astria.ai"), which no resolver takes.
