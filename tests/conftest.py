@@ -21,7 +21,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker more than the cores. Many tests wait (on a child process,
     a socket, a browser), and a third worker on two cores keeps both busy: the suite
     took 94-109 s where two workers took 104-114 s, run in turns."""
-    return len(os.sched_getaffinity(0)) + 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) + 1
 
 
 @pytest.fixture(autouse=True)
