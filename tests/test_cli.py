@@ -115,6 +115,17 @@ def test_bad_option_values_return_2(
     assert no_fetch == []
 
 
+@pytest.mark.parametrize("value", ["1001", "99999999999999999999"])
+def test_concurrency_past_the_most_returns_2(
+    value: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """--concurrency above 1000 is a usage error: a run starts two workers per slot
+    before any request, and 10**20 of them never finished starting (nor heard Ctrl-C)."""
+    assert main(["fetch", "1", "--concurrency", value]) == 2
+    assert "--concurrency: at most 1000 at once" in capsys.readouterr().err
+    assert no_fetch == []
+
+
 def test_missing_api_key_returns_2(
     capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
 ) -> None:

@@ -22,6 +22,8 @@ from tune_archiver.text import has_control
 DEFAULT_API_URL = "https://api.astria.ai"
 DEFAULT_ARCHIVE = "./tune-archive"
 DEFAULT_CONCURRENCY = 16  # enough small files at once to hide a CDN's latency (W4)
+# A run starts 2 tune workers per slot before its first request: 10**20 never started.
+MAX_CONCURRENCY = 1000
 DEFAULT_RETRIES = 5
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_READ_TIMEOUT = 60.0

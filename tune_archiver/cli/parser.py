@@ -30,6 +30,7 @@ from tune_archiver.config import (
     ENV_API_URL,
     ENV_ARCHIVE,
     ENV_PING_URL,
+    MAX_CONCURRENCY,
     MAX_SPLIT,
 )
 
@@ -144,9 +145,10 @@ def _add_api(api: argparse.ArgumentParser) -> None:
     api.add_argument("--allow-private-redirects", action="store_true",
                      help="follow an asset host's redirect into a private address (loopback, "
                      "link-local, the local network); refused unless the API is on one")
-    api.add_argument("--concurrency", metavar="N", type=positive_int,
+    api.add_argument("--concurrency", metavar="N", type=concurrency,
                      default=DEFAULT_CONCURRENCY,
-                     help=f"downloads at once, at most (default {DEFAULT_CONCURRENCY}); "
+                     help=f"downloads at once, at most, 1 to {MAX_CONCURRENCY} (default "
+                     f"{DEFAULT_CONCURRENCY}); "
                      "the API has 4 requests of its own")
     api.add_argument("--retries", metavar="N", type=non_negative_int, default=DEFAULT_RETRIES,
                      help=f"retries of a failed request (default {DEFAULT_RETRIES})")
@@ -324,6 +326,13 @@ def positive_float(text: str) -> float:
         value = 0.0
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError("not a positive number")
+    return value
+
+
+def concurrency(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CONCURRENCY} at once")
     return value
 
 
