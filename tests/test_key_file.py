@@ -73,12 +73,13 @@ def test_a_key_with_a_line_break_in_the_environment_is_refused(
     assert fetches == []
 
 
-@pytest.mark.parametrize("content", [f"{KEY}\n", f"  {KEY}\r\n", f"{KEY}"])
+@pytest.mark.parametrize("content", [f"{KEY}\n", f"  {KEY}\r\n", f"{KEY}", f"\ufeff{KEY}\r\n"],
+                         ids=["lf", "crlf", "bare", "bom"])
 def test_a_key_file_with_one_line_is_used(
     content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], fetches: list[Any]
 ) -> None:
-    """A 0600 key file of one line (with or without its line ending) gives the key, and
-    nothing is printed."""
+    """A 0600 key file of one line (with or without its line ending, or the byte order mark
+    Notepad writes) gives the key, and nothing is printed."""
     assert run(key_file(tmp_path, content), tmp_path) == 0
     assert [settings.api_key for settings in fetches] == [KEY]
     assert capsys.readouterr().err == ""

@@ -164,7 +164,9 @@ def load_api_key(
         try:
             with open(key_file, "rb") as file:
                 info = os.fstat(file.fileno())
-                key = file.read().decode("utf-8").strip()
+                # utf-8-sig: Notepad's byte order mark is not part of the key (sent, it
+                # was rejected as a wrong key: exit 3).
+                key = file.read().decode("utf-8-sig").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
         if not key:
