@@ -73,6 +73,31 @@ def test_a_key_with_a_line_break_in_the_environment_is_refused(
     assert fetches == []
 
 
+def test_a_key_file_too_large_for_a_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fetches: list[Any]
+) -> None:
+    """A key file of more than 4 KiB (the wrong file; /dev/zero never ends) is a
+    configuration error, read no further: it was read whole and sent, and the API's
+    400 made it exit 1 as a failed tune."""
+    path = key_file(tmp_path, "k" * 2**20)
+    assert run(path, tmp_path) == 2
+    assert capsys.readouterr().err == (
+        f"tune-archiver: error: the API key file {path} is larger than 4 KiB; it must hold "
+        "the API key alone\n")
+    assert fetches == []
+
+
+def test_a_key_too_long_in_the_environment_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fetches: list[Any],
+) -> None:
+    """ASTRIA_API_KEY of more than 4096 characters (a file pasted into it) is refused too."""
+    monkeypatch.setenv("ASTRIA_API_KEY", "k" * 5000)
+    assert main(["fetch", "1", "--archive", str(tmp_path / "a")]) == 2
+    assert "ASTRIA_API_KEY is longer than 4096 characters" in capsys.readouterr().err
+    assert fetches == []
+
+
 @pytest.mark.parametrize("content", [f"{KEY}\n", f"  {KEY}\r\n", f"{KEY}", f"\ufeff{KEY}\r\n"],
                          ids=["lf", "crlf", "bare", "bom"])
 def test_a_key_file_with_one_line_is_used(

@@ -35,6 +35,9 @@ DEFAULT_STALL_WINDOW = 300.0
 USER_AGENT = f"tune-archiver/{__version__}"
 log = logging.getLogger(__name__)
 
+# An Astria key is some 40 characters; a longer "key" is the wrong file (read whole,
+# /dev/zero never ends) and no server takes it as a header.
+MAX_KEY_LENGTH = 4096
 ENV_API_KEY = "ASTRIA_API_KEY"
 ENV_API_URL = "ASTRIA_API_URL"
 ENV_ARCHIVE = "TUNE_ARCHIVE"
@@ -166,7 +169,11 @@ def load_api_key(
                 info = os.fstat(file.fileno())
                 # utf-8-sig: Notepad's byte order mark is not part of the key (sent, it
                 # was rejected as a wrong key: exit 3).
-                key = file.read().decode("utf-8-sig").strip()
+                data = file.read(MAX_KEY_LENGTH + 1)
+                if len(data) > MAX_KEY_LENGTH:
+                    raise ConfigError(f"the API key file {key_file} is larger than 4 KiB; it "
+                                      "must hold the API key alone")
+                key = data.decode("utf-8-sig").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
         if not key:
@@ -190,6 +197,9 @@ def load_api_key(
 def _check_key(key: str, source: str) -> None:
     """ConfigError when the key holds a line break or a control character; the message
     never shows the key."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise ConfigError(f"{source} is longer than {MAX_KEY_LENGTH} characters; it must hold "
+                          "the API key alone")
     if "\n" in key or "\r" in key:
         raise ConfigError(f"{source} holds more than one line; it must hold the API key alone")
     if has_control(key):
