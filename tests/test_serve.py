@@ -210,6 +210,15 @@ def test_a_token_file_others_may_read_is_used_with_a_warning(
                and TOKEN not in line for line in said)
 
 
+def test_a_token_file_saved_with_a_byte_order_mark_gives_the_token(tmp_path: Path) -> None:
+    """Notepad's byte order mark is not part of the token: kept, every request carrying
+    the token was refused (401)."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")
+    path.chmod(0o600)
+    assert read_token(str(path)) == TOKEN
+
+
 @pytest.mark.parametrize(("text", "bound", "loopback"), [
     ("127.0.0.1:8765", ("127.0.0.1", 8765), True), ("[::1]:80", ("::1", 80), True),
     ("localhost:0", ("localhost", 0), True), ("0.0.0.0:8080", ("0.0.0.0", 8080), False),

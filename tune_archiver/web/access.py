@@ -52,7 +52,7 @@ def read_token(path: str) -> str:
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
             _refuse_others(path, info)  # the name may have been swapped meanwhile
-            token = file.read().decode("utf-8").strip()
+            token = file.read().decode("utf-8-sig").strip()  # no byte order mark
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
     if len(token) < 16:
