@@ -175,12 +175,14 @@ async def test_token_is_required_when_set(gallery: Gallery, archive: Path) -> No
     (["--bind", "0.0.0.0:8765"], "needs --token-file"),
     (["--bind", "nowhere"], "--bind takes HOST:PORT"),
     (["--bind", "127.0.0.1:1", "--token-file", "missing"], "cannot read the token file"),
+    (["--bind", "127.0.0.1:1", "--token-file", "/dev/zero"], "is larger than 4 KiB"),
 ])
 def test_serve_refuses_bad_settings(
     capsys: pytest.CaptureFixture[str], gallery: Gallery, archive: Path, words: list[str],
     message: str,
 ) -> None:
-    """Off loopback without a token file, a bad --bind, or an unreadable token: exit 2."""
+    """Off loopback without a token file, a bad --bind, an unreadable token or one too
+    large to be a token (/dev/zero was read until memory ran out): exit 2."""
     ran = cli(capsys, "serve", "--archive", str(archive), *words)
     assert ran.code == 2
     assert message in ran.err
