@@ -75,8 +75,7 @@ def test_no_command_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
     ("bad", "says"),
     [
         *((bad, "not a tune id (a positive integer)")
-          for bad in ("abc", "0", "-3", "1.5", "00", " 7")),
-        ("²", "invalid tune_id value"),  # isdigit() but not int(): argparse's message
+          for bad in ("abc", "0", "-3", "1.5", "00", " 7", "²")),
     ],
 )
 def test_bad_tune_id_returns_2_before_any_request(
@@ -90,6 +89,28 @@ def test_bad_tune_id_returns_2_before_any_request(
     assert says in err
     assert repr(bad) not in err
     assert "API key" not in err  # refused before the missing key was even noticed
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize("bad", ["\u0663", "9" * 5000], ids=["arabic", "long"])
+def test_a_tune_id_of_other_digits_returns_2_saying_why(
+    bad: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """A tune id of digits that are not 0-9, or longer than int() reads, is "not a tune id":
+    5,000 nines said "invalid tune_id value" (the function's name), and '\u0663' (an
+    Arabic-Indic 3) fetched tune 3, which no --ids-from line can name."""
+    assert main(["fetch", bad]) == 2
+    assert "argument TUNE_ID: not a tune id (a positive integer)" in capsys.readouterr().err
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize("option", ["--concurrency", "--retries"])
+def test_a_count_of_other_digits_returns_2_saying_why(
+    option: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """--concurrency \u00b2 said "invalid positive_int value"; now the rule's own words."""
+    assert main(["fetch", "1", option, "\u00b2"]) == 2
+    assert "invalid" not in capsys.readouterr().err
     assert no_fetch == []
 
 

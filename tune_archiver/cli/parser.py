@@ -302,21 +302,34 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def tune_id(text: str) -> int:
     """A tune id: a positive integer."""
-    if not text.isdigit() or int(text) <= 0:
+    value = _whole_number(text)
+    if value is None or value <= 0:
         raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
-    return int(text)
+    return value
 
 
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
+    value = _whole_number(text)
+    if value is None or value <= 0:
         raise argparse.ArgumentTypeError("not a positive integer")
-    return int(text)
+    return value
 
 
 def non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    value = _whole_number(text)
+    if value is None:
         raise argparse.ArgumentTypeError("not a whole number")
-    return int(text)
+    return value
+
+
+def _whole_number(text: str) -> int | None:
+    """Digits 0-9 as a number, else None (isdigit() alone lets in '\u00b2' and '\u0663')."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # past int()'s 4,300 digits
+        return None
 
 
 def positive_float(text: str) -> float:
