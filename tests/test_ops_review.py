@@ -185,6 +185,32 @@ def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path
     assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]
 
 
+def test_a_stdout_that_cannot_encode_a_title_never_stops_the_backup(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """stdout in a locale that cannot write a title's letters (ISO-8859-1 for CJK,
+    PYTHONIOENCODING=ascii): the letters are shown as escapes and every tune archived,
+    exit 0; the first summary line raised UnicodeEncodeError, a traceback, exit 1."""
+    for tune_id in (1, 2):
+        make_tune(standin, tune_id, images=1)
+        standin.tunes[tune_id]["title"] = "caf\u00e9 \u65e5\u672c"
+    archive = tmp_path / "a"
+    for extra in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "fetch", "1", "2", "--archive",
+             str(archive), "--api-url", standin.api_url, *extra],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key, "PYTHONIOENCODING": "ascii"},
+            capture_output=True, timeout=60)
+        assert (done.returncode, done.stderr) == (0, b"")
+        assert b"caf\\xe9 \\u65e5\\u672c" in done.stdout or extra
+    listed = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "list", "--archive", str(archive)],
+        env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True, timeout=60)
+    assert (listed.returncode, listed.stderr) == (0, b"")
+    for tune_id in (1, 2):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+
+
 def test_a_closed_stderr_keeps_error_lines_out_of_the_json_on_stdout(tmp_path: Path) -> None:
     """Run with stderr closed (`2>&-`, as some wrappers start jobs), --json's stdout is the
     one document: the error line went to stdout ahead of it (print to a None stderr is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -219,9 +220,13 @@ def with_streams(program: Callable[[], int]) -> int:
     """Run `program` with a closed stderr (`2>&-`) as /dev/null: print(file=None) would
     write the error lines to stdout, into --json's document, and the next file opened
     would be fd 2. stdout is flushed at its end, not at exit, where a reader gone is
-    "Exception ignored"."""
+    "Exception ignored"; what its encoding cannot write is escaped."""
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # open till the process ends
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A locale that cannot write a title's letters (ISO-8859-1 for CJK) shows them as
+        # escapes, as stderr does: a summary line raising UnicodeEncodeError stopped the run.
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return program()
     finally:
