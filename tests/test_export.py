@@ -207,6 +207,20 @@ def test_a_file_in_the_folders_place_is_not_overwritten(
     assert (dest / "1-jane-doe").read_text() == "mine"
 
 
+def test_a_dest_that_is_a_file_exits_2(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DEST naming a file (or a FIFO, /dev/full) is the operator's to fix, exit 2 as a DEST
+    under a file is: it exited 1, as if a blob had failed."""
+    dest = tmp_path / "notes.txt"
+    dest.write_text("mine")
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 2
+    assert ran.errors == [f"tune-archiver: error: cannot use the export folder {dest}: "
+                          "Not a directory"]
+    assert dest.read_text() == "mine"
+
+
 @pytest.mark.parametrize("copy", [False, True])
 def test_missing_blob_fails_that_file_only(
     archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str], copy: bool

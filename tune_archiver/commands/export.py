@@ -111,6 +111,8 @@ def _new_folder(dest: Path, folder: Path) -> None:
     """Create the tune's folder, which must not exist yet, never through a link another
     user planted on the way (DEST in a shared folder)."""
     refuse_others_links(dest, "the export folder")
+    if dest.exists() and not dest.is_dir():  # a file named as DEST: the operator's to fix
+        raise ConfigError(f"cannot use the export folder {dest}: Not a directory")
     try:
         # Its folders' names unsynced (its files are): an export is a copy, made again at
         # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL).
