@@ -92,13 +92,15 @@ def test_bad_tune_id_returns_2_before_any_request(
     assert no_fetch == []
 
 
-@pytest.mark.parametrize("bad", ["\u0663", "9" * 5000], ids=["arabic", "long"])
+@pytest.mark.parametrize("bad", ["\u0663", "9" * 5000, "1" * 19],
+                         ids=["arabic", "long", "19 digits"])
 def test_a_tune_id_of_other_digits_returns_2_saying_why(
     bad: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
 ) -> None:
     """A tune id of digits that are not 0-9, or longer than int() reads, is "not a tune id":
     5,000 nines said "invalid tune_id value" (the function's name), and '\u0663' (an
-    Arabic-Indic 3) fetched tune 3, which no --ids-from line can name."""
+    Arabic-Indic 3) fetched tune 3, which no --ids-from line can name; nor can one of
+    more than 18 digits (none is so long), which went to the API as a tune not found."""
     assert main(["fetch", bad]) == 2
     assert "argument TUNE_ID: not a tune id (a positive integer)" in capsys.readouterr().err
     assert no_fetch == []
@@ -111,6 +113,21 @@ def test_a_count_of_other_digits_returns_2_saying_why(
     """--concurrency \u00b2 said "invalid positive_int value"; now the rule's own words."""
     assert main(["fetch", "1", option, "\u00b2"]) == 2
     assert "invalid" not in capsys.readouterr().err
+    assert no_fetch == []
+
+
+@pytest.mark.parametrize(("words", "says"), [
+    (["forget", "--keep-within", "\u0663d"], "argument --keep-within: not a duration"),
+    (["fetch", "1", "--limit-rate", "\u0663M"], "argument --limit-rate: not a rate"),
+    (["fetch", "1", "--split-threshold", "\u0663M"], "argument --split-threshold: not a size"),
+])
+def test_a_duration_or_size_of_other_digits_returns_2(
+    words: list[str], says: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """'\u0663d' (an Arabic-Indic 3) was read as 3 days, '\u0663M' as 3 MiB: a value
+    only 0-9 write is refused as the tune ids are, not taken for another."""
+    assert main(words) == 2
+    assert says in capsys.readouterr().err
     assert no_fetch == []
 
 

@@ -33,8 +33,9 @@ from tune_archiver.config import (
     MAX_CONCURRENCY,
     MAX_SPLIT,
 )
+from tune_archiver.selection import MAX_ID_DIGITS
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])", re.ASCII)  # 0-9 alone
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
 LONGEST_WINDOW = timedelta(days=36500)
 # Options that would put the key on the command line, where ps and shell history see it.
@@ -68,7 +69,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(_without_values(message), self.prog)
-_SIZE = re.compile(r"(\d+)([KMG]?)i?B?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)([KMG]?)i?B?", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -303,7 +304,7 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def tune_id(text: str) -> int:
     """A tune id: a positive integer."""
     value = _whole_number(text)
-    if value is None or value <= 0:
+    if value is None or not 0 < value < 10**MAX_ID_DIGITS:  # as --ids-from takes them
         raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
     return value
 

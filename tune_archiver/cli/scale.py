@@ -53,7 +53,7 @@ def byte_rate(text: str) -> float:
     return float(match.group(1)) * float(1024 ** "_KMG".index((match.group(2) or "_").upper()))
 
 
-_RATE = re.compile(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?B)?(?:/s)?")
+_RATE = re.compile(r"(\d+(?:\.\d+)?)([KMGkmg]?)(?:i?B)?(?:/s)?", re.ASCII)  # 0-9 alone
 FILTER_OPTIONS = ("title", "model_type", "branch", "created_after", "created_before",
                   "ids_from")
 
