@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import subprocess
@@ -42,6 +43,19 @@ def run_fetch(
         sleep=sleep or Sleeps(),
         clock=clock or (lambda: datetime.now(UTC)),
     )
+
+
+def refuse_folder_fsyncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.fsync refusing every folder (EINVAL), as some FUSE and network filesystems do;
+    files are synced as ever."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 def sha256(data: bytes) -> str:

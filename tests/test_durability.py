@@ -4,7 +4,6 @@ names the blob, once per folder rather than once per file."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import blob_file, run_fetch
+from tests.helpers import blob_file, refuse_folder_fsyncs, run_fetch
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
 from tune_archiver.download.staging import staging_for
@@ -222,14 +221,7 @@ def test_an_s3_archives_staging_is_made_without_syncing_a_folder(
     never fsynced): its folders are made without an fsync, so a home on a filesystem
     that refuses fsync of a folder (EINVAL: some FUSE and network ones) can still fetch."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    refuse_folder_fsyncs(monkeypatch)
     staging = staging_for("s3://bucket/prefix")
     asyncio.run(staging.prepare())
     assert staging.directory.is_dir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from tests.archive_helpers import (
     manifest_of,
     write_manifest,
 )
-from tests.helpers import blob_file, run_fetch, tmpfs
+from tests.helpers import blob_file, refuse_folder_fsyncs, run_fetch, tmpfs
 from tests.standin import Body, StandIn
 
 # The documented shape of `export --json`.
@@ -473,14 +472,7 @@ def test_an_export_to_a_filesystem_that_syncs_no_folder_still_exports(
     """DEST on a filesystem that refuses fsync of a folder (EINVAL: some FUSE and network
     ones, a USB stick or a share an export is made for): the export, a copy made again
     at will, makes its folders without syncing them, and exports every file."""
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    refuse_folder_fsyncs(monkeypatch)
     dest = tmp_path / "usb" / "dest"
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
     assert (ran.code, ran.err) == (0, "")
