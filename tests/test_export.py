@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -477,3 +478,26 @@ def test_an_export_to_a_filesystem_that_syncs_no_folder_still_exports(
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
     assert (ran.code, ran.err) == (0, "")
     assert exported(dest / "1-jane-doe") == expected_files(tune)
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "--link"])
+def test_an_export_to_a_filesystem_without_hard_links_still_exports(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, link: bool,
+) -> None:
+    """DEST on a FAT or exFAT USB stick, where os.link fails with EPERM: every file, the
+    manifest and index.html are still exported whole (each was 'cannot write', exit 1)."""
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link)
+    dest = tmp_path / "usb" / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive),
+              *(["--link"] if link else []))
+    assert (ran.code, ran.err) == (0, "")
+    folder = dest / "1-jane-doe"
+    assert exported(folder) == expected_files(tune)
+    assert (folder / "manifest.json").read_bytes() == (
+        archive / "manifests" / "1.json").read_bytes()
+    assert (folder / "index.html").stat().st_size > 0
+    assert not [path for path in folder.rglob(".export-*")]

@@ -23,6 +23,8 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 BLOB_MODE = 0o400  # read-only: a hard-linked export cannot edit a blob in place
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# What os.link says where the filesystem has no hard links (FAT, exFAT, some FUSE ones).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class Planted(OSError):
@@ -73,9 +75,18 @@ def write_new(target: Path, write: Callable[[BinaryIO], object]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
-        os.link(name, target)
+        try:
+            os.link(name, target)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # A FAT or exFAT stick has no hard links: the name is taken (O_EXCL, never
+            # another's file replaced), then the whole, synced file renamed over it.
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
+                             PRIVATE_FILE))
+            os.replace(name, target)
     finally:
-        os.unlink(name)
+        Path(name).unlink(missing_ok=True)  # gone when renamed into place
 
 
 def make_private_dir(path: Path, durable: bool = True) -> None:
