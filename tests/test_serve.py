@@ -174,6 +174,10 @@ async def test_token_is_required_when_set(gallery: Gallery, archive: Path) -> No
 @pytest.mark.parametrize(("words", "message"), [
     (["--bind", "0.0.0.0:8765"], "needs --token-file"),
     (["--bind", "nowhere"], "--bind takes HOST:PORT"),
+    # A port isdigit() takes and int() refuses was a ValueError traceback, exit 1; an
+    # Arabic-Indic one bound another port than the user's digits say.
+    (["--bind", "127.0.0.1:\u00b2"], "--bind takes HOST:PORT"),
+    (["--bind", "127.0.0.1:\u0668\u0667\u0666\u0665"], "--bind takes HOST:PORT"),
     (["--bind", "127.0.0.1:1", "--token-file", "missing"], "cannot read the token file"),
     (["--bind", "127.0.0.1:1", "--token-file", "/dev/zero"], "is larger than 4 KiB"),
 ])

@@ -26,7 +26,9 @@ def parse_bind(text: str) -> tuple[str, int]:
     """HOST:PORT (or [v6]:PORT) as (host, port); raises ConfigError when it is not one."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # Digits 0-9 alone: isdigit() lets in '\u00b2', which int() refuses (a traceback).
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) \
+            or not 0 <= int(port) <= 65535:
         raise ConfigError("--bind takes HOST:PORT, e.g. 127.0.0.1:8765")
     return host, int(port)
 
