@@ -131,6 +131,18 @@ def test_a_duration_or_size_of_other_digits_returns_2(
     assert no_fetch == []
 
 
+@pytest.mark.parametrize("bad", ["\u00b2/3", "\u0663/4", "1/" + "9" * 5000],
+                         ids=["superscript", "arabic", "long"])
+def test_a_shard_of_other_digits_returns_2_saying_why(
+    bad: str, capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
+) -> None:
+    """--shard \u00b2/3 said "invalid shard_or_auto value" (a function's name), and
+    '\u0663/4' (an Arabic-Indic 3) took shard 3/4; now the rule's own words."""
+    assert main(["fetch", "--all", "--shard", bad]) == 2
+    assert "not a shard K/N" in capsys.readouterr().err
+    assert no_fetch == []
+
+
 def test_bad_tune_id_among_good_ones_returns_2(
     capsys: pytest.CaptureFixture[str], no_fetch: list[Any]
 ) -> None:

@@ -81,9 +81,18 @@ def shard_or_auto(text: str) -> tuple[int, int] | str:
     if text.strip().lower() == AUTO:
         return AUTO
     k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+    shard, shards = _shard_number(k), _shard_number(n)
+    if shard is None or shards is None or not 1 <= shard <= shards:
         raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N, nor auto")
-    return int(k), int(n)
+    return shard, shards
+
+
+def _shard_number(text: str) -> int | None:
+    """Digits 0-9 as a number, else None: isdigit() alone lets in '\u00b2', which int()
+    refuses (argparse then named the function), and '\u0663' (an Arabic-Indic 3)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        return None
+    return int(text)
 
 
 def shard_from_env(env: Mapping[str, str]) -> tuple[int, int]:
