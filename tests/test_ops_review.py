@@ -211,6 +211,24 @@ def test_a_stdout_that_cannot_encode_a_title_never_stops_the_backup(
         assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
 
 
+def test_json_in_a_locale_that_cannot_encode_a_title_is_still_json(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """--json with stdout in ASCII (PYTHONIOENCODING=ascii, LANG=C on an old system): the
+    document is one JSON document whose strings read back as the titles; stdout's
+    backslashreplace wrote 'caf\\xe9', which no JSON parser reads, after exit 0."""
+    make_tune(standin, 1, images=1)
+    standin.tunes[1]["title"] = "caf\u00e9 \u65e5\u672c \U0001f600"
+    done = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+         str(tmp_path / "a"), "--api-url", standin.api_url, "--json"],
+        env={**os.environ, "ASTRIA_API_KEY": standin.api_key, "PYTHONIOENCODING": "ascii"},
+        capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert "caf\u00e9 \u65e5\u672c \U0001f600" in json.dumps(
+        json.loads(done.stdout), ensure_ascii=False)
+
+
 def test_a_closed_stderr_keeps_error_lines_out_of_the_json_on_stdout(tmp_path: Path) -> None:
     """Run with stderr closed (`2>&-`, as some wrappers start jobs), --json's stdout is the
     one document: the error line went to stdout ahead of it (print to a None stderr is

@@ -38,7 +38,12 @@ def emit(
 
 
 def print_json(value: Any, secrets: list[str], flush: bool = False) -> None:
-    print_out(terminal.json_text(value, secrets), flush)
+    text = terminal.json_text(value, secrets)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:  # stdout's backslashreplace ('\\xe9') is no JSON escape
+        text = terminal.json_text(value, secrets, ascii_only=True)
+    print_out(text, flush)
 
 
 def print_out(text: str, flush: bool = False) -> None:

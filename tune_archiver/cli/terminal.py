@@ -42,12 +42,13 @@ def traceback_text(text: str, secrets: Sequence[str]) -> str:
     )
 
 
-def json_text(value: Any, secrets: Sequence[str]) -> str:
+def json_text(value: Any, secrets: Sequence[str], ascii_only: bool = False) -> str:
     """The --json document: secrets scrubbed and URLs redacted in every string, and every
     hidden character json.dumps leaves raw (ensure_ascii=False) written as a \\uXXXX
     escape: DEL and C1 controls (CSI U+009B starts a terminal sequence as ESC [ does),
-    bidirectional and other format characters. A parser reads the same text back."""
-    text = json.dumps(cleaned_json(value, secrets), indent=2, ensure_ascii=False)
+    bidirectional and other format characters. A parser reads the same text back.
+    `ascii_only`: every other non-ASCII character too (for a stdout that cannot write it)."""
+    text = json.dumps(cleaned_json(value, secrets), indent=2, ensure_ascii=ascii_only)
     return MAYBE_HIDDEN.sub(lambda found: _json_escape(found.group()), text)
 
 
