@@ -779,7 +779,7 @@ def test_aws_max_attempts_sets_the_tries_of_each_request(
     assert client_config(None, 3).retries["total_max_attempts"] == 3  # the caller's wins
 
 
-@pytest.mark.parametrize("value", ["0", "many", "²", "-1"])
+@pytest.mark.parametrize("value", ["0", "many", "²", "-1", "9" * 5000])  # int() reads 4,300
 def test_a_malformed_aws_max_attempts_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:

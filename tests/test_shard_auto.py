@@ -47,6 +47,9 @@ def test_each_runners_variables_give_the_shard(env: dict[str, str], shard: tuple
         ({"JOB_COMPLETION_INDEX": "0", "TUNE_ARCHIVER_SHARDS": "0"}, "less than"),
         ({"AWS_BATCH_JOB_ARRAY_INDEX": "1"}, "AWS_BATCH_JOB_ARRAY_SIZE is not"),
         ({"AWS_BATCH_JOB_ARRAY_INDEX": "-1", "AWS_BATCH_JOB_ARRAY_SIZE": "4"}, "whole numbers"),
+        # Past int()'s 4,300 digits (a ValueError's traceback), or not 0-9 ('\u0663' was 3).
+        ({"JOB_COMPLETION_INDEX": "0", "TUNE_ARCHIVER_SHARDS": "9" * 5000}, "whole numbers"),
+        ({"JOB_COMPLETION_INDEX": "\u0663", "TUNE_ARCHIVER_SHARDS": "4"}, "whole numbers"),
     ],
 )
 def test_a_missing_or_malformed_variable_is_a_configuration_error(

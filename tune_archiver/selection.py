@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 
 MODEL_TYPES = ("lora", "pti", "faceid", "checkpoint")
@@ -98,10 +99,9 @@ def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        # int() refuses more than 4,300 digits: such a line is no tune id either.
-        if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS) or (
-                int(text) <= 0):
+        tune_id = whole_number(text, MAX_ID_DIGITS)
+        if tune_id is None or tune_id <= 0:
             raise ConfigError(f"--ids-from {source}: line {number} is not a tune id "
                               "(a positive integer)")
-        ids.add(int(text))
+        ids.add(tune_id)
     return frozenset(ids)

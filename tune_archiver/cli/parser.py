@@ -33,6 +33,7 @@ from tune_archiver.config import (
     MAX_CONCURRENCY,
     MAX_SPLIT,
 )
+from tune_archiver.digits import whole_number
 from tune_archiver.selection import MAX_ID_DIGITS
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])", re.ASCII)  # 0-9 alone
@@ -303,34 +304,26 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def tune_id(text: str) -> int:
     """A tune id: a positive integer."""
-    value = _whole_number(text)
+    value = whole_number(text)
     if value is None or not 0 < value < 10**MAX_ID_DIGITS:  # as --ids-from takes them
         raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = _whole_number(text)
+    value = whole_number(text)
     if value is None or value <= 0:
         raise argparse.ArgumentTypeError("not a positive integer")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = _whole_number(text)
+    value = whole_number(text)
     if value is None:
         raise argparse.ArgumentTypeError("not a whole number")
     return value
 
 
-def _whole_number(text: str) -> int | None:
-    """Digits 0-9 as a number, else None (isdigit() alone lets in '\u00b2' and '\u0663')."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    try:
-        return int(text)
-    except ValueError:  # past int()'s 4,300 digits
-        return None
 
 
 def positive_float(text: str) -> float:

@@ -10,8 +10,15 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
-from tune_archiver.selection import MODEL_TYPES, TuneFilter, ids_from_lines, parse_moment
+from tune_archiver.selection import (
+    MAX_ID_DIGITS,
+    MODEL_TYPES,
+    TuneFilter,
+    ids_from_lines,
+    parse_moment,
+)
 
 AUTO = "auto"
 # --ids-from: a million ids take 8 MiB; a larger file is the wrong one (a checkpoint,
@@ -81,18 +88,10 @@ def shard_or_auto(text: str) -> tuple[int, int] | str:
     if text.strip().lower() == AUTO:
         return AUTO
     k, _, n = text.partition("/")
-    shard, shards = _shard_number(k), _shard_number(n)
+    shard, shards = whole_number(k, MAX_ID_DIGITS), whole_number(n, MAX_ID_DIGITS)
     if shard is None or shards is None or not 1 <= shard <= shards:
         raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N, nor auto")
     return shard, shards
-
-
-def _shard_number(text: str) -> int | None:
-    """Digits 0-9 as a number, else None: isdigit() alone lets in '\u00b2', which int()
-    refuses (argparse then named the function), and '\u0663' (an Arabic-Indic 3)."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        return None
-    return int(text)
 
 
 def shard_from_env(env: Mapping[str, str]) -> tuple[int, int]:
@@ -110,11 +109,12 @@ def shard_from_env(env: Mapping[str, str]) -> tuple[int, int]:
     index, count = env.get(index_name, "").strip(), env.get(count_name, "").strip()
     if not count:
         raise ConfigError(f"--shard auto: {index_name} is set but {count_name} is not")
-    if not (index.isascii() and index.isdigit() and count.isascii() and count.isdigit()):
+    first, shards = whole_number(index, MAX_ID_DIGITS), whole_number(count, MAX_ID_DIGITS)
+    if first is None or shards is None:
         raise ConfigError(f"--shard auto: {index_name} and {count_name} must be whole numbers")
-    if not int(index) < int(count):
+    if not first < shards:
         raise ConfigError(f"--shard auto: {index_name} must be less than {count_name}")
-    return int(index) + 1, int(count)
+    return first + 1, shards
 
 
 def filters_of(args: argparse.Namespace) -> TuneFilter:

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from tune_archiver.config import MAX_KEY_LENGTH, secret_file_warnings
+from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,10 @@ def parse_bind(text: str) -> tuple[str, int]:
     """HOST:PORT (or [v6]:PORT) as (host, port); raises ConfigError when it is not one."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    # Digits 0-9 alone: isdigit() lets in '\u00b2', which int() refuses (a traceback).
-    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) \
-            or not 0 <= int(port) <= 65535:
+    number = whole_number(port, 5)
+    if not sep or not host or number is None or number > 65535:
         raise ConfigError("--bind takes HOST:PORT, e.g. 127.0.0.1:8765")
-    return host, int(port)
+    return host, number
 
 
 def is_loopback(host: str) -> bool:

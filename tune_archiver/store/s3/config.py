@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
+from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,9 +31,10 @@ def _attempts_of(env: Mapping[str, str]) -> int:
     text = env.get("AWS_MAX_ATTEMPTS", "").strip()
     if not text:
         return ATTEMPTS
-    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+    attempts = whole_number(text)
+    if attempts is None or attempts < 1:
         raise ConfigError(f"AWS_MAX_ATTEMPTS must be a whole number of at least 1, not {text!r}")
-    return int(text)
+    return attempts
 
 
 def install_hint(package_dir: Path = PACKAGE_DIR) -> str:
