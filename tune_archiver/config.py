@@ -167,12 +167,12 @@ def load_api_key(
         try:
             with open(key_file, "rb") as file:
                 info = os.fstat(file.fileno())
-                # utf-8-sig: Notepad's byte order mark is not part of the key (sent, it
-                # was rejected as a wrong key: exit 3).
-                data = file.read(MAX_KEY_LENGTH + 1)
+                data = file.read(MAX_KEY_LENGTH + 1)  # not the whole of /dev/zero
                 if len(data) > MAX_KEY_LENGTH:
                     raise ConfigError(f"the API key file {key_file} is larger than 4 KiB; it "
                                       "must hold the API key alone")
+                # utf-8-sig: Notepad's byte order mark is not part of the key (sent, it
+                # was rejected as a wrong key: exit 3).
                 key = data.decode("utf-8-sig").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc

@@ -67,8 +67,9 @@ def new_private_dir(path: Path) -> None:
 
 def write_new(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """A new 0600 file at `target`, which must not exist (FileExistsError): written
-    beside it, fsynced, then linked into place. Nothing is ever overwritten, and no
-    crash, full disk or stick pulled out leaves a file cut short under its name."""
+    beside it, fsynced, then linked into place (on a filesystem without hard links,
+    renamed over the name once claimed). Nothing is ever overwritten, and no crash, full
+    disk or stick pulled out leaves a file cut short under its name."""
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:

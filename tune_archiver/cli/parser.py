@@ -324,8 +324,6 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-
-
 def positive_float(text: str) -> float:
     try:
         value = float(text)
