@@ -113,6 +113,22 @@ def test_a_config_nested_too_deep_is_a_usage_error(
                     f"{folder / 'config.json'}: not JSON")
 
 
+def test_a_config_larger_than_any_the_cli_writes_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config.json of 2 MiB (the wrong file; /dev/zero through a link never ends) is
+    one line, exit 2: it was read whole, into memory, before anything was said."""
+    folder = tmp_path / "astria"
+    folder.mkdir()
+    (folder / "config.json").write_text(" " * 2**21 + "{}")
+    (folder / "config.json").chmod(0o600)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert fetch(tmp_path / "a") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"tune-archiver: error: the Astria CLI's config {folder / 'config.json'} "
+                    "is larger than 1 MiB; it is not the CLI's own")
+
+
 def test_a_config_others_can_read_is_used_with_a_warning(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -67,11 +67,20 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str]) -> AstriaCli:
     )
 
 
+# The CLI writes a few short fields; a larger file is the wrong one (/dev/zero through a
+# link would be read until memory ran out), refused unread.
+MAX_CONFIG_BYTES = 2**20
+
+
 def _read(path: Path, required: bool) -> dict[str, str]:
     try:
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
-            data = json.loads(file.read())
+            text = file.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"the Astria CLI's config {path} is larger than 1 MiB; it "
+                                  "is not the CLI's own")
+            data = json.loads(text)
     except FileNotFoundError as exc:
         if required:
             raise ConfigError(f"no Astria CLI profile: {path} does not exist") from exc
