@@ -193,3 +193,24 @@ def test_retrain_records_the_new_tune_in_a_manifest_whose_retrained_is_null(
     assert code == 0
     assert check_manifest(archive / "manifests" / "5.json")["retrained"] == [
         {"tune_id": 6, "title": "Jane (restored 2026-12-01)", "at": "2026-12-01T09:00:00Z"}]
+
+
+def test_a_second_retrain_under_a_title_already_recorded_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second --yes the same day (a cron line run twice, a retry of a run that looked
+    stuck): the manifest already records tune 6 under that title. Sent again, an account
+    without idempotency trains and bills a second tune, and one with it is told "created
+    tune 6" again and records it twice: exit 1, nothing sent, the manifest unchanged."""
+    archive, _ = archived
+    assert retrain(standin, archive, capsys, "--yes")[0] == 0
+    before = (archive / "manifests" / "5.json").read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    [line] = ran.errors
+    assert "tune 6" in line
+    assert "--title" in line
+    assert (archive / "manifests" / "5.json").read_bytes() == before

@@ -77,9 +77,9 @@ class RetrainResult:
 
 
 def default_title(found: Manifest, today: date) -> str:
-    """"<title> (restored YYYY-MM-DD)": with Astria's idempotency on, a second --yes
-    the same day returns the tune the first created instead of training (and billing)
-    again."""
+    """"<title> (restored YYYY-MM-DD)": a second --yes the same day finds the title in
+    the manifest's retrained and sends nothing (and Astria's idempotency, when on,
+    would return the tune the first created)."""
     return f"{found.title or f'tune {found.tune_id}'} (restored {today.isoformat()})"
 
 
@@ -110,7 +110,8 @@ async def retrain(
     is read back through a copy in the archive's `staging` (its tmp/, or an S3
     archive's own folder), never in the system's temp folder.
 
-    Raises ArchiverError when the tune is not archived or has no training image,
+    Raises ArchiverError when the tune is not archived, has no training image or was
+    retrained under that title already (nothing is sent),
     IntegrityError when a blob does not match its sha256 (nothing is sent), what the
     client raises for a POST that made no tune (sent once, never retried), and
     ArchiverError saying so for one that may have made it (sent, then no answer).
@@ -124,6 +125,15 @@ async def retrain(
                             "retrain from")
     if not yes:
         return RetrainResult(plan)
+    # A second --yes under a title already retrained would train (and bill) again on an
+    # account without Astria's idempotency, and with it record the same tune twice.
+    sent_title = dict(plan.fields)["tune[title]"]
+    for earlier in found.retrained:
+        if earlier.get("title") == sent_title:
+            raise ArchiverError(
+                f"tune {tune_id}: already retrained as tune {earlier.get('tune_id')} under "
+                f"the title {sent_title!r}: nothing was sent (choose another --title to "
+                "train it again)")
     # Checked as a fetch checks it, before the first write: root's retrain of a user's
     # archive (its tmp/ removed) would leave a tmp/ and a manifest its owner cannot use.
     await store.prepare()
