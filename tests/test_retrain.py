@@ -214,3 +214,25 @@ def test_a_second_retrain_under_a_title_already_recorded_sends_nothing(
     assert "tune 6" in line
     assert "--title" in line
     assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("answer", [b'{"title": "Jane (restored 2026-12-01)"}',
+                                    b'{"id": "6"}', b'{"id": true}'])
+def test_retrain_answered_with_no_tune_id_says_the_tune_may_exist(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    answer: bytes,
+) -> None:
+    """201 with a JSON object but no whole-number id: not "created tune None" and exit 0
+    with nothing recorded (a later run would send, and bill, it again): exit 1, the line
+    saying the tune may have been created, the manifest unchanged."""
+    archive, _ = archived
+    before = (archive / "manifests" / "5.json").read_bytes()
+    standin.create_answers = [answer]
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 1
+    assert "created tune" not in ran.out
+    [line] = ran.errors
+    assert "may have created the tune" in line
+    assert (archive / "manifests" / "5.json").read_bytes() == before

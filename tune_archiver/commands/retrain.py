@@ -154,15 +154,20 @@ async def retrain(
             # "nothing done", and invite sending it again.
             raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
                                 "look for it before sending again") from exc
-    if created.get("id") == tune_id:
+    new_id = created.get("id")
+    if not isinstance(new_id, int) or isinstance(new_id, bool):
+        # A 2xx without a tune id: "created tune None" and exit 0, with nothing recorded,
+        # would invite sending (and billing) it again.
+        raise ArchiverError("creating the tune: the API answered without a tune id; the "
+                            "API may have created the tune all the same: look for it "
+                            "before sending again")
+    if new_id == tune_id:
         # Astria's idempotency answers a title already used with that tune: here the
         # archived one itself. Nothing was trained; "created tune 5" would be untrue.
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
-    if isinstance(created.get("id"), int):
-        await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields),
-                                                        now))
+    await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields), now))
     return RetrainResult(plan, sent=True, created=created)
 
 
