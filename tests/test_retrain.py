@@ -236,3 +236,30 @@ def test_retrain_answered_with_no_tune_id_says_the_tune_may_exist(
     [line] = ran.errors
     assert "may have created the tune" in line
     assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+def test_retrain_whose_manifest_is_damaged_meanwhile_names_the_tune_created(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The POST made tune 6, and the manifest cannot record it (damaged meanwhile): the
+    one error line names tune 6, or the user, told only of a damaged manifest, sends
+    (and pays for) it again."""
+    from tune_archiver.astria.client import AstriaClient
+
+    archive, _ = archived
+    sent = AstriaClient.create_tune
+
+    async def then_damaged(self: AstriaClient, *args: Any) -> dict[str, Any]:
+        created = await sent(self, *args)
+        (archive / "manifests" / "5.json").write_bytes(b"{not json")
+        return created
+
+    monkeypatch.setattr(AstriaClient, "create_tune", then_damaged)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code != 0
+    [line] = ran.errors
+    assert "tune 6" in line

@@ -167,7 +167,12 @@ async def retrain(
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
-    await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields), now))
+    try:
+        await store.update_manifest(tune_id, _recording(tune_id, created, dict(plan.fields),
+                                                        now))
+    except ArchiverError as exc:  # the tune exists and is billed: said, or sent again
+        raise ArchiverError(f"created tune {new_id}, but the manifest of tune {tune_id} "
+                            f"could not record it: {exc}") from exc
     return RetrainResult(plan, sent=True, created=created)
 
 
