@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.archive_helpers import cli
+from tests.archive_helpers import Ran, cli
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
@@ -38,6 +38,13 @@ def retrain(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
     ran = cli(capsys, "retrain", "5", "--archive", str(archive), "--api-url", standin.api_url,
               "--json", *flags, now=NOW)
     return ran.code, json.loads(ran.out)
+
+
+def sent(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]) -> Ran:
+    """`retrain 5 --yes` as a user types it (no --json): what it printed, and its code."""
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    return cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+               "--api-url", standin.api_url, now=NOW)
 
 
 def test_retrain_is_dry_by_default(
@@ -151,9 +158,7 @@ def test_retrain_answered_201_with_no_json_says_the_tune_may_exist(
     looked for before being sent (and billed) again."""
     archive, _ = archived
     standin.create_answers = [b"<html>created</html>"]
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
-              "--api-url", standin.api_url, now=NOW)
+    ran = sent(standin, archive, capsys)
     assert len(standin.created) == 1
     assert ran.code == 1
     [line] = ran.errors
@@ -205,9 +210,7 @@ def test_a_second_retrain_under_a_title_already_recorded_sends_nothing(
     archive, _ = archived
     assert retrain(standin, archive, capsys, "--yes")[0] == 0
     before = (archive / "manifests" / "5.json").read_bytes()
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
-              "--api-url", standin.api_url, now=NOW)
+    ran = sent(standin, archive, capsys)
     assert len(standin.created) == 1
     assert ran.code == 1
     [line] = ran.errors
@@ -228,9 +231,7 @@ def test_retrain_answered_with_no_tune_id_says_the_tune_may_exist(
     archive, _ = archived
     before = (archive / "manifests" / "5.json").read_bytes()
     standin.create_answers = [answer]
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
-              "--api-url", standin.api_url, now=NOW)
+    ran = sent(standin, archive, capsys)
     assert ran.code == 1
     assert "created tune" not in ran.out
     [line] = ran.errors
@@ -248,17 +249,15 @@ def test_retrain_whose_manifest_is_damaged_meanwhile_names_the_tune_created(
     from tune_archiver.astria.client import AstriaClient
 
     archive, _ = archived
-    sent = AstriaClient.create_tune
+    create_tune = AstriaClient.create_tune
 
     async def then_damaged(self: AstriaClient, *args: Any) -> dict[str, Any]:
-        created = await sent(self, *args)
+        created = await create_tune(self, *args)
         (archive / "manifests" / "5.json").write_bytes(b"{not json")
         return created
 
     monkeypatch.setattr(AstriaClient, "create_tune", then_damaged)
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
-              "--api-url", standin.api_url, now=NOW)
+    ran = sent(standin, archive, capsys)
     assert len(standin.created) == 1
     assert ran.code != 0
     [line] = ran.errors
