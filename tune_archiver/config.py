@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 from tune_archiver import __version__
@@ -167,13 +167,7 @@ def load_api_key(
         try:
             with open(key_file, "rb") as file:
                 info = os.fstat(file.fileno())
-                data = file.read(MAX_KEY_LENGTH + 1)  # not the whole of /dev/zero
-                if len(data) > MAX_KEY_LENGTH:
-                    raise ConfigError(f"the API key file {key_file} is larger than 4 KiB; it "
-                                      "must hold the API key alone")
-                # utf-8-sig: Notepad's byte order mark is not part of the key (sent, it
-                # was rejected as a wrong key: exit 3).
-                key = data.decode("utf-8-sig").strip()
+                key = secret_text(file, f"the API key file {key_file}", "the API key")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
         if not key:
@@ -204,6 +198,16 @@ def _check_key(key: str, source: str) -> None:
         raise ConfigError(f"{source} holds more than one line; it must hold the API key alone")
     if has_control(key):
         raise ConfigError(f"{source} holds a control character; it must hold the API key alone")
+
+
+def secret_text(file: BinaryIO, what: str, secret: str) -> str:
+    """The text of a file holding `secret` alone, stripped: read no further than
+    MAX_KEY_LENGTH (a larger one, the wrong file or /dev/zero, is ConfigError), without
+    Notepad's byte order mark (sent with the key, it was rejected as a wrong key)."""
+    data = file.read(MAX_KEY_LENGTH + 1)
+    if len(data) > MAX_KEY_LENGTH:
+        raise ConfigError(f"{what} is larger than 4 KiB; it must hold {secret} alone")
+    return data.decode("utf-8-sig").strip()
 
 
 def secret_file_warnings(what: str, info: os.stat_result, uid: int) -> list[str]:

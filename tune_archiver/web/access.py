@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from tune_archiver.config import MAX_KEY_LENGTH, secret_file_warnings
+from tune_archiver.config import secret_file_warnings, secret_text
 from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 
@@ -54,13 +54,9 @@ def read_token(path: str) -> str:
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
             _refuse_others(path, info)  # the name may have been swapped meanwhile
-            data = file.read(MAX_KEY_LENGTH + 1)  # not the whole of a wrong file, /dev/zero
-            token = data.decode("utf-8-sig").strip()  # no byte order mark
+            token = secret_text(file, f"the token file {path}", "the token")
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
-    if len(data) > MAX_KEY_LENGTH:
-        raise ConfigError(f"the token file {path} is larger than 4 KiB; it must hold the "
-                          "token alone")
     if len(token) < 16:
         raise ConfigError(f"the token file {path} holds fewer than 16 characters")
     for warning in secret_file_warnings(f"the token file {path}", info, os.geteuid()):
