@@ -106,8 +106,6 @@ def test_unknown_tune_fails_alone(
         (b'{"id": 5, "ckpt_urls": [', "malformed JSON"),
         (b'{"title": "no id"}', "no valid 'id'"),
         (b'[1, 2]', "not a JSON object"),
-        (b'{"id": 5, "ckpt_urls": "http://x/y"}', "'ckpt_urls' is not a list"),
-        (b'{"id": 5, "orig_images": [1]}', "not a URL string"),
     ],
 )
 def test_unusable_tune_json_is_a_clear_error(
@@ -124,6 +122,54 @@ def test_unusable_tune_json_is_a_clear_error(
     assert "tune 5" in err
     assert expected in err
     assert "Traceback" not in err
+
+
+def test_a_null_among_the_training_images_costs_no_other_file(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """orig_images holding a null (an image Astria could not give) fails on one line and
+    leaves the tune not complete, while the checkpoint and the other images are archived;
+    once the API lists it, the next run archives it and the tune is complete."""
+    tune = make_tune(standin, 5, images=2)
+    photos = tune["orig_images"]
+    tune["orig_images"] = [photos[0], None]
+    assert run_fetch(standin, archive, "5") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == ("tune-archiver: error: tune 5 (Tune 5): some training images not archived: "
+                    "'orig_images' holds 1 item that is not a URL")
+    document = check_manifest(archive / "manifests" / "5.json")
+    assert (document["complete"], document["state"]) == (False, "files_listed")
+    assert [(e["kind"], e["url"], e["status"]) for e in document["assets"]] == [
+        ("checkpoint", tune["ckpt_urls"][0], "ok"), ("training_image", photos[0], "ok")]
+    tune["orig_images"] = photos
+    assert run_fetch(standin, archive, "5") == 0
+    document = check_manifest(archive / "manifests" / "5.json")
+    assert document["complete"] is True
+    assert [e["url"] for e in document["assets"] if e["kind"] == "training_image"] == photos
+
+
+def test_an_archived_checkpoint_stays_while_ckpt_urls_cannot_be_read(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ckpt_urls sent as one string, not a list, fails the checkpoints on one line: the
+    photos are archived still, and a checkpoint archived before stays ok in the
+    manifest, its blob kept, not dropped as no longer listed."""
+    tune = make_tune(standin, 6, images=1)
+    assert run_fetch(standin, archive, "6") == 0
+    [checkpoint] = tune["ckpt_urls"]
+    tune["ckpt_urls"], tune["orig_images"] = checkpoint, [
+        *tune["orig_images"], standin.add_file("img-6-new", os.urandom(6_000))]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "6") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "tune-archiver: error: tune 6 (Tune 6): checkpoints not archived: 'ckpt_urls' is a "
+        "string, not a list of URLs"]
+    document = check_manifest(archive / "manifests" / "6.json")
+    assert document["complete"] is False
+    kept = [e for e in document["assets"] if e["kind"] == "checkpoint"]
+    assert [(e["url"], e["status"]) for e in kept] == [(checkpoint, "ok")]
+    assert (archive / kept[0]["path"]).is_file()
+    assert len([e for e in document["assets"] if e["kind"] == "training_image"]) == 2
 
 
 def test_api_503_with_retry_after_is_retried(standin: StandIn, archive: Path) -> None:

@@ -76,18 +76,10 @@ def test_unknown_fields_kept_in_raw() -> None:
         ({"id": True}, "'id'"),
         ({"id": "9"}, "'id'"),
         ({"id": 9.0}, "'id'"),
-        ({"id": 9, "ckpt_urls": "https://x.example/a"}, "'ckpt_urls' is not a list"),
-        ({"id": 9, "orig_images": {"0": I0}}, "'orig_images' is not a list"),
-        ({"id": 9, "ckpt_urls": [C0, 5]}, "'ckpt_urls'"),
-        ({"id": 9, "orig_images": [None]}, "'orig_images'"),
-        ({"id": 9, "ckpt_url": ["https://x.example/a"]}, "'ckpt_url' is not a string"),
         ({"id": 8}, "returned tune 8"),
     ],
-    ids=[
-        "list", "str", "null", "no-id", "id-0", "id-negative", "id-true", "id-str", "id-float",
-        "ckpt_urls-str", "orig_images-dict", "ckpt_urls-int-item", "orig_images-null-item",
-        "ckpt_url-list", "other-id",
-    ],
+    ids=["list", "str", "null", "no-id", "id-0", "id-negative", "id-true", "id-str", "id-float",
+         "other-id"],
 )
 def test_invalid_tune_raises_data_error_naming_it(data: Any, words: str) -> None:
     """Each unusable tune object raises DataError saying which tune and what is wrong."""
@@ -110,3 +102,37 @@ def test_invalid_tune_raises_data_error_naming_it(data: Any, words: str) -> None
 def test_named_tunes_reads_lora_and_faceid_tags(text: str | None, named: set[int]) -> None:
     """Only <lora:ID:...> and <faceid:ID:...> name a tune; anything else names none."""
     assert named_tunes(text) == named
+
+
+
+@pytest.mark.parametrize(
+    ("fields", "urls", "error"),
+    [
+        ({"ckpt_urls": C0}, ((), (I0,), (I1,)),
+         "checkpoints not archived: 'ckpt_urls' is a string, not a list of URLs"),
+        ({"ckpt_urls": [C0, 5]}, ((C0,), (I0,), (I1,)),
+         "some checkpoints not archived: 'ckpt_urls' holds 1 item that is not a URL"),
+        ({"ckpt_url": [C1]}, ((C0,), (I0,), (I1,)),
+         "checkpoints not archived: 'ckpt_url' is a list, not a URL"),
+        ({"orig_images": {"0": I0}}, ((C0,), (), (I1,)),
+         "training images not archived: 'orig_images' is a JSON object, not a list of URLs"),
+        ({"orig_images": [I0, None, I1, None]}, ((C0,), (I0, I1), (I1,)),
+         "some training images not archived: 'orig_images' holds 2 items that are not a URL"),
+        ({"face_swap_images": True}, ((C0,), (I0,), ()),
+         "face-swap images not archived: 'face_swap_images' is true or false, not a list of URLs"),
+    ],
+    ids=["ckpt_urls-str", "ckpt_urls-int-item", "ckpt_url-list", "orig_images-dict",
+         "orig_images-null-items", "face_swap_images-bool"],
+)
+def test_a_malformed_file_field_fails_alone(
+    fields: dict[str, Any], urls: tuple[tuple[str, ...], ...], error: str
+) -> None:
+    """A file field that is not a list of URLs (or ckpt_url not one URL) is the tune's
+    field error, naming the field: the URLs it does hold are kept, and so are the other
+    fields' (a null among the training images must not cost the checkpoint)."""
+    data = {"id": 9, "ckpt_urls": [C0], "orig_images": [I0], "face_swap_images": [I1], **fields}
+    tune = parse_tune(data, 9)
+    [(kind, said)] = tune.field_errors
+    assert said == error
+    assert (tune.checkpoint_urls, tune.image_urls, tune.face_swap_urls) == urls
+    assert tune.unread_kinds == {kind}

@@ -51,9 +51,9 @@ class Tune:
     checkpoint_urls: tuple[str, ...]  # ckpt_urls plus ckpt_url, deduplicated, in order
     image_urls: tuple[str, ...]  # orig_images
     face_swap_urls: tuple[str, ...] = ()  # face_swap_images (LoRA and FaceID tunes)
-    # Why face_swap_images could not be read: a field no Astria doc describes must not
-    # cost the checkpoint and photos; the tune is then not complete.
-    face_swap_error: str | None = None
+    # A file field not (all) read, and why: one malformed field, or one null among its
+    # URLs, must not cost the files of the others; the tune is then not complete.
+    field_errors: tuple[tuple[AssetKind, str], ...] = ()
     prompts: tuple[Prompt, ...] = ()  # only when asked for (fetch --prompts)
     # What of its prompts could not be read (a listing, or one prompt): their files are
     # not known, so the tune is not complete; its other files are archived still.
@@ -63,6 +63,11 @@ class Tune:
     def title(self) -> str | None:
         title = self.raw.get("title")
         return title if isinstance(title, str) else None
+
+    @property
+    def unread_kinds(self) -> frozenset[str]:
+        """The kinds of file whose field was not all read (see field_errors)."""
+        return frozenset(kind for kind, _ in self.field_errors)
 
 
 @dataclass(frozen=True, slots=True)  # thousands are kept: results
@@ -152,10 +157,11 @@ class TuneResult:
 def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
     """Check a decoded Tune object and pick out what we download.
 
-    Raises DataError naming the tune when the object is unusable: not an object,
-    no positive integer `id`, ckpt_urls or orig_images not a list of strings (a
-    malformed face_swap_images is the tune's face_swap_error instead).
-    Unknown fields are kept in `raw`.
+    Raises DataError naming the tune when the object is unusable: not an object, no
+    positive integer `id`. A file field that is malformed (ckpt_urls, ckpt_url,
+    orig_images, face_swap_images), or holds something that is not a URL string, is
+    one of the tune's field_errors: the URLs it does hold are kept, and the other
+    fields' files are archived. Unknown fields are kept in `raw`.
     """
     what = f"tune {requested_id}" if requested_id is not None else "a tune"
     if not isinstance(data, dict):
@@ -165,25 +171,57 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
         raise DataError(f"{what}: the API's tune object has no valid 'id'")
     if requested_id is not None and tune_id != requested_id:
         raise DataError(f"{what}: the API returned tune {tune_id} instead")
-    what = f"tune {tune_id}"
-    ckpt_urls = _url_list(data, "ckpt_urls", what)
-    ckpt_url = data.get("ckpt_url")
-    if ckpt_url is not None and not isinstance(ckpt_url, str):
-        raise DataError(f"{what}: 'ckpt_url' is not a string")
-    checkpoints = list(dict.fromkeys([*ckpt_urls, *([ckpt_url] if ckpt_url else [])]))
-    image_urls = tuple(_url_list(data, "orig_images", what))
-    try:
-        face_swaps, face_swap_error = tuple(_url_list(data, "face_swap_images", what)), None
-    except DataError as exc:
-        face_swaps, face_swap_error = (), str(exc)
+    errors: list[tuple[AssetKind, str]] = []
+
+    def urls(kind: AssetKind, *names: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for name in names:
+            taken, error = _tune_urls(data, name)
+            found += taken
+            if error is not None:
+                some = "some " if taken else ""
+                errors.append((kind, f"{some}{_SAID[kind]} not archived: {error}"))
+        return tuple(dict.fromkeys(found))
+
     return Tune(
         id=tune_id,
         raw=data,
-        checkpoint_urls=tuple(checkpoints),
-        image_urls=image_urls,
-        face_swap_urls=face_swaps,
-        face_swap_error=face_swap_error,
+        checkpoint_urls=urls("checkpoint", "ckpt_urls", "ckpt_url"),
+        image_urls=urls("training_image", "orig_images"),
+        face_swap_urls=urls("face_swap_image", "face_swap_images"),
+        field_errors=tuple(errors),
     )
+
+
+_SAID = {"checkpoint": "checkpoints", "training_image": "training images",
+         "face_swap_image": "face-swap images"}
+
+
+def _tune_urls(data: dict[str, Any], name: str) -> tuple[list[str], str | None]:
+    """The URLs of one of a tune's file fields (ckpt_url holds one, the others a list),
+    and what is wrong with it, if anything: a list's strings are kept whatever else it
+    holds."""
+    value = data.get(name)
+    if value is None:
+        return [], None
+    if name == "ckpt_url":  # one URL, not a list
+        if isinstance(value, str):
+            return [value] if value else [], None
+        return [], f"'ckpt_url' is {_a(value)}, not a URL"
+    if not isinstance(value, list):
+        return [], f"'{name}' is {_a(value)}, not a list of URLs"
+    found = [item for item in value if isinstance(item, str)]
+    wrong = len(value) - len(found)
+    if wrong == 0:
+        return found, None
+    return found, f"'{name}' holds {wrong} item{'s' if wrong > 1 else ''} that " \
+                  f"{'are' if wrong > 1 else 'is'} not a URL"
+
+
+def _a(value: Any) -> str:
+    """What a JSON value is, briefly: "a JSON object", "a string"."""
+    kinds = {dict: "a JSON object", list: "a list", str: "a string", bool: "true or false"}
+    return kinds.get(type(value), "a number")
 
 
 def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prompt]:

@@ -229,7 +229,7 @@ async def plan_for(
     unread = settings.lists_prompts and bool(tune.prompt_errors)
     listed = settings.lists_prompts and not tune.prompt_errors
     return plan, carried_over(previous, assets_of(tune), present, listed, unread,
-                              tune.face_swap_error is not None)
+                              tune.unread_kinds)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for
-from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, prompts_failure, utc_now
+from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, unread_failure, utc_now
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
@@ -74,7 +74,7 @@ async def dry_run(
                 return Preview(tune.id, tune.title, error=str(exc))
             probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
             probed = list(zip(plan.download, probes, strict=True))
-            failure = prompts_failure(tune)
+            failure = unread_failure(tune)
             return Preview(
                 tune.id, tune.title, error=f"tune {tune.id}: {failure}" if failure else None,
                 download=tuple((a, p.size) for a, p in probed if p.refused is None),

@@ -202,15 +202,14 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     key, assets = results
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
-        manifest=key, state=listing_state(tune), error=prompts_failure(tune),
+        manifest=key, state=listing_state(tune), error=unread_failure(tune),
     )
 
 
-def prompts_failure(tune: Tune) -> str | None:
-    """The one line for the tune's face-swap images and prompts that could not be read;
+def unread_failure(tune: Tune) -> str | None:
+    """The one line for the tune's file fields and prompts that could not be read;
     None when all were."""
-    said = [] if tune.face_swap_error is None else [
-        f"face-swap images not archived: {tune.face_swap_error}"]
+    said = [error for _, error in tune.field_errors]
     errors = tune.prompt_errors
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -269,8 +268,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         written, reported[:] = merged(ours, now, plan.missing)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
-        complete = (not plan.left_out and not tune.prompt_errors
-                    and tune.face_swap_error is None
+        complete = (not plan.left_out and not tune.prompt_errors and not tune.field_errors
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),

@@ -137,7 +137,8 @@ def _moved(key: AssetKey) -> tuple[str, int | None, str]:
 
 def carried_over(
     manifest: Manifest | None, current: Sequence[Asset], present: Mapping[str, int],
-    prompts_listed: bool = True, prompts_unread: bool = False, face_swaps_unread: bool = False,
+    prompts_listed: bool = True, prompts_unread: bool = False,
+    unread_kinds: Collection[str] = (),
 ) -> list[AssetResult]:
     """Files the last manifest knows that the tune no longer lists (expired, or prompts
     not asked for this time).
@@ -149,8 +150,8 @@ def carried_over(
     once, then kept as gone (dropped, the tune would look complete). Prompts' files
     count as left out only when the prompts were listed (`prompts_listed`); with
     `prompts_unread` (asked for, not all read) one that failed stays failed, as it was:
-    dropped, a run finding its prompt deleted would know nothing of it. So does a
-    face-swap image's while face_swap_images could not be read (`face_swaps_unread`).
+    dropped, a run finding its prompt deleted would know nothing of it. So does a file
+    of a kind whose field in the tune was not all read (`unread_kinds`).
     """
     known = known_entries(manifest)
     keys = [asset_key(asset) for asset in current]
@@ -159,16 +160,15 @@ def carried_over(
     left_out = [entry for entry in (manifest.entries if manifest is not None else ())
                 if entry.status == "failed" and _moved(entry_key(entry)) not in sources]
     # A listing of no file at all proves nothing gone (a tune still training, a glitch).
-    unread_swaps = [entry for entry in left_out
-                    if face_swaps_unread and entry.kind == "face_swap_image"]
-    unlisted = [entry for entry in left_out if entry not in unread_swaps
+    unread_fields = [entry for entry in left_out if entry.kind in unread_kinds]
+    unlisted = [entry for entry in left_out if entry not in unread_fields
                 and current and (prompts_listed or entry.kind not in PROMPT_KINDS)]
     unread = [entry for entry in left_out if prompts_unread and entry.kind in PROMPT_KINDS]
     return [_known(entry, present) for key, entry in known.items() if key not in listed] + [
         CarriedOver(entry.asset, error=f"{NO_LONGER_LISTED} (its last error: {entry.error})",
                     gone=True, entry=entry) for entry in unlisted] + [
         CarriedOver(entry.asset, error=_unread(entry.error), entry=entry) for entry in unread] + [
-        CarriedOver(entry.asset, error=entry.error, entry=entry) for entry in unread_swaps]
+        CarriedOver(entry.asset, error=entry.error, entry=entry) for entry in unread_fields]
 
 
 NOT_READ = "not asked for again: its prompt could not be read (its last error: "
@@ -324,8 +324,9 @@ def plan_tune(
 
 
 def listing_state(tune: Tune) -> State:
-    """What the API listed for the tune: files, none yet (training), or none at all."""
-    if assets_of(tune):
+    """What the API listed for the tune: files, none yet (training), or none at all.
+    A field it sent that could not be read lists files too."""
+    if assets_of(tune) or tune.field_errors:
         return "files_listed"
     return "training" if tune.raw.get("trained_at") is None else "no_files_listed"
 
