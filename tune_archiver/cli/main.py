@@ -279,7 +279,8 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         if settings is None:
             return found, None
         staging = staging_for(settings.archive)
-        return found, await repair(store, found, settings, staging, progress, args.clock)
+        return found, await repair(store, found, settings, staging, progress, args.clock,
+                                   waiting_for("fetch or gc", str(settings.archive)))
 
     try:
         found, mended = in_archive(args, work)

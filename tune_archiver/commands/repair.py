@@ -14,6 +14,7 @@ gone upstream meanwhile.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from tune_archiver import manifest
@@ -52,11 +53,13 @@ async def repair(
     staging: Staging,
     progress: Progress,
     clock: Clock,
+    waiting: Callable[[], None] | None = None,
 ) -> RepairReport:
     """Mend what `found` reports: mend the manifest entries wrong about a whole blob,
     move the damaged blobs aside, fetch their tunes again and verify the tunes touched
     again. Raises ConfigError for a rejected key (what was moved aside stays in
-    tmp/damaged/, and the next repair fetches it as missing)."""
+    tmp/damaged/, and the next repair fetches it as missing). `waiting` is called if a
+    fetch or gc holds the archive when damaged blobs are to be put back or set aside."""
     report = RepairReport()
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
@@ -72,10 +75,39 @@ async def repair(
     for tune_id in mended_tunes:
         report.mended += await _mend_entries(store, tune_id, entries)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
+    whole: set[str] = set()  # put back, or whole again: its tunes are not fetched
+    stuck: set[str] = set()  # could not be set aside: not fetched again over it
+    if damaged:
+        # Under the archive lock, exclusive as gc's: a fetch of another tune committing
+        # whole bytes of a damaged blob between the look and the move would have that
+        # good blob moved aside, and its manifest just written "ok" name a blob not there.
+        # Let go before the fetch below, which takes it shared.
+        async with store.locked(exclusive=True, waiting=waiting):
+            await _set_aside(store, damaged, stamp, report, whole, stuck)
+    tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
+                   | {p.tune_id for p in failed})
+    if tunes:
+        # A prompt's file (a generated image, an input) comes back only with the prompts.
+        prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
+        report.fetched = await fetch(replace(settings, prompts=prompts), tunes, NullProgress(),
+                                     clock=clock, store=store, staging=staging)
+    touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
+    report.after = await verify(store, sorted(touched), progress)  # back is hashed again
+    # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
+    # still there: the archive is not whole while it is, nor --strict content without it.
+    report.after.problems += [p for p in found.problems if p.tune_id not in touched]
+    report.after.gone += [p for p in found.gone if p.tune_id not in touched]
+    return report
+
+
+async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: RepairReport,
+                     whole: set[str], stuck: set[str]) -> None:
+    """Put back each damaged blob whose whole copy sits at a wrong place, else move it
+    to tmp/damaged/ unless it is whole now; adds to `whole` and `stuck` the blobs put
+    back (or whole) and those that could not be set aside."""
     # Walked once: walking objects/ again for each damaged blob made a repair of many
     # in a large archive take hours.
-    misplaced = await store.misplaced() if damaged else {}
-    whole, stuck = set(), set()
+    misplaced = await store.misplaced()
     for sha in sorted({p.sha256 for p in damaged if p.sha256}):
         try:
             # A whole copy at a wrong place goes back: a tune gone upstream has no other.
@@ -96,20 +128,6 @@ async def repair(
         report.moved += aside
         report.put_back.append(f"{blob_key(sha)} from {misplaced[sha]}")
         whole.add(sha)
-    tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
-                   | {p.tune_id for p in failed})
-    if tunes:
-        # A prompt's file (a generated image, an input) comes back only with the prompts.
-        prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
-        report.fetched = await fetch(replace(settings, prompts=prompts), tunes, NullProgress(),
-                                     clock=clock, store=store, staging=staging)
-    touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
-    report.after = await verify(store, sorted(touched), progress)  # back is hashed again
-    # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
-    # still there: the archive is not whole while it is, nor --strict content without it.
-    report.after.problems += [p for p in found.problems if p.tune_id not in touched]
-    report.after.gone += [p for p in found.gone if p.tune_id not in touched]
-    return report
 
 
 async def _whole_now(store: Store, sha256: str) -> bool:

@@ -1,0 +1,85 @@
+"""Two operators on one local archive at once: verify --repair, fetch, gc and forget
+meeting each other between their steps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.archive_helpers import add_tune, cli
+from tests.helpers import Sleeps, blob_file, run_fetch
+from tests.standin import StandIn, Status
+from tests.test_honest import EXPIRED, NOW
+from tune_archiver.commands import repair as repair_module
+from tune_archiver.commands.fetch import fetch
+from tune_archiver.commands.repair import repair
+from tune_archiver.commands.verify import verify
+from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.staging import staging_for
+from tune_archiver.models import TuneResult
+from tune_archiver.progress import NullProgress
+from tune_archiver.store import Store
+from tune_archiver.store.local import LocalStore
+
+
+def test_repair_never_sets_aside_a_blob_another_fetch_committed_whole_since_it_looked(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tunes 1 (gone upstream) and 2 share an image whose blob the disk lost. verify
+    --repair 1 finds it missing and looks again (not whole); a fetch of tune 2 run at
+    that moment downloads it and commits it whole. The repair then moved that whole
+    blob to tmp/damaged/: tune 1 could not fetch it again, and tune 2's manifest, just
+    written 'ok', named a blob that was not there."""
+    archive = tmp_path / "archive"
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
+    add_tune(standin, 2, shared=(shared,))
+    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
+    blob_file(archive, shared).unlink()
+    for name in list(standin.files):
+        if name.startswith(("img-1-", "ckpt-1")):
+            standin.faults[name] = [Status(404)] * 10
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    real_whole_now = repair_module._whole_now
+    other: list[asyncio.Task[list[TuneResult]]] = []
+
+    async def whole_now(store: Store, sha: str) -> bool:
+        found = await real_whole_now(store, sha)
+        waits = asyncio.Event()
+        # Another operator's fetch of tune 2, now: it runs through, or waits for the
+        # archive while the repair holds it.
+        other.append(asyncio.create_task(fetch(settings, [2], NullProgress(),
+                                               clock=lambda: NOW, waiting=waits.set)))
+        waiting = asyncio.create_task(waits.wait())
+        await asyncio.wait([other[0], waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        return found
+
+    async def repairs_fetch(*args: Any, **kwargs: Any) -> list[TuneResult]:
+        await asyncio.wait(other)  # the other operator's fetch is seen through first
+        return await fetch(*args, **kwargs)
+
+    monkeypatch.setattr(repair_module, "_whole_now", whole_now)
+    monkeypatch.setattr(repair_module, "fetch", repairs_fetch)
+
+    async def both() -> bool:
+        store = LocalStore(archive)
+        found = await verify(store, [1], NullProgress())
+        mended = await repair(store, found, settings, staging_for(archive), NullProgress(),
+                              lambda: NOW)
+        [results] = await asyncio.gather(*other)
+        assert all(result.ok for result in results)
+        return mended.ok
+
+    ok = asyncio.run(both())
+    assert blob_file(archive, shared).read_bytes() == shared
+    assert ok
+    for tune in ("1", "2"):
+        assert cli(capsys, "verify", tune, "--archive", str(archive)).code == 0, tune
