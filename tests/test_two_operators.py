@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.archive_helpers import add_tune, cli
+from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import Sleeps, blob_file, run_fetch
 from tests.standin import StandIn, Status
 from tests.test_honest import EXPIRED, NOW
@@ -83,3 +84,30 @@ def test_repair_never_sets_aside_a_blob_another_fetch_committed_whole_since_it_l
     assert ok
     for tune in ("1", "2"):
         assert cli(capsys, "verify", tune, "--archive", str(archive)).code == 0, tune
+
+
+def test_two_fetches_with_only_at_once_leave_a_manifest_of_every_file_complete(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch --only checkpoints` and `fetch --only images` of one tune at once: the
+    manifest the second writes holds every file archived (the first's merged in), as
+    when they run one after the other. It said "complete": false all the same, since
+    the second had planned its left-out files before the first archived them: list
+    said "no", and fetch --all never skipped the tune as unchanged."""
+    archive = tmp_path / "archive"
+    add_tune(standin, 1)
+    standin.hold_until = 2  # no file is answered until both runs are downloading
+    base = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                    retry=RetryPolicy(sleep=Sleeps()))
+
+    async def both() -> None:
+        await asyncio.gather(
+            fetch(replace(base, only="checkpoints"), [1], NullProgress()),
+            fetch(replace(base, only="images"), [1], NullProgress()),
+        )
+
+    asyncio.run(both())
+    document = manifest_of(archive, 1)
+    assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3
+    assert document["complete"] is True
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

@@ -18,7 +18,13 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for, unexpected
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
-from tune_archiver.commands.plan import assets_of, has_expired, listing_state, merged
+from tune_archiver.commands.plan import (
+    assets_of,
+    has_expired,
+    left_out_now,
+    listing_state,
+    merged,
+)
 from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
@@ -268,7 +274,9 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         written, reported[:] = merged(ours, now, plan.missing)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
-        complete = (not plan.left_out and not tune.prompt_errors and not tune.field_errors
+        # A file --only left out that another run archived meanwhile is in the manifest.
+        complete = (not left_out_now(plan.left_out, now, plan.missing)
+                    and not tune.prompt_errors and not tune.field_errors
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),

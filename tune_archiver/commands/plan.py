@@ -233,6 +233,17 @@ def merged(
     return recorded, reported
 
 
+def left_out_now(
+    left_out: Sequence[Asset], current: Manifest | None, missing: Collection[str] = ()
+) -> list[Asset]:
+    """The files --only left out that the manifest as it is now does not hold archived:
+    another run may have archived them since we planned (merged keeps its entries, as
+    it keeps those whose blob we did not find `missing`)."""
+    held = [entry for entry, blob in archived_entries(current) if blob.sha256 not in missing]
+    found = paired([asset_key(asset) for asset in left_out], held)
+    return [asset for asset in left_out if asset_key(asset) not in found]
+
+
 def is_unchanged(
     manifest: Manifest | None, updated_at: Any, present: Mapping[str, int]
 ) -> bool:
