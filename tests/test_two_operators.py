@@ -4,6 +4,7 @@ meeting each other between their steps."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from dataclasses import replace
 from datetime import timedelta
@@ -15,7 +16,7 @@ import pytest
 from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import Sleeps, blob_file, run_fetch
 from tests.standin import StandIn, Status
-from tests.test_honest import EXPIRED, NOW
+from tests.test_honest import EXPIRED, NOW, gone_upstream
 from tune_archiver.commands import repair as repair_module
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.commands.repair import repair
@@ -111,3 +112,26 @@ def test_two_fetches_with_only_at_once_leave_a_manifest_of_every_file_complete(
     assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3
     assert document["complete"] is True
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_an_archived_file_whose_blob_is_lost_after_expiry_is_never_said_never_archived(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expired tune's image was archived; the disk lost its blob (or a repair set it
+    aside) and the host refuses it now. Each fetch said "gone upstream, never archived
+    (it will not be asked for again)": it was archived, the manifest still names it,
+    and every later fetch asks for it again. It is a failure, said as what it is."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    blob_file(archive, served.images[0]).unlink()
+    gone_upstream(standin)
+    for _ in range(2):  # the second run asks for it again: no "not asked for again"
+        capsys.readouterr()
+        assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 1
+        ran = capsys.readouterr()
+        [tune] = json.loads(ran.out)["tunes"]
+        assert (tune["failed"], tune["gone"]) == (1, 0)
+        assert "never archived" not in ran.err
+        assert "archived, but its blob is missing from the archive" in ran.err
+    assert [e["status"] for e in manifest_of(archive, 1)["assets"]] == ["ok"] * 3

@@ -127,6 +127,7 @@ def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKe
 
 
 NO_LONGER_LISTED = "the API no longer lists it, and it was never archived"
+LOST_BLOB = "archived, but its blob is missing from the archive"
 
 
 def _moved(key: AssetKey) -> tuple[str, int | None, str]:
@@ -230,6 +231,11 @@ def merged(
         recorded[place[key]] = theirs
         if blob.sha256 not in missing:  # another run archived it meanwhile
             reported[place[key]] = theirs
+        elif (found := reported[place[key]]).gone:
+            # Archived once, its blob lost since: not "gone upstream, never archived",
+            # nor left unasked by later runs (they fetch it while its blob is missing).
+            reported[place[key]] = replace(
+                found, gone=False, error=f"{LOST_BLOB}; it cannot be fetched again: {found.error}")
     return recorded, reported
 
 
