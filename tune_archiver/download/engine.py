@@ -295,9 +295,10 @@ class Downloader:
             if total is None:
                 await self._restart(transfer)
                 raise BodyError(f"the server sent a range we did not ask for: {transfer.shown}")
-            if validator_of(response.headers) != partial.validator:
+            if partial.size and validator_of(response.headers) != partial.validator:
                 # A host that ignores If-Range sends a range of the file as it is now:
                 # spliced onto the bytes we have, it would make a blob of two versions.
+                # (Unasked, a 206 of the whole file is the file, as a 200 would be.)
                 await self._restart(transfer)
                 raise BodyError(f"the file changed on the server; starting over: {transfer.shown}")
         if total is not None:
@@ -355,6 +356,6 @@ def _resumed_total(response: aiohttp.ClientResponse, partial: Partial) -> int | 
     start, end, total = found
     if start != partial.size or end != total - 1:
         return None
-    if partial.total is not None and total != partial.total:
-        return None
+    if partial.size and partial.total is not None and total != partial.total:
+        return None  # (a 206 from byte 0, unasked, says the file's size now, as a 200 does)
     return total
