@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import blob_file, run_fetch, sha256
+from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import StandIn, Status
+from tests.test_faults import RawHost, closing_answer
 
 
 @pytest.fixture
@@ -30,3 +32,39 @@ def test_a_206_of_the_whole_file_unasked_is_the_file(standin: StandIn, archive: 
     assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
     assert blob_file(archive, data).read_bytes() == data
     assert [r.headers.get("Range") for r in standin.seen("cdn")] == [None]
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, 0), (404, 1), (410, 1)])
+def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_refuses_the_question(
+    standin: StandIn, archive: Path, status: int, code: int
+) -> None:
+    """A body of no length cut by a dropped connection, and the host's answer to what
+    lies past it is an error: 403 (the presigned URL expired meanwhile), 404 or 410 (the
+    file is going). None says the file ends there: the 100,000 bytes of 300,000 were
+    archived as the file, 'ok', exit 0. Now an expired URL is renewed and the download
+    resumed; the others fail the file, its bytes kept for the next run."""
+    data = os.urandom(300_000)
+    serves = closing_answer(data, len(data) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 2:  # the question of what lies past the cut body
+            return (f"HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n"
+                    "Connection: close\r\n\r\n").encode()
+        return serves(head)
+
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == code
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    if code == 0:
+        assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+        assert stored_blobs(archive) == [blob_file(archive, data)]
+    else:
+        assert entry["status"] == "failed"
+        assert f"HTTP {status}" in entry["error"]
+        assert stored_blobs(archive) == []

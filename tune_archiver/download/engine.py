@@ -31,7 +31,7 @@ from tune_archiver.errors import (
     IntegrityError,
 )
 from tune_archiver.models import Blob
-from tune_archiver.net.retry import MOVED_ON, RETRYABLE_STATUSES, call_with_retries
+from tune_archiver.net.retry import MOVED_ON, call_with_retries
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.net.transport import (
     asset_status_error,
@@ -245,15 +245,16 @@ class Downloader:
         """A body of no length ends where the connection closed, and so does one a
         dropped connection cut: a host that serves ranges is asked for what lies past
         it. A range there means the body was cut: its bytes are kept, and the retry
-        resumes. A busy host (429, 5xx) has not said yet: its error is retried, the
-        bytes kept. The whole file under another validator: it changed, and starts
-        over. 416 (nothing past it) or any other answer takes the end as the file's,
-        as every downloader must from a host that cannot say."""
+        resumes. An error (a busy host's 429 or 5xx, an expired URL's 403, a 404) has
+        not said: it is the download's, retried or renewed as any other, the bytes
+        kept. The whole file under another validator: it changed, and starts over.
+        416 (nothing past it) or any other answer takes the end as the file's, as
+        every downloader must from a host that cannot say."""
         partial = transfer.partial
         if not (partial.validator and transfer.takes_ranges):
             return
         headers = {"Range": f"bytes={received}-", "If-Range": partial.validator}
-        busy: ArchiverError | None = None
+        failed: ArchiverError | None = None
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
@@ -263,15 +264,15 @@ class Downloader:
             # host ignores Range now, and cannot say.
             changed = answer.status == 200 and validator_of(answer.headers) not in (
                 None, partial.validator)
-            if answer.status in RETRYABLE_STATUSES:
-                busy = await asset_status_error(answer, transfer.shown, self._settings.stall)
+            if answer.status >= 400 and answer.status != 416:
+                failed = await asset_status_error(answer, transfer.shown, self._settings.stall)
         if changed:
             await self._restart(transfer)
             raise BodyError(f"the file changed on the server; starting over: {transfer.shown}")
-        if more or busy:
+        if more or failed:
             await self._write(transfer, tail)
-            raise busy or BodyError(f"the connection closed after {received} bytes, before "
-                                    f"the file's end: {transfer.shown}")
+            raise failed or BodyError(f"the connection closed after {received} bytes, "
+                                      f"before the file's end: {transfer.shown}")
 
     async def _accept(self, response: aiohttp.ClientResponse, transfer: Transfer) -> None:
         """Check the status and headers; learn the size and validator; restart if need be."""
