@@ -68,3 +68,38 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_refuses_the_
         assert entry["status"] == "failed"
         assert f"HTTP {status}" in entry["error"]
         assert stored_blobs(archive) == []
+
+
+@pytest.mark.parametrize("whole", [
+    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{last}/{size}\r\n",
+    "HTTP/1.1 200 OK\r\n",
+], ids=["206-from-the-start", "200-of-its-length"])
+def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_says_its_size(
+    standin: StandIn, archive: Path, whole: str
+) -> None:
+    """A body of no length cut by a dropped connection; asked what lies past it, the host
+    answers with the whole file under the same ETag (it ignores the Range's start, or
+    Range itself), saying its length. The file is longer than the bytes received: they
+    were archived as the file all the same, 'ok', exit 0. Now the body is cut, and
+    fetched again until whole."""
+    data = os.urandom(300_000)
+    serves = closing_answer(data, len(data) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 2:  # the question of what lies past the cut body
+            return (whole.format(last=len(data) - 1, size=len(data))
+                    + f'Content-Length: {len(data)}\r\nETag: "v1"\r\n'
+                    "Connection: close\r\n\r\n").encode() + data
+        return serves(head)
+
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
+    assert stored_blobs(archive) == [blob_file(archive, data)]

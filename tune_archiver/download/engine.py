@@ -244,12 +244,13 @@ class Downloader:
     async def _confirm_end(self, transfer: Transfer, tail: list[bytes], received: int) -> None:
         """A body of no length ends where the connection closed, and so does one a
         dropped connection cut: a host that serves ranges is asked for what lies past
-        it. A range there means the body was cut: its bytes are kept, and the retry
-        resumes. An error (a busy host's 429 or 5xx, an expired URL's 403, a 404) has
-        not said: it is the download's, retried or renewed as any other, the bytes
-        kept. The whole file under another validator: it changed, and starts over.
-        416 (nothing past it) or any other answer takes the end as the file's, as
-        every downloader must from a host that cannot say."""
+        it. A range there, or any answer giving the file another size, means the body
+        was cut: its bytes are kept, and the retry resumes. An error (a busy host's 429
+        or 5xx, an expired URL's 403, a 404) has not said: it is the download's, retried
+        or renewed as any other, the bytes kept. The whole file under another
+        validator: it changed, and starts over. 416 (nothing past it) or any other
+        answer takes the end as the file's, as every downloader must from a host that
+        cannot say."""
         partial = transfer.partial
         if not (partial.validator and transfer.takes_ranges):
             return
@@ -258,10 +259,14 @@ class Downloader:
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
-            more = answer.status == 206 and (content_range(answer) or (-1,))[0] == received
+            # A size other than the bytes received, however said (the total of a range,
+            # asked for or not; a 200's length): the body was cut.
+            found = content_range(answer) if answer.status == 206 else None
+            said = found[2] if found else answer.content_length if answer.status == 200 else None
+            more = said is not None and said != received
             # 200 under another validator: the file changed since (If-Range), so the body
-            # may be a cut one of a version no longer there. The same validator: the
-            # host ignores Range now, and cannot say.
+            # may be a cut one of a version no longer there. The same validator and no
+            # length: the host ignores Range now, and cannot say.
             changed = answer.status == 200 and validator_of(answer.headers) not in (
                 None, partial.validator)
             if answer.status >= 400 and answer.status != 416:
