@@ -9,8 +9,10 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
-from tests.standin import StandIn, Status
+from tests.standin import Cut, StandIn, Status
 from tests.test_faults import RawHost, closing_answer
+
+MiB = 2**20
 
 
 @pytest.fixture
@@ -103,3 +105,24 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_says_its_siz
     entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
     assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
     assert stored_blobs(archive) == [blob_file(archive, data)]
+
+
+def test_a_piece_cut_again_and_again_is_resumed_while_it_gets_on(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host that drops every connection after 512 KiB: one stream gets on by retries
+    that start over while they move the download on, and so must a piece of a split
+    file (every checkpoint of 64 MiB or more is split). A 4 MiB piece needs 8 attempts,
+    past the 6 one round of retries allows: the file failed, where one stream of it was
+    archived."""
+    data = os.urandom(32 * MiB)
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    piece = 4 * MiB  # 32 MiB over --split 2: 8 pieces of 4 MiB
+    standin.range_faults.update({("model", piece + start): [Cut(at=MiB // 2)]
+                                 for start in range(0, piece, MiB // 2)})
+    assert run_fetch(standin, archive, "1", "--split", "2", "--split-threshold", "8M") == 0
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+    resumed = [r.headers.get("Range") for r in standin.seen("cdn", "/files/model")
+               if (r.headers.get("Range") or "").endswith(f"-{2 * piece - 1}")]
+    assert len(resumed) > 7  # piece 2 was asked for again and again

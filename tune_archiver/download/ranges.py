@@ -126,9 +126,15 @@ class RangedFetch:
 
     async def _span(self, url: str, partial: Partial, index: int, filled: asyncio.Event) -> None:
         shown = f"{redact(url)} (piece {index + 1} of {len(partial.spans or [])})"
+
+        def resumable() -> int:  # where the next attempt resumes this piece from
+            return partial.spans[index][1] if partial.spans else 0
+
+        # As for one stream: retries count only the attempts that got nowhere, so a host
+        # that drops every connection after a few MiB fails no piece that gets on.
         await call_with_retries(
             self._settings.retry, shown,
-            lambda: self._attempt(url, shown, partial, index, filled),
+            lambda: self._attempt(url, shown, partial, index, filled), resumable,
         )
 
     async def _attempt(
