@@ -126,3 +126,34 @@ def test_a_piece_cut_again_and_again_is_resumed_while_it_gets_on(
     resumed = [r.headers.get("Range") for r in standin.seen("cdn", "/files/model")
                if (r.headers.get("Range") or "").endswith(f"-{2 * piece - 1}")]
     assert len(resumed) > 7  # piece 2 was asked for again and again
+
+
+def test_a_cut_body_of_no_length_is_never_taken_whole_when_a_range_lies_past_it(
+    standin: StandIn, archive: Path
+) -> None:
+    """A body of no length cut by a dropped connection; asked what lies past it, the host
+    answers 206 with the rest, whose complete length it does not know (`bytes
+    100000-299999/*`, as RFC 9110 allows). A range there is bytes past the end: the cut
+    body was archived as the file all the same, 'ok', exit 0, since the Content-Range
+    gave no size to compare. Now it is resumed until whole."""
+    data = os.urandom(300_000)
+    serves = closing_answer(data, len(data) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 2:  # the question of what lies past the cut body
+            return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 100000-"
+                    f"{len(data) - 1}/*\r\nContent-Length: {len(data) - 100_000}\r\n"
+                    'ETag: "v1"\r\nConnection: close\r\n\r\n').encode() + data[100_000:]
+        return serves(head)
+
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
+    assert stored_blobs(archive) == [blob_file(archive, data)]

@@ -260,10 +260,11 @@ class Downloader:
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
             # A size other than the bytes received, however said (the total of a range,
-            # asked for or not; a 200's length): the body was cut.
+            # asked for or not; a 200's length), or a range of no size we can read
+            # (`bytes 100-199/*`, the length unknown): bytes lie past it, it was cut.
             found = content_range(answer) if answer.status == 206 else None
             said = found[2] if found else answer.content_length if answer.status == 200 else None
-            more = said is not None and said != received
+            more = (said is not None and said != received) or (answer.status == 206 and not found)
             # 200 under another validator: the file changed since (If-Range), so the body
             # may be a cut one of a version no longer there. The same validator and no
             # length: the host ignores Range now, and cannot say.
