@@ -313,3 +313,28 @@ async def test_a_live_upload_is_judged_by_the_bytes_received_not_the_hashed_pref
         assert incoming.intake.live.failed
         await incoming.release(keep=False)
     assert await left_over(bucket) == ([], [])
+
+
+async def test_a_blob_another_writer_copied_over_a_straight_upload_is_never_removed(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Two machines store one blob: this one straight to the blob key (its live upload
+    fell behind), the other by its checked copy, which lands between this one's
+    CompleteMultipartUpload and its check. The copy reports the whole bytes' SHA-256,
+    not this upload's composite: the check took it for other bytes and deleted the blob
+    the other machine's manifest names."""
+    data = os.urandom(2 * PART + 5)
+    final = f"{PREFIX}/{blob_key(hashlib.sha256(data).hexdigest())}"
+
+    async def other_writer_copies(**_: Any) -> None:
+        await bucket.put(final, data, ChecksumAlgorithm="SHA256")
+
+    async with opened(bucket, tmp_path) as store:
+        holding_live_parts(store)
+        store.bucket.client.meta.events.register(
+            "after-call.s3.CompleteMultipartUpload", other_writer_copies)
+        incoming = await downloaded(store, tmp_path, data)
+        blob = await incoming.commit(None)
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    assert await bucket.get(final) == data
+    assert await left_over(bucket) == ([], [])
