@@ -168,3 +168,29 @@ async def test_a_bucket_that_ignores_range_still_serves_the_bytes_asked_for(
                     assert await response.read() == data
         finally:
             await runner.cleanup()
+
+
+async def test_a_blob_shorter_than_its_type_sniff_is_served_whole(
+    bucket_url: str, moto_s3: MotoS3
+) -> None:
+    """serve reads a blob's first 64 bytes to tell its type. A bucket answers a range past
+    a smaller object's end with what it holds, which serve took for an object cut short:
+    a 40-byte file (a 1x1 placeholder image a prompt names) was a 500 from a bucket, while
+    the same archive in a folder served it."""
+    small = b"\x89PNG\r\n\x1a\n" + os.urandom(32)
+    digest = sha256(small)
+    bucket = bucket_url.removeprefix("s3://").split("/")[0]
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client.put_object(Bucket=bucket, Key=f"backups/objects/sha256/{digest[:2]}/{digest}",
+                      Body=small)
+    client.close()
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}blobs/{digest}") as response:
+                    assert response.status == 200
+                    assert response.headers["Content-Type"] == "image/png"
+                    assert await response.read() == small
+        finally:
+            await runner.cleanup()
