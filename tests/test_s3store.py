@@ -189,6 +189,36 @@ async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
     assert await left_over(bucket) == ([], [])
 
 
+@pytest.mark.parametrize("size", [50_000, BIG], ids=["small", "past-the-copy-limit"])
+async def test_an_old_blob_gc_removes_before_the_commit_refreshes_it_is_stored_anew(
+    bucket: Bucket, tmp_path: Path, size: int
+) -> None:
+    """gc on another machine removes an old unreferenced blob between the commit's HEAD,
+    which found it, and the copy that refreshes its date. The refresh found nothing to
+    copy, and a download whose bytes were all on disk failed ("not found"); it is
+    stored as if the blob had never been there."""
+    data = os.urandom(size)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        age(bucket, key, timedelta(days=3))
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        removed: list[str] = []
+
+        async def gc_removes_it(request: Any, **_: Any) -> None:
+            if not removed and key_of(request, bucket) == key:  # the refresh, not an upload
+                removed.append(key)
+                await bucket.client.delete_object(Bucket=bucket.name, Key=key)
+
+        events = store.bucket.client.meta.events
+        events.register("before-send.s3.CopyObject", gc_removes_it)
+        events.register("before-send.s3.CreateMultipartUpload", gc_removes_it)
+        assert await again.commit(None) == Blob(sha(data), size, "application/octet-stream")
+    assert removed
+    assert await bucket.get(key) == data
+    assert await left_over(bucket) == ([], [])
+
+
 async def test_gc_never_removes_a_blob_a_fetch_refreshed_after_gc_listed_it(
     bucket: Bucket, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from tune_archiver.layout import TMP, blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store import Growing
 from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.errors import Absent
 from tune_archiver.store.s3.live import LiveUpload
 from tune_archiver.store.s3.transfer import check_upload, complete, copy, settle, upload
 from tune_archiver.threads import in_thread
@@ -48,8 +49,9 @@ class S3Intake:
         to the blob key instead, as a multipart upload completed only once the parts
         the store holds are checked. A blob already present with the same size is
         kept and nothing is uploaded; its date is refreshed if gc might soon take it
-        for an old one. On failure or cancellation any multipart upload is aborted and
-        the temporary key deleted; the file is left to the caller. Raises
+        for an old one (stored anew if gc took it meanwhile). On failure or
+        cancellation any multipart upload is aborted and the temporary key deleted;
+        the file is left to the caller. Raises
         IntegrityError when the bytes do not match their name, StorageError (or
         ConfigError for refused credentials) when the store fails.
         """
@@ -61,12 +63,12 @@ class S3Intake:
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")
-            if found is not None and found[0] == blob.size:
-                await self._keep_young(final, found[1], blob)
-            elif direct:
+            kept = (found is not None and found[0] == blob.size
+                    and await self._keep_young(final, found[1], blob))
+            if not kept and direct:
                 await settle(live.abort(), f"abort the upload to {live.key}")
                 await self._send_to(blob, final)
-            else:
+            elif not kept:
                 await self._store_new(blob, final)
         finally:
             self._settled(self)
@@ -124,20 +126,28 @@ class S3Intake:
         await self.live.stop()
         await settle(self.live.abort(), f"abort the upload to {self.live.key}")
 
-    async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> None:
-        """Refresh an old blob's date (a copy onto itself), so gc sees it as in use."""
+    async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> bool:
+        """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
+        False when it is gone meanwhile (gc on another machine took it after the HEAD
+        that found it): the commit then stores it anew."""
         bucket = self._bucket
         if datetime.now(UTC) - modified < self._gc_grace / 2:
-            return
-        with bucket.translated("refresh a blob"):
-            if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
-                await copy(bucket, key, key, blob)  # left old, gc on another machine took it
-                return
-            await bucket.client.copy_object(
-                Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
-                MetadataDirective="REPLACE",
-                ContentType=blob.content_type or "application/octet-stream",
-            )
+            return True
+        try:
+            with bucket.translated("refresh a blob"):
+                if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
+                    await copy(bucket, key, key, blob)  # left old, gc elsewhere took it
+                    return True
+                await bucket.client.copy_object(
+                    Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
+                    MetadataDirective="REPLACE",
+                    ContentType=blob.content_type or "application/octet-stream",
+                )
+        except Absent:
+            log.info("blob %s was removed as it was about to be reused; storing it anew",
+                     blob.sha256)
+            return False
+        return True
 
 
 def drop_file(path: Path) -> None:
