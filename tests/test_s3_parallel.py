@@ -338,3 +338,44 @@ async def test_a_blob_another_writer_copied_over_a_straight_upload_is_never_remo
     assert blob.sha256 == hashlib.sha256(data).hexdigest()
     assert await bucket.get(final) == data
     assert await left_over(bucket) == ([], [])
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["live-upload", "straight-to-the-blob"])
+async def test_an_upload_completed_though_its_answer_was_lost_is_stored(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """CompleteMultipartUpload completes the upload, but its answer is lost (a read
+    timeout while a store puts many parts together, a 500): botocore asks again, and a
+    store that does not take that as done says NoSuchUpload. The commit failed with
+    'not found' though every byte was in the bucket, and threw the completed object away;
+    the key is checked instead, as after any completion."""
+    from moto.s3.exceptions import NoSuchUpload
+    from moto.s3.responses import S3Response
+
+    real = S3Response._key_response_post
+    completed: set[str] = set()
+
+    def answer_lost(self: Any, request: Any, body: bytes, bucket_name: str,
+                    query: dict[str, Any], key_name: str) -> Any:
+        upload_id = (query.get("uploadId") or [""])[0]
+        if upload_id in completed:
+            raise NoSuchUpload(upload_id)
+        answer = real(self, request, body, bucket_name, query, key_name)
+        if upload_id:
+            completed.add(upload_id)
+            return 500, {}, b"<Error><Code>InternalError</Code><Message>lost</Message></Error>"
+        return answer
+
+    monkeypatch.setattr(S3Response, "_key_response_post", answer_lost)
+    data = os.urandom(2 * PART + 5)
+    async with opened(bucket, tmp_path, attempts=2) as store:
+        if direct:
+            holding_live_parts(store)
+        incoming = await downloaded(store, tmp_path, data)
+        assert isinstance(incoming.intake, S3Intake)
+        if not direct:
+            await incoming.intake.live.idle()
+        blob = await incoming.commit(None)
+    assert completed
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
+    assert await left_over(bucket) == ([], [])

@@ -96,12 +96,7 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             _check_digest(whole, blob)
             parts.sort(key=lambda part: part["PartNumber"])
             await _check_parts(bucket, key, upload_id, parts, blob, part_size)
-            await bucket.client.complete_multipart_upload(
-                Bucket=bucket.name,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            await complete(bucket, key, upload_id, parts)
         except BaseException:
             await settle(bucket.abort(key, upload_id), f"abort the upload to {key}")
             raise
@@ -170,11 +165,21 @@ async def _parts(
 async def complete(
     bucket: Bucket, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
 ) -> None:
-    """Complete a multipart upload from its parts, in order."""
-    await bucket.client.complete_multipart_upload(
-        Bucket=bucket.name, Key=key, UploadId=upload_id,
-        MultipartUpload={"Parts": sorted(parts, key=lambda part: part["PartNumber"])},
-    )
+    """Complete a multipart upload from its parts, in order; check_upload must follow.
+
+    NoSuchUpload is no failure here: botocore asks again when the answer is lost (a
+    read timeout while the store puts many parts together, a 500), and a store that
+    completed the upload the first time may say so. check_upload then tells whether
+    the key holds these parts, as after any completion.
+    """
+    try:
+        with bucket.translated("complete an upload"):
+            await bucket.client.complete_multipart_upload(
+                Bucket=bucket.name, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(parts, key=lambda part: part["PartNumber"])},
+            )
+    except Absent:
+        log.info("the upload to %s was gone when completed again; checking the key", key)
 
 
 async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> None:
