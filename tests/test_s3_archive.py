@@ -362,6 +362,30 @@ def test_a_bucket_down_or_throttling_at_the_first_request_is_unreachable_not_usa
     assert "503" in line
 
 
+@pytest.mark.parametrize("command", ["fetch", "verify", "list", "gc"])
+def test_credentials_granted_the_prefix_alone_can_use_it(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    """A policy that grants s3:ListBucket on the condition s3:prefix (one prefix of a
+    shared bucket, AWS's own example of least privilege) refuses HeadBucket, which names
+    no prefix: every command stopped at once with 'access denied', exit 2, though every
+    request it makes under the prefix is allowed. An archive at the bucket's root is
+    still refused."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    monkeypatch.setattr(S3Response, "head_bucket", lambda self: (403, {}, ""))
+    capsys.readouterr()
+    code = fetch(standin, s3, "1") if command == "fetch" else tune_archiver(s3, command)
+    assert code == 0
+    assert "error" not in capsys.readouterr().err
+    root = main(["list", "--archive", f"s3://{s3.bucket}", "--s3-endpoint-url", s3.endpoint])
+    assert root == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot reach the bucket in ")
+    assert "access denied" in line
+
+
 def test_verify_on_an_empty_prefix_says_there_is_no_archive(s3: S3Archive) -> None:
     """Reading commands refuse a prefix that holds no archive, with exit 2."""
     assert tune_archiver(s3, "verify") == 2

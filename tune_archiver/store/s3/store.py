@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from tune_archiver.errors import ConfigError, StorageError, Unreachable
+from tune_archiver.errors import ConfigError, Denied, StorageError, Unreachable
 from tune_archiver.layout import (
     DAMAGED,
     MANIFESTS,
@@ -159,8 +159,18 @@ class S3Store:
         """
         bucket = self.bucket
         try:
-            with bucket.translated(REACH):
-                await bucket.client.head_bucket(Bucket=bucket.name)
+            try:
+                with bucket.translated(REACH):
+                    await bucket.client.head_bucket(Bucket=bucket.name)
+            except Denied:
+                if not bucket.prefix:
+                    raise
+                # A policy may grant one prefix alone (s3:ListBucket on the condition
+                # s3:prefix), which HeadBucket, naming no prefix, never meets.
+                with bucket.translated(REACH):
+                    await bucket.client.list_objects_v2(
+                        Bucket=bucket.name, Prefix=bucket.key(""), MaxKeys=1
+                    )
         except Absent as exc:
             raise ConfigError(
                 f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
