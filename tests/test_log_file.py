@@ -129,3 +129,22 @@ def test_a_log_rotated_under_a_long_run_goes_on_in_the_new_file(
     assert created == ["third"]
     assert target.read_text() == "# mine\n"
     assert "cannot write the log file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["-", "run.jsonl"])
+def test_warnings_reach_the_log_file_and_dash(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """A tune that lists no file and an --all that selects none are warnings, and the log
+    says them: --log-file - (a Kubernetes pod's only lines) and -q with a file (the
+    systemd unit) left nothing but an ok tune_end and exit 0."""
+    standin.add_tune(1, [], [])
+    log = tmp_path / where
+    assert run_fetch(standin, tmp_path / "a", "1", "-q", "--log-file", where) == 0
+    assert run_fetch(standin, tmp_path / "a", "--all", "--expiring-within", "1d", "-q",
+                     "--log-file", where) == 0
+    err = capsys.readouterr().err
+    found = [json.loads(line) for line in err.splitlines()] if where == "-" else events(log)
+    said = [str(e["message"]) for e in found if e["event"] == "warning"]
+    assert any("lists no files (expired and deleted upstream?)" in m for m in said), said
+    assert any("--all selected no tunes" in m for m in said), said

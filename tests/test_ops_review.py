@@ -79,7 +79,8 @@ def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
     assert err.splitlines() == ["tune-archiver: error: stopped by SIGTERM"]
     assert json.loads(out) == {"ok": False, "interrupted": True, "signal": "SIGTERM"}
     found = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [e["event"] for e in found] == ["run_start", "failure", "run_end"]
+    assert [e["event"] for e in found] == ["run_start", "warning", "failure", "run_end"]
+    assert "waiting: a fetch" in str(found[1]["message"])  # why it ran so long
     assert found[-1]["exit"] == 143
     assert (archive / "manifests" / "1.json").exists()
 

@@ -1,9 +1,10 @@
 """--log-file: what a run did as JSON lines (run, tune and file events, retries,
 failures), each with a UTC timestamp, the key scrubbed and every URL redacted.
 
-Events are log records carrying an `event` attribute (`extra={"event": ...}`); this
-handler writes those and nothing else. Records meant for the log alone also carry
-`machine_only`, which keeps them off the human lines.
+Events are log records carrying an `event` attribute (`extra={"event": ...}`), and
+every warning line (as a `warning` event); this handler writes those and nothing
+else. Records meant for the log alone also carry `machine_only`, which keeps them
+off the human lines.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class JsonLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         name = getattr(record, "event", None)
+        if name is None and record.levelno >= logging.WARNING:
+            name = "warning"  # a warning line (nothing listed, no tune selected) is said here too
         if name is None or self._failed:
             return
         try:
