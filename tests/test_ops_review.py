@@ -186,6 +186,36 @@ def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path
     assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]
 
 
+def test_a_stderr_whose_reader_has_gone_never_stops_the_backup(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """stderr piped to a reader that has gone (journald restarted under the systemd
+    unit, a `2>&1 | logger` that died): the first error line raised BrokenPipeError out
+    of the tune's announcement, which cancelled every other tune (2 of 30 archived, no
+    run_end). Now the line is lost, the rest archived, exit 1 for the one that failed."""
+    for tune_id in range(1, 31):
+        make_tune(standin, tune_id, images=1)
+    standin.tunes[30]["orig_images"].append(standin.file_url("missing"))  # 404: its line
+    archive, log = tmp_path / "a", tmp_path / "run.jsonl"
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "fetch", "--all", "-q", "--retries", "0",
+             "--archive", str(archive), "--api-url", standin.api_url, "--log-file", str(log)],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, stdout=subprocess.PIPE,
+            stderr=writer, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert done.returncode == 1
+    for tune_id in range(1, 30):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum(1 for e in found if e["event"] == "tune_end") == 30
+    assert found[-1]["event"] == "run_end"
+    assert found[-1]["exit"] == 1
+
+
 def test_a_stdout_that_cannot_encode_a_title_never_stops_the_backup(
     standin: StandIn, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.eventlog import event
-from tune_archiver.cli.running import stdout_gone
+from tune_archiver.cli.running import stream_gone
 
 log = logging.getLogger("tune_archiver")
 
@@ -53,17 +53,21 @@ def print_out(text: str, flush: bool = False) -> None:
     try:
         print(text, flush=flush)
     except BrokenPipeError:
-        stdout_gone()
+        stream_gone(sys.stdout)
 
 
 def print_error(message: str, secrets: list[str], verbose: bool = False) -> None:
     """One error line on stderr; with -v, the traceback of the error being handled,
     redacted, scrubbed and escaped as every other line. --log-file records it too;
-    --log-file - records it in place of the line."""
+    --log-file - records it in place of the line. A stderr that cannot be written
+    costs the line, never the run."""
     if log.handlers:  # configured: before, Python's last-resort handler would print it
         log.error("%s", message, extra=event("failure"))
     if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
         return
-    if verbose and sys.exc_info()[0] is not None:
-        print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
-    print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
+    try:
+        if verbose and sys.exc_info()[0] is not None:
+            print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
+        print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
+    except OSError:  # its reader gone (EPIPE), a terminal hung up (EIO): as print_out's,
+        stream_gone(sys.stderr)  # the line is lost, never the run (it stopped every tune)

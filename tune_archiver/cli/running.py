@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
@@ -208,11 +208,16 @@ def send_ping(url: str, what: str, summary: str | None = None) -> int | None:
     return stopped
 
 
-def stdout_gone() -> None:
-    """stdout's reader has gone: later writes, and the flush at exit, go to /dev/null
-    quietly, as Python's documentation advises for SIGPIPE."""
+def stream_gone(stream: TextIO) -> None:
+    """`stream`'s reader has gone (stdout: `list | head`; stderr: a log pipe that died,
+    journald restarted): later writes, and the flush at exit, go to /dev/null quietly,
+    as Python's documentation advises for SIGPIPE."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # no descriptor of its own (a test's capture)
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
 
 
@@ -234,4 +239,4 @@ def with_streams(program: Callable[[], int]) -> int:
             if sys.stdout is not None:  # None: closed (`>&-`), nothing was printed
                 sys.stdout.flush()
         except BrokenPipeError:
-            stdout_gone()
+            stream_gone(sys.stdout)
