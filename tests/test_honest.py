@@ -250,6 +250,26 @@ def test_a_file_refused_before_expiry_fails_and_is_tried_again(
     assert statuses(archive, 1)[-1] == ("training_image", 2, "ok")
 
 
+def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cron run (-q) whose tune fails hours before Astria deletes it says so among its
+    error lines: "HTTP 404" alone read as "the next run will get it", and there may be
+    no next run. A tune deleted weeks on, or one that fetched whole, says nothing of it."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")  # 5 h 30 m after NOW
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    add_tune(standin, 2, expires_at=AHEAD)
+    standin.tunes[2]["orig_images"].append(standin.file_url("flaky.jpg"))
+    add_tune(standin, 3, expires_at="2026-12-10T17:30:00Z")
+    assert run_fetch(standin, archive, "1", "2", "3", "-q", clock=lambda: NOW) == 1
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "deletes it" in line]
+    assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
+                    "deletes it in 5h 30m: run tune-archiver fetch 1 again before then"]
+    assert any(line.startswith("tune-archiver: error: tune 2 (Tune 2): training_image")
+               for line in err)
+
+
 def test_a_lost_blob_that_cannot_be_fetched_again_is_a_failure_and_keeps_its_entry(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

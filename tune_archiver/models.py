@@ -138,6 +138,7 @@ class TuneResult:
     manifest: str | None = None  # path of the manifest written, relative to the archive
     skipped: bool = False  # archived before, complete and unchanged: nothing was done
     state: str | None = None  # what the API listed: files_listed, training, no_files_listed
+    expires_in: float | None = None  # seconds to its expires_at when done; None: none read
 
     @property
     def ok(self) -> bool:

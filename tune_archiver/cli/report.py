@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # their commands' modules are imported when those commands ru
     from tune_archiver.commands.repair import RepairReport
 
 
+EXPIRES_SOON = 3 * 86400  # a failed tune deleted this soon is said so: a run or two left
+
+
 def tune_name(tune_id: int, title: str | None) -> str:
     return f"tune {tune_id}" + (f" ({title})" if title else "")
 
@@ -68,6 +71,11 @@ def fetch_errors(result: TuneResult) -> list[str]:
     for lost in result.gone:
         lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")
+    left = result.expires_in
+    if lines and left is not None and 0 < left <= EXPIRES_SOON:
+        lines.append(f"{name}: not archived whole, and Astria deletes it in "
+                     f"{time_left(int(left))}: run tune-archiver fetch {result.tune_id} "
+                     "again before then")
     return lines
 
 

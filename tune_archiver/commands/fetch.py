@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from tune_archiver import manifest
@@ -35,6 +35,7 @@ from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.scrub import scrub_json, scrub_result
+from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact
@@ -185,6 +186,9 @@ async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     log.debug("tune %d: started", tune.id,
               extra={"event": "tune_start", "machine_only": True, "tune_id": tune.id})
     result = await _try_archive_tune(run, tune)
+    expires = parse_moment(tune.raw.get("expires_at"))
+    if expires is not None:  # a failure is said with the time left to fetch it again
+        result = replace(result, expires_in=(expires - run.clock()).total_seconds())
     run.finish(result)
     return result
 
