@@ -186,6 +186,32 @@ def test_a_closed_stdout_never_stops_the_backup(standin: StandIn, tmp_path: Path
     assert [e["exit"] for e in found if e["event"] == "run_end"] == [0, 0]
 
 
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_a_stdout_on_a_full_disk_never_stops_the_backup(
+    standin: StandIn, tmp_path: Path, extra: list[str]
+) -> None:
+    """stdout on a full disk (a cron line's `>> /var/log/tune-archiver.log` with /var
+    full; /dev/full here): a summary line's ENOSPC stopped the run with a traceback, 18
+    of 30 tunes archived, and --json's document raised it after all were. Now it is one
+    warning, every tune archived, exit 0 and run_end in the log."""
+    for tune_id in range(1, 31):
+        make_tune(standin, tune_id, images=1)
+    archive, log = tmp_path / "a", tmp_path / "run.jsonl"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "fetch", "--all", "--archive", str(archive),
+             "--api-url", standin.api_url, "--log-file", str(log), *extra],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, stdout=full,
+            stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "tune-archiver: warning: cannot write to "
+                                              "stdout: No space left on device; the run "
+                                              "goes on without it\n")
+    for tune_id in range(1, 31):
+        assert check_manifest(archive / "manifests" / f"{tune_id}.json")["complete"] is True
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (found[-1]["event"], found[-1]["exit"]) == ("run_end", 0)
+
+
 def test_a_stderr_whose_reader_has_gone_never_stops_the_backup(
     standin: StandIn, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.eventlog import event
-from tune_archiver.cli.running import stream_gone
+from tune_archiver.cli.running import stdout_failed, stream_gone
 
 log = logging.getLogger("tune_archiver")
 
@@ -48,12 +48,13 @@ def print_json(value: Any, secrets: list[str], flush: bool = False) -> None:
 
 def print_out(text: str, flush: bool = False) -> None:
     """One line on stdout. A reader that has gone (`list | head`, a log pipe that died)
-    costs the rest of the output, never the run: a tune's summary line raising
-    BrokenPipeError stopped the backup. stdout then goes to /dev/null."""
+    or a full disk under `>> run.log` costs the rest of the output, never the run: a
+    tune's summary line raising BrokenPipeError (or ENOSPC) stopped the backup. stdout
+    then goes to /dev/null."""
     try:
         print(text, flush=flush)
-    except BrokenPipeError:
-        stream_gone(sys.stdout)
+    except OSError as error:
+        stdout_failed(error)
 
 
 def print_error(message: str, secrets: list[str], verbose: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -208,6 +209,21 @@ def send_ping(url: str, what: str, summary: str | None = None) -> int | None:
     return stopped
 
 
+def stdout_failed(error: OSError) -> None:
+    """stdout cannot be written: its reader gone (EPIPE: `list | head`), or a full disk
+    under a cron line's `>> run.log`, said once (the log's warning when there is one).
+    The rest of its output is lost, never the run: stdout goes to /dev/null."""
+    if not isinstance(error, BrokenPipeError):
+        reason = error.strerror or error
+        if log.handlers:
+            log.warning("warning: cannot write to stdout: %s; the run goes on without it",
+                        reason)
+        else:  # the run has ended: its last flush
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"tune-archiver: warning: cannot write to stdout: {reason}\n")
+    stream_gone(sys.stdout)
+
+
 def stream_gone(stream: TextIO) -> None:
     """`stream`'s reader has gone (stdout: `list | head`; stderr: a log pipe that died,
     journald restarted): later writes, and the flush at exit, go to /dev/null quietly,
@@ -238,5 +254,5 @@ def with_streams(program: Callable[[], int]) -> int:
         try:
             if sys.stdout is not None:  # None: closed (`>&-`), nothing was printed
                 sys.stdout.flush()
-        except BrokenPipeError:
-            stream_gone(sys.stdout)
+        except OSError as error:
+            stdout_failed(error)
