@@ -270,6 +270,20 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
                for line in err)
 
 
+def test_json_says_how_long_each_tune_has_left(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json says what the error line says: the seconds left before Astria deletes the
+    tune (null for one with no expires_at), so a monitor can tell a failure due today."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    add_tune(standin, 2, expires_at=None)
+    assert run_fetch(standin, archive, "1", "2", "--json", clock=lambda: NOW) == 1
+    tunes = json.loads(capsys.readouterr().out)["tunes"]
+    assert [(t["tune_id"], t["ok"], t["expires_in"]) for t in tunes] == [
+        (1, False, 5 * 3600 + 1800), (2, True, None)]
+
+
 def test_a_lost_blob_that_cannot_be_fetched_again_is_a_failure_and_keeps_its_entry(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -51,6 +51,7 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         "bytes": sum(r.blob.size for r in result.assets if r.blob),
         "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
         "seconds": round(result.seconds, 3),
+        "expires_in": None if result.expires_in is None else round(result.expires_in),
         "failures": [
             {"kind": r.asset.kind, "index": r.asset.index, "url": redact(r.asset.url),
              "error": r.error}
