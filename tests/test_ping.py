@@ -18,6 +18,7 @@ from tests.standin import StandIn
 from tests.test_exits import closed_port_url
 from tests.test_fetch import make_tune
 from tests.test_live import one_done_one_stalled, start
+from tune_archiver.cli.main import main
 
 
 @dataclass
@@ -183,3 +184,28 @@ def test_a_log_file_that_cannot_be_opened_still_pings_fail(
     assert monitor.pings == [("POST", "/ping/abc-uuid/fail", "tune-archiver fetch: exit 2\n")]
     assert "cannot open the log file" in capsys.readouterr().err
     assert standin.requests == []
+
+
+def test_a_verify_that_finds_damage_names_the_tunes_in_its_fail_ping(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """A nightly `verify --ping-url` that finds a blob gone: the fail ping's body counts
+    the tunes and problems and names the damaged tunes, as a fetch's names its failed
+    ones (README); it said "tune-archiver verify: exit 1" alone, so the monitor could not
+    tell one damaged tune from the whole archive. So does verify --repair's."""
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    archive = tmp_path / "a"
+    assert run_fetch(standin, archive, "1", "2", "3") == 0
+    blob = json.loads((archive / "manifests" / "2.json").read_text())["assets"][0]["path"]
+    (archive / blob).unlink()
+    assert main(["verify", "--archive", str(archive), "--ping-url", monitor.url]) == 1
+    [_, (method, path, body)] = monitor.pings
+    assert (method, path) == ("POST", "/ping/abc-uuid/fail")
+    assert body == "tune-archiver verify: exit 1; 3 tunes verified, 1 problem: 2\n"
+    standin.files.clear()  # the repair cannot fetch it again
+    monitor.pings.clear()
+    assert main(["verify", "--repair", "--retries", "0", "--archive", str(archive),
+                 "--api-url", standin.api_url, "--ping-url", monitor.url]) == 1
+    [_, (_, _, body)] = monitor.pings
+    assert body == "tune-archiver verify: exit 1; 3 tunes verified, 1 problem: 2\n"

@@ -289,11 +289,14 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     # --json's "ok" is the exit code's verdict: with --strict a file gone upstream fails.
     if mended is None:
         whole = found.ok and not (args.strict and found.gone)
+        args.summary = report.verify_counts(found.tunes, found, args.strict)
         emit(args, secrets, report.verify_problems(found, args.strict),
              {**report.verify_json(found), "ok": whole},
              [report.verify_summary(found, args.strict)])
         return EXIT_OK if whole else EXIT_FAILED
     whole = mended.ok and not (args.strict and mended.after.gone)
+    args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
+                                        [r.tune_id for r in mended.fetched if not r.ok])
     emit(args, secrets, report.repair_errors(mended, args.strict),
          {**report.repair_json(found, mended), "ok": whole},
          report.repair_lines(found, mended, args.strict))

@@ -181,6 +181,17 @@ def verify_problems(report: VerifyReport, strict: bool = False) -> list[str]:
     return lines
 
 
+def verify_counts(tunes: int, left: VerifyReport, strict: bool = False,
+                  failed: Sequence[int] = ()) -> str:
+    """Counts and damaged tune ids for a fail ping: the problems `left` (after a repair:
+    those it did not mend, and `failed`, the tunes it could not fetch). No detail text,
+    which names paths and URLs."""
+    found = left.problems + (left.gone if strict else [])
+    ids = sorted({p.tune_id for p in found} | set(failed))
+    text = f"{counted(tunes, 'tune')} verified, {counted(len(found), 'problem')}"
+    return text + (": " + " ".join(map(str, ids)) if ids else "")
+
+
 def _where(p: Problem) -> str:
     return f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
 
