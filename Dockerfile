@@ -1,5 +1,6 @@
 # tune-archiver in a container: python:3.11-slim, the [s3] extra, a non-root user.
 #   docker build -t tune-archiver .
+#   install -d -m 700 -o 10001 -g 10001 /backups/astria   # the archive is the user's own
 #   docker run --rm -e ASTRIA_API_KEY -v /backups/astria:/archive tune-archiver fetch --all
 FROM python:3.11-slim
 
