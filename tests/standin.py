@@ -399,8 +399,14 @@ class StandIn:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if f"{name}?id={request.query.get('id')}" in self.files:
-            name = f"{name}?id={request.query['id']}"  # files told apart by their query
+        # Files told apart by their query (`img?key=a`, whatever it is signed with; or
+        # `img?id=1`, whatever else it says).
+        told = "&".join(f"{k}={v}" for k, v in request.query.items()
+                        if not k.lower().startswith("x-amz-"))
+        for queried in (f"{name}?{told}", f"{name}?id={request.query.get('id')}"):
+            if queried in self.files:
+                name = queried
+                break
         ranged = request.headers.get("Range", "").startswith("bytes=")
         self._ranges_in_flight += ranged
         try:

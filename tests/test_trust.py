@@ -84,6 +84,22 @@ def test_urls_that_differ_only_in_their_query_are_different_files(
     assert [entry["sha256"] for entry in entries(archive, 1)] == [sha256(d) for d in images]
 
 
+def test_two_tunes_files_told_apart_by_a_secret_looking_parameter_are_never_one_download(
+    standin: StandIn, archive: Path
+) -> None:
+    """/img?key=a and /img?key=b (or ?author=...: a name that merely looks like a
+    credential's) are two files: fetched in one run, each tune's manifest holds its own
+    bytes, not the other tune's under its name."""
+    images = {f"img?{query}": os.urandom(3000) for query in ("key=a", "key=b", "author=c")}
+    for tune_id, (name, data) in enumerate(images.items(), start=1):
+        standin.files[name] = data
+        path, _, query = name.partition("?")
+        standin.add_tune(tune_id, [], [standin.file_url(path, query=f"{query}&X-Amz-Signature=s")])
+    assert run_fetch(standin, archive, "1", "2", "3") == 0
+    assert [entries(archive, t)[0]["sha256"] for t in (1, 2, 3)] == [
+        sha256(data) for data in images.values()]
+
+
 @pytest.mark.parametrize(
     ("kind", "served"), [("checkpoint", b""), ("checkpoint", b"x" * 500), ("image", b"")]
 )

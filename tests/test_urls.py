@@ -10,6 +10,7 @@ from tune_archiver.errors import RefusedUrl
 from tune_archiver.urls import (
     REDACTED,
     check_fetchable,
+    download_key,
     origin,
     redact,
     redact_json,
@@ -162,6 +163,35 @@ def test_urls_that_differ_only_in_their_query_have_different_keys() -> None:
     two = url_key("https://cdn.example/img?id=2&X-Amz-Signature=a&X-Amz-Date=1")
     assert one != two
     assert one == url_key("https://cdn.example/img?id=1&X-Amz-Signature=b&X-Amz-Date=2")
+
+
+@pytest.mark.parametrize(
+    ("signed", "again"),
+    [
+        (f"{BASE}?X-Amz-Algorithm=A&X-Amz-Credential=c1&X-Amz-Date=1&X-Amz-Expires=60"
+         "&X-Amz-SignedHeaders=host&X-Amz-Security-Token=t1&X-Amz-Signature=s1",
+         f"{BASE}?X-Amz-Algorithm=A&X-Amz-Credential=c2&X-Amz-Date=2&X-Amz-Expires=60"
+         "&X-Amz-SignedHeaders=host&X-Amz-Security-Token=t2&X-Amz-Signature=s2"),
+        (f"{BASE}?Expires=1&Signature=s1&Key-Pair-Id=k&Policy=p1",
+         f"{BASE}?Expires=2&Signature=s2&Key-Pair-Id=k&Policy=p2"),
+        (f"{BASE}?sv=1&se=1&sr=b&sp=r&sig=s1", f"{BASE}?sv=1&se=2&sr=b&sp=r&sig=s2"),
+        (f"{BASE}?GoogleAccessId=g&Expires=1&Signature=s1",
+         f"{BASE}?GoogleAccessId=g&Expires=2&Signature=s2"),
+    ],
+    ids=["aws-sigv4", "cloudfront", "azure-sas", "gcs-v2"],
+)
+def test_a_run_shares_one_download_of_a_file_signed_twice(signed: str, again: str) -> None:
+    """Two signings of one URL are one download of the run."""
+    assert download_key(signed) == download_key(again) == BASE
+
+
+def test_a_secret_looking_parameter_tells_two_downloads_apart() -> None:
+    """`?key=a` and `?key=b`, `?author=a` and `?author=b` share a url_key (their values
+    are never stored) but may be two files: never one download of the run."""
+    for name in ("key", "author", "token", "access_token"):
+        one, two = f"{BASE}?{name}=a&X-Amz-Signature=s", f"{BASE}?{name}=b&X-Amz-Signature=s"
+        assert url_key(one) == url_key(two)
+        assert download_key(one) != download_key(two)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -233,6 +234,12 @@ SIGNING_PARAMS = frozenset({
     "awsaccesskeyid", "expires", "se", "st", "sv", "sp", "sr", "spr", "skoid", "sktid",
     "skt", "ske", "sks", "skv",
 })
+# And the signatures themselves, with what changes along with them: a run's downloads
+# are shared whatever these say, and by every other parameter (download_key).
+SIGNATURES = SIGNING_PARAMS | {
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+    "x-goog-credential", "googleaccessid", "signature", "sig", "policy", "key-pair-id",
+}
 
 
 @functools.lru_cache(maxsize=4096)  # asked of each file's URL several times a run
@@ -244,13 +251,27 @@ def identity(url: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def url_key(url: str) -> str:
-    """What a URL names, whatever its signature: the identity of a download.
+    """What a URL names, whatever its signature: the identity of a file across runs.
 
     The whole URL (scheme and host in lower case, path, query) less userinfo, the
     fragment, and the query parameters that carry credentials or are set by signing
     (SIGNING_PARAMS), so a renewed presigned URL keeps its key while `?id=1` and
     `?id=2` stay two files. The remaining parameters keep their order.
     """
+    return _without(url, lambda name: is_secret_param(name) or name.lower() in SIGNING_PARAMS)
+
+
+@functools.lru_cache(maxsize=4096)
+def download_key(url: str) -> str:
+    """What one download of a run is shared by: the URL less its signature alone
+    (SIGNATURES). A parameter that only looks secret may name the file: `?key=a` and
+    `?key=b` (one url_key) are two files, never one download's bytes."""
+    return _without(url, lambda name: name.lower() in SIGNATURES)
+
+
+def _without(url: str, dropped: Callable[[str], bool]) -> str:
+    """The URL less userinfo, fragment and the query parameters `dropped` names;
+    scheme and host in lower case, the other parameters in their order."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -259,11 +280,8 @@ def url_key(url: str) -> str:
     query = ""
     if parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
-        query = urlencode(
-            [(name, value) for name, value in pairs
-             if not is_secret_param(name) and name.lower() not in SIGNING_PARAMS],
-            safe="/:",
-        )
+        query = urlencode([(name, value) for name, value in pairs if not dropped(name)],
+                          safe="/:")
     return urlunsplit((parts.scheme.lower(), host.lower(), parts.path, query, ""))
 
 

@@ -1,5 +1,5 @@
 """One download per file for the whole run: tunes that list the same file (its URL less
-the signature: url_key) share it, while it runs and for a bounded while after.
+the signature: download_key) share it, while it runs and for a bounded while after.
 
 A download that failed because its URL expired (and was not renewed) is no failure of
 another tune's URL of the file, signed apart: that one is tried on its own, once.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tune_archiver.errors import ArchiverError, ExpiredUrl
 from tune_archiver.models import Blob
-from tune_archiver.urls import url_key
+from tune_archiver.urls import download_key
 
 # Downloads remembered once done, for tunes of the run that ask for the same URL (the
 # images many tunes share): the least recently asked for is forgotten past this many,
@@ -32,7 +32,7 @@ class Shared:
 
 
 class SharedDownloads:
-    """The run's downloads by url_key: in flight, and the last DONE_KEPT finished."""
+    """The run's downloads by download_key: in flight, and the last DONE_KEPT finished."""
 
     def __init__(self) -> None:
         self._running: dict[str, Shared] = {}
@@ -40,7 +40,7 @@ class SharedDownloads:
 
     async def blob(self, url: str, download: Callable[[], Awaitable[Blob]]) -> Blob:
         """The blob of the URL's file: the shared download's, else `download()`'s."""
-        key = url_key(url)
+        key = download_key(url)
         shared = self._done.get(key) or self._running.get(key)
         if shared is None:
             return await self._start(key, url, download).future
