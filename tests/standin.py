@@ -143,7 +143,9 @@ class StandIn:
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
         # and one that lists oldest first (ascending ids).
-        self.page_faults: list[Status] = []  # answers to listing requests, one per request
+        # Answers to listing requests, one per request: a Status, or a Stall (silent
+        # after `at` bytes of the page, until the client gives up).
+        self.page_faults: list[Status | Stall] = []
         self.ignore_before_id = False
         self.oldest_first = False
         self.misbehaving_paths: tuple[str, ...] | None = None  # those two on these only
@@ -315,7 +317,7 @@ class StandIn:
             for name in ("model_type", "branch"):
                 if name in query:
                     tunes = [t for t in tunes if t.get(name) == query[name]]
-        return self._page(request, tunes)
+        return await self._page(request, tunes)
 
     async def _create_tune(self, request: web.Request) -> web.StreamResponse:
         """POST /tunes, multipart: recorded, and answered as Astria does (a new tune, or
@@ -357,7 +359,7 @@ class StandIn:
         return web.json_response([{"id": i, "name": f"Workspace {i}"} for i in ids])
 
     async def _list_prompts(self, request: web.Request) -> web.StreamResponse:
-        return self._page(request, self.prompts.get(int(request.match_info["id"]), []))
+        return await self._page(request, self.prompts.get(int(request.match_info["id"]), []))
 
     async def _prompt(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -371,18 +373,24 @@ class StandIn:
         return web.json_response({"error": "Not found"}, status=404)
 
     async def _list_account_prompts(self, request: web.Request) -> web.StreamResponse:
-        return self._page(request, [p for prompts in self.prompts.values() for p in prompts])
+        return await self._page(request, [p for prompts in self.prompts.values() for p in prompts])
 
-    def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.StreamResponse:
+    async def _page(
+        self, request: web.Request, items: list[dict[str, Any]]
+    ) -> web.StreamResponse:
         """One page, newest first, as Astria pages: before_id and limit; offset past 200 refused.
 
         Unless told to misbehave: ignore_before_id, oldest_first.
         """
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
+        stall = None
         if self.page_faults:
             fault = self.page_faults.pop(0)
-            return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
+            if isinstance(fault, Stall):
+                stall = fault
+            else:
+                return web.Response(status=fault.code, headers=fault.headers, body=fault.body)
         query = request.query
         if int(query.get("offset", "0")) > 200:
             return web.json_response({"error": "offset must be at most 200"}, status=400)
@@ -395,6 +403,9 @@ class StandIn:
         ordered = sorted(items, key=lambda item: item["id"], reverse=not oldest_first)
         older = [item for item in ordered if before is None or item["id"] < before]
         start = int(query.get("offset", "0"))
+        if stall is not None:
+            page = json.dumps(older[start : start + limit]).encode()
+            return await self._send(request, page, stall, "application/json")
         return web.json_response(older[start : start + limit])
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

@@ -66,11 +66,12 @@ def test_key_rejected_by_the_api_exits_3(
     assert not archive.exists()
 
 
-@pytest.mark.parametrize("tunes", [["1", "2"], ["--all"]])
+@pytest.mark.parametrize("tunes", [["1", "2"], ["--all"], ["1", "2", "--prompts"]])
 def test_api_unreachable_for_everything_exits_4(
     tmp_path: Path, tunes: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Connection refused for every tune, or for the listing, exits 4 with nothing written."""
+    """Connection refused for every tune, or for the listing, exits 4 with nothing written
+    (with --prompts too: the account's prompts failing alone fail only the prompts)."""
     os.environ["ASTRIA_API_KEY"] = KEY
     archive = tmp_path / "archive"
     code = main(["fetch", *tunes, "--retries", "0", "--archive", str(archive),

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
-from tests.standin import Body, StandIn, Status
+from tests.standin import Body, Stall, StandIn, Status
 
 FLUX = 1504944  # the base tune LoRA prompts are created on
 
@@ -159,6 +159,30 @@ def test_account_prompts_that_cannot_be_listed_leave_every_tune_incomplete(
     assert sorted(line.split(":")[2] for line in errors) == [" tune 10 (Tune 10)",
                                                             " tune 11 (Tune 11)"]
     assert all("the account's prompts: asked for ids before 602" in line for line in errors)
+    for tune_id in (10, 11):
+        document = check_manifest(archive / "manifests" / f"{tune_id}.json")
+        assert document["complete"] is False
+        assert {(e["kind"], e["status"]) for e in document["assets"]} == {
+            ("checkpoint", "ok"), ("training_image", "ok")}
+
+
+def test_account_prompts_that_time_out_leave_every_tune_incomplete_not_the_run(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GET /prompts silent past --read-timeout, while the tunes answer: each tune says
+    so and is archived (not complete, exit 1), not the whole run given up as "the API
+    could not be reached" (exit 4) with nothing archived."""
+    add_tune(standin, 10)
+    add_tune(standin, 11)
+    standin.add_prompt(FLUX, 600, "<lora:10:1>", [])
+    standin.page_faults = [Stall(), Stall()]  # the first listing asked for: GET /prompts
+    assert run_fetch(standin, archive, "10", "11", "--prompts", "--read-timeout", "0.3",
+                     "--retries", "1") == 1
+    errors = capsys.readouterr().err.splitlines()
+    failed = [line for line in errors if line.startswith("tune-archiver: error:")]
+    assert sorted(line.split(":")[2] for line in failed) == [" tune 10 (Tune 10)",
+                                                            " tune 11 (Tune 11)"]
+    assert all("prompt files not archived: no data for 0.3 s" in line for line in failed)
     for tune_id in (10, 11):
         document = check_manifest(archive / "manifests" / f"{tune_id}.json")
         assert document["complete"] is False

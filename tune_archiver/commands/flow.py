@@ -119,8 +119,7 @@ class Loader:
     async def load(self, tune_id: int) -> Tune | None:
         """The tune; None once its result, saying why not, is finished (or held back).
 
-        Raises ConfigError and AuthError (a rejected key), and the ConnectError or
-        ReadTimeout of listing the account's prompts.
+        Raises ConfigError and AuthError (a rejected key).
         """
         account = await self._account_prompts()
         try:
@@ -152,8 +151,10 @@ class Loader:
             if self._account is None and self._account_error is None:
                 try:
                     self._account = await self._api.list_prompts()
-                except (ConfigError, AuthError, ConnectError, ReadTimeout):
+                except (ConfigError, AuthError):
                     raise
+                # Out of reach too (a slow page past --read-timeout): the tunes' own
+                # requests tell whether the API is (exit 4 when none is reached).
                 except ArchiverError as exc:
                     self._account_error = str(exc)
         return self._account or ()
