@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Body, Stall, StandIn, Status
+from tune_archiver.astria import client
 
 FLUX = 1504944  # the base tune LoRA prompts are created on
 
@@ -48,6 +49,23 @@ def test_prompts_naming_the_tune_on_its_base_tune_are_archived_with_it(
     assert found == {(500, 10, "ohwx woman", "ok"), (501, FLUX, "<lora:10:1> ohwx at sea", "ok"),
                      (502, FLUX, "x <faceid:10:0.8>", "ok")}
     assert not blob_file(archive, b"c" * 900).exists()
+
+
+def test_an_account_of_more_prompts_than_a_tune_may_list_still_gives_its_named_ones(
+    standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /prompts lists every prompt the account ever made: more than one tune's
+    listing may hold (MAX_LISTED, here 4) is still paged through, and the prompt naming
+    the tune, listed last of twelve, is archived with it; the tune is complete."""
+    monkeypatch.setattr(client, "MAX_LISTED", 4)
+    add_tune(standin, 10)
+    standin.add_prompt(FLUX, 700, "<lora:10:1> at sea", [standin.add_file("sea", b"s" * 900)])
+    for prompt_id in range(701, 712):  # newer, naming no tune
+        standin.add_prompt(FLUX, prompt_id, "a castle", [standin.add_file(f"p{prompt_id}", b"")])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["prompt_id"], entry["status"]) == (700, "ok")
+    assert check_manifest(archive / "manifests" / "10.json")["complete"] is True
 
 
 def test_account_prompts_are_listed_once_for_every_tune_of_the_run(

@@ -31,6 +31,9 @@ PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, nev
 MAX_LISTED = 100_000
 MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
 MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
+# GET /prompts lists every prompt the account ever made, not one tune's: its listing
+# may be this many times longer, and only the prompts naming a tune are kept of it.
+ACCOUNT_WIDE = 10
 # Requests to the API at once, apart from the downloads' --concurrency: small JSON
 # answers, a few at a time keep ahead of the downloads without pressing the API.
 API_CONCURRENCY = 4
@@ -102,10 +105,15 @@ class AstriaClient:
         return prompt
 
     async def list_prompts(self) -> list[Prompt]:
-        """Every prompt of the account (GET /prompts), newest first: those made on a base
-        tune with a LoRA or FaceID tune named in the text are listed only here."""
+        """The account's prompts (GET /prompts) that name a tune (<lora:ID:..>,
+        <faceid:ID:..>), newest first: those made on a base tune for a LoRA or FaceID
+        tune are listed only here. The others are let go page by page: an account of
+        many thousands of prompts is paged through, not held."""
         what = "the account's prompts"
-        return parse_prompts(await self._pages("/prompts", what), what)
+        named: list[Prompt] = []
+        async for page in self._each_page("/prompts", what, scale=ACCOUNT_WIDE):
+            named += [prompt for prompt in parse_prompts(page, what) if prompt.names]
+        return named
 
     async def tune_pages(
         self, workspace: str | None = None, query: Mapping[str, str] | None = None
@@ -138,15 +146,17 @@ class AstriaClient:
 
     async def _each_page(
         self, path: str, what: str, workspace: str | None = None,
-        filters: Mapping[str, str] | None = None,
+        filters: Mapping[str, str] | None = None, scale: int = 1,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Each page of a listing: pages of PAGE_LIMIT, each before the smallest id seen.
 
         Raises DataError when a page is not a list of objects with ids, when a page
         breaks newest-first order (see checked_ids), or past MAX_LISTED items,
-        MAX_PAGES pages or MAX_LISTED_BYTES: a listing that never ends is stopped,
-        not followed. A page is given only once it passed every check.
+        MAX_PAGES pages or MAX_LISTED_BYTES (each `scale` times): a listing that never
+        ends is stopped, not followed. A page is given only once it passed every check.
         """
+        max_items, max_pages, max_bytes = (
+            MAX_LISTED * scale, MAX_PAGES * scale, MAX_LISTED_BYTES * scale)
         before: int | None = None
         pages = received = listed = 0
         while True:
@@ -157,8 +167,8 @@ class AstriaClient:
                 what, functools.partial(self._get_body, path + query, what, workspace)
             )
             received += len(body)
-            if received > MAX_LISTED_BYTES:
-                raise DataError(f"{what}: more than {MAX_LISTED_BYTES} bytes listed; stopped "
+            if received > max_bytes:
+                raise DataError(f"{what}: more than {max_bytes} bytes listed; stopped "
                                 "paging (a listing that never ends?)")
             page = parse_json(body, what, listing=True)
             del body
@@ -167,11 +177,11 @@ class AstriaClient:
             if not page:
                 return
             pages += 1
-            if pages > MAX_PAGES:
-                raise DataError(f"{what}: more than {MAX_PAGES} pages listed; stopped paging "
+            if pages > max_pages:
+                raise DataError(f"{what}: more than {max_pages} pages listed; stopped paging "
                                 "(a listing that never ends?)")
-            if listed + len(page) > MAX_LISTED:
-                raise DataError(f"{what}: more than {MAX_LISTED} items listed; stopped paging "
+            if listed + len(page) > max_items:
+                raise DataError(f"{what}: more than {max_items} items listed; stopped paging "
                                 "(a listing that never ends?)")
             ids = checked_ids(page, before, what)
             listed += len(page)
