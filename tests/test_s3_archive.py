@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -628,3 +629,28 @@ def test_a_listing_that_goes_round_in_circles_is_one_line_not_a_run_that_never_e
     assert line.startswith("tune-archiver: error: cannot list the bucket in ")
     assert "again" in line
     assert len(pages) < 10
+
+
+def test_an_export_to_a_filesystem_without_hard_links_still_exports(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DEST on a FAT or exFAT USB stick, where os.link fails with EPERM: a bucket's blobs
+    are exported whole there too, as a local archive's are (each was 'cannot export a
+    blob: Operation not permitted', exit 1), and nothing is left beside them."""
+    served = add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link)
+    capsys.readouterr()
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "usb")) == 0
+    assert capsys.readouterr().err == ""
+    folder = tmp_path / "usb" / "1-tune-1"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert sorted(p.name for p in files) == [
+        "000.jpg", "000.safetensors", "001.jpg", "index.html", "manifest.json"]
+    blobs = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert {hashlib.sha256(data).hexdigest() for data in served.values()} <= blobs

@@ -76,18 +76,25 @@ def write_new(target: Path, write: Callable[[BinaryIO], object]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
-        try:
-            os.link(name, target)
-        except OSError as exc:
-            if exc.errno not in _NO_HARD_LINKS:
-                raise
-            # A FAT or exFAT stick has no hard links: the name is taken (O_EXCL, never
-            # another's file replaced), then the whole, synced file renamed over it.
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
-                             PRIVATE_FILE))
-            os.replace(name, target)
+        place_new(name, target)
     finally:
         Path(name).unlink(missing_ok=True)  # gone when renamed into place
+
+
+def place_new(name: str | Path, target: Path) -> None:
+    """Give the whole, synced file `name` the name `target`, which must not exist
+    (FileExistsError): a hard link (the caller removes `name`), or on a filesystem
+    without hard links a rename over the name once claimed."""
+    try:
+        os.link(name, target)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A FAT or exFAT stick has no hard links: the name is taken (O_EXCL, never
+        # another's file replaced), then the whole, synced file renamed over it.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
+                         PRIVATE_FILE))
+        os.replace(name, target)
 
 
 def make_private_dir(path: Path, durable: bool = True) -> None:

@@ -28,6 +28,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
+from tune_archiver.safefs import place_new
 from tune_archiver.store.s3.errors import Absent
 from tune_archiver.store.s3.parts import (
     b64,
@@ -358,7 +359,8 @@ async def save_as(bucket: Bucket, sha256: str, target: Path, size: int | None = 
     A blob not of `size` bytes (what the manifest records) is refused before its bytes
     are written: one replaced by a far larger object would fill the disk first. The
     bytes are checked against the name before the file appears (by a hard link
-    from a temp file, so an existing file is never replaced). Raises StorageError
+    from a temp file, or where there are none a rename over the name once claimed:
+    an existing file is never replaced). Raises StorageError
     ("already exists", another size, a failed write, a missing blob) or IntegrityError
     (corrupt).
     """
@@ -386,7 +388,7 @@ async def save_as(bucket: Bucket, sha256: str, target: Path, size: int | None = 
         await in_thread(os.fsync, fd)
         if digest.hexdigest() != sha256:
             raise IntegrityError(f"blob {sha256} in {bucket} is corrupt; {target} not written")
-        await in_thread(os.link, name, target)
+        await in_thread(place_new, name, target)  # a USB stick has no hard links
     except FileExistsError as exc:
         raise StorageError(f"{target} already exists; nothing was overwritten") from exc
     except OSError as exc:
