@@ -17,8 +17,7 @@ COPY tune_archiver ./tune_archiver
 # hadolint ignore=DL3013
 RUN pip install ".[s3]" \
     && useradd --system --uid 10001 --create-home --home-dir /home/archiver archiver \
-    && mkdir -p /archive \
-    && chown archiver:archiver /archive \
+    && install -d -m 700 -o archiver -g archiver /archive \
     && rm -rf /src
 
 USER 10001:10001

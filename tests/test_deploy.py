@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.helpers import run_fetch
+from tests.standin import StandIn
 from tune_archiver.cli.parser import build_parser, check_fetch
 from tune_archiver.cli.scale import check_forget
 
@@ -94,3 +97,36 @@ def test_the_dockerfile_runs_the_command_as_a_user_with_s3() -> None:
     [user] = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert user.split(":")[0] not in ("root", "0")
     assert 'ENTRYPOINT ["tune-archiver"]' in dockerfile
+
+
+def archive_folder_modes() -> list[tuple[str, int]]:
+    """The mode of the archive folder each deployment makes: systemd's StateDirectory=
+    with its StateDirectoryMode= (0755 when unset, systemd.exec(5); set again at every
+    start, so a chmod by hand does not last), and the image's /archive, which a named
+    or anonymous volume starts as (mkdir under the build's umask 022: 0755)."""
+    unit = (DEPLOY / "systemd" / "tune-archiver.service").read_text()
+    assert re.search(r"^StateDirectory=tune-archiver$", unit, re.MULTILINE)
+    state = re.search(r"^StateDirectoryMode=(\d+)$", unit, re.MULTILINE)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    image = re.search(r"install -d -m (\d+) .*/archive\b", dockerfile)
+    assert image or "mkdir -p /archive" in dockerfile
+    return [("tune-archiver.service", int(state.group(1) if state else "755", 8)),
+            ("Dockerfile", int(image.group(1) if image else "755", 8))]
+
+
+@pytest.mark.parametrize(("name", "mode"), archive_folder_modes(),
+                         ids=[name for name, _ in archive_folder_modes()])
+def test_the_archive_folder_a_deployment_makes_is_private(
+    name: str, mode: int, standin: StandIn, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The folder a deployment makes for the archive is its user's alone: each nightly
+    run into systemd's default 0755 StateDirectory (or the image's 0755 /archive, a
+    volume's first contents) warned that others may read the archive (in the log, with
+    -q), a warning no chmod could end: systemd sets the mode again at each start."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    archive.chmod(mode)
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    assert capsys.readouterr().err == "", name
