@@ -294,3 +294,25 @@ def test_a_token_file_of_another_user_is_refused(tmp_path: Path, kind: str) -> N
     os.chown(path, NOBODY, NOBODY)
     with pytest.raises(ConfigError, match="belongs to another user"):
         read_token(str(path))
+
+
+def test_fetch_refuses_a_link_another_user_planted_on_the_way_to_the_archive(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive to be made in a shared folder where another user planted a link (to a
+    folder of theirs) on the way to it: refused on one line (exit 2), nothing made
+    there, as export refuses one on the way to DEST. Before, the link was followed and
+    the archive of the tune's photos was made in the other user's folder, exit 0: theirs
+    to move away or swap under later runs."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / "backups").symlink_to(theirs)
+    os.lchown(shared / "backups", NOBODY, NOBODY)
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, shared / "backups" / "astria", "1") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "symbolic link of another user" in line
+    assert list(theirs.iterdir()) == []

@@ -38,7 +38,12 @@ from tune_archiver.layout import (
     manifest_key,
 )
 from tune_archiver.models import Blob, StoredBlob
-from tune_archiver.safefs import check_folder, make_private_dir, refuse_links
+from tune_archiver.safefs import (
+    check_folder,
+    make_private_dir,
+    refuse_links,
+    refuse_others_links,
+)
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, put_back
 from tune_archiver.store.files import (
@@ -96,10 +101,13 @@ class LocalStore:
     async def prepare(self) -> None:
         """Create the archive's folders (0700) if they are missing.
 
-        Raises ConfigError for an archive of another user or one others may write in, or
-        one we may not create (permission denied, a read-only filesystem); warns once
-        when others may read it.
+        Raises ConfigError for an archive of another user or one others may write in, one
+        reached through a link of another user, or one we may not create (permission
+        denied, a read-only filesystem); warns once when others may read it.
         """
+        # As export's DEST: a link another user planted on the way (a shared folder)
+        # would have the archive made, and later sought, in a folder of theirs.
+        refuse_others_links(self.root, "the archive")
         warning = check_folder(self.root, "the archive")
         if warning and not self._warned:  # verify --repair prepares, then its fetch
             log.warning(warning)
