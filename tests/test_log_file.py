@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
 from tests.test_fetch import make_tune
+
+NOBODY = 65534
 
 
 def events(path: Path) -> list[dict[str, object]]:
@@ -93,6 +96,27 @@ def test_a_link_planted_at_the_log_file_is_refused_and_never_written_through(
     assert target.read_text() == "# mine\n"
     assert capsys.readouterr().err.splitlines() == [
         f"tune-archiver: error: refused the log file: {log} is a symbolic link"]
+
+
+def test_a_link_another_user_planted_on_the_way_to_the_log_file_is_refused(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-file in a shared folder where another user planted a link (to a folder of
+    theirs) on the way: refused on one line (exit 2), nothing written there, as export's
+    DEST. Before, the run's log was made in their folder, theirs to remove or rename."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / "logs").symlink_to(theirs)
+    os.lchown(shared / "logs", NOBODY, NOBODY)
+    make_tune(standin, 1, images=1)
+    log = shared / "logs" / "run.jsonl"
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "symbolic link of another user" in line
+    assert list(theirs.iterdir()) == []
 
 
 def test_a_log_rotated_under_a_long_run_goes_on_in_the_new_file(

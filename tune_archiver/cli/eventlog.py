@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from tune_archiver.cli import terminal
 from tune_archiver.errors import ConfigError
-from tune_archiver.safefs import Planted, open_own
+from tune_archiver.safefs import Planted, open_own, refuse_others_links
 from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
@@ -138,5 +138,7 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
 
 def _own(path: str, flags: int) -> int:
     # As every file we write: never through a link planted at its name (a shared log
-    # folder), and never blocked on a FIFO planted there.
+    # folder) or, by another user, on the way to it (ConfigError), and never blocked on
+    # a FIFO planted there.
+    refuse_others_links(Path(path), "the log file")
     return open_own(Path(path), flags | os.O_NONBLOCK)
