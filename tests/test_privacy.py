@@ -170,6 +170,24 @@ def test_a_staging_folder_of_another_user_is_refused(tmp_path: Path) -> None:
         asyncio.run(staging.prepare())
 
 
+def test_a_staging_folder_behind_a_link_of_another_user_is_refused(tmp_path: Path) -> None:
+    """$TUNE_ARCHIVER_STAGING under a shared folder where another user planted a link (to
+    a folder of theirs) on the way: refused, nothing made there. Before, the staging
+    folder was made in theirs, and the photos downloaded into it were theirs to move or
+    swap (its files are opened by name)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / "cache").symlink_to(theirs)
+    os.lchown(shared / "cache", NOBODY, NOBODY)
+    staging = Staging(shared / "cache" / "staging", made=())  # as $TUNE_ARCHIVER_STAGING's
+    with pytest.raises(ConfigError, match="symbolic link of another user"):
+        asyncio.run(staging.prepare())
+    assert list(theirs.iterdir()) == []
+
+
 def test_a_link_planted_at_a_partial_is_never_written_through(
     standin: StandIn, archive: Path, tmp_path: Path
 ) -> None:

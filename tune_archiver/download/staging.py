@@ -28,7 +28,13 @@ from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
-from tune_archiver.safefs import check_folder, exists_at, make_private_dir, refuse_links
+from tune_archiver.safefs import (
+    check_folder,
+    exists_at,
+    make_private_dir,
+    refuse_links,
+    refuse_others_links,
+)
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
@@ -114,10 +120,13 @@ class Staging:
     async def prepare(self) -> None:
         """Create the folder (0700) if it is missing.
 
-        Raises ConfigError for a folder another user owns or may write in: files
-        planted there would be taken for our downloads.
+        Raises ConfigError for a folder another user owns or may write in (files
+        planted there would be taken for our downloads), or one behind their link.
         """
         refuse_links(self._made, "the staging folder")
+        # One the user chose ($TUNE_ARCHIVER_STAGING) may be behind a link of theirs, never
+        # behind one another user planted in a shared folder: it would be made in theirs.
+        refuse_others_links(self.directory, "the staging folder")
         warning = check_folder(self.directory, "the staging folder")
         if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
             log.warning(warning)
