@@ -163,16 +163,26 @@ class DirSyncs:
                 self._named.update(d for d in dirs if d.parent in dirs)
 
 
-def walk_objects(objects: Path, root: Path) -> list[tuple[StoredBlob, str]]:
+def walk_objects(
+    objects: Path, root: Path, skip_unreadable: bool = False
+) -> list[tuple[StoredBlob, str]]:
     """Each file under objects/sha256/*/ named by a digest, with its key. Raises
-    ConfigError when objects/ or objects/sha256 is a link: gc would remove through it."""
+    ConfigError when objects/ or objects/sha256 is a link: gc would remove through it.
+    `skip_unreadable` passes by a fan-out folder that cannot be listed (EACCES, EIO)
+    instead of raising: verify hashes each of its blobs, each then named unreadable."""
     refuse_links([objects.parent, objects], "the archive's folder")
     found = []
     try:
         for directory in objects.iterdir():
             if not S_ISDIR(directory.lstat().st_mode):
                 continue  # a link planted here could lead gc out of the archive
-            for file in directory.iterdir():
+            try:
+                files = list(directory.iterdir())
+            except OSError:
+                if not skip_unreadable:
+                    raise
+                continue
+            for file in files:
                 stat = file.lstat()
                 if is_sha256(file.name) and S_ISREG(stat.st_mode):
                     modified = datetime.fromtimestamp(stat.st_mtime, UTC)

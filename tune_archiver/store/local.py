@@ -278,8 +278,9 @@ class LocalStore:
         return [blob for blob, key in found if key == blob_key(blob.sha256)]
 
     async def misplaced(self) -> dict[str, str]:
-        """Files named by a digest but in the wrong fan-out directory: sha256 -> key."""
-        found = await in_thread(walk_objects, self.path(OBJECTS), self.root)
+        """Files named by a digest but in the wrong fan-out directory: sha256 -> key.
+        A fan-out folder that cannot be listed is passed by: its blobs are each read."""
+        found = await in_thread(walk_objects, self.path(OBJECTS), self.root, True)
         return {blob.sha256: key for blob, key in found if key != blob_key(blob.sha256)}
 
     async def hash_blob(
