@@ -123,6 +123,27 @@ def test_gc_and_verify_refuse_a_link_planted_at_the_manifests_folder(
     assert "symbolic link" in line
 
 
+@pytest.mark.parametrize("command", [["verify", "1"], ["export", "1", "exported"]])
+def test_a_tune_named_is_never_read_through_a_link_planted_at_the_manifests_folder(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """manifests/ a link to a folder outside holding a manifest of tune 1: `verify` refused
+    it, but `verify 1` read tune 1's manifest through it and said "all intact", exit 0
+    (and `export 1` exported what it named). Naming the tune changes nothing: refused
+    on one line (exit 2), as `verify` alone is."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    elsewhere = tmp_path / "elsewhere"
+    (archive / "manifests").rename(elsewhere)
+    (archive / "manifests").symlink_to(elsewhere)
+    ran = cli(capsys, *command, "--archive", str(archive))
+    assert ran.code == 2, ran.out
+    [line] = ran.errors
+    assert "symbolic link" in line
+    assert not (tmp_path / "exported").exists()
+
+
 @pytest.mark.parametrize("folder", ["objects", "objects/sha256", "manifests", "tmp"])
 def test_fetch_refuses_a_link_planted_at_a_folder_of_the_archive(
     standin: StandIn, archive: Path, tmp_path: Path, folder: str

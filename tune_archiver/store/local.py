@@ -156,12 +156,16 @@ class LocalStore:
         return _Intake(self, file)
 
     async def read_manifest(self, tune_id: int) -> bytes | None:
-        """The manifest's bytes, or None when the tune has none yet."""
+        """The manifest's bytes, or None when the tune has none yet. Raises ConfigError
+        for a link planted at manifests/, as manifest_ids does: `verify 1` found the
+        manifest of a folder outside whole where `verify` refused it."""
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
         return await in_thread(self._read_manifest, self.path(manifest_key(tune_id)), tune_id)
 
     async def read_manifests(self, tune_ids: Sequence[int]) -> list[bytes | None]:
         """Each tune's manifest bytes (None when it has none), read in one worker
         thread: a page of the listing costs one trip, not three per tune."""
+        refuse_links([self.path(MANIFESTS)], "the archive's folder")
         return await in_thread(self._read_manifests, list(tune_ids))
 
     def _read_manifests(self, tune_ids: list[int]) -> list[bytes | None]:
