@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import os
@@ -55,9 +56,11 @@ GC_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
-    "required": ["dry_run", "blobs", "partials", "bytes"],
+    "required": ["dry_run", "blobs", "partials", "bytes", "failed"],
     "properties": {
         "dry_run": {"type": "boolean"},
+        "failed": {"type": "array", "items": {"type": "string"},
+                   "description": "why a blob or partial could not be removed"},
         "blobs": {**_REMOVED, "description": "unreferenced blobs removed (or that would be)"},
         "partials": {**_REMOVED, "description": "stale files in tmp/ removed (or would be)"},
         "bytes": {"type": "integer", "minimum": 0, "description": "the total freed"},
@@ -139,7 +142,7 @@ def test_gc_removes_exactly_the_unreferenced_blobs(
     assert blob_file(archive, two.images[-1]).exists()  # shared with tune 1
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
     assert gc_json(capsys, archive) == {"dry_run": False, "blobs": [], "partials": [],
-                                        "bytes": 0}
+                                        "bytes": 0, "failed": []}
 
 
 def test_stale_partials_go_and_fresh_ones_stay(
@@ -154,7 +157,7 @@ def test_stale_partials_go_and_fresh_ones_stay(
                                     for p in sorted(stale)]
     would = gc_json(capsys, archive, "--dry-run")
     assert would == {"dry_run": True, "blobs": [], "partials": listed,
-                     "bytes": sum(p["bytes"] for p in listed)}
+                     "bytes": sum(p["bytes"] for p in listed), "failed": []}
     assert all(p.exists() for p in stale)
     done = gc_json(capsys, archive)
     assert done == {**would, "dry_run": False}
@@ -490,3 +493,45 @@ def test_gc_never_removes_through_a_link_planted_at_a_fan_out_folder_while_it_ru
     assert (elsewhere / doomed.name).read_bytes() == b"precious"
     assert "Traceback" not in ran.err
     assert any("symbolic link" in line for line in ran.errors)
+
+
+def test_a_blob_the_disk_will_not_remove_stops_no_other_and_what_was_removed_is_said(
+    archive: Path, orphaned: tuple[Served, Served], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One unreferenced blob whose removal the disk refuses (its folder made read-only:
+    EACCES) is one error line, exit 1; the other blobs are still removed and named. gc
+    stopped at it with that line alone: the blobs it had removed were never said, the
+    rest never removed, and --json printed nothing."""
+    one, two = orphaned
+    doomed = only_in(two, one)
+    stuck = sorted(doomed)[0].rsplit("/", 1)[-1]
+    kept, gone = partial(archive, "a" * 40, 100, age=2 * DAY), partial(archive, "b" * 40, 200,
+                                                                       age=2 * DAY)
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(path) in (stuck, kept[0].name):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    ran = cli(capsys, "gc", "--archive", str(archive), "--json")
+    assert ran.code == 1
+    assert len(ran.errors) == 2
+    assert all("Permission denied" in line for line in ran.errors)
+    assert stuck in ran.errors[0]
+    assert f"tmp/{kept[0].name}" in ran.errors[1]
+    report = json.loads(ran.out)
+    jsonschema.Draft202012Validator(GC_SCHEMA).validate(report)
+    assert report["failed"] == [line.removeprefix("tune-archiver: error: ")
+                                for line in ran.errors]
+    removed = {key: size for key, size in doomed.items() if not key.endswith(stuck)}
+    assert {b["path"]: b["bytes"] for b in report["blobs"]} == removed
+    assert {p["path"]: p["bytes"] for p in report["partials"]}[f"tmp/{gone[0].name}"] == 200
+    assert {p["path"] for p in report["partials"]} == {f"tmp/{p.name}" for p in gone}
+    assert report["bytes"] == sum(removed.values()) + sum(p["bytes"] for p in report["partials"])
+    assert kept[0].exists()
+    assert not any(p.exists() for p in gone)
+    assert [p.name for p in stored_blobs(archive) if p.name in {k[-64:] for k in doomed}] == [
+        stuck]

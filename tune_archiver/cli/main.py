@@ -366,9 +366,9 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
         store, args.clock(), args.dry_run, staging_for(location),
         waiting=waiting_for("fetch", location),
     ))
-    emit(args, secrets, [], report.gc_json(found, args.dry_run),
+    emit(args, secrets, found.failed, report.gc_json(found, args.dry_run),
          report.gc_lines(found, args.dry_run))
-    return EXIT_OK
+    return EXIT_FAILED if found.failed else EXIT_OK
 
 
 def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:

@@ -321,6 +321,7 @@ def gc_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
         "blobs": [{"path": key, "bytes": size} for key, size in report.blobs],
         "partials": [{"path": key, "bytes": size} for key, size in report.partials],
         "bytes": report.bytes,
+        "failed": report.failed,
     }
 
 

@@ -9,13 +9,13 @@ A manifest gc cannot read stops it, since it cannot know what that one reference
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.store import Store
 
@@ -28,6 +28,7 @@ class GcReport:
 
     blobs: list[tuple[str, int]] = field(default_factory=list)
     partials: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # why one could not be removed
 
     @property
     def bytes(self) -> int:
@@ -70,12 +71,26 @@ async def collect(
         if not dry_run:
             report.blobs = [
                 (key, size) for key, size in report.blobs
-                if await store.delete_blob(key.rsplit("/", 1)[-1], older_than=young)
+                if await _removed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
+                                  report.failed)
             ]
             report.partials = [
-                *await staging.remove_stale(cutoff), *await store.remove_stale_uploads(cutoff)
+                *await staging.remove_stale(cutoff, report.failed),
+                *await store.remove_stale_uploads(cutoff),
             ]
     return report
+
+
+async def _removed(removal: Awaitable[bool], failed: list[str]) -> bool:
+    """Whether the removal took place; one the disk refuses (a folder made read-only, EIO:
+    this file's alone) is said in `failed`, and gc goes on: stopping there left the
+    blobs it had removed unsaid, and the others in place. A bucket refusing deletes
+    (Denied) still stops gc, said once rather than once per blob."""
+    try:
+        return await removal
+    except StorageError as exc:
+        failed.append(str(exc))
+        return False
 
 
 async def referenced_blobs(store: Store) -> set[str]:

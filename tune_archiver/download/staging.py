@@ -164,10 +164,14 @@ class Staging:
         return [(self._name(file), size) for file, size in await in_thread(
             self._stale, older_than)]
 
-    async def remove_stale(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Remove what `stale` lists, except a partial a running download has locked."""
+    async def remove_stale(
+        self, older_than: datetime, failed: list[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Remove what `stale` lists, except a partial a running download has locked.
+        One that cannot be removed is said in `failed` (raised without it) and the
+        others are still removed."""
         return [(self._name(file), size) for file, size in await in_thread(
-            self._remove_stale, older_than)]
+            self._remove_stale, older_than, failed)]
 
     def _name(self, file: Path) -> str:
         """A file of a local archive's tmp/ by its archive-relative key; others in full."""
@@ -179,7 +183,9 @@ class Staging:
         with self._folder() as folder:
             return [(self.directory / name, size) for name, size in _stale_in(folder, older_than)]
 
-    def _remove_stale(self, older_than: datetime) -> list[tuple[Path, int]]:
+    def _remove_stale(
+        self, older_than: datetime, failed: list[str] | None
+    ) -> list[tuple[Path, int]]:
         removed = []
         with self._folder() as folder:
             # Partials first: removing one removes its sidecar, which then counts as removed.
@@ -197,7 +203,12 @@ class Staging:
                         if gone:
                             _unlink(folder, name)
                 except OSError as exc:
-                    raise storage_error(exc, self.shown, "remove a partial download") from exc
+                    shown = self._name(self.directory / name)
+                    error = storage_error(exc, self.shown, f"remove {shown}")
+                    if failed is None:
+                        raise error from exc
+                    failed.append(str(error))
+                    continue
                 if gone:
                     removed.append((self.directory / name, size))
         return sorted(removed)

@@ -331,7 +331,7 @@ class LocalStore:
         `older_than` is not looked at), in its fan-out folder opened without following a
         link: gc listed the folder as one, but a link planted at it since would have it
         remove a file outside the archive."""
-        with _inside(self.root, "remove a blob"):
+        with _inside(self.root, f"remove {blob_key(sha256)}"):
             await in_thread(remove_file, self._absolute, blob_key(sha256))
         return True
 
