@@ -438,3 +438,24 @@ def test_a_fan_out_folder_that_cannot_be_listed_stops_no_other_blob(
     code, errors, out = verified(capsys, archive)
     assert (code, errors) == (0, [])
     assert out.startswith(f"verified 2 tunes, {len(one.all) + len(two.all) - 1} blobs, ")
+
+
+@pytest.mark.parametrize("command", ["verify", "list", "gc"])
+def test_an_archive_the_disk_will_not_open_is_never_said_to_be_gone(
+    capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served],
+    monkeypatch: pytest.MonkeyPatch, command: str,
+) -> None:
+    """The archive chmod 000 (EACCES; or EIO from a failing disk): the commands said "no
+    archive at ... (it has no manifests/ folder)", telling the operator the backups were
+    gone while every byte was there. They say the disk would not open it, exit 2."""
+    looked = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == archive / "manifests":
+            raise PermissionError(13, "Permission denied", str(path))
+        return looked(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    ran = cli(capsys, command, "--archive", str(archive))
+    assert ran.code == 2
+    assert ran.errors == [error(f"cannot read the archive {archive}: Permission denied")]
