@@ -535,3 +535,34 @@ def test_a_blob_the_disk_will_not_remove_stops_no_other_and_what_was_removed_is_
     assert not any(p.exists() for p in gone)
     assert [p.name for p in stored_blobs(archive) if p.name in {k[-64:] for k in doomed}] == [
         stuck]
+
+
+def test_a_leftover_folder_gc_cannot_look_into_is_one_line_never_a_traceback(
+    archive: Path, orphaned: tuple[Served, Served], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A killed retrain's copy in tmp/ that cannot be opened (chmod 000, as another user
+    leaves it: EACCES) made gc and gc --dry-run end in a PermissionError traceback, no
+    blob removed. The dry run lists it (its size unknown, 0); gc says on one line that it
+    could not remove it (exit 1) and removes the rest."""
+    one, two = orphaned
+    copy = archive / "tmp" / "retrain-abcdefgh"
+    copy.mkdir()
+    (copy / "photo.jpg").write_bytes(b"x" * 100)
+    os.utime(copy, (time.time() - 2 * DAY, time.time() - 2 * DAY))
+    real_open = os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == copy.name:
+            raise PermissionError(errno.EACCES, "Permission denied", copy.name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    would = gc_json(capsys, archive, "--dry-run")
+    assert would["partials"] == [{"path": f"tmp/{copy.name}", "bytes": 0}]
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors == [f"tune-archiver: error: cannot remove tmp/{copy.name} in {archive}: "
+                          "Permission denied"]
+    assert copy.is_dir()
+    assert not any(blob_file(archive, data).exists() for data in two.all if data not in one.all)

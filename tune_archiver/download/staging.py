@@ -181,7 +181,14 @@ class Staging:
 
     def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
         with self._folder() as folder:
-            return [(self.directory / name, size) for name, size in _stale_in(folder, older_than)]
+            return [(self.directory / name, size)
+                    for name, size in self._stale_in(folder, older_than)]
+
+    def _stale_in(self, folder: int, older_than: datetime) -> list[tuple[str, int]]:
+        try:
+            return _stale_in(folder, older_than)
+        except OSError as exc:  # EIO: one line, never a traceback
+            raise storage_error(exc, self.shown, "list partial downloads") from exc
 
     def _remove_stale(
         self, older_than: datetime, failed: list[str] | None
@@ -189,7 +196,7 @@ class Staging:
         removed = []
         with self._folder() as folder:
             # Partials first: removing one removes its sidecar, which then counts as removed.
-            stale = sorted(_stale_in(folder, older_than),
+            stale = sorted(self._stale_in(folder, older_than),
                            key=lambda found: not found[0].endswith(".part"))
             for name, size in stale:
                 try:
@@ -264,8 +271,14 @@ def _stale_in(folder: int, older_than: datetime) -> list[tuple[str, int]]:
 
 
 def _size_in(folder: int, name: str) -> int:
-    """The bytes of the regular files directly in the folder `name` of `folder`."""
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+    """The bytes of the regular files directly in the folder `name` of `folder`; 0 when
+    it cannot be looked into (chmod 000: its removal then says why)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return 0
     try:
         with os.scandir(fd) as entries:
             return sum(entry.stat(follow_symlinks=False).st_size for entry in entries
