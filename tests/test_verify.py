@@ -418,23 +418,25 @@ def test_a_fetch_that_downloads_a_rotted_blobs_bytes_again_stores_them(
     assert verified(capsys, archive)[0] == 0
 
 
+@pytest.mark.parametrize("refused", ["iterdir", "lstat"])
 def test_a_fan_out_folder_that_cannot_be_listed_stops_no_other_blob(
     capsys: pytest.CaptureFixture[str], archive: Path, tunes: tuple[Served, Served],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refused: str,
 ) -> None:
-    """A fan-out folder whose listing the disk refuses (EACCES: chmod 311 by hand, or EIO)
-    is only where verify looks for misplaced copies: every blob is still read, those in
-    it too, and the archive found intact; it stopped the whole verify with one line."""
+    """A fan-out folder whose listing the disk refuses (EACCES: chmod 311 by hand, or EIO),
+    or whose files it will not look at (chmod 400), is only where verify looks for
+    misplaced copies: every blob is still read, those in it too, and the archive found
+    intact; it stopped the whole verify with one line."""
     one, two = tunes
     folder = blob_file(archive, one.images[-1]).parent  # the image both tunes share
-    listing = Path.iterdir
+    real = getattr(Path, refused)
 
-    def iterdir(path: Path) -> Any:
-        if path == folder:
+    def refusing(path: Path) -> Any:
+        if (path if refused == "iterdir" else path.parent) == folder:
             raise PermissionError(13, "Permission denied", str(path))
-        return listing(path)
+        return real(path)
 
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setattr(Path, refused, refusing)
     code, errors, out = verified(capsys, archive)
     assert (code, errors) == (0, [])
     assert out.startswith(f"verified 2 tunes, {len(one.all) + len(two.all) - 1} blobs, ")

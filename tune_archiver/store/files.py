@@ -168,8 +168,9 @@ def walk_objects(
 ) -> list[tuple[StoredBlob, str]]:
     """Each file under objects/sha256/*/ named by a digest, with its key. Raises
     ConfigError when objects/ or objects/sha256 is a link: gc would remove through it.
-    `skip_unreadable` passes by a fan-out folder that cannot be listed (EACCES, EIO)
-    instead of raising: verify hashes each of its blobs, each then named unreadable."""
+    `skip_unreadable` passes by a fan-out folder that cannot be listed or looked into
+    (EACCES, EIO) instead of raising: verify hashes each of its blobs, each then named
+    unreadable."""
     refuse_links([objects.parent, objects], "the archive's folder")
     found = []
     try:
@@ -177,21 +178,26 @@ def walk_objects(
             if not S_ISDIR(directory.lstat().st_mode):
                 continue  # a link planted here could lead gc out of the archive
             try:
-                files = list(directory.iterdir())
+                found += _digest_files(directory)
             except OSError:
                 if not skip_unreadable:
                     raise
-                continue
-            for file in files:
-                stat = file.lstat()
-                if is_sha256(file.name) and S_ISREG(stat.st_mode):
-                    modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-                    key = f"{OBJECTS}/{directory.name}/{file.name}"
-                    found.append((StoredBlob(file.name, stat.st_size, modified), key))
     except FileNotFoundError:
         pass
     except OSError as exc:
         raise storage_error(exc, root, "list the blobs") from exc
+    return found
+
+
+def _digest_files(directory: Path) -> list[tuple[StoredBlob, str]]:
+    """The regular files named by a digest in one fan-out folder, with their keys."""
+    found = []
+    for file in directory.iterdir():
+        stat = file.lstat()
+        if is_sha256(file.name) and S_ISREG(stat.st_mode):
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+            key = f"{OBJECTS}/{directory.name}/{file.name}"
+            found.append((StoredBlob(file.name, stat.st_size, modified), key))
     return found
 
 
