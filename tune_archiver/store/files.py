@@ -20,6 +20,7 @@ from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
 from tune_archiver.errors import (
+    ConfigError,
     IntegrityError,
     NotAFile,
     StorageError,
@@ -161,6 +162,18 @@ class DirSyncs:
                     raise
             with self._lock:  # the folders in the parents synced have durable names
                 self._named.update(d for d in dirs if d.parent in dirs)
+
+
+def has_manifests(root: Path, manifests: Path) -> bool:
+    """True when the archive at `root` has its manifests folder. Raises ConfigError when
+    the disk will not say (the archive chmod 000, EIO): "no archive at" told an operator
+    whose backups were all there that they were gone."""
+    try:
+        return S_ISDIR(os.stat(manifests).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise ConfigError(f"cannot read the archive {root}: {exc.strerror or exc}") from exc
 
 
 def walk_objects(

@@ -21,7 +21,6 @@ import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from stat import S_ISDIR
 
 import aiofiles
 import aiofiles.os
@@ -49,6 +48,7 @@ from tune_archiver.store import Change, Growing
 from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, put_back
 from tune_archiver.store.files import (
     DirSyncs,
+    has_manifests,
     hash_file,
     read_capped,
     remove_file,
@@ -96,17 +96,8 @@ class LocalStore:
         return path
 
     async def exists(self) -> bool:
-        """True when there is an archive here (it has its manifests folder). Raises
-        ConfigError when the disk will not say (the archive chmod 000, EIO): "no archive
-        at" told an operator whose backups were all there that they were gone."""
-        try:
-            found = await in_thread(os.stat, self.path(MANIFESTS))
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError as exc:
-            raise ConfigError(f"cannot read the archive {self.root}: "
-                              f"{exc.strerror or exc}") from exc
-        return S_ISDIR(found.st_mode)
+        """True when there is an archive here (see files.has_manifests)."""
+        return await in_thread(has_manifests, self.root, self.path(MANIFESTS))
 
     async def prepare(self) -> None:
         """Create the archive's folders (0700) if they are missing.
