@@ -284,6 +284,24 @@ def test_json_says_how_long_each_tune_has_left(
         (1, False, 5 * 3600 + 1800), (2, True, None)]
 
 
+def test_a_tune_about_to_expire_whose_only_loss_is_gone_upstream_is_not_told_to_run_again(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that failed, then left the tune's listing hours before Astria deletes it,
+    is gone upstream: never asked for again. Telling the user to "run fetch again
+    before then" sent them to a run that exits 0 with that file never archived."""
+    add_tune(standin, 1, images=2, expires_at="2026-12-10T17:30:00Z")  # 5 h 30 m left
+    standin.faults["img-1-1.jpg"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 1
+    assert "deletes it in 5h 30m" in capsys.readouterr().err  # a failure: worth a run
+    standin.tunes[1]["orig_images"] = standin.tunes[1]["orig_images"][:1]
+    assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 1
+    err = capsys.readouterr().err
+    assert "training_image 1: gone upstream, never archived" in err
+    assert "deletes it" not in err
+    assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 0  # what it led to
+
+
 def test_a_lost_blob_that_cannot_be_fetched_again_is_a_failure_and_keeps_its_entry(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

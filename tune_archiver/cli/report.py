@@ -72,8 +72,11 @@ def fetch_errors(result: TuneResult) -> list[str]:
     for lost in result.gone:
         lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")
+    # Only what a run could still get: a file gone upstream is never asked for again, so
+    # "run fetch again" would end in exit 0 with it never archived.
     left = result.expires_in
-    if lines and left is not None and 0 < left <= EXPIRES_SOON:
+    again = result.error is not None or bool(result.failed)
+    if again and left is not None and 0 < left <= EXPIRES_SOON:
         lines.append(f"{name}: not archived whole, and Astria deletes it in "
                      f"{time_left(int(left))}: run tune-archiver fetch {result.tune_id} "
                      "again before then")
