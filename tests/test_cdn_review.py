@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,38 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_a_range_lies_past_it(
     entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
     assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
     assert stored_blobs(archive) == [blob_file(archive, data)]
+
+
+def test_a_whole_body_of_no_length_whose_url_expired_before_its_end_was_confirmed_is_kept(
+    standin: StandIn, archive: Path
+) -> None:
+    """A file sent with no length, whole, whose URL expired by the time its end was asked
+    about (403: a download that outlasts a presigned URL's life). The fresh URL's resume
+    is answered 416 'bytes */300000': the bytes held are the file. It was started over,
+    the whole file downloaded again, its end asked about again with a URL expired again
+    (every download of it outlasts one): the file failed, on every run."""
+    data = os.urandom(300_000)
+    serves = closing_answer(data, len(data))
+    asked: list[str | None] = []
+    downloaded = [False]  # a body sent whole since the URL was last renewed: it expired
+
+    def answer(head: str) -> bytes:
+        found = re.search(r"(?im)^range: (.*)$", head)
+        asked.append(found.group(1).strip() if found else None)
+        if found is None:
+            downloaded[0] = True
+        elif downloaded[0]:
+            downloaded[0] = False
+            return b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        return serves(head)
+
+    host = RawHost(answer)
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        host.close()
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+    assert blob_file(archive, data).read_bytes() == data
+    assert asked == [None, "bytes=300000-", "bytes=300000-"]  # downloaded once

@@ -39,6 +39,7 @@ from tune_archiver.net.transport import (
     get,
     pump,
     refuse_encoded,
+    unsatisfied_length,
     validator_of,
 )
 from tune_archiver.progress import Progress
@@ -222,9 +223,13 @@ class Downloader:
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as response:
-            await self._accept(response, transfer)
-            tail = await pump(response, lambda pieces: self._write(transfer, pieces),
-                              self._settings.stall, self._throttle)
+            if headers and _ends_here(response, partial):
+                tail: list[bytes] = []  # the bytes held are the file: nothing lies past them
+                transfer.ends_at_close = False  # as the 416 of _confirm_end says
+            else:
+                await self._accept(response, transfer)
+                tail = await pump(response, lambda pieces: self._write(transfer, pieces),
+                                  self._settings.stall, self._throttle)
         received = partial.size + sum(len(piece) for piece in tail)
         if partial.total is not None and received != partial.total:
             await self._write(transfer, tail)  # good bytes for the resume; or too many
@@ -353,6 +358,16 @@ class Downloader:
         if not transfer.counted:
             transfer.counted = True
             self._progress.add_bytes(total)
+
+
+def _ends_here(response: aiohttp.ClientResponse, partial: Partial) -> bool:
+    """A resume answered 416 with the length of the bytes held (`bytes */N`), under our
+    validator if it names one: nothing lies past them. A body of no length whose end was
+    not confirmed (an expired URL, a run stopped) is whole; starting over would download
+    it all again, and fail each time the download outlasts a fresh URL's life."""
+    return (response.status == 416 and unsatisfied_length(response) == partial.size
+            and partial.total in (None, partial.size)
+            and validator_of(response.headers) in (None, partial.validator))
 
 
 def _resumed_total(response: aiohttp.ClientResponse, partial: Partial) -> int | None:

@@ -44,6 +44,7 @@ MAX_REDIRECTS = 10
 # digits, str.isdigit a superscript, and int() refuses more than 4,300 digits).
 _POSITION = r"[0-9]{1,20}"
 _CONTENT_RANGE = re.compile(rf"bytes ({_POSITION})-({_POSITION})/({_POSITION})")
+_UNSATISFIED_RANGE = re.compile(rf"bytes \*/({_POSITION})")  # a 416's: the file's length
 # A Last-Modified is a strong validator only this long before the answer's Date (RFC 9110
 # 8.8.2.2): a file changed twice within its second would show the same date for both.
 SETTLED_SECONDS = 60
@@ -337,6 +338,12 @@ def _settled(modified: str, date: str | None) -> bool:
 def content_range(response: aiohttp.ClientResponse) -> tuple[int, int, int] | None:
     """(first byte, last byte, total) from a 206's Content-Range; None when malformed."""
     return parse_content_range(response.headers.get("Content-Range", ""))
+
+
+def unsatisfied_length(response: aiohttp.ClientResponse) -> int | None:
+    """The file's length a 416 says (`Content-Range: bytes */N`); None when it does not."""
+    match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
 
 
 def parse_content_range(text: str) -> tuple[int, int, int] | None:
