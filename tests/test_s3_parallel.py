@@ -379,3 +379,39 @@ async def test_an_upload_completed_though_its_answer_was_lost_is_stored(
     assert completed
     assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
     assert await left_over(bucket) == ([], [])
+
+
+async def test_a_copy_past_the_copy_limit_completed_though_its_answer_was_lost_is_stored(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob past CopyObject's limit (a checkpoint over 5 GiB) reaches its blob key by a
+    multipart copy, whose CompleteMultipartUpload answer can be lost as an upload's can:
+    botocore asks again, and the store says NoSuchUpload. The commit failed with 'cannot
+    upload a blob: not found', though the blob key held every byte."""
+    from moto.s3.exceptions import NoSuchUpload
+    from moto.s3.responses import S3Response
+
+    real = S3Response._key_response_post
+    completed: set[str] = set()
+
+    def answer_lost(self: Any, request: Any, body: bytes, bucket_name: str,
+                    query: dict[str, Any], key_name: str) -> Any:
+        upload_id = (query.get("uploadId") or [""])[0]
+        if upload_id in completed:
+            raise NoSuchUpload(upload_id)
+        answer = real(self, request, body, bucket_name, query, key_name)
+        if upload_id and "/objects/" in key_name:  # the copy's completion, not the upload's
+            completed.add(upload_id)
+            return 500, {}, b"<Error><Code>InternalError</Code><Message>lost</Message></Error>"
+        return answer
+
+    monkeypatch.setattr(S3Response, "_key_response_post", answer_lost)
+    data = os.urandom(2 * PART + 5)
+    async with opened(bucket, tmp_path, attempts=2, copy_limit=MIN_PART) as store:
+        incoming = await downloaded(store, tmp_path, data)
+        assert isinstance(incoming.intake, S3Intake)
+        await incoming.intake.live.idle()
+        blob = await incoming.commit(None)
+    assert completed
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
+    assert await left_over(bucket) == ([], [])

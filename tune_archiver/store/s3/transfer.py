@@ -166,7 +166,7 @@ async def _parts(
 async def complete(
     bucket: Bucket, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
 ) -> None:
-    """Complete a multipart upload from its parts, in order; check_upload must follow.
+    """Complete a multipart upload from its parts, in order; a check of the key must follow.
 
     NoSuchUpload is no failure here: botocore asks again when the answer is lost (a
     read timeout while the store puts many parts together, a 500), and a store that
@@ -234,9 +234,9 @@ async def copy(
         if held != part_sizes(blob.size, step):
             raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is not whole: "
                                  "its parts are not the ranges asked for; not stored")
-        await bucket.client.complete_multipart_upload(
-            Bucket=bucket.name, Key=final, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
+        await complete(bucket, final, upload_id, parts)  # its answer may be lost: checked
+        if await bucket.size_at(final, "check a copy") != blob.size:
+            raise IntegrityError(f"the copy of blob {blob.sha256} in {bucket} is not whole")
     except BaseException:
         await settle(bucket.abort(final, upload_id), f"abort the copy to {final}")
         raise
