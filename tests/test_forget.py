@@ -201,7 +201,7 @@ def test_forget_waits_while_a_fetch_holds_the_archive(
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         forget = start(archive, "forget", "1")
-        assert "waiting: a fetch or gc is running" in first_error_line(forget)
+        assert "waiting: a fetch, gc or verify --repair is running" in first_error_line(forget)
         assert forget.poll() is None
         assert (archive / "manifests" / "1.json").exists()
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -326,7 +326,7 @@ def test_gc_waits_for_a_running_fetch(
                        "the fetch's images committed")
             assert not (archive / "manifests" / "1.json").exists()
             gc = start(archive, "gc", "--json")
-            assert "waiting: a fetch is running" in first_error_line(gc)
+            assert "waiting: a fetch, forget or verify --repair is running" in first_error_line(gc)
             assert lock_is_held(archive)
             assert gc.poll() is None
             assert all(blob_file(archive, d).exists() for d in images)
@@ -359,7 +359,7 @@ def test_fetch_waits_for_gc(standin: StandIn, archive: Path) -> None:
         fetch = start(archive, "fetch", "1", "--api-url", standin.api_url,
                       env={"ASTRIA_API_KEY": standin.api_key})
         try:
-            assert "waiting: a gc is running" in first_error_line(fetch)
+            assert "waiting: a gc, forget or verify --repair is running" in first_error_line(fetch)
             assert standin.seen("cdn") == []
             os.close(fd)  # gc is done
             fd = -1

@@ -208,7 +208,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     try:
         results = asyncio.run(until_signal(archive.fetch(
             settings, tunes, progress, clock=args.clock, finished=finished,
-            waiting=waiting_for("gc", str(settings.archive)), announce=announce,
+            waiting=waiting_for("gc, forget or verify --repair", str(settings.archive)),
+            announce=announce,
         )))
     except ListingBrokeOff as exc:  # the tunes taken up were archived: said, and exit 1
         broke, results = exc, exc.results
@@ -280,7 +281,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
             return found, None
         staging = staging_for(settings.archive)
         return found, await repair(store, found, settings, staging, progress, args.clock,
-                                   waiting_for("fetch or gc", str(settings.archive)))
+                                   waiting_for("fetch, gc or forget", str(settings.archive)))
 
     try:
         found, mended = in_archive(args, work)
@@ -364,7 +365,7 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: collect(
         store, args.clock(), args.dry_run, staging_for(location),
-        waiting=waiting_for("fetch", location),
+        waiting=waiting_for("fetch, forget or verify --repair", location),
     ))
     emit(args, secrets, found.failed, report.gc_json(found, args.dry_run),
          report.gc_lines(found, args.dry_run))
@@ -377,7 +378,7 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: forget(
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
-        waiting=waiting_for("fetch or gc", location),
+        waiting=waiting_for("fetch, gc or verify --repair", location),
     ))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
     errors += [why for _, why in found.failed]
