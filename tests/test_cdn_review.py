@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Cut, StandIn, Status
-from tests.test_faults import RawHost, closing_answer
+from tests.test_faults import archived_from, archived_whole, closing_answer, cut_then
 
 MiB = 2**20
 
@@ -47,30 +47,15 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_refuses_the_
     archived as the file, 'ok', exit 0. Now an expired URL is renewed and the download
     resumed; the others fail the file, its bytes kept for the next run."""
     data = os.urandom(300_000)
-    serves = closing_answer(data, len(data) // 3)
-    asked: list[str] = []
-
-    def answer(head: str) -> bytes:
-        asked.append(head)
-        if len(asked) == 2:  # the question of what lies past the cut body
-            return (f"HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n"
-                    "Connection: close\r\n\r\n").encode()
-        return serves(head)
-
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == code
-    finally:
-        host.close()
-    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    refused = f"HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    archived_from(standin, archive, cut_then(data, refused.encode()), code)
     if code == 0:
-        assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
-        assert stored_blobs(archive) == [blob_file(archive, data)]
-    else:
-        assert entry["status"] == "failed"
-        assert f"HTTP {status}" in entry["error"]
-        assert stored_blobs(archive) == []
+        archived_whole(archive, data)
+        return
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert f"HTTP {status}" in entry["error"]
+    assert stored_blobs(archive) == []
 
 
 @pytest.mark.parametrize("whole", [
@@ -86,26 +71,10 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_says_its_siz
     were archived as the file all the same, 'ok', exit 0. Now the body is cut, and
     fetched again until whole."""
     data = os.urandom(300_000)
-    serves = closing_answer(data, len(data) // 3)
-    asked: list[str] = []
-
-    def answer(head: str) -> bytes:
-        asked.append(head)
-        if len(asked) == 2:  # the question of what lies past the cut body
-            return (whole.format(last=len(data) - 1, size=len(data))
-                    + f'Content-Length: {len(data)}\r\nETag: "v1"\r\n'
-                    "Connection: close\r\n\r\n").encode() + data
-        return serves(head)
-
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
-    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
-    assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
-    assert stored_blobs(archive) == [blob_file(archive, data)]
+    past_end = (whole.format(last=len(data) - 1, size=len(data)) + f"Content-Length: "
+                f'{len(data)}\r\nETag: "v1"\r\nConnection: close\r\n\r\n').encode() + data
+    archived_from(standin, archive, cut_then(data, past_end))
+    archived_whole(archive, data)
 
 
 def test_a_piece_cut_again_and_again_is_resumed_while_it_gets_on(
@@ -138,26 +107,11 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_a_range_lies_past_it(
     body was archived as the file all the same, 'ok', exit 0, since the Content-Range
     gave no size to compare. Now it is resumed until whole."""
     data = os.urandom(300_000)
-    serves = closing_answer(data, len(data) // 3)
-    asked: list[str] = []
-
-    def answer(head: str) -> bytes:
-        asked.append(head)
-        if len(asked) == 2:  # the question of what lies past the cut body
-            return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 100000-"
-                    f"{len(data) - 1}/*\r\nContent-Length: {len(data) - 100_000}\r\n"
-                    'ETag: "v1"\r\nConnection: close\r\n\r\n').encode() + data[100_000:]
-        return serves(head)
-
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
-    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
-    assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
-    assert stored_blobs(archive) == [blob_file(archive, data)]
+    past_end = (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 100000-{len(data) - 1}"
+                f"/*\r\nContent-Length: {len(data) - 100_000}\r\n"
+                'ETag: "v1"\r\nConnection: close\r\n\r\n').encode() + data[100_000:]
+    archived_from(standin, archive, cut_then(data, past_end))
+    archived_whole(archive, data)
 
 
 def test_a_whole_body_of_no_length_whose_url_expired_before_its_end_was_confirmed_is_kept(
@@ -183,13 +137,6 @@ def test_a_whole_body_of_no_length_whose_url_expired_before_its_end_was_confirme
             return b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         return serves(head)
 
-    host = RawHost(answer)
-    try:
-        standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
-    finally:
-        host.close()
-    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
-    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
-    assert blob_file(archive, data).read_bytes() == data
+    archived_from(standin, archive, answer)
+    archived_whole(archive, data)
     assert asked == [None, "bytes=300000-", "bytes=300000-"]  # downloaded once

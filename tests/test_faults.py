@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import Sleeps, blob_file, run_fetch, stored_blobs, tmpfs
+from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs, tmpfs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
@@ -394,14 +394,35 @@ def closing_answer(data: bytes, cut_at: int, ranges: bool = True) -> Callable[[s
     return answer
 
 
-def archived_from(standin: StandIn, archive: Path, answer: Callable[[str], bytes]) -> None:
-    """Tune 1, one file from a RawHost giving `answer`, fetched with exit 0."""
+def cut_then(data: bytes, past_end: bytes) -> Callable[[str], bytes]:
+    """closing_answer's host, cutting the body at a third, that answers the question of
+    what lies past the cut body (the second request) with `past_end`."""
+    serves = closing_answer(data, len(data) // 3)
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        return past_end if len(asked) == 2 else serves(head)
+
+    return answer
+
+
+def archived_from(standin: StandIn, archive: Path, answer: Callable[[str], bytes],
+                  code: int = 0) -> None:
+    """Tune 1, one file from a RawHost giving `answer`, fetched with exit `code`."""
     host = RawHost(answer)
     try:
         standin.add_tune(1, [host.url("/files/model")], [])
-        assert run_fetch(standin, archive, "1") == 0
+        assert run_fetch(standin, archive, "1") == code
     finally:
         host.close()
+
+
+def archived_whole(archive: Path, data: bytes) -> None:
+    """Tune 1's one file is `data`, ok, its blob the only one."""
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["size"], entry["sha256"]) == ("ok", len(data), sha256(data))
+    assert stored_blobs(archive) == [blob_file(archive, data)]
 
 
 @pytest.mark.parametrize(("cut", "ranges"), [(True, True), (False, True), (False, False)],
@@ -427,18 +448,9 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_the_host_is_busy(
     no length with a 503 (busy, a moment) has not said the file ends there: the cut
     body is resumed once the host answers, never archived as the file."""
     data = os.urandom(300_000)
-    serves = closing_answer(data, len(data) // 3)
-    asked: list[str] = []
-
-    def answer(head: str) -> bytes:
-        asked.append(head)
-        if len(asked) == 2:  # the question of what lies past the cut body
-            return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-        return serves(head)
-
-    archived_from(standin, archive, answer)
-    assert stored_blobs(archive) == [blob_file(archive, data)]
+    archived_from(standin, archive, cut_then(data, b"HTTP/1.1 503 Service Unavailable\r\n"
+                  b"Retry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+    archived_whole(archive, data)
 
 
 def test_a_cut_body_of_no_length_of_a_file_changed_since_is_never_taken_whole(
