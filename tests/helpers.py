@@ -58,6 +58,23 @@ def refuse_folder_fsyncs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+NOBODY = 65534  # another user's uid
+
+
+def others_link(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A link `name`, of another user, planted in a shared folder (sticky, 1777) and
+    leading to a folder of theirs: (the link, their folder). Only root can give a link
+    to another user: the test is skipped for anyone else."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / name).symlink_to(theirs)
+    os.lchown(shared / name, NOBODY, NOBODY)
+    return shared / name, theirs
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

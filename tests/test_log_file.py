@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_fetch
+from tests.helpers import others_link, run_fetch
 from tests.standin import StandIn, Status
 from tests.test_fetch import make_tune
-
-NOBODY = 65534
 
 
 def events(path: Path) -> list[dict[str, object]]:
@@ -104,15 +101,9 @@ def test_a_link_another_user_planted_on_the_way_to_the_log_file_is_refused(
     """--log-file in a shared folder where another user planted a link (to a folder of
     theirs) on the way: refused on one line (exit 2), nothing written there, as export's
     DEST. Before, the run's log was made in their folder, theirs to remove or rename."""
-    if os.geteuid() != 0:
-        pytest.skip("only root can give a link to another user")
-    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
-    shared.mkdir(mode=0o1777)
-    theirs.mkdir(mode=0o777)
-    (shared / "logs").symlink_to(theirs)
-    os.lchown(shared / "logs", NOBODY, NOBODY)
+    logs, theirs = others_link(tmp_path, "logs")
     make_tune(standin, 1, images=1)
-    log = shared / "logs" / "run.jsonl"
+    log = logs / "run.jsonl"
     assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "symbolic link of another user" in line

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.archive_helpers import add_tune, archived, cli
-from tests.helpers import blob_file, run_fetch, stored_blobs
+from tests.helpers import NOBODY, blob_file, others_link, run_fetch, stored_blobs
 from tests.standin import Cut, StandIn
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ConfigError
@@ -22,7 +22,6 @@ from tune_archiver.urls import identity
 from tune_archiver.web.access import read_token
 
 MiB = 2**20
-NOBODY = 65534
 
 
 @pytest.fixture(autouse=True)
@@ -175,14 +174,8 @@ def test_a_staging_folder_behind_a_link_of_another_user_is_refused(tmp_path: Pat
     a folder of theirs) on the way: refused, nothing made there. Before, the staging
     folder was made in theirs, and the photos downloaded into it were theirs to move or
     swap (its files are opened by name)."""
-    if os.geteuid() != 0:
-        pytest.skip("only root can give a link to another user")
-    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
-    shared.mkdir(mode=0o1777)
-    theirs.mkdir(mode=0o777)
-    (shared / "cache").symlink_to(theirs)
-    os.lchown(shared / "cache", NOBODY, NOBODY)
-    staging = Staging(shared / "cache" / "staging", made=())  # as $TUNE_ARCHIVER_STAGING's
+    cache, theirs = others_link(tmp_path, "cache")
+    staging = Staging(cache / "staging", made=())  # as $TUNE_ARCHIVER_STAGING's
     with pytest.raises(ConfigError, match="symbolic link of another user"):
         asyncio.run(staging.prepare())
     assert list(theirs.iterdir()) == []
@@ -279,16 +272,10 @@ def test_export_refuses_a_link_another_user_planted_at_dest(
     of theirs) at DEST, or at a folder on the way to it: refused on one line (exit 2),
     nothing written there. Before, the link was followed and the tune's photos were
     written into the other user's folder, exit 0."""
-    if os.geteuid() != 0:
-        pytest.skip("only root can give a link to another user")
+    exports, theirs = others_link(tmp_path, "exports")
     add_tune(standin, 1)
     archived(standin, archive, 1)
-    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
-    shared.mkdir(mode=0o1777)
-    theirs.mkdir(mode=0o777)
-    (shared / "exports").symlink_to(theirs)
-    os.lchown(shared / "exports", NOBODY, NOBODY)
-    dest = shared / "exports" if where == "dest" else shared / "exports" / "mine"
+    dest = exports if where == "dest" else exports / "mine"
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
     assert ran.code == 2
     [line] = ran.errors
@@ -322,15 +309,9 @@ def test_fetch_refuses_a_link_another_user_planted_on_the_way_to_the_archive(
     there, as export refuses one on the way to DEST. Before, the link was followed and
     the archive of the tune's photos was made in the other user's folder, exit 0: theirs
     to move away or swap under later runs."""
-    if os.geteuid() != 0:
-        pytest.skip("only root can give a link to another user")
-    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
-    shared.mkdir(mode=0o1777)
-    theirs.mkdir(mode=0o777)
-    (shared / "backups").symlink_to(theirs)
-    os.lchown(shared / "backups", NOBODY, NOBODY)
+    backups, theirs = others_link(tmp_path, "backups")
     standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
-    assert run_fetch(standin, shared / "backups" / "astria", "1") == 2
+    assert run_fetch(standin, backups / "astria", "1") == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "symbolic link of another user" in line
     assert list(theirs.iterdir()) == []
