@@ -349,24 +349,7 @@ async def test_an_upload_completed_though_its_answer_was_lost_is_stored(
     store that does not take that as done says NoSuchUpload. The commit failed with
     'not found' though every byte was in the bucket, and threw the completed object away;
     the key is checked instead, as after any completion."""
-    from moto.s3.exceptions import NoSuchUpload
-    from moto.s3.responses import S3Response
-
-    real = S3Response._key_response_post
-    completed: set[str] = set()
-
-    def answer_lost(self: Any, request: Any, body: bytes, bucket_name: str,
-                    query: dict[str, Any], key_name: str) -> Any:
-        upload_id = (query.get("uploadId") or [""])[0]
-        if upload_id in completed:
-            raise NoSuchUpload(upload_id)
-        answer = real(self, request, body, bucket_name, query, key_name)
-        if upload_id:
-            completed.add(upload_id)
-            return 500, {}, b"<Error><Code>InternalError</Code><Message>lost</Message></Error>"
-        return answer
-
-    monkeypatch.setattr(S3Response, "_key_response_post", answer_lost)
+    completed = completions_answered_lost(monkeypatch)
     data = os.urandom(2 * PART + 5)
     async with opened(bucket, tmp_path, attempts=2) as store:
         if direct:
@@ -388,6 +371,22 @@ async def test_a_copy_past_the_copy_limit_completed_though_its_answer_was_lost_i
     multipart copy, whose CompleteMultipartUpload answer can be lost as an upload's can:
     botocore asks again, and the store says NoSuchUpload. The commit failed with 'cannot
     upload a blob: not found', though the blob key held every byte."""
+    completed = completions_answered_lost(monkeypatch, "/objects/")  # the copy's, not the upload's
+    data = os.urandom(2 * PART + 5)
+    async with opened(bucket, tmp_path, attempts=2, copy_limit=MIN_PART) as store:
+        incoming = await downloaded(store, tmp_path, data)
+        assert isinstance(incoming.intake, S3Intake)
+        await incoming.intake.live.idle()
+        blob = await incoming.commit(None)
+    assert completed
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
+    assert await left_over(bucket) == ([], [])
+
+
+def completions_answered_lost(monkeypatch: pytest.MonkeyPatch, under: str = "") -> set[str]:
+    """moto completes each multipart upload to a key holding `under`, then answers 500
+    (the answer lost), and NoSuchUpload when asked again, as a store may: the ids of
+    the uploads so completed, filled as they are."""
     from moto.s3.exceptions import NoSuchUpload
     from moto.s3.responses import S3Response
 
@@ -400,18 +399,10 @@ async def test_a_copy_past_the_copy_limit_completed_though_its_answer_was_lost_i
         if upload_id in completed:
             raise NoSuchUpload(upload_id)
         answer = real(self, request, body, bucket_name, query, key_name)
-        if upload_id and "/objects/" in key_name:  # the copy's completion, not the upload's
+        if upload_id and under in key_name:
             completed.add(upload_id)
             return 500, {}, b"<Error><Code>InternalError</Code><Message>lost</Message></Error>"
         return answer
 
     monkeypatch.setattr(S3Response, "_key_response_post", answer_lost)
-    data = os.urandom(2 * PART + 5)
-    async with opened(bucket, tmp_path, attempts=2, copy_limit=MIN_PART) as store:
-        incoming = await downloaded(store, tmp_path, data)
-        assert isinstance(incoming.intake, S3Intake)
-        await incoming.intake.live.idle()
-        blob = await incoming.commit(None)
-    assert completed
-    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") == data
-    assert await left_over(bucket) == ([], [])
+    return completed
