@@ -52,13 +52,10 @@ def statuses(archive: Path, tune_id: int) -> list[tuple[str, int, str]]:
 # -- two fetches of one tune at once ------------------------------------------------------
 
 
-def test_two_fetches_of_one_tune_at_once_keep_both_runs_entries(
-    standin: StandIn, archive: Path
-) -> None:
-    """Both runs read the manifest before either writes; the second merges the first's
-    entries instead of dropping them, and gc then removes none of their blobs."""
-    served = add_tune(standin, 1)
-    standin.hold_until = 2  # no file is answered until both runs are downloading
+def fetch_halves_at_once(standin: StandIn, archive: Path) -> None:
+    """`fetch 1 --only checkpoints` and `fetch 1 --only images` at once: both read the
+    manifest before either writes (no file is answered until both are downloading)."""
+    standin.hold_until = 2
     base = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
                     retry=RetryPolicy(sleep=Sleeps()))
 
@@ -69,6 +66,15 @@ def test_two_fetches_of_one_tune_at_once_keep_both_runs_entries(
         )
 
     asyncio.run(both())
+
+
+def test_two_fetches_of_one_tune_at_once_keep_both_runs_entries(
+    standin: StandIn, archive: Path
+) -> None:
+    """Both runs read the manifest before either writes; the second merges the first's
+    entries instead of dropping them, and gc then removes none of their blobs."""
+    served = add_tune(standin, 1)
+    fetch_halves_at_once(standin, archive)
     assert sorted(statuses(archive, 1)) == sorted(
         [("checkpoint", 0, "ok")] + [("training_image", i, "ok") for i in range(2)]
     )

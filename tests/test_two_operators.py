@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import Sleeps, blob_file, run_fetch
 from tests.standin import StandIn, Status
-from tests.test_honest import EXPIRED, NOW, gone_upstream
+from tests.test_honest import EXPIRED, NOW, fetch_halves_at_once, gone_upstream
 from tune_archiver.commands import repair as repair_module
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.commands.repair import repair
@@ -97,17 +96,7 @@ def test_two_fetches_with_only_at_once_leave_a_manifest_of_every_file_complete(
     said "no", and fetch --all never skipped the tune as unchanged."""
     archive = tmp_path / "archive"
     add_tune(standin, 1)
-    standin.hold_until = 2  # no file is answered until both runs are downloading
-    base = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
-                    retry=RetryPolicy(sleep=Sleeps()))
-
-    async def both() -> None:
-        await asyncio.gather(
-            fetch(replace(base, only="checkpoints"), [1], NullProgress()),
-            fetch(replace(base, only="images"), [1], NullProgress()),
-        )
-
-    asyncio.run(both())
+    fetch_halves_at_once(standin, archive)
     document = manifest_of(archive, 1)
     assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3
     assert document["complete"] is True
