@@ -112,6 +112,11 @@ def test_an_unreadable_manifest_is_set_aside_never_overwritten_and_stops_gc(
     assert ran.code == 1
     assert "damaged manifest(s) set aside" in ran.err
     assert blob_file(archive, served.checkpoints[0]).exists()
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.errors == ["tune-archiver: error: tune 1: unreadable manifest: a fetch set "
+                          "it aside as manifests/"
+                          "damaged/1-20261210T120000Z.json (look at it, then remove it: gc "
+                          "keeps every blob until then)"]
     ran = cli(capsys, "verify", "--archive", str(archive), "--json")
     problems = json.loads(ran.out)["problems"]
     assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "unreadable_manifest")]

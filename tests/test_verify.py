@@ -289,7 +289,7 @@ def test_unreadable_manifest_is_a_problem(
     code, errors, out = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: unreadable manifest: {reason} "
-                            "(check the manifest, then remove it)")]
+                            "(tune-archiver fetch 1 sets it aside and archives the tune anew)")]
     assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
 
 

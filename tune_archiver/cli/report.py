@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport
+from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter, parse_moment
@@ -204,7 +204,10 @@ def _mend(p: Problem) -> str:
         return f"repair: tune-archiver verify --repair {p.tune_id}"
     if p.problem in ("failed", "no_manifest"):
         return f"retry: tune-archiver fetch {p.tune_id}"
-    return "check the manifest, then remove it"
+    # Never "remove it" alone: the blobs only it names would go with the next gc.
+    if p.detail.startswith(SET_ASIDE):
+        return "look at it, then remove it: gc keeps every blob until then"
+    return f"tune-archiver fetch {p.tune_id} sets it aside and archives the tune anew"
 
 
 def verify_summary(report: VerifyReport, strict: bool = False) -> str:

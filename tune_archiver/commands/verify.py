@@ -26,6 +26,7 @@ from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 
 WORKERS = max(2, min(8, os.cpu_count() or 2))
+SET_ASIDE = "a fetch set it aside as"  # the detail of a manifest in manifests/damaged/
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ async def verify(
         if damaged is not None and (not tune_ids or damaged in chosen):
             report.problems.append(Problem(
                 damaged, None, None, "unreadable_manifest",
-                f"a fetch set it aside as {key}: check it, then remove it",
+                f"{SET_ASIDE} {key}",
             ))
     for tune_id in chosen:
         report.tunes += 1
