@@ -127,6 +127,27 @@ def test_any_file_received_whole_whose_rename_failed_is_stored_later_without_the
     assert list((archive / "tmp").iterdir()) == []
 
 
+def test_a_file_kept_whole_is_never_committed_for_another_file_told_apart_by_a_key(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/img?key=a and /img?key=b are two files (a2a600e), whose URLs share a url_key:
+    tune 1's file, kept whole when its rename failed, was the partial tune 2's file
+    opened, and committed unasked as tune 2's: its manifest held tune 1's photo, ok."""
+    archive = tmp_path / "archive"
+    first, second = os.urandom(3000), os.urandom(3000)
+    standin.files["img?key=a"], standin.files["img?key=b"] = first, second
+    standin.add_tune(1, [], [standin.file_url("img", query="key=a&X-Amz-Signature=s")])
+    standin.add_tune(2, [], [standin.file_url("img", query="key=b&X-Amz-Signature=t")])
+    failed_at_the_rename(standin, archive, monkeypatch)
+    assert run_fetch(standin, archive, "2") == 0
+    [entry] = json.loads((archive / "manifests" / "2.json").read_text())["assets"]
+    assert blob_file(archive, second).read_bytes() == second
+    assert entry["sha256"] == blob_file(archive, second).name
+    assert run_fetch(standin, archive, "1") == 0  # its own kept file
+    [entry] = json.loads((archive / "manifests" / "1.json").read_text())["assets"]
+    assert entry["sha256"] == blob_file(archive, first).name
+
+
 def test_the_type_a_file_is_served_as_is_recorded_with_its_partial_from_the_first_answer(
     standin: StandIn, tmp_path: Path
 ) -> None:

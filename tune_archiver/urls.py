@@ -269,6 +269,13 @@ def download_key(url: str) -> str:
     return _without(url, lambda name: name.lower() in SIGNATURES)
 
 
+@functools.lru_cache(maxsize=4096)
+def download_identity(url: str) -> str:
+    """identity's for download_key: what a partial in tmp/ is named and resumed by, so
+    the bytes of /img?key=a, kept whole or in part, are never taken up for /img?key=b."""
+    return hashlib.sha256(download_key(url).encode()).hexdigest()[:32]
+
+
 def _without(url: str, dropped: Callable[[str], bool]) -> str:
     """The URL less userinfo, fragment and the query parameters `dropped` names;
     scheme and host in lower case, the other parameters in their order."""

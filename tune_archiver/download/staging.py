@@ -38,7 +38,7 @@ from tune_archiver.safefs import (
 from tune_archiver.store import Intake, Store
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
-from tune_archiver.urls import identity
+from tune_archiver.urls import download_identity
 
 ENV_STAGING = "TUNE_ARCHIVER_STAGING"
 log = logging.getLogger(__name__)
@@ -136,8 +136,10 @@ class Staging:
             raise storage_error(exc, self.shown, "create the staging folder") from exc
 
     async def open(self, url: str, store: Store) -> Incoming:
-        """The download of `url`, resumed from an earlier run when possible."""
-        key = identity(url)
+        """The download of `url`, resumed from an earlier run when possible: one of the
+        same download_key (a renewed signature), never of another file whose URL only
+        a secret-looking parameter tells apart (its bytes would be committed unasked)."""
+        key = download_identity(url)
         if self._leftovers is not None and partial_name(key) not in self._leftovers:
             partial = Partial.held(self.directory, key, self.shown, self._write, self._durable)
         else:
