@@ -315,3 +315,28 @@ def test_fetch_refuses_a_link_another_user_planted_on_the_way_to_the_archive(
     [line] = capsys.readouterr().err.splitlines()
     assert "symbolic link of another user" in line
     assert list(theirs.iterdir()) == []
+
+
+def test_fetch_refuses_another_users_link_met_through_a_link_of_ours(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The archive named through a link of our own (~/astria -> /srv/backups/astria) met
+    the other user's link where ours leads: the walk looked at ~/astria alone, and the
+    archive was made in their folder, exit 0. Where our link leads is on the way too;
+    our own link to a folder of ours is still used."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a link to another user")
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o1777)
+    theirs.mkdir(mode=0o777)
+    (shared / "backups").symlink_to(theirs)
+    os.lchown(shared / "backups", NOBODY, NOBODY)
+    (tmp_path / "mine").symlink_to(Path("shared") / "backups")  # relative, as ln -s makes
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, tmp_path / "mine" / "astria", "1") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "symbolic link of another user" in line
+    assert list(theirs.iterdir()) == []
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "ours")
+    assert run_fetch(standin, tmp_path / "link" / "astria", "1") == 0

@@ -141,24 +141,38 @@ def refuse_links(paths: Sequence[Path], what: str) -> None:
             raise ConfigError(f"refused {what} {path}: it is a symbolic link")
 
 
+_MAX_LINKS = 40  # links one path may go through: Linux's limit
+
+
 def refuse_others_links(path: Path, what: str) -> None:
     """Raise ConfigError when a symbolic link of another user (neither this one nor root)
     is on the way to `path`: planted in a shared folder (/tmp, a sticky /srv/backups),
     it would lead our writes into a folder of theirs. As the kernel's protected_symlinks,
-    which is often off."""
-    absolute = path.absolute()
-    probe = Path(absolute.anchor)
-    for part in absolute.parts[1:]:
-        probe = probe / part
-        try:
-            found = probe.lstat()
-        except FileNotFoundError:
+    which is often off. A link of ours or root's is followed in this walk: where it
+    leads (~/archive -> /srv/backups/archive, theirs) is on the way too."""
+    way = path.absolute()
+    for _ in range(_MAX_LINKS):  # past it, the kernel refuses the path itself (ELOOP)
+        probe = Path(way.anchor)
+        for i, part in enumerate(way.parts[1:], start=2):
+            probe = probe / part
+            try:
+                found = probe.lstat()
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+            if not stat.S_ISLNK(found.st_mode):
+                continue
+            if found.st_uid not in (os.geteuid(), 0):
+                raise ConfigError(f"refused {what} {path}: {probe} is a symbolic link of "
+                                  f"another user (uid {found.st_uid})")
+            try:
+                way = Path(probe.parent, os.readlink(probe), *way.parts[i:])
+            except OSError as exc:
+                raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+            break
+        else:
             return
-        except OSError as exc:
-            raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
-        if stat.S_ISLNK(found.st_mode) and found.st_uid not in (os.geteuid(), 0):
-            raise ConfigError(f"refused {what} {path}: {probe} is a symbolic link of another "
-                              f"user (uid {found.st_uid})")
 
 
 def check_folder(path: Path, what: str) -> str | None:
