@@ -219,6 +219,45 @@ async def test_an_old_blob_gc_removes_before_the_commit_refreshes_it_is_stored_a
     assert await left_over(bucket) == ([], [])
 
 
+async def test_a_refresh_past_the_copy_limit_whose_copy_was_aborted_fails_the_commit(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The multipart copy that refreshes an old blob past CopyObject's limit is aborted
+    before it completes (a lifecycle rule, another machine): NoSuchUpload, which
+    complete() takes for a lost answer since 482dd90, and the blob key still held the
+    blob's size, its old date. The commit said the blob was kept from gc, and gc
+    removed it next, from under the manifest about to name it. Now the commit fails
+    (the file kept whole for the next run), and the blob stays for gc to judge."""
+    from moto.s3.exceptions import NoSuchUpload
+    from moto.s3.responses import S3Response
+
+    real = S3Response._key_response_post
+    aborted: list[str] = []
+
+    def aborted_meanwhile(self: Any, request: Any, body: bytes, bucket_name: str,
+                          query: dict[str, Any], key_name: str) -> Any:
+        upload_id = (query.get("uploadId") or [""])[0]
+        if upload_id and "/objects/" in key_name and not aborted:  # the copy's completion
+            aborted.append(upload_id)
+            self.backend.abort_multipart_upload(bucket_name, upload_id)
+            raise NoSuchUpload(upload_id)
+        return real(self, request, body, bucket_name, query, key_name)
+
+    data = os.urandom(BIG)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        age(bucket, key, timedelta(days=3))
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        monkeypatch.setattr(S3Response, "_key_response_post", aborted_meanwhile)
+        with pytest.raises(StorageError, match="did not complete"):
+            await again.commit(None)
+        await again.release(keep=False)
+    assert aborted
+    assert sha(await bucket.get(key)) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
 async def test_gc_never_removes_a_blob_a_fetch_refreshed_after_gc_listed_it(
     bucket: Bucket, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tune_archiver.digest import SKIP_HASH
-from tune_archiver.errors import IntegrityError
+from tune_archiver.errors import IntegrityError, StorageError
 from tune_archiver.layout import TMP, blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store import Growing
@@ -129,7 +129,8 @@ class S3Intake:
     async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> bool:
         """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
         False when it is gone meanwhile (gc on another machine took it after the HEAD
-        that found it): the commit then stores it anew."""
+        that found it): the commit then stores it anew. Raises StorageError when a copy
+        part by part did not complete (aborted meanwhile): the blob is still old."""
         bucket = self._bucket
         if datetime.now(UTC) - modified < self._gc_grace / 2:
             return True
@@ -137,7 +138,13 @@ class S3Intake:
             with bucket.translated("refresh a blob"):
                 if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
                     await copy(bucket, key, key, blob)  # left old, gc elsewhere took it
-                    return True
+                    # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a
+                    # lost answer) leaves it whole, but old: gc would still take it.
+                    found = await bucket.head(key, "check a refreshed blob")
+                    if found is not None and found[1] <= modified:
+                        raise StorageError(f"the copy refreshing blob {blob.sha256} in "
+                                           f"{bucket} did not complete; not stored")
+                    return found is not None
                 await bucket.client.copy_object(
                     Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
                     MetadataDirective="REPLACE",
