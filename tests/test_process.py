@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,37 @@ def test_killed_run_is_resumed_by_the_next(standin: StandIn, tmp_path: Path) -> 
     assert last.headers["Range"] == f"bytes={kept}-"
     assert blob_file(archive, data).read_bytes() == data
     assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+
+
+def recorded_pieces(archive: Path) -> int:
+    """Pieces of a split partial its sidecar records as received."""
+    sidecars = list((archive / "tmp").glob("*.json")) if (archive / "tmp").exists() else []
+    try:
+        spans = json.loads(sidecars[0].read_text()).get("spans") if sidecars else None
+    except (OSError, ValueError):  # being replaced this very moment
+        return 0
+    return sum(pos == end for _, pos, end in spans or [])
+
+
+def test_a_split_download_killed_resumes_every_piece_where_it_was(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """SIGKILL (no close to record anything) mid split download: the next run asks
+    again only for the piece that was still coming, not for the pieces received."""
+    archive = tmp_path / "archive"
+    data = os.urandom(24 * MiB)  # --split 2: eight pieces of 3 MiB
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    standin.range_faults[("model", 6 * MiB)] = [Stall()]  # the third piece never comes
+    process = start_fetch(standin, archive, "1", "--split", "2", "--split-threshold", "4MiB")
+    wait_until(lambda: recorded_pieces(archive) == 7, "every other piece recorded")
+    process.kill()
+    process.communicate()
+    asked = len(standin.seen("cdn", "/files/model"))
+    assert finish(start_fetch(standin, archive, "1")) == 0
+    again = [r.headers.get("Range") for r in standin.seen("cdn", "/files/model")[asked:]]
+    assert again == [f"bytes={6 * MiB}-{9 * MiB - 1}"]
+    assert blob_file(archive, data).read_bytes() == data
+    assert list((archive / "tmp").iterdir()) == []
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
