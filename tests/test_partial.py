@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tune_archiver.download import partfile as partfile_module
 from tune_archiver.download import partial as partial_module
+from tune_archiver.download import staging as staging_module
 from tune_archiver.download import syncing as syncing_module
 from tune_archiver.download.partial import Partial
+from tune_archiver.download.staging import Staging
 from tune_archiver.errors import IntegrityError, StorageError
+from tune_archiver.store.local import LocalStore
+from tune_archiver.urls import identity
 
 KEY = "https://cdn.example/model.safetensors"
 DATA = os.urandom(1000)
@@ -27,7 +34,10 @@ def new_partial(tmp_path: Path, total: int = len(DATA)) -> Partial:
 
 
 def reopen(tmp_path: Path) -> Partial:
-    return Partial.open(tmp_path, KEY, tmp_path)
+    """The partial a later run takes over, its bytes hashed (as Staging.open does)."""
+    partial = Partial.open(tmp_path, KEY, tmp_path)
+    partial.catch_up_hash(None)
+    return partial
 
 
 def reopen_after_a_reboot(tmp_path: Path) -> Partial:
@@ -313,3 +323,50 @@ def test_the_sidecar_has_one_writer_while_a_sync_records_in_its_own_thread(
     assert most == 1
     partial.close(keep=True)
     assert json.loads(partial.path.with_suffix(".json").read_text())["synced"] == 300
+
+
+@pytest.mark.parametrize("validator", ['"etag-1"', None], ids=["resumable", "kept-whole"])
+def test_a_stop_while_a_taken_over_partial_is_hashed_keeps_no_one_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validator: str | None
+) -> None:
+    """The bytes an earlier run left (GBs of a checkpoint, read back cold after a
+    reboot) are hashed a step at a time: a Ctrl-C meanwhile stops at the next step,
+    never after reading all of them, and the partial is kept as it was: one to resume,
+    or one received whole (with no validator) whose commit failed."""
+    monkeypatch.setattr(partfile_module, "READ_BLOCK", 4096)
+    monkeypatch.setattr(staging_module, "HASH_STEP", 8 * 4096)
+    data = os.urandom(64 * 4096)
+    left = Partial.open(tmp_path, identity(KEY), tmp_path)
+    left.describe(validator, 2 * len(data) if validator else len(data))
+    left.append([data])
+    if validator is None:
+        left.finish()  # and its commit failed
+    left.close(keep=True)
+    started, stopped = threading.Event(), threading.Event()
+    read: list[int] = []
+    blocks = partfile_module.ReadBack.blocks
+
+    def slow_blocks(self: object, fd: int, start: int, end: int) -> Iterator[memoryview]:
+        for block in blocks(self, fd, start, end):  # type: ignore[arg-type]
+            read.append(len(block))
+            started.set()
+            assert stopped.wait(ENOUGH)
+            yield block
+
+    monkeypatch.setattr(partfile_module.ReadBack, "blocks", slow_blocks)
+
+    async def stop_it() -> None:
+        staging = Staging(tmp_path)
+        opening = asyncio.ensure_future(staging.open(KEY, LocalStore(tmp_path / "archive")))
+        await asyncio.to_thread(started.wait, ENOUGH)
+        opening.cancel()
+        stopped.set()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    asyncio.run(stop_it())
+    assert sum(read) <= 8 * 4096 < len(data)
+    monkeypatch.undo()
+    again = Partial.open(tmp_path, identity(KEY), tmp_path)
+    assert again.size == len(data)
+    again.close(keep=False)

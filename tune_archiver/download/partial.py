@@ -85,7 +85,8 @@ class Partial:
     @classmethod
     def open(cls, tmp: Path, key: str, archive: Path, write: Writer = os.pwritev,
              durable: bool = True) -> Partial:
-        """The resumable partial for `key`, or a private one when another process holds it."""
+        """The resumable partial for `key`, or a private one when another process holds it.
+        Bytes taken over are hashed by catch_up_hash, a step at a time (see Staging.open)."""
         try:
             fd, path, sidecar = claim(tmp, key)
             partial = cls(path, fd, archive, sidecar, write, key, durable)
@@ -167,7 +168,6 @@ class Partial:
             os.fsync(self._fd)  # in the same boot its length was trusted, not fsynced
             self._synced.size = usable
             self._synced.spans = [list(span) for span in self.spans] if self.spans else None
-        self.catch_up_hash(None)
 
     # -- writing ---------------------------------------------------------------
 
@@ -352,7 +352,8 @@ class Partial:
         with contextlib.suppress(OSError, StorageError):  # a full disk keeps it unrecorded
             if keep and self._finished_record and same_file(self._fd, self.path):
                 self._unfinish()
-            if keep and self._sidecar and self.size and (self.validator or self.complete):
+            # Whole, if not yet hashed again (a stop while Staging.open hashes it).
+            if keep and self._sidecar and self.size and (self.validator or self.size == self.total):
                 self._save()
             else:
                 if self._sidecar:

@@ -9,6 +9,7 @@ opens, measures room for, commits and releases them, and sweeps what is left ove
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 from tune_archiver.download.partfile import Writer, partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
+from tune_archiver.download.ranges import HASH_STEP
 from tune_archiver.errors import DiskFull, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
@@ -145,6 +147,7 @@ class Staging:
         else:
             partial = await in_thread(
                 Partial.open, self.directory, key, self.shown, self._write, self._durable)
+            await _hash_taken_over(partial)
         return Incoming(partial, store.intake(partial))
 
     async def check_room(self, nbytes: int) -> None:
@@ -294,6 +297,21 @@ def _unlink(folder: int, name: str) -> None:
         os.unlink(name, dir_fd=folder)
     except FileNotFoundError:
         pass
+
+
+async def _hash_taken_over(partial: Partial) -> None:
+    """Hash the bytes an earlier run left, HASH_STEP at a time: a checkpoint of GBs read
+    back after a reboot would keep a Ctrl-C waiting for all of it. Stopped, the partial
+    is kept as it was found; one that cannot be read back is removed."""
+    try:
+        while await in_thread(partial.catch_up_hash, HASH_STEP):
+            pass
+    except asyncio.CancelledError:
+        await in_thread(partial.close, True)
+        raise
+    except BaseException:
+        await in_thread(partial.close, False)  # bytes it cannot vouch for go, and its lock
+        raise
 
 
 def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
