@@ -340,3 +340,19 @@ def test_fetch_refuses_another_users_link_met_through_a_link_of_ours(
     (tmp_path / "ours").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "ours")
     assert run_fetch(standin, tmp_path / "link" / "astria", "1") == 0
+
+
+def test_fetch_takes_an_archive_through_a_link_of_ours_to_a_deep_folder(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Our link to a deep folder (its full path past PATH_MAX, 4096 characters, where
+    the path as written is far under it) is followed a folder at a time, as the kernel
+    does. The walk wrote out where the link leads as one path, which lstat refused
+    (ENAMETOOLONG): 'cannot use the archive', exit 2, for an archive the kernel opens."""
+    deep = tmp_path.joinpath(*["d" * 200] * 12)
+    deep.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(deep)
+    archive = Path(tmp_path / "link", *["e" * 200] * 12, "astria")
+    assert len(str(archive)) < 4096 < len(str(deep)) + len(str(archive))
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0

@@ -149,30 +149,44 @@ def refuse_others_links(path: Path, what: str) -> None:
     is on the way to `path`: planted in a shared folder (/tmp, a sticky /srv/backups),
     it would lead our writes into a folder of theirs. As the kernel's protected_symlinks,
     which is often off. A link of ours or root's is followed in this walk: where it
-    leads (~/archive -> /srv/backups/archive, theirs) is on the way too."""
+    leads (~/archive -> /srv/backups/archive, theirs) is on the way too. The walk goes
+    a folder at a time, as the kernel does: a path it takes may lead through more than
+    PATH_MAX characters of folders."""
     way = path.absolute()
-    for _ in range(_MAX_LINKS):  # past it, the kernel refuses the path itself (ELOOP)
-        probe = Path(way.anchor)
-        for i, part in enumerate(way.parts[1:], start=2):
-            probe = probe / part
+    todo = list(reversed(way.parts[1:]))  # the names still to look at, the next last
+    probe, links = Path(way.anchor), 0
+    folder = os.open(way.anchor, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while todo:
+            name = todo.pop()
+            probe = probe / name
             try:
-                found = probe.lstat()
+                found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if stat.S_ISLNK(found.st_mode):
+                    if found.st_uid not in (os.geteuid(), 0):
+                        raise ConfigError(f"refused {what} {path}: {probe} is a symbolic "
+                                          f"link of another user (uid {found.st_uid})")
+                    links += 1
+                    if links > _MAX_LINKS:  # the kernel refuses the path itself (ELOOP)
+                        return
+                    target = Path(os.readlink(name, dir_fd=folder))
+                    todo.extend(reversed(target.parts[1:] if target.anchor else target.parts))
+                    probe = Path(probe.parent, target.anchor)
+                    if target.anchor:
+                        os.close(folder)
+                        folder = -1  # closed, if the next open fails
+                        folder = os.open(target.anchor, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                elif todo:
+                    inner = os.open(name, os.O_PATH | os.O_DIRECTORY | NOFOLLOW, dir_fd=folder)
+                    os.close(folder)
+                    folder = inner
             except FileNotFoundError:
                 return
             except OSError as exc:
                 raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
-            if not stat.S_ISLNK(found.st_mode):
-                continue
-            if found.st_uid not in (os.geteuid(), 0):
-                raise ConfigError(f"refused {what} {path}: {probe} is a symbolic link of "
-                                  f"another user (uid {found.st_uid})")
-            try:
-                way = Path(probe.parent, os.readlink(probe), *way.parts[i:])
-            except OSError as exc:
-                raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
-            break
-        else:
-            return
+    finally:
+        if folder >= 0:
+            os.close(folder)
 
 
 def check_folder(path: Path, what: str) -> str | None:
