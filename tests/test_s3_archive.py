@@ -38,10 +38,11 @@ from tune_archiver.cli.main import main
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download.staging import staging_for
-from tune_archiver.errors import IntegrityError
+from tune_archiver.errors import IntegrityError, StorageError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.s3 import intake as intake_module
 from tune_archiver.store.s3 import store as s3store_module
+from tune_archiver.store.s3.store import S3Store
 
 MiB = 2**20
 
@@ -419,6 +420,35 @@ def test_forget_then_gc_on_a_bucket(
     kept = {sha256(data) for data in one.values()} | {sha256(standin.files["shared.jpg"])}
     assert left == kept
     assert not {sha256(data) for data in two.values()} & left
+
+
+def test_gc_that_cannot_sweep_a_buckets_old_uploads_still_says_what_it_removed(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The sweep of old uploads, gc's last step, failing (the bucket's listing of
+    uploads refused by a 500 after every retry) is one error line, exit 1, with the
+    blobs already removed named in --json. It stopped gc with that line alone: the
+    blobs it had removed were never said."""
+    two = add_tune(standin, 2)
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1", "2") == 0
+    assert tune_archiver(s3, "forget", "2") == 0
+
+    async def refused(self: Any, older_than: datetime) -> list[tuple[str, int]]:
+        raise StorageError(f"cannot list uploads in {s3.url}: InternalError")
+
+    monkeypatch.setattr(S3Store, "remove_stale_uploads", refused)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"tune-archiver: error: cannot list uploads in {s3.url}: "
+                                "InternalError"]
+    report = json.loads(out)
+    assert report["failed"] == [f"cannot list uploads in {s3.url}: InternalError"]
+    assert {b["path"].rsplit("/", 1)[1] for b in report["blobs"]} == {
+        sha256(data) for data in two.values()}
 
 
 def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(

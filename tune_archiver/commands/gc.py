@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from tune_archiver import manifest
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.store import Store
+
+T = TypeVar("T")
 
 PARTIAL_MAX_AGE = timedelta(days=1)
 
@@ -71,26 +74,27 @@ async def collect(
         if not dry_run:
             report.blobs = [
                 (key, size) for key, size in report.blobs
-                if await _removed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
-                                  report.failed)
+                if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
+                                    report.failed, False)
             ]
             report.partials = [
                 *await staging.remove_stale(cutoff, report.failed),
-                *await store.remove_stale_uploads(cutoff),
+                *await _or_failed(store.remove_stale_uploads(cutoff), report.failed, []),
             ]
     return report
 
 
-async def _removed(removal: Awaitable[bool], failed: list[str]) -> bool:
-    """Whether the removal took place; one the disk refuses (a folder made read-only, EIO:
-    this file's alone) is said in `failed`, and gc goes on: stopping there left the
-    blobs it had removed unsaid, and the others in place. A bucket refusing deletes
-    (Denied) still stops gc, said once rather than once per blob."""
+async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T) -> T:
+    """What the removal gives; one the store refuses (a folder made read-only, EIO, a
+    bucket's listing of uploads failing: that step's alone) is said in `failed`, and
+    `otherwise` given: gc goes on. Stopping there left what it had removed unsaid, and
+    the rest in place. A bucket refusing deletes (Denied) still stops gc, said once
+    rather than once per blob."""
     try:
         return await removal
     except StorageError as exc:
         failed.append(str(exc))
-        return False
+        return otherwise
 
 
 async def referenced_blobs(store: Store) -> set[str]:
