@@ -450,3 +450,21 @@ def test_a_listing_that_breaks_off_when_no_tune_could_be_reached_did_nothing(
     assert code == 4
     [line] = capsys.readouterr().err.splitlines()
     assert "cannot connect" in line
+
+
+def test_a_listing_whose_file_field_is_malformed_is_not_taken_for_unchanged(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune archived while training whose listing then holds its checkpoint in a field
+    that cannot be read (ckpt_urls a string, not a list) is fetched again, so the tune
+    says so and exits 1, never 'unchanged since archived', exit 0."""
+    tune = standin.add_tune(2, [], [standin.add_file("photo-2.jpg", os.urandom(3_000))],
+                            trained_at=None)
+    assert run_fetch(standin, archive, "--all") == 0
+    tune["ckpt_urls"] = standin.add_file("ckpt-2-trained.safetensors", os.urandom(30_000))
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all") == 1
+    captured = capsys.readouterr()
+    assert "unchanged since archived" not in captured.out
+    assert "'ckpt_urls' is a string, not a list of URLs" in captured.err
+    assert "/tunes/2" in tune_requests(standin)

@@ -266,9 +266,12 @@ def archives_listed(manifest: Manifest, listed: Mapping[str, Any]) -> bool:
     face-swap images) has an entry archived or gone in the manifest: updated_at alone
     is not trusted to move when Astria adds a file (a checkpoint once training ends)."""
     try:
-        keys = [asset_key(asset) for asset in assets_of(parse_tune(listed))]
+        tune = parse_tune(listed)
     except DataError:  # a listing the GET may read better: not known unchanged
         return False
+    if tune.field_errors:  # a file it names unread: the GET reads it, or says so
+        return False
+    keys = [asset_key(asset) for asset in assets_of(tune)]
     return len(paired(keys, known_entries(manifest).values())) == len(keys)
 
 
