@@ -104,6 +104,27 @@ def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     assert image1["sha256"] == sha256(second)
 
 
+def test_a_renewed_url_naming_another_file_by_a_secret_looking_parameter_is_not_taken(
+    standin: StandIn, archive: Path
+) -> None:
+    """/img?key=a and /img?key=b are two images (one url_key: key= looks secret, so it
+    is left out of it, not out of download_key). Renewed after a 403 in another order,
+    image 0's fresh URL is image 1's: it fails, and image 1's bytes are never recorded
+    as image 0, 'ok', exit 0."""
+    first, second = os.urandom(3000), os.urandom(3000)
+    standin.files["img?key=a"], standin.files["img?key=b"] = first, second
+    urls = [standin.file_url("img", query=f"key={k}&X-Amz-Signature=old") for k in "ab"]
+    renewed = [standin.file_url("img", query=f"key={k}&X-Amz-Signature=new") for k in "ba"]
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
+    standin.add_tune(1, [], renewed)  # what the renewal sees
+    standin.faults["img?key=a"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 1
+    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert image0["status"] == "failed"
+    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
+    assert image1["sha256"] == sha256(second)
+
+
 def test_a_renewed_url_signed_with_a_cdns_own_parameters_is_taken(
     standin: StandIn, archive: Path
 ) -> None:

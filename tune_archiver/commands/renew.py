@@ -13,7 +13,7 @@ from tune_archiver.commands.plan import assets_of
 from tune_archiver.download.engine import Refresh
 from tune_archiver.errors import ArchiverError, DataError
 from tune_archiver.models import Asset, Tune
-from tune_archiver.urls import redact, url_key
+from tune_archiver.urls import download_key, redact, url_key
 
 
 class FreshUrls:
@@ -81,23 +81,24 @@ class FreshUrls:
 
 
 def _same_file(fresh: str, old: str, listed: Sequence[Asset], before: Sequence[Asset]) -> bool:
-    """True when the fresh URL names the old one's file: the same path and query less
-    what signing sets; or the same path alone, when no other file has it, in the
-    renewed listing nor in the one the run began with (`before`): a CDN may sign with
-    parameters of its own, `exp`, `s`, `hdnts`, that url_key keeps, while /img?id=2
-    listed alone now was another file than /img?id=1 when both were listed."""
-    path, query = _named(fresh)
-    if (path, query) == _named(old):
+    """True when the fresh URL names the old one's file: the same URL less its signature
+    (download_key); or the same url_key, or path alone, when no other file has it, in
+    the renewed listing nor in the one the run began with (`before`): a CDN may sign
+    with parameters of its own, `exp`, `s`, `hdnts`, `token`, while /img?id=2 (or
+    ?key=b, which url_key drops) listed alone now was another file than /img?id=1 (or
+    ?key=a) when both were listed."""
+    if download_key(fresh) == download_key(old):
         return True
-    return path == _named(old)[0] and all(
-        sum(_named(a.url)[0] == path for a in files) == 1 for files in (listed, before))
+    # url_key drops what only looks secret (?key=a, ?key=b: two files), and the path
+    # alone what a CDN signs with: either, then, only for a file alone in having it.
+    return any(name(fresh) == name(old) and all(
+        sum(name(a.url) == name(fresh) for a in files) == 1 for files in (listed, before))
+        for name in (url_key, _path))
 
 
-def _named(url: str) -> tuple[str, str]:
-    """What in a URL names its file: the path, and the query less what signing sets
-    (url_key): /img?id=1 and /img?id=2 are two files, their path alone one."""
+def _path(url: str) -> str:
+    """A URL's path: /img?id=1 and /img?id=2 are two files, their path alone one."""
     try:
-        parts = urlsplit(url_key(url))
+        return urlsplit(url_key(url)).path
     except ValueError:
-        return url, ""
-    return parts.path, parts.query
+        return url
