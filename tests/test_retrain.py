@@ -262,3 +262,20 @@ def test_retrain_whose_manifest_is_damaged_meanwhile_names_the_tune_created(
     assert ran.code != 0
     [line] = ran.errors
     assert "tune 6" in line
+
+
+def test_retrain_says_a_training_image_the_api_listed_as_null_is_missing(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune whose orig_images held a null (an image Astria could not give) is archived
+    without it, no entry: retrain says a training image is missing, not a plan of the
+    others alone as if they were all."""
+    archive = tmp_path / "archive"
+    images = [b"\\xff\\xd8\\xff" + os.urandom(1_000 + i) for i in range(2)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    standin.add_tune(5, [], [urls[0], None, urls[1]], model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 1
+    _, result = retrain(standin, archive, capsys)
+    assert result["images"] == 2
+    assert result["missing"] == ["some training images not archived: 'orig_images' holds "
+                                 "1 item that is not a URL"]

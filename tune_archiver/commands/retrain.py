@@ -30,6 +30,7 @@ from tune_archiver.errors import (
     StatusError,
 )
 from tune_archiver.manifest import Entry, Manifest
+from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
 from tune_archiver.store import Change, Store
 from tune_archiver.threads import in_thread
@@ -93,11 +94,16 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
         elif isinstance(value, int | float | str) and value != "":
             fields.append((f"tune[{name}]", str(value)))
     training = [entry for entry in found.entries if entry.kind == "training_image"]
+    try:  # orig_images as the API gave it: a null in it is a photo with no entry
+        unread = parse_tune({**found.tune, "id": found.tune_id}).field_errors
+    except DataError:
+        unread = ()
     return RetrainPlan(
         found.tune_id, tuple(fields),
         tuple(entry for entry in training if entry.blob is not None),
         tuple(f"training_image {entry.index}: not archived ({entry.error or entry.status})"
-              for entry in training if entry.blob is None),
+              for entry in training if entry.blob is None)
+        + tuple(error for kind, error in unread if kind == "training_image"),
     )
 
 
