@@ -142,6 +142,25 @@ def test_a_renewed_url_signed_with_a_cdns_own_parameters_is_taken(
     assert "s=new" in standin.seen("cdn", "/files/img")[-1].path
 
 
+@pytest.mark.parametrize("query", ["token={}", "exp=1&s={}"], ids=["token", "cdn"])
+def test_a_renewed_url_of_a_file_listed_twice_is_taken(
+    standin: StandIn, archive: Path, query: str
+) -> None:
+    """One photo listed as training and face-swap image (as a reference image two
+    prompts share): two entries, one file, one download_key. Re-signed after a 403 with
+    a new ?token= (url_key's) or a CDN's own exp/s (the path's), it is renewed: its name
+    was shared by no other file (the renewal failed both, exit 1, since 5109686)."""
+    data = os.urandom(3000)
+    standin.files["ref"] = data
+    old, new = (standin.file_url("ref", query=query.format(s)) for s in ("old", "new"))
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], [old], face_swap_images=[old]))]
+    standin.add_tune(1, [], [new], face_swap_images=[new])  # what the renewal sees
+    standin.faults["ref"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 0
+    assets = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert [a["sha256"] for a in assets] == [sha256(data)] * 2
+
+
 def test_an_api_answer_dripped_a_byte_at_a_time_is_cut_by_the_stall_rule(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -90,9 +90,12 @@ def _same_file(fresh: str, old: str, listed: Sequence[Asset], before: Sequence[A
     if download_key(fresh) == download_key(old):
         return True
     # url_key drops what only looks secret (?key=a, ?key=b: two files), and the path
-    # alone what a CDN signs with: either, then, only for a file alone in having it.
+    # alone what a CDN signs with: either, then, only for a file alone in having it. A
+    # file listed twice (a photo both training and face-swap image, a reference image
+    # two prompts share) is one download_key, still one file.
     return any(name(fresh) == name(old) and all(
-        sum(name(a.url) == name(fresh) for a in files) == 1 for files in (listed, before))
+        len({download_key(a.url) for a in files if name(a.url) == name(fresh)}) == 1
+        for files in (listed, before))
         for name in (url_key, _path))
 
 
