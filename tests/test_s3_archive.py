@@ -41,6 +41,7 @@ from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import IntegrityError, StorageError
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.s3 import intake as intake_module
+from tune_archiver.store.s3 import leftovers
 from tune_archiver.store.s3 import store as s3store_module
 from tune_archiver.store.s3.store import S3Store
 
@@ -435,7 +436,7 @@ def test_gc_that_cannot_sweep_a_buckets_old_uploads_still_says_what_it_removed(
     assert fetch(standin, s3, "1", "2") == 0
     assert tune_archiver(s3, "forget", "2") == 0
 
-    async def refused(self: Any, older_than: datetime) -> list[tuple[str, int]]:
+    async def refused(self: Any, older_than: datetime, removed: Any = None) -> list[Any]:
         raise StorageError(f"cannot list uploads in {s3.url}: InternalError")
 
     monkeypatch.setattr(S3Store, "remove_stale_uploads", refused)
@@ -449,6 +450,37 @@ def test_gc_that_cannot_sweep_a_buckets_old_uploads_still_says_what_it_removed(
     assert report["failed"] == [f"cannot list uploads in {s3.url}: InternalError"]
     assert {b["path"].rsplit("/", 1)[1] for b in report["blobs"]} == {
         sha256(data) for data in two.values()}
+
+
+def test_gc_whose_sweep_of_old_uploads_fails_part_way_says_what_it_swept(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The sweep deletes a day-old temporary object, then the listing of unfinished
+    uploads fails: exit 1, and the deleted object is named in --json's partials (since
+    08afbf1 the sweep's failure gave none: what it had removed was never said)."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    s3.put("tmp/upload-left", b"0123456789")
+
+    listed = leftovers._old_uploads
+
+    async def refused(bucket: Any, older_than: datetime) -> list[tuple[str, str]]:
+        if not calls:  # gc's listing of what is stale; its sweep's fails
+            calls.append(1)
+            return await listed(bucket, older_than)
+        raise StorageError(f"cannot list unfinished uploads in {s3.url}: InternalError")
+
+    calls: list[int] = []
+    monkeypatch.setattr(leftovers, "_old_uploads", refused)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == [f"cannot list unfinished uploads in {s3.url}: InternalError"]
+    assert report["partials"] == [
+        {"path": f"s3://{s3.bucket}/{s3.prefix}/tmp/upload-left", "bytes": 10}]
+    assert s3.keys("tmp/") == []
 
 
 def test_verify_reports_a_blob_the_bucket_refuses_and_checks_the_others(

@@ -77,10 +77,10 @@ async def collect(
                 if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
                                     report.failed, False)
             ]
-            report.partials = [
-                *await staging.remove_stale(cutoff, report.failed),
-                *await _or_failed(store.remove_stale_uploads(cutoff), report.failed, []),
-            ]
+            report.partials = await staging.remove_stale(cutoff, report.failed)
+            # each upload swept is said, those before a failure part way too
+            await _or_failed(store.remove_stale_uploads(cutoff, report.partials),
+                             report.failed, [])
     return report
 
 

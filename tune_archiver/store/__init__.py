@@ -163,8 +163,11 @@ class Store(Protocol):
         """Leftovers of the store's own uploads older than that: (description, bytes)."""
         ...
 
-    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Remove what stale_uploads lists; returns what was removed."""
+    async def remove_stale_uploads(
+        self, older_than: datetime, removed: list[tuple[str, int]] | None = None
+    ) -> list[tuple[str, int]]:
+        """Remove what stale_uploads lists; returns what was removed, each also added to
+        `removed` as it is: what a sweep failing part way did is known still."""
         ...
 
 

@@ -351,7 +351,9 @@ class LocalStore:
         """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
         return []
 
-    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+    async def remove_stale_uploads(
+        self, older_than: datetime, removed: list[tuple[str, int]] | None = None
+    ) -> list[tuple[str, int]]:
         """Nothing, as stale_uploads."""
         return []
 

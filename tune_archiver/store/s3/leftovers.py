@@ -11,11 +11,13 @@ from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import Absent
 
 
-async def stale(bucket: Bucket, older_than: datetime, remove: bool) -> list[tuple[str, int]]:
+async def stale(bucket: Bucket, older_than: datetime, remove: bool,
+                found: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
     """(description, bytes) of each temporary object, and unfinished multipart upload to
     a key of the store's, started before `older_than`; with `remove`, each is removed
-    (deleted, or aborted) as it is listed. tmp/damaged/ is never touched."""
-    found = []
+    (deleted, or aborted) as it is listed, and added to `found` once removed (what a
+    sweep failing part way removed is known). tmp/damaged/ is never touched."""
+    found = [] if found is None else found
     async for key, item in bucket.list(TMP):
         if item["LastModified"] < older_than and not key.startswith(f"{DAMAGED_BLOBS}/"):
             if remove:

@@ -365,7 +365,9 @@ class S3Store:
         store's own keys that were started before `older_than` (an aware datetime)."""
         return await leftovers.stale(self.bucket, older_than, remove=False)
 
-    async def remove_stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
+    async def remove_stale_uploads(
+        self, older_than: datetime, removed: list[tuple[str, int]] | None = None
+    ) -> list[tuple[str, int]]:
         """Delete the temp objects and abort the multipart uploads `stale_uploads` lists;
         returns what was removed, as stale_uploads describes it."""
-        return await leftovers.stale(self.bucket, older_than, remove=True)
+        return await leftovers.stale(self.bucket, older_than, remove=True, found=removed)
