@@ -80,6 +80,28 @@ def test_a_deeply_nested_listing_is_one_line_not_a_traceback(
     assert "the list of tunes: the API returned malformed JSON" in printed.err
 
 
+def renewed_as_another(standin: StandIn, archive: Path, queries: list[str],
+                       renewed: list[str]) -> None:
+    """Two images of one path told apart by their query (`queries`, each signed), the
+    first refused with a 403 and tune 1 renewed listing `renewed`: image 0's fresh URL
+    names the other file, so it fails, saying why, and image 1 keeps its own bytes."""
+    images = [os.urandom(3000) for _ in queries]
+    for query, data in zip(queries, images, strict=True):
+        standin.files[f"img?{query}"] = data
+    urls = [standin.file_url("img", query=f"{q}&X-Amz-Signature=old{i}")
+            for i, q in enumerate(queries)]
+    fresh = [standin.file_url("img", query=f"{q}&X-Amz-Signature=new{i}")
+             for i, q in enumerate(renewed)]
+    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
+    standin.add_tune(1, [], fresh)  # what the renewal sees
+    standin.faults[f"img?{queries[0]}"] = [Status(403)]
+    assert run_fetch(standin, archive, "1") == 1
+    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert image0["status"] == "failed"
+    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
+    assert image1["sha256"] == sha256(images[1])
+
+
 @pytest.mark.parametrize("renewed_ids", [(2, 1), (2,)], ids=["reordered", "alone"])
 def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     standin: StandIn, archive: Path, renewed_ids: tuple[int, ...]
@@ -89,19 +111,7 @@ def test_a_renewed_url_naming_another_file_by_its_query_is_not_taken(
     two files when the run began), image 0's fresh URL is image 1's: it fails, saying
     why, and image 1's bytes are never recorded as image 0 (a later run would trust
     them for good)."""
-    first, second = os.urandom(3000), os.urandom(3000)
-    standin.files["img?id=1"], standin.files["img?id=2"] = first, second
-    urls = [standin.file_url("img", query=f"id={i}&X-Amz-Signature=old{i}") for i in (1, 2)]
-    renewed = [standin.file_url("img", query=f"id={i}&X-Amz-Signature=new{i}")
-               for i in renewed_ids]
-    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
-    standin.add_tune(1, [], renewed)  # what the renewal sees
-    standin.faults["img?id=1"] = [Status(403)]
-    assert run_fetch(standin, archive, "1") == 1
-    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
-    assert image0["status"] == "failed"
-    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
-    assert image1["sha256"] == sha256(second)
+    renewed_as_another(standin, archive, ["id=1", "id=2"], [f"id={i}" for i in renewed_ids])
 
 
 def test_a_renewed_url_naming_another_file_by_a_secret_looking_parameter_is_not_taken(
@@ -111,18 +121,7 @@ def test_a_renewed_url_naming_another_file_by_a_secret_looking_parameter_is_not_
     is left out of it, not out of download_key). Renewed after a 403 in another order,
     image 0's fresh URL is image 1's: it fails, and image 1's bytes are never recorded
     as image 0, 'ok', exit 0."""
-    first, second = os.urandom(3000), os.urandom(3000)
-    standin.files["img?key=a"], standin.files["img?key=b"] = first, second
-    urls = [standin.file_url("img", query=f"key={k}&X-Amz-Signature=old") for k in "ab"]
-    renewed = [standin.file_url("img", query=f"key={k}&X-Amz-Signature=new") for k in "ba"]
-    standin.api_versions[1] = [dict(standin.add_tune(1, [], urls))]
-    standin.add_tune(1, [], renewed)  # what the renewal sees
-    standin.faults["img?key=a"] = [Status(403)]
-    assert run_fetch(standin, archive, "1") == 1
-    image0, image1 = check_manifest(archive / "manifests" / "1.json")["assets"]
-    assert image0["status"] == "failed"
-    assert "the renewed tune lists another file as training_image 0" in str(image0["error"])
-    assert image1["sha256"] == sha256(second)
+    renewed_as_another(standin, archive, ["key=a", "key=b"], ["key=b", "key=a"])
 
 
 def test_a_renewed_url_signed_with_a_cdns_own_parameters_is_taken(

@@ -28,6 +28,19 @@ def add_tune(standin: StandIn, tune_id: int, **fields: Any) -> None:
                      **fields)
 
 
+def incomplete_each(archive: Path, failed: list[str], said: str) -> None:
+    """Tunes 10 and 11 each failed on one line of `failed` saying `said`, and each is
+    archived (checkpoint and photo ok) but not complete."""
+    assert sorted(line.split(":")[2] for line in failed) == [" tune 10 (Tune 10)",
+                                                            " tune 11 (Tune 11)"]
+    assert all(said in line for line in failed)
+    for tune_id in (10, 11):
+        document = check_manifest(archive / "manifests" / f"{tune_id}.json")
+        assert document["complete"] is False
+        assert {(e["kind"], e["status"]) for e in document["assets"]} == {
+            ("checkpoint", "ok"), ("training_image", "ok")}
+
+
 def entries(archive: Path, tune_id: int, kind: str) -> list[dict[str, Any]]:
     document = check_manifest(archive / "manifests" / f"{tune_id}.json")
     return [entry for entry in document["assets"] if entry["kind"] == kind]
@@ -174,14 +187,7 @@ def test_account_prompts_that_cannot_be_listed_leave_every_tune_incomplete(
     standin.misbehaving_paths = ("/prompts",)
     assert run_fetch(standin, archive, "10", "11", "--prompts") == 1
     errors = capsys.readouterr().err.splitlines()
-    assert sorted(line.split(":")[2] for line in errors) == [" tune 10 (Tune 10)",
-                                                            " tune 11 (Tune 11)"]
-    assert all("the account's prompts: asked for ids before 602" in line for line in errors)
-    for tune_id in (10, 11):
-        document = check_manifest(archive / "manifests" / f"{tune_id}.json")
-        assert document["complete"] is False
-        assert {(e["kind"], e["status"]) for e in document["assets"]} == {
-            ("checkpoint", "ok"), ("training_image", "ok")}
+    incomplete_each(archive, errors, "the account's prompts: asked for ids before 602")
 
 
 def test_account_prompts_that_time_out_leave_every_tune_incomplete_not_the_run(
@@ -198,14 +204,7 @@ def test_account_prompts_that_time_out_leave_every_tune_incomplete_not_the_run(
                      "--retries", "1") == 1
     errors = capsys.readouterr().err.splitlines()
     failed = [line for line in errors if line.startswith("tune-archiver: error:")]
-    assert sorted(line.split(":")[2] for line in failed) == [" tune 10 (Tune 10)",
-                                                            " tune 11 (Tune 11)"]
-    assert all("prompt files not archived: no data for 0.3 s" in line for line in failed)
-    for tune_id in (10, 11):
-        document = check_manifest(archive / "manifests" / f"{tune_id}.json")
-        assert document["complete"] is False
-        assert {(e["kind"], e["status"]) for e in document["assets"]} == {
-            ("checkpoint", "ok"), ("training_image", "ok")}
+    incomplete_each(archive, failed, "prompt files not archived: no data for 0.3 s")
 
 
 def test_a_malformed_prompt_fails_its_own_files_only(

@@ -165,6 +165,15 @@ def age(bucket: Bucket, key: str, by: timedelta) -> None:
     found.last_modified -= by
 
 
+async def stored_days_ago(store: S3Store, bucket: Bucket, tmp_path: Path,
+                          data: bytes) -> Incoming:
+    """`data` stored as a blob three days ago, and a second download of the same bytes
+    (another URL, another tune's) ready to commit."""
+    await (await downloaded(store, tmp_path, data)).commit(None)
+    age(bucket, f"{PREFIX}/{blob_key(sha(data))}", timedelta(days=3))
+    return await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+
+
 @pytest.mark.parametrize("size", [50_000, BIG], ids=["small", "past-the-copy-limit"])
 async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
     bucket: Bucket, tmp_path: Path, size: int
@@ -178,9 +187,7 @@ async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
     data = os.urandom(size)
     key = f"{PREFIX}/{blob_key(sha(data))}"
     async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
-        await (await downloaded(store, tmp_path, data)).commit(None)
-        age(bucket, key, timedelta(days=3))
-        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        again = await stored_days_ago(store, bucket, tmp_path, data)
         await again.commit(None)
         found = await collect(store, datetime.now(UTC), False,
                               Staging(tmp_path / "gc-staging", durable=False))
@@ -200,9 +207,7 @@ async def test_an_old_blob_gc_removes_before_the_commit_refreshes_it_is_stored_a
     data = os.urandom(size)
     key = f"{PREFIX}/{blob_key(sha(data))}"
     async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
-        await (await downloaded(store, tmp_path, data)).commit(None)
-        age(bucket, key, timedelta(days=3))
-        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        again = await stored_days_ago(store, bucket, tmp_path, data)
         removed: list[str] = []
 
         async def gc_removes_it(request: Any, **_: Any) -> None:
@@ -246,9 +251,7 @@ async def test_a_refresh_past_the_copy_limit_whose_copy_was_aborted_fails_the_co
     data = os.urandom(BIG)
     key = f"{PREFIX}/{blob_key(sha(data))}"
     async with opened(bucket, tmp_path, copy_limit=MIN_PART) as store:
-        await (await downloaded(store, tmp_path, data)).commit(None)
-        age(bucket, key, timedelta(days=3))
-        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        again = await stored_days_ago(store, bucket, tmp_path, data)
         monkeypatch.setattr(S3Response, "_key_response_post", aborted_meanwhile)
         with pytest.raises(StorageError, match="did not complete"):
             await again.commit(None)
@@ -270,9 +273,7 @@ async def test_gc_never_removes_a_blob_a_fetch_refreshed_after_gc_listed_it(
     data = os.urandom(50_000)
     key = f"{PREFIX}/{blob_key(sha(data))}"
     async with opened(bucket, tmp_path) as store:
-        await (await downloaded(store, tmp_path, data)).commit(None)
-        age(bucket, key, timedelta(days=3))
-        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        again = await stored_days_ago(store, bucket, tmp_path, data)
         listing = store.blobs
 
         async def refreshed_once_listed() -> list[StoredBlob]:
