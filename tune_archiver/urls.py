@@ -246,7 +246,7 @@ SIGNATURES = SIGNING_PARAMS | {
 def identity(url: str) -> str:
     """A short hash of url_key: what a manifest records to know a file again, since its
     URL is stored redacted (and `?id=1` may read `?id=REDACTED` there)."""
-    return hashlib.sha256(url_key(url).encode()).hexdigest()[:32]
+    return _short_hash(url_key(url))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -273,7 +273,11 @@ def download_key(url: str) -> str:
 def download_identity(url: str) -> str:
     """identity's for download_key: what a partial in tmp/ is named and resumed by, so
     the bytes of /img?key=a, kept whole or in part, are never taken up for /img?key=b."""
-    return hashlib.sha256(download_key(url).encode()).hexdigest()[:32]
+    return _short_hash(download_key(url))
+
+
+def _short_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _without(url: str, dropped: Callable[[str], bool]) -> str:
