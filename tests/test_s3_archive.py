@@ -207,9 +207,15 @@ def test_a_download_whose_bytes_changed_on_disk_is_not_kept(
     them) fail the file, and nothing is kept for a later run to take as it is."""
     add_tune(standin, 1, ckpt_size=2 * MiB, images=0)
 
+    received = [0]  # the file's first byte, as it came
+
     def flipping(fd: int, pieces: list[memoryview], offset: int) -> int:
         written = os.pwritev(fd, pieces, offset)
-        os.pwrite(fd, b"\x00" if os.pread(fd, 1, 0) != b"\x00" else b"\x01", 0)
+        if offset == 0:
+            received[0] = os.pread(fd, 1, 0)[0]
+        # Never the byte received (toggling 0 and 1 gave it back, now and then: a file
+        # whose first byte was 1, written an even number of times, was whole on disk).
+        os.pwrite(fd, bytes([received[0] ^ 0xFF]), 0)
         return written
 
     settings = Settings(archive=s3.url, api_key=standin.api_key, api_url=standin.api_url,
