@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from tests.standin import StandIn, Status
 from tests.test_honest import EXPIRED, NOW, fetch_halves_at_once, gone_upstream
 from tune_archiver.commands import repair as repair_module
 from tune_archiver.commands.fetch import fetch
+from tune_archiver.commands.forget import forget
+from tune_archiver.commands.gc import collect
 from tune_archiver.commands.repair import repair
 from tune_archiver.commands.verify import verify
 from tune_archiver.config import RetryPolicy, Settings
@@ -124,3 +126,32 @@ def test_an_archived_file_whose_blob_is_lost_after_expiry_is_never_said_never_ar
         assert "never archived" not in ran.err
         assert "archived, but its blob is missing from the archive" in ran.err
     assert [e["status"] for e in manifest_of(archive, 1)["assets"]] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_blobs_gc_removes_after_a_forget_while_verify_runs_are_no_damage(
+    standin: StandIn, tmp_path: Path, named: bool
+) -> None:
+    """verify read the manifests of tunes 1 and 2; another operator then forgot tune 1
+    and ran gc, which removed its blobs before verify looked for them. verify said them
+    missing (exit 1, a fail ping from cron) of an archive that was whole. A tune asked
+    for by name and forgotten meanwhile is still said missing: it is not archived now."""
+    archive = tmp_path / "archive"
+    tune_1 = add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert run_fetch(standin, archive, "1", "2") == 0
+    later = datetime.now(UTC) + timedelta(days=30)  # past gc's grace for young blobs
+
+    class Meanwhile(LocalStore):
+        async def misplaced(self) -> dict[str, str]:  # after the manifests, before the blobs
+            other = LocalStore(archive)
+            assert (await forget(other, [1], None, later, dry_run=False)).removed
+            assert (await collect(other, later, False, staging_for(archive))).blobs
+            return await super().misplaced()
+
+    found = asyncio.run(verify(Meanwhile(archive), [1, 2] if named else [], NullProgress()))
+    assert not blob_file(archive, tune_1.images[0]).exists()
+    if named:
+        assert {(p.tune_id, p.problem) for p in found.problems} == {(1, "missing")}
+    else:
+        assert found.ok, found.problems

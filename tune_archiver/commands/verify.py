@@ -147,9 +147,18 @@ async def verify(
             tasks = {sha: group.create_task(check(sha)) for sha in sizes}
     except* ArchiverError as errors:
         raise errors.exceptions[0] from None
+    lost = {ref.tune_id for sha, task in tasks.items() if task.result() is None
+            and sha not in misplaced for ref in refs[sha]}
+    named_now = {tune_id: await _named_now(store, tune_id, named=bool(tune_ids))
+                 for tune_id in lost}
     for sha, task in tasks.items():
         for ref in refs[sha]:
             outcome = _judge(sha, ref.size, task.result(), misplaced)
+            now = named_now.get(ref.tune_id)
+            if outcome is not None and outcome[0] == "missing" and now is not None and (
+                sha not in now
+            ):
+                continue  # dropped from its manifest since, then removed by gc: no damage
             if outcome is not None:
                 problem, detail, true_size = outcome
                 report.problems.append(_problem(ref, problem, detail,
@@ -181,6 +190,21 @@ def _judge(
     if actual != size:
         return "corrupt", f"{blob_key(sha)} holds {actual} bytes, not {size}", None
     return "corrupt", f"the bytes of {blob_key(sha)} hash to {digest}", None
+
+
+async def _named_now(store: Store, tune_id: int, named: bool) -> set[str] | None:
+    """The blobs the tune's manifest names now; None when it cannot be read again, or it
+    is gone and the tune was `named` (asked for: it is no longer archived, so what was
+    missing stays missing). verify takes no lock, so that it can check a read-only
+    archive: a blob found missing may be one that a fetch or a forget dropped from the
+    manifest after verify read it, and that gc then removed."""
+    try:
+        found = await manifest.read(store, tune_id)
+    except (UnreadableManifest, StorageError, Denied):
+        return None
+    if found is None:
+        return None if named else set()
+    return {entry.blob.sha256 for entry in found.entries if entry.blob is not None}
 
 
 async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifest | None:
