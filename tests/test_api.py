@@ -355,12 +355,28 @@ async def test_listing_larger_than_max_listed_bytes_is_stopped(
     mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Pages whose JSON adds up to more than MAX_LISTED_BYTES stop the listing."""
+    """Pages whose JSON adds up to more than MAX_LISTED_BYTES, and MAX_ITEM_BYTES for each
+    item listed before them, stop the listing."""
     monkeypatch.setattr(api, "MAX_LISTED_BYTES", 30)
+    monkeypatch.setattr(api, "MAX_ITEM_BYTES", 1)
     pages_at(mocked, "/tunes", [[9], [8], [7], []])  # [{"id": 9}] is 11 bytes
-    with pytest.raises(DataError, match=r"^the list of tunes: more than 30 bytes listed"):
+    with pytest.raises(DataError, match=r"^the list of tunes: more than 32 bytes listed"):
         await list_tunes(session, settings)
     assert len(mocked.requests) == 3
+
+
+async def test_a_long_listing_of_items_of_honest_size_is_read_whole(
+    mocked: aioresponses, session: aiohttp.ClientSession, settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An account's listing past MAX_LISTED_BYTES, of items each no larger than
+    MAX_ITEM_BYTES, is read to its end: a fixed cap stopped `fetch --all` of every
+    account of more than some 10,000 tunes (about 30 KiB each, with presigned URLs of
+    their photos), every night."""
+    monkeypatch.setattr(api, "MAX_LISTED_BYTES", 30)
+    monkeypatch.setattr(api, "MAX_ITEM_BYTES", 11)
+    pages_at(mocked, "/tunes", [[9], [8], [7], [6], [5], []])  # 11 bytes a page
+    assert [t["id"] for t in await list_tunes(session, settings)] == [9, 8, 7, 6, 5]
 
 
 async def test_listing_of_more_than_max_pages_is_stopped(

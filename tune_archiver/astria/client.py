@@ -30,7 +30,12 @@ PAGE_LIMIT = 120  # the most the API gives per page; paging is by before_id, nev
 # holds thousands of tunes, a tune thousands of prompts. Both caps bound memory and time.
 MAX_LISTED = 100_000
 MAX_PAGES = 5_000  # room for servers that give fewer items per page than asked
-MAX_LISTED_BYTES = 256 * 2**20  # the JSON of all pages of one listing, together
+# The JSON of all pages of one listing, together: this much, and MAX_ITEM_BYTES more for
+# each item listed before. A tune of 30 photos under presigned URLs is about 30 KiB, so a
+# fixed cap alone stopped honest accounts of some 10,000 tunes; it still stops a
+# listing of a few items of endless JSON early.
+MAX_LISTED_BYTES = 256 * 2**20
+MAX_ITEM_BYTES = 64 * 2**10
 # GET /prompts lists every prompt the account ever made, not one tune's: its listing
 # may be this many times longer, and only the prompts naming a tune are kept of it.
 ACCOUNT_WIDE = 10
@@ -152,7 +157,8 @@ class AstriaClient:
 
         Raises DataError when a page is not a list of objects with ids, when a page
         breaks newest-first order (see checked_ids), or past MAX_LISTED items,
-        MAX_PAGES pages or MAX_LISTED_BYTES (each `scale` times): a listing that never
+        MAX_PAGES pages or MAX_LISTED_BYTES (each `scale` times; the bytes, MAX_ITEM_BYTES
+        more for each item listed before): a listing that never
         ends is stopped, not followed. A page is given only once it passed every check.
         """
         max_items, max_pages, max_bytes = (
@@ -167,8 +173,8 @@ class AstriaClient:
                 what, functools.partial(self._get_body, path + query, what, workspace)
             )
             received += len(body)
-            if received > max_bytes:
-                raise DataError(f"{what}: more than {max_bytes} bytes listed; stopped "
+            if received > (allowed := max_bytes + listed * MAX_ITEM_BYTES):
+                raise DataError(f"{what}: more than {allowed} bytes listed; stopped "
                                 "paging (a listing that never ends?)")
             page = parse_json(body, what, listing=True)
             del body
