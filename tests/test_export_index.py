@@ -72,3 +72,25 @@ def test_a_file_a_browser_would_run_is_never_linked_as_a_page(
     assert [p.name for p in (folder / "prompt_images").iterdir()] == ["21-000.bin"]
     assert (folder / "prompt_images" / "21-000.bin").read_bytes() == hostile
     assert 'href="prompt_images/21-000.bin"' in (folder / "index.html").read_text()
+
+
+def test_two_files_of_one_place_each_link_their_own_file(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A training photo the API replaced keeps its entry, at the same kind and index as
+    the new one: index.html shows each of the two photos, linking its own file, never
+    the one exported last in both places (the other photo then on no page at all)."""
+    old = b"\xff\xd8\xff" + b"old photo" * 300
+    new = b"\xff\xd8\xff" + b"new photo" * 300
+    checkpoint = standin.add_file("ckpt.safetensors", safetensors(20_000))
+    standin.add_tune(7, [checkpoint], [standin.add_file("old.jpg", old)])
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "7") == 0
+    standin.add_tune(7, [checkpoint], [standin.add_file("new.jpg", new)],
+                     updated_at="2026-11-03T00:00:00Z")
+    assert run_fetch(standin, archive, "7") == 0
+    assert main(["export", "7", str(tmp_path / "out"), "--archive", str(archive), "-q"]) == 0
+    folder = next((tmp_path / "out").glob("7-*"))
+    shown = [(folder / unquote(attrs["src"] or "")).read_bytes()
+             for tag, attrs in tags_of((folder / "index.html").read_text()) if tag == "img"]
+    assert sorted(shown) == sorted([old, new])

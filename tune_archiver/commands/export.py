@@ -65,7 +65,9 @@ async def export_tune(
     await in_thread(_new_folder, dest, folder)
     result = ExportResult(folder)
     taken: set[str] = set()
-    placed_at: dict[tuple[str, int, int | None], str] = {}  # entry -> its path in the folder
+    # entry -> its path in the folder: the entry itself, since two may share a kind and
+    # index (one the API no longer lists), and each must link its own file.
+    placed_at: dict[manifest.Entry, str] = {}
     for entry in found.entries:
         where, blob = f"{entry.kind} {entry.index}", entry.blob
         if blob is None:
@@ -84,15 +86,14 @@ async def export_tune(
             result.failed.append(f"{where}: {exc}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
-        placed_at[(entry.kind, entry.index, entry.prompt_id)] = name
+        placed_at[entry] = name
         if placed is not None and name == placed:  # its trigger words beside it
             words = trigger_words(tune_id, found.tune).encode()
             try:
                 await in_thread(_write_new, folder / sidecar_name(name, taken), words)
             except StorageError as exc:
                 result.failed.append(f"{where}: its trigger words: {exc}")
-    page = gallery.tune_page(
-        found, lambda entry: _relative(placed_at.get((entry.kind, entry.index, entry.prompt_id))))
+    page = gallery.tune_page(found, lambda entry: _relative(placed_at.get(entry)))
     # Failed as a file is (a full disk, say): the files that failed before are still named.
     for name, content in (("manifest.json", data), ("index.html", page.encode())):
         try:
