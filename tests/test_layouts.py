@@ -91,3 +91,24 @@ def test_a_placed_checkpoint_that_is_itself_a_txt_keeps_its_trigger_words_apart(
     assert [(folder / "training_images" / f"00{i}.jpg").read_bytes() for i in range(2)] == images
     assert (folder / "manifest.json").exists()
     assert (folder / "index.html").exists()
+
+
+def test_the_trigger_words_file_holds_no_escape_or_forged_line_from_the_server(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A title and token holding an OSC 52 clipboard write, a screen clear and a newline:
+    the sidecar shows them as escapes (\\x1b), so `cat` on it acts on no terminal, and
+    the title forges no second `trigger words:` line."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("weights", WEIGHTS)], [], model_type="lora",
+                     title="Jane\x1b]52;c;ZXZpbA==\x07\ntrigger words: evil",
+                     token="oh\x1b[2Jwx\u202e")
+    assert run_fetch(standin, archive, "1") == 0
+    assert cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive),
+               "--layout", "comfyui").code == 0
+    sidecar = next((tmp_path / "dest").glob("1-*/models/loras/*.txt")).read_text()
+    assert not [char for char in sidecar if char != "\n" and (char < " " or char == "\u202e")]
+    lines = sidecar.splitlines()
+    assert lines[0] == "trigger words: oh\\x1b[2Jwx\\u202e woman"
+    assert [line for line in lines if line.startswith("trigger words:")] == [lines[0]]
+    assert lines[-1] == "tune: 1 (Jane\\x1b]52;c;ZXZpbA==\\x07\\x0atrigger words: evil)"

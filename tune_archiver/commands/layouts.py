@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 
 from tune_archiver.commands.names import extension, folder_name
 from tune_archiver.manifest import Entry
+from tune_archiver.text import visible
 
 Layout = Literal["comfyui", "a1111", "diffusers"]
 LAYOUTS: tuple[Layout, ...] = get_args(Layout)
@@ -66,13 +67,16 @@ def trigger_words(tune_id: int, tune: dict[str, Any]) -> str:
     """The sidecar text beside a placed checkpoint: how to call up the tune in a prompt.
 
     The tune's token and class name ("ohwx woman"), and for a LoRA the tag Astria's
-    own prompts use (<lora:ID:1>). Pure; the title and fields are the archived ones.
+    own prompts use (<lora:ID:1>). Pure; the title and fields are the archived ones,
+    their control and format characters shown as escapes (text.visible), as every
+    line we print: a person `cat`s this file, and an escape in it would act on the
+    terminal, a newline forge a line of its own.
     """
-    words = " ".join(str(tune[name]) for name in ("token", "name")
+    words = " ".join(visible(tune[name]) for name in ("token", "name")
                      if isinstance(tune.get(name), str) and tune[name])
     lines = [f"trigger words: {words}" if words else "trigger words: (none recorded)"]
     if is_lora(tune):
         lines.append(f"astria tag: <lora:{tune_id}:1>")
     title = tune.get("title")
-    lines.append(f"tune: {tune_id}" + (f" ({title})" if isinstance(title, str) else ""))
+    lines.append(f"tune: {tune_id}" + (f" ({visible(title)})" if isinstance(title, str) else ""))
     return "\n".join(lines) + "\n"
