@@ -22,7 +22,7 @@ from tests.archive_helpers import cli, stop
 from tests.archive_helpers import start as start_process
 from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
-from tests.helpers import blob_file, sha256
+from tests.helpers import blob_file, run_fetch, sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
     Bucket,
     aio_session_fixture,
@@ -91,6 +91,31 @@ async def test_tunes_page_lists_newest_first(site: Site) -> None:
     assert "complete" in text
     assert "&lt;script&gt;" in text
     assert "<script>" not in text
+
+
+@pytest.fixture
+def unfinished(standin: StandIn, archive: Path) -> Path:
+    """Tune 1 still training, tune 2 with its one photo gone upstream: neither failed."""
+    standin.add_tune(1, [], [], trained_at=None)
+    standin.add_tune(2, [], [standin.file_url("deleted.jpg")],
+                     expires_at="2026-11-01T00:00:00Z")
+    assert run_fetch(standin, archive, "1") == 0
+    run_fetch(standin, archive, "2")
+    assert run_fetch(standin, archive, "2") == 0  # gone upstream: said once, exit 1 then 0
+    return archive
+
+
+async def test_tunes_page_says_training_and_gone_upstream_not_failed(unfinished: Path) -> None:
+    """A tune still training and one whose photo is gone upstream are not complete, and
+    the page says why, as `list` does: neither is called "failed", which only a file
+    that failed is."""
+    async for url, session in running(unfinished):
+        async with session.get(url) as response:
+            text = await response.text()
+    rows = {line.split("</td>")[0]: line for line in text.split("<tr><td>")[1:]}
+    assert "still training" in rows["1"]
+    assert "1 gone upstream" in rows["2"]
+    assert not [row for row in rows.values() if "failed" in row.replace('class="failed"', "")]
 
 
 async def test_tune_page_links_every_blob(

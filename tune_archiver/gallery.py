@@ -127,8 +127,8 @@ def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> st
             body.append(f"<tr><td>{e(tune_id)}</td><td class=\"failed\" colspan=\"5\">"
                         f"{e(row['error'])}</td></tr>")
             continue
-        status = ("<span class=\"ok\">complete</span>" if row.get("complete")
-                  else "<span class=\"failed\">failed</span>")
+        status = ("<span class=\"ok\">complete</span>" if row.get("complete") else
+                  f"<span class=\"failed\">{e(', '.join(notes(row)) or 'not complete')}</span>")
         body.append(
             f"<tr><td>{e(tune_id)}</td><td><a href=\"{e(link(tune_id))}\">"
             f"{e(row.get('title') or f'tune {tune_id}')}</a></td><td>{status}</td>"
@@ -136,6 +136,16 @@ def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> st
             f"</td><td>{e(row.get('workspace'))}</td></tr>")
     body.append("</table>")
     return page("Archived tunes", "".join(body))
+
+
+def notes(row: dict[str, Any]) -> list[str]:
+    """What keeps a tune from complete, as `list` says it: "2 failed", "1 gone upstream",
+    "still training", "none listed" (a file gone upstream, or a tune that lists none,
+    is not one that failed)."""
+    said = [f"{row['failed']} failed"] if row.get("failed") else []
+    said += [f"{row['gone']} gone upstream"] if row.get("gone") else []
+    said += ["still training"] if row.get("state") == "training" else []
+    return said + (["none listed"] if row.get("state") == "no_files_listed" else [])
 
 
 def countdown(seconds: int | None) -> str:

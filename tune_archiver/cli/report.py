@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
+from tune_archiver.gallery import notes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter, parse_moment
 from tune_archiver.text import counted, human_bytes, time_left, visible
@@ -298,11 +299,8 @@ def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
     title = visible(row["title"] or "")
     if len(title) > TITLE_WIDTH:
         title = title[: TITLE_WIDTH - 1] + "…"
-    notes = [f"{row['failed']} failed"] if row["failed"] else []
-    notes += [f"{row['gone']} gone upstream"] if row["gone"] else []
-    notes += ["still training"] if row["state"] == "training" else []
-    notes += ["none listed"] if row["state"] == "no_files_listed" else []
-    files = str(row["files"]) + (f" ({', '.join(notes)})" if notes else "")
+    said = notes(row)
+    files = str(row["files"]) + (f" ({', '.join(said)})" if said else "")
     return (
         str(row["tune_id"]), title, visible(row["branch"] or "-"),
         visible(row["model_type"] or "-"), row["checkpoint"], files,
