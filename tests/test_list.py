@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,28 @@ def test_no_archive_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                           "(it has no manifests/ folder)"]
     assert not (tmp_path / "none").exists()
 
+
+
+def test_list_columns_stay_aligned_under_wide_and_combining_titles(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Japanese title (two columns a character), one with a combining accent (none for
+    the accent) and one wider than the title column: each row's branch starts in the
+    header's column, as a terminal shows it; the long title is cut to 30 columns."""
+    archive = tmp_path / "archive"
+    titles = {1: "山田花子", 2: "e\u0301mile", 3: "ポートレート写真" * 3}
+    for tune_id, title in titles.items():
+        add_tune(standin, tune_id, images=1, title=title, branch="flux1")
+    assert run_fetch(standin, archive, "1", "2", "3") == 0
+    ran = cli(capsys, "list", "--archive", str(archive))
+    header, *rows = ran.out.splitlines()
+
+    def shown_width(text: str) -> int:
+        return sum(0 if unicodedata.combining(char) else
+                   2 if unicodedata.east_asian_width(char) == "W" else 1 for char in text)
+
+    for row in rows:
+        assert shown_width(row[:row.index("flux1")]) == header.index("branch")
+    long_title = rows[0].split("  ")[1]
+    assert long_title.endswith("…")
+    assert shown_width(long_title) <= 30

@@ -49,6 +49,32 @@ def visible(text: str) -> str:
     )
 
 
+def columns(text: str) -> int:
+    """The columns a terminal gives the text: two for a wide character (CJK, most
+    emoji), none for a combining mark, a joiner or a variation selector, else one."""
+    return sum(_columns(char) for char in text)
+
+
+def _columns(char: str) -> int:
+    if (unicodedata.combining(char) or char in _JOINERS or ord(char) in _TAGS
+            or "\ufe00" <= char <= "\ufe0f"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def clipped(text: str, width: int) -> str:
+    """The text in at most `width` columns: cut, with "…" at its end, when it is wider."""
+    if columns(text) <= width:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _columns(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
 def has_control(text: str) -> bool:
     """True when the text holds a control character (a newline, an escape, ...)."""
     return _CONTROL.search(text) is not None

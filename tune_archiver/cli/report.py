@@ -14,7 +14,7 @@ from tune_archiver.config import AllTunes
 from tune_archiver.gallery import notes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter, parse_moment
-from tune_archiver.text import counted, human_bytes, time_left, visible
+from tune_archiver.text import clipped, columns, counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
 
 if TYPE_CHECKING:  # their commands' modules are imported when those commands run
@@ -286,9 +286,11 @@ def list_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         cells = [(*cells[0], "workspace")] + [
             (*line, visible(row.get("workspace") or "-")) for line, row in zip(
                 cells[1:], rows, strict=True)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    # Measured in a terminal's columns, not characters: a CJK title is twice as wide.
+    widths = [max(columns(line[i]) for line in cells) for i in range(len(cells[0]))]
     return [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        "  ".join(cell + " " * (width - columns(cell))
+                  for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells
     ]
 
@@ -296,9 +298,7 @@ def list_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
     if "error" in row:
         return (str(row["tune_id"]), visible(row["error"]), *("",) * (len(COLUMNS) - 2))
-    title = visible(row["title"] or "")
-    if len(title) > TITLE_WIDTH:
-        title = title[: TITLE_WIDTH - 1] + "…"
+    title = clipped(visible(row["title"] or ""), TITLE_WIDTH)
     said = notes(row)
     files = str(row["files"]) + (f" ({', '.join(said)})" if said else "")
     return (
