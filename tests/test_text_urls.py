@@ -226,3 +226,23 @@ def test_a_title_glued_to_a_presigned_url_is_stored_redacted(
     add_tune(standin, 1, title=title)
     assert run_fetch(standin, archive, "1") == 0
     assert SIG not in (archive / "manifests" / "1.json").read_text()
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("failed (https://h.io/x.png?token=s3cr3t)", "failed (https://h.io/x.png?token=REDACTED)"),
+    ("see [https://h.io/x?token=s3cr3t], next", "see [https://h.io/x?token=REDACTED], next"),
+    ("at https://h.io/x?token=s3cr3t.", "at https://h.io/x?token=REDACTED."),
+    ("<https://h.io/x?token=s3cr3t>", "<https://h.io/x?token=REDACTED>"),
+    ("'https://h.io/x?token=s3cr3t', then", "'https://h.io/x?token=REDACTED', then"),
+    ('"https://h.io/x?token=s3cr3t"', '"https://h.io/x?token=REDACTED"'),
+    ("(https://h.io/x?token=s3%29cr%2C3t%5D)", "(https://h.io/x?token=REDACTED)"),
+    ("bad key (token=s3cr3t).", "bad key (token=REDACTED)."),
+    ("bad key (token=s3)cr3t%29).", "bad key (token=REDACTED)."),
+    ("(https:/h.io/?sig=s3cr3t)", "(https:/h.io/?sig=REDACTED)"),
+])
+def test_closing_punctuation_after_a_redacted_value_is_kept(text: str, shown: str) -> None:
+    """The `)`, `]`, `>` or sentence-ending `.` that closes the text around a secret is
+    the text's, not the secret's: it stays after REDACTED (the net for name=value once
+    took it into the value, and an error line lost its closing bracket); a value holding
+    such characters, percent-encoded or inside it, is still hidden whole."""
+    assert redact_text(text) == shown

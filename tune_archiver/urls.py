@@ -147,9 +147,11 @@ _ORDINARY_NAMES = frozenset({"author", "authors", "authored", "authorship", "aut
 def _secret_pairs(text: str) -> str:
     """The text with the value of every name=value whose name is a secret's REDACTED."""
     def replaced(found: re.Match[str]) -> str:
-        name, equals, quote, _ = found.groups()
+        name, equals, quote, value = found.groups()
         if is_secret_param(name) and name.lower() not in _ORDINARY_NAMES:
-            return f"{name}{equals}{quote}{REDACTED}"
+            # Closing punctuation at its end closes the text around it ("(...?token=x)",
+            # "... token=x."): given back, as redact_text gives it back after a URL.
+            return f"{name}{equals}{quote}{REDACTED}{value[len(value.rstrip(_CLOSING)):]}"
         return found.group(0)
 
     return _PAIR.sub(replaced, text) if "=" in text or "%3" in text or "%25" in text else text
