@@ -722,3 +722,43 @@ def test_an_export_to_a_filesystem_without_hard_links_still_exports(
         "000.jpg", "000.safetensors", "001.jpg", "index.html", "manifest.json"]
     blobs = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     assert {hashlib.sha256(data).hexdigest() for data in served.values()} <= blobs
+
+
+def test_gc_whose_abort_of_an_old_upload_is_denied_says_what_it_removed(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bucket's policy that lists unfinished uploads but refuses their abort
+    (AccessDenied, no s3:AbortMultipartUpload) makes the sweep's failure one line, exit
+    1, with the blobs and the temporary object removed before it named in --json, as
+    any other failure of the sweep. Denied stopped gc with that line alone, exit 2: what
+    it had removed was never said."""
+    two = add_tune(standin, 2)
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1", "2") == 0
+    assert tune_archiver(s3, "forget", "2") == 0
+    s3.put("tmp/upload-left", b"0123456789")
+    key = f"{s3.prefix}/tmp/upload-started"
+    upload = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+    s3.client.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=1,
+                          Body=b"x" * 100)
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise S3AccessDeniedError()
+
+    monkeypatch.setattr(S3Backend, "abort_multipart_upload", denied)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    report = json.loads(out)
+    [failure] = report["failed"]
+    assert "abort an upload" in failure
+    assert "access denied" in failure
+    assert err.splitlines() == [f"tune-archiver: error: {failure}"]
+    assert {b["path"].rsplit("/", 1)[1] for b in report["blobs"]} == {
+        sha256(data) for data in two.values()}
+    assert report["partials"] == [
+        {"path": f"s3://{s3.bucket}/{s3.prefix}/tmp/upload-left", "bytes": 10}]
+    assert s3.keys("tmp/") == []

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from tune_archiver import manifest
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError, StorageError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key
 from tune_archiver.store import Store
 
@@ -78,21 +78,25 @@ async def collect(
                                     report.failed, False)
             ]
             report.partials = await staging.remove_stale(cutoff, report.failed)
-            # each upload swept is said, those before a failure part way too
+            # each upload swept is said, those before a failure part way too; a bucket
+            # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
+            # is said as well, after what gc removed
             await _or_failed(store.remove_stale_uploads(cutoff, report.partials),
-                             report.failed, [])
+                             report.failed, [], refused=(StorageError, Denied))
     return report
 
 
-async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T) -> T:
+async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T,
+                     refused: tuple[type[ArchiverError], ...] = (StorageError,)) -> T:
     """What the removal gives; one the store refuses (a folder made read-only, EIO, a
     bucket's listing of uploads failing: that step's alone) is said in `failed`, and
     `otherwise` given: gc goes on. Stopping there left what it had removed unsaid, and
     the rest in place. A bucket refusing deletes (Denied) still stops gc, said once
-    rather than once per blob."""
+    rather than once per blob; in the sweep of old uploads, gc's last step, it is said in
+    `failed` too (`refused`), with what gc removed before it."""
     try:
         return await removal
-    except StorageError as exc:
+    except refused as exc:
         failed.append(str(exc))
         return otherwise
 
