@@ -337,7 +337,7 @@ def test_duration_refuses_anything_else(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "expected"),
-    [(None, "-"), (0, "expired"), (59, "0h 0m"), (3 * 3600 + 600, "3h 10m"),
+    [(None, "-"), (0, "expired"), (59, "under a minute"), (60, "0h 1m"), (3 * 3600 + 600, "3h 10m"),
      (86400 * 12 + 3 * 3600 + 5, "12d 3h")],
 )
 def test_time_left(seconds: int | None, expected: str) -> None:

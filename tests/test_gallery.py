@@ -98,7 +98,7 @@ def test_tunes_page_links_each_tune_with_its_status() -> None:
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [
-    (None, ""), (0, "expired"), (59, "0h 0m"), (3_660, "1h 1m"),
+    (None, ""), (0, "expired"), (59, "under a minute"), (60, "0h 1m"), (3_660, "1h 1m"),
     (86_400 * 3 + 7_200, "3d 2h"),
 ])
 def test_countdown(seconds: int | None, shown: str) -> None:

@@ -281,6 +281,20 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
                for line in err)
 
 
+def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seconds before Astria deletes a tune that failed, the line says "under a minute":
+    "deletes it in 0h 0m" read as already gone, or as a clock gone wrong."""
+    add_tune(standin, 1, expires_at="2026-12-10T12:00:45Z")  # 45 s after NOW
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
+    assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
+                    "deletes it in under a minute: run tune-archiver fetch 1 again before "
+                    "then"]
+
+
 def test_json_says_how_long_each_tune_has_left(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

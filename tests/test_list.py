@@ -150,7 +150,7 @@ LEFT = [
     (timedelta(days=12, hours=3, minutes=59), "12d 3h"),
     (timedelta(days=2, hours=23, minutes=59, seconds=59), "2d 23h"),
     (timedelta(hours=23, minutes=59, seconds=59), "23h 59m"),
-    (timedelta(seconds=59), "0h 0m"),
+    (timedelta(seconds=59), "under a minute"),
     (timedelta(0), "expired"),
     (timedelta(hours=-1), "expired"),
     (None, "-"),

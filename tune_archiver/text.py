@@ -96,11 +96,14 @@ def counted(count: int, noun: str) -> str:
 
 
 def time_left(seconds: int | None) -> str:
-    """"12d 3h", "5h 10m", "expired", or "-" when the tune has no expiry."""
+    """"12d 3h", "5h 10m", "under a minute" (not "0h 0m", read as none left), "expired",
+    or "-" when the tune has no expiry."""
     if seconds is None:
         return "-"
     if seconds <= 0:
         return "expired"
+    if seconds < 60:
+        return "under a minute"
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
