@@ -163,3 +163,27 @@ def test_warnings_reach_the_log_file_and_dash(
     said = [str(e["message"]) for e in found if e["event"] == "warning"]
     assert any("lists no files (expired and deleted upstream?)" in m for m in said), said
     assert any("--all selected no tunes" in m for m in said), said
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o604, True), (0o640, False),
+                                              (0o600, False), (None, False)])
+def test_a_log_file_every_user_can_read_is_said_once(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int | None,
+    warned: bool,
+) -> None:
+    """An existing log file of ours that every local user can read (0644, as `touch` or
+    logrotate's `create 0644` leave it) holds tune titles and URLs: one warning line
+    says so, and how to make it private. It was written to without a word. Its mode is
+    the owner's to choose (kept); a new one is made 0600, and says nothing."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.log"
+    if mode is not None:
+        log.touch()
+        log.chmod(mode)
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "log file" in line]
+    assert said == ([f"tune-archiver: warning: the log file {log} is readable by every user "
+                     "of this machine (it names your tunes and files): chmod 600 it"]
+                    if warned else [])
+    assert log.stat().st_mode & 0o777 == (0o600 if mode is None else mode)
+    assert events(log)[-1]["event"] == "run_end"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -134,6 +135,13 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
     return JsonLines(stream, secrets, owned=True, name=path)
+
+
+def readable_by_all(handler: JsonLines) -> bool:
+    """Whether the log file is readable by every user of the machine: one that existed
+    before the run, 0644 (`touch`, logrotate's `create 0644`); a new one is made 0600."""
+    return handler.stream is not sys.stderr and bool(
+        os.fstat(handler.stream.fileno()).st_mode & stat.S_IROTH)
 
 
 def _own(path: str, flags: int) -> int:

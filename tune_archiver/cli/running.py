@@ -165,8 +165,9 @@ def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.DEBUG)
-    if args.log_file is not None:
-        log.addHandler(eventlog.open_log(args.log_file, secrets))
+    opened = None if args.log_file is None else eventlog.open_log(args.log_file, secrets)
+    if opened is not None:
+        log.addHandler(opened)
     if args.log_file == "-":
         return
     handler = _AboveBar(sys.stderr)
@@ -179,6 +180,11 @@ def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
     # No record below what some handler takes is made at all: a run of 20,000 tunes
     # logs several debug events per tune that nobody would be shown without -v.
     log.setLevel(min(h.level for h in log.handlers))
+    if opened is not None and eventlog.readable_by_all(opened):
+        # It names tunes, files and the archive. Its owner chose its mode (a group's
+        # read may be meant): left as it is, and said on every run until made private.
+        log.warning("warning: the log file %s is readable by every user of this machine "
+                    "(it names your tunes and files): chmod 600 it", args.log_file)
 
 
 def ping_url_of(args: argparse.Namespace) -> str | None:
