@@ -49,7 +49,13 @@ CRONTAB = [
     line.split(None, 5)[5]  # the command after the five schedule fields
     for block in re.findall(r"```crontab\n(.*?)```", README, flags=re.DOTALL)
     for line in block.splitlines()
-    if line.strip() and not line.startswith("#")
+    if line.strip() and not line.startswith("#") and not re.match(r"[A-Z_]+=", line)
+]
+CRONTAB_ENV = [
+    line.split("=", 1)[0]
+    for block in re.findall(r"```crontab\n(.*?)```", README, flags=re.DOTALL)
+    for line in block.splitlines()
+    if re.match(r"[A-Z_]+=", line)
 ]
 
 
@@ -82,3 +88,14 @@ def test_readme_crontab_line_parses() -> None:
 def test_readme_has_examples() -> None:
     """The example list is not empty, so the parse test above cannot pass vacuously."""
     assert len(EXAMPLES) >= 4
+
+
+def test_no_example_puts_the_ping_url_on_the_command_line() -> None:
+    """The ping URL is a secret that every local user would see in `ps` in argv: the
+    examples (shell, crontab, systemd, Kubernetes) give it as TUNE_ARCHIVER_PING_URL,
+    the crontab's line in the crontab's environment."""
+    code = "".join(re.findall(r"```(?:sh|crontab|ini|yaml)\n(.*?)```", README, flags=re.DOTALL))
+    assert "--ping-url" not in code
+    assert "ping-url" not in "".join(CRONTAB)
+    assert CRONTAB_ENV == ["TUNE_ARCHIVER_PING_URL"]
+    assert any("TUNE_ARCHIVER_PING_URL=" in command for command in EXAMPLES)
