@@ -14,6 +14,7 @@ import pytest
 from tune_archiver import __version__
 from tune_archiver.cli.main import main
 from tune_archiver.cli.parser import build_parser, duration
+from tune_archiver.cli.scale import shard_or_auto
 from tune_archiver.commands import fetch as archive
 from tune_archiver.text import time_left
 
@@ -141,6 +142,14 @@ def test_a_shard_of_other_digits_returns_2_saying_why(
     assert main(["fetch", "--all", "--shard", bad]) == 2
     assert "not a shard K/N" in capsys.readouterr().err
     assert no_fetch == []
+
+
+@pytest.mark.parametrize("text", [" 1/2", "1/2 ", "\t1/2\n", " auto "])
+def test_a_shard_with_spaces_around_it_is_taken(text: str) -> None:
+    """--shard ' 1/2' (as a cron line's quoting leaves it) is shard 1 of 2, as ' auto '
+    is auto: it was refused, exit 2, while auto and the job runners' variables took
+    their spaces off."""
+    assert shard_or_auto(text) == ("auto" if "auto" in text else (1, 2))
 
 
 def test_bad_tune_id_among_good_ones_returns_2(

@@ -84,10 +84,11 @@ def moment(text: str) -> Any:
 
 
 def shard_or_auto(text: str) -> tuple[int, int] | str:
-    """K/N with 1 <= K <= N, or auto (from the job runner's environment)."""
+    """K/N with 1 <= K <= N, or auto (from the job runner's environment); spaces around
+    either (a cron line's quoting: " 1/2") are no part of it, as auto's are not."""
     if text.strip().lower() == AUTO:
         return AUTO
-    k, _, n = text.partition("/")
+    k, _, n = text.strip().partition("/")
     shard, shards = whole_number(k, MAX_ID_DIGITS), whole_number(n, MAX_ID_DIGITS)
     if shard is None or shards is None or not 1 <= shard <= shards:
         raise argparse.ArgumentTypeError("not a shard K/N with 1 <= K <= N, nor auto")
