@@ -762,3 +762,38 @@ def test_gc_whose_abort_of_an_old_upload_is_denied_says_what_it_removed(
     assert report["partials"] == [
         {"path": f"s3://{s3.bucket}/{s3.prefix}/tmp/upload-left", "bytes": 10}]
     assert s3.keys("tmp/") == []
+
+
+def test_gc_whose_delete_of_a_blob_is_denied_says_the_blobs_it_removed_before(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bucket's policy refusing the delete of one blob (AccessDenied) is one line, exit
+    1, and no further blob is tried; the blobs gc removed before it are named in --json.
+    Denied stopped gc with that line alone, exit 2, and what it had removed went unsaid."""
+    two = add_tune(standin, 2)
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1", "2") == 0
+    assert tune_archiver(s3, "forget", "2") == 0
+    unreferenced = sorted(sha256(data) for data in two.values())
+    delete_object = S3Backend.delete_object
+
+    def denied(backend: S3Backend, bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key.endswith(unreferenced[-1]):  # gc goes through them in order
+            raise S3AccessDeniedError()
+        return delete_object(backend, bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "delete_object", denied)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    [failure] = report["failed"]
+    assert "access denied" in failure
+    assert failure.endswith("; gc removed no further blob")
+    assert err.splitlines() == [f"tune-archiver: error: {failure}"]
+    assert [b["path"].rsplit("/", 1)[1] for b in report["blobs"]] == unreferenced[:-1]
+    left = {key.rsplit("/", 1)[1] for key in s3.keys("objects/")}
+    assert not set(unreferenced[:-1]) & left
+    assert unreferenced[-1] in left

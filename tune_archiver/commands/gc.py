@@ -72,11 +72,7 @@ async def collect(
         cutoff = now - PARTIAL_MAX_AGE
         report.partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
         if not dry_run:
-            report.blobs = [
-                (key, size) for key, size in report.blobs
-                if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
-                                    report.failed, False)
-            ]
+            report.blobs = await _remove_blobs(store, report.blobs, young, report.failed)
             report.partials = await staging.remove_stale(cutoff, report.failed)
             # each upload swept is said, those before a failure part way too; a bucket
             # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
@@ -86,14 +82,31 @@ async def collect(
     return report
 
 
+async def _remove_blobs(store: Store, blobs: list[tuple[str, int]], young: datetime,
+                        failed: list[str]) -> list[tuple[str, int]]:
+    """The blobs removed, of `blobs`: one the store will not remove is said in `failed`,
+    and the others are removed. A bucket refusing deletes (Denied) is said once, and no
+    further blob is tried; those removed before it are still said (it stopped gc, and
+    what it had removed went unsaid). gc goes on to the partials."""
+    removed = []
+    for key, size in blobs:
+        try:
+            if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
+                                failed, False):
+                removed.append((key, size))
+        except Denied as exc:
+            failed.append(f"{exc}; gc removed no further blob")
+            break
+    return removed
+
+
 async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T,
                      refused: tuple[type[ArchiverError], ...] = (StorageError,)) -> T:
     """What the removal gives; one the store refuses (a folder made read-only, EIO, a
     bucket's listing of uploads failing: that step's alone) is said in `failed`, and
     `otherwise` given: gc goes on. Stopping there left what it had removed unsaid, and
-    the rest in place. A bucket refusing deletes (Denied) still stops gc, said once
-    rather than once per blob; in the sweep of old uploads, gc's last step, it is said in
-    `failed` too (`refused`), with what gc removed before it."""
+    the rest in place. A bucket refusing deletes (Denied) is not caught here unless
+    `refused` says so: said once (by _remove_blobs), rather than once per blob."""
     try:
         return await removal
     except refused as exc:
