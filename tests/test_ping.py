@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,8 @@ from tests.test_exits import closed_port_url
 from tests.test_fetch import make_tune
 from tests.test_live import one_done_one_stalled, start
 from tune_archiver.cli.main import main
+from tune_archiver.commands import flow
+from tune_archiver.errors import ReadTimeout
 
 
 @dataclass
@@ -209,3 +212,38 @@ def test_a_verify_that_finds_damage_names_the_tunes_in_its_fail_ping(
                  "--api-url", standin.api_url, "--ping-url", monitor.url]) == 1
     [_, (_, _, body)] = monitor.pings
     assert body == "tune-archiver verify: exit 1; 3 tunes verified, 1 problem: 2\n"
+
+
+def test_a_tune_out_of_reach_beside_unchanged_ones_is_named(
+    standin: StandIn, tmp_path: Path, monitor: Monitor, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fetch --all: tunes 1 and 2 unchanged, skipped; tune 3 changed and its GET times
+    out. Nothing was done (exit 4), but --json holds the three results, 3's error with
+    it, and the fail ping names 3 (it named no tune, and --json only 1 and 2)."""
+    for tune_id in (1, 2, 3):
+        make_tune(standin, tune_id, images=1)
+    archive = tmp_path / "a"
+    assert run_fetch(standin, archive, "--all") == 0
+    standin.tunes[3]["updated_at"] = "2026-11-20T00:00:00Z"
+    loaded = flow.load_tune
+
+    async def slow_for_3(api: Any, tune_id: int, *args: Any) -> Any:
+        if tune_id == 3:
+            raise ReadTimeout(f"no answer from {standin.api_url}/tunes/3 within 30 s")
+        return await loaded(api, tune_id, *args)
+
+    monkeypatch.setattr(flow, "load_tune", slow_for_3)
+    capsys.readouterr()
+    code = run_fetch(standin, archive, "--all", "--json", "--ping-url", monitor.url)
+    assert code == 4
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False
+    tunes = {t["tune_id"]: t for t in document["tunes"]}
+    assert tunes.keys() == {1, 2, 3}
+    assert tunes[1]["skipped"]
+    assert tunes[2]["skipped"]
+    assert "no answer from" in tunes[3]["error"]
+    assert monitor.pings[-1] == ("POST", "/ping/abc-uuid/fail",
+                                 "tune-archiver fetch: exit 4; the run stopped; 3 tunes done, "
+                                 "1 failed: 3\n")

@@ -112,12 +112,12 @@ async def fetch(
                                    work, settings.concurrency * TUNES_PER_SLOT
                                    + API_CONCURRENCY, done_with, progress)
         except BrokeOff as broke:
-            loader.close()  # no tune reached at all: the API is out of reach, nothing done
+            loader.close(done_with.keep)  # no tune reached: the API is out of reach, nothing done
             raise ListingBrokeOff(
                 f"the listing of tunes broke off after {len(broke.order)} tune(s), which "
                 f"were seen through: {broke.error}",
                 [done_with.results[tune_id] for tune_id in broke.order]) from broke.error
-        loader.close()
+        loader.close(done_with.keep)
     return [done_with.results[tune_id] for tune_id in order]
 
 
@@ -179,6 +179,13 @@ class Finisher:
         self.results[result.tune_id] = scrubbed
         if self.announce is not None:
             self.announce(scrubbed)
+
+    def keep(self, result: TuneResult) -> None:
+        """The result of a tune the run stopped on (the API out of reach), kept for
+        --json and the fail ping, neither announced nor counted done."""
+        scrubbed = scrub_result(result, [self.api_key])
+        self.finished.append(scrubbed)
+        self.results[result.tune_id] = scrubbed
 
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:

@@ -139,9 +139,14 @@ class Loader:
         self._reach()
         return tune
 
-    def close(self) -> None:
-        """Raise the first failure to reach the API when no tune was reached at all."""
+    def close(self, keep: Finish | None = None) -> None:
+        """Raise the first failure to reach the API when no tune was reached at all,
+        once `keep` has each result held back: the run's one line says the error, and
+        --json and the fail ping name the tunes it stopped."""
         if self._held:
+            for result, _ in self._held:
+                if keep is not None:
+                    keep(result)
             raise self._held[0][1]
 
     async def _account_prompts(self) -> Sequence[Prompt]:
