@@ -279,3 +279,28 @@ def test_retrain_says_a_training_image_the_api_listed_as_null_is_missing(
     assert result["images"] == 2
     assert result["missing"] == ["some training images not archived: 'orig_images' holds "
                                  "1 item that is not a URL"]
+
+
+def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three photos archived; the API then lists the second as null (and, later, a
+    fourth photo as null too). The second's entry is kept, archived, and sent: retrain
+    says no photo missing for it (it said 'holds 1 item that is not a URL'), only for
+    the null no archived photo stands for."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(1_000 + i) for i in range(3)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    tune = standin.add_tune(5, [], urls, model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 0
+    tune["orig_images"] = [urls[0], None, urls[2]]
+    assert run_fetch(standin, archive, "5") == 1  # the API names a photo it gives no URL for
+    _, result = retrain(standin, archive, capsys)
+    assert result["images"] == 3
+    assert result["missing"] == []
+    tune["orig_images"] = [urls[0], None, urls[2], None]
+    assert run_fetch(standin, archive, "5") == 1
+    _, result = retrain(standin, archive, capsys)
+    assert result["images"] == 3
+    assert result["missing"] == ["some training images not archived: 'orig_images' holds "
+                                 "1 item that is not a URL"]

@@ -95,7 +95,8 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
             fields.append((f"tune[{name}]", str(value)))
     training = [entry for entry in found.entries if entry.kind == "training_image"]
     try:  # orig_images as the API gave it: a null in it is a photo with no entry
-        unread = parse_tune({**found.tune, "id": found.tune_id}).field_errors
+        unread = parse_tune({**found.tune, "id": found.tune_id,
+                             "orig_images": _unaccounted(found, training)}).field_errors
     except DataError:
         unread = ()
     return RetrainPlan(
@@ -105,6 +106,19 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
               for entry in training if entry.blob is None)
         + tuple(error for kind, error in unread if kind == "training_image"),
     )
+
+
+def _unaccounted(found: Manifest, training: list[Entry]) -> Any:
+    """orig_images less a null for each archived photo it no longer names: an older
+    fetch's entry, kept, may be the photo the API now lists as null (said missing,
+    it was a photo the plan sends)."""
+    listed = found.tune.get("orig_images")
+    if not isinstance(listed, list):
+        return listed
+    named = {item for item in listed if isinstance(item, str)}
+    kept = sum(1 for entry in training if entry.blob is not None and entry.url not in named)
+    unnamed = [i for i, item in enumerate(listed) if not isinstance(item, str)][:kept]
+    return [item for i, item in enumerate(listed) if i not in unnamed]
 
 
 async def retrain(
