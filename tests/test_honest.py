@@ -21,6 +21,7 @@ from tests.archive_helpers import (
     flip_byte,
     key_of,
     manifest_of,
+    two_tunes_sharing_an_image,
     write_manifest,
 )
 from tests.conftest import check_manifest
@@ -927,3 +928,29 @@ def test_verify_strict_never_says_all_intact_when_it_fails_for_a_file_gone_upstr
     assert "the archive is NOT whole" in ran.out
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert (ran.code, ran.err) == (0, "")
+
+
+@pytest.mark.parametrize("deleted", ["its files", "the tune"])
+def test_repair_of_a_blob_shared_with_a_tune_gone_upstream_says_whole(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], deleted: str
+) -> None:
+    """Tunes 1 and 2 share an image whose blob rots; Astria has deleted tune 2 (its files
+    answer 404, or the tune itself). The repair fetches the blob again with tune 1, so
+    the archive is whole, and says so, exit 0 (it said NOT whole, exit 1, for tune 2's
+    fetch, though the verify after and the next repair found nothing)."""
+    one, _ = two_tunes_sharing_an_image(standin, archive)
+    shared = one.images[-1]
+    if deleted == "the tune":
+        del standin.tunes[2]
+    else:
+        standin.tunes[2]["expires_at"] = EXPIRED
+        for name in [n for n in standin.files if n.startswith(("img-2-", "ckpt-2."))]:
+            del standin.files[name]
+    flip_byte(blob_file(archive, shared), 10)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url, now=NOW)
+    assert blob_file(archive, shared).read_bytes() == shared
+    assert ran.code == 0, ran.err
+    assert json.loads(ran.out)["ok"] is True
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

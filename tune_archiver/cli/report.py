@@ -230,7 +230,7 @@ def repair_errors(mended: RepairReport, strict: bool = False) -> list[str]:
     upstream too), and the files it could not fetch."""
     lines = [f"not repaired: {line}" for line in mended.refused]
     lines += [f"not repaired: {line}" for line in verify_problems(mended.after, strict)]
-    for result in mended.fetched:
+    for result in mended.fetched if not mended.ok else ():  # else said in repair_lines
         lines += [f"not repaired: {line}" for line in fetch_errors(result)]
     return lines
 
@@ -243,6 +243,9 @@ def repair_lines(found: VerifyReport, mended: RepairReport, strict: bool = False
     lines += [f"put back {line}" for line in mended.put_back]
     lines += [f"moved aside {key}" for key in mended.moved]
     lines += [summary for result in mended.fetched if (summary := fetch_summary(result))]
+    if mended.ok:  # a tune gone upstream whose blobs another tune's fetch made whole
+        lines += [f"not fetched again, its files whole in the archive: {line}"
+                  for result in mended.fetched for line in fetch_errors(result)]
     whole = mended.ok and not (strict and mended.after.gone)
     verdict = "the archive is whole" if whole else "the archive is NOT whole"
     entries = f"{counted(len(mended.mended), 'manifest field')} mended, " if mended.mended else ""

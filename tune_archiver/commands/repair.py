@@ -40,10 +40,16 @@ class RepairReport:
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
 
+    before_gone: list[Problem] = field(default_factory=list)  # verify's, before the repair
+
     @property
     def ok(self) -> bool:
+        """Whole: the verify after finds nothing, and no file was found gone upstream
+        meanwhile. A tune fetched again that failed counts only so: a blob it shares,
+        fetched whole by another tune, is whole for it too, its own tune gone upstream."""
+        before = {(p.tune_id, p.kind, p.index) for p in self.before_gone}
         return (self.after.ok and not self.refused
-                and all(result.ok for result in self.fetched))
+                and all((p.tune_id, p.kind, p.index) in before for p in self.after.gone))
 
 
 async def repair(
@@ -60,7 +66,7 @@ async def repair(
     again. Raises ConfigError for a rejected key (what was moved aside stays in
     tmp/damaged/, and the next repair fetches it as missing). `waiting` is called if a
     fetch or gc holds the archive when damaged blobs are to be put back or set aside."""
-    report = RepairReport()
+    report = RepairReport(before_gone=list(found.gone))
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
     failed = [p for p in found.problems if p.problem == "failed"]
