@@ -95,12 +95,14 @@ def test_invalid_tune_raises_data_error_naming_it(data: Any, words: str) -> None
     [
         ("<lora:10:1> ohwx woman", {10}),
         ("<faceid:10:0.8> and <LoRA:11:0.5>", {10, 11}),
-        ("<lora:10> no weight, <lora:x:1>, lora:12:1", set()),
+        ("ohwx man <faceid:10>, no weight (Astria's motion-control example)", {10}),
+        ("<lora:x:1>, lora:12:1, <lora:13x>, <faceid:>", set()),
         (None, set()),
     ],
 )
 def test_named_tunes_reads_lora_and_faceid_tags(text: str | None, named: set[int]) -> None:
-    """Only <lora:ID:...> and <faceid:ID:...> name a tune; anything else names none."""
+    """Only <lora:ID:...> and <faceid:ID:...> (or <faceid:ID>) name a tune; anything else
+    names none."""
     assert named_tunes(text) == named
 
 

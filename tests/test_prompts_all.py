@@ -343,3 +343,18 @@ def test_a_failed_face_swap_image_stays_failed_while_the_field_cannot_be_read(
     assert run_fetch(standin, archive, "10") == 1
     [entry] = entries(archive, 10, "face_swap_image")
     assert entry["status"] == "failed"
+
+
+def test_a_motion_control_prompt_naming_the_tune_without_a_weight_is_archived_with_it(
+    standin: StandIn, archive: Path
+) -> None:
+    """Astria's docs (docs/features/video.md, Motion control) name a FaceID tune as
+    `<faceid:123>`, no weight: that prompt, made on the base tune, is the tune's too."""
+    add_tune(standin, 10, model_type="faceid")
+    standin.add_prompt(FLUX, 501, "ohwx man <faceid:10>", [standin.add_file("m", b"m" * 900)],
+                       video_prompt="match the dance moves")
+    standin.add_prompt(FLUX, 502, "ohwx man <faceid:100>", [standin.add_file("o", b"o" * 900)])
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert [(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")] == [
+        (501, "ok")]
+    assert not blob_file(archive, b"o" * 900).exists()

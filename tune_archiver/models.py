@@ -265,8 +265,9 @@ def _with_files(prompt: Prompt, item: dict[str, Any], where: str) -> Prompt:
                    input_urls=tuple(dict.fromkeys(inputs)))
 
 
-# <lora:ID:weight> and <faceid:ID:weight>: a prompt on a base tune that uses tune ID.
-_NAMED = re.compile(r"<(?:lora|faceid):([0-9]{1,18}):[^<>]*>", re.IGNORECASE)
+# <lora:ID:weight> and <faceid:ID:weight>: a prompt on a base tune that uses tune ID. The
+# weight may be left out: Astria's own motion-control example names `<faceid:123>`.
+_NAMED = re.compile(r"<(?:lora|faceid):([0-9]{1,18})(?::[^<>]*)?>", re.IGNORECASE)
 
 
 def named_tunes(text: str | None) -> set[int]:
