@@ -143,3 +143,29 @@ def test_a_config_others_can_read_is_used_with_a_warning(
     [warning] = [x for x in capsys.readouterr().err.splitlines() if "chmod 600" in x]
     assert "the Astria CLI's config" in warning
     assert os.stat(folder / "config.json").st_mode & 0o777 == 0o644
+
+
+def test_the_personal_workspace_sends_no_workspace_header(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workspace `personal` (`astria config set workspace personal`, ASTRIA_WORKSPACE_ID,
+    or --workspace) is the personal scope: the Astria CLI sends no X-Workspace-Id for it
+    (its resolve_workspace), so neither do we; ASTRIA_WORKSPACE_ID=personal wins over
+    the config's workspace, as there. The manifest records `personal`."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json", {
+        "api_key": standin.api_key, "base_url": standin.api_url, "workspace_id": "personal"})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    assert main(["fetch", "--all", "--archive", str(tmp_path / "a")]) == 0
+    document = json.loads((tmp_path / "a" / "manifests" / "1.json").read_text())
+    assert document["workspace"] == "personal"
+    write_config(folder, "config.json", {
+        "api_key": standin.api_key, "base_url": standin.api_url, "workspace_id": 5})
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "personal")
+    assert fetch(tmp_path / "b") == 0
+    monkeypatch.delenv("ASTRIA_WORKSPACE_ID")
+    assert main(["fetch", "--all", "--workspace", "personal", "--archive",
+                 str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "manifests" / "1.json").exists()
+    assert [r.path for r in standin.seen("api") if "X-Workspace-Id" in r.headers] == []

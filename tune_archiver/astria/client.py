@@ -42,6 +42,7 @@ ACCOUNT_WIDE = 10
 # Requests to the API at once, apart from the downloads' --concurrency: small JSON
 # answers, a few at a time keep ahead of the downloads without pressing the API.
 API_CONCURRENCY = 4
+PERSONAL = "personal"  # the scope the API answers for without X-Workspace-Id
 FIRST_WAIT_AFTER_500 = 30.0  # Astria asks for backoff starting at 30 s after its 500s
 T = TypeVar("T")
 
@@ -59,7 +60,9 @@ class AstriaClient:
             "Authorization": f"Bearer {settings.api_key}",
             "Accept": "application/json",
         }
-        if settings.workspace:
+        # "personal" is the scope the API answers for without the header: the Astria CLI
+        # never sends it (its resolve_workspace), so neither do we.
+        if settings.workspace and settings.workspace != PERSONAL:
             self._headers["X-Workspace-Id"] = settings.workspace
 
     async def get_tune(self, tune_id: int) -> Tune:

@@ -12,13 +12,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from tune_archiver.astria.client import AstriaClient
+from tune_archiver.astria.client import PERSONAL, AstriaClient
 from tune_archiver.errors import ArchiverError, ConfigError
 
 log = logging.getLogger(__name__)
 
 ALL = "all"  # X-Workspace-Id: all spans every workspace
-PERSONAL = "personal"  # the scope the API answers for without X-Workspace-Id
 
 
 def checked_workspace(value: str | None) -> str | None:
