@@ -47,7 +47,8 @@ def several(standin: StandIn) -> None:
     add_tune(standin, 6, title="client-eve", model_type="pti", branch="flux1",
              created_at="2026-10-10T00:00:00Z")
     add_tune(standin, 7, title="client-fay", model_type="lora", branch="flux1")
-    add_tune(standin, 8, title="client-gus", model_type="checkpoint", branch="sd15",
+    # A checkpoint tune's model_type is null (astria-docs docs/api/0-tune/1-create.md).
+    add_tune(standin, 8, title="client-gus", model_type=None, branch="sd15",
              created_at="2026-11-10T00:00:00Z")
 
 
@@ -66,6 +67,8 @@ def listing_paths(standin: StandIn) -> list[str]:
         (["--created-after", "2026-05-01", "--created-before", "2026-10-01"], {3, 4, 5}),
         (["--title", "client-*", "--model-type", "lora", "--branch", "flux1"], {1, 5, 7}),
         (["--model-type", "lora", "--shard", "1/2"], {4}),
+        (["--model-type", "checkpoint"], {8}),
+        (["--model-type", "checkpoint", "--title", "house*"], set()),
     ],
 )
 @pytest.mark.parametrize("api_filters", [True, False])

@@ -13,6 +13,9 @@ from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 
 MODEL_TYPES = ("lora", "pti", "faceid", "checkpoint")
+# Astria's model_type of a full checkpoint tune is null, not "checkpoint" (astria-docs
+# docs/api/0-tune/1-create.md: "Enum: lora, pti, faceid, null for checkpoint").
+CHECKPOINT = "checkpoint"
 MAX_ID_DIGITS = 18  # as a prompt's <lora:ID:...> tag (models.py): no tune id is longer
 
 
@@ -32,7 +35,9 @@ class TuneFilter:
         # The API matches branch exactly, and Astria's branches are lower case: sent as
         # given, FLUX1 listed none of the flux1 tunes the local filter keeps.
         branch = self.branch.lower() if self.branch is not None else None
-        query = {"model_type": self.model_type, "branch": branch}
+        # No model_type names a checkpoint tune to the API: that one is filtered here only.
+        sent_type = self.model_type if self.model_type != CHECKPOINT else None
+        query = {"model_type": sent_type, "branch": branch}
         # A glob is not the API's title search: only a title without wildcards is sent.
         if self.title is not None and not any(c in self.title for c in "*?["):
             query["title"] = self.title
@@ -45,7 +50,7 @@ class TuneFilter:
             return False
         if self.title is not None and not _text_matches(listed.get("title"), self.title):
             return False
-        if self.model_type is not None and not _equal(listed.get("model_type"), self.model_type):
+        if self.model_type is not None and not _is_type(listed, self.model_type):
             return False
         if self.branch is not None and not _equal(listed.get("branch"), self.branch):
             return False
@@ -61,6 +66,13 @@ class TuneFilter:
 
 def _text_matches(value: Any, glob: str) -> bool:
     return isinstance(value, str) and fnmatch.fnmatchcase(value.casefold(), glob.casefold())
+
+
+def _is_type(listed: Mapping[str, Any], wanted: str) -> bool:
+    """True when the listed tune is of model type `wanted`: a checkpoint's is null."""
+    if wanted == CHECKPOINT and "model_type" in listed and listed["model_type"] is None:
+        return True
+    return _equal(listed.get("model_type"), wanted)
 
 
 def _equal(value: Any, wanted: str) -> bool:
