@@ -430,13 +430,18 @@ def test_a_failed_prompt_image_is_not_gone_in_a_run_without_prompts(
     standin: StandIn, archive: Path
 ) -> None:
     """Without --prompts no prompt is listed: a prompt image that failed is not gone (it
-    was not asked for), nor a failure of that run; a later --prompts run tries it again."""
+    was not asked for), nor a failure of that run, nor dropped from the manifest, which
+    stays not complete; a later --prompts run tries it again."""
     add_tune(standin, 1, images=1, expires_at=AHEAD)
     standin.add_prompt(1, 500, "ohwx", [standin.add_file("gen", b"g" * 900)])
     standin.faults["gen"] = [Status(404)] * 10
     assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 1
     assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
     assert ("prompt_image", 0, "gone") not in statuses(archive, 1)
+    # Nor is it forgotten: it stays failed, with its error, and the tune is not complete.
+    [entry] = [e for e in manifest_of(archive, 1)["assets"] if e["kind"] == "prompt_image"]
+    assert (entry["status"], "404" in entry["error"]) == ("failed", True)
+    assert manifest_of(archive, 1)["complete"] is False
     standin.faults["gen"] = []
     assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 0
     assert ("prompt_image", 0, "ok") in statuses(archive, 1)

@@ -24,6 +24,7 @@ from tune_archiver.commands.plan import (
     left_out_now,
     listing_state,
     merged,
+    not_asked_failures,
 )
 from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.commands.workspaces import Workspaces
@@ -283,6 +284,8 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
         written, reported[:] = merged(ours, now, plan.missing)
+        if not run.settings.lists_prompts:  # kept failed (so not complete), not retried
+            written += not_asked_failures(now, written)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
         # A file --only left out that another run archived meanwhile is in the manifest.

@@ -239,6 +239,19 @@ def merged(
     return recorded, reported
 
 
+def not_asked_failures(
+    current: Manifest | None, written: Sequence[AssetResult]
+) -> list[AssetResult]:
+    """The prompt files the manifest as it is now records as failed, for a run that did
+    not list prompts (no --prompts) to keep: not asked for, they are neither retried nor
+    known gone, and dropped, the tune would read complete for files never archived."""
+    held = {result_key(result) for result in written}
+    return [CarriedOver(entry.asset, error=entry.error, entry=entry)
+            for entry in (current.entries if current is not None else ())
+            if entry.status == "failed" and entry.kind in PROMPT_KINDS
+            and entry_key(entry) not in held]
+
+
 def left_out_now(
     left_out: Sequence[Asset], current: Manifest | None, missing: Collection[str] = ()
 ) -> list[Asset]:
