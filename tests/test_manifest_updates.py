@@ -4,6 +4,8 @@ writer never loses the first one's entries; set_aside_manifest keeps a damaged o
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,31 @@ async def test_local_set_aside_leaves_a_manifest_replaced_since(tmp_path: Path) 
     assert await store.set_aside_manifest(4, "20261129T000000Z", b"{broken") is None
     assert await store.read_manifest(4) == b"good\n"
     assert await store.damaged_manifests() == []
+
+
+async def test_local_set_aside_where_the_disk_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without hard links (exFAT, FAT mounted quiet, some FUSE ones:
+    link says EPERM) a damaged manifest is still set aside, never over another: else
+    every fetch of the tune failed for good, 'it could not be set aside', exit 1."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link)
+    await store.write_manifest(4, b"{broken")
+    key = await store.set_aside_manifest(4, "20261129T000000Z", b"{broken")
+    assert key == "manifests/damaged/4-20261129T000000Z.json"
+    assert await store.read_manifest(4) is None
+    assert (tmp_path / "archive" / key).read_bytes() == b"{broken"
+    await store.write_manifest(4, b"{again")
+    with pytest.raises(StorageError):
+        await store.set_aside_manifest(4, "20261129T000000Z", b"{again")
+    assert (tmp_path / "archive" / key).read_bytes() == b"{broken"
+    assert await store.read_manifest(4) == b"{again"
 
 
 async def test_s3_update_retries_when_another_machine_wrote_in_between(

@@ -24,7 +24,7 @@ PRIVATE_FILE = 0o600
 BLOB_MODE = 0o400  # read-only: a hard-linked export cannot edit a blob in place
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # What os.link says where the filesystem has no hard links (FAT, exFAT, some FUSE ones).
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class Planted(OSError):
@@ -88,7 +88,7 @@ def place_new(name: str | Path, target: Path) -> None:
     try:
         os.link(name, target)
     except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
+        if exc.errno not in NO_HARD_LINKS:
             raise
         # A FAT or exFAT stick has no hard links: the name is taken (O_EXCL, never
         # another's file replaced), then the whole, synced file renamed over it.

@@ -18,7 +18,14 @@ from stat import S_ISREG
 from typing import BinaryIO
 
 from tune_archiver.errors import NotAFile
-from tune_archiver.safefs import BLOB_MODE, NOFOLLOW, PRIVATE_DIR, PRIVATE_FILE, exists_at
+from tune_archiver.safefs import (
+    BLOB_MODE,
+    NO_HARD_LINKS,
+    NOFOLLOW,
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    exists_at,
+)
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
@@ -200,7 +207,8 @@ def _copied(found: BinaryIO, into: int, sha256: str) -> str | None:
 
 def move_manifest_aside(root: Path, key: str, aside: str) -> None:
     """Move the manifest at `key` to `aside` by a hard link (failing rather than
-    overwrite one) and an unlink; both folders fsynced."""
+    overwrite one) and an unlink, or where there are no hard links a rename over the
+    name once claimed; both folders fsynced."""
     where, _, file = key.rpartition("/")
     into, _, new = aside.rpartition("/")
     source = open_folder(root, where, create=False)
@@ -210,8 +218,18 @@ def move_manifest_aside(root: Path, key: str, aside: str) -> None:
         target = open_folder(root, into, create=True)
         assert target is not None  # made when missing
         try:
-            os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
-            os.unlink(file, dir_fd=source)
+            try:
+                os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+                # A filesystem without hard links (exFAT, FAT, some FUSE ones): the name
+                # is claimed (O_EXCL, never another set aside), then renamed over.
+                os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
+                                 PRIVATE_FILE, dir_fd=target))
+                os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
+            else:
+                os.unlink(file, dir_fd=source)
             os.fsync(target)
             os.fsync(source)
         finally:
