@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import gc
 import logging
 import os
 import socket
@@ -15,6 +18,7 @@ import pytest
 from tune_archiver.cli.main import main
 from tune_archiver.cli.terminal import SafeFormatter
 from tune_archiver.errors import BodyError
+from tune_archiver.threads import in_thread
 
 SIGNED = "/presigned?X-Amz-Credential=AKIAcred&X-Amz-Signature=SECRETSIG"
 KEY = "sd_traceback_key_0123456789"
@@ -113,3 +117,30 @@ def test_a_logged_traceback_is_redacted_scrubbed_and_escaped() -> None:
     assert lines[-1] == "tune_archiver.errors.BodyError: the response body broke off"
     assert "SECRETSIG" not in text
     assert KEY not in text
+
+
+async def test_a_call_stopped_while_its_thread_fails_prints_no_traceback() -> None:
+    """A worker's file call cancelled while its thread runs (fetch 1 2 on a disk that
+    refuses chmod: the first tune's error stops the second's) and then failing there is
+    seen through and its error dropped: it printed 'Task exception was never retrieved'
+    and a traceback under the run's one error line."""
+    seen: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: seen.append(context["message"]))
+    started, go = threading.Event(), threading.Event()
+
+    def fails() -> None:
+        started.set()
+        assert go.wait(10)
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    task = asyncio.create_task(in_thread(fails))
+    assert await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    del task
+    await asyncio.sleep(0)  # one turn of the loop lets go of the thread's task
+    gc.collect()
+    assert seen == []

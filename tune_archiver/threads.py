@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -19,5 +19,13 @@ async def in_thread(function: Callable[..., T], *args: object) -> T:
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
+        # Its error, if it fails, is seen: the stop is what is raised, and asyncio would
+        # print the error's traceback when the task is dropped (a second stop included).
+        work.add_done_callback(_seen)
         await asyncio.wait([work])
         raise
+
+
+def _seen(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()
