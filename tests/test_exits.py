@@ -290,3 +290,35 @@ def test_an_archive_on_a_read_only_disk_is_the_operators_to_fix_exit_2(
     assert code == Exit.USAGE, err
     assert len(err) == 1
     assert "Read-only file system" in err[0]
+
+
+def test_an_archive_whose_tmp_is_another_filesystem_is_refused_before_any_download(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tmp/ mounted apart (a fast disk for downloads): every blob and manifest is renamed
+    into place from there, which fails across filesystems (EXDEV). Each night's fetch
+    downloaded every new file, then failed each tune with 'cannot write a manifest ...:
+    Invalid cross-device link' (exit 1), and verify --repair could set nothing aside.
+    The archive is refused on one line, exit 2, before any download."""
+    make_tune(standin, 1, images=1)
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1") == 0
+    make_tune(standin, 2, images=1)
+    before = (archive / "manifests" / "1.json").read_bytes()
+    asked = len(standin.requests)
+    with tmpfs(tmp_path / "fast", "4m") as disk:
+        disk.chmod(0o700)
+        subprocess.run(["mount", "--bind", str(disk), str(archive / "tmp")], check=True)
+        try:
+            capsys.readouterr()
+            code = run_fetch(standin, archive, "2")
+            err = capsys.readouterr().err.splitlines()
+        finally:
+            subprocess.run(["umount", str(archive / "tmp")], check=True)
+    assert code == Exit.USAGE, err
+    assert err == [f"tune-archiver: error: cannot use the archive {archive}: its "
+                   "objects/sha256/, manifests/, tmp/ are not all on one filesystem "
+                   "(blobs and manifests are renamed into place from tmp/)"]
+    assert not [r for r in standin.requests[asked:] if r.host != "api"]
+    assert (archive / "manifests" / "1.json").read_bytes() == before
+    assert not (archive / "manifests" / "2.json").exists()

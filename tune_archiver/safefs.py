@@ -116,6 +116,18 @@ def make_private_dir(path: Path, durable: bool = True) -> None:
             _sync_folder(folder.parent)
 
 
+def make_archive_folders(root: Path, names: Sequence[str]) -> None:
+    """make_private_dir each of the archive's folders under `root`; raises ConfigError
+    when they are not on one filesystem (tmp/ mounted apart): a blob or a manifest is
+    renamed into place from tmp/, which would fail (EXDEV) at every commit."""
+    for name in names:
+        make_private_dir(root / name)
+    if len({os.stat(root / name).st_dev for name in names}) > 1:
+        raise ConfigError(
+            f"cannot use the archive {root}: its {', '.join(f'{n}/' for n in names)} are not all "
+            "on one filesystem (blobs and manifests are renamed into place from tmp/)")
+
+
 def _sync_folder(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

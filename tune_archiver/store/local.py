@@ -40,7 +40,7 @@ from tune_archiver.layout import (
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import (
     check_folder,
-    make_private_dir,
+    make_archive_folders,
     refuse_links,
     refuse_others_links,
 )
@@ -118,8 +118,7 @@ class LocalStore:
         refuse_links([self.root / "objects", *(self.root / name for name in FOLDERS)],
                      "the archive's folder")
         try:
-            for name in FOLDERS:
-                await in_thread(make_private_dir, self.root / name)
+            await in_thread(make_archive_folders, self.root, FOLDERS)
         except OSError as exc:
             if exc.errno in NOT_WRITABLE:  # the operator's to fix, before anything is done
                 raise ConfigError(
