@@ -480,17 +480,22 @@ def test_an_export_to_a_filesystem_that_syncs_no_folder_still_exports(
     assert exported(dest / "1-jane-doe") == expected_files(tune)
 
 
+@pytest.mark.parametrize("modes", ["modes", "no modes"])
 @pytest.mark.parametrize("link", [False, True], ids=["copy", "--link"])
 def test_an_export_to_a_filesystem_without_hard_links_still_exports(
     archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, link: bool,
+    monkeypatch: pytest.MonkeyPatch, link: bool, modes: str,
 ) -> None:
     """DEST on a FAT or exFAT USB stick, where os.link fails with EPERM: every file, the
-    manifest and index.html are still exported whole (each was 'cannot write', exit 1)."""
+    manifest and index.html are still exported whole (each was 'cannot write', exit 1).
+    Where fchmod fails too (a stick not mounted `quiet`: the folders' 0700 is refused,
+    EPERM), the folders are as the mount makes them (it was 'cannot create', exit 1)."""
     def no_link(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     monkeypatch.setattr(os, "link", no_link)
+    if modes == "no modes":  # FAT and exFAT keep the mount's modes: fchmod 0700 says EPERM
+        monkeypatch.setattr(os, "fchmod", no_link)
     dest = tmp_path / "usb" / "dest"
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive),
               *(["--link"] if link else []))

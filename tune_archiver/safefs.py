@@ -25,6 +25,9 @@ BLOB_MODE = 0o400  # read-only: a hard-linked export cannot edit a blob in place
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # What os.link says where the filesystem has no hard links (FAT, exFAT, some FUSE ones).
 NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# What fchmod says where the filesystem keeps no modes: FAT and exFAT (EPERM, unless
+# mounted `quiet`; their modes are the mount's), some FUSE ones (ENOSYS).
+NO_MODES = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class Planted(OSError):
@@ -55,12 +58,17 @@ def check_own(fd: int, path: Path) -> None:
         raise Planted(f"{path} is not a regular file of this user with one name")
 
 
-def new_private_dir(path: Path) -> None:
-    """Create the folder, which must not exist yet (FileExistsError), 0700 by fchmod."""
+def new_private_dir(path: Path, modes: bool = True) -> None:
+    """Create the folder, which must not exist yet (FileExistsError), 0700 by fchmod.
+    Without `modes`, on a filesystem that keeps no modes (an export's FAT stick) it is
+    as the mount makes it."""
     os.mkdir(path, PRIVATE_DIR)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
     try:
         os.fchmod(fd, PRIVATE_DIR)
+    except OSError as exc:
+        if modes or exc.errno not in NO_MODES:
+            raise
     finally:
         os.close(fd)
 
@@ -97,11 +105,12 @@ def place_new(name: str | Path, target: Path) -> None:
         os.replace(name, target)
 
 
-def make_private_dir(path: Path, durable: bool = True) -> None:
+def make_private_dir(path: Path, durable: bool = True, modes: bool = True) -> None:
     """Create the folder (and missing parents) if need be; one this call creates is 0700,
     set by fchmod, since the umask may have widened it. With `durable`, the folder above
     each one missing is fsynced: a new archive's objects/ and manifests/ hold what a
-    manifest names, and a power cut must not lose the names leading to them."""
+    manifest names, and a power cut must not lose the names leading to them. `modes`:
+    see new_private_dir."""
     missing = []
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -109,7 +118,7 @@ def make_private_dir(path: Path, durable: bool = True) -> None:
         probe = probe.parent
     for folder in reversed(missing):
         try:
-            new_private_dir(folder)
+            new_private_dir(folder, modes)
         except FileExistsError:
             pass  # made by another process meanwhile, which may not have synced it yet
         if durable:

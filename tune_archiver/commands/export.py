@@ -116,9 +116,10 @@ def _new_folder(dest: Path, folder: Path) -> None:
         raise ConfigError(f"cannot use the export folder {dest}: Not a directory")
     try:
         # Its folders' names unsynced (its files are): an export is a copy, made again at
-        # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL).
-        make_private_dir(dest, durable=False)
-        new_private_dir(folder)
+        # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL),
+        # or keeps no modes (FAT, exFAT: fchmod says EPERM).
+        make_private_dir(dest, durable=False, modes=False)
+        new_private_dir(folder, modes=False)
     except FileExistsError as exc:
         raise ConfigError(
             f"{folder} already exists; nothing was overwritten (remove it, or export to "
@@ -130,7 +131,7 @@ def _new_folder(dest: Path, folder: Path) -> None:
 
 def _make_dir(path: Path) -> None:
     try:
-        make_private_dir(path, durable=False)
+        make_private_dir(path, durable=False, modes=False)
     except OSError as exc:
         raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
