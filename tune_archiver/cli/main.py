@@ -25,6 +25,7 @@ from tune_archiver.cli.running import (
     configure_logging,
     in_archive,
     ping_url_of,
+    raise_open_files_limit,
     send_ping,
     settings_of,
     until_signal,
@@ -61,6 +62,7 @@ def entry() -> int:
     # small downloads allocates in bursts that refcounting frees.
     gc.freeze()
     gc.set_threshold(10_000)
+    raise_open_files_limit()
     return with_streams(main)
 
 

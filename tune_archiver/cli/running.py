@@ -9,6 +9,7 @@ import contextlib
 import io
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -154,6 +155,20 @@ class _AboveBar(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         with above_bar():
             super().emit(record)
+
+
+OPEN_FILES = 4096  # room for --concurrency 64 with --split 16, the API and the archive
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files towards the hard one, as Go's runtime does: a
+    soft limit the machine lets us raise (256 on macOS, less from a wrapper) failed
+    downloads with 'Too many open files'. Left as it is when it cannot be raised."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
