@@ -274,7 +274,7 @@ def test_failed_asset_in_the_manifest(
         (b'{"schema_version": 1, "assets": [',
          "it is not JSON (Expecting value: line 1 column 34 (char 33))"),
         (b"[]", "it holds a list, not a JSON object"),
-        (b'{"schema_version": 99}', "schema_version is 99, not 1"),
+        (b'{"schema_version": 0}', "schema_version is 0, not 1"),
     ],
 )
 def test_unreadable_manifest_is_a_problem(

@@ -20,6 +20,7 @@
         ├── DiskFull              no space left in the archive's filesystem
         ├── NotAFile              a blob's place holds a link, a folder or a FIFO
         └── UnreadableManifest    a manifest in the archive is damaged, or not one we read
+            └── NewerManifest     written by a newer version: left as it is, never set aside
 
 Whether an error is worth retrying is decided in retry.py, not here; which exit code
 an error gives, in cli/exits.py.
@@ -140,6 +141,20 @@ class UnreadableManifest(StorageError):
         self.tune_id = tune_id
         self.reason = reason  # what is wrong, without the tune: verify and list show it alone
         self.data = data  # the bytes found: only those are ever set aside
+
+
+# The reason a manifest of a later schema_version is not read (NewerManifest).
+NEWER = "it was written by a newer tune-archiver"
+
+
+class NewerManifest(UnreadableManifest):
+    """A manifest of a schema_version above ours: a newer tune-archiver wrote it (another
+    machine sharing the archive, a version since downgraded). Not damaged: it is never
+    set aside nor rewritten in our older format, which would drop what it records.
+    `versions` is "<its schema_version>; this version reads <ours>"."""
+
+    def __init__(self, tune_id: int, versions: str, data: bytes = b"") -> None:
+        super().__init__(tune_id, f"{NEWER} (schema_version {versions})", data)
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

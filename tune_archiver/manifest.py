@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import NewerManifest, UnreadableManifest
 from tune_archiver.layout import blob_key, is_sha256
 from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import identity, nested_too_deeply, redact, redact_json, redact_text
@@ -217,7 +217,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     """The manifest of `tune_id`, from the bytes of its file.
 
     Raises UnreadableManifest naming the tune and the first thing wrong when the
-    bytes are not UTF-8 JSON of a version 1 manifest of this tune, as
+    bytes are not UTF-8 JSON of a version 1 manifest of this tune (NewerManifest for
+    one of a later schema_version), as
     manifests/tune-manifest.schema.json has it: a known field with the wrong type,
     a required one missing. Unknown fields are allowed (an entry keeps them in
     `extra`), and so is an ok entry whose path does not match its sha256: verify
@@ -240,6 +241,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
         raise bad("its JSON is nested too deeply")
     if not isinstance(document, dict):
         raise bad(f"it holds {_shown(document)}, not a JSON object")
+    if _is_int(version := document.get("schema_version", 0)) and version > SCHEMA_VERSION:
+        raise NewerManifest(tune_id, f"{version}; this version reads {SCHEMA_VERSION}", data)
     _field(document, "schema_version", _is_version, str(SCHEMA_VERSION), bad)
     found = _field(document, "tune_id", _is_int, "an integer", bad)
     if found != tune_id:

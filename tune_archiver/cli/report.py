@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
+from tune_archiver.errors import NEWER
 from tune_archiver.gallery import notes
 from tune_archiver.models import TuneResult
 from tune_archiver.selection import TuneFilter, parse_moment
@@ -208,6 +209,8 @@ def _mend(p: Problem) -> str:
     # Never "remove it" alone: the blobs only it names would go with the next gc.
     if p.detail.startswith(SET_ASIDE):
         return "look at it, then remove it: gc keeps every blob until then"
+    if p.detail.startswith(NEWER):  # fetch leaves it as it is
+        return "upgrade tune-archiver to check it; this version's fetch leaves it as it is"
     return f"tune-archiver fetch {p.tune_id} sets it aside and archives the tune anew"
 
 

@@ -31,7 +31,13 @@ from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
 from tune_archiver.download.staging import Staging, staging_for
-from tune_archiver.errors import ArchiverError, ListingBrokeOff, StatusError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    ListingBrokeOff,
+    NewerManifest,
+    StatusError,
+    UnreadableManifest,
+)
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
@@ -305,7 +311,12 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
 
 
 async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str:
-    """Move a damaged manifest out of the way, never over another; the tune's error."""
+    """Move a damaged manifest out of the way, never over another; the tune's error.
+    One a newer version wrote stays where it is: it is not damaged, and archived anew
+    in our format it would lose what it records that we do not know."""
+    if isinstance(damaged, NewerManifest):
+        return (f"{damaged}; it was left as it is, and the tune was not fetched: "
+                "upgrade tune-archiver to fetch it")
     stamp = run.clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         where = await run.store.set_aside_manifest(tune_id, stamp, damaged.data)

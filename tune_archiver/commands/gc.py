@@ -16,7 +16,13 @@ from typing import TypeVar
 
 from tune_archiver import manifest
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    Denied,
+    NewerManifest,
+    StorageError,
+    UnreadableManifest,
+)
 from tune_archiver.layout import blob_key
 from tune_archiver.store import Store
 
@@ -125,9 +131,9 @@ async def referenced_blobs(store: Store) -> set[str]:
         try:
             found = await manifest.read(store, tune_id)
         except UnreadableManifest as exc:
-            raise ArchiverError(
-                f"{exc}; gc removes nothing until it is repaired or removed"
-            ) from exc
+            until = ("tune-archiver is upgraded" if isinstance(exc, NewerManifest)
+                     else "it is repaired or removed")
+            raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
         for entry in found.entries if found is not None else ():
             if entry.sha256 is not None:
                 referenced.add(entry.sha256)

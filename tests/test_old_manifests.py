@@ -1,0 +1,51 @@
+"""Manifests this version did not write: by a newer version (another machine sharing
+the archive, a version since downgraded) or edited by hand. What they record is kept,
+and what cannot be read is said as what it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, archived, cli, manifest_of, write_manifest
+from tests.helpers import blob_file, run_fetch
+from tests.standin import StandIn
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def test_a_manifest_of_a_newer_schema_version_is_left_as_it_is(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest of schema_version 2 is not damaged: fetch neither sets it aside nor
+    rewrites it in version 1 (losing what it records), and says to upgrade; verify, list
+    and gc say a newer version wrote it, and gc removes nothing."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    document["schema_version"] = 2
+    write_manifest(archive, 1, document)
+    written = (archive / "manifests" / "1.json").read_bytes()
+    standin.tunes[1]["ckpt_urls"], standin.tunes[1]["ckpt_url"] = [], None  # expired
+    for argv in (["1"], ["--all"]):
+        capsys.readouterr()
+        assert run_fetch(standin, archive, *argv) == 1
+        err = capsys.readouterr().err
+        assert "written by a newer tune-archiver (schema_version 2; this version reads 1)" in err
+        assert "left as it is, and the tune was not fetched: upgrade tune-archiver" in err
+        assert (archive / "manifests" / "1.json").read_bytes() == written
+        assert not (archive / "manifests" / "damaged").exists()
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors == ["tune-archiver: error: tune 1: unreadable manifest: it was written "
+                          "by a newer tune-archiver (schema_version 2; this version reads 1) "
+                          "(upgrade tune-archiver to check it; this version's fetch leaves "
+                          "it as it is)"]
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert "gc removes nothing until tune-archiver is upgraded" in ran.err
+    assert blob_file(archive, served.checkpoints[0]).exists()
