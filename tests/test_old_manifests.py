@@ -49,3 +49,22 @@ def test_a_manifest_of_a_newer_schema_version_is_left_as_it_is(
     assert ran.code == 1
     assert "gc removes nothing until tune-archiver is upgraded" in ran.err
     assert blob_file(archive, served.checkpoints[0]).exists()
+
+
+def test_fields_this_version_does_not_know_are_kept_by_a_fetch(
+    standin: StandIn, archive: Path
+) -> None:
+    """A field a newer version (or the user) added, to the manifest or to an entry, is
+    still there after this version's fetch rewrites the manifest, with what it names."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    document["verified_at"] = {"by": "a newer version", "at": "2027-01-01T00:00:00Z"}
+    document["assets"][0]["note"] = "kept"
+    write_manifest(archive, 1, document)
+    standin.tunes[1]["updated_at"] = "2026-11-30T00:00:00.000Z"
+    assert run_fetch(standin, archive, "1") == 0
+    written = manifest_of(archive, 1)
+    assert written["tune"]["updated_at"] == "2026-11-30T00:00:00.000Z"  # rewritten
+    assert written["verified_at"] == {"by": "a newer version", "at": "2027-01-01T00:00:00Z"}
+    assert written["assets"][0]["note"] == "kept"

@@ -84,6 +84,7 @@ class Manifest:
     workspace: str | None = None  # the tune's workspace, when it could be told
     # The tunes `retrain --yes` created from this one: {"tune_id", "title", "at"} each.
     retrained: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)  # fields we do not know
 
     @property
     def title(self) -> str | None:
@@ -220,8 +221,8 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     bytes are not UTF-8 JSON of a version 1 manifest of this tune (NewerManifest for
     one of a later schema_version), as
     manifests/tune-manifest.schema.json has it: a known field with the wrong type,
-    a required one missing. Unknown fields are allowed (an entry keeps them in
-    `extra`), and so is an ok entry whose path does not match its sha256: verify
+    a required one missing. Unknown fields are allowed (the manifest and an
+    entry keep them in `extra`), and so is an ok entry whose path does not match its sha256: verify
     reports that one as wrong_path.
     """
 
@@ -259,13 +260,14 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     retrained = _field(document, "retrained", _is_retrained, "a list of tunes", bad,
                        required=False)
     return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace,
-                    tuple(retrained or ()))
+                    tuple(retrained or ()), {k: v for k, v in document.items() if k not in _TOP})
 
 
-_KNOWN = frozenset(
-    {"kind", "index", "url", "source", "status", "sha256", "size", "path", "content_type",
-     "error", "prompt_id", "prompt_text", "prompt_tune_id"}
-)
+# The fields this version knows, of a manifest and of an entry; others are kept in `extra`.
+_TOP = frozenset({"schema_version", "tune_id", "archived_at", "complete", "state", "workspace",
+                  "retrained", "tune", "assets"})
+_KNOWN = frozenset({"kind", "index", "url", "source", "status", "sha256", "size", "path",
+                    "content_type", "error", "prompt_id", "prompt_text", "prompt_tune_id"})
 Bad = Callable[[str], UnreadableManifest]
 
 

@@ -303,6 +303,8 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             workspace=told if told is not None else now.workspace if now else None,
             retrained=now.retrained if now else (),
         )
+        for name, value in (now.extra if now else {}).items():  # a newer version's fields
+            document.setdefault(name, value)  # are kept, as an entry's are
         # The API may echo the key in any text or URL: it never reaches the archive.
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
