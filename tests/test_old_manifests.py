@@ -68,3 +68,29 @@ def test_fields_this_version_does_not_know_are_kept_by_a_fetch(
     assert written["tune"]["updated_at"] == "2026-11-30T00:00:00.000Z"  # rewritten
     assert written["verified_at"] == {"by": "a newer version", "at": "2027-01-01T00:00:00Z"}
     assert written["assets"][0]["note"] == "kept"
+
+
+def flipped(digest: str) -> str:
+    """Another sha256: its first hex digit changed, as a hand edit or a flipped bit does."""
+    return ("1" if digest[0] == "0" else "0") + digest[1:]
+
+
+def test_gc_keeps_a_blob_an_entry_names_by_its_path_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry whose sha256 no longer names its blob (one digit changed) still names it
+    by its path, as it is or in another layout and case: gc removes neither blob, the
+    only copy of each photo, while verify says what is wrong with the entry."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    first, second = document["assets"][1], document["assets"][2]
+    first["sha256"] = flipped(first["sha256"])  # its path as written
+    second["path"] = f"objects/{second['sha256'][:2]}/{second['sha256'].upper()}"
+    second["sha256"] = flipped(second["sha256"])
+    write_manifest(archive, 1, document)
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 1
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 0
+    assert "gc removed 0 unreferenced blobs" in ran.out
+    assert all(blob_file(archive, data).exists() for data in served.all)

@@ -41,6 +41,13 @@ def blob_key(sha256: str) -> str:
     return f"{OBJECTS}/{sha256[:2]}/{sha256}"
 
 
+def named_blob(path: object) -> str | None:
+    """The sha256 a manifest entry's recorded `path` names by its last part (in any case,
+    under any folder: an older layout, a hand edit); None when it names no digest."""
+    name = path.rsplit("/", 1)[-1].lower() if isinstance(path, str) else None
+    return name if is_sha256(name) else None
+
+
 def tune_id_of(text: str) -> int | None:
     """The tune id `text` spells exactly as manifest_key writes it; None for anything else."""
     return int(text) if _TUNE_ID.fullmatch(text) else None

@@ -23,7 +23,7 @@ from tune_archiver.errors import (
     StorageError,
     UnreadableManifest,
 )
-from tune_archiver.layout import blob_key
+from tune_archiver.layout import blob_key, named_blob
 from tune_archiver.store import Store
 
 T = TypeVar("T")
@@ -121,7 +121,8 @@ async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T,
 
 
 async def referenced_blobs(store: Store) -> set[str]:
-    """Every sha256 any manifest names, whatever the entry's status.
+    """Every sha256 any manifest names, whatever the entry's status, by an entry's
+    sha256 or by its path.
 
     Raises ArchiverError, naming the tune and what is wrong, for a manifest that
     cannot be read: gc cannot know what that one references.
@@ -135,6 +136,7 @@ async def referenced_blobs(store: Store) -> set[str]:
                      else "it is repaired or removed")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
         for entry in found.entries if found is not None else ():
-            if entry.sha256 is not None:
-                referenced.add(entry.sha256)
+            # and the blob its path names, when another: an entry whose sha256 a hand
+            # edit or a flipped bit changed still names its blob there (verify says so)
+            referenced.update(filter(None, (entry.sha256, named_blob(entry.path))))
     return referenced
