@@ -4,6 +4,7 @@ and what cannot be read is said as what it is."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,24 @@ def test_gc_keeps_a_blob_an_entry_names_by_its_path_alone(
     assert ran.code == 0
     assert "gc removed 0 unreferenced blobs" in ran.out
     assert all(blob_file(archive, data).exists() for data in served.all)
+
+
+def test_repair_never_points_an_entry_away_from_the_blob_its_path_names(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair does not 'mend' the path of an entry whose sha256 names no blob
+    while its path names another, present one (its sha256 edited): set to the sha256's
+    path, the entry named nothing left, and the next gc removed the photo, gone upstream."""
+    served = add_tune(standin, 1, expires_at="2026-01-01T00:00:00.000Z")
+    archived(standin, archive, 1)
+    standin.files.pop("img-1-0.jpg")  # 404 now: the tune has expired
+    document = manifest_of(archive, 1)
+    document["assets"][1]["sha256"] = flipped(document["assets"][1]["sha256"])
+    write_manifest(archive, 1, document)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert manifest_of(archive, 1)["assets"][1]["path"] == document["assets"][1]["path"]
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert blob_file(archive, served.images[0]).exists()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from tune_archiver.errors import NewerManifest, UnreadableManifest
-from tune_archiver.layout import blob_key, is_sha256
+from tune_archiver.layout import blob_key, is_sha256, named_blob
 from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
 from tune_archiver.urls import identity, nested_too_deeply, redact, redact_json, redact_text
 
@@ -152,7 +152,7 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
         error=redact_text(result.error) if result.error else "unknown error",
         prompt_id=asset.prompt_id,
         prompt_text=redact_text(asset.prompt_text) if asset.prompt_text else asset.prompt_text,
-        prompt_tune_id=asset.prompt_tune_id,
+        prompt_tune_id=asset.prompt_tune_id, path=known.path if known else None,
         source=known.identity if known else identity(asset.url),
         extra=redact_json(known.extra) if known else {},
     )
@@ -165,7 +165,7 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
 def entry_dict(entry: Entry) -> dict[str, Any]:
     """The entry as a manifest holds it: every known field, then every extra one.
 
-    An ok entry's path is written as its sha256 names it, whatever was recorded.
+    An ok entry's path names its sha256's blob, or another the recorded path names (gc keeps it).
     Raises ValueError for an ok entry without a valid sha256 and size.
     """
     written: dict[str, Any] = {"kind": entry.kind, "index": entry.index, "url": entry.url}
@@ -185,7 +185,7 @@ def entry_dict(entry: Entry) -> dict[str, Any]:
     else:
         written["sha256"] = blob.sha256
         written["size"] = blob.size
-        written["path"] = blob_key(blob.sha256)
+        written["path"] = blob_key(named_blob(entry.path) or blob.sha256)
         written["content_type"] = blob.content_type
     for name, value in entry.extra.items():
         written.setdefault(name, value)  # a known field is never overridden by an extra one

@@ -23,7 +23,7 @@ from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, 
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
-from tune_archiver.layout import blob_key
+from tune_archiver.layout import blob_key, named_blob
 from tune_archiver.models import PROMPT_KINDS, TuneResult
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
@@ -151,7 +151,8 @@ class _Unchanged(Exception):
 
 
 async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> list[str]:
-    """Give each archived entry of the tune's manifest the path its sha256 names and,
+    """Give each archived entry of the tune's manifest the path its sha256 names (unless
+    its path names another blob) and,
     where verify found the blob whole with another size, that size; returns one line
     per field mended. The manifest is read again under its lock: what changed since
     verify is kept, and a manifest now unreadable or gone is left to the verify after."""
@@ -170,7 +171,10 @@ async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> 
             if blob is None:
                 continue
             where = f"tune {tune_id}: {entry.kind} {entry.index}"
-            if entry.path != blob_key(blob.sha256):
+            # A path naming another blob is the one reference left to it when the
+            # sha256 was edited: rewritten, gc would remove that blob. Left as it is.
+            if entry.path != blob_key(blob.sha256) and named_blob(entry.path) in (
+                    None, blob.sha256):
                 item["path"] = blob_key(blob.sha256)
                 lines.append(f"{where}: its path set to {item['path']}")
             size = sizes.get(blob.sha256)
