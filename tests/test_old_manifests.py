@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.archive_helpers import add_tune, archived, cli, manifest_of, write_manifest
+from tests.conftest import ROOT, SCHEMA, check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+from tune_archiver import manifest
 
 
 @pytest.fixture
@@ -113,6 +116,18 @@ def test_repair_never_points_an_entry_away_from_the_blob_its_path_names(
     ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
               "--api-url", standin.api_url)
     assert ran.code == 1
-    assert manifest_of(archive, 1)["assets"][1]["path"] == document["assets"][1]["path"]
+    assert check_manifest(archive / "manifests" / "1.json")["assets"][1]["path"] == (
+        document["assets"][1]["path"])
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert blob_file(archive, served.images[0]).exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "manifests").glob("example*.json")),
+                         ids=lambda path: path.name)
+def test_each_example_manifest_validates_and_is_read(path: Path) -> None:
+    """README says manifests/example.json validates against the schema: it does, and
+    this version reads it, every entry."""
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    document = check_manifest(path)
+    assert len(manifest.parse(path.read_bytes(), document["tune_id"]).entries) == len(
+        document["assets"])
