@@ -4,6 +4,7 @@ and what cannot be read is said as what it is."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -131,3 +132,22 @@ def test_each_example_manifest_validates_and_is_read(path: Path) -> None:
     document = check_manifest(path)
     assert len(manifest.parse(path.read_bytes(), document["tune_id"]).entries) == len(
         document["assets"])
+
+
+def test_a_manifest_of_no_file_an_old_version_called_complete_is_not(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Versions before ea3f71b wrote a tune of no file (still training) as complete:
+    list said 'complete' with nothing backed up, and fetch --all skipped the tune as
+    unchanged. It is read as not complete, and fetched again: written as training."""
+    tune = standin.add_tune(6, [], [], trained_at=None)
+    (archive / "manifests").mkdir(parents=True)
+    write_manifest(archive, 6, {"schema_version": 1, "tune_id": 6, "complete": True,
+                                "archived_at": "2026-11-29T10:00:00Z", "tune": tune,
+                                "assets": []})
+    ran = cli(capsys, "list", "--json", "--archive", str(archive))
+    assert json.loads(ran.out)["tunes"][0]["complete"] is False
+    assert run_fetch(standin, archive, "--all") == 0
+    assert "unchanged since archived" not in capsys.readouterr().out
+    written = check_manifest(archive / "manifests" / "6.json")
+    assert (written["complete"], written["state"]) == (False, "training")

@@ -77,7 +77,7 @@ class Manifest:
 
     tune_id: int
     archived_at: str
-    complete: bool
+    complete: bool  # never of no file, which versions before ea3f71b wrote as complete
     tune: dict[str, Any] = field(hash=False)  # as the API returned it, URLs redacted
     entries: tuple[Entry, ...]
     state: State | None = None  # absent in manifests of earlier versions
@@ -259,11 +259,11 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     workspace = _field(document, "workspace", _is_str, "a string", bad, required=False)
     retrained = _field(document, "retrained", _is_retrained, "a list of tunes", bad,
                        required=False)
-    return Manifest(tune_id, archived_at, complete, tune, entries, state, workspace,
-                    tuple(retrained or ()), {k: v for k, v in document.items() if k not in _TOP})
+    return Manifest(tune_id, archived_at, complete and bool(entries), tune, entries, state,
+                    workspace, tuple(retrained or ()),
+                    {k: v for k, v in document.items() if k not in _TOP})
 
 
-# The fields this version knows, of a manifest and of an entry; others are kept in `extra`.
 _TOP = frozenset({"schema_version", "tune_id", "archived_at", "complete", "state", "workspace",
                   "retrained", "tune", "assets"})
 _KNOWN = frozenset({"kind", "index", "url", "source", "status", "sha256", "size", "path",
