@@ -151,3 +151,24 @@ def test_a_manifest_of_no_file_an_old_version_called_complete_is_not(
     assert "unchanged since archived" not in capsys.readouterr().out
     written = check_manifest(archive / "manifests" / "6.json")
     assert (written["complete"], written["state"]) == (False, "training")
+
+
+def test_repair_mends_a_path_of_an_older_layout_into_a_valid_manifest(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path naming the entry's own blob in another folder and case, and a size edited
+    by hand, are mended by verify --repair: the manifest it writes validates."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    entry = document["assets"][1]
+    entry["path"] = f"objects/{entry['sha256'][:2]}/{entry['sha256'].upper()}"
+    entry["size"] += 1
+    write_manifest(archive, 1, document)
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 1
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive))
+    assert ran.code == 0
+    mended = check_manifest(archive / "manifests" / "1.json")["assets"][1]
+    assert mended["path"] == f"objects/sha256/{entry['sha256'][:2]}/{entry['sha256']}"
+    assert mended["size"] == entry["size"] - 1
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
