@@ -959,3 +959,28 @@ def test_repair_of_a_blob_shared_with_a_tune_gone_upstream_says_whole(
     assert ran.code == 0, ran.err
     assert json.loads(ran.out)["ok"] is True
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_says_not_whole_for_a_prompt_file_found_gone_beside_another_gone_one(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts 500 and 501 each have an image 0. 500's is gone upstream already; 501's
+    failed, and Astria deleted prompt 501 before the repair fetched it again: a file
+    found gone meanwhile, so the archive is NOT whole, exit 1. Both are prompt_image 0 of
+    tune 1: the repair took the new one for the old, and said whole, exit 0."""
+    add_tune(standin, 1, images=1, expires_at=AHEAD)
+    standin.add_prompt(1, 500, "ohwx", [standin.add_file("gen-a", b"a" * 900)])
+    standin.add_prompt(1, 501, "ohwx", [standin.add_file("gen-b", b"b" * 900)])
+    standin.faults["gen-a"] = [Status(404)] * 10
+    standin.faults["gen-b"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 1
+    standin.prompts[1] = [p for p in standin.prompts[1] if p["id"] != 500]
+    assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: NOW) == 1
+    assert [s for s in statuses(archive, 1) if s[0] == "prompt_image"] == [
+        ("prompt_image", 0, "failed"), ("prompt_image", 0, "gone")]
+    standin.prompts[1] = []
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url, now=NOW)
+    assert statuses(archive, 1).count(("prompt_image", 0, "gone")) == 2
+    assert (ran.code, json.loads(ran.out)["ok"]) == (1, False), ran.out
