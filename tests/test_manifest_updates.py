@@ -128,6 +128,31 @@ async def test_local_set_aside_where_the_disk_has_no_hard_links(
     assert await store.read_manifest(4) == b"{again"
 
 
+async def test_local_set_aside_that_fails_leaves_no_empty_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links the name in manifests/damaged/ is claimed before the rename;
+    a rename that fails (EIO, the stick pulled out) takes the claim back: an empty file
+    left there was a manifest 'a fetch set aside' to verify, and gc refused to run while
+    it was kept, though the damaged manifest never moved."""
+    store = LocalStore(tmp_path / "archive")
+    await store.prepare()
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "link", refused)
+    monkeypatch.setattr(os, "rename", broken)
+    await store.write_manifest(4, b"{broken")
+    with pytest.raises(StorageError):
+        await store.set_aside_manifest(4, "20261129T000000Z", b"{broken")
+    assert await store.read_manifest(4) == b"{broken"
+    assert await store.damaged_manifests() == []
+
+
 async def test_s3_update_retries_when_another_machine_wrote_in_between(
     bucket: Bucket, tmp_path: Path
 ) -> None:

@@ -227,7 +227,14 @@ def move_manifest_aside(root: Path, key: str, aside: str) -> None:
                 # is claimed (O_EXCL, never another set aside), then renamed over.
                 os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
                                  PRIVATE_FILE, dir_fd=target))
-                os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
+                try:
+                    os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
+                except OSError:
+                    # The empty claim would be taken for a manifest set aside: verify
+                    # naming it, gc refusing to run while it is kept.
+                    with contextlib.suppress(OSError):
+                        os.unlink(new, dir_fd=target)
+                    raise
             else:
                 os.unlink(file, dir_fd=source)
             os.fsync(target)
