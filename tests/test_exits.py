@@ -322,3 +322,34 @@ def test_an_archive_whose_tmp_is_another_filesystem_is_refused_before_any_downlo
     assert not [r for r in standin.requests[asked:] if r.host != "api"]
     assert (archive / "manifests" / "1.json").read_bytes() == before
     assert not (archive / "manifests" / "2.json").exists()
+
+
+def test_an_archive_whose_tmp_is_bind_mounted_from_the_same_disk_is_refused(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tmp/ bind-mounted from a folder of the same disk (a Docker volume: `-v
+    /srv/astria-tmp:/archive/tmp`) has the device of objects/ and manifests/, yet is
+    another mount, and rename refuses to cross mounts (EXDEV) as it refuses to cross
+    filesystems: the one-device check let it by, and each fetch failed each tune with
+    'cannot write a manifest ...: Invalid cross-device link', exit 1."""
+    make_tune(standin, 1, images=1)
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1") == 0
+    make_tune(standin, 2, images=1)
+    apart = tmp_path / "apart"
+    apart.mkdir(mode=0o700)
+    done = subprocess.run(["mount", "--bind", str(apart), str(archive / "tmp")],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        capsys.readouterr()
+        code = run_fetch(standin, archive, "2")
+        err = capsys.readouterr().err.splitlines()
+    finally:
+        subprocess.run(["umount", str(archive / "tmp")], check=True)
+    assert code == Exit.USAGE, err
+    assert err == [f"tune-archiver: error: cannot use the archive {archive}: its "
+                   "objects/sha256/, manifests/, tmp/ are not all on one filesystem "
+                   "(blobs and manifests are renamed into place from tmp/)"]
+    assert not (archive / "manifests" / "2.json").exists()

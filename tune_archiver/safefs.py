@@ -131,10 +131,27 @@ def make_archive_folders(root: Path, names: Sequence[str]) -> None:
     renamed into place from tmp/, which would fail (EXDEV) at every commit."""
     for name in names:
         make_private_dir(root / name)
-    if len({os.stat(root / name).st_dev for name in names}) > 1:
+    # A folder bind-mounted in (a Docker volume at tmp/) is another mount of the same
+    # device, which rename refuses to cross (EXDEV) as well: one mount, and one device.
+    if len({_mount_of(root / name) for name in names}) > 1 or len(
+            {os.stat(root / name).st_dev for name in names}) > 1:
         raise ConfigError(
             f"cannot use the archive {root}: its {', '.join(f'{n}/' for n in names)} are not all "
             "on one filesystem (blobs and manifests are renamed into place from tmp/)")
+
+
+def _mount_of(folder: Path) -> str | None:
+    """The id of the mount the folder is in (its fd's mnt_id, /proc/self/fdinfo); None
+    where that is not told (no /proc)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            return next((line.split()[1] for line in info if line.startswith("mnt_id:")),
+                        None)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _sync_folder(path: Path) -> None:
