@@ -246,3 +246,17 @@ def test_closing_punctuation_after_a_redacted_value_is_kept(text: str, shown: st
     took it into the value, and an error line lost its closing bracket); a value holding
     such characters, percent-encoded or inside it, is still hidden whole."""
     assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ('password="hunter2!" was refused', 'password="REDACTED" was refused'),
+    ("token='s3cr3t.'", "token='REDACTED'"),
+    ('OAuth oauth_signature="tnnArxj06cWHq44gCs1OSKk%2FjLY%3D)"',
+     'OAuth oauth_signature="REDACTED"'),
+    ('{"h": "token=\\"s3cr3t?\\""}', '{"h": "token=\\"REDACTED\\""}'),
+])
+def test_a_quoted_value_ending_in_punctuation_is_hidden_whole(text: str, shown: str) -> None:
+    """A quoted value (as an OAuth or Digest header writes it) runs to its quote: the
+    '!', '.' or ')' before the quote is the secret's last character, not the text's
+    closing punctuation, and was shown after REDACTED ('password="REDACTED!"')."""
+    assert redact_text(text) == shown

@@ -151,7 +151,9 @@ def _secret_pairs(text: str) -> str:
         if is_secret_param(name) and name.lower() not in _ORDINARY_NAMES:
             # Closing punctuation at its end closes the text around it ("(...?token=x)",
             # "... token=x."): given back, as redact_text gives it back after a URL.
-            return f"{name}{equals}{quote}{REDACTED}{value[len(value.rstrip(_CLOSING)):]}"
+            # A quoted value is the secret's to its quote ('password="hunter2!"').
+            kept = "" if quote else value[len(value.rstrip(_CLOSING)):]
+            return f"{name}{equals}{quote}{REDACTED}{kept}"
         return found.group(0)
 
     return _PAIR.sub(replaced, text) if "=" in text or "%3" in text or "%25" in text else text
