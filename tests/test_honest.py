@@ -282,12 +282,14 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
                for line in err)
 
 
+@pytest.mark.parametrize("expires_at", ["2026-12-10T12:00:45Z", "2026-12-10T12:00:00.500Z"])
 def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
-    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], expires_at: str
 ) -> None:
     """Seconds before Astria deletes a tune that failed, the line says "under a minute":
-    "deletes it in 0h 0m" read as already gone, or as a clock gone wrong."""
-    add_tune(standin, 1, expires_at="2026-12-10T12:00:45Z")  # 45 s after NOW
+    "deletes it in 0h 0m" read as already gone, or as a clock gone wrong, and half a
+    second before, "deletes it in expired" (the seconds left were cut to 0)."""
+    add_tune(standin, 1, expires_at=expires_at)  # 45 s, or half a second, after NOW
     standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
     assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]

@@ -5,6 +5,7 @@ Pure: each function turns results into text or JSON-ready values; cli.py prints 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,7 @@ def fetch_errors(result: TuneResult) -> list[str]:
     again = result.error is not None or bool(result.failed)
     if again and left is not None and 0 < left <= EXPIRES_SOON:
         lines.append(f"{name}: not archived whole, and Astria deletes it in "
-                     f"{time_left(int(left))}: run tune-archiver fetch {result.tune_id} "
+                     f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id} "
                      "again before then")
     return lines
 
