@@ -172,3 +172,23 @@ def test_repair_mends_a_path_of_an_older_layout_into_a_valid_manifest(
     assert mended["path"] == f"objects/sha256/{entry['sha256'][:2]}/{entry['sha256']}"
     assert mended["size"] == entry["size"] - 1
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_mends_a_path_naming_a_blob_the_archive_does_not_hold(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path whose digest a flipped bit or a hand edit changed names no blob: its
+    entry's sha256 names the whole one. verify --repair sets the path right (it is no
+    one's reference), and the verify after finds nothing."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    entry = document["assets"][1]
+    entry["path"] = f"objects/sha256/{entry['sha256'][:2]}/{flipped(entry['sha256'])}"
+    write_manifest(archive, 1, document)
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 1
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    mended = check_manifest(archive / "manifests" / "1.json")["assets"][1]
+    assert mended["path"] == f"objects/sha256/{entry['sha256'][:2]}/{entry['sha256']}"
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

@@ -149,13 +149,19 @@ async def _whole_now(store: Store, sha256: str) -> bool:
     return found is not None and found[1] == sha256
 
 
+async def _names_another(store: Store, path: str | None, sha256: str) -> bool:
+    """Whether `path` names a blob other than `sha256` that the archive holds."""
+    named = named_blob(path)
+    return named not in (None, sha256) and await store.blob_size(named) is not None
+
+
 class _Unchanged(Exception):
     """Nothing to mend in the manifest as it is now: nothing is written."""
 
 
 async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> list[str]:
     """Give each archived entry of the tune's manifest the path its sha256 names (unless
-    its path names another blob) and,
+    its path names another blob the archive holds) and,
     where verify found the blob whole with another size, that size; returns one line
     per field mended. The manifest is read again under its lock: what changed since
     verify is kept, and a manifest now unreadable or gone is left to the verify after."""
@@ -174,10 +180,12 @@ async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> 
             if blob is None:
                 continue
             where = f"tune {tune_id}: {entry.kind} {entry.index}"
-            # A path naming another blob is the one reference left to it when the
-            # sha256 was edited: rewritten, gc would remove that blob. Left as it is.
-            if entry.path != blob_key(blob.sha256) and named_blob(entry.path) in (
-                    None, blob.sha256):
+            # A path naming another blob the archive holds is the one reference left
+            # to it when the sha256 was edited: rewritten, gc would remove that blob.
+            # Left as it is. One naming a blob not there (its digest changed) is no
+            # reference: left, verify --repair would say 'wrong path' for ever.
+            if entry.path != blob_key(blob.sha256) and not await _names_another(
+                    store, entry.path, blob.sha256):
                 item["path"] = blob_key(blob.sha256)
                 lines.append(f"{where}: its path set to {item['path']}")
             size = sizes.get(blob.sha256)
