@@ -192,3 +192,26 @@ def test_repair_mends_a_path_naming_a_blob_the_archive_does_not_hold(
     mended = check_manifest(archive / "manifests" / "1.json")["assets"][1]
     assert mended["path"] == f"objects/sha256/{entry['sha256'][:2]}/{entry['sha256']}"
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_a_kept_field_has_its_urls_redacted_as_an_entry_field_has(
+    standin: StandIn, archive: Path
+) -> None:
+    """A signed URL in a field this version does not know, at the top as in an entry
+    (noted by hand, or by a version that did not redact it), is redacted by the fetch
+    that keeps the field: no manifest this version writes holds a URL's signature."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    signed = "https://cdn.example/a.jpg?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKIAX"
+    document["note"] = {"original": signed}
+    document["assets"][0]["note"] = signed
+    write_manifest(archive, 1, document)
+    standin.tunes[1]["updated_at"] = "2026-11-30T00:00:00.000Z"
+    assert run_fetch(standin, archive, "1") == 0
+    text = (archive / "manifests" / "1.json").read_text()
+    written = json.loads(text)
+    assert written["note"]["original"].startswith("https://cdn.example/a.jpg?")
+    assert written["assets"][0]["note"].startswith("https://cdn.example/a.jpg?")
+    assert "s3cr3tsig" not in text
+    assert "AKIAX" not in text

@@ -45,7 +45,7 @@ from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 from tune_archiver.store.location import open_store
-from tune_archiver.urls import redact
+from tune_archiver.urls import redact, redact_json
 
 log = logging.getLogger(__name__)
 GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
@@ -303,8 +303,9 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
             workspace=told if told is not None else now.workspace if now else None,
             retrained=now.retrained if now else (),
         )
-        for name, value in (now.extra if now else {}).items():  # a newer version's fields
-            document.setdefault(name, value)  # are kept, as an entry's are
+        # A newer version's fields are kept, as an entry's are: their URLs redacted too.
+        for name, value in redact_json(now.extra if now else {}).items():
+            document.setdefault(name, value)
         # The API may echo the key in any text or URL: it never reaches the archive.
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
