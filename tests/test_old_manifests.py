@@ -106,7 +106,8 @@ def test_repair_never_points_an_entry_away_from_the_blob_its_path_names(
 ) -> None:
     """verify --repair does not 'mend' the path of an entry whose sha256 names no blob
     while its path names another, present one (its sha256 edited): set to the sha256's
-    path, the entry named nothing left, and the next gc removed the photo, gone upstream."""
+    path, the entry named nothing left, and the next gc removed the photo, gone upstream.
+    It mends the sha256 instead: the blob the path names is whole, of the entry's size."""
     served = add_tune(standin, 1, expires_at="2026-01-01T00:00:00.000Z")
     archived(standin, archive, 1)
     standin.files.pop("img-1-0.jpg")  # 404 now: the tune has expired
@@ -116,9 +117,35 @@ def test_repair_never_points_an_entry_away_from_the_blob_its_path_names(
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
               "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert "its sha256 set to" in ran.out
+    mended = check_manifest(archive / "manifests" / "1.json")["assets"][1]
+    assert mended["path"] == document["assets"][1]["path"]
+    assert mended["path"].endswith(mended["sha256"])
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert blob_file(archive, served.images[0]).exists()
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_repair_keeps_a_path_naming_a_blob_of_another_size(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry whose sha256 names no blob and whose path names one of another size is
+    not given that blob (another file's, maybe): the path stays, so gc keeps the blob,
+    and verify --repair says it could not mend it."""
+    served = add_tune(standin, 1, expires_at="2026-01-01T00:00:00.000Z")
+    archived(standin, archive, 1)
+    standin.files.pop("img-1-0.jpg")  # 404 now: the tune has expired
+    document = manifest_of(archive, 1)
+    entry = document["assets"][1]
+    entry["sha256"], entry["size"] = flipped(entry["sha256"]), entry["size"] + 1
+    write_manifest(archive, 1, document)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
     assert ran.code == 1
-    assert check_manifest(archive / "manifests" / "1.json")["assets"][1]["path"] == (
-        document["assets"][1]["path"])
+    kept = check_manifest(archive / "manifests" / "1.json")["assets"][1]
+    assert (kept["sha256"], kept["path"]) == (entry["sha256"], entry["path"])
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert blob_file(archive, served.images[0]).exists()
 

@@ -74,6 +74,7 @@ async def repair(
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
     failed = [p for p in found.problems if p.problem == "failed"]
     mended_tunes = sorted({p.tune_id for p in entries})
+    missing = {p.sha256 for p in found.problems if p.problem == "missing" and p.sha256}
     if not damaged and not failed and not mended_tunes:
         report.after = found
         return report
@@ -82,7 +83,7 @@ async def repair(
     # can no longer read or write.
     await store.prepare()
     for tune_id in mended_tunes:
-        report.mended += await _mend_entries(store, tune_id, entries)
+        report.mended += await _mend_entries(store, tune_id, entries, missing)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
     whole: set[str] = set()  # put back, or whole again: its tunes are not fetched
     stuck: set[str] = set()  # could not be set aside: not fetched again over it
@@ -155,14 +156,24 @@ async def _names_another(store: Store, path: str | None, sha256: str) -> bool:
     return named not in (None, sha256) and await store.blob_size(named) is not None
 
 
+async def _whole_as(store: Store, named: str | None, size: int, sha256: str) -> bool:
+    """Whether the archive holds `named` whole, of `size` bytes, while still no `sha256`:
+    the blob an entry's path names, its sha256 being the one field wrong."""
+    return (named is not None and await store.blob_size(sha256) is None
+            and await store.blob_size(named) == size and await _whole_now(store, named))
+
+
 class _Unchanged(Exception):
     """Nothing to mend in the manifest as it is now: nothing is written."""
 
 
-async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> list[str]:
+async def _mend_entries(store: Store, tune_id: int, problems: list[Problem],
+                        missing: set[str]) -> list[str]:
     """Give each archived entry of the tune's manifest the path its sha256 names (unless
     its path names another blob the archive holds) and,
-    where verify found the blob whole with another size, that size; returns one line
+    where verify found the blob whole with another size, that size; an entry whose
+    sha256 names a blob `missing` while its path names a whole one of its size gets
+    that one's sha256 (a digit of it changed). Returns one line
     per field mended. The manifest is read again under its lock: what changed since
     verify is kept, and a manifest now unreadable or gone is left to the verify after."""
     sizes = {p.sha256: p.true_size for p in problems
@@ -180,6 +191,13 @@ async def _mend_entries(store: Store, tune_id: int, problems: list[Problem]) -> 
             if blob is None:
                 continue
             where = f"tune {tune_id}: {entry.kind} {entry.index}"
+            named = named_blob(entry.path)
+            if named not in (None, blob.sha256) and blob.sha256 in missing and (
+                    await _whole_as(store, named, blob.size, blob.sha256)):
+                item["sha256"], item["path"] = named, blob_key(named)
+                lines.append(f"{where}: its sha256 set to {named}, the whole blob its "
+                             "path names")
+                continue
             # A path naming another blob the archive holds is the one reference left
             # to it when the sha256 was edited: rewritten, gc would remove that blob.
             # Left as it is. One naming a blob not there (its digest changed) is no
