@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -292,6 +294,35 @@ def test_an_archive_on_a_read_only_disk_is_the_operators_to_fix_exit_2(
     assert "Read-only file system" in err[0]
 
 
+@contextlib.contextmanager
+def bound_at(source: Path, target: Path) -> Iterator[None]:
+    """`source` bind-mounted at `target` for the block (the test skipped where it cannot)."""
+    done = subprocess.run(["mount", "--bind", str(source), str(target)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def fetch_refused_apart(standin: StandIn, archive: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A fetch of tune 2 into the archive is refused on one line, exit 2, having written
+    nothing and downloaded nothing."""
+    asked = len(standin.requests)
+    capsys.readouterr()
+    code = run_fetch(standin, archive, "2")
+    err = capsys.readouterr().err.splitlines()
+    assert code == Exit.USAGE, err
+    assert err == [f"tune-archiver: error: cannot use the archive {archive}: its "
+                   "objects/sha256/, manifests/, tmp/ are not all on one filesystem "
+                   "(blobs and manifests are renamed into place from tmp/)"]
+    assert not [r for r in standin.requests[asked:] if r.host != "api"]
+    assert not (archive / "manifests" / "2.json").exists()
+
+
 def test_an_archive_whose_tmp_is_another_filesystem_is_refused_before_any_download(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -305,23 +336,11 @@ def test_an_archive_whose_tmp_is_another_filesystem_is_refused_before_any_downlo
     assert run_fetch(standin, archive, "1") == 0
     make_tune(standin, 2, images=1)
     before = (archive / "manifests" / "1.json").read_bytes()
-    asked = len(standin.requests)
     with tmpfs(tmp_path / "fast", "4m") as disk:
         disk.chmod(0o700)
-        subprocess.run(["mount", "--bind", str(disk), str(archive / "tmp")], check=True)
-        try:
-            capsys.readouterr()
-            code = run_fetch(standin, archive, "2")
-            err = capsys.readouterr().err.splitlines()
-        finally:
-            subprocess.run(["umount", str(archive / "tmp")], check=True)
-    assert code == Exit.USAGE, err
-    assert err == [f"tune-archiver: error: cannot use the archive {archive}: its "
-                   "objects/sha256/, manifests/, tmp/ are not all on one filesystem "
-                   "(blobs and manifests are renamed into place from tmp/)"]
-    assert not [r for r in standin.requests[asked:] if r.host != "api"]
+        with bound_at(disk, archive / "tmp"):
+            fetch_refused_apart(standin, archive, capsys)
     assert (archive / "manifests" / "1.json").read_bytes() == before
-    assert not (archive / "manifests" / "2.json").exists()
 
 
 def test_an_archive_whose_tmp_is_bind_mounted_from_the_same_disk_is_refused(
@@ -338,18 +357,5 @@ def test_an_archive_whose_tmp_is_bind_mounted_from_the_same_disk_is_refused(
     make_tune(standin, 2, images=1)
     apart = tmp_path / "apart"
     apart.mkdir(mode=0o700)
-    done = subprocess.run(["mount", "--bind", str(apart), str(archive / "tmp")],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
-    try:
-        capsys.readouterr()
-        code = run_fetch(standin, archive, "2")
-        err = capsys.readouterr().err.splitlines()
-    finally:
-        subprocess.run(["umount", str(archive / "tmp")], check=True)
-    assert code == Exit.USAGE, err
-    assert err == [f"tune-archiver: error: cannot use the archive {archive}: its "
-                   "objects/sha256/, manifests/, tmp/ are not all on one filesystem "
-                   "(blobs and manifests are renamed into place from tmp/)"]
-    assert not (archive / "manifests" / "2.json").exists()
+    with bound_at(apart, archive / "tmp"):
+        fetch_refused_apart(standin, archive, capsys)
