@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Cut, StandIn, Status
-from tests.test_faults import archived_from, archived_whole, closing_answer, cut_then
+from tests.test_faults import RawHost, archived_from, archived_whole, closing_answer, cut_then
 
 MiB = 2**20
 
@@ -140,3 +141,43 @@ def test_a_whole_body_of_no_length_whose_url_expired_before_its_end_was_confirme
     archived_from(standin, archive, answer)
     archived_whole(archive, data)
     assert asked == [None, "bytes=300000-", "bytes=300000-"]  # downloaded once
+
+
+def ranges_host(data: bytes, etag: bytes, cuts: int) -> Callable[[str], bytes]:
+    """A host that serves ranges of `data` under `etag` and says so, cutting its first
+    `cuts` answers of the whole file at a third."""
+    wholes: list[str] = []
+
+    def answer(head: str) -> bytes:
+        validator = b"ETag: " + etag + b"\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n"
+        asked = re.search(r"(?im)^range: bytes=(\d+)-(\d*)", head)
+        if asked is None:
+            wholes.append(head)
+            body = data[: len(data) // 3] if len(wholes) <= cuts else data
+            return f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n".encode() + validator + body
+        start, last = int(asked.group(1)), int(asked.group(2) or len(data) - 1)
+        return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{last}/"
+                f"{len(data)}\r\nContent-Length: {last + 1 - start}\r\n".encode()
+                + validator + data[start:last + 1])
+
+    return answer
+
+
+@pytest.mark.parametrize(("size", "cuts"), [(4 * MiB, 0), (300_000, 1)],
+                         ids=["split", "cut-once"])
+def test_an_etag_with_a_control_character_is_no_validator(
+    standin: StandIn, archive: Path, size: int, cuts: int
+) -> None:
+    """An ETag holding a control character (here \\x01), which aiohttp refuses to send
+    back in If-Range ('Forbidden control character', a ValueError): a large file was
+    split and every piece failed, 'internal error while downloading', exit 1, on every
+    run, though the host serves the file whole; a cut one failed at its resume. Such an
+    ETag is no validator: the file is fetched in one stream, and starts over if cut."""
+    data = os.urandom(size)
+    host = RawHost(ranges_host(data, b'"a\x01b"', cuts))
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1", "--split-threshold", "1M") == 0
+    finally:
+        host.close()
+    archived_whole(archive, data)

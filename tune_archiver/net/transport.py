@@ -44,6 +44,8 @@ MAX_REDIRECTS = 10
 # digits, str.isdigit a superscript, and int() refuses more than 4,300 digits).
 _POSITION = r"[0-9]{1,20}"
 _CONTENT_RANGE = re.compile(rf"bytes ({_POSITION})-({_POSITION})/({_POSITION})")
+# What aiohttp refuses in a request header's value (http_writer._safe_header).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UNSATISFIED_RANGE = re.compile(rf"bytes \*/({_POSITION})")  # a 416's: the file's length
 # A Last-Modified is a strong validator only this long before the answer's Date (RFC 9110
 # 8.8.2.2): a file changed twice within its second would show the same date for both.
@@ -318,12 +320,20 @@ def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:
 
 def validator_of(headers: CIMultiDictProxy[str]) -> str | None:
     """What If-Range can carry: a strong ETag, else a Last-Modified that is strong. Without
-    one, bytes are never resumed nor fetched in ranges: two versions could be spliced."""
+    one, bytes are never resumed nor fetched in ranges: two versions could be spliced.
+    A value that cannot be sent back (a control character) is none."""
     etag = headers.get("ETag")
-    if etag and not etag.startswith("W/"):
+    if etag and not etag.startswith("W/") and _sendable(etag):
         return etag
     modified = headers.get("Last-Modified")
-    return modified if modified and _settled(modified, headers.get("Date")) else None
+    return (modified if modified and _sendable(modified)
+            and _settled(modified, headers.get("Date")) else None)
+
+
+def _sendable(value: str) -> bool:
+    """Whether a validator can go back in If-Range: aiohttp refuses a request header
+    with a control character but tab (ValueError, as if we injected one)."""
+    return _CONTROL.search(value) is None
 
 
 def _settled(modified: str, date: str | None) -> bool:
