@@ -88,6 +88,38 @@ def test_a_piece_larger_than_the_burst_waits_for_its_bytes() -> None:
     assert fake.now == pytest.approx(4.0)
 
 
+def test_a_connection_queued_behind_another_is_told_the_whole_wait() -> None:
+    """A connection that waits its turn behind one sleeping off a debt of 1 s waited for
+    the bucket that long too, not only for its own 10 ms: the stall rule must not count
+    that second against the host (it counted it, and cut fast downloads shared by a few
+    connections as 'slower than --min-rate')."""
+    fake = FakeTime()
+
+    async def sleep(seconds: float) -> None:  # the other connection asks meanwhile
+        await asyncio.sleep(0)
+        fake.now += seconds
+
+    bucket = TokenBucket(1000, fake.clock, sleep)
+
+    async def both() -> list[float]:  # the first has 1 s of debt past the burst
+        return list(await asyncio.gather(bucket.take(1100), bucket.take(10)))
+
+    assert asyncio.run(both()) == pytest.approx([1.0, 1.01])
+
+
+def test_downloads_sharing_the_cap_are_never_cut_as_slow(standin: StandIn, tmp_path: Path
+                                                          ) -> None:
+    """Four files at once from a fast host under --limit-rate 1M, each at about 256 KiB/s,
+    with --min-rate 400K: waiting for the bucket is not the host's slowness, so none is
+    cut. Each was cut every second as 'slower than 409600 bytes/s', and retried."""
+    files = [os.urandom(600_000) for _ in range(4)]
+    urls = [standin.add_file(f"f{i}.safetensors", data) for i, data in enumerate(files)]
+    standin.add_tune(1, urls, [])
+    assert run_fetch(standin, tmp_path / "a", "1", "--limit-rate", "1M", "--min-rate", "400K",
+                     "--stall-window", "1", "--concurrency", "4") == 0
+    assert [len(standin.seen("cdn", f"/files/f{i}")) for i in range(4)] == [1] * 4
+
+
 @pytest.mark.parametrize(("text", "value"), [("20M", 20 * MiB), ("500K", 500 * 1024),
                                              ("1.5M", 1.5 * MiB), ("4096", 4096.0)])
 def test_rates_are_read_in_powers_of_1024(text: str, value: float) -> None:

@@ -42,15 +42,16 @@ class TokenBucket:
 
     async def take(self, count: int) -> float:
         """Spend `count` bytes, waiting (in turn) until the budget allows them; returns
-        the seconds waited, which a stall rule must not count against the host."""
+        the seconds waited, which a stall rule must not count against the host: the
+        turns of the connections queued before this one included (each sleeping off its
+        debt), not only its own."""
         if count <= 0:
             return 0.0
+        asked = self._clock()
         async with self._turn:
             self._refill()
             self._tokens -= count
-            if self._tokens >= 0:
-                return 0.0
-            wait = -self._tokens / self.rate
-            await self._sleep(wait)
-            self._refill()  # the debt is paid by the time slept
-            return wait
+            if self._tokens < 0:
+                await self._sleep(-self._tokens / self.rate)
+                self._refill()  # the debt is paid by the time slept
+            return self._clock() - asked
