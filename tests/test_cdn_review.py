@@ -181,3 +181,26 @@ def test_an_etag_with_a_control_character_is_no_validator(
     finally:
         host.close()
     archived_whole(archive, data)
+
+
+def test_an_answer_aiohttp_cannot_parse_is_one_line(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host sending both Transfer-Encoding: chunked and a Content-Length: aiohttp's
+    parse error is its reason, the raw line quoted and a line pointing at the fault,
+    so the file's error was four lines in the manifest and, on stderr, one line strewn
+    with '\\x0a' and a caret. It is one line: the reason and the quoted header."""
+    data = os.urandom(3000)
+    host = RawHost(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3010\r\n"
+                   + b"Connection: close\r\n\r\n" + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+    try:
+        standin.add_tune(1, [host.url("/files/model")], [])
+        assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    finally:
+        host.close()
+    error = check_manifest(archive / "manifests" / "1.json")["assets"][0]["error"]
+    assert error.startswith("malformed response (Content-Length can't be present with "
+                            "Transfer-Encoding: b'Content-Length: 3010') from http://")
+    shown = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(shown) == 1
+    assert shown[0].endswith(error)

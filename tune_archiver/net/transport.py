@@ -79,8 +79,11 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
         waited = f" for {read_timeout:g} s" if read_timeout else ""
         raise ReadTimeout(f"no data{waited} from {shown}") from exc
     except aiohttp.ClientResponseError as exc:
-        # aiohttp's parse error quotes the raw line, a presigned Location and all.
-        raise BodyError(f"malformed response ({redact_text(exc.message)}) from {shown}") from exc
+        # aiohttp's parse error quotes the raw line, a presigned Location and all, on
+        # lines of its own under the reason, with a line pointing at the fault: one line.
+        said = " ".join(part.strip() for part in exc.message.splitlines()
+                        if part.strip() not in ("", "^"))
+        raise BodyError(f"malformed response ({redact_text(said)}) from {shown}") from exc
     except aiohttp.ClientOSError as exc:
         reason = errno.errorcode.get(exc.errno or 0) or exc.strerror or "connection error"
         raise NetworkError(f"connection failed ({reason}): {shown}") from exc
