@@ -304,3 +304,31 @@ def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
     assert result["images"] == 3
     assert result["missing"] == ["some training images not archived: 'orig_images' holds "
                                  "1 item that is not a URL"]
+
+
+def test_retrain_with_workspace_all_creates_the_tune_in_the_archived_tunes_workspace(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`all` spans every workspace for a listing, and no tune can be created in it: the
+    POST goes to the workspace the manifest records; with none recorded, nothing is sent
+    (exit 2)."""
+    archive = tmp_path / "archive"
+    standin.add_tune(5, [], [standin.add_file("img", b"\xff\xd8\xff" + os.urandom(900))],
+                     title="Jane")
+    standin.tune_workspaces[5] = "41"
+    assert run_fetch(standin, archive, "5", "--workspace", "all") == 0
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--workspace", "all", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 0, ran.err
+    assert [r.headers.get("X-Workspace-Id") for r in standin.seen("api")
+            if r.path == "/tunes"] == ["41"]
+    path = archive / "manifests" / "5.json"
+    document = json.loads(path.read_text())
+    del document["workspace"]  # as an older version wrote it
+    path.write_text(json.dumps(document))
+    ran = cli(capsys, "retrain", "5", "--yes", "--workspace", "all", "--title", "again",
+              "--archive", str(archive), "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 2
+    assert "--workspace all names no workspace" in ran.err
+    assert len(standin.created) == 1

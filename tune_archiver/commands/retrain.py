@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from typing import Any
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
+from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import RETRAIN_COPY_PREFIX, Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
+    ConfigError,
     ConnectError,
     DataError,
     IntegrityError,
@@ -131,7 +133,8 @@ async def retrain(
     archive's own folder), never in the system's temp folder.
 
     Raises ArchiverError when the tune is not archived, has no training image or was
-    retrained under that title already (nothing is sent),
+    retrained under that title already (nothing is sent), ConfigError for `--workspace
+    all` when the manifest does not say the tune's workspace,
     IntegrityError when a blob does not match its sha256 (nothing is sent), what the
     client raises for a POST that made no tune (sent once, never retried), and
     ArchiverError saying so for one that may have made it (sent, then no answer).
@@ -139,6 +142,14 @@ async def retrain(
     found = await manifest.read(store, tune_id)
     if found is None:
         raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
+    if settings.workspace == ALL:
+        # X-Workspace-Id: all spans every workspace for a listing; a tune is created in
+        # one. The archived tune's own, as its manifest records it, is the one meant.
+        if found.workspace is None:
+            raise ConfigError(f"tune {tune_id}: --workspace all names no workspace to create "
+                              "the tune in, and its manifest does not say its own: give "
+                              "--workspace ID (or personal)")
+        settings = replace(settings, workspace=found.workspace)
     plan = retrain_plan(found, title or default_title(found, now.astimezone(UTC).date()))
     if not plan.images:
         raise ArchiverError(f"tune {tune_id}: no training image is archived; nothing to "
