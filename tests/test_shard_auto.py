@@ -112,3 +112,18 @@ def test_auto_from_the_environment_option(
     monkeypatch.setenv("TUNE_ARCHIVER_SHARDS", "2")
     assert run_fetch(standin, tmp_path / "a", "--all") == 0
     assert manifests(tmp_path / "a") == {2, 4}
+
+
+def test_a_shard_with_no_tune_never_says_the_account_lists_none(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tunes 2 and 4 are all in shard 1/2: shard 2/2's run selects none, exit 0, and says
+    so, not that the account lists none (which sends its operator after the key or the
+    workspace)."""
+    for tune_id in (2, 4):
+        standin.add_tune(tune_id, [standin.add_file(f"ckpt-{tune_id}", b"weights")], [])
+    assert run_fetch(standin, tmp_path / "a", "--all", "--shard", "2/2") == 0
+    err = capsys.readouterr().err
+    assert "--all selected no tunes in shard 2/2" in err
+    assert "the account lists none" not in err
+    assert not manifests(tmp_path / "a")

@@ -130,7 +130,8 @@ def nothing_selected(tunes: AllTunes) -> str:
     where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"
     if tunes.filters != TuneFilter():
         where += " passing the filters"
-    if tunes.expiring_within is None and tunes.filters != TuneFilter():
+    # A shard, as a filter, leaves out tunes the account lists: none in it is not none.
+    if tunes.expiring_within is None and (tunes.filters != TuneFilter() or where):
         return f"--all selected no tunes{where}"
     if tunes.expiring_within is None:
         return f"--all selected no tunes{where}: the account lists none"
