@@ -797,3 +797,24 @@ def test_gc_whose_delete_of_a_blob_is_denied_says_the_blobs_it_removed_before(
     left = {key.rsplit("/", 1)[1] for key in s3.keys("objects/")}
     assert not set(unreferenced[:-1]) & left
     assert unreferenced[-1] in left
+
+
+@pytest.mark.parametrize("how", [["2", "1"], ["--keep-within", "1d"]])
+def test_forget_goes_on_past_a_manifest_the_bucket_refuses(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], how: list[str],
+) -> None:
+    """A bucket policy refusing manifests/2.json alone (AccessDenied on its GET) stopped
+    forget whole, exit 2, nothing forgotten. By id, tune 2 is forgotten untitled (the
+    read is only for its title) and tune 1 too; with --keep-within, tune 2's expiry is
+    unknown, so it is kept, and tune 1, expired, is forgotten."""
+    for tune_id in (1, 2):
+        add_tune(standin, tune_id)
+        standin.tunes[tune_id]["expires_at"] = "2026-01-01T00:00:00Z"
+    assert fetch(standin, s3, "1", "2") == 0
+    refuse_gets(monkeypatch, lambda key: key.endswith("/manifests/2.json"),
+                S3AccessDeniedError)
+    capsys.readouterr()
+    assert tune_archiver(s3, "forget", *how) == 0, capsys.readouterr().err
+    left = [key.rsplit("/", 2)[-2:] for key in s3.keys("manifests/")]
+    assert left == ([] if how[0] == "2" else [["manifests", "2.json"]])

@@ -71,8 +71,9 @@ async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
     try:
         found = await manifest.read(store, tune_id)
     # Damaged, or refused by the store (a FIFO or a link in its place, past the size
-    # limit): its expiry is unknown, so it is kept, and the other tunes are still seen to.
-    except StorageError:
+    # limit, a bucket policy on that object): its expiry is unknown, so it is kept, and
+    # the other tunes are still seen to.
+    except (StorageError, Denied):
         return False
     expires = parse_moment(found.tune.get("expires_at")) if found is not None else None
     return expires is not None and expires < before
@@ -81,8 +82,9 @@ async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
 async def _title(store: Store, tune_id: int) -> str | None:
     try:
         found = await manifest.read(store, tune_id)
-    # Damaged, or refused by the store (past the size limit, a FIFO in its place): a
-    # manifest asked for by id is forgotten all the same, untitled.
-    except StorageError:
+    # Damaged, or refused by the store (past the size limit, a FIFO in its place, a
+    # bucket policy on that object): a manifest asked for by id is forgotten all the
+    # same, untitled.
+    except (StorageError, Denied):
         return None
     return found.title if found is not None else None
