@@ -332,3 +332,17 @@ def test_retrain_with_workspace_all_creates_the_tune_in_the_archived_tunes_works
     assert ran.code == 2
     assert "--workspace all names no workspace" in ran.err
     assert len(standin.created) == 1
+
+
+def test_fetchs_title_filter_in_the_environment_never_titles_a_retrained_tune(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TUNE_ARCHIVER_TITLE='client-*', set once for a cron's `fetch --all` (a container's
+    environment), is fetch's filter: a retrain run there sends the default title, not
+    the glob as the new (billed) tune's title."""
+    monkeypatch.setenv("TUNE_ARCHIVER_TITLE", "client-*")
+    ran = sent(standin, archived[0], capsys)
+    assert ran.code == 0, ran.err
+    [(fields, _)] = standin.created
+    assert fields["tune[title]"] == "Jane (restored 2026-12-01)"

@@ -13,7 +13,10 @@ from collections.abc import Iterator, Mapping
 PREFIX = "TUNE_ARCHIVER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
-_SKIP = frozenset({"help", "version"})
+# retrain's --title (dest new_title) is the new tune's own, one a run: TUNE_ARCHIVER_TITLE
+# is fetch --all's filter, a glob a retrain in that environment would title (and bill) a
+# tune with.
+_SKIP = frozenset({"help", "version", "new_title"})
 
 
 def env_name(action: argparse.Action) -> str | None:

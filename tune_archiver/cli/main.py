@@ -332,7 +332,7 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
 
     settings = settings_of(args, secrets)
     result = in_archive(args, lambda store: retrain(
-        settings, store, args.tune_id, args.yes, args.clock(), args.title))
+        settings, store, args.tune_id, args.yes, args.clock(), args.new_title))
     emit(args, secrets, [], result.as_json(), result.lines())
     return EXIT_OK
 

@@ -215,7 +215,7 @@ def _add_others(
     )
     retrain.add_argument("tune_id", metavar="TUNE_ID", type=tune_id,
                          help="the archived tune to re-train")
-    retrain.add_argument("--title", metavar="TITLE",
+    retrain.add_argument("--title", metavar="TITLE", dest="new_title",
                          help="the new tune's title (default: '<title> (restored YYYY-MM-DD)')")
     retrain.add_argument("--yes", action="store_true",
                          help="send it: this creates (and bills) a new tune")
