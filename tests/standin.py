@@ -137,6 +137,7 @@ class StandIn:
         # A POST /tunes that creates the tune, then answers nothing (as a front proxy
         # that gave up on the API would): the client waits until its read timeout.
         self.create_stalls = 0
+        self.create_arrived = threading.Event()  # a POST /tunes was read whole
         # A POST /tunes that creates the tune, then answers 201 with these bytes, in turn.
         self.create_answers: list[bytes] = []
         self.ignore_list_filters = False  # /tunes ignores title, model_type and branch
@@ -333,6 +334,7 @@ class StandIn:
             elif part.name:
                 fields[part.name] = await part.text()
         self.created.append((fields, images))
+        self.create_arrived.set()
         for tune in self.tunes.values():
             if isinstance(tune, dict) and tune.get("title") == fields.get("tune[title]"):
                 return web.json_response(tune)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.archive_helpers import Ran, cli
+from tests.archive_helpers import Ran, cli, start, stop
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
@@ -346,3 +347,25 @@ def test_fetchs_title_filter_in_the_environment_never_titles_a_retrained_tune(
     assert ran.code == 0, ran.err
     [(fields, _)] = standin.created
     assert fields["tune[title]"] == "Jane (restored 2026-12-01)"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_retrain_stopped_while_its_post_is_answered_says_the_tune_may_exist(
+    standin: StandIn, archived: tuple[Path, list[bytes]], signum: int, code: int
+) -> None:
+    """A cron's timeout (SIGTERM) or a Ctrl-C once the API has the POST, the tune made
+    and its answer not yet come: 'stopped by SIGTERM' alone invited sending (and billing)
+    it again; the stop's line comes after one saying the tune may exist, even with -q."""
+    standin.create_stalls = 1
+    process = start(archived[0], "retrain", "5", "--yes", "-q", "--api-url", standin.api_url,
+                    env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert standin.create_arrived.wait(30)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert process.returncode == code
+    assert len(standin.created) == 1
+    assert "may have created the tune" in err
+    assert "Traceback" not in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -36,6 +37,8 @@ from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
 from tune_archiver.store import Change, Store
 from tune_archiver.threads import in_thread
+
+log = logging.getLogger(__name__)
 
 # The tune's own fields sent again (when the archived tune has them as plain values).
 KEPT_FIELDS = ("name", "token", "branch", "base_tune_id", "model_type", "face_crop", "preset")
@@ -185,6 +188,14 @@ async def retrain(
             # "nothing done", and invite sending it again.
             raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
                                 "look for it before sending again") from exc
+        except asyncio.CancelledError:
+            # Stopped (a Ctrl-C, a cron's timeout) with the POST on its way or sent: the
+            # tune may exist and be billed, and "stopped by SIGTERM" alone invites sending
+            # it again. An error line, so that -q says it too.
+            log.error("tune %d: stopped while POST /tunes was sent: the API may have "
+                      "created the tune all the same: look for it before sending again",
+                      tune_id)
+            raise
     new_id = created.get("id")
     if not isinstance(new_id, int) or isinstance(new_id, bool):
         # A 2xx without a tune id: "created tune None" and exit 0, with nothing recorded,
