@@ -699,6 +699,34 @@ def test_a_listing_that_goes_round_in_circles_is_one_line_not_a_run_that_never_e
     assert len(pages) < 10
 
 
+def test_a_listing_truncated_without_a_token_stops_gc_before_it_removes_a_named_blob(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store whose ListObjectsV2 says IsTruncated but gives no NextContinuationToken
+    ended botocore's listing after its first page, silently: gc read one manifest of
+    two, took the other tune's blob for unreferenced and removed it, exit 0. Now such a
+    page stops the listing: one line, exit 1, every blob kept."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    before = s3.keys("objects/")
+    list_objects_v2 = S3Backend.list_objects_v2
+
+    def tokenless(backend: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        keys, truncated, _ = list_objects_v2(backend, *args, **{**kwargs, "max_keys": 1})
+        return keys, truncated, None
+
+    monkeypatch.setattr(S3Backend, "list_objects_v2", tokenless)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot list the bucket in ")
+    monkeypatch.undo()
+    assert s3.keys("objects/") == before
+
+
 def test_an_export_to_a_filesystem_without_hard_links_still_exports(
     standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

@@ -102,6 +102,11 @@ class Bucket:
                 # botocore refuses a token given twice in a row, not one that comes round
                 # again: a store that does that would be listed forever.
                 token = page.get("NextContinuationToken")
+                # A page that says more follow but gives no token to ask for them ends
+                # botocore's listing there: what a list leaves out, gc takes as unnamed.
+                if page.get("IsTruncated") and not token:
+                    raise StorageError(f"cannot list the bucket in {self}: it said the "
+                                       "listing goes on, but gave no token to read on")
                 if token in tokens:
                     raise StorageError(f"cannot list the bucket in {self}: it gave a "
                                        "continuation token again; its listing never ends")
