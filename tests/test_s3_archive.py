@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from moto.s3.exceptions import EntityTooSmall, S3AccessDeniedError, S3ClientError
+from moto.s3.exceptions import EntityTooSmall, MissingKey, S3AccessDeniedError, S3ClientError
 from moto.s3.models import S3Backend
 from moto.s3.responses import S3Response
 
@@ -393,6 +393,42 @@ def test_credentials_granted_the_prefix_alone_can_use_it(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("tune-archiver: error: cannot reach the bucket in ")
     assert "access denied" in line
+
+
+def test_credentials_granted_the_prefix_alone_fetch_a_new_tune_and_find_a_missing_blob(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without s3:ListBucket on the whole bucket (granted for the prefix alone, as above)
+    S3 answers a GET or HEAD of a missing key 403, not 404: the first fetch of any tune
+    failed on 'access denied' reading the manifest it had not written yet (and every new
+    blob would on its HEAD), exit 1, and verify called a missing blob a refused one. A
+    403 is now looked up in a listing of that key: not listed, it is not there."""
+    add_tune(standin, 1)
+    get_object, head_object = S3Response.get_object, S3Response.head_object
+
+    def refused_get(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return get_object(self, *args, **kwargs)
+        except MissingKey:
+            raise S3AccessDeniedError() from None
+
+    def refused_head(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = head_object(self, *args, **kwargs)
+        return (403, {}, "") if status == 404 else (status, headers, body)
+
+    monkeypatch.setattr(S3Response, "get_object", refused_get)
+    monkeypatch.setattr(S3Response, "head_object", refused_head)
+    monkeypatch.setattr(S3Response, "head_bucket", lambda self: (403, {}, ""))
+    assert fetch(standin, s3, "1") == 0
+    assert "error" not in capsys.readouterr().err
+    assert tune_archiver(s3, "verify") == 0
+    lost = s3.manifest(1)["assets"][0]["path"]
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{lost}")
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify", "--json") == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["tune_id"], p["problem"]) for p in problems] == [(1, "missing")]
 
 
 def test_verify_on_an_empty_prefix_says_there_is_no_archive(s3: S3Archive) -> None:

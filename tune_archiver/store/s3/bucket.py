@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import Denied, StorageError
 from tune_archiver.store.s3.errors import Absent, translated
 from tune_archiver.urls import redact
 
@@ -62,7 +62,31 @@ class Bucket:
                 head = await self.client.head_object(Bucket=self.name, Key=key)
         except Absent:
             return None
+        except Denied:
+            if await self.missing(key):
+                return None
+            raise
         return head["ContentLength"], head["LastModified"].astimezone(UTC)
+
+    async def get(self, key: str, doing: str) -> Any:
+        """The store's answer to a GET of the object (its body still to read); Absent
+        when it is not there, even where the store says so with a 403 (see missing)."""
+        try:
+            with self.translated(doing):
+                return await self.client.get_object(Bucket=self.name, Key=key)
+        except Denied:
+            if await self.missing(key):
+                raise Absent(f"cannot {doing} in {self}: not found") from None
+            raise
+
+    async def missing(self, key: str) -> bool:
+        """Whether the object at `key`, whose GET or HEAD the store refused (403), is not
+        there. S3 answers 403, not 404, for a missing key to credentials without
+        s3:ListBucket on the whole bucket (one granted for the prefix alone, see
+        S3Store.prepare): a listing of the key tells which it was."""
+        with self.translated("look up an object"):
+            listed = await self.client.list_objects_v2(Bucket=self.name, Prefix=key, MaxKeys=1)
+        return all(item["Key"] != key for item in listed.get("Contents", []))
 
     async def size_at(self, key: str, doing: str) -> int | None:
         """The object's size, or None when it is not there."""

@@ -275,8 +275,8 @@ class S3Store:
         its body unread, when it is larger than MAX_MANIFEST_BYTES (a planted one may be)."""
         bucket = self.bucket
         try:
+            response = await bucket.get(bucket.key(key), doing)
             with bucket.translated(doing):
-                response = await bucket.client.get_object(Bucket=bucket.name, Key=bucket.key(key))
                 async with response["Body"] as body:
                     if response["ContentLength"] > MAX_MANIFEST_BYTES:
                         raise StorageError(f"cannot {doing} in {self}: {key} is larger "

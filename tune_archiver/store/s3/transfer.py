@@ -330,10 +330,8 @@ async def stream(
     were. Raises s3errors.Absent when the object is missing, and StorageError, before a
     byte is fed, when it is not of the size `expected`."""
     size = 0
+    response = await bucket.get(bucket.key(key or blob_key(sha256)), doing)
     with bucket.translated(doing):
-        response = await bucket.client.get_object(
-            Bucket=bucket.name, Key=bucket.key(key or blob_key(sha256))
-        )
         async with response["Body"] as body:
             if expected is not None and response["ContentLength"] != expected:
                 raise not_its_size(sha256, response["ContentLength"], expected)
