@@ -7,9 +7,11 @@ import base64
 import errno
 import hashlib
 import os
+import re
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -719,6 +721,34 @@ async def test_stale_uploads_are_listed_with_sizes_and_removed(
         assert await store.blob_size(blob.sha256) == 4
     assert await left_over(bucket) == ([], [])
     assert await bucket.keys("elsewhere/") == ["elsewhere/tmp/upload-c"]
+
+
+async def test_dates_a_store_sends_without_their_timezone_are_utc(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that sends LastModified and Initiated without their "Z" (botocore reads
+    them naive) stopped gc with a TypeError, comparing them with its aware cut-off, and
+    dated blobs in the machine's local time: 9 hours older than they were in Tokyo,
+    closer to the grace gc waits out. S3's dates are UTC; so are these now."""
+    await bucket.put(f"{PREFIX}/tmp/upload-a", b"0123456789")
+    await bucket.put(f"{PREFIX}/{blob_key(sha(b'x'))}", b"x")
+    await bucket.client.create_multipart_upload(Bucket=bucket.name, Key=f"{PREFIX}/tmp/upload-b")
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        async with opened(bucket, tmp_path) as store:
+            def without_timezone(response_dict: dict[str, Any], **_: Any) -> None:
+                response_dict["body"] = re.sub(
+                    rb"Z</(LastModified|Initiated)>", rb"</\1>", response_dict["body"])
+
+            store.bucket.client.meta.events.register("before-parse.s3", without_timezone)
+            [blob] = await store.blobs()
+            assert abs(blob.modified - datetime.now(UTC)) < timedelta(minutes=1)
+            assert sorted(size for _, size in await store.stale_uploads(soon)) == [0, 10]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 async def test_gc_leaves_alone_multipart_uploads_it_did_not_start(

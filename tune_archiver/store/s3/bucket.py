@@ -66,7 +66,7 @@ class Bucket:
             if await self.missing(key):
                 return None
             raise
-        return head["ContentLength"], head["LastModified"].astimezone(UTC)
+        return head["ContentLength"], utc(head["LastModified"])
 
     async def get(self, key: str, doing: str) -> Any:
         """The store's answer to a GET of the object (its body still to read); Absent
@@ -137,5 +137,13 @@ class Bucket:
                 if token:
                     tokens.add(token)
                 for item in page.get("Contents", []):
+                    item["LastModified"] = utc(item["LastModified"])
                     yield item["Key"][start:], item
+
+
+def utc(when: datetime) -> datetime:
+    """A date the store sent, in UTC. S3's dates are UTC; some stores send them without
+    their "Z", which botocore reads as naive: local time to astimezone(), and a
+    TypeError to a comparison with an aware one (gc's)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 

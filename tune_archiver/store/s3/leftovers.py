@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from tune_archiver.layout import DAMAGED_BLOBS, OBJECTS, TMP
-from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.bucket import Bucket, utc
 from tune_archiver.store.s3.errors import Absent
 
 
@@ -44,7 +44,7 @@ async def _old_uploads(bucket: Bucket, older_than: datetime) -> list[tuple[str, 
             )
             async for page in pages:
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < older_than:
+                    if utc(upload["Initiated"]) < older_than:
                         uploads.append((upload["Key"], upload["UploadId"]))
     return uploads
 

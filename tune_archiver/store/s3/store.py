@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -198,7 +198,7 @@ class S3Store:
         async for key, item in self.bucket.list(OBJECTS):
             name = key.rsplit("/", 1)[-1]
             if is_sha256(name) and key == blob_key(name):
-                found.append(StoredBlob(name, item["Size"], item["LastModified"].astimezone(UTC)))
+                found.append(StoredBlob(name, item["Size"], item["LastModified"]))
         return found
 
     async def misplaced(self) -> dict[str, str]:
