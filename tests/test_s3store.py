@@ -471,6 +471,49 @@ async def test_an_upload_that_is_wrong_in_the_bucket_never_reaches_its_blob_key(
     assert await left_over(bucket) == ([], [])
 
 
+def keeping_no_checksum(response_dict: dict[str, Any], **_: Any) -> None:
+    """A store that keeps no SHA-256 (older MinIO, Backblaze B2, some Ceph): it accepts
+    x-amz-checksum-sha256 unchecked and never reports one, on a HEAD nor a copy."""
+    response_dict["headers"].pop("x-amz-checksum-sha256", None)
+    if isinstance(response_dict["body"], bytes):  # not a GET's stream
+        response_dict["body"] = re.sub(rb"<ChecksumSHA256>[^<]*</ChecksumSHA256>", b"",
+                                       response_dict["body"])
+
+
+@pytest.mark.parametrize("size", [60_000, BIG], ids=["put", "multipart"])
+@pytest.mark.parametrize("wrong", [True, False], ids=["wrong", "right"])
+async def test_a_store_keeping_no_checksum_never_stores_other_bytes_under_a_blob(
+    bucket: Bucket, tmp_path: Path, size: int, wrong: bool
+) -> None:
+    """On a store that reports no SHA-256, the commit checked the size alone: other
+    bytes of that size in the upload (the store's fault, or the wire's: payloads are
+    not signed) were copied to the blob key and said stored. Such an upload is now read
+    back and hashed; right bytes are still stored."""
+    data = os.urandom(size)
+
+    async def corrupt(request: Any, **_: Any) -> None:
+        key = key_of(request, bucket)  # the check of the upload (temporary, or straight
+        if wrong and await bucket.head(key) is not None:  # to its blob key)
+            await bucket.put(key, bytes(size))
+
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, tmp_path, data)
+        events = store.bucket.client.meta.events
+        events.register("before-parse.s3", keeping_no_checksum)
+        events.register("before-send.s3.HeadObject", corrupt)
+        if wrong:
+            with pytest.raises(IntegrityError, match="another SHA-256"):
+                await partial.commit(None)
+            await partial.release(keep=False)
+        else:
+            await partial.commit(None)
+    if wrong:
+        assert await bucket.keys(f"{PREFIX}/objects/") == []
+    else:
+        assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
 @pytest.mark.parametrize("size", [60_000, BIG], ids=["put", "multipart"])
 async def test_a_file_changed_on_disk_after_download_is_not_stored(
     bucket: Bucket, tmp_path: Path, size: int

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tune_archiver.digest import SKIP_HASH
+from tune_archiver.digest import SKIP_HASH, new_hash
 from tune_archiver.errors import IntegrityError, StorageError
 from tune_archiver.layout import TMP, blob_key
 from tune_archiver.models import Blob
@@ -19,7 +19,14 @@ from tune_archiver.store import Growing
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.errors import Absent
 from tune_archiver.store.s3.live import LiveUpload
-from tune_archiver.store.s3.transfer import check_upload, complete, copy, settle, upload
+from tune_archiver.store.s3.transfer import (
+    check_upload,
+    complete,
+    copy,
+    settle,
+    stream,
+    upload,
+)
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -100,7 +107,8 @@ class S3Intake:
                     checksum = live.checksum()
                 else:
                     checksum = await upload(bucket, temp, self._file.path, blob)
-                await check_upload(bucket, temp, blob, checksum)
+                if not await check_upload(bucket, temp, blob, checksum):
+                    await self._read_back(temp, blob)
                 # Another writer may have stored it meanwhile: identical bytes.
                 if await bucket.size_at(final, "look up a blob") != blob.size:
                     await copy(bucket, temp, final, blob)
@@ -114,11 +122,24 @@ class S3Intake:
         with bucket.translated("upload a blob", self._file.path.parent):
             checksum = await upload(bucket, final, self._file.path, blob)
             try:
-                await check_upload(bucket, final, blob, checksum)
+                if not await check_upload(bucket, final, blob, checksum):
+                    await self._read_back(final, blob)
             except IntegrityError:
                 # The store put together other bytes than the parts it holds: take them away.
                 await settle(bucket.delete(final), f"delete {final}")
                 raise
+
+    async def _read_back(self, key: str, blob: Blob) -> None:
+        """Hash the uploaded object at `key` as the store gives it back: one that keeps
+        no SHA-256 (older MinIO, Backblaze B2, some Ceph) accepts the parts' unchecked,
+        and its size alone says nothing of its bytes. Raises IntegrityError."""
+        bucket, digest = self._bucket, new_hash()
+        relative = key.removeprefix(bucket.key(""))
+        await stream(bucket, blob.sha256, "check an upload", digest.update, lambda n: None,
+                     blob.size, key=relative)
+        if digest.hexdigest() != blob.sha256:
+            raise IntegrityError(f"the upload of blob {blob.sha256} to {bucket} has another "
+                                 "SHA-256; not stored")
 
     async def abandon(self) -> None:
         """Stop following the download and abort what was sent ahead."""

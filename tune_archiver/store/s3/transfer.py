@@ -183,10 +183,11 @@ async def complete(
         log.info("the upload to %s was gone when completed again; checking the key", key)
 
 
-async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> None:
+async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> bool:
     """The uploaded object must have the blob's size and, where S3 reports one, SHA-256:
     `checksum`, or the blob's own (the whole bytes' SHA-256, which a blob key shows once
-    another writer's checked copy of the same blob has landed over this upload)."""
+    another writer's checked copy of the same blob has landed over this upload).
+    False when the store reported none: its bytes are still to be checked."""
     head = await bucket.client.head_object(Bucket=bucket.name, Key=key, ChecksumMode="ENABLED")
     if head["ContentLength"] != blob.size:
         raise IntegrityError(
@@ -199,6 +200,7 @@ async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> N
         raise IntegrityError(
             f"the upload of blob {blob.sha256} to {bucket} has another SHA-256; not stored"
         )
+    return bool(reported)
 
 
 async def copy(
