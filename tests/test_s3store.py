@@ -480,6 +480,26 @@ def keeping_no_checksum(response_dict: dict[str, Any], **_: Any) -> None:
                                        response_dict["body"])
 
 
+async def test_a_store_hashing_no_copy_still_stores_a_blob_sent_in_parts(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A store that ignores x-amz-checksum-algorithm on CopyObject reports the source's
+    SHA-256 for the copy: for an upload sent in parts, that of its parts. The commit
+    took it for a corrupt copy, so every file larger than a part (every checkpoint)
+    failed, on every run. The SHA-256 the upload was checked to have is a copy's too."""
+    data = os.urandom(BIG)
+
+    def hashing_no_copy(request: Any, **_: Any) -> None:
+        request.headers.pop("x-amz-checksum-algorithm", None)
+
+    async with opened(bucket, tmp_path) as store:
+        store.bucket.client.meta.events.register("before-send.s3.CopyObject", hashing_no_copy)
+        partial = await sent_ahead(store, tmp_path, data)
+        await partial.commit(None)
+        assert await store.hash_blob(sha(data), lambda n: None) == (BIG, sha(data))
+    assert await left_over(bucket) == ([], [])
+
+
 @pytest.mark.parametrize("size", [60_000, BIG], ids=["put", "multipart"])
 @pytest.mark.parametrize("wrong", [True, False], ids=["wrong", "right"])
 async def test_a_store_keeping_no_checksum_never_stores_other_bytes_under_a_blob(

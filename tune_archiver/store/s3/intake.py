@@ -111,7 +111,7 @@ class S3Intake:
                     await self._read_back(temp, blob)
                 # Another writer may have stored it meanwhile: identical bytes.
                 if await bucket.size_at(final, "look up a blob") != blob.size:
-                    await copy(bucket, temp, final, blob)
+                    await copy(bucket, temp, final, blob, sent=checksum)
         finally:
             await settle(bucket.delete(temp), f"delete {temp}")
 
