@@ -763,6 +763,35 @@ def test_a_listing_truncated_without_a_token_stops_gc_before_it_removes_a_named_
     assert s3.keys("objects/") == before
 
 
+def test_a_listing_that_repeats_keys_has_gc_say_each_blob_it_removed_once(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store whose ListObjectsV2 lists a key twice (one page's last again on the
+    next) had gc say it removed each such blob twice: 'removed 6 unreferenced blobs:
+    410.2 KiB' of 3 blobs and 205.1 KiB. A key listed again is now skipped."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/manifests/2.json")
+    list_objects_v2 = S3Backend.list_objects_v2
+
+    def repeating(backend: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        keys, truncated, token = list_objects_v2(backend, *args, **kwargs)
+        return [*keys, *keys], truncated, token
+
+    monkeypatch.setattr(S3Backend, "list_objects_v2", repeating)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=2)
+    named = {entry["path"] for entry in s3.manifest(1)["assets"]}
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 0
+    document = json.loads(capsys.readouterr().out)
+    removed = [blob["path"] for blob in document["blobs"]]
+    assert len(removed) == len(set(removed)) == 3
+    assert not named & set(removed)
+    assert document["bytes"] == sum(blob["bytes"] for blob in document["blobs"])
+
+
 def test_an_export_to_a_filesystem_without_hard_links_still_exports(
     standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

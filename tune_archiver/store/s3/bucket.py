@@ -118,6 +118,7 @@ class Bucket:
         """(key relative to the prefix, listing entry) of every object under `directory`."""
         start = len(self.key(""))
         tokens: set[str] = set()
+        seen: set[str] = set()  # a store may list a key twice (on two pages): once here
         with self.translated("list the bucket"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.name, Prefix=self.key(f"{directory}/")
@@ -137,6 +138,9 @@ class Bucket:
                 if token:
                     tokens.add(token)
                 for item in page.get("Contents", []):
+                    if item["Key"] in seen:
+                        continue
+                    seen.add(item["Key"])
                     item["LastModified"] = utc(item["LastModified"])
                     yield item["Key"][start:], item
 
