@@ -3,7 +3,9 @@ archived training images, each checked against its sha256."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 from datetime import UTC, datetime
@@ -16,6 +18,9 @@ from tests.archive_helpers import Ran, cli, start, stop
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+from tune_archiver.commands.retrain import retrain as run_retrain
+from tune_archiver.config import Settings
+from tune_archiver.store import Change
 from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -369,3 +374,37 @@ def test_retrain_stopped_while_its_post_is_answered_says_the_tune_may_exist(
     assert len(standin.created) == 1
     assert "may have created the tune" in err
     assert "Traceback" not in err
+
+
+def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
+    standin: StandIn, archived: tuple[Path, list[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Ctrl-C or a cron's timeout once the API answered with the new tune, while its
+    manifest records it (a manifest lock another run holds, a bucket's slow PUT): the
+    tune exists and is billed, but only 'stopped by SIGTERM' was said and nothing may be
+    recorded, so the retry sent (and billed) it again. A line says it was created."""
+    reached = asyncio.Event()
+
+    class Recording(LocalStore):
+        async def update_manifest(self, tune_id: int, change: Change) -> str:
+            reached.set()
+            await asyncio.Event().wait()  # held until the stop
+            raise AssertionError("never reached")
+
+    settings = Settings(archive=archived[0], api_key=standin.api_key,
+                        api_url=standin.api_url)
+
+    async def stopped_while_recording() -> None:
+        task = asyncio.ensure_future(
+            run_retrain(settings, Recording(archived[0]), 5, True, NOW, None))
+        await reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(stopped_while_recording())
+    assert len(standin.created) == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "created tune 6" in line
+    assert "do not send it again" in line

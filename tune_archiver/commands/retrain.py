@@ -215,6 +215,10 @@ async def retrain(
     except ArchiverError as exc:  # the tune exists and is billed: said, or sent again
         raise ArchiverError(f"created tune {new_id}, but the manifest of tune {tune_id} "
                             f"could not record it: {exc}") from exc
+    except asyncio.CancelledError:  # stopped while recording it: the same, said as well
+        log.error("created tune %d, but stopped before the manifest of tune %d surely "
+                  "recorded it: do not send it again", new_id, tune_id)
+        raise
     return RetrainResult(plan, sent=True, created=created)
 
 
