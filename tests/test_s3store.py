@@ -1072,3 +1072,36 @@ async def test_parts_are_signed_without_hashing_their_bodies_again(
     assert len(seen) == 3
     assert all(payload == b"UNSIGNED-PAYLOAD" and checksum for payload, checksum in seen)
     assert sha(await bucket.get(f"{PREFIX}/{blob_key(sha(data))}")) == sha(data)
+
+
+async def test_an_upload_whose_read_back_is_cut_leaves_nothing_at_its_blob_key(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """On a store that keeps no SHA-256, an upload is read back and hashed before it
+    counts. One sent straight to its blob key (the live upload behind) stayed there when
+    that read was cut (the network, a Ctrl-C, cron's timeout): the next fetch found an
+    object of the right size at the key and kept it, ok, its bytes never checked. Such
+    a store's uploads go to a temporary key, copied to the blob's only once checked."""
+    data = os.urandom(4 * MIN_PART + 5)  # four whole parts, two at a time
+
+    def cut(request: Any, **_: Any) -> None:
+        raise ConnectionClosedError(endpoint_url=request.url)
+
+    def third_live_part_cut(request: Any, **_: Any) -> None:  # sent once one is answered
+        if "/tmp/upload-live-" in request.url and "partNumber=3&" in request.url + "&":
+            cut(request)
+
+    async with opened(bucket, tmp_path) as store:
+        events = store.bucket.client.meta.events
+        events.register("before-parse.s3", keeping_no_checksum)
+        events.register("before-send.s3.UploadPart", third_live_part_cut)
+        partial = await downloaded(store, tmp_path, data)
+        assert isinstance(partial.intake, S3Intake)
+        await partial.intake.live.idle()  # failed: the commit sends the file itself
+        assert partial.intake.live.failed
+        events.register("before-send.s3.GetObject", cut)
+        with pytest.raises(StorageError):
+            await partial.commit(None)
+        await partial.release(keep=False)
+    assert await bucket.keys(f"{PREFIX}/objects/") == []
+    assert await left_over(bucket) == ([], [])

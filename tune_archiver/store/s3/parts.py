@@ -102,6 +102,7 @@ async def send_part(
         ChecksumAlgorithm="SHA256",
         ChecksumSHA256=checksum,
     )
+    bucket.keeps_checksums = sent.get("ChecksumSHA256") == checksum
     return {"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum}
 
 
