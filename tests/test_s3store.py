@@ -1105,3 +1105,56 @@ async def test_an_upload_whose_read_back_is_cut_leaves_nothing_at_its_blob_key(
         await partial.release(keep=False)
     assert await bucket.keys(f"{PREFIX}/objects/") == []
     assert await left_over(bucket) == ([], [])
+
+
+async def test_a_first_upload_whose_read_back_is_cut_leaves_nothing_at_its_blob_key(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Whether a store keeps SHA-256s is learned from a part's answer: before any (the
+    run's first checkpoint, its live upload failed or behind at its first part) the
+    store is not known to keep them, and a file sent straight to its blob key there
+    stayed, unchecked, when its read-back was cut."""
+    data = os.urandom(4 * MIN_PART + 5)
+
+    def cut(request: Any, **_: Any) -> None:
+        raise ConnectionClosedError(endpoint_url=request.url)
+
+    def live_parts_cut(request: Any, **_: Any) -> None:
+        if "/tmp/upload-live-" in request.url:
+            cut(request)
+
+    async with opened(bucket, tmp_path) as store:
+        events = store.bucket.client.meta.events
+        events.register("before-parse.s3", keeping_no_checksum)
+        events.register("before-send.s3.UploadPart", live_parts_cut)
+        partial = await downloaded(store, tmp_path, data)
+        assert isinstance(partial.intake, S3Intake)
+        await partial.intake.live.idle()
+        assert partial.intake.live.failed
+        assert store.bucket.keeps_checksums is None
+        events.register("before-send.s3.GetObject", cut)
+        with pytest.raises(StorageError):
+            await partial.commit(None)
+        await partial.release(keep=False)
+    assert await bucket.keys(f"{PREFIX}/objects/") == []
+    assert await left_over(bucket) == ([], [])
+
+
+async def test_a_store_answering_parts_with_their_sha256_is_known_to_keep_them(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """S3 (moto too) answers a part with its SHA-256: later checkpoints may go straight
+    to their blob key. One answer without it (another node behind a balancer) is enough
+    for the run not to send any there."""
+    async with opened(bucket, tmp_path) as store:
+        partial = await downloaded(store, tmp_path, os.urandom(2 * MIN_PART + 5))
+        await partial.commit(None)
+        assert store.bucket.keeps_checksums is True
+        store.bucket.client.meta.events.register("before-parse.s3", keeping_no_checksum)
+        partial = await downloaded(store, tmp_path, os.urandom(2 * MIN_PART + 5))
+        await partial.commit(None)
+        assert store.bucket.keeps_checksums is False
+        store.bucket.client.meta.events.unregister("before-parse.s3", keeping_no_checksum)
+        partial = await downloaded(store, tmp_path, os.urandom(2 * MIN_PART + 5))
+        await partial.commit(None)
+        assert store.bucket.keeps_checksums is False

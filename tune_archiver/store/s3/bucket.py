@@ -33,9 +33,11 @@ class Bucket:
         self.part_size = part_size  # bytes per uploaded part; also the largest single PUT
         self.copy_limit = copy_limit  # larger objects are copied part by part
         # Whether the store keeps the SHA-256s sent with parts (it answers with them, and
-        # so checks them); None until a part is answered. One that does not has no
-        # upload sent straight to a blob key: its bytes are checked by reading them back,
-        # and a read cut short would leave them unchecked under the blob's name.
+        # so checks them); None until a part is answered, False for good once one is
+        # answered without (one node behind a balancer may keep none). Only a store known
+        # to keep them has an upload sent straight to a blob key: elsewhere its bytes are
+        # checked by reading them back, and a read cut short would leave them unchecked
+        # under the blob's name.
         self.keeps_checksums: bool | None = None
 
     def __str__(self) -> str:

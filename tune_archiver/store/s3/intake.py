@@ -66,10 +66,11 @@ class S3Intake:
         try:
             blob = await in_thread(finish)
             # Decided before draining: sending what is on disk only to abort it is waste.
-            # Never straight to the blob key on a store that answered a part without its
-            # SHA-256: there the upload is checked by reading it back, which, cut short,
-            # would leave bytes never checked under the blob's name (see Bucket).
-            direct = (blob.size > bucket.part_size and bucket.keeps_checksums is not False
+            # Straight to the blob key only on a store known to keep SHA-256s (one part
+            # answered with its own, none without): elsewhere the upload is checked by
+            # reading it back, which, cut short, would leave bytes never checked under
+            # the blob's name (see Bucket).
+            direct = (blob.size > bucket.part_size and bucket.keeps_checksums is True
                       and (live.failed or live.behind(blob.size)))
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
