@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1113,9 +1113,37 @@ async def test_a_first_upload_whose_read_back_is_cut_leaves_nothing_at_its_blob_
     """Whether a store keeps SHA-256s is learned from a part's answer: before any (the
     run's first checkpoint, its live upload failed or behind at its first part) the
     store is not known to keep them, and a file sent straight to its blob key there
-    stayed, unchecked, when its read-back was cut."""
-    data = os.urandom(4 * MIN_PART + 5)
+    stayed, unchecked, when its read-back was cut. The straight upload now completes
+    only once its parts' answers show the store keeps them; else it goes through a
+    temporary key."""
+    async with first_upload_straight(bucket, tmp_path, keeping=False) as (_, commit):
+        with pytest.raises(StorageError):
+            await commit
+    assert await bucket.keys(f"{PREFIX}/objects/") == []
+    assert await left_over(bucket) == ([], [])
 
+
+async def test_a_first_upload_to_a_store_keeping_sha256s_goes_straight_to_its_blob_key(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """The same first checkpoint, its store unknown, on one that keeps SHA-256s (AWS,
+    moto): it completes at its blob key, with no copy of the whole blob. Sent through a
+    temporary key whenever the store was not yet known, W6 took 2.3x boto3's time."""
+    async with first_upload_straight(bucket, tmp_path, keeping=True) as (store, commit):
+        requests = count_requests(store)
+        blob = await commit
+    assert requests["CopyObject"] == requests["UploadPartCopy"] == 0
+    assert await bucket.get(f"{PREFIX}/{blob_key(blob.sha256)}") is not None
+    assert await left_over(bucket) == ([], [])
+
+
+@asynccontextmanager
+async def first_upload_straight(
+    bucket: Bucket, tmp_path: Path, keeping: bool
+) -> AsyncIterator[tuple[S3Store, Coroutine[Any, Any, Blob]]]:
+    """A store not yet known to keep SHA-256s (every live part cut, none answered), and
+    the commit of a file of four parts that then goes straight to its blob key; a store
+    that keeps none answers them without, and has every read-back cut."""
     def cut(request: Any, **_: Any) -> None:
         raise ConnectionClosedError(endpoint_url=request.url)
 
@@ -1125,19 +1153,18 @@ async def test_a_first_upload_whose_read_back_is_cut_leaves_nothing_at_its_blob_
 
     async with opened(bucket, tmp_path) as store:
         events = store.bucket.client.meta.events
-        events.register("before-parse.s3", keeping_no_checksum)
+        if not keeping:
+            events.register("before-parse.s3", keeping_no_checksum)
         events.register("before-send.s3.UploadPart", live_parts_cut)
-        partial = await downloaded(store, tmp_path, data)
+        partial = await downloaded(store, tmp_path, os.urandom(4 * MIN_PART + 5))
         assert isinstance(partial.intake, S3Intake)
         await partial.intake.live.idle()
         assert partial.intake.live.failed
         assert store.bucket.keeps_checksums is None
-        events.register("before-send.s3.GetObject", cut)
-        with pytest.raises(StorageError):
-            await partial.commit(None)
+        if not keeping:
+            events.register("before-send.s3.GetObject", cut)
+        yield store, partial.commit(None)
         await partial.release(keep=False)
-    assert await bucket.keys(f"{PREFIX}/objects/") == []
-    assert await left_over(bucket) == ([], [])
 
 
 async def test_a_store_answering_parts_with_their_sha256_is_known_to_keep_them(

@@ -34,6 +34,11 @@ class Absent(StorageError):
     """The key (or upload) asked for is not there; callers that expect this catch it."""
 
 
+class Unchecked(StorageError):
+    """An upload straight to a blob key, not completed: the store answered its parts
+    without their SHA-256s, so it may not have checked them (see Bucket.keeps_checksums)."""
+
+
 class Conflict(StorageError):
     """A conditional write lost to another writer (412 or 409); callers read and retry."""
 

@@ -17,7 +17,7 @@ from tune_archiver.layout import TMP, blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store import Growing
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.errors import Absent, Unchecked
 from tune_archiver.store.s3.live import LiveUpload
 from tune_archiver.store.s3.transfer import (
     check_upload,
@@ -66,11 +66,11 @@ class S3Intake:
         try:
             blob = await in_thread(finish)
             # Decided before draining: sending what is on disk only to abort it is waste.
-            # Straight to the blob key only on a store known to keep SHA-256s (one part
-            # answered with its own, none without): elsewhere the upload is checked by
-            # reading it back, which, cut short, would leave bytes never checked under
-            # the blob's name (see Bucket).
-            direct = (blob.size > bucket.part_size and bucket.keeps_checksums is True
+            # Never straight to the blob key on a store known to keep no SHA-256s: there
+            # the upload is checked by reading it back, which, cut short, would leave
+            # bytes never checked under the blob's name (see Bucket). Not known yet, it
+            # completes there only once its parts' answers show the store keeps them.
+            direct = (blob.size > bucket.part_size and bucket.keeps_checksums is not False
                       and (live.failed or live.behind(blob.size)))
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
@@ -79,7 +79,11 @@ class S3Intake:
                     and await self._keep_young(final, found[1], blob))
             if not kept and direct:
                 await settle(live.abort(), f"abort the upload to {live.key}")
-                await self._send_to(blob, final)
+                try:
+                    await self._send_to(blob, final)
+                except Unchecked as exc:  # sent again, to a temporary key, and checked
+                    log.info("%s; sending it through a temporary key", exc)
+                    await self._store_new(blob, final)
             elif not kept:
                 await self._store_new(blob, final)
         finally:
@@ -125,7 +129,7 @@ class S3Intake:
         until it completes, and completes only once its parts are checked (see upload)."""
         bucket = self._bucket
         with bucket.translated("upload a blob", self._file.path.parent):
-            checksum = await upload(bucket, final, self._file.path, blob)
+            checksum = await upload(bucket, final, self._file.path, blob, straight=True)
             try:
                 if not await check_upload(bucket, final, blob, checksum):
                     await self._read_back(final, blob)

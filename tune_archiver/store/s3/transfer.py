@@ -1,9 +1,7 @@
-"""Bytes into and out of a Bucket, for the S3 store. In: a finished download streamed to
-a temporary key, checked, then copied to its blob key (part by part above 5 GiB),
-never the whole file in memory (at most PARTS_IN_FLIGHT parts are read at once, each
-read only when its upload may start; parts.py reads, hashes and sends one).
-Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file.
-"""
+"""Bytes into and out of a Bucket, for the S3 store. In: a finished download sent to a
+temporary key, checked, then copied to its blob key (part by part above 5 GiB), at most
+PARTS_IN_FLIGHT parts read at once, each when its upload may start (see parts.py).
+Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file."""
 
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ from tune_archiver.errors import (
 from tune_archiver.layout import blob_key
 from tune_archiver.models import Blob
 from tune_archiver.safefs import place_new
-from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.errors import Absent, Unchecked
 from tune_archiver.store.s3.parts import (
     b64,
     composite,
@@ -46,10 +44,9 @@ if TYPE_CHECKING:
 
     from tune_archiver.store.s3.bucket import Bucket
 
-# Parts held in memory at once, read or being sent: one at a time waits on each round
-# trip, two keep a link busy. More cost memory and, on two cores, time: W6 (1 GiB into
-# moto on loopback) took 25-28 s at 116 MiB with 4, 19-25 s at 110 MiB with 3, and
-# 17-20 s at 100 MiB with 2. A live upload need only keep pace with its download.
+# Parts held in memory at once: one waits on each round trip, two keep a link busy. More
+# cost memory and, on two cores, time: W6 (1 GiB into moto on loopback) took 25-28 s at
+# 116 MiB with 4, 19-25 s at 110 MiB with 3, and 17-20 s at 100 MiB with 2.
 PARTS_IN_FLIGHT = 2
 MAX_PARTS = 10_000
 COPY_PART = 2**30
@@ -61,11 +58,12 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 
-async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
+async def upload(bucket: Bucket, key: str, path: Path, blob: Blob, straight: bool = False) -> str:
     """Send the bytes of the file at `path` to `key`; returns the checksum S3 should report for it.
 
     The bytes are re-read from disk and re-hashed: what is sent must be what the
-    name promises, even if the file changed after the download hashed it.
+    name promises, even if the file changed after the download hashed it. `straight`
+    (to the blob key): completed only on a store that keeps SHA-256s, else Unchecked.
     """
     content_type = blob.content_type or DEFAULT_CONTENT_TYPE
     part_size = max(bucket.part_size, -(-blob.size // MAX_PARTS))
@@ -97,6 +95,8 @@ async def upload(bucket: Bucket, key: str, path: Path, blob: Blob) -> str:
             _check_digest(whole, blob)
             parts.sort(key=lambda part: part["PartNumber"])
             await _check_parts(bucket, key, upload_id, parts, blob, part_size)
+            if straight and bucket.keeps_checksums is not True:
+                raise Unchecked(f"{bucket} answered the parts of {key} without their SHA-256s")
             await complete(bucket, key, upload_id, parts)
         except BaseException:
             await settle(bucket.abort(key, upload_id), f"abort the upload to {key}")
