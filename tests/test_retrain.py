@@ -26,13 +26,22 @@ from tune_archiver.store.local import LocalStore
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
+# What retrain says of an orig_images null no archived photo stands for.
+ONE_NULL = "some training images not archived: 'orig_images' holds 1 item that is not a URL"
+
+
+def photos(standin: StandIn, count: int) -> tuple[list[bytes], list[str]]:
+    """`count` JPEG-like training images served by the stand-in: their bytes and URLs."""
+    images = [b"\xff\xd8\xff" + os.urandom(1_000 + i) for i in range(count)]
+    return images, [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+
+
 @pytest.fixture
 def archived(standin: StandIn, tmp_path: Path) -> tuple[Path, list[bytes]]:
     """A FaceID tune (no checkpoint) with three training images, archived."""
     archive = tmp_path / "archive"
-    images = [b"\xff\xd8\xff" + os.urandom(1_000 + i) for i in range(3)]
-    standin.add_tune(5, [], [standin.add_file(f"img{i}", data) for i, data in enumerate(images)],
-                     model_type="faceid", title="Jane", base_tune_id=1504944)
+    images, urls = photos(standin, 3)
+    standin.add_tune(5, [], urls, model_type="faceid", title="Jane", base_tune_id=1504944)
     assert run_fetch(standin, archive, "5") == 0
     return archive, images
 
@@ -277,14 +286,12 @@ def test_retrain_says_a_training_image_the_api_listed_as_null_is_missing(
     without it, no entry: retrain says a training image is missing, not a plan of the
     others alone as if they were all."""
     archive = tmp_path / "archive"
-    images = [b"\\xff\\xd8\\xff" + os.urandom(1_000 + i) for i in range(2)]
-    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    _, urls = photos(standin, 2)
     standin.add_tune(5, [], [urls[0], None, urls[1]], model_type="faceid", title="Jane")
     assert run_fetch(standin, archive, "5") == 1
     _, result = retrain(standin, archive, capsys)
     assert result["images"] == 2
-    assert result["missing"] == ["some training images not archived: 'orig_images' holds "
-                                 "1 item that is not a URL"]
+    assert result["missing"] == [ONE_NULL]
 
 
 def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
@@ -295,8 +302,7 @@ def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
     says no photo missing for it (it said 'holds 1 item that is not a URL'), only for
     the null no archived photo stands for."""
     archive = tmp_path / "archive"
-    images = [b"\xff\xd8\xff" + os.urandom(1_000 + i) for i in range(3)]
-    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    _, urls = photos(standin, 3)
     tune = standin.add_tune(5, [], urls, model_type="faceid", title="Jane")
     assert run_fetch(standin, archive, "5") == 0
     tune["orig_images"] = [urls[0], None, urls[2]]
@@ -308,8 +314,7 @@ def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
     assert run_fetch(standin, archive, "5") == 1
     _, result = retrain(standin, archive, capsys)
     assert result["images"] == 3
-    assert result["missing"] == ["some training images not archived: 'orig_images' holds "
-                                 "1 item that is not a URL"]
+    assert result["missing"] == [ONE_NULL]
 
 
 def test_retrain_with_workspace_all_creates_the_tune_in_the_archived_tunes_workspace(
