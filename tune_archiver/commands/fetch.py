@@ -180,19 +180,19 @@ class Finisher:
     results: dict[int, TuneResult]  # tune id -> its result, the key scrubbed
 
     def __call__(self, result: TuneResult) -> None:
-        scrubbed = scrub_result(result, [self.api_key])  # one copy kept, the key never in it
-        self.finished.append(scrubbed)
+        scrubbed = self.keep(result)
         self.progress.tune_done()
-        self.results[result.tune_id] = scrubbed
         if self.announce is not None:
             self.announce(scrubbed)
 
-    def keep(self, result: TuneResult) -> None:
-        """The result of a tune the run stopped on (the API out of reach), kept for
-        --json and the fail ping, neither announced nor counted done."""
+    def keep(self, result: TuneResult) -> TuneResult:
+        """Keep the result for --json and the fail ping (one copy, the key never in it),
+        and give it. Alone, for a tune the run stopped on (the API out of reach): neither
+        announced nor counted done."""
         scrubbed = scrub_result(result, [self.api_key])
         self.finished.append(scrubbed)
         self.results[result.tune_id] = scrubbed
+        return scrubbed
 
 
 async def _archive_tune(run: Run, tune: Tune) -> TuneResult:

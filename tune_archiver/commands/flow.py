@@ -139,7 +139,7 @@ class Loader:
         self._reach()
         return tune
 
-    def close(self, keep: Finish | None = None) -> None:
+    def close(self, keep: Callable[[TuneResult], object] | None = None) -> None:
         """Raise the first failure to reach the API when no tune was reached at all,
         once `keep` has each result held back: the run's one line says the error, and
         --json and the fail ping name the tunes it stopped."""
