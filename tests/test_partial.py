@@ -370,3 +370,26 @@ def test_a_stop_while_a_taken_over_partial_is_hashed_keeps_no_one_waiting(
     again = Partial.open(tmp_path, identity(KEY), tmp_path)
     assert again.size == len(data)
     again.close(keep=False)
+
+
+def test_a_restart_stops_the_record_vouching_for_the_pieces_it_dropped(tmp_path: Path) -> None:
+    """A split file whose host then refused a range starts over in one stream: the record
+    says so at once, before a byte of the stream is written. It kept listing the pieces
+    (fsynced at the resume) until its next save, so a run killed before that, then a
+    power cut that lost the stream's unsynced bytes, had the next run take the pieces'
+    ranges as received: zeros in a blob named by their hash."""
+    partial = new_partial(tmp_path)
+    partial.split(500)
+    partial.write_span(0, [DATA[:300]])
+    partial.close(keep=True)
+    partial = reopen(tmp_path)  # the next run: the pieces on disk are fsynced, so durable
+    partial.write_span(1, [DATA[500:600]])
+    partial.save()  # as each piece is in
+    partial.reset()  # a range answered with the whole file: one stream from the first byte
+    partial.append([DATA[:700]])  # far under SYNC_EVERY: no fsync, no record since
+    partial.detach()  # SIGKILL: no close records anything
+    partial.path.write_bytes(bytes(700))  # the power cut: unsynced bytes never reached the disk
+    again = reopen_after_a_reboot(tmp_path)
+    assert again.size == 0
+    assert again.spans is None
+    again.close(keep=False)

@@ -13,11 +13,9 @@ commits it without asking the host, which may have deleted it meanwhile.
 
 After a crash in the same boot the file's length is trusted (the page cache survived);
 after a reboot only bytes fsynced before the sidecar's last write (see syncing.py; a
-partial that is not `durable` is never fsynced).
-
-A large file may be split into spans fetched at once (see ranged.py): each span is
-[start, pos, end), bytes [start, pos) on disk. The sidecar then records every span,
-and the sha256 covers the contiguous prefix, caught up as spans fill.
+partial that is not `durable` is never fsynced). A large file may be split into spans
+fetched at once (see ranges.py): each span is [start, pos, end), bytes [start, pos) on
+disk. The sidecar then records every span, and the sha256 covers the contiguous prefix.
 """
 
 from __future__ import annotations
@@ -201,6 +199,7 @@ class Partial:
         self.size = self._synced.size = self._hashed = 0
         # A restart drops the lost bytes, and what the last response said of the file.
         self.spans = self._synced.spans = self._synced.failed = self.content_type = None
+        self._save()  # the record vouched for them: a kill before its next save resumed them
 
     # -- ranges ----------------------------------------------------------------
 
