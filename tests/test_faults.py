@@ -209,6 +209,22 @@ def test_a_host_that_starts_every_attempt_over_gets_one_round_of_retries(
     assert resumed_at(requests[1].headers["Range"]) == 2 * MiB  # it was asked to resume
 
 
+def test_a_host_that_resumes_again_after_starting_over_once_moves_the_download_on(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host (one edge of a CDN, say) that answers one Range with the file from its
+    first byte, and resumes every later one, dropping each connection at 2 MiB: the
+    resumes move the download on, so its retries start over and the 12 MiB file is
+    archived. Once started over, a download counted nothing it resumed after as progress,
+    and failed when its first round of three attempts was spent."""
+    data = one_file_tune(standin, size=12 * MiB)
+    standin.faults["model"] = [Cut(2 * MiB), Cut(2 * MiB, whole=True)] + [Cut(2 * MiB)] * 12
+    assert run_fetch(standin, archive, "1", "--retries", "2", "--split", "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    requests = standin.seen("cdn", "/files/model")
+    assert resumed_at(requests[-1].headers["Range"]) == 10 * MiB
+
+
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
     """A download that fails for good leaves its partial; the next run resumes it. (Its
     first round of retries moved it on, so a second round is tried, and fails too.)"""

@@ -71,7 +71,7 @@ class Transfer:
     partial: Partial
     counted: bool = False  # its size has been added to the progress total
     may_split: bool = True  # False once the server has refused a range
-    starts_over: bool = False  # the host answered a Range with the file from its start
+    starts_over: bool = False  # the host answered its last Range with the file from its start
     min_size: int = 1  # fewer bytes is an error page or a glitch, never the file
     short_of_room: bool = False  # refused before writing the rest: what is on disk is kept
     ends_at_close: bool = False  # a body of no length: it ends where the connection closes
@@ -313,6 +313,7 @@ class Downloader:
                 # (Unasked, a 206 of the whole file is the file, as a 200 would be.)
                 await self._restart(transfer)
                 raise BodyError(f"the file changed on the server; starting over: {transfer.shown}")
+            transfer.starts_over = False  # it resumes again: what it resumed after is progress
         if total is not None:
             self._count(transfer, total)
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
