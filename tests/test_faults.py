@@ -225,6 +225,32 @@ def test_a_host_that_resumes_again_after_starting_over_once_moves_the_download_o
     assert resumed_at(requests[-1].headers["Range"]) == 10 * MiB
 
 
+def test_a_file_signed_anew_with_an_akamai_token_is_one_file_resumed_across_runs(
+    standin: StandIn, archive: Path
+) -> None:
+    """Akamai signs each URL with a token of its own (`?hdnts=exp=...~hmac=...`): a run
+    that lists the checkpoint under a fresh token resumes the last run's partial, and the
+    manifest holds it once. Each token made it another file: the partial was left behind
+    and the checkpoint downloaded again, the old entry said 'gone upstream, never
+    archived' (exit 1), and every later run added one more entry, downloading it again."""
+    data = one_file_tune(standin, size=3 * MiB)
+    signed = [standin.file_url("model", query=f"hdnts=exp%3D{i}~acl%3D%2F*~hmac%3D{i}a")
+              for i in range(3)]
+    standin.add_tune(1, [signed[0]], [])
+    standin.faults["model"] = [Cut(2 * MiB)]
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    standin.add_tune(1, [signed[1]], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin)[-1] == f"bytes={2 * MiB}-"
+    asked = len(standin.seen("cdn"))
+    standin.add_tune(1, [signed[2]], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asked  # archived: not asked for again
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert entry["sha256"] == sha256(data)
+    assert list((archive / "tmp").iterdir()) == []
+
+
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:
     """A download that fails for good leaves its partial; the next run resumes it. (Its
     first round of retries moved it on, so a second round is tried, and fails too.)"""

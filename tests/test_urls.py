@@ -177,12 +177,17 @@ def test_urls_that_differ_only_in_their_query_have_different_keys() -> None:
         (f"{BASE}?sv=1&se=1&sr=b&sp=r&sig=s1", f"{BASE}?sv=1&se=2&sr=b&sp=r&sig=s2"),
         (f"{BASE}?GoogleAccessId=g&Expires=1&Signature=s1",
          f"{BASE}?GoogleAccessId=g&Expires=2&Signature=s2"),
+        (f"{BASE}?hdnts=exp%3D1~acl%3D%2F*~hmac%3Da", f"{BASE}?hdnts=exp%3D2~acl%3D%2F*~hmac%3Db"),
+        (f"{BASE}?hdnea=exp%3D1~hmac%3Da", f"{BASE}?hdnea=exp%3D2~hmac%3Db"),
+        (f"{BASE}?__token__=exp%3D1~hmac%3Da", f"{BASE}?__token__=exp%3D2~hmac%3Db"),
     ],
-    ids=["aws-sigv4", "cloudfront", "azure-sas", "gcs-v2"],
+    ids=["aws-sigv4", "cloudfront", "azure-sas", "gcs-v2", "akamai-hdnts", "akamai-hdnea",
+         "akamai-token"],
 )
 def test_a_run_shares_one_download_of_a_file_signed_twice(signed: str, again: str) -> None:
-    """Two signings of one URL are one download of the run."""
+    """Two signings of one URL are one download of the run, one file across runs."""
     assert download_key(signed) == download_key(again) == BASE
+    assert url_key(signed) == url_key(again)
 
 
 def test_a_secret_looking_parameter_tells_two_downloads_apart() -> None:

@@ -55,7 +55,7 @@ _PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%25)|(?<=%25[0-9A-Fa-f]{2})"
 # merely contains one of SECRET_PARTS is treated as secret too.
 SECRET_PARAMS = frozenset({
     "sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey",
-    "api_key", "api-key", "x-api-key",
+    "api_key", "api-key", "x-api-key", "hdnts", "hdnea",  # Akamai's edge tokens
 })
 SECRET_PARTS = ("signature", "credential", "token", "secret", "password", "auth")
 
@@ -89,7 +89,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z_-]{0,39}|" + "|".join(
 def redact(url: str) -> str:
     """The URL with every query value but the harmless ones (HARMLESS_PARAMS, with a
     plain value), and any user:password (in its path too), replaced by REDACTED: a
-    secret named in no list (`s`, `hmac`, `hdnts`, `verify`, ...) is never shown or
+    secret named in no list (`s`, `hmac`, `verify`, ...) is never shown or
     stored."""
     try:
         parts = urlsplit(url)
@@ -239,10 +239,12 @@ SIGNING_PARAMS = frozenset({
     "skt", "ske", "sks", "skv",
 })
 # And the signatures themselves, with what changes along with them: a run's downloads
-# are shared whatever these say, and by every other parameter (download_key).
+# are shared whatever these say, and by every other parameter (download_key). Akamai's
+# tokens (its expiry, path and HMAC in one value) are signed anew each time too.
 SIGNATURES = SIGNING_PARAMS | {
     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
     "x-goog-credential", "googleaccessid", "signature", "sig", "policy", "key-pair-id",
+    "hdnts", "hdnea", "__token__",
 }
 
 
