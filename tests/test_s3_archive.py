@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import boto3
 import jsonschema
 import pytest
 from moto.s3.exceptions import EntityTooSmall, MissingKey, S3AccessDeniedError, S3ClientError
-from moto.s3.models import S3Backend
+from moto.s3.models import FakeKey, S3Backend
 from moto.s3.responses import S3Response
 
 from tests.conftest import SCHEMA
@@ -790,6 +790,61 @@ def test_a_listing_that_repeats_keys_has_gc_say_each_blob_it_removed_once(
     assert len(removed) == len(set(removed)) == 3
     assert not named & set(removed)
     assert document["bytes"] == sum(blob["bytes"] for blob in document["blobs"])
+
+
+@pytest.fixture
+def odd_prefix(s3: S3Archive) -> S3Archive:
+    """The archive under a prefix with a '%' in it (s3://bucket/100%25)."""
+    return replace(s3, url=f"s3://{s3.bucket}/100%25", prefix="100%25")
+
+
+def test_a_store_listing_keys_unencoded_under_an_odd_prefix_still_reads_the_archive(
+    standin: StandIn, odd_prefix: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store that says its listing's keys are URL-encoded (botocore asks for that)
+    but sends them as they are: botocore decodes them, '100%25/' becomes '100%/', and
+    cut at the prefix's length they named nothing of ours. verify said 'verified 0
+    tunes ...: all intact', exit 0, list showed no tune and forget 'not in the
+    archive'. Each key is now taken after the prefix as asked, or as decoded."""
+    s3 = odd_prefix
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/manifests/2.json")
+    named = {entry["path"] for entry in s3.manifest(1)["assets"]}
+    monkeypatch.setattr(FakeKey, "safe_name", lambda key, encoding_type=None: key.name)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 0
+    assert capsys.readouterr().out.startswith("verified 1 tune, 3 blobs")
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 0
+    removed = {blob["path"] for blob in json.loads(capsys.readouterr().out)["blobs"]}
+    assert len(removed) == 3
+    assert not named & removed
+    monkeypatch.undo()
+    assert {key.removeprefix(f"{s3.prefix}/") for key in s3.keys("objects/")} == named
+
+
+def test_a_listing_of_keys_outside_the_prefix_asked_stops_gc_in_one_line(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Keys a listing gives under another prefix than the one asked for are no archive's
+    that gc or verify can read: the listing stops, one line, exit 1, nothing removed."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    before = s3.keys("objects/")
+    monkeypatch.setattr(FakeKey, "safe_name",
+                        lambda key, encoding_type=None: "elsewhere/" + key.name)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot list the bucket in ")
+    assert "elsewhere/backups/manifests/1.json" in line
+    monkeypatch.undo()
+    assert s3.keys("objects/") == before
 
 
 def test_an_export_to_a_filesystem_without_hard_links_still_exports(

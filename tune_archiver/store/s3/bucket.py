@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 from tune_archiver.errors import Denied, StorageError
 from tune_archiver.store.s3.errors import Absent, translated
@@ -123,12 +124,18 @@ class Bucket:
 
     async def list(self, directory: str) -> AsyncIterator[tuple[str, Any]]:
         """(key relative to the prefix, listing entry) of every object under `directory`."""
-        start = len(self.key(""))
+        asked = self.key(f"{directory}/")
+        # botocore asks for URL-encoded keys and decodes them; a store that says it
+        # encoded them but sent them as they are has them decoded once too often ("%41"
+        # becomes "A"), so that cut at the prefix's length they named nothing of ours, and
+        # verify said an archive under s3://bucket/100%25 held no tune, all intact. The
+        # part after the prefix has no '%' or '+' in any key of ours.
+        decoded = unquote_plus(asked)
         tokens: set[str] = set()
         seen: set[str] = set()  # a store may list a key twice (on two pages): once here
         with self.translated("list the bucket"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.name, Prefix=self.key(f"{directory}/")
+                Bucket=self.name, Prefix=asked
             )
             async for page in pages:
                 # botocore refuses a token given twice in a row, not one that comes round
@@ -149,7 +156,17 @@ class Bucket:
                         continue
                     seen.add(item["Key"])
                     item["LastModified"] = utc(item["LastModified"])
-                    yield item["Key"][start:], item
+                    yield self._relative(item["Key"], asked, decoded, directory), item
+
+    def _relative(self, key: str, asked: str, decoded: str, directory: str) -> str:
+        """The archive-relative key of a listed `key` under the prefix `asked` (or
+        `decoded`, see list); StorageError for one under neither: what gc and verify
+        would make of it is unknown."""
+        for prefix in (asked, decoded):
+            if key.startswith(prefix):
+                return f"{directory}/{key[len(prefix):]}"
+        raise StorageError(f"cannot list the bucket in {self}: asked for the keys under "
+                           f"{asked!r}, it listed {key!r}")
 
 
 def utc(when: datetime) -> datetime:
