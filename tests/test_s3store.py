@@ -263,6 +263,39 @@ async def test_a_refresh_past_the_copy_limit_whose_copy_was_aborted_fails_the_co
     assert await left_over(bucket) == ([], [])
 
 
+async def test_a_refresh_the_store_answers_but_leaves_old_fails_the_commit(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that answers a blob's copy onto itself with 200 but keeps its old date
+    (as some S3-compatible ones do for a copy in place): the commit of a blob stored
+    days ago said it was kept from gc, as only a refresh past the copy limit was
+    checked, and gc elsewhere removed it from under the manifest about to name it. Now
+    its date is read again: the commit fails (the file kept for the next run)."""
+    from moto.s3.models import S3Backend
+
+    real = S3Backend.copy_object
+    in_place: list[str] = []
+
+    def left_old(backend: Any, src_key: Any, dest_bucket_name: str, dest_key_name: str,
+                 *args: Any, **kwargs: Any) -> None:
+        if src_key.name == dest_key_name:
+            in_place.append(dest_key_name)
+            return
+        real(backend, src_key, dest_bucket_name, dest_key_name, *args, **kwargs)
+
+    data = os.urandom(50_000)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path) as store:
+        again = await stored_days_ago(store, bucket, tmp_path, data)
+        monkeypatch.setattr(S3Backend, "copy_object", left_old)
+        with pytest.raises(StorageError, match="did not move its date"):
+            await again.commit(None)
+        await again.release(keep=False)
+    assert in_place == [key]
+    assert sha(await bucket.get(key)) == sha(data)
+    assert await left_over(bucket) == ([], [])
+
+
 async def test_gc_never_removes_a_blob_a_fetch_refreshed_after_gc_listed_it(
     bucket: Bucket, tmp_path: Path
 ) -> None:

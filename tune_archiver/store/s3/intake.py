@@ -159,8 +159,9 @@ class S3Intake:
     async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> bool:
         """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
         False when it is gone meanwhile (gc on another machine took it after the HEAD
-        that found it): the commit then stores it anew. Raises StorageError when a copy
-        part by part did not complete (aborted meanwhile): the blob is still old."""
+        that found it): the commit then stores it anew. Raises StorageError when the
+        blob is still old after the copy: one part by part that did not complete
+        (aborted meanwhile), or one the store answered but left at its old date."""
         bucket = self._bucket
         if datetime.now(UTC) - modified < self._gc_grace / 2:
             return True
@@ -168,23 +169,25 @@ class S3Intake:
             with bucket.translated("refresh a blob"):
                 if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
                     await copy(bucket, key, key, blob)  # left old, gc elsewhere took it
-                    # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a
-                    # lost answer) leaves it whole, but old: gc would still take it.
-                    found = await bucket.head(key, "check a refreshed blob")
-                    if found is not None and found[1] <= modified:
-                        raise StorageError(f"the copy refreshing blob {blob.sha256} in "
-                                           f"{bucket} did not complete; not stored")
-                    return found is not None
-                await bucket.client.copy_object(
-                    Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
-                    MetadataDirective="REPLACE",
-                    ContentType=blob.content_type or "application/octet-stream",
-                )
+                else:
+                    await bucket.client.copy_object(
+                        Bucket=bucket.name, Key=key,
+                        CopySource={"Bucket": bucket.name, "Key": key},
+                        MetadataDirective="REPLACE",
+                        ContentType=blob.content_type or "application/octet-stream",
+                    )
         except Absent:
             log.info("blob %s was removed as it was about to be reused; storing it anew",
                      blob.sha256)
             return False
-        return True
+        # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost answer),
+        # or one a store answers but makes no new object of (some do so for a copy in
+        # place), leaves it whole but old: gc would still take it.
+        found = await bucket.head(key, "check a refreshed blob")
+        if found is not None and found[1] <= modified:
+            raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
+                               "complete or did not move its date; not stored")
+        return found is not None
 
 
 def drop_file(path: Path) -> None:
