@@ -167,7 +167,7 @@ class S3Intake:
             return True
         try:
             with bucket.translated("refresh a blob"):
-                if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GiB):
+                if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GB):
                     await copy(bucket, key, key, blob)  # left old, gc elsewhere took it
                 else:
                     await bucket.client.copy_object(

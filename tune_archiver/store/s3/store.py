@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 MIN_PART = 5 * 2**20  # S3's smallest part but the last
 PART_SIZE = 8 * 2**20  # bytes per uploaded part; also the largest single PUT
-COPY_LIMIT = 5 * 2**30  # CopyObject's limit; larger blobs are copied part by part
+# CopyObject's limit; larger blobs are copied part by part. S3's is 5 GiB, Backblaze
+# B2's 5 GB: past that B2 refuses the copy, and an SDXL checkpoint may lie between.
+COPY_LIMIT = 5_000_000_000
 MANIFEST_ATTEMPTS = 10  # conditional writes of one manifest lost to other writers
 _MANIFEST = re.compile(rf"{MANIFESTS}/([1-9][0-9]*)\.json")
 
@@ -87,7 +89,7 @@ class S3Store:
             raise ConfigError(f"an s3:// archive needs aiobotocore: {install_hint()}") from exc
         self.name, self.prefix = parse_url(url)
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
-            raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GiB")
+            raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GB")
         self._endpoint_url = endpoint_url
         self._part_size = part_size
         self._copy_limit = copy_limit

@@ -1,5 +1,5 @@
 """Bytes into and out of a Bucket, for the S3 store. In: a finished download sent to a
-temporary key, checked, then copied to its blob key (part by part above 5 GiB), at most
+temporary key, checked, then copied to its blob key (part by part above 5 GB), at most
 PARTS_IN_FLIGHT parts read at once, each when its upload may start (see parts.py).
 Out: a blob streamed to a consumer, a chunk at a time, or saved as a checked file."""
 
