@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-from moto.s3.exceptions import S3AccessDeniedError
+from moto.s3.exceptions import MissingKey, S3AccessDeniedError
 from moto.s3.models import S3Backend
+from moto.s3.responses import S3Response
 
 from tests.gallery_helpers import NOW, PROMPTS, Gallery, archived_gallery
 from tests.helpers import sha256
@@ -25,6 +26,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 )
 from tests.standin import StandIn
 from tune_archiver.store.location import open_store
+from tune_archiver.store.s3.store import S3Store
 from tune_archiver.web.server import start
 
 
@@ -95,6 +97,47 @@ async def test_an_object_the_bucket_refuses_is_one_line_not_a_traceback(
                     assert await response.read() == gallery.checkpoint
         finally:
             await runner.cleanup()
+
+
+async def test_a_blob_removed_after_it_was_found_is_404_even_behind_a_403(
+    gallery: Gallery, bucket_url: str, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob gc or verify --repair removes between serve's HEAD, which found it, and
+    its GET, on a bucket that answers a missing key 403 (credentials granted the
+    prefix alone): a 500 'access denied', where fetch and verify say missing, and a
+    local archive's blob gone meanwhile is a 404. It is looked up again: 404."""
+    get_object = S3Response.get_object
+
+    def refused_get(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return get_object(self, *args, **kwargs)
+        except MissingKey:
+            raise S3AccessDeniedError() from None
+
+    monkeypatch.setattr(S3Response, "get_object", refused_get)
+    gone = sha256(gallery.training[2])
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    name = bucket_url.removeprefix("s3://").split("/")[0]
+
+    def removed_meanwhile(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].endswith(gone):
+            client.delete_object(Bucket=name, Key=params["Key"])
+
+    async with open_store(bucket_url, os.environ["AWS_ENDPOINT_URL"]) as store:
+        assert isinstance(store, S3Store)
+        store.bucket.client.meta.events.register(
+            "before-parameter-build.s3.GetObject", removed_meanwhile)
+        runner, url = await start(store, "127.0.0.1", 0, None, lambda: NOW)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}blobs/{gone}") as response:
+                    assert response.status == 404
+                    assert "access denied" not in await response.text()
+                async with session.get(f"{url}blobs/{sha256(gallery.checkpoint)}") as response:
+                    assert await response.read() == gallery.checkpoint
+        finally:
+            await runner.cleanup()
+            client.close()
 
 
 async def test_a_listing_the_bucket_refuses_is_one_line_not_a_traceback(
