@@ -826,6 +826,28 @@ def test_a_store_listing_keys_unencoded_under_an_odd_prefix_still_reads_the_arch
     assert {key.removeprefix(f"{s3.prefix}/") for key in s3.keys("objects/")} == named
 
 
+def test_a_blob_refused_under_an_odd_prefix_of_a_store_listing_keys_unencoded_is_denied(
+    standin: StandIn, odd_prefix: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A GET refused 403 is looked up in a listing of its key (a missing key is a 403
+    to credentials granted the prefix alone). On a store listing keys unencoded though
+    it says they are, under s3://bucket/100%25, the key listed ('100%/...') was never
+    the one asked: a blob the bucket refuses was said missing, not refused."""
+    s3 = odd_prefix
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    refuse_gets(monkeypatch, lambda key: key.endswith(checkpoint["sha256"]),
+                S3AccessDeniedError)
+    monkeypatch.setattr(FakeKey, "safe_name", lambda key, encoding_type=None: key.name)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: unreadable: ")
+    assert "access denied" in line
+
+
 def test_a_listing_of_keys_outside_the_prefix_asked_stops_gc_in_one_line(
     standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -94,7 +94,9 @@ class Bucket:
         S3Store.prepare): a listing of the key tells which it was."""
         with self.translated("look up an object"):
             listed = await self.client.list_objects_v2(Bucket=self.name, Prefix=key, MaxKeys=1)
-        return all(item["Key"] != key for item in listed.get("Contents", []))
+        # or as botocore decodes it from a store that sends it unencoded (see list)
+        return all(item["Key"] not in (key, unquote_plus(key))
+                   for item in listed.get("Contents", []))
 
     async def size_at(self, key: str, doing: str) -> int | None:
         """The object's size, or None when it is not there."""
