@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,40 @@ def test_blobs_gc_removes_after_a_forget_while_verify_runs_are_no_damage(
         assert {(p.tune_id, p.problem) for p in found.problems} == {(1, "missing")}
     else:
         assert found.ok, found.problems
+
+
+def test_a_fetch_without_prompts_keeps_a_prompt_file_another_run_found_gone_meanwhile(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A prompt image failed; its prompt was then deleted upstream. A cron's `fetch 1`
+    (no --prompts) planned; a hand-run `fetch 1 --prompts` then recorded that image
+    gone upstream, never archived. The cron's run, writing next, kept the failed prompt
+    files of the manifest as it was then, not the gone ones: the entry was dropped and
+    the tune said complete, though that image was never archived (and no later run
+    knew of it)."""
+    archive = tmp_path / "archive"
+    add_tune(standin, 1, expires_at=EXPIRED)
+    standin.add_prompt(1, 500, "ohwx", [standin.file_url("missing")])
+    assert run_fetch(standin, archive, "1", "--prompts",
+                     clock=lambda: NOW - timedelta(days=20)) == 1
+    standin.prompts[1] = []  # deleted upstream
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    other: list[list[TuneResult]] = []
+
+    class Meanwhile(LocalStore):
+        async def update_manifest(self, tune_id: int, change: Any) -> str:
+            if not other:  # the operator's --prompts run, between our plan and our write
+                other.append(await fetch(replace(settings, prompts=True), [1], NullProgress(),
+                                         clock=lambda: NOW, store=LocalStore(archive)))
+            return await super().update_manifest(tune_id, change)
+
+    [ours] = asyncio.run(fetch(settings, [1], NullProgress(), clock=lambda: NOW,
+                               store=Meanwhile(archive)))
+    [[theirs]] = other
+    assert ours.ok  # the cron's own run asked for no prompt: said once, by the other
+    assert [a.newly_gone for a in theirs.assets if a.asset.kind == "prompt_image"] == [True]
+    document = manifest_of(archive, 1)
+    assert [(e["kind"], e["status"]) for e in document["assets"]
+            if e["kind"] == "prompt_image"] == [("prompt_image", "gone")]
+    assert document["complete"] is False
