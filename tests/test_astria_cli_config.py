@@ -169,3 +169,48 @@ def test_the_personal_workspace_sends_no_workspace_header(
                  str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "manifests" / "1.json").exists()
     assert [r.path for r in standin.seen("api") if "X-Workspace-Id" in r.headers] == []
+
+
+@pytest.mark.parametrize("where", ["config", "env"])
+def test_all_narrowed_to_the_astria_cli_workspace_says_so(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], where: str,
+) -> None:
+    """A workspace set for the Astria CLI (`astria config set workspace 5`, or
+    ASTRIA_WORKSPACE_ID) narrowed a cron's `fetch --all` to that workspace without a
+    word: the personal tunes were never listed, never archived, and Astria deleted
+    them, while every run said ok. The run still covers that workspace alone (the
+    contract), and says so: a warning line naming where it came from, and --json's
+    `workspace`; one given as ours (--workspace) is the user's own choice, unsaid."""
+    make_tune(standin, 1, images=1)
+    standin.tune_workspaces[1] = "5"
+    make_tune(standin, 2, images=1)  # personal: not listed with X-Workspace-Id: 5
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json", {"api_key": standin.api_key, "base_url": standin.api_url,
+                                         **({"workspace_id": 5} if where == "config" else {})})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    if where == "env":
+        monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "5")
+    assert main(["fetch", "--all", "--json", "--archive", str(tmp_path / "a")]) == 0
+    ran = capsys.readouterr()
+    document = json.loads(ran.out)
+    assert [t["tune_id"] for t in document["tunes"]] == [1]
+    assert document["workspace"] == "5"
+    [line] = ran.err.splitlines()
+    said = ASTRIA_CONFIG_ORIGIN if where == "config" else "ASTRIA_WORKSPACE_ID"
+    assert line.startswith("tune-archiver: warning: --all covers workspace 5 alone, set by ")
+    assert said in line
+    assert "--workspace all" in line
+    assert main(["fetch", "--all", "--json", "--workspace", "5",
+                 "--archive", str(tmp_path / "b")]) == 0
+    ran = capsys.readouterr()
+    assert json.loads(ran.out)["workspace"] == "5"
+    assert not ran.err
+    assert main(["fetch", "--all", "--json", "--workspace", "all",
+                 "--archive", str(tmp_path / "c")]) == 0
+    ran = capsys.readouterr()
+    assert [t["tune_id"] for t in json.loads(ran.out)["tunes"]] == [2, 1]
+    assert json.loads(ran.out)["workspace"] == "all"
+
+
+ASTRIA_CONFIG_ORIGIN = "the Astria CLI's config"

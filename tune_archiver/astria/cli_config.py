@@ -36,6 +36,7 @@ class AstriaCli:
     key_source: str = ""  # where the key came from, for -v: never the key
     base_url: str | None = None
     workspace: str | None = None
+    workspace_source: str = ""  # where the workspace came from, for --all's warning
 
 
 def config_path(profile: str | None, env: Mapping[str, str]) -> Path:
@@ -59,11 +60,15 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str]) -> AstriaCli:
     token = env.get(ENV_TOKEN, "").strip()
     key = token or found.get("api_key")
     source = ENV_TOKEN if token else f"the Astria CLI's config {path}" if key else ""
+    set_here = env.get(ENV_WORKSPACE, "").strip()
+    workspace = set_here or found.get("workspace_id") or None
     return AstriaCli(
         api_key=key or None,
         key_source=source,
         base_url=env.get(ENV_BASE_URL, "").strip() or found.get("base_url") or None,
-        workspace=env.get(ENV_WORKSPACE, "").strip() or found.get("workspace_id") or None,
+        workspace=workspace,
+        workspace_source=ENV_WORKSPACE if set_here else
+        f"the Astria CLI's config {path}" if workspace else "",
     )
 
 

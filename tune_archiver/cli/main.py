@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune_archiver.astria.client import PERSONAL
 from tune_archiver.cli import report, terminal
 from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
@@ -235,6 +236,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     if args.json:
         print_json({"ok": broke is None and all(r.ok for r in results),
                     **({"error": str(broke)} if broke else {}),
+                    # The scope the listing covered: an id, all, or personal (none sent).
+                    **({"workspace": settings.workspace or PERSONAL}
+                       if isinstance(tunes, AllTunes) else {}),
                     "tunes": [report.tune_json(r) for r in results]}, secrets)
         args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
 from tune_archiver.astria.cli_config import read_astria_cli
+from tune_archiver.astria.client import PERSONAL
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
 from tune_archiver.commands.workspaces import checked_workspace
@@ -82,11 +83,20 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     if api.startswith("http://") and not is_private_host(host):  # a mistyped https, often
         log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s; "
                     "use https://", host)
+    workspace = checked_workspace(args.workspace or astria.workspace)  # said only checked
+    if getattr(args, "all", False) and not args.workspace and astria.workspace not in (
+            None, PERSONAL):  # the personal scope is what --all covers without one
+        # The CLI's setting, made for its own use, must not narrow a cron's backup unsaid:
+        # the tunes of the personal scope and of other workspaces would expire unarchived.
+        log.warning("warning: --all covers workspace %s alone, set by %s: tunes of the "
+                    "personal scope and of other workspaces are not fetched; --workspace "
+                    "all spans every workspace (--workspace %s says this one)",
+                    astria.workspace, astria.workspace_source, astria.workspace)
     return Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api,
-        workspace=checked_workspace(args.workspace or astria.workspace),
+        workspace=workspace,
         concurrency=args.concurrency,
         retry=retry,
         read_timeout=args.read_timeout,
