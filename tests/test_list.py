@@ -290,3 +290,22 @@ def test_list_columns_stay_aligned_under_wide_and_combining_titles(
     long_title = rows[0].split("  ")[1]
     assert long_title.endswith("…")
     assert shown_width(long_title) <= 30
+
+
+def test_a_checkpoint_tune_shows_model_type_checkpoint(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Astria sends a full checkpoint tune's model_type as null (its docs: "lora, pti,
+    faceid, null for checkpoint"): list showed '-' for it, and --json null, as for a
+    tune whose type is not known at all, while --model-type checkpoint selects it. It is
+    'checkpoint'; a tune sending no model_type stays '-'."""
+    add_tune(standin, 1, model_type=None)
+    add_tune(standin, 2)
+    del standin.tunes[2]["model_type"]
+    archived(standin, archive, 1, 2)
+    ran = cli(capsys, "list", "--archive", str(archive), now=a_day_on())
+    assert [(row["id"], row["model type"]) for row in table(ran.out)] == [
+        ("2", "-"), ("1", "checkpoint")]
+    ran = cli(capsys, "list", "--json", "--archive", str(archive), now=a_day_on())
+    assert [(row["tune_id"], row["model_type"]) for row in json.loads(ran.out)["tunes"]] == [
+        (2, None), (1, "checkpoint")]

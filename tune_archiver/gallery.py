@@ -13,6 +13,7 @@ from typing import Any
 
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
+from tune_archiver.selection import model_type_of
 from tune_archiver.text import human_bytes, time_left
 
 Href = Callable[[Entry], "str | None"]
@@ -55,7 +56,7 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
     tune = found.tune
     title = found.title or f"tune {found.tune_id}"
     facts = [("id", found.tune_id), ("branch", tune.get("branch")),
-             ("model type", tune.get("model_type")), ("created", tune.get("created_at")),
+             ("model type", model_type_of(tune)), ("created", tune.get("created_at")),
              ("trained", tune.get("trained_at")), ("expires", tune.get("expires_at")),
              ("archived", found.archived_at), ("workspace", found.workspace),
              ("complete", "yes" if found.complete else "no")]

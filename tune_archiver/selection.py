@@ -70,9 +70,16 @@ def _text_matches(value: Any, glob: str) -> bool:
 
 def _is_type(listed: Mapping[str, Any], wanted: str) -> bool:
     """True when the listed tune is of model type `wanted`: a checkpoint's is null."""
-    if wanted == CHECKPOINT and "model_type" in listed and listed["model_type"] is None:
-        return True
-    return _equal(listed.get("model_type"), wanted)
+    return _equal(model_type_of(listed), wanted)
+
+
+def model_type_of(tune: Mapping[str, Any]) -> str | None:
+    """The tune's model type as said to a user: `checkpoint` for the null Astria sends
+    for a full checkpoint; None when it sends none (or not a string)."""
+    if "model_type" in tune and tune["model_type"] is None:
+        return CHECKPOINT
+    value = tune.get("model_type")
+    return value if isinstance(value, str) else None
 
 
 def _equal(value: Any, wanted: str) -> bool:

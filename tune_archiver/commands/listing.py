@@ -8,7 +8,7 @@ from typing import Any
 from tune_archiver import manifest
 from tune_archiver.errors import Denied, StorageError, UnreadableManifest
 from tune_archiver.manifest import Manifest
-from tune_archiver.selection import parse_moment
+from tune_archiver.selection import model_type_of, parse_moment
 from tune_archiver.store import Store
 
 
@@ -45,7 +45,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "tune_id": found.tune_id,
         "title": found.title,
         "branch": _text(tune.get("branch")),
-        "model_type": _text(tune.get("model_type")),
+        "model_type": model_type_of(tune),
         "files": len(archived),
         "failed": len(found.entries) - len(archived) - gone,
         "gone": gone,
