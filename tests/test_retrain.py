@@ -317,6 +317,26 @@ def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
     assert result["missing"] == [ONE_NULL]
 
 
+def test_retrain_after_the_photos_moved_still_says_a_null_no_photo_stands_for(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two photos archived and a null never archived; Astria then moved every photo to
+    new paths (another host, say), the same bytes. The fetch archives them under their
+    new URLs, keeping the old entries. retrain took each old entry for a photo the API
+    now lists as null: the null was said archived (no photo missing), and each photo
+    was sent twice, as if the tune had four."""
+    archive = tmp_path / "archive"
+    images, urls = photos(standin, 2)
+    tune = standin.add_tune(5, [], [urls[0], None, urls[1]], model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 1
+    moved = [standin.add_file(f"moved{i}", data) for i, data in enumerate(images)]
+    tune["orig_images"] = [moved[0], None, moved[1]]
+    assert run_fetch(standin, archive, "5") == 1
+    _, result = retrain(standin, archive, capsys)
+    assert result["missing"] == [ONE_NULL]
+    assert result["images"] == 2
+
+
 def test_retrain_with_workspace_all_creates_the_tune_in_the_archived_tunes_workspace(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

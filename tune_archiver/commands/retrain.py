@@ -104,9 +104,13 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
                              "orig_images": _unaccounted(found, training)}).field_errors
     except DataError:
         unread = ()
+    # Each photo once: an older fetch's entry kept for a photo since moved to another
+    # URL holds the blob the new one does.
+    photos = {entry.blob.sha256: entry for entry in reversed(training) if entry.blob is not None}
     return RetrainPlan(
         found.tune_id, tuple(fields),
-        tuple(entry for entry in training if entry.blob is not None),
+        tuple(entry for entry in training if entry.blob is not None
+              and photos[entry.blob.sha256] is entry),
         tuple(f"training_image {entry.index}: not archived ({entry.error or entry.status})"
               for entry in training if entry.blob is None)
         + tuple(error for kind, error in unread if kind == "training_image"),
@@ -116,12 +120,16 @@ def retrain_plan(found: Manifest, title: str) -> RetrainPlan:
 def _unaccounted(found: Manifest, training: list[Entry]) -> Any:
     """orig_images less a null for each archived photo it no longer names: an older
     fetch's entry, kept, may be the photo the API now lists as null (said missing,
-    it was a photo the plan sends)."""
+    it was a photo the plan sends). One holding the bytes of a photo it names (the
+    photo moved to another URL), or of another such entry, stands for no null."""
     listed = found.tune.get("orig_images")
     if not isinstance(listed, list):
         return listed
     named = {item for item in listed if isinstance(item, str)}
-    kept = sum(1 for entry in training if entry.blob is not None and entry.url not in named)
+    blobs = [(entry.url in named, entry.blob.sha256) for entry in training
+             if entry.blob is not None]
+    kept = len({sha256 for is_named, sha256 in blobs if not is_named}
+               - {sha256 for is_named, sha256 in blobs if is_named})
     unnamed = [i for i, item in enumerate(listed) if not isinstance(item, str)][:kept]
     return [item for i, item in enumerate(listed) if i not in unnamed]
 
