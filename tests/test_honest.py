@@ -986,3 +986,30 @@ def test_repair_says_not_whole_for_a_prompt_file_found_gone_beside_another_gone_
               "--api-url", standin.api_url, now=NOW)
     assert statuses(archive, 1).count(("prompt_image", 0, "gone")) == 2
     assert (ran.code, json.loads(ran.out)["ok"]) == (1, False), ran.out
+
+
+def test_a_photo_archived_before_that_the_api_now_lists_as_null_is_no_failure(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two photos archived; Astria then lists the second as null (a photo it gives no
+    URL for). Every fetch said 'some training images not archived' (exit 1, never
+    complete), though that photo's entry is kept, archived, and retrain sends it: a
+    daily cron failed forever on a tune missing nothing. The archived photo stands for
+    the null; a null none stands for still fails, and so does one whose blob is lost."""
+    served = add_tune(standin, 1, images=2, expires_at=AHEAD)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    listed = standin.tunes[1]["orig_images"]
+    standin.tunes[1]["orig_images"] = [listed[0], None]
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--dry-run", clock=lambda: NOW) == 0
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert "not archived" not in capsys.readouterr().err
+    assert manifest_of(archive, 1)["complete"] is True
+    standin.tunes[1]["orig_images"] = [listed[0], None, None]
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert "'orig_images' holds 2 items that are not a URL" in capsys.readouterr().err
+    assert manifest_of(archive, 1)["complete"] is False
+    standin.tunes[1]["orig_images"] = [listed[0], None]
+    blob_file(archive, served.images[1]).unlink()
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    assert manifest_of(archive, 1)["complete"] is False

@@ -13,6 +13,7 @@ from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for
 from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, unread_failure, utc_now
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
+from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
@@ -74,7 +75,8 @@ async def dry_run(
                 return Preview(tune.id, tune.title, error=str(exc))
             probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
             probed = list(zip(plan.download, probes, strict=True))
-            failure = unread_failure(tune)
+            # A fetch would take a null its archived photos stand for as no failure.
+            failure = unread_failure(with_nulls_archived(tune, [*plan.reuse.values(), *carried]))
             return Preview(
                 tune.id, tune.title, error=f"tune {tune.id}: {failure}" if failure else None,
                 download=tuple((a, p.size) for a, p in probed if p.refused is None),

@@ -18,6 +18,7 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for, unexpected
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
+from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.commands.plan import (
     assets_of,
     has_expired,
@@ -223,10 +224,10 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
             tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
             seconds=time.monotonic() - started,
         )
-    key, assets = results
+    key, assets, checked = results
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
-        manifest=key, state=listing_state(tune), error=unread_failure(tune),
+        manifest=key, state=listing_state(tune), error=unread_failure(checked),
     )
 
 
@@ -241,8 +242,12 @@ def unread_failure(tune: Tune) -> str | None:
     return "; ".join(said) or None
 
 
-async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetResult]]:
-    """Download what the tune lacks, then merge the results into its manifest.
+async def _download_and_record(
+    run: Run, tune: Tune
+) -> tuple[str, list[AssetResult], Tune]:
+    """Download what the tune lacks, then merge the results into its manifest; gives
+    the tune as recorded: nulls in its orig_images that archived photos stand for are
+    no error (nulls.py).
 
     The manifest is written by Store.update_manifest: if another run wrote it since
     we planned, what that run archived is kept (plan.merged). Raises
@@ -286,17 +291,19 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
     # A run that cannot tell the workspace keeps what an earlier one recorded.
     told = await run.workspaces.of(tune.raw)
     reported: list[AssetResult] = []
+    checked = [tune]
 
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
         written, reported[:] = merged(ours, now, plan.missing)
+        checked[0] = with_nulls_archived(tune, reported)
         if not run.settings.lists_prompts:  # kept failed (so not complete), not retried
             written += not_asked_failures(now, written)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
         # A file --only left out that another run archived meanwhile is in the manifest.
         complete = (not left_out_now(plan.left_out, now, plan.missing)
-                    and not tune.prompt_errors and not tune.field_errors
+                    and not tune.prompt_errors and not checked[0].field_errors
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),
@@ -310,7 +317,7 @@ async def _download_and_record(run: Run, tune: Tune) -> tuple[str, list[AssetRes
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
     key = await run.store.update_manifest(tune.id, change)
-    return key, reported
+    return key, reported, checked[0]
 
 
 async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str:

@@ -1,0 +1,50 @@
+"""Nulls in orig_images that an archived photo stands for; pure.
+
+Astria may list a training photo it no longer gives a URL for as null. A photo an
+earlier fetch archived from a URL the listing no longer names, whose bytes no photo it
+names holds, is such a photo: the tune lacks nothing for that null (fetch), and the
+photo is sent (retrain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from tune_archiver.commands.plan import result_key
+from tune_archiver.models import AssetResult, Tune
+from tune_archiver.urls import identity
+
+
+def standing_in(photos: Iterable[tuple[bool, str]]) -> int:
+    """How many nulls archived photos stand for, given each as (named by the listing
+    now, its sha256): the blobs of those not named that no named one holds (a photo
+    moved to another URL is named under its new one)."""
+    found = list(photos)
+    return len({sha256 for named, sha256 in found if not named}
+               - {sha256 for named, sha256 in found if named})
+
+
+def nulls_in(listed: Any) -> int:
+    """The nulls of an orig_images list; 0 when it is not a list or holds anything
+    else that is not a URL (malformed: no photo stands for that)."""
+    if not isinstance(listed, list) or any(
+            item is not None and not isinstance(item, str) for item in listed):
+        return 0
+    return sum(1 for item in listed if item is None)
+
+
+def with_nulls_archived(tune: Tune, results: Sequence[AssetResult]) -> Tune:
+    """The tune, its orig_images error dropped when archived photos (`results`, as the
+    manifest now records them) stand for every null in it."""
+    nulls = nulls_in(tune.raw.get("orig_images"))
+    if not nulls:
+        return tune
+    named = {identity(url) for url in tune.image_urls}
+    photos = [(result_key(result)[3] in named, result.blob.sha256) for result in results
+              if result.asset.kind == "training_image" and result.blob is not None]
+    if standing_in(photos) < nulls:
+        return tune
+    return replace(tune, field_errors=tuple(
+        error for error in tune.field_errors if error[0] != "training_image"))
