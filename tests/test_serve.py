@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -300,6 +301,36 @@ def test_serve_command_runs_until_interrupted(gallery: Gallery, archive: Path) -
         refused.value.close()
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130
+    finally:
+        stop(process)
+
+
+def test_the_serve_token_is_scrubbed_from_every_log_line(
+    gallery: Gallery, archive: Path, tmp_path: Path
+) -> None:
+    """serve's token opens the archive, as the API key opens the account: a request
+    aiohttp cannot parse (any local user may send one) quoted its Authorization line, the
+    token in it, in the -v traceback on stderr. It is scrubbed as the key is; the start
+    line still gives the link with it."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    process = start_process(archive, "serve", "--bind", "127.0.0.1:0", "-v",
+                            "--token-file", str(token_file), env={"PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "serve said nothing"
+        host, _, port = process.stdout.readline().split()[1].split("/")[2].partition(":")
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(f"GET / HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {TOKEN}\x01\r\n\r\n".encode())
+            assert raw.recv(100).startswith(b"HTTP/1.0 400")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert "Invalid header value char" in err
+        assert TOKEN not in err
+        assert "Bearer REDACTED" in err
     finally:
         stop(process)
 

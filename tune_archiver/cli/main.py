@@ -347,6 +347,10 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
 
     host, port = parse_bind(args.bind)
     token = token_for(host, args.token_file)
+    # Scrubbed from every line as the key is (aiohttp's errors quote a request's
+    # Authorization line); said once, at the start, to whoever ran us.
+    said = list(secrets)
+    secrets.append(token)
 
     def started(url: str) -> None:
         # The token opens the archive: it is said only to whoever ran us. --json's one
@@ -355,10 +359,10 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
         args.served = True
         if args.json:
             print_json({"ok": True, "serving": url,
-                        "token": None if args.token_file else token}, secrets, flush=True)
+                        "token": None if args.token_file else token}, said, flush=True)
         elif not args.quiet or not args.token_file:  # a fresh token is said even with -q:
             link = url if args.token_file else f"{url}?token={token}"  # else none knows it
-            print_out(f"serving {terminal.own_link(link, secrets)} (read-only; Ctrl-C stops)",
+            print_out(f"serving {terminal.own_link(link, said)} (read-only; Ctrl-C stops)",
                       flush=True)
 
     in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
