@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,7 @@ def test_the_astria_config_file_serves_and_ours_win(
     assert standin.seen("api")[0].headers["X-Workspace-Id"] == "5"
     write_config(folder, "config.json", {"api_key": "wrong-key-000", "base_url": standin.api_url})
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
     assert fetch(tmp_path / "b", "-v", "--workspace", "9") == 0
     assert "the API key comes from ASTRIA_API_KEY" in capsys.readouterr().err
     assert standin.seen("api")[-1].headers["X-Workspace-Id"] == "9"
@@ -214,3 +216,75 @@ def test_all_narrowed_to_the_astria_cli_workspace_says_so(
 
 
 ASTRIA_CONFIG_ORIGIN = "the Astria CLI's config"
+
+
+@pytest.fixture
+def other() -> Iterator[StandIn]:
+    """A second API on 127.0.0.1, another host's, with its own key."""
+    server = StandIn(api_key="other-key-0123456789").start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def keys_seen(server: StandIn) -> list[str]:
+    return [r.headers.get("Authorization", "") for r in server.seen("api")]
+
+
+@pytest.mark.parametrize("case", ["our key, the CLI's URL", "the CLI's key, our URL",
+                                  "the CLI's token, its file's URL", "the file's key, "
+                                  "ASTRIA_BASE_URL", "the file's key, --api-url"])
+def test_a_key_never_goes_to_an_api_another_source_named(
+    standin: StandIn, other: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], case: str,
+) -> None:
+    """The key and the API URL were chosen apart: ASTRIA_API_KEY went to the base_url of
+    a config written for another host, and a config's key to a cron's ASTRIA_API_URL.
+    Each such pair is one line, exit 2, naming both sources, never the key; nothing is
+    sent to either API."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    args: list[str] = []
+    if case == "our key, the CLI's URL":
+        monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+        write_config(folder, "config.json", {"base_url": other.api_url})
+    elif case == "the CLI's key, our URL":
+        write_config(folder, "config.json",
+                     {"api_key": other.api_key, "base_url": other.api_url})
+        monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
+    elif case == "the CLI's token, its file's URL":
+        monkeypatch.setenv("ASTRIA_AUTH_TOKEN", standin.api_key)
+        write_config(folder, "config.json", {"base_url": other.api_url})
+    else:
+        write_config(folder, "config.json", {"api_key": other.api_key})
+        if case.endswith("ASTRIA_BASE_URL"):
+            monkeypatch.setenv("ASTRIA_BASE_URL", standin.api_url)
+        else:
+            args = ["--api-url", standin.api_url]
+    assert fetch(tmp_path / "a", *args) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "goes only to the API named beside it" in line
+    assert standin.api_key not in line
+    assert other.api_key not in line
+    assert keys_seen(standin) == []
+    assert keys_seen(other) == []
+
+
+def test_a_key_goes_to_the_api_named_beside_it(
+    standin: StandIn, other: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ours with ours, the config's with its own base_url, whatever else is set: each key
+    reaches its own API alone."""
+    make_tune(standin, 1, images=1)
+    make_tune(other, 1, images=1)
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json", {"api_key": other.api_key, "base_url": other.api_url})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    assert fetch(tmp_path / "a", "--api-url", standin.api_url) == 0
+    monkeypatch.delenv("ASTRIA_API_KEY")
+    assert fetch(tmp_path / "b") == 0
+    assert set(keys_seen(standin)) == {f"Bearer {standin.api_key}"}
+    assert set(keys_seen(other)) == {f"Bearer {other.api_key}"}

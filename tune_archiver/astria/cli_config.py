@@ -4,7 +4,7 @@ with ASTRIA_PROFILE or --profile; the folder from ASTRIA_CONFIG_DIR), whose keys
 api_key, base_url and workspace_id.
 
 Ours come first: --api-key-file, ASTRIA_API_KEY, --api-url, ASTRIA_API_URL and
---workspace win over these.
+--workspace win over these. The key goes only to the API named beside it (api_for_key).
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from tune_archiver.config import secret_file_warnings
+from tune_archiver.config import (
+    DEFAULT_API_URL,
+    ENV_API_KEY,
+    ENV_API_URL,
+    api_url,
+    secret_file_warnings,
+)
 from tune_archiver.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ class AstriaCli:
     api_key: str | None = None
     key_source: str = ""  # where the key came from, for -v: never the key
     base_url: str | None = None
+    url_source: str = ""  # where base_url came from: ASTRIA_BASE_URL or the file
     workspace: str | None = None
     workspace_source: str = ""  # where the workspace came from, for --all's warning
 
@@ -59,17 +67,58 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str]) -> AstriaCli:
     found = _read(path, required=profile is not None)
     token = env.get(ENV_TOKEN, "").strip()
     key = token or found.get("api_key")
-    source = ENV_TOKEN if token else f"the Astria CLI's config {path}" if key else ""
+    in_file = f"the Astria CLI's config {path}"
+    source = ENV_TOKEN if token else in_file if key else ""
+    base_url = env.get(ENV_BASE_URL, "").strip()
     set_here = env.get(ENV_WORKSPACE, "").strip()
     workspace = set_here or found.get("workspace_id") or None
     return AstriaCli(
         api_key=key or None,
         key_source=source,
-        base_url=env.get(ENV_BASE_URL, "").strip() or found.get("base_url") or None,
+        base_url=base_url or found.get("base_url") or None,
+        url_source=ENV_BASE_URL if base_url else in_file if found.get("base_url") else "",
         workspace=workspace,
-        workspace_source=ENV_WORKSPACE if set_here else
-        f"the Astria CLI's config {path}" if workspace else "",
+        workspace_source=ENV_WORKSPACE if set_here else in_file if workspace else "",
     )
+
+
+def api_for_key(key_source: str, option: str | None, env: Mapping[str, str],
+                astria: AstriaCli) -> str:
+    """The API URL for a key from `key_source`: --api-url, else ASTRIA_API_URL, else the
+    Astria CLI's, else the default, as long as it is the key's own API: the one named
+    beside it (ours with ours: --api-url or ASTRIA_API_URL with --api-key-file or
+    ASTRIA_API_KEY; ASTRIA_BASE_URL with ASTRIA_AUTH_TOKEN; a config's base_url with
+    its api_key), else the default. Chosen apart, a key meant for one host went to the
+    host another source named (ASTRIA_API_KEY to a config's base_url, a config's key
+    to a cron's ASTRIA_API_URL).
+
+    Raises ConfigError, naming both sources and never the key, when they differ in
+    origin."""
+    ours = option or env.get(ENV_API_URL)
+    named = [(ours, "--api-url" if option else ENV_API_URL)] if ours else []
+    if astria.base_url:
+        named.append((astria.base_url, astria.url_source))
+    default = (DEFAULT_API_URL, "the default")
+    chosen, chosen_source = named[0] if named else default
+    if key_source in ("--api-key-file", ENV_API_KEY):
+        own, own_source = named[0] if ours else default
+    else:
+        paired = {ENV_BASE_URL: ENV_TOKEN}.get(astria.url_source, astria.url_source)
+        mine = astria.base_url and paired == key_source
+        own, own_source = named[-1] if mine else default
+    url = api_url(chosen, {})
+    if _origin(url) != _origin(api_url(own, {})):
+        raise ConfigError(
+            f"the API key from {key_source} goes only to the API named beside it ({own}, "
+            f"{own_source}), not to {chosen} from {chosen_source}: name the key and the API "
+            f"together (--api-key-file or {ENV_API_KEY} with --api-url or {ENV_API_URL})")
+    return url
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(),
+            parts.port or (443 if parts.scheme.lower() == "https" else 80))
 
 
 # The CLI writes a few short fields; a larger file is the wrong one (/dev/zero through a

@@ -18,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
-from tune_archiver.astria.cli_config import read_astria_cli
+from tune_archiver.astria.cli_config import api_for_key, read_astria_cli
 from tune_archiver.astria.client import PERSONAL
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
@@ -26,12 +26,11 @@ from tune_archiver.commands.workspaces import checked_workspace
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
-    ENV_API_URL,
+    ENV_API_KEY,
     ENV_PING_URL,
     RetryPolicy,
     Settings,
     StallRule,
-    api_url,
     archive_dir,
     load_api_key,
 )
@@ -78,7 +77,9 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     }
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
     window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
-    api = api_url(args.api_url or (None if env.get(ENV_API_URL) else astria.base_url), env)
+    key_source = ("--api-key-file" if args.api_key_file is not None else ENV_API_KEY
+                  if env.get(ENV_API_KEY, "").strip() else astria.key_source)
+    api = api_for_key(key_source, args.api_url, env, astria)
     host = urlsplit(api).hostname or ""
     if api.startswith("http://") and not is_private_host(host):  # a mistyped https, often
         log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s; "
