@@ -99,6 +99,32 @@ def test_a_missing_profile_or_a_damaged_file_is_a_usage_error(
     assert "sk-SECRET" not in err
 
 
+def test_a_damaged_config_stops_only_a_run_that_needs_a_value_from_it(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run given the key, the API and the workspace by ours takes nothing from
+    ~/.astria/config.json: damaged (the CLI stopped while writing it), it stopped that
+    run all the same, exit 2, every cron line with it. Now it stops only a run that may
+    take a value from it (here the workspace)."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"api_key": "sk-SECRET"')
+    (folder / "config.json").chmod(0o600)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    ours = ["--api-url", standin.api_url]
+    assert fetch(tmp_path / "a", *ours, "--workspace", "personal") == 0
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "7")
+    assert fetch(tmp_path / "b", *ours) == 0
+    assert standin.seen("api")[-1].headers["X-Workspace-Id"] == "7"
+    monkeypatch.delenv("ASTRIA_WORKSPACE_ID")
+    capsys.readouterr()
+    assert fetch(tmp_path / "c", *ours) == 2
+    assert "cannot read the Astria CLI's config" in capsys.readouterr().err
+
+
 def test_a_config_nested_too_deep_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,27 +53,33 @@ def config_path(profile: str | None, env: Mapping[str, str]) -> Path:
     return folder / (f"config.{profile}.json" if profile else "config.json")
 
 
-def read_astria_cli(profile: str | None, env: Mapping[str, str]) -> AstriaCli:
-    """The Astria CLI's settings from the environment, then its config file.
+def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = False,
+                    url: bool = False, workspace: bool = False) -> AstriaCli:
+    """The Astria CLI's settings from the environment, then its config file; `key`,
+    `url`, `workspace`: ours give that value (the file is then not read for it).
 
     Raises ConfigError for a profile whose file is missing, a file that is not a JSON
     object of strings, or one that cannot be read. A file others may read is used,
-    with one warning, as a key file is.
+    with one warning, as a key file is. ~/.astria/config.json (no profile named) is
+    read only when a value may come from it: damaged, it stopped runs given all three.
     """
     profile = profile or env.get(ENV_PROFILE) or None
     if profile is not None and (not profile.replace("-", "").replace("_", "").isalnum()):
         raise ConfigError("a profile name is letters, digits, - and _")
     path = config_path(profile, env)
-    found = _read(path, required=profile is not None)
+    ours = {ENV_TOKEN: key, ENV_BASE_URL: url, ENV_WORKSPACE: workspace}
+    wanted = not all(given or env.get(name, "").strip() for name, given in ours.items())
+    found = _read(path, required=True) if profile is not None else (
+        _read(path, required=False) if wanted else {})
     token = env.get(ENV_TOKEN, "").strip()
-    key = token or found.get("api_key")
+    api_key = token or found.get("api_key")
     in_file = f"the Astria CLI's config {path}"
-    source = ENV_TOKEN if token else in_file if key else ""
+    source = ENV_TOKEN if token else in_file if api_key else ""
     base_url = env.get(ENV_BASE_URL, "").strip()
     set_here = env.get(ENV_WORKSPACE, "").strip()
     workspace = set_here or found.get("workspace_id") or None
     return AstriaCli(
-        api_key=key or None,
+        api_key=api_key or None,
         key_source=source,
         base_url=base_url or found.get("base_url") or None,
         url_source=ENV_BASE_URL if base_url else in_file if found.get("base_url") else "",

@@ -27,6 +27,7 @@ from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
     ENV_API_KEY,
+    ENV_API_URL,
     ENV_PING_URL,
     RetryPolicy,
     Settings,
@@ -63,7 +64,11 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     """The settings of a command that talks to the API (fetch, verify --repair); options
     a command does not have keep their defaults."""
     env = os.environ
-    astria = read_astria_cli(args.profile, env)
+    ours = ("--api-key-file" if args.api_key_file is not None else
+            ENV_API_KEY if env.get(ENV_API_KEY, "").strip() else None)
+    astria = read_astria_cli(args.profile, env, key=ours is not None,
+                             url=bool(args.api_url or env.get(ENV_API_URL)),
+                             workspace=bool(args.workspace))
     fallback = (astria.api_key, astria.key_source) if astria.api_key else None
     key = load_api_key(args.api_key_file, env, fallback)
     secrets.append(key)
@@ -77,9 +82,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
     }
     min_rate = getattr(args, "min_rate", DEFAULT_MIN_RATE)
     window = getattr(args, "stall_window", DEFAULT_STALL_WINDOW)
-    key_source = ("--api-key-file" if args.api_key_file is not None else ENV_API_KEY
-                  if env.get(ENV_API_KEY, "").strip() else astria.key_source)
-    api = api_for_key(key_source, args.api_url, env, astria)
+    api = api_for_key(ours or astria.key_source, args.api_url, env, astria)
     host = urlsplit(api).hostname or ""
     if api.startswith("http://") and not is_private_host(host):  # a mistyped https, often
         log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s; "
