@@ -172,3 +172,38 @@ def test_an_api_error_shortened_in_the_middle_of_an_echoed_key_shows_none_of_it(
     assert "HTTP 422: xxx" in tune["error"]
     for text in (printed.out, printed.err):
         assert KEY[:4] not in text
+
+
+def test_list_clips_an_older_title_only_once_the_key_is_scrubbed(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list cuts a title to 30 columns: cut before the scrub (which knows only the whole
+    key), a title of an older manifest holding the key showed its first characters."""
+    standin.add_tune(1, [], [standin.add_file("a", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    document["tune"]["title"] = f"Jane in Rome, with {standin.api_key}"
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "list", "--archive", str(archive))
+    assert ran.code == 0
+    [row] = [line for line in ran.out.splitlines() if line.startswith("1 ")]
+    assert "Jane in Rome, with REDACTED" in row
+    assert standin.api_key[:5] not in ran.out
+
+
+def test_an_unreadable_expiry_echoing_the_key_shows_none_of_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --all --expiring-within warns of an expires_at it cannot read, quoting it: cut
+    short (reprlib) in the middle of an echoed key, the key's ends were shown, which the
+    scrub (knowing only the whole key) left. It is quoted whole, or not at all."""
+    tune = standin.add_tune(1, [], [standin.add_file("a", os.urandom(3000))])
+    tune["expires_at"] = f"soon, for {standin.api_key}"
+    tune2 = standin.add_tune(2, [], [standin.add_file("b", os.urandom(3000))])
+    tune2["expires_at"] = f"not a date: {'x' * 200} {standin.api_key}"
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "3d") == 0
+    err = capsys.readouterr().err
+    assert "tune 1: cannot read its expires_at 'soon, for REDACTED'" in err
+    assert "tune 2: cannot read its expires_at (a text of 232 characters)" in err
+    assert standin.api_key[:5] not in err
+    assert standin.api_key[-5:] not in err

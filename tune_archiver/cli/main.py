@@ -315,7 +315,7 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
     rows = in_archive(args, lambda store: archived_tunes(store, args.clock()))
     errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
-    emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows))
+    emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows, secrets))
     return EXIT_FAILED if errors else EXIT_OK
 
 

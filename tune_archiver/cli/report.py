@@ -15,6 +15,7 @@ from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
 from tune_archiver.gallery import notes
 from tune_archiver.models import TuneResult
+from tune_archiver.scrub import scrub_json
 from tune_archiver.selection import TuneFilter, parse_moment
 from tune_archiver.text import clipped, columns, counted, human_bytes, time_left, visible
 from tune_archiver.urls import redact
@@ -283,13 +284,14 @@ COLUMNS = ("id", "title", "branch", "model type", "checkpoint", "files", "size",
 TITLE_WIDTH = 30
 
 
-def list_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+def list_table(rows: Sequence[dict[str, Any]], secrets: Sequence[str] = ()) -> list[str]:
     """The table `list` prints: one line per tune under a header.
 
     Text from the manifests is escaped before the columns are measured, so an escape
-    neither acts on the terminal nor breaks the alignment.
+    neither acts on the terminal nor breaks the alignment; `secrets` are scrubbed before
+    a title is cut (cut inside an older manifest's key, its start was shown).
     """
-    cells = [COLUMNS] + [_list_cells(row) for row in rows]
+    cells = [COLUMNS] + [_list_cells(row) for row in scrub_json(rows, secrets)]
     if any(row.get("workspace") for row in rows):  # a column only for workspace archives
         cells = [(*cells[0], "workspace")] + [
             (*line, visible(row.get("workspace") or "-")) for line, row in zip(

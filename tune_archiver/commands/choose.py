@@ -4,7 +4,6 @@ writes nothing (fetch and its dry run share it)."""
 from __future__ import annotations
 
 import logging
-import reprlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -98,10 +97,25 @@ def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
     if window is None:
         return True
     expiry = expiring(item, now, window)
-    if expiry.unreadable:  # repr, shortened: the server's text may hold escapes
+    if expiry.unreadable:
         log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
-                    "it expires soon", item["id"], reprlib.repr(item["expires_at"]))
+                    "it expires soon", item["id"], _quoted(item["expires_at"]))
     return expiry.keep
+
+
+# The longest server value quoted whole in a line; a longer one is only measured.
+MAX_QUOTED = 80
+
+
+def _quoted(value: object) -> str:
+    """A server's value for a line: its repr (the text may hold escapes), whole or not at
+    all: cut short (reprlib) in the middle of an echoed API key, its two ends were shown,
+    which the scrub, knowing only the whole key, left."""
+    shown = repr(value)
+    if len(shown) <= MAX_QUOTED:
+        return shown
+    return f"(a text of {len(value)} characters)" if isinstance(value, str) else (
+        f"(a {type(value).__name__})")
 
 
 def _skipped(item: dict[str, Any]) -> TuneResult:
