@@ -77,14 +77,14 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = 
     source = ENV_TOKEN if token else in_file if api_key else ""
     base_url = env.get(ENV_BASE_URL, "").strip()
     set_here = env.get(ENV_WORKSPACE, "").strip()
-    workspace = set_here or found.get("workspace_id") or None
+    space = set_here or found.get("workspace_id") or None
     return AstriaCli(
         api_key=api_key or None,
         key_source=source,
         base_url=base_url or found.get("base_url") or None,
         url_source=ENV_BASE_URL if base_url else in_file if found.get("base_url") else "",
-        workspace=workspace,
-        workspace_source=ENV_WORKSPACE if set_here else in_file if workspace else "",
+        workspace=space,
+        workspace_source=ENV_WORKSPACE if set_here else in_file if space else "",
     )
 
 
