@@ -167,3 +167,53 @@ def test_a_low_soft_limit_on_open_files_fails_no_download(
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(stored_blobs(archive)) == 3 * 71
+
+
+def fetch_under_hard_limit(
+    standin: StandIn, archive: Path, limit: int, tunes: int
+) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    return subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "fetch", *map(str, range(1, tunes + 1)),
+         "--archive", str(archive), "--api-url", standin.api_url],
+        env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )
+
+
+def test_a_hard_limit_of_64_open_files_fails_no_download(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """At a hard limit of 64 open files, a fetch of 60 tunes at the default --concurrency
+    failed some files with 'Too many open files', exit 1 (16 slots of 4 partials, the
+    tunes in flight, the connections): --concurrency is lowered to fit, said once."""
+    if (os.cpu_count() or 1) > 24:  # 1 descriptor a worker thread: 64 holds no slot there
+        pytest.skip(f"{os.cpu_count()} cores: 64 open files are below the minimum here")
+    for tune in range(1, 61):
+        standin.add_tune(tune, [standin.add_file(f"ckpt-{tune}", os.urandom(20_000))],
+                         [standin.add_file(f"img-{tune}-{n}", os.urandom(500 + n))
+                          for n in range(5)])
+    archive = tmp_path / "archive"
+    run = fetch_under_hard_limit(standin, archive, 64, 60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(stored_blobs(archive)) == 60 * 6
+    lowered = [line for line in run.stderr.splitlines() if "limit on open files" in line]
+    assert len(lowered) == 1
+    assert lowered[0].startswith("tune-archiver: warning: the limit on open files is 64 "
+                                 "(ulimit -n): --concurrency 16 --split 8 are lowered to ")
+
+
+def test_a_hard_limit_too_low_for_one_download_is_a_usage_error(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Below what one download needs, the run stops before it starts: one line, exit 2,
+    not a 'Too many open files' for each tune's lock or file."""
+    standin.add_tune(1, [standin.add_file("ckpt", os.urandom(20_000))], [])
+    run = fetch_under_hard_limit(standin, tmp_path / "archive", 24, 1)
+    assert run.returncode == 2
+    assert run.stderr.startswith("tune-archiver: error: the limit on open files is 24, "
+                                 "and a run needs at least ")
+    assert len(run.stderr.splitlines()) == 1
+    assert not (tmp_path / "archive").exists()

@@ -96,7 +96,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
                     "personal scope and of other workspaces are not fetched; --workspace "
                     "all spans every workspace (--workspace %s says this one)",
                     astria.workspace, astria.workspace_source, astria.workspace)
-    return Settings(
+    return fit_open_files(Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api,
@@ -110,7 +110,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         # An API on a private network serves files from one: its redirects may go there.
         private_redirects=getattr(args, "allow_private_redirects", False)
         or is_private_host(host),
-    )
+    ))
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -183,6 +183,43 @@ def raise_open_files_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+# Descriptors a run holds whatever its --concurrency: the standard streams, the event
+# loop's, the log file, the archive's locks and staging folder, the API's 4 connections
+# and the tunes in flight past the downloads' slots (a manifest lock each), a bucket's
+# pool of 10; and 1 a worker thread (a folder opened to be fsynced, say).
+OPEN_FILES_FIXED = 28
+OPEN_FILES_PER_THREAD = 1
+
+
+def fit_open_files(settings: Settings) -> Settings:
+    """`settings` with --concurrency (then --split) lowered to what the limit on open
+    files holds, said once: at a hard limit of 64, the default 16 failed files with
+    "Too many open files". Each slot holds its partials, a split file's connections,
+    one kept-alive connection and its tunes' manifest locks. Raises ConfigError when
+    even one slot of one connection does not fit."""
+    from tune_archiver.commands.fetch import TUNES_PER_SLOT
+    from tune_archiver.download.engine import OPEN_PER_SLOT
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return settings
+    threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
+    room = limit - OPEN_FILES_FIXED - OPEN_FILES_PER_THREAD * threads
+    per_slot = OPEN_PER_SLOT + TUNES_PER_SLOT + 1
+    concurrency = min(settings.concurrency, room // (per_slot + settings.split))
+    split = min(settings.split, room - per_slot) if concurrency < 1 else settings.split
+    if split < 1:
+        raise ConfigError(f"the limit on open files is {limit}, and a run needs at least "
+                          f"{limit - room + per_slot + 1} here: raise it (ulimit -n)")
+    concurrency = max(1, concurrency)
+    if (concurrency, split) == (settings.concurrency, settings.split):
+        return settings
+    log.warning("warning: the limit on open files is %d (ulimit -n): --concurrency %d "
+                "--split %d are lowered to %d and %d to fit it", limit,
+                settings.concurrency, settings.split, concurrency, split)
+    return replace(settings, concurrency=concurrency, split=split)
 
 
 def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
