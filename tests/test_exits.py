@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -167,6 +168,25 @@ def test_an_archive_that_cannot_be_created_exits_2(
     make_tune(standin, 1)
     assert run_fetch(standin, Path("/sys/tune-archive-test"), "1") == Exit.USAGE
     assert "cannot create the archive in /sys/tune-archive-test" in capsys.readouterr().err
+    assert standin.seen("cdn") == []
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_an_archive_on_a_filesystem_without_modes_exits_2(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, refusal: int,
+) -> None:
+    """--archive on a filesystem that refuses the folders' 0700 (kernel FAT says EPERM,
+    fusefat ENOSYS, some FUSE ones ENOTSUP) cannot be made private: a configuration error,
+    exit 2, before any download. ENOSYS and ENOTSUP were 'cannot create', exit 1, as if
+    a disk had failed mid-run, where EPERM was exit 2."""
+    def no_modes(*args: object) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    make_tune(standin, 1)
+    monkeypatch.setattr(os, "fchmod", no_modes)
+    assert run_fetch(standin, tmp_path / "stick" / "archive", "1") == Exit.USAGE
+    assert "cannot create the archive in " in capsys.readouterr().err
     assert standin.seen("cdn") == []
 
 
