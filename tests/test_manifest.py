@@ -236,6 +236,11 @@ MALFORMED = [
     pytest.param(b"null", "it holds null, not a JSON object", id="null"),
     pytest.param(changed(schema_version=2), "it was written by a newer tune-archiver "
                  "(schema_version 2; this version reads 1)", id="version 2"),
+    pytest.param(changed(schema_version=9), "it was written by a newer tune-archiver "
+                 "(schema_version 9; this version reads 1), or it is damaged: 9 is what a 1 "
+                 "reads with one bit flipped on disk; if no newer tune-archiver writes to "
+                 "this archive, move it into manifests/damaged/ and fetch the tune again",
+                 id="version 9, one bit from 1"),
     pytest.param(changed(schema_version=0), "schema_version is 0, not 1", id="version 0"),
     pytest.param(changed(schema_version="1"), 'schema_version is "1", not 1', id="version '1'"),
     pytest.param(changed(schema_version=True), "schema_version is true, not 1", id="version true"),

@@ -56,6 +56,37 @@ def test_a_manifest_of_a_newer_schema_version_is_left_as_it_is(
     assert blob_file(archive, served.checkpoints[0]).exists()
 
 
+@pytest.mark.parametrize("flipped", [3, 5, 9])
+def test_a_schema_version_one_flipped_bit_from_1_is_said_to_be_maybe_damaged(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], flipped: int
+) -> None:
+    """A 1 with one bit flipped on disk reads 3, 5 or 9: fetch, verify and gc said only
+    that a newer version wrote it and to upgrade, which never cures it, so the tune was
+    never fetched again and gc stopped for good. They still leave it as it is (a newer
+    version may have written it), and say it may be damaged and what to do then; after
+    that, the next fetch archives the tune anew."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    raw = (archive / "manifests" / "1.json").read_bytes()
+    assert raw.count(b'"schema_version": 1,') == 1
+    damaged = raw.replace(b'"schema_version": 1,', b'"schema_version": %d,' % flipped)
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    maybe = (f"(schema_version {flipped}; this version reads 1), or it is damaged: {flipped} "
+             "is what a 1 reads with one bit flipped on disk; if no newer tune-archiver "
+             "writes to this archive, move it into manifests/damaged/ and fetch the tune again")
+    assert run_fetch(standin, archive, "1") == 1
+    assert maybe in capsys.readouterr().err
+    assert (archive / "manifests" / "1.json").read_bytes() == damaged
+    for command in ("verify", "gc"):
+        ran = cli(capsys, command, "--archive", str(archive))
+        assert ran.code == 1
+        assert maybe in ran.err
+    (archive / "manifests" / "damaged").mkdir()
+    os.rename(archive / "manifests" / "1.json", archive / "manifests" / "damaged" / "1.json")
+    assert run_fetch(standin, archive, "1") == 0
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+
+
 def test_fields_this_version_does_not_know_are_kept_by_a_fetch(
     standin: StandIn, archive: Path
 ) -> None:

@@ -151,10 +151,21 @@ class NewerManifest(UnreadableManifest):
     """A manifest of a schema_version above ours: a newer tune-archiver wrote it (another
     machine sharing the archive, a version since downgraded). Not damaged: it is never
     set aside nor rewritten in our older format, which would drop what it records.
-    `versions` is "<its schema_version>; this version reads <ours>"."""
+    Nor can it be told from ours damaged by a bit flipped on disk, where it would be
+    one bit from ours (1 reads 3, 5 or 9; 2 is two bits away): said so, since no
+    upgrade would ever cure that one."""
 
-    def __init__(self, tune_id: int, versions: str, data: bytes = b"") -> None:
-        super().__init__(tune_id, f"{NEWER} (schema_version {versions})", data)
+    def __init__(self, tune_id: int, version: int, ours: int, data: bytes = b"") -> None:
+        flipped = len(str(version)) == len(str(ours)) and sum(
+            bin(ord(a) ^ ord(b)).count("1") for a, b in zip(str(version), str(ours),
+                                                           strict=True)) == 1
+        damaged = "" if not flipped else (
+            f", or it is damaged: {version} is what a {ours} reads with one bit flipped on "
+            "disk; if no newer tune-archiver writes to this archive, move it into "
+            "manifests/damaged/ and fetch the tune again")
+        super().__init__(
+            tune_id, f"{NEWER} (schema_version {version}; this version reads {ours}){damaged}",
+            data)
 
 
 def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:

@@ -243,7 +243,7 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     if not isinstance(document, dict):
         raise bad(f"it holds {_shown(document)}, not a JSON object")
     if _is_int(version := document.get("schema_version", 0)) and version > SCHEMA_VERSION:
-        raise NewerManifest(tune_id, f"{version}; this version reads {SCHEMA_VERSION}", data)
+        raise NewerManifest(tune_id, version, SCHEMA_VERSION, data)
     _field(document, "schema_version", _is_version, str(SCHEMA_VERSION), bad)
     found = _field(document, "tune_id", _is_int, "an integer", bad)
     if found != tune_id:
