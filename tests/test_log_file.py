@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,18 +168,29 @@ def test_warnings_reach_the_log_file_and_dash(
     assert any("--all selected no tunes" in m for m in said), said
 
 
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A folder every user may go through to its files (pytest's own is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="tune-archiver-log-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
 @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o604, True), (0o640, False),
                                               (0o600, False), (None, False)])
 def test_a_log_file_every_user_can_read_is_said_once(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int | None,
-    warned: bool,
+    warned: bool, reachable: Path,
 ) -> None:
     """An existing log file of ours that every local user can read (0644, as `touch` or
     logrotate's `create 0644` leave it) holds tune titles and URLs: one warning line
     says so, and how to make it private. It was written to without a word. Its mode is
     the owner's to choose (kept); a new one is made 0600, and says nothing."""
     make_tune(standin, 1, images=1)
-    log = tmp_path / "run.log"
+    log = reachable / "run.log"
     if mode is not None:
         log.touch()
         log.chmod(mode)
@@ -187,3 +201,24 @@ def test_a_log_file_every_user_can_read_is_said_once(
                     if warned else [])
     assert log.stat().st_mode & 0o777 == (0o600 if mode is None else mode)
     assert events(log)[-1]["event"] == "run_end"
+
+
+def test_a_log_file_in_a_folder_others_cannot_enter_is_not_warned_about(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], reachable: Path,
+) -> None:
+    """A 0644 log file in a 0700 home (a folder on the way shuts others out) is private:
+    no other user can reach it. Every run of a cron warned that every user could read
+    it, to be chmod 600'd, which the operator learns to ignore."""
+    make_tune(standin, 1, images=1)
+    home = reachable / "home"
+    home.mkdir(mode=0o700)
+    (home / "logs").mkdir(mode=0o755)
+    log = home / "logs" / "run.log"
+    log.touch()
+    log.chmod(0o644)
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
+    assert "readable by every user" not in capsys.readouterr().err
+    assert events(log)[-1]["event"] == "run_end"
+    home.chmod(0o711)  # others may go through, and read what they can name
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
+    assert "readable by every user" in capsys.readouterr().err

@@ -139,9 +139,25 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
 
 def readable_by_all(handler: JsonLines) -> bool:
     """Whether the log file is readable by every user of the machine: one that existed
-    before the run, 0644 (`touch`, logrotate's `create 0644`); a new one is made 0600."""
+    before the run, 0644 (`touch`, logrotate's `create 0644`); a new one is made 0600.
+    Not when a folder on the way shuts others out (a 0700 home): none can reach it."""
     return handler.stream is not sys.stderr and bool(
-        os.fstat(handler.stream.fileno()).st_mode & stat.S_IROTH)
+        os.fstat(handler.stream.fileno()).st_mode & stat.S_IROTH) and _others_reach(
+        handler._name)
+
+
+def _others_reach(path: str | None) -> bool:
+    """Whether every folder above `path` lets others through (o+x); True when one
+    cannot be looked at: a warning too many, never one missed."""
+    folder = os.path.dirname(os.path.realpath(path or "."))
+    while True:
+        try:
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return True
+        if folder == (folder := os.path.dirname(folder)):
+            return True
 
 
 def _own(path: str, flags: int) -> int:
