@@ -217,3 +217,26 @@ def test_a_hard_limit_too_low_for_one_download_is_a_usage_error(
                                  "and a run needs at least ")
     assert len(run.stderr.splitlines()) == 1
     assert not (tmp_path / "archive").exists()
+
+
+def test_a_concurrency_past_4096_open_files_is_kept_where_the_hard_limit_allows(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """--concurrency 300 needs more than the 4,096 open files the soft limit is raised
+    to as the program starts: where the hard limit allows them, the soft one is raised
+    as far as it needs, not the concurrency lowered."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 8192:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    standin.add_tune(1, [standin.add_file("ckpt", os.urandom(20_000))], [])
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+         str(tmp_path / "archive"), "--api-url", standin.api_url, "--concurrency", "300"],
+        env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "limit on open files" not in run.stderr

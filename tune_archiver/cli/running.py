@@ -194,20 +194,27 @@ OPEN_FILES_PER_THREAD = 1
 
 
 def fit_open_files(settings: Settings) -> Settings:
-    """`settings` with --concurrency (then --split) lowered to what the limit on open
-    files holds, said once: at a hard limit of 64, the default 16 failed files with
+    """`settings` with --concurrency (then --split) lowered to what the hard limit on
+    open files holds, said once: at a hard limit of 64, the default 16 failed files with
     "Too many open files". Each slot holds its partials, a split file's connections,
     one kept-alive connection and its tunes' manifest locks. Raises ConfigError when
     even one slot of one connection does not fit."""
     from tune_archiver.commands.fetch import TUNES_PER_SLOT
     from tune_archiver.download.engine import OPEN_PER_SLOT
 
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if limit == resource.RLIM_INFINITY:
         return settings
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
-    room = limit - OPEN_FILES_FIXED - OPEN_FILES_PER_THREAD * threads
+    fixed = OPEN_FILES_FIXED + OPEN_FILES_PER_THREAD * threads
     per_slot = OPEN_PER_SLOT + TUNES_PER_SLOT + 1
+    # Past OPEN_FILES (--concurrency 1000), the soft limit is raised as far as is needed.
+    needed = fixed + settings.concurrency * (per_slot + settings.split)
+    if limit < needed and (hard == resource.RLIM_INFINITY or needed <= hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            limit = needed
+    room = limit - fixed
     concurrency = min(settings.concurrency, room // (per_slot + settings.split))
     split = min(settings.split, room - per_slot) if concurrency < 1 else settings.split
     if split < 1:
