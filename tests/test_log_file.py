@@ -222,3 +222,33 @@ def test_a_log_file_in_a_folder_others_cannot_enter_is_not_warned_about(
     home.chmod(0o711)  # others may go through, and read what they can name
     assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
     assert "readable by every user" in capsys.readouterr().err
+
+
+def test_a_log_recreated_readable_by_all_under_a_run_is_said_then(
+    reachable: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logrotate's `create 0644` makes a new log every user can read while a long run
+    goes on: its next lines went into it without a word, said only by the next run. The
+    warning is said once, on the human lines and in the new log, as the run's first."""
+    from tune_archiver.cli.eventlog import event, open_log
+
+    log = reachable / "run.jsonl"
+    handler = open_log(str(log), [])
+    logger = logging.getLogger("test.rotation.readable")
+    logger.addHandler(handler)
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.info("one", extra=event("first"))
+        log.rename(reachable / "run.jsonl.1")
+        log.touch(mode=0o644)
+        log.chmod(0o644)
+        logger.info("two", extra=event("second"))
+        logger.info("three", extra=event("third"))
+    finally:
+        logger.handlers.clear()
+        handler.close()
+    said = [line for line in capsys.readouterr().err.splitlines() if "every user" in line]
+    assert said == [f"warning: the log file {log} is readable by every user of this "
+                    "machine (it names your tunes and files): chmod 600 it"]
+    assert [e["event"] for e in events(log)] == ["warning", "second", "third"]

@@ -27,7 +27,9 @@ from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-QUIET = {"machine_only": True}  # extra for an event the human lines never show
+QUIET = {"machine_only": True}
+READABLE = ("warning: the log file %s is readable by every user of this machine (it names "
+            "your tunes and files): chmod 600 it")  # extra for an event the human lines never show
 
 
 def event(name: str, **fields: Any) -> dict[str, Any]:
@@ -73,17 +75,18 @@ class JsonLines(logging.Handler):
                 **{k: cleaned_json(v, self._secrets) for k, v in fields.items()},
             }
             if self._owned:
-                self._follow_rotation()
+                self._follow_rotation(record.name)
             self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
             self.stream.flush()
         except Exception:  # a log that cannot be written must not stop a backup
             self.handleError(record)
 
-    def _follow_rotation(self) -> None:
+    def _follow_rotation(self, record_name: str) -> None:
         """Open the path again when it no longer names our file: logrotate moved it away
         (and may have created a new one), so a long run's lines would go on into the
         moved file, which a later rotation compresses and deletes, losing them. As
-        logging's WatchedFileHandler, but through open_own: never a planted link."""
+        logging's WatchedFileHandler, but through open_own: never a planted link. A new
+        file every user can read is warned about, through the logger of `record_name`."""
         try:
             moved = os.stat(self._name, follow_symlinks=False)
             ours = os.fstat(self.stream.fileno())
@@ -95,6 +98,8 @@ class JsonLines(logging.Handler):
         with contextlib.suppress(OSError):
             self.stream.close()
         self.stream = stream
+        if readable_by_all(self):  # logrotate's `create 0644`: said now, not next run
+            logging.getLogger(record_name).warning(READABLE, self._name)
 
     def handleError(self, record: logging.LogRecord) -> None:
         """A log that cannot be written (a full disk) is said once, on one line, and no

@@ -256,8 +256,7 @@ def configure_logging(args: argparse.Namespace, secrets: list[str]) -> None:
     if opened is not None and eventlog.readable_by_all(opened):
         # It names tunes, files and the archive. Its owner chose its mode (a group's
         # read may be meant): left as it is, and said on every run until made private.
-        log.warning("warning: the log file %s is readable by every user of this machine "
-                    "(it names your tunes and files): chmod 600 it", args.log_file)
+        log.warning(eventlog.READABLE, args.log_file)
 
 
 def ping_url_of(args: argparse.Namespace) -> str | None:
