@@ -234,12 +234,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     if args.json:
-        print_json({"ok": broke is None and all(r.ok for r in results),
-                    **({"error": str(broke)} if broke else {}),
-                    # The scope the listing covered: an id, all, or personal (none sent).
-                    **({"workspace": settings.workspace or PERSONAL}
-                       if isinstance(tunes, AllTunes) else {}),
-                    "tunes": [report.tune_json(r) for r in results]}, secrets)
+        scope = settings.workspace or PERSONAL if isinstance(tunes, AllTunes) else None
+        print_json(report.fetch_json(results, broke, scope), secrets)
         args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:

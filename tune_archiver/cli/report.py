@@ -37,6 +37,16 @@ def tune_name(tune_id: int, title: str | None) -> str:
 # -- fetch -------------------------------------------------------------------------
 
 
+def fetch_json(results: Sequence[TuneResult], broke: Exception | None,
+               scope: str | None) -> dict[str, Any]:
+    """fetch's --json document; `scope` is the workspace --all's listing covered (an id,
+    all, or personal: none sent), None for tunes named."""
+    return {"ok": broke is None and all(r.ok for r in results),
+            **({"error": str(broke)} if broke else {}),
+            **({"workspace": scope} if scope else {}),
+            "tunes": [tune_json(r) for r in results]}
+
+
 def tune_json(result: TuneResult) -> dict[str, Any]:
     """The --json shape of one tune's fetch result."""
     return {
