@@ -27,9 +27,9 @@ from tune_archiver.scrub import cleaned, cleaned_json
 
 # LogRecord's own attributes: everything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-QUIET = {"machine_only": True}
+QUIET = {"machine_only": True}  # extra for an event the human lines never show
 READABLE = ("warning: the log file %s is readable by every user of this machine (it names "
-            "your tunes and files): chmod 600 it")  # extra for an event the human lines never show
+            "your tunes and files): chmod 600 it")
 
 
 def event(name: str, **fields: Any) -> dict[str, Any]:
