@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs, tmpfs
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
+from tune_archiver import urls
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download import engine
@@ -249,6 +250,47 @@ def test_a_file_signed_anew_with_an_akamai_token_is_one_file_resumed_across_runs
     [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
     assert entry["sha256"] == sha256(data)
     assert list((archive / "tmp").iterdir()) == []
+
+
+def keyed_as_before_akamai(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """URL keys as the versions before ec94c82 made them (hdnts kept); the undo back."""
+    cached = (urls.identity, urls.url_key, urls.download_key, urls.download_identity)
+    for name in ("SECRET_PARAMS", "SIGNATURES"):
+        monkeypatch.setattr(urls, name, getattr(urls, name) - {"hdnts", "hdnea", "__token__"})
+    for function in cached:
+        function.cache_clear()
+
+    def undo() -> None:
+        monkeypatch.undo()
+        for function in cached:
+            function.cache_clear()
+    return undo
+
+
+@pytest.mark.parametrize("failed", [False, True], ids=["archived", "failed"])
+def test_an_entry_keyed_by_an_akamai_token_before_is_the_file_listed_now(
+    standin: StandIn, archive: Path, monkeypatch: pytest.MonkeyPatch, failed: bool
+) -> None:
+    """A manifest an older version wrote recorded the file under a key that kept its
+    token: the file listed under a fresh one is that entry's (its stored URL, redacted,
+    names it), not another. It was downloaded again and recorded twice ('2 files'), or,
+    failed under the old token, said 'gone upstream, never archived' (exit 1) by the
+    run that archived it."""
+    data = one_file_tune(standin)
+    signed = [standin.file_url("model", query=f"hdnts=exp%3D{i}~acl%3D%2F*~hmac%3D{i}a")
+              for i in range(2)]
+    standin.add_tune(1, [signed[0]], [])
+    if failed:
+        standin.faults["model"] = [Cut(2 * MiB)]
+    undo = keyed_as_before_akamai(monkeypatch)
+    assert run_fetch(standin, archive, "1", "--retries", "0") == (1 if failed else 0)
+    undo()
+    asked = len(standin.seen("cdn"))
+    standin.add_tune(1, [signed[1]], [])
+    assert run_fetch(standin, archive, "1") == 0
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+    assert len(standin.seen("cdn")) == asked + failed  # archived before: not asked again
 
 
 def test_partial_is_kept_for_the_next_run(standin: StandIn, archive: Path) -> None:

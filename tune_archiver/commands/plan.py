@@ -109,15 +109,27 @@ def archived_twice(manifest: Manifest) -> str | None:
     return None
 
 
+def stored_key(entry: Entry) -> AssetKey:
+    """An entry's key by its stored URL (redacted: `?id=REDACTED` names no live URL)."""
+    return (entry.kind, entry.prompt_id, entry.index, identity(entry.url))
+
+
 def paired(wanted: Sequence[AssetKey], entries: Iterable[Entry]) -> dict[AssetKey, Entry]:
     """The entry each wanted key stands for: the one of that key; else, the list having
     been reordered, one of the same kind, prompt and URL whose own key is wanted by
     none. An entry is paired once, the lower index first."""
     by_key = {entry_key(entry): entry for entry in entries}
     found = {key: by_key[key] for key in wanted if key in by_key}
+    # An entry an older version keyed by a token since dropped from url_key (Akamai's
+    # hdnts): its stored URL, redacted, names what the URL listed now does.
+    renamed = {stored_key(entry): key for key, entry in by_key.items() if key not in found}
+    for key in wanted:
+        if key not in found and renamed.get(key) is not None:
+            found[key] = by_key[renamed[key]]
+    taken = {entry_key(entry) for entry in found.values()}
     spare: dict[tuple[str, int | None, str], list[Entry]] = {}
     for key, entry in sorted(by_key.items(), key=lambda item: item[0][2]):
-        if key not in found:
+        if key not in taken:
             spare.setdefault(_moved(key), []).append(entry)
     for key in wanted:
         moved = spare.get(_moved(key))
@@ -159,7 +171,8 @@ def carried_over(
     listed = {entry_key(entry) for entry in paired(keys, known.values()).values()}
     sources = {_moved(key) for key in keys}
     left_out = [entry for entry in (manifest.entries if manifest is not None else ())
-                if entry.status == "failed" and _moved(entry_key(entry)) not in sources]
+                if entry.status == "failed" and _moved(entry_key(entry)) not in sources
+                and _moved(stored_key(entry)) not in sources]
     # A listing of no file at all proves nothing gone (a tune still training, a glitch).
     unread_fields = [entry for entry in left_out if entry.kind in unread_kinds]
     unlisted = [entry for entry in left_out if entry not in unread_fields
