@@ -160,34 +160,37 @@ class S3Intake:
         """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
         False when it is gone meanwhile (gc on another machine took it after the HEAD
         that found it): the commit then stores it anew. Raises StorageError when the
-        blob is still old after the copy: one part by part that did not complete
-        (aborted meanwhile), or one the store answered but left at its old date."""
+        blob is still old after a copy part by part: one that did not complete (aborted
+        meanwhile). A copy in place the store answered but left at its old date (some
+        MinIO releases make no new object of one) is made again part by part: completing
+        an upload makes a new object on any store."""
         bucket = self._bucket
         if datetime.now(UTC) - modified < self._gc_grace / 2:
             return True
-        try:
-            with bucket.translated("refresh a blob"):
-                if blob.size > bucket.copy_limit:  # part by part (a checkpoint past 5 GB):
-                    await copy(bucket, key, key, blob)  # left old, gc elsewhere took it
-                else:
-                    await bucket.client.copy_object(
-                        Bucket=bucket.name, Key=key,
-                        CopySource={"Bucket": bucket.name, "Key": key},
-                        MetadataDirective="REPLACE",
-                        ContentType=blob.content_type or "application/octet-stream",
-                    )
-        except Absent:
-            log.info("blob %s was removed as it was about to be reused; storing it anew",
-                     blob.sha256)
-            return False
-        # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost answer),
-        # or one a store answers but makes no new object of (some do so for a copy in
-        # place), leaves it whole but old: gc would still take it.
-        found = await bucket.head(key, "check a refreshed blob")
-        if found is not None and found[1] <= modified:
-            raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
-                               "complete or did not move its date; not stored")
-        return found is not None
+        for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
+            try:
+                with bucket.translated("refresh a blob"):
+                    if in_parts:  # a checkpoint past 5 GB; left old, gc elsewhere took it
+                        await copy(bucket, key, key, blob, in_parts=True)
+                    else:
+                        await bucket.client.copy_object(
+                            Bucket=bucket.name, Key=key,
+                            CopySource={"Bucket": bucket.name, "Key": key},
+                            MetadataDirective="REPLACE",
+                            ContentType=blob.content_type or "application/octet-stream",
+                        )
+            except Absent:
+                log.info("blob %s was removed as it was about to be reused; storing it anew",
+                         blob.sha256)
+                return False
+            # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost
+            # answer), or one in place the store made no new object of, leaves it whole
+            # but old: gc would still take it.
+            found = await bucket.head(key, "check a refreshed blob")
+            if found is None or found[1] > modified:
+                return found is not None
+        raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
+                           "complete or did not move its date; not stored")
 
 
 def drop_file(path: Path) -> None:

@@ -203,18 +203,18 @@ async def check_upload(bucket: Bucket, key: str, blob: Blob, checksum: str) -> b
     return bool(reported)
 
 
-async def copy(
-    bucket: Bucket, source: str, final: str, blob: Blob, check: bool = True, sent: str = ""
-) -> None:
+async def copy(bucket: Bucket, source: str, final: str, blob: Blob, check: bool = True,
+               sent: str = "", in_parts: bool = False) -> None:
     """Server-side copy of a checked upload to its blob key; without `check`, of any
     object (a damaged one set aside), whose bytes need not hash to the blob's name.
-    `sent`: the upload's SHA-256, checked, which a store that hashes no copy reports."""
+    `sent`: the upload's SHA-256, checked, which a store that hashes no copy reports.
+    Part by part past the copy limit, or `in_parts` whatever its size."""
     copy_source: CopySourceTypeDef = {"Bucket": bucket.name, "Key": source}
-    if blob.size <= bucket.copy_limit and not check:
+    if blob.size <= bucket.copy_limit and not in_parts and not check:
         with bucket.translated("set a damaged blob aside"):
             await bucket.client.copy_object(Bucket=bucket.name, Key=final, CopySource=copy_source)
         return
-    if blob.size <= bucket.copy_limit:
+    if blob.size <= bucket.copy_limit and not in_parts:
         # Asking for SHA256 makes S3 hash the whole copy: one more check, for free.
         result = await bucket.client.copy_object(
             Bucket=bucket.name, Key=final, CopySource=copy_source, ChecksumAlgorithm="SHA256"
