@@ -314,3 +314,25 @@ def test_a_key_goes_to_the_api_named_beside_it(
     assert fetch(tmp_path / "b") == 0
     assert set(keys_seen(standin)) == {f"Bearer {standin.api_key}"}
     assert set(keys_seen(other)) == {f"Bearer {other.api_key}"}
+
+
+def test_the_astria_cli_workspace_all_is_no_narrowing(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ASTRIA_WORKSPACE_ID=all spans every workspace, as --workspace all does: every
+    run warned that --all covered workspace 'all' alone, the personal tunes and other
+    workspaces' not fetched, and to give --workspace all, the very scope it had."""
+    make_tune(standin, 1, images=1)
+    standin.tune_workspaces[1] = "5"
+    make_tune(standin, 2, images=1)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "astria"))
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "all")
+    assert main(["fetch", "--all", "--json", "--archive", str(tmp_path / "a")]) == 0
+    ran = capsys.readouterr()
+    document = json.loads(ran.out)
+    assert [t["tune_id"] for t in document["tunes"]] == [2, 1]
+    assert document["workspace"] == "all"
+    assert not ran.err

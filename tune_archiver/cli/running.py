@@ -22,7 +22,7 @@ from tune_archiver.astria.cli_config import api_for_key, read_astria_cli
 from tune_archiver.astria.client import PERSONAL
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
-from tune_archiver.commands.workspaces import checked_workspace
+from tune_archiver.commands.workspaces import ALL, checked_workspace
 from tune_archiver.config import (
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
@@ -89,7 +89,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
                     "use https://", host)
     workspace = checked_workspace(args.workspace or astria.workspace)  # said only checked
     if getattr(args, "all", False) and not args.workspace and astria.workspace not in (
-            None, PERSONAL):  # the personal scope is what --all covers without one
+            None, PERSONAL, ALL):  # without one --all covers the personal scope; all, each
         # The CLI's setting, made for its own use, must not narrow a cron's backup unsaid:
         # the tunes of the personal scope and of other workspaces would expire unarchived.
         log.warning("warning: --all covers workspace %s alone, set by %s: tunes of the "
