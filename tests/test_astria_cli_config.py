@@ -336,3 +336,30 @@ def test_the_astria_cli_workspace_all_is_no_narrowing(
     assert [t["tune_id"] for t in document["tunes"]] == [2, 1]
     assert document["workspace"] == "all"
     assert not ran.err
+
+
+def test_a_dry_run_of_all_says_the_workspace_it_covers(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`fetch --all --dry-run --json`, the way to see what a cron's --all would cover
+    before setting it up, left out --json's `workspace`, which fetch's document says:
+    a workspace taken from the Astria CLI narrowed the scope and the dry run's document
+    did not say so. It says the scope as fetch does; none for tunes named."""
+    make_tune(standin, 1, images=1)
+    standin.tune_workspaces[1] = "5"
+    make_tune(standin, 2, images=1)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "astria"))
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "5")
+    archive = str(tmp_path / "a")
+    assert main(["fetch", "--all", "--dry-run", "--json", "--archive", archive]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [t["tune_id"] for t in document["tunes"]] == [1]
+    assert document["workspace"] == "5"
+    monkeypatch.delenv("ASTRIA_WORKSPACE_ID")
+    assert main(["fetch", "--all", "--dry-run", "--json", "--archive", archive]) == 0
+    assert json.loads(capsys.readouterr().out)["workspace"] == "personal"
+    assert main(["fetch", "1", "--dry-run", "--json", "--archive", archive]) == 0
+    assert "workspace" not in json.loads(capsys.readouterr().out)

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune_archiver.astria.client import PERSONAL
 from tune_archiver.cli import report, terminal
 from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
@@ -234,8 +233,8 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         progress.close()
     if args.json:
-        scope = settings.workspace or PERSONAL if isinstance(tunes, AllTunes) else None
-        print_json(report.fetch_json(results, broke, scope), secrets)
+        print_json(report.fetch_json(results, broke, report.scope_of(settings.workspace, tunes)),
+                   secrets)
         args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
@@ -262,7 +261,8 @@ def _run_dry(
     from tune_archiver.commands.dry_run import dry_run
 
     previews = asyncio.run(until_signal(dry_run(settings, tunes, args.clock)))
-    emit(args, secrets, preview.errors(previews), preview.as_json(previews),
+    scope = report.scope_of(settings.workspace, tunes)  # --all's, as fetch's says
+    emit(args, secrets, preview.errors(previews), preview.as_json(previews, scope),
          preview.lines(previews))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # the dry run's module is imported when it runs
     from tune_archiver.commands.dry_run import Preview
 
 
-def as_json(previews: Sequence[Preview]) -> dict[str, Any]:
-    """The --json shape of `fetch --dry-run`."""
+def as_json(previews: Sequence[Preview], scope: str | None = None) -> dict[str, Any]:
+    """The --json shape of `fetch --dry-run`; `scope`: the workspace --all covers."""
     tunes = []
     for p in previews:
         tunes.append({
@@ -37,6 +37,7 @@ def as_json(previews: Sequence[Preview]) -> dict[str, Any]:
     sizes = [size for p in previews for _, size in p.download]
     return {
         "dry_run": True,
+        **({"workspace": scope} if scope else {}),
         "ok": all(p.ok for p in previews),
         "files": len(sizes),
         "bytes": sum(s for s in sizes if s is not None),

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
+from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
@@ -35,6 +36,12 @@ def tune_name(tune_id: int, title: str | None) -> str:
 
 
 # -- fetch -------------------------------------------------------------------------
+
+
+def scope_of(workspace: str | None, tunes: object) -> str | None:
+    """The workspace fetch --all's listing covers, for --json (fetch's and its dry
+    run's): an id, all, or personal (none sent); None for tunes named."""
+    return (workspace or PERSONAL) if isinstance(tunes, AllTunes) else None
 
 
 def fetch_json(results: Sequence[TuneResult], broke: Exception | None,
