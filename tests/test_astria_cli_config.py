@@ -13,7 +13,10 @@ import pytest
 
 from tests.standin import StandIn
 from tests.test_fetch import make_tune
+from tune_archiver.astria.cli_config import api_for_key, read_astria_cli
 from tune_archiver.cli.main import main
+from tune_archiver.config import DEFAULT_API_URL
+from tune_archiver.errors import ConfigError
 
 
 def fetch(archive: Path, *args: str) -> int:
@@ -363,3 +366,43 @@ def test_a_dry_run_of_all_says_the_workspace_it_covers(
     assert json.loads(capsys.readouterr().out)["workspace"] == "personal"
     assert main(["fetch", "1", "--dry-run", "--json", "--archive", archive]) == 0
     assert "workspace" not in json.loads(capsys.readouterr().out)
+
+
+def test_the_config_key_goes_to_its_own_base_url_named_again_in_astria_base_url(
+    standin: StandIn, other: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A config's api_key with its base_url, the same API named in ASTRIA_BASE_URL too
+    (the CLI's users of another API set both): ASTRIA_BASE_URL hid the file's base_url,
+    so the key was taken for one with no API beside it, and refused, exit 2, though it
+    goes to the very API its file names. ASTRIA_BASE_URL of another host is refused."""
+    make_tune(standin, 1, images=1)
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json",
+                 {"api_key": standin.api_key, "base_url": standin.api_url + "/"})
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("ASTRIA_BASE_URL", standin.api_url)
+    assert fetch(tmp_path / "a") == 0
+    assert set(keys_seen(standin)) == {f"Bearer {standin.api_key}"}
+    monkeypatch.setenv("ASTRIA_BASE_URL", other.api_url)
+    capsys.readouterr()
+    assert fetch(tmp_path / "b") == 2
+    assert "goes only to the API named beside it" in capsys.readouterr().err
+    assert keys_seen(other) == []
+
+
+def test_a_config_key_for_another_api_is_not_sent_to_the_default_astria_base_url_names(
+    tmp_path: Path,
+) -> None:
+    """ASTRIA_BASE_URL at the default hid a config's base_url of another host: its key,
+    written for that host, went to the default unsaid. Pure: nothing is sent."""
+    folder = tmp_path / "astria"
+    write_config(folder, "config.json",
+                 {"api_key": "staging-key-0123456789", "base_url": "https://staging.example"})
+    env = {"ASTRIA_CONFIG_DIR": str(folder), "ASTRIA_BASE_URL": DEFAULT_API_URL}
+    astria = read_astria_cli(None, env)
+    with pytest.raises(ConfigError, match="goes only to the API named beside it"):
+        api_for_key(astria.key_source, None, env, astria)
+    env["ASTRIA_BASE_URL"] = "https://staging.example/"
+    assert api_for_key(astria.key_source, None, env, read_astria_cli(None, env)) == (
+        "https://staging.example")

@@ -43,6 +43,7 @@ class AstriaCli:
     key_source: str = ""  # where the key came from, for -v: never the key
     base_url: str | None = None
     url_source: str = ""  # where base_url came from: ASTRIA_BASE_URL or the file
+    file_url: str | None = None  # the file's base_url, its api_key's own (ASTRIA_BASE_URL or not)
     workspace: str | None = None
     workspace_source: str = ""  # where the workspace came from, for --all's warning
 
@@ -83,6 +84,7 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = 
         key_source=source,
         base_url=base_url or found.get("base_url") or None,
         url_source=ENV_BASE_URL if base_url else in_file if found.get("base_url") else "",
+        file_url=found.get("base_url") or None,
         workspace=space,
         workspace_source=ENV_WORKSPACE if set_here else in_file if space else "",
     )
@@ -108,10 +110,12 @@ def api_for_key(key_source: str, option: str | None, env: Mapping[str, str],
     chosen, chosen_source = named[0] if named else default
     if key_source in ("--api-key-file", ENV_API_KEY):
         own, own_source = named[0] if ours else default
-    else:
-        paired = {ENV_BASE_URL: ENV_TOKEN}.get(astria.url_source, astria.url_source)
-        mine = astria.base_url and paired == key_source
-        own, own_source = named[-1] if mine else default
+    else:  # the token's is ASTRIA_BASE_URL; the config's key's, its file's base_url,
+        # which ASTRIA_BASE_URL hides from `named` (naming it again is no other API)
+        token = key_source == ENV_TOKEN
+        mine = astria.base_url if astria.url_source == ENV_BASE_URL else None
+        mine = mine if token else astria.file_url
+        own, own_source = (mine, ENV_BASE_URL if token else key_source) if mine else default
     url = api_url(chosen, {})
     if _origin(url) != _origin(api_url(own, {})):
         raise ConfigError(
