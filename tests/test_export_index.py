@@ -94,3 +94,29 @@ def test_two_files_of_one_place_each_link_their_own_file(
     shown = [(folder / unquote(attrs["src"] or "")).read_bytes()
              for tag, attrs in tags_of((folder / "index.html").read_text()) if tag == "img"]
     assert sorted(shown) == sorted([old, new])
+
+
+def test_three_files_of_one_place_two_with_the_same_bytes_are_each_exported(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A training photo moved to another URL with its bytes, then replaced: three
+    entries of one kind and index, the two older ones sharing a sha256. Each has its
+    own file and index.html links each: the third was named as the second (the digest's
+    first 8 hex digits the same), so every export of the tune failed it, exit 1,
+    saying it 'already exists', a failure no run could cure."""
+    moved = b"\xff\xd8\xff" + b"moved photo" * 300
+    new = b"\xff\xd8\xff" + b"new photo" * 300
+    checkpoint = standin.add_file("ckpt.safetensors", safetensors(20_000))
+    archive = tmp_path / "archive"
+    for day, name, data in ((2, "a.jpg", moved), (3, "b.jpg", moved), (4, "c.jpg", new)):
+        standin.add_tune(7, [checkpoint], [standin.add_file(name, data)],
+                         updated_at=f"2026-11-0{day}T00:00:00Z")
+        assert run_fetch(standin, archive, "7") == 0
+    assert main(["export", "7", str(tmp_path / "out"), "--archive", str(archive), "-q"]) == 0
+    folder = next((tmp_path / "out").glob("7-*"))
+    photos = sorted((folder / "training_images").iterdir())
+    assert len(photos) == 3
+    assert sorted(path.read_bytes() for path in photos) == sorted([moved, moved, new])
+    shown = [unquote(attrs["src"] or "")
+             for tag, attrs in tags_of((folder / "index.html").read_text()) if tag == "img"]
+    assert sorted(shown) == [str(path.relative_to(folder)) for path in photos]

@@ -78,8 +78,10 @@ def export_path(entry: Entry, taken: set[str]) -> str:
 
     checkpoints/000.safetensors, training_images/003.jpg, prompt_images/<prompt>-001.png.
     Two files with the same place (one the API no longer lists) get the sha256's
-    first 8 hex digits appended. The entry's fields are checked again here, so even
-    one the reader would refuse cannot name a path outside the folder.
+    first 8 hex digits appended, and a count after them when that is taken too (two
+    older entries of the place holding the same bytes under two URLs). The entry's
+    fields are checked again here, so even one the reader would refuse cannot name a
+    path outside the folder.
     """
     kind, index = entry.kind, entry.index
     folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
@@ -90,6 +92,10 @@ def export_path(entry: Entry, taken: set[str]) -> str:
     suffix = extension(entry.content_type, entry.url)
     path = f"{folder}/{stem}{suffix}"
     if path in taken:
-        path = f"{folder}/{stem}-{str(entry.sha256)[:8]}{suffix}"
+        stem = f"{stem}-{str(entry.sha256)[:8]}"
+        path, count = f"{folder}/{stem}{suffix}", 1
+        while path in taken:
+            count += 1
+            path = f"{folder}/{stem}-{count}{suffix}"
     taken.add(path)
     return path
