@@ -207,3 +207,32 @@ def test_an_unreadable_expiry_echoing_the_key_shows_none_of_it(
     assert "tune 2: cannot read its expires_at (a text of 232 characters)" in err
     assert standin.api_key[:5] not in err
     assert standin.api_key[-5:] not in err
+
+
+def test_export_names_no_folder_or_file_after_a_key_in_an_older_title(
+    tmp_path: Path, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export names its folder (and --layout the checkpoint) from the title lowercased and
+    cut to 60 characters: a title of an older manifest holding the key (mixed case, as
+    Astria's are) put it in names on disk and in the path printed, which the scrub (the
+    whole key, case as it is) never matched. The title is scrubbed first."""
+    key = "sd_Jh7KqP2xVtR9mWcL4nBz8YdFq"
+    server = StandIn(api_key=key).start()
+    try:
+        server.add_tune(1, [server.add_file("ckpt.safetensors", os.urandom(5000))],
+                        [server.add_file("a.jpg", os.urandom(3000))])
+        assert run_fetch(server, archive, "1") == 0
+    finally:
+        server.close()
+    document = manifest_of(archive, 1)
+    document["tune"]["title"] = f"Jane {key} in Rome"
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "export", "1", str(tmp_path / "out"), "--layout", "a1111",
+              "--archive", str(archive))
+    assert ran.code == 0
+    names = [str(path) for path in (tmp_path / "out").rglob("*")]
+    assert "1-jane-redacted-in-rome" in ran.out
+    assert "1-jane-redacted-in-rome.safetensors" in "\n".join(names)
+    piece = key[3:11].lower()
+    assert [name for name in names if piece in name.lower()] == []
+    assert piece not in (ran.out + ran.err).lower()

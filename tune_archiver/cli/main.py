@@ -320,7 +320,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 
     result = in_archive(
         args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
-                                        args.layout)
+                                        args.layout, secrets)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])

@@ -8,7 +8,8 @@ Nothing that exists is ever overwritten: the tune's folder must be new.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +29,7 @@ from tune_archiver.safefs import (
     refuse_others_links,
     write_new,
 )
+from tune_archiver.scrub import scrub_json
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 
@@ -47,11 +49,15 @@ class ExportResult:
 
 
 async def export_tune(
-    store: Store, tune_id: int, dest: Path, link: bool, layout: Layout | None = None
+    store: Store, tune_id: int, dest: Path, link: bool, layout: Layout | None = None,
+    secrets: Sequence[str] = (),
 ) -> ExportResult:
     """Write the tune's folder under `dest` (0700): copies of the blobs (0600), or with
     `link` hard links to them (read-only, the archive's own files). With `layout`, the
-    checkpoints go where that tool looks for them (layouts.py).
+    checkpoints go where that tool looks for them (layouts.py). The `secrets` (the API
+    key an older version's manifest may hold) are scrubbed from the tune's fields before
+    any name, sidecar or page is made of them: lowercased and cut into a folder's name,
+    the key would be on disk and in the path printed, whole or in part.
 
     Raises ArchiverError when the tune is not archived, UnreadableManifest (before
     anything is written) when its manifest cannot be read, ConfigError when its
@@ -61,6 +67,7 @@ async def export_tune(
     if data is None:
         raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
     found = manifest.parse(data, tune_id)
+    found = replace(found, tune=scrub_json(found.tune, secrets))
     folder = dest / folder_name(tune_id, found.title)
     await in_thread(_new_folder, dest, folder)
     result = ExportResult(folder)
