@@ -54,6 +54,55 @@ def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
     assert check_manifest(tmp_path / "a" / "manifests" / "1.json")["complete"] is True
 
 
+def limited_run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`tune-archiver ARGV` in a process whose file-size limit (ulimit -f) is 1 MiB."""
+    return subprocess.run(
+        [sys.executable, "-m", "tune_archiver", *argv], env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB)))
+
+
+def test_a_checkpoint_past_the_file_size_limit_is_refused_before_its_download(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A checkpoint larger than the process's file-size limit (ulimit -f; FAT32's 4 GiB is
+    the other) failed, each run, with 'cannot write a download in ...: File too large'
+    after downloading up to the limit: no cause, nothing to do, the same bytes fetched
+    again every night. Its announced size is compared with the limit first: one line
+    naming the limit and what to do, nothing downloaded, the other files archived."""
+    make_tune(standin, 1, images=1, ckpt=os.urandom(3 * MiB))
+    archive = tmp_path / "a"
+    done = limited_run("fetch", "1", "--archive", str(archive), "--api-url", standin.api_url,
+                       env={"ASTRIA_API_KEY": standin.api_key})
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "checkpoint 0" in line]
+    assert line.endswith(f"checkpoint 0: file too large for {archive}: {3 * MiB} bytes, past "
+                         f"this process's file-size limit (ulimit -f) of {MiB} bytes; raise "
+                         "it (ulimit -f unlimited); nothing was downloaded")
+    assert [path.stat().st_size for path in (archive / "tmp").rglob("*")
+            if path.is_file() and path.stat().st_size] == []
+    assert check_manifest(archive / "manifests" / "1.json")["assets"][1]["status"] == "ok"
+
+
+def test_an_export_past_the_file_size_limit_says_the_cause(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A copy refused EFBIG (an export of a 5 GB checkpoint to a FAT32 stick; here the
+    process's file-size limit) names the limit and what to do, not 'File too large'."""
+    make_tune(standin, 1, images=1, ckpt=os.urandom(3 * MiB))
+    archive = tmp_path / "a"
+    assert run_fetch(standin, archive, "1") == 0
+    done = limited_run("export", "1", str(tmp_path / "out"), "--archive", str(archive))
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: cannot write 000.")
+    assert line.endswith(": file too large: a file there may hold no more: the filesystem's "
+                         "limit (FAT32 holds at most 4 GiB a file; exFAT, NTFS and ext4 far "
+                         "more) or this process's file-size limit (ulimit -f); use another "
+                         "filesystem or raise the limit")
+
+
 @pytest.mark.parametrize("command", [["gc"], ["forget", "1"], ["gc", "--dry-run"]])
 def test_a_command_stopped_by_sigterm_says_so_on_stderr_and_in_the_log(
     standin: StandIn, tmp_path: Path, command: list[str]

@@ -18,6 +18,7 @@
     │   └── ChangedOnDisk         a download's bytes on disk are not those received
     └── StorageError              the archive cannot be read or written
         ├── DiskFull              no space left in the archive's filesystem
+        ├── TooLarge              a file past the filesystem's or the process's size limit
         ├── NotAFile              a blob's place holds a link, a folder or a FIFO
         └── UnreadableManifest    a manifest in the archive is damaged, or not one we read
             └── NewerManifest     written by a newer version: left as it is, never set aside
@@ -125,6 +126,17 @@ class DiskFull(StorageError):
     """No space left on the archive's filesystem."""
 
 
+class TooLarge(StorageError):
+    """A file past what one file may hold there (EFBIG): FAT32's 4 GiB, or the process's
+    file-size limit (ulimit -f). Every run would fail at the same byte."""
+
+
+# What to do about EFBIG, said with it: the error alone ("File too large") names no cause.
+TOO_LARGE = ("a file there may hold no more: the filesystem's limit (FAT32 holds at most "
+             "4 GiB a file; exFAT, NTFS and ext4 far more) or this process's file-size "
+             "limit (ulimit -f); use another filesystem or raise the limit")
+
+
 class NotAFile(StorageError):
     """A blob's place holds something other than a regular file; never followed or read."""
 
@@ -172,6 +184,8 @@ def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
     """Our error for a failed filesystem call; a full disk gets a message of its own."""
     if exc.errno in _FULL:
         return DiskFull(f"disk full in {archive}")
+    if exc.errno == errno.EFBIG:
+        return TooLarge(f"cannot {doing} in {archive}: file too large: {TOO_LARGE}")
     return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
@@ -152,6 +153,39 @@ def _mount_of(folder: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+FAT_MAX = 2**32 - 1  # the most bytes a file on FAT32 holds (exFAT has no such limit)
+_FAT = frozenset({"vfat", "msdos", "fat", "fuse.fusefat"})
+
+
+def file_size_limit(folder: Path, size: int) -> str | None:
+    """Why a file of `size` bytes cannot be written in the folder, or None: past this
+    process's file-size limit (ulimit -f, RLIMIT_FSIZE) or FAT32's 4 GiB a file. Every
+    write past it fails (EFBIG) at the same byte, run after run."""
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft != resource.RLIM_INFINITY and size > soft:
+        return (f"past this process's file-size limit (ulimit -f) of {soft} bytes; raise "
+                "it (ulimit -f unlimited)")
+    if size > FAT_MAX and _filesystem_of(folder) in _FAT:
+        return ("past FAT32's limit of 4 GiB a file; move the archive to another "
+                "filesystem (exFAT, NTFS, ext4)")
+    return None
+
+
+def _filesystem_of(folder: Path) -> str | None:
+    """The type of the filesystem the folder is on (/proc/self/mountinfo); None where
+    that is not told."""
+    mount = _mount_of(folder)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                fields = line.split(" - ", 1)
+                if line.split(" ", 1)[0] == mount and len(fields) == 2:
+                    return fields[1].split(" ", 1)[0]
+    except OSError:
+        pass
+    return None
 
 
 def _sync_folder(path: Path) -> None:

@@ -316,6 +316,7 @@ class Downloader:
             transfer.starts_over = False  # it resumes again: what it resumed after is progress
         if total is not None:
             self._count(transfer, total)
+            await self._staging.check_size(total)  # --force or not: it would fail at the limit
             if not self._settings.force and total - partial.size >= ROOM_CHECK_FROM:
                 try:
                     await self._staging.check_room(total - partial.size)

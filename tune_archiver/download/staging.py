@@ -26,13 +26,15 @@ from urllib.parse import urlsplit
 from tune_archiver.download.partfile import Writer, partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.ranges import HASH_STEP
-from tune_archiver.errors import DiskFull, storage_error
+from tune_archiver.errors import DiskFull, TooLarge, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
 from tune_archiver.safefs import (
+    FAT_MAX,
     check_folder,
     exists_at,
+    file_size_limit,
     make_private_dir,
     refuse_links,
     refuse_others_links,
@@ -161,6 +163,18 @@ class Staging:
                 f"disk full in {self.shown}: {nbytes} bytes to download, {free} bytes free "
                 "(--force to try anyway)"
             )
+
+    async def check_size(self, total: int) -> None:
+        """Raise TooLarge when a file of `total` bytes cannot be written here (see
+        safefs.file_size_limit): said before a byte is downloaded, not at the limit."""
+        try:  # a thread for /proc only (past 4 GiB): a hop would let the body's start wait
+            why = (await in_thread(file_size_limit, self.directory, total) if total > FAT_MAX
+                   else file_size_limit(self.directory, total))
+        except OSError as exc:
+            raise storage_error(exc, self.shown, "look at the file-size limit") from exc
+        if why:
+            raise TooLarge(f"file too large for {self.shown}: {total} bytes, {why}; "
+                           "nothing was downloaded")
 
     # -- leftovers (gc) ----------------------------------------------------------------
 
