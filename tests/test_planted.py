@@ -17,6 +17,7 @@ from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
+from tune_archiver.commands import export
 from tune_archiver.errors import StorageError
 from tune_archiver.store.files import read_capped
 from tune_archiver.store.local import LocalStore
@@ -175,6 +176,35 @@ def test_export_never_links_or_copies_through_a_planted_link(
     exported = [p for p in dest.rglob("*") if p.is_file()]
     assert all(p.read_bytes() != outside.read_bytes() for p in exported)
     assert not any(p.samefile(outside) for p in exported)
+
+
+def test_export_writes_nothing_through_a_link_swapped_in_for_its_folder_meanwhile(
+    standin: StandIn, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user who may write in DEST (a shared folder) renames the tune's folder
+    aside while the export runs and puts a link of theirs in its place: every file went
+    on to be written through the name, so into the folder the link names (another of
+    the user's, or theirs), while export said it had exported to DEST. The files go
+    into the folder made, whatever its name holds."""
+    served = add_tune(standin, 1, images=2, title="Jane")
+    archived(standin, archive, 1)
+    dest, elsewhere = tmp_path / "shared", tmp_path / "documents"
+    dest.mkdir(mode=0o777)
+    elsewhere.mkdir()
+    made_dir = export._make_dir
+
+    def swapped_first(path: Path) -> None:  # as the export's first file is written
+        if not (dest / "1-jane").is_symlink():
+            (dest / "1-jane").rename(dest / "aside")
+            (dest / "1-jane").symlink_to(elsewhere)
+            os.lchown(dest / "1-jane", 65534, 65534)
+        made_dir(path)
+
+    monkeypatch.setattr(export, "_make_dir", swapped_first)
+    assert main(["export", "1", str(dest), "--archive", str(archive)]) == 0
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(path.read_bytes() for path in (dest / "aside").rglob("*.*")
+                  if path.parent.name != "aside") == sorted(served.all)
 
 
 @pytest.mark.parametrize("command", ["list", "verify", "gc"])

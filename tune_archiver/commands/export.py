@@ -8,6 +8,7 @@ Nothing that exists is ever overwritten: the tune's folder must be new.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from tune_archiver.errors import (
     StorageError,
 )
 from tune_archiver.safefs import (
+    NOFOLLOW,
     make_private_dir,
     new_private_dir,
     refuse_others_links,
@@ -69,8 +71,22 @@ async def export_tune(
     found = manifest.parse(data, tune_id)
     found = replace(found, tune=scrub_json(found.tune, secrets))
     folder = dest / folder_name(tune_id, found.title)
-    await in_thread(_new_folder, dest, folder)
-    result = ExportResult(folder)
+    made = await in_thread(_new_folder, dest, folder)
+    try:
+        return await _fill(store, found, data, _through(made, folder), ExportResult(folder),
+                           link, layout)
+    finally:
+        os.close(made)
+
+
+async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Path,
+                result: ExportResult, link: bool, layout: Layout | None) -> ExportResult:
+    """Write every file into the folder made, reached as `inside` (see _through)."""
+    tune_id = found.tune_id
+
+    def said(exc: Exception) -> str:  # the folder as the user named it
+        return str(exc).replace(str(inside), str(result.folder))
+
     taken: set[str] = set()
     # entry -> its path in the folder: the entry itself, since two may share a kind and
     # index (one the API no longer lists), and each must link its own file.
@@ -83,30 +99,30 @@ async def export_tune(
         placed = layout_path(layout, entry, tune_id, found.tune) if layout else None
         name = placed if placed is not None and placed not in taken else export_path(entry, taken)
         taken.add(name)
-        target = folder / name
+        target = inside / name
         try:
             await in_thread(_make_dir, target.parent)
             how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
         # This file's alone, the others go on: a bucket refusing this one object
         # (AccessDenied) too, as verify takes it.
         except (StorageError, IntegrityError, Denied) as exc:
-            result.failed.append(f"{where}: {exc}")
+            result.failed.append(f"{where}: {said(exc)}")
             continue
         (result.linked if how == "linked" else result.copied).append(name)
         placed_at[entry] = name
         if placed is not None and name == placed:  # its trigger words beside it
             words = trigger_words(tune_id, found.tune).encode()
             try:
-                await in_thread(_write_new, folder / sidecar_name(name, taken), words)
+                await in_thread(_write_new, inside / sidecar_name(name, taken), words)
             except StorageError as exc:
-                result.failed.append(f"{where}: its trigger words: {exc}")
+                result.failed.append(f"{where}: its trigger words: {said(exc)}")
     page = gallery.tune_page(found, lambda entry: _relative(placed_at.get(entry)))
     # Failed as a file is (a full disk, say): the files that failed before are still named.
     for name, content in (("manifest.json", data), ("index.html", page.encode())):
         try:
-            await in_thread(_write_new, folder / name, content)
+            await in_thread(_write_new, inside / name, content)
         except StorageError as exc:
-            result.failed.append(f"{name}: {exc}")
+            result.failed.append(f"{name}: {said(exc)}")
     return result
 
 
@@ -115,9 +131,20 @@ def _relative(name: str | None) -> str | None:
     return None if name is None else "/".join(quote(part) for part in name.split("/"))
 
 
-def _new_folder(dest: Path, folder: Path) -> None:
+def _through(made: int, folder: Path) -> Path:
+    """The folder made, as a path to write through: its open fd's /proc/self/fd/N, which
+    stays that folder whatever its name comes to hold. In a DEST another user may write
+    in, the name could be swapped for a link to another folder (the user's, or theirs)
+    while a 2 GB checkpoint is copied, and the next files would be written there. The
+    name itself where there is no /proc."""
+    through = Path(f"/proc/self/fd/{made}")
+    return through if through.is_dir() else folder
+
+
+def _new_folder(dest: Path, folder: Path) -> int:
     """Create the tune's folder, which must not exist yet, never through a link another
-    user planted on the way (DEST in a shared folder)."""
+    user planted on the way (DEST in a shared folder); returns it open, once
+    known to be the empty folder made, not one another user swapped in for it."""
     refuse_others_links(dest, "the export folder")
     if dest.exists() and not dest.is_dir():  # a file named as DEST: the operator's to fix
         raise ConfigError(f"cannot use the export folder {dest}: Not a directory")
@@ -127,13 +154,24 @@ def _new_folder(dest: Path, folder: Path) -> None:
         # or keeps no modes (FAT, exFAT: fchmod says EPERM).
         make_private_dir(dest, durable=False, modes=False)
         new_private_dir(folder, modes=False)
+        made = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
     except FileExistsError as exc:
         raise ConfigError(
             f"{folder} already exists; nothing was overwritten (remove it, or export to "
             "another DEST)"
         ) from exc
-    except OSError as exc:
+    except OSError as exc:  # a link swapped in for it meanwhile too (ELOOP)
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    try:
+        owner = os.stat(dest).st_uid  # a FAT stick's files are all the mount's user's
+        swapped = os.fstat(made).st_uid not in (os.geteuid(), owner) or os.listdir(made)
+    except OSError as exc:
+        os.close(made)
+        raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    if swapped:
+        os.close(made)
+        raise StorageError(f"refused {folder}: another user replaced it as it was made")
+    return made
 
 
 def _make_dir(path: Path) -> None:
