@@ -3,6 +3,7 @@ run meets trouble of its own, checked against README's promises."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ from tests.helpers import run_fetch
 from tests.standin import StandIn
 from tests.test_fetch import make_tune
 from tune_archiver.cli.main import main
+from tune_archiver.errors import storage_error
 
 MiB = 2**20
 
@@ -88,19 +90,36 @@ def test_a_checkpoint_past_the_file_size_limit_is_refused_before_its_download(
 def test_an_export_past_the_file_size_limit_says_the_cause(
     standin: StandIn, tmp_path: Path
 ) -> None:
-    """A copy refused EFBIG (an export of a 5 GB checkpoint to a FAT32 stick; here the
-    process's file-size limit) names the limit and what to do, not 'File too large'."""
+    """An export of a checkpoint past the file-size limit (a 5 GB one to a FAT32 stick;
+    here the process's limit, ulimit -f) copied, or read from S3, bytes up to the limit,
+    then failed with 'File too large': its size is compared with the limit first, and
+    the line names it and what to do; with --link (no bytes written) it is linked."""
     make_tune(standin, 1, images=1, ckpt=os.urandom(3 * MiB))
     archive = tmp_path / "a"
     assert run_fetch(standin, archive, "1") == 0
     done = limited_run("export", "1", str(tmp_path / "out"), "--archive", str(archive))
     assert done.returncode == 1, done.stderr
     [line] = done.stderr.splitlines()
-    assert line.startswith("tune-archiver: error: tune 1: checkpoint 0: cannot write 000.")
-    assert line.endswith(": file too large: a file there may hold no more: the filesystem's "
-                         "limit (FAT32 holds at most 4 GiB a file; exFAT, NTFS and ext4 far "
-                         "more) or this process's file-size limit (ulimit -f); use another "
-                         "filesystem or raise the limit")
+    folder = tmp_path / "out" / "1-tune-1"
+    assert line == (f"tune-archiver: error: tune 1: checkpoint 0: cannot write 000.bin in "
+                    f"{folder}/checkpoints: {3 * MiB} bytes, past this process's file-size "
+                    f"limit (ulimit -f) of {MiB} bytes; raise it (ulimit -f unlimited); "
+                    "nothing was written")
+    assert list((folder / "checkpoints").iterdir()) == []
+    done = limited_run("export", "1", str(tmp_path / "linked"), "--link", "--archive",
+                       str(archive))
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_write_refused_efbig_says_the_cause(tmp_path: Path) -> None:
+    """A write past a size limit not told ahead (a file whose size no header announced)
+    names the limit and what to do, not only 'File too large'."""
+    error = storage_error(OSError(errno.EFBIG, "File too large"), tmp_path, "write x")
+    assert str(error) == (
+        f"cannot write x in {tmp_path}: file too large: a file there may hold no more: the "
+        "filesystem's limit (FAT32 holds at most 4 GiB a file; exFAT, NTFS and ext4 far "
+        "more) or this process's file-size limit (ulimit -f); use another filesystem or "
+        "raise the limit")
 
 
 @pytest.mark.parametrize("command", [["gc"], ["forget", "1"], ["gc", "--dry-run"]])

@@ -168,8 +168,7 @@ def file_size_limit(folder: Path, size: int) -> str | None:
         return (f"past this process's file-size limit (ulimit -f) of {soft} bytes; raise "
                 "it (ulimit -f unlimited)")
     if size > FAT_MAX and _filesystem_of(folder) in _FAT:
-        return ("past FAT32's limit of 4 GiB a file; move the archive to another "
-                "filesystem (exFAT, NTFS, ext4)")
+        return "past FAT32's limit of 4 GiB a file; use another filesystem (exFAT, NTFS, ext4)"
     return None
 
 
