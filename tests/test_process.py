@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import check_manifest
-from tests.helpers import blob_file, stored_blobs
+from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Stall, StandIn
 
 MiB = 2**20
@@ -240,3 +240,28 @@ def test_a_concurrency_past_4096_open_files_is_kept_where_the_hard_limit_allows(
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "limit on open files" not in run.stderr
+
+
+def test_retrain_under_a_hard_limit_too_low_for_a_download_is_not_refused(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """retrain downloads nothing (one POST of the archived photos): the fit of
+    --concurrency to the limit on open files made it warn that --concurrency 16 --split
+    8 were lowered at a hard limit of 64, and refuse it, exit 2, at 40, where it ran."""
+    import resource
+
+    archive = tmp_path / "archive"
+    standin.add_tune(5, [], [standin.add_file("img", b"\xff\xd8\xff" + os.urandom(900))],
+                     model_type="faceid", title="Jane", base_tune_id=1504944)
+    assert run_fetch(standin, archive, "5") == 0
+    for limit in (64, 40):
+        run = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "retrain", "5", "--yes", "--archive",
+             str(archive), "--api-url", standin.api_url, "--title", f"Jane {limit}"],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda at=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (at, at)),
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "limit on open files" not in run.stderr
+    assert [fields["tune[title]"] for fields, _ in standin.created] == ["Jane 64", "Jane 40"]

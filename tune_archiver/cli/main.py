@@ -330,7 +330,7 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
 def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.retrain import retrain
 
-    settings = settings_of(args, secrets)
+    settings = settings_of(args, secrets, downloads=False)  # no download: no file limit
     result = in_archive(args, lambda store: retrain(
         settings, store, args.tune_id, args.yes, args.clock(), args.new_title))
     emit(args, secrets, [], result.as_json(), result.lines())

@@ -60,9 +60,12 @@ class Interrupted(BaseException):
         self.said = False  # the command has said what the stop left undone
 
 
-def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
-    """The settings of a command that talks to the API (fetch, verify --repair); options
-    a command does not have keep their defaults."""
+def settings_of(
+    args: argparse.Namespace, secrets: list[str], *, downloads: bool = True
+) -> Settings:
+    """The settings of a command that talks to the API (fetch, verify --repair, retrain);
+    options a command does not have keep their defaults. Those of a command that
+    `downloads` are fitted to the limit on open files; retrain's sends one request."""
     env = os.environ
     ours = ("--api-key-file" if args.api_key_file is not None else
             ENV_API_KEY if env.get(ENV_API_KEY, "").strip() else None)
@@ -96,7 +99,7 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
                     "personal scope and of other workspaces are not fetched; --workspace "
                     "all spans every workspace (--workspace %s says this one)",
                     astria.workspace, astria.workspace_source, astria.workspace)
-    return fit_open_files(Settings(
+    settings = Settings(
         archive=archive_dir(args.archive, env),
         api_key=key,
         api_url=api,
@@ -110,7 +113,8 @@ def settings_of(args: argparse.Namespace, secrets: list[str]) -> Settings:
         # An API on a private network serves files from one: its redirects may go there.
         private_redirects=getattr(args, "allow_private_redirects", False)
         or is_private_host(host),
-    ))
+    )
+    return fit_open_files(settings) if downloads else settings
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
