@@ -988,3 +988,24 @@ def test_forget_goes_on_past_a_manifest_the_bucket_refuses(
     assert tune_archiver(s3, "forget", *how) == 0, capsys.readouterr().err
     left = [key.rsplit("/", 2)[-2:] for key in s3.keys("manifests/")]
     assert left == ([] if how[0] == "2" else [["manifests", "2.json"]])
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOSYS, errno.EROFS])
+def test_a_staging_folder_that_cannot_be_made_exits_2_as_the_archive_does(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, refusal: int,
+) -> None:
+    """$TUNE_ARCHIVER_STAGING on a FAT stick or a read-only folder (a service's
+    ProtectHome, for ~/.cache) refuses the staging folder's 0700: the operator's to fix,
+    exit 2, as a local archive there is. It was 'cannot create the staging folder', exit
+    1, a failed run a wrapper retries, every run, before any download."""
+    def refused(*args: object) -> None:
+        raise OSError(refusal, os.strerror(refusal))
+
+    add_tune(standin, 1)
+    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "stick" / "staging"))
+    monkeypatch.setattr(os, "fchmod", refused)
+    assert fetch(standin, s3, "1") == 2
+    assert "cannot create the staging folder in " in capsys.readouterr().err
+    assert standin.seen("cdn") == []
+    assert s3.keys("objects/") == []

@@ -29,6 +29,8 @@ NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E
 # What fchmod says where the filesystem keeps no modes: FAT and exFAT (EPERM, unless
 # mounted `quiet`; their modes are the mount's), some FUSE ones (ENOSYS).
 NO_MODES = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# A folder that cannot be made here: the operator's to fix (exit 2), not a failed run.
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS}) | NO_MODES  # 0700 refused
 
 
 class Planted(OSError):

@@ -26,12 +26,13 @@ from urllib.parse import urlsplit
 from tune_archiver.download.partfile import Writer, partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.ranges import HASH_STEP
-from tune_archiver.errors import DiskFull, TooLarge, storage_error
+from tune_archiver.errors import ConfigError, DiskFull, TooLarge, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
 from tune_archiver.safefs import (
     FAT_MAX,
+    NOT_WRITABLE,
     check_folder,
     exists_at,
     file_size_limit,
@@ -137,6 +138,9 @@ class Staging:
         try:
             self._leftovers = await in_thread(_prepare, self.directory, self._durable)
         except OSError as exc:
+            if exc.errno in NOT_WRITABLE:  # a read-only or FAT folder: as the archive's own
+                raise ConfigError(f"cannot create the staging folder in {self.shown}: "
+                                  f"{exc.strerror or exc}") from exc
             raise storage_error(exc, self.shown, "create the staging folder") from exc
 
     async def open(self, url: str, store: Store) -> Incoming:

@@ -39,7 +39,7 @@ from tune_archiver.layout import (
 )
 from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import (
-    NO_MODES,
+    NOT_WRITABLE,
     check_folder,
     make_archive_folders,
     refuse_links,
@@ -65,7 +65,6 @@ from tune_archiver.threads import in_thread
 LOCK = "lock"
 FOLDERS = (OBJECTS, MANIFESTS, TMP)  # made by prepare
 log = logging.getLogger(__name__)
-NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS}) | NO_MODES  # 0700 refused
 READ_BLOCK = 4 * 2**20
 MANIFEST_LOCK_POLL = 0.02  # a manifest is held for milliseconds
 MANIFEST_ATTEMPTS = 5  # tries of an update whose lock file is removed while it holds it
