@@ -265,3 +265,30 @@ def test_retrain_under_a_hard_limit_too_low_for_a_download_is_not_refused(
         assert run.returncode == 0, run.stderr[-2000:]
         assert "limit on open files" not in run.stderr
     assert [fields["tune[title]"] for fields, _ in standin.created] == ["Jane 64", "Jane 40"]
+
+
+def test_a_concurrency_past_the_hard_limit_is_lowered_to_the_hard_limit_not_4096(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """--concurrency 1000 needs more than a hard limit of 8,000 open files holds: the
+    soft limit stayed at the 4,096 the program starts with, and --concurrency was lowered
+    to 270, what 4,096 hold, with a warning naming 4,096 as the limit, where 8,000 hold
+    531. The soft limit is raised to the hard one, and the rest lowered to fit that."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 8000:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    standin.add_tune(1, [standin.add_file("ckpt", os.urandom(20_000))], [])
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+         str(tmp_path / "archive"), "--api-url", standin.api_url, "--concurrency", "1000"],
+        env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+        text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 8000)),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lowered = [line for line in run.stderr.splitlines() if "limit on open files" in line]
+    assert len(lowered) == 1
+    assert lowered[0].startswith("tune-archiver: warning: the limit on open files is 8000 "
+                                 "(ulimit -n): --concurrency 1000 --split 8 are lowered to ")

@@ -212,12 +212,14 @@ def fit_open_files(settings: Settings) -> Settings:
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
     fixed = OPEN_FILES_FIXED + OPEN_FILES_PER_THREAD * threads
     per_slot = OPEN_PER_SLOT + TUNES_PER_SLOT + 1
-    # Past OPEN_FILES (--concurrency 1000), the soft limit is raised as far as is needed.
+    # Past OPEN_FILES (--concurrency 1000), the soft limit is raised as far as is needed,
+    # or to the hard one when that holds less: what is lowered is lowered to fit it.
     needed = fixed + settings.concurrency * (per_slot + settings.split)
-    if limit < needed and (hard == resource.RLIM_INFINITY or needed <= hard):
+    if limit < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-            limit = needed
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            limit = wanted
     room = limit - fixed
     concurrency = min(settings.concurrency, room // (per_slot + settings.split))
     split = min(settings.split, room - per_slot) if concurrency < 1 else settings.split
