@@ -292,3 +292,32 @@ def test_a_concurrency_past_the_hard_limit_is_lowered_to_the_hard_limit_not_4096
     assert len(lowered) == 1
     assert lowered[0].startswith("tune-archiver: warning: the limit on open files is 8000 "
                                  "(ulimit -n): --concurrency 1000 --split 8 are lowered to ")
+
+
+def test_a_hard_limit_of_64_on_many_cores_lowers_concurrency_not_refuses_the_run(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """On 28 cores or more, asyncio's executor has 32 worker threads, and each was
+    counted an open file whatever --concurrency: one slot 'needed' 68, so at a hard
+    limit of 64 every fetch stopped, exit 2, even at --concurrency 2, which ran there.
+    Only the threads the slots can keep busy are counted: --concurrency is lowered."""
+    import resource
+
+    for tune in range(1, 11):
+        standin.add_tune(tune, [standin.add_file(f"ckpt-{tune}", os.urandom(20_000))],
+                         [standin.add_file(f"img-{tune}-{n}", os.urandom(500 + n))
+                          for n in range(3)])
+    archive = tmp_path / "archive"
+    program = ("import os, sys; os.cpu_count = lambda: 32; sys.argv[0] = 'tune-archiver'; "
+               "from tune_archiver.cli.main import entry; raise SystemExit(entry())")
+    run = subprocess.run(
+        [sys.executable, "-c", program, "fetch", *map(str, range(1, 11)), "--archive",
+         str(archive), "--api-url", standin.api_url, "--concurrency", "2"],
+        env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+        text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(stored_blobs(archive)) == 10 * 4
+    assert "Too many open files" not in run.stderr
+    assert "--concurrency 2 --split 8 are lowered to 1 and 8" in run.stderr

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
 from tune_archiver.astria.cli_config import api_for_key, read_astria_cli
-from tune_archiver.astria.client import PERSONAL
+from tune_archiver.astria.client import API_CONCURRENCY, PERSONAL
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
 from tune_archiver.commands.workspaces import ALL, checked_workspace
@@ -210,23 +210,30 @@ def fit_open_files(settings: Settings) -> Settings:
     if limit == resource.RLIM_INFINITY:
         return settings
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
-    fixed = OPEN_FILES_FIXED + OPEN_FILES_PER_THREAD * threads
     per_slot = OPEN_PER_SLOT + TUNES_PER_SLOT + 1
+
+    def needed(concurrency: int, split: int) -> int:
+        # A worker thread holds a file only for a task: the slots' and the tunes past
+        # them keep so many busy at most (11 of the 32 on 28 cores, at one slot).
+        busy = min(threads, API_CONCURRENCY + concurrency * per_slot)
+        return (OPEN_FILES_FIXED + OPEN_FILES_PER_THREAD * busy
+                + concurrency * (per_slot + split))
+
     # Past OPEN_FILES (--concurrency 1000), the soft limit is raised as far as is needed,
     # or to the hard one when that holds less: what is lowered is lowered to fit it.
-    needed = fixed + settings.concurrency * (per_slot + settings.split)
-    if limit < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if limit < (wanted := needed(settings.concurrency, settings.split)):
+        wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             limit = wanted
-    room = limit - fixed
-    concurrency = min(settings.concurrency, room // (per_slot + settings.split))
-    split = min(settings.split, room - per_slot) if concurrency < 1 else settings.split
-    if split < 1:
+    concurrency, split = settings.concurrency, settings.split
+    while concurrency > 1 and needed(concurrency, split) > limit:
+        concurrency -= 1
+    while split > 1 and needed(concurrency, split) > limit:  # one slot: fewer connections
+        split -= 1
+    if needed(concurrency, split) > limit:
         raise ConfigError(f"the limit on open files is {limit}, and a run needs at least "
-                          f"{limit - room + per_slot + 1} here: raise it (ulimit -n)")
-    concurrency = max(1, concurrency)
+                          f"{needed(1, 1)} here: raise it (ulimit -n)")
     if (concurrency, split) == (settings.concurrency, settings.split):
         return settings
     log.warning("warning: the limit on open files is %d (ulimit -n): --concurrency %d "
