@@ -321,3 +321,38 @@ def test_a_hard_limit_of_64_on_many_cores_lowers_concurrency_not_refuses_the_run
     assert len(stored_blobs(archive)) == 10 * 4
     assert "Too many open files" not in run.stderr
     assert "--concurrency 2 --split 8 are lowered to 1 and 8" in run.stderr
+
+
+def test_verify_repair_under_a_low_limit_on_open_files_warns_only_when_it_fetches(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """verify --repair of a whole archive downloads nothing: at a hard limit of 64 every
+    cron run warned that --concurrency 16 --split 8 were lowered, and at 40 it stopped,
+    exit 2, before verifying. The fit is made once a blob is found to fetch again."""
+    import resource
+
+    archive = tmp_path / "archive"
+    data = os.urandom(20_000)
+    standin.add_tune(1, [standin.add_file("ckpt", data)], [])
+    assert run_fetch(standin, archive, "1") == 0
+
+    def repair(limit: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "verify", "--repair", "--archive",
+             str(archive), "--api-url", standin.api_url],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+        )
+
+    for limit in (64, 40):
+        run = repair(limit)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stderr == ""
+    blob = blob_file(archive, data)
+    blob.chmod(0o600)
+    blob.write_bytes(b"rot" + data[3:])
+    run = repair(64)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "the limit on open files is 64" in run.stderr
+    assert blob.read_bytes() == data

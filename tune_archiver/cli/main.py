@@ -23,6 +23,7 @@ from tune_archiver.cli.printing import emit, print_error, print_json, print_out
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
+    fit_open_files,
     in_archive,
     ping_url_of,
     raise_open_files_limit,
@@ -274,16 +275,16 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.repair import repair
     from tune_archiver.commands.verify import verify
 
-    settings = settings_of(args, secrets) if args.repair else None
+    settings = settings_of(args, secrets, downloads=False) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
 
     async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
         found = await verify(store, args.tune_ids, progress)
         if settings is None:
             return found, None
-        staging = staging_for(settings.archive)
-        return found, await repair(store, found, settings, staging, progress, args.clock,
-                                   waiting_for("fetch, gc or forget", str(settings.archive)))
+        fit = fit_open_files(settings) if found.problems else settings  # it may download
+        return found, await repair(store, found, fit, staging_for(fit.archive), progress,
+                                   args.clock, waiting_for("fetch, gc or forget", str(fit.archive)))
 
     try:
         found, mended = in_archive(args, work)
@@ -395,6 +396,5 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "fetch": run_fetch, "verify": run_verify, "list": run_list, "export": run_export,
-    "retrain": run_retrain,
-    "gc": run_gc, "serve": run_serve, "forget": run_forget,
+    "retrain": run_retrain, "gc": run_gc, "serve": run_serve, "forget": run_forget,
 }

@@ -65,7 +65,8 @@ def settings_of(
 ) -> Settings:
     """The settings of a command that talks to the API (fetch, verify --repair, retrain);
     options a command does not have keep their defaults. Those of a command that
-    `downloads` are fitted to the limit on open files; retrain's sends one request."""
+    `downloads` are fitted to the limit on open files: not retrain's (one request), nor
+    verify --repair's until it has found something to fetch again."""
     env = os.environ
     ours = ("--api-key-file" if args.api_key_file is not None else
             ENV_API_KEY if env.get(ENV_API_KEY, "").strip() else None)
