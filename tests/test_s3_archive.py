@@ -1009,3 +1009,38 @@ def test_a_staging_folder_that_cannot_be_made_exits_2_as_the_archive_does(
     assert "cannot create the staging folder in " in capsys.readouterr().err
     assert standin.seen("cdn") == []
     assert s3.keys("objects/") == []
+
+
+@pytest.mark.parametrize("wrote", [b"", b"short"], ids=["empty", "other-bytes"])
+def test_verify_repair_keeps_a_damaged_blob_whose_copy_aside_the_bucket_did_not_store(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], wrote: bytes,
+) -> None:
+    """A store that answers the copy of a damaged blob to tmp/damaged/ with 200 but
+    stores nothing there, or other bytes: the damaged object was deleted all the same,
+    and its bytes (all there is of a file gone upstream) were lost. The copy is read
+    back first; one that is not there whole keeps the damaged blob, said, exit 1."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    damaged = bytearray(s3.get(checkpoint["path"]))
+    damaged[1000] ^= 0xFF
+    s3.put(checkpoint["path"], bytes(damaged))
+    real = S3Backend.copy_object
+
+    def unstored(backend: S3Backend, src_key: FakeKey, bucket: str, key: str,
+                 *args: Any, **kwargs: Any) -> None:
+        if "/tmp/damaged/" not in key:
+            real(backend, src_key, bucket, key, *args, **kwargs)
+        else:  # an empty object, or a few bytes, under the name asked for
+            backend.put_object(bucket, key, wrote)
+
+    monkeypatch.setattr(S3Backend, "copy_object", unstored)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 1
+    assert s3.get(checkpoint["path"]) == bytes(damaged)
+    assert s3.keys("tmp/damaged/") == []
+    err = capsys.readouterr().err
+    assert "its copy to tmp/damaged/" in err
+    assert f"{checkpoint['path']} is kept" in err

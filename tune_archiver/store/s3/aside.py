@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
+from tune_archiver.errors import StorageError
 from tune_archiver.layout import DAMAGED_BLOBS, blob_key
 from tune_archiver.models import Blob
 from tune_archiver.store.s3.bucket import Bucket
@@ -26,6 +27,15 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
         with bucket.translated("set a damaged blob aside"):  # part by part past copy_limit
             await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
                        check=False)
+        # A store may answer the copy 200 and store nothing, or other bytes: the delete
+        # would lose the damaged bytes, all there is of a file gone upstream.
+        copied = await bucket.size_at(bucket.key(target), "check a damaged blob set aside")
+        if copied != found[0]:
+            if copied is not None:
+                await bucket.delete(bucket.key(target))
+            raise StorageError(f"cannot set a damaged blob aside in {bucket}: its copy to "
+                               f"{target} holds {copied or 0} bytes, not {found[0]}; "
+                               f"{key} is kept")
         await bucket.delete(bucket.key(key))
         moved.append(target)
     return moved
