@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -311,3 +312,60 @@ async def test_an_update_whose_lock_file_was_removed_meanwhile_builds_on_the_oth
     await asyncio.wait_for(first, 10)
     assert await store.read_manifest(7) == b"second\nfirst\n"
     assert seen == [None, b"second\n"]
+
+
+@pytest.fixture
+def conditions_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto as a store that ignores If-Match and If-None-Match on a PUT (older MinIO,
+    some Ceph): it writes whatever the condition says, and answers 200."""
+    from moto.s3.responses import S3Response
+    from werkzeug.datastructures import Headers
+
+    put_object = S3Response.put_object
+
+    def unconditional(self: S3Response) -> Any:
+        self.headers = Headers([(name, value) for name, value in self.headers.items()
+                                if name.lower() not in ("if-match", "if-none-match")])
+        return put_object(self)
+
+    monkeypatch.setattr(S3Response, "put_object", unconditional)
+
+
+async def test_s3_update_on_a_store_ignoring_conditions_warns_and_reads_its_write_back(
+    bucket: Bucket, tmp_path: Path, conditions_ignored: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a store that ignores the conditions, another machine's write just after ours
+    (of the manifest it read before ours) replaced ours without a word: our entries
+    were dropped, and each run said them archived. The store is asked once whether it
+    honours them (a warning says it does not), and each write is read back: one
+    replaced meanwhile is done again on what the other wrote."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(9, b"base\n")
+        put = store._put
+        others: list[bytes] = []
+
+        async def then_another(key: str, data: bytes, doing: str, **condition: str) -> None:
+            await put(key, data, doing, **condition)
+            if not others:  # another machine writes what it made of "base\n"
+                others.append(b"base\nother\n")
+                await bucket.put(f"{PREFIX}/{key}", others[0])
+
+        store._put = then_another  # type: ignore[method-assign]
+        assert await store.update_manifest(9, appending(b"ours", [])) == "manifests/9.json"
+        await store.update_manifest(9, appending(b"more", []))
+        assert await store.read_manifest(9) == b"base\nother\nours\nmore\n"
+    [warning] = [r.getMessage() for r in caplog.records if "conditional" in r.getMessage()]
+    assert warning.startswith(f"warning: s3://{bucket.name}/{PREFIX} ignores conditional")
+    assert await bucket.keys(f"{PREFIX}/tmp/") == []
+
+
+async def test_s3_update_on_a_store_honouring_conditions_says_nothing(
+    bucket: Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The question leaves no key behind, and a store that honours them is not warned of."""
+    async with opened(bucket, tmp_path) as store:
+        await store.update_manifest(2, appending(b"ours", []))
+        assert await store.read_manifest(2) == b"ours\n"
+    assert not [r for r in caplog.records if "conditional" in r.getMessage()]
+    assert await bucket.keys(f"{PREFIX}/tmp/") == []

@@ -10,6 +10,7 @@ the optional `[s3]` extra.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
@@ -31,7 +32,7 @@ from tune_archiver.layout import (
 )
 from tune_archiver.models import StoredBlob
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.s3 import aside, leftovers
+from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.config import client_config, install_hint, parse_url
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict
@@ -97,6 +98,8 @@ class S3Store:
         self._session = session
         self._bucket: Bucket | None = None
         self._intakes: set[S3Intake] = set()  # neither committed nor abandoned yet
+        self._guarded: bool | None = None  # whether the store honours conditional PUTs
+        self._probing = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
 
     def __str__(self) -> str:
@@ -296,21 +299,32 @@ class S3Store:
     async def update_manifest(self, tune_id: int, change: Change) -> str:
         """Read, change and write the tune's manifest with a conditional PUT (If-Match its
         ETag, or If-None-Match when there was none): when another machine wrote or removed
-        it in between, read it again and change that, up to MANIFEST_ATTEMPTS times."""
-        key = manifest_key(tune_id)
+        it in between, read it again and change that, up to MANIFEST_ATTEMPTS times.
+        On a store that ignores the conditions (warned of once), each write is read back
+        and done again on what is there when another writer's replaced it meanwhile."""
+        key, doing = manifest_key(tune_id), f"read the manifest of tune {tune_id}"
+        guarded = await self._honours_conditions()
         for _ in range(MANIFEST_ATTEMPTS):
-            found = await self._read(key, f"read the manifest of tune {tune_id}")
+            found = await self._read(key, doing)
             data = await change(found[0] if found else None)
             condition = {"IfMatch": found[1]} if found else {"IfNoneMatch": "*"}
             try:
                 await self._put(key, data, "write a manifest", **condition)
-                return key
             except (Conflict, Absent):  # Absent: removed meanwhile (If-Match answers 404)
                 continue
+            if guarded or ((again := await self._read(key, doing)) and again[0] == data):
+                return key
         raise StorageError(
             f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
             f"it each of {MANIFEST_ATTEMPTS} times"
         )
+
+    async def _honours_conditions(self) -> bool:
+        """Whether the store honours If-Match and If-None-Match: asked once per run."""
+        async with self._probing:
+            if self._guarded is None:
+                self._guarded = await conditions.honoured(self.bucket)
+        return self._guarded
 
     async def _put(self, key: str, data: bytes, doing: str, **condition: str) -> None:
         bucket = self.bucket

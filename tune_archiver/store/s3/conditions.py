@@ -1,0 +1,54 @@
+"""Whether a store honours conditional writes (If-None-Match, If-Match on a PUT), on which
+every manifest's update across machines relies (S3Store.update_manifest). Some do not
+(older MinIO, some Ceph and other S3-compatible stores): they write whatever the
+condition, and answer 200 where S3 answers 412."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from tune_archiver.errors import Denied, StorageError
+from tune_archiver.layout import TMP
+from tune_archiver.store.s3.bucket import Bucket
+from tune_archiver.store.s3.errors import Conflict
+from tune_archiver.store.s3.transfer import settle
+
+DOING = "check the store's conditional writes"
+log = logging.getLogger(__name__)
+
+
+async def honoured(bucket: Bucket) -> bool:
+    """Whether the store honours them; a warning when it does not. False, unsaid, when
+    it refuses the question (a policy on tmp/, a fault): every write is read back then."""
+    try:
+        if not await ignored(bucket):
+            return True
+    except (StorageError, Denied) as exc:
+        log.info("%s; each manifest written is read back", exc)
+        return False
+    log.warning("warning: %s ignores conditional writes (If-None-Match, If-Match): two "
+                "runs writing one tune at once (two machines, or runs overlapping) may drop "
+                "each other's files from its manifest; run one fetch at a time on it", bucket)
+    return False
+
+
+async def ignored(bucket: Bucket) -> bool:
+    """Whether the store wrote over an object a PUT's condition says to keep: asked on a
+    scratch key under tmp/ (removed at once; gc removes one a killed run leaves)."""
+    key = bucket.key(f"{TMP}/conditions-{uuid.uuid4().hex}")
+    with bucket.translated(DOING):
+        await bucket.client.put_object(Bucket=bucket.name, Key=key, Body=b"")
+    try:
+        for condition in ({"IfNoneMatch": "*"}, {"IfMatch": f'"{"0" * 32}"'}):
+            try:
+                with bucket.translated(DOING):
+                    await bucket.client.put_object(
+                        Bucket=bucket.name, Key=key, Body=b"", **condition  # type: ignore[arg-type]
+                    )
+            except Conflict:
+                continue
+            return True
+        return False
+    finally:
+        await settle(bucket.delete(key), f"remove {key}")
