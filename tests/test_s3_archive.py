@@ -1044,3 +1044,55 @@ def test_verify_repair_keeps_a_damaged_blob_whose_copy_aside_the_bucket_did_not_
     err = capsys.readouterr().err
     assert "its copy to tmp/damaged/" in err
     assert f"{checkpoint['path']} is kept" in err
+
+
+def test_credentials_that_may_list_no_key_say_s3_listbucket_may_be_missing(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Credentials that may list no key under the archive (s3:ListBucket missing, or
+    granted on the prefix itself alone): S3 answers 403 for a missing key, and the
+    listing that tells a missing key from a refused one is refused too. fetch said only
+    'access denied; check the AWS credentials and the bucket's policy' for a manifest
+    not written yet, which names nothing to grant. It names s3:ListBucket now; gc,
+    which cannot list, removes nothing."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    get_object, head_object = S3Response.get_object, S3Response.head_object
+    list_objects_v2 = S3Response.list_objects_v2
+
+    def refused_get(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return get_object(self, *args, **kwargs)
+        except MissingKey:
+            raise S3AccessDeniedError() from None
+
+    def refused_head(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = head_object(self, *args, **kwargs)
+        return (403, {}, "") if status == 404 else (status, headers, body)
+
+    def prefix_alone(self: S3Response) -> Any:
+        if self.querystring.get("prefix", [""])[0] != f"{s3.prefix}/":
+            raise S3AccessDeniedError()
+        return list_objects_v2(self)
+
+    monkeypatch.setattr(S3Response, "get_object", refused_get)
+    monkeypatch.setattr(S3Response, "head_object", refused_head)
+    monkeypatch.setattr(S3Response, "list_objects_v2", prefix_alone)
+    monkeypatch.setattr(S3Response, "head_bucket", lambda self: (403, {}, ""))
+    add_tune(standin, 2)
+    capsys.readouterr()
+    assert fetch(standin, s3, "2") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "s3:ListBucket" in line
+    before = s3.keys()
+    assert tune_archiver(s3, "gc") != 0
+    assert s3.keys() == before
+    monkeypatch.setattr(S3Response, "list_objects_v2", lambda self: (403, {}, ""))
+    capsys.readouterr()
+    for command in ("verify", "gc"):  # s3:ListBucket on nothing at all: stopped at once
+        assert tune_archiver(s3, command) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert "s3:ListBucket" in line
+    monkeypatch.setattr(S3Response, "list_objects_v2", list_objects_v2)
+    assert s3.keys() == before

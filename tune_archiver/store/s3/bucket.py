@@ -71,7 +71,7 @@ class Bucket:
         except Absent:
             return None
         except Denied:
-            if await self.missing(key):
+            if await self.missing(key, doing):
                 return None
             raise
         return head["ContentLength"], utc(head["LastModified"])
@@ -83,17 +83,24 @@ class Bucket:
             with self.translated(doing):
                 return await self.client.get_object(Bucket=self.name, Key=key)
         except Denied:
-            if await self.missing(key):
+            if await self.missing(key, doing):
                 raise Absent(f"cannot {doing} in {self}: not found") from None
             raise
 
-    async def missing(self, key: str) -> bool:
+    async def missing(self, key: str, doing: str) -> bool:
         """Whether the object at `key`, whose GET or HEAD the store refused (403), is not
         there. S3 answers 403, not 404, for a missing key to credentials without
         s3:ListBucket on the whole bucket (one granted for the prefix alone, see
-        S3Store.prepare): a listing of the key tells which it was."""
-        with self.translated("look up an object"):
-            listed = await self.client.list_objects_v2(Bucket=self.name, Prefix=key, MaxKeys=1)
+        S3Store.prepare): a listing of the key tells which it was. Denied, naming
+        s3:ListBucket, when that listing is refused too."""
+        try:
+            with self.translated(doing):
+                listed = await self.client.list_objects_v2(
+                    Bucket=self.name, Prefix=key, MaxKeys=1)
+        except Denied as exc:
+            raise Denied(f"{exc}; listing it was refused too: the credentials may lack "
+                         "s3:ListBucket under the archive (S3 answers a missing key 403 "
+                         "without it)") from exc
         # or as botocore decodes it from a store that sends it unencoded (see list)
         return all(item["Key"] not in (key, unquote_plus(key))
                    for item in listed.get("Contents", []))

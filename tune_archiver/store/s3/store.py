@@ -180,6 +180,9 @@ class S3Store:
             raise ConfigError(
                 f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
             ) from exc
+        except Denied as exc:
+            raise Denied(f"{exc}; reaching it needs s3:ListBucket (on the prefix at "
+                         "least)") from exc
         except Unreachable:
             raise
         except StorageError as exc:
