@@ -1096,3 +1096,40 @@ def test_credentials_that_may_list_no_key_say_s3_listbucket_may_be_missing(
         assert "s3:ListBucket" in line
     monkeypatch.setattr(S3Response, "list_objects_v2", list_objects_v2)
     assert s3.keys() == before
+
+
+def test_verify_repair_never_moves_aside_a_blob_the_bucket_cannot_send_whole(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A checkpoint whole in the bucket whose GETs come back cut short (a proxy, a
+    link that drops): verify says it unreadable, and --repair moved it aside as it
+    would a disk's bad sector; its tune gone upstream, the fetch again found nothing,
+    and the checkpoint was 'missing' from then on, its whole bytes left in
+    tmp/damaged/, where no repair looks. A read that fails says nothing of a bucket's
+    bytes: it stays in place, said, exit 1, and the next verify reads it again."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    whole = s3.get(checkpoint["path"])
+    get_object = S3Response.get_object
+
+    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = get_object(self, *args, **kwargs)
+        if self.path.endswith(checkpoint["sha256"]):
+            return status, {**headers, "content-length": str(len(body))}, body[:1000]
+        return status, headers, body
+
+    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    for name in list(standin.files):
+        standin.faults[name] = [Status(404)] * 10
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    assert "checkpoint 0: unreadable: " in capsys.readouterr().err
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 1
+    assert "not moved aside: it may be whole" in capsys.readouterr().err
+    monkeypatch.setattr(S3Response, "get_object", get_object)
+    assert s3.get(checkpoint["path"]) == whole
+    assert s3.keys("tmp/damaged/") == []
+    assert tune_archiver(s3, "verify") == 0

@@ -142,10 +142,17 @@ async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: R
 
 async def _whole_now(store: Store, sha256: str) -> bool:
     """Whether the blob's place holds its bytes now: what verify found may be stale, and
-    a whole blob there (another repair's) is never moved aside."""
+    a whole blob there (another repair's) is never moved aside. StorageError for a
+    bucket's blob that cannot be read: it may be whole there (the read failed on its way,
+    a proxy cut it short), and moved aside, a tune gone upstream would have it no more."""
     try:
         found = await store.hash_blob(sha256, lambda n: None)
-    except ArchiverError:  # not a file, unreadable: damaged still
+    except StorageError as exc:
+        if not store.unreadable_is_damaged:
+            raise StorageError(f"{exc}; not moved aside: it may be whole in {store}, and "
+                               "is read again by the next verify") from exc
+        return False  # not a file, unreadable: damaged still
+    except ArchiverError:
         return False
     return found is not None and found[1] == sha256
 

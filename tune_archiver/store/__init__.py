@@ -61,6 +61,9 @@ class Store(Protocol):
     """An archive: blobs named by their sha256, one manifest per tune."""
 
     gc_grace: timedelta  # gc leaves unreferenced blobs younger than this alone
+    # Whether a blob that cannot be read is damaged where it lies (a disk's EIO), not
+    # maybe whole behind a read that failed on its way (a bucket's): repair moves it.
+    unreadable_is_damaged: bool
 
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None

@@ -76,6 +76,7 @@ class LocalStore:
     """An archive in a local directory."""
 
     gc_grace = timedelta(0)  # the archive lock keeps gc and fetches apart
+    unreadable_is_damaged = True  # the disk failed reading it
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -227,8 +228,7 @@ class LocalStore:
             if await self.read_manifest(tune_id) != damaged:
                 return None
             with _inside(self.root, "set a damaged manifest aside"):
-                await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id),
-                                key)
+                await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id), key)
         return key
 
     async def damaged_manifests(self) -> list[str]:

@@ -67,6 +67,7 @@ class S3Store:
     """
 
     gc_grace = timedelta(days=1)
+    unreadable_is_damaged = False  # a read that failed on its way says nothing of the bytes
 
     def __init__(
         self,
@@ -230,6 +231,12 @@ class S3Store:
             size = await stream(self.bucket, sha256, "read a blob", digest.update, advance)
         except Absent:
             return None
+        # Bytes that are not the name's may be a GET cut short on its way (a proxy), not
+        # the object: one the bucket holds at another size is unread, not corrupt.
+        if digest.hexdigest() != sha256 and (held := await self.blob_size(sha256)) not in (
+                None, size):
+            raise StorageError(f"cannot read a blob in {self}: {sha256} holds {held} bytes; "
+                               f"{size} were sent")
         return size, digest.hexdigest()
 
     def read_blob(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
