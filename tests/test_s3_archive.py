@@ -735,6 +735,35 @@ def test_a_listing_that_goes_round_in_circles_is_one_line_not_a_run_that_never_e
     assert len(pages) < 10
 
 
+def test_a_listing_that_repeats_its_first_page_under_new_tokens_ends_in_one_line(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As above, each time under a continuation token never given before: no token came
+    round again, and every key on the page was one listed already, so list, verify and
+    gc listed forever, saying nothing. A page of nothing but keys listed before that
+    says more follow stops the listing: one line, exit 1."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    list_objects_v2 = S3Backend.list_objects_v2
+    pages = []
+
+    def circling(backend: S3Backend, *args: Any, **kwargs: Any) -> Any:
+        pages.append(kwargs.get("continuation_token"))
+        keys, _, _ = list_objects_v2(backend, *args, **{**kwargs, "continuation_token": None})
+        if len(pages) > 50:  # the test's own stop, were the listing never refused
+            return keys, False, None
+        return keys, True, f"token-{len(pages)}"
+
+    monkeypatch.setattr(S3Backend, "list_objects_v2", circling)
+    capsys.readouterr()
+    assert tune_archiver(s3, "list") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: cannot list the bucket in ")
+    assert "again" in line
+    assert len(pages) < 10
+
+
 def test_a_listing_truncated_without_a_token_stops_gc_before_it_removes_a_named_blob(
     standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -160,7 +160,12 @@ class Bucket:
                                        "continuation token again; its listing never ends")
                 if token:
                     tokens.add(token)
-                for item in page.get("Contents", []):
+                listed = page.get("Contents", [])
+                # Or the same keys again under new tokens: a page of nothing new.
+                if token and listed and all(item["Key"] in seen for item in listed):
+                    raise StorageError(f"cannot list the bucket in {self}: it listed the "
+                                       "same keys again; its listing never ends")
+                for item in listed:
                     if item["Key"] in seen:
                         continue
                     seen.add(item["Key"])
