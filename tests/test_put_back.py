@@ -211,7 +211,7 @@ async def test_put_back_of_a_large_object_checks_what_the_copy_put_in_place(
 ) -> None:
     """An object past copy_limit is copied part by part, unchecked: when the stray object
     is replaced between the hash and the copy, other bytes land under the blob's name
-    (and the stray object is deleted)."""
+    (and the stray object is deleted). The copy is taken away, and said."""
     data = os.urandom(MIN_PART + 1000)
     other = os.urandom(len(data))
     sha = sha256(data)
@@ -225,7 +225,8 @@ async def test_put_back_of_a_large_object_checks_what_the_copy_put_in_place(
             return await real(**kwargs)
 
         client.create_multipart_upload = replaced_first  # type: ignore[method-assign]
-        assert await store.put_back(sha, stray_of(sha), "20261210T120000Z") is None
+        with pytest.raises(StorageError, match="is not its bytes"):
+            await store.put_back(sha, stray_of(sha), "20261210T120000Z")
         assert await store.hash_blob(sha, lambda n: None) is None
     assert await bucket.get(f"arch/{stray_of(sha)}") == other
 

@@ -1222,3 +1222,36 @@ async def test_a_store_answering_parts_with_their_sha256_is_known_to_keep_them(
         partial = await downloaded(store, tmp_path, os.urandom(2 * MIN_PART + 5))
         await partial.commit(None)
         assert store.bucket.keeps_checksums is False
+
+
+async def test_put_back_keeps_the_stray_copy_when_the_store_copied_other_bytes(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify --repair puts a whole blob found at a wrong place back by a copy: a store
+    that hashes no copy (it reports no SHA-256 for it) and answers 200 having stored
+    other bytes (none) at the blob's key had the stray copy, the one whole one, deleted
+    all the same, below the copy limit (only a copy part by part was read back). The
+    blob put back is now read back at any size; the stray copy stays."""
+    from moto.s3.models import S3Backend
+
+    data = os.urandom(60_000)
+    stray = f"objects/sha256/zz/{sha(data)}"
+    await bucket.put(f"{PREFIX}/{stray}", data)
+    real = S3Backend.copy_object
+
+    def emptied(backend: Any, src_key: Any, bucket_name: str, key: str, *args: Any,
+                **kwargs: Any) -> None:
+        real(backend, src_key, bucket_name, key, *args, **kwargs)
+        if key.endswith(blob_key(sha(data))):
+            backend.put_object(bucket_name, key, b"")
+
+    def hashing_no_copy(request: Any, **_: Any) -> None:
+        request.headers.pop("x-amz-checksum-algorithm", None)
+
+    monkeypatch.setattr(S3Backend, "copy_object", emptied)
+    async with opened(bucket, tmp_path) as store:
+        store.bucket.client.meta.events.register("before-send.s3.CopyObject", hashing_no_copy)
+        with pytest.raises(StorageError, match="is not its bytes"):
+            await store.put_back(sha(data), stray, "20261201T000000Z")
+    assert await bucket.get(f"{PREFIX}/{stray}") == data
+    assert await bucket.keys(f"{PREFIX}/{blob_key(sha(data))}") == []

@@ -149,7 +149,7 @@ class Store(Protocol):
         """Move the digest-named file at the wrong place `key` to the blob's place if its
         bytes hash to its name, whatever sat there first moved to tmp/damaged/ (as
         set_aside_blob moves it); returns where that went. None, nothing moved, when
-        the file there is not whole."""
+        the file there is not whole; StorageError, it kept, when its copy is not."""
         ...
 
     async def delete_blob(self, sha256: str, older_than: datetime | None = None) -> bool:

@@ -5,6 +5,7 @@ A bucket has no rename: each move is a server-side copy, then a delete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from tune_archiver.errors import StorageError
@@ -44,7 +45,8 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
 async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[str] | None:
     """Copy the object at the wrong place `key` to the blob's place if its bytes hash to
     its name, whatever sat there first set aside; then delete it. Returns what was set
-    aside; None, nothing moved, when the object is gone or not whole."""
+    aside; None, nothing moved, when the object is gone or not whole. StorageError, the
+    object kept, when its copy at the blob's place does not read back as its bytes."""
     digest = hashlib.sha256()
     try:
         size = await stream(bucket, sha256, "put a misplaced blob back", digest.update,
@@ -60,11 +62,14 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
                        Blob(sha256, size))
     except Absent:  # gone meanwhile (another repair put it back): nothing copied
         return None
-    if size > bucket.copy_limit:  # copied part by part, which S3 does not hash for us
-        again = hashlib.sha256()
+    # Read back at any size: part by part S3 hashes no copy, and a store that hashes
+    # none (it reports no SHA-256) may have stored other bytes; the stray is the one left.
+    again = hashlib.sha256()
+    with contextlib.suppress(Absent):
         await stream(bucket, sha256, "check a blob put back", again.update, lambda n: None)
-        if again.hexdigest() != sha256:  # the stray object changed since it was hashed:
-            await bucket.delete(bucket.key(blob_key(sha256)))  # a copy of what stays there
-            return None
+    if again.hexdigest() != sha256:  # not what was hashed (or changed since):
+        await bucket.delete(bucket.key(blob_key(sha256)))  # a copy of what stays there
+        raise StorageError(f"cannot put a misplaced blob back in {bucket}: its copy to "
+                           f"{blob_key(sha256)} is not its bytes; {key} is kept")
     await bucket.delete(bucket.key(key))
     return moved
