@@ -369,3 +369,34 @@ async def test_s3_update_on_a_store_honouring_conditions_says_nothing(
         assert await store.read_manifest(2) == b"ours\n"
     assert not [r for r in caplog.records if "conditional" in r.getMessage()]
     assert await bucket.keys(f"{PREFIX}/tmp/") == []
+
+
+async def test_s3_set_aside_keeps_a_manifest_the_bucket_sent_short(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET of the manifest answered with fewer bytes than the bucket holds (a proxy
+    cutting it, Content-Length to match): not JSON, so fetch set it aside as damaged,
+    and what went to manifests/damaged/ was the bytes read, the manifest whole in the
+    bucket deleted: every entry past the cut lost. Now the manifest's size in the bucket
+    (HEAD) must be that of the bytes set aside, else nothing moves."""
+    from moto.s3.responses import S3Response
+
+    whole = b'{"tune_id": 6, "assets": ["' + b"x" * 5000 + b'"]}'
+    get_object = S3Response.get_object
+
+    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = get_object(self, *args, **kwargs)
+        if self.path.endswith("/manifests/6.json"):
+            return status, {**headers, "content-length": "100"}, body[:100]
+        return status, headers, body
+
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(6, whole)
+        monkeypatch.setattr(S3Response, "get_object", cut_short)
+        damaged = await store.read_manifest(6)
+        assert damaged == whole[:100]
+        with pytest.raises(StorageError, match="holds 5030 bytes, 100 were read"):
+            await store.set_aside_manifest(6, "20261201T000000Z", damaged)
+        assert await store.damaged_manifests() == []
+    monkeypatch.undo()
+    assert await bucket.get(f"{PREFIX}/manifests/6.json") == whole

@@ -5,6 +5,7 @@ condition, and answer 200 where S3 answers 412."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -52,3 +53,17 @@ async def ignored(bucket: Bucket) -> bool:
         return False
     finally:
         await settle(bucket.delete(key), f"remove {key}")
+
+
+class Verdict:
+    """Whether one store honours them, asked once (by the first manifest's update)."""
+
+    def __init__(self) -> None:
+        self._honoured: bool | None = None
+        self._asking = asyncio.Lock()
+
+    async def honoured(self, bucket: Bucket) -> bool:
+        async with self._asking:
+            if self._honoured is None:
+                self._honoured = await honoured(bucket)
+        return self._honoured

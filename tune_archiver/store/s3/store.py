@@ -10,7 +10,6 @@ the optional `[s3]` extra.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import re
@@ -99,8 +98,7 @@ class S3Store:
         self._session = session
         self._bucket: Bucket | None = None
         self._intakes: set[S3Intake] = set()  # neither committed nor abandoned yet
-        self._guarded: bool | None = None  # whether the store honours conditional PUTs
-        self._probing = asyncio.Lock()
+        self._conditions = conditions.Verdict()  # whether it honours conditional PUTs
         self._stack = contextlib.AsyncExitStack()
 
     def __str__(self) -> str:
@@ -313,7 +311,7 @@ class S3Store:
         On a store that ignores the conditions (warned of once), each write is read back
         and done again on what is there when another writer's replaced it meanwhile."""
         key, doing = manifest_key(tune_id), f"read the manifest of tune {tune_id}"
-        guarded = await self._honours_conditions()
+        guarded = await self._conditions.honoured(self.bucket)
         for _ in range(MANIFEST_ATTEMPTS):
             found = await self._read(key, doing)
             data = await change(found[0] if found else None)
@@ -328,13 +326,6 @@ class S3Store:
             f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
             f"it each of {MANIFEST_ATTEMPTS} times"
         )
-
-    async def _honours_conditions(self) -> bool:
-        """Whether the store honours If-Match and If-None-Match: asked once per run."""
-        async with self._probing:
-            if self._guarded is None:
-                self._guarded = await conditions.honoured(self.bucket)
-        return self._guarded
 
     async def _put(self, key: str, data: bytes, doing: str, **condition: str) -> None:
         bucket = self.bucket
@@ -358,6 +349,11 @@ class S3Store:
         found = await self._read(manifest_key(tune_id), doing)
         if found is None or found[0] != damaged:
             return None
+        # Bytes cut short on their way (a proxy) are no manifest's whole: the bucket's stays.
+        held = await self.bucket.size_at(self.bucket.key(manifest_key(tune_id)), doing)
+        if held not in (None, len(damaged)):
+            raise StorageError(f"cannot {doing} in {self}: manifests/{tune_id}.json holds "
+                               f"{held} bytes, {len(damaged)} were read; nothing moved")
         try:
             await self._put(key, found[0], doing, IfNoneMatch="*")
         except Conflict as exc:
