@@ -393,6 +393,7 @@ def test_credentials_granted_the_prefix_alone_can_use_it(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("tune-archiver: error: cannot reach the bucket in ")
     assert "access denied" in line
+    assert line.endswith("; reaching it needs s3:ListBucket")
 
 
 def test_credentials_granted_the_prefix_alone_fetch_a_new_tune_and_find_a_missing_blob(

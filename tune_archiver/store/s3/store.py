@@ -180,8 +180,8 @@ class S3Store:
                 f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
             ) from exc
         except Denied as exc:
-            raise Denied(f"{exc}; reaching it needs s3:ListBucket (on the prefix at "
-                         "least)") from exc
+            at_least = " (on the prefix at least)" if bucket.prefix else ""
+            raise Denied(f"{exc}; reaching it needs s3:ListBucket{at_least}") from exc
         except Unreachable:
             raise
         except StorageError as exc:
