@@ -1116,7 +1116,9 @@ def test_credentials_that_may_list_no_key_say_s3_listbucket_may_be_missing(
     [line] = capsys.readouterr().err.splitlines()
     assert "s3:ListBucket" in line
     before = s3.keys()
-    assert tune_archiver(s3, "gc") != 0
+    assert tune_archiver(s3, "gc") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("; listing needs s3:ListBucket")
     assert s3.keys() == before
     monkeypatch.setattr(S3Response, "list_objects_v2", lambda self: (403, {}, ""))
     capsys.readouterr()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from tune_archiver.errors import Denied, StorageError
-from tune_archiver.store.s3.errors import Absent, translated
+from tune_archiver.store.s3.errors import LISTING, Absent, translated
 from tune_archiver.urls import redact
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class Bucket:
         decoded = unquote_plus(asked)
         tokens: set[str] = set()
         seen: set[str] = set()  # a store may list a key twice (on two pages): once here
-        with self.translated("list the bucket"):
+        with self.translated(LISTING):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.name, Prefix=asked
             )

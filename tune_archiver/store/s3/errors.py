@@ -26,6 +26,7 @@ CREDENTIALS_REFUSED = frozenset(
 DENIED = frozenset({"AccessDenied", "403"})  # of those, a policy may refuse one key alone
 ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
 REACH = "reach the bucket"  # the first request of a run: failing it, nothing was done
+LISTING = "list the bucket"
 CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 SERVER_TROUBLE = frozenset({500, 502, 503, 504})  # down, overloaded, throttling (SlowDown)
 
@@ -79,8 +80,9 @@ def translate(
         if code == "NoSuchBucket":
             return ConfigError(f"bucket {bucket!r} does not exist at {endpoint()}")
         if code in DENIED:
+            need = "; listing needs s3:ListBucket" if doing == LISTING else ""
             return Denied(f"{where}: access denied ({code}); check the AWS credentials "
-                          "and the bucket's policy")
+                          f"and the bucket's policy{need}")
         if code in CREDENTIALS_REFUSED:
             return ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
         if code in ABSENT:
