@@ -237,9 +237,12 @@ def fit_open_files(settings: Settings) -> Settings:
                           f"{needed(1, 1)} here: raise it (ulimit -n)")
     if (concurrency, split) == (settings.concurrency, settings.split):
         return settings
-    log.warning("warning: the limit on open files is %d (ulimit -n): --concurrency %d "
-                "--split %d are lowered to %d and %d to fit it", limit,
-                settings.concurrency, settings.split, concurrency, split)
+    # Only what was lowered is named: verify --repair has no --split to raise again.
+    lowered = [f"{name} {before} to {after}" for name, before, after in (
+        ("--concurrency", settings.concurrency, concurrency), ("--split", settings.split, split))
+        if before != after]
+    log.warning("warning: the limit on open files is %d (ulimit -n): %s, to fit it", limit,
+                " and ".join(lowered))
     return replace(settings, concurrency=concurrency, split=split)
 
 
