@@ -1165,3 +1165,40 @@ def test_verify_repair_never_moves_aside_a_blob_the_bucket_cannot_send_whole(
     assert s3.get(checkpoint["path"]) == whole
     assert s3.keys("tmp/damaged/") == []
     assert tune_archiver(s3, "verify") == 0
+
+
+def test_verify_repair_never_moves_aside_a_misplaced_blob_the_bucket_cannot_send_whole(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The checkpoint's one whole copy sits at a wrong place, its GETs cut short on their
+    way (a proxy, Content-Length to match): put back hashed the bytes sent, took the
+    stray for not whole, and repair moved it aside to tmp/damaged/, the tune gone
+    upstream, the checkpoint 'missing' from then on. It stays where it is, said, exit 1."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
+    s3.put(stray, data)
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
+    get_object = S3Response.get_object
+
+    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = get_object(self, *args, **kwargs)
+        if self.path.endswith(stray):
+            return status, {**headers, "content-length": str(1000)}, body[:1000]
+        return status, headers, body
+
+    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    for name in list(standin.files):
+        standin.faults[name] = [Status(404)] * 10
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 1
+    assert "not moved aside: it may be whole" in capsys.readouterr().err
+    monkeypatch.setattr(S3Response, "get_object", get_object)
+    assert s3.get(stray) == data
+    assert s3.keys("tmp/damaged/") == []
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 0
+    assert s3.get(checkpoint["path"]) == data

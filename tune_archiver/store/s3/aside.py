@@ -54,6 +54,13 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
     except Absent:
         return None
     if digest.hexdigest() != sha256:
+        # Sent short on its way (a proxy), not the object, when the bucket holds another
+        # size: moved aside, the one whole copy of a file gone upstream would be lost.
+        held = await bucket.size_at(bucket.key(key), "look up a misplaced blob")
+        if held not in (None, size):
+            raise StorageError(f"cannot read a misplaced blob in {bucket}: {key} holds "
+                               f"{held} bytes; {size} were sent; not moved aside: it may "
+                               "be whole, and is read again by the next verify")
         return None
     moved = await set_aside(bucket, sha256, [blob_key(sha256)], stamp)
     try:
