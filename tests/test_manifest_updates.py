@@ -400,3 +400,40 @@ async def test_s3_set_aside_keeps_a_manifest_the_bucket_sent_short(
         assert await store.damaged_manifests() == []
     monkeypatch.undo()
     assert await bucket.get(f"{PREFIX}/manifests/6.json") == whole
+
+
+@pytest.fixture
+def conditions_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto as a store that refuses If-Match and If-None-Match on a PUT, 501 NotImplemented
+    (as S3 did until 2024, and stores made after it still do)."""
+    from moto.s3.responses import S3Response
+
+    put_object = S3Response.put_object
+
+    def refusing(self: S3Response) -> Any:
+        if any(name.lower() in ("if-match", "if-none-match") for name, _ in self.headers.items()):
+            return 501, {}, (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
+                             b"NotImplemented</Code><Message>A header you provided implies "
+                             b"functionality that is not implemented</Message></Error>")
+        return put_object(self)
+
+    monkeypatch.setattr(S3Response, "put_object", refusing)
+
+
+async def test_s3_update_on_a_store_refusing_conditions_writes_and_reads_back(
+    bucket: Bucket, tmp_path: Path, conditions_refused: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that answers a conditional PUT 501 NotImplemented had every manifest's
+    write fail, each run, though the question asked first found it refused: no tune
+    was ever archived there. It is warned of as one that ignores them, and written
+    without them, each write read back."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(9, b"base\n")
+        assert await store.update_manifest(9, appending(b"ours", [])) == "manifests/9.json"
+        await store.update_manifest(10, appending(b"new", []))
+        assert await store.read_manifest(9) == b"base\nours\n"
+        assert await store.read_manifest(10) == b"new\n"
+    [warning] = [r.getMessage() for r in caplog.records if "conditional" in r.getMessage()]
+    assert f"s3://{bucket.name}/{PREFIX} ignores conditional" in warning
+    assert await bucket.keys(f"{PREFIX}/tmp/") == []

@@ -12,7 +12,7 @@ import uuid
 from tune_archiver.errors import Denied, StorageError
 from tune_archiver.layout import TMP
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Conflict
+from tune_archiver.store.s3.errors import Conflict, Unsupported
 from tune_archiver.store.s3.transfer import settle
 
 DOING = "check the store's conditional writes"
@@ -47,6 +47,8 @@ async def ignored(bucket: Bucket) -> bool:
                     await bucket.client.put_object(
                         Bucket=bucket.name, Key=key, Body=b"", **condition  # type: ignore[arg-type]
                     )
+            except Unsupported:  # refused (501, as S3 did until 2024): it cannot guard
+                return True
             except Conflict:
                 continue
             return True

@@ -28,6 +28,7 @@ ABSENT = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NotFound"})
 REACH = "reach the bucket"  # the first request of a run: failing it, nothing was done
 LISTING = "list the bucket"
 CONFLICT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+UNSUPPORTED = frozenset({"NotImplemented", "501"})  # a header it has no use for (If-Match)
 SERVER_TROUBLE = frozenset({500, 502, 503, 504})  # down, overloaded, throttling (SlowDown)
 
 
@@ -38,6 +39,10 @@ class Absent(StorageError):
 class Unchecked(StorageError):
     """An upload straight to a blob key, not completed: the store answered its parts
     without their SHA-256s, so it may not have checked them (see Bucket.keeps_checksums)."""
+
+
+class Unsupported(StorageError):
+    """The store refuses what a request asks of it (a conditional PUT): 501."""
 
 
 class Conflict(StorageError):
@@ -89,6 +94,8 @@ def translate(
             return Absent(f"{where}: not found")
         if code in CONFLICT:
             return Conflict(f"{where}: changed meanwhile by another writer ({code})")
+        if code in UNSUPPORTED:
+            return Unsupported(f"{where}: {code} {message}".rstrip())
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         if doing == REACH and status in SERVER_TROUBLE:  # not the configuration's fault
             return Unreachable(f"{where}: {code} {message}".rstrip())

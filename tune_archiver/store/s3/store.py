@@ -34,7 +34,7 @@ from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.config import client_config, install_hint, parse_url
-from tune_archiver.store.s3.errors import REACH, Absent, Conflict
+from tune_archiver.store.s3.errors import REACH, Absent, Conflict, Unsupported
 from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
@@ -308,7 +308,7 @@ class S3Store:
         """Read, change and write the tune's manifest with a conditional PUT (If-Match its
         ETag, or If-None-Match when there was none): when another machine wrote or removed
         it in between, read it again and change that, up to MANIFEST_ATTEMPTS times.
-        On a store that ignores the conditions (warned of once), each write is read back
+        On a store that ignores (or refuses) them, warned of once, each write is read back
         and done again on what is there when another writer's replaced it meanwhile."""
         key, doing = manifest_key(tune_id), f"read the manifest of tune {tune_id}"
         guarded = await self._conditions.honoured(self.bucket)
@@ -318,6 +318,10 @@ class S3Store:
             condition = {"IfMatch": found[1]} if found else {"IfNoneMatch": "*"}
             try:
                 await self._put(key, data, "write a manifest", **condition)
+            except Unsupported:  # refused (501, warned of): written without, read back
+                if guarded:
+                    raise
+                await self._put(key, data, "write a manifest")
             except (Conflict, Absent):  # Absent: removed meanwhile (If-Match answers 404)
                 continue
             if guarded or ((again := await self._read(key, doing)) and again[0] == data):
