@@ -1202,3 +1202,39 @@ def test_verify_repair_never_moves_aside_a_misplaced_blob_the_bucket_cannot_send
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 0
     assert s3.get(checkpoint["path"]) == data
+
+
+def test_verify_repair_mends_the_other_tunes_when_a_blob_to_vouch_for_is_sent_short(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An entry whose sha256 names no blob while its path names one is mended once that
+    one reads whole; a GET of it cut short on its way stopped the whole repair, every
+    other tune's damage left as it was, since 7b1a751 made such a read an error. It is
+    that entry's alone, said: the other tune's image is fetched again."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    assert fetch(standin, s3, "1", "2") == 0
+    document = s3.manifest(1)
+    [checkpoint] = [e for e in document["assets"] if e["kind"] == "checkpoint"]
+    real = checkpoint["sha256"]
+    checkpoint["sha256"] = ("1" if real[0] == "0" else "0") + real[1:]
+    s3.put("manifests/1.json", json.dumps(document).encode())
+    [image] = [e for e in s3.manifest(2)["assets"] if e["kind"] == "training_image"][:1]
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{image['path']}")
+    get_object = S3Response.get_object
+
+    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = get_object(self, *args, **kwargs)
+        if self.path.endswith(real):
+            return status, {**headers, "content-length": str(1000)}, body[:1000]
+        return status, headers, body
+
+    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         sleep=Sleeps()) == 1
+    assert "tune 1: checkpoint 0: unreadable: " in capsys.readouterr().err
+    assert s3.get(image["path"]) == standin.files[image["url"].rsplit("/", 1)[1]]
+    monkeypatch.setattr(S3Response, "get_object", get_object)
+    assert tune_archiver(s3, "verify") == 0

@@ -165,9 +165,16 @@ async def _names_another(store: Store, path: str | None, sha256: str) -> bool:
 
 async def _whole_as(store: Store, named: str | None, size: int, sha256: str) -> bool:
     """Whether the archive holds `named` whole, of `size` bytes, while still no `sha256`:
-    the blob an entry's path names, its sha256 being the one field wrong."""
-    return (named is not None and await store.blob_size(sha256) is None
-            and await store.blob_size(named) == size and await _whole_now(store, named))
+    the blob an entry's path names, its sha256 being the one field wrong. A bucket's
+    blob that could not be read is not known whole: the entry is left for the verify
+    after to say, not the repair of every other tune stopped."""
+    if named is None or await store.blob_size(sha256) is not None or (
+            await store.blob_size(named) != size):
+        return False
+    try:
+        return await _whole_now(store, named)
+    except StorageError:
+        return False
 
 
 class _Unchanged(Exception):
