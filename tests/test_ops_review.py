@@ -111,6 +111,26 @@ def test_an_export_past_the_file_size_limit_says_the_cause(
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_an_export_at_the_top_of_its_folder_past_fat32s_limit_is_no_traceback(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint past FAT32's 4 GiB (a full SDXL one, ~6.5 GB) exported with --layout
+    diffusers goes at the top of the tune's folder, written through /proc/self/fd/N: the
+    filesystem's look-up (O_NOFOLLOW) refused that link, and export stopped on a
+    NotADirectoryError traceback. Here the 4 GiB is 1 KiB, so a 1 MiB one is past it."""
+    monkeypatch.setattr("tune_archiver.safefs.FAT_MAX", 1024)
+    make_tune(standin, 1, images=1, ckpt=os.urandom(MiB))
+    archive = tmp_path / "a"
+    assert run_fetch(standin, archive, "1") == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["export", "1", str(out), "--archive", str(archive), "--layout",
+                 "diffusers"]) == 0
+    assert capsys.readouterr().err == ""
+    assert (out / "1-tune-1" / "pytorch_lora_weights.bin").stat().st_size == MiB
+
+
 def test_a_write_refused_efbig_says_the_cause(tmp_path: Path) -> None:
     """A write past a size limit not told ahead (a file whose size no header announced)
     names the limit and what to do, not only 'File too large'."""

@@ -143,7 +143,7 @@ def make_archive_folders(root: Path, names: Sequence[str]) -> None:
             "on one filesystem (blobs and manifests are renamed into place from tmp/)")
 
 
-def _mount_of(folder: Path) -> str | None:
+def _mount_of(folder: Path | str) -> str | None:
     """The id of the mount the folder is in (its fd's mnt_id, /proc/self/fdinfo); None
     where that is not told (no /proc)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
@@ -161,7 +161,7 @@ FAT_MAX = 2**32 - 1  # the most bytes a file on FAT32 holds (exFAT has no such l
 _FAT = frozenset({"vfat", "msdos", "fat", "fuse.fusefat"})
 
 
-def file_size_limit(folder: Path, size: int) -> str | None:
+def file_size_limit(folder: Path | str, size: int) -> str | None:
     """Why a file of `size` bytes cannot be written in the folder, or None: past this
     process's file-size limit (ulimit -f, RLIMIT_FSIZE) or FAT32's 4 GiB a file. Every
     write past it fails (EFBIG) at the same byte, run after run."""
@@ -174,7 +174,7 @@ def file_size_limit(folder: Path, size: int) -> str | None:
     return None
 
 
-def _filesystem_of(folder: Path) -> str | None:
+def _filesystem_of(folder: Path | str) -> str | None:
     """The type of the filesystem the folder is on (/proc/self/mountinfo); None where
     that is not told."""
     mount = _mount_of(folder)

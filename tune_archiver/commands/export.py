@@ -24,6 +24,7 @@ from tune_archiver.errors import (
     IntegrityError,
     StorageError,
     TooLarge,
+    storage_error,
 )
 from tune_archiver.safefs import (
     NOFOLLOW,
@@ -180,8 +181,15 @@ def _new_folder(dest: Path, folder: Path) -> int:
 
 def _fits(target: Path, size: int) -> None:
     """Raise TooLarge when a file of `size` bytes cannot be written at `target` (FAT32's
-    4 GiB, ulimit -f: see safefs.file_size_limit)."""
-    if why := file_size_limit(target.parent, size):
+    4 GiB, ulimit -f: see safefs.file_size_limit). The folder with a slash after it: a
+    file at the top of the tune's folder is in /proc/self/fd/N itself (_through), a link
+    that its filesystem's look-up (O_NOFOLLOW) refuses, ENOTDIR; the slash has it followed
+    to the folder the fd holds."""
+    try:
+        why = file_size_limit(os.path.join(target.parent, ""), size)
+    except OSError as exc:
+        raise storage_error(exc, target.parent, "look at the file-size limit") from exc
+    if why:
         raise TooLarge(f"cannot write {target.name} in {target.parent}: {size} bytes, {why}; "
                        "nothing was written")
 
