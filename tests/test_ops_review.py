@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,32 @@ def test_an_export_at_the_top_of_its_folder_past_fat32s_limit_is_no_traceback(
                  "diffusers"]) == 0
     assert capsys.readouterr().err == ""
     assert (out / "1-tune-1" / "pytorch_lora_weights.bin").stat().st_size == MiB
+
+
+def test_an_export_with_link_to_another_disk_past_the_file_size_limit_copies_nothing(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """export --link to another filesystem (the README's `export ID /mnt/usb --link`)
+    has no hard link to make and copies: a checkpoint past the limit (ulimit -f here,
+    FAT32's 4 GiB on the stick) was copied up to it, then failed 'File too large'. It is
+    refused by its size before the copy, as without --link; on one filesystem it is
+    linked, as before."""
+    other = Path("/dev/shm")
+    if not os.access(other, os.W_OK) or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no writable filesystem apart from the tests' (/dev/shm)")
+    make_tune(standin, 1, images=1, ckpt=os.urandom(3 * MiB))
+    archive = tmp_path / "a"
+    assert run_fetch(standin, archive, "1") == 0
+    with tempfile.TemporaryDirectory(dir=other) as dest:
+        done = limited_run("export", "1", dest, "--link", "--archive", str(archive))
+        assert done.returncode == 1, done.stderr
+        folder = Path(dest) / "1-tune-1"
+        assert done.stderr == (
+            f"tune-archiver: error: tune 1: checkpoint 0: cannot write 000.bin in "
+            f"{folder}/checkpoints: {3 * MiB} bytes, past this process's file-size limit "
+            f"(ulimit -f) of {MiB} bytes; raise it (ulimit -f unlimited); nothing was "
+            "written\n")
+        assert list((folder / "checkpoints").iterdir()) == []
 
 
 def test_a_write_refused_efbig_says_the_cause(tmp_path: Path) -> None:

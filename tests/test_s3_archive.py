@@ -635,6 +635,28 @@ def test_export_refuses_a_blob_of_another_size_before_writing_it(
     assert written == ["000.jpg", "001.jpg", "index.html", "manifest.json"]
 
 
+def test_export_with_link_of_a_blob_past_the_file_size_limit_reads_none_of_it(
+    standin: StandIn, s3: S3Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bucket's object cannot be hard-linked, so export --link copies it: a checkpoint
+    past the limit (5 GB to a FAT32 stick, the README's --link example) was read from
+    the bucket, paid for, up to the limit, then failed 'File too large'; it is refused
+    by its size first, as without --link. Here the 4 GiB is 100 kB on a 'vfat' DEST."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    monkeypatch.setattr("tune_archiver.safefs.FAT_MAX", 100_000)
+    monkeypatch.setattr("tune_archiver.safefs._filesystem_of", lambda folder: "vfat")
+    capsys.readouterr()
+    assert tune_archiver(s3, "export", "1", str(tmp_path / "out"), "--link") == 1
+    folder = tmp_path / "out" / "1-tune-1"
+    assert capsys.readouterr().err == (
+        f"tune-archiver: error: tune 1: checkpoint 0: cannot write 000.safetensors in "
+        f"{folder}/checkpoints: 200000 bytes, past FAT32's limit of 4 GiB a file; use "
+        "another filesystem (exFAT, NTFS, ext4); nothing was written\n")
+    assert not (folder / "checkpoints" / "000.safetensors").exists()
+
+
 def test_export_of_a_blob_the_bucket_refuses_fails_that_file_alone(
     standin: StandIn, s3: S3Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from tune_archiver.errors import ConfigError
+from tune_archiver.errors import ConfigError, TooLarge, storage_error
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -172,6 +172,21 @@ def file_size_limit(folder: Path | str, size: int) -> str | None:
     if size > FAT_MAX and _filesystem_of(folder) in _FAT:
         return "past FAT32's limit of 4 GiB a file; use another filesystem (exFAT, NTFS, ext4)"
     return None
+
+
+def refuse_past_limit(target: Path, size: int) -> None:
+    """Raise TooLarge when a copy of `size` bytes cannot be written at `target` (see
+    file_size_limit): said before a byte is read, not at the limit (an export's 4 GiB
+    copied, or paid for from a bucket, to fail there). The folder is looked up with a
+    slash after it: an export's is /proc/self/fd/N, a link O_NOFOLLOW refuses (ENOTDIR);
+    the slash has it followed to the folder the fd holds."""
+    try:
+        why = file_size_limit(os.path.join(target.parent, ""), size)
+    except OSError as exc:
+        raise storage_error(exc, target.parent, "look at the file-size limit") from exc
+    if why:
+        raise TooLarge(f"cannot write {target.name} in {target.parent}: {size} bytes, {why}; "
+                       "nothing was written")
 
 
 def _filesystem_of(folder: Path | str) -> str | None:

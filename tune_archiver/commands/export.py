@@ -23,12 +23,9 @@ from tune_archiver.errors import (
     Denied,
     IntegrityError,
     StorageError,
-    TooLarge,
-    storage_error,
 )
 from tune_archiver.safefs import (
     NOFOLLOW,
-    file_size_limit,
     make_private_dir,
     new_private_dir,
     refuse_others_links,
@@ -105,8 +102,6 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
         target = inside / name
         try:
             await in_thread(_make_dir, target.parent)
-            if not link:  # a copy past the limit would fail there, 4 GiB (of S3's) read
-                await in_thread(_fits, target, blob.size)
             how = await store.save_blob_as(blob.sha256, target, hard_link=link, size=blob.size)
         # This file's alone, the others go on: a bucket refusing this one object
         # (AccessDenied) too, as verify takes it.
@@ -177,21 +172,6 @@ def _new_folder(dest: Path, folder: Path) -> int:
         os.close(made)
         raise StorageError(f"refused {folder}: another user replaced it as it was made")
     return made
-
-
-def _fits(target: Path, size: int) -> None:
-    """Raise TooLarge when a file of `size` bytes cannot be written at `target` (FAT32's
-    4 GiB, ulimit -f: see safefs.file_size_limit). The folder with a slash after it: a
-    file at the top of the tune's folder is in /proc/self/fd/N itself (_through), a link
-    that its filesystem's look-up (O_NOFOLLOW) refuses, ENOTDIR; the slash has it followed
-    to the folder the fd holds."""
-    try:
-        why = file_size_limit(os.path.join(target.parent, ""), size)
-    except OSError as exc:
-        raise storage_error(exc, target.parent, "look at the file-size limit") from exc
-    if why:
-        raise TooLarge(f"cannot write {target.name} in {target.parent}: {size} bytes, {why}; "
-                       "nothing was written")
 
 
 def _make_dir(path: Path) -> None:

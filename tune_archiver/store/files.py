@@ -29,7 +29,13 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
-from tune_archiver.safefs import NOFOLLOW, PRIVATE_FILE, refuse_links, write_new
+from tune_archiver.safefs import (
+    NOFOLLOW,
+    PRIVATE_FILE,
+    refuse_links,
+    refuse_past_limit,
+    write_new,
+)
 from tune_archiver.store.aside import open_folder
 
 READ_BLOCK = 4 * 2**20
@@ -239,6 +245,8 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
             found = os.fstat(source.fileno()).st_size
             if size is not None and found != size:
                 raise not_its_size(blob.name, found, size)
+            if not hard_link:  # a copy past the limit would fail there: said before it
+                refuse_past_limit(target, found)
             # Rot keeps the size: only the hash tells, before a link or copy hands the
             # bytes over under the file's name (as an S3 archive's export checks them).
             hashing = hashlib.sha256()
@@ -255,6 +263,7 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
                 except OSError as exc:
                     if exc.errno not in _NO_LINK:
                         raise
+                refuse_past_limit(target, found)  # no link here (a USB stick): a copy
             copy_to(source, target)
         return "copied"
     except FileExistsError as exc:

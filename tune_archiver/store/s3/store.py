@@ -30,6 +30,7 @@ from tune_archiver.layout import (
     manifest_key,
 )
 from tune_archiver.models import StoredBlob
+from tune_archiver.safefs import refuse_past_limit
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
@@ -39,6 +40,7 @@ from tune_archiver.store.s3.intake import S3Intake
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import save_as, stream
+from tune_archiver.threads import in_thread
 from tune_archiver.urls import redact_text
 
 if TYPE_CHECKING:
@@ -246,7 +248,10 @@ class S3Store:
     ) -> str:
         """Write the blob's bytes to the local file `target`, which must not exist yet;
         one not of `size` bytes is refused unread, and every byte is hashed against the
-        name. "copied": a bucket's object cannot be hard-linked."""
+        name. "copied": a bucket's object cannot be hard-linked, and one past the
+        file-size limit there is refused before a byte is read."""
+        if size is not None:
+            await in_thread(refuse_past_limit, target, size)
         await save_as(self.bucket, sha256, target, size)
         return "copied"
 
