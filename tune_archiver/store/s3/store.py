@@ -80,12 +80,10 @@ class S3Store:
         attempts: int | None = None,
         session: AioSession | None = None,
     ) -> None:
-        """Raises ConfigError for a URL that is not s3://bucket[/prefix] or without aiobotocore.
-
-        `session` may be shared by several stores (it caches botocore's service data);
-        credentials and the endpoint are read from the environment when the store opens,
-        and so is AWS_MAX_ATTEMPTS (botocore's own) when `attempts` is not given.
-        """
+        """Raises ConfigError for a URL that is not s3://bucket[/prefix] or without
+        aiobotocore. `session` may be shared by several stores (it caches botocore's
+        service data); credentials, the endpoint and AWS_MAX_ATTEMPTS (botocore's own,
+        unless `attempts`) are read from the environment when the store opens."""
         try:
             import aiobotocore.session  # noqa: F401  (only checking that the extra is there)
         except ImportError as exc:
@@ -94,8 +92,7 @@ class S3Store:
         if not MIN_PART <= part_size <= COPY_LIMIT or not MIN_PART <= copy_limit <= COPY_LIMIT:
             raise ValueError("part_size and copy_limit must lie between 5 MiB and 5 GB")
         self._endpoint_url = endpoint_url
-        self._part_size = part_size
-        self._copy_limit = copy_limit
+        self._part_size, self._copy_limit = part_size, copy_limit
         self._attempts = attempts
         self._session = session
         self._bucket: Bucket | None = None
@@ -174,13 +171,11 @@ class S3Store:
                 # A policy may grant one prefix alone (s3:ListBucket on the condition
                 # s3:prefix), which HeadBucket, naming no prefix, never meets.
                 with bucket.translated(REACH):
-                    await bucket.client.list_objects_v2(
-                        Bucket=bucket.name, Prefix=bucket.key(""), MaxKeys=1
-                    )
+                    await bucket.client.list_objects_v2(Bucket=bucket.name,
+                                                        Prefix=bucket.key(""), MaxKeys=1)
         except Absent as exc:
-            raise ConfigError(
-                f"bucket {bucket.name!r} does not exist at {bucket.endpoint()}"
-            ) from exc
+            raise ConfigError(f"bucket {bucket.name!r} does not exist at "
+                              f"{bucket.endpoint()}") from exc
         except Denied as exc:
             at_least = " (on the prefix at least)" if bucket.prefix else ""
             raise Denied(f"{exc}; reaching it needs s3:ListBucket{at_least}") from exc
@@ -250,7 +245,7 @@ class S3Store:
         one not of `size` bytes is refused unread, and every byte is hashed against the
         name. "copied": a bucket's object cannot be hard-linked, and one past the
         file-size limit there is refused before a byte is read."""
-        if size is not None:
+        if size is not None:  # a copy past it would fail there, the bytes paid for
             await in_thread(refuse_past_limit, target, size)
         await save_as(self.bucket, sha256, target, size)
         return "copied"
