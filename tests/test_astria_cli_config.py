@@ -319,6 +319,19 @@ def test_a_key_goes_to_the_api_named_beside_it(
     assert set(keys_seen(other)) == {f"Bearer {other.api_key}"}
 
 
+def cli_workspace(standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  workspace: str) -> None:
+    """Tune 1 in workspace 5, tune 2 personal; ours give the key and the API, and the
+    Astria CLI's ASTRIA_WORKSPACE_ID the workspace."""
+    make_tune(standin, 1, images=1)
+    standin.tune_workspaces[1] = "5"
+    make_tune(standin, 2, images=1)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "astria"))
+    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", workspace)
+
+
 def test_the_astria_cli_workspace_all_is_no_narrowing(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -326,13 +339,7 @@ def test_the_astria_cli_workspace_all_is_no_narrowing(
     """ASTRIA_WORKSPACE_ID=all spans every workspace, as --workspace all does: every
     run warned that --all covered workspace 'all' alone, the personal tunes and other
     workspaces' not fetched, and to give --workspace all, the very scope it had."""
-    make_tune(standin, 1, images=1)
-    standin.tune_workspaces[1] = "5"
-    make_tune(standin, 2, images=1)
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
-    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "astria"))
-    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "all")
+    cli_workspace(standin, tmp_path, monkeypatch, "all")
     assert main(["fetch", "--all", "--json", "--archive", str(tmp_path / "a")]) == 0
     ran = capsys.readouterr()
     document = json.loads(ran.out)
@@ -349,13 +356,7 @@ def test_a_dry_run_of_all_says_the_workspace_it_covers(
     before setting it up, left out --json's `workspace`, which fetch's document says:
     a workspace taken from the Astria CLI narrowed the scope and the dry run's document
     did not say so. It says the scope as fetch does; none for tunes named."""
-    make_tune(standin, 1, images=1)
-    standin.tune_workspaces[1] = "5"
-    make_tune(standin, 2, images=1)
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    monkeypatch.setenv("ASTRIA_API_URL", standin.api_url)
-    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "astria"))
-    monkeypatch.setenv("ASTRIA_WORKSPACE_ID", "5")
+    cli_workspace(standin, tmp_path, monkeypatch, "5")
     archive = str(tmp_path / "a")
     assert main(["fetch", "--all", "--dry-run", "--json", "--archive", archive]) == 0
     document = json.loads(capsys.readouterr().out)

@@ -199,10 +199,14 @@ def test_a_hard_limit_of_64_open_files_fails_no_download(
     run = fetch_under_hard_limit(standin, archive, 64, 60)
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(stored_blobs(archive)) == 60 * 6
-    lowered = [line for line in run.stderr.splitlines() if "limit on open files" in line]
-    assert len(lowered) == 1
-    assert lowered[0].startswith("tune-archiver: warning: the limit on open files is 64 "
-                                 "(ulimit -n): --concurrency 16 to ")
+    assert the_lowering(run).startswith("tune-archiver: warning: the limit on open files is "
+                                        "64 (ulimit -n): --concurrency 16 to ")
+
+
+def the_lowering(run: subprocess.CompletedProcess[str]) -> str:
+    """The one line of a run saying what the limit on open files lowered."""
+    [line] = [line for line in run.stderr.splitlines() if "limit on open files" in line]
+    return line
 
 
 def test_a_hard_limit_too_low_for_one_download_is_a_usage_error(
@@ -288,10 +292,8 @@ def test_a_concurrency_past_the_hard_limit_is_lowered_to_the_hard_limit_not_4096
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 8000)),
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    lowered = [line for line in run.stderr.splitlines() if "limit on open files" in line]
-    assert len(lowered) == 1
-    assert lowered[0].startswith("tune-archiver: warning: the limit on open files is 8000 "
-                                 "(ulimit -n): --concurrency 1000 to ")
+    assert the_lowering(run).startswith("tune-archiver: warning: the limit on open files is "
+                                        "8000 (ulimit -n): --concurrency 1000 to ")
 
 
 def test_a_hard_limit_of_64_on_many_cores_lowers_concurrency_not_refuses_the_run(
