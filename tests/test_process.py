@@ -359,3 +359,41 @@ def test_verify_repair_under_a_low_limit_on_open_files_warns_only_when_it_fetche
     assert "the limit on open files is 64" in run.stderr
     assert "--split" not in run.stderr  # verify has none: only what was lowered is named
     assert blob.read_bytes() == data
+
+
+def test_verify_repair_stopped_by_the_limit_on_open_files_says_what_it_found(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """verify --repair that found a damaged blob, then could not fit one download under a
+    limit of 40 open files, printed only the limit's line: the operator never learned
+    which tune was damaged. Verify's findings come first, then the limit's line, exit 2."""
+    import resource
+
+    archive = tmp_path / "archive"
+    data = os.urandom(20_000)
+    standin.add_tune(1, [standin.add_file("ckpt", data)], [])
+    assert run_fetch(standin, archive, "1") == 0
+    blob = blob_file(archive, data)
+    blob.chmod(0o600)
+    blob.write_bytes(b"rot" + data[3:])
+
+    def repair(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "verify", "--repair", "--archive",
+             str(archive), "--api-url", standin.api_url, *extra],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)),
+        )
+
+    run = repair()
+    assert run.returncode == 2, run.stderr[-2000:]
+    problem = run.stderr.index("tune 1: checkpoint 0: corrupt")
+    assert problem < run.stderr.index("the limit on open files is 40")
+    assert "verified 1 tune, 1 blob" in run.stdout
+    assert "1 problem" in run.stdout
+    assert blob.read_bytes() == b"rot" + data[3:]  # nothing was moved aside
+    document = json.loads(repair("--json").stdout)
+    assert document["ok"] is False
+    assert "the limit on open files is 40" in document["error"]
+    assert [p["problem"] for p in document["problems"]] == ["corrupt"]

@@ -34,6 +34,7 @@ from tune_archiver.cli.running import (
     with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
+from tune_archiver.cli.verdict import said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import ENV_API_KEY, AllTunes, Settings, archive_dir
@@ -278,11 +279,14 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
 
-    async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
+    async def work(store: Store) -> tuple[VerifyReport, RepairReport | ConfigError | None]:
         found = await verify(store, args.tune_ids, progress)
         if settings is None:
             return found, None
-        fit = fit_open_files(settings) if found.problems else settings  # it may download
+        try:
+            fit = fit_open_files(settings) if found.problems else settings  # it may download
+        except ConfigError as exc:  # said after what verify found, which names the damage
+            return found, exc
         return found, await repair(store, found, fit, staging_for(fit.archive), progress,
                                    args.clock, waiting_for("fetch, gc or forget", str(fit.archive)))
 
@@ -290,14 +294,8 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         found, mended = in_archive(args, work)
     finally:
         progress.close()
-    # --json's "ok" is the exit code's verdict: with --strict a file gone upstream fails.
-    if mended is None:
-        whole = found.ok and not (args.strict and found.gone)
-        args.summary = report.verify_counts(found.tunes, found, args.strict)
-        emit(args, secrets, report.verify_problems(found, args.strict),
-             {**report.verify_json(found), "ok": whole},
-             [report.verify_summary(found, args.strict)])
-        return EXIT_OK if whole else EXIT_FAILED
+    if mended is None or isinstance(mended, ConfigError):
+        return said_verified(args, secrets, found, mended)
     whole = mended.ok and not (args.strict and mended.after.gone)
     args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
                                         [r.tune_id for r in mended.fetched if not r.ok])
