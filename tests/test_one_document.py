@@ -262,3 +262,42 @@ def test_a_stop_during_the_fail_ping_of_a_refused_log_file_adds_no_second_docume
     assert code == Exit.TERMINATED
     assert "cannot open the log file" in json.loads(printed.out)["error"]
     assert "stopped by SIGTERM" in printed.err
+
+
+@pytest.mark.parametrize("stopped_by", ["key", "sigterm"])
+def test_a_stopped_fetch_all_document_names_its_workspace(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, stopped_by: str,
+) -> None:
+    """fetch --all --json stopped after a tune (the key rejected, a SIGTERM) printed a
+    document without "workspace", which its document says when it ends: a monitor could
+    not tell which listing the tunes it names came from."""
+    import os
+
+    from tune_archiver.commands import fetch as archive
+
+    for tune_id in (1, 2):
+        make_tune(standin, tune_id, images=1)
+    if stopped_by == "key":
+        standin.api_faults[1] = [Status(401)]
+    else:
+        real = archive.fetch
+
+        async def fetch(*args: object, **kwargs: object) -> object:
+            told = kwargs.get("announce")  # None when fetch calls itself again
+
+            def announce(result: object) -> None:  # cron's timeout, once a tune is done
+                told(result)  # type: ignore[misc,operator]
+                os.kill(os.getpid(), signal.SIGTERM)
+            if told is not None:
+                kwargs["announce"] = announce
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(archive, "fetch", fetch)
+    code = run_fetch(standin, tmp_path / "a", "--all", "--json", "--concurrency", "1")
+    document = json.loads(capsys.readouterr().out)
+    assert code == (Exit.AUTH if stopped_by == "key" else Exit.TERMINATED)
+    assert document["ok"] is False
+    assert document["workspace"] == "personal"
+    if stopped_by == "sigterm":
+        assert [t["tune_id"] for t in document["tunes"]] == [2]

@@ -149,13 +149,12 @@ def _ended(args: argparse.Namespace, secrets: list[str], ping_url: str, code: in
 
 def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
              code: int = Exit.USAGE, verbose: bool = False,
-             finished: Sequence[TuneResult] = ()) -> int:
+             done: dict[str, object] | None = None) -> int:
     """An error that ended the run: one line (with -v its traceback), --json's document
-    (with the tunes `finished` before it, if any)."""
+    (with what was `done` before it: fetch's tunes finished, its --all's workspace)."""
     print_error(str(exc), secrets, verbose)
     if args.json and not args.said:
-        done = {"tunes": [report.tune_json(r) for r in finished]} if finished else {}
-        print_json({"ok": False, "error": str(exc), **done}, secrets)
+        print_json({"ok": False, "error": str(exc), **(done or {})}, secrets)
         args.said = True
     return code
 
@@ -199,6 +198,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
                     "sha256; this is for benchmarks only")
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
+    scope = report.scope_of(settings.workspace, tunes)  # each --all document names it
 
     def announce(result: TuneResult) -> None:
         """Say how a tune went the moment it is done, so a stopped run has said it."""
@@ -222,21 +222,21 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     except ArchiverError as exc:  # a key rejected, the API out of reach: the run stops, and
         progress.close()  # the tunes archived before are said, in --json and the ping too
         args.summary = report.tune_counts(finished, "the run stopped") if finished else None
-        return _refused(args, exc, secrets, for_error(exc), args.verbose, finished)
+        return _refused(args, exc, secrets, for_error(exc), args.verbose,
+                        report.fetch_stopped_json(finished, scope, bool(finished)))
     except Interrupted as stop:
         progress.close()  # the bar goes before the message
         asked = None if isinstance(tunes, AllTunes) else tunes
         print_error(report.undone(str(stop), asked, finished,
                                   str(staging_for(settings.archive))), secrets)
         stop.said = True
-        stop.done = {"tunes": [report.tune_json(r) for r in finished]}
+        stop.done = report.fetch_stopped_json(finished, scope)
         args.summary = report.tune_counts(finished, f"stopped by {stop}")
         raise
     finally:
         progress.close()
     if args.json:
-        print_json(report.fetch_json(results, broke, report.scope_of(settings.workspace, tunes)),
-                   secrets)
+        print_json(report.fetch_json(results, broke, scope), secrets)
         args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:

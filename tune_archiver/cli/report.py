@@ -54,6 +54,14 @@ def fetch_json(results: Sequence[TuneResult], broke: Exception | None,
             "tunes": [tune_json(r) for r in results]}
 
 
+def fetch_stopped_json(finished: Sequence[TuneResult], scope: str | None,
+                       tunes: bool = True) -> dict[str, Any]:
+    """What a stopped fetch's --json document says of its run, as fetch_json would: the
+    workspace --all's listing covered, and (with `tunes`) the tunes `finished` before."""
+    return {**({"workspace": scope} if scope else {}),
+            **({"tunes": [tune_json(r) for r in finished]} if tunes else {})}
+
+
 def tune_json(result: TuneResult) -> dict[str, Any]:
     """The --json shape of one tune's fetch result."""
     return {
