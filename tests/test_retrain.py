@@ -433,3 +433,30 @@ def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "created tune 6" in line
     assert "do not send it again" in line
+
+
+def test_retrain_after_photos_re_signed_still_says_the_null_fetch_says_is_missing(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two photos archived and a null never archived; the first photo's blob then lost,
+    and Astria signed the photos' URLs again (a new X-Amz-Date) before a `fetch --only
+    checkpoints`, which keeps the lost photo's entry under its old URL. retrain compared
+    stored URLs as written, took that entry for the photo the API lists as null and
+    said no photo missing, while fetch (a URL known by what it names, its signature
+    aside) said the tune was not complete. Both now count nulls by one rule."""
+    archive = tmp_path / "archive"
+    images, _ = photos(standin, 2)
+
+    def signed(date: str) -> list[str | None]:
+        query = f"X-Amz-Date={date}&X-Amz-Signature=s{date}"
+        return [standin.file_url("img0", query=query), None,
+                standin.file_url("img1", query=query)]
+
+    checkpoint = standin.add_file("ckpt", os.urandom(2_000))
+    tune = standin.add_tune(5, [checkpoint], signed("20261130T000000Z"), title="Jane")
+    assert run_fetch(standin, archive, "5") == 1
+    blob_file(archive, images[0]).unlink()
+    tune["orig_images"] = signed("20261201T000000Z")
+    assert run_fetch(standin, archive, "5", "--only", "checkpoints") == 1  # not complete
+    _, result = retrain(standin, archive, capsys)
+    assert result["missing"] == [ONE_NULL]

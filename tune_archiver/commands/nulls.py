@@ -12,9 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tune_archiver.commands.plan import result_key
 from tune_archiver.models import AssetResult, Tune
-from tune_archiver.urls import identity
+from tune_archiver.urls import identity, redact
 
 
 def standing_in(photos: Iterable[tuple[bool, str]]) -> int:
@@ -24,6 +23,14 @@ def standing_in(photos: Iterable[tuple[bool, str]]) -> int:
     found = list(photos)
     return len({sha256 for named, sha256 in found if not named}
                - {sha256 for named, sha256 in found if named})
+
+
+def photo_key(url: str) -> str:
+    """What a photo's URL names when nulls are counted, the same from a URL as listed
+    and as a manifest stores it (redacted): fetch and retrain count by it alike. A stored
+    URL's signing dates may be older than the listing's; a value redacted names nothing,
+    so in doubt a photo is taken for a listed one, never for a null."""
+    return identity(redact(url))
 
 
 def nulls_in(listed: Any) -> int:
@@ -41,8 +48,8 @@ def with_nulls_archived(tune: Tune, results: Sequence[AssetResult]) -> Tune:
     nulls = nulls_in(tune.raw.get("orig_images"))
     if not nulls:
         return tune
-    named = {identity(url) for url in tune.image_urls}
-    photos = [(result_key(result)[3] in named, result.blob.sha256) for result in results
+    named = {photo_key(url) for url in tune.image_urls}
+    photos = [(photo_key(result.asset.url) in named, result.blob.sha256) for result in results
               if result.asset.kind == "training_image" and result.blob is not None]
     if standing_in(photos) < nulls:
         return tune

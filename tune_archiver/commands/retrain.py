@@ -20,7 +20,7 @@ from typing import Any
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
-from tune_archiver.commands.nulls import standing_in
+from tune_archiver.commands.nulls import photo_key, standing_in
 from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import RETRAIN_COPY_PREFIX, Staging, staging_for
@@ -126,8 +126,8 @@ def _unaccounted(found: Manifest, training: list[Entry]) -> Any:
     listed = found.tune.get("orig_images")
     if not isinstance(listed, list):
         return listed
-    named = {item for item in listed if isinstance(item, str)}
-    kept = standing_in((entry.url in named, entry.blob.sha256) for entry in training
+    named = {photo_key(item) for item in listed if isinstance(item, str)}
+    kept = standing_in((photo_key(entry.url) in named, entry.blob.sha256) for entry in training
                        if entry.blob is not None)
     unnamed = [i for i, item in enumerate(listed) if not isinstance(item, str)][:kept]
     return [item for i, item in enumerate(listed) if i not in unnamed]
