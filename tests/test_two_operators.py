@@ -193,3 +193,44 @@ def test_a_fetch_without_prompts_keeps_a_prompt_file_another_run_found_gone_mean
     assert [(e["kind"], e["status"]) for e in document["assets"]
             if e["kind"] == "prompt_image"] == [("prompt_image", "gone")]
     assert document["complete"] is False
+
+
+def test_a_prompts_run_whose_listing_failed_keeps_a_prompt_file_another_run_found_failing(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A `fetch 1 --prompts` whose account prompt listing failed planned; another
+    `fetch 1 --prompts`, its listing whole, then found a new prompt whose image failed
+    and recorded it. The first run, writing next, kept only the prompt files it had
+    read before it planned: the failed entry was dropped, and a later run without
+    --prompts wrote the tune complete, though that image was never archived."""
+    archive = tmp_path / "archive"
+    add_tune(standin, 1)
+    for prompt_id in range(600, 607):  # the account's, naming another tune
+        standin.add_prompt(1504944, prompt_id, "<lora:99:1>", [])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    standin.ignore_before_id = True  # the account's listing cannot be paged, for us
+    standin.misbehaving_paths = ("/prompts",)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()), prompts=True)
+    other: list[list[TuneResult]] = []
+
+    class Meanwhile(LocalStore):
+        async def update_manifest(self, tune_id: int, change: Any) -> str:
+            if not other:  # the other --prompts run, between our plan and our write
+                standin.ignore_before_id = False
+                standin.add_prompt(1, 700, "ohwx", [standin.file_url("missing")])
+                other.append(await fetch(settings, [1], NullProgress(), clock=lambda: NOW,
+                                         store=LocalStore(archive)))
+            return await super().update_manifest(tune_id, change)
+
+    [ours] = asyncio.run(fetch(settings, [1], NullProgress(), clock=lambda: NOW,
+                               store=Meanwhile(archive)))
+    [[theirs]] = other
+    assert not ours.ok
+    assert not theirs.ok
+    document = manifest_of(archive, 1)
+    assert [(e["prompt_id"], e["status"]) for e in document["assets"]
+            if e["kind"] == "prompt_image"] == [(700, "failed")]
+    assert document["complete"] is False
+    assert run_fetch(standin, archive, "1") == 0  # without --prompts: the entry is kept
+    assert manifest_of(archive, 1)["complete"] is False

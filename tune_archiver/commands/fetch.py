@@ -297,7 +297,9 @@ async def _download_and_record(
         now = manifest.parse(current, tune.id) if current is not None else None
         written, reported[:] = merged(ours, now, plan.missing)
         checked[0] = with_nulls_archived(tune, reported)
-        if not run.settings.lists_prompts:  # kept failed (so not complete), not retried
+        # Kept failed (so not complete), not retried: by a run that listed no prompts, or
+        # not all of them (another run's entry for a prompt it did not read is no less so).
+        if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.

@@ -256,17 +256,17 @@ def not_asked_failures(
     current: Manifest | None, written: Sequence[AssetResult]
 ) -> list[AssetResult]:
     """The prompt files the manifest as it is now records as failed or gone upstream,
-    for a run that did not list prompts (no --prompts) to keep: not asked for, they are
-    neither retried nor known gone by this run, and dropped, the tune would read
-    complete for files never archived. A --prompts run may have written either since
-    this run planned (one found gone then was failed when we read the manifest)."""
-    held = {result_key(result) for result in written}
+    for a run that did not list prompts (no --prompts), or not all of them, to keep: not
+    asked for, they are neither retried nor known gone by this run, and dropped, the tune
+    would read complete for files never archived. A --prompts run may have written either
+    since this run planned (one found gone then was failed when we read the manifest)."""
+    held = {_moved(result_key(result)) for result in written}  # its index may have moved
     return [CarriedOver(entry.asset, error=entry.error, reused=True, gone=True, entry=entry)
             if entry.status == "gone" else
             CarriedOver(entry.asset, error=entry.error, entry=entry)
             for entry in (current.entries if current is not None else ())
             if entry.status in ("failed", "gone") and entry.kind in PROMPT_KINDS
-            and entry_key(entry) not in held]
+            and _moved(entry_key(entry)) not in held]
 
 
 def left_out_now(
