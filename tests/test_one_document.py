@@ -300,4 +300,5 @@ def test_a_stopped_fetch_all_document_names_its_workspace(
     assert document["ok"] is False
     assert document["workspace"] == "personal"
     if stopped_by == "sigterm":
-        assert [t["tune_id"] for t in document["tunes"]] == [2]
+        # Whichever was done first: two tunes are in flight at one slot.
+        assert [t["tune_id"] for t in document["tunes"]] in ([1], [2])
