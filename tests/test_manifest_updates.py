@@ -437,3 +437,23 @@ async def test_s3_update_on_a_store_refusing_conditions_writes_and_reads_back(
     [warning] = [r.getMessage() for r in caplog.records if "conditional" in r.getMessage()]
     assert f"s3://{bucket.name}/{PREFIX} ignores conditional" in warning
     assert await bucket.keys(f"{PREFIX}/tmp/") == []
+
+
+async def test_s3_set_aside_on_a_store_refusing_conditions(
+    bucket: Bucket, tmp_path: Path, conditions_refused: None
+) -> None:
+    """The copy of a damaged manifest to manifests/damaged/ carried If-None-Match, which
+    a store refusing conditions answers 501: the manifest was never set aside, and its
+    tune's fetch failed on it each run. There it is written without the condition once
+    nothing is at that key (looked up first); never over one that is."""
+    async with opened(bucket, tmp_path) as store:
+        await store.write_manifest(4, b"{broken")
+        key = await store.set_aside_manifest(4, "20261129T000000Z", b"{broken")
+        assert key == "manifests/damaged/4-20261129T000000Z.json"
+        assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"
+        assert await store.read_manifest(4) is None
+        await store.write_manifest(4, b"{again")
+        with pytest.raises(StorageError, match="exists already"):
+            await store.set_aside_manifest(4, "20261129T000000Z", b"{again")
+        assert await store.read_manifest(4) == b"{again"
+        assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from tune_archiver.errors import Denied, StorageError
 from tune_archiver.layout import TMP
@@ -55,6 +56,19 @@ async def ignored(bucket: Bucket) -> bool:
         return False
     finally:
         await settle(bucket.delete(key), f"remove {key}")
+
+
+async def put_new(bucket: Bucket, key: str, doing: str,
+                  put: Callable[..., Awaitable[None]]) -> None:
+    """put(**condition) the object at the archive-relative key only if none is there
+    (If-None-Match); Conflict when one is. A store that refuses the condition (501, as
+    S3 did until 2024) has the key looked up first and is written without it."""
+    try:
+        await put(IfNoneMatch="*")
+    except Unsupported:
+        if await bucket.head(bucket.key(key), doing) is not None:
+            raise Conflict(f"{key} is there already") from None
+        await put()
 
 
 class Verdict:

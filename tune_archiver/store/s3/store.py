@@ -359,7 +359,8 @@ class S3Store:
             raise StorageError(f"cannot {doing} in {self}: manifests/{tune_id}.json holds "
                                f"{held} bytes, {len(damaged)} were read; nothing moved")
         try:
-            await self._put(key, found[0], doing, IfNoneMatch="*")
+            await conditions.put_new(self.bucket, key, doing,
+                                     lambda **c: self._put(key, found[0], doing, **c))
         except Conflict as exc:
             raise StorageError(f"{key} exists already in {self}; nothing moved") from exc
         again = await self._read(manifest_key(tune_id), doing)
