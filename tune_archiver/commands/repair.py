@@ -83,7 +83,11 @@ async def repair(
     # can no longer read or write.
     await store.prepare()
     for tune_id in mended_tunes:
-        report.mended += await _mend_entries(store, tune_id, entries, missing)
+        try:  # a manifest the store will not take (or a blob it cannot look up): that
+            # tune's alone, said; every other tune's damage is still mended below
+            report.mended += await _mend_entries(store, tune_id, entries, missing)
+        except (StorageError, Denied) as exc:
+            report.refused = list(dict.fromkeys([*report.refused, str(exc)]))
     stamp = clock().strftime("%Y%m%dT%H%M%SZ")
     whole: set[str] = set()  # put back, or whole again: its tunes are not fetched
     stuck: set[str] = set()  # could not be set aside: not fetched again over it
