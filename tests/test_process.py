@@ -397,3 +397,39 @@ def test_verify_repair_stopped_by_the_limit_on_open_files_says_what_it_found(
     assert document["ok"] is False
     assert "the limit on open files is 40" in document["error"]
     assert [p["problem"] for p in document["problems"]] == ["corrupt"]
+
+
+def test_verify_repair_that_downloads_nothing_is_not_fitted_to_open_files(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """An archive with a damaged manifest (which no repair touches) and another tune's
+    entry to mend in its manifest: verify --repair fetches nothing, yet it warned at a
+    hard limit of 64 that --concurrency was lowered, each cron run, and at 40 stopped,
+    exit 2, the entry unmended. The fit is made only when a tune is fetched again."""
+    import resource
+
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("one", os.urandom(20_000))], [])
+    standin.add_tune(2, [standin.add_file("two", os.urandom(20_000))], [])
+    assert run_fetch(standin, archive, "1", "2") == 0
+    (archive / "manifests" / "1.json").write_bytes(b"{broken")
+    path = archive / "manifests" / "2.json"
+    document = json.loads(path.read_text())
+    document["assets"][0]["path"] = "objects/elsewhere"
+    path.write_text(json.dumps(document))
+
+    def repair(limit: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "verify", "--repair", "--archive",
+             str(archive), "--api-url", standin.api_url, "2", "1"],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+        )
+
+    for limit in (64, 40):
+        run = repair(limit)
+        assert run.returncode == 1, run.stderr[-2000:]  # the damaged manifest, said
+        assert "limit on open files" not in run.stderr
+        assert "tune 1" in run.stderr
+    assert json.loads(path.read_text())["assets"][0]["path"].startswith("objects/sha256/")

@@ -273,7 +273,7 @@ def _run_dry(
 
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
-    from tune_archiver.commands.repair import repair
+    from tune_archiver.commands.repair import fetches, repair
     from tune_archiver.commands.verify import verify
 
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
@@ -284,7 +284,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         if settings is None:
             return found, None
         try:
-            fit = fit_open_files(settings) if found.problems else settings  # it may download
+            fit = fit_open_files(settings) if fetches(found) else settings  # it downloads
         except ConfigError as exc:  # said after what verify found, which names the damage
             return found, exc
         return found, await repair(store, found, fit, staging_for(fit.archive), progress,

@@ -55,6 +55,13 @@ class RepairReport:
         return self.after.ok and not self.refused and not after - before
 
 
+def fetches(found: VerifyReport) -> bool:
+    """Whether a repair of what `found` reports may fetch a tune again (a damaged blob, a
+    failed file): mending entries, or a manifest it leaves as it is, downloads nothing."""
+    return any(p.problem == "failed" or (p.problem in BLOB_PROBLEMS and not p.entry_only)
+               for p in found.problems)
+
+
 async def repair(
     store: Store,
     found: VerifyReport,
