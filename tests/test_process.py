@@ -200,7 +200,7 @@ def test_a_hard_limit_of_64_open_files_fails_no_download(
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(stored_blobs(archive)) == 60 * 6
     assert the_lowering(run).startswith("tune-archiver: warning: the limit on open files is "
-                                        "64 (ulimit -n): --concurrency 16 to ")
+                                        "64 (ulimit -n): lowered --concurrency from 16 to ")
 
 
 def the_lowering(run: subprocess.CompletedProcess[str]) -> str:
@@ -293,7 +293,7 @@ def test_a_concurrency_past_the_hard_limit_is_lowered_to_the_hard_limit_not_4096
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert the_lowering(run).startswith("tune-archiver: warning: the limit on open files is "
-                                        "8000 (ulimit -n): --concurrency 1000 to ")
+                                        "8000 (ulimit -n): lowered --concurrency from 1000 to ")
 
 
 def test_a_hard_limit_of_64_on_many_cores_lowers_concurrency_not_refuses_the_run(
@@ -322,7 +322,7 @@ def test_a_hard_limit_of_64_on_many_cores_lowers_concurrency_not_refuses_the_run
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(stored_blobs(archive)) == 10 * 4
     assert "Too many open files" not in run.stderr
-    assert "(ulimit -n): --concurrency 2 to 1, to fit it" in run.stderr
+    assert "(ulimit -n): lowered --concurrency from 2 to 1 to fit it" in run.stderr
 
 
 def test_verify_repair_under_a_low_limit_on_open_files_warns_only_when_it_fetches(

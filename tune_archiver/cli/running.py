@@ -237,12 +237,13 @@ def fit_open_files(settings: Settings) -> Settings:
                           f"{needed(1, 1)} here: raise it (ulimit -n)")
     if (concurrency, split) == (settings.concurrency, settings.split):
         return settings
-    # Only what was lowered is named: verify --repair has no --split to raise again.
-    lowered = [f"{name} {before} to {after}" for name, before, after in (
-        ("--concurrency", settings.concurrency, concurrency), ("--split", settings.split, split))
-        if before != after]
-    log.warning("warning: the limit on open files is %d (ulimit -n): %s, to fit it", limit,
-                " and ".join(lowered))
+    # Only what was lowered is said, and --split by what it counts: verify --repair has
+    # no such option to raise again.
+    lowered = [f"{name} from {before} to {after}" for name, before, after in (
+        ("--concurrency", settings.concurrency, concurrency),
+        ("the connections per large file", settings.split, split)) if before != after]
+    log.warning("warning: the limit on open files is %d (ulimit -n): lowered %s to fit it",
+                limit, " and ".join(lowered))
     return replace(settings, concurrency=concurrency, split=split)
 
 
