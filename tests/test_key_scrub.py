@@ -236,3 +236,30 @@ def test_export_names_no_folder_or_file_after_a_key_in_an_older_title(
     piece = key[3:11].lower()
     assert [name for name in names if piece in name.lower()] == []
     assert piece not in (ran.out + ran.err).lower()
+
+
+def test_export_writes_no_key_of_an_older_manifest_into_its_copy_or_page(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """export copied manifest.json byte for byte and made index.html of the prompts as
+    stored: a manifest written before the key was scrubbed put the key into DEST (a USB
+    stick handed on) twice. Both are made of the manifest scrubbed of the key it knows."""
+    standin.files["p.png"] = os.urandom(2000)
+    standin.add_tune(1, [standin.add_file("c.safetensors", os.urandom(5000))],
+                     [standin.add_file("a.jpg", os.urandom(3000))])
+    standin.add_prompt(1, 11, "a photo", [standin.file_url("p.png")])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = manifest_of(archive, 1)
+    document["tune"]["description"] = f"your key is {KEY}"
+    prompt = next(entry for entry in document["assets"] if entry.get("prompt_text"))
+    prompt["prompt_text"] = f"a photo {KEY}"
+    write_manifest(archive, 1, document)
+    monkeypatch.setenv("ASTRIA_API_KEY", KEY)
+    ran = cli(capsys, "export", "1", str(tmp_path / "x"), "--archive", str(archive))
+    assert ran.code == 0
+    assert files_holding(tmp_path / "x", KEY) == []
+    folder = tmp_path / "x" / "1-tune-1"
+    copied = json.loads((folder / "manifest.json").read_text())
+    assert copied["tune"]["description"] == "your key is REDACTED"
+    assert "a photo REDACTED" in (folder / "index.html").read_text()

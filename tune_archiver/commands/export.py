@@ -8,9 +8,10 @@ Nothing that exists is ever overwritten: the tune's folder must be new.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,8 +58,8 @@ async def export_tune(
     """Write the tune's folder under `dest` (0700): copies of the blobs (0600), or with
     `link` hard links to them (read-only, the archive's own files). With `layout`, the
     checkpoints go where that tool looks for them (layouts.py). The `secrets` (the API
-    key an older version's manifest may hold) are scrubbed from the tune's fields before
-    any name, sidecar or page is made of them: lowercased and cut into a folder's name,
+    key an older version's manifest may hold) are scrubbed from the manifest before any
+    name, sidecar, page or copy of it is made: lowercased and cut into a folder's name,
     the key would be on disk and in the path printed, whole or in part.
 
     Raises ArchiverError when the tune is not archived, UnreadableManifest (before
@@ -68,8 +69,8 @@ async def export_tune(
     data = await store.read_manifest(tune_id)
     if data is None:
         raise ArchiverError(f"tune {tune_id} is not in the archive {store}")
+    data = _scrubbed(data, secrets)
     found = manifest.parse(data, tune_id)
-    found = replace(found, tune=scrub_json(found.tune, secrets))
     folder = dest / folder_name(tune_id, found.title)
     made = await in_thread(_new_folder, dest, folder)
     try:
@@ -124,6 +125,18 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
         except StorageError as exc:
             result.failed.append(f"{name}: {said(exc)}")
     return result
+
+
+def _scrubbed(data: bytes, secrets: Sequence[str]) -> bytes:
+    """The manifest's bytes with the secrets scrubbed from every string: re-encoded then
+    (its copy is no longer the archive's byte for byte, but holds no key), else as they
+    are. Bytes that are no JSON are left to manifest.parse to say so."""
+    try:
+        document = json.loads(data)
+        clean = scrub_json(document, secrets)
+    except (ValueError, RecursionError):
+        return data
+    return data if clean == document else manifest.encode(clean)
 
 
 def _relative(name: str | None) -> str | None:
