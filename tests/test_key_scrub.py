@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.archive_helpers import cli, manifest_of, write_manifest
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
 from tune_archiver.scrub import scrub, scrub_json
+from tune_archiver.store.local import LocalStore
+from tune_archiver.web.server import start
 
 KEY = "sd_echoed_key_0123456789abcdef"
 
@@ -263,3 +267,96 @@ def test_export_writes_no_key_of_an_older_manifest_into_its_copy_or_page(
     copied = json.loads((folder / "manifest.json").read_text())
     assert copied["tune"]["description"] == "your key is REDACTED"
     assert "a photo REDACTED" in (folder / "index.html").read_text()
+
+
+def key_in_an_older_manifest(standin: StandIn, archive: Path) -> None:
+    """Tune 1 archived, then its manifest made as an older version wrote it: the key in
+    its title and in a failed image's error (what list and verify print)."""
+    standin.add_tune(1, [], [standin.add_file("a.jpg", os.urandom(3000)),
+                             standin.add_file("b.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    del os.environ["ASTRIA_API_KEY"]  # run_fetch's; each test gives the key its own way
+    document = manifest_of(archive, 1)
+    document["tune"]["title"] = f"Jane {KEY}"
+    entry = document["assets"][1]
+    for name in ("sha256", "size", "path", "content_type"):
+        del entry[name]
+    entry.update(status="failed", error=f"refused for {KEY}")
+    write_manifest(archive, 1, document)
+
+
+@pytest.mark.parametrize("source", ["ASTRIA_AUTH_TOKEN", "config", "--api-key-file"])
+def test_a_key_given_any_way_is_scrubbed_by_commands_that_need_none(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, source: str,
+) -> None:
+    """verify, list and export scrubbed only ASTRIA_API_KEY from what they print: the key
+    of a user who gives it as ASTRIA_AUTH_TOKEN, in the Astria CLI's config or in a key
+    file (cron's verify --api-key-file) was printed as an older manifest holds it. They
+    read the key's other sources too, quietly."""
+    key_in_an_older_manifest(standin, archive)
+    given: list[str] = []
+    if source == "ASTRIA_AUTH_TOKEN":
+        monkeypatch.setenv(source, KEY)
+    elif source == "config":
+        folder = tmp_path / "astria"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"api_key": KEY}))
+        (folder / "config.json").chmod(0o644)  # a warning for fetch; none here
+        monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    else:
+        (tmp_path / "key").write_text(KEY + "\n")
+        given = ["--api-key-file", str(tmp_path / "key")]
+    runs = [cli(capsys, "verify", *given, "--archive", str(archive)),
+            cli(capsys, "verify", "--json", *given, "--archive", str(archive))]
+    if not given:  # list and export take no key file: theirs are the other sources
+        runs += [cli(capsys, "list", "--archive", str(archive)),
+                 cli(capsys, "list", "--json", "--archive", str(archive)),
+                 cli(capsys, "export", "1", str(tmp_path / "x"), "--archive", str(archive))]
+    assert [ran.code for ran in runs] == [1, 1, 0, 0, 1][:len(runs)]
+    assert "refused for REDACTED" in runs[0].err
+    assert [ran for ran in runs if KEY in ran.out + ran.err] == []
+    assert [ran.err for ran in runs if "warning" in ran.err] == []
+    assert files_holding(tmp_path / "x", KEY) == []
+
+
+def test_a_config_that_cannot_be_read_stops_no_command_that_needs_no_key(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Astria CLI's config is read by list only for a key to scrub: one that is not
+    JSON, or a FIFO (which would block the open), is no key and no error."""
+    key_in_an_older_manifest(standin, archive)
+    folder = tmp_path / "astria"
+    folder.mkdir()
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    (folder / "config.json").write_text("{not json")
+    assert cli(capsys, "list", "--archive", str(archive)).code == 0
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    assert cli(capsys, "list", "--archive", str(archive)).code == 0
+
+
+@pytest.fixture
+def older(standin: StandIn, archive: Path) -> Path:
+    key_in_an_older_manifest(standin, archive)
+    return archive
+
+
+async def test_serve_shows_no_key_of_an_older_manifest(older: Path) -> None:
+    """serve's pages were made of the manifest as stored, no key scrubbed at all: the
+    title and a failed image's error showed the key to whoever opened the page. The
+    keys it is given are in no page (the list, the tune, its verdict)."""
+    runner, url = await start(LocalStore(older), "127.0.0.1", 0, None,
+                              lambda: datetime.now(UTC), [KEY])
+    try:
+        async with aiohttp.ClientSession() as session:
+            pages = []
+            for method, path in (("GET", ""), ("GET", "tunes/1"), ("POST", "tunes/1/verify")):
+                async with session.request(method, url + path) as response:
+                    assert response.status == 200
+                    pages.append(await response.text())
+    finally:
+        await runner.cleanup()
+    assert [page for page in pages if KEY in page] == []
+    assert ["Jane REDACTED" in page for page in pages] == [True, True, True]

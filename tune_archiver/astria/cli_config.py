@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,23 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = 
     )
 
 
+def astria_keys(profile: str | None, env: Mapping[str, str]) -> list[str]:
+    """The Astria CLI's keys (ASTRIA_AUTH_TOKEN, its config's api_key), for a command to
+    scrub from what it shows though it uses neither (an older version's manifest may
+    hold one): read without a word, and none where the config cannot be read, which is
+    not this command's to judge."""
+    keys = [env.get(ENV_TOKEN, "").strip()]
+    profile = profile or env.get(ENV_PROFILE) or None
+    path = config_path(profile, env)
+    try:  # a regular file only: a FIFO planted there would block every command
+        if profile is None or profile.replace("-", "").replace("_", "").isalnum():
+            if stat.S_ISREG(os.stat(path).st_mode):
+                keys.append(_read(path, required=False, warn=False).get("api_key", ""))
+    except (OSError, ConfigError):
+        pass
+    return [key for key in keys if key]
+
+
 def api_for_key(key_source: str, option: str | None, env: Mapping[str, str],
                 astria: AstriaCli) -> str:
     """The API URL for a key from `key_source`: --api-url, else ASTRIA_API_URL, else the
@@ -136,7 +154,7 @@ def _origin(url: str) -> tuple[str, str, int]:
 MAX_CONFIG_BYTES = 2**20
 
 
-def _read(path: Path, required: bool) -> dict[str, str]:
+def _read(path: Path, required: bool, warn: bool = True) -> dict[str, str]:
     try:
         with open(path, "rb") as file:
             info = os.fstat(file.fileno())
@@ -156,7 +174,8 @@ def _read(path: Path, required: bool) -> dict[str, str]:
                           f"{getattr(exc, 'strerror', None) or 'not JSON'}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"the Astria CLI's config {path} is not a JSON object")
-    for warning in secret_file_warnings(f"the Astria CLI's config {path}", info, os.geteuid()):
+    for warning in secret_file_warnings(f"the Astria CLI's config {path}", info,
+                                        os.geteuid()) if warn else ():
         log.warning("%s", warning)
     wanted = ("api_key", "base_url", "workspace_id")
     values = {name: data[name] for name in wanted if data.get(name) is not None}

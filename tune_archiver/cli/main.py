@@ -25,6 +25,7 @@ from tune_archiver.cli.running import (
     configure_logging,
     fit_open_files,
     in_archive,
+    known_keys,
     ping_url_of,
     raise_open_files_limit,
     send_ping,
@@ -37,7 +38,7 @@ from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_e
 from tune_archiver.cli.verdict import said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
-from tune_archiver.config import ENV_API_KEY, AllTunes, Settings, archive_dir
+from tune_archiver.config import AllTunes, Settings, archive_dir
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError, ListingBrokeOff
@@ -95,9 +96,8 @@ def main(
         return Exit.USAGE
     except SystemExit as exc:  # argparse has printed the help or the version
         return Exit.USAGE if exc.code else Exit.OK
-    # Every command scrubs a key it can see from what it prints: verify, list, export
-    # and gc need none, but an archive written by an older version may hold it.
-    secrets = [key] if (key := os.environ.get(ENV_API_KEY, "").strip()) else []
+    # Every command scrubs the keys it can see: an older version's manifest may hold one.
+    secrets = known_keys(args, os.environ)
     args.sleep, args.clock = sleep, clock
     args.said = False  # --json's document is printed: a stop after it prints no second one
     try:
@@ -360,7 +360,7 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
             print_out(f"serving {terminal.own_link(link, said)} (read-only; Ctrl-C stops)",
                       flush=True)
 
-    in_archive(args, lambda store: serve(store, host, port, token, args.clock, started))
+    in_archive(args, lambda store: serve(store, host, port, token, args.clock, started, said))
     return EXIT_OK
 
 

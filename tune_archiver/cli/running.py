@@ -11,14 +11,15 @@ import logging
 import os
 import resource
 import signal
+import stat
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from tune_archiver.addresses import is_private_host
-from tune_archiver.astria.cli_config import api_for_key, read_astria_cli
+from tune_archiver.astria.cli_config import api_for_key, astria_keys, read_astria_cli
 from tune_archiver.astria.client import API_CONCURRENCY, PERSONAL
 from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
@@ -34,6 +35,7 @@ from tune_archiver.config import (
     StallRule,
     archive_dir,
     load_api_key,
+    secret_text,
 )
 from tune_archiver.errors import ConfigError
 from tune_archiver.layout import MANIFESTS
@@ -58,6 +60,21 @@ class Interrupted(BaseException):
         self.signum = signum
         self.done: dict[str, Any] = {}  # what --json says was done before the stop
         self.said = False  # the command has said what the stop left undone
+
+
+def known_keys(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
+    """Every key the user has given, for any command to scrub from what it prints and
+    writes, one that needs no key too (verify, list, export, serve, gc): an archive an
+    older version wrote may hold a key from any source. Each is read without a word and
+    is none where it cannot be; a key file only when a regular file (a pipe read here
+    would be empty for the command that uses it, a FIFO block)."""
+    keys = [env.get(ENV_API_KEY, "").strip(), *astria_keys(getattr(args, "profile", None), env)]
+    path = getattr(args, "api_key_file", None)
+    with contextlib.suppress(OSError, UnicodeDecodeError, ConfigError):
+        if path is not None and stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "rb") as file:
+                keys.append(secret_text(file, path, "the API key"))
+    return [key for key in dict.fromkeys(keys) if key]
 
 
 def settings_of(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from html import escape
 from urllib.parse import quote
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
+from tune_archiver.scrub import scrub
 from tune_archiver.store import Store
 from tune_archiver.text import human_bytes
 from tune_archiver.web.access import Handler, guard
@@ -37,20 +39,28 @@ POLICY = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsa
 class Views:
     """The handlers, over one store."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, secrets: Sequence[str]) -> None:
         self.store, self.clock = store, clock
+        # An older version's manifest may hold the key: scrubbed as every page is made,
+        # in the form a page holds it too (escaped, should it hold & or a quote).
+        self.secrets = [*secrets, *(escape(secret, quote=True) for secret in secrets)]
+
+    def _html(self, text: str) -> web.Response:
+        return web.Response(text=scrub(text, self.secrets), content_type="text/html",
+                            charset="utf-8")
 
     async def tunes(self, request: web.Request) -> web.Response:
         rows = await archived_tunes(self.store, self.clock())
-        return _html(gallery.tunes_page(rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
+        return self._html(gallery.tunes_page(
+            rows, lambda tune_id: _link(request, f"/tunes/{tune_id}")))
 
     async def tune(self, request: web.Request) -> web.Response:
-        return _html(await self._tune_page(request, ""))
+        return self._html(await self._tune_page(request, ""))
 
     async def verify(self, request: web.Request) -> web.Response:
         tune_id = int(request.match_info["tune_id"])
         found = await verify(self.store, [tune_id], NullProgress())
-        return _html(await self._tune_page(request, verdict(found)))
+        return self._html(await self._tune_page(request, verdict(found)))
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
         return await blob_response(self.store, request.match_info["sha256"], request)
@@ -86,10 +96,6 @@ def _link(request: web.Request, path: str) -> str:
     return f"{path}?token={quote(token, safe='')}" if token else path
 
 
-def _html(text: str) -> web.Response:
-    return web.Response(text=text, content_type="text/html", charset="utf-8")
-
-
 @web.middleware
 async def _said(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Our error in any handler (a damaged manifest, EIO, a link planted in objects/, an
@@ -106,9 +112,11 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Referrer-Policy"] = "no-referrer"
 
 
-def build_app(store: Store, clock: Clock, token: str | None) -> web.Application:
-    """The read-only application: GET pages and blobs, POST verify; the token when given."""
-    views = Views(store, clock)
+def build_app(store: Store, clock: Clock, token: str | None,
+              secrets: Sequence[str] = ()) -> web.Application:
+    """The read-only application: GET pages and blobs, POST verify; the token when given,
+    the `secrets` (the API keys known) in no page."""
+    views = Views(store, clock, secrets)
     app = web.Application(middlewares=[guard(token), _said])
     app.on_response_prepare.append(_headers)
     app.router.add_get("/", views.tunes)
@@ -146,10 +154,12 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
 
 
 async def start(
-    store: Store, host: str, port: int, token: str | None, clock: Clock
+    store: Store, host: str, port: int, token: str | None, clock: Clock,
+    secrets: Sequence[str] = (),
 ) -> tuple[web.AppRunner, str]:
     """The app listening on host:port (0: any free port); returns its runner and base URL."""
-    runner = web.AppRunner(build_app(store, clock, token), access_log=None, logger=ServerLog())
+    runner = web.AppRunner(build_app(store, clock, token, secrets), access_log=None,
+                           logger=ServerLog())
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -163,10 +173,10 @@ async def start(
 
 async def serve(
     store: Store, host: str, port: int, token: str | None, clock: Clock,
-    started: Callable[[str], None],
+    started: Callable[[str], None], secrets: Sequence[str] = (),
 ) -> None:
     """Serve until cancelled (Ctrl-C); `started(url)` is told where, once listening."""
-    runner, url = await start(store, host, port, token, clock)
+    runner, url = await start(store, host, port, token, clock, secrets)
     try:
         started(url)
         await asyncio.Event().wait()
