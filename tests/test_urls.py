@@ -310,3 +310,31 @@ def test_a_json_string_that_is_a_url_with_a_space_is_redacted_whole() -> None:
     query is redacted, not shown as the text after a URL."""
     out = redact_json({"orig_images": [f"https://h.example/my photo.jpg?sig={SECRET}"]})
     assert SECRET not in json.dumps(out)
+
+
+@pytest.mark.parametrize("url", [
+    f"https://cdn.example/exp=1700000000~acl=/*~hmac={SECRET}/x.bin",
+    f"https://cdn.example/hdnts=exp=1700000000~acl=/*~hmac={SECRET}/x.bin",
+    f"https://cdn.example/a/x.bin;jsessionid={SECRET}",
+    f"https://cdn.example/a;JSESSIONID={SECRET}/x.bin?w=64",
+    f"https://cdn.example/x.bin;phpsessid={SECRET}",
+])
+def test_a_token_in_a_urls_path_is_redacted(url: str) -> None:
+    """Akamai's token in a path (its fields joined by `~`, the first one harmless) and a
+    servlet's `;jsessionid=` were shown and stored whole: the net for name=value in a
+    path ran the first field's value on over the HMAC, and knew no session's name."""
+    assert SECRET not in redact(url)
+    assert SECRET not in redact_text(f"could not read {url}: HTTP 403")
+
+
+def test_a_harmless_parameter_holding_a_hash_is_redacted() -> None:
+    """`st` (Azure's start time) and `h` (a height) are shown as harmless, but nginx's
+    secure_link and some CDNs sign with `?st=<md5>` or `?h=<hmac>`: a value with a run
+    of 20 letters and digits, which no date or size has, is redacted; dates stay."""
+    digest = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+    shown = redact(f"https://h.example/x?st={digest}&h={digest}&e=1&w=512"
+                   "&X-Amz-Date=20261129T000000Z&sv=2024-11-04&response-content-type=image/jpeg")
+    assert digest not in shown
+    assert shown == ("https://h.example/x?st=REDACTED&h=REDACTED&e=REDACTED&w=512"
+                     "&X-Amz-Date=20261129T000000Z&sv=2024-11-04"
+                     "&response-content-type=image/jpeg")

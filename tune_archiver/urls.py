@@ -45,11 +45,12 @@ FETCHABLE_SCHEMES = ("http", "https")
 # encoded twice (`%253Fsig%253D...`, a URL in a URL's path in a URL), past `%25XX`. A
 # value may be quoted (`oauth_signature="..."`, as an OAuth or Digest header writes
 # it), the quote maybe JSON-escaped (`\"...\"`: that header in a JSON body quoted in
-# an error).
+# an error). A value ends before `~name=`, Akamai's field separator (`exp=1~acl=/*~hmac=
+# ...` in a path): run on, a first harmless field would hide the HMAC in its value.
 _PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%25)|(?<=%25[0-9A-Fa-f]{2})"
                    r"|(?<![\w.\-])(?!(?<=%)[0-9A-Fa-f]{2}))"
                    r"([\w.\-]+)(=|%3[dD]|%253[dD])((?:\\?[\"'])?)"
-                   r"((?:[^\s&;,\"'<>\\%]|\\/|%(?!26|2526))+)")
+                   r"((?:(?!~[\w.\-]+(?:=|%3[dD]))(?:[^\s&;,\"'<>\\%]|\\/|%(?!26|2526)))+)")
 
 # Query parameters whose value is a secret, compared in lower case. Any name that
 # merely contains one of SECRET_PARTS is treated as secret too.
@@ -57,7 +58,10 @@ SECRET_PARAMS = frozenset({
     "sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey",
     "api_key", "api-key", "x-api-key", "hdnts", "hdnea",  # Akamai's edge tokens
 })
-SECRET_PARTS = ("signature", "credential", "token", "secret", "password", "auth")
+# An HMAC and a session (`;jsessionid=`, `PHPSESSID`) are credentials too: in a URL's
+# path (Akamai's `exp=...~hmac=...` token, a servlet's path parameter) no other rule sees them.
+SECRET_PARTS = ("signature", "credential", "token", "secret", "password", "auth", "hmac",
+                "session", "sessid")
 
 
 def is_secret_param(name: str) -> bool:
@@ -76,8 +80,10 @@ HARMLESS_PARAMS = frozenset({
 })
 # What a harmless value is kept as: a date, a number, a word, a MIME type. A value
 # holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
-# parameters to servers that split on `;`, one to parse_qsl) is replaced as well.
-_PLAIN_VALUE = re.compile(r"[\w.:/+,~-]*")
+# parameters to servers that split on `;`, one to parse_qsl) is replaced as well, and
+# so is one holding a run of 20 letters and digits: no date or size is one, while a
+# hash is (`?st=<md5>` of nginx's secure_link, `?h=<hmac>` of a CDN's signed URL).
+_PLAIN_VALUE = re.compile(r"(?![\w.:/+,~-]*[A-Za-z0-9]{20})[\w.:/+,~-]*")
 # What a parameter's name is shown as: a word (letters, '-' and '_'), with a value; any
 # other, and one with no value or only '=' (a bare token: ?eyJhbGciOi..., ?QxTrVb...,
 # ?c2VjcmV0==), is REDACTED like a value. Those with digits that servers use are
