@@ -207,6 +207,37 @@ def test_export_writes_nothing_through_a_link_swapped_in_for_its_folder_meanwhil
                   if path.parent.name != "aside") == sorted(served.all)
 
 
+def test_export_makes_no_folder_through_a_link_planted_on_the_way_after_the_check(
+    standin: StandIn, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DEST's missing folders were made by name after the walk that refuses another
+    user's link: one who may write in a folder on the way (`shared/`, 0777) and plants
+    a link at `shared/a` between that check and the mkdir (staged here at the mkdir
+    itself) had `a/b/1-jane` and every photo made in the folder the link names. Made
+    each in the folder held open above it, the link is seen and refused, nothing
+    written there."""
+    add_tune(standin, 1, images=2, title="Jane")
+    archived(standin, archive, 1)
+    shared, elsewhere = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir(mode=0o777)
+    elsewhere.mkdir()
+    real_mkdir = os.mkdir
+
+    def planted_first(path: str | Path, mode: int = 0o777, *, dir_fd: int | None = None
+                      ) -> None:  # as another user would, just before our mkdir of a
+        if Path(path).name == "a" and not (shared / "a").is_symlink():
+            (shared / "a").symlink_to(elsewhere)
+            os.lchown(shared / "a", 65534, 65534)
+        real_mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", planted_first)
+    ran = cli(capsys, "export", "1", str(shared / "a" / "b"), "--archive", str(archive))
+    assert ran.code == 2
+    assert "symbolic link of another user" in ran.err
+    assert list(elsewhere.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["list", "verify", "gc"])
 def test_a_manifest_named_with_a_unicode_digit_is_no_traceback(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from tune_archiver.errors import ConfigError, TooLarge, storage_error
+from tune_archiver.errors import ConfigError, StorageError, TooLarge, storage_error
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -240,9 +240,25 @@ def refuse_others_links(path: Path, what: str) -> None:
     leads (~/archive -> /srv/backups/archive, theirs) is on the way too. The walk goes
     a folder at a time, as the kernel does: a path it takes may lead through more than
     PATH_MAX characters of folders."""
+    _walk(path, what, make=False)
+
+
+def make_dir_at(path: Path, what: str) -> int:
+    """The folder at `path` open (O_PATH), its missing folders made on the way (0700 by
+    fchmod where the filesystem keeps modes) by refuse_others_links' walk, each in the
+    folder it holds open: by name, a folder on the way that another user may write in
+    (DEST under /tmp) could be swapped for a link between the check and the mkdir.
+
+    Raises ConfigError as refuse_others_links does, StorageError for a folder it cannot
+    make."""
+    return _walk(path, what, make=True)
+
+
+def _walk(path: Path, what: str, make: bool) -> int:
+    """The walk of both: with `make`, the folder reached, open; else -1."""
     way = path.absolute()
     todo = list(reversed(way.parts[1:]))  # the names still to look at, the next last
-    probe, links = Path(way.anchor), 0
+    probe, links, tries = Path(way.anchor), 0, 0
     folder = os.open(way.anchor, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         while todo:
@@ -256,7 +272,9 @@ def refuse_others_links(path: Path, what: str) -> None:
                                           f"link of another user (uid {found.st_uid})")
                     links += 1
                     if links > _MAX_LINKS:  # the kernel refuses the path itself (ELOOP)
-                        return
+                        if not make:
+                            return -1
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
                     target = Path(os.readlink(name, dir_fd=folder))
                     todo.extend(reversed(target.parts[1:] if target.anchor else target.parts))
                     probe = Path(probe.parent, target.anchor)
@@ -264,17 +282,48 @@ def refuse_others_links(path: Path, what: str) -> None:
                         os.close(folder)
                         folder = -1  # closed, if the next open fails
                         folder = os.open(target.anchor, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                elif todo:
+                elif todo or make:
                     inner = os.open(name, os.O_PATH | os.O_DIRECTORY | NOFOLLOW, dir_fd=folder)
                     os.close(folder)
                     folder = inner
             except FileNotFoundError:
-                return
+                if not make:
+                    return -1
+                tries += 1
+                if tries > _MAX_LINKS:  # removed as often as made: another user's doing
+                    raise ConfigError(f"cannot use {what} {path}: {probe} keeps "
+                                      "vanishing") from None
+                _make_at(folder, name, path, what)
+                todo.append(name)  # looked at again: made, or planted meanwhile
+                probe = probe.parent
             except OSError as exc:
                 raise ConfigError(f"cannot use {what} {path}: {exc.strerror or exc}") from exc
+        if not make:
+            return -1
+        result, folder = folder, -1
+        return result
     finally:
         if folder >= 0:
             os.close(folder)
+
+
+def _make_at(folder: int, name: str, path: Path, what: str) -> None:
+    """A new 0700 folder `name` in the open `folder` (one there already is looked at);
+    StorageError when it cannot be made."""
+    try:
+        os.mkdir(name, PRIVATE_DIR, dir_fd=folder)
+        made = os.open(name, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=folder)
+    except FileExistsError:
+        return
+    except OSError as exc:  # a disk's fault (read-only, full), as a file's would be
+        raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(made, PRIVATE_DIR)
+    except OSError as exc:
+        if exc.errno not in NO_MODES:
+            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(made)
 
 
 def check_folder(path: Path, what: str) -> str | None:

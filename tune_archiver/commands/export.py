@@ -26,10 +26,11 @@ from tune_archiver.errors import (
     StorageError,
 )
 from tune_archiver.safefs import (
+    NO_MODES,
     NOFOLLOW,
+    PRIVATE_DIR,
+    make_dir_at,
     make_private_dir,
-    new_private_dir,
-    refuse_others_links,
     write_new,
 )
 from tune_archiver.scrub import scrub_json
@@ -157,17 +158,20 @@ def _through(made: int, folder: Path) -> Path:
 def _new_folder(dest: Path, folder: Path) -> int:
     """Create the tune's folder, which must not exist yet, never through a link another
     user planted on the way (DEST in a shared folder); returns it open, once
-    known to be the empty folder made, not one another user swapped in for it."""
-    refuse_others_links(dest, "the export folder")
+    known to be the empty folder made, not one another user swapped in for it. DEST's
+    missing folders and the tune's are made each in the folder held open above it
+    (safefs.make_dir_at): by name, a folder on the way could be swapped for a link of
+    theirs after the check, before the mkdir."""
     if dest.exists() and not dest.is_dir():  # a file named as DEST: the operator's to fix
         raise ConfigError(f"cannot use the export folder {dest}: Not a directory")
+    # Its folders' names unsynced (its files are): an export is a copy, made again at
+    # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL),
+    # or keeps no modes (FAT, exFAT: fchmod says EPERM).
+    at = make_dir_at(dest, "the export folder")
     try:
-        # Its folders' names unsynced (its files are): an export is a copy, made again at
-        # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL),
-        # or keeps no modes (FAT, exFAT: fchmod says EPERM).
-        make_private_dir(dest, durable=False, modes=False)
-        new_private_dir(folder, modes=False)
-        made = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+        os.mkdir(folder.name, PRIVATE_DIR, dir_fd=at)
+        made = os.open(folder.name, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=at)
+        owner = os.fstat(at).st_uid  # a FAT stick's files are all the mount's user's
     except FileExistsError as exc:
         raise ConfigError(
             f"{folder} already exists; nothing was overwritten (remove it, or export to "
@@ -175,9 +179,16 @@ def _new_folder(dest: Path, folder: Path) -> int:
         ) from exc
     except OSError as exc:  # a link swapped in for it meanwhile too (ELOOP)
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(at)
     try:
-        owner = os.stat(dest).st_uid  # a FAT stick's files are all the mount's user's
         swapped = os.fstat(made).st_uid not in (os.geteuid(), owner) or os.listdir(made)
+        if not swapped:
+            try:
+                os.fchmod(made, PRIVATE_DIR)
+            except OSError as exc:  # one that keeps no modes (FAT) stays as mounted
+                if exc.errno not in NO_MODES:
+                    raise
     except OSError as exc:
         os.close(made)
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
