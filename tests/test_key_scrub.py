@@ -320,6 +320,21 @@ def test_a_key_given_any_way_is_scrubbed_by_commands_that_need_none(
     assert files_holding(tmp_path / "x", KEY) == []
 
 
+def test_a_config_key_too_short_to_be_one_garbles_no_line(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A damaged Astria CLI config whose api_key is "e", read unasked by list for a key
+    to scrub, had every e of every line it printed replaced."""
+    key_in_an_older_manifest(standin, archive)
+    folder = tmp_path / "astria"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"api_key": "e"}))
+    monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(folder))
+    ran = cli(capsys, "list", "--json", "--archive", str(archive))
+    assert json.loads(ran.out)["tunes"][0]["title"] == f"Jane {KEY}"
+
+
 def test_a_config_that_cannot_be_read_stops_no_command_that_needs_no_key(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

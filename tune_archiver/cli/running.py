@@ -68,13 +68,19 @@ def known_keys(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
     older version wrote may hold a key from any source. Each is read without a word and
     is none where it cannot be; a key file only when a regular file (a pipe read here
     would be empty for the command that uses it, a FIFO block)."""
-    keys = [env.get(ENV_API_KEY, "").strip(), *astria_keys(getattr(args, "profile", None), env)]
+    quiet = astria_keys(getattr(args, "profile", None), env)
     path = getattr(args, "api_key_file", None)
     with contextlib.suppress(OSError, UnicodeDecodeError, ConfigError):
         if path is not None and stat.S_ISREG(os.stat(path).st_mode):
             with open(path, "rb") as file:
-                keys.append(secret_text(file, path, "the API key"))
+                quiet.append(secret_text(file, path, "the API key"))
+    # One read unasked is scrubbed only when long enough to be a key: a damaged config's
+    # "a" would have every a of every line replaced.
+    keys = [env.get(ENV_API_KEY, "").strip(), *(key for key in quiet if len(key) >= MIN_KEY)]
     return [key for key in dict.fromkeys(keys) if key]
+
+
+MIN_KEY = 8  # characters; Astria's keys are far longer
 
 
 def settings_of(
