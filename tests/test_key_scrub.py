@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -350,6 +351,29 @@ def test_a_config_that_cannot_be_read_stops_no_command_that_needs_no_key(
     (folder / "config.json").unlink()
     os.mkfifo(folder / "config.json")
     assert cli(capsys, "list", "--archive", str(archive)).code == 0
+
+
+def test_no_home_folder_stops_no_command_and_shows_no_traceback(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No HOME and a uid no passwd names (a container's, cron's env -i): every command,
+    list and verify too, read ~/.astria for a key to scrub and stopped on pathlib's
+    RuntimeError traceback, before it began. No home is no config: the key in
+    ASTRIA_API_KEY is used and the archive listed."""
+    monkeypatch.delenv("ASTRIA_CONFIG_DIR")
+    monkeypatch.delenv("HOME", raising=False)
+
+    def nobody(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", nobody)
+    key_in_an_older_manifest(standin, archive)
+    assert [cli(capsys, command, "--archive", str(archive)).code
+            for command in ("list", "verify")] == [0, 1]
+    ran = cli(capsys, "fetch", "1", "--profile", "work", "--archive", str(archive))
+    assert (ran.code, ran.err) == (2, "tune-archiver: error: no home folder to find the "
+                                      "Astria CLI's config in: set HOME or ASTRIA_CONFIG_DIR\n")
 
 
 @pytest.fixture

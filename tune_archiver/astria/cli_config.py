@@ -50,9 +50,16 @@ class AstriaCli:
 
 
 def config_path(profile: str | None, env: Mapping[str, str]) -> Path:
-    """~/.astria/config.json, or config.<profile>.json; the folder from ASTRIA_CONFIG_DIR."""
-    folder = Path(env.get(ENV_CONFIG_DIR) or Path(env.get("HOME") or Path.home()) / ".astria")
-    return folder / (f"config.{profile}.json" if profile else "config.json")
+    """~/.astria/config.json, or config.<profile>.json; the folder from ASTRIA_CONFIG_DIR.
+    ConfigError when there is no home to look in (no HOME, a uid no passwd names: a
+    container's), never pathlib's RuntimeError."""
+    folder = env.get(ENV_CONFIG_DIR)
+    try:
+        folder = folder or str(Path(env.get("HOME") or Path.home()) / ".astria")
+    except RuntimeError:
+        raise ConfigError("no home folder to find the Astria CLI's config in: set HOME "
+                          f"or {ENV_CONFIG_DIR}") from None
+    return Path(folder) / (f"config.{profile}.json" if profile else "config.json")
 
 
 def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = False,
@@ -68,11 +75,15 @@ def read_astria_cli(profile: str | None, env: Mapping[str, str], *, key: bool = 
     profile = profile or env.get(ENV_PROFILE) or None
     if profile is not None and (not profile.replace("-", "").replace("_", "").isalnum()):
         raise ConfigError("a profile name is letters, digits, - and _")
-    path = config_path(profile, env)
     ours = {ENV_TOKEN: key, ENV_BASE_URL: url, ENV_WORKSPACE: workspace}
     wanted = not all(given or env.get(name, "").strip() for name, given in ours.items())
-    found = _read(path, required=True) if profile is not None else (
-        _read(path, required=False) if wanted else {})
+    try:
+        path = config_path(profile, env) if profile is not None or wanted else None
+    except ConfigError:
+        if profile is not None:
+            raise
+        path = None  # no home, so no ~/.astria/config.json: as when it does not exist
+    found = {} if path is None else _read(path, required=profile is not None)
     token = env.get(ENV_TOKEN, "").strip()
     api_key = token or found.get("api_key")
     in_file = f"the Astria CLI's config {path}"
@@ -98,10 +109,9 @@ def astria_keys(profile: str | None, env: Mapping[str, str]) -> list[str]:
     not this command's to judge."""
     keys = [env.get(ENV_TOKEN, "").strip()]
     profile = profile or env.get(ENV_PROFILE) or None
-    path = config_path(profile, env)
     try:  # a regular file only: a FIFO planted there would block every command
         if profile is None or profile.replace("-", "").replace("_", "").isalnum():
-            if stat.S_ISREG(os.stat(path).st_mode):
+            if stat.S_ISREG(os.stat(path := config_path(profile, env)).st_mode):
                 keys.append(_read(path, required=False, warn=False).get("api_key", ""))
     except (OSError, ConfigError):
         pass
