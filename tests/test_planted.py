@@ -238,6 +238,28 @@ def test_export_makes_no_folder_through_a_link_planted_on_the_way_after_the_chec
     assert list(elsewhere.iterdir()) == []
 
 
+def test_export_makes_no_folder_where_a_link_of_ours_leads_nowhere(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """~/usb -> /media/jane/STICK with the stick not mounted: the walk that makes DEST's
+    missing folders followed the link into its missing target and made STICK/backup/
+    1-jane there, on the disk under the mount point, 'exported', exit 0, as mkdir -p
+    never does (File exists). A missing folder a link leads to is not made: exit 1,
+    nothing written; the folders of DEST's own path past a link are made as ever."""
+    add_tune(standin, 1, images=2, title="Jane")
+    archived(standin, archive, 1)
+    media = tmp_path / "media"
+    media.mkdir()
+    (tmp_path / "usb").symlink_to(media / "STICK")
+    ran = cli(capsys, "export", "1", str(tmp_path / "usb" / "backup"), "--archive", str(archive))
+    assert (ran.code, list(media.iterdir())) == (1, [])
+    assert "STICK does not exist" in ran.err
+    (media / "STICK").mkdir()
+    ran = cli(capsys, "export", "1", str(tmp_path / "usb" / "backup"), "--archive", str(archive))
+    assert ran.code == 0
+    assert (media / "STICK" / "backup" / "1-jane").is_dir()
+
+
 @pytest.mark.parametrize("command", ["list", "verify", "gc"])
 def test_a_manifest_named_with_a_unicode_digit_is_no_traceback(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str

@@ -13,6 +13,7 @@ import errno
 import os
 import resource
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -259,10 +260,14 @@ def _walk(path: Path, what: str, make: bool) -> int:
     way = path.absolute()
     todo = list(reversed(way.parts[1:]))  # the names still to look at, the next last
     probe, links, tries = Path(way.anchor), 0, 0
+    # todo[floor:] are names a link leads to: a missing one is not made (as mkdir -p):
+    # a link to a stick not mounted would have the export written to the disk under it.
+    floor = sys.maxsize
     folder = os.open(way.anchor, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         while todo:
             name = todo.pop()
+            floor = floor if len(todo) >= floor else sys.maxsize
             probe = probe / name
             try:
                 found = os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -276,6 +281,7 @@ def _walk(path: Path, what: str, make: bool) -> int:
                             return -1
                         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
                     target = Path(os.readlink(name, dir_fd=folder))
+                    floor = min(floor, len(todo))
                     todo.extend(reversed(target.parts[1:] if target.anchor else target.parts))
                     probe = Path(probe.parent, target.anchor)
                     if target.anchor:
@@ -289,6 +295,9 @@ def _walk(path: Path, what: str, make: bool) -> int:
             except FileNotFoundError:
                 if not make:
                     return -1
+                if len(todo) >= floor:
+                    raise StorageError(f"cannot create {path}: {probe} does not exist, "
+                                       "and a link leads there") from None
                 tries += 1
                 if tries > _MAX_LINKS:  # removed as often as made: another user's doing
                     raise ConfigError(f"cannot use {what} {path}: {probe} keeps "
