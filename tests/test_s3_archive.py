@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1127,6 +1127,24 @@ def test_credentials_that_may_list_no_key_say_s3_listbucket_may_be_missing(
     assert s3.keys() == before
 
 
+def cut_short(monkeypatch: pytest.MonkeyPatch, ending: str,
+              said_whole: bool = False) -> Callable[[], None]:
+    """GETs of the keys ending so cut to their first 1,000 bytes on their way (a proxy),
+    with a Content-Length to match, or with `said_whole` the object's own; returns what
+    undoes it."""
+    get_object = S3Response.get_object
+
+    def cut(self: S3Response, *args: Any, **kwargs: Any) -> Any:
+        status, headers, body = get_object(self, *args, **kwargs)
+        if self.path.endswith(ending):
+            said = len(body) if said_whole else 1000
+            return status, {**headers, "content-length": str(said)}, body[:1000]
+        return status, headers, body
+
+    monkeypatch.setattr(S3Response, "get_object", cut)
+    return lambda: monkeypatch.setattr(S3Response, "get_object", get_object)
+
+
 def test_verify_repair_never_moves_aside_a_blob_the_bucket_cannot_send_whole(
     standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -1141,15 +1159,7 @@ def test_verify_repair_never_moves_aside_a_blob_the_bucket_cannot_send_whole(
     assert fetch(standin, s3, "1") == 0
     [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
     whole = s3.get(checkpoint["path"])
-    get_object = S3Response.get_object
-
-    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        status, headers, body = get_object(self, *args, **kwargs)
-        if self.path.endswith(checkpoint["sha256"]):
-            return status, {**headers, "content-length": str(len(body))}, body[:1000]
-        return status, headers, body
-
-    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    restore = cut_short(monkeypatch, checkpoint["sha256"], said_whole=True)
     for name in list(standin.files):
         standin.faults[name] = [Status(404)] * 10
     capsys.readouterr()
@@ -1158,7 +1168,7 @@ def test_verify_repair_never_moves_aside_a_blob_the_bucket_cannot_send_whole(
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 1
     assert "not moved aside: it may be whole" in capsys.readouterr().err
-    monkeypatch.setattr(S3Response, "get_object", get_object)
+    restore()
     assert s3.get(checkpoint["path"]) == whole
     assert s3.keys("tmp/damaged/") == []
     assert tune_archiver(s3, "verify") == 0
@@ -1178,22 +1188,14 @@ def test_verify_repair_never_moves_aside_a_misplaced_blob_the_bucket_cannot_send
     data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
     s3.put(stray, data)
     s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
-    get_object = S3Response.get_object
-
-    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        status, headers, body = get_object(self, *args, **kwargs)
-        if self.path.endswith(stray):
-            return status, {**headers, "content-length": str(1000)}, body[:1000]
-        return status, headers, body
-
-    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    restore = cut_short(monkeypatch, stray)
     for name in list(standin.files):
         standin.faults[name] = [Status(404)] * 10
     capsys.readouterr()
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 1
     assert "not moved aside: it may be whole" in capsys.readouterr().err
-    monkeypatch.setattr(S3Response, "get_object", get_object)
+    restore()
     assert s3.get(stray) == data
     assert s3.keys("tmp/damaged/") == []
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
@@ -1219,21 +1221,13 @@ def test_verify_repair_mends_the_other_tunes_when_a_blob_to_vouch_for_is_sent_sh
     s3.put("manifests/1.json", json.dumps(document).encode())
     [image] = [e for e in s3.manifest(2)["assets"] if e["kind"] == "training_image"][:1]
     s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{image['path']}")
-    get_object = S3Response.get_object
-
-    def cut_short(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        status, headers, body = get_object(self, *args, **kwargs)
-        if self.path.endswith(real):
-            return status, {**headers, "content-length": str(1000)}, body[:1000]
-        return status, headers, body
-
-    monkeypatch.setattr(S3Response, "get_object", cut_short)
+    restore = cut_short(monkeypatch, real)
     capsys.readouterr()
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 1
     assert "tune 1: checkpoint 0: unreadable: " in capsys.readouterr().err
     assert s3.get(image["path"]) == standin.files[image["url"].rsplit("/", 1)[1]]
-    monkeypatch.setattr(S3Response, "get_object", get_object)
+    restore()
     assert tune_archiver(s3, "verify") == 0
 
 
