@@ -396,16 +396,9 @@ def test_credentials_granted_the_prefix_alone_can_use_it(
     assert line.endswith("; reaching it needs s3:ListBucket")
 
 
-def test_credentials_granted_the_prefix_alone_fetch_a_new_tune_and_find_a_missing_blob(
-    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Without s3:ListBucket on the whole bucket (granted for the prefix alone, as above)
-    S3 answers a GET or HEAD of a missing key 403, not 404: the first fetch of any tune
-    failed on 'access denied' reading the manifest it had not written yet (and every new
-    blob would on its HEAD), exit 1, and verify called a missing blob a refused one. A
-    403 is now looked up in a listing of that key: not listed, it is not there."""
-    add_tune(standin, 1)
+def missing_keys_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucket as S3 answers credentials without s3:ListBucket on it: 403 for a GET,
+    a HEAD of a missing key, and a HeadBucket."""
     get_object, head_object = S3Response.get_object, S3Response.head_object
 
     def refused_get(self: S3Response, *args: Any, **kwargs: Any) -> Any:
@@ -421,6 +414,19 @@ def test_credentials_granted_the_prefix_alone_fetch_a_new_tune_and_find_a_missin
     monkeypatch.setattr(S3Response, "get_object", refused_get)
     monkeypatch.setattr(S3Response, "head_object", refused_head)
     monkeypatch.setattr(S3Response, "head_bucket", lambda self: (403, {}, ""))
+
+
+def test_credentials_granted_the_prefix_alone_fetch_a_new_tune_and_find_a_missing_blob(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without s3:ListBucket on the whole bucket (granted for the prefix alone, as above)
+    S3 answers a GET or HEAD of a missing key 403, not 404: the first fetch of any tune
+    failed on 'access denied' reading the manifest it had not written yet (and every new
+    blob would on its HEAD), exit 1, and verify called a missing blob a refused one. A
+    403 is now looked up in a listing of that key: not listed, it is not there."""
+    add_tune(standin, 1)
+    missing_keys_refused(monkeypatch)
     assert fetch(standin, s3, "1") == 0
     assert "error" not in capsys.readouterr().err
     assert tune_archiver(s3, "verify") == 0
@@ -1085,28 +1091,15 @@ def test_credentials_that_may_list_no_key_say_s3_listbucket_may_be_missing(
     which cannot list, removes nothing."""
     add_tune(standin, 1)
     assert fetch(standin, s3, "1") == 0
-    get_object, head_object = S3Response.get_object, S3Response.head_object
     list_objects_v2 = S3Response.list_objects_v2
-
-    def refused_get(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return get_object(self, *args, **kwargs)
-        except MissingKey:
-            raise S3AccessDeniedError() from None
-
-    def refused_head(self: S3Response, *args: Any, **kwargs: Any) -> Any:
-        status, headers, body = head_object(self, *args, **kwargs)
-        return (403, {}, "") if status == 404 else (status, headers, body)
 
     def prefix_alone(self: S3Response) -> Any:
         if self.querystring.get("prefix", [""])[0] != f"{s3.prefix}/":
             raise S3AccessDeniedError()
         return list_objects_v2(self)
 
-    monkeypatch.setattr(S3Response, "get_object", refused_get)
-    monkeypatch.setattr(S3Response, "head_object", refused_head)
+    missing_keys_refused(monkeypatch)
     monkeypatch.setattr(S3Response, "list_objects_v2", prefix_alone)
-    monkeypatch.setattr(S3Response, "head_bucket", lambda self: (403, {}, ""))
     add_tune(standin, 2)
     capsys.readouterr()
     assert fetch(standin, s3, "2") == 1
