@@ -300,5 +300,6 @@ def test_a_stopped_fetch_all_document_names_its_workspace(
     assert document["ok"] is False
     assert document["workspace"] == "personal"
     if stopped_by == "sigterm":
-        # Whichever was done first: two tunes are in flight at one slot.
-        assert [t["tune_id"] for t in document["tunes"]] in ([1], [2])
+        # Whichever were done by the time the signal was taken: two tunes are in flight
+        # at one slot, and the other may end before the handler runs.
+        assert {t["tune_id"] for t in document["tunes"]} in ({1}, {2}, {1, 2})
