@@ -66,7 +66,7 @@ class VerifyReport:
         return not self.problems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Ref:
     """One manifest entry that references a blob, and the size it records."""
 
@@ -128,32 +128,34 @@ async def verify(
     def advance(nbytes: int) -> None:  # called from a worker thread
         loop.call_soon_threadsafe(progress.advance, nbytes)
 
-    workers = asyncio.Semaphore(WORKERS)
+    hashed: dict[str, tuple[int, str] | ArchiverError | None] = {}
+    waiting = iter(sizes)  # shared by the workers: a few tasks, however many blobs
 
-    async def check(sha: str) -> tuple[int, str] | ArchiverError | None:
-        try:
-            async with workers:
-                return await store.hash_blob(sha, advance)
-        # A link, a FIFO, EIO, or a bucket that refuses this one object (AccessDenied;
-        # the bucket itself was reached): this blob's problem alone. Credentials refused
-        # outright (an expired token) stop the run, said once.
-        except (StorageError, Denied) as exc:
-            return exc
-        finally:
-            progress.file_done()
+    async def check() -> None:
+        for sha in waiting:
+            try:
+                hashed[sha] = await store.hash_blob(sha, advance)
+            # A link, a FIFO, EIO, or a bucket that refuses this one object (AccessDenied;
+            # the bucket itself was reached): this blob's problem alone. Credentials
+            # refused outright (an expired token) stop the run, said once.
+            except (StorageError, Denied) as exc:
+                hashed[sha] = exc
+            finally:
+                progress.file_done()
 
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = {sha: group.create_task(check(sha)) for sha in sizes}
+            for _ in range(WORKERS):
+                group.create_task(check())
     except* ArchiverError as errors:
         raise errors.exceptions[0] from None
-    lost = {ref.tune_id for sha, task in tasks.items() if task.result() is None
+    lost = {ref.tune_id for sha in sizes if hashed[sha] is None
             and sha not in misplaced for ref in refs[sha]}
     named_now = {tune_id: await _named_now(store, tune_id, named=bool(tune_ids))
                  for tune_id in lost}
-    for sha, task in tasks.items():
+    for sha in sizes:
         for ref in refs[sha]:
-            outcome = _judge(sha, ref.size, task.result(), misplaced)
+            outcome = _judge(sha, ref.size, hashed[sha], misplaced)
             now = named_now.get(ref.tune_id)
             if outcome is not None and outcome[0] == "missing" and now is not None and (
                 sha not in now

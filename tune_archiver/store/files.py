@@ -183,13 +183,13 @@ def has_manifests(root: Path, manifests: Path) -> bool:
 
 
 def walk_objects(
-    objects: Path, root: Path, skip_unreadable: bool = False
+    objects: Path, root: Path, misplaced_only: bool = False
 ) -> list[tuple[StoredBlob, str]]:
     """Each file under objects/sha256/*/ named by a digest, with its key. Raises
     ConfigError when objects/ or objects/sha256 is a link: gc would remove through it.
-    `skip_unreadable` passes by a fan-out folder that cannot be listed or looked into
-    (EACCES, EIO) instead of raising: verify hashes each of its blobs, each then named
-    unreadable."""
+    `misplaced_only` (verify's walk, holding little) keeps only the files outside their
+    own fan-out folder, and passes by one that cannot be listed or looked into (EACCES,
+    EIO) instead of raising: verify hashes each of its blobs, each named unreadable."""
     refuse_links([objects.parent, objects], "the archive's folder")
     found = []
     try:
@@ -197,9 +197,9 @@ def walk_objects(
             if not S_ISDIR(directory.lstat().st_mode):
                 continue  # a link planted here could lead gc out of the archive
             try:
-                found += _digest_files(directory)
+                found += _digest_files(directory, misplaced_only)
             except OSError:
-                if not skip_unreadable:
+                if not misplaced_only:
                     raise
     except FileNotFoundError:
         pass
@@ -208,10 +208,12 @@ def walk_objects(
     return found
 
 
-def _digest_files(directory: Path) -> list[tuple[StoredBlob, str]]:
+def _digest_files(directory: Path, misplaced_only: bool) -> list[tuple[StoredBlob, str]]:
     """The regular files named by a digest in one fan-out folder, with their keys."""
     found = []
     for file in directory.iterdir():
+        if misplaced_only and file.name[:2] == directory.name:
+            continue
         stat = file.lstat()
         if is_sha256(file.name) and S_ISREG(stat.st_mode):
             modified = datetime.fromtimestamp(stat.st_mtime, UTC)
