@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tune_archiver.commands.nulls import photo_key
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.urls import (
     REDACTED,
@@ -325,6 +326,24 @@ def test_a_token_in_a_urls_path_is_redacted(url: str) -> None:
     path ran the first field's value on over the HMAC, and knew no session's name."""
     assert SECRET not in redact(url)
     assert SECRET not in redact_text(f"could not read {url}: HTTP 403")
+
+
+@pytest.mark.parametrize("url", [
+    f"https://cdn.example/s;jsessionid={SECRET}/{{}}.jpg?w=64",
+    f"https://cdn.example/s;phpsessid={SECRET};v=2/{{}}.jpg",
+    f"https://cdn.example/token={SECRET}/{{}}.jpg",
+])
+def test_a_token_in_a_urls_path_hides_its_segment_alone(url: str) -> None:
+    """`/s;jsessionid=X/b.jpg` was shown and stored as `/s;jsessionid=REDACTED`, the
+    file's name gone: two photos of one session read as one stored URL (and one photo
+    key: nulls counted wrong), and export named a file whose type its bytes do not tell
+    `.bin`. The value ends with its segment, in a URL and in text."""
+    one, two = url.format("one"), url.format("two")
+    assert SECRET not in redact(one)
+    assert redact(one).replace(REDACTED, SECRET) == one
+    assert redact_text(f"could not read {one}: HTTP 403") == (
+        f"could not read {redact(one)}: HTTP 403")
+    assert photo_key(one) != photo_key(two)
 
 
 def test_a_harmless_parameter_holding_a_hash_is_redacted() -> None:

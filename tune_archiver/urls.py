@@ -112,7 +112,10 @@ def redact(url: str) -> str:
               value if _kept(name, value) else REDACTED) for name, value in pairs],
             safe="/:",
         )
-    path = _secret_pairs(_USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path))
+    # A path's name=value ends with its segment (`/a;jsessionid=X/b.jpg`): run on, the
+    # file's name would be hidden, and two files stored as one URL.
+    path = "/".join(_secret_pairs(segment) for segment in
+                    _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path).split("/"))
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
@@ -154,6 +157,8 @@ def _secret_pairs(text: str) -> str:
     """The text with the value of every name=value whose name is a secret's REDACTED."""
     def replaced(found: re.Match[str]) -> str:
         name, equals, quote, value = found.groups()
+        if value.startswith(f"{REDACTED}/"):  # a path's, redacted to its segment (redact)
+            return f"{name}{equals}{quote}{REDACTED}{_secret_pairs(value[len(REDACTED):])}"
         if is_secret_param(name) and name.lower() not in _ORDINARY_NAMES:
             # Closing punctuation at its end closes the text around it ("(...?token=x)",
             # "... token=x."): given back, as redact_text gives it back after a URL.
