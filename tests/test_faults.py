@@ -252,6 +252,46 @@ def test_a_file_signed_anew_with_an_akamai_token_is_one_file_resumed_across_runs
     assert list((archive / "tmp").iterdir()) == []
 
 
+SIGNED_ANEW = {
+    "cloudflare": "verify={i}-{i}a0b1c2d3e4f5",
+    "keycdn": "token={i}a0b1c2d3e4f5&expire={i}",
+    "tencent-cos": ("q-sign-algorithm=sha1&q-ak=AKID{i}&q-sign-time={i}%3B9&q-key-time={i}%3B9"
+                    "&q-header-list=host&q-url-param-list=&q-signature={i}a0b1"
+                    "&x-cos-security-token=T{i}"),
+    "aliyun-oss": "OSSAccessKeyId=STS.{i}&Expires={i}&Signature={i}a0b1&security-token=T{i}",
+    "aliyun-oss-v4": ("x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-credential=LTAI%2F{i}"
+                      "&x-oss-date=2026120{i}T000000Z&x-oss-expires=60&x-oss-signature={i}a0"),
+}
+
+
+@pytest.mark.parametrize("query", SIGNED_ANEW.values(), ids=SIGNED_ANEW.keys())
+def test_a_file_signed_anew_by_any_cdn_is_one_file_across_runs(
+    standin: StandIn, archive: Path, query: str
+) -> None:
+    """Cloudflare's ?verify=, KeyCDN's ?expire=, Tencent COS's q-*, Aliyun OSS's
+    OSSAccessKeyId and x-oss-* and the security tokens of temporary credentials change
+    at each signing: url_key kept them, so each run's listing was another file, the
+    last run's failed download said 'gone upstream, never archived' (exit 1), the
+    checkpoint downloaded again and one more entry added each run. Now one file,
+    resumed from its partial (but under KeyCDN's ?token=, which may name a file: a
+    share link's), asked for no more once archived."""
+    data = one_file_tune(standin, size=3 * MiB)
+    signed = [standin.file_url("model", query=query.format(i=i)) for i in range(1, 4)]
+    standin.add_tune(1, [signed[0]], [])
+    standin.faults["model"] = [Cut(2 * MiB)]
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    standin.add_tune(1, [signed[1]], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin)[-1] == (None if query.startswith("token=") else f"bytes={2 * MiB}-")
+    asked = len(standin.seen("cdn"))
+    standin.add_tune(1, [signed[2]], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asked  # archived: not asked for again
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+    assert not re.search(r"=[0-9]a0|T[0-9]|STS|AKID|LTAI", entry["url"])
+
+
 def keyed_as_before_akamai(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """URL keys as the versions before ec94c82 made them (hdnts kept); the undo back."""
     cached = (urls.identity, urls.url_key, urls.download_key, urls.download_identity)

@@ -57,6 +57,7 @@ _PAIR = re.compile(r"(?:(?<=%[0-9A-Fa-f]{2})(?<!%25)|(?<=%25[0-9A-Fa-f]{2})"
 SECRET_PARAMS = frozenset({
     "sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey",
     "api_key", "api-key", "x-api-key", "hdnts", "hdnea",  # Akamai's edge tokens
+    "verify",  # Cloudflare's signed URL: <expiry>-<HMAC>
 })
 # An HMAC and a session (`;jsessionid=`, `PHPSESSID`) are credentials too: in a URL's
 # path (Akamai's `exp=...~hmac=...` token, a servlet's path parameter) no other rule sees them.
@@ -242,20 +243,26 @@ def _redacted_key(key: Any, taken: dict[Any, Any]) -> Any:
 
 
 # Parameters a signer sets anew each time it signs a URL: not secret, but not part of
-# what the URL names either (AWS SigV2/SigV4, Google, Azure SAS, CloudFront).
+# what the URL names either (AWS SigV2/SigV4, Google, Azure SAS, CloudFront, KeyCDN's
+# expire, Tencent COS's q-*, Aliyun OSS's V1 and V4).
 SIGNING_PARAMS = frozenset({
     "x-amz-algorithm", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
     "x-goog-algorithm", "x-goog-date", "x-goog-expires", "x-goog-signedheaders",
     "awsaccesskeyid", "expires", "se", "st", "sv", "sp", "sr", "spr", "skoid", "sktid",
-    "skt", "ske", "sks", "skv",
+    "skt", "ske", "sks", "skv", "expire", "q-sign-algorithm", "q-ak", "q-sign-time",
+    "q-key-time", "q-header-list", "q-url-param-list", "ossaccesskeyid",
+    "x-oss-signature-version", "x-oss-date", "x-oss-expires", "x-oss-additional-headers",
 })
 # And the signatures themselves, with what changes along with them: a run's downloads
 # are shared whatever these say, and by every other parameter (download_key). Akamai's
-# tokens (its expiry, path and HMAC in one value) are signed anew each time too.
+# tokens (its expiry, path and HMAC in one value) and Cloudflare's ?verify= (its expiry
+# and HMAC) are signed anew each time too, and so are the security tokens of temporary
+# credentials (COS's, OSS's).
 SIGNATURES = SIGNING_PARAMS | {
     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
     "x-goog-credential", "googleaccessid", "signature", "sig", "policy", "key-pair-id",
-    "hdnts", "hdnea", "__token__",
+    "hdnts", "hdnea", "__token__", "verify", "q-signature", "x-cos-security-token",
+    "security-token", "x-oss-credential", "x-oss-signature", "x-oss-security-token",
 }
 
 
