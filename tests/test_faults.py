@@ -292,6 +292,32 @@ def test_a_file_signed_anew_by_any_cdn_is_one_file_across_runs(
     assert not re.search(r"=[0-9]a0|T[0-9]|STS|AKID|LTAI", entry["url"])
 
 
+def test_a_file_in_a_new_session_each_listing_is_one_file_across_runs(
+    standin: StandIn, archive: Path
+) -> None:
+    """A servlet's session in a URL's path (`/files/model;jsessionid=...`), new at each
+    listing: url_key kept the path whole, so the last run's failed download was said
+    'gone upstream, never archived' (exit 1), downloaded again from the start, and an
+    archived file got one more entry each run. The session names no file."""
+    data = os.urandom(3 * MiB)
+    names = [f"model;jsessionid={i}A0B1C2" for i in range(1, 4)]
+    for name in names:
+        standin.files[name] = data
+    standin.add_tune(1, [standin.file_url(names[0])], [])
+    standin.faults[names[0]] = [Cut(2 * MiB)]
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    standin.add_tune(1, [standin.file_url(names[1])], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert ranges(standin, names[1]) == [f"bytes={2 * MiB}-"]
+    asked = len(standin.seen("cdn"))
+    standin.add_tune(1, [standin.file_url(names[2])], [])
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn")) == asked  # archived: not asked for again
+    [entry] = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(data))
+    assert entry["url"].endswith("/files/model;jsessionid=REDACTED")
+
+
 def keyed_as_before_akamai(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """URL keys as the versions before ec94c82 made them (hdnts kept); the undo back."""
     cached = (urls.identity, urls.url_key, urls.download_key, urls.download_identity)

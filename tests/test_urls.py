@@ -346,6 +346,24 @@ def test_a_token_in_a_urls_path_hides_its_segment_alone(url: str) -> None:
     assert photo_key(one) != photo_key(two)
 
 
+@pytest.mark.parametrize("url", [
+    "https://cdn.example/s;jsessionid={}/a.jpg",
+    "https://cdn.example/a.jpg;PHPSESSID={}?w=64",
+    "https://cdn.example/f/exp={}~acl=/*~hmac={}0a/a.jpg",
+    "https://cdn.example/f/hdnts=st=1~exp={}~acl=/f/*~hmac={}0a/a.jpg",
+])
+def test_a_token_or_session_in_a_urls_path_names_no_file(url: str) -> None:
+    """A session (`;jsessionid=`) or Akamai's token in a path, new at each listing, was
+    part of url_key: each listing another file. Both keys drop it, from the URL as
+    listed and as stored (redacted); the file's own name still tells two apart."""
+    one, again = url.format(1, 1), url.format(2, 2)
+    assert url_key(one) == url_key(again) == url_key(redact(one))
+    assert download_key(one) == download_key(again)
+    assert url_key(one) != url_key(one.replace("/a.jpg", "/b.jpg"))
+    assert "/a.jpg" in url_key(one)
+    assert "hmac" not in url_key(one)
+
+
 def test_a_harmless_parameter_holding_a_hash_is_redacted() -> None:
     """`st` (Azure's start time) and `h` (a height) are shown as harmless, but nginx's
     secure_link and some CDNs sign with `?st=<md5>` or `?h=<hmac>`: a value with a run

@@ -304,9 +304,17 @@ def _short_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+# What a path holds of a signature or a session, never of the file it names: Akamai's
+# token (`/exp=...~acl=/*~hmac=...`, its fields joined by `~`, the HMAC last, an acl's
+# value holding '/') and a servlet's `;jsessionid=` (or PHPSESSID), new each session.
+_PATH_SIGNATURE = re.compile(r"/(?:[\w.\-]+=[^~?#]*~)+hmac=[^/;?#]*"
+                             r"|;[^/;=]*(?:session|sessid)[^/;=]*=[^/;]*", re.IGNORECASE)
+
+
 def _without(url: str, dropped: Callable[[str], bool]) -> str:
-    """The URL less userinfo, fragment and the query parameters `dropped` names;
-    scheme and host in lower case, the other parameters in their order."""
+    """The URL less userinfo, fragment, a token or session in its path and the query
+    parameters `dropped` names; scheme and host in lower case, the other parameters in
+    their order."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -317,7 +325,8 @@ def _without(url: str, dropped: Callable[[str], bool]) -> str:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         query = urlencode([(name, value) for name, value in pairs if not dropped(name)],
                           safe="/:")
-    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path, query, ""))
+    path = _PATH_SIGNATURE.sub("", parts.path)
+    return urlunsplit((parts.scheme.lower(), host.lower(), path, query, ""))
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
