@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -326,6 +327,25 @@ def test_a_token_in_a_urls_path_is_redacted(url: str) -> None:
     path ran the first field's value on over the HMAC, and knew no session's name."""
     assert SECRET not in redact(url)
     assert SECRET not in redact_text(f"could not read {url}: HTTP 403")
+
+
+@pytest.mark.parametrize("digest", [
+    "Ab3dE_fG9hIjK-lMnO1pQr",  # nginx secure_link's md5, in base64url
+    "uPHIFQ4R8ZkL-f3fg1fSIg",
+    "q1W2e3R4t5Y6u7I8o9P+a0S1d2F3g4H5j6K7l8Z+x0C",  # an HMAC in base64, '+' decoded
+])
+def test_a_harmless_parameter_holding_a_base64_hash_is_redacted(digest: str) -> None:
+    """11d1832 redacted `?st=<md5>` and `?h=<hmac>` when a run of 20 letters and digits
+    showed a hash, but nginx's secure_link writes its md5 in base64url, and about half
+    of those hold a '-' or '_' that cut every run short: shown and stored whole. '-',
+    '_' and '+' count in the run; a date, a size, a MIME type still show."""
+    url = (f"https://h.example/v.mp4?st={quote(digest)}&h={quote(digest)}&e=1"
+           "&se=2026-12-01T01:00:00.0000000Z&response-content-type=application/octet-stream")
+    assert digest not in redact(url)
+    assert digest not in redact_text(f"could not read {url}: HTTP 403")
+    assert redact(url) == ("https://h.example/v.mp4?st=REDACTED&h=REDACTED&e=REDACTED"
+                           "&se=2026-12-01T01:00:00.0000000Z"
+                           "&response-content-type=application/octet-stream")
 
 
 @pytest.mark.parametrize("url", [

@@ -82,9 +82,10 @@ HARMLESS_PARAMS = frozenset({
 # What a harmless value is kept as: a date, a number, a word, a MIME type. A value
 # holding anything else (`;` and `=` above all: `?w=512;X-Amz-Signature=...` is two
 # parameters to servers that split on `;`, one to parse_qsl) is replaced as well, and
-# so is one holding a run of 20 letters and digits: no date or size is one, while a
-# hash is (`?st=<md5>` of nginx's secure_link, `?h=<hmac>` of a CDN's signed URL).
-_PLAIN_VALUE = re.compile(r"(?![\w.:/+,~-]*[A-Za-z0-9]{20})[\w.:/+,~-]*")
+# so is one holding a run of 20 letters, digits, '-', '_' and '+': no date or size is
+# one, while a hash is (`?st=<md5>` of nginx's secure_link, in base64url, `?h=<hmac>`
+# of a CDN's signed URL, in base64).
+_PLAIN_VALUE = re.compile(r"(?![\w.:/+,~-]*[A-Za-z0-9_+-]{20})[\w.:/+,~-]*")
 # What a parameter's name is shown as: a word (letters, '-' and '_'), with a value; any
 # other, and one with no value or only '=' (a bare token: ?eyJhbGciOi..., ?QxTrVb...,
 # ?c2VjcmV0==), is REDACTED like a value. Those with digits that servers use are
