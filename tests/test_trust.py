@@ -314,3 +314,30 @@ def test_a_redacted_url_is_still_known_again_by_its_source(
     assert run_fetch(standin, archive, "1") == 0
     assert len(standin.seen("cdn", "/files/img")) == asked
     assert [e["status"] for e in entries(archive, 1)] == ["ok", "ok"]
+
+
+def test_a_json_web_token_in_a_urls_path_is_never_shown_or_stored(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cloudflare Stream signs a URL with a JWT in place of the video's id in its path
+    (`/<header.payload.signature>/downloads/default.mp4`): no name=value, so it was
+    stored in the manifest and printed in an error whole, a bearer credential. It is
+    REDACTED, while each file is still known again by its source."""
+    tokens = [f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ2aWRlbz{i}ifQ.c2lnbmF0dXJl{i}X2xvbmc"
+              for i in range(3)]
+    for token in tokens[:2]:
+        standin.files[token] = os.urandom(3000)
+    standin.faults[tokens[2]] = [Status(403)]
+    standin.add_tune(1, [], [standin.file_url(token) for token in tokens])
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    shown = capsys.readouterr()
+    text = (archive / "manifests" / "1.json").read_text()
+    for token in tokens:
+        assert token.split(".")[2] not in shown.out + shown.err + text
+    assert "/files/REDACTED" in shown.err
+    asked = len(standin.seen("cdn", "/files/eyJ"))
+    standin.faults[tokens[2]] = []
+    standin.files[tokens[2]] = os.urandom(3000)
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn", "/files/eyJ")) == asked + 1  # the failed one alone
+    assert [e["status"] for e in entries(archive, 1)] == ["ok", "ok", "ok"]

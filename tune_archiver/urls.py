@@ -155,8 +155,18 @@ _ORDINARY_NAMES = frozenset({"author", "authors", "authored", "authorship", "aut
                              "authentic", "authenticity"})
 
 
+# A JSON Web Token (header.payload.signature, in base64url; a JSON object's base64
+# starts "eyJ"): a bearer credential wherever it is, as a URL's path segment too
+# (Cloudflare Stream's signed URLs put it in place of the video's id).
+_JWT = re.compile(r"(?<![\w-])eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
 def _secret_pairs(text: str) -> str:
-    """The text with the value of every name=value whose name is a secret's REDACTED."""
+    """The text with every JSON Web Token and the value of every name=value whose name
+    is a secret's REDACTED."""
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+
     def replaced(found: re.Match[str]) -> str:
         name, equals, quote, value = found.groups()
         if value.startswith(f"{REDACTED}/"):  # a path's, redacted to its segment (redact)
