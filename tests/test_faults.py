@@ -261,6 +261,7 @@ SIGNED_ANEW = {
     "aliyun-oss": "OSSAccessKeyId=STS.{i}&Expires={i}&Signature={i}a0b1&security-token=T{i}",
     "aliyun-oss-v4": ("x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-credential=LTAI%2F{i}"
                       "&x-oss-date=2026120{i}T000000Z&x-oss-expires=60&x-oss-signature={i}a0"),
+    "google-media-cdn": "edge-cache-token=Expires%3D{i}~KeyName%3Dk~Signature%3D{i}a0b1",
 }
 
 

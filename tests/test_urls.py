@@ -371,11 +371,13 @@ def test_a_token_in_a_urls_path_hides_its_segment_alone(url: str) -> None:
     "https://cdn.example/a.jpg;PHPSESSID={}?w=64",
     "https://cdn.example/f/exp={}~acl=/*~hmac={}0a/a.jpg",
     "https://cdn.example/f/hdnts=st=1~exp={}~acl=/f/*~hmac={}0a/a.jpg",
+    "https://z.b-cdn.net/bcdn_token=HS256-{}a0&expires={}&token_path=%2Ff%2F/f/a.jpg",
 ])
 def test_a_token_or_session_in_a_urls_path_names_no_file(url: str) -> None:
-    """A session (`;jsessionid=`) or Akamai's token in a path, new at each listing, was
-    part of url_key: each listing another file. Both keys drop it, from the URL as
-    listed and as stored (redacted); the file's own name still tells two apart."""
+    """A session (`;jsessionid=`) or Akamai's (or Bunny's) token in a path, new at each
+    listing, was part of url_key: each listing another file. Both keys drop it, from
+    the URL as listed and as stored (redacted); the file's own name still tells two
+    apart."""
     one, again = url.format(1, 1), url.format(2, 2)
     assert url_key(one) == url_key(again) == url_key(redact(one))
     assert download_key(one) == download_key(again)

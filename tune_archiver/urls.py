@@ -274,6 +274,7 @@ SIGNATURES = SIGNING_PARAMS | {
     "x-goog-credential", "googleaccessid", "signature", "sig", "policy", "key-pair-id",
     "hdnts", "hdnea", "__token__", "verify", "q-signature", "x-cos-security-token",
     "security-token", "x-oss-credential", "x-oss-signature", "x-oss-security-token",
+    "edge-cache-token",  # Google Media CDN's: expiry, key and signature in one value
 }
 
 
@@ -317,8 +318,9 @@ def _short_hash(key: str) -> str:
 
 # What a path holds of a signature or a session, never of the file it names: Akamai's
 # token (`/exp=...~acl=/*~hmac=...`, its fields joined by `~`, the HMAC last, an acl's
-# value holding '/') and a servlet's `;jsessionid=` (or PHPSESSID), new each session.
-_PATH_SIGNATURE = re.compile(r"/(?:[\w.\-]+=[^~?#]*~)+hmac=[^/;?#]*"
+# value holding '/'), Bunny's (`/bcdn_token=...&expires=...&token_path=...`, one
+# segment) and a servlet's `;jsessionid=` (or PHPSESSID), new each session.
+_PATH_SIGNATURE = re.compile(r"/(?:[\w.\-]+=[^~?#]*~)+hmac=[^/;?#]*|/bcdn_token=[^/?#]*"
                              r"|;[^/;=]*(?:session|sessid)[^/;=]*=[^/;]*", re.IGNORECASE)
 
 
