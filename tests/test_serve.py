@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gzip
+import json
 import logging
 import os
 import select
@@ -597,3 +598,25 @@ async def test_tune_zero_is_404_not_a_500(
         async with session.request(method, url + path) as response:
             assert response.status == 404
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+async def test_an_unreadable_manifests_500_holds_no_key(
+    gallery: Gallery, archive: Path
+) -> None:
+    """A manifest damaged so that its reason quotes a value (a state that is the key, as
+    an older version's may hold it): the 500 said why with the key in it, though every
+    page is scrubbed of it. It is scrubbed there too, the reason still said."""
+    key = "sd_echoed_key_0123456789abcdef"
+    path = archive / "manifests" / "4.json"
+    document = json.loads(path.read_text())
+    document["state"] = f"see {key}"
+    path.write_text(json.dumps(document))
+    runner, url = await start(LocalStore(archive), "127.0.0.1", 0, None, lambda: NOW, [key])
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}tunes/4") as response:
+            assert response.status == 500
+            text = await response.text()
+    finally:
+        await runner.cleanup()
+    assert "its state is" in text
+    assert key not in text

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
@@ -25,7 +26,7 @@ from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.gallery import e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
-from tune_archiver.scrub import scrub
+from tune_archiver.scrub import cleaned, scrub
 from tune_archiver.store import Store
 from tune_archiver.text import human_bytes
 from tune_archiver.web.access import Handler, guard
@@ -96,14 +97,20 @@ def _link(request: web.Request, path: str) -> str:
     return f"{path}?token={quote(token, safe='')}" if token else path
 
 
-@web.middleware
-async def _said(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _said(secrets: Sequence[str]) -> Middleware:
     """Our error in any handler (a damaged manifest, EIO, a link planted in objects/, an
-    object the bucket refuses) is a 500 that says why, not a logged traceback."""
-    try:
-        return await handler(request)
-    except ArchiverError as exc:
-        raise web.HTTPInternalServerError(text=str(exc)) from exc
+    object the bucket refuses) is a 500 that says why, not a logged traceback; scrubbed
+    and redacted as every line (a damaged manifest's reason quotes a value of it, which
+    an older version's may hold the key in; the token is among the secrets)."""
+
+    @web.middleware
+    async def said(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ArchiverError as exc:
+            raise web.HTTPInternalServerError(text=cleaned(str(exc), secrets)) from exc
+
+    return said
 
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -117,7 +124,7 @@ def build_app(store: Store, clock: Clock, token: str | None,
     """The read-only application: GET pages and blobs, POST verify; the token when given,
     the `secrets` (the API keys known) in no page."""
     views = Views(store, clock, secrets)
-    app = web.Application(middlewares=[guard(token), _said])
+    app = web.Application(middlewares=[guard(token), _said([*secrets, *filter(None, [token])])])
     app.on_response_prepare.append(_headers)
     app.router.add_get("/", views.tunes)
     # A tune id is positive (0 would reach manifest_key's ValueError: a 500, logged).
