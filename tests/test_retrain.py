@@ -460,3 +460,25 @@ def test_retrain_after_photos_re_signed_still_says_the_null_fetch_says_is_missin
     assert run_fetch(standin, archive, "5", "--only", "checkpoints") == 1  # not complete
     _, result = retrain(standin, archive, capsys)
     assert result["missing"] == [ONE_NULL]
+
+
+def test_a_dry_run_says_a_photo_whose_blob_is_lost_as_yes_does(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A photo whose blob is lost from the archive: the dry run counted it among the
+    photos it would send, exit 0, while --yes refuses at it and sends nothing. The dry
+    run names it now, uncounted, and says --yes would send nothing (exit 1)."""
+    archive, images = archived
+    blob_file(archive, images[1]).unlink()
+    code, result = retrain(standin, archive, capsys)
+    said = "training_image 1: its blob is missing from the archive"
+    assert code == 1
+    assert (result["images"], result["lost"], result["missing"]) == (2, [said], [])
+    dry = cli(capsys, "retrain", "5", "-q", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert dry.code == 1
+    assert f"error: tune 5: {said}" in dry.err  # with -q too: why exit 1
+    yes = sent(standin, archive, capsys)
+    assert yes.code == 1
+    assert f"{said}; nothing was sent" in yes.err
+    assert standin.created == []

@@ -332,8 +332,8 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets, downloads=False)  # no download: no file limit
     result = in_archive(args, lambda store: retrain(
         settings, store, args.tune_id, args.yes, args.clock(), args.new_title))
-    emit(args, secrets, [], result.as_json(), result.lines())
-    return EXIT_OK
+    emit(args, secrets, result.errors(), result.as_json(), result.lines())
+    return EXIT_FAILED if result.lost else EXIT_OK
 
 
 def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:

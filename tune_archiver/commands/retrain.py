@@ -36,7 +36,7 @@ from tune_archiver.errors import (
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
-from tune_archiver.store import Change, Store
+from tune_archiver.store import Change, Store, blob_sizes
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class RetrainResult:
     plan: RetrainPlan
     sent: bool = False
     created: dict[str, Any] = field(default_factory=dict)
+    # A dry run's photos whose blob the archive no longer holds whole: --yes would
+    # refuse at the first, nothing sent; one line each.
+    lost: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """What `retrain` prints (without --json)."""
@@ -71,15 +74,23 @@ class RetrainResult:
         lines += [f"tune {plan.tune_id}: {gap}" for gap in plan.missing]
         if self.sent:
             lines.append(f"created tune {self.created.get('id')} (POST /tunes)")
+        elif self.lost:
+            lines.append("dry run: nothing sent; --yes would send nothing while a photo's "
+                         "blob is lost (run verify --repair)")
         else:
             lines.append("dry run: nothing sent; add --yes to create the tune")
         return lines
+
+    def errors(self) -> list[str]:
+        """What a dry run says on stderr (with -q too): each photo whose blob is lost."""
+        return [f"tune {self.plan.tune_id}: {gap}" for gap in self.lost]
 
     def as_json(self) -> dict[str, Any]:
         return {
             "tune_id": self.plan.tune_id, "sent": self.sent,
             "fields": dict(self.plan.fields), "images": len(self.plan.images),
-            "missing": list(self.plan.missing), "created": self.created or None,
+            "missing": list(self.plan.missing), "lost": list(self.lost),
+            "created": self.created or None,
         }
 
 
@@ -164,8 +175,14 @@ async def retrain(
     if not plan.images:
         raise ArchiverError(f"tune {tune_id}: no training image is archived; nothing to "
                             "retrain from")
-    if not yes:
-        return RetrainResult(plan)
+    lost = await _lost(store, plan)
+    if not yes:  # said as --yes would find it, each lost photo not counted as sent
+        return RetrainResult(replace(plan, images=tuple(
+            entry for entry in plan.images if entry.blob and entry.blob.sha256 not in lost)),
+            lost=tuple(lost.values()))
+    if lost:
+        raise IntegrityError(f"{next(iter(lost.values()))}; nothing was sent (run verify "
+                             "--repair)")
     # A second --yes under a title already retrained would train (and bill) again on an
     # account without Astria's idempotency, and with it record the same tune twice.
     sent_title = dict(plan.fields)["tune[title]"]
@@ -266,6 +283,23 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
     if hashlib.sha256(data).hexdigest() != blob.sha256:
         raise _damaged(entry)
     return data
+
+
+async def _lost(store: Store, plan: RetrainPlan) -> dict[str, str]:
+    """Each photo's sha256 whose blob the archive no longer holds at its size, and why:
+    --yes stops at the first, and a dry run that counted it among those sent said exit 0
+    for a retrain that would not be made."""
+    sizes = await blob_sizes(store, {entry.blob.sha256 for entry in plan.images
+                                     if entry.blob is not None})
+    lost = {}
+    for entry in plan.images:
+        assert entry.blob is not None  # the plan holds archived entries only
+        size = sizes.get(entry.blob.sha256)
+        if size != entry.blob.size:
+            lost[entry.blob.sha256] = (f"training_image {entry.index}: its blob is "
+                                 + ("missing from the archive" if size is None else
+                                    f"{size} bytes, not the {entry.blob.size} archived"))
+    return lost
 
 
 def _damaged(entry: Entry) -> IntegrityError:
