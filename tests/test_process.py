@@ -433,3 +433,27 @@ def test_verify_repair_that_downloads_nothing_is_not_fitted_to_open_files(
         assert "limit on open files" not in run.stderr
         assert "tune 1" in run.stderr
     assert json.loads(path.read_text())["assets"][0]["path"].startswith("objects/sha256/")
+
+
+def test_a_dry_run_under_a_hard_limit_too_low_for_a_download_is_not_refused(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """fetch --dry-run downloads nothing (it asks each file's size, one connection a
+    slot): fitted to the limit on open files as a download is, it was refused at a hard
+    limit of 40 (exit 2, nothing previewed) and warned of --split lowered at 64."""
+    import resource
+
+    standin.add_tune(1, [standin.add_file("ckpt", os.urandom(20_000))],
+                     [standin.add_file(f"img-{n}", os.urandom(500 + n)) for n in range(20)])
+    for limit in (64, 40):
+        run = subprocess.run(
+            [sys.executable, "-m", "tune_archiver", "fetch", "1", "--dry-run", "--archive",
+             str(tmp_path / "archive"), "--api-url", standin.api_url],
+            env={**os.environ, "ASTRIA_API_KEY": standin.api_key}, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda at=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (at, at)),
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "would download 21 files" in run.stdout
+        assert "connections" not in run.stderr  # it has none to lower
+    assert not (tmp_path / "archive").exists()

@@ -138,7 +138,10 @@ def settings_of(
         private_redirects=getattr(args, "allow_private_redirects", False)
         or is_private_host(host),
     )
-    return fit_open_files(settings) if downloads else settings
+    # fetch --dry-run downloads nothing: fitted for its probes alone (a download's
+    # needs refused it at a hard limit of 40, where it runs)
+    return fit_open_files(settings, probing=getattr(args, "dry_run", False)) if downloads \
+        else settings
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -221,12 +224,14 @@ OPEN_FILES_FIXED = 28
 OPEN_FILES_PER_THREAD = 1
 
 
-def fit_open_files(settings: Settings) -> Settings:
+def fit_open_files(settings: Settings, *, probing: bool = False) -> Settings:
     """`settings` with --concurrency (then --split) lowered to what the hard limit on
     open files holds, said once: at a hard limit of 64, the default 16 failed files with
     "Too many open files". Each slot holds its partials, a split file's connections,
-    one kept-alive connection and its tunes' manifest locks. Raises ConfigError when
-    even one slot of one connection does not fit."""
+    one kept-alive connection and its tunes' manifest locks; one `probing` (fetch
+    --dry-run, which asks sizes and downloads nothing) its connection and its tunes'
+    manifests alone. Raises ConfigError when even one slot of one connection does not
+    fit."""
     from tune_archiver.commands.fetch import TUNES_PER_SLOT
     from tune_archiver.download.engine import OPEN_PER_SLOT
 
@@ -234,14 +239,14 @@ def fit_open_files(settings: Settings) -> Settings:
     if limit == resource.RLIM_INFINITY:
         return settings
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
-    per_slot = OPEN_PER_SLOT + TUNES_PER_SLOT + 1
+    per_slot = (0 if probing else OPEN_PER_SLOT) + TUNES_PER_SLOT + 1
 
     def needed(concurrency: int, split: int) -> int:
         # A worker thread holds a file only for a task: the slots' and the tunes past
         # them keep so many busy at most (11 of the 32 on 28 cores, at one slot).
         busy = min(threads, API_CONCURRENCY + concurrency * per_slot)
         return (OPEN_FILES_FIXED + OPEN_FILES_PER_THREAD * busy
-                + concurrency * (per_slot + split))
+                + concurrency * (per_slot + (0 if probing else split)))
 
     # Past OPEN_FILES (--concurrency 1000), the soft limit is raised as far as is needed,
     # or to the hard one when that holds less: what is lowered is lowered to fit it.
