@@ -426,7 +426,8 @@ async def test_s3_update_on_a_store_refusing_conditions_writes_and_reads_back(
 ) -> None:
     """A store that answers a conditional PUT 501 NotImplemented had every manifest's
     write fail, each run, though the question asked first found it refused: no tune
-    was ever archived there. It is warned of as one that ignores them, and written
+    was ever archived there. It is warned of as one that refuses them (it was said to
+    ignore them, which sends an operator looking for the wrong fault), and written
     without them, each write read back."""
     async with opened(bucket, tmp_path) as store:
         await store.write_manifest(9, b"base\n")
@@ -435,7 +436,7 @@ async def test_s3_update_on_a_store_refusing_conditions_writes_and_reads_back(
         assert await store.read_manifest(9) == b"base\nours\n"
         assert await store.read_manifest(10) == b"new\n"
     [warning] = [r.getMessage() for r in caplog.records if "conditional" in r.getMessage()]
-    assert f"s3://{bucket.name}/{PREFIX} ignores conditional" in warning
+    assert f"s3://{bucket.name}/{PREFIX} refuses (501 Not Implemented) conditional" in warning
     assert await bucket.keys(f"{PREFIX}/tmp/") == []
 
 

@@ -24,20 +24,23 @@ async def honoured(bucket: Bucket) -> bool:
     """Whether the store honours them; a warning when it does not. False, unsaid, when
     it refuses the question (a policy on tmp/, a fault): every write is read back then."""
     try:
-        if not await ignored(bucket):
+        if (does := await ignored(bucket)) is None:
             return True
     except (StorageError, Denied) as exc:
         log.info("%s; each manifest written is read back", exc)
         return False
-    log.warning("warning: %s ignores conditional writes (If-None-Match, If-Match): two "
+    log.warning("warning: %s %s conditional writes (If-None-Match, If-Match): two "
                 "runs writing one tune at once (two machines, or runs overlapping) may drop "
-                "each other's files from its manifest; run one fetch at a time on it", bucket)
+                "each other's files from its manifest; run one fetch at a time on it",
+                bucket, does)
     return False
 
 
-async def ignored(bucket: Bucket) -> bool:
-    """Whether the store wrote over an object a PUT's condition says to keep: asked on a
-    scratch key under tmp/ (removed at once; gc removes one a killed run leaves)."""
+async def ignored(bucket: Bucket) -> str | None:
+    """What the store does with a PUT's condition when it does not honour it: "ignores"
+    (it wrote over an object the condition says to keep), "refuses" (501); None when it
+    honours them. Asked on a scratch key under tmp/ (removed at once; gc removes one a
+    killed run leaves)."""
     key = bucket.key(f"{TMP}/conditions-{uuid.uuid4().hex}")
     with bucket.translated(DOING):
         await bucket.client.put_object(Bucket=bucket.name, Key=key, Body=b"")
@@ -49,11 +52,11 @@ async def ignored(bucket: Bucket) -> bool:
                         Bucket=bucket.name, Key=key, Body=b"", **condition  # type: ignore[arg-type]
                     )
             except Unsupported:  # refused (501, as S3 did until 2024): it cannot guard
-                return True
+                return "refuses (501 Not Implemented)"
             except Conflict:
                 continue
-            return True
-        return False
+            return "ignores"
+        return None
     finally:
         await settle(bucket.delete(key), f"remove {key}")
 
