@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Stall, StandIn
+from tests.test_honest import misplace
 
 MiB = 2**20
 
@@ -366,16 +367,22 @@ def test_verify_repair_stopped_by_the_limit_on_open_files_says_what_it_found(
 ) -> None:
     """verify --repair that found a damaged blob, then could not fit one download under a
     limit of 40 open files, printed only the limit's line: the operator never learned
-    which tune was damaged. Verify's findings come first, then the limit's line, exit 2."""
+    which tune was damaged. Then it said what verify found and stopped there, exit 2,
+    making no repair at all: tune 2's whole blob, found at a wrong place, was never put
+    back though that needs no download (nor tune 1's rotted one set aside), run after
+    run while the limit stayed. Every repair that downloads nothing is made; what was
+    not repaired is named, then the limit's line, exit 2."""
     import resource
 
     archive = tmp_path / "archive"
-    data = os.urandom(20_000)
+    data, other = os.urandom(20_000), os.urandom(30_000)
     standin.add_tune(1, [standin.add_file("ckpt", data)], [])
-    assert run_fetch(standin, archive, "1") == 0
+    standin.add_tune(2, [standin.add_file("ckpt2", other)], [])
+    assert run_fetch(standin, archive, "1", "2") == 0
     blob = blob_file(archive, data)
     blob.chmod(0o600)
     blob.write_bytes(b"rot" + data[3:])
+    misplace(archive, other)
 
     def repair(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -388,15 +395,19 @@ def test_verify_repair_stopped_by_the_limit_on_open_files_says_what_it_found(
 
     run = repair()
     assert run.returncode == 2, run.stderr[-2000:]
-    problem = run.stderr.index("tune 1: checkpoint 0: corrupt")
+    problem = run.stderr.index("not repaired: tune 1: checkpoint 0: missing")
     assert problem < run.stderr.index("the limit on open files is 40")
-    assert "verified 1 tune, 1 blob" in run.stdout
-    assert "1 problem" in run.stdout
-    assert blob.read_bytes() == b"rot" + data[3:]  # nothing was moved aside
+    assert "verified 2 tunes, 2 blobs" in run.stdout
+    assert "2 problems" in run.stdout
+    assert blob_file(archive, other).read_bytes() == other  # put back
+    assert not blob.exists()  # set aside, for the run the limit lets fetch it
+    [aside] = (archive / "tmp" / "damaged").iterdir()
+    assert aside.read_bytes() == b"rot" + data[3:]
     document = json.loads(repair("--json").stdout)
     assert document["ok"] is False
     assert "the limit on open files is 40" in document["error"]
-    assert [p["problem"] for p in document["problems"]] == ["corrupt"]
+    assert [p["problem"] for p in document["problems"]] == ["missing"]
+    assert [p["tune_id"] for p in document["repair"]["after"]["problems"]] == [1]
 
 
 def test_verify_repair_that_downloads_nothing_is_not_fitted_to_open_files(

@@ -35,7 +35,7 @@ from tune_archiver.cli.running import (
     with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
-from tune_archiver.cli.verdict import said_verified
+from tune_archiver.cli.verdict import said_repaired, said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import AllTunes, Settings, archive_dir
@@ -279,30 +279,26 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
 
-    async def work(store: Store) -> tuple[VerifyReport, RepairReport | ConfigError | None]:
+    async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
         found = await verify(store, args.tune_ids, progress)
         if settings is None:
             return found, None
+        fit, stopped = settings, None
         try:
             fit = fit_open_files(settings) if fetches(found) else settings  # it downloads
-        except ConfigError as exc:  # said after what verify found, which names the damage
-            return found, exc
+        except ConfigError as exc:  # what downloads nothing is still mended, put back, set
+            stopped = exc  # aside; said after what verify and the repair found
         return found, await repair(store, found, fit, staging_for(fit.archive), progress,
-                                   args.clock, waiting_for("fetch, gc or forget", str(fit.archive)))
+                                   args.clock, waiting_for("fetch, gc or forget", str(fit.archive)),
+                                   stopped)
 
     try:
         found, mended = in_archive(args, work)
     finally:
         progress.close()
-    if mended is None or isinstance(mended, ConfigError):
-        return said_verified(args, secrets, found, mended)
-    whole = mended.ok and not (args.strict and mended.after.gone)
-    args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
-                                        [r.tune_id for r in mended.fetched if not r.ok])
-    emit(args, secrets, report.repair_errors(mended, args.strict),
-         {**report.repair_json(found, mended), "ok": whole},
-         report.repair_lines(found, mended, args.strict))
-    return EXIT_OK if whole else EXIT_FAILED
+    if mended is None:
+        return said_verified(args, secrets, found)
+    return said_repaired(args, secrets, found, mended)
 
 
 def run_list(args: argparse.Namespace, secrets: list[str]) -> int:

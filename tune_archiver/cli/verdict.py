@@ -1,31 +1,46 @@
-"""verify's verdict, said: what it found, and the error that stopped its repair, if one
-did, after it (the damaged tunes are named whatever stopped the mending)."""
+"""verify's verdict, said: what it found, and with --repair what the repair did, and the
+error that stopped its downloads, if one did, after it (the damaged tunes are named
+whatever stopped the fetching)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from tune_archiver.cli import report
 from tune_archiver.cli.exits import Exit
 from tune_archiver.cli.printing import emit
 from tune_archiver.commands.verify import VerifyReport
-from tune_archiver.errors import ConfigError
+
+if TYPE_CHECKING:  # loaded by verify --repair alone (the CLI loads no other command)
+    from tune_archiver.commands.repair import RepairReport
 
 
-def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyReport,
-                  refused: ConfigError | None = None) -> Exit:
-    """Print what verify `found` (as verify without --repair does); with `refused`, the
-    error that stopped the repair, last, and --json's "error": exit 2, as any error of
-    configuration (README's exit codes), never 0 while a blob is damaged."""
-    # --json's "ok" is the exit code's verdict: with --strict a file gone upstream fails.
-    whole = found.ok and not (args.strict and found.gone) and refused is None
+def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyReport) -> Exit:
+    """Print what verify `found`; --json's "ok" is the exit code's verdict: with --strict
+    a file gone upstream fails."""
+    whole = found.ok and not (args.strict and found.gone)
     args.summary = report.verify_counts(found.tunes, found, args.strict)
-    document = {**report.verify_json(found), "ok": whole}
-    errors = report.verify_problems(found, args.strict)
-    if refused is not None:
-        document["error"] = str(refused)
-        errors.append(str(refused))
-    emit(args, secrets, errors, document, [report.verify_summary(found, args.strict)])
-    if refused is not None:
+    emit(args, secrets, report.verify_problems(found, args.strict),
+         {**report.verify_json(found), "ok": whole}, [report.verify_summary(found, args.strict)])
+    return Exit.OK if whole else Exit.FAILED
+
+
+def said_repaired(args: argparse.Namespace, secrets: list[str], found: VerifyReport,
+                  mended: RepairReport) -> Exit:
+    """Print what verify `found` and the repair did; a repair whose tunes to fetch again
+    were not (a limit on open files too low for one download: mended.stopped) says why
+    last, and --json's "error": exit 2, as any error of configuration (README's exit
+    codes), never 0 while a blob is damaged."""
+    whole = mended.ok and not (args.strict and mended.after.gone) and not mended.stopped
+    args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
+                                        [r.tune_id for r in mended.fetched if not r.ok])
+    document = {**report.repair_json(found, mended), "ok": whole}
+    errors = report.repair_errors(mended, args.strict)
+    if mended.stopped is not None:
+        document["error"] = mended.stopped
+        errors.append(mended.stopped)
+    emit(args, secrets, errors, document, report.repair_lines(found, mended, args.strict))
+    if mended.stopped is not None:
         return Exit.USAGE
     return Exit.OK if whole else Exit.FAILED

@@ -40,6 +40,7 @@ class RepairReport:
     refused: list[str] = field(default_factory=list)  # why a blob could not be set aside
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
+    stopped: str | None = None  # why the tunes to fetch again were not (ulimit -n)
 
     before_gone: list[Problem] = field(default_factory=list)  # verify's, before the repair
 
@@ -70,12 +71,15 @@ async def repair(
     progress: Progress,
     clock: Clock,
     waiting: Callable[[], None] | None = None,
+    stopped: ArchiverError | None = None,
 ) -> RepairReport:
     """Mend what `found` reports: mend the manifest entries wrong about a whole blob,
     move the damaged blobs aside, fetch their tunes again and verify the tunes touched
     again. Raises ConfigError for a rejected key (what was moved aside stays in
     tmp/damaged/, and the next repair fetches it as missing). `waiting` is called if a
-    fetch or gc holds the archive when damaged blobs are to be put back or set aside."""
+    fetch or gc holds the archive when damaged blobs are to be put back or set aside.
+    With `stopped` (a limit on open files too low for one download), every repair that
+    downloads nothing is made, and no tune is fetched again: said in `stopped`."""
     report = RepairReport(before_gone=list(found.gone))
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
@@ -107,7 +111,9 @@ async def repair(
             await _set_aside(store, damaged, stamp, report, whole, stuck)
     tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
                    | {p.tune_id for p in failed})
-    if tunes:
+    if tunes and stopped is not None:
+        report.stopped = str(stopped)
+    elif tunes:
         # A prompt's file (a generated image, an input) comes back only with the prompts.
         prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
         report.fetched = await fetch(replace(settings, prompts=prompts), tunes, NullProgress(),
