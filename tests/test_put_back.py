@@ -138,6 +138,34 @@ def test_put_back_never_renames_a_file_put_at_the_stray_name_after_it_was_hashed
     assert sorted(p.name for p in (archive / blob_key(sha)).parent.iterdir()) == []
 
 
+def test_a_put_back_that_fails_leaves_no_copy_among_the_blobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stray copy is a hard link (so copied, not renamed), and the damaged folder is
+    a link planted at tmp/damaged, so setting aside what sits at the blob's place is
+    refused: the copy made for the put-back stayed in the blob's fan-out folder, a
+    file under objects/ no gc or later run removes (one that repairs it once the link
+    is gone does; one whose blob came back whole another way never does). Now a put-
+    back that fails removes its copy: said, and nothing of it left."""
+    archive = tmp_path / "archive"
+    (archive / "manifests").mkdir(parents=True)
+    (archive / "tmp").mkdir()
+    whole = os.urandom(5_000)
+    sha = sha256(whole)
+    outside = tmp_path / "holiday.jpg"
+    outside.write_bytes(whole)
+    stray = archive / "objects" / "sha256" / "zz" / sha
+    stray.parent.mkdir(parents=True)
+    os.link(outside, stray)
+    (tmp_path / "elsewhere").mkdir()
+    (archive / "tmp" / "damaged").symlink_to(tmp_path / "elsewhere")
+    store = LocalStore(archive)
+    with pytest.raises(StorageError, match="never followed"):
+        asyncio.run(store.put_back(sha, f"objects/sha256/zz/{sha}", "20261210T120000Z"))
+    assert sorted(p.name for p in (archive / blob_key(sha)).parent.iterdir()) == []
+    assert stray.read_bytes() == whole
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
 def test_put_back_never_waits_on_a_fifo_at_the_stray_place(tmp_path: Path) -> None:
     """A FIFO put at the stray copy's name (after the walk listed a file there) is opened
     O_RDONLY without O_NONBLOCK: the repair waited forever for a writer."""

@@ -142,6 +142,7 @@ def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
             place, _, placed = blob.rpartition("/")
             into = open_folder(root, place, create=True)
             assert into is not None  # made when missing
+            temporary: str | None = None
             try:
                 temporary = None if own else _copied(found, into, sha256)
                 if not own and temporary is None:
@@ -160,6 +161,13 @@ def put_back(root: Path, key: str, blob: str, sha256: str, folder: str,
                     os.rename(temporary, placed, src_dir_fd=into, dst_dir_fd=into)
                     os.unlink(file, dir_fd=source)  # a name only: the file outside stays
                 os.fsync(into)
+            except BaseException:
+                # A copy not renamed into place (setting aside refused, EIO) is no blob:
+                # left beside the blobs, no gc nor later run would remove it.
+                if temporary is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary, dir_fd=into)
+                raise
             finally:
                 os.close(into)
         os.fsync(source)
