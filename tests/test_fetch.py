@@ -16,6 +16,8 @@ from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Body, StandIn, Status
 from tune_archiver import __version__
+from tune_archiver.download.partfile import partial_name
+from tune_archiver.urls import download_identity
 
 
 @pytest.fixture
@@ -480,3 +482,31 @@ def test_an_unreadable_date_beside_a_retry_after_date_is_no_fault(
         "Retry-After": format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)})]
     assert run_fetch(standin, archive, "1") == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_partial_left_of_a_file_archived_since_is_removed_unless_held(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A run stopped (SIGTERM) while another committed the same file keeps its partial
+    for a next run that never resumes it, the file being archived: every later run left
+    it (GiBs of a checkpoint) in tmp/ until a gc a day on. A run that finds the file
+    archived removes it, unless a download holds it (its lock)."""
+    import fcntl
+
+    archive = tmp_path / "archive"
+    checkpoint = standin.add_file("ckpt", os.urandom(30_000))
+    image = standin.add_file("img", os.urandom(3_000))
+    standin.add_tune(1, [checkpoint], [image])
+    assert run_fetch(standin, archive, "1") == 0
+    tmp = archive / "tmp"
+    names = [partial_name(download_identity(url)) for url in (checkpoint, image)]
+    for name in names:
+        (tmp / f"{name}.part").write_bytes(os.urandom(2_000))
+        (tmp / f"{name}.json").write_text("{}")
+    held = os.open(tmp / f"{names[1]}.part", os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a download of another run's
+        assert run_fetch(standin, archive, "1") == 0
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp.iterdir()) == [f"{names[1]}.json", f"{names[1]}.part"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -121,6 +121,10 @@ class Downloader:
         for good.
         """
         return await self._shared.blob(url, lambda: self._download(url, refresh, min_size))
+
+    async def drop_leftovers(self, urls: Iterable[str]) -> None:
+        """What earlier runs left of these files, archived since, removed (Staging.drop)."""
+        await self._staging.drop(urls)
 
     async def _download(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
         check_fetchable(url)

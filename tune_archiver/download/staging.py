@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from tune_archiver.download.partfile import Writer, partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.ranges import HASH_STEP
-from tune_archiver.errors import ConfigError, DiskFull, TooLarge, storage_error
+from tune_archiver.errors import ArchiverError, ConfigError, DiskFull, TooLarge, storage_error
 from tune_archiver.filetypes import HEAD_BYTES, content_type_of
 from tune_archiver.layout import TMP
 from tune_archiver.models import Blob
@@ -179,6 +179,23 @@ class Staging:
         if why:
             raise TooLarge(f"file too large for {self.shown}: {total} bytes, {why}; "
                            "nothing was downloaded")
+
+    async def drop(self, urls: Iterable[str]) -> None:
+        """Remove what an earlier run left of these files, archived since, unless a
+        download holds it: one stopped while another run committed the file kept its
+        partial (GiBs of a checkpoint) for a next run that never resumes it, since the
+        file is archived; gc takes it only a day later, if gc is run."""
+        names = {partial_name(download_identity(url)) for url in urls}
+        if self._leftovers is not None:
+            names &= self._leftovers
+        if names:
+            with contextlib.suppress(ArchiverError, OSError):  # left for gc, as ever
+                await in_thread(self._drop, names)
+
+    def _drop(self, names: set[str]) -> None:
+        with self._folder() as folder:
+            for name in sorted(names) if folder >= 0 else ():
+                _remove_unless_locked(folder, f"{name}.part")
 
     # -- leftovers (gc) ----------------------------------------------------------------
 
