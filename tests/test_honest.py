@@ -249,6 +249,23 @@ def test_a_file_refused_after_expiry_is_gone_said_once_and_never_asked_again(
     assert cli(capsys, "verify", "--archive", str(archive), "--strict").code == 1
 
 
+def test_a_file_gone_before_is_never_counted_already_archived(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fetch after the one that found a file gone counts it gone, not "already
+    archived": its summary's counts add up to its files, and --json's already_archived
+    counts only the files whose blobs the archive holds."""
+    expired_tune_with_a_missing_image(standin)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 0
+    assert "4 files, " in (line := capsys.readouterr().out)
+    assert "(0 new, 3 already archived, 0 failed, 1 gone upstream)" in line
+    assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 0
+    tune = json.loads(capsys.readouterr().out)["tunes"][0]
+    assert (tune["files"], tune["new"], tune["already_archived"]) == (4, 0, 3)
+
+
 def test_a_file_refused_before_expiry_fails_and_is_tried_again(
     standin: StandIn, archive: Path
 ) -> None:

@@ -73,7 +73,8 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         "manifest": result.manifest,
         "files": len(result.assets),
         "new": sum(1 for r in result.assets if r.ok and not r.reused),
-        "already_archived": sum(1 for r in result.assets if r.reused),
+        # not a file carried over as gone by an earlier run: it was never archived
+        "already_archived": sum(1 for r in result.assets if r.reused and r.ok),
         "failed": len(result.failed),
         "gone": len(result.gone),
         "state": result.state,
