@@ -264,6 +264,8 @@ def test_a_file_gone_before_is_never_counted_already_archived(
     assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 0
     tune = json.loads(capsys.readouterr().out)["tunes"][0]
     assert (tune["files"], tune["new"], tune["already_archived"]) == (4, 0, 3)
+    assert run_fetch(standin, archive, "1", "--dry-run", clock=lambda: NOW) == 0
+    assert "would download 0 files, 0 B; 3 already archived" in capsys.readouterr().out
 
 
 def test_a_file_refused_before_expiry_fails_and_is_tried_again(

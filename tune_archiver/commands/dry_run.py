@@ -81,7 +81,7 @@ async def dry_run(
                 tune.id, tune.title, error=f"tune {tune.id}: {failure}" if failure else None,
                 download=tuple((a, p.size) for a, p in probed if p.refused is None),
                 not_downloadable=tuple((a, p) for a, p in probed if p.refused is not None),
-                archived=len(plan.reuse) + sum(1 for r in carried if r.ok),
+                archived=sum(1 for r in [*plan.reuse.values(), *carried] if r.ok),  # not gone
                 left_out=len(plan.left_out),
             )
 
