@@ -127,8 +127,9 @@ def test_repair_of_another_users_archive_is_refused_before_it_writes(
     ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
               "--api-url", standin.api_url)
     assert ran.code == 2
-    [line] = ran.errors
+    *found, line = ran.errors  # what verify found is said first: no repair mends it
     assert "belongs to another user" in line
+    assert sorted(said.split(": ")[4] for said in found) == ["corrupt", "wrong path"]
     assert sorted(archive.rglob("*")) == before
     assert {path.lstat().st_uid for path in before} == {NOBODY}
     assert json.loads((archive / "manifests" / "1.json").read_text()) == document

@@ -498,3 +498,28 @@ def test_an_archive_the_disk_will_not_open_is_never_said_to_be_gone(
     ran = cli(capsys, command, "--archive", str(archive))
     assert ran.code == 2
     assert ran.errors == [error(f"cannot read the archive {archive}: Permission denied")]
+
+
+@pytest.mark.parametrize(("api", "code", "said"), [
+    ("rejected", 3, "API key rejected"), ("unreachable", 4, "127.0.0.1:9")],
+    ids=["key-rejected", "api-unreachable"])
+def test_a_repair_stopped_by_the_api_says_what_verify_found(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str], api: str, code: int, said: str,
+) -> None:
+    """verify --repair from cron whose key was rotated (or whose API was down) found a
+    rotted checkpoint, moved it aside, and said only 'API key rejected' (exit 3), --json
+    {ok, error} alone: which tune was damaged was never said, nor in the fail ping.
+    Verify's findings come first, then the error, with its own exit code."""
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
+    rejected = api == "rejected"
+    os.environ["ASTRIA_API_KEY"] = "a-rotated-key-0123456789" if rejected else standin.api_key
+    url = standin.api_url if rejected else "http://127.0.0.1:9"
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", url, "--retries", "0")
+    assert ran.code == code, ran.err
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    assert said in document["error"]
+    assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [(1, "corrupt")]
+    assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index(said)

@@ -279,7 +279,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
 
-    async def work(store: Store) -> tuple[VerifyReport, RepairReport | None]:
+    async def work(store: Store) -> tuple[VerifyReport, RepairReport | ArchiverError | None]:
         found = await verify(store, args.tune_ids, progress)
         if settings is None:
             return found, None
@@ -288,16 +288,19 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
             fit = fit_open_files(settings) if fetches(found) else settings  # it downloads
         except ConfigError as exc:  # what downloads nothing is still mended, put back, set
             stopped = exc  # aside; said after what verify and the repair found
-        return found, await repair(store, found, fit, staging_for(fit.archive), progress,
-                                   args.clock, waiting_for("fetch, gc or forget", str(fit.archive)),
-                                   stopped)
+        try:  # a key rejected, the API out of reach: said after what verify found
+            return found, await repair(store, found, fit, staging_for(fit.archive), progress,
+                                       args.clock, waiting_for("fetch, gc or forget",
+                                                               str(fit.archive)), stopped)
+        except ArchiverError as exc:
+            return found, exc
 
     try:
         found, mended = in_archive(args, work)
     finally:
         progress.close()
-    if mended is None:
-        return said_verified(args, secrets, found)
+    if mended is None or isinstance(mended, ArchiverError):
+        return said_verified(args, secrets, found, mended)
     return said_repaired(args, secrets, found, mended)
 
 

@@ -8,21 +8,32 @@ import argparse
 from typing import TYPE_CHECKING
 
 from tune_archiver.cli import report
-from tune_archiver.cli.exits import Exit
+from tune_archiver.cli.exits import Exit, for_error
 from tune_archiver.cli.printing import emit
 from tune_archiver.commands.verify import VerifyReport
+from tune_archiver.errors import ArchiverError
 
 if TYPE_CHECKING:  # loaded by verify --repair alone (the CLI loads no other command)
     from tune_archiver.commands.repair import RepairReport
 
 
-def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyReport) -> Exit:
-    """Print what verify `found`; --json's "ok" is the exit code's verdict: with --strict
-    a file gone upstream fails."""
-    whole = found.ok and not (args.strict and found.gone)
+def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyReport,
+                  refused: ArchiverError | None = None) -> Exit:
+    """Print what verify `found` (as verify without --repair does); with `refused`, the
+    error that stopped the repair, last, and --json's "error": its exit code, as it
+    stopping any run gives (2 for configuration, 3 for a key rejected, 4 for an API out
+    of reach: README's exit codes), never 0 while a blob is damaged."""
+    # --json's "ok" is the exit code's verdict: with --strict a file gone upstream fails.
+    whole = found.ok and not (args.strict and found.gone) and refused is None
     args.summary = report.verify_counts(found.tunes, found, args.strict)
-    emit(args, secrets, report.verify_problems(found, args.strict),
-         {**report.verify_json(found), "ok": whole}, [report.verify_summary(found, args.strict)])
+    document = {**report.verify_json(found), "ok": whole}
+    errors = report.verify_problems(found, args.strict)
+    if refused is not None:
+        document["error"] = str(refused)
+        errors.append(str(refused))
+    emit(args, secrets, errors, document, [report.verify_summary(found, args.strict)])
+    if refused is not None:
+        return for_error(refused)
     return Exit.OK if whole else Exit.FAILED
 
 
