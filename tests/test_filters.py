@@ -143,6 +143,36 @@ def test_ids_from_names_each_id_the_api_does_not_list(
         assert manifests(archive) == set(tunes) - {99}
 
 
+def test_ids_from_an_archived_tune_deleted_upstream_fails_no_run(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daily `--all --ids-from keep.txt` archived tune 2 whole; then Astria deleted
+    it (its expires_at passed), and every later run failed, exit 1 and a fail ping, "not
+    listed by the API (no such tune in this account or workspace?)" for the one tune
+    the backup had saved. It is said on a warning line and skipped, exit 0; an id the
+    archive does not hold, or holds incomplete, is still a failed tune."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    ids = tmp_path / "keep.txt"
+    ids.write_text("1\n2\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
+    del standin.tunes[2]  # deleted upstream
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids), "--json") == 0
+    captured = capsys.readouterr()
+    assert "tune 2: no longer listed by the API (deleted upstream?)" in captured.err
+    assert "error" not in captured.err
+    document = json.loads(captured.out)
+    assert document["ok"] is True
+    assert {t["tune_id"]: (t["ok"], t["skipped"]) for t in document["tunes"]} == {
+        1: (True, True), 2: (True, True)}
+    document = json.loads((archive / "manifests" / "2.json").read_text())
+    document["complete"] = False
+    (archive / "manifests" / "2.json").write_text(json.dumps(document))
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 1
+    assert "tune 2: not listed by the API" in capsys.readouterr().err
+
+
 def test_ids_from_a_windows_file_with_a_bom_and_crlf(
     standin: StandIn, archive: Path, tmp_path: Path
 ) -> None:
