@@ -253,8 +253,9 @@ def test_a_file_gone_before_is_never_counted_already_archived(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The fetch after the one that found a file gone counts it gone, not "already
-    archived": its summary's counts add up to its files, and --json's already_archived
-    counts only the files whose blobs the archive holds."""
+    archived": its summary's counts add up to its files, and --json's too (its gone
+    counts every file gone upstream, as the summary line does; already_archived only
+    the files whose blobs the archive holds)."""
     expired_tune_with_a_missing_image(standin)
     assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
     capsys.readouterr()
@@ -263,7 +264,9 @@ def test_a_file_gone_before_is_never_counted_already_archived(
     assert "(0 new, 3 already archived, 0 failed, 1 gone upstream)" in line
     assert run_fetch(standin, archive, "1", "--json", clock=lambda: NOW) == 0
     tune = json.loads(capsys.readouterr().out)["tunes"][0]
-    assert (tune["files"], tune["new"], tune["already_archived"]) == (4, 0, 3)
+    counts = [tune[name] for name in ("files", "new", "already_archived", "failed", "gone")]
+    assert counts == [4, 0, 3, 0, 1]  # they add up, as the summary line's do
+    assert (tune["ok"], tune["failures"]) == (True, [])  # said once, by the first run
     assert run_fetch(standin, archive, "1", "--dry-run", clock=lambda: NOW) == 0
     assert "would download 0 files, 0 B; 3 already archived" in capsys.readouterr().out
 

@@ -76,7 +76,7 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         # not a file carried over as gone by an earlier run: it was never archived
         "already_archived": sum(1 for r in result.assets if r.reused and r.ok),
         "failed": len(result.failed),
-        "gone": len(result.gone),
+        "gone": sum(1 for r in result.assets if r.gone),  # as the summary line counts
         "state": result.state,
         "bytes": sum(r.blob.size for r in result.assets if r.blob),
         "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
