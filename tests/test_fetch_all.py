@@ -234,14 +234,17 @@ def test_a_file_the_listing_adds_brings_the_tune_back_whatever_its_updated_at(
 def test_all_json_marks_skipped_tunes(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--json says which tunes were skipped as unchanged."""
+    """--json says which tunes were skipped as unchanged, and names the manifest of each,
+    skipped or not: a skipped tune's was null, so a script copying every manifest the
+    document names offsite (or opening it) missed, or stumbled on, each unchanged one."""
     add_tune(standin, 1)
     assert run_fetch(standin, archive, "--all") == 0
     add_tune(standin, 2)
     capsys.readouterr()
     assert run_fetch(standin, archive, "--all", "--json") == 0
     result = json.loads(capsys.readouterr().out)
-    assert [(t["tune_id"], t["skipped"]) for t in result["tunes"]] == [(2, False), (1, True)]
+    assert [(t["tune_id"], t["skipped"], t["manifest"]) for t in result["tunes"]] == [
+        (2, False, "manifests/2.json"), (1, True, "manifests/1.json")]
 
 
 def add_prompts(standin: StandIn, tune_id: int, count: int) -> dict[str, bytes]:

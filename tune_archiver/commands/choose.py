@@ -34,6 +34,7 @@ from tune_archiver.errors import (
     StorageError,
     UnreadableManifest,
 )
+from tune_archiver.layout import manifest_key
 from tune_archiver.manifest import Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store, blob_sizes, read_manifests
@@ -102,7 +103,7 @@ async def _not_listed(store: Store, tune_id: int) -> TuneResult:
         return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}")
     log.warning("tune %d: no longer listed by the API (deleted upstream?), though "
                 "--ids-from names it: its archive, complete, is kept as it is", tune_id)
-    return TuneResult(tune_id, title=found.title, skipped=True)
+    return TuneResult(tune_id, title=found.title, skipped=True, manifest=manifest_key(tune_id))
 
 
 def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
@@ -137,7 +138,8 @@ def _quoted(value: object) -> str:
 
 def _skipped(item: dict[str, Any]) -> TuneResult:
     title = item.get("title")
-    return TuneResult(item["id"], title=title if isinstance(title, str) else None, skipped=True)
+    return TuneResult(item["id"], title=title if isinstance(title, str) else None, skipped=True,
+                      manifest=manifest_key(item["id"]))  # archived: --json names it
 
 
 class UnchangedCheck:
