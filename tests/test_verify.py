@@ -523,3 +523,34 @@ def test_a_repair_stopped_by_the_api_says_what_verify_found(
     assert said in document["error"]
     assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [(1, "corrupt")]
     assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index(said)
+
+
+def test_a_repair_stopped_by_a_signal_says_what_verify_found(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify --repair that cron's timeout stopped (SIGTERM) while it fetched a damaged
+    tune again said only 'stopped by SIGTERM', --json {ok, interrupted, signal}: which
+    tune was damaged (its blob already moved aside) was never said. Verify's findings
+    come first, in --json too, then the stop, exit 143."""
+    import signal
+
+    from tune_archiver.commands import repair
+
+    real = repair.fetch
+
+    async def fetch(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, as the fetch begins
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(repair, "fetch", fetch)
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url)
+    assert ran.code == 143, ran.err
+    document = json.loads(ran.out)
+    assert (document["ok"], document["interrupted"], document["signal"]) == (
+        False, True, "SIGTERM")
+    assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [(1, "corrupt")]
+    assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index("stopped by SIGTERM")

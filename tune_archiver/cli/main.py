@@ -35,7 +35,7 @@ from tune_archiver.cli.running import (
     with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
-from tune_archiver.cli.verdict import said_repaired, said_verified
+from tune_archiver.cli.verdict import said_if_stopped, said_repaired, said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
 from tune_archiver.config import AllTunes, Settings, archive_dir
@@ -278,9 +278,10 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
 
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
     progress = progress_for(args.quiet or args.json, items="blobs")
+    seen: list[VerifyReport] = []  # what verify found: said if a stop cuts the repair short
 
     async def work(store: Store) -> tuple[VerifyReport, RepairReport | ArchiverError | None]:
-        found = await verify(store, args.tune_ids, progress)
+        seen.append(found := await verify(store, args.tune_ids, progress))
         if settings is None:
             return found, None
         fit, stopped = settings, None
@@ -295,10 +296,8 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         except ArchiverError as exc:
             return found, exc
 
-    try:
+    with said_if_stopped(args, secrets, progress, seen):
         found, mended = in_archive(args, work)
-    finally:
-        progress.close()
     if mended is None or isinstance(mended, ArchiverError):
         return said_verified(args, secrets, found, mended)
     return said_repaired(args, secrets, found, mended)

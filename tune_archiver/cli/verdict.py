@@ -5,13 +5,17 @@ whatever stopped the fetching)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from tune_archiver.cli import report
 from tune_archiver.cli.exits import Exit, for_error
-from tune_archiver.cli.printing import emit
+from tune_archiver.cli.printing import emit, print_error
+from tune_archiver.cli.running import Interrupted
 from tune_archiver.commands.verify import VerifyReport
 from tune_archiver.errors import ArchiverError
+from tune_archiver.progress import Progress
 
 if TYPE_CHECKING:  # loaded by verify --repair alone (the CLI loads no other command)
     from tune_archiver.commands.repair import RepairReport
@@ -55,3 +59,24 @@ def said_repaired(args: argparse.Namespace, secrets: list[str], found: VerifyRep
     if mended.stopped is not None:
         return Exit.USAGE
     return Exit.OK if whole else Exit.FAILED
+
+
+@contextlib.contextmanager
+def said_if_stopped(args: argparse.Namespace, secrets: list[str], progress: Progress,
+                    seen: list[VerifyReport]) -> Iterator[None]:
+    """The bar closed once the work ends. A stop (cron's timeout, SIGTERM) that cuts a
+    repair short says what verify had found first (`seen`), as an error stopping it
+    does: each problem's line, --json's fields beside "interrupted", and the fail
+    ping's tune ids; else the operator learned only "stopped by SIGTERM"."""
+    try:
+        yield
+    except Interrupted as stop:
+        progress.close()  # the bar goes before the lines
+        for found in seen:
+            for line in report.verify_problems(found, args.strict):
+                print_error(line, secrets)
+            stop.done = {**report.verify_json(found), "ok": False}
+            args.summary = report.verify_counts(found.tunes, found, args.strict)
+        raise
+    finally:
+        progress.close()
