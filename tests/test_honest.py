@@ -27,6 +27,7 @@ from tests.archive_helpers import (
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
+from tests.test_fetch import make_tune
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.commands.repair import RepairReport, repair
 from tune_archiver.commands.verify import verify
@@ -1035,3 +1036,17 @@ def test_a_photo_archived_before_that_the_api_now_lists_as_null_is_no_failure(
     blob_file(archive, served.images[1]).unlink()
     assert run_fetch(standin, archive, "1", clock=lambda: NOW) == 1
     assert manifest_of(archive, 1)["complete"] is False
+
+
+def test_the_bench_switch_that_skips_hashing_is_said_even_with_q(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TUNE_ARCHIVER_BENCH_SKIP_HASH names blobs by their size alone: left in a cron's
+    environment, a -q run said nothing of it and exited 0, its "ok" worth nothing."""
+    monkeypatch.setattr("tune_archiver.cli.main.SKIP_HASH", True)
+    make_tune(standin, 1, images=1)
+    assert run_fetch(standin, tmp_path / "archive", "1", "-q") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "TUNE_ARCHIVER_BENCH_SKIP_HASH is set" in err[0]

@@ -193,9 +193,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     if args.dry_run:
         return _run_dry(args, settings, tunes, secrets)
-    if SKIP_HASH:
-        log.warning("TUNE_ARCHIVER_BENCH_SKIP_HASH is set: blobs are not named by their "
-                    "sha256; this is for benchmarks only")
+    if SKIP_HASH:  # said even with -q: left in a cron's environment, no "ok" holds
+        log.error("TUNE_ARCHIVER_BENCH_SKIP_HASH is set: blobs are named by their size, "
+                  "not their sha256; it is for benchmarks only, unset it")
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
     scope = report.scope_of(settings.workspace, tunes)  # each --all document names it
