@@ -135,3 +135,36 @@ def test_a_sigterm_while_the_log_file_is_written_is_not_swallowed() -> None:
             handler.emit(record)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# The script's entry with the --log-file handler sending the process SIGTERM as it
+# writes the run's last line (run_end): after the run's --json document is out.
+AT_THE_END = """
+import os, signal, sys
+from tune_archiver.cli.eventlog import JsonLines
+emit = JsonLines.emit
+def emit_stopped(self, record):
+    if getattr(record, "event", None) == "run_end":
+        os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, at the very end
+    emit(self, record)
+JsonLines.emit = emit_stopped
+sys.argv[0] = "tune-archiver"
+from tune_archiver.cli.start import entry
+raise SystemExit(entry())
+"""
+
+
+def test_a_sigterm_after_the_document_is_out_prints_no_second_one(tmp_path: Path) -> None:
+    """A SIGTERM while the log's last line was written went up to start.py, which printed
+    its own {"ok": false, "interrupted": true} after the run's document: two documents
+    on stdout, which a cron script's JSON parser refuses."""
+    (tmp_path / "a" / "manifests").mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-c", AT_THE_END, "verify", "--archive", str(tmp_path / "a"),
+         "--json", "--log-file", str(tmp_path / "run.log")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 143
+    assert done.stderr.splitlines() == ["tune-archiver: error: stopped by SIGTERM"]
+    assert json.loads(done.stdout)["ok"] is True  # the run's own, alone

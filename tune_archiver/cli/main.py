@@ -19,7 +19,14 @@ from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
-from tune_archiver.cli.printing import emit, print_error, print_json, print_out
+from tune_archiver.cli.printing import (
+    document_printed,
+    emit,
+    new_run,
+    print_error,
+    print_json,
+    print_out,
+)
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
@@ -77,6 +84,7 @@ def main(
     `sleep` replaces the wait between retries (tests inject one that does not wait);
     `clock` gives "now" for --expiring-within and list (tests inject a fixed one).
     """
+    new_run()  # no --json document printed yet: a stop prints one
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -99,7 +107,6 @@ def main(
     # Every command scrubs the keys it can see: an older version's manifest may hold one.
     secrets = known_keys(args, os.environ)
     args.sleep, args.clock = sleep, clock
-    args.said = False  # --json's document is printed: a stop after it prints no second one
     try:
         configure_logging(args, secrets)
     except ConfigError as exc:  # no log to record it in; the monitor is told all the same
@@ -153,9 +160,8 @@ def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
     """An error that ended the run: one line (with -v its traceback), --json's document
     (with what was `done` before it: fetch's tunes finished, its --all's workspace)."""
     print_error(str(exc), secrets, verbose)
-    if args.json and not args.said:
+    if args.json and not document_printed():
         print_json({"ok": False, "error": str(exc), **(done or {})}, secrets)
-        args.said = True
     return code
 
 
@@ -175,7 +181,7 @@ def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
     if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
         print_error(f"stopped by {stop}", secrets)
-    if args.json and not (args.said or getattr(args, "served", False)):  # serve's is said
+    if args.json and not document_printed():  # serve's, say, is printed as it starts
         print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
                    secrets)
     return for_signal(stop.signum)
@@ -237,7 +243,6 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         progress.close()
     if args.json:
         print_json(report.fetch_json(results, broke, scope), secrets)
-        args.said = True  # a stop from here on prints no second document
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
         log.warning("%s", report.nothing_selected(tunes))
@@ -349,7 +354,6 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
         # The token opens the archive: it is said only to whoever ran us. --json's one
         # document is this (a Ctrl-C, serve's usual end, adds none), the token apart: a
         # URL in a document is redacted.
-        args.served = True
         if args.json:
             print_json({"ok": True, "serving": url,
                         "token": None if args.token_file else token}, said, flush=True)

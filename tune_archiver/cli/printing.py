@@ -18,6 +18,19 @@ from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.running import stdout_failed, stream_gone
 
 log = logging.getLogger("tune_archiver")
+# --json's one document is out: a stop after it (cron's timeout while the log's last
+# line is written, say) prints no second one, here or in start.py.
+_document_printed = False
+
+
+def new_run() -> None:
+    """A run begins with no document printed (the tests run several in one process)."""
+    global _document_printed
+    _document_printed = False
+
+
+def document_printed() -> bool:
+    return _document_printed
 
 
 def emit(
@@ -31,7 +44,6 @@ def emit(
         print_error(line, secrets)
     if args.json:
         print_json(as_json, secrets)
-        args.said = True  # a stop from here on prints no second document (main.py)
     elif not args.quiet:
         for line in lines:
             print_out(terminal.shown(line, secrets))
@@ -43,7 +55,9 @@ def print_json(value: Any, secrets: list[str], flush: bool = False) -> None:
         text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
     except UnicodeEncodeError:  # stdout's backslashreplace ('\\xe9') is no JSON escape
         text = terminal.json_text(value, secrets, ascii_only=True)
+    global _document_printed
     print_out(text, flush)
+    _document_printed = True
 
 
 def print_out(text: str, flush: bool = False) -> None:

@@ -76,7 +76,9 @@ def _stopped(signum: int) -> int:
     with contextlib.suppress(OSError, ValueError):  # a stream closed or its reader gone
         if sys.stderr is not None:
             print(f"tune-archiver: error: stopped by {name}", file=sys.stderr, flush=True)
-    if "--json" in sys.argv[1:] or switched_on(os.environ, "--json"):
+    printing = sys.modules.get("tune_archiver.cli.printing")  # not imported for this
+    printed = printing is not None and printing.document_printed()  # the run's is out
+    if not printed and ("--json" in sys.argv[1:] or switched_on(os.environ, "--json")):
         with contextlib.suppress(OSError, ValueError):
             print(json.dumps({"ok": False, "interrupted": True, "signal": name}),
                   flush=True)
