@@ -386,6 +386,21 @@ def test_a_token_or_session_in_a_urls_path_names_no_file(url: str) -> None:
     assert "hmac" not in url_key(one)
 
 
+@pytest.mark.parametrize("before", ["/w=512", "/v=2;q=80", "/tunes/id=5"])
+def test_a_token_in_a_urls_path_takes_no_segment_before_it(before: str) -> None:
+    """Akamai's token in a path was dropped from where the first name=value of any
+    segment before it started, its value run over every '/': `/w=512/exp=...~hmac=...`
+    and `/w=1024/exp=...` read as one file, one download of the run shared by both (one
+    rendition's bytes archived under the other) and the other reused as archived."""
+    url = f"https://cdn.example/img{before}/exp={{}}~acl=/*~hmac={{}}0a/a.jpg"
+    other = url.replace(before, before.replace("=", "=9"))
+    assert download_key(url.format(1, 1)) != download_key(other.format(1, 1))
+    assert url_key(url.format(1, 1)) != url_key(other.format(2, 2))
+    assert url_key(url.format(1, 1)) == url_key(url.format(2, 2)) == url_key(
+        redact(url.format(1, 1)))
+    assert f"/img{before}/a.jpg" in url_key(url.format(1, 1))
+
+
 def test_a_harmless_parameter_holding_a_hash_is_redacted() -> None:
     """`st` (Azure's start time) and `h` (a height) are shown as harmless, but nginx's
     secure_link and some CDNs sign with `?st=<md5>` or `?h=<hmac>`: a value with a run

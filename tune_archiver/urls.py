@@ -319,8 +319,11 @@ def _short_hash(key: str) -> str:
 # What a path holds of a signature or a session, never of the file it names: Akamai's
 # token (`/exp=...~acl=/*~hmac=...`, its fields joined by `~`, the HMAC last, an acl's
 # value holding '/'), Bunny's (`/bcdn_token=...&expires=...&token_path=...`, one
-# segment) and a servlet's `;jsessionid=` (or PHPSESSID), new each session.
-_PATH_SIGNATURE = re.compile(r"/(?:[\w.\-]+=[^~?#]*~)+hmac=[^/;?#]*|/bcdn_token=[^/?#]*"
+# segment) and a servlet's `;jsessionid=` (or PHPSESSID), new each session. Only an
+# acl's value runs over a '/': another field's ends with its segment, so a segment
+# before the token (`/w=512/exp=...`) stays, and with it what tells two files apart.
+_PATH_SIGNATURE = re.compile(r"/(?:(?:acl=[^~?#]*|[\w.\-]+=[^~/?#]*)~)+hmac=[^/;?#]*"
+                             r"|/bcdn_token=[^/?#]*"
                              r"|;[^/;=]*(?:session|sessid)[^/;=]*=[^/;]*", re.IGNORECASE)
 
 
