@@ -262,6 +262,10 @@ SIGNED_ANEW = {
     "aliyun-oss-v4": ("x-oss-signature-version=OSS4-HMAC-SHA256&x-oss-credential=LTAI%2F{i}"
                       "&x-oss-date=2026120{i}T000000Z&x-oss-expires=60&x-oss-signature={i}a0"),
     "google-media-cdn": "edge-cache-token=Expires%3D{i}~KeyName%3Dk~Signature%3D{i}a0b1",
+    # COS's signature as one parameter (its SDKs' `sign` in a URL), Huawei OBS's
+    "tencent-cos-sign": ("sign=q-sign-algorithm%3Dsha1%26q-ak%3DAKID{i}%26q-sign-time%3D{i}"
+                         "%253B9%26q-key-time%3D{i}%253B9%26q-signature%3D{i}a0b1"),
+    "huawei-obs": "AccessKeyId=STS{i}&Expires={i}&Signature={i}a0b1&x-obs-security-token=T{i}",
 }
 
 

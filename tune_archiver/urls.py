@@ -58,6 +58,7 @@ SECRET_PARAMS = frozenset({
     "sig", "key", "policy", "key-pair-id", "x-amz-security-token", "access_token", "apikey",
     "api_key", "api-key", "x-api-key", "hdnts", "hdnea",  # Akamai's edge tokens
     "verify",  # Cloudflare's signed URL: <expiry>-<HMAC>
+    "sign",  # Tencent COS's signature as one parameter (q-ak=...&q-signature=..., encoded)
 })
 # An HMAC and a session (`;jsessionid=`, `PHPSESSID`) are credentials too: in a URL's
 # path (Akamai's `exp=...~hmac=...` token, a servlet's path parameter) no other rule sees them.
@@ -255,7 +256,8 @@ def _redacted_key(key: Any, taken: dict[Any, Any]) -> Any:
 
 # Parameters a signer sets anew each time it signs a URL: not secret, but not part of
 # what the URL names either (AWS SigV2/SigV4, Google, Azure SAS, CloudFront, KeyCDN's
-# expire, Tencent COS's q-*, Aliyun OSS's V1 and V4).
+# expire, Tencent COS's q-*, Aliyun OSS's V1 and V4, Huawei OBS's AccessKeyId: an STS
+# key's, new each time, as OSS's).
 SIGNING_PARAMS = frozenset({
     "x-amz-algorithm", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
     "x-goog-algorithm", "x-goog-date", "x-goog-expires", "x-goog-signedheaders",
@@ -263,6 +265,7 @@ SIGNING_PARAMS = frozenset({
     "skt", "ske", "sks", "skv", "expire", "q-sign-algorithm", "q-ak", "q-sign-time",
     "q-key-time", "q-header-list", "q-url-param-list", "ossaccesskeyid",
     "x-oss-signature-version", "x-oss-date", "x-oss-expires", "x-oss-additional-headers",
+    "accesskeyid",
 })
 # And the signatures themselves, with what changes along with them: a run's downloads
 # are shared whatever these say, and by every other parameter (download_key). Akamai's
@@ -275,6 +278,7 @@ SIGNATURES = SIGNING_PARAMS | {
     "hdnts", "hdnea", "__token__", "verify", "q-signature", "x-cos-security-token",
     "security-token", "x-oss-credential", "x-oss-signature", "x-oss-security-token",
     "edge-cache-token",  # Google Media CDN's: expiry, key and signature in one value
+    "sign", "x-obs-security-token",
 }
 
 
