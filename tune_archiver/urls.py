@@ -87,6 +87,10 @@ HARMLESS_PARAMS = frozenset({
 # one, while a hash is (`?st=<md5>` of nginx's secure_link, in base64url, `?h=<hmac>`
 # of a CDN's signed URL, in base64).
 _PLAIN_VALUE = re.compile(r"(?![\w.:/+,~-]*[A-Za-z0-9_+-]{20})[\w.:/+,~-]*")
+# A hash in base64 holds '/' as well, which cuts its runs short as often (a quarter of
+# md5s, 22 characters): a run of 20 with '/' in it is a hash's when it holds a digit,
+# which a MIME type's (application/octet-stream) does not.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9_+/-]{20,}")
 # What a parameter's name is shown as: a word (letters, '-' and '_'), with a value; any
 # other, and one with no value or only '=' (a bare token: ?eyJhbGciOi..., ?QxTrVb...,
 # ?c2VjcmV0==), is REDACTED like a value. Those with digits that servers use are
@@ -125,7 +129,8 @@ def redact(url: str) -> str:
 def _kept(name: str, value: str) -> bool:
     """True when a query parameter's (decoded) value may be shown as it is."""
     return (name.lower() in HARMLESS_PARAMS and not is_secret_param(name)
-            and _PLAIN_VALUE.fullmatch(value) is not None)
+            and _PLAIN_VALUE.fullmatch(value) is not None
+            and not any(re.search(r"[0-9]", run) for run in _BASE64_RUN.findall(value)))
 
 
 def redact_text(text: str) -> str:
