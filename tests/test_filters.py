@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_fetch
+from tests.helpers import run_fetch, stored_blobs
 from tests.standin import StandIn
 from tune_archiver.cli import scale
 from tune_archiver.errors import ConfigError
@@ -171,6 +171,32 @@ def test_ids_from_an_archived_tune_deleted_upstream_fails_no_run(
     (archive / "manifests" / "2.json").write_text(json.dumps(document))
     assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 1
     assert "tune 2: not listed by the API" in capsys.readouterr().err
+
+
+def test_ids_from_a_tune_deleted_upstream_whose_blob_is_lost_fails(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune archived complete, deleted upstream, whose checkpoint's blob the archive
+    has since lost is not saved: skipped on the manifest's word alone, the run said it
+    ok, exit 0, every day. It fails, naming the files lacking, as an unchanged tune
+    listed is skipped only with every blob present."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    ids = tmp_path / "keep.txt"
+    ids.write_text("1\n2\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
+    del standin.tunes[2]  # deleted upstream
+    tune_2 = standin.files["ckpt-2.safetensors"]
+    (lost,) = [b for b in stored_blobs(archive) if b.read_bytes() == tune_2]
+    lost.unlink()
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids), "--json") == 1
+    captured = capsys.readouterr()
+    assert "tune 2: not listed by the API" in captured.err
+    assert "the archive lacks 1 of its files" in captured.err
+    document = json.loads(captured.out)
+    assert {t["tune_id"]: (t["ok"], t["skipped"]) for t in document["tunes"]} == {
+        1: (True, True), 2: (False, False)}
 
 
 def test_ids_from_a_windows_file_with_a_bom_and_crlf(

@@ -97,10 +97,16 @@ async def _not_listed(store: Store, tune_id: int) -> TuneResult:
     try:
         data = await store.read_manifest(tune_id)
         found = None if data is None else manifest.parse(data, tune_id)
+        # Whole as a tune skipped unchanged is: a blob since lost is a tune not saved.
+        present = await blobs_present(store, found)
     except (StorageError, Denied, UnreadableManifest):  # its fetch would fail: so does it
         found = None
     if found is None or not found.complete:
         return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}")
+    lost = sum(1 for _, blob in archived_entries(found) if present.get(blob.sha256) != blob.size)
+    if lost:  # never had again from the API: verify names them
+        return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}, and the archive "
+                          f"lacks {lost} of its files (see tune-archiver verify {tune_id})")
     log.warning("tune %d: no longer listed by the API (deleted upstream?), though "
                 "--ids-from names it: its archive, complete, is kept as it is", tune_id)
     return TuneResult(tune_id, title=found.title, skipped=True, manifest=manifest_key(tune_id))
