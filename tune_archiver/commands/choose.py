@@ -32,6 +32,7 @@ from tune_archiver.errors import (
     ConfigError,
     Denied,
     StorageError,
+    TuneNotFound,
     UnreadableManifest,
 )
 from tune_archiver.layout import manifest_key
@@ -82,18 +83,20 @@ async def chosen(
         unlisted = sorted((i for i in wanted - listed if in_shard(i, tunes.shard)),
                           reverse=True)  # newest first, as the listing
         if unlisted:
-            yield [await _not_listed(store, i) for i in unlisted]
+            yield [await _not_listed(api, store, i) for i in unlisted]
 
 
 NOT_LISTED = ("not listed by the API (no such tune in this account or workspace?), "
               "though --ids-from names it")
 
 
-async def _not_listed(store: Store, tune_id: int) -> TuneResult:
+async def _not_listed(api: AstriaClient, store: Store, tune_id: int) -> TuneResult:
     """An id of --ids-from the listing never shows: a failed tune, unless the archive
-    holds it complete. That one was archived, then deleted upstream (its expires_at
-    passed): the backup did its job, and a daily run failing for it, each day, would
-    teach its operator to ignore the fail mail. Said once a run, skipped."""
+    holds it complete and the API says it is gone (404). That one was archived, then
+    deleted upstream (its expires_at passed): the backup did its job, and a daily run
+    failing for it, each day, would teach its operator to ignore the fail mail. Said
+    once a run, skipped. One the API still has (a tune of a workspace the run does not
+    list) may gain files: it is the failed tune it was."""
     try:
         data = await store.read_manifest(tune_id)
         found = None if data is None else manifest.parse(data, tune_id)
@@ -107,9 +110,16 @@ async def _not_listed(store: Store, tune_id: int) -> TuneResult:
     if lost:  # never had again from the API: verify names them
         return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}, and the archive "
                           f"lacks {lost} of its files (see tune-archiver verify {tune_id})")
-    log.warning("tune %d: no longer listed by the API (deleted upstream?), though "
-                "--ids-from names it: its archive, complete, is kept as it is", tune_id)
-    return TuneResult(tune_id, title=found.title, skipped=True, manifest=manifest_key(tune_id))
+    try:
+        await api.get_tune(tune_id)  # had: not deleted (a workspace the run does not list)
+    except TuneNotFound:  # deleted upstream
+        log.warning("tune %d: no longer listed by the API (deleted upstream?), though "
+                    "--ids-from names it: its archive, complete, is kept as it is", tune_id)
+        return TuneResult(tune_id, title=found.title, skipped=True,
+                          manifest=manifest_key(tune_id))
+    except ArchiverError:  # not known deleted: it may have files the archive lacks
+        pass
+    return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}")
 
 
 def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
