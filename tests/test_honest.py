@@ -305,6 +305,19 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
                for line in err)
 
 
+def test_a_prompt_file_failing_hours_before_deletion_names_the_prompts_run(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command said for a tune about to be deleted is one that asks for its failed
+    files again: a prompt's only with --prompts (without, it exits 0, the file failed)."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.add_prompt(1, 7, "ohwx woman", [standin.file_url("flaky.png")])
+    assert run_fetch(standin, archive, "1", "--prompts", "-q", clock=lambda: NOW) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
+    assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
+                    "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts again before then"]
+
+
 @pytest.mark.parametrize("expires_at", ["2026-12-10T12:00:45Z", "2026-12-10T12:00:00.500Z"])
 def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], expires_at: str

@@ -554,3 +554,21 @@ def test_a_repair_stopped_by_a_signal_says_what_verify_found(
         False, True, "SIGTERM")
     assert [(p["tune_id"], p["problem"]) for p in document["problems"]] == [(1, "corrupt")]
     assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index("stopped by SIGTERM")
+
+
+def test_a_prompt_file_that_failed_is_said_to_need_a_prompts_run(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, archive: Path
+) -> None:
+    """A prompt's file is asked for again only by a fetch with --prompts: "retry:
+    tune-archiver fetch 1" ran a fetch that exited 0 and left the file failed, and verify
+    said the same line again, run after run. The line names --prompts, which mends it."""
+    add_tune(standin, 1)
+    late = standin.file_url("late.png")
+    standin.add_prompt(1, 7, "ohwx woman", [late])
+    assert run_fetch(standin, archive, "1", "--prompts") == 1
+    standin.add_file("late.png", os.urandom(2_000))
+    code, errors, _ = verified(capsys, archive)
+    assert (code, errors) == (1, [error(f"tune 1: prompt_image 0: failed: HTTP 404 from {late}"
+                                        " (retry: tune-archiver fetch 1 --prompts)")])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    assert verified(capsys, archive)[:2] == (0, [])

@@ -6,7 +6,7 @@ Pure: nothing here touches the network, the disk or the clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -20,6 +20,12 @@ PROMPT_KINDS: frozenset[str] = frozenset({"prompt_image", "prompt_input"})  # a 
 # Fewer bytes than this is an error page or a glitch, never the file: retried, not archived.
 SMALLEST: dict[str, int] = {"checkpoint": 1024}
 ASSET_KINDS: tuple[AssetKind, ...] = get_args(AssetKind)
+
+
+def with_prompts(kinds: Iterable[str | None]) -> str:
+    """` --prompts` when a file to fetch again is a prompt's: a fetch without it never
+    asks for one again, and would exit 0 with the file still failed."""
+    return " --prompts" if any(kind in PROMPT_KINDS for kind in kinds) else ""
 
 
 # The other inputs a prompt may name (the API documents them as request fields): after

@@ -15,7 +15,7 @@ from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, Ver
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
 from tune_archiver.gallery import notes
-from tune_archiver.models import TuneResult
+from tune_archiver.models import TuneResult, with_prompts
 from tune_archiver.scrub import scrub_json
 from tune_archiver.selection import TuneFilter, parse_moment
 from tune_archiver.text import clipped, columns, counted, human_bytes, time_left, visible
@@ -108,8 +108,8 @@ def fetch_errors(result: TuneResult) -> list[str]:
     again = result.error is not None or bool(result.failed)
     if again and left is not None and 0 < left <= EXPIRES_SOON:
         lines.append(f"{name}: not archived whole, and Astria deletes it in "
-                     f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id} "
-                     "again before then")
+                     f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id}"
+                     f"{with_prompts(f.asset.kind for f in result.failed)} again before then")
     return lines
 
 
@@ -234,7 +234,7 @@ def _mend(p: Problem) -> str:
     if p.problem in BLOB_PROBLEMS:
         return f"repair: tune-archiver verify --repair {p.tune_id}"
     if p.problem in ("failed", "no_manifest"):
-        return f"retry: tune-archiver fetch {p.tune_id}"
+        return f"retry: tune-archiver fetch {p.tune_id}{with_prompts([p.kind])}"
     # Never "remove it" alone: the blobs only it names would go with the next gc.
     if p.detail.startswith(SET_ASIDE):
         return "look at it, then remove it: gc keeps every blob until then"
