@@ -443,6 +443,30 @@ def test_key_never_printed_or_stored(
             assert standin.api_key.encode() not in path.read_bytes()
 
 
+def test_verbose_logs_each_request_redacted(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-v logs each request, as --help and the README say: it logged none (only where
+    the key came from), so a user looking into a slow or failing run saw nothing of what
+    was asked of whom. Each line names the URL redacted and the status; without -v, none."""
+    checkpoint = standin.add_file("ckpt-1", os.urandom(300_000))
+    signed = standin.file_url("img-1", query="X-Amz-Signature=SECRETSIG")
+    standin.add_file("img-1", os.urandom(5_000))
+    standin.add_tune(1, [checkpoint], [signed])
+    assert run_fetch(standin, archive, "1", "-v") == 0
+    err = capsys.readouterr().err
+    said = sorted(line for line in err.splitlines() if line.startswith("tune-archiver: GET "))
+    assert said == sorted([
+        f"tune-archiver: GET {standin.api_url}/tunes/1: HTTP 200",
+        f"tune-archiver: GET {checkpoint}: HTTP 200",
+        f"tune-archiver: GET {standin.file_url('img-1')}?X-Amz-Signature=REDACTED: HTTP 200",
+    ])
+    assert "SECRETSIG" not in err
+    assert standin.api_key not in err
+    assert run_fetch(standin, archive, "1") == 0
+    assert "GET " not in capsys.readouterr().err
+
+
 def test_json_result(standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--json prints one JSON document with a result per tune and no summary lines."""
     make_tune(standin, 1, images=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -56,6 +57,8 @@ PRIVATE_HEADERS = frozenset({"authorization", "x-workspace-id"})
 # Asset answers that refuse the file, not the moment: a dry run, whose URLs are fresh
 # from the API, calls such a file not downloadable.
 NOT_DOWNLOADABLE = frozenset({401, 403, 404, 410})
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -128,6 +131,9 @@ async def get(
                     raise ReadTimeout(f"no whole status and headers within {within:g} s from "
                                       f"{redact(url)}") from exc
                 raise
+            if log.isEnabledFor(logging.DEBUG):  # -v: each request, its URL redacted
+                ranged = f" ({sent['Range']})" if "Range" in sent else ""
+                log.debug("GET %s%s: HTTP %d", redact(url), ranged, response.status)
             try:
                 location = response.headers.get("Location")
                 if response.status not in REDIRECT_STATUSES or not location:
