@@ -300,7 +300,8 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
     err = capsys.readouterr().err.splitlines()
     said = [line for line in err if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
-                    "deletes it in 5h 30m: run tune-archiver fetch 1 again before then"]
+                    f"deletes it in 5h 30m: run tune-archiver fetch 1 --archive {archive} "
+                    "again before then"]
     assert any(line.startswith("tune-archiver: error: tune 2 (Tune 2): training_image")
                for line in err)
 
@@ -315,7 +316,8 @@ def test_a_prompt_file_failing_hours_before_deletion_names_the_prompts_run(
     assert run_fetch(standin, archive, "1", "--prompts", "-q", clock=lambda: NOW) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
-                    "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts again before then"]
+                    "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts --archive "
+                    f"{archive} again before then"]
 
 
 @pytest.mark.parametrize("expires_at", ["2026-12-10T12:00:45Z", "2026-12-10T12:00:00.500Z"])
@@ -330,8 +332,8 @@ def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
     assert run_fetch(standin, archive, "1", "-q", clock=lambda: NOW) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
-                    "deletes it in under a minute: run tune-archiver fetch 1 again before "
-                    "then"]
+                    "deletes it in under a minute: run tune-archiver fetch 1 --archive "
+                    f"{archive} again before then"]
 
 
 def test_json_says_how_long_each_tune_has_left(
@@ -540,7 +542,7 @@ def test_repair_moves_a_corrupt_blob_aside_and_fetches_it_again(
     damaged_bytes = blob.read_bytes()
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert ran.code == 1
-    assert ran.errors[0].endswith("(repair: tune-archiver verify --repair 1)")
+    assert ran.errors[0].endswith(f"(repair: tune-archiver verify --repair 1 --archive {archive})")
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
               "--api-url", standin.api_url)

@@ -101,7 +101,8 @@ def test_verify_scrubs_a_key_from_an_older_manifest(
     write_manifest(archive, 1, document)
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert ran.errors == ["tune-archiver: error: tune 1: training_image 0: failed: "
-                          "refused for REDACTED (retry: tune-archiver fetch 1)"]
+                          "refused for REDACTED (retry: tune-archiver fetch 1 --archive "
+                          f"{archive})"]
 
 
 def test_scrub_replaces_every_occurrence_longest_first() -> None:

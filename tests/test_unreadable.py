@@ -92,11 +92,11 @@ def test_verify_names_it_and_still_verifies_the_other_tune(
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [
-        error(f"tune 1: unreadable manifest: {broken.reason} (tune-archiver fetch 1 sets "
-              "it aside and archives the tune anew)"),
+        error(f"tune 1: unreadable manifest: {broken.reason} (tune-archiver fetch 1 "
+              f"--archive {archive} sets it aside and archives the tune anew)"),
         error(f"tune 2: checkpoint 0: corrupt: the bytes of {key_of(checkpoint)} hash to "
               f"{sha256(blob_file(archive, checkpoint).read_bytes())} "
-              "(repair: tune-archiver verify --repair 2)"),
+              f"(repair: tune-archiver verify --repair 2 --archive {archive})"),
     ]
     assert ran.out.startswith(f"verified 2 tunes, {len(broken.two.all)} blobs, ")
 

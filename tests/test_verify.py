@@ -86,14 +86,14 @@ def error(line: str) -> str:
     return f"tune-archiver: error: {line}"
 
 
-def repair(tune_id: int) -> str:
-    """The end of a line about a damaged blob: the command that mends it."""
-    return f" (repair: tune-archiver verify --repair {tune_id})"
+def repair(tune_id: int, archive: Path) -> str:
+    """The end of a line about a damaged blob: the command that mends it, on that archive."""
+    return f" (repair: tune-archiver verify --repair {tune_id} --archive {archive})"
 
 
-def retry(tune_id: int) -> str:
+def retry(tune_id: int, archive: Path) -> str:
     """The end of a line about a file that failed: the command that tries it again."""
-    return f" (retry: tune-archiver fetch {tune_id})"
+    return f" (retry: tune-archiver fetch {tune_id} --archive {archive})"
 
 
 def verified(
@@ -127,7 +127,7 @@ def test_flipped_byte_is_corrupt(
     code, errors, out = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: training_image 1: corrupt: the bytes of {key_of(image)} "
-                            f"hash to {sha256(blob.read_bytes())}{repair(1)}")]
+                            f"hash to {sha256(blob.read_bytes())}{repair(1, archive)}")]
     assert out.endswith(": 1 problem\n")
 
 
@@ -140,7 +140,8 @@ def test_truncated_blob_is_corrupt(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 2: checkpoint 0: corrupt: {key_of(checkpoint)} holds "
-                            f"{len(checkpoint) - 1} bytes, not {len(checkpoint)}{repair(2)}")]
+                            f"{len(checkpoint) - 1} bytes, not {len(checkpoint)}"
+                            f"{repair(2, archive)}")]
 
 
 def test_missing_blob(
@@ -152,7 +153,7 @@ def test_missing_blob(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: checkpoint 0: missing: {key_of(checkpoint)} is missing"
-                            f"{repair(1)}")]
+                            f"{repair(1, archive)}")]
 
 
 def test_blob_in_the_wrong_fan_out_folder(
@@ -167,7 +168,7 @@ def test_blob_in_the_wrong_fan_out_folder(
     assert code == 1
     assert errors == [error(f"tune 2: training_image 0: wrong path: found at "
                             f"objects/sha256/zz/{sha256(image)}, not at {key_of(image)}"
-                            f"{repair(2)}")]
+                            f"{repair(2, archive)}")]
 
 
 def test_manifest_path_that_does_not_match_the_sha256(
@@ -183,7 +184,8 @@ def test_manifest_path_that_does_not_match_the_sha256(
     code, errors, _ = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: training_image 0: wrong path: the manifest says "
-                            f"{wrong!r}; its sha256 names {key_of(tunes[0].images[0])}{repair(1)}")]
+                            f"{wrong!r}; its sha256 names {key_of(tunes[0].images[0])}"
+                            f"{repair(1, archive)}")]
 
 
 def test_shared_corrupt_blob_is_reported_for_each_tune_and_hashed_once(
@@ -285,7 +287,8 @@ def test_unknown_tune_is_not_in_the_archive(
     """A tune id with no manifest exits 1, saying it is not in the archive."""
     code, errors, _ = verified(capsys, archive, "1", "99")
     assert code == 1
-    assert errors == [error(f"tune 99: no manifest: tune 99 is not in the archive{retry(99)}")]
+    assert errors == [error(f"tune 99: no manifest: tune 99 is not in the archive"
+                            f"{retry(99, archive)}")]
 
 
 def test_failed_asset_in_the_manifest(
@@ -301,7 +304,7 @@ def test_failed_asset_in_the_manifest(
     assert code == 1
     index = len(served.images)
     assert errors == [
-        error(f"tune 1: training_image {index}: failed: {recorded['error']}{retry(1)}")
+        error(f"tune 1: training_image {index}: failed: {recorded['error']}{retry(1, archive)}")
     ]
 
 
@@ -326,7 +329,8 @@ def test_unreadable_manifest_is_a_problem(
     code, errors, out = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: unreadable manifest: {reason} "
-                            "(tune-archiver fetch 1 sets it aside and archives the tune anew)")]
+                            f"(tune-archiver fetch 1 --archive {archive} sets it aside and "
+                            "archives the tune anew)")]
     assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
 
 
@@ -569,6 +573,36 @@ def test_a_prompt_file_that_failed_is_said_to_need_a_prompts_run(
     standin.add_file("late.png", os.urandom(2_000))
     code, errors, _ = verified(capsys, archive)
     assert (code, errors) == (1, [error(f"tune 1: prompt_image 0: failed: HTTP 404 from {late}"
-                                        " (retry: tune-archiver fetch 1 --prompts)")])
+                                        " (retry: tune-archiver fetch 1 --prompts --archive "
+                                        f"{archive})")])
     assert run_fetch(standin, archive, "1", "--prompts") == 0
     assert verified(capsys, archive)[:2] == (0, [])
+
+
+def test_the_command_said_names_the_archive_it_was_said_of(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """'(retry: tune-archiver fetch 1)' for an archive given by --archive, run as said
+    (from a shell, not the cron line), made ./tune-archive and archived the tune there,
+    exit 0, while the archive verify spoke of kept its failed file. The command names that
+    archive (a folder as an absolute path, quoted for the shell); the default, none."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNE_ARCHIVE", raising=False)
+    add_tune(standin, 1)
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    chosen = tmp_path / "my backups"
+    assert run_fetch(standin, Path("my backups"), "1") == 1
+    ran = cli(capsys, "verify", "--archive", "my backups")
+    assert ran.errors[0].endswith(f" (retry: tune-archiver fetch 1 --archive '{chosen}')")
+    standin.add_file("late.jpg", os.urandom(3_000))
+    assert run_fetch(standin, chosen, "1") == 0  # the command said
+    assert cli(capsys, "verify", "--archive", str(chosen)).code == 0
+    assert not (tmp_path / "tune-archive").exists()
+    shutil.move(chosen, tmp_path / "tune-archive")
+    (tmp_path / "tune-archive" / "manifests" / "1.json").chmod(0o600)
+    document = manifest_of(tmp_path / "tune-archive", 1)
+    document["assets"][-1].update(status="failed", error="HTTP 404")
+    write_manifest(tmp_path / "tune-archive", 1, document)
+    ran = cli(capsys, "verify")
+    assert ran.errors[0].endswith(" (retry: tune-archiver fetch 1)")

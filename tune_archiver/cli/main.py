@@ -29,6 +29,7 @@ from tune_archiver.cli.printing import (
 )
 from tune_archiver.cli.running import (
     Interrupted,
+    archive_option,
     configure_logging,
     fit_open_files,
     in_archive,
@@ -251,7 +252,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
     """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
-    for line in report.fetch_errors(result):
+    for line in report.fetch_errors(result, archive_option(args)):
         print_error(line, secrets)
     for line in report.fetch_warnings(result):
         log.warning("warning: %s", line)

@@ -90,8 +90,9 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
     }
 
 
-def fetch_errors(result: TuneResult) -> list[str]:
-    """One line per failure of the tune: the tune's own, then each file's."""
+def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
+    """One line per failure of the tune: the tune's own, then each file's (`also` ends a
+    command said: running.archive_option)."""
     name = tune_name(result.tune_id, result.title)
     lines = []
     if result.error is not None:
@@ -109,7 +110,7 @@ def fetch_errors(result: TuneResult) -> list[str]:
     if again and left is not None and 0 < left <= EXPIRES_SOON:
         lines.append(f"{name}: not archived whole, and Astria deletes it in "
                      f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id}"
-                     f"{with_prompts(f.asset.kind for f in result.failed)} again before then")
+                     f"{with_prompts(f.asset.kind for f in result.failed)}{also} again before then")
     return lines
 
 
@@ -204,10 +205,10 @@ def _problem_json(p: Problem) -> dict[str, Any]:
             "detail": p.detail}
 
 
-def verify_problems(report: VerifyReport, strict: bool = False) -> list[str]:
+def verify_problems(report: VerifyReport, strict: bool = False, also: str = "") -> list[str]:
     """One line per problem, naming the tune, kind and index, and ending with the command
     that mends it; with `strict`, one per file gone upstream too (it fails the run)."""
-    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p)})"
+    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p, also)})"
              for p in report.problems]
     if strict:
         lines += [f"{_where(p)}: gone upstream, never archived (--strict): {p.detail}"
@@ -230,17 +231,17 @@ def _where(p: Problem) -> str:
     return f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
 
 
-def _mend(p: Problem) -> str:
+def _mend(p: Problem, also: str) -> str:
     if p.problem in BLOB_PROBLEMS:
-        return f"repair: tune-archiver verify --repair {p.tune_id}"
+        return f"repair: tune-archiver verify --repair {p.tune_id}{also}"
     if p.problem in ("failed", "no_manifest"):
-        return f"retry: tune-archiver fetch {p.tune_id}{with_prompts([p.kind])}"
+        return f"retry: tune-archiver fetch {p.tune_id}{with_prompts([p.kind])}{also}"
     # Never "remove it" alone: the blobs only it names would go with the next gc.
     if p.detail.startswith(SET_ASIDE):
         return "look at it, then remove it: gc keeps every blob until then"
     if p.detail.startswith(NEWER):  # fetch leaves it as it is
         return "upgrade tune-archiver to check it; this version's fetch leaves it as it is"
-    return f"tune-archiver fetch {p.tune_id} sets it aside and archives the tune anew"
+    return f"tune-archiver fetch {p.tune_id}{also} sets it aside and archives the tune anew"
 
 
 def verify_summary(report: VerifyReport, strict: bool = False) -> str:
@@ -257,13 +258,13 @@ def verify_summary(report: VerifyReport, strict: bool = False) -> str:
 # -- verify --repair -----------------------------------------------------------------
 
 
-def repair_errors(mended: RepairReport, strict: bool = False) -> list[str]:
+def repair_errors(mended: RepairReport, strict: bool = False, also: str = "") -> list[str]:
     """What a repair could not mend: the problems left (with `strict`, files gone
     upstream too), and the files it could not fetch."""
     lines = [f"not repaired: {line}" for line in mended.refused]
-    lines += [f"not repaired: {line}" for line in verify_problems(mended.after, strict)]
+    lines += [f"not repaired: {line}" for line in verify_problems(mended.after, strict, also)]
     for result in mended.fetched if not mended.ok else ():  # else said in repair_lines
-        lines += [f"not repaired: {line}" for line in fetch_errors(result)]
+        lines += [f"not repaired: {line}" for line in fetch_errors(result, also)]
     return lines
 
 

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import resource
+import shlex
 import signal
 import stat
 import sys
@@ -25,6 +26,7 @@ from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
 from tune_archiver.commands.workspaces import ALL, checked_workspace
 from tune_archiver.config import (
+    DEFAULT_ARCHIVE,
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
     ENV_API_KEY,
@@ -142,6 +144,17 @@ def settings_of(
     # needs refused it at a hard limit of 40, where it runs)
     return fit_open_files(settings, probing=getattr(args, "dry_run", False)) if downloads \
         else settings
+
+
+def archive_option(args: argparse.Namespace) -> str:
+    """` --archive LOCATION` for a command a line tells the user to run, unless the archive
+    is the default: run without it (from a shell that is not the cron line's), `fetch ID`
+    made an archive of its own and archived the tune there, exit 0, not in this one."""
+    location = archive_dir(args.archive, os.environ)
+    if location == DEFAULT_ARCHIVE:
+        return ""
+    return " --archive " + shlex.quote(
+        location if is_remote(location) else os.path.abspath(location))
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
