@@ -93,6 +93,24 @@ def test_a_bad_value_names_the_variable_not_the_value(
     assert "sk-SECRET" not in err
 
 
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("TUNE_ARCHIVER_ALL", "1", "give tune ids or --all, not both"),
+    ("TUNE_ARCHIVER_EXPIRING_WITHIN", "3d", "--expiring-within works with --all"),
+    ("TUNE_ARCHIVER_SHARD", "1/2", "--shard works with --all"),
+    ("TUNE_ARCHIVER_TITLE", "client-*", "--title works with --all"),
+])
+def test_a_usage_error_over_a_variable_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str,
+    value: str, said: str,
+) -> None:
+    """A cron job's TUNE_ARCHIVER_ALL or _EXPIRING_WITHIN left in a shell made `fetch 1`
+    say "--expiring-within works with --all", exit 2, of an option the command line never
+    named: the line says which variable gave it."""
+    monkeypatch.setenv(variable, value)
+    assert main(["fetch", "1"]) == 2
+    assert f"error: fetch: {said} ({variable} is set)\n" in capsys.readouterr().err
+
+
 def test_a_variable_of_another_command_is_not_this_ones_concern(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ environment, and keep the command short.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator, Mapping
 
 PREFIX = "TUNE_ARCHIVER_"
@@ -44,6 +45,13 @@ def switched_on(env: Mapping[str, str], option: str) -> bool:
     """Whether TUNE_ARCHIVER_<OPTION> in `env` turns the switch `option` (`--json`) on:
     for a usage error, which comes before the options are known."""
     return env.get(PREFIX + option[2:].replace("-", "_").upper(), "").strip().lower() in _TRUE
+
+
+def set_by(option: str) -> str:
+    """` (TUNE_ARCHIVER_X is set)` when the environment gives `option` (`--all`): a usage
+    error about an option the command line never named says where it came from."""
+    name = PREFIX + option[2:].replace("-", "_").upper()
+    return f" ({name} is set)" if os.environ.get(name, "").strip() else ""
 
 
 def name_in_help(parser: argparse.ArgumentParser) -> None:

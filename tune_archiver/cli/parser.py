@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from tune_archiver import __version__
-from tune_archiver.cli.envopts import name_in_help
+from tune_archiver.cli.envopts import name_in_help, set_by
 from tune_archiver.cli.scale import (
     add_filters,
     add_forget,
@@ -292,13 +292,13 @@ def _add_fetch(
 def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage rules argparse cannot say: ids or --all, and --expiring-within with --all."""
     if args.all and args.tune_ids:
-        parser.error("fetch: give tune ids or --all, not both")
+        parser.error(f"fetch: give tune ids or --all, not both{set_by('--all')}")
     if not args.all and not args.tune_ids:
         parser.error("fetch: give at least one TUNE_ID, or --all")
     if args.expiring_within is not None and not args.all:
-        parser.error("fetch: --expiring-within works with --all")
+        parser.error(f"fetch: --expiring-within works with --all{set_by('--expiring-within')}")
     if args.shard is not None and not args.all:
-        parser.error("fetch: --shard works with --all")
+        parser.error(f"fetch: --shard works with --all{set_by('--shard')}")
     check_scale(parser, args)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from tune_archiver.cli.envopts import set_by
 from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
 from tune_archiver.selection import (
@@ -154,7 +155,8 @@ def check_scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """The filters work with --all only."""
     for name in FILTER_OPTIONS:
         if getattr(args, name) is not None and not args.all:
-            parser.error(f"fetch: --{name.replace('_', '-')} works with --all")
+            option = f"--{name.replace('_', '-')}"
+            parser.error(f"fetch: {option} works with --all{set_by(option)}")
 
 
 def add_forget(
