@@ -116,6 +116,18 @@ def test_list_prints_one_error_line_and_lists_the_other_tune(
     assert one.split() == ["1", *why.split()]
 
 
+def test_list_keeps_its_columns_with_an_unreadable_manifest(
+    capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """The reason in an unreadable manifest's row runs on in that row: measured as a
+    title, it widened the title column of every tune to its length (a newer version's
+    manifest: over 100 columns), and the table wrapped on every line of a terminal."""
+    ran = cli(capsys, "list", "--archive", str(archive))
+    header, two, one = ran.out.splitlines()
+    assert header.index("branch") == two.index("sdxl1") == len("id  Tune 2  ")
+    assert one.split() == ["1", "the", "manifest", "is", "unreadable:", *broken.reason.split()]
+
+
 def test_gc_stops_before_removing_anything(
     capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
 ) -> None:

@@ -312,19 +312,19 @@ TITLE_WIDTH = 30
 
 
 def list_table(rows: Sequence[dict[str, Any]], secrets: Sequence[str] = ()) -> list[str]:
-    """The table `list` prints: one line per tune under a header.
-
-    Text from the manifests is escaped before the columns are measured, so an escape
-    neither acts on the terminal nor breaks the alignment; `secrets` are scrubbed before
-    a title is cut (cut inside an older manifest's key, its start was shown).
-    """
+    """The table `list` prints: one line per tune under a header. Text from the manifests
+    is escaped before the columns are measured, so an escape neither acts on the terminal
+    nor breaks the alignment; `secrets` are scrubbed before a title is cut (cut inside an
+    older manifest's key, its start was shown)."""
     cells = [COLUMNS] + [_list_cells(row) for row in scrub_json(rows, secrets)]
     if any(row.get("workspace") for row in rows):  # a column only for workspace archives
         cells = [(*cells[0], "workspace")] + [
-            (*line, visible(row.get("workspace") or "-")) for line, row in zip(
-                cells[1:], rows, strict=True)]
-    # Measured in a terminal's columns, not characters: a CJK title is twice as wide.
-    widths = [max(columns(line[i]) for line in cells) for i in range(len(cells[0]))]
+            (*line, visible(row.get("workspace") or "-") if "error" not in row else "")
+            for line, row in zip(cells[1:], rows, strict=True)]
+    # Measured in a terminal's columns, not characters: a CJK title is twice as wide. An
+    # unreadable manifest's reason runs on in its row, never widening every title.
+    sized = [line for line, row in zip(cells, [{}, *rows], strict=True) if "error" not in row]
+    widths = [max(columns(line[i]) for line in sized) for i in range(len(cells[0]))]
     return [
         "  ".join(cell + " " * (width - columns(cell))
                   for cell, width in zip(line, widths, strict=True)).rstrip()
