@@ -80,7 +80,7 @@ def test_an_archive_others_can_read_gets_one_warning(
     standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
     assert run_fetch(standin, archive, "1") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "readable" in line]
-    assert warnings == [f"tune-archiver: the archive {archive} is readable by other users "
+    assert warnings == [f"tune-archiver: warning: the archive {archive} is readable by other users "
                         f"(chmod 700 {archive} to keep it private)"]
 
 

@@ -11,7 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from tune_archiver.bar import BAR_FORMAT, BarProgress, _Bar
-from tune_archiver.cli.report import fetch_summary
+from tune_archiver.cli.report import fetch_summary, undone
 from tune_archiver.models import Asset, AssetResult, Blob, TuneResult
 from tune_archiver.progress import SHOWN, above_bar
 
@@ -101,6 +101,12 @@ def test_one_file_is_one_file() -> None:
                                         Blob("a" * 64, 2048)),), title="T", seconds=1.0)
     assert fetch_summary(result) == ("tune 7 (T): 1 file, 2.0 KiB (1 new, 0 already "
                                      "archived, 0 failed) in 1.0 s")
+
+
+def test_a_stopped_fetch_all_of_one_tune_says_1_tune() -> None:
+    """`fetch --all` stopped after one tune said "1 tunes done"."""
+    said = undone("SIGTERM", None, [TuneResult(7, (), title="T")], "/a/tmp")
+    assert said.startswith("stopped by SIGTERM: 1 tune done; ")
 
 
 def test_a_line_takes_the_bars_lock_only_while_a_bar_shows(

@@ -354,7 +354,8 @@ def check_folder(path: Path, what: str) -> str | None:
             f"refused {what} {path}: group or others may write in it (chmod go-w {path})"
         )
     if found.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH):
-        return f"{what} {path} is readable by other users (chmod 700 {path} to keep it private)"
+        return (f"warning: {what} {path} is readable by other users (chmod 700 {path} to "
+                "keep it private)")
     return None
 
 

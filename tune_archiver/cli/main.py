@@ -14,19 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune_archiver.cli import report, terminal
+from tune_archiver.cli import printing, report, table, terminal
 from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
-from tune_archiver.cli.printing import (
-    document_printed,
-    emit,
-    new_run,
-    print_error,
-    print_json,
-    print_out,
-)
+from tune_archiver.cli.printing import emit, print_error, print_json, print_out
 from tune_archiver.cli.running import (
     Interrupted,
     archive_option,
@@ -85,7 +78,7 @@ def main(
     `sleep` replaces the wait between retries (tests inject one that does not wait);
     `clock` gives "now" for --expiring-within and list (tests inject a fixed one).
     """
-    new_run()  # no --json document printed yet: a stop prints one
+    printing.new_run()  # no --json document printed yet: a stop prints one
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -161,7 +154,7 @@ def _refused(args: argparse.Namespace, exc: ArchiverError, secrets: list[str],
     """An error that ended the run: one line (with -v its traceback), --json's document
     (with what was `done` before it: fetch's tunes finished, its --all's workspace)."""
     print_error(str(exc), secrets, verbose)
-    if args.json and not document_printed():
+    if args.json and not printing.document_printed():
         print_json({"ok": False, "error": str(exc), **(done or {})}, secrets)
     return code
 
@@ -182,7 +175,7 @@ def _interrupted(args: argparse.Namespace, stop: Interrupted, secrets: list[str]
     """A run stopped by SIGINT or SIGTERM: its line, --json's document, 130 or 143."""
     if not stop.said and args.command != "serve":  # serve ends so; a cron timeout is said
         print_error(f"stopped by {stop}", secrets)
-    if args.json and not document_printed():  # serve's, say, is printed as it starts
+    if args.json and not printing.document_printed():  # serve's, say, is printed as it starts
         print_json({"ok": False, "interrupted": True, "signal": str(stop), **stop.done},
                    secrets)
     return for_signal(stop.signum)
@@ -314,7 +307,7 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 
     rows = in_archive(args, lambda store: archived_tunes(store, args.clock()))
     errors = [f"tune {row['tune_id']}: {row['error']}" for row in rows if "error" in row]
-    emit(args, secrets, errors, {"tunes": rows}, report.list_table(rows, secrets))
+    emit(args, secrets, errors, {"tunes": rows}, table.list_table(rows, secrets))
     return EXIT_FAILED if errors else EXIT_OK
 
 

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
-from tune_archiver.gallery import notes
 from tune_archiver.models import TuneResult, with_prompts
-from tune_archiver.scrub import scrub_json
-from tune_archiver.selection import TuneFilter, parse_moment
-from tune_archiver.text import clipped, columns, counted, human_bytes, time_left, visible
+from tune_archiver.selection import TuneFilter
+from tune_archiver.text import counted, human_bytes, time_left
 from tune_archiver.urls import redact
 
 if TYPE_CHECKING:  # their commands' modules are imported when those commands run
@@ -140,7 +137,7 @@ def undone(signal: str, asked: Sequence[int] | None, finished: Sequence[TuneResu
     its partial downloads wait."""
     done = {result.tune_id for result in finished}
     if asked is None:
-        said = f"{len(done)} tunes done"
+        said = f"{counted(len(done), 'tune')} done"
     else:
         left = ", ".join(str(i) for i in asked if i not in done) or "none"
         said = f"{len(done)} of {len(asked)} tunes done; not finished: {left}"
@@ -302,54 +299,6 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
             "after": verify_json(mended.after),
         },
     }
-
-
-# -- list --------------------------------------------------------------------------
-
-COLUMNS = ("id", "title", "branch", "model type", "checkpoint", "files", "size", "complete",
-           "archived at", "expires at", "left")
-TITLE_WIDTH = 30
-
-
-def list_table(rows: Sequence[dict[str, Any]], secrets: Sequence[str] = ()) -> list[str]:
-    """The table `list` prints: one line per tune under a header. Text from the manifests
-    is escaped before the columns are measured, so an escape neither acts on the terminal
-    nor breaks the alignment; `secrets` are scrubbed before a title is cut (cut inside an
-    older manifest's key, its start was shown)."""
-    cells = [COLUMNS] + [_list_cells(row) for row in scrub_json(rows, secrets)]
-    if any(row.get("workspace") for row in rows):  # a column only for workspace archives
-        cells = [(*cells[0], "workspace")] + [
-            (*line, visible(row.get("workspace") or "-") if "error" not in row else "")
-            for line, row in zip(cells[1:], rows, strict=True)]
-    # Measured in a terminal's columns, not characters: a CJK title is twice as wide. An
-    # unreadable manifest's reason runs on in its row, never widening every title.
-    sized = [line for line, row in zip(cells, [{}, *rows], strict=True) if "error" not in row]
-    widths = [max(columns(line[i]) for line in sized) for i in range(len(cells[0]))]
-    return [
-        "  ".join(cell + " " * (width - columns(cell))
-                  for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in cells
-    ]
-
-
-def _list_cells(row: dict[str, Any]) -> tuple[str, ...]:
-    if "error" in row:
-        return (str(row["tune_id"]), visible(row["error"]), *("",) * (len(COLUMNS) - 2))
-    title = clipped(visible(row["title"] or ""), TITLE_WIDTH)
-    said = notes(row)
-    files = str(row["files"]) + (f" ({', '.join(said)})" if said else "")
-    return (
-        str(row["tune_id"]), title, visible(row["branch"] or "-"),
-        visible(row["model_type"] or "-"), row["checkpoint"], files,
-        human_bytes(row["bytes"]), "yes" if row["complete"] else "no",
-        _day(row["archived_at"]), _day(row["expires_at"]), time_left(row["seconds_left"]),
-    )
-
-
-def _day(moment: Any) -> str:
-    """A timestamp as "YYYY-MM-DD HH:MM" in UTC; "-" when absent or unreadable."""
-    parsed = parse_moment(moment)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if parsed else "-"
 
 
 # -- gc and export -----------------------------------------------------------------

@@ -134,7 +134,7 @@ class Staging:
         refuse_others_links(self.directory, "the staging folder")
         warning = check_folder(self.directory, "the staging folder")
         if warning and self.shown == self.directory:  # tmp/ of an archive: said of it
-            log.warning(warning)
+            log.warning("%s", warning)
         try:
             self._leftovers = await in_thread(_prepare, self.directory, self._durable)
         except OSError as exc:

@@ -112,7 +112,7 @@ class LocalStore:
         refuse_others_links(self.root, "the archive")
         warning = check_folder(self.root, "the archive")
         if warning and not self._warned:  # verify --repair prepares, then its fetch
-            log.warning(warning)
+            log.warning("%s", warning)
             self._warned = True
         # Folders this tool makes: a link at one was planted, and would take blobs,
         # manifests or partials out of the archive.
