@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.gallery_helpers import PROMPTS, Gallery, archived_gallery, serving
-from tests.helpers import sha256
+from tests.helpers import run_fetch, sha256
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
 
@@ -147,3 +147,36 @@ def test_served_pages_in_a_browser(page: Any, gallery: Gallery, tmp_path: Path) 
         page.screenshot(path=str(tmp_path / "serve-verified.png"), full_page=True)
     assert all((tmp_path / name).stat().st_size > 1000 for name in
                ("serve-tunes.png", "serve-tune.png", "serve-verified.png"))
+
+
+# A page in every form a browser opening a file by its name may take it: HTML, and XML
+# whose XHTML <script> runs (a host serving it as octet-stream, so it is archived).
+ACTIVE_PAGE = (b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body>'
+               b"<script>window.pwned=1</script></body></html>")
+ACTIVE_SUFFIXES = ["html", "shtm", "xhtm", "xml", "svg", "rss", "atom", "xsd", "xbl", "rng"]
+
+
+@pytest.fixture
+def active_export(standin: StandIn, tmp_path: Path) -> Path:
+    """Tune 6, whose training photos' URLs end in suffixes a browser runs, exported; its
+    index.html. Made before the browser starts (main's asyncio.run needs the thread)."""
+    photos = [standin.add_file(f"photo-{i}.{suffix}", ACTIVE_PAGE)
+              for i, suffix in enumerate(ACTIVE_SUFFIXES)]
+    standin.add_tune(6, [], photos, title="Pages for photos")
+    archive, dest = tmp_path / "archive6", tmp_path / "usb6"
+    assert run_fetch(standin, archive, "6") == 0
+    assert main(["export", "6", str(dest), "--archive", str(archive), "-q"]) == 0
+    return next(dest.glob("6-*")) / "index.html"
+
+
+def test_no_exported_file_a_link_opens_runs_a_script(active_export: Path, page: Any) -> None:
+    """A photo whose URL ends in .rss, .xhtm, .shtm (...) is exported as .bin: each link
+    of index.html, opened from disk, runs no script."""
+    page.goto(active_export.as_uri())
+    links = page.eval_on_selector_all("a", "all => all.map(a => a.href)")
+    assert len(links) == len(ACTIVE_SUFFIXES)
+    for link in links:
+        if link.endswith(".bin"):  # downloaded, never opened as a page
+            continue
+        page.goto(link)
+        assert page.evaluate("typeof window.pwned") == "undefined", link

@@ -50,6 +50,9 @@ def test_folder_name_starts_with_the_id() -> None:
         ("text/plain", "https://x/a.tar.gz", ".gz"),
         (None, "https://x/a.%2F..%2Fx", ".bin"),
         (None, "http://[x/ckpt", ".bin"),  # urlsplit raises ValueError
+        (None, "https://x/p/feed.rss", ".bin"),  # Chromium opens these as pages
+        ("application/xhtml+xml", "https://x/p/a.XHTM", ".bin"),
+        (None, "https://x/p/a.shtm", ".bin"),
     ],
 )
 def test_extension_from_type_else_url(content_type: Any, url: str, expected: str) -> None:
