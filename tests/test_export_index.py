@@ -120,3 +120,25 @@ def test_three_files_of_one_place_two_with_the_same_bytes_are_each_exported(
     shown = [unquote(attrs["src"] or "")
              for tag, attrs in tags_of((folder / "index.html").read_text()) if tag == "img"]
     assert sorted(shown) == [str(path.relative_to(folder)) for path in photos]
+
+
+def test_no_escape_sequence_from_a_title_or_prompt_reaches_the_page(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """index.html is text a person greps, cats or pages through too: a title writing the
+    clipboard (OSC 52), a prompt clearing the screen (CSI, as ESC [ and as the C1 byte)
+    or reversing a line (U+202E) is on the page as escapes, as on a terminal; the
+    prompt's lines stay lines."""
+    archive = tmp_path / "archive"
+    title = "Jane\x1b]52;c;cm0gLXJmIH4=\x07 \u202eenaJ"
+    prompt = "ohwx woman\r\nin Paris\x1b[2J\x9b31m"
+    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [],
+                     title=title)
+    standin.add_prompt(6, 21, prompt, [standin.add_file("g.png", b"\x89PNG\r\n\x1a\n")])
+    assert run_fetch(standin, archive, "6", "--prompts") == 0
+    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
+    assert main(words) == 0
+    html = next((tmp_path / "out").glob("6-*")).joinpath("index.html").read_text()
+    assert not [char for char in html if char in "\x1b\x07\x9b\r\u202e"]
+    assert "<h1>Jane\\x1b]52;c;cm0gLXJmIH4=\\x07 \\u202eenaJ</h1>" in html
+    assert "<p>ohwx woman\nin Paris\\x1b[2J\\x9b31m</p>" in html

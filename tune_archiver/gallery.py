@@ -2,7 +2,8 @@
 
 The export's index.html and `serve` render the same page; the caller says where each
 file is (a relative path in an export, a blob URL in `serve`). Every text from the
-tune, a prompt or a URL is escaped with html.escape(quote=True).
+tune, a prompt or a URL is escaped with html.escape(quote=True), its control and
+format characters shown as escapes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
 from tune_archiver.selection import model_type_of
-from tune_archiver.text import human_bytes, time_left
+from tune_archiver.text import human_bytes, time_left, visible
 
 Href = Callable[[Entry], "str | None"]
 
@@ -34,8 +35,13 @@ text-align:left;word-break:break-all}code{font-size:.8rem}
 
 
 def e(value: Any) -> str:
-    """Any value as escaped HTML text (None as an empty string)."""
-    return "" if value is None else escape(str(value), quote=True)
+    """Any value as escaped HTML text (None as an empty string), its control and format
+    characters shown as escapes (\\x1b, \\u202e) as on a terminal: the page is text that
+    `grep -r`, `cat` and `curl` print too, where an escape sequence would act (OSC 52
+    writes the clipboard). Line breaks stay line breaks (a prompt's lines)."""
+    if value is None:
+        return ""
+    return escape("\n".join(visible(line) for line in str(value).splitlines()), quote=True)
 
 
 def page(title: str, body: str) -> str:
