@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from tests.gallery_helpers import PROMPTS, Gallery, archived_gallery, safetensors
-from tests.helpers import run_fetch
+from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
 from tests.test_gallery import tags_of
 from tune_archiver.cli.main import main
@@ -142,3 +142,20 @@ def test_no_escape_sequence_from_a_title_or_prompt_reaches_the_page(
     assert not [char for char in html if char in "\x1b\x07\x9b\r\u202e"]
     assert "<h1>Jane\\x1b]52;c;cm0gLXJmIH4=\\x07 \\u202eenaJ</h1>" in html
     assert "<p>ohwx woman\nin Paris\\x1b[2J\\x9b31m</p>" in html
+
+
+def test_a_file_that_could_not_be_exported_is_never_said_ok_on_the_page(
+    gallery: Gallery, tmp_path: Path
+) -> None:
+    """A checkpoint and a photo whose blobs are gone from the archive are not exported
+    (exit 1): index.html says so of each, where it said 'ok:' and 'training_image 1: ok'
+    in red, of files that are not in the folder."""
+    archive = tmp_path / "archive"
+    blob_file(archive, gallery.checkpoint).unlink()
+    blob_file(archive, gallery.training[1]).unlink()
+    assert main(["export", "5", str(tmp_path / "out"), "--archive", str(archive), "-q"]) == 1
+    html = next((tmp_path / "out").glob("5-*")).joinpath("index.html").read_text()
+    assert '<span class="failed">not exported</span>' in html
+    assert '<div class="failed">training_image 1: not exported</div>' in html
+    assert ": ok" not in html
+    assert "ok:" not in html

@@ -86,7 +86,8 @@ def _checkpoints(entries: Sequence[Entry], href: Href) -> str:
     for entry in entries:
         link = href(entry) if entry.blob else None
         name = f"<a href=\"{e(link)}\" download>download</a>" if link else (
-            f"<span class=\"failed\">{e(entry.status)}: {e(entry.error)}</span>")
+            f"<span class=\"failed\">{e(': '.join(filter(None, [_unlinked(entry), entry.error])))}"
+            "</span>")
         size = human_bytes(entry.size) if entry.size is not None else ""
         rows.append(f"<tr><td>{entry.index}</td><td>{e(size)}</td>"
                     f"<td><code>{e(entry.sha256)}</code></td><td>{name}</td></tr>")
@@ -100,13 +101,19 @@ def _grid(entries: Iterable[Entry], href: Href) -> str:
         link = href(entry) if entry.blob else None
         if link is None:
             cells.append(f"<div class=\"failed\">{e(entry.kind)} {entry.index}: "
-                         f"{e(entry.status)}</div>")
+                         f"{e(_unlinked(entry))}</div>")
         elif (entry.content_type or "").startswith("video/"):
             cells.append(f"<video controls preload=\"metadata\" src=\"{e(link)}\"></video>")
         else:
             cells.append(f"<a href=\"{e(link)}\"><img src=\"{e(link)}\" loading=\"lazy\" "
                          f"alt=\"{e(entry.kind)} {entry.index}\"></a>")
     return "<div class=\"grid\">" + "".join(cells) + "</div>"
+
+
+def _unlinked(entry: Entry) -> str:
+    """What a file without a link is: failed or gone, as archived; or archived, but not
+    in the folder (export could not copy it: its blob missing, say), never "ok"."""
+    return "not exported" if entry.blob else str(entry.status)
 
 
 def _prompts(entries: Sequence[Entry], href: Href) -> str:
