@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.archive_helpers import cli, stop
+from tests.archive_helpers import cli, manifest_of, stop, write_manifest
 from tests.archive_helpers import start as start_process
 from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
@@ -620,3 +620,32 @@ async def test_an_unreadable_manifests_500_holds_no_key(
         await runner.cleanup()
     assert "its state is" in text
     assert key not in text
+
+
+SIGNED = ("https://cdn.example/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJlMDEyMzQ1"
+          "/downloads/default.mp4?X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+
+
+async def test_a_signed_url_an_older_manifest_holds_is_redacted_on_the_page(
+    gallery: Gallery, archive: Path
+) -> None:
+    """A manifest written before a signer's redaction was known (a Cloudflare Stream JWT
+    in the path, before 251c857) holds the signed URL in its title and a failed file's
+    error: `list --json` gives it redacted, as every line and document does, and the
+    pages show it so too (they showed it whole). The page's own links keep ?token=."""
+    document = manifest_of(archive, 5)
+    entry = next(item for item in document["assets"] if item["kind"] == "training_image")
+    for name in ("sha256", "size", "path", "content_type"):
+        entry.pop(name, None)
+    entry.update(status="failed", error=f"HTTP 403 from {SIGNED}")
+    document["tune"]["title"] = f"Jane {SIGNED}"
+    write_manifest(archive, 5, document)
+    async for url, session in running(archive, TOKEN):
+        for page in ("", "tunes/5"):
+            async with session.get(f"{url}{page}?token={TOKEN}") as response:
+                text = await response.text()
+            assert "https://cdn.example/REDACTED/downloads/default.mp4" in text
+            assert "eyJ" not in text
+            assert "0f1e2d3c4b5a" not in text
+        assert f'action="/tunes/5/verify?token={TOKEN}"' in text
+        assert f'/blobs/{sha256(gallery.checkpoint)}?token={TOKEN}"' in text

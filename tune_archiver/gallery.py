@@ -16,6 +16,7 @@ from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
 from tune_archiver.selection import model_type_of
 from tune_archiver.text import human_bytes, time_left, visible
+from tune_archiver.urls import redact_text
 
 Href = Callable[[Entry], "str | None"]
 
@@ -35,13 +36,22 @@ text-align:left;word-break:break-all}code{font-size:.8rem}
 
 
 def e(value: Any) -> str:
-    """Any value as escaped HTML text (None as an empty string), its control and format
-    characters shown as escapes (\\x1b, \\u202e) as on a terminal: the page is text that
-    `grep -r`, `cat` and `curl` print too, where an escape sequence would act (OSC 52
-    writes the clipboard). Line breaks stay line breaks (a prompt's lines)."""
+    """Any value as escaped HTML text (None as an empty string), shown as every line is:
+    each URL in it redacted (an older version's manifest may hold a signature redacted
+    now), its control and format characters as escapes (\\x1b, \\u202e), as on a
+    terminal: the page is text that `grep -r`, `cat` and `curl` print too, where an
+    escape sequence would act (OSC 52 writes the clipboard). Line breaks stay line
+    breaks (a prompt's lines)."""
     if value is None:
         return ""
-    return escape("\n".join(visible(line) for line in str(value).splitlines()), quote=True)
+    lines = redact_text(str(value)).splitlines()
+    return escape("\n".join(visible(line) for line in lines), quote=True)
+
+
+def attr(link: str) -> str:
+    """A link of our making as an attribute's value: escaped, and whole (serve's carry
+    the ?token= a redaction would cut)."""
+    return escape(link, quote=True)
 
 
 def page(title: str, body: str) -> str:
@@ -85,7 +95,7 @@ def _checkpoints(entries: Sequence[Entry], href: Href) -> str:
     rows = []
     for entry in entries:
         link = href(entry) if entry.blob else None
-        name = f"<a href=\"{e(link)}\" download>download</a>" if link else (
+        name = f"<a href=\"{attr(link)}\" download>download</a>" if link else (
             f"<span class=\"failed\">{e(': '.join(filter(None, [_unlinked(entry), entry.error])))}"
             "</span>")
         size = human_bytes(entry.size) if entry.size is not None else ""
@@ -103,9 +113,9 @@ def _grid(entries: Iterable[Entry], href: Href) -> str:
             cells.append(f"<div class=\"failed\">{e(entry.kind)} {entry.index}: "
                          f"{e(_unlinked(entry))}</div>")
         elif (entry.content_type or "").startswith("video/"):
-            cells.append(f"<video controls preload=\"metadata\" src=\"{e(link)}\"></video>")
+            cells.append(f"<video controls preload=\"metadata\" src=\"{attr(link)}\"></video>")
         else:
-            cells.append(f"<a href=\"{e(link)}\"><img src=\"{e(link)}\" loading=\"lazy\" "
+            cells.append(f"<a href=\"{attr(link)}\"><img src=\"{attr(link)}\" loading=\"lazy\" "
                          f"alt=\"{e(entry.kind)} {entry.index}\"></a>")
     return "<div class=\"grid\">" + "".join(cells) + "</div>"
 
@@ -144,7 +154,7 @@ def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> st
         status = ("<span class=\"ok\">complete</span>" if row.get("complete") else
                   f"<span class=\"failed\">{e(', '.join(notes(row)) or 'not complete')}</span>")
         body.append(
-            f"<tr><td>{e(tune_id)}</td><td><a href=\"{e(link(tune_id))}\">"
+            f"<tr><td>{e(tune_id)}</td><td><a href=\"{attr(link(tune_id))}\">"
             f"{e(row.get('title') or f'tune {tune_id}')}</a></td><td>{status}</td>"
             f"<td>{e(row.get('checkpoint'))}</td><td>{e(countdown(row.get('seconds_left')))}"
             f"</td><td>{e(row.get('workspace'))}</td></tr>")

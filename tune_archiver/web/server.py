@@ -23,7 +23,7 @@ from tune_archiver import gallery, manifest
 from tune_archiver.commands.listing import archived_tunes
 from tune_archiver.commands.verify import VerifyReport, verify
 from tune_archiver.errors import ArchiverError, ConfigError
-from tune_archiver.gallery import e
+from tune_archiver.gallery import attr, e
 from tune_archiver.manifest import Entry
 from tune_archiver.progress import NullProgress
 from tune_archiver.scrub import cleaned, scrub
@@ -75,8 +75,9 @@ class Views:
         def href(entry: Entry) -> str | None:
             return _link(request, f"/blobs/{entry.sha256}") if entry.sha256 else None
 
-        form = (f"<p><a href=\"{e(_link(request, '/'))}\">all tunes</a></p>"
-                f"<form method=\"post\" action=\"{e(_link(request, f'/tunes/{tune_id}/verify'))}\">"
+        verify_at = _link(request, f"/tunes/{tune_id}/verify")
+        form = (f"<p><a href=\"{attr(_link(request, '/'))}\">all tunes</a></p>"
+                f"<form method=\"post\" action=\"{attr(verify_at)}\">"
                 f"<button type=\"submit\">verify this tune</button></form>{result}")
         return gallery.tune_page(found, href, form)
 
