@@ -197,6 +197,25 @@ def test_list_clips_an_older_title_only_once_the_key_is_scrubbed(
     assert standin.api_key[:5] not in ran.out
 
 
+def test_list_clips_an_older_title_only_once_its_urls_are_redacted(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same for a signed URL in an older manifest's title: cut to 30 columns before
+    the redaction (which needs the whole URL), the table showed the start of its token
+    where `list --json` said REDACTED."""
+    standin.add_tune(1, [], [standin.add_file("a", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJlc2lnbmF0dXJl"  # Cloudflare Stream's
+    document["tune"]["title"] = f"J https://cdn.example/{jwt}/downloads/default.mp4"
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "list", "--archive", str(archive))
+    assert ran.code == 0
+    [row] = [line for line in ran.out.splitlines() if line.startswith("1 ")]
+    assert "J https://cdn.example/REDACTE…" in row  # cut to 30 columns once redacted
+    assert "eyJ" not in row
+
+
 def test_an_unreadable_expiry_echoing_the_key_shows_none_of_it(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

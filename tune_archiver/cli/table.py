@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any
 
 from tune_archiver.gallery import notes
-from tune_archiver.scrub import scrub_json
+from tune_archiver.scrub import cleaned_json
 from tune_archiver.selection import parse_moment
 from tune_archiver.text import clipped, columns, human_bytes, time_left, visible
 
@@ -22,9 +22,9 @@ TITLE_WIDTH = 30
 def list_table(rows: Sequence[dict[str, Any]], secrets: Sequence[str] = ()) -> list[str]:
     """The table `list` prints: one line per tune under a header. Text from the manifests
     is escaped before the columns are measured, so an escape neither acts on the terminal
-    nor breaks the alignment; `secrets` are scrubbed before a title is cut (cut inside an
-    older manifest's key, its start was shown)."""
-    cells = [COLUMNS] + [_list_cells(row) for row in scrub_json(rows, secrets)]
+    nor breaks the alignment; `secrets` are scrubbed and URLs redacted before a title is
+    cut (cut inside an older manifest's key or signed URL, its start was shown)."""
+    cells = [COLUMNS] + [_list_cells(row) for row in cleaned_json(rows, secrets)]
     if any(row.get("workspace") for row in rows):  # a column only for workspace archives
         cells = [(*cells[0], "workspace")] + [
             (*line, visible(row.get("workspace") or "-") if "error" not in row else "")
