@@ -143,6 +143,18 @@ def test_ids_from_names_each_id_the_api_does_not_list(
         assert manifests(archive) == set(tunes) - {99}
 
 
+def kept_then_deleted(standin: StandIn, archive: Path, tmp_path: Path) -> Path:
+    """Tunes 1 and 2 archived whole by `--all --ids-from keep.txt`, then tune 2 deleted
+    upstream (its expires_at passed); keep.txt's path."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    ids = tmp_path / "keep.txt"
+    ids.write_text("1\n2\n")
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
+    del standin.tunes[2]
+    return ids
+
+
 def test_ids_from_an_archived_tune_deleted_upstream_fails_no_run(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -151,12 +163,7 @@ def test_ids_from_an_archived_tune_deleted_upstream_fails_no_run(
     listed by the API (no such tune in this account or workspace?)" for the one tune
     the backup had saved. It is said on a warning line and skipped, exit 0; an id the
     archive does not hold, or holds incomplete, is still a failed tune."""
-    add_tune(standin, 1)
-    add_tune(standin, 2)
-    ids = tmp_path / "keep.txt"
-    ids.write_text("1\n2\n")
-    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
-    del standin.tunes[2]  # deleted upstream
+    ids = kept_then_deleted(standin, archive, tmp_path)
     capsys.readouterr()
     assert run_fetch(standin, archive, "--all", "--ids-from", str(ids), "--json") == 0
     captured = capsys.readouterr()
@@ -180,12 +187,7 @@ def test_ids_from_a_tune_deleted_upstream_whose_blob_is_lost_fails(
     has since lost is not saved: skipped on the manifest's word alone, the run said it
     ok, exit 0, every day. It fails, naming the files lacking, as an unchanged tune
     listed is skipped only with every blob present."""
-    add_tune(standin, 1)
-    add_tune(standin, 2)
-    ids = tmp_path / "keep.txt"
-    ids.write_text("1\n2\n")
-    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
-    del standin.tunes[2]  # deleted upstream
+    ids = kept_then_deleted(standin, archive, tmp_path)
     tune_2 = standin.files["ckpt-2.safetensors"]
     (lost,) = [b for b in stored_blobs(archive) if b.read_bytes() == tune_2]
     lost.unlink()
