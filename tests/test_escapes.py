@@ -77,6 +77,21 @@ def test_fetch_json_escapes_c1_controls(
     assert tune["title"] == HOSTILE
 
 
+def test_the_manifest_on_disk_holds_no_raw_hidden_character(
+    standin: StandIn, archive: Path
+) -> None:
+    """`cat` or `grep -r` of an archive (or an export's manifest.json) printed a title's
+    C1 controls and bidi overrides raw, which JSON allows: written as \\u009b and
+    \\u202e, the manifest still gives the title back."""
+    add_tune(standin, 9, title=f"{HOSTILE} \u202eevil")
+    assert run_fetch(standin, archive, "9") == 0
+    text = (archive / "manifests" / "9.json").read_text()
+    assert_safe(text.replace("\n", ""))
+    assert "\u202e" not in text
+    assert "\\u009b2J" in text
+    assert manifest_of(archive, 9)["tune"]["title"] == f"{HOSTILE} \u202eevil"
+
+
 def test_dry_run_lines_are_escaped(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

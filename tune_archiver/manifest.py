@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from tune_archiver.errors import NewerManifest, UnreadableManifest
 from tune_archiver.layout import blob_key, is_sha256, named_blob
 from tune_archiver.models import ASSET_KINDS, Asset, AssetKind, AssetResult, Blob, Tune
+from tune_archiver.text import json_escaped
 from tune_archiver.urls import identity, nested_too_deeply, redact, redact_json, redact_text
 
 SCHEMA_VERSION = 1
@@ -198,8 +199,8 @@ def format_time(moment: datetime) -> str:
 
 
 def encode(manifest: dict[str, Any]) -> bytes:
-    """The manifest as the bytes written to disk."""
-    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """The manifest as the bytes written to disk, hidden characters escaped (`cat`-safe)."""
+    return (json_escaped(json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n").encode()
 
 
 # -- reading -------------------------------------------------------------------------
@@ -219,11 +220,10 @@ def parse(data: bytes, tune_id: int) -> Manifest:
 
     Raises UnreadableManifest naming the tune and the first thing wrong when the
     bytes are not UTF-8 JSON of a version 1 manifest of this tune (NewerManifest for
-    one of a later schema_version), as
-    manifests/tune-manifest.schema.json has it: a known field with the wrong type,
-    a required one missing. Unknown fields are allowed (the manifest and an
-    entry keep them in `extra`), and so is an ok entry whose path does not match its sha256: verify
-    reports that one as wrong_path.
+    one of a later schema_version), as manifests/tune-manifest.schema.json has it: a
+    known field with the wrong type, a required one missing. Unknown fields are allowed
+    (the manifest and an entry keep them in `extra`), and so is an ok entry whose path
+    does not match its sha256: verify reports that one as wrong_path.
     """
 
     def bad(reason: str) -> UnreadableManifest:

@@ -40,6 +40,27 @@ def escape(char: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
+def json_escaped(text: str) -> str:
+    """A JSON text with every hidden character json.dumps leaves raw (ensure_ascii=False)
+    written as a \\uXXXX escape: DEL and C1 controls (CSI U+009B starts a terminal
+    sequence as ESC [ does), bidirectional and other format characters. A parser reads
+    the same text back."""
+    return MAYBE_HIDDEN.sub(lambda found: _json_escape(found.group()), text)
+
+
+def _json_escape(char: str) -> str:
+    """A hidden character as \\uXXXX (beyond U+FFFF, the two escapes of its UTF-16
+    pair); any other as it is. C0 is left alone: in the document's strings json.dumps
+    escaped it already, and the newlines between its lines are its own."""
+    if char < " " or not hidden(char):
+        return char
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def visible(text: str) -> str:
     """The text with every hidden character (see `hidden`) shown as an escape (\\x1b,
     \\u202e), so it can neither act on a terminal, start a line of its own, nor

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tune_archiver.scrub import cleaned, cleaned_json, scrub
-from tune_archiver.text import MAYBE_HIDDEN, hidden, visible
+from tune_archiver.text import json_escaped, visible
 
 
 def shown(text: str, secrets: Sequence[str]) -> str:
@@ -48,21 +48,8 @@ def json_text(value: Any, secrets: Sequence[str], ascii_only: bool = False) -> s
     escape: DEL and C1 controls (CSI U+009B starts a terminal sequence as ESC [ does),
     bidirectional and other format characters. A parser reads the same text back.
     `ascii_only`: every other non-ASCII character too (for a stdout that cannot write it)."""
-    text = json.dumps(cleaned_json(value, secrets), indent=2, ensure_ascii=ascii_only)
-    return MAYBE_HIDDEN.sub(lambda found: _json_escape(found.group()), text)
-
-
-def _json_escape(char: str) -> str:
-    """A hidden character as \\uXXXX (beyond U+FFFF, the two escapes of its UTF-16
-    pair); any other as it is. C0 is left alone: in the document's strings json.dumps
-    escaped it already, and the newlines between its lines are its own."""
-    if char < " " or not hidden(char):
-        return char
-    code = ord(char)
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    code -= 0x10000
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return json_escaped(json.dumps(cleaned_json(value, secrets), indent=2,
+                                   ensure_ascii=ascii_only))
 
 
 class SafeFormatter(logging.Formatter):
