@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,13 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ASTRIA_CONFIG_DIR", str(tmp_path / "no-astria-config"))
     monkeypatch.chdir(tmp_path)
+    # A CLI run before, in this worker, left our logger at its level (ERROR with -q)
+    # and not propagating: caplog, on the root logger, saw nothing, by the order tests
+    # ran in. Each test starts with it as Python makes it.
+    logger = logging.getLogger("tune_archiver")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture
