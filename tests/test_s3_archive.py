@@ -1263,3 +1263,25 @@ def test_verify_repair_mends_the_other_tunes_when_one_manifest_cannot_be_written
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 0
     assert tune_archiver(s3, "verify") == 0
+
+
+def test_the_command_a_line_says_to_run_names_the_buckets_endpoint(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The repair a line says to run on a bucket of MinIO, R2 or B2 names its endpoint:
+    '--archive s3://bucket/prefix' alone, run as said from a shell, went to AWS (a bucket
+    of that name there is another's, or the user's own, not this archive). Run as said,
+    the command mends the archive."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    damaged = bytearray(s3.get(checkpoint["path"]))
+    damaged[1000] ^= 0xFF
+    s3.put(checkpoint["path"], bytes(damaged))
+    capsys.readouterr()
+    assert tune_archiver(s3, "verify") == 1
+    said = capsys.readouterr().err
+    command = f"tune-archiver verify --repair 1 --archive {s3.url} --s3-endpoint-url {s3.endpoint}"
+    assert f"(repair: {command})" in said
+    assert main([*command.split()[1:], "--api-url", standin.api_url], sleep=Sleeps()) == 0
+    assert tune_archiver(s3, "verify") == 0

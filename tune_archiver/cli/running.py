@@ -149,12 +149,16 @@ def settings_of(
 def archive_option(args: argparse.Namespace) -> str:
     """` --archive LOCATION` for a command a line tells the user to run, unless the archive
     is the default: run without it (from a shell that is not the cron line's), `fetch ID`
-    made an archive of its own and archived the tune there, exit 0, not in this one."""
+    made an archive of its own and archived the tune there, exit 0, not in this one. A
+    bucket's --s3-endpoint-url too: without it, s3://bucket is a bucket of AWS."""
     location = archive_dir(args.archive, os.environ)
     if location == DEFAULT_ARCHIVE:
         return ""
-    return " --archive " + shlex.quote(
-        location if is_remote(location) else os.path.abspath(location))
+    if not is_remote(location):
+        return " --archive " + shlex.quote(os.path.abspath(location))
+    endpoint = args.s3_endpoint_url
+    return f" --archive {shlex.quote(location)}" + (
+        f" --s3-endpoint-url {shlex.quote(endpoint)}" if endpoint else "")
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
