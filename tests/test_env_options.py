@@ -111,6 +111,24 @@ def test_a_usage_error_over_a_variable_names_it(
     assert f"error: fetch: {said} ({variable} is set)\n" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("variable", "value", "words", "said"), [
+    ("TUNE_ARCHIVER_ALL", "0", ["--all", "1"], "give tune ids or --all, not both"),
+    ("TUNE_ARCHIVER_EXPIRING_WITHIN", "3d", ["1", "--expiring-within", "7d"],
+     "--expiring-within works with --all"),
+    ("TUNE_ARCHIVER_TITLE", "client-*", ["1", "--title", "x*"], "--title works with --all"),
+])
+def test_a_usage_error_over_the_command_lines_option_names_no_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str,
+    value: str, words: list[str], said: str,
+) -> None:
+    """An option the command line gave is the command line's, whatever the environment
+    says: TUNE_ARCHIVER_ALL=0 (off) with `fetch --all 1` was said "(TUNE_ARCHIVER_ALL is
+    set)", sending the user to empty a variable that gave nothing, the error unchanged."""
+    monkeypatch.setenv(variable, value)
+    assert main(["fetch", *words]) == 2
+    assert f"error: fetch: {said}\n" in capsys.readouterr().err
+
+
 def test_a_variable_of_another_command_is_not_this_ones_concern(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

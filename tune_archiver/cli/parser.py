@@ -292,13 +292,14 @@ def _add_fetch(
 def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage rules argparse cannot say: ids or --all, and --expiring-within with --all."""
     if args.all and args.tune_ids:
-        parser.error(f"fetch: give tune ids or --all, not both{set_by('--all')}")
+        parser.error(f"fetch: give tune ids or --all, not both{set_by(parser, args, '--all')}")
     if not args.all and not args.tune_ids:
         parser.error("fetch: give at least one TUNE_ID, or --all")
     if args.expiring_within is not None and not args.all:
-        parser.error(f"fetch: --expiring-within works with --all{set_by('--expiring-within')}")
+        said = set_by(parser, args, "--expiring-within")
+        parser.error(f"fetch: --expiring-within works with --all{said}")
     if args.shard is not None and not args.all:
-        parser.error(f"fetch: --shard works with --all{set_by('--shard')}")
+        parser.error(f"fetch: --shard works with --all{set_by(parser, args, '--shard')}")
     check_scale(parser, args)
 
 

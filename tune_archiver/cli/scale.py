@@ -156,7 +156,7 @@ def check_scale(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for name in FILTER_OPTIONS:
         if getattr(args, name) is not None and not args.all:
             option = f"--{name.replace('_', '-')}"
-            parser.error(f"fetch: {option} works with --all{set_by(option)}")
+            parser.error(f"fetch: {option} works with --all{set_by(parser, args, option)}")
 
 
 def add_forget(
