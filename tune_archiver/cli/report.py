@@ -1,7 +1,5 @@
 """What the commands print: summary lines, tables and the --json shapes (see README).
-
-Pure: each function turns results into text or JSON-ready values; cli.py prints them.
-"""
+Pure: each function turns results into text or JSON-ready values; main.py prints them."""
 
 from __future__ import annotations
 
