@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -606,3 +607,20 @@ def test_the_command_said_names_the_archive_it_was_said_of(
     write_manifest(tmp_path / "tune-archive", 1, document)
     ran = cli(capsys, "verify")
     assert ran.errors[0].endswith(" (retry: tune-archiver fetch 1)")
+
+
+def test_the_command_said_names_an_archive_whose_path_a_line_shows_escaped(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path
+) -> None:
+    """A folder named with a tab or an ESC is shown escaped ('a\\x09b'): in '...'
+    quotes, the command said named a folder of backslashes, where fetch made an archive
+    of its own, exit 0. The word is bash's $'...', whose escapes are the line's."""
+    archive = tmp_path / "a\tb\x1b[31m'c\\d"
+    two_tunes_sharing_an_image(standin, archive)
+    code, errors, _ = verified(capsys, archive, "1", "99")
+    assert code == 1
+    [line] = errors
+    word = line.split(" --archive ", 1)[1].removesuffix(")")
+    said = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True,
+                          check=True).stdout
+    assert said == os.fsencode(archive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import unicodedata
 
 # C0 controls, DEL and C1 controls: ESC and CSI start terminal sequences, CR and LF
@@ -68,6 +69,15 @@ def visible(text: str) -> str:
     return MAYBE_HIDDEN.sub(
         lambda found: escape(found.group()) if hidden(found.group()) else found.group(), text
     )
+
+
+def shell_word(text: str) -> str:
+    """The text as one word of a command a line says to run, which a line shows whole:
+    shlex's quoting, or bash's $'...' for text a line shows escaped (a tab, an ESC):
+    its escapes (\\x09, \\u202e) are bash's, where in '...' they named another path."""
+    if visible(text) == text:
+        return shlex.quote(text)
+    return "$'" + visible(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def columns(text: str) -> int:

@@ -10,7 +10,6 @@ import io
 import logging
 import os
 import resource
-import shlex
 import signal
 import stat
 import sys
@@ -45,6 +44,7 @@ from tune_archiver.net.ping import check_ping_url, ping
 from tune_archiver.progress import above_bar
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
+from tune_archiver.text import shell_word
 
 T = TypeVar("T")
 log = logging.getLogger("tune_archiver")
@@ -155,10 +155,10 @@ def archive_option(args: argparse.Namespace) -> str:
     if location == DEFAULT_ARCHIVE:
         return ""
     if not is_remote(location):
-        return " --archive " + shlex.quote(os.path.abspath(location))
+        return " --archive " + shell_word(os.path.abspath(location))
     endpoint = args.s3_endpoint_url
-    return f" --archive {shlex.quote(location)}" + (
-        f" --s3-endpoint-url {shlex.quote(endpoint)}" if endpoint else "")
+    return f" --archive {shell_word(location)}" + (
+        f" --s3-endpoint-url {shell_word(endpoint)}" if endpoint else "")
 
 
 def in_archive(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
