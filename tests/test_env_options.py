@@ -111,6 +111,20 @@ def test_a_usage_error_over_a_variable_names_it(
     assert f"error: fetch: {said} ({variable} is set)\n" in capsys.readouterr().err
 
 
+def test_forgets_usage_error_over_its_variable_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TUNE_ARCHIVER_KEEP_WITHIN (a cron job's forget) left in a shell made `forget 5`
+    stop, exit 2, over an option the command line never named, and said not where it
+    came from, as fetch's usage errors now do."""
+    monkeypatch.setenv("TUNE_ARCHIVER_KEEP_WITHIN", "90d")
+    assert main(["forget", "5"]) == 2
+    assert ("error: forget: give tune ids or --keep-within, one of them "
+            "(TUNE_ARCHIVER_KEEP_WITHIN is set)\n") in capsys.readouterr().err
+    assert main(["forget", "5", "--keep-within", "30d"]) == 2
+    assert "one of them\n" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("variable", "value", "words", "said"), [
     ("TUNE_ARCHIVER_ALL", "0", ["--all", "1"], "give tune ids or --all, not both"),
     ("TUNE_ARCHIVER_EXPIRING_WITHIN", "3d", ["1", "--expiring-within", "7d"],

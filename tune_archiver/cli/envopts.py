@@ -48,11 +48,11 @@ def switched_on(env: Mapping[str, str], option: str) -> bool:
 
 
 def set_by(parser: argparse.ArgumentParser, args: argparse.Namespace, option: str) -> str:
-    """` (TUNE_ARCHIVER_X is set)` when the environment gives fetch's `option` (`--all`):
-    a usage error about an option the command line never named says where it came from.
-    Not when the command line gave it (its value is not apply_env's default), or the
-    variable turned a switch off."""
-    for action in _options(parser, "fetch", every=False):
+    """` (TUNE_ARCHIVER_X is set)` when the environment gives the command's `option`
+    (`--all`): a usage error about an option the command line never named says where it
+    came from. Not when the command line gave it (its value is not apply_env's default),
+    or the variable turned a switch off."""
+    for action in _options(parser, args.command, every=False):
         name = env_name(action)
         if option in action.option_strings and name and os.environ.get(name, "").strip():
             taken = action.default is not False and getattr(args, action.dest) == action.default

@@ -182,4 +182,5 @@ def add_forget(
 def check_forget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """forget: tune ids or --keep-within, one of them."""
     if bool(args.tune_ids) == (args.keep_within is not None):
-        parser.error("forget: give tune ids or --keep-within, one of them")
+        said = set_by(parser, args, "--keep-within") if args.tune_ids else ""
+        parser.error(f"forget: give tune ids or --keep-within, one of them{said}")
