@@ -130,6 +130,9 @@ class StandIn:
         # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
         self.tune_workspaces: dict[int, str] = {}
+        # GET /tunes/:id answers 404 for a tune outside its X-Workspace-Id's scope too,
+        # as the API "answers for the personal scope only" without the header.
+        self.scoped_gets = False
         self.before_prompt: Callable[[int], None] | None = None  # called as a prompt is asked
         self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
@@ -300,7 +303,9 @@ class StandIn:
         versions = self.api_versions.get(tune_id)
         if versions:
             return web.json_response(versions.pop(0))
-        if tune_id not in self.tunes:
+        scope = request.headers.get("X-Workspace-Id")
+        if tune_id not in self.tunes or (self.scoped_gets and scope not in (
+                "all", self.tune_workspaces.get(tune_id))):
             return web.json_response({"error": "Not found"}, status=404)
         tune = self.tunes[tune_id]
         if isinstance(tune, bytes):

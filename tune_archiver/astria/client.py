@@ -65,14 +65,15 @@ class AstriaClient:
         if settings.workspace and settings.workspace != PERSONAL:
             self._headers["X-Workspace-Id"] = settings.workspace
 
-    async def get_tune(self, tune_id: int) -> Tune:
-        """The tune, checked by parse_tune.
+    async def get_tune(self, tune_id: int, workspace: str | None = None) -> Tune:
+        """The tune, checked by parse_tune; asked for in `workspace` when given.
 
         Raises AuthError (401, 403), TuneNotFound (404), DataError (bad JSON or tune),
         StatusError or NetworkError once retries are spent.
         """
         what = f"tune {tune_id}"
-        data = await self._retried(what, lambda: self._get_json(f"/tunes/{tune_id}", what))
+        data = await self._retried(
+            what, lambda: self._get_json(f"/tunes/{tune_id}", what, workspace))
         return parse_tune(data, tune_id)
 
     async def list_tunes(
@@ -248,8 +249,8 @@ class AstriaClient:
 
         return await call_with_retries(self._settings.retry, what, once)
 
-    async def _get_json(self, path: str, what: str) -> Any:
-        return parse_json(await self._get_body(path, what), what)
+    async def _get_json(self, path: str, what: str, workspace: str | None = None) -> Any:
+        return parse_json(await self._get_body(path, what, workspace), what)
 
     async def _get_body(self, path: str, what: str, workspace: str | None = None) -> bytes:
         """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises.

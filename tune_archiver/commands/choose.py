@@ -25,6 +25,7 @@ from tune_archiver.commands.plan import (
     known_entries,
     plan_tune,
 )
+from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import (
     ArchiverError,
@@ -111,7 +112,9 @@ async def _not_listed(api: AstriaClient, store: Store, tune_id: int) -> TuneResu
         return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}, and the archive "
                           f"lacks {lost} of its files (see tune-archiver verify {tune_id})")
     try:
-        await api.get_tune(tune_id)  # had: not deleted (a workspace the run does not list)
+        # had: not deleted (a workspace the run does not list, asked in every one: the
+        # API answers for the personal scope only without X-Workspace-Id)
+        await api.get_tune(tune_id, ALL)
     except TuneNotFound:  # deleted upstream
         log.warning("tune %d: no longer listed by the API (deleted upstream?), though "
                     "--ids-from names it: its archive, complete, is kept as it is", tune_id)
