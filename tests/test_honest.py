@@ -1065,3 +1065,24 @@ def test_the_bench_switch_that_skips_hashing_is_said_even_with_q(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert "TUNE_ARCHIVER_BENCH_SKIP_HASH is set" in err[0]
+
+
+def test_the_bench_switch_that_skips_hashing_is_said_by_a_repair_too(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify --repair fetches a damaged tune again, its blobs named by the same hash:
+    left in a cron's environment, the switch was said by fetch alone, never by a -q
+    repair run from the same crontab."""
+    make_tune(standin, 1, images=1)
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1") == 0
+    monkeypatch.setattr("tune_archiver.cli.main.SKIP_HASH", True)
+    capsys.readouterr()
+    from tune_archiver.cli.main import main
+
+    assert main(["verify", "--repair", "-q", "--archive", str(archive),
+                 "--api-url", standin.api_url], sleep=Sleeps()) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "TUNE_ARCHIVER_BENCH_SKIP_HASH is set" in err[0]

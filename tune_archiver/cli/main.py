@@ -19,7 +19,13 @@ from tune_archiver.cli.envopts import apply_env, switched_on
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
-from tune_archiver.cli.printing import emit, print_error, print_json, print_out
+from tune_archiver.cli.printing import (
+    emit,
+    print_error,
+    print_json,
+    print_out,
+    said_skipping_hashes,
+)
 from tune_archiver.cli.running import (
     Interrupted,
     archive_option,
@@ -193,9 +199,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     if args.dry_run:
         return _run_dry(args, settings, tunes, secrets)
-    if SKIP_HASH:  # said even with -q: left in a cron's environment, no "ok" holds
-        log.error("TUNE_ARCHIVER_BENCH_SKIP_HASH is set: blobs are named by their size, "
-                  "not their sha256; it is for benchmarks only, unset it")
+    said_skipping_hashes(SKIP_HASH)
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
     scope = report.scope_of(settings.workspace, tunes)  # each --all document names it
@@ -276,6 +280,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.verify import verify
 
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
+    said_skipping_hashes(SKIP_HASH and args.repair)  # a repair fetches as fetch does
     progress = progress_for(args.quiet or args.json, items="blobs")
     seen: list[VerifyReport] = []  # what verify found: said if a stop cuts the repair short
 

@@ -33,6 +33,14 @@ def document_printed() -> bool:
     return _document_printed
 
 
+def said_skipping_hashes(skipping: bool) -> None:
+    """The bench-only switch that skips hashing (digest.SKIP_HASH), said even with -q:
+    left in a cron's environment, fetch's and verify --repair's "ok" would hold nothing."""
+    if skipping:
+        log.error("TUNE_ARCHIVER_BENCH_SKIP_HASH is set: blobs are named by their size, "
+                  "not their sha256; it is for benchmarks only, unset it")
+
+
 def emit(
     args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
     lines: Sequence[str],
