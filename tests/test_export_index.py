@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.archive_helpers import manifest_of, write_manifest
 from tests.gallery_helpers import PROMPTS, Gallery, archived_gallery, safetensors
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
@@ -159,3 +160,38 @@ def test_a_file_that_could_not_be_exported_is_never_said_ok_on_the_page(
     assert '<div class="failed">training_image 1: not exported</div>' in html
     assert ": ok" not in html
     assert "ok:" not in html
+
+
+SIGNED = ("https://cdn.example/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJlMDEyMzQ1"
+          "/downloads/default.mp4?X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+
+
+def test_a_signed_url_an_older_manifest_holds_is_redacted_in_the_exported_manifest(
+    gallery: Gallery, tmp_path: Path
+) -> None:
+    """A manifest written before a signer's redaction was known (a Cloudflare Stream JWT
+    in the path) holds the signed URL in its title, a failed file's error and an entry's
+    url: the export's manifest.json, handed on beside index.html, holds each redacted,
+    as the page does, and so does --layout's trigger words file naming the title (each
+    was written with the key scrubbed alone, the URLs whole). The failed file makes it
+    exit 1."""
+    archive = tmp_path / "archive"
+    document = manifest_of(archive, 5)
+    entries = [item for item in document["assets"] if item["kind"] == "training_image"]
+    for name in ("sha256", "size", "path", "content_type"):
+        entries[0].pop(name, None)
+    entries[0].update(status="failed", error=f"HTTP 403 from {SIGNED}")
+    entries[1]["url"] = SIGNED
+    document["tune"]["title"] = f"Jane {SIGNED}"
+    write_manifest(archive, 5, document)
+    words = ["export", "5", str(tmp_path / "out"), "--archive", str(archive), "--layout",
+             "comfyui", "-q"]
+    assert main(words) == 1
+    folder = next((tmp_path / "out").glob("5-*"))
+    assert "eyj" not in folder.name  # its slug of the title, printed as the path too
+    [sidecar] = (folder / "models").glob("*/*.txt")  # the trigger words name the title
+    for name in ("manifest.json", "index.html", str(sidecar)):
+        text = (folder / name).read_text()
+        assert "https://cdn.example/REDACTED/downloads/default.mp4" in text, name
+        assert "eyJ" not in text, name
+        assert "0f1e2d3c4b5a" not in text, name

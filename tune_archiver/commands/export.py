@@ -33,7 +33,7 @@ from tune_archiver.safefs import (
     make_private_dir,
     write_new,
 )
-from tune_archiver.scrub import scrub_json
+from tune_archiver.scrub import cleaned_json
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
 
@@ -129,12 +129,14 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
 
 
 def _scrubbed(data: bytes, secrets: Sequence[str]) -> bytes:
-    """The manifest's bytes with the secrets scrubbed from every string: re-encoded then
-    (its copy is no longer the archive's byte for byte, but holds no key), else as they
-    are. Bytes that are no JSON are left to manifest.parse to say so."""
+    """The manifest's bytes with the secrets scrubbed from every string and every URL
+    redacted (an older version's manifest may hold a signature redacted only now, a
+    Cloudflare Stream JWT say, which index.html beside it hides): re-encoded then (its
+    copy is no longer the archive's byte for byte, but holds no key nor signature),
+    else as they are. Bytes that are no JSON are left to manifest.parse to say so."""
     try:
         document = json.loads(data)
-        clean = scrub_json(document, secrets)
+        clean = cleaned_json(document, secrets)
     except (ValueError, RecursionError):
         return data
     return data if clean == document else manifest.encode(clean)
