@@ -153,7 +153,8 @@ def test_served_pages_in_a_browser(page: Any, gallery: Gallery, tmp_path: Path) 
 # whose XHTML <script> runs (a host serving it as octet-stream, so it is archived).
 ACTIVE_PAGE = (b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body>'
                b"<script>window.pwned=1</script></body></html>")
-ACTIVE_SUFFIXES = ["html", "shtm", "xhtm", "xml", "svg", "rss", "atom", "xsd", "xbl", "rng"]
+ACTIVE_SUFFIXES = ["html", "shtm", "xhtm", "ehtml", "xml", "svg", "rss", "atom", "xsd", "xbl",
+                   "rng"]
 
 
 @pytest.fixture

@@ -53,6 +53,8 @@ def test_folder_name_starts_with_the_id() -> None:
         (None, "https://x/p/feed.rss", ".bin"),  # Chromium opens these as pages
         ("application/xhtml+xml", "https://x/p/a.XHTM", ".bin"),
         (None, "https://x/p/a.shtm", ".bin"),
+        (None, "https://x/p/a.ehtml", ".bin"),  # Chromium and Firefox: HTML
+        (None, "https://x/p/a.rdf", ".bin"),  # Firefox: XML, as .mml and .xul
     ],
 )
 def test_extension_from_type_else_url(content_type: Any, url: str, expected: str) -> None:

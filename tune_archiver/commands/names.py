@@ -38,10 +38,12 @@ _SUFFIX = re.compile(r"\.[a-z0-9]{1,12}")
 # file the URL named so is one index.html would link as a page, not an image), and
 # those Windows Explorer acts on when it merely lists the folder (a .url's or .scf's
 # icon, a .theme's images, fetched from a share, sending the login's credentials):
-# .bin instead. Safari opens a .webarchive as a page. Chromium also opens .shtm and
-# .xhtm as HTML, and .rss, .atom, .xsd, .xbl and .rng as XML, whose XHTML <script> runs.
-ACTIVE = frozenset({".html", ".htm", ".shtml", ".shtm", ".xhtml", ".xht", ".xhtm", ".xml",
-                    ".xsl", ".xslt", ".xsd", ".xbl", ".rng", ".rss", ".atom",
+# .bin instead. Safari opens a .webarchive as a page. Chromium also opens .shtm, .xhtm
+# and .ehtml as HTML, and .rss, .atom, .xsd, .xbl and .rng as XML, whose XHTML <script>
+# runs; Firefox's own table of types has .ehtml as HTML, .mml, .rdf and .xul as XML.
+ACTIVE = frozenset({".html", ".htm", ".shtml", ".shtm", ".ehtml", ".xhtml", ".xht", ".xhtm",
+                    ".xml", ".xsl", ".xslt", ".xsd", ".xbl", ".rng", ".rss", ".atom",
+                    ".mml", ".rdf", ".xul",
                     ".svg", ".svgz", ".mht", ".mhtml", ".js", ".mjs", ".hta", ".webarchive",
                     ".url", ".scf", ".lnk", ".desktop", ".theme", ".themepack"})
 
