@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -195,3 +196,21 @@ def test_a_signed_url_an_older_manifest_holds_is_redacted_in_the_exported_manife
         assert "https://cdn.example/REDACTED/downloads/default.mp4" in text, name
         assert "eyJ" not in text, name
         assert "0f1e2d3c4b5a" not in text, name
+
+
+def test_an_older_manifests_hidden_characters_are_escaped_in_the_exported_copy(
+    gallery: Gallery, tmp_path: Path
+) -> None:
+    """A manifest written before hidden characters were escaped on disk holds a title's
+    U+202E raw, with nothing to scrub or redact: its copy was handed on byte for byte,
+    and `grep -r` of the stick printed it. The copy escapes it, and reads back the same."""
+    archive = tmp_path / "archive"
+    document = manifest_of(archive, 5)
+    document["tune"]["title"] = "Jane \u202eevil \u009b2J"
+    (archive / "manifests" / "5.json").write_text(json.dumps(document, ensure_ascii=False))
+    assert main(["export", "5", str(tmp_path / "out"), "--archive", str(archive), "-q"]) == 0
+    [copy] = (tmp_path / "out").glob("5-*/manifest.json")
+    text = copy.read_text()
+    assert "\u202e" not in text
+    assert "\u009b" not in text
+    assert json.loads(text)["tune"]["title"] == "Jane \u202eevil \u009b2J"

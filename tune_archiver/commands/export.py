@@ -131,15 +131,15 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
 def _scrubbed(data: bytes, secrets: Sequence[str]) -> bytes:
     """The manifest's bytes with the secrets scrubbed from every string and every URL
     redacted (an older version's manifest may hold a signature redacted only now, a
-    Cloudflare Stream JWT say, which index.html beside it hides): re-encoded then (its
-    copy is no longer the archive's byte for byte, but holds no key nor signature),
-    else as they are. Bytes that are no JSON are left to manifest.parse to say so."""
+    Cloudflare Stream JWT say, which index.html beside it hides), and its hidden
+    characters escaped (one written before they were holds a title's raw U+202E, which
+    `grep -r` of the stick would print): re-encoded (a current manifest's copy is the
+    archive's byte for byte; an older one's holds no key, signature nor hidden
+    character). Bytes that are no JSON are left to manifest.parse to say so."""
     try:
-        document = json.loads(data)
-        clean = cleaned_json(document, secrets)
+        return manifest.encode(cleaned_json(json.loads(data), secrets))
     except (ValueError, RecursionError):
         return data
-    return data if clean == document else manifest.encode(clean)
 
 
 def _relative(name: str | None) -> str | None:
