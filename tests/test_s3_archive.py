@@ -23,6 +23,7 @@ from moto.s3.exceptions import EntityTooSmall, MissingKey, S3AccessDeniedError, 
 from moto.s3.models import FakeKey, S3Backend
 from moto.s3.responses import S3Response
 
+from tests.archive_helpers import Gate
 from tests.conftest import SCHEMA
 from tests.helpers import Sleeps, sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
@@ -34,6 +35,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     refuse_gets,
 )
 from tests.standin import StandIn, Status
+from tests.test_process import wait_until
 from tune_archiver.cli.main import main
 from tune_archiver.commands import fetch as archive_module
 from tune_archiver.config import RetryPolicy, Settings
@@ -301,6 +303,43 @@ def test_gc_on_a_bucket_waits_out_the_grace_period(standin: StandIn, s3: S3Archi
     later = datetime.now(UTC) + timedelta(days=2)
     assert tune_archiver(s3, "gc", clock=lambda: later) == 0
     assert s3.keys("objects/") == sorted(set(before) - {f"{s3.prefix}/{p}" for p in only_2})
+    assert tune_archiver(s3, "verify") == 0
+
+
+def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_ok(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fetch stores a tune's images, then spends long on its checkpoint; a gc elsewhere
+    whose clock says the images are old (the fetch took over a day, or that clock runs
+    ahead) takes them, no manifest naming them yet. The fetch says the tune failed,
+    writes no manifest naming them ok, and the next fetch archives it whole."""
+    target = standin.add_file("ckpt-1.safetensors", os.urandom(50_000))
+    urls = [standin.add_file(f"img-1-{i}.jpg", os.urandom(3_000 + i)) for i in range(2)]
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    command = [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive", s3.url,
+               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+    with Gate(target) as gate:
+        standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
+        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert gate.arrived.wait(20), "the checkpoint's download never began"
+            wait_until(lambda: len(s3.keys("objects/")) == len(urls), "the images stored")
+            later = datetime.now(UTC) + timedelta(days=2)
+            assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+            assert s3.keys("objects/") == []  # no manifest named them yet
+            gate.open()
+            _, err = running.communicate(timeout=60)
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.communicate()
+    assert running.returncode == 1, err
+    assert "is gone before the manifest named it" in err
+    assert s3.keys("manifests/") == []
+    capsys.readouterr()
+    standin.add_tune(1, [target], urls)
+    assert fetch(standin, s3, "1") == 0
     assert tune_archiver(s3, "verify") == 0
 
 

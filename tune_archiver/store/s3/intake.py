@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from tune_archiver.store.s3.transfer import (
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
+_DIGEST = re.compile(rb"[0-9a-f]{64}")
 
 
 class S3Intake:
@@ -37,12 +39,13 @@ class S3Intake:
 
     def __init__(
         self, bucket: Bucket, file: Growing, gc_grace: timedelta,
-        settled: Callable[[S3Intake], None],
+        settled: Callable[[S3Intake], None], stored: dict[str, Blob],
     ) -> None:
         self._bucket = bucket
         self._file = file
         self._gc_grace = gc_grace
         self._settled = settled  # tells the store this intake needs no abort at its close
+        self._stored = stored  # the store's: the blobs in, for a manifest to name
         self.live = LiveUpload(bucket, file)
         self.live.start()
 
@@ -76,7 +79,8 @@ class S3Intake:
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")
             kept = (found is not None and found[0] == blob.size
-                    and await self._keep_young(final, found[1], blob))
+                    and await keep_young(self._bucket, final, found[1], blob,
+                                           self._gc_grace))
             if not kept and direct:
                 await settle(live.abort(), f"abort the upload to {live.key}")
                 try:
@@ -89,6 +93,7 @@ class S3Intake:
         finally:
             self._settled(self)
             await settle(live.abort(), f"abort the upload to {live.key}")
+        self._stored.setdefault(blob.sha256, blob)
         await self._drop_file()
         return blob
 
@@ -156,41 +161,60 @@ class S3Intake:
         await self.live.stop()
         await settle(self.live.abort(), f"abort the upload to {self.live.key}")
 
-    async def _keep_young(self, key: str, modified: datetime, blob: Blob) -> bool:
-        """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
-        False when it is gone meanwhile (gc on another machine took it after the HEAD
-        that found it): the commit then stores it anew. Raises StorageError when the
-        blob is still old after a copy part by part: one that did not complete (aborted
-        meanwhile). A copy in place the store answered but left at its old date (some
-        MinIO releases make no new object of one) is made again part by part: completing
-        an upload makes a new object on any store."""
-        bucket = self._bucket
-        if datetime.now(UTC) - modified < self._gc_grace / 2:
-            return True
-        for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
-            try:
-                with bucket.translated("refresh a blob"):
-                    if in_parts:  # a checkpoint past 5 GB; left old, gc elsewhere took it
-                        await copy(bucket, key, key, blob, in_parts=True)
-                    else:
-                        await bucket.client.copy_object(
-                            Bucket=bucket.name, Key=key,
-                            CopySource={"Bucket": bucket.name, "Key": key},
-                            MetadataDirective="REPLACE",
-                            ContentType=blob.content_type or "application/octet-stream",
-                        )
-            except Absent:
-                log.info("blob %s was removed as it was about to be reused; storing it anew",
-                         blob.sha256)
-                return False
-            # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost
-            # answer), or one in place the store made no new object of, leaves it whole
-            # but old: gc would still take it.
-            found = await bucket.head(key, "check a refreshed blob")
-            if found is None or found[1] > modified:
-                return found is not None
-        raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
-                           "complete or did not move its date; not stored")
+
+async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
+                     gc_grace: timedelta) -> bool:
+    """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
+    False when it is gone meanwhile (gc on another machine took it after the HEAD
+    that found it): the commit then stores it anew. Raises StorageError when the
+    blob is still old after a copy part by part: one that did not complete (aborted
+    meanwhile). A copy in place the store answered but left at its old date (some
+    MinIO releases make no new object of one) is made again part by part: completing
+    an upload makes a new object on any store."""
+    if datetime.now(UTC) - modified < gc_grace / 2:
+        return True
+    for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
+        try:
+            with bucket.translated("refresh a blob"):
+                if in_parts:  # a checkpoint past 5 GB; left old, gc elsewhere took it
+                    await copy(bucket, key, key, blob, in_parts=True)
+                else:
+                    await bucket.client.copy_object(
+                        Bucket=bucket.name, Key=key,
+                        CopySource={"Bucket": bucket.name, "Key": key},
+                        MetadataDirective="REPLACE",
+                        ContentType=blob.content_type or "application/octet-stream",
+                    )
+        except Absent:
+            log.info("blob %s was removed as it was about to be reused; storing it anew",
+                     blob.sha256)
+            return False
+        # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost
+        # answer), or one in place the store made no new object of, leaves it whole
+        # but old: gc would still take it.
+        found = await bucket.head(key, "check a refreshed blob")
+        if found is None or found[1] > modified:
+            return found is not None
+    raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
+                       "complete or did not move its date; not stored")
+
+
+async def named_still_here(bucket: Bucket, stored: dict[str, Blob], data: bytes,
+                           gc_grace: timedelta, tune_id: int) -> None:
+    """Check that each blob of `stored` (this run's, by sha256) that the manifest `data`
+    names is still in the bucket, refreshed if getting old: a tune's manifest is
+    written once all its files are in, and until then nothing names the blobs stored
+    before, which a gc elsewhere takes once gc_grace old by its clock (a slow tune's
+    checkpoint, a clock ahead). StorageError, nothing to be written, for one gone."""
+    for sha256 in sorted({m.decode() for m in _DIGEST.findall(data)} & stored.keys()):
+        key = bucket.key(blob_key(sha256))
+        found = await bucket.head(key, "look up a blob")
+        if found is None or found[0] != stored[sha256].size or not await keep_young(
+                bucket, key, found[1], stored[sha256], gc_grace):
+            raise StorageError(f"cannot write the manifest of tune {tune_id} in {bucket}: "
+                               f"blob {sha256}, stored by this run, is gone before the "
+                               "manifest named it (a gc elsewhere took it?); nothing "
+                               "written: run fetch again")
 
 
 def drop_file(path: Path) -> None:

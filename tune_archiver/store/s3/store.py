@@ -29,14 +29,14 @@ from tune_archiver.layout import (
     is_sha256,
     manifest_key,
 )
-from tune_archiver.models import StoredBlob
+from tune_archiver.models import Blob, StoredBlob
 from tune_archiver.safefs import refuse_past_limit
 from tune_archiver.store import Change, Growing
 from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.config import client_config, install_hint, parse_url
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict, Unsupported
-from tune_archiver.store.s3.intake import S3Intake
+from tune_archiver.store.s3.intake import S3Intake, named_still_here
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import save_as, stream
@@ -59,12 +59,10 @@ class S3Store:
     """An archive under s3://bucket/prefix.
 
     Use it as an async context manager: it owns one aiobotocore client, which must be
-    used and closed on the event loop that opened it.
-
-    There is no lock across machines. gc removes only unreferenced blobs older than
-    gc_grace, and a commit that finds its blob already stored refreshes the blob's
-    date when it is getting old, so a blob a running fetch is about to reference is
-    always younger than gc_grace.
+    used and closed on the event loop that opened it. There is no lock across machines.
+    gc removes only unreferenced blobs older than gc_grace; a commit that finds its blob
+    stored, and a manifest's write for each blob of the run it names (one a gc took is
+    then said), refresh the blob's date when it is getting old.
     """
 
     gc_grace = timedelta(days=1)
@@ -97,6 +95,7 @@ class S3Store:
         self._session = session
         self._bucket: Bucket | None = None
         self._intakes: set[S3Intake] = set()  # neither committed nor abandoned yet
+        self._stored: dict[str, Blob] = {}  # sha256 -> blob this run stored (or reused)
         self._conditions = conditions.Verdict()  # whether it honours conditional PUTs
         self._stack = contextlib.AsyncExitStack()
 
@@ -192,7 +191,7 @@ class S3Store:
 
     def intake(self, file: Growing) -> S3Intake:
         """Follow a download, sending its whole parts as they are hashed (see live.py)."""
-        intake = S3Intake(self.bucket, file, self.gc_grace, settled=self._intakes.discard)
+        intake = S3Intake(self.bucket, file, self.gc_grace, self._intakes.discard, self._stored)
         self._intakes.add(intake)
         return intake
 
@@ -300,8 +299,7 @@ class S3Store:
 
     async def write_manifest(self, tune_id: int, data: bytes) -> str:
         """Replace the tune's manifest (a PUT is atomic); returns its key under the prefix."""
-        key = manifest_key(tune_id)
-        await self._put(key, data, "write a manifest")
+        await self._put(key := manifest_key(tune_id), data, "write a manifest")
         return key
 
     async def update_manifest(self, tune_id: int, change: Change) -> str:
@@ -309,12 +307,14 @@ class S3Store:
         ETag, or If-None-Match when there was none): when another machine wrote or removed
         it in between, read it again and change that, up to MANIFEST_ATTEMPTS times.
         On a store that ignores (or refuses) them, warned of once, each write is read back
-        and done again on what is there when another writer's replaced it meanwhile."""
+        and done again on what is there when another writer's replaced it meanwhile. The
+        blobs this run stored are looked up first (see intake.named_still_here)."""
         key, doing = manifest_key(tune_id), f"read the manifest of tune {tune_id}"
         guarded = await self._conditions.honoured(self.bucket)
         for _ in range(MANIFEST_ATTEMPTS):
             found = await self._read(key, doing)
             data = await change(found[0] if found else None)
+            await named_still_here(self.bucket, self._stored, data, self.gc_grace, tune_id)
             condition = {"IfMatch": found[1]} if found else {"IfNoneMatch": "*"}
             try:
                 await self._put(key, data, "write a manifest", **condition)
