@@ -252,6 +252,25 @@ def test_sidecar_of_a_fresh_partial_is_not_reported_removed(
     assert (report["partials"], report["bytes"]) == ([], 0)
 
 
+def test_a_dry_run_lists_no_partial_or_sidecar_that_gc_keeps(
+    archive: Path, locked_partial: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run lists exactly what gc removes: neither a stale partial a download holds
+    (with its sidecar), nor a day-old sidecar beside a partial resumed since; a stale
+    pair no one holds is listed, and removed."""
+    part, sidecar = partial(archive, "f" * 40, 3_000)
+    old = time.time() - 2 * DAY
+    os.utime(sidecar, (old, old))
+    stale = partial(archive, "a" * 40, 2_000, age=2 * DAY)
+    dry = gc_json(capsys, archive, "--dry-run")
+    listed = {"tmp/" + p.name for p in stale}
+    assert {found["path"] for found in dry["partials"]} == listed
+    real = gc_json(capsys, archive)
+    assert (real["partials"], real["bytes"]) == (dry["partials"], dry["bytes"])
+    assert all(p.exists() for p in [*locked_partial, part, sidecar])
+    assert not any(p.exists() for p in stale)
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_unreadable_manifest_stops_gc(
     archive: Path,

@@ -28,6 +28,22 @@ def partial_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
+def kept(folder: int, part: str) -> bool:
+    """Whether the partial `part` in the open folder stays through a sweep: a running
+    download holds its lock, or it is gone. The lock is let go at once."""
+    try:
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
     """Open and lock the named partial for `key`: (descriptor, path, sidecar path).
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from urllib.parse import urlsplit
 
-from tune_archiver.download.partfile import Writer, partial_name
+from tune_archiver.download.partfile import Writer, kept, partial_name
 from tune_archiver.download.partial import RESUMABLE_FROM, Partial
 from tune_archiver.download.ranges import HASH_STEP
 from tune_archiver.errors import ArchiverError, ConfigError, DiskFull, TooLarge, storage_error
@@ -220,9 +220,16 @@ class Staging:
         return str(file)
 
     def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
+        """What _remove_stale would remove now (gc --dry-run): not a partial a running
+        download holds, nor the sidecar of a partial that stays (held, or written since)."""
         with self._folder() as folder:
-            return [(self.directory / name, size)
-                    for name, size in self._stale_in(folder, older_than)]
+            found = self._stale_in(folder, older_than)
+            parts = {name for name, _ in found if name.endswith(".part")}
+            stay = {name for name in parts if kept(folder, name)}
+            return [(self.directory / name, size) for name, size in found
+                    if name not in stay and (name in parts or _RETRAIN_COPY.fullmatch(name) or (
+                        part := f"{name.removesuffix('.json')}.part") in parts - stay
+                        or not exists_at(folder, part))]
 
     def _stale_in(self, folder: int, older_than: datetime) -> list[tuple[str, int]]:
         try:
