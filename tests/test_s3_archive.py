@@ -511,6 +511,36 @@ def test_forget_then_gc_on_a_bucket(
     assert not {sha256(data) for data in two.values()} & left
 
 
+def test_a_manifest_set_aside_elsewhere_while_gc_reads_stops_gc_before_it_removes(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fetch on another machine sets a damaged manifest aside (copied to
+    manifests/damaged/, then deleted) after gc listed the manifests, before it read that
+    one: gc found it gone, and took every blob only it named as unreferenced, though
+    gc removes nothing while a damaged manifest is kept. It stops in one line, exit 1."""
+    two = add_tune(standin, 2)
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1", "2") == 0
+    real = S3Store.read_manifest
+
+    async def set_aside_first(self: S3Store, tune_id: int) -> bytes | None:
+        if tune_id == 2 and (data := await real(self, 2)) is not None:
+            assert await self.set_aside_manifest(2, "20260101T000000Z", data) is not None
+        return await real(self, tune_id)
+
+    monkeypatch.setattr(S3Store, "read_manifest", set_aside_first)
+    before = s3.keys("objects/")
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "manifests/damaged/2-20260101T000000Z.json" in err
+    assert s3.keys("objects/") == before
+    assert {k.rsplit("/", 1)[1] for k in before} >= {sha256(data) for data in two.values()}
+
+
 def test_gc_that_cannot_sweep_a_buckets_old_uploads_still_says_what_it_removed(
     standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -59,15 +59,11 @@ async def collect(
     nothing, while a manifest is unreadable or one set aside as damaged is kept.
     """
     async with store.locked(exclusive=True, waiting=waiting):
-        damaged = await store.damaged_manifests()
-        if damaged:
-            raise ArchiverError(
-                f"{len(damaged)} damaged manifest(s) set aside in manifests/damaged/ "
-                f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}); gc "
-                "removes nothing while they are kept, since it cannot know what they "
-                "reference: check them (verify names them), then remove them"
-            )
+        await _no_damaged(store)
         referenced = await referenced_blobs(store)
+        # Again: a fetch on another machine (a bucket has no lock) may have set one aside
+        # since, which gc then found gone, its blobs unreferenced. Copied there first.
+        await _no_damaged(store)
         report = GcReport()
         young = now - store.gc_grace  # see Store.gc_grace: a fetch may be about to refer to it
         report.blobs = [
@@ -86,6 +82,18 @@ async def collect(
             await _or_failed(store.remove_stale_uploads(cutoff, report.partials),
                              report.failed, [], refused=(StorageError, Denied))
     return report
+
+
+async def _no_damaged(store: Store) -> None:
+    """ArchiverError while a manifest set aside as damaged is kept."""
+    damaged = await store.damaged_manifests()
+    if damaged:
+        raise ArchiverError(
+            f"{len(damaged)} damaged manifest(s) set aside in manifests/damaged/ "
+            f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}); gc "
+            "removes nothing while they are kept, since it cannot know what they "
+            "reference: check them (verify names them), then remove them"
+        )
 
 
 async def _remove_blobs(store: Store, blobs: list[tuple[str, int]], young: datetime,
