@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -250,6 +251,39 @@ def test_sidecar_of_a_fresh_partial_is_not_reported_removed(
     assert part.exists()
     assert sidecar.exists()
     assert (report["partials"], report["bytes"]) == ([], 0)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_gc_stopped_part_way_says_the_blobs_it_removed(
+    orphaned: tuple[Served, Served], archive: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], as_json: bool,
+) -> None:
+    """A SIGTERM (cron's timeout) after gc removed a blob says that blob, a line of its
+    own or in --json beside "interrupted", exit 143: it said only 'stopped by SIGTERM',
+    and the blobs gone unsaid."""
+    real, calls = LocalStore.delete_blob, []
+
+    async def stopped_after_one(self: LocalStore, sha256: str, older_than: Any = None) -> bool:
+        calls.append(sha256)
+        if len(calls) == 2:  # the first removed: the stop comes before the second
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.Event().wait()  # until the stop cancels gc
+        return await real(self, sha256, older_than)
+
+    monkeypatch.setattr(LocalStore, "delete_blob", stopped_after_one)
+    one, two = orphaned
+    candidates = only_in(two, one)
+    ran = cli(capsys, "gc", "--archive", str(archive), *(["--json"] if as_json else []))
+    assert ran.code == 128 + signal.SIGTERM
+    gone = [key for key in candidates if not (archive / key).exists()]
+    assert len(gone) == 1
+    if as_json:
+        document = json.loads(ran.out)
+        assert document["interrupted"] is True
+        assert document["blobs"] == [{"path": gone[0], "bytes": candidates[gone[0]]}]
+    else:
+        assert f"removed {gone[0]} ({kib(candidates[gone[0]])})" in ran.out.splitlines()
+    assert "stopped by SIGTERM" in ran.err
 
 
 def test_a_dry_run_lists_no_partial_or_sidecar_that_gc_keeps(

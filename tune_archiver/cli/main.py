@@ -366,13 +366,14 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
-    from tune_archiver.commands.gc import collect
+    from tune_archiver.cli.verdict import said_if_gc_stopped
+    from tune_archiver.commands.gc import GcReport, collect
 
-    location = archive_dir(args.archive, os.environ)
-    found = in_archive(args, lambda store: collect(
-        store, args.clock(), args.dry_run, staging_for(location),
-        waiting=waiting_for("fetch, forget or verify --repair", location),
-    ))
+    location, found = archive_dir(args.archive, os.environ), GcReport()
+    with said_if_gc_stopped(args, secrets, found):
+        in_archive(args, lambda store: collect(
+            store, args.clock(), args.dry_run, staging_for(location),
+            waiting=waiting_for("fetch, forget or verify --repair", location), report=found))
     emit(args, secrets, found.failed, report.gc_json(found, args.dry_run),
          report.gc_lines(found, args.dry_run))
     return EXIT_FAILED if found.failed else EXIT_OK
@@ -384,8 +385,7 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: forget(
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
-        waiting=waiting_for("fetch, gc or verify --repair", location),
-    ))
+        waiting=waiting_for("fetch, gc or verify --repair", location)))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
     errors += [why for _, why in found.failed]
     emit(args, secrets, errors, report.forget_json(found, args.dry_run),

@@ -1,6 +1,6 @@
 """verify's verdict, said: what it found, and with --repair what the repair did, and the
 error that stopped its downloads, if one did, after it (the damaged tunes are named
-whatever stopped the fetching)."""
+whatever stopped the fetching); and what gc had removed when a stop cut it short."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tune_archiver.errors import ArchiverError
 from tune_archiver.progress import Progress
 
 if TYPE_CHECKING:  # loaded by verify --repair alone (the CLI loads no other command)
+    from tune_archiver.commands.gc import GcReport
     from tune_archiver.commands.repair import RepairReport
 
 
@@ -80,3 +81,19 @@ def said_if_stopped(args: argparse.Namespace, secrets: list[str], progress: Prog
         raise
     finally:
         progress.close()
+
+
+@contextlib.contextmanager
+def said_if_gc_stopped(args: argparse.Namespace, secrets: list[str],
+                       found: GcReport) -> Iterator[None]:
+    """A stop (cron's timeout, SIGTERM) that cuts gc short once it removed blobs says
+    them, as a failure part way does: a line for each, and --json's fields beside
+    "interrupted"; else the operator learned only "stopped by SIGTERM", whatever was gone."""
+    try:
+        yield
+    except Interrupted as stop:
+        if found.blobs and not args.dry_run:  # else its document is the usual stop's
+            if not args.json:
+                emit(args, secrets, [], None, report.gc_lines(found, args.dry_run))
+            stop.done = report.gc_json(found, args.dry_run)
+        raise

@@ -50,13 +50,15 @@ async def collect(
     dry_run: bool,
     staging: Staging,
     waiting: Callable[[], None] | None = None,
+    report: GcReport | None = None,
 ) -> GcReport:
     """Find (and unless dry_run, remove) unreferenced blobs, and the partial downloads
     in `staging` and the store's own uploads left for a day.
 
     A dry run holds the lock as gc does, so what it lists is exactly what gc would
     remove now (it too waits for a running fetch). Raises ArchiverError, removing
-    nothing, while a manifest is unreadable or one set aside as damaged is kept.
+    nothing, while a manifest is unreadable or one set aside as damaged is kept. Each
+    blob removed is added to `report`'s as it goes: a stop part way can say them.
     """
     async with store.locked(exclusive=True, waiting=waiting):
         await _no_damaged(store)
@@ -64,17 +66,19 @@ async def collect(
         # Again: a fetch on another machine (a bucket has no lock) may have set one aside
         # since, which gc then found gone, its blobs unreferenced. Copied there first.
         await _no_damaged(store)
-        report = GcReport()
+        report = GcReport() if report is None else report
         young = now - store.gc_grace  # see Store.gc_grace: a fetch may be about to refer to it
-        report.blobs = [
+        unreferenced = [
             (blob_key(blob.sha256), blob.size)
             for blob in await store.blobs()
             if blob.sha256 not in referenced and blob.modified <= young
         ]
         cutoff = now - PARTIAL_MAX_AGE
-        report.partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
-        if not dry_run:
-            report.blobs = await _remove_blobs(store, report.blobs, young, report.failed)
+        partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
+        if dry_run:
+            report.blobs, report.partials = unreferenced, partials
+        else:
+            await _remove_blobs(store, unreferenced, young, report.blobs, report.failed)
             report.partials = await staging.remove_stale(cutoff, report.failed)
             # each upload swept is said, those before a failure part way too; a bucket
             # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
@@ -97,12 +101,11 @@ async def _no_damaged(store: Store) -> None:
 
 
 async def _remove_blobs(store: Store, blobs: list[tuple[str, int]], young: datetime,
-                        failed: list[str]) -> list[tuple[str, int]]:
-    """The blobs removed, of `blobs`: one the store will not remove is said in `failed`,
-    and the others are removed. A bucket refusing deletes (Denied) is said once, and no
-    further blob is tried; those removed before it are still said (it stopped gc, and
-    what it had removed went unsaid). gc goes on to the partials."""
-    removed = []
+                        removed: list[tuple[str, int]], failed: list[str]) -> None:
+    """Remove `blobs`, each added to `removed` once gone: one the store will not remove
+    is said in `failed`, and the others are removed. A bucket refusing deletes (Denied)
+    is said once, and no further blob is tried; those removed before it are still said
+    (it stopped gc, and what it had removed went unsaid). gc goes on to the partials."""
     for key, size in blobs:
         try:
             if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
@@ -111,7 +114,6 @@ async def _remove_blobs(store: Store, blobs: list[tuple[str, int]], young: datet
         except Denied as exc:
             failed.append(f"{exc}; gc removed no further blob")
             break
-    return removed
 
 
 async def _or_failed(removal: Awaitable[T], failed: list[str], otherwise: T,
