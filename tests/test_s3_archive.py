@@ -306,17 +306,36 @@ def test_gc_on_a_bucket_waits_out_the_grace_period(standin: StandIn, s3: S3Archi
     assert tune_archiver(s3, "verify") == 0
 
 
+# The script's entry with the S3 intake's clock two days on once LATER_FLAG exists: a
+# fetch that spends that long on one tune.
+TWO_DAYS_ON = """
+import os, sys
+from datetime import datetime, timedelta
+from tune_archiver.store.s3 import intake
+class Clock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        later = os.path.exists(os.environ["LATER_FLAG"])
+        return datetime.now(tz) + timedelta(days=2 if later else 0)
+intake.datetime = Clock
+sys.argv[0] = "tune-archiver"
+from tune_archiver.cli.start import entry
+raise SystemExit(entry())
+"""
+
+
 def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_ok(
-    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """A fetch stores a tune's images, then spends long on its checkpoint; a gc elsewhere
-    whose clock says the images are old (the fetch took over a day, or that clock runs
-    ahead) takes them, no manifest naming them yet. The fetch says the tune failed,
-    writes no manifest naming them ok, and the next fetch archives it whole."""
+    """A fetch stores a tune's images, then spends two days on its checkpoint; a gc
+    elsewhere takes the images, which no manifest names yet. The fetch says the tune
+    failed, writes no manifest naming them ok, and the next fetch archives it whole."""
     target = standin.add_file("ckpt-1.safetensors", os.urandom(50_000))
     urls = [standin.add_file(f"img-1-{i}.jpg", os.urandom(3_000 + i)) for i in range(2)]
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
-    command = [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive", s3.url,
+    flag = tmp_path / "later"
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", "1", "--archive", s3.url,
                "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
     with Gate(target) as gate:
         standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
@@ -328,6 +347,7 @@ def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_o
             later = datetime.now(UTC) + timedelta(days=2)
             assert tune_archiver(s3, "gc", clock=lambda: later) == 0
             assert s3.keys("objects/") == []  # no manifest named them yet
+            flag.touch()  # the fetch's clock too: two days on
             gate.open()
             _, err = running.communicate(timeout=60)
         finally:

@@ -39,13 +39,13 @@ class S3Intake:
 
     def __init__(
         self, bucket: Bucket, file: Growing, gc_grace: timedelta,
-        settled: Callable[[S3Intake], None], stored: dict[str, Blob],
+        settled: Callable[[S3Intake], None], stored: dict[str, tuple[Blob, datetime]],
     ) -> None:
         self._bucket = bucket
         self._file = file
         self._gc_grace = gc_grace
         self._settled = settled  # tells the store this intake needs no abort at its close
-        self._stored = stored  # the store's: the blobs in, for a manifest to name
+        self._stored = stored  # the store's: the blobs in and their dates, till named
         self.live = LiveUpload(bucket, file)
         self.live.start()
 
@@ -78,22 +78,21 @@ class S3Intake:
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
             found = await bucket.head(final, "look up a blob")
-            kept = (found is not None and found[0] == blob.size
-                    and await keep_young(self._bucket, final, found[1], blob,
-                                           self._gc_grace))
-            if not kept and direct:
+            kept = (await keep_young(bucket, final, found[1], blob, self._gc_grace)
+                    if found is not None and found[0] == blob.size else None)
+            if kept is None and direct:
                 await settle(live.abort(), f"abort the upload to {live.key}")
                 try:
                     await self._send_to(blob, final)
                 except Unchecked as exc:  # sent again, to a temporary key, and checked
                     log.info("%s; sending it through a temporary key", exc)
                     await self._store_new(blob, final)
-            elif not kept:
+            elif kept is None:
                 await self._store_new(blob, final)
         finally:
             self._settled(self)
             await settle(live.abort(), f"abort the upload to {live.key}")
-        self._stored.setdefault(blob.sha256, blob)
+        self._stored[blob.sha256] = (blob, kept or datetime.now(UTC))
         await self._drop_file()
         return blob
 
@@ -163,16 +162,16 @@ class S3Intake:
 
 
 async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
-                     gc_grace: timedelta) -> bool:
-    """Refresh an old blob's date (a copy onto itself), so gc sees it as in use.
-    False when it is gone meanwhile (gc on another machine took it after the HEAD
-    that found it): the commit then stores it anew. Raises StorageError when the
+                     gc_grace: timedelta) -> datetime | None:
+    """Refresh an old blob's date (a copy onto itself), so gc sees it as in use; its
+    date then. None when it is gone meanwhile (gc on another machine took it after the
+    HEAD that found it): the commit then stores it anew. Raises StorageError when the
     blob is still old after a copy part by part: one that did not complete (aborted
     meanwhile). A copy in place the store answered but left at its old date (some
     MinIO releases make no new object of one) is made again part by part: completing
     an upload makes a new object on any store."""
     if datetime.now(UTC) - modified < gc_grace / 2:
-        return True
+        return modified
     for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
         try:
             with bucket.translated("refresh a blob"):
@@ -188,29 +187,35 @@ async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
         except Absent:
             log.info("blob %s was removed as it was about to be reused; storing it anew",
                      blob.sha256)
-            return False
+            return None
         # A copy aborted meanwhile (NoSuchUpload, taken by complete() for a lost
         # answer), or one in place the store made no new object of, leaves it whole
         # but old: gc would still take it.
         found = await bucket.head(key, "check a refreshed blob")
         if found is None or found[1] > modified:
-            return found is not None
+            return None if found is None else found[1]
     raise StorageError(f"the copy refreshing blob {blob.sha256} in {bucket} did not "
                        "complete or did not move its date; not stored")
 
 
-async def named_still_here(bucket: Bucket, stored: dict[str, Blob], data: bytes,
-                           gc_grace: timedelta, tune_id: int) -> None:
-    """Check that each blob of `stored` (this run's, by sha256) that the manifest `data`
-    names is still in the bucket, refreshed if getting old: a tune's manifest is
-    written once all its files are in, and until then nothing names the blobs stored
-    before, which a gc elsewhere takes once gc_grace old by its clock (a slow tune's
-    checkpoint, a clock ahead). StorageError, nothing to be written, for one gone."""
+async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetime]],
+                           data: bytes, gc_grace: timedelta, tune_id: int) -> None:
+    """Check that each blob of `stored` (this run's, by sha256, with its date in the
+    store) that the manifest `data` names is still in the bucket, refreshed if getting
+    old: a tune's manifest is written once all its files are in, and until then nothing
+    names the blobs stored before, which a gc elsewhere takes once gc_grace old by its
+    clock (a slow tune's checkpoint, a clock ahead). One still young is not asked for,
+    as a commit does not; each is dropped from `stored` (named from now on).
+    StorageError, nothing to be written, for one gone."""
+    now = datetime.now(UTC)
     for sha256 in sorted({m.decode() for m in _DIGEST.findall(data)} & stored.keys()):
+        blob, dated = stored.pop(sha256)
+        if now - dated < gc_grace / 2:
+            continue
         key = bucket.key(blob_key(sha256))
         found = await bucket.head(key, "look up a blob")
-        if found is None or found[0] != stored[sha256].size or not await keep_young(
-                bucket, key, found[1], stored[sha256], gc_grace):
+        if found is None or found[0] != blob.size or await keep_young(
+                bucket, key, found[1], blob, gc_grace) is None:
             raise StorageError(f"cannot write the manifest of tune {tune_id} in {bucket}: "
                                f"blob {sha256}, stored by this run, is gone before the "
                                "manifest named it (a gc elsewhere took it?); nothing "

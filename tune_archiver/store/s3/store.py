@@ -95,7 +95,7 @@ class S3Store:
         self._session = session
         self._bucket: Bucket | None = None
         self._intakes: set[S3Intake] = set()  # neither committed nor abandoned yet
-        self._stored: dict[str, Blob] = {}  # sha256 -> blob this run stored (or reused)
+        self._stored: dict[str, tuple[Blob, datetime]] = {}  # this run's blobs, till named
         self._conditions = conditions.Verdict()  # whether it honours conditional PUTs
         self._stack = contextlib.AsyncExitStack()
 
