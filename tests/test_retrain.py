@@ -482,3 +482,21 @@ def test_a_dry_run_says_a_photo_whose_blob_is_lost_as_yes_does(
     assert yes.code == 1
     assert f"{said}; nothing was sent" in yes.err
     assert standin.created == []
+
+
+def test_a_dry_run_after_a_retrain_under_that_title_says_yes_would_send_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retrained once today: a dry run said 'add --yes to create the tune', exit 0, of a
+    --yes that refuses (exit 1, nothing sent). It says what --yes would: the tune the
+    manifest records under that title, exit 1."""
+    archive, _ = archived
+    assert retrain(standin, archive, capsys, "--yes")[0] == 0
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--archive", str(archive), "--api-url", standin.api_url,
+              now=NOW)
+    assert ran.code == 1
+    assert "add --yes" not in ran.out
+    [line] = ran.errors
+    assert "already retrained as tune 6" in line
+    assert len(standin.created) == 1

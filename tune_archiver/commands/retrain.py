@@ -175,6 +175,16 @@ async def retrain(
     if not plan.images:
         raise ArchiverError(f"tune {tune_id}: no training image is archived; nothing to "
                             "retrain from")
+    # A second --yes under a title already retrained would train (and bill) again on an
+    # account without Astria's idempotency, and with it record the same tune twice. A
+    # dry run says so too: "add --yes" would invite a --yes that refuses.
+    sent_title = dict(plan.fields)["tune[title]"]
+    for earlier in found.retrained:
+        if earlier.get("title") == sent_title:
+            raise ArchiverError(
+                f"tune {tune_id}: already retrained as tune {earlier.get('tune_id')} under "
+                f"the title {sent_title!r}: nothing was sent (choose another --title to "
+                "train it again)")
     lost = await _lost(store, plan)
     if not yes:  # said as --yes would find it, each lost photo not counted as sent
         return RetrainResult(replace(plan, images=tuple(
@@ -183,15 +193,6 @@ async def retrain(
     if lost:
         raise IntegrityError(f"{next(iter(lost.values()))}; nothing was sent (run verify "
                              "--repair)")
-    # A second --yes under a title already retrained would train (and bill) again on an
-    # account without Astria's idempotency, and with it record the same tune twice.
-    sent_title = dict(plan.fields)["tune[title]"]
-    for earlier in found.retrained:
-        if earlier.get("title") == sent_title:
-            raise ArchiverError(
-                f"tune {tune_id}: already retrained as tune {earlier.get('tune_id')} under "
-                f"the title {sent_title!r}: nothing was sent (choose another --title to "
-                "train it again)")
     # Checked as a fetch checks it, before the first write: root's retrain of a user's
     # archive (its tmp/ removed) would leave a tmp/ and a manifest its owner cannot use.
     await store.prepare()
