@@ -18,6 +18,7 @@ from tests.archive_helpers import Ran, cli, start, stop
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
+from tests.test_exits import closed_port_url
 from tune_archiver.commands.retrain import retrain as run_retrain
 from tune_archiver.config import Settings
 from tune_archiver.store import Change
@@ -242,16 +243,18 @@ def test_retrain_answered_with_no_tune_id_says_the_tune_may_exist(
 ) -> None:
     """201 with a JSON object but no whole-number id: not "created tune None" and exit 0
     with nothing recorded (a later run would send, and bill, it again): exit 1, the line
-    saying the tune may have been created, the manifest unchanged."""
+    saying the tune may have been created, no tune recorded, the title marked sent."""
     archive, _ = archived
-    before = (archive / "manifests" / "5.json").read_bytes()
     standin.create_answers = [answer]
     ran = sent(standin, archive, capsys)
     assert ran.code == 1
     assert "created tune" not in ran.out
     [line] = ran.errors
     assert "may have created the tune" in line
-    assert (archive / "manifests" / "5.json").read_bytes() == before
+    document = check_manifest(archive / "manifests" / "5.json")
+    assert "retrained" not in document
+    assert document["retraining"] == [{"title": "Jane (restored 2026-12-01)",
+                                       "at": "2026-12-01T09:00:00Z"}]
 
 
 def test_retrain_whose_manifest_is_damaged_meanwhile_names_the_tune_created(
@@ -412,6 +415,8 @@ def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
 
     class Recording(LocalStore):
         async def update_manifest(self, tune_id: int, change: Change) -> str:
+            if not standin.created:  # the title marked sent, before the POST
+                return await super().update_manifest(tune_id, change)
             reached.set()
             await asyncio.Event().wait()  # held until the stop
             raise AssertionError("never reached")
@@ -500,3 +505,55 @@ def test_a_dry_run_after_a_retrain_under_that_title_says_yes_would_send_nothing(
     [line] = ran.errors
     assert "already retrained as tune 6" in line
     assert len(standin.created) == 1
+
+
+@pytest.mark.parametrize("first", ["killed", "still running"])
+def test_a_retrain_run_while_another_has_sent_its_post_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    first: str,
+) -> None:
+    """A --yes whose POST the API has (the tune made, and billed) but whose answer is not
+    recorded: killed (SIGKILL, a reboot, the OOM killer) and run again by cron, or a
+    second run started while the first waits. The manifest recorded nothing, so the
+    second sent (and, without Astria's idempotency, billed) the tune again. The first
+    marks the title sent before its POST: the second sends nothing, exit 1, saying the
+    tune may exist."""
+    archive, _ = archived
+    standin.create_stalls = 1
+    process = start(archive, "retrain", "5", "--yes", "-q", "--api-url", standin.api_url,
+                    env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert standin.create_arrived.wait(30)
+        if first == "killed":
+            process.kill()
+            process.communicate(timeout=30)
+        ran = sent(standin, archive, capsys)
+    finally:
+        stop(process)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    [line] = ran.errors
+    assert "may have created the tune" in line
+    assert "--title" in line
+    check_manifest(archive / "manifests" / "5.json")
+
+
+@pytest.mark.parametrize("refused", ["a wrong key", "no server"])
+def test_a_retrain_the_api_refused_or_never_had_can_be_run_again(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    refused: str,
+) -> None:
+    """A POST answered 401, or never sent (connection refused), made no tune: the title
+    is not left marked sent, and the run again, with the key right or the API back,
+    creates and records the tune."""
+    archive, _ = archived
+    os.environ["ASTRIA_API_KEY"] = "wrong" if refused == "a wrong key" else standin.api_key
+    url = standin.api_url if refused == "a wrong key" else closed_port_url()
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive), "--api-url", url,
+              now=NOW)
+    assert ran.code == (3 if refused == "a wrong key" else 4)
+    assert "retraining" not in check_manifest(archive / "manifests" / "5.json")
+    assert sent(standin, archive, capsys).code == 0
+    assert len(standin.created) == 1
+    assert [record["tune_id"] for record in
+            check_manifest(archive / "manifests" / "5.json")["retrained"]] == [6]
