@@ -18,9 +18,10 @@ from tests.archive_helpers import Ran, cli, start, stop
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
-from tests.test_exits import closed_port_url
+from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.retrain import retrain as run_retrain
 from tune_archiver.config import Settings
+from tune_archiver.errors import ArchiverError, AuthError, ConnectError, StatusError
 from tune_archiver.store import Change
 from tune_archiver.store.local import LocalStore
 
@@ -186,9 +187,12 @@ def test_retrain_answered_with_the_archived_tune_itself_says_nothing_was_created
 ) -> None:
     """--title "Jane", the archived tune's own title: Astria's idempotency answers with
     tune 5 itself. Not "created tune 5" and exit 0, nor a record of tune 5 retrained as
-    itself: exit 1, one line saying nothing was created."""
+    itself: exit 1, one line saying nothing was created. (The listing looked up first
+    shows it, and nothing is sent; here it does not: in a workspace the key's listing
+    does not show.)"""
     archive, _ = archived
     before = (archive / "manifests" / "5.json").read_bytes()
+    standin.tune_workspaces[5] = "42"
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "retrain", "5", "--yes", "--title", "Jane", "--archive", str(archive),
               "--api-url", standin.api_url, now=NOW)
@@ -538,22 +542,54 @@ def test_a_retrain_run_while_another_has_sent_its_post_sends_nothing(
     check_manifest(archive / "manifests" / "5.json")
 
 
-@pytest.mark.parametrize("refused", ["a wrong key", "no server"])
+@pytest.mark.parametrize(("refused", "code"), [
+    (StatusError("creating the tune: 422 images are too small", 422), 1),
+    (AuthError("creating the tune: 401 Unauthorized"), 3),
+    (ConnectError("creating the tune: connection refused"), 4),
+])
 def test_a_retrain_the_api_refused_or_never_had_can_be_run_again(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
-    refused: str,
+    monkeypatch: pytest.MonkeyPatch, refused: ArchiverError, code: int,
 ) -> None:
-    """A POST answered 401, or never sent (connection refused), made no tune: the title
-    is not left marked sent, and the run again, with the key right or the API back,
-    creates and records the tune."""
+    """A POST answered 4xx, or never sent (connection refused), made no tune: the title
+    is not left marked sent, and the run again, the API mended, creates and records the
+    tune."""
     archive, _ = archived
-    os.environ["ASTRIA_API_KEY"] = "wrong" if refused == "a wrong key" else standin.api_key
-    url = standin.api_url if refused == "a wrong key" else closed_port_url()
-    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive), "--api-url", url,
-              now=NOW)
-    assert ran.code == (3 if refused == "a wrong key" else 4)
+    create_tune = AstriaClient.create_tune
+    answers: list[ArchiverError] = [refused]
+
+    async def refusing(self: AstriaClient, *args: Any) -> dict[str, Any]:
+        if answers:
+            raise answers.pop()
+        return await create_tune(self, *args)
+
+    monkeypatch.setattr(AstriaClient, "create_tune", refusing)
+    assert sent(standin, archive, capsys).code == code
     assert "retraining" not in check_manifest(archive / "manifests" / "5.json")
     assert sent(standin, archive, capsys).code == 0
     assert len(standin.created) == 1
     assert [record["tune_id"] for record in
             check_manifest(archive / "manifests" / "5.json")["retrained"]] == [6]
+
+
+def test_retrain_under_the_title_of_another_tune_of_the_account_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--title "Bob", the title of the account's tune 7 (or the default title, of a tune
+    a retrain from another copy of the archive made today): Astria's idempotency answers
+    with tune 7, nothing trained. Said 'created tune 7', exit 0, and recorded as retrained
+    from tune 5; without the idempotency, a second tune billed. The account's tunes under
+    that title are looked up first: exit 1, nothing sent, tune 7 named."""
+    archive, _ = archived
+    standin.add_tune(7, [], [], title="Bob")
+    before = (archive / "manifests" / "5.json").read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Bob", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert standin.created == []
+    assert ran.code == 1
+    assert "created tune" not in ran.out
+    [line] = ran.errors
+    assert "tune 7" in line
+    assert "--title" in line
+    assert (archive / "manifests" / "5.json").read_bytes() == before

@@ -203,6 +203,7 @@ async def retrain(
                await _verified(store, entry, staging.directory)) for entry in plan.images]
     async with new_session(settings, decompress=True) as session:
         api = AstriaClient(session, settings, asyncio.Semaphore(1))
+        await _title_free(api, tune_id, sent_title)
         # Marked sent first, under the manifest's lock: a run killed once the API has
         # it (the tune made and billed, nothing recorded), run again, or a second run
         # meanwhile, finds the title and sends nothing.
@@ -251,6 +252,19 @@ async def retrain(
                   "recorded it: do not send it again", new_id, tune_id)
         raise
     return RetrainResult(plan, sent=True, created=created)
+
+
+async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
+    """Raises ArchiverError when a tune of the account has `title`: Astria's idempotency
+    answers a POST under it with that tune, nothing trained ("created tune N" would be
+    untrue, and recorded), and without it a second tune is trained and billed (another
+    copy of the archive retrained it today)."""
+    for listed in await api.list_tunes(query={"title": title}):
+        if listed.get("title") == title:
+            raise ArchiverError(
+                f"tune {tune_id}: the account already has tune {listed.get('id')} titled "
+                f"{title!r}: the API would answer with it, nothing trained (or train and "
+                "bill it again): nothing was sent (choose another --title)")
 
 
 def _refusal(found: Manifest, title: str) -> ArchiverError | None:
