@@ -493,6 +493,27 @@ def test_a_dry_run_says_a_photo_whose_blob_is_lost_as_yes_does(
     assert standin.created == []
 
 
+def test_a_dry_run_says_a_photo_whose_blob_is_damaged_as_yes_does(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A photo's blob rotted on disk, its size unchanged: the dry run counted it among
+    the photos it would send and said 'add --yes', exit 0, while --yes refuses at it,
+    nothing sent. The dry run reads each photo's bytes as --yes does: it names it,
+    uncounted, and says --yes would send nothing (exit 1)."""
+    archive, images = archived
+    damaged = blob_file(archive, images[1])
+    damaged.chmod(0o600)
+    damaged.write_bytes(b"\xff\xd8\xff" + os.urandom(1_001))
+    code, result = retrain(standin, archive, capsys)
+    said = "training_image 1: its blob does not match its sha256"
+    assert code == 1
+    assert (result["images"], result["lost"]) == (2, [said])
+    yes = sent(standin, archive, capsys)
+    assert yes.code == 1
+    assert said in yes.err
+    assert standin.created == []
+
+
 def test_a_dry_run_after_a_retrain_under_that_title_says_yes_would_send_nothing(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -361,7 +361,7 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
 
 
 async def _lost(store: Store, plan: RetrainPlan) -> dict[str, str]:
-    """Each photo's sha256 whose blob the archive no longer holds at its size, and why:
+    """Each photo's sha256 whose blob the archive no longer holds whole, and why:
     --yes stops at the first, and a dry run that counted it among those sent said exit 0
     for a retrain that would not be made."""
     sizes = await blob_sizes(store, {entry.blob.sha256 for entry in plan.images
@@ -374,6 +374,12 @@ async def _lost(store: Store, plan: RetrainPlan) -> dict[str, str]:
             lost[entry.blob.sha256] = (f"training_image {entry.index}: its blob is "
                                  + ("missing from the archive" if size is None else
                                     f"{size} bytes, not the {entry.blob.size} archived"))
+        # Its bytes too (a few MB a photo): one rotted at its size, counted as sent, made
+        # a dry run say 'add --yes', exit 0, of a --yes that refuses at it.
+        elif await store.hash_blob(entry.blob.sha256, lambda _: None) != (
+                size, entry.blob.sha256):
+            lost[entry.blob.sha256] = (f"training_image {entry.index}: its blob does not "
+                                       "match its sha256")
     return lost
 
 
