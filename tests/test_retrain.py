@@ -132,6 +132,21 @@ def test_retrain_takes_the_title_asked_for(
     assert result["fields"]["tune[title]"] == "Jane again"
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_title_is_a_usage_error(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    blank: str,
+) -> None:
+    """`--title ""` (an unset shell variable, say) was taken for no title: the default
+    one was sent and billed. It is refused before anything is sent, exit 2."""
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", blank, "--archive", str(archived[0]),
+              "--api-url", standin.api_url)
+    assert ran.code == 2
+    assert "--title: not a title (it is blank)" in ran.err
+    assert standin.created == []
+
+
 def test_retrain_refuses_a_damaged_blob(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -215,7 +215,7 @@ def _add_others(
     )
     retrain.add_argument("tune_id", metavar="TUNE_ID", type=tune_id,
                          help="the archived tune to re-train")
-    retrain.add_argument("--title", metavar="TITLE", dest="new_title",
+    retrain.add_argument("--title", metavar="TITLE", dest="new_title", type=title,
                          help="the new tune's title (default: '<title> (restored YYYY-MM-DD)')")
     retrain.add_argument("--yes", action="store_true",
                          help="send it: this creates (and bills) a new tune")
@@ -309,6 +309,13 @@ def tune_id(text: str) -> int:
     if value is None or not 0 < value < 10**MAX_ID_DIGITS:  # as --ids-from takes them
         raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
     return value
+
+
+def title(text: str) -> str:
+    """retrain's --title: a blank one was taken for none, the default title sent."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("not a title (it is blank)")
+    return text
 
 
 def positive_int(text: str) -> int:
