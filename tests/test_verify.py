@@ -614,13 +614,16 @@ def test_the_command_said_names_an_archive_whose_path_a_line_shows_escaped(
 ) -> None:
     """A folder named with a tab or an ESC is shown escaped ('a\\x09b'): in '...'
     quotes, the command said named a folder of backslashes, where fetch made an archive
-    of its own, exit 0. The word is bash's $'...', whose escapes are the line's."""
-    archive = tmp_path / "a\tb\x1b[31m'c\\d"
+    of its own, exit 0. Nor bash's $'...': cron's /bin/sh (dash) reads it as '$' then
+    the escapes. The word is printf's octal escapes, run by any POSIX shell."""
+    archive = tmp_path / "a\tb\x1b[31m'c\\d%s\u202e\u00e9 e"
     two_tunes_sharing_an_image(standin, archive)
     code, errors, _ = verified(capsys, archive, "1", "99")
     assert code == 1
     [line] = errors
     word = line.split(" --archive ", 1)[1].removesuffix(")")
-    said = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True,
-                          check=True).stdout
-    assert said == os.fsencode(archive)
+    assert not {"\t", "\x1b", "\u202e"} & set(line)  # shown escaped, as a line does
+    for shell in ("sh", "bash"):  # cron's /bin/sh (dash here) too
+        said = subprocess.run([shell, "-c", f"printf %s {word}"], capture_output=True,
+                              check=True).stdout
+        assert said == os.fsencode(archive), shell

@@ -73,11 +73,15 @@ def visible(text: str) -> str:
 
 def shell_word(text: str) -> str:
     """The text as one word of a command a line says to run, which a line shows whole:
-    shlex's quoting, or bash's $'...' for text a line shows escaped (a tab, an ESC):
-    its escapes (\\x09, \\u202e) are bash's, where in '...' they named another path."""
+    shlex's quoting, or for text a line shows escaped (a tab, an ESC, U+202E) printf's
+    octal escapes of its bytes, "$(printf -- '\\011')": bash's $'...' is no word of
+    cron's /bin/sh (dash reads '$' and the escapes, another path), '...' neither."""
     if visible(text) == text:
         return shlex.quote(text)
-    return "$'" + visible(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
+    escaped = text.replace("\\", "\\\\").replace("%", "%%").replace("'", "'\\''")
+    return "\"$(printf -- '" + MAYBE_HIDDEN.sub(lambda found: "".join(
+        f"\\{byte:03o}" for byte in found.group().encode("utf-8", "surrogateescape")
+    ) if hidden(found.group()) else found.group(), escaped) + "')\""
 
 
 def columns(text: str) -> int:
