@@ -363,6 +363,43 @@ def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_o
     assert tune_archiver(s3, "verify") == 0
 
 
+def test_a_blob_two_tunes_share_that_a_gc_took_fails_both(
+    standin: StandIn, s3: S3Archive, tmp_path: Path
+) -> None:
+    """Two tunes of one run share an image; both spend two days on their checkpoints,
+    and a gc elsewhere takes the image, which no manifest names yet. The first tune to
+    write its manifest finds it gone and fails; the other must too, never ok and
+    complete with the image missing (the first's failed write no longer hides it)."""
+    target = standin.add_file("ckpt.safetensors", os.urandom(50_000))
+    shared = standin.add_file("shared.jpg", os.urandom(3_000))
+    flag = tmp_path / "later"
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", "1", "2", "--archive", s3.url,
+               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+    with Gate(target) as gate:
+        for tune_id in (1, 2):
+            standin.add_tune(tune_id, [gate.url(f"ckpt-{tune_id}.safetensors")], [shared])
+        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert gate.arrived.wait(20), "no checkpoint's download began"
+            wait_until(lambda: len(s3.keys("objects/")) == 1, "the image stored")
+            later = datetime.now(UTC) + timedelta(days=2)
+            assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+            assert s3.keys("objects/") == []
+            flag.touch()
+            gate.open()
+            _, err = running.communicate(timeout=60)
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.communicate()
+    assert running.returncode == 1, err
+    assert err.count("is gone before the manifest named it") == 2, err
+    assert s3.keys("manifests/") == []
+
+
 def test_shards_split_an_account_between_machines(standin: StandIn, s3: S3Archive) -> None:
     """--shard 1/2 and 2/2 take disjoint halves of the tunes by id; together, all of them."""
     for tune_id in range(1, 7):

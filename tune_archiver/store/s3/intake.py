@@ -199,27 +199,40 @@ async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
 
 
 async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetime]],
-                           data: bytes, gc_grace: timedelta, tune_id: int) -> None:
+                           data: bytes, gc_grace: timedelta, tune_id: int) -> list[str]:
     """Check that each blob of `stored` (this run's, by sha256, with its date in the
     store) that the manifest `data` names is still in the bucket, refreshed if getting
     old: a tune's manifest is written once all its files are in, and until then nothing
     names the blobs stored before, which a gc elsewhere takes once gc_grace old by its
     clock (a slow tune's checkpoint, a clock ahead). One still young is not asked for,
-    as a commit does not; each is dropped from `stored` (named from now on).
+    as a commit does not. Gives those named, for the caller to drop from `stored` once
+    the manifest is written (till then, another tune's manifest naming one asks too).
     StorageError, nothing to be written, for one gone."""
-    now = datetime.now(UTC)
-    for sha256 in sorted({m.decode() for m in _DIGEST.findall(data)} & stored.keys()):
-        blob, dated = stored.pop(sha256)
+    now, named = datetime.now(UTC), sorted({m.decode() for m in _DIGEST.findall(data)}
+                                           & stored.keys())
+    for sha256 in named:
+        blob, dated = stored[sha256]
         if now - dated < gc_grace / 2:
             continue
         key = bucket.key(blob_key(sha256))
         found = await bucket.head(key, "look up a blob")
-        if found is None or found[0] != blob.size or await keep_young(
-                bucket, key, found[1], blob, gc_grace) is None:
+        kept = (await keep_young(bucket, key, found[1], blob, gc_grace)
+                if found is not None and found[0] == blob.size else None)
+        if kept is None:
             raise StorageError(f"cannot write the manifest of tune {tune_id} in {bucket}: "
                                f"blob {sha256}, stored by this run, is gone before the "
                                "manifest named it (a gc elsewhere took it?); nothing "
                                "written: run fetch again")
+        stored[sha256] = (blob, kept)
+    return named
+
+
+def let_go(stored: dict[str, tuple[Blob, datetime]], named: list[str], key: str) -> str:
+    """Drop the blobs a manifest written at `key` names from `stored` (named from now on,
+    no longer this run's to look up); gives `key`."""
+    for sha256 in named:
+        stored.pop(sha256, None)  # another tune's manifest may have let it go first
+    return key
 
 
 def drop_file(path: Path) -> None:

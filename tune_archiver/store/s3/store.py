@@ -36,7 +36,7 @@ from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.config import client_config, install_hint, parse_url
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict, Unsupported
-from tune_archiver.store.s3.intake import S3Intake, named_still_here
+from tune_archiver.store.s3.intake import S3Intake, let_go, named_still_here
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import save_as, stream
@@ -307,14 +307,14 @@ class S3Store:
         ETag, or If-None-Match when there was none): when another machine wrote or removed
         it in between, read it again and change that, up to MANIFEST_ATTEMPTS times.
         On a store that ignores (or refuses) them, warned of once, each write is read back
-        and done again on what is there when another writer's replaced it meanwhile. The
-        blobs this run stored are looked up first (see intake.named_still_here)."""
+        and done again on what is there when another writer's replaced it meanwhile (the
+        run's blobs it names looked up first, and then let go: intake.named_still_here)."""
         key, doing = manifest_key(tune_id), f"read the manifest of tune {tune_id}"
         guarded = await self._conditions.honoured(self.bucket)
         for _ in range(MANIFEST_ATTEMPTS):
             found = await self._read(key, doing)
             data = await change(found[0] if found else None)
-            await named_still_here(self.bucket, self._stored, data, self.gc_grace, tune_id)
+            named = await named_still_here(self.bucket, self._stored, data, self.gc_grace, tune_id)
             condition = {"IfMatch": found[1]} if found else {"IfNoneMatch": "*"}
             try:
                 await self._put(key, data, "write a manifest", **condition)
@@ -325,7 +325,7 @@ class S3Store:
             except (Conflict, Absent):  # Absent: removed meanwhile (If-Match answers 404)
                 continue
             if guarded or ((again := await self._read(key, doing)) and again[0] == data):
-                return key
+                return let_go(self._stored, named, key)
         raise StorageError(
             f"cannot write the manifest of tune {tune_id} in {self}: another writer changed "
             f"it each of {MANIFEST_ATTEMPTS} times"
