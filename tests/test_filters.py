@@ -201,13 +201,18 @@ def test_ids_from_a_tune_deleted_upstream_whose_blob_is_lost_fails(
         1: (True, True), 2: (False, False)}
 
 
+@pytest.mark.parametrize("scoped", [False, True], ids=["any-scope", "its-workspace-only"])
 def test_ids_from_a_tune_of_another_workspace_archived_whole_still_fails(
-    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    scoped: bool,
 ) -> None:
     """A tune archived whole once with --workspace 42, named in keep.txt of a daily run
     of the personal scope, is not listed there, yet it is not deleted: it was skipped as
     "deleted upstream?", exit 0, and its new files (a checkpoint retrained, images with
-    --prompts) never fetched. Only a tune the API says is gone (404) is skipped."""
+    --prompts) never fetched. Only a tune the API says is gone (404) is skipped; and
+    since the API answers for the personal scope only without X-Workspace-Id (`scoped`),
+    it is asked for in every workspace (all)."""
+    standin.scoped_gets = scoped
     add_tune(standin, 1)
     add_tune(standin, 2)
     standin.tune_workspaces[2] = "42"
@@ -220,30 +225,6 @@ def test_ids_from_a_tune_of_another_workspace_archived_whole_still_fails(
     assert "tune 2: not listed by the API" in err
     assert "deleted upstream?" not in err
     del standin.tunes[2]  # now Astria deleted it: skipped, as the backup holds it whole
-    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
-    assert "tune 2: no longer listed by the API (deleted upstream?)" in capsys.readouterr().err
-
-
-def test_ids_from_a_tune_of_a_workspace_the_api_answers_for_by_id_only_there_still_fails(
-    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The API answers for the personal scope only without X-Workspace-Id: asked for by
-    id in a daily run of the personal scope, tune 2 of workspace 42 was 404, "deleted
-    upstream?", skipped, exit 0, while it lived on. It is asked for in every workspace
-    (all): a 404 there is a tune gone."""
-    standin.scoped_gets = True
-    add_tune(standin, 1)
-    add_tune(standin, 2)
-    standin.tune_workspaces[2] = "42"
-    assert run_fetch(standin, archive, "2", "--workspace", "42") == 0
-    ids = tmp_path / "keep.txt"
-    ids.write_text("1\n2\n")
-    capsys.readouterr()
-    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 1
-    err = capsys.readouterr().err
-    assert "tune 2: not listed by the API" in err
-    assert "deleted upstream?" not in err
-    del standin.tunes[2]
     assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
     assert "tune 2: no longer listed by the API (deleted upstream?)" in capsys.readouterr().err
 

@@ -114,6 +114,20 @@ def add_tune(standin: StandIn, tune_id: int, ckpt_size: int = 200_000, images: i
     return served
 
 
+def archived_then_rotted(
+    standin: StandIn, s3: S3Archive
+) -> tuple[dict[str, bytes], dict[str, Any], bytes]:
+    """Tune 1 fetched into the bucket, then a byte of its checkpoint's object flipped:
+    the tune's served files, the checkpoint's manifest entry and the object's bytes."""
+    served = add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    damaged = bytearray(s3.get(checkpoint["path"]))
+    damaged[1000] ^= 0xFF
+    s3.put(checkpoint["path"], bytes(damaged))
+    return served, checkpoint, bytes(damaged)
+
+
 def test_fetch_into_a_bucket_then_verify_list_and_export(
     standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -232,12 +246,7 @@ def test_verify_catches_a_corrupted_object(
     standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An object whose bytes no longer match its name fails verify, naming the tune's file."""
-    add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    damaged = bytearray(s3.get(checkpoint["path"]))
-    damaged[1000] ^= 0xFF
-    s3.put(checkpoint["path"], bytes(damaged))
+    archived_then_rotted(standin, s3)
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 1
     assert "tune 1: checkpoint 0: corrupt" in capsys.readouterr().err
@@ -248,17 +257,12 @@ def test_verify_repair_on_a_bucket_sets_the_corrupt_object_aside_and_mends_it(
 ) -> None:
     """verify --repair on S3: the corrupt object is copied to tmp/damaged/ (which gc keeps),
     the tune fetched again, and the archive verifies whole."""
-    served = add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    damaged = bytearray(s3.get(checkpoint["path"]))
-    damaged[1000] ^= 0xFF
-    s3.put(checkpoint["path"], bytes(damaged))
+    served, checkpoint, damaged = archived_then_rotted(standin, s3)
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 0
     assert s3.get(checkpoint["path"]) == served[standin.tunes[1]["ckpt_urls"][0]]
     [kept] = s3.keys("tmp/damaged/")
-    assert s3.get(kept.removeprefix(f"{s3.prefix}/")) == bytes(damaged)
+    assert s3.get(kept.removeprefix(f"{s3.prefix}/")) == damaged
     later = datetime.now(UTC) + timedelta(days=30)
     assert tune_archiver(s3, "gc", clock=lambda: later) == 0
     assert s3.keys("tmp/damaged/") == [kept]
@@ -1179,12 +1183,7 @@ def test_verify_repair_keeps_a_damaged_blob_whose_copy_aside_the_bucket_did_not_
     stores nothing there, or other bytes: the damaged object was deleted all the same,
     and its bytes (all there is of a file gone upstream) were lost. The copy is read
     back first; one that is not there whole keeps the damaged blob, said, exit 1."""
-    add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    damaged = bytearray(s3.get(checkpoint["path"]))
-    damaged[1000] ^= 0xFF
-    s3.put(checkpoint["path"], bytes(damaged))
+    _, checkpoint, damaged = archived_then_rotted(standin, s3)
     real = S3Backend.copy_object
 
     def unstored(backend: S3Backend, src_key: FakeKey, bucket: str, key: str,
@@ -1198,7 +1197,7 @@ def test_verify_repair_keeps_a_damaged_blob_whose_copy_aside_the_bucket_did_not_
     capsys.readouterr()
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
                          sleep=Sleeps()) == 1
-    assert s3.get(checkpoint["path"]) == bytes(damaged)
+    assert s3.get(checkpoint["path"]) == damaged
     assert s3.keys("tmp/damaged/") == []
     err = capsys.readouterr().err
     assert "its copy to tmp/damaged/" in err
@@ -1398,12 +1397,7 @@ def test_the_command_a_line_says_to_run_names_the_buckets_endpoint(
     '--archive s3://bucket/prefix' alone, run as said from a shell, went to AWS (a bucket
     of that name there is another's, or the user's own, not this archive). Run as said,
     the command mends the archive."""
-    add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    damaged = bytearray(s3.get(checkpoint["path"]))
-    damaged[1000] ^= 0xFF
-    s3.put(checkpoint["path"], bytes(damaged))
+    archived_then_rotted(standin, s3)
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 1
     said = capsys.readouterr().err
