@@ -328,6 +328,34 @@ raise SystemExit(entry())
 """
 
 
+def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gate,
+                      ids: list[str], stored: int) -> tuple[int, str]:
+    """`fetch IDS` in a process of its own, whose checkpoints `gate` holds: once `stored`
+    objects are in, a gc elsewhere two days on takes them (no manifest names them yet),
+    the fetch's clock moves two days on too, and the gate opens. Its exit code, stderr."""
+    flag = tmp_path / "later"
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", *ids, "--archive", s3.url,
+               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert gate.arrived.wait(20), "no checkpoint's download began"
+        wait_until(lambda: len(s3.keys("objects/")) == stored, "the images stored")
+        later = datetime.now(UTC) + timedelta(days=2)
+        assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+        assert s3.keys("objects/") == []  # no manifest named them yet
+        flag.touch()  # the fetch's clock too: two days on
+        gate.open()
+        _, err = running.communicate(timeout=60)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
+    return running.returncode, err
+
+
 def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_ok(
     standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -336,29 +364,10 @@ def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_o
     failed, writes no manifest naming them ok, and the next fetch archives it whole."""
     target = standin.add_file("ckpt-1.safetensors", os.urandom(50_000))
     urls = [standin.add_file(f"img-1-{i}.jpg", os.urandom(3_000 + i)) for i in range(2)]
-    flag = tmp_path / "later"
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", "1", "--archive", s3.url,
-               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
     with Gate(target) as gate:
         standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
-        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            assert gate.arrived.wait(20), "the checkpoint's download never began"
-            wait_until(lambda: len(s3.keys("objects/")) == len(urls), "the images stored")
-            later = datetime.now(UTC) + timedelta(days=2)
-            assert tune_archiver(s3, "gc", clock=lambda: later) == 0
-            assert s3.keys("objects/") == []  # no manifest named them yet
-            flag.touch()  # the fetch's clock too: two days on
-            gate.open()
-            _, err = running.communicate(timeout=60)
-        finally:
-            if running.poll() is None:
-                running.kill()
-                running.communicate()
-    assert running.returncode == 1, err
+        code, err = robbed_while_slow(standin, s3, tmp_path, gate, ["1"], len(urls))
+    assert code == 1, err
     assert "is gone before the manifest named it" in err
     assert s3.keys("manifests/") == []
     capsys.readouterr()
@@ -376,30 +385,11 @@ def test_a_blob_two_tunes_share_that_a_gc_took_fails_both(
     complete with the image missing (the first's failed write no longer hides it)."""
     target = standin.add_file("ckpt.safetensors", os.urandom(50_000))
     shared = standin.add_file("shared.jpg", os.urandom(3_000))
-    flag = tmp_path / "later"
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", "1", "2", "--archive", s3.url,
-               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
     with Gate(target) as gate:
         for tune_id in (1, 2):
             standin.add_tune(tune_id, [gate.url(f"ckpt-{tune_id}.safetensors")], [shared])
-        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            assert gate.arrived.wait(20), "no checkpoint's download began"
-            wait_until(lambda: len(s3.keys("objects/")) == 1, "the image stored")
-            later = datetime.now(UTC) + timedelta(days=2)
-            assert tune_archiver(s3, "gc", clock=lambda: later) == 0
-            assert s3.keys("objects/") == []
-            flag.touch()
-            gate.open()
-            _, err = running.communicate(timeout=60)
-        finally:
-            if running.poll() is None:
-                running.kill()
-                running.communicate()
-    assert running.returncode == 1, err
+        code, err = robbed_while_slow(standin, s3, tmp_path, gate, ["1", "2"], 1)
+    assert code == 1, err
     assert err.count("is gone before the manifest named it") == 2, err
     assert s3.keys("manifests/") == []
 
