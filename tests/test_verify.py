@@ -627,3 +627,22 @@ def test_the_command_said_names_an_archive_whose_path_a_line_shows_escaped(
         said = subprocess.run([shell, "-c", f"printf %s {word}"], capture_output=True,
                               check=True).stdout
         assert said == os.fsencode(archive), shell
+
+
+def test_the_command_said_names_an_archive_whose_path_ends_in_a_newline(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path
+) -> None:
+    """A shell's "$(printf ...)" drops the newlines its output ends with: the word of a
+    folder named 'backups\\n' read back as 'backups', another archive (fetch makes one of
+    its own there, exit 0). It names the folder with a '/' after, the same folder."""
+    archive = tmp_path / "backups\n"
+    two_tunes_sharing_an_image(standin, archive)
+    code, errors, _ = verified(capsys, archive, "1", "99")
+    assert code == 1
+    [line] = errors
+    word = line.split(" --archive ", 1)[1].removesuffix(")")
+    assert "\n" not in line
+    for shell in ("sh", "bash"):
+        said = subprocess.run([shell, "-c", f"printf %s {word}"], capture_output=True,
+                              check=True).stdout
+        assert os.path.normpath(said) == os.fsencode(archive), shell

@@ -154,10 +154,11 @@ def archive_option(args: argparse.Namespace) -> str:
     location = archive_dir(args.archive, os.environ)
     if location == DEFAULT_ARCHIVE:
         return ""
-    if not is_remote(location):
-        return " --archive " + shell_word(os.path.abspath(location))
-    endpoint = args.s3_endpoint_url
-    return f" --archive {shell_word(location)}" + (
+    where = location if is_remote(location) else os.path.abspath(location)
+    # "$(printf ...)" loses a path's last newlines (another archive): a '/' keeps them
+    word = shell_word(where + "/" if where.endswith("\n") else where)
+    endpoint = args.s3_endpoint_url if is_remote(location) else None
+    return f" --archive {word}" + (
         f" --s3-endpoint-url {shell_word(endpoint)}" if endpoint else "")
 
 
