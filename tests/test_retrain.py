@@ -198,16 +198,20 @@ def test_retrain_answered_201_with_no_json_says_the_tune_may_exist(
 
 
 def test_retrain_answered_with_the_archived_tune_itself_says_nothing_was_created(
-    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """--title "Jane", the archived tune's own title: Astria's idempotency answers with
     tune 5 itself. Not "created tune 5" and exit 0, nor a record of tune 5 retrained as
     itself: exit 1, one line saying nothing was created. (The listing looked up first
-    shows it, and nothing is sent; here it does not: in a workspace the key's listing
-    does not show.)"""
+    shows it, and nothing is sent; here it does not: one that lags behind.)"""
     archive, _ = archived
     before = (archive / "manifests" / "5.json").read_bytes()
-    standin.tune_workspaces[5] = "42"
+
+    async def lagging(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        return []
+
+    monkeypatch.setattr(AstriaClient, "list_tunes", lagging)
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "retrain", "5", "--yes", "--title", "Jane", "--archive", str(archive),
               "--api-url", standin.api_url, now=NOW)
@@ -629,3 +633,48 @@ def test_retrain_under_the_title_of_another_tune_of_the_account_sends_nothing(
     assert "tune 7" in line
     assert "--title" in line
     assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+def test_retrain_under_the_title_of_a_tune_of_another_workspace_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 7 "Bob" is in workspace 42; the retrain creates in the personal scope.
+    Astria's idempotency answers a title already used with that tune whatever the scope
+    (the archived tune's own title is answered so from another workspace too), but the
+    lookup listed the personal scope alone: tune 7 unseen, the POST answered with it,
+    nothing trained, said 'created tune 7', exit 0, and recorded as retrained from tune
+    5. The lookup spans every workspace (X-Workspace-Id: all): exit 1, nothing sent."""
+    archive, _ = archived
+    standin.add_tune(7, [], [], title="Bob")
+    standin.tune_workspaces[7] = "42"
+    before = (archive / "manifests" / "5.json").read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Bob", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert standin.created == []
+    assert ran.code == 1
+    assert "created tune" not in ran.out
+    [line] = ran.errors
+    assert "tune 7" in line
+    assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+def test_retrain_by_a_key_refused_the_listing_of_every_workspace_is_sent(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key the API refuses X-Workspace-Id: all (403) still retrains in its own scope,
+    looked up there: not 'API key rejected', exit 3, for a POST it may send."""
+    archive, _ = archived
+    list_tunes = AstriaClient.list_tunes
+
+    async def scoped(self: AstriaClient, workspace: str | None = None,
+                     query: Any = None) -> list[dict[str, Any]]:
+        if workspace == "all":
+            raise AuthError("API key rejected (HTTP 403)")
+        return await list_tunes(self, workspace, query)
+
+    monkeypatch.setattr(AstriaClient, "list_tunes", scoped)
+    ran = sent(standin, archive, capsys)
+    assert ran.code == 0
+    assert len(standin.created) == 1

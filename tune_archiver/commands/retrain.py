@@ -258,8 +258,13 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
     """Raises ArchiverError when a tune of the account has `title`: Astria's idempotency
     answers a POST under it with that tune, nothing trained ("created tune N" would be
     untrue, and recorded), and without it a second tune is trained and billed (another
-    copy of the archive retrained it today)."""
-    for listed in await api.list_tunes(query={"title": title}):
+    copy of the archive retrained it today). Of every workspace too: the idempotency
+    answers with a tune of another one, unseen by a listing of the scope the POST goes
+    to; a key refused that listing (or a 5xx) has the scope's alone."""
+    found = await api.list_tunes(query={"title": title})  # a failure stops it, unsent
+    with contextlib.suppress(AuthError, StatusError):
+        found += await api.list_tunes(ALL, query={"title": title})
+    for listed in found:
         if listed.get("title") == title:
             raise ArchiverError(
                 f"tune {tune_id}: the account already has tune {listed.get('id')} titled "
