@@ -6,6 +6,7 @@ import asyncio
 import base64
 import errno
 import hashlib
+import json
 import os
 import re
 import socket
@@ -1255,3 +1256,44 @@ async def test_put_back_keeps_the_stray_copy_when_the_store_copied_other_bytes(
             await store.put_back(sha(data), stray, "20261201T000000Z")
     assert await bucket.get(f"{PREFIX}/{stray}") == data
     assert await bucket.keys(f"{PREFIX}/{blob_key(sha(data))}") == []
+
+
+async def test_a_blob_another_tunes_manifest_let_go_meanwhile_fails_no_manifest(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tunes 1 and 2 of one run share image B. Tune 1's manifest write looks up its old
+    checkpoint A first (a HEAD, a refresh); meanwhile tune 2's manifest, naming B, is
+    written and lets B go. Tune 1 then looked B up in the run's list and met a KeyError:
+    its manifest never written, a traceback for a blob named and safe. One let go
+    meanwhile is named already: nothing to ask."""
+    from tune_archiver.store.s3 import intake
+
+    first, second = sorted([os.urandom(3_000), os.urandom(3_000)], key=sha)
+    async with opened(bucket, tmp_path) as store:
+        for data in (first, second):
+            await (await downloaded(store, tmp_path, data, f"https://cdn.example/{sha(data)}")
+                   ).commit(None)
+        blob, _ = store._stored[sha(first)]
+        store._stored[sha(first)] = (blob, datetime.now(UTC) - timedelta(days=3))
+        reached, go = asyncio.Event(), asyncio.Event()
+        keep_young = intake.keep_young
+
+        async def held(*args: Any) -> datetime | None:
+            reached.set()
+            await go.wait()
+            return await keep_young(*args)
+
+        monkeypatch.setattr(intake, "keep_young", held)
+
+        def naming(*data: bytes) -> Any:
+            async def change(current: bytes | None) -> bytes:
+                return json.dumps([sha(item) for item in data]).encode()
+            return change
+
+        writing = asyncio.create_task(store.update_manifest(1, naming(first, second)))
+        await reached.wait()
+        await store.update_manifest(2, naming(second))
+        go.set()
+        await writing
+        assert store._stored == {}
+    assert sha(first) in (await bucket.get(f"{PREFIX}/manifests/1.json")).decode()

@@ -211,7 +211,9 @@ async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetim
     now, named = datetime.now(UTC), sorted({m.decode() for m in _DIGEST.findall(data)}
                                            & stored.keys())
     for sha256 in named:
-        blob, dated = stored[sha256]
+        if (held := stored.get(sha256)) is None:  # another manifest, written while this
+            continue  # one looked up the blobs before, named it and let it go
+        blob, dated = held
         if now - dated < gc_grace / 2:
             continue
         key = bucket.key(blob_key(sha256))
