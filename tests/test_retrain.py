@@ -612,16 +612,22 @@ def test_a_retrain_the_api_refused_or_never_had_can_be_run_again(
             check_manifest(archive / "manifests" / "5.json")["retrained"]] == [6]
 
 
+@pytest.mark.parametrize("workspace", [None, "42"], ids=["its-scope", "another-workspace"])
 def test_retrain_under_the_title_of_another_tune_of_the_account_sends_nothing(
-    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    workspace: str | None,
 ) -> None:
     """--title "Bob", the title of the account's tune 7 (or the default title, of a tune
     a retrain from another copy of the archive made today): Astria's idempotency answers
     with tune 7, nothing trained. Said 'created tune 7', exit 0, and recorded as retrained
     from tune 5; without the idempotency, a second tune billed. The account's tunes under
-    that title are looked up first: exit 1, nothing sent, tune 7 named."""
+    that title are looked up first, in every workspace (the idempotency answers whatever
+    the scope, and the lookup listed the personal scope alone): exit 1, nothing sent,
+    tune 7 named."""
     archive, _ = archived
     standin.add_tune(7, [], [], title="Bob")
+    if workspace is not None:
+        standin.tune_workspaces[7] = workspace
     before = (archive / "manifests" / "5.json").read_bytes()
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "retrain", "5", "--yes", "--title", "Bob", "--archive", str(archive),
@@ -632,30 +638,6 @@ def test_retrain_under_the_title_of_another_tune_of_the_account_sends_nothing(
     [line] = ran.errors
     assert "tune 7" in line
     assert "--title" in line
-    assert (archive / "manifests" / "5.json").read_bytes() == before
-
-
-def test_retrain_under_the_title_of_a_tune_of_another_workspace_sends_nothing(
-    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Tune 7 "Bob" is in workspace 42; the retrain creates in the personal scope.
-    Astria's idempotency answers a title already used with that tune whatever the scope
-    (the archived tune's own title is answered so from another workspace too), but the
-    lookup listed the personal scope alone: tune 7 unseen, the POST answered with it,
-    nothing trained, said 'created tune 7', exit 0, and recorded as retrained from tune
-    5. The lookup spans every workspace (X-Workspace-Id: all): exit 1, nothing sent."""
-    archive, _ = archived
-    standin.add_tune(7, [], [], title="Bob")
-    standin.tune_workspaces[7] = "42"
-    before = (archive / "manifests" / "5.json").read_bytes()
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Bob", "--archive", str(archive),
-              "--api-url", standin.api_url, now=NOW)
-    assert standin.created == []
-    assert ran.code == 1
-    assert "created tune" not in ran.out
-    [line] = ran.errors
-    assert "tune 7" in line
     assert (archive / "manifests" / "5.json").read_bytes() == before
 
 

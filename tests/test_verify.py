@@ -609,6 +609,21 @@ def test_the_command_said_names_the_archive_it_was_said_of(
     assert ran.errors[0].endswith(" (retry: tune-archiver fetch 1)")
 
 
+def archive_said(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, archive: Path
+) -> tuple[str, dict[str, bytes]]:
+    """verify's one error line for an archive at `archive` (tune 99 not in it), and the
+    path its command's --archive word gives back, run by sh (cron's: dash here) and bash."""
+    two_tunes_sharing_an_image(standin, archive)
+    code, errors, _ = verified(capsys, archive, "1", "99")
+    assert code == 1
+    [line] = errors
+    word = line.split(" --archive ", 1)[1].removesuffix(")")
+    return line, {shell: subprocess.run([shell, "-c", f"printf %s {word}"],
+                                        capture_output=True, check=True).stdout
+                  for shell in ("sh", "bash")}
+
+
 def test_the_command_said_names_an_archive_whose_path_a_line_shows_escaped(
     capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path
 ) -> None:
@@ -617,16 +632,9 @@ def test_the_command_said_names_an_archive_whose_path_a_line_shows_escaped(
     of its own, exit 0. Nor bash's $'...': cron's /bin/sh (dash) reads it as '$' then
     the escapes. The word is printf's octal escapes, run by any POSIX shell."""
     archive = tmp_path / "a\tb\x1b[31m'c\\d%s\u202e\u00e9 e"
-    two_tunes_sharing_an_image(standin, archive)
-    code, errors, _ = verified(capsys, archive, "1", "99")
-    assert code == 1
-    [line] = errors
-    word = line.split(" --archive ", 1)[1].removesuffix(")")
+    line, read = archive_said(capsys, standin, archive)
     assert not {"\t", "\x1b", "\u202e"} & set(line)  # shown escaped, as a line does
-    for shell in ("sh", "bash"):  # cron's /bin/sh (dash here) too
-        said = subprocess.run([shell, "-c", f"printf %s {word}"], capture_output=True,
-                              check=True).stdout
-        assert said == os.fsencode(archive), shell
+    assert read == {"sh": os.fsencode(archive), "bash": os.fsencode(archive)}
 
 
 def test_the_command_said_names_an_archive_whose_path_ends_in_a_newline(
@@ -636,13 +644,7 @@ def test_the_command_said_names_an_archive_whose_path_ends_in_a_newline(
     folder named 'backups\\n' read back as 'backups', another archive (fetch makes one of
     its own there, exit 0). It names the folder with a '/' after, the same folder."""
     archive = tmp_path / "backups\n"
-    two_tunes_sharing_an_image(standin, archive)
-    code, errors, _ = verified(capsys, archive, "1", "99")
-    assert code == 1
-    [line] = errors
-    word = line.split(" --archive ", 1)[1].removesuffix(")")
+    line, read = archive_said(capsys, standin, archive)
     assert "\n" not in line
-    for shell in ("sh", "bash"):
-        said = subprocess.run([shell, "-c", f"printf %s {word}"], capture_output=True,
-                              check=True).stdout
-        assert os.path.normpath(said) == os.fsencode(archive), shell
+    assert {shell: os.path.normpath(said) for shell, said in read.items()} == {
+        "sh": os.fsencode(archive), "bash": os.fsencode(archive)}
