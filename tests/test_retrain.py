@@ -582,6 +582,41 @@ def test_a_retrain_run_while_another_has_sent_its_post_sends_nothing(
     check_manifest(archive / "manifests" / "5.json")
 
 
+def test_a_mark_a_fetch_stored_redacted_still_stops_a_second_post(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run killed once its POST under --title "Jane token=s3cr3t" was sent, then a
+    fetch of the tune, which stores every string of the manifest redacted: the mark read
+    "Jane token=REDACTED", matched no title, and the retry (the account's listing not
+    showing the new tune yet) sent and billed the tune again. A mark stored redacted
+    matches the title it was made of."""
+    archive, _ = archived
+    title = "Jane token=s3cr3t"
+    standin.create_stalls = 1
+    process = start(archive, "retrain", "5", "--yes", "-q", "--title", title,
+                    "--api-url", standin.api_url, env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert standin.create_arrived.wait(30)
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert run_fetch(standin, archive, "5") == 0
+    [mark] = json.loads((archive / "manifests" / "5.json").read_text())["retraining"]
+    assert mark["title"] == "Jane token=REDACTED"  # as the fetch stored it
+
+    async def lagging(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        return []
+
+    monkeypatch.setattr(AstriaClient, "list_tunes", lagging)
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", title, "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    assert "may have created the tune" in ran.errors[0]
+
+
 @pytest.mark.parametrize(("refused", "code"), [
     (StatusError("creating the tune: 422 images are too small", 422), 1),
     (AuthError("creating the tune: 401 Unauthorized"), 3),

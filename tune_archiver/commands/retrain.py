@@ -40,6 +40,7 @@ from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
 from tune_archiver.store import Change, Store, blob_sizes
 from tune_archiver.threads import in_thread
+from tune_archiver.urls import redact_json
 
 log = logging.getLogger(__name__)
 
@@ -276,20 +277,26 @@ def _refusal(found: Manifest, title: str) -> ArchiverError | None:
     """Why a retrain under `title` sends nothing: the manifest records a tune retrained,
     or a POST sent, under that title; None when it records neither."""
     for earlier in found.retrained:
-        if earlier.get("title") == title:
+        if _same_title(earlier.get("title"), title):
             return ArchiverError(
                 f"tune {found.tune_id}: already retrained as tune {earlier.get('tune_id')} "
                 f"under the title {title!r}: nothing was sent (choose another --title to "
                 "train it again)")
     sent = found.extra.get(SENT)
     for earlier in sent if isinstance(sent, list) else []:
-        if isinstance(earlier, dict) and earlier.get("title") == title:
+        if isinstance(earlier, dict) and _same_title(earlier.get("title"), title):
             return ArchiverError(
                 f"tune {found.tune_id}: a retrain under the title {title!r} was sent at "
                 f"{earlier.get('at')} and its answer never recorded (a run stopped, or one "
                 "still running): the API may have created the tune all the same: look for "
                 "it; nothing was sent (choose another --title to train it again)")
     return None
+
+
+def _same_title(recorded: Any, title: str) -> bool:
+    """A title the manifest records: as sent, or as a fetch rewriting the manifest since
+    stored it, redacted ('Jane token=x' reads 'Jane token=REDACTED'; else sent again)."""
+    return recorded in (title, redact_json(title))
 
 
 def _marking(tune_id: int, title: str, now: datetime) -> Change:
@@ -325,7 +332,7 @@ def _settled(
         sent = document.get(SENT)
         if isinstance(sent, list):
             sent = [item for item in sent
-                    if not (isinstance(item, dict) and item.get("title") == title)]
+                    if not (isinstance(item, dict) and _same_title(item.get("title"), title))]
             if sent:
                 document[SENT] = sent
             else:
