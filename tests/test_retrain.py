@@ -617,6 +617,36 @@ def test_a_mark_a_fetch_stored_redacted_still_stops_a_second_post(
     assert "may have created the tune" in ran.errors[0]
 
 
+def test_a_title_refused_for_a_mark_stored_redacted_says_so(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run killed once its POST under --title "Jane token=a" was sent, then a fetch,
+    which stores the mark redacted ("Jane token=REDACTED"). A retrain under "Jane
+    token=b" is refused, as it must be (the mark may be of this title), but was said to
+    have been sent under "Jane token=b" (shown 'Jane token=REDACTED'), and to choose
+    another --title, when any "Jane token=..." is refused alike. The line says the
+    manifest records it redacted, and that a title reading otherwise redacted is needed."""
+    archive, _ = archived
+    standin.create_stalls = 1
+    process = start(archive, "retrain", "5", "--yes", "-q", "--title", "Jane token=a",
+                    "--api-url", standin.api_url, env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert standin.create_arrived.wait(30)
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert run_fetch(standin, archive, "5") == 0
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Jane token=b", "--archive",
+              str(archive), "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 1
+    assert len(standin.created) == 1
+    [line] = ran.errors
+    assert "as the manifest records it, redacted" in line
+    assert "a --title that reads otherwise once redacted" in line
+
+
 @pytest.mark.parametrize(("refused", "code"), [
     (StatusError("creating the tune: 422 images are too small", 422), 1),
     (AuthError("creating the tune: 401 Unauthorized"), 3),
@@ -695,3 +725,4 @@ def test_retrain_by_a_key_refused_the_listing_of_every_workspace_is_sent(
     ran = sent(standin, archive, capsys)
     assert ran.code == 0
     assert len(standin.created) == 1
+

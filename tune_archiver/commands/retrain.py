@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.names import extension
 from tune_archiver.commands.nulls import photo_key, standing_in
+from tune_archiver.commands.retrain_marks import marking, refusal, settled, unmark
 from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import RETRAIN_COPY_PREFIX, Staging, staging_for
@@ -38,17 +38,13 @@ from tune_archiver.errors import (
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
-from tune_archiver.store import Change, Store, blob_sizes
+from tune_archiver.store import Store, blob_sizes
 from tune_archiver.threads import in_thread
-from tune_archiver.urls import redact_json
 
 log = logging.getLogger(__name__)
 
 # The tune's own fields sent again (when the archived tune has them as plain values).
 KEPT_FIELDS = ("name", "token", "branch", "base_tune_id", "model_type", "face_crop", "preset")
-# The manifest's titles whose POST /tunes was sent and its answer not (yet) recorded,
-# {"title", "at"} each: a run killed after sending it, or one running now.
-SENT = "retraining"
 
 
 @dataclass(frozen=True)
@@ -185,7 +181,7 @@ async def retrain(
     # account without Astria's idempotency, and with it record the same tune twice. A
     # dry run says so too: "add --yes" would invite a --yes that refuses.
     sent_title = dict(plan.fields)["tune[title]"]
-    if refused := _refusal(found, sent_title):
+    if refused := refusal(found, sent_title):
         raise refused
     lost = await _lost(store, plan)
     if not yes:  # said as --yes would find it, each lost photo not counted as sent
@@ -208,13 +204,13 @@ async def retrain(
         # Marked sent first, under the manifest's lock: a run killed once the API has
         # it (the tune made and billed, nothing recorded), run again, or a second run
         # meanwhile, finds the title and sends nothing.
-        await store.update_manifest(tune_id, _marking(tune_id, sent_title, now))
+        await store.update_manifest(tune_id, marking(tune_id, sent_title, now))
         try:
             created = await api.create_tune(plan.fields, images)
         except (NetworkError, StatusError, DataError, AuthError) as exc:
             if isinstance(exc, ConnectError | AuthError) or (
                     isinstance(exc, StatusError) and exc.status < 500):
-                await _unmark(store, tune_id, sent_title, now)
+                await unmark(store, tune_id, sent_title, now)
                 raise  # never sent, or refused: no tune was made
             # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
             # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
@@ -239,12 +235,12 @@ async def retrain(
     if new_id == tune_id:
         # Astria's idempotency answers a title already used with that tune: here the
         # archived one itself. Nothing was trained; "created tune 5" would be untrue.
-        await _unmark(store, tune_id, sent_title, now)
+        await unmark(store, tune_id, sent_title, now)
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
     try:
-        await store.update_manifest(tune_id, _settled(tune_id, sent_title, now, created))
+        await store.update_manifest(tune_id, settled(tune_id, sent_title, now, created))
     except ArchiverError as exc:  # the tune exists and is billed: said, or sent again
         raise ArchiverError(f"created tune {new_id}, but the manifest of tune {tune_id} "
                             f"could not record it: {exc}") from exc
@@ -271,87 +267,6 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
                 f"tune {tune_id}: the account already has tune {listed.get('id')} titled "
                 f"{title!r}: the API would answer with it, nothing trained (or train and "
                 "bill it again): nothing was sent (choose another --title)")
-
-
-def _refusal(found: Manifest, title: str) -> ArchiverError | None:
-    """Why a retrain under `title` sends nothing: the manifest records a tune retrained,
-    or a POST sent, under that title; None when it records neither."""
-    for earlier in found.retrained:
-        if _same_title(earlier.get("title"), title):
-            return ArchiverError(
-                f"tune {found.tune_id}: already retrained as tune {earlier.get('tune_id')} "
-                f"under the title {title!r}: nothing was sent (choose another --title to "
-                "train it again)")
-    sent = found.extra.get(SENT)
-    for earlier in sent if isinstance(sent, list) else []:
-        if isinstance(earlier, dict) and _same_title(earlier.get("title"), title):
-            return ArchiverError(
-                f"tune {found.tune_id}: a retrain under the title {title!r} was sent at "
-                f"{earlier.get('at')} and its answer never recorded (a run stopped, or one "
-                "still running): the API may have created the tune all the same: look for "
-                "it; nothing was sent (choose another --title to train it again)")
-    return None
-
-
-def _same_title(recorded: Any, title: str) -> bool:
-    """A title the manifest records: as sent, or as a fetch rewriting the manifest since
-    stored it, redacted ('Jane token=x' reads 'Jane token=REDACTED'; else sent again)."""
-    return recorded in (title, redact_json(title))
-
-
-def _marking(tune_id: int, title: str, now: datetime) -> Change:
-    """The manifest change that marks a POST under `title` sent; refused (raises) when
-    the manifest, as it is now, records one under it."""
-
-    async def change(current: bytes | None) -> bytes:
-        if current is None:
-            raise ArchiverError(f"tune {tune_id} left the archive while it was retrained")
-        if refused := _refusal(manifest.parse(current, tune_id), title):
-            raise refused
-        document = json.loads(current)
-        sent = document.get(SENT)
-        document[SENT] = [*(sent if isinstance(sent, list) else []),
-                          {"title": title, "at": manifest.format_time(now)}]
-        return manifest.encode(document)
-
-    return change
-
-
-def _settled(
-    tune_id: int, title: str, now: datetime, created: dict[str, Any] | None = None
-) -> Change:
-    """The manifest change that takes the mark of `title` off, and records the tune a
-    retrain `created`, if any."""
-
-    async def change(current: bytes | None) -> bytes:
-        if current is None:
-            raise ArchiverError(f"tune {tune_id} left the archive while it was retrained"
-                                + (f" (as tune {created['id']})" if created else ""))
-        manifest.parse(current, tune_id)  # a damaged one is never rewritten
-        document = json.loads(current)
-        sent = document.get(SENT)
-        if isinstance(sent, list):
-            sent = [item for item in sent
-                    if not (isinstance(item, dict) and _same_title(item.get("title"), title))]
-            if sent:
-                document[SENT] = sent
-            else:
-                del document[SENT]
-        if created:
-            # A null "retrained" reads as none yet (parse takes an absent field's null).
-            document["retrained"] = [*(document.get("retrained") or []), {
-                "tune_id": created["id"], "title": title, "at": manifest.format_time(now),
-            }]
-        return manifest.encode(document)
-
-    return change
-
-
-async def _unmark(store: Store, tune_id: int, title: str, now: datetime) -> None:
-    """Take the mark off a POST that made no tune; one that cannot be stays, and a
-    retry under the title is refused, said as a tune that may exist (never a second)."""
-    with contextlib.suppress(ArchiverError):
-        await store.update_manifest(tune_id, _settled(tune_id, title, now))
 
 
 async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
