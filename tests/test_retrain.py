@@ -17,7 +17,7 @@ import pytest
 from tests.archive_helpers import Ran, cli, start, stop
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch
-from tests.standin import StandIn
+from tests.standin import StandIn, Status
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.retrain import retrain as run_retrain
 from tune_archiver.config import Settings
@@ -703,6 +703,37 @@ def test_retrain_under_the_title_of_another_tune_of_the_account_sends_nothing(
     [line] = ran.errors
     assert "tune 7" in line
     assert "--title" in line
+    assert (archive / "manifests" / "5.json").read_bytes() == before
+
+
+def test_retrain_whose_lookup_of_every_workspace_was_throttled_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tune 7 "Bob" is in workspace 42, and the listing of every workspace is answered
+    429 (the key may list it, not now): taken as a key refused it, the lookup kept its
+    own scope, tune 7 unseen, and the POST was answered with tune 7, nothing trained:
+    'created tune 7', exit 0, recorded as retrained. A throttled lookup stops it, unsent."""
+    archive, _ = archived
+    standin.add_tune(7, [], [], title="Bob")
+    standin.tune_workspaces[7] = "42"
+    list_tunes = AstriaClient.list_tunes
+
+    async def throttled(self: AstriaClient, workspace: str | None = None,
+                        query: Any = None) -> list[dict[str, Any]]:
+        if workspace == "all":  # the stand-in's answer to that listing alone
+            standin.page_faults.append(Status(429))
+        return await list_tunes(self, workspace, query)
+
+    monkeypatch.setattr(AstriaClient, "list_tunes", throttled)
+    before = (archive / "manifests" / "5.json").read_bytes()
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "--title", "Bob", "--retries", "0",
+              "--archive", str(archive), "--api-url", standin.api_url, now=NOW)
+    assert standin.created == []
+    assert ran.code != 0
+    assert "created tune" not in ran.out
+    assert "429" in ran.errors[0]
     assert (archive / "manifests" / "5.json").read_bytes() == before
 
 

@@ -8,7 +8,6 @@ from its blob and checked against its sha256 first, so nothing damaged is sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import tempfile
@@ -257,10 +256,14 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
     untrue, and recorded), and without it a second tune is trained and billed (another
     copy of the archive retrained it today). Of every workspace too: the idempotency
     answers with a tune of another one, unseen by a listing of the scope the POST goes
-    to; a key refused that listing (or a 5xx) has the scope's alone."""
+    to; a key refused that listing (or a 5xx) has the scope's alone. One throttled (429,
+    408) the key may list: the lookup is not done, and it stops, unsent."""
     found = await api.list_tunes(query={"title": title})  # a failure stops it, unsent
-    with contextlib.suppress(AuthError, StatusError):
+    try:
         found += await api.list_tunes(ALL, query={"title": title})
+    except (AuthError, StatusError) as exc:
+        if isinstance(exc, StatusError) and exc.status in (408, 429):
+            raise
     for listed in found:
         if listed.get("title") == title:
             raise ArchiverError(
