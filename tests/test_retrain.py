@@ -582,6 +582,22 @@ def test_a_retrain_run_while_another_has_sent_its_post_sends_nothing(
     check_manifest(archive / "manifests" / "5.json")
 
 
+def killed_after_its_post_then_fetched(standin: StandIn, archive: Path, title: str) -> None:
+    """`retrain 5 --yes --title TITLE` in a process killed once the API has its POST (the
+    tune made, its answer never recorded), then a fetch of tune 5, which stores every
+    string of the manifest, the mark's title too, redacted."""
+    standin.create_stalls = 1
+    process = start(archive, "retrain", "5", "--yes", "-q", "--title", title,
+                    "--api-url", standin.api_url, env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert standin.create_arrived.wait(30)
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert run_fetch(standin, archive, "5") == 0
+
+
 def test_a_mark_a_fetch_stored_redacted_still_stops_a_second_post(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -593,16 +609,7 @@ def test_a_mark_a_fetch_stored_redacted_still_stops_a_second_post(
     matches the title it was made of."""
     archive, _ = archived
     title = "Jane token=s3cr3t"
-    standin.create_stalls = 1
-    process = start(archive, "retrain", "5", "--yes", "-q", "--title", title,
-                    "--api-url", standin.api_url, env={"ASTRIA_API_KEY": standin.api_key})
-    try:
-        assert standin.create_arrived.wait(30)
-        process.kill()
-        process.communicate(timeout=30)
-    finally:
-        stop(process)
-    assert run_fetch(standin, archive, "5") == 0
+    killed_after_its_post_then_fetched(standin, archive, title)
     [mark] = json.loads((archive / "manifests" / "5.json").read_text())["retraining"]
     assert mark["title"] == "Jane token=REDACTED"  # as the fetch stored it
 
@@ -627,16 +634,7 @@ def test_a_title_refused_for_a_mark_stored_redacted_says_so(
     another --title, when any "Jane token=..." is refused alike. The line says the
     manifest records it redacted, and that a title reading otherwise redacted is needed."""
     archive, _ = archived
-    standin.create_stalls = 1
-    process = start(archive, "retrain", "5", "--yes", "-q", "--title", "Jane token=a",
-                    "--api-url", standin.api_url, env={"ASTRIA_API_KEY": standin.api_key})
-    try:
-        assert standin.create_arrived.wait(30)
-        process.kill()
-        process.communicate(timeout=30)
-    finally:
-        stop(process)
-    assert run_fetch(standin, archive, "5") == 0
+    killed_after_its_post_then_fetched(standin, archive, "Jane token=a")
     os.environ["ASTRIA_API_KEY"] = standin.api_key
     ran = cli(capsys, "retrain", "5", "--yes", "--title", "Jane token=b", "--archive",
               str(archive), "--api-url", standin.api_url, now=NOW)
