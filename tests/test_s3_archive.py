@@ -128,6 +128,20 @@ def archived_then_rotted(
     return served, checkpoint, bytes(damaged)
 
 
+def archived_then_misplaced(
+    standin: StandIn, s3: S3Archive
+) -> tuple[dict[str, Any], bytes, str]:
+    """Tune 1 fetched into the bucket, then its checkpoint's object moved, whole, to a
+    wrong fan-out folder: the checkpoint's manifest entry, its bytes and the stray key."""
+    add_tune(standin, 1)
+    assert fetch(standin, s3, "1") == 0
+    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
+    data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
+    s3.put(stray, data)
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
+    return checkpoint, data, stray
+
+
 def test_fetch_into_a_bucket_then_verify_list_and_export(
     standin: StandIn, s3: S3Archive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,12 +289,7 @@ def test_verify_repair_on_a_bucket_puts_a_whole_misplaced_object_back(
     """The checkpoint's object sits whole under a wrong fan-out folder, its place empty,
     and the file is gone upstream: verify --repair copies it back to its place, removes
     the stray one, fetches nothing and verifies whole."""
-    add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
-    s3.put(stray, data)
-    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
+    checkpoint, data, _ = archived_then_misplaced(standin, s3)
     for name in list(standin.files):
         standin.faults[name] = [Status(404)] * 10
     served = len(standin.requests)
@@ -1290,12 +1299,7 @@ def test_verify_repair_never_moves_aside_a_misplaced_blob_the_bucket_cannot_send
     way (a proxy, Content-Length to match): put back hashed the bytes sent, took the
     stray for not whole, and repair moved it aside to tmp/damaged/, the tune gone
     upstream, the checkpoint 'missing' from then on. It stays where it is, said, exit 1."""
-    add_tune(standin, 1)
-    assert fetch(standin, s3, "1") == 0
-    [checkpoint] = [e for e in s3.manifest(1)["assets"] if e["kind"] == "checkpoint"]
-    data, stray = s3.get(checkpoint["path"]), f"objects/sha256/zz/{checkpoint['sha256']}"
-    s3.put(stray, data)
-    s3.client.delete_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{checkpoint['path']}")
+    checkpoint, data, stray = archived_then_misplaced(standin, s3)
     restore = cut_short(monkeypatch, stray)
     for name in list(standin.files):
         standin.faults[name] = [Status(404)] * 10
