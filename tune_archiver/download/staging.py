@@ -200,9 +200,9 @@ class Staging:
     # -- leftovers (gc) ----------------------------------------------------------------
 
     async def stale(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Files here last written before `older_than`: (name, bytes)."""
+        """What remove_stale would remove now (gc --dry-run), by the same rules."""
         return [(self._name(file), size) for file, size in await in_thread(
-            self._stale, older_than)]
+            self._sweep, older_than, None, False)]
 
     async def remove_stale(
         self, older_than: datetime, failed: list[str] | None = None
@@ -211,7 +211,7 @@ class Staging:
         One that cannot be removed is said in `failed` (raised without it) and the
         others are still removed."""
         return [(self._name(file), size) for file, size in await in_thread(
-            self._remove_stale, older_than, failed)]
+            self._sweep, older_than, failed, True)]
 
     def _name(self, file: Path) -> str:
         """A file of a local archive's tmp/ by its archive-relative key; others in full."""
@@ -219,28 +219,18 @@ class Staging:
             return f"{TMP}/{file.name}"
         return str(file)
 
-    def _stale(self, older_than: datetime) -> list[tuple[Path, int]]:
-        """What _remove_stale would remove now (gc --dry-run): not a partial a running
-        download holds, nor the sidecar of a partial that stays (held, or written since)."""
-        with self._folder() as folder:
-            found = self._stale_in(folder, older_than)
-            parts = {name for name, _ in found if name.endswith(".part")}
-            stay = {name for name in parts if kept(folder, name)}
-            return [(self.directory / name, size) for name, size in found
-                    if name not in stay and (name in parts or _RETRAIN_COPY.fullmatch(name) or (
-                        part := f"{name.removesuffix('.json')}.part") in parts - stay
-                        or not exists_at(folder, part))]
-
     def _stale_in(self, folder: int, older_than: datetime) -> list[tuple[str, int]]:
         try:
             return _stale_in(folder, older_than)
         except OSError as exc:  # EIO: one line, never a traceback
             raise storage_error(exc, self.shown, "list partial downloads") from exc
 
-    def _remove_stale(
-        self, older_than: datetime, failed: list[str] | None
+    def _sweep(
+        self, older_than: datetime, failed: list[str] | None, remove: bool
     ) -> list[tuple[Path, int]]:
-        removed = []
+        """The stale files that go (removed, with `remove`): not a partial a running
+        download holds, nor the sidecar of a partial that stays (held, or written since)."""
+        going, removed = set(), []
         with self._folder() as folder:
             # Partials first: removing one removes its sidecar, which then counts as removed.
             stale = sorted(self._stale_in(folder, older_than),
@@ -248,13 +238,18 @@ class Staging:
             for name, size in stale:
                 try:
                     if _RETRAIN_COPY.fullmatch(name):
-                        shutil.rmtree(name, dir_fd=folder)  # never follows a link in it
+                        if remove:
+                            shutil.rmtree(name, dir_fd=folder)  # never follows a link in it
                         gone = True
                     elif name.endswith(".part"):
-                        gone = _remove_unless_locked(folder, name)
-                    else:  # a sidecar goes with its partial, if that one goes
-                        gone = not exists_at(folder, f"{name.removesuffix('.json')}.part")
+                        gone = (_remove_unless_locked(folder, name) if remove
+                                else not kept(folder, name))
                         if gone:
+                            going.add(name)
+                    else:  # a sidecar goes with its partial, if that one goes
+                        part = f"{name.removesuffix('.json')}.part"
+                        gone = part in going or not exists_at(folder, part)
+                        if gone and remove:
                             _unlink(folder, name)
                 except OSError as exc:
                     shown = self._name(self.directory / name)
