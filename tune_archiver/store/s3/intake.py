@@ -77,9 +77,7 @@ class S3Intake:
                       and (live.failed or live.behind(blob.size)))
             await live.stop(drain=not direct)
             final = bucket.key(blob_key(blob.sha256))
-            found = await bucket.head(final, "look up a blob")
-            kept = (await keep_young(bucket, final, found[1], blob, self._gc_grace)
-                    if found is not None and found[0] == blob.size else None)
+            kept = await held_young(bucket, final, blob, self._gc_grace)
             if kept is None and direct:
                 await settle(live.abort(), f"abort the upload to {live.key}")
                 try:
@@ -161,6 +159,16 @@ class S3Intake:
         await settle(self.live.abort(), f"abort the upload to {self.live.key}")
 
 
+async def held_young(bucket: Bucket, key: str, blob: Blob,
+                     gc_grace: timedelta) -> datetime | None:
+    """The blob's date once kept young (see keep_young) when `key` holds it at its size;
+    None when it is not there whole."""
+    found = await bucket.head(key, "look up a blob")
+    if found is None or found[0] != blob.size:
+        return None
+    return await keep_young(bucket, key, found[1], blob, gc_grace)
+
+
 async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
                      gc_grace: timedelta) -> datetime | None:
     """Refresh an old blob's date (a copy onto itself), so gc sees it as in use; its
@@ -216,10 +224,7 @@ async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetim
         blob, dated = held
         if now - dated < gc_grace / 2:
             continue
-        key = bucket.key(blob_key(sha256))
-        found = await bucket.head(key, "look up a blob")
-        kept = (await keep_young(bucket, key, found[1], blob, gc_grace)
-                if found is not None and found[0] == blob.size else None)
+        kept = await held_young(bucket, bucket.key(blob_key(sha256)), blob, gc_grace)
         if kept is None:
             raise StorageError(f"cannot write the manifest of tune {tune_id} in {bucket}: "
                                f"blob {sha256}, stored by this run, is gone before the "
