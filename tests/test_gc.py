@@ -320,7 +320,9 @@ def test_unreadable_manifest_stops_gc(
     assert ran.code == 1
     assert ran.errors == ["tune-archiver: error: the manifest of tune 1 is unreadable: it is "
                           "not JSON (Expecting value: line 1 column 34 (char 33)); gc removes "
-                          "nothing until it is repaired or removed"]
+                          "nothing until it is mended: the next fetch of tune 1 sets it aside "
+                          "and archives the tune anew (never remove it: gc would then take the "
+                          "blobs it alone names)"]
     assert ran.out == ""
     assert stored_blobs(archive) == before
     assert all(p.exists() for p in stale)

@@ -139,13 +139,31 @@ def test_gc_stops_before_removing_anything(
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [error(
         f"the manifest of tune 1 is unreadable: {broken.reason}; gc removes nothing until it "
-        "is repaired or removed"
+        "is mended: the next fetch of tune 1 sets it aside and archives the tune anew (never "
+        "remove it: gc would then take the blobs it alone names)"
     )]
     assert ran.out == ""
     assert stored_blobs(archive) == before
     (archive / "manifests" / "1.json").write_bytes(broken.original)
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert not orphan.exists()  # what the damaged manifest alone had kept
+
+
+def test_what_gc_says_to_do_about_it_keeps_its_blobs(
+    standin: StandIn, capsys: pytest.CaptureFixture[str], archive: Path, broken: Broken
+) -> None:
+    """gc's line says the tune's next fetch sets the manifest aside, which keeps every blob
+    it names: it said "until it is repaired or removed", and a manifest removed as it said
+    had the next gc take the blobs it alone named (a checkpoint that may no longer be had
+    upstream), where verify says never to remove one in place."""
+    alone = [blob_file(archive, data) for data in broken.one.all if data not in broken.two.all]
+    said = cli(capsys, "gc", "--archive", str(archive)).errors
+    assert [line for line in said if "or removed" in line] == []
+    assert "the next fetch of tune 1 sets it aside" in said[0]
+    assert run_fetch(standin, archive, "1") == 1  # as said: set aside, the tune not fetched
+    assert list((archive / "manifests" / "damaged").iterdir())
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 1
+    assert all(blob.exists() for blob in alone)
 
 
 def test_export_fails_with_one_error_line_and_writes_nothing(

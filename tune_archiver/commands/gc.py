@@ -142,8 +142,12 @@ async def referenced_blobs(store: Store) -> set[str]:
         try:
             found = await manifest.read(store, tune_id)
         except UnreadableManifest as exc:
+            # Never "or removed": the blobs it alone names would go with this very gc,
+            # and a tune expired upstream could never be fetched again.
             until = ("tune-archiver is upgraded" if isinstance(exc, NewerManifest)
-                     else "it is repaired or removed")
+                     else f"it is mended: the next fetch of tune {tune_id} sets it aside "
+                     "and archives the tune anew (never remove it: gc would then take "
+                     "the blobs it alone names)")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
         for entry in found.entries if found is not None else ():
             # and the blob its path names, when another: an entry whose sha256 a hand
