@@ -204,6 +204,33 @@ def test_a_folder_at_a_manifests_place_stops_nothing_else(
             (2, "unreadable_manifest")]
 
 
+def test_what_verify_says_to_do_about_a_folder_at_a_manifests_place_mends_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder at manifests/1.json: verify's line said "tune-archiver fetch 1 sets it
+    aside and archives the tune anew", but that fetch fails on it, setting nothing aside,
+    exit 1 run after run. The line says to move it into manifests/damaged/ by hand; done
+    so, the fetch archives the tune anew and gc keeps the blobs until it is looked at."""
+    one = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "1.json").unlink()
+    (archive / "manifests" / "1.json").mkdir()
+    mend = (f"a fetch cannot set it aside: move it to manifests/damaged/1-0.json in the "
+            f"archive (gc keeps every blob while it is there), then tune-archiver fetch 1 "
+            f"--archive {archive} archives the tune anew")
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 1
+    assert ran.errors == [error(f"tune 1: unreadable manifest: cannot read the manifest of "
+                                f"tune 1 in {archive}: 1.json is not a regular file ({mend})")]
+    assert run_fetch(standin, archive, "1") == 1  # what the line said before: no mend
+    (archive / "manifests" / "damaged").mkdir()
+    (archive / "manifests" / "1.json").rename(archive / "manifests" / "damaged" / "1-0.json")
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 1  # nothing removed
+    assert all(blob_file(archive, data).exists() for data in one.all)
+    assert run_fetch(standin, archive, "1") == 0
+    assert manifest_of(archive, 1)["complete"] is True
+
+
 def test_a_manifest_the_disk_cannot_read_stops_no_other_tune_of_fetch_all(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -234,6 +234,10 @@ def _mend(p: Problem, also: str) -> str:
     # Never "remove it" alone: the blobs only it names would go with the next gc.
     if p.detail.startswith(SET_ASIDE):
         return "look at it, then remove it: gc keeps every blob until then"
+    if p.not_a_file:  # "fetch sets it aside" would send them round: it fails on it
+        return (f"a fetch cannot set it aside: move it to manifests/damaged/{p.tune_id}-0.json"
+                " in the archive (gc keeps every blob while it is there), then tune-archiver "
+                f"fetch {p.tune_id}{also} archives the tune anew")
     if p.detail.startswith(NEWER):  # fetch leaves it as it is
         return "upgrade tune-archiver to check it; this version's fetch leaves it as it is"
     return f"tune-archiver fetch {p.tune_id}{also} sets it aside and archives the tune anew"

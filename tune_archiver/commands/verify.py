@@ -46,6 +46,9 @@ class Problem:
     # blob, which other tunes may hold and which may no longer be fetched again.
     entry_only: bool = False
     true_size: int | None = None  # the whole blob's size, when the entry records another
+    # A manifest's place holding a folder, a link or a FIFO: a fetch fails on it, and never
+    # sets aside what is not a file (see _mend in cli/report.py).
+    not_a_file: bool = False
 
 
 # Problems that a repair can mend: by mending the manifest entry (entry_only), else by
@@ -220,7 +223,8 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     # A folder or a FIFO in its place, EIO, a bucket refusing that one object (AccessDenied;
     # credentials refused outright stop the run): this tune's alone.
     except (StorageError, Denied) as exc:
-        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc)))
+        report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc),
+                                       not_a_file=isinstance(exc, NotAFile)))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",

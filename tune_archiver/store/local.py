@@ -179,8 +179,8 @@ class LocalStore:
         doing = f"read the manifest of tune {tune_id}"
         try:
             return read_capped(path, MAX_MANIFEST_BYTES, "a manifest")
-        except StorageError as exc:
-            raise StorageError(f"cannot {doing} in {self.root}: {exc}") from exc
+        except StorageError as exc:  # NotAFile stays one: no fetch can set it aside
+            raise type(exc)(f"cannot {doing} in {self.root}: {exc}") from exc
         except OSError as exc:
             raise storage_error(exc, self.root, doing) from exc
 
