@@ -4,6 +4,7 @@ archived training images, each checked against its sha256."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -121,6 +122,28 @@ def test_retrain_copies_the_photos_only_inside_the_archive(
     assert len(copied) == len(images)
     assert all(path.is_relative_to(archive / "tmp") for path in copied)
     assert list((archive / "tmp").iterdir()) == []
+
+
+def test_a_disk_out_of_inodes_stops_it_on_one_line_unsent(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder a photo is copied out through cannot be made (ENOSPC: a disk out of
+    inodes, as a real tmpfs with nr_inodes shows): "disk full" on one line, exit 1,
+    nothing sent. The OSError went up as a traceback."""
+    archive, _ = archived
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name.startswith("retrain-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    ran = sent(standin, archive, capsys)
+    assert (ran.code, ran.err.splitlines()) == (
+        1, [f"tune-archiver: error: disk full in {archive / 'tmp'}"])
+    assert standin.created == []
 
 
 def test_retrain_takes_the_title_asked_for(

@@ -33,6 +33,7 @@ from tune_archiver.errors import (
     IntegrityError,
     NetworkError,
     StatusError,
+    storage_error,
 )
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import parse_tune
@@ -277,7 +278,11 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
     folder of its own in `scratch`."""
     blob = entry.blob
     assert blob is not None  # the plan holds archived entries only
-    with tempfile.TemporaryDirectory(prefix=RETRAIN_COPY_PREFIX, dir=scratch) as folder:
+    try:  # out of inodes, a tmp/ made read-only: said on one line, nothing sent
+        copy = tempfile.TemporaryDirectory(prefix=RETRAIN_COPY_PREFIX, dir=scratch)
+    except OSError as exc:
+        raise storage_error(exc, scratch, "copy a photo out of the archive") from exc
+    with copy as folder:
         # 0700; one a killed retrain leaves is swept by gc a day later
         target = Path(folder) / "blob"
         try:  # the store checks the bytes it copies out too: said as ours
