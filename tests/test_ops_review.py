@@ -225,6 +225,10 @@ def test_a_signal_during_a_slow_start_ping_is_a_stopped_run(
         with connection:
             assert b"GET /ping/uuid/start" in connection.recv(4096)
             process.send_signal(signum)
+            told, _ = monitor.accept()  # an interrupted run pings /fail too (README)
+            with told:
+                assert told.recv(4096).startswith(b"POST /ping/uuid/fail")
+                told.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             out, err = process.communicate(timeout=30)
     name = signal.Signals(signum).name
     assert process.returncode == code

@@ -133,8 +133,9 @@ def _pinged(args: argparse.Namespace, secrets: list[str]) -> int:
     except ConfigError as exc:  # after run_start: the log's run_end says exit 2 too
         return _refused(args, exc, secrets)
     stopped = send_ping(ping_url, "start") if ping_url else None
-    if stopped:  # the run never began: said, --json's document, the log's run_end
-        return _interrupted(args, Interrupted(stopped), secrets)
+    if ping_url and stopped:  # the run never began: said, --json's, run_end; and /fail
+        code = _interrupted(args, stop := Interrupted(stopped), secrets)
+        return _ended(args, secrets, ping_url, code, f"stopped by {stop}")
     args.summary = None  # what a fail ping says: set by the command, counts and ids only
     code = _run(args, secrets)
     return _ended(args, secrets, ping_url, code, args.summary) if ping_url else code
