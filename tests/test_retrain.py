@@ -778,3 +778,42 @@ def test_retrain_by_a_key_refused_the_listing_of_every_workspace_is_sent(
     assert ran.code == 0
     assert len(standin.created) == 1
 
+
+
+def test_a_secret_in_the_title_is_stored_redacted_and_still_refuses_a_second_post(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--title holding a presigned URL: the POST sends it as typed, but the manifest's
+    record of it (retraining, then retrained) kept the signature as typed, and so did
+    every fetch after, when every URL a manifest stores is redacted. Stored redacted, it
+    still refuses a second --yes under that title, nothing sent."""
+    archive, _ = archived
+    title = "Jane https://cdn.example/a.jpg?X-Amz-Signature=s3cr3t"
+    code, _ = retrain(standin, archive, capsys, "--yes", "--title", title)
+    assert code == 0
+    assert standin.created[0][0]["tune[title]"] == title
+    manifest = archive / "manifests" / "5.json"
+    assert b"s3cr3t" not in manifest.read_bytes()
+    [record] = check_manifest(manifest)["retrained"]
+    assert record["tune_id"] == 6
+    assert run_fetch(standin, archive, "5") == 0
+    assert b"s3cr3t" not in manifest.read_bytes()
+    code, result = retrain(standin, archive, capsys, "--yes", "--title", title)
+    assert (code, result["ok"]) == (1, False)
+    assert len(standin.created) == 1
+
+
+def test_a_fetch_stores_a_secret_an_older_retrain_recorded_redacted(
+    standin: StandIn, archived: tuple[Path, list[bytes]],
+) -> None:
+    """A manifest whose retrained record holds a title with a secret (written by an
+    older version): a fetch rewriting it stores it redacted, as every other string."""
+    archive, _ = archived
+    manifest = archive / "manifests" / "5.json"
+    document = json.loads(manifest.read_text())
+    document["retrained"] = [{"tune_id": 6, "title": "Jane token=s3cr3t",
+                              "at": "2026-12-01T09:00:00Z"}]
+    manifest.write_text(json.dumps(document))
+    assert run_fetch(standin, archive, "5") == 0
+    assert check_manifest(manifest)["retrained"] == [
+        {"tune_id": 6, "title": "Jane token=REDACTED", "at": "2026-12-01T09:00:00Z"}]

@@ -134,7 +134,7 @@ def build_manifest(
     if workspace is not None:
         document["workspace"] = workspace
     if retrained:
-        document["retrained"] = list(retrained)
+        document["retrained"] = redact_json(list(retrained))  # a --title's URL too
     document["tune"] = redact_json(tune.raw)
     document["assets"] = [asset_entry(result) for result in results]
     return document

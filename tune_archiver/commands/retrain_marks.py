@@ -68,8 +68,10 @@ def marking(tune_id: int, title: str, now: datetime) -> Change:
             raise refused
         document = json.loads(current)
         sent = document.get(SENT)
+        # Stored redacted, as a fetch rewriting it would (its match is _same_title's):
+        # a --title holding a presigned URL or a token=... keeps no secret at rest.
         document[SENT] = [*(sent if isinstance(sent, list) else []),
-                          {"title": title, "at": manifest.format_time(now)}]
+                          {"title": redact_json(title), "at": manifest.format_time(now)}]
         return manifest.encode(document)
 
     return change
@@ -98,7 +100,8 @@ def settled(
         if created:
             # A null "retrained" reads as none yet (parse takes an absent field's null).
             document["retrained"] = [*(document.get("retrained") or []), {
-                "tune_id": created["id"], "title": title, "at": manifest.format_time(now),
+                "tune_id": created["id"], "title": redact_json(title),
+                "at": manifest.format_time(now),
             }]
         return manifest.encode(document)
 
