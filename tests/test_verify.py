@@ -530,6 +530,34 @@ def test_a_repair_stopped_by_the_api_says_what_verify_found(
     assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index(said)
 
 
+@pytest.mark.parametrize(("api", "code"), [("rejected", 3), ("unreachable", 4)],
+                         ids=["key-rejected", "api-unreachable"])
+def test_a_repair_stopped_by_the_api_says_what_it_had_done(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str], api: str, code: int,
+) -> None:
+    """verify --repair -v --json whose key was rotated (or whose API was down) had moved
+    the rotted checkpoint aside before its fetch was refused: the document had no
+    "repair" (a cron script could not tell what was moved, nor find it in tmp/damaged/),
+    no line said it, and -v showed no traceback of the error. The repair's document
+    comes with the error, its exit code kept, and -v shows the error's traceback."""
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
+    rejected = api == "rejected"
+    os.environ["ASTRIA_API_KEY"] = "a-rotated-key-0123456789" if rejected else standin.api_key
+    url = standin.api_url if rejected else "http://127.0.0.1:9"
+    ran = cli(capsys, "verify", "--repair", "-v", "--archive", str(archive), "--json",
+              "--api-url", url, "--retries", "0")
+    assert ran.code == code, ran.err
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    [moved] = document["repair"]["moved"]
+    assert (archive / moved).is_file()
+    assert [(p["tune_id"], p["problem"]) for p in document["repair"]["after"]["problems"]] == [
+        (1, "missing")]
+    assert "Traceback (most recent call last)" in ran.err
+    assert ran.err.index("Traceback") < ran.err.index(document["error"])
+
+
 def test_a_repair_stopped_by_a_signal_says_what_verify_found(
     standin: StandIn, archive: Path, tunes: tuple[Served, Served],
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -43,13 +43,16 @@ def said_skipping_hashes(skipping: bool) -> None:
 
 def emit(
     args: argparse.Namespace, secrets: list[str], errors: Sequence[str], as_json: Any,
-    lines: Sequence[str],
+    lines: Sequence[str], stopped: BaseException | None = None,
 ) -> None:
-    """A command's output: error lines on stderr, then --json or the lines (unless -q).
+    """A command's output: error lines on stderr (the error that `stopped` it last, with
+    -v its traceback), then --json or the lines (unless -q).
 
     Each line is escaped on its own: a CR or LF inside one is shown, never obeyed."""
     for line in errors:
         print_error(line, secrets)
+    if stopped is not None:
+        print_error(str(stopped), secrets, getattr(args, "verbose", False), stopped)
     if args.json:
         print_json(as_json, secrets)
     elif not args.quiet:
@@ -79,9 +82,10 @@ def print_out(text: str, flush: bool = False) -> None:
         stdout_failed(error)
 
 
-def print_error(message: str, secrets: list[str], verbose: bool = False) -> None:
-    """One error line on stderr; with -v, the traceback of the error being handled,
-    redacted, scrubbed and escaped as every other line. --log-file records it too;
+def print_error(message: str, secrets: list[str], verbose: bool = False,
+                error: BaseException | None = None) -> None:
+    """One error line on stderr; with -v, the traceback of `error` (else of the one being
+    handled), redacted, scrubbed and escaped as every other line. --log-file records it too;
     --log-file - records it in place of the line. A stderr that cannot be written
     costs the line, never the run."""
     if log.handlers:  # configured: before, Python's last-resort handler would print it
@@ -89,8 +93,10 @@ def print_error(message: str, secrets: list[str], verbose: bool = False) -> None
     if any(isinstance(h, eventlog.JsonLines) and h.stream is sys.stderr for h in log.handlers):
         return
     try:
-        if verbose and sys.exc_info()[0] is not None:
-            print(terminal.traceback_text(traceback.format_exc(), secrets), file=sys.stderr)
+        error = error if error is not None else sys.exc_info()[1]
+        if verbose and error is not None:
+            print(terminal.traceback_text("".join(traceback.format_exception(error)), secrets),
+                  file=sys.stderr)
         print(f"tune-archiver: error: {terminal.shown(message, secrets)}", file=sys.stderr)
     except OSError:  # its reader gone (EPIPE), a terminal hung up (EIO): as print_out's,
         stream_gone(sys.stderr)  # the line is lost, never the run (it stopped every tune)

@@ -35,8 +35,8 @@ def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyRep
     errors = report.verify_problems(found, args.strict, archive_option(args))
     if refused is not None:
         document["error"] = str(refused)
-        errors.append(str(refused))
-    emit(args, secrets, errors, document, [report.verify_summary(found, args.strict)])
+    emit(args, secrets, errors, document, [report.verify_summary(found, args.strict)],
+         refused)
     if refused is not None:
         return for_error(refused)
     return Exit.OK if whole else Exit.FAILED
@@ -45,20 +45,22 @@ def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyRep
 def said_repaired(args: argparse.Namespace, secrets: list[str], found: VerifyReport,
                   mended: RepairReport) -> Exit:
     """Print what verify `found` and the repair did; a repair whose tunes to fetch again
-    were not (a limit on open files too low for one download: mended.stopped) says why
-    last, and --json's "error": exit 2, as any error of configuration (README's exit
-    codes), never 0 while a blob is damaged."""
+    were not (a limit on open files too low for one download, a key rejected, the API
+    out of reach: mended.stopped) says why last, and --json's "error", with its exit
+    code, as it stopping any run gives (README's exit codes), never 0 while a blob is
+    damaged."""
     whole = mended.ok and not (args.strict and mended.after.gone) and not mended.stopped
     args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
                                         [r.tune_id for r in mended.fetched if not r.ok])
     document = {**report.repair_json(found, mended), "ok": whole}
     errors = report.repair_errors(mended, args.strict, archive_option(args))
+    if mended.stopped is not None:  # what verify found first, as a stop before it says
+        errors = report.verify_problems(found, args.strict, archive_option(args)) + errors
+        document["error"] = str(mended.stopped)
+    emit(args, secrets, errors, document, report.repair_lines(found, mended, args.strict),
+         mended.stopped)
     if mended.stopped is not None:
-        document["error"] = mended.stopped
-        errors.append(mended.stopped)
-    emit(args, secrets, errors, document, report.repair_lines(found, mended, args.strict))
-    if mended.stopped is not None:
-        return Exit.USAGE
+        return for_error(mended.stopped)
     return Exit.OK if whole else Exit.FAILED
 
 

@@ -40,7 +40,9 @@ class RepairReport:
     refused: list[str] = field(default_factory=list)  # why a blob could not be set aside
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
-    stopped: str | None = None  # why the tunes to fetch again were not (ulimit -n)
+    # Why the tunes to fetch again were not (ulimit -n), or not all (a key rejected, the
+    # API out of reach): what was mended, put back and moved aside is said with it.
+    stopped: ArchiverError | None = None
 
     before_gone: list[Problem] = field(default_factory=list)  # verify's, before the repair
 
@@ -75,8 +77,9 @@ async def repair(
 ) -> RepairReport:
     """Mend what `found` reports: mend the manifest entries wrong about a whole blob,
     move the damaged blobs aside, fetch their tunes again and verify the tunes touched
-    again. Raises ConfigError for a rejected key (what was moved aside stays in
-    tmp/damaged/, and the next repair fetches it as missing). `waiting` is called if a
+    again. A fetch stopped by its error (a rejected key, the API out of reach) is said in
+    the report's `stopped` (what was moved aside stays in tmp/damaged/, and the next
+    repair fetches it as missing). `waiting` is called if a
     fetch or gc holds the archive when damaged blobs are to be put back or set aside.
     With `stopped` (a limit on open files too low for one download), every repair that
     downloads nothing is made, and no tune is fetched again: said in `stopped`."""
@@ -112,12 +115,16 @@ async def repair(
     tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
                    | {p.tune_id for p in failed})
     if tunes and stopped is not None:
-        report.stopped = str(stopped)
+        report.stopped = stopped
     elif tunes:
         # A prompt's file (a generated image, an input) comes back only with the prompts.
         prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
-        report.fetched = await fetch(replace(settings, prompts=prompts), tunes, NullProgress(),
-                                     clock=clock, store=store, staging=staging)
+        try:
+            report.fetched = await fetch(replace(settings, prompts=prompts), tunes,
+                                         NullProgress(), clock=clock, store=store,
+                                         staging=staging)
+        except ArchiverError as exc:  # the tunes touched are verified again all the same
+            report.stopped = exc
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
     report.after = await verify(store, sorted(touched), progress)  # back is hashed again
     # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
