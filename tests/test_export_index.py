@@ -146,6 +146,29 @@ def test_no_escape_sequence_from_a_title_or_prompt_reaches_the_page(
     assert "<p>ohwx woman\nin Paris\\x1b[2J\\x9b31m</p>" in html
 
 
+def test_a_line_separator_in_a_title_or_prompt_is_an_escape_not_a_line_break(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """U+2028, U+2029, NEL (U+0085), VT, FF and the C0 separators are escapes in every
+    line the tool prints, but e() split a page's text with str.splitlines, which takes
+    each for a line break: a title "Jane<U+2028>tune 7 ..." read as two lines to grep,
+    cat and a pager (a line forged), and the escape was lost. Only CR, LF and CRLF, a
+    prompt's own lines, stay line breaks."""
+    archive = tmp_path / "archive"
+    title = "Jane\u2028tune 7\u2029x\x85y\x0bz\x0cw\x1cv"
+    prompt = "ohwx woman\r\nin Paris\u2028forged"
+    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [],
+                     title=title)
+    standin.add_prompt(6, 21, prompt, [standin.add_file("g.png", b"\x89PNG\r\n\x1a\n")])
+    assert run_fetch(standin, archive, "6", "--prompts") == 0
+    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
+    assert main(words) == 0
+    html = next((tmp_path / "out").glob("6-*")).joinpath("index.html").read_text()
+    assert not [char for char in html if char in "\u2028\u2029\x85\x0b\x0c\x1c"]
+    assert "<h1>Jane\\u2028tune 7\\u2029x\\x85y\\x0bz\\x0cw\\x1cv</h1>" in html
+    assert "<p>ohwx woman\nin Paris\\u2028forged</p>" in html
+
+
 def test_a_file_that_could_not_be_exported_is_never_said_ok_on_the_page(
     gallery: Gallery, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ format characters shown as escapes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
@@ -35,16 +36,22 @@ text-align:left;word-break:break-all}code{font-size:.8rem}
 """
 
 
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
 def e(value: Any) -> str:
     """Any value as escaped HTML text (None as an empty string), shown as every line is:
     each URL in it redacted (an older version's manifest may hold a signature redacted
     now), its control and format characters as escapes (\\x1b, \\u202e), as on a
     terminal: the page is text that `grep -r`, `cat` and `curl` print too, where an
     escape sequence would act (OSC 52 writes the clipboard). Line breaks stay line
-    breaks (a prompt's lines)."""
+    breaks (a prompt's lines): CR, LF and CRLF alone, not all str.splitlines takes
+    (U+2028, NEL, VT...), escapes on every line printed, which forged a line here."""
     if value is None:
         return ""
-    lines = redact_text(str(value)).splitlines()
+    lines = _LINE_BREAK.split(redact_text(str(value)))
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()  # a final line break, dropped as splitlines dropped it
     return escape("\n".join(visible(line) for line in lines), quote=True)
 
 
