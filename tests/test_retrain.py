@@ -817,3 +817,41 @@ def test_a_fetch_stores_a_secret_an_older_retrain_recorded_redacted(
     assert run_fetch(standin, archive, "5") == 0
     assert check_manifest(manifest)["retrained"] == [
         {"tune_id": 6, "title": "Jane token=REDACTED", "at": "2026-12-01T09:00:00Z"}]
+
+
+def test_retrain_answered_with_a_tune_the_key_could_not_list_says_nothing_was_trained(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tune 7 "Bob", trained weeks ago, is in workspace 42, and the key is refused the
+    listing of every workspace (403): the lookup kept its own scope, tune 7 unseen, and
+    the POST was answered by Astria's idempotency with tune 7, nothing trained: 'created
+    tune 7', exit 0, recorded as retrained from tune 5. An answer that is a tune trained
+    already (or created long before the POST) is no tune this POST created: said, exit
+    1, not recorded as retrained, and its mark kept (a retry under the title sends
+    nothing)."""
+    archive, _ = archived
+    standin.add_tune(7, [], [], title="Bob")
+    standin.tune_workspaces[7] = "42"
+    list_tunes = AstriaClient.list_tunes
+
+    async def scoped(self: AstriaClient, workspace: str | None = None,
+                     query: Any = None) -> list[dict[str, Any]]:
+        if workspace == "all":
+            raise AuthError("API key rejected (HTTP 403)")
+        return await list_tunes(self, workspace, query)
+
+    monkeypatch.setattr(AstriaClient, "list_tunes", scoped)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    words = ["retrain", "5", "--yes", "--title", "Bob", "--archive", str(archive),
+             "--api-url", standin.api_url]
+    ran = cli(capsys, *words, now=NOW)
+    assert len(standin.created) == 1
+    assert ran.code == 1
+    assert "created tune" not in ran.out
+    [line] = ran.errors
+    assert "tune 7" in line
+    assert "nothing was trained" in line
+    assert check_manifest(archive / "manifests" / "5.json").get("retrained") in (None, [])
+    assert cli(capsys, *words, now=NOW).code == 1
+    assert len(standin.created) == 1

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from tune_archiver.errors import (
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
+from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store, blob_sizes
 from tune_archiver.threads import in_thread
 
@@ -239,6 +240,15 @@ async def retrain(
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
+    if since := _made_before(created, now):
+        # The idempotency's answer with a tune of that title a lookup could not see (a
+        # key refused the listing of every workspace): nothing was trained, and "created
+        # tune 7" recorded as retrained from this one would be untrue. The mark stays:
+        # were it this POST's tune after all, a retry sends nothing.
+        raise ArchiverError(
+            f"tune {tune_id}: the API answered with tune {new_id}, {since}, so before this "
+            f"POST: a tune titled {sent_title!r} exists already (in a workspace this key "
+            "cannot list): nothing was trained from this one (choose another --title)")
     try:
         await store.update_manifest(tune_id, settled(tune_id, sent_title, now, created))
     except ArchiverError as exc:  # the tune exists and is billed: said, or sent again
@@ -271,6 +281,18 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
                 f"tune {tune_id}: the account already has tune {listed.get('id')} titled "
                 f"{title!r}: the API would answer with it, nothing trained (or train and "
                 "bill it again): nothing was sent (choose another --title)")
+
+
+def _made_before(created: dict[str, Any], now: datetime) -> str | None:
+    """Why the tune a POST /tunes answered with is no tune it made, else None: trained
+    already (a new one trains for minutes), or created over an hour before `now` (a
+    clock set wrong by less is no reason)."""
+    if created.get("trained_at") is not None:
+        return f"trained at {created['trained_at']}"
+    made = parse_moment(created.get("created_at"))
+    if made is not None and made < now - timedelta(hours=1):
+        return f"created at {created['created_at']}"
+    return None
 
 
 async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
