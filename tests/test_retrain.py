@@ -827,9 +827,9 @@ def test_retrain_answered_with_a_tune_the_key_could_not_list_says_nothing_was_tr
     listing of every workspace (403): the lookup kept its own scope, tune 7 unseen, and
     the POST was answered by Astria's idempotency with tune 7, nothing trained: 'created
     tune 7', exit 0, recorded as retrained from tune 5. An answer that is a tune trained
-    already (or created long before the POST) is no tune this POST created: said, exit
+    already is no tune this POST created: said, exit
     1, not recorded as retrained, and its mark kept (a retry under the title sends
-    nothing)."""
+    nothing). Its created_at is never held against our clock (see _made_before)."""
     archive, _ = archived
     standin.add_tune(7, [], [], title="Bob")
     standin.tune_workspaces[7] = "42"

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from tune_archiver.errors import (
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import parse_tune
 from tune_archiver.net.session import new_session
-from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store, blob_sizes
 from tune_archiver.threads import in_thread
 
@@ -240,7 +239,7 @@ async def retrain(
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
-    if since := _made_before(created, now):
+    if since := _made_before(created):
         # The idempotency's answer with a tune of that title a lookup could not see (a
         # key refused the listing of every workspace): nothing was trained, and "created
         # tune 7" recorded as retrained from this one would be untrue. The mark stays:
@@ -283,15 +282,13 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
                 "bill it again): nothing was sent (choose another --title)")
 
 
-def _made_before(created: dict[str, Any], now: datetime) -> str | None:
+def _made_before(created: dict[str, Any]) -> str | None:
     """Why the tune a POST /tunes answered with is no tune it made, else None: trained
-    already (a new one trains for minutes), or created over an hour before `now` (a
-    clock set wrong by less is no reason)."""
+    already (a new one trains for minutes). Never judged by its created_at against our
+    clock: a clock hours fast would call a tune this POST made (and billed) an old one,
+    and "choose another --title" would then bill a second."""
     if created.get("trained_at") is not None:
         return f"trained at {created['trained_at']}"
-    made = parse_moment(created.get("created_at"))
-    if made is not None and made < now - timedelta(hours=1):
-        return f"created at {created['created_at']}"
     return None
 
 
