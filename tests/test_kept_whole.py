@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import blob_file, run_fetch
+from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Cut, StandIn, Status
 from tune_archiver.download import sidecar as sidecar_module
 from tune_archiver.download import syncing as syncing_module
@@ -344,3 +344,35 @@ async def test_a_release_closes_the_partial_even_when_the_intake_fails_to_let_go
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("kept", ["cut", "whole"])
+def test_bytes_kept_for_the_next_run_that_a_disk_changed_are_never_archived(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], kept: str,
+) -> None:
+    """A partial left by a download cut off (or a file received whole whose rename
+    failed), one byte of it flipped on disk before the next run: that run resumed (or
+    committed) the bytes as they were now, named the blob by their hash, exit 0, and
+    verify said all intact: bytes the host never sent, ok. The record holds the sha256
+    of the bytes it keeps; the next run checks it, says so, and downloads the file anew."""
+    archive = tmp_path / "archive"
+    data = os.urandom(3 * MiB)
+    standin.add_tune(1, [standin.add_file("model", data)], [])
+    if kept == "cut":
+        standin.faults["model"] = [Cut(2 * MiB)]
+        assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    else:
+        failed_at_the_rename(standin, archive, monkeypatch)
+    [part] = (archive / "tmp").glob("*.part")
+    os.chmod(part, 0o600)  # a file kept whole is read-only
+    with part.open("r+b") as file:
+        file.seek(1000)
+        flipped = bytes([file.read(1)[0] ^ 0xFF])
+        file.seek(1000)
+        file.write(flipped)
+    assert run_fetch(standin, archive, "1") == 0
+    [blob] = stored_blobs(archive)
+    assert blob == blob_file(archive, data)
+    assert blob.read_bytes() == data
+    assert "changed on disk since; it starts over" in capsys.readouterr().err

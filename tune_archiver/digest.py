@@ -15,6 +15,7 @@ class Hasher(Protocol):
 
     def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
+    def copy(self) -> Hasher: ...
 
 
 class _NoHash:
@@ -28,6 +29,11 @@ class _NoHash:
 
     def hexdigest(self) -> str:
         return hashlib.sha256(str(self._size).encode()).hexdigest()
+
+    def copy(self) -> _NoHash:
+        twin = _NoHash()
+        twin._size = self._size
+        return twin
 
 
 def new_hash() -> Hasher:

@@ -21,6 +21,7 @@ disk. The sidecar then records every span, and the sha256 covers the contiguous 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from tune_archiver.errors import ChangedOnDisk, IntegrityError, StorageError, st
 from tune_archiver.safefs import BLOB_MODE, PRIVATE_FILE, write_private
 
 RESUMABLE_FROM = 2**20  # smaller files are simply fetched again after a kill
+log = logging.getLogger(__name__)
 
 
 class Partial:
@@ -70,10 +72,14 @@ class Partial:
         self._finished_record: Path | None = None  # the sidecar finish removed, until the commit
         self._hash = new_hash()
         self._hashed = 0  # the sha256 covers bytes [0, _hashed)
+        self._vouched: tuple[int, str] | None = None  # an earlier run's (n, sha256 of [0, n))
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._synced = PeriodicSync(durable, self._lock, self._save_quietly)
         self._saving = threading.Lock()  # the sidecar has one temp name: one writer
+        # The hash and _hashed move together: a close may come while a cancelled
+        # hasher's thread still runs, and records them as one (see _save).
+        self._hashing = threading.Lock()
         self._read_back = ReadBack()  # catch_up_hash's buffer
         # Called (in the writing thread) as the hashed prefix grows: an S3 live upload.
         self.on_hashed: Callable[[], None] | None = None
@@ -158,7 +164,7 @@ class Partial:
         usable = found.size if found else 0
         if found is not None:
             self.validator, self.total, self.spans = found.validator, found.total, found.spans
-            self.content_type = found.content_type
+            self.content_type, self._vouched = found.content_type, found.prefix
         if self.spans is None:
             os.ftruncate(self._fd, usable)
         self.size = usable
@@ -177,9 +183,10 @@ class Partial:
                 return
             self._take_file(named=True)  # large now: worth resuming
         written = self._write_at(self.size, pieces)
-        for piece in pieces:
-            self._hash.update(piece)
-        self._hashed += written
+        with self._hashing:
+            for piece in pieces:
+                self._hash.update(piece)
+            self._hashed += written
         self.size += written
         self._maybe_sync()
         if self.on_hashed is not None:
@@ -244,13 +251,23 @@ class Partial:
             end = self.size if self.spans is None else prefix_end(self.spans)
         if limit is not None:
             end = min(end, self._hashed + limit)
+        if self._vouched is not None:  # stopped there, to hold them to the record's sha256
+            end = min(end, self._vouched[0])
         start = self._hashed
         try:
             for block in self._read_back.blocks(self._fd, start, end):
-                self._hash.update(block)
-                self._hashed += len(block)
+                with self._hashing:
+                    self._hash.update(block)
+                    self._hashed += len(block)
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
+        if self._vouched is not None and self._hashed == self._vouched[0]:
+            (_, sha256), self._vouched = self._vouched, None
+            if self._hash.copy().hexdigest() != sha256:  # a damaged disk: never committed
+                log.warning("%s: the %d bytes an earlier run kept of a download changed on "
+                            "disk since; it starts over", self._archive, self._hashed)
+                self.reset()
+                return 0
         if self._hashed > start and self.on_hashed is not None:
             self.on_hashed()
         return self._hashed - start
@@ -353,7 +370,7 @@ class Partial:
                 self._unfinish()
             # Whole, if not yet hashed again (a stop while Staging.open hashes it).
             if keep and self._sidecar and self.size and (self.validator or self.size == self.total):
-                self._save()
+                self._save(vouch=True)
             else:
                 if self._sidecar:
                     self._sidecar.unlink(missing_ok=True)
@@ -381,11 +398,15 @@ class Partial:
             os.close(self._fd)  # releases the lock last: nobody takes the name before we are done
             self._fd = -1
 
-    def _save(self) -> None:
+    def _save(self, vouch: bool = False) -> None:
+        """Write the sidecar; with `vouch` (a close keeping the file), with the sha256 of
+        the bytes hashed, which the next run holds them to (see catch_up_hash)."""
+        with self._hashing:
+            hashed = (self._hashed, self._hash.copy().hexdigest()) if vouch else None
         with self._saving:  # the periodic sync's thread saves too: one writer at a time
-            self._save_now()
+            self._save_now(hashed if hashed and hashed[0] else None)
 
-    def _save_now(self) -> None:
+    def _save_now(self, prefix: tuple[int, str] | None = None) -> None:
         if self._sidecar is None:
             return
         try:
@@ -394,6 +415,6 @@ class Partial:
                 return
             write_private(self._sidecar, record(
                 self._key, self.validator, self.total, self._synced.size, self.spans,
-                self._synced.spans, self.content_type), sync=False)
+                self._synced.spans, self.content_type, prefix), sync=False)
         except OSError as exc:
             raise storage_error(exc, self._archive, "record a download's progress") from exc

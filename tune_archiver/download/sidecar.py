@@ -88,6 +88,9 @@ class Resumable:
     total: int | None
     spans: list[Span] | None
     content_type: str | None = None  # as served, recorded for a file kept whole
+    # (n, sha256 of bytes [0, n)) as the run that kept them hashed them, when recorded:
+    # bytes a damaged disk changed since are never taken for those received.
+    prefix: tuple[int, str] | None = None
 
 
 def resumable(path: Path, key: str, length: int) -> Resumable | None:
@@ -111,12 +114,22 @@ def resumable(path: Path, key: str, length: int) -> Resumable | None:
         return None  # without a validator, nothing may be asked for the rest of a file
     served = state.get("content_type")
     content_type = served if _header_value(served) else None  # else sniffed at the commit
-    return Resumable(usable, state["validator"], state.get("total"), spans, content_type)
+    return Resumable(usable, state["validator"], state.get("total"), spans, content_type,
+                     _prefix(state.get("prefix"), prefix_end(spans) if spans else usable))
+
+
+def _prefix(value: Any, contiguous: int) -> tuple[int, str] | None:
+    """A recorded [n, sha256] of bytes still on disk; None when none or past them (a
+    reboot keeps only the fsynced bytes: what is left is not the bytes it hashed)."""
+    if not (isinstance(value, list) and len(value) == 2 and _count(value[0])
+            and 0 < value[0] <= contiguous and isinstance(value[1], str)):
+        return None
+    return value[0], value[1]
 
 
 def record(key: str, validator: str | None, total: int | None, synced: int,
            spans: list[Span] | None, synced_spans: list[Span] | None,
-           content_type: str | None = None) -> bytes:
+           content_type: str | None = None, prefix: tuple[int, str] | None = None) -> bytes:
     """A sidecar's bytes: what resuming needs, as resumable reads it back."""
     state: dict[str, Any] = {
         "url": key, "validator": validator, "total": total, "synced": synced,
@@ -124,6 +137,8 @@ def record(key: str, validator: str | None, total: int | None, synced: int,
     }
     if content_type is not None:
         state["content_type"] = content_type
+    if prefix is not None:
+        state["prefix"] = list(prefix)
     if spans is not None:
         state["spans"] = spans
         state["synced_spans"] = synced_spans
