@@ -27,9 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tune_archiver.digest import new_hash
 from tune_archiver.download.partfile import (
-    ReadBack,
     Writer,
     claim,
     fresh,
@@ -37,6 +35,7 @@ from tune_archiver.download.partfile import (
     same_file,
     write_pieces,
 )
+from tune_archiver.download.prefixhash import PrefixHash
 from tune_archiver.download.sidecar import Span, prefix_end, record, resumable
 from tune_archiver.download.syncing import PeriodicSync
 from tune_archiver.errors import ChangedOnDisk, IntegrityError, StorageError, storage_error
@@ -70,17 +69,11 @@ class Partial:
         self._held: list[bytes] | None = None  # the bytes, while there is no file yet
         self._closed_early = False  # finish closed a private file before its commit
         self._finished_record: Path | None = None  # the sidecar finish removed, until the commit
-        self._hash = new_hash()
-        self._hashed = 0  # the sha256 covers bytes [0, _hashed)
-        self._vouched: tuple[int, str] | None = None  # an earlier run's (n, sha256 of [0, n))
+        self._hash = PrefixHash()
         self._write = write
         self._lock = threading.Lock()  # span bookkeeping: ranges write from several threads
         self._synced = PeriodicSync(durable, self._lock, self._save_quietly)
         self._saving = threading.Lock()  # the sidecar has one temp name: one writer
-        # The hash and _hashed move together: a close may come while a cancelled
-        # hasher's thread still runs, and records them as one (see _save).
-        self._hashing = threading.Lock()
-        self._read_back = ReadBack()  # catch_up_hash's buffer
         # Called (in the writing thread) as the hashed prefix grows: an S3 live upload.
         self.on_hashed: Callable[[], None] | None = None
 
@@ -151,9 +144,9 @@ class Partial:
             os.close(fd)
             raise storage_error(exc, self._archive, "write a download") from exc
         self._fd, self.path, self._sidecar, self._held = fd, path, sidecar, None
-        self._hash = new_hash()
-        self._hash.update(held)
-        self.size = self._hashed = len(held)
+        self._hash = PrefixHash()
+        self._hash.add((held,))
+        self.size = len(held)
         self._synced.size = 0
         if self.on_hashed is not None:
             self.on_hashed()
@@ -164,7 +157,7 @@ class Partial:
         usable = found.size if found else 0
         if found is not None:
             self.validator, self.total, self.spans = found.validator, found.total, found.spans
-            self.content_type, self._vouched = found.content_type, found.prefix
+            self.content_type, self._hash.vouched = found.content_type, found.prefix
         if self.spans is None:
             os.ftruncate(self._fd, usable)
         self.size = usable
@@ -182,12 +175,8 @@ class Partial:
             if self.hold(pieces):
                 return
             self._take_file(named=True)  # large now: worth resuming
-        written = self._write_at(self.size, pieces)
-        with self._hashing:
-            for piece in pieces:
-                self._hash.update(piece)
-            self._hashed += written
-        self.size += written
+        self.size += self._write_at(self.size, pieces)
+        self._hash.add(pieces)
         self._maybe_sync()
         if self.on_hashed is not None:
             self.on_hashed()
@@ -202,8 +191,8 @@ class Partial:
                 os.ftruncate(self._fd, 0)
             except OSError as exc:
                 raise storage_error(exc, self._archive, "truncate a download") from exc
-        self._hash = new_hash()
-        self.size = self._synced.size = self._hashed = 0
+        self._hash = PrefixHash()
+        self.size = self._synced.size = 0
         # A restart drops the lost bytes, and what the last response said of the file.
         self.spans = self._synced.spans = self._synced.failed = self.content_type = None
         self._save()  # the record vouched for them: a kill before its next save resumed them
@@ -242,44 +231,35 @@ class Partial:
         self._maybe_sync()
 
     def catch_up_hash(self, limit: int | None) -> int:
-        """Hash the bytes on disk that now continue the hashed prefix, up to `limit` bytes.
-
-        Reads them back (from the page cache, as a rule); returns how many it hashed.
-        Only one thread may call this at a time.
-        """
+        """Hash the bytes on disk that now continue the hashed prefix, up to `limit` bytes:
+        read back (from the page cache, as a rule). Returns how many it hashed. Only one
+        thread may call this at a time."""
         with self._lock:
             end = self.size if self.spans is None else prefix_end(self.spans)
+        start = self._hash.size
         if limit is not None:
-            end = min(end, self._hashed + limit)
-        if self._vouched is not None:  # stopped there, to hold them to the record's sha256
-            end = min(end, self._vouched[0])
-        start = self._hashed
+            end = min(end, start + limit)
         try:
-            for block in self._read_back.blocks(self._fd, start, end):
-                with self._hashing:
-                    self._hash.update(block)
-                    self._hashed += len(block)
+            same = self._hash.read_from(self._fd, end)
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
-        if self._vouched is not None and self._hashed == self._vouched[0]:
-            (_, sha256), self._vouched = self._vouched, None
-            if self._hash.copy().hexdigest() != sha256:  # a damaged disk: never committed
-                log.warning("%s: the %d bytes an earlier run kept of a download changed on "
-                            "disk since; it starts over", self._archive, self._hashed)
-                self.reset()
-                return 0
-        if self._hashed > start and self.on_hashed is not None:
+        if not same:  # the sidecar's sha256 of them: a damaged disk's bytes are never committed
+            log.warning("%s: the %d bytes an earlier run kept of a download changed on disk "
+                        "since; it starts over", self._archive, self._hash.size)
+            self.reset()
+            return 0
+        if self._hash.size > start and self.on_hashed is not None:
             self.on_hashed()
-        return self._hashed - start
+        return self._hash.size - start
 
     @property
     def complete(self) -> bool:
         """True when every byte of the file's known size is on disk and hashed."""
-        return self.total is not None and self._hashed == self.size == self.total
+        return self.total is not None and self._hash.size == self.size == self.total
 
     @property
     def hashed(self) -> int:
-        return self._hashed
+        return self._hash.size
 
     def _write_at(self, offset: int, pieces: Sequence[bytes]) -> int:
         """Write every piece, in order, from `offset`; returns the bytes written."""
@@ -319,9 +299,9 @@ class Partial:
 
     def sha256(self) -> str:
         """The sha256 of every byte; refuses while any byte is unhashed or a span unfilled."""
-        if self._hashed != self.size or (self.total is not None and self.size != self.total):
+        if self._hash.size != self.size or (self.total is not None and self.size != self.total):
             raise ChangedOnDisk(
-                f"internal error: {self._hashed} of {self.size} bytes hashed, "
+                f"internal error: {self._hash.size} of {self.size} bytes hashed, "
                 f"{self.total} expected"
             )
         return self._hash.hexdigest()
@@ -401,10 +381,9 @@ class Partial:
     def _save(self, vouch: bool = False) -> None:
         """Write the sidecar; with `vouch` (a close keeping the file), with the sha256 of
         the bytes hashed, which the next run holds them to (see catch_up_hash)."""
-        with self._hashing:
-            hashed = (self._hashed, self._hash.copy().hexdigest()) if vouch else None
+        prefix = self._hash.recorded() if vouch else None
         with self._saving:  # the periodic sync's thread saves too: one writer at a time
-            self._save_now(hashed if hashed and hashed[0] else None)
+            self._save_now(prefix)
 
     def _save_now(self, prefix: tuple[int, str] | None = None) -> None:
         if self._sidecar is None:
