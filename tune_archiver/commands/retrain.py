@@ -239,15 +239,6 @@ async def retrain(
         raise ArchiverError(
             f"tune {tune_id}: the API answered with tune {tune_id} itself, whose title is "
             "the one sent: nothing was created (choose another --title)")
-    if since := _made_before(created):
-        # The idempotency's answer with a tune of that title a lookup could not see (a
-        # key refused the listing of every workspace): nothing was trained, and "created
-        # tune 7" recorded as retrained from this one would be untrue. The mark stays:
-        # were it this POST's tune after all, a retry sends nothing.
-        raise ArchiverError(
-            f"tune {tune_id}: the API answered with tune {new_id}, {since}, so before this "
-            f"POST: a tune titled {sent_title!r} exists already (in a workspace this key "
-            "cannot list): nothing was trained from this one (choose another --title)")
     try:
         await store.update_manifest(tune_id, settled(tune_id, sent_title, now, created))
     except ArchiverError as exc:  # the tune exists and is billed: said, or sent again
@@ -280,16 +271,6 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
                 f"tune {tune_id}: the account already has tune {listed.get('id')} titled "
                 f"{title!r}: the API would answer with it, nothing trained (or train and "
                 "bill it again): nothing was sent (choose another --title)")
-
-
-def _made_before(created: dict[str, Any]) -> str | None:
-    """Why the tune a POST /tunes answered with is no tune it made, else None: trained
-    already (a new one trains for minutes). Never judged by its created_at against our
-    clock: a clock hours fast would call a tune this POST made (and billed) an old one,
-    and "choose another --title" would then bill a second."""
-    if created.get("trained_at") is not None:
-        return f"trained at {created['trained_at']}"
-    return None
 
 
 async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
