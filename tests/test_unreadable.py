@@ -263,3 +263,19 @@ def test_a_file_at_the_damaged_manifests_folder_stops_no_verify(
     ran = cli(capsys, "verify", "--archive", str(archive))
     assert ran.code == 0, ran.err
     assert "verified 1 tune, 3 blobs" in ran.out
+
+
+def test_what_gc_says_of_a_folder_at_a_manifests_place_is_true(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc's line for a folder at manifests/1.json said the next fetch sets it aside, when
+    that fetch fails on it, setting nothing aside: its line names the way verify's does."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "1.json").unlink()
+    (archive / "manifests" / "1.json").mkdir()
+    ran = cli(capsys, "gc", "--archive", str(archive))
+    assert ran.code == 1
+    assert "sets it aside" not in ran.errors[0]
+    assert "until it is moved to manifests/damaged/1-0.json" in ran.errors[0]
+    assert run_fetch(standin, archive, "1") == 1  # no fetch sets it aside

@@ -20,6 +20,7 @@ from tune_archiver.errors import (
     ArchiverError,
     Denied,
     NewerManifest,
+    NotAFile,
     StorageError,
     UnreadableManifest,
 )
@@ -149,6 +150,11 @@ async def referenced_blobs(store: Store) -> set[str]:
                      "and archives the tune anew (never remove it: gc would then take "
                      "the blobs it alone names)")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
+        except NotAFile as exc:  # a folder, link or FIFO: no fetch sets it aside
+            raise ArchiverError(
+                f"{exc}; gc removes nothing until it is moved to manifests/damaged/"
+                f"{tune_id}-0.json in the archive (gc keeps every blob while it is there), "
+                f"then the next fetch of tune {tune_id} archives the tune anew") from exc
         for entry in found.entries if found is not None else ():
             # and the blob its path names, when another: an entry whose sha256 a hand
             # edit or a flipped bit changed still names its blob there (verify says so)
