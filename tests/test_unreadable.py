@@ -93,7 +93,9 @@ def test_verify_names_it_and_still_verifies_the_other_tune(
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [
         error(f"tune 1: unreadable manifest: {broken.reason} (tune-archiver fetch 1 "
-              f"--archive {archive} sets it aside and archives the tune anew)"),
+              f"--archive {archive} sets it aside and archives the tune anew; of a tune "
+              "gone upstream, which no fetch finds, move it to manifests/damaged/1-0.json in "
+              "the archive: gc keeps every blob while it is there)"),
         error(f"tune 2: checkpoint 0: corrupt: the bytes of {key_of(checkpoint)} hash to "
               f"{sha256(blob_file(archive, checkpoint).read_bytes())} "
               f"(repair: tune-archiver verify --repair 2 --archive {archive})"),
@@ -139,7 +141,9 @@ def test_gc_stops_before_removing_anything(
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [error(
         f"the manifest of tune 1 is unreadable: {broken.reason}; gc removes nothing until it "
-        "is mended: the next fetch of tune 1 sets it aside and archives the tune anew (never "
+        "is mended: the next fetch of tune 1 sets it aside and archives the tune anew "
+        "(one gone upstream, which no fetch finds, is moved to manifests/damaged/1-0.json "
+        "by hand; never "
         "remove it: gc would then take the blobs it alone names)"
     )]
     assert ran.out == ""
@@ -279,3 +283,27 @@ def test_what_gc_says_of_a_folder_at_a_manifests_place_is_true(
     assert "sets it aside" not in ran.errors[0]
     assert "until it is moved to manifests/damaged/1-0.json" in ran.errors[0]
     assert run_fetch(standin, archive, "1") == 1  # no fetch sets it aside
+
+
+def test_what_gc_and_verify_say_of_a_tune_gone_upstream_mends_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], broken: Broken
+) -> None:
+    """Tune 1's manifest unreadable, the tune expired upstream: gc's and verify's lines
+    said only that its next fetch sets it aside, but that fetch finds no tune ('tune 1 not
+    found'), sets nothing aside, and gc stopped on it run after run, told never to remove
+    it. They say to move it to manifests/damaged/1-0.json, after which gc keeps its blobs
+    and verify names it as set aside."""
+    alone = [blob_file(archive, data) for data in broken.one.all if data not in broken.two.all]
+    del standin.tunes[1]
+    move = "manifests/damaged/1-0.json"
+    assert move in cli(capsys, "gc", "--archive", str(archive)).errors[0]
+    said = cli(capsys, "verify", "--archive", str(archive)).errors
+    assert [line for line in said if line.startswith(error("tune 1:"))] == [
+        line for line in said if move in line]
+    assert run_fetch(standin, archive, "1") == 1  # no fetch sets it aside: not found
+    assert not (archive / "manifests" / "damaged").exists()
+    (archive / "manifests" / "damaged").mkdir()
+    (archive / "manifests" / "1.json").rename(archive / move)
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 1
+    assert all(blob.exists() for blob in alone)
+    assert "look at it" in cli(capsys, "verify", "--archive", str(archive)).err

@@ -147,8 +147,9 @@ async def referenced_blobs(store: Store) -> set[str]:
             # and a tune expired upstream could never be fetched again.
             until = ("tune-archiver is upgraded" if isinstance(exc, NewerManifest)
                      else f"it is mended: the next fetch of tune {tune_id} sets it aside "
-                     "and archives the tune anew (never remove it: gc would then take "
-                     "the blobs it alone names)")
+                     f"and archives the tune anew (one gone upstream, which no fetch "
+                     f"finds, is moved to manifests/damaged/{tune_id}-0.json by hand; never "
+                     "remove it: gc would then take the blobs it alone names)")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
         except NotAFile as exc:  # a folder, link or FIFO: no fetch sets it aside
             raise ArchiverError(
