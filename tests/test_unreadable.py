@@ -307,3 +307,29 @@ def test_what_gc_and_verify_say_of_a_tune_gone_upstream_mends_it(
     assert cli(capsys, "gc", "--archive", str(archive)).code == 1
     assert all(blob.exists() for blob in alone)
     assert "look at it" in cli(capsys, "verify", "--archive", str(archive)).err
+
+
+def test_what_verify_says_of_a_manifest_the_disk_cannot_read_mends_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest the local disk fails to read (EIO; here one past the size a manifest
+    may have): verify's line said 'tune-archiver fetch 1 sets it aside', but a fetch sets
+    aside only a manifest it read and found damaged, and fails on this one as verify did,
+    run after run. The line says to move it to manifests/damaged/1-0.json, as for a
+    folder at its place; done so, the fetch archives the tune anew."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    monkeypatch.setattr("tune_archiver.store.local.MAX_MANIFEST_BYTES", 100)
+    said = cli(capsys, "verify", "--archive", str(archive)).errors
+    [line] = said
+    assert "larger than 100 bytes" in line
+    assert "sets it aside and" not in line
+    assert "move it to manifests/damaged/1-0.json" in line
+    assert run_fetch(standin, archive, "1") == 1  # no fetch sets it aside
+    assert not (archive / "manifests" / "damaged").exists()
+    (archive / "manifests" / "damaged").mkdir()
+    (archive / "manifests" / "1.json").rename(archive / "manifests" / "damaged" / "1-0.json")
+    monkeypatch.undo()
+    assert run_fetch(standin, archive, "1") == 0
+    assert manifest_of(archive, 1)["complete"] is True

@@ -46,8 +46,9 @@ class Problem:
     # blob, which other tunes may hold and which may no longer be fetched again.
     entry_only: bool = False
     true_size: int | None = None  # the whole blob's size, when the entry records another
-    # A manifest's place holding a folder, a link or a FIFO: a fetch fails on it, and never
-    # sets aside what is not a file (see _mend in cli/report.py).
+    # A manifest no fetch sets aside (it sets aside only one it read and found damaged): a
+    # folder, link or FIFO at its place, one the disk fails to read or too large to be one,
+    # on which a fetch fails as verify did (see _mend in cli/report.py).
     not_a_file: bool = False
 
 
@@ -223,8 +224,12 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     # A folder or a FIFO in its place, EIO, a bucket refusing that one object (AccessDenied;
     # credentials refused outright stop the run): this tune's alone.
     except (StorageError, Denied) as exc:
+        # A local disk's failure is the file's (EIO: fetch fails on it as well), where a
+        # bucket's may pass (a 503) or be its policy's (AccessDenied): no move mends those.
+        stuck = isinstance(exc, NotAFile) or (store.unreadable_is_damaged
+                                              and not isinstance(exc, Denied))
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc),
-                                       not_a_file=isinstance(exc, NotAFile)))
+                                       not_a_file=stuck))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
