@@ -234,7 +234,7 @@ def _mend(p: Problem, also: str) -> str:
     # Never "remove it" alone: the blobs only it names would go with the next gc.
     if p.detail.startswith(SET_ASIDE):
         return "look at it, then remove it: gc keeps every blob until then"
-    if p.not_a_file:  # "fetch sets it aside" would send them round: it fails on it
+    if p.set_aside_by_hand:  # "fetch sets it aside" would send them round: it fails on it
         return (f"a fetch cannot set it aside: move it to manifests/damaged/{p.tune_id}-0.json"
                 " in the archive (gc keeps every blob while it is there), then tune-archiver "
                 f"fetch {p.tune_id}{also} archives the tune anew")

@@ -46,10 +46,10 @@ class Problem:
     # blob, which other tunes may hold and which may no longer be fetched again.
     entry_only: bool = False
     true_size: int | None = None  # the whole blob's size, when the entry records another
-    # A manifest no fetch sets aside (it sets aside only one it read and found damaged): a
-    # folder, link or FIFO at its place, one the disk fails to read or too large to be one,
-    # on which a fetch fails as verify did (see _mend in cli/report.py).
-    not_a_file: bool = False
+    # A manifest no fetch sets aside (it sets aside only one it read and found damaged), to
+    # be moved by hand: a folder, link or FIFO at its place, one the disk fails to read or
+    # too large to be one, on which a fetch fails as verify did (see _mend in cli/report.py).
+    set_aside_by_hand: bool = False
 
 
 # Problems that a repair can mend: by mending the manifest entry (entry_only), else by
@@ -229,7 +229,7 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
         stuck = isinstance(exc, NotAFile) or (store.unreadable_is_damaged
                                               and not isinstance(exc, Denied))
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc),
-                                       not_a_file=stuck))
+                                       set_aside_by_hand=stuck))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
