@@ -320,9 +320,10 @@ def test_unreadable_manifest_stops_gc(
     assert ran.code == 1
     assert ran.errors == ["tune-archiver: error: the manifest of tune 1 is unreadable: it is "
                           "not JSON (Expecting value: line 1 column 34 (char 33)); gc removes "
-                          "nothing until it is mended: the next fetch of tune 1 sets it aside "
-                          "and archives the tune anew (one gone upstream, which no fetch "
-                          "finds, is moved to manifests/damaged/1-0.json by hand; never "
+                          "nothing until it is mended: the next fetch of tune 1 sets it aside, "
+                          "and the fetch after it archives the tune anew (one gone upstream, "
+                          "which no fetch finds, is moved to manifests/damaged/1-0.json by "
+                          "hand; never "
                           "remove it: gc would then take the "
                           "blobs it alone names)"]
     assert ran.out == ""

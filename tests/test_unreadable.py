@@ -93,7 +93,8 @@ def test_verify_names_it_and_still_verifies_the_other_tune(
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [
         error(f"tune 1: unreadable manifest: {broken.reason} (tune-archiver fetch 1 "
-              f"--archive {archive} sets it aside and archives the tune anew; of a tune "
+              f"--archive {archive} sets it aside, and the fetch after it archives the "
+              "tune anew; of a tune "
               "gone upstream, which no fetch finds, move it to manifests/damaged/1-0.json in "
               "the archive: gc keeps every blob while it is there)"),
         error(f"tune 2: checkpoint 0: corrupt: the bytes of {key_of(checkpoint)} hash to "
@@ -141,7 +142,8 @@ def test_gc_stops_before_removing_anything(
     assert ran.code == 1
     assert ran.err.splitlines() == ran.errors == [error(
         f"the manifest of tune 1 is unreadable: {broken.reason}; gc removes nothing until it "
-        "is mended: the next fetch of tune 1 sets it aside and archives the tune anew "
+        "is mended: the next fetch of tune 1 sets it aside, and the fetch after it archives "
+        "the tune anew "
         "(one gone upstream, which no fetch finds, is moved to manifests/damaged/1-0.json "
         "by hand; never "
         "remove it: gc would then take the blobs it alone names)"

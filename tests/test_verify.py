@@ -330,10 +330,11 @@ def test_unreadable_manifest_is_a_problem(
     code, errors, out = verified(capsys, archive)
     assert code == 1
     assert errors == [error(f"tune 1: unreadable manifest: {reason} "
-                            f"(tune-archiver fetch 1 --archive {archive} sets it aside and "
-                            "archives the tune anew; of a tune gone upstream, which no "
-                            "fetch finds, move it to manifests/damaged/1-0.json in the "
-                            "archive: gc keeps every blob while it is there)")]
+                            f"(tune-archiver fetch 1 --archive {archive} sets it aside, and "
+                            "the fetch after it archives the tune anew; of a tune gone "
+                            "upstream, which no fetch finds, move it to "
+                            "manifests/damaged/1-0.json in the archive: gc keeps every blob "
+                            "while it is there)")]
     assert out.startswith(f"verified 2 tunes, {len(tunes[1].all)} blobs, ")
 
 

@@ -241,9 +241,10 @@ def _mend(p: Problem, also: str) -> str:
     if p.detail.startswith(NEWER):  # fetch leaves it as it is
         return "upgrade tune-archiver to check it; this version's fetch leaves it as it is"
     # A tune gone upstream is no fetch's: "fetch" alone sent them round, gc stuck for good.
-    return (f"tune-archiver fetch {p.tune_id}{also} sets it aside and archives the tune anew;"
-            f" of a tune gone upstream, which no fetch finds, move it to manifests/damaged/"
-            f"{p.tune_id}-0.json in the archive: gc keeps every blob while it is there")
+    return (f"tune-archiver fetch {p.tune_id}{also} sets it aside, and the fetch after it "
+            "archives the tune anew; of a tune gone upstream, which no fetch finds, move it "
+            f"to manifests/damaged/{p.tune_id}-0.json in the archive: gc keeps every blob "
+            "while it is there")
 
 
 def verify_summary(report: VerifyReport, strict: bool = False) -> str:

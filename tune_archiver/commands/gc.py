@@ -146,10 +146,10 @@ async def referenced_blobs(store: Store) -> set[str]:
             # Never "or removed": the blobs it alone names would go with this very gc,
             # and a tune expired upstream could never be fetched again.
             until = ("tune-archiver is upgraded" if isinstance(exc, NewerManifest)
-                     else f"it is mended: the next fetch of tune {tune_id} sets it aside "
-                     f"and archives the tune anew (one gone upstream, which no fetch "
-                     f"finds, is moved to manifests/damaged/{tune_id}-0.json by hand; never "
-                     "remove it: gc would then take the blobs it alone names)")
+                     else f"it is mended: the next fetch of tune {tune_id} sets it aside, "
+                     "and the fetch after it archives the tune anew (one gone upstream, "
+                     f"which no fetch finds, is moved to manifests/damaged/{tune_id}-0.json "
+                     "by hand; never remove it: gc would then take the blobs it alone names)")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
         except NotAFile as exc:  # a folder, link or FIFO: no fetch sets it aside
             raise ArchiverError(
