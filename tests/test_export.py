@@ -26,6 +26,7 @@ from tests.archive_helpers import (
 )
 from tests.helpers import blob_file, refuse_folder_fsyncs, run_fetch, tmpfs
 from tests.standin import Body, StandIn
+from tune_archiver.commands import export
 
 # The documented shape of `export --json`.
 EXPORT_SCHEMA: dict[str, Any] = {
@@ -193,6 +194,33 @@ def test_existing_folder_is_never_overwritten(
     assert ran.errors == [f"tune-archiver: error: {dest / '1-jane-doe'} already exists; "
                           "nothing was overwritten (remove it, or export to another DEST)"]
     assert snapshot(dest) == first
+
+
+def test_a_stopped_export_leaves_no_half_folder_under_the_tunes_name(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop (Ctrl-C, SIGTERM, or a SIGKILL no cleanup sees) as the second file is
+    written: the tune's folder held the first file alone under its final name, without
+    manifest.json nor index.html, and the next export refused it as existing (exit 2).
+    The folder is filled under a hidden name and renamed once whole; a stop removes it."""
+    dest = tmp_path / "dest"
+    made_dir, seen = export._make_dir, []
+
+    def stopped_at_the_second(path: Path) -> None:
+        seen.append(sorted(p.name for p in dest.iterdir()))  # what a SIGKILL would leave
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        made_dir(path)
+
+    monkeypatch.setattr(export, "_make_dir", stopped_at_the_second)
+    assert cli(capsys, "export", "1", str(dest), "--archive", str(archive)).code == 130
+    assert "1-jane-doe" not in seen[1]
+    assert list(dest.iterdir()) == []  # nothing left behind by a stop
+    monkeypatch.setattr(export, "_make_dir", made_dir)
+    assert cli(capsys, "export", "1", str(dest), "--archive", str(archive)).code == 0
+    assert exported(dest / "1-jane-doe") == expected_files(tune)
+    assert [p.name for p in dest.iterdir()] == ["1-jane-doe"]
 
 
 def test_a_file_in_the_folders_place_is_not_overwritten(

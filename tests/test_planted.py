@@ -185,7 +185,8 @@ def test_export_writes_nothing_through_a_link_swapped_in_for_its_folder_meanwhil
     aside while the export runs and puts a link of theirs in its place: every file went
     on to be written through the name, so into the folder the link names (another of
     the user's, or theirs), while export said it had exported to DEST. The files go
-    into the folder made, whatever its name holds."""
+    into the folder made, whatever its name holds, and their link is never renamed to
+    the tune's folder: refused, exit 1."""
     served = add_tune(standin, 1, images=2, title="Jane")
     archived(standin, archive, 1)
     dest, elsewhere = tmp_path / "shared", tmp_path / "documents"
@@ -194,15 +195,18 @@ def test_export_writes_nothing_through_a_link_swapped_in_for_its_folder_meanwhil
     made_dir = export._make_dir
 
     def swapped_first(path: Path) -> None:  # as the export's first file is written
-        if not (dest / "1-jane").is_symlink():
-            (dest / "1-jane").rename(dest / "aside")
-            (dest / "1-jane").symlink_to(elsewhere)
-            os.lchown(dest / "1-jane", 65534, 65534)
+        [filled] = dest.glob(".1-jane.*.partial")  # filled under a hidden name
+        if not filled.is_symlink():
+            filled.rename(dest / "aside")
+            filled.symlink_to(elsewhere)
+            os.lchown(filled, 65534, 65534)
         made_dir(path)
 
     monkeypatch.setattr(export, "_make_dir", swapped_first)
-    assert main(["export", "1", str(dest), "--archive", str(archive)]) == 0
+    assert main(["export", "1", str(dest), "--archive", str(archive)]) == 1
     assert list(elsewhere.iterdir()) == []
+    assert not (dest / "1-jane").is_symlink()
+    assert not (dest / "1-jane").exists()
     assert sorted(path.read_bytes() for path in (dest / "aside").rglob("*.*")
                   if path.parent.name != "aside") == sorted(served.all)
 

@@ -3,16 +3,21 @@
 DEST/<id>-<slug>/checkpoints/, training_images/, prompt_images/, manifest.json and
 index.html (gallery.py: the tune as a page, relative links only, opened from a USB stick).
 Files are hard links to the blobs when possible (blobs are read-only), else copies.
-Nothing that exists is ever overwritten: the tune's folder must be new.
+Nothing that exists is ever overwritten: the tune's folder must be new. It is filled
+under a hidden name and renamed once whole, so no stop leaves half of it under its name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from urllib.parse import quote
 
 from tune_archiver import gallery, manifest
@@ -29,6 +34,7 @@ from tune_archiver.safefs import (
     NO_MODES,
     NOFOLLOW,
     PRIVATE_DIR,
+    exists_at,
     make_dir_at,
     make_private_dir,
     write_new,
@@ -73,12 +79,22 @@ async def export_tune(
     data = _scrubbed(data, secrets)
     found = manifest.parse(data, tune_id)
     folder = dest / folder_name(tune_id, found.title)
-    made = await in_thread(_new_folder, dest, folder)
+    # Filled under a hidden name, then renamed: a stop, a kill or a power cut never
+    # leaves half a tune under the name of an export (nor one that refuses the next).
+    at, made, staged = await in_thread(_new_folder, dest, folder)
     try:
-        return await _fill(store, found, data, _through(made, folder), ExportResult(folder),
-                           link, layout)
+        inside = _through(made, dest / staged)
+        result = await _fill(store, found, data, inside, ExportResult(folder), link, layout)
+        await in_thread(_into_place, at, made, staged, folder)
+        return result
+    except BaseException:
+        with contextlib.suppress(OSError):  # what a stop leaves here is removed after
+            if _still_ours(at, made, staged):
+                shutil.rmtree(staged, dir_fd=at)
+        raise
     finally:
         os.close(made)
+        os.close(at)
 
 
 async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Path,
@@ -157,11 +173,12 @@ def _through(made: int, folder: Path) -> Path:
     return through if through.is_dir() else folder
 
 
-def _new_folder(dest: Path, folder: Path) -> int:
-    """Create the tune's folder, which must not exist yet, never through a link another
-    user planted on the way (DEST in a shared folder); returns it open, once
-    known to be the empty folder made, not one another user swapped in for it. DEST's
-    missing folders and the tune's are made each in the folder held open above it
+def _new_folder(dest: Path, folder: Path) -> tuple[int, int, str]:
+    """Create the tune's folder under a hidden name beside `folder`, which must not
+    exist yet, never through a link another user planted on the way (DEST in a shared
+    folder); returns DEST and that folder open, once known to be the empty folder
+    made, not one another user swapped in for it, and its hidden name. DEST's missing
+    folders and the tune's are made each in the folder held open above it
     (safefs.make_dir_at): by name, a folder on the way could be swapped for a link of
     theirs after the check, before the mkdir."""
     if dest.exists() and not dest.is_dir():  # a file named as DEST: the operator's to fix
@@ -170,19 +187,19 @@ def _new_folder(dest: Path, folder: Path) -> int:
     # will, often onto a USB stick or a share that refuses fsync of a folder (EINVAL),
     # or keeps no modes (FAT, exFAT: fchmod says EPERM).
     at = make_dir_at(dest, "the export folder")
+    staged = f".{folder.name}.{token_hex(4)}.partial"
     try:
-        os.mkdir(folder.name, PRIVATE_DIR, dir_fd=at)
-        made = os.open(folder.name, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=at)
+        if exists_at(at, folder.name):
+            raise _exists(folder)
+        os.mkdir(staged, PRIVATE_DIR, dir_fd=at)
+        made = os.open(staged, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=at)
         owner = os.fstat(at).st_uid  # a FAT stick's files are all the mount's user's
-    except FileExistsError as exc:
-        raise ConfigError(
-            f"{folder} already exists; nothing was overwritten (remove it, or export to "
-            "another DEST)"
-        ) from exc
     except OSError as exc:  # a link swapped in for it meanwhile too (ELOOP)
-        raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
-    finally:
         os.close(at)
+        raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    except BaseException:
+        os.close(at)
+        raise
     try:
         swapped = os.fstat(made).st_uid not in (os.geteuid(), owner) or os.listdir(made)
         if not swapped:
@@ -193,11 +210,42 @@ def _new_folder(dest: Path, folder: Path) -> int:
                     raise
     except OSError as exc:
         os.close(made)
+        os.close(at)
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
     if swapped:
         os.close(made)
+        os.close(at)
         raise StorageError(f"refused {folder}: another user replaced it as it was made")
-    return made
+    return at, made, staged
+
+
+def _still_ours(at: int, made: int, staged: str) -> bool:
+    """Whether the hidden name is still the folder made, not a link or a folder another
+    user who may write in DEST put in its place."""
+    held, named = os.fstat(made), os.stat(staged, dir_fd=at, follow_symlinks=False)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _into_place(at: int, made: int, staged: str, folder: Path) -> None:
+    """Rename the filled folder to the tune's, in DEST held open; never over one made
+    meanwhile, nor another's link or folder swapped in for it."""
+    try:
+        if not _still_ours(at, made, staged):
+            raise StorageError(f"refused {folder}: another user replaced it as it was made")
+        if exists_at(at, folder.name):
+            raise _exists(folder)
+        os.rename(staged, folder.name, src_dir_fd=at, dst_dir_fd=at)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise _exists(folder) from exc
+        raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+
+
+def _exists(folder: Path) -> ConfigError:
+    return ConfigError(
+        f"{folder} already exists; nothing was overwritten (remove it, or export to "
+        "another DEST)"
+    )
 
 
 def _make_dir(path: Path) -> None:
