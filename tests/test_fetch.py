@@ -368,6 +368,33 @@ def test_error_page_with_200_fails_the_asset(standin: StandIn, archive: Path) ->
     assert stored_blobs(archive) == []
 
 
+@pytest.mark.parametrize(("page", "served_as", "said"), [
+    pytest.param(b"<!DOCTYPE html><html><body>Access denied</body></html>", None,
+                 "text/html", id="html"),
+    pytest.param(b"\xef\xbb\xbf\n  <html><body>Session expired: sign in</body></html>",
+                 "application/octet-stream", "text/html", id="html-after-a-bom"),
+    pytest.param(b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied'
+                 b"</Code></Error>", "binary/octet-stream", "application/xml", id="s3-error"),
+])
+def test_an_error_page_served_as_no_type_is_not_archived(
+    standin: StandIn, archive: Path, page: bytes, served_as: str | None, said: str
+) -> None:
+    """An HTML or XML page sent with 200 and a type that says nothing (none, or
+    octet-stream, as a proxy or a bucket's default sends it) is no checkpoint: its bytes
+    tell what it is. It fails, nothing stored, nor kept for a later run to commit."""
+    make_tune(standin, 1, images=0)
+    body = page + b" " * 2048  # past the 1 KiB a checkpoint needs
+    standin.faults["ckpt-1"] = [Status(200, {} if served_as is None else {
+        "Content-Type": served_as}, body)]
+    assert run_fetch(standin, archive, "1") == 1
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert entry["status"] == "failed"
+    assert f"error page ({said})" in entry["error"]
+    assert stored_blobs(archive) == []
+    assert run_fetch(standin, archive, "1") == 0  # the file itself, asked for again
+    assert stored_blobs(archive) == [blob_file(archive, standin.files["ckpt-1"])]
+
+
 def test_a_body_sent_compressed_is_not_archived_as_the_file(
     standin: StandIn, archive: Path
 ) -> None:

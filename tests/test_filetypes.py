@@ -13,7 +13,7 @@ from tests.archive_helpers import cli
 from tests.conftest import check_manifest
 from tests.helpers import run_fetch
 from tests.standin import Body, StandIn
-from tune_archiver.filetypes import content_type_of, sniff
+from tune_archiver.filetypes import content_type_of, error_page, sniff
 
 HEADER = b'{"__metadata__":{"format":"pt"}}'
 SAFETENSORS = struct.pack("<Q", len(HEADER)) + HEADER + os.urandom(2_000)
@@ -63,6 +63,21 @@ def test_content_type_of_keeps_a_telling_type(
 ) -> None:
     """The server's type wins unless it is generic; octet-stream only when nothing matches."""
     assert content_type_of(served, head[:64]) == expected
+
+
+@pytest.mark.parametrize(("served", "head", "expected"), [
+    (None, b"<!doctype HTML><html>", "text/html"),
+    ("binary/octet-stream", b"\r\n<HTML><HEAD>", "text/html"),
+    (None, b"<Error><Code>NoSuchKey</Code>", "application/xml"),
+    (None, b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">', None),
+    ("image/svg+xml", b"<html>", None),  # a telling type is the server's word
+    (None, JPEG, None),
+    (None, b"", None),
+])
+def test_error_page_reads_a_page_under_a_type_that_says_nothing(
+    served: str | None, head: bytes, expected: str | None
+) -> None:
+    assert error_page(served, head) == expected
 
 
 def test_files_without_extension_are_typed_and_named_from_their_bytes(

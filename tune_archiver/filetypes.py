@@ -58,6 +58,23 @@ def is_generic(content_type: str | None) -> bool:
     return content_type.split(";")[0].strip().lower() in GENERIC
 
 
+# What a server's page begins with (after a byte order mark and blank space), sent where
+# a file should be under a type that says nothing: a proxy's sign-in page, a bucket's
+# error. XML only as an error: an SVG may open with the same prolog.
+_PAGES = ((b"<!doctype html", "text/html"), (b"<html", "text/html"),
+          (b"<?xml", "application/xml"), (b"<error", "application/xml"))
+
+
+def error_page(served: str | None, head: bytes) -> str | None:
+    """The type of page the first bytes show ("text/html", "application/xml") when the
+    server's type says nothing of them; None for a file."""
+    if not is_generic(served):
+        return None
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    kind = next((kind for mark, kind in _PAGES if start.startswith(mark)), None)
+    return None if kind == "application/xml" and b"<error" not in start else kind
+
+
 def content_type_of(served: str | None, head: bytes) -> str:
     """The type to record: the server's unless it is generic, then what the bytes show,
     and application/octet-stream only when nothing matches."""

@@ -30,6 +30,7 @@ from tune_archiver.errors import (
     ExpiredUrl,
     IntegrityError,
 )
+from tune_archiver.filetypes import HEAD_BYTES, error_page
 from tune_archiver.models import Blob
 from tune_archiver.net.retry import MOVED_ON, call_with_retries
 from tune_archiver.net.throttle import TokenBucket
@@ -144,6 +145,12 @@ class Downloader:
             # failed: the host, which may have deleted the file meanwhile, is not asked.
             if not (partial.complete and partial.size >= min_size):
                 await self._body_renewed(transfer, refresh)
+            head = partial.head(HEAD_BYTES)  # the body's last pieces are not written yet
+            head += b"".join(transfer.tail)[:HEAD_BYTES] if len(head) < HEAD_BYTES else b""
+            page = error_page(partial.content_type, head[:HEAD_BYTES])
+            if page is not None:  # a page's bytes under a type saying nothing (see _accept)
+                keep = False  # never committed unasked by a later run
+                raise DataError(f"the server sent an error page ({page}): {transfer.shown}")
             try:
                 # The type the host served it as, recorded with the partial (see _accept).
                 blob = await incoming.commit(partial.content_type, transfer.tail)
