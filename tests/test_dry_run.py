@@ -86,16 +86,20 @@ def test_dry_run_json_lists_files_not_downloadable(
     assert (six["tune_id"], six["not_downloadable"], six["error"]) == (6, [], None)
 
 
-@pytest.mark.parametrize("how", ["ftp", "userinfo-redirect"])
+@pytest.mark.parametrize("how", ["ftp", "userinfo-redirect", "empty-label", "long-label"])
 def test_dry_run_names_a_url_a_fetch_would_refuse_as_not_downloadable(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     """A URL or redirect a fetch refuses for good (an ftp:// URL, a redirect carrying a user
-    name and password) is not downloadable, with the refusal's reason; never "size
+    name and password, a host with an empty label or one past 63 characters, which no
+    name may have) is not downloadable, with the refusal's reason; never "size
     unknown", which would let the dry run exit 0 for a file no fetch can archive."""
     add_tune_5(standin)
     if how == "ftp":
         standin.tunes[5]["orig_images"][2] = "ftp://files.example/img-5-2"
+    elif how.endswith("label"):  # a host no name may be: the dry run died of its UnicodeError
+        host = "cdn..example" if how == "empty-label" else "a" * 64 + ".example"
+        standin.tunes[5]["orig_images"][2] = f"http://{host}/img-5-2"
     else:
         port = standin.file_url("img-5-2").split(":")[2].split("/")[0]
         standin.redirects["img-5-2"] = f"http://user:pw@127.0.0.1:{port}/files/img-5-2"

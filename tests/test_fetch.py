@@ -395,6 +395,24 @@ def test_an_error_page_served_as_no_type_is_not_archived(
     assert stored_blobs(archive) == [blob_file(archive, standin.files["ckpt-1"])]
 
 
+def test_a_host_no_name_may_be_fails_its_file_alone_said_plainly(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL whose host has an empty label (or one past 63 characters) cannot be looked
+    up: it fails as a URL refused, not as 'internal error ... UnicodeError', and the
+    tune's other files are archived."""
+    make_tune(standin, 1, images=1)
+    standin.tunes[1]["orig_images"].append("http://cdn..example/img")
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--retries", "0") == 1
+    entries = check_manifest(archive / "manifests" / "1.json")["assets"]
+    assert [e["status"] for e in entries] == ["ok", "ok", "failed"]
+    assert entries[2]["error"] == "refused malformed URL http://cdn..example/img"
+    assert capsys.readouterr().err.splitlines() == [
+        "tune-archiver: error: tune 1 (Tune 1): training_image 1: refused malformed URL "
+        "http://cdn..example/img"]
+
+
 def test_a_body_sent_compressed_is_not_archived_as_the_file(
     standin: StandIn, archive: Path
 ) -> None:

@@ -228,10 +228,14 @@ def test_origin_fills_in_default_ports(url: str, expected: tuple[str, str, int])
         "https://:443/no-host",
         "http://host.example:abc/",
         "http://host.example:99999/",
+        "http://cdn..example/a",  # no name has an empty label, nor one past 63 characters:
+        "https://" + "a" * 64 + ".example/a",  # aiohttp's lookup raised UnicodeError
+        "http://a\u3002\u3002b/a",  # the same, with ideographic full stops
     ],
 )
 def test_check_fetchable_refuses(url: str) -> None:
-    """Non-http(s) schemes, missing hosts and bad ports raise RefusedUrl."""
+    """Non-http(s) schemes, missing hosts, hosts no name may be and bad ports raise
+    RefusedUrl."""
     with pytest.raises(RefusedUrl):
         check_fetchable(url)
 
@@ -251,6 +255,8 @@ def test_check_fetchable_refusal_is_redacted() -> None:
         "HTTPS://HOST.EXAMPLE:8443/a",
         "http://127.0.0.1:8080/tunes/1",
         "https://[::1]/a",
+        "https://bücher.example/a",
+        "http://host.example./a",
     ],
 )
 def test_check_fetchable_accepts_http_and_https(url: str) -> None:

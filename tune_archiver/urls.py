@@ -362,8 +362,8 @@ def origin(url: str) -> tuple[str, str, int | None]:
 
 
 def check_fetchable(url: str) -> None:
-    """Raise RefusedUrl unless the URL is absolute http(s) with a host, a port of digits,
-    and no whitespace or control character anywhere."""
+    """Raise RefusedUrl unless the URL is absolute http(s) with a host a name may be, a
+    port of digits, and no whitespace or control character anywhere."""
     if _UNSAFE.search(url):
         shown = visible(redact(url)).replace(" ", "\\x20")
         raise RefusedUrl(f"refused a URL with whitespace or control characters: {shown}")
@@ -380,3 +380,7 @@ def check_fetchable(url: str) -> None:
         raise RefusedUrl(f"refused {scheme} URL (only http and https): {redact(url)}")
     if not parts.hostname:
         raise RefusedUrl(f"refused URL without a host: {redact(url)}")
+    try:  # as the lookup encodes it: a label empty or past 63 characters raised there
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise RefusedUrl(f"refused malformed URL {redact(url)}") from exc
