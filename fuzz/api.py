@@ -267,7 +267,17 @@ def main_fuzz(seed: int, rounds: int) -> None:
                 argv = ["fetch", "--all", *common]
             else:
                 argv = ["fetch", "5", "--prompts", *common]
-            argv += rng.choice([[], ["-v"], ["--log-file", "-"], ["--json"], ["-q"], ["--dry-run"], ["--dry-run", "--json"]])
+            argv += rng.choice(
+                [
+                    [],
+                    ["-v"],
+                    ["--log-file", "-"],
+                    ["--json"],
+                    ["-q"],
+                    ["--dry-run"],
+                    ["--dry-run", "--json"],
+                ]
+            )
             code, _out, err = run(argv)
             found += bool(check(f"{seed}/{i} {mode} {argv[-2:]}", code, err, s, archive, tune))
             if mode == "verify" or rng.random() < 0.3:
