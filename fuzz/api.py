@@ -69,6 +69,23 @@ def hostile_urls(s: StandIn) -> list[Any]:
         "http://127.0.0.1:0/x",
         "http://0.0.0.0/x",
         "http://%31%32%37.0.0.1/x",
+        "http://a..b/x",
+        "http://" + "a" * 70 + "/x",
+        "http://[::1]:80:80/",
+        "http://[1:2:3]/",
+        "http://[v1.x]/",
+        "http://a%00b/",
+        "http://a%2fb/",
+        "http://xn--zz/",
+        "http://\u00e9.example/",
+        "http://\u2488/",
+        "http://\ufb01.example/",
+        "http://a\u200db/",
+        "http://\U0001f600.example/",
+        "http://1.2.3.4.5/",
+        "http://256.1.1.1/",
+        "http://0x7f.1/",
+        "http://a:b:c/",
         "http:\\\\127.0.0.1\\x",
         "mailto:a@b",
         s.file_url(s.api_key),
@@ -162,7 +179,7 @@ def mutate_tune(rng: random.Random, s: StandIn, tune: dict[str, Any]) -> Any:
 
 
 _RAW = _re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\u061c\ufeff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\u061c\ufeff]"
 )
 LAST_OUT = [""]
 LAST_ARGV: list[list[str]] = [[]]
@@ -223,6 +240,8 @@ def check(label: str, code: int, err: str, s: StandIn, archive: Path, extra: Any
             problems.append(f"--json stdout not one JSON document: {LAST_OUT[0][:200]!r}")
     if "-q" in LAST_ARGV[0] and LAST_OUT[0].strip():
         problems.append(f"-q printed {LAST_OUT[0][:200]!r}")
+    if "internal error" in err or "unexpected error" in err:
+        problems.append("a server's fault said as our bug (internal/unexpected error)")
     if s.api_key in err or s.api_key in LAST_OUT[0]:
         problems.append("key in stderr")
     if problems:
