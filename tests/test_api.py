@@ -422,6 +422,29 @@ async def test_listing_ends_at_the_first_empty_page(
     assert [t["id"] for t in await list_tunes(session, settings)] == [9, 7, 3]
 
 
+def test_numbers_json_cannot_write_back_are_kept_as_their_text(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """NaN and Infinity (which Python's JSON reads, but are no JSON), and a number past a
+    float's range (1e999, read as inf): the manifest wrote them back as NaN and Infinity,
+    a file JSON.parse, Go or serde refuse. Each is kept as the text the API sent."""
+    ckpt = standin.add_file("ckpt-1", os.urandom(4_000))
+    tune = {"id": 1, "title": "Jane", "ckpt_urls": [ckpt], "orig_images": []}
+    standin.tunes[1] = json.dumps(tune)[:-1].encode() + (
+        b', "steps": NaN, "args": [Infinity, -Infinity, 1e999, -1e999, 0.5]}')
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1") == 0
+
+    def no_json(constant: str) -> None:
+        raise AssertionError(f"{constant} is no JSON")
+
+    text = (archive / "manifests" / "1.json").read_text()
+    tune_kept = json.loads(text, parse_constant=no_json)["tune"]
+    assert (tune_kept["steps"], tune_kept["args"]) == (
+        "NaN", ["Infinity", "-Infinity", "1e999", "-1e999", 0.5])
+    check_manifest(archive / "manifests" / "1.json")
+
+
 def test_lone_surrogate_escapes_in_the_apis_json_leave_the_tune_archivable(
     standin: StandIn, tmp_path: Path
 ) -> None:

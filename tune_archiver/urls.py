@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -225,6 +226,14 @@ def nested_too_deeply(data: bytes, value: Any, wrapping: int = 0) -> bool:
 
 
 _CONTAINERS = (dict, list)  # as json.loads makes them: exact types, checked fastest so
+
+
+def json_float(text: str) -> float | str:
+    """A JSON number with a fraction or an exponent, as a float; its text when past a
+    float's range (1e999 reads as inf, which a manifest would write as Infinity, no
+    JSON). Python's reader takes NaN and Infinity too: parse_constant=str keeps those."""
+    value = float(text)
+    return value if math.isfinite(value) else text
 
 
 def redact_json(value: Any) -> Any:

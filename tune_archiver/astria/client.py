@@ -21,7 +21,7 @@ from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
-from tune_archiver.urls import MAX_JSON_DEPTH, nested_too_deeply, origin, redact
+from tune_archiver.urls import MAX_JSON_DEPTH, json_float, nested_too_deeply, origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
 MAX_ERROR_BYTES = 64 * 2**10
@@ -288,7 +288,7 @@ def parse_json(body: bytes, what: str, listing: bool = False) -> Any:
     DataError when it is not JSON, or nests too deeply to be handled. In a `listing`
     (a list), an item nested too deeply has its deep parts cut to null instead."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=str, parse_float=json_float)
     # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DataError(f"{what}: the API returned malformed JSON") from exc
