@@ -393,3 +393,26 @@ def test_a_restart_stops_the_record_vouching_for_the_pieces_it_dropped(tmp_path:
     assert again.size == 0
     assert again.spans is None
     again.close(keep=False)
+
+
+@pytest.mark.parametrize("hashed", [0, 100])
+def test_a_run_stopped_while_checking_kept_bytes_keeps_the_earlier_record(
+    tmp_path: Path, hashed: int,
+) -> None:
+    """A run stopped while it read back the bytes an earlier run kept (before reaching the
+    length that run's sha256 covers) recorded the sha256 of what it had read so far, or
+    none: a byte the disk changed past it was resumed as received, and archived. The
+    earlier record stays until the bytes read back reach it."""
+    partial = new_partial(tmp_path, 2000)
+    partial.append([DATA])
+    partial.close(keep=True)
+    stopped = Partial.open(tmp_path, KEY, tmp_path)
+    stopped.catch_up_hash(hashed)
+    stopped.close(keep=True)
+    [part] = tmp_path.glob("*.part")
+    with part.open("r+b") as file:
+        file.seek(500)
+        file.write(bytes([DATA[500] ^ 0xFF]))
+    again = reopen(tmp_path)
+    assert (again.size, again.hashed) == (0, 0)  # started over
+    again.close(keep=False)

@@ -43,8 +43,12 @@ class PrefixHash:
         return self._hash.copy().hexdigest() == sha256
 
     def recorded(self) -> tuple[int, str] | None:
-        """(size, sha256 of those bytes) taken at one moment, for a sidecar; None when empty."""
+        """(size, sha256 of those bytes) taken at one moment, for a sidecar; None when empty.
+        An earlier run's record not reached yet stays the record: the bytes past `size`
+        are the ones it vouched for, unchecked still."""
         with self._lock:
+            if self.vouched is not None:
+                return self.vouched
             return (self.size, self._hash.copy().hexdigest()) if self.size else None
 
     def hexdigest(self) -> str:
