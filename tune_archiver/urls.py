@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from yarl import URL
+
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.text import visible
 
@@ -389,7 +391,9 @@ def check_fetchable(url: str) -> None:
         raise RefusedUrl(f"refused {scheme} URL (only http and https): {redact(url)}")
     if not parts.hostname:
         raise RefusedUrl(f"refused URL without a host: {redact(url)}")
-    try:  # as the lookup encodes it: a label empty or past 63 characters raised there
-        parts.hostname.encode("idna")
-    except UnicodeError as exc:
+    try:  # as the lookup encodes it: yarl's IDNA 2008 first (a Python codec's IDNA 2003
+        # refuses names it takes, an Arabic one ending in digits), then the system's; a
+        # label empty or past 63 characters raised there
+        (URL(url).raw_host or "").encode("idna")
+    except ValueError as exc:  # UnicodeError is one
         raise RefusedUrl(f"refused malformed URL {redact(url)}") from exc
