@@ -335,3 +335,27 @@ def test_what_verify_says_of_a_manifest_the_disk_cannot_read_mends_it(
     monkeypatch.undo()
     assert run_fetch(standin, archive, "1") == 0
     assert manifest_of(archive, 1)["complete"] is True
+
+
+def test_what_gc_says_of_a_manifest_the_disk_cannot_read_mends_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest the local disk fails to read (EIO; here one past the size a manifest
+    may have): gc said only 'cannot read the manifest of tune 1 ...', neither that it
+    removes nothing nor what mends it, so a user removing it had the next gc take the
+    blobs it alone named. It says what verify says: move it to manifests/damaged/1-0.json,
+    where gc keeps every blob."""
+    add_tune(standin, 1)
+    archived(standin, archive, 1)
+    blobs = stored_blobs(archive)
+    monkeypatch.setattr("tune_archiver.store.local.MAX_MANIFEST_BYTES", 100)
+    said = cli(capsys, "gc", "--archive", str(archive))
+    assert said.code == 1
+    [line] = said.errors
+    assert "larger than 100 bytes" in line
+    assert "gc removes nothing until it is moved to manifests/damaged/1-0.json" in line
+    (archive / "manifests" / "damaged").mkdir()
+    (archive / "manifests" / "1.json").rename(archive / "manifests" / "damaged" / "1-0.json")
+    assert "set aside in manifests/damaged/" in cli(capsys, "gc", "--archive", str(archive)).err
+    assert stored_blobs(archive) == blobs

@@ -151,7 +151,12 @@ async def referenced_blobs(store: Store) -> set[str]:
                      f"which no fetch finds, is moved to manifests/damaged/{tune_id}-0.json "
                      "by hand; never remove it: gc would then take the blobs it alone names)")
             raise ArchiverError(f"{exc}; gc removes nothing until {until}") from exc
-        except NotAFile as exc:  # a folder, link or FIFO: no fetch sets it aside
+        except StorageError as exc:
+            # A folder, link or FIFO, or one the local disk fails to read (EIO, past the
+            # size a manifest may have): no fetch sets it aside (verify says the same).
+            # A bucket's failure (a 503) is said as it is: no move mends it.
+            if not (isinstance(exc, NotAFile) or store.unreadable_is_damaged):
+                raise
             raise ArchiverError(
                 f"{exc}; gc removes nothing until it is moved to manifests/damaged/"
                 f"{tune_id}-0.json in the archive (gc keeps every blob while it is there), "
