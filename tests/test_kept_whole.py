@@ -375,4 +375,4 @@ def test_bytes_kept_for_the_next_run_that_a_disk_changed_are_never_archived(
     [blob] = stored_blobs(archive)
     assert blob == blob_file(archive, data)
     assert blob.read_bytes() == data
-    assert "changed on disk since; it starts over" in capsys.readouterr().err
+    assert "changed on disk since: the download starts over" in capsys.readouterr().err

@@ -244,8 +244,9 @@ class Partial:
         except OSError as exc:
             raise storage_error(exc, self._archive, "read a download") from exc
         if not same:  # the sidecar's sha256 of them: a damaged disk's bytes are never committed
-            log.warning("%s: the %d bytes an earlier run kept of a download changed on disk "
-                        "since; it starts over", self._archive, self._hash.size)
+            log.warning("%s: the %d bytes an earlier run kept changed on disk since: the "
+                        "download starts over (the disk may have damaged more: run "
+                        "tune-archiver verify)", self.path, self._hash.size)
             self.reset()
             return 0
         if self._hash.size > start and self.on_hashed is not None:
