@@ -1086,3 +1086,27 @@ def test_the_bench_switch_that_skips_hashing_is_said_by_a_repair_too(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert "TUNE_ARCHIVER_BENCH_SKIP_HASH is set" in err[0]
+
+
+def test_a_repair_whose_host_serves_other_bytes_now_never_says_the_archive_is_whole(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A photo's blob rotted; its host serves other bytes now. The repair fetched them,
+    the manifest named them, the verify after found nothing: 'the archive is whole',
+    exit 0, though the photo first archived was lost. It is said, exit 1, and --json
+    names it; the next verify finds the archive as it now is."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    flip_byte(blob_file(archive, served.images[0]), 10)
+    [name] = [n for n, data in standin.files.items() if data == served.images[0]]
+    standin.files[name] = os.urandom(len(served.images[0]))
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url, "--json")
+    assert ran.code == 1
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    [line] = document["repair"]["replaced"]
+    assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
+    assert sha256(served.images[0]) in line
+    assert any(error.endswith(line) for error in ran.errors)

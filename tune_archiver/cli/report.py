@@ -264,7 +264,7 @@ def verify_summary(report: VerifyReport, strict: bool = False) -> str:
 def repair_errors(mended: RepairReport, strict: bool = False, also: str = "") -> list[str]:
     """What a repair could not mend: the problems left (with `strict`, files gone
     upstream too), and the files it could not fetch."""
-    lines = [f"not repaired: {line}" for line in mended.refused]
+    lines = [f"not repaired: {line}" for line in mended.refused + mended.replaced]
     lines += [f"not repaired: {line}" for line in verify_problems(mended.after, strict, also)]
     for result in mended.fetched if not mended.ok else ():  # else said in repair_lines
         lines += [f"not repaired: {line}" for line in fetch_errors(result, also)]
@@ -301,6 +301,7 @@ def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
             "moved": mended.moved,
             "put_back": mended.put_back,
             "refused": mended.refused,
+            "replaced": mended.replaced,
             "fetched": [tune_json(result) for result in mended.fetched],
             "after": verify_json(mended.after),
         },

@@ -38,6 +38,10 @@ class RepairReport:
     moved: list[str] = field(default_factory=list)  # keys under tmp/damaged/
     put_back: list[str] = field(default_factory=list)  # "<blob's key> from <wrong place>"
     refused: list[str] = field(default_factory=list)  # why a blob could not be set aside
+    # A damaged blob whose file its host serves as other bytes now: archived as served,
+    # its manifest naming them, so the verify after finds nothing; the bytes first
+    # archived are lost but for their damaged copy. One line each.
+    replaced: list[str] = field(default_factory=list)
     fetched: list[TuneResult] = field(default_factory=list)
     after: VerifyReport = field(default_factory=VerifyReport)
     # Why the tunes to fetch again were not (ulimit -n), or not all (a key rejected, the
@@ -55,7 +59,7 @@ class RepairReport:
         share a kind and index, and a gone entry is never dropped, so one more is new."""
         before = Counter((p.tune_id, p.kind, p.index) for p in self.before_gone)
         after = Counter((p.tune_id, p.kind, p.index) for p in self.after.gone)
-        return self.after.ok and not self.refused and not after - before
+        return self.after.ok and not self.refused and not self.replaced and not after - before
 
 
 def fetches(found: VerifyReport) -> bool:
@@ -127,6 +131,7 @@ async def repair(
             report.stopped = exc
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
     report.after = await verify(store, sorted(touched), progress)  # back is hashed again
+    report.replaced = await _replaced(store, damaged, report.fetched)
     # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
     # still there: the archive is not whole while it is, nor --strict content without it.
     report.after.problems += [p for p in found.problems if p.tune_id not in touched]
@@ -162,6 +167,28 @@ async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: R
         report.moved += aside
         report.put_back.append(f"{blob_key(sha)} from {misplaced[sha]}")
         whole.add(sha)
+
+
+async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResult]
+                    ) -> list[str]:
+    """The damaged blobs whose file the fetch archived as other bytes (its host serves
+    those now) while the bytes first archived are not back: the manifest names the new
+    ones, so the verify after says nothing of it."""
+    # Downloaded now, not reused: an entry this repair mended names its true blob anew.
+    now: dict[tuple[int, str | None, int | None], str] = {
+        (r.tune_id, a.asset.kind, a.asset.index): a.blob.sha256
+        for r in fetched for a in r.assets if a.blob is not None and not a.reused}
+    lines = []
+    for p in damaged:
+        other = now.get((p.tune_id, p.kind, p.index))
+        if (p.sha256 is None or other in (None, p.sha256)
+                or await store.blob_size(p.sha256) is not None):
+            continue
+        copy = "" if p.problem == "missing" else " but for the damaged copy moved aside"
+        lines.append(f"tune {p.tune_id}: {p.kind} {p.index}: its host serves other bytes "
+                     f"now, archived in its place; the bytes first archived "
+                     f"({blob_key(p.sha256)}) are lost{copy}")
+    return lines
 
 
 async def _whole_now(store: Store, sha256: str) -> bool:
