@@ -234,3 +234,41 @@ def test_a_prompts_run_whose_listing_failed_keeps_a_prompt_file_another_run_foun
     assert document["complete"] is False
     assert run_fetch(standin, archive, "1") == 0  # without --prompts: the entry is kept
     assert manifest_of(archive, 1)["complete"] is False
+
+
+@pytest.mark.parametrize("upstream", ["kept", "expired"])
+def test_verify_repair_never_fetches_again_a_tune_forgotten_since_verify_read_it(
+    standin: StandIn, tmp_path: Path, upstream: str
+) -> None:
+    """verify --repair found tune 1's checkpoint corrupt; while it hashed the rest of the
+    archive, another operator forgot tune 1 (a cron's forget --keep-within). The repair
+    then fetched tune 1 again: a forgotten tune back in the archive, every file of it
+    downloaded anew ('the archive is whole'); or, expired upstream, 'tune 1: not found',
+    exit 1 for a tune no longer archived. It mends only what is still archived."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1, **({"expires_at": EXPIRED} if upstream == "expired" else {}))
+    add_tune(standin, 2)
+    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=200)) == 0
+    checkpoint = blob_file(archive, served.checkpoints[0])
+    checkpoint.chmod(0o600)
+    checkpoint.write_bytes(b"x" * len(served.checkpoints[0]))  # rotted, same size
+    if upstream == "expired":
+        gone_upstream(standin)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    asked = len(standin.requests)
+
+    async def both() -> Any:
+        store = LocalStore(archive)
+        found = await verify(store, [], NullProgress())
+        assert {(p.tune_id, p.problem) for p in found.problems} == {(1, "corrupt")}
+        other = LocalStore(archive)  # the other operator's forget, meanwhile
+        assert (await forget(other, [1], None, NOW, dry_run=False)).removed
+        return await repair(store, found, settings, staging_for(archive), NullProgress(),
+                            lambda: NOW)
+
+    mended = asyncio.run(both())
+    assert not (archive / "manifests" / "1.json").exists()
+    assert standin.requests[asked:] == []
+    assert mended.fetched == []
+    assert mended.ok, mended.after.problems

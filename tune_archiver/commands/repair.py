@@ -20,7 +20,13 @@ from dataclasses import dataclass, field, replace
 
 from tune_archiver import manifest
 from tune_archiver.commands.fetch import Clock, fetch
-from tune_archiver.commands.verify import BLOB_PROBLEMS, Problem, VerifyReport, verify
+from tune_archiver.commands.verify import (
+    BLOB_PROBLEMS,
+    Problem,
+    VerifyReport,
+    damaged_tune,
+    verify,
+)
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
@@ -118,24 +124,36 @@ async def repair(
             await _set_aside(store, damaged, stamp, report, whole, stuck)
     tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
                    | {p.tune_id for p in failed})
-    if tunes and stopped is not None:
-        report.stopped = stopped
-    elif tunes:
-        # A prompt's file (a generated image, an input) comes back only with the prompts.
-        prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
-        try:
-            report.fetched = await fetch(replace(settings, prompts=prompts), tunes,
-                                         NullProgress(), clock=clock, store=store,
-                                         staging=staging)
-        except ArchiverError as exc:  # the tunes touched are verified again all the same
-            report.stopped = exc
-    touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)  # what was put
-    report.after = await verify(store, sorted(touched), progress)  # back is hashed again
+    touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)
+    # Held shared, as the fetch below holds it, so that no forget comes between the look
+    # and the fetch: a tune forgotten since verify read it (a cron's forget --keep-within
+    # while verify hashed the rest) is no longer archived, and fetched again it would be
+    # back, downloaded whole, or, gone upstream, a failure of a tune no longer there.
+    async with store.locked(exclusive=False, waiting=waiting):
+        # (one whose manifest a fetch set aside as damaged meanwhile is fetched anew)
+        forgotten = touched - set(await store.manifest_ids()) - {
+            damaged_tune(key) for key in await store.damaged_manifests()}
+        tunes = [tune_id for tune_id in tunes if tune_id not in forgotten]
+        if tunes and stopped is not None:
+            report.stopped = stopped
+        elif tunes:
+            # A prompt's file (a generated image, an input) comes back only with the prompts.
+            prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
+            try:
+                report.fetched = await fetch(replace(settings, prompts=prompts), tunes,
+                                             NullProgress(), clock=clock, store=store,
+                                             staging=staging)
+            except ArchiverError as exc:  # the tunes touched are verified again all the same
+                report.stopped = exc
+    touched -= forgotten  # what was put back is hashed again
+    report.after = (await verify(store, sorted(touched), progress) if touched
+                    else VerifyReport())
     report.replaced = await _replaced(store, damaged, report.fetched)
     # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
     # still there: the archive is not whole while it is, nor --strict content without it.
-    report.after.problems += [p for p in found.problems if p.tune_id not in touched]
-    report.after.gone += [p for p in found.gone if p.tune_id not in touched]
+    report.after.problems += [p for p in found.problems
+                              if p.tune_id not in touched | forgotten]
+    report.after.gone += [p for p in found.gone if p.tune_id not in touched | forgotten]
     return report
 
 

@@ -94,7 +94,7 @@ async def verify(
     refs: dict[str, list[_Ref]] = defaultdict(list)
     chosen = list(dict.fromkeys(tune_ids)) or await store.manifest_ids()
     for key in await store.damaged_manifests():
-        damaged = _damaged_tune(key)
+        damaged = damaged_tune(key)
         if damaged is not None and (not tune_ids or damaged in chosen):
             report.problems.append(Problem(
                 damaged, None, None, "unreadable_manifest",
@@ -237,7 +237,7 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     return found
 
 
-def _damaged_tune(key: str) -> int | None:
+def damaged_tune(key: str) -> int | None:
     """The tune a set-aside manifest (manifests/damaged/<id>-<time>.json) belonged to."""
     return tune_id_of(key.rsplit("/", 1)[-1].split("-", 1)[0])
 
