@@ -272,3 +272,39 @@ def test_verify_repair_never_fetches_again_a_tune_forgotten_since_verify_read_it
     assert standin.requests[asked:] == []
     assert mended.fetched == []
     assert mended.ok, mended.after.problems
+
+
+def test_a_file_another_run_archived_again_meanwhile_is_no_failure_of_a_run_that_failed_it(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Tune 1's image lost its blob. A cron's fetch found it missing and failed to fetch
+    it again (a 404 from a flaky host); meanwhile a hand-run fetch fetched it whole and
+    wrote the manifest. The cron's run, writing next, kept the image (the manifest names
+    it whole) but said it failed, exit 1, and wrote the tune "complete": false, by what
+    it had found missing when it planned: list said "no" of a whole tune, and fetch --all
+    never skipped it as unchanged."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    image = served.images[0]
+    blob_file(archive, image).unlink()
+    standin.faults["img-1-0.jpg"] = [Status(404)]  # the cron's try; the other's is whole
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    other: list[list[TuneResult]] = []
+
+    class Meanwhile(LocalStore):
+        async def update_manifest(self, tune_id: int, change: Any) -> str:
+            if not other:  # the operator's run, between our plan and our write
+                other.append(await fetch(settings, [1], NullProgress(),
+                                         store=LocalStore(archive)))
+            return await super().update_manifest(tune_id, change)
+
+    [ours] = asyncio.run(fetch(settings, [1], NullProgress(), store=Meanwhile(archive)))
+    [[theirs]] = other
+    assert theirs.ok
+    assert blob_file(archive, image).read_bytes() == image
+    assert ours.ok, ours
+    document = manifest_of(archive, 1)
+    assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3
+    assert document["complete"] is True

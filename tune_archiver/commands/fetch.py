@@ -44,7 +44,7 @@ from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.selection import parse_moment
-from tune_archiver.store import Store
+from tune_archiver.store import Store, blob_sizes
 from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact, redact_json
 
@@ -296,7 +296,10 @@ async def _download_and_record(
 
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
-        written, reported[:] = merged(ours, now, plan.missing)
+        # What we found missing as we planned, less what another run stored whole since
+        # (its file archived again meanwhile: no failure of ours, the tune complete).
+        missing = plan.missing - (await blob_sizes(run.store, plan.missing)).keys()
+        written, reported[:] = merged(ours, now, missing)
         checked[0] = with_nulls_archived(tune, reported)
         # Kept failed (so not complete), not retried: by a run that listed no prompts, or
         # not all of them (another run's entry for a prompt it did not read is no less so).
@@ -305,7 +308,7 @@ async def _download_and_record(
         # An entry kept while its blob is missing is ok in `written`, not in `reported`:
         # the tune is not complete while the run says that file failed.
         # A file --only left out that another run archived meanwhile is in the manifest.
-        complete = (not left_out_now(plan.left_out, now, plan.missing)
+        complete = (not left_out_now(plan.left_out, now, missing)
                     and not tune.prompt_errors and not checked[0].field_errors
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
