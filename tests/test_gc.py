@@ -30,7 +30,7 @@ from tests.archive_helpers import (
     two_tunes_sharing_an_image,
 )
 from tests.conftest import check_manifest
-from tests.helpers import blob_file, sha256, stored_blobs
+from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import StandIn
 from tests.test_process import wait_until
 from tune_archiver.commands.gc import collect
@@ -404,6 +404,43 @@ def test_gc_waits_for_a_running_fetch(
     assert len(document["assets"]) == 1 + len(images)
     for entry in document["assets"]:
         assert sha256((archive / entry["path"]).read_bytes()) == entry["sha256"]
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_a_fetch_whose_lock_file_was_removed_never_names_blobs_a_gc_took_meanwhile(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The archive's lock file, taken for one a killed run left, was removed by hand
+    while a fetch held it; a gc then took a new one at once and removed the images the
+    fetch had stored, no manifest naming them yet. The fetch then wrote its manifest
+    naming them, 'ok', exit 0: verify found them missing, and a tune expired upstream
+    could never have them again. Nothing is written once the lock held is gone."""
+    checkpoint = os.urandom(50_000)
+    target = standin.add_file("ckpt-1.safetensors", checkpoint)
+    images = [os.urandom(3_000 + i) for i in range(3)]
+    urls = [standin.add_file(f"img-1-{i}.jpg", data) for i, data in enumerate(images)]
+    with Gate(target) as gate:
+        standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
+        fetch = start(archive, "fetch", "1", "--api-url", standin.api_url,
+                      env={"ASTRIA_API_KEY": standin.api_key})
+        try:
+            assert gate.arrived.wait(20), "the checkpoint's download never began"
+            wait_until(lambda: all(blob_file(archive, d).exists() for d in images),
+                       "the fetch's images committed")
+            (archive / "lock").unlink()
+            gc = cli(capsys, "gc", "--json", "--archive", str(archive))
+            assert gc.code == 0, gc.err
+            assert len(json.loads(gc.out)["blobs"]) == len(images)  # it did not wait
+            gate.open()
+            _, fetch_err = fetch.communicate(timeout=30)
+        finally:
+            stop(fetch)
+    assert fetch.returncode == 1, fetch_err
+    assert f"lock file {archive / 'lock'} was removed while this run held it" in fetch_err
+    assert not (archive / "manifests" / "1.json").exists()
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+    standin.add_tune(1, [target], urls)  # the next fetch archives it whole
+    assert run_fetch(standin, archive, "1") == 0
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
 
 

@@ -59,7 +59,7 @@ from tune_archiver.store.files import (
     store_blob,
     walk_objects,
 )
-from tune_archiver.store.locks import flocked, holding
+from tune_archiver.store.locks import ArchiveLock, holding
 from tune_archiver.threads import in_thread
 
 LOCK = "lock"
@@ -82,6 +82,7 @@ class LocalStore:
         self.root = root
         # Lexical, not resolved: the archive may sit behind a symlink.
         self._absolute = Path(os.path.normpath(root.absolute()))
+        self._lock = ArchiveLock(self.path(LOCK), root)
         self.dir_syncs = DirSyncs()  # blob folders to fsync before the next manifest
         self._warned = False  # that others may read the archive: said once
 
@@ -191,22 +192,21 @@ class LocalStore:
         return key
 
     async def update_manifest(self, tune_id: int, change: Change) -> str:
-        """Read, change and write the tune's manifest under its own lock
-        (manifests/<id>.lock), so a second fetch of the tune waits and then builds on
-        what this one wrote. Returns the manifest's archive-relative key."""
+        """Read, change and write the tune's manifest under its own lock (manifests/<id>.lock),
+        so a second fetch of the tune waits and then builds on what this one wrote; never
+        once the archive's lock held is lost (ArchiveLock). Returns the manifest's key."""
         key = manifest_key(tune_id)
         for _ in range(MANIFEST_ATTEMPTS):
             async with self._manifest_lock(tune_id) as held:
                 data = await change(await self.read_manifest(tune_id))
-                # Its lock file removed meanwhile (by hand, a clean-up), another run may
-                # have taken a new one and written: change what is there now instead.
+                # Its lock file removed meanwhile (by hand, a clean-up), another run may have
+                # taken a new one and written: change what is there now instead.
                 if held():
+                    self._lock.check(f"write the manifest of tune {tune_id}")
                     await in_thread(self._write_atomic, self.path(key), data)
                     return key
-        raise StorageError(
-            f"cannot write the manifest of tune {tune_id} in {self.root}: its lock file "
-            f"was removed while held, each of {MANIFEST_ATTEMPTS} times"
-        )
+        raise StorageError(f"cannot write the manifest of tune {tune_id} in {self.root}: its "
+                           f"lock file was removed while held, each of {MANIFEST_ATTEMPTS} times")
 
     def _manifest_lock(
         self, tune_id: int
@@ -259,12 +259,12 @@ class LocalStore:
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
     ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py).
-        Raises ConfigError, as prepare does, for an archive of another user or one
-        others may write in: gc and forget come here with no prepare, and a lock file
-        of theirs (root's) would then be refused as planted by every run of its owner."""
+        """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py). Raises
+        ConfigError, as prepare does, for an archive of another user or one others may
+        write in: gc and forget come here with no prepare, and a lock file of theirs
+        (root's) would be refused as planted by every run of its owner."""
         check_folder(self.root, "the archive")  # its warning is prepare's to give
-        return flocked(self.path(LOCK), exclusive, self.root, waiting)
+        return self._lock.held(exclusive, waiting)
 
     # -- reading the whole archive (verify, list, export, gc) ------------------------
 

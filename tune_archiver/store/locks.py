@@ -76,6 +76,39 @@ async def holding(
             os.close(fd)
 
 
+class ArchiveLock:
+    """The archive's lock file as one store holds it (fetch shared, gc exclusive), which
+    can tell whether it is still held: a lock file removed by hand while held (taken
+    for one a killed run left) lets a gc take a new one and run, removing the blobs a
+    fetch stored but no manifest names yet."""
+
+    def __init__(self, path: Path, shown: Path) -> None:
+        self._path, self._shown = path, shown
+        self._checks: list[Callable[[], bool]] = []  # one per hold, nested ones too
+
+    @contextlib.asynccontextmanager
+    async def held(
+        self, exclusive: bool, waiting: Callable[[], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold it for the length of the block, as `holding` does."""
+        async with holding(self._path, exclusive, self._shown, waiting) as check:
+            self._checks.append(check)
+            try:
+                yield
+            finally:
+                self._checks.remove(check)
+
+    def check(self, doing: str) -> None:
+        """StorageError when a hold's lock file is no longer in place: a gc may have run
+        meanwhile, so nothing may be written that names what it could have removed."""
+        if not all(check() for check in self._checks):
+            raise StorageError(
+                f"cannot {doing} in {self._shown}: the archive's lock file {self._path} was "
+                "removed while this run held it (a gc may have run since, removing blobs it "
+                "names); nothing written: run fetch again. A lock dies with its process: "
+                "never remove one")
+
+
 def names_it(path: Path, fd: int) -> bool:
     """True when `path` still names the open file (not removed or replaced meanwhile)."""
     try:
