@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -442,6 +442,36 @@ def test_a_fetch_whose_lock_file_was_removed_never_names_blobs_a_gc_took_meanwhi
     standin.add_tune(1, [target], urls)  # the next fetch archives it whole
     assert run_fetch(standin, archive, "1") == 0
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_gc_whose_lock_file_was_removed_never_takes_a_blob_a_fetch_named_meanwhile(
+    standin: StandIn, archive: Path
+) -> None:
+    """Tune 1's manifest was lost (a killed run had stored its files, none named). gc
+    listed its blobs as unreferenced; its lock file was then removed by hand, so a
+    fetch of tune 1 took a new one at once, stored the same files and wrote the manifest
+    naming them. gc then removed them all: the manifest said 'ok' of blobs gone."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    (archive / "manifests" / "1.json").unlink()
+
+    class Meanwhile(LocalStore):
+        async def blobs(self) -> list[Any]:
+            listed = await super().blobs()
+            (archive / "lock").unlink()  # taken for a killed run's, by hand
+            fetch = start(archive, "fetch", "1", "--api-url", standin.api_url,
+                          env={"ASTRIA_API_KEY": standin.api_key})  # not kept waiting
+            _, err = fetch.communicate(timeout=60)
+            assert fetch.returncode == 0, err
+            return listed
+
+    later = datetime.now(UTC) + timedelta(days=2)
+    found = asyncio.run(collect(Meanwhile(archive), later, False, staging_for(archive)))
+    assert found.blobs == []
+    assert [f"lock file {archive / 'lock'} was removed while this run held it" in line
+            for line in found.failed] == [True]
+    for data in served.all:
+        assert blob_file(archive, data).read_bytes() == data
 
 
 def test_fetch_waits_for_gc(standin: StandIn, archive: Path) -> None:

@@ -61,7 +61,7 @@ async def collect(
     nothing, while a manifest is unreadable or one set aside as damaged is kept. Each
     blob removed is added to `report`'s as it goes: a stop part way can say them.
     """
-    async with store.locked(exclusive=True, waiting=waiting):
+    async with store.locked(exclusive=True, waiting=waiting) as held:
         await _no_damaged(store)
         referenced = await referenced_blobs(store)
         # Again: a fetch on another machine (a bucket has no lock) may have set one aside
@@ -79,7 +79,7 @@ async def collect(
         if dry_run:
             report.blobs, report.partials = unreferenced, partials
         else:
-            await _remove_blobs(store, unreferenced, young, report.blobs, report.failed)
+            await _remove_blobs(store, unreferenced, young, report.blobs, report.failed, held)
             report.partials = await staging.remove_stale(cutoff, report.failed)
             # each upload swept is said, those before a failure part way too; a bucket
             # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
@@ -102,12 +102,21 @@ async def _no_damaged(store: Store) -> None:
 
 
 async def _remove_blobs(store: Store, blobs: list[tuple[str, int]], young: datetime,
-                        removed: list[tuple[str, int]], failed: list[str]) -> None:
+                        removed: list[tuple[str, int]], failed: list[str],
+                        held: Callable[[], bool]) -> None:
     """Remove `blobs`, each added to `removed` once gone: one the store will not remove
     is said in `failed`, and the others are removed. A bucket refusing deletes (Denied)
     is said once, and no further blob is tried; those removed before it are still said
-    (it stopped gc, and what it had removed went unsaid). gc goes on to the partials."""
+    (it stopped gc, and what it had removed went unsaid). So is the archive's lock lost
+    (`held` False: its lock file removed by hand, a fetch may have taken a new one and
+    named a blob listed here). gc goes on to the partials, which their own locks keep."""
     for key, size in blobs:
+        if not held():
+            failed.append(f"the archive's lock file {store}/lock was removed while this run "
+                          "held it (a fetch may have started since, naming blobs gc listed): "
+                          "gc removed no further blob; run gc again, and never remove a "
+                          "lock file (a lock dies with its process)")
+            break
         try:
             if await _or_failed(store.delete_blob(key.rsplit("/", 1)[-1], older_than=young),
                                 failed, False):

@@ -67,8 +67,9 @@ class Store(Protocol):
 
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
-    ) -> AbstractAsyncContextManager[None]:
-        """Hold the archive lock: shared by fetches, exclusive for gc (`waiting` if held)."""
+    ) -> AbstractAsyncContextManager[Callable[[], bool]]:
+        """Hold the archive lock: shared by fetches, exclusive for gc (`waiting` if held);
+        gives a check that it is still held (False once its lock file was removed)."""
         ...
 
     async def exists(self) -> bool:

@@ -258,7 +258,7 @@ class LocalStore:
 
     def locked(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    ) -> contextlib.AbstractAsyncContextManager[Callable[[], bool]]:
         """Hold the archive lock: shared for a fetch, exclusive for gc (see locks.py). Raises
         ConfigError, as prepare does, for an archive of another user or one others may
         write in: gc and forget come here with no prepare, and a lock file of theirs

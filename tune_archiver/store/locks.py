@@ -89,12 +89,12 @@ class ArchiveLock:
     @contextlib.asynccontextmanager
     async def held(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
-    ) -> AsyncIterator[None]:
-        """Hold it for the length of the block, as `holding` does."""
+    ) -> AsyncIterator[Callable[[], bool]]:
+        """Hold it for the length of the block, as `holding` does (its check given)."""
         async with holding(self._path, exclusive, self._shown, waiting) as check:
             self._checks.append(check)
             try:
-                yield
+                yield check
             finally:
                 self._checks.remove(check)
 
