@@ -101,6 +101,29 @@ def test_without_all_only_the_personal_scope_is_listed(standin: StandIn, archive
     assert workspace_in(archive, 1) is None
 
 
+def test_a_tune_named_that_lives_in_another_workspace_is_said_to_be_there(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch ID of a tune of workspace 41, without --workspace: the API answers 404 in the
+    personal scope, and 'tune 2 not found' sent its owner to think it deleted while it
+    was there to be saved. The line says where it is and how to fetch it; a tune in no
+    workspace is 'not found' as before."""
+    standin.scoped_gets = True
+    add_tune(standin, 2, "41", workspace_id=41)
+    assert run_fetch(standin, archive, "2", "999") == 1
+    err = capsys.readouterr().err
+    assert "tune 2 is not in the scope this run asks in" in err
+    assert "but in workspace 41: fetch it with --workspace 41 (or --workspace all)" in err
+    assert "tune 999 not found" in err
+    assert "tune 999 is not" not in err
+    assert run_fetch(standin, archive, "2", "--workspace", "41") == 0
+    add_tune(standin, 3, workspace_id=None)  # personal, asked for in workspace 41
+    assert run_fetch(standin, archive, "3", "--workspace", "41") == 1
+    assert ("tune 3 is not in the scope this run asks in (the personal one unless "
+            "--workspace says another), but in the personal scope: fetch it with "
+            "--workspace personal (or --workspace all)") in capsys.readouterr().err
+
+
 def test_a_later_run_that_cannot_tell_keeps_the_workspace(
     standin: StandIn, archive: Path
 ) -> None:

@@ -227,7 +227,10 @@ async def load_tune(
     the prompts must not cost the checkpoints and photos. Raises as get_tune does,
     and AuthError or ConfigError from the listing.
     """
-    tune = await api.get_tune(tune_id)
+    try:
+        tune = await api.get_tune(tune_id)
+    except TuneNotFound as exc:
+        raise await _elsewhere(api, tune_id) or exc from None
     if not prompts:
         return tune
     errors = [] if account_error is None else [account_error]
@@ -240,6 +243,25 @@ async def load_tune(
     listed = prompts_of(tune_id, own, account)
     errors += [prompt.error for prompt in listed if prompt.error is not None]
     return replace(tune, prompts=listed, prompt_errors=tuple(errors))
+
+
+async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneNotFound | None:
+    """The error for a tune the run's scope answers 404 for that another workspace holds
+    (the API answers for the personal scope only without X-Workspace-Id): 'not found'
+    alone sent its owner to think it deleted. None when no workspace has it either."""
+    try:
+        found = await api.get_tune(tune_id, ALL)
+    except ArchiverError:  # not there either, or the key may not ask every workspace
+        return None
+    where = found.raw.get("workspace_id", "")
+    known = isinstance(where, int | str) and not isinstance(where, bool) and str(where)
+    said, option = (f"workspace {where}", f"{where} (or --workspace all)") if known and str(
+        where).isprintable() else ("a workspace", "all")
+    if where is None:  # the tune says it: the personal scope (a run of --workspace 41)
+        said, option = "the personal scope", "personal (or --workspace all)"
+    return TuneNotFound(f"tune {tune_id} is not in the scope this run asks in (the personal "
+                        f"one unless --workspace says another), but in {said}: fetch it "
+                        f"with --workspace {option}", 404)
 
 
 async def read_previous(store: Store, tune_id: int) -> Manifest | None:
