@@ -124,6 +124,27 @@ def test_a_tune_named_that_lives_in_another_workspace_is_said_to_be_there(
             "--workspace personal (or --workspace all)") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    ([], "the personal scope lists none (a workspace's tunes are listed only with "
+         "--workspace ID or all)"),
+    (["--workspace", "42"], "workspace 42 lists none"),
+])
+def test_all_of_a_scope_that_lists_nothing_names_the_scope_not_the_account(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+    said: str,
+) -> None:
+    """--all without --workspace lists the personal scope only: one listing nothing said
+    'the account lists none' while workspace 41 held a tune, so an owner whose tunes are
+    all in a team's workspace read that the account had none, and nothing was saved."""
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all", *args) == 0
+    err = capsys.readouterr().err
+    assert f"--all selected no tunes: {said}" in err
+    assert "the account lists none" not in err
+    assert run_fetch(standin, archive, "--all", "--workspace", "all") == 0
+    assert "selected no tunes" not in capsys.readouterr().err
+
+
 def test_a_later_run_that_cannot_tell_keeps_the_workspace(
     standin: StandIn, archive: Path
 ) -> None:

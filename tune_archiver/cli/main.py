@@ -244,7 +244,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
         print_json(report.fetch_json(results, broke, scope), secrets)
     args.summary = report.tune_counts(results, "the listing broke off" if broke else None)
     if isinstance(tunes, AllTunes) and not results:
-        log.warning("%s", report.nothing_selected(tunes))
+        log.warning("%s", report.nothing_selected(tunes, scope))
     return EXIT_OK if broke is None and all(r.ok for r in results) else EXIT_FAILED
 
 

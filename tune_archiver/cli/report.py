@@ -148,8 +148,9 @@ def ping_summary(command: str, code: int, summary: str | None) -> str:
     return f"tune-archiver {command}: exit {int(code)}" + (f"; {summary}" if summary else "") + "\n"
 
 
-def nothing_selected(tunes: AllTunes) -> str:
-    """The line for a fetch --all that found no tune to archive."""
+def nothing_selected(tunes: AllTunes, scope: str | None) -> str:
+    """The line for a fetch --all that found no tune to archive; `scope` is what its
+    listing covered (scope_of): the personal scope, or one workspace, is not the account."""
     where = "" if tunes.shard is None else f" in shard {tunes.shard[0]}/{tunes.shard[1]}"
     if tunes.filters != TuneFilter():
         where += " passing the filters"
@@ -157,9 +158,16 @@ def nothing_selected(tunes: AllTunes) -> str:
     if tunes.expiring_within is None and (tunes.filters != TuneFilter() or where):
         return f"--all selected no tunes{where}"
     if tunes.expiring_within is None:
-        return f"--all selected no tunes{where}: the account lists none"
+        return f"--all selected no tunes{where}: {_lists_none(scope)}"
     hours = tunes.expiring_within.total_seconds() / 3600
     return f"--all selected no tunes{where}: none expires within {hours:g} h"
+
+
+def _lists_none(scope: str | None) -> str:
+    if scope in (None, PERSONAL):  # the API answers for the personal scope alone
+        return ("the personal scope lists none (a workspace's tunes are listed only with "
+                "--workspace ID or all)")
+    return "the account lists none" if scope == "all" else f"workspace {scope} lists none"
 
 
 def fetch_summary(result: TuneResult) -> str | None:
