@@ -174,6 +174,26 @@ def test_an_archived_checkpoint_stays_while_ckpt_urls_cannot_be_read(
     assert len([e for e in document["assets"] if e["kind"] == "training_image"]) == 2
 
 
+def test_a_photo_sharing_its_url_with_a_checkpoint_is_judged_by_its_own_least_size(
+    standin: StandIn, archive: Path
+) -> None:
+    """Astria's mock tunes (branch=fast; its docs' every example) list one URL as the
+    checkpoint and as each photo. The run shared one download per URL, judged by the
+    least size of whichever file asked first: a 300-byte photo failed as 'too few for
+    this file', a checkpoint's rule, run after run, or a checkpoint of 300 bytes was ok
+    after a photo. Each file is judged by its own: the photo is archived, the checkpoint
+    (past the least a checkpoint may be) fails alone, as it would if listed alone."""
+    mock = b"\xff\xd8\xff\xe0" + os.urandom(300)
+    url = standin.add_file("mock", mock)
+    standin.add_tune(10, [url], [url, url], branch="fast")
+    assert run_fetch(standin, archive, "10") == 1
+    assets = check_manifest(archive / "manifests" / "10.json")["assets"]
+    assert [(e["kind"], e["status"], e.get("sha256")) for e in assets] == [
+        ("checkpoint", "failed", None), ("training_image", "ok", sha256(mock))]
+    assert "too few for this file" in assets[0]["error"]
+    assert blob_file(archive, mock).read_bytes() == mock
+
+
 def test_api_503_with_retry_after_is_retried(standin: StandIn, archive: Path) -> None:
     """The API's 503 is retried after the Retry-After it asked for."""
     make_tune(standin, 1, images=0)

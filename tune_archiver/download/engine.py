@@ -118,10 +118,11 @@ class Downloader:
         When the host refuses the URL as expired, `refresh` is asked for a fresh one
         and the download resumes (see _body_renewed). A body of fewer than `min_size`
         bytes (an empty 200, say) is retried, never archived. Tunes that list the same
-        file share one download (see sharing.py). Raises an ArchiverError when it fails
-        for good.
+        file, asking the same least size, share one download (see sharing.py). Raises
+        an ArchiverError when it fails for good.
         """
-        return await self._shared.blob(url, lambda: self._download(url, refresh, min_size))
+        return await self._shared.blob(
+            url, lambda: self._download(url, refresh, min_size), min_size)
 
     async def drop_leftovers(self, urls: Iterable[str]) -> None:
         """What earlier runs left of these files, archived since, removed (Staging.drop)."""

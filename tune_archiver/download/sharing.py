@@ -35,12 +35,18 @@ class SharedDownloads:
     """The run's downloads by download_key: in flight, and the last DONE_KEPT finished."""
 
     def __init__(self) -> None:
-        self._running: dict[str, Shared] = {}
-        self._done: OrderedDict[str, Shared] = OrderedDict()
+        self._running: dict[tuple[str, int], Shared] = {}
+        self._done: OrderedDict[tuple[str, int], Shared] = OrderedDict()
 
-    async def blob(self, url: str, download: Callable[[], Awaitable[Blob]]) -> Blob:
-        """The blob of the URL's file: the shared download's, else `download()`'s."""
-        key = download_key(url)
+    async def blob(
+        self, url: str, download: Callable[[], Awaitable[Blob]], min_size: int = 1
+    ) -> Blob:
+        """The blob of the URL's file: the shared download's, else `download()`'s.
+
+        Shared only by askers of one `min_size` (the least bytes the file may be): a
+        download judged by another's (a checkpoint's, for a photo of the same URL, as
+        Astria's mock tunes list) would fail or pass a file by a rule not its own."""
+        key = (download_key(url), min_size)
         shared = self._done.get(key) or self._running.get(key)
         if shared is None:
             return await self._start(key, url, download).future
@@ -59,14 +65,16 @@ class SharedDownloads:
         again = self._running.get(key) or self._start(key, url, download)
         return await again.future
 
-    def _start(self, key: str, url: str, download: Callable[[], Awaitable[Blob]]) -> Shared:
+    def _start(
+        self, key: tuple[str, int], url: str, download: Callable[[], Awaitable[Blob]]
+    ) -> Shared:
         """The download of `url`, begun and shared with whoever asks for its key."""
         shared = Shared(url, asyncio.ensure_future(download()))
         self._running[key] = shared
         shared.future.add_done_callback(functools.partial(self._finished, key, shared))
         return shared
 
-    def _finished(self, key: str, shared: Shared, _: asyncio.Future[Blob]) -> None:
+    def _finished(self, key: tuple[str, int], shared: Shared, _: asyncio.Future[Blob]) -> None:
         """Remember a finished download (its blob, or how it failed), a bounded few."""
         del self._running[key]
         self._done[key] = shared
