@@ -134,6 +134,10 @@ class StandIn:
         # as the API "answers for the personal scope only" without the header.
         self.scoped_gets = False
         self.before_prompt: Callable[[int], None] | None = None  # called as a prompt is asked
+        # prompt id -> its workspace (the docs' prompt[workspace_id]); with scoped_prompts,
+        # /prompts and GET /tunes/:id/prompts/:id answer by X-Workspace-Id, as /tunes does.
+        self.prompt_workspaces: dict[int, str] = {}
+        self.scoped_prompts = False
         self.workspaces_fault: Status | None = None  # /workspaces.json answers this instead
         # Each POST /tunes: its fields, and its tune[images][] as (file name, bytes).
         self.created: list[tuple[dict[str, str], list[tuple[str, bytes]]]] = []
@@ -375,12 +379,18 @@ class StandIn:
         if self.before_prompt is not None:
             self.before_prompt(wanted)
         for prompt in self.prompts.get(int(request.match_info["id"]), []):
-            if prompt["id"] == wanted:
+            if prompt["id"] == wanted and self._in_scope(request, prompt):
                 return web.json_response(prompt)
         return web.json_response({"error": "Not found"}, status=404)
 
     async def _list_account_prompts(self, request: web.Request) -> web.StreamResponse:
-        return await self._page(request, [p for prompts in self.prompts.values() for p in prompts])
+        return await self._page(request, [p for prompts in self.prompts.values() for p in prompts
+                                          if self._in_scope(request, p)])
+
+    def _in_scope(self, request: web.Request, prompt: dict[str, Any]) -> bool:
+        scope = request.headers.get("X-Workspace-Id")
+        return not self.scoped_prompts or scope in (
+            "all", self.prompt_workspaces.get(prompt["id"]))
 
     async def _page(
         self, request: web.Request, items: list[dict[str, Any]]

@@ -358,3 +358,36 @@ def test_a_motion_control_prompt_naming_the_tune_without_a_weight_is_archived_wi
     assert [(e["prompt_id"], e["status"]) for e in entries(archive, 10, "prompt_image")] == [
         (501, "ok")]
     assert not blob_file(archive, b"o" * 900).exists()
+
+
+def test_a_failed_file_of_a_prompt_of_another_workspace_is_not_taken_for_deleted(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt made in workspace 42 (prompt[workspace_id]) naming a personal FaceID tune is
+    listed by GET /prompts only in that scope. Its image failed under --workspace all; a
+    later fetch --prompts of the personal scope, not listing it, took the file for deleted
+    upstream: 'gone', never asked for again, so the next --workspace all run, which lists
+    it, left it out for good, the tune complete. The prompt is asked for alone in every
+    workspace first: there, the file stays failed, saying why, and is archived later."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    image = os.urandom(1_200)
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman", [standin.add_file("ws-image", image)])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws-image"] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [entry] = entries(archive, 10, "prompt_image")
+    assert entry["status"] == "failed"
+    assert "prompt 501 is not listed in the scope this run asks in" in entry["error"]
+    assert "gone upstream" not in capsys.readouterr().err
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
+    # One deleted upstream is gone, as before: asked for alone, Astria answers 404.
+    standin.add_prompt(FLUX, 502, "<faceid:10:1> hat", [standin.file_url("none")])
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    standin.prompts[FLUX] = [p for p in standin.prompts[FLUX] if p["id"] != 502]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    assert [e["status"] for e in entries(archive, 10, "prompt_image")
+            if e["prompt_id"] == 502] == ["gone"]

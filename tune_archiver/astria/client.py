@@ -101,11 +101,12 @@ class AstriaClient:
         what = f"the prompts of tune {tune_id}"
         return parse_prompts(await self._pages(f"/tunes/{tune_id}/prompts", what), what, tune_id)
 
-    async def get_prompt(self, tune_id: int, prompt_id: int) -> Prompt:
-        """One prompt (GET /tunes/:tune_id/prompts/:id), for fresh URLs of its files."""
+    async def get_prompt(self, tune_id: int, prompt_id: int, scope: str | None = None) -> Prompt:
+        """One prompt (GET /tunes/:tune_id/prompts/:id), for fresh URLs of its files; asked
+        for in workspace `scope` when given."""
         what = f"prompt {prompt_id} of tune {tune_id}"
         path = f"/tunes/{tune_id}/prompts/{prompt_id}"
-        data = await self._retried(what, lambda: self._get_json(path, what))
+        data = await self._retried(what, lambda: self._get_json(path, what, scope))
         [prompt] = parse_prompts([data], what, tune_id)
         if prompt.error is not None:
             raise DataError(prompt.error)

@@ -12,6 +12,7 @@ from typing import Any
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.plan import (
+    NO_LONGER_LISTED,
     TunePlan,
     archived_blobs,
     archived_entries,
@@ -37,7 +38,7 @@ from tune_archiver.errors import (
     UnreadableManifest,
 )
 from tune_archiver.layout import manifest_key
-from tune_archiver.manifest import Manifest
+from tune_archiver.manifest import CarriedOver, Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
@@ -292,9 +293,10 @@ async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, in
 
 
 async def plan_for(
-    store: Store, tune: Tune, settings: Settings
+    store: Store, tune: Tune, settings: Settings, api: AstriaClient
 ) -> tuple[TunePlan, list[AssetResult]]:
-    """What to download for the tune, and the archived files it no longer lists."""
+    """What to download for the tune, and the archived files it no longer lists (a
+    prompt's failed file taken for deleted only once its prompt is: _unlisted)."""
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, previous)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
@@ -302,8 +304,29 @@ async def plan_for(
     # failed need not be asked for again.
     unread = settings.lists_prompts and bool(tune.prompt_errors)
     listed = settings.lists_prompts and not tune.prompt_errors
-    return plan, carried_over(previous, assets_of(tune), present, listed, unread,
-                              tune.unread_kinds)
+    carried = carried_over(previous, assets_of(tune), present, listed, unread,
+                           tune.unread_kinds)
+    return plan, [await _unlisted(api, tune.id, result) for result in carried]
+
+
+async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult) -> AssetResult:
+    """A prompt's failed file that the run's prompts no longer list is gone upstream (never
+    asked for again) only if its prompt is: GET /prompts lists one scope alone (the
+    personal one without --workspace), so a prompt made in workspace 42 that a run of
+    another scope does not list is asked for alone, in every workspace. Had, the file
+    stays failed, saying why; an error keeps the file gone, as before."""
+    entry = result.entry if isinstance(result, CarriedOver) else None
+    if (entry is None or entry.prompt_id is None or not result.gone or result.reused
+            or not (result.error or "").startswith(NO_LONGER_LISTED)):
+        return result
+    try:
+        await api.get_prompt(entry.prompt_tune_id or tune_id, entry.prompt_id, ALL)
+    except ArchiverError:  # deleted upstream (404), or not to be told
+        return result
+    return CarriedOver(result.asset, error=(
+        f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
+        f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
+        f"--workspace all (its last error: {entry.error})"), entry=entry)
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -70,7 +70,7 @@ async def dry_run(
 
         async def preview(tune: Tune) -> Preview:
             try:
-                plan, carried = await plan_for(store, tune, settings)
+                plan, carried = await plan_for(store, tune, settings, api)
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))
             probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))

@@ -253,7 +253,7 @@ async def _download_and_record(
     we planned, what that run archived is kept (plan.merged). Raises
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
-    plan, carried = await plan_for(run.store, tune, run.settings)
+    plan, carried = await plan_for(run.store, tune, run.settings, run.api)
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))
     fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))
