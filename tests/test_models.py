@@ -41,11 +41,17 @@ def test_requested_id_is_optional() -> None:
         ({"ckpt_urls": [C0, C1], "ckpt_url": None}, (C0, C1)),
         ({"ckpt_urls": [C0], "ckpt_url": ""}, (C0,)),
         ({}, ()),
+        ({"ckpt_urls": [C0], "ckpt_url": C0.replace("Signature=a", "Signature=z")}, (C0,)),
+        ({"ckpt_urls": [f"{C0}&id=1"], "ckpt_url": f"{C0}&id=2"},
+         (f"{C0}&id=1", f"{C0}&id=2")),
     ],
-    ids=["same", "different", "empty-list", "null-list", "null-url", "empty-url", "neither"],
+    ids=["same", "different", "empty-list", "null-list", "null-url", "empty-url", "neither",
+         "signed-apart", "another-file"],
 )
 def test_ckpt_url_merged_with_ckpt_urls(fields: dict[str, Any], checkpoints: tuple) -> None:
-    """ckpt_url is appended to ckpt_urls unless it is already there."""
+    """ckpt_url is appended to ckpt_urls unless it is already there: the same file
+    signed on its own (its signature alone differs) was a second checkpoint entry, the
+    checkpoint exported twice."""
     assert parse_tune({"id": 1, **fields}, 1).checkpoint_urls == checkpoints
 
 

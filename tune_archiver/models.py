@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from tune_archiver.errors import DataError
+from tune_archiver.urls import download_key
 
 AssetKind = Literal[
     "checkpoint", "training_image", "prompt_image", "prompt_input", "face_swap_image"
@@ -190,10 +191,15 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
                 errors.append((kind, f"{some}{_SAID[kind]} not archived: {error}"))
         return tuple(dict.fromkeys(found))
 
+    listed = urls("checkpoint", "ckpt_urls")
+    # ckpt_url is ckpt_urls[0] as a rule, but signed on its own: one file, never two
+    # entries (each exported) for one checkpoint.
+    keys = {download_key(url) for url in listed}
+    single = [url for url in urls("checkpoint", "ckpt_url") if download_key(url) not in keys]
     return Tune(
         id=tune_id,
         raw=data,
-        checkpoint_urls=urls("checkpoint", "ckpt_urls", "ckpt_url"),
+        checkpoint_urls=(*listed, *single),
         image_urls=urls("training_image", "orig_images"),
         face_swap_urls=urls("face_swap_image", "face_swap_images"),
         field_errors=tuple(errors),
