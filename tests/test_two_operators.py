@@ -308,3 +308,25 @@ def test_a_file_another_run_archived_again_meanwhile_is_no_failure_of_a_run_that
     document = manifest_of(archive, 1)
     assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3
     assert document["complete"] is True
+
+
+def test_a_blob_cut_short_on_disk_is_no_file_archived_again_for_a_fetch_that_failed_it(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Tune 1's image blob was cut short on disk (a full disk, a bad copy back). A fetch
+    found it so (its size not the one recorded) and failed to fetch the image again (a
+    404 from a flaky host); at its manifest write it looked which of those blobs were
+    still missing, found one by that name and took it for one another run stored whole
+    since: the image 'ok', the tune "complete": true, exit 0, over a blob cut short."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    image = served.images[0]
+    cut = blob_file(archive, image)
+    cut.chmod(0o600)
+    cut.write_bytes(image[:100])
+    standin.faults["img-1-0.jpg"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "1") == 1
+    document = manifest_of(archive, 1)
+    assert document["complete"] is False
+    assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3  # kept

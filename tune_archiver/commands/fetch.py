@@ -20,6 +20,7 @@ from tune_archiver.commands.choose import chosen, plan_for, unexpected
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.commands.plan import (
+    archived_entries,
     assets_of,
     has_expired,
     left_out_now,
@@ -297,8 +298,11 @@ async def _download_and_record(
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
         # What we found missing as we planned, less what another run stored whole since
-        # (its file archived again meanwhile: no failure of ours, the tune complete).
-        missing = plan.missing - (await blob_sizes(run.store, plan.missing)).keys()
+        # (its file archived again meanwhile: no failure of ours, the tune complete): of
+        # the size recorded, as planned; one cut short on disk is missing still.
+        stored = await blob_sizes(run.store, plan.missing) if plan.missing else {}
+        missing = plan.missing - {blob.sha256 for _, blob in archived_entries(now)
+                                  if stored.get(blob.sha256) == blob.size}
         written, reported[:] = merged(ours, now, missing)
         checked[0] = with_nulls_archived(tune, reported)
         # Kept failed (so not complete), not retried: by a run that listed no prompts, or
