@@ -1110,3 +1110,30 @@ def test_a_repair_whose_host_serves_other_bytes_now_never_says_the_archive_is_wh
     assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
     assert sha256(served.images[0]) in line
     assert any(error.endswith(line) for error in ran.errors)
+
+
+def test_a_prompt_file_that_failed_in_a_repair_is_not_said_replaced_by_another_prompts(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts 7 and 8 each generated an image 0; prompt 8's failed when archived. Prompt
+    7's blob rotted, and its host fails it as the repair fetches it again, while prompt
+    8's comes at last. The repair said of prompt 7's 'its host serves other bytes now,
+    archived in its place; the bytes first archived are lost': prompt 8's image, new, has
+    the same kind and index. Its entry still names its blob, which the verify after
+    names missing: it is said so, not as a file the host replaced."""
+    add_tune(standin, 1)
+    seven = os.urandom(900)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", seven)])
+    standin.add_prompt(1, 8, "ohwx man", [standin.file_url("eight.png")])  # 404 for now
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    flip_byte(blob_file(archive, seven), 10)
+    del standin.files["seven.png"]
+    standin.add_file("eight.png", os.urandom(800))
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url, "--json")
+    assert ran.code == 1
+    document = json.loads(ran.out)
+    assert document["repair"]["replaced"] == [], ran.err
+    assert [(p["kind"], p["index"], p["problem"]) for p in document["repair"]["after"][
+        "problems"]] == [("prompt_image", 0, "missing")]

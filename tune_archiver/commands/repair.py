@@ -148,7 +148,7 @@ async def repair(
     touched -= forgotten  # what was put back is hashed again
     report.after = (await verify(store, sorted(touched), progress) if touched
                     else VerifyReport())
-    report.replaced = await _replaced(store, damaged, report.fetched)
+    report.replaced = await _replaced(store, damaged, report.fetched, report.after)
     # What no repair touches (a manifest unreadable or missing, a file gone upstream) is
     # still there: the archive is not whole while it is, nor --strict content without it.
     report.after.problems += [p for p in found.problems
@@ -187,19 +187,22 @@ async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: R
         whole.add(sha)
 
 
-async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResult]
-                    ) -> list[str]:
+async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResult],
+                    after: VerifyReport) -> list[str]:
     """The damaged blobs whose file the fetch archived as other bytes (its host serves
     those now) while the bytes first archived are not back: the manifest names the new
-    ones, so the verify after says nothing of it."""
+    ones, so the verify `after` says nothing of it."""
     # Downloaded now, not reused: an entry this repair mended names its true blob anew.
     now: dict[tuple[int, str | None, int | None], str] = {
         (r.tune_id, a.asset.kind, a.asset.index): a.blob.sha256
         for r in fetched for a in r.assets if a.blob is not None and not a.reused}
+    # A manifest still naming the blob (its file failed, while another prompt's file of
+    # that kind and index came): the verify after says it missing, not replaced.
+    named = {(q.tune_id, q.sha256) for q in after.problems + after.gone}
     lines = []
     for p in damaged:
         other = now.get((p.tune_id, p.kind, p.index))
-        if (p.sha256 is None or other in (None, p.sha256)
+        if (p.sha256 is None or other in (None, p.sha256) or (p.tune_id, p.sha256) in named
                 or await store.blob_size(p.sha256) is not None):
             continue
         copy = "" if p.problem == "missing" else " but for the damaged copy moved aside"
