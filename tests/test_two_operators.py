@@ -330,3 +330,52 @@ def test_a_blob_cut_short_on_disk_is_no_file_archived_again_for_a_fetch_that_fai
     document = manifest_of(archive, 1)
     assert document["complete"] is False
     assert [entry["status"] for entry in document["assets"]] == ["ok"] * 3  # kept
+
+
+def test_repair_whose_lock_file_was_removed_never_sets_aside_a_blob_a_fetch_made_whole(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tunes 1 (gone upstream) and 2 share an image whose blob the disk lost. verify
+    --repair 1 holds the archive lock exclusively to set it aside; its lock file is
+    removed by hand (taken for one a killed run left), so a fetch of tune 2 takes a new
+    one at once, downloads the image and writes its manifest 'ok'. The repair then moved
+    that whole blob to tmp/damaged/: tune 2's manifest named a blob not there, and tune
+    1 could never have it again. gc stops once its lock is lost; so does the repair."""
+    archive = tmp_path / "archive"
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
+    add_tune(standin, 2, shared=(shared,))
+    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
+    blob_file(archive, shared).unlink()
+    for name in list(standin.files):
+        if name.startswith(("img-1-", "ckpt-1")):
+            standin.faults[name] = [Status(404)] * 10
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+    real_whole_now = repair_module._whole_now
+    other: list[list[TuneResult]] = []
+
+    async def whole_now(store: Store, sha: str) -> bool:
+        found = await real_whole_now(store, sha)
+        (archive / "lock").unlink()  # by hand, meanwhile; tune 2's fetch runs through
+        other.append(await fetch(settings, [2], NullProgress(), clock=lambda: NOW,
+                                 store=LocalStore(archive)))
+        return found
+
+    monkeypatch.setattr(repair_module, "_whole_now", whole_now)
+
+    async def both() -> Any:
+        store = LocalStore(archive)
+        found = await verify(store, [1], NullProgress())
+        return await repair(store, found, settings, staging_for(archive), NullProgress(),
+                            lambda: NOW)
+
+    mended = asyncio.run(both())
+    [[theirs]] = other
+    assert theirs.ok
+    assert blob_file(archive, shared).read_bytes() == shared  # not moved aside
+    assert mended.moved == []
+    assert not mended.ok
+    [line] = mended.refused
+    assert line.startswith(f"the archive's lock file {archive}/lock was removed while this "
+                           "run held it")

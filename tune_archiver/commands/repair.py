@@ -120,8 +120,8 @@ async def repair(
         # whole bytes of a damaged blob between the look and the move would have that
         # good blob moved aside, and its manifest just written "ok" name a blob not there.
         # Let go before the fetch below, which takes it shared.
-        async with store.locked(exclusive=True, waiting=waiting):
-            await _set_aside(store, damaged, stamp, report, whole, stuck)
+        async with store.locked(exclusive=True, waiting=waiting) as held:
+            await _set_aside(store, damaged, stamp, report, whole, stuck, held)
     tunes = sorted({p.tune_id for p in damaged if p.sha256 not in whole | stuck}
                    | {p.tune_id for p in failed})
     touched = {p.tune_id for p in damaged + failed} | set(mended_tunes)
@@ -158,10 +158,11 @@ async def repair(
 
 
 async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: RepairReport,
-                     whole: set[str], stuck: set[str]) -> None:
+                     whole: set[str], stuck: set[str], held: Callable[[], bool]) -> None:
     """Put back each damaged blob whose whole copy sits at a wrong place, else move it
     to tmp/damaged/ unless it is whole now; adds to `whole` and `stuck` the blobs put
-    back (or whole) and those that could not be set aside."""
+    back (or whole) and those that could not be set aside. None is moved once the
+    archive lock is lost (`held` False), as gc removes none."""
     # Walked once: walking objects/ again for each damaged blob made a repair of many
     # in a large archive take hours.
     misplaced = await store.misplaced()
@@ -173,6 +174,12 @@ async def _set_aside(store: Store, damaged: list[Problem], stamp: str, report: R
             if aside is None and await _whole_now(store, sha):
                 whole.add(sha)  # put back, or fetched, by another run since our verify
                 continue
+            if aside is None and not held():  # a fetch may have stored it whole since
+                raise StorageError(
+                    f"the archive's lock file {store}/lock was removed while this run held "
+                    "it (a fetch may have stored a damaged blob whole since): no further "
+                    "blob moved aside; run verify --repair again, and never remove a lock "
+                    "file (a lock dies with its process)")
             if aside is None:
                 report.moved += await store.set_aside_blob(sha, stamp, misplaced.get(sha))
                 continue
