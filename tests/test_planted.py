@@ -386,7 +386,9 @@ def test_verify_and_export_never_read_a_blob_through_a_linked_fan_out_folder(
     ran = cli(capsys, "verify", "--archive", str(archive), "--json")
     assert ran.code == 1
     problems = json.loads(ran.out)["problems"]
-    assert [problem["problem"] for problem in problems] == ["not_a_file"]
+    # Another of the tune's blobs shares the linked folder one time in a hundred or so.
+    assert {problem["problem"] for problem in problems} == {"not_a_file"}
+    assert ("training_image", 0) in {(problem["kind"], problem["index"]) for problem in problems}
     ran = cli(capsys, "export", "1", str(tmp_path / "out"), "--archive", str(archive))
     assert ran.code == 1
     assert "symbolic link" in ran.err
