@@ -29,11 +29,12 @@ from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
 from tests.test_fetch import make_tune
 from tune_archiver.commands.fetch import fetch
-from tune_archiver.commands.repair import RepairReport, repair
-from tune_archiver.commands.verify import verify
+from tune_archiver.commands.repair import RepairReport, _replaced, repair
+from tune_archiver.commands.verify import Problem, VerifyReport, verify
 from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import storage_error
+from tune_archiver.models import Asset, AssetResult, Blob, TuneResult
 from tune_archiver.progress import NullProgress
 from tune_archiver.store.local import LocalStore
 
@@ -1137,3 +1138,19 @@ def test_a_prompt_file_that_failed_in_a_repair_is_not_said_replaced_by_another_p
     assert document["repair"]["replaced"] == [], ran.err
     assert [(p["kind"], p["index"], p["problem"]) for p in document["repair"]["after"][
         "problems"]] == [("prompt_image", 0, "missing")]
+
+
+async def test_a_store_error_looking_for_a_replaced_blob_loses_no_repair_report() -> None:
+    """Whether a damaged blob came back is asked of the store after the fetch; a bucket's
+    503 there ended the repair with that error, and what it had moved aside and fetched
+    went unsaid. A blob not known lost is said of no file."""
+    class Unanswering:
+        async def blob_size(self, sha: str) -> int | None:
+            raise storage_error(OSError(errno.EIO, "Input/output error"), Path("b"), "look")
+
+    old, new = "a" * 64, "b" * 64
+    damaged = [Problem(1, "checkpoint", 0, "corrupt", "", sha256=old)]
+    asset = AssetResult(Asset("checkpoint", 0, "https://h/c"), Blob(new, 5))
+    fetched = [TuneResult(1, (asset,))]
+    assert await _replaced(Unanswering(), damaged, fetched,  # type: ignore[arg-type]
+                           VerifyReport()) == []
