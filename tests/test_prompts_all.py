@@ -391,3 +391,26 @@ def test_a_failed_file_of_a_prompt_of_another_workspace_is_not_taken_for_deleted
     assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
     assert [e["status"] for e in entries(archive, 10, "prompt_image")
             if e["prompt_id"] == 502] == ["gone"]
+
+
+def test_a_prompt_of_another_workspace_is_said_once_however_many_runs_ask(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each run of the personal scope wrapped the last error, its own line of the run
+    before included, in another 'its prompt 501 is not listed ... (its last error: ...)':
+    a daily cron's line and the manifest's entry grew by one sentence a day."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman", [standin.add_file("ws", b"w" * 900)])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws"] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    for _ in range(3):
+        assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [entry] = entries(archive, 10, "prompt_image")
+    assert entry["status"] == "failed"
+    assert entry["error"].count("its prompt 501 is not listed") == 1
+    assert entry["error"].endswith("(its last error: HTTP 404 from "
+                                   f"{standin.file_url('ws')})")
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.count("its last error") == 1

@@ -323,10 +323,12 @@ async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult) -> Ass
         await api.get_prompt(entry.prompt_tune_id or tune_id, entry.prompt_id, ALL)
     except ArchiverError:  # deleted upstream (404), or not to be told
         return result
-    return CarriedOver(result.asset, error=(
-        f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
-        f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
-        f"--workspace all (its last error: {entry.error})"), entry=entry)
+    said = (f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, "
+            f"though Astria has it (in another workspace): run tune-archiver fetch {tune_id} "
+            "--prompts --workspace all")
+    last = entry.error or "unknown error"  # said once: a run each day must not nest it
+    return CarriedOver(result.asset, error=last if last.startswith(said) else (
+        f"{said} (its last error: {last})"), entry=entry)
 
 
 def unexpected(exc: Exception, doing: str) -> str:
