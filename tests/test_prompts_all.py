@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
@@ -414,3 +415,37 @@ def test_a_prompt_of_another_workspace_is_said_once_however_many_runs_ask(
                                    f"{standin.file_url('ws')})")
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.count("its last error") == 1
+
+
+def test_a_prompt_not_told_deleted_keeps_its_failed_file_failed(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one request that tells a prompt of another workspace from a deleted one
+    answering 503 (retries spent) made its failed file 'gone', never asked for again: the
+    next --workspace all run, listing it, left it out for good, the tune complete, exit 0.
+    Only Astria's 404 (or a key refused every workspace, as before) says deleted."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    image = os.urandom(1_100)
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman", [standin.add_file("ws", image)])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws"] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+
+    def unavailable(_: int) -> None:
+        raise web.HTTPServiceUnavailable()
+
+    standin.before_prompt = unavailable
+    for _ in range(2):  # said once, however many runs cannot tell
+        assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [entry] = entries(archive, 10, "prompt_image")
+    assert entry["status"] == "failed"
+    assert entry["error"].startswith("cannot tell whether prompt 501 was deleted upstream")
+    assert entry["error"].count("its last error") == 1
+    assert entry["error"].endswith(f"(its last error: HTTP 404 from {standin.file_url('ws')})")
+    assert "HTTP 503" in entry["error"]
+    assert "gone upstream" not in capsys.readouterr().err
+    standin.before_prompt = None
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))

@@ -33,6 +33,8 @@ from tune_archiver.errors import (
     AuthError,
     ConfigError,
     Denied,
+    NetworkError,
+    StatusError,
     StorageError,
     TuneNotFound,
     UnreadableManifest,
@@ -314,21 +316,40 @@ async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult) -> Ass
     asked for again) only if its prompt is: GET /prompts lists one scope alone (the
     personal one without --workspace), so a prompt made in workspace 42 that a run of
     another scope does not list is asked for alone, in every workspace. Had, the file
-    stays failed, saying why; an error keeps the file gone, as before."""
+    stays failed, saying why; so it does when the API could not tell (a 503, a 429, the
+    network: gone is for good); a 404 (or a key refused every workspace, as before)
+    keeps it gone."""
     entry = result.entry if isinstance(result, CarriedOver) else None
     if (entry is None or entry.prompt_id is None or not result.gone or result.reused
             or not (result.error or "").startswith(NO_LONGER_LISTED)):
         return result
     try:
         await api.get_prompt(entry.prompt_tune_id or tune_id, entry.prompt_id, ALL)
-    except ArchiverError:  # deleted upstream (404), or not to be told
+    except (NetworkError, StatusError) as exc:
+        if isinstance(exc, StatusError) and exc.status < 500 and exc.status not in (408, 429):
+            return result  # deleted upstream (404, 410), or refused for good
+        return CarriedOver(result.asset, entry=entry, error=(
+            f"cannot tell whether prompt {entry.prompt_id} was deleted upstream ({exc}): "
+            f"{_THEN[0]}{_last(entry.error)})"))
+    except ArchiverError:  # not to be told (a key refused every workspace, a bad answer)
         return result
-    said = (f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, "
-            f"though Astria has it (in another workspace): run tune-archiver fetch {tune_id} "
-            "--prompts --workspace all")
-    last = entry.error or "unknown error"  # said once: a run each day must not nest it
-    return CarriedOver(result.asset, error=last if last.startswith(said) else (
-        f"{said} (its last error: {last})"), entry=entry)
+    return CarriedOver(result.asset, entry=entry, error=(
+        f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
+        f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
+        f"{_THEN[1]}{_last(entry.error)})"))
+
+
+# How _unlisted's lines end before the file's own last error: said once, never nested.
+_THEN = ("asked for again next run (its last error: ", "--workspace all (its last error: ")
+
+
+def _last(error: str | None) -> str:
+    """The file's own last error, out of a line _unlisted wrote of it the run before (a
+    run each day must not wrap it once more); the last 'then' is _unlisted's own."""
+    last = error or "unknown error"
+    ends = [last.rfind(then) + len(then) for then in _THEN if then in last]
+    return last[max(ends):-1] if ends and last.startswith(
+        ("its prompt ", "cannot tell whether prompt ")) else last
 
 
 def unexpected(exc: Exception, doing: str) -> str:
