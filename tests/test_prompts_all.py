@@ -449,3 +449,24 @@ def test_a_prompt_not_told_deleted_keeps_its_failed_file_failed(
     assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 0
     [entry] = entries(archive, 10, "prompt_image")
     assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
+
+
+def test_a_prompt_of_another_workspace_is_asked_for_once_for_all_its_files(
+    standin: StandIn, archive: Path
+) -> None:
+    """Each failed file no longer listed asked for its prompt alone: a prompt's four
+    images (num_images=4) cost four requests, each retried after its own 500s (30 s,
+    doubling) one after another, on every run of a daily cron of the personal scope."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    names = [f"ws-{i}" for i in range(4)]
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman",
+                       [standin.add_file(n, os.urandom(900 + i)) for i, n in enumerate(names)])
+    standin.prompt_workspaces[501] = "42"
+    for name in names:
+        standin.faults[name] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    standin.requests.clear()
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    assert len(standin.seen("api", f"/tunes/{FLUX}/prompts/501")) == 1
+    assert [e["status"] for e in entries(archive, 10, "prompt_image")] == ["failed"] * 4

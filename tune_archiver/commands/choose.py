@@ -308,31 +308,39 @@ async def plan_for(
     listed = settings.lists_prompts and not tune.prompt_errors
     carried = carried_over(previous, assets_of(tune), present, listed, unread,
                            tune.unread_kinds)
-    return plan, [await _unlisted(api, tune.id, result) for result in carried]
+    asked: dict[tuple[int, int], ArchiverError | None] = {}  # a prompt's files ask once
+    return plan, [await _unlisted(api, tune.id, result, asked) for result in carried]
 
 
-async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult) -> AssetResult:
+async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult,
+                    asked: dict[tuple[int, int], ArchiverError | None]) -> AssetResult:
     """A prompt's failed file that the run's prompts no longer list is gone upstream (never
     asked for again) only if its prompt is: GET /prompts lists one scope alone (the
     personal one without --workspace), so a prompt made in workspace 42 that a run of
     another scope does not list is asked for alone, in every workspace. Had, the file
     stays failed, saying why; so it does when the API could not tell (a 503, a 429, the
     network: gone is for good); a 404 (or a key refused every workspace, as before)
-    keeps it gone."""
+    keeps it gone. `asked` holds each prompt's answer: its other files ask no more."""
     entry = result.entry if isinstance(result, CarriedOver) else None
     if (entry is None or entry.prompt_id is None or not result.gone or result.reused
             or not (result.error or "").startswith(NO_LONGER_LISTED)):
         return result
-    try:
-        await api.get_prompt(entry.prompt_tune_id or tune_id, entry.prompt_id, ALL)
-    except (NetworkError, StatusError) as exc:
-        if isinstance(exc, StatusError) and exc.status < 500 and exc.status not in (408, 429):
-            return result  # deleted upstream (404, 410), or refused for good
+    key = (entry.prompt_tune_id or tune_id, entry.prompt_id)
+    if key not in asked:
+        try:
+            await api.get_prompt(*key, ALL)
+            asked[key] = None
+        except ArchiverError as exc:
+            asked[key] = exc
+    error = asked[key]
+    if isinstance(error, NetworkError | StatusError) and not (
+            isinstance(error, StatusError) and error.status < 500
+            and error.status not in (408, 429)):
         return CarriedOver(result.asset, entry=entry, error=(
-            f"cannot tell whether prompt {entry.prompt_id} was deleted upstream ({exc}): "
+            f"cannot tell whether prompt {entry.prompt_id} was deleted upstream ({error}): "
             f"{_THEN[0]}{_last(entry.error)})"))
-    except ArchiverError:  # not to be told (a key refused every workspace, a bad answer)
-        return result
+    if error is not None:  # deleted upstream (404, 410), or not to be told (a key refused
+        return result  # every workspace, a bad answer)
     return CarriedOver(result.asset, entry=entry, error=(
         f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
         f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
