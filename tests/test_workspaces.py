@@ -145,6 +145,24 @@ def test_all_of_a_scope_that_lists_nothing_names_the_scope_not_the_account(
     assert "selected no tunes" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("hostile", ["41; rm -rf ~", "4" * 200_000, "41 --dest /tmp/x", "-v"],
+                         ids=["shell", "huge", "option", "dash"])
+def test_a_workspace_id_no_option_could_be_is_not_given_as_one(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], hostile: str
+) -> None:
+    """The tune's workspace_id from the API was put whole in the command the line gives,
+    any printable text: '--workspace 41; rm -rf ~' to paste, or a line of 200 000
+    characters. One that is not an id (letters, digits, '-' and '_', not past 80) is 'a
+    workspace', to be fetched with --workspace all; one starting with '-' is an option."""
+    standin.scoped_gets = True
+    add_tune(standin, 2, "41", workspace_id=hostile)
+    assert run_fetch(standin, archive, "2") == 1
+    err = capsys.readouterr().err
+    assert "but in a workspace: fetch it with --workspace all" in err
+    assert hostile not in err
+    assert len(err) < 2_000
+
+
 def test_a_later_run_that_cannot_tell_keeps_the_workspace(
     standin: StandIn, archive: Path
 ) -> None:

@@ -4,6 +4,7 @@ writes nothing (fetch and its dry run share it)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -248,6 +249,9 @@ async def load_tune(
     return replace(tune, prompts=listed, prompt_errors=tuple(errors))
 
 
+WORKSPACE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_QUOTED - 1}}}")  # one to name
+
+
 async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneNotFound | None:
     """The error for a tune the run's scope answers 404 for that another workspace holds
     (the API answers for the personal scope only without X-Workspace-Id): 'not found'
@@ -257,9 +261,12 @@ async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneNotFound | None:
     except ArchiverError:  # not there either, or the key may not ask every workspace
         return None
     where = found.raw.get("workspace_id", "")
-    known = isinstance(where, int | str) and not isinstance(where, bool) and str(where)
-    said, option = (f"workspace {where}", f"{where} (or --workspace all)") if known and str(
-        where).isprintable() else ("a workspace", "all")
+    # Named in a command to paste only when it is an id: not '41; rm -rf ~', nor 200 000
+    # characters (any printable text passed before).
+    known = isinstance(where, int | str) and not isinstance(where, bool) and bool(
+        WORKSPACE_ID.fullmatch(str(where)))
+    said, option = (f"workspace {where}", f"{where} (or --workspace all)") if known else (
+        "a workspace", "all")
     if where is None:  # the tune says it: the personal scope (a run of --workspace 41)
         said, option = "the personal scope", "personal (or --workspace all)"
     return TuneNotFound(f"tune {tune_id} is not in the scope this run asks in (the personal "
