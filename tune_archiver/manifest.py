@@ -252,7 +252,7 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     complete = _field(document, "complete", _is_bool, "true or false", bad)
     tune = _field(document, "tune", _is_dict, "a JSON object", bad)
     assets = _field(document, "assets", _is_list, "a list", bad)
-    entries = tuple(_entry(item, f"assets[{i}]", bad) for i, item in enumerate(assets))
+    entries = tuple(parse_entry(item, f"assets[{i}]", bad) for i, item in enumerate(assets))
     state = document.get("state")
     if state is not None and state not in STATES:
         raise bad(f"its state is {_shown(state)}, not one of {', '.join(STATES)}")
@@ -271,7 +271,7 @@ _KNOWN = frozenset({"kind", "index", "url", "source", "status", "sha256", "size"
 Bad = Callable[[str], UnreadableManifest]
 
 
-def _entry(item: Any, where: str, bad: Bad) -> Entry:
+def parse_entry(item: Any, where: str, bad: Bad) -> Entry:
     """One entry of "assets", checked; `where` names it in the message."""
     if not isinstance(item, dict):
         raise bad(f"{where} is {_shown(item)}, not a JSON object")

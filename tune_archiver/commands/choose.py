@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,7 @@ from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.plan import (
     NO_LONGER_LISTED,
+    AssetKey,
     TunePlan,
     archived_blobs,
     archived_entries,
@@ -21,6 +22,7 @@ from tune_archiver.commands.plan import (
     archives_listed,
     assets_of,
     carried_over,
+    entry_key,
     expiring,
     in_shard,
     is_unchanged,
@@ -41,7 +43,7 @@ from tune_archiver.errors import (
     UnreadableManifest,
 )
 from tune_archiver.layout import manifest_key
-from tune_archiver.manifest import CarriedOver, Manifest
+from tune_archiver.manifest import CarriedOver, Entry, Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
@@ -302,12 +304,15 @@ async def blobs_present(store: Store, previous: Manifest | None) -> dict[str, in
 
 
 async def plan_for(
-    store: Store, tune: Tune, settings: Settings, api: AstriaClient
+    store: Store, tune: Tune, settings: Settings, api: AstriaClient,
+    journaled: Sequence[Entry] = (),
 ) -> tuple[TunePlan, list[AssetResult]]:
     """What to download for the tune, and the archived files it no longer lists (a
-    prompt's failed file taken for deleted only once its prompt is: _unlisted)."""
+    prompt's failed file taken for deleted only once its prompt is: _unlisted); the
+    files a stopped run `journaled` (journal.py) are archived as its manifest's are."""
     previous = await read_previous(store, tune.id)
-    present = await blobs_present(store, previous)
+    present = await blobs_present(store, with_journaled(tune.id, previous, journaled))
+    previous = with_journaled(tune.id, previous, journaled, present)
     plan = plan_tune(tune, settings.only, known_entries(previous), present)
     # Prompts not all read prove no prompt's file gone upstream, nor that one that
     # failed need not be asked for again.
@@ -365,6 +370,27 @@ def _last(error: str | None) -> str:
     ends = [last.rfind(then) + len(then) for then in _THEN if then in last]
     return last[max(ends):-1] if ends and last.startswith(
         ("its prompt ", "cannot tell whether prompt ")) else last
+
+
+def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[Entry],
+                   present: Mapping[str, int] | None = None) -> Manifest | None:
+    """The manifest with each file a journal records that it does not hold archived or
+    gone (the first line for a file; with `present`, only one whose blob is held with
+    its size: a line whose blob is gone vouches for nothing)."""
+    held = known_entries(previous)
+    fresh: dict[AssetKey, Entry] = {}
+    for entry in journaled:
+        blob = entry.blob
+        if entry_key(entry) not in held and blob is not None and (
+                present is None or present.get(blob.sha256) == blob.size):
+            fresh.setdefault(entry_key(entry), entry)
+    if not fresh:
+        return previous
+    if previous is None:
+        return Manifest(tune_id, "", False, {}, tuple(fresh.values()))
+    # One recorded failed by the manifest is the journal's: both, it would be said twice.
+    kept = tuple(e for e in previous.entries if entry_key(e) not in fresh)
+    return replace(previous, entries=kept + tuple(fresh.values()))
 
 
 def unexpected(exc: Exception, doing: str) -> str:

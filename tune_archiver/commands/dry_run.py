@@ -15,6 +15,8 @@ from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, unread_failure, 
 from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.config import AllTunes, Settings
+from tune_archiver.download.journal import Journals
+from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError
 from tune_archiver.models import Asset, Tune, TuneResult
 from tune_archiver.net.session import new_session
@@ -63,6 +65,7 @@ async def dry_run(
     ):
         api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
         loader = Loader(api, settings.lists_prompts, finish)
+        journals = Journals(staging_for(settings.archive).directory)  # what a stopped run kept
 
         async def size_of(asset: Asset) -> Probe:
             async with limiter:
@@ -70,7 +73,8 @@ async def dry_run(
 
         async def preview(tune: Tune) -> Preview:
             try:
-                plan, carried = await plan_for(store, tune, settings, api)
+                plan, carried = await plan_for(store, tune, settings, api,
+                                               await journals.entries(tune.id))
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))
             probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))

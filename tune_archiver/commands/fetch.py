@@ -32,6 +32,7 @@ from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
+from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
@@ -107,7 +108,8 @@ async def fetch(
         downloader = Downloader(asset_session, store, staging, downloads, settings, progress)
         run = Run(settings, api, store, downloader, progress, clock, done_with,
                   Workspaces(api, settings.workspace),
-                  asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT))
+                  asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT),
+                  Journals(staging.directory))
         loader = Loader(api, settings.lists_prompts, done_with)
 
         async def work(tune_id: int) -> None:
@@ -169,6 +171,7 @@ class Run:
     finish: Finisher
     workspaces: Workspaces
     files: asyncio.Semaphore  # files of all tunes in flight at once: their tasks exist
+    journals: Journals  # each tune's files committed before its manifest names them
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,8 @@ async def _download_and_record(
     we planned, what that run archived is kept (plan.merged). Raises
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
-    plan, carried = await plan_for(run.store, tune, run.settings, run.api)
+    plan, carried = await plan_for(run.store, tune, run.settings, run.api,
+                                   await run.journals.entries(tune.id))
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))
     fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))
@@ -267,7 +271,12 @@ async def _download_and_record(
             log.debug("tune %d: %s done", tune.id, redact(asset.url), extra={
                 "event": "file_done", "machine_only": True, "tune_id": tune.id,
                 "url": redact(asset.url), "sha256": blob.sha256, "size": blob.size})
-            return AssetResult(asset, blob)
+            archived = AssetResult(asset, blob)
+            # Named by nothing until the manifest is written: a stopped run's next one
+            # knows it archived (the host may delete it meanwhile), and gc keeps it.
+            await run.journals.record(tune.id, scrub_json(manifest.asset_entry(archived),
+                                                          [run.settings.api_key]))
+            return archived
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
             return AssetResult(asset, error=f"{exc} (the tune has expired)" if gone else str(exc),
@@ -294,6 +303,7 @@ async def _download_and_record(
     told = await run.workspaces.of(tune.raw)
     reported: list[AssetResult] = []
     checked = [tune]
+    named: set[str] = set()  # the blobs the manifest written names
 
     async def change(current: bytes | None) -> bytes:
         now = manifest.parse(current, tune.id) if current is not None else None
@@ -304,6 +314,8 @@ async def _download_and_record(
         missing = plan.missing - {blob.sha256 for _, blob in archived_entries(now)
                                   if stored.get(blob.sha256) == blob.size}
         written, reported[:] = merged(ours, now, missing)
+        named.clear()
+        named.update(result.blob.sha256 for result in written if result.blob is not None)
         checked[0] = with_nulls_archived(tune, reported)
         # Kept failed (so not complete), not retried: by a run that listed no prompts, or
         # not all of them (another run's entry for a prompt it did not read is no less so).
@@ -327,6 +339,7 @@ async def _download_and_record(
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
     key = await run.store.update_manifest(tune.id, change)
+    await run.journals.settle(tune.id, named)
     return key, reported, checked[0]
 
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from tune_archiver import manifest
+from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import (
     ArchiverError,
@@ -63,7 +64,10 @@ async def collect(
     """
     async with store.locked(exclusive=True, waiting=waiting) as held:
         await _no_damaged(store)
-        referenced = await referenced_blobs(store)
+        cutoff = now - PARTIAL_MAX_AGE
+        # and those a stopped fetch committed, named by its tune's journal till it is swept
+        referenced = await referenced_blobs(store) | await Journals(
+            staging.directory).blobs(cutoff)
         # Again: a fetch on another machine (a bucket has no lock) may have set one aside
         # since, which gc then found gone, its blobs unreferenced. Copied there first.
         await _no_damaged(store)
@@ -74,7 +78,6 @@ async def collect(
             for blob in await store.blobs()
             if blob.sha256 not in referenced and blob.modified <= young
         ]
-        cutoff = now - PARTIAL_MAX_AGE
         partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
         if dry_run:
             report.blobs, report.partials = unreferenced, partials

@@ -1,0 +1,196 @@
+"""A run stopped after committing some of a tune's files: its next run knows them archived
+(tmp/<id>.committed), even once the tune expired upstream, and gc keeps them meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import cli
+from tests.conftest import check_manifest
+from tests.helpers import NOBODY, blob_file, run_fetch, stored_blobs
+from tests.standin import Stall, StandIn, Status
+from tests.test_process import finish, start_fetch, wait_until
+from tune_archiver.download.journal import Journals
+
+MiB = 2**20
+GONE = "gone upstream, never archived"
+
+
+def stopped_after_the_images(standin: StandIn, archive: Path,
+                             signum: int = signal.SIGKILL) -> list[bytes]:
+    """Tune 1's three images committed, its checkpoint stalled part way: the run stopped
+    by `signum` there (SIGKILL: no cleanup at all). The images' bytes."""
+    images = [os.urandom(3000 + i) for i in range(3)]
+    standin.add_tune(1, [standin.add_file("model", os.urandom(4 * MiB))],
+                     [standin.add_file(f"i{i}.jpg", data) for i, data in enumerate(images)])
+    standin.faults["model"] = [Stall(3 * MiB)]
+    process = start_fetch(standin, archive, "1")
+    journal = archive / "tmp" / "1.committed"
+    wait_until(lambda: journal.exists() and journal.read_bytes().count(b"\n") == 3,
+               "the images committed and journaled")
+    assert all(blob_file(archive, data).exists() for data in images)
+    process.send_signal(signum)
+    finish(process)
+    assert not (archive / "manifests" / "1.json").exists()
+    return images
+
+
+def expire(standin: StandIn) -> None:
+    """Astria deletes the tune's files: each now answers 404, its expires_at passed."""
+    standin.tunes[1]["expires_at"] = "2026-01-01T00:00:00Z"
+    for name in list(standin.files):
+        standin.faults[name] = [Status(404)] * 10
+
+
+def images_of(archive: Path) -> list[dict[str, object]]:
+    return [entry for entry in check_manifest(archive / "manifests" / "1.json")["assets"]
+            if entry["kind"] == "training_image"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stopped_runs_images_are_archived_though_the_tune_expired_before_the_rerun(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive, signum)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    # gc before the rerun (a daily cron's) keeps the blobs only the journal names
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert all(blob_file(archive, data).exists() for data in images)
+    expire(standin)
+    asked = len(standin.seen("cdn", "/files/i"))
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1  # the checkpoint, never received, is gone upstream
+    assert [line for line in ran.errors if GONE in line] == [
+        line for line in ran.errors if "checkpoint 0" in line]
+    assert [(e["status"], e["sha256"]) for e in images_of(archive)] == [
+        ("ok", blob_file(archive, data).name) for data in images]
+    assert len(standin.seen("cdn", "/files/i")) == asked  # taken as archived: not asked for
+    assert not (archive / "tmp" / "1.committed").exists()  # the manifest names them now
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)
+
+
+def test_a_journal_line_whose_blob_is_gone_is_not_trusted(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    lost = blob_file(archive, images[1])
+    lost.chmod(0o600)
+    lost.unlink()
+    asked = len(standin.seen("cdn", "/files/i1.jpg"))
+    assert run_fetch(standin, archive, "1") == 0
+    assert len(standin.seen("cdn", "/files/i1.jpg")) == asked + 1  # fetched again
+    assert lost.read_bytes() == images[1]
+    assert [e["status"] for e in images_of(archive)] == ["ok"] * 3
+
+
+def test_a_journal_line_whose_blob_is_gone_is_not_archived_once_the_tune_expired(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    blob_file(archive, images[1]).unlink()
+    expire(standin)
+    assert run_fetch(standin, archive, "1") == 1
+    assert [e["status"] for e in images_of(archive)] == ["ok", "gone", "ok"]
+
+
+def journal_lines(archive: Path) -> list[str]:
+    return (archive / "tmp" / "1.committed").read_text().splitlines()
+
+
+def test_a_damaged_journal_is_ignored_line_by_line(standin: StandIn, tmp_path: Path) -> None:
+    """Bad JSON, wrong types, a status not ok, a line for a blob another line names with
+    another size: none is taken; the good lines still are."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    first, second, third = sorted((json.loads(line) for line in journal_lines(archive)),
+                                  key=lambda entry: entry["index"])
+    planted = [
+        json.dumps(first)[:-9],  # cut short
+        json.dumps({**second, "index": "1"}),
+        json.dumps({**second, "status": "failed", "error": "x"}),
+        json.dumps({**second, "size": second["size"] + 1}),
+        "[]", "\x00\xff",
+        json.dumps(third),
+    ]
+    (archive / "tmp" / "1.committed").write_text("\n".join(planted) + "\n")
+    expire(standin)
+    assert run_fetch(standin, archive, "1") == 1
+    assert [(e["index"], e["status"]) for e in images_of(archive)] == [
+        (0, "gone"), (1, "gone"), (2, "ok")]
+    assert images_of(archive)[2]["sha256"] == blob_file(archive, images[2]).name
+
+
+def test_a_planted_journal_is_never_read(standin: StandIn, tmp_path: Path) -> None:
+    """A link at the journal's name, or another user's file there, vouches for nothing."""
+    archive = tmp_path / "archive"
+    stopped_after_the_images(standin, archive)
+    journal = archive / "tmp" / "1.committed"
+    elsewhere = tmp_path / "elsewhere"
+    journal.rename(elsewhere)
+    journal.symlink_to(elsewhere)
+    expire(standin)
+    assert run_fetch(standin, archive, "1") == 1
+    assert [e["status"] for e in images_of(archive)] == ["gone"] * 3
+    assert journal.is_symlink()  # neither followed nor removed
+
+
+def test_another_users_journal_is_never_read(standin: StandIn, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    archive = tmp_path / "archive"
+    stopped_after_the_images(standin, archive)
+    os.chown(archive / "tmp" / "1.committed", NOBODY, NOBODY)
+    expire(standin)
+    assert run_fetch(standin, archive, "1") == 1
+    assert [e["status"] for e in images_of(archive)] == ["gone"] * 3
+
+
+def test_gc_sweeps_a_journal_left_for_a_day_with_the_blobs_it_alone_named(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    later = datetime.now(UTC) + timedelta(hours=23)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert (archive / "tmp" / "1.committed").exists()
+    assert all(blob_file(archive, data).exists() for data in images)
+    ran = cli(capsys, "gc", "--archive", str(archive), now=later + timedelta(hours=2))
+    assert ran.code == 0
+    assert "tmp/1.committed" in ran.out
+    assert not (archive / "tmp" / "1.committed").exists()
+    assert stored_blobs(archive) == []
+
+
+def test_a_manifest_naming_only_some_lines_keeps_the_journal(tmp_path: Path) -> None:
+    """A line another run appended (a file it committed that our manifest does not name)
+    keeps the journal for its next run; once every blob is named, it goes."""
+    journals = Journals(tmp_path)
+    ours, theirs = (entry_of(i, digit) for i, digit in enumerate("ab"))
+
+    async def steps() -> None:
+        await journals.record(1, ours)
+        await journals.record(1, theirs)
+        await journals.settle(1, {ours["sha256"]})
+        assert [e.sha256 for e in await journals.entries(1)] == ["a" * 64, "b" * 64]
+        await journals.settle(1, {ours["sha256"], theirs["sha256"]})
+        assert await journals.entries(1) == []
+
+    asyncio.run(steps())
+    assert list(tmp_path.iterdir()) == []
+
+
+def entry_of(index: int, digit: str) -> dict[str, object]:
+    return {"kind": "training_image", "index": index, "url": f"https://cdn.example/{index}",
+            "status": "ok", "sha256": digit * 64, "size": 10, "content_type": None}

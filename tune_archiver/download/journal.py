@@ -1,0 +1,165 @@
+"""A tune's journal of committed files: what a stopped run archived, until a manifest says it.
+
+A fetch commits each file's blob as it arrives, but writes the tune's manifest, the only
+thing naming blobs, once the tune is done: a run killed in between (cron's timeout, the
+OOM killer, a power cut) left blobs named by nothing, which a rerun after the tune
+expired called "gone upstream, never archived" and gc removed. So each commit appends
+the file's entry, as its manifest would record it, to `<staging>/<tune_id>.committed`
+(O_APPEND, one write, no fsync: a line a power cut loses is a file fetched again). The
+next fetch of the tune takes a file a line names, its blob held with that size, as
+archived; gc keeps those blobs while it keeps the journal (a day untouched). Once a
+manifest names every blob the journal does, the journal goes. A journal that is a link,
+another user's file or not a regular file is ignored, and so is a line that is no entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any
+
+from tune_archiver.errors import UnreadableManifest
+from tune_archiver.manifest import Entry, parse_entry
+from tune_archiver.safefs import open_own
+from tune_archiver.threads import in_thread
+
+log = logging.getLogger(__name__)
+SUFFIX = ".committed"
+NAME = re.compile(r"[1-9][0-9]*\.committed")
+MAX_JOURNAL = 256 * 2**20  # as a manifest: 10,000 files' lines are a few MiB
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Journals:
+    """The journals in one staging folder (a local archive's tmp/, an S3 archive's own)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, tune_id: int) -> Path:
+        return self.directory / f"{tune_id}{SUFFIX}"
+
+    async def record(self, tune_id: int, entry: dict[str, Any]) -> None:
+        """Append the entry of a file just committed. Never fails: a line not written (a
+        full disk, a planted name) leaves the file as a killed run did before journals."""
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        try:
+            if not _append(self.path(tune_id), line, blocking=False):  # a settle holds it
+                await in_thread(_append, self.path(tune_id), line, True)
+        except OSError as exc:
+            log.debug("tune %d: the journal of committed files was not written: %s",
+                      tune_id, exc)
+
+    async def entries(self, tune_id: int) -> list[Entry]:
+        """The ok entries the tune's journal records, in the order committed; none when
+        there is none, or it is not ours."""
+        return parsed(await in_thread(_read, self.path(tune_id)))
+
+    async def settle(self, tune_id: int, named: Collection[str]) -> None:
+        """Remove the tune's journal once its manifest names (`named`: sha256s) every
+        blob it records; one line another run appended meanwhile keeps it."""
+        try:
+            await in_thread(_settle, self.path(tune_id), named)
+        except OSError as exc:  # left for the next fetch, or gc
+            log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
+
+    async def blobs(self, newer_than: datetime) -> set[str]:
+        """The sha256 of every blob named by a journal written since `newer_than` (gc
+        keeps them; an older journal is swept as partials are)."""
+        return await in_thread(_blobs, self.directory, newer_than.timestamp())
+
+
+def _append(path: Path, line: bytes, blocking: bool) -> bool:
+    """One write at the journal's end; False, nothing written, when a settle holds it
+    and not `blocking`. Taken again when a settle removed it while we waited."""
+    while True:
+        fd = os.open(path, _FLAGS, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            found = os.fstat(fd)
+            if found.st_nlink == 0:
+                continue  # removed by a settle: a new one is made
+            if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
+                raise OSError(f"{path} is not a regular file of this user with one name")
+            os.write(fd, line)
+            return True
+        finally:
+            os.close(fd)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks us
+    except OSError:  # none, a link, another user's: nothing vouched for
+        return b""
+    with os.fdopen(fd, "rb") as file:
+        try:
+            return file.read(MAX_JOURNAL)
+        except OSError:
+            return b""
+
+
+def parsed(data: bytes) -> list[Entry]:
+    """The ok entries of a journal's lines; one that is no such entry is passed by."""
+    found = []
+    for line in data.splitlines():
+        try:
+            entry = parse_entry(json.loads(line), "a journal line", _bad)
+        except (ValueError, RecursionError, UnreadableManifest):
+            continue
+        if entry.blob is not None:
+            found.append(entry)
+    return found
+
+
+def _bad(reason: str) -> UnreadableManifest:
+    return UnreadableManifest(0, reason, b"")
+
+
+def _settle(path: Path, named: Collection[str]) -> None:
+    try:
+        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # no line is appended while it is read and removed
+        if os.fstat(fd).st_nlink == 0:
+            return  # another run's settle removed it
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_JOURNAL + 1)
+        if len(data) <= MAX_JOURNAL and all(e.sha256 in named for e in parsed(data)):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _blobs(directory: Path, since: float) -> set[str]:
+    found: set[str] = set()
+    for path in _journals(directory):
+        try:
+            if path.lstat().st_mtime < since:
+                continue
+        except OSError:
+            continue
+        found.update(entry.sha256 for entry in parsed(_read(path)) if entry.sha256)
+    return found
+
+
+def _journals(directory: Path) -> Iterator[Path]:
+    try:
+        with os.scandir(directory) as entries:
+            names = [entry.name for entry in entries if NAME.fullmatch(entry.name)]
+    except OSError:  # no staging folder (yet): no journal
+        return
+    for name in sorted(names):
+        yield directory / name
