@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import cli
+from tests.archive_helpers import cli, stop
 from tests.conftest import check_manifest
 from tests.helpers import NOBODY, blob_file, run_fetch, stored_blobs
 from tests.standin import Stall, StandIn, Status
-from tests.test_process import finish, start_fetch, wait_until
+from tests.test_process import start_fetch, wait_until
 from tune_archiver.download.journal import Journals
 
 MiB = 2**20
@@ -32,12 +32,12 @@ def stopped_after_the_images(standin: StandIn, archive: Path,
                      [standin.add_file(f"i{i}.jpg", data) for i, data in enumerate(images)])
     standin.faults["model"] = [Stall(3 * MiB)]
     process = start_fetch(standin, archive, "1")
-    journal = archive / "tmp" / "1.committed"
-    wait_until(lambda: journal.exists() and journal.read_bytes().count(b"\n") == 3,
-               "the images committed and journaled")
+    try:
+        wait_until(lambda: len(journal_lines(archive)) == 3, "the images journaled")
+        process.send_signal(signum)
+    finally:
+        stop(process)
     assert all(blob_file(archive, data).exists() for data in images)
-    process.send_signal(signum)
-    finish(process)
     assert not (archive / "manifests" / "1.json").exists()
     return images
 
@@ -106,7 +106,10 @@ def test_a_journal_line_whose_blob_is_gone_is_not_archived_once_the_tune_expired
 
 
 def journal_lines(archive: Path) -> list[str]:
-    return (archive / "tmp" / "1.committed").read_text().splitlines()
+    """The lines of tune 1's journal that record a file (the first records the tune)."""
+    journal = archive / "tmp" / "1.committed"
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    return [line for line in lines if line.startswith('{"kind"')]
 
 
 def test_a_damaged_journal_is_ignored_line_by_line(standin: StandIn, tmp_path: Path) -> None:
@@ -180,8 +183,8 @@ def test_a_manifest_naming_only_some_lines_keeps_the_journal(tmp_path: Path) -> 
     ours, theirs = (entry_of(i, digit) for i, digit in enumerate("ab"))
 
     async def steps() -> None:
-        await journals.record(1, ours)
-        await journals.record(1, theirs)
+        await journals.record(1, ours, lambda: {"id": 1})
+        await journals.record(1, theirs, lambda: {"id": 1})
         await journals.settle(1, {ours["sha256"]})
         assert [e.sha256 for e in await journals.entries(1)] == ["a" * 64, "b" * 64]
         await journals.settle(1, {ours["sha256"], theirs["sha256"]})
@@ -194,3 +197,45 @@ def test_a_manifest_naming_only_some_lines_keeps_the_journal(tmp_path: Path) -> 
 def entry_of(index: int, digit: str) -> dict[str, object]:
     return {"kind": "training_image", "index": index, "url": f"https://cdn.example/{index}",
             "status": "ok", "sha256": digit * 64, "size": 10, "content_type": None}
+
+
+def test_a_stopped_runs_images_are_archived_though_the_tune_was_deleted_before_the_rerun(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API no longer finds the tune (404): its manifest is written from the tune and
+    files the journal kept, the images ok, the checkpoint failed (not gone: a 404 may be
+    another workspace's), nothing asked of the hosts; said, exit 1."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    title = standin.tunes[1]["title"]
+    del standin.tunes[1]
+    asked = len(standin.seen("cdn", "/files/"))
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert ran.errors[0].startswith("tune-archiver: error: tune 1 not found (deleted upstream?)")
+    assert len(standin.seen("cdn", "/files/")) == asked
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["tune"]["title"] == title
+    assert document["complete"] is False
+    assert [(e["kind"], e["status"]) for e in document["assets"]] == [
+        ("checkpoint", "failed"), *[("training_image", "ok")] * 3]
+    assert [e["sha256"] for e in images_of(archive)] == [
+        blob_file(archive, data).name for data in images]
+    assert not (archive / "tmp" / "1.committed").exists()
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)
+
+
+def test_a_tune_not_found_with_a_journal_of_no_file_is_not_found(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A journal whose lines name no blob held records nothing: the tune is not found."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    for data in images:
+        blob_file(archive, data).unlink()
+    del standin.tunes[1]
+    assert run_fetch(standin, archive, "1") == 1
+    assert not (archive / "manifests" / "1.json").exists()

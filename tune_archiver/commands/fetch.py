@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
@@ -52,6 +53,7 @@ from tune_archiver.urls import redact, redact_json
 
 log = logging.getLogger(__name__)
 GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
+NOT_FOUND = "not fetched: the API did not find the tune (tried again by the next fetch)"
 Clock = Callable[[], datetime]
 Waiting = Callable[[], None]
 Announce = Callable[[TuneResult], None]
@@ -109,8 +111,23 @@ async def fetch(
         run = Run(settings, api, store, downloader, progress, clock, done_with,
                   Workspaces(api, settings.workspace),
                   asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT),
-                  Journals(staging.directory))
-        loader = Loader(api, settings.lists_prompts, done_with)
+                  Journals(staging.directory), set())
+
+        async def kept(tune_id: int) -> Tune | None:
+            """A tune the API did not find, as a stopped run kept it with a file still held."""
+            tune = await run.journals.tune(tune_id)
+            if tune is None:
+                return None
+            for entry in await run.journals.entries(tune_id):
+                with contextlib.suppress(ArchiverError):  # not known held: not found, as ever
+                    if await store.blob_size(entry.sha256 or "") == entry.size:
+                        run.not_found.add(tune_id)
+                        # its prompts unread: none of their files is taken for gone
+                        return replace(tune, prompt_errors=(NOT_FOUND,)) if (
+                            settings.lists_prompts) else tune
+            return None
+
+        loader = Loader(api, settings.lists_prompts, done_with, kept)
 
         async def work(tune_id: int) -> None:
             tune = await loader.load(tune_id)
@@ -172,6 +189,7 @@ class Run:
     workspaces: Workspaces
     files: asyncio.Semaphore  # files of all tunes in flight at once: their tasks exist
     journals: Journals  # each tune's files committed before its manifest names them
+    not_found: set[int]  # tunes the API did not find, recorded from their journals
 
 
 @dataclass(frozen=True)
@@ -229,9 +247,14 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
             seconds=time.monotonic() - started,
         )
     key, assets, checked = results
+    error = unread_failure(checked)
+    if tune.id in run.not_found:
+        error = (f"tune {tune.id} not found (deleted upstream?): the "
+                 f"{sum(result.ok for result in assets)} file(s) a stopped run had archived "
+                 "are recorded in its manifest, the others not fetched")
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
-        manifest=key, state=listing_state(tune), error=unread_failure(checked),
+        manifest=key, state=listing_state(tune), error=error,
     )
 
 
@@ -263,7 +286,12 @@ async def _download_and_record(
     run.progress.add_files(len(plan.download))
     fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))
 
+    def as_kept() -> dict[str, Any]:  # the tune as its manifest records it
+        return cast(dict[str, Any], scrub_json(redact_json(tune.raw), [run.settings.api_key]))
+
     async def download(asset: Asset) -> AssetResult:
+        if tune.id in run.not_found:  # its URLs, as the journal kept them, are redacted
+            return AssetResult(asset, error=NOT_FOUND)
         try:
             blob = await run.downloader.fetch(
                 asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
@@ -275,7 +303,7 @@ async def _download_and_record(
             # Named by nothing until the manifest is written: a stopped run's next one
             # knows it archived (the host may delete it meanwhile), and gc keeps it.
             await run.journals.record(tune.id, scrub_json(manifest.asset_entry(archived),
-                                                          [run.settings.api_key]))
+                                                          [run.settings.api_key]), as_kept)
             return archived
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())

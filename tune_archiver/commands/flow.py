@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.choose import load_tune, unexpected
-from tune_archiver.errors import ArchiverError, AuthError, ConfigError, ConnectError, ReadTimeout
+from tune_archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
+    ConnectError,
+    ReadTimeout,
+    TuneNotFound,
+)
 from tune_archiver.models import Prompt, Tune, TuneResult
 from tune_archiver.progress import Progress
 
@@ -106,8 +113,10 @@ class Loader:
     done: exit 4), as if no tune had been tried.
     """
 
-    def __init__(self, api: AstriaClient, prompts: bool, finish: Finish) -> None:
+    def __init__(self, api: AstriaClient, prompts: bool, finish: Finish,
+                 kept: Callable[[int], Awaitable[Tune | None]] | None = None) -> None:
         self._api = api
+        self._kept = kept  # a tune the API does not find, as a stopped run kept it
         self._prompts = prompts
         self._finish = finish
         self._lock = asyncio.Lock()
@@ -130,6 +139,13 @@ class Loader:
         except (ConnectError, ReadTimeout) as exc:
             self._failed(TuneResult(tune_id, error=str(exc)), exc)
             return None
+        except TuneNotFound as exc:
+            kept = await self._kept(tune_id) if self._kept is not None else None
+            if kept is None:
+                self._failed(TuneResult(tune_id, error=str(exc)))
+            else:
+                self._reach()
+            return kept
         except ArchiverError as exc:
             self._failed(TuneResult(tune_id, error=str(exc)))
             return None

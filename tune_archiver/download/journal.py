@@ -19,14 +19,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tune_archiver.errors import UnreadableManifest
+from tune_archiver.errors import DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
+from tune_archiver.models import Tune, parse_tune
 from tune_archiver.safefs import open_own
 from tune_archiver.threads import in_thread
 
@@ -46,13 +47,16 @@ class Journals:
     def path(self, tune_id: int) -> Path:
         return self.directory / f"{tune_id}{SUFFIX}"
 
-    async def record(self, tune_id: int, entry: dict[str, Any]) -> None:
-        """Append the entry of a file just committed. Never fails: a line not written (a
-        full disk, a planted name) leaves the file as a killed run did before journals."""
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+    async def record(self, tune_id: int, entry: dict[str, Any],
+                     tune: Callable[[], dict[str, Any]]) -> None:
+        """Append the entry of a file just committed; a new journal first gets the tune
+        (as its manifest records it): one deleted upstream is recorded from it. Never
+        fails: a line not written (a full disk, a planted name) leaves the file as a
+        killed run did before journals."""
+        line = _line(entry)
         try:
-            if not _append(self.path(tune_id), line, blocking=False):  # a settle holds it
-                await in_thread(_append, self.path(tune_id), line, True)
+            if not _append(self.path(tune_id), line, tune, blocking=False):  # settling
+                await in_thread(_append, self.path(tune_id), line, tune, True)
         except OSError as exc:
             log.debug("tune %d: the journal of committed files was not written: %s",
                       tune_id, exc)
@@ -61,6 +65,21 @@ class Journals:
         """The ok entries the tune's journal records, in the order committed; none when
         there is none, or it is not ours."""
         return parsed(await in_thread(_read, self.path(tune_id)))
+
+    async def tune(self, tune_id: int) -> Tune | None:
+        """The tune as a stopped run's journal recorded it, when the journal also records
+        a file it committed; else None."""
+        data = await in_thread(_read, self.path(tune_id))
+        if not parsed(data):
+            return None
+        for line in data.splitlines():
+            try:
+                found = json.loads(line)
+                if isinstance(found, dict) and found.keys() == {"tune"}:
+                    return parse_tune(found["tune"], tune_id)
+            except (ValueError, RecursionError, DataError):
+                continue
+        return None
 
     async def settle(self, tune_id: int, named: Collection[str]) -> None:
         """Remove the tune's journal once its manifest names (`named`: sha256s) every
@@ -76,7 +95,11 @@ class Journals:
         return await in_thread(_blobs, self.directory, newer_than.timestamp())
 
 
-def _append(path: Path, line: bytes, blocking: bool) -> bool:
+def _line(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value, separators=(",", ":")) + "\n").encode()
+
+
+def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blocking: bool) -> bool:
     """One write at the journal's end; False, nothing written, when a settle holds it
     and not `blocking`. Taken again when a settle removed it while we waited."""
     while True:
@@ -91,7 +114,7 @@ def _append(path: Path, line: bytes, blocking: bool) -> bool:
                 continue  # removed by a settle: a new one is made
             if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
                 raise OSError(f"{path} is not a regular file of this user with one name")
-            os.write(fd, line)
+            os.write(fd, _line({"tune": tune()}) + line if found.st_size == 0 else line)
             return True
         finally:
             os.close(fd)
