@@ -239,3 +239,34 @@ def test_a_tune_not_found_with_a_journal_of_no_file_is_not_found(
     del standin.tunes[1]
     assert run_fetch(standin, archive, "1") == 1
     assert not (archive / "manifests" / "1.json").exists()
+
+
+def test_fetch_all_takes_up_an_unchanged_tune_whose_journal_names_files(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tune 1 archived complete; a `fetch 1 --prompts` killed after a prompt's first image
+    was committed: the daily `fetch --all` (no --prompts), finding the tune unchanged,
+    skipped it, so the journal was swept a day later with that image's blob, deleted
+    upstream by then. It fetches the tune, which records the image."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
+                     [standin.add_file("i0.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    made = os.urandom(4000)
+    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", made),
+                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
+    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
+    process = start_fetch(standin, archive, "1", "--prompts")
+    try:
+        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image journaled")
+    finally:
+        stop(process)
+    standin.faults["p0.jpg"] = [Status(404)] * 10
+    assert run_fetch(standin, archive, "--all") == 0
+    prompts = [e for e in check_manifest(archive / "manifests" / "1.json")["assets"]
+               if e["kind"] == "prompt_image"]
+    assert [(e["index"], e["status"], e["sha256"]) for e in prompts] == [
+        (0, "ok", blob_file(archive, made).name)]
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert blob_file(archive, made).read_bytes() == made

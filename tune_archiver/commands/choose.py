@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -57,6 +57,7 @@ async def chosen(
     tunes: Sequence[int] | AllTunes,
     prompts: bool,
     now: datetime,
+    journaled: Collection[int] = (),
 ) -> AsyncIterator[list[int | TuneResult]]:
     """The tunes a run takes up, a batch (a page of the listing, for --all) at a time
     as the listing arrives: the id of each to fetch, a skipped result for each archived
@@ -65,14 +66,15 @@ async def chosen(
     A listed tune is skipped when its manifest is complete, records the same
     updated_at, holds every file the listing names and all its blobs are present.
     With --prompts nothing is skipped: new images can be generated without the tune
-    changing. A tune whose expires_at
+    changing; nor is a tune `journaled` (files a stopped run committed that its manifest
+    does not name yet: skipped, they would be swept with the journal). A tune whose expires_at
     cannot be read is kept by --expiring-within, with one warning. The listing's ids
     are strictly decreasing (client.checked_ids), so none is taken up twice.
     """
     if not isinstance(tunes, AllTunes):
         yield list(dict.fromkeys(tunes))
         return
-    unchanged = UnchangedCheck(store)
+    unchanged = UnchangedCheck(store, journaled)
     # An id of --ids-from that the listing never shows is a tune asked for and not had:
     # named as failed, not dropped. The API's own filters would hide one the local
     # filters leave out anyway, so with --ids-from none is sent.
@@ -173,8 +175,9 @@ class UnchangedCheck:
     are named by thousands of tunes). A blob once found stays: the fetch's shared
     archive lock keeps gc, the only remover, away."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, journaled: Collection[int] = ()) -> None:
         self._store = store
+        self._journaled = journaled
         self._sizes: dict[str, int] = {}  # sha256 -> size of blobs found present
 
     async def of_page(self, items: Sequence[dict[str, Any]]) -> list[bool]:
@@ -200,6 +203,7 @@ class UnchangedCheck:
                 self._sizes.update(await self._present(wanted))  # and fails, alone
         return [is_unchanged(found, item.get("updated_at"), self._sizes)
                 and found is not None and archives_listed(found, item)
+                and item["id"] not in self._journaled
                 for found, item in zip(previous, items, strict=True)]
 
     async def _present(self, sha256s: set[str]) -> dict[str, int]:

@@ -95,7 +95,8 @@ async def dry_run(
                 done[tune_id] = await preview(tune)
 
         try:
-            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock()),
+            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock(),
+                                          await journals.tune_ids()),
                                    work, settings.concurrency * TUNES_PER_SLOT
                                    + API_CONCURRENCY, finish, NullProgress())
         except BrokeOff as broke:  # a preview of part of a listing would mislead: said as

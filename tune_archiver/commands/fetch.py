@@ -136,7 +136,8 @@ async def fetch(
                 await _archive_tune(run, tune)
 
         try:
-            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock()),
+            order = await run_flow(chosen(api, store, tunes, settings.lists_prompts, clock(),
+                                          await run.journals.tune_ids()),
                                    work, settings.concurrency * TUNES_PER_SLOT
                                    + API_CONCURRENCY, done_with, progress)
         except BrokeOff as broke:

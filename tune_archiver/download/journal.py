@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
@@ -88,6 +88,12 @@ class Journals:
             await in_thread(_settle, self.path(tune_id), named)
         except OSError as exc:  # left for the next fetch, or gc
             log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
+
+    async def tune_ids(self) -> set[int]:
+        """The tunes that have a journal: what a stopped run committed is not yet in
+        their manifests."""
+        return {int(path.name.removesuffix(SUFFIX))
+                for path in await in_thread(_journals, self.directory)}
 
     async def blobs(self, newer_than: datetime) -> set[str]:
         """The sha256 of every blob named by a journal written since `newer_than` (gc
@@ -178,11 +184,10 @@ def _blobs(directory: Path, since: float) -> set[str]:
     return found
 
 
-def _journals(directory: Path) -> Iterator[Path]:
+def _journals(directory: Path) -> list[Path]:
     try:
         with os.scandir(directory) as entries:
             names = [entry.name for entry in entries if NAME.fullmatch(entry.name)]
     except OSError:  # no staging folder (yet): no journal
-        return
-    for name in sorted(names):
-        yield directory / name
+        return []
+    return [directory / name for name in sorted(names)]
