@@ -270,3 +270,26 @@ def test_fetch_all_takes_up_an_unchanged_tune_whose_journal_names_files(
     later = datetime.now(UTC) + timedelta(days=2)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert blob_file(archive, made).read_bytes() == made
+
+
+def test_a_journal_a_fetch_relies_on_is_kept_by_gc_as_long_as_fetches_are_stopped(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint longer than cron's timeout: each day's run is killed part way and
+    commits nothing new, reusing the images the first committed. Its journal stays
+    fresh, so gc never sweeps it (with the blobs only it names) between two runs."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    journal = archive / "tmp" / "1.committed"
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(journal, (two_days_ago, two_days_ago))
+    standin.faults["model"] = [Stall(0)]
+    asked = len(standin.seen("cdn", "/files/model"))
+    process = start_fetch(standin, archive, "1")
+    try:  # past its plan: downloading the checkpoint
+        wait_until(lambda: len(standin.seen("cdn", "/files/model")) > asked, "the checkpoint")
+    finally:
+        stop(process)
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)
+    assert len(journal_lines(archive)) == 3

@@ -282,7 +282,7 @@ async def _download_and_record(
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
     plan, carried = await plan_for(run.store, tune, run.settings, run.api,
-                                   await run.journals.entries(tune.id))
+                                   await run.journals.entries(tune.id, touch=True))
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))
     fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))

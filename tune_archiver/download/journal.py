@@ -14,6 +14,7 @@ another user's file or not a regular file is ignored, and so is a line that is n
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -61,10 +62,12 @@ class Journals:
             log.debug("tune %d: the journal of committed files was not written: %s",
                       tune_id, exc)
 
-    async def entries(self, tune_id: int) -> list[Entry]:
+    async def entries(self, tune_id: int, touch: bool = False) -> list[Entry]:
         """The ok entries the tune's journal records, in the order committed; none when
-        there is none, or it is not ours."""
-        return parsed(await in_thread(_read, self.path(tune_id)))
+        there is none, or it is not ours. With `touch` (a fetch relying on it) it is
+        marked written now: gc sweeps a journal left a day, and runs each stopped before
+        the tune is done (a checkpoint longer than cron's timeout) may append nothing."""
+        return parsed(await in_thread(_read, self.path(tune_id), touch))
 
     async def tune(self, tune_id: int) -> Tune | None:
         """The tune as a stopped run's journal recorded it, when the journal also records
@@ -126,16 +129,20 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
             os.close(fd)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, touch: bool = False) -> bytes:
     try:
         fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks us
     except OSError:  # none, a link, another user's: nothing vouched for
         return b""
     with os.fdopen(fd, "rb") as file:
         try:
-            return file.read(MAX_JOURNAL)
+            data = file.read(MAX_JOURNAL)
         except OSError:
             return b""
+        if touch and data:
+            with contextlib.suppress(OSError):  # kept a day from its last line, as ever
+                os.utime(fd)
+        return data
 
 
 def parsed(data: bytes) -> list[Entry]:
