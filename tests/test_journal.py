@@ -7,17 +7,23 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.archive_helpers import cli, stop
 from tests.conftest import check_manifest
-from tests.helpers import NOBODY, blob_file, run_fetch, stored_blobs
+from tests.helpers import NOBODY, Sleeps, blob_file, run_fetch, stored_blobs
 from tests.standin import Stall, StandIn, Status
 from tests.test_process import start_fetch, wait_until
+from tune_archiver.commands.fetch import fetch
+from tune_archiver.config import RetryPolicy, Settings
 from tune_archiver.download.journal import Journals
+from tune_archiver.progress import NullProgress
+from tune_archiver.store import local
 
 MiB = 2**20
 GONE = "gone upstream, never archived"
@@ -33,7 +39,8 @@ def stopped_after_the_images(standin: StandIn, archive: Path,
     standin.faults["model"] = [Stall(3 * MiB)]
     process = start_fetch(standin, archive, "1")
     try:
-        wait_until(lambda: len(journal_lines(archive)) == 3, "the images journaled")
+        wait_until(lambda: len(journal_lines(archive)) == 3 and all(
+            blob_file(archive, data).exists() for data in images), "the images committed")
         process.send_signal(signum)
     finally:
         stop(process)
@@ -182,12 +189,15 @@ def test_a_manifest_naming_only_some_lines_keeps_the_journal(tmp_path: Path) -> 
     journals = Journals(tmp_path)
     ours, theirs = (entry_of(i, digit) for i, digit in enumerate("ab"))
 
+    async def held(sha256: str) -> int:  # every blob is in the store
+        return 10
+
     async def steps() -> None:
         await journals.record(1, ours, lambda: {"id": 1})
         await journals.record(1, theirs, lambda: {"id": 1})
-        await journals.settle(1, {ours["sha256"]})
+        await journals.settle(1, {ours["sha256"]}, held)
         assert [e.sha256 for e in await journals.entries(1)] == ["a" * 64, "b" * 64]
-        await journals.settle(1, {ours["sha256"], theirs["sha256"]})
+        await journals.settle(1, {ours["sha256"], theirs["sha256"]}, held)
         assert await journals.entries(1) == []
 
     asyncio.run(steps())
@@ -258,7 +268,8 @@ def test_fetch_all_takes_up_an_unchanged_tune_whose_journal_names_files(
     standin.faults["p1.mp4"] = [Stall(3 * MiB)]
     process = start_fetch(standin, archive, "1", "--prompts")
     try:
-        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image journaled")
+        wait_until(lambda: len(journal_lines(archive)) == 1 and blob_file(archive, made).exists(),
+                   "the first image committed")
     finally:
         stop(process)
     standin.faults["p0.jpg"] = [Status(404)] * 10
@@ -293,3 +304,39 @@ def test_a_journal_a_fetch_relies_on_is_kept_by_gc_as_long_as_fetches_are_stoppe
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert all(blob_file(archive, data).read_bytes() == data for data in images)
     assert len(journal_lines(archive)) == 3
+
+
+def test_a_file_whose_commit_a_stop_met_is_journaled(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (SIGTERM, Ctrl-C) while a commit's thread stores a blob: the thread runs to
+    its end, so the blob is stored though the run stops there. Its line is written in
+    that thread before the blob is stored, so the journal names it."""
+    archive = tmp_path / "archive"
+    image = os.urandom(3000)
+    standin.add_tune(1, [], [standin.add_file("i0.jpg", image)])
+    storing, stop_sent = threading.Event(), threading.Event()
+    store_blob = local.store_blob
+
+    def stored_once_stopped(*args: Any) -> None:
+        storing.set()
+        assert stop_sent.wait(20)
+        store_blob(*args)
+
+    monkeypatch.setattr(local, "store_blob", stored_once_stopped)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+
+    async def stopped() -> None:
+        run = asyncio.create_task(fetch(settings, [1], NullProgress()))
+        assert await asyncio.to_thread(storing.wait, 20)
+        run.cancel()
+        stop_sent.set()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(stopped())
+    assert blob_file(archive, image).read_bytes() == image
+    assert not (archive / "manifests" / "1.json").exists()
+    assert [json.loads(line)["sha256"] for line in journal_lines(archive)] == [
+        blob_file(archive, image).name]

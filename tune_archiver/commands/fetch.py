@@ -42,7 +42,7 @@ from tune_archiver.errors import (
     StatusError,
     UnreadableManifest,
 )
-from tune_archiver.models import SMALLEST, Asset, AssetResult, Tune, TuneResult
+from tune_archiver.models import SMALLEST, Asset, AssetResult, Blob, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.scrub import scrub_json, scrub_result
@@ -290,22 +290,32 @@ async def _download_and_record(
     def as_kept() -> dict[str, Any]:  # the tune as its manifest records it
         return cast(dict[str, Any], scrub_json(redact_json(tune.raw), [run.settings.api_key]))
 
+    def entry(asset: Asset, blob: Blob) -> dict[str, Any]:
+        return cast(dict[str, Any], scrub_json(manifest.asset_entry(AssetResult(asset, blob)),
+                                               [run.settings.api_key]))
+
     async def download(asset: Asset) -> AssetResult:
         if tune.id in run.not_found:  # its URLs, as the journal kept them, are redacted
             return AssetResult(asset, error=NOT_FOUND)
+        noted: list[Blob] = []
+
+        def note(blob: Blob) -> None:  # in the commit's thread, before the blob is stored
+            run.journals.note(tune.id, entry(asset, blob), as_kept)
+            noted.append(blob)
+
         try:
             blob = await run.downloader.fetch(
-                asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1)
+                asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1), note
             )
             log.debug("tune %d: %s done", tune.id, redact(asset.url), extra={
                 "event": "file_done", "machine_only": True, "tune_id": tune.id,
                 "url": redact(asset.url), "sha256": blob.sha256, "size": blob.size})
-            archived = AssetResult(asset, blob)
             # Named by nothing until the manifest is written: a stopped run's next one
-            # knows it archived (the host may delete it meanwhile), and gc keeps it.
-            await run.journals.record(tune.id, scrub_json(manifest.asset_entry(archived),
-                                                          [run.settings.api_key]), as_kept)
-            return archived
+            # knows it archived (the host may delete it meanwhile), and gc keeps it. One
+            # another tune's download stored was not noted for this one.
+            if blob not in noted:
+                await run.journals.record(tune.id, entry(asset, blob), as_kept)
+            return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
             return AssetResult(asset, error=f"{exc} (the tune has expired)" if gone else str(exc),
@@ -368,7 +378,7 @@ async def _download_and_record(
         return manifest.encode(scrub_json(document, [run.settings.api_key]))
 
     key = await run.store.update_manifest(tune.id, change)
-    await run.journals.settle(tune.id, named)
+    await run.journals.settle(tune.id, named, run.store.blob_size)
     return key, reported, checked[0]
 
 

@@ -20,7 +20,7 @@ from tune_archiver.config import Settings
 from tune_archiver.download.partial import Partial
 from tune_archiver.download.ranges import RangedFetch, RangesRefused, piece_size
 from tune_archiver.download.sharing import SharedDownloads
-from tune_archiver.download.staging import Staging
+from tune_archiver.download.staging import Noted, Staging
 from tune_archiver.errors import (
     ArchiverError,
     BodyError,
@@ -111,29 +111,33 @@ class Downloader:
         self._ranged = RangedFetch(session, settings, progress, self._throttle)
 
     async def fetch(
-        self, url: str, refresh: Refresh | None = None, min_size: int = 1
+        self, url: str, refresh: Refresh | None = None, min_size: int = 1,
+        noted: Noted | None = None,
     ) -> Blob:
         """The blob holding the URL's bytes, once they are verified and committed.
 
         When the host refuses the URL as expired, `refresh` is asked for a fresh one
         and the download resumes (see _body_renewed). A body of fewer than `min_size`
         bytes (an empty 200, say) is retried, never archived. Tunes that list the same
-        file, asking the same least size, share one download (see sharing.py). Raises
-        an ArchiverError when it fails for good.
+        file, asking the same least size, share one download (see sharing.py), `noted`
+        called by the one that stores it (Incoming.commit). Raises an ArchiverError when
+        it fails for good.
         """
         return await self._shared.blob(
-            url, lambda: self._download(url, refresh, min_size), min_size)
+            url, lambda: self._download(url, refresh, min_size, noted), min_size)
 
     async def drop_leftovers(self, urls: Iterable[str]) -> None:
         """What earlier runs left of these files, archived since, removed (Staging.drop)."""
         await self._staging.drop(urls)
 
-    async def _download(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
+    async def _download(self, url: str, refresh: Refresh | None, min_size: int,
+                        noted: Noted | None) -> Blob:
         check_fetchable(url)
         async with self._open:
-            return await self._download_open(url, refresh, min_size)
+            return await self._download_open(url, refresh, min_size, noted)
 
-    async def _download_open(self, url: str, refresh: Refresh | None, min_size: int) -> Blob:
+    async def _download_open(self, url: str, refresh: Refresh | None, min_size: int,
+                             noted: Noted | None) -> Blob:
         incoming = await self._staging.open(url, self._store)
         partial = incoming.partial
         transfer = Transfer(url, partial, min_size=min_size)
@@ -154,7 +158,7 @@ class Downloader:
                 raise DataError(f"the server sent an error page ({page}): {transfer.shown}")
             try:
                 # The type the host served it as, recorded with the partial (see _accept).
-                blob = await incoming.commit(partial.content_type, transfer.tail)
+                blob = await incoming.commit(partial.content_type, transfer.tail, noted)
             except ChangedOnDisk:
                 keep = False  # bytes on disk that are not those received are never resumed
                 raise

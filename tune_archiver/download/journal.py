@@ -5,7 +5,9 @@ thing naming blobs, once the tune is done: a run killed in between (cron's timeo
 OOM killer, a power cut) left blobs named by nothing, which a rerun after the tune
 expired called "gone upstream, never archived" and gc removed. So each commit appends
 the file's entry, as its manifest would record it, to `<staging>/<tune_id>.committed`
-(O_APPEND, one write, no fsync: a line a power cut loses is a file fetched again). The
+(O_APPEND, one write, no fsync: a line a power cut loses is a file fetched again), in
+its thread just before the store takes the blob (a line whose blob never came is passed
+by; a stop met by a commit's thread, which runs to its end, has its line written). The
 next fetch of the tune takes a file a line names, its blob held with that size, as
 archived; gc keeps those blobs while it keeps the journal (a day untouched). Once a
 manifest names every blob the journal does, the journal goes. A journal that is a link,
@@ -20,13 +22,13 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tune_archiver.errors import DataError, UnreadableManifest
+from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Tune, parse_tune
 from tune_archiver.safefs import open_own
@@ -62,6 +64,17 @@ class Journals:
             log.debug("tune %d: the journal of committed files was not written: %s",
                       tune_id, exc)
 
+    def note(self, tune_id: int, entry: dict[str, Any],
+             tune: Callable[[], dict[str, Any]]) -> None:
+        """record, from the thread of the commit about to store the file (Noted): a stop
+        cannot come between the blob and its line; a line whose blob never came is passed
+        by (see with_journaled)."""
+        try:
+            _append(self.path(tune_id), _line(entry), tune, blocking=True)
+        except OSError as exc:
+            log.debug("tune %d: the journal of committed files was not written: %s",
+                      tune_id, exc)
+
     async def entries(self, tune_id: int, touch: bool = False) -> list[Entry]:
         """The ok entries the tune's journal records, in the order committed; none when
         there is none, or it is not ours. With `touch` (a fetch relying on it) it is
@@ -84,11 +97,19 @@ class Journals:
                 continue
         return None
 
-    async def settle(self, tune_id: int, named: Collection[str]) -> None:
+    async def settle(self, tune_id: int, named: Collection[str],
+                     held: Callable[[str], Awaitable[int | None]]) -> None:
         """Remove the tune's journal once its manifest names (`named`: sha256s) every
-        blob it records; one line another run appended meanwhile keeps it."""
+        blob it records that is `held` (the store's size of a blob): a line written before
+        a commit that failed names none. One another run appended meanwhile keeps it."""
+        never = set()
+        for entry in await self.entries(tune_id):
+            if entry.sha256 and entry.sha256 not in named:
+                with contextlib.suppress(ArchiverError):  # not known absent: kept
+                    if await held(entry.sha256) != entry.size:
+                        never.add(entry.sha256)
         try:
-            await in_thread(_settle, self.path(tune_id), named)
+            await in_thread(_settle, self.path(tune_id), {*named, *never})
         except OSError as exc:  # left for the next fetch, or gc
             log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
 

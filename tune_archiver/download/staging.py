@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -46,6 +46,7 @@ from tune_archiver.threads import in_thread
 from tune_archiver.urls import download_identity
 
 ENV_STAGING = "TUNE_ARCHIVER_STAGING"
+Noted = Callable[[Blob], None]  # told a file's blob just before the store takes it
 log = logging.getLogger(__name__)
 
 
@@ -57,15 +58,16 @@ class Incoming:
         self.intake = intake
         self._settled = False
 
-    async def commit(self, content_type: str | None, tail: Sequence[bytes] = ()) -> Blob:
+    async def commit(self, content_type: str | None, tail: Sequence[bytes] = (),
+                     noted: Noted | None = None) -> Blob:
         """Write the body's last pieces, fsync (when the staging is durable), and hand the
-        file to the store as its blob.
+        file to the store as its blob, `noted` told it first in the same thread hop.
 
         Raises IntegrityError if bytes are unhashed or missing, StorageError if the
         store fails (the partial is then still ours, for release).
         """
         partial = self.partial
-        blob = await self.intake.commit(lambda: _finish(partial, content_type, tail))
+        blob = await self.intake.commit(lambda: _finish(partial, content_type, tail, noted))
         self._settled = True
         # The file's name is the store's now. When the store removed it (a blob stored
         # already), closing its last descriptor frees its blocks: near a second per GiB
@@ -90,13 +92,17 @@ class Incoming:
             await in_thread(self.partial.close, keep)
 
 
-def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes]) -> Blob:
+def _finish(partial: Partial, content_type: str | None, tail: Sequence[bytes],
+            noted: Noted | None) -> Blob:
     if tail:
         partial.append(tail)
     head = partial.head(HEAD_BYTES)
     partial.finish()  # held bytes are written and hashed here
     # The server's type is kept unless it says nothing; then the first bytes tell.
-    return Blob(partial.sha256(), partial.size, content_type_of(content_type, head))
+    blob = Blob(partial.sha256(), partial.size, content_type_of(content_type, head))
+    if noted is not None:
+        noted(blob)
+    return blob
 
 
 class Staging:
