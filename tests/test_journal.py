@@ -340,3 +340,33 @@ def test_a_file_whose_commit_a_stop_met_is_journaled(
     assert not (archive / "manifests" / "1.json").exists()
     assert [json.loads(line)["sha256"] for line in journal_lines(archive)] == [
         blob_file(archive, image).name]
+
+
+@pytest.mark.parametrize("how", [("--all",), ("--all", "--expiring-within", "7d")])
+def test_fetch_all_records_a_journaled_tune_deleted_upstream_since(
+    standin: StandIn, tmp_path: Path, how: tuple[str, ...]
+) -> None:
+    """The daily `fetch --all` stopped part way through a tune; by the next day Astria
+    deleted it, so the listing no longer shows it: its journal is recorded still."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    soon = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    standin.add_tune(2, [], [standin.add_file("other.jpg", os.urandom(2000))], expires_at=soon)
+    del standin.tunes[1]
+    assert run_fetch(standin, archive, *how) == 1
+    assert [e["sha256"] for e in images_of(archive)] == [
+        blob_file(archive, data).name for data in images]
+    assert check_manifest(archive / "manifests" / "2.json")["complete"] is True
+
+
+def test_fetch_all_filtered_by_the_api_leaves_a_journaled_tune_it_did_not_list(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """An API filter (--title) hides tunes it leaves out: one not listed is not deleted."""
+    archive = tmp_path / "archive"
+    stopped_after_the_images(standin, archive)
+    standin.add_tune(2, [], [standin.add_file("other.jpg", os.urandom(2000))], title="Other")
+    asked = len(standin.seen("api", "/tunes/1"))
+    assert run_fetch(standin, archive, "--all", "--title", "Other") == 0
+    assert len(standin.seen("api", "/tunes/1")) == asked
+    assert not (archive / "manifests" / "1.json").exists()

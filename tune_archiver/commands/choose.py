@@ -67,7 +67,9 @@ async def chosen(
     updated_at, holds every file the listing names and all its blobs are present.
     With --prompts nothing is skipped: new images can be generated without the tune
     changing; nor is a tune `journaled` (files a stopped run committed that its manifest
-    does not name yet: skipped, they would be swept with the journal). A tune whose expires_at
+    does not name yet: skipped, they would be swept with the journal). One journaled
+    that the listing, unfiltered by the API, no longer shows (deleted upstream since)
+    is taken up last, for its journal to be recorded. A tune whose expires_at
     cannot be read is kept by --expiring-within, with one warning. The listing's ids
     are strictly decreasing (client.checked_ids), so none is taken up twice.
     """
@@ -80,17 +82,24 @@ async def chosen(
     # filters leave out anyway, so with --ids-from none is sent.
     wanted = tunes.filters.ids
     listed: set[int] = set()
+    shown: set[int] = set()  # of the journaled
     query = tunes.filters.api_query() if wanted is None else {}
     async for page in api.tune_pages(query=query):
         if wanted is not None:
             listed.update(item["id"] for item in page if item["id"] in wanted)
+        shown.update(item["id"] for item in page if item["id"] in journaled)
         kept = [item for item in page if _keeps(item, tunes, now)]
         same = [False] * len(kept) if prompts else await unchanged.of_page(kept)
         yield [_skipped(item) if skip else item["id"]
                for item, skip in zip(kept, same, strict=True)]
+    # One an API filter hides is not known deleted; one of --ids-from is asked for anyway.
+    deleted = sorted((i for i in set(journaled) - shown if in_shard(i, tunes.shard)
+                      and (i in wanted if wanted is not None else not query)), reverse=True)
+    if deleted:
+        yield list(deleted)
     if wanted is not None:
-        unlisted = sorted((i for i in wanted - listed if in_shard(i, tunes.shard)),
-                          reverse=True)  # newest first, as the listing
+        unlisted = sorted((i for i in wanted - listed - set(deleted)
+                           if in_shard(i, tunes.shard)), reverse=True)  # newest first
         if unlisted:
             yield [await _not_listed(api, store, i) for i in unlisted]
 
