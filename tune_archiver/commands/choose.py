@@ -13,7 +13,6 @@ from typing import Any
 from tune_archiver import manifest
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.plan import (
-    NO_LONGER_LISTED,
     AssetKey,
     TunePlan,
     archived_blobs,
@@ -29,6 +28,7 @@ from tune_archiver.commands.plan import (
     known_entries,
     plan_tune,
 )
+from tune_archiver.commands.unlisted import unlisted
 from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.errors import (
@@ -36,14 +36,12 @@ from tune_archiver.errors import (
     AuthError,
     ConfigError,
     Denied,
-    NetworkError,
-    StatusError,
     StorageError,
     TuneNotFound,
     UnreadableManifest,
 )
 from tune_archiver.layout import manifest_key
-from tune_archiver.manifest import CarriedOver, Entry, Manifest
+from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
 from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
@@ -321,7 +319,7 @@ async def plan_for(
     journaled: Sequence[Entry] = (),
 ) -> tuple[TunePlan, list[AssetResult]]:
     """What to download for the tune, and the archived files it no longer lists (a
-    prompt's failed file taken for deleted only once its prompt is: _unlisted); the
+    prompt's failed file taken for deleted only once its prompt is: unlisted.py); the
     files a stopped run `journaled` (journal.py) are archived as its manifest's are."""
     previous = await read_previous(store, tune.id)
     present = await blobs_present(store, with_journaled(tune.id, previous, journaled))
@@ -334,55 +332,7 @@ async def plan_for(
     carried = carried_over(previous, assets_of(tune), present, listed, unread,
                            tune.unread_kinds)
     asked: dict[tuple[int, int], ArchiverError | None] = {}  # a prompt's files ask once
-    return plan, [await _unlisted(api, tune.id, result, asked) for result in carried]
-
-
-async def _unlisted(api: AstriaClient, tune_id: int, result: AssetResult,
-                    asked: dict[tuple[int, int], ArchiverError | None]) -> AssetResult:
-    """A prompt's failed file that the run's prompts no longer list is gone upstream (never
-    asked for again) only if its prompt is: GET /prompts lists one scope alone (the
-    personal one without --workspace), so a prompt made in workspace 42 that a run of
-    another scope does not list is asked for alone, in every workspace. Had, the file
-    stays failed, saying why; so it does when the API could not tell (a 503, a 429, the
-    network: gone is for good); a 404 (or a key refused every workspace, as before)
-    keeps it gone. `asked` holds each prompt's answer: its other files ask no more."""
-    entry = result.entry if isinstance(result, CarriedOver) else None
-    if (entry is None or entry.prompt_id is None or not result.gone or result.reused
-            or not (result.error or "").startswith(NO_LONGER_LISTED)):
-        return result
-    key = (entry.prompt_tune_id or tune_id, entry.prompt_id)
-    if key not in asked:
-        try:
-            await api.get_prompt(*key, ALL)
-            asked[key] = None
-        except ArchiverError as exc:
-            asked[key] = exc
-    error = asked[key]
-    if isinstance(error, NetworkError | StatusError) and not (
-            isinstance(error, StatusError) and error.status < 500
-            and error.status not in (408, 429)):
-        return CarriedOver(result.asset, entry=entry, error=(
-            f"cannot tell whether prompt {entry.prompt_id} was deleted upstream ({error}): "
-            f"{_THEN[0]}{_last(entry.error)})"))
-    if error is not None:  # deleted upstream (404, 410), or not to be told (a key refused
-        return result  # every workspace, a bad answer)
-    return CarriedOver(result.asset, entry=entry, error=(
-        f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
-        f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
-        f"{_THEN[1]}{_last(entry.error)})"))
-
-
-# How _unlisted's lines end before the file's own last error: said once, never nested.
-_THEN = ("asked for again next run (its last error: ", "--workspace all (its last error: ")
-
-
-def _last(error: str | None) -> str:
-    """The file's own last error, out of a line _unlisted wrote of it the run before (a
-    run each day must not wrap it once more); the last 'then' is _unlisted's own."""
-    last = error or "unknown error"
-    ends = [last.rfind(then) + len(then) for then in _THEN if then in last]
-    return last[max(ends):-1] if ends and last.startswith(
-        ("its prompt ", "cannot tell whether prompt ")) else last
+    return plan, [await unlisted(api, tune.id, result, asked) for result in carried]
 
 
 def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[Entry],

@@ -115,17 +115,11 @@ async def fetch(
 
         async def kept(tune_id: int) -> Tune | None:
             """A tune the API did not find, as a stopped run kept it with a file still held."""
-            tune = await run.journals.tune(tune_id)
-            if tune is None:
-                return None
-            for entry in await run.journals.entries(tune_id):
-                with contextlib.suppress(ArchiverError):  # not known held: not found, as ever
-                    if await store.blob_size(entry.sha256 or "") == entry.size:
-                        run.not_found.add(tune_id)
-                        # its prompts unread: none of their files is taken for gone
-                        return replace(tune, prompt_errors=(NOT_FOUND,)) if (
-                            settings.lists_prompts) else tune
-            return None
+            tune = await run.journals.held_tune(tune_id, store.blob_size)
+            if tune is not None:
+                run.not_found.add(tune_id)  # its prompts unread: no file of theirs is gone
+            return replace(tune, prompt_errors=(NOT_FOUND,)) if (
+                tune is not None and settings.lists_prompts) else tune
 
         loader = Loader(api, settings.lists_prompts, done_with, kept)
 

@@ -120,8 +120,7 @@ class Downloader:
         and the download resumes (see _body_renewed). A body of fewer than `min_size`
         bytes (an empty 200, say) is retried, never archived. Tunes that list the same
         file, asking the same least size, share one download (see sharing.py), `noted`
-        called by the one that stores it (Incoming.commit). Raises an ArchiverError when
-        it fails for good.
+        called by the one that stores it (Incoming.commit). Raises ArchiverError at last.
         """
         return await self._shared.blob(
             url, lambda: self._download(url, refresh, min_size, noted), min_size)

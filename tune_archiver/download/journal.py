@@ -97,6 +97,17 @@ class Journals:
                 continue
         return None
 
+    async def held_tune(self, tune_id: int, held: Callable[[str], Awaitable[int | None]]
+                        ) -> Tune | None:
+        """The tune as its journal recorded it, when a file the journal records is `held`
+        (the store's size of a blob) at its size: the API no longer finds the tune."""
+        tune = await self.tune(tune_id)
+        for entry in await self.entries(tune_id) if tune is not None else []:
+            with contextlib.suppress(ArchiverError):  # not known held: not found, as ever
+                if await held(entry.sha256 or "") == entry.size:
+                    return tune
+        return None
+
     async def settle(self, tune_id: int, named: Collection[str],
                      held: Callable[[str], Awaitable[int | None]]) -> None:
         """Remove the tune's journal once its manifest names (`named`: sha256s) every
