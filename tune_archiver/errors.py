@@ -98,6 +98,10 @@ class TuneNotFound(StatusError):
     """The API answered 404 for a tune."""
 
 
+class TuneElsewhere(TuneNotFound):
+    """The API answered 404 for a tune in the run's scope, but another workspace has it."""
+
+
 class ExpiredUrl(StatusError):
     """An asset host answered 403 (or 400/410 saying "expired"): the URL needs renewing."""
 

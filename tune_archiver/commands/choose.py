@@ -37,6 +37,7 @@ from tune_archiver.errors import (
     ConfigError,
     Denied,
     StorageError,
+    TuneElsewhere,
     TuneNotFound,
     UnreadableManifest,
 )
@@ -265,7 +266,7 @@ async def load_tune(
 WORKSPACE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_QUOTED - 1}}}")  # one to name
 
 
-async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneNotFound | None:
+async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneElsewhere | None:
     """The error for a tune the run's scope answers 404 for that another workspace holds
     (the API answers for the personal scope only without X-Workspace-Id): 'not found'
     alone sent its owner to think it deleted. None when no workspace has it either."""
@@ -282,7 +283,7 @@ async def _elsewhere(api: AstriaClient, tune_id: int) -> TuneNotFound | None:
         "a workspace", "all")
     if where is None:  # the tune says it: the personal scope (a run of --workspace 41)
         said, option = "the personal scope", "personal (or --workspace all)"
-    return TuneNotFound(f"tune {tune_id} is not in the scope this run asks in (the personal "
+    return TuneElsewhere(f"tune {tune_id} is not in the scope this run asks in (the personal "
                         f"one unless --workspace says another), but in {said}: fetch it "
                         f"with --workspace {option}", 404)
 

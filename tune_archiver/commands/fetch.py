@@ -40,6 +40,8 @@ from tune_archiver.errors import (
     ListingBrokeOff,
     NewerManifest,
     StatusError,
+    TuneElsewhere,
+    TuneNotFound,
     UnreadableManifest,
 )
 from tune_archiver.models import SMALLEST, Asset, AssetResult, Blob, Tune, TuneResult
@@ -111,13 +113,14 @@ async def fetch(
         run = Run(settings, api, store, downloader, progress, clock, done_with,
                   Workspaces(api, settings.workspace),
                   asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT),
-                  Journals(staging.directory), set())
+                  Journals(staging.directory), {})
 
-        async def kept(tune_id: int) -> Tune | None:
+        async def kept(tune_id: int, exc: TuneNotFound) -> Tune | None:
             """A tune the API did not find, as a stopped run kept it with a file still held."""
             tune = await run.journals.held_tune(tune_id, store.blob_size)
-            if tune is not None:
-                run.not_found.add(tune_id)  # its prompts unread: no file of theirs is gone
+            if tune is not None:  # its prompts unread: no file of theirs is gone
+                run.not_found[tune_id] = f"{exc};" if isinstance(exc, TuneElsewhere) else (
+                    f"tune {tune_id} not found (deleted upstream?):")  # not said deleted
             return replace(tune, prompt_errors=(NOT_FOUND,)) if (
                 tune is not None and settings.lists_prompts) else tune
 
@@ -184,7 +187,8 @@ class Run:
     workspaces: Workspaces
     files: asyncio.Semaphore  # files of all tunes in flight at once: their tasks exist
     journals: Journals  # each tune's files committed before its manifest names them
-    not_found: set[int]  # tunes the API did not find, recorded from their journals
+    not_found: dict[int, str]  # tunes the API did not find, recorded from their journals:
+    # how the line of each begins
 
 
 @dataclass(frozen=True)
@@ -244,7 +248,7 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     key, assets, checked = results
     error = unread_failure(checked)
     if tune.id in run.not_found:
-        error = (f"tune {tune.id} not found (deleted upstream?): the "
+        error = (f"{run.not_found[tune.id]} the "
                  f"{sum(result.ok for result in assets)} file(s) a stopped run had archived "
                  "are recorded in its manifest, the others not fetched")
     return TuneResult(

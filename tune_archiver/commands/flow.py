@@ -102,6 +102,9 @@ def _leaves(errors: BaseExceptionGroup[BaseException]) -> list[BaseException]:
             for leaf in (_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])]
 
 
+Kept = Callable[[int, TuneNotFound], Awaitable[Tune | None]]  # fetch's, of a journal
+
+
 class Loader:
     """Each tune from the API (with its prompts when asked), for the flow's workers.
 
@@ -114,7 +117,7 @@ class Loader:
     """
 
     def __init__(self, api: AstriaClient, prompts: bool, finish: Finish,
-                 kept: Callable[[int], Awaitable[Tune | None]] | None = None) -> None:
+                 kept: Kept | None = None) -> None:
         self._api = api
         self._kept = kept  # a tune the API does not find, as a stopped run kept it
         self._prompts = prompts
@@ -140,7 +143,7 @@ class Loader:
             self._failed(TuneResult(tune_id, error=str(exc)), exc)
             return None
         except TuneNotFound as exc:
-            kept = await self._kept(tune_id) if self._kept is not None else None
+            kept = await self._kept(tune_id, exc) if self._kept is not None else None
             if kept is None:
                 self._failed(TuneResult(tune_id, error=str(exc)))
             else:
