@@ -1,5 +1,6 @@
-"""A tune whose journal a stopped run left, that the API holds in a workspace the rerun
-does not ask in: not taken for deleted upstream."""
+"""A tune whose journal a stopped run left that the API does not find: one held in a
+workspace the rerun does not ask in is not said deleted upstream, and a dry run says what
+the fetch records."""
 
 from __future__ import annotations
 
@@ -35,3 +36,29 @@ def test_a_journaled_tune_of_another_workspace_is_not_said_deleted(
     assert [e["sha256"] for e in images_of(archive)] == [
         blob_file(archive, data).name for data in images]
     assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
+
+
+def test_a_dry_run_says_what_a_fetch_records_of_a_journaled_tune_deleted_upstream(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch records the files the journal kept (exit 1, said): its dry run says so,
+    the count the fetch then gives, not 'tune 1 not found', and asks no host."""
+    archive = tmp_path / "archive"
+    stopped_after_the_images(standin, archive)
+    del standin.tunes[1]
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    asked = len(standin.seen("cdn", "/files/"))
+    previewed = cli(capsys, "fetch", "1", "--dry-run", "--archive", str(archive),
+                    "--api-url", standin.api_url)
+    assert len(standin.seen("cdn", "/files/")) == asked
+    assert not (archive / "manifests" / "1.json").exists()
+    assert previewed.code == 1
+    assert previewed.errors == [
+        "tune-archiver: error: tune 1 not found (deleted upstream?): a fetch would record the "
+        "3 file(s) a stopped run had archived in its manifest, the others not fetched"]
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert ran.errors[0] == (
+        "tune-archiver: error: tune 1 not found (deleted upstream?): the 3 file(s) a stopped "
+        "run had archived are recorded in its manifest, the others not fetched")

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for
-from tune_archiver.commands.fetch import TUNES_PER_SLOT, Clock, unread_failure, utc_now
-from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
+from tune_archiver.commands.fetch import (
+    NOT_FOUND,
+    TUNES_PER_SLOT,
+    Clock,
+    unread_failure,
+    utc_now,
+)
+from tune_archiver.commands.flow import BrokeOff, Loader, not_found_head, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import staging_for
-from tune_archiver.errors import ArchiverError
+from tune_archiver.errors import ArchiverError, TuneNotFound
 from tune_archiver.models import Asset, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.net.transport import Probe, probe_size
@@ -64,8 +70,17 @@ async def dry_run(
         new_session(settings, decompress=False) as asset_session,
     ):
         api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
-        loader = Loader(api, settings.lists_prompts, finish)
         journals = Journals(staging_for(settings.archive).directory)  # what a stopped run kept
+        not_found: dict[int, str] = {}  # tunes a fetch records from their journals (as it)
+
+        async def kept(tune_id: int, exc: TuneNotFound) -> Tune | None:
+            tune = await journals.held_tune(tune_id, store.blob_size)
+            if tune is not None:
+                not_found[tune_id] = not_found_head(tune_id, exc)
+            return replace(tune, prompt_errors=(NOT_FOUND,)) if (
+                tune is not None and settings.lists_prompts) else tune
+
+        loader = Loader(api, settings.lists_prompts, finish, kept)
 
         async def size_of(asset: Asset) -> Probe:
             async with limiter:
@@ -77,6 +92,11 @@ async def dry_run(
                                                await journals.entries(tune.id))
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))
+            archived = sum(1 for r in [*plan.reuse.values(), *carried] if r.ok)  # not gone
+            if tune.id in not_found:  # its other files are not asked for
+                return Preview(tune.id, tune.title, archived=archived, error=(
+                    f"{not_found[tune.id]} a fetch would record the {archived} file(s) a "
+                    "stopped run had archived in its manifest, the others not fetched"))
             probes = await asyncio.gather(*(size_of(asset) for asset in plan.download))
             probed = list(zip(plan.download, probes, strict=True))
             # A fetch would take a null its archived photos stand for as no failure.
@@ -85,7 +105,7 @@ async def dry_run(
                 tune.id, tune.title, error=f"tune {tune.id}: {failure}" if failure else None,
                 download=tuple((a, p.size) for a, p in probed if p.refused is None),
                 not_downloadable=tuple((a, p) for a, p in probed if p.refused is not None),
-                archived=sum(1 for r in [*plan.reuse.values(), *carried] if r.ok),  # not gone
+                archived=archived,
                 left_out=len(plan.left_out),
             )
 

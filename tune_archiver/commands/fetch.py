@@ -18,7 +18,7 @@ from typing import Any, cast
 from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for, unexpected
-from tune_archiver.commands.flow import BrokeOff, Loader, run_flow
+from tune_archiver.commands.flow import BrokeOff, Loader, not_found_head, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.commands.plan import (
     archived_entries,
@@ -40,7 +40,6 @@ from tune_archiver.errors import (
     ListingBrokeOff,
     NewerManifest,
     StatusError,
-    TuneElsewhere,
     TuneNotFound,
     UnreadableManifest,
 )
@@ -119,8 +118,7 @@ async def fetch(
             """A tune the API did not find, as a stopped run kept it with a file still held."""
             tune = await run.journals.held_tune(tune_id, store.blob_size)
             if tune is not None:  # its prompts unread: no file of theirs is gone
-                run.not_found[tune_id] = f"{exc};" if isinstance(exc, TuneElsewhere) else (
-                    f"tune {tune_id} not found (deleted upstream?):")  # not said deleted
+                run.not_found[tune_id] = not_found_head(tune_id, exc)
             return replace(tune, prompt_errors=(NOT_FOUND,)) if (
                 tune is not None and settings.lists_prompts) else tune
 

@@ -18,6 +18,7 @@ from tune_archiver.errors import (
     ConfigError,
     ConnectError,
     ReadTimeout,
+    TuneElsewhere,
     TuneNotFound,
 )
 from tune_archiver.models import Prompt, Tune, TuneResult
@@ -103,6 +104,13 @@ def _leaves(errors: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 Kept = Callable[[int, TuneNotFound], Awaitable[Tune | None]]  # fetch's, of a journal
+
+
+def not_found_head(tune_id: int, exc: TuneNotFound) -> str:
+    """How the line of a tune the API did not find, recorded from its journal, begins:
+    one another workspace holds is said to be there, not deleted."""
+    return f"{exc};" if isinstance(exc, TuneElsewhere) else (
+        f"tune {tune_id} not found (deleted upstream?):")
 
 
 class Loader:
