@@ -62,3 +62,28 @@ def test_a_dry_run_says_what_a_fetch_records_of_a_journaled_tune_deleted_upstrea
     assert ran.errors[0] == (
         "tune-archiver: error: tune 1 not found (deleted upstream?): the 3 file(s) a stopped "
         "run had archived are recorded in its manifest, the others not fetched")
+
+
+def test_a_journal_vouching_for_nothing_of_a_tune_deleted_upstream_fails_one_run_only(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A journal whose lines name no blob held (a commit a stop met before the store took
+    it, an upload killed part way) of a tune Astria deleted since: the daily `fetch --all`
+    took it up each day as deleted and failed on it, 'tune 1 not found', exit 1 for good
+    (the daily run has no gc to sweep it). The fetch that finds it vouching for nothing
+    removes it, so only that run says so."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    for data in images:
+        blob_file(archive, data).unlink()
+    del standin.tunes[1]
+    standin.add_tune(2, [], [standin.add_file("other.jpg", b"2" * 2000)])
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    argv = ("fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
+    first = cli(capsys, *argv)
+    assert first.code == 1
+    assert first.errors == ["tune-archiver: error: tune 1 not found"]
+    assert not (archive / "tmp" / "1.committed").exists()
+    assert cli(capsys, *argv).code == 0
+    assert not (archive / "manifests" / "1.json").exists()

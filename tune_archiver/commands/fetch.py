@@ -117,7 +117,9 @@ async def fetch(
         async def kept(tune_id: int, exc: TuneNotFound) -> Tune | None:
             """A tune the API did not find, as a stopped run kept it with a file still held."""
             tune = await run.journals.held_tune(tune_id, store.blob_size)
-            if tune is not None:  # its prompts unread: no file of theirs is gone
+            if tune is None:  # one vouching for nothing goes: --all took it up each day
+                await run.journals.settle(tune_id, (), store.blob_size)
+            else:  # its prompts unread: no file of theirs is gone
                 run.not_found[tune_id] = not_found_head(tune_id, exc)
             return replace(tune, prompt_errors=(NOT_FOUND,)) if (
                 tune is not None and settings.lists_prompts) else tune
