@@ -204,6 +204,17 @@ def test_a_manifest_naming_only_some_lines_keeps_the_journal(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_line_a_full_disk_cut_short_does_not_take_the_next_with_it(tmp_path: Path) -> None:
+    """A write at a full disk's end stores part of its line (write() returns short, no
+    error): the line appended once space is back starts a line of its own."""
+    journals = Journals(tmp_path)
+    cut, whole = entry_of(0, "a"), entry_of(1, "b")
+    journals.path(1).write_text(json.dumps({"tune": {"id": 1}}) + "\n" + json.dumps(cut)[:40])
+    journals.path(1).chmod(0o600)
+    journals.note(1, whole, lambda: {"id": 1})
+    assert [e.sha256 for e in asyncio.run(journals.entries(1))] == ["b" * 64]
+
+
 def entry_of(index: int, digit: str) -> dict[str, object]:
     return {"kind": "training_image", "index": index, "url": f"https://cdn.example/{index}",
             "status": "ok", "sha256": digit * 64, "size": 10, "content_type": None}

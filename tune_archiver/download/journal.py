@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".committed"
 NAME = re.compile(r"[1-9][0-9]*\.committed")
 MAX_JOURNAL = 256 * 2**20  # as a manifest: 10,000 files' lines are a few MiB
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Journals:
@@ -141,8 +141,9 @@ def _line(value: dict[str, Any]) -> bytes:
 
 
 def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blocking: bool) -> bool:
-    """One write at the journal's end; False, nothing written, when a settle holds it
-    and not `blocking`. Taken again when a settle removed it while we waited."""
+    """One write at the journal's end, on a line of its own though a full disk cut the
+    last short (write() stores part of it, no error); False, nothing written, when a
+    settle holds it and not `blocking`. Taken again when a settle removed it meanwhile."""
     while True:
         fd = os.open(path, _FLAGS, 0o600)
         try:
@@ -155,7 +156,11 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
                 continue  # removed by a settle: a new one is made
             if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
                 raise OSError(f"{path} is not a regular file of this user with one name")
-            os.write(fd, _line({"tune": tune()}) + line if found.st_size == 0 else line)
+            if found.st_size == 0:
+                line = _line({"tune": tune()}) + line
+            elif os.pread(fd, 1, found.st_size - 1) != b"\n":
+                line = b"\n" + line  # a full disk cut the last short: ours stays whole
+            os.write(fd, line)
             return True
         finally:
             os.close(fd)
