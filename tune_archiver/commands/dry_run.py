@@ -70,7 +70,8 @@ async def dry_run(
         new_session(settings, decompress=False) as asset_session,
     ):
         api = AstriaClient(api_session, settings, asyncio.Semaphore(API_CONCURRENCY))
-        journals = Journals(staging_for(settings.archive).directory)  # what a stopped run kept
+        # what a stopped run kept
+        journals = Journals(staging_for(settings.archive).directory, settings.archive)
         not_found: dict[int, str] = {}  # tunes a fetch records from their journals (as it)
 
         async def kept(tune_id: int, exc: TuneNotFound) -> Tune | None:

@@ -112,7 +112,7 @@ async def fetch(
         run = Run(settings, api, store, downloader, progress, clock, done_with,
                   Workspaces(api, settings.workspace),
                   asyncio.Semaphore(settings.concurrency * FILES_PER_SLOT),
-                  Journals(staging.directory), {})
+                  Journals(staging.directory, settings.archive), {})
 
         async def kept(tune_id: int, exc: TuneNotFound) -> Tune | None:
             """A tune the API did not find, as a stopped run kept it with a file still held."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -32,11 +33,12 @@ from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Tune, parse_tune
 from tune_archiver.safefs import open_own
+from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
 SUFFIX = ".committed"
-NAME = re.compile(r"[1-9][0-9]*\.committed")
+NAME = re.compile(r"([1-9][0-9]*)(\.[0-9a-f]{12})?\.committed")
 MAX_JOURNAL = 256 * 2**20  # as a manifest: 10,000 files' lines are a few MiB
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -44,11 +46,15 @@ _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | 
 class Journals:
     """The journals in one staging folder (a local archive's tmp/, an S3 archive's own)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, archive: str | Path = "") -> None:
         self.directory = directory
+        # One $TUNE_ARCHIVER_STAGING may serve two buckets: each names its own journals
+        # (`<id>.<tag>.committed`), or one's fetch took and removed the other's.
+        self._tag = "" if not is_remote(archive) else "." + hashlib.sha256(
+            str(archive).encode()).hexdigest()[:12]
 
     def path(self, tune_id: int) -> Path:
-        return self.directory / f"{tune_id}{SUFFIX}"
+        return self.directory / f"{tune_id}{self._tag}{SUFFIX}"
 
     async def record(self, tune_id: int, entry: dict[str, Any],
                      tune: Callable[[], dict[str, Any]]) -> None:
@@ -127,12 +133,13 @@ class Journals:
     async def tune_ids(self) -> set[int]:
         """The tunes that have a journal: what a stopped run committed is not yet in
         their manifests."""
-        return {int(path.name.removesuffix(SUFFIX))
-                for path in await in_thread(_journals, self.directory)}
+        return {int(found[1]) for path in await in_thread(_journals, self.directory)
+                if (found := NAME.fullmatch(path.name)) and (found[2] or "") == self._tag}
 
     async def blobs(self, newer_than: datetime) -> set[str]:
-        """The sha256 of every blob named by a journal written since `newer_than` (gc
-        keeps them; an older journal is swept as partials are)."""
+        """The sha256 of every blob named by a journal written since `newer_than`, the
+        other archives' that share the folder too (gc keeps them; an older journal is
+        swept as partials are)."""
         return await in_thread(_blobs, self.directory, newer_than.timestamp())
 
 

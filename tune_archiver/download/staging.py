@@ -292,8 +292,8 @@ class Staging:
 # go with no other), a local archive's manifest temp files, and the
 # folder of a photo a killed retrain was copying. gc removes nothing else:
 # $TUNE_ARCHIVER_STAGING may name a folder that holds the user's files.
-_OURS = re.compile(r"[0-9a-f]{40}\.(part|json)|\.[0-9a-f]{40}\.json\.tmp|[1-9][0-9]*\.committed"
-                   r"|(private-[a-z0-9_]{8}\.part)|(manifest-[a-z0-9_]{8}\.tmp)")
+_OURS = re.compile(r"[0-9a-f]{40}\.(part|json)|\.[0-9a-f]{40}\.json\.tmp|private-[a-z0-9_]{8}\.part"
+                   r"|manifest-[a-z0-9_]{8}\.tmp|[1-9][0-9]*(\.[0-9a-f]{12})?\.committed")
 RETRAIN_COPY_PREFIX = "retrain-"  # retrain's tempfile folders: the prefix, 8 of its letters
 _RETRAIN_COPY = re.compile(rf"{RETRAIN_COPY_PREFIX}[a-z0-9_]{{8}}")
 
