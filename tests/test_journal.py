@@ -381,3 +381,31 @@ def test_fetch_all_filtered_by_the_api_leaves_a_journaled_tune_it_did_not_list(
     assert run_fetch(standin, archive, "--all", "--title", "Other") == 0
     assert len(standin.seen("api", "/tunes/1")) == asked
     assert not (archive / "manifests" / "1.json").exists()
+
+
+def test_a_forgotten_tune_is_not_recorded_again_from_a_stopped_runs_journal(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `fetch 1 --prompts` killed after a prompt's image was committed, then the tune
+    deleted upstream and forgotten: the daily `fetch --all` took the journaled tune up
+    and wrote its manifest again from the journal, the forgotten tune back (exit 1)."""
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
+                     [standin.add_file("i0.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", os.urandom(4000)),
+                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
+    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
+    process = start_fetch(standin, archive, "1", "--prompts")
+    try:
+        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image committed")
+    finally:
+        stop(process)
+    del standin.tunes[1]
+    assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0
+    ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
+    assert not (archive / "manifests" / "1.json").exists()
+    assert ran.code == 0
+    assert not (archive / "tmp" / "1.committed").exists()

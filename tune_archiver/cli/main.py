@@ -386,7 +386,7 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
     location = archive_dir(args.archive, os.environ)
     found = in_archive(args, lambda store: forget(
         store, args.tune_ids, args.keep_within, args.clock(), args.dry_run,
-        waiting=waiting_for("fetch, gc or verify --repair", location)))
+        waiting=waiting_for("fetch, gc or verify --repair", location), archive=location))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
     errors += [why for _, why in found.failed]
     emit(args, secrets, errors, report.forget_json(found, args.dry_run),

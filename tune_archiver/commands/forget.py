@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tune_archiver import manifest
+from tune_archiver.download.journal import Journals
+from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import Denied, StorageError
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
@@ -39,11 +41,13 @@ async def forget(
     now: datetime,
     dry_run: bool,
     waiting: Callable[[], None] | None = None,
+    archive: str | None = None,
 ) -> ForgetReport:
     """Remove the manifests of `tune_ids`, or with `keep_within` of every tune expired
     longer ago than that; nothing is removed on a dry run. A manifest that cannot be
     read (damaged, or refused by the store) is never forgotten by --keep-within (its
-    expiry is unknown)."""
+    expiry is unknown). The tune's journal in the `archive`'s staging folder goes too:
+    the next fetch would record the files a stopped run committed, the tune back."""
     report = ForgetReport()
     async with store.locked(exclusive=True, waiting=waiting):
         archived = set(await store.manifest_ids())
@@ -63,6 +67,15 @@ async def forget(
                 except (StorageError, Denied) as exc:
                     report.failed.append((tune_id, str(exc)))
                     continue
+                if archive is not None:
+                    journals = Journals(staging_for(archive).directory, archive)
+                    try:
+                        await journals.remove(tune_id)
+                    except OSError as exc:  # a folder planted there
+                        report.failed.append((tune_id, (
+                            f"tune {tune_id}: {journals.path(tune_id)}, the files a stopped "
+                            f"fetch committed, could not be removed ({exc.strerror}): the "
+                            "next fetch may record them again")))
             report.removed.append((tune_id, title))
     return report
 

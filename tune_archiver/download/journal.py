@@ -130,6 +130,11 @@ class Journals:
         except OSError as exc:  # left for the next fetch, or gc
             log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
 
+    async def remove(self, tune_id: int) -> None:
+        """Remove the tune's journal, if it has one (its tune forgotten). Raises OSError."""
+        with contextlib.suppress(FileNotFoundError):
+            await in_thread(os.unlink, self.path(tune_id))
+
     async def tune_ids(self) -> set[int]:
         """The tunes that have a journal: what a stopped run committed is not yet in
         their manifests."""
