@@ -52,6 +52,7 @@ class Journals:
         # (`<id>.<tag>.committed`), or one's fetch took and removed the other's.
         self._tag = "" if not is_remote(archive) else "." + hashlib.sha256(
             str(archive).encode()).hexdigest()[:12]
+        self._listed: set[int] | None = None  # the tunes with one at the run's start
 
     def path(self, tune_id: int) -> Path:
         return self.directory / f"{tune_id}{self._tag}{SUFFIX}"
@@ -85,7 +86,11 @@ class Journals:
         """The ok entries the tune's journal records, in the order committed; none when
         there is none, or it is not ours. With `touch` (a fetch relying on it) it is
         marked written now: gc sweeps a journal left a day, and runs each stopped before
-        the tune is done (a checkpoint longer than cron's timeout) may append nothing."""
+        the tune is done (a checkpoint longer than cron's timeout) may append nothing.
+        With `touch`, a tune with none at tune_ids is not looked at (one thread hop a tune:
+        W5's 20,000): one made since is another run's, in flight, whose files it stores."""
+        if touch and self._listed is not None and tune_id not in self._listed:
+            return []
         return parsed(await in_thread(_read, self.path(tune_id), touch))
 
     async def tune(self, tune_id: int) -> Tune | None:
@@ -119,14 +124,15 @@ class Journals:
         """Remove the tune's journal once its manifest names (`named`: sha256s) every
         blob it records that is `held` (the store's size of a blob): a line written before
         a commit that failed names none. One another run appended meanwhile keeps it."""
-        never = set()
-        for entry in await self.entries(tune_id):
-            if entry.sha256 and entry.sha256 not in named:
+        try:  # one thread hop a tune, as a rule: every line named by the manifest
+            left = await in_thread(_settle, self.path(tune_id), named)
+            never = set()
+            for sha256, size in left:
                 with contextlib.suppress(ArchiverError):  # not known absent: kept
-                    if await held(entry.sha256) != entry.size:
-                        never.add(entry.sha256)
-        try:
-            await in_thread(_settle, self.path(tune_id), {*named, *never})
+                    if await held(sha256) != size:
+                        never.add(sha256)
+            if never:
+                await in_thread(_settle, self.path(tune_id), {*named, *never})
         except OSError as exc:  # left for the next fetch, or gc
             log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
 
@@ -138,8 +144,9 @@ class Journals:
     async def tune_ids(self) -> set[int]:
         """The tunes that have a journal: what a stopped run committed is not yet in
         their manifests."""
-        return {int(found[1]) for path in await in_thread(_journals, self.directory)
-                if (found := NAME.fullmatch(path.name)) and (found[2] or "") == self._tag}
+        self._listed = {int(found[1]) for path in await in_thread(_journals, self.directory)
+                        if (found := NAME.fullmatch(path.name)) and (found[2] or "") == self._tag}
+        return self._listed
 
     async def blobs(self, newer_than: datetime) -> set[str]:
         """The sha256 of every blob named by a journal written since `newer_than`, the
@@ -211,19 +218,25 @@ def _bad(reason: str) -> UnreadableManifest:
     return UnreadableManifest(0, reason, b"")
 
 
-def _settle(path: Path, named: Collection[str]) -> None:
+def _settle(path: Path, named: Collection[str]) -> set[tuple[str, int | None]]:
+    """Remove the journal if `named` holds the blob of each line; else the (sha256, size)
+    of the lines it does not (none for a journal too large to be read whole: kept)."""
     try:
         fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return
+        return set()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # no line is appended while it is read and removed
         if os.fstat(fd).st_nlink == 0:
-            return  # another run's settle removed it
+            return set()  # another run's settle removed it
         with open(fd, "rb", closefd=False) as file:
             data = file.read(MAX_JOURNAL + 1)
-        if len(data) <= MAX_JOURNAL and all(e.sha256 in named for e in parsed(data)):
+        if len(data) > MAX_JOURNAL:
+            return set()
+        left = {(e.sha256, e.size) for e in parsed(data) if e.sha256 and e.sha256 not in named}
+        if not left:
             os.unlink(path)
+        return left
     finally:
         os.close(fd)
 
