@@ -131,16 +131,8 @@ def test_no_escape_sequence_from_a_title_or_prompt_reaches_the_page(
     clipboard (OSC 52), a prompt clearing the screen (CSI, as ESC [ and as the C1 byte)
     or reversing a line (U+202E) is on the page as escapes, as on a terminal; the
     prompt's lines stay lines."""
-    archive = tmp_path / "archive"
-    title = "Jane\x1b]52;c;cm0gLXJmIH4=\x07 \u202eenaJ"
-    prompt = "ohwx woman\r\nin Paris\x1b[2J\x9b31m"
-    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [],
-                     title=title)
-    standin.add_prompt(6, 21, prompt, [standin.add_file("g.png", b"\x89PNG\r\n\x1a\n")])
-    assert run_fetch(standin, archive, "6", "--prompts") == 0
-    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
-    assert main(words) == 0
-    html = next((tmp_path / "out").glob("6-*")).joinpath("index.html").read_text()
+    html = exported_page(standin, tmp_path, "Jane\x1b]52;c;cm0gLXJmIH4=\x07 \u202eenaJ",
+                         "ohwx woman\r\nin Paris\x1b[2J\x9b31m")
     assert not [char for char in html if char in "\x1b\x07\x9b\r\u202e"]
     assert "<h1>Jane\\x1b]52;c;cm0gLXJmIH4=\\x07 \\u202eenaJ</h1>" in html
     assert "<p>ohwx woman\nin Paris\\x1b[2J\\x9b31m</p>" in html
@@ -154,16 +146,8 @@ def test_a_line_separator_in_a_title_or_prompt_is_an_escape_not_a_line_break(
     each for a line break: a title "Jane<U+2028>tune 7 ..." read as two lines to grep,
     cat and a pager (a line forged), and the escape was lost. Only CR, LF and CRLF, a
     prompt's own lines, stay line breaks."""
-    archive = tmp_path / "archive"
-    title = "Jane\u2028tune 7\u2029x\x85y\x0bz\x0cw\x1cv"
-    prompt = "ohwx woman\r\nin Paris\u2028forged"
-    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [],
-                     title=title)
-    standin.add_prompt(6, 21, prompt, [standin.add_file("g.png", b"\x89PNG\r\n\x1a\n")])
-    assert run_fetch(standin, archive, "6", "--prompts") == 0
-    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
-    assert main(words) == 0
-    html = next((tmp_path / "out").glob("6-*")).joinpath("index.html").read_text()
+    html = exported_page(standin, tmp_path, "Jane\u2028tune 7\u2029x\x85y\x0bz\x0cw\x1cv",
+                         "ohwx woman\r\nin Paris\u2028forged")
     assert not [char for char in html if char in "\u2028\u2029\x85\x0b\x0c\x1c"]
     assert "<h1>Jane\\u2028tune 7\\u2029x\\x85y\\x0bz\\x0cw\\x1cv</h1>" in html
     assert "<p>ohwx woman\nin Paris\\u2028forged</p>" in html
@@ -237,3 +221,15 @@ def test_an_older_manifests_hidden_characters_are_escaped_in_the_exported_copy(
     assert "\u202e" not in text
     assert "\u009b" not in text
     assert json.loads(text)["tune"]["title"] == "Jane \u202eevil \u009b2J"
+
+
+def exported_page(standin: StandIn, tmp_path: Path, title: str, prompt: str) -> str:
+    """index.html of tune 6, titled `title`, with one prompt `prompt`, as export writes it."""
+    archive = tmp_path / "archive"
+    standin.add_tune(6, [standin.add_file("m.safetensors", safetensors(3_000))], [],
+                     title=title)
+    standin.add_prompt(6, 21, prompt, [standin.add_file("g.png", b"\x89PNG\r\n\x1a\n")])
+    assert run_fetch(standin, archive, "6", "--prompts") == 0
+    words = ["export", "6", str(tmp_path / "out"), "--archive", str(archive), "-q"]
+    assert main(words) == 0
+    return next((tmp_path / "out").glob("6-*")).joinpath("index.html").read_text()
