@@ -13,6 +13,7 @@ from tests.conftest import check_manifest
 from tests.helpers import blob_file
 from tests.standin import StandIn
 from tests.test_journal import images_of, stopped_after_the_images
+from tune_archiver.download.journal import Journals
 
 
 @pytest.mark.parametrize("asked", ["1", "--all"])
@@ -87,3 +88,32 @@ def test_a_journal_vouching_for_nothing_of_a_tune_deleted_upstream_fails_one_run
     assert not (archive / "tmp" / "1.committed").exists()
     assert cli(capsys, *argv).code == 0
     assert not (archive / "manifests" / "1.json").exists()
+
+
+def test_a_journal_made_after_the_listing_of_a_tune_deleted_upstream_is_recorded(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The journal another run (stopped since) made after this run listed the staging
+    folder: the API does not find the tune, which the run takes from that journal; the
+    files it records are those the journal kept, not none of them."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    del standin.tunes[1]
+    journal = archive / "tmp" / "1.committed"
+    aside = journal.rename(tmp_path / "1.committed")
+    listed = Journals.tune_ids
+
+    async def tune_ids(self: Journals) -> set[int]:
+        found = await listed(self)
+        aside.rename(journal)  # the other run's, made just after the listing
+        return found
+
+    monkeypatch.setattr(Journals, "tune_ids", tune_ids)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1
+    assert "the 3 file(s) a stopped run had archived are recorded" in ran.err
+    assert [e["sha256"] for e in images_of(archive)] == [
+        blob_file(archive, data).name for data in images]
+    assert not journal.exists()

@@ -111,11 +111,14 @@ class Journals:
     async def held_tune(self, tune_id: int, held: Callable[[str], Awaitable[int | None]]
                         ) -> Tune | None:
         """The tune as its journal recorded it, when a file the journal records is `held`
-        (the store's size of a blob) at its size: the API no longer finds the tune."""
+        (the store's size of a blob) at its size: the API no longer finds the tune. Its
+        fetch then reads the journal, made after tune_ids or not."""
         tune = await self.tune(tune_id)
         for entry in await self.entries(tune_id) if tune is not None else []:
             with contextlib.suppress(ArchiverError):  # not known held: not found, as ever
                 if await held(entry.sha256 or "") == entry.size:
+                    if self._listed is not None:
+                        self._listed.add(tune_id)
                     return tune
         return None
 
