@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256
 from tests.standin import StandIn, Status
 from tests.test_fetch import make_tune
+from tune_archiver.commands import repair as repair_module
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.commands.repair import RepairReport, _replaced, repair
 from tune_archiver.commands.verify import Problem, VerifyReport, verify
@@ -1143,7 +1145,7 @@ def test_a_prompt_file_that_failed_in_a_repair_is_not_said_replaced_by_another_p
 async def test_a_store_error_looking_for_a_replaced_blob_loses_no_repair_report() -> None:
     """Whether a damaged blob came back is asked of the store after the fetch; a bucket's
     503 there ended the repair with that error, and what it had moved aside and fetched
-    went unsaid. A blob not known lost is said of no file."""
+    went unsaid. A blob not known back is said so (the next test)."""
     class Unanswering:
         async def blob_size(self, sha: str) -> int | None:
             raise storage_error(OSError(errno.EIO, "Input/output error"), Path("b"), "look")
@@ -1152,5 +1154,45 @@ async def test_a_store_error_looking_for_a_replaced_blob_loses_no_repair_report(
     damaged = [Problem(1, "checkpoint", 0, "corrupt", "", sha256=old)]
     asset = AssetResult(Asset("checkpoint", 0, "https://h/c"), Blob(new, 5))
     fetched = [TuneResult(1, (asset,))]
-    assert await _replaced(Unanswering(), damaged, fetched,  # type: ignore[arg-type]
-                           VerifyReport()) == []
+    [line] = await _replaced(Unanswering(), damaged, fetched,  # type: ignore[arg-type]
+                             VerifyReport())
+    assert "not known to be back" in line
+
+
+def test_a_repair_that_cannot_tell_whether_replaced_bytes_are_back_never_says_whole(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but the store fails the look whether the bytes first archived came back
+    (a bucket's 503 at the HEAD): the repair said nothing of the photo lost, 'the archive
+    is whole', exit 0. It says the bytes not known back, exit 1."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    flip_byte(blob_file(archive, served.images[0]), 10)
+    [name] = [n for n, data in standin.files.items() if data == served.images[0]]
+    standin.files[name] = os.urandom(len(served.images[0]))
+    lost = sha256(served.images[0])
+    blob_size, fetched, done = LocalStore.blob_size, repair_module.fetch, []
+
+    async def fetch_then_fail(*args: Any, **kwargs: Any) -> list[TuneResult]:
+        results = await fetched(*args, **kwargs)
+        done.append(True)  # the store fails from now on
+        return results
+
+    async def unanswered(self: LocalStore, sha: str) -> int | None:
+        if done and sha == lost:
+            raise storage_error(OSError(errno.EIO, "Input/output error"), Path("b"), "look")
+        return await blob_size(self, sha)
+
+    monkeypatch.setattr(repair_module, "fetch", fetch_then_fail)
+    monkeypatch.setattr(LocalStore, "blob_size", unanswered)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url, "--json")
+    assert ran.code == 1
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    [line] = document["repair"]["replaced"]
+    assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
+    assert lost in line
+    assert "Input/output error" in line

@@ -211,15 +211,16 @@ async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResu
         other = now.get((p.tune_id, p.kind, p.index))
         if p.sha256 is None or other in (None, p.sha256) or (p.tune_id, p.sha256) in named:
             continue
+        lost = "are lost"
         try:  # a bucket's 503 here would lose the report of all the repair did
             if await store.blob_size(p.sha256) is not None:
                 continue
-        except (StorageError, Denied):
-            continue  # not known lost: said of no file
+        except (StorageError, Denied) as exc:  # not known back: never "whole"
+            lost = f"are not known to be back ({exc})"
         copy = "" if p.problem == "missing" else " but for the damaged copy moved aside"
         lines.append(f"tune {p.tune_id}: {p.kind} {p.index}: its host serves other bytes "
                      f"now, archived in its place; the bytes first archived "
-                     f"({blob_key(p.sha256)}) are lost{copy}")
+                     f"({blob_key(p.sha256)}) {lost}{copy}")
     return lines
 
 
