@@ -12,7 +12,7 @@ from tests.archive_helpers import cli
 from tests.conftest import check_manifest
 from tests.helpers import blob_file
 from tests.standin import StandIn
-from tests.test_journal import images_of, stopped_after_the_images
+from tests.test_journal import expire, images_of, stopped_after_the_images
 from tune_archiver.download.journal import Journals
 
 
@@ -101,19 +101,51 @@ def test_a_journal_made_after_the_listing_of_a_tune_deleted_upstream_is_recorded
     images = stopped_after_the_images(standin, archive)
     del standin.tunes[1]
     journal = archive / "tmp" / "1.committed"
-    aside = journal.rename(tmp_path / "1.committed")
-    listed = Journals.tune_ids
-
-    async def tune_ids(self: Journals) -> set[int]:
-        found = await listed(self)
-        aside.rename(journal)  # the other run's, made just after the listing
-        return found
-
-    monkeypatch.setattr(Journals, "tune_ids", tune_ids)
+    made_after_the_listing(journal, tmp_path, monkeypatch)
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
     ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
     assert ran.code == 1
     assert "the 3 file(s) a stopped run had archived are recorded" in ran.err
     assert [e["sha256"] for e in images_of(archive)] == [
         blob_file(archive, data).name for data in images]
+    assert not journal.exists()
+
+
+def made_after_the_listing(journal: Path, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal of a run stopped since is made just after the next fetch lists the
+    staging folder (tune_ids), as if that run committed its files then."""
+    aside = journal.rename(tmp_path / "aside.committed")
+    listed = Journals.tune_ids
+
+    async def tune_ids(self: Journals) -> set[int]:
+        found = await listed(self)
+        if aside.exists():
+            aside.rename(journal)
+        return found
+
+    monkeypatch.setattr(Journals, "tune_ids", tune_ids)
+
+
+def test_files_a_run_said_gone_though_a_journal_made_after_its_listing_kept_them_are_ok(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tune expired; a fetch that did not read the journal (made after its listing)
+    said the stopped run's images 'gone upstream, never archived', and the next fetch,
+    which read it, left them so (a gone entry took the journal's line for known), exit 0,
+    the journal swept by gc a day later with the only copy of the photos. The journal's
+    held blobs are the images' now."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    expire(standin)
+    journal = archive / "tmp" / "1.committed"
+    made_after_the_listing(journal, tmp_path, monkeypatch)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    words = ["fetch", "1", "--archive", str(archive), "--api-url", standin.api_url]
+    assert cli(capsys, *words).code == 1  # each file gone upstream, for this run
+    assert [e["status"] for e in images_of(archive)] == ["gone"] * 3
+    assert cli(capsys, *words).code == 0
+    assert [(e["status"], e["sha256"]) for e in images_of(archive)] == [
+        ("ok", blob_file(archive, data).name) for data in images]
     assert not journal.exists()

@@ -338,10 +338,12 @@ async def plan_for(
 
 def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[Entry],
                    present: Mapping[str, int] | None = None) -> Manifest | None:
-    """The manifest with each file a journal records that it does not hold archived or
-    gone (the first line for a file; with `present`, only one whose blob is held with
-    its size: a line whose blob is gone vouches for nothing)."""
-    held = known_entries(previous)
+    """The manifest with each file a journal records that it does not hold archived
+    (the first line for a file; with `present`, only one whose blob is held with its
+    size: a line whose blob is gone vouches for nothing). One it says gone upstream, never
+    archived, is the journal's: a run that did not read the journal (made after it listed
+    the staging folder, by a run stopped since) said so of a file that run had kept."""
+    held = archived_blobs(previous)
     fresh: dict[AssetKey, Entry] = {}
     for entry in journaled:
         blob = entry.blob
@@ -352,7 +354,7 @@ def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[
         return previous
     if previous is None:
         return Manifest(tune_id, "", False, {}, tuple(fresh.values()))
-    # One recorded failed by the manifest is the journal's: both, it would be said twice.
+    # One recorded failed or gone by the manifest is the journal's: both, said twice.
     kept = tuple(e for e in previous.entries if entry_key(e) not in fresh)
     return replace(previous, entries=kept + tuple(fresh.values()))
 
