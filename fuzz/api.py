@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,61 +252,78 @@ def check(label: str, code: int, err: str, s: StandIn, archive: Path, extra: Any
     return problems
 
 
-def main_fuzz(seed: int, rounds: int) -> None:
-    rng = random.Random(seed)
+@contextlib.contextmanager
+def stand_in(files: dict[str, bytes]) -> Iterator[StandIn]:
+    """The stand-in API and hosts serving `files`, its key in the environment; closed
+    at the end."""
     s = StandIn().start()
-    s.add_file("a", b"A" * 2048)
-    s.add_file("b", b"jpegish" * 100)
-    found = 0
+    for name, data in files.items():
+        s.add_file(name, data)
+    os.environ["ASTRIA_API_KEY"] = s.api_key
     try:
-        for i in range(rounds):
-            s.tunes.clear()
-            s.prompts.clear()
-            s.requests.clear()
-            base = s.add_tune(5, [s.file_url("a")], [s.file_url("b")])
-            tune = mutate_tune(rng, s, base)
-            s.tunes[5] = tune
-            if rng.random() < 0.2:
-                s.add_prompt(
-                    5,
-                    9,
-                    rng.choice(["<lora:5:1> x", "\x1b[2J", 5, None]),
-                    [rng.choice(hostile_urls(s)) for _ in range(2)],
-                    input_image=rng.choice(hostile_urls(s)),
-                )
-            tmp = Path(tempfile.mkdtemp())
-            archive = tmp / "a"
-            os.environ["ASTRIA_API_KEY"] = s.api_key
-            mode = rng.choice(["one", "all", "prompts", "verify"])
-            common = ["--archive", str(archive), "--api-url", s.api_url, "--retries", "0"]
-            if mode == "one":
-                argv = ["fetch", "5", *common]
-            elif mode == "all":
-                if not isinstance(tune, dict):
-                    s.tunes[5] = tune = base
-                argv = ["fetch", "--all", *common]
-            else:
-                argv = ["fetch", "5", "--prompts", *common]
-            argv += rng.choice(
-                [
-                    [],
-                    ["-v"],
-                    ["--log-file", "-"],
-                    ["--json"],
-                    ["-q"],
-                    ["--dry-run"],
-                    ["--dry-run", "--json"],
-                ]
-            )
-            code, _out, err = run(argv)
-            found += bool(check(f"{seed}/{i} {mode} {argv[-2:]}", code, err, s, archive, tune))
-            if mode == "verify" or rng.random() < 0.3:
-                for extra in (["verify"], ["list"], ["verify", "--json"], ["list", "--json"]):
-                    c2, _, e2 = run([*extra, "--archive", str(archive)])
-                    found += bool(check(f"{seed}/{i} {extra}", c2, e2, s, archive, tune))
-            shutil.rmtree(tmp)
+        yield s
     finally:
         s.close()
+
+
+@contextlib.contextmanager
+def fresh_round(s: StandIn) -> Iterator[Path]:
+    """One round: the stand-in's tunes, prompts and requests cleared, and the path of a
+    fresh archive in a temporary folder removed after."""
+    s.tunes.clear()
+    s.prompts.clear()
+    s.requests.clear()
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        yield tmp / "a"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main_fuzz(seed: int, rounds: int) -> None:
+    rng = random.Random(seed)
+    found = 0
+    with stand_in({"a": b"A" * 2048, "b": b"jpegish" * 100}) as s:
+        for i in range(rounds):
+            with fresh_round(s) as archive:
+                base = s.add_tune(5, [s.file_url("a")], [s.file_url("b")])
+                tune = mutate_tune(rng, s, base)
+                s.tunes[5] = tune
+                if rng.random() < 0.2:
+                    s.add_prompt(
+                        5,
+                        9,
+                        rng.choice(["<lora:5:1> x", "\x1b[2J", 5, None]),
+                        [rng.choice(hostile_urls(s)) for _ in range(2)],
+                        input_image=rng.choice(hostile_urls(s)),
+                    )
+                mode = rng.choice(["one", "all", "prompts", "verify"])
+                common = ["--archive", str(archive), "--api-url", s.api_url, "--retries", "0"]
+                if mode == "one":
+                    argv = ["fetch", "5", *common]
+                elif mode == "all":
+                    if not isinstance(tune, dict):
+                        s.tunes[5] = tune = base
+                    argv = ["fetch", "--all", *common]
+                else:
+                    argv = ["fetch", "5", "--prompts", *common]
+                argv += rng.choice(
+                    [
+                        [],
+                        ["-v"],
+                        ["--log-file", "-"],
+                        ["--json"],
+                        ["-q"],
+                        ["--dry-run"],
+                        ["--dry-run", "--json"],
+                    ]
+                )
+                code, _out, err = run(argv)
+                found += bool(check(f"{seed}/{i} {mode} {argv[-2:]}", code, err, s, archive, tune))
+                if mode == "verify" or rng.random() < 0.3:
+                    for extra in (["verify"], ["list"], ["verify", "--json"], ["list", "--json"]):
+                        c2, _, e2 = run([*extra, "--archive", str(archive)])
+                        found += bool(check(f"{seed}/{i} {extra}", c2, e2, s, archive, tune))
     print(f"seed {seed}: {found} flagged of {rounds}")
 
 

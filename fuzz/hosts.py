@@ -84,32 +84,18 @@ def c_double_cl(i, p, h):
     )
 
 
-def c_redirect_loop(i, p, h):
-    return resp("302 Found", {"Location": "/f", "Content-Length": "0"}, b"")
+def redirect(location):
+    """A case answering 302 to `location`, empty."""
+    return lambda i, p, h: resp("302 Found", {"Location": location, "Content-Length": "0"}, b"")
 
 
-def c_redirect_file(i, p, h):
-    return resp("302 Found", {"Location": "file:///etc/passwd", "Content-Length": "0"}, b"")
-
-
-def c_redirect_data(i, p, h):
-    return resp("302 Found", {"Location": "data:,hello", "Content-Length": "0"}, b"")
-
-
-def c_redirect_noscheme(i, p, h):
-    return resp("302 Found", {"Location": "//[::1]:1/x", "Content-Length": "0"}, b"")
-
-
-def c_redirect_weird(i, p, h):
-    return resp("302 Found", {"Location": "http://127.0.0.1:99999/x", "Content-Length": "0"}, b"")
-
-
-def c_redirect_ctrl(i, p, h):
-    return resp("302 Found", {"Location": "/x\x1b[2J", "Content-Length": "0"}, b"")
-
-
-def c_redirect_empty(i, p, h):
-    return resp("302 Found", {"Location": "", "Content-Length": "0"}, b"")
+c_redirect_loop = redirect("/f")
+c_redirect_file = redirect("file:///etc/passwd")
+c_redirect_data = redirect("data:,hello")
+c_redirect_noscheme = redirect("//[::1]:1/x")
+c_redirect_weird = redirect("http://127.0.0.1:99999/x")
+c_redirect_ctrl = redirect("/x\x1b[2J")
+c_redirect_empty = redirect("")
 
 
 def c_te_gzip(i, p, h):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -98,50 +95,46 @@ def pages(rng: random.Random, s: StandIn) -> list[Any]:
 
 def main_fuzz(seed: int, rounds: int) -> None:
     rng = random.Random(seed)
-    s = StandIn().start()
-    s.add_file("b", b"jpegish" * 100)
     found = 0
-    try:
+    with F.stand_in({"b": b"jpegish" * 100}) as s:
         for i in range(rounds):
-            s.requests.clear()
-            s.tunes.clear()
-            for t in (9, 8, 7, 6, 5, 4, 3, 2, 1):
-                s.add_tune(t, [], [s.file_url("b")])
-            PAGES[:] = pages(rng, s)
-            shown = json.dumps(PAGES, default=repr)[:400]
-            ASKED.clear()
-            tmp = Path(tempfile.mkdtemp())
-            archive = tmp / "a"
-            import os
+            with F.fresh_round(s) as archive:
+                for t in (9, 8, 7, 6, 5, 4, 3, 2, 1):
+                    s.add_tune(t, [], [s.file_url("b")])
+                PAGES[:] = pages(rng, s)
+                shown = json.dumps(PAGES, default=repr)[:400]
+                ASKED.clear()
 
-            os.environ["ASTRIA_API_KEY"] = s.api_key
-            extra = rng.choice(
-                [[], ["--expiring-within", "30d"], ["--shard", "1/2"], ["--dry-run"], ["--json"]]
-            )
-            argv = [
-                "fetch",
-                "--all",
-                *extra,
-                "--archive",
-                str(archive),
-                "--api-url",
-                s.api_url,
-                "--retries",
-                "0",
-            ]
-            code, out, err = F.run(argv)
-            print(
-                i, code, err.strip().replace("\n", " || ")[:300], "<<", shown[:150]
-            ) if "-V" in sys.argv else None
-            found += bool(F.check(f"{seed}/{i} {extra}", code, err, s, archive, shown))
-            if "--json" in extra:
-                try:
-                    json.loads(out)
-                except ValueError:
-                    print("== bad json out", out[:300])
-            shutil.rmtree(tmp)
-    finally:
-        s.close()
+                extra = rng.choice(
+                    [
+                        [],
+                        ["--expiring-within", "30d"],
+                        ["--shard", "1/2"],
+                        ["--dry-run"],
+                        ["--json"],
+                    ]
+                )
+                argv = [
+                    "fetch",
+                    "--all",
+                    *extra,
+                    "--archive",
+                    str(archive),
+                    "--api-url",
+                    s.api_url,
+                    "--retries",
+                    "0",
+                ]
+                code, out, err = F.run(argv)
+                print(
+                    i, code, err.strip().replace("\n", " || ")[:300], "<<", shown[:150]
+                ) if "-V" in sys.argv else None
+                found += bool(F.check(f"{seed}/{i} {extra}", code, err, s, archive, shown))
+                if "--json" in extra:
+                    try:
+                        json.loads(out)
+                    except ValueError:
+                        print("== bad json out", out[:300])
     print(f"seed {seed}: {found} flagged of {rounds}")
 
 

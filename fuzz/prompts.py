@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fuzz import api as F
@@ -61,72 +57,60 @@ def mutate_prompt(rng: random.Random, s: StandIn, p: dict[str, Any]) -> Any:
 
 def main_fuzz(seed: int, rounds: int) -> None:
     rng = random.Random(seed)
-    s = StandIn().start()
-    s.add_file("a", b"A" * 2048)
-    s.add_file("b", b"jpegish" * 100)
-    s.add_file("c", b"generated" * 100)
     found = 0
-    try:
+    with F.stand_in({"a": b"A" * 2048, "b": b"jpegish" * 100, "c": b"generated" * 100}) as s:
         for i in range(rounds):
-            s.tunes.clear()
-            s.prompts.clear()
-            s.requests.clear()
-            s.add_tune(
-                5,
-                [],
-                [s.file_url("b")],
-                model_type=rng.choice(["lora", "faceid"]),
-                base_tune_id=1504944,
-            )
-            s.add_tune(1504944, [], [])
-            for pid, (tid, text) in enumerate(
-                [
-                    (5, "own"),
-                    (1504944, "<lora:5:1> x"),
-                    (1504944, "<faceid:5:0.8> y"),
-                    (1504944, "z"),
-                ],
-                start=100,
-            ):
-                p = {"id": pid, "text": text, "tune_id": tid, "images": [s.file_url("c")]}
-                if rng.random() < 0.5:
-                    p = mutate_prompt(rng, s, p)
-                s.prompts.setdefault(tid, []).append(p)
-            shown = json.dumps(s.prompts, default=repr)[:700]
-            tmp = Path(tempfile.mkdtemp())
-            archive = tmp / "a"
-            os.environ["ASTRIA_API_KEY"] = s.api_key
-            extra = rng.choice([[], ["--json"], ["--dry-run"]])
-            argv = [
-                "fetch",
-                "5",
-                "--prompts",
-                *extra,
-                "--archive",
-                str(archive),
-                "--api-url",
-                s.api_url,
-                "--retries",
-                "0",
-            ]
-            try:
-                code, _out, err = F.run(argv)
-            except TypeError as exc:  # the stand-in's sort on a bad id
-                print("standin", exc)
-                continue
-            if "-V" in sys.argv:
-                print(i, code, err.strip().replace("\n", " || ")[:400])
-            found += bool(F.check(f"{seed}/{i} {extra}", code, err, s, archive, shown))
-            if code == 0 and (archive / "manifests/5.json").exists():
-                m = json.loads((archive / "manifests/5.json").read_text())
-                if not m["complete"]:
-                    print("== exit 0 but not complete", shown)
-            for cmd in (["verify"], ["list"], ["export", "5", str(tmp / "e")]):
-                c2, _, e2 = F.run([*cmd, "--archive", str(archive)])
-                found += bool(F.check(f"{seed}/{i} {cmd}", c2, e2, s, archive, shown))
-            shutil.rmtree(tmp)
-    finally:
-        s.close()
+            with F.fresh_round(s) as archive:
+                s.add_tune(
+                    5,
+                    [],
+                    [s.file_url("b")],
+                    model_type=rng.choice(["lora", "faceid"]),
+                    base_tune_id=1504944,
+                )
+                s.add_tune(1504944, [], [])
+                for pid, (tid, text) in enumerate(
+                    [
+                        (5, "own"),
+                        (1504944, "<lora:5:1> x"),
+                        (1504944, "<faceid:5:0.8> y"),
+                        (1504944, "z"),
+                    ],
+                    start=100,
+                ):
+                    p = {"id": pid, "text": text, "tune_id": tid, "images": [s.file_url("c")]}
+                    if rng.random() < 0.5:
+                        p = mutate_prompt(rng, s, p)
+                    s.prompts.setdefault(tid, []).append(p)
+                shown = json.dumps(s.prompts, default=repr)[:700]
+                extra = rng.choice([[], ["--json"], ["--dry-run"]])
+                argv = [
+                    "fetch",
+                    "5",
+                    "--prompts",
+                    *extra,
+                    "--archive",
+                    str(archive),
+                    "--api-url",
+                    s.api_url,
+                    "--retries",
+                    "0",
+                ]
+                try:
+                    code, _out, err = F.run(argv)
+                except TypeError as exc:  # the stand-in's sort on a bad id
+                    print("standin", exc)
+                    continue
+                if "-V" in sys.argv:
+                    print(i, code, err.strip().replace("\n", " || ")[:400])
+                found += bool(F.check(f"{seed}/{i} {extra}", code, err, s, archive, shown))
+                if code == 0 and (archive / "manifests/5.json").exists():
+                    m = json.loads((archive / "manifests/5.json").read_text())
+                    if not m["complete"]:
+                        print("== exit 0 but not complete", shown)
+                for cmd in (["verify"], ["list"], ["export", "5", str(archive.parent / "e")]):
+                    c2, _, e2 = F.run([*cmd, "--archive", str(archive)])
+                    found += bool(F.check(f"{seed}/{i} {cmd}", c2, e2, s, archive, shown))
     print(f"seed {seed}: {found} flagged of {rounds}")
 
 
