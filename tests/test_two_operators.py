@@ -41,16 +41,7 @@ def test_repair_never_sets_aside_a_blob_another_fetch_committed_whole_since_it_l
     blob to tmp/damaged/: tune 1 could not fetch it again, and tune 2's manifest, just
     written 'ok', named a blob that was not there."""
     archive = tmp_path / "archive"
-    shared = os.urandom(4_000)
-    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
-    add_tune(standin, 2, shared=(shared,))
-    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
-    blob_file(archive, shared).unlink()
-    for name in list(standin.files):
-        if name.startswith(("img-1-", "ckpt-1")):
-            standin.faults[name] = [Status(404)] * 10
-    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
-                        retry=RetryPolicy(sleep=Sleeps()))
+    shared, settings = a_shared_image_lost(standin, archive)
     real_whole_now = repair_module._whole_now
     other: list[asyncio.Task[list[TuneResult]]] = []
 
@@ -342,16 +333,7 @@ def test_repair_whose_lock_file_was_removed_never_sets_aside_a_blob_a_fetch_made
     that whole blob to tmp/damaged/: tune 2's manifest named a blob not there, and tune
     1 could never have it again. gc stops once its lock is lost; so does the repair."""
     archive = tmp_path / "archive"
-    shared = os.urandom(4_000)
-    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
-    add_tune(standin, 2, shared=(shared,))
-    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
-    blob_file(archive, shared).unlink()
-    for name in list(standin.files):
-        if name.startswith(("img-1-", "ckpt-1")):
-            standin.faults[name] = [Status(404)] * 10
-    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
-                        retry=RetryPolicy(sleep=Sleeps()))
+    shared, settings = a_shared_image_lost(standin, archive)
     real_whole_now = repair_module._whole_now
     other: list[list[TuneResult]] = []
 
@@ -379,3 +361,18 @@ def test_repair_whose_lock_file_was_removed_never_sets_aside_a_blob_a_fetch_made
     [line] = mended.refused
     assert line.startswith(f"the archive's lock file {archive}/lock was removed while this "
                            "run held it")
+
+
+def a_shared_image_lost(standin: StandIn, archive: Path) -> tuple[bytes, Settings]:
+    """Tunes 1 (gone upstream: its files 404) and 2, archived, sharing an image whose blob
+    the disk lost; the image's bytes, and the settings a repair runs with."""
+    shared = os.urandom(4_000)
+    add_tune(standin, 1, shared=(shared,), expires_at=EXPIRED)
+    add_tune(standin, 2, shared=(shared,))
+    assert run_fetch(standin, archive, "1", "2", clock=lambda: NOW - timedelta(days=20)) == 0
+    blob_file(archive, shared).unlink()
+    for name in list(standin.files):
+        if name.startswith(("img-1-", "ckpt-1")):
+            standin.faults[name] = [Status(404)] * 10
+    return shared, Settings(archive=archive, api_key=standin.api_key,
+                            api_url=standin.api_url, retry=RetryPolicy(sleep=Sleeps()))
