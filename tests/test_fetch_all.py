@@ -215,11 +215,11 @@ def test_changed_or_damaged_tunes_are_fetched_again(standin: StandIn, archive: P
 def test_a_file_the_listing_adds_brings_the_tune_back_whatever_its_updated_at(
     standin: StandIn, archive: Path
 ) -> None:
-    """A tune archived while training (photos only) whose listing then names a checkpoint
-    is fetched again, though its updated_at did not move."""
+    """A tune archived complete with photos only (trained: a tune still training is never
+    complete, so never skipped) whose listing then names a checkpoint is fetched again,
+    though its updated_at did not move."""
     add_tune(standin, 1)
-    tune = standin.add_tune(2, [], [standin.add_file("photo-2.jpg", os.urandom(3_000))],
-                            trained_at=None)
+    tune = standin.add_tune(2, [], [standin.add_file("photo-2.jpg", os.urandom(3_000))])
     assert run_fetch(standin, archive, "--all") == 0
     assert json.loads((archive / "manifests" / "2.json").read_text())["complete"] is True
     ckpt = os.urandom(30_000)

@@ -1196,3 +1196,41 @@ def test_a_repair_that_cannot_tell_whether_replaced_bytes_are_back_never_says_wh
     assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
     assert lost in line
     assert "Input/output error" in line
+
+
+def test_a_tune_still_training_with_its_photos_is_not_complete_until_its_checkpoint(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune still training lists its photos but no checkpoint yet (ckpt_url null,
+    trained_at null): its manifest was written complete, so a cron's 'fetch --all'
+    skipped it as unchanged. It is "training", not complete, said on a line, and list
+    says "still training"; once trained, the next --all archives the checkpoint."""
+    photo = os.urandom(3_000)
+    tune = standin.add_tune(1, [], [standin.add_file("photo-1.jpg", photo)], trained_at=None,
+                            ckpt_url=None)
+    assert run_fetch(standin, archive, "--all") == 0
+    assert "still training" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("training", False)
+    row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
+    assert "still training" in row
+    ckpt = os.urandom(30_000)
+    tune.update(ckpt_urls=[standin.add_file("ckpt-1.safetensors", ckpt)],
+                trained_at="2026-11-02T15:00:00Z")
+    tune["ckpt_url"] = tune["ckpt_urls"][0]
+    assert run_fetch(standin, archive, "--all") == 0
+    assert blob_file(archive, ckpt).read_bytes() == ckpt
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("files_listed", True)
+
+
+def test_a_faceid_tune_with_every_photo_archived_is_complete(
+    standin: StandIn, archive: Path
+) -> None:
+    """A FaceID tune has trained_at from its creation and never a checkpoint: with its
+    photos archived it is complete, not "training"."""
+    standin.add_tune(1, [], [standin.add_file("photo-1.jpg", os.urandom(3_000))],
+                     model_type="faceid", ckpt_url=None)
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("files_listed", True)

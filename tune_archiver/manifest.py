@@ -121,8 +121,8 @@ def build_manifest(
     """The manifest for one tune, with every URL redacted.
 
     `complete` is true only when every file of the tune is archived; the caller
-    decides it, since only it knows what was left out. A manifest of no file at all
-    is never complete: nothing is backed up.
+    decides it, since only it knows what was left out (a tune still training, its
+    checkpoint yet to come). A manifest of no file at all is never complete.
     """
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

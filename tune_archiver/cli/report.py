@@ -112,6 +112,9 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
 def fetch_warnings(result: TuneResult) -> list[str]:
     """What a tune's result says plainly without being a failure: nothing listed."""
     name = tune_name(result.tune_id, result.title)
+    if result.state == "training" and result.assets:
+        return [f"{name}: still training, no checkpoint listed yet: not complete; the next "
+                "fetch archives it once trained"]
     if result.state == "training":
         return [f"{name}: the API lists no files yet (still training): nothing to archive"]
     if result.state == "no_files_listed":

@@ -375,10 +375,15 @@ def plan_tune(
 
 def listing_state(tune: Tune) -> State:
     """What the API listed for the tune: files, none yet (training), or none at all.
-    A field it sent that could not be read lists files too."""
-    if assets_of(tune) or tune.field_errors:
-        return "files_listed"
-    return "training" if tune.raw.get("trained_at") is None else "no_files_listed"
+    A field it sent that could not be read lists files too. A tune not trained yet
+    (trained_at null) that lists no checkpoint is training whatever else it lists: its
+    photos come first, its checkpoint once trained (a FaceID tune, with no checkpoint
+    ever, has trained_at from its creation)."""
+    if tune.raw.get("trained_at") is None and not any(
+            asset.kind == "checkpoint" for asset in assets_of(tune)) and not any(
+            kind == "checkpoint" for kind, _ in tune.field_errors):
+        return "training"
+    return "files_listed" if assets_of(tune) or tune.field_errors else "no_files_listed"
 
 
 def has_expired(tune: Tune, now: datetime) -> bool:
