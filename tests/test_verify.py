@@ -679,3 +679,33 @@ def test_the_command_said_names_an_archive_whose_path_ends_in_a_newline(
     assert "\n" not in line
     assert {shell: os.path.normpath(said) for shell, said in read.items()} == {
         "sh": os.fsencode(archive), "bash": os.fsencode(archive)}
+
+
+def test_a_file_field_the_api_sent_malformed_is_no_archive_all_intact(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune whose orig_images the API sent as a string (its manifest not complete, no
+    entry for the photos) was 'all intact', exit 0, --json ok, while list said it not
+    complete: the photos were never archived. verify names them as failed, exit 1, and
+    --repair fetches the tune again, whole once the API sends the field right."""
+    standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))], [])
+    standin.tunes[1]["orig_images"] = "not a list"
+    assert run_fetch(standin, archive, "1") == 1
+    assert manifest_of(archive, 1)["complete"] is False
+    code, errors, out = verified(capsys, archive)
+    assert code == 1
+    assert errors == [error("tune 1: training_image: failed: training images not archived: "
+                            "'orig_images' is a string, not a list of URLs" + retry(1, archive))]
+    assert out.endswith(": 1 problem\n")
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    document = json.loads(ran.out)
+    jsonschema.validate(document, VERIFY_SCHEMA)
+    assert (ran.code, document["ok"]) == (1, False)
+    assert [(p["kind"], p["index"], p["problem"]) for p in document["problems"]] == [
+        ("training_image", None, "failed")]
+    standin.tunes[1]["orig_images"] = [standin.add_file("photo-1.jpg", os.urandom(1_000))]
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url)
+    assert ran.code == 0, ran.err
+    assert manifest_of(archive, 1)["complete"] is True
+    assert verified(capsys, archive)[0] == 0

@@ -234,7 +234,8 @@ def verify_counts(tunes: int, left: VerifyReport, strict: bool = False,
 
 
 def _where(p: Problem) -> str:
-    return f"tune {p.tune_id}" + (f": {p.kind} {p.index}" if p.kind is not None else "")
+    index = f" {p.index}" if p.index is not None else ""  # a field: no file of it known
+    return f"tune {p.tune_id}" + (f": {p.kind}{index}" if p.kind is not None else "")
 
 
 def _mend(p: Problem, also: str) -> str:

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tune_archiver import manifest
+from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.errors import (
     ArchiverError,
+    DataError,
     Denied,
     NotAFile,
     StorageError,
@@ -22,6 +24,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
+from tune_archiver.models import AssetResult, parse_tune
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 
@@ -122,6 +125,8 @@ async def verify(
                 ))
             sizes.setdefault(blob.sha256, blob.size)
             refs[blob.sha256].append(ref)
+        if found is not None and not found.complete:
+            report.problems += unread_fields(found)
     report.blobs = len(sizes)
     report.bytes = sum(sizes.values())
     progress.add_bytes(report.bytes)
@@ -235,6 +240,20 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
                                        f"tune {tune_id} is not in the archive"))
     return found
+
+
+def unread_fields(found: Manifest) -> list[Problem]:
+    """The file fields the API sent malformed, as the manifest records the tune (a string
+    for orig_images, a null in it): their files have no entry, yet were never archived,
+    which made the fetch write the tune not complete. A null that an archived photo
+    stands for is none, as fetch counts it."""
+    try:
+        tune = parse_tune({**found.tune, "id": found.tune_id})
+    except DataError:
+        return []
+    kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
+    return [Problem(found.tune_id, kind, None, "failed", error)
+            for kind, error in with_nulls_archived(tune, kept).field_errors]
 
 
 def damaged_tune(key: str) -> int | None:
