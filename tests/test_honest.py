@@ -1234,3 +1234,21 @@ def test_a_faceid_tune_with_every_photo_archived_is_complete(
     assert run_fetch(standin, archive, "1") == 0
     document = check_manifest(archive / "manifests" / "1.json")
     assert (document["state"], document["complete"]) == ("files_listed", True)
+
+
+def test_a_failed_photo_of_a_tune_that_then_lists_no_file_is_not_dropped(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A photo that failed (a 404 before expiry), then the API listing no file at all (a
+    tune purged upstream, a glitch): the failed entry was dropped, every entry left ok,
+    and the manifest written complete, exit 0, list 'yes': a photo never archived said
+    of by nothing. It stays failed (a listing of nothing proves nothing gone): exit 1."""
+    ckpt = standin.add_file("ckpt-1", os.urandom(2_000))
+    tune = standin.add_tune(1, [ckpt], [standin.file_url("missing-photo.jpg")])
+    assert run_fetch(standin, archive, "1") == 1
+    tune.update(ckpt_url=None, ckpt_urls=[], orig_images=[])
+    assert run_fetch(standin, archive, "1") == 1
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is False
+    assert sorted((a["kind"], a["status"]) for a in document["assets"]) == [
+        ("checkpoint", "ok"), ("training_image", "failed")]

@@ -164,7 +164,8 @@ def carried_over(
     count as left out only when the prompts were listed (`prompts_listed`); with
     `prompts_unread` (asked for, not all read) one that failed stays failed, as it was:
     dropped, a run finding its prompt deleted would know nothing of it. So does a file
-    of a kind whose field in the tune was not all read (`unread_kinds`).
+    of a kind whose field in the tune was not all read (`unread_kinds`), or of a tune
+    listing no file at all.
     """
     known = known_entries(manifest)
     keys = [asset_key(asset) for asset in current]
@@ -173,11 +174,13 @@ def carried_over(
     left_out = [entry for entry in (manifest.entries if manifest is not None else ())
                 if entry.status == "failed" and _moved(entry_key(entry)) not in sources
                 and _moved(stored_key(entry)) not in sources]
-    # A listing of no file at all proves nothing gone (a tune still training, a glitch).
-    unread_fields = [entry for entry in left_out if entry.kind in unread_kinds]
+    # A listing of no file at all proves nothing gone (a tune still training, a glitch):
+    # its failed files stay failed, never dropped (the tune would read complete).
+    unread_fields = [entry for entry in left_out if entry.kind in unread_kinds or not current]
     unlisted = [entry for entry in left_out if entry not in unread_fields
-                and current and (prompts_listed or entry.kind not in PROMPT_KINDS)]
-    unread = [entry for entry in left_out if prompts_unread and entry.kind in PROMPT_KINDS]
+                and (prompts_listed or entry.kind not in PROMPT_KINDS)]
+    unread = [entry for entry in left_out if prompts_unread and entry.kind in PROMPT_KINDS
+              and entry not in unread_fields]
     return [_known(entry, present) for key, entry in known.items() if key not in listed] + [
         CarriedOver(entry.asset, error=f"{NO_LONGER_LISTED} (its last error: {entry.error})",
                     gone=True, entry=entry) for entry in unlisted] + [
