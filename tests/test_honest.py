@@ -1214,6 +1214,9 @@ def test_a_tune_still_training_with_its_photos_is_not_complete_until_its_checkpo
     assert (document["state"], document["complete"]) == ("training", False)
     row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
     assert "still training" in row
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert (ran.code, ran.out.split(": ", 1)[1]) == (
+        0, "all intact; 1 tune still training, not complete\n")
     ckpt = os.urandom(30_000)
     tune.update(ckpt_urls=[standin.add_file("ckpt-1.safetensors", ckpt)],
                 trained_at="2026-11-02T15:00:00Z")
@@ -1222,6 +1225,7 @@ def test_a_tune_still_training_with_its_photos_is_not_complete_until_its_checkpo
     assert blob_file(archive, ckpt).read_bytes() == ckpt
     document = check_manifest(archive / "manifests" / "1.json")
     assert (document["state"], document["complete"]) == ("files_listed", True)
+    assert cli(capsys, "verify", "--archive", str(archive)).out.endswith(": all intact\n")
 
 
 def test_a_faceid_tune_with_every_photo_archived_is_complete(

@@ -266,6 +266,9 @@ def verify_summary(report: VerifyReport, strict: bool = False) -> str:
     state = counted(failing, "problem") if failing else "all intact"
     gone = (f"; {counted(len(report.gone), 'file')} gone upstream, never archived"
             + (" (a problem with --strict)" if strict else "") if report.gone else "")
+    # Intact, not complete: as list and fetch say it (no problem: nothing failed).
+    gone += (f"; {counted(len(report.training), 'tune')} still training, not complete"
+             if report.training else "")
     return (f"verified {counted(report.tunes, 'tune')}, {counted(report.blobs, 'blob')}, "
             f"{human_bytes(report.bytes)}: {state}{gone}")
 

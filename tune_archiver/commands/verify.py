@@ -67,6 +67,7 @@ class VerifyReport:
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
     gone: list[Problem] = field(default_factory=list)  # lost upstream, never archived
+    training: list[int] = field(default_factory=list)  # tunes not complete: no checkpoint yet
 
     @property
     def ok(self) -> bool:
@@ -127,6 +128,7 @@ async def verify(
             refs[blob.sha256].append(ref)
         if found is not None and not found.complete:
             report.problems += unread_fields(found)
+            report.training += [tune_id] if found.state == "training" else []
     report.blobs = len(sizes)
     report.bytes = sum(sizes.values())
     progress.add_bytes(report.bytes)
