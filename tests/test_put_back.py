@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -285,3 +290,61 @@ async def test_setting_aside_a_large_object_the_bucket_refuses_is_one_storage_er
     assert "\n" not in str(caught.value)
     assert await bucket.uploads() == []
     assert await bucket.keys("arch/tmp/") == []
+
+
+def test_the_copy_a_repair_killed_while_putting_back_left_goes_with_gc_after_a_day(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGKILL met verify --repair while it copied a stray hard link for its put-back:
+    the 0400 copy of the photo, .<sha256>.put-back in the blob's fan-out folder, stayed
+    for good (only a repair of that very blob removed it; gc listed nothing). gc now
+    removes it once a day old, under its exclusive lock, never a fresh one nor a link
+    planted under that name."""
+    archive = tmp_path / "archive"
+    (archive / "manifests").mkdir(parents=True)
+    (archive / "tmp").mkdir()
+    whole = os.urandom(50_000)
+    sha = sha256(whole)
+    (tmp_path / "holiday.jpg").write_bytes(whole)
+    stray = archive / "objects" / "sha256" / "zz" / sha
+    stray.parent.mkdir(parents=True)
+    os.link(tmp_path / "holiday.jpg", stray)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PUTTING_BACK, str(archive), sha],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = archive / "objects" / "sha256" / sha[:2] / f".{sha}.put-back"
+    assert left.read_bytes() == whole
+    fresh = left.with_name(f".{'e' * 64}.put-back")
+    fresh.write_bytes(b"a copy under way")
+    planted = left.with_name(f".{'f' * 64}.put-back")
+    planted.symlink_to(tmp_path / "holiday.jpg")
+    old = time.time() - 2 * 86400
+    os.utime(left, (old, old))
+    os.utime(planted, (old, old), follow_symlinks=False)
+    listed = [{"path": f"objects/sha256/{sha[:2]}/.{sha}.put-back", "bytes": len(whole)}]
+    ran = cli(capsys, "gc", "--dry-run", "--json", "--archive", str(archive))
+    assert (ran.code, json.loads(ran.out)["partials"]) == (0, listed), ran.err
+    assert left.exists()
+    ran = cli(capsys, "gc", "--json", "--archive", str(archive))
+    assert (ran.code, json.loads(ran.out)["partials"]) == (0, listed), ran.err
+    assert not left.exists()
+    assert fresh.exists()
+    assert planted.is_symlink()
+    assert (tmp_path / "holiday.jpg").read_bytes() == whole
+    assert stray.exists()
+
+
+_KILLED_PUTTING_BACK = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from tune_archiver.store.local import LocalStore
+
+fchmod = os.fchmod
+def killed_once_copied(fd, mode):
+    fchmod(fd, mode)
+    if mode == 0o400:  # the copy made 0400, fsynced next: as a kill there leaves it
+        os.kill(os.getpid(), signal.SIGKILL)
+os.fchmod = killed_once_copied
+archive, sha = Path(sys.argv[1]), sys.argv[2]
+asyncio.run(LocalStore(archive).put_back(sha, f"objects/sha256/zz/{sha}", "x"))
+"""

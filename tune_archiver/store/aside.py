@@ -13,11 +13,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO
 
 from tune_archiver.errors import NotAFile
+from tune_archiver.layout import OBJECTS
 from tune_archiver.safefs import (
     BLOB_MODE,
     NO_HARD_LINKS,
@@ -30,6 +33,7 @@ from tune_archiver.safefs import (
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOT_A_FOLDER = frozenset({errno.ELOOP, errno.ENOTDIR})
 MAX_NAMES = 1000  # <name>-1 ... : never over another file set aside
+_COPY = re.compile(r"\.[0-9a-f]{64}\.put-back")  # _copied's name
 
 
 def open_folder(root: Path, key: str, create: bool) -> int | None:
@@ -211,6 +215,42 @@ def _copied(found: BinaryIO, into: int, sha256: str) -> str | None:
         os.close(out)
     os.unlink(temporary, dir_fd=into)
     return None
+
+
+def stale_copies(root: Path, older_than: datetime, remove: bool,
+                 found: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """The copies a put-back killed part way left in the fan-out folders, last written
+    before `older_than`: (key, bytes) each added to `found` (removed first with
+    `remove`) as it goes; returns them. Only a repair of the same blob removed one, so a
+    private photo's copy stayed for good. gc calls this under the archive lock held
+    exclusively, as verify --repair holds it while it copies: none is one under way.
+    Neither a folder nor a file is followed when a link."""
+    found = [] if found is None else found
+    objects = open_folder(root, OBJECTS, create=False)
+    if objects is None:
+        return found
+    try:
+        for fan_out in sorted(os.listdir(objects)):
+            try:
+                folder = os.open(fan_out, _FOLDER | os.O_NOFOLLOW, dir_fd=objects)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, *_NOT_A_FOLDER):
+                    continue  # a file, or a link planted there: no copy of ours
+                raise
+            try:
+                with os.scandir(folder) as entries:
+                    names = sorted(e.name for e in entries if _COPY.fullmatch(e.name))
+                for name in names:
+                    held = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                    if S_ISREG(held.st_mode) and held.st_mtime < older_than.timestamp():
+                        if remove:
+                            os.unlink(name, dir_fd=folder)
+                        found.append((f"{OBJECTS}/{fan_out}/{name}", held.st_size))
+            finally:
+                os.close(folder)
+    finally:
+        os.close(objects)
+    return found
 
 
 def move_manifest_aside(root: Path, key: str, aside: str) -> None:

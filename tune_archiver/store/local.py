@@ -1,12 +1,11 @@
 """The local content-addressed archive: commit by rename, lookups, walks, the lock.
 
-A blob appears under its final name only by an atomic rename of a downloaded file
-(staged in tmp/, see download/staging.py) whose bytes were fully received,
-size-checked, hashed and fsynced; its directory is fsynced after. Two writers of the
-same blob both rename identical bytes, so concurrent fetches never expose a
-half-written blob. Manifests are replaced the same way, so they are never
-interleaved. Committed blobs are read-only. Every blocking call runs through
-threads.in_thread, which sees it through even when the caller is cancelled.
+A blob appears under its final name only by an atomic rename of a downloaded file (staged in
+tmp/, see download/staging.py) whose bytes were fully received, size-checked, hashed and
+fsynced; its directory is fsynced after. Two writers of the same blob both rename identical
+bytes, so concurrent fetches never expose a half-written blob. Manifests are replaced the
+same way, so they are never interleaved. Committed blobs are read-only. Every blocking call
+runs through threads.in_thread, which sees it through even when the caller is cancelled.
 
 The archive lock (<archive>/lock) is held shared by every fetch and exclusively by
 gc, so gc never judges a blob unreferenced while a fetch may be about to reference it.
@@ -46,7 +45,7 @@ from tune_archiver.safefs import (
     refuse_others_links,
 )
 from tune_archiver.store import Change, Growing
-from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, put_back
+from tune_archiver.store.aside import move_blobs_aside, move_manifest_aside, put_back, stale_copies
 from tune_archiver.store.files import (
     DirSyncs,
     has_manifests,
@@ -347,14 +346,16 @@ class LocalStore:
                 await in_thread(remove_file, self._absolute, manifest_key(tune_id), True)
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
-        """Nothing: a local archive's only leftovers are in tmp/, which the staging sweeps."""
-        return []
+        """The copies a killed put-back left (aside.stale_copies); tmp/ is the staging's."""
+        with _inside(self.root, "list the copies a stopped repair left"):
+            return await in_thread(stale_copies, self._absolute, older_than, False)
 
     async def remove_stale_uploads(
         self, older_than: datetime, removed: list[tuple[str, int]] | None = None
     ) -> list[tuple[str, int]]:
-        """Nothing, as stale_uploads."""
-        return []
+        """Remove what stale_uploads lists, each added to `removed` as it goes."""
+        with _inside(self.root, "remove a copy a stopped repair left"):
+            return await in_thread(stale_copies, self._absolute, older_than, True, removed)
 
 
 @contextlib.contextmanager
