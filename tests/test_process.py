@@ -9,16 +9,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.archive_helpers import add_tune
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import Stall, StandIn
 from tests.test_honest import misplace
 
 MiB = 2**20
+DAY = timedelta(days=1)
 
 
 def start_fetch(standin: StandIn, archive: Path, *ids: str) -> subprocess.Popen[str]:
@@ -468,3 +471,45 @@ def test_a_dry_run_under_a_hard_limit_too_low_for_a_download_is_not_refused(
         assert "would download 21 files" in run.stdout
         assert "connections" not in run.stderr  # it has none to lower
     assert not (tmp_path / "archive").exists()
+
+
+_KILLED_SETTING_ASIDE = """
+import os, signal, sys
+from tune_archiver.cli.main import main
+
+unlink = os.unlink
+def killed_before_the_unlink(path, *, dir_fd=None):
+    if path == "1.json" and dir_fd is not None:  # linked into manifests/damaged/ already
+        os.kill(os.getpid(), signal.SIGKILL)
+    unlink(path, dir_fd=dir_fd)
+os.unlink = killed_before_the_unlink
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_damaged_manifest_a_killed_fetch_linked_aside_is_set_aside_once(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGKILL met the fetch setting an unreadable manifest aside between its link into
+    manifests/damaged/ and the unlink of manifests/1.json: the next fetch linked it aside
+    again under its own time, two copies of one manifest in manifests/damaged/ to look
+    at. It now finishes the move the killed run began: one copy, under its first name."""
+    archive = tmp_path / "archive"
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_SETTING_ASIDE, "fetch", "1",
+                             "--archive", str(archive), "--api-url", standin.api_url],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    aside = archive / "manifests" / "damaged"
+    [first] = list(aside.iterdir())
+    assert (archive / "manifests" / "1.json").read_bytes() == damaged
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", clock=lambda: datetime.now(UTC) + DAY) == 1
+    assert f"set aside as manifests/damaged/{first.name};" in capsys.readouterr().err
+    assert [(p.name, p.read_bytes()) for p in aside.iterdir()] == [(first.name, damaged)]
+    assert not (archive / "manifests" / "1.json").exists()
+    assert run_fetch(standin, archive, "1") == 0

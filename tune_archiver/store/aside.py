@@ -253,10 +253,12 @@ def stale_copies(root: Path, older_than: datetime, remove: bool,
     return found
 
 
-def move_manifest_aside(root: Path, key: str, aside: str) -> None:
+def move_manifest_aside(root: Path, key: str, aside: str) -> str:
     """Move the manifest at `key` to `aside` by a hard link (failing rather than
     overwrite one) and an unlink, or where there are no hard links a rename over the
-    name once claimed; both folders fsynced."""
+    name once claimed; both folders fsynced. Returns where it is now: the name a move
+    killed between its link and its unlink gave it, when there is one (only the
+    unlink is left to do: a second link set it aside twice)."""
     where, _, file = key.rpartition("/")
     into, _, new = aside.rpartition("/")
     source = open_folder(root, where, create=False)
@@ -266,28 +268,50 @@ def move_manifest_aside(root: Path, key: str, aside: str) -> None:
         target = open_folder(root, into, create=True)
         assert target is not None  # made when missing
         try:
-            try:
-                os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno not in NO_HARD_LINKS:
-                    raise
-                # A filesystem without hard links (exFAT, FAT, some FUSE ones): the name
-                # is claimed (O_EXCL, never another set aside), then renamed over.
-                os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
-                                 PRIVATE_FILE, dir_fd=target))
-                try:
-                    os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
-                except OSError:
-                    # The empty claim would be taken for a manifest set aside: verify
-                    # naming it, gc refusing to run while it is kept.
-                    with contextlib.suppress(OSError):
-                        os.unlink(new, dir_fd=target)
-                    raise
-            else:
+            if (before := _linked_before(source, file, target)) is not None:
+                new = before
                 os.unlink(file, dir_fd=source)
+            else:
+                _link_or_rename(source, file, target, new)
             os.fsync(target)
             os.fsync(source)
         finally:
             os.close(target)
     finally:
         os.close(source)
+    return f"{into}/{new}"
+
+
+def _linked_before(source: int, file: str, target: int) -> str | None:
+    """The name in `target` of the file `file` in `source`, if it has one there."""
+    held = os.stat(file, dir_fd=source, follow_symlinks=False)
+    if held.st_nlink < 2:
+        return None
+    with os.scandir(target) as entries:
+        for entry in entries:
+            if entry.inode() == held.st_ino and \
+                    entry.stat(follow_symlinks=False).st_dev == held.st_dev:
+                return entry.name
+    return None
+
+
+def _link_or_rename(source: int, file: str, target: int, new: str) -> None:
+    try:
+        os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        # A filesystem without hard links (exFAT, FAT, some FUSE ones): the name
+        # is claimed (O_EXCL, never another set aside), then renamed over.
+        os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
+                         PRIVATE_FILE, dir_fd=target))
+        try:
+            os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
+        except OSError:
+            # The empty claim would be taken for a manifest set aside: verify
+            # naming it, gc refusing to run while it is kept.
+            with contextlib.suppress(OSError):
+                os.unlink(new, dir_fd=target)
+            raise
+    else:
+        os.unlink(file, dir_fd=source)

@@ -219,16 +219,16 @@ class LocalStore:
                        poll=MANIFEST_LOCK_POLL)
 
     async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
-        """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json, never over
-        another one, if it still holds `damaged`: checked and moved under the lock its
-        writers hold (see Store.set_aside_manifest)."""
+        """Move the tune's manifest to manifests/damaged/<id>-<stamp>.json (or the name a
+        killed move gave it there), never over another one, if it still holds `damaged`:
+        checked and moved under the lock its writers hold (see Store.set_aside_manifest)."""
         key = f"{DAMAGED}/{tune_id}-{stamp}.json"
         async with self._manifest_lock(tune_id):
             if await self.read_manifest(tune_id) != damaged:
                 return None
             with _inside(self.root, "set a damaged manifest aside"):
-                await in_thread(move_manifest_aside, self._absolute, manifest_key(tune_id), key)
-        return key
+                return await in_thread(move_manifest_aside, self._absolute,
+                                       manifest_key(tune_id), key)
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by archive-relative key."""
