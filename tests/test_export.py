@@ -223,6 +223,35 @@ def test_a_stopped_export_leaves_no_half_folder_under_the_tunes_name(
     assert [p.name for p in dest.iterdir()] == ["1-jane-doe"]
 
 
+def test_an_empty_folder_made_after_the_last_check_is_never_renamed_over(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder of the tune's name made (empty) between the check that it does not exist
+    and the rename of the filled folder: the rename replaced it (Linux renames a folder
+    over an empty one) and the export said it made the folder, exit 0. Nothing that
+    exists is overwritten: renameat2's RENAME_NOREPLACE refuses it, exit 2, no hidden
+    folder left."""
+    dest = tmp_path / "dest"
+    checked, checks = export.exists_at, []
+
+    def made_right_after(at: int, name: str) -> bool:
+        found = checked(at, name)
+        checks.append(name)
+        if checks.count("1-jane-doe") == 2:  # the check just before the rename
+            (dest / "1-jane-doe").mkdir()  # another export's, or the user's
+        return found
+
+    monkeypatch.setattr(export, "exists_at", made_right_after)
+    mine = dest / "1-jane-doe"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert (ran.code, ran.errors) == (2, [f"tune-archiver: error: {mine} already exists; "
+                                          "nothing was overwritten (remove it, or export to "
+                                          "another DEST)"])
+    assert [p.name for p in dest.iterdir()] == ["1-jane-doe"]
+    assert list(mine.iterdir()) == []
+
+
 def test_a_file_in_the_folders_place_is_not_overwritten(
     archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ under a hidden name and renamed once whole, so no stop leaves half of it under i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -42,6 +43,8 @@ from tune_archiver.safefs import (
 from tune_archiver.scrub import cleaned_json
 from tune_archiver.store import Store
 from tune_archiver.threads import in_thread
+
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
 
 
 @dataclass
@@ -234,11 +237,24 @@ def _into_place(at: int, made: int, staged: str, folder: Path) -> None:
             raise StorageError(f"refused {folder}: another user replaced it as it was made")
         if exists_at(at, folder.name):
             raise _exists(folder)
-        os.rename(staged, folder.name, src_dir_fd=at, dst_dir_fd=at)
+        _rename_new(at, staged, folder.name)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
             raise _exists(folder) from exc
         raise StorageError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+
+
+def _rename_new(at: int, name: str, new: str) -> None:
+    """Rename `name` to `new` in the folder `at`, never over what is there: renameat2's
+    RENAME_NOREPLACE (EEXIST), as a plain rename replaces an empty folder made since the
+    check. That rename where the C library or the filesystem lacks it (NFS, some FUSE)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(at, os.fsencode(name), at, os.fsencode(new), _RENAME_NOREPLACE) == 0:
+            return
+        if (code := ctypes.get_errno()) not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), new)
+    os.rename(name, new, src_dir_fd=at, dst_dir_fd=at)
 
 
 def _exists(folder: Path) -> ConfigError:
