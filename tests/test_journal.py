@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -404,6 +406,57 @@ def test_a_forgotten_tune_is_not_recorded_again_from_a_stopped_runs_journal(
     finally:
         stop(process)
     del standin.tunes[1]
+    assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0
+    ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
+    assert not (archive / "manifests" / "1.json").exists()
+    assert ran.code == 0
+    assert not (archive / "tmp" / "1.committed").exists()
+
+
+_KILLED_FORGETTING = """
+import os, signal, sys
+from tune_archiver.cli.main import main
+from tune_archiver.download.journal import Journals
+from tune_archiver.store.local import LocalStore
+
+def killed_after(step):
+    async def once_done(*args):
+        await step(*args)
+        os.kill(os.getpid(), signal.SIGKILL)  # the other removal not made
+    return once_done
+LocalStore.delete_manifest = killed_after(LocalStore.delete_manifest)
+Journals.remove = killed_after(Journals.remove)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_forget_killed_between_its_two_removals_is_finished_by_the_next_forget(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `forget 1` killed after it removed the manifest, before the tune's journal of a
+    stopped fetch: `forget 1` again said the tune is not archived (exit 1) and left the
+    journal, and the daily `fetch --all` wrote the forgotten tune's manifest again from
+    it. The journal now goes first: a kill leaves the manifest, the tune archived still,
+    and the next forget removes it."""
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
+                     [standin.add_file("i0.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", os.urandom(4000)),
+                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
+    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
+    process = start_fetch(standin, archive, "1", "--prompts")
+    try:
+        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image committed")
+    finally:
+        stop(process)
+    del standin.tunes[1]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_FORGETTING, "forget", "1",
+                             "--archive", str(archive)], capture_output=True, text=True,
+                            timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0
     ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
     assert not (archive / "manifests" / "1.json").exists()

@@ -60,13 +60,8 @@ async def forget(
         for tune_id in chosen:
             title = await _title(store, tune_id)
             if not dry_run:
-                try:
-                    await store.delete_manifest(tune_id)
-                # This tune's alone (a folder planted at its manifest's place, a bucket
-                # refusing that one object): the others are still forgotten.
-                except (StorageError, Denied) as exc:
-                    report.failed.append((tune_id, str(exc)))
-                    continue
+                # The journal first: a kill between the two left it with no manifest, and
+                # forget again said the tune not archived while the next fetch took it back.
                 if archive is not None:
                     journals = Journals(staging_for(archive).directory, archive)
                     try:
@@ -76,6 +71,13 @@ async def forget(
                             f"tune {tune_id}: {journals.path(tune_id)}, the files a stopped "
                             f"fetch committed, could not be removed ({exc.strerror}): the "
                             "next fetch may record them again")))
+                try:
+                    await store.delete_manifest(tune_id)
+                # This tune's alone (a folder planted at its manifest's place, a bucket
+                # refusing that one object): the others are still forgotten.
+                except (StorageError, Denied) as exc:
+                    report.failed.append((tune_id, str(exc)))
+                    continue
             report.removed.append((tune_id, title))
     return report
 
