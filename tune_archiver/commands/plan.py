@@ -364,8 +364,13 @@ def plan_tune(
                     and present.get(entry.blob.sha256) != entry.blob.size}
     assets = assets_of(tune)
     entries = paired([asset_key(asset) for asset in assets], previous.values())
+    # One URL listed twice, an entry for one place only (older versions recorded it
+    # once): the other place is that file too, known without a download.
+    same = {_moved(key): entry for key, entry in entries.items()}
     for asset in assets:
         entry = entries.get(asset_key(asset))
+        if entry is None and (twin := same.get(_moved(asset_key(asset)))) is not None:
+            entry = replace(twin, index=asset.index)
         known = _known(entry, present) if entry is not None else None
         if known is not None and (known.ok or known.gone):
             plan.reuse[asset] = replace(known, asset=asset)
