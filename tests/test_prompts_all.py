@@ -3,6 +3,7 @@ videos and face-swap images, against the stand-in."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,8 @@ def test_prompts_not_listed_keep_what_their_files_were(
     line, failed = capsys.readouterr().err.splitlines()
     assert line.endswith("prompt files not archived: the account's prompts: "
                          "the API returned malformed JSON")
-    assert "prompt_image 0: not asked for again: its prompt could not be read" in failed
+    assert "prompt_image 0 of prompt 501: not asked for again: its prompt could not be " \
+           "read" in failed
     assert run_fetch(standin, archive, "10", "--prompts") == 1
     assert len(standin.seen("cdn", "/files/missing")) == 2
 
@@ -470,3 +472,22 @@ def test_a_prompt_of_another_workspace_is_asked_for_once_for_all_its_files(
     assert run_fetch(standin, archive, "10", "--prompts") == 1
     assert len(standin.seen("api", f"/tunes/{FLUX}/prompts/501")) == 1
     assert [e["status"] for e in entries(archive, 10, "prompt_image")] == ["failed"] * 4
+
+
+def test_a_prompts_failed_file_is_said_with_its_prompt(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each prompt's first image is its prompt_image 0: the line of one that failed, and
+    its --json failure, name its prompt (its id, never its text), or a user with fifty
+    prompts reads "prompt_image 0" and cannot tell which."""
+    add_tune(standin, 10)
+    standin.add_prompt(10, 500, "ohwx \x1b[2J", [standin.file_url("missing-a")])
+    standin.add_prompt(10, 501, "ohwx b", [standin.file_url("missing-b")])
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    failed = sorted(capsys.readouterr().err.splitlines())
+    assert [line.split(": ")[3] for line in failed] == [
+        "prompt_image 0 of prompt 500", "prompt_image 0 of prompt 501"]
+    assert all("\x1b" not in line for line in failed)
+    assert run_fetch(standin, archive, "10", "--prompts", "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert sorted(f["prompt_id"] for f in document["tunes"][0]["failures"]) == [500, 501]

@@ -604,9 +604,9 @@ def test_a_prompt_file_that_failed_is_said_to_need_a_prompts_run(
     assert run_fetch(standin, archive, "1", "--prompts") == 1
     standin.add_file("late.png", os.urandom(2_000))
     code, errors, _ = verified(capsys, archive)
-    assert (code, errors) == (1, [error(f"tune 1: prompt_image 0: failed: HTTP 404 from {late}"
-                                        " (retry: tune-archiver fetch 1 --prompts --archive "
-                                        f"{archive})")])
+    assert (code, errors) == (1, [error("tune 1: prompt_image 0 of prompt 7: failed: HTTP 404 "
+                                        f"from {late} (retry: tune-archiver fetch 1 "
+                                        f"--prompts --archive {archive})")])
     assert run_fetch(standin, archive, "1", "--prompts") == 0
     assert verified(capsys, archive)[:2] == (0, [])
 

@@ -89,6 +89,13 @@ class Asset:
     prompt_tune_id: int | None = None  # the tune the prompt was created on, when known
 
 
+def file_said(asset: Asset) -> str:
+    """What a line calls a file: its kind and index, and a prompt's file its prompt's id
+    too (fifty prompts each have a prompt_image 0); never its text, which may be anything."""
+    of = f" of prompt {asset.prompt_id}" if asset.prompt_id is not None else ""
+    return f"{asset.kind} {asset.index}{of}"
+
+
 @dataclass(frozen=True, slots=True)  # thousands are kept: results
 class Blob:
     """A verified blob in the archive."""

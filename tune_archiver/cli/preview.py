@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.cli.report import tune_name
+from tune_archiver.models import file_said
 from tune_archiver.text import counted, human_bytes
 from tune_archiver.urls import redact
 
@@ -83,7 +84,7 @@ def errors(previews: Sequence[Preview]) -> list[str]:
         name = tune_name(p.tune_id, p.title)
         for asset, probe in p.not_downloadable:  # a refused URL's reason names it
             where = f" from {redact(asset.url)}" if probe.status else ""
-            said.append(f"{name}: {asset.kind} {asset.index}: not downloadable: "
+            said.append(f"{name}: {file_said(asset)}: not downloadable: "
                         f"{probe.refused}{where}")
     return said
 

@@ -11,7 +11,7 @@ from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
-from tune_archiver.models import TuneResult, with_prompts
+from tune_archiver.models import TuneResult, file_said, with_prompts
 from tune_archiver.selection import TuneFilter
 from tune_archiver.text import counted, human_bytes, time_left
 from tune_archiver.urls import redact
@@ -78,8 +78,9 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "expires_in": None if result.expires_in is None else round(result.expires_in),
         "failures": [
-            {"kind": r.asset.kind, "index": r.asset.index, "url": redact(r.asset.url),
-             "error": r.error}
+            {"kind": r.asset.kind, "index": r.asset.index,
+             **({"prompt_id": r.asset.prompt_id} if r.asset.prompt_id is not None else {}),
+             "url": redact(r.asset.url), "error": r.error}
             for r in [*result.failed, *result.gone]
         ],
     }
@@ -94,9 +95,9 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
         named = result.error.startswith(f"tune {result.tune_id}")  # API errors name it already
         lines.append(result.error if named else f"{name}: {result.error}")
     for failure in result.failed:
-        lines.append(f"{name}: {failure.asset.kind} {failure.asset.index}: {failure.error}")
+        lines.append(f"{name}: {file_said(failure.asset)}: {failure.error}")
     for lost in result.gone:
-        lines.append(f"{name}: {lost.asset.kind} {lost.asset.index}: gone upstream, never "
+        lines.append(f"{name}: {file_said(lost.asset)}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")
     # Only what a run could still get: a file gone upstream is never asked for again, so
     # "run fetch again" would end in exit 0 with it never archived.
@@ -207,8 +208,9 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
 
 
 def _problem_json(p: Problem) -> dict[str, Any]:
-    return {"tune_id": p.tune_id, "kind": p.kind, "index": p.index, "problem": p.problem,
-            "detail": p.detail}
+    return {"tune_id": p.tune_id, "kind": p.kind, "index": p.index,
+            **({"prompt_id": p.prompt_id} if p.prompt_id is not None else {}),
+            "problem": p.problem, "detail": p.detail}
 
 
 def verify_problems(report: VerifyReport, strict: bool = False, also: str = "") -> list[str]:
@@ -235,7 +237,8 @@ def verify_counts(tunes: int, left: VerifyReport, strict: bool = False,
 
 def _where(p: Problem) -> str:
     index = f" {p.index}" if p.index is not None else ""  # a field: no file of it known
-    return f"tune {p.tune_id}" + (f": {p.kind}{index}" if p.kind is not None else "")
+    of = f" of prompt {p.prompt_id}" if p.prompt_id is not None else ""
+    return f"tune {p.tune_id}" + (f": {p.kind}{index}{of}" if p.kind is not None else "")
 
 
 def _mend(p: Problem, also: str) -> str:

@@ -53,6 +53,7 @@ class Problem:
     # be moved by hand: a folder, link or FIFO at its place, one the disk fails to read or
     # too large to be one, on which a fetch fails as verify did (see _mend in cli/report.py).
     set_aside_by_hand: bool = False
+    prompt_id: int | None = None  # a prompt's file: its prompt (each has a prompt_image 0)
 
 
 # Problems that a repair can mend: by mending the manifest entry (entry_only), else by
@@ -83,6 +84,7 @@ class _Ref:
     index: int
     size: int
     sha256: str
+    prompt_id: int | None = None
 
 
 async def verify(
@@ -113,10 +115,11 @@ async def verify(
                 gone = entry.status == "gone"
                 (report.gone if gone else report.problems).append(Problem(
                     tune_id, entry.kind, entry.index, "gone" if gone else "failed",
-                    entry.error or "no error was recorded",
+                    entry.error or "no error was recorded", prompt_id=entry.prompt_id,
                 ))
                 continue
-            ref = _Ref(tune_id, entry.kind, entry.index, blob.size, blob.sha256)
+            ref = _Ref(tune_id, entry.kind, entry.index, blob.size, blob.sha256,
+                       entry.prompt_id)
             if entry.path != blob_key(blob.sha256):  # the sha256 alone names the path
                 said = "has no path" if entry.path is None else f"says {entry.path!r}"
                 report.problems.append(_problem(
@@ -268,4 +271,4 @@ def _problem(
     true_size: int | None = None,
 ) -> Problem:
     return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256, entry_only,
-                   true_size)
+                   true_size, prompt_id=ref.prompt_id)
