@@ -253,3 +253,15 @@ async def test_placing_tunes_in_workspaces_never_holds_a_whole_listing() -> None
         tracemalloc.stop()
     assert placed == "41"
     assert peak < 10 * 2**20
+
+
+def test_a_tune_not_found_in_every_workspace_is_asked_for_once(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch ID --workspace all of a tune the API answers 404 for: the look whether
+    another workspace holds it asked again in every workspace, which learns nothing
+    the first answer did not (one more request a tune, fifty for a list of deleted
+    ones); it is asked for once, and said not found."""
+    assert run_fetch(standin, archive, "999", "--workspace", "all") == 1
+    assert "tune 999 not found" in capsys.readouterr().err
+    assert len(standin.seen("api", "/tunes/999")) == 1

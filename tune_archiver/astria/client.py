@@ -56,6 +56,7 @@ class AstriaClient:
         self._session = session
         self._settings = settings
         self._limiter = limiter
+        self.workspace = settings.workspace  # the scope asked in: an id, all, or personal
         self._headers = {
             "Authorization": f"Bearer {settings.api_key}",
             "Accept": "application/json",

@@ -247,8 +247,8 @@ async def load_tune(
     """
     try:
         tune = await api.get_tune(tune_id)
-    except TuneNotFound as exc:
-        raise await _elsewhere(api, tune_id) or exc from None
+    except TuneNotFound as exc:  # asked in every workspace already: no other to look in
+        raise (None if api.workspace == ALL else await _elsewhere(api, tune_id)) or exc from None
     if not prompts:
         return tune
     errors = [] if account_error is None else [account_error]
