@@ -177,3 +177,24 @@ def test_dry_run_over_a_size_of_no_plain_number_leaves_it_unknown(
     assert captured.out.splitlines()[0] == (
         "tune 5 (T): would download 4 files, 1.0 MiB (size of 1 unknown); 0 already archived"
     )
+
+
+def test_a_prompts_file_not_downloadable_is_said_with_its_prompt(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each prompt's first image is its prompt_image 0: the dry run's lines and --json
+    name the prompt of one the host refuses (its id, never its text), and of each it
+    would download."""
+    add_tune_5(standin)
+    standin.add_prompt(5, 700, "ohwx", [standin.file_url("missing")])
+    standin.add_prompt(5, 701, "ohwx b", [standin.add_file("there", bytes(2_000))])
+    assert run_fetch(standin, archive, "5", "--prompts", "--dry-run") == 1
+    captured = capsys.readouterr()
+    assert "(prompt_image 0 of prompt 700: HTTP 404)" in captured.out
+    assert captured.err.splitlines() == [
+        "tune-archiver: error: tune 5 (T): prompt_image 0 of prompt 700: not downloadable: "
+        f"HTTP 404 from {standin.file_url('missing')}"]
+    assert run_fetch(standin, archive, "5", "--prompts", "--dry-run", "--json") == 1
+    [tune] = json.loads(capsys.readouterr().out)["tunes"]
+    assert [f["prompt_id"] for f in tune["not_downloadable"]] == [700]
+    assert [f.get("prompt_id") for f in tune["download"]].count(701) == 1

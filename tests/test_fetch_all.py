@@ -327,6 +327,7 @@ DRY_RUN_SCHEMA = {
                             "properties": {
                                 "kind": {"type": "string"},
                                 "index": {"type": "integer"},
+                                "prompt_id": {"type": "integer"},  # a prompt's file
                                 "url": {"type": "string"},
                                 "status": {"enum": [401, 403, 404, 410, None]},
                                 "reason": {"type": "string"},
@@ -342,6 +343,7 @@ DRY_RUN_SCHEMA = {
                             "properties": {
                                 "kind": {"type": "string"},
                                 "index": {"type": "integer"},
+                                "prompt_id": {"type": "integer"},  # a prompt's file
                                 "url": {"type": "string"},
                                 "size": {"type": ["integer", "null"]},
                             },

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.cli.report import tune_name
-from tune_archiver.models import file_said
+from tune_archiver.models import Asset, file_said
 from tune_archiver.text import counted, human_bytes
 from tune_archiver.urls import redact
 
@@ -26,11 +26,12 @@ def as_json(previews: Sequence[Preview], scope: str | None = None) -> dict[str, 
             "tune_id": p.tune_id, "title": p.title, "error": p.error, "skipped": p.skipped,
             "already_archived": p.archived, "left_out": p.left_out,
             "download": [
-                {"kind": a.kind, "index": a.index, "url": redact(a.url), "size": size}
+                {"kind": a.kind, "index": a.index, **_prompt_of(a), "url": redact(a.url),
+                 "size": size}
                 for a, size in p.download
             ],
             "not_downloadable": [
-                {"kind": a.kind, "index": a.index, "url": redact(a.url),
+                {"kind": a.kind, "index": a.index, **_prompt_of(a), "url": redact(a.url),
                  "status": probe.status, "reason": probe.refused}
                 for a, probe in p.not_downloadable
             ],
@@ -60,7 +61,7 @@ def lines(previews: Sequence[Preview]) -> list[str]:
             continue
         refused = ""
         if p.not_downloadable:
-            which = ", ".join(f"{a.kind} {a.index}: "
+            which = ", ".join(f"{file_said(a)}: "
                               + (f"HTTP {probe.status}" if probe.status else "URL refused")
                               for a, probe in p.not_downloadable)
             refused = f"; {len(p.not_downloadable)} not downloadable ({which})"
@@ -87,6 +88,11 @@ def errors(previews: Sequence[Preview]) -> list[str]:
             said.append(f"{name}: {file_said(asset)}: not downloadable: "
                         f"{probe.refused}{where}")
     return said
+
+
+def _prompt_of(asset: Asset) -> dict[str, int]:
+    """A prompt's file names its prompt in --json, as its line does (file_said)."""
+    return {} if asset.prompt_id is None else {"prompt_id": asset.prompt_id}
 
 
 def _files_and_size(sizes: Sequence[int | None]) -> str:
