@@ -1115,6 +1115,28 @@ def test_a_repair_whose_host_serves_other_bytes_now_never_says_the_archive_is_wh
     assert any(error.endswith(line) for error in ran.errors)
 
 
+def test_a_prompts_file_its_host_replaced_is_said_with_its_prompt(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts 7 and 8 each generated an image 0; prompt 8's blob rotted and its host
+    serves other bytes now. The line saying the bytes first archived are lost names
+    prompt 8, not 'prompt_image 0' alone, which was either prompt's."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    eight = os.urandom(800)
+    standin.add_prompt(1, 8, "ohwx man", [standin.add_file("eight.png", eight)])
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0
+    flip_byte(blob_file(archive, eight), 10)
+    standin.files["eight.png"] = os.urandom(800)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url, "--json")
+    assert ran.code == 1
+    [line] = json.loads(ran.out)["repair"]["replaced"]
+    assert line.startswith("tune 1: prompt_image 0 of prompt 8: its host serves other bytes")
+    assert sha256(eight) in line
+
+
 def test_a_prompt_file_that_failed_in_a_repair_is_not_said_replaced_by_another_prompts(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -200,15 +200,15 @@ async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResu
     those now) while the bytes first archived are not back: the manifest names the new
     ones, so the verify `after` says nothing of it."""
     # Downloaded now, not reused: an entry this repair mended names its true blob anew.
-    now: dict[tuple[int, str | None, int | None], str] = {
-        (r.tune_id, a.asset.kind, a.asset.index): a.blob.sha256
+    now: dict[tuple[int, str | None, int | None, int | None], str] = {
+        (r.tune_id, a.asset.kind, a.asset.prompt_id, a.asset.index): a.blob.sha256
         for r in fetched for a in r.assets if a.blob is not None and not a.reused}
     # A manifest still naming the blob (its file failed, while another prompt's file of
     # that kind and index came): the verify after says it missing, not replaced.
     named = {(q.tune_id, q.sha256) for q in after.problems + after.gone}
     lines = []
     for p in damaged:
-        other = now.get((p.tune_id, p.kind, p.index))
+        other = now.get((p.tune_id, p.kind, p.prompt_id, p.index))
         if p.sha256 is None or other in (None, p.sha256) or (p.tune_id, p.sha256) in named:
             continue
         lost = "are lost"
@@ -218,7 +218,8 @@ async def _replaced(store: Store, damaged: list[Problem], fetched: list[TuneResu
         except (StorageError, Denied) as exc:  # not known back: never "whole"
             lost = f"are not known to be back ({exc})"
         copy = "" if p.problem == "missing" else " but for the damaged copy moved aside"
-        lines.append(f"tune {p.tune_id}: {p.kind} {p.index}: its host serves other bytes "
+        of = "" if p.prompt_id is None else f" of prompt {p.prompt_id}"
+        lines.append(f"tune {p.tune_id}: {p.kind} {p.index}{of}: its host serves other bytes "
                      f"now, archived in its place; the bytes first archived "
                      f"({blob_key(p.sha256)}) {lost}{copy}")
     return lines
