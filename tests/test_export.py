@@ -318,6 +318,21 @@ def test_failed_asset_is_listed_as_not_archived(
     assert exported(tmp_path / "dest" / "1-tune-1") == expected_files(served)
 
 
+def test_a_prompts_failed_file_is_named_with_its_prompt(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every prompt has a prompt_image 0: the one export names as not archived is named
+    with its prompt, or a user of fifty prompts cannot tell which is missing."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx", [standin.add_file("seven.png", os.urandom(900))])
+    standin.add_prompt(1, 8, "ohwx b", [standin.file_url("eight.png")])  # 404
+    assert run_fetch(standin, archive, "1", "--prompts") == 1
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive), "--json")
+    assert ran.code == 1
+    [failed] = json.loads(ran.out)["failed"]
+    assert failed.startswith("prompt_image 0 of prompt 8: not archived (HTTP 404")
+
+
 def test_tune_not_archived_exits_1(
     archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,6 +31,7 @@ from tune_archiver.errors import (
     IntegrityError,
     StorageError,
 )
+from tune_archiver.models import file_said
 from tune_archiver.safefs import (
     NO_MODES,
     NOFOLLOW,
@@ -113,7 +114,7 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
     # index (one the API no longer lists), and each must link its own file.
     placed_at: dict[manifest.Entry, str] = {}
     for entry in found.entries:
-        where, blob = f"{entry.kind} {entry.index}", entry.blob
+        where, blob = file_said(entry.asset), entry.blob
         if blob is None:
             result.failed.append(f"{where}: not archived ({entry.error or 'no error recorded'})")
             continue
