@@ -323,6 +323,23 @@ def test_a_prompt_file_failing_hours_before_deletion_names_the_prompts_run(
                     f"{archive} again before then"]
 
 
+def test_prompts_unread_hours_before_deletion_name_the_prompts_run(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune about to be deleted whose prompts could not be read (an HTML page for the
+    listing) was told to run 'fetch 1' again, without --prompts: that run lists no
+    prompt, writes the manifest complete and exits 0, and the images are lost with the
+    tune. The command said asks for its prompts."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")]
+    assert run_fetch(standin, archive, "1", "--prompts", "-q", clock=lambda: NOW) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
+    assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
+                    "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts --archive "
+                    f"{archive} again before then"]
+
+
 @pytest.mark.parametrize("expires_at", ["2026-12-10T12:00:45Z", "2026-12-10T12:00:00.500Z"])
 def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], expires_at: str

@@ -153,6 +153,7 @@ class TuneResult:
     skipped: bool = False  # archived before, complete and unchanged: nothing was done
     state: str | None = None  # what the API listed: files_listed, training, no_files_listed
     expires_in: float | None = None  # seconds to its expires_at when done; None: none read
+    prompts_unread: bool = False  # its prompts, asked for, not all read: none of their files known
 
     @property
     def ok(self) -> bool:

@@ -104,9 +104,12 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
     left = result.expires_in
     again = result.error is not None or bool(result.failed)
     if again and left is not None and 0 < left <= EXPIRES_SOON:
+        # Prompts not read: a run without --prompts would not ask for them, and exit 0.
+        kinds = [*(f.asset.kind for f in result.failed),
+                 *(["prompt_image"] if result.prompts_unread else [])]
         lines.append(f"{name}: not archived whole, and Astria deletes it in "
                      f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id}"
-                     f"{with_prompts(f.asset.kind for f in result.failed)}{also} again before then")
+                     f"{with_prompts(kinds)}{also} again before then")
     return lines
 
 

@@ -254,6 +254,7 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
         manifest=key, state=listing_state(tune), error=error,
+        prompts_unread=bool(checked.prompt_errors),
     )
 
 
