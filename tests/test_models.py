@@ -44,9 +44,11 @@ def test_requested_id_is_optional() -> None:
         ({"ckpt_urls": [C0], "ckpt_url": C0.replace("Signature=a", "Signature=z")}, (C0,)),
         ({"ckpt_urls": [f"{C0}&id=1"], "ckpt_url": f"{C0}&id=2"},
          (f"{C0}&id=1", f"{C0}&id=2")),
+        # Listed twice: each place its index in ckpt_urls, as README says (C1 is 2).
+        ({"ckpt_urls": [C0, C0, C1], "ckpt_url": C0}, (C0, C0, C1)),
     ],
     ids=["same", "different", "empty-list", "null-list", "null-url", "empty-url", "neither",
-         "signed-apart", "another-file"],
+         "signed-apart", "another-file", "listed-twice"],
 )
 def test_ckpt_url_merged_with_ckpt_urls(fields: dict[str, Any], checkpoints: tuple) -> None:
     """ckpt_url is appended to ckpt_urls unless it is already there: the same file

@@ -197,9 +197,9 @@ def parse_tune(data: Any, requested_id: int | None = None) -> Tune:
             if error is not None:
                 some = "some " if taken else ""
                 errors.append((kind, f"{some}{_SAID[kind]} not archived: {error}"))
-        # An image's index is its place in Astria's list (a manifest, --only and export
+        # A file's index is its place in Astria's list (a manifest, --only and export
         # name it so): one URL listed twice keeps both places, its bytes downloaded once.
-        return tuple(dict.fromkeys(found)) if kind == "checkpoint" else tuple(found)
+        return tuple(found)
 
     listed = urls("checkpoint", "ckpt_urls")
     # ckpt_url is ckpt_urls[0] as a rule, but signed on its own: one file, never two
