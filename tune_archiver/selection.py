@@ -124,3 +124,8 @@ def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:
                               "(a positive integer)")
         ids.add(tune_id)
     return frozenset(ids)
+
+
+def in_shard(tune_id: int, shard: tuple[int, int] | None) -> bool:
+    """True when the tune falls in shard K of N (K from 1): its id modulo N is K - 1."""
+    return shard is None or tune_id % shard[1] == shard[0] - 1

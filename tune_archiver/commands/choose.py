@@ -23,7 +23,6 @@ from tune_archiver.commands.plan import (
     carried_over,
     entry_key,
     expiring,
-    in_shard,
     is_unchanged,
     known_entries,
     plan_tune,
@@ -44,6 +43,7 @@ from tune_archiver.errors import (
 from tune_archiver.layout import manifest_key
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
+from tune_archiver.selection import in_shard
 from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
 

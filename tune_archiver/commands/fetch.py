@@ -243,8 +243,7 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     except Exception as exc:  # a bug met on one tune must not stop the others
         return TuneResult(
             tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
-            seconds=time.monotonic() - started,
-        )
+            seconds=time.monotonic() - started)
     key, assets, checked = results
     error = unread_failure(checked)
     if tune.id in run.not_found:
@@ -254,8 +253,7 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
         manifest=key, state=listing_state(tune), error=error,
-        prompts_unread=bool(checked.prompt_errors),
-    )
+        prompts_unread=bool(checked.prompt_errors))
 
 
 def unread_failure(tune: Tune) -> str | None:

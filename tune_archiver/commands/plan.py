@@ -382,24 +382,17 @@ def plan_tune(
 
 
 def listing_state(tune: Tune) -> State:
-    """What the API listed for the tune: files, none yet (training), or none at all.
-    A field it sent that could not be read lists files too. A tune not trained yet
-    (trained_at null) that lists no checkpoint is training whatever else it lists: its
-    photos come first, its checkpoint once trained (a FaceID tune, with no checkpoint
-    ever, has trained_at from its creation)."""
-    if tune.raw.get("trained_at") is None and not any(
-            asset.kind == "checkpoint" for asset in assets_of(tune)) and not any(
-            kind == "checkpoint" for kind, _ in tune.field_errors):
+    """What the API listed for the tune: files, none yet (training), or none at all; a
+    field it sent unread lists files too. Not trained yet (trained_at null) and no
+    checkpoint listed is training, photos or not (a FaceID tune, never a checkpoint,
+    has trained_at from its creation)."""
+    kinds = {asset.kind for asset in assets_of(tune)} | {k for k, _ in tune.field_errors}
+    if tune.raw.get("trained_at") is None and "checkpoint" not in kinds:
         return "training"
-    return "files_listed" if assets_of(tune) or tune.field_errors else "no_files_listed"
+    return "files_listed" if kinds else "no_files_listed"
 
 
 def has_expired(tune: Tune, now: datetime) -> bool:
     """True when the tune's expires_at is readable and has passed: its files may be gone."""
     expires = parse_moment(tune.raw.get("expires_at"))
     return expires is not None and expires <= now
-
-
-def in_shard(tune_id: int, shard: tuple[int, int] | None) -> bool:
-    """True when the tune falls in shard K of N (K from 1): its id modulo N is K - 1."""
-    return shard is None or tune_id % shard[1] == shard[0] - 1
