@@ -33,7 +33,7 @@ from tune_archiver.commands.renew import FreshUrls
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
-from tune_archiver.download.journal import Journals
+from tune_archiver.download.journal import Journals, Noting
 from tune_archiver.download.staging import Staging, staging_for
 from tune_archiver.errors import (
     ArchiverError,
@@ -294,15 +294,11 @@ async def _download_and_record(
     async def download(asset: Asset) -> AssetResult:
         if tune.id in run.not_found:  # its URLs, as the journal kept them, are redacted
             return AssetResult(asset, error=NOT_FOUND)
-        noted: list[Blob] = []
-
-        def note(blob: Blob) -> None:  # in the commit's thread, before the blob is stored
-            run.journals.note(tune.id, entry(asset, blob), as_kept)
-            noted.append(blob)
-
+        # The blob's line, the journal held till the store is done with it (Noting)
+        noted = Noting(run.journals, tune.id, lambda blob: entry(asset, blob), as_kept)
         try:
             blob = await run.downloader.fetch(
-                asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1), note
+                asset.url, fresh.refresh(asset), SMALLEST.get(asset.kind, 1), noted
             )
             log.debug("tune %d: %s done", tune.id, redact(asset.url), extra={
                 "event": "file_done", "machine_only": True, "tune_id": tune.id,
@@ -310,7 +306,7 @@ async def _download_and_record(
             # Named by nothing until the manifest is written: a stopped run's next one
             # knows it archived (the host may delete it meanwhile), and gc keeps it. One
             # another tune's download stored was not noted for this one.
-            if blob not in noted:
+            if blob not in noted.blobs:
                 await run.journals.record(tune.id, entry(asset, blob), as_kept)
             return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
@@ -321,6 +317,8 @@ async def _download_and_record(
             return AssetResult(asset, error=str(exc))
         except Exception as exc:  # a bug met on one file must not stop the others
             return AssetResult(asset, error=unexpected(exc, f"downloading {redact(asset.url)}"))
+        finally:
+            noted.close()
 
     done: dict[Asset, AssetResult] = dict(plan.reuse)
 

@@ -10,7 +10,8 @@ its thread just before the store takes the blob (a line whose blob never came is
 by; a stop met by a commit's thread, which runs to its end, has its line written). The
 next fetch of the tune takes a file a line names, its blob held with that size, as
 archived; gc keeps those blobs while it keeps the journal (a day untouched). Once a
-manifest names every blob the journal does, the journal goes. A journal that is a link,
+manifest names every blob the journal does, the journal goes, unless a run storing a
+blob it names holds it (Noting). A journal that is a link,
 another user's file or not a regular file is ignored, and so is a line that is no entry.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
-from tune_archiver.models import Tune, parse_tune
+from tune_archiver.models import Blob, Tune, parse_tune
 from tune_archiver.safefs import open_own
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
@@ -65,22 +66,25 @@ class Journals:
         killed run did before journals."""
         line = _line(entry)
         try:
-            if not _append(self.path(tune_id), line, tune, blocking=False):  # settling
+            if _append(self.path(tune_id), line, tune, blocking=False) is None:  # settling
                 await in_thread(_append, self.path(tune_id), line, tune, True)
         except OSError as exc:
             log.debug("tune %d: the journal of committed files was not written: %s",
                       tune_id, exc)
 
     def note(self, tune_id: int, entry: dict[str, Any],
-             tune: Callable[[], dict[str, Any]]) -> None:
+             tune: Callable[[], dict[str, Any]], hold: bool = False) -> int | None:
         """record, from the thread of the commit about to store the file (Noted): a stop
         cannot come between the blob and its line; a line whose blob never came is passed
-        by (see with_journaled)."""
+        by (see with_journaled). With `hold`, gives the journal open, its shared lock held,
+        for the caller to close (see Noting)."""
         try:
-            _append(self.path(tune_id), _line(entry), tune, blocking=True)
+            fd = _append(self.path(tune_id), _line(entry), tune, blocking=True, hold=hold)
+            return fd if hold else None
         except OSError as exc:
             log.debug("tune %d: the journal of committed files was not written: %s",
                       tune_id, exc)
+            return None
 
     async def entries(self, tune_id: int, touch: bool = False) -> list[Entry]:
         """The ok entries the tune's journal records, in the order committed; none when
@@ -126,7 +130,8 @@ class Journals:
                      held: Callable[[str], Awaitable[int | None]]) -> None:
         """Remove the tune's journal once its manifest names (`named`: sha256s) every
         blob it records that is `held` (the store's size of a blob): a line written before
-        a commit that failed names none. One another run appended meanwhile keeps it."""
+        a commit that failed names none. One another run appended meanwhile keeps it, and
+        so does one a run holds (note): its blob, not stored yet, may be on its way."""
         try:  # one thread hop a tune, as a rule: every line named by the manifest
             left = await in_thread(_settle, self.path(tune_id), named)
             never = set()
@@ -158,21 +163,47 @@ class Journals:
         return await in_thread(_blobs, self.directory, newer_than.timestamp())
 
 
+class Noting:
+    """Journals.note for one download of a tune's file (staging's Noted): the blobs it
+    noted, and the journal held (a shared lock) till `close`, once the store is done with
+    them (a whole upload to a bucket): another run's settle meanwhile, which would find
+    the blob not stored yet and drop its line, keeps the journal (see settle)."""
+
+    def __init__(self, journals: Journals, tune_id: int,
+                 entry: Callable[[Blob], dict[str, Any]],
+                 tune: Callable[[], dict[str, Any]]) -> None:
+        self._journals, self._tune_id, self._entry, self._tune = journals, tune_id, entry, tune
+        self.blobs: list[Blob] = []
+        self._held: list[int] = []
+
+    def __call__(self, blob: Blob) -> None:  # in the commit's thread, before it is stored
+        fd = self._journals.note(self._tune_id, self._entry(blob), self._tune, hold=True)
+        if fd is not None:
+            self._held.append(fd)
+        self.blobs.append(blob)
+
+    def close(self) -> None:
+        while self._held:
+            os.close(self._held.pop())
+
+
 def _line(value: dict[str, Any]) -> bytes:
     return (json.dumps(value, separators=(",", ":")) + "\n").encode()
 
 
-def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blocking: bool) -> bool:
+def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blocking: bool,
+            hold: bool = False) -> int | None:
     """One write at the journal's end, on a line of its own though a full disk cut the
-    last short (write() stores part of it, no error); False, nothing written, when a
-    settle holds it and not `blocking`. Taken again when a settle removed it meanwhile."""
+    last short (write() stores part of it, no error); None, nothing written, when a
+    settle holds it and not `blocking`. Taken again when a settle removed it meanwhile.
+    Gives -1, or with `hold` the journal, still open and locked, for the caller to close."""
     while True:
         fd = os.open(path, _FLAGS, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
-                return False
+                return None
             found = os.fstat(fd)
             if found.st_nlink == 0:
                 continue  # removed by a settle: a new one is made
@@ -183,9 +214,13 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
             elif os.pread(fd, 1, found.st_size - 1) != b"\n":
                 line = b"\n" + line  # a full disk cut the last short: ours stays whole
             os.write(fd, line)
-            return True
+            if hold:
+                held, fd = fd, -1
+                return held
+            return -1
         finally:
-            os.close(fd)
+            if fd != -1:
+                os.close(fd)
 
 
 def _read(path: Path, touch: bool = False) -> bytes:
@@ -223,13 +258,17 @@ def _bad(reason: str) -> UnreadableManifest:
 
 def _settle(path: Path, named: Collection[str]) -> set[tuple[str, int | None]]:
     """Remove the journal if `named` holds the blob of each line; else the (sha256, size)
-    of the lines it does not (none for a journal too large to be read whole: kept)."""
+    of the lines it does not (none for a journal too large to be read whole, or one a run
+    holds: kept)."""
     try:
         fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return set()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # no line is appended while it is read and removed
+        try:  # no line is appended while it is read and removed; none is being stored
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a run storing a blob it names (or appending): its own
+            return set()  # settle, or the next fetch's, takes the journal
         if os.fstat(fd).st_nlink == 0:
             return set()  # another run's settle removed it
         with open(fd, "rb", closefd=False) as file:
