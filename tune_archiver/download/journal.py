@@ -33,7 +33,7 @@ from typing import Any
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
-from tune_archiver.safefs import open_own
+from tune_archiver.safefs import Planted, open_own
 from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
 
@@ -159,7 +159,7 @@ class Journals:
     async def blobs(self, newer_than: datetime) -> set[str]:
         """The sha256 of every blob named by a journal written since `newer_than`, the
         other archives' that share the folder too (gc keeps them; an older journal is
-        swept as partials are)."""
+        swept as partials are). Raises ArchiverError for one of ours it cannot read."""
         return await in_thread(_blobs, self.directory, newer_than.timestamp())
 
 
@@ -223,15 +223,21 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
                 os.close(fd)
 
 
-def _read(path: Path, touch: bool = False) -> bytes:
+def _read(path: Path, touch: bool = False, strict: bool = False) -> bytes:
+    """The journal's bytes; none when it cannot be read, or, `strict`, only when there is
+    none or it is not ours (OSError: the disk failed, EIO, EACCES)."""
     try:
         fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks us
-    except OSError:  # none, a link, another user's: nothing vouched for
+    except OSError as exc:  # none, a link, another user's: nothing vouched for
+        if strict and not isinstance(exc, FileNotFoundError | Planted):
+            raise
         return b""
     with os.fdopen(fd, "rb") as file:
         try:
             data = file.read(MAX_JOURNAL)
         except OSError:
+            if strict:
+                raise
             return b""
         if touch and data:
             with contextlib.suppress(OSError):  # kept a day from its last line, as ever
@@ -285,20 +291,35 @@ def _settle(path: Path, named: Collection[str]) -> set[tuple[str, int | None]]:
 
 def _blobs(directory: Path, since: float) -> set[str]:
     found: set[str] = set()
-    for path in _journals(directory):
+    for path in _journals(directory, strict=True):
         try:
             if path.lstat().st_mtime < since:
                 continue
-        except OSError:
+            data = _read(path, strict=True)
+        except FileNotFoundError:  # swept or settled meanwhile
             continue
-        found.update(entry.sha256 for entry in parsed(_read(path)) if entry.sha256)
+        except OSError as exc:  # what it names may be the only copy of a stopped run's
+            raise ArchiverError(
+                f"{path}, a tune's journal of files a stopped fetch committed, cannot be "
+                f"read ({exc.strerror or exc}); gc removes nothing until it can, since it "
+                "cannot know which blobs it keeps (left a day untouched, it is swept with "
+                "them)") from exc
+        found.update(entry.sha256 for entry in parsed(data) if entry.sha256)
     return found
 
 
-def _journals(directory: Path) -> list[Path]:
+def _journals(directory: Path, strict: bool = False) -> list[Path]:
+    """The journals in `directory`; none when it cannot be listed (OSError, `strict`, but
+    for none there yet)."""
     try:
         with os.scandir(directory) as entries:
             names = [entry.name for entry in entries if NAME.fullmatch(entry.name)]
-    except OSError:  # no staging folder (yet): no journal
+    except FileNotFoundError:  # no staging folder (yet): no journal
+        return []
+    except OSError as exc:
+        if strict:
+            raise ArchiverError(f"the staging folder {directory}, which holds tunes' "
+                                f"journals, cannot be listed ({exc.strerror or exc}); gc "
+                                "removes nothing until it can") from exc
         return []
     return [directory / name for name in sorted(names)]
