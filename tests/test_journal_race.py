@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.archive_helpers import cli
+from tests.archive_helpers import cli, manifest_of
 from tests.helpers import Sleeps, blob_file, run_fetch
 from tests.standin import StandIn
 from tests.test_journal import journal_lines
 from tests.test_process import finish, start_fetch
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import RetryPolicy, Settings
+from tune_archiver.download.journal import Journals
 from tune_archiver.progress import NullProgress
 from tune_archiver.store import local
 
@@ -66,3 +67,35 @@ def test_another_runs_settle_keeps_the_line_of_a_blob_being_stored(
     later = datetime.now(UTC) + timedelta(hours=2)  # past an S3 store's grace, were it one
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert blob_file(archive, made).read_bytes() == made
+
+
+def test_a_journal_line_of_another_version_the_manifest_outranks_lets_it_settle(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two runs archived two versions of one image (its host served other bytes to each)
+    and the manifest recorded one: the other's journal line, whose blob is held, kept the
+    journal for good, since each fetch --all took the tune up for it and marked it used
+    (gc never swept it), and the blob it named with it."""
+    archive = tmp_path / "archive"
+    first, other = os.urandom(3000), os.urandom(3001)
+    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
+                     [standin.add_file("i0.jpg", first)])
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    image = next(e for e in document["assets"] if e["kind"] == "training_image")
+    held = blob_file(archive, other)
+    held.parent.mkdir(exist_ok=True)
+    held.write_bytes(other)
+    asyncio.run(Journals(archive / "tmp").record(1, {
+        **image, "sha256": held.name, "size": len(other),
+        "path": f"objects/sha256/{held.name[:2]}/{held.name}"}, lambda: document["tune"]))
+    assert run_fetch(standin, archive, "--all") == 0
+    assert not (archive / "tmp" / "1.committed").exists()
+    assert manifest_of(archive, 1)["assets"] == document["assets"]
+    asked = len(standin.seen("api", "/tunes/1"))
+    assert run_fetch(standin, archive, "--all") == 0
+    assert len(standin.seen("api", "/tunes/1")) == asked  # unchanged: skipped
+    later = datetime.now(UTC) + timedelta(hours=2)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert not held.exists()
+    assert blob_file(archive, first).read_bytes() == first

@@ -26,6 +26,7 @@ from tune_archiver.commands.plan import (
     is_unchanged,
     known_entries,
     plan_tune,
+    result_key,
 )
 from tune_archiver.commands.unlisted import unlisted
 from tune_archiver.commands.workspaces import ALL
@@ -357,6 +358,18 @@ def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[
     # One recorded failed or gone by the manifest is the journal's: both, said twice.
     kept = tuple(e for e in previous.entries if entry_key(e) not in fresh)
     return replace(previous, entries=kept + tuple(fresh.values()))
+
+
+def superseded(journaled: Sequence[Entry], written: Sequence[AssetResult],
+               missing: Collection[str]) -> set[str]:
+    """The blobs of journal lines whose file `written` (a manifest's) holds archived as
+    other bytes, stored (not `missing`): its entry outranks such a line (with_journaled),
+    which vouches for nothing, yet kept the journal, and its blob, for good (two runs
+    archived two versions: each fetch --all took the tune up and marked the journal used)."""
+    archived = {result_key(result): result.blob.sha256 for result in written
+                if result.blob is not None and result.blob.sha256 not in missing}
+    return {entry.sha256 for entry in journaled if entry.sha256
+            and archived.get(entry_key(entry), entry.sha256) != entry.sha256}
 
 
 def unexpected(exc: Exception, doing: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from tune_archiver import manifest
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
-from tune_archiver.commands.choose import chosen, plan_for, unexpected
+from tune_archiver.commands.choose import chosen, plan_for, superseded, unexpected
 from tune_archiver.commands.flow import BrokeOff, Loader, not_found_head, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.commands.plan import (
@@ -278,8 +278,8 @@ async def _download_and_record(
     we planned, what that run archived is kept (plan.merged). Raises
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
-    plan, carried = await plan_for(run.store, tune, run.settings, run.api,
-                                   await run.journals.entries(tune.id, touch=True))
+    journaled = await run.journals.entries(tune.id, touch=True)
+    plan, carried = await plan_for(run.store, tune, run.settings, run.api, journaled)
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))
     fresh = FreshUrls(run.api, tune.id, run.settings.lists_prompts, assets_of(tune))
@@ -350,6 +350,7 @@ async def _download_and_record(
         written, reported[:] = merged(ours, now, missing)
         named.clear()
         named.update(result.blob.sha256 for result in written if result.blob is not None)
+        named.update(superseded(journaled, written, missing))  # for the journal's settle
         checked[0] = with_nulls_archived(tune, reported)
         # Kept failed (so not complete), not retried: by a run that listed no prompts, or
         # not all of them (another run's entry for a prompt it did not read is no less so).
