@@ -150,3 +150,43 @@ def test_another_runs_settle_keeps_the_line_of_a_blob_being_uploaded(
     assert [(e["index"], e["status"], e.get("sha256")) for e in document["assets"]
             if e["kind"] == "prompt_image"] == [(0, "ok", sha256(made)), (1, "gone", None)]
     client.close()
+
+
+def test_a_stopped_runs_journal_is_found_by_a_rerun_spelling_the_archive_otherwise(
+    standin: StandIn, moto_s3: MotoS3, aws_env: None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daily run's 's3://bucket/backups' stopped after the images were committed; the
+    rerun typed by hand, 's3://bucket/backups/', is the same archive, but its staging
+    folder and journal were named by the spelling: it found no journal and, the tune
+    expired, said the images 'gone upstream, never archived' though the bucket held them."""
+    monkeypatch.delenv("TUNE_ARCHIVER_STAGING", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    bucket = f"archive-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    images = [os.urandom(3000 + i) for i in range(3)]
+    standin.add_tune(1, [standin.add_file("model", os.urandom(4 * MiB))],
+                     [standin.add_file(f"i{i}.jpg", data) for i, data in enumerate(images)])
+    standin.faults["model"] = [Stall(3 * MiB)]
+    flags = ["--s3-endpoint-url", moto_s3.endpoint, "--api-url", standin.api_url, "-q"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive",
+         f"s3://{bucket}/backups", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: list((tmp_path / "cache").rglob("1.*.committed")) and all(
+            "Contents" in client.list_objects_v2(
+                Bucket=bucket, Prefix=f"backups/objects/sha256/{sha256(data)[:2]}/{sha256(data)}")
+            for data in images), "the images committed")
+    finally:
+        stop(process)
+    expire(standin)
+    assert main(["fetch", "1", "--archive", f"s3://{bucket}/backups/", *flags],
+                sleep=Sleeps()) == 1  # the checkpoint, never received, is gone upstream
+    document = json.loads(client.get_object(Bucket=bucket, Key="backups/manifests/1.json")
+                          ["Body"].read())
+    assert [(e["status"], e.get("sha256")) for e in document["assets"]
+            if e["kind"] == "training_image"] == [("ok", sha256(data)) for data in images]
+    client.close()
