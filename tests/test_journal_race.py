@@ -16,7 +16,7 @@ import pytest
 from tests.archive_helpers import cli, manifest_of
 from tests.helpers import Sleeps, blob_file, run_fetch
 from tests.standin import StandIn
-from tests.test_journal import journal_lines
+from tests.test_journal import entry_of, journal_lines
 from tests.test_process import finish, start_fetch
 from tune_archiver.commands.fetch import fetch
 from tune_archiver.config import RetryPolicy, Settings
@@ -99,3 +99,30 @@ def test_a_journal_line_of_another_version_the_manifest_outranks_lets_it_settle(
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert not held.exists()
     assert blob_file(archive, first).read_bytes() == first
+
+
+def test_a_line_appended_while_a_settle_asks_the_store_keeps_the_journal(
+    tmp_path: Path,
+) -> None:
+    """A line whose blob was not stored (a commit a kill met) is dropped by the settle of
+    the tune's next run, which asks the store first, the journal unlocked: another run
+    committing that very file meanwhile appended its line and stored the blob, and the
+    settle, asking nothing again, removed the journal with that run's line (stopped
+    before its manifest, its blob then named by nothing, and gc took it)."""
+    journals = Journals(tmp_path)
+    ours, lost = entry_of(0, "a"), entry_of(1, "b")
+
+    async def held(sha256: str) -> int | None:  # the other run commits the file now
+        if sha256 == lost["sha256"]:
+            journals.note(1, lost, lambda: {"id": 1})
+            return None  # asked before it was stored
+        return 10
+
+    async def steps() -> None:
+        await journals.record(1, ours, lambda: {"id": 1})
+        await journals.record(1, lost, lambda: {"id": 1})  # its commit met by a kill
+        await journals.settle(1, {ours["sha256"]}, held)
+
+    asyncio.run(steps())
+    assert [e.sha256 for e in asyncio.run(journals.entries(1))] == [
+        "a" * 64, "b" * 64, "b" * 64]

@@ -133,14 +133,14 @@ class Journals:
         a commit that failed names none. One another run appended meanwhile keeps it, and
         so does one a run holds (note): its blob, not stored yet, may be on its way."""
         try:  # one thread hop a tune, as a rule: every line named by the manifest
-            left = await in_thread(_settle, self.path(tune_id), named)
+            left, seen = await in_thread(_settle, self.path(tune_id), named)
             never = set()
             for sha256, size in left:
                 with contextlib.suppress(ArchiverError):  # not known absent: kept
                     if await held(sha256) != size:
                         never.add(sha256)
-            if never:
-                await in_thread(_settle, self.path(tune_id), {*named, *never})
+            if never:  # unless a line came since: its blob, stored since, was not asked
+                await in_thread(_settle, self.path(tune_id), {*named, *never}, seen)
         except OSError as exc:  # left for the next fetch, or gc
             log.debug("tune %d: the journal of committed files stays: %s", tune_id, exc)
 
@@ -262,29 +262,34 @@ def _bad(reason: str) -> UnreadableManifest:
     return UnreadableManifest(0, reason, b"")
 
 
-def _settle(path: Path, named: Collection[str]) -> set[tuple[str, int | None]]:
-    """Remove the journal if `named` holds the blob of each line; else the (sha256, size)
-    of the lines it does not (none for a journal too large to be read whole, or one a run
-    holds: kept)."""
+Seen = tuple[int, int] | None  # a journal as read by a settle: its inode and size
+
+
+def _settle(path: Path, named: Collection[str], seen: Seen = None
+            ) -> tuple[set[tuple[str, int | None]], Seen]:
+    """Remove the journal if `named` holds the blob of each line (and it is still as
+    `seen`, if given); else the (sha256, size) of the lines it does not (none for a
+    journal too large to be read whole, or one a run holds: kept), and how it was seen."""
     try:
         fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        return set()
+        return set(), None
     try:
         try:  # no line is appended while it is read and removed; none is being stored
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # a run storing a blob it names (or appending): its own
-            return set()  # settle, or the next fetch's, takes the journal
-        if os.fstat(fd).st_nlink == 0:
-            return set()  # another run's settle removed it
+            return set(), None  # settle, or the next fetch's, takes the journal
+        found = os.fstat(fd)
+        if found.st_nlink == 0 or seen not in (None, (found.st_ino, found.st_size)):
+            return set(), None  # another run's settle removed it, or appended since
         with open(fd, "rb", closefd=False) as file:
             data = file.read(MAX_JOURNAL + 1)
         if len(data) > MAX_JOURNAL:
-            return set()
+            return set(), None
         left = {(e.sha256, e.size) for e in parsed(data) if e.sha256 and e.sha256 not in named}
         if not left:
             os.unlink(path)
-        return left
+        return left, (found.st_ino, found.st_size)
     finally:
         os.close(fd)
 
