@@ -547,6 +547,28 @@ def test_a_trained_tune_listing_nothing_says_so(
     assert (document["state"], document["complete"]) == ("no_files_listed", False)
 
 
+
+def test_a_tune_listing_nothing_is_never_made_complete_by_what_it_once_listed(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune archived in part (its photos left out by --only, or sent malformed) whose
+    files are then purged upstream lists nothing: its manifest, complete false, was
+    rewritten complete true, so list said 'yes' and fetch --all skipped it from then
+    on, its photos never archived. A listing of no file proves nothing: not complete."""
+    photo = standin.add_file("photo-1.jpg", os.urandom(3_000))
+    tune = standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))], [photo])
+    assert run_fetch(standin, archive, "1", "--only", "checkpoints") == 0
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
+    tune.update(ckpt_urls=[], ckpt_url=None, orig_images=[])
+    assert run_fetch(standin, archive, "1") == 0
+    assert "the API lists no files" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("no_files_listed", False)
+    assert [entry["kind"] for entry in document["assets"]] == ["checkpoint"]
+    row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
+    assert " no " in row
+
+
 # -- verify --repair ------------------------------------------------------------------------
 
 

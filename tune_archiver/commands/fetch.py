@@ -361,7 +361,7 @@ async def _download_and_record(
         # A file --only left out that another run archived meanwhile is in the manifest.
         complete = (not left_out_now(plan.left_out, now, missing)
                     and not tune.prompt_errors and not checked[0].field_errors
-                    and listing_state(tune) != "training"  # its checkpoint yet to come
+                    and listing_state(tune) == "files_listed"  # not training, nor none listed
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=listing_state(tune),
