@@ -273,3 +273,26 @@ def test_a_kept_field_has_its_urls_redacted_as_an_entry_field_has(
     assert written["assets"][0]["note"].startswith("https://cdn.example/a.jpg?")
     assert "s3cr3tsig" not in text
     assert "AKIAX" not in text
+
+
+def test_repair_names_the_prompt_of_a_path_it_mends(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --repair said of a prompt's entry whose path it mended 'tune 1:
+    prompt_image 0: its path set to ...' with no prompt: every prompt has a prompt_image
+    0, so of fifty a user could not tell whose entry was rewritten. It names the prompt,
+    as verify's other lines do."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("p7.png", os.urandom(2_000))])
+    standin.add_prompt(1, 8, "ohwx man", [standin.add_file("p8.png", os.urandom(2_100))])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = manifest_of(archive, 1)
+    entry = next(e for e in document["assets"] if e.get("prompt_id") == 8)
+    entry["path"] = f"objects/{entry['sha256'][:2]}/{entry['sha256'].upper()}"
+    write_manifest(archive, 1, document)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert "tune 1: prompt_image 0 of prompt 8: its path set to " in ran.out
+    assert "ohwx" not in ran.out + ran.err

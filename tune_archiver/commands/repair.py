@@ -31,7 +31,7 @@ from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
 from tune_archiver.layout import blob_key, named_blob
-from tune_archiver.models import PROMPT_KINDS, TuneResult
+from tune_archiver.models import PROMPT_KINDS, TuneResult, file_said
 from tune_archiver.progress import NullProgress, Progress
 from tune_archiver.store import Store
 
@@ -289,7 +289,7 @@ async def _mend_entries(store: Store, tune_id: int, problems: list[Problem],
             blob = entry.blob
             if blob is None:
                 continue
-            where = f"tune {tune_id}: {entry.kind} {entry.index}"
+            where = f"tune {tune_id}: {file_said(entry.asset)}"  # a prompt's: which
             named = named_blob(entry.path)
             if named not in (None, blob.sha256) and blob.sha256 in missing and (
                     await _whole_as(store, named, blob.size, blob.sha256)):
