@@ -569,6 +569,24 @@ def test_a_tune_listing_nothing_is_never_made_complete_by_what_it_once_listed(
     assert " no " in row
 
 
+def test_a_tune_archived_whole_whose_files_are_then_deleted_stays_complete(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Astria deletes a tune's files 30 days on, and may then list none: a tune archived
+    whole before that keeps its manifest complete, every file in it (list: 'yes')."""
+    tune = standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))],
+                            [standin.add_file("photo-1.jpg", os.urandom(3_000))])
+    assert run_fetch(standin, archive, "1") == 0
+    tune.update(ckpt_urls=[], ckpt_url=None, orig_images=[])
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("no_files_listed", True)
+    assert [(e["kind"], e["status"]) for e in document["assets"]] == [
+        ("checkpoint", "ok"), ("training_image", "ok")]
+    row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
+    assert " yes " in row
+
+
 # -- verify --repair ------------------------------------------------------------------------
 
 

@@ -356,15 +356,17 @@ async def _download_and_record(
         # not all of them (another run's entry for a prompt it did not read is no less so).
         if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
-        # An entry kept while its blob is missing is ok in `written`, not in `reported`:
-        # the tune is not complete while the run says that file failed.
-        # A file --only left out that another run archived meanwhile is in the manifest.
+        # Not complete while the run says a file failed (an entry kept, its blob missing,
+        # is ok in `written` alone), nor while training; a listing of no file proves
+        # nothing: complete as the manifest was. --only's left out: another run's count.
+        state = listing_state(tune)
         complete = (not left_out_now(plan.left_out, now, missing)
                     and not tune.prompt_errors and not checked[0].field_errors
-                    and listing_state(tune) == "files_listed"  # not training, nor none listed
+                    and (state == "files_listed" or (state == "no_files_listed"
+                         and now is not None and now.complete))
                     and all(result.ok for result in reported))
         document = manifest.build_manifest(
-            tune, written, run.clock(), complete=complete, state=listing_state(tune),
+            tune, written, run.clock(), complete=complete, state=state,
             workspace=told if told is not None else now.workspace if now else None,
             retrained=now.retrained if now else (),
         )
