@@ -34,7 +34,7 @@ from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
 from tune_archiver.safefs import Planted, open_own
-from tune_archiver.store.location import is_remote, spelled
+from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Journals:
         # One $TUNE_ARCHIVER_STAGING may serve two buckets: each names its own journals
         # (`<id>.<tag>.committed`), or one's fetch took and removed the other's.
         self._tag = "" if not is_remote(archive) else "." + hashlib.sha256(
-            spelled(archive).encode()).hexdigest()[:12]
+            str(archive).encode()).hexdigest()[:12]
         self._listed: set[int] | None = None  # the tunes with one at the run's start
 
     def path(self, tune_id: int) -> Path:

@@ -41,7 +41,7 @@ from tune_archiver.safefs import (
     refuse_others_links,
 )
 from tune_archiver.store import Intake, Store
-from tune_archiver.store.location import is_remote, spelled
+from tune_archiver.store.location import is_remote
 from tune_archiver.threads import in_thread
 from tune_archiver.urls import download_identity
 
@@ -367,7 +367,7 @@ def staging_for(location: str | Path, write: Writer = os.pwritev) -> Staging:
         return Staging(Path(chosen), write=write, durable=False, made=())
     ours = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tune-archiver"
     bucket = urlsplit(str(location)).netloc
-    tag = hashlib.sha256(spelled(location).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(str(location).encode()).hexdigest()[:12]
     directory = ours / "staging" / f"{bucket}-{tag}"
     return Staging(directory, write=write, durable=False,
                    made=(ours, ours / "staging", directory))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tune_archiver.errors import ConfigError
 from tune_archiver.store import Store
@@ -15,16 +14,6 @@ from tune_archiver.store.local import LocalStore
 def is_remote(location: str | Path) -> bool:
     """True for an s3:// location."""
     return str(location).lower().startswith("s3://")
-
-
-def spelled(location: str | Path) -> str:
-    """The location in one spelling, for what is named by a hash of it (an S3 archive's
-    staging folder and journals): s3://bucket/prefix/ and S3://bucket//prefix are the
-    archive s3://bucket/prefix is, and a stopped run's journal must be found by either."""
-    if not is_remote(location):
-        return str(location)
-    parts = urlsplit(str(location))
-    return "/".join([f"s3://{parts.netloc}", *filter(None, parts.path.split("/"))])
 
 
 @asynccontextmanager
