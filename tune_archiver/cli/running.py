@@ -246,10 +246,10 @@ def fit_open_files(settings: Settings, *, probing: bool = False) -> Settings:
     """`settings` with --concurrency (then --split) lowered to what the hard limit on
     open files holds, said once: at a hard limit of 64, the default 16 failed files with
     "Too many open files". Each slot holds its partials, a split file's connections,
-    one kept-alive connection and its tunes' manifest locks; one `probing` (fetch
-    --dry-run, which asks sizes and downloads nothing) its connection and its tunes'
-    manifests alone. Raises ConfigError when even one slot of one connection does not
-    fit."""
+    one kept-alive connection, its tunes' manifest locks and the journal a commit holds
+    till its store is done (journal.Noting); one `probing` (fetch --dry-run, which asks
+    sizes and downloads nothing) its connection and its tunes' manifests alone. Raises
+    ConfigError when even one slot of one connection does not fit."""
     from tune_archiver.commands.fetch import TUNES_PER_SLOT
     from tune_archiver.download.engine import OPEN_PER_SLOT
 
@@ -257,7 +257,7 @@ def fit_open_files(settings: Settings, *, probing: bool = False) -> Settings:
     if limit == resource.RLIM_INFINITY:
         return settings
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's executor
-    per_slot = (0 if probing else OPEN_PER_SLOT) + TUNES_PER_SLOT + 1
+    per_slot = (0 if probing else OPEN_PER_SLOT + 1) + TUNES_PER_SLOT + 1
 
     def needed(concurrency: int, split: int) -> int:
         # A worker thread holds a file only for a task: the slots' and the tunes past
