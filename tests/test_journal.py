@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -61,6 +62,22 @@ def expire(standin: StandIn) -> None:
 def images_of(archive: Path) -> list[dict[str, object]]:
     return [entry for entry in check_manifest(archive / "manifests" / "1.json")["assets"]
             if entry["kind"] == "training_image"]
+
+
+def a_prompts_fetch_stopped_after_one_image(standin: StandIn, archive: Path) -> None:
+    """Tune 1 archived, then a `fetch 1 --prompts` stopped once it committed the first
+    of its prompt's two files: the tune's journal names a blob its manifest does not."""
+    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
+                     [standin.add_file("i0.jpg", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", os.urandom(4000)),
+                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
+    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
+    process = start_fetch(standin, archive, "1", "--prompts")
+    try:
+        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image committed")
+    finally:
+        stop(process)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
@@ -394,17 +411,7 @@ def test_a_forgotten_tune_is_not_recorded_again_from_a_stopped_runs_journal(
     and wrote its manifest again from the journal, the forgotten tune back (exit 1)."""
     archive = tmp_path / "archive"
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
-                     [standin.add_file("i0.jpg", os.urandom(3000))])
-    assert run_fetch(standin, archive, "1") == 0
-    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", os.urandom(4000)),
-                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
-    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
-    process = start_fetch(standin, archive, "1", "--prompts")
-    try:
-        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image committed")
-    finally:
-        stop(process)
+    a_prompts_fetch_stopped_after_one_image(standin, archive)
     del standin.tunes[1]
     assert cli(capsys, "forget", "1", "--archive", str(archive)).code == 0
     ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
@@ -441,17 +448,7 @@ def test_a_forget_killed_between_its_two_removals_is_finished_by_the_next_forget
     and the next forget removes it."""
     archive = tmp_path / "archive"
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    standin.add_tune(1, [standin.add_file("model", os.urandom(5000))],
-                     [standin.add_file("i0.jpg", os.urandom(3000))])
-    assert run_fetch(standin, archive, "1") == 0
-    standin.add_prompt(1, 5, "a photo", [standin.add_file("p0.jpg", os.urandom(4000)),
-                                         standin.add_file("p1.mp4", os.urandom(4 * MiB))])
-    standin.faults["p1.mp4"] = [Stall(3 * MiB)]
-    process = start_fetch(standin, archive, "1", "--prompts")
-    try:
-        wait_until(lambda: len(journal_lines(archive)) == 1, "the first image committed")
-    finally:
-        stop(process)
+    a_prompts_fetch_stopped_after_one_image(standin, archive)
     del standin.tunes[1]
     killed = subprocess.run([sys.executable, "-c", _KILLED_FORGETTING, "forget", "1",
                              "--archive", str(archive)], capture_output=True, text=True,
@@ -462,3 +459,24 @@ def test_a_forget_killed_between_its_two_removals_is_finished_by_the_next_forget
     assert not (archive / "manifests" / "1.json").exists()
     assert ran.code == 0
     assert not (archive / "tmp" / "1.committed").exists()
+
+
+def test_a_forget_that_cannot_remove_the_journal_keeps_the_manifest(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forget whose removal of the tune's journal failed went on to remove the manifest
+    alone: the next fetch --all took the tune back up from the journal, the very thing a
+    forget is asked not to let happen. The tune is now not forgotten, and says so."""
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    a_prompts_fetch_stopped_after_one_image(standin, archive)
+
+    async def refused(self: Journals, tune_id: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(Journals, "remove", refused)
+    ran = cli(capsys, "forget", "1", "--archive", str(archive))
+    assert ran.code != 0
+    assert "not forgotten, its manifest kept" in ran.err
+    assert (archive / "manifests" / "1.json").exists()

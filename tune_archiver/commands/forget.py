@@ -66,11 +66,12 @@ async def forget(
                     journals = Journals(staging_for(archive).directory, archive)
                     try:
                         await journals.remove(tune_id)
-                    except OSError as exc:  # a folder planted there
-                        report.failed.append((tune_id, (
+                    except OSError as exc:  # a folder planted there: the manifest stays,
+                        report.failed.append((tune_id, (  # or the next fetch took it back
                             f"tune {tune_id}: {journals.path(tune_id)}, the files a stopped "
-                            f"fetch committed, could not be removed ({exc.strerror}): the "
-                            "next fetch may record them again")))
+                            f"fetch committed, could not be removed ({exc.strerror}): not "
+                            "forgotten, its manifest kept")))
+                        continue
                 try:
                     await store.delete_manifest(tune_id)
                 # This tune's alone (a folder planted at its manifest's place, a bucket
