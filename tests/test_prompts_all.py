@@ -15,6 +15,7 @@ from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Body, Stall, StandIn, Status
 from tune_archiver.astria import client
+from tune_archiver.cli.main import main
 
 FLUX = 1504944  # the base tune LoRA prompts are created on
 
@@ -491,3 +492,35 @@ def test_a_prompts_failed_file_is_said_with_its_prompt(
     assert run_fetch(standin, archive, "10", "--prompts", "--json") == 1
     document = json.loads(capsys.readouterr().out)
     assert sorted(f["prompt_id"] for f in document["tunes"][0]["failures"]) == [500, 501]
+
+
+def test_prompts_not_read_keep_the_tune_not_complete_till_a_prompts_run_reads_them(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 'fetch 1 --prompts' whose prompts could not be read left no trace in the
+    manifest but complete: false: verify said it 'all intact', and the daily fetch
+    without --prompts wrote it complete (exit 0, list 'yes'), its generated images
+    never archived. The manifest now says so (prompts_unread) till a --prompts run
+    reads them: no other run makes it complete, and verify names it."""
+    add_tune(standin, 1)
+    seven = standin.add_file("seven.png", os.urandom(900))
+    standin.add_prompt(1, 7, "ohwx woman", [seven])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    assert "malformed JSON" in check_manifest(archive / "manifests" / "1.json")["prompts_unread"]
+    assert run_fetch(standin, archive, "1", "-q") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is False
+    assert "malformed JSON" in document["prompts_unread"]
+    capsys.readouterr()
+    assert main(["verify", "--archive", str(archive)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: prompt_image: failed: the prompts "
+                           "could not be read: ")
+    assert line.endswith(f"(retry: tune-archiver fetch 1 --prompts --archive {archive})")
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is True
+    assert "prompts_unread" not in document
+    assert entries(archive, 1, "prompt_image")[0]["sha256"] == sha256(standin.files["seven.png"])
+    assert blob_file(archive, standin.files["seven.png"]).is_file()

@@ -85,6 +85,7 @@ class Manifest:
     workspace: str | None = None  # the tune's workspace, when it could be told
     # The tunes `retrain --yes` created from this one: {"tune_id", "title", "at"} each.
     retrained: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    prompts_unread: str | None = None  # why --prompts could not read them: never complete
     extra: dict[str, Any] = field(default_factory=dict, hash=False)  # fields we do not know
 
     @property
@@ -117,19 +118,20 @@ def build_manifest(
     state: State = "files_listed",
     workspace: str | None = None,
     retrained: Sequence[dict[str, Any]] = (),
+    prompts_unread: str | None = None,
 ) -> dict[str, Any]:
     """The manifest for one tune, with every URL redacted.
 
     `complete` is true only when every file of the tune is archived; the caller
     decides it, since only it knows what was left out (a tune still training, its
-    checkpoint yet to come). A manifest of no file at all is never complete.
+    checkpoint yet to come; prompts not read, `prompts_unread`). No file: never complete.
     """
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tune_id": tune.id,
         "archived_at": format_time(archived_at),
         "complete": complete and bool(results) and all(result.ok for result in results),
-        "state": state,
+        "state": state, **({"prompts_unread": prompts_unread} if prompts_unread else {}),
     }
     if workspace is not None:
         document["workspace"] = workspace
@@ -259,13 +261,14 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     workspace = _field(document, "workspace", _is_str, "a string", bad, required=False)
     retrained = _field(document, "retrained", _is_retrained, "a list of tunes", bad,
                        required=False)
-    return Manifest(tune_id, archived_at, complete and bool(entries), tune, entries, state,
-                    workspace, tuple(retrained or ()),
+    unread = _field(document, "prompts_unread", _is_str, "a string", bad, required=False)
+    return Manifest(tune_id, archived_at, complete and bool(entries) and unread is None, tune,
+                    entries, state, workspace, tuple(retrained or ()), unread,
                     {k: v for k, v in document.items() if k not in _TOP})
 
 
 _TOP = frozenset({"schema_version", "tune_id", "archived_at", "complete", "state", "workspace",
-                  "retrained", "tune", "assets"})
+                  "retrained", "prompts_unread", "tune", "assets"})
 _KNOWN = frozenset({"kind", "index", "url", "source", "status", "sha256", "size", "path",
                     "content_type", "error", "prompt_id", "prompt_text", "prompt_tune_id"})
 Bad = Callable[[str], UnreadableManifest]
@@ -390,11 +393,8 @@ def _shown(value: Any) -> str:
         return "a JSON object"
     if isinstance(value, list):
         return "a list"
-    text = json.dumps(value, ensure_ascii=False) if _is_scalar(value) else ""
+    scalar = value is None or isinstance(value, bool | int | float | str)
+    text = json.dumps(value, ensure_ascii=False) if scalar else ""
     if text and len(text) <= 70:  # room for a sha256
         return text  # null, true, 5, "a string" (quoted, newlines escaped: one line)
     return "a long string" if isinstance(value, str) else "a long number"
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)

@@ -50,7 +50,7 @@ from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store, blob_sizes
 from tune_archiver.store.location import open_store
-from tune_archiver.urls import redact, redact_json
+from tune_archiver.urls import redact, redact_json, redact_text
 
 log = logging.getLogger(__name__)
 GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
@@ -356,20 +356,20 @@ async def _download_and_record(
         # not all of them (another run's entry for a prompt it did not read is no less so).
         if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
-        # Not complete while the run says a file failed (an entry kept, its blob missing,
-        # is ok in `written` alone), nor while training; a listing of no file proves
-        # nothing: complete as the manifest was. --only's left out: another run's count.
+        # Prompts a --prompts run could not read stay said (not complete) till one reads them.
+        unread = ("; ".join(map(redact_text, tune.prompt_errors)) if tune.prompt_errors else
+                  None if run.settings.lists_prompts or now is None else now.prompts_unread)
+        # Not complete while a file failed (one kept, its blob missing, is ok in `written`
+        # alone), nor training; a listing of no file proves nothing: as the manifest was.
         state = listing_state(tune)
-        complete = (not left_out_now(plan.left_out, now, missing)
-                    and not tune.prompt_errors and not checked[0].field_errors
+        complete = (not left_out_now(plan.left_out, now, missing) and unread is None
+                    and not checked[0].field_errors and all(result.ok for result in reported)
                     and (state == "files_listed" or (state == "no_files_listed"
-                         and now is not None and now.complete))
-                    and all(result.ok for result in reported))
+                         and now is not None and now.complete)))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=state,
             workspace=told if told is not None else now.workspace if now else None,
-            retrained=now.retrained if now else (),
-        )
+            retrained=now.retrained if now else (), prompts_unread=unread)
         # A newer version's fields are kept, as an entry's are: their URLs redacted too.
         for name, value in redact_json(now.extra if now else {}).items():
             document.setdefault(name, value)

@@ -251,14 +251,18 @@ def unread_fields(found: Manifest) -> list[Problem]:
     """The file fields the API sent malformed, as the manifest records the tune (a string
     for orig_images, a null in it): their files have no entry, yet were never archived,
     which made the fetch write the tune not complete. A null that an archived photo
-    stands for is none, as fetch counts it."""
+    stands for is none, as fetch counts it. So are prompts a --prompts run could not
+    read (their files have no entry either), till a --prompts run reads them."""
+    unread = [Problem(found.tune_id, "prompt_image", None, "failed",
+                      f"the prompts could not be read: {found.prompts_unread}")
+              ] if found.prompts_unread else []
     try:
         tune = parse_tune({**found.tune, "id": found.tune_id})
     except DataError:
-        return []
+        return unread
     kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
-    return [Problem(found.tune_id, kind, None, "failed", error)
-            for kind, error in with_nulls_archived(tune, kept).field_errors]
+    return unread + [Problem(found.tune_id, kind, None, "failed", error)
+                     for kind, error in with_nulls_archived(tune, kept).field_errors]
 
 
 def damaged_tune(key: str) -> int | None:
