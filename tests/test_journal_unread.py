@@ -11,7 +11,7 @@ import pytest
 from tests.archive_helpers import cli
 from tests.helpers import blob_file
 from tests.standin import StandIn
-from tests.test_journal import stopped_after_the_images
+from tests.test_journal import GONE, expire, images_of, stopped_after_the_images
 from tune_archiver.download import journal
 
 
@@ -42,3 +42,37 @@ def test_gc_removes_no_blob_while_a_journal_cannot_be_read(
     ran = cli(capsys, "gc", "--archive", str(archive), now=later + timedelta(days=1))
     assert ran.code == 0, ran.err
     assert not (archive / "tmp" / "1.committed").exists()
+
+
+def test_a_fetch_that_cannot_read_a_journal_says_no_file_gone_it_may_hold(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped run's journal the disk fails to read (EIO) was taken as empty by the
+    rerun: the tune expired meanwhile, it recorded the images that journal names (their
+    blobs held, gc keeping them) 'gone upstream, never archived', never asked for again,
+    a false statement. They are failed now, saying why: the next fetch that can read
+    the journal archives them."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    expire(standin)
+    open_own = journal.open_own
+
+    def failing(path: Path, flags: int) -> int:
+        if path.name == "1.committed":
+            raise OSError(errno.EIO, "Input/output error")
+        return open_own(path, flags)
+
+    monkeypatch.setattr(journal, "open_own", failing)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    fetch = ("fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    ran = cli(capsys, *fetch)
+    assert ran.code == 1
+    said = [line for line in ran.errors if "training_image" in line]
+    assert len(said) == 3
+    assert all("Input/output error" in line and GONE not in line for line in said), said
+    assert [e["status"] for e in images_of(archive)] == ["failed"] * 3
+    monkeypatch.setattr(journal, "open_own", open_own)  # the disk mended
+    ran = cli(capsys, *fetch)
+    assert [(e["status"], e["sha256"]) for e in images_of(archive)] == [
+        ("ok", blob_file(archive, data).name) for data in images]

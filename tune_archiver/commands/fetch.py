@@ -237,9 +237,8 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
         return TuneResult(tune.id, title=tune.title, error=await _set_aside(run, tune.id, exc),
                           seconds=time.monotonic() - started)
     except ArchiverError as exc:
-        return TuneResult(
-            tune.id, title=tune.title, error=str(exc), seconds=time.monotonic() - started
-        )
+        return TuneResult(tune.id, title=tune.title, error=str(exc),
+                          seconds=time.monotonic() - started)
     except Exception as exc:  # a bug met on one tune must not stop the others
         return TuneResult(
             tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
@@ -311,8 +310,9 @@ async def _download_and_record(
             return AssetResult(asset, blob)
         except StatusError as exc:  # refused after the tune expired: gone, not failed
             gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
-            return AssetResult(asset, error=f"{exc} (the tune has expired)" if gone else str(exc),
-                               gone=gone)
+            held = f"; {run.journals.unread[tune.id]}" if tune.id in run.journals.unread else ""
+            return AssetResult(asset, error=f"{exc} (the tune has expired{held})" if gone
+                               else str(exc), gone=gone and not held)
         except ArchiverError as exc:
             return AssetResult(asset, error=str(exc))
         except Exception as exc:  # a bug met on one file must not stop the others

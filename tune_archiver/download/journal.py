@@ -54,6 +54,7 @@ class Journals:
         self._tag = "" if not is_remote(archive) else "." + hashlib.sha256(
             str(archive).encode()).hexdigest()[:12]
         self._listed: set[int] | None = None  # the tunes with one at the run's start
+        self.unread: dict[int, str] = {}  # tune id -> why its journal could not be read
 
     def path(self, tune_id: int) -> Path:
         return self.directory / f"{tune_id}{self._tag}{SUFFIX}"
@@ -92,10 +93,18 @@ class Journals:
         marked written now: gc sweeps a journal left a day, and runs each stopped before
         the tune is done (a checkpoint longer than cron's timeout) may append nothing.
         With `touch`, a tune with none at tune_ids is not looked at (one thread hop a tune:
-        W5's 20,000): one made since is another run's, in flight, whose files it stores."""
+        W5's 20,000): one made since is another run's, in flight, whose files it stores.
+        One a fetch cannot read (EIO, EACCES) is none, and `unread` says why: any file
+        found gone upstream may be one it holds (gc keeps its blobs meanwhile)."""
         if touch and self._listed is not None and tune_id not in self._listed:
             return []
-        return parsed(await in_thread(_read, self.path(tune_id), touch))
+        try:
+            return parsed(await in_thread(_read, self.path(tune_id), touch, touch))
+        except OSError as exc:
+            self.unread[tune_id] = (f"its journal of files a stopped fetch committed, "
+                                    f"{self.path(tune_id)}, cannot be read "
+                                    f"({exc.strerror or exc}) and may hold it")
+            return []
 
     async def tune(self, tune_id: int) -> Tune | None:
         """The tune as a stopped run's journal recorded it, when the journal also records
