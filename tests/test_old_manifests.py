@@ -296,3 +296,30 @@ def test_repair_names_the_prompt_of_a_path_it_mends(
     assert ran.code == 0, ran.err
     assert "tune 1: prompt_image 0 of prompt 8: its path set to " in ran.out
     assert "ohwx" not in ran.out + ran.err
+
+
+def test_a_tune_still_training_an_old_version_called_complete_is_not(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Versions before e014af3 wrote a tune still training (trained_at null, no
+    checkpoint yet) complete with its photos: list said 'yes' and verify 'all intact'
+    until training ended, its checkpoint never archived. It is read as not complete,
+    still training, as this version writes it; and a fetch once trained archives the
+    checkpoint."""
+    served = add_tune(standin, 1)
+    archived(standin, archive, 1)
+    document = manifest_of(archive, 1)
+    document["tune"]["trained_at"] = None
+    document["assets"] = [e for e in document["assets"] if e["kind"] != "checkpoint"]
+    document["state"] = "files_listed"
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "list", "--json", "--archive", str(archive))
+    [row] = json.loads(ran.out)["tunes"]
+    assert (row["complete"], row["state"]) == (False, "training")
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert ran.code == 0
+    assert ran.out.endswith("all intact; 1 tune still training, not complete\n")
+    assert run_fetch(standin, archive, "--all") == 0
+    written = check_manifest(archive / "manifests" / "1.json")
+    assert written["complete"] is True
+    assert blob_file(archive, served.checkpoints[0]).exists()

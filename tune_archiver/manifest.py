@@ -251,9 +251,9 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     if found != tune_id:
         raise bad(f"it is the manifest of tune {found}")
     archived_at = _field(document, "archived_at", _is_str, "a string", bad)
-    complete = _field(document, "complete", _is_bool, "true or false", bad)
-    tune = _field(document, "tune", _is_dict, "a JSON object", bad)
-    assets = _field(document, "assets", _is_list, "a list", bad)
+    complete = _field(document, "complete", _is(bool), "true or false", bad)
+    tune = _field(document, "tune", _is(dict), "a JSON object", bad)
+    assets = _field(document, "assets", _is(list), "a list", bad)
     entries = tuple(parse_entry(item, f"assets[{i}]", bad) for i, item in enumerate(assets))
     state = document.get("state")
     if state is not None and state not in STATES:
@@ -262,8 +262,12 @@ def parse(data: bytes, tune_id: int) -> Manifest:
     retrained = _field(document, "retrained", _is_retrained, "a list of tunes", bad,
                        required=False)
     unread = _field(document, "prompts_unread", _is_str, "a string", bad, required=False)
-    return Manifest(tune_id, archived_at, complete and bool(entries) and unread is None, tune,
-                    entries, state, workspace, tuple(retrained or ()), unread,
+    # Written complete before e014af3: a tune not trained yet, its checkpoint to come.
+    training = "trained_at" in tune and tune["trained_at"] is None and all(
+        entry.kind != "checkpoint" for entry in entries)
+    return Manifest(tune_id, archived_at, complete and bool(entries) and unread is None
+                    and not training, tune, entries, "training" if training else state,
+                    workspace, tuple(retrained or ()), unread,
                     {k: v for k, v in document.items() if k not in _TOP})
 
 
@@ -375,16 +379,8 @@ def _is_str(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_dict(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
-def _is_list(value: Any) -> bool:
-    return isinstance(value, list)
+def _is(kind: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, kind)
 
 
 def _shown(value: Any) -> str:
