@@ -518,6 +518,8 @@ def test_prompts_not_read_keep_the_tune_not_complete_till_a_prompts_run_reads_th
     assert line.startswith("tune-archiver: error: tune 1: prompt_image: failed: the prompts "
                            "could not be read: ")
     assert line.endswith(f"(retry: tune-archiver fetch 1 --prompts --archive {archive})")
+    assert main(["list", "--archive", str(archive)]) == 0
+    assert "2 (prompts not read)" in capsys.readouterr().out.splitlines()[1]
     assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0
     document = check_manifest(archive / "manifests" / "1.json")
     assert document["complete"] is True

@@ -51,6 +51,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "gone": gone,
         "checkpoint": checkpoint_state(found),
         "state": found.state,
+        "prompts_unread": found.prompts_unread is not None,  # not complete till read
         "workspace": found.workspace,
         "bytes": sum(blob.size for blob in archived),
         "complete": found.complete,
