@@ -1,4 +1,5 @@
-"""Damaged blobs set aside in a bucket, and a misplaced whole one put back in its place.
+"""Damaged blobs and manifests set aside in a bucket, and a misplaced whole blob put back
+in its place.
 
 A bucket has no rename: each move is a server-side copy, then a delete.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 
 from tune_archiver.errors import StorageError
-from tune_archiver.layout import DAMAGED_BLOBS, blob_key
+from tune_archiver.layout import DAMAGED, DAMAGED_BLOBS, blob_key, manifest_key
 from tune_archiver.models import Blob
+from tune_archiver.store.s3 import conditions
 from tune_archiver.store.s3.bucket import Bucket
-from tune_archiver.store.s3.errors import Absent
+from tune_archiver.store.s3.errors import Absent, Conflict
 from tune_archiver.store.s3.transfer import copy, stream
 
 
@@ -80,3 +83,54 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
                            f"{blob_key(sha256)} is not its bytes; {key} is kept")
     await bucket.delete(bucket.key(key))
     return moved
+
+
+Read = Callable[[str, str], Awaitable[tuple[bytes, str] | None]]  # (bytes, ETag) or None
+Put = Callable[..., Awaitable[None]]  # (key, data, doing, **condition)
+
+
+async def manifest_aside(bucket: Bucket, tune_id: int, stamp: str, damaged: bytes,
+                         read: Read, put: Put) -> str | None:
+    """Copy the tune's manifest to manifests/damaged/<id>-<stamp>.json (never over
+    another), then delete it, if it still holds `damaged`; returns where it went, None
+    when it holds other bytes now or is gone. A copy of those very bytes already there
+    is a set-aside killed before its delete: that one is kept, and the delete alone is
+    done (a second copy set it aside twice). With no conditional delete, the manifest's
+    ETag is read again just before: a good one written meanwhile by another machine
+    stays, and a copy this call made is withdrawn."""
+    doing, source = "set a damaged manifest aside", manifest_key(tune_id)
+    found = await read(source, doing)
+    if found is None or found[0] != damaged:
+        return None
+    # Bytes cut short on their way (a proxy) are no manifest's whole: the bucket's stays.
+    held = await bucket.size_at(bucket.key(source), doing)
+    if held not in (None, len(damaged)):
+        raise StorageError(f"cannot {doing} in {bucket}: manifests/{tune_id}.json holds "
+                           f"{held} bytes, {len(damaged)} were read; nothing moved")
+    key = await _copied_before(bucket, tune_id, damaged, read, doing)
+    made = key is None
+    if key is None:
+        key = f"{DAMAGED}/{tune_id}-{stamp}.json"
+        try:
+            await conditions.put_new(bucket, key, doing,
+                                     lambda **c: put(key, found[0], doing, **c))
+        except Conflict as exc:
+            raise StorageError(f"{key} exists already in {bucket}; nothing moved") from exc
+    again = await read(source, doing)
+    if again is None or again[1] != found[1]:  # set aside and replaced meanwhile
+        if made:
+            await bucket.delete(bucket.key(key))
+        return None
+    await bucket.delete(bucket.key(source))
+    return key
+
+
+async def _copied_before(bucket: Bucket, tune_id: int, damaged: bytes, read: Read,
+                         doing: str) -> str | None:
+    """The key in manifests/damaged/ of the tune's that holds `damaged`, byte for byte."""
+    async for key, item in bucket.list(DAMAGED):
+        if key.startswith(f"{DAMAGED}/{tune_id}-") and item["Size"] == len(damaged):
+            copy = await read(key, doing)
+            if copy is not None and copy[0] == damaged:
+                return key
+    return None

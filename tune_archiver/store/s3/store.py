@@ -346,29 +346,10 @@ class S3Store:
 
     async def set_aside_manifest(self, tune_id: int, stamp: str, damaged: bytes) -> str | None:
         """Copy the manifest to manifests/damaged/<id>-<stamp>.json (never over another),
-        then delete it, if it still holds `damaged` (see Store.set_aside_manifest). With
-        no conditional delete, its ETag is read again just before: a good manifest
-        written meanwhile by another machine stays."""
-        key, doing = f"{DAMAGED}/{tune_id}-{stamp}.json", "set a damaged manifest aside"
-        found = await self._read(manifest_key(tune_id), doing)
-        if found is None or found[0] != damaged:
-            return None
-        # Bytes cut short on their way (a proxy) are no manifest's whole: the bucket's stays.
-        held = await self.bucket.size_at(self.bucket.key(manifest_key(tune_id)), doing)
-        if held not in (None, len(damaged)):
-            raise StorageError(f"cannot {doing} in {self}: manifests/{tune_id}.json holds "
-                               f"{held} bytes, {len(damaged)} were read; nothing moved")
-        try:
-            await conditions.put_new(self.bucket, key, doing,
-                                     lambda **c: self._put(key, found[0], doing, **c))
-        except Conflict as exc:
-            raise StorageError(f"{key} exists already in {self}; nothing moved") from exc
-        again = await self._read(manifest_key(tune_id), doing)
-        if again is None or again[1] != found[1]:  # set aside and replaced meanwhile
-            await self.bucket.delete(self.bucket.key(key))
-            return None
-        await self.bucket.delete(self.bucket.key(manifest_key(tune_id)))
-        return key
+        then delete it, if it still holds `damaged` (see Store.set_aside_manifest): the
+        move a killed run began is finished (see aside.manifest_aside)."""
+        return await aside.manifest_aside(self.bucket, tune_id, stamp, damaged,
+                                          self._read, self._put)
 
     async def damaged_manifests(self) -> list[str]:
         """The manifests set aside as damaged, by key under the prefix. A key ending in
