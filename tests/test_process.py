@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -513,3 +514,53 @@ def test_a_damaged_manifest_a_killed_fetch_linked_aside_is_set_aside_once(
     assert [(p.name, p.read_bytes()) for p in aside.iterdir()] == [(first.name, damaged)]
     assert not (archive / "manifests" / "1.json").exists()
     assert run_fetch(standin, archive, "1") == 0
+
+
+_KILLED_CLAIMING_ASIDE = """
+import errno, os, signal, sys
+from tune_archiver.cli.main import main
+
+def no_link(*args, **kwargs):
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+rename = os.rename
+def killed_before_the_rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+    if src == "1.json":  # its name in manifests/damaged/ claimed already
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+os.link, os.rename = no_link, killed_before_the_rename
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_empty_claim_a_fetch_killed_setting_aside_left_is_taken_over(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without hard links (exFAT, FAT) a damaged manifest's name in manifests/damaged/ is
+    claimed, an empty file, before the manifest is renamed over it: a SIGKILL between
+    the two left the claim, and the next fetch set the manifest aside under a name of
+    its own, so the empty file stayed for good, named by verify as a manifest set aside
+    and stopping gc until removed by hand. The next set-aside now renames over it."""
+    archive = tmp_path / "archive"
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_CLAIMING_ASIDE, "fetch", "1",
+                             "--archive", str(archive), "--api-url", standin.api_url],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    aside = archive / "manifests" / "damaged"
+    [claim] = list(aside.iterdir())
+    assert claim.read_bytes() == b""
+
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link)
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", clock=lambda: datetime.now(UTC) + DAY) == 1
+    assert f"set aside as manifests/damaged/{claim.name};" in capsys.readouterr().err
+    assert [(p.name, p.read_bytes()) for p in aside.iterdir()] == [(claim.name, damaged)]
+    assert not (archive / "manifests" / "1.json").exists()

@@ -272,7 +272,7 @@ def move_manifest_aside(root: Path, key: str, aside: str) -> str:
                 new = before
                 os.unlink(file, dir_fd=source)
             else:
-                _link_or_rename(source, file, target, new)
+                new = _link_or_rename(source, file, target, new)
             os.fsync(target)
             os.fsync(source)
         finally:
@@ -295,16 +295,24 @@ def _linked_before(source: int, file: str, target: int) -> str | None:
     return None
 
 
-def _link_or_rename(source: int, file: str, target: int, new: str) -> None:
+def _link_or_rename(source: int, file: str, target: int, new: str) -> str:
+    """Link `file` to `new` in `target`, then unlink it; where there are no hard links,
+    rename it over the name claimed, or over an empty claim of the tune's a move killed
+    before its rename left (else kept for good: verify naming it, gc refusing to run).
+    Returns the name it has in `target`."""
     try:
         os.link(file, new, src_dir_fd=source, dst_dir_fd=target, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in NO_HARD_LINKS:
             raise
         # A filesystem without hard links (exFAT, FAT, some FUSE ones): the name
-        # is claimed (O_EXCL, never another set aside), then renamed over.
-        os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
-                         PRIVATE_FILE, dir_fd=target))
+        # is claimed (O_EXCL, never another set aside), then renamed over. The
+        # caller holds the tune's lock: an empty claim of the tune's is no live run's.
+        if (claimed := _claimed_before(target, new.split("-", 1)[0])) is None:
+            os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW,
+                             PRIVATE_FILE, dir_fd=target))
+        else:
+            new = claimed
         try:
             os.rename(file, new, src_dir_fd=source, dst_dir_fd=target)
         except OSError:
@@ -315,3 +323,15 @@ def _link_or_rename(source: int, file: str, target: int, new: str) -> None:
             raise
     else:
         os.unlink(file, dir_fd=source)
+    return new
+
+
+def _claimed_before(target: int, tune: str) -> str | None:
+    """The name of an empty regular file <tune>-*.json in `target` (never a link)."""
+    with os.scandir(target) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith(f"{tune}-") and entry.name.endswith(".json") and \
+                    entry.is_file(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_size == 0:
+                return entry.name
+    return None
