@@ -16,7 +16,13 @@ import pytest
 
 from tests.s3server import REGION, MotoS3, aws_env_fixture, moto_s3_fixture  # noqa: F401  (fixtures)
 from tests.standin import StandIn
-from tests.test_s3_archive import S3Archive, add_tune, fetch
+from tests.test_s3_archive import (
+    S3Archive,
+    add_tune,
+    archived_then_misplaced,
+    fetch,
+    tune_archiver,
+)
 
 
 @pytest.fixture(name="s3")
@@ -79,3 +85,62 @@ def test_a_damaged_manifest_a_killed_fetch_copied_aside_is_set_aside_once(
     assert s3.get(name) == damaged
     assert s3.keys("manifests/") == [first]
     assert fetch(standin, s3, "1") == 0
+
+
+_KILLED_PUTTING_BACK = """
+import os, signal, sys
+from tune_archiver.cli.main import main
+from tune_archiver.store.s3.bucket import Bucket
+
+delete = Bucket.delete
+async def killed_before_the_delete(self, key):
+    if "/objects/sha256/zz/" in key:  # copied to its place already
+        os.kill(os.getpid(), signal.SIGKILL)
+    await delete(self, key)
+Bucket.delete = killed_before_the_delete
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def put_back_killed(standin: StandIn, s3: S3Archive) -> tuple[str, bytes, str]:
+    """Tune 1's checkpoint found at a wrong place, put back by a verify --repair killed
+    before it deleted the stray: the blob's key, its bytes and the stray's key."""
+    checkpoint, data, stray = archived_then_misplaced(standin, s3)
+    killed(standin, s3, _KILLED_PUTTING_BACK, "verify", "--repair")
+    assert s3.get(checkpoint["path"]) == data
+    assert s3.get(stray) == data
+    return checkpoint["path"], data, stray
+
+
+def test_the_copy_a_killed_put_back_left_at_a_wrong_place_is_swept_by_gc(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bucket has no rename: a put-back copies the stray to the blob's place, then
+    deletes it. A SIGKILL between the two left the stray, a whole copy of a photo or
+    checkpoint, for good: verify found nothing amiss, gc listed nothing, and once the
+    tune was forgotten gc took the blob and the copy stayed. gc now sweeps a stray a day
+    old whose blob is whole at its place, before it removes blobs."""
+    _, _, stray = put_back_killed(standin, s3)
+    assert tune_archiver(s3, "verify") == 0
+    assert tune_archiver(s3, "forget", "1") == 0
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", "--dry-run", clock=lambda: later) == 0
+    assert f"{s3.prefix}/{stray}" in capsys.readouterr().out
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert s3.keys("objects/") == []
+
+
+def test_a_stray_whose_blob_is_damaged_at_its_place_is_kept_by_gc(
+    standin: StandIn, s3: S3Archive
+) -> None:
+    """The stray may be the one whole copy: its blob's place holding other bytes of its
+    size, gc keeps it, and verify --repair puts it back."""
+    path, data, stray = put_back_killed(standin, s3)
+    s3.put(path, bytes([data[0] ^ 0xFF]) + data[1:])
+    later = datetime.now(UTC) + timedelta(days=3)
+    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    assert s3.get(stray) == data
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url) == 0
+    assert s3.get(path) == data
+    assert f"{s3.prefix}/{stray}" not in s3.keys("objects/")

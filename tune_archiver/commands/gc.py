@@ -82,13 +82,14 @@ async def collect(
         if dry_run:
             report.blobs, report.partials = unreferenced, partials
         else:
-            await _remove_blobs(store, unreferenced, young, report.blobs, report.failed, held)
-            report.partials = await staging.remove_stale(cutoff, report.failed)
             # each upload swept is said, those before a failure part way too; a bucket
             # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
-            # is said as well, after what gc removed
+            # is said as well, and gc goes on. Before the blobs: a bucket's copy a killed
+            # put-back left at a wrong place is known for one only while its blob is there
             await _or_failed(store.remove_stale_uploads(cutoff, report.partials),
                              report.failed, [], refused=(StorageError, Denied))
+            await _remove_blobs(store, unreferenced, young, report.blobs, report.failed, held)
+            report.partials[:0] = await staging.remove_stale(cutoff, report.failed)
     return report
 
 

@@ -370,7 +370,8 @@ class S3Store:
 
     async def stale_uploads(self, older_than: datetime) -> list[tuple[str, int]]:
         """(description, bytes) of temp objects and unfinished multipart uploads to the
-        store's own keys that were started before `older_than` (an aware datetime)."""
+        store's own keys that were started before `older_than` (an aware datetime), and
+        strays a killed put-back left of blobs whole at their place (see leftovers.py)."""
         return await leftovers.stale(self.bucket, older_than, remove=False)
 
     async def remove_stale_uploads(
