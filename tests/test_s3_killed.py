@@ -20,6 +20,7 @@ from tests.test_s3_archive import (
     S3Archive,
     add_tune,
     archived_then_misplaced,
+    archived_then_rotted,
     fetch,
     tune_archiver,
 )
@@ -144,3 +145,38 @@ def test_a_stray_whose_blob_is_damaged_at_its_place_is_kept_by_gc(
     assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url) == 0
     assert s3.get(path) == data
     assert f"{s3.prefix}/{stray}" not in s3.keys("objects/")
+
+
+_KILLED_SETTING_BLOB_ASIDE = """
+import os, signal, sys
+from tune_archiver.cli.main import main
+from tune_archiver.store.s3.bucket import Bucket
+
+delete = Bucket.delete
+async def killed_before_the_delete(self, key):
+    if "/objects/sha256/" in key:  # copied to tmp/damaged/ already
+        os.kill(os.getpid(), signal.SIGKILL)
+    await delete(self, key)
+Bucket.delete = killed_before_the_delete
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_damaged_blob_a_killed_repair_copied_aside_is_set_aside_once(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGKILL met verify --repair setting a damaged checkpoint aside between its copy
+    to tmp/damaged/ and the delete of its blob: the next repair copied it aside again
+    under its own time, a second copy of gigabytes in tmp/damaged/, which gc keeps for
+    good. It now finishes the move the killed run began: one copy, under its first name."""
+    served, checkpoint, damaged = archived_then_rotted(standin, s3)
+    killed(standin, s3, _KILLED_SETTING_BLOB_ASIDE, "verify", "--repair")
+    [first] = s3.keys("tmp/damaged/")
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=1)
+    assert tune_archiver(s3, "verify", "--repair", "--api-url", standin.api_url,
+                         clock=lambda: later) == 0
+    assert first.split("/", 1)[1] in capsys.readouterr().out
+    assert s3.keys("tmp/damaged/") == [first]
+    assert s3.get(first.split("/", 1)[1]) == damaged
+    assert s3.get(checkpoint["path"]) == served[checkpoint["url"]]

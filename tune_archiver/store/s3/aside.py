@@ -27,6 +27,10 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
         found = await bucket.head(bucket.key(key), "set a damaged blob aside")
         if found is None:
             continue
+        if (before := await _blob_copied_before(bucket, sha256, key, found[0])) is not None:
+            await bucket.delete(bucket.key(key))  # a set-aside killed before its delete
+            moved.append(before)
+            continue
         target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
         with bucket.translated("set a damaged blob aside"):  # part by part past copy_limit
             await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
@@ -43,6 +47,30 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
         await bucket.delete(bucket.key(key))
         moved.append(target)
     return moved
+
+
+async def _blob_copied_before(bucket: Bucket, sha256: str, key: str, size: int) -> str | None:
+    """The key in tmp/damaged/ of a copy of the object at `key`, byte for byte: one a
+    set-aside killed between its copy and its delete made (a second copy, of a
+    checkpoint of gigabytes, kept for good). Both are read only when sizes match."""
+    held: str | None = None
+    async for aside_key, item in bucket.list(DAMAGED_BLOBS):
+        if aside_key.startswith(f"{DAMAGED_BLOBS}/{sha256}-") and item["Size"] == size:
+            held = held or await _digest(bucket, sha256, key)
+            if held is not None and await _digest(bucket, sha256, aside_key) == held:
+                return aside_key
+    return None
+
+
+async def _digest(bucket: Bucket, sha256: str, key: str) -> str | None:
+    """The sha256 of the object at `key` (of the blob `sha256`'s), read; None if gone."""
+    digest = hashlib.sha256()
+    try:
+        await stream(bucket, sha256, "set a damaged blob aside", digest.update,
+                     lambda n: None, key=key)
+    except Absent:
+        return None
+    return digest.hexdigest()
 
 
 async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[str] | None:
