@@ -480,3 +480,37 @@ def test_a_forget_that_cannot_remove_the_journal_keeps_the_manifest(
     assert ran.code != 0
     assert "not forgotten, its manifest kept" in ran.err
     assert (archive / "manifests" / "1.json").exists()
+
+
+def test_forget_of_a_tune_a_stopped_first_fetch_left_only_a_journal_forgets_it(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first fetch of tune 1 killed before its manifest leaves the tune's journal
+    alone: `forget 1` said 'tune 1: not in the archive' (exit 1) and left the journal,
+    so the daily `fetch --all`, the tune deleted upstream meanwhile, wrote the forgotten
+    tune's manifest from it (exit 1) and gc kept its blobs. forget removes the journal,
+    names the tune, exit 0; the next fetch records nothing and gc frees the blobs."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    # a link planted at a journal's name vouches for nothing, as a fetch ignores it
+    (archive / "tmp" / "9.committed").symlink_to(archive / "tmp" / "1.committed")
+    planted = cli(capsys, "forget", "9", "--archive", str(archive))
+    assert (planted.code, planted.errors) == (1, ["tune-archiver: error: tune 9: not in the "
+                                                  "archive"])
+    (archive / "tmp" / "9.committed").unlink()
+    dry = cli(capsys, "forget", "1", "--dry-run", "--archive", str(archive))
+    assert dry.code == 0, dry.err
+    assert "journal of the files a stopped fetch committed of tune 1" in dry.out
+    assert journal_lines(archive)
+    forgot = cli(capsys, "forget", "1", "--archive", str(archive), "--json")
+    assert forgot.code == 0, forgot.err
+    assert json.loads(forgot.out)["removed"] == [{"tune_id": 1, "title": "Tune 1"}]
+    assert not (archive / "tmp" / "1.committed").exists()
+    del standin.tunes[1]
+    ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert not (archive / "manifests" / "1.json").exists()
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert not any(blob_file(archive, data).exists() for data in images)

@@ -365,7 +365,9 @@ def export_summary(result: ExportResult) -> str:
 
 def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
     verb = "would remove" if dry_run else "removed"
-    lines = [f"{verb} the manifest of tune {tune_id}" + (f" ({title})" if title else "")
+    lines = [f"{verb} the " + ("journal of the files a stopped fetch committed"
+                               if tune_id in found.journal_only else "manifest")
+             + f" of tune {tune_id}" + (f" ({title})" if title else "")
              for tune_id, title in found.removed]
     lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
                  "no other tune uses")

@@ -26,6 +26,8 @@ class ForgetReport:
     removed."""
 
     removed: list[tuple[int, str | None]] = field(default_factory=list)  # (id, title)
+    # Of those, the tunes with no manifest, only the journal of a stopped fetch's files.
+    journal_only: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
 
@@ -49,31 +51,41 @@ async def forget(
     expiry is unknown). The tune's journal in the `archive`'s staging folder goes too:
     the next fetch would record the files a stopped run committed, the tune back."""
     report = ForgetReport()
+    journals = None if archive is None else Journals(staging_for(archive).directory, archive)
+    titles: dict[int, str | None] = {}  # the tunes a stopped fetch's journal alone names
     async with store.locked(exclusive=True, waiting=waiting):
         archived = set(await store.manifest_ids())
         if keep_within is None:
             chosen = list(dict.fromkeys(tune_ids))
-            report.unknown = [i for i in chosen if i not in archived]
-            chosen = [i for i in chosen if i in archived]
+            # A stopped first fetch left a journal and no manifest: the next fetch would
+            # record the tune from it, so it is forgotten too, not "not in the archive".
+            # (One that records no file of it, a link planted there, vouches for nothing.)
+            journaled = await journals.tune_ids() if journals is not None else set()
+            titles = {i: tune.title for i in chosen if i in journaled - archived
+                      if journals and (tune := await journals.tune(i)) is not None}
+            report.journal_only = list(titles)
+            report.unknown = [i for i in chosen if i not in archived and i not in titles]
+            chosen = [i for i in chosen if i in archived or i in titles]
         else:
             chosen = [i for i in sorted(archived) if await _expired(store, i, now - keep_within)]
         for tune_id in chosen:
-            title = await _title(store, tune_id)
+            only = tune_id in report.journal_only
+            title = titles[tune_id] if only else await _title(store, tune_id)
             if not dry_run:
                 # The journal first: a kill between the two left it with no manifest, and
                 # forget again said the tune not archived while the next fetch took it back.
-                if archive is not None:
-                    journals = Journals(staging_for(archive).directory, archive)
+                if journals is not None:
                     try:
                         await journals.remove(tune_id)
                     except OSError as exc:  # a folder planted there: the manifest stays,
                         report.failed.append((tune_id, (  # or the next fetch took it back
                             f"tune {tune_id}: {journals.path(tune_id)}, the files a stopped "
                             f"fetch committed, could not be removed ({exc.strerror}): not "
-                            "forgotten, its manifest kept")))
+                            f"forgotten{'' if only else ', its manifest kept'}")))
                         continue
                 try:
-                    await store.delete_manifest(tune_id)
+                    if not only:
+                        await store.delete_manifest(tune_id)
                 # This tune's alone (a folder planted at its manifest's place, a bucket
                 # refusing that one object): the others are still forgotten.
                 except (StorageError, Denied) as exc:
@@ -104,3 +116,4 @@ async def _title(store: Store, tune_id: int) -> str | None:
     except (StorageError, Denied):
         return None
     return found.title if found is not None else None
+
