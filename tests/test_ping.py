@@ -247,3 +247,27 @@ def test_a_tune_out_of_reach_beside_unchanged_ones_is_named(
     assert monitor.pings[-1] == ("POST", "/ping/abc-uuid/fail",
                                  "tune-archiver fetch: exit 4; the run stopped; 3 tunes done, "
                                  "1 failed: 3\n")
+
+
+def test_a_usage_error_pings_fail(
+    tmp_path: Path, monitor: Monitor, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A cron line that no longer parses (an option mistyped or renamed, a
+    TUNE_ARCHIVER_<OPTION> set wrong) exits 2 every night, and the monitor was told
+    nothing: a job that never ran looked like one it only had not heard from yet. It is
+    told at once, as of any exit 2 (from --ping-url as given, or the environment); a
+    command that takes no --ping-url (gc) sends none."""
+    fail = ("POST", "/ping/abc-uuid/fail", "tune-archiver fetch: exit 2\n")
+    assert main(["fetch", "1", "--bogus", "--ping-url", monitor.url]) == 2
+    assert monitor.pings == [fail]
+    assert main(["verify", f"--ping-url={monitor.url}", "not-an-id"]) == 2
+    assert monitor.pings[1:] == [("POST", "/ping/abc-uuid/fail", "tune-archiver verify: exit 2\n")]
+    monkeypatch.setenv("TUNE_ARCHIVER_PING_URL", monitor.url)
+    monkeypatch.setenv("TUNE_ARCHIVER_CONCURRENCY", "0")
+    assert main(["fetch", "1", "--archive", str(tmp_path / "a")]) == 2
+    assert monitor.pings[2:] == [fail]
+    assert main(["gc", "--bogus"]) == 2
+    assert len(monitor.pings) == 3
+    assert "see tune-archiver gc --help" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune_archiver.cli import printing, report, table, terminal
-from tune_archiver.cli.envopts import apply_env, switched_on
+from tune_archiver.cli.envopts import apply_env
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
@@ -42,6 +42,7 @@ from tune_archiver.cli.running import (
     with_streams,
 )
 from tune_archiver.cli.scale import AUTO, check_forget, filters_of, shard_from_env
+from tune_archiver.cli.usage import said_usage_error
 from tune_archiver.cli.verdict import said_if_stopped, said_repaired, said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
@@ -95,13 +96,8 @@ def main(
         if args.command == "forget":
             check_forget(parser, args)
     except UsageError as exc:
-        print_error(str(exc), [])
         named = next((word for word in words if word in HANDLERS), None)
-        hint = f"see tune-archiver {named + ' ' if named else ''}--help"
-        print(hint, file=sys.stderr)  # noqa: T201 (a hint, not an error line)
-        if "--json" in words or switched_on(os.environ, "--json"):
-            print_json({"ok": False, "error": str(exc)}, [])
-        return Exit.USAGE
+        return said_usage_error(str(exc), words, named)
     except SystemExit as exc:  # argparse has printed the help or the version
         return Exit.USAGE if exc.code else Exit.OK
     # Every command scrubs the keys it can see: an older version's manifest may hold one.
