@@ -15,14 +15,8 @@ from tests.test_journal import GONE, expire, images_of, stopped_after_the_images
 from tune_archiver.download import journal
 
 
-def test_gc_removes_no_blob_while_a_journal_cannot_be_read(
-    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A stopped run's journal the disk fails to read (EIO) was taken for one naming no
-    blob: gc removed the images it alone named, exit 0, nothing said."""
-    archive = tmp_path / "archive"
-    images = stopped_after_the_images(standin, archive)
+def unreadable_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune 1's journal fails to open from now on: the disk's EIO."""
     open_own = journal.open_own
 
     def failing(path: Path, flags: int) -> int:
@@ -31,6 +25,17 @@ def test_gc_removes_no_blob_while_a_journal_cannot_be_read(
         return open_own(path, flags)
 
     monkeypatch.setattr(journal, "open_own", failing)
+
+
+def test_gc_removes_no_blob_while_a_journal_cannot_be_read(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped run's journal the disk fails to read (EIO) was taken for one naming no
+    blob: gc removed the images it alone named, exit 0, nothing said."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    unreadable_journal(monkeypatch)
     later = datetime.now(UTC) + timedelta(hours=2)
     ran = cli(capsys, "gc", "--archive", str(archive), now=later)
     assert ran.code == 1
@@ -57,13 +62,7 @@ def test_a_fetch_that_cannot_read_a_journal_says_no_file_gone_it_may_hold(
     images = stopped_after_the_images(standin, archive)
     expire(standin)
     open_own = journal.open_own
-
-    def failing(path: Path, flags: int) -> int:
-        if path.name == "1.committed":
-            raise OSError(errno.EIO, "Input/output error")
-        return open_own(path, flags)
-
-    monkeypatch.setattr(journal, "open_own", failing)
+    unreadable_journal(monkeypatch)
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
     fetch = ("fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
     ran = cli(capsys, *fetch)

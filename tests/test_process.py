@@ -488,6 +488,21 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def a_fetch_killed_setting_aside(standin: StandIn, archive: Path, script: str) -> bytes:
+    """Tune 1 archived, its manifest then damaged, and a fetch (`script`) killed while
+    it set that manifest aside: the damaged bytes."""
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
+    (archive / "manifests" / "1.json").write_bytes(damaged)
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
+    killed = subprocess.run([sys.executable, "-c", script, "fetch", "1",
+                             "--archive", str(archive), "--api-url", standin.api_url],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return damaged
+
+
 def test_a_damaged_manifest_a_killed_fetch_linked_aside_is_set_aside_once(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -496,15 +511,7 @@ def test_a_damaged_manifest_a_killed_fetch_linked_aside_is_set_aside_once(
     again under its own time, two copies of one manifest in manifests/damaged/ to look
     at. It now finishes the move the killed run began: one copy, under its first name."""
     archive = tmp_path / "archive"
-    add_tune(standin, 1)
-    assert run_fetch(standin, archive, "1") == 0
-    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
-    (archive / "manifests" / "1.json").write_bytes(damaged)
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
-    killed = subprocess.run([sys.executable, "-c", _KILLED_SETTING_ASIDE, "fetch", "1",
-                             "--archive", str(archive), "--api-url", standin.api_url],
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    damaged = a_fetch_killed_setting_aside(standin, archive, _KILLED_SETTING_ASIDE)
     aside = archive / "manifests" / "damaged"
     [first] = list(aside.iterdir())
     assert (archive / "manifests" / "1.json").read_bytes() == damaged
@@ -542,15 +549,7 @@ def test_the_empty_claim_a_fetch_killed_setting_aside_left_is_taken_over(
     its own, so the empty file stayed for good, named by verify as a manifest set aside
     and stopping gc until removed by hand. The next set-aside now renames over it."""
     archive = tmp_path / "archive"
-    add_tune(standin, 1)
-    assert run_fetch(standin, archive, "1") == 0
-    damaged = b'{"schema_version": 1, "tune_id": 1, "assets": 5}'
-    (archive / "manifests" / "1.json").write_bytes(damaged)
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key}
-    killed = subprocess.run([sys.executable, "-c", _KILLED_CLAIMING_ASIDE, "fetch", "1",
-                             "--archive", str(archive), "--api-url", standin.api_url],
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    damaged = a_fetch_killed_setting_aside(standin, archive, _KILLED_CLAIMING_ASIDE)
     aside = archive / "manifests" / "damaged"
     [claim] = list(aside.iterdir())
     assert claim.read_bytes() == b""

@@ -81,9 +81,10 @@ class S3Archive:
         return document
 
 
-@pytest.fixture
-def s3(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
-       monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Archive]:
+@pytest.fixture(name="s3")
+def s3_fixture(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Archive]:
+    """A fresh bucket, its archive URL, a plain client."""
     monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
     client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
     bucket = f"archive-{uuid.uuid4().hex[:12]}"

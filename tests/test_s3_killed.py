@@ -6,12 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests.s3server import REGION, MotoS3, aws_env_fixture, moto_s3_fixture  # noqa: F401  (fixtures)
@@ -22,21 +19,9 @@ from tests.test_s3_archive import (
     archived_then_misplaced,
     archived_then_rotted,
     fetch,
+    s3_fixture,  # noqa: F401  (the fixture)
     tune_archiver,
 )
-
-
-@pytest.fixture(name="s3")
-def s3_fixture(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Archive]:
-    """As test_s3_archive's: a fresh bucket, its archive URL, a plain client."""
-    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
-    bucket = f"archive-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    yield S3Archive(f"s3://{bucket}/backups", moto_s3.endpoint, bucket, "backups", client)
-    client.close()
-
 
 _KILLED_SETTING_ASIDE = """
 import os, signal, sys
