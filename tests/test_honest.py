@@ -304,7 +304,7 @@ def test_a_failure_of_a_tune_about_to_expire_says_how_long_is_left(
     said = [line for line in err if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
                     f"deletes it in 5h 30m: run tune-archiver fetch 1 --archive {archive} "
-                    "again before then"]
+                    f"--api-url {standin.api_url} again before then"]
     assert any(line.startswith("tune-archiver: error: tune 2 (Tune 2): training_image")
                for line in err)
 
@@ -320,7 +320,7 @@ def test_a_prompt_file_failing_hours_before_deletion_names_the_prompts_run(
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
                     "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts --archive "
-                    f"{archive} again before then"]
+                    f"{archive} --api-url {standin.api_url} again before then"]
 
 
 def test_prompts_unread_hours_before_deletion_name_the_prompts_run(
@@ -337,7 +337,7 @@ def test_prompts_unread_hours_before_deletion_name_the_prompts_run(
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
                     "deletes it in 5h 30m: run tune-archiver fetch 1 --prompts --archive "
-                    f"{archive} again before then"]
+                    f"{archive} --api-url {standin.api_url} again before then"]
 
 
 @pytest.mark.parametrize("expires_at", ["2026-12-10T12:00:45Z", "2026-12-10T12:00:00.500Z"])
@@ -353,7 +353,7 @@ def test_a_failure_of_a_tune_deleted_within_a_minute_says_under_a_minute(
     said = [line for line in capsys.readouterr().err.splitlines() if "deletes it" in line]
     assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and Astria "
                     "deletes it in under a minute: run tune-archiver fetch 1 --archive "
-                    f"{archive} again before then"]
+                    f"{archive} --api-url {standin.api_url} again before then"]
 
 
 def test_json_says_how_long_each_tune_has_left(

@@ -26,9 +26,9 @@ from tune_archiver.cli.printing import (
     print_out,
     said_skipping_hashes,
 )
+from tune_archiver.cli.rerun import rerun_options
 from tune_archiver.cli.running import (
     Interrupted,
-    archive_option,
     configure_logging,
     fit_open_files,
     in_archive,
@@ -246,7 +246,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
     """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
-    for line in report.fetch_errors(result, archive_option(args)):
+    for line in report.fetch_errors(result, rerun_options(args)):
         print_error(line, secrets)
     for line in report.fetch_warnings(result):
         log.warning("warning: %s", line)

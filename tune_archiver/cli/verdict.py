@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from tune_archiver.cli import report
 from tune_archiver.cli.exits import Exit, for_error
 from tune_archiver.cli.printing import emit, print_error
-from tune_archiver.cli.running import Interrupted, archive_option
+from tune_archiver.cli.rerun import rerun_options
+from tune_archiver.cli.running import Interrupted
 from tune_archiver.commands.verify import VerifyReport
 from tune_archiver.errors import ArchiverError
 from tune_archiver.progress import Progress
@@ -32,7 +33,7 @@ def said_verified(args: argparse.Namespace, secrets: list[str], found: VerifyRep
     whole = found.ok and not (args.strict and found.gone) and refused is None
     args.summary = report.verify_counts(found.tunes, found, args.strict)
     document = {**report.verify_json(found), "ok": whole}
-    errors = report.verify_problems(found, args.strict, archive_option(args))
+    errors = report.verify_problems(found, args.strict, rerun_options(args))
     if refused is not None:
         document["error"] = str(refused)
     emit(args, secrets, errors, document, [report.verify_summary(found, args.strict)],
@@ -53,9 +54,9 @@ def said_repaired(args: argparse.Namespace, secrets: list[str], found: VerifyRep
     args.summary = report.verify_counts(found.tunes, mended.after, args.strict,
                                         [r.tune_id for r in mended.fetched if not r.ok])
     document = {**report.repair_json(found, mended), "ok": whole}
-    errors = report.repair_errors(mended, args.strict, archive_option(args))
+    errors = report.repair_errors(mended, args.strict, rerun_options(args))
     if mended.stopped is not None:  # what verify found first, as a stop before it says
-        errors = report.verify_problems(found, args.strict, archive_option(args)) + errors
+        errors = report.verify_problems(found, args.strict, rerun_options(args)) + errors
         document["error"] = str(mended.stopped)
     emit(args, secrets, errors, document, report.repair_lines(found, mended, args.strict),
          mended.stopped)
@@ -76,7 +77,7 @@ def said_if_stopped(args: argparse.Namespace, secrets: list[str], progress: Prog
     except Interrupted as stop:
         progress.close()  # the bar goes before the lines
         for found in seen:
-            for line in report.verify_problems(found, args.strict, archive_option(args)):
+            for line in report.verify_problems(found, args.strict, rerun_options(args)):
                 print_error(line, secrets)
             stop.done = {**report.verify_json(found), "ok": False}
             args.summary = report.verify_counts(found.tunes, found, args.strict)

@@ -1,0 +1,99 @@
+"""A command a line says to run works when pasted by hand: it names what the run needed to
+reach the API (--api-key-file, --workspace, --api-url), never the key itself."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, cli
+from tests.standin import StandIn
+
+NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+
+
+def said_command(line: str, start: str, end: str) -> list[str]:
+    """The words of the command a line says to run, between `start` and `end`, as a
+    shell reads them (the 'tune-archiver' first left out)."""
+    words = shlex.split(line.split(start, 1)[1].rsplit(end, 1)[0])
+    assert words[0] == "tune-archiver"
+    return words[1:]
+
+
+@pytest.fixture
+def key_file(standin: StandIn, tmp_path: Path) -> Path:
+    path = tmp_path / "astria keys" / "the key"
+    path.parent.mkdir()
+    path.write_text(standin.api_key + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_fetch_advice_for_a_tune_about_to_expire_reaches_its_workspace(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path, key_file: Path
+) -> None:
+    """A cron line with --api-key-file and --workspace whose tune failed hours before
+    Astria deletes it said 'run tune-archiver fetch 1 --archive A again before then':
+    pasted by hand, that run had no key ("no API key", exit 2), and with one, asked in the
+    personal scope, where the tune is not listed. It names both now, and works."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.tune_workspaces[1] = "5"
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    archive = tmp_path / "archive"
+    ran = cli(capsys, "fetch", "1", "-q", "--archive", str(archive), "--api-key-file",
+              str(key_file), "--workspace", "5", "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 1
+    [line] = [line for line in ran.errors if "deletes it" in line]
+    assert standin.api_key not in line
+    argv = said_command(line, ": run ", " again before then")
+    standin.add_file("late.jpg", os.urandom(3_000))
+    os.chdir(tmp_path / "astria keys")  # by hand, from another folder
+    assert cli(capsys, *argv, now=NOW).code == 0
+
+
+def test_verify_repair_advice_carries_the_api_options(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path, key_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify --repair's '(retry: tune-archiver fetch 1 ...)' for a file it could not get
+    names the key file and the workspace given as TUNE_ARCHIVER_<OPTION>s (a crontab's
+    environment, not the shell's a user pastes into), and not the key."""
+    add_tune(standin, 1)
+    standin.tune_workspaces[1] = "5"
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    archive = tmp_path / "archive"
+    monkeypatch.setenv("TUNE_ARCHIVER_API_KEY_FILE", str(key_file))
+    monkeypatch.setenv("TUNE_ARCHIVER_WORKSPACE", "5")
+    monkeypatch.setenv("TUNE_ARCHIVER_API_URL", standin.api_url)
+    assert cli(capsys, "fetch", "1", "--archive", str(archive)).code == 1
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive))
+    assert ran.code == 1
+    [line] = [line for line in ran.errors if "(retry: " in line]
+    assert standin.api_key not in line
+    argv = said_command(line, "(retry: ", ")")
+    for name in ("TUNE_ARCHIVER_API_KEY_FILE", "TUNE_ARCHIVER_WORKSPACE",
+                 "TUNE_ARCHIVER_API_URL"):
+        monkeypatch.delenv(name)
+    standin.add_file("late.jpg", os.urandom(3_000))
+    assert cli(capsys, *argv).code == 0
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_a_key_from_the_environment_stays_there(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ASTRIA_API_KEY is never written into a command a line says to run."""
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    ran = cli(capsys, "fetch", "1", "-q", "--archive", str(tmp_path / "a"), "--api-url",
+              standin.api_url, now=NOW)
+    [line] = [line for line in ran.errors if "deletes it" in line]
+    assert standin.api_key not in line
+    assert said_command(line, ": run ", " again before then") == [
+        "fetch", "1", "--archive", str(tmp_path / "a"), "--api-url", standin.api_url]

@@ -1,0 +1,31 @@
+"""The options a command a line tells the user to run needs to repeat this run's: the
+archive (running.archive_option), and what reached the API. Pasted by hand, from a
+shell that is not the cron line's, `fetch 1 --archive A` had no key ("no API key") or
+asked in the personal scope, where a workspace's tune is not listed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from tune_archiver.astria.cli_config import ENV_PROFILE, ENV_WORKSPACE
+from tune_archiver.cli.running import archive_option
+from tune_archiver.config import ENV_API_URL
+from tune_archiver.text import shell_word
+
+
+def rerun_options(args: argparse.Namespace) -> str:
+    """` --archive A --api-key-file F --profile P --workspace W --api-url U`, each one
+    the run was given (an option, its TUNE_ARCHIVER_<OPTION>, or ASTRIA_API_URL,
+    ASTRIA_WORKSPACE_ID, ASTRIA_PROFILE), quoted for the shell. Never the key: the key
+    file's absolute path names it; ASTRIA_API_KEY stays in the environment."""
+    env = os.environ
+    key_file = getattr(args, "api_key_file", None)
+    given = {
+        "--api-key-file": None if key_file is None else os.path.abspath(key_file),
+        "--profile": getattr(args, "profile", None) or env.get(ENV_PROFILE, "").strip(),
+        "--workspace": getattr(args, "workspace", None) or env.get(ENV_WORKSPACE, "").strip(),
+        "--api-url": getattr(args, "api_url", None) or env.get(ENV_API_URL, "").strip(),
+    }
+    return archive_option(args) + "".join(
+        f" {option} {shell_word(value)}" for option, value in given.items() if value)
