@@ -52,6 +52,19 @@ def test_options_come_from_the_environment(
     assert json.loads(capsys.readouterr().out) == {"tunes": []}
 
 
+def test_tune_archiver_archive_wins_over_tune_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both set (an old TUNE_ARCHIVE left in a profile, TUNE_ARCHIVER_ARCHIVE in a
+    unit), the run uses TUNE_ARCHIVER_ARCHIVE's, as it would --archive's: README says so."""
+    (tmp_path / "new" / "manifests").mkdir(parents=True)
+    monkeypatch.setenv("TUNE_ARCHIVE", str(tmp_path / "old"))
+    monkeypatch.setenv("TUNE_ARCHIVER_ARCHIVE", str(tmp_path / "new"))
+    assert main(["list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tunes": []}
+    assert not (tmp_path / "old").exists()
+
+
 def test_the_command_line_wins_over_the_environment(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
