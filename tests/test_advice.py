@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.archive_helpers import add_tune, cli
+from tests.helpers import run_fetch, stored_blobs
 from tests.standin import StandIn
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
@@ -97,3 +98,28 @@ def test_a_key_from_the_environment_stays_there(
     assert standin.api_key not in line
     assert said_command(line, ": run ", " again before then") == [
         "fetch", "1", "--archive", str(tmp_path / "a"), "--api-url", standin.api_url]
+
+
+def test_the_verify_said_of_a_deleted_tune_lacking_files_names_the_archive(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path
+) -> None:
+    """fetch --all --ids-from's line for a tune deleted upstream whose blob the archive
+    lost said '(see tune-archiver verify 2)': pasted, it verified ./tune-archive, which
+    is none ("no archive", exit 2), not the archive lacking the file."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    ids = tmp_path / "keep.txt"
+    ids.write_text("1\n2\n")
+    archive = tmp_path / "my archive"
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 0
+    del standin.tunes[2]
+    (lost,) = [b for b in stored_blobs(archive)
+               if b.read_bytes() == standin.files["ckpt-2.safetensors"]]
+    lost.unlink()
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "--all", "--ids-from", str(ids)) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "(see " in line]
+    argv = said_command(line, "(see ", ")")
+    ran = cli(capsys, *argv)
+    assert ran.code == 1
+    assert [e for e in ran.errors if "checkpoint 0: missing" in e]

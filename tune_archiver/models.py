@@ -29,6 +29,13 @@ def with_prompts(kinds: Iterable[str | None]) -> str:
     return " --prompts" if any(kind in PROMPT_KINDS for kind in kinds) else ""
 
 
+def see_verify(tune_id: int, also: str = "") -> str:
+    """How a tune's error ends that verify explains: `also` (the archive, said where the
+    error is printed: report.fetch_errors) is added there, else pasted it verified
+    ./tune-archive."""
+    return f"(see tune-archiver verify {tune_id}{also})"
+
+
 # The other inputs a prompt may name (the API documents them as request fields): after
 # input_image, image_references[] and input_video, so the indices of those never move.
 MORE_INPUTS = ("mask_image", "video_first_frame", "video_last_frame", "audio_reference")

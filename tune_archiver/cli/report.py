@@ -11,7 +11,7 @@ from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
-from tune_archiver.models import TuneResult, file_said, with_prompts
+from tune_archiver.models import TuneResult, file_said, see_verify, with_prompts
 from tune_archiver.selection import TuneFilter
 from tune_archiver.text import counted, human_bytes, time_left
 from tune_archiver.urls import redact
@@ -92,8 +92,12 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
     name = tune_name(result.tune_id, result.title)
     lines = []
     if result.error is not None:
-        named = result.error.startswith(f"tune {result.tune_id}")  # API errors name it already
-        lines.append(result.error if named else f"{name}: {result.error}")
+        error = result.error
+        if error.endswith(see_verify(result.tune_id)):  # on this archive, as said here
+            error = error.removesuffix(see_verify(result.tune_id)) + see_verify(
+                result.tune_id, also)
+        named = error.startswith(f"tune {result.tune_id}")  # API errors name it already
+        lines.append(error if named else f"{name}: {error}")
     for failure in result.failed:
         lines.append(f"{name}: {file_said(failure.asset)}: {failure.error}")
     for lost in result.gone:

@@ -43,7 +43,7 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import manifest_key
 from tune_archiver.manifest import Entry, Manifest
-from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of
+from tune_archiver.models import AssetResult, Prompt, Tune, TuneResult, prompts_of, see_verify
 from tune_archiver.selection import in_shard
 from tune_archiver.store import Store, blob_sizes, read_manifests
 from tune_archiver.urls import redact_text
@@ -127,7 +127,7 @@ async def _not_listed(api: AstriaClient, store: Store, tune_id: int) -> TuneResu
     lost = sum(1 for _, blob in archived_entries(found) if present.get(blob.sha256) != blob.size)
     if lost:  # never had again from the API: verify names them
         return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}, and the archive "
-                          f"lacks {lost} of its files (see tune-archiver verify {tune_id})")
+                          f"lacks {lost} of its files {see_verify(tune_id)}")
     try:
         # had: not deleted (a workspace the run does not list, asked in every one: the
         # API answers for the personal scope only without X-Workspace-Id)
