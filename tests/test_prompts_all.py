@@ -526,3 +526,27 @@ def test_prompts_not_read_keep_the_tune_not_complete_till_a_prompts_run_reads_th
     assert "prompts_unread" not in document
     assert entries(archive, 1, "prompt_image")[0]["sha256"] == sha256(standin.files["seven.png"])
     assert blob_file(archive, standin.files["seven.png"]).is_file()
+
+
+def test_prompts_unread_saying_no_reason_is_kept_and_named_all_the_same(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest whose prompts_unread is empty (another tool's, a hand's) read not
+    complete, and list said 'prompts not read', yet verify said it 'all intact' (exit 0)
+    and a fetch without --prompts dropped it, so the next one wrote the tune complete,
+    its prompts never read. An empty reason is a reason all the same."""
+    add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1", "-q") == 0
+    path = archive / "manifests" / "1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prompts_unread": ""}))
+    capsys.readouterr()
+    assert main(["verify", "--archive", str(archive)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("tune-archiver: error: tune 1: prompt_image: failed: the prompts "
+                           "could not be read")
+    for _ in range(2):
+        assert run_fetch(standin, archive, "1", "-q") == 0
+        document = check_manifest(path)
+        assert (document["complete"], document.get("prompts_unread")) == (False, "")
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0
+    assert check_manifest(path)["complete"] is True

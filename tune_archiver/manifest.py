@@ -131,7 +131,8 @@ def build_manifest(
         "tune_id": tune.id,
         "archived_at": format_time(archived_at),
         "complete": complete and bool(results) and all(result.ok for result in results),
-        "state": state, **({"prompts_unread": prompts_unread} if prompts_unread else {}),
+        "state": state,
+        **({"prompts_unread": prompts_unread} if prompts_unread is not None else {}),
     }
     if workspace is not None:
         document["workspace"] = workspace

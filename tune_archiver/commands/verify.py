@@ -255,7 +255,7 @@ def unread_fields(found: Manifest) -> list[Problem]:
     read (their files have no entry either), till a --prompts run reads them."""
     unread = [Problem(found.tune_id, "prompt_image", None, "failed",
                       f"the prompts could not be read: {found.prompts_unread}")
-              ] if found.prompts_unread else []
+              ] if found.prompts_unread is not None else []
     try:
         tune = parse_tune({**found.tune, "id": found.tune_id})
     except DataError:
