@@ -123,3 +123,31 @@ def test_the_verify_said_of_a_deleted_tune_lacking_files_names_the_archive(
     ran = cli(capsys, *argv)
     assert ran.code == 1
     assert [e for e in ran.errors if "checkpoint 0: missing" in e]
+
+
+def test_a_key_piped_in_is_not_named_again(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key given through a pipe (`--api-key-file <(pass show astria)`, which README
+    supports) was named as its /dev/fd/N: pasted by hand, that is no file of the user's
+    shell ("cannot read the API key file", exit 2), though ASTRIA_API_KEY was set there.
+    Only a regular file is named again; a pipe's key is the user's shell's to give."""
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    archive = tmp_path / "archive"
+    read_end, write_end = os.pipe()
+    os.write(write_end, standin.api_key.encode() + b"\n")
+    os.close(write_end)
+    try:
+        ran = cli(capsys, "fetch", "1", "-q", "--archive", str(archive), "--api-key-file",
+                  f"/dev/fd/{read_end}", "--api-url", standin.api_url, now=NOW)
+    finally:
+        os.close(read_end)
+    assert ran.code == 1
+    [line] = [line for line in ran.errors if "deletes it" in line]
+    argv = said_command(line, ": run ", " again before then")
+    assert "--api-key-file" not in argv
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)  # the shell pasted into
+    standin.add_file("late.jpg", os.urandom(3_000))
+    assert cli(capsys, *argv, now=NOW).code == 0
