@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import add_tune, cli
+from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import run_fetch, stored_blobs
-from tests.standin import StandIn
+from tests.standin import StandIn, Status
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
 
@@ -151,3 +151,40 @@ def test_a_key_piped_in_is_not_named_again(
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)  # the shell pasted into
     standin.add_file("late.jpg", os.urandom(3_000))
     assert cli(capsys, *argv, now=NOW).code == 0
+
+
+def test_the_fetch_said_of_a_prompt_of_another_workspace_names_the_archive(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of the personal scope said of a failed file of a prompt made in another
+    workspace 'run tune-archiver fetch 10 --prompts --workspace all', with no --archive:
+    pasted, it archived the tune into a ./tune-archive of its own, exit 0, and the
+    cron's archive kept the file failed. The line names this run's options now (the
+    manifest keeps the text without them), --workspace all last, as said."""
+    standin.scoped_prompts = True
+    ckpt = standin.add_file("ckpt-10", os.urandom(4_000))
+    standin.add_tune(10, [ckpt], [standin.add_file("img-10", os.urandom(900))],
+                     model_type="faceid")
+    image = os.urandom(1_200)
+    standin.add_prompt(1504944, 501, "<faceid:10:1> woman", [standin.add_file("ws", image)])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws"] = [Status(404)]
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [stored] = [e["error"] for e in manifest_of(archive, 10)["assets"]
+                if e["kind"] == "prompt_image"]
+    assert "fetch 10 --prompts --workspace all (" in stored  # no run's options kept
+    [line] = [line for line in capsys.readouterr().err.splitlines()
+              if "Astria has it (in another workspace): run " in line]
+    argv = said_command(line, "Astria has it (in another workspace): run ",
+                        " (its last error: ")
+    assert argv[-2:] == ["--workspace", "all"]
+    assert argv[:-2] == ["fetch", "10", "--prompts", "--archive", str(archive),
+                         "--api-url", standin.api_url]
+    monkeypatch.chdir(tmp_path)  # by hand, from another folder
+    assert cli(capsys, *argv).code == 0
+    assert not (tmp_path / "tune-archive").exists()
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

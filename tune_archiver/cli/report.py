@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tune_archiver.astria.client import PERSONAL
+from tune_archiver.commands.unlisted import fetch_all
 from tune_archiver.commands.verify import BLOB_PROBLEMS, SET_ASIDE, Problem, VerifyReport
 from tune_archiver.config import AllTunes
 from tune_archiver.errors import NEWER
@@ -98,8 +99,10 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
                 result.tune_id, also)
         named = error.startswith(f"tune {result.tune_id}")  # API errors name it already
         lines.append(error if named else f"{name}: {error}")
-    for failure in result.failed:
-        lines.append(f"{name}: {file_said(failure.asset)}: {failure.error}")
+    for failure in result.failed:  # unlisted's command, on this archive
+        error = str(failure.error).replace(fetch_all(result.tune_id),
+                                           fetch_all(result.tune_id, also), 1)
+        lines.append(f"{name}: {file_said(failure.asset)}: {error}")
     for lost in result.gone:
         lines.append(f"{name}: {file_said(lost.asset)}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")

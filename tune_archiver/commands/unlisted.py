@@ -42,8 +42,15 @@ async def unlisted(api: AstriaClient, tune_id: int, result: AssetResult,
         return result  # every workspace, a bad answer)
     return CarriedOver(result.asset, entry=entry, error=(
         f"its prompt {entry.prompt_id} is not listed in the scope this run asks in, though "
-        f"Astria has it (in another workspace): run tune-archiver fetch {tune_id} --prompts "
-        f"{_THEN[1]}{_last(entry.error)})"))
+        f"Astria has it (in another workspace): {fetch_all(tune_id)}{_THEN[1]}"
+        f"{_last(entry.error)})"))
+
+
+def fetch_all(tune_id: int, also: str = "") -> str:
+    """The command unlisted's line says to run, before its --workspace all: `also` (the
+    run's archive and API options) is added where the line is printed (report.
+    fetch_errors), never in the manifest; --workspace all after them wins."""
+    return f"run tune-archiver fetch {tune_id} --prompts{also} "
 
 
 # How unlisted's lines end before the file's own last error: said once, never nested.
