@@ -188,3 +188,31 @@ def test_the_fetch_said_of_a_prompt_of_another_workspace_names_the_archive(
     assert cli(capsys, *argv).code == 0
     assert not (tmp_path / "tune-archive").exists()
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_the_verify_said_of_a_prompt_of_another_workspace_names_the_archive(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify quoted the manifest's 'run tune-archiver fetch 10 --prompts --workspace
+    all' as stored, with no --archive: pasted from another folder, it archived the tune
+    into a ./tune-archive of its own, exit 0, the archive verified still failed."""
+    standin.scoped_prompts = True
+    ckpt = standin.add_file("ckpt-10", os.urandom(4_000))
+    standin.add_tune(10, [ckpt], [standin.add_file("img-10", os.urandom(900))],
+                     model_type="faceid")
+    standin.add_prompt(1504944, 501, "<faceid:10:1> woman", [standin.add_file("ws", b"w" * 900)])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws"] = [Status(404)]
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    ran = cli(capsys, "verify", "--archive", str(archive), "--api-url", standin.api_url)
+    [line] = [line for line in ran.errors if "(in another workspace): run " in line]
+    argv = said_command(line, "(in another workspace): run ", " (its last error: ")
+    assert argv == ["fetch", "10", "--prompts", "--archive", str(archive), "--api-url",
+                    standin.api_url, "--workspace", "all"]
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, *argv).code == 0
+    assert not (tmp_path / "tune-archive").exists()
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

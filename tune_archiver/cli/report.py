@@ -226,8 +226,9 @@ def _problem_json(p: Problem) -> dict[str, Any]:
 def verify_problems(report: VerifyReport, strict: bool = False, also: str = "") -> list[str]:
     """One line per problem, naming the tune, kind and index, and ending with the command
     that mends it; with `strict`, one per file gone upstream too (it fails the run)."""
-    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {p.detail} ({_mend(p, also)})"
-             for p in report.problems]
+    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: "  # unlisted's, on this archive
+             f"{p.detail.replace(fetch_all(p.tune_id), fetch_all(p.tune_id, also), 1)} "
+             f"({_mend(p, also)})" for p in report.problems]
     if strict:
         lines += [f"{_where(p)}: gone upstream, never archived (--strict): {p.detail}"
                   for p in report.gone]
