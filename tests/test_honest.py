@@ -1310,6 +1310,19 @@ def test_a_tune_still_training_with_its_photos_is_not_complete_until_its_checkpo
     assert cli(capsys, "verify", "--archive", str(archive)).out.endswith(": all intact\n")
 
 
+def test_a_tune_whose_listing_has_no_trained_at_is_not_taken_for_training(
+    standin: StandIn, archive: Path
+) -> None:
+    """A tune object without trained_at at all (an API shape Astria's docs do not show,
+    a stand-in's) with photos and no checkpoint says nothing of training: archived
+    whole, it is complete, as before e014af3; only a trained_at sent null says so."""
+    tune = standin.add_tune(1, [], [standin.add_file("photo-1.jpg", os.urandom(3_000))])
+    tune.pop("trained_at", None)
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("files_listed", True)
+
+
 def test_a_faceid_tune_with_every_photo_archived_is_complete(
     standin: StandIn, archive: Path
 ) -> None:

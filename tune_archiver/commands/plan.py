@@ -383,11 +383,12 @@ def plan_tune(
 
 def listing_state(tune: Tune) -> State:
     """What the API listed for the tune: files, none yet (training), or none at all; a
-    field it sent unread lists files too. Not trained yet (trained_at null) and no
-    checkpoint listed is training, photos or not (a FaceID tune, never a checkpoint,
-    has trained_at from its creation)."""
+    field it sent unread lists files too. Not trained yet (trained_at null, not just
+    absent, when photos are listed) and no checkpoint listed is training (a FaceID
+    tune, never a checkpoint, has trained_at from its creation)."""
     kinds = {asset.kind for asset in assets_of(tune)} | {k for k, _ in tune.field_errors}
-    if tune.raw.get("trained_at") is None and "checkpoint" not in kinds:
+    untrained = tune.raw.get("trained_at") is None and ("trained_at" in tune.raw or not kinds)
+    if untrained and "checkpoint" not in kinds:
         return "training"
     return "files_listed" if kinds else "no_files_listed"
 
