@@ -196,6 +196,22 @@ def test_missing_api_key_returns_2(
     assert no_fetch == []
 
 
+def test_a_key_given_as_the_key_files_path_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    no_fetch: list[Any],
+) -> None:
+    """The key pasted where --api-key-file wants a path: 'cannot read the API key file
+    sk_live_...: [Errno 2] No such file or directory: 'sk_live_...'' showed it twice, on
+    the terminal and in a cron's mail. A bare word no file has is not shown."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fetch", "1", "--api-key-file", "sk_live_Secret123"]) == 2
+    err = capsys.readouterr().err
+    assert "Secret123" not in err
+    assert "cannot read the API key file named on the command line: No such file" in err
+    assert err.count("\n") == 1
+    assert no_fetch == []
+
+
 def test_missing_key_file_returns_2(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
