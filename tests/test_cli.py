@@ -212,6 +212,20 @@ def test_a_key_given_as_the_key_files_path_is_never_shown(
     assert no_fetch == []
 
 
+def test_a_key_given_as_the_key_files_path_is_not_in_the_verbose_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    no_fetch: list[Any],
+) -> None:
+    """With -v (a cron line's, to see why a run failed) the error's traceback showed the
+    chained FileNotFoundError, 'No such file or directory: 'sk_live_...'', the key whole."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fetch", "1", "--api-key-file", "sk_live_Secret123", "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Secret123" not in err
+    assert "cannot read the API key file named on the command line: No such file" in err
+    assert no_fetch == []
+
+
 def test_missing_key_file_returns_2(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

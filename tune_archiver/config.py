@@ -169,9 +169,10 @@ def load_api_key(
                 info = os.fstat(file.fileno())
                 key = secret_text(file, f"the API key file {key_file}", "the API key")
         except FileNotFoundError as exc:  # a bare word no file has may be the key itself
+            # Not chained: -v's traceback would quote the word, the OSError's filename.
             named = key_file if os.sep in key_file else "named on the command line"
             raise ConfigError(f"cannot read the API key file {named}: {exc.strerror} (it "
-                              "takes the path of a file holding the key)") from exc
+                              "takes the path of a file holding the key)") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc}") from exc
         if not key:
