@@ -1323,6 +1323,23 @@ def test_a_tune_whose_listing_has_no_trained_at_is_not_taken_for_training(
     assert (document["state"], document["complete"]) == ("files_listed", True)
 
 
+def test_a_tune_whose_checkpoint_field_is_unread_is_listed_as_fetch_wrote_it(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune not trained yet whose ckpt_urls the API sent malformed lists a checkpoint,
+    unread: fetch writes it files_listed, not complete. Reading it back took it for one
+    an older version wrote complete while training (no checkpoint entry): list said
+    'still training' of what fetch had called a field it could not read."""
+    tune = standin.add_tune(1, [], [standin.add_file("photo-1.jpg", os.urandom(3_000))],
+                            trained_at=None)
+    tune.update(ckpt_urls="not a list")
+    assert run_fetch(standin, archive, "1") == 1
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert (document["state"], document["complete"]) == ("files_listed", False)
+    [row] = json.loads(cli(capsys, "list", "--json", "--archive", str(archive)).out)["tunes"]
+    assert (row["state"], row["complete"]) == ("files_listed", False)
+
+
 def test_a_faceid_tune_with_every_photo_archived_is_complete(
     standin: StandIn, archive: Path
 ) -> None:

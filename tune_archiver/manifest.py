@@ -264,7 +264,7 @@ def parse(data: bytes, tune_id: int) -> Manifest:
                        required=False)
     unread = _field(document, "prompts_unread", _is_str, "a string", bad, required=False)
     # Written complete before e014af3: a tune not trained yet, its checkpoint to come.
-    training = "trained_at" in tune and tune["trained_at"] is None and all(
+    training = complete and "trained_at" in tune and tune["trained_at"] is None and all(
         entry.kind != "checkpoint" for entry in entries)
     return Manifest(tune_id, archived_at, complete and bool(entries) and unread is None
                     and not training, tune, entries, "training" if training else state,
