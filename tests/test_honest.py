@@ -569,6 +569,41 @@ def test_a_tune_listing_nothing_is_never_made_complete_by_what_it_once_listed(
     assert " no " in row
 
 
+def test_a_purged_tune_listing_its_prompts_alone_is_not_made_complete_by_them(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune archived in part (its photos left out by --only) whose own files are then
+    purged upstream while its prompts are still listed: a 'fetch --prompts' archived the
+    prompt's image and wrote the tune complete, list 'yes', its photos never archived.
+    Its prompts' files say nothing of its own: as the manifest was, not complete."""
+    photo = standin.add_file("photo-1.jpg", os.urandom(3_000))
+    tune = standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))], [photo])
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    assert run_fetch(standin, archive, "1", "--only", "checkpoints") == 0
+    tune.update(ckpt_urls=[], ckpt_url=None, orig_images=[])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert sorted(entry["kind"] for entry in document["assets"]) == ["checkpoint",
+                                                                     "prompt_image"]
+    assert document["complete"] is False
+    capsys.readouterr()
+    row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
+    assert " no " in row
+
+
+def test_a_tune_archived_whole_listing_its_prompts_alone_stays_complete(
+    standin: StandIn, archive: Path
+) -> None:
+    """Archived whole, then purged upstream but for its prompts: complete, as it was."""
+    tune = standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))],
+                            [standin.add_file("photo-1.jpg", os.urandom(3_000))])
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    tune.update(ckpt_urls=[], ckpt_url=None, orig_images=[])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True
+
+
 def test_a_tune_archived_whole_whose_files_are_then_deleted_stays_complete(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,7 +43,7 @@ from tune_archiver.errors import (
     TuneNotFound,
     UnreadableManifest,
 )
-from tune_archiver.models import SMALLEST, Asset, AssetResult, Blob, Tune, TuneResult
+from tune_archiver.models import PROMPT_KINDS, SMALLEST, Asset, AssetResult, Blob, Tune, TuneResult
 from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.scrub import scrub_json, scrub_result
@@ -360,12 +360,12 @@ async def _download_and_record(
         unread = ("; ".join(map(redact_text, tune.prompt_errors)) if tune.prompt_errors else
                   None if run.settings.lists_prompts or now is None else now.prompts_unread)
         # Not complete while a file failed (one kept, its blob missing, is ok in `written`
-        # alone), nor training; a listing of no file proves nothing: as the manifest was.
+        # alone), nor training; none of its own files listed (prompts' at most): as it was.
         state = listing_state(tune)
+        own = tune.field_errors or any(a.kind not in PROMPT_KINDS for a in assets_of(tune))
         complete = (not left_out_now(plan.left_out, now, missing) and unread is None
                     and not checked[0].field_errors and all(result.ok for result in reported)
-                    and (state == "files_listed" or (state == "no_files_listed"
-                         and now is not None and now.complete)))
+                    and state != "training" and bool(own or (now and now.complete)))
         document = manifest.build_manifest(
             tune, written, run.clock(), complete=complete, state=state,
             workspace=told if told is not None else now.workspace if now else None,
