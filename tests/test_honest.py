@@ -1403,3 +1403,26 @@ def test_a_failed_photo_of_a_tune_that_then_lists_no_file_is_not_dropped(
     assert document["complete"] is False
     assert sorted((a["kind"], a["status"]) for a in document["assets"]) == [
         ("checkpoint", "ok"), ("training_image", "failed")]
+
+
+def test_a_failed_photo_of_a_tune_that_then_lists_its_prompts_alone_is_not_gone(
+    standin: StandIn, archive: Path
+) -> None:
+    """As above, but a 'fetch --prompts' still lists the tune's prompts: its own fields
+    listing nothing proves nothing gone either, so the photo stays failed, asked for
+    again, and archived once the API lists it again, not said gone for good."""
+    ckpt = standin.add_file("ckpt-1", os.urandom(2_000))
+    photo = standin.file_url("late-photo.jpg")
+    tune = standin.add_tune(1, [ckpt], [photo])
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    assert run_fetch(standin, archive, "1", "--prompts") == 1
+    tune.update(ckpt_url=None, ckpt_urls=[], orig_images=[])
+    assert run_fetch(standin, archive, "1", "--prompts") == 1
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert sorted((a["kind"], a["status"]) for a in document["assets"]) == [
+        ("checkpoint", "ok"), ("prompt_image", "ok"), ("training_image", "failed")]
+    data = os.urandom(3_000)
+    standin.add_file("late-photo.jpg", data)
+    tune.update(ckpt_url=ckpt, ckpt_urls=[ckpt], orig_images=[photo])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is True

@@ -174,9 +174,10 @@ def carried_over(
     left_out = [entry for entry in (manifest.entries if manifest is not None else ())
                 if entry.status == "failed" and _moved(entry_key(entry)) not in sources
                 and _moved(stored_key(entry)) not in sources]
-    # A listing of no file at all proves nothing gone (a tune still training, a glitch):
-    # its failed files stay failed, never dropped (the tune would read complete).
-    unread_fields = [entry for entry in left_out if entry.kind in unread_kinds or not current]
+    # None of the tune's own files listed (a glitch, its prompts' alone): none gone, failed.
+    bare = not any(asset.kind not in PROMPT_KINDS for asset in current)
+    unread_fields = [entry for entry in left_out if entry.kind in unread_kinds or (
+        bare and (not current or entry.kind not in PROMPT_KINDS))]
     unlisted = [entry for entry in left_out if entry not in unread_fields
                 and (prompts_listed or entry.kind not in PROMPT_KINDS)]
     unread = [entry for entry in left_out if prompts_unread and entry.kind in PROMPT_KINDS
