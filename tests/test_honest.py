@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.archive_helpers import (
+    Ran,
     add_tune,
     archived,
     cli,
@@ -1186,6 +1187,21 @@ def test_the_bench_switch_that_skips_hashing_is_said_by_a_repair_too(
     assert "TUNE_ARCHIVER_BENCH_SKIP_HASH is set" in err[0]
 
 
+def one_replaced(standin: StandIn, archive: Path,
+                 capsys: pytest.CaptureFixture[str]) -> tuple[Ran, str]:
+    """verify --repair --json of an archive whose tune 1's first photo its host now serves
+    other bytes of: not whole (exit 1, not ok), and the one replaced file's line."""
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
+              standin.api_url, "--json")
+    assert ran.code == 1
+    document = json.loads(ran.out)
+    assert document["ok"] is False
+    [line] = document["repair"]["replaced"]
+    assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
+    return ran, line
+
+
 def test_a_repair_whose_host_serves_other_bytes_now_never_says_the_archive_is_whole(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1198,14 +1214,7 @@ def test_a_repair_whose_host_serves_other_bytes_now_never_says_the_archive_is_wh
     flip_byte(blob_file(archive, served.images[0]), 10)
     [name] = [n for n, data in standin.files.items() if data == served.images[0]]
     standin.files[name] = os.urandom(len(served.images[0]))
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
-              standin.api_url, "--json")
-    assert ran.code == 1
-    document = json.loads(ran.out)
-    assert document["ok"] is False
-    [line] = document["repair"]["replaced"]
-    assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
+    ran, line = one_replaced(standin, archive, capsys)
     assert sha256(served.images[0]) in line
     assert any(error.endswith(line) for error in ran.errors)
 
@@ -1303,14 +1312,7 @@ def test_a_repair_that_cannot_tell_whether_replaced_bytes_are_back_never_says_wh
 
     monkeypatch.setattr(repair_module, "fetch", fetch_then_fail)
     monkeypatch.setattr(LocalStore, "blob_size", unanswered)
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--api-url",
-              standin.api_url, "--json")
-    assert ran.code == 1
-    document = json.loads(ran.out)
-    assert document["ok"] is False
-    [line] = document["repair"]["replaced"]
-    assert line.startswith("tune 1: training_image 0: its host serves other bytes now")
+    _, line = one_replaced(standin, archive, capsys)
     assert lost in line
     assert "Input/output error" in line
 
