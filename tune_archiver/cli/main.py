@@ -246,7 +246,9 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
 
 def _tune_lines(args: argparse.Namespace, result: TuneResult, secrets: list[str]) -> None:
     """A finished tune's error and warning lines (stderr) and its summary (stdout), flushed."""
-    for line in report.fetch_errors(result, rerun_options(args)):
+    # The options are looked up (a stat of the key file) only for a tune with a failure.
+    also = rerun_options(args) if result.error is not None or result.failed else ""
+    for line in report.fetch_errors(result, also):
         print_error(line, secrets)
     for line in report.fetch_warnings(result):
         log.warning("warning: %s", line)

@@ -203,8 +203,9 @@ class UnchangedCheck:
                 previous.append(None if data is None else manifest.parse(data, tune_id))
             except UnreadableManifest:
                 previous.append(None)  # the fetch of the tune says so, and sets it aside
-        wanted = {blob.sha256 for found in previous for _, blob in archived_entries(found)}
-        wanted.difference_update(self._sizes)
+        # Not difference_update(self._sizes): that walks every blob the run has seen.
+        wanted = {blob.sha256 for found in previous for _, blob in archived_entries(found)
+                  if blob.sha256 not in self._sizes}
         if wanted:
             try:
                 self._sizes.update(await blob_sizes(self._store, wanted))
