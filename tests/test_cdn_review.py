@@ -204,3 +204,32 @@ def test_an_answer_aiohttp_cannot_parse_is_one_line(
     shown = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(shown) == 1
     assert shown[0].endswith(error)
+
+
+@pytest.mark.parametrize("length", [50_000, 300_000], ids=["shorter-now", "whole-length"])
+def test_a_cut_body_of_no_length_is_never_taken_whole_when_a_416_says_another_length(
+    standin: StandIn, archive: Path, length: int
+) -> None:
+    """A body of no length cut by a dropped connection at 100,000 bytes; asked what lies
+    past it, the host answers 416 'bytes */N' with N not the bytes received: the file
+    was replaced by a shorter one (50,000 bytes) behind a host that checks Range before
+    If-Range, or a host says the whole file's length (300,000) in
+    its 416. 416 was taken as 'nothing past it', whatever length it said: the 100,000
+    cut bytes, of a version no longer there, were the blob, 'ok', exit 0. A 416 of
+    another length now says the body was cut: the file is fetched until whole."""
+    old = os.urandom(300_000)
+    new = old if length == len(old) else os.urandom(length)
+    serves_old, serves_new = closing_answer(old, 100_000), closing_answer(new, len(new))
+    asked: list[str] = []
+
+    def answer(head: str) -> bytes:
+        asked.append(head)
+        if len(asked) == 1:
+            return serves_old(head)
+        if len(asked) == 2:
+            return (f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{length}\r\n"
+                    "Content-Length: 0\r\nConnection: close\r\n\r\n").encode()
+        return serves_new(head)
+
+    archived_from(standin, archive, answer)
+    archived_whole(archive, new)

@@ -268,9 +268,9 @@ class Downloader:
         was cut: its bytes are kept, and the retry resumes. An error (a busy host's 429
         or 5xx, an expired URL's 403, a 404) has not said: it is the download's, retried
         or renewed as any other, the bytes kept. The whole file under another
-        validator: it changed, and starts over. 416 (nothing past it) or any other
-        answer takes the end as the file's, as every downloader must from a host that
-        cannot say."""
+        validator: it changed, and starts over. 416 of no other length (nothing past it)
+        or any other answer is the file's end, as every downloader takes it from a host
+        that cannot say."""
         partial = transfer.partial
         if not (partial.validator and transfer.takes_ranges):
             return
@@ -279,11 +279,11 @@ class Downloader:
         async with self._limiter, get(
             self._session, transfer.url, headers, read_timeout=self._settings.read_timeout
         ) as answer:
-            # A size other than the bytes received, however said (the total of a range,
-            # asked for or not; a 200's length), or a range of no size we can read
-            # (`bytes 100-199/*`, the length unknown): bytes lie past it, it was cut.
+            # A size other than the bytes received, however said (a range's total, asked or
+            # not; a 200's length; a 416's `*/N`), or a range of no size (`.../*`): cut.
             found = content_range(answer) if answer.status == 206 else None
-            said = found[2] if found else answer.content_length if answer.status == 200 else None
+            said = found[2] if found else answer.content_length if answer.status == 200 else (
+                unsatisfied_length(answer) if answer.status == 416 else None)
             more = (said is not None and said != received) or (answer.status == 206 and not found)
             # 200 under another validator: the file changed since (If-Range), so the body
             # may be a cut one of a version no longer there. The same validator and no
