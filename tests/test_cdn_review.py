@@ -11,8 +11,10 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
+from tests.s3server import aws_env_fixture, moto_s3_fixture  # noqa: F401  (fixtures)
 from tests.standin import Cut, StandIn, Status
 from tests.test_faults import RawHost, archived_from, archived_whole, closing_answer, cut_then
+from tests.test_s3_archive import S3Archive, fetch, s3_fixture  # noqa: F401  (fixture)
 
 MiB = 2**20
 
@@ -233,3 +235,40 @@ def test_a_cut_body_of_no_length_is_never_taken_whole_when_a_416_says_another_le
 
     archived_from(standin, archive, answer)
     archived_whole(archive, new)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+# A type a host sends with an escape sequence in it (aiohttp passes it on as it is).
+ESCAPED_TYPE = (b"HTTP/1.1 200 OK\r\nContent-Type: image/png\x1b[2J\r\nContent-Length: "
+                + str(len(PNG)).encode() + b"\r\nConnection: close\r\n\r\n" + PNG)
+
+
+def test_a_content_type_with_an_escape_sequence_is_no_type(
+    standin: StandIn, archive: Path
+) -> None:
+    """A host whose Content-Type holds an escape sequence ('image/png\\x1b[2J'): it
+    was recorded as the blob's type, the escape in the manifest for whoever reads its
+    content_type out. Such a value is no media type: it says nothing, as octet-stream
+    does, and the bytes tell."""
+    archived_from(standin, archive, lambda head: ESCAPED_TYPE)
+    entry = check_manifest(archive / "manifests" / "1.json")["assets"][0]
+    assert (entry["status"], entry["content_type"]) == ("ok", "image/png")
+
+
+def test_a_content_type_with_an_escape_sequence_is_uploaded_to_a_bucket(
+    standin: StandIn, s3: S3Archive
+) -> None:
+    """The same host into an S3 archive: the type went on as the object's Content-Type,
+    which the upload refuses ('Forbidden control character detected in headers'), so
+    the file failed, exit 1, on every run while the host sent it: never archived. Now
+    it is, typed by its bytes."""
+    host = RawHost(ESCAPED_TYPE)
+    try:
+        standin.add_tune(1, [host.url("/files/photo")], [])
+        assert fetch(standin, s3, "1") == 0
+    finally:
+        host.close()
+    entry = s3.manifest(1)["assets"][0]
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(PNG))
+    found = s3.client.head_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{entry['path']}")
+    assert found["ContentType"] == "image/png"

@@ -103,3 +103,12 @@ def test_files_without_extension_are_typed_and_named_from_their_bytes(
     assert names == ["checkpoints/000.safetensors", "prompt_images/9-000.mp4",
                      "training_images/000.jpg", "training_images/001.png",
                      "training_images/002.webp", "training_images/003.bin"]
+
+
+@pytest.mark.parametrize("served", ["image/png\x1b[2J", "image/png; name=\x07", "image png",
+                                    "image/", "image/pñg"])
+def test_a_type_that_is_no_media_type_says_nothing(served: str) -> None:
+    """A host's type holding a control character (an escape sequence), a space or no
+    subtype is no media type: the bytes tell, as for octet-stream."""
+    assert content_type_of(served, PNG) == "image/png"
+    assert error_page(served, b"<html>") == "text/html"

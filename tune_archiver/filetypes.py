@@ -7,6 +7,8 @@ application/octet-stream, so the bytes are the only witness of what a file is.
 
 from __future__ import annotations
 
+import re
+
 HEAD_BYTES = 64  # enough for every signature below
 OCTET_STREAM = "application/octet-stream"
 SAFETENSORS = "application/x-safetensors"  # no registered type; the format's own name
@@ -51,11 +53,19 @@ def _is_pickle(head: bytes) -> bool:
     return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] in _PICKLE_STARTS
 
 
+# A media type (RFC 9110 8.3.1: token "/" token).
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
 def is_generic(content_type: str | None) -> bool:
-    """True when a Content-Type tells nothing of the bytes (absent, or octet-stream-like)."""
+    """True when a Content-Type tells nothing of the bytes: absent, octet-stream-like, or
+    no media type at all (a host's escape sequence or control character in it would be
+    recorded as the blob's type, and an S3 archive's upload refuses such a header)."""
     if not content_type:
         return True
-    return content_type.split(";")[0].strip().lower() in GENERIC
+    main, _, parameters = content_type.partition(";")
+    main = main.strip().lower()
+    return main in GENERIC or not _MEDIA_TYPE.fullmatch(main) or not parameters.isprintable()
 
 
 # What a server's page begins with (after a byte order mark and blank space), sent where
