@@ -592,6 +592,44 @@ def test_a_repair_stopped_by_a_signal_says_what_verify_found(
     assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index("stopped by SIGTERM")
 
 
+def test_a_stop_while_a_large_blob_is_hashed_ends_at_its_next_chunk(
+    archive: Path, tunes: tuple[Served, Served], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM (systemd's or cron's timeout, a Kubernetes pod stopped) while verify hashed a
+    large checkpoint waited for the whole blob to be read: 45 s for a 12 GB one here,
+    minutes on a slow disk, past the grace time whose SIGKILL leaves no line, no --json
+    document and no fail ping. The read is given up at its next chunk."""
+    import signal
+    import time
+
+    from tune_archiver.store import files, local
+
+    monkeypatch.setattr(files, "READ_BLOCK", 4096)
+    big = blob_file(archive, tunes[0].checkpoints[0])
+    big.chmod(0o600)
+    os.truncate(big, 512 * 4096)  # 512 chunks
+    real, chunks = local.hash_file, []
+
+    def hash_file(path: Path, advance: Callable[[int], None], root: Path) -> Any:
+        def step(nbytes: int) -> None:
+            chunks.append(nbytes)
+            if len(chunks) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the timeout, as the blob is read
+            else:
+                time.sleep(0.01)  # a slow disk: 10 ms a chunk, 5 s for this blob
+            advance(nbytes)
+
+        return real(path, step if path == big else advance, root)
+
+    monkeypatch.setattr(local, "hash_file", hash_file)
+    ran = cli(capsys, "verify", "--archive", str(archive), "--json")
+    assert ran.code == 143, ran.err
+    assert json.loads(ran.out)["interrupted"] is True
+    assert ran.errors == [error("stopped by SIGTERM")]
+    assert len(chunks) < 100  # not the 512 of the whole blob
+
+
 def test_a_prompt_file_that_failed_is_said_to_need_a_prompts_run(
     capsys: pytest.CaptureFixture[str], standin: StandIn, archive: Path
 ) -> None:

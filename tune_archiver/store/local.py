@@ -59,7 +59,7 @@ from tune_archiver.store.files import (
     walk_objects,
 )
 from tune_archiver.store.locks import ArchiveLock, holding
-from tune_archiver.threads import in_thread
+from tune_archiver.threads import in_thread, reading
 
 LOCK = "lock"
 FOLDERS = (OBJECTS, MANIFESTS, TMP)  # made by prepare
@@ -291,9 +291,9 @@ class LocalStore:
     ) -> tuple[int, str] | None:
         """Re-read the blob: its size and the sha256 of its bytes; None when it is missing.
 
-        Runs in a worker thread (hashlib lets go of the GIL) and calls `advance` there.
-        """
-        return await in_thread(hash_file, self.path(blob_key(sha256)), advance, self.root)
+        In a worker thread, calling `advance` there; a stop gives it up (threads.reading)."""
+        path = self.path(blob_key(sha256))
+        return await reading(lambda step: hash_file(path, step, self.root), advance)
 
     async def save_blob_as(
         self, sha256: str, target: Path, hard_link: bool, size: int | None = None
