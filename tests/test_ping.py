@@ -141,6 +141,48 @@ def test_an_interrupted_run_pings_fail_with_what_was_done(
     )
 
 
+def test_a_hangup_is_a_stop_said_logged_and_pinged(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """SIGHUP (the terminal or ssh session of a run by hand closed, systemd's SendSIGHUP)
+    killed the run without a word: no line, no run_end in --log-file, and no fail ping, the
+    monitor told only /start. It stops the run as SIGTERM does: exit 129, said, pinged."""
+    one_done_one_stalled(standin)
+    log = tmp_path / "run.jsonl"
+    process = start(standin, tmp_path / "a", "--ping-url", monitor.url, "--log-file", str(log))
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("tune 1 ")
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 129
+    assert "stopped by SIGHUP: 1 of 2 tunes done; not finished: 2" in err
+    assert monitor.pings[-1] == (
+        "POST", "/ping/abc-uuid/fail",
+        "tune-archiver fetch: exit 129; stopped by SIGHUP; 1 tune done, 0 failed\n",
+    )
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["event"], last["exit"]) == ("run_end", 129)
+
+
+def test_a_hangup_nohup_ignores_stays_ignored(
+    standin: StandIn, tmp_path: Path, monitor: Monitor
+) -> None:
+    """Under nohup (SIGHUP ignored as the program starts) a hangup does not stop the run."""
+    one_done_one_stalled(standin)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child
+    try:
+        process = start(standin, tmp_path / "a", "--ping-url", monitor.url)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("tune 1 ")
+    process.send_signal(signal.SIGHUP)
+    process.send_signal(signal.SIGINT)  # an ignored signal is dropped as it is sent
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "SIGHUP" not in err
+
+
 @pytest.mark.parametrize("host", ["hc-ping..com", f"{'x' * 64}.example"])
 def test_a_ping_url_whose_host_is_no_name_is_one_warning_never_a_traceback(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str

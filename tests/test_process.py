@@ -109,11 +109,13 @@ def test_a_split_download_killed_resumes_every_piece_where_it_was(
     assert list((archive / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), [
+    (signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_stops_within_two_seconds_keeping_the_partial(
     standin: StandIn, tmp_path: Path, signum: int, code: int
 ) -> None:
-    """SIGINT/SIGTERM: exit 130/143 promptly, partial kept, no blob, no manifest, undone named."""
+    """SIGINT/SIGTERM/SIGHUP: exit 130/143/129 promptly, partial kept, no blob, no
+    manifest, undone named."""
     archive = tmp_path / "archive"
     stalled_tune(standin)
     process = start_fetch(standin, archive, "1")

@@ -5,7 +5,8 @@
     2    usage or configuration: a bad option, an archive that cannot be one, no key
     3    the API rejected the key (401 or 403 from the API itself)
     4    the API or the storage could not be reached after every retry: nothing done
-    130  interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM (128 + the signal)
+    129  stopped by SIGHUP (a terminal or ssh session closed); 130 interrupted by SIGINT
+         (Ctrl-C); 143 stopped by SIGTERM (128 + the signal)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Exit(IntEnum):
     USAGE = 2
     AUTH = 3
     UNREACHABLE = 4
+    HUNG_UP = 128 + signal.SIGHUP
     INTERRUPTED = 128 + signal.SIGINT
     TERMINATED = 128 + signal.SIGTERM
 
@@ -46,7 +48,10 @@ def for_error(exc: ArchiverError) -> Exit:
     return Exit.FAILED
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # each stops a run, said, at any moment
+# Each stops a run, said, at any moment. SIGHUP too (a terminal or an ssh session closed
+# under a run by hand, systemd's SendSIGHUP): it killed the run without a word, no fail
+# ping, no run_end. Unless ignored as the program starts (nohup): then it stays ignored.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def for_signal(signum: int) -> int:

@@ -51,7 +51,7 @@ log = logging.getLogger("tune_archiver")
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM stopped the run; the exit code is 128 + the signal's number.
+    """SIGINT, SIGTERM or SIGHUP stopped the run; the exit code is 128 + the signal's number.
 
     A BaseException, as KeyboardInterrupt is: start.py's SIGTERM handler raises it at
     any line outside an event loop, and an `except Exception` there (a log handler's)
@@ -185,7 +185,7 @@ def waiting_for(other: str, location: str) -> Callable[[], None]:
 
 
 async def until_signal(work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`; SIGINT or SIGTERM cancels it (its cleanup runs) and raises Interrupted."""
+    """Await `work`; a stop signal cancels it (its cleanup runs) and raises Interrupted."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     received: list[int] = []
@@ -194,10 +194,10 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
         received.append(signum)
         task.cancel()
 
-    # asyncio's remove_signal_handler leaves SIG_DFL (SIGTERM) behind, not the handler
-    # it found: start.py's, which says a SIGTERM between two loops, is put back.
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    for signum in STOP_SIGNALS:
+    # asyncio's remove_signal_handler leaves SIG_DFL behind, not the handler it found:
+    # start.py's (a stop between two loops) is put back. A SIGHUP nohup ignores is left.
+    previous = {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    for signum in previous:
         loop.add_signal_handler(signum, stop, signum)
     try:
         return await task
@@ -206,7 +206,7 @@ async def until_signal(work: Coroutine[Any, Any, T]) -> T:
             raise Interrupted(received[0]) from None
         raise
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in previous:
             loop.remove_signal_handler(signum)
             if previous[signum] is not None:
                 signal.signal(signum, previous[signum])

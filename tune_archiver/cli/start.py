@@ -31,7 +31,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # as exits.STOP_SIGNALS, not imported yet
+# As exits.STOP_SIGNALS (not imported yet), less SIGHUP under nohup, which ignores it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+    () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,))
 
 
 def entry() -> int:
@@ -47,7 +49,8 @@ def entry() -> int:
     # Interrupted (each command's event loop takes both while it runs), which main says;
     # one that comes where main does not look (parsing the options, say) is said here.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in STOP_SIGNALS[1:]:  # SIGTERM and SIGHUP raise Interrupted
+        signal.signal(signum, _interrupt)
     try:
         return main.entry()
     except (Interrupted, KeyboardInterrupt) as stop:
