@@ -57,6 +57,33 @@ def test_a_log_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
     assert check_manifest(tmp_path / "a" / "manifests" / "1.json")["complete"] is True
 
 
+def test_a_log_line_a_full_disk_cut_short_is_not_glued_to_the_next_runs_first(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A disk that filled (here: ulimit -f reached) in the middle of a log line left half a
+    line; the next run, space freed, appended its run_start to it: one line no JSON parser
+    reads (jq stops there) and a log collector drops, the run's start lost. The next run
+    starts on a line of its own, every line of its parsing."""
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.jsonl"
+    log.write_bytes(b"\n" * (MiB - 40))  # room for 40 bytes of the run_start line
+    log.chmod(0o600)
+    argv = ("fetch", "1", "--archive", str(tmp_path / "a"), "--api-url", standin.api_url,
+            "--log-file", str(log))
+    env = {"ASTRIA_API_KEY": standin.api_key}
+    assert limited_run(*argv, env=env).returncode == 0
+    assert log.stat().st_size == MiB  # half a line, then the limit
+    done = subprocess.run([sys.executable, "-m", "tune_archiver", *argv],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    cut, *lines = log.read_bytes()[MiB - 40:].decode().splitlines()
+    assert cut.startswith('{"time"')
+    assert len(cut) == 40  # ended there, on a line of its own
+    events = [json.loads(line) for line in lines]
+    assert (events[0]["event"], events[-1]["event"]) == ("run_start", "run_end")
+
+
 def limited_run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`tune-archiver ARGV` in a process whose file-size limit (ulimit -f) is 1 MiB."""
     return subprocess.run(

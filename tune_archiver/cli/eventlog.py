@@ -56,6 +56,7 @@ class JsonLines(logging.Handler):
         self._owned = owned
         self._name = name
         self._failed = False
+        self._first = cut_short(stream) if owned else ""  # what the next line starts with
 
     def emit(self, record: logging.LogRecord) -> None:
         name = getattr(record, "event", None)
@@ -76,8 +77,10 @@ class JsonLines(logging.Handler):
             }
             if self._owned:
                 self._follow_rotation(record.name)
-            self.stream.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
+            self.stream.write(self._first + json.dumps(line, ensure_ascii=True, default=str)
+                              + "\n")
             self.stream.flush()
+            self._first = ""
         except Exception:  # a log that cannot be written must not stop a backup
             self.handleError(record)
 
@@ -94,10 +97,10 @@ class JsonLines(logging.Handler):
                 return
         except FileNotFoundError:
             pass  # moved away and not created again: we create it, as logrotate would
-        stream = open(self._name, "a", encoding="utf-8", opener=_own)
+        stream = open(self._name, "a+", encoding="utf-8", opener=_own)
         with contextlib.suppress(OSError):
             self.stream.close()
-        self.stream = stream
+        self.stream, self._first = stream, cut_short(stream)
         if readable_by_all(self):  # logrotate's `create 0644`: said now, not next run
             logging.getLogger(record_name).warning(READABLE, self._name)
 
@@ -134,12 +137,23 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
     if path == "-":
         return JsonLines(sys.stderr, secrets, owned=False)
     try:
-        stream = open(path, "a", encoding="utf-8", opener=_own)
+        stream = open(path, "a+", encoding="utf-8", opener=_own)  # + reads its last byte
     except Planted as exc:
         raise ConfigError(f"refused the log file: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
     return JsonLines(stream, secrets, owned=True, name=path)
+
+
+def cut_short(stream: IO[str]) -> str:
+    """A newline when the file's last line was cut short (a disk full, ulimit -f reached
+    in the middle of a line), else "": glued to it, the next run's first line was one
+    line no JSON parser reads (jq stops there) and a collector drops."""
+    try:
+        size = os.fstat(stream.fileno()).st_size
+        return "\n" if size and os.pread(stream.fileno(), 1, size - 1) != b"\n" else ""
+    except OSError:
+        return ""
 
 
 def readable_by_all(handler: JsonLines) -> bool:
