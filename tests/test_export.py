@@ -477,6 +477,27 @@ def test_a_full_disk_names_every_file_not_exported_and_leaves_none_cut_short(
         assert any("manifest.json: " in line for line in ran.errors)
 
 
+def test_a_checkpoint_larger_than_the_free_space_is_failed_not_exported_cut_short(
+    standin: StandIn, archive: Path, tiny_tmpfs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 100 KB checkpoint exported to a 64 KiB filesystem from another one (no
+    copy_file_range across them): the full disk's write stores part of it and returns
+    short, no error. The checkpoint is failed as 'disk full' (exit 1), never exported
+    cut short under its name and counted among the copies."""
+    checkpoint = os.urandom(100_000)
+    standin.add_tune(1, [standin.add_file("ckpt.safetensors", checkpoint)], [])
+    assert run_fetch(standin, archive, "1") == 0
+    ran = cli(capsys, "export", "1", str(tiny_tmpfs / "out"), "--archive", str(archive),
+              "--json")
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    folder = tiny_tmpfs / "out" / "1-tune-1"
+    report = json.loads(ran.out)
+    assert "checkpoints/000.safetensors" not in report["copied"]
+    assert any(line.startswith("checkpoint 0: disk full in ") for line in report["failed"])
+    assert not (folder / "checkpoints" / "000.safetensors").exists()
+
+
 @pytest.mark.parametrize("link", [False, True], ids=["copy", "--link"])
 @pytest.mark.parametrize("folder", ["objects", "objects/sha256"])
 def test_export_never_reads_blobs_through_a_link_planted_at_the_objects_folder(

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import os
 import secrets
-import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -304,10 +303,11 @@ def _copy_bytes(source: int, out: int) -> None:
             raise
     os.lseek(out, 0, os.SEEK_SET)
     os.ftruncate(out, 0)
-    with open(source, "rb", buffering=0, closefd=False) as reading, \
-            open(out, "wb", buffering=0, closefd=False) as writing:
-        reading.seek(0)
-        shutil.copyfileobj(reading, writing, READ_BLOCK)
+    os.lseek(source, 0, os.SEEK_SET)
+    while chunk := os.read(source, READ_BLOCK):
+        view = memoryview(chunk)
+        while view:  # a full disk's write stores part and returns short, no error
+            view = view[os.write(out, view):]
 
 
 # -- writes inside the archive, each folder opened without following a link --------
