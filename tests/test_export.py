@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jsonschema
 import pytest
@@ -27,6 +27,7 @@ from tests.archive_helpers import (
 from tests.helpers import blob_file, refuse_folder_fsyncs, run_fetch, tmpfs
 from tests.standin import Body, StandIn
 from tune_archiver.commands import export
+from tune_archiver.store import files
 
 # The documented shape of `export --json`.
 EXPORT_SCHEMA: dict[str, Any] = {
@@ -599,3 +600,48 @@ def test_an_export_to_a_filesystem_without_hard_links_still_exports(
         archive / "manifests" / "1.json").read_bytes()
     assert (folder / "index.html").stat().st_size > 0
     assert not [path for path in folder.rglob(".export-*")]
+
+
+def test_a_blob_the_archives_disk_fails_to_read_is_said_of_the_archive_not_dest(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The archive's disk failing one photo's read (EIO) fails that photo alone, exit 1,
+    on a line naming the archive's blob, as verify names it: 'cannot write 000.jpg in
+    DEST' sent the operator to replace a good USB stick while the archive's disk was
+    the one failing."""
+    failing = blob_file(archive, tune.images[0])
+    real_open = files.open_regular
+
+    class Failing:
+        def __init__(self, opened: BinaryIO) -> None:
+            self.opened = opened
+
+        def __enter__(self) -> Failing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.opened.close()
+
+        def fileno(self) -> int:
+            return self.opened.fileno()
+
+        def read(self, size: int = -1) -> bytes:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def open_regular(path: Path, what: str = "a blob") -> Any:
+        opened = real_open(path, what)
+        return Failing(opened) if path == failing else opened
+
+    monkeypatch.setattr(files, "open_regular", open_regular)
+    dest = tmp_path / "stick"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 1
+    assert "Traceback" not in ran.err
+    report = json.loads(ran.out)
+    assert report["failed"] == [
+        f"training_image 0: cannot read the blob {failing.name} in {archive}: Input/output "
+        "error"]
+    files_now = expected_files(tune)
+    del files_now["training_images/000.jpg"]
+    assert exported(dest / "1-jane-doe") == files_now

@@ -251,8 +251,11 @@ def save_as(blob: Path, target: Path, hard_link: bool, root: Path, size: int | N
             # Rot keeps the size: only the hash tells, before a link or copy hands the
             # bytes over under the file's name (as an S3 archive's export checks them).
             hashing = hashlib.sha256()
-            while chunk := source.read(READ_BLOCK):
-                hashing.update(chunk)
+            try:  # the archive's disk failing (EIO) is said of the blob, not of `target`
+                while chunk := source.read(READ_BLOCK):
+                    hashing.update(chunk)
+            except OSError as exc:
+                raise storage_error(exc, root, f"read the blob {blob.name}") from exc
             if (digest := hashing.hexdigest()) != blob.name:
                 raise IntegrityError(f"the blob {blob.name} in {root} is corrupt (its bytes "
                                      f"hash to {digest}); nothing was written (repair: "
@@ -301,13 +304,10 @@ def _copy_bytes(source: int, out: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
-    os.lseek(out, 0, os.SEEK_SET)
     os.ftruncate(out, 0)
-    os.lseek(source, 0, os.SEEK_SET)
-    while chunk := os.read(source, READ_BLOCK):
-        view = memoryview(chunk)
-        while view:  # a full disk's write stores part and returns short, no error
-            view = view[os.write(out, view):]
+    copied = 0
+    while chunk := os.pread(source, READ_BLOCK, copied):
+        copied += os.pwrite(out, chunk, copied)  # a full disk's may store part, no error
 
 
 # -- writes inside the archive, each folder opened without following a link --------
