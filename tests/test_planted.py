@@ -18,9 +18,11 @@ from tests.helpers import blob_file, run_fetch, sha256
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
 from tune_archiver.commands import export
+from tune_archiver.download.partfile import partial_name
 from tune_archiver.errors import StorageError
 from tune_archiver.store.files import read_capped
 from tune_archiver.store.local import LocalStore
+from tune_archiver.urls import download_identity
 
 
 @pytest.fixture
@@ -443,3 +445,24 @@ def test_repair_writes_nothing_through_a_link_planted_at_the_manifests_folder(
     assert "symbolic link" in line
     assert sorted(path.name for path in elsewhere.iterdir()) == ["1.json"]
     assert json.loads((elsewhere / "1.json").read_text()) == document
+
+
+@pytest.mark.parametrize("name", ["{}.part", "{}.json", ".{}.json.tmp"])
+def test_a_folder_planted_at_a_partials_name_never_fails_the_download(
+    standin: StandIn, archive: Path, name: str
+) -> None:
+    """A folder where a file's partial, its sidecar or the sidecar's temp name would be,
+    in tmp/: the file is downloaded in a private file of its own and archived, as for a
+    link or a FIFO there. Opening, renaming over or unlinking the folder said 'Is a
+    directory', and the file failed on every run (gc never takes a folder) until it
+    expired upstream unarchived."""
+    data = os.urandom(2 * 2**20)
+    url = standin.add_file("model.safetensors", data)
+    standin.add_tune(1, [url], [])
+    planted = archive / "tmp" / name.format(partial_name(download_identity(url)))
+    planted.mkdir(parents=True)
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data
+    assert check_manifest(archive / "manifests" / "1.json")["assets"][0]["status"] == "ok"
+    assert run_fetch(standin, archive, "1") == 0  # the file archived: its leftovers dropped
+    assert planted.is_dir()

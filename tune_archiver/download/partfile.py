@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -53,11 +54,15 @@ def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
     """
     name = partial_name(key)
     path, sidecar = tmp / f"{name}.part", tmp / f"{name}.json"
+    # A folder at a name of its record (which write_private renames over, its temp name
+    # unlinked first) would fail every save, and the download, on every run: as planted.
+    if any(_is_folder(tmp / record) for record in (f"{name}.json", f".{name}.json.tmp")):
+        return (*private_file(tmp), None)
     while True:
         try:
             fd = open_own(path, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, Planted, PermissionError) as exc:
+        except (BlockingIOError, Planted, PermissionError, IsADirectoryError) as exc:
             if isinstance(exc, BlockingIOError):
                 os.close(fd)
             return (*private_file(tmp), None)
@@ -66,6 +71,13 @@ def claim(tmp: Path, key: str) -> tuple[int, Path, Path | None]:
         if same_file(fd, path):
             return fd, path, sidecar
         os.close(fd)
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def fresh(tmp: Path, key: str, named: bool) -> tuple[int, Path, Path | None]:
