@@ -466,3 +466,31 @@ def test_a_folder_planted_at_a_partials_name_never_fails_the_download(
     assert check_manifest(archive / "manifests" / "1.json")["assets"][0]["status"] == "ok"
     assert run_fetch(standin, archive, "1") == 0  # the file archived: its leftovers dropped
     assert planted.is_dir()
+
+
+def test_a_folder_at_a_new_blobs_place_is_named_on_the_files_line(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder where a file's blob is to go (a rename never replaces one) fails that
+    file alone, exit 1, on a line naming the folder and saying to remove it: the line
+    was 'cannot store a blob in <archive>: Is a directory', naming no place among the
+    archive's fan-out folders, and verify's advice, fetch again, met the same line
+    each run. Once it is removed, the next fetch archives the file."""
+    data, other = os.urandom(5000), os.urandom(6000)
+    standin.add_tune(1, [standin.add_file("ckpt.safetensors", data)],
+                     [standin.add_file("photo.jpg", other)])
+    folder = blob_file(archive, data)
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("someone's")
+    assert run_fetch(standin, archive, "1") == 1
+    key = f"objects/sha256/{folder.parent.name}/{folder.name}"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1
+    assert f"checkpoint 0: refused to store a blob in {archive}: {key} is a folder, not a " \
+           "blob" in lines[0]
+    assert "(remove it, then try again)" in lines[0]
+    assert blob_file(archive, other).read_bytes() == other
+    assert (folder / "notes.txt").read_text() == "someone's"
+    shutil.rmtree(folder)
+    assert run_fetch(standin, archive, "1") == 0
+    assert blob_file(archive, data).read_bytes() == data

@@ -80,8 +80,7 @@ def check_fan_out(blob: Path) -> bool:
 def open_regular(path: Path, what: str = "a blob") -> BinaryIO:
     """Open a regular file to read, never following a link nor blocking on a FIFO.
 
-    Raises FileNotFoundError when nothing is there, NotAFile for anything else.
-    """
+    Raises FileNotFoundError when nothing is there, NotAFile for anything else."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -99,8 +98,7 @@ def read_capped(path: Path, limit: int, what: str) -> bytes | None:
     is there. Never follows a link, blocks on a FIFO or reads a device without end.
 
     Raises NotAFile for anything but a regular file, StorageError for one larger than
-    `limit`, and OSError as reading does.
-    """
+    `limit`, and OSError as reading does."""
     try:
         file = open_regular(path, what)
     except FileNotFoundError:
@@ -323,6 +321,8 @@ def store_blob(root: Path, source: Path, key: str) -> None:
     into = _folder(root, folder, create=True)
     try:
         os.replace(source, name, dst_dir_fd=into)
+    except IsADirectoryError as exc:  # a rename never replaces one: said where it is
+        raise NotAFile(f"{key} is a folder, not a blob") from exc
     finally:
         os.close(into)
 
