@@ -514,3 +514,28 @@ def test_forget_of_a_tune_a_stopped_first_fetch_left_only_a_journal_forgets_it(
     assert not (archive / "manifests" / "1.json").exists()
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert not any(blob_file(archive, data).exists() for data in images)
+
+
+def test_a_journal_a_hard_link_snapshot_shares_is_still_read(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cp -al archive snapshot` (rsnapshot's way) taken while a stopped run's journal
+    is there gives the journal a second name: the next run still reads it, gc keeps
+    its blobs, and the snapshot's copy is never written to."""
+    archive, snapshot = tmp_path / "archive", tmp_path / "snapshot"
+    images = stopped_after_the_images(standin, archive)
+    subprocess.run(["cp", "-al", str(archive), str(snapshot)], check=True)
+    kept = (snapshot / "tmp" / "1.committed").read_bytes()
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    gc = cli(capsys, "gc", "--archive", str(archive))
+    assert gc.code == 0
+    assert all(blob_file(archive, data).exists() for data in images)
+    expire(standin)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1  # the checkpoint, never received, is gone upstream
+    assert [(e["status"], e["sha256"]) for e in images_of(archive)] == [
+        ("ok", blob_file(archive, data).name) for data in images]
+    assert (snapshot / "tmp" / "1.committed").read_bytes() == kept
+    assert cli(capsys, "gc", "--archive", str(archive)).code == 0
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)

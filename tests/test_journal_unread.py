@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,10 +20,10 @@ def unreadable_journal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tune 1's journal fails to open from now on: the disk's EIO."""
     open_own = journal.open_own
 
-    def failing(path: Path, flags: int) -> int:
+    def failing(path: Path, flags: int, **options: Any) -> int:
         if path.name == "1.committed":
             raise OSError(errno.EIO, "Input/output error")
-        return open_own(path, flags)
+        return open_own(path, flags, **options)
 
     monkeypatch.setattr(journal, "open_own", failing)
 

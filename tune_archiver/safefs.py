@@ -38,9 +38,11 @@ class Planted(OSError):
     """A name the tool writes holds something it did not make: a link, another user's file."""
 
 
-def open_own(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
+def open_own(path: Path, flags: int, mode: int = PRIVATE_FILE, links: bool = False) -> int:
     """os.open without following a link; the result must be a regular file of this user
-    with one name (else Planted, and nothing was written)."""
+    with one name (else Planted, and nothing was written). With `links`, for a file only
+    read or locked, never written, more names are allowed: a hard-link snapshot of the
+    archive (`cp -al`) gives every file a second one."""
     try:
         fd = os.open(path, flags | NOFOLLOW, mode)
     except OSError as exc:
@@ -48,17 +50,19 @@ def open_own(path: Path, flags: int, mode: int = PRIVATE_FILE) -> int:
             raise Planted(f"{path} is a symbolic link") from exc
         raise
     try:
-        check_own(fd, path)
+        check_own(fd, path, links)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def check_own(fd: int, path: Path) -> None:
-    """Raise Planted unless the open file is a regular file of this user with one name."""
+def check_own(fd: int, path: Path, links: bool = False) -> None:
+    """Raise Planted unless the open file is a regular file of this user with one name
+    (or, `links`, with any)."""
     found = os.fstat(fd)
-    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
+    names = found.st_nlink >= 1 if links else found.st_nlink == 1
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or not names:
         raise Planted(f"{path} is not a regular file of this user with one name")
 
 

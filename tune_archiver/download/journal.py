@@ -236,7 +236,8 @@ def _read(path: Path, touch: bool = False, strict: bool = False) -> bytes:
     """The journal's bytes; none when it cannot be read, or, `strict`, only when there is
     none or it is not ours (OSError: the disk failed, EIO, EACCES)."""
     try:
-        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO never blocks us
+        # A FIFO never blocks us; a second name (a snapshot's) is read, never written to.
+        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK, links=True)
     except OSError as exc:  # none, a link, another user's: nothing vouched for
         if strict and not isinstance(exc, FileNotFoundError | Planted):
             raise
@@ -280,7 +281,7 @@ def _settle(path: Path, named: Collection[str], seen: Seen = None
     `seen`, if given); else the (sha256, size) of the lines it does not (none for a
     journal too large to be read whole, or one a run holds: kept), and how it was seen."""
     try:
-        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK, links=True)
     except FileNotFoundError:
         return set(), None
     try:

@@ -122,11 +122,11 @@ def names_it(path: Path, fd: int) -> bool:
 def open_lock(path: Path, shown: Path) -> int:
     """A descriptor of the lock file, created if need be; refuses a planted one."""
     try:
-        return open_own(path, os.O_RDWR | os.O_CREAT)
+        return open_own(path, os.O_RDWR | os.O_CREAT, links=True)  # only ever locked
     except Planted as exc:
         raise StorageError(
             f"refused the lock {path} in {shown}: not a regular file of this user "
-            "with one name (planted by someone else?)"
+            "(planted by someone else?)"
         ) from exc
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the operator's to fix
