@@ -550,3 +550,34 @@ def test_prompts_unread_saying_no_reason_is_kept_and_named_all_the_same(
         assert (document["complete"], document.get("prompts_unread")) == (False, "")
     assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0
     assert check_manifest(path)["complete"] is True
+
+
+def test_a_prompt_still_generating_leaves_the_tune_not_complete_till_its_images_come(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt Astria is still generating (trained_at null, no image, no user_error)
+    lists none of its images yet: a 'fetch 10 --prompts' wrote the tune complete, exit 0,
+    and its images were never archived once Astria deleted the tune. The tune now says
+    so and is not complete (its input archived already) till a run finds the images;
+    a prompt that failed (user_error, no image) is settled: nothing more to come."""
+    add_tune(standin, 10)
+    selfie = standin.add_file("selfie", os.urandom(800))
+    pending = standin.add_prompt(FLUX, 700, "<faceid:10:1> at sea", [], trained_at=None,
+                                 input_image=selfie)
+    standin.add_prompt(FLUX, 701, "<faceid:10:1> nsfw", [], trained_at=None,
+                       user_error="rejected")
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "prompt 700 is still generating" in line
+    assert "prompt 701" not in line
+    document = check_manifest(archive / "manifests" / "10.json")
+    assert document["complete"] is False
+    assert "prompt 700" in document["prompts_unread"]
+    [entry] = entries(archive, 10, "prompt_input")
+    assert (entry["prompt_id"], entry["status"]) == (700, "ok")
+    image = os.urandom(1_500)
+    pending.update(images=[standin.add_file("sea", image)], trained_at="2026-11-03T10:00:00Z")
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["prompt_id"], entry["status"], entry["sha256"]) == (700, "ok", sha256(image))
+    assert check_manifest(archive / "manifests" / "10.json")["complete"] is True

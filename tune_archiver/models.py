@@ -50,7 +50,9 @@ class Prompt:
     image_urls: tuple[str, ...]  # what it generated: images, and videos
     tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
     input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
-    error: str | None = None  # why its files could not be read (then none are listed)
+    # Why its files could not be read (then none are listed), or are not all known yet
+    # (still generating: its inputs are listed, its images to come).
+    error: str | None = None
     # The tunes its text or video_prompt names with <lora:ID:..> or <faceid:ID:..>: a
     # Seedance 2 reference video names them in video_prompt alone, often with no text.
     names: frozenset[int] = frozenset()
@@ -276,10 +278,23 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
         prompt = Prompt(id=prompt_id, text=text, image_urls=(), names=frozenset(names),
                         tune_id=created_on if _is_id(created_on) else tune_id)
         try:
-            prompts.append(_with_files(prompt, item, f"{what}: prompt {prompt_id}"))
+            prompt = _with_files(prompt, item, f"{what}: prompt {prompt_id}")
         except DataError as exc:
-            prompts.append(replace(prompt, error=str(exc)))
+            prompt = replace(prompt, error=str(exc))
+        waiting = _generating(prompt, item, what) if prompt.error is None else None
+        prompts.append(replace(prompt, error=waiting) if waiting else prompt)
     return prompts
+
+
+def _generating(prompt: Prompt, item: dict[str, Any], what: str) -> str | None:
+    """Why a prompt's images are not known yet: it is still generating (`trained_at` sent
+    null, no image, no `user_error`; Astria's CLI takes a prompt as settled once it has
+    images or a user_error). None when it is settled: its images are all it will have."""
+    if prompt.image_urls or item.get("user_error") or "trained_at" not in item or (
+            item["trained_at"] is not None):
+        return None
+    return (f"{what}: prompt {prompt.id} is still generating, no image yet: fetch again "
+            "with --prompts once it is done")
 
 
 def _with_files(prompt: Prompt, item: dict[str, Any], where: str) -> Prompt:
