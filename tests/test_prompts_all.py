@@ -581,3 +581,26 @@ def test_a_prompt_still_generating_leaves_the_tune_not_complete_till_its_images_
     [entry] = entries(archive, 10, "prompt_image")
     assert (entry["prompt_id"], entry["status"], entry["sha256"]) == (700, "ok", sha256(image))
     assert check_manifest(archive / "manifests" / "10.json")["complete"] is True
+
+
+def test_a_failed_file_its_listed_prompt_no_longer_names_is_gone_not_elsewhere(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt this run lists that no longer names an image that failed (Astria took it
+    off the prompt) has lost it upstream: asked for alone, the prompt was found, and the
+    file said 'not listed in the scope this run asks in ... in another workspace: run
+    fetch 10 --prompts --workspace all', failed for good (exit 1 each run, that command
+    no help). It is gone, said once, without asking; the next run exits 0."""
+    add_tune(standin, 10)
+    kept = standin.add_file("kept", os.urandom(900))
+    prompt = standin.add_prompt(FLUX, 700, "<lora:10:1> x", [kept, standin.file_url("lost")])
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    prompt["images"] = [kept]
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [line] = capsys.readouterr().err.splitlines()[1:]
+    assert "prompt_image 1 of prompt 700: gone upstream, never archived" in line
+    assert "workspace" not in line
+    assert standin.seen("api", "/tunes/1504944/prompts/700") == []
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert [(e["index"], e["status"]) for e in entries(archive, 10, "prompt_image")] == [
+        (0, "ok"), (1, "gone")]

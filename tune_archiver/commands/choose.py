@@ -335,7 +335,8 @@ async def plan_for(
     carried = carried_over(previous, assets_of(tune), present, listed, unread,
                            tune.unread_kinds)
     asked: dict[tuple[int, int], ArchiverError | None] = {}  # a prompt's files ask once
-    return plan, [await unlisted(api, tune.id, result, asked) for result in carried]
+    read = {prompt.id for prompt in tune.prompts if prompt.error is None}
+    return plan, [await unlisted(api, tune.id, result, asked, read) for result in carried]
 
 
 def with_journaled(tune_id: int, previous: Manifest | None, journaled: Sequence[Entry],

@@ -3,6 +3,8 @@ or failed still, asked for again (GET /prompts lists one scope alone)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from tune_archiver.astria.client import AstriaClient
 from tune_archiver.commands.plan import NO_LONGER_LISTED
 from tune_archiver.commands.workspaces import ALL
@@ -12,16 +14,20 @@ from tune_archiver.models import AssetResult
 
 
 async def unlisted(api: AstriaClient, tune_id: int, result: AssetResult,
-                    asked: dict[tuple[int, int], ArchiverError | None]) -> AssetResult:
+                    asked: dict[tuple[int, int], ArchiverError | None],
+                    listed: Collection[int] = ()) -> AssetResult:
     """A prompt's failed file that the run's prompts no longer list is gone upstream (never
     asked for again) only if its prompt is: GET /prompts lists one scope alone (the
     personal one without --workspace), so a prompt made in workspace 42 that a run of
     another scope does not list is asked for alone, in every workspace. Had, the file
     stays failed, saying why; so it does when the API could not tell (a 503, a 429, the
     network: gone is for good); a 404 (or a key refused every workspace, as before)
-    keeps it gone. `asked` holds each prompt's answer: its other files ask no more."""
+    keeps it gone. `asked` holds each prompt's answer: its other files ask no more. A
+    file of a prompt the run `listed` is gone without asking: its prompt, read, no longer
+    names it (asked, it was said to be in another workspace, failed for good)."""
     entry = result.entry if isinstance(result, CarriedOver) else None
-    if (entry is None or entry.prompt_id is None or not result.gone or result.reused
+    if (entry is None or entry.prompt_id is None or entry.prompt_id in listed
+            or not result.gone or result.reused
             or not (result.error or "").startswith(NO_LONGER_LISTED)):
         return result
     key = (entry.prompt_tune_id or tune_id, entry.prompt_id)
