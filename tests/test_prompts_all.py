@@ -604,3 +604,24 @@ def test_a_failed_file_its_listed_prompt_no_longer_names_is_gone_not_elsewhere(
     assert run_fetch(standin, archive, "10", "--prompts") == 0
     assert [(e["index"], e["status"]) for e in entries(archive, 10, "prompt_image")] == [
         (0, "ok"), (1, "gone")]
+
+
+def test_a_null_among_a_prompts_images_costs_that_one_alone(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt whose images hold a null (one Astria gives no URL for) beside three URLs
+    failed whole: none of its images was archived, run after run, and all were lost with
+    the tune. The URLs it holds are archived, as a tune's photos beside a null are; the
+    tune says what was not read and is not complete."""
+    add_tune(standin, 10)
+    images = [os.urandom(900 + n) for n in range(3)]
+    urls = [standin.add_file(f"i{n}", image) for n, image in enumerate(images)]
+    standin.add_prompt(FLUX, 700, "<lora:10:1> x", [urls[0], None, *urls[1:]],
+                       image_references=[standin.add_file("ref", b"r" * 900), 7])
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "prompt 700: 'images' holds something that is not a URL string" in line
+    assert [(e["status"], e["sha256"]) for e in entries(archive, 10, "prompt_image")] == [
+        ("ok", sha256(image)) for image in images]
+    assert [e["status"] for e in entries(archive, 10, "prompt_input")] == ["ok"]
+    assert check_manifest(archive / "manifests" / "10.json")["complete"] is False

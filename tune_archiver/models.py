@@ -50,8 +50,8 @@ class Prompt:
     image_urls: tuple[str, ...]  # what it generated: images, and videos
     tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
     input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
-    # Why its files could not be read (then none are listed), or are not all known yet
-    # (still generating: its inputs are listed, its images to come).
+    # Why its files could not all be read (a field malformed: the URLs it holds are
+    # listed), or are not all known yet (still generating: its images to come).
     error: str | None = None
     # The tunes its text or video_prompt names with <lora:ID:..> or <faceid:ID:..>: a
     # Seedance 2 reference video names them in video_prompt alone, often with no text.
@@ -261,8 +261,8 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
     it is not a list of objects with ids.
 
     A prompt's tune is its own `tune_id` field, else `tune_id` (the tune listed). A
-    prompt whose file fields are malformed is kept with its `error` and no files: it
-    fails alone, not every tune whose listing holds it.
+    prompt whose file fields are malformed is kept with its `error` and the URLs they do
+    hold: it fails alone, not every tune whose listing holds it.
     """
     if not isinstance(data, list):
         raise DataError(f"{what}: the API returned {type(data).__name__}, not a JSON list")
@@ -277,10 +277,7 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
         created_on = item.get("tune_id")
         prompt = Prompt(id=prompt_id, text=text, image_urls=(), names=frozenset(names),
                         tune_id=created_on if _is_id(created_on) else tune_id)
-        try:
-            prompt = _with_files(prompt, item, f"{what}: prompt {prompt_id}")
-        except DataError as exc:
-            prompt = replace(prompt, error=str(exc))
+        prompt = _with_files(prompt, item, f"{what}: prompt {prompt_id}")
         waiting = _generating(prompt, item, what) if prompt.error is None else None
         prompts.append(replace(prompt, error=waiting) if waiting else prompt)
     return prompts
@@ -298,15 +295,36 @@ def _generating(prompt: Prompt, item: dict[str, Any], what: str) -> str | None:
 
 
 def _with_files(prompt: Prompt, item: dict[str, Any], where: str) -> Prompt:
-    """The prompt with its outputs and inputs; raises DataError when a field is malformed."""
-    inputs = [
-        *_url_field(item, "input_image", where),
-        *_url_list(item, "image_references", where),
-        *_url_field(item, "input_video", where),
-        *(url for name in MORE_INPUTS for url in _url_field(item, name, where)),
-    ]
-    return replace(prompt, image_urls=tuple(_url_list(item, "images", where)),
-                   input_urls=tuple(dict.fromkeys(inputs)))
+    """The prompt with its outputs and inputs. A field malformed, or an item of a list
+    that is not a URL, is its error (not complete): the URLs it and the other fields do
+    hold are kept, as a tune's are (one null image must not cost the other three)."""
+    errors: list[str] = []
+
+    def one(name: str) -> list[str]:
+        value = item.get(name)
+        if value is None or value == "":
+            return []
+        if isinstance(value, str):
+            return [value]
+        errors.append(f"{where}: '{name}' is not a URL string")
+        return []
+
+    def many(name: str) -> list[str]:
+        value = item.get(name)
+        if value is None:  # missing or null: none, a normal result
+            return []
+        if not isinstance(value, list):
+            errors.append(f"{where}: '{name}' is not a list")
+            return []
+        found = [url for url in value if isinstance(url, str)]
+        if len(found) < len(value):
+            errors.append(f"{where}: '{name}' holds something that is not a URL string")
+        return found
+
+    inputs = [*one("input_image"), *many("image_references"), *one("input_video"),
+              *(url for name in MORE_INPUTS for url in one(name))]
+    return replace(prompt, image_urls=tuple(many("images")),
+                   input_urls=tuple(dict.fromkeys(inputs)), error="; ".join(errors) or None)
 
 
 # <lora:ID:weight> and <faceid:ID:weight>: a prompt on a base tune that uses tune ID. The
@@ -338,25 +356,3 @@ def listed_id(item: Any, what: str) -> int:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _url_field(data: dict[str, Any], name: str, what: str) -> list[str]:
-    """A single URL string as a list of none or one; raises DataError when not a string."""
-    value = data.get(name)
-    if value is None or value == "":
-        return []
-    if not isinstance(value, str):
-        raise DataError(f"{what}: '{name}' is not a URL string")
-    return [value]
-
-
-def _url_list(data: dict[str, Any], name: str, what: str) -> list[str]:
-    """A list of URL strings; a missing or null field is an empty list (a normal result)."""
-    value = data.get(name)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise DataError(f"{what}: '{name}' is not a list")
-    if not all(isinstance(item, str) for item in value):
-        raise DataError(f"{what}: '{name}' holds something that is not a URL string")
-    return value
