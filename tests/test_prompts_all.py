@@ -625,3 +625,27 @@ def test_a_null_among_a_prompts_images_costs_that_one_alone(
         ("ok", sha256(image)) for image in images]
     assert [e["status"] for e in entries(archive, 10, "prompt_input")] == ["ok"]
     assert check_manifest(archive / "manifests" / "10.json")["complete"] is False
+
+
+def test_a_prompt_of_another_workspace_with_a_malformed_field_is_not_taken_for_deleted(
+    standin: StandIn, archive: Path
+) -> None:
+    """A prompt of workspace 42 whose image failed, asked for alone by a run of the
+    personal scope (8240e05), was taken for deleted when its answer held a malformed
+    field (a null among its images): get_prompt refused it, the image went 'gone', and
+    the next --workspace all run, listing it, never asked for it again: lost. The prompt
+    is there all the same: the file stays failed, and is archived by that run."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    image = os.urandom(1_200)
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman",
+                       [standin.add_file("ws-image", image), None])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws-image"] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    [entry] = entries(archive, 10, "prompt_image")
+    assert entry["status"] == "failed"
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    [entry] = entries(archive, 10, "prompt_image")
+    assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))

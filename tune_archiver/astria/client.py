@@ -104,13 +104,12 @@ class AstriaClient:
 
     async def get_prompt(self, tune_id: int, prompt_id: int, scope: str | None = None) -> Prompt:
         """One prompt (GET /tunes/:tune_id/prompts/:id), for fresh URLs of its files; asked
-        for in workspace `scope` when given."""
+        for in workspace `scope` when given. One with an `error` (a field malformed, still
+        generating) is given all the same: it is there, with the URLs it does hold."""
         what = f"prompt {prompt_id} of tune {tune_id}"
         path = f"/tunes/{tune_id}/prompts/{prompt_id}"
         data = await self._retried(what, lambda: self._get_json(path, what, scope))
         [prompt] = parse_prompts([data], what, tune_id)
-        if prompt.error is not None:
-            raise DataError(prompt.error)
         if prompt.id != prompt_id:
             raise DataError(f"{what}: the API returned prompt {prompt.id} instead")
         return prompt
