@@ -364,6 +364,24 @@ def test_a_motion_control_prompt_naming_the_tune_without_a_weight_is_archived_wi
     assert not blob_file(archive, b"o" * 900).exists()
 
 
+def failed_in_workspace_42_then_fetched_personal(
+    standin: StandIn, archive: Path, *more_images: str | None
+) -> bytes:
+    """Prompt 501 of workspace 42, naming FaceID tune 10, with `more_images` after its
+    image: the image failed (404) under --workspace all, then a --prompts run of the
+    personal scope, which does not list the prompt, ran (both exit 1). The image's bytes."""
+    standin.scoped_prompts = True
+    add_tune(standin, 10, model_type="faceid")
+    image = os.urandom(1_200)
+    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman",
+                       [standin.add_file("ws-image", image), *more_images])
+    standin.prompt_workspaces[501] = "42"
+    standin.faults["ws-image"] = [Status(404)]
+    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
+    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    return image
+
+
 def test_a_failed_file_of_a_prompt_of_another_workspace_is_not_taken_for_deleted(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -373,14 +391,7 @@ def test_a_failed_file_of_a_prompt_of_another_workspace_is_not_taken_for_deleted
     upstream: 'gone', never asked for again, so the next --workspace all run, which lists
     it, left it out for good, the tune complete. The prompt is asked for alone in every
     workspace first: there, the file stays failed, saying why, and is archived later."""
-    standin.scoped_prompts = True
-    add_tune(standin, 10, model_type="faceid")
-    image = os.urandom(1_200)
-    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman", [standin.add_file("ws-image", image)])
-    standin.prompt_workspaces[501] = "42"
-    standin.faults["ws-image"] = [Status(404)]
-    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
-    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    image = failed_in_workspace_42_then_fetched_personal(standin, archive)
     [entry] = entries(archive, 10, "prompt_image")
     assert entry["status"] == "failed"
     assert "prompt 501 is not listed in the scope this run asks in" in entry["error"]
@@ -635,15 +646,7 @@ def test_a_prompt_of_another_workspace_with_a_malformed_field_is_not_taken_for_d
     field (a null among its images): get_prompt refused it, the image went 'gone', and
     the next --workspace all run, listing it, never asked for it again: lost. The prompt
     is there all the same: the file stays failed, and is archived by that run."""
-    standin.scoped_prompts = True
-    add_tune(standin, 10, model_type="faceid")
-    image = os.urandom(1_200)
-    standin.add_prompt(FLUX, 501, "<faceid:10:1> woman",
-                       [standin.add_file("ws-image", image), None])
-    standin.prompt_workspaces[501] = "42"
-    standin.faults["ws-image"] = [Status(404)]
-    assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
-    assert run_fetch(standin, archive, "10", "--prompts") == 1
+    image = failed_in_workspace_42_then_fetched_personal(standin, archive, None)
     [entry] = entries(archive, 10, "prompt_image")
     assert entry["status"] == "failed"
     assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
