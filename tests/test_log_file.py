@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -252,3 +254,30 @@ def test_a_log_recreated_readable_by_all_under_a_run_is_said_then(
     assert said == [f"warning: the log file {log} is readable by every user of this "
                     "machine (it names your tunes and files): chmod 600 it"]
     assert [e["event"] for e in events(log)] == ["warning", "second", "third"]
+
+
+def test_a_write_only_log_file_is_still_appended_to(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log its owner made write-only (0200) was appended to, then refused once the file
+    was opened to read its last byte too: 'cannot open the log file', exit 2, no backup.
+    (Root reads it whatever its mode: the kernel's refusal is played for root.)"""
+    from tune_archiver.cli import eventlog
+
+    own = eventlog._own
+
+    def as_its_owner(path: str, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_WRONLY and not os.stat(path).st_mode & 0o400:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return own(path, flags)
+
+    monkeypatch.setattr(eventlog, "_own", as_its_owner)
+    make_tune(standin, 1, images=1)
+    log = tmp_path / "run.log"
+    log.write_text('{"event": "cut')  # a line a full disk cut short
+    log.chmod(0o200)
+    assert run_fetch(standin, tmp_path / "a", "1", "--log-file", str(log)) == 0
+    log.chmod(0o600)
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "run_end"
+    assert any('"run_start"' in line for line in lines)

@@ -97,7 +97,7 @@ class JsonLines(logging.Handler):
                 return
         except FileNotFoundError:
             pass  # moved away and not created again: we create it, as logrotate would
-        stream = open(self._name, "a+", encoding="utf-8", opener=_own)
+        stream = _appending(self._name)
         with contextlib.suppress(OSError):
             self.stream.close()
         self.stream, self._first = stream, cut_short(stream)
@@ -137,12 +137,21 @@ def open_log(path: str, secrets: Sequence[str]) -> JsonLines:
     if path == "-":
         return JsonLines(sys.stderr, secrets, owned=False)
     try:
-        stream = open(path, "a+", encoding="utf-8", opener=_own)  # + reads its last byte
+        stream = _appending(path)
     except Planted as exc:
         raise ConfigError(f"refused the log file: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path}: {exc.strerror or exc}") from exc
     return JsonLines(stream, secrets, owned=True, name=path)
+
+
+def _appending(path: str) -> IO[str]:
+    """The log opened to append, and to read its last byte (cut_short) when it may be
+    read: one its owner made write-only (0200) is appended to as ever, not refused."""
+    try:
+        return open(path, "a+", encoding="utf-8", opener=_own)
+    except PermissionError:
+        return open(path, "a", encoding="utf-8", opener=_own)
 
 
 def cut_short(stream: IO[str]) -> str:
