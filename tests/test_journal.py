@@ -539,3 +539,24 @@ def test_a_journal_a_hard_link_snapshot_shares_is_still_read(
     assert (snapshot / "tmp" / "1.committed").read_bytes() == kept
     assert cli(capsys, "gc", "--archive", str(archive)).code == 0
     assert all(blob_file(archive, data).read_bytes() == data for data in images)
+
+
+def test_a_line_for_a_journal_a_snapshot_shares_goes_to_a_copy_of_our_own(
+    tmp_path: Path,
+) -> None:
+    """A journal with a second name (a `cp -al` snapshot's, rsnapshot's daily one) took
+    no line: a rerun's commits, stopped again before the manifest, were named by nothing,
+    so gc removed them and, once expired, they were 'gone upstream'. The line goes to a
+    copy of the journal of our own, every earlier line in it; the snapshot's is as it was."""
+    journals = Journals(tmp_path / "tmp")
+    journals.directory.mkdir()
+    first, then = entry_of(0, "a"), entry_of(1, "b")
+    journals.note(1, first, lambda: {"id": 1})
+    os.link(journals.path(1), tmp_path / "snapshot.committed")
+    kept = (tmp_path / "snapshot.committed").read_bytes()
+    journals.note(1, then, lambda: {"id": 1})
+    entries = asyncio.run(journals.entries(1))
+    assert [e.sha256 for e in entries] == ["a" * 64, "b" * 64]
+    assert (tmp_path / "snapshot.committed").read_bytes() == kept
+    assert journals.path(1).stat().st_nlink == 1
+    assert [p.name for p in journals.directory.iterdir()] == ["1.committed"]

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
@@ -214,10 +215,13 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
             except BlockingIOError:
                 return None
             found = os.fstat(fd)
-            if found.st_nlink == 0:
-                continue  # removed by a settle: a new one is made
-            if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
-                raise OSError(f"{path} is not a regular file of this user with one name")
+            if found.st_nlink == 0 or _renamed(path, found):
+                continue  # removed by a settle, or replaced by a copy: taken again
+            if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                raise OSError(f"{path} is not a regular file of this user")
+            if found.st_nlink != 1:  # a snapshot's second name: never written to
+                _own_copy(path, fd)
+                continue
             if found.st_size == 0:
                 line = _line({"tune": tune()}) + line
             elif os.pread(fd, 1, found.st_size - 1) != b"\n":
@@ -230,6 +234,35 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
         finally:
             if fd != -1:
                 os.close(fd)
+
+
+def _renamed(path: Path, found: os.stat_result) -> bool:
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    return (now.st_dev, now.st_ino) != (found.st_dev, found.st_ino)
+
+
+def _own_copy(path: Path, fd: int) -> None:
+    """Rename a copy of the journal `fd` over `path`: a hard-link snapshot of the archive
+    (`cp -al`, rsnapshot's) shares it, and a line appended there was the snapshot's too,
+    so none was, and a rerun's files stopped again before the manifest were named by
+    nothing (gc took them). Only while no other holds it (else OSError: no line)."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no line appended while copied
+    if _renamed(path, os.fstat(fd)):
+        return
+    # A name gc sweeps after a day, as a partial, should a crash leave it.
+    copy, name = tempfile.mkstemp(dir=path.parent, prefix="private-", suffix=".part")
+    try:
+        while chunk := os.pread(fd, MAX_JOURNAL, os.lseek(copy, 0, os.SEEK_CUR)):
+            os.write(copy, chunk)  # a full disk's short write is read again after it
+        os.fsync(copy)  # every earlier line names a blob gc keeps only for it
+        os.replace(name, path)
+    finally:
+        os.close(copy)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 def _read(path: Path, touch: bool = False, strict: bool = False) -> bytes:
