@@ -48,7 +48,7 @@ from tune_archiver.net.session import new_session
 from tune_archiver.progress import Progress
 from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.selection import parse_moment
-from tune_archiver.store import Store, blob_sizes
+from tune_archiver.store import Store, blob_sizes, kept_young
 from tune_archiver.store.location import open_store
 from tune_archiver.urls import redact, redact_json, redact_text
 
@@ -277,7 +277,7 @@ async def _download_and_record(
     we planned, what that run archived is kept (plan.merged). Raises
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
-    journaled = await run.journals.entries(tune.id, touch=True)
+    journaled = await kept_young(run.store, await run.journals.entries(tune.id, touch=True))
     plan, carried = await plan_for(run.store, tune, run.settings, run.api, journaled)
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))

@@ -9,12 +9,15 @@ hands the store a growing local file, and the store takes it in through an Intak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from tune_archiver.errors import ArchiverError
+from tune_archiver.manifest import Entry
 from tune_archiver.models import Blob, StoredBlob
 
 # Given a manifest's bytes (None when there is none), the bytes to write in their place.
@@ -204,3 +207,28 @@ async def blob_sizes(store: Store, sha256s: Collection[str]) -> dict[str, int]:
     found = await asyncio.gather(*(store.blob_size(sha256) for sha256 in sha256s))
     return {sha256: size for sha256, size in zip(sha256s, found, strict=True)
             if size is not None}
+
+
+@runtime_checkable
+class KeepsYoung(Protocol):
+    """A store whose gc takes a blob no manifest names once it is old, with no lock to
+    keep it off while a run is about to name it (a bucket's: see gc_grace)."""
+
+    async def keep_young(self, blob: Blob) -> None:
+        """Keep a blob held at its size that this run will name without storing it, as
+        one it stored: refreshed when getting old, and looked up again before a manifest
+        names it. Nothing when it is not there at its size."""
+        ...
+
+
+async def kept_young(store: Store, journaled: Sequence[Entry]) -> Sequence[Entry]:
+    """The journal's entries, their blobs kept young (KeepsYoung) before the run takes
+    them as archived: a stopped run stored them, and nothing names them but a journal
+    a gc on another machine never sees, so one a day old went while the rerun fetched
+    the rest, and its manifest named it ok. One not refreshed is taken as before."""
+    if isinstance(store, KeepsYoung):
+        for entry in journaled:
+            with contextlib.suppress(ArchiverError):
+                if entry.blob is not None:
+                    await store.keep_young(entry.blob)
+    return journaled

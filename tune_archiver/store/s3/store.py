@@ -36,7 +36,7 @@ from tune_archiver.store.s3 import aside, conditions, leftovers
 from tune_archiver.store.s3.bucket import Bucket
 from tune_archiver.store.s3.config import client_config, install_hint, parse_url
 from tune_archiver.store.s3.errors import REACH, Absent, Conflict, Unsupported
-from tune_archiver.store.s3.intake import S3Intake, let_go, named_still_here
+from tune_archiver.store.s3.intake import S3Intake, held_young, let_go, named_still_here
 from tune_archiver.store.s3.parts import b64, keep_big_blocks_apart
 from tune_archiver.store.s3.reading import read_range
 from tune_archiver.store.s3.transfer import save_as, stream
@@ -188,6 +188,15 @@ class S3Store:
     async def blob_size(self, sha256: str) -> int | None:
         """The size of the blob, or None when it is not in the bucket."""
         return await self.bucket.size_at(self.bucket.key(blob_key(sha256)), "look up a blob")
+
+    async def keep_young(self, blob: Blob) -> None:
+        """Refresh a blob held at its size that this run names unstored (a stopped run's,
+        from its journal) when getting old, and keep it with those the run stored, looked
+        up again before a manifest names it (see the class's note)."""
+        kept = await held_young(self.bucket, self.bucket.key(blob_key(blob.sha256)), blob,
+                                self.gc_grace)
+        if kept is not None:
+            self._stored.setdefault(blob.sha256, (blob, kept))
 
     def intake(self, file: Growing) -> S3Intake:
         """Follow a download, sending its whole parts as they are hashed (see live.py)."""
