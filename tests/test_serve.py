@@ -8,9 +8,12 @@ import gzip
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -20,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.archive_helpers import cli, manifest_of, stop, write_manifest
+from tests.archive_helpers import cli, first_error_line, manifest_of, stop, write_manifest
 from tests.archive_helpers import start as start_process
 from tests.conftest import ROOT
 from tests.gallery_helpers import NOW, Gallery, archived_gallery
@@ -38,7 +41,7 @@ from tune_archiver.layout import blob_key
 from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
 from tune_archiver.store.s3.store import S3Store
-from tune_archiver.web import blobs
+from tune_archiver.web import blobs, server
 from tune_archiver.web.access import is_loopback, parse_bind, read_token
 from tune_archiver.web.blobs import byte_range
 from tune_archiver.web.server import start
@@ -649,3 +652,47 @@ async def test_a_signed_url_an_older_manifest_holds_is_redacted_on_the_page(
             assert "0f1e2d3c4b5a" not in text
         assert f'action="/tunes/5/verify?token={TOKEN}"' in text
         assert f'/blobs/{sha256(gallery.checkpoint)}?token={TOKEN}"' in text
+
+
+async def test_a_connection_that_sends_no_whole_request_is_closed(
+    gallery: Gallery, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user may connect, token or not: a connection holding a request's first
+    line alone was kept an hour (aiohttp's default), so enough of them ran serve out of
+    descriptors and the owner's own requests hung. It is closed after IDLE_SECONDS."""
+    monkeypatch.setattr(server, "IDLE_SECONDS", 0.2)
+    async for url, _ in running(archive, TOKEN):
+        port = int(url.rstrip("/").rpartition(":")[2])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+
+
+def test_running_out_of_descriptors_is_one_line_not_a_traceback_each_time(
+    gallery: Gallery, archive: Path
+) -> None:
+    """When connections run serve out of descriptors (EMFILE at accept()), asyncio's
+    own handler printed a traceback for each one refused, many a second, to the owner's
+    terminal. It is one line of serve's log, its traceback with -v only."""
+    command = [sys.executable, "-m", "tune_archiver", "serve", "--bind", "127.0.0.1:0",
+               "--archive", str(archive)]
+    process = subprocess.Popen(
+        command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    held: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "serve said nothing"
+        host, _, port = process.stdout.readline().split()[1].split("/")[2].partition(":")
+        held += [socket.create_connection((host, int(port)), timeout=30) for _ in range(160)]
+        assert "accept() out of system resource: [Errno 24]" in first_error_line(process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert "Traceback" not in err
+    finally:
+        for raw in held:
+            raw.close()
+        stop(process)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from html import escape
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -33,6 +34,10 @@ from tune_archiver.web.access import Handler, guard
 from tune_archiver.web.blobs import blob_response
 
 Clock = Callable[[], datetime]
+# A connection that sends no whole request is closed after this long: aiohttp's default
+# (an hour) let anyone who can reach the port, token or not, hold connections open until
+# serve ran out of descriptors and its owner's own requests hung.
+IDLE_SECONDS = 30.0
 POLICY = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
@@ -167,7 +172,7 @@ async def start(
 ) -> tuple[web.AppRunner, str]:
     """The app listening on host:port (0: any free port); returns its runner and base URL."""
     runner = web.AppRunner(build_app(store, clock, token, secrets), access_log=None,
-                           logger=ServerLog())
+                           logger=ServerLog(), keepalive_timeout=IDLE_SECONDS)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -185,8 +190,20 @@ async def serve(
 ) -> None:
     """Serve until cancelled (Ctrl-C); `started(url)` is told where, once listening."""
     runner, url = await start(store, host, port, token, clock, secrets)
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(_loop_error)
     try:
         started(url)
         await asyncio.Event().wait()
     finally:
+        loop.set_exception_handler(before)
         await runner.cleanup()
+
+
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An error the event loop meets outside any request (accept() out of descriptors,
+    EMFILE) as one line of serve's log, its traceback with -v only: asyncio's own
+    handler printed a traceback for each connection refused so."""
+    ServerLog().log(logging.ERROR, "%s", context.get("message", "the event loop failed"),
+                    exc_info=context.get("exception"))
