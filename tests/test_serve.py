@@ -696,3 +696,25 @@ def test_running_out_of_descriptors_is_one_line_not_a_traceback_each_time(
         for raw in held:
             raw.close()
         stop(process)
+
+
+async def test_a_blob_names_its_bytes_so_a_browser_can_resume_its_download(
+    site: Site, gallery: Gallery
+) -> None:
+    """A browser resumes an interrupted download (a 6 GB checkpoint) only with a
+    validator, an ETag or a Last-Modified, sent back in If-Range: serve gave neither,
+    so Chrome and Firefox started the download over. The sha256 is its strong ETag; a
+    Range If-Range another validator (or a date) is answered with the whole blob."""
+    url, session = site
+    blob = f"{url}blobs/{sha256(gallery.checkpoint)}"
+    etag = f'"{sha256(gallery.checkpoint)}"'
+    async with session.get(blob) as response:
+        assert response.headers["ETag"] == etag
+    async with session.get(blob, headers={"Range": "bytes=100-", "If-Range": etag}) as response:
+        assert response.status == 206
+        assert await response.read() == gallery.checkpoint[100:]
+    for other in ('"0000"', "Tue, 01 Dec 2026 10:00:00 GMT"):
+        async with session.get(blob, headers={"Range": "bytes=100-",
+                                              "If-Range": other}) as response:
+            assert response.status == 200
+            assert await response.read() == gallery.checkpoint

@@ -133,14 +133,21 @@ async def _send(
     failed rather than other bytes under the blob's name. A range that covers the
     whole blob (a video player asks bytes=0-) is the whole blob; a smaller one is
     sent unhashed: checking it would mean reading the whole blob for each one."""
-    span = byte_range(request.headers.get("Range"), size) if size else None
+    # The sha256 names the bytes, as a strong ETag does: without one (or a Last-Modified)
+    # a browser restarts an interrupted download from its first byte instead of resuming
+    # it with a Range. A Range sent If-Range another validator is for other bytes: the
+    # whole blob is the answer (RFC 9110 13.1.5).
+    etag = f'"{sha256}"'
+    if_range = request.headers.get("If-Range")
+    ranged = size > 0 and (if_range is None or if_range.strip() == etag)
+    span = byte_range(request.headers.get("Range"), size) if ranged else None
     start, end = span or (0, size - 1)
     if not size and sha256 != EMPTY:  # emptied by a crash: no body to cut, refused here
         log.error("serve: blob %s: %s", sha256[:12], MISMATCH)
         raise web.HTTPInternalServerError(text=f"the blob: {MISMATCH}")
     response = web.StreamResponse(status=206 if span else 200, headers={
         "Content-Type": content_type_of(None, head), "Cache-Control": CACHED,
-        "Accept-Ranges": "bytes"})
+        "Accept-Ranges": "bytes", "ETag": etag})
     response.content_length = end - start + 1 if size else 0
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
