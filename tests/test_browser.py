@@ -149,6 +149,21 @@ def test_served_pages_in_a_browser(page: Any, gallery: Gallery, tmp_path: Path) 
                ("serve-tunes.png", "serve-tune.png", "serve-verified.png"))
 
 
+def test_a_checkpoint_downloaded_from_serve_is_saved_with_its_extension(
+    page: Any, gallery: Gallery, tmp_path: Path
+) -> None:
+    """serve's checkpoint link ends in its sha256, which Chromium took for the file's
+    name: saved as 64 hex digits, no .safetensors, so ComfyUI or A1111 listed nothing.
+    The link's download attribute names it, its bytes the checkpoint's."""
+    with serving(tmp_path / "archive") as url:
+        page.goto(f"{url}tunes/5")
+        with page.expect_download() as started:
+            page.click("a[download]")
+        saved = started.value
+        assert saved.suggested_filename == "5-checkpoint-000.safetensors"
+        assert Path(saved.path()).read_bytes() == gallery.checkpoint
+
+
 # A page in every form a browser opening a file by its name may take it: HTML, and XML
 # whose XHTML <script> runs (a host serving it as octet-stream, so it is archived).
 ACTIVE_PAGE = (b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body>'

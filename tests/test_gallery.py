@@ -57,7 +57,8 @@ def test_tune_page_shows_facts_files_and_prompts() -> None:
     assert "flux1" in html
     assert "lora" in html
     assert "2026-12-29T10:00:00Z" in html
-    assert ("a", {"href": "files/checkpoint-0", "download": None}) in tags
+    assert ("a", {"href": "files/checkpoint-0",
+                  "download": "7-checkpoint-000.safetensors"}) in tags
     assert "2.0 KiB" in html
     assert "ab" * 32 in html
     images = [attrs for tag, attrs in tags if tag == "img"]

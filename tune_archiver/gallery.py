@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
 
+from tune_archiver.commands.names import extension
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
 from tune_archiver.selection import model_type_of
@@ -86,7 +87,8 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
     parts = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(
         f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in facts if value is not None
     ) + "</dl>", extra]
-    parts.append(_checkpoints([x for x in found.entries if x.kind == "checkpoint"], href))
+    parts.append(_checkpoints(found.tune_id, [x for x in found.entries
+                                              if x.kind == "checkpoint"], href))
     for kind, heading in (("training_image", "Training images"),
                           ("face_swap_image", "Face-swap images")):
         chosen = [x for x in found.entries if x.kind == kind]
@@ -96,13 +98,17 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
     return page(title, "\n".join(part for part in parts if part))
 
 
-def _checkpoints(entries: Sequence[Entry], href: Href) -> str:
+def _checkpoints(tune_id: int, entries: Sequence[Entry], href: Href) -> str:
     if not entries:
         return "<h2>Checkpoints</h2><p>none listed</p>"
     rows = []
     for entry in entries:
         link = href(entry) if entry.blob else None
-        name = f"<a href=\"{attr(link)}\" download>download</a>" if link else (
+        # Saved under a name with its extension: serve's link ends in the sha256, which a
+        # browser took for the file's name (no .safetensors, so no tool listed it). No
+        # title in it: an older manifest's may hold the key, which a slug would hide.
+        saved = f"{tune_id}-checkpoint-{entry.index:03d}{extension(entry.content_type, entry.url)}"
+        name = f"<a href=\"{attr(link)}\" download=\"{attr(saved)}\">download</a>" if link else (
             f"<span class=\"failed\">{e(': '.join(filter(None, [_unlinked(entry), entry.error])))}"
             "</span>")
         size = human_bytes(entry.size) if entry.size is not None else ""
