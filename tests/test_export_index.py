@@ -158,7 +158,8 @@ def test_a_file_that_could_not_be_exported_is_never_said_ok_on_the_page(
 ) -> None:
     """A checkpoint and a photo whose blobs are gone from the archive are not exported
     (exit 1): index.html says so of each, where it said 'ok:' and 'training_image 1: ok'
-    in red, of files that are not in the folder."""
+    in red, of files that are not in the folder; and its facts never say the tune
+    complete, 'yes', above a folder that lacks two of its files."""
     archive = tmp_path / "archive"
     blob_file(archive, gallery.checkpoint).unlink()
     blob_file(archive, gallery.training[1]).unlink()
@@ -168,6 +169,8 @@ def test_a_file_that_could_not_be_exported_is_never_said_ok_on_the_page(
     assert '<div class="failed">training_image 1: not exported</div>' in html
     assert ": ok" not in html
     assert "ok:" not in html
+    assert ("<dt>complete</dt><dd>no: 2 archived files not exported (complete in the "
+            "archive)</dd>") in html
 
 
 SIGNED = ("https://cdn.example/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJlMDEyMzQ1"

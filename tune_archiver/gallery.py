@@ -83,7 +83,7 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
              ("model type", model_type_of(tune)), ("created", tune.get("created_at")),
              ("trained", tune.get("trained_at")), ("expires", tune.get("expires_at")),
              ("archived", found.archived_at), ("workspace", found.workspace),
-             ("complete", "yes" if found.complete else "no")]
+             ("complete", _complete(found, href))]
     parts = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(
         f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in facts if value is not None
     ) + "</dl>", extra]
@@ -96,6 +96,17 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
             parts.append(f"<h2>{heading} ({len(chosen)})</h2>{_grid(chosen, href)}")
     parts.append(_prompts(found.entries, href))
     return page(title, "\n".join(part for part in parts if part))
+
+
+def _complete(found: Manifest, href: Href) -> str:
+    """Whether the tune is complete; never "yes" on a page that lacks an archived file
+    (export's index.html of a folder a missing blob kept a file from, which the user
+    opens from the stick later believing it whole)."""
+    missing = sum(1 for entry in found.entries if entry.blob and href(entry) is None)
+    if not missing:
+        return "yes" if found.complete else "no"
+    return (f"no: {missing} archived file{'s' if missing > 1 else ''} not exported"
+            + (" (complete in the archive)" if found.complete else ""))
 
 
 def _checkpoints(tune_id: int, entries: Sequence[Entry], href: Href) -> str:
