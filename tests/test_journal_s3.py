@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -36,6 +37,18 @@ from tune_archiver.store.s3.intake import S3Intake
 MiB = 2**20
 
 
+def new_bucket(standin: StandIn, moto_s3: MotoS3, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """A new bucket on moto and a plain client for it (the caller closes it), the
+    staging folder in tmp_path/staging and the stand-in's key in the environment."""
+    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    bucket = f"archive-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
 def test_two_buckets_sharing_a_staging_folder_keep_their_journals_apart(
     standin: StandIn, moto_s3: MotoS3, aws_env: None, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -45,12 +58,7 @@ def test_two_buckets_sharing_a_staging_folder_keep_their_journals_apart(
     first's journal for its own and removed it once its manifest was written, so the
     first's rerun after the tune expired said the images gone upstream, though its
     bucket held them (and its gc would have removed them)."""
-    staging = tmp_path / "staging"
-    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(staging))
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
-    bucket = f"archive-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = new_bucket(standin, moto_s3, tmp_path, monkeypatch)
     first, second = f"s3://{bucket}/first", f"s3://{bucket}/second"
     images = [os.urandom(3000 + i) for i in range(3)]
     standin.add_tune(1, [standin.add_file("model", os.urandom(4 * MiB))],
@@ -94,11 +102,7 @@ def test_another_runs_settle_keeps_the_line_of_a_blob_being_uploaded(
     dropped its line; the first run, stopped later on the prompt's video, had stored the
     blob, named by nothing, so its rerun once the tune expired said the image 'gone
     upstream, never archived' though the bucket held it."""
-    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
-    bucket = f"archive-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = new_bucket(standin, moto_s3, tmp_path, monkeypatch)
     archive = f"s3://{bucket}/backups"
     flags = ["--archive", archive, "--s3-endpoint-url", moto_s3.endpoint,
              "--api-url", standin.api_url, "-q"]

@@ -7,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
@@ -26,6 +24,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     moto_s3_fixture,
 )
 from tests.standin import Stall, StandIn
+from tests.test_journal_s3 import new_bucket
 from tests.test_process import wait_until
 from tune_archiver.cli.main import main
 from tune_archiver.store.s3.store import S3Store
@@ -50,11 +49,7 @@ def test_a_journals_blobs_taken_up_are_kept_young_till_the_manifest_names_them(
     the checkpoint, and the rerun wrote them ok, exit 0, blobs gone: verify said them
     missing, lost once Astria deleted the tune. A blob taken up from a journal is kept
     young as a commit keeps a reused one."""
-    monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
-    bucket = f"archive-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = new_bucket(standin, moto_s3, tmp_path, monkeypatch)
     archive = f"s3://{bucket}/backups"
     flags = ["--archive", archive, "--s3-endpoint-url", moto_s3.endpoint, "-q"]
     images = [os.urandom(3000 + i) for i in range(2)]
