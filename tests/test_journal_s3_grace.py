@@ -19,14 +19,20 @@ from tests.archive_helpers import stop
 from tests.helpers import Sleeps, sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
     REGION,
+    Bucket,
     MotoS3,
+    aio_session_fixture,
     aws_env_fixture,
+    bucket_fixture,
     moto_s3_fixture,
 )
 from tests.standin import Stall, StandIn
 from tests.test_journal_s3 import new_bucket
 from tests.test_process import wait_until
+from tests.test_s3store import opened
 from tune_archiver.cli.main import main
+from tune_archiver.manifest import Entry
+from tune_archiver.store import kept_young
 from tune_archiver.store.s3.store import S3Store
 
 MiB = 2**20
@@ -94,3 +100,27 @@ def test_a_journals_blobs_taken_up_are_kept_young_till_the_manifest_names_them(
     assert held() == sorted(keys)
     assert code == 0
     client.close()
+
+
+async def test_a_bucket_failing_to_refresh_a_journals_blob_is_not_asked_for_each_line(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket failing every request (unreachable, throttling) failed each journal
+    line's refresh after all its tries (5, backing off), one line after another, before
+    the run met the same failure in its next request: a journal of 200 photos, which a
+    run stopped by a network fault leaves, was a silent half hour. The first refresh
+    that fails ends them; the rest are taken as before."""
+    from moto.s3.models import S3Backend
+
+    asked: list[str] = []
+
+    def failing(backend: S3Backend, name: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(key)
+        raise RuntimeError("the bucket is down")  # moto answers 500 InternalError
+
+    monkeypatch.setattr(S3Backend, "head_object", failing)
+    lines = [Entry("training_image", i, f"https://cdn.example/{i}.jpg", "ok",
+                   sha256(bytes([i])), 1) for i in range(20)]
+    async with opened(bucket, tmp_path) as store:  # one try of each request
+        assert await kept_young(store, lines) == lines
+    assert len(asked) == 1

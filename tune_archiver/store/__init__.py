@@ -9,7 +9,6 @@ hands the store a growing local file, and the store takes it in through an Intak
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
@@ -225,10 +224,15 @@ async def kept_young(store: Store, journaled: Sequence[Entry]) -> Sequence[Entry
     """The journal's entries, their blobs kept young (KeepsYoung) before the run takes
     them as archived: a stopped run stored them, and nothing names them but a journal
     a gc on another machine never sees, so one a day old went while the rerun fetched
-    the rest, and its manifest named it ok. One not refreshed is taken as before."""
+    the rest, and its manifest named it ok. One not refreshed is taken as before, and so
+    are the rest once one is not: a bucket failing (unreachable, throttling) fails each
+    line after all its tries, which made a journal of 200 photos a silent half hour
+    before the run met the same failure in its next request."""
     if isinstance(store, KeepsYoung):
-        for entry in journaled:
-            with contextlib.suppress(ArchiverError):
-                if entry.blob is not None:
-                    await store.keep_young(entry.blob)
+        for blob in (entry.blob for entry in journaled):
+            try:
+                if blob is not None:
+                    await store.keep_young(blob)
+            except ArchiverError:
+                break
     return journaled
