@@ -458,11 +458,11 @@ async def test_a_compressed_file_beside_a_blob_is_never_sent_for_it(
         assert await response.read() == gallery.training[2][:10]
 
 
-async def fails_midway(session: aiohttp.ClientSession, url: str, asked: str | None = None
-                       ) -> None:
+async def fails_midway(session: aiohttp.ClientSession, url: str, asked: str | None = None,
+                       extra: dict[str, str] | None = None) -> None:
     """The answer starts as a 200 (a 206 to the Range `asked`), and its body is cut
     before its end."""
-    headers = {"Range": asked} if asked else {}
+    headers = {"Range": asked, **(extra or {})} if asked else {}
     async with session.get(url, headers=headers) as response:
         assert response.status == (206 if asked else 200)
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -718,3 +718,25 @@ async def test_a_blob_names_its_bytes_so_a_browser_can_resume_its_download(
                                               "If-Range": other}) as response:
             assert response.status == 200
             assert await response.read() == gallery.checkpoint
+
+
+async def test_a_rotted_blob_is_not_completed_by_a_browsers_resume(
+    site: Site, gallery: Gallery, archive: Path
+) -> None:
+    """A rotted blob's download is cut before its last piece, and a browser resumes a
+    failed download with the ETag in If-Range: the rest, a range, was sent unhashed, so
+    the resume completed the file, other bytes under the checkpoint's name. A resume, the
+    rest of the blob to its end If-Range its ETag, is hashed with the bytes before it."""
+    path, now = rotted(archive, gallery.checkpoint)
+    url, session = site
+    resume = {"If-Range": f'"{path.name}"'}
+    await fails_midway(session, f"{url}blobs/{path.name}",
+                        f"bytes={len(now) - 100}-", resume)
+    async with session.get(f"{url}blobs/{path.name}",
+                           headers={"Range": "bytes=10-19", **resume}) as part:
+        assert await part.read() == now[10:20]  # a part, not to the end: unhashed
+    intact = f"{url}blobs/{sha256(gallery.training[0])}"
+    async with session.get(intact, headers={"Range": "bytes=5-", "If-Range":
+                                            f'"{sha256(gallery.training[0])}"'}) as tail:
+        assert tail.status == 206
+        assert await tail.read() == gallery.training[0][5:]

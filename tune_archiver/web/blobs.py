@@ -151,11 +151,16 @@ async def _send(
     response.content_length = end - start + 1 if size else 0
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    # A browser resumes a download serve cut (a rotted blob's) with the rest of it to its
+    # end, If-Range its ETag: sent unhashed, it completed the file with other bytes. The
+    # bytes before it are hashed with it, unsent (a video player's range has no If-Range).
+    before = 0 if span is None or end < size - 1 or if_range is None else start
     await response.prepare(request)
     if size and request.method != "HEAD":
         try:
             await _stream(response, read(start, end),
-                          sha256 if (start, end) == (0, size - 1) else None)
+                          sha256 if (start - before, end) == (0, size - 1) else None,
+                          read(0, before - 1) if before else None)
         except ArchiverError as exc:
             # Past the headers no 500 can be said (aiohttp would write its status line
             # into the body): the line goes to the log, and the cut connection tells
@@ -169,14 +174,18 @@ async def _send(
 
 
 async def _stream(response: web.StreamResponse, pieces: AsyncIterator[bytes],
-                  sha256: str | None) -> None:
-    """Send the pieces; given the sha256, hash them and hold the last one back until
-    it is known that they are the blob's (IntegrityError when not)."""
+                  sha256: str | None, unsent: AsyncIterator[bytes] | None = None) -> None:
+    """Send the pieces; given the sha256, hash them (after the `unsent` ones before them)
+    and hold the last one back until it is known that they are the blob's
+    (IntegrityError when not)."""
     if sha256 is None:
         async for piece in pieces:
             await response.write(piece)
         return
     hashed, held = hashlib.sha256(), b""
+    if unsent is not None:
+        async for piece in unsent:
+            hashed.update(piece)
     async for piece in pieces:
         if held:
             await response.write(held)
