@@ -566,6 +566,11 @@ async def test_a_bucket_blob_is_served_whole_only_when_it_matches_its_name(
                 async with session.get(f"{url}blobs/{sha256(good)}", headers=ranged) as part:
                     assert await part.read() == good[10:20]
                 await fails_midway(session, f"{url}blobs/{claimed}")
+                resume = {"Range": f"bytes={blobs.CHUNK + 7}-", "If-Range": f'"{sha256(good)}"'}
+                async with session.get(f"{url}blobs/{sha256(good)}", headers=resume) as rest:
+                    assert await rest.read() == good[blobs.CHUNK + 7:]
+                await fails_midway(session, f"{url}blobs/{claimed}", "bytes=4000-",
+                                   {"If-Range": f'"{claimed}"'})
         finally:
             await runner.cleanup()
     assert [record for record in caplog.records
