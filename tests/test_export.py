@@ -27,7 +27,7 @@ from tests.archive_helpers import (
 from tests.helpers import blob_file, refuse_folder_fsyncs, run_fetch, tmpfs
 from tests.standin import Body, StandIn
 from tune_archiver.commands import export
-from tune_archiver.store import files
+from tune_archiver.store import saving
 
 # The documented shape of `export --json`.
 EXPORT_SCHEMA: dict[str, Any] = {
@@ -611,7 +611,7 @@ def test_a_blob_the_archives_disk_fails_to_read_is_said_of_the_archive_not_dest(
     DEST' sent the operator to replace a good USB stick while the archive's disk was
     the one failing."""
     failing = blob_file(archive, tune.images[0])
-    real_open = files.open_regular
+    real_open = saving.open_regular
 
     class Failing:
         def __init__(self, opened: BinaryIO) -> None:
@@ -633,7 +633,7 @@ def test_a_blob_the_archives_disk_fails_to_read_is_said_of_the_archive_not_dest(
         opened = real_open(path, what)
         return Failing(opened) if path == failing else opened
 
-    monkeypatch.setattr(files, "open_regular", open_regular)
+    monkeypatch.setattr(saving, "open_regular", open_regular)
     dest = tmp_path / "stick"
     ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
     assert ran.code == 1
@@ -645,3 +645,55 @@ def test_a_blob_the_archives_disk_fails_to_read_is_said_of_the_archive_not_dest(
     files_now = expected_files(tune)
     del files_now["training_images/000.jpg"]
     assert exported(dest / "1-jane-doe") == files_now
+
+
+@pytest.mark.parametrize("hard_link", [False, True], ids=["copy", "--link"])
+def test_a_stop_while_a_large_checkpoint_is_exported_ends_at_its_next_chunk(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, hard_link: bool,
+) -> None:
+    """SIGTERM (cron's or systemd's timeout) or Ctrl-C while export read a large checkpoint
+    waited for the whole blob to be hashed and copied in its worker thread: a 6.5 GB
+    checkpoint copied to a USB stick held the stop for minutes, past the grace time whose
+    SIGKILL leaves the hidden folder and no line. The read is given up at its next chunk,
+    and the stop removes the hidden folder as before."""
+    import signal
+    import time
+
+    monkeypatch.setattr(saving, "READ_BLOCK", 4096)
+    checkpoint = os.urandom(512 * 4096)  # 512 chunks
+    standin.add_tune(1, [standin.add_file("ckpt.safetensors", checkpoint)], [])
+    archived(standin, archive, 1)
+    real, chunks = saving.open_regular, []
+
+    class Counted:
+        def __init__(self, source: BinaryIO) -> None:
+            self.source = source
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.source, name)
+
+        def __enter__(self) -> Counted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.source.close()
+
+        def read(self, size: int) -> bytes:
+            chunks.append(size)
+            if len(chunks) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the timeout, as the blob is read
+            else:
+                time.sleep(0.01)  # a slow disk: 10 ms a chunk, 5 s for this blob
+            return self.source.read(size)
+
+    def opened(path: Path, *what: str) -> Any:  # a blob: save_as names nothing more
+        return real(path, *what) if what else Counted(real(path))
+
+    monkeypatch.setattr(saving, "open_regular", opened)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive),
+              *(["--link"] if hard_link else []))
+    assert ran.code == 143, ran.err
+    assert len(chunks) < 100  # not the 512 of the whole blob
+    assert list(dest.iterdir()) == []

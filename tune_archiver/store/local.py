@@ -53,12 +53,12 @@ from tune_archiver.store.files import (
     read_capped,
     remove_file,
     replace_file,
-    save_as,
     size_of,
     store_blob,
     walk_objects,
 )
 from tune_archiver.store.locks import ArchiveLock, holding
+from tune_archiver.store.saving import save_as
 from tune_archiver.threads import in_thread, reading
 
 LOCK = "lock"
@@ -304,10 +304,10 @@ class LocalStore:
         beside the target and linked into place, so nothing is ever overwritten. With
         `size`, a blob of another size (cut short by the disk) is refused by one fstat,
         nothing written; one whose bytes do not hash to its name (rotted, same size) is
-        refused with IntegrityError, nothing written.
-        """
+        refused with IntegrityError, nothing written. A stop gives it up at its next chunk."""
         blob = self.path(blob_key(sha256))
-        return await in_thread(save_as, blob, target, hard_link, self.root, size)
+        return await reading(lambda step: save_as(blob, target, hard_link, self.root, size,
+                                                  step), lambda _: None)
 
     async def set_aside_blob(self, sha256: str, stamp: str, misplaced: str | None) -> list[str]:
         """Move the blob's file (a link or FIFO as it is, never followed), and the copy
