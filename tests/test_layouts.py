@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_helpers import cli
+from tests.archive_helpers import cli, manifest_of, write_manifest
 from tests.helpers import run_fetch
 from tests.standin import StandIn
 
@@ -112,3 +112,32 @@ def test_the_trigger_words_file_holds_no_escape_or_forged_line_from_the_server(
     assert lines[0] == "trigger words: oh\\x1b[2Jwx\\u202e woman"
     assert [line for line in lines if line.startswith("trigger words:")] == [lines[0]]
     assert lines[-1] == "tune: 1 (Jane\\x1b]52;c;ZXZpbA==\\x07\\x0atrigger words: evil)"
+
+
+def test_a_second_checkpoint_beside_a_txt_one_gets_trigger_words_of_its_own(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint served as text/plain from weights.txt, and an older one of the same
+    index the API replaced (kept, as nothing archived is dropped), a .safetensors: the
+    second's sidecar, 1-tune-1.txt taken by the first checkpoint, took
+    1-tune-1.trigger-words.txt, the first's sidecar, so every export of the tune failed
+    it, exit 1, 'already exists', a failure no run could cure. A count follows."""
+    archive, dest = tmp_path / "archive", tmp_path / "dest"
+    checkpoint = os.urandom(20_000)
+    standin.content_types["weights.txt"] = "text/plain"
+    standin.add_tune(1, [standin.add_file("weights.txt", checkpoint)], [])
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    older = dict(document["assets"][0], url=standin.file_url("old.safetensors"),
+                 content_type="application/x-safetensors")
+    document["assets"].append(older)
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--layout", "a1111")
+    assert ran.code == 0, ran.err
+    placed = dest / "1-tune-1" / "models" / "Lora"
+    assert (placed / "1-tune-1.txt").read_bytes() == checkpoint
+    assert (placed / "1-tune-1.safetensors").read_bytes() == checkpoint
+    words = sorted(path.name for path in placed.iterdir() if "trigger-words" in path.name)
+    assert words == ["1-tune-1.trigger-words-2.txt", "1-tune-1.trigger-words.txt"]
+    for name in words:
+        assert (placed / name).read_text().startswith("trigger words: ")

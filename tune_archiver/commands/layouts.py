@@ -54,11 +54,16 @@ def layout_path(layout: Layout, entry: Entry, tune_id: int, tune: dict[str, Any]
 def sidecar_name(placed: str, taken: set[str]) -> str:
     """The trigger words' file beside the checkpoint placed at `placed`: the same name
     with .txt, else (a checkpoint that is itself a .txt, served as text/plain) the
-    name with .trigger-words.txt; added to `taken`."""
+    name with .trigger-words.txt, a count after it when that is taken too (a second
+    checkpoint of the index, one the API replaced, beside one that is a .txt); added to
+    `taken`."""
     path = PurePosixPath(placed)
     name = str(path.with_suffix(".txt"))
     if name in taken:
-        name = str(path.with_suffix(".trigger-words.txt"))
+        name, count = str(path.with_suffix(".trigger-words.txt")), 1
+        while name in taken:
+            count += 1
+            name = str(path.with_suffix(f".trigger-words-{count}.txt"))
     taken.add(name)
     return name
 
