@@ -34,7 +34,7 @@ EXPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
-    "required": ["ok", "folder", "linked", "copied", "failed"],
+    "required": ["ok", "folder", "linked", "copied", "failed", "gone"],
     "properties": {
         "ok": {"type": "boolean", "description": "true when every file was exported"},
         "folder": {"type": "string", "description": "DEST/<id>-<slug>"},
@@ -44,6 +44,8 @@ EXPORT_SCHEMA: dict[str, Any] = {
                    "description": "paths inside the folder written as copies"},
         "failed": {"type": "array", "items": {"type": "string"},
                    "description": "one line per file not exported, naming kind and index"},
+        "gone": {"type": "array", "items": {"type": "string"},
+                 "description": "one line per file gone upstream, never archived (not failed)"},
     },
 }
 
@@ -355,7 +357,8 @@ def test_json_output_has_the_documented_shape(
     report = json.loads(ran.out)
     jsonschema.Draft202012Validator(EXPORT_SCHEMA).validate(report)
     assert report == {"ok": True, "folder": str(dest / "1-jane-doe"),
-                      "linked": [], "copied": sorted(expected_files(tune)), "failed": []}
+                      "linked": [], "copied": sorted(expected_files(tune)), "failed": [],
+                      "gone": []}
 
 
 @pytest.fixture
@@ -697,3 +700,34 @@ def test_a_stop_while_a_large_checkpoint_is_exported_ends_at_its_next_chunk(
     assert ran.code == 143, ran.err
     assert len(chunks) < 100  # not the 512 of the whole blob
     assert list(dest.iterdir()) == []
+
+
+def test_a_file_gone_upstream_is_said_apart_and_fails_no_export(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A photo that failed, then deleted upstream before it was ever archived, is gone:
+    fetch and verify count it apart and exit 0, so a daily cron does not fail forever.
+    export called it failed, exit 1 on every run, a failure no run could cure, while it
+    exported every archived file. It is said apart (its line and --json's gone), exit 0."""
+    served = add_tune(standin, 1)
+    standin.tunes[1]["orig_images"].append(standin.file_url("gone.jpg"))  # 404
+    assert run_fetch(standin, archive, "1") == 1
+    standin.tunes[1]["orig_images"].pop()  # deleted upstream: gone
+    run_fetch(standin, archive, "1")
+    assert [a["status"] for a in manifest_of(archive, 1)["assets"]][-1] == "gone"
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0, ran.out
+    report = json.loads(ran.out)
+    jsonschema.validate(report, EXPORT_SCHEMA)
+    assert (report["ok"], report["failed"]) == (True, [])
+    [gone] = report["gone"]
+    assert gone.startswith(f"training_image {len(served.images)}: gone upstream, never archived")
+    assert exported(dest / "1-tune-1") == expected_files(served)
+    ran = cli(capsys, "export", "1", str(tmp_path / "other"), "--archive", str(archive))
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out.splitlines() == [
+        f"tune 1: {gone}",
+        f"exported to {tmp_path / 'other' / '1-tune-1'}: 0 hard links, "
+        f"{len(served.all)} copies, 0 failed, 1 gone upstream (never archived)"]

@@ -323,7 +323,9 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
                                         args.layout, secrets)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
-    emit(args, secrets, errors, report.export_json(result), [report.export_summary(result)])
+    gone = [f"tune {args.tune_id}: {line}" for line in result.gone]
+    emit(args, secrets, errors, report.export_json(result),
+         [*gone, report.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -363,12 +363,13 @@ def gc_lines(report: GcReport, dry_run: bool) -> list[str]:
 def export_json(result: ExportResult) -> dict[str, Any]:
     """The --json shape of `export`."""
     return {"ok": result.ok, "folder": str(result.folder), "linked": result.linked,
-            "copied": result.copied, "failed": result.failed}
+            "copied": result.copied, "failed": result.failed, "gone": result.gone}
 
 
 def export_summary(result: ExportResult) -> str:
+    gone = f", {len(result.gone)} gone upstream (never archived)" if result.gone else ""
     return (f"exported to {result.folder}: {len(result.linked)} hard links, "
-            f"{len(result.copied)} copies, {len(result.failed)} failed")
+            f"{len(result.copied)} copies, {len(result.failed)} failed{gone}")
 
 
 def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:

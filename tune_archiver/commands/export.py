@@ -56,6 +56,9 @@ class ExportResult:
     linked: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line per file not exported
+    # Never archived, lost upstream: no export can hold it, and no run asks for it again
+    # (fetch and verify count it apart, exit 0); said, never failed.
+    gone: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +119,11 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
     for entry in found.entries:
         where, blob = file_said(entry.asset), entry.blob
         if blob is None:
-            result.failed.append(f"{where}: not archived ({entry.error or 'no error recorded'})")
+            why = entry.error or "no error recorded"
+            if entry.status == "gone":
+                result.gone.append(f"{where}: gone upstream, never archived ({why})")
+            else:
+                result.failed.append(f"{where}: not archived ({why})")
             continue
         placed = layout_path(layout, entry, tune_id, found.tune) if layout else None
         name = placed if placed is not None and placed not in taken else export_path(entry, taken)
