@@ -560,6 +560,11 @@ def test_a_tune_listing_nothing_is_never_made_complete_by_what_it_once_listed(
     tune = standin.add_tune(1, [standin.add_file("ckpt-1", os.urandom(2_000))], [photo])
     assert run_fetch(standin, archive, "1", "--only", "checkpoints") == 0
     assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
+    capsys.readouterr()
+    # Intact, not complete: verify says so, as list does ('no'), never 'all intact' alone.
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    assert (ran.code, ran.out.split(": ", 1)[1]) == (
+        0, "all intact; 1 tune archived in part, not complete\n")
     tune.update(ckpt_urls=[], ckpt_url=None, orig_images=[])
     assert run_fetch(standin, archive, "1") == 0
     assert "the API lists no files" in capsys.readouterr().err
@@ -568,6 +573,8 @@ def test_a_tune_listing_nothing_is_never_made_complete_by_what_it_once_listed(
     assert [entry["kind"] for entry in document["assets"]] == ["checkpoint"]
     row = cli(capsys, "list", "--archive", str(archive)).out.splitlines()[1]
     assert " no " in row
+    assert cli(capsys, "verify", "--archive", str(archive)).out.endswith(
+        "all intact; 1 tune archived in part, not complete\n")
 
 
 def test_a_purged_tune_listing_its_prompts_alone_is_not_made_complete_by_them(
@@ -668,6 +675,9 @@ def test_repair_says_what_it_could_not_mend_and_exits_1(
     assert ran.code == 1
     assert "the archive is NOT whole" in ran.out
     assert any("not repaired" in line and "checkpoint 0" in line for line in ran.errors)
+    # Not complete now for its missing blob, said as such: never "archived in part".
+    ran = cli(capsys, "verify", "--archive", str(archive), now=NOW)
+    assert (ran.code, ran.out.split(": ", 1)[1]) == (1, "1 problem\n")
 
 
 def gone_upstream(standin: StandIn) -> None:

@@ -283,6 +283,8 @@ def verify_summary(report: VerifyReport, strict: bool = False) -> str:
     # Intact, not complete: as list and fetch say it (no problem: nothing failed).
     gone += (f"; {counted(len(report.training), 'tune')} still training, not complete"
              if report.training else "")
+    gone += (f"; {counted(len(report.partial), 'tune')} archived in part, not "
+             "complete" if report.partial else "")
     return (f"verified {counted(report.tunes, 'tune')}, {counted(report.blobs, 'blob')}, "
             f"{human_bytes(report.bytes)}: {state}{gone}")
 

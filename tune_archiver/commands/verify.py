@@ -69,6 +69,9 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     gone: list[Problem] = field(default_factory=list)  # lost upstream, never archived
     training: list[int] = field(default_factory=list)  # tunes not complete: no checkpoint yet
+    # Tunes not complete with nothing failed, gone or damaged: files an --only run left
+    # out, or a tune purged upstream before they were archived (list says it 'no').
+    partial: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -130,8 +133,11 @@ async def verify(
             sizes.setdefault(blob.sha256, blob.size)
             refs[blob.sha256].append(ref)
         if found is not None and not found.complete:
-            report.problems += unread_fields(found)
-            report.training += [tune_id] if found.state == "training" else []
+            report.problems += (unread := unread_fields(found))
+            if found.state == "training":
+                report.training.append(tune_id)
+            elif not unread and all(entry.status == "ok" for entry in found.entries):
+                report.partial.append(tune_id)
     report.blobs = len(sizes)
     report.bytes = sum(sizes.values())
     progress.add_bytes(report.bytes)
@@ -180,6 +186,8 @@ async def verify(
                 report.problems.append(_problem(ref, problem, detail,
                                                 entry_only=true_size is not None,
                                                 true_size=true_size))
+    failing = {p.tune_id for p in report.problems}  # said already: a failed file, say
+    report.partial = [tune_id for tune_id in report.partial if tune_id not in failing]
     return report
 
 
