@@ -944,6 +944,51 @@ def test_a_blob_the_disk_cannot_read_is_its_own_problem(
     assert found.blobs == len(served.all)
 
 
+class NotReadable(LocalStore):
+    """A local archive where one blob may not be read by this user (EACCES): another
+    user's 0400 file (a run under sudo), or its mode changed by hand."""
+
+    def __init__(self, root: Path, bad: str) -> None:
+        super().__init__(root)
+        self.bad = bad
+
+    async def hash_blob(
+        self, sha256: str, advance: Callable[[int], None]
+    ) -> tuple[int, str] | None:
+        if sha256 == self.bad:
+            raise storage_error(OSError(errno.EACCES, "Permission denied"), self.root,
+                                f"read the blob {sha256}")
+        return await super().hash_blob(sha256, advance)
+
+
+def test_repair_never_moves_aside_a_blob_this_user_may_not_read(
+    standin: StandIn, archive: Path
+) -> None:
+    """A blob whose bytes are whole but that this user may not read (EACCES) was taken
+    for a disk's damage: verify --repair moved it to tmp/damaged/ and fetched its tune
+    again, which for a tune gone upstream left its checkpoint 'missing' for good, the
+    one copy of its bytes, whole, set aside where no repair looks. It stays, said as
+    that blob's error (exit 1), and its tune is not fetched over it."""
+    served = add_tune(standin, 1, expires_at=EXPIRED)
+    assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
+    gone_upstream(standin)
+    checkpoint = sha256(served.checkpoints[0])
+    store = NotReadable(archive, checkpoint)
+    settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
+                        retry=RetryPolicy(sleep=Sleeps()))
+
+    async def verify_and_repair() -> RepairReport:
+        found = await verify(store, [], NullProgress())
+        assert [p.problem for p in found.problems] == ["unreadable"]
+        return await repair(store, found, settings, staging_for(archive), NullProgress(),
+                            lambda: NOW)
+
+    mended = asyncio.run(verify_and_repair())
+    assert blob_file(archive, served.checkpoints[0]).read_bytes() == served.checkpoints[0]
+    assert (mended.moved, mended.fetched, mended.ok) == ([], [], False)
+    assert "Permission denied; not moved aside" in mended.refused[0]
+
+
 def prompt_entries(archive: Path, tune_id: int) -> set[tuple[int, str, int, str]]:
     return {(e["prompt_id"], e["kind"], e["index"], e["status"])
             for e in manifest_of(archive, tune_id)["assets"] if e.get("prompt_id")}

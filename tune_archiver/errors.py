@@ -141,6 +141,10 @@ TOO_LARGE = ("a file there may hold no more: the filesystem's limit (FAT32 holds
              "limit (ulimit -f); use another filesystem or raise the limit")
 
 
+class NoAccess(StorageError):
+    """The filesystem refused this user a file (EACCES, EPERM): its bytes may be whole."""
+
+
 class NotAFile(StorageError):
     """A blob's place holds something other than a regular file; never followed or read."""
 
@@ -188,6 +192,8 @@ def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
     """Our error for a failed filesystem call; a full disk gets a message of its own."""
     if exc.errno in _FULL:
         return DiskFull(f"disk full in {archive}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return NoAccess(f"cannot {doing} in {archive}: {exc.strerror or exc}")
     if exc.errno == errno.EFBIG:
         return TooLarge(f"cannot {doing} in {archive}: file too large: {TOO_LARGE}")
     return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")

@@ -29,7 +29,13 @@ from tune_archiver.commands.verify import (
 )
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
-from tune_archiver.errors import ArchiverError, Denied, StorageError, UnreadableManifest
+from tune_archiver.errors import (
+    ArchiverError,
+    Denied,
+    NoAccess,
+    StorageError,
+    UnreadableManifest,
+)
 from tune_archiver.layout import blob_key, named_blob
 from tune_archiver.models import PROMPT_KINDS, TuneResult, file_said
 from tune_archiver.progress import NullProgress, Progress
@@ -232,6 +238,11 @@ async def _whole_now(store: Store, sha256: str) -> bool:
     a proxy cut it short), and moved aside, a tune gone upstream would have it no more."""
     try:
         found = await store.hash_blob(sha256, lambda n: None)
+    # A blob this user may not read (another user's, or its mode changed: EACCES) is
+    # no damage either: moved aside, a tune gone upstream would have it no more.
+    except NoAccess as exc:
+        raise StorageError(f"{exc}; not moved aside: it may be whole; let this user read "
+                           "it (its owner or mode), then run verify again") from exc
     except StorageError as exc:
         if not store.unreadable_is_damaged:
             raise StorageError(f"{exc}; not moved aside: it may be whole in {store}, and "
