@@ -914,17 +914,19 @@ def test_verify_reports_a_link_at_a_blobs_place_as_not_a_file(
 
 
 class FailingDisk(LocalStore):
-    """A local archive whose disk fails (EIO) reading one blob."""
+    """A local archive where reading one blob fails with `error`: the disk's EIO, or
+    EACCES, a blob this user may not read (another user's 0400 file, a run under sudo,
+    or its mode changed by hand)."""
 
-    def __init__(self, root: Path, bad: str) -> None:
+    def __init__(self, root: Path, bad: str, error: int = errno.EIO) -> None:
         super().__init__(root)
-        self.bad = bad
+        self.bad, self.error = bad, error
 
     async def hash_blob(
         self, sha256: str, advance: Callable[[int], None]
     ) -> tuple[int, str] | None:
         if sha256 == self.bad:
-            raise storage_error(OSError(errno.EIO, "Input/output error"), self.root,
+            raise storage_error(OSError(self.error, os.strerror(self.error)), self.root,
                                 f"read the blob {sha256}")
         return await super().hash_blob(sha256, advance)
 
@@ -944,23 +946,6 @@ def test_a_blob_the_disk_cannot_read_is_its_own_problem(
     assert found.blobs == len(served.all)
 
 
-class NotReadable(LocalStore):
-    """A local archive where one blob may not be read by this user (EACCES): another
-    user's 0400 file (a run under sudo), or its mode changed by hand."""
-
-    def __init__(self, root: Path, bad: str) -> None:
-        super().__init__(root)
-        self.bad = bad
-
-    async def hash_blob(
-        self, sha256: str, advance: Callable[[int], None]
-    ) -> tuple[int, str] | None:
-        if sha256 == self.bad:
-            raise storage_error(OSError(errno.EACCES, "Permission denied"), self.root,
-                                f"read the blob {sha256}")
-        return await super().hash_blob(sha256, advance)
-
-
 def test_repair_never_moves_aside_a_blob_this_user_may_not_read(
     standin: StandIn, archive: Path
 ) -> None:
@@ -973,7 +958,7 @@ def test_repair_never_moves_aside_a_blob_this_user_may_not_read(
     assert run_fetch(standin, archive, "1", clock=lambda: NOW - timedelta(days=20)) == 0
     gone_upstream(standin)
     checkpoint = sha256(served.checkpoints[0])
-    store = NotReadable(archive, checkpoint)
+    store = FailingDisk(archive, checkpoint, errno.EACCES)
     settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
                         retry=RetryPolicy(sleep=Sleeps()))
 
