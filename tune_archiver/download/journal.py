@@ -36,6 +36,7 @@ from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
 from tune_archiver.safefs import Planted, open_own
 from tune_archiver.store.location import is_remote
+from tune_archiver.store.locks import names_it
 from tune_archiver.threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
             except BlockingIOError:
                 return None
             found = os.fstat(fd)
-            if found.st_nlink == 0 or _renamed(path, found):
+            if found.st_nlink == 0 or not names_it(path, fd):
                 continue  # removed by a settle, or replaced by a copy: taken again
             if not S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
                 raise OSError(f"{path} is not a regular file of this user")
@@ -236,21 +237,13 @@ def _append(path: Path, line: bytes, tune: Callable[[], dict[str, Any]], blockin
                 os.close(fd)
 
 
-def _renamed(path: Path, found: os.stat_result) -> bool:
-    try:
-        now = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return True
-    return (now.st_dev, now.st_ino) != (found.st_dev, found.st_ino)
-
-
 def _own_copy(path: Path, fd: int) -> None:
     """Rename a copy of the journal `fd` over `path`: a hard-link snapshot of the archive
     (`cp -al`, rsnapshot's) shares it, and a line appended there was the snapshot's too,
     so none was, and a rerun's files stopped again before the manifest were named by
     nothing (gc took them). Only while no other holds it (else OSError: no line)."""
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no line appended while copied
-    if _renamed(path, os.fstat(fd)):
+    if not names_it(path, fd):
         return
     # A name gc sweeps after a day, as a partial, should a crash leave it.
     copy, name = tempfile.mkstemp(dir=path.parent, prefix="private-", suffix=".part")
