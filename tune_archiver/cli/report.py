@@ -87,6 +87,11 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
     }
 
 
+def _here(text: str, tune_id: int, also: str) -> str:
+    """`text` with the command unlisted.py names in it run on this archive (`also`)."""
+    return text.replace(fetch_all(tune_id), fetch_all(tune_id, also), 1)
+
+
 def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
     """One line per failure of the tune: the tune's own, then each file's (`also` ends a
     command said: running.archive_option)."""
@@ -99,10 +104,9 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
                 result.tune_id, also)
         named = error.startswith(f"tune {result.tune_id}")  # API errors name it already
         lines.append(error if named else f"{name}: {error}")
-    for failure in result.failed:  # unlisted's command, on this archive
-        error = str(failure.error).replace(fetch_all(result.tune_id),
-                                           fetch_all(result.tune_id, also), 1)
-        lines.append(f"{name}: {file_said(failure.asset)}: {error}")
+    for failure in result.failed:
+        lines.append(f"{name}: {file_said(failure.asset)}: "
+                     f"{_here(str(failure.error), result.tune_id, also)}")
     for lost in result.gone:
         lines.append(f"{name}: {file_said(lost.asset)}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")
@@ -226,8 +230,7 @@ def _problem_json(p: Problem) -> dict[str, Any]:
 def verify_problems(report: VerifyReport, strict: bool = False, also: str = "") -> list[str]:
     """One line per problem, naming the tune, kind and index, and ending with the command
     that mends it; with `strict`, one per file gone upstream too (it fails the run)."""
-    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: "  # unlisted's, on this archive
-             f"{p.detail.replace(fetch_all(p.tune_id), fetch_all(p.tune_id, also), 1)} "
+    lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {_here(p.detail, p.tune_id, also)} "
              f"({_mend(p, also)})" for p in report.problems]
     if strict:
         lines += [f"{_where(p)}: gone upstream, never archived (--strict): {p.detail}"
