@@ -37,6 +37,7 @@ from bench.checks import (
 CKPT, CKPT_BYTES, SEED = "model.safetensors", 2**30, 20240601
 TA = [sys.executable, "-m", "tune_archiver"]
 S3_UPLOAD = Path(__file__).resolve().parent / "s3_upload.py"
+FLOOR = Path(__file__).resolve().parent / "floor.py"
 STAMPS = {"updated_at": "2026-11-01T10:00:00.000Z", "expires_at": "2026-12-01T10:00:00.000Z"}
 Argv = Callable[[Path], list[str]]
 
@@ -181,6 +182,18 @@ def then_hash_and_sync(download: Argv) -> Argv:
     return argv
 
 
+FLOOR_ROW = "python floor (aiohttp, sha256, fsync, rename; nothing else)"
+
+
+def floor(s: Setup, urls: list[str], j: int) -> Case:
+    """bench/floor.py, `j` files at once: each at out/<its name without folders>."""
+    listing = s.scratch / f"floor-{Path(urls[0]).parent.name}-{len(urls)}.txt"
+    listing.write_text("".join(f"{url} {Path(url).name}\n" for url in urls))
+    expected = {Path(url).name: s.files[url.split("/", 3)[3]] for url in urls}
+    return Case(FLOOR_ROW, lambda out: [sys.executable, str(FLOOR), str(j), str(listing),
+                                        str(out)], verify_files(expected), peer=False)
+
+
 def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
     """aria2c -j<j> (an input list) and curl -Z --parallel-max <j> (a config file): each
     file at out/<its name without folders>."""
@@ -203,7 +216,8 @@ def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
     return [Case(f"aria2c -j{j}", aria, verify_files(expected)),
             Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected)),
             Case(f"curl -Z --parallel-max {j}, {SAME_WORK}", then_hash_and_sync(curl),
-                 verify_files(expected), peer=False)]
+                 verify_files(expected), peer=False),
+            floor(s, [f"{base}/{n}" for n in names], j)]
 
 
 def w1(s: Setup) -> list[Case]:
@@ -215,6 +229,7 @@ def w1(s: Setup) -> list[Case]:
             Case("curl", curl_one(url), verify_files(ckpt)),
             Case(f"curl, {SAME_WORK}", then_hash_and_sync(curl_one(url)), verify_files(ckpt),
                  peer=False),
+            floor(s, [url], 1),
             Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt)),
             Case("aria2c -x1 -s1", aria_one(url, 1), verify_files(ckpt))]
 
