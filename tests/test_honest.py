@@ -42,7 +42,7 @@ from tune_archiver.progress import NullProgress
 from tune_archiver.store.local import LocalStore
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
-EXPIRED = "2026-12-02T14:32:40.363Z"  # before NOW
+EXPIRED = "2026-11-02T14:32:40.363Z"  # before NOW, and before the hosts' own Date
 AHEAD = "2027-01-02T14:32:40.363Z"  # after NOW
 
 

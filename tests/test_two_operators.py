@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,9 @@ def test_a_fetch_without_prompts_keeps_a_prompt_file_another_run_found_gone_mean
     archive = tmp_path / "archive"
     add_tune(standin, 1, expires_at=EXPIRED)
     standin.add_prompt(1, 500, "ohwx", [standin.file_url("missing")])
-    assert run_fetch(standin, archive, "1", "--prompts",
-                     clock=lambda: NOW - timedelta(days=20)) == 1
+    before = NOW - timedelta(days=40)  # the tune not expired yet, by the host's clock too
+    standin.faults["missing"] = [Status(404, {"Date": format_datetime(before, usegmt=True)})]
+    assert run_fetch(standin, archive, "1", "--prompts", clock=lambda: before) == 1
     standin.prompts[1] = []  # deleted upstream
     settings = Settings(archive=archive, api_key=standin.api_key, api_url=standin.api_url,
                         retry=RetryPolicy(sleep=Sleeps()))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,14 @@ class BodyError(NetworkError):
 class StatusError(ArchiverError):
     """The server answered with an HTTP status we did not expect."""
 
-    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, status: int, retry_after: float | None = None,
+                 sent: datetime | None = None) -> None:
         super().__init__(message)
         self.status = status
         # Seconds the server asked us to wait (Retry-After), already parsed and capped.
         self.retry_after = retry_after
+        # When the host answered, by its own clock (its Date), if it said so readably.
+        self.sent = sent
 
 
 class TuneNotFound(StatusError):

@@ -308,8 +308,8 @@ async def _download_and_record(
             if blob not in noted.blobs:
                 await run.journals.record(tune.id, entry(asset, blob), as_kept)
             return AssetResult(asset, blob)
-        except StatusError as exc:  # refused after the tune expired: gone, not failed
-            gone = exc.status in GONE_STATUSES and has_expired(tune, run.clock())
+        except StatusError as exc:  # refused after the tune expired (the host's clock)
+            gone = exc.status in GONE_STATUSES and has_expired(tune, exc.sent or run.clock())
             held = f"; {run.journals.unread[tune.id]}" if tune.id in run.journals.unread else ""
             return AssetResult(asset, error=f"{exc} (the tune has expired{held})" if gone
                                else str(exc), gone=gone and not held)

@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -303,14 +304,24 @@ async def asset_status_error(
     response: aiohttp.ClientResponse, shown: str, stall: StallRule | None = None
 ) -> StatusError:
     """The error for an asset answer other than 200/206; an expired URL has its own."""
-    status = response.status
+    status, date = response.status, response.headers.get("Date")
     body = await read_capped(response, ERROR_BODY_BYTES, stall)
     if status == 403 or (status in (400, 410) and b"expired" in body.lower()):
-        return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status)
-    return StatusError(
-        f"HTTP {status} from {shown}", status,
-        retry_after_of(response.headers.get("Retry-After"), response.headers.get("Date")),
-    )
+        return ExpiredUrl(f"HTTP {status} (URL expired or access denied) from {shown}", status,
+                          sent=sent_at(date))
+    return StatusError(f"HTTP {status} from {shown}", status,
+                       retry_after_of(response.headers.get("Retry-After"), date), sent_at(date))
+
+
+def sent_at(date: str | None) -> datetime | None:
+    """The answer's Date, aware; None when absent or unreadable. Whether a refused tune
+    has expired is read by the host's clock, not ours: a machine hours ahead took a
+    404 of a tune not yet expired for one gone upstream for good."""
+    try:
+        sent = parsedate_to_datetime(date or "")
+    except (TypeError, ValueError, OverflowError):  # a zone of 20 digits overflows
+        return None
+    return sent if sent.tzinfo is not None else None
 
 
 def refuse_encoded(response: aiohttp.ClientResponse, shown: str) -> None:

@@ -1,0 +1,60 @@
+"""A machine whose clock is wrong (a VM resumed, a clock hours ahead) against Astria's
+times: what it decides from its own clock must not lose a file for good."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from tests.archive_helpers import add_tune, manifest_of
+from tests.helpers import run_fetch
+from tests.standin import StandIn, Status
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    return tmp_path / "archive"
+
+
+def _statuses(archive: Path) -> list[tuple[str, int, str]]:
+    return [(e["kind"], e["index"], e["status"]) for e in manifest_of(archive, 1)["assets"]]
+
+
+def test_a_404_before_expiry_by_the_hosts_clock_is_failed_though_ours_runs_ahead(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune Astria deletes in two hours, fetched by a machine whose clock runs a day
+    ahead: a 404 for one photo (a glitch of the host) is a failure asked for again, not
+    'gone upstream, never archived' for good: the host's own Date says the tune has not
+    expired. The next run, the host answering, archives it."""
+    now = datetime.now(UTC)
+    add_tune(standin, 1, expires_at=(now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    standin.add_file("flaky.jpg", photo := os.urandom(3000))
+    standin.faults["flaky.jpg"] = [Status(404, {"Date": format_datetime(now, usegmt=True)})]
+    ahead = now + timedelta(days=1)
+    assert run_fetch(standin, archive, "1", clock=lambda: ahead) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err
+    assert "gone upstream" not in err
+    assert _statuses(archive)[-1] == ("training_image", 2, "failed")
+    assert run_fetch(standin, archive, "1", clock=lambda: ahead) == 0
+    assert _statuses(archive)[-1] == ("training_image", 2, "ok")
+    assert manifest_of(archive, 1)["assets"][-1]["size"] == len(photo)
+
+
+def test_a_404_after_expiry_by_the_hosts_clock_is_gone_though_ours_runs_behind(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other way: a machine a week behind (a VM resumed) meets a 404 of a tune the
+    host's Date says expired: gone upstream, said once, as with a right clock."""
+    now = datetime.now(UTC)
+    add_tune(standin, 1, expires_at=(now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    standin.tunes[1]["orig_images"].append(standin.file_url("deleted.jpg"))
+    assert run_fetch(standin, archive, "1", clock=lambda: now - timedelta(days=7)) == 1
+    assert "training_image 2: gone upstream" in capsys.readouterr().err
+    assert _statuses(archive)[-1] == ("training_image", 2, "gone")
