@@ -58,3 +58,21 @@ def test_a_404_after_expiry_by_the_hosts_clock_is_gone_though_ours_runs_behind(
     assert run_fetch(standin, archive, "1", clock=lambda: now - timedelta(days=7)) == 1
     assert "training_image 2: gone upstream" in capsys.readouterr().err
     assert _statuses(archive)[-1] == ("training_image", 2, "gone")
+
+
+def test_a_failure_of_a_tune_past_its_expiry_by_our_clock_says_to_run_again_now(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune that failed while its expires_at has passed by this machine's clock, yet
+    Astria still serves it (a clock a day ahead, or Astria not deleting it yet), is the
+    one most urgent: a cron's mail (-q) said 'HTTP 404' and nothing more, where a tune
+    due in hours said to run again before then."""
+    now = datetime.now(UTC)
+    add_tune(standin, 1, expires_at=(now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    assert run_fetch(standin, archive, "1", "-q", clock=lambda: now + timedelta(days=1)) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "not archived whole" in line]
+    assert said == ["tune-archiver: error: tune 1 (Tune 1): not archived whole, and its "
+                    "expires_at has passed by this machine's clock: Astria may delete it at "
+                    f"any moment: run tune-archiver fetch 1 --archive {archive} --api-url "
+                    f"{standin.api_url} again now"]

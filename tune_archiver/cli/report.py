@@ -114,13 +114,18 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
     # "run fetch again" would end in exit 0 with it never archived.
     left = result.expires_in
     again = result.error is not None or bool(result.failed)
-    if again and left is not None and 0 < left <= EXPIRES_SOON:
+    if again and left is not None and left <= EXPIRES_SOON:
         # Prompts not read: a run without --prompts would not ask for them, and exit 0.
         kinds = [*(f.asset.kind for f in result.failed),
                  *(["prompt_image"] if result.prompts_unread else [])]
-        lines.append(f"{name}: not archived whole, and Astria deletes it in "
-                     f"{time_left(math.ceil(left))}: run tune-archiver fetch {result.tune_id}"
-                     f"{with_prompts(kinds)}{also} again before then")
+        # Past it by our clock, still served (a clock ahead, a deletion not done yet):
+        # the most urgent of all, never left unsaid
+        when = (f"Astria deletes it in {time_left(math.ceil(left))}" if left > 0 else
+                "its expires_at has passed by this machine's clock: Astria may delete it "
+                "at any moment")
+        lines.append(f"{name}: not archived whole, and {when}: run tune-archiver fetch "
+                     f"{result.tune_id}{with_prompts(kinds)}{also} again "
+                     f"{'before then' if left > 0 else 'now'}")
     return lines
 
 
