@@ -389,6 +389,26 @@ def test_fetch_all_records_a_journaled_tune_deleted_upstream_since(
     assert check_manifest(archive / "manifests" / "2.json")["complete"] is True
 
 
+def test_fetch_all_expiring_within_records_a_journaled_tune_listed_past_its_expiry(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hand-run `fetch 1` on the tune's last day, stopped once its photos were
+    committed; the cron's `fetch --all --expiring-within 3d` after its expires_at, Astria
+    listing it still: --expiring-within left it out (not ahead), though one the listing
+    no longer shows is taken up, so its journal was never recorded and gc swept it a day
+    later with the only copy of the photos. A journaled tune is taken up whatever its
+    expiry, as a deleted one is (the shard and the other filters still apply)."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    expire(standin)
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "3d") == 1
+    assert [(e["status"], e["sha256"]) for e in images_of(archive)] == [
+        ("ok", blob_file(archive, data).name) for data in images]
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)
+
+
 def test_fetch_all_filtered_by_the_api_leaves_a_journaled_tune_it_did_not_list(
     standin: StandIn, tmp_path: Path
 ) -> None:

@@ -88,7 +88,7 @@ async def chosen(
         if wanted is not None:
             listed.update(item["id"] for item in page if item["id"] in wanted)
         shown.update(item["id"] for item in page if item["id"] in journaled)
-        kept = [item for item in page if _keeps(item, tunes, now)]
+        kept = [item for item in page if _keeps(item, tunes, now, item["id"] in journaled)]
         same = [False] * len(kept) if prompts else await unchanged.of_page(kept)
         yield [_skipped(item) if skip else item["id"]
                for item, skip in zip(kept, same, strict=True)]
@@ -142,13 +142,15 @@ async def _not_listed(api: AstriaClient, store: Store, tune_id: int) -> TuneResu
     return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}")
 
 
-def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime) -> bool:
-    """True when --all's shard, filters and --expiring-within keep the listed tune."""
+def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime, journaled: bool) -> bool:
+    """True when --all's shard, filters and --expiring-within keep the listed tune; a
+    `journaled` one whatever its expiry, as one deleted since is: past its expires_at,
+    still listed, its journal may hold the only copy of files Astria is deleting."""
     # The API may ignore a filter it was sent: each is applied here too.
     if not in_shard(item["id"], tunes.shard) or not tunes.filters.keeps(item):
         return False
     window = tunes.expiring_within
-    if window is None:
+    if window is None or journaled:
         return True
     expiry = expiring(item, now, window)
     if expiry.unreadable:
