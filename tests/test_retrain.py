@@ -817,3 +817,35 @@ def test_a_fetch_stores_a_secret_an_older_retrain_recorded_redacted(
     assert run_fetch(standin, archive, "5") == 0
     assert check_manifest(manifest)["retrained"] == [
         {"tune_id": 6, "title": "Jane token=REDACTED", "at": "2026-12-01T09:00:00Z"}]
+
+
+def test_retrain_again_next_day_after_an_unanswered_post_sends_nothing(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A --yes whose POST made tune 6 and whose answer was lost (a 2xx without an id, a
+    timeout, a kill) leaves its title marked sent. The same command again the next day
+    (cron's retry after midnight, the user back in the morning) has another default title,
+    '(restored 2026-12-02)': it sent, and billed, a second tune. With no --title, any
+    retrain still marked sent stops it, nothing sent; a --title chosen sends."""
+    archive, _ = archived
+    standin.create_answers = [b'{"title": "lost"}']
+    assert sent(standin, archive, capsys).code == 1
+    assert len(standin.created) == 1
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    tomorrow = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    ran = cli(capsys, "retrain", "5", "--yes", "--archive", str(archive),
+              "--api-url", standin.api_url, now=tomorrow)
+    assert ran.code == 1
+    assert len(standin.created) == 1
+    [line] = ran.errors
+    assert "Jane (restored 2026-12-01)" in line
+    assert "may have created the tune" in line
+    assert "--title" in line
+    dry = cli(capsys, "retrain", "5", "--archive", str(archive), "--api-url",
+              standin.api_url, now=tomorrow)
+    assert dry.code == 1
+    assert "add --yes" not in dry.out
+    chosen = cli(capsys, "retrain", "5", "--yes", "--title", "Jane again", "--archive",
+                 str(archive), "--api-url", standin.api_url, now=tomorrow)
+    assert chosen.code == 0
+    assert len(standin.created) == 2

@@ -181,7 +181,7 @@ async def retrain(
     # account without Astria's idempotency, and with it record the same tune twice. A
     # dry run says so too: "add --yes" would invite a --yes that refuses.
     sent_title = dict(plan.fields)["tune[title]"]
-    if refused := refusal(found, sent_title):
+    if refused := refusal(found, sent_title, chosen=title is not None):
         raise refused
     lost = await _lost(store, plan)
     if not yes:  # said as --yes would find it, each lost photo not counted as sent
@@ -204,7 +204,8 @@ async def retrain(
         # Marked sent first, under the manifest's lock: a run killed once the API has
         # it (the tune made and billed, nothing recorded), run again, or a second run
         # meanwhile, finds the title and sends nothing.
-        await store.update_manifest(tune_id, marking(tune_id, sent_title, now))
+        await store.update_manifest(tune_id, marking(tune_id, sent_title, now,
+                                                     chosen=title is not None))
         try:
             created = await api.create_tune(plan.fields, images)
         except (NetworkError, StatusError, DataError, AuthError) as exc:

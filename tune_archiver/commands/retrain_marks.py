@@ -19,9 +19,11 @@ from tune_archiver.urls import redact_json
 SENT = "retraining"
 
 
-def refusal(found: Manifest, title: str) -> ArchiverError | None:
+def refusal(found: Manifest, title: str, chosen: bool = True) -> ArchiverError | None:
     """Why a retrain under `title` sends nothing: the manifest records a tune retrained,
-    or a POST sent, under that title; None when it records neither."""
+    or a POST sent, under that title; None when it records neither. A default title (not
+    `chosen`) names its day: a POST sent under any title and never answered refuses it,
+    or the same command run again after midnight sent (and billed) a second tune."""
     for earlier in found.retrained:
         if _same_title(earlier.get("title"), title):
             named, again = _as_recorded(earlier.get("title"), title)
@@ -31,13 +33,19 @@ def refusal(found: Manifest, title: str) -> ArchiverError | None:
                 "again)")
     sent = found.extra.get(SENT)
     for earlier in sent if isinstance(sent, list) else []:
-        if isinstance(earlier, dict) and _same_title(earlier.get("title"), title):
+        if not isinstance(earlier, dict):
+            continue
+        if _same_title(earlier.get("title"), title):
             named, again = _as_recorded(earlier.get("title"), title)
-            return ArchiverError(
-                f"tune {found.tune_id}: a retrain under the title {named} was sent at "
-                f"{earlier.get('at')} and its answer never recorded (a run stopped, or one "
-                "still running): the API may have created the tune all the same: look for "
-                f"it; nothing was sent (choose {again} to train it again)")
+        elif chosen:
+            continue
+        else:  # the default title of another day
+            named, again = repr(earlier.get("title")), "a --title"
+        return ArchiverError(
+            f"tune {found.tune_id}: a retrain under the title {named} was sent at "
+            f"{earlier.get('at')} and its answer never recorded (a run stopped, or one "
+            "still running): the API may have created the tune all the same: look for "
+            f"it; nothing was sent (choose {again} to train it again)")
     return None
 
 
@@ -57,14 +65,14 @@ def _as_recorded(recorded: Any, title: str) -> tuple[str, str]:
             "that reads the same)", "a --title that reads otherwise once redacted")
 
 
-def marking(tune_id: int, title: str, now: datetime) -> Change:
+def marking(tune_id: int, title: str, now: datetime, chosen: bool = True) -> Change:
     """The manifest change that marks a POST under `title` sent; refused (raises) when
-    the manifest, as it is now, records one under it."""
+    the manifest, as it is now, records one under it (see refusal for `chosen`)."""
 
     async def change(current: bytes | None) -> bytes:
         if current is None:
             raise ArchiverError(f"tune {tune_id} left the archive while it was retrained")
-        if refused := refusal(manifest.parse(current, tune_id), title):
+        if refused := refusal(manifest.parse(current, tune_id), title, chosen):
             raise refused
         document = json.loads(current)
         sent = document.get(SENT)
