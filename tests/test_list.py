@@ -25,7 +25,8 @@ _ROW = {
     "type": "object",
     "additionalProperties": False,
     "required": ["tune_id", "title", "branch", "model_type", "files", "failed", "gone",
-                 "checkpoint", "state", "prompts_unread", "workspace", "bytes", "complete",
+                 "checkpoint", "state", "prompts_unread", "unread", "workspace", "bytes",
+                 "complete",
                  "archived_at", "expires_at", "seconds_left"],
     "properties": {
         "tune_id": {"type": "integer", "minimum": 1},
@@ -38,6 +39,8 @@ _ROW = {
         "checkpoint": {"enum": ["yes", "none", "failed"]},
         "state": {"enum": ["files_listed", "training", "no_files_listed", None]},
         "prompts_unread": {"type": "boolean", "description": "--prompts could not read them"},
+        "unread": {"type": "array", "items": {"type": "string"},
+                   "description": "kinds of file whose field the API sent malformed"},
         "workspace": {"type": ["string", "null"], "description": "id, personal, or null"},
         "bytes": {"type": "integer", "minimum": 0, "description": "bytes of the files archived"},
         "complete": {"type": "boolean"},
@@ -213,13 +216,13 @@ def test_json_has_the_documented_shape(
                                 "(char 2))"},
         {"tune_id": 2, "title": "Two", "branch": "flux1", "model_type": "checkpoint",
          "files": len(two.all), "failed": 1, "gone": 0, "checkpoint": "yes",
-             "state": "files_listed", "prompts_unread": False, "workspace": None,
+             "state": "files_listed", "prompts_unread": False, "unread": [], "workspace": None,
          "bytes": sum(map(len, two.all)),
          "complete": False, "archived_at": manifest_of(archive, 2)["archived_at"],
          "expires_at": standin.tunes[2]["expires_at"], "seconds_left": 0},
         {"tune_id": 1, "title": "One", "branch": "sdxl1", "model_type": "lora",
          "files": len(one.all), "failed": 0, "gone": 0, "checkpoint": "yes",
-             "state": "files_listed", "prompts_unread": False, "workspace": None,
+             "state": "files_listed", "prompts_unread": False, "unread": [], "workspace": None,
          "bytes": sum(map(len, one.all)),
          "complete": True,
          "archived_at": manifest_of(archive, 1)["archived_at"],
@@ -312,3 +315,22 @@ def test_a_checkpoint_tune_shows_model_type_checkpoint(
     ran = cli(capsys, "list", "--json", "--archive", str(archive), now=a_day_on())
     assert [(row["tune_id"], row["model_type"]) for row in json.loads(ran.out)["tunes"]] == [
         (2, None), (1, "checkpoint")]
+
+
+def test_list_says_a_training_photo_listed_as_null_is_not_archived(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune whose orig_images holds a null (a photo Astria gives no URL for) is archived
+    not complete, with no entry for that photo: list said only 'complete no' (0 failed,
+    nothing gone, not training) while verify names the photo not archived. Its row says
+    why ('training_image list unread'), and --json gives unread."""
+    add_tune(standin, 5, title="Jane")
+    standin.tunes[5]["orig_images"].append(None)
+    assert run_fetch(standin, archive, "5") == 1
+    row = cli(capsys, "list", "--archive", str(archive), now=NOW).out.splitlines()[1]
+    assert "training_image list unread" in row
+    ran = cli(capsys, "list", "--archive", str(archive), "--json", now=NOW)
+    document = json.loads(ran.out)
+    jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
+    [tune] = document["tunes"]
+    assert (tune["complete"], tune["failed"], tune["unread"]) == (False, 0, ["training_image"])

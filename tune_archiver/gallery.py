@@ -189,11 +189,13 @@ def tunes_page(rows: Sequence[dict[str, Any]], link: Callable[[int], str]) -> st
 def notes(row: dict[str, Any]) -> list[str]:
     """What keeps a tune from complete, as `list` says it: "2 failed", "1 gone upstream",
     "still training", "none listed" (a file gone upstream, or a tune that lists none,
-    is not one that failed), "prompts not read" (by the --prompts run that asked)."""
+    is not one that failed), "prompts not read" (by the --prompts run that asked),
+    "training_image list unread" (the API sent the field malformed: a null in it)."""
     said = [f"{row['failed']} failed"] if row.get("failed") else []
     said += [f"{row['gone']} gone upstream"] if row.get("gone") else []
     said += ["still training"] if row.get("state") == "training" else []
     said += ["prompts not read"] if row.get("prompts_unread") else []
+    said += [f"{kind} list unread" for kind in row.get("unread") or []]
     return said + (["none listed"] if row.get("state") == "no_files_listed" else [])
 
 

@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.errors import Denied, StorageError, UnreadableManifest
+from tune_archiver.commands.nulls import with_nulls_archived
+from tune_archiver.errors import DataError, Denied, StorageError, UnreadableManifest
 from tune_archiver.manifest import Manifest
+from tune_archiver.models import AssetResult, parse_tune
 from tune_archiver.selection import model_type_of, parse_moment
 from tune_archiver.store import Store
 
@@ -52,6 +54,7 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "checkpoint": checkpoint_state(found),
         "state": found.state,
         "prompts_unread": found.prompts_unread is not None,  # not complete till read
+        "unread": [] if found.complete else unread_kinds(found),
         "workspace": found.workspace,
         "bytes": sum(blob.size for blob in archived),
         "complete": found.complete,
@@ -59,6 +62,18 @@ def tune_row(found: Manifest, now: datetime) -> dict[str, Any]:
         "expires_at": tune.get("expires_at") if expires else None,
         "seconds_left": max(0, int((expires - now).total_seconds())) if expires else None,
     }
+
+
+def unread_kinds(found: Manifest) -> list[str]:
+    """The kinds of file whose field the API sent malformed (a null in orig_images no
+    archived photo stands for, a string for a list): never archived and no entry, so
+    not counted failed, yet the tune is not complete; verify names them too."""
+    try:
+        tune = parse_tune({**found.tune, "id": found.tune_id})
+    except DataError:
+        return []
+    kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
+    return sorted({kind for kind, _ in with_nulls_archived(tune, kept).field_errors})
 
 
 def checkpoint_state(found: Manifest) -> str:
