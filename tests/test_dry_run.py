@@ -198,3 +198,18 @@ def test_a_prompts_file_not_downloadable_is_said_with_its_prompt(
     [tune] = json.loads(capsys.readouterr().out)["tunes"]
     assert [f["prompt_id"] for f in tune["not_downloadable"]] == [700]
     assert [f.get("prompt_id") for f in tune["download"]].count(701) == 1
+
+
+def test_dry_run_of_filters_that_select_nothing_says_so_as_the_fetch_does(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fetch --all --title 'Jnae*' says '--all selected no tunes passing the filters';
+    its dry run, the way to try a filter before a cron line uses it, said only 'would
+    download 0 files, 0 B' (exit 0), as of an account already archived."""
+    add_tune_5(standin)
+    assert run_fetch(standin, archive, "--all", "--title", "X*", "--dry-run") == 0
+    captured = capsys.readouterr()
+    assert "--all selected no tunes passing the filters" in captured.err
+    assert "would download 0 files" in captured.out
+    assert run_fetch(standin, archive, "--all", "--title", "T", "--dry-run") == 0
+    assert "selected no tunes" not in capsys.readouterr().err

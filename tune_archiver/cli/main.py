@@ -19,13 +19,7 @@ from tune_archiver.cli.envopts import apply_env
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
-from tune_archiver.cli.printing import (
-    emit,
-    print_error,
-    print_json,
-    print_out,
-    said_skipping_hashes,
-)
+from tune_archiver.cli.printing import emit, print_error, print_json, print_out
 from tune_archiver.cli.rerun import rerun_options
 from tune_archiver.cli.running import (
     Interrupted,
@@ -196,7 +190,7 @@ def run_fetch(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     if args.dry_run:
         return _run_dry(args, settings, tunes, secrets)
-    said_skipping_hashes(SKIP_HASH)
+    printing.said_skipping_hashes(SKIP_HASH)
     progress = progress_for(args.quiet)
     finished: list[TuneResult] = []
     scope = report.scope_of(settings.workspace, tunes)  # each --all document names it
@@ -268,6 +262,8 @@ def _run_dry(
     scope = report.scope_of(settings.workspace, tunes)  # --all's, as fetch's says
     emit(args, secrets, preview.errors(previews), preview.as_json(previews, scope),
          preview.lines(previews))
+    if isinstance(tunes, AllTunes) and not previews:  # as the fetch it previews says it
+        log.warning("%s", report.nothing_selected(tunes, scope))
     return EXIT_OK if all(p.ok for p in previews) else EXIT_FAILED
 
 
@@ -279,7 +275,7 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.verify import verify
 
     settings = settings_of(args, secrets, downloads=False) if args.repair else None
-    said_skipping_hashes(SKIP_HASH and args.repair)  # a repair fetches as fetch does
+    printing.said_skipping_hashes(SKIP_HASH and args.repair)  # a repair fetches as fetch does
     progress = progress_for(args.quiet or args.json, items="blobs")
     seen: list[VerifyReport] = []  # what verify found: said if a stop cuts the repair short
 
