@@ -19,7 +19,7 @@ from tests.archive_helpers import (
     stop,
     two_tunes_sharing_an_image,
 )
-from tests.helpers import blob_file
+from tests.helpers import blob_file, run_fetch
 from tests.standin import StandIn
 from tune_archiver.store import local as local_module
 
@@ -235,3 +235,24 @@ def test_forget_never_removes_through_a_link_planted_at_the_manifests_folder(
     assert "manifests: it is a symbolic link" in line
     assert (elsewhere / "1.json").read_bytes() == before
     assert sorted(elsewhere.iterdir()) == files
+
+
+def test_forget_of_a_tune_not_expired_says_the_next_fetch_all_takes_it_back(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """forget 1 of a tune Astria still lists said 'removed the manifest of tune 1' and
+    'run gc to free the blobs', as if the tune left the backup: the daily fetch --all
+    archived it again, the forget undone, unsaid. Said now for a tune whose expires_at is
+    ahead (--json: live), not for one expired."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, expires_at="2026-01-10T00:00:00Z")
+    archived(standin, archive, 1, 2)
+    ran = cli(capsys, "forget", "1", "2", "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    assert ("tune 1 has not expired: the next fetch --all archives it again while Astria "
+            "lists it") in ran.out
+    assert "tune 2 has not expired" not in ran.out
+    run_fetch(standin, archive, "--all")  # as it said: tune 1 is back
+    assert (archive / "manifests" / "1.json").exists()
+    ran = cli(capsys, "forget", "1", "--archive", str(archive), "--json")
+    assert json.loads(ran.out)["live"] == [1]

@@ -388,6 +388,8 @@ def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
                                if tune_id in found.journal_only else "manifest")
              + f" of tune {tune_id}" + (f" ({title})" if title else "")
              for tune_id, title in found.removed]
+    lines += [f"tune {tune_id} has not expired: the next fetch --all archives it again "
+              "while Astria lists it" for tune_id in found.live]
     lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
                  "no other tune uses")
     return lines
@@ -396,4 +398,5 @@ def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
 def forget_json(found: ForgetReport, dry_run: bool) -> dict[str, Any]:
     return {"ok": found.ok, "dry_run": dry_run, "unknown": found.unknown,
             "removed": [{"tune_id": i, "title": t} for i, t in found.removed],
-            "failed": [{"tune_id": i, "error": why} for i, why in found.failed]}
+            "failed": [{"tune_id": i, "error": why} for i, why in found.failed],
+            "live": found.live}

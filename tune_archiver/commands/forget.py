@@ -15,6 +15,7 @@ from tune_archiver import manifest
 from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import Denied, StorageError
+from tune_archiver.manifest import Manifest
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
@@ -30,6 +31,9 @@ class ForgetReport:
     journal_only: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
+    # Of those removed, the tunes whose manifest's expires_at is still ahead: Astria lists
+    # them, so the next fetch --all archives them again, the forget undone.
+    live: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +74,8 @@ async def forget(
             chosen = [i for i in sorted(archived) if await _expired(store, i, now - keep_within)]
         for tune_id in chosen:
             only = tune_id in report.journal_only
-            title = titles[tune_id] if only else await _title(store, tune_id)
+            found = None if only else await _read(store, tune_id)
+            title = titles[tune_id] if only else found.title if found else None
             if not dry_run:
                 # The journal first: a kill between the two left it with no manifest, and
                 # forget again said the tune not archived while the next fetch took it back.
@@ -92,6 +97,9 @@ async def forget(
                     report.failed.append((tune_id, str(exc)))
                     continue
             report.removed.append((tune_id, title))
+            expires = parse_moment(found.tune.get("expires_at")) if found else None
+            if expires is not None and expires > now:
+                report.live.append(tune_id)
     return report
 
 
@@ -107,13 +115,12 @@ async def _expired(store: Store, tune_id: int, before: datetime) -> bool:
     return expires is not None and expires < before
 
 
-async def _title(store: Store, tune_id: int) -> str | None:
+async def _read(store: Store, tune_id: int) -> Manifest | None:
     try:
-        found = await manifest.read(store, tune_id)
+        return await manifest.read(store, tune_id)
     # Damaged, or refused by the store (past the size limit, a FIFO in its place, a
     # bucket policy on that object): a manifest asked for by id is forgotten all the
     # same, untitled.
     except (StorageError, Denied):
         return None
-    return found.title if found is not None else None
 
