@@ -652,3 +652,23 @@ def test_a_prompt_of_another_workspace_with_a_malformed_field_is_not_taken_for_d
     assert run_fetch(standin, archive, "10", "--prompts", "--workspace", "all") == 1
     [entry] = entries(archive, 10, "prompt_image")
     assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
+
+
+def test_prompts_not_read_stay_unread_when_the_expired_tune_lists_none_since(
+    standin: StandIn, archive: Path
+) -> None:
+    """A tune whose prompts a --prompts run could not read, Astria then purging them as
+    the tune expired, was written complete by the next --prompts run, which read an empty
+    listing: list said 'yes', verify 'all intact', its prompt images never archived. An
+    empty listing of an expired tune proves nothing read: the mark stays."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    standin.prompts.clear()
+    standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
+    run_fetch(standin, archive, "1", "--prompts", "-q")
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is False
+    assert "malformed JSON" in document["prompts_unread"]
+    assert main(["verify", "--archive", str(archive), "-q"]) == 1

@@ -11,15 +11,10 @@ from dataclasses import dataclass, replace
 
 from tune_archiver.astria.client import API_CONCURRENCY, AstriaClient
 from tune_archiver.commands.choose import chosen, plan_for
-from tune_archiver.commands.fetch import (
-    NOT_FOUND,
-    TUNES_PER_SLOT,
-    Clock,
-    unread_failure,
-    utc_now,
-)
+from tune_archiver.commands.fetch import NOT_FOUND, TUNES_PER_SLOT, Clock, utc_now
 from tune_archiver.commands.flow import BrokeOff, Loader, not_found_head, run_flow
 from tune_archiver.commands.nulls import with_nulls_archived
+from tune_archiver.commands.unread import unread_failure
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import staging_for

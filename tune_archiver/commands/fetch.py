@@ -30,6 +30,7 @@ from tune_archiver.commands.plan import (
     not_asked_failures,
 )
 from tune_archiver.commands.renew import FreshUrls
+from tune_archiver.commands.unread import prompts_unread, unread_failure
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
@@ -50,7 +51,7 @@ from tune_archiver.scrub import scrub_json, scrub_result
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store, blob_sizes, kept_young
 from tune_archiver.store.location import open_store
-from tune_archiver.urls import redact, redact_json, redact_text
+from tune_archiver.urls import redact, redact_json
 
 log = logging.getLogger(__name__)
 GONE_STATUSES = frozenset({403, 404, 410})  # after expiry: deleted, not a glitch
@@ -255,17 +256,6 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
         prompts_unread=bool(checked.prompt_errors))
 
 
-def unread_failure(tune: Tune) -> str | None:
-    """The one line for the tune's file fields and prompts that could not be read;
-    None when all were."""
-    said = [error for _, error in tune.field_errors]
-    errors = tune.prompt_errors
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        said.append(f"prompt files not archived: {errors[0]}{more}")
-    return "; ".join(said) or None
-
-
 async def _download_and_record(
     run: Run, tune: Tune
 ) -> tuple[str, list[AssetResult], Tune]:
@@ -356,9 +346,7 @@ async def _download_and_record(
         # not all of them (another run's entry for a prompt it did not read is no less so).
         if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
-        # Prompts a --prompts run could not read stay said (not complete) till one reads them.
-        unread = ("; ".join(map(redact_text, tune.prompt_errors)) if tune.prompt_errors else
-                  None if run.settings.lists_prompts or now is None else now.prompts_unread)
+        unread = prompts_unread(tune, now, run.settings.lists_prompts, run.clock())
         # Not complete while a file failed (one kept, its blob missing, is ok in `written`
         # alone), nor training; none of its own files listed (prompts' at most): as it was.
         state = listing_state(tune)
