@@ -216,3 +216,26 @@ def test_the_verify_said_of_a_prompt_of_another_workspace_names_the_archive(
     assert cli(capsys, *argv).code == 0
     assert not (tmp_path / "tune-archive").exists()
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_fetch_advice_carries_allow_private_redirects(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path, key_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run given --allow-private-redirects (an asset host redirecting into the local
+    network, the API public) said 'run tune-archiver fetch 1 ... again before then'
+    without it: pasted, the redirect was refused, the file failed again. It says it now."""
+    monkeypatch.setattr("tune_archiver.cli.running.is_private_host", lambda host: False)
+    add_tune(standin, 1, expires_at="2026-12-10T17:30:00Z")
+    port = standin.urls["mirror"].rpartition(":")[2]
+    standin.redirects["start"] = f"http://127.0.0.1:{port}/files/moved"
+    standin.tunes[1]["orig_images"].append(standin.file_url("start"))
+    archive = tmp_path / "archive"
+    ran = cli(capsys, "fetch", "1", "-q", "--archive", str(archive), "--api-key-file",
+              str(key_file), "--api-url", standin.api_url, "--allow-private-redirects", now=NOW)
+    assert ran.code == 1
+    [line] = [line for line in ran.errors if "deletes it" in line]
+    argv = said_command(line, ": run ", " again before then")
+    standin.files["moved"] = os.urandom(3_000)
+    assert cli(capsys, *argv, now=NOW).code == 0
+    assert manifest_of(archive, 1)["complete"] is True

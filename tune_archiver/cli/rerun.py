@@ -17,9 +17,10 @@ from tune_archiver.text import shell_word
 
 
 def rerun_options(args: argparse.Namespace) -> str:
-    """` --archive A --api-key-file F --profile P --workspace W --api-url U`, each one
-    the run was given (an option, its TUNE_ARCHIVER_<OPTION>, or ASTRIA_API_URL,
-    ASTRIA_WORKSPACE_ID, ASTRIA_PROFILE), quoted for the shell. Never the key: the key
+    """` --archive A --api-key-file F --profile P --workspace W --api-url U
+    --allow-private-redirects`, each one the run was given (an option, its
+    TUNE_ARCHIVER_<OPTION>, or ASTRIA_API_URL, ASTRIA_WORKSPACE_ID, ASTRIA_PROFILE),
+    quoted for the shell. Never the key: the key
     file's absolute path names it; ASTRIA_API_KEY stays in the environment."""
     env = os.environ
     given = {
@@ -28,8 +29,10 @@ def rerun_options(args: argparse.Namespace) -> str:
         "--workspace": getattr(args, "workspace", None) or env.get(ENV_WORKSPACE, "").strip(),
         "--api-url": getattr(args, "api_url", None) or env.get(ENV_API_URL, "").strip(),
     }
+    # A run that followed a redirect into a private address: pasted without it, refused.
+    allow = " --allow-private-redirects" if getattr(args, "allow_private_redirects", False) else ""
     return archive_option(args) + "".join(
-        f" {option} {shell_word(value)}" for option, value in given.items() if value)
+        f" {option} {shell_word(value)}" for option, value in given.items() if value) + allow
 
 
 def _key_file(args: argparse.Namespace) -> str | None:
