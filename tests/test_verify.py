@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections import Counter
@@ -656,7 +657,8 @@ def test_the_command_said_names_the_archive_it_was_said_of(
     """'(retry: tune-archiver fetch 1)' for an archive given by --archive, run as said
     (from a shell, not the cron line), made ./tune-archive and archived the tune there,
     exit 0, while the archive verify spoke of kept its failed file. The command names that
-    archive (a folder as an absolute path, quoted for the shell); the default, none."""
+    archive (a folder as an absolute path, quoted for the shell); the default too, which
+    is a folder of the cron line's working folder, not of the shell's it is pasted in."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNE_ARCHIVE", raising=False)
     add_tune(standin, 1)
@@ -675,7 +677,15 @@ def test_the_command_said_names_the_archive_it_was_said_of(
     document["assets"][-1].update(status="failed", error="HTTP 404")
     write_manifest(tmp_path / "tune-archive", 1, document)
     ran = cli(capsys, "verify")
-    assert ran.errors[0].endswith(" (retry: tune-archiver fetch 1)")
+    assert ran.errors[0].endswith(
+        f" (retry: tune-archiver fetch 1 --archive {tmp_path / 'tune-archive'})")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # by hand, from another folder
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    said = shlex.split(ran.errors[0].rsplit("(retry: tune-archiver ", 1)[1].removesuffix(")"))
+    assert cli(capsys, *said, "--api-url", standin.api_url).code == 0
+    assert cli(capsys, "verify", "--archive", str(tmp_path / "tune-archive")).code == 0
+    assert not (tmp_path / "elsewhere" / "tune-archive").exists()
 
 
 def archive_said(

@@ -25,7 +25,6 @@ from tune_archiver.cli import eventlog, terminal
 from tune_archiver.cli.exits import STOP_SIGNALS
 from tune_archiver.commands.workspaces import ALL, checked_workspace
 from tune_archiver.config import (
-    DEFAULT_ARCHIVE,
     DEFAULT_MIN_RATE,
     DEFAULT_STALL_WINDOW,
     ENV_API_KEY,
@@ -147,13 +146,12 @@ def settings_of(
 
 
 def archive_option(args: argparse.Namespace) -> str:
-    """` --archive LOCATION` for a command a line tells the user to run, unless the archive
-    is the default: run without it (from a shell that is not the cron line's), `fetch ID`
-    made an archive of its own and archived the tune there, exit 0, not in this one. A
-    bucket's --s3-endpoint-url too: without it, s3://bucket is a bucket of AWS."""
+    """` --archive LOCATION` for a command a line tells the user to run, the default
+    ./tune-archive too (a cron line's is in its working folder): run without it (from a
+    shell that is not the cron line's, or from another folder), `fetch ID` made an archive
+    of its own and archived the tune there, exit 0, not in this one. A bucket's
+    --s3-endpoint-url too: without it, s3://bucket is a bucket of AWS."""
     location = archive_dir(args.archive, os.environ)
-    if location == DEFAULT_ARCHIVE:
-        return ""
     where = location if is_remote(location) else os.path.abspath(location)
     # "$(printf ...)" loses a path's last newlines (another archive): a '/' keeps them
     word = shell_word(where + "/" if where.endswith("\n") else where)
