@@ -239,3 +239,28 @@ def test_fetch_advice_carries_allow_private_redirects(
     standin.files["moved"] = os.urandom(3_000)
     assert cli(capsys, *argv, now=NOW).code == 0
     assert manifest_of(archive, 1)["complete"] is True
+
+
+def test_verify_advice_reaches_the_workspace_the_tune_was_archived_in(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tune of workspace 5 archived by 'fetch --all --workspace all' (a cron line) with
+    a file failed: verify, run by hand with no --workspace, said '(retry: tune-archiver
+    fetch 1 --archive A)', which asked in the personal scope, where the tune is not: not
+    found, exit 1. The manifest records its workspace: the command reaches it."""
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    add_tune(standin, 1)
+    standin.scoped_gets = True
+    standin.tune_workspaces[1] = "5"
+    standin.tunes[1]["orig_images"].append(standin.file_url("late.jpg"))
+    archive = tmp_path / "archive"
+    assert cli(capsys, "fetch", "1", "--archive", str(archive), "--workspace", "all",
+               "--api-url", standin.api_url).code == 1
+    assert manifest_of(archive, 1)["workspace"] == "5"
+    ran = cli(capsys, "verify", "--archive", str(archive))
+    [line] = [line for line in ran.errors if "(retry: " in line]
+    argv = said_command(line, "(retry: ", ")")
+    standin.add_file("late.jpg", os.urandom(3_000))
+    assert cli(capsys, *argv, "--api-url", standin.api_url).code == 0
+    assert cli(capsys, "verify", "--archive", str(archive)).code == 0

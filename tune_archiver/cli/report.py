@@ -236,7 +236,7 @@ def verify_problems(report: VerifyReport, strict: bool = False, also: str = "") 
     """One line per problem, naming the tune, kind and index, and ending with the command
     that mends it; with `strict`, one per file gone upstream too (it fails the run)."""
     lines = [f"{_where(p)}: {p.problem.replace('_', ' ')}: {_here(p.detail, p.tune_id, also)} "
-             f"({_mend(p, also)})" for p in report.problems]
+             f"({_mend(p, also + _everywhere(report, p.tune_id))})" for p in report.problems]
     if strict:
         lines += [f"{_where(p)}: gone upstream, never archived (--strict): {p.detail}"
                   for p in report.gone]
@@ -258,6 +258,12 @@ def _where(p: Problem) -> str:
     index = f" {p.index}" if p.index is not None else ""  # a field: no file of it known
     of = f" of prompt {p.prompt_id}" if p.prompt_id is not None else ""
     return f"tune {p.tune_id}" + (f": {p.kind}{index}{of}" if p.kind is not None else "")
+
+
+def _everywhere(report: VerifyReport, tune_id: int) -> str:
+    """` --workspace all` for a tune of a workspace (after the run's own, it wins): a
+    fetch asking in the personal scope, or in another workspace, does not find it."""
+    return " --workspace all" if tune_id in report.in_workspace else ""
 
 
 def _mend(p: Problem, also: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tune_archiver import manifest
+from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.nulls import with_nulls_archived
 from tune_archiver.errors import (
     ArchiverError,
@@ -72,6 +73,9 @@ class VerifyReport:
     # Tunes not complete with nothing failed, gone or damaged: files an --only run left
     # out, or a tune purged upstream before they were archived (list says it 'no').
     partial: list[int] = field(default_factory=list)
+    # Tunes whose manifest records a workspace not the personal scope: a command said
+    # for one asks in every workspace, where a run with no --workspace finds it not.
+    in_workspace: set[int] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +116,8 @@ async def verify(
     for tune_id in chosen:
         report.tunes += 1
         found = await _manifest(store, tune_id, report)
+        if found is not None and found.workspace not in (None, PERSONAL):
+            report.in_workspace.add(tune_id)
         for entry in found.entries if found is not None else ():
             blob = entry.blob
             if blob is None:
