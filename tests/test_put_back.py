@@ -348,3 +348,27 @@ os.fchmod = killed_once_copied
 archive, sha = Path(sys.argv[1]), sys.argv[2]
 asyncio.run(LocalStore(archive).put_back(sha, f"objects/sha256/zz/{sha}", "x"))
 """
+
+
+def test_a_repair_that_fetches_nothing_needs_no_api_key(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify --repair refused with 'no API key', exit 2, before it looked, on an archive
+    whose damage it puts back from what is local (a blob in the wrong fan-out folder), or
+    with nothing damaged: a repair run by hand off the cron line's environment, or on a
+    copy, mended nothing. The key is asked for when a tune is to be fetched again."""
+    archive = tmp_path / "archive"
+    served = add_tune(standin, 1)
+    assert run_fetch(standin, archive, "1") == 0
+    monkeypatch.delenv("ASTRIA_API_KEY")
+    assert cli(capsys, "verify", "--repair", "--archive", str(archive)).code == 0
+    misplace(archive, served.images[0])
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive))
+    assert ran.code == 0, ran.err
+    assert blob_file(archive, served.images[0]).read_bytes() == served.images[0]
+    blob_file(archive, served.images[0]).unlink()
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive))
+    assert ran.code == 2
+    assert ran.errors[-1] == "tune-archiver: error: no API key: set ASTRIA_API_KEY or pass " \
+        "--api-key-file PATH"

@@ -274,24 +274,24 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.repair import fetches, repair
     from tune_archiver.commands.verify import verify
 
-    settings = settings_of(args, secrets, downloads=False) if args.repair else None
     printing.said_skipping_hashes(SKIP_HASH and args.repair)  # a repair fetches as fetch does
     progress = progress_for(args.quiet or args.json, items="blobs")
     seen: list[VerifyReport] = []  # what verify found: said if a stop cuts the repair short
 
     async def work(store: Store) -> tuple[VerifyReport, RepairReport | ArchiverError | None]:
         seen.append(found := await verify(store, args.tune_ids, progress))
-        if settings is None:
+        if not args.repair:
             return found, None
-        fit, stopped = settings, None
-        try:
-            fit = fit_open_files(settings) if fetches(found) else settings  # it downloads
+        fit, stopped = None, None  # no key nor API asked for till a tune is to be fetched
+        try:  # again (said then)
+            fit = settings_of(args, secrets, downloads=False)
+            fit = fit_open_files(fit) if fetches(found) else fit  # it downloads
         except ConfigError as exc:  # what downloads nothing is still mended, put back, set
             stopped = exc  # aside; said after what verify and the repair found
+        where = archive_dir(args.archive, os.environ)
         try:  # a key rejected, the API out of reach: said after what verify found
-            return found, await repair(store, found, fit, staging_for(fit.archive), progress,
-                                       args.clock, waiting_for("fetch, gc or forget",
-                                                               str(fit.archive)), stopped)
+            return found, await repair(store, found, fit, staging_for(where), progress, args.clock,
+                                       waiting_for("fetch, gc or forget", where), stopped)
         except ArchiverError as exc:
             return found, exc
 

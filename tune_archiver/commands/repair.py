@@ -84,7 +84,7 @@ def fetches(found: VerifyReport) -> bool:
 async def repair(
     store: Store,
     found: VerifyReport,
-    settings: Settings,
+    settings: Settings | None,
     staging: Staging,
     progress: Progress,
     clock: Clock,
@@ -97,8 +97,9 @@ async def repair(
     the report's `stopped` (what was moved aside stays in tmp/damaged/, and the next
     repair fetches it as missing). `waiting` is called if a
     fetch or gc holds the archive when damaged blobs are to be put back or set aside.
-    With `stopped` (a limit on open files too low for one download), every repair that
-    downloads nothing is made, and no tune is fetched again: said in `stopped`."""
+    With `stopped` (a limit on open files too low for one download, no API key: then no
+    `settings`), every repair that downloads nothing is made, and no tune is fetched
+    again: said in `stopped`, when one was to be."""
     report = RepairReport(before_gone=list(found.gone))
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
@@ -140,9 +141,9 @@ async def repair(
         forgotten = touched - set(await store.manifest_ids()) - {
             damaged_tune(key) for key in await store.damaged_manifests()}
         tunes = [tune_id for tune_id in tunes if tune_id not in forgotten]
-        if tunes and stopped is not None:
+        if tunes and (stopped is not None or settings is None):
             report.stopped = stopped
-        elif tunes:
+        elif tunes and settings is not None:
             # A prompt's file (a generated image, an input) comes back only with the prompts.
             prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
             try:
