@@ -223,16 +223,38 @@ def test_a_link_planted_at_the_sidecars_temporary_name_is_not_followed(
 def test_a_link_planted_at_the_lock_is_refused(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """<archive>/lock pointing elsewhere stops the fetch with one line; the target is intact."""
+    """<archive>/lock pointing elsewhere stops the fetch with one line, exit 2 as a link
+    at objects/ does (it was 1, a failed file's, though nothing was tried); the target is
+    intact."""
     standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
     archive.mkdir(mode=0o700)
     victim = tmp_path / "victim"
     victim.write_bytes(b"do not touch")
     (archive / "lock").symlink_to(victim)
-    assert run_fetch(standin, archive, "1") == 1
+    assert run_fetch(standin, archive, "1") == 2
     assert "refused the lock" in capsys.readouterr().err
     assert victim.read_bytes() == b"do not touch"
     assert mode(victim) == 0o644
+
+
+@pytest.mark.parametrize("command", ["fetch", "gc", "forget"])
+def test_a_folder_planted_at_the_lock_is_refused_as_the_operators_to_remove(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """A folder at <archive>/lock stopped fetch, gc and forget with 'cannot open the lock
+    file lock: Is a directory', exit 1, as if a tune or file had failed: it is refused
+    as a planted link is, exit 2, the line saying to remove it."""
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
+    assert run_fetch(standin, archive, "1") == 0
+    (archive / "lock").unlink()
+    (archive / "lock").mkdir()
+    argv = {"fetch": ["fetch", "1", "--api-url", standin.api_url], "gc": ["gc"],
+            "forget": ["forget", "1"]}[command]
+    ran = cli(capsys, *argv, "--archive", str(archive))
+    assert (ran.code, ran.errors) == (2, [
+        f"tune-archiver: error: refused the lock {archive}/lock in {archive}: it is a folder, "
+        "not a lock file (remove it)"])
+    assert (archive / "manifests" / "1.json").is_file()
 
 
 def test_retrain_of_another_users_archive_is_refused_before_it_writes(

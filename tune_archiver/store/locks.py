@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from tune_archiver.errors import ConfigError, StorageError, storage_error
+from tune_archiver.errors import ArchiverError, ConfigError, StorageError, storage_error
 from tune_archiver.safefs import Planted, open_own
 
 LOCK_POLL = 0.2  # seconds between tries for a lock that another process holds
@@ -38,6 +38,7 @@ async def holding(
     shown: Path,
     waiting: Callable[[], None] | None = None,
     poll: float | None = None,
+    refused: type[ArchiverError] = StorageError,
 ) -> AsyncIterator[Callable[[], bool]]:
     """Hold the lock file at `path`, shared or exclusive, for the length of the block;
     gives a check that is False once that file is no longer at `path` (someone removed
@@ -47,11 +48,11 @@ async def holding(
     seconds (a poll can be cancelled, a blocked flock cannot). A lock taken on a file
     that no longer has that name (its holder removed it) is let go and taken on the one
     the name gives now, so a removed lock file never lets two in. The file is opened
-    without following a link, and must be a regular file of ours with one name:
-    else StorageError, naming `shown`.
+    without following a link, and must be a regular file of ours (a link, another
+    user's file or a folder planted there): else `refused`, naming `shown`.
     """
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    fd = open_lock(path, shown)
+    fd = open_lock(path, shown, refused)
     try:
         while True:
             try:
@@ -68,7 +69,7 @@ async def holding(
             # out no one who opens the name now. Take the one the name gives.
             os.close(fd)
             fd = -1
-            fd = open_lock(path, shown)
+            fd = open_lock(path, shown, refused)
         held = fd
         yield lambda: names_it(path, held)
     finally:
@@ -90,8 +91,11 @@ class ArchiveLock:
     async def held(
         self, exclusive: bool, waiting: Callable[[], None] | None = None
     ) -> AsyncIterator[Callable[[], bool]]:
-        """Hold it for the length of the block, as `holding` does (its check given)."""
-        async with holding(self._path, exclusive, self._shown, waiting) as check:
+        """Hold it for the length of the block, as `holding` does (its check given). A
+        planted one is refused as a link at a folder the tool makes is: the operator's
+        to remove, nothing done (ConfigError, exit 2), no tune's failure."""
+        async with holding(self._path, exclusive, self._shown, waiting,
+                           refused=ConfigError) as check:
             self._checks.append(check)
             try:
                 yield check
@@ -119,16 +123,20 @@ def names_it(path: Path, fd: int) -> bool:
     return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
-def open_lock(path: Path, shown: Path) -> int:
-    """A descriptor of the lock file, created if need be; refuses a planted one."""
+def open_lock(path: Path, shown: Path, refused: type[ArchiverError] = StorageError) -> int:
+    """A descriptor of the lock file, created if need be; refuses a planted one (a link,
+    another user's file, a folder) with `refused`."""
     try:
         return open_own(path, os.O_RDWR | os.O_CREAT, links=True)  # only ever locked
     except Planted as exc:
-        raise StorageError(
+        raise refused(
             f"refused the lock {path} in {shown}: not a regular file of this user "
             "(planted by someone else?)"
         ) from exc
     except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise refused(f"refused the lock {path} in {shown}: it is a folder, not a lock "
+                          "file (remove it)") from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the operator's to fix
             raise ConfigError(f"cannot write in {shown} (its lock file {path.name}): "
                               f"{exc.strerror or exc}") from exc
