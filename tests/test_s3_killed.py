@@ -22,6 +22,7 @@ from tests.test_s3_archive import (
     s3_fixture,  # noqa: F401  (the fixture)
     tune_archiver,
 )
+from tune_archiver.text import human_bytes
 
 _KILLED_SETTING_ASIDE = """
 import os, signal, sys
@@ -165,3 +166,21 @@ def test_a_damaged_blob_a_killed_repair_copied_aside_is_set_aside_once(
     assert s3.keys("tmp/damaged/") == [first]
     assert s3.get(first.split("/", 1)[1]) == damaged
     assert s3.get(checkpoint["path"]) == served[checkpoint["url"]]
+
+
+def test_gc_counts_a_killed_put_backs_stray_apart_from_partial_downloads(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stray a killed put-back left, a whole copy of a blob (a checkpoint's: GBs), was
+    counted 'gc removed 0 unreferenced blobs and 1 stale partial file': a user read that
+    a download was cut short. It is counted apart, as what it is."""
+    _, data, stray = put_back_killed(standin, s3)
+    capsys.readouterr()
+    later = datetime.now(UTC) + timedelta(days=3)
+    for verb in ("would remove", "removed"):
+        dry = ("--dry-run",) if verb == "would remove" else ()
+        assert tune_archiver(s3, "gc", *dry, clock=lambda: later) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"gc {verb} 0 unreferenced blobs and 0 stale partial files, and 1 stray blob a "
+            f"stopped repair left: {human_bytes(len(data))}")
+    assert f"{s3.prefix}/{stray}" not in s3.keys("objects/")

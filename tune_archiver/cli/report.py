@@ -261,8 +261,7 @@ def _where(p: Problem) -> str:
 
 
 def _everywhere(report: VerifyReport, tune_id: int) -> str:
-    """` --workspace all` for a tune of a workspace (after the run's own, it wins): a
-    fetch asking in the personal scope, or in another workspace, does not find it."""
+    """` --workspace all` for a tune of a workspace, after the run's own: it wins."""
     return " --workspace all" if tune_id in report.in_workspace else ""
 
 
@@ -370,8 +369,9 @@ def gc_json(report: GcReport, dry_run: bool) -> dict[str, Any]:
 def gc_lines(report: GcReport, dry_run: bool) -> list[str]:
     verb = "would remove" if dry_run else "removed"
     lines = [f"{verb} {key} ({human_bytes(size)})" for key, size in report.blobs + report.partials]
+    said = f", and {counted(n, 'stray blob')} a stopped repair left" if (n := report.copies) else ""
     lines.append(f"gc {verb} {counted(len(report.blobs), 'unreferenced blob')} and "
-                 f"{counted(len(report.partials), 'stale partial file')}: "
+                 f"{counted(len(report.partials) - n, 'stale partial file')}{said}: "
                  f"{human_bytes(report.bytes)}")
     return lines
 

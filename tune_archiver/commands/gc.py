@@ -25,7 +25,7 @@ from tune_archiver.errors import (
     StorageError,
     UnreadableManifest,
 )
-from tune_archiver.layout import blob_key, named_blob
+from tune_archiver.layout import blob_key, is_sha256, named_blob
 from tune_archiver.store import Store
 
 T = TypeVar("T")
@@ -44,6 +44,15 @@ class GcReport:
     @property
     def bytes(self) -> int:
         return sum(size for _, size in self.blobs + self.partials)
+
+    @property
+    def copies(self) -> int:
+        """How many of `partials` are copies a stopped verify --repair left of a blob (a
+        bucket's stray at a wrong place, a local .<sha256>.put-back): no partial download,
+        but a blob's bytes, a checkpoint's maybe, which the summary counts apart."""
+        return sum(not what.startswith("unfinished ") and is_sha256(
+            what.rsplit("/", 1)[-1].removeprefix(".").removesuffix(".put-back"))
+            for what, _ in self.partials)
 
 
 async def collect(
