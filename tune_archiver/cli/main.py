@@ -1,5 +1,6 @@
 """The command line's shell: the one place that prints, picks exit codes and calls
-asyncio.run. The grammar is in parser.py; what is printed is shaped in report.py."""
+asyncio.run. The grammar is in parser.py; what is printed is shaped in report.py
+(upkeep.py for gc, export and forget)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune_archiver.cli import printing, report, table, terminal
+from tune_archiver.cli import printing, report, table, terminal, upkeep
 from tune_archiver.cli.envopts import apply_env
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
@@ -320,8 +321,8 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     gone = [f"tune {args.tune_id}: {line}" for line in result.gone]
-    emit(args, secrets, errors, report.export_json(result),
-         [*gone, report.export_summary(result)])
+    emit(args, secrets, errors, upkeep.export_json(result),
+         [*gone, upkeep.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -371,8 +372,8 @@ def run_gc(args: argparse.Namespace, secrets: list[str]) -> int:
         in_archive(args, lambda store: collect(
             store, args.clock(), args.dry_run, staging_for(location),
             waiting=waiting_for("fetch, forget or verify --repair", location), report=found))
-    emit(args, secrets, found.failed, report.gc_json(found, args.dry_run),
-         report.gc_lines(found, args.dry_run))
+    emit(args, secrets, found.failed, upkeep.gc_json(found, args.dry_run),
+         upkeep.gc_lines(found, args.dry_run))
     return EXIT_FAILED if found.failed else EXIT_OK
 
 
@@ -385,8 +386,8 @@ def run_forget(args: argparse.Namespace, secrets: list[str]) -> int:
         waiting=waiting_for("fetch, gc or verify --repair", location), archive=location))
     errors = [f"tune {tune_id}: not in the archive" for tune_id in found.unknown]
     errors += [why for _, why in found.failed]
-    emit(args, secrets, errors, report.forget_json(found, args.dry_run),
-         report.forget_lines(found, args.dry_run))
+    emit(args, secrets, errors, upkeep.forget_json(found, args.dry_run),
+         upkeep.forget_lines(found, args.dry_run))
     return EXIT_OK if found.ok else EXIT_FAILED
 
 

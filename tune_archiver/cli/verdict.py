@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from tune_archiver.cli import report
+from tune_archiver.cli import report, upkeep
 from tune_archiver.cli.exits import Exit, for_error
 from tune_archiver.cli.printing import emit, print_error
 from tune_archiver.cli.rerun import rerun_options
@@ -97,6 +97,6 @@ def said_if_gc_stopped(args: argparse.Namespace, secrets: list[str],
     except Interrupted as stop:
         if found.blobs and not args.dry_run:  # else its document is the usual stop's
             if not args.json:
-                emit(args, secrets, [], None, report.gc_lines(found, args.dry_run))
-            stop.done = report.gc_json(found, args.dry_run)
+                emit(args, secrets, [], None, upkeep.gc_lines(found, args.dry_run))
+            stop.done = upkeep.gc_json(found, args.dry_run)
         raise
