@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,3 +195,14 @@ def refuse_gets(monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], bool],
         return get_object(backend, bucket, key, *args, **kwargs)
 
     monkeypatch.setattr(S3Backend, "get_object", refusing)
+
+
+def aged(bucket: str, by: timedelta, prefix: str = "") -> None:
+    """Date every object under `prefix` of the bucket `by` earlier, as if that much time
+    passed by the bucket's clock, which gc reads ages by (moto runs in this process)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    for key, stored in s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets[bucket].keys.items():
+        if key.startswith(prefix):
+            stored.last_modified -= by

@@ -30,6 +30,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     REGION,
     SECRET_KEY,
     MotoS3,
+    aged,
     aws_env_fixture,
     moto_s3_fixture,
     refuse_gets,
@@ -278,8 +279,8 @@ def test_verify_repair_on_a_bucket_sets_the_corrupt_object_aside_and_mends_it(
     assert s3.get(checkpoint["path"]) == served[standin.tunes[1]["ckpt_urls"][0]]
     [kept] = s3.keys("tmp/damaged/")
     assert s3.get(kept.removeprefix(f"{s3.prefix}/")) == damaged
-    later = datetime.now(UTC) + timedelta(days=30)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    aged(s3.bucket, timedelta(days=30))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 0
     assert s3.keys("tmp/damaged/") == [kept]
     assert tune_archiver(s3, "verify") == 0
 
@@ -314,24 +315,22 @@ def test_gc_on_a_bucket_waits_out_the_grace_period(standin: StandIn, s3: S3Archi
     before = s3.keys("objects/")
     assert tune_archiver(s3, "gc") == 0
     assert s3.keys("objects/") == before
-    later = datetime.now(UTC) + timedelta(days=2)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 0
     assert s3.keys("objects/") == sorted(set(before) - {f"{s3.prefix}/{p}" for p in only_2})
     assert tune_archiver(s3, "verify") == 0
 
 
-# The script's entry with the S3 intake's clock two days on once LATER_FLAG exists: a
-# fetch that spends that long on one tune.
+# The script's entry with the bucket's clock as the fetch reads it two days on once
+# LATER_FLAG exists: a fetch that spends that long on one tune (its objects aged so).
 TWO_DAYS_ON = """
 import os, sys
-from datetime import datetime, timedelta
-from tune_archiver.store.s3 import intake
-class Clock(datetime):
-    @classmethod
-    def now(cls, tz=None):
-        later = os.path.exists(os.environ["LATER_FLAG"])
-        return datetime.now(tz) + timedelta(days=2 if later else 0)
-intake.datetime = Clock
+from datetime import timedelta
+from tune_archiver.store.s3.bucket import Bucket
+now = Bucket.now
+def later(self, ours=None):
+    return now(self, ours) + timedelta(days=2 if os.path.exists(os.environ["LATER_FLAG"]) else 0)
+Bucket.now = later
 sys.argv[0] = "tune-archiver"
 from tune_archiver.cli.start import entry
 raise SystemExit(entry())
@@ -341,11 +340,13 @@ raise SystemExit(entry())
 def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gate,
                       ids: list[str], stored: int) -> tuple[int, str]:
     """`fetch IDS` in a process of its own, whose checkpoints `gate` holds: once `stored`
-    objects are in, a gc elsewhere two days on takes them (no manifest names them yet),
-    the fetch's clock moves two days on too, and the gate opens. Its exit code, stderr."""
+    objects are in, two days pass by the bucket's clock (its objects aged so), a gc
+    elsewhere takes them (no manifest names them yet), the bucket's clock as the fetch
+    reads it moves two days on too, and the gate opens. Its exit code, stderr."""
     flag = tmp_path / "later"
     env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
-           "PYTHONPATH": str(Path(__file__).parents[1])}
+           "PYTHONPATH": str(Path(__file__).parents[1]),
+           "TUNE_ARCHIVER_STAGING": str(tmp_path / "fetching")}  # gc's is elsewhere
     command = [sys.executable, "-c", TWO_DAYS_ON, "fetch", *ids, "--archive", s3.url,
                "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
     running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -353,10 +354,10 @@ def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gat
     try:
         assert gate.arrived.wait(20), "no checkpoint's download began"
         wait_until(lambda: len(s3.keys("objects/")) == stored, "the images stored")
-        later = datetime.now(UTC) + timedelta(days=2)
-        assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+        aged(s3.bucket, timedelta(days=2))
+        assert tune_archiver(s3, "gc") == 0
         assert s3.keys("objects/") == []  # no manifest named them yet
-        flag.touch()  # the fetch's clock too: two days on
+        flag.touch()  # the bucket's clock as the fetch reads it too: two days on
         gate.open()
         _, err = running.communicate(timeout=60)
     finally:
@@ -402,6 +403,41 @@ def test_a_blob_two_tunes_share_that_a_gc_took_fails_both(
     assert code == 1, err
     assert err.count("is gone before the manifest named it") == 2, err
     assert s3.keys("manifests/") == []
+
+
+def test_gc_on_a_machine_whose_clock_runs_ahead_leaves_a_running_fetchs_blobs(
+    standin: StandIn, s3: S3Archive, tmp_path: Path
+) -> None:
+    """gc read a blob's age as its bucket's date against gc's own clock: on a machine two
+    days ahead it took the images a running fetch had stored a minute before (no manifest
+    names them yet), and the fetch, whose clock called them young, wrote them ok and
+    complete, exit 0: verify said them missing. Ages are read by the bucket's clock now
+    (its answers' Date): gc takes nothing there, and the archive verifies whole."""
+    target = standin.add_file("ckpt-1.safetensors", os.urandom(50_000))
+    urls = [standin.add_file(f"img-1-{i}.jpg", os.urandom(3_000 + i)) for i in range(2)]
+    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key,
+           "TUNE_ARCHIVER_STAGING": str(tmp_path / "fetching")}  # gc's is elsewhere
+    command = [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive", s3.url,
+               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+    with Gate(target) as gate:
+        standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
+        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert gate.arrived.wait(20), "no checkpoint's download began"
+            wait_until(lambda: len(s3.keys("objects/")) == len(urls), "the images stored")
+            stored = s3.keys("objects/")
+            ahead = datetime.now(UTC) + timedelta(days=2)
+            assert tune_archiver(s3, "gc", clock=lambda: ahead) == 0
+            assert s3.keys("objects/") == stored
+            gate.open()
+            _, err = running.communicate(timeout=60)
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.communicate()
+    assert running.returncode == 0, err
+    assert tune_archiver(s3, "verify") == 0
 
 
 def test_shards_split_an_account_between_machines(standin: StandIn, s3: S3Archive) -> None:
@@ -564,8 +600,8 @@ def test_forget_then_gc_on_a_bucket(
     assert tune_archiver(s3, "forget", "2") == 0
     assert "removed the manifest of tune 2" in capsys.readouterr().out
     assert s3.keys("manifests/") == [f"{s3.prefix}/manifests/1.json"]
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 0
     left = {key.rsplit("/", 1)[1] for key in s3.keys("objects/")}
     kept = {sha256(data) for data in one.values()} | {sha256(standin.files["shared.jpg"])}
     assert left == kept
@@ -593,8 +629,8 @@ def test_a_manifest_set_aside_elsewhere_while_gc_reads_stops_gc_before_it_remove
     monkeypatch.setattr(S3Store, "read_manifest", set_aside_first)
     before = s3.keys("objects/")
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert "manifests/damaged/2-20260101T000000Z.json" in err
@@ -620,8 +656,8 @@ def test_gc_that_cannot_sweep_a_buckets_old_uploads_still_says_what_it_removed(
 
     monkeypatch.setattr(S3Store, "remove_stale_uploads", refused)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 1
     out, err = capsys.readouterr()
     assert err.splitlines() == [f"tune-archiver: error: cannot list uploads in {s3.url}: "
                                 "InternalError"]
@@ -653,8 +689,8 @@ def test_gc_whose_sweep_of_old_uploads_fails_part_way_says_what_it_swept(
     calls: list[int] = []
     monkeypatch.setattr(leftovers, "_old_uploads", refused)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 1
     report = json.loads(capsys.readouterr().out)
     assert report["failed"] == [f"cannot list unfinished uploads in {s3.url}: InternalError"]
     assert report["partials"] == [
@@ -720,8 +756,8 @@ def test_a_folder_marker_under_manifests_damaged_does_not_stop_gc(
         s3.put(marker, b"")
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 0
-    later = datetime.now(UTC) + timedelta(days=2)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 0
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 0
     assert capsys.readouterr().err == ""
     assert not only_2 & set(s3.keys("objects/"))
     assert tune_archiver(s3, "verify") == 0
@@ -918,8 +954,8 @@ def test_a_listing_truncated_without_a_token_stops_gc_before_it_removes_a_named_
 
     monkeypatch.setattr(S3Backend, "list_objects_v2", tokenless)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=2)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("tune-archiver: error: cannot list the bucket in ")
     monkeypatch.undo()
@@ -945,9 +981,9 @@ def test_a_listing_that_repeats_keys_has_gc_say_each_blob_it_removed_once(
 
     monkeypatch.setattr(S3Backend, "list_objects_v2", repeating)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=2)
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
     named = {entry["path"] for entry in s3.manifest(1)["assets"]}
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 0
+    assert tune_archiver(s3, "gc", "--json") == 0
     document = json.loads(capsys.readouterr().out)
     removed = [blob["path"] for blob in document["blobs"]]
     assert len(removed) == len(set(removed)) == 3
@@ -980,8 +1016,8 @@ def test_a_store_listing_keys_unencoded_under_an_odd_prefix_still_reads_the_arch
     capsys.readouterr()
     assert tune_archiver(s3, "verify") == 0
     assert capsys.readouterr().out.startswith("verified 1 tune, 3 blobs")
-    later = datetime.now(UTC) + timedelta(days=2)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 0
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 0
     removed = {blob["path"] for blob in json.loads(capsys.readouterr().out)["blobs"]}
     assert len(removed) == 3
     assert not named & removed
@@ -1023,8 +1059,8 @@ def test_a_listing_of_keys_outside_the_prefix_asked_stops_gc_in_one_line(
     monkeypatch.setattr(FakeKey, "safe_name",
                         lambda key, encoding_type=None: "elsewhere/" + key.name)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=2)
-    assert tune_archiver(s3, "gc", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=2))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc") == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("tune-archiver: error: cannot list the bucket in ")
     assert "elsewhere/backups/manifests/1.json" in line
@@ -1081,8 +1117,8 @@ def test_gc_whose_abort_of_an_old_upload_is_denied_says_what_it_removed(
 
     monkeypatch.setattr(S3Backend, "abort_multipart_upload", denied)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 1
     out, err = capsys.readouterr()
     assert "Traceback" not in err
     report = json.loads(out)
@@ -1118,8 +1154,8 @@ def test_gc_whose_delete_of_a_blob_is_denied_says_the_blobs_it_removed_before(
 
     monkeypatch.setattr(S3Backend, "delete_object", denied)
     capsys.readouterr()
-    later = datetime.now(UTC) + timedelta(days=3)
-    assert tune_archiver(s3, "gc", "--json", clock=lambda: later) == 1
+    aged(s3.bucket, timedelta(days=3))  # by the bucket's clock, which gc reads
+    assert tune_archiver(s3, "gc", "--json") == 1
     out, err = capsys.readouterr()
     report = json.loads(out)
     [failure] = report["failed"]

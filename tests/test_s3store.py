@@ -199,6 +199,34 @@ async def test_a_commit_of_an_old_blob_keeps_it_from_gc(
     assert await left_over(bucket) == ([], [])
 
 
+async def test_a_commit_on_a_machine_whose_clock_runs_behind_refreshes_an_old_blob(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit read a reused blob's age as its bucket's date against the fetch's own
+    clock: on a machine a week behind (a VM resumed late) a blob stored three days ago
+    looked young, was not refreshed, and was not looked up again before the manifest
+    named it: a gc elsewhere took it meanwhile, and the manifest named a missing blob
+    ok. Its age is read by the bucket's clock, as gc reads it."""
+    from tune_archiver.commands.gc import collect
+    from tune_archiver.store.s3 import intake
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Behind:
+            return cls.fromtimestamp((datetime.now(tz) - timedelta(days=7)).timestamp(), tz)
+
+    data = os.urandom(50_000)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path) as store:
+        again = await stored_days_ago(store, bucket, tmp_path, data)
+        monkeypatch.setattr(intake, "datetime", Behind)
+        await again.commit(None)
+        found = await collect(store, datetime.now(UTC), False,
+                              Staging(tmp_path / "gc-staging", durable=False))
+    assert found.blobs == []
+    assert sha(await bucket.get(key)) == sha(data)
+
+
 @pytest.mark.parametrize("size", [50_000, BIG], ids=["small", "past-the-copy-limit"])
 async def test_an_old_blob_gc_removes_before_the_commit_refreshes_it_is_stored_anew(
     bucket: Bucket, tmp_path: Path, size: int

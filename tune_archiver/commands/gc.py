@@ -3,7 +3,8 @@
 On a local archive gc holds the archive lock exclusively, so no fetch runs while it
 decides: a blob that a running fetch has just stored, or is about to reuse, is never
 taken. An S3 archive has no lock across machines; there gc leaves alone any blob
-younger than the store's gc_grace (a day), which a running fetch keeps refreshed.
+younger than the store's gc_grace (a day) by the bucket's clock (store_now), which a
+running fetch keeps refreshed.
 A manifest gc cannot read stops it, since it cannot know what that one references.
 """
 
@@ -26,7 +27,7 @@ from tune_archiver.errors import (
     UnreadableManifest,
 )
 from tune_archiver.layout import blob_key, is_sha256, named_blob
-from tune_archiver.store import Store
+from tune_archiver.store import Store, store_now
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ async def collect(
     """
     async with store.locked(exclusive=True, waiting=waiting) as held:
         await _no_damaged(store)
-        cutoff = now - PARTIAL_MAX_AGE
+        cutoff = now - PARTIAL_MAX_AGE  # of the staging folder's files, by our clock
         # and those a stopped fetch committed, named by its tune's journal till it is swept
         referenced = await referenced_blobs(store) | await Journals(
             staging.directory).blobs(cutoff)
@@ -81,13 +82,17 @@ async def collect(
         # since, which gc then found gone, its blobs unreferenced. Copied there first.
         await _no_damaged(store)
         report = GcReport() if report is None else report
+        # by the clock the store dates blobs by (a bucket's: a fetch elsewhere reads it too,
+        # see Store.gc_grace); this machine's, ahead, took a blob a fetch had just stored
+        now = store_now(store, now)
         young = now - store.gc_grace  # see Store.gc_grace: a fetch may be about to refer to it
+        left = now - PARTIAL_MAX_AGE  # the store's uploads: a running fetch's are younger
         unreferenced = [
             (blob_key(blob.sha256), blob.size)
             for blob in await store.blobs()
             if blob.sha256 not in referenced and blob.modified <= young
         ]
-        partials = [*await staging.stale(cutoff), *await store.stale_uploads(cutoff)]
+        partials = [*await staging.stale(cutoff), *await store.stale_uploads(left)]
         if dry_run:
             report.blobs, report.partials = unreferenced, partials
         else:
@@ -95,7 +100,7 @@ async def collect(
             # refusing the sweep alone (Denied: a policy without s3:AbortMultipartUpload)
             # is said as well, and gc goes on. Before the blobs: a bucket's copy a killed
             # put-back left at a wrong place is known for one only while its blob is there
-            await _or_failed(store.remove_stale_uploads(cutoff, report.partials),
+            await _or_failed(store.remove_stale_uploads(left, report.partials),
                              report.failed, [], refused=(StorageError, Denied))
             await _remove_blobs(store, unreferenced, young, report.blobs, report.failed, held)
             report.partials[:0] = await staging.remove_stale(cutoff, report.failed)

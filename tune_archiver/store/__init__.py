@@ -220,6 +220,21 @@ class KeepsYoung(Protocol):
         ...
 
 
+@runtime_checkable
+class OwnClock(Protocol):
+    """A store that dates its blobs by a clock of its own (a bucket's), which gc reads
+    their age by: this machine's may run ahead of it, or behind."""
+
+    def now(self, ours: datetime) -> datetime:
+        """Now by the store's clock; `ours` (this machine's) while it is not known."""
+        ...
+
+
+def store_now(store: Store, ours: datetime) -> datetime:
+    """Now by the clock the store dates its blobs by: `ours` for a local archive."""
+    return store.now(ours) if isinstance(store, OwnClock) else ours
+
+
 async def kept_young(store: Store, journaled: Sequence[Entry]) -> Sequence[Entry]:
     """The journal's entries, their blobs kept young (KeepsYoung) before the run takes
     them as archived: a stopped run stored them, and nothing names them but a journal

@@ -6,8 +6,10 @@ errors as ours (errors.translated), in one place.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
@@ -40,6 +42,9 @@ class Bucket:
         # checked by reading them back, and a read cut short would leave them unchecked
         # under the blob's name.
         self.keeps_checksums: bool | None = None
+        # The Date of its latest answer, and this machine's monotonic clock then: see now
+        self._dated: tuple[datetime, float] | None = None
+        client.meta.events.register("after-call.s3", self._answered)
 
     def __str__(self) -> str:
         return f"s3://{self.name}/{self.prefix}" if self.prefix else f"s3://{self.name}"
@@ -60,6 +65,25 @@ class Bucket:
         `local` names the local folder an OSError met meanwhile is about.
         """
         return translated(doing, str(self), self.name, self.endpoint, local or Path("."))
+
+    def now(self, ours: datetime | None = None) -> datetime:
+        """Now by the bucket's clock, the one its objects' dates are by: the Date of its
+        latest answer, plus the time since by this machine's monotonic clock. An age read
+        by this machine's clock was as wrong as that clock (gc on one two days ahead took
+        the blobs a fetch stored a minute before). Until it answered with one (or for a
+        store that sends none), `ours`, else this machine's clock."""
+        if self._dated is None:
+            return ours or datetime.now(UTC)
+        date, at = self._dated
+        return date + timedelta(seconds=time.monotonic() - at)
+
+    def _answered(self, http_response: Any, **kwargs: Any) -> None:
+        """Keep the Date of an answer (botocore's after-call event), when readable."""
+        try:
+            date = parsedate_to_datetime(http_response.headers.get("Date", ""))
+        except (TypeError, ValueError, IndexError):
+            return
+        self._dated = utc(date), time.monotonic()
 
     # -- small requests ----------------------------------------------------------------
 

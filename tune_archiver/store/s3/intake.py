@@ -9,7 +9,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from tune_archiver.digest import SKIP_HASH, new_hash
@@ -90,7 +90,7 @@ class S3Intake:
         finally:
             self._settled(self)
             await settle(live.abort(), f"abort the upload to {live.key}")
-        self._stored[blob.sha256] = (blob, kept or datetime.now(UTC))
+        self._stored[blob.sha256] = (blob, kept or bucket.now())
         await self._drop_file()
         return blob
 
@@ -178,7 +178,7 @@ async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
     meanwhile). A copy in place the store answered but left at its old date (some
     MinIO releases make no new object of one) is made again part by part: completing
     an upload makes a new object on any store."""
-    if datetime.now(UTC) - modified < gc_grace / 2:
+    if bucket.now() - modified < gc_grace / 2:  # by the bucket's clock, as gc reads it
         return modified
     for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
         try:
@@ -211,12 +211,12 @@ async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetim
     """Check that each blob of `stored` (this run's, by sha256, with its date in the
     store) that the manifest `data` names is still in the bucket, refreshed if getting
     old: a tune's manifest is written once all its files are in, and until then nothing
-    names the blobs stored before, which a gc elsewhere takes once gc_grace old by its
-    clock (a slow tune's checkpoint, a clock ahead). One still young is not asked for,
-    as a commit does not. Gives those named, for the caller to drop from `stored` once
+    names the blobs stored before, which a gc elsewhere takes once gc_grace old by the
+    bucket's clock (a slow tune's checkpoint). One still young is not asked for, as a
+    commit does not. Gives those named, for the caller to drop from `stored` once
     the manifest is written (till then, another tune's manifest naming one asks too).
     StorageError, nothing to be written, for one gone."""
-    now, named = datetime.now(UTC), sorted({m.decode() for m in _DIGEST.findall(data)}
+    now, named = bucket.now(), sorted({m.decode() for m in _DIGEST.findall(data)}
                                            & stored.keys())
     for sha256 in named:
         if (held := stored.get(sha256)) is None:  # another manifest, written while this

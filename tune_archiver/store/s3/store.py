@@ -145,6 +145,10 @@ class S3Store:
         """Nothing to hold: see the class's note on gc_grace."""
         yield lambda: True
 
+    def now(self, ours: datetime) -> datetime:
+        """Now by the bucket's clock, which dates its objects (see Bucket.now)."""
+        return self.bucket.now(ours)
+
     async def exists(self) -> bool:
         """True when the bucket is reachable and holds an archive under the prefix."""
         await self.prepare()
