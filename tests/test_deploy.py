@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import yaml
 from tests.conftest import ROOT
 from tests.helpers import run_fetch
 from tests.standin import StandIn
+from tune_archiver.cli.main import main
 from tune_archiver.cli.parser import build_parser, check_fetch
 from tune_archiver.cli.scale import check_forget
 
@@ -130,3 +133,54 @@ def test_the_archive_folder_a_deployment_makes_is_private(
     standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
     assert run_fetch(standin, archive, "1") == 0
     assert capsys.readouterr().err == "", name
+
+
+def unit_setting(name: str, default: str) -> str:
+    """The service's `name=` setting (its last one), else systemd's default."""
+    unit = (DEPLOY / "systemd" / "tune-archiver.service").read_text()
+    found = re.findall(rf"^{name}=(.*)$", unit, re.MULTILINE)
+    return found[-1].strip() if found else default
+
+
+def test_the_service_runs_in_the_home_its_sandbox_leaves_it(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's command, run as systemd runs it: HOME is the service user's
+    /home/tune-archiver (useradd's default, never made), and ProtectHome=yes makes /home
+    inaccessible (a folder of mode 000, systemd.exec(5)), so the Astria CLI's
+    config, read for the workspace the command does not give, could not be opened:
+    every nightly run ended 'cannot read the Astria CLI's config', exit 2, nothing
+    archived. ProtectHome=tmpfs leaves /home empty: no config, as on a machine
+    without the CLI."""
+    home = tmp_path / "home"
+    home.mkdir()
+    protect = unit_setting("ProtectHome", "no").lower()
+    if protect in ("yes", "true", "on", "1"):
+        real_open = open
+
+        def inaccessible(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith(f"{home}/"):  # root too: only a mount hides it
+                raise PermissionError(13, os.strerror(13), str(path))
+            return real_open(path, *args, **kwargs)
+
+        home.chmod(0)
+        monkeypatch.setattr("builtins.open", inaccessible)
+    monkeypatch.setenv("HOME", str(home / "tune-archiver"))
+    monkeypatch.delenv("ASTRIA_CONFIG_DIR")
+    [words] = [words for name, words in COMMANDS if name == "tune-archiver.service"]
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    key = tmp_path / "astria.key"
+    key.write_text(standin.api_key)
+    key.chmod(0o600)
+    given = {"--archive": str(state / "archive"), "--api-key-file": str(key),
+             "--log-file": str(tmp_path / "runs.jsonl")}
+    argv = [given.get(before, word) for before, word in pairwise(words)]
+    expiring = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))], expires_at=expiring)
+    try:
+        code = main([*argv, "--api-url", standin.api_url])
+    finally:
+        home.chmod(0o700)
+    assert code == 0
+    assert (state / "archive" / "manifests" / "1.json").is_file()
