@@ -184,3 +184,21 @@ def test_the_service_runs_in_the_home_its_sandbox_leaves_it(
         home.chmod(0o700)
     assert code == 0
     assert (state / "archive" / "manifests" / "1.json").is_file()
+
+
+def test_the_readme_gives_the_service_its_ping_url_privately() -> None:
+    """The README's systemd lines are the shipped unit's: they put the ping URL in an
+    Environment= line, which systemd shows every user of the machine (`systemctl show`,
+    and the unit file is 0644), and its --archive /backups/astria and --log-file
+    /var/log/tune-archiver.jsonl, put in the shipped unit, lay outside what its
+    ProtectSystem=strict leaves writable: each run refused, exit 2. The URL goes in a
+    file only root reads (EnvironmentFile=), which the unit names."""
+    readme = (ROOT / "README.md").read_text()
+    unit = (DEPLOY / "systemd" / "tune-archiver.service").read_text().splitlines()
+    blocks = re.findall(r"```ini\n(.*?)```", readme, flags=re.DOTALL)
+    shown = [line for block in blocks if "[Service]" in block
+             for line in block.splitlines() if "=" in line]
+    assert any(line.startswith("EnvironmentFile=") for line in shown)
+    for line in shown:
+        assert not line.startswith("Environment="), line
+        assert line in unit, line
