@@ -202,3 +202,32 @@ def test_the_readme_gives_the_service_its_ping_url_privately() -> None:
     for line in shown:
         assert not line.startswith("Environment="), line
         assert line in unit, line
+
+
+def test_the_cronjobs_staging_folder_outlives_its_pod() -> None:
+    """An S3 archive's staging folder holds a stopped run's partials and, above all, the
+    journals of the files it put in the bucket before its tune's manifest: the next run
+    records them from there when the tune expired meanwhile. The CronJob's was an
+    emptyDir, gone with the pod: a pod stopped (a drain, a spot node taken back) after
+    its images were uploaded left them to the next pod as 'gone upstream, never
+    archived', their blobs for gc. A claim keeps it; its ownership fitted at the first
+    mount only (OnRootMismatch: Always gives each 0700 folder the tool made g+rwx at
+    every mount, and the tool refuses a staging folder others may write in)."""
+    documents = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "cronjob.yaml").read_text()))
+    claims = {doc["metadata"]["name"] for doc in documents
+              if doc["kind"] == "PersistentVolumeClaim"}
+    [cronjob] = [doc for doc in documents if doc["kind"] == "CronJob"]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    home = re.search(r"--home-dir (\S+)", (ROOT / "Dockerfile").read_text())
+    assert home
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    staging = Path(env.get("TUNE_ARCHIVER_STAGING")
+                   or env.get("XDG_CACHE_HOME") or f"{home.group(1)}/.cache")
+    [mount] = [m for m in container["volumeMounts"]
+               if staging.is_relative_to(m["mountPath"])]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume.get("persistentVolumeClaim", {}).get("claimName") in claims, volume
+    context = pod.get("securityContext", {})
+    if "fsGroup" in context:
+        assert context.get("fsGroupChangePolicy") == "OnRootMismatch"
