@@ -671,4 +671,35 @@ def test_prompts_not_read_stay_unread_when_the_expired_tune_lists_none_since(
     document = check_manifest(archive / "manifests" / "1.json")
     assert document["complete"] is False
     assert "malformed JSON" in document["prompts_unread"]
-    assert main(["verify", "--archive", str(archive), "-q"]) == 1
+    assert main(["verify", "--archive", str(archive), "--strict", "-q"]) == 1
+
+
+def test_prompts_never_read_of_an_expired_tune_are_gone_upstream_said_once(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts a --prompts run could not read, purged as the tune expired: no run can read
+    them now. verify failed the tune forever (exit 1) saying '(retry: ... --prompts)',
+    a command that could never mend it, and the --prompts run that found them purged
+    exited 0 saying nothing. They are gone upstream: said once by that run (exit 1),
+    counted apart by verify (exit 0, 1 with --strict), the tune never complete."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    standin.prompts.clear()
+    standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    said = capsys.readouterr().err
+    assert "prompt files gone upstream, never archived" in said
+    assert "malformed JSON" in said
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0  # said once
+    assert capsys.readouterr().err == ""
+    assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
+    assert main(["verify", "--archive", str(archive)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 file gone upstream, never archived" in out
+    assert "retry" not in err
+    assert main(["verify", "--archive", str(archive), "--strict", "--json"]) == 1
+    [gone] = json.loads(capsys.readouterr().out)["gone"]
+    assert (gone["tune_id"], gone["kind"], gone["problem"]) == (1, "prompt_image", "gone")

@@ -163,11 +163,14 @@ class TuneResult:
     state: str | None = None  # what the API listed: files_listed, training, no_files_listed
     expires_in: float | None = None  # seconds to its expires_at when done; None: none read
     prompts_unread: bool = False  # its prompts, asked for, not all read: none of their files known
+    # Why its prompts never read are gone upstream, found so by this run (said once).
+    prompts_gone: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when nothing failed and nothing was first found gone by this run."""
-        return self.error is None and not self.failed and not self.gone
+        return (self.error is None and not self.failed and not self.gone
+                and self.prompts_gone is None)
 
     @property
     def failed(self) -> list[AssetResult]:

@@ -107,6 +107,9 @@ def fetch_errors(result: TuneResult, also: str = "") -> list[str]:
     for lost in result.gone:
         lines.append(f"{name}: {file_said(lost.asset)}: gone upstream, never "
                      f"archived (it will not be asked for again): {lost.error}")
+    if result.prompts_gone is not None:
+        lines.append(f"{name}: prompt files gone upstream, never archived: the prompts "
+                     f"could not be read: {result.prompts_gone}")
     # Only what a run could still get: a file gone upstream is never asked for again, so
     # "run fetch again" would end in exit 0 with it never archived.
     left = result.expires_in

@@ -30,7 +30,7 @@ from tune_archiver.commands.plan import (
     not_asked_failures,
 )
 from tune_archiver.commands.renew import FreshUrls
-from tune_archiver.commands.unread import prompts_unread, unread_failure
+from tune_archiver.commands.unread import prompts_unread, purged, unread_failure
 from tune_archiver.commands.workspaces import Workspaces
 from tune_archiver.config import AllTunes, Settings
 from tune_archiver.download.engine import Downloader
@@ -244,7 +244,7 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
         return TuneResult(
             tune.id, title=tune.title, error=unexpected(exc, "archiving the tune"),
             seconds=time.monotonic() - started)
-    key, assets, checked = results
+    key, assets, checked, gone = results
     error = unread_failure(checked)
     if tune.id in run.not_found:
         error = (f"{run.not_found[tune.id]} the "
@@ -253,15 +253,15 @@ async def _try_archive_tune(run: Run, tune: Tune) -> TuneResult:
     return TuneResult(
         tune.id, tuple(assets), title=tune.title, seconds=time.monotonic() - started,
         manifest=key, state=listing_state(tune), error=error,
-        prompts_unread=bool(checked.prompt_errors))
+        prompts_unread=bool(checked.prompt_errors), prompts_gone=gone)
 
 
 async def _download_and_record(
     run: Run, tune: Tune
-) -> tuple[str, list[AssetResult], Tune]:
+) -> tuple[str, list[AssetResult], Tune, str | None]:
     """Download what the tune lacks, then merge the results into its manifest; gives
     the tune as recorded: nulls in its orig_images that archived photos stand for are
-    no error (nulls.py).
+    no error (nulls.py), and why its prompts are gone upstream when this run found so.
 
     The manifest is written by Store.update_manifest: if another run wrote it since
     we planned, what that run archived is kept (plan.merged). Raises
@@ -327,6 +327,7 @@ async def _download_and_record(
     told = await run.workspaces.of(tune.raw)
     reported: list[AssetResult] = []
     checked = [tune]
+    gone: list[str] = []  # its prompts never read, found purged by this run
     named: set[str] = set()  # the blobs the manifest written names
 
     async def change(current: bytes | None) -> bytes:
@@ -347,6 +348,8 @@ async def _download_and_record(
         if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
         unread = prompts_unread(tune, now, run.settings.lists_prompts, run.clock())
+        was = now.prompts_unread if now is not None else None
+        gone[:] = [unread] if unread is not None and purged(unread) and not purged(was) else []
         # Not complete while a file failed (one kept, its blob missing, is ok in `written`
         # alone), nor training; none of its own files listed (prompts' at most): as it was.
         state = listing_state(tune)
@@ -366,7 +369,7 @@ async def _download_and_record(
 
     key = await run.store.update_manifest(tune.id, change)
     await run.journals.settle(tune.id, named, run.store.blob_size)
-    return key, reported, checked[0]
+    return key, reported, checked[0], gone[0] if gone else None
 
 
 async def _set_aside(run: Run, tune_id: int, damaged: UnreadableManifest) -> str:

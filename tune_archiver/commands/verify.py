@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tune_archiver import manifest
 from tune_archiver.astria.client import PERSONAL
 from tune_archiver.commands.nulls import with_nulls_archived
+from tune_archiver.commands.unread import purged
 from tune_archiver.errors import (
     ArchiverError,
     DataError,
@@ -139,7 +140,9 @@ async def verify(
             sizes.setdefault(blob.sha256, blob.size)
             refs[blob.sha256].append(ref)
         if found is not None and not found.complete:
-            report.problems += (unread := unread_fields(found))
+            unread = unread_fields(found)
+            report.problems += [p for p in unread if p.problem != "gone"]
+            report.gone += [p for p in unread if p.problem == "gone"]  # purged prompts
             if found.state == "training":
                 report.training.append(tune_id)
             elif not unread and all(entry.status == "ok" for entry in found.entries):
@@ -266,8 +269,10 @@ def unread_fields(found: Manifest) -> list[Problem]:
     for orig_images, a null in it): their files have no entry, yet were never archived,
     which made the fetch write the tune not complete. A null that an archived photo
     stands for is none, as fetch counts it. So are prompts a --prompts run could not
-    read (their files have no entry either), till a --prompts run reads them."""
-    unread = [Problem(found.tune_id, "prompt_image", None, "failed",
+    read (their files have no entry either), till a --prompts run reads them: gone
+    upstream once the tune expired before one did (unread.purged)."""
+    gone = purged(found.prompts_unread)
+    unread = [Problem(found.tune_id, "prompt_image", None, "gone" if gone else "failed",
                       f"the prompts could not be read: {found.prompts_unread}")
               ] if found.prompts_unread is not None else []
     try:
