@@ -268,6 +268,25 @@ def test_a_stopped_runs_images_are_archived_though_the_tune_was_deleted_before_t
     assert all(blob_file(archive, data).read_bytes() == data for data in images)
 
 
+def test_a_tune_not_found_past_its_expires_at_is_not_said_to_be_fetched_again_now(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tune the API no longer finds, recorded from its journal, whose expires_at (as the
+    journal kept it) had passed: said 'Astria may delete it at any moment: run
+    tune-archiver fetch 1 again now' beside 'not found (deleted upstream?)', a command
+    that finds no tune either (exit 1, the same line again). Its not-found line alone."""
+    archive = tmp_path / "archive"
+    stopped_after_the_images(standin, archive)
+    del standin.tunes[1]
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url,
+              now=datetime.now(UTC) + timedelta(days=31))
+    assert ran.code == 1
+    assert ran.errors[0].startswith("tune-archiver: error: tune 1 not found (deleted upstream?)")
+    assert not [line for line in ran.errors if "again" in line and "not archived whole" in line]
+
+
 def test_a_tune_not_found_with_a_journal_of_no_file_is_not_found(
     standin: StandIn, tmp_path: Path
 ) -> None:

@@ -223,8 +223,10 @@ async def _archive_tune(run: Run, tune: Tune) -> TuneResult:
     log.debug("tune %d: started", tune.id,
               extra={"event": "tune_start", "machine_only": True, "tune_id": tune.id})
     result = await _try_archive_tune(run, tune)
-    expires = parse_moment(tune.raw.get("expires_at"))
-    if expires is not None:  # a failure is said with the time left to fetch it again
+    # A failure is said with the time left to fetch it again; not of a tune the API no
+    # longer finds (its journal's expires_at): no run now would find it either.
+    expires = None if tune.id in run.not_found else parse_moment(tune.raw.get("expires_at"))
+    if expires is not None:
         result = replace(result, expires_in=(expires - run.clock()).total_seconds())
     run.finish(result)
     return result
