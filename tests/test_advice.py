@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.archive_helpers import add_tune, cli, manifest_of
-from tests.helpers import run_fetch, stored_blobs
+from tests.helpers import blob_file, run_fetch, stored_blobs
 from tests.standin import StandIn, Status
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
@@ -264,3 +264,26 @@ def test_verify_advice_reaches_the_workspace_the_tune_was_archived_in(
     standin.add_file("late.jpg", os.urandom(3_000))
     assert cli(capsys, *argv, "--api-url", standin.api_url).code == 0
     assert cli(capsys, "verify", "--archive", str(archive)).code == 0
+
+
+def test_a_repair_fetches_a_tune_of_a_workspace_where_it_was_archived(
+    capsys: pytest.CaptureFixture[str], standin: StandIn, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tune of workspace 5 archived by 'fetch --all --workspace all', a blob of it lost:
+    'verify --repair' with no --workspace (a cron line's) asked for it in the personal
+    scope, 'not repaired: tune 1 is not in the scope this run asks in', exit 1, every
+    night. The manifest records its workspace: the repair fetches it there."""
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    served = add_tune(standin, 1)
+    standin.scoped_gets = True
+    standin.tune_workspaces[1] = "5"
+    archive = tmp_path / "archive"
+    assert cli(capsys, "fetch", "1", "--archive", str(archive), "--workspace", "all",
+               "--api-url", standin.api_url).code == 0
+    blob_file(archive, served.images[0]).unlink()
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive),
+              "--api-url", standin.api_url)
+    assert ran.code == 0, ran.err
+    assert blob_file(archive, served.images[0]).read_bytes() == served.images[0]
+    assert manifest_of(archive, 1)["workspace"] == "5"

@@ -27,6 +27,7 @@ from tune_archiver.commands.verify import (
     damaged_tune,
     verify,
 )
+from tune_archiver.commands.workspaces import ALL
 from tune_archiver.config import Settings
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import (
@@ -146,10 +147,16 @@ async def repair(
         elif tunes and settings is not None:
             # A prompt's file (a generated image, an input) comes back only with the prompts.
             prompts = settings.prompts or any(p.kind in PROMPT_KINDS for p in damaged + failed)
+            # A tune of a workspace is fetched where it was archived (its manifest says
+            # it): asked in the run's scope (the personal one), it is not found.
+            scoped = [tune_id for tune_id in tunes if tune_id in found.in_workspace]
             try:
-                report.fetched = await fetch(replace(settings, prompts=prompts), tunes,
-                                             NullProgress(), clock=clock, store=store,
-                                             staging=staging)
+                for group, scope in (([t for t in tunes if t not in scoped],
+                                      settings.workspace), (scoped, ALL)):
+                    report.fetched += await fetch(
+                        replace(settings, prompts=prompts, workspace=scope), group,
+                        NullProgress(), clock=clock, store=store, staging=staging,
+                    ) if group else []
             except ArchiverError as exc:  # the tunes touched are verified again all the same
                 report.stopped = exc
     touched -= forgotten  # what was put back is hashed again
