@@ -689,12 +689,16 @@ def test_prompts_never_read_of_an_expired_tune_are_gone_upstream_said_once(
     standin.prompts.clear()
     standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
     capsys.readouterr()
-    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
-    said = capsys.readouterr().err
-    assert "prompt files gone upstream, never archived" in said
-    assert "malformed JSON" in said
-    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 0  # said once
-    assert capsys.readouterr().err == ""
+    assert run_fetch(standin, archive, "1", "--prompts", "--json") == 1
+    said = capsys.readouterr()
+    assert "prompt files gone upstream, never archived" in said.err
+    [tune] = json.loads(said.out)["tunes"]
+    assert tune["ok"] is False
+    assert "Astria purged its prompts" in tune["prompts_gone"]
+    assert run_fetch(standin, archive, "1", "--prompts", "--json") == 0  # said once
+    said = capsys.readouterr()
+    assert said.err == ""
+    assert json.loads(said.out)["tunes"][0]["prompts_gone"] is None
     assert check_manifest(archive / "manifests" / "1.json")["complete"] is False
     assert main(["verify", "--archive", str(archive)]) == 0
     out, err = capsys.readouterr()

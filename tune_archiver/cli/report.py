@@ -70,6 +70,7 @@ def tune_json(result: TuneResult) -> dict[str, Any]:
         "already_archived": sum(1 for r in result.assets if r.reused and r.ok),
         "failed": len(result.failed),
         "gone": sum(1 for r in result.assets if r.gone),  # as the summary line counts
+        "prompts_gone": result.prompts_gone,  # prompts never read, purged: said once
         "state": result.state,
         "bytes": sum(r.blob.size for r in result.assets if r.blob),
         "new_bytes": sum(r.blob.size for r in result.assets if r.blob and not r.reused),
