@@ -47,17 +47,32 @@ def test_a_404_before_expiry_by_the_hosts_clock_is_failed_though_ours_runs_ahead
     assert manifest_of(archive, 1)["assets"][-1]["size"] == len(photo)
 
 
-def test_a_404_after_expiry_by_the_hosts_clock_is_gone_though_ours_runs_behind(
-    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("ours", "hosts"), [
+    (timedelta(days=-7), timedelta(0)),  # a VM resumed a week late; the host's Date right
+    (timedelta(0), timedelta(days=365 * 70)),  # ours right; a host's Date of 70 years on
+], ids=["ours behind", "host's ahead"])
+def test_a_404_is_gone_only_once_the_tune_expired_by_both_clocks(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str],
+    ours: timedelta, hosts: timedelta,
 ) -> None:
-    """The other way: a machine a week behind (a VM resumed) meets a 404 of a tune the
-    host's Date says expired: gone upstream, said once, as with a right clock."""
+    """A file called gone upstream is never asked for again, so one clock saying the tune
+    has expired is not enough: a host whose Date said 2096 made a 404 (a glitch) of a
+    tune with a month left 'gone upstream, never archived', the next run exit 0 without
+    it. Failed instead, and asked for again: archived once the host serves it. A machine
+    behind only delays 'gone' (the tune expired two hours ago) till its clock catches up."""
     now = datetime.now(UTC)
-    add_tune(standin, 1, expires_at=(now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    standin.tunes[1]["orig_images"].append(standin.file_url("deleted.jpg"))
-    assert run_fetch(standin, archive, "1", clock=lambda: now - timedelta(days=7)) == 1
-    assert "training_image 2: gone upstream" in capsys.readouterr().err
-    assert _statuses(archive)[-1] == ("training_image", 2, "gone")
+    expires = now + (timedelta(days=30) if hosts else timedelta(hours=-2))
+    add_tune(standin, 1, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    standin.tunes[1]["orig_images"].append(standin.file_url("flaky.jpg"))
+    standin.add_file("flaky.jpg", photo := os.urandom(3000))
+    date = format_datetime(now + hosts, usegmt=True)
+    standin.faults["flaky.jpg"] = [Status(404, {"Date": date})]
+    assert run_fetch(standin, archive, "1", clock=lambda: now + ours) == 1
+    assert "gone upstream" not in capsys.readouterr().err
+    assert _statuses(archive)[-1] == ("training_image", 2, "failed")
+    assert run_fetch(standin, archive, "1", clock=lambda: now + ours) == 0
+    assert _statuses(archive)[-1] == ("training_image", 2, "ok")
+    assert manifest_of(archive, 1)["assets"][-1]["size"] == len(photo)
 
 
 def test_a_failure_of_a_tune_past_its_expiry_by_our_clock_says_to_run_again_now(

@@ -300,8 +300,11 @@ async def _download_and_record(
             if blob not in noted.blobs:
                 await run.journals.record(tune.id, entry(asset, blob), as_kept)
             return AssetResult(asset, blob)
-        except StatusError as exc:  # refused after the tune expired (the host's clock)
-            gone = exc.status in GONE_STATUSES and has_expired(tune, exc.sent or run.clock())
+        except StatusError as exc:  # refused after the tune expired: gone, not failed
+            # Expired by both clocks, ours and the host's Date: either wrong alone (ours a
+            # day ahead, a Date of 2099) took a glitch's 404 for gone, never asked again.
+            gone = exc.status in GONE_STATUSES and all(
+                has_expired(tune, when) for when in (run.clock(), exc.sent) if when)
             held = f"; {run.journals.unread[tune.id]}" if tune.id in run.journals.unread else ""
             return AssetResult(asset, error=f"{exc} (the tune has expired{held})" if gone
                                else str(exc), gone=gone and not held)
