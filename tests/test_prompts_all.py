@@ -654,6 +654,17 @@ def test_a_prompt_of_another_workspace_with_a_malformed_field_is_not_taken_for_d
     assert (entry["status"], entry["sha256"]) == ("ok", sha256(image))
 
 
+def unread_then_purged(standin: StandIn, archive: Path) -> None:
+    """Tune 1 archived by a --prompts run that could not read its prompts (a listing
+    page of HTML), then expired, Astria purging its prompts."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    standin.prompts.clear()
+    standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
+
+
 def test_prompts_not_read_stay_unread_when_the_expired_tune_lists_none_since(
     standin: StandIn, archive: Path
 ) -> None:
@@ -661,12 +672,7 @@ def test_prompts_not_read_stay_unread_when_the_expired_tune_lists_none_since(
     the tune expired, was written complete by the next --prompts run, which read an empty
     listing: list said 'yes', verify 'all intact', its prompt images never archived. An
     empty listing of an expired tune proves nothing read: the mark stays."""
-    add_tune(standin, 1)
-    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
-    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
-    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
-    standin.prompts.clear()
-    standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
+    unread_then_purged(standin, archive)
     run_fetch(standin, archive, "1", "--prompts", "-q")
     document = check_manifest(archive / "manifests" / "1.json")
     assert document["complete"] is False
@@ -682,12 +688,7 @@ def test_prompts_never_read_of_an_expired_tune_are_gone_upstream_said_once(
     a command that could never mend it, and the --prompts run that found them purged
     exited 0 saying nothing. They are gone upstream: said once by that run (exit 1),
     counted apart by verify (exit 0, 1 with --strict), the tune never complete."""
-    add_tune(standin, 1)
-    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
-    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
-    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
-    standin.prompts.clear()
-    standin.tunes[1]["expires_at"] = "2020-01-01T00:00:00Z"
+    unread_then_purged(standin, archive)
     capsys.readouterr()
     assert run_fetch(standin, archive, "1", "--prompts", "--json") == 1
     said = capsys.readouterr()
