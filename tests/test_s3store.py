@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -1325,3 +1326,31 @@ async def test_a_blob_another_tunes_manifest_let_go_meanwhile_fails_no_manifest(
         await writing
         assert store._stored == {}
     assert sha(first) in (await bucket.get(f"{PREFIX}/manifests/1.json")).decode()
+
+
+@pytest.mark.parametrize("date", ["two days ahead", "Fri, 31 Dec 9999 23:59:59 GMT",
+                                  "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"])
+async def test_gc_by_a_bucket_whose_date_runs_ahead_of_its_objects_leaves_a_new_blob(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, date: str
+) -> None:
+    """gc read ages by the Date of the bucket's answers alone: where that runs ahead of
+    the clock its objects are dated by (a proxy or a balancer's node on a host days
+    ahead: MinIO behind nginx, which sends its own Date) it took a blob a fetch had just
+    stored, which its manifest named next; a Date of year 9999 did so too, and one past
+    it stopped the command with a traceback (OverflowError). gc reads the earlier of the
+    bucket's clock and its own, and a Date it cannot add to is not kept."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    from tune_archiver.commands.gc import collect
+
+    if date == "two days ahead":
+        date = format_datetime(datetime.now(UTC) + timedelta(days=2), usegmt=True)
+    data = os.urandom(50_000)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    async with opened(bucket, tmp_path) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        monkeypatch.setattr(WSGIRequestHandler, "date_time_string", lambda *_: date)
+        found = await collect(store, datetime.now(UTC), False,
+                              Staging(tmp_path / "gc-staging", durable=False))
+    assert found.blobs == []
+    assert sha(await bucket.get(key)) == sha(data)

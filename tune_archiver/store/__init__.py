@@ -231,8 +231,11 @@ class OwnClock(Protocol):
 
 
 def store_now(store: Store, ours: datetime) -> datetime:
-    """Now by the clock the store dates its blobs by: `ours` for a local archive."""
-    return store.now(ours) if isinstance(store, OwnClock) else ours
+    """Now by the clock the store dates its blobs by, as gc reads ages (`ours` for a
+    local archive): the earlier of a bucket's and ours. Its answers' Date may run ahead
+    of the clock it dates objects by (a proxy or a balancer's node on a host days ahead),
+    and gc then took a blob a fetch had just stored; an early clock only keeps more."""
+    return min(store.now(ours), ours) if isinstance(store, OwnClock) else ours
 
 
 async def kept_young(store: Store, journaled: Sequence[Entry]) -> Sequence[Entry]:

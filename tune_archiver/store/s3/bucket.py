@@ -75,13 +75,16 @@ class Bucket:
         if self._dated is None:
             return ours or datetime.now(UTC)
         date, at = self._dated
-        return date + timedelta(seconds=time.monotonic() - at)
+        try:
+            return date + timedelta(seconds=time.monotonic() - at)
+        except OverflowError:  # a Date of year 9999
+            return ours or datetime.now(UTC)
 
     def _answered(self, http_response: Any, **kwargs: Any) -> None:
         """Keep the Date of an answer (botocore's after-call event), when readable."""
         try:
             date = parsedate_to_datetime(http_response.headers.get("Date", ""))
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # a year past C's long
             return
         self._dated = utc(date), time.monotonic()
 
