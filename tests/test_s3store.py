@@ -31,6 +31,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from werkzeug.serving import WSGIRequestHandler
 
 from tests.s3server import (  # noqa: F401  (fixtures)
     SECRET_KEY,
@@ -1339,8 +1340,6 @@ async def test_gc_by_a_bucket_whose_date_runs_ahead_of_its_objects_leaves_a_new_
     stored, which its manifest named next; a Date of year 9999 did so too, and one past
     it stopped the command with a traceback (OverflowError). gc reads the earlier of the
     bucket's clock and its own, and a Date it cannot add to is not kept."""
-    from werkzeug.serving import WSGIRequestHandler
-
     from tune_archiver.commands.gc import collect
 
     if date == "two days ahead":
@@ -1350,6 +1349,32 @@ async def test_gc_by_a_bucket_whose_date_runs_ahead_of_its_objects_leaves_a_new_
     async with opened(bucket, tmp_path) as store:
         await (await downloaded(store, tmp_path, data)).commit(None)
         monkeypatch.setattr(WSGIRequestHandler, "date_time_string", lambda *_: date)
+        found = await collect(store, datetime.now(UTC), False,
+                              Staging(tmp_path / "gc-staging", durable=False))
+    assert found.blobs == []
+    assert sha(await bucket.get(key)) == sha(data)
+
+
+async def test_a_commit_through_a_bucket_whose_date_runs_behind_refreshes_an_old_blob(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit read a reused blob's age by the Date of the bucket's answers alone: where
+    that runs behind (a caching proxy's, a balancer's node on a host two days behind) a
+    blob stored a day and a half ago looked young and was not refreshed, and a gc reading
+    the store by a true Date took it as the manifest named it. A fetch reads ages by the
+    later of the bucket's clock and its own."""
+    from tune_archiver.commands.gc import collect
+
+    data = os.urandom(50_000)
+    key = f"{PREFIX}/{blob_key(sha(data))}"
+    behind = format_datetime(datetime.now(UTC) - timedelta(days=2), usegmt=True)
+    async with opened(bucket, tmp_path) as store:
+        await (await downloaded(store, tmp_path, data)).commit(None)
+        age(bucket, key, timedelta(days=1, hours=12))
+        again = await downloaded(store, tmp_path, data, "https://other.example/same.bin")
+        with monkeypatch.context() as patched:
+            patched.setattr(WSGIRequestHandler, "date_time_string", lambda *_: behind)
+            await again.commit(None)
         found = await collect(store, datetime.now(UTC), False,
                               Staging(tmp_path / "gc-staging", durable=False))
     assert found.blobs == []

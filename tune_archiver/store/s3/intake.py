@@ -9,7 +9,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tune_archiver.digest import SKIP_HASH, new_hash
@@ -90,7 +90,7 @@ class S3Intake:
         finally:
             self._settled(self)
             await settle(live.abort(), f"abort the upload to {live.key}")
-        self._stored[blob.sha256] = (blob, kept or bucket.now())
+        self._stored[blob.sha256] = (blob, kept or fetch_now(bucket))
         await self._drop_file()
         return blob
 
@@ -159,6 +159,15 @@ class S3Intake:
         await settle(self.live.abort(), f"abort the upload to {self.live.key}")
 
 
+def fetch_now(bucket: Bucket) -> datetime:
+    """Now as a fetch reads its blobs' ages: the later of the bucket's clock (gc's, see
+    Bucket.now) and ours, so a blob old by either is refreshed. The bucket's alone, where
+    its answers' Date runs behind (a caching proxy's, a balancer's node on a host days
+    behind), took a blob a day and a half old for young, which a gc reading the store
+    through another endpoint took; ours ahead only refreshes more."""
+    return max(bucket.now(), datetime.now(UTC))
+
+
 async def held_young(bucket: Bucket, key: str, blob: Blob,
                      gc_grace: timedelta) -> datetime | None:
     """The blob's date once kept young (see keep_young) when `key` holds it at its size;
@@ -178,7 +187,7 @@ async def keep_young(bucket: Bucket, key: str, modified: datetime, blob: Blob,
     meanwhile). A copy in place the store answered but left at its old date (some
     MinIO releases make no new object of one) is made again part by part: completing
     an upload makes a new object on any store."""
-    if bucket.now() - modified < gc_grace / 2:  # by the bucket's clock, as gc reads it
+    if fetch_now(bucket) - modified < gc_grace / 2:
         return modified
     for in_parts in (False, True) if blob.size <= bucket.copy_limit else (True,):
         try:
@@ -216,8 +225,8 @@ async def named_still_here(bucket: Bucket, stored: dict[str, tuple[Blob, datetim
     commit does not. Gives those named, for the caller to drop from `stored` once
     the manifest is written (till then, another tune's manifest naming one asks too).
     StorageError, nothing to be written, for one gone."""
-    now, named = bucket.now(), sorted({m.decode() for m in _DIGEST.findall(data)}
-                                           & stored.keys())
+    now, named = fetch_now(bucket), sorted({m.decode() for m in _DIGEST.findall(data)}
+                                               & stored.keys())
     for sha256 in named:
         if (held := stored.get(sha256)) is None:  # another manifest, written while this
             continue  # one looked up the blobs before, named it and let it go
