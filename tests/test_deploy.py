@@ -231,3 +231,24 @@ def test_the_cronjobs_staging_folder_outlives_its_pod() -> None:
     context = pod.get("securityContext", {})
     if "fsGroup" in context:
         assert context.get("fsGroupChangePolicy") == "OnRootMismatch"
+
+
+def test_the_service_gives_an_s3_archives_staging_a_folder_it_may_write() -> None:
+    """An S3 archive stages its downloads and the journals of the files it put in the
+    bucket in a local folder, ~/.cache unless TUNE_ARCHIVER_STAGING names one: under the
+    service's ProtectHome=tmpfs (and ProtectSystem=strict), /home is empty and read-only,
+    so the shipped unit pointed at s3://... refused every run, exit 2 ('cannot create the
+    staging folder'). It names a folder systemd makes writable, its own CacheDirectory."""
+    unit = (DEPLOY / "systemd" / "tune-archiver.service").read_text()
+    env = dict(line.split("=", 1) for line in
+               re.findall(r"^Environment=(\S+=\S*)$", unit, re.MULTILINE))
+    staging = Path(env.get("TUNE_ARCHIVER_STAGING") or env.get("XDG_CACHE_HOME")
+                   or "/home/tune-archiver/.cache")
+    writable = [Path(p) for p in unit_setting("ReadWritePaths", "").split()]
+    writable += [Path(root) / unit_setting(setting, "")
+                 for root, setting in (("/var/lib", "StateDirectory"),
+                                       ("/var/cache", "CacheDirectory"),
+                                       ("/var/log", "LogsDirectory"))
+                 if unit_setting(setting, "")]
+    assert any(staging.is_relative_to(folder) for folder in writable), (staging, writable)
+
