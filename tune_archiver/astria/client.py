@@ -19,6 +19,7 @@ import aiohttp
 from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
+from tune_archiver.net.proxy import proxy_for
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, translated
 from tune_archiver.urls import MAX_JSON_DEPTH, json_float, nested_too_deeply, origin, redact
@@ -218,9 +219,10 @@ class AstriaClient:
                            content_type="application/octet-stream")
         async with self._limiter:
             with translated(url, self._settings.read_timeout):
+                proxy = proxy_for(url)
                 async with self._session.post(
-                    url, data=form, headers=self._headers, allow_redirects=False
-                ) as response:
+                    url, data=form, headers=self._headers | proxy.in_request, proxy=proxy.url,
+                    proxy_headers=proxy.headers, allow_redirects=False) as response:
                     status = response.status
                     body = await read_capped(response, MAX_JSON_BYTES + 1,
                                              self._settings.stall)

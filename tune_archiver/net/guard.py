@@ -9,10 +9,16 @@ starts) or by name (checked by the resolver, whose answer is the very address th
 connection goes to: a name cannot resolve to a public address for the check and a
 private one for the connection). A host the API names itself is trusted: only
 redirects are checked, and a connection kept open to such a host may be reused.
+
+Through a proxy (proxy.py), the resolver sees the proxy's host alone, which may well
+be private and is the operator's choice: it is not checked. The target is then checked
+as the request starts: a private address given literally, or a name this machine
+resolves to one (a name only the proxy resolves cannot be checked here).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,15 +35,20 @@ from tune_archiver.urls import redact
 # The URL a request was redirected from (redacted), while that request is being made;
 # None for a URL as the caller gave it.
 _REDIRECTED_FROM: ContextVar[str | None] = ContextVar("redirected_from", default=None)
+# Whether that request goes through a proxy: the resolver then resolves the proxy's host.
+_PROXIED: ContextVar[bool] = ContextVar("proxied", default=False)
 
 
 @contextmanager
-def redirected_from(source: str | None) -> Iterator[None]:
-    """Requests made inside follow a redirect from `source` (None: they do not)."""
+def redirected_from(source: str | None, *, proxied: bool = False) -> Iterator[None]:
+    """Requests made inside follow a redirect from `source` (None: they do not), through
+    a proxy if `proxied`."""
     token = _REDIRECTED_FROM.set(None if source is None else redact(source))
+    proxied_token = _PROXIED.set(proxied)
     try:
         yield
     finally:
+        _PROXIED.reset(proxied_token)
         _REDIRECTED_FROM.reset(token)
 
 
@@ -72,7 +83,8 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        _check(host, [item["host"] for item in found])
+        if not _PROXIED.get():  # the proxy's host, not the target's: not checked
+            _check(host, [item["host"] for item in found])
         return found
 
     async def close(self) -> None:
@@ -83,10 +95,17 @@ async def _on_request_start(
     session: aiohttp.ClientSession, context: SimpleNamespace,
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
-    """A redirect to a private address given literally (the resolver never sees those)."""
+    """A redirect to a private address given literally (the resolver never sees those);
+    through a proxy, to a name this machine resolves to one."""
     host = params.url.raw_host or ""
     if literal(host) is not None:
         _check(host, [host])
+    elif _PROXIED.get() and _REDIRECTED_FROM.get() is not None:
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except (OSError, ValueError):  # only the proxy can resolve it: it connects
+            return
+        _check(host, [str(item[4][0]) for item in found])
 
 
 def guarded_connector(limit: int, limit_per_host: int = 0) -> aiohttp.TCPConnector:

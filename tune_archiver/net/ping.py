@@ -14,6 +14,7 @@ import aiohttp
 
 from tune_archiver.config import USER_AGENT
 from tune_archiver.errors import ConfigError
+from tune_archiver.net.proxy import proxy_for
 
 PING_TIMEOUT = 10.0  # seconds for the whole exchange: a slow monitor must not hold a run
 
@@ -40,16 +41,23 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
         async with aiohttp.ClientSession(
             timeout=timeout, headers={"User-Agent": USER_AGENT}
         ) as session:
+            target = on_path(url, suffix)
+            proxy = proxy_for(target)
             if summary is None:
-                request = session.get(on_path(url, suffix))
+                request = session.get(target, proxy=proxy.url, proxy_headers=proxy.headers,
+                                      headers=proxy.in_request)
             else:
-                request = session.post(on_path(url, suffix), data=summary.encode(),
-                                       headers={"Content-Type": "text/plain; charset=utf-8"})
+                request = session.post(target, data=summary.encode(), proxy=proxy.url,
+                                       proxy_headers=proxy.headers, headers={
+                                           "Content-Type": "text/plain; charset=utf-8",
+                                           **proxy.in_request})
             async with request as response:
                 if 200 <= response.status < 300:
                     return None
                 return f"HTTP {response.status}"
     # ValueError: a host the IDNA codec refuses (a doubled dot, a label over 63
     # characters) raises UnicodeError from the resolver, past aiohttp's own errors.
+    except ConfigError as exc:  # a proxy we cannot use: the run says why
+        return str(exc)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:  # noqa: UP041
         return type(exc).__name__

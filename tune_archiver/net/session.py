@@ -6,6 +6,7 @@ import aiohttp
 
 from tune_archiver.config import USER_AGENT, Settings
 from tune_archiver.net.guard import guard_trace, guarded_connector
+from tune_archiver.net.proxy import check_proxies
 
 ASSET_READ_AHEAD = 2**18  # per connection; aiohttp buffers up to twice this
 
@@ -16,8 +17,11 @@ def new_session(settings: Settings, *, decompress: bool) -> aiohttp.ClientSessio
     aiohttp's default 300 s total would cut a 2 GB checkpoint on a slow link; a
     server that stalls is caught by the read timeout instead. Asset sessions do not
     decompress, so a blob holds exactly the bytes the server sent. Unless
-    settings.private_redirects, a redirect into a private address is refused.
+    settings.private_redirects, a redirect into a private address is refused. The
+    environment's proxies are given per request (proxy.py): the session trusts no
+    environment, whose ~/.netrc aiohttp would send to the hosts it names.
     """
+    check_proxies()
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
     )

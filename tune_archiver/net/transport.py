@@ -34,6 +34,7 @@ from tune_archiver.errors import (
     StatusError,
 )
 from tune_archiver.net.guard import redirected_from
+from tune_archiver.net.proxy import proxy_for
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.text import visible
@@ -68,6 +69,12 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
     shown = redact(url)
     try:
         yield
+    except aiohttp.ClientProxyConnectionError as exc:  # before its base: the proxy's host
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        raise ConnectError(f"cannot connect to the proxy {exc.host}:{exc.port} ({reason})") from exc
+    except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
+        raise ConnectError(f"the proxy refused to connect to the server of {shown} "
+                           f"(HTTP {exc.status})") from exc
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         raise ConnectError(f"cannot connect to {exc.host}:{exc.port} ({reason})") from exc
@@ -124,9 +131,13 @@ async def get(
             deadline = asyncio.timeout(within)
             try:
                 async with deadline:
-                    with redirected_from(source):  # the guard may refuse a private target
-                        response = await session.get(URL(url, encoded=True), headers=sent,
-                                                     allow_redirects=False)
+                    proxy = proxy_for(url)
+                    # the guard may refuse a private target
+                    with redirected_from(source, proxied=proxy.url is not None):
+                        response = await session.get(
+                            URL(url, encoded=True), headers=sent | proxy.in_request,
+                            allow_redirects=False,
+                            proxy=proxy.url, proxy_headers=proxy.headers)
             except TimeoutError as exc:
                 if deadline.expired():
                     raise ReadTimeout(f"no whole status and headers within {within:g} s from "

@@ -1,0 +1,100 @@
+"""A forward proxy on 127.0.0.1, as a corporate network has one: every host name is
+reached through it (each resolves, for the proxy alone, to 127.0.0.1), plain http
+forwarded with its request line rewritten, https through CONNECT. Each request line
+and its headers are recorded; `refuse` makes it answer 403 to everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ForwardProxy:
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.refuse = False
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ForwardProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, version = line.split(" ")
+            headers = dict(item.split(": ", 1) for item in lines if item)
+            self.seen.append(Seen(method, target, headers))
+            if self.refuse:
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+                return
+            if method == "CONNECT":
+                port = int(target.rpartition(":")[2])
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                parts = urlsplit(target)
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", parts.port)
+                path = parts.path + (f"?{parts.query}" if parts.query else "")
+                kept = "".join(f"{k}: {v}\r\n" for k, v in headers.items()
+                               if k.lower() not in ("connection", "proxy-connection",
+                                                   "proxy-authorization"))
+                up_writer.write(f"{method} {path} {version}\r\n{kept}Connection: close\r\n\r\n"
+                                .encode("latin-1"))
+            onward = asyncio.ensure_future(_pipe(reader, up_writer))
+            try:  # the answer ends the exchange: the upstream closes (Connection: close)
+                await _pipe(up_reader, writer)
+            finally:
+                onward.cancel()
+                up_writer.close()
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(2**16):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        pass

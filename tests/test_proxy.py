@@ -1,0 +1,203 @@
+"""A network whose only way out is the proxy HTTPS_PROXY / HTTP_PROXY name (NO_PROXY
+apart): the API, the asset hosts and the ping are reached through it, as by curl, pip
+and botocore; ~/.netrc adds nothing; the private-address guard checks the target, not
+the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import check_manifest
+from tests.helpers import Sleeps, run_fetch, sha256
+from tests.proxy_helpers import ForwardProxy
+from tests.standin import StandIn
+from tests.test_exits import closed_port_url
+from tests.test_ping import Monitor, monitor  # noqa: F401  (the fixture)
+from tests.test_retrain import archived, retrain  # noqa: F401  (the fixture)
+from tune_archiver.cli.main import main
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardProxy]:
+    server = ForwardProxy().start()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+                 "https_proxy", "all_proxy", "no_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def named(standin: StandIn) -> StandIn:
+    """The stand-in's hosts by names this machine cannot resolve (only the proxy can),
+    as a public API's are on a network whose DNS stops at the proxy."""
+    for host, url in standin.urls.items():
+        standin.urls[host] = url.replace("127.0.0.1", f"{host}.astria.test")
+    return standin
+
+
+def test_a_fetch_reaches_the_api_and_the_files_through_the_proxy(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = b"x" * 3000
+    named.add_tune(1, [], [named.add_file("a", data)])
+    assert run_fetch(named, tmp_path / "archive", "1") == 0, capsys.readouterr().err
+    [asset] = check_manifest(tmp_path / "archive" / "manifests" / "1.json")["assets"]
+    assert (asset["status"], asset["sha256"]) == ("ok", sha256(data))
+    targets = [seen.target for seen in proxy.seen]
+    assert any(target.startswith(named.api_url + "/tunes/1") for target in targets)
+    assert named.file_url("a") in targets
+
+
+@pytest.mark.parametrize("bypass", ["localhost,127.0.0.1", "10.0.0.0/8, 127.0.0.0/8"])
+def test_a_host_in_no_proxy_is_reached_directly(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    bypass: str,
+) -> None:
+    """NO_PROXY names the host, or (as pip and curl read it) a range its address is in."""
+    monkeypatch.setenv("NO_PROXY", bypass)
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000)])
+    assert run_fetch(standin, tmp_path / "archive", "1") == 0
+    assert proxy.seen == []
+
+
+def test_netrc_sends_no_password_to_an_asset_host_nor_breaks_the_api(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc with a default entry (as for a private package index) gives no host a
+    password: the API keeps its key alone, the asset host gets none."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    named.add_tune(1, [], [named.add_file("a", b"a" * 2000)])
+    assert run_fetch(named, tmp_path / "archive", "1") == 0
+    [api] = [seen for seen in proxy.seen if seen.target.startswith(named.api_url + "/tunes/1")]
+    assert api.headers["Authorization"] == f"Bearer {named.api_key}"
+    [asset] = [seen for seen in proxy.seen if seen.target == named.file_url("a")]
+    assert "Authorization" not in asset.headers
+
+
+@pytest.mark.parametrize("at", ["127.0.0.1", "localhost"])
+def test_a_redirect_through_the_proxy_is_followed_though_the_proxy_is_private(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    at: str,
+) -> None:
+    """The proxy sits on a private address, given literally or by a name (as
+    proxy.corp:3128 resolves to 10.x): connecting to it is no redirect into the local
+    network; the target, a public name, is fetched."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("127.0.0.1", at))
+    moved = b"m" * 3000
+    named.files["moved"] = moved
+    named.redirects["start"] = named.file_url("moved", host="mirror")
+    named.add_tune(1, [], [named.file_url("start")])
+    assert run_fetch(named, tmp_path / "archive", "1") == 0
+    [asset] = check_manifest(tmp_path / "archive" / "manifests" / "1.json")["assets"]
+    assert (asset["status"], asset["sha256"]) == ("ok", sha256(moved))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_redirect_into_the_local_network_is_refused_through_the_proxy_too(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    host: str,
+) -> None:
+    """The target of a redirect is checked, given literally or by a name this machine
+    resolves to a private address: the proxy is never asked for it."""
+    named.files["moved"] = b"m" * 3000
+    mirror = named.file_url("moved", host="mirror")
+    named.redirects["start"] = mirror.replace("mirror.astria.test", host)
+    named.add_tune(1, [], [named.file_url("start")])
+    assert run_fetch(named, tmp_path / "archive", "1", "--retries", "0") == 1
+    assert f"refused a redirect to {host}" in capsys.readouterr().err
+    assert not [seen for seen in proxy.seen if "/files/moved" in seen.target]
+
+
+def test_the_ping_goes_through_the_proxy(
+    named: StandIn, proxy: ForwardProxy, monitor: Monitor, tmp_path: Path  # noqa: F811
+) -> None:
+    ping = monitor.url.replace("127.0.0.1", "hc-ping.test")
+    named.add_tune(1, [], [named.add_file("a", b"a" * 2000)])
+    assert run_fetch(named, tmp_path / "archive", "1", "--ping-url", ping) == 0
+    assert [path for _, path, _ in monitor.pings] == ["/ping/abc-uuid/start", "/ping/abc-uuid"]
+    assert ping in [seen.target for seen in proxy.seen]
+
+
+def test_a_proxy_that_cannot_be_reached_is_said_as_the_proxy(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", closed_port_url())
+    named.add_tune(1, [], [named.add_file("a", b"a" * 2000)])
+    assert run_fetch(named, tmp_path / "archive", "1", "--retries", "0") == 4
+    err = capsys.readouterr().err
+    assert "cannot connect to the proxy 127.0.0.1:" in err
+    assert "Traceback" not in err
+
+
+def test_a_socks_proxy_is_refused_before_anything_is_asked(
+    named: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp speaks no SOCKS: going direct instead would bypass what the operator set."""
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:secret@127.0.0.1:1080")
+    named.add_tune(1, [], [named.add_file("a", b"a" * 2000)])
+    assert run_fetch(named, tmp_path / "archive", "1") == 2
+    err = capsys.readouterr().err
+    assert "only http:// and https:// proxies are supported" in err
+    assert "secret" not in err
+    assert named.requests == []
+
+
+def test_a_proxy_that_refuses_the_api_is_one_line_naming_the_proxy(
+    proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An https API is reached by CONNECT, which the proxy refuses: said as the proxy's
+    refusal, never as the API rejecting the key; the key never goes to the proxy."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("ASTRIA_API_KEY", "k" * 20)
+    proxy.refuse = True
+    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
+                 "--api-url", "https://api.astria.test"], sleep=Sleeps())
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "the proxy refused to connect to the server of https://api.astria.test" in err
+    assert "HTTP 403" in err
+    assert [(seen.method, seen.target) for seen in proxy.seen] == [
+        ("CONNECT", "api.astria.test:443")]
+    assert not [seen for seen in proxy.seen if "k" * 20 in str(seen.headers)]
+
+
+def test_the_proxys_password_goes_to_the_proxy_alone(
+    named: StandIn, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """http://user:password@proxy: a plain-http request carries Proxy-Authorization
+    itself (no CONNECT), which the proxy takes off; the password is never printed."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://alice:s3cret@"))
+    named.add_tune(1, [], [named.add_file("a", b"a" * 2000)])
+    assert run_fetch(named, tmp_path / "archive", "1") == 0
+    assert {seen.headers.get("Proxy-Authorization") for seen in proxy.seen} == {
+        "Basic YWxpY2U6czNjcmV0"}
+    assert len(proxy.seen) == 2
+    printed = capsys.readouterr()
+    assert "s3cret" not in printed.out + printed.err
+
+
+def test_retrain_posts_the_tune_through_the_proxy(
+    standin: StandIn, archived: tuple[Path, list[bytes]],  # noqa: F811
+    proxy: ForwardProxy, capsys: pytest.CaptureFixture[str],
+) -> None:
+    standin.urls["api"] = standin.urls["api"].replace("127.0.0.1", "api.astria.test")
+    code, result = retrain(standin, archived[0], capsys, "--yes")
+    assert (code, result["sent"]) == (0, True)
+    assert [len(images) for _, images in standin.created] == [len(archived[1])]
+    assert ("POST", standin.api_url + "/tunes") in [(s.method, s.target) for s in proxy.seen]

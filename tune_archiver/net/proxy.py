@@ -1,0 +1,92 @@
+"""The proxy the environment names for a URL, as pip (urllib) and botocore read it:
+HTTPS_PROXY, HTTP_PROXY, ALL_PROXY (or their lower-case forms), NO_PROXY (its
+address ranges too, as pip and curl take them).
+
+aiohttp reads these only in a session that trusts the environment, which also sends
+~/.netrc's password to every host the file names (an asset host; the API's host beside
+our Authorization is a ValueError). Our sessions trust nothing: each request is given
+its proxy here. The proxy's own user and password go to the proxy alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextlib import suppress
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+import aiohttp
+from yarl import URL
+
+from tune_archiver.addresses import literal
+from tune_archiver.errors import ConfigError
+from tune_archiver.urls import redact
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """The proxy to send one request through, as aiohttp takes it (proxy=, proxy_headers=)."""
+
+    url: URL | None = None  # None: connect directly; else without user or password
+    headers: dict[str, str] | None = None  # its Proxy-Authorization, on the CONNECT
+    # The Proxy-Authorization a plain-http request carries itself (no CONNECT is sent;
+    # aiohttp gives proxy_headers to a CONNECT alone).
+    in_request: dict[str, str] = field(default_factory=dict)
+
+
+DIRECT = Proxy()
+
+
+def _named(scheme: str) -> str | None:
+    proxies = getproxies()
+    return proxies.get(scheme) or proxies.get("all") or None
+
+
+def _proxy(given: str, scheme: str) -> Proxy:
+    """The Proxy of a proxy URL for a request of `scheme`; ConfigError for one aiohttp
+    cannot use (socks5://)."""
+    try:
+        url = URL(given if "://" in given else f"http://{given}")
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"cannot use the proxy {redact(given)} the environment names: "
+                          "only http:// and https:// proxies are supported")
+    headers = {}
+    if url.user is not None:
+        headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(url.user, url.password or "")
+    if scheme == "https":
+        return Proxy(url.with_user(None), headers)
+    return Proxy(url.with_user(None), None, headers)
+
+
+def check_proxies() -> None:
+    """ConfigError, before any request, when the environment names a proxy we cannot use."""
+    for scheme in ("http", "https"):
+        given = _named(scheme)
+        if given:
+            _proxy(given, scheme)
+
+
+def proxy_for(url: str) -> Proxy:
+    """The proxy for a request to `url`; DIRECT when none is named, or the host is in
+    NO_PROXY."""
+    parts = urlsplit(url)
+    given = _named(parts.scheme)
+    if not given or not parts.hostname or _bypassed(parts.hostname):
+        return DIRECT
+    return _proxy(given, parts.scheme)
+
+
+def _bypassed(host: str) -> bool:
+    """Whether NO_PROXY names the host; an address also within a range it gives
+    (10.0.0.0/8), as pip and curl read it (urllib alone does not)."""
+    if proxy_bypass(host):
+        return True
+    address = literal(host)
+    for entry in (getproxies().get("no") or "").split(",") if address is not None else ():
+        with suppress(ValueError):
+            if address in ipaddress.ip_network(entry.strip().strip("[]"), strict=False):
+                return True
+    return False
