@@ -250,7 +250,8 @@ def test_prompts_not_listed_keep_what_their_files_were(
     assert blob_file(archive, image).exists()
     line, failed = capsys.readouterr().err.splitlines()
     assert line.endswith("prompt files not archived: the account's prompts: "
-                         "the API returned malformed JSON")
+                         "the API returned an HTML page, not JSON (a captive portal's, a "
+                         "proxy's or a firewall's sign-in page?)")
     assert "prompt_image 0 of prompt 501: not asked for again: its prompt could not be " \
            "read" in failed
     assert run_fetch(standin, archive, "10", "--prompts") == 1
@@ -518,11 +519,12 @@ def test_prompts_not_read_keep_the_tune_not_complete_till_a_prompts_run_reads_th
     standin.add_prompt(1, 7, "ohwx woman", [seven])
     standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
     assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
-    assert "malformed JSON" in check_manifest(archive / "manifests" / "1.json")["prompts_unread"]
+    unread = check_manifest(archive / "manifests" / "1.json")["prompts_unread"]
+    assert "the API returned an HTML page, not JSON" in unread
     assert run_fetch(standin, archive, "1", "-q") == 0
     document = check_manifest(archive / "manifests" / "1.json")
     assert document["complete"] is False
-    assert "malformed JSON" in document["prompts_unread"]
+    assert "the API returned an HTML page, not JSON" in document["prompts_unread"]
     capsys.readouterr()
     assert main(["verify", "--archive", str(archive)]) == 1
     [line] = capsys.readouterr().err.splitlines()
@@ -676,7 +678,7 @@ def test_prompts_not_read_stay_unread_when_the_expired_tune_lists_none_since(
     run_fetch(standin, archive, "1", "--prompts", "-q")
     document = check_manifest(archive / "manifests" / "1.json")
     assert document["complete"] is False
-    assert "malformed JSON" in document["prompts_unread"]
+    assert "the API returned an HTML page, not JSON" in document["prompts_unread"]
     assert main(["verify", "--archive", str(archive), "--strict", "-q"]) == 1
 
 

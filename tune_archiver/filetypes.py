@@ -85,6 +85,15 @@ def error_page(served: str | None, head: bytes) -> str | None:
     return None if kind == "application/xml" and b"<error" not in start else kind
 
 
+def not_json(body: bytes) -> str:
+    """What an API answer that is no JSON is: a network that answers every request with
+    its own page (a captive portal, a proxy's or a firewall's sign-in) is named so."""
+    if error_page(None, body[:1024]) == "text/html":
+        return ("an HTML page, not JSON (a captive portal's, a proxy's or a firewall's "
+                "sign-in page?)")
+    return "malformed JSON"
+
+
 def content_type_of(served: str | None, head: bytes) -> str:
     """The type to record: the server's unless it is generic, then what the bytes show,
     and application/octet-stream only when nothing matches."""

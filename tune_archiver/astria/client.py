@@ -18,6 +18,7 @@ import aiohttp
 
 from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
+from tune_archiver.filetypes import not_json
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.proxy import proxy_for
 from tune_archiver.net.retry import call_with_retries, retry_after_of
@@ -224,8 +225,7 @@ class AstriaClient:
                     url, data=form, headers=self._headers | proxy.in_request, proxy=proxy.url,
                     proxy_headers=proxy.headers, allow_redirects=False) as response:
                     status = response.status
-                    body = await read_capped(response, MAX_JSON_BYTES + 1,
-                                             self._settings.stall)
+                    body = await read_capped(response, MAX_JSON_BYTES + 1, self._settings.stall)
         if status not in (200, 201):
             raise status_error(status, body, what, url, None)
         created = parse_json(body, what)
@@ -294,7 +294,7 @@ def parse_json(body: bytes, what: str, listing: bool = False) -> Any:
         value = json.loads(body, parse_constant=str, parse_float=json_float)
     # RecursionError: nesting deeper than the decoder recurses ("[[[[..."), a bad answer.
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DataError(f"{what}: the API returned malformed JSON") from exc
+        raise DataError(f"{what}: the API returned {not_json(body)}") from exc
     if nested_too_deeply(body, value):
         if not (listing and isinstance(value, list)):
             raise DataError(f"{what}: the API returned JSON nested too deeply")
