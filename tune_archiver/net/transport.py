@@ -75,6 +75,11 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
     except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
         raise ConnectError(f"the proxy refused to connect to the server of {shown} "
                            f"(HTTP {exc.status})") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:  # before its base
+        said = getattr(exc.certificate_error, "verify_message", "") or str(exc.certificate_error)
+        raise ConnectError(f"the certificate of {exc.host}:{exc.port} is not trusted ({said}); "
+                           "a network that presents its own names its CA in SSL_CERT_FILE"
+                           ) from exc
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         raise ConnectError(f"cannot connect to {exc.host}:{exc.port} ({reason})") from exc
@@ -136,8 +141,7 @@ async def get(
                     with redirected_from(source, proxied=proxy.url is not None):
                         response = await session.get(
                             URL(url, encoded=True), headers=sent | proxy.in_request,
-                            allow_redirects=False,
-                            proxy=proxy.url, proxy_headers=proxy.headers)
+                            allow_redirects=False, proxy=proxy.url, proxy_headers=proxy.headers)
             except TimeoutError as exc:
                 if deadline.expired():
                     raise ReadTimeout(f"no whole status and headers within {within:g} s from "
