@@ -50,6 +50,8 @@ def test_a_fetch_reaches_the_api_and_the_files_through_the_proxy(
     assert run_fetch(named, tmp_path / "archive", "1") == 0, capsys.readouterr().err
     [asset] = check_manifest(tmp_path / "archive" / "manifests" / "1.json")["assets"]
     assert (asset["status"], asset["sha256"]) == ("ok", sha256(data))
+    assert ("the API key goes unencrypted to api.astria.test through the proxy 127.0.0.1; "
+            "use https://") in capsys.readouterr().err
     targets = [seen.target for seen in proxy.seen]
     assert any(target.startswith(named.api_url + "/tunes/1") for target in targets)
     assert named.file_url("a") in targets

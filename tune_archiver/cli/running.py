@@ -40,6 +40,7 @@ from tune_archiver.config import (
 from tune_archiver.errors import ConfigError
 from tune_archiver.layout import MANIFESTS
 from tune_archiver.net.ping import check_ping_url, ping
+from tune_archiver.net.proxy import proxy_for
 from tune_archiver.progress import above_bar
 from tune_archiver.store import Store
 from tune_archiver.store.location import is_remote, open_store
@@ -113,8 +114,9 @@ def settings_of(
     api = api_for_key(ours or astria.key_source, args.api_url, env, astria)
     host = urlsplit(api).hostname or ""
     if api.startswith("http://") and not is_private_host(host):  # a mistyped https, often
-        log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s; "
-                    "use https://", host)
+        via = proxy_for(api).url  # the proxy reads the key as well, as with curl
+        log.warning("warning: the API URL is plain http: the API key goes unencrypted to %s%s; "
+                    "use https://", host, f" through the proxy {via.host}" if via else "")
     workspace = checked_workspace(args.workspace or astria.workspace)  # said only checked
     if getattr(args, "all", False) and not args.workspace and astria.workspace not in (
             None, PERSONAL, ALL):  # without one --all covers the personal scope; all, each
