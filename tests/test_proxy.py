@@ -104,13 +104,16 @@ def test_a_redirect_through_the_proxy_is_followed_though_the_proxy_is_private(
     assert (asset["status"], asset["sha256"]) == ("ok", sha256(moved))
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.1.", "localhost.",
+                                  "metadata.localhost"])
 def test_a_redirect_into_the_local_network_is_refused_through_the_proxy_too(
     named: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     host: str,
 ) -> None:
     """The target of a redirect is checked, given literally or by a name this machine
-    resolves to a private address: the proxy is never asked for it."""
+    resolves to a private address: the proxy is never asked for it. A loopback name this
+    machine does not resolve (localhost., *.localhost) or an address with a final dot is
+    the proxy's own loopback: refused too."""
     named.files["moved"] = b"m" * 3000
     mirror = named.file_url("moved", host="mirror")
     named.redirects["start"] = mirror.replace("mirror.astria.test", host)

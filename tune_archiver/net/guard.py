@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tune_archiver.addresses import literal, private_kind
+from tune_archiver.addresses import is_private_host, literal, private_kind
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.urls import redact
 
@@ -95,12 +95,15 @@ async def _on_request_start(
     session: aiohttp.ClientSession, context: SimpleNamespace,
     params: aiohttp.TraceRequestStartParams,
 ) -> None:
-    """A redirect to a private address given literally (the resolver never sees those);
-    through a proxy, to a name this machine resolves to one."""
+    """A redirect to a private address given literally (the resolver never sees those),
+    a final dot or not; through a proxy, to a localhost name (RFC 6761: the proxy's own
+    loopback, resolved here or not) or to a name this machine resolves to one."""
     host = params.url.raw_host or ""
-    if literal(host) is not None:
-        _check(host, [host])
+    if literal(host.rstrip(".")) is not None:  # "127.0.0.1." too, which a proxy reads so
+        _check(host, [host.rstrip(".")])
     elif _PROXIED.get() and _REDIRECTED_FROM.get() is not None:
+        if is_private_host(host):  # localhost., *.localhost: the proxy's own loopback
+            _check(host, ["127.0.0.1"])
         try:
             found = await asyncio.get_running_loop().getaddrinfo(host, None)
         except (OSError, ValueError):  # only the proxy can resolve it: it connects
