@@ -54,12 +54,14 @@ def _named(scheme: str) -> str | None:
 def _proxy(given: str, scheme: str) -> Proxy:
     """The Proxy of a proxy URL for a request of `scheme`; ConfigError for one aiohttp
     cannot use (socks5://)."""
+    full = given if "://" in given else f"http://{given}"  # as curl reads proxy:3128
     try:
-        url = URL(given if "://" in given else f"http://{given}")
-    except ValueError:
-        url = URL()
+        url = URL(full)
+    except ValueError:  # a port such as 31x8: redact sees the user:password in `full` only
+        raise ConfigError(f"cannot read the proxy URL {redact(full)} the environment "
+                          "names") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"cannot use the proxy {redact(given)} the environment names: "
+        raise ConfigError(f"cannot use the proxy {redact(full)} the environment names: "
                           "only http:// and https:// proxies are supported")
     headers = {}
     if url.user is not None:
