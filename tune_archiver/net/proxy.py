@@ -57,6 +57,9 @@ def _proxy(given: str, scheme: str) -> Proxy:
     full = given if "://" in given else f"http://{given}"  # as curl reads proxy:3128
     try:
         url = URL(full)
+        # A doubled dot, a label over 63 characters: the resolver's UnicodeError, at each
+        # request, would be an internal error of every tune.
+        (url.raw_host or "").encode("idna")
     except ValueError:  # a port such as 31x8: redact sees the user:password in `full` only
         raise ConfigError(f"cannot read the proxy URL {redact(full)} the environment "
                           "names") from None
