@@ -37,7 +37,7 @@ from bench.checks import (
 CKPT, CKPT_BYTES, SEED = "model.safetensors", 2**30, 20240601
 TA = [sys.executable, "-m", "tune_archiver"]
 S3_UPLOAD = Path(__file__).resolve().parent / "s3_upload.py"
-FLOOR = Path(__file__).resolve().parent / "floor.py"
+LEAN = Path(__file__).resolve().parent / "lean.py"
 STAMPS = {"updated_at": "2026-11-01T10:00:00.000Z", "expires_at": "2026-12-01T10:00:00.000Z"}
 Argv = Callable[[Path], list[str]]
 
@@ -182,16 +182,16 @@ def then_hash_and_sync(download: Argv) -> Argv:
     return argv
 
 
-FLOOR_ROW = "python floor (aiohttp, sha256, fsync, rename; nothing else)"
+LEAN_ROW = "lean python (aiohttp, sha256, fsync, rename; nothing else)"
 
 
-def floor(s: Setup, urls: list[str], j: int) -> Case:
-    """bench/floor.py, `j` files at once: each at out/<its name without folders>."""
-    listing = s.scratch / f"floor-{Path(urls[0]).parent.name}-{len(urls)}.txt"
+def lean(s: Setup, urls: list[str], j: int) -> Case:
+    """bench/lean.py, `j` files at once: each at out/<its name without folders>."""
+    listing = s.scratch / f"lean-{Path(urls[0]).parent.name}-{len(urls)}.txt"
     listing.write_text("".join(f"{url} {Path(url).name}\n" for url in urls))
     expected = {Path(url).name: s.files[url.split("/", 3)[3]] for url in urls}
-    return Case(FLOOR_ROW, lambda out: [sys.executable, str(FLOOR), str(j), str(listing),
-                                        str(out)], verify_files(expected), peer=False)
+    return Case(LEAN_ROW, lambda out: [sys.executable, str(LEAN), str(j), str(listing),
+                                       str(out)], verify_files(expected), peer=False)
 
 
 def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
@@ -217,7 +217,7 @@ def many_files(s: Setup, base: str, names: list[str], j: int) -> list[Case]:
             Case(f"curl -Z --parallel-max {j}", curl, verify_files(expected)),
             Case(f"curl -Z --parallel-max {j}, {SAME_WORK}", then_hash_and_sync(curl),
                  verify_files(expected), peer=False),
-            floor(s, [f"{base}/{n}" for n in names], j)]
+            lean(s, [f"{base}/{n}" for n in names], j)]
 
 
 def w1(s: Setup) -> list[Case]:
@@ -229,7 +229,7 @@ def w1(s: Setup) -> list[Case]:
             Case("curl", curl_one(url), verify_files(ckpt)),
             Case(f"curl, {SAME_WORK}", then_hash_and_sync(curl_one(url)), verify_files(ckpt),
                  peer=False),
-            floor(s, [url], 1),
+            lean(s, [url], 1),
             Case("aria2c -x16 -s16", aria_one(url, 16), verify_files(ckpt)),
             Case("aria2c -x1 -s1", aria_one(url, 1), verify_files(ckpt))]
 

@@ -1,15 +1,16 @@
-"""The floor of a Python downloader on this machine: a context row, never a peer.
+"""A lean Python downloader, for context: a row of W1, W2 and W4, never a peer.
 
-    python bench/floor.py JOBS LIST OUT
+    python bench/lean.py JOBS LIST OUT
 
 Downloads each `URL NAME` line of LIST into OUT/NAME, JOBS at once over one aiohttp
-session, as lean as a Python tool can while doing the work tune-archiver must do for
-every file: hash every byte (sha256), make the file durable (fsync) before it takes
-its final name (a rename), and the folder once at the end. Bytes are gathered into
-batches of 1 MiB, each written and hashed in a worker thread while the next arrives.
-It keeps no manifest, journal, lock, sidecar or resume state, checks nothing the host
-says, and retries nothing: what the workloads' ratios would be for a tool that did no
-more than this shows how far the targets sit above Python itself.
+session, doing only the work tune-archiver must do for every file: hash every byte
+(sha256), make the file durable (fsync) before it takes its final name (a rename),
+and the folder once at the end. Bytes are gathered into batches of 1 MiB, each
+written and hashed in a worker thread while the next arrives. It keeps no manifest,
+journal, lock, sidecar or resume state, checks nothing the host says, and retries
+nothing. Where files are many and small (W2, W4) it shows what per-file work costs
+Python itself, apart from what tune-archiver adds to be trusted; on one large file
+(W1) tune-archiver, which hashes and writes on separate threads, is the faster.
 """
 
 from __future__ import annotations
