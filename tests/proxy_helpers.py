@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from tests.loop_thread import LoopThread
 
 
 @dataclass
@@ -19,29 +20,17 @@ class Seen:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ForwardProxy:
+class ForwardProxy(LoopThread):
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[Seen] = []
         self.refuse = False
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ForwardProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)

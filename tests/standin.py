@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tests.loop_thread import LoopThread
+
 API_KEY = "test-key-0123456789"
 
 
@@ -106,10 +108,11 @@ class Recorded:
     headers: dict[str, str]
 
 
-class StandIn:
+class StandIn(LoopThread):
     """The API on one origin and the same files on two more ("cdn" and "mirror")."""
 
     def __init__(self, api_key: str = API_KEY, files_dir: Path | None = None) -> None:
+        super().__init__()
         self.api_key = api_key
         self.tunes: dict[int, Any] = {}  # a JSON value, or bytes sent as they are
         self.api_faults: dict[int, list[Fault]] = {}
@@ -167,23 +170,10 @@ class StandIn:
         self.hold_ranges = 0  # hold range answers until this many are in flight
         self._ranges_in_flight = 0
         self.urls: dict[str, str] = {}
-        self._loop = asyncio.new_event_loop()
         self._runners: list[web.AppRunner] = []
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._crowd: asyncio.Condition | None = None
 
     # -- life cycle ------------------------------------------------------------
-
-    def start(self) -> StandIn:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     async def _start(self) -> None:
         self._crowd = asyncio.Condition()

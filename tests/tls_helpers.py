@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
-import threading
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.loop_thread import LoopThread
 
 
 def _name(text: str) -> x509.Name:
@@ -53,29 +54,17 @@ def make_ca(folder: Path, host: str = "localhost") -> tuple[Path, Path, Path]:
     return paths
 
 
-class TlsFront:
+class TlsFront(LoopThread):
     """TLS on 127.0.0.1:`port`, each connection passed on to 127.0.0.1:`upstream`."""
 
     def __init__(self, cert: Path, key: Path, upstream: int) -> None:
+        super().__init__()
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(cert, key)
         self._upstream = upstream
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> TlsFront:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     async def _close(self) -> None:
         assert self._server is not None
