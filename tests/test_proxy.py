@@ -105,7 +105,7 @@ def test_a_redirect_through_the_proxy_is_followed_though_the_proxy_is_private(
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.1.", "localhost.",
-                                  "metadata.localhost"])
+                                  "metadata.localhost", "%6cocalhost", "%31%32%37.0.0.1"])
 def test_a_redirect_into_the_local_network_is_refused_through_the_proxy_too(
     named: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     host: str,
@@ -113,7 +113,8 @@ def test_a_redirect_into_the_local_network_is_refused_through_the_proxy_too(
     """The target of a redirect is checked, given literally or by a name this machine
     resolves to a private address: the proxy is never asked for it. A loopback name this
     machine does not resolve (localhost., *.localhost) or an address with a final dot is
-    the proxy's own loopback: refused too."""
+    the proxy's own loopback: refused too, percent-encoded as well (a proxy that reads
+    URLs as browsers do decodes the host)."""
     named.files["moved"] = b"m" * 3000
     mirror = named.file_url("moved", host="mirror")
     named.redirects["start"] = mirror.replace("mirror.astria.test", host)

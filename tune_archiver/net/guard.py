@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -97,18 +98,21 @@ async def _on_request_start(
 ) -> None:
     """A redirect to a private address given literally (the resolver never sees those),
     a final dot or not; through a proxy, to a localhost name (RFC 6761: the proxy's own
-    loopback, resolved here or not) or to a name this machine resolves to one."""
-    host = params.url.raw_host or ""
+    loopback, resolved here or not) or to a name this machine resolves to one. A host
+    percent-encoded (%6cocalhost) is checked as decoded, as a proxy that reads URLs as
+    browsers do (WHATWG: Node's) connects to it."""
+    shown = params.url.raw_host or ""
+    host = unquote(shown)
     if literal(host.rstrip(".")) is not None:  # "127.0.0.1." too, which a proxy reads so
-        _check(host, [host.rstrip(".")])
+        _check(shown, [host.rstrip(".")])
     elif _PROXIED.get() and _REDIRECTED_FROM.get() is not None:
         if is_private_host(host):  # localhost., *.localhost: the proxy's own loopback
-            _check(host, ["127.0.0.1"])
+            _check(shown, ["127.0.0.1"])
         try:
             found = await asyncio.get_running_loop().getaddrinfo(host, None)
         except (OSError, ValueError):  # only the proxy can resolve it: it connects
             return
-        _check(host, [str(item[4][0]) for item in found])
+        _check(shown, [str(item[4][0]) for item in found])
 
 
 def guarded_connector(limit: int, limit_per_host: int = 0) -> aiohttp.TCPConnector:
