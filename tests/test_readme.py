@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers import run_fetch
+from tests.standin import StandIn
 from tune_archiver.cli.parser import build_parser, check_fetch
 
 README = (ROOT / "README.md").read_text()
@@ -99,3 +103,18 @@ def test_no_example_puts_the_ping_url_on_the_command_line() -> None:
     assert "ping-url" not in "".join(CRONTAB)
     assert CRONTAB_ENV == ["TUNE_ARCHIVER_PING_URL"]
     assert any("TUNE_ARCHIVER_PING_URL=" in command for command in EXAMPLES)
+
+
+def test_readme_fetch_json_example_has_every_field_a_tune_gives(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's fetch --json example names each field of a tune's object, as a run
+    prints it: a consumer written from it reads every one (prompts_gone too)."""
+    example = re.search(r"### `--json`\n\n```json\n(.*?)```", README, flags=re.DOTALL)
+    assert example is not None
+    shown = json.loads(example[1])["tunes"][0]
+    standin.add_tune(1, [], [standin.file_url("a.jpg")])
+    standin.files["a.jpg"] = b"a" * 100
+    assert run_fetch(standin, tmp_path / "archive", "1", "--json") == 0
+    printed = json.loads(capsys.readouterr().out)["tunes"][0]
+    assert set(shown) == set(printed)
