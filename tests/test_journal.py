@@ -542,10 +542,13 @@ def test_forget_of_a_tune_a_stopped_first_fetch_left_only_a_journal_forgets_it(
     dry = cli(capsys, "forget", "1", "--dry-run", "--archive", str(archive))
     assert dry.code == 0, dry.err
     assert "journal of the files a stopped fetch committed of tune 1" in dry.out
+    # Astria lists it still: the next fetch --all takes it back, as of a tune archived
+    assert "tune 1 has not expired: the next fetch --all archives it again" in dry.out
     assert journal_lines(archive)
     forgot = cli(capsys, "forget", "1", "--archive", str(archive), "--json")
     assert forgot.code == 0, forgot.err
     assert json.loads(forgot.out)["removed"] == [{"tune_id": 1, "title": "Tune 1"}]
+    assert json.loads(forgot.out)["live"] == [1]
     assert not (archive / "tmp" / "1.committed").exists()
     del standin.tunes[1]
     ran = cli(capsys, "fetch", "--all", "--archive", str(archive), "--api-url", standin.api_url)

@@ -16,6 +16,7 @@ from tune_archiver.download.journal import Journals
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import Denied, StorageError
 from tune_archiver.manifest import Manifest
+from tune_archiver.models import Tune
 from tune_archiver.selection import parse_moment
 from tune_archiver.store import Store
 
@@ -31,8 +32,9 @@ class ForgetReport:
     journal_only: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (id, why)
-    # Of those removed, the tunes whose manifest's expires_at is still ahead: Astria lists
-    # them, so the next fetch --all archives them again, the forget undone.
+    # Of those removed, the tunes whose expires_at (as the manifest, or a stopped first
+    # fetch's journal, records it) is still ahead: Astria lists them, so the next fetch
+    # --all archives them again, the forget undone.
     live: list[int] = field(default_factory=list)
 
     @property
@@ -57,6 +59,7 @@ async def forget(
     report = ForgetReport()
     journals = None if archive is None else Journals(staging_for(archive).directory, archive)
     titles: dict[int, str | None] = {}  # the tunes a stopped fetch's journal alone names
+    journaled_tunes: dict[int, Tune] = {}  # ... as that journal recorded them
     async with store.locked(exclusive=True, waiting=waiting):
         archived = set(await store.manifest_ids())
         if keep_within is None:
@@ -65,8 +68,9 @@ async def forget(
             # record the tune from it, so it is forgotten too, not "not in the archive".
             # (One that records no file of it, a link planted there, vouches for nothing.)
             journaled = await journals.tune_ids() if journals is not None else set()
-            titles = {i: tune.title for i in chosen if i in journaled - archived
-                      if journals and (tune := await journals.tune(i)) is not None}
+            journaled_tunes = {i: tune for i in chosen if i in journaled - archived
+                               if journals and (tune := await journals.tune(i)) is not None}
+            titles = {i: tune.title for i, tune in journaled_tunes.items()}
             report.journal_only = list(titles)
             report.unknown = [i for i in chosen if i not in archived and i not in titles]
             chosen = [i for i in chosen if i in archived or i in titles]
@@ -97,7 +101,9 @@ async def forget(
                     report.failed.append((tune_id, str(exc)))
                     continue
             report.removed.append((tune_id, title))
-            expires = parse_moment(found.tune.get("expires_at")) if found else None
+            # As its manifest records the tune, or the journal of a stopped first fetch
+            raw = found.tune if found else journaled_tunes[tune_id].raw if only else {}
+            expires = parse_moment(raw.get("expires_at"))
             if expires is not None and expires > now:
                 report.live.append(tune_id)
     return report
