@@ -110,8 +110,10 @@ def test_a_dry_run_calls_a_redirect_into_a_private_address_not_downloadable(
     [("127.0.0.1", "redirect to 127.0.0.1, a loopback address"),
      ("localhost", "redirect to localhost, which resolves to "),
      ("[::ffff:127.0.0.1]", "redirect to ::ffff:7f00:1, a loopback address"),
-     ("2130706433", "2130706433")],
-    ids=["literal", "name", "mapped", "decimal"],
+     ("2130706433", "2130706433"),
+     ("0.0.0.0", "redirect to 0.0.0.0, an unspecified address"),
+     ("127.0.0.1.", "redirect to 127.0.0.1., a loopback address")],
+    ids=["literal", "name", "mapped", "decimal", "unspecified", "final dot"],
 )
 def test_a_redirect_to_this_machine_is_refused_before_any_request(
     standin: StandIn, archive: Path, host: str, says: str

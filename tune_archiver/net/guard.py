@@ -54,9 +54,10 @@ def redirected_from(source: str | None, *, proxied: bool = False) -> Iterator[No
 
 
 def _refuse(host: str, address: str, kind: str, source: str) -> RefusedUrl:
-    via = "" if literal(host) is not None else f", which resolves to {address}"
+    via = "" if literal(host.rstrip(".")) is not None else f", which resolves to {address}"
+    article = "an" if kind[0] in "aeiou" else "a"  # an unspecified address
     return RefusedUrl(
-        f"refused a redirect to {host}{via}, a {kind} address, from {source} "
+        f"refused a redirect to {host}{via}, {article} {kind} address, from {source} "
         "(--allow-private-redirects follows it)"
     )
 
