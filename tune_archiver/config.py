@@ -117,10 +117,21 @@ def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
     """The archive (a directory or s3://bucket/prefix): the option, else $TUNE_ARCHIVE,
     else ./tune-archive.
 
+    A leading ~ is the home folder, as the shell would have read it: quoted, or in a
+    cron line's TUNE_ARCHIVE, "~/astria" made a folder named "~" wherever the run
+    stood and archived there, the real ~/astria left as it was.
+
     Raises ConfigError for what looks like a mistyped S3 URL (s3:/bucket, s3:bucket,
     s3///bucket): taken as a folder, it would quietly become one named "s3:".
     """
     location = option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
+    if location == "~" or location.startswith("~/"):
+        try:
+            home = env.get("HOME") or str(Path.home())
+        except RuntimeError:
+            raise ConfigError(f"no home folder to read {location!r} in: set HOME or give "
+                              "the archive's full path") from None
+        location = home.rstrip("/") + location[1:] if home != "/" else location[1:] or "/"
     if _S3_LIKE.match(location) and not _S3_URL.match(location):
         raise ConfigError(
             f"not an archive location: {location!r} looks like a mistyped S3 URL; "

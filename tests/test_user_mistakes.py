@@ -1,0 +1,42 @@
+"""Slips a user makes by hand or in a cron line: the tool does what was meant when it
+safely can, else says in one line what to change."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Sleeps
+from tests.standin import StandIn
+from tune_archiver.cli.main import main
+
+
+def _one_tune(standin: StandIn) -> None:
+    standin.add_tune(788416, [standin.add_file("ckpt", os.urandom(4_000))],
+                     [standin.add_file("img", os.urandom(3_000))])
+
+
+def _fetch(standin: StandIn, *args: str) -> int:
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    return main(["fetch", "788416", "--api-url", standin.api_url, *args],
+                sleep=Sleeps(), clock=lambda: datetime.now(UTC))
+
+
+@pytest.mark.parametrize("given", ["option", "env"])
+def test_an_archive_under_a_quoted_tilde_is_the_home_folders(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # A cron line's --archive "~/astria" (or TUNE_ARCHIVE=~/astria): no shell reads the ~.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    _one_tune(standin)
+    if given == "env":
+        monkeypatch.setenv("TUNE_ARCHIVE", "~/astria")
+    assert _fetch(standin, *(["--archive", "~/astria"] if given == "option" else [])) == 0
+    assert (home / "astria" / "manifests" / "788416.json").is_file()
+    assert not (tmp_path / "~").exists()
+    assert main(["verify", "--archive", "~/astria"]) == 0
