@@ -40,3 +40,27 @@ def test_an_archive_under_a_quoted_tilde_is_the_home_folders(
     assert (home / "astria" / "manifests" / "788416.json").is_file()
     assert not (tmp_path / "~").exists()
     assert main(["verify", "--archive", "~/astria"]) == 0
+
+
+
+@pytest.mark.parametrize("pasted", ["Bearer {key}", "bearer  {key}", "Authorization: Bearer {key}"])
+@pytest.mark.parametrize("given", ["file", "env"])
+def test_a_key_pasted_with_its_bearer_is_sent_as_the_key(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], pasted: str, given: str,
+) -> None:
+    # Copied whole from the API's docs or a curl line: the header read "Bearer Bearer
+    # KEY", the API said 401, exit 3, and nothing said why.
+    _one_tune(standin)
+    text = pasted.format(key=standin.api_key)
+    args = ["--archive", str(tmp_path / "archive"), "--api-url", standin.api_url]
+    if given == "file":
+        (tmp_path / "key").write_text(text + "\n")
+        (tmp_path / "key").chmod(0o600)
+        args += ["--api-key-file", str(tmp_path / "key")]
+    else:
+        monkeypatch.setenv("ASTRIA_API_KEY", text)
+    code = main(["fetch", "788416", *args], sleep=Sleeps(), clock=lambda: datetime.now(UTC))
+    assert code == 0, capsys.readouterr().err
+    sent = {r.headers.get("Authorization") for r in standin.seen("api")}
+    assert sent == {f"Bearer {standin.api_key}"}

@@ -178,7 +178,7 @@ def load_api_key(
         try:
             with open(key_file, "rb") as file:
                 info = os.fstat(file.fileno())
-                key = secret_text(file, f"the API key file {key_file}", "the API key")
+                key = bare_key(secret_text(file, f"the API key file {key_file}", "the API key"))
         except FileNotFoundError as exc:  # a bare word no file has may be the key itself
             # Not chained: -v's traceback would quote the word, the OSError's filename.
             named = key_file if os.sep in key_file else "named on the command line"
@@ -193,15 +193,26 @@ def load_api_key(
             log.warning("%s", warning)
         log.debug("the API key comes from --api-key-file %s", key_file)
         return key
-    key = env.get(ENV_API_KEY, "").strip()
+    key = bare_key(env.get(ENV_API_KEY, "").strip())
     source = ENV_API_KEY
     if not key and fallback is not None:  # (key, where it came from): the Astria CLI's
-        key, source = fallback
+        key, source = bare_key(fallback[0]), fallback[1]
     if not key:
         raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
     _check_key(key, source)
     log.debug("the API key comes from %s", source)
     return key
+
+
+# "Bearer sk-..." or "Authorization: Bearer sk-..." pasted whole from the API's docs or a
+# curl line: sent as it was, the header read "Bearer Bearer sk-...", and the key was
+# rejected (exit 3) with nothing to say why. No key holds a space.
+_BEARER = re.compile(r"(?:authorization:\s*)?bearer\s+(?=\S)", re.IGNORECASE | re.ASCII)
+
+
+def bare_key(key: str) -> str:
+    """The key without a pasted "Bearer " (or "Authorization: Bearer ") before it."""
+    return _BEARER.sub("", key, count=1) if _BEARER.match(key) else key
 
 
 def _check_key(key: str, source: str) -> None:
