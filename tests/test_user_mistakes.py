@@ -64,3 +64,20 @@ def test_a_key_pasted_with_its_bearer_is_sent_as_the_key(
     assert code == 0, capsys.readouterr().err
     sent = {r.headers.get("Authorization") for r in standin.seen("api")}
     assert sent == {f"Bearer {standin.api_key}"}
+
+
+@pytest.mark.parametrize("command", [["fetch", "788416"], ["verify"], ["list"], ["gc"]])
+def test_an_empty_archive_option_returns_2_and_archives_nowhere(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # A cron line's --archive "$DEST" with DEST unset: fetch archived into ./tune-archive
+    # wherever cron stood, exit 0, and verify checked that one.
+    _one_tune(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    (tmp_path / "tune-archive").mkdir()
+    (tmp_path / "tune-archive" / "manifests").mkdir()
+    api = ["--api-url", standin.api_url] if command[0] == "fetch" else []
+    assert main([*command, "--archive", "", *api]) == 2
+    assert "--archive is empty" in capsys.readouterr().err
+    assert list((tmp_path / "tune-archive").iterdir()) == [tmp_path / "tune-archive" / "manifests"]
+    assert not standin.seen("api")

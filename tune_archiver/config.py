@@ -121,9 +121,14 @@ def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
     cron line's TUNE_ARCHIVE, "~/astria" made a folder named "~" wherever the run
     stood and archived there, the real ~/astria left as it was.
 
-    Raises ConfigError for what looks like a mistyped S3 URL (s3:/bucket, s3:bucket,
-    s3///bucket): taken as a folder, it would quietly become one named "s3:".
+    Raises ConfigError for an empty option (a cron line's --archive "$DEST", DEST unset:
+    the run archived into ./tune-archive wherever cron stood, exit 0), and for what
+    looks like a mistyped S3 URL (s3:/bucket, s3:bucket, s3///bucket): taken as a
+    folder, it would quietly become one named "s3:".
     """
+    if option is not None and not option.strip():  # --archive "$DEST", DEST unset
+        raise ConfigError("--archive is empty: name the archive's folder or s3://bucket/prefix "
+                          "(a variable it names may be unset)")
     location = option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
     if location == "~" or location.startswith("~/"):
         try:
