@@ -81,3 +81,19 @@ def test_an_empty_archive_option_returns_2_and_archives_nowhere(
     assert "--archive is empty" in capsys.readouterr().err
     assert list((tmp_path / "tune-archive").iterdir()) == [tmp_path / "tune-archive" / "manifests"]
     assert not standin.seen("api")
+
+
+def test_an_export_under_a_quoted_tilde_is_in_the_home_folder(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # export 788416 "~/astria-export": the photos went into a folder named "~" wherever
+    # the run stood.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    _one_tune(standin)
+    assert _fetch(standin, "--archive", str(tmp_path / "archive")) == 0
+    assert main(["export", "788416", "~/astria-export", "--archive",
+                 str(tmp_path / "archive")]) == 0
+    assert (home / "astria-export" / "788416-tune-788416" / "manifest.json").is_file()
+    assert not (tmp_path / "~").exists()

@@ -129,20 +129,26 @@ def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
     if option is not None and not option.strip():  # --archive "$DEST", DEST unset
         raise ConfigError("--archive is empty: name the archive's folder or s3://bucket/prefix "
                           "(a variable it names may be unset)")
-    location = option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE
-    if location == "~" or location.startswith("~/"):
-        try:
-            home = env.get("HOME") or str(Path.home())
-        except RuntimeError:
-            raise ConfigError(f"no home folder to read {location!r} in: set HOME or give "
-                              "the archive's full path") from None
-        location = home.rstrip("/") + location[1:] if home != "/" else location[1:] or "/"
+    location = home_path(option or env.get(ENV_ARCHIVE) or DEFAULT_ARCHIVE, env)
     if _S3_LIKE.match(location) and not _S3_URL.match(location):
         raise ConfigError(
             f"not an archive location: {location!r} looks like a mistyped S3 URL; "
             "write s3://bucket/prefix (or ./s3... for a local folder)"
         )
     return location
+
+
+def home_path(path: str, env: Mapping[str, str]) -> str:
+    """`path` with a leading ~ or ~/ read as the home folder, as the shell reads it
+    where it is not quoted. ConfigError when there is no home to read it in."""
+    if path != "~" and not path.startswith("~/"):
+        return path
+    try:
+        home = env.get("HOME") or str(Path.home())
+    except RuntimeError:
+        raise ConfigError(f"no home folder to read {path!r} in: set HOME or give the "
+                          "full path") from None
+    return home.rstrip("/") + path[1:] if home != "/" else path[1:] or "/"
 
 
 def api_url(option: str | None, env: Mapping[str, str]) -> str:

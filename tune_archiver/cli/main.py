@@ -41,7 +41,7 @@ from tune_archiver.cli.usage import said_usage_error
 from tune_archiver.cli.verdict import said_if_stopped, said_repaired, said_verified
 from tune_archiver.commands import fetch as archive
 from tune_archiver.commands.fetch import Clock, utc_now
-from tune_archiver.config import AllTunes, Settings, archive_dir
+from tune_archiver.config import AllTunes, Settings, archive_dir, home_path
 from tune_archiver.digest import SKIP_HASH
 from tune_archiver.download.staging import staging_for
 from tune_archiver.errors import ArchiverError, ConfigError, ListingBrokeOff
@@ -315,9 +315,9 @@ def run_list(args: argparse.Namespace, secrets: list[str]) -> int:
 def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.export import export_tune
 
+    dest = Path(home_path(args.dest, os.environ))  # "~/astria-export" quoted in a cron line
     result = in_archive(
-        args, lambda store: export_tune(store, args.tune_id, Path(args.dest), args.link,
-                                        args.layout, secrets)
+        args, lambda store: export_tune(store, args.tune_id, dest, args.link, args.layout, secrets)
     )
     errors = [f"tune {args.tune_id}: {line}" for line in result.failed]
     gone = [f"tune {args.tune_id}: {line}" for line in result.gone]
