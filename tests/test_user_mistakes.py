@@ -97,3 +97,29 @@ def test_an_export_under_a_quoted_tilde_is_in_the_home_folder(
                  str(tmp_path / "archive")]) == 0
     assert (home / "astria-export" / "788416-tune-788416" / "manifest.json").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("pasted", [
+    "https://www.astria.ai/tunes/788416", "https://www.astria.ai/tunes/788416.json",
+    "https://astria.ai/tunes/788416/", "https://www.astria.ai/tunes/788416/prompts#top",
+])
+def test_a_tune_pasted_as_its_astria_url_is_fetched_by_its_id(
+    standin: StandIn, tmp_path: Path, pasted: str
+) -> None:
+    # From the browser's address bar, or the tune's own "url" field: refused, exit 2.
+    _one_tune(standin)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    assert main(["fetch", pasted, "--archive", str(tmp_path / "archive"), "--api-url",
+                 standin.api_url], sleep=Sleeps(), clock=lambda: datetime.now(UTC)) == 0
+    assert (tmp_path / "archive" / "manifests" / "788416.json").is_file()
+
+
+@pytest.mark.parametrize("other", [
+    "https://evil.example/tunes/788416", "https://www.astria.ai/tunes/78x", "788416 ",
+    "https://www.astria.ai/prompts/788416", "https://www.astria.ai/tunes/788416 7",
+])
+def test_other_urls_and_text_are_still_no_tune_id(
+    other: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fetch", other]) == 2
+    assert "not a tune id" in capsys.readouterr().err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,6 +106,19 @@ def parse_moment(value: Any) -> datetime | None:
         return moment.astimezone(UTC)
     except OverflowError:  # an offset that moves year 1 or 9999 out of range
         return None
+
+
+# A tune's page pasted from the browser's address bar, or its API url (the tune's own
+# "url" field): https://www.astria.ai/tunes/788416, .json, /prompts, ?query or #anchor.
+_TUNE_PAGE = re.compile(r"https?://(?:www\.)?astria\.ai/tunes/(\d+)(?:\.json)?(?:[/?#]\S*)?",
+                        re.IGNORECASE | re.ASCII)
+
+
+def id_text(text: str) -> str:
+    """The tune id a user gave: the text, or the digits of the tune's Astria URL when
+    that was pasted in its place (refused, exit 2, with nothing said of the URL)."""
+    page = _TUNE_PAGE.fullmatch(text)
+    return page.group(1) if page else text
 
 
 def ids_from_lines(lines: Iterable[str], source: str) -> frozenset[int]:

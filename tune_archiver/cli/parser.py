@@ -34,7 +34,7 @@ from tune_archiver.config import (
     MAX_SPLIT,
 )
 from tune_archiver.digits import whole_number
-from tune_archiver.selection import MAX_ID_DIGITS
+from tune_archiver.selection import MAX_ID_DIGITS, id_text
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([wdhm])", re.ASCII)  # 0-9 alone
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
@@ -304,8 +304,8 @@ def check_fetch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def tune_id(text: str) -> int:
-    """A tune id: a positive integer."""
-    value = whole_number(text)
+    """A tune id: a positive integer, or the tune's Astria URL that holds it."""
+    value = whole_number(id_text(text))
     if value is None or not 0 < value < 10**MAX_ID_DIGITS:  # as --ids-from takes them
         raise argparse.ArgumentTypeError("not a tune id (a positive integer)")
     return value
