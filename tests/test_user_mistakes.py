@@ -123,3 +123,19 @@ def test_other_urls_and_text_are_still_no_tune_id(
 ) -> None:
     assert main(["fetch", other]) == 2
     assert "not a tune id" in capsys.readouterr().err
+
+
+def test_a_key_set_under_another_name_is_named_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key exported as ASTRIA_TOKEN (a guess, another tool's name) met 'no API key: set
+    ASTRIA_API_KEY', which reads as if no key was given at all: the line names the
+    variable that is set, and never its value."""
+    monkeypatch.delenv("ASTRIA_API_KEY", raising=False)
+    monkeypatch.setenv("ASTRIA_TOKEN", "sd_secret_0123456789")
+    assert main(["fetch", "788416", "--archive", str(tmp_path / "archive")]) == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err
+    assert "ASTRIA_TOKEN is set, but the key is read from ASTRIA_API_KEY" in err
+    assert "sd_secret" not in err
+

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # /dev/zero never ends) and no server takes it as a header.
 MAX_KEY_LENGTH = 4096
 ENV_API_KEY = "ASTRIA_API_KEY"
+# Names a key is set under by mistake (a guess, another tool's): said when no key is found.
+MISNAMED_KEYS = ("ASTRIA_KEY", "ASTRIA_TOKEN", "ASTRIA_API_TOKEN", "ASTRIA_APIKEY")
 ENV_API_URL = "ASTRIA_API_URL"
 ENV_ARCHIVE = "TUNE_ARCHIVE"
 ENV_PING_URL = "TUNE_ARCHIVER_PING_URL"
@@ -208,8 +210,10 @@ def load_api_key(
     source = ENV_API_KEY
     if not key and fallback is not None:  # (key, where it came from): the Astria CLI's
         key, source = bare_key(fallback[0]), fallback[1]
-    if not key:
-        raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH")
+    if not key:  # a key set under another name is named (never shown): ASTRIA_TOKEN=...
+        misnamed = next((name for name in MISNAMED_KEYS if env.get(name, "").strip()), None)
+        hint = f" ({misnamed} is set, but the key is read from {ENV_API_KEY})" if misnamed else ""
+        raise ConfigError(f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH{hint}")
     _check_key(key, source)
     log.debug("the API key comes from %s", source)
     return key
