@@ -190,14 +190,14 @@ async def serve(
 ) -> None:
     """Serve until cancelled (Ctrl-C); `started(url)` is told where, once listening."""
     runner, url = await start(store, host, port, token, clock, secrets)
-    loop = asyncio.get_running_loop()
-    before = loop.get_exception_handler()
-    loop.set_exception_handler(_loop_error)
+    # Left in place to the loop's end: after accept() met EMFILE, asyncio retries a
+    # second later, and that retry, run while serve shuts down (its socket closed: "Bad
+    # file descriptor"), printed a traceback once the handler before was back.
+    asyncio.get_running_loop().set_exception_handler(_loop_error)
     try:
         started(url)
         await asyncio.Event().wait()
     finally:
-        loop.set_exception_handler(before)
         await runner.cleanup()
 
 
