@@ -222,8 +222,8 @@ class AstriaClient:
             with translated(url, self._settings.read_timeout):
                 proxy = proxy_for(url)
                 async with self._session.post(
-                    url, data=form, headers=self._headers | proxy.in_request, proxy=proxy.url,
-                    proxy_headers=proxy.headers, allow_redirects=False) as response:
+                    url, data=form, allow_redirects=False, **proxy.sent(self._headers)
+                ) as response:
                     status = response.status
                     body = await read_capped(response, MAX_JSON_BYTES + 1, self._settings.stall)
         if status not in (200, 201):

@@ -44,13 +44,10 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
             target = on_path(url, suffix)
             proxy = proxy_for(target)
             if summary is None:
-                request = session.get(target, proxy=proxy.url, proxy_headers=proxy.headers,
-                                      headers=proxy.in_request)
+                request = session.get(target, **proxy.sent({}))
             else:
-                request = session.post(target, data=summary.encode(), proxy=proxy.url,
-                                       proxy_headers=proxy.headers, headers={
-                                           "Content-Type": "text/plain; charset=utf-8",
-                                           **proxy.in_request})
+                request = session.post(target, data=summary.encode(), **proxy.sent(
+                    {"Content-Type": "text/plain; charset=utf-8"}))
             async with request as response:
                 if 200 <= response.status < 300:
                     return None

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -34,6 +36,11 @@ class Proxy:
     # The Proxy-Authorization a plain-http request carries itself (no CONNECT is sent;
     # aiohttp gives proxy_headers to a CONNECT alone).
     in_request: dict[str, str] = field(default_factory=dict)
+
+    def sent(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        """aiohttp's keyword arguments for a request with `headers` through this proxy."""
+        return {"headers": {**headers, **self.in_request}, "proxy": self.url,
+                "proxy_headers": self.headers}
 
 
 DIRECT = Proxy()

@@ -140,8 +140,7 @@ async def get(
                     # the guard may refuse a private target
                     with redirected_from(source, proxied=proxy.url is not None):
                         response = await session.get(
-                            URL(url, encoded=True), headers=sent | proxy.in_request,
-                            allow_redirects=False, proxy=proxy.url, proxy_headers=proxy.headers)
+                            URL(url, encoded=True), allow_redirects=False, **proxy.sent(sent))
             except TimeoutError as exc:
                 if deadline.expired():
                     raise ReadTimeout(f"no whole status and headers within {within:g} s from "
