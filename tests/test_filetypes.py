@@ -24,6 +24,9 @@ MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00" + os.urandom(1_000)
 TORCH_ZIP = b"PK\x03\x04\x00\x00\x08\x00\x00\x00archive/data.pkl" + os.urandom(1_000)
 PICKLE = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + os.urandom(1_000)
 UNKNOWN = b"\x01\x02not a known format at all" + os.urandom(2_000)
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + os.urandom(1_000)  # an iPhone's
+AVIF = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + os.urandom(1_000)
+GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + os.urandom(1_000)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,16 @@ UNKNOWN = b"\x01\x02not a known format at all" + os.urandom(2_000)
         (PNG, "image/png"),
         (WEBP, "image/webp"),
         (MP4, "video/mp4"),
+        (HEIC, "image/heic"),
+        (AVIF, "image/avif"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "image/heif"),
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", "video/mp4"),
+        (GIF, "image/gif"),
+        (b"GIF87a\x01\x00", "image/gif"),
+        (b"II*\x00\x08\x00\x00\x00", "image/tiff"),
+        (b"MM\x00*\x00\x00\x00\x08", "image/tiff"),
+        (b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00", "image/bmp"),
+        (b"BMW notes, not a bitmap", None),  # two letters alone are no signature
         (TORCH_ZIP, "application/x-pytorch"),
         (PICKLE, "application/x-pytorch"),
         (b"PK\x03\x04plain zip", "application/zip"),
@@ -103,6 +116,29 @@ def test_files_without_extension_are_typed_and_named_from_their_bytes(
     assert names == ["checkpoints/000.safetensors", "prompt_images/9-000.mp4",
                      "training_images/000.jpg", "training_images/001.png",
                      "training_images/002.webp", "training_images/003.bin"]
+
+
+def test_a_heic_photo_served_as_octet_stream_is_an_image_not_a_video(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An iPhone's HEIC training photo, an AVIF and a GIF from hosts that say only
+    octet-stream: each is recorded as the image it is, exported under its own
+    extension, and shown in the export's page as an image, never as a video."""
+    archive = tmp_path / "archive"
+    photos = [standin.add_file(f"img{i}", data) for i, data in enumerate([HEIC, AVIF, GIF])]
+    standin.add_tune(1, [standin.add_file("ckpt", SAFETENSORS)], photos)
+    assert run_fetch(standin, archive, "1") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert [entry["content_type"] for entry in document["assets"][1:]] == [
+        "image/heic", "image/avif", "image/gif"]
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0
+    assert sorted(json.loads(ran.out)["copied"])[1:] == [
+        "training_images/000.heic", "training_images/001.avif", "training_images/002.gif"]
+    page = next(dest.rglob("index.html")).read_text()
+    assert "<video" not in page
+    assert page.count("<img") == 3
 
 
 @pytest.mark.parametrize("served", ["image/png\x1b[2J", "image/png; name=\x07", "image png",

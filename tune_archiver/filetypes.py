@@ -30,8 +30,16 @@ def sniff(head: bytes) -> str | None:
         return "image/png"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\0\0\0\0":
+        return "image/bmp"  # its reserved bytes are zero: two letters alone say little
     if head[4:8] == b"ftyp":
-        return "video/mp4"
+        # An iPhone's HEIC photo and an AVIF are ISO media files as an MP4 is: the brand
+        # tells them apart, else a photo is recorded, shown and exported as a video.
+        return _ISO_IMAGES.get(head[8:12], "video/mp4")
     if head.startswith(b"PK\x03\x04"):
         return PYTORCH if b"data.pkl" in head or b"/data/" in head else "application/zip"
     if _is_pickle(head):
@@ -41,6 +49,12 @@ def sniff(head: bytes) -> str | None:
         if 2 <= length <= MAX_SAFETENSORS_HEADER:
             return SAFETENSORS
     return None
+
+
+# The major brands of ISO media files that hold a still image (HEIF, AVIF).
+_ISO_IMAGES = {b"avif": "image/avif", b"avis": "image/avif",
+               b"heic": "image/heic", b"heix": "image/heic", b"heim": "image/heic",
+               b"heis": "image/heic", b"mif1": "image/heif", b"msf1": "image/heif"}
 
 
 # What follows PROTO in a torch pickle: FRAME (protocol 4+), the legacy magic number

@@ -23,6 +23,7 @@ EXTENSIONS = {
     "image/gif": ".gif",
     "image/avif": ".avif",
     "image/heic": ".heic",
+    "image/heif": ".heif",
     "image/tiff": ".tiff",
     "image/bmp": ".bmp",
     "video/mp4": ".mp4",
