@@ -446,6 +446,23 @@ def test_export_of_an_entry_whose_url_urlsplit_refuses_is_no_traceback(
     assert (dest / "1-jane-doe" / "manifest.json").exists()
 
 
+def test_an_index_of_a_thousand_digits_is_exported_under_a_name_a_disk_takes(
+    archive: Path, tmp_path: Path, tune: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged manifest's index (or prompt id) of a thousand digits, which json reads,
+    made a name no filesystem takes: that file was not exported, its line a thousand
+    digits long. It is exported under "file", as an entry without an index; exit 0."""
+    document = manifest_of(archive, 1)
+    document["assets"][0]["index"] = 10**1000
+    write_manifest(archive, 1, document)
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive))
+    assert ran.code == 0, ran.err[:300]
+    files = expected_files(tune)
+    files["checkpoints/file.safetensors"] = files.pop("checkpoints/000.safetensors")
+    assert exported(dest / "1-jane-doe") == files
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs, where the test may mount one (root on Linux)."""

@@ -15,6 +15,7 @@ from tune_archiver.manifest import Entry
 from tune_archiver.models import PROMPT_KINDS
 
 MAX_SLUG = 60
+MAX_NUMBER = 10**20  # an index or prompt id in a name: past any real one, far below NAME_MAX
 # Content types whose extension we know; others come from the URL's path.
 EXTENSIONS = {
     "image/jpeg": ".jpg",
@@ -78,6 +79,12 @@ def extension(content_type: Any, url: Any) -> str:
     return suffix if _SUFFIX.fullmatch(suffix) and suffix not in ACTIVE else ".bin"
 
 
+def _fits(number: Any) -> bool:
+    """A number a file name can hold: a damaged manifest's index of a thousand digits
+    (json reads up to 4,300) would make a name too long for any filesystem."""
+    return isinstance(number, int) and 0 <= number < MAX_NUMBER
+
+
 def export_path(entry: Entry, taken: set[str]) -> str:
     """The path of one archived file inside the export folder, unique among `taken`.
 
@@ -90,9 +97,9 @@ def export_path(entry: Entry, taken: set[str]) -> str:
     """
     kind, index = entry.kind, entry.index
     folder = FOLDERS.get(kind if isinstance(kind, str) else "", "other")
-    stem = f"{index:03d}" if isinstance(index, int) and index >= 0 else "file"
+    stem = f"{index:03d}" if _fits(index) else "file"
     prompt_id = entry.prompt_id
-    if kind in PROMPT_KINDS and isinstance(prompt_id, int):
+    if kind in PROMPT_KINDS and _fits(prompt_id):
         stem = f"{prompt_id}-{stem}"
     suffix = extension(entry.content_type, entry.url)
     path = f"{folder}/{stem}{suffix}"
