@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
+from tune_archiver.cli.exits import Exit
 from tune_archiver.filetypes import not_json
 
 PAGE = Status(200, {"Content-Type": "text/html"},
@@ -33,3 +34,41 @@ def test_a_portals_page_for_the_api_is_said_as_a_page_not_as_bad_json(
 @pytest.mark.parametrize("body", [b'{"id": 5, "ckpt_urls": [', b"<error>", b"", b"not json"])
 def test_an_answer_that_is_no_page_stays_malformed_json(body: bytes) -> None:
     assert not_json(body) == "malformed JSON"
+
+
+BLOCKED = b"<!DOCTYPE html><html><body>Blocked by your organisation's web filter</body></html>"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("body", [BLOCKED, b"Access denied by proxy policy"])
+@pytest.mark.parametrize("tunes", [["1"], ["--all"]])
+def test_a_refusal_that_is_no_json_is_not_said_as_the_key_rejected(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], status: int,
+    body: bytes, tunes: list[str],
+) -> None:
+    """A 401/403 page from a TLS-intercepting proxy or a web filter, for a tune or for the
+    listing, is said as a page from something between here and the API, exit 4: never
+    'API key rejected', exit 3, which sends a user to rotate a good key."""
+    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
+    refusal = Status(status, {"Content-Type": "text/html"}, body)
+    standin.api_faults[1] = [refusal]
+    standin.page_faults = [refusal]
+    assert run_fetch(standin, tmp_path / "archive", *tunes, "--retries", "0") == Exit.UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"HTTP {status} from http://" in err
+    assert "something between here and the API (a proxy, a web filter" in err
+    assert ("an HTML page" if body == BLOCKED else "not JSON") in err
+    assert "API key rejected" not in err
+    assert standin.api_key not in err
+    assert not (tmp_path / "archive" / "manifests" / "1.json").exists()
+
+
+def test_the_apis_own_json_refusal_still_says_the_key_was_rejected(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's own 401 (JSON, as Astria answers a key it does not know) is the key's."""
+    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
+    assert run_fetch(standin, tmp_path / "archive", "1", key="sk-not-this-one") == Exit.AUTH
+    err = capsys.readouterr().err
+    assert "API key rejected: check ASTRIA_API_KEY" in err
+    assert "sk-not-this-one" not in err

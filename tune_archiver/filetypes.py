@@ -7,6 +7,7 @@ application/octet-stream, so the bytes are the only witness of what a file is.
 
 from __future__ import annotations
 
+import json
 import re
 
 HEAD_BYTES = 64  # enough for every signature below
@@ -106,6 +107,18 @@ def not_json(body: bytes) -> str:
         return ("an HTML page, not JSON (a captive portal's, a proxy's or a firewall's "
                 "sign-in page?)")
     return "malformed JSON"
+
+
+def not_the_apis(body: bytes) -> str | None:
+    """What a refusal's body is when the API cannot have sent it (Astria answers JSON): a
+    TLS-intercepting proxy's or a web filter's page; None for JSON, or no body at all."""
+    if not body.strip():
+        return None
+    try:
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "an HTML page" if error_page(None, body[:1024]) == "text/html" else "not JSON"
+    return None
 
 
 def content_type_of(served: str | None, head: bytes) -> str:

@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from tune_archiver.config import Settings
-from tune_archiver.errors import AuthError, DataError, StatusError, TuneNotFound
-from tune_archiver.filetypes import not_json
+from tune_archiver.errors import AuthError, ConnectError, DataError, StatusError, TuneNotFound
+from tune_archiver.filetypes import not_json, not_the_apis
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.proxy import proxy_for
 from tune_archiver.net.retry import call_with_retries, retry_after_of
@@ -334,21 +334,21 @@ def _mended(value: Any) -> Any:
 
 def status_error(
     status: int, body: bytes, what: str, url: str, retry_after: float | None
-) -> StatusError | AuthError:
+) -> StatusError | AuthError | ConnectError:
     """The error for an API answer other than 200, with the API's own `error` text."""
+    page = not_the_apis(body) if status in (401, 403) else None
+    if page is not None:  # a proxy's or a filter's in the API's place: no key was judged
+        return ConnectError(f"{what}: HTTP {status} from {redact(url)} is {page}, not the API's "
+                            "answer: something between here and the API (a proxy, a web "
+                            "filter, a captive portal?) refused the request")
     if status in (401, 403):
-        return AuthError(
-            "API key rejected: check ASTRIA_API_KEY (or --api-key-file) and --workspace "
-            f"(HTTP {status} from {redact(url)})"
-        )
+        return AuthError("API key rejected: check ASTRIA_API_KEY (or --api-key-file) and "
+                         f"--workspace (HTTP {status} from {redact(url)})")
     if status == 404:
         return TuneNotFound(f"{what} not found", status)
     reason = api_error_text(body)
-    return StatusError(
-        f"{what}: the API answered HTTP {status}{': ' + reason if reason else ''}",
-        status,
-        retry_after,
-    )
+    return StatusError(f"{what}: the API answered HTTP {status}{': ' + reason if reason else ''}",
+                       status, retry_after)
 
 
 def api_error_text(body: bytes) -> str:
