@@ -224,3 +224,36 @@ def test_retrain_posts_the_tune_through_the_proxy(
     assert (code, result["sent"]) == (0, True)
     assert [len(images) for _, images in standin.created] == [len(archived[1])]
     assert ("POST", standin.api_url + "/tunes") in [(s.method, s.target) for s in proxy.seen]
+
+
+UNRESOLVED = "http://alice:s3cret@no-such-proxy.invalid:3128"
+
+
+@pytest.mark.parametrize("through", ["https-api", "http-api", "assets"])
+def test_a_proxy_whose_name_cannot_be_resolved_is_said_as_the_proxy(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, through: str,
+) -> None:
+    """HTTPS_PROXY naming a host that does not resolve (a typo, a VPN down): aiohttp gives
+    it as any host's, and the line read as if the API or the asset host could not be
+    reached; it names the proxy, never its password nor a URL's signature."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, UNRESOLVED)
+    signed = "?X-Amz-Signature=0123456789abcdef"
+    standin.add_tune(1, [], [f"http://cdn.astria.test/f{signed}",
+                             f"https://cdn.astria.test/g{signed}"])
+    api = {"https-api": "https://api.astria.test", "http-api": "http://api.astria.test",
+           "assets": standin.api_url}[through]
+    if through == "assets":
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API direct, the files proxied
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
+                 "--api-url", api], sleep=Sleeps())
+    err = capsys.readouterr().err
+    assert code == (1 if through == "assets" else 4), err
+    lines = [line for line in err.splitlines() if "no-such-proxy.invalid:3128" in line]
+    assert len(lines) == (2 if through == "assets" else 1), err
+    assert all("cannot connect to the proxy no-such-proxy.invalid:3128 (" in line
+               for line in lines), err
+    for secret in ("s3cret", "0123456789abcdef", standin.api_key):
+        assert secret not in err

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ import aiohttp
 from yarl import URL
 
 from tune_archiver.addresses import literal
-from tune_archiver.errors import ConfigError
+from tune_archiver.errors import ConfigError, ConnectError
 from tune_archiver.urls import redact
 
 
@@ -110,3 +110,23 @@ def _bypassed(host: str) -> bool:
             if address in ipaddress.ip_network(entry.strip().strip("[]"), strict=False):
                 return True
     return False
+
+
+@contextmanager
+def proxied(url: str) -> Iterator[None]:
+    """Turn aiohttp's errors of the proxy a request to `url` goes through into ours, the
+    proxy named as what failed: one that cannot be reached (its name unresolved too:
+    aiohttp gives that as any host's), a CONNECT it refused."""
+    try:
+        yield
+    except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
+        raise ConnectError(f"the proxy refused to connect to the server of {redact(url)} "
+                           f"(HTTP {exc.status})") from exc
+    except aiohttp.ClientConnectorError as exc:
+        via = proxy_for(url).url
+        ours = via is not None and (exc.host, exc.port) == (via.host, via.port)
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError) or not (
+                ours or isinstance(exc, aiohttp.ClientProxyConnectionError)):
+            raise
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        raise ConnectError(f"cannot connect to the proxy {exc.host}:{exc.port} ({reason})") from exc

@@ -34,7 +34,7 @@ from tune_archiver.errors import (
     StatusError,
 )
 from tune_archiver.net.guard import redirected_from
-from tune_archiver.net.proxy import proxy_for
+from tune_archiver.net.proxy import proxied, proxy_for
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.text import visible
@@ -68,13 +68,8 @@ def translated(url: str, read_timeout: float | None = None) -> Iterator[None]:
     """Turn aiohttp's and the socket's exceptions into ours, naming the URL redacted."""
     shown = redact(url)
     try:
-        yield
-    except aiohttp.ClientProxyConnectionError as exc:  # before its base: the proxy's host
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
-        raise ConnectError(f"cannot connect to the proxy {exc.host}:{exc.port} ({reason})") from exc
-    except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
-        raise ConnectError(f"the proxy refused to connect to the server of {shown} "
-                           f"(HTTP {exc.status})") from exc
+        with proxied(url):  # first: the proxy's errors are aiohttp's of any host
+            yield
     except aiohttp.ClientConnectorCertificateError as exc:  # before its base
         said = getattr(exc.certificate_error, "verify_message", "") or str(exc.certificate_error)
         raise ConnectError(f"the certificate of {exc.host}:{exc.port} is not trusted ({said}); "
