@@ -1,7 +1,7 @@
 """A forward proxy on 127.0.0.1, as a corporate network has one: every host name is
 reached through it (each resolves, for the proxy alone, to 127.0.0.1), plain http
 forwarded with its request line rewritten, https through CONNECT. Each request line
-and its headers are recorded; `refuse` makes it answer 403 to everything."""
+and its headers are recorded; `refuse` makes it answer 403 (or `refusal`) to everything."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class ForwardProxy(LoopThread):
         super().__init__()
         self.seen: list[Seen] = []
         self.refuse = False
+        self.refusal = b"403 Forbidden\r\n"  # what `refuse` answers: its status, any headers
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -50,7 +51,7 @@ class ForwardProxy(LoopThread):
             headers = dict(item.split(": ", 1) for item in lines if item)
             self.seen.append(Seen(method, target, headers))
             if self.refuse:
-                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
+                writer.write(b"HTTP/1.1 " + self.refusal + b"Content-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
                 return
             if method == "CONNECT":

@@ -257,3 +257,38 @@ def test_a_proxy_whose_name_cannot_be_resolved_is_said_as_the_proxy(
                for line in lines), err
     for secret in ("s3cret", "0123456789abcdef", standin.api_key):
         assert secret not in err
+
+
+@pytest.mark.parametrize("user", ["", "alice:s3cret@"])
+@pytest.mark.parametrize("through", ["https-api", "http-api", "assets"])
+def test_a_proxy_asking_for_credentials_is_said_so(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, through: str, user: str,
+) -> None:
+    """A proxy answering 407 Proxy Authentication Required, to a CONNECT or to a plain
+    request, for the API or a file: the line names the proxy (never its password) and
+    says it asks for a user and password, or refused those given; it read as a CONNECT
+    refused, 'the API answered HTTP 407' or a file's 'HTTP 407'."""
+    proxy.refuse = True
+    proxy.refusal = b'407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="c"\r\n'
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy.url.replace("http://", f"http://{user}"))
+    signed = "?X-Amz-Signature=0123456789abcdef"
+    standin.add_tune(1, [], [f"http://cdn.astria.test/f{signed}",
+                             f"https://cdn.astria.test/g{signed}"])
+    api = {"https-api": "https://api.astria.test", "http-api": "http://api.astria.test",
+           "assets": standin.api_url}[through]
+    if through == "assets":
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API direct, the files proxied
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
+                 "--api-url", api], sleep=Sleeps())
+    err = capsys.readouterr().err
+    assert code == (1 if through == "assets" else 4), err
+    said = (f"the proxy {proxy.url} refused the user name and password given (HTTP 407)"
+            if user else f"the proxy {proxy.url} asks for a user name and password (HTTP 407)")
+    lines = [line for line in err.splitlines() if "407" in line]
+    assert len(lines) == (2 if through == "assets" else 1), err
+    assert all(said in line for line in lines), err
+    for secret in ("s3cret", "0123456789abcdef", standin.api_key):
+        assert secret not in err

@@ -116,10 +116,12 @@ def _bypassed(host: str) -> bool:
 def proxied(url: str) -> Iterator[None]:
     """Turn aiohttp's errors of the proxy a request to `url` goes through into ours, the
     proxy named as what failed: one that cannot be reached (its name unresolved too:
-    aiohttp gives that as any host's), a CONNECT it refused."""
+    aiohttp gives that as any host's), a CONNECT it refused or asked credentials for."""
     try:
         yield
     except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
+        if exc.status == 407:
+            raise asks_credentials(url) from exc
         raise ConnectError(f"the proxy refused to connect to the server of {redact(url)} "
                            f"(HTTP {exc.status})") from exc
     except aiohttp.ClientConnectorError as exc:
@@ -130,3 +132,16 @@ def proxied(url: str) -> Iterator[None]:
             raise
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         raise ConnectError(f"cannot connect to the proxy {exc.host}:{exc.port} ({reason})") from exc
+
+
+def asks_credentials(url: str) -> ConnectError:
+    """The error for the proxy of a request to `url` answering 407 (Proxy Authentication
+    Required): it wants a user name and password, or refused those its URL gives."""
+    proxy = proxy_for(url)
+    shown = redact(str(proxy.url))  # never with its user or password: Proxy keeps neither
+    named = "HTTPS_PROXY" if urlsplit(url).scheme == "https" else "HTTP_PROXY"
+    if proxy.headers or proxy.in_request:
+        return ConnectError(f"the proxy {shown} refused the user name and password given "
+                            f"(HTTP 407): check the user:password in {named} (or ALL_PROXY)")
+    return ConnectError(f"the proxy {shown} asks for a user name and password (HTTP 407): "
+                        f"give them in {named} (or ALL_PROXY) as http://user:password@host:port")

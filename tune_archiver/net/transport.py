@@ -34,7 +34,7 @@ from tune_archiver.errors import (
     StatusError,
 )
 from tune_archiver.net.guard import redirected_from
-from tune_archiver.net.proxy import proxied, proxy_for
+from tune_archiver.net.proxy import asks_credentials, proxied, proxy_for
 from tune_archiver.net.retry import retry_after_of
 from tune_archiver.net.throttle import TokenBucket
 from tune_archiver.text import visible
@@ -145,6 +145,8 @@ async def get(
                 ranged = f" ({sent['Range']})" if "Range" in sent else ""
                 log.debug("GET %s%s: HTTP %d", redact(url), ranged, response.status)
             try:
+                if response.status == 407 and proxy.url is not None:  # the proxy's, not the host's
+                    raise asks_credentials(url)
                 location = response.headers.get("Location")
                 if response.status not in REDIRECT_STATUSES or not location:
                     yield response
