@@ -5,9 +5,11 @@ the proxy."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import check_manifest
@@ -18,6 +20,8 @@ from tests.test_exits import closed_port_url
 from tests.test_ping import Monitor, monitor  # noqa: F401  (the fixture)
 from tests.test_retrain import archived, retrain  # noqa: F401  (the fixture)
 from tune_archiver.cli.main import main
+from tune_archiver.errors import ConnectError
+from tune_archiver.net.transport import get
 
 
 @pytest.fixture
@@ -292,3 +296,26 @@ def test_a_proxy_asking_for_credentials_is_said_so(
     assert all(said in line for line in lines), err
     for secret in ("s3cret", "0123456789abcdef", standin.api_key):
         assert secret not in err
+
+
+async def test_a_proxy_silent_on_connect_is_said_as_the_proxy(
+    proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that takes the connection and never answers the CONNECT (hung; one off the
+    network, past a VPN gone down, drops the SYN alike): the connect timeout named the
+    API's server as the one that never answered; it names the proxy first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nothing is ever read
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://alice:s3cret@127.0.0.1:{port}")
+        timeout = aiohttp.ClientTimeout(total=None, connect=0.3)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            with pytest.raises(ConnectError) as info:
+                async with get(session, "https://api.astria.test/tunes/1?sig=abcdef0123", {}):
+                    pass
+    said = str(info.value)
+    assert said.startswith(f"timed out connecting to the proxy 127.0.0.1:{port} or, through "
+                           "it, to the server of https://api.astria.test/tunes/1"), said
+    assert "s3cret" not in said
+    assert "abcdef0123" not in said

@@ -116,7 +116,8 @@ def _bypassed(host: str) -> bool:
 def proxied(url: str) -> Iterator[None]:
     """Turn aiohttp's errors of the proxy a request to `url` goes through into ours, the
     proxy named as what failed: one that cannot be reached (its name unresolved too:
-    aiohttp gives that as any host's), a CONNECT it refused or asked credentials for."""
+    aiohttp gives that as any host's) or that does not answer, a CONNECT it refused or
+    asked credentials for."""
     try:
         yield
     except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
@@ -124,6 +125,15 @@ def proxied(url: str) -> Iterator[None]:
             raise asks_credentials(url) from exc
         raise ConnectError(f"the proxy refused to connect to the server of {redact(url)} "
                            f"(HTTP {exc.status})") from exc
+    except aiohttp.ConnectionTimeoutError as exc:  # a proxy off the network drops the SYN
+        via = proxy_for(url).url
+        if via is None:
+            raise
+        # Through a CONNECT, the timeout spans the tunnel and its TLS handshake as well.
+        onward = f" or, through it, to the server of {redact(url)}" if urlsplit(
+            url).scheme == "https" else ""
+        raise ConnectError(f"timed out connecting to the proxy {via.host}:{via.port}{onward}"
+                           ) from exc
     except aiohttp.ClientConnectorError as exc:
         via = proxy_for(url).url
         ours = via is not None and (exc.host, exc.port) == (via.host, via.port)
