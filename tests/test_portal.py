@@ -40,27 +40,40 @@ BLOCKED = b"<!DOCTYPE html><html><body>Blocked by your organisation's web filter
 
 
 @pytest.mark.parametrize("status", [401, 403])
-@pytest.mark.parametrize("body", [BLOCKED, b"Access denied by proxy policy"])
 @pytest.mark.parametrize("tunes", [["1"], ["--all"]])
 def test_a_refusal_that_is_no_json_is_not_said_as_the_key_rejected(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], status: int,
-    body: bytes, tunes: list[str],
+    tunes: list[str],
 ) -> None:
     """A 401/403 page from a TLS-intercepting proxy or a web filter, for a tune or for the
     listing, is said as a page from something between here and the API, exit 4: never
     'API key rejected', exit 3, which sends a user to rotate a good key."""
     standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
-    refusal = Status(status, {"Content-Type": "text/html"}, body)
+    refusal = Status(status, {"Content-Type": "text/html"}, BLOCKED)
     standin.api_faults[1] = [refusal]
     standin.page_faults = [refusal]
     assert run_fetch(standin, tmp_path / "archive", *tunes, "--retries", "0") == Exit.UNREACHABLE
     err = capsys.readouterr().err
     assert f"HTTP {status} from http://" in err
     assert "something between here and the API (a proxy, a web filter" in err
-    assert ("an HTML page" if body == BLOCKED else "not JSON") in err
+    assert "is an HTML page, not the API's answer" in err
     assert "API key rejected" not in err
     assert standin.api_key not in err
     assert not (tmp_path / "archive" / "manifests" / "1.json").exists()
+
+
+@pytest.mark.parametrize("body", [b"HTTP Token: Access denied.\n", b""])
+def test_a_plain_text_or_empty_refusal_is_still_the_keys(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes
+) -> None:
+    """A 401 in plain text is what a Rails API (Astria's kind) answers a token it does
+    not know, as text/plain: that is the key's, exit 3, never a proxy's."""
+    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
+    standin.api_faults[1] = [Status(401, {"Content-Type": "text/plain"}, body)]
+    assert run_fetch(standin, tmp_path / "archive", "1", "--retries", "0") == Exit.AUTH
+    err = capsys.readouterr().err
+    assert "API key rejected: check ASTRIA_API_KEY" in err
+    assert "something between here and the API" not in err
 
 
 def test_the_apis_own_json_refusal_still_says_the_key_was_rejected(

@@ -7,7 +7,6 @@ application/octet-stream, so the bytes are the only witness of what a file is.
 
 from __future__ import annotations
 
-import json
 import re
 
 HEAD_BYTES = 64  # enough for every signature below
@@ -110,15 +109,11 @@ def not_json(body: bytes) -> str:
 
 
 def not_the_apis(body: bytes) -> str | None:
-    """What a refusal's body is when the API cannot have sent it (Astria answers JSON): a
-    TLS-intercepting proxy's or a web filter's page; None for JSON, or no body at all."""
-    if not body.strip():
-        return None
-    try:
-        json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return "an HTML page" if error_page(None, body[:1024]) == "text/html" else "not JSON"
-    return None
+    """"an HTML page" when a refusal's body is one, which the API does not send: a
+    TLS-intercepting proxy's or a web filter's page; None for anything else. Plain text
+    stays the API's: a Rails API's own refusal of a token is "HTTP Token: Access denied."
+    """
+    return "an HTML page" if error_page(None, body[:1024]) == "text/html" else None
 
 
 def content_type_of(served: str | None, head: bytes) -> str:
