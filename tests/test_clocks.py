@@ -91,3 +91,20 @@ def test_a_failure_of_a_tune_past_its_expiry_by_our_clock_says_to_run_again_now(
                     "expires_at has passed by this machine's clock: Astria may delete it at "
                     f"any moment: run tune-archiver fetch 1 --archive {archive} --api-url "
                     f"{standin.api_url} again now"]
+
+
+def test_expiring_within_keeps_a_tune_not_expired_by_the_apis_clock_though_ours_runs_ahead(
+    standin: StandIn, archive: Path
+) -> None:
+    """fetch --all --expiring-within 24h on a machine whose clock runs five hours ahead:
+    a tune Astria deletes in two hours has expired by our clock alone, the API's Date
+    says it has not. Left out, its photos were lost for good the same day; dropped as
+    expired only by both clocks, it is archived. One expired by both is still left out."""
+    now = datetime.now(UTC)
+    add_tune(standin, 1, expires_at=(now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    add_tune(standin, 2, expires_at=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ahead = now + timedelta(hours=5)
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "24h",
+                     clock=lambda: ahead) == 0
+    assert {status for _, _, status in _statuses(archive)} == {"ok"}
+    assert not (archive / "manifests" / "2.json").exists()

@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -22,7 +23,7 @@ from tune_archiver.filetypes import not_json, not_the_apis
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
 from tune_archiver.net.proxy import proxy_for
 from tune_archiver.net.retry import call_with_retries, retry_after_of
-from tune_archiver.net.transport import get, read_capped, translated
+from tune_archiver.net.transport import get, read_capped, sent_at, translated
 from tune_archiver.urls import MAX_JSON_DEPTH, json_float, nested_too_deeply, origin, redact
 
 MAX_JSON_BYTES = 16 * 2**20  # a tune is a few KiB; more is a broken or hostile server
@@ -59,10 +60,9 @@ class AstriaClient:
         self._settings = settings
         self._limiter = limiter
         self.workspace = settings.workspace  # the scope asked in: an id, all, or personal
-        self._headers = {
-            "Authorization": f"Bearer {settings.api_key}",
-            "Accept": "application/json",
-        }
+        self._headers = {"Authorization": f"Bearer {settings.api_key}",
+                         "Accept": "application/json"}
+        self.date: datetime | None = None  # the Date of the API's last 200: the host's clock
         # "personal" is the scope the API answers for without the header: the Astria CLI
         # never sends it (its resolve_workspace), so neither do we.
         if settings.workspace and settings.workspace != PERSONAL:
@@ -257,7 +257,6 @@ class AstriaClient:
 
     async def _get_body(self, path: str, what: str, workspace: str | None = None) -> bytes:
         """The body of a 200 answer, at most MAX_JSON_BYTES; any other status raises.
-
         `workspace` replaces the configured X-Workspace-Id for this request."""
         url = self._settings.api_url + path
         headers = self._headers | ({"X-Workspace-Id": workspace} if workspace else {})
@@ -278,6 +277,7 @@ class AstriaClient:
                     raise StatusError(f"{what}: HTTP {response.status} from {redact(answered)}, "
                                       "where the API redirected", response.status, retry_after)
                 raise status_error(response.status, body, what, url, retry_after)
+            self.date = sent_at(response.headers.get("Date")) or self.date
             if (response.content_length or 0) > MAX_JSON_BYTES:
                 raise DataError(f"{what}: the API's answer is larger than {MAX_JSON_BYTES} bytes")
             body = await read_capped(response, MAX_JSON_BYTES + 1, stall)

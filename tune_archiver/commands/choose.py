@@ -88,7 +88,8 @@ async def chosen(
         if wanted is not None:
             listed.update(item["id"] for item in page if item["id"] in wanted)
         shown.update(item["id"] for item in page if item["id"] in journaled)
-        kept = [item for item in page if _keeps(item, tunes, now, item["id"] in journaled)]
+        kept = [item for item in page
+                if _keeps(item, tunes, (now, api.date), item["id"] in journaled)]
         same = [False] * len(kept) if prompts else await unchanged.of_page(kept)
         yield [_skipped(item) if skip else item["id"]
                for item, skip in zip(kept, same, strict=True)]
@@ -142,17 +143,18 @@ async def _not_listed(api: AstriaClient, store: Store, tune_id: int) -> TuneResu
     return TuneResult(tune_id, error=f"tune {tune_id}: {NOT_LISTED}")
 
 
-def _keeps(item: dict[str, Any], tunes: AllTunes, now: datetime, journaled: bool) -> bool:
-    """True when --all's shard, filters and --expiring-within keep the listed tune; a
-    `journaled` one whatever its expiry, as one deleted since is: past its expires_at,
-    still listed, its journal may hold the only copy of files Astria is deleting."""
+def _keeps(item: dict[str, Any], tunes: AllTunes, clocks: tuple[datetime, datetime | None],
+           journaled: bool) -> bool:
+    """True when --all's shard, filters and --expiring-within (by our clock and the API's:
+    `clocks`) keep the listed tune; a `journaled` one whatever its expiry, as one deleted
+    since is: past its expires_at, still listed, its journal may hold the only copy."""
     # The API may ignore a filter it was sent: each is applied here too.
     if not in_shard(item["id"], tunes.shard) or not tunes.filters.keeps(item):
         return False
     window = tunes.expiring_within
     if window is None or journaled:
         return True
-    expiry = expiring(item, now, window)
+    expiry = expiring(item, clocks[0], window, clocks[1])
     if expiry.unreadable:
         log.warning("tune %d: cannot read its expires_at %s; backing it up in case "
                     "it expires soon", item["id"], _quoted(item["expires_at"]))

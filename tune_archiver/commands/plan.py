@@ -317,20 +317,20 @@ class Expiry:
     unreadable: bool = False  # expires_at is there but unreadable: kept, for the caller to say
 
 
-def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta) -> Expiry:
-    """Keep the tune when its expires_at is still ahead, and no further than `within`.
+def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta,
+             host: datetime | None = None) -> Expiry:
+    """Keep the tune when its expires_at is no further than `within`, and still ahead by
+    our clock or the API's (`host`, its Date): one hours ahead dropped a tune still served.
 
-    An absent or null expires_at never expires (not kept). One that is present but
-    unreadable is kept, with `unreadable` set: backing up a tune that was not about
-    to expire costs a download, leaving out one that was costs the tune.
-    """
+    An absent or null expires_at never expires (not kept). One present but unreadable is
+    kept, `unreadable` set: a needless backup costs a download, one left out the tune."""
     value = listed.get("expires_at")
     if value is None:
         return Expiry(keep=False)
     expires = parse_moment(value)
     if expires is None:
         return Expiry(keep=True, unreadable=True)
-    return Expiry(keep=now < expires <= now + within)
+    return Expiry(keep=expires <= now + within and any(expires > c for c in (now, host) if c))
 
 
 @dataclass
