@@ -16,6 +16,7 @@ from tests.helpers import blob_file, run_fetch, sha256, stored_blobs
 from tests.standin import Body, Stall, StandIn, Status
 from tune_archiver.astria import client
 from tune_archiver.cli.main import main
+from tune_archiver.commands import unread
 
 FLUX = 1504944  # the base tune LoRA prompts are created on
 
@@ -710,3 +711,43 @@ def test_prompts_never_read_of_an_expired_tune_are_gone_upstream_said_once(
     assert main(["verify", "--archive", str(archive), "--strict", "--json"]) == 1
     [gone] = json.loads(capsys.readouterr().out)["gone"]
     assert (gone["tune_id"], gone["kind"], gone["problem"]) == (1, "prompt_image", "gone")
+
+
+def test_prompts_found_purged_are_said_gone_once_though_a_later_listing_fails(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts never read, found purged (said gone once), then a --prompts run whose
+    listing fails again (an HTML page): it rewrote the mark with its own error, the
+    'purged' ending lost, and the next run said the same prompts gone a second time
+    (and counted them again in --json's prompts_gone). Purged is for good: it stays."""
+    unread_then_purged(standin, archive)
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1  # gone, said once
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    run_fetch(standin, archive, "1", "--prompts", "-q")
+    assert check_manifest(archive / "manifests" / "1.json")["prompts_unread"].endswith(
+        unread.PURGED)
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--prompts", "--json") == 0
+    said = capsys.readouterr()
+    assert "gone upstream" not in said.err
+    assert json.loads(said.out)["tunes"][0]["prompts_gone"] is None
+
+
+def test_prompts_never_read_of_an_expired_tune_listing_some_since_are_not_called_read(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts a --prompts run could not read, the tune then expired, its listing showing
+    one prompt still: the mark was cleared and the tune written complete (verify 'all
+    intact'), though the prompts never read (7) may have been purged, their images never
+    archived. Past its expiry no listing proves them all read: they are said gone once,
+    the one listed archived, the tune never complete."""
+    unread_then_purged(standin, archive)
+    eight = standin.add_file("eight.png", os.urandom(900))
+    standin.add_prompt(1, 8, "ohwx woman, again", [eight])
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    assert "prompt files gone upstream, never archived" in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert document["complete"] is False
+    assert document["prompts_unread"].endswith(unread.PURGED)
+    assert entries(archive, 1, "prompt_image")[0]["sha256"] == sha256(standin.files["eight.png"])

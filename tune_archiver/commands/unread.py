@@ -29,18 +29,19 @@ def prompts_unread(tune: Tune, now: Manifest | None, lists_prompts: bool,
                    when: datetime) -> str | None:
     """Why the tune's manifest says its prompts are not read (not complete), or None.
 
-    This run's errors, if it read them not all; else what the manifest said, till a
-    --prompts run reads them. An expired tune listing no prompt reads none: Astria
-    purges its prompts, and the images of those never read were never archived: the
-    mark then ends with PURGED, gone upstream (no run can read them now).
+    This run's errors, if it read them not all (a mark ending PURGED stays: a listing
+    failing since unsays no purge, and a purge said again was counted gone twice); else
+    what the manifest said, till a --prompts run reads them before the tune expires.
+    Past its expires_at no listing, empty or not, proves the prompts never read all
+    there: Astria purges them, the images of those never read never archived: the mark
+    then ends with PURGED, gone upstream (no run can read them now).
     """
+    was = now.prompts_unread if now is not None else None
     if tune.prompt_errors:
-        return "; ".join(map(redact_text, tune.prompt_errors))
-    if now is None or (lists_prompts and (tune.prompts or not has_expired(tune, when))):
+        return was if purged(was) else "; ".join(map(redact_text, tune.prompt_errors))
+    if was is None or (lists_prompts and not has_expired(tune, when)):
         return None
-    if lists_prompts and now.prompts_unread is not None and not purged(now.prompts_unread):
-        return now.prompts_unread + PURGED
-    return now.prompts_unread
+    return was + PURGED if lists_prompts and not purged(was) else was
 
 
 def purged(mark: str | None) -> bool:
