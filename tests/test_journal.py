@@ -140,7 +140,8 @@ def journal_lines(archive: Path) -> list[str]:
 
 def test_a_damaged_journal_is_ignored_line_by_line(standin: StandIn, tmp_path: Path) -> None:
     """Bad JSON, wrong types, a status not ok, a line for a blob another line names with
-    another size: none is taken; the good lines still are."""
+    another size: none is taken; the good lines still are. A line that is not JSON (cut
+    short) may name any file: none is called gone upstream, each failed."""
     archive = tmp_path / "archive"
     images = stopped_after_the_images(standin, archive)
     first, second, third = sorted((json.loads(line) for line in journal_lines(archive)),
@@ -157,7 +158,7 @@ def test_a_damaged_journal_is_ignored_line_by_line(standin: StandIn, tmp_path: P
     expire(standin)
     assert run_fetch(standin, archive, "1") == 1
     assert [(e["index"], e["status"]) for e in images_of(archive)] == [
-        (0, "gone"), (1, "gone"), (2, "ok")]
+        (0, "failed"), (1, "failed"), (2, "ok")]
     assert images_of(archive)[2]["sha256"] == blob_file(archive, images[2]).name
 
 
@@ -602,3 +603,32 @@ def test_a_line_for_a_journal_a_snapshot_shares_goes_to_a_copy_of_our_own(
     assert (tmp_path / "snapshot.committed").read_bytes() == kept
     assert journals.path(1).stat().st_nlink == 1
     assert [p.name for p in journals.directory.iterdir()] == ["1.committed"]
+
+
+def test_a_line_a_full_disk_cut_short_loses_nothing_its_blob_held(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run stopped after its images, the journal's last line cut short by a full disk
+    (write() stored part of it), the tune expired since: the line was passed by, so the
+    image it named, its blob in the archive, was said 'gone upstream, never archived'
+    for good, and gc, the journal settled, removed the blob. What a cut line names is
+    not known gone: the file failed, the journal saying why, and gc keeps its blob."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    journal = archive / "tmp" / "1.committed"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:-12])  # the last line's end: its sha256 stays
+    cut = json.loads(data.splitlines()[-1])
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    expire(standin)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert ran.code == 1
+    statuses = {e["index"]: e["status"] for e in images_of(archive)}
+    assert statuses == {i: "failed" if i == cut["index"] else "ok" for i in range(3)}
+    [said] = [line for line in ran.errors if f"training_image {cut['index']}" in line]
+    assert GONE not in said
+    assert "cut short" in said
+    later = datetime.now(UTC) + timedelta(hours=12)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert all(blob_file(archive, image).read_bytes() == image for image in images)

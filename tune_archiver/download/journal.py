@@ -12,7 +12,9 @@ next fetch of the tune takes a file a line names, its blob held with that size, 
 archived; gc keeps those blobs while it keeps the journal (a day untouched). Once a
 manifest names every blob the journal does, the journal goes, unless a run storing a
 blob it names holds it (Noting). A journal that is a link,
-another user's file or not a regular file is ignored, and so is a line that is no entry.
+another user's file or not a regular file is ignored, and so is a line that is no entry;
+one that is not JSON (cut short by a full disk) may name any file: none is called gone
+upstream while it is there, and gc, and the journal, keep the blob it names, if read.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tune_archiver.threads import in_thread
 log = logging.getLogger(__name__)
 SUFFIX = ".committed"
 NAME = re.compile(r"([1-9][0-9]*)(\.[0-9a-f]{12})?\.committed")
+CUT_SHA256 = re.compile(rb'"sha256":"([0-9a-f]{64})"')  # in a line cut short
 MAX_JOURNAL = 256 * 2**20  # as a manifest: 10,000 files' lines are a few MiB
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -100,13 +103,15 @@ class Journals:
         found gone upstream may be one it holds (gc keeps its blobs meanwhile)."""
         if touch and self._listed is not None and tune_id not in self._listed:
             return []
+        why = f"its journal of files a stopped fetch committed, {self.path(tune_id)},"
         try:
-            return parsed(await in_thread(_read, self.path(tune_id), touch, touch))
+            found, cut = _lines(await in_thread(_read, self.path(tune_id), touch, touch))
         except OSError as exc:
-            self.unread[tune_id] = (f"its journal of files a stopped fetch committed, "
-                                    f"{self.path(tune_id)}, cannot be read "
-                                    f"({exc.strerror or exc}) and may hold it")
+            self.unread[tune_id] = f"{why} cannot be read ({exc.strerror or exc}) and may hold it"
             return []
+        if cut:  # a full disk's: its file's entry not known, its blob may be held
+            self.unread[tune_id] = f"{why} holds a line cut short (a full disk?) that may name it"
+        return found
 
     async def tune(self, tune_id: int) -> Tune | None:
         """The tune as a stopped run's journal recorded it, when the journal also records
@@ -146,9 +151,9 @@ class Journals:
         try:  # one thread hop a tune, as a rule: every line named by the manifest
             left, seen = await in_thread(_settle, self.path(tune_id), named)
             never = set()
-            for sha256, size in left:
+            for sha256, size in left:  # size None: a cut line's, kept while its blob is held
                 with contextlib.suppress(ArchiverError):  # not known absent: kept
-                    if await held(sha256) != size:
+                    if (found := await held(sha256)) is None or size not in (None, found):
                         never.add(sha256)
             if never:  # unless a line came since: its blob, stored since, was not asked
                 await in_thread(_settle, self.path(tune_id), {*named, *never}, seen)
@@ -283,15 +288,30 @@ def _read(path: Path, touch: bool = False, strict: bool = False) -> bytes:
 
 def parsed(data: bytes) -> list[Entry]:
     """The ok entries of a journal's lines; one that is no such entry is passed by."""
-    found = []
+    return _lines(data)[0]
+
+
+def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
+    """The ok entries of a journal's lines, and the lines that are not JSON (cut short)."""
+    found, cut = [], []
     for line in data.splitlines():
         try:
-            entry = parse_entry(json.loads(line), "a journal line", _bad)
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            cut.append(line)
+            continue
+        try:
+            entry = parse_entry(value, "a journal line", _bad)
         except (ValueError, RecursionError, UnreadableManifest):
             continue
         if entry.blob is not None:
             found.append(entry)
-    return found
+    return found, cut
+
+
+def _cut_blobs(cut: list[bytes]) -> set[str]:
+    """The sha256 that lines cut short name, as far as each was written."""
+    return {found[1].decode() for line in cut if (found := CUT_SHA256.search(line))}
 
 
 def _bad(reason: str) -> UnreadableManifest:
@@ -322,7 +342,10 @@ def _settle(path: Path, named: Collection[str], seen: Seen = None
             data = file.read(MAX_JOURNAL + 1)
         if len(data) > MAX_JOURNAL:
             return set(), None
-        left = {(e.sha256, e.size) for e in parsed(data) if e.sha256 and e.sha256 not in named}
+        entries, cut = _lines(data)
+        left: set[tuple[str, int | None]] = {
+            (e.sha256, e.size) for e in entries if e.sha256 and e.sha256 not in named}
+        left.update((sha256, None) for sha256 in _cut_blobs(cut) - set(named))
         if not left:
             os.unlink(path)
         return left, (found.st_ino, found.st_size)
@@ -345,7 +368,8 @@ def _blobs(directory: Path, since: float) -> set[str]:
                 f"read ({exc.strerror or exc}); gc removes nothing until it can, since it "
                 "cannot know which blobs it keeps (left a day untouched, it is swept with "
                 "them)") from exc
-        found.update(entry.sha256 for entry in parsed(data) if entry.sha256)
+        entries, cut = _lines(data)
+        found.update({entry.sha256 for entry in entries if entry.sha256}, _cut_blobs(cut))
     return found
 
 
