@@ -231,6 +231,31 @@ def test_retrain_posts_the_tune_through_the_proxy(
 
 
 UNRESOLVED = "http://alice:s3cret@no-such-proxy.invalid:3128"
+SIGNED = "?X-Amz-Signature=0123456789abcdef"
+
+
+def fetch_through(standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str], proxy_url: str, through: str) -> str:
+    """fetch 1 (two files, http and https) with `proxy_url` for both schemes, the API over
+    https or http through it, or direct with the files through it (`through`); checks the
+    exit code (4: the API out of reach; 1: its files failed) and that no proxy password,
+    URL signature nor key is shown; gives stderr."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy_url)
+    standin.add_tune(1, [], [f"http://cdn.astria.test/f{SIGNED}",
+                             f"https://cdn.astria.test/g{SIGNED}"])
+    api = {"https-api": "https://api.astria.test", "http-api": "http://api.astria.test",
+           "assets": standin.api_url}[through]
+    if through == "assets":
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API direct, the files proxied
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
+                 "--api-url", api], sleep=Sleeps())
+    err = capsys.readouterr().err
+    assert code == (1 if through == "assets" else 4), err
+    for secret in ("s3cret", "0123456789abcdef", standin.api_key):
+        assert secret not in err
+    return err
 
 
 @pytest.mark.parametrize("through", ["https-api", "http-api", "assets"])
@@ -241,26 +266,11 @@ def test_a_proxy_whose_name_cannot_be_resolved_is_said_as_the_proxy(
     """HTTPS_PROXY naming a host that does not resolve (a typo, a VPN down): aiohttp gives
     it as any host's, and the line read as if the API or the asset host could not be
     reached; it names the proxy, never its password nor a URL's signature."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(name, UNRESOLVED)
-    signed = "?X-Amz-Signature=0123456789abcdef"
-    standin.add_tune(1, [], [f"http://cdn.astria.test/f{signed}",
-                             f"https://cdn.astria.test/g{signed}"])
-    api = {"https-api": "https://api.astria.test", "http-api": "http://api.astria.test",
-           "assets": standin.api_url}[through]
-    if through == "assets":
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API direct, the files proxied
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
-                 "--api-url", api], sleep=Sleeps())
-    err = capsys.readouterr().err
-    assert code == (1 if through == "assets" else 4), err
+    err = fetch_through(standin, tmp_path, monkeypatch, capsys, UNRESOLVED, through)
     lines = [line for line in err.splitlines() if "no-such-proxy.invalid:3128" in line]
     assert len(lines) == (2 if through == "assets" else 1), err
     assert all("cannot connect to the proxy no-such-proxy.invalid:3128 (" in line
                for line in lines), err
-    for secret in ("s3cret", "0123456789abcdef", standin.api_key):
-        assert secret not in err
 
 
 @pytest.mark.parametrize("user", ["", "alice:s3cret@"])
@@ -275,27 +285,13 @@ def test_a_proxy_asking_for_credentials_is_said_so(
     refused, 'the API answered HTTP 407' or a file's 'HTTP 407'."""
     proxy.refuse = True
     proxy.refusal = b'407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="c"\r\n'
-    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(name, proxy.url.replace("http://", f"http://{user}"))
-    signed = "?X-Amz-Signature=0123456789abcdef"
-    standin.add_tune(1, [], [f"http://cdn.astria.test/f{signed}",
-                             f"https://cdn.astria.test/g{signed}"])
-    api = {"https-api": "https://api.astria.test", "http-api": "http://api.astria.test",
-           "assets": standin.api_url}[through]
-    if through == "assets":
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API direct, the files proxied
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    code = main(["fetch", "1", "--archive", str(tmp_path / "archive"), "--retries", "0",
-                 "--api-url", api], sleep=Sleeps())
-    err = capsys.readouterr().err
-    assert code == (1 if through == "assets" else 4), err
+    err = fetch_through(standin, tmp_path, monkeypatch, capsys,
+                        proxy.url.replace("http://", f"http://{user}"), through)
     said = (f"the proxy {proxy.url} refused the user name and password given (HTTP 407)"
             if user else f"the proxy {proxy.url} asks for a user name and password (HTTP 407)")
     lines = [line for line in err.splitlines() if "407" in line]
     assert len(lines) == (2 if through == "assets" else 1), err
     assert all(said in line for line in lines), err
-    for secret in ("s3cret", "0123456789abcdef", standin.api_key):
-        assert secret not in err
 
 
 async def test_a_proxy_silent_on_connect_is_said_as_the_proxy(
