@@ -486,6 +486,55 @@ def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
     assert "do not send it again" in line
 
 
+def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_tune(
+    standin: StandIn, archived: tuple[Path, list[bytes]], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C or a cron's timeout once the API answered, while the HTTP session closes
+    (a proxy slow to hang up): the tune was made and billed, yet nothing named it, its
+    id lost, and the manifest kept the title only as sent. The id is said and recorded."""
+    import tune_archiver.commands.retrain as module
+
+    closing = asyncio.Event()
+    opened = module.new_session
+
+    class SlowToClose:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.session = opened(*args, **kwargs)
+
+        async def __aenter__(self) -> Any:
+            return await self.session.__aenter__()
+
+        async def __aexit__(self, *exc: Any) -> None:
+            try:
+                closing.set()
+                await asyncio.Event().wait()  # held until the stop
+            finally:
+                await self.session.__aexit__(*exc)
+
+    monkeypatch.setattr(module, "new_session", SlowToClose)
+    settings = Settings(archive=archived[0], api_key=standin.api_key,
+                        api_url=standin.api_url)
+
+    async def stopped_while_closing() -> None:
+        task = asyncio.ensure_future(
+            run_retrain(settings, LocalStore(archived[0]), 5, True, NOW, None))
+        await closing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(stopped_while_closing())
+    assert len(standin.created) == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "created tune 6" in line
+    document = check_manifest(archived[0] / "manifests" / "5.json")
+    assert document["retrained"] == [{"tune_id": 6, "title": "Jane (restored 2026-12-01)",
+                                      "at": "2026-12-01T09:00:00Z"}]
+    assert "retraining" not in document
+
+
 def test_retrain_after_photos_re_signed_still_says_the_null_fetch_says_is_missing(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

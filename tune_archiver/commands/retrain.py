@@ -198,34 +198,57 @@ async def retrain(
     await staging.prepare()
     images = [(f"{entry.index:03d}{extension(entry.content_type, entry.url)}",
                await _verified(store, entry, staging.directory)) for entry in plan.images]
-    async with new_session(settings, decompress=True) as session:
-        api = AstriaClient(session, settings, asyncio.Semaphore(1))
-        await _title_free(api, tune_id, sent_title)
-        # Marked sent first, under the manifest's lock: a run killed once the API has
-        # it (the tune made and billed, nothing recorded), run again, or a second run
-        # meanwhile, finds the title and sends nothing.
-        await store.update_manifest(tune_id, marking(tune_id, sent_title, now,
-                                                     chosen=title is not None))
-        try:
-            created = await api.create_tune(plan.fields, images)
-        except (NetworkError, StatusError, DataError, AuthError) as exc:
-            if isinstance(exc, ConnectError | AuthError) or (
-                    isinstance(exc, StatusError) and exc.status < 500):
-                await unmark(store, tune_id, sent_title, now)
-                raise  # never sent, or refused: no tune was made
-            # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
-            # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
-            # "nothing done", and invite sending it again.
-            raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
-                                "look for it before sending again") from exc
-        except asyncio.CancelledError:
-            # Stopped (a Ctrl-C, a cron's timeout) with the POST on its way or sent: the
-            # tune may exist and be billed, and "stopped by SIGTERM" alone invites sending
-            # it again. An error line, so that -q says it too.
-            log.error("tune %d: stopped while POST /tunes was sent: the API may have "
-                      "created the tune all the same: look for it before sending again",
-                      tune_id)
-            raise
+    # Said and recorded whatever stops the run once the answer came: a stop while the
+    # session closes (a proxy slow to hang up) lost the id of a tune made and billed.
+    created: dict[str, Any] = {}
+    try:
+        async with new_session(settings, decompress=True) as session:
+            api = AstriaClient(session, settings, asyncio.Semaphore(1))
+            await _title_free(api, tune_id, sent_title)
+            # Marked sent first, under the manifest's lock: a run killed once the API has
+            # it (the tune made and billed, nothing recorded), run again, or a second run
+            # meanwhile, finds the title and sends nothing.
+            await store.update_manifest(tune_id, marking(tune_id, sent_title, now,
+                                                         chosen=title is not None))
+            try:
+                created = await api.create_tune(plan.fields, images)
+            except (NetworkError, StatusError, DataError, AuthError) as exc:
+                if isinstance(exc, ConnectError | AuthError) or (
+                        isinstance(exc, StatusError) and exc.status < 500):
+                    await unmark(store, tune_id, sent_title, now)
+                    raise  # never sent, or refused: no tune was made
+                # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
+                # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
+                # "nothing done", and invite sending it again.
+                raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
+                                    "look for it before sending again") from exc
+            except asyncio.CancelledError:
+                # Stopped (a Ctrl-C, a cron's timeout) with the POST on its way or sent: the
+                # tune may exist and be billed, and "stopped by SIGTERM" alone invites sending
+                # it again. An error line, so that -q says it too.
+                log.error("tune %d: stopped while POST /tunes was sent: the API may have "
+                          "created the tune all the same: look for it before sending again",
+                          tune_id)
+                raise
+    except asyncio.CancelledError:
+        if created:  # the stop waits for the record (a second stop cuts it, said)
+            try:
+                await _recorded(store, tune_id, sent_title, now, created)
+            except ArchiverError as exc:
+                log.error("%s", exc)  # each says what became of the tune
+            else:
+                log.error("tune %d: stopped once the API answered: created tune %s, "
+                          "recorded in its manifest", tune_id, created["id"])
+        raise
+    await _recorded(store, tune_id, sent_title, now, created)
+    return RetrainResult(plan, sent=True, created=created)
+
+
+async def _recorded(
+    store: Store, tune_id: int, sent_title: str, now: datetime, created: dict[str, Any]
+) -> None:
+    """Record the tune a POST under `sent_title` created in the manifest of `tune_id`;
+    raises ArchiverError, saying the tune may exist, for an answer naming none."""
     new_id = created.get("id")
     if not isinstance(new_id, int) or isinstance(new_id, bool):
         # A 2xx without a tune id: "created tune None" and exit 0, with nothing recorded,
@@ -249,7 +272,6 @@ async def retrain(
         log.error("created tune %d, but stopped before the manifest of tune %d surely "
                   "recorded it: do not send it again", new_id, tune_id)
         raise
-    return RetrainResult(plan, sent=True, created=created)
 
 
 async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
