@@ -343,6 +343,28 @@ def test_retrain_says_a_training_image_the_api_listed_as_null_is_missing(
     assert result["missing"] == [ONE_NULL]
 
 
+def test_retrain_yes_quiet_says_on_stderr_the_photos_it_did_not_send(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """retrain --yes -q (a script) sends the archived photos alone, as documented, and
+    bills a tune trained on fewer than the user had: the photos left out were named on
+    stdout only, which -q hides, and the run said nothing. A line on stderr says it."""
+    archive = tmp_path / "archive"
+    _, urls = photos(standin, 2)
+    standin.add_tune(5, [], [urls[0], None, urls[1]], model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 1
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--yes", "-q", "--archive", str(archive),
+              "--api-url", standin.api_url, now=NOW)
+    assert ran.code == 0
+    [(_, images)] = standin.created
+    assert len(images) == 2
+    assert ran.out == ""
+    [line] = ran.err.splitlines()
+    assert "created tune 6 from 2 training images" in line
+    assert ONE_NULL in line
+
+
 def test_retrain_says_no_photo_missing_that_an_older_fetch_archived(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -241,6 +241,9 @@ async def retrain(
                           "recorded in its manifest", tune_id, created["id"])
         raise
     await _recorded(store, tune_id, sent_title, now, created)
+    if plan.missing:  # a tune billed on fewer photos than it had: said with -q too
+        log.error("tune %d: created tune %d from %d training images; not sent: %s", tune_id,
+                  created["id"], len(plan.images), "; ".join(plan.missing))
     return RetrainResult(plan, sent=True, created=created)
 
 
