@@ -7,7 +7,11 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -379,3 +383,35 @@ def test_fetch_takes_an_archive_through_a_link_of_ours_to_a_deep_folder(
     assert len(str(archive)) < 4096 < len(str(deep)) + len(str(archive))
     standin.add_tune(1, [], [standin.add_file("img", os.urandom(3000))])
     assert run_fetch(standin, archive, "1") == 0
+
+
+@pytest.mark.parametrize("command", ["list", "verify"])
+@pytest.mark.parametrize("opened", [False, True])
+def test_roots_archive_run_by_another_user_is_a_usage_error_naming_its_owner(
+    standin: StandIn, command: str, opened: bool
+) -> None:
+    """A backup root's cron made, listed or verified by another user (the tool run as a
+    real uid, not root): its manifests/ folder 0700 (the archive itself opened to others,
+    or not) said 'cannot list the manifests ...: Permission denied', exit 1, as a failed
+    tune, and nothing said whose it is. It is an archive this user cannot use: exit 2,
+    naming its owner."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
+    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
+    try:
+        shared.chmod(0o755)
+        archive = shared / "archive"
+        add_tune(standin, 1)
+        archived(standin, archive, 1)
+        if opened:
+            archive.chmod(0o755)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
+            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(shared)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"tune-archiver: error: cannot read the archive {archive}")
+    assert "belongs to root: run it as root (or with sudo)" in line

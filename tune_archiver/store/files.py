@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import pwd
 import secrets
 import threading
 from collections.abc import Callable
@@ -164,11 +165,38 @@ def has_manifests(root: Path, manifests: Path) -> bool:
     the disk will not say (the archive chmod 000, EIO): "no archive at" told an operator
     whose backups were all there that they were gone."""
     try:
-        return S_ISDIR(os.stat(manifests).st_mode)
+        if not S_ISDIR(os.stat(manifests).st_mode):
+            return False
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
-        raise ConfigError(f"cannot read the archive {root}: {exc.strerror or exc}") from exc
+        denied = exc.errno in (errno.EACCES, errno.EPERM)
+        raise ConfigError(f"cannot read the archive {root}: {exc.strerror or exc}"
+                          + (_whose(root) if denied else "")) from exc
+    # Its folders closed to this user (a root cron's archive, read by its owner's login):
+    # each manifest said 'Permission denied' as a tune failed, exit 1, not an archive
+    # that this user cannot use.
+    for folder in (manifests, root / OBJECTS):
+        if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+            raise ConfigError(f"cannot read the archive {root}: "
+                              f"{folder.relative_to(root)}/ is closed to you{_whose(folder)}")
+    return True
+
+
+def _whose(folder: Path) -> str:
+    """'; it belongs to OWNER: run it as OWNER (or with sudo)' when another user owns
+    `folder`, else ''."""
+    try:
+        uid = os.stat(folder).st_uid
+    except OSError:
+        return ""
+    if uid == os.geteuid():
+        return ""
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"uid {uid}"
+    return f"; it belongs to {owner}: run it as {owner} (or with sudo)"
 
 
 def walk_objects(
