@@ -139,3 +139,34 @@ def test_a_key_set_under_another_name_is_named_never_shown(
     assert "ASTRIA_TOKEN is set, but the key is read from ASTRIA_API_KEY" in err
     assert "sd_secret" not in err
 
+
+
+@pytest.mark.parametrize("given", ["option", "env"])
+@pytest.mark.parametrize("stray", ["{archive} ", " {archive}", "{archive}\t", "{archive} /"])
+def test_an_archive_named_with_a_stray_space_is_refused_not_made(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], given: str, stray: str,
+) -> None:
+    # --archive "$DEST " in a cron line, or TUNE_ARCHIVE=/backups/c4 with a space left at
+    # its end in a .env: fetch made a folder 'c4 ' beside the real archive c4, archived
+    # there, exit 0, and c4 was never updated.
+    _one_tune(standin)
+    real = tmp_path / "c4"
+    assert _fetch(standin, "--archive", str(real)) == 0
+    named = stray.format(archive=real)
+    capsys.readouterr()
+    if given == "env":
+        monkeypatch.setenv("TUNE_ARCHIVE", named)
+    assert _fetch(standin, *(["--archive", named] if given == "option" else [])) == 2
+    assert repr(named) in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == [real]
+
+
+def test_an_existing_archive_whose_name_ends_in_a_space_is_used(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    # One made so on purpose (the refusal is of a new folder alone) stays usable.
+    _one_tune(standin)
+    (tmp_path / "c4 ").mkdir(mode=0o700)
+    assert _fetch(standin, "--archive", str(tmp_path / "c4 ")) == 0
+    assert main(["verify", "--archive", str(tmp_path / "c4 ")]) == 0

@@ -10,7 +10,7 @@ import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
@@ -137,6 +137,17 @@ def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
             f"not an archive location: {location!r} looks like a mistyped S3 URL; "
             "write s3://bucket/prefix (or ./s3... for a local folder)"
         )
+    # --archive "$DEST " in a cron line, a .env's TUNE_ARCHIVE with a space left at its
+    # end: a folder 'c4 ' was made beside the archive c4, and the run went there, exit 0.
+    # One that exists is used (named so on purpose); a new one is refused. A newline is
+    # no typo (a "$(printf ...)" name): taken as written.
+    if not _S3_LIKE.match(location) and any(
+            part != part.strip(" \t") for part in PurePath(location).parts) and not (
+            os.path.lexists(location)):
+        raise ConfigError(
+            f"no archive at {location!r}, whose name has a space or tab at the start or end "
+            "of a folder's name: a stray space (a variable's, a cron line's)? Write it "
+            "without (or make the folder first if the name is meant)")
     return location
 
 
