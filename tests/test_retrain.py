@@ -557,6 +557,39 @@ def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_
     assert "retraining" not in document
 
 
+def test_retrain_json_stopped_by_sigterm_as_its_session_closes_names_the_created_tune(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """retrain --yes --json from a script, its cron's SIGTERM arriving once the API
+    answered, as the session closes: the document said only 'interrupted', the tune's
+    id on stderr alone, where the script never looks. It names the tune created."""
+    import tune_archiver.commands.retrain as module
+
+    opened = module.new_session
+
+    class SlowToClose:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.session = opened(*args, **kwargs)
+
+        async def __aenter__(self) -> Any:
+            return await self.session.__aenter__()
+
+        async def __aexit__(self, *exc: Any) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # the cron's timeout, taken by the loop
+                await asyncio.Event().wait()  # held until the stop
+            finally:
+                await self.session.__aexit__(*exc)
+
+    monkeypatch.setattr(module, "new_session", SlowToClose)
+    code, document = retrain(standin, archived[0], capsys, "--yes")
+    assert code == 143
+    assert document["interrupted"] is True
+    assert document["created"]["id"] == 6
+    assert check_manifest(archived[0] / "manifests" / "5.json")["retrained"][0]["tune_id"] == 6
+
+
 def test_retrain_after_photos_re_signed_still_says_the_null_fetch_says_is_missing(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,7 @@ from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
 from tune_archiver.cli.printing import emit, print_error, print_json, print_out
 from tune_archiver.cli.rerun import rerun_options
+from tune_archiver.cli.retraining import run_retrain
 from tune_archiver.cli.running import (
     Interrupted,
     configure_logging,
@@ -324,16 +325,6 @@ def run_export(args: argparse.Namespace, secrets: list[str]) -> int:
     emit(args, secrets, errors, upkeep.export_json(result),
          [*gone, upkeep.export_summary(result)])
     return EXIT_OK if result.ok else EXIT_FAILED
-
-
-def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
-    from tune_archiver.commands.retrain import retrain
-
-    settings = settings_of(args, secrets, downloads=False)  # no download: no file limit
-    result = in_archive(args, lambda store: retrain(
-        settings, store, args.tune_id, args.yes, args.clock(), args.new_title))
-    emit(args, secrets, result.errors(), result.as_json(), result.lines())
-    return EXIT_FAILED if result.lost else EXIT_OK
 
 
 def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:

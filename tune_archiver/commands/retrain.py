@@ -149,6 +149,7 @@ def _unaccounted(found: Manifest, training: list[Entry]) -> Any:
 async def retrain(
     settings: Settings, store: Store, tune_id: int, yes: bool, now: datetime,
     title: str | None = None, staging: Staging | None = None,
+    answered: dict[str, Any] | None = None,
 ) -> RetrainResult:
     """Plan the retrain of an archived tune (titled `title`, else default_title); with
     `yes`, send it and record the new tune in the archived tune's manifest. Each photo
@@ -161,6 +162,7 @@ async def retrain(
     IntegrityError when a blob does not match its sha256 (nothing is sent), what the
     client raises for a POST that made no tune (sent once, never retried), and
     ArchiverError saying so for one that may have made it (sent, then no answer).
+    The API's answer is put in `answered` as it comes: the caller's to say if stopped.
     """
     found = await manifest.read(store, tune_id)
     if found is None:
@@ -212,6 +214,8 @@ async def retrain(
                                                          chosen=title is not None))
             try:
                 created = await api.create_tune(plan.fields, images)
+                if answered is not None:
+                    answered.update(created)
             except (NetworkError, StatusError, DataError, AuthError) as exc:
                 if isinstance(exc, ConnectError | AuthError) or (
                         isinstance(exc, StatusError) and exc.status < 500):
