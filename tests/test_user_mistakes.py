@@ -170,3 +170,5 @@ def test_an_existing_archive_whose_name_ends_in_a_space_is_used(
     (tmp_path / "c4 ").mkdir(mode=0o700)
     assert _fetch(standin, "--archive", str(tmp_path / "c4 ")) == 0
     assert main(["verify", "--archive", str(tmp_path / "c4 ")]) == 0
+    # and a new archive made inside a folder so named ("My Drive " on a share)
+    assert _fetch(standin, "--archive", str(tmp_path / "c4 " / "new")) == 0

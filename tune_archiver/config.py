@@ -139,16 +139,23 @@ def archive_dir(option: str | None, env: Mapping[str, str]) -> str:
         )
     # --archive "$DEST " in a cron line, a .env's TUNE_ARCHIVE with a space left at its
     # end: a folder 'c4 ' was made beside the archive c4, and the run went there, exit 0.
-    # One that exists is used (named so on purpose); a new one is refused. A newline is
-    # no typo (a "$(printf ...)" name): taken as written.
-    if not _S3_LIKE.match(location) and any(
-            part != part.strip(" \t") for part in PurePath(location).parts) and not (
-            os.path.lexists(location)):
+    # A folder that exists is used (named so on purpose); one to be made is refused. A
+    # newline is no typo (a "$(printf ...)" name): taken as written.
+    if not _S3_LIKE.match(location) and _stray_space(location):
         raise ConfigError(
             f"no archive at {location!r}, whose name has a space or tab at the start or end "
             "of a folder's name: a stray space (a variable's, a cron line's)? Write it "
             "without (or make the folder first if the name is meant)")
     return location
+
+
+def _stray_space(location: str) -> bool:
+    """True when a folder of `location` still to be made has a space or tab at the start
+    or end of its name (one that exists, the archive's parent say, was named so)."""
+    path = PurePath(location)
+    made = [path, *path.parents]
+    return any(part.name != part.name.strip(" \t") and not os.path.lexists(part)
+               for part in made)
 
 
 def home_path(path: str, env: Mapping[str, str]) -> str:
