@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -508,16 +509,11 @@ def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
     assert "do not send it again" in line
 
 
-def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_tune(
-    standin: StandIn, archived: tuple[Path, list[bytes]], caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A Ctrl-C or a cron's timeout once the API answered, while the HTTP session closes
-    (a proxy slow to hang up): the tune was made and billed, yet nothing named it, its
-    id lost, and the manifest kept the title only as sent. The id is said and recorded."""
+def slow_to_close(monkeypatch: pytest.MonkeyPatch, on_close: Callable[[], object]) -> None:
+    """retrain's HTTP session made slow to close (a proxy slow to hang up): `on_close` is
+    called as the close begins, which then waits until the run is stopped."""
     import tune_archiver.commands.retrain as module
 
-    closing = asyncio.Event()
     opened = module.new_session
 
     class SlowToClose:
@@ -529,12 +525,23 @@ def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_
 
         async def __aexit__(self, *exc: Any) -> None:
             try:
-                closing.set()
+                on_close()
                 await asyncio.Event().wait()  # held until the stop
             finally:
                 await self.session.__aexit__(*exc)
 
     monkeypatch.setattr(module, "new_session", SlowToClose)
+
+
+def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_tune(
+    standin: StandIn, archived: tuple[Path, list[bytes]], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C or a cron's timeout once the API answered, while the HTTP session closes
+    (a proxy slow to hang up): the tune was made and billed, yet nothing named it, its
+    id lost, and the manifest kept the title only as sent. The id is said and recorded."""
+    closing = asyncio.Event()
+    slow_to_close(monkeypatch, closing.set)
     settings = Settings(archive=archived[0], api_key=standin.api_key,
                         api_url=standin.api_url)
 
@@ -564,25 +571,8 @@ def test_retrain_json_stopped_by_sigterm_as_its_session_closes_names_the_created
     """retrain --yes --json from a script, its cron's SIGTERM arriving once the API
     answered, as the session closes: the document said only 'interrupted', the tune's
     id on stderr alone, where the script never looks. It names the tune created."""
-    import tune_archiver.commands.retrain as module
-
-    opened = module.new_session
-
-    class SlowToClose:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.session = opened(*args, **kwargs)
-
-        async def __aenter__(self) -> Any:
-            return await self.session.__aenter__()
-
-        async def __aexit__(self, *exc: Any) -> None:
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)  # the cron's timeout, taken by the loop
-                await asyncio.Event().wait()  # held until the stop
-            finally:
-                await self.session.__aexit__(*exc)
-
-    monkeypatch.setattr(module, "new_session", SlowToClose)
+    # the cron's timeout, taken by the loop
+    slow_to_close(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     code, document = retrain(standin, archived[0], capsys, "--yes")
     assert code == 143
     assert document["interrupted"] is True
