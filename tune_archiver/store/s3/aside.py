@@ -21,9 +21,10 @@ from tune_archiver.store.s3.transfer import copy, stream
 
 async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) -> list[str]:
     """Copy each object at `keys` (archive-relative) to tmp/damaged/<sha256>-<stamp>[-n]
-    (kept by gc), then delete it; returns the new keys."""
-    moved = []
-    for n, key in enumerate(keys):
+    (kept by gc; -n when the name is taken), then delete it; returns the new keys."""
+    moved: list[str] = []
+    taken: set[str] | None = None
+    for key in keys:
         found = await bucket.head(bucket.key(key), "set a damaged blob aside")
         if found is None:
             continue
@@ -31,7 +32,13 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
             await bucket.delete(bucket.key(key))  # a set-aside killed before its delete
             moved.append(before)
             continue
-        target = f"{DAMAGED_BLOBS}/{sha256}-{stamp}" + (f"-{n}" if n else "")
+        # Never over another copy set aside in the same second (two repairs, one
+        # after the other): a copy's bytes, the one left of a file gone upstream, lost.
+        taken = await _names(bucket, sha256) if taken is None else taken
+        target = next(name for n in range(len(taken) + 1)
+                      if (name := f"{DAMAGED_BLOBS}/{sha256}-{stamp}"
+                          + (f"-{n}" if n else "")) not in taken)
+        taken.add(target)
         with bucket.translated("set a damaged blob aside"):  # part by part past copy_limit
             await copy(bucket, bucket.key(key), bucket.key(target), Blob(sha256, found[0]),
                        check=False)
@@ -47,6 +54,12 @@ async def set_aside(bucket: Bucket, sha256: str, keys: list[str], stamp: str) ->
         await bucket.delete(bucket.key(key))
         moved.append(target)
     return moved
+
+
+async def _names(bucket: Bucket, sha256: str) -> set[str]:
+    """The keys in tmp/damaged/ of the copies of the blob `sha256` set aside."""
+    return {key async for key, _ in bucket.list(DAMAGED_BLOBS)
+            if key.startswith(f"{DAMAGED_BLOBS}/{sha256}-")}
 
 
 async def _blob_copied_before(bucket: Bucket, sha256: str, key: str, size: int) -> str | None:
