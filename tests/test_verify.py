@@ -593,6 +593,35 @@ def test_a_repair_stopped_by_a_signal_says_what_verify_found(
     assert ran.err.index("tune 1: checkpoint 0: corrupt") < ran.err.index("stopped by SIGTERM")
 
 
+def test_a_repair_stopped_by_a_signal_names_what_it_moved_aside(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A repair stopped (SIGTERM, Ctrl-C) once it had moved a damaged checkpoint to
+    tmp/damaged/ never said so: the user did not know its bytes were moved, where to,
+    nor that the repair was not finished. Each key moved aside is named (--json's
+    "repair"), with the command that finishes the repair."""
+    import signal
+
+    from tune_archiver.commands import repair
+
+    async def fetch(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, as the fetch begins
+        await asyncio.Event().wait()  # the stop ends it
+
+    monkeypatch.setattr(repair, "fetch", fetch)
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+              "--api-url", standin.api_url)
+    assert ran.code == 143, ran.err
+    [moved] = json.loads(ran.out)["repair"]["moved"]
+    assert (archive / moved).is_file()
+    assert f"moved aside {moved}" in ran.err
+    assert f"run tune-archiver verify --repair 1 --archive {archive}" in ran.err
+    assert ran.err.index(moved) < ran.err.index("stopped by SIGTERM")
+
+
 def test_a_stop_while_a_large_blob_is_hashed_ends_at_its_next_chunk(
     archive: Path, tunes: tuple[Served, Served], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

@@ -273,12 +273,13 @@ def _run_dry(
 
 
 def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
-    from tune_archiver.commands.repair import fetches, repair
+    from tune_archiver.commands.repair import RepairReport, fetches, repair
     from tune_archiver.commands.verify import verify
 
     printing.said_skipping_hashes(SKIP_HASH and args.repair)  # a repair fetches as fetch does
     progress = progress_for(args.quiet or args.json, items="blobs")
     seen: list[VerifyReport] = []  # what verify found: said if a stop cuts the repair short
+    doing = RepairReport()  # what the repair did so far: said then too
 
     async def work(store: Store) -> tuple[VerifyReport, RepairReport | ArchiverError | None]:
         seen.append(found := await verify(store, args.tune_ids, progress))
@@ -293,11 +294,12 @@ def run_verify(args: argparse.Namespace, secrets: list[str]) -> int:
         where = archive_dir(args.archive, os.environ)
         try:  # a key rejected, the API out of reach: said after what verify found
             return found, await repair(store, found, fit, staging_for(where), progress, args.clock,
-                                       waiting_for("fetch, gc or forget", where), stopped)
+                                       waiting_for("fetch, gc or forget", where), stopped,
+                                       doing)
         except ArchiverError as exc:
             return found, exc
 
-    with said_if_stopped(args, secrets, progress, seen):
+    with said_if_stopped(args, secrets, progress, seen, doing):
         found, mended = in_archive(args, work)
     if mended is None or isinstance(mended, ArchiverError):
         return said_verified(args, secrets, found, mended)

@@ -336,6 +336,17 @@ def repair_lines(found: VerifyReport, mended: RepairReport, strict: bool = False
     return lines
 
 
+def repair_cut_short(found: VerifyReport, mended: RepairReport, also: str = "") -> list[str]:
+    """What a repair a signal stopped had done, and the command that finishes it."""
+    lines = [f"before the stop: mended the manifest of {line}" for line in mended.mended]
+    lines += [f"before the stop: put back {line}" for line in mended.put_back]
+    lines += [f"before the stop: moved aside {key} (kept there)" for key in mended.moved]
+    tunes = "".join(f" {tune_id}" for tune_id in sorted({p.tune_id for p in found.problems}))
+    lines.append(f"the repair is not finished: run tune-archiver verify --repair{tunes}{also} "
+                 "to fetch again what was moved aside")
+    return lines
+
+
 def repair_json(found: VerifyReport, mended: RepairReport) -> dict[str, Any]:
     """The --json shape of `verify --repair`: what verify found, what the repair did."""
     return {

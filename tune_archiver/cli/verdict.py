@@ -67,11 +67,14 @@ def said_repaired(args: argparse.Namespace, secrets: list[str], found: VerifyRep
 
 @contextlib.contextmanager
 def said_if_stopped(args: argparse.Namespace, secrets: list[str], progress: Progress,
-                    seen: list[VerifyReport]) -> Iterator[None]:
+                    seen: list[VerifyReport], doing: RepairReport | None = None
+                    ) -> Iterator[None]:
     """The bar closed once the work ends. A stop (cron's timeout, SIGTERM) that cuts a
     repair short says what verify had found first (`seen`), as an error stopping it
     does: each problem's line, --json's fields beside "interrupted", and the fail
-    ping's tune ids; else the operator learned only "stopped by SIGTERM"."""
+    ping's tune ids; else the operator learned only "stopped by SIGTERM". What the
+    repair had mended, put back and moved aside (`doing`) is said too, with the command
+    that finishes it: else blobs gone to tmp/damaged/ were never named."""
     try:
         yield
     except Interrupted as stop:
@@ -81,6 +84,11 @@ def said_if_stopped(args: argparse.Namespace, secrets: list[str], progress: Prog
                 print_error(line, secrets)
             stop.done = {**report.verify_json(found), "ok": False}
             args.summary = report.verify_counts(found.tunes, found, args.strict)
+            if doing is not None and (doing.mended or doing.put_back or doing.moved):
+                for line in report.repair_cut_short(found, doing, rerun_options(args)):
+                    print_error(line, secrets)
+                stop.done["repair"] = {"mended": doing.mended, "moved": doing.moved,
+                                       "put_back": doing.put_back}
         raise
     finally:
         progress.close()

@@ -91,6 +91,7 @@ async def repair(
     clock: Clock,
     waiting: Callable[[], None] | None = None,
     stopped: ArchiverError | None = None,
+    report: RepairReport | None = None,
 ) -> RepairReport:
     """Mend what `found` reports: mend the manifest entries wrong about a whole blob,
     move the damaged blobs aside, fetch their tunes again and verify the tunes touched
@@ -100,8 +101,10 @@ async def repair(
     fetch or gc holds the archive when damaged blobs are to be put back or set aside.
     With `stopped` (a limit on open files too low for one download, no API key: then no
     `settings`), every repair that downloads nothing is made, and no tune is fetched
-    again: said in `stopped`, when one was to be."""
-    report = RepairReport(before_gone=list(found.gone))
+    again: said in `stopped`, when one was to be. Filled in as it goes, `report` (a
+    new one if None) says what was done when a signal stops the repair part way."""
+    report = RepairReport() if report is None else report
+    report.before_gone = list(found.gone)
     entries = [p for p in found.problems if p.entry_only]
     damaged = [p for p in found.problems if p.problem in BLOB_PROBLEMS and not p.entry_only]
     failed = [p for p in found.problems if p.problem == "failed"]
