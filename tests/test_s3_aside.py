@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from tests.helpers import Sleeps
 from tests.s3server import (  # noqa: F401  (fixtures)
+    Bucket,
+    aio_session_fixture,
     aws_env_fixture,
+    bucket_fixture,
     moto_s3_fixture,
 )
 from tests.standin import StandIn
@@ -16,6 +23,9 @@ from tests.test_s3_archive import (
     s3_fixture,  # noqa: F401  (the fixture)
     tune_archiver,
 )
+from tests.test_s3store import PREFIX, opened, sha
+from tune_archiver.layout import blob_key
+from tune_archiver.store.s3 import aside
 
 
 def test_two_damaged_copies_set_aside_in_one_second_are_both_kept(
@@ -36,3 +46,29 @@ def test_two_damaged_copies_set_aside_in_one_second_are_both_kept(
     kept = sorted(s3.get(key.split("/", 1)[1]) for key in s3.keys("tmp/damaged/"))
     assert kept == sorted([first, bytes(second)])
     assert s3.get(checkpoint["path"]) == served[checkpoint["url"]]
+
+
+async def test_a_blob_another_repair_put_back_meanwhile_stays_in_its_place(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two repairs of one bucket (two machines: a bucket has no lock) found a blob's
+    whole copy at a wrong place. The first put it back and removed the stray while the
+    second had read the stray: the second then moved the good blob aside, found the
+    stray gone and stopped, the blob's place empty, the move unsaid: a tune gone
+    upstream had it no more. The whole blob set aside goes back to its place."""
+    data = os.urandom(60_000)
+    stray = f"objects/sha256/zz/{sha(data)}"
+    await bucket.put(f"{PREFIX}/{stray}", data)
+    real = aside.set_aside
+
+    async def the_other_first(*args: object) -> list[str]:
+        monkeypatch.setattr(aside, "set_aside", real)
+        async with opened(bucket, tmp_path) as other:
+            assert await other.put_back(sha(data), stray, "20261201T000000Z") == []
+        return await real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aside, "set_aside", the_other_first)
+    async with opened(bucket, tmp_path) as store:
+        assert await store.put_back(sha(data), stray, "20261201T000000Z") is None
+    assert await bucket.get(f"{PREFIX}/{blob_key(sha(data))}") == data
+    assert await bucket.keys(f"{PREFIX}/tmp/damaged/") == []

@@ -112,6 +112,7 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
             await copy(bucket, bucket.key(key), bucket.key(blob_key(sha256)),
                        Blob(sha256, size))
     except Absent:  # gone meanwhile (another repair put it back): nothing copied
+        await _restore(bucket, sha256, moved)
         return None
     # Read back at any size: part by part S3 hashes no copy, and a store that hashes
     # none (it reports no SHA-256) may have stored other bytes; the stray is the one left.
@@ -124,6 +125,25 @@ async def put_back(bucket: Bucket, sha256: str, key: str, stamp: str) -> list[st
                            f"{blob_key(sha256)} is not its bytes; {key} is kept")
     await bucket.delete(bucket.key(key))
     return moved
+
+
+async def _restore(bucket: Bucket, sha256: str, moved: list[str]) -> None:
+    """Copy back to the blob's place, while it is empty, a copy in `moved` whose bytes
+    hash to its name, then delete that copy: another repair (a bucket has no lock) put
+    the blob back and removed its stray after this one read the stray, and the whole
+    blob this one set aside would leave its place empty, moved unsaid."""
+    place = bucket.key(blob_key(sha256))
+    for key in moved:
+        if await bucket.size_at(place, "put a blob back") is not None:
+            return
+        size = await bucket.size_at(bucket.key(key), "put a blob back")
+        if size is None or await _digest(bucket, sha256, key) != sha256:
+            continue
+        with bucket.translated("put a blob back"):
+            await copy(bucket, bucket.key(key), place, Blob(sha256, size))
+        if await _digest(bucket, sha256, blob_key(sha256)) == sha256:
+            await bucket.delete(bucket.key(key))
+            return
 
 
 Read = Callable[[str, str], Awaitable[tuple[bytes, str] | None]]  # (bytes, ETag) or None
