@@ -446,7 +446,8 @@ async def test_s3_set_aside_on_a_store_refusing_conditions(
     """The copy of a damaged manifest to manifests/damaged/ carried If-None-Match, which
     a store refusing conditions answers 501: the manifest was never set aside, and its
     tune's fetch failed on it each run. There it is written without the condition once
-    nothing is at that key (looked up first); never over one that is."""
+    nothing is at that key (looked up first); never over one that is: a second one set
+    aside in the same second takes the next name."""
     async with opened(bucket, tmp_path) as store:
         await store.write_manifest(4, b"{broken")
         key = await store.set_aside_manifest(4, "20261129T000000Z", b"{broken")
@@ -454,7 +455,7 @@ async def test_s3_set_aside_on_a_store_refusing_conditions(
         assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"
         assert await store.read_manifest(4) is None
         await store.write_manifest(4, b"{again")
-        with pytest.raises(StorageError, match="exists already"):
-            await store.set_aside_manifest(4, "20261129T000000Z", b"{again")
-        assert await store.read_manifest(4) == b"{again"
+        again = await store.set_aside_manifest(4, "20261129T000000Z", b"{again")
+        assert again == "manifests/damaged/4-20261129T000000Z-1.json"
+        assert await bucket.get(f"{PREFIX}/{again}") == b"{again"
         assert await bucket.get(f"{PREFIX}/{key}") == b"{broken"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,9 @@ from tests.s3server import (  # noqa: F401  (fixtures)
 from tests.standin import StandIn
 from tests.test_s3_archive import (
     S3Archive,
+    add_tune,
     archived_then_rotted,
+    fetch,
     s3_fixture,  # noqa: F401  (the fixture)
     tune_archiver,
 )
@@ -72,3 +75,31 @@ async def test_a_blob_another_repair_put_back_meanwhile_stays_in_its_place(
         assert await store.put_back(sha(data), stray, "20261201T000000Z") is None
     assert await bucket.get(f"{PREFIX}/{blob_key(sha(data))}") == data
     assert await bucket.keys(f"{PREFIX}/tmp/damaged/") == []
+
+
+@pytest.mark.parametrize("store", ["honours", "ignores"])
+def test_two_damaged_manifests_set_aside_in_one_second_are_both_kept(
+    standin: StandIn, s3: S3Archive, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], store: str,
+) -> None:
+    """Two fetches within one second each set a damaged manifest of tune 1 aside: both
+    took manifests/damaged/1-<stamp>.json. A store that honours If-None-Match refused
+    the second ('exists already'), the tune not fetched for nothing; one that ignores it
+    (older MinIO, some Ceph) wrote it over the first, the evidence lost. Each keeps
+    its own name."""
+    if store == "ignores":
+        async def ignoring(bucket: Bucket, key: str, doing: str, put: Any) -> None:
+            await put()  # as such a store takes PUT If-None-Match: written over
+
+        monkeypatch.setattr(aside.conditions, "put_new", ignoring)
+    add_tune(standin, 1)
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    damaged = [b'{"schema_version": 1, "tune_id": 1, "assets": 5}',
+               b'{"schema_version": 1, "tune_id": 1, "assets": 6}']
+    for data in damaged:
+        s3.put("manifests/1.json", data)
+        capsys.readouterr()
+        assert fetch(standin, s3, "1", clock=lambda: now) == 1
+        assert "set aside as manifests/damaged/1-" in capsys.readouterr().err
+    kept = sorted(s3.get(key.split("/", 1)[1]) for key in s3.keys("manifests/damaged/"))
+    assert kept == damaged

@@ -152,7 +152,7 @@ Put = Callable[..., Awaitable[None]]  # (key, data, doing, **condition)
 
 async def manifest_aside(bucket: Bucket, tune_id: int, stamp: str, damaged: bytes,
                          read: Read, put: Put) -> str | None:
-    """Copy the tune's manifest to manifests/damaged/<id>-<stamp>.json (never over
+    """Copy the tune's manifest to manifests/damaged/<id>-<stamp>[-n].json (never over
     another), then delete it, if it still holds `damaged`; returns where it went, None
     when it holds other bytes now or is gone. A copy of those very bytes already there
     is a set-aside killed before its delete: that one is kept, and the delete alone is
@@ -170,8 +170,12 @@ async def manifest_aside(bucket: Bucket, tune_id: int, stamp: str, damaged: byte
                            f"{held} bytes, {len(damaged)} were read; nothing moved")
     key = await _copied_before(bucket, tune_id, damaged, read, doing)
     made = key is None
-    if key is None:
-        key = f"{DAMAGED}/{tune_id}-{stamp}.json"
+    if key is None:  # -n when taken (another set aside in the same second): a store
+        # ignoring If-None-Match would write over it, one honouring it refuse the move
+        taken = {name async for name, _ in bucket.list(DAMAGED)}
+        key = next(name for n in range(len(taken) + 1)
+                   if (name := f"{DAMAGED}/{tune_id}-{stamp}{f'-{n}' if n else ''}.json")
+                   not in taken)
         try:
             await conditions.put_new(bucket, key, doing,
                                      lambda **c: put(key, found[0], doing, **c))
