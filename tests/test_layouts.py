@@ -141,3 +141,23 @@ def test_a_second_checkpoint_beside_a_txt_one_gets_trigger_words_of_its_own(
     assert words == ["1-tune-1.trigger-words-2.txt", "1-tune-1.trigger-words.txt"]
     for name in words:
         assert (placed / name).read_text().startswith("trigger words: ")
+
+
+def test_a_checkpoint_index_of_a_thousand_digits_is_placed_under_a_name_a_disk_takes(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged manifest's checkpoint index of a thousand digits, which json reads:
+    --layout appended it to the placed name (models/Lora/1-tune-1-000...0.safetensors),
+    a name no filesystem takes: the checkpoint was not exported, exit 1, its line a
+    thousand digits long, as the plain layout's was before it named such a file "file"."""
+    archive, dest = tmp_path / "archive", tmp_path / "dest"
+    standin.add_tune(1, [standin.add_file("weights", WEIGHTS)], [], model_type="lora")
+    assert run_fetch(standin, archive, "1") == 0
+    document = manifest_of(archive, 1)
+    document["assets"][0]["index"] = 10**1000
+    write_manifest(archive, 1, document)
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--layout", "a1111")
+    assert ran.code == 0, ran.err[:300]
+    placed = dest / "1-tune-1" / "models" / "Lora"
+    assert [path.read_bytes() for path in placed.glob("*.safetensors")] == [WEIGHTS]
+    assert len(ran.out + ran.err) < 2_000

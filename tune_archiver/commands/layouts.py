@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, Literal, get_args
 
-from tune_archiver.commands.names import extension, folder_name
+from tune_archiver.commands.names import MAX_NUMBER, extension, folder_name
 from tune_archiver.manifest import Entry
 from tune_archiver.text import visible
 
@@ -42,7 +42,9 @@ def layout_path(layout: Layout, entry: Entry, tune_id: int, tune: dict[str, Any]
     if entry.kind != "checkpoint":
         return None
     suffix = extension(entry.content_type, entry.url)
-    more = f"-{entry.index:03d}" if entry.index > 0 else ""
+    # A damaged manifest's index too long for a name is "file", as export_path names it.
+    index = entry.index
+    more = "" if index == 0 else f"-{index:03d}" if index < MAX_NUMBER else "-file"
     if layout == "diffusers":
         stem = DIFFUSERS_LORA if is_lora(tune) else folder_name(tune_id, tune.get("title"))
         return f"{stem}{more}{suffix}"
