@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -751,3 +752,27 @@ def test_prompts_never_read_of_an_expired_tune_listing_some_since_are_not_called
     assert document["complete"] is False
     assert document["prompts_unread"].endswith(unread.PURGED)
     assert entries(archive, 1, "prompt_image")[0]["sha256"] == sha256(standin.files["eight.png"])
+
+
+def test_prompts_read_again_of_a_live_tune_are_not_purged_by_our_clock_running_ahead(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts a --prompts run could not read, then read whole by the next one, the tune
+    expiring in 2 hours by the API's Date, on a machine whose clock runs 5 hours ahead:
+    past its expires_at by our clock alone, the mark ended PURGED, the prompts said
+    'gone upstream, never archived' (exit 1) and the tune never complete, though Astria
+    had just listed them all. Expired by both clocks, ours and the API's, as --all's
+    --expiring-within and a file's 'gone upstream' decide."""
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    add_tune(standin, 1, expires_at=soon.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    standin.add_prompt(1, 7, "ohwx woman", [standin.add_file("seven.png", os.urandom(900))])
+    standin.page_faults = [Status(200, {"Content-Type": "text/html"}, b"<html>oops</html>")] * 2
+    assert run_fetch(standin, archive, "1", "--prompts", "-q") == 1
+    capsys.readouterr()
+    ahead = lambda: datetime.now(UTC) + timedelta(hours=5)  # noqa: E731
+    assert run_fetch(standin, archive, "1", "--prompts", "-q", clock=ahead) == 0
+    assert "gone upstream" not in capsys.readouterr().err
+    document = check_manifest(archive / "manifests" / "1.json")
+    assert "prompts_unread" not in document
+    assert document["complete"] is True
+    assert entries(archive, 1, "prompt_image")[0]["sha256"] == sha256(standin.files["seven.png"])

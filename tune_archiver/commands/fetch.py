@@ -352,7 +352,8 @@ async def _download_and_record(
         # not all of them (another run's entry for a prompt it did not read is no less so).
         if not run.settings.lists_prompts or tune.prompt_errors:
             written += not_asked_failures(now, written)
-        unread = prompts_unread(tune, now, run.settings.lists_prompts, run.clock())
+        unread = prompts_unread(tune, now, run.settings.lists_prompts,
+                                (run.clock(), run.api.date))
         was = now.prompts_unread if now is not None else None
         gone[:] = [unread] if unread is not None and purged(unread) and not purged(was) else []
         # Not complete while a file failed (one kept, its blob missing, is ok in `written`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from tune_archiver.commands.plan import has_expired
@@ -26,7 +27,7 @@ def unread_failure(tune: Tune) -> str | None:
 
 
 def prompts_unread(tune: Tune, now: Manifest | None, lists_prompts: bool,
-                   when: datetime) -> str | None:
+                   clocks: Iterable[datetime | None]) -> str | None:
     """Why the tune's manifest says its prompts are not read (not complete), or None.
 
     This run's errors, if it read them not all (a mark ending PURGED stays: a listing
@@ -34,12 +35,14 @@ def prompts_unread(tune: Tune, now: Manifest | None, lists_prompts: bool,
     what the manifest said, till a --prompts run reads them before the tune expires.
     Past its expires_at no listing, empty or not, proves the prompts never read all
     there: Astria purges them, the images of those never read never archived: the mark
-    then ends with PURGED, gone upstream (no run can read them now).
+    then ends with PURGED, gone upstream (no run can read them now). Expired by each of
+    `clocks`, ours and the API's Date: ours hours ahead purged a live tune's prompts.
     """
     was = now.prompts_unread if now is not None else None
     if tune.prompt_errors:
         return was if purged(was) else "; ".join(map(redact_text, tune.prompt_errors))
-    if was is None or (lists_prompts and not has_expired(tune, when)):
+    expired = all(has_expired(tune, when) for when in clocks if when)
+    if was is None or (lists_prompts and not expired):
         return None
     return was + PURGED if lists_prompts and not purged(was) else was
 
