@@ -84,8 +84,8 @@ async def dry_run(
 
         async def preview(tune: Tune) -> Preview:
             try:
-                plan, carried = await plan_for(store, tune, settings, api,
-                                               await journals.entries(tune.id))
+                journaled = await journals.entries(tune.id, held=store.blob_size)
+                plan, carried = await plan_for(store, tune, settings, api, journaled)
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))
             archived = sum(1 for r in [*plan.reuse.values(), *carried] if r.ok)  # not gone

@@ -269,7 +269,8 @@ async def _download_and_record(
     we planned, what that run archived is kept (plan.merged). Raises
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
-    journaled = await kept_young(run.store, await run.journals.entries(tune.id, touch=True))
+    journaled = await kept_young(run.store, await run.journals.entries(
+        tune.id, touch=True, held=run.store.blob_size))
     plan, carried = await plan_for(run.store, tune, run.settings, run.api, journaled)
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))

@@ -33,6 +33,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+from tune_archiver.download.cut import cut_blobs, rebuilt
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
@@ -44,7 +45,6 @@ from tune_archiver.threads import in_thread
 log = logging.getLogger(__name__)
 SUFFIX = ".committed"
 NAME = re.compile(r"([1-9][0-9]*)(\.[0-9a-f]{12})?\.committed")
-CUT_SHA256 = re.compile(rb'"sha256":"([0-9a-f]{64})"')  # in a line cut short
 MAX_JOURNAL = 256 * 2**20  # as a manifest: 10,000 files' lines are a few MiB
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -92,7 +92,8 @@ class Journals:
                       tune_id, exc)
             return None
 
-    async def entries(self, tune_id: int, touch: bool = False) -> list[Entry]:
+    async def entries(self, tune_id: int, touch: bool = False,
+                      held: Callable[[str], Awaitable[int | None]] | None = None) -> list[Entry]:
         """The ok entries the tune's journal records, in the order committed; none when
         there is none, or it is not ours. With `touch` (a fetch relying on it) it is
         marked written now: gc sweeps a journal left a day, and runs each stopped before
@@ -100,7 +101,8 @@ class Journals:
         With `touch`, a tune with none at tune_ids is not looked at (one thread hop a tune:
         W5's 20,000): one made since is another run's, in flight, whose files it stores.
         One a fetch cannot read (EIO, EACCES) is none, and `unread` says why: any file
-        found gone upstream may be one it holds (gc keeps its blobs meanwhile)."""
+        found gone upstream may be one it holds (gc keeps its blobs meanwhile). So may a
+        line cut short (a full disk), unless it is rebuilt, its blob `held` (cut.py)."""
         if touch and self._listed is not None and tune_id not in self._listed:
             return []
         why = f"its journal of files a stopped fetch committed, {self.path(tune_id)},"
@@ -109,9 +111,10 @@ class Journals:
         except OSError as exc:
             self.unread[tune_id] = f"{why} cannot be read ({exc.strerror or exc}) and may hold it"
             return []
-        if cut:  # a full disk's: its file's entry not known, its blob may be held
+        mended = [entry for line in cut if held and (entry := await rebuilt(line, held))]
+        if len(mended) < len(cut):  # its file's entry not known, its blob may be held
             self.unread[tune_id] = f"{why} holds a line cut short (a full disk?) that may name it"
-        return found
+        return found + mended
 
     async def tune(self, tune_id: int) -> Tune | None:
         """The tune as a stopped run's journal recorded it, when the journal also records
@@ -309,11 +312,6 @@ def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
     return found, cut
 
 
-def _cut_blobs(cut: list[bytes]) -> set[str]:
-    """The sha256 that lines cut short name, as far as each was written."""
-    return {found[1].decode() for line in cut if (found := CUT_SHA256.search(line))}
-
-
 def _bad(reason: str) -> UnreadableManifest:
     return UnreadableManifest(0, reason, b"")
 
@@ -345,7 +343,7 @@ def _settle(path: Path, named: Collection[str], seen: Seen = None
         entries, cut = _lines(data)
         left: set[tuple[str, int | None]] = {
             (e.sha256, e.size) for e in entries if e.sha256 and e.sha256 not in named}
-        left.update((sha256, None) for sha256 in _cut_blobs(cut) - set(named))
+        left.update((sha256, None) for sha256 in cut_blobs(cut) - set(named))
         if not left:
             os.unlink(path)
         return left, (found.st_ino, found.st_size)
@@ -369,7 +367,7 @@ def _blobs(directory: Path, since: float) -> set[str]:
                 "cannot know which blobs it keeps (left a day untouched, it is swept with "
                 "them)") from exc
         entries, cut = _lines(data)
-        found.update({entry.sha256 for entry in entries if entry.sha256}, _cut_blobs(cut))
+        found.update({entry.sha256 for entry in entries if entry.sha256}, cut_blobs(cut))
     return found
 
 

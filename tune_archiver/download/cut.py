@@ -1,0 +1,45 @@
+"""A journal line a full disk cut short (write() stores part of it): the blob it names,
+and its file's entry rebuilt when the cut came after its sha256.
+
+An entry's fields are written kind, index, url, its prompt's, status, sha256, then size,
+path and content_type (manifest.entry_dict): a line holding its sha256 whole holds every
+field that says which file it is. The size is the held blob's, whose name is its sha256:
+its bytes are that file's, as the line's were to say; the content type is lost (null).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+
+from tune_archiver.errors import ArchiverError, UnreadableManifest
+from tune_archiver.manifest import Entry, parse_entry
+
+SHA256 = re.compile(rb'"sha256":"([0-9a-f]{64})"')  # a key: a string's quotes are escaped
+
+
+def cut_blobs(cut: list[bytes]) -> set[str]:
+    """The sha256 that lines cut short name, as far as each was written."""
+    return {found[1].decode() for line in cut if (found := SHA256.search(line))}
+
+
+async def rebuilt(line: bytes, held: Callable[[str], Awaitable[int | None]]) -> Entry | None:
+    """The ok entry the cut `line` was, its blob `held` (the store's size of a blob); None
+    when its sha256 was not written whole, its blob is not held, or it is no entry."""
+    found = SHA256.search(line)
+    try:
+        value = json.loads(line[:found.end()] + b"}") if found else None
+        if not isinstance(value, dict) or value.get("status") != "ok":
+            return None
+        size = await held(found[1].decode()) if found else None
+        if size is None:
+            return None
+        value.update(size=size, content_type=None)
+        return parse_entry(value, "a journal line cut short", _bad)
+    except (ValueError, RecursionError, UnreadableManifest, ArchiverError):
+        return None
+
+
+def _bad(reason: str) -> UnreadableManifest:
+    return UnreadableManifest(0, reason, b"")
