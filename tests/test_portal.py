@@ -62,6 +62,25 @@ def test_a_refusal_that_is_no_json_is_not_said_as_the_key_rejected(
     assert not (tmp_path / "archive" / "manifests" / "1.json").exists()
 
 
+CLOUDFLARE = (b"<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title>"
+              b"</head><body>Sorry, you have been blocked</body></html>")
+
+
+def test_a_refusal_page_of_the_apis_own_firewall_is_said_as_possibly_that(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 403 page of the firewall in front of the API (Cloudflare's 'you have been
+    blocked', for a VPN's or a cloud server's address) is no judgement of the key, exit
+    4; but the line named only this network's proxy, web filter or captive portal, and
+    a user with none looked for one in vain: it names the API's own firewall too."""
+    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
+    standin.api_faults[1] = [Status(403, {"Content-Type": "text/html"}, CLOUDFLARE)]
+    assert run_fetch(standin, tmp_path / "archive", "1", "--retries", "0") == Exit.UNREACHABLE
+    err = capsys.readouterr().err
+    assert "the firewall in front of the API refused this machine's address" in err
+    assert "API key rejected" not in err
+
+
 @pytest.mark.parametrize("body", [b"HTTP Token: Access denied.\n", b""])
 def test_a_plain_text_or_empty_refusal_is_still_the_keys(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes

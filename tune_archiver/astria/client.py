@@ -336,11 +336,11 @@ def status_error(
     status: int, body: bytes, what: str, url: str, retry_after: float | None
 ) -> StatusError | AuthError | ConnectError:
     """The error for an API answer other than 200, with the API's own `error` text."""
-    page = not_the_apis(body) if status in (401, 403) else None
-    if page is not None:  # a proxy's or a filter's in the API's place: no key was judged
+    if status in (401, 403) and (page := not_the_apis(body)) is not None:  # no key judged
         return ConnectError(f"{what}: HTTP {status} from {redact(url)} is {page}, not the API's "
-                            "answer: something between here and the API (a proxy, a web "
-                            "filter, a captive portal?) refused the request")
+                            "answer: something between here and the API (a proxy, a web filter, "
+                            "a captive portal?) refused the request, or the firewall in front "
+                            "of the API refused this machine's address (a VPN's, a server's?)")
     if status in (401, 403):
         return AuthError("API key rejected: check ASTRIA_API_KEY (or --api-key-file) and "
                          f"--workspace (HTTP {status} from {redact(url)})")
