@@ -579,6 +579,23 @@ def test_verify_on_an_empty_prefix_says_there_is_no_archive(s3: S3Archive) -> No
     assert tune_archiver(s3, "verify") == 2
 
 
+def test_a_bucket_prefix_with_a_stray_space_is_refused_not_made(
+    standin: StandIn, s3: S3Archive, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--archive "s3://b/c4 " (a variable's space) archived under a new prefix 'c4 ',
+    exit 0, the real archive never updated: refused as a new folder so named is, and
+    one that holds an archive already is used."""
+    add_tune(standin, 1)
+    named = replace(s3, url=s3.url + " ", prefix=s3.prefix + " ")
+    capsys.readouterr()
+    assert fetch(standin, named, "1") == 2
+    assert repr(named.url) in capsys.readouterr().err
+    assert s3.client.list_objects_v2(Bucket=s3.bucket).get("KeyCount") == 0
+    named.put("manifests/.keep", b"")  # named so on purpose, its archive there
+    assert fetch(standin, named, "1") == 0
+    assert json.loads(named.get("manifests/1.json"))["tune_id"] == 1
+
+
 def test_sha256_of_the_manifest_blob_paths(standin: StandIn, s3: S3Archive) -> None:
     """Every blob key ends in the sha256 of the object's bytes (content addressing holds)."""
     add_tune(standin, 1)

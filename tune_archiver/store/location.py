@@ -22,8 +22,8 @@ async def open_store(
 ) -> AsyncIterator[Store]:
     """The store at `location`, open for the length of the block.
 
-    Raises ConfigError for an S3 location without the `[s3]` extra, or an endpoint
-    given for a local archive.
+    Raises ConfigError for an S3 location without the `[s3]` extra, an endpoint
+    given for a local archive, or a prefix holding no archive yet with a stray space.
     """
     if not is_remote(location):
         if endpoint_url:
@@ -33,4 +33,13 @@ async def open_store(
     from tune_archiver.store.s3.store import S3Store
 
     async with S3Store(str(location), endpoint_url) as store:
+        # "s3://b/c4 " (a variable's space, a cron line's): as config.archive_dir refuses
+        # a new folder so named, else the run archived under a new prefix 'c4 ', exit 0,
+        # and c4 was never updated. One holding an archive already is used.
+        if any(part != part.strip(" \t") for part in store.bucket.prefix.split("/")) and (
+                not await store.exists()):
+            raise ConfigError(
+                f"no archive at {str(location)!r}, whose prefix has a space or tab at the "
+                "start or end of a folder's name: a stray space (a variable's, a cron "
+                "line's)? Write it without")
         yield store
