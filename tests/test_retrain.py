@@ -580,6 +580,23 @@ def test_retrain_json_stopped_by_sigterm_as_its_session_closes_names_the_created
     assert check_manifest(archived[0] / "manifests" / "5.json")["retrained"][0]["tune_id"] == 6
 
 
+def test_retrain_stopped_as_its_session_closes_after_an_empty_answer_says_it_may_exist(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 2xx answer of {} (no id) and a SIGTERM as the session closes: the tune may be
+    made and billed, yet the stop said only 'stopped by SIGTERM', as an empty answer was
+    taken for none. It says the API may have created it, as without the stop."""
+    standin.create_answers = [b"{}"]
+    slow_to_close(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    ran = cli(capsys, "retrain", "5", "--archive", str(archived[0]), "--api-url",
+              standin.api_url, "--json", "--yes", now=NOW)
+    assert ran.code == 143
+    assert json.loads(ran.out)["created"] == {}
+    assert "the API may have created the tune all the same" in ran.err
+
+
 def test_retrain_after_photos_re_signed_still_says_the_null_fetch_says_is_missing(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,14 +15,14 @@ def run_retrain(args: argparse.Namespace, secrets: list[str]) -> int:
     from tune_archiver.commands.retrain import retrain
 
     settings = settings_of(args, secrets, downloads=False)  # no download: no file limit
-    answered: dict[str, Any] = {}  # the API's answer, as it comes
+    answered: list[dict[str, Any]] = []  # the API's answer, as it comes ({} is one)
     try:
         result = in_archive(args, lambda store: retrain(
             settings, store, args.tune_id, args.yes, args.clock(), args.new_title,
             answered=answered))
     except Interrupted as stop:  # a script reads --json's document: the tune made, named
         if answered:
-            stop.done = {"tune_id": args.tune_id, "created": answered}
+            stop.done = {"tune_id": args.tune_id, "created": answered[0]}
         raise
     emit(args, secrets, result.errors(), result.as_json(), result.lines())
     return Exit.FAILED if result.lost else Exit.OK

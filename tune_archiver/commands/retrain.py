@@ -149,7 +149,7 @@ def _unaccounted(found: Manifest, training: list[Entry]) -> Any:
 async def retrain(
     settings: Settings, store: Store, tune_id: int, yes: bool, now: datetime,
     title: str | None = None, staging: Staging | None = None,
-    answered: dict[str, Any] | None = None,
+    answered: list[dict[str, Any]] | None = None,
 ) -> RetrainResult:
     """Plan the retrain of an archived tune (titled `title`, else default_title); with
     `yes`, send it and record the new tune in the archived tune's manifest. Each photo
@@ -202,7 +202,7 @@ async def retrain(
                await _verified(store, entry, staging.directory)) for entry in plan.images]
     # Said and recorded whatever stops the run once the answer came: a stop while the
     # session closes (a proxy slow to hang up) lost the id of a tune made and billed.
-    created: dict[str, Any] = {}
+    created: dict[str, Any] | None = None  # an answer of {} is one, naming no tune
     try:
         async with new_session(settings, decompress=True) as session:
             api = AstriaClient(session, settings, asyncio.Semaphore(1))
@@ -215,7 +215,7 @@ async def retrain(
             try:
                 created = await api.create_tune(plan.fields, images)
                 if answered is not None:
-                    answered.update(created)
+                    answered.append(created)
             except (NetworkError, StatusError, DataError, AuthError) as exc:
                 if isinstance(exc, ConnectError | AuthError) or (
                         isinstance(exc, StatusError) and exc.status < 500):
@@ -235,7 +235,7 @@ async def retrain(
                           tune_id)
                 raise
     except asyncio.CancelledError:
-        if created:  # the stop waits for the record (a second stop cuts it, said)
+        if created is not None:  # the stop waits for the record (a second stop cuts it)
             try:
                 await _recorded(store, tune_id, sent_title, now, created)
             except ArchiverError as exc:
