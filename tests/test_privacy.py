@@ -415,3 +415,29 @@ def test_roots_archive_run_by_another_user_is_a_usage_error_naming_its_owner(
     [line] = done.stderr.splitlines()
     assert line.startswith(f"tune-archiver: error: cannot read the archive {archive}")
     assert "belongs to root: run it as root (or with sudo)" in line
+
+
+@pytest.mark.parametrize("command", ["list", "verify"])
+def test_an_account_granted_reading_by_a_capability_reads_roots_archive(
+    standin: StandIn, command: str
+) -> None:
+    """A monitoring account given CAP_DAC_READ_SEARCH (systemd's AmbientCapabilities=)
+    reads a root cron's archive whatever its modes: access(2) asks as the real uid
+    without that capability, so the archive was said closed to it, exit 2, though every
+    read would have worked. Asked as the run's reads are (its effective ids)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
+    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
+    try:
+        shared.chmod(0o755)
+        archive = shared / "archive"
+        add_tune(standin, 1)
+        archived(standin, archive, 1)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
+            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(shared)
+    assert done.returncode == 0, done.stderr

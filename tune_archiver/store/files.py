@@ -175,9 +175,11 @@ def has_manifests(root: Path, manifests: Path) -> bool:
                           + (_whose(root) if denied else "")) from exc
     # Its folders closed to this user (a root cron's archive, read by its owner's login):
     # each manifest said 'Permission denied' as a tune failed, exit 1, not an archive
-    # that this user cannot use.
+    # that this user cannot use. Asked as its reads ask (the effective ids): access(2)
+    # asks as the real uid, without a capability it was given (CAP_DAC_READ_SEARCH).
     for folder in (manifests, root / OBJECTS):
-        if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK,
+                                                   effective_ids=True):
             raise ConfigError(f"cannot read the archive {root}: "
                               f"{folder.relative_to(root)}/ is closed to you{_whose(folder)}")
     return True
