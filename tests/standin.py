@@ -148,8 +148,10 @@ class StandIn(LoopThread):
         # that gave up on the API would): the client waits until its read timeout.
         self.create_stalls = 0
         self.create_arrived = threading.Event()  # a POST /tunes was read whole
-        # A POST /tunes that creates the tune, then answers 201 with these bytes, in turn.
+        # A POST /tunes that creates the tune, then answers create_status (201) with these
+        # bytes, in turn.
         self.create_answers: list[bytes] = []
+        self.create_status = 201
         self.ignore_list_filters = False  # /tunes ignores title, model_type and branch
         self.page_cap = 5  # the most items a listing page holds, whatever limit asks for
         # Listings that misbehave: one that ignores before_id (its first page, forever),
@@ -346,7 +348,7 @@ class StandIn(LoopThread):
             self.create_stalls -= 1
             await asyncio.sleep(3600)  # silent until the client gives up
         if self.create_answers:
-            return web.Response(status=201, body=self.create_answers.pop(0),
+            return web.Response(status=self.create_status, body=self.create_answers.pop(0),
                                 content_type="application/json")
         return web.json_response(self.tunes[tune_id], status=201)
 

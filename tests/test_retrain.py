@@ -304,6 +304,27 @@ def test_retrain_answered_with_no_tune_id_says_the_tune_may_exist(
                                        "at": "2026-12-01T09:00:00Z"}]
 
 
+@pytest.mark.parametrize("status", [202, 303])
+def test_retrain_answered_neither_201_nor_a_refusal_keeps_the_title_marked_sent(
+    standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
+    status: int,
+) -> None:
+    """A 202 Accepted (made later) or a 303 See Other to the tune (a form's answer) to
+    the POST: the tune is made and billed, yet any status under 500 was read as the API
+    refusing it, no tune made, the mark taken off, so that a second --yes sent (and
+    billed) it again. Only a 4xx is a refusal; this one may have made the tune."""
+    archive, _ = archived
+    standin.create_answers, standin.create_status = [b'{"id": 6}'], status
+    ran = sent(standin, archive, capsys)
+    assert ran.code == 1
+    assert "may have created the tune" in ran.errors[-1]
+    assert check_manifest(archive / "manifests" / "5.json")["retraining"] == [
+        {"title": "Jane (restored 2026-12-01)", "at": "2026-12-01T09:00:00Z"}]
+    again = sent(standin, archive, capsys)
+    assert again.code != 0
+    assert len(standin.created) == 1  # never sent twice
+
+
 def test_retrain_whose_manifest_is_damaged_meanwhile_names_the_tune_created(
     standin: StandIn, archived: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

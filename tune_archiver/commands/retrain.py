@@ -218,9 +218,10 @@ async def retrain(
                     answered.append(created)
             except (NetworkError, StatusError, DataError, AuthError) as exc:
                 if isinstance(exc, ConnectError | AuthError) or (
-                        isinstance(exc, StatusError) and exc.status < 500):
+                        isinstance(exc, StatusError) and 400 <= exc.status < 500):
                     await unmark(store, tune_id, sent_title, now)
-                    raise  # never sent, or refused: no tune was made
+                    raise  # never sent, or refused: no tune was made (a 202 or a 303 to
+                    # the tune may have made it)
                 # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
                 # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
                 # "nothing done", and invite sending it again.
