@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from tests.archive_helpers import add_tune, cli, manifest_of
 from tests.helpers import run_fetch
 from tests.standin import StandIn, Status
+from tune_archiver.gallery import tune_page
+from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.urls import redact, redact_json, redact_text
 
 
@@ -143,6 +146,7 @@ def test_a_secret_glued_or_nested_in_text_is_never_shown(text: str) -> None:
     """A URL glued to a run too long to be a scheme, with a scheme over 32 characters,
     or inside what looks like a hostless URL: its secret is redacted still."""
     assert SIG not in redact_text(text)
+    assert SIG not in redact_text(text, prompt=True)
     assert SIG not in str(redact_json({"title": text}))
 
 
@@ -260,3 +264,45 @@ def test_a_quoted_value_ending_in_punctuation_is_hidden_whole(text: str, shown: 
     '!', '.' or ')' before the quote is the secret's last character, not the text's
     closing punctuation, and was shown after REDACTED ('password="REDACTED!"')."""
     assert redact_text(text) == shown
+
+
+WORDS = "a portrait, key=light, rim light, signature=bold, token=abc, sig=123, session=night"
+
+
+@pytest.mark.parametrize("text", [
+    WORDS, "key=light-and-shadow-contrast", "policy=no text, sign=neon, verify=face",
+])
+def test_a_prompts_words_that_read_as_secret_names_are_archived_as_written(
+    standin: StandIn, archive: Path, text: str
+) -> None:
+    """`key=light` in a prompt is the user's words, the record to retrain from: the
+    manifest keeps it, and the gallery shows it; a log line or an error still hides
+    every value of a secret's name (no URL may be seen around it there)."""
+    add_tune(standin, 1)
+    standin.add_prompt(1, 101, text, [standin.add_file("gen-1.jpg", b"\xff\xd8generated")])
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    [generated] = [e for e in manifest_of(archive, 1)["assets"] if e["kind"] == "prompt_image"]
+    assert generated["prompt_text"] == text
+    assert redact_text(text) != text
+    entry = Entry("prompt_image", 0, "https://x/p", "ok", "ab" * 32, 10, None, "image/png",
+                  prompt_id=101, prompt_text=text)
+    page = tune_page(Manifest(1, "2026-11-29T10:00:00Z", False, {}, (entry,)), lambda _: "f")
+    assert escape(text) in page
+
+
+KEY_PASTED = "sk-proj-4fQ9xR2mT7vB1nK8pL3w"
+
+
+@pytest.mark.parametrize("text", [
+    f"a photo, api_key={KEY_PASTED}", f"token={SIG} portrait", "key=QxTrVbNmKjHgFdSaPoIu",
+    f"see https:/host/x?sig=abc&X-Amz-Signature={SIG}", "see /x%3Fsig%3Dabc", "x;sig=abc",
+    "see /x%253Fsig=abc",
+    f"a photo eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.{SIG}", f"https://h/x.jpg?sig={SIG}",
+])
+def test_a_credential_in_a_prompt_is_redacted_still(text: str) -> None:
+    """A prompt keeps its words, not a credential: an API key pasted, a signature, a
+    token of letters, a JWT, a URL's query seen by its '?', ';' or an escape."""
+    kept = redact_text(text, prompt=True)
+    assert "REDACTED" in kept
+    assert [part for part in (KEY_PASTED, SIG, "QxTrVbNmKjHgFdSaPoIu", "sig=abc",
+                              "sig%3Dabc", "eyJzdWIi") if part in kept] == []

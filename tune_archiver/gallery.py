@@ -40,17 +40,18 @@ text-align:left;word-break:break-all}code{font-size:.8rem}
 _LINE_BREAK = re.compile(r"\r\n?|\n")
 
 
-def e(value: Any) -> str:
+def e(value: Any, *, prompt: bool = False) -> str:
     """Any value as escaped HTML text (None as an empty string), shown as every line is:
     each URL in it redacted (an older version's manifest may hold a signature redacted
     now), its control and format characters as escapes (\\x1b, \\u202e), as on a
     terminal: the page is text that `grep -r`, `cat` and `curl` print too, where an
     escape sequence would act (OSC 52 writes the clipboard). Line breaks stay line
     breaks (a prompt's lines): CR, LF and CRLF alone, not all str.splitlines takes
-    (U+2028, NEL, VT...), escapes on every line printed, which forged a line here."""
+    (U+2028, NEL, VT...), escapes on every line printed, which forged a line here. A
+    `prompt`'s own words (`key=light`) are kept, as its manifest keeps them."""
     if value is None:
         return ""
-    lines = _LINE_BREAK.split(redact_text(str(value)))
+    lines = _LINE_BREAK.split(redact_text(str(value), prompt=prompt))
     if len(lines) > 1 and not lines[-1]:
         lines.pop()  # a final line break, dropped as splitlines dropped it
     return escape("\n".join(visible(line) for line in lines), quote=True)
@@ -161,7 +162,7 @@ def _prompts(entries: Sequence[Entry], href: Href) -> str:
     for prompt_id, chosen in groups.items():
         text = next((x.prompt_text for x in chosen if x.prompt_text), "")
         parts.append(f"<section class=\"prompt\"><h3>prompt {e(prompt_id)}</h3>"
-                     f"<p>{e(text)}</p>{_grid(chosen, href)}</section>")
+                     f"<p>{e(text, prompt=True)}</p>{_grid(chosen, href)}</section>")
     return "\n".join(parts)
 
 

@@ -155,7 +155,8 @@ def asset_entry(result: AssetResult) -> dict[str, Any]:
         asset.kind, asset.index, redact(asset.url), "gone" if result.gone else "failed",
         error=redact_text(result.error) if result.error else "unknown error",
         prompt_id=asset.prompt_id,
-        prompt_text=redact_text(asset.prompt_text) if asset.prompt_text else asset.prompt_text,
+        prompt_text=redact_text(asset.prompt_text, prompt=True) if asset.prompt_text
+        else asset.prompt_text,
         prompt_tune_id=asset.prompt_tune_id, path=known.path if known else None,
         source=known.identity if known else identity(asset.url),
         extra=redact_json(known.extra) if known else {},

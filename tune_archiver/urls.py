@@ -18,6 +18,7 @@ from yarl import URL
 
 from tune_archiver.errors import RefusedUrl
 from tune_archiver.text import visible
+from tune_archiver.wording import ORDINARY_NAMES, words
 
 REDACTED = "REDACTED"
 _UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
@@ -136,8 +137,9 @@ def _kept(name: str, value: str) -> bool:
             and not any(re.search(r"[0-9]", run) for run in _BASE64_RUN.findall(value)))
 
 
-def redact_text(text: str) -> str:
-    """Free text with every URL in it redacted, protocol-relative ones included.
+def redact_text(text: str, *, prompt: bool = False) -> str:
+    """Free text with every URL in it redacted, protocol-relative ones included; a
+    `prompt`'s own words (`key=light`) kept, credentials not (wording.words).
 
     A URL runs to the next whitespace, less the closing punctuation at its end; a URL
     run into it lies in its query (redacted) or its path (user:password redacted).
@@ -154,14 +156,7 @@ def redact_text(text: str) -> str:
             shown = url
         return shown + found.group(0)[len(url):]
 
-    return _secret_pairs(_URL_IN_TEXT.sub(redacted, text))
-
-
-# Words that hold a secret's part ("auth") but name none, as a title or a prompt writes
-# them ("by author=Greg Rutkowski"): the net leaves their values. (In a URL's query
-# every value but a harmless one is redacted anyway.)
-_ORDINARY_NAMES = frozenset({"author", "authors", "authored", "authorship", "authority",
-                             "authentic", "authenticity"})
+    return _secret_pairs(_URL_IN_TEXT.sub(redacted, text), prompt)
 
 
 # A JSON Web Token (header.payload.signature, in base64url; a JSON object's base64
@@ -170,7 +165,7 @@ _ORDINARY_NAMES = frozenset({"author", "authors", "authored", "authorship", "aut
 _JWT = re.compile(r"(?<![\w-])eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 
-def _secret_pairs(text: str) -> str:
+def _secret_pairs(text: str, prompt: bool = False) -> str:
     """The text with every JSON Web Token and the value of every name=value whose name
     is a secret's REDACTED."""
     if "eyJ" in text:
@@ -180,7 +175,8 @@ def _secret_pairs(text: str) -> str:
         name, equals, quote, value = found.groups()
         if value.startswith(f"{REDACTED}/"):  # a path's, redacted to its segment (redact)
             return f"{name}{equals}{quote}{REDACTED}{_secret_pairs(value[len(REDACTED):])}"
-        if is_secret_param(name) and name.lower() not in _ORDINARY_NAMES:
+        if is_secret_param(name) and name.lower() not in ORDINARY_NAMES and not (
+                prompt and words(text, found.start(), equals, value)):
             # Closing punctuation at its end closes the text around it ("(...?token=x)",
             # "... token=x."): given back, as redact_text gives it back after a URL.
             # A quoted value is the secret's to its quote ('password="hunter2!"').
