@@ -322,6 +322,26 @@ def test_a_video_prompt_naming_the_tune_in_its_video_prompt_is_archived_with_it(
         950, seedance, sha256(video), "ok")
 
 
+@pytest.mark.parametrize("text", [None, "", " "])
+def test_a_text_to_video_prompts_video_prompt_is_its_recorded_text(
+    standin: StandIn, archive: Path, text: str | None
+) -> None:
+    """Seedance 2 makes a video from a `video_prompt` with no `text` (Astria's
+    docs/features/video.md, text-to-video): those words made the file, so they are the
+    prompt_text recorded (an empty one told nothing), redacted as a text is; with a
+    text, the text is recorded, as before."""
+    seedance = 3_000_001
+    add_tune(standin, 10, model_type="faceid", ckpt_url=None, ckpt_urls=[])
+    standin.add_prompt(seedance, 950, text, [standin.add_file("v", b"v" * 900)],  # type: ignore[arg-type]
+                       video_prompt="<faceid:10:1> woman, key=light, https://h/a.jpg?sig=s3cr3t")
+    standin.add_prompt(seedance, 951, "ohwx woman <faceid:10:1>",
+                       [standin.add_file("w", b"w" * 900)], video_prompt="she smiles")
+    assert run_fetch(standin, archive, "10", "--prompts") == 0
+    assert sorted((e["prompt_id"], e["prompt_text"]) for e in entries(archive, 10, "prompt_image")
+                  ) == [(950, "<faceid:10:1> woman, key=light, https://h/a.jpg?sig=REDACTED"),
+                        (951, "ohwx woman <faceid:10:1>")]
+
+
 def test_face_swap_images_not_read_fail_alone(
     standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -46,7 +46,7 @@ class Prompt:
     """A prompt of a tune and the images generated from it, which expire with the tune."""
 
     id: int
-    text: str | None
+    text: str | None  # its video_prompt when it has no text (text-to-video)
     image_urls: tuple[str, ...]  # what it generated: images, and videos
     tune_id: int | None = None  # the tune it was created on (the base tune, for a LoRA)
     input_urls: tuple[str, ...] = ()  # the user's own: input_image, image_references, input_video
@@ -272,13 +272,14 @@ def parse_prompts(data: Any, what: str, tune_id: int | None = None) -> list[Prom
     prompts = []
     for item in data:
         prompt_id = listed_id(item, what)
-        text = item.get("text")
+        text, video_prompt = item.get("text"), item.get("video_prompt")
         text = text if isinstance(text, str) else None
-        video_prompt = item.get("video_prompt")
-        names = named_tunes(text) | named_tunes(
-            video_prompt if isinstance(video_prompt, str) else None)
+        video_prompt = video_prompt if isinstance(video_prompt, str) else None
+        names = named_tunes(text) | named_tunes(video_prompt)
+        # A text-to-video prompt (Seedance 2's) has no text: its video_prompt made it.
+        said = text if text and text.strip() else video_prompt or text
         created_on = item.get("tune_id")
-        prompt = Prompt(id=prompt_id, text=text, image_urls=(), names=frozenset(names),
+        prompt = Prompt(id=prompt_id, text=said, image_urls=(), names=frozenset(names),
                         tune_id=created_on if _is_id(created_on) else tune_id)
         prompt = _with_files(prompt, item, f"{what}: prompt {prompt_id}")
         waiting = _generating(prompt, item, what) if prompt.error is None else None
