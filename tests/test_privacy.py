@@ -441,3 +441,47 @@ def test_an_account_granted_reading_by_a_capability_reads_roots_archive(
     finally:
         shutil.rmtree(shared)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("closed", ["blobs", "manifests"])
+def test_roots_files_closed_to_another_user_name_their_owner_not_a_repair(
+    standin: StandIn, closed: str
+) -> None:
+    """Root's archive with its folders opened (755) but its blobs (0400) or manifests
+    (0600) closed, verified and listed by another user (a real uid): each blob said
+    'unreadable ... (repair: tune-archiver verify --repair ...)', a repair this user would
+    be refused and nothing damaged; a manifest, 'move it to manifests/damaged/', and
+    list's row 'Permission denied' with no owner. Each now names whose it is."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
+    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
+    ran = {}
+    try:
+        shared.chmod(0o755)
+        archive = shared / "archive"
+        add_tune(standin, 1)
+        archived(standin, archive, 1)
+        for folder, _, files in os.walk(archive):
+            os.chmod(folder, 0o755)
+            if closed == "blobs" and Path(folder).name == "manifests":
+                for name in files:
+                    os.chmod(Path(folder) / name, 0o644)
+        for command in ("verify", "list"):
+            ran[command] = subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
+                cwd=shared, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        shutil.rmtree(shared)
+    lines = ran["verify"].stderr.splitlines()
+    assert ran["verify"].returncode == 1
+    assert len(lines) == (3 if closed == "blobs" else 1), lines
+    for line in lines:
+        assert "Permission denied; it belongs to root: run it as root (or with sudo)" in line
+        assert "nothing to repair" in line
+        assert "--repair" not in line
+        assert "manifests/damaged" not in line
+    if closed == "manifests":
+        assert "Permission denied; it belongs to root" in ran["list"].stdout
+    else:
+        assert ran["list"].returncode == 0

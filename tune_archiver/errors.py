@@ -30,6 +30,8 @@ an error gives, in cli/exits.py.
 from __future__ import annotations
 
 import errno
+import os
+import pwd
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -196,11 +198,29 @@ def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
     """Our error for a failed filesystem call; a full disk gets a message of its own."""
     if exc.errno in _FULL:
         return DiskFull(f"disk full in {archive}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return NoAccess(f"cannot {doing} in {archive}: {exc.strerror or exc}")
+    if exc.errno in (errno.EACCES, errno.EPERM):  # another user's file: say whose
+        named = exc.filename if isinstance(exc.filename, str | os.PathLike) else None
+        return NoAccess(f"cannot {doing} in {archive}: {exc.strerror or exc}"
+                        + (whose(named) if named is not None else ""))
     if exc.errno == errno.EFBIG:
         return TooLarge(f"cannot {doing} in {archive}: file too large: {TOO_LARGE}")
     return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")
+
+
+def whose(path: str | os.PathLike[str]) -> str:
+    """'; it belongs to OWNER: run it as OWNER (or with sudo)' when another user owns
+    the file or folder at `path`, else '' (this user's, or not to be looked at)."""
+    try:
+        uid = os.stat(path).st_uid
+    except (OSError, ValueError):
+        return ""
+    if uid == os.geteuid():
+        return ""
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"uid {uid}"
+    return f"; it belongs to {owner}: run it as {owner} (or with sudo)"
 
 
 def not_its_size(sha256: str, found: int, size: int) -> StorageError:

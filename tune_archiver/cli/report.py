@@ -267,6 +267,9 @@ def _everywhere(report: VerifyReport, tune_id: int) -> str:
 
 
 def _mend(p: Problem, also: str) -> str:
+    if p.closed:  # a repair as this user would be refused, or move what may be whole
+        return ("maybe whole, only closed to this user: nothing to repair; verify as the "
+                "user it belongs to, or let this user read it")
     if p.problem in BLOB_PROBLEMS:
         return f"repair: tune-archiver verify --repair {p.tune_id}{also}"
     if p.problem in ("failed", "no_manifest"):

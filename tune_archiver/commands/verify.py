@@ -20,6 +20,7 @@ from tune_archiver.errors import (
     ArchiverError,
     DataError,
     Denied,
+    NoAccess,
     NotAFile,
     StorageError,
     UnreadableManifest,
@@ -55,6 +56,9 @@ class Problem:
     # be moved by hand: a folder, link or FIFO at its place, one the disk fails to read or
     # too large to be one, on which a fetch fails as verify did (see _mend in cli/report.py).
     set_aside_by_hand: bool = False
+    # One this user may not read (another user's, or its mode): maybe whole; no repair,
+    # fetch or move mends that, only its owner's eyes (see _mend in cli/report.py).
+    closed: bool = False
     prompt_id: int | None = None  # a prompt's file: its prompt (each has a prompt_image 0)
 
 
@@ -194,7 +198,8 @@ async def verify(
                 problem, detail, true_size = outcome
                 report.problems.append(_problem(ref, problem, detail,
                                                 entry_only=true_size is not None,
-                                                true_size=true_size))
+                                                true_size=true_size,
+                                                closed=isinstance(hashed[sha], NoAccess)))
     failing = {p.tune_id for p in report.problems}  # said already: a failed file, say
     report.partial = [tune_id for tune_id in report.partial if tune_id not in failing]
     return report
@@ -253,10 +258,11 @@ async def _manifest(store: Store, tune_id: int, report: VerifyReport) -> Manifes
     except (StorageError, Denied) as exc:
         # A local disk's failure is the file's (EIO: fetch fails on it as well), where a
         # bucket's may pass (a 503) or be its policy's (AccessDenied): no move mends those.
-        stuck = isinstance(exc, NotAFile) or (store.unreadable_is_damaged
+        closed = isinstance(exc, NoAccess)
+        stuck = isinstance(exc, NotAFile) or (store.unreadable_is_damaged and not closed
                                               and not isinstance(exc, Denied))
         report.problems.append(Problem(tune_id, None, None, "unreadable_manifest", str(exc),
-                                       set_aside_by_hand=stuck))
+                                       set_aside_by_hand=stuck, closed=closed))
         return None
     if found is None:
         report.problems.append(Problem(tune_id, None, None, "no_manifest",
@@ -291,7 +297,7 @@ def damaged_tune(key: str) -> int | None:
 
 def _problem(
     ref: _Ref, problem: str, detail: str, entry_only: bool = False,
-    true_size: int | None = None,
+    true_size: int | None = None, closed: bool = False,
 ) -> Problem:
     return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256, entry_only,
-                   true_size, prompt_id=ref.prompt_id)
+                   true_size, prompt_id=ref.prompt_id, closed=closed)

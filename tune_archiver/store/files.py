@@ -9,7 +9,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import pwd
 import secrets
 import threading
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from tune_archiver.errors import (
     NotAFile,
     StorageError,
     storage_error,
+    whose,
 )
 from tune_archiver.layout import OBJECTS, is_sha256
 from tune_archiver.models import StoredBlob
@@ -172,7 +172,7 @@ def has_manifests(root: Path, manifests: Path) -> bool:
     except OSError as exc:
         denied = exc.errno in (errno.EACCES, errno.EPERM)
         raise ConfigError(f"cannot read the archive {root}: {exc.strerror or exc}"
-                          + (_whose(root) if denied else "")) from exc
+                          + (whose(root) if denied else "")) from exc
     # Its folders closed to this user (a root cron's archive, read by its owner's login):
     # each manifest said 'Permission denied' as a tune failed, exit 1, not an archive
     # that this user cannot use. Asked as its reads ask (the effective ids): access(2)
@@ -181,24 +181,8 @@ def has_manifests(root: Path, manifests: Path) -> bool:
         if os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK,
                                                    effective_ids=True):
             raise ConfigError(f"cannot read the archive {root}: "
-                              f"{folder.relative_to(root)}/ is closed to you{_whose(folder)}")
+                              f"{folder.relative_to(root)}/ is closed to you{whose(folder)}")
     return True
-
-
-def _whose(folder: Path) -> str:
-    """'; it belongs to OWNER: run it as OWNER (or with sudo)' when another user owns
-    `folder`, else ''."""
-    try:
-        uid = os.stat(folder).st_uid
-    except OSError:
-        return ""
-    if uid == os.geteuid():
-        return ""
-    try:
-        owner = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        owner = f"uid {uid}"
-    return f"; it belongs to {owner}: run it as {owner} (or with sudo)"
 
 
 def walk_objects(
