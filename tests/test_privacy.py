@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -385,6 +385,30 @@ def test_fetch_takes_an_archive_through_a_link_of_ours_to_a_deep_folder(
     assert run_fetch(standin, archive, "1") == 0
 
 
+def as_nobody(standin: StandIn, commands: list[str], prepare: Callable[[Path], object],
+              *caps: str) -> tuple[Path, dict[str, subprocess.CompletedProcess[str]]]:
+    """Tune 1 archived by root in a folder others may pass, `prepare`d (its modes set),
+    then each command run on it as uid NOBODY, with `caps` given to setpriv (capabilities):
+    the archive's path (removed since) and each run; skipped where this is not root or
+    setpriv is missing."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
+    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
+    try:
+        shared.chmod(0o755)
+        archive = shared / "archive"
+        add_tune(standin, 1)
+        archived(standin, archive, 1)
+        prepare(archive)
+        return archive, {command: subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps,
+             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
+            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
+            for command in commands}
+    finally:
+        shutil.rmtree(shared)
+
+
 @pytest.mark.parametrize("command", ["list", "verify"])
 @pytest.mark.parametrize("opened", [False, True])
 def test_roots_archive_run_by_another_user_is_a_usage_error_naming_its_owner(
@@ -395,24 +419,10 @@ def test_roots_archive_run_by_another_user_is_a_usage_error_naming_its_owner(
     or not) said 'cannot list the manifests ...: Permission denied', exit 1, as a failed
     tune, and nothing said whose it is. It is an archive this user cannot use: exit 2,
     naming its owner."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
-    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
-    try:
-        shared.chmod(0o755)
-        archive = shared / "archive"
-        add_tune(standin, 1)
-        archived(standin, archive, 1)
-        if opened:
-            archive.chmod(0o755)
-        done = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
-            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
-    finally:
-        shutil.rmtree(shared)
-    assert done.returncode == 2, done.stderr
-    [line] = done.stderr.splitlines()
+    archive, ran = as_nobody(standin, [command],
+                             lambda archive: archive.chmod(0o755) if opened else None)
+    assert ran[command].returncode == 2, ran[command].stderr
+    [line] = ran[command].stderr.splitlines()
     assert line.startswith(f"tune-archiver: error: cannot read the archive {archive}")
     assert "belongs to root: run it as root (or with sudo)" in line
 
@@ -425,22 +435,9 @@ def test_an_account_granted_reading_by_a_capability_reads_roots_archive(
     reads a root cron's archive whatever its modes: access(2) asks as the real uid
     without that capability, so the archive was said closed to it, exit 2, though every
     read would have worked. Asked as the run's reads are (its effective ids)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
-    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
-    try:
-        shared.chmod(0o755)
-        archive = shared / "archive"
-        add_tune(standin, 1)
-        archived(standin, archive, 1)
-        done = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
-             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
-            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
-    finally:
-        shutil.rmtree(shared)
-    assert done.returncode == 0, done.stderr
+    _, ran = as_nobody(standin, [command], lambda archive: None,
+                       "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
+    assert ran[command].returncode == 0, ran[command].stderr
 
 
 @pytest.mark.parametrize("closed", ["blobs", "manifests"])
@@ -452,27 +449,14 @@ def test_roots_files_closed_to_another_user_name_their_owner_not_a_repair(
     'unreadable ... (repair: tune-archiver verify --repair ...)', a repair this user would
     be refused and nothing damaged; a manifest, 'move it to manifests/damaged/', and
     list's row 'Permission denied' with no owner. Each now names whose it is."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
-    shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
-    ran = {}
-    try:
-        shared.chmod(0o755)
-        archive = shared / "archive"
-        add_tune(standin, 1)
-        archived(standin, archive, 1)
+    def open_folders(archive: Path) -> None:
         for folder, _, files in os.walk(archive):
             os.chmod(folder, 0o755)
             if closed == "blobs" and Path(folder).name == "manifests":
                 for name in files:
                     os.chmod(Path(folder) / name, 0o644)
-        for command in ("verify", "list"):
-            ran[command] = subprocess.run(
-                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                 sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
-                cwd=shared, capture_output=True, text=True, timeout=60, check=False)
-    finally:
-        shutil.rmtree(shared)
+
+    _, ran = as_nobody(standin, ["verify", "list"], open_folders)
     lines = ran["verify"].stderr.splitlines()
     assert ran["verify"].returncode == 1
     assert len(lines) == (3 if closed == "blobs" else 1), lines

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 
 from tests.archive_helpers import (
+    Ran,
     Served,
     add_tune,
     cli,
@@ -562,6 +563,27 @@ def test_a_repair_stopped_by_the_api_says_what_it_had_done(
     assert ran.err.index("Traceback") < ran.err.index(document["error"])
 
 
+def repair_stopped_as_it_fetches(
+    standin: StandIn, archive: Path, tunes: tuple[Served, Served],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> Ran:
+    """verify --repair --json of tune 1's checkpoint rotted, stopped by a SIGTERM (cron's
+    timeout) as its fetch of the tune begins."""
+    import signal
+
+    from tune_archiver.commands import repair
+
+    async def fetch(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.Event().wait()  # the stop ends it
+
+    monkeypatch.setattr(repair, "fetch", fetch)
+    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
+    os.environ["ASTRIA_API_KEY"] = standin.api_key
+    return cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
+               "--api-url", standin.api_url)
+
+
 def test_a_repair_stopped_by_a_signal_says_what_verify_found(
     standin: StandIn, archive: Path, tunes: tuple[Served, Served],
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -570,21 +592,7 @@ def test_a_repair_stopped_by_a_signal_says_what_verify_found(
     tune again said only 'stopped by SIGTERM', --json {ok, interrupted, signal}: which
     tune was damaged (its blob already moved aside) was never said. Verify's findings
     come first, in --json too, then the stop, exit 143."""
-    import signal
-
-    from tune_archiver.commands import repair
-
-    real = repair.fetch
-
-    async def fetch(*args: Any, **kwargs: Any) -> Any:
-        os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, as the fetch begins
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(repair, "fetch", fetch)
-    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
-              "--api-url", standin.api_url)
+    ran = repair_stopped_as_it_fetches(standin, archive, tunes, capsys, monkeypatch)
     assert ran.code == 143, ran.err
     document = json.loads(ran.out)
     assert (document["ok"], document["interrupted"], document["signal"]) == (
@@ -601,19 +609,7 @@ def test_a_repair_stopped_by_a_signal_names_what_it_moved_aside(
     tmp/damaged/ never said so: the user did not know its bytes were moved, where to,
     nor that the repair was not finished. Each key moved aside is named (--json's
     "repair"), with the command that finishes the repair."""
-    import signal
-
-    from tune_archiver.commands import repair
-
-    async def fetch(*args: Any, **kwargs: Any) -> Any:
-        os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, as the fetch begins
-        await asyncio.Event().wait()  # the stop ends it
-
-    monkeypatch.setattr(repair, "fetch", fetch)
-    flip_byte(blob_file(archive, tunes[0].checkpoints[0]), 100)
-    os.environ["ASTRIA_API_KEY"] = standin.api_key
-    ran = cli(capsys, "verify", "--repair", "--archive", str(archive), "--json",
-              "--api-url", standin.api_url)
+    ran = repair_stopped_as_it_fetches(standin, archive, tunes, capsys, monkeypatch)
     assert ran.code == 143, ran.err
     [moved] = json.loads(ran.out)["repair"]["moved"]
     assert (archive / moved).is_file()
