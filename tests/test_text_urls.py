@@ -306,3 +306,21 @@ def test_a_credential_in_a_prompt_is_redacted_still(text: str) -> None:
     assert "REDACTED" in kept
     assert [part for part in (KEY_PASTED, SIG, "QxTrVbNmKjHgFdSaPoIu", "sig=abc",
                               "sig%3Dabc", "eyJzdWIi") if part in kept] == []
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("a photo, sig=mN7q%2BxYz%2FaB3c%3D", "mN7q"),  # a SAS signature, percent-escaped
+    ("sig=plainvalue&se=2026-12-01&sp=r", "plainvalue"),  # a SAS query, its ? cut off
+    ("portrait, password=hunter2", "hunter2"), ("secret=wJalrXUt.nFEMI.K7MDENG", "wJalrXUt"),
+    ("x-amz-credential=AKIA.EXAMPLE", "AKIA"),
+])
+def test_a_credential_shaped_as_words_in_a_prompt_is_redacted_still(
+    text: str, secret: str
+) -> None:
+    """A prompt kept a signature percent-escaped (its runs cut short by each escape), a
+    query's first pair (`sig=...&se=...`, no '?' before it) and a password short or
+    dotted: each read as words, and was archived in prompt_text and shown in the gallery.
+    Words stay words (key=light, token=abc)."""
+    assert secret not in redact_text(text, prompt=True)
+    assert secret not in redact_text(text)
+    assert redact_text(WORDS, prompt=True) == WORDS

@@ -176,7 +176,7 @@ def _secret_pairs(text: str, prompt: bool = False) -> str:
         if value.startswith(f"{REDACTED}/"):  # a path's, redacted to its segment (redact)
             return f"{name}{equals}{quote}{REDACTED}{_secret_pairs(value[len(REDACTED):])}"
         if is_secret_param(name) and name.lower() not in ORDINARY_NAMES and not (
-                prompt and words(text, found.start(), equals, value)):
+                prompt and words(text, found.start(), found.end(), equals, value)):
             # Closing punctuation at its end closes the text around it ("(...?token=x)",
             # "... token=x."): given back, as redact_text gives it back after a URL.
             # A quoted value is the secret's to its quote ('password="hunter2!"').
