@@ -482,3 +482,25 @@ def test_roots_files_closed_to_another_user_name_their_owner_not_a_repair(
         assert "Permission denied; it belongs to root" in ran["list"].stdout
     else:
         assert ran["list"].returncode == 0
+
+
+def test_a_blob_of_this_users_own_refused_it_gets_a_repairs_advice(standin: StandIn) -> None:
+    """An archive of this user's own (a real uid, not root), one blob refused it (its
+    mode 000, or a FUSE mount saying EACCES for a read it failed): verify said it 'maybe
+    whole, only closed to this user: nothing to repair; verify as the user it belongs
+    to', a user it belongs to already, and no repair for what may be damage. Only another
+    user's blob is said closed; this user's own is unreadable, with a repair's advice."""
+    def own_one_closed(archive: Path) -> None:
+        for folder, _, files in os.walk(archive):
+            for name in [".", *files]:
+                os.chown(Path(folder) / name, NOBODY, NOBODY)
+        next(p for p in (archive / "objects").rglob("*") if p.is_file()).chmod(0)
+
+    archive, ran = as_nobody(standin, ["verify"], own_one_closed)
+    [line] = ran["verify"].stderr.splitlines()
+    assert ran["verify"].returncode == 1
+    assert "unreadable: cannot read the blob" in line
+    assert "Permission denied (repair" in line
+    assert f"(repair: tune-archiver verify --repair 1 --archive {archive})" in line
+    assert "nothing to repair" not in line
+    assert "belongs to" not in line

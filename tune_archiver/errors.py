@@ -148,7 +148,12 @@ TOO_LARGE = ("a file there may hold no more: the filesystem's limit (FAT32 holds
 
 
 class NoAccess(StorageError):
-    """The filesystem refused this user a file (EACCES, EPERM): its bytes may be whole."""
+    """The filesystem refused this user a file (EACCES, EPERM): its bytes may be whole.
+    `others` when the file is another user's: closed to this one, nothing of it to mend."""
+
+    def __init__(self, message: str, others: bool = False) -> None:
+        super().__init__(message)
+        self.others = others
 
 
 class NotAFile(StorageError):
@@ -200,8 +205,9 @@ def storage_error(exc: OSError, archive: Path, doing: str) -> StorageError:
         return DiskFull(f"disk full in {archive}")
     if exc.errno in (errno.EACCES, errno.EPERM):  # another user's file: say whose
         named = exc.filename if isinstance(exc.filename, str | os.PathLike) else None
-        return NoAccess(f"cannot {doing} in {archive}: {exc.strerror or exc}"
-                        + (whose(named) if named is not None else ""))
+        owner = whose(named) if named is not None else ""
+        return NoAccess(f"cannot {doing} in {archive}: {exc.strerror or exc}{owner}",
+                        others=bool(owner))
     if exc.errno == errno.EFBIG:
         return TooLarge(f"cannot {doing} in {archive}: file too large: {TOO_LARGE}")
     return StorageError(f"cannot {doing} in {archive}: {exc.strerror or exc}")

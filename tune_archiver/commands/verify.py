@@ -56,7 +56,7 @@ class Problem:
     # be moved by hand: a folder, link or FIFO at its place, one the disk fails to read or
     # too large to be one, on which a fetch fails as verify did (see _mend in cli/report.py).
     set_aside_by_hand: bool = False
-    # One this user may not read (another user's, or its mode): maybe whole; no repair,
+    # One this user may not read (another user's blob, any manifest): maybe whole; no repair,
     # fetch or move mends that, only its owner's eyes (see _mend in cli/report.py).
     closed: bool = False
     prompt_id: int | None = None  # a prompt's file: its prompt (each has a prompt_image 0)
@@ -199,7 +199,7 @@ async def verify(
                 report.problems.append(_problem(ref, problem, detail,
                                                 entry_only=true_size is not None,
                                                 true_size=true_size,
-                                                closed=isinstance(hashed[sha], NoAccess)))
+                                                closed=_closed(hashed[sha])))
     failing = {p.tune_id for p in report.problems}  # said already: a failed file, say
     report.partial = [tune_id for tune_id in report.partial if tune_id not in failing]
     return report
@@ -301,3 +301,10 @@ def _problem(
 ) -> Problem:
     return Problem(ref.tune_id, ref.kind, ref.index, problem, detail, ref.sha256, entry_only,
                    true_size, prompt_id=ref.prompt_id, closed=closed)
+
+
+def _closed(found: object) -> bool:
+    """Whether a blob was refused as another user's: maybe whole, closed to this one. One
+    of this user's own refused (its mode, or a disk that says EACCES for a read it
+    failed: some FUSE mounts) gets a repair's advice as any unreadable blob."""
+    return isinstance(found, NoAccess) and found.others
