@@ -337,12 +337,11 @@ raise SystemExit(entry())
 """
 
 
-def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gate,
-                      ids: list[str], stored: int) -> tuple[int, str]:
+def held_while(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gate, ids: list[str],
+               stored: int, meanwhile: Callable[[Path], None]) -> tuple[int, str]:
     """`fetch IDS` in a process of its own, whose checkpoints `gate` holds: once `stored`
-    objects are in, two days pass by the bucket's clock (its objects aged so), a gc
-    elsewhere takes them (no manifest names them yet), the bucket's clock as the fetch
-    reads it moves two days on too, and the gate opens. Its exit code, stderr."""
+    objects are in, `meanwhile(flag)` runs (the bucket's clock as the fetch reads it
+    moves two days on once `flag` exists), then the gate opens. Its exit code, stderr."""
     flag = tmp_path / "later"
     env = {**os.environ, "ASTRIA_API_KEY": standin.api_key, "LATER_FLAG": str(flag),
            "PYTHONPATH": str(Path(__file__).parents[1]),
@@ -354,10 +353,7 @@ def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gat
     try:
         assert gate.arrived.wait(20), "no checkpoint's download began"
         wait_until(lambda: len(s3.keys("objects/")) == stored, "the images stored")
-        aged(s3.bucket, timedelta(days=2))
-        assert tune_archiver(s3, "gc") == 0
-        assert s3.keys("objects/") == []  # no manifest named them yet
-        flag.touch()  # the bucket's clock as the fetch reads it too: two days on
+        meanwhile(flag)
         gate.open()
         _, err = running.communicate(timeout=60)
     finally:
@@ -365,6 +361,20 @@ def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gat
             running.kill()
             running.communicate()
     return running.returncode, err
+
+
+def robbed_while_slow(standin: StandIn, s3: S3Archive, tmp_path: Path, gate: Gate,
+                      ids: list[str], stored: int) -> tuple[int, str]:
+    """held_while: two days pass by the bucket's clock (its objects aged so), a gc
+    elsewhere takes them (no manifest names them yet), and the bucket's clock as the
+    fetch reads it moves two days on too."""
+    def rob(flag: Path) -> None:
+        aged(s3.bucket, timedelta(days=2))
+        assert tune_archiver(s3, "gc") == 0
+        assert s3.keys("objects/") == []  # no manifest named them yet
+        flag.touch()
+
+    return held_while(standin, s3, tmp_path, gate, ids, stored, rob)
 
 
 def test_a_blob_a_gc_elsewhere_took_before_the_manifest_named_it_is_never_said_ok(
@@ -415,28 +425,17 @@ def test_gc_on_a_machine_whose_clock_runs_ahead_leaves_a_running_fetchs_blobs(
     (its answers' Date): gc takes nothing there, and the archive verifies whole."""
     target = standin.add_file("ckpt-1.safetensors", os.urandom(50_000))
     urls = [standin.add_file(f"img-1-{i}.jpg", os.urandom(3_000 + i)) for i in range(2)]
-    env = {**os.environ, "ASTRIA_API_KEY": standin.api_key,
-           "TUNE_ARCHIVER_STAGING": str(tmp_path / "fetching")}  # gc's is elsewhere
-    command = [sys.executable, "-m", "tune_archiver", "fetch", "1", "--archive", s3.url,
-               "--s3-endpoint-url", s3.endpoint, "--api-url", standin.api_url, "-q"]
+
+    def gc_ahead(flag: Path) -> None:
+        stored = s3.keys("objects/")
+        ahead = datetime.now(UTC) + timedelta(days=2)
+        assert tune_archiver(s3, "gc", clock=lambda: ahead) == 0
+        assert s3.keys("objects/") == stored
+
     with Gate(target) as gate:
         standin.add_tune(1, [gate.url("ckpt-1.safetensors")], urls)
-        running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            assert gate.arrived.wait(20), "no checkpoint's download began"
-            wait_until(lambda: len(s3.keys("objects/")) == len(urls), "the images stored")
-            stored = s3.keys("objects/")
-            ahead = datetime.now(UTC) + timedelta(days=2)
-            assert tune_archiver(s3, "gc", clock=lambda: ahead) == 0
-            assert s3.keys("objects/") == stored
-            gate.open()
-            _, err = running.communicate(timeout=60)
-        finally:
-            if running.poll() is None:
-                running.kill()
-                running.communicate()
-    assert running.returncode == 0, err
+        code, err = held_while(standin, s3, tmp_path, gate, ["1"], len(urls), gc_ahead)
+    assert code == 0, err
     assert tune_archiver(s3, "verify") == 0
 
 
