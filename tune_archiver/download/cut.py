@@ -36,10 +36,11 @@ async def rebuilt(line: bytes, held: Callable[[str], Awaitable[int | None]]) -> 
         if size is None:
             return None
         value.update(size=size, content_type=None)
-        return parse_entry(value, "a journal line cut short", _bad)
+        return parse_entry(value, "a journal line cut short", not_an_entry)
     except (ValueError, RecursionError, UnreadableManifest, ArchiverError):
         return None
 
 
-def _bad(reason: str) -> UnreadableManifest:
+def not_an_entry(reason: str) -> UnreadableManifest:
+    """parse_entry's error for a journal line that is no entry (the journal's too)."""
     return UnreadableManifest(0, reason, b"")

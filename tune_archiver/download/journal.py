@@ -33,7 +33,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tune_archiver.download.cut import cut_blobs, rebuilt
+from tune_archiver.download.cut import cut_blobs, not_an_entry, rebuilt
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
@@ -304,16 +304,12 @@ def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
             cut.append(line)
             continue
         try:
-            entry = parse_entry(value, "a journal line", _bad)
+            entry = parse_entry(value, "a journal line", not_an_entry)
         except (ValueError, RecursionError, UnreadableManifest):
             continue
         if entry.blob is not None:
             found.append(entry)
     return found, cut
-
-
-def _bad(reason: str) -> UnreadableManifest:
-    return UnreadableManifest(0, reason, b"")
 
 
 Seen = tuple[int, int] | None  # a journal as read by a settle: its inode and size
