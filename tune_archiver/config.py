@@ -154,8 +154,12 @@ def _stray_space(location: str) -> bool:
     or end of its name (one that exists, the archive's parent say, was named so)."""
     path = PurePath(location)
     made = [path, *path.parents]
-    return any(part.name != part.name.strip(" \t") and not os.path.lexists(part)
-               for part in made)
+    return any(padded(part.name) and not os.path.lexists(part) for part in made)
+
+
+def padded(name: str) -> bool:
+    """True when a folder's name has a space or tab at its start or end: a stray one."""
+    return name != name.strip(" \t")
 
 
 def home_path(path: str, env: Mapping[str, str]) -> str:

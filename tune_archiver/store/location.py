@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from tune_archiver.config import padded
 from tune_archiver.errors import ConfigError
 from tune_archiver.store import Store
 from tune_archiver.store.local import LocalStore
@@ -36,7 +37,7 @@ async def open_store(
         # "s3://b/c4 " (a variable's space, a cron line's): as config.archive_dir refuses
         # a new folder so named, else the run archived under a new prefix 'c4 ', exit 0,
         # and c4 was never updated. One holding an archive already is used.
-        if any(part != part.strip(" \t") for part in store.bucket.prefix.split("/")) and (
+        if any(padded(part) for part in store.bucket.prefix.split("/")) and (
                 not await store.exists()):
             raise ConfigError(
                 f"no archive at {str(location)!r}, whose prefix has a space or tab at the "
