@@ -4,14 +4,12 @@ the usual umask, and links planted by another local user are never written throu
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 
 from tests.archive_helpers import add_tune, archived, cli
 from tests.helpers import NOBODY, blob_file, others_link, run_fetch, stored_blobs
+from tests.other_user import as_nobody_argv, tool_for_nobody
 from tests.standin import Cut, StandIn
 from tune_archiver.download.staging import Staging
 from tune_archiver.errors import ConfigError
@@ -386,15 +385,6 @@ def test_fetch_takes_an_archive_through_a_link_of_ours_to_a_deep_folder(
     assert run_fetch(standin, archive, "1") == 0
 
 
-@functools.cache
-def _nobody_runs_the_tool() -> bool:
-    """Whether uid NOBODY can import the tool and its dependencies here."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", "import tune_archiver.cli.main"],
-        cwd="/", capture_output=True, timeout=60, check=False).returncode == 0
-
-
 def as_nobody(standin: StandIn, commands: list[str], prepare: Callable[[Path], object],
               *caps: str) -> tuple[Path, dict[str, subprocess.CompletedProcess[str]]]:
     """Tune 1 archived by root in a folder others may pass, `prepare`d (its modes set),
@@ -403,9 +393,11 @@ def as_nobody(standin: StandIn, commands: list[str], prepare: Callable[[Path], o
     setpriv is missing."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("only root can run the tool as another user (with util-linux's setpriv)")
-    if not _nobody_runs_the_tool():
-        pytest.skip("another user cannot read the tool where it is installed (a clone in a "
-                    "private folder, as mktemp -d makes): it cannot be run as one")
+    tool = tool_for_nobody()
+    if tool is None:
+        pytest.skip("another user can read neither the tool where it is installed nor a "
+                    "copy of it here: it cannot be run as one")
+    python, env = tool
     shared = Path(tempfile.mkdtemp(prefix="tune-archiver-shared-"))  # others may pass /tmp
     try:
         shared.chmod(0o755)
@@ -414,9 +406,10 @@ def as_nobody(standin: StandIn, commands: list[str], prepare: Callable[[Path], o
         archived(standin, archive, 1)
         prepare(archive)
         return archive, {command: subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *caps,
-             sys.executable, "-m", "tune_archiver", command, "--archive", str(archive)],
-            cwd=shared, capture_output=True, text=True, timeout=60, check=False)
+            [*as_nobody_argv(*caps), *python, "-m", "tune_archiver", command,
+             "--archive", str(archive)],
+            cwd=shared, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+            check=False)
             for command in commands}
     finally:
         shutil.rmtree(shared)
