@@ -53,7 +53,7 @@ GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + os.urandom(1_000)
         (UNKNOWN, None),
         (b"", None),
         (struct.pack("<Q", 2**40) + b"{", None),  # a header length no file has
-        (b"RIFF\x00\x00\x00\x00WAVE", None),
+        (b"RIFF\x00\x00\x00\x00WAVE", "audio/wav"),  # no WebP
     ],
 )
 def test_sniff_reads_the_signature(head: bytes, expected: str | None) -> None:
@@ -148,3 +148,54 @@ def test_a_type_that_is_no_media_type_says_nothing(served: str) -> None:
     subtype is no media type: the bytes tell, as for octet-stream."""
     assert content_type_of(served, PNG) == "image/png"
     assert error_page(served, b"<html>") == "text/html"
+
+
+M4A = b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + os.urandom(1_000)  # a voice memo
+MOV = b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + os.urandom(1_000)  # an iPhone's video
+MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00" + os.urandom(1_000)
+WAV = b"RIFF\x24\x27\x00\x00WAVEfmt \x10\x00\x00\x00" + os.urandom(1_000)
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (M4A, "audio/mp4"), (MOV, "video/quicktime"), (MP3, "audio/mpeg"), (WAV, "audio/wav"),
+    (b"\xff\xfb\x90\x64" + bytes(60), "audio/mpeg"), (b"fLaC\x00\x00\x00\x22", "audio/flac"),
+    (b"OggS\x00\x02\x00\x00", "audio/ogg"),
+    # A checkpoint's header of 130,047 bytes: its length begins as an MP3 frame does.
+    (struct.pack("<Q", 0x1FBFF) + b'{"' + bytes(54), "application/x-safetensors"),
+], ids=["m4a", "mov", "mp3-id3", "wav", "mp3-frame", "flac", "ogg", "safetensors"])
+def test_sniff_reads_a_prompts_audio_and_quicktime_inputs(head: bytes, expected: str) -> None:
+    """A Seedance 2 prompt's audio_reference (MP3, WAV, an iPhone's M4A) and a motion
+    control's input_video from an iPhone (QuickTime) are what they are."""
+    assert sniff(head[:64]) == expected
+
+
+def test_a_prompts_audio_reference_is_recorded_exported_and_shown_as_audio(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Astria's docs (features/video.md) make a video prompt with an input_video and an
+    audio_reference; served as octet-stream, an M4A was recorded video/mp4 (its ISO
+    'ftyp' box), exported as .mp4 and shown as a video, an MP3 as 'octet-stream',
+    exported as .bin and shown as a broken image. Each is recorded, exported and shown
+    as the audio (or QuickTime video) it is."""
+    archive = tmp_path / "archive"
+    standin.add_tune(1, [standin.add_file("ckpt", SAFETENSORS)], [standin.add_file("i", JPEG)])
+    standin.add_prompt(1, 9, "ohwx", [standin.add_file("video", MP4)],
+                       input_video=standin.add_file("mov", MOV),
+                       audio_reference=standin.add_file("m4a", M4A))
+    standin.add_prompt(1, 8, "ohwx", [standin.add_file("video2", MP4)],
+                       audio_reference=standin.add_file("mp3", MP3))
+    assert run_fetch(standin, archive, "1", "--prompts") == 0
+    document = check_manifest(archive / "manifests" / "1.json")
+    inputs = {(e["prompt_id"], e["index"]): e["content_type"] for e in document["assets"]
+              if e["kind"] == "prompt_input"}
+    assert inputs == {(9, 0): "video/quicktime", (9, 1): "audio/mp4", (8, 0): "audio/mpeg"}
+    dest = tmp_path / "dest"
+    ran = cli(capsys, "export", "1", str(dest), "--archive", str(archive), "--json")
+    assert ran.code == 0
+    assert sorted(name for name in json.loads(ran.out)["copied"]
+                  if name.startswith("prompt_inputs/")) == [
+        "prompt_inputs/8-000.mp3", "prompt_inputs/9-000.mov", "prompt_inputs/9-001.m4a"]
+    page = next(dest.rglob("index.html")).read_text()
+    assert page.count("<audio") == 2
+    assert page.count("<video") == 3  # the two videos made, and the QuickTime input
+    assert page.count("<img") == 1  # the training photo

@@ -28,8 +28,8 @@ def sniff(head: bytes) -> str | None:
         return "image/jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
+    if head[:4] == b"RIFF" and head[8:12] in _RIFF:
+        return _RIFF[head[8:12]]
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
     if head.startswith((b"II*\x00", b"MM\x00*")):
@@ -39,7 +39,7 @@ def sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         # An iPhone's HEIC photo and an AVIF are ISO media files as an MP4 is: the brand
         # tells them apart, else a photo is recorded, shown and exported as a video.
-        return _ISO_IMAGES.get(head[8:12], "video/mp4")
+        return _ISO_BRANDS.get(head[8:12], "video/mp4")
     if head.startswith(b"PK\x03\x04"):
         return PYTORCH if b"data.pkl" in head or b"/data/" in head else "application/zip"
     if _is_pickle(head):
@@ -48,13 +48,27 @@ def sniff(head: bytes) -> str | None:
         length = int.from_bytes(head[:8], "little")
         if 2 <= length <= MAX_SAFETENSORS_HEADER:
             return SAFETENSORS
+    # A prompt's audio_reference (Seedance 2): MP3, with its ID3 tag or from its first
+    # frame (MPEG audio, layer III), FLAC, Ogg. After safetensors: a header 130,047
+    # bytes long begins \xff\xfb as a frame does.
+    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return "audio/mpeg"
+    if head.startswith(b"fLaC"):
+        return "audio/flac"
+    if head.startswith(b"OggS"):
+        return "audio/ogg"
     return None
 
 
-# The major brands of ISO media files that hold a still image (HEIF, AVIF).
-_ISO_IMAGES = {b"avif": "image/avif", b"avis": "image/avif",
+# The major brands of ISO media files that are no MP4 video: a still image (HEIF,
+# AVIF), audio alone (an iPhone's voice memo, M4A), a QuickTime movie (an iPhone's
+# video), each a prompt's input as Astria's docs make them (audio_reference, input_video).
+_ISO_BRANDS = {b"avif": "image/avif", b"avis": "image/avif",
                b"heic": "image/heic", b"heix": "image/heic", b"heim": "image/heic",
-               b"heis": "image/heic", b"mif1": "image/heif", b"msf1": "image/heif"}
+               b"heis": "image/heic", b"mif1": "image/heif", b"msf1": "image/heif",
+               b"M4A ": "audio/mp4", b"M4B ": "audio/mp4", b"qt  ": "video/quicktime"}
+# What a RIFF file holds, by its form type.
+_RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav"}
 
 
 # What follows PROTO in a torch pickle: FRAME (protocol 4+), the legacy magic number

@@ -29,7 +29,7 @@ h1{font-size:1.4rem;word-break:break-word}h2{font-size:1.1rem;margin-top:2rem}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dt{font-weight:600}
 dd{margin:0;word-break:break-word}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(9rem,1fr));gap:.5rem}
-.grid img,.grid video{width:100%;height:auto;border-radius:4px;background:#ddd}
+.grid img,.grid video,.grid audio{width:100%;height:auto;border-radius:4px;background:#ddd}
 .prompt{margin:1.5rem 0}.prompt p{white-space:pre-wrap;word-break:break-word}
 table{border-collapse:collapse;width:100%}td,th{padding:.3rem;border-bottom:1px solid #ccc;
 text-align:left;word-break:break-all}code{font-size:.8rem}
@@ -139,6 +139,8 @@ def _grid(entries: Iterable[Entry], href: Href) -> str:
                          f"{e(_unlinked(entry))}</div>")
         elif (entry.content_type or "").startswith("video/"):
             cells.append(f"<video controls preload=\"metadata\" src=\"{attr(link)}\"></video>")
+        elif (entry.content_type or "").startswith("audio/"):  # a prompt's audio_reference
+            cells.append(f"<audio controls preload=\"metadata\" src=\"{attr(link)}\"></audio>")
         else:
             cells.append(f"<a href=\"{attr(link)}\"><img src=\"{attr(link)}\" loading=\"lazy\" "
                          f"alt=\"{e(entry.kind)} {entry.index}\"></a>")
