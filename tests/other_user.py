@@ -39,7 +39,11 @@ def tool_for_nobody() -> tuple[list[str], dict[str, str]] | None:
     copy = Path(tempfile.mkdtemp(prefix="tune-archiver-for-nobody-"))
     atexit.register(shutil.rmtree, copy, True)
     copy.chmod(0o755)
-    for source in _runtime_files():
+    try:
+        sources = _runtime_files()
+    except importlib.metadata.PackageNotFoundError:
+        return None  # run from a folder, not installed: its dependencies are unknown
+    for source in sources:
         copied = copy / source.name
         if source.is_dir():
             shutil.copytree(source, copied, ignore=shutil.ignore_patterns("__pycache__"))
