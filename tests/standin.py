@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ class StandIn(LoopThread):
         # asked for, at most 10 s (then hold_timed_out).
         self.hold_until_a_file: str | None = None
         self.hold_timed_out = False
+        self.api_date: datetime | None = None  # the API's Date, when not the real now
         self.prompts: dict[int, list[dict[str, Any]]] = {}  # tune id -> its prompts
         # tune id -> its workspace (a numeric id); a tune not here is in the personal scope.
         # /tunes lists by X-Workspace-Id: none, one id, or "all".
@@ -275,7 +277,11 @@ class StandIn(LoopThread):
             if self.hold_until_a_file is not None:
                 await self._hold_until_a_file(host, request.path_qs)
             try:
-                return await handler(request)
+                response = await handler(request)
+                if host == "api" and self.api_date and not response.prepared:
+                    response.headers.setdefault("Date", format_datetime(self.api_date,
+                                                                        usegmt=True))
+                return response
             finally:
                 self.in_flight -= 1
                 assert self._crowd is not None

@@ -108,3 +108,20 @@ def test_expiring_within_keeps_a_tune_not_expired_by_the_apis_clock_though_ours_
                      clock=lambda: ahead) == 0
     assert {status for _, _, status in _statuses(archive)} == {"ok"}
     assert not (archive / "manifests" / "2.json").exists()
+
+
+def test_expiring_within_keeps_a_tune_inside_the_window_by_the_apis_clock_though_ours_runs_behind(
+    standin: StandIn, archive: Path
+) -> None:
+    """fetch --all --expiring-within 24h on a machine whose clock runs five hours behind:
+    a tune Astria deletes in 22 hours is 27 hours off by our clock alone, outside the
+    window; left out, the next daily run came after Astria deleted it. The window is taken
+    by whichever clock says the tune is nearer its end. One far outside both is left out."""
+    now = datetime.now(UTC)
+    add_tune(standin, 1, expires_at=(now + timedelta(hours=22)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    add_tune(standin, 2, expires_at=(now + timedelta(days=9)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    behind = now - timedelta(hours=5)
+    assert run_fetch(standin, archive, "--all", "--expiring-within", "24h",
+                     clock=lambda: behind) == 0
+    assert {status for _, _, status in _statuses(archive)} == {"ok"}
+    assert not (archive / "manifests" / "2.json").exists()

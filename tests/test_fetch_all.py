@@ -139,6 +139,7 @@ def test_expiring_within_picks_tunes_by_a_fixed_clock(
     for tune_id, moment in expiries.items():
         add_tune(standin, tune_id, images=1, expires_at=moment.isoformat().replace("+00:00", "Z"))
     add_tune(standin, 5, images=1, expires_at=None)  # paid storage: never expires
+    standin.api_date = NOW  # the API's clock agrees with ours: the window is read by both
     assert run_fetch(standin, archive, "--all", "--expiring-within", window,
                      clock=fixed_clock) == 0
     fetched = {int(path.rsplit("/", 1)[1]) for path in tune_requests(standin)}
@@ -161,6 +162,7 @@ def test_expiring_within_keeps_tunes_whose_expiry_cannot_be_read(
     }
     for tune_id, value in expiries.items():
         add_tune(standin, tune_id, images=1, expires_at=value)
+    standin.api_date = NOW
     assert run_fetch(standin, archive, "--all", "--expiring-within", "3d",
                      clock=fixed_clock) == 0
     assert manifests(archive) == {1, 2, 3, 6, 7}

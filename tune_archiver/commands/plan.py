@@ -89,11 +89,8 @@ def archived_blobs(manifest: Manifest | None) -> dict[AssetKey, Blob]:
 def known_entries(manifest: Manifest | None) -> dict[AssetKey, Entry]:
     """The entries worth knowing next time, by key: archived ones and ones gone upstream
     (a failed one is simply tried again)."""
-    return {
-        entry_key(entry): entry
-        for entry in (manifest.entries if manifest is not None else ())
-        if entry.status in ("ok", "gone")
-    }
+    entries = manifest.entries if manifest is not None else ()
+    return {entry_key(entry): entry for entry in entries if entry.status in ("ok", "gone")}
 
 
 def archived_twice(manifest: Manifest) -> str | None:
@@ -319,8 +316,9 @@ class Expiry:
 
 def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta,
              host: datetime | None = None) -> Expiry:
-    """Keep the tune when its expires_at is no further than `within`, and still ahead by
-    our clock or the API's (`host`, its Date): one hours ahead dropped a tune still served.
+    """Keep the tune when its expires_at is no further than `within`, and still ahead, by
+    our clock or the API's (`host`, its Date), whichever says it is nearer its end: ours
+    hours ahead dropped a tune still served, ours behind one the API deletes in the window.
 
     An absent or null expires_at never expires (not kept). One present but unreadable is
     kept, `unreadable` set: a needless backup costs a download, one left out the tune."""
@@ -330,7 +328,8 @@ def expiring(listed: Mapping[str, Any], now: datetime, within: timedelta,
     expires = parse_moment(value)
     if expires is None:
         return Expiry(keep=True, unreadable=True)
-    return Expiry(keep=expires <= now + within and any(expires > c for c in (now, host) if c))
+    clocks = [c for c in (now, host) if c]  # expires - c: a Date of 9999 plus 7d overflows
+    return Expiry(keep=any(expires - c <= within for c in clocks) and expires > min(clocks))
 
 
 @dataclass
