@@ -26,6 +26,7 @@ class ForwardProxy(LoopThread):
         self.seen: list[Seen] = []
         self.refuse = False
         self.refusal = b"403 Forbidden\r\n"  # what `refuse` answers: its status, any headers
+        self.refused_methods: set[str] = set()  # refused as `refuse` is, other methods let by
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -50,7 +51,8 @@ class ForwardProxy(LoopThread):
             method, target, version = line.split(" ")
             headers = dict(item.split(": ", 1) for item in lines if item)
             self.seen.append(Seen(method, target, headers))
-            if self.refuse:
+            if self.refuse or method in self.refused_methods:  # its body read first
+                await reader.readexactly(int(headers.get("Content-Length", 0)))
                 writer.write(b"HTTP/1.1 " + self.refusal + b"Content-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
                 return

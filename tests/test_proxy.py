@@ -18,7 +18,7 @@ from tests.proxy_helpers import ForwardProxy
 from tests.standin import StandIn
 from tests.test_exits import closed_port_url
 from tests.test_ping import Monitor, monitor  # noqa: F401  (the fixture)
-from tests.test_retrain import archived, retrain  # noqa: F401  (the fixture)
+from tests.test_retrain import archived, retrain, sent  # noqa: F401  (the fixture)
 from tune_archiver.cli.main import main
 from tune_archiver.errors import ConnectError
 from tune_archiver.net.transport import get
@@ -315,3 +315,45 @@ async def test_a_proxy_silent_on_connect_is_said_as_the_proxy(
                            "it, to the server of https://api.astria.test/tunes/1"), said
     assert "s3cret" not in said
     assert "abcdef0123" not in said
+
+
+PROXY_407 = b'407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="c"\r\n'
+
+
+def test_retrains_post_refused_407_by_the_proxy_is_said_as_the_proxys(
+    standin: StandIn, archived: tuple[Path, list[bytes]],  # noqa: F811
+    proxy: ForwardProxy, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """retrain --yes through a plain-http proxy that lets GETs by and asks credentials
+    for the POST (a method ACL): it said 'the API answered HTTP 407', the API's refusal,
+    though the API never saw it. The proxy is named, as the GETs name it; nothing sent."""
+    standin.urls["api"] = standin.urls["api"].replace("127.0.0.1", "api.astria.test")
+    proxy.refusal, proxy.refused_methods = PROXY_407, {"POST"}
+    ran = sent(standin, archived[0], capsys)
+    assert ran.code != 0
+    assert (f"the proxy {proxy.url} asks for a user name and password (HTTP 407)"
+            in "\n".join(ran.errors)), ran.errors
+    assert "the API answered HTTP 407" not in "\n".join(ran.errors)
+    assert standin.created == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_ping_refused_407_by_the_proxy_is_said_as_the_proxys(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, scheme: str,
+) -> None:
+    """A ping through a proxy asking credentials (407 to a plain GET, or to its CONNECT):
+    the warning said 'HTTP 407' (the monitor's answer, as read) or 'ClientHttpProxyError';
+    it names the proxy now, never the ping URL (its token)."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the API and files direct
+    proxy.refuse, proxy.refusal = True, PROXY_407
+    ping = f"{scheme}://hc-ping.test:1/ping/abc-uuid"
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000)])
+    assert run_fetch(standin, tmp_path / "archive", "1", "--ping-url", ping) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "ping" in line]
+    assert len(lines) == 2, err
+    assert all(f"the proxy {proxy.url} asks for a user name and password (HTTP 407)" in line
+               for line in lines), err
+    assert "abc-uuid" not in err

@@ -21,7 +21,7 @@ from tune_archiver.config import Settings
 from tune_archiver.errors import AuthError, ConnectError, DataError, StatusError, TuneNotFound
 from tune_archiver.filetypes import not_json, not_the_apis
 from tune_archiver.models import Prompt, Tune, listed_id, parse_prompts, parse_tune
-from tune_archiver.net.proxy import proxy_for
+from tune_archiver.net.proxy import asks_credentials, proxy_for
 from tune_archiver.net.retry import call_with_retries, retry_after_of
 from tune_archiver.net.transport import get, read_capped, sent_at, translated
 from tune_archiver.urls import MAX_JSON_DEPTH, json_float, nested_too_deeply, origin, redact
@@ -221,13 +221,13 @@ class AstriaClient:
         async with self._limiter:
             with translated(url, self._settings.read_timeout):
                 proxy = proxy_for(url)
-                async with self._session.post(
-                    url, data=form, allow_redirects=False, **proxy.sent(self._headers)
-                ) as response:
+                async with self._session.post(url, data=form, allow_redirects=False,
+                                              **proxy.sent(self._headers)) as response:
                     status = response.status
                     body = await read_capped(response, MAX_JSON_BYTES + 1, self._settings.stall)
-        if status not in (200, 201):
-            raise status_error(status, body, what, url, None)
+        if status not in (200, 201):  # a 407 the proxy's, not the API's (as get says)
+            raise (asks_credentials(url) if status == 407 and proxy.url is not None
+                   else status_error(status, body, what, url, None))
         created = parse_json(body, what)
         if not isinstance(created, dict):
             raise DataError(f"{what}: the API returned {type(created).__name__}, not an object")

@@ -14,7 +14,7 @@ import aiohttp
 
 from tune_archiver.config import USER_AGENT
 from tune_archiver.errors import ConfigError
-from tune_archiver.net.proxy import proxy_for
+from tune_archiver.net.proxy import asks_credentials, proxy_for
 
 PING_TIMEOUT = 10.0  # seconds for the whole exchange: a slow monitor must not hold a run
 
@@ -51,10 +51,15 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
             async with request as response:
                 if 200 <= response.status < 300:
                     return None
+                if response.status == 407 and proxy.url is not None:  # the proxy's (as get's)
+                    return str(asks_credentials(target))
                 return f"HTTP {response.status}"
     # ValueError: a host the IDNA codec refuses (a doubled dot, a label over 63
     # characters) raises UnicodeError from the resolver, past aiohttp's own errors.
     except ConfigError as exc:  # a proxy we cannot use: the run says why
         return str(exc)
+    except aiohttp.ClientHttpProxyError as exc:  # its CONNECT refused: named, not the URL
+        return str(asks_credentials(on_path(url, suffix))) if exc.status == 407 else (
+            f"the proxy refused to connect (HTTP {exc.status})")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:  # noqa: UP041
         return type(exc).__name__
