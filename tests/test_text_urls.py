@@ -324,3 +324,31 @@ def test_a_credential_shaped_as_words_in_a_prompt_is_redacted_still(
     assert secret not in redact_text(text, prompt=True)
     assert secret not in redact_text(text)
     assert redact_text(WORDS, prompt=True) == WORDS
+
+
+def test_a_user_and_password_before_a_host_without_a_scheme_is_never_shown(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune listing a file as alice:s3cret@cdn.example/x.jpg (no "//"): redact read
+    alice as its scheme and s3cret@... as its path, so the password went whole into the
+    error line ('refused alice URL ... alice:s3cret@...'), the manifest's url and its
+    error. It is redacted as //alice:s3cret@... is; the file failed, the others archived."""
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000),
+                             "alice:s3cret@cdn.example/x.jpg?X-Amz-Signature=abc"])
+    assert run_fetch(standin, archive, "1") == 1
+    err = capsys.readouterr().err
+    assert ("training_image 1: refused no scheme URL (only http and https): "
+            "REDACTED@cdn.example/x.jpg?X-Amz-Signature=REDACTED") in err, err
+    manifest = manifest_of(archive, 1)
+    for shown in (err, json.dumps(manifest)):
+        assert "s3cret" not in shown
+        assert "alice" not in shown
+    assert [e["status"] for e in manifest["assets"]] == ["ok", "failed"]
+    assert redact("alice:s3cret@cdn.example:8080/x") == "REDACTED@cdn.example:8080/x"
+    assert redact("cdn.example/x?email=a@b.c") == "cdn.example/x?email=REDACTED"
+    # In free text (an error's, a title) as well; a prompt's words and ordinary text kept.
+    assert (redact_text("proxy alice:s3cret@proxy.corp:3128 refused")
+            == "proxy REDACTED@proxy.corp:3128 refused")
+    for kept in ("16:9@2x.png, at 10:30@home", "write to: me@example.com"):
+        assert redact_text(kept) == kept
+    assert redact_text("a:b@c.d", prompt=True) == "a:b@c.d"

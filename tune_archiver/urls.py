@@ -38,6 +38,8 @@ _INSIDE = re.compile(r"[?@]")  # a query or a user:password before a hostless on
 _PLAIN_FRAGMENT = re.compile(r"[^=&/?@]{0,32}")
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
+# A user:password before a host, its "//" left out (alice:s3cret@proxy:3128).
+_USERINFO_BARE = re.compile(r"(?<![\w.+%~-])[A-Za-z][\w.+%~-]*:[^\s/?#@:]+@(?=[\w-]+[.:]|\[)")
 FETCHABLE_SCHEMES = ("http", "https")
 # A name=value in text or in a URL's path, its '=' maybe percent-encoded: the last net
 # for a secret no URL was seen around (`https:/h/?sig=...`, `https:\/\/h\/...` as JSON
@@ -113,6 +115,8 @@ def redact(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     netloc = parts.netloc
+    if not netloc and "@" in re.split(r"[/?#]", url, maxsplit=1)[0]:  # alice:pw@host/x,
+        return redact(f"//{url}")[2:]  # no "//": its user:password was a scheme and a path
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
     query = parts.query
@@ -156,7 +160,8 @@ def redact_text(text: str, *, prompt: bool = False) -> str:
             shown = url
         return shown + found.group(0)[len(url):]
 
-    return _secret_pairs(_URL_IN_TEXT.sub(redacted, text), prompt)
+    text = _URL_IN_TEXT.sub(redacted, text)  # a prompt's "16:9@2x.png" is its words
+    return _secret_pairs(text if prompt else _USERINFO_BARE.sub(f"{REDACTED}@", text), prompt)
 
 
 # A JSON Web Token (header.payload.signature, in base64url; a JSON object's base64
@@ -382,8 +387,8 @@ def check_fetchable(url: str) -> None:
     port = parts.netloc.rsplit("@", 1)[-1].rpartition("]")[2].partition(":")[2]
     if port and not port.isdigit():
         raise RefusedUrl(f"refused malformed URL {redact(url)}")
-    if parts.scheme.lower() not in FETCHABLE_SCHEMES:
-        scheme = parts.scheme or "no scheme"
+    if parts.scheme.lower() not in FETCHABLE_SCHEMES:  # alice:pw@host's "alice" is no scheme
+        scheme = parts.scheme if redact(url).startswith(f"{parts.scheme}:") else "no scheme"
         raise RefusedUrl(f"refused {scheme} URL (only http and https): {redact(url)}")
     if not parts.hostname:
         raise RefusedUrl(f"refused URL without a host: {redact(url)}")
