@@ -634,3 +634,33 @@ def test_a_line_a_full_disk_cut_short_loses_nothing_its_blob_held(
     later = datetime.now(UTC) + timedelta(hours=12)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert all(blob_file(archive, image).read_bytes() == image for image in images)
+
+
+def test_a_line_a_full_disk_cut_inside_its_sha256_loses_nothing_its_blob_held(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, the cut inside the line's sha256 (40 of its 64 digits written): the line
+    was not rebuilt, so the next fetch failed the image ('holds a line cut short'), its
+    settle dropped the journal, and the fetch after said it 'gone upstream, never
+    archived', its blob in the archive named by nothing, for gc. The one blob whose
+    sha256 starts with those digits (16 at least) is the line's: the image is ok."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    journal = archive / "tmp" / "1.committed"
+    data = journal.read_bytes()
+    last = data.splitlines()[-1]
+    journal.write_bytes(data[:len(data) - len(last) - 1 + last.index(b'"sha256":"') + 50])
+    cut = json.loads(last)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    expire(standin)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert not [line for line in ran.errors if "training_image" in line]
+    [image] = [e for e in images_of(archive) if e["index"] == cut["index"]]
+    assert (image["status"], image["sha256"], image["size"]) == ("ok", cut["sha256"],
+                                                                 cut["size"])
+    assert {e["status"] for e in images_of(archive)} == {"ok"}
+    assert not journal.exists()
+    later = datetime.now(UTC) + timedelta(hours=12)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert all(blob_file(archive, image).read_bytes() == image for image in images)

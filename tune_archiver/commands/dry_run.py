@@ -84,7 +84,8 @@ async def dry_run(
 
         async def preview(tune: Tune) -> Preview:
             try:
-                journaled = await journals.entries(tune.id, held=store.blob_size)
+                journaled = await journals.entries(tune.id, held=store.blob_size,
+                                                   listed=store.blobs)
                 plan, carried = await plan_for(store, tune, settings, api, journaled)
             except ArchiverError as exc:
                 return Preview(tune.id, tune.title, error=str(exc))

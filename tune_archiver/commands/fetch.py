@@ -270,7 +270,7 @@ async def _download_and_record(
     UnreadableManifest when the manifest is damaged, before anything is written.
     """
     journaled = await kept_young(run.store, await run.journals.entries(
-        tune.id, touch=True, held=run.store.blob_size))
+        tune.id, touch=True, held=run.store.blob_size, listed=run.store.blobs))
     plan, carried = await plan_for(run.store, tune, run.settings, run.api, journaled)
     await run.downloader.drop_leftovers(asset.url for asset in plan.reuse)
     run.progress.add_files(len(plan.download))

@@ -33,7 +33,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tune_archiver.download.cut import cut_blobs, not_an_entry, rebuilt
+from tune_archiver.download.cut import Listed, cut_blobs, not_an_entry, rebuilt
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
@@ -93,7 +93,8 @@ class Journals:
             return None
 
     async def entries(self, tune_id: int, touch: bool = False,
-                      held: Callable[[str], Awaitable[int | None]] | None = None) -> list[Entry]:
+                      held: Callable[[str], Awaitable[int | None]] | None = None,
+                      listed: Listed | None = None) -> list[Entry]:
         """The ok entries the tune's journal records, in the order committed; none when
         there is none, or it is not ours. With `touch` (a fetch relying on it) it is
         marked written now: gc sweeps a journal left a day, and runs each stopped before
@@ -102,7 +103,8 @@ class Journals:
         W5's 20,000): one made since is another run's, in flight, whose files it stores.
         One a fetch cannot read (EIO, EACCES) is none, and `unread` says why: any file
         found gone upstream may be one it holds (gc keeps its blobs meanwhile). So may a
-        line cut short (a full disk), unless it is rebuilt, its blob `held` (cut.py)."""
+        line cut short (a full disk), unless it is rebuilt, its blob `held`, or `listed`
+        when the cut came inside its sha256 (cut.py)."""
         if touch and self._listed is not None and tune_id not in self._listed:
             return []
         why = f"its journal of files a stopped fetch committed, {self.path(tune_id)},"
@@ -111,7 +113,7 @@ class Journals:
         except OSError as exc:
             self.unread[tune_id] = f"{why} cannot be read ({exc.strerror or exc}) and may hold it"
             return []
-        mended = [entry for line in cut if held and (entry := await rebuilt(line, held))]
+        mended = [entry for line in cut if held and (entry := await rebuilt(line, held, listed))]
         if len(mended) < len(cut):  # its file's entry not known, its blob may be held
             self.unread[tune_id] = f"{why} holds a line cut short (a full disk?) that may name it"
         return found + mended
