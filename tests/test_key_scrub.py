@@ -419,3 +419,25 @@ async def test_serve_shows_no_key_of_an_older_manifest(older: Path) -> None:
         await runner.cleanup()
     assert [page for page in pages if KEY in page] == []
     assert ["Jane REDACTED" in page for page in pages] == [True, True, True]
+
+
+def test_a_token_the_api_echoes_by_its_prefix_is_never_shown_nor_logged(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The API's error text quoting a Hugging Face or GitHub token (a push to the Hub
+    refused), or an Astria key not the one in use: printed whole in the error line and
+    the --log-file, bare as it stood (no name=, no URL). Such a key, known by its prefix
+    (sd_, hf_, ghp_ ...) and a run of 20 letters and digits, is REDACTED; sd_xl_base_1.0,
+    a model's name, is kept."""
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000)])
+    standin.api_faults[1] = [Status(422, body=json.dumps({"error": (
+        "sd_xl_base_1.0: cannot push with token hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 "
+        "(ghp_0123456789abcdefABCDEF0123456789abcd, sd_9f8e7d6c5b4a39281706f5e4)")}).encode())]
+    log = tmp_path / "run.jsonl"
+    assert run_fetch(standin, tmp_path / "archive", "1", "--log-file", str(log)) == 1
+    err = capsys.readouterr().err
+    assert ("the API answered HTTP 422: sd_xl_base_1.0: cannot push with token REDACTED "
+            "(REDACTED, REDACTED)") in err, err
+    for shown in (err, log.read_text()):
+        for token in ("hf_AbCd", "ghp_0123", "sd_9f8e"):
+            assert token not in shown

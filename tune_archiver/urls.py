@@ -164,17 +164,17 @@ def redact_text(text: str, *, prompt: bool = False) -> str:
     return _secret_pairs(text if prompt else _USERINFO_BARE.sub(f"{REDACTED}@", text), prompt)
 
 
-# A JSON Web Token (header.payload.signature, in base64url; a JSON object's base64
-# starts "eyJ"): a bearer credential wherever it is, as a URL's path segment too
-# (Cloudflare Stream's signed URLs put it in place of the video's id).
-_JWT = re.compile(r"(?<![\w-])eyJ[\w-]+\.[\w-]+\.[\w-]*")
+# A bearer credential anywhere: a JSON Web Token ("eyJ...", in a signed URL's path too:
+# Cloudflare Stream's), or a key by its prefix (Astria's sd_, Hugging Face's, GitHub's).
+_BEARER = re.compile(r"(?<![\w-])(?:eyJ[\w-]+\.[\w-]+\.[\w-]*"
+                     r"|(?:sd|hf|gh[pousr])_[A-Za-z0-9]{20,}(?![\w-]))")
 
 
 def _secret_pairs(text: str, prompt: bool = False) -> str:
-    """The text with every JSON Web Token and the value of every name=value whose name
-    is a secret's REDACTED."""
-    if "eyJ" in text:
-        text = _JWT.sub(REDACTED, text)
+    """The text with every bearer token (a JSON Web Token, an sd_ or hf_ key) and the
+    value of every name=value whose name is a secret's REDACTED."""
+    if "eyJ" in text or "_" in text:
+        text = _BEARER.sub(REDACTED, text)
 
     def replaced(found: re.Match[str]) -> str:
         name, equals, quote, value = found.groups()
