@@ -46,7 +46,7 @@ def tool_for_nobody() -> tuple[list[str], dict[str, str]] | None:
     for source in sources:
         copied = copy / source.name
         if source.is_dir():
-            shutil.copytree(source, copied, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, copied)  # with its bytecode: NOBODY cannot write it there
         else:
             shutil.copy2(source, copied)
     # -S: no site-packages of the virtualenv (NOBODY cannot read its pyvenv.cfg).
@@ -77,7 +77,7 @@ def _runtime_files() -> set[Path]:
                    if req.marker is None or req.marker.evaluate({"extra": ""})]
         if name != TOOL:
             tops = {file.parts[0] for file in dist.files or []
-                    if file.parts[0] != ".." and not file.parts[0].endswith(".dist-info")
-                    and file.parts[0] != "__pycache__"}
+                    if file.parts[0] not in ("..", "__pycache__")
+                    and not file.parts[0].endswith(".dist-info")}
             found |= {Path(str(dist.locate_file(top))) for top in tops}
     return found
