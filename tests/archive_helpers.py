@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import run_fetch, sha256
+from tests.loop_thread import SHUTDOWN_POLL
 from tests.standin import StandIn
 from tune_archiver.cli.main import main
 
@@ -172,7 +173,8 @@ class Gate:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/files/{name}"

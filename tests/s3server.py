@@ -24,6 +24,8 @@ from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.moto_server.werkzeug_app import create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.loop_thread import SHUTDOWN_POLL
+
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession
     from types_aiobotocore_s3 import S3Client
@@ -51,7 +53,8 @@ class MotoS3:
     def start(self) -> MotoS3:
         self._server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True,
                                    request_handler=MotoRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host!s}:{port}"

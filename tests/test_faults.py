@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, blob_file, run_fetch, sha256, stored_blobs, tmpfs
+from tests.loop_thread import SHUTDOWN_POLL
 from tests.standin import Chunked, Claim, Cut, IgnoreRange, Replace, Stall, StandIn, Status
 from tune_archiver import urls
 from tune_archiver.commands import fetch as archive_module
@@ -516,7 +517,8 @@ class RawHost:
 
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
         self._thread.start()
 
     def url(self, path: str) -> str:

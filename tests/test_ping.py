@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import run_fetch
+from tests.loop_thread import SHUTDOWN_POLL
 from tests.standin import StandIn
 from tests.test_exits import closed_port_url
 from tests.test_fetch import make_tune
@@ -56,7 +57,8 @@ def monitor() -> Iterator[Monitor]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     found.url = f"http://127.0.0.1:{server.server_address[1]}/ping/abc-uuid"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever,
+                              kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
     thread.start()
     try:
         yield found
