@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -60,3 +61,11 @@ def check_manifest(path: Path) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(path.read_text())
     jsonschema.Draft202012Validator(SCHEMA).validate(document)
     return document
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collecting imported (moto, botocore, aiohttp, playwright, every test module)
+    lives as long as the worker: frozen, as the tool's entry() freezes its imports, no
+    collection of the oldest generation walks it again."""
+    gc.collect()
+    gc.freeze()

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
+import boto3
 import botocore.loaders
+import botocore.session
 import pytest
 from aiobotocore.httpsession import AIOHTTPSession
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
@@ -155,6 +157,21 @@ def _one_verify_context(self: Any, *args: Any, **kwargs: Any) -> Any:
 _DATA_LOADER = botocore.loaders.create_loader()
 
 
+def warmed(loader: botocore.loaders.Loader) -> botocore.loaders.Loader:
+    """`loader` holding S3's service data already, as every client reads it: loaded while
+    the test modules are collected, it is frozen with them (conftest), and no collection
+    of the oldest generation walks its ~75,000 dicts and lists again (a tenth of the S3
+    tests' CPU when it was loaded by the first test)."""
+    for name in ("endpoints", "partitions", "sdk-default-configuration"):
+        loader.load_data(name)
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+        loader.load_service_model("s3", kind)
+    return loader
+
+
+warmed(_DATA_LOADER)
+
+
 def _session_with_shared_data() -> AioSession:
     """A fresh session, as the store makes one each time it opens, but reading botocore's
     service descriptions once for all tests: parsing them again for every command the
@@ -162,6 +179,18 @@ def _session_with_shared_data() -> AioSession:
     session = _get_session()
     session.register_component("data_loader", _DATA_LOADER)
     return session
+
+
+def plain_client(endpoint: str) -> Any:
+    """A plain (boto3) S3 client on `endpoint` to arrange and inspect a bucket with, as
+    boto3.client("s3") makes one, from a fresh session reading the service data loaded
+    once (`warmed`): each boto3 session else loads a copy of its own, which every
+    collection of the oldest generation then walks."""
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _DATA_LOADER)
+    return boto3.session.Session(botocore_session=session).client(
+        "s3", endpoint_url=endpoint, region_name=REGION
+    )
 
 
 @pytest.fixture(scope="session", name="aio_session")

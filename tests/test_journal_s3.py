@@ -13,16 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.archive_helpers import stop
 from tests.helpers import Sleeps, sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
-    REGION,
     MotoS3,
     aws_env_fixture,
     moto_s3_fixture,
+    plain_client,
 )
 from tests.standin import Stall, StandIn
 from tests.test_journal import expire
@@ -43,7 +42,7 @@ def new_bucket(standin: StandIn, moto_s3: MotoS3, tmp_path: Path,
     staging folder in tmp_path/staging and the stand-in's key in the environment."""
     monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     bucket = f"archive-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return client, bucket

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jsonschema
 import pytest
 from moto.s3.exceptions import EntityTooSmall, MissingKey, S3AccessDeniedError, S3ClientError
@@ -27,12 +26,12 @@ from tests.archive_helpers import Gate
 from tests.conftest import SCHEMA
 from tests.helpers import Sleeps, sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
-    REGION,
     SECRET_KEY,
     MotoS3,
     aged,
     aws_env_fixture,
     moto_s3_fixture,
+    plain_client,
     refuse_gets,
 )
 from tests.standin import StandIn, Status
@@ -87,7 +86,7 @@ def s3_fixture(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Archive]:
     """A fresh bucket, its archive URL, a plain client."""
     monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     bucket = f"archive-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     yield S3Archive(f"s3://{bucket}/backups", moto_s3.endpoint, bucket, "backups", client)

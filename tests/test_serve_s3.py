@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 from moto.s3.exceptions import MissingKey, S3AccessDeniedError
 from moto.s3.models import S3Backend
@@ -18,10 +17,10 @@ from moto.s3.responses import S3Response
 from tests.gallery_helpers import NOW, PROMPTS, Gallery, archived_gallery
 from tests.helpers import sha256
 from tests.s3server import (  # noqa: F401  (fixtures)
-    REGION,
     MotoS3,
     aws_env_fixture,
     moto_s3_fixture,
+    plain_client,
     refuse_gets,
 )
 from tests.standin import StandIn
@@ -36,7 +35,7 @@ def bucket_url(moto_s3: MotoS3, aws_env: None, tmp_path: Path,
     """An empty bucket of this test's own, as s3://bucket/backups."""
     monkeypatch.setenv("TUNE_ARCHIVER_STAGING", str(tmp_path / "staging"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     name = f"serve-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     client.close()
@@ -116,7 +115,7 @@ async def test_a_blob_removed_after_it_was_found_is_404_even_behind_a_403(
 
     monkeypatch.setattr(S3Response, "get_object", refused_get)
     gone = sha256(gallery.training[2])
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     name = bucket_url.removeprefix("s3://").split("/")[0]
 
     def removed_meanwhile(params: dict[str, Any], **_: Any) -> None:
@@ -223,7 +222,7 @@ async def test_a_blob_shorter_than_its_type_sniff_is_served_whole(
     small = b"\x89PNG\r\n\x1a\n" + os.urandom(32)
     digest = sha256(small)
     bucket = bucket_url.removeprefix("s3://").split("/")[0]
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     client.put_object(Bucket=bucket, Key=f"backups/objects/sha256/{digest[:2]}/{digest}",
                       Body=small)
     client.close()

@@ -13,15 +13,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 
 from tests.archive_helpers import add_tune, archived, cli
 from tests.s3server import (  # noqa: F401  (fixtures)
-    REGION,
     MotoS3,
     aws_env_fixture,
     moto_s3_fixture,
+    plain_client,
 )
 from tests.standin import StandIn
 from tests.test_s3_archive import S3Archive, tune_archiver
@@ -54,7 +53,7 @@ def untouched(folder: Path) -> list[str]:
 
 
 def bucket(moto_s3: MotoS3) -> S3Archive:
-    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, region_name=REGION)
+    client = plain_client(moto_s3.endpoint)
     name = f"archive-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     return S3Archive(f"s3://{name}/backups", moto_s3.endpoint, name, "backups", client)
