@@ -664,3 +664,31 @@ def test_a_line_a_full_disk_cut_inside_its_sha256_loses_nothing_its_blob_held(
     later = datetime.now(UTC) + timedelta(hours=12)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert all(blob_file(archive, image).read_bytes() == image for image in images)
+
+
+def test_gc_keeps_the_blob_of_a_line_cut_inside_its_sha256(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The line cut inside its sha256 (40 of its 64 digits), gc run before the next fetch
+    (a weekly cron's gc, the daily fetch after): gc read only a sha256 written whole as
+    the journal's, so it removed the blob the fetch would rebuild the line from, the
+    image's only copy, the tune expired: that fetch failed it, the one after said it
+    'gone upstream, never archived'. gc keeps the one blob the digits name, as fetch
+    reads them."""
+    archive = tmp_path / "archive"
+    images = stopped_after_the_images(standin, archive)
+    journal = archive / "tmp" / "1.committed"
+    data = journal.read_bytes()
+    last = data.splitlines()[-1]
+    journal.write_bytes(data[:len(data) - len(last) - 1 + last.index(b'"sha256":"') + 50])
+    cut = json.loads(last)
+    later = datetime.now(UTC) + timedelta(hours=12)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert all(blob_file(archive, image).read_bytes() == image for image in images)
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    expire(standin)
+    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
+    assert not [line for line in ran.errors if "training_image" in line]
+    [image] = [e for e in images_of(archive) if e["index"] == cut["index"]]
+    assert (image["status"], image["sha256"]) == ("ok", cut["sha256"])

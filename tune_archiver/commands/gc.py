@@ -78,6 +78,7 @@ async def collect(
         # and those a stopped fetch committed, named by its tune's journal till it is swept
         referenced = await referenced_blobs(store) | await Journals(
             staging.directory).blobs(cutoff)
+        cut = tuple(sha256 for sha256 in referenced if len(sha256) < 64)  # a line cut inside it
         # Again: a fetch on another machine (a bucket has no lock) may have set one aside
         # since, which gc then found gone, its blobs unreferenced. Copied there first.
         await _no_damaged(store)
@@ -90,7 +91,8 @@ async def collect(
         unreferenced = [
             (blob_key(blob.sha256), blob.size)
             for blob in await store.blobs()
-            if blob.sha256 not in referenced and blob.modified <= young
+            if blob.sha256 not in referenced and not blob.sha256.startswith(cut)
+            and blob.modified <= young
         ]
         partials = [*await staging.stale(cutoff), *await store.stale_uploads(left)]
         if dry_run:

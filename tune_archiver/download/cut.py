@@ -28,6 +28,12 @@ def cut_blobs(cut: list[bytes]) -> set[str]:
     return {found[1].decode() for line in cut if (found := SHA256.search(line))}
 
 
+def cut_prefixes(cut: list[bytes]) -> set[str]:
+    """The first 16 to 63 digits of the sha256 the `cut` lines were cut inside: each names
+    the one stored blob whose sha256 starts so, which a fetch rebuilds the line from."""
+    return {found[1].decode() for line in cut if (found := CUT_SHA256.search(line))}
+
+
 async def rebuilt(line: bytes, held: Callable[[str], Awaitable[int | None]],
                   listed: Listed | None = None) -> Entry | None:
     """The ok entry the cut `line` was, its blob `held` (the store's size of a blob); None

@@ -33,7 +33,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tune_archiver.download.cut import Listed, cut_blobs, not_an_entry, rebuilt
+from tune_archiver.download.cut import Listed, cut_blobs, cut_prefixes, not_an_entry, rebuilt
 from tune_archiver.errors import ArchiverError, DataError, UnreadableManifest
 from tune_archiver.manifest import Entry, parse_entry
 from tune_archiver.models import Blob, Tune, parse_tune
@@ -180,7 +180,9 @@ class Journals:
     async def blobs(self, newer_than: datetime) -> set[str]:
         """The sha256 of every blob named by a journal written since `newer_than`, the
         other archives' that share the folder too (gc keeps them; an older journal is
-        swept as partials are). Raises ArchiverError for one of ours it cannot read."""
+        swept as partials are), or its first 16+ digits, a line cut inside it: a fetch
+        rebuilds the line from the blob (cut.py). Raises ArchiverError for one of ours it
+        cannot read."""
         return await in_thread(_blobs, self.directory, newer_than.timestamp())
 
 
@@ -365,7 +367,8 @@ def _blobs(directory: Path, since: float) -> set[str]:
                 "cannot know which blobs it keeps (left a day untouched, it is swept with "
                 "them)") from exc
         entries, cut = _lines(data)
-        found.update({entry.sha256 for entry in entries if entry.sha256}, cut_blobs(cut))
+        found.update({entry.sha256 for entry in entries if entry.sha256}, cut_blobs(cut),
+                     cut_prefixes(cut))
     return found
 
 
