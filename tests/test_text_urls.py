@@ -352,3 +352,23 @@ def test_a_user_and_password_before_a_host_without_a_scheme_is_never_shown(
     for kept in ("16:9@2x.png, at 10:30@home", "write to: me@example.com"):
         assert redact_text(kept) == kept
     assert redact_text("a:b@c.d", prompt=True) == "a:b@c.d"
+
+
+def test_a_password_holding_an_at_sign_before_a_host_without_a_scheme_is_never_shown(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As above, the password with an '@' of its own, unencoded (alice:p@ss@cdn...., as
+    users type it and curl takes it, by the last '@'): the bare rule stopped at the
+    first '@', found no host after it ('ss@'), and left the line whole, so the tune
+    record in the manifest (every URL in it redacted) kept alice:p@ss@... as the API
+    listed it, and an error's text quoting a proxy so was shown whole."""
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000), "alice:p@ss@cdn.example/x.jpg"])
+    assert run_fetch(standin, archive, "1") == 1
+    err = capsys.readouterr().err
+    for shown in (err, json.dumps(manifest_of(archive, 1))):
+        assert "p@ss" not in shown, shown
+        assert "alice" not in shown, shown
+    assert (redact_text("proxy alice:p@ss@proxy.corp:3128 refused")
+            == "proxy REDACTED@proxy.corp:3128 refused")
+    for kept in ("16:9@2x.png, at 10:30@home", "write to: me@example.com"):
+        assert redact_text(kept) == kept

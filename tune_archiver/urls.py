@@ -38,8 +38,8 @@ _INSIDE = re.compile(r"[?@]")  # a query or a user:password before a hostless on
 _PLAIN_FRAGMENT = re.compile(r"[^=&/?@]{0,32}")
 # A user:password in a path: another URL, run into this one (`..."https://u:pw@h/...`).
 _USERINFO_IN_PATH = re.compile(r"//[^/?#@]*@")
-# A user:password before a host, its "//" left out (alice:s3cret@proxy:3128).
-_USERINFO_BARE = re.compile(r"(?<![\w.+%~-])[A-Za-z][\w.+%~-]*:[^\s/?#@:]+@(?=[\w-]+[.:]|\[)")
+# A user:password before a host, "//" left out (alice:s3cret@proxy:3128), to its last '@'
+_USERINFO_BARE = re.compile(r"(?<![\w.+%~-])[A-Za-z][\w.+%~-]*:[^\s/?#:]+@(?=[\w-]+[.:]|\[)")
 FETCHABLE_SCHEMES = ("http", "https")
 # A name=value in text or in a URL's path, its '=' maybe percent-encoded: the last net
 # for a secret no URL was seen around (`https:/h/?sig=...`, `https:\/\/h\/...` as JSON
