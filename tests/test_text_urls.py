@@ -372,3 +372,20 @@ def test_a_password_holding_an_at_sign_before_a_host_without_a_scheme_is_never_s
             == "proxy REDACTED@proxy.corp:3128 refused")
     for kept in ("16:9@2x.png, at 10:30@home", "write to: me@example.com"):
         assert redact_text(kept) == kept
+
+
+def test_a_user_and_password_after_a_scheme_with_one_slash_is_never_stored(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file URL listed as http:/alice:s3cret@cdn.example/x.jpg (one '/' of two): no
+    host, its user:password read as the path's, which redact kept: the manifest's url
+    held http:///alice:s3cret@... at rest (its error line, said through the bare rule,
+    did not). A hostless URL's first segment before an '@' is REDACTED as a user's."""
+    standin.add_tune(1, [], [standin.add_file("a", b"a" * 2000),
+                             "http:/alice:s3cret@cdn.example/x.jpg"])
+    assert run_fetch(standin, archive, "1") == 1
+    err = capsys.readouterr().err
+    for shown in (err, json.dumps(manifest_of(archive, 1))):
+        assert "s3cret" not in shown, shown
+    assert redact("http:/alice:s3cret@cdn.example/x") == "http:///REDACTED@cdn.example/x"
+    assert redact("/photos/me@2x.png") == "/photos/me@2x.png"

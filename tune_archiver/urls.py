@@ -117,8 +117,7 @@ def redact(url: str) -> str:
     netloc = parts.netloc
     if not netloc and "@" in re.split(r"[/?#]", url, maxsplit=1)[0]:  # alice:pw@host/x,
         return redact(f"//{url}")[2:]  # no "//": its user:password was a scheme and a path
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}" if "@" in netloc else netloc
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -128,9 +127,10 @@ def redact(url: str) -> str:
             safe="/:",
         )
     # A path's name=value ends with its segment (`/a;jsessionid=X/b.jpg`): run on, the
-    # file's name would be hidden, and two files stored as one URL.
+    # file's name would be hidden, and two files stored as one URL. No host: its user too.
+    hostless = parts.path if netloc else re.sub(r"^/*[^/?#@]*@", f"{REDACTED}@", parts.path)
     path = "/".join(_secret_pairs(segment) for segment in
-                    _USERINFO_IN_PATH.sub(f"//{REDACTED}@", parts.path).split("/"))
+                    _USERINFO_IN_PATH.sub(f"//{REDACTED}@", hostless).split("/"))
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
