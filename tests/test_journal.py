@@ -647,20 +647,12 @@ def test_a_line_a_full_disk_cut_inside_its_sha256_loses_nothing_its_blob_held(
     sha256 starts with those digits (16 at least) is the line's: the image is ok."""
     archive = tmp_path / "archive"
     images = stopped_after_the_images(standin, archive)
-    journal = archive / "tmp" / "1.committed"
-    data = journal.read_bytes()
-    last = data.splitlines()[-1]
-    journal.write_bytes(data[:len(data) - len(last) - 1 + last.index(b'"sha256":"') + 50])
-    cut = json.loads(last)
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    expire(standin)
-    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
-    assert not [line for line in ran.errors if "training_image" in line]
-    [image] = [e for e in images_of(archive) if e["index"] == cut["index"]]
+    cut = cut_inside_its_sha256(archive)
+    image = fetched_once_expired(standin, archive, capsys, monkeypatch, cut["index"])
     assert (image["status"], image["sha256"], image["size"]) == ("ok", cut["sha256"],
                                                                  cut["size"])
     assert {e["status"] for e in images_of(archive)} == {"ok"}
-    assert not journal.exists()
+    assert not (archive / "tmp" / "1.committed").exists()
     later = datetime.now(UTC) + timedelta(hours=12)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert all(blob_file(archive, image).read_bytes() == image for image in images)
@@ -678,17 +670,33 @@ def test_gc_keeps_the_blob_of_a_line_cut_inside_its_sha256(
     reads them."""
     archive = tmp_path / "archive"
     images = stopped_after_the_images(standin, archive)
+    cut = cut_inside_its_sha256(archive)
+    later = datetime.now(UTC) + timedelta(hours=12)
+    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
+    assert all(blob_file(archive, image).read_bytes() == image for image in images)
+    image = fetched_once_expired(standin, archive, capsys, monkeypatch, cut["index"])
+    assert (image["status"], image["sha256"]) == ("ok", cut["sha256"])
+
+
+def cut_inside_its_sha256(archive: Path) -> dict[str, Any]:
+    """Tune 1's journal's last line cut by a full disk 40 digits into its sha256 (16 is
+    what a fetch needs to find the blob): the entry the line was."""
     journal = archive / "tmp" / "1.committed"
     data = journal.read_bytes()
     last = data.splitlines()[-1]
     journal.write_bytes(data[:len(data) - len(last) - 1 + last.index(b'"sha256":"') + 50])
-    cut = json.loads(last)
-    later = datetime.now(UTC) + timedelta(hours=12)
-    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
-    assert all(blob_file(archive, image).read_bytes() == image for image in images)
+    entry: dict[str, Any] = json.loads(last)
+    return entry
+
+
+def fetched_once_expired(standin: StandIn, archive: Path,
+                         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                         index: int) -> dict[str, Any]:
+    """Tune 1 expired upstream, then fetched: the manifest's entry of training image
+    `index`, no line said of any training image."""
     monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
     expire(standin)
     ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
     assert not [line for line in ran.errors if "training_image" in line]
-    [image] = [e for e in images_of(archive) if e["index"] == cut["index"]]
-    assert (image["status"], image["sha256"]) == ("ok", cut["sha256"])
+    [image] = [e for e in images_of(archive) if e["index"] == index]
+    return image
