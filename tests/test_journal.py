@@ -605,49 +605,23 @@ def test_a_line_for_a_journal_a_snapshot_shares_goes_to_a_copy_of_our_own(
     assert [p.name for p in journals.directory.iterdir()] == ["1.committed"]
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["after_its_sha256", "inside_it"])
 def test_a_line_a_full_disk_cut_short_loses_nothing_its_blob_held(
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, inside: bool,
 ) -> None:
     """A run stopped after its images, the journal's last line cut short by a full disk
-    (write() stored part of it, its sha256 whole), the tune expired since: the line was
-    passed by, so the image it named, its blob in the archive, was said 'gone upstream,
-    never archived' for good, and gc, the journal settled, removed the blob. Later it was
-    failed, the journal kept, for good: each daily fetch exit 1, with no way out. The
-    line is rebuilt (its kind, index and url come before its sha256; the size is the held
-    blob's): the image is archived ok, the journal settled, gc keeps the blob."""
+    (write() stored part of it), the tune expired since: the line was passed by, so the
+    image it named, its blob in the archive, was said 'gone upstream, never archived' for
+    good, and gc, the journal settled, removed the blob. Later it was failed, the journal
+    kept, for good: each daily fetch exit 1, with no way out. The line is rebuilt (its
+    kind, index and url come before its sha256; the size is the held blob's): the image
+    is archived ok, the journal settled, gc keeps the blob. Cut inside its sha256 (40 of
+    its 64 digits written), the one blob whose sha256 starts with those digits (16 at
+    least) is the line's."""
     archive = tmp_path / "archive"
     images = stopped_after_the_images(standin, archive)
-    journal = archive / "tmp" / "1.committed"
-    data = journal.read_bytes()
-    journal.write_bytes(data[:-12])  # the last line's end: its sha256 stays
-    cut = json.loads(data.splitlines()[-1])
-    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
-    expire(standin)
-    ran = cli(capsys, "fetch", "1", "--archive", str(archive), "--api-url", standin.api_url)
-    [image] = [e for e in images_of(archive) if e["index"] == cut["index"]]
-    assert (image["status"], image["sha256"], image["size"]) == ("ok", cut["sha256"],
-                                                                 cut["size"])
-    assert {e["status"] for e in images_of(archive)} == {"ok"}
-    assert not [line for line in ran.errors if "training_image" in line]
-    assert not journal.exists()
-    later = datetime.now(UTC) + timedelta(hours=12)
-    assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
-    assert all(blob_file(archive, image).read_bytes() == image for image in images)
-
-
-def test_a_line_a_full_disk_cut_inside_its_sha256_loses_nothing_its_blob_held(
-    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """As above, the cut inside the line's sha256 (40 of its 64 digits written): the line
-    was not rebuilt, so the next fetch failed the image ('holds a line cut short'), its
-    settle dropped the journal, and the fetch after said it 'gone upstream, never
-    archived', its blob in the archive named by nothing, for gc. The one blob whose
-    sha256 starts with those digits (16 at least) is the line's: the image is ok."""
-    archive = tmp_path / "archive"
-    images = stopped_after_the_images(standin, archive)
-    cut = cut_inside_its_sha256(archive)
+    cut = cut_last_line(archive, inside)
     image = fetched_once_expired(standin, archive, capsys, monkeypatch, cut["index"])
     assert (image["status"], image["sha256"], image["size"]) == ("ok", cut["sha256"],
                                                                  cut["size"])
@@ -655,7 +629,7 @@ def test_a_line_a_full_disk_cut_inside_its_sha256_loses_nothing_its_blob_held(
     assert not (archive / "tmp" / "1.committed").exists()
     later = datetime.now(UTC) + timedelta(hours=12)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
-    assert all(blob_file(archive, image).read_bytes() == image for image in images)
+    assert all(blob_file(archive, data).read_bytes() == data for data in images)
 
 
 def test_gc_keeps_the_blob_of_a_line_cut_inside_its_sha256(
@@ -670,7 +644,7 @@ def test_gc_keeps_the_blob_of_a_line_cut_inside_its_sha256(
     reads them."""
     archive = tmp_path / "archive"
     images = stopped_after_the_images(standin, archive)
-    cut = cut_inside_its_sha256(archive)
+    cut = cut_last_line(archive, inside_its_sha256=True)
     later = datetime.now(UTC) + timedelta(hours=12)
     assert cli(capsys, "gc", "--archive", str(archive), now=later).code == 0
     assert all(blob_file(archive, image).read_bytes() == image for image in images)
@@ -678,13 +652,14 @@ def test_gc_keeps_the_blob_of_a_line_cut_inside_its_sha256(
     assert (image["status"], image["sha256"]) == ("ok", cut["sha256"])
 
 
-def cut_inside_its_sha256(archive: Path) -> dict[str, Any]:
-    """Tune 1's journal's last line cut by a full disk 40 digits into its sha256 (16 is
-    what a fetch needs to find the blob): the entry the line was."""
+def cut_last_line(archive: Path, inside_its_sha256: bool) -> dict[str, Any]:
+    """Tune 1's journal's last line cut short by a full disk: past its sha256, or 40
+    digits into it (16 is what a fetch needs to find the blob). The entry the line was."""
     journal = archive / "tmp" / "1.committed"
     data = journal.read_bytes()
     last = data.splitlines()[-1]
-    journal.write_bytes(data[:len(data) - len(last) - 1 + last.index(b'"sha256":"') + 50])
+    kept = last.index(b'"sha256":"') + 50 if inside_its_sha256 else len(last) - 11
+    journal.write_bytes(data[:len(data) - len(last) - 1 + kept])
     entry: dict[str, Any] = json.loads(last)
     return entry
 
