@@ -27,7 +27,6 @@ class ForwardProxy(LoopThread):
         self.refuse = False
         self.refusal = b"403 Forbidden\r\n"  # what `refuse` answers: its status, any headers
         self.refused_methods: set[str] = set()  # refused as `refuse` is, other methods let by
-        self.reads_refused = True  # a refused request's body read before its answer
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -53,11 +52,9 @@ class ForwardProxy(LoopThread):
             headers = dict(item.split(": ", 1) for item in lines if item)
             self.seen.append(Seen(method, target, headers))
             if self.refuse or method in self.refused_methods:  # its body read first
-                if self.reads_refused:
-                    await reader.readexactly(int(headers.get("Content-Length", 0)))
-                if self.refusal:  # else hung up on without a word
-                    writer.write(b"HTTP/1.1 " + self.refusal + b"Content-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
+                await reader.readexactly(int(headers.get("Content-Length", 0)))
+                writer.write(b"HTTP/1.1 " + self.refusal + b"Content-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
                 return
             if method == "CONNECT":
                 port = int(target.rpartition(":")[2])

@@ -5,7 +5,6 @@ the proxy."""
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,36 +335,6 @@ def test_retrains_post_refused_407_by_the_proxy_is_said_as_the_proxys(
             in "\n".join(ran.errors)), ran.errors
     assert "the API answered HTTP 407" not in "\n".join(ran.errors)
     assert standin.created == []
-
-
-def test_retrains_post_refused_unread_by_the_proxy_made_nothing(
-    standin: StandIn, tmp_path: Path, proxy: ForwardProxy, capsys: pytest.CaptureFixture[str],
-) -> None:
-    """As above, the proxy answering 407 and hanging up without reading the POST's body
-    (as many do): aiohttp lost the answer ('Can not write request body'), and retrain
-    said 'the API may have created the tune all the same: look for it', exit 1, the
-    title kept marked sent, though no whole request went past the proxy. The proxy is
-    named, exit 4, nothing marked: the same retrain once credentials are given sends."""
-    archive = tmp_path / "archive"  # photos past the sockets' buffers: the body is cut
-    urls = [standin.add_file(f"img{i}", b"\xff\xd8\xff" + os.urandom(900_000)) for i in range(3)]
-    standin.add_tune(5, [], urls, model_type="faceid", title="Jane", base_tune_id=1504944)
-    assert run_fetch(standin, archive, "5") == 0
-    standin.urls["api"] = standin.urls["api"].replace("127.0.0.1", "api.astria.test")
-    proxy.refusal, proxy.refused_methods, proxy.reads_refused = b"", {"POST"}, False
-    ran = sent(standin, archive, capsys)  # hung up on without a word: the body cut
-    said = "\n".join(ran.errors)
-    assert ran.code == 4, said
-    assert f"the proxy {proxy.url} closed the connection" in said
-    assert "may have created" not in said
-    proxy.refusal = PROXY_407  # its answer lost, or read as the body broke off
-    ran = sent(standin, archive, capsys)
-    said = "\n".join(ran.errors)
-    assert ran.code == 4, said
-    assert f"the proxy {proxy.url} " in said
-    assert "may have created" not in said
-    proxy.refused_methods = set()
-    assert sent(standin, archive, capsys).code == 0
-    assert len(standin.created) == 1
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

@@ -117,7 +117,7 @@ def proxied(url: str) -> Iterator[None]:
     """Turn aiohttp's errors of the proxy a request to `url` goes through into ours, the
     proxy named as what failed: one that cannot be reached (its name unresolved too:
     aiohttp gives that as any host's) or that does not answer, a CONNECT it refused or
-    asked credentials for, a plain-http request's body it hung up on."""
+    asked credentials for."""
     try:
         yield
     except aiohttp.ClientHttpProxyError as exc:  # a CONNECT refused
@@ -142,17 +142,6 @@ def proxied(url: str) -> Iterator[None]:
             raise
         reason = exc.os_error.strerror or type(exc.os_error).__name__
         raise ConnectError(f"cannot connect to the proxy {exc.host}:{exc.port} ({reason})") from exc
-    except aiohttp.ClientOSError as exc:  # aiohttp's, a request's body not written whole
-        via = proxy_for(url).url
-        if via is None or urlsplit(url).scheme != "http" or not (
-                exc.strerror or "").startswith("Can not write request body"):
-            raise
-        # A plain-http request's peer is the proxy: one refusing a POST unread (its 407
-        # lost with the connection) passed on no whole request, so the API made nothing.
-        raise ConnectError(f"the proxy {redact(str(via))} closed the connection before the "
-                           f"request to {redact(url)} was sent whole (refused: does it ask "
-                           "for a user name and password?); nothing reached the server"
-                           ) from exc
 
 
 def asks_credentials(url: str) -> ConnectError:
