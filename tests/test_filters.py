@@ -415,3 +415,20 @@ def test_a_listed_creation_time_that_leaves_the_calendar_stops_no_run(
     add_tune(standin, 2, created_at="2026-11-02T14:32:05.067Z")
     assert run_fetch(standin, archive, "--all", "--created-after", "2020-01-01") == 0
     assert manifests(archive) == {2}
+
+
+@pytest.mark.parametrize("option", ["--title", "--branch"])
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_filter_is_a_usage_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], option: str,
+    blank: str,
+) -> None:
+    """`--title "$CLIENT"` with the variable unset in cron: a filter matching only empty
+    text made --all select no tune, exit 0 (a success ping, nothing archived); it is exit
+    2 naming the option, as a blank TUNE_ARCHIVER_TITLE is no filter and an empty
+    --archive a usage error."""
+    several(standin)
+    assert run_fetch(standin, archive, "--all", option, blank) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tune-archiver: error: argument {option}: is blank")
+    assert not manifests(archive)

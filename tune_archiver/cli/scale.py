@@ -29,12 +29,12 @@ MAX_IDS_BYTES = 16 * 2**20
 
 def add_filters(fetch: argparse.ArgumentParser) -> None:
     """fetch --all's filters (combined with AND, and with --expiring-within and --shard)."""
-    fetch.add_argument("--title", metavar="GLOB", type=utf8_text,
+    fetch.add_argument("--title", metavar="GLOB", type=filter_text,
                        help="with --all: only tunes whose title matches GLOB (fnmatch, "
                        "any case), e.g. 'client-*'")
     fetch.add_argument("--model-type", choices=MODEL_TYPES,
                        help="with --all: only tunes of this model type")
-    fetch.add_argument("--branch", metavar="NAME", type=utf8_text,
+    fetch.add_argument("--branch", metavar="NAME", type=filter_text,
                        help="with --all: only tunes of this base model branch, e.g. flux1")
     fetch.add_argument("--created-after", metavar="DATE", type=moment,
                        help="with --all: only tunes created at or after DATE (ISO 8601, "
@@ -73,6 +73,14 @@ def utf8_text(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError("not text (bytes that are not UTF-8)") from None
+    return text
+
+
+def filter_text(text: str) -> str:
+    """--title and --branch: UTF-8 text, not blank. A blank one (`--title "$CLIENT"`, the
+    variable unset in cron) matched no tune: --all selected none, exit 0, a success ping."""
+    if not utf8_text(text).strip():
+        raise argparse.ArgumentTypeError("is blank (a variable it names may be unset)")
     return text
 
 
