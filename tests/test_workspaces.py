@@ -265,3 +265,18 @@ def test_a_tune_not_found_in_every_workspace_is_asked_for_once(
     assert run_fetch(standin, archive, "999", "--workspace", "all") == 1
     assert "tune 999 not found" in capsys.readouterr().err
     assert len(standin.seen("api", "/tunes/999")) == 1
+
+
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_workspace_is_a_usage_error(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str], blank: str,
+) -> None:
+    """`--workspace "$WS"` with the variable unset in cron was taken for no --workspace:
+    --all archived the personal scope alone, exit 0, and the workspace's tunes were left
+    to expire. It is exit 2 naming the option, nothing asked of the API."""
+    add_tune(standin, 1)
+    add_tune(standin, 2, "41")
+    assert run_fetch(standin, archive, "--all", "--workspace", blank) == 2
+    assert capsys.readouterr().err.startswith(
+        "tune-archiver: error: argument --workspace: is blank")
+    assert standin.seen("api") == []

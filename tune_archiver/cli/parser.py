@@ -15,6 +15,7 @@ from tune_archiver.cli.scale import (
     add_forget,
     add_limit_rate,
     check_scale,
+    not_blank,
     shard_or_auto,
 )
 from tune_archiver.commands.layouts import LAYOUTS
@@ -137,7 +138,7 @@ def _add_api(api: argparse.ArgumentParser) -> None:
                      f"{ENV_PING_URL})")
     api.add_argument("--api-key-file", metavar="PATH",
                      help=f"read the API key from this file instead of {ENV_API_KEY}")
-    api.add_argument("--workspace", metavar="ID|all",
+    api.add_argument("--workspace", metavar="ID|all", type=not_blank,
                      help="send X-Workspace-Id: ID to the API; all spans every workspace "
                      "(else ASTRIA_WORKSPACE_ID, or the Astria CLI's config)")
     api.add_argument("--profile", metavar="NAME",

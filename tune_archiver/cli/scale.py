@@ -77,9 +77,15 @@ def utf8_text(text: str) -> str:
 
 
 def filter_text(text: str) -> str:
-    """--title and --branch: UTF-8 text, not blank. A blank one (`--title "$CLIENT"`, the
-    variable unset in cron) matched no tune: --all selected none, exit 0, a success ping."""
-    if not utf8_text(text).strip():
+    """--title and --branch: UTF-8 text, not blank."""
+    return not_blank(utf8_text(text))
+
+
+def not_blank(text: str) -> str:
+    """A blank --title, --branch or --workspace (`--title "$CLIENT"`, the variable unset in
+    cron) was a filter no tune passed, or no workspace: --all selected none, or the personal
+    scope alone, exit 0, a success ping, the tunes left to expire unarchived."""
+    if not text.strip():
         raise argparse.ArgumentTypeError("is blank (a variable it names may be unset)")
     return text
 
