@@ -334,3 +334,20 @@ def test_list_says_a_training_photo_listed_as_null_is_not_archived(
     jsonschema.Draft202012Validator(LIST_SCHEMA).validate(document)
     [tune] = document["tunes"]
     assert (tune["complete"], tune["failed"], tune["unread"]) == (False, 0, ["training_image"])
+
+
+def test_a_checkpoint_left_out_by_only_images_is_not_none(
+    standin: StandIn, archive: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tune fetched with --only images, its checkpoint listed by the API but never
+    archived, showed checkpoint 'none', which says the API listed none (a Flux LoRA,
+    FaceID): a user read that as nothing more to keep. The tune recorded lists one and
+    none is archived: 'failed', as the README defines it; one listing none stays 'none'."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    standin.tunes[2].update(ckpt_url=None, ckpt_urls=[])
+    assert run_fetch(standin, archive, "1", "--only", "images") == 0
+    archived(standin, archive, 2)
+    ran = cli(capsys, "list", "--json", "--archive", str(archive), now=a_day_on())
+    assert [(row["tune_id"], row["checkpoint"], row["complete"])
+            for row in json.loads(ran.out)["tunes"]] == [(2, "none", True), (1, "failed", False)]

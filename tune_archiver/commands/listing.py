@@ -78,11 +78,19 @@ def unread_kinds(found: Manifest) -> list[str]:
 
 def checkpoint_state(found: Manifest) -> str:
     """yes: a checkpoint is archived; none: the API listed none (LoRA, FaceID, training);
-    failed: it listed one and none is archived (failed, or gone upstream)."""
+    failed: it listed one and none is archived (failed, gone upstream, or left out by
+    --only images: no entry, but the tune recorded lists it, so never 'none')."""
     entries = [entry for entry in found.entries if entry.kind == "checkpoint"]
     if any(entry.status == "ok" for entry in entries):
         return "yes"
-    return "failed" if entries else "none"
+    return "failed" if entries or _lists_a_checkpoint(found) else "none"
+
+
+def _lists_a_checkpoint(found: Manifest) -> bool:
+    try:
+        return bool(parse_tune({**found.tune, "id": found.tune_id}).checkpoint_urls)
+    except DataError:
+        return False
 
 
 def _text(value: Any) -> str | None:
