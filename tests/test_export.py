@@ -321,6 +321,27 @@ def test_failed_asset_is_listed_as_not_archived(
     assert exported(tmp_path / "dest" / "1-tune-1") == expected_files(served)
 
 
+def test_training_images_the_api_sent_malformed_are_named_not_archived(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """orig_images sent as a string (or holding a null no archived photo stands for):
+    the photos were never archived, and fetch, verify, list and retrain say so, yet
+    export said '0 failed', exit 0, as a tune exported whole, while one failed photo
+    with an entry is 'not archived', exit 1. It is named so too, by its kind."""
+    served = add_tune(standin, 1)
+    standin.tunes[1]["orig_images"] = standin.file_url("photos.zip")
+    assert run_fetch(standin, archive, "1") == 1
+    ran = cli(capsys, "export", "1", str(tmp_path / "dest"), "--archive", str(archive), "--json")
+    assert ran.code == 1
+    assert json.loads(ran.out)["failed"] == [
+        "training_image: not archived (training images not archived: 'orig_images' is a "
+        "string, not a list of URLs)"]
+    assert "training_image: not archived" in ran.err
+    assert exported(tmp_path / "dest" / "1-tune-1") == {
+        name: data for name, data in expected_files(served).items()
+        if name.startswith("checkpoints/")}
+
+
 def test_a_prompts_failed_file_is_named_with_its_prompt(
     standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

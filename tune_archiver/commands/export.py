@@ -24,6 +24,7 @@ from urllib.parse import quote
 from tune_archiver import gallery, manifest
 from tune_archiver.commands.layouts import Layout, layout_path, sidecar_name, trigger_words
 from tune_archiver.commands.names import export_path, folder_name
+from tune_archiver.commands.verify import unread_fields
 from tune_archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -145,6 +146,13 @@ async def _fill(store: Store, found: manifest.Manifest, data: bytes, inside: Pat
                 await in_thread(_write_new, inside / sidecar_name(name, taken), words)
             except StorageError as exc:
                 result.failed.append(f"{where}: its trigger words: {said(exc)}")
+    # Files of a field the API sent malformed, or of prompts not read, have no entry,
+    # yet were never archived: named as verify names them, never a silent "0 failed".
+    for unread in unread_fields(found):
+        if unread.problem == "gone":
+            result.gone.append(f"{unread.kind}: gone upstream, never archived ({unread.detail})")
+        else:
+            result.failed.append(f"{unread.kind}: not archived ({unread.detail})")
     page = gallery.tune_page(found, lambda entry: _relative(placed_at.get(entry)))
     # Failed as a file is (a full disk, say): the files that failed before are still named.
     for name, content in (("manifest.json", data), ("index.html", page.encode())):
