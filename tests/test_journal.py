@@ -543,6 +543,8 @@ def test_forget_of_a_tune_a_stopped_first_fetch_left_only_a_journal_forgets_it(
     dry = cli(capsys, "forget", "1", "--dry-run", "--archive", str(archive))
     assert dry.code == 0, dry.err
     assert "journal of the files a stopped fetch committed of tune 1" in dry.out
+    # no manifest counted removed, where none is (it said 'would remove 1 manifest(s)')
+    assert "forget would remove 0 manifest(s) and 1 journal(s) of a stopped fetch;" in dry.out
     # Astria lists it still: the next fetch --all takes it back, as of a tune archived
     assert "tune 1 has not expired: the next fetch --all archives it again" in dry.out
     assert journal_lines(archive)

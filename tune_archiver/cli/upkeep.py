@@ -54,8 +54,10 @@ def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
              for tune_id, title in found.removed]
     lines += [f"tune {tune_id} has not expired: the next fetch --all archives it again "
               "while Astria lists it" for tune_id in found.live]
-    lines.append(f"forget {verb} {len(found.removed)} manifest(s); run gc to free the blobs "
-                 "no other tune uses")
+    journals = sum(1 for tune_id, _ in found.removed if tune_id in found.journal_only)
+    lines.append(f"forget {verb} {len(found.removed) - journals} manifest(s)"
+                 + (f" and {journals} journal(s) of a stopped fetch" if journals else "")
+                 + "; run gc to free the blobs no other tune uses")
     return lines
 
 
