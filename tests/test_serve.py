@@ -36,7 +36,7 @@ from tests.s3server import (  # noqa: F401  (fixtures)
     moto_s3_fixture,
 )
 from tests.standin import StandIn
-from tune_archiver.errors import StorageError
+from tune_archiver.errors import ConfigError, StorageError
 from tune_archiver.layout import blob_key
 from tune_archiver.store import local as local_module
 from tune_archiver.store.local import LocalStore
@@ -253,6 +253,20 @@ def test_a_token_file_saved_with_a_byte_order_mark_gives_the_token(tmp_path: Pat
     path.write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")
     path.chmod(0o600)
     assert read_token(str(path)) == TOKEN
+
+
+@pytest.mark.parametrize("content", [TOKEN + "\nsecond line\n", TOKEN + "\tx", "a\x1b[2J" + TOKEN])
+def test_a_token_file_of_more_than_the_token_is_refused(tmp_path: Path, content: str) -> None:
+    """A token file of two lines (or a control character) was taken whole as the token:
+    serve started and refused every request, 401, the token written in the file and the
+    Bearer header (which holds no line break) never matching it. It is refused, as an API
+    key file of two lines is: exit 2, the token not shown."""
+    path = tmp_path / "token"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="must hold the token alone") as refused:
+        read_token(str(path))
+    assert TOKEN not in str(refused.value)
 
 
 @pytest.mark.parametrize(("text", "bound", "loopback"), [

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 from tune_archiver.config import secret_file_warnings, secret_text
 from tune_archiver.digits import whole_number
 from tune_archiver.errors import ConfigError
+from tune_archiver.text import has_control
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ def read_token(path: str) -> str:
             token = secret_text(file, f"the token file {path}", "the token")
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}") from exc
+    if has_control(token):  # a second line: a Bearer header can never carry it (401)
+        raise ConfigError(f"the token file {path} holds more than one line or a control "
+                          "character; it must hold the token alone")
     if len(token) < 16:
         raise ConfigError(f"the token file {path} holds fewer than 16 characters")
     for warning in secret_file_warnings(f"the token file {path}", info, os.geteuid()):
