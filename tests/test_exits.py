@@ -105,6 +105,20 @@ def test_a_key_on_the_command_line_is_refused_and_never_echoed(
     assert "sk-SECRET" not in err
 
 
+@pytest.mark.parametrize("words", [["serve", "--token", "sk-SECRET"],
+                                   ["--token=sk-SECRET", "serve"]])
+def test_serves_token_on_the_command_line_is_refused_pointing_to_its_file(
+    words: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`serve --token X` was told to pass an API key in ASTRIA_API_KEY, which serve never
+    needs: its token goes in --token-file. The value is unshown."""
+    assert main(words) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert "put it in a file named by --token-file" in err
+    assert "ASTRIA_API_KEY" not in err
+    assert "sk-SECRET" not in err
+
+
 def test_an_unknown_option_with_a_value_is_named_without_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -43,6 +43,7 @@ LONGEST_WINDOW = timedelta(days=36500)
 # Options that would put the key on the command line, where ps and shell history see it.
 KEY_OPTIONS = ("--api-key", "--token", "--key")
 KEY_REFUSED = "the key is never an argument: pass the key in ASTRIA_API_KEY or --api-key-file"
+TOKEN_REFUSED = "serve's token is never an argument: put it in a file named by --token-file"
 
 
 class UsageError(Exception):
@@ -65,8 +66,8 @@ class Parser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         for word in args or ():
-            if word.split("=", 1)[0] in KEY_OPTIONS:
-                self.error(KEY_REFUSED)
+            if word.split("=", 1)[0] in KEY_OPTIONS:  # serve needs no key: its own token
+                self.error(TOKEN_REFUSED if "serve" in (args or []) else KEY_REFUSED)
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
