@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -115,6 +116,21 @@ def test_a_ping_that_fails_is_one_warning_never_a_failed_backup(
     assert len(warnings) == 2  # start and success
     assert all("the run is not affected" in line for line in warnings)
     assert not any("secret-token" in line or "abc-uuid" in line for line in warnings)
+
+
+def test_a_ping_that_cannot_connect_says_why_in_words(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A monitor not listening was said by aiohttp's class name ('failed
+    (ClientConnectorError)'): now as a download's is, its host and port, never its path."""
+    make_tune(standin, 1, images=1)
+    url = closed_port_url() + "/secret-token"
+    assert run_fetch(standin, tmp_path / "a", "1", "--ping-url", url) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "ping" in line]
+    assert len(warnings) == 2
+    assert all(f"failed (cannot connect to {urlsplit(url).netloc} (" in line
+               for line in warnings), warnings
+    assert not any("secret-token" in line for line in warnings)
 
 
 def test_a_ping_url_that_is_not_http_is_a_usage_error(

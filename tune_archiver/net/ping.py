@@ -7,14 +7,14 @@ reason, never raised, and never fails the backup.
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from tune_archiver.config import USER_AGENT
-from tune_archiver.errors import ConfigError
+from tune_archiver.errors import ArchiverError, ConfigError
 from tune_archiver.net.proxy import asks_credentials, proxy_for
+from tune_archiver.net.transport import translated
 
 PING_TIMEOUT = 10.0  # seconds for the whole exchange: a slow monitor must not hold a run
 
@@ -35,31 +35,33 @@ def on_path(url: str, suffix: str) -> str:
 
 async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | None:
     """GET url+suffix, or POST `summary` as text/plain when given; None when the monitor
-    answered 2xx, else one line saying why not (no URL in it: it may hold a token)."""
+    answered 2xx, else one line saying why not, naming the monitor's origin alone (its
+    path may hold a token: healthchecks.io's UUID)."""
     timeout = aiohttp.ClientTimeout(total=PING_TIMEOUT)
+    target = on_path(url, suffix)
+    monitor = urlunsplit(urlsplit(target)._replace(path="", query="", fragment=""))
     try:
-        async with aiohttp.ClientSession(
-            timeout=timeout, headers={"User-Agent": USER_AGENT}
-        ) as session:
-            target = on_path(url, suffix)
-            proxy = proxy_for(target)
-            if summary is None:
-                request = session.get(target, **proxy.sent({}))
-            else:
-                request = session.post(target, data=summary.encode(), **proxy.sent(
-                    {"Content-Type": "text/plain; charset=utf-8"}))
-            async with request as response:
-                if 200 <= response.status < 300:
-                    return None
-                if response.status == 407 and proxy.url is not None:  # the proxy's (as get's)
-                    return str(asks_credentials(target))
-                return f"HTTP {response.status}"
+        # aiohttp's errors said in words (cannot connect to host:port (Connection
+        # refused), no data for 10 s, the proxy's), as a download's, of the origin.
+        with translated(monitor, PING_TIMEOUT):
+            async with aiohttp.ClientSession(
+                timeout=timeout, headers={"User-Agent": USER_AGENT}
+            ) as session:
+                proxy = proxy_for(target)
+                if summary is None:
+                    request = session.get(target, **proxy.sent({}))
+                else:
+                    request = session.post(target, data=summary.encode(), **proxy.sent(
+                        {"Content-Type": "text/plain; charset=utf-8"}))
+                async with request as response:
+                    if 200 <= response.status < 300:
+                        return None
+                    if response.status == 407 and proxy.url is not None:  # the proxy's
+                        return str(asks_credentials(target))
+                    return f"HTTP {response.status}"
+    except ArchiverError as exc:  # translated's; a proxy we cannot use (ConfigError) too
+        return str(exc)
     # ValueError: a host the IDNA codec refuses (a doubled dot, a label over 63
     # characters) raises UnicodeError from the resolver, past aiohttp's own errors.
-    except ConfigError as exc:  # a proxy we cannot use: the run says why
-        return str(exc)
-    except aiohttp.ClientHttpProxyError as exc:  # its CONNECT refused: named, not the URL
-        return str(asks_credentials(on_path(url, suffix))) if exc.status == 407 else (
-            f"the proxy refused to connect (HTTP {exc.status})")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:  # noqa: UP041
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         return type(exc).__name__
