@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -183,6 +184,29 @@ def test_an_archive_that_cannot_be_created_exits_2(
     assert run_fetch(standin, Path("/sys/tune-archive-test"), "1") == Exit.USAGE
     assert "cannot create the archive in /sys/tune-archive-test" in capsys.readouterr().err
     assert standin.seen("cdn") == []
+
+
+@pytest.mark.parametrize("where", ["tmp", "objects/sha256", "manifests"])
+def test_a_file_where_an_archive_folder_must_be_exits_2(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str,
+) -> None:
+    """A file planted (or left by a bad copy) where the archive keeps a folder: 'cannot
+    create the archive ...: Not a directory' was exit 1, a failed run, as a disk failing
+    mid-run is; a folder planted at `lock` was exit 2. The operator's to mend, before
+    anything is done: exit 2, the archived files untouched."""
+    make_tune(standin, 1)
+    archive = tmp_path / "archive"
+    assert run_fetch(standin, archive, "1") == 0
+    kept = sorted(p.relative_to(archive) for p in (archive / "objects").rglob("*"))
+    planted = archive / where
+    shutil.rmtree(planted)
+    planted.write_text("not a folder")
+    make_tune(standin, 2)
+    capsys.readouterr()
+    assert run_fetch(standin, archive, "2") == Exit.USAGE
+    assert f"cannot create the archive in {archive}" in capsys.readouterr().err
+    if where != "objects/sha256":
+        assert sorted(p.relative_to(archive) for p in (archive / "objects").rglob("*")) == kept
 
 
 @pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP])

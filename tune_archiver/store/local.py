@@ -121,7 +121,7 @@ class LocalStore:
         try:
             await in_thread(make_archive_folders, self.root, FOLDERS)
         except OSError as exc:
-            if exc.errno in NOT_WRITABLE:  # the operator's to fix, before anything is done
+            if exc.errno in {*NOT_WRITABLE, errno.ENOTDIR, errno.EEXIST}:  # the operator's to fix
                 raise ConfigError(
                     f"cannot create the archive in {self.root}: {exc.strerror or exc}"
                 ) from exc
