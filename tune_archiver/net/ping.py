@@ -38,9 +38,10 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
     answered 2xx, else one line saying why not, naming the monitor's origin alone (its
     path may hold a token: healthchecks.io's UUID)."""
     timeout = aiohttp.ClientTimeout(total=PING_TIMEOUT)
-    target = on_path(url, suffix)
-    monitor = urlunsplit(urlsplit(target)._replace(path="", query="", fragment=""))
     try:
+        # Within the try: urlsplit raises ValueError (an IPv6 bracket left open).
+        target = on_path(url, suffix)
+        monitor = urlunsplit(urlsplit(target)._replace(path="", query="", fragment=""))
         # aiohttp's errors said in words (cannot connect to host:port (Connection
         # refused), no data for 10 s, the proxy's), as a download's, of the origin.
         with translated(monitor, PING_TIMEOUT):
@@ -62,6 +63,9 @@ async def ping(url: str, suffix: str = "", summary: str | None = None) -> str | 
     except ArchiverError as exc:  # translated's; a proxy we cannot use (ConfigError) too
         return str(exc)
     # ValueError: a host the IDNA codec refuses (a doubled dot, a label over 63
-    # characters) raises UnicodeError from the resolver, past aiohttp's own errors.
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    # characters) raises UnicodeError from the resolver, past aiohttp's own errors;
+    # urlsplit an IPv6 bracket left open. The URL unshown: it may hold the token.
+    except ValueError:
+        return "a malformed URL: its host cannot be read"
+    except (aiohttp.ClientError, OSError) as exc:
         return type(exc).__name__
