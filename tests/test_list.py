@@ -351,3 +351,25 @@ def test_a_checkpoint_left_out_by_only_images_is_not_none(
     ran = cli(capsys, "list", "--json", "--archive", str(archive), now=a_day_on())
     assert [(row["tune_id"], row["checkpoint"], row["complete"])
             for row in json.loads(ran.out)["tunes"]] == [(2, "none", True), (1, "failed", False)]
+
+
+def test_a_tune_page_names_a_checkpoint_left_out_by_only_images(
+    standin: StandIn, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its page (serve's, and the export's index.html) said 'Checkpoints: none listed' for
+    a tune fetched with --only images whose checkpoint the API lists, where list says
+    'failed': one opening the page took the tune for one with no checkpoint to keep."""
+    add_tune(standin, 1)
+    add_tune(standin, 2)
+    standin.tunes[2].update(ckpt_url=None, ckpt_urls=[])
+    assert run_fetch(standin, archive, "1", "--only", "images") == 0
+    archived(standin, archive, 2)
+    pages = {}
+    for tune_id in (1, 2):
+        assert cli(capsys, "export", str(tune_id), str(tmp_path / "dest"),
+                   "--archive", str(archive)).code == 0
+        [folder] = (tmp_path / "dest").glob(f"{tune_id}-*")
+        pages[tune_id] = (folder / "index.html").read_text()
+    assert "none listed" not in pages[1]
+    assert "listed by the API, not archived" in pages[1]
+    assert "none listed" in pages[2]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
 
+from tune_archiver.commands.listing import checkpoint_state
 from tune_archiver.commands.names import extension
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
@@ -88,8 +89,8 @@ def tune_page(found: Manifest, href: Href, extra: str = "") -> str:
     parts = [f"<h1>{e(title)}</h1>", "<dl>" + "".join(
         f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in facts if value is not None
     ) + "</dl>", extra]
-    parts.append(_checkpoints(found.tune_id, [x for x in found.entries
-                                              if x.kind == "checkpoint"], href))
+    parts.append(_checkpoints(found, [x for x in found.entries
+                                      if x.kind == "checkpoint"], href))
     for kind, heading in (("training_image", "Training images"),
                           ("face_swap_image", "Face-swap images")):
         chosen = [x for x in found.entries if x.kind == kind]
@@ -110,9 +111,12 @@ def _complete(found: Manifest, href: Href) -> str:
             + (" (complete in the archive)" if found.complete else ""))
 
 
-def _checkpoints(tune_id: int, entries: Sequence[Entry], href: Href) -> str:
-    if not entries:
-        return "<h2>Checkpoints</h2><p>none listed</p>"
+def _checkpoints(found: Manifest, entries: Sequence[Entry], href: Href) -> str:
+    tune_id = found.tune_id
+    if not entries:  # the tune recorded may list one all the same (--only images): as list
+        return "<h2>Checkpoints</h2>" + (
+            "<p class=\"failed\">listed by the API, not archived (--only images leaves it out)"
+            "</p>" if checkpoint_state(found) == "failed" else "<p>none listed</p>")
     rows = []
     for entry in entries:
         link = href(entry) if entry.blob else None
