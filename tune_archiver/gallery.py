@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
 
-from tune_archiver.commands.listing import checkpoint_state
 from tune_archiver.commands.names import extension
 from tune_archiver.manifest import Entry, Manifest
 from tune_archiver.models import PROMPT_KINDS
@@ -112,6 +111,8 @@ def _complete(found: Manifest, href: Href) -> str:
 
 
 def _checkpoints(found: Manifest, entries: Sequence[Entry], href: Href) -> str:
+    from tune_archiver.commands.listing import checkpoint_state  # list's: not at startup
+
     tune_id = found.tune_id
     if not entries:  # the tune recorded may list one all the same (--only images): as list
         return "<h2>Checkpoints</h2>" + (
