@@ -62,6 +62,16 @@ def test_a_refusal_that_is_no_json_is_not_said_as_the_key_rejected(
     assert not (tmp_path / "archive" / "manifests" / "1.json").exists()
 
 
+def refused(standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+            answer: Status, code: Exit) -> str:
+    """Tune 1 fetched once (no retry) while the API answers it `answer`: the exit `code`
+    checked, stderr returned."""
+    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
+    standin.api_faults[1] = [answer]
+    assert run_fetch(standin, tmp_path / "archive", "1", "--retries", "0") == code
+    return capsys.readouterr().err
+
+
 CLOUDFLARE = (b"<!DOCTYPE html><html><head><title>Attention Required! | Cloudflare</title>"
               b"</head><body>Sorry, you have been blocked</body></html>")
 
@@ -73,10 +83,8 @@ def test_a_refusal_page_of_the_apis_own_firewall_is_said_as_possibly_that(
     blocked', for a VPN's or a cloud server's address) is no judgement of the key, exit
     4; but the line named only this network's proxy, web filter or captive portal, and
     a user with none looked for one in vain: it names the API's own firewall too."""
-    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
-    standin.api_faults[1] = [Status(403, {"Content-Type": "text/html"}, CLOUDFLARE)]
-    assert run_fetch(standin, tmp_path / "archive", "1", "--retries", "0") == Exit.UNREACHABLE
-    err = capsys.readouterr().err
+    err = refused(standin, tmp_path, capsys, Status(403, {"Content-Type": "text/html"},
+                                                    CLOUDFLARE), Exit.UNREACHABLE)
     assert "the firewall in front of the API refused this machine's address" in err
     assert "API key rejected" not in err
 
@@ -87,10 +95,8 @@ def test_a_plain_text_or_empty_refusal_is_still_the_keys(
 ) -> None:
     """A 401 in plain text is what a Rails API (Astria's kind) answers a token it does
     not know, as text/plain: that is the key's, exit 3, never a proxy's."""
-    standin.add_tune(1, [], [standin.add_file("f", b"x" * 2000)])
-    standin.api_faults[1] = [Status(401, {"Content-Type": "text/plain"}, body)]
-    assert run_fetch(standin, tmp_path / "archive", "1", "--retries", "0") == Exit.AUTH
-    err = capsys.readouterr().err
+    err = refused(standin, tmp_path, capsys, Status(401, {"Content-Type": "text/plain"}, body),
+                  Exit.AUTH)
     assert "API key rejected: check ASTRIA_API_KEY" in err
     assert "something between here and the API" not in err
 

@@ -511,23 +511,27 @@ def test_retrain_stopped_while_recording_the_created_tune_says_it_exists(
             await asyncio.Event().wait()  # held until the stop
             raise AssertionError("never reached")
 
-    settings = Settings(archive=archived[0], api_key=standin.api_key,
-                        api_url=standin.api_url)
+    with caplog.at_level(logging.ERROR):
+        stopped_once(standin, Recording(archived[0]), reached)
+    assert len(standin.created) == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "created tune 6" in line
+    assert "do not send it again" in line
 
-    async def stopped_while_recording() -> None:
-        task = asyncio.ensure_future(
-            run_retrain(settings, Recording(archived[0]), 5, True, NOW, None))
+
+def stopped_once(standin: StandIn, store: LocalStore, reached: asyncio.Event) -> None:
+    """retrain of tune 5 into `store`, stopped (a Ctrl-C, a cron's timeout: the task
+    cancelled) once `reached` is set."""
+    settings = Settings(archive=store.root, api_key=standin.api_key, api_url=standin.api_url)
+
+    async def stopped() -> None:
+        task = asyncio.ensure_future(run_retrain(settings, store, 5, True, NOW, None))
         await reached.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    with caplog.at_level(logging.ERROR):
-        asyncio.run(stopped_while_recording())
-    assert len(standin.created) == 1
-    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "created tune 6" in line
-    assert "do not send it again" in line
+    asyncio.run(stopped())
 
 
 def slow_to_close(monkeypatch: pytest.MonkeyPatch, on_close: Callable[[], object]) -> None:
@@ -563,19 +567,8 @@ def test_retrain_stopped_while_its_session_closes_names_and_records_the_created_
     id lost, and the manifest kept the title only as sent. The id is said and recorded."""
     closing = asyncio.Event()
     slow_to_close(monkeypatch, closing.set)
-    settings = Settings(archive=archived[0], api_key=standin.api_key,
-                        api_url=standin.api_url)
-
-    async def stopped_while_closing() -> None:
-        task = asyncio.ensure_future(
-            run_retrain(settings, LocalStore(archived[0]), 5, True, NOW, None))
-        await closing.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with caplog.at_level(logging.ERROR):
-        asyncio.run(stopped_while_closing())
+        stopped_once(standin, LocalStore(archived[0]), closing)
     assert len(standin.created) == 1
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "created tune 6" in line
