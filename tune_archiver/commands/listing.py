@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from tune_archiver import manifest
-from tune_archiver.commands.nulls import with_nulls_archived
-from tune_archiver.errors import DataError, Denied, StorageError, UnreadableManifest
+from tune_archiver.commands.nulls import recorded_tune, unarchived_fields
+from tune_archiver.errors import Denied, StorageError, UnreadableManifest
 from tune_archiver.manifest import Manifest
-from tune_archiver.models import AssetResult, parse_tune
 from tune_archiver.selection import model_type_of, parse_moment
 from tune_archiver.store import Store
 
@@ -68,12 +67,7 @@ def unread_kinds(found: Manifest) -> list[str]:
     """The kinds of file whose field the API sent malformed (a null in orig_images no
     archived photo stands for, a string for a list): never archived and no entry, so
     not counted failed, yet the tune is not complete; verify names them too."""
-    try:
-        tune = parse_tune({**found.tune, "id": found.tune_id})
-    except DataError:
-        return []
-    kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
-    return sorted({kind for kind, _ in with_nulls_archived(tune, kept).field_errors})
+    return sorted({kind for kind, _ in unarchived_fields(found)})
 
 
 def checkpoint_state(found: Manifest) -> str:
@@ -83,14 +77,8 @@ def checkpoint_state(found: Manifest) -> str:
     entries = [entry for entry in found.entries if entry.kind == "checkpoint"]
     if any(entry.status == "ok" for entry in entries):
         return "yes"
-    return "failed" if entries or _lists_a_checkpoint(found) else "none"
-
-
-def _lists_a_checkpoint(found: Manifest) -> bool:
-    try:
-        return bool(parse_tune({**found.tune, "id": found.tune_id}).checkpoint_urls)
-    except DataError:
-        return False
+    listed = recorded_tune(found)  # --only images left it out: no entry, yet listed
+    return "failed" if entries or (listed and listed.checkpoint_urls) else "none"
 
 
 def _text(value: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""Nulls in orig_images that an archived photo stands for; pure.
+"""Nulls in orig_images that an archived photo stands for, and the files a manifest's
+recorded tune lists that were never archived; pure.
 
 Astria may list a training photo it no longer gives a URL for as null. A photo an
 earlier fetch archived from a URL the listing no longer names, whose bytes no photo it
@@ -12,7 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tune_archiver.models import AssetResult, Tune
+from tune_archiver.errors import DataError
+from tune_archiver.manifest import Manifest
+from tune_archiver.models import AssetResult, Tune, parse_tune
 from tune_archiver.urls import identity, redact
 
 
@@ -55,3 +58,23 @@ def with_nulls_archived(tune: Tune, results: Sequence[AssetResult]) -> Tune:
         return tune
     return replace(tune, field_errors=tuple(
         error for error in tune.field_errors if error[0] != "training_image"))
+
+
+def recorded_tune(found: Manifest) -> Tune | None:
+    """The tune as its manifest records it (the API's answer, redacted); None when that
+    record is malformed."""
+    try:
+        return parse_tune({**found.tune, "id": found.tune_id})
+    except DataError:
+        return None
+
+
+def unarchived_fields(found: Manifest) -> tuple[tuple[str, str], ...]:
+    """The (kind, error) of each file field the API sent malformed, as the manifest
+    records the tune, less a null that an archived photo stands for: their files have
+    no entry, yet were never archived."""
+    tune = recorded_tune(found)
+    if tune is None:
+        return ()
+    kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
+    return with_nulls_archived(tune, kept).field_errors

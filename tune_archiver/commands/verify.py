@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 from tune_archiver import manifest
 from tune_archiver.astria.client import PERSONAL
-from tune_archiver.commands.nulls import with_nulls_archived
+from tune_archiver.commands.nulls import unarchived_fields
 from tune_archiver.commands.unread import purged
 from tune_archiver.errors import (
     ArchiverError,
-    DataError,
     Denied,
     NoAccess,
     NotAFile,
@@ -27,7 +26,6 @@ from tune_archiver.errors import (
 )
 from tune_archiver.layout import blob_key, tune_id_of
 from tune_archiver.manifest import Manifest
-from tune_archiver.models import AssetResult, parse_tune
 from tune_archiver.progress import Progress
 from tune_archiver.store import Store
 
@@ -281,13 +279,8 @@ def unread_fields(found: Manifest) -> list[Problem]:
     unread = [Problem(found.tune_id, "prompt_image", None, "gone" if gone else "failed",
                       f"the prompts could not be read: {found.prompts_unread}")
               ] if found.prompts_unread is not None else []
-    try:
-        tune = parse_tune({**found.tune, "id": found.tune_id})
-    except DataError:
-        return unread
-    kept = [AssetResult(entry.asset, entry.blob) for entry in found.entries]
     return unread + [Problem(found.tune_id, kind, None, "failed", error)
-                     for kind, error in with_nulls_archived(tune, kept).field_errors]
+                     for kind, error in unarchived_fields(found)]
 
 
 def damaged_tune(key: str) -> int | None:
