@@ -29,6 +29,10 @@ class ForwardProxy(LoopThread):
         self.refused_methods: set[str] = set()  # refused as `refuse` is, other methods let by
         self.port = 0
         self._server: asyncio.Server | None = None
+        # Every exchange's task, held: asyncio keeps only a weak reference to a task, so
+        # one waiting on a connection nothing else refers to was collected mid-exchange,
+        # its unclosed writer's ResourceWarning failing whichever test ran at the time.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -41,10 +45,16 @@ class ForwardProxy(LoopThread):
     async def _close(self) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             line, *lines = head.decode("latin-1").split("\r\n")
@@ -78,6 +88,7 @@ class ForwardProxy(LoopThread):
         except (OSError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._tasks.discard(task)
             writer.close()
 
 
