@@ -194,7 +194,9 @@ class StandIn(LoopThread):
             ("cdn", self._file_routes()),
             ("mirror", self._file_routes()),
         ):
-            app = web.Application(middlewares=[self._recorder(host)])
+            # Photos of a phone's size in one POST /tunes: aiohttp's 1 MiB default, which
+            # a multipart read keeps to, answered 413 where Astria takes them.
+            app = web.Application(middlewares=[self._recorder(host)], client_max_size=2**26)
             app.add_routes(routes)
             runner = web.AppRunner(
                 app, handle_signals=False, access_log=None, handler_cancellation=True,

@@ -974,3 +974,20 @@ def test_retrain_again_next_day_after_an_unanswered_post_sends_nothing(
                  str(archive), "--api-url", standin.api_url, now=tomorrow)
     assert chosen.code == 0
     assert len(standin.created) == 2
+
+
+def test_retrain_sends_photos_of_a_phones_size_byte_for_byte(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A phone's photo is megabytes. Each went into the form as bytes, and aiohttp warns
+    of a body over 1 MiB given so (it may hold the event loop while copied whole): a
+    ResourceWarning, an error under `-W error`, which stopped the retrain unsent."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(3 * 2**20 + i) for i in range(2)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    standin.add_tune(5, [], urls, model_type="faceid", title="Jane", base_tune_id=1504944)
+    assert run_fetch(standin, archive, "5") == 0
+    code, result = retrain(standin, archive, capsys, "--yes")
+    assert (code, result["sent"]) == (0, True)
+    [(_, received)] = standin.created
+    assert [data for _, data in received] == images

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import itertools
 import json
 import re
@@ -212,11 +213,9 @@ class AstriaClient:
         """
         what = "creating the tune"
         url = self._settings.api_url + "/tunes"
-        form = aiohttp.FormData()
-        for name, value in fields:
-            form.add_field(name, value)
-        for filename, data in images:
-            form.add_field("tune[images][]", data, filename=filename,
+        form = aiohttp.FormData(fields)  # each (name, value) a field
+        for filename, data in images:  # a stream: aiohttp warns of bytes over 1 MiB
+            form.add_field("tune[images][]", io.BytesIO(data), filename=filename,
                            content_type="application/octet-stream")
         async with self._limiter:
             with translated(url, self._settings.read_timeout):
