@@ -144,7 +144,7 @@ def test_a_manifest_that_cannot_be_removed_stops_no_other_tune(
     [line] = ran.errors
     assert "the manifest of tune 1" in line
     report = json.loads(ran.out)
-    assert [row["tune_id"] for row in report["removed"]] == [2]
+    assert report["removed"] == [{"tune_id": 2, "title": "Tune 2", "what": "manifest"}]
     assert [row["tune_id"] for row in report["failed"]] == [1]
     assert (archive / "manifests" / "1.json").is_dir()
     assert not (archive / "manifests" / "2.json").exists()

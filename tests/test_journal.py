@@ -550,7 +550,8 @@ def test_forget_of_a_tune_a_stopped_first_fetch_left_only_a_journal_forgets_it(
     assert journal_lines(archive)
     forgot = cli(capsys, "forget", "1", "--archive", str(archive), "--json")
     assert forgot.code == 0, forgot.err
-    assert json.loads(forgot.out)["removed"] == [{"tune_id": 1, "title": "Tune 1"}]
+    assert json.loads(forgot.out)["removed"] == [{"tune_id": 1, "title": "Tune 1",
+                                                  "what": "journal"}]
     assert json.loads(forgot.out)["live"] == [1]
     assert not (archive / "tmp" / "1.committed").exists()
     del standin.tunes[1]

@@ -63,6 +63,9 @@ def forget_lines(found: ForgetReport, dry_run: bool) -> list[str]:
 
 def forget_json(found: ForgetReport, dry_run: bool) -> dict[str, Any]:
     return {"ok": found.ok, "dry_run": dry_run, "unknown": found.unknown,
-            "removed": [{"tune_id": i, "title": t} for i, t in found.removed],
+            # What went of each: a journal alone is a stopped first fetch's, no manifest.
+            "removed": [{"tune_id": i, "title": t,
+                         "what": "journal" if i in found.journal_only else "manifest"}
+                        for i, t in found.removed],
             "failed": [{"tune_id": i, "error": why} for i, why in found.failed],
             "live": found.live}
