@@ -95,19 +95,22 @@ def test_usage_error_exits_2_in_one_line_and_a_pointer_to_help(
 
 
 @pytest.mark.parametrize("option", ["--api-key", "--token", "--key", "--api-key=sk-SECRET"])
+@pytest.mark.parametrize("fetch", [["fetch", "1"], ["fetch", "--all", "--title", "serve"]])
 def test_a_key_on_the_command_line_is_refused_and_never_echoed(
-    option: str, capsys: pytest.CaptureFixture[str],
+    option: str, fetch: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--api-key, --token and --key are refused with where the key goes, the value unshown."""
+    """--api-key, --token and --key are refused with where the key goes, the value unshown;
+    serve's hint only for serve, not for a fetch of the tunes titled "serve"."""
     words = [option] if "=" in option else [option, "sk-SECRET"]
-    assert main(["fetch", "1", *words]) == Exit.USAGE
+    assert main([*fetch, *words]) == Exit.USAGE
     err = capsys.readouterr().err
     assert "pass the key in ASTRIA_API_KEY or --api-key-file" in err
     assert "sk-SECRET" not in err
 
 
 @pytest.mark.parametrize("words", [["serve", "--token", "sk-SECRET"],
-                                   ["--token=sk-SECRET", "serve"]])
+                                   ["--token=sk-SECRET", "serve"],
+                                   ["--archive", "/a", "serve", "--token", "sk-SECRET"]])
 def test_serves_token_on_the_command_line_is_refused_pointing_to_its_file(
     words: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:

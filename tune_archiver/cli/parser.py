@@ -67,8 +67,13 @@ class Parser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         for word in args or ():
             if word.split("=", 1)[0] in KEY_OPTIONS:  # serve needs no key: its own token
-                self.error(TOKEN_REFUSED if "serve" in (args or []) else KEY_REFUSED)
+                self.error(TOKEN_REFUSED if self._command(args or []) == "serve" else KEY_REFUSED)
         return super().parse_known_args(args, namespace)
+
+    def _command(self, args: Sequence[str]) -> str | None:
+        """The command run: the first word naming one (`fetch --title serve`), or ours."""
+        names = [a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return next((w for w in args if w in names[0]), None) if names else self.prog.split()[-1]
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(_without_values(message), self.prog)
@@ -104,28 +109,21 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     """--archive, --json, -q, -v ...; `default` is SUPPRESS for the commands, so that a
     command's default never overwrites what was given before the command (argparse
     copies every value the command's parser holds over the top parser's)."""
-    common = parser
-    common.add_argument(
-        "--archive", metavar="DIR",
-        help=f"the archive: a directory or s3://bucket/prefix (env {ENV_ARCHIVE}; "
-        "default ./tune-archive)", default=default,
-    )
-    common.add_argument(
-        "--s3-endpoint-url", metavar="URL",
-        help="the endpoint of an S3-compatible store other than AWS: MinIO, R2, B2 "
-        "(or env AWS_ENDPOINT_URL)", default=default,
-    )
-    common.add_argument(
-        "--log-file", metavar="PATH", default=default,
-        help="append what the run does to PATH as JSON lines (UTC times, no secrets); "
-        "- writes them to stderr in place of the usual lines",
-    )
+    parser.add_argument("--archive", metavar="DIR", default=default,
+                        help=f"the archive: a directory or s3://bucket/prefix (env "
+                        f"{ENV_ARCHIVE}; default ./tune-archive)")
+    parser.add_argument("--s3-endpoint-url", metavar="URL", default=default,
+                        help="the endpoint of an S3-compatible store other than AWS: MinIO, "
+                        "R2, B2 (or env AWS_ENDPOINT_URL)")
+    parser.add_argument("--log-file", metavar="PATH", default=default,
+                        help="append what the run does to PATH as JSON lines (UTC times, no "
+                        "secrets); - writes them to stderr in place of the usual lines")
     flag: Any = default or False
-    common.add_argument("--json", action="store_true", default=flag,
+    parser.add_argument("--json", action="store_true", default=flag,
                         help="print one JSON result on stdout")
-    common.add_argument("-q", "--quiet", action="store_true", default=flag,
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag,
                         help="print only errors")
-    common.add_argument("-v", "--verbose", action="store_true", default=flag,
+    parser.add_argument("-v", "--verbose", action="store_true", default=flag,
                         help="log each request and retry; tracebacks")
 
 
