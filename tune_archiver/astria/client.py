@@ -213,7 +213,7 @@ class AstriaClient:
         """
         what = "creating the tune"
         url = self._settings.api_url + "/tunes"
-        form = aiohttp.FormData(fields)  # each (name, value) a field
+        form = aiohttp.FormData(list(fields))  # each (name, value) a field
         for filename, data in images:  # a stream: aiohttp warns of bytes over 1 MiB
             form.add_field("tune[images][]", io.BytesIO(data), filename=filename,
                            content_type="application/octet-stream")
