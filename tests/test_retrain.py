@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -991,3 +992,38 @@ def test_retrain_sends_photos_of_a_phones_size_byte_for_byte(
     assert (code, result["sent"]) == (0, True)
     [(_, received)] = standin.created
     assert [data for _, data in received] == images
+
+
+def test_retrain_holds_each_photo_once_while_it_is_sent(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Photos of a phone's size are held once as the POST sends them: a stream made of
+    bytes the run kept as well was copied whole by aiohttp, each photo twice in memory
+    (30 photos of 8 MB, half a GB). The stand-in, in this process, keeps what it is
+    sent: one copy of the photos is its own."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(2**21) for _ in range(6)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    standin.add_tune(5, [], urls, model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 0
+    create_tune = AstriaClient.create_tune
+    peaks: list[int] = []
+
+    async def measured(self: AstriaClient, *args: Any) -> dict[str, Any]:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        try:
+            return await create_tune(self, *args)
+        finally:
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+
+    monkeypatch.setattr(AstriaClient, "create_tune", measured)
+    tracemalloc.start()
+    try:
+        assert sent(standin, archive, capsys).code == 0
+    finally:
+        tracemalloc.stop()
+    assert [data for _, data in standin.created[0][1]] == images
+    photos = sum(map(len, images))
+    assert photos < peaks[0] < photos * 1.5  # the stand-in's copy, and no other

@@ -203,9 +203,10 @@ class AstriaClient:
             yield page
 
     async def create_tune(
-        self, fields: Sequence[tuple[str, str]], images: Sequence[tuple[str, bytes]]
+        self, fields: Sequence[tuple[str, str]], images: Sequence[tuple[str, io.BytesIO]]
     ) -> dict[str, Any]:
-        """POST /tunes, multipart: the tune[...] fields, each image as tune[images][].
+        """POST /tunes, multipart: the tune[...] fields, each image as tune[images][], a
+        stream that alone holds its bytes (aiohttp copies one made of bytes kept elsewhere).
 
         Sent once, never retried: a failure after the API received it may have
         created the tune. Raises AuthError, StatusError (422: the API's reason),
@@ -214,8 +215,8 @@ class AstriaClient:
         what = "creating the tune"
         url = self._settings.api_url + "/tunes"
         form = aiohttp.FormData(list(fields))  # each (name, value) a field
-        for filename, data in images:  # a stream: aiohttp warns of bytes over 1 MiB
-            form.add_field("tune[images][]", io.BytesIO(data), filename=filename,
+        for filename, photo in images:
+            form.add_field("tune[images][]", photo, filename=filename,
                            content_type="application/octet-stream")
         async with self._limiter:
             with translated(url, self._settings.read_timeout):

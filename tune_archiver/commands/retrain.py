@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -304,9 +305,10 @@ async def _title_free(api: AstriaClient, tune_id: int, title: str) -> None:
                 "bill it again): nothing was sent (choose another --title)")
 
 
-async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
+async def _verified(store: Store, entry: Entry, scratch: Path) -> io.BytesIO:
     """The bytes of the entry's blob, checked against its sha256, copied through a
-    folder of its own in `scratch`."""
+    folder of its own in `scratch`: a stream that alone holds them (aiohttp copies the
+    bytes of one made of bytes held elsewhere, each photo twice in memory as sent)."""
     blob = entry.blob
     assert blob is not None  # the plan holds archived entries only
     try:  # out of inodes, a tmp/ made read-only: said on one line, nothing sent
@@ -320,10 +322,11 @@ async def _verified(store: Store, entry: Entry, scratch: Path) -> bytes:
             await store.save_blob_as(blob.sha256, target, hard_link=False, size=blob.size)
         except IntegrityError as exc:
             raise _damaged(entry) from exc
-        data = await in_thread(target.read_bytes)
-    if hashlib.sha256(data).hexdigest() != blob.sha256:
-        raise _damaged(entry)
-    return data
+        photo = io.BytesIO(await in_thread(target.read_bytes))
+    with photo.getbuffer() as data:
+        if hashlib.sha256(data).hexdigest() != blob.sha256:
+            raise _damaged(entry)
+    return photo
 
 
 async def _lost(store: Store, plan: RetrainPlan) -> dict[str, str]:
