@@ -95,7 +95,9 @@ def test_usage_error_exits_2_in_one_line_and_a_pointer_to_help(
 
 
 @pytest.mark.parametrize("option", ["--api-key", "--token", "--key", "--api-key=sk-SECRET"])
-@pytest.mark.parametrize("fetch", [["fetch", "1"], ["fetch", "--all", "--title", "serve"]])
+@pytest.mark.parametrize("fetch", [["fetch", "1"], ["fetch", "--all", "--title", "serve"],
+                                   ["--archive", "serve", "fetch", "1"],
+                                   ["--log-file", "serve", "fetch", "1"]])
 def test_a_key_on_the_command_line_is_refused_and_never_echoed(
     option: str, fetch: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -105,12 +107,14 @@ def test_a_key_on_the_command_line_is_refused_and_never_echoed(
     assert main([*fetch, *words]) == Exit.USAGE
     err = capsys.readouterr().err
     assert "pass the key in ASTRIA_API_KEY or --api-key-file" in err
+    assert "see tune-archiver fetch --help" in err  # a folder named serve is no command
     assert "sk-SECRET" not in err
 
 
 @pytest.mark.parametrize("words", [["serve", "--token", "sk-SECRET"],
                                    ["--token=sk-SECRET", "serve"],
-                                   ["--archive", "/a", "serve", "--token", "sk-SECRET"]])
+                                   ["--archive", "/a", "serve", "--token", "sk-SECRET"],
+                                   ["--archive", "fetch", "serve", "--token", "sk-SECRET"]])
 def test_serves_token_on_the_command_line_is_refused_pointing_to_its_file(
     words: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:

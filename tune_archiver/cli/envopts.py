@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 PREFIX = "TUNE_ARCHIVER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -107,3 +108,17 @@ def _value(parser: argparse.ArgumentParser, action: argparse.Action, name: str,
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
         reason = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else "not valid"
         parser.error(f"{name}: {reason}")
+
+
+def command_of(parser: argparse.ArgumentParser, args: Sequence[str]) -> str | None:
+    """The command `args` run: the first word naming one that is no option's value
+    (`fetch --title serve`, `--archive serve fetch`: fetch), None when none does."""
+    names: Any = next((a.choices for a in parser._actions
+                       if isinstance(a, argparse._SubParsersAction)), {})
+    valued = {option for a in parser._actions if a.nargs != 0 for option in a.option_strings}
+    value = False  # the word is the value of the option before it
+    for word in args:
+        if not value and word in names:
+            return word
+        value = not value and word in valued
+    return None

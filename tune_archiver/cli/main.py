@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune_archiver.cli import printing, report, table, terminal, upkeep
-from tune_archiver.cli.envopts import apply_env
+from tune_archiver.cli.envopts import apply_env, command_of
 from tune_archiver.cli.eventlog import event
 from tune_archiver.cli.exits import Exit, for_error, for_signal
 from tune_archiver.cli.parser import UsageError, build_parser, check_fetch
@@ -85,14 +85,14 @@ def main(
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        apply_env(parser, os.environ, next((w for w in words if w in HANDLERS), None))
+        apply_env(parser, os.environ, command_of(parser, words))
         args = parser.parse_args(words)
         if args.command == "fetch":
             check_fetch(parser, args)
         if args.command == "forget":
             check_forget(parser, args)
     except UsageError as exc:
-        named = next((word for word in words if word in HANDLERS), None)
+        named = command_of(parser, words)
         return said_usage_error(str(exc), words, named)
     except SystemExit as exc:  # argparse has printed the help or the version
         return Exit.USAGE if exc.code else Exit.OK

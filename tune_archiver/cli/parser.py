@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from tune_archiver import __version__
-from tune_archiver.cli.envopts import name_in_help, set_by
+from tune_archiver.cli.envopts import command_of, name_in_help, set_by
 from tune_archiver.cli.scale import (
     add_filters,
     add_forget,
@@ -71,9 +71,8 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _command(self, args: Sequence[str]) -> str | None:
-        """The command run: the first word naming one (`fetch --title serve`), or ours."""
-        names = [a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-        return next((w for w in args if w in names[0]), None) if names else self.prog.split()[-1]
+        """The command run, or ours: see command_of."""
+        return command_of(self, args) if self._subparsers else self.prog.split()[-1]
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(_without_values(message), self.prog)
