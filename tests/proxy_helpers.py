@@ -27,6 +27,7 @@ class ForwardProxy(LoopThread):
         self.refuse = False
         self.refusal = b"403 Forbidden\r\n"  # what `refuse` answers: its status, any headers
         self.refused_methods: set[str] = set()  # refused as `refuse` is, other methods let by
+        self.refused_unread = False  # refused at once, its body unread (a limit on its size)
         self.port = 0
         self._server: asyncio.Server | None = None
         # Every exchange's task, held: asyncio keeps only a weak reference to a task, so
@@ -62,7 +63,8 @@ class ForwardProxy(LoopThread):
             headers = dict(item.split(": ", 1) for item in lines if item)
             self.seen.append(Seen(method, target, headers))
             if self.refuse or method in self.refused_methods:  # its body read first
-                await reader.readexactly(int(headers.get("Content-Length", 0)))
+                if not self.refused_unread:
+                    await reader.readexactly(int(headers.get("Content-Length", 0)))
                 writer.write(b"HTTP/1.1 " + self.refusal + b"Content-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
                 return

@@ -5,6 +5,7 @@ the proxy."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,6 +336,34 @@ def test_retrains_post_refused_407_by_the_proxy_is_said_as_the_proxys(
             in "\n".join(ran.errors)), ran.errors
     assert "the API answered HTTP 407" not in "\n".join(ran.errors)
     assert standin.created == []
+
+
+def test_retrains_post_cut_off_by_a_limit_on_its_size_says_no_tune_was_made(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A proxy (or the API's front) answering 413 to a POST of a phone's photos and
+    hanging up, its body unread: the write failing, the run said the API may have made
+    the tune and kept the title marked sent, a run once the limit was raised refused. A
+    form cut before its last photo makes no tune: said so, and the run again sends it."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(4 * 2**20) for _ in range(4)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    standin.add_tune(5, [], urls, model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 0
+    proxy.refusal, proxy.refused_methods = b"413 Payload Too Large\r\n", {"POST"}
+    proxy.refused_unread = True
+    ran = sent(standin, archive, capsys)
+    assert ran.code == 1
+    [line] = ran.errors
+    # The refusal read (as it comes first at times) or, the write failing first, the cut
+    assert ("the connection closed before every photo was sent: no tune was made" in line
+            or line.endswith("the API answered HTTP 413")), line
+    assert "may have created" not in line
+    assert "retraining" not in check_manifest(archive / "manifests" / "5.json")
+    proxy.refused_methods = set()  # the limit raised
+    assert sent(standin, archive, capsys).code == 0
+    [(_, received)] = standin.created
+    assert [data for _, data in received] == images
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

@@ -223,6 +223,14 @@ async def retrain(
                     await unmark(store, tune_id, sent_title, now)
                     raise  # never sent, or refused: no tune was made (a 202 or a 303 to
                     # the tune may have made it)
+                if isinstance(exc, NetworkError) and _cut_short(images):
+                    # The API (or a proxy's limit on a body's size) hung up before the
+                    # last photo went: a form never whole makes no tune, and "may have
+                    # created" kept the title from a run once the limit is mended.
+                    await unmark(store, tune_id, sent_title, now)
+                    raise NetworkError(f"{exc}; the connection closed before every photo "
+                                       "was sent: no tune was made (the API's or a "
+                                       "proxy's limit on a request's size?)") from exc
                 # Sent, and then no answer (a timeout, a cut, a 504 from a front proxy) or a
                 # 2xx one not to be read: the tune may exist and be billed; exit 4 would say
                 # "nothing done", and invite sending it again.
@@ -350,6 +358,15 @@ async def _lost(store: Store, plan: RetrainPlan) -> dict[str, str]:
             lost[entry.blob.sha256] = (f"training_image {entry.index}: its blob does not "
                                        "match its sha256")
     return lost
+
+
+def _cut_short(images: list[tuple[str, io.BytesIO]]) -> bool:
+    """Whether a photo of a POST that failed was never read to its end into the body."""
+    for _, photo in images:
+        with photo.getbuffer() as view:
+            if photo.tell() < view.nbytes:
+                return True
+    return False
 
 
 def _damaged(entry: Entry) -> IntegrityError:
