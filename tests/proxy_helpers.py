@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -28,6 +29,8 @@ class ForwardProxy(LoopThread):
         self.refusal = b"403 Forbidden\r\n"  # what `refuse` answers: its status, any headers
         self.refused_methods: set[str] = set()  # refused as `refuse` is, other methods let by
         self.refused_unread = False  # refused at once, its body unread (a limit on its size)
+        self.held_methods: set[str] = set()  # their body never read, held till the close
+        self.held = threading.Event()  # one such request came
         self.port = 0
         self._server: asyncio.Server | None = None
         # Every exchange's task, held: asyncio keeps only a weak reference to a task, so
@@ -62,6 +65,9 @@ class ForwardProxy(LoopThread):
             method, target, version = line.split(" ")
             headers = dict(item.split(": ", 1) for item in lines if item)
             self.seen.append(Seen(method, target, headers))
+            if method in self.held_methods:  # an uplink that stalls, a front that hangs
+                self.held.set()
+                await asyncio.Event().wait()
             if self.refuse or method in self.refused_methods:  # its body read first
                 if not self.refused_unread:
                     await reader.readexactly(int(headers.get("Content-Length", 0)))

@@ -6,6 +6,7 @@ the proxy."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.archive_helpers import start, stop
 from tests.conftest import check_manifest
 from tests.helpers import Sleeps, run_fetch, sha256
 from tests.proxy_helpers import ForwardProxy
@@ -362,6 +364,39 @@ def test_retrains_post_cut_off_by_a_limit_on_its_size_says_no_tune_was_made(
     assert "retraining" not in check_manifest(archive / "manifests" / "5.json")
     proxy.refused_methods = set()  # the limit raised
     assert sent(standin, archive, capsys).code == 0
+    [(_, received)] = standin.created
+    assert [data for _, data in received] == images
+
+
+def test_retrain_stopped_before_its_post_sent_every_photo_says_no_tune_was_made(
+    standin: StandIn, proxy: ForwardProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C while a slow uplink still sends the photos: the run said the API may have
+    made the tune and kept the title marked sent, so that every retrain under a default
+    title was refused from then on. A form never sent whole makes no tune: said, the
+    title free, and the run again sends it."""
+    archive = tmp_path / "archive"
+    images = [b"\xff\xd8\xff" + os.urandom(4 * 2**20) for _ in range(4)]
+    urls = [standin.add_file(f"img{i}", data) for i, data in enumerate(images)]
+    standin.add_tune(5, [], urls, model_type="faceid", title="Jane")
+    assert run_fetch(standin, archive, "5") == 0
+    proxy.held_methods = {"POST"}
+    process = start(archive, "retrain", "5", "--yes", "-q", "--api-url", standin.api_url,
+                    env={"ASTRIA_API_KEY": standin.api_key})
+    try:
+        assert proxy.held.wait(30)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert process.returncode == 130
+    assert "stopped before every photo of POST /tunes was sent: no tune was made" in err
+    assert "may have created" not in err
+    assert "retraining" not in check_manifest(archive / "manifests" / "5.json")
+    proxy.held_methods = set()
+    monkeypatch.setenv("ASTRIA_API_KEY", standin.api_key)
+    assert main(["retrain", "5", "--yes", "--archive", str(archive),
+                 "--api-url", standin.api_url]) == 0
     [(_, received)] = standin.created
     assert [data for _, data in received] == images
 

@@ -237,6 +237,11 @@ async def retrain(
                 raise ArchiverError(f"{exc}; the API may have created the tune all the same: "
                                     "look for it before sending again") from exc
             except asyncio.CancelledError:
+                if _cut_short(images):  # before the last photo went (a slow uplink): the
+                    await unmark(store, tune_id, sent_title, now)  # title free again
+                    log.error("tune %d: stopped before every photo of POST /tunes was "
+                              "sent: no tune was made", tune_id)
+                    raise
                 # Stopped (a Ctrl-C, a cron's timeout) with the POST on its way or sent: the
                 # tune may exist and be billed, and "stopped by SIGTERM" alone invites sending
                 # it again. An error line, so that -q says it too.
